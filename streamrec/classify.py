@@ -1,0 +1,346 @@
+"""``streamrec classify FILE``: a timeline of windows over a recorded video, and a verdict.
+
+The file is decoded once, streaming, with PyAV. Each frame goes through the same
+:class:`~streamrec.preprocess.FramePreprocessor` into the same
+:class:`~streamrec.ring.FrameRing` as the live path, and windows are sampled from it by
+timestamp exactly as live. Windows run in batches. The verdict averages the window
+scores (torchvision's multi-clip evaluation).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from .engine import Classifier
+from .errors import SourceError, StreamrecError
+from .messages import top_k
+from .models import LoadedModel, load_model
+from .preprocess import FramePreprocessor
+from .ring import FrameRing, Window, capacity_for
+from .sources import PyAVSource, SourceSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    index: int
+    start: float  # seconds, the file's own timestamps of the first and last sampled frame
+    end: float
+    label: str
+    score: float
+    top: list[dict[str, Any]]
+    padded: bool = False
+
+
+@dataclass
+class Timeline:
+    """The result of :func:`classify_file`."""
+
+    file: str
+    model: str
+    weights: str
+    meaningless: bool
+    stride: float
+    first_ts: float
+    last_ts: float
+    windows: list[WindowResult] = field(default_factory=list)
+    verdict: list[dict[str, Any]] = field(default_factory=list)
+    padded: bool = False  # the clip was shorter than one window
+    sports_only: bool = False
+
+    @property
+    def duration(self) -> float:
+        return self.last_ts - self.first_ts
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["duration"] = self.duration
+        if self.meaningless:
+            d["warning"] = "random weights (--weights none): labels are meaningless"
+        return d
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    CSV_FIELDS = ("index", "start", "end", "label", "score", "top")
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(self.CSV_FIELDS)
+        for win in self.windows:
+            tops = ";".join(f"{t['label']}:{t['score']:.5f}" for t in win.top)
+            w.writerow([win.index, f"{win.start:.3f}", f"{win.end:.3f}", win.label, f"{win.score:.5f}", tops])
+        return buf.getvalue()
+
+    def to_table(self) -> str:
+        lines = []
+        if self.meaningless:
+            lines.append("WARNING: random weights (--weights none): labels are meaningless")
+        if self.padded:
+            lines.append(f"note: the clip is shorter than one window; its last frame was repeated to fill it")
+        lines.append(f"{'#':>4}  {'start':>8}  {'end':>8}  {'score':>6}  label")
+        for w in self.windows:
+            lines.append(f"{w.index:>4}  {w.start:>8.2f}  {w.end:>8.2f}  {w.score:>6.3f}  {w.label}")
+        lines.append("verdict (mean of window scores): " + ", ".join(f"{t['label']} {t['score']:.3f}" for t in self.verdict))
+        return "\n".join(lines) + "\n"
+
+    def to_dataframe(self):
+        """The windows as a pandas DataFrame (``pip install streamrec[pandas]``)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise StreamrecError("to_dataframe: pandas is not installed; pip install 'streamrec[pandas]'") from None
+        return pd.DataFrame([asdict(w) for w in self.windows])
+
+
+class WindowClassifier:
+    """Batches windows, runs them, and turns scores into :class:`WindowResult` rows."""
+
+    def __init__(self, classifier: Classifier, *, top: int, batch_size: int, subset: list[int] | None) -> None:
+        self.classifier = classifier
+        self.classes = classifier.loaded.classes
+        self.top = top
+        self.batch_size = batch_size
+        self.subset = np.asarray(subset) if subset else None
+        self.pending: list[tuple[Window, bool]] = []
+        self.results: list[WindowResult] = []
+        self.prob_sum: np.ndarray | None = None
+
+    def add(self, window: Window, *, padded: bool = False) -> None:
+        self.pending.append((window, padded))
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        # each window: (T, C, H, W) -> batch (B, C, T, H, W)
+        batch = torch.from_numpy(np.stack([w.frames for w, _ in self.pending])).permute(0, 2, 1, 3, 4)
+        probs = self.classifier.probs(batch.contiguous())
+        if self.subset is not None:  # renormalize over the subset
+            masked = np.zeros_like(probs)
+            masked[:, self.subset] = probs[:, self.subset]
+            probs = masked / masked.sum(axis=1, keepdims=True)
+        for (w, padded), p in zip(self.pending, probs):
+            tops = top_k(p, self.classes, self.top)
+            self.results.append(
+                WindowResult(len(self.results), w.start_ts, w.end_ts, tops[0]["label"], tops[0]["score"], tops, padded)
+            )
+            self.prob_sum = p.astype(np.float64) if self.prob_sum is None else self.prob_sum + p
+        self.pending.clear()
+
+
+def classify_file(
+    path: str | Path,
+    *,
+    model: str | None = None,
+    weights: str = "DEFAULT",
+    device: str = "auto",
+    backend: str = "auto",
+    stride: float = 1.0,
+    top: int = 5,
+    batch_size: int = 4,
+    sports_only: bool = False,
+    loaded: LoadedModel | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> Timeline:
+    """Classify a video file window by window.
+
+    Args:
+        stride: seconds between window ends.
+        batch_size: windows per forward pass.
+        sports_only: restrict scores to Kinetics sport classes, renormalized.
+        progress: called with the seconds decoded so far.
+
+    Example:
+        >>> tl = classify_file("clip.mp4", weights="none")  # doctest: +SKIP
+        >>> tl.windows[0].start, tl.verdict[0]["label"]      # doctest: +SKIP
+    """
+    if stride <= 0:
+        raise StreamrecError(f"--stride: expected > 0 seconds, got {stride}")
+    if batch_size < 1:
+        raise StreamrecError(f"--batch-size: expected >= 1, got {batch_size}")
+    if top < 1:
+        raise StreamrecError(f"--top: expected >= 1, got {top}")
+    spec = SourceSpec.parse(str(path))
+    if spec.kind != "file":
+        raise StreamrecError(f"classify: expected a video file, got {spec.display_name}")
+    source = PyAVSource(spec)  # validates: exists, is a video, has a video stream
+    try:
+        loaded = loaded or load_model(model, weights=weights)
+        subset = None
+        if sports_only:
+            from .kinetics import sport_indices
+
+            subset = sport_indices(loaded.classes)
+        clf = Classifier(loaded, device=device, backend=backend)
+        ms = loaded.spec
+        pre = FramePreprocessor(ms)
+        ring = FrameRing(capacity_for(ms.frames, ms.fps, source_fps=max(source.fps or 30.0, 30.0) * 1.5), pre.out_shape)
+        runner = WindowClassifier(clf, top=top, batch_size=batch_size, subset=subset)
+        first_ts: float | None = None
+        last_ts = 0.0
+        next_end: float | None = None
+        last_window_end = -np.inf
+        try:
+            for rgb, pts in source.frames():
+                ts = float(pts if pts is not None else 0.0)
+                if first_ts is None:
+                    first_ts = ts
+                    next_end = ts + ms.span_s
+                if ts < last_ts:  # out-of-order timestamps: skip the frame, as live capture would
+                    continue
+                last_ts = ts
+                ring.write(pre(rgb), ts)
+                while next_end is not None and ts >= next_end:
+                    w = ring.newest_window(ms.frames, ms.fps, end_ts=next_end)
+                    if w is not None and w.end_ts > last_window_end:
+                        runner.add(w)
+                        last_window_end = w.end_ts
+                    next_end += stride
+                if progress is not None:
+                    progress(ts - first_ts)
+        except Exception as exc:  # noqa: BLE001 - a decode failure mid-file: say where
+            raise SourceError(f"classify {path}: decoding failed at {last_ts:.2f} s: {exc}") from None
+        if first_ts is None:
+            raise SourceError(f"classify {path}: no decodable video frames")
+        padded = False
+        if last_window_end < last_ts:  # the tail, or a clip shorter than one window
+            w = ring.newest_window(ms.frames, ms.fps)
+            if w is None:
+                w = ring.newest_window(ms.frames, ms.fps, pad=True)
+                padded = True
+            runner.add(w, padded=padded)
+        runner.flush()
+    finally:
+        source.close()
+    mean = runner.prob_sum / len(runner.results)
+    return Timeline(
+        file=str(path),
+        model=loaded.name,
+        weights=loaded.weights,
+        meaningless=loaded.meaningless,
+        stride=stride,
+        first_ts=first_ts,
+        last_ts=last_ts,
+        windows=runner.results,
+        verdict=top_k(mean, loaded.classes, top),
+        padded=padded,
+        sports_only=sports_only,
+    )
+
+
+def plot_timeline(tl: Timeline, path: str | Path) -> None:
+    """A PNG with top-1 label bands over time and the top-1 score curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(w.label for w in tl.windows))
+    cmap = plt.get_cmap("tab20")
+    fig, (ax_band, ax_score) = plt.subplots(2, 1, figsize=(10, 4), sharex=True, gridspec_kw={"height_ratios": [1, 2]})
+    try:
+        for w in tl.windows:
+            ax_band.axvspan(w.start, w.end, color=cmap(labels.index(w.label) % 20), alpha=0.6, lw=0)
+        ax_band.set_yticks([])
+        handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i % 20)) for i in range(len(labels))]
+        ax_band.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+        title = f"{Path(tl.file).name}: {tl.model}, verdict {tl.verdict[0]['label']} ({tl.verdict[0]['score']:.2f})"
+        if tl.meaningless:
+            title += "  [random weights: labels meaningless]"
+        ax_band.set_title(title, fontsize=9)
+        mids = [(w.start + w.end) / 2 for w in tl.windows]
+        ax_score.plot(mids, [w.score for w in tl.windows], marker="o", ms=3)
+        ax_score.set_ylim(0, 1)
+        ax_score.set_xlabel("time (s)")
+        ax_score.set_ylabel("top-1 score")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def add_classify_parser(sub, model_args: Callable) -> None:
+    p = sub.add_parser("classify", help="classify a recorded video file: timeline + verdict")
+    p.add_argument("file")
+    model_args(p)
+    p.add_argument("--stride", type=float, default=1.0, help="seconds between windows (default 1)")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--out", default=None, help="write the output here instead of stdout")
+    p.add_argument("--plot", default=None, help="write a timeline PNG here")
+    p.add_argument("--sports-only", action="store_true", help="restrict to Kinetics sport classes")
+    p.set_defaults(func=cmd_classify)
+
+
+def cmd_classify(args) -> int:
+    bar = _progress_bar()
+    try:
+        tl = classify_file(
+            args.file,
+            model=args.model,
+            weights=args.weights or "DEFAULT",
+            device=args.device or "auto",
+            backend=args.backend or "auto",
+            stride=args.stride,
+            top=args.top,
+            batch_size=args.batch_size,
+            sports_only=args.sports_only,
+            progress=bar.update if bar else None,
+        )
+    finally:
+        if bar:
+            bar.close()
+    text = {"table": tl.to_table, "json": lambda: tl.to_json(indent=1) + "\n", "csv": tl.to_csv}[args.format]()
+    if args.out:
+        try:
+            Path(args.out).write_text(text)
+        except OSError as exc:
+            raise StreamrecError(f"--out {args.out}: cannot write: {exc.strerror}") from None
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        plot_timeline(tl, args.plot)
+    if tl.meaningless:
+        print("streamrec: --weights none: random weights, labels are meaningless", file=sys.stderr)
+    if tl.padded:
+        print("streamrec: the clip is shorter than one window; its last frame was repeated", file=sys.stderr)
+    return 0
+
+
+class _progress_bar:
+    """tqdm on stderr in seconds of video, only when stderr is a terminal."""
+
+    def __new__(cls):
+        if not sys.stderr.isatty():
+            return None
+        return super().__new__(cls)
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(unit="s", unit_scale=True, desc="decoding", file=sys.stderr)
+        self._last = 0.0
+
+    def update(self, seconds: float) -> None:
+        if seconds - self._last >= 0.5:
+            self._bar.update(seconds - self._last)
+            self._last = seconds
+
+    def close(self) -> None:
+        self._bar.close()
+

@@ -1,0 +1,117 @@
+"""The ``streamrec`` command line. ``print`` lives here and nowhere else.
+
+Every user error ends as one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any, Callable, Sequence
+
+from . import __version__
+from .errors import StreamrecError
+from .models import MODEL_NAMES
+
+logger = logging.getLogger("streamrec")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        raise StreamrecError(f"{self.prog}: {message}")
+
+
+def _positive_float(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            val = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected a number, got {text!r}") from None
+        if val <= 0:
+            raise argparse.ArgumentTypeError(f"{name}: expected > 0, got {text}")
+        return val
+
+    return parse
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", choices=MODEL_NAMES, default=None, help="video classifier (default r2plus1d_18, or the checkpoint's)")
+    p.add_argument("--weights", default=None, help="DEFAULT (Kinetics-400 from the torch hub cache or download), PATH, or none (random; labels meaningless)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--backend", default=None, choices=("auto", "torch", "torchscript"), help="inference backend")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: cores - 1, at least 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="streamrec", description="Real-time video action recognition.")
+    parser.add_argument("--version", action="version", version=f"streamrec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("serve", help="recognize a live source and serve the page")
+    s.add_argument("--source", default=None, help="webcam index, rtsp://|http(s):// URL, or video file")
+    _model_args(s)
+    s.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="HTTP/WebSocket port (default 8000, 0 = any free)")
+    s.add_argument("--loop", action="store_true", default=None, help="restart a file at its end")
+    s.add_argument("--config", default=None, help="TOML file with any of these options (the command line wins)")
+    s.add_argument("--camera", default=None, help="camera name carried in every message")
+    s.add_argument("--rtsp-transport", choices=("tcp", "udp"), default=None)
+    s.add_argument("--stall-timeout", type=_positive_float("--stall-timeout"), default=None, help="seconds without a frame before reconnecting (default 5)")
+    s.add_argument("--open-timeout", type=_positive_float("--open-timeout"), default=None, help="seconds to connect to a network source (default 10)")
+    s.add_argument("--stride-ms", type=float, default=None, help="minimum time between labels (default 0: as fast as the model runs)")
+    s.add_argument("--token", default=None, help="access token for the page and websocket (or STREAMREC_TOKEN)")
+    s.add_argument("--insecure", action="store_true", default=None, help="allow a non-loopback --host without a token")
+    s.set_defaults(func=cmd_serve)
+
+    from .classify import add_classify_parser
+    from .kinetics import add_labels_parser
+
+    add_classify_parser(sub, _model_args)
+    add_labels_parser(sub)
+    return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import LiveApp
+    from .config import ServeConfig, load_toml
+
+    file_values: dict[str, Any] = load_toml(args.config) if args.config else {}
+    keys = ("source", "model", "weights", "device", "backend", "threads", "host", "port", "loop", "camera",
+            "rtsp_transport", "stall_timeout", "open_timeout", "stride_ms", "token", "insecure")
+    cli_values = {k: getattr(args, k) for k in keys}
+    config = ServeConfig.from_sources(file_values, cli_values)
+    app = LiveApp(config)
+    if app.loaded.meaningless:
+        print("streamrec: --weights none: random weights, every label shown is meaningless", file=sys.stderr)
+    print(f"streamrec: serving {app.source_spec.display_name} with {app.loaded.name} on "
+          f"{app.classifier.device} at http://{config.host}:{config.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    asyncio.run(app.run())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        for noisy in ("websockets", "libav"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        return int(args.func(args) or 0)
+    except StreamrecError as exc:
+        print(f"streamrec: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("streamrec: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Configuration: frozen dataclasses validated at construction, read from TOML + CLI.
+
+Precedence: built-in defaults < TOML file < command line.
+
+Example:
+    >>> cfg = ServeConfig.from_sources({"source": "clip.mp4"}, {"port": 9000})
+    >>> cfg.port, cfg.host, cfg.smoothing.alpha
+    (9000, '127.0.0.1', 0.4)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import StreamrecError
+from .smoothing import SmoothingConfig
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    source: str | None = None
+    model: str | None = None  # None: the checkpoint's model, else r2plus1d_18
+    weights: str = "DEFAULT"
+    device: str = "auto"
+    backend: str = "auto"
+    threads: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    loop: bool = False
+    camera: str = "default"
+    rtsp_transport: str = "tcp"
+    open_timeout: float = 10.0
+    stall_timeout: float = 5.0
+    stride_ms: float = 0.0
+    display_fps: float = 10.0
+    display_width: int = 480
+    token: str | None = None
+    insecure: bool = False
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise StreamrecError("--source: expected a webcam index, an rtsp:// URL or a video file, got nothing")
+        if not 0 <= self.port <= 65535:
+            raise StreamrecError(f"--port: expected 0..65535, got {self.port}")
+        if self.stride_ms < 0:
+            raise StreamrecError(f"--stride-ms: expected >= 0, got {self.stride_ms}")
+        if self.display_fps <= 0 or self.display_width < 32:
+            raise StreamrecError(f"display: expected fps > 0 and width >= 32, got {self.display_fps}, {self.display_width}")
+        if self.stall_timeout <= 0 or self.open_timeout <= 0:
+            raise StreamrecError(f"--stall-timeout/--open-timeout: expected > 0 s, got {self.stall_timeout}, {self.open_timeout}")
+        if self.threads is not None and self.threads < 1:
+            raise StreamrecError(f"--threads: expected >= 1, got {self.threads}")
+        if not self.is_loopback and not self.token and not self.insecure:
+            raise StreamrecError(
+                f"--host {self.host}: binding a non-loopback address needs --token (or STREAMREC_TOKEN), "
+                "or --insecure to serve without one"
+            )
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @classmethod
+    def from_sources(cls, file_values: dict[str, Any], cli_values: dict[str, Any]) -> "ServeConfig":
+        """Merge TOML values and (non-None) command-line values into a validated config."""
+        merged: dict[str, Any] = {}
+        names = {f.name for f in fields(cls)}
+        for origin, values in (("config file", file_values), ("command line", cli_values)):
+            for key, val in values.items():
+                if val is None:
+                    continue
+                key = key.replace("-", "_")
+                if key not in names:
+                    raise StreamrecError(f"{origin}: unknown option {key!r}; expected one of {', '.join(sorted(names))}")
+                if key == "smoothing":
+                    val = _smoothing(val, merged.get("smoothing"))
+                merged[key] = val
+        if "token" not in merged and os.environ.get("STREAMREC_TOKEN"):
+            merged["token"] = os.environ["STREAMREC_TOKEN"]
+        if isinstance(merged.get("source"), int):
+            merged["source"] = str(merged["source"])
+        try:
+            return cls(**merged)
+        except TypeError as exc:
+            raise StreamrecError(f"config: {exc}") from None
+
+
+def _smoothing(val: Any, base: SmoothingConfig | None) -> SmoothingConfig:
+    if isinstance(val, SmoothingConfig):
+        return val
+    if not isinstance(val, dict):
+        raise StreamrecError(f"smoothing: expected a table, got {type(val).__name__}")
+    try:
+        return replace(base or SmoothingConfig(), **val)
+    except (TypeError, ValueError) as exc:
+        raise StreamrecError(f"smoothing: {exc}") from None
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML config file; one-line error when missing or malformed."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise StreamrecError(f"--config: file not found: {p}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StreamrecError(f"--config {p}: not valid TOML: {exc}") from None

@@ -1,0 +1,25 @@
+"""User-facing errors.
+
+Every failure a user can cause (bad file, unknown model, port in use, ...) is raised as
+:class:`StreamrecError`. The CLI prints its message on one line and exits with code 2;
+library callers can catch it like any other exception.
+"""
+
+from __future__ import annotations
+
+
+class StreamrecError(Exception):
+    """An error caused by input or environment, with a one-line message for the user."""
+
+    exit_code = 2
+
+    def __str__(self) -> str:  # keep the CLI's promise of one line
+        return " ".join(super().__str__().split())
+
+
+class SourceError(StreamrecError):
+    """A video source could not be opened or read."""
+
+
+class WeightsError(StreamrecError):
+    """Model weights could not be found, downloaded or matched to the model."""

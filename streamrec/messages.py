@@ -1,0 +1,96 @@
+"""The JSON messages sent to browsers, and a validator the tests and clients can use.
+
+A prediction::
+
+    {"type": "prediction", "seq": 3, "label": "archery", "score": 0.71,
+     "raw_label": "archery", "raw_score": 0.66, "uncertain": false,
+     "top": [{"label": "archery", "score": 0.66}, ...5],
+     "window": {"start_ts": 1764097000.1, "end_ts": 1764097001.1, "frames": 16},
+     "infer_ms": 612.0, "latency_ms": 700.3, "capture_fps": 30.0,
+     "camera": "default", "meaningless": false}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from .smoothing import UNCERTAIN, Smoothed
+
+TOP_K = 5
+
+
+def top_k(probs: np.ndarray, classes: Sequence[str], k: int = TOP_K) -> list[dict[str, Any]]:
+    """The ``k`` best classes, best first, as ``{"label", "score"}`` dicts."""
+    k = min(k, len(classes))
+    idx = np.argpartition(-probs, k - 1)[:k]
+    idx = idx[np.argsort(-probs[idx], kind="stable")]
+    return [{"label": classes[i], "score": round(float(probs[i]), 5)} for i in idx]
+
+
+def prediction_message(
+    *,
+    seq: int,
+    smoothed: Smoothed,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    start_ts: float,
+    end_ts: float,
+    frames: int,
+    infer_ms: float,
+    sent_ts: float,
+    capture_fps: float,
+    camera: str = "default",
+    meaningless: bool = False,
+) -> dict[str, Any]:
+    return {
+        "type": "prediction",
+        "seq": seq,
+        "label": UNCERTAIN if smoothed.uncertain else classes[smoothed.label_index],
+        "score": round(smoothed.score, 5),
+        "raw_label": classes[smoothed.raw_index],
+        "raw_score": round(smoothed.raw_score, 5),
+        "uncertain": smoothed.uncertain,
+        "top": top_k(probs, classes),
+        "window": {"start_ts": start_ts, "end_ts": end_ts, "frames": frames},
+        "infer_ms": round(infer_ms, 2),
+        "latency_ms": round((sent_ts - end_ts) * 1e3, 2),
+        "capture_fps": round(capture_fps, 2),
+        "camera": camera,
+        "meaningless": meaningless,
+    }
+
+
+_FIELDS = {
+    "type": str, "seq": int, "label": str, "score": float, "raw_label": str, "raw_score": float,
+    "top": list, "window": dict, "infer_ms": float, "latency_ms": float, "capture_fps": float,
+}
+
+
+def validate_prediction(msg: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first field that breaks the prediction schema."""
+    for key, typ in _FIELDS.items():
+        if key not in msg:
+            raise ValueError(f"prediction: missing field {key!r}")
+        val = msg[key]
+        ok = isinstance(val, (int, float)) and not isinstance(val, bool) if typ is float else isinstance(val, typ)
+        if not ok:
+            raise ValueError(f"prediction.{key}: expected {typ.__name__}, got {type(val).__name__}")
+    if msg["type"] != "prediction":
+        raise ValueError(f"prediction.type: expected 'prediction', got {msg['type']!r}")
+    for key in ("score", "raw_score"):
+        if not 0.0 <= msg[key] <= 1.0:
+            raise ValueError(f"prediction.{key}: expected 0..1, got {msg[key]}")
+    top = msg["top"]
+    if not 1 <= len(top) <= TOP_K or any(set(t) != {"label", "score"} for t in top):
+        raise ValueError(f"prediction.top: expected 1..{TOP_K} {{label, score}} entries, got {top!r}")
+    if any(top[i]["score"] < top[i + 1]["score"] for i in range(len(top) - 1)):
+        raise ValueError("prediction.top: expected scores in descending order")
+    w = msg["window"]
+    if set(w) != {"start_ts", "end_ts", "frames"} or not w["start_ts"] <= w["end_ts"] or w["frames"] < 1:
+        raise ValueError(f"prediction.window: expected start_ts <= end_ts and frames >= 1, got {w!r}")
+    for key in ("infer_ms", "latency_ms", "capture_fps"):
+        if not math.isfinite(msg[key]) or msg[key] < 0:
+            raise ValueError(f"prediction.{key}: expected a finite value >= 0, got {msg[key]}")

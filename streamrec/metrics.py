@@ -1,0 +1,65 @@
+"""Prometheus metrics for ``GET /metrics`` (``prometheus_client``, text format).
+
+Gauges that mirror live state are read at scrape time from the app, so nothing on the
+hot path updates them; only the two latency histograms are observed per prediction.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from .app import LiveApp
+
+_MS_BUCKETS = (5, 10, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000)
+
+
+class Metrics:
+    CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+    def __init__(self, app: "LiveApp") -> None:
+        self.app = app
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        cam = ["camera"]
+        self.infer = Histogram("streamrec_inference_latency_ms", "Model forward time per window", cam, buckets=_MS_BUCKETS, registry=r)
+        self.e2e = Histogram("streamrec_end_to_end_latency_ms", "Capture of a window's last frame to send", cam, buckets=_MS_BUCKETS, registry=r)
+        self.fps = Gauge("streamrec_capture_fps", "Frames captured per second", cam, registry=r)
+        self.dropped = Gauge("streamrec_frames_dropped_total", "Frames overwritten in the ring before any window used them", cam, registry=r)
+        self.decode_errors = Gauge("streamrec_decode_errors_total", "Corrupt packets skipped", cam, registry=r)
+        self.reconnects = Gauge("streamrec_reconnects_total", "Source reconnects", cam, registry=r)
+        self.skipped = Gauge("streamrec_windows_skipped_total", "Windows skipped because inference was busy", cam, registry=r)
+        self.predictions = Gauge("streamrec_predictions_total", "Predictions sent", cam, registry=r)
+        self.rate = Gauge("streamrec_inference_rate", "Windows classified per second", cam, registry=r)
+        self.clients = Gauge("streamrec_clients", "Connected websocket clients", registry=r)
+        self.messages_dropped = Gauge("streamrec_messages_dropped_total", "Stale messages dropped for slow clients", registry=r)
+        self.label = Gauge("streamrec_current_label", "1 for the label currently shown", ["camera", "label"], registry=r)
+        self._last_label: tuple[str, str] | None = None
+
+    def observe_prediction(self, msg: dict[str, Any]) -> None:
+        cam = msg.get("camera", "default")
+        self.infer.labels(cam).observe(msg["infer_ms"])
+        self.e2e.labels(cam).observe(msg["latency_ms"])
+        key = (cam, msg["label"])
+        if key != self._last_label:
+            if self._last_label is not None:
+                self.label.remove(*self._last_label)
+            self.label.labels(*key).set(1)
+            self._last_label = key
+
+    def render(self) -> bytes:
+        app = self.app
+        cam = app.config.camera
+        cap = app.capture
+        self.fps.labels(cam).set(cap.fps())
+        self.dropped.labels(cam).set(app.ring.dropped)
+        self.decode_errors.labels(cam).set(cap.decode_errors)
+        self.reconnects.labels(cam).set(cap.reconnects)
+        self.skipped.labels(cam).set(app.inference.skipped)
+        self.predictions.labels(cam).set(app.inference.seq)
+        self.rate.labels(cam).set(app.inference.rate())
+        self.clients.set(len(app.hub.clients))
+        self.messages_dropped.set(app.hub.dropped)
+        return generate_latest(self.registry)

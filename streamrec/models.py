@@ -1,0 +1,281 @@
+"""Video classifiers by name, their preprocessing spec, and weight loading.
+
+The preprocessing numbers (resize, crop, mean, std) are read from torchvision's own
+weights enum (``weights.transforms()``), never copied by hand; the temporal sampling
+(frames per window, frame rate the weights were trained at) is the only thing this
+module adds, because torchvision does not record it in the meta.
+
+Example:
+    >>> spec = model_spec("r2plus1d_18")
+    >>> spec.resize, spec.crop, spec.frames, spec.fps
+    ((128, 171), (112, 112), 16, 15.0)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .errors import WeightsError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "streamrec-checkpoint"
+
+# Temporal sampling the torchvision Kinetics-400 weights were trained with (torchvision's
+# references/video_classification recipes; MViT: pytorch/vision#7345).
+_TEMPORAL = {
+    "r3d_18": (16, 15.0),
+    "mc3_18": (16, 15.0),
+    "r2plus1d_18": (16, 15.0),
+    "s3d": (16, 15.0),
+    "mvit_v1_b": (16, 7.5),
+    "mvit_v2_s": (16, 7.5),
+    "swin3d_t": (16, 15.0),
+    "swin3d_s": (16, 15.0),
+    "swin3d_b": (16, 15.0),
+}
+TORCHVISION_MODELS: tuple[str, ...] = tuple(_TEMPORAL)
+EXTRA_MODELS: tuple[str, ...] = ("tiny3d",)
+MODEL_NAMES: tuple[str, ...] = TORCHVISION_MODELS + EXTRA_MODELS
+DEFAULT_MODEL = "r2plus1d_18"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Spatial and temporal preprocessing a model's weights expect.
+
+    ``resize`` is ``(H, W)`` for an exact resize or ``(S,)`` to resize the short side to S,
+    exactly as torchvision's ``VideoClassification`` preset.
+    """
+
+    resize: tuple[int, ...]
+    crop: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    frames: int = 16
+    fps: float = 15.0
+
+    def __post_init__(self) -> None:
+        if len(self.resize) not in (1, 2) or min(self.resize) <= 0:
+            raise ValueError(f"resize: expected (H, W) or (short_side,) > 0, got {self.resize}")
+        if len(self.crop) != 2 or min(self.crop) <= 0:
+            raise ValueError(f"crop: expected (H, W) > 0, got {self.crop}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean/std: expected 3 values with std > 0, got {self.mean}/{self.std}")
+        if self.frames < 1:
+            raise ValueError(f"frames: expected >= 1, got {self.frames}")
+        if self.fps <= 0:
+            raise ValueError(f"fps: expected > 0, got {self.fps}")
+
+    @property
+    def span_s(self) -> float:
+        """Seconds between the first and the last frame of a window."""
+        return (self.frames - 1) / self.fps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        return cls(
+            resize=tuple(int(x) for x in d["resize"]),
+            crop=tuple(int(x) for x in d["crop"]),  # type: ignore[arg-type]
+            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
+            frames=int(d.get("frames", 16)),
+            fps=float(d.get("fps", 15.0)),
+        )
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise WeightsError(f"--model: expected one of {', '.join(MODEL_NAMES)}, got {name!r}")
+
+
+def default_weights(name: str):
+    """torchvision's DEFAULT Kinetics-400 weights enum member for ``name``."""
+    from torchvision.models import get_model_weights
+
+    _check_name(name)
+    if name not in TORCHVISION_MODELS:
+        raise WeightsError(f"--weights DEFAULT: model {name!r} has no pretrained weights; pass a checkpoint PATH or 'none'")
+    return get_model_weights(name).DEFAULT
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The preprocessing of ``name``'s Kinetics-400 weights, read from torchvision's preset."""
+    _check_name(name)
+    if name == "tiny3d":
+        from .tiny3d import TINY3D_SPEC
+
+        return TINY3D_SPEC
+    t = default_weights(name).transforms()
+    frames, fps = _TEMPORAL[name]
+    return ModelSpec(
+        resize=tuple(int(x) for x in t.resize_size),
+        crop=tuple(int(x) for x in t.crop_size),  # type: ignore[arg-type]
+        mean=tuple(float(x) for x in t.mean),  # type: ignore[arg-type]
+        std=tuple(float(x) for x in t.std),  # type: ignore[arg-type]
+        frames=frames,
+        fps=fps,
+    )
+
+
+def kinetics_classes(name: str = "r2plus1d_18") -> list[str]:
+    """Kinetics-400 class names from torchvision's weights meta."""
+    return list(default_weights(name).meta["categories"])
+
+
+def build_model(name: str, *, num_classes: int) -> nn.Module:
+    """An untrained model ``name`` with a ``num_classes``-way head."""
+    _check_name(name)
+    if name == "tiny3d":
+        from .tiny3d import Tiny3D
+
+        return Tiny3D(num_classes=num_classes)
+    from torchvision.models import get_model
+
+    return get_model(name, weights=None, num_classes=num_classes)
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with the class names and preprocessing that belong to it."""
+
+    name: str
+    module: nn.Module
+    classes: list[str]
+    spec: ModelSpec
+    weights: str  # "DEFAULT", "none" or the path
+    meaningless: bool = False  # random weights: labels carry no information
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def hub_checkpoint_path(name: str) -> Path:
+    """Where torch hub caches ``name``'s DEFAULT weights file."""
+    url = default_weights(name).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _load_default_state_dict(name: str) -> dict[str, torch.Tensor]:
+    weights = default_weights(name)
+    path = hub_checkpoint_path(name)
+    if path.is_file():
+        logger.info("loading %s weights from the torch hub cache %s", name, path)
+        return _torch_load(path)
+    offline = os.environ.get("STREAMREC_OFFLINE", "") not in ("", "0")
+    reason = "STREAMREC_OFFLINE is set"
+    if not offline:
+        logger.info("downloading %s weights from %s", name, weights.url)
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(20)
+        try:
+            return weights.get_state_dict(progress=False, check_hash=True)
+        except Exception as exc:  # noqa: BLE001 - any download failure means "offline"
+            reason = f"download failed: {type(exc).__name__}: {exc}"
+        finally:
+            socket.setdefaulttimeout(old)
+    raise WeightsError(
+        f"--weights DEFAULT: file {path.name} is not in the torch hub cache {path.parent} ({reason}); "
+        f"download {weights.url} on a machine with internet and copy it to {path}, "
+        f"or pass --weights PATH to a local file"
+    )
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsError(f"--weights: cannot read {path} as a PyTorch file: {type(exc).__name__}: {exc}") from None
+
+
+def _apply_state_dict(module: nn.Module, state: dict[str, torch.Tensor], *, name: str, source: str) -> None:
+    own = module.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if mismatched or missing or unexpected:
+        detail = []
+        if mismatched:
+            k = mismatched[0]
+            detail.append(f"{len(mismatched)} shape mismatches (first: {k} expected {tuple(own[k].shape)}, got {tuple(state[k].shape)})")
+        if missing:
+            detail.append(f"{len(missing)} missing keys (first: {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
+        raise WeightsError(f"--weights {source}: does not fit model {name}: {'; '.join(detail)}")
+    module.load_state_dict(state)
+
+
+def load_model(name: str | None = None, *, weights: str | os.PathLike = "DEFAULT") -> LoadedModel:
+    """Build ``name`` and load ``weights``: ``"DEFAULT"``, ``"none"`` or a file path.
+
+    A file is either a torchvision state_dict for ``name`` (Kinetics-400 head) or a
+    streamrec checkpoint, which carries its own model name, class names and preprocessing;
+    ``name=None`` means the checkpoint's model, or ``DEFAULT_MODEL`` for anything else.
+    """
+    wstr = str(weights)
+    path = Path(wstr)
+    if wstr.upper() not in ("DEFAULT", "NONE") and path.is_file():
+        obj = _torch_load(path)
+        if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+            return load_checkpoint(obj, source=wstr, expect_model=name)
+    name = name or DEFAULT_MODEL
+    _check_name(name)
+    if wstr.upper() == "DEFAULT":
+        classes = kinetics_classes(name)
+        module = build_model(name, num_classes=len(classes))
+        _apply_state_dict(module, _load_default_state_dict(name), name=name, source="DEFAULT")
+        return LoadedModel(name, module.eval(), classes, model_spec(name), "DEFAULT")
+    if wstr.lower() == "none":
+        classes = kinetics_classes(name) if name in TORCHVISION_MODELS else [f"class_{i}" for i in range(10)]
+        module = build_model(name, num_classes=len(classes))
+        logger.warning("--weights none: random weights, labels are meaningless")
+        return LoadedModel(name, module.eval(), classes, model_spec(name), "none", meaningless=True)
+    if not path.is_file():
+        raise WeightsError(f"--weights: expected DEFAULT, none or a file, got {wstr!r} (no such file)")
+    obj = _torch_load(path)
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"--weights {wstr}: expected a state_dict or a streamrec checkpoint, got {type(obj).__name__}")
+    classes = kinetics_classes(name)
+    module = build_model(name, num_classes=len(classes))
+    _apply_state_dict(module, obj, name=name, source=wstr)
+    return LoadedModel(name, module.eval(), classes, model_spec(name), wstr)
+
+
+def load_checkpoint(ckpt: dict[str, Any], *, source: str, expect_model: str | None = None) -> LoadedModel:
+    """A :class:`LoadedModel` from a streamrec checkpoint dict (see :func:`make_checkpoint`)."""
+    name = ckpt.get("model")
+    classes = ckpt.get("classes")
+    if name not in MODEL_NAMES or not isinstance(classes, list) or not classes:
+        raise WeightsError(f"--weights {source}: checkpoint lacks a valid 'model' or 'classes' entry")
+    if expect_model is not None and expect_model != name:
+        raise WeightsError(f"--weights {source}: checkpoint is for model {name!r}, but --model is {expect_model!r}")
+    module = build_model(name, num_classes=len(classes))
+    _apply_state_dict(module, ckpt["state_dict"], name=name, source=source)
+    spec = ModelSpec.from_dict(ckpt["preprocess"]) if "preprocess" in ckpt else model_spec(name)
+    extra = {k: ckpt[k] for k in ("train_args", "metrics") if k in ckpt}
+    return LoadedModel(name, module.eval(), list(classes), spec, source, extra=extra)
+
+
+def make_checkpoint(
+    module: nn.Module, *, model: str, classes: Sequence[str], spec: ModelSpec, **extra: Any
+) -> dict[str, Any]:
+    """The dict a streamrec checkpoint file holds (``torch.save`` it)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": 1,
+        "model": model,
+        "classes": list(classes),
+        "preprocess": spec.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        **extra,
+    }

@@ -1,0 +1,95 @@
+"""Per-frame spatial preprocessing that matches torchvision's ``VideoClassification`` preset.
+
+torchvision resizes (bilinear, ``antialias=False``), center-crops, scales to [0, 1] and
+normalizes a whole clip at once. Every one of those steps is per frame, so streamrec does
+them once per frame at capture time and a window is only a gather of ready frames.
+
+Example:
+    >>> import numpy as np
+    >>> from streamrec.models import model_spec
+    >>> pre = FramePreprocessor(model_spec("r2plus1d_18"))
+    >>> pre(np.zeros((240, 320, 3), np.uint8)).shape  # (C, H, W), float32, normalized
+    (3, 112, 112)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .models import ModelSpec
+
+
+def resized_size(height: int, width: int, resize: tuple[int, ...]) -> tuple[int, int]:
+    """Output ``(H, W)`` of torchvision's ``F.resize(size=resize)`` for an input of that size."""
+    if len(resize) == 2:
+        return int(resize[0]), int(resize[1])
+    short, long = (height, width) if height <= width else (width, height)
+    new_short, new_long = int(resize[0]), int(resize[0] * long / short)  # truncation, as torchvision
+    return (new_short, new_long) if height <= width else (new_long, new_short)
+
+
+def center_crop_box(height: int, width: int, crop: tuple[int, int]) -> tuple[int, int]:
+    """Top-left corner of torchvision's ``center_crop`` (rounding as torchvision does)."""
+    ch, cw = crop
+    if ch > height or cw > width:
+        raise ValueError(f"crop: expected <= frame size {height}x{width}, got {ch}x{cw}")
+    return int(round((height - ch) / 2.0)), int(round((width - cw) / 2.0))
+
+
+class FramePreprocessor:
+    """Turns one RGB uint8 ``(H, W, 3)`` frame into a normalized float32 ``(C, H, W)`` frame.
+
+    Also usable in two halves: :meth:`resize_crop` (uint8 out, for caching decoded clips)
+    and :meth:`normalize`.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        mean = np.asarray(spec.mean, np.float32)
+        std = np.asarray(spec.std, np.float32)
+        # (x / 255 - mean) / std == x * scale + bias, per channel
+        self._scale = (1.0 / (255.0 * std)).reshape(1, 1, 3)
+        self._bias = (-mean / std).reshape(1, 1, 3)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (3, *self.spec.crop)
+
+    def resize_crop(self, frame: np.ndarray) -> np.ndarray:
+        """Resize + center crop of one RGB uint8 ``(H, W, 3)`` frame; returns uint8 ``(h, w, 3)``."""
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"frame: expected uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+        h, w = frame.shape[:2]
+        rh, rw = resized_size(h, w, self.spec.resize)
+        top, left = center_crop_box(rh, rw, self.spec.crop)
+        ch, cw = self.spec.crop
+        if (rh, rw) != (h, w):
+            # cv2's INTER_LINEAR uses half-pixel centres with no antialias filter, like
+            # torchvision's bilinear with antialias=False: same sampling grid.
+            frame = cv2.resize(frame, (rw, rh), interpolation=cv2.INTER_LINEAR)
+        return frame[top : top + ch, left : left + cw]
+
+    def normalize(self, crop: np.ndarray) -> np.ndarray:
+        """uint8 ``(h, w, 3)`` -> normalized float32 ``(3, h, w)``."""
+        out = crop.astype(np.float32) * self._scale + self._bias
+        return np.ascontiguousarray(out.transpose(2, 0, 1))  # (H, W, C) -> (C, H, W)
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        return self.normalize(self.resize_crop(frame))
+
+    def clip(self, frames: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """Exactly these RGB uint8 frames -> model input ``(1, C, T, H, W)``."""
+        if isinstance(frames, np.ndarray) and frames.ndim == 3:
+            raise ValueError(f"frames: expected T x H x W x 3 or a list of H x W x 3, got {frames.shape}")
+        stacked = np.stack([self(f) for f in frames])  # (T, C, H, W)
+        return stack_window(stacked)
+
+
+def stack_window(frames: np.ndarray) -> torch.Tensor:
+    """Normalized frames ``(T, C, H, W)`` -> model input ``(1, C, T, H, W)``."""
+    t = torch.from_numpy(np.ascontiguousarray(frames))
+    return t.permute(1, 0, 2, 3).unsqueeze(0).contiguous()  # (T, C, H, W) -> (1, C, T, H, W)

@@ -1,0 +1,207 @@
+"""The asyncio HTTP + WebSocket server: ``/``, ``/healthz``, ``/metrics`` and ``/ws``.
+
+The event loop owns every socket. Other threads hand it messages with
+:meth:`Hub.publish_threadsafe`. Each client has a one-slot mailbox per message kind
+(prediction, status, frame) and its own sender task: a slow or stalled browser only ever
+has the newest message waiting, older ones are dropped and counted, and it never slows
+inference or the other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from importlib import resources
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("status", "prediction", "frame")
+
+
+@dataclass(eq=False)
+class Client:
+    ws: ServerConnection
+    slots: dict[str, str | bytes | None] = field(default_factory=lambda: dict.fromkeys(KINDS))
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: int = 0
+    sent: int = 0
+
+
+class Hub:
+    """The connected browsers and the newest message of each kind for each of them."""
+
+    def __init__(self) -> None:
+        self.clients: set[Client] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.dropped = 0
+        self.last: dict[str, str | bytes] = {}
+
+    def publish(self, kind: str, payload: str | bytes) -> None:
+        """Offer ``payload`` to every client (call on the event loop; never blocks)."""
+        self.last[kind] = payload
+        for c in self.clients:
+            if c.slots[kind] is not None:
+                c.dropped += 1
+                self.dropped += 1
+            c.slots[kind] = payload
+            c.ready.set()
+
+    def publish_threadsafe(self, kind: str, payload: str | bytes) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self.publish, kind, payload)
+            except RuntimeError:  # loop closed between the check and the call
+                pass
+
+    async def serve_client(self, ws: ServerConnection) -> None:
+        client = Client(ws)
+        for kind in ("status", "prediction"):  # a new page shows state at once
+            if kind in self.last:
+                client.slots[kind] = self.last[kind]
+                client.ready.set()
+        self.clients.add(client)
+        reader = asyncio.create_task(self._drain_incoming(ws))
+        try:
+            while True:
+                await client.ready.wait()
+                client.ready.clear()
+                for kind in KINDS:
+                    payload = client.slots[kind]
+                    if payload is not None:
+                        client.slots[kind] = None
+                        await ws.send(payload)  # waits only on this client's socket
+                        client.sent += 1
+        except ConnectionClosed:
+            pass
+        finally:
+            self.clients.discard(client)
+            reader.cancel()
+
+    @staticmethod
+    async def _drain_incoming(ws: ServerConnection) -> None:
+        try:
+            async for _ in ws:  # browsers send nothing we need; keep the socket healthy
+                pass
+        except ConnectionClosed:
+            pass
+
+
+@dataclass(frozen=True)
+class Route:
+    content_type: str
+    body: Callable[[], bytes]
+
+
+class WebServer:
+    """Serves the page and the websocket. ``routes`` maps paths to GET handlers."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        host: str,
+        port: int,
+        routes: dict[str, Route],
+        token: str | None = None,
+    ) -> None:
+        self.hub = hub
+        self.host = host
+        self.port = port
+        self.routes = routes
+        self.token = token
+        self._server: Server | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        self.hub.loop = asyncio.get_running_loop()
+        self._server = await serve(
+            self._handler,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            max_size=2**16,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=1,
+            write_limit=2**18,
+        )
+        sock = next(iter(self._server.sockets))
+        self.port = sock.getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening and close every client (idempotent)."""
+        if self._closed or self._server is None:
+            return
+        self._closed = True
+        self._server.close(close_connections=True)
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), timeout=1.5)
+        except asyncio.TimeoutError:
+            logger.warning("some websocket clients did not close in time")
+
+    def _authorized(self, request: Request) -> bool:
+        if not self.token:
+            return True
+        query = parse_qs(urlsplit(request.path).query)
+        given = (query.get("token") or [""])[0]
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = given or auth[7:]
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/ws":
+            if not self._authorized(request):
+                return _response(HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token\n")
+            origin = request.headers.get("Origin")
+            host = request.headers.get("Host", "")
+            if origin is not None and urlsplit(origin).netloc != host:
+                return _response(HTTPStatus.FORBIDDEN, "text/plain", b"cross-origin websocket refused\n")
+            return None  # go on with the websocket handshake
+        route = self.routes.get(path)
+        if route is None:
+            return _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+        if path not in ("/healthz",) and not self._authorized(request):
+            return _response(HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token: open /?token=...\n")
+        try:
+            body = route.body()
+        except Exception:  # noqa: BLE001
+            logger.exception("handler for %s failed", path)
+            return _response(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n")
+        return _response(HTTPStatus.OK, route.content_type, body)
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        await self.hub.serve_client(ws)
+
+
+def _response(status: HTTPStatus, content_type: str, body: bytes) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+def page_html() -> bytes:
+    return resources.files("streamrec").joinpath("web/index.html").read_bytes()
+
+
+def json_route(fn: Callable[[], Any]) -> Route:
+    return Route("application/json", lambda: json.dumps(fn()).encode())

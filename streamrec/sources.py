@@ -1,0 +1,195 @@
+"""Video sources: webcam index, network URL (RTSP/HTTP) or file, as RGB frames with times.
+
+A source yields ``(rgb, pts)`` pairs: ``rgb`` is a uint8 ``(H, W, 3)`` array decoded once,
+``pts`` the frame's presentation time in seconds from the stream (``None`` for a webcam).
+
+Example:
+    >>> spec = SourceSpec.parse("rtsp://10.0.0.5/stream1")
+    >>> spec.kind, spec.is_live
+    ('network', True)
+    >>> SourceSpec.parse("0").kind
+    'webcam'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import SourceError
+
+logger = logging.getLogger(__name__)
+
+NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where frames come from, and how to open it."""
+
+    target: str
+    kind: str  # "webcam" | "network" | "file"
+    rtsp_transport: str = "tcp"
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("webcam", "network", "file"):
+            raise ValueError(f"kind: expected webcam, network or file, got {self.kind!r}")
+        if self.rtsp_transport not in ("tcp", "udp"):
+            raise SourceError(f"--rtsp-transport: expected tcp or udp, got {self.rtsp_transport!r}")
+        if self.open_timeout_s <= 0 or self.read_timeout_s <= 0:
+            raise SourceError(f"timeouts: expected > 0 s, got open {self.open_timeout_s}, read {self.read_timeout_s}")
+
+    @classmethod
+    def parse(cls, source: str | int, **kw) -> "SourceSpec":
+        text = str(source).strip()
+        if not text:
+            raise SourceError("--source: expected a webcam index, a URL or a video file, got an empty string")
+        if text.isdigit():
+            return cls(text, "webcam", **kw)
+        if text.lower().startswith(NETWORK_SCHEMES):
+            return cls(text, "network", **kw)
+        if "://" in text:
+            raise SourceError(f"--source: expected rtsp://, rtsps://, http:// or https://, got {text!r}")
+        return cls(text, "file", **kw)
+
+    @property
+    def is_live(self) -> bool:
+        return self.kind != "file"
+
+    @property
+    def display_name(self) -> str:
+        """The target with any password in a URL hidden, for logs and pages."""
+        if self.kind == "network" and "@" in self.target:
+            scheme, rest = self.target.split("://", 1)
+            cred, host = rest.rsplit("@", 1)
+            user = cred.split(":", 1)[0]
+            return f"{scheme}://{user}:***@{host}"
+        return self.target
+
+
+class Source:
+    """An opened source. Iterate :meth:`frames`; call :meth:`close` (idempotent) when done."""
+
+    fps: float | None = None
+    size: tuple[int, int] | None = None  # (W, H)
+
+    def frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class PyAVSource(Source):
+    """A file or network stream decoded by PyAV (FFmpeg), with open and read timeouts."""
+
+    def __init__(self, spec: SourceSpec) -> None:
+        import av
+
+        self.spec = spec
+        self.decode_errors = 0
+        options = {}
+        if spec.kind == "network":
+            if spec.target.lower().startswith(("rtsp://", "rtsps://")):
+                options["rtsp_transport"] = spec.rtsp_transport
+        elif not Path(spec.target).exists():
+            raise SourceError(f"--source: file not found: {spec.target}")
+        elif Path(spec.target).is_dir():
+            raise SourceError(f"--source: expected a video file, got a directory: {spec.target}")
+        try:
+            self._container = av.open(
+                spec.target, options=options, timeout=(spec.open_timeout_s, spec.read_timeout_s)
+            )
+        except (av.error.FFmpegError, OSError) as exc:
+            what = "cannot connect to" if spec.kind == "network" else "not a readable video file"
+            raise SourceError(f"--source: {what} {spec.display_name}: {_av_reason(exc)}") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise SourceError(f"--source: {spec.display_name} has no video stream")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self.fps = float(rate) if rate else None
+        self.size = (self._stream.codec_context.width, self._stream.codec_context.height)
+        self._closed = False
+
+    def frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        import av
+
+        index = 0
+        for packet in self._container.demux(self._stream):
+            try:
+                decoded = packet.decode()
+            except av.error.InvalidDataError as exc:  # a corrupt packet: count, skip, go on
+                self.decode_errors += 1
+                logger.debug("decode error in %s: %s", self.spec.display_name, exc)
+                continue
+            for frame in decoded:
+                pts = frame.time
+                if pts is None and self.fps:
+                    pts = index / self.fps
+                index += 1
+                yield frame.to_ndarray(format="rgb24"), pts
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._container.close()
+
+
+class WebcamSource(Source):
+    """A local camera through OpenCV."""
+
+    def __init__(self, spec: SourceSpec) -> None:
+        import cv2
+
+        self.spec = spec
+        self.decode_errors = 0
+        self._cap = cv2.VideoCapture(int(spec.target))
+        if not self._cap.isOpened():
+            self._cap.release()
+            raise SourceError(f"--source: cannot open webcam {spec.target} (no such device, or it is busy)")
+        self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and fps > 0 else None
+        self.size = (int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        self._closed = False
+
+    def frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        import cv2
+
+        while True:
+            ok, bgr = self._cap.read()
+            if not ok:
+                raise SourceError(f"webcam {self.spec.target}: read failed (unplugged?)")
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._cap.release()
+
+
+def open_source(spec: SourceSpec) -> Source:
+    """Open ``spec``; raises :class:`SourceError` with a one-line reason when it cannot."""
+    if spec.kind == "webcam":
+        return WebcamSource(spec)
+    return PyAVSource(spec)
+
+
+def _av_reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.split(":")[0].strip() if os.sep in text else text.strip()
