@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -52,6 +53,7 @@ class LiveApp:
             read_timeout_s=config.stall_timeout,
         )
         self.source_spec = spec
+        check_port_free(config.host, config.port)  # before the slow model load
         first = open_source(spec)  # fail fast: missing file, not a video, unreachable URL
         try:
             self.loaded = load_model(config.model, weights=config.weights)
@@ -162,7 +164,8 @@ class LiveApp:
         except OSError as exc:
             self._close_first_source()
             raise StreamrecError(f"--port {self.config.port}: cannot listen on {self.config.host}: {exc.strerror or exc}") from None
-        logger.info("serving on http://%s:%d/", self.config.host, self.server.port)
+        what = f"serving {self.source_spec.display_name} with {self.loaded.name} on {self.classifier.device}"
+        logger.info("%s at http://%s:%d/ (Ctrl-C to stop)", what, self.config.host, self.server.port)
         self.capture.start()
         self.inference.start()
         tasks = [asyncio.create_task(self._status_task()), asyncio.create_task(self._preview_task())]
@@ -190,6 +193,23 @@ class LiveApp:
         self.stop.set()
         if self._loop is not None and self._stopped is not None:
             self._loop.call_soon_threadsafe(self._stopped.set)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail fast (before loading a model) when ``host:port`` cannot be bound."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise StreamrecError(f"--host: cannot resolve {host!r}: {exc.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise StreamrecError(f"--port {port}: cannot listen on {host}: {exc.strerror}") from None
 
 
 def encode_preview(rgb, width: int) -> bytes:

@@ -1,0 +1,85 @@
+"""Bad input: one line on stderr, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from conftest import run_cli
+
+
+def one_line_error(proc, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("streamrec: error:")]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_missing_file():
+    one_line_error(run_cli("serve", "--source", "/no/such/clip.mp4", "--weights", "none"), "file not found", "/no/such/clip.mp4")
+
+
+def test_file_that_is_not_a_video(tmp_path):
+    p = tmp_path / "notes.mp4"
+    p.write_text("hello, I am not a video\n" * 100)
+    one_line_error(run_cli("serve", "--source", str(p), "--weights", "none"), "not a readable video file")
+
+
+def test_unreachable_rtsp_url_after_bounded_timeout():
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = run_cli("serve", "--source", f"rtsp://user:pw@127.0.0.1:{port}/stream", "--weights", "none",
+                   "--open-timeout", "3", timeout=60)
+    line = one_line_error(proc, "cannot connect to", f"127.0.0.1:{port}")
+    assert "pw" not in line  # the password is hidden
+
+
+def test_unknown_model():
+    one_line_error(run_cli("serve", "--source", "x.mp4", "--model", "resnet9000"), "--model", "resnet9000")
+
+
+def test_checkpoint_for_another_model(tmp_path, clips):
+    import torch
+
+    from streamrec.models import build_model
+
+    p = tmp_path / "w.pth"
+    torch.save(build_model("tiny3d", num_classes=400).state_dict(), p)
+    one_line_error(run_cli("serve", "--source", str(clips / "arm_wrestling.mp4"), "--weights", str(p)),
+                   "does not fit model r2plus1d_18")
+
+
+def test_port_already_in_use(clips):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        one_line_error(run_cli("serve", "--source", str(clips / "arm_wrestling.mp4"), "--weights", "none",
+                               "--model", "tiny3d", "--port", str(port)), f"--port {port}", "cannot listen")
+
+
+def test_offline_default_weights(tmp_path, clips):
+    proc = run_cli("serve", "--source", str(clips / "arm_wrestling.mp4"),
+                   env={"TORCH_HOME": str(tmp_path), "STREAMREC_OFFLINE": "1"})
+    one_line_error(proc, "r2plus1d_18-", str(tmp_path / "hub" / "checkpoints"), "copy it to")
+
+
+def test_public_bind_needs_a_token():
+    one_line_error(run_cli("serve", "--source", "x.mp4", "--host", "0.0.0.0"), "--token", "--insecure")
+
+
+def test_bad_config_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("source = 'a.mp4'\nwibble = 3\n")
+    one_line_error(run_cli("serve", "--config", str(p)), "unknown option 'wibble'")
+    p.write_text("source = [unclosed\n")
+    one_line_error(run_cli("serve", "--config", str(p)), "not valid TOML")
+
+
+def test_unknown_argument():
+    one_line_error(run_cli("serve", "--frobnicate"), "unrecognized arguments")

@@ -1,0 +1,84 @@
+"""The hub's per-client mailboxes: a stalled client never slows the others or grows a queue."""
+
+import asyncio
+
+from websockets.exceptions import ConnectionClosedOK
+
+from streamrec.server import Hub
+
+
+class FakeWS:
+    """Stands in for a websocket connection: records sends; can stall forever."""
+
+    def __init__(self, stalled: bool = False) -> None:
+        self.stalled = stalled
+        self.sent: list = []
+        self.closed = asyncio.Event()
+
+    async def send(self, payload):
+        if self.stalled:
+            await asyncio.Event().wait()  # a browser that never reads
+        self.sent.append(payload)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        await self.closed.wait()
+        raise StopAsyncIteration
+
+
+def test_stalled_client_keeps_one_message_and_others_get_all():
+    async def scenario():
+        hub = Hub()
+        fast, slow = FakeWS(), FakeWS(stalled=True)
+        tasks = [asyncio.create_task(hub.serve_client(ws)) for ws in (fast, slow)]
+        await asyncio.sleep(0)
+        for i in range(100):
+            hub.publish("prediction", f"p{i}")
+            await asyncio.sleep(0)  # let the fast client's task run
+        await asyncio.sleep(0.01)
+        slow_client = next(c for c in hub.clients if c.ws is slow)
+        fast_client = next(c for c in hub.clients if c.ws is fast)
+        result = (list(fast.sent), dict(slow_client.slots), slow_client.dropped, fast_client.dropped)
+        for t in tasks:
+            t.cancel()
+        return result
+
+    fast_sent, slow_slots, slow_dropped, fast_dropped = asyncio.run(scenario())
+    assert fast_sent == [f"p{i}" for i in range(100)]
+    assert fast_dropped == 0
+    # the stalled client is blocked sending p0; only the newest message waits for it
+    assert slow_slots == {"status": None, "prediction": "p99", "frame": None}
+    assert slow_dropped == 98
+
+
+def test_new_client_gets_last_status_and_prediction_first():
+    async def scenario():
+        hub = Hub()
+        hub.publish("status", "s1")
+        hub.publish("prediction", "p1")
+        hub.publish("frame", b"jpeg")
+        ws = FakeWS()
+        task = asyncio.create_task(hub.serve_client(ws))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        return ws.sent
+
+    assert asyncio.run(scenario()) == ["s1", "p1"]
+
+
+def test_client_is_forgotten_when_it_disconnects():
+    class Closing(FakeWS):
+        async def send(self, payload):
+            raise ConnectionClosedOK(None, None)
+
+    async def scenario():
+        hub = Hub()
+        task = asyncio.create_task(hub.serve_client(Closing()))
+        await asyncio.sleep(0)
+        hub.publish("prediction", "p")
+        await asyncio.wait_for(task, 1)
+        return len(hub.clients)
+
+    assert asyncio.run(scenario()) == 0

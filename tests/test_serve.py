@@ -1,0 +1,123 @@
+"""`streamrec serve` end to end: a real clip, a real server, a real websocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import websockets
+
+from streamrec.messages import validate_prediction
+
+from conftest import ROOT, free_port, streamrec_cmd, wait_http
+
+
+def start_serve(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        streamrec_cmd("serve", *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
+async def collect(url: str, n: int, timeout: float = 90.0, **kw) -> tuple[list[dict], list[dict], int]:
+    preds, statuses, frames = [], [], 0
+    async with websockets.connect(url, max_size=2**22, **kw) as ws:
+        deadline = time.monotonic() + timeout
+        while len(preds) < n:
+            msg = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+            if isinstance(msg, bytes):
+                frames += 1
+                continue
+            m = json.loads(msg)
+            (preds if m["type"] == "prediction" else statuses).append(m)
+    return preds, statuses, frames
+
+
+def test_serve_end_to_end_on_a_real_clip(clips):
+    port = free_port()
+    proc = start_serve("--source", str(clips / "arm_wrestling.mp4"), "--loop", "--weights", "none",
+                       "--port", str(port), "--device", "cpu")
+    try:
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc))
+        assert health["model"] == "r2plus1d_18" and health["device"] == "cpu"
+        assert health["meaningless"] is True and "meaningless" in health["warning"]
+        page = wait_http(f"http://127.0.0.1:{port}/").decode()
+        assert 'id="label"' in page and "new WebSocket" in page
+
+        preds, statuses, frames = asyncio.run(collect(f"ws://127.0.0.1:{port}/ws", 3))
+        for p in preds:
+            validate_prediction(p)
+            assert p["meaningless"] is True
+            assert p["window"]["frames"] == 16
+            # 16 frames at 15 fps from a 28 fps file: 15/15 s apart, +- one source frame
+            assert abs(p["window"]["end_ts"] - p["window"]["start_ts"] - 1.0) <= 1 / 28 + 1e-6
+            assert abs(p["window"]["end_ts"] - time.time()) < 30  # Unix seconds
+        seqs = [p["seq"] for p in preds]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 3
+        assert statuses and statuses[-1]["warning"] and "meaningless" in statuses[-1]["warning"]
+        assert frames >= 1
+
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+        assert health["source"]["state"] == "running" and health["capture_fps"] > 10
+        assert health["predictions"] >= 3
+
+        metrics = wait_http(f"http://127.0.0.1:{port}/metrics").decode()
+        assert 'streamrec_inference_latency_ms_count{camera="default"}' in metrics
+        assert "streamrec_capture_fps" in metrics
+
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=5)
+        assert err.value.code == 404
+    finally:
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=10)
+        finally:
+            proc.kill()
+        elapsed = time.monotonic() - t0
+    err_text = proc.stderr.read()
+    print(f"SIGTERM to exit: {elapsed:.2f} s")
+    assert rc == 0, err_text
+    assert "stopped" in err_text and "Traceback" not in err_text
+
+
+def test_cross_origin_websocket_is_refused(clips):
+    port = free_port()
+    proc = start_serve("--source", str(clips / "cleaning_pool.mp4"), "--loop", "--weights", "none",
+                       "--model", "tiny3d", "--port", str(port))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        with pytest.raises(websockets.exceptions.InvalidStatus) as err:
+            asyncio.run(collect(f"ws://127.0.0.1:{port}/ws", 1, timeout=10, origin="http://evil.example"))
+        assert err.value.response.status_code == 403
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_token_is_required_on_page_and_websocket(clips):
+    port = free_port()
+    proc = start_serve("--source", str(clips / "cleaning_pool.mp4"), "--loop", "--weights", "none",
+                       "--model", "tiny3d", "--port", str(port), "--token", "s3cret")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+        assert err.value.code == 401
+        assert b'id="label"' in wait_http(f"http://127.0.0.1:{port}/?token=s3cret")
+        with pytest.raises(websockets.exceptions.InvalidStatus) as err:
+            asyncio.run(collect(f"ws://127.0.0.1:{port}/ws?token=wrong", 1, timeout=10))
+        assert err.value.response.status_code == 401
+        preds, _, _ = asyncio.run(collect(f"ws://127.0.0.1:{port}/ws?token=s3cret", 1))
+        validate_prediction(preds[0])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
