@@ -18,7 +18,7 @@ def __getattr__(name: str):
 
         return classify_file
     if name == "kinetics":
-        from . import kinetics
+        import importlib
 
-        return kinetics
+        return importlib.import_module("streamrec.kinetics")
     raise AttributeError(f"module 'streamrec' has no attribute {name!r}")

@@ -103,9 +103,10 @@ class FrameRing:
     def newest_window(
         self, frames: int, fps: float, *, end_ts: float | None = None, pad: bool = False
     ) -> Window | None:
-        """The window of ``frames`` at ``fps`` ending at the newest frame (or the newest at or
-        before ``end_ts``); ``None`` while the ring does not yet span it, unless ``pad``:
-        then the window starts at the oldest frame and repeats the last one to fill up."""
+        """The window of ``frames`` at ``fps`` ending at the newest frame, or ending at time
+        ``end_ts`` (frame times nearest to ``end_ts - k / fps``). ``None`` while the ring
+        does not yet span it, unless ``pad``: then the window starts at the oldest frame and
+        repeats the last one to fill up."""
         with self._lock:
             n = min(self._seq, self.capacity)
             if n == 0:
@@ -116,22 +117,26 @@ class FrameRing:
             ts = self._ts[slots]  # ascending by construction
             valid = np.isfinite(ts)
             seqs, slots, ts = seqs[valid], slots[valid], ts[valid]
-            if end_ts is not None:
-                keep = ts <= end_ts
-                seqs, slots, ts = seqs[keep], slots[keep], ts[keep]
             if len(ts) == 0:
                 return None
-            targets = ts[-1] - (frames - 1 - np.arange(frames)) / fps
-            # half a source-frame of slack: a window exactly one span long still fits
-            period = (ts[-1] - ts[0]) / (len(ts) - 1) if len(ts) > 1 else 0.0
-            if targets[0] < ts[0] - 0.5 * period - 1e-6:
+            # half a source frame of slack at either end: a window exactly one span long fits
+            half = 0.5 * (ts[-1] - ts[0]) / (len(ts) - 1) if len(ts) > 1 else 0.0
+            anchor = ts[-1]
+            if end_ts is not None:
+                keep = ts <= end_ts + half + 1e-6
+                seqs, slots, ts = seqs[keep], slots[keep], ts[keep]
+                if len(ts) == 0:
+                    return None
+                anchor = end_ts
+            targets = anchor - (frames - 1 - np.arange(frames)) / fps
+            if targets[0] < ts[0] - half - 1e-6:
                 if not pad:
                     return None
                 targets = ts[0] + np.arange(frames) / fps  # beyond the last frame: nearest = last
             idx = _nearest(ts, targets)
             chosen = slots[idx]
             self._used[chosen] = True
-            return Window(self._frames[chosen].copy(), ts[idx].copy(), int(seqs[-1]))
+            return Window(self._frames[chosen].copy(), ts[idx].copy(), int(seqs[idx[-1]]))
 
 
 def _nearest(sorted_ts: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -130,6 +130,9 @@ class PyAVSource(Source):
         import av
 
         index = 0
+        first: float | None = None
+        last = -float("inf")
+        by_index = False  # timestamps came out of order: time frames by their index instead
         for packet in self._container.demux(self._stream):
             try:
                 decoded = packet.decode()
@@ -139,9 +142,18 @@ class PyAVSource(Source):
                 continue
             for frame in decoded:
                 pts = frame.time
-                if pts is None and self.fps:
-                    pts = index / self.fps
+                if first is None:
+                    first = pts if pts is not None else 0.0
+                if self.fps and (by_index or pts is None or pts <= last):
+                    # AVI and other formats without presentation times label frames in
+                    # decode order (1, 2, 4, 3, ...) while the pictures come out in display
+                    # order: for a constant-rate stream the frame index is the true clock.
+                    if not by_index and pts is not None:
+                        logger.debug("%s: timestamps out of order; timing frames by index", self.spec.display_name)
+                    by_index = by_index or pts is not None
+                    pts = first + index / self.fps
                 index += 1
+                last = pts if pts is not None else last
                 yield frame.to_ndarray(format="rgb24"), pts
 
     def close(self) -> None:

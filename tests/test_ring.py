@@ -71,11 +71,14 @@ def test_pad_repeats_the_last_frame_for_a_short_clip():
     assert [int(v) for v in w.frames[:, 0]] == [0, 1, 2, 3, 4, 4, 4, 4]
 
 
-def test_end_ts_picks_the_window_ending_at_or_before_it():
+def test_end_ts_anchors_the_window_at_that_time():
     ring = FrameRing(capacity=64, frame_shape=(1,))
     fill(ring, 40, fps=10, t0=0.0)
-    w = ring.newest_window(frames=4, fps=10, end_ts=2.05)
+    w = ring.newest_window(frames=4, fps=10, end_ts=2.02)
     assert [int(v) for v in w.frames[:, 0]] == [17, 18, 19, 20]
+    w = ring.newest_window(frames=4, fps=10, end_ts=2.08)  # nearer the next frame
+    assert [int(v) for v in w.frames[:, 0]] == [18, 19, 20, 21]
+    assert w.end_seq == 21
 
 
 def test_clear_forgets_frames_without_counting_drops():

@@ -1,0 +1,41 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from streamrec.config import ServeConfig, load_toml
+from streamrec.errors import StreamrecError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_command_line_overrides_file_and_defaults_fill_the_rest():
+    cfg = ServeConfig.from_sources({"source": "a.mp4", "port": 9000, "smoothing": {"hold": 4}},
+                                   {"port": 9100, "loop": None, "model": "s3d"})
+    assert (cfg.source, cfg.port, cfg.model, cfg.loop, cfg.host) == ("a.mp4", 9100, "s3d", False, "127.0.0.1")
+    assert (cfg.smoothing.hold, cfg.smoothing.alpha) == (4, 0.4)
+
+
+@pytest.mark.parametrize("name", ["default.toml", "rtsp-camera.toml"])
+def test_shipped_configs_are_valid(name, monkeypatch):
+    monkeypatch.setenv("STREAMREC_TOKEN", "t")
+    cfg = ServeConfig.from_sources(load_toml(ROOT / "configs" / name), {})
+    assert cfg.source
+
+
+def test_token_from_environment_allows_a_public_bind(monkeypatch):
+    monkeypatch.setenv("STREAMREC_TOKEN", "abc")
+    assert ServeConfig.from_sources({}, {"source": "0", "host": "0.0.0.0"}).token == "abc"
+    monkeypatch.delenv("STREAMREC_TOKEN")
+    with pytest.raises(StreamrecError, match="needs --token"):
+        ServeConfig.from_sources({}, {"source": "0", "host": "0.0.0.0"})
+    assert ServeConfig.from_sources({}, {"source": "0", "host": "0.0.0.0", "insecure": True}).insecure
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"port": 70000}, "--port"), ({"stride_ms": -1}, "--stride-ms"), ({"smoothing": {"alpha": 2}}, "alpha"),
+    ({"smoothing": {"nope": 1}}, "nope"),
+])
+def test_bad_values_name_the_option(values, match):
+    with pytest.raises(StreamrecError, match=match):
+        ServeConfig.from_sources({"source": "a.mp4", **values}, {})

@@ -1,0 +1,45 @@
+import json
+
+import pytest
+from torchvision.models import get_model_weights
+
+from streamrec import kinetics
+
+from conftest import run_cli
+
+
+def test_every_grouped_name_is_a_torchvision_category_and_each_class_has_one_group():
+    official = list(get_model_weights("r2plus1d_18").DEFAULT.meta["categories"])
+    assert kinetics.classes() == official
+    seen: dict[str, str] = {}
+    for group, labels in kinetics.categories().items():
+        for label in labels:
+            assert label in official, f"{label!r} in group {group!r} is not a Kinetics-400 class"
+            assert label not in seen, f"{label!r} is in both {seen[label]!r} and {group!r}"
+            seen[label] = group
+    assert sorted(seen) == sorted(official)
+
+
+def test_sport_groups():
+    sports = kinetics.sport_categories()
+    assert sum(len(v) for v in sports.values()) == 134
+    for g in ["ball sports", "athletics", "gymnastics", "swimming and diving", "water sports", "winter sports",
+              "racquet and bat sports", "combat sports", "golf", "cycling", "climbing", "gym and fitness", "dance"]:
+        assert g in sports, g
+    assert "playing tennis" in sports["racquet and bat sports"]
+    assert kinetics.group_of("dining") == "food and drink"
+
+
+def test_labels_cli_json_and_text():
+    proc = run_cli("labels", "--sports", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == kinetics.sport_categories()
+    proc = run_cli("labels", "--group", "golf")
+    assert proc.stdout.splitlines() == [f"{l}\tgolf" for l in kinetics.categories()["golf"]]
+    proc = run_cli("labels")
+    assert len(proc.stdout.splitlines()) == 400
+
+
+def test_unknown_group_is_a_one_line_error():
+    proc = run_cli("labels", "--group", "quidditch")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "quidditch" in proc.stderr
