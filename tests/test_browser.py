@@ -1,0 +1,97 @@
+"""The page in real headless Chromium (Debian's chromium driven by playwright)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT, free_port, streamrec_cmd, wait_http
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed; .ci/run installs it"),
+]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+        "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+
+def serve(clip, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        streamrec_cmd("serve", "--source", str(clip), "--loop", "--weights", "none", "--model", "tiny3d",
+                      "--port", str(port)),
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=15)
+
+
+@pytest.fixture
+def page():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1000, "height": 760})
+        finally:
+            browser.close()
+
+
+def label_seq(page) -> int:
+    return int(page.get_attribute("[data-testid=label]", "data-seq") or 0)
+
+
+def test_page_shows_predictions_video_and_reconnects(clips, page, artifacts):
+    port = free_port()
+    proc = serve(clips / "shooting_basketball.mp4", port)
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
+        assert page.inner_text("[data-testid=label]") != "waiting for the first window…"
+        assert page.locator("#top li").count() == 5
+        banner = page.locator("[data-testid=banner]")
+        assert banner.is_visible() and "meaningless" in banner.inner_text()
+
+        # the video image updates
+        page.wait_for_function("Number(document.querySelector('[data-testid=video]').dataset.frames || 0) >= 2", timeout=20_000)
+        first = page.get_attribute("[data-testid=video]", "src")
+        page.wait_for_function(f"document.querySelector('[data-testid=video]').src !== {first!r}", timeout=20_000)
+        natural = page.evaluate("document.querySelector('[data-testid=video]').naturalWidth")
+        assert natural == 426  # the 426x240 clip, under the 480 px preview width
+        page.screenshot(path=str(artifacts / "browser-live.png"))
+
+        # the server stops and starts again: the page reconnects by itself
+        assert stop(proc) == 0
+        page.wait_for_function("document.getElementById('conn').textContent.includes('reconnecting')", timeout=20_000)
+        seq_before = label_seq(page)
+        proc = serve(clips / "shooting_basketball.mp4", port)
+        page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=60_000)
+        page.wait_for_function(f"document.querySelector('[data-testid=label]').dataset.seq != '{seq_before}'", timeout=60_000)
+        page.screenshot(path=str(artifacts / "browser-reconnected.png"))
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+
+
+def test_overlay_mode_shows_only_the_label(clips, page, artifacts):
+    port = free_port()
+    proc = serve(clips / "cleaning_pool.mp4", port)
+    try:
+        page.goto(f"http://127.0.0.1:{port}/?overlay=1")
+        page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
+        assert page.is_visible("[data-testid=label]")
+        assert not page.is_visible("[data-testid=video]") and not page.is_visible("#stats")
+        assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgba(0, 0, 0, 0)"
+        page.screenshot(path=str(artifacts / "browser-overlay.png"), omit_background=True)
+    finally:
+        stop(proc)
