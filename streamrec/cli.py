@@ -70,8 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .classify import add_classify_parser
     from .kinetics import add_labels_parser
 
+    from .cli_train import add_parsers as add_train_parsers
+
     add_classify_parser(sub, _model_args)
     add_labels_parser(sub)
+    add_train_parsers(sub, _model_args)
     return parser
 
 

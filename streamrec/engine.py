@@ -74,7 +74,8 @@ class Classifier:
         self.timings: dict[str, float] = {}
         self.module = module
         self.backend = "torch"
-        want_script = backend == "torchscript" or (backend == "auto" and self.cuda)
+        prebuilt = isinstance(module, torch.jit.ScriptModule) or not any(True for _ in module.parameters())
+        want_script = not prebuilt and (backend == "torchscript" or (backend == "auto" and self.cuda))
         if want_script:
             scripted = self._script(module)
             if scripted is not None:

@@ -190,6 +190,15 @@ def _load_default_state_dict(name: str) -> dict[str, torch.Tensor]:
     )
 
 
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n for n in z.namelist())
+
+
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -225,6 +234,15 @@ def load_model(name: str | None = None, *, weights: str | os.PathLike = "DEFAULT
     wstr = str(weights)
     path = Path(wstr)
     if wstr.upper() not in ("DEFAULT", "NONE") and path.is_file():
+        if path.suffix.lower() == ".onnx" or _is_torchscript(path):
+            from .evaluate import load_exported
+
+            exported = load_exported(path)
+            if exported is None:
+                raise WeightsError(f"--weights {wstr}: an exported model without streamrec's class names")
+            if name is not None and name != exported.name:
+                raise WeightsError(f"--weights {wstr}: exported model is {exported.name!r}, but --model is {name!r}")
+            return exported
         obj = _torch_load(path)
         if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
             return load_checkpoint(obj, source=wstr, expect_model=name)

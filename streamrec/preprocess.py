@@ -59,19 +59,27 @@ class FramePreprocessor:
     def out_shape(self) -> tuple[int, int, int]:
         return (3, *self.spec.crop)
 
-    def resize_crop(self, frame: np.ndarray) -> np.ndarray:
-        """Resize + center crop of one RGB uint8 ``(H, W, 3)`` frame; returns uint8 ``(h, w, 3)``."""
+    def resize(self, frame: np.ndarray) -> np.ndarray:
+        """The preset's resize of one RGB uint8 ``(H, W, 3)`` frame (no crop)."""
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"frame: expected uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
         h, w = frame.shape[:2]
         rh, rw = resized_size(h, w, self.spec.resize)
-        top, left = center_crop_box(rh, rw, self.spec.crop)
+        if (rh, rw) == (h, w):
+            return frame
+        # cv2's INTER_LINEAR uses half-pixel centres with no antialias filter, like
+        # torchvision's bilinear with antialias=False: same sampling grid.
+        return cv2.resize(frame, (rw, rh), interpolation=cv2.INTER_LINEAR)
+
+    def crop(self, frame: np.ndarray) -> np.ndarray:
+        """The preset's centre crop of a resized ``(h, w, 3)`` frame."""
         ch, cw = self.spec.crop
-        if (rh, rw) != (h, w):
-            # cv2's INTER_LINEAR uses half-pixel centres with no antialias filter, like
-            # torchvision's bilinear with antialias=False: same sampling grid.
-            frame = cv2.resize(frame, (rw, rh), interpolation=cv2.INTER_LINEAR)
+        top, left = center_crop_box(frame.shape[0], frame.shape[1], self.spec.crop)
         return frame[top : top + ch, left : left + cw]
+
+    def resize_crop(self, frame: np.ndarray) -> np.ndarray:
+        """Resize + centre crop of one RGB uint8 ``(H, W, 3)`` frame; uint8 ``(h, w, 3)`` out."""
+        return self.crop(self.resize(frame))
 
     def normalize(self, crop: np.ndarray) -> np.ndarray:
         """uint8 ``(h, w, 3)`` -> normalized float32 ``(3, h, w)``."""

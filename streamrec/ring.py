@@ -119,24 +119,44 @@ class FrameRing:
             seqs, slots, ts = seqs[valid], slots[valid], ts[valid]
             if len(ts) == 0:
                 return None
-            # half a source frame of slack at either end: a window exactly one span long fits
-            half = 0.5 * (ts[-1] - ts[0]) / (len(ts) - 1) if len(ts) > 1 else 0.0
-            anchor = ts[-1]
-            if end_ts is not None:
-                keep = ts <= end_ts + half + 1e-6
-                seqs, slots, ts = seqs[keep], slots[keep], ts[keep]
-                if len(ts) == 0:
-                    return None
-                anchor = end_ts
-            targets = anchor - (frames - 1 - np.arange(frames)) / fps
-            if targets[0] < ts[0] - half - 1e-6:
-                if not pad:
-                    return None
-                targets = ts[0] + np.arange(frames) / fps  # beyond the last frame: nearest = last
-            idx = _nearest(ts, targets)
+            idx = sample_indices(ts, frames, fps, end_ts=end_ts, pad=pad)
+            if idx is None:
+                return None
             chosen = slots[idx]
             self._used[chosen] = True
             return Window(self._frames[chosen].copy(), ts[idx].copy(), int(seqs[idx[-1]]))
+
+
+def sample_indices(
+    ts: np.ndarray, frames: int, fps: float, *, end_ts: float | None = None, pad: bool = False
+) -> np.ndarray | None:
+    """Indices into ascending frame times ``ts`` of a ``frames``-frame window at ``fps``.
+
+    The window ends at the last frame, or at time ``end_ts``; frame k is the one nearest to
+    ``end - (frames - 1 - k) / fps``. ``None`` when ``ts`` does not span the window, unless
+    ``pad``: then it starts at the first frame and repeats the last one to fill up. Live
+    capture, file classification and training clips all sample through this function.
+
+    Example:
+        >>> sample_indices(np.arange(10) / 30, 4, 15.0).tolist()
+        [3, 5, 7, 9]
+    """
+    if len(ts) == 0:
+        return None
+    # half a source frame of slack at either end: a window exactly one span long fits
+    half = 0.5 * (ts[-1] - ts[0]) / (len(ts) - 1) if len(ts) > 1 else 0.0
+    anchor = ts[-1]
+    if end_ts is not None:
+        n = int(np.searchsorted(ts, end_ts + half + 1e-6, side="right"))
+        if n == 0:
+            return None
+        ts, anchor = ts[:n], end_ts
+    targets = anchor - (frames - 1 - np.arange(frames)) / fps
+    if targets[0] < ts[0] - half - 1e-6:
+        if not pad:
+            return None
+        targets = ts[0] + np.arange(frames) / fps  # beyond the last frame: nearest = last
+    return _nearest(ts, targets)
 
 
 def _nearest(sorted_ts: np.ndarray, targets: np.ndarray) -> np.ndarray:

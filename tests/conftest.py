@@ -98,3 +98,65 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+DIRECTIONS = ("left_to_right", "right_to_left", "top_to_bottom")
+
+
+def motion_frames(direction: str, n: int, size: tuple[int, int], rng: np.random.Generator,
+                  period: int = 48) -> list[np.ndarray]:
+    """``n`` RGB frames of squares crossing the frame in ``direction`` one after another (one
+    crossing every ``period`` frames, starting at a random phase), on a noisy background."""
+    w, h = size
+    side = int(rng.integers(h // 5, h // 3))
+    color = rng.integers(150, 256, 3)
+    bg = rng.integers(0, 80, 3)
+    lane = int(rng.integers(0, max(1, (h if direction != "top_to_bottom" else w) - side)))
+    phase = int(rng.integers(0, period))
+    frames = []
+    for i in range(n):
+        img = np.empty((h, w, 3), np.uint8)
+        img[:] = bg
+        img += rng.integers(0, 20, (h, w, 1), dtype=np.uint8)
+        p = ((i + phase) % period) / (period - 1)  # the square enters fully outside the frame and leaves it the same way,
+        # so clips played back to back never show it jumping backwards
+        if direction == "left_to_right":
+            x, y = int(-side + p * (w + side)), lane
+        elif direction == "right_to_left":
+            x, y = int(w - p * (w + side)), lane
+        else:
+            x, y = lane, int(-side + p * (h + side))
+        img[max(0, y) : max(0, y + side), max(0, x) : max(0, x + side)] = color
+        frames.append(img)
+    return frames
+
+
+def write_frames(path: Path, frames: list[np.ndarray], fps: int) -> Path:
+    import av
+
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"preset": "ultrafast", "crf": "23"}
+        for i, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, fps)
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
+def make_motion_dataset(root: Path, *, per_class: int = 20, valid: int = 6, fps: int = 30, seconds: float = 2.4,
+                        size: tuple[int, int] = (128, 96), seed: int = 0) -> Path:
+    """DATA/train/<direction>/*.mp4 and DATA/valid/<direction>/*.mp4 of moving squares."""
+    rng = np.random.default_rng(seed)
+    for d in DIRECTIONS:
+        for i in range(per_class):
+            split = "valid" if i < valid else "train"
+            folder = root / split / d
+            folder.mkdir(parents=True, exist_ok=True)
+            write_frames(folder / f"{d}_{i:02d}.mp4", motion_frames(d, int(seconds * fps), size, rng), fps)
+    return root

@@ -1,0 +1,154 @@
+"""Teach it new activities: a synthetic direction dataset, trained, evaluated, exported, served."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from streamrec.dataset import discover
+from streamrec.errors import StreamrecError
+from streamrec.models import load_model
+
+from conftest import (DIRECTIONS, ROOT, free_port, make_motion_dataset, motion_frames, run_cli, streamrec_cmd,
+                      wait_http, write_frames)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("motion")
+    data = make_motion_dataset(root / "data")
+    out = root / "model.pt"
+    proc = run_cli("train", str(data), "--model", "tiny3d", "--weights", "none", "--epochs", "12", "--batch-size", "6",
+                   "--lr", "3e-3", "--no-flip", "--patience", "12", "--seed", "0", "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return data, out, proc
+
+
+def test_training_reaches_90_percent_on_direction_classes(trained):
+    data, out, proc = trained
+    log = (out.parent / "model.pt.log.csv").read_text().splitlines()
+    assert log[0] == "epoch,train_loss,train_top1,train_top5,val_loss,val_top1,val_top5,lr"
+    best = max(float(line.split(",")[5]) for line in log[1:])
+    print(proc.stderr[-1500:])
+    assert best >= 0.9
+    ck = torch.load(out, weights_only=False)
+    assert ck["model"] == "tiny3d" and ck["classes"] == sorted(DIRECTIONS)
+    assert ck["train_args"]["flip"] is False and ck["preprocess"]["fps"] == 15.0
+
+
+def test_evaluate_reports_metrics_and_confusion_png(trained, tmp_path):
+    data, out, _ = trained
+    png = tmp_path / "cm.png"
+    proc = run_cli("evaluate", str(data / "valid"), "--weights", str(out), "--confusion", str(png), "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["clips"] == 18 and r["windows"] == 36 and r["top5"] == 1.0
+    assert r["top1"] >= 0.9
+    assert set(r["per_class"]) == set(DIRECTIONS)
+    assert np.array(r["confusion"]).sum() == 36
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_exported_files_carry_class_names_and_agree(trained, tmp_path, fmt):
+    data, out, _ = trained
+    target = tmp_path / ("m.ts" if fmt == "torchscript" else "m.onnx")
+    proc = run_cli("export", str(out), "--format", fmt, "--out", str(target))
+    assert proc.returncode == 0, proc.stderr
+    exported, original = load_model(None, weights=str(target)), load_model(None, weights=str(out))
+    assert exported.classes == original.classes == sorted(DIRECTIONS)
+    x = torch.randn(2, 3, 16, 112, 112)
+    with torch.no_grad():
+        diff = (exported.module(x) - original.module(x)).abs().max().item()
+    assert diff < 1e-3
+
+
+def test_served_labels_follow_the_true_class(trained, tmp_path):
+    """A video that moves left-to-right for 6 s, then top-to-bottom: the labels follow."""
+    data, out, _ = trained
+    rng = np.random.default_rng(7)
+    frames = motion_frames("left_to_right", 180, (128, 96), rng) + motion_frames("top_to_bottom", 180, (128, 96), rng)
+    video = write_frames(tmp_path / "switch.mp4", frames, 30)  # 12 s, switch at 6.0 s
+    port = free_port()
+    proc = subprocess.Popen(streamrec_cmd("serve", "--source", str(video), "--weights", str(out), "--port", str(port)),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    preds = []
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+
+        async def listen():
+            import websockets
+
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**22) as ws:
+                last = asyncio.get_running_loop().time()
+                while asyncio.get_running_loop().time() - last < 4:  # the file has ended: no more windows
+                    try:
+                        m = await asyncio.wait_for(ws.recv(), 1)
+                    except asyncio.TimeoutError:
+                        continue
+                    if isinstance(m, str) and json.loads(m)["type"] == "prediction":
+                        preds.append(json.loads(m))
+                        last = asyncio.get_running_loop().time()
+
+        asyncio.run(listen())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    assert len(preds) > 20
+    t0 = preds[0]["window"]["start_ts"]  # the first window starts at the file's first frame
+    media = [(p["window"]["start_ts"] - t0, p["window"]["end_ts"] - t0, p["label"]) for p in preds]
+    before = [lab for s, e, lab in media if e <= 6.0]
+    after = [lab for s, e, lab in media if s >= 6.0 + 0.7]  # window wholly in the new class, plus smoothing
+    assert before and after
+    assert sum(lab == "left_to_right" for lab in before) >= 0.9 * len(before)
+    assert sum(lab == "top_to_bottom" for lab in after) >= 0.9 * len(after)
+    first_switch = next(e for s, e, lab in media if lab == "top_to_bottom" and e > 6.0)
+    print(f"{len(preds)} predictions; switch shown for the window ending {first_switch - 6.0:.2f} s after the change")
+    assert first_switch - 6.0 <= 1.0 + 0.7
+
+
+def test_catalog_and_contact_sheet_on_the_real_clips(clips, tmp_path):
+    data = tmp_path / "real"
+    for split, names in {"train": ["arm_wrestling.mp4", "cleaning_pool.mp4", "flipping_pancake.mkv"],
+                         "valid": ["shooting_basketball.mp4", "applying_makeup.avi", "cricket_shot_v_CricketShot_g04_c01.gif"]}.items():
+        for cls, name in zip(("sport", "chore", "cooking"), names):
+            (data / split / cls).mkdir(parents=True)
+            os.symlink(clips / name, data / split / cls / name)
+    (data / "train" / "chore" / "broken.mp4").write_bytes(b"not a video")
+    csv_path, sheet = tmp_path / "cat.csv", tmp_path / "sheet.png"
+    proc = run_cli("dataset", str(data), "--csv", str(csv_path), "--sheet", str(sheet))
+    assert proc.returncode == 0, proc.stderr
+    import csv
+
+    rows = {(r["split"], r["class"]): r for r in csv.DictReader(csv_path.open())}
+    assert rows[("train", "sport")]["clips"] == "1" and rows[("train", "sport")]["frames"] == "280"
+    assert rows[("train", "sport")]["resolutions"] == "340x256"
+    assert rows[("train", "chore")]["unreadable"] == "1" and rows[("train", "chore")]["clips"] == "2"
+    assert rows[("valid", "sport")]["fps_min"] == "29.97"
+    assert sheet.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_datasets(tmp_path):
+    (tmp_path / "a" / "train" / "x").mkdir(parents=True)
+    with pytest.raises(StreamrecError, match="is empty"):
+        discover(tmp_path / "a")
+    b = make_motion_dataset(tmp_path / "b", per_class=2, valid=1)
+    (b / "valid" / "left_to_right").rename(b / "valid" / "sideways")
+    with pytest.raises(StreamrecError, match="train and valid classes differ"):
+        discover(b)
+    flat = tmp_path / "flat"
+    for d in ("up", "down"):
+        (flat / d).mkdir(parents=True)
+        (flat / d / "one.mp4").write_bytes(b"x")
+    with pytest.raises(StreamrecError, match="too few to split"):
+        discover(flat, val_split=0.2)
+    proc = run_cli("train", str(tmp_path / "a"), "--model", "tiny3d", "--weights", "none")
+    assert proc.returncode == 2 and "is empty" in proc.stderr and "Traceback" not in proc.stderr
