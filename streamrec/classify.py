@@ -16,7 +16,9 @@ import logging
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterator
+
+import av
 
 import numpy as np
 import torch
@@ -142,6 +144,67 @@ class WindowClassifier:
         self.pending.clear()
 
 
+@dataclass
+class FileSpan:
+    """What :func:`iter_windows` saw of the file."""
+
+    first_ts: float = 0.0
+    last_ts: float = 0.0
+    padded: bool = False
+
+
+def iter_windows(
+    source: PyAVSource,
+    spec,
+    *,
+    stride: float,
+    span: FileSpan | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> Iterator[tuple[Window, bool]]:
+    """``(window, padded)`` every ``stride`` seconds over a file, decoded once, streaming.
+
+    Frames pass through the live path's per-frame preprocessing and ring buffer; each
+    window is sampled by timestamp. The last window ends at the last frame, so the
+    windows cover the whole file; a file shorter than one window gives one padded window.
+    """
+    span = span if span is not None else FileSpan()
+    pre = FramePreprocessor(spec)
+    ring = FrameRing(capacity_for(spec.frames, spec.fps, source_fps=max(source.fps or 30.0, 30.0) * 1.5), pre.out_shape)
+    first_ts: float | None = None
+    last_ts = 0.0
+    next_end = 0.0
+    last_window_end = -np.inf
+    try:
+        for rgb, pts in source.frames():
+            ts = float(pts if pts is not None else 0.0)
+            if first_ts is None:
+                first_ts = ts
+                next_end = ts + spec.span_s
+            if ts < last_ts:  # out-of-order timestamps: skip the frame, as live capture would
+                continue
+            last_ts = ts
+            ring.write(pre(rgb), ts)
+            while ts >= next_end:
+                w = ring.newest_window(spec.frames, spec.fps, end_ts=next_end)
+                if w is not None and w.end_ts > last_window_end:
+                    last_window_end = w.end_ts
+                    yield w, False
+                next_end += stride
+            if progress is not None:
+                progress(ts - first_ts)
+    except (av.error.FFmpegError, OSError) as exc:  # a decode failure mid-file: say where
+        raise SourceError(f"{source.spec.display_name}: decoding failed at {last_ts:.2f} s: {exc}") from None
+    if first_ts is None:
+        raise SourceError(f"{source.spec.display_name}: no decodable video frames")
+    span.first_ts, span.last_ts = first_ts, last_ts
+    if last_window_end < last_ts:  # the tail, or a clip shorter than one window
+        w = ring.newest_window(spec.frames, spec.fps)
+        if w is None:
+            w = ring.newest_window(spec.frames, spec.fps, pad=True)
+            span.padded = True
+        yield w, span.padded
+
+
 def classify_file(
     path: str | Path,
     *,
@@ -186,46 +249,14 @@ def classify_file(
 
             subset = sport_indices(loaded.classes)
         clf = Classifier(loaded, device=device, backend=backend)
-        ms = loaded.spec
-        pre = FramePreprocessor(ms)
-        ring = FrameRing(capacity_for(ms.frames, ms.fps, source_fps=max(source.fps or 30.0, 30.0) * 1.5), pre.out_shape)
         runner = WindowClassifier(clf, top=top, batch_size=batch_size, subset=subset)
-        first_ts: float | None = None
-        last_ts = 0.0
-        next_end: float | None = None
-        last_window_end = -np.inf
-        try:
-            for rgb, pts in source.frames():
-                ts = float(pts if pts is not None else 0.0)
-                if first_ts is None:
-                    first_ts = ts
-                    next_end = ts + ms.span_s
-                if ts < last_ts:  # out-of-order timestamps: skip the frame, as live capture would
-                    continue
-                last_ts = ts
-                ring.write(pre(rgb), ts)
-                while next_end is not None and ts >= next_end:
-                    w = ring.newest_window(ms.frames, ms.fps, end_ts=next_end)
-                    if w is not None and w.end_ts > last_window_end:
-                        runner.add(w)
-                        last_window_end = w.end_ts
-                    next_end += stride
-                if progress is not None:
-                    progress(ts - first_ts)
-        except Exception as exc:  # noqa: BLE001 - a decode failure mid-file: say where
-            raise SourceError(f"classify {path}: decoding failed at {last_ts:.2f} s: {exc}") from None
-        if first_ts is None:
-            raise SourceError(f"classify {path}: no decodable video frames")
-        padded = False
-        if last_window_end < last_ts:  # the tail, or a clip shorter than one window
-            w = ring.newest_window(ms.frames, ms.fps)
-            if w is None:
-                w = ring.newest_window(ms.frames, ms.fps, pad=True)
-                padded = True
-            runner.add(w, padded=padded)
+        span = FileSpan()
+        for window, padded in iter_windows(source, loaded.spec, stride=stride, span=span, progress=progress):
+            runner.add(window, padded=padded)
         runner.flush()
     finally:
         source.close()
+    first_ts, last_ts, padded = span.first_ts, span.last_ts, span.padded
     mean = runner.prob_sum / len(runner.results)
     return Timeline(
         file=str(path),

@@ -41,7 +41,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=MODEL_NAMES, default=None, help="video classifier (default r2plus1d_18, or the checkpoint's)")
     p.add_argument("--weights", default=None, help="DEFAULT (Kinetics-400 from the torch hub cache or download), PATH, or none (random; labels meaningless)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
-    p.add_argument("--backend", default=None, choices=("auto", "torch", "torchscript"), help="inference backend")
+    p.add_argument("--backend", default=None, choices=("auto", "torch", "torchscript", "onnxruntime", "openvino"),
+                   help="inference backend (auto: the fastest measured on this machine, cached)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: cores - 1, at least 1)")
 
 
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_classify_parser(sub, _model_args)
     add_labels_parser(sub)
     add_train_parsers(sub, _model_args)
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

@@ -22,12 +22,13 @@ import time
 import numpy as np
 import torch
 
+from . import backends
 from .errors import StreamrecError
 from .models import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "torchscript")
+BACKENDS = ("auto", "torch", "torchscript", "onnxruntime", "openvino")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -45,6 +46,10 @@ def default_threads() -> int:
     """All cores but one (capture needs one), and at least 1; on 2 cores, both."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return n if n <= 2 else n - 1
+
+
+def _fail(why: str):
+    raise RuntimeError(why)
 
 
 class Classifier:
@@ -65,8 +70,9 @@ class Classifier:
         self.device = resolve_device(device)
         self.cuda = self.device.type == "cuda"
         self.dtype = torch.float16 if self.cuda else torch.float32
+        self.threads = threads or default_threads()
         if not self.cuda:
-            torch.set_num_threads(threads or default_threads())
+            torch.set_num_threads(self.threads)
         module = loaded.module.eval().to(self.device, self.dtype)
         if self.cuda:
             module = module.to(memory_format=torch.channels_last_3d)
@@ -75,8 +81,11 @@ class Classifier:
         self.module = module
         self.backend = "torch"
         prebuilt = isinstance(module, torch.jit.ScriptModule) or not any(True for _ in module.parameters())
-        want_script = not prebuilt and (backend == "torchscript" or (backend == "auto" and self.cuda))
-        if want_script:
+        if prebuilt or backend == "torch":
+            pass
+        elif self.cuda:
+            if backend not in ("auto", "torchscript"):
+                raise StreamrecError(f"--backend {backend}: a CPU backend; on CUDA use auto, torch or torchscript")
             scripted = self._script(module)
             if scripted is not None:
                 if backend == "torchscript":
@@ -88,7 +97,20 @@ class Classifier:
                     logger.info("eager %.1f ms vs TorchScript %.1f ms per window", t_eager * 1e3, t_script * 1e3)
                     if t_script < t_eager:
                         self.module, self.backend = scripted, "torchscript"
-        elif warmup:
+        elif backend == "torchscript":
+            scripted = self._script(module)
+            if scripted is None:
+                raise StreamrecError(f"--backend torchscript: {loaded.name} does not trace")
+            self.module, self.backend = scripted, "torchscript"
+        elif backend in ("onnxruntime", "openvino"):
+            self.module, self.backend = backends.build(backend, loaded, threads=self.threads), backend
+        else:  # auto on CPU: the fastest measured here, cached
+            factories = {"torch": lambda: module, "torchscript": lambda: self._script(module) or _fail("does not trace")}
+            for name in backends.available():
+                if name in ("onnxruntime", "openvino"):
+                    factories[name] = lambda name=name: backends.build(name, loaded, threads=self.threads)
+            self.backend, self.module = backends.pick_auto(loaded, factories, threads=self.threads)
+        if warmup and not self.cuda:
             self._time(self.module, 1)
 
     @property

@@ -16,6 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = ROOT.parent / "shared" / "clips"
 ARTIFACTS = ROOT / "artifacts"
+# backend choices measured by `--backend auto` are cached per test run, not in the user's home
+os.environ.setdefault("STREAMREC_CACHE", str(ARTIFACTS / "cache"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,216 @@
+"""CPU inference backends beyond eager PyTorch: ONNX Runtime, OpenVINO (fp32 and int8).
+
+Each backend turns a model into a callable ``(B, C, T, H, W) float32 -> (B, K) logits`` torch
+function. ``auto`` times every backend that installs on this machine for this model and
+caches the winner in ``~/.cache/streamrec/backends.json``.
+
+Example:
+    >>> from streamrec.models import load_model
+    >>> fn = build("openvino", load_model("tiny3d", weights="none"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from .errors import StreamrecError
+from .models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+CPU_BACKENDS = ("torch", "torchscript", "onnxruntime", "openvino")
+ALL_BACKENDS = ("auto",) + CPU_BACKENDS + ("openvino-int8",)
+CACHE = Path(os.environ.get("STREAMREC_CACHE", Path.home() / ".cache" / "streamrec"))
+
+
+def example_input(loaded: LoadedModel, batch: int = 1) -> torch.Tensor:
+    return torch.zeros(batch, 3, loaded.spec.frames, *loaded.spec.crop)
+
+
+def export_onnx(loaded: LoadedModel, path: Path) -> Path:
+    """ONNX export with a dynamic batch axis (the TorchScript-based exporter)."""
+    torch.onnx.export(loaded.module.eval(), (example_input(loaded),), str(path), input_names=["clip"],
+                      output_names=["logits"], dynamic_axes={"clip": {0: "batch"}, "logits": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    return path
+
+
+def _onnxruntime(loaded: LoadedModel, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    from .onnx_backend import OnnxModule
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(loaded, Path(tmp) / "model.onnx")
+        return OnnxModule(path, threads=threads)  # the session holds the model in memory
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A short hash of a module's parameters and buffers (keys converted models on disk)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _openvino_model(loaded: LoadedModel):
+    """The model as OpenVINO IR; converted once per weights and cached on disk (the
+    conversion from PyTorch takes seconds, reading the IR back milliseconds)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise StreamrecError("--backend openvino: openvino is not installed; pip install 'streamrec[openvino]'") from None
+    xml = CACHE / "openvino" / f"{loaded.name}-{'x'.join(map(str, loaded.spec.crop))}-{weights_digest(loaded.module)}.xml"
+    if xml.is_file():
+        try:
+            return ov, ov.Core().read_model(str(xml))
+        except RuntimeError as exc:
+            logger.warning("cached OpenVINO model %s unreadable (%s); converting again", xml, exc)
+    model = ov.convert_model(loaded.module.eval(), example_input=example_input(loaded))
+    try:
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+    except (OSError, RuntimeError) as exc:
+        logger.warning("cannot cache the OpenVINO model in %s: %s", xml.parent, exc)
+    return ov, model
+
+
+class OpenVINOModule:
+    """A compiled OpenVINO model called like a torch module."""
+
+    def __init__(self, compiled) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.request.infer({0: x.detach().float().cpu().numpy()})
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+    def to(self, *args, **kwargs) -> "OpenVINOModule":
+        return self
+
+    def eval(self) -> "OpenVINOModule":
+        return self
+
+    def parameters(self):
+        return iter(())
+
+
+def _compile(ov, model, threads: int | None) -> OpenVINOModule:
+    core = ov.Core()
+    # f32: without the hint OpenVINO may run bf16 on CPUs that have it (3.7e-3 logit error here)
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return OpenVINOModule(core.compile_model(model, "CPU", config))
+
+
+def _openvino(loaded: LoadedModel, threads: int | None) -> OpenVINOModule:
+    ov, model = _openvino_model(loaded)
+    return _compile(ov, model, threads)
+
+
+def openvino_int8(loaded: LoadedModel, calibration: Iterable[torch.Tensor], threads: int | None = None,
+                  subset_size: int = 32) -> OpenVINOModule:
+    """Post-training int8 quantization with NNCF, calibrated on real windows ``(1, C, T, H, W)``."""
+    try:
+        import nncf
+    except ImportError:
+        raise StreamrecError("--backend openvino-int8: nncf is not installed; pip install 'streamrec[openvino]'") from None
+    ov, model = _openvino_model(loaded)
+    data = [x.numpy() for x in calibration]
+    if not data:
+        raise StreamrecError("int8: no calibration windows")
+    quantized = nncf.quantize(model, nncf.Dataset(data), subset_size=min(subset_size, len(data)))
+    return _compile(ov, quantized, threads)
+
+
+def build(name: str, loaded: LoadedModel, *, threads: int | None = None):
+    """A callable for ``loaded`` on ``name`` (a CPU backend other than torch/torchscript)."""
+    if name == "onnxruntime":
+        return _onnxruntime(loaded, threads)
+    if name == "openvino":
+        return _openvino(loaded, threads)
+    raise StreamrecError(f"--backend: expected one of {', '.join(ALL_BACKENDS)}, got {name!r}")
+
+
+def time_call(fn, x: torch.Tensor, repeats: int = 3) -> float:
+    """Best of ``repeats`` seconds per call, after one warm-up call."""
+    with torch.no_grad():
+        fn(x)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(x)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _cache_key(loaded: LoadedModel, threads: int | None) -> str:
+    import torch as _t
+
+    return f"{loaded.name}|{tuple(loaded.spec.crop)}|{platform.processor() or platform.machine()}|{os.cpu_count()}|{threads}|{_t.__version__}"
+
+
+def pick_auto(loaded: LoadedModel, factories: dict[str, Callable[[], Callable]], *, threads: int | None,
+              cache_file: Path | None = None) -> tuple[str, Callable]:
+    """The fastest backend of ``factories`` (name -> builder) on this machine, built.
+
+    The choice is cached per model, CPU, thread count and torch version, so later starts
+    build only the winner."""
+    cache_file = cache_file or CACHE / "backends.json"
+    key = _cache_key(loaded, threads)
+    try:
+        cached = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if cached.get(key) in factories:
+        try:
+            return cached[key], factories[cached[key]]()
+        except Exception as exc:  # noqa: BLE001 - re-measure below
+            logger.warning("cached backend %s failed to build (%s); measuring again", cached[key], exc)
+    x = example_input(loaded)
+    times, built = {}, {}
+    for name, factory in factories.items():
+        try:
+            built[name] = factory()
+            times[name] = time_call(built[name], x, repeats=2)
+        except Exception as exc:  # noqa: BLE001 - a backend that fails is not a candidate
+            logger.warning("backend %s failed its trial run: %s", name, exc)
+    if not times:
+        raise StreamrecError("--backend auto: no backend ran on this machine")
+    best = min(times, key=times.get)
+    logger.info("backend trial (ms): %s -> %s", {k: round(v * 1e3, 1) for k, v in times.items()}, best)
+    cached[key] = best
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(cached, indent=1))
+    except OSError as exc:
+        logger.warning("cannot cache the backend choice in %s: %s", cache_file, exc)
+    return best, built[best]
+
+
+def available() -> list[str]:
+    """CPU backends whose libraries import here."""
+    import importlib.util
+
+    names = ["torch", "torchscript"]
+    for name, mod in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")):
+        if importlib.util.find_spec(mod) is not None:
+            names.append(name)
+    return names
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))

@@ -1,0 +1,305 @@
+"""``streamrec bench``: pipeline stages, backends, batching, the naive baseline and the
+machine's measured peak, side by side, as a markdown table and JSON.
+
+Every figure is measured here, in this run: model FLOPs by torch's FLOP counter, the peak
+by a large matmul (fp32 on CPU, fp16 on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import backends
+from .classify import iter_windows
+from .engine import default_threads, resolve_device
+from .models import LoadedModel, load_model
+from .preprocess import FramePreprocessor, stack_window
+from .ring import FrameRing, capacity_for
+from .sources import PyAVSource, SourceSpec
+
+logger = logging.getLogger(__name__)
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for mod in ("torchvision", "onnxruntime", "openvino", "av", "numpy"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "versions": versions}
+
+
+def _best(fn: Callable[[], Any], repeats: int, sync: bool = False) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if sync:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_peak(device: torch.device) -> float:
+    """GFLOP/s of a large matmul: fp32 on CPU, fp16 on GPU."""
+    cuda = device.type == "cuda"
+    n = 8192 if cuda else 2048
+    dtype = torch.float16 if cuda else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    t = _best(lambda: torch.mm(a, b), 5, sync=cuda)
+    return 2 * n**3 / t / 1e9
+
+
+def model_gflops(loaded: LoadedModel) -> float:
+    """GFLOP (2 x multiply-adds) of one window, counted by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        loaded.module.eval()(backends.example_input(loaded))
+    return counter.get_total_flops() / 1e9
+
+
+def stage_costs(clip: Path, loaded: LoadedModel, frames: int = 300) -> dict[str, float]:
+    """Per-frame decode and preprocessing, and per-window assembly, in ms."""
+    spec = loaded.spec
+    pre = FramePreprocessor(spec)
+    ring = FrameRing(capacity_for(spec.frames, spec.fps), pre.out_shape)
+    dec = prep = 0.0
+    n = 0
+    with PyAVSource(SourceSpec.parse(str(clip))) as src:
+        it = iter(src.frames())
+        while n < frames:
+            t0 = time.perf_counter()
+            try:
+                rgb, _ = next(it)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            ring.write(pre(rgb), n / 30.0)
+            dec += t1 - t0
+            prep += time.perf_counter() - t1
+            n += 1
+    asm = _best(lambda: stack_window(ring.newest_window(spec.frames, spec.fps).frames), 20)
+    return {"decode_ms_per_frame": dec / n * 1e3, "preprocess_ms_per_frame": prep / n * 1e3,
+            "window_assembly_ms": asm * 1e3, "frames": n}
+
+
+def naive_window_ms(clip: Path, loaded: LoadedModel, repeats: int = 3) -> float:
+    """The book's loop for one window: decode 16 frames, weights.transforms(), eager fp32."""
+    import av
+    from torchvision.transforms._presets import VideoClassification
+
+    sp = loaded.spec  # torchvision's own preset, with this model's numbers
+    transform = VideoClassification(crop_size=sp.crop, resize_size=sp.resize, mean=sp.mean, std=sp.std)
+    net = loaded.module.eval()
+
+    def once() -> None:
+        with av.open(str(clip)) as c:
+            frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(loaded.spec.frames), c.decode(video=0))]
+        x = transform(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)).unsqueeze(0)  # (T,H,W,C)->(T,C,H,W)
+        with torch.no_grad():
+            net(x)
+
+    return _best(once, repeats) * 1e3
+
+
+def cpu_backends(loaded: LoadedModel, names: list[str], threads: int) -> dict[str, Callable]:
+    from .engine import Classifier
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = Classifier(loaded, device="cpu", backend=name, threads=threads, warmup=0).module
+        except Exception as exc:  # noqa: BLE001 - report what does not install or convert
+            logger.warning("backend %s unavailable: %s", name, exc)
+    return out
+
+
+def cuda_backends(loaded: LoadedModel, device: torch.device) -> dict[str, Callable]:
+    """eager fp16, TorchScript fp16 channels_last_3d, CUDA graphs, TensorRT (when it installs)."""
+    eager = loaded.module.eval().to(device, torch.float16).to(memory_format=torch.channels_last_3d)
+    x = backends.example_input(loaded).to(device, torch.float16).contiguous(memory_format=torch.channels_last_3d)
+    out: dict[str, Callable] = {"eager-fp16": eager}
+    with torch.no_grad():
+        traced = torch.jit.freeze(torch.jit.trace(eager, x, check_trace=False))
+    out["torchscript-fp16-cl3d"] = traced
+    static_in = x.clone()
+    with torch.no_grad():
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                eager(static_in)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = eager(static_in)
+
+    def graphed(inp: torch.Tensor) -> torch.Tensor:
+        static_in.copy_(inp)
+        graph.replay()
+        return static_out
+
+    out["cuda-graph-fp16"] = graphed
+    try:
+        import torch_tensorrt  # noqa: F401
+
+        out["tensorrt-fp16"] = torch_tensorrt.compile(eager, inputs=[x], enabled_precisions={torch.float16})
+    except Exception as exc:  # noqa: BLE001
+        logger.info("TensorRT not available: %s", exc)
+    return out
+
+
+def clip_windows(clips: list[Path], loaded: LoadedModel, stride: float = 2.0) -> list[torch.Tensor]:
+    """``(1, C, T, H, W)`` windows of real clips, through the live sampling and preprocessing."""
+    out = []
+    for clip in clips:
+        with PyAVSource(SourceSpec.parse(str(clip))) as src:
+            out += [stack_window(w.frames) for w, _ in iter_windows(src, loaded.spec, stride=stride)]
+    return out
+
+
+def agreement(reference: Callable, others: dict[str, Callable], windows: list[torch.Tensor]) -> dict[str, dict]:
+    """Per backend: windows whose top-1 equals the reference's, and the max |logit diff|."""
+    with torch.no_grad():
+        ref = [reference(w).float() for w in windows]
+        result = {}
+        for name, fn in others.items():
+            outs = [fn(w).float() for w in windows]
+            result[name] = {
+                "windows": len(windows),
+                "top1_agree": sum(int(a.argmax() == b.argmax()) for a, b in zip(ref, outs)),
+                "max_abs_logit_diff": max(backends.max_abs_diff(a.numpy(), b.numpy()) for a, b in zip(ref, outs)),
+            }
+    return result
+
+
+def run(*, models: list[str], clip: Path, clips: list[Path], device: str = "auto", batches: list[int],
+        int8: bool = True, repeats: int = 3) -> dict[str, Any]:
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    threads = default_threads()
+    torch.set_num_threads(threads)
+    report: dict[str, Any] = {"machine": machine_info(dev), "device": str(dev), "models": {}}
+    peak = matmul_peak(dev)
+    report["peak_gflops"] = peak
+    for name in models:
+        torch.manual_seed(0)
+        loaded = load_model(name, weights="none")
+        gflop = model_gflops(loaded)
+        m: dict[str, Any] = {"gflop_per_window": gflop, "stages": stage_costs(clip, loaded)}
+        m["naive_ms"] = naive_window_ms(clip, loaded)
+        fns = cuda_backends(loaded, dev) if cuda else cpu_backends(loaded, backends.available(), threads)
+        dtype = torch.float16 if cuda else torch.float32
+        x1 = backends.example_input(loaded).to(dev, dtype)
+        rows = {}
+        for bname, fn in fns.items():
+            t = _best(lambda: fn(x1), repeats, sync=cuda)
+            rows[bname] = {"ms": t * 1e3, "gflops": gflop / t, "of_peak": gflop / t / peak, "vs_naive": m["naive_ms"] / (t * 1e3)}
+        windows = clip_windows(clips, loaded) if clips else []
+        if int8 and not cuda and "openvino" in fns and windows:
+            q = backends.openvino_int8(loaded, windows, threads=threads)
+            t = _best(lambda: q(x1), repeats)
+            rows["openvino-int8"] = {"ms": t * 1e3, "gflops": gflop / t, "of_peak": gflop / t / peak, "vs_naive": m["naive_ms"] / (t * 1e3)}
+            fns["openvino-int8"] = q
+        m["backends"] = rows
+        if windows and not cuda:
+            ref = fns.get("torch", loaded.module.eval())
+            m["agreement"] = agreement(ref, {k: v for k, v in fns.items() if k != "torch"}, windows)
+        best_name = min((k for k in rows if k != "openvino-int8"), key=lambda k: rows[k]["ms"])
+        m["best_fp32" if not cuda else "best"] = best_name
+        if "openvino-int8" in rows:
+            m["int8_speedup_vs_best_fp32"] = rows[best_name]["ms"] / rows["openvino-int8"]["ms"]
+        bfn = fns[best_name]
+        thr = {}
+        for b in batches:
+            xb = backends.example_input(loaded, b).to(dev, dtype)
+            if cuda and best_name == "cuda-graph-fp16" and b != 1:
+                bfn = fns["torchscript-fp16-cl3d"]
+            t = _best(lambda: bfn(xb), max(1, repeats - 1), sync=cuda)
+            thr[b] = {"windows_per_s": b / t, "of_peak": gflop * b / t / peak}
+        m["batched"] = {"backend": best_name, "by_batch": thr}
+        m["preprocess_share_of_inference"] = (m["stages"]["preprocess_ms_per_frame"] * loaded.spec.frames
+                                              + m["stages"]["window_assembly_ms"]) / rows[best_name]["ms"]
+        report["models"][name] = m
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    mi = report["machine"]
+    out = [f"Machine: {mi['cpu']}, {mi['cores']} cores, GPU {mi['gpu'] or 'none'}; torch {mi['versions']['torch']}; "
+           f"measured peak {report['peak_gflops']:.0f} GFLOP/s ({'fp16 matmul' if mi['gpu'] else 'fp32 matmul'})", ""]
+    for name, m in report["models"].items():
+        st = m["stages"]
+        out += [f"### {name} ({m['gflop_per_window']:.1f} GFLOP per window)", "",
+                f"Pipeline stages: decode {st['decode_ms_per_frame']:.2f} ms/frame, preprocess "
+                f"{st['preprocess_ms_per_frame']:.3f} ms/frame, window assembly {st['window_assembly_ms']:.2f} ms "
+                f"= {m['preprocess_share_of_inference'] * 100:.1f} % of inference; naive (book) window: {m['naive_ms']:.0f} ms.", "",
+                "| backend | ms / window | GFLOP/s | of peak | × naive | top-1 agree | max abs logit diff |", "|---|---|---|---|---|---|---|"]
+        agree = m.get("agreement", {})
+        for b, r in m["backends"].items():
+            a = agree.get(b)
+            ag = f"{a['top1_agree']}/{a['windows']}" if a else ("reference" if b == "torch" else "–")
+            diff = f"{a['max_abs_logit_diff']:.1e}" if a else "–"
+            out.append(f"| {b} | {r['ms']:.1f} | {r['gflops']:.0f} | {r['of_peak'] * 100:.0f} % | {r['vs_naive']:.2f} | {ag} | {diff} |")
+        if "int8_speedup_vs_best_fp32" in m:
+            out.append(f"\nint8 vs best fp32 ({m['best_fp32']}): {m['int8_speedup_vs_best_fp32']:.2f}× faster")
+        bt = m["batched"]
+        out += ["", f"Batched throughput ({bt['backend']}): " + ", ".join(
+            f"batch {b}: {v['windows_per_s']:.2f} windows/s ({v['of_peak'] * 100:.0f} % of peak)" for b, v in bt["by_batch"].items()), ""]
+    return "\n".join(out)
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure pipeline stages and backends on this machine")
+    p.add_argument("--models", default="r2plus1d_18", help="comma-separated model names")
+    p.add_argument("--clip", default=None, help="clip for stage costs (default: ../shared/clips/arm_wrestling.mp4)")
+    p.add_argument("--clips", default=None, help="folder of clips for backend agreement and int8 calibration")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,2,4,8 on CPU; 1..32 on GPU)")
+    p.add_argument("--no-int8", action="store_true")
+    p.add_argument("--json", default="bench.json", help="write the full report here")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from .errors import StreamrecError
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "clips"
+    clip = Path(args.clip) if args.clip else shared / "arm_wrestling.mp4"
+    if not clip.is_file():
+        raise StreamrecError(f"--clip: file not found: {clip}")
+    folder = Path(args.clips) if args.clips else shared
+    clips = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".gif")) if folder.is_dir() else []
+    dev = resolve_device(args.device)
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else ([1, 2, 4, 8, 16, 32] if dev.type == "cuda" else [1, 2, 4, 8])
+    report = run(models=args.models.split(","), clip=clip, clips=clips, device=args.device, batches=batches, int8=not args.no_int8)
+    text = markdown(report)
+    print(text)
+    Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+    print(f"\nfull report: {args.json}", file=sys.stderr)
+    return 0

@@ -1,0 +1,69 @@
+"""Every CPU backend agrees with eager fp32 on every window of the real clips; the CPU
+fallbacks of the GPU path (TorchScript, batching) work without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamrec import backends
+from streamrec.bench import agreement, clip_windows, cpu_backends, markdown, run
+from streamrec.engine import Classifier
+from streamrec.models import load_model
+
+from conftest import all_clips
+
+
+@pytest.fixture(scope="module")
+def r2plus1d():
+    torch.manual_seed(1234)  # fixed random weights
+    return load_model("r2plus1d_18", weights="none")
+
+
+def test_backends_agree_with_eager_on_every_real_window(clips, r2plus1d):
+    windows = clip_windows([clips / c for c in all_clips()], r2plus1d, stride=2.0)
+    assert len(windows) >= 25
+    names = [n for n in backends.available() if n != "torch"]
+    assert {"torchscript", "onnxruntime", "openvino"} <= set(names)
+    fns = cpu_backends(r2plus1d, names, threads=2)
+    result = agreement(r2plus1d.module.eval(), fns, windows)
+    for name, r in result.items():
+        print(f"{name}: top-1 agrees on {r['top1_agree']}/{r['windows']} windows, max |logit diff| {r['max_abs_logit_diff']:.2e}")
+        assert r["top1_agree"] == r["windows"], name
+        assert r["max_abs_logit_diff"] < 1e-3, name
+
+
+def test_auto_picks_a_measured_backend_and_caches_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(backends, "CACHE", tmp_path)
+    loaded = load_model("tiny3d", weights="none")
+    first = Classifier(loaded, device="cpu", backend="auto")
+    assert first.backend in backends.available()
+    cached = (tmp_path / "backends.json").read_text()
+    assert first.backend in cached
+    again = Classifier(loaded, device="cpu", backend="auto")
+    assert again.backend == first.backend
+
+
+def test_batched_torchscript_matches_eager_per_window():
+    torch.manual_seed(0)
+    loaded = load_model("tiny3d", weights="none")
+    scripted = Classifier(loaded, device="cpu", backend="torchscript")
+    assert scripted.backend == "torchscript"
+    x = torch.randn(4, 3, 16, 112, 112)
+    batched = scripted.logits(x)
+    single = torch.cat([scripted.logits(x[i : i + 1]) for i in range(4)])
+    with torch.no_grad():
+        eager = loaded.module.eval()(x)
+    assert torch.allclose(batched, single, atol=1e-4) and torch.allclose(batched, eager, atol=1e-4)
+
+
+def test_bench_report_runs_end_to_end(clips):
+    report = run(models=["tiny3d"], clip=clips / "arm_wrestling.mp4", clips=[clips / "cleaning_pool.mp4"],
+                 device="cpu", batches=[1, 2], int8=True, repeats=1)
+    m = report["models"]["tiny3d"]
+    assert report["peak_gflops"] > 0 and m["gflop_per_window"] > 0
+    assert {"torch", "torchscript", "onnxruntime", "openvino", "openvino-int8"} <= set(m["backends"])
+    assert set(m["batched"]["by_batch"]) == {1, 2}
+    assert m["agreement"]["openvino"]["windows"] == 6  # 10 s clip, stride 2 s: ends at 1, 3, 5, 7, 9 s + the tail
+    text = markdown(report)
+    assert "| openvino-int8 |" in text and "windows/s" in text
