@@ -20,7 +20,7 @@ import numpy as np
 from .errors import SourceError
 from .preprocess import FramePreprocessor
 from .ring import FrameRing
-from .sources import Source, SourceSpec, open_source
+from .sources import Source, SourceSpec, mask_credentials, open_source
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +96,19 @@ class CaptureThread(threading.Thread):
         self._lock = threading.Lock()
         self.state = "starting"  # starting | running | reconnecting | ended | stopped
         self.frames = 0
-        self.decode_errors = 0
+        self._closed_errors = 0  # decode errors of sources already closed
+        self._source: Source | None = None
         self.reconnects = 0
         self.latest_rgb: np.ndarray | None = None  # newest decoded frame, for the page preview
         self.latest_ts = 0.0
         self.resize_s = 0.0  # total time in per-frame preprocessing
         self.decode_s = 0.0  # total time waiting on the source for a decoded frame
         self.error: str | None = None
+
+    @property
+    def decode_errors(self) -> int:
+        """Corrupt packets skipped so far, across reconnects."""
+        return self._closed_errors + getattr(self._source, "decode_errors", 0)
 
     # -- stats -----------------------------------------------------------------
     def fps(self) -> float:
@@ -132,7 +138,7 @@ class CaptureThread(threading.Thread):
                     try:
                         source = open_source(self.spec)
                     except SourceError as exc:
-                        self.error = str(exc)
+                        self.error = mask_credentials(str(exc))
                         if not self.spec.is_live:
                             logger.error("%s", exc)
                             self.state = "ended"
@@ -140,14 +146,15 @@ class CaptureThread(threading.Thread):
                         self._wait_backoff(attempt)
                         attempt += 1
                         continue
+                self._source = source
                 try:
                     got = self._pump(source)
                     if got:
                         attempt = 0
                 finally:
-                    self.decode_errors += getattr(source, "decode_errors", 0)
+                    self._closed_errors += getattr(source, "decode_errors", 0)
                     source.close()
-                    source = None
+                    source, self._source = None, None
                 if self.stop_event.is_set():
                     break
                 if not self.spec.is_live:
@@ -184,7 +191,7 @@ class CaptureThread(threading.Thread):
             except StopIteration:
                 return got
             except Exception as exc:  # noqa: BLE001 - any read error: reconnect
-                self.error = f"{type(exc).__name__}: {exc}"
+                self.error = mask_credentials(f"{type(exc).__name__}: {exc}")
                 logger.warning("read from %s failed: %s", self.spec.display_name, self.error)
                 return got
             t1 = time.perf_counter()

@@ -25,6 +25,7 @@ import torch
 
 from .engine import Classifier
 from .errors import SourceError, StreamrecError
+from .fsutil import atomic_write_text
 from .messages import top_k
 from .models import LoadedModel, load_model
 from .preprocess import FramePreprocessor
@@ -339,7 +340,7 @@ def cmd_classify(args) -> int:
     text = {"table": tl.to_table, "json": lambda: tl.to_json(indent=1) + "\n", "csv": tl.to_csv}[args.format]()
     if args.out:
         try:
-            Path(args.out).write_text(text)
+            atomic_write_text(args.out, text)
         except OSError as exc:
             raise StreamrecError(f"--out {args.out}: cannot write: {exc.strerror}") from None
     else:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .errors import SourceError, StreamrecError
+from .fsutil import atomic_write
 from .models import ModelSpec
 from .preprocess import FramePreprocessor
 from .ring import sample_indices
@@ -154,9 +155,7 @@ class ClipCache:
                 logger.warning("cache entry %s unreadable; decoding again", file)
         clip = decode_resized(path, self.spec)
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, frames=clip.frames, times=clip.times)
-        os.replace(tmp, file)  # atomic: workers never see half a file
+        atomic_write(file, lambda fh: np.savez(fh, frames=clip.frames, times=clip.times))  # workers never see half a file
         return clip
 
 
@@ -315,10 +314,12 @@ def catalog(splits: dict[str, Split]) -> list[dict[str, Any]]:
 
 
 def write_catalog_csv(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CATALOG_FIELDS)
+    def write(fh) -> None:
+        w = csv.DictWriter(fh, fieldnames=CATALOG_FIELDS, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
+
+    atomic_write(path, write, mode="w")
 
 
 def first_last_frames(path: Path) -> tuple[np.ndarray, np.ndarray]:

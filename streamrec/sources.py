@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +27,16 @@ from .errors import SourceError
 logger = logging.getLogger(__name__)
 
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
+
+
+def mask_credentials(text: str) -> str:
+    """Hide passwords in any URL inside ``text``.
+
+    >>> mask_credentials("cannot open rtsp://admin:hunter2@10.0.0.5/stream1")
+    'cannot open rtsp://admin:***@10.0.0.5/stream1'
+    """
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 @dataclass(frozen=True)
@@ -66,12 +77,7 @@ class SourceSpec:
     @property
     def display_name(self) -> str:
         """The target with any password in a URL hidden, for logs and pages."""
-        if self.kind == "network" and "@" in self.target:
-            scheme, rest = self.target.split("://", 1)
-            cred, host = rest.rsplit("@", 1)
-            user = cred.split(":", 1)[0]
-            return f"{scheme}://{user}:***@{host}"
-        return self.target
+        return mask_credentials(self.target)
 
 
 class Source:
@@ -115,7 +121,7 @@ class PyAVSource(Source):
             )
         except (av.error.FFmpegError, OSError) as exc:
             what = "cannot connect to" if spec.kind == "network" else "not a readable video file"
-            raise SourceError(f"--source: {what} {spec.display_name}: {_av_reason(exc)}") from None
+            raise SourceError(f"--source: {what} {spec.display_name}: {mask_credentials(_av_reason(exc))}") from None
         if not self._container.streams.video:
             self._container.close()
             raise SourceError(f"--source: {spec.display_name} has no video stream")

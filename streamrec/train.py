@@ -25,6 +25,7 @@ from torch import nn
 from .dataset import Augment, ClipCache, ClipDataset, collate, default_workers, discover
 from .engine import resolve_device
 from .errors import StreamrecError, WeightsError
+from .fsutil import atomic_torch_save
 from .models import LoadedModel, build_model, load_model, make_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -231,10 +232,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             best, stale = vl, 0
             ck = make_checkpoint(model, model=cfg.model, classes=classes, spec=loaded.spec,
                                  train_args=asdict(cfg), metrics=row)
-            torch.save(ck, out)
+            atomic_torch_save(ck, out)
         else:
             stale += 1
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
                     "stale": stale, "step": step}, state_path)
         if stale >= cfg.patience:
             print(f"early stop: validation loss has not improved for {cfg.patience} epochs", file=sys.stderr)

@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 import websockets
+from websockets.exceptions import InvalidStatus
 
 from streamrec.messages import validate_prediction
 
@@ -95,9 +96,23 @@ def test_cross_origin_websocket_is_refused(clips):
                        "--model", "tiny3d", "--port", str(port))
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
-        with pytest.raises(websockets.exceptions.InvalidStatus) as err:
+        with pytest.raises(InvalidStatus) as err:
             asyncio.run(collect(f"ws://127.0.0.1:{port}/ws", 1, timeout=10, origin="http://evil.example"))
         assert err.value.response.status_code == 403
+        # same origin is accepted
+        preds, _, _ = asyncio.run(collect(f"ws://127.0.0.1:{port}/ws", 1, origin=f"http://127.0.0.1:{port}"))
+        assert preds
+
+        # only the package's page is served: traversal attempts are 404, raw and encoded
+        import http.client
+
+        for path in ["/../streamrec/server.py", "/%2e%2e/pyproject.toml", "/web/index.html", "/..%2f..%2fetc%2fpasswd",
+                     "//etc/passwd", "/index.html/../../README.md"]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            assert resp.status == 404, path
+            conn.close()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -113,7 +128,7 @@ def test_token_is_required_on_page_and_websocket(clips):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
         assert err.value.code == 401
         assert b'id="label"' in wait_http(f"http://127.0.0.1:{port}/?token=s3cret")
-        with pytest.raises(websockets.exceptions.InvalidStatus) as err:
+        with pytest.raises(InvalidStatus) as err:
             asyncio.run(collect(f"ws://127.0.0.1:{port}/ws?token=wrong", 1, timeout=10))
         assert err.value.response.status_code == 401
         preds, _, _ = asyncio.run(collect(f"ws://127.0.0.1:{port}/ws?token=s3cret", 1))
