@@ -1,8 +1,13 @@
-"""``streamrec serve``: wires source, capture, inference and the web server together.
+"""``streamrec serve``: cameras, batched inference workers, history and the web server.
+
+One capture thread per camera; one inference worker per loaded model, batching the
+newest windows of all its cameras; smoothing and history per camera. Cameras can be
+added and removed at run time (``POST``/``DELETE /api/cameras``, token required).
 
 Start-up fails fast with a :class:`StreamrecError` (exit 2) on a bad source, bad weights
 or a busy port. Ctrl-C and SIGTERM stop everything within about 2 s: the stop event is
-set, the server closes, threads are joined with a timeout and the camera is released.
+set, the server closes, threads are joined with a timeout, cameras are released and the
+open history segments are written.
 """
 
 from __future__ import annotations
@@ -12,144 +17,238 @@ import json
 import logging
 import signal
 import socket
+import struct
 import threading
 import time
 from typing import Any
 
 import cv2
 
-from .capture import Backoff, CaptureThread
-from .config import ServeConfig
+from .config import CameraConfig, ServeConfig
 from .engine import Classifier
 from .errors import StreamrecError
-from .live import InferenceLoop
+from .history import HistoryStore, SegmentTracker
+from .live import JOIN_TIMEOUT_S, Camera, InferenceWorker
 from .metrics import Metrics
 from .models import load_model
-from .preprocess import FramePreprocessor
-from .ring import FrameRing, capacity_for
-from .server import Hub, Route, WebServer, json_route, page_html
-from .smoothing import LabelSmoother
+from .server import ApiRoute, Hub, Reply, Route, WebServer, json_route, page_html
 from .sources import SourceSpec, open_source
 
 logger = logging.getLogger(__name__)
 
-JOIN_TIMEOUT_S = 1.5
 MEANINGLESS = "random weights (--weights none): labels are meaningless, for pipeline testing only"
 
 
+def default_db() -> str:
+    """``$XDG_DATA_HOME/streamrec/history.db`` (``~/.local/share/...``)."""
+    import os
+    from pathlib import Path
+
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "streamrec"
+    base.mkdir(parents=True, exist_ok=True)
+    return str(base / "history.db")
+
+
 class LiveApp:
-    """One camera, end to end. ``await run()`` serves until :meth:`request_stop`."""
+    """All cameras, end to end. ``await run()`` serves until :meth:`request_stop`."""
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.stop = threading.Event()
         self.hub = Hub()
         self.started = time.time()
-        self.state = "loading"
-        spec = SourceSpec.parse(
-            config.source,
-            rtsp_transport=config.rtsp_transport,
-            open_timeout_s=config.open_timeout,
-            read_timeout_s=config.stall_timeout,
-        )
-        self.source_spec = spec
+        self.wake = threading.Condition()
+        self._lock = threading.RLock()
+        self.cameras: dict[str, Camera] = {}
+        self.trackers: dict[str, SegmentTracker] = {}
+        self.workers: dict[tuple, InferenceWorker] = {}
+        self.classifiers: dict[tuple, Classifier] = {}
         check_port_free(config.host, config.port)  # before the slow model load
-        first = open_source(spec)  # fail fast: missing file, not a video, unreachable URL
+        self.history = HistoryStore(config.db or default_db())
         try:
-            self.loaded = load_model(config.model, weights=config.weights)
-            self.classifier = Classifier(
-                self.loaded, device=config.device, backend=config.backend, threads=config.threads
-            )
+            for cam in config.all_cameras():
+                self._add_camera(cam, start=False)
         except BaseException:
-            first.close()
+            self._close_cameras()
+            self.history.close()
             raise
-        model_spec = self.loaded.spec
-        pre = FramePreprocessor(model_spec)
-        self.ring = FrameRing(
-            capacity_for(model_spec.frames, model_spec.fps, source_fps=max(first.fps or 30.0, 30.0)),
-            pre.out_shape,
-        )
-        self.capture = CaptureThread(
-            spec, self.ring, pre, stop=self.stop, loop=config.loop, first=first,
-            backoff=Backoff(), name=f"capture-{config.camera}",
-        )
         self.metrics = Metrics(self)
-        self.inference = InferenceLoop(
-            self.ring,
-            self.classifier,
-            LabelSmoother(config.smoothing),
-            self._publish_prediction,
-            stop=self.stop,
-            capture_fps=self.capture.fps,
-            stride_s=config.stride_ms / 1e3,
-            camera=config.camera,
-            name=f"inference-{config.camera}",
-        )
         routes = {
             "/": Route("text/html; charset=utf-8", page_html),
             "/healthz": json_route(self.health),
             "/metrics": Route(Metrics.CONTENT_TYPE, self.metrics.render),
         }
-        self.server = WebServer(self.hub, host=config.host, port=config.port, routes=routes, token=config.token)
+        api = {"/api/history": ApiRoute(self._api_history), "/api/cameras": ApiRoute(self._api_cameras, admin=True)}
+        self.server = WebServer(self.hub, host=config.host, port=config.port, routes=routes, api=api, token=config.token)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
 
+    # -- cameras ----------------------------------------------------------------
+    def _classifier(self, cam: CameraConfig) -> tuple[tuple, Classifier]:
+        key = (cam.model, str(cam.weights), self.config.device, self.config.backend)
+        if key not in self.classifiers:
+            loaded = load_model(cam.model, weights=cam.weights or "DEFAULT")
+            self.classifiers[key] = Classifier(loaded, device=self.config.device, backend=self.config.backend,
+                                               threads=self.config.threads)
+        return key, self.classifiers[key]
+
+    def _add_camera(self, cam: CameraConfig, *, start: bool) -> Camera:
+        cam = self.config.resolve(cam)
+        with self._lock:
+            if cam.name in self.cameras:
+                raise StreamrecError(f"camera {cam.name!r} already exists")
+        spec = SourceSpec.parse(cam.source, rtsp_transport=cam.rtsp_transport or "tcp",
+                                open_timeout_s=cam.open_timeout or 10.0, read_timeout_s=cam.stall_timeout or 5.0)
+        first = open_source(spec)  # fail fast: missing file, not a video, unreachable URL
+        try:
+            key, clf = self._classifier(cam)
+        except BaseException:
+            first.close()
+            raise
+        camera = Camera(cam, clf, self.config.smoothing, first=first, wake=self.wake)
+        with self._lock:
+            self.cameras[cam.name] = camera
+            self.trackers[cam.name] = SegmentTracker(cam.name, self.history.add)
+            worker = self.workers.get(key)
+            if worker is None:
+                worker = InferenceWorker(clf, self._publish_prediction, stop=self.stop, wake=self.wake,
+                                         batch_wait_s=self.config.batch_wait_ms / 1e3,
+                                         stride_s=self.config.stride_ms / 1e3, name=f"inference-{len(self.workers)}")
+                self.workers[key] = worker
+                if start:
+                    worker.start()
+            worker.add(camera)
+        if start:
+            camera.start()
+        return camera
+
+    def remove_camera(self, name: str) -> bool:
+        with self._lock:
+            cam = self.cameras.pop(name, None)
+            if cam is None:
+                return False
+            for w in self.workers.values():
+                w.remove(name)
+            tracker = self.trackers.pop(name)
+        cam.close()
+        tracker.close(time.time())
+        self.hub.forget(f":{name}")
+        self.hub.publish_threadsafe("removed", json.dumps({"type": "removed", "camera": name}))
+        return True
+
+    def _close_cameras(self) -> None:
+        for cam in list(self.cameras.values()):
+            cam.close()
+
     # -- state ------------------------------------------------------------------
+    @property
+    def meaningless(self) -> bool:
+        return any(c.loaded.meaningless for c in self.classifiers.values())
+
+    def camera_health(self, cam: Camera) -> dict[str, Any]:
+        return {**cam.capture.stats(), **cam.stats(), "model": cam.classifier.loaded.name,
+                "backend": cam.classifier.backend, "meaningless": cam.classifier.loaded.meaningless}
+
     def health(self) -> dict[str, Any]:
-        inf = self.inference.stats()
+        cams = {name: self.camera_health(c) for name, c in list(self.cameras.items())}
+        first = next(iter(cams.values()), {})
+        states = {c["state"] for c in cams.values()}
         return {
-            "status": "ok" if self.capture.state == "running" else self.capture.state,
-            "source": self.capture.stats(),
-            "capture_fps": round(self.capture.fps(), 2),
-            "inference_rate": inf["inference_rate"],
-            "dropped": self.ring.dropped,
-            "skipped_windows": inf["skipped_windows"],
-            "model": self.loaded.name,
-            "weights": self.loaded.weights,
-            "device": str(self.classifier.device),
-            "backend": self.classifier.backend,
-            "meaningless": self.loaded.meaningless,
-            "warning": MEANINGLESS if self.loaded.meaningless else None,
+            "status": "ok" if states == {"running"} else ",".join(sorted(states)) or "no cameras",
+            "cameras": cams,
+            # single-camera summary (the first camera), as the page and scripts read it
+            "source": {k: first.get(k) for k in ("state", "source", "frames", "capture_fps", "dropped",
+                                                  "decode_errors", "reconnects", "error")},
+            "capture_fps": first.get("capture_fps", 0.0),
+            "inference_rate": first.get("inference_rate", 0.0),
+            "dropped": first.get("dropped", 0),
+            "skipped_windows": first.get("skipped_windows", 0),
+            "predictions": first.get("predictions", 0),
+            "model": first.get("model"),
+            "weights": next(iter(self.classifiers.values())).loaded.weights if self.classifiers else None,
+            "device": str(next(iter(self.classifiers.values())).device) if self.classifiers else None,
+            "backend": first.get("backend"),
+            "meaningless": self.meaningless,
+            "warning": MEANINGLESS if self.meaningless else None,
             "clients": len(self.hub.clients),
+            "history": {"written": self.history.written, "dropped": self.history.dropped},
             "uptime_s": round(time.time() - self.started, 1),
-            "predictions": inf["predictions"],
         }
 
-    def status_message(self) -> dict[str, Any]:
-        h = self.health()
-        return {
-            "type": "status",
-            "camera": self.config.camera,
-            "source": h["source"],
-            "inference": self.inference.stats(),
-            "model": h["model"],
-            "device": h["device"],
-            "meaningless": h["meaningless"],
-            "warning": h["warning"],
-        }
+    def status_message(self, cam: Camera) -> dict[str, Any]:
+        h = self.camera_health(cam)
+        return {"type": "status", "camera": cam.name, "source": cam.capture.stats(), "inference": cam.stats(),
+                "model": h["model"], "device": str(cam.classifier.device), "meaningless": h["meaningless"],
+                "warning": MEANINGLESS if h["meaningless"] else None}
 
-    def _publish_prediction(self, msg: dict[str, Any]) -> None:
+    def _publish_prediction(self, cam: Camera, msg: dict[str, Any]) -> None:
         self.metrics.observe_prediction(msg)
-        self.hub.publish_threadsafe("prediction", json.dumps(msg))
+        tracker = self.trackers.get(cam.name)
+        if tracker is not None:
+            tracker.update(msg["label"], msg["score"], msg["window"]["end_ts"])
+        self.hub.publish_threadsafe(f"prediction:{cam.name}", json.dumps(msg))
+
+    # -- HTTP API ---------------------------------------------------------------
+    def _api_history(self, method: str, path: str, query: dict[str, list[str]]) -> Reply:
+        from .history import parse_time
+
+        if method != "GET":
+            return Reply(405, {"error": "GET only"})
+        one = lambda k: (query.get(k) or [None])[0]  # noqa: E731
+        try:
+            rows = self.history.query(camera=one("camera"), since=parse_time(one("since")), until=parse_time(one("until")))
+        except StreamrecError as exc:
+            return Reply(400, {"error": str(exc)})
+        return Reply(200, {"segments": rows})
+
+    def _api_cameras(self, method: str, path: str, query: dict[str, list[str]]) -> Reply:
+        if method == "GET":
+            return Reply(200, {"cameras": {n: self.camera_health(c) for n, c in self.cameras.items()}})
+        if method == "POST":
+            fields = {k: v[0] for k, v in query.items()}
+            for key in ("loop",):
+                if key in fields:
+                    fields[key] = fields[key].lower() in ("1", "true", "yes")
+            try:
+                cam = CameraConfig.from_dict(fields)
+                self._add_camera(cam, start=True)
+            except StreamrecError as exc:
+                return Reply(400, {"error": str(exc)})
+            return Reply(201, {"added": cam.name})
+        if method == "DELETE":
+            name = path.rsplit("/", 1)[-1]
+            if path.count("/") < 3 or not self.remove_camera(name):
+                return Reply(404, {"error": f"no camera {name!r}"})
+            return Reply(200, {"removed": name})
+        return Reply(405, {"error": "GET, POST or DELETE"})
 
     # -- tasks ------------------------------------------------------------------
     async def _status_task(self) -> None:
         while True:
-            self.hub.publish("status", json.dumps(self.status_message()))
+            for cam in list(self.cameras.values()):
+                self.hub.publish(f"status:{cam.name}", json.dumps(self.status_message(cam)))
             await asyncio.sleep(1.0)
 
     async def _preview_task(self) -> None:
-        """Downscaled JPEG frames to the browsers, at most ``display_fps``."""
+        """Downscaled JPEG frames to the browsers, at most ``display_fps`` per camera.
+
+        Binary message: 1 byte name length, the camera name (UTF-8), then the JPEG."""
         period = 1.0 / self.config.display_fps
-        last_ts = 0.0
+        last: dict[str, float] = {}
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
-            rgb, ts = self.capture.latest_rgb, self.capture.latest_ts
-            if rgb is None or ts == last_ts or not self.hub.clients:
+            if not self.hub.clients:
                 continue
-            last_ts = ts
-            jpeg = await asyncio.get_running_loop().run_in_executor(None, encode_preview, rgb, self.config.display_width)
-            self.hub.publish("frame", jpeg)
+            for name, cam in list(self.cameras.items()):
+                rgb, ts = cam.capture.latest_rgb, cam.capture.latest_ts
+                if rgb is None or ts == last.get(name):
+                    continue
+                last[name] = ts
+                width = self.config.display_width if len(self.cameras) == 1 else min(self.config.display_width, 320)
+                jpeg = await loop.run_in_executor(None, encode_preview, rgb, width)
+                tag = name.encode()
+                self.hub.publish(f"frame:{name}", struct.pack("B", len(tag)) + tag + jpeg)
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -162,31 +261,39 @@ class LiveApp:
         try:
             await self.server.start()
         except OSError as exc:
-            self._close_first_source()
+            self._close_cameras()
+            self.history.close()
             raise StreamrecError(f"--port {self.config.port}: cannot listen on {self.config.host}: {exc.strerror or exc}") from None
-        what = f"serving {self.source_spec.display_name} with {self.loaded.name} on {self.classifier.device}"
-        logger.info("%s at http://%s:%d/ (Ctrl-C to stop)", what, self.config.host, self.server.port)
-        self.capture.start()
-        self.inference.start()
+        names = ", ".join(f"{n} ({c.spec.display_name})" for n, c in self.cameras.items())
+        logger.info("serving %s at http://%s:%d/ (Ctrl-C to stop)", names, self.config.host, self.server.port)
+        with self._lock:
+            for cam in self.cameras.values():
+                cam.start()
+            for w in self.workers.values():
+                w.start()
         tasks = [asyncio.create_task(self._status_task()), asyncio.create_task(self._preview_task())]
         try:
             await self._stopped.wait()
         finally:
             self.stop.set()
+            for cam in list(self.cameras.values()):
+                cam.stop.set()
+            with self.wake:
+                self.wake.notify_all()
             for t in tasks:
                 t.cancel()
             await self.server.close()
-            self.capture.join(JOIN_TIMEOUT_S)
-            self.inference.join(JOIN_TIMEOUT_S)
-            alive = [t.name for t in (self.capture, self.inference) if t.is_alive()]
+            for w in self.workers.values():
+                w.join(JOIN_TIMEOUT_S)
+            self._close_cameras()
+            now = time.time()
+            for tracker in self.trackers.values():
+                tracker.close(now)
+            self.history.close()
+            alive = [t.name for t in threading.enumerate() if t.name.startswith(("capture-", "inference-")) and t.is_alive()]
             if alive:
                 logger.warning("threads still running at exit: %s", ", ".join(alive))
             logger.info("stopped")
-
-    def _close_first_source(self) -> None:
-        first = getattr(self.capture, "_first", None)
-        if first is not None:
-            first.close()
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to shut down (safe from any thread, idempotent)."""

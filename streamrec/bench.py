@@ -66,7 +66,7 @@ def _best(fn: Callable[[], Any], repeats: int, sync: bool = False) -> float:
 def matmul_peak(device: torch.device) -> float:
     """GFLOP/s of a large matmul: fp32 on CPU, fp16 on GPU."""
     cuda = device.type == "cuda"
-    n = 8192 if cuda else 2048
+    n = 8192 if cuda else 4096
     dtype = torch.float16 if cuda else torch.float32
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     t = _best(lambda: torch.mm(a, b), 5, sync=cuda)

@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stride-ms", type=float, default=None, help="minimum time between labels (default 0: as fast as the model runs)")
     s.add_argument("--token", default=None, help="access token for the page and websocket (or STREAMREC_TOKEN)")
     s.add_argument("--insecure", action="store_true", default=None, help="allow a non-loopback --host without a token")
+    s.add_argument("--db", default=None, help="activity history: SQLite file (default ~/.local/share/streamrec/history.db) or postgresql:// URL")
     s.set_defaults(func=cmd_serve)
 
     from .classify import add_classify_parser
@@ -79,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_parser
 
     add_bench_parser(sub)
+    h = sub.add_parser("history", help="read the activity history")
+    h.add_argument("--db", default=None, help="SQLite file or postgresql:// URL (default: serve's default)")
+    h.add_argument("--camera", default=None)
+    h.add_argument("--since", default=None, help="Unix seconds, ISO time, or -10m / -2h / -1d")
+    h.add_argument("--until", default=None)
+    h.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    h.set_defaults(func=cmd_history)
     return parser
 
 
@@ -88,13 +96,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     file_values: dict[str, Any] = load_toml(args.config) if args.config else {}
     keys = ("source", "model", "weights", "device", "backend", "threads", "host", "port", "loop", "camera",
-            "rtsp_transport", "stall_timeout", "open_timeout", "stride_ms", "token", "insecure")
+            "rtsp_transport", "stall_timeout", "open_timeout", "stride_ms", "token", "insecure", "db")
     cli_values = {k: getattr(args, k) for k in keys}
     config = ServeConfig.from_sources(file_values, cli_values)
     app = LiveApp(config)
-    if app.loaded.meaningless:
+    if app.meaningless:
         print("streamrec: --weights none: random weights, every label shown is meaningless", file=sys.stderr)
     asyncio.run(app.run())
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import csv
+    import json
+    from datetime import datetime
+    from pathlib import Path
+
+    from .app import default_db
+    from .history import COLUMNS, HistoryStore, parse_time
+
+    target = args.db or default_db()
+    if "://" not in target and target != ":memory:" and not Path(target).is_file():
+        raise StreamrecError(f"--db: no history database at {target}")
+    store = HistoryStore(target)
+    try:
+        rows = store.query(camera=args.camera, since=parse_time(args.since), until=parse_time(args.until))
+    finally:
+        store.close()
+    if args.format == "json":
+        print(json.dumps(rows, indent=1))
+    elif args.format == "csv":
+        w = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
+        print(f"{'camera':<16} {'start':<19}  {'end':<19}  {'secs':>6}  {'mean':>5}  {'peak':>5}  label")
+        for r in rows:
+            print(f"{r['camera']:<16} {fmt(r['start'])}  {fmt(r['end'])}  {r['end'] - r['start']:>6.1f}  "
+                  f"{r['mean_score']:>5.2f}  {r['peak_score']:>5.2f}  {r['label']}")
     return 0
 
 

@@ -22,6 +22,36 @@ from .smoothing import SmoothingConfig
 
 
 @dataclass(frozen=True)
+class CameraConfig:
+    """One camera. Unset options (None) take the serve-wide value."""
+
+    name: str
+    source: str
+    loop: bool | None = None
+    model: str | None = None
+    weights: str | None = None
+    rtsp_transport: str | None = None
+    open_timeout: float | None = None
+    stall_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or len(self.name) > 64:
+            raise StreamrecError(f"camera name: expected 1-64 letters, digits, '-', '_' or '.', got {self.name!r}")
+        if not str(self.source).strip():
+            raise StreamrecError(f"camera {self.name!r}: source: expected a webcam index, URL or file, got nothing")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CameraConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise StreamrecError(f"[[cameras]]: unknown option {unknown[0]!r}; expected one of {', '.join(sorted(names))}")
+        if "name" not in d or "source" not in d:
+            raise StreamrecError(f"[[cameras]]: each camera needs a name and a source, got {d!r}")
+        return cls(**{**d, "source": str(d["source"])})
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     source: str | None = None
     model: str | None = None  # None: the checkpoint's model, else r2plus1d_18
@@ -41,11 +71,20 @@ class ServeConfig:
     display_width: int = 480
     token: str | None = None
     insecure: bool = False
+    db: str | None = None  # activity history: SQLite path (default streamrec-history.db) or postgresql:// URL
+    batch_wait_ms: float = 10.0  # dynamic batching: how long to wait for more cameras' windows
+    cameras: tuple[CameraConfig, ...] = ()
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
 
     def __post_init__(self) -> None:
-        if not self.source:
-            raise StreamrecError("--source: expected a webcam index, an rtsp:// URL or a video file, got nothing")
+        if not self.source and not self.cameras:
+            raise StreamrecError("--source: expected a webcam index, an rtsp:// URL or a video file (or [[cameras]] in --config), got nothing")
+        names = [c.name for c in self.all_cameras()]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise StreamrecError(f"[[cameras]]: camera names must be unique, got {dupes} more than once")
+        if self.batch_wait_ms < 0:
+            raise StreamrecError(f"batch_wait_ms: expected >= 0, got {self.batch_wait_ms}")
         if not 0 <= self.port <= 65535:
             raise StreamrecError(f"--port: expected 0..65535, got {self.port}")
         if self.stride_ms < 0:
@@ -61,6 +100,16 @@ class ServeConfig:
                 f"--host {self.host}: binding a non-loopback address needs --token (or STREAMREC_TOKEN), "
                 "or --insecure to serve without one"
             )
+
+    def all_cameras(self) -> tuple[CameraConfig, ...]:
+        """The cameras to run: ``[[cameras]]``, and ``--source`` as one more named ``camera``."""
+        single = (CameraConfig(self.camera, str(self.source)),) if self.source else ()
+        return tuple(self.cameras) + single
+
+    def resolve(self, cam: CameraConfig) -> CameraConfig:
+        """``cam`` with every unset option taken from the serve-wide value."""
+        return replace(cam, **{f.name: getattr(self, f.name) for f in fields(cam)
+                               if f.name not in ("name", "source") and getattr(cam, f.name) is None})
 
     @property
     def is_loopback(self) -> bool:
@@ -85,6 +134,10 @@ class ServeConfig:
                     raise StreamrecError(f"{origin}: unknown option {key!r}; expected one of {', '.join(sorted(names))}")
                 if key == "smoothing":
                     val = _smoothing(val, merged.get("smoothing"))
+                if key == "cameras":
+                    if not isinstance(val, list):
+                        raise StreamrecError(f"cameras: expected [[cameras]] tables, got {type(val).__name__}")
+                    val = tuple(v if isinstance(v, CameraConfig) else CameraConfig.from_dict(v) for v in val)
                 merged[key] = val
         if "token" not in merged and os.environ.get("STREAMREC_TOKEN"):
             merged["token"] = os.environ["STREAMREC_TOKEN"]

@@ -1,7 +1,10 @@
-"""The inference loop: newest complete window -> classifier -> smoother -> publish.
+"""Cameras and the inference worker that batches them.
 
-It never works through a backlog: each pass takes the newest window in the ring, and
-windows that ended while the model was busy are skipped (and counted), not queued.
+A :class:`Camera` owns its source, ring buffer, capture thread and smoother. One
+:class:`InferenceWorker` per loaded model takes the newest complete window of every camera
+that has a new one, waits at most ``batch_wait_s`` for the others, and classifies them all
+in one forward pass. It never works through a backlog: windows that ended while the model
+was busy are skipped (and counted), not queued.
 """
 
 from __future__ import annotations
@@ -13,122 +16,196 @@ from collections import deque
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
-from .capture import RateMeter
+from .capture import Backoff, CaptureThread, RateMeter
+from .config import CameraConfig
 from .engine import Classifier
 from .messages import prediction_message
-from .preprocess import stack_window
-from .ring import FrameRing
-from .smoothing import LabelSmoother
+from .preprocess import FramePreprocessor
+from .ring import FrameRing, Window, capacity_for
+from .smoothing import LabelSmoother, SmoothingConfig
+from .sources import Source, SourceSpec
 
 logger = logging.getLogger(__name__)
 
+JOIN_TIMEOUT_S = 1.5
 
-class InferenceLoop(threading.Thread):
-    """Classifies the newest window of ``ring`` until ``stop`` is set; hands each message
-    to ``publish`` (called from this thread: it must not block)."""
 
-    def __init__(
-        self,
-        ring: FrameRing,
-        classifier: Classifier,
-        smoother: LabelSmoother,
-        publish: Callable[[dict[str, Any]], None],
-        *,
-        stop: threading.Event,
-        capture_fps: Callable[[], float] = lambda: 0.0,
-        stride_s: float = 0.0,
-        camera: str = "default",
-        clock: Callable[[], float] = time.time,
-        name: str = "inference",
-    ) -> None:
-        super().__init__(name=name, daemon=True)
-        self.ring = ring
+class Camera:
+    """One source, end to end up to the classifier (which it shares with other cameras)."""
+
+    def __init__(self, cfg: CameraConfig, classifier: Classifier, smoothing: SmoothingConfig, *,
+                 first: Source | None = None, wake: threading.Condition | None = None) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
         self.classifier = classifier
-        self.smoother = smoother
-        self.publish = publish
-        self.stop_event = stop
-        self.capture_fps = capture_fps
-        self.stride_s = stride_s
-        self.camera = camera
-        self.clock = clock
-        self.spec = classifier.loaded.spec
+        self.spec = SourceSpec.parse(cfg.source, rtsp_transport=cfg.rtsp_transport or "tcp",
+                                     open_timeout_s=cfg.open_timeout or 10.0, read_timeout_s=cfg.stall_timeout or 5.0)
+        ms = classifier.loaded.spec
+        pre = FramePreprocessor(ms)
+        fps = first.fps if first is not None and first.fps else 30.0
+        self.ring = FrameRing(capacity_for(ms.frames, ms.fps, source_fps=max(fps, 30.0)), pre.out_shape)
+        self.stop = threading.Event()
+        self._wake = wake
+        self.capture = CaptureThread(self.spec, self.ring, pre, stop=self.stop, loop=bool(cfg.loop), first=first,
+                                     backoff=Backoff(), name=f"capture-{cfg.name}",
+                                     on_frame=self._notify if wake is not None else None)
+        self.smoother = LabelSmoother(smoothing)
+        self.last_end = -1  # end_seq of the last classified window
         self.seq = 0
-        self.skipped = 0  # window ends that arrived while the model was busy
-        self.errors = 0
-        self._rate = RateMeter(horizon_s=10.0)
+        self.skipped = 0
+        self.rate = RateMeter(horizon_s=10.0)
         self.infer_ms: deque[float] = deque(maxlen=512)
-        self.assemble_ms: deque[float] = deque(maxlen=512)
-        self.post_ms: deque[float] = deque(maxlen=512)
         self.latency_ms: deque[float] = deque(maxlen=512)
         self.last_message: dict[str, Any] | None = None
+        self._last_state = "starting"
 
-    def rate(self) -> float:
-        return self._rate.rate(self.clock())
+    def _notify(self, *_: Any) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def start(self) -> None:
+        self.capture.start()
+
+    def close(self) -> None:
+        """Stop capture and release the source (idempotent)."""
+        self.stop.set()
+        if self.capture.is_alive():
+            self.capture.join(JOIN_TIMEOUT_S)
+        elif self.capture._first is not None:  # never started: close the pre-opened source
+            self.capture._first.close()
+
+    def take_window(self) -> Window | None:
+        """The newest window that ends after the last classified one, or None."""
+        ms = self.classifier.loaded.spec
+        w = self.ring.newest_window(ms.frames, ms.fps)
+        if w is None or w.end_seq <= self.last_end:
+            return None
+        if self.last_end >= 0 and w.end_seq > self.last_end + 1:
+            self.skipped += w.end_seq - self.last_end - 1
+        self.last_end = w.end_seq
+        return w
+
+    def reset_if_reconnected(self) -> None:
+        """A new stream starts a new label history."""
+        state = self.capture.state
+        if state == "running" and self._last_state == "reconnecting":
+            self.smoother.reset()
+        self._last_state = state
+
+    def stats(self) -> dict[str, Any]:
+        infer = list(self.infer_ms)
+        return {
+            "inference_rate": round(self.rate.rate(time.time()), 3),
+            "predictions": self.seq,
+            "skipped_windows": self.skipped,
+            "infer_ms_p50": round(float(np.median(infer)), 2) if infer else None,
+        }
+
+
+class InferenceWorker(threading.Thread):
+    """Classifies the newest windows of ``cameras`` (sharing ``classifier``) in batches."""
+
+    def __init__(self, classifier: Classifier, publish: Callable[[Camera, dict[str, Any]], None], *,
+                 stop: threading.Event, wake: threading.Condition, batch_wait_s: float = 0.01,
+                 stride_s: float = 0.0, max_batch: int = 32, clock: Callable[[], float] = time.time,
+                 name: str = "inference") -> None:
+        super().__init__(name=name, daemon=True)
+        self.classifier = classifier
+        self.publish = publish
+        self.stop_event = stop
+        self.wake = wake
+        self.batch_wait_s = batch_wait_s
+        self.stride_s = stride_s
+        self.max_batch = max_batch
+        self.clock = clock
+        self._cameras: dict[str, Camera] = {}
+        self._lock = threading.Lock()
+        self.errors = 0
+        self.batches = 0
+        self.assemble_ms: deque[float] = deque(maxlen=512)
+        self.post_ms: deque[float] = deque(maxlen=512)
+        self.batch_sizes: deque[int] = deque(maxlen=512)
+        self._last_run: dict[str, float] = {}
+
+    def add(self, cam: Camera) -> None:
+        with self._lock:
+            self._cameras[cam.name] = cam
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._cameras.pop(name, None)
+
+    @property
+    def cameras(self) -> list[Camera]:
+        with self._lock:
+            return list(self._cameras.values())
+
+    def _collect(self) -> list[tuple[Camera, Window]]:
+        now = time.monotonic()
+        got = []
+        for cam in self.cameras:
+            cam.reset_if_reconnected()
+            if self.stride_s > 0 and now - self._last_run.get(cam.name, -1e9) < self.stride_s:
+                continue
+            w = cam.take_window()
+            if w is not None:
+                got.append((cam, w))
+        return got
 
     def run(self) -> None:
-        last_end = -1
-        last_start = 0.0
-        classes = self.classifier.loaded.classes
         while not self.stop_event.is_set():
-            newest = self.ring.wait_newer(last_end, timeout=0.2)
-            if newest <= last_end:
-                continue
-            if self.stride_s > 0:
-                wait = last_start + self.stride_s - time.monotonic()
-                if wait > 0:
-                    self.stop_event.wait(wait)
-                    continue
             t0 = time.perf_counter()
-            window = self.ring.newest_window(self.spec.frames, self.spec.fps)
-            if window is None or window.end_seq <= last_end:
-                self.stop_event.wait(0.01)
+            batch = self._collect()
+            if not batch:
+                with self.wake:
+                    self.wake.wait(0.1)
                 continue
-            if last_end >= 0 and window.end_seq > last_end + 1:
-                self.skipped += window.end_seq - last_end - 1
-            last_end = window.end_seq
-            last_start = time.monotonic()
-            batch = stack_window(window.frames)  # (T, C, H, W) -> (1, C, T, H, W)
+            pending = len(self.cameras) - len(batch)
+            if pending > 0 and self.batch_wait_s > 0:  # dynamic batching: a short, bounded wait
+                deadline = time.monotonic() + self.batch_wait_s
+                while pending > 0 and time.monotonic() < deadline and len(batch) < self.max_batch:
+                    with self.wake:
+                        self.wake.wait(max(0.0, deadline - time.monotonic()))
+                    have = {c.name for c, _ in batch}
+                    more = [(c, w) for c, w in self._collect() if c.name not in have]
+                    batch += more
+                    pending -= len(more)
+            batch = batch[: self.max_batch]
             t1 = time.perf_counter()
+            # each window (T, C, H, W) -> batch (B, C, T, H, W)
+            x = torch.from_numpy(np.stack([w.frames for _, w in batch])).permute(0, 2, 1, 3, 4).contiguous()
+            t2 = time.perf_counter()
             try:
-                probs = self.classifier.probs(batch)[0]
+                probs = self.classifier.probs(x)
             except Exception:  # noqa: BLE001 - log, count, keep serving
                 self.errors += 1
                 logger.exception("inference failed")
                 self.stop_event.wait(0.5)
                 continue
-            t2 = time.perf_counter()
-            smoothed = self.smoother.update(probs)
-            self.seq += 1
-            msg = prediction_message(
-                seq=self.seq,
-                smoothed=smoothed,
-                probs=probs,
-                classes=classes,
-                start_ts=window.start_ts,
-                end_ts=window.end_ts,
-                frames=len(window.timestamps),
-                infer_ms=(t2 - t1) * 1e3,
-                sent_ts=self.clock(),
-                capture_fps=self.capture_fps(),
-                camera=self.camera,
-                meaningless=self.classifier.loaded.meaningless,
-            )
-            self.publish(msg)
             t3 = time.perf_counter()
-            self.assemble_ms.append((t1 - t0) * 1e3)
-            self.infer_ms.append((t2 - t1) * 1e3)
-            self.post_ms.append((t3 - t2) * 1e3)
-            self.latency_ms.append(msg["latency_ms"])
-            self._rate.tick(self.clock())
-            self.last_message = msg
+            infer_ms = (t3 - t2) * 1e3
+            now_mono = time.monotonic()
+            for (cam, w), p in zip(batch, probs):
+                self._emit(cam, w, p, infer_ms)
+                self._last_run[cam.name] = now_mono
+            self.batches += 1
+            self.batch_sizes.append(len(batch))
+            self.assemble_ms.append((t2 - t1) * 1e3)
+            self.post_ms.append((time.perf_counter() - t3) * 1e3 / len(batch))
 
-    def stats(self) -> dict[str, Any]:
-        infer = list(self.infer_ms)
-        return {
-            "inference_rate": round(self.rate(), 3),
-            "predictions": self.seq,
-            "skipped_windows": self.skipped,
-            "inference_errors": self.errors,
-            "infer_ms_p50": round(float(np.median(infer)), 2) if infer else None,
-        }
+    def _emit(self, cam: Camera, w: Window, probs: np.ndarray, infer_ms: float) -> None:
+        smoothed = cam.smoother.update(probs)
+        cam.seq += 1
+        msg = prediction_message(
+            seq=cam.seq, smoothed=smoothed, probs=probs, classes=self.classifier.loaded.classes,
+            start_ts=w.start_ts, end_ts=w.end_ts, frames=len(w.timestamps), infer_ms=infer_ms,
+            sent_ts=self.clock(), capture_fps=cam.capture.fps(), camera=cam.name,
+            meaningless=self.classifier.loaded.meaningless,
+        )
+        cam.infer_ms.append(infer_ms)
+        cam.latency_ms.append(msg["latency_ms"])
+        cam.rate.tick(self.clock())
+        cam.last_message = msg
+        self.publish(cam, msg)

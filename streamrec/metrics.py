@@ -6,6 +6,7 @@ hot path updates them; only the two latency histograms are observed per predicti
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
@@ -36,30 +37,31 @@ class Metrics:
         self.clients = Gauge("streamrec_clients", "Connected websocket clients", registry=r)
         self.messages_dropped = Gauge("streamrec_messages_dropped_total", "Stale messages dropped for slow clients", registry=r)
         self.label = Gauge("streamrec_current_label", "1 for the label currently shown", ["camera", "label"], registry=r)
-        self._last_label: tuple[str, str] | None = None
+        self._last_label: dict[str, tuple[str, str]] = {}  # camera -> (camera, label) shown
 
     def observe_prediction(self, msg: dict[str, Any]) -> None:
         cam = msg.get("camera", "default")
         self.infer.labels(cam).observe(msg["infer_ms"])
         self.e2e.labels(cam).observe(msg["latency_ms"])
         key = (cam, msg["label"])
-        if key != self._last_label:
-            if self._last_label is not None:
-                self.label.remove(*self._last_label)
+        last = self._last_label.get(cam)
+        if key != last:
+            if last is not None:
+                self.label.remove(*last)
             self.label.labels(*key).set(1)
-            self._last_label = key
+            self._last_label[cam] = key
 
     def render(self) -> bytes:
         app = self.app
-        cam = app.config.camera
-        cap = app.capture
-        self.fps.labels(cam).set(cap.fps())
-        self.dropped.labels(cam).set(app.ring.dropped)
-        self.decode_errors.labels(cam).set(cap.decode_errors)
-        self.reconnects.labels(cam).set(cap.reconnects)
-        self.skipped.labels(cam).set(app.inference.skipped)
-        self.predictions.labels(cam).set(app.inference.seq)
-        self.rate.labels(cam).set(app.inference.rate())
+        for name, cam in list(app.cameras.items()):
+            cap = cam.capture
+            self.fps.labels(name).set(cap.fps())
+            self.dropped.labels(name).set(cam.ring.dropped)
+            self.decode_errors.labels(name).set(cap.decode_errors)
+            self.reconnects.labels(name).set(cap.reconnects)
+            self.skipped.labels(name).set(cam.skipped)
+            self.predictions.labels(name).set(cam.seq)
+            self.rate.labels(name).set(cam.rate.rate(time.time()))
         self.clients.set(len(app.hub.clients))
         self.messages_dropped.set(app.hub.dropped)
         return generate_latest(self.registry)

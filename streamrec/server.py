@@ -26,20 +26,20 @@ from websockets.http11 import Request, Response
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("status", "prediction", "frame")
-
-
 @dataclass(eq=False)
 class Client:
     ws: ServerConnection
-    slots: dict[str, str | bytes | None] = field(default_factory=lambda: dict.fromkeys(KINDS))
+    slots: dict[str, str | bytes] = field(default_factory=dict)  # key -> newest unsent payload
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
     sent: int = 0
 
 
 class Hub:
-    """The connected browsers and the newest message of each kind for each of them."""
+    """The connected browsers and the newest message of each key for each of them.
+
+    A key is a message kind and a camera, e.g. ``"prediction:court-1"``; a client never
+    holds more than one unsent message per key."""
 
     def __init__(self) -> None:
         self.clients: set[Client] = set()
@@ -47,42 +47,46 @@ class Hub:
         self.dropped = 0
         self.last: dict[str, str | bytes] = {}
 
-    def publish(self, kind: str, payload: str | bytes) -> None:
+    def publish(self, key: str, payload: str | bytes) -> None:
         """Offer ``payload`` to every client (call on the event loop; never blocks)."""
-        self.last[kind] = payload
+        if not key.startswith("frame"):
+            self.last[key] = payload  # a new page gets the latest status and prediction at once
         for c in self.clients:
-            if c.slots[kind] is not None:
+            if key in c.slots:
                 c.dropped += 1
                 self.dropped += 1
-            c.slots[kind] = payload
+            c.slots[key] = payload
             c.ready.set()
 
-    def publish_threadsafe(self, kind: str, payload: str | bytes) -> None:
+    def forget(self, suffix: str) -> None:
+        """Drop remembered messages whose key ends with ``suffix`` (a removed camera)."""
+        for key in [k for k in self.last if k.endswith(suffix)]:
+            del self.last[key]
+
+    def publish_threadsafe(self, key: str, payload: str | bytes) -> None:
         loop = self.loop
         if loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(self.publish, kind, payload)
+                loop.call_soon_threadsafe(self.publish, key, payload)
             except RuntimeError:  # loop closed between the check and the call
                 pass
 
     async def serve_client(self, ws: ServerConnection) -> None:
         client = Client(ws)
-        for kind in ("status", "prediction"):  # a new page shows state at once
-            if kind in self.last:
-                client.slots[kind] = self.last[kind]
-                client.ready.set()
+        client.slots.update(sorted(self.last.items(), key=lambda kv: not kv[0].startswith("status")))
+        if client.slots:
+            client.ready.set()
         self.clients.add(client)
         reader = asyncio.create_task(self._drain_incoming(ws))
         try:
             while True:
                 await client.ready.wait()
                 client.ready.clear()
-                for kind in KINDS:
-                    payload = client.slots[kind]
-                    if payload is not None:
-                        client.slots[kind] = None
-                        await ws.send(payload)  # waits only on this client's socket
-                        client.sent += 1
+                while client.slots:
+                    key = next(iter(client.slots))
+                    payload = client.slots.pop(key)
+                    await ws.send(payload)  # waits only on this client's socket
+                    client.sent += 1
         except ConnectionClosed:
             pass
         finally:
@@ -91,8 +95,10 @@ class Hub:
 
     @staticmethod
     async def _drain_incoming(ws: ServerConnection) -> None:
+        """Browsers send nothing we act on: incoming messages (at most 64 KiB, the
+        connection's ``max_size``) are read and ignored, which keeps the socket healthy."""
         try:
-            async for _ in ws:  # browsers send nothing we need; keep the socket healthy
+            async for _ in ws:
                 pass
         except ConnectionClosed:
             pass
@@ -100,8 +106,25 @@ class Hub:
 
 @dataclass(frozen=True)
 class Route:
+    """A GET handler: ``body()`` -> bytes."""
+
     content_type: str
     body: Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any  # JSON-serialisable
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    """A JSON handler for any method: ``handler(method, path, query)`` -> :class:`Reply`.
+    ``admin`` routes always need the token (and are off when none is set)."""
+
+    handler: Callable[[str, str, dict[str, list[str]]], Reply]
+    admin: bool = False
 
 
 class WebServer:
@@ -114,12 +137,14 @@ class WebServer:
         host: str,
         port: int,
         routes: dict[str, Route],
+        api: dict[str, ApiRoute] | None = None,
         token: str | None = None,
     ) -> None:
         self.hub = hub
         self.host = host
         self.port = port
         self.routes = routes
+        self.api = api or {}
         self.token = token
         self._server: Server | None = None
         self._closed = False
@@ -171,8 +196,11 @@ class WebServer:
             if origin is not None and urlsplit(origin).netloc != host:
                 return _response(HTTPStatus.FORBIDDEN, "text/plain", b"cross-origin websocket refused\n")
             return None  # go on with the websocket handshake
+        api = next((r for prefix, r in self.api.items() if path == prefix or path.startswith(prefix + "/")), None)
+        if api is not None:
+            return self._api(api, request, path)
         route = self.routes.get(path)
-        if route is None:
+        if route is None or request.method != "GET":
             return _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
         if path not in ("/healthz",) and not self._authorized(request):
             return _response(HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token: open /?token=...\n")
@@ -182,6 +210,18 @@ class WebServer:
             logger.exception("handler for %s failed", path)
             return _response(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n")
         return _response(HTTPStatus.OK, route.content_type, body)
+
+    def _api(self, route: ApiRoute, request: Request, path: str) -> Response:
+        if route.admin and not self.token:
+            return _json(HTTPStatus.FORBIDDEN, {"error": "the admin API needs the server to run with --token"})
+        if not self._authorized(request):
+            return _json(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong token"})
+        try:
+            reply = route.handler(request.method, path, parse_qs(urlsplit(request.path).query))
+        except Exception:  # noqa: BLE001
+            logger.exception("API handler for %s %s failed", request.method, path)
+            return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
+        return _json(HTTPStatus(reply.status), reply.body)
 
     async def _handler(self, ws: ServerConnection) -> None:
         await self.hub.serve_client(ws)
@@ -197,6 +237,10 @@ def _response(status: HTTPStatus, content_type: str, body: bytes) -> Response:
         ]
     )
     return Response(status.value, status.phrase, headers, body)
+
+
+def _json(status: HTTPStatus, body: Any) -> Response:
+    return _response(status, "application/json", json.dumps(body).encode())
 
 
 def page_html() -> bytes:

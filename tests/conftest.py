@@ -18,6 +18,7 @@ CLIPS = ROOT.parent / "shared" / "clips"
 ARTIFACTS = ROOT / "artifacts"
 # backend choices measured by `--backend auto` are cached per test run, not in the user's home
 os.environ.setdefault("STREAMREC_CACHE", str(ARTIFACTS / "cache"))
+os.environ.setdefault("XDG_DATA_HOME", str(ARTIFACTS / "data"))  # serve's default history database
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,7 @@ def test_page_shows_predictions_video_and_reconnects(clips, page, artifacts):
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
         assert page.inner_text("[data-testid=label]") != "waiting for the first window…"
-        assert page.locator("#top li").count() == 5
+        assert page.locator(".top li").count() == 5
         banner = page.locator("[data-testid=banner]")
         assert banner.is_visible() and "meaningless" in banner.inner_text()
 
@@ -90,7 +90,7 @@ def test_overlay_mode_shows_only_the_label(clips, page, artifacts):
         page.goto(f"http://127.0.0.1:{port}/?overlay=1")
         page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
         assert page.is_visible("[data-testid=label]")
-        assert not page.is_visible("[data-testid=video]") and not page.is_visible("#stats")
+        assert not page.is_visible("[data-testid=video]") and not page.is_visible(".health")
         assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgba(0, 0, 0, 0)"
         page.screenshot(path=str(artifacts / "browser-overlay.png"), omit_background=True)
     finally:

@@ -32,10 +32,11 @@ def test_stalled_client_keeps_one_message_and_others_get_all():
     async def scenario():
         hub = Hub()
         fast, slow = FakeWS(), FakeWS(stalled=True)
+        key = "prediction:court-1"
         tasks = [asyncio.create_task(hub.serve_client(ws)) for ws in (fast, slow)]
         await asyncio.sleep(0)
         for i in range(100):
-            hub.publish("prediction", f"p{i}")
+            hub.publish(key, f"p{i}")
             await asyncio.sleep(0)  # let the fast client's task run
         await asyncio.sleep(0.01)
         slow_client = next(c for c in hub.clients if c.ws is slow)
@@ -49,16 +50,16 @@ def test_stalled_client_keeps_one_message_and_others_get_all():
     assert fast_sent == [f"p{i}" for i in range(100)]
     assert fast_dropped == 0
     # the stalled client is blocked sending p0; only the newest message waits for it
-    assert slow_slots == {"status": None, "prediction": "p99", "frame": None}
+    assert slow_slots == {"prediction:court-1": "p99"}
     assert slow_dropped == 98
 
 
 def test_new_client_gets_last_status_and_prediction_first():
     async def scenario():
         hub = Hub()
-        hub.publish("status", "s1")
-        hub.publish("prediction", "p1")
-        hub.publish("frame", b"jpeg")
+        hub.publish("prediction:a", "p1")
+        hub.publish("status:a", "s1")
+        hub.publish("frame:a", b"jpeg")
         ws = FakeWS()
         task = asyncio.create_task(hub.serve_client(ws))
         await asyncio.sleep(0.01)
@@ -77,7 +78,7 @@ def test_client_is_forgotten_when_it_disconnects():
         hub = Hub()
         task = asyncio.create_task(hub.serve_client(Closing()))
         await asyncio.sleep(0)
-        hub.publish("prediction", "p")
+        hub.publish("prediction:a", "p")
         await asyncio.wait_for(task, 1)
         return len(hub.clients)
 

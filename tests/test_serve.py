@@ -50,7 +50,7 @@ def test_serve_end_to_end_on_a_real_clip(clips):
         assert health["model"] == "r2plus1d_18" and health["device"] == "cpu"
         assert health["meaningless"] is True and "meaningless" in health["warning"]
         page = wait_http(f"http://127.0.0.1:{port}/").decode()
-        assert 'id="label"' in page and "new WebSocket" in page
+        assert 'data-testid="label"' in page and "new WebSocket" in page
 
         preds, statuses, frames = asyncio.run(collect(f"ws://127.0.0.1:{port}/ws", 3))
         for p in preds:
@@ -127,7 +127,7 @@ def test_token_is_required_on_page_and_websocket(clips):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
         assert err.value.code == 401
-        assert b'id="label"' in wait_http(f"http://127.0.0.1:{port}/?token=s3cret")
+        assert b'data-testid="label"' in wait_http(f"http://127.0.0.1:{port}/?token=s3cret")
         with pytest.raises(InvalidStatus) as err:
             asyncio.run(collect(f"ws://127.0.0.1:{port}/ws?token=wrong", 1, timeout=10))
         assert err.value.response.status_code == 401

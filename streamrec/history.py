@@ -1,0 +1,206 @@
+"""Activity history: each camera's label segments (camera, label, start, end, mean and peak
+score) in SQLite (WAL mode, the default) or PostgreSQL (a ``postgresql://`` URL).
+
+A segment is written, and committed, the moment it closes (the shown label changes);
+a clean shutdown closes the open ones. So a ``kill -9`` loses at most each camera's
+open segment. Writes go through a bounded queue to one writer thread: a slow disk
+drops (and counts) segments, it never stalls inference.
+
+Example:
+    >>> store = HistoryStore(":memory:")
+    >>> t = SegmentTracker("court-1", store.add)
+    >>> t.update("serve", 0.8, 10.0); t.update("serve", 0.6, 11.0); t.update("smash", 0.9, 12.0)
+    >>> store.flush(); [(s["label"], s["start"], s["end"], s["mean_score"]) for s in store.query()]
+    [('serve', 10.0, 12.0, 0.7)]
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from .errors import StreamrecError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments (
+    camera TEXT NOT NULL,
+    label TEXT NOT NULL,
+    start_ts DOUBLE PRECISION NOT NULL,
+    end_ts DOUBLE PRECISION NOT NULL,
+    mean_score DOUBLE PRECISION NOT NULL,
+    peak_score DOUBLE PRECISION NOT NULL,
+    windows INTEGER NOT NULL
+)"""
+INDEX = "CREATE INDEX IF NOT EXISTS segments_camera_start ON segments (camera, start_ts)"
+COLUMNS = ("camera", "label", "start", "end", "mean_score", "peak_score", "windows")
+
+
+@dataclass(frozen=True)
+class Segment:
+    camera: str
+    label: str
+    start: float
+    end: float
+    mean_score: float
+    peak_score: float
+    windows: int
+
+
+class SegmentTracker:
+    """Turns one camera's stream of (label, score, time) into closed segments."""
+
+    def __init__(self, camera: str, sink: Callable[[Segment], None]) -> None:
+        self.camera = camera
+        self.sink = sink
+        self._label: str | None = None
+        self._start = self._end = 0.0
+        self._sum = self._peak = 0.0
+        self._n = 0
+
+    def update(self, label: str, score: float, ts: float) -> None:
+        if label != self._label:
+            self.close(ts)
+            self._label, self._start, self._sum, self._peak, self._n = label, ts, 0.0, 0.0, 0
+        self._end = ts
+        self._sum += score
+        self._peak = max(self._peak, score)
+        self._n += 1
+
+    def close(self, ts: float | None = None) -> None:
+        """Write the open segment (ending at ``ts``, or at its last update) and forget it."""
+        if self._label is not None and self._n:
+            end = max(self._end, ts) if ts is not None else self._end
+            self.sink(Segment(self.camera, self._label, self._start, end, round(self._sum / self._n, 5),
+                              round(self._peak, 5), self._n))
+        self._label = None
+
+
+class HistoryStore:
+    """SQLite (a path, or ``:memory:``) or PostgreSQL (``postgresql://...``)."""
+
+    def __init__(self, target: str, *, queue_size: int = 10_000) -> None:
+        self.target = target
+        self.postgres = target.startswith(("postgresql://", "postgres://"))
+        self._q: queue.Queue[Segment | None] = queue.Queue(maxsize=queue_size)
+        self.dropped = 0
+        self.written = 0
+        self._lock = threading.Lock()
+        self._conn = self._connect()
+        self._writer = threading.Thread(target=self._write_loop, name="history-writer", daemon=True)
+        self._writer.start()
+        self._closed = False
+
+    def _connect(self):
+        try:
+            if self.postgres:
+                try:
+                    import psycopg
+                except ImportError:
+                    raise StreamrecError("--db postgresql://: psycopg is not installed; pip install 'streamrec[postgres]'") from None
+                conn = psycopg.connect(self.target, autocommit=True)
+            else:
+                conn = sqlite3.connect(self.target, check_same_thread=False, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(SCHEMA)
+            conn.execute(INDEX)
+            return conn
+        except StreamrecError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: one line for the user
+            raise StreamrecError(f"--db {_safe(self.target)}: cannot open the history database: {exc}") from None
+
+    @property
+    def _ph(self) -> str:
+        return "%s" if self.postgres else "?"
+
+    def add(self, seg: Segment) -> None:
+        """Queue ``seg`` for writing; never blocks (a full queue drops and counts)."""
+        try:
+            self._q.put_nowait(seg)
+        except queue.Full:
+            self.dropped += 1
+
+    def _write_loop(self) -> None:
+        while True:
+            seg = self._q.get()
+            try:
+                if seg is None:
+                    return
+                with self._lock:
+                    self._conn.execute(
+                        f"INSERT INTO segments VALUES ({', '.join([self._ph] * 7)})",
+                        (seg.camera, seg.label, seg.start, seg.end, seg.mean_score, seg.peak_score, seg.windows),
+                    )
+                self.written += 1
+            except Exception:  # noqa: BLE001 - keep the writer alive; the segment is lost, say so
+                self.dropped += 1
+                logger.exception("history: cannot write a segment")
+            finally:
+                self._q.task_done()
+
+    def flush(self) -> None:
+        """Wait until every queued segment is written."""
+        self._q.join()
+
+    def query(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
+              limit: int = 10_000) -> list[dict[str, Any]]:
+        where, args = [], []
+        if camera:
+            where.append(f"camera = {self._ph}")
+            args.append(camera)
+        if since is not None:
+            where.append(f"end_ts >= {self._ph}")
+            args.append(since)
+        if until is not None:
+            where.append(f"start_ts <= {self._ph}")
+            args.append(until)
+        sql = "SELECT camera, label, start_ts, end_ts, mean_score, peak_score, windows FROM segments"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY start_ts, camera LIMIT {int(limit)}"
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [dict(zip(COLUMNS, r)) for r in rows]
+
+    def close(self) -> None:
+        """Write what is queued and close the database (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._q.put(None)
+        self._writer.join(5)
+        with self._lock:
+            self._conn.close()
+
+
+def _safe(target: str) -> str:
+    from .sources import mask_credentials
+
+    return mask_credentials(target)
+
+
+def parse_time(text: str | None) -> float | None:
+    """Unix seconds, an ISO-8601 time, or a relative ``-10m`` / ``-2h`` / ``-1d``."""
+    if text is None:
+        return None
+    t = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if t.startswith("-") and t[-1] in units:
+            return datetime.now(timezone.utc).timestamp() - float(t[1:-1]) * units[t[-1]]
+        return float(t)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        raise StreamrecError(f"--since/--until: expected Unix seconds, an ISO time or -10m/-2h/-1d, got {text!r}") from None
+    return (dt if dt.tzinfo else dt.astimezone()).timestamp()
