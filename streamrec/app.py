@@ -172,8 +172,16 @@ class LiveApp:
             "warning": MEANINGLESS if self.meaningless else None,
             "clients": len(self.hub.clients),
             "history": {"written": self.history.written, "dropped": self.history.dropped},
+            "batching": self.batching(),
+            "threads": sorted(t.name for t in threading.enumerate()),
             "uptime_s": round(time.time() - self.started, 1),
         }
+
+    def batching(self) -> dict[str, Any]:
+        sizes = [b for w in self.workers.values() for b in w.batch_sizes]
+        return {"batches": sum(w.batches for w in self.workers.values()),
+                "mean_batch": round(sum(sizes) / len(sizes), 3) if sizes else 0.0,
+                "max_batch": max(sizes, default=0)}
 
     def status_message(self, cam: Camera) -> dict[str, Any]:
         h = self.camera_health(cam)

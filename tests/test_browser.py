@@ -95,3 +95,38 @@ def test_overlay_mode_shows_only_the_label(clips, page, artifacts):
         page.screenshot(path=str(artifacts / "browser-overlay.png"), omit_background=True)
     finally:
         stop(proc)
+
+
+def test_dashboard_with_16_cameras(clips, page, artifacts, tmp_path):
+    from conftest import all_clips
+
+    names = all_clips()
+    lines = ['model = "tiny3d"', 'weights = "none"']
+    for i in range(16):
+        lines += ["[[cameras]]", f'name = "cam-{i:02d}"', f'source = "{clips / names[i % len(names)]}"', "loop = true"]
+    cfg = tmp_path / "sixteen.toml"
+    cfg.write_text("\n".join(lines) + "\n")
+    port = free_port()
+    proc = subprocess.Popen(streamrec_cmd("serve", "--config", str(cfg), "--port", str(port), "--db", str(tmp_path / "h.db")),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc, timeout=120)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("document.querySelectorAll('[data-testid=camera]').length === 16", timeout=60_000)
+        page.wait_for_function(
+            "[...document.querySelectorAll('[data-testid=label]')].every(l => Number(l.dataset.seq) >= 1)", timeout=120_000)
+        page.wait_for_function(
+            "[...document.querySelectorAll('[data-testid=video]')].filter(i => Number(i.dataset.frames) >= 1).length === 16",
+            timeout=60_000)
+        page.screenshot(path=str(artifacts / "dashboard-16.png"))
+        tile = page.locator("[data-camera=cam-05]")
+        tile.click()
+        assert "big" in tile.get_attribute("class")
+        assert tile.locator(".top li").count() == 5  # the large view shows the top 5
+        box = tile.bounding_box()
+        assert box["width"] > 800  # it fills the 1000 px viewport
+        page.screenshot(path=str(artifacts / "dashboard-16-large.png"))
+        tile.click()
+        assert "big" not in tile.get_attribute("class")
+    finally:
+        stop(proc)

@@ -1,0 +1,163 @@
+"""Many cameras from one config, batched inference, run-time add/remove, activity history."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from streamrec.history import HistoryStore, Segment, SegmentTracker
+
+from conftest import ROOT, free_port, run_cli, streamrec_cmd, wait_http
+
+CLIPS4 = ["arm_wrestling.mp4", "cleaning_pool.mp4", "flipping_pancake.mkv", "shooting_basketball.mp4"]
+
+
+def write_config(path, clips, names, **extra) -> str:
+    lines = [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+    for name, clip in zip(names, clips):
+        lines += ["", "[[cameras]]", f'name = "{name}"', f'source = "{clip}"', "loop = true"]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def start(*args, env=None) -> subprocess.Popen:
+    return subprocess.Popen(streamrec_cmd("serve", *args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def stop(proc) -> str:
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(20)
+    err = proc.stderr.read()
+    assert rc == 0, err
+    return err
+
+
+async def predictions_by_camera(port: int, want: set[str], timeout: float = 60, token: str | None = None) -> dict:
+    import websockets
+
+    url = f"ws://127.0.0.1:{port}/ws" + (f"?token={token}" if token else "")
+    got: dict[str, list] = {}
+    async with websockets.connect(url, max_size=2**22) as ws:
+        deadline = time.monotonic() + timeout
+        while not all(len(got.get(c, [])) >= 2 for c in want):
+            m = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+            if isinstance(m, str) and (d := json.loads(m))["type"] == "prediction":
+                got.setdefault(d["camera"], []).append(d)
+    return got
+
+
+def request(method: str, url: str, token: str | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_config_cameras_batched_with_runtime_add_remove_and_history(clips, tmp_path):
+    port, db, token = free_port(), tmp_path / "h.db", "t0k"
+    cfg = write_config(tmp_path / "gym.toml", [clips / c for c in CLIPS4[:3]], ["court-1", "court-2", "warmup"],
+                       model="tiny3d", weights="none", batch_wait_ms=50)
+    proc = start("--config", cfg, "--port", str(port), "--db", str(db), "--token", token)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        got = asyncio.run(predictions_by_camera(port, {"court-1", "court-2", "warmup"}, token=token))
+        for cam, msgs in got.items():
+            assert all(m["camera"] == cam for m in msgs)
+            assert [m["seq"] for m in msgs] == sorted(m["seq"] for m in msgs)
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+        assert set(health["cameras"]) == {"court-1", "court-2", "warmup"}
+        assert health["batching"]["mean_batch"] > 1.0  # windows of several cameras share a forward pass
+
+        # add a camera at run time, without touching the others
+        before = {c: h["predictions"] for c, h in health["cameras"].items()}
+        q = f"name=late&source={clips / CLIPS4[3]}&loop=true"
+        assert request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}")[0] == 401  # no token
+        status, body = request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)
+        assert (status, body) == (201, {"added": "late"})
+        assert request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)[0] == 400  # same name again
+        asyncio.run(predictions_by_camera(port, {"late"}, token=token))
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+        assert all(health["cameras"][c]["predictions"] > before[c] for c in before)
+        assert health["cameras"]["court-1"]["reconnects"] == 0
+
+        assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras/court-2", token) == (200, {"removed": "court-2"})
+        assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras/court-2", token)[0] == 404
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+        assert set(health["cameras"]) == {"court-1", "warmup", "late"}
+        assert not [t for t in ("capture-court-2",) if t in health.get("threads", [])]
+
+        status, hist = request("GET", f"http://127.0.0.1:{port}/api/history?camera=court-2", token)
+        assert status == 200 and len(hist["segments"]) >= 1  # removing a camera closes its segment
+    finally:
+        err = stop(proc)
+    assert "Traceback" not in err
+    # a clean shutdown closes every open segment; history survives the process
+    proc = run_cli("history", "--db", str(db), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert {r["camera"] for r in rows} == {"court-1", "court-2", "warmup", "late"}
+    for r in rows:
+        assert r["start"] <= r["end"] and 0 <= r["mean_score"] <= r["peak_score"] <= 1 and r["windows"] >= 1
+    csv_out = run_cli("history", "--db", str(db), "--camera", "late", "--format", "csv").stdout.splitlines()
+    assert csv_out[0] == "camera,label,start,end,mean_score,peak_score,windows"
+    assert all(line.startswith("late,") for line in csv_out[1:]) and len(csv_out) >= 2
+
+
+def test_segment_tracker_and_store_exact(tmp_path):
+    store = HistoryStore(str(tmp_path / "h.db"))
+    t = SegmentTracker("c", store.add)
+    for label, score, ts in [("a", 0.5, 1.0), ("a", 0.7, 2.0), ("b", 0.9, 3.0), ("b", 0.8, 4.0), ("a", 0.6, 5.0)]:
+        t.update(label, score, ts)
+    t.close(6.0)
+    store.flush()
+    rows = store.query()
+    assert [(r["label"], r["start"], r["end"], r["mean_score"], r["peak_score"], r["windows"]) for r in rows] == [
+        ("a", 1.0, 3.0, 0.6, 0.7, 2), ("b", 3.0, 5.0, 0.85, 0.9, 2), ("a", 5.0, 6.0, 0.6, 0.6, 1)]
+    assert [r["label"] for r in store.query(since=4.5, until=5.5)] == ["b", "a"]
+    store.close()
+    mode = sqlite3.connect(tmp_path / "h.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+WRITER = """
+import sys, time
+from streamrec.history import HistoryStore, SegmentTracker
+store = HistoryStore(sys.argv[1])
+t = SegmentTracker("cam", store.add)
+i = 0
+while True:
+    t.update("label%d" % (i % 2), 0.5, float(i))
+    if i:
+        store.flush()
+        print(i, flush=True)  # i segments are closed and committed
+    i += 1
+    time.sleep(0.01)
+"""
+
+
+def test_kill_9_loses_at_most_the_open_segment(tmp_path):
+    db = tmp_path / "k.db"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    last = 0
+    while last < 40:
+        last = int(proc.stdout.readline())
+    proc.kill()  # SIGKILL
+    proc.wait()
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    n = conn.execute("SELECT COUNT(*) FROM segments").fetchone()[0]
+    assert last <= n <= last + 1  # every acknowledged segment is there; only the open one is lost
+    assert conn.execute("SELECT MAX(end_ts) FROM segments").fetchone()[0] >= last
