@@ -152,3 +152,27 @@ def test_bad_datasets(tmp_path):
         discover(flat, val_split=0.2)
     proc = run_cli("train", str(tmp_path / "a"), "--model", "tiny3d", "--weights", "none")
     assert proc.returncode == 2 and "is empty" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_lr_find_plots_and_suggests(trained, tmp_path):
+    data, _, _ = trained
+    png = tmp_path / "lr.png"
+    proc = run_cli("lr-find", str(data), "--model", "tiny3d", "--weights", "none", "--batch-size", "6",
+                   "--no-flip", "--plot", str(png), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lr = float(proc.stdout.split("suggested learning rate: ")[1].split()[0])
+    assert 1e-6 <= lr <= 1.0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_continues_from_the_saved_epoch(tmp_path):
+    data = make_motion_dataset(tmp_path / "d", per_class=6, valid=2, seconds=1.2)
+    out = tmp_path / "m.pt"
+    args = ["train", str(data), "--model", "tiny3d", "--weights", "none", "--batch-size", "4", "--no-flip",
+            "--seed", "3", "--out", str(out), "--patience", "10"]
+    assert run_cli(*args, "--epochs", "2", timeout=600).returncode == 0
+    proc = run_cli(*args, "--epochs", "3", "--resume", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming at epoch 3" in proc.stderr
+    epochs = [line.split(",")[0] for line in (tmp_path / "m.pt.log.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2", "3"]

@@ -1,0 +1,79 @@
+"""The activity history against a real PostgreSQL server that the test starts itself."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from streamrec.history import HistoryStore, SegmentTracker
+
+from conftest import ROOT, free_port, run_cli, streamrec_cmd, wait_http
+
+BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+pytestmark = pytest.mark.skipif(not BIN or shutil.which("runuser") is None and os.geteuid() == 0,
+                                reason="PostgreSQL server not installed (Debian: postgresql); .ci/run installs it")
+pytest.importorskip("psycopg")
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    import tempfile
+    from pathlib import Path
+
+    bin_dir = BIN[-1]
+    data = Path(tempfile.mkdtemp(prefix="streamrec-pg-"))  # under /tmp: the postgres user must reach it
+    port = free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(data, "postgres", "postgres")
+        os.chmod(data, 0o700)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_user, f"{bin_dir}/initdb", "-D", str(data / "db"), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", str(data / "db"), "-w", "-l", str(data / "log"),
+                    "-o", f"-p {port} -h 127.0.0.1 -k {data}", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", str(data / "db"), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_store_roundtrip(postgres):
+    store = HistoryStore(postgres)
+    t = SegmentTracker("pg-cam", store.add)
+    for label, score, ts in [("a", 0.4, 1.0), ("b", 0.8, 2.0), ("b", 0.6, 3.0)]:
+        t.update(label, score, ts)
+    t.close(4.0)
+    store.flush()
+    rows = store.query(camera="pg-cam")
+    store.close()
+    assert [(r["label"], r["start"], r["end"], r["mean_score"], r["peak_score"]) for r in rows] == [
+        ("a", 1.0, 2.0, 0.4, 0.4), ("b", 2.0, 4.0, 0.7, 0.8)]
+
+
+def test_serve_and_history_use_postgres(postgres, clips):
+    port = free_port()
+    proc = subprocess.Popen(streamrec_cmd("serve", "--source", str(clips / "cleaning_pool.mp4"), "--loop", "--model",
+                                          "tiny3d", "--weights", "none", "--port", str(port), "--camera", "pool",
+                                          "--db", postgres), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        deadline = time.monotonic() + 60
+        while json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))["predictions"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, proc.stderr.read()
+    out = run_cli("history", "--db", postgres, "--camera", "pool", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert rows and all(r["camera"] == "pool" for r in rows)
+    assert sum(r["windows"] for r in rows) >= 3

@@ -1,0 +1,147 @@
+"""Long runs, outside the default suite: ``pytest -m load`` (20 clients, 2 min) and
+``pytest -m soak`` (10 min). Both print their figures and write them to artifacts/."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ARTIFACTS, ROOT, free_port, streamrec_cmd, wait_http
+
+psutil = pytest.importorskip("psutil")
+
+
+def serve(clip, port) -> subprocess.Popen:
+    proc = subprocess.Popen(streamrec_cmd("serve", "--source", str(clip), "--loop", "--weights", "none",
+                                          "--port", str(port), "--db", ":memory:"),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc, timeout=180)
+    return proc
+
+
+def health(port) -> dict:
+    return json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+
+
+def stalled_client(port: int) -> socket.socket:
+    """A websocket client that completes the handshake and then never reads."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" % port)
+    return s
+
+
+async def clients(port: int, n: int, seconds: float) -> list[dict]:
+    import websockets
+
+    async def one() -> dict:
+        preds, latencies = 0, []
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**22) as ws:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                try:
+                    m = await asyncio.wait_for(ws.recv(), max(0.05, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    break
+                if isinstance(m, str) and (d := json.loads(m))["type"] == "prediction":
+                    preds += 1
+                    latencies.append(d["latency_ms"])
+        return {"rate": preds / seconds, "latency_p95": float(np.percentile(latencies, 95)) if latencies else None}
+
+    return await asyncio.gather(*(one() for _ in range(n)))
+
+
+def run_phase(port: int, n: int, seconds: float, proc) -> dict:
+    p = psutil.Process(proc.pid)
+    before = health(port)["predictions"]
+    t0 = time.monotonic()
+    per_client = asyncio.run(clients(port, n, seconds))
+    elapsed = time.monotonic() - t0
+    after = health(port)
+    return {"clients": n, "inference_rate": (after["predictions"] - before) / elapsed,
+            "client_rates": [c["rate"] for c in per_client], "rss_mb": p.memory_info().rss / 2**20,
+            "latency_p95": [c["latency_p95"] for c in per_client]}
+
+
+@pytest.mark.load
+def test_twenty_clients_one_never_reading(clips):
+    port = free_port()
+    proc = serve(clips / "arm_wrestling.mp4", port)
+    try:
+        time.sleep(20)  # warm-up
+        single = run_phase(port, 1, 60, proc)
+        stalled = stalled_client(port)
+        try:
+            many = run_phase(port, 19, 120, proc)
+            rss_after = psutil.Process(proc.pid).memory_info().rss / 2**20
+        finally:
+            stalled.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    figures = {"single": single, "twenty": many, "rss_end_mb": rss_after}
+    (ARTIFACTS / "load.json").write_text(json.dumps(figures, indent=1))
+    base_client = single["client_rates"][0]
+    print(f"\ninference rate: 1 client {single['inference_rate']:.3f}/s, 20 clients {many['inference_rate']:.3f}/s; "
+          f"client message rate: 1 client {base_client:.3f}/s, 19 reading clients min {min(many['client_rates']):.3f}/s "
+          f"max {max(many['client_rates']):.3f}/s; RSS {single['rss_mb']:.0f} -> {rss_after:.0f} MB")
+    assert many["inference_rate"] >= 0.9 * single["inference_rate"]
+    assert min(many["client_rates"]) >= 0.9 * base_client
+    assert rss_after - single["rss_mb"] < 50
+
+
+@pytest.mark.soak
+def test_ten_minute_soak(clips):
+    port = free_port()
+    proc = serve(clips / "arm_wrestling.mp4", port)
+    p = psutil.Process(proc.pid)
+    samples = []
+    lat: list[tuple[float, float]] = []
+
+    async def listen(seconds: float) -> None:
+        import websockets
+
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**22) as ws:
+            t0 = time.monotonic()
+            next_sample = t0
+            while time.monotonic() - t0 < seconds:
+                try:
+                    m = await asyncio.wait_for(ws.recv(), 1.0)
+                except asyncio.TimeoutError:
+                    m = None
+                if isinstance(m, str) and (d := json.loads(m))["type"] == "prediction":
+                    lat.append((time.monotonic() - t0, d["latency_ms"]))
+                if time.monotonic() >= next_sample:
+                    samples.append({"t": time.monotonic() - t0, "rss_mb": p.memory_info().rss / 2**20,
+                                    "threads": p.num_threads(), "fds": p.num_fds()})
+                    next_sample += 10
+
+    try:
+        asyncio.run(listen(600))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    warm = [s for s in samples if s["t"] >= 60]
+    first = [l for t, l in lat if 60 <= t < 120]  # the first minute after warm-up
+    last = [l for t, l in lat if t >= 540]
+    figures = {
+        "rss_after_warmup_mb": warm[0]["rss_mb"], "rss_end_mb": warm[-1]["rss_mb"],
+        "rss_growth_mb": max(s["rss_mb"] for s in warm) - warm[0]["rss_mb"],
+        "latency_p95_first_min": float(np.percentile(first, 95)), "latency_p95_last_min": float(np.percentile(last, 95)),
+        "threads": (warm[0]["threads"], max(s["threads"] for s in warm)), "fds": (warm[0]["fds"], max(s["fds"] for s in warm)),
+        "predictions": len(lat),
+    }
+    (ARTIFACTS / "soak.json").write_text(json.dumps({"figures": figures, "samples": samples}, indent=1))
+    print("\n" + json.dumps(figures))
+    assert figures["rss_growth_mb"] <= 30
+    assert figures["latency_p95_last_min"] <= figures["latency_p95_first_min"] * 1.10
+    assert figures["threads"][1] <= figures["threads"][0] and figures["fds"][1] <= figures["fds"][0]
