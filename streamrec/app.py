@@ -213,7 +213,7 @@ class LiveApp:
         if method == "GET":
             return Reply(200, {"cameras": {n: self.camera_health(c) for n, c in self.cameras.items()}})
         if method == "POST":
-            fields = {k: v[0] for k, v in query.items()}
+            fields = {k: v[0] for k, v in query.items() if k != "token"}
             for key in ("loop",):
                 if key in fields:
                     fields[key] = fields[key].lower() in ("1", "true", "yes")

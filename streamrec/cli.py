@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_parser
 
     add_bench_parser(sub)
+    from .distributed import add_cluster_parser
+
+    add_cluster_parser(sub)
     h = sub.add_parser("history", help="read the activity history")
     h.add_argument("--db", default=None, help="SQLite file or postgresql:// URL (default: serve's default)")
     h.add_argument("--camera", default=None)

@@ -49,7 +49,7 @@ class Hub:
 
     def publish(self, key: str, payload: str | bytes) -> None:
         """Offer ``payload`` to every client (call on the event loop; never blocks)."""
-        if not key.startswith("frame"):
+        if key.startswith(("status", "prediction")):
             self.last[key] = payload  # a new page gets the latest status and prediction at once
         for c in self.clients:
             if key in c.slots:

@@ -5,7 +5,9 @@ Example:
     >>> s = LabelSmoother(SmoothingConfig(alpha=0.5, margin=0.1, hold=2, threshold=0.3))
     >>> s.update(np.array([0.9, 0.1])).label_index   # first window: adopted at once
     0
-    >>> s.update(np.array([0.1, 0.9])).label_index   # class 1 leads once: not yet
+    >>> s.update(np.array([0.1, 0.9])).label_index   # EMA 0.5 / 0.5: no lead yet
+    0
+    >>> s.update(np.array([0.1, 0.9])).label_index   # EMA 0.3 / 0.7: leads once
     0
     >>> s.update(np.array([0.1, 0.9])).label_index   # leads twice by the margin: switch
     1

@@ -1,4 +1,4 @@
-"""``tiny3d``: a small 3D CNN of our own (< 1 M parameters) that trains on a laptop CPU.
+"""``tiny3d``: a small 3D CNN of our own (0.43 M parameters) that trains on a laptop CPU.
 
 Factorised (2+1)D blocks as in R(2+1)D, with few channels, on 16 x 112 x 112 clips.
 

@@ -45,30 +45,19 @@ def free_port() -> int:
 
 def write_video(path: Path, *, seconds: float, fps: int = 30, size: tuple[int, int] = (320, 240),
                 codec: str = "libx264", moving: bool = True) -> Path:
-    """A synthetic video with PyAV: a bright square moving over a gradient, frame index in the red channel."""
-    import av
-
+    """A synthetic video, generated frame by frame (any length): a bright square moving over a gradient."""
     w, h = size
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"preset": "ultrafast", "crf": "30"}
-        base = np.tile(np.linspace(0, 255, w, dtype=np.uint8)[None, :, None], (h, 1, 3))
+    base = np.tile(np.linspace(0, 255, w, dtype=np.uint8)[None, :, None], (h, 1, 3))
+
+    def frames():
         for i in range(int(seconds * fps)):
             img = base.copy()
             if moving:
                 x = (i * 4) % max(1, w - 40)
                 img[h // 3 : h // 3 + 40, x : x + 40] = 255
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+            yield img
+
+    return write_frames(path, frames(), fps, codec=codec)
 
 
 def streamrec_cmd(*args: str) -> list[str]:
@@ -80,7 +69,7 @@ def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subpro
     return subprocess.run(streamrec_cmd(*args), capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
 
 
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> bytes:
+def wait_http(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> bytes:
     import urllib.request
 
     deadline = time.monotonic() + timeout
@@ -134,16 +123,24 @@ def motion_frames(direction: str, n: int, size: tuple[int, int], rng: np.random.
     return frames
 
 
-def write_frames(path: Path, frames: list[np.ndarray], fps: int) -> Path:
+def write_frames(path: Path, frames, fps: int, *, codec: str = "libx264",
+                 pix_fmt: str = "yuv420p", fmt: str | None = None) -> Path:
+    """Encode RGB (H, W, 3) or grey (H, W) uint8 frames (any iterable) with PyAV at ``fps``."""
+    import itertools
+
     import av
 
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.options = {"preset": "ultrafast", "crf": "23"}
+    it = iter(frames)
+    first = next(it)
+    frames = itertools.chain([first], it)
+    h, w = first.shape[:2]
+    with av.open(str(path), "w", format=fmt) as out:
+        s = out.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, pix_fmt
+        if codec == "libx264":
+            s.options = {"preset": "ultrafast", "crf": "23"}
         for i, img in enumerate(frames):
-            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f = av.VideoFrame.from_ndarray(img, format="gray" if img.ndim == 2 else "rgb24")
             f.pts, f.time_base = i, Fraction(1, fps)
             for p in s.encode(f):
                 out.mux(p)

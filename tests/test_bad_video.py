@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -15,27 +14,12 @@ from streamrec.errors import SourceError, StreamrecError
 from streamrec.models import load_model
 from streamrec.sources import SourceSpec, mask_credentials
 
-from conftest import run_cli, write_video
+from conftest import run_cli, write_frames, write_video
 
 
 @pytest.fixture(scope="module")
 def tiny():
     return load_model("tiny3d", weights="none")
-
-
-def encode(path: Path, frames, fps: int, codec: str = "libx264", pix_fmt: str = "yuv420p", fmt: str | None = None) -> Path:
-    with av.open(str(path), "w", format=fmt) as out:
-        h, w = frames[0].shape[:2]
-        s = out.add_stream(codec, rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, pix_fmt
-        for i, img in enumerate(frames):
-            f = av.VideoFrame.from_ndarray(img, format="gray" if img.ndim == 2 else "rgb24")
-            f.pts, f.time_base = i, Fraction(1, fps)
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    return path
 
 
 def noise(n: int, h: int, w: int, gray: bool = False) -> list[np.ndarray]:
@@ -77,8 +61,8 @@ def test_truncated_mp4_without_index_is_a_clear_error(tmp_path, tiny):
 
 
 def test_resolution_change_in_the_middle(tmp_path, tiny):
-    a = encode(tmp_path / "a.ts", noise(30, 240, 320), 30, fmt="mpegts")
-    b = encode(tmp_path / "b.ts", noise(30, 480, 640), 30, fmt="mpegts")
+    a = write_frames(tmp_path / "a.ts", noise(30, 240, 320), 30, fmt="mpegts")
+    b = write_frames(tmp_path / "b.ts", noise(30, 480, 640), 30, fmt="mpegts")
     joined = tmp_path / "joined.ts"
     joined.write_bytes(a.read_bytes() + b.read_bytes())  # MPEG-TS concatenates
     with av.open(str(joined)) as c:
@@ -89,15 +73,15 @@ def test_resolution_change_in_the_middle(tmp_path, tiny):
 
 
 def test_one_by_one_pixel_video(tmp_path, tiny):
-    p = encode(tmp_path / "tiny.mkv", noise(20, 1, 1), 10, codec="ffv1", pix_fmt="yuv444p")
+    p = write_frames(tmp_path / "tiny.mkv", noise(20, 1, 1), 10, codec="ffv1", pix_fmt="yuv444p")
     tl = classify_file(p, loaded=tiny)
     assert tl.windows
 
 
 def test_4k_frames_and_grayscale(tmp_path, tiny):
-    p = encode(tmp_path / "4k.mp4", noise(4, 2160, 3840), 30, codec="mpeg4")
+    p = write_frames(tmp_path / "4k.mp4", noise(4, 2160, 3840), 30, codec="mpeg4")
     assert classify_file(p, loaded=tiny).padded
-    g = encode(tmp_path / "gray.mkv", noise(20, 120, 160, gray=True), 10, codec="ffv1", pix_fmt="gray")
+    g = write_frames(tmp_path / "gray.mkv", noise(20, 120, 160, gray=True), 10, codec="ffv1", pix_fmt="gray")
     assert classify_file(g, loaded=tiny).windows
 
 

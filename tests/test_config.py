@@ -16,11 +16,11 @@ def test_command_line_overrides_file_and_defaults_fill_the_rest():
     assert (cfg.smoothing.hold, cfg.smoothing.alpha) == (4, 0.4)
 
 
-@pytest.mark.parametrize("name", ["default.toml", "rtsp-camera.toml"])
+@pytest.mark.parametrize("name", ["default.toml", "rtsp-camera.toml", "gym.toml"])
 def test_shipped_configs_are_valid(name, monkeypatch):
     monkeypatch.setenv("STREAMREC_TOKEN", "t")
     cfg = ServeConfig.from_sources(load_toml(ROOT / "configs" / name), {})
-    assert cfg.source
+    assert all(cam.source for cam in cfg.all_cameras()) and cfg.all_cameras()
 
 
 def test_token_from_environment_allows_a_public_bind(monkeypatch):

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -40,31 +41,47 @@ def stalled_client(port: int) -> socket.socket:
     return s
 
 
-async def clients(port: int, n: int, seconds: float) -> list[dict]:
-    import websockets
+CLIENTS = r"""
+import asyncio, json, sys, time
+import numpy as np
+import websockets
 
-    async def one() -> dict:
-        preds, latencies = 0, []
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**22) as ws:
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                try:
-                    m = await asyncio.wait_for(ws.recv(), max(0.05, deadline - time.monotonic()))
-                except asyncio.TimeoutError:
-                    break
-                if isinstance(m, str) and (d := json.loads(m))["type"] == "prediction":
-                    preds += 1
-                    latencies.append(d["latency_ms"])
-        return {"rate": preds / seconds, "latency_p95": float(np.percentile(latencies, 95)) if latencies else None}
+async def one(port, seconds):
+    preds, latencies = 0, []
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**22) as ws:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                m = await asyncio.wait_for(ws.recv(), max(0.05, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+            if isinstance(m, str) and (d := json.loads(m))["type"] == "prediction":
+                preds += 1
+                latencies.append(d["latency_ms"])
+    return {"rate": preds / seconds, "latency_p95": float(np.percentile(latencies, 95)) if latencies else None}
 
-    return await asyncio.gather(*(one() for _ in range(n)))
+async def main(port, n, seconds):
+    return await asyncio.gather(*(one(port, seconds) for _ in range(n)))
+
+print(json.dumps(asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])))))
+"""
+
+
+def clients(port: int, n: int, seconds: float) -> list[dict]:
+    """``n`` reading clients in a separate, low-priority process: on this 2-core machine the
+    load generator must not take the CPU the server under test needs (in production the
+    browsers are other machines)."""
+    out = subprocess.run([sys.executable, "-c", CLIENTS, str(port), str(n), str(seconds)], capture_output=True,
+                         text=True, timeout=seconds + 120, preexec_fn=lambda: os.nice(19))
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
 
 def run_phase(port: int, n: int, seconds: float, proc) -> dict:
     p = psutil.Process(proc.pid)
     before = health(port)["predictions"]
     t0 = time.monotonic()
-    per_client = asyncio.run(clients(port, n, seconds))
+    per_client = clients(port, n, seconds)
     elapsed = time.monotonic() - t0
     after = health(port)
     return {"clients": n, "inference_rate": (after["predictions"] - before) / elapsed,
@@ -73,6 +90,7 @@ def run_phase(port: int, n: int, seconds: float, proc) -> dict:
 
 
 @pytest.mark.load
+@pytest.mark.timeout(900)
 def test_twenty_clients_one_never_reading(clips):
     port = free_port()
     proc = serve(clips / "arm_wrestling.mp4", port)
@@ -100,6 +118,7 @@ def test_twenty_clients_one_never_reading(clips):
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1200)
 def test_ten_minute_soak(clips):
     port = free_port()
     proc = serve(clips / "arm_wrestling.mp4", port)

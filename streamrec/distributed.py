@@ -1,0 +1,231 @@
+"""Beyond one machine, on Ray: capture actors near the cameras, batched inference actors on
+the GPU (or big CPU) nodes, and a driver that smooths, records and publishes.
+
+Why Ray core actors (not Ray Serve): a camera is a long-lived stateful stream, which is
+what an actor is; the driver already batches the newest windows of all cameras into one
+call, which is what ``@serve.batch`` would add, without Serve's HTTP proxy, FastAPI and
+uvicorn stack. Everything else is the single-machine code: the same capture thread, ring
+buffer, preprocessing, smoothing, message schema and history.
+
+Run on a cluster (``ray start --head`` on one node, ``ray start --address=HEAD:6379`` on
+the others)::
+
+    streamrec cluster --config configs/gym.toml --address auto --db postgresql://...
+
+Capture actors ask for the ``camera_node`` resource when a node offers it (start camera
+nodes with ``ray start --resources='{"camera_node": 100}'``), inference actors for a GPU
+when ``--device cuda``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .config import CameraConfig, ServeConfig
+from .errors import StreamrecError
+from .messages import prediction_message
+from .smoothing import LabelSmoother
+
+logger = logging.getLogger(__name__)
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise StreamrecError("cluster: ray is not installed; pip install 'streamrec[cluster]'") from None
+    return ray
+
+
+class RemoteCapture:
+    """Runs on a camera node: one camera's capture thread and ring (a Ray actor body)."""
+
+    def __init__(self, cam: dict[str, Any], spec: dict[str, Any]) -> None:
+        from .capture import CaptureThread
+        from .models import ModelSpec
+        from .preprocess import FramePreprocessor
+        from .ring import FrameRing, capacity_for
+        from .sources import SourceSpec
+
+        self.cfg = CameraConfig(**cam)
+        self.spec = ModelSpec.from_dict(spec)
+        pre = FramePreprocessor(self.spec)
+        self.ring = FrameRing(capacity_for(self.spec.frames, self.spec.fps), pre.out_shape)
+        self.stop_event = threading.Event()
+        source = SourceSpec.parse(self.cfg.source, rtsp_transport=self.cfg.rtsp_transport or "tcp",
+                                  open_timeout_s=self.cfg.open_timeout or 10.0, read_timeout_s=self.cfg.stall_timeout or 5.0)
+        self.capture = CaptureThread(source, self.ring, pre, stop=self.stop_event, loop=bool(self.cfg.loop),
+                                     name=f"capture-{self.cfg.name}")
+        self.capture.start()
+
+    def window(self, after_seq: int) -> tuple | None:
+        """The newest window ending after ``after_seq``: (end_seq, start_ts, end_ts, frames fp16)."""
+        w = self.ring.newest_window(self.spec.frames, self.spec.fps)
+        if w is None or w.end_seq <= after_seq:
+            return None
+        return w.end_seq, w.start_ts, w.end_ts, w.frames.astype(np.float16)  # half the bytes over the network
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.capture.stats(), "node": _node_id()}
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.capture.join(1.5)
+
+
+class RemoteClassifier:
+    """Runs on an inference node: a loaded model classifying batches (a Ray actor body)."""
+
+    def __init__(self, model: str | None, weights: str, device: str, backend: str) -> None:
+        from .engine import Classifier
+        from .models import load_model
+
+        self.loaded = load_model(model, weights=weights)
+        self.classifier = Classifier(self.loaded, device=device, backend=backend)
+
+    def meta(self) -> dict[str, Any]:
+        return {"classes": self.loaded.classes, "spec": self.loaded.spec.to_dict(), "name": self.loaded.name,
+                "meaningless": self.loaded.meaningless, "node": _node_id()}
+
+    def classify(self, windows: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        # each window (T, C, H, W) -> batch (B, C, T, H, W)
+        x = torch.from_numpy(np.stack(windows).astype(np.float32)).permute(0, 2, 1, 3, 4).contiguous()
+        return self.classifier.probs(x)
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001
+        return "local"
+
+
+class ClusterRunner:
+    """The driver: polls every camera actor, batches windows into the inference actor,
+    smooths per camera and hands messages to ``publish(camera, msg)``."""
+
+    def __init__(self, config: ServeConfig, publish: Callable[[str, dict[str, Any]], None], *,
+                 inference_replicas: int = 1) -> None:
+        ray = _ray()
+        self.ray = ray
+        self.config = config
+        self.publish = publish
+        gpu = 1 if config.device.startswith("cuda") else 0
+        Inf = ray.remote(num_cpus=1, num_gpus=gpu)(RemoteClassifier)
+        cams = [config.resolve(c) for c in config.all_cameras()]
+        models = {(c.model, c.weights) for c in cams}
+        if len(models) != 1:
+            raise StreamrecError("cluster: all cameras must use one model and weights for now")
+        model, weights = models.pop()
+        self.inference = [Inf.remote(model, weights or "DEFAULT", config.device, config.backend)
+                          for _ in range(inference_replicas)]
+        meta = ray.get(self.inference[0].meta.remote())
+        self.classes, self.meaningless = meta["classes"], meta["meaningless"]
+        cap_opts: dict[str, Any] = {"num_cpus": 0.5, "scheduling_strategy": "SPREAD"}
+        if ray.cluster_resources().get("camera_node"):
+            cap_opts["resources"] = {"camera_node": 1}
+        Cap = ray.remote(**cap_opts)(RemoteCapture)
+        fields = ("name", "source", "loop", "rtsp_transport", "open_timeout", "stall_timeout")
+        self.cameras = {c.name: Cap.remote({k: getattr(c, k) for k in fields}, meta["spec"]) for c in cams}
+        self.smoothers = {name: LabelSmoother(config.smoothing) for name in self.cameras}
+        self.last_seq = {name: -1 for name in self.cameras}
+        self.seq = {name: 0 for name in self.cameras}
+        self.stop_event = threading.Event()
+        self.rounds = 0
+
+    def step(self, timeout: float = 1.0) -> int:
+        """One round: gather new windows, classify them in one batch, publish. Returns the batch size."""
+        ray = self.ray
+        refs = {name: actor.window.remote(self.last_seq[name]) for name, actor in self.cameras.items()}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+        ready_set = set(ready)
+        batch = []
+        for name, ref in refs.items():
+            if ref in ready_set and (w := ray.get(ref)) is not None:
+                batch.append((name, w))
+        if not batch:
+            time.sleep(0.02)
+            return 0
+        replica = self.inference[self.rounds % len(self.inference)]
+        t0 = time.perf_counter()
+        probs = ray.get(replica.classify.remote([w[3] for _, w in batch]))
+        infer_ms = (time.perf_counter() - t0) * 1e3
+        for (name, (end_seq, start_ts, end_ts, frames)), p in zip(batch, probs):
+            self.last_seq[name] = end_seq
+            self.seq[name] += 1
+            msg = prediction_message(seq=self.seq[name], smoothed=self.smoothers[name].update(p), probs=p,
+                                     classes=self.classes, start_ts=start_ts, end_ts=end_ts, frames=len(frames),
+                                     infer_ms=infer_ms, sent_ts=time.time(), capture_fps=0.0, camera=name,
+                                     meaningless=self.meaningless)
+            self.publish(name, msg)
+        self.rounds += 1
+        return len(batch)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.step()
+
+    def stats(self) -> dict[str, Any]:
+        return dict(zip(self.cameras, self.ray.get([a.stats.remote() for a in self.cameras.values()])))
+
+    def close(self) -> None:
+        self.stop_event.set()
+        try:
+            self.ray.get([a.stop.remote() for a in self.cameras.values()], timeout=5)
+        except Exception:  # noqa: BLE001 - actors on a lost node are gone already
+            pass
+        for actor in [*self.cameras.values(), *self.inference]:
+            self.ray.kill(actor)
+
+
+def add_cluster_parser(sub) -> None:
+    p = sub.add_parser("cluster", help="run the cameras of --config on a Ray cluster; print predictions as JSON lines")
+    p.add_argument("--config", required=True, help="TOML file with [[cameras]]")
+    p.add_argument("--address", default="auto", help="Ray cluster address (auto, ray://host:10001, or 'local')")
+    p.add_argument("--db", default=None, help="record the activity history here (SQLite path or postgresql:// URL)")
+    p.add_argument("--replicas", type=int, default=1, help="inference actors")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    p.set_defaults(func=cmd_cluster)
+
+
+def cmd_cluster(args) -> int:
+    import json
+    import sys
+
+    from .config import load_toml
+    from .history import HistoryStore, SegmentTracker
+
+    ray = _ray()
+    config = ServeConfig.from_sources(load_toml(args.config), {})
+    ray.init(address=None if args.address == "local" else args.address, logging_level=logging.WARNING)
+    store = HistoryStore(args.db) if args.db else None
+    trackers: dict[str, SegmentTracker] = {}
+
+    def publish(name: str, msg: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(msg) + "\n")
+        sys.stdout.flush()
+        if store is not None:
+            trackers.setdefault(name, SegmentTracker(name, store.add)).update(msg["label"], msg["score"], msg["window"]["end_ts"])
+
+    runner = ClusterRunner(config, publish, inference_replicas=args.replicas)
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            runner.step()
+    finally:
+        runner.close()
+        for t in trackers.values():
+            t.close(time.time())
+        if store is not None:
+            store.close()
+        ray.shutdown()
+    return 0
