@@ -51,12 +51,12 @@ async def client(port: int, seconds: float, out: list) -> None:
                     out.append(m)
 
 
-def run_live(clip: Path, model: str, seconds: float, backend: str = "auto") -> dict:
+def run_live(clip: Path, model: str, seconds: float, backend: str = "auto", threads: int | None = None) -> dict:
     import tempfile
 
     db = Path(tempfile.mkdtemp()) / "history.db"
     cfg = ServeConfig(source=str(clip), loop=True, weights="none", model=model, device="cpu", port=0, db=str(db),
-                      backend=backend)
+                      backend=backend, threads=threads)
     app = LiveApp(cfg)
     msgs: list[dict] = []
 
@@ -163,11 +163,16 @@ def main() -> None:
     ap.add_argument("--clip", default=str(ROOT.parent / "shared" / "clips" / "arm_wrestling.mp4"))
     ap.add_argument("--json", default=None)
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     args = ap.parse_args()
     clip = Path(args.clip)
     if not clip.is_file():
         sys.exit(f"benchmark: clip not found: {clip}")
-    live = run_live(clip, args.model, args.seconds, args.backend)
+    live = run_live(clip, args.model, args.seconds, args.backend, args.threads)
+    if args.no_naive:
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in live.items()}))
+        return
     naive = run_naive(clip, args.model, max(live["windows"] // 2, 8))
     print(f"# live pipeline, {args.model}, {clip.name}, {args.seconds:.0f} s, {platform.processor() or platform.machine()}, "
           f"{threading.active_count()} threads")
