@@ -92,7 +92,7 @@ class Timeline:
         if self.meaningless:
             lines.append("WARNING: random weights (--weights none): labels are meaningless")
         if self.padded:
-            lines.append(f"note: the clip is shorter than one window; its last frame was repeated to fill it")
+            lines.append("note: the clip is shorter than one window; its last frame was repeated to fill it")
         lines.append(f"{'#':>4}  {'start':>8}  {'end':>8}  {'score':>6}  label")
         for w in self.windows:
             lines.append(f"{w.index:>4}  {w.start:>8.2f}  {w.end:>8.2f}  {w.score:>6.3f}  {w.label}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-from .errors import StreamrecError
 
 
 def add_parsers(sub, model_args) -> None:

@@ -76,7 +76,6 @@ class Classifier:
         module = loaded.module.eval().to(self.device, self.dtype)
         if self.cuda:
             module = module.to(memory_format=torch.channels_last_3d)
-        self.eager = module
         self.timings: dict[str, float] = {}
         self.module = module
         self.backend = "torch"

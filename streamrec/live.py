@@ -95,12 +95,13 @@ class Camera:
         self._last_state = state
 
     def stats(self) -> dict[str, Any]:
-        infer = list(self.infer_ms)
+        infer, lat = list(self.infer_ms), list(self.latency_ms)
         return {
             "inference_rate": round(self.rate.rate(time.time()), 3),
             "predictions": self.seq,
             "skipped_windows": self.skipped,
             "infer_ms_p50": round(float(np.median(infer)), 2) if infer else None,
+            "latency_ms_p95": round(float(np.percentile(lat, 95)), 2) if lat else None,
         }
 
 
@@ -156,7 +157,6 @@ class InferenceWorker(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.is_set():
-            t0 = time.perf_counter()
             batch = self._collect()
             if not batch:
                 with self.wake:

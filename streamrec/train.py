@@ -9,12 +9,11 @@ name, class names, preprocessing and the training arguments, so ``serve`` and
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import random
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from torch import nn
 
 from .dataset import Augment, ClipCache, ClipDataset, collate, default_workers, discover
 from .engine import resolve_device
-from .errors import StreamrecError, WeightsError
+from .errors import StreamrecError
 from .fsutil import atomic_torch_save
 from .models import LoadedModel, build_model, load_model, make_checkpoint
 

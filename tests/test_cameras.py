@@ -13,9 +13,8 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
 
-from streamrec.history import HistoryStore, Segment, SegmentTracker
+from streamrec.history import HistoryStore, SegmentTracker
 
 from conftest import ROOT, free_port, run_cli, streamrec_cmd, wait_http
 

@@ -3,15 +3,13 @@ actors for several cameras and a batched inference actor; labels arrive for ever
 
 from __future__ import annotations
 
-import json
-import subprocess
 
 import pytest
 
 from streamrec.config import ServeConfig
 from streamrec.messages import validate_prediction
 
-from conftest import ROOT, all_clips
+from conftest import all_clips
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402

@@ -1,6 +1,5 @@
 import json
 
-import pytest
 from torchvision.models import get_model_weights
 
 from streamrec import kinetics
