@@ -32,7 +32,7 @@ from .live import JOIN_TIMEOUT_S, Camera, InferenceWorker
 from .metrics import Metrics
 from .models import load_model
 from .server import ApiRoute, Hub, Reply, Route, WebServer, json_route, page_html
-from .sources import SourceSpec, open_source
+from .sources import open_source
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +97,7 @@ class LiveApp:
         with self._lock:
             if cam.name in self.cameras:
                 raise StreamrecError(f"camera {cam.name!r} already exists")
-        spec = SourceSpec.parse(cam.source, rtsp_transport=cam.rtsp_transport or "tcp",
-                                open_timeout_s=cam.open_timeout or 10.0, read_timeout_s=cam.stall_timeout or 5.0)
-        first = open_source(spec)  # fail fast: missing file, not a video, unreachable URL
+        first = open_source(cam.source_spec())  # fail fast: missing file, not a video, unreachable URL
         try:
             key, clf = self._classifier(cam)
         except BaseException:

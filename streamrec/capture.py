@@ -228,3 +228,24 @@ class CaptureThread(threading.Thread):
             if self.on_frame is not None:
                 self.on_frame(rgb, ts)
         return got
+
+
+def camera_capture(
+    spec: SourceSpec,
+    model_spec,
+    *,
+    stop: threading.Event,
+    name: str,
+    loop: bool = False,
+    first: Source | None = None,
+    on_frame: Callable[[np.ndarray, float], None] | None = None,
+) -> tuple[FrameRing, CaptureThread]:
+    """A ring sized for one window of ``model_spec`` and the capture thread that fills it
+    (not started): the one set-up shared by local cameras and cluster capture actors."""
+    from .ring import capacity_for
+
+    pre = FramePreprocessor(model_spec)
+    fps = first.fps if first is not None and first.fps else 30.0
+    ring = FrameRing(capacity_for(model_spec.frames, model_spec.fps, source_fps=max(fps, 30.0)), pre.out_shape)
+    thread = CaptureThread(spec, ring, pre, stop=stop, loop=loop, first=first, name=f"capture-{name}", on_frame=on_frame)
+    return ring, thread

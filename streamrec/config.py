@@ -40,6 +40,13 @@ class CameraConfig:
         if not str(self.source).strip():
             raise StreamrecError(f"camera {self.name!r}: source: expected a webcam index, URL or file, got nothing")
 
+    def source_spec(self):
+        """How to open this camera's source (unset timeouts take their defaults)."""
+        from .sources import SourceSpec
+
+        return SourceSpec.parse(self.source, rtsp_transport=self.rtsp_transport or "tcp",
+                                open_timeout_s=self.open_timeout or 10.0, read_timeout_s=self.stall_timeout or 5.0)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CameraConfig":
         names = {f.name for f in fields(cls)}

@@ -46,21 +46,14 @@ class RemoteCapture:
     """Runs on a camera node: one camera's capture thread and ring (a Ray actor body)."""
 
     def __init__(self, cam: dict[str, Any], spec: dict[str, Any]) -> None:
-        from .capture import CaptureThread
+        from .capture import camera_capture
         from .models import ModelSpec
-        from .preprocess import FramePreprocessor
-        from .ring import FrameRing, capacity_for
-        from .sources import SourceSpec
 
         self.cfg = CameraConfig(**cam)
         self.spec = ModelSpec.from_dict(spec)
-        pre = FramePreprocessor(self.spec)
-        self.ring = FrameRing(capacity_for(self.spec.frames, self.spec.fps), pre.out_shape)
         self.stop_event = threading.Event()
-        source = SourceSpec.parse(self.cfg.source, rtsp_transport=self.cfg.rtsp_transport or "tcp",
-                                  open_timeout_s=self.cfg.open_timeout or 10.0, read_timeout_s=self.cfg.stall_timeout or 5.0)
-        self.capture = CaptureThread(source, self.ring, pre, stop=self.stop_event, loop=bool(self.cfg.loop),
-                                     name=f"capture-{self.cfg.name}")
+        self.ring, self.capture = camera_capture(self.cfg.source_spec(), self.spec, stop=self.stop_event,
+                                                 name=self.cfg.name, loop=bool(self.cfg.loop))
         self.capture.start()
 
     def window(self, after_seq: int) -> tuple | None:

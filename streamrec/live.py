@@ -18,14 +18,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .capture import Backoff, CaptureThread, RateMeter
+from .capture import RateMeter, camera_capture
 from .config import CameraConfig
 from .engine import Classifier
 from .messages import prediction_message
-from .preprocess import FramePreprocessor
-from .ring import FrameRing, Window, capacity_for
+from .ring import Window
 from .smoothing import LabelSmoother, SmoothingConfig
-from .sources import Source, SourceSpec
+from .sources import Source
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +39,12 @@ class Camera:
         self.cfg = cfg
         self.name = cfg.name
         self.classifier = classifier
-        self.spec = SourceSpec.parse(cfg.source, rtsp_transport=cfg.rtsp_transport or "tcp",
-                                     open_timeout_s=cfg.open_timeout or 10.0, read_timeout_s=cfg.stall_timeout or 5.0)
-        ms = classifier.loaded.spec
-        pre = FramePreprocessor(ms)
-        fps = first.fps if first is not None and first.fps else 30.0
-        self.ring = FrameRing(capacity_for(ms.frames, ms.fps, source_fps=max(fps, 30.0)), pre.out_shape)
+        self.spec = cfg.source_spec()
         self.stop = threading.Event()
         self._wake = wake
-        self.capture = CaptureThread(self.spec, self.ring, pre, stop=self.stop, loop=bool(cfg.loop), first=first,
-                                     backoff=Backoff(), name=f"capture-{cfg.name}",
-                                     on_frame=self._notify if wake is not None else None)
+        self.ring, self.capture = camera_capture(self.spec, classifier.loaded.spec, stop=self.stop, name=cfg.name,
+                                                 loop=bool(cfg.loop), first=first,
+                                                 on_frame=self._notify if wake is not None else None)
         self.smoother = LabelSmoother(smoothing)
         self.last_end = -1  # end_seq of the last classified window
         self.seq = 0
