@@ -51,11 +51,12 @@ async def client(port: int, seconds: float, out: list) -> None:
                     out.append(m)
 
 
-def run_live(clip: Path, model: str, seconds: float, backend: str = "auto", threads: int | None = None) -> dict:
+def run_live(clip: Path, model: str, seconds: float, backend: str = "auto", threads: int | None = None,
+             device: str = "cpu") -> dict:
     import tempfile
 
     db = Path(tempfile.mkdtemp()) / "history.db"
-    cfg = ServeConfig(source=str(clip), loop=True, weights="none", model=model, device="cpu", port=0, db=str(db),
+    cfg = ServeConfig(source=str(clip), loop=True, weights="none", model=model, device=device, port=0, db=str(db),
                       backend=backend, threads=threads)
     app = LiveApp(cfg)
     msgs: list[dict] = []
@@ -165,11 +166,12 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     clip = Path(args.clip)
     if not clip.is_file():
         sys.exit(f"benchmark: clip not found: {clip}")
-    live = run_live(clip, args.model, args.seconds, args.backend, args.threads)
+    live = run_live(clip, args.model, args.seconds, args.backend, args.threads, args.device)
     if args.no_naive:
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in live.items()}))
         return

@@ -209,7 +209,7 @@ class CaptureThread(threading.Thread):
             else:
                 ts = self.clock()
             t2 = time.perf_counter()
-            frame = self.pre(rgb)
+            frame = self.pre.resize_crop(rgb)  # uint8 (h, w, 3): normalized later, a batch at a time
             self.resize_s += time.perf_counter() - t2
             self.decode_s += t1 - t0
             try:
@@ -246,6 +246,6 @@ def camera_capture(
 
     pre = FramePreprocessor(model_spec)
     fps = first.fps if first is not None and first.fps else 30.0
-    ring = FrameRing(capacity_for(model_spec.frames, model_spec.fps, source_fps=max(fps, 30.0)), pre.out_shape)
+    ring = FrameRing(capacity_for(model_spec.frames, model_spec.fps, source_fps=max(fps, 30.0)), pre.crop_shape, np.uint8)
     thread = CaptureThread(spec, ring, pre, stop=stop, loop=loop, first=first, name=f"capture-{name}", on_frame=on_frame)
     return ring, thread

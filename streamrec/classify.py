@@ -21,14 +21,13 @@ from typing import Any, Callable, Iterator
 import av
 
 import numpy as np
-import torch
 
 from .engine import Classifier
 from .errors import SourceError, StreamrecError
 from .fsutil import atomic_write_text
 from .messages import top_k
 from .models import LoadedModel, load_model
-from .preprocess import FramePreprocessor
+from .preprocess import FramePreprocessor, batch_windows
 from .ring import FrameRing, Window, capacity_for
 from .sources import PyAVSource, SourceSpec
 
@@ -129,9 +128,7 @@ class WindowClassifier:
     def flush(self) -> None:
         if not self.pending:
             return
-        # each window: (T, C, H, W) -> batch (B, C, T, H, W)
-        batch = torch.from_numpy(np.stack([w.frames for w, _ in self.pending])).permute(0, 2, 1, 3, 4)
-        probs = self.classifier.probs(batch.contiguous())
+        probs = self.classifier.probs(batch_windows([w.frames for w, _ in self.pending]))  # uint8 (B, T, H, W, C)
         if self.subset is not None:  # renormalize over the subset
             masked = np.zeros_like(probs)
             masked[:, self.subset] = probs[:, self.subset]
@@ -170,7 +167,7 @@ def iter_windows(
     """
     span = span if span is not None else FileSpan()
     pre = FramePreprocessor(spec)
-    ring = FrameRing(capacity_for(spec.frames, spec.fps, source_fps=max(source.fps or 30.0, 30.0) * 1.5), pre.out_shape)
+    ring = FrameRing(capacity_for(spec.frames, spec.fps, source_fps=max(source.fps or 30.0, 30.0) * 1.5), pre.crop_shape, np.uint8)
     first_ts: float | None = None
     last_ts = 0.0
     next_end = 0.0
@@ -184,7 +181,7 @@ def iter_windows(
             if ts < last_ts:  # out-of-order timestamps: skip the frame, as live capture would
                 continue
             last_ts = ts
-            ring.write(pre(rgb), ts)
+            ring.write(pre.resize_crop(rgb), ts)
             while ts >= next_end:
                 w = ring.newest_window(spec.frames, spec.fps, end_ts=next_end)
                 if w is not None and w.end_ts > last_window_end:

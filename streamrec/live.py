@@ -16,11 +16,11 @@ from collections import deque
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from .capture import RateMeter, camera_capture
 from .config import CameraConfig
 from .engine import Classifier
+from .preprocess import batch_windows
 from .messages import prediction_message
 from .ring import Window
 from .smoothing import LabelSmoother, SmoothingConfig
@@ -168,8 +168,7 @@ class InferenceWorker(threading.Thread):
                     pending -= len(more)
             batch = batch[: self.max_batch]
             t1 = time.perf_counter()
-            # each window (T, C, H, W) -> batch (B, C, T, H, W)
-            x = torch.from_numpy(np.stack([w.frames for _, w in batch])).permute(0, 2, 1, 3, 4).contiguous()
+            x = batch_windows([w.frames for _, w in batch])  # uint8 (B, T, H, W, C); the classifier normalizes
             t2 = time.perf_counter()
             try:
                 probs = self.classifier.probs(x)

@@ -1,13 +1,18 @@
 """Per-frame spatial preprocessing that matches torchvision's ``VideoClassification`` preset.
 
-torchvision resizes (bilinear, ``antialias=False``), center-crops, scales to [0, 1] and
-normalizes a whole clip at once. Every one of those steps is per frame, so streamrec does
-them once per frame at capture time and a window is only a gather of ready frames.
+torchvision resizes (bilinear, ``antialias=False``) a uint8 clip to uint8, center-crops,
+scales to [0, 1] and normalizes. Resize and crop are per frame, so streamrec does them once
+per frame at capture time and keeps uint8 crops in the ring buffer (a quarter of the bytes
+of float32). Scaling and normalizing are one multiply-add per value, done on a whole batch
+of windows by :func:`normalize_batch`, on the classifier's device (on a GPU after a uint8
+upload).
 
 Example:
     >>> import numpy as np
     >>> from streamrec.models import model_spec
     >>> pre = FramePreprocessor(model_spec("r2plus1d_18"))
+    >>> pre.resize_crop(np.zeros((240, 320, 3), np.uint8)).shape  # (H, W, C), uint8
+    (112, 112, 3)
     >>> pre(np.zeros((240, 320, 3), np.uint8)).shape  # (C, H, W), float32, normalized
     (3, 112, 112)
 """
@@ -57,7 +62,13 @@ class FramePreprocessor:
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
+        """Shape of a normalized frame ``(C, H, W)``."""
         return (3, *self.spec.crop)
+
+    @property
+    def crop_shape(self) -> tuple[int, int, int]:
+        """Shape of a uint8 crop ``(H, W, C)``, as the ring buffer stores it."""
+        return (*self.spec.crop, 3)
 
     def resize(self, frame: np.ndarray) -> np.ndarray:
         """The preset's resize of one RGB uint8 ``(H, W, 3)`` frame (no crop)."""
@@ -93,11 +104,38 @@ class FramePreprocessor:
         """Exactly these RGB uint8 frames -> model input ``(1, C, T, H, W)``."""
         if isinstance(frames, np.ndarray) and frames.ndim == 3:
             raise ValueError(f"frames: expected T x H x W x 3 or a list of H x W x 3, got {frames.shape}")
-        stacked = np.stack([self(f) for f in frames])  # (T, C, H, W)
-        return stack_window(stacked)
+        return self.window(np.stack([self.resize_crop(f) for f in frames]))
+
+    def window(self, crops: np.ndarray) -> torch.Tensor:
+        """uint8 crops ``(T, H, W, C)`` of one window -> normalized model input ``(1, C, T, H, W)``."""
+        return normalize_batch(torch.from_numpy(np.ascontiguousarray(crops))[None], self.spec)
 
 
-def stack_window(frames: np.ndarray) -> torch.Tensor:
-    """Normalized frames ``(T, C, H, W)`` -> model input ``(1, C, T, H, W)``."""
-    t = torch.from_numpy(np.ascontiguousarray(frames))
-    return t.permute(1, 0, 2, 3).unsqueeze(0).contiguous()  # (T, C, H, W) -> (1, C, T, H, W)
+def batch_windows(windows: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 crops, one ``(T, H, W, C)`` array per window -> one uint8 tensor ``(B, T, H, W, C)``."""
+    return torch.from_numpy(np.stack(windows))
+
+
+def normalize_batch(crops: torch.Tensor, spec: ModelSpec, *, dtype: torch.dtype = torch.float32,
+                    channels_last: bool = False) -> torch.Tensor:
+    """uint8 crops ``(B, T, H, W, C)`` -> normalized ``(B, C, T, H, W)`` in ``dtype``, on their device.
+
+    Computes ``(x / 255 - mean) / std`` in float32 (as torchvision does), then casts. With
+    ``channels_last`` the result keeps the input's memory order (``channels_last_3d``, what
+    the GPU path wants, with no copy for the permute); otherwise it is contiguous.
+
+    Example:
+        >>> from streamrec.models import model_spec
+        >>> x = normalize_batch(torch.full((2, 16, 112, 112, 3), 255, dtype=torch.uint8), model_spec("r3d_18"))
+        >>> tuple(x.shape), round(float(x[0, 0, 0, 0, 0]), 4)  # (1 - 0.43216) / 0.22803
+        ((2, 3, 16, 112, 112), 2.4902)
+    """
+    if crops.dtype != torch.uint8 or crops.dim() != 5 or crops.shape[-1] != 3:
+        raise ValueError(f"crops: expected uint8 (B, T, H, W, 3), got {crops.dtype} {tuple(crops.shape)}")
+    mean = torch.tensor(spec.mean, dtype=torch.float32)
+    std = torch.tensor(spec.std, dtype=torch.float32)
+    scale = (1.0 / (255.0 * std)).to(crops.device)  # (x / 255 - mean) / std == x * scale + bias
+    bias = (-mean / std).to(crops.device)
+    x = crops.float() * scale + bias  # per channel: C is the last axis
+    x = x.to(dtype).permute(0, 4, 1, 2, 3)  # (B, T, H, W, C) -> (B, C, T, H, W), a view
+    return x if channels_last else x.contiguous()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIPS = ROOT.parent / "shared" / "clips"
+CLIPS = Path(os.environ.get("STREAMREC_CLIPS") or ROOT.parent / "shared" / "clips")  # override: where ../shared is absent
 ARTIFACTS = ROOT / "artifacts"
 # backend choices measured by `--backend auto` are cached per test run, not in the user's home
 os.environ.setdefault("STREAMREC_CACHE", str(ARTIFACTS / "cache"))

@@ -52,3 +52,34 @@ def test_rejects_wrong_frame_layout():
     pre = FramePreprocessor(model_spec("r2plus1d_18"))
     with pytest.raises(ValueError, match=r"expected uint8 \(H, W, 3\)"):
         pre(np.zeros((3, 240, 320), np.uint8))
+
+
+def test_batch_normalization_equals_per_frame_normalization():
+    """The ring keeps uint8 crops; normalizing a batch of windows gives what normalizing each frame gives."""
+    from streamrec.engine import Classifier
+    from streamrec.models import load_model
+    from streamrec.preprocess import batch_windows, normalize_batch
+
+    spec = model_spec("r2plus1d_18")
+    pre = FramePreprocessor(spec)
+    rng = np.random.default_rng(0)
+    windows = [rng.integers(0, 256, (16, 112, 112, 3), dtype=np.uint8) for _ in range(3)]
+    batch = normalize_batch(batch_windows(windows), spec)
+    assert batch.shape == (3, 3, 16, 112, 112) and batch.dtype == torch.float32 and batch.is_contiguous()
+    for b, w in enumerate(windows):
+        per_frame = np.stack([pre.normalize(f) for f in w], axis=1)  # (C, T, H, W)
+        assert np.abs(batch[b].numpy() - per_frame).max() < 1e-5
+        assert torch.equal(pre.window(w)[0], batch[b])
+    half = normalize_batch(batch_windows(windows), spec, dtype=torch.float16, channels_last=True)
+    assert half.dtype == torch.float16 and half.is_contiguous(memory_format=torch.channels_last_3d)
+    assert (half.float() - batch).abs().max() < 2e-3
+    with pytest.raises(ValueError, match=r"crops: expected uint8 \(B, T, H, W, 3\), got torch.float32"):
+        normalize_batch(batch, spec)
+
+    torch.manual_seed(0)
+    clf = Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="torch", warmup=0)
+    crops = batch_windows([rng.integers(0, 256, (16, 112, 112, 3), dtype=np.uint8) for _ in range(2)])
+    from_uint8 = clf.logits(crops)
+    from_float = clf.logits(normalize_batch(crops, clf.loaded.spec))
+    assert from_uint8.shape == (2, 10) and torch.equal(from_uint8, from_float)
+    assert not torch.equal(from_uint8[0], from_uint8[1])

@@ -1,0 +1,25 @@
+#!/bin/bash
+# The GPU checks and benchmarks, in one go, on a machine with a CUDA GPU:
+#   bash benchmarks/gpu_run.sh            (writes logs and JSON to $OUT, default ./gpu-out)
+# Wheels for packages the machine lacks can sit in .whl/ (installed to /tmp/site); clips are
+# read from $STREAMREC_CLIPS (default ../shared/clips, or .devdata/clips when that exists).
+set -u
+OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+[ -d .devdata/clips ] && export STREAMREC_CLIPS=${STREAMREC_CLIPS:-$PWD/.devdata/clips}
+CLIPS=${STREAMREC_CLIPS:-../shared/clips}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.txt"
+$PY -c "import torch, torchvision, av, cv2, websockets; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'av', av.__version__, 'cv2', cv2.__version__, 'websockets', websockets.__version__, torch.cuda.get_device_name())" 2>&1 | tee "$OUT/versions.txt"
+lscpu | grep -E "Model name|^CPU\(s\)" | tee -a "$OUT/versions.txt"
+echo "== tests (gpu)"; timeout 170 $PY -m pytest -p no:cacheprovider tests/test_gpu.py tests/test_conv2d.py tests/test_preprocess.py -k "gpu or conv2d or factoriz or normalization or graph or cuda" -m "gpu or not gpu" -v -s --timeout 160 > "$OUT/pytest.log" 2>&1; echo "pytest rc=$?"; grep -E "passed|failed|PASSED|FAILED|Error|windows, backend|serve on cuda" "$OUT/pytest.log" | tail -15
+echo "== bench r2plus1d_18"; timeout 200 $PY -m streamrec bench --models r2plus1d_18 --device cuda --clip "$CLIPS/arm_wrestling.mp4" --clips "$CLIPS" --json "$OUT/bench.json" > "$OUT/bench.md" 2> "$OUT/bench.err"; echo "bench rc=$?"; cat "$OUT/bench.md"; tail -3 "$OUT/bench.err"
+echo "== 32 cameras"; timeout 110 $PY benchmarks/multicam.py --cameras 32 --seconds 30 --warmup 20 --device cuda --clip "$CLIPS/cleaning_pool.mp4" --json "$OUT/multicam.json" > "$OUT/multicam.md" 2> "$OUT/multicam.err"; echo "multicam rc=$?"; cat "$OUT/multicam.md"; tail -3 "$OUT/multicam.err"
+echo "== 64 cameras"; timeout 80 $PY benchmarks/multicam.py --cameras 64 --seconds 20 --warmup 15 --device cuda --clip "$CLIPS/cleaning_pool.mp4" --json "$OUT/multicam64.json" > "$OUT/multicam64.md" 2>/dev/null; echo "multicam64 rc=$?"; cat "$OUT/multicam64.md"
+echo "== live, 1 camera"; timeout 60 $PY benchmarks/live.py --device cuda --seconds 25 --no-naive --clip "$CLIPS/arm_wrestling.mp4" 2>/dev/null | tail -1
+echo "== other models"; timeout ${OTHER_S:-110} $PY -m streamrec bench --models ${OTHER_MODELS:-r3d_18,mc3_18,s3d,mvit_v2_s,swin3d_t} --device cuda --batches 1,8,32 --clip "$CLIPS/arm_wrestling.mp4" --clips /nonexistent --json "$OUT/bench_models.json" > "$OUT/bench_models.md" 2> "$OUT/bench_models.err"; echo "models rc=$?"; grep -E "^###|cuda-graphs \||classifier|Batched" "$OUT/bench_models.md"; tail -2 "$OUT/bench_models.err"
+nvidia-smi --query-gpu=memory.used,temperature.gpu,clocks.sm --format=csv

@@ -1,0 +1,59 @@
+"""Factorized 3-D convolutions as 2-D ones: exact equivalence on CPU (the speed is on GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.video import r2plus1d_18, r3d_18, s3d
+
+from streamrec.conv2d import SpatialConv, TemporalConv, channels_last, factorize
+
+
+def with_random_norms(net: nn.Module) -> nn.Module:
+    """Non-trivial batch-norm statistics, so that folding them is really tested."""
+    g = torch.Generator().manual_seed(3)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm3d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("ctor, size, swapped", [(r2plus1d_18, 112, 34), (s3d, 224, 40)])
+def test_factorized_model_computes_the_same_logits(ctor, size, swapped):
+    torch.manual_seed(0)
+    net = with_random_norms(ctor())
+    flat = factorize(net)
+    assert sum(isinstance(m, (SpatialConv, TemporalConv)) for m in flat.modules()) == swapped
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in flat.modules())  # all folded
+    x = torch.randn(2, 3, 16, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = net(x)
+        out = flat(x)
+        out_cl = channels_last(flat)(x.contiguous(memory_format=torch.channels_last_3d))
+        traced = torch.jit.freeze(torch.jit.trace(flat, x[:1], check_trace=False))(x[:1])
+    assert (out - ref).abs().max() < 1e-4
+    assert (out_cl - ref).abs().max() < 1e-4
+    assert (traced - ref[:1]).abs().max() < 1e-4
+    assert not torch.equal(ref[0], ref[1])  # two different windows, two different answers
+
+
+def test_models_without_factorized_convolutions_are_left_alone():
+    assert factorize(r3d_18()) is None  # full 3x3x3 convolutions
+
+
+def test_spatial_and_temporal_conv_reject_other_shapes():
+    with pytest.raises(ValueError, match="expected kernel \\(1, kh, kw\\)"):
+        SpatialConv(nn.Conv3d(3, 4, (3, 3, 3)))
+    with pytest.raises(ValueError, match="expected kernel \\(kt, 1, 1\\)"):
+        TemporalConv(nn.Conv3d(3, 4, (3, 1, 1), stride=(1, 2, 2)))
+    conv = nn.Conv3d(3, 4, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+    x = torch.randn(2, 3, 5, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(SpatialConv(conv)(x), conv(x), atol=1e-6)
+    conv = nn.Conv3d(3, 4, (3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0))
+    with torch.no_grad():
+        assert torch.allclose(TemporalConv(conv)(x), conv(x), atol=1e-6)

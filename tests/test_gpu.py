@@ -1,0 +1,107 @@
+"""The CUDA path: fp16 + channels_last_3d + TorchScript + CUDA graphs. Skipped without a GPU.
+
+Run on a lent GPU machine with ``pytest -m gpu tests/test_gpu.py``; the figures of that run
+are in the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+import pytest
+import torch
+
+from streamrec.bench import clip_windows
+from streamrec.engine import Classifier, CudaGraphRunner
+from streamrec.messages import validate_prediction
+from streamrec.models import load_model
+
+from conftest import free_port, wait_http
+from test_serve import collect, start_serve
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+CL3D = torch.channels_last_3d
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def r2plus1d_fp16():
+    torch.manual_seed(0)
+    loaded = load_model("r2plus1d_18", weights="none")
+    return loaded.module.eval().cuda().half().to(memory_format=CL3D)
+
+
+def test_graph_runner_matches_the_module_for_every_batch_size():
+    net = r2plus1d_fp16()
+    example = torch.zeros(1, 3, 16, 112, 112, device="cuda", dtype=torch.half).contiguous(memory_format=CL3D)
+    runner = CudaGraphRunner(net, example=example, max_batch=8)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    outs = {}
+    for b in (1, 3, 8, 11):  # 3 is padded to the bucket of 4; 11 > max_batch runs the module directly
+        x = torch.randn(b, 3, 16, 112, 112, device="cuda", dtype=torch.half, generator=g).contiguous(memory_format=CL3D)
+        with torch.no_grad():
+            ref, got = net(x), runner(x)
+        assert got.shape == (b, 400)
+        assert rel_err(got, ref) < 1e-2, (b, rel_err(got, ref))
+        outs[b] = got
+    assert sorted(runner.graphs) == [1, 4, 8]
+    # a returned result is a copy: the next replay of the same bucket does not overwrite it
+    first = outs[1].clone()
+    runner(torch.randn(1, 3, 16, 112, 112, device="cuda", dtype=torch.half, generator=g).contiguous(memory_format=CL3D))
+    assert torch.equal(outs[1], first)
+
+
+def test_cuda_classifier_agrees_with_cpu_fp32_on_real_clips(clips):
+    torch.manual_seed(0)
+    loaded = load_model("r2plus1d_18", weights="none")
+    cpu = Classifier(loaded, device="cpu", backend="torch", warmup=0)
+    windows = clip_windows(sorted(clips.glob("*.mp4")), loaded, stride=2.0)
+    with torch.no_grad():
+        ref = [cpu.logits(w) for w in windows]
+    torch.manual_seed(0)
+    gpu = Classifier(load_model("r2plus1d_18", weights="none"), device="cuda", backend="auto")
+    assert gpu.cuda and gpu.dtype == torch.float16
+    assert gpu.backend.split("+")[0] in ("torch", "torchscript")
+    assert {"torch_ms", "torchscript_ms", "torch+conv2d_ms", "torchscript+conv2d_ms"} <= set(gpu.timings)
+    got = [gpu.logits(w) for w in windows]
+    errs = [rel_err(g, r) for g, r in zip(got, ref)]
+    agree = sum(int(g.argmax() == r.argmax()) for g, r in zip(got, ref))
+    print(f"{len(windows)} windows, backend {gpu.backend}, max relative logit error {max(errs):.2e}, "
+          f"top-1 agreement {agree}/{len(windows)}, timings {gpu.timings}")
+    assert len(windows) >= 10
+    assert max(errs) < 1e-2
+    # fp16 may flip a near-tie of random weights; every window whose fp32 top-2 margin is clear agrees
+    for g, r in zip(got, ref):
+        top2 = r[0].topk(2).values
+        if float(top2[0] - top2[1]) > 20 * float((g - r).abs().max()):
+            assert g.argmax() == r.argmax()
+    # a batch of windows gives the same scores as the windows one by one
+    batch = gpu.logits(torch.cat(windows[:5]))
+    assert rel_err(batch, torch.cat(got[:5])) < 1e-2
+
+
+def test_serve_on_cuda_end_to_end(clips):
+    port = free_port()
+    proc = start_serve("--source", str(clips / "arm_wrestling.mp4"), "--loop", "--weights", "none",
+                       "--port", str(port), "--device", "cuda")
+    try:
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc))
+        assert health["device"].startswith("cuda")
+        preds, _, _ = asyncio.run(collect(f"ws://127.0.0.1:{port}/ws", 20))
+        for p in preds:
+            validate_prediction(p)
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+        print("serve on cuda:", health["backend"], "infer_ms", [p["infer_ms"] for p in preds[-5:]],
+              "latency_ms", [p["latency_ms"] for p in preds[-5:]])
+        assert health["predictions"] >= 20
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=10)
+        finally:
+            proc.kill()
+    assert rc == 0, proc.stderr.read()
