@@ -23,7 +23,7 @@ import torch
 
 from . import backends
 from .classify import iter_windows
-from .conv2d import channels_last, factorize
+from .conv2d import conv_variants
 from .engine import CudaGraphRunner, default_threads, resolve_device
 from .models import LoadedModel, load_model
 from .preprocess import FramePreprocessor
@@ -152,12 +152,10 @@ def cuda_backends(loaded: LoadedModel, device: torch.device) -> dict[str, Callab
     x = backends.example_input(loaded).to(device, torch.float16).contiguous(memory_format=torch.channels_last_3d)
     out: dict[str, Callable] = {"eager-fp16": eager}
     out["eager-fp16+cuda-graphs"] = CudaGraphRunner(eager, example=x, max_batch=64)
-    variants = {"": eager}
-    flat = factorize(eager)
-    if flat is not None:  # (1,k,k) and (k,1,1) convolutions as cuDNN 2-D ones
-        variants["-conv2d"] = out["eager-fp16-conv2d"] = channels_last(flat)
-        out["eager-fp16-conv2d+cuda-graphs"] = CudaGraphRunner(flat, example=x, max_batch=64)
-    for suffix, net in variants.items():
+    for suffix, net in conv_variants(eager).items():
+        if suffix:
+            out[f"eager-fp16{suffix}"] = net
+            out[f"eager-fp16{suffix}+cuda-graphs"] = CudaGraphRunner(net, example=x, max_batch=64)
         try:
             with torch.no_grad():
                 traced = torch.jit.freeze(torch.jit.trace(net, x, check_trace=False))
@@ -252,6 +250,13 @@ def run(*, models: list[str], clip: Path, clips: list[Path], device: str = "auto
             t = _best(lambda: q(x1), repeats)
             rows["openvino-int8"] = {"ms": t * 1e3, "gflops": gflop / t, "of_peak": gflop / t / peak, "vs_naive": m["naive_ms"] / (t * 1e3)}
             fns["openvino-int8"] = q
+        if cuda:  # the batch multi-camera serving runs at, for every backend
+            b = max(batches)
+            xb = backends.example_input(loaded, b).to(dev, dtype).contiguous(memory_format=torch.channels_last_3d)
+            for bname, fn in fns.items():
+                t = _best(lambda: fn(xb), 5, sync=True)
+                rows[bname][f"batch{b}_windows_per_s"] = b / t
+                rows[bname][f"batch{b}_of_peak"] = gflop * b / t / peak
         m["backends"] = rows
         if windows:
             others = {k: on_device(v, dev) if cuda else v for k, v in fns.items() if k != "torch"}
@@ -304,13 +309,17 @@ def markdown(report: dict[str, Any]) -> str:
                 f"Pipeline stages: decode {st['decode_ms_per_frame']:.2f} ms/frame, preprocess "
                 f"{st['preprocess_ms_per_frame']:.3f} ms/frame, window assembly {st['window_assembly_ms']:.2f} ms "
                 f"= {m['preprocess_share_of_inference'] * 100:.1f} % of inference; naive (book) window: {m['naive_ms']:.0f} ms.", "",
-                "| backend | ms / window | GFLOP/s | of peak | × naive | top-1 agree with eager fp32 (CPU) | max abs logit diff |", "|---|---|---|---|---|---|---|"]
+                "| backend | ms / window | GFLOP/s | of peak | × naive | top-1 agree with eager fp32 (CPU) | max abs logit diff |"
+                + (f" windows/s at batch {max(m['batched']['by_batch'])} |" if report["machine"]["gpu"] else ""),
+                "|---|---|---|---|---|---|---|" + ("---|" if report["machine"]["gpu"] else "")]
         agree = m.get("agreement", {})
         for b, r in m["backends"].items():
             a = agree.get(b)
             ag = f"{a['top1_agree']}/{a['windows']}" if a else ("reference" if b == "torch" else "–")
             diff = f"{a['max_abs_logit_diff']:.1e}" if a else "–"
-            out.append(f"| {b} | {r['ms']:.1f} | {r['gflops']:.0f} | {r['of_peak'] * 100:.0f} % | {r['vs_naive']:.2f} | {ag} | {diff} |")
+            big = next((k for k in r if k.endswith("_windows_per_s")), None)
+            extra = f" {r[big]:.0f} ({r[big.replace('windows_per_s', 'of_peak')] * 100:.0f} % of peak) |" if big else ""
+            out.append(f"| {b} | {r['ms']:.1f} | {r['gflops']:.0f} | {r['of_peak'] * 100:.0f} % | {r['vs_naive']:.2f} | {ag} | {diff} |{extra}")
         for b, why in m.get("failed", {}).items():
             out.append(f"| {b} | failed: {why[:90]} | | | | | |")
         if "int8_speedup_vs_best_fp32" in m:

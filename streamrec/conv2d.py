@@ -96,26 +96,97 @@ def channels_last(module: nn.Module) -> nn.Module:
     return module
 
 
-def factorize(module: nn.Module) -> nn.Module | None:
-    """An equivalent copy of ``module`` (eval mode, same device and dtype) with its factorized 3-D
-    convolutions as 2-D ones, batch norms folded; None when it has none or cannot be traced by ``torch.fx``."""
+def fold_norms(module: nn.Module) -> torch.fx.GraphModule | None:
+    """A copy of ``module`` (eval, float32) as a ``torch.fx`` graph with batch norms folded into the
+    convolutions before them; None when the model cannot be traced by ``torch.fx``."""
     from torch.fx.experimental.optimization import fuse
 
+    try:
+        return fuse(copy.deepcopy(module).eval().float())
+    except Exception as exc:  # noqa: BLE001 - not fx-traceable: keep the model as it is
+        logger.info("cannot fold batch norms of %s (%s)", type(module).__name__, exc)
+        return None
+
+
+def _set(root: nn.Module, name: str, new: nn.Module) -> None:
+    owner, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(owner) if owner else root, attr, new)
+
+
+def pad_channels(gm: torch.fx.GraphModule, multiple: int = 8) -> int:
+    """Pad the channels between two convolutions to a multiple of ``multiple`` (in place); returns how many.
+
+    R(2+1)D sizes its middle channels to match a full 3-D convolution's parameter count: 45,
+    230, 460, 921. Tensor cores want multiples of 8. For a ``conv A -> ReLU -> conv B`` chain
+    (norms folded), A gets extra filters of zero weight and zero bias, whose outputs are 0,
+    ReLU keeps them 0, and B gets zero weights for them: the same result, exactly.
+    """
+    padded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(a := gm.get_submodule(node.target), nn.Conv3d):
+            continue
+        extra = (-a.out_channels) % multiple
+        if extra == 0 or a.groups != 1 or len(node.users) != 1:
+            continue
+        act = next(iter(node.users))
+        if act.op != "call_module" or not isinstance(gm.get_submodule(act.target), nn.ReLU) or len(act.users) != 1:
+            continue
+        nxt = next(iter(act.users))
+        if nxt.op != "call_module" or not isinstance(b := gm.get_submodule(nxt.target), nn.Conv3d) or b.groups != 1:
+            continue
+        new_a = nn.Conv3d(a.in_channels, a.out_channels + extra, a.kernel_size, a.stride, a.padding, a.dilation, bias=True)
+        new_b = nn.Conv3d(b.in_channels + extra, b.out_channels, b.kernel_size, b.stride, b.padding, b.dilation,
+                          bias=b.bias is not None)
+        with torch.no_grad():
+            new_a.weight.zero_()
+            new_a.weight[: a.out_channels] = a.weight  # (O + extra, I, kt, kh, kw): extra filters are zero
+            new_a.bias.zero_()
+            if a.bias is not None:
+                new_a.bias[: a.out_channels] = a.bias
+            new_b.weight.zero_()
+            new_b.weight[:, : b.in_channels] = b.weight  # (O, I + extra, ...): extra inputs weigh nothing
+            if b.bias is not None:
+                new_b.bias.copy_(b.bias)
+        _set(gm, node.target, new_a.to(a.weight.device))
+        _set(gm, nxt.target, new_b.to(b.weight.device))
+        padded += 1
+    return padded
+
+
+def factorize(module: nn.Module, *, pad_to: int = 1) -> nn.Module | None:
+    """An equivalent copy of ``module`` (eval mode, same device and dtype) with its factorized 3-D
+    convolutions as 2-D ones, batch norms folded, and (``pad_to`` > 1) the channels between two
+    convolutions padded to a multiple of ``pad_to``; None when it has no factorized convolution
+    or cannot be traced by ``torch.fx``."""
     if not any(isinstance(m, nn.Conv3d) and _replacement(m) is not None for m in module.modules()):
         return None
-    try:
-        fused = fuse(copy.deepcopy(module).eval().float())  # conv + batch norm -> one conv
-    except Exception as exc:  # noqa: BLE001 - not fx-traceable: keep the 3-D model
-        logger.info("cannot fold batch norms of %s (%s); 3-D convolutions kept", type(module).__name__, exc)
+    fused = fold_norms(module)
+    if fused is None:
         return None
+    padded = pad_channels(fused, pad_to) if pad_to > 1 else 0
     swapped = 0
     for name, sub in list(fused.named_modules()):
         if isinstance(sub, nn.Conv3d):
             new = _replacement(sub)
             if new is not None:
-                owner, _, attr = name.rpartition(".")
-                setattr(fused.get_submodule(owner) if owner else fused, attr, new)
+                _set(fused, name, new)
                 swapped += 1
-    logger.info("%d factorized 3-D convolutions run as 2-D ones", swapped)
+    logger.info("%d factorized 3-D convolutions run as 2-D ones; %d channel counts padded", swapped, padded)
     param = next(module.parameters())
     return fused.to(param.device, param.dtype).eval()
+
+
+def conv_variants(net: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The model as is, and (where they apply) with channels padded to multiples of 8 (``-pad8``),
+    factorized convolutions as 2-D ones (``-conv2d``), and both; same device and dtype, channels-last."""
+    p = next(net.parameters())
+    out = {"": net}
+    gm = fold_norms(net)
+    if gm is not None and pad_channels(gm, 8):
+        out["-pad8"] = channels_last(gm.to(p.device, p.dtype).eval())
+    flat = factorize(net)
+    if flat is not None:
+        out["-conv2d"] = channels_last(flat)
+        if "-pad8" in out:
+            out["-conv2d-pad8"] = channels_last(factorize(net, pad_to=8))
+    return out

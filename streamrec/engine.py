@@ -178,17 +178,17 @@ class Classifier:
             self._time(self.module, 1)
 
     def _pick_cuda(self, module: torch.nn.Module, warmup: int) -> None:
-        from .conv2d import channels_last, factorize
+        """Time eager and TorchScript, each with 3-D or factorized 2-D convolutions and with or without
+        channels padded to multiples of 8 (:mod:`streamrec.conv2d`), and keep the fastest."""
+        from .conv2d import conv_variants
 
-        candidates: dict[str, torch.nn.Module] = {"torch": module}
-        flat = factorize(module)
-        if flat is not None:
-            candidates["torch+conv2d"] = channels_last(flat)
-        for name in list(candidates):
-            scripted = self._script(candidates[name])
+        candidates: dict[str, torch.nn.Module] = {}
+        for suffix, net in conv_variants(module).items():
+            candidates[f"torch{suffix}"] = net
+            scripted = self._script(net)
             if scripted is not None:
-                candidates[name.replace("torch", "torchscript")] = scripted
-        times = {name: self._time(m, warmup) for name, m in candidates.items()}
+                candidates[f"torchscript{suffix}"] = scripted
+        times = {name: self._time(m, max(warmup, 10)) for name, m in candidates.items()}
         self.timings = {f"{name}_ms": t * 1e3 for name, t in times.items()}
         best = min(times, key=times.get)
         logger.info("per window on %s: %s -> %s", self.device,
@@ -199,8 +199,8 @@ class Classifier:
         """Replay through CUDA graphs when that measures faster than launching kernels one by one."""
         try:
             runner = CudaGraphRunner(self.module, example=self._example(), max_batch=max_batch)
-            t_plain = self._time(self.module, warmup)
-            t_graph = self._time(runner, warmup)
+            t_plain = self._time(self.module, max(warmup, 10))
+            t_graph = self._time(runner, max(warmup, 10))
         except Exception as exc:  # noqa: BLE001 - some models do not capture; kernels launched one by one still work
             logger.warning("CUDA graph capture failed for %s (%s); launching kernels directly", self.loaded.name, exc)
             return

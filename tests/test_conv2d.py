@@ -57,3 +57,37 @@ def test_spatial_and_temporal_conv_reject_other_shapes():
     conv = nn.Conv3d(3, 4, (3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0))
     with torch.no_grad():
         assert torch.allclose(TemporalConv(conv)(x), conv(x), atol=1e-6)
+
+
+def test_channel_padding_is_exact_and_reaches_multiples_of_8():
+    from streamrec.conv2d import fold_norms, pad_channels
+
+    torch.manual_seed(0)
+    net = with_random_norms(r2plus1d_18())
+    gm = fold_norms(net)
+    assert pad_channels(gm, 8) == 7  # 45, 230, 230, 460, 460, 921, 921
+    convs = [m for m in gm.modules() if isinstance(m, nn.Conv3d)]
+    assert all(c.out_channels % 8 == 0 for c in convs)
+    assert {c.in_channels for c in convs} >= {48, 232, 464, 928}
+    x = torch.randn(2, 3, 16, 112, 112, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = net(x)
+        assert (gm(x) - ref).abs().max() < 1e-4
+        flat = factorize(net, pad_to=8)
+        assert (flat(x) - ref).abs().max() < 1e-4
+
+
+def test_conv_variants_all_compute_the_same_logits():
+    from streamrec.conv2d import conv_variants
+
+    torch.manual_seed(0)
+    net = with_random_norms(r2plus1d_18())
+    variants = conv_variants(net)
+    assert list(variants) == ["", "-pad8", "-conv2d", "-conv2d-pad8"]
+    x = torch.randn(1, 3, 16, 112, 112, generator=torch.Generator().manual_seed(4)).contiguous(
+        memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        ref = net(x)
+        for name, v in variants.items():
+            assert (v(x) - ref).abs().max() < 1e-4, name
+    assert list(conv_variants(r3d_18().eval())) == [""]  # 64/128/256/512 channels, full 3-D kernels
