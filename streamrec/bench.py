@@ -163,6 +163,12 @@ def cuda_backends(loaded: LoadedModel, device: torch.device) -> dict[str, Callab
             out[f"torchscript-fp16-cl3d{suffix}+cuda-graphs"] = CudaGraphRunner(traced, example=x, max_batch=64)
         except Exception as exc:  # noqa: BLE001 - some models do not trace
             logger.warning("TorchScript failed for %s%s: %s", loaded.name, suffix, exc)
+    if os.environ.get("STREAMREC_BENCH_COMPILE", "1") != "0":  # torch.compile (Inductor) of the padded model
+        variants = conv_variants(eager)
+        suffix = "-pad8" if "-pad8" in variants else ""
+        compiled = torch.compile(variants[suffix])
+        out[f"inductor-fp16{suffix}"] = compiled
+        out[f"inductor-fp16{suffix}+cuda-graphs"] = CudaGraphRunner(compiled, example=x, max_batch=64)
     try:
         import torch_tensorrt
 

@@ -31,7 +31,7 @@ from .preprocess import normalize_batch
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "torchscript", "onnxruntime", "openvino")
+BACKENDS = ("auto", "torch", "torchscript", "onnxruntime", "openvino", "compile")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -151,16 +151,27 @@ class Classifier:
         if prebuilt or backend == "torch":
             pass
         elif self.cuda:
-            if backend not in ("auto", "torchscript"):
-                raise StreamrecError(f"--backend {backend}: a CPU backend; on CUDA use auto, torch or torchscript")
-            if backend == "torchscript":
+            if backend not in ("auto", "torchscript", "compile"):
+                raise StreamrecError(f"--backend {backend}: a CPU backend; on CUDA use auto, torch, torchscript or compile")
+            if backend == "compile":  # torch.compile (Inductor): fuses the bias + ReLU passes cuDNN leaves
+                from .conv2d import conv_variants
+
+                variants = conv_variants(module)
+                suffix = "-pad8" if "-pad8" in variants else ""
+                self.module, self.backend = torch.compile(variants[suffix]), f"compile{suffix}"
+                t0 = time.perf_counter()
+                self._time(self.module, 1)
+                self.timings["compile_s"] = time.perf_counter() - t0
+            elif backend == "torchscript":
                 scripted = self._script(module)
                 if scripted is not None:
                     self.module, self.backend = scripted, "torchscript"
             else:  # auto on CUDA: the fastest of eager / TorchScript, with 3-D or factorized 2-D convolutions
                 self._pick_cuda(module, warmup)
-        if self.cuda and cuda_graphs and backend == "auto" and not prebuilt:
+        if self.cuda and cuda_graphs and backend in ("auto", "compile") and not prebuilt:
             self._try_graphs(warmup, max_batch)
+        elif backend == "compile":
+            raise StreamrecError("--backend compile: for CUDA GPUs; on CPU use auto, torch, torchscript, onnxruntime or openvino")
         elif backend == "torchscript":
             scripted = self._script(module)
             if scripted is None:

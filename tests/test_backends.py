@@ -67,3 +67,10 @@ def test_bench_report_runs_end_to_end(clips):
     assert m["agreement"]["openvino"]["windows"] == 6  # 10 s clip, stride 2 s: ends at 1, 3, 5, 7, 9 s + the tail
     text = markdown(report)
     assert "| openvino-int8 |" in text and "windows/s" in text
+
+
+def test_compile_backend_is_for_gpus_only():
+    from streamrec.errors import StreamrecError
+
+    with pytest.raises(StreamrecError, match="--backend compile: for CUDA GPUs; on CPU use auto"):
+        Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="compile")

@@ -7,6 +7,7 @@ are in the README.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import signal
 
@@ -105,3 +106,20 @@ def test_serve_on_cuda_end_to_end(clips):
         finally:
             proc.kill()
     assert rc == 0, proc.stderr.read()
+
+
+def test_compile_backend_matches_eager():
+    torch.manual_seed(0)
+    loaded = load_model("r2plus1d_18", weights="none")
+    ref_net = copy.deepcopy(loaded.module).eval()  # fp32 on CPU; the classifier moves its own to the GPU
+    clf = Classifier(loaded, device="cuda", backend="compile")
+    assert clf.backend.startswith("compile") and clf.timings["compile_s"] > 0
+    g = torch.Generator().manual_seed(5)
+    for b in (1, 3):
+        x = torch.randn(b, 3, 16, 112, 112, generator=g)
+        got = clf.logits(x)
+        with torch.no_grad():
+            ref = ref_net(x)
+        assert got.shape == (b, 400)
+        assert rel_err(got, ref) < 1e-2
+    print("compile backend:", clf.backend, clf.timings)
