@@ -166,7 +166,8 @@ def cuda_backends(loaded: LoadedModel, device: torch.device) -> dict[str, Callab
     if os.environ.get("STREAMREC_BENCH_COMPILE", "1") != "0":  # torch.compile (Inductor) of the padded model
         variants = conv_variants(eager)
         suffix = "-pad8" if "-pad8" in variants else ""
-        compiled = torch.compile(variants[suffix])
+        mode = os.environ.get("STREAMREC_BENCH_COMPILE_MODE") or None  # e.g. max-autotune-no-cudagraphs
+        compiled = torch.compile(variants[suffix], mode=mode)
         out[f"inductor-fp16{suffix}"] = compiled
         out[f"inductor-fp16{suffix}+cuda-graphs"] = CudaGraphRunner(compiled, example=x, max_batch=64)
     try:

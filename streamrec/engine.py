@@ -190,16 +190,26 @@ class Classifier:
 
     def _pick_cuda(self, module: torch.nn.Module, warmup: int) -> None:
         """Time eager and TorchScript, each with 3-D or factorized 2-D convolutions and with or without
-        channels padded to multiples of 8 (:mod:`streamrec.conv2d`), and keep the fastest."""
+        channels padded to multiples of 8 (:mod:`streamrec.conv2d`), and ``torch.compile`` (Inductor,
+        which fuses the bias-add and ReLU passes that cuDNN leaves apart), and keep the fastest."""
         from .conv2d import conv_variants
 
         candidates: dict[str, torch.nn.Module] = {}
-        for suffix, net in conv_variants(module).items():
+        variants = conv_variants(module)
+        for suffix, net in variants.items():
             candidates[f"torch{suffix}"] = net
             scripted = self._script(net)
             if scripted is not None:
                 candidates[f"torchscript{suffix}"] = scripted
-        times = {name: self._time(m, max(warmup, 10)) for name, m in candidates.items()}
+        suffix = "-pad8" if "-pad8" in variants else ""
+        candidates[f"compile{suffix}"] = torch.compile(variants[suffix])  # Inductor: compiled at its first call
+        times = {}
+        for name, m in candidates.items():
+            try:
+                times[name] = self._time(m, max(warmup, 10))
+            except Exception as exc:  # noqa: BLE001 - e.g. Inductor cannot compile this model here
+                logger.warning("%s failed for %s: %s", name, self.loaded.name, str(exc).splitlines()[0] if str(exc) else exc)
+        candidates = {k: v for k, v in candidates.items() if k in times}
         self.timings = {f"{name}_ms": t * 1e3 for name, t in times.items()}
         best = min(times, key=times.get)
         logger.info("per window on %s: %s -> %s", self.device,
