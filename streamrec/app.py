@@ -88,7 +88,9 @@ class LiveApp:
         key = (cam.model, str(cam.weights), self.config.device, self.config.backend)
         if key not in self.classifiers:
             loaded = load_model(cam.model, weights=cam.weights or "DEFAULT")
+            sharing = sum(1 for c in self.config.all_cameras() if self.config.resolve(c).model == cam.model)
             self.classifiers[key] = Classifier(loaded, device=self.config.device, backend=self.config.backend,
+                                               batch_hint=sharing,
                                                threads=self.config.threads)
         return key, self.classifiers[key]
 

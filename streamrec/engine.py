@@ -129,6 +129,7 @@ class Classifier:
         warmup: int = 2,
         cuda_graphs: bool = True,
         max_batch: int = 32,
+        batch_hint: int = 1,
     ) -> None:
         if backend not in BACKENDS:
             raise StreamrecError(f"--backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -137,6 +138,9 @@ class Classifier:
         self.cuda = self.device.type == "cuda"
         self.dtype = torch.float16 if self.cuda else torch.float32
         self.threads = threads or default_threads()
+        # the batch size that choosing a backend on CUDA times: 1 for one camera (latency), the
+        # number of cameras for many (throughput: the fastest at batch 1 is not at batch 32)
+        self.batch_hint = max(1, min(batch_hint, max_batch))
         if not self.cuda:
             torch.set_num_threads(self.threads)
         else:  # fixed input shapes (one per batch bucket): let cuDNN time its algorithms once per shape
@@ -249,7 +253,7 @@ class Classifier:
             return None
 
     def _time(self, module, repeats: int) -> float:
-        x = self._example()
+        x = self._example(self.batch_hint if self.cuda else 1)
         best = float("inf")
         with torch.no_grad():
             for _ in range(max(repeats, 1) + 1):
