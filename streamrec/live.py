@@ -105,7 +105,7 @@ class InferenceWorker(threading.Thread):
     def __init__(self, classifier: Classifier, publish: Callable[[Camera, dict[str, Any]], None], *,
                  stop: threading.Event, wake: threading.Condition, batch_wait_s: float = 0.01,
                  stride_s: float = 0.0, max_batch: int = 32, clock: Callable[[], float] = time.time,
-                 name: str = "inference") -> None:
+                 frame_wait_s: float = 0.05, name: str = "inference") -> None:
         super().__init__(name=name, daemon=True)
         self.classifier = classifier
         self.publish = publish
@@ -114,6 +114,9 @@ class InferenceWorker(threading.Thread):
         self.batch_wait_s = batch_wait_s
         self.stride_s = stride_s
         self.max_batch = max_batch
+        # after a batch, wait (at most this long) for the next frame before taking windows: the
+        # newest window then ends with a frame captured moments ago, not up to a frame interval ago
+        self.frame_wait_s = frame_wait_s
         self.clock = clock
         self._cameras: dict[str, Camera] = {}
         self._lock = threading.Lock()
@@ -150,7 +153,12 @@ class InferenceWorker(threading.Thread):
         return got
 
     def run(self) -> None:
+        fresh = False
         while not self.stop_event.is_set():
+            if fresh:  # just finished a batch: start on the next frame, so the window ends with a frame just captured
+                with self.wake:
+                    self.wake.wait(self.frame_wait_s)
+                fresh = False
             batch = self._collect()
             if not batch:
                 with self.wake:
@@ -184,6 +192,7 @@ class InferenceWorker(threading.Thread):
                 self._emit(cam, w, p, infer_ms)
                 self._last_run[cam.name] = now_mono
             self.batches += 1
+            fresh = self.frame_wait_s > 0
             self.batch_sizes.append(len(batch))
             self.assemble_ms.append((t2 - t1) * 1e3)
             self.post_ms.append((time.perf_counter() - t3) * 1e3 / len(batch))
