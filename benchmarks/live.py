@@ -139,9 +139,9 @@ def table(live: dict, naive: dict) -> str:
     win_pre = live["resize_ms_per_frame"] * 16
     rows = [
         ("decode", f"{live['decode_ms_per_frame']:.2f} ms/frame (once)", f"{naive['decode_ms_per_window']:.1f} ms/window (16+ frames again)"),
-        ("resize + crop + normalize", f"{live['resize_ms_per_frame']:.3f} ms/frame (once)", f"{naive['preprocess_ms_per_window']:.1f} ms/window"),
-        ("window assembly", f"{live['assemble_ms_p50']:.2f} ms/window", "(in the above)"),
-        (f"inference (streamrec: {live['backend']}; naive: eager fp32)", f"{live['infer_ms_p50']:.0f} ms", f"{naive['infer_ms_p50']:.0f} ms"),
+        ("resize + crop (streamrec); + normalize (naive)", f"{live['resize_ms_per_frame']:.3f} ms/frame (once)", f"{naive['preprocess_ms_per_window']:.1f} ms/window"),
+        ("window assembly (gather uint8 crops)", f"{live['assemble_ms_p50']:.2f} ms/window", "(in the above)"),
+        (f"inference (streamrec: {live['backend']}, normalizing the window included; naive: eager fp32)", f"{live['infer_ms_p50']:.0f} ms", f"{naive['infer_ms_p50']:.0f} ms"),
         ("smoothing + send", f"{live['post_ms_p50']:.2f} ms", "–"),
         ("latency_ms p50", f"{live['latency_ms_p50']:.0f} ms", f"{naive['latency_ms_p50']:.0f} ms"),
         ("latency_ms p95", f"{live['latency_ms_p95']:.0f} ms", f"{naive['latency_ms_p95']:.0f} ms"),

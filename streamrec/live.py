@@ -105,7 +105,7 @@ class InferenceWorker(threading.Thread):
     def __init__(self, classifier: Classifier, publish: Callable[[Camera, dict[str, Any]], None], *,
                  stop: threading.Event, wake: threading.Condition, batch_wait_s: float = 0.01,
                  stride_s: float = 0.0, max_batch: int = 32, clock: Callable[[], float] = time.time,
-                 frame_wait_s: float = 0.05, name: str = "inference") -> None:
+                 frame_wait_s: float = 0.1, name: str = "inference") -> None:
         super().__init__(name=name, daemon=True)
         self.classifier = classifier
         self.publish = publish

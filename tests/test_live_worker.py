@@ -1,0 +1,68 @@
+"""The inference worker: each batch starts on a fresh frame, and slow inference skips windows."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from streamrec.config import CameraConfig
+from streamrec.engine import Classifier
+from streamrec.live import Camera, InferenceWorker
+from streamrec.models import load_model
+from streamrec.smoothing import SmoothingConfig
+
+from conftest import write_video
+
+
+class SlowClassifier(Classifier):
+    """tiny3d, made as slow as a big model on a small CPU (a fake: the delay is the point)."""
+
+    delay_s = 0.25
+
+    def probs(self, batch):
+        time.sleep(self.delay_s)
+        return super().probs(batch)
+
+
+def run_worker(video, frame_wait_s: float, n: int = 6) -> list[dict]:
+    clf = SlowClassifier(load_model("tiny3d", weights="none"), device="cpu", backend="torch", warmup=0)
+    wake = threading.Condition()
+    stop = threading.Event()
+    cam = Camera(CameraConfig(name="c", source=str(video), loop=True), clf, SmoothingConfig(), wake=wake)
+    got: list[dict] = []
+    done = threading.Event()
+
+    def publish(_cam, msg):
+        got.append(msg)
+        if len(got) >= n:
+            done.set()
+
+    worker = InferenceWorker(clf, publish, stop=stop, wake=wake, frame_wait_s=frame_wait_s)
+    worker.add(cam)
+    cam.start()
+    worker.start()
+    try:
+        assert done.wait(60), f"only {len(got)} predictions"
+    finally:
+        stop.set()
+        cam.close()
+        with wake:
+            wake.notify_all()
+        worker.join(5)
+    assert not worker.is_alive() and not cam.capture.is_alive()
+    return got
+
+
+def test_each_batch_starts_on_a_frame_captured_after_the_previous_batch(tmp_path):
+    video = write_video(tmp_path / "ten.mp4", seconds=4, fps=10)  # a frame every 100 ms
+    msgs = run_worker(video, frame_wait_s=0.2)
+    for prev, cur in zip(msgs, msgs[1:]):
+        sent = prev["window"]["end_ts"] + prev["latency_ms"] / 1e3
+        # the window's last frame came after the previous result went out (20 ms for pacing jitter)
+        assert cur["window"]["end_ts"] >= sent - 0.02, (sent, cur["window"]["end_ts"])
+    # inference (250 ms) is slower than the camera (100 ms): windows in between are skipped, not queued
+    assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
+    ends = np.diff([m["window"]["end_ts"] for m in msgs])
+    assert ends.min() >= 0.25 - 0.02
