@@ -172,8 +172,6 @@ class Classifier:
                     self.module, self.backend = scripted, "torchscript"
             else:  # auto on CUDA: the fastest of eager / TorchScript, with 3-D or factorized 2-D convolutions
                 self._pick_cuda(module, warmup)
-        if self.cuda and cuda_graphs and backend in ("auto", "compile") and not prebuilt:
-            self._try_graphs(warmup, max_batch)
         elif backend == "compile":
             raise StreamrecError("--backend compile: for CUDA GPUs; on CPU use auto, torch, torchscript, onnxruntime or openvino")
         elif backend == "torchscript":
@@ -189,6 +187,8 @@ class Classifier:
                 if name in ("onnxruntime", "openvino"):
                     factories[name] = lambda name=name: backends.build(name, loaded, threads=self.threads)
             self.backend, self.module = backends.pick_auto(loaded, factories, threads=self.threads)
+        if self.cuda and cuda_graphs and backend in ("auto", "compile") and not prebuilt:
+            self._try_graphs(warmup, max_batch)
         if warmup and not self.cuda:
             self._time(self.module, 1)
 

@@ -74,3 +74,12 @@ def test_compile_backend_is_for_gpus_only():
 
     with pytest.raises(StreamrecError, match="--backend compile: for CUDA GPUs; on CPU use auto"):
         Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="compile")
+
+
+@pytest.mark.parametrize("name", ["torch", "torchscript", "onnxruntime", "openvino"])
+def test_an_explicit_backend_is_the_one_used(name):
+    loaded = load_model("tiny3d", weights="none")
+    clf = Classifier(loaded, device="cpu", backend=name, warmup=0)
+    assert clf.backend == name
+    if name == "torch":
+        assert clf.module is loaded.module
