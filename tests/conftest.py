@@ -60,6 +60,17 @@ def write_video(path: Path, *, seconds: float, fps: int = 30, size: tuple[int, i
     return write_frames(path, frames(), fps, codec=codec)
 
 
+def sigterm(proc: subprocess.Popen, timeout: float = 10) -> int:
+    """SIGTERM a server process and wait for it (killed if it outlives ``timeout``); its exit code."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        proc.kill()
+
+
 def streamrec_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamrec", *args]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import signal
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from streamrec.engine import Classifier, CudaGraphRunner
 from streamrec.messages import validate_prediction
 from streamrec.models import load_model
 
-from conftest import free_port, wait_http
+from conftest import free_port, sigterm, wait_http
 from test_serve import collect, start_serve
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -100,11 +99,7 @@ def test_serve_on_cuda_end_to_end(clips):
               "latency_ms", [p["latency_ms"] for p in preds[-5:]])
         assert health["predictions"] >= 20
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=10)
-        finally:
-            proc.kill()
+        rc = sigterm(proc)
     assert rc == 0, proc.stderr.read()
 
 

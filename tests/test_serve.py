@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import time
 import urllib.error
@@ -17,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 
 from streamrec.messages import validate_prediction
 
-from conftest import ROOT, free_port, streamrec_cmd, wait_http
+from conftest import ROOT, free_port, sigterm, streamrec_cmd, wait_http
 
 
 def start_serve(*args: str, env: dict | None = None) -> subprocess.Popen:
@@ -78,11 +77,7 @@ def test_serve_end_to_end_on_a_real_clip(clips):
         assert err.value.code == 404
     finally:
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=10)
-        finally:
-            proc.kill()
+        rc = sigterm(proc)
         elapsed = time.monotonic() - t0
     err_text = proc.stderr.read()
     print(f"SIGTERM to exit: {elapsed:.2f} s")
