@@ -145,14 +145,19 @@ def build(name: str, loaded: LoadedModel, *, threads: int | None = None):
     raise StreamrecError(f"--backend: expected one of {', '.join(ALL_BACKENDS)}, got {name!r}")
 
 
-def time_call(fn, x: torch.Tensor, repeats: int = 3) -> float:
-    """Best of ``repeats`` seconds per call, after one warm-up call."""
+def best_seconds(call: Callable[[], object], repeats: int = 3, *, sync: bool = False) -> float:
+    """Best of ``repeats`` timed calls, after one warm-up call, without autograd. With ``sync``
+    the GPU is synchronized around each call (its work is asynchronous)."""
     with torch.no_grad():
-        fn(x)
+        call()
         best = float("inf")
-        for _ in range(repeats):
+        for _ in range(max(repeats, 1)):
+            if sync:
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
-            fn(x)
+            call()
+            if sync:
+                torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)
     return best
 
@@ -185,7 +190,7 @@ def pick_auto(loaded: LoadedModel, factories: dict[str, Callable[[], Callable]],
     for name, factory in factories.items():
         try:
             built[name] = factory()
-            times[name] = time_call(built[name], x, repeats=2)
+            times[name] = best_seconds(lambda: built[name](x), repeats=2)
         except Exception as exc:  # noqa: BLE001 - a backend that fails is not a candidate
             logger.warning("backend %s failed its trial run: %s", name, exc)
     if not times:

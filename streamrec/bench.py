@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import backends
+from .backends import best_seconds
 from .classify import iter_windows
 from .conv2d import conv_variants
 from .engine import CudaGraphRunner, default_threads, resolve_device
@@ -52,20 +53,6 @@ def machine_info(device: torch.device) -> dict[str, Any]:
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "versions": versions}
 
 
-def _best(fn: Callable[[], Any], repeats: int, sync: bool = False) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if sync:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def matmul_peak(device: torch.device) -> float:
     """GFLOP/s of a large matmul: fp16 ``torch.mm`` on GPU; on CPU fp32, the best of ``torch.mm``
     and NumPy's BLAS (on AMD CPUs torch's BLAS can trail OpenBLAS by 15 %; the peak is the
@@ -74,10 +61,10 @@ def matmul_peak(device: torch.device) -> float:
     n = 8192 if cuda else 4096
     dtype = torch.float16 if cuda else torch.float32
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    t = _best(lambda: torch.mm(a, b), 5, sync=cuda)
+    t = best_seconds(lambda: torch.mm(a, b), 5, sync=cuda)
     if not cuda:
         an, bn = a.numpy(), b.numpy()
-        t = min(t, _best(lambda: an @ bn, 5))
+        t = min(t, best_seconds(lambda: an @ bn, 5))
     return 2 * n**3 / t / 1e9
 
 
@@ -111,7 +98,7 @@ def stage_costs(clip: Path, loaded: LoadedModel, frames: int = 300) -> dict[str,
             dec += t1 - t0
             prep += time.perf_counter() - t1
             n += 1
-    asm = _best(lambda: pre.window(ring.newest_window(spec.frames, spec.fps).frames), 20)  # gather + normalize
+    asm = best_seconds(lambda: pre.window(ring.newest_window(spec.frames, spec.fps).frames), 20)  # gather + normalize
     return {"decode_ms_per_frame": dec / n * 1e3, "preprocess_ms_per_frame": prep / n * 1e3,
             "window_assembly_ms": asm * 1e3, "frames": n}
 
@@ -134,7 +121,7 @@ def naive_window_ms(clip: Path, loaded: LoadedModel, repeats: int = 3, device: t
         with torch.no_grad():
             net(x.to(device)).cpu()
 
-    return _best(once, repeats) * 1e3
+    return best_seconds(once, repeats) * 1e3
 
 
 def cpu_backends(loaded: LoadedModel, names: list[str], threads: int) -> dict[str, Callable]:
@@ -244,13 +231,13 @@ def run(*, models: list[str], clip: Path, clips: list[Path], device: str = "auto
         rows = {}
         if cuda:  # the same eager fp16 model with cuDNN's default algorithm choice, then let cuDNN measure
             torch.backends.cudnn.benchmark = False
-            t = _best(lambda: fns["eager-fp16"](x1), repeats, sync=True)
+            t = best_seconds(lambda: fns["eager-fp16"](x1), repeats, sync=True)
             rows["eager-fp16 (cudnn.benchmark off)"] = {"ms": t * 1e3, "gflops": gflop / t, "of_peak": gflop / t / peak,
                                                         "vs_naive": m["naive_ms"] / (t * 1e3)}
             torch.backends.cudnn.benchmark = True
         for bname, fn in list(fns.items()):
             try:
-                t = _best(lambda: fn(x1), repeats, sync=cuda)
+                t = best_seconds(lambda: fn(x1), repeats, sync=cuda)
             except Exception as exc:  # noqa: BLE001 - e.g. a model that cannot be captured in a CUDA graph
                 logger.warning("backend %s failed for %s: %s", bname, name, str(exc).splitlines()[0])
                 m.setdefault("failed", {})[bname] = str(exc).splitlines()[0]
@@ -259,14 +246,14 @@ def run(*, models: list[str], clip: Path, clips: list[Path], device: str = "auto
             rows[bname] = {"ms": t * 1e3, "gflops": gflop / t, "of_peak": gflop / t / peak, "vs_naive": m["naive_ms"] / (t * 1e3)}
         if int8 and not cuda and "openvino" in fns and windows:
             q = backends.openvino_int8(loaded, windows, threads=threads)
-            t = _best(lambda: q(x1), repeats)
+            t = best_seconds(lambda: q(x1), repeats)
             rows["openvino-int8"] = {"ms": t * 1e3, "gflops": gflop / t, "of_peak": gflop / t / peak, "vs_naive": m["naive_ms"] / (t * 1e3)}
             fns["openvino-int8"] = q
         if cuda:  # the batch multi-camera serving runs at, for every backend
             b = max(batches)
             xb = backends.example_input(loaded, b).to(dev, dtype).contiguous(memory_format=torch.channels_last_3d)
             for bname, fn in fns.items():
-                t = _best(lambda: fn(xb), 5, sync=True)
+                t = best_seconds(lambda: fn(xb), 5, sync=True)
                 rows[bname][f"batch{b}_windows_per_s"] = b / t
                 rows[bname][f"batch{b}_of_peak"] = gflop * b / t / peak
         m["backends"] = rows
@@ -283,7 +270,7 @@ def run(*, models: list[str], clip: Path, clips: list[Path], device: str = "auto
             xb = backends.example_input(loaded, b).to(dev, dtype)
             if cuda:
                 xb = xb.contiguous(memory_format=torch.channels_last_3d)
-            t = _best(lambda: bfn(xb), max(1, repeats - 1), sync=cuda)
+            t = best_seconds(lambda: bfn(xb), max(1, repeats - 1), sync=cuda)
             thr[b] = {"windows_per_s": b / t, "of_peak": gflop * b / t / peak}
         m["batched"] = {"backend": best_name, "by_batch": thr}
         m["preprocess_share_of_inference"] = (m["stages"]["preprocess_ms_per_frame"] * loaded.spec.frames

@@ -254,17 +254,7 @@ class Classifier:
 
     def _time(self, module, repeats: int) -> float:
         x = self._example(self.batch_hint if self.cuda else 1)
-        best = float("inf")
-        with torch.no_grad():
-            for _ in range(max(repeats, 1) + 1):
-                if self.cuda:
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                module(x)
-                if self.cuda:
-                    torch.cuda.synchronize()
-                best = min(best, time.perf_counter() - t0)
-        return best
+        return backends.best_seconds(lambda: module(x), repeats, sync=self.cuda)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K)`` float32 on CPU, from a batch on any device: uint8 crops ``(B, T, H, W, C)``

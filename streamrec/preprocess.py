@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import cv2
@@ -132,10 +133,16 @@ def normalize_batch(crops: torch.Tensor, spec: ModelSpec, *, dtype: torch.dtype 
     """
     if crops.dtype != torch.uint8 or crops.dim() != 5 or crops.shape[-1] != 3:
         raise ValueError(f"crops: expected uint8 (B, T, H, W, 3), got {crops.dtype} {tuple(crops.shape)}")
-    mean = torch.tensor(spec.mean, dtype=torch.float32)
-    std = torch.tensor(spec.std, dtype=torch.float32)
-    scale = (1.0 / (255.0 * std)).to(crops.device)  # (x / 255 - mean) / std == x * scale + bias
-    bias = (-mean / std).to(crops.device)
+    scale, bias = _affine(tuple(spec.mean), tuple(spec.std), str(crops.device))
     x = crops.float() * scale + bias  # per channel: C is the last axis
     x = x.to(dtype).permute(0, 4, 1, 2, 3)  # (B, T, H, W, C) -> (B, C, T, H, W), a view
     return x if channels_last else x.contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x / 255 - mean) / std == x * scale + bias``: float32 ``scale`` and ``bias`` per channel, made
+    once per model and device (not copied to the GPU again for every batch)."""
+    m = torch.tensor(mean, dtype=torch.float32)
+    s = torch.tensor(std, dtype=torch.float32)
+    return (1.0 / (255.0 * s)).to(device), (-m / s).to(device)
