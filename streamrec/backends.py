@@ -186,16 +186,20 @@ def pick_auto(loaded: LoadedModel, factories: dict[str, Callable[[], Callable]],
         except Exception as exc:  # noqa: BLE001 - re-measure below
             logger.warning("cached backend %s failed to build (%s); measuring again", cached[key], exc)
     x = example_input(loaded)
-    times, built = {}, {}
+    times: dict[str, float] = {}
+    best, winner = None, None  # only the fastest so far stays built: the others' memory goes back
     for name, factory in factories.items():
+        candidate = None
         try:
-            built[name] = factory()
-            times[name] = best_seconds(lambda: built[name](x), repeats=2)
+            candidate = factory()
+            times[name] = best_seconds(lambda: candidate(x), repeats=2)
         except Exception as exc:  # noqa: BLE001 - a backend that fails is not a candidate
             logger.warning("backend %s failed its trial run: %s", name, exc)
-    if not times:
+            continue
+        if best is None or times[name] < times[best]:
+            best, winner = name, candidate
+    if best is None:
         raise StreamrecError("--backend auto: no backend ran on this machine")
-    best = min(times, key=times.get)
     logger.info("backend trial (ms): %s -> %s", {k: round(v * 1e3, 1) for k, v in times.items()}, best)
     cached[key] = best
     try:
@@ -203,7 +207,7 @@ def pick_auto(loaded: LoadedModel, factories: dict[str, Callable[[], Callable]],
         cache_file.write_text(json.dumps(cached, indent=1))
     except OSError as exc:
         logger.warning("cannot cache the backend choice in %s: %s", cache_file, exc)
-    return best, built[best]
+    return best, winner
 
 
 def available() -> list[str]:

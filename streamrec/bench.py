@@ -129,8 +129,9 @@ def cpu_backends(loaded: LoadedModel, names: list[str], threads: int) -> dict[st
 
     out = {}
     for name in names:
+        own = dataclasses.replace(loaded, module=copy.deepcopy(loaded.module))  # the torch backend consumes its model
         try:
-            out[name] = Classifier(loaded, device="cpu", backend=name, threads=threads, warmup=0).module
+            out[name] = Classifier(own, device="cpu", backend=name, threads=threads, warmup=0).module
         except Exception as exc:  # noqa: BLE001 - report what does not install or convert
             logger.warning("backend %s unavailable: %s", name, exc)
     return out

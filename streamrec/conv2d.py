@@ -40,13 +40,11 @@ class SpatialConv(nn.Module):
         super().__init__()
         if conv.kernel_size[0] != 1 or conv.stride[0] != 1 or conv.padding[0] != 0:
             raise ValueError(f"conv: expected kernel (1, kh, kw), temporal stride 1, no temporal padding, got {conv}")
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size[1:], stride=conv.stride[1:],
-                              padding=conv.padding[1:], dilation=conv.dilation[1:], groups=conv.groups,
-                              bias=conv.bias is not None)
-        with torch.no_grad():
-            self.conv.weight.copy_(conv.weight[:, :, 0])  # (O, I, 1, kh, kw) -> (O, I, kh, kw)
-            if conv.bias is not None:
-                self.conv.bias.copy_(conv.bias)
+        with torch.device("meta"):  # shapes only: the weights are conv's own, not copies
+            self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size[1:], stride=conv.stride[1:],
+                                  padding=conv.padding[1:], dilation=conv.dilation[1:], groups=conv.groups,
+                                  bias=conv.bias is not None)
+        _take(self.conv, conv.weight[:, :, 0], conv.bias)  # (O, I, 1, kh, kw) -> (O, I, kh, kw), a view
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, t, h, w = x.shape
@@ -62,17 +60,21 @@ class TemporalConv(nn.Module):
         k, s, p = conv.kernel_size, conv.stride, conv.padding
         if k[1:] != (1, 1) or s[1:] != (1, 1) or p[1:] != (0, 0):
             raise ValueError(f"conv: expected kernel (kt, 1, 1), spatial stride 1, no spatial padding, got {conv}")
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, (k[0], 1), stride=(s[0], 1), padding=(p[0], 0),
-                              dilation=(conv.dilation[0], 1), groups=conv.groups, bias=conv.bias is not None)
-        with torch.no_grad():
-            self.conv.weight.copy_(conv.weight[..., 0])  # (O, I, kt, 1, 1) -> (O, I, kt, 1)
-            if conv.bias is not None:
-                self.conv.bias.copy_(conv.bias)
+        with torch.device("meta"):
+            self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, (k[0], 1), stride=(s[0], 1), padding=(p[0], 0),
+                                  dilation=(conv.dilation[0], 1), groups=conv.groups, bias=conv.bias is not None)
+        _take(self.conv, conv.weight[..., 0], conv.bias)  # (O, I, kt, 1, 1) -> (O, I, kt, 1), a view
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, t, h, w = x.shape
         y = self.conv(x.reshape(n, c, t, h * w))  # (N, C, T, H, W) -> (N, C, T, H*W)
         return y.reshape(n, y.shape[1], y.shape[2], h, w)  # (N, C', T', H*W) -> (N, C', T', H, W)
+
+
+def _take(conv2d: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    conv2d.weight = nn.Parameter(weight.detach(), requires_grad=weight.requires_grad)
+    if bias is not None:
+        conv2d.bias = nn.Parameter(bias.detach(), requires_grad=bias.requires_grad)
 
 
 def _replacement(conv: nn.Conv3d) -> nn.Module | None:
@@ -96,16 +98,45 @@ def channels_last(module: nn.Module) -> nn.Module:
     return module
 
 
-def fold_norms(module: nn.Module) -> torch.fx.GraphModule | None:
-    """A copy of ``module`` (eval, float32) as a ``torch.fx`` graph with batch norms folded into the
-    convolutions before them; None when the model cannot be traced by ``torch.fx``."""
-    from torch.fx.experimental.optimization import fuse
+def fold_norms(module: nn.Module, *, inplace: bool = False) -> torch.fx.GraphModule | None:
+    """``module`` (eval, float32) as a ``torch.fx`` graph with batch norms folded into the
+    convolutions before them; None when the model cannot be traced by ``torch.fx``.
+
+    ``inplace=False`` folds a deep copy. ``inplace=True`` consumes ``module``: its convolutions
+    take the folded weights one by one (the old ones are freed as it goes, so the peak is one
+    set of weights plus one layer's), and ``module`` itself must not be run afterwards.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     try:
-        return fuse(copy.deepcopy(module).eval().float())
+        gm = torch.fx.symbolic_trace(module if inplace else copy.deepcopy(module))
     except Exception as exc:  # noqa: BLE001 - not fx-traceable: keep the model as it is
         logger.info("cannot fold batch norms of %s (%s)", type(module).__name__, exc)
         return None
+    gm = gm.eval().float()
+    modules = dict(gm.named_modules())
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in list(gm.graph.nodes):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None or len(node.args) != 1:
+            continue
+        prev = node.args[0]
+        conv = modules.get(prev.target) if isinstance(prev, torch.fx.Node) and prev.op == "call_module" else None
+        if (not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed or len(prev.users) != 1
+                or calls[prev.target] != 1 or calls[node.target] != 1):
+            continue
+        with torch.no_grad():
+            conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                          bn.eps, bn.weight, bn.bias)
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
 
 
 def _set(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -153,14 +184,15 @@ def pad_channels(gm: torch.fx.GraphModule, multiple: int = 8) -> int:
     return padded
 
 
-def factorize(module: nn.Module, *, pad_to: int = 1) -> nn.Module | None:
+def factorize(module: nn.Module, *, pad_to: int = 1, inplace: bool = False) -> nn.Module | None:
     """An equivalent copy of ``module`` (eval mode, same device and dtype) with its factorized 3-D
     convolutions as 2-D ones, batch norms folded, and (``pad_to`` > 1) the channels between two
     convolutions padded to a multiple of ``pad_to``; None when it has no factorized convolution
-    or cannot be traced by ``torch.fx``."""
+    or cannot be traced by ``torch.fx``. ``inplace=True`` consumes ``module`` instead of copying
+    it (see :func:`fold_norms`): no second set of weights."""
     if not any(isinstance(m, nn.Conv3d) and _replacement(m) is not None for m in module.modules()):
         return None
-    fused = fold_norms(module)
+    fused = fold_norms(module, inplace=inplace)
     if fused is None:
         return None
     padded = pad_channels(fused, pad_to) if pad_to > 1 else 0
@@ -170,6 +202,8 @@ def factorize(module: nn.Module, *, pad_to: int = 1) -> nn.Module | None:
             new = _replacement(sub)
             if new is not None:
                 _set(fused, name, new)
+                if inplace:  # the consumed model must not keep the storage the new module views
+                    sub.weight, sub.bias = None, None
                 swapped += 1
     logger.info("%d factorized 3-D convolutions run as 2-D ones; %d channel counts padded", swapped, padded)
     param = next(module.parameters())

@@ -151,9 +151,13 @@ class Classifier:
         self.timings: dict[str, float] = {}
         self.module = module
         self.backend = "torch"
+        self.channels_last = self.cuda  # the layout the module wants its input in
         prebuilt = isinstance(module, torch.jit.ScriptModule) or not any(True for _ in module.parameters())
-        if prebuilt or backend == "torch":
+        if prebuilt:
             pass
+        elif backend == "torch":
+            if not self.cuda:
+                self.module = self._cpu_eager(module)
         elif self.cuda:
             if backend not in ("auto", "torchscript", "compile"):
                 raise StreamrecError(f"--backend {backend}: a CPU backend; on CUDA use auto, torch, torchscript or compile")
@@ -182,15 +186,40 @@ class Classifier:
         elif backend in ("onnxruntime", "openvino"):
             self.module, self.backend = backends.build(backend, loaded, threads=self.threads), backend
         else:  # auto on CPU: the fastest measured here, cached
-            factories = {"torch": lambda: module, "torchscript": lambda: self._script(module) or _fail("does not trace")}
+            factories = {"torch": lambda: self._cpu_eager(module, keep=False),
+                         "torchscript": lambda: self._script(module) or _fail("does not trace")}
             for name in backends.available():
                 if name in ("onnxruntime", "openvino"):
                     factories[name] = lambda name=name: backends.build(name, loaded, threads=self.threads)
             self.backend, self.module = backends.pick_auto(loaded, factories, threads=self.threads)
+            if self.backend == "torch" and self.module is not module:
+                self._adopt(self.module)
         if self.cuda and cuda_graphs and backend in ("auto", "compile") and not prebuilt:
             self._try_graphs(warmup, max_batch)
         if warmup and not self.cuda:
             self._time(self.module, 1)
+
+    def _cpu_eager(self, module: torch.nn.Module, *, keep: bool = True) -> torch.nn.Module:
+        """Eager PyTorch on CPU, rewritten exactly where the model allows (:mod:`streamrec.conv2d`):
+        batch norms folded, factorized ``(1,k,k)``/``(k,1,1)`` 3-D convolutions as 2-D ones, channels-last.
+        oneDNN runs these faster (r2plus1d_18 here: 441 vs 648 ms per window on 2 threads, 834 vs
+        1379 ms on one), and with no batch-norm outputs and no layout reorders a forward pass needs
+        less memory. ``keep``: the classifier adopts the rewritten model (see :meth:`_adopt`)."""
+        from .conv2d import channels_last, factorize
+
+        flat = factorize(module, inplace=keep)  # keep: the loaded model is consumed, not copied
+        if flat is None:
+            return module
+        flat = channels_last(flat)
+        if keep:
+            self._adopt(flat)
+        return flat
+
+    def _adopt(self, module: torch.nn.Module) -> None:
+        """Make ``module`` (an exact rewrite of the loaded model) the loaded model, so one copy of the
+        weights stays in memory, not two; it takes channels-last input."""
+        self.loaded.module = module
+        self.channels_last = True
 
     def _pick_cuda(self, module: torch.nn.Module, warmup: int) -> None:
         """Time eager and TorchScript, each with 3-D or factorized 2-D convolutions and with or without
@@ -241,7 +270,7 @@ class Classifier:
 
     def _example(self, batch: int = 1) -> torch.Tensor:
         x = torch.zeros(batch, *self.input_shape, device=self.device, dtype=self.dtype)
-        return x.to(memory_format=torch.channels_last_3d) if self.cuda else x
+        return x.to(memory_format=torch.channels_last_3d) if self.channels_last else x
 
     def _script(self, module: torch.nn.Module):
         try:
@@ -266,10 +295,10 @@ class Classifier:
             if self.cuda and batch.device.type == "cpu":
                 batch = batch.pin_memory()
             x = normalize_batch(batch.to(self.device, non_blocking=True), self.loaded.spec, dtype=self.dtype,
-                                channels_last=self.cuda)
+                                channels_last=self.channels_last)
         else:
             x = batch.to(self.device, self.dtype, non_blocking=True)
-            if self.cuda:
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.no_grad():
             out = self.module(x)

@@ -206,22 +206,44 @@ def _torch_load(path: Path) -> Any:
         raise WeightsError(f"--weights: cannot read {path} as a PyTorch file: {type(exc).__name__}: {exc}") from None
 
 
-def _apply_state_dict(module: nn.Module, state: dict[str, torch.Tensor], *, name: str, source: str) -> None:
-    own = module.state_dict()
+def _fit_errors(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    if mismatched or missing or unexpected:
-        detail = []
-        if mismatched:
-            k = mismatched[0]
-            detail.append(f"{len(mismatched)} shape mismatches (first: {k} expected {tuple(own[k].shape)}, got {tuple(state[k].shape)})")
-        if missing:
-            detail.append(f"{len(missing)} missing keys (first: {missing[0]})")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
+    detail = []
+    if mismatched:
+        k = mismatched[0]
+        detail.append(f"{len(mismatched)} shape mismatches (first: {k} expected {tuple(own[k].shape)}, got {tuple(state[k].shape)})")
+    if missing:
+        detail.append(f"{len(missing)} missing keys (first: {missing[0]})")
+    if unexpected:
+        detail.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
+    return detail
+
+
+def build_loaded(name: str, state: dict[str, torch.Tensor], *, num_classes: int, source: str) -> nn.Module:
+    """Model ``name`` holding the tensors of ``state``, with no second copy of the weights.
+
+    The module is built on the ``meta`` device (shapes only, no random init) and takes the
+    loaded tensors themselves (``assign=True``), so loading needs the memory of one set of
+    weights, not two (r2plus1d_18: 123 MB less at the peak). Floating tensors are cast to
+    the module's dtype, as a copying ``load_state_dict`` would. A model with tensors that
+    are not in its state_dict (non-persistent buffers) is built normally and copied into.
+
+    Raises :class:`WeightsError` naming the first mismatch when ``state`` does not fit.
+    """
+    with torch.device("meta"):
+        module = build_model(name, num_classes=num_classes)
+    own = module.state_dict()
+    detail = _fit_errors(own, state)
+    if detail:
         raise WeightsError(f"--weights {source}: does not fit model {name}: {'; '.join(detail)}")
-    module.load_state_dict(state)
+    state = {k: v.to(own[k].dtype) if v.is_floating_point() and v.dtype != own[k].dtype else v for k, v in state.items()}
+    module.load_state_dict(state, assign=True)
+    if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+        module = build_model(name, num_classes=num_classes)
+        module.load_state_dict(state)
+    return module
 
 
 def load_model(name: str | None = None, *, weights: str | os.PathLike = "DEFAULT") -> LoadedModel:
@@ -250,8 +272,7 @@ def load_model(name: str | None = None, *, weights: str | os.PathLike = "DEFAULT
     _check_name(name)
     if wstr.upper() == "DEFAULT":
         classes = kinetics_classes(name)
-        module = build_model(name, num_classes=len(classes))
-        _apply_state_dict(module, _load_default_state_dict(name), name=name, source="DEFAULT")
+        module = build_loaded(name, _load_default_state_dict(name), num_classes=len(classes), source="DEFAULT")
         return LoadedModel(name, module.eval(), classes, model_spec(name), "DEFAULT")
     if wstr.lower() == "none":
         classes = kinetics_classes(name) if name in TORCHVISION_MODELS else [f"class_{i}" for i in range(10)]
@@ -264,8 +285,7 @@ def load_model(name: str | None = None, *, weights: str | os.PathLike = "DEFAULT
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"--weights {wstr}: expected a state_dict or a streamrec checkpoint, got {type(obj).__name__}")
     classes = kinetics_classes(name)
-    module = build_model(name, num_classes=len(classes))
-    _apply_state_dict(module, obj, name=name, source=wstr)
+    module = build_loaded(name, obj, num_classes=len(classes), source=wstr)
     return LoadedModel(name, module.eval(), classes, model_spec(name), wstr)
 
 
@@ -277,8 +297,7 @@ def load_checkpoint(ckpt: dict[str, Any], *, source: str, expect_model: str | No
         raise WeightsError(f"--weights {source}: checkpoint lacks a valid 'model' or 'classes' entry")
     if expect_model is not None and expect_model != name:
         raise WeightsError(f"--weights {source}: checkpoint is for model {name!r}, but --model is {expect_model!r}")
-    module = build_model(name, num_classes=len(classes))
-    _apply_state_dict(module, ckpt["state_dict"], name=name, source=source)
+    module = build_loaded(name, ckpt["state_dict"], num_classes=len(classes), source=source)
     spec = ModelSpec.from_dict(ckpt["preprocess"]) if "preprocess" in ckpt else model_spec(name)
     extra = {k: ckpt[k] for k in ("train_args", "metrics") if k in ckpt}
     return LoadedModel(name, module.eval(), list(classes), spec, source, extra=extra)

@@ -83,3 +83,32 @@ def test_an_explicit_backend_is_the_one_used(name):
     assert clf.backend == name
     if name == "torch":
         assert clf.module is loaded.module
+
+
+def test_auto_trial_keeps_only_the_fastest_built(tmp_path):
+    import gc
+    import time
+    import weakref
+
+    class Fake:
+        def __init__(self, delay: float) -> None:
+            self.delay = delay
+
+        def __call__(self, x):
+            time.sleep(self.delay)
+            return x
+
+    refs = {}
+
+    def factory(name, delay):
+        def build():
+            refs[name] = weakref.ref(obj := Fake(delay))
+            return obj
+        return build
+
+    loaded = load_model("tiny3d", weights="none")
+    factories = {"slow": factory("slow", 0.05), "fast": factory("fast", 0.0), "slower": factory("slower", 0.1)}
+    best, winner = backends.pick_auto(loaded, factories, threads=1, cache_file=tmp_path / "b.json")
+    gc.collect()
+    assert best == "fast" and refs["fast"]() is winner
+    assert refs["slow"]() is None and refs["slower"]() is None  # the losers' memory went back

@@ -91,3 +91,43 @@ def test_conv_variants_all_compute_the_same_logits():
         for name, v in variants.items():
             assert (v(x) - ref).abs().max() < 1e-4, name
     assert list(conv_variants(r3d_18().eval())) == [""]  # 64/128/256/512 channels, full 3-D kernels
+
+
+def test_inplace_factorize_consumes_the_model_without_copying_its_weights():
+    torch.manual_seed(0)
+    net = with_random_norms(r2plus1d_18())
+    x = torch.randn(1, 3, 16, 112, 112, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = net(x)
+    before = sum(p.numel() for p in net.parameters())
+    flat = factorize(net, inplace=True)
+    with torch.no_grad():
+        assert (flat(x) - ref).abs().max() < 1e-4
+    # every spatial/temporal conv of the new model views the storage of the consumed model's weights:
+    # no second copy was made; and the consumed 3-D convolutions hold nothing any more
+    swapped = [m.conv for m in flat.modules() if isinstance(m, (SpatialConv, TemporalConv))]
+    assert len(swapped) == 34
+    consumed = [m for m in net.modules() if isinstance(m, nn.Conv3d) and m.weight is None]
+    assert len(consumed) == 34
+    assert sum(p.numel() for p in flat.parameters()) < before  # batch-norm parameters folded away
+
+
+def test_cpu_eager_backend_runs_the_exact_rewrite_and_keeps_one_copy():
+    from streamrec.engine import Classifier
+    from streamrec.models import LoadedModel, model_spec
+
+    torch.manual_seed(0)
+    net = with_random_norms(r2plus1d_18())
+    reference = r2plus1d_18().eval()
+    reference.load_state_dict(net.state_dict())
+    loaded = LoadedModel("r2plus1d_18", net, [str(i) for i in range(400)], model_spec("r2plus1d_18"), "none", meaningless=True)
+    clf = Classifier(loaded, device="cpu", backend="torch", warmup=0)
+    assert clf.backend == "torch" and clf.channels_last
+    assert loaded.module is clf.module and isinstance(clf.module, torch.fx.GraphModule)
+    g = torch.Generator().manual_seed(6)
+    crops = torch.randint(0, 256, (2, 16, 112, 112, 3), dtype=torch.uint8, generator=g)  # (B, T, H, W, C)
+    from streamrec.preprocess import normalize_batch
+
+    with torch.no_grad():
+        ref = reference(normalize_batch(crops, loaded.spec))
+    assert (clf.logits(crops) - ref).abs().max() < 1e-4

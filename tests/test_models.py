@@ -93,3 +93,20 @@ def test_class_names_come_from_weights_meta():
 
 def test_tiny3d_is_under_one_million_parameters():
     assert sum(p.numel() for p in build_model("tiny3d", num_classes=400).parameters()) < 1_000_000
+
+
+def test_loading_takes_the_loaded_tensors_instead_of_copying_them():
+    from streamrec.models import build_loaded
+
+    torch.manual_seed(0)
+    state = build_model("r2plus1d_18", num_classes=400).state_dict()
+    module = build_loaded("r2plus1d_18", state, num_classes=400, source="test")
+    got = module.state_dict()
+    assert got.keys() == state.keys()
+    assert all(got[k].data_ptr() == v.data_ptr() for k, v in state.items())  # the same memory: one copy
+    assert not any(p.is_meta for p in module.parameters())
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    module = build_loaded("r2plus1d_18", half, num_classes=400, source="test")
+    assert {p.dtype for p in module.parameters()} == {torch.float32}  # cast, as load_state_dict would
+    with pytest.raises(WeightsError, match=r"--weights test: does not fit model r2plus1d_18: 2 shape mismatches"):
+        build_loaded("r2plus1d_18", state, num_classes=10, source="test")
