@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .engine import Classifier
-from .models import LoadedModel, load_model
+from . import prepared
+from .models import LoadedModel
 from .preprocess import FramePreprocessor
 
 
@@ -67,4 +68,4 @@ def load_recognizer(
     model: str | None = None, *, weights: str = "DEFAULT", device: str = "auto", backend: str = "auto"
 ) -> Recognizer:
     """Load ``model`` (default r2plus1d_18) with ``weights`` (DEFAULT, none or a path)."""
-    return Recognizer(load_model(model, weights=weights), device=device, backend=backend)
+    return Recognizer(prepared.load(model, str(weights), device=device), device=device, backend=backend)

@@ -30,7 +30,7 @@ from .errors import StreamrecError
 from .history import HistoryStore, SegmentTracker
 from .live import JOIN_TIMEOUT_S, Camera, InferenceWorker
 from .metrics import Metrics
-from .models import load_model
+from . import prepared
 from .server import ApiRoute, Hub, Reply, Route, WebServer, json_route, page_html
 from .sources import open_source
 
@@ -87,7 +87,7 @@ class LiveApp:
     def _classifier(self, cam: CameraConfig) -> tuple[tuple, Classifier]:
         key = (cam.model, str(cam.weights), self.config.device, self.config.backend)
         if key not in self.classifiers:
-            loaded = load_model(cam.model, weights=cam.weights or "DEFAULT")
+            loaded = prepared.load(cam.model, str(cam.weights or "DEFAULT"), device=self.config.device)
             sharing = sum(1 for c in self.config.all_cameras() if self.config.resolve(c).model == cam.model)
             self.classifiers[key] = Classifier(loaded, device=self.config.device, backend=self.config.backend,
                                                batch_hint=sharing,

@@ -37,12 +37,12 @@ def _positive_float(name: str) -> Callable[[str], float]:
     return parse
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def _model_args(p: argparse.ArgumentParser, *, backend_default: str = "auto") -> None:
     p.add_argument("--model", choices=MODEL_NAMES, default=None, help="video classifier (default r2plus1d_18, or the checkpoint's)")
     p.add_argument("--weights", default=None, help="DEFAULT (Kinetics-400 from the torch hub cache or download), PATH, or none (random; labels meaningless)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
     p.add_argument("--backend", default=None, choices=("auto", "torch", "torchscript", "onnxruntime", "openvino", "compile"),
-                   help="inference backend (auto: the fastest measured on this machine, cached)")
+                   help=f"inference backend (default {backend_default}; auto: the fastest measured on this machine, cached)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: cores - 1, at least 1)")
 
 

@@ -1,0 +1,81 @@
+"""The prepared-model cache: a later start loads a traced graph, without torchvision."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from streamrec import prepared
+from streamrec.models import build_model, hub_checkpoint_path, kinetics_classes, make_checkpoint, model_spec
+
+CHILD = r"""
+import json, sys, torch
+from pathlib import Path
+from streamrec import prepared
+loaded = prepared.load("r2plus1d_18", "DEFAULT", cache=Path(sys.argv[1]))
+x = torch.load(sys.argv[2])
+with torch.no_grad():
+    out = loaded.module(x)
+torch.save(out, sys.argv[3])
+print(json.dumps({"torchvision": "torchvision" in sys.modules, "type": type(loaded.module).__name__,
+                  "classes": loaded.classes, "spec": loaded.spec.to_dict(), "weights": loaded.weights}))
+"""
+
+
+def test_a_second_start_loads_the_graph_without_torchvision(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("STREAMREC_OFFLINE", "1")
+    torch.manual_seed(0)
+    path = hub_checkpoint_path("r2plus1d_18")
+    path.parent.mkdir(parents=True)
+    torch.save(build_model("r2plus1d_18", num_classes=400).state_dict(), path)
+    cache = tmp_path / "cache"
+    first = prepared.load("r2plus1d_18", "DEFAULT", cache=cache)
+    assert len(list((cache / "prepared").glob("r2plus1d_18-*.pt"))) == 1
+    x = torch.randn(2, 3, 16, 112, 112, generator=torch.Generator().manual_seed(1))
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        ref = first.module(x)
+    env = {**os.environ, "PYTHONPATH": str(os.getcwd())}
+    r = subprocess.run([sys.executable, "-c", CHILD, str(cache), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["torchvision"] is False and got["type"] == "GraphModule"
+    assert got["classes"] == kinetics_classes("r2plus1d_18") and got["weights"] == "DEFAULT"
+    assert got["spec"] == first.spec.to_dict()
+    assert torch.equal(torch.load(tmp_path / "y.pt"), ref)  # the same numbers, bit for bit
+
+
+def test_a_changed_weights_file_is_loaded_again(tmp_path):
+    w = tmp_path / "w.pt"
+
+    def checkpoint():
+        return make_checkpoint(build_model("tiny3d", num_classes=3), model="tiny3d", classes=["a", "b", "c"],
+                               spec=model_spec("tiny3d"))
+
+    torch.manual_seed(0)
+    torch.save(checkpoint(), w)
+    cache = tmp_path / "cache"
+    prepared.load(None, str(w), cache=cache)
+    again = prepared.load(None, str(w), cache=cache)
+    assert type(again.module).__name__ == "GraphModule" and again.classes == ["a", "b", "c"]  # from the cache
+    newer = checkpoint()  # other random weights, the same file size
+    time.sleep(0.01)
+    torch.save(newer, w)
+    fresh = prepared.load(None, str(w), cache=cache)
+    assert type(fresh.module).__name__ != "GraphModule"  # stale entry: loaded from the file
+    for k, v in newer["state_dict"].items():
+        assert torch.equal(fresh.module.state_dict()[k], v), k
+    assert type(prepared.load(None, str(w), cache=cache).module).__name__ == "GraphModule"  # cached again
+
+
+def test_random_weights_are_not_cached(tmp_path):
+    loaded = prepared.load("tiny3d", "none", cache=tmp_path)
+    assert loaded.meaningless
+    assert not (tmp_path / "prepared").exists()
