@@ -117,7 +117,11 @@ class CudaGraphRunner:
 
 
 class Classifier:
-    """A model ready for inference on ``device``, taking ``(B, C, T, H, W)`` float32 input."""
+    """A model ready for inference on ``device``, taking ``(B, C, T, H, W)`` float32 input.
+
+    It owns ``loaded.module``: on CUDA it moves it to the GPU; on CPU the ``torch`` backend
+    rewrites it in place (:meth:`_cpu_eager`) and ``loaded.module`` becomes the rewrite, which
+    gives the same logits. Keep a copy first if the original module is needed as it was."""
 
     def __init__(
         self,
