@@ -192,6 +192,7 @@ def factorize(module: nn.Module, *, pad_to: int = 1, inplace: bool = False) -> n
     it (see :func:`fold_norms`): no second set of weights."""
     if not any(isinstance(m, nn.Conv3d) and _replacement(m) is not None for m in module.modules()):
         return None
+    param = next(module.parameters())  # the device and dtype to return in (folding works in float32)
     fused = fold_norms(module, inplace=inplace)
     if fused is None:
         return None
@@ -206,7 +207,6 @@ def factorize(module: nn.Module, *, pad_to: int = 1, inplace: bool = False) -> n
                     sub.weight, sub.bias = None, None
                 swapped += 1
     logger.info("%d factorized 3-D convolutions run as 2-D ones; %d channel counts padded", swapped, padded)
-    param = next(module.parameters())
     return fused.to(param.device, param.dtype).eval()
 
 
