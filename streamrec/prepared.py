@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .fsutil import atomic_torch_save
 from .models import DEFAULT_MODEL, LoadedModel, ModelSpec, load_model
 
 logger = logging.getLogger(__name__)
@@ -123,12 +123,11 @@ def _write(entry: Path, loaded: LoadedModel, weights: str) -> None:
     if not same:
         logger.warning("%s: the traced graph differs from the module; not cached", loaded.name)
         return
-    tmp = entry.with_suffix(f".{os.getpid()}.tmp")
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": FORMAT, "name": loaded.name, "weights": loaded.weights, "classes": loaded.classes,
-                    "spec": loaded.spec.to_dict(), "extra": loaded.extra, "stamp": _stamp(source), "module": graph}, tmp)
-        os.replace(tmp, entry)  # atomic: a concurrent start reads the old entry or the new one
+        # atomic: a concurrent start reads the old entry or the new one, never half of one
+        atomic_torch_save({"format": FORMAT, "name": loaded.name, "weights": loaded.weights, "classes": loaded.classes,
+                           "spec": loaded.spec.to_dict(), "extra": loaded.extra, "stamp": _stamp(source),
+                           "module": graph}, entry)
     except OSError as exc:
         logger.warning("cannot cache the prepared model in %s: %s", entry.parent, exc)
-        tmp.unlink(missing_ok=True)
