@@ -24,13 +24,13 @@ import numpy as np
 import torch
 
 from .errors import StreamrecError
+from .fsutil import CACHE
 from .models import LoadedModel
 
 logger = logging.getLogger(__name__)
 
 CPU_BACKENDS = ("torch", "torchscript", "onnxruntime", "openvino")
 ALL_BACKENDS = ("auto",) + CPU_BACKENDS + ("openvino-int8",)
-CACHE = Path(os.environ.get("STREAMREC_CACHE", Path.home() / ".cache" / "streamrec"))
 
 
 def example_input(loaded: LoadedModel, batch: int = 1) -> torch.Tensor:

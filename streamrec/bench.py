@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -333,34 +331,3 @@ def markdown(report: dict[str, Any]) -> str:
         out += ["", f"Batched throughput ({bt['backend']}): " + ", ".join(
             f"batch {b}: {v['windows_per_s']:.2f} windows/s ({v['of_peak'] * 100:.0f} % of peak)" for b, v in bt["by_batch"].items()), ""]
     return "\n".join(out)
-
-
-def add_bench_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measure pipeline stages and backends on this machine")
-    p.add_argument("--models", default="r2plus1d_18", help="comma-separated model names")
-    p.add_argument("--clip", default=None, help="clip for stage costs (default: ../shared/clips/arm_wrestling.mp4)")
-    p.add_argument("--clips", default=None, help="folder of clips for backend agreement and int8 calibration")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,2,4,8 on CPU; 1..32 on GPU)")
-    p.add_argument("--no-int8", action="store_true")
-    p.add_argument("--json", default="bench.json", help="write the full report here")
-    p.set_defaults(func=cmd_bench)
-
-
-def cmd_bench(args) -> int:
-    from .errors import StreamrecError
-
-    shared = Path(os.environ.get("STREAMREC_CLIPS") or Path(__file__).resolve().parents[1].parent / "shared" / "clips")
-    clip = Path(args.clip) if args.clip else shared / "arm_wrestling.mp4"
-    if not clip.is_file():
-        raise StreamrecError(f"--clip: file not found: {clip}")
-    folder = Path(args.clips) if args.clips else shared
-    clips = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".gif")) if folder.is_dir() else []
-    dev = resolve_device(args.device)
-    batches = [int(b) for b in args.batches.split(",")] if args.batches else ([1, 2, 4, 8, 16, 32] if dev.type == "cuda" else [1, 2, 4, 8])
-    report = run(models=args.models.split(","), clip=clip, clips=clips, device=args.device, batches=batches, int8=not args.no_int8)
-    text = markdown(report)
-    print(text)
-    Path(args.json).write_text(json.dumps(report, indent=1, default=str))
-    print(f"\nfull report: {args.json}", file=sys.stderr)
-    return 0

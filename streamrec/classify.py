@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import logging
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,7 +23,6 @@ import numpy as np
 
 from .engine import Classifier, resolve_device
 from .errors import SourceError, StreamrecError
-from .fsutil import atomic_write_text
 from .messages import top_k
 from . import prepared
 from .models import LoadedModel
@@ -214,6 +212,7 @@ def classify_file(
     stride: float = 1.0,
     top: int = 5,
     batch_size: int | None = None,
+    threads: int | None = None,
     sports_only: bool = False,
     loaded: LoadedModel | None = None,
     progress: Callable[[float], None] | None = None,
@@ -229,6 +228,7 @@ def classify_file(
         stride: seconds between window ends.
         batch_size: windows per forward pass; default 8 on CUDA, 1 on CPU (on 2-4 CPU cores
             batching adds little speed and about 110 MB of memory per window for r2plus1d_18).
+        threads: CPU threads for inference (default: all cores but one; both of two).
         sports_only: restrict scores to Kinetics sport classes, renormalized.
         progress: called with the seconds decoded so far.
 
@@ -242,6 +242,8 @@ def classify_file(
         raise StreamrecError(f"--batch-size: expected >= 1, got {batch_size}")
     if top < 1:
         raise StreamrecError(f"--top: expected >= 1, got {top}")
+    if threads is not None and threads < 1:
+        raise StreamrecError(f"--threads: expected >= 1, got {threads}")
     spec = SourceSpec.parse(str(path))
     if spec.kind != "file":
         raise StreamrecError(f"classify: expected a video file, got {spec.display_name}")
@@ -255,7 +257,7 @@ def classify_file(
             subset = sport_indices(loaded.classes)
         if backend is None:
             backend = "auto" if resolve_device(device).type == "cuda" else "torch"
-        clf = Classifier(loaded, device=device, backend=backend)
+        clf = Classifier(loaded, device=device, backend=backend, threads=threads)
         runner = WindowClassifier(clf, top=top, batch_size=batch_size or (8 if clf.cuda else 1), subset=subset)
         span = FileSpan()
         for window, padded in iter_windows(source, loaded.spec, stride=stride, span=span, progress=progress):
@@ -309,76 +311,3 @@ def plot_timeline(tl: Timeline, path: str | Path) -> None:
         fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
-
-
-def add_classify_parser(sub, model_args: Callable) -> None:
-    p = sub.add_parser("classify", help="classify a recorded video file: timeline + verdict")
-    p.add_argument("file")
-    model_args(p, backend_default="torch on CPU, the least memory; auto on CUDA")
-    p.add_argument("--stride", type=float, default=1.0, help="seconds between windows (default 1)")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default 8 on CUDA, 1 on CPU)")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    p.add_argument("--out", default=None, help="write the output here instead of stdout")
-    p.add_argument("--plot", default=None, help="write a timeline PNG here")
-    p.add_argument("--sports-only", action="store_true", help="restrict to Kinetics sport classes")
-    p.set_defaults(func=cmd_classify)
-
-
-def cmd_classify(args) -> int:
-    bar = _progress_bar()
-    try:
-        tl = classify_file(
-            args.file,
-            model=args.model,
-            weights=args.weights or "DEFAULT",
-            device=args.device or "auto",
-            backend=args.backend,
-            stride=args.stride,
-            top=args.top,
-            batch_size=args.batch_size,
-            sports_only=args.sports_only,
-            progress=bar.update if bar else None,
-        )
-    finally:
-        if bar:
-            bar.close()
-    text = {"table": tl.to_table, "json": lambda: tl.to_json(indent=1) + "\n", "csv": tl.to_csv}[args.format]()
-    if args.out:
-        try:
-            atomic_write_text(args.out, text)
-        except OSError as exc:
-            raise StreamrecError(f"--out {args.out}: cannot write: {exc.strerror}") from None
-    else:
-        sys.stdout.write(text)
-    if args.plot:
-        plot_timeline(tl, args.plot)
-    if tl.meaningless:
-        print("streamrec: --weights none: random weights, labels are meaningless", file=sys.stderr)
-    if tl.padded:
-        print("streamrec: the clip is shorter than one window; its last frame was repeated", file=sys.stderr)
-    return 0
-
-
-class _progress_bar:
-    """tqdm on stderr in seconds of video, only when stderr is a terminal."""
-
-    def __new__(cls):
-        if not sys.stderr.isatty():
-            return None
-        return super().__new__(cls)
-
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(unit="s", unit_scale=True, desc="decoding", file=sys.stderr)
-        self._last = 0.0
-
-    def update(self, seconds: float) -> None:
-        if seconds - self._last >= 0.5:
-            self._bar.update(seconds - self._last)
-            self._last = seconds
-
-    def close(self) -> None:
-        self._bar.close()
-

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from . import __version__
 from .errors import StreamrecError
-from .models import MODEL_NAMES
+from .catalog import MODEL_NAMES
 
 logger = logging.getLogger("streamrec")
 
@@ -69,19 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db", default=None, help="activity history: SQLite file (default ~/.local/share/streamrec/history.db) or postgresql:// URL")
     s.set_defaults(func=cmd_serve)
 
-    from .classify import add_classify_parser
-    from .kinetics import add_labels_parser
-
+    # every parser below is built without importing torch (tested): a command imports what it runs
+    from .cli_classify import add_classify_parser
     from .cli_train import add_parsers as add_train_parsers
+    from .distributed import add_cluster_parser
+    from .kinetics import add_labels_parser
 
     add_classify_parser(sub, _model_args)
     add_labels_parser(sub)
     add_train_parsers(sub, _model_args)
-    from .bench import add_bench_parser
-
-    add_bench_parser(sub)
-    from .distributed import add_cluster_parser
-
+    b = sub.add_parser("bench", help="measure pipeline stages and backends on this machine")
+    b.add_argument("--models", default="r2plus1d_18", help="comma-separated model names")
+    b.add_argument("--clip", default=None, help="clip for stage costs (default: ../shared/clips/arm_wrestling.mp4)")
+    b.add_argument("--clips", default=None, help="folder of clips for backend agreement and int8 calibration")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,2,4,8 on CPU; 1..32 on GPU)")
+    b.add_argument("--no-int8", action="store_true")
+    b.add_argument("--json", default="bench.json", help="write the full report here")
+    b.set_defaults(func=cmd_bench)
     add_cluster_parser(sub)
     h = sub.add_parser("history", help="read the activity history")
     h.add_argument("--db", default=None, help="SQLite file or postgresql:// URL (default: serve's default)")
@@ -106,6 +111,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if app.meaningless:
         print("streamrec: --weights none: random weights, every label shown is meaningless", file=sys.stderr)
     asyncio.run(app.run())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .bench import markdown, run
+    from .engine import resolve_device
+
+    shared = Path(os.environ.get("STREAMREC_CLIPS") or Path(__file__).resolve().parents[1].parent / "shared" / "clips")
+    clip = Path(args.clip) if args.clip else shared / "arm_wrestling.mp4"
+    if not clip.is_file():
+        raise StreamrecError(f"--clip: file not found: {clip}")
+    folder = Path(args.clips) if args.clips else shared
+    clips = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".gif")) if folder.is_dir() else []
+    dev = resolve_device(args.device)
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else ([1, 2, 4, 8, 16, 32] if dev.type == "cuda" else [1, 2, 4, 8])
+    report = run(models=args.models.split(","), clip=clip, clips=clips, device=args.device, batches=batches, int8=not args.no_int8)
+    print(markdown(report))
+    Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+    print(f"\nfull report: {args.json}", file=sys.stderr)
     return 0
 
 

@@ -1,5 +1,6 @@
-"""Writes that a killed process cannot leave half done: write a temporary file beside the
-target, flush it to disk, then rename it over the target (atomic on POSIX).
+"""Files: streamrec's cache folder, and writes that a killed process cannot leave half
+done (write a temporary file beside the target, flush it to disk, then rename it over the
+target: atomic on POSIX).
 
 Example:
     >>> import tempfile, pathlib
@@ -15,6 +16,9 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+# streamrec's own cache: prepared models, OpenVINO IR, the backend choice of ``auto``
+CACHE = Path(os.environ.get("STREAMREC_CACHE", Path.home() / ".cache" / "streamrec"))
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, mode: str = "wb") -> None:

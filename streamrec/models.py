@@ -23,29 +23,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .catalog import DEFAULT_MODEL, EXTRA_MODELS, MODEL_NAMES, TEMPORAL, TORCHVISION_MODELS  # noqa: F401 - re-exported
 from .errors import WeightsError
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "streamrec-checkpoint"
-
-# Temporal sampling the torchvision Kinetics-400 weights were trained with (torchvision's
-# references/video_classification recipes; MViT: pytorch/vision#7345).
-_TEMPORAL = {
-    "r3d_18": (16, 15.0),
-    "mc3_18": (16, 15.0),
-    "r2plus1d_18": (16, 15.0),
-    "s3d": (16, 15.0),
-    "mvit_v1_b": (16, 7.5),
-    "mvit_v2_s": (16, 7.5),
-    "swin3d_t": (16, 15.0),
-    "swin3d_s": (16, 15.0),
-    "swin3d_b": (16, 15.0),
-}
-TORCHVISION_MODELS: tuple[str, ...] = tuple(_TEMPORAL)
-EXTRA_MODELS: tuple[str, ...] = ("tiny3d",)
-MODEL_NAMES: tuple[str, ...] = TORCHVISION_MODELS + EXTRA_MODELS
-DEFAULT_MODEL = "r2plus1d_18"
 
 
 @dataclass(frozen=True)
@@ -118,7 +101,7 @@ def model_spec(name: str) -> ModelSpec:
 
         return TINY3D_SPEC
     t = default_weights(name).transforms()
-    frames, fps = _TEMPORAL[name]
+    frames, fps = TEMPORAL[name]
     return ModelSpec(
         resize=tuple(int(x) for x in t.resize_size),
         crop=tuple(int(x) for x in t.crop_size),  # type: ignore[arg-type]

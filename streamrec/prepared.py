@@ -10,8 +10,12 @@ preprocessing. Later loads read that file back without importing torchvision.
 
 An entry is keyed by model name, weights argument, torch hub folder and torch version,
 and is used only while the weights file it was made from has the same size and
-modification time. The file is a pickle (``torch.load(weights_only=False)``): it is
+modification time (:mod:`streamrec.firststart` computes the key; a JSON side file records
+the weights file's stamp, and whether the model could be cached at all, so that the command
+line can check the entry without importing torch). The file is a pickle (``torch.load(weights_only=False)``): it is
 trusted as much as the rest of streamrec's cache folder, which only streamrec writes.
+``python -m streamrec.prepared --weights W [--model NAME]`` fills an entry (see
+:func:`streamrec.firststart.prepare`).
 
 Example:
     >>> import tempfile, torch
@@ -28,33 +32,20 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
+import argparse
+import json
 import logging
+import os
+import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from .fsutil import atomic_torch_save
-from .models import DEFAULT_MODEL, LoadedModel, ModelSpec, load_model
+from .firststart import entry_path, is_weights_file, side_file, stamp
+from .fsutil import CACHE, atomic_torch_save, atomic_write_text
+from .models import LoadedModel, ModelSpec, load_model
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "streamrec-prepared-1"
-
-
-def _entry(cache: Path, name: str | None, weights: str) -> Path:
-    key = f"{FORMAT}|{name}|{weights}|{Path(weights).resolve() if _is_file(weights) else ''}|{torch.hub.get_dir()}|{torch.__version__}"
-    return cache / "prepared" / f"{name or 'checkpoint'}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
-
-
-def _is_file(weights: str) -> bool:
-    return weights.upper() not in ("DEFAULT", "NONE") and Path(weights).is_file()
-
-
-def _stamp(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _weights_file(loaded: LoadedModel, weights: str) -> Path | None:
@@ -62,7 +53,7 @@ def _weights_file(loaded: LoadedModel, weights: str) -> Path | None:
         from .models import hub_checkpoint_path
 
         return hub_checkpoint_path(loaded.name)
-    return Path(weights) if _is_file(weights) else None
+    return Path(weights) if is_weights_file(weights) else None
 
 
 def load(name: str | None, weights: str, *, device: str = "cpu", cache: Path | None = None) -> LoadedModel:
@@ -72,16 +63,13 @@ def load(name: str | None, weights: str, *, device: str = "cpu", cache: Path | N
     path rewrites the original module its own way. ``--weights none`` (random) and exported
     models (TorchScript, ONNX) are loaded as usual and not cached; so is a model that
     ``torch.fx`` cannot trace."""
-    from .backends import CACHE
     from .engine import resolve_device
 
     cache = cache or CACHE
     weights = str(weights)
     if weights.lower() == "none" or resolve_device(device).type != "cpu":
         return load_model(name, weights=weights)
-    if weights.upper() == "DEFAULT":
-        name = name or DEFAULT_MODEL
-    entry = _entry(cache, name, weights)
+    entry = entry_path(cache, name, weights)
     hit = _read(entry, name)
     if hit is not None:
         return hit
@@ -96,38 +84,102 @@ def _read(entry: Path, name: str | None) -> LoadedModel | None:
     try:
         d = torch.load(entry, map_location="cpu", weights_only=False)  # our own cache: a pickled GraphModule
         source = Path(d["stamp"]["file"])
-        if d["format"] != FORMAT or (name is not None and d["name"] != name) or _stamp(source) != d["stamp"]:
+        if (name is not None and d["name"] != name) or stamp(source) != d["stamp"]:
             logger.info("prepared model %s is stale; loading %s again", entry, d.get("name"))
             return None
     except Exception as exc:  # noqa: BLE001 - unreadable, or its weights file is gone: load again
         logger.info("prepared model %s not usable (%s); loading again", entry, exc)
         return None
     logger.info("loaded %s from the prepared-model cache %s", d["name"], entry)
+    if not side_file(entry).is_file():  # lost: the command line would prepare the entry again and again
+        atomic_write_text(side_file(entry), json.dumps({"stamp": d["stamp"], "cached": True}))
     return LoadedModel(d["name"], d["module"].eval(), list(d["classes"]), ModelSpec.from_dict(d["spec"]), d["weights"],
                        extra=d["extra"])
 
 
 def _write(entry: Path, loaded: LoadedModel, weights: str) -> None:
+    """Save ``loaded`` as a traced graph in ``entry``, and the side file that
+    :mod:`streamrec.firststart` reads; a model that cannot be cached gets a side file that
+    says so (``"cached": false``), so that the command line does not try again."""
     module = loaded.module
     source = _weights_file(loaded, weights)
-    if source is None or not isinstance(module, torch.nn.Module) or isinstance(module, torch.jit.ScriptModule):
+    if source is None:
         return
+    cached = False
+    if isinstance(module, torch.nn.Module) and not isinstance(module, torch.jit.ScriptModule):
+        cached = _save_graph(entry, loaded, source)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(side_file(entry), json.dumps({"stamp": stamp(source), "cached": cached}))
+    except OSError as exc:
+        logger.warning("cannot cache the prepared model in %s: %s", entry.parent, exc)
+
+
+def _save_graph(entry: Path, loaded: LoadedModel, source: Path) -> bool:
+    module = loaded.module
     try:
         graph = torch.fx.symbolic_trace(module)  # shares the module's tensors: no copy
-        x = torch.randn(1, 3, loaded.spec.frames, *loaded.spec.crop, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            same = torch.equal(graph(x), module(x))
+        same = _same_outputs(graph, module, loaded.spec)
     except Exception as exc:  # noqa: BLE001 - not fx-traceable (e.g. MViT): loads as usual every time
         logger.info("%s is not cached as a graph (%s)", loaded.name, str(exc).splitlines()[0] if str(exc) else exc)
-        return
+        return False
     if not same:
         logger.warning("%s: the traced graph differs from the module; not cached", loaded.name)
-        return
+        return False
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         # atomic: a concurrent start reads the old entry or the new one, never half of one
-        atomic_torch_save({"format": FORMAT, "name": loaded.name, "weights": loaded.weights, "classes": loaded.classes,
-                           "spec": loaded.spec.to_dict(), "extra": loaded.extra, "stamp": _stamp(source),
+        atomic_torch_save({"name": loaded.name, "weights": loaded.weights, "classes": loaded.classes,
+                           "spec": loaded.spec.to_dict(), "extra": loaded.extra, "stamp": stamp(source),
                            "module": graph}, entry)
     except OSError as exc:
         logger.warning("cannot cache the prepared model in %s: %s", entry.parent, exc)
+        return False
+    return True
+
+
+def _same_outputs(graph: torch.nn.Module, module: torch.nn.Module, spec: ModelSpec) -> bool:
+    """The traced graph gives bit-identical logits to the module. A ``torch.fx`` trace does not
+    depend on the input's shape (shapes are symbolic while tracing), so a small input checks the
+    same computation at a sixteenth of the memory (r2plus1d_18: ~150 MB less); a model that
+    needs its full input size (S3D's fixed 7x7 pooling) is checked at full size."""
+    gen = torch.Generator().manual_seed(0)
+    small = tuple(max(1, c // 4) for c in spec.crop)
+    for size in (small, tuple(spec.crop)):
+        x = torch.randn(1, 3, spec.frames, *size, generator=gen)
+        try:
+            with torch.no_grad():
+                return torch.equal(graph(x), module(x))
+        except RuntimeError:  # too small for this model's layers
+            if size == tuple(spec.crop):
+                raise
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m streamrec.prepared --weights W [--model NAME] [--cache DIR]``: fill the cache
+    entry for a CPU start (the child process of :func:`streamrec.firststart.prepare`).
+    Exit 0 when done, 2 with a one-line error otherwise."""
+    from .errors import StreamrecError
+
+    p = argparse.ArgumentParser(prog="python -m streamrec.prepared")
+    p.add_argument("--model", default=None)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--cache", type=Path, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        load(args.model, args.weights, device="cpu", cache=args.cache)
+    except StreamrecError as exc:
+        print(f"streamrec: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    rc = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # skip the C-level teardown: torch's libraries page in ~130 MB of code to run their
+    # destructors, which would be this process's peak (it holds nothing that needs closing)
+    os._exit(rc)

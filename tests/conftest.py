@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -78,6 +79,15 @@ def streamrec_cmd(*args: str) -> list[str]:
 def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(streamrec_cmd(*args), capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
+
+
+def error_line(proc) -> str:
+    """The one ``streamrec: error:`` line of a run that exited 2, with no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("streamrec: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
 
 
 def wait_http(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> bytes:
@@ -171,3 +181,44 @@ def make_motion_dataset(root: Path, *, per_class: int = 20, valid: int = 6, fps:
             folder.mkdir(parents=True, exist_ok=True)
             write_frames(folder / f"{d}_{i:02d}.mp4", motion_frames(d, int(seconds * fps), size, rng), fps)
     return root
+
+
+def run_measuring_rss(cmd: list[str], *, timeout: float = 900, interval: float = 0.005, **kw) -> tuple[subprocess.CompletedProcess, int]:
+    """Run ``cmd``; return its result and the peak of the RSS summed over it and all its
+    descendants, sampled every ``interval`` seconds (a child process's memory counts while
+    the parent's does too, unlike ``getrusage``'s largest-single-process figure)."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    out: list[str] = []
+    err: list[str] = []
+
+    def drain(stream, into):
+        into.append(stream.read())
+
+    readers = [threading.Thread(target=drain, args=(s, b), daemon=True) for s, b in ((proc.stdout, out), (proc.stderr, err))]
+    for r in readers:
+        r.start()
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        total = 0
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        peak = max(peak, total)
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise subprocess.TimeoutExpired(cmd, timeout)
+        time.sleep(interval)
+    proc.wait()
+    for r in readers:
+        r.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "".join(err)), peak

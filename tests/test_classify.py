@@ -17,7 +17,7 @@ from streamrec.classify import Timeline, classify_file
 from streamrec.errors import StreamrecError
 from streamrec.models import load_model
 
-from conftest import ROOT, all_clips, run_cli, streamrec_cmd, write_video
+from conftest import ROOT, all_clips, error_line, run_cli, streamrec_cmd, write_video
 
 
 @pytest.fixture(scope="module")
@@ -126,14 +126,6 @@ def test_api_mirrors_the_book(clips, tiny):
 
 
 # -- bad input ---------------------------------------------------------------------
-
-def error_line(proc) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("streamrec: error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
-
 
 def test_corrupt_file(tmp_path, clips):
     data = (clips / "arm_wrestling.mp4").read_bytes()

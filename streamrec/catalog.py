@@ -1,0 +1,29 @@
+"""Model names and the temporal sampling of their weights, importable without torch.
+
+The command line parses its arguments (``--model`` choices included) before it decides
+whether to import torch at all (see :mod:`streamrec.firststart`), so the names live here.
+
+Example:
+    >>> DEFAULT_MODEL in MODEL_NAMES, TEMPORAL["mvit_v2_s"]
+    (True, (16, 7.5))
+"""
+
+from __future__ import annotations
+
+# Temporal sampling the torchvision Kinetics-400 weights were trained with (torchvision's
+# references/video_classification recipes; MViT: pytorch/vision#7345): (frames, fps).
+TEMPORAL: dict[str, tuple[int, float]] = {
+    "r3d_18": (16, 15.0),
+    "mc3_18": (16, 15.0),
+    "r2plus1d_18": (16, 15.0),
+    "s3d": (16, 15.0),
+    "mvit_v1_b": (16, 7.5),
+    "mvit_v2_s": (16, 7.5),
+    "swin3d_t": (16, 15.0),
+    "swin3d_s": (16, 15.0),
+    "swin3d_b": (16, 15.0),
+}
+TORCHVISION_MODELS: tuple[str, ...] = tuple(TEMPORAL)
+EXTRA_MODELS: tuple[str, ...] = ("tiny3d",)
+MODEL_NAMES: tuple[str, ...] = TORCHVISION_MODELS + EXTRA_MODELS
+DEFAULT_MODEL = "r2plus1d_18"

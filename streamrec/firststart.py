@@ -1,0 +1,136 @@
+"""A model's first CPU start, prepared in a short-lived child process (no torch imported here).
+
+The first CPU load of a model and weights file imports torchvision to build the module, and
+saves the loaded module to the prepared-model cache (:mod:`streamrec.prepared`); later starts
+read that cache without torchvision. In the process that did the first load, torchvision
+stays imported: +163 MB of RSS under everything that follows (the Python objects of its 1,000
+modules and its libraries cannot be unloaded). A batch job with a memory budget
+(``streamrec classify``: 1 GB for a 10-minute 1080p file) therefore has its first load done by
+a child process, started before the job imports torch itself (:func:`prepare`); the job then
+reads the cache like any later start. At any moment the two processes together hold less
+than the one process did (r2plus1d_18: the child peaks at ~860 MiB while the parent, not yet
+past its argument parsing, holds ~30 MiB).
+
+This module needs only the standard library, so that the command line can decide before it
+imports torch. It computes the cache entry's key the way :mod:`streamrec.prepared` does (the
+same function: :func:`entry_path`) and reads the entry's side file (a small JSON that
+:mod:`streamrec.prepared` writes next to it) to tell whether the entry is there and current.
+
+Example:
+    >>> from pathlib import Path
+    >>> entry_path(Path("/cache"), None, "DEFAULT").name.startswith("r2plus1d_18-")
+    True
+    >>> needs_preparing(Path("/nonexistent"), "r2plus1d_18", "none", device="cpu")
+    False
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from .catalog import DEFAULT_MODEL
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "streamrec-prepared-2"
+# device files of GPUs that torch.cuda can use (NVIDIA; AMD ROCm; WSL): where one exists,
+# ``--device auto`` may mean CUDA, whose path does not use the prepared cache
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+CHILD_TIMEOUT_S = 600.0
+
+
+def torch_version() -> str:
+    """The installed torch's version, read from its package metadata (no import)."""
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def hub_dir() -> Path:
+    """``torch.hub.get_dir()`` without importing torch: ``$TORCH_HOME/hub``, else
+    ``$XDG_CACHE_HOME/torch/hub``, else ``~/.cache/torch/hub`` (torch.hub's own rule)."""
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(home)) / "hub"
+
+
+def is_weights_file(weights: str) -> bool:
+    """``weights`` names a file (not ``DEFAULT`` or ``none``)."""
+    return weights.upper() not in ("DEFAULT", "NONE") and Path(weights).is_file()
+
+
+def entry_path(cache: Path, name: str | None, weights: str) -> Path:
+    """Where the prepared model for ``name`` and ``weights`` lives, keyed by model, weights
+    argument, torch hub folder and torch version. ``DEFAULT`` weights without a name mean
+    the default model; a weights file without a name means the model its checkpoint names."""
+    if weights.upper() == "DEFAULT":
+        name = name or DEFAULT_MODEL
+    resolved = Path(weights).resolve() if is_weights_file(weights) else ""
+    key = f"{FORMAT}|{name}|{weights}|{resolved}|{hub_dir()}|{torch_version()}"
+    return cache / "prepared" / f"{name or 'checkpoint'}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+
+
+def side_file(entry: Path) -> Path:
+    """The JSON beside ``entry``: ``{"stamp": {...}, "cached": bool}``."""
+    return entry.with_suffix(".json")
+
+
+def stamp(path: Path) -> dict:
+    """What identifies a weights file's contents cheaply: its path, size and modification time."""
+    st = path.stat()
+    return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def is_current(entry: Path) -> bool:
+    """The entry was made (or found not cacheable) from the weights file as it is now."""
+    try:
+        side = json.loads(side_file(entry).read_text())
+        current = stamp(Path(side["stamp"]["file"])) == side["stamp"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return current and (entry.is_file() or side.get("cached") is False)
+
+
+def gpu_present() -> bool:
+    """A GPU device file exists, so ``--device auto`` may resolve to CUDA."""
+    return any(os.path.exists(p) for p in GPU_DEVICE_FILES)
+
+
+def needs_preparing(cache: Path, name: str | None, weights: str, *, device: str) -> bool:
+    """A CPU run with these weights would do a first load: no current entry in ``cache``.
+
+    False for random weights (never cached), for CUDA, and for ``auto`` where a GPU may be
+    present: those load in the job's own process, as before."""
+    if weights.lower() == "none" or device not in ("cpu", "auto") or (device == "auto" and gpu_present()):
+        return False
+    return not is_current(entry_path(cache, name, weights))
+
+
+def prepare(cache: Path, name: str | None, weights: str, *, timeout_s: float = CHILD_TIMEOUT_S) -> bool:
+    """Run the first load in a child process (``python -m streamrec.prepared``); True if the
+    child filled the cache. A failure (offline weights, a bad checkpoint) is not raised here:
+    the job then loads in its own process and reports the error itself, exactly as without
+    this step. The child's log lines are passed on to stderr when it succeeds."""
+    cmd = [sys.executable, "-m", "streamrec.prepared", "--weights", weights, "--cache", str(cache)]
+    if name:
+        cmd += ["--model", name]
+    logger.info("first CPU start of %s with weights %s: preparing it in a child process",
+                name or (DEFAULT_MODEL if weights.upper() == "DEFAULT" else "the checkpoint's model"), weights)
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        logger.info("preparing in a child process failed (%s); loading in this process", exc)
+        return False
+    if proc.returncode != 0:
+        logger.info("preparing in a child process failed (exit %d); loading in this process", proc.returncode)
+        logger.debug("child stderr:\n%s", proc.stderr)
+        return False
+    sys.stderr.write(proc.stderr)
+    return True

@@ -1,0 +1,130 @@
+"""A model's first CPU start in `streamrec classify` is prepared by a child process, so that
+torchvision is never imported under the classification's own memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, error_line
+from streamrec import firststart, prepared
+from streamrec.models import build_model, hub_checkpoint_path, make_checkpoint, model_spec
+
+PARENT = r"""
+import json, sys
+from streamrec.cli import main
+rc = main(sys.argv[1:])
+print(json.dumps({"rc": rc, "torchvision": "torchvision" in sys.modules, "torch": "torch" in sys.modules}))
+"""
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "STREAMREC_CACHE": str(tmp_path / "cache"),
+            "STREAMREC_OFFLINE": "1", "PYTHONPATH": str(ROOT), **extra}
+
+
+def _run_parent(tmp_path: Path, *args: str) -> tuple[dict, str]:
+    r = subprocess.run([sys.executable, "-c", PARENT, *args], capture_output=True, text=True, timeout=600,
+                       env=_env(tmp_path), cwd=ROOT)
+    return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
+
+
+def test_the_command_line_parses_without_importing_torch():
+    code = ("import sys; from streamrec.cli import build_parser; "
+            "build_parser().parse_args(['classify', 'x.mp4', '--model', 's3d']); "
+            "print(sorted(m for m in ('torch', 'torchvision', 'av', 'cv2') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_hub_dir_and_torch_version_agree_with_torch(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCH_HOME", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert firststart.hub_dir() == Path(torch.hub.get_dir()) == tmp_path / "xdg" / "torch" / "hub"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    assert firststart.hub_dir() == Path(torch.hub.get_dir()) == tmp_path / "th" / "hub"
+    assert torch.__version__.split("+")[0] == firststart.torch_version().split("+")[0]
+
+
+def test_first_start_prepares_in_a_child_and_the_job_never_imports_torchvision(tmp_path, clips):
+    clip = clips / "cricket_shot_v_CricketShot_g04_c01.gif"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        path = hub_checkpoint_path("r2plus1d_18")
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(build_model("r2plus1d_18", num_classes=400).state_dict(), path)
+    args = ("classify", str(clip), "--device", "cpu", "--stride", "100", "--format", "json")
+
+    first, log = _run_parent(tmp_path, *args, "--out", str(tmp_path / "first.json"))
+    assert first == {"rc": 0, "torchvision": False, "torch": True}
+    assert "preparing it in a child process" in log
+    assert "loading r2plus1d_18 weights from the torch hub cache" in log  # the child's log, passed on
+    entries = list((tmp_path / "cache" / "prepared").glob("r2plus1d_18-*.pt"))
+    assert len(entries) == 1
+    side = json.loads(firststart.side_file(entries[0]).read_text())
+    assert side["cached"] is True and side["stamp"]["file"] == str(path.resolve())
+
+    later, log = _run_parent(tmp_path, *args, "--out", str(tmp_path / "later.json"))
+    assert later == {"rc": 0, "torchvision": False, "torch": True}
+    assert "child process" not in log
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("first.json", "later.json"))
+    assert a["windows"] == b["windows"] and len(a["windows"]) == 2  # the same graph, the same scores
+
+
+def test_offline_first_start_fails_once_with_the_jobs_own_error(tmp_path, clips):
+    clip = clips / "cricket_shot_v_CricketShot_g04_c01.gif"
+    r = subprocess.run([sys.executable, "-m", "streamrec", "classify", str(clip), "--device", "cpu"],
+                       capture_output=True, text=True, timeout=300, env=_env(tmp_path), cwd=ROOT)
+    line = error_line(r)
+    assert "r2plus1d_18-91a641e6.pth" in line and str(tmp_path / "torch" / "hub" / "checkpoints") in line
+    assert "error" not in r.stderr.replace(line, "")  # the child's failure is not shown as well
+
+
+def _tiny_checkpoint(path: Path) -> None:
+    net = build_model("tiny3d", num_classes=2)
+    torch.save(make_checkpoint(net, model="tiny3d", classes=["jump", "run"], spec=model_spec("tiny3d")), path)
+
+
+def test_needs_preparing_follows_the_entry_and_its_weights_file(tmp_path, monkeypatch):
+    cache, w = tmp_path / "cache", tmp_path / "w.pt"
+    _tiny_checkpoint(w)
+    monkeypatch.setattr(firststart, "gpu_present", lambda: False)
+    assert firststart.needs_preparing(cache, None, str(w), device="cpu")
+    assert firststart.needs_preparing(cache, None, str(w), device="auto")
+    assert not firststart.needs_preparing(cache, None, str(w), device="cuda")
+    assert not firststart.needs_preparing(cache, None, "none", device="cpu")
+    assert firststart.prepare(cache, None, str(w)) is True  # a real child process
+    assert not firststart.needs_preparing(cache, None, str(w), device="cpu")
+    assert type(prepared.load(None, str(w), cache=cache).module).__name__ == "GraphModule"
+    time.sleep(0.01)
+    _tiny_checkpoint(w)  # new weights, same size: the entry is stale
+    assert firststart.needs_preparing(cache, None, str(w), device="cpu")
+    monkeypatch.setattr(firststart, "gpu_present", lambda: True)  # auto may mean CUDA: no child
+    assert not firststart.needs_preparing(cache, None, str(w), device="auto")
+
+
+def test_a_model_that_cannot_be_cached_is_not_prepared_again(tmp_path, monkeypatch):
+    from streamrec.evaluate import export
+
+    cache, w = tmp_path / "cache", tmp_path / "w.ts"
+    _tiny_checkpoint(tmp_path / "w.pt")
+    export(str(tmp_path / "w.pt"), str(w), fmt="torchscript")
+    monkeypatch.setattr(firststart, "gpu_present", lambda: False)
+    prepared.load("tiny3d", str(w), cache=cache)  # an exported model: not cached as a graph
+    entry = firststart.entry_path(cache, "tiny3d", str(w))
+    assert not entry.exists()
+    assert json.loads(firststart.side_file(entry).read_text())["cached"] is False
+    assert not firststart.needs_preparing(cache, "tiny3d", str(w), device="cpu")
+
+
+def test_prepare_reports_a_failing_child_as_false(tmp_path):
+    assert firststart.prepare(tmp_path / "cache", None, str(tmp_path / "missing.pt")) is False
