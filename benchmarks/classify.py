@@ -8,7 +8,7 @@ cuts 16-frame windows from it and runs them one by one, eager fp32. streamrec is
 command (``python -m streamrec classify FILE --format json``): it decodes once, streaming,
 and runs windows in batches on its chosen backend. Each side runs as its own command; its
 peak RSS is the sum over the command's processes (streamrec's first start has a child
-prepare the model), sampled every 5 ms, and windows per second count the whole command's
+prepare the model), sampled every 20 ms, and windows per second count the whole command's
 wall time, start-up included. Both end without the C-level teardown of torch's libraries
 (``os._exit``, as streamrec's CLI does), which pages in ~130 MB of library code after the
 work is done. Random weights (timings do not depend on them), saved where torchvision's

@@ -99,14 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .app import LiveApp
     from .config import ServeConfig, load_toml
+    from .firststart import prepare_first_starts
+    from .fsutil import CACHE
 
     file_values: dict[str, Any] = load_toml(args.config) if args.config else {}
     keys = ("source", "model", "weights", "device", "backend", "threads", "host", "port", "loop", "camera",
             "rtsp_transport", "stall_timeout", "open_timeout", "stride_ms", "token", "insecure", "db")
     cli_values = {k: getattr(args, k) for k in keys}
     config = ServeConfig.from_sources(file_values, cli_values)
+    # a model's first CPU start in a child process, before this one imports torch: the server
+    # then never has torchvision loaded (+163 MB for as long as it runs); see streamrec.firststart
+    cams = [config.resolve(c) for c in config.all_cameras()]
+    prepare_first_starts(CACHE, [(c.model, str(c.weights or "DEFAULT")) for c in cams], device=config.device)
+    from .app import LiveApp
+
     app = LiveApp(config)
     if app.meaningless:
         print("streamrec: --weights none: random weights, every label shown is meaningless", file=sys.stderr)

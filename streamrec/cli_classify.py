@@ -29,12 +29,12 @@ def add_classify_parser(sub, model_args: Callable) -> None:
 
 
 def cmd_classify(args) -> int:
-    from .firststart import needs_preparing, prepare
+    from .firststart import prepare_first_starts
     from .fsutil import CACHE
 
     weights, device = args.weights or "DEFAULT", args.device or "auto"
-    if Path(args.file).is_file() and needs_preparing(CACHE, args.model, weights, device=device):
-        prepare(CACHE, args.model, weights)  # before torch is imported here: see streamrec.firststart
+    if Path(args.file).is_file():  # before torch is imported here: see streamrec.firststart
+        prepare_first_starts(CACHE, [(args.model, weights)], device=device)
 
     from .classify import classify_file, plot_timeline
     from .fsutil import atomic_write_text

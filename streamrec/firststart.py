@@ -3,13 +3,13 @@
 The first CPU load of a model and weights file imports torchvision to build the module, and
 saves the loaded module to the prepared-model cache (:mod:`streamrec.prepared`); later starts
 read that cache without torchvision. In the process that did the first load, torchvision
-stays imported: +163 MB of RSS under everything that follows (the Python objects of its 1,000
-modules and its libraries cannot be unloaded). A batch job with a memory budget
-(``streamrec classify``: 1 GB for a 10-minute 1080p file) therefore has its first load done by
-a child process, started before the job imports torch itself (:func:`prepare`); the job then
-reads the cache like any later start. At any moment the two processes together hold less
-than the one process did (r2plus1d_18: the child peaks at ~860 MiB while the parent, not yet
-past its argument parsing, holds ~30 MiB).
+stays imported: +163 MB of RSS under everything that follows (the Python objects of its
+1,000 modules and its libraries cannot be unloaded). So the command line (``classify``, with
+its 1 GB budget for a 10-minute 1080p file, and ``serve``, which runs for days) has a first
+load done by a child process, started before the command imports torch itself
+(:func:`prepare`), and then reads the cache like any later start. The two processes together
+hold less than the one did (r2plus1d_18, classify on 1080p: 885 MiB summed over both at the
+peak, against ~1,020 MiB in one process; the parent holds ~36 MiB while the child runs).
 
 This module needs only the standard library, so that the command line can decide before it
 imports torch. It computes the cache entry's key the way :mod:`streamrec.prepared` does (the
@@ -26,14 +26,18 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from importlib import metadata
 from pathlib import Path
+from typing import Iterable
 
 from .catalog import DEFAULT_MODEL
 
@@ -113,6 +117,31 @@ def needs_preparing(cache: Path, name: str | None, weights: str, *, device: str)
     return not is_current(entry_path(cache, name, weights))
 
 
+@contextlib.contextmanager
+def _sigterm_exits():
+    """While the child runs, SIGTERM raises ``SystemExit(143)`` in this process instead of
+    ending it at once (the default), so that the child is killed and waited for too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def prepare_first_starts(cache: Path, models: Iterable[tuple[str | None, str]], *, device: str) -> None:
+    """:func:`prepare` each ``(name, weights)`` that :func:`needs_preparing` (each once)."""
+    for name, weights in dict.fromkeys(models):
+        if needs_preparing(cache, name, weights, device=device):
+            prepare(cache, name, weights)
+
+
 def prepare(cache: Path, name: str | None, weights: str, *, timeout_s: float = CHILD_TIMEOUT_S) -> bool:
     """Run the first load in a child process (``python -m streamrec.prepared``); True if the
     child filled the cache. A failure (offline weights, a bad checkpoint) is not raised here:
@@ -124,7 +153,8 @@ def prepare(cache: Path, name: str | None, weights: str, *, timeout_s: float = C
     logger.info("first CPU start of %s with weights %s: preparing it in a child process",
                 name or (DEFAULT_MODEL if weights.upper() == "DEFAULT" else "the checkpoint's model"), weights)
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s)
+        with _sigterm_exits():  # subprocess.run then kills the child on the way out: no orphan
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as exc:
         logger.info("preparing in a child process failed (%s); loading in this process", exc)
         return False

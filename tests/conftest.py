@@ -183,7 +183,7 @@ def make_motion_dataset(root: Path, *, per_class: int = 20, valid: int = 6, fps:
     return root
 
 
-def run_measuring_rss(cmd: list[str], *, timeout: float = 900, interval: float = 0.005, **kw) -> tuple[subprocess.CompletedProcess, int]:
+def run_measuring_rss(cmd: list[str], *, timeout: float = 900, interval: float = 0.02, **kw) -> tuple[subprocess.CompletedProcess, int]:
     """Run ``cmd``; return its result and the peak of the RSS summed over it and all its
     descendants, sampled every ``interval`` seconds (a child process's memory counts while
     the parent's does too, unlike ``getrusage``'s largest-single-process figure)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, error_line
+from conftest import ROOT, error_line, free_port, sigterm, streamrec_cmd, wait_http
 from streamrec import firststart, prepared
 from streamrec.models import build_model, hub_checkpoint_path, make_checkpoint, model_spec
 
@@ -54,14 +54,20 @@ def test_hub_dir_and_torch_version_agree_with_torch(monkeypatch, tmp_path):
     assert torch.__version__.split("+")[0] == firststart.torch_version().split("+")[0]
 
 
-def test_first_start_prepares_in_a_child_and_the_job_never_imports_torchvision(tmp_path, clips):
-    clip = clips / "cricket_shot_v_CricketShot_g04_c01.gif"
+def _default_weights(tmp_path: Path) -> Path:
+    """Random r2plus1d_18 weights where torchvision's Kinetics-400 file goes, in a temporary hub."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(tmp_path / "torch"))
         path = hub_checkpoint_path("r2plus1d_18")
     path.parent.mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(build_model("r2plus1d_18", num_classes=400).state_dict(), path)
+    return path
+
+
+def test_first_start_prepares_in_a_child_and_the_job_never_imports_torchvision(tmp_path, clips):
+    clip = clips / "cricket_shot_v_CricketShot_g04_c01.gif"
+    path = _default_weights(tmp_path)
     args = ("classify", str(clip), "--device", "cpu", "--stride", "100", "--format", "json")
 
     first, log = _run_parent(tmp_path, *args, "--out", str(tmp_path / "first.json"))
@@ -78,6 +84,48 @@ def test_first_start_prepares_in_a_child_and_the_job_never_imports_torchvision(t
     assert "child process" not in log
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("first.json", "later.json"))
     assert a["windows"] == b["windows"] and len(a["windows"]) == 2  # the same graph, the same scores
+
+
+def test_serve_first_start_prepares_in_a_child_and_the_server_never_maps_torchvision(tmp_path, clips):
+    _default_weights(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(streamrec_cmd("serve", "--source", str(clips / "arm_wrestling.mp4"), "--loop", "--port", str(port),
+                                          "--device", "cpu", "--backend", "torch"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**_env(tmp_path), "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while json.loads(wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc))["predictions"] < 1:
+            assert time.monotonic() < deadline, "no prediction within 240 s"
+            time.sleep(0.5)
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "torch/lib/libtorch" in maps and "torchvision" not in maps  # torch loaded, torchvision never
+    finally:
+        assert sigterm(proc) == 0
+    log = proc.stderr.read()
+    assert "preparing it in a child process" in log and "loaded r2plus1d_18 from the prepared-model cache" in log
+    assert len(list((tmp_path / "cache" / "prepared").glob("r2plus1d_18-*.pt"))) == 1
+
+
+def test_sigterm_while_preparing_ends_the_child_too(tmp_path, clips):
+    import psutil
+
+    _default_weights(tmp_path)
+    proc = subprocess.Popen(streamrec_cmd("classify", str(clips / "cricket_shot_v_CricketShot_g04_c01.gif"), "--device", "cpu"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    children: list = []
+    while not children:
+        assert time.monotonic() < deadline and proc.poll() is None, "no child process started"
+        try:
+            children = [c for c in parent.children() if "streamrec.prepared" in c.cmdline()]
+        except psutil.NoSuchProcess:  # a child that was just starting: look again
+            pass
+        time.sleep(0.02)
+    assert sigterm(proc) == 143
+    psutil.wait_procs(children, timeout=10)
+    assert not any(c.is_running() for c in children)
 
 
 def test_offline_first_start_fails_once_with_the_jobs_own_error(tmp_path, clips):
