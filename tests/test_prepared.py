@@ -79,3 +79,20 @@ def test_random_weights_are_not_cached(tmp_path):
     loaded = prepared.load("tiny3d", "none", cache=tmp_path)
     assert loaded.meaningless
     assert not (tmp_path / "prepared").exists()
+
+
+def test_a_graph_with_fixed_sizes_is_checked_at_full_size_and_cached(tmp_path, monkeypatch, capfd):
+    """MViT's traced graph holds its token grid's sizes: the small-input check fails, the full one passes."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    torch.manual_seed(0)
+    path = hub_checkpoint_path("mvit_v2_s")
+    path.parent.mkdir(parents=True)
+    torch.save(build_model("mvit_v2_s", num_classes=400).state_dict(), path)
+    cache = tmp_path / "cache"
+    first = prepared.load("mvit_v2_s", "DEFAULT", cache=cache)
+    again = prepared.load("mvit_v2_s", "DEFAULT", cache=cache)
+    assert type(again.module).__name__ == "GraphModule"
+    x = torch.randn(1, 3, 16, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(again.module(x), first.module(x))
+    assert "Traceback" not in capfd.readouterr().err  # the expected small-size failure is not printed
