@@ -144,23 +144,24 @@ def prepare_first_starts(cache: Path, models: Iterable[tuple[str | None, str]], 
 
 def prepare(cache: Path, name: str | None, weights: str, *, timeout_s: float = CHILD_TIMEOUT_S) -> bool:
     """Run the first load in a child process (``python -m streamrec.prepared``); True if the
-    child filled the cache. A failure (offline weights, a bad checkpoint) is not raised here:
-    the job then loads in its own process and reports the error itself, exactly as without
-    this step. The child's log lines are passed on to stderr when it succeeds."""
-    cmd = [sys.executable, "-m", "streamrec.prepared", "--weights", weights, "--cache", str(cache)]
+    child filled the cache. The child logs to this process's stderr as it goes (a download of
+    the weights shows up while it runs). A failure (offline weights, a bad checkpoint) is not
+    raised here, and the child does not print it: the job then loads in its own process and
+    reports the error itself, once, exactly as without this step."""
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    cmd = [sys.executable, "-m", "streamrec.prepared", "--weights", weights, "--cache", str(cache), "--log-level", level]
     if name:
         cmd += ["--model", name]
     logger.info("first CPU start of %s with weights %s: preparing it in a child process",
                 name or (DEFAULT_MODEL if weights.upper() == "DEFAULT" else "the checkpoint's model"), weights)
     try:
         with _sigterm_exits():  # subprocess.run then kills the child on the way out: no orphan
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout_s)
+            # stdout stays clean: the job may be writing its result there
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as exc:
         logger.info("preparing in a child process failed (%s); loading in this process", exc)
         return False
     if proc.returncode != 0:
         logger.info("preparing in a child process failed (exit %d); loading in this process", proc.returncode)
-        logger.debug("child stderr:\n%s", proc.stderr)
         return False
-    sys.stderr.write(proc.stderr)
     return True

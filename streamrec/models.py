@@ -13,9 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -161,7 +163,8 @@ def _load_default_state_dict(name: str) -> dict[str, torch.Tensor]:
         old = socket.getdefaulttimeout()
         socket.setdefaulttimeout(20)
         try:
-            return weights.get_state_dict(progress=False, check_hash=True)
+            with contextlib.redirect_stdout(sys.stderr):  # torch.hub says "Downloading: ..." on stdout, where results go
+                return weights.get_state_dict(progress=False, check_hash=True)
         except Exception as exc:  # noqa: BLE001 - any download failure means "offline"
             reason = f"download failed: {type(exc).__name__}: {exc}"
         finally:

@@ -160,20 +160,22 @@ def _same_outputs(graph: torch.nn.Module, module: torch.nn.Module, spec: ModelSp
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m streamrec.prepared --weights W [--model NAME] [--cache DIR]``: fill the cache
-    entry for a CPU start (the child process of :func:`streamrec.firststart.prepare`).
-    Exit 0 when done, 2 with a one-line error otherwise."""
+    entry for a CPU start (the child process of :func:`streamrec.firststart.prepare`). Exit 0
+    when done; 2 on a user error (offline weights, a bad checkpoint), which is only logged at
+    DEBUG: the parent then loads in its own process and reports it."""
     from .errors import StreamrecError
 
     p = argparse.ArgumentParser(prog="python -m streamrec.prepared")
     p.add_argument("--model", default=None)
     p.add_argument("--weights", required=True)
     p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         load(args.model, args.weights, device="cpu", cache=args.cache)
     except StreamrecError as exc:
-        print(f"streamrec: error: {exc}", file=sys.stderr)
+        logger.debug("not prepared: %s", exc)
         return exc.exit_code
     return 0
 
