@@ -102,10 +102,10 @@ class LiveApp:
         first = open_source(cam.source_spec())  # fail fast: missing file, not a video, unreachable URL
         try:
             key, clf = self._classifier(cam)
+            camera = Camera(cam, clf, self.config.smoothing, first=first, wake=self.wake)
         except BaseException:
             first.close()
             raise
-        camera = Camera(cam, clf, self.config.smoothing, first=first, wake=self.wake)
         with self._lock:
             self.cameras[cam.name] = camera
             self.trackers[cam.name] = SegmentTracker(cam.name, self.history.add)
@@ -147,7 +147,8 @@ class LiveApp:
 
     def camera_health(self, cam: Camera) -> dict[str, Any]:
         return {**cam.capture.stats(), **cam.stats(), "model": cam.classifier.loaded.name,
-                "backend": cam.classifier.backend, "meaningless": cam.classifier.loaded.meaningless}
+                "backend": cam.classifier.backend, "meaningless": cam.classifier.loaded.meaningless,
+                "sports_only": cam.subset is not None}
 
     def health(self) -> dict[str, Any]:
         cams = {name: self.camera_health(c) for name, c in list(self.cameras.items())}

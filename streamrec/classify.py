@@ -23,6 +23,7 @@ import numpy as np
 
 from .engine import Classifier, resolve_device
 from .errors import SourceError, StreamrecError
+from .kinetics import restrict
 from .messages import top_k
 from . import prepared
 from .models import LoadedModel
@@ -128,10 +129,8 @@ class WindowClassifier:
         if not self.pending:
             return
         probs = self.classifier.probs(batch_windows([w.frames for w, _ in self.pending]))  # uint8 (B, T, H, W, C)
-        if self.subset is not None:  # renormalize over the subset
-            masked = np.zeros_like(probs)
-            masked[:, self.subset] = probs[:, self.subset]
-            probs = masked / masked.sum(axis=1, keepdims=True)
+        if self.subset is not None:
+            probs = restrict(probs, self.subset)
         for (w, padded), p in zip(self.pending, probs):
             tops = top_k(p, self.classes, self.top)
             self.results.append(

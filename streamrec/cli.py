@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stall-timeout", type=_positive_float("--stall-timeout"), default=None, help="seconds without a frame before reconnecting (default 5)")
     s.add_argument("--open-timeout", type=_positive_float("--open-timeout"), default=None, help="seconds to connect to a network source (default 10)")
     s.add_argument("--stride-ms", type=float, default=None, help="minimum time between labels (default 0: as fast as the model runs)")
+    s.add_argument("--sports-only", action="store_true", default=None, help="restrict labels to Kinetics sport classes, renormalized")
     s.add_argument("--token", default=None, help="access token for the page and websocket (or STREAMREC_TOKEN)")
     s.add_argument("--insecure", action="store_true", default=None, help="allow a non-loopback --host without a token")
     s.add_argument("--db", default=None, help="activity history: SQLite file (default ~/.local/share/streamrec/history.db) or postgresql:// URL")
@@ -105,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     file_values: dict[str, Any] = load_toml(args.config) if args.config else {}
     keys = ("source", "model", "weights", "device", "backend", "threads", "host", "port", "loop", "camera",
-            "rtsp_transport", "stall_timeout", "open_timeout", "stride_ms", "token", "insecure", "db")
+            "rtsp_transport", "stall_timeout", "open_timeout", "stride_ms", "sports_only", "token", "insecure", "db")
     cli_values = {k: getattr(args, k) for k in keys}
     config = ServeConfig.from_sources(file_values, cli_values)
     # a model's first CPU start in a child process, before this one imports torch: the server

@@ -33,6 +33,7 @@ class CameraConfig:
     rtsp_transport: str | None = None
     open_timeout: float | None = None
     stall_timeout: float | None = None
+    sports_only: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or len(self.name) > 64:
@@ -74,6 +75,7 @@ class ServeConfig:
     open_timeout: float = 10.0
     stall_timeout: float = 5.0
     stride_ms: float = 0.0
+    sports_only: bool = False  # scores renormalized over the Kinetics sport classes
     display_fps: float = 10.0
     display_width: int = 480
     token: str | None = None

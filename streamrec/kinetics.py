@@ -66,6 +66,23 @@ def sport_indices(class_names: Sequence[str]) -> list[int]:
     return idx
 
 
+def restrict(probs, indices: Sequence[int]):
+    """``probs`` (``(..., K)`` scores) with the classes outside ``indices`` set to 0 and the rest
+    renormalized to sum to 1: what ``--sports-only`` shows.
+
+    Example:
+        >>> import numpy as np
+        >>> restrict(np.array([[0.5, 0.3, 0.2]]), [1, 2]).round(2).tolist()
+        [[0.0, 0.6, 0.4]]
+    """
+    import numpy as np
+
+    probs = np.asarray(probs)
+    masked = np.zeros_like(probs)
+    masked[..., indices] = probs[..., indices]
+    return masked / masked.sum(axis=-1, keepdims=True)
+
+
 def add_labels_parser(sub) -> None:
     p = sub.add_parser("labels", help="list the Kinetics-400 classes and their groups")
     p.add_argument("--sports", action="store_true", help="only sport classes, with their sport group")

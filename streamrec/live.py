@@ -20,6 +20,7 @@ import numpy as np
 from .capture import RateMeter, camera_capture
 from .config import CameraConfig
 from .engine import Classifier
+from .kinetics import restrict, sport_indices
 from .preprocess import batch_windows
 from .messages import prediction_message
 from .ring import Window
@@ -46,6 +47,8 @@ class Camera:
                                                  loop=bool(cfg.loop), first=first,
                                                  on_frame=self._notify if wake is not None else None)
         self.smoother = LabelSmoother(smoothing)
+        # --sports-only: the sport classes' indices in the model's outputs (raises if it has none)
+        self.subset = sport_indices(classifier.loaded.classes) if cfg.sports_only else None
         self.last_end = -1  # end_seq of the last classified window
         self.seq = 0
         self.skipped = 0
@@ -198,6 +201,8 @@ class InferenceWorker(threading.Thread):
             self.post_ms.append((time.perf_counter() - t3) * 1e3 / len(batch))
 
     def _emit(self, cam: Camera, w: Window, probs: np.ndarray, infer_ms: float) -> None:
+        if cam.subset is not None:
+            probs = restrict(probs, cam.subset)
         smoothed = cam.smoother.update(probs)
         cam.seq += 1
         msg = prediction_message(

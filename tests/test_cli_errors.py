@@ -53,6 +53,11 @@ def test_checkpoint_for_another_model(tmp_path, clips):
                    "does not fit model r2plus1d_18")
 
 
+def test_sports_only_with_a_model_without_kinetics_classes(clips):
+    one_line_error(run_cli("serve", "--source", str(clips / "arm_wrestling.mp4"), "--weights", "none",
+                           "--model", "tiny3d", "--sports-only"), "--sports-only", "no Kinetics sport class")
+
+
 def test_port_already_in_use(clips):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

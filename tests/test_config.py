@@ -22,6 +22,16 @@ def test_shipped_configs_are_valid(name, monkeypatch):
     assert all(cam.source for cam in cfg.all_cameras()) and cfg.all_cameras()
 
 
+def test_sports_only_from_file_or_command_line_and_per_camera(tmp_path):
+    assert ServeConfig.from_sources({"source": "a.mp4"}, {}).sports_only is False
+    assert ServeConfig.from_sources({"source": "a.mp4", "sports_only": True}, {}).sports_only is True
+    cfg = ServeConfig.from_sources({"cameras": [{"name": "court", "source": "a.mp4"},
+                                                {"name": "lobby", "source": "b.mp4", "sports_only": False}]},
+                                   {"sports_only": True})
+    court, lobby = (cfg.resolve(c) for c in cfg.all_cameras())
+    assert (court.sports_only, lobby.sports_only) == (True, False)
+
+
 def test_token_from_environment_allows_a_public_bind(monkeypatch):
     monkeypatch.setenv("STREAMREC_TOKEN", "abc")
     assert ServeConfig.from_sources({}, {"source": "0", "host": "0.0.0.0"}).token == "abc"

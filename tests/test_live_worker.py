@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import torch
 
 from streamrec.config import CameraConfig
 from streamrec.engine import Classifier
@@ -26,11 +27,11 @@ class SlowClassifier(Classifier):
         return super().probs(batch)
 
 
-def run_worker(video, frame_wait_s: float, n: int = 6) -> list[dict]:
-    clf = SlowClassifier(load_model("tiny3d", weights="none"), device="cpu", backend="torch", warmup=0)
+def run_worker(video, frame_wait_s: float, n: int = 6, *, clf: Classifier | None = None, sports_only: bool = False) -> list[dict]:
+    clf = clf or SlowClassifier(load_model("tiny3d", weights="none"), device="cpu", backend="torch", warmup=0)
     wake = threading.Condition()
     stop = threading.Event()
-    cam = Camera(CameraConfig(name="c", source=str(video), loop=True), clf, SmoothingConfig(), wake=wake)
+    cam = Camera(CameraConfig(name="c", source=str(video), loop=True, sports_only=sports_only), clf, SmoothingConfig(), wake=wake)
     got: list[dict] = []
     done = threading.Event()
 
@@ -66,3 +67,19 @@ def test_each_batch_starts_on_a_frame_captured_after_the_previous_batch(tmp_path
     assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
     ends = np.diff([m["window"]["end_ts"] for m in msgs])
     assert ends.min() >= 0.25 - 0.02
+
+
+def test_sports_only_labels_only_sport_classes_renormalized(tmp_path):
+    from streamrec.kinetics import sport_classes
+
+    video = write_video(tmp_path / "ten.mp4", seconds=4, fps=10)
+    torch.manual_seed(0)
+    clf = Classifier(load_model("r2plus1d_18", weights="none"), device="cpu", backend="torch", warmup=0)
+    msgs = run_worker(video, frame_wait_s=0.0, n=3, clf=clf, sports_only=True)
+    sports = set(sport_classes())
+    for m in msgs:
+        assert {m["label"], m["raw_label"]} - {"uncertain"} <= sports
+        assert {t["label"] for t in m["top"]} <= sports
+        assert m["top"][0]["score"] == m["raw_score"] and sum(t["score"] for t in m["top"]) <= 1.0 + 1e-6
+    # renormalized over 134 of 400 classes: random weights' near-uniform scores rise to about 1/134
+    assert msgs[0]["top"][-1]["score"] > 0.9 / 134
