@@ -90,13 +90,9 @@ def main() -> None:
     video = Path(args.video) if args.video else synthetic(args.seconds, work / "bench720p.mp4")
     os.environ.update(TORCH_HOME=str(work / "torch"), STREAMREC_CACHE=str(work / "cache"), STREAMREC_OFFLINE="1")
     sys.path.insert(0, str(ROOT))
-    import torch
+    from conftest import save_default_weights
 
-    from streamrec.models import build_model, hub_checkpoint_path
-
-    hub = hub_checkpoint_path(args.model)
-    hub.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(build_model(args.model, num_classes=400).state_dict(), hub)
+    save_default_weights(args.model, work / "torch")
     naive = measure([sys.executable, "-c", NAIVE, str(video), args.model, str(args.stride)])
     cmd = [sys.executable, "-m", "streamrec", "classify", str(video), "--model", args.model, "--weights", "DEFAULT",
            "--stride", str(args.stride), "--device", "cpu", "--format", "json"]

@@ -23,7 +23,7 @@ import numpy as np
 
 from .engine import Classifier, resolve_device
 from .errors import SourceError, StreamrecError
-from .kinetics import restrict
+from .kinetics import restrict, sport_indices
 from .messages import top_k
 from . import prepared
 from .models import LoadedModel
@@ -251,8 +251,6 @@ def classify_file(
         loaded = loaded or prepared.load(model, weights, device=device)
         subset = None
         if sports_only:
-            from .kinetics import sport_indices
-
             subset = sport_indices(loaded.classes)
         if backend is None:
             backend = "auto" if resolve_device(device).type == "cuda" else "torch"

@@ -43,15 +43,13 @@ import torch
 
 from .firststart import entry_path, is_weights_file, side_file, stamp
 from .fsutil import CACHE, atomic_torch_save, atomic_write_text
-from .models import LoadedModel, ModelSpec, load_model
+from .models import LoadedModel, ModelSpec, hub_checkpoint_path, load_model
 
 logger = logging.getLogger(__name__)
 
 
 def _weights_file(loaded: LoadedModel, weights: str) -> Path | None:
     if weights.upper() == "DEFAULT":
-        from .models import hub_checkpoint_path
-
         return hub_checkpoint_path(loaded.name)
     return Path(weights) if is_weights_file(weights) else None
 

@@ -183,6 +183,22 @@ def make_motion_dataset(root: Path, *, per_class: int = 20, valid: int = 6, fps:
     return root
 
 
+def save_default_weights(model: str, torch_home: Path, *, seed: int = 0) -> Path:
+    """Random ``model`` weights (seeded) saved where torchvision's Kinetics-400 file goes in the
+    torch hub cache under ``torch_home``, so that ``--weights DEFAULT`` loads them offline; the path."""
+    import torch
+
+    from streamrec.models import build_model, hub_checkpoint_path
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(torch_home))
+        path = hub_checkpoint_path(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    torch.save(build_model(model, num_classes=400).state_dict(), path)
+    return path
+
+
 def run_measuring_rss(cmd: list[str], *, timeout: float = 900, interval: float = 0.02, **kw) -> tuple[subprocess.CompletedProcess, int]:
     """Run ``cmd``; return its result and the peak of the RSS summed over it and all its
     descendants, sampled every ``interval`` seconds (a child process's memory counts while

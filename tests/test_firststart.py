@@ -10,12 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
-from conftest import ROOT, error_line, free_port, sigterm, streamrec_cmd, wait_http
+from conftest import ROOT, error_line, free_port, save_default_weights, sigterm, streamrec_cmd, wait_http
 from streamrec import firststart, prepared
-from streamrec.models import build_model, hub_checkpoint_path, make_checkpoint, model_spec
+from streamrec.models import build_model, make_checkpoint, model_spec
 
 PARENT = r"""
 import json, sys
@@ -54,20 +53,9 @@ def test_hub_dir_and_torch_version_agree_with_torch(monkeypatch, tmp_path):
     assert torch.__version__.split("+")[0] == firststart.torch_version().split("+")[0]
 
 
-def _default_weights(tmp_path: Path) -> Path:
-    """Random r2plus1d_18 weights where torchvision's Kinetics-400 file goes, in a temporary hub."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_HOME", str(tmp_path / "torch"))
-        path = hub_checkpoint_path("r2plus1d_18")
-    path.parent.mkdir(parents=True)
-    torch.manual_seed(0)
-    torch.save(build_model("r2plus1d_18", num_classes=400).state_dict(), path)
-    return path
-
-
 def test_first_start_prepares_in_a_child_and_the_job_never_imports_torchvision(tmp_path, clips):
     clip = clips / "cricket_shot_v_CricketShot_g04_c01.gif"
-    path = _default_weights(tmp_path)
+    path = save_default_weights("r2plus1d_18", tmp_path / "torch")
     args = ("classify", str(clip), "--device", "cpu", "--stride", "100", "--format", "json")
 
     first, log = _run_parent(tmp_path, *args, "--out", str(tmp_path / "first.json"))
@@ -87,7 +75,7 @@ def test_first_start_prepares_in_a_child_and_the_job_never_imports_torchvision(t
 
 
 def test_serve_first_start_prepares_in_a_child_and_the_server_never_maps_torchvision(tmp_path, clips):
-    _default_weights(tmp_path)
+    save_default_weights("r2plus1d_18", tmp_path / "torch")
     port = free_port()
     proc = subprocess.Popen(streamrec_cmd("serve", "--source", str(clips / "arm_wrestling.mp4"), "--loop", "--port", str(port),
                                           "--device", "cpu", "--backend", "torch"),
@@ -110,7 +98,7 @@ def test_serve_first_start_prepares_in_a_child_and_the_server_never_maps_torchvi
 def test_sigterm_while_preparing_ends_the_child_too(tmp_path, clips):
     import psutil
 
-    _default_weights(tmp_path)
+    save_default_weights("r2plus1d_18", tmp_path / "torch")
     proc = subprocess.Popen(streamrec_cmd("classify", str(clips / "cricket_shot_v_CricketShot_g04_c01.gif"), "--device", "cpu"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
     parent = psutil.Process(proc.pid)

@@ -11,7 +11,9 @@ import time
 import torch
 
 from streamrec import prepared
-from streamrec.models import build_model, hub_checkpoint_path, kinetics_classes, make_checkpoint, model_spec
+from streamrec.models import build_model, kinetics_classes, make_checkpoint, model_spec
+
+from conftest import save_default_weights
 
 CHILD = r"""
 import json, sys, torch
@@ -30,10 +32,7 @@ print(json.dumps({"torchvision": "torchvision" in sys.modules, "type": type(load
 def test_a_second_start_loads_the_graph_without_torchvision(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("STREAMREC_OFFLINE", "1")
-    torch.manual_seed(0)
-    path = hub_checkpoint_path("r2plus1d_18")
-    path.parent.mkdir(parents=True)
-    torch.save(build_model("r2plus1d_18", num_classes=400).state_dict(), path)
+    save_default_weights("r2plus1d_18", tmp_path / "torch")
     cache = tmp_path / "cache"
     first = prepared.load("r2plus1d_18", "DEFAULT", cache=cache)
     assert len(list((cache / "prepared").glob("r2plus1d_18-*.pt"))) == 1
@@ -84,10 +83,7 @@ def test_random_weights_are_not_cached(tmp_path):
 def test_a_graph_with_fixed_sizes_is_checked_at_full_size_and_cached(tmp_path, monkeypatch, capfd):
     """MViT's traced graph holds its token grid's sizes: the small-input check fails, the full one passes."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    torch.manual_seed(0)
-    path = hub_checkpoint_path("mvit_v2_s")
-    path.parent.mkdir(parents=True)
-    torch.save(build_model("mvit_v2_s", num_classes=400).state_dict(), path)
+    save_default_weights("mvit_v2_s", tmp_path / "torch")
     cache = tmp_path / "cache"
     first = prepared.load("mvit_v2_s", "DEFAULT", cache=cache)
     again = prepared.load("mvit_v2_s", "DEFAULT", cache=cache)
