@@ -27,11 +27,13 @@ import torch
 from . import backends
 from .errors import StreamrecError
 from .models import LoadedModel
-from .preprocess import normalize_batch
+from .preprocess import normalize_batch, normalize_crops
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "torchscript", "onnxruntime", "openvino", "compile")
+# runtimes with their own thread pool: their input is normalized in NumPy, in the calling thread
+OWN_POOL = ("onnxruntime", "openvino")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -298,8 +300,11 @@ class Classifier:
         if batch.dtype == torch.uint8:
             if self.cuda and batch.device.type == "cpu":
                 batch = batch.pin_memory()
-            x = normalize_batch(batch.to(self.device, non_blocking=True), self.loaded.spec, dtype=self.dtype,
-                                channels_last=self.channels_last)
+            if self.backend in OWN_POOL:  # normalized in this thread: torch's pool, woken for it, would spin on the runtime's cores
+                x = torch.from_numpy(normalize_crops(batch.numpy(), self.loaded.spec))
+            else:
+                x = normalize_batch(batch.to(self.device, non_blocking=True), self.loaded.spec, dtype=self.dtype,
+                                    channels_last=self.channels_last)
         else:
             x = batch.to(self.device, self.dtype, non_blocking=True)
             if self.channels_last:

@@ -5,7 +5,7 @@ scales to [0, 1] and normalizes. Resize and crop are per frame, so streamrec doe
 per frame at capture time and keeps uint8 crops in the ring buffer (a quarter of the bytes
 of float32). Scaling and normalizing are one multiply-add per value, done on a whole batch
 of windows by :func:`normalize_batch`, on the classifier's device (on a GPU after a uint8
-upload).
+upload), or by :func:`normalize_crops` in NumPy for runtimes with their own thread pool.
 
 Example:
     >>> import numpy as np
@@ -55,11 +55,9 @@ class FramePreprocessor:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        mean = np.asarray(spec.mean, np.float32)
-        std = np.asarray(spec.std, np.float32)
-        # (x / 255 - mean) / std == x * scale + bias, per channel
-        self._scale = (1.0 / (255.0 * std)).reshape(1, 1, 3)
-        self._bias = (-mean / std).reshape(1, 1, 3)
+        scale, bias = affine(tuple(spec.mean), tuple(spec.std))
+        self._scale = scale.reshape(1, 1, 3)
+        self._bias = bias.reshape(1, 1, 3)
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -131,18 +129,55 @@ def normalize_batch(crops: torch.Tensor, spec: ModelSpec, *, dtype: torch.dtype 
         >>> tuple(x.shape), round(float(x[0, 0, 0, 0, 0]), 4)  # (1 - 0.43216) / 0.22803
         ((2, 3, 16, 112, 112), 2.4902)
     """
-    if crops.dtype != torch.uint8 or crops.dim() != 5 or crops.shape[-1] != 3:
-        raise ValueError(f"crops: expected uint8 (B, T, H, W, 3), got {crops.dtype} {tuple(crops.shape)}")
-    scale, bias = _affine(tuple(spec.mean), tuple(spec.std), str(crops.device))
+    _check_crops(crops.dtype == torch.uint8, crops.dtype, crops.shape)
+    scale, bias = _affine_on(tuple(spec.mean), tuple(spec.std), str(crops.device))
     x = crops.float() * scale + bias  # per channel: C is the last axis
     x = x.to(dtype).permute(0, 4, 1, 2, 3)  # (B, T, H, W, C) -> (B, C, T, H, W), a view
     return x if channels_last else x.contiguous()
 
 
+def normalize_crops(crops: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """:func:`normalize_batch` in NumPy, in the calling thread: the same float32 values, bit for bit.
+
+    For runtimes with their own thread pool (OpenVINO, ONNX Runtime): torch's pool, woken for
+    this multiply-add, keeps spinning on the cores the runtime is about to use.
+
+    Example:
+        >>> from streamrec.models import model_spec
+        >>> x = normalize_crops(np.full((2, 16, 112, 112, 3), 255, np.uint8), model_spec("r3d_18"))
+        >>> x.shape, x.dtype, round(float(x[0, 0, 0, 0, 0]), 4)
+        ((2, 3, 16, 112, 112), dtype('float32'), 2.4902)
+    """
+    _check_crops(crops.dtype == np.uint8, crops.dtype, crops.shape)
+    scale, bias = affine(tuple(spec.mean), tuple(spec.std))
+    x = crops.astype(np.float32) * scale + bias  # per channel: C is the last axis
+    return np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3))  # (B, T, H, W, C) -> (B, C, T, H, W)
+
+
+def _check_crops(is_uint8: bool, dtype, shape) -> None:
+    if not is_uint8 or len(shape) != 5 or shape[-1] != 3:
+        raise ValueError(f"crops: expected uint8 (B, T, H, W, 3), got {dtype} {tuple(shape)}")
+
+
 @functools.lru_cache(maxsize=16)
-def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x / 255 - mean) / std == x * scale + bias``: float32 ``scale`` and ``bias`` per channel, made
-    once per model and device (not copied to the GPU again for every batch)."""
-    m = torch.tensor(mean, dtype=torch.float32)
-    s = torch.tensor(std, dtype=torch.float32)
-    return (1.0 / (255.0 * s)).to(device), (-m / s).to(device)
+def affine(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(x / 255 - mean) / std == x * scale + bias``: float32 ``scale`` and ``bias`` per channel.
+
+    Example:
+        >>> scale, bias = affine((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        >>> float(255 * scale[0] + bias[0])  # (1 - 0.5) / 0.25
+        2.0
+    """
+    m = np.asarray(mean, np.float32)
+    s = np.asarray(std, np.float32)
+    scale, bias = (1.0 / (255.0 * s)).astype(np.float32), (-m / s).astype(np.float32)
+    scale.flags.writeable = bias.flags.writeable = False  # cached: shared by every caller
+    return scale, bias
+
+
+@functools.lru_cache(maxsize=16)
+def _affine_on(mean: tuple[float, ...], std: tuple[float, ...], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`affine` as tensors on ``device``, made once per model and device (not copied to the GPU
+    again for every batch)."""
+    scale, bias = affine(mean, std)
+    return torch.tensor(scale).to(device), torch.tensor(bias).to(device)

@@ -68,7 +68,7 @@ def test_batch_normalization_equals_per_frame_normalization():
     assert batch.shape == (3, 3, 16, 112, 112) and batch.dtype == torch.float32 and batch.is_contiguous()
     for b, w in enumerate(windows):
         per_frame = np.stack([pre.normalize(f) for f in w], axis=1)  # (C, T, H, W)
-        assert np.abs(batch[b].numpy() - per_frame).max() < 1e-5
+        assert np.array_equal(batch[b].numpy(), per_frame)  # one set of per-channel constants (affine)
         assert torch.equal(pre.window(w)[0], batch[b])
     half = normalize_batch(batch_windows(windows), spec, dtype=torch.float16, channels_last=True)
     assert half.dtype == torch.float16 and half.is_contiguous(memory_format=torch.channels_last_3d)
@@ -83,3 +83,36 @@ def test_batch_normalization_equals_per_frame_normalization():
     from_float = clf.logits(normalize_batch(crops, clf.loaded.spec))
     assert from_uint8.shape == (2, 10) and torch.equal(from_uint8, from_float)
     assert not torch.equal(from_uint8[0], from_uint8[1])
+
+
+def test_numpy_normalization_is_bit_identical_to_torch():
+    """Runtimes with their own thread pool get their input normalized in NumPy: the very same floats."""
+    from streamrec.preprocess import batch_windows, normalize_batch, normalize_crops
+
+    rng = np.random.default_rng(3)
+    for name in ("r2plus1d_18", "mvit_v2_s", "swin3d_t"):  # three different means and stds
+        spec = model_spec(name)
+        crops = rng.integers(0, 256, (2, spec.frames, *spec.crop, 3), dtype=np.uint8)
+        ours = normalize_crops(crops, spec)
+        assert ours.shape == (2, 3, spec.frames, *spec.crop) and ours.dtype == np.float32 and ours.flags.c_contiguous
+        assert torch.equal(torch.from_numpy(ours), normalize_batch(batch_windows(list(crops)), spec)), name
+    with pytest.raises(ValueError, match=r"crops: expected uint8 \(B, T, H, W, 3\), got float32 \(1, 16, 112, 112, 3\)"):
+        normalize_crops(np.zeros((1, 16, 112, 112, 3), np.float32), model_spec("r2plus1d_18"))
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_own_pool_backends_normalize_uint8_like_float_input(backend):
+    """OpenVINO and ONNX Runtime take uint8 windows through the NumPy path: same logits as from
+    windows normalized by torch."""
+    from streamrec.engine import OWN_POOL, Classifier
+    from streamrec.models import load_model
+    from streamrec.preprocess import batch_windows, normalize_batch
+
+    torch.manual_seed(0)
+    clf = Classifier(load_model("tiny3d", weights="none"), device="cpu", backend=backend, warmup=0)
+    assert clf.backend == backend and backend in OWN_POOL
+    rng = np.random.default_rng(4)
+    crops = batch_windows([rng.integers(0, 256, (16, 112, 112, 3), dtype=np.uint8) for _ in range(2)])
+    from_uint8 = clf.logits(crops)
+    assert torch.equal(from_uint8, clf.logits(normalize_batch(crops, clf.loaded.spec)))
+    assert from_uint8.shape == (2, 10) and not torch.equal(from_uint8[0], from_uint8[1])
