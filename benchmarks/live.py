@@ -6,7 +6,9 @@ Runs the real server (capture thread, inference thread, asyncio websocket server
 looped clip for ``--seconds`` with one websocket client, and reads the stage timers and
 the ``latency_ms`` of every message the client received. Then runs the naive approach
 for the same number of windows: for every window, decode the 16 frames again, apply
-``weights.transforms()`` to the whole clip, run eager fp32.
+``weights.transforms()`` to the whole clip, run eager fp32. In between, it times the same
+classifier on its own (no capture, no server), to tell the machine's spread of inference
+time from what the pipeline adds.
 
 Weights are random (``--weights none``): timings do not depend on them.
 """
@@ -93,6 +95,32 @@ def run_live(clip: Path, model: str, seconds: float, backend: str = "auto", thre
     }
 
 
+def run_alone(clip: Path, model: str, backend: str, threads: int | None, device: str, calls: int = 100) -> dict:
+    """The same classifier on its own: no capture, no server, one window of the clip classified
+    ``calls`` times with a 20 ms pause between (as the worker waits for a frame). Its spread is
+    the machine's; what the live pipeline adds to it is contention and waiting."""
+    import av
+
+    from streamrec.engine import Classifier
+    from streamrec.models import load_model
+    from streamrec.preprocess import FramePreprocessor, batch_windows
+
+    clf = Classifier(load_model(model, weights="none"), device=device, backend=backend, threads=threads)
+    pre = FramePreprocessor(clf.loaded.spec)
+    with av.open(str(clip)) as c:
+        crops = [pre.resize_crop(f.to_ndarray(format="rgb24")) for _, f in zip(range(clf.loaded.spec.frames), c.decode(video=0))]
+    x = batch_windows([np.stack(crops)])  # uint8 (1, T, H, W, C), as the worker passes it
+    for _ in range(3):
+        clf.probs(x)
+    times = []
+    for _ in range(calls):
+        time.sleep(0.02)
+        t0 = time.perf_counter()
+        clf.probs(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"calls": calls, "infer_ms_p50": pct(times, 50), "infer_ms_p95": pct(times, 95), "backend": clf.backend}
+
+
 def run_naive(clip: Path, model: str, windows: int) -> dict:
     """The book's loop: per window, decode 16 frames, transform the clip, eager fp32."""
     import av
@@ -136,7 +164,7 @@ def run_naive(clip: Path, model: str, windows: int) -> dict:
     }
 
 
-def table(live: dict, naive: dict) -> str:
+def table(live: dict, naive: dict, alone: dict | None = None) -> str:
     win_pre = live["resize_ms_per_frame"] * 16
     rows = [
         ("decode", f"{live['decode_ms_per_frame']:.2f} ms/frame (once)", f"{naive['decode_ms_per_window']:.1f} ms/window (16+ frames again)"),
@@ -156,6 +184,10 @@ def table(live: dict, naive: dict) -> str:
                f"(infer p95 - infer p50 = {live['infer_ms_p95'] - live['infer_ms_p50']:.0f} ms); "
                f"{live['windows']} windows, {live['skipped_windows']} window ends skipped while busy, "
                f"{live['dropped']} frames never used.")
+    if alone:
+        out.append(f"The same classifier alone right after ({alone['backend']}, {alone['calls']} calls, no capture or server): "
+                   f"infer p50 {alone['infer_ms_p50']:.0f} ms, p95 {alone['infer_ms_p95']:.0f} ms "
+                   f"(p95 - p50 = {alone['infer_ms_p95'] - alone['infer_ms_p50']:.0f} ms).")
     return "\n".join(out)
 
 
@@ -168,21 +200,26 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    ap.add_argument("--no-alone", action="store_true", help="skip timing the classifier on its own")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     clip = Path(args.clip)
     if not clip.is_file():
         sys.exit(f"benchmark: clip not found: {clip}")
     live = run_live(clip, args.model, args.seconds, args.backend, args.threads, args.device)
+    alone = None if args.no_alone else run_alone(clip, args.model, args.backend, args.threads, args.device)
     if args.no_naive:
-        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in live.items()}))
+        rounded = {k: round(v, 2) if isinstance(v, float) else v for k, v in live.items()}
+        if alone:
+            rounded["alone"] = {k: round(v, 2) if isinstance(v, float) else v for k, v in alone.items()}
+        print(json.dumps(rounded))
         return
     naive = run_naive(clip, args.model, max(live["windows"] // 2, 8))
     print(f"# live pipeline, {args.model}, {clip.name}, {args.seconds:.0f} s, {platform.processor() or platform.machine()}, "
           f"{threading.active_count()} threads")
-    print(table(live, naive))
+    print(table(live, naive, alone))
     if args.json:
-        Path(args.json).write_text(json.dumps({"live": live, "naive": naive}, indent=1))
+        Path(args.json).write_text(json.dumps({"live": live, "naive": naive, "alone": alone}, indent=1))
 
 
 if __name__ == "__main__":
