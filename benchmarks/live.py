@@ -99,17 +99,16 @@ def run_alone(clip: Path, model: str, backend: str, threads: int | None, device:
     """The same classifier on its own: no capture, no server, one window of the clip classified
     ``calls`` times with a 20 ms pause between (as the worker waits for a frame). Its spread is
     the machine's; what the live pipeline adds to it is contention and waiting."""
-    import av
-
+    from streamrec.classify import iter_windows
     from streamrec.engine import Classifier
     from streamrec.models import load_model
-    from streamrec.preprocess import FramePreprocessor, batch_windows
+    from streamrec.preprocess import batch_windows
+    from streamrec.sources import PyAVSource, SourceSpec
 
     clf = Classifier(load_model(model, weights="none"), device=device, backend=backend, threads=threads)
-    pre = FramePreprocessor(clf.loaded.spec)
-    with av.open(str(clip)) as c:
-        crops = [pre.resize_crop(f.to_ndarray(format="rgb24")) for _, f in zip(range(clf.loaded.spec.frames), c.decode(video=0))]
-    x = batch_windows([np.stack(crops)])  # uint8 (1, T, H, W, C), as the worker passes it
+    with PyAVSource(SourceSpec.parse(str(clip))) as src:
+        window, _ = next(iter_windows(src, clf.loaded.spec, stride=1.0))  # the live path's sampling
+    x = batch_windows([window.frames])  # uint8 (1, T, H, W, C), as the worker passes it
     for _ in range(3):
         clf.probs(x)
     times = []
