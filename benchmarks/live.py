@@ -8,7 +8,9 @@ the ``latency_ms`` of every message the client received. Then runs the naive app
 for the same number of windows: for every window, decode the 16 frames again, apply
 ``weights.transforms()`` to the whole clip, run eager fp32. In between, it times the same
 classifier on its own (no capture, no server), to tell the machine's spread of inference
-time from what the pipeline adds.
+time from what the pipeline adds. Before and after the live run, ``steadiness.py`` times
+a fixed kernel on every vCPU for 15 s (``--steadiness 0`` skips it): on a shared cloud host
+the vCPUs have slow seconds of their own, and a latency tail is read against them.
 
 Weights are random (``--weights none``): timings do not depend on them.
 """
@@ -201,24 +203,35 @@ def main() -> None:
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     ap.add_argument("--no-alone", action="store_true", help="skip timing the classifier on its own")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steadiness", type=float, default=15.0,
+                    help="seconds of the host check before and after the live run (0: skip)")
     args = ap.parse_args()
     clip = Path(args.clip)
     if not clip.is_file():
         sys.exit(f"benchmark: clip not found: {clip}")
+    import steadiness
+
+    host = {"before": steadiness.measure(args.steadiness)} if args.steadiness > 0 else {}
     live = run_live(clip, args.model, args.seconds, args.backend, args.threads, args.device)
+    if host:
+        host["after"] = steadiness.measure(args.steadiness)
     alone = None if args.no_alone else run_alone(clip, args.model, args.backend, args.threads, args.device)
     if args.no_naive:
         rounded = {k: round(v, 2) if isinstance(v, float) else v for k, v in live.items()}
         if alone:
             rounded["alone"] = {k: round(v, 2) if isinstance(v, float) else v for k, v in alone.items()}
+        if host:
+            rounded["host"] = {k: {"slow_share": v["slow_share"], "worst": v["worst"]} for k, v in host.items()}
         print(json.dumps(rounded))
         return
     naive = run_naive(clip, args.model, max(live["windows"] // 2, 8))
     print(f"# live pipeline, {args.model}, {clip.name}, {args.seconds:.0f} s, {platform.processor() or platform.machine()}, "
           f"{threading.active_count()} threads")
     print(table(live, naive, alone))
+    for when, h in host.items():
+        print(f"Host {when} the live run ({h['seconds']:.0f} s, benchmarks/steadiness.py): {steadiness.line(h)}.")
     if args.json:
-        Path(args.json).write_text(json.dumps({"live": live, "naive": naive, "alone": alone}, indent=1))
+        Path(args.json).write_text(json.dumps({"live": live, "naive": naive, "alone": alone, "host": host}, indent=1))
 
 
 if __name__ == "__main__":
