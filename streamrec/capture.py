@@ -208,6 +208,8 @@ class CaptureThread(threading.Thread):
                 ts = due
             else:
                 ts = self.clock()
+                if source.arrived is not None:  # dated when its data came in, before decode + conversion
+                    ts -= max(0.0, time.perf_counter() - source.arrived)
             t2 = time.perf_counter()
             frame = self.pre.resize_crop(rgb)  # uint8 (h, w, 3): normalized later, a batch at a time
             self.resize_s += time.perf_counter() - t2

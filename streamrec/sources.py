@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -85,6 +86,9 @@ class Source:
 
     fps: float | None = None
     size: tuple[int, int] | None = None  # (W, H)
+    # time.perf_counter() when the data of the newest frame came in (None: not known). The
+    # capture dates a live frame by it, so decoding and colour conversion count as latency.
+    arrived: float | None = None
 
     def frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         raise NotImplementedError
@@ -126,7 +130,12 @@ class PyAVSource(Source):
             self._container.close()
             raise SourceError(f"--source: {spec.display_name} has no video stream")
         self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg
+        # Frame threading keeps (threads - 1) frames inside the decoder: for a live stream that
+        # is 2-3 frame periods (70-100 ms at 30 fps) before a frame is even seen and dated.
+        # Slice threading splits each frame instead and holds none back. Files are paced by
+        # their own timestamps, so they keep frame + slice threads.
+        self._stream.thread_type = "SLICE" if spec.is_live else "AUTO"
+        self.packets = 0  # packets read so far (with frames yielded: what the decoder holds)
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.fps = float(rate) if rate else None
         self.size = (self._stream.codec_context.width, self._stream.codec_context.height)
@@ -140,6 +149,8 @@ class PyAVSource(Source):
         last = -float("inf")
         by_index = False  # timestamps came out of order: time frames by their index instead
         for packet in self._container.demux(self._stream):
+            self.packets += 1
+            arrived = time.perf_counter()
             try:
                 decoded = packet.decode()
             except av.error.InvalidDataError as exc:  # a corrupt packet: count, skip, go on
@@ -160,6 +171,7 @@ class PyAVSource(Source):
                     pts = first + index / self.fps
                 index += 1
                 last = pts if pts is not None else last
+                self.arrived = arrived
                 yield frame.to_ndarray(format="rgb24"), pts
 
     def close(self) -> None:
@@ -190,7 +202,9 @@ class WebcamSource(Source):
         import cv2
 
         while True:
-            ok, bgr = self._cap.read()
+            ok = self._cap.grab()  # read() is grab() + retrieve(): the frame is dated in between
+            self.arrived = time.perf_counter()
+            ok, bgr = self._cap.retrieve() if ok else (False, None)
             if not ok:
                 raise SourceError(f"webcam {self.spec.target}: read failed (unplugged?)")
             yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None

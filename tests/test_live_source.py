@@ -1,0 +1,103 @@
+"""Live sources: the decoder holds no frames back, and a frame is dated when its data came in."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import write_video
+from streamrec.capture import CaptureThread
+from streamrec.models import model_spec
+from streamrec.preprocess import FramePreprocessor
+from streamrec.ring import FrameRing
+from streamrec.sources import PyAVSource, Source, SourceSpec
+
+
+@pytest.fixture
+def http_stream(tmp_path):
+    """A 2 s H.264 MPEG-TS stream (no B-frames) served over HTTP on 127.0.0.1, port 0."""
+    write_video(tmp_path / "cam.ts", seconds=2.0, fps=30, size=(320, 240))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="http-stream", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/cam.ts", tmp_path / "cam.ts"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def held_back(source: Source) -> list[int]:
+    """For every frame yielded: packets read minus frames yielded (what the decoder holds)."""
+    held = []
+    for i, _ in enumerate(source.frames()):
+        held.append(source.packets - (i + 1))
+    return held
+
+
+def test_network_stream_frames_leave_the_decoder_with_their_packet(http_stream):
+    url, _ = http_stream
+    with PyAVSource(SourceSpec.parse(url)) as src:
+        held = held_back(src)
+    assert len(held) == 60
+    assert set(held) == {0}  # every frame out as soon as its packet is in
+
+
+def test_files_keep_frame_threads_which_hold_frames(http_stream):
+    # The same stream as a file: paced by its timestamps, so frame threads (which hold
+    # frames) are fine there. Shows that the check above can fail.
+    _, path = http_stream
+    with PyAVSource(SourceSpec.parse(str(path))) as src:
+        held = held_back(src)
+    assert len(held) == 60
+    assert max(held) >= 1
+
+
+class SlowLiveSource(Source):
+    """A live source whose every frame's data came in ``delay`` seconds before it is yielded
+    (what decoding and colour conversion take)."""
+
+    def __init__(self, n: int, delay: float) -> None:
+        self.n, self.delay, self.fps = n, delay, 30.0
+
+    def frames(self):
+        for i in range(self.n):
+            self.arrived = time.perf_counter()
+            time.sleep(self.delay)
+            yield np.full((120, 160, 3), i, np.uint8), None
+
+    def close(self) -> None:
+        pass
+
+
+def test_capture_dates_a_live_frame_by_when_its_data_came_in():
+    spec = SourceSpec("rtsp://127.0.0.1:1/cam", "network")
+    pre = FramePreprocessor(model_spec("r2plus1d_18"))
+    ring = FrameRing(8, pre.crop_shape, np.uint8)
+    stop = threading.Event()
+    clock_at_write: list[float] = []
+
+    def clock() -> float:
+        t = time.time()
+        clock_at_write.append(t)
+        return t
+
+    cap = CaptureThread(spec, ring, pre, stop=stop, first=SlowLiveSource(3, 0.05), clock=clock, name="capture-test")
+    t0 = time.time()
+    cap._pump(cap._first)
+    assert ring.written == 3
+    frames, stamps = ring._frames[:3], ring._ts[:3]
+    assert [int(f[0, 0, 0]) for f in frames] == [0, 1, 2]
+    # each stamp is ~50 ms before the clock was read for it, not the time of reading
+    reads = clock_at_write[:3]
+    for ts, read in zip(stamps, reads):
+        assert 0.045 <= read - ts <= 0.08
+    assert t0 <= stamps[0]
