@@ -4,10 +4,11 @@
 
 One child process per vCPU, pinned to it, times a fixed NumPy kernel (~1 ms of float32
 matrix products on one thread, the kind of work a convolution does) back to back for
-``--seconds``. Each second's median time is compared with the whole run's median on that
-vCPU. On a machine of one's own every second stays within a few percent; on a shared cloud
-host there are seconds where a vCPU runs 1.2-2x slower while the guest reports no steal
-time (another tenant on the same physical core), and nothing inside the VM changes them.
+``--seconds``. Each second's mean time (which counts a stall as well as a slower pace) is
+compared with the whole run's median on that vCPU. On a machine of one's own every second
+stays within a few percent; on a shared cloud host there are seconds where a vCPU runs
+1.2-2x slower while the guest reports almost no steal time (another tenant on the same
+physical core), and nothing inside the VM changes them.
 
 A model split statically over two threads (OpenVINO and oneDNN split each layer in
 halves) runs at the pace of the slower vCPU: one vCPU at half speed makes a window take
@@ -34,7 +35,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-FACTOR = 1.2  # a second whose median kernel time is this much over the run's median counts as slow
+FACTOR = 1.2  # a second whose mean kernel time is this much over the run's median counts as slow
 
 
 def _worker(cpu: int, seconds: float) -> None:
@@ -62,8 +63,8 @@ def _worker(cpu: int, seconds: float) -> None:
 
 
 def summarize(samples: dict[int, list[tuple[float, float]]], factor: float = FACTOR) -> dict:
-    """Per-vCPU ``[(t_seconds, ms), ...]`` -> share of vCPU-seconds at least ``factor`` times
-    slower than that vCPU's median, the worst second's ratio, and per-vCPU figures."""
+    """Per-vCPU ``[(t_seconds, ms), ...]`` -> share of vCPU-seconds whose mean is at least
+    ``factor`` times that vCPU's median, the worst second's ratio, and per-vCPU figures."""
     per_cpu = {}
     seconds_total = slow_total = 0
     worst = 1.0
@@ -74,7 +75,7 @@ def summarize(samples: dict[int, list[tuple[float, float]]], factor: float = FAC
         by_second: dict[int, list[float]] = defaultdict(list)
         for t, ms in rows:
             by_second[int(t)].append(ms)
-        ratios = [statistics.median(v) / median for _, v in sorted(by_second.items())]
+        ratios = [statistics.fmean(v) / median for _, v in sorted(by_second.items())]
         slow = sum(r >= factor for r in ratios)
         per_cpu[cpu] = {"median_ms": round(median, 3), "seconds": len(ratios), "slow_seconds": slow,
                         "worst": round(max(ratios), 2)}
