@@ -130,10 +130,10 @@ class PyAVSource(Source):
             self._container.close()
             raise SourceError(f"--source: {spec.display_name} has no video stream")
         self._stream = self._container.streams.video[0]
-        # Frame threading keeps (threads - 1) frames inside the decoder: for a live stream that
-        # is 2-3 frame periods (70-100 ms at 30 fps) before a frame is even seen and dated.
-        # Slice threading splits each frame instead and holds none back. Files are paced by
-        # their own timestamps, so they keep frame + slice threads.
+        # Frame threading keeps up to (threads - 1) frames inside the decoder: for a live stream
+        # on this 2-core machine (3 threads) 1-2 frame periods, up to 67 ms at 30 fps, before
+        # a frame is even seen and dated. Slice threading splits each frame instead and holds
+        # none back. Files are paced by their own timestamps, so they keep frame + slice threads.
         self._stream.thread_type = "SLICE" if spec.is_live else "AUTO"
         self.packets = 0  # packets read so far (with frames yielded: what the decoder holds)
         rate = self._stream.average_rate or self._stream.guessed_rate
