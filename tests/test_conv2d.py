@@ -131,3 +131,71 @@ def test_cpu_eager_backend_runs_the_exact_rewrite_and_keeps_one_copy():
     with torch.no_grad():
         ref = reference(normalize_batch(crops, loaded.spec))
     assert (clf.logits(crops) - ref).abs().max() < 1e-4
+
+
+def test_fuse_relu_folds_every_relu_and_shortcut_add_exactly():
+    from streamrec.conv2d import ConvAddReLU, ConvReLU, fold_norms, fuse_relu
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 64, 64, generator=torch.Generator().manual_seed(6))
+    for ctor, fused, with_add in ((r2plus1d_18, 34, 8), (r3d_18, 17, 8)):
+        net = with_random_norms(ctor())
+        gm = fold_norms(net)
+        assert fuse_relu(gm) == fused
+        kinds = [type(m) for m in gm.modules()]
+        assert (kinds.count(ConvReLU), kinds.count(ConvAddReLU)) == (fused - with_add, with_add)
+        assert nn.ReLU not in kinds  # every ReLU went into a convolution
+        with torch.no_grad():
+            assert (gm(x) - net(x)).abs().max() < 1e-4
+
+
+class Branchy(nn.Module):
+    """ReLU as a function, a shortcut computed after the convolution, and two convolutions that must stay unfused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.short = nn.Conv2d(8, 8, 1)
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
+        self.d = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        a = torch.nn.functional.relu(self.a(x))  # fused: ConvReLU
+        b = self.b(a)
+        y = torch.relu(torch.add(self.short(a), b))  # fused: ConvAddReLU, the shortcut computed after b
+        c = self.c(y)  # two users: stays a plain convolution
+        s = c + y  # the sum is used twice: its ReLU cannot go into the convolution
+        return torch.relu(s) + s + torch.relu(self.d(y)).mean()  # d: fused
+
+
+def test_fuse_relu_keeps_the_graph_order_and_skips_shared_outputs():
+    from streamrec.conv2d import ConvAddReLU, ConvReLU, fuse_relu
+
+    torch.manual_seed(0)
+    net = Branchy().eval()
+    gm = torch.fx.symbolic_trace(Branchy())
+    gm.load_state_dict(net.state_dict())
+    assert fuse_relu(gm) == 3
+    assert [type(gm.get_submodule(n)).__name__ for n in ("a", "b", "c", "d")] == ["ConvReLU", "ConvAddReLU", "Conv2d",
+                                                                                    "ConvReLU"]
+    assert isinstance(gm.b, ConvAddReLU) and isinstance(gm.a, ConvReLU)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        assert (gm(x) - net(x)).abs().max() < 1e-5
+
+
+def test_fused_variants_are_offered_on_request_and_compute_the_same_logits():
+    from streamrec.conv2d import conv_variants
+
+    torch.manual_seed(0)
+    net = with_random_norms(r2plus1d_18())
+    variants = conv_variants(net, fused=True)
+    assert list(variants) == ["", "-pad8", "-fused", "-pad8-fused", "-conv2d", "-conv2d-pad8"]
+    x = torch.randn(1, 3, 16, 112, 112, generator=torch.Generator().manual_seed(8)).contiguous(
+        memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        ref = net(x)
+        for name in ("-fused", "-pad8-fused"):
+            assert (variants[name](x) - ref).abs().max() < 1e-4, name
+    assert list(conv_variants(r3d_18().eval(), fused=True)) == ["", "-fused"]

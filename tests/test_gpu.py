@@ -118,3 +118,27 @@ def test_compile_backend_matches_eager():
         assert got.shape == (b, 400)
         assert rel_err(got, ref) < 1e-2
     print("compile backend:", clf.backend, clf.timings)
+
+
+def test_fused_conv_relu_variants_match_cpu_fp32_through_cuda_graphs():
+    from streamrec.conv2d import ConvReLU, conv_variants
+
+    torch.manual_seed(0)
+    loaded = load_model("r2plus1d_18", weights="none")
+    ref_net = copy.deepcopy(loaded.module).eval()  # fp32 on CPU
+    net = loaded.module.eval().cuda().half().to(memory_format=CL3D)
+    variants = conv_variants(net)  # on CUDA: the fused variants are offered
+    assert {"-fused", "-pad8-fused"} <= set(variants)
+    x = torch.randn(3, 3, 16, 112, 112, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref = ref_net(x)
+        for name in ("-fused", "-pad8-fused"):
+            m = variants[name]
+            runner = CudaGraphRunner(m, example=x[:1].cuda().half().contiguous(memory_format=CL3D), max_batch=4)
+            got = runner(x.cuda().half().contiguous(memory_format=CL3D)).float().cpu()
+            assert got.shape == (3, 400)
+            assert rel_err(got, ref) < 1e-2, name
+            assert torch.equal(got.argmax(1), ref.argmax(1)), name
+            sites = [s for s in m.modules() if isinstance(s, ConvReLU)]
+            assert len(sites) == 34
+            print(name, "rel err", rel_err(got, ref), "cuDNN refused", sum(not s.fused for s in sites), "of", len(sites))
