@@ -109,6 +109,8 @@ def run(*, cameras: int, seconds: float, warmup: float, device: str, model: str,
         "infer_ms_per_batch_p50": pct(infer, 50),
         "batch_mean": float(np.mean(sizes)) if sizes else 0.0, "batch_max": max(sizes, default=0),
         "assemble_ms_p50": pct(worker.assemble_ms, 50),
+        "wait_ms_p50": pct(worker.wait_ms, 50),  # from one batch's end to the next one's start
+        "emit_ms_per_batch_p50": pct(worker.post_ms, 50) * (float(np.mean(sizes)) if sizes else 0.0),
         "frames_dropped": sum(c.ring.dropped for c in app.cameras.values()),
         "windows_skipped": sum(c.skipped for c in app.cameras.values()),
         "process_cpu_cores_busy": cpu_s / dt, "client_messages": counts, "timings": clf.timings,
@@ -134,6 +136,8 @@ def table(r: dict) -> str:
         ("inference per batch p50", f"{r['infer_ms_per_batch_p50']:.1f} ms, batch mean {r['batch_mean']:.1f}, "
                                     f"max {r['batch_max']}"),
         ("window assembly per batch p50", f"{r['assemble_ms_p50']:.1f} ms"),
+        ("per batch p50: waiting for windows / smoothing and messages", f"{r['wait_ms_p50']:.1f} / "
+                                                                         f"{r['emit_ms_per_batch_p50']:.1f} ms"),
         ("frames dropped / window ends skipped", f"{r['frames_dropped']} / {r['windows_skipped']}"),
         ("process CPU", f"{r['process_cpu_cores_busy']:.1f} cores busy"),
     ]

@@ -127,6 +127,7 @@ class InferenceWorker(threading.Thread):
         self.batches = 0
         self.assemble_ms: deque[float] = deque(maxlen=512)
         self.post_ms: deque[float] = deque(maxlen=512)
+        self.wait_ms: deque[float] = deque(maxlen=512)  # per batch: from the last batch's end to this one's start
         self.batch_sizes: deque[int] = deque(maxlen=512)
         self._last_run: dict[str, float] = {}
 
@@ -143,10 +144,14 @@ class InferenceWorker(threading.Thread):
         with self._lock:
             return list(self._cameras.values())
 
-    def _collect(self) -> list[tuple[Camera, Window]]:
+    def _collect(self, have: frozenset[str] = frozenset()) -> list[tuple[Camera, Window]]:
+        """The newest new window of every camera, except those named in ``have`` (already in the batch:
+        taking another window from one would skip the window it holds there, unclassified)."""
         now = time.monotonic()
         got = []
         for cam in self.cameras:
+            if cam.name in have:
+                continue
             cam.reset_if_reconnected()
             if self.stride_s > 0 and now - self._last_run.get(cam.name, -1e9) < self.stride_s:
                 continue
@@ -157,6 +162,7 @@ class InferenceWorker(threading.Thread):
 
     def run(self) -> None:
         fresh = False
+        t_done = None
         while not self.stop_event.is_set():
             if fresh:  # just finished a batch: start on the next frame, so the window ends with a frame just captured
                 with self.wake:
@@ -173,8 +179,7 @@ class InferenceWorker(threading.Thread):
                 while pending > 0 and time.monotonic() < deadline and len(batch) < self.max_batch:
                     with self.wake:
                         self.wake.wait(max(0.0, deadline - time.monotonic()))
-                    have = {c.name for c, _ in batch}
-                    more = [(c, w) for c, w in self._collect() if c.name not in have]
+                    more = self._collect(frozenset(c.name for c, _ in batch))
                     batch += more
                     pending -= len(more)
             batch = batch[: self.max_batch]
@@ -198,7 +203,11 @@ class InferenceWorker(threading.Thread):
             fresh = self.frame_wait_s > 0
             self.batch_sizes.append(len(batch))
             self.assemble_ms.append((t2 - t1) * 1e3)
-            self.post_ms.append((time.perf_counter() - t3) * 1e3 / len(batch))
+            t_end = time.perf_counter()
+            self.post_ms.append((t_end - t3) * 1e3 / len(batch))
+            if t_done is not None:
+                self.wait_ms.append((t1 - t_done) * 1e3)
+            t_done = t_end
 
     def _emit(self, cam: Camera, w: Window, probs: np.ndarray, infer_ms: float) -> None:
         if cam.subset is not None:

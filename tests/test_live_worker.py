@@ -83,3 +83,32 @@ def test_sports_only_labels_only_sport_classes_renormalized(tmp_path):
         assert m["top"][0]["score"] == m["raw_score"] and sum(t["score"] for t in m["top"]) <= 1.0 + 1e-6
     # renormalized over 134 of 400 classes: random weights' near-uniform scores rise to about 1/134
     assert msgs[0]["top"][-1]["score"] > 0.9 / 134
+
+
+def test_waiting_for_more_cameras_leaves_the_windows_already_in_the_batch(tmp_path):
+    video = write_video(tmp_path / "v.mp4", seconds=1, fps=10)
+    clf = Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="torch", warmup=0)
+    wake, stop = threading.Condition(), threading.Event()
+    a, b = (Camera(CameraConfig(name=n, source=str(video)), clf, SmoothingConfig(), wake=wake) for n in "ab")
+    worker = InferenceWorker(clf, lambda _cam, _msg: None, stop=stop, wake=wake)
+    worker.add(a)
+    worker.add(b)
+    spec = clf.loaded.spec
+    frame = np.zeros(a.ring._frames.shape[1:], a.ring._frames.dtype)
+    ts = [k / 30 for k in range(40)]  # a 30 fps camera, never started: frames written here
+    try:
+        for t in ts[:36]:
+            a.ring.write(frame, t)
+        first = worker._collect()
+        assert [(c.name, w.end_seq) for c, w in first] == [("a", 35)]  # b has no frame yet
+        a.ring.write(frame, ts[36])  # a new frame for a while the worker waits for b
+        for t in ts[:36]:
+            b.ring.write(frame, t)
+        more = worker._collect(frozenset({"a"}))
+        assert [(c.name, w.end_seq) for c, w in more] == [("b", 35)]
+        assert (a.last_end, a.skipped) == (35, 0)  # a's newer window is still there for the next batch
+        assert [(c.name, w.end_seq) for c, w in worker._collect()] == [("a", 36)]
+        assert spec.frames == first[0][1].frames.shape[0]
+    finally:
+        a.close()
+        b.close()
