@@ -1,16 +1,18 @@
-"""Factorized 3-D convolutions run as 2-D ones: the same arithmetic, faster kernels on GPU.
+"""Exact rewrites of video CNNs that run faster: the same arithmetic, better kernels.
 
-R(2+1)D and S3D split each 3-D convolution into a spatial ``(1, kh, kw)`` one and a
-temporal ``(kt, 1, 1)`` one. cuDNN's 3-D kernels for such shapes are much slower than its
-2-D kernels, yet both are 2-D convolutions in disguise:
+All three start from a ``torch.fx`` graph with the batch norms folded into the convolutions
+(:func:`fold_norms`):
 
-- spatial ``(1, kh, kw)``, temporal stride 1: a ``Conv2d`` over ``N * T`` frames;
-- temporal ``(kt, 1, 1)``, spatial stride 1: a ``Conv2d`` with kernel ``(kt, 1)`` over a
-  ``(T, H * W)`` plane.
-
-In ``channels_last_3d`` memory (``N, T, H, W, C``) both reshapes are free views. Batch norms
-are folded into the convolutions first (``torch.fx``), since a norm after a reshape can no
-longer be folded by TorchScript's freezing.
+- :func:`factorize`: R(2+1)D's and S3D's spatial ``(1, kh, kw)`` and temporal ``(kt, 1, 1)``
+  3-D convolutions as 2-D ones (a ``Conv2d`` over ``N * T`` frames; a ``Conv2d`` with kernel
+  ``(kt, 1)`` over a ``(T, H * W)`` plane). In ``channels_last_3d`` memory both reshapes are
+  free views. oneDNN runs these faster on CPU (r2plus1d_18: 441 vs 648 ms per window on two
+  cores); on an H100 cuDNN's 2-D kernels gained nothing.
+- :func:`pad_channels`: R(2+1)D's odd channel counts padded with zero filters to multiples
+  of 8, the tensor cores' unit (GPU).
+- :func:`fuse_relu`: each convolution with its ReLU, and a residual block's last one with
+  its shortcut add, as one cuDNN call (GPU): on an H100, r2plus1d_18 at batch 32 went from
+  16.3 to 7.6 ms per batch with both (46 % of the fp16 matmul peak).
 
 Example:
     >>> import torch
