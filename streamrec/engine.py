@@ -167,7 +167,7 @@ class Classifier:
         elif self.cuda:
             if backend not in ("auto", "torchscript", "compile"):
                 raise StreamrecError(f"--backend {backend}: a CPU backend; on CUDA use auto, torch, torchscript or compile")
-            if backend == "compile":  # torch.compile (Inductor): fuses the bias + ReLU passes cuDNN leaves
+            if backend == "compile":  # torch.compile (Inductor): merges the bias + ReLU passes into one
                 from .conv2d import conv_variants
 
                 variants = conv_variants(module)
@@ -228,9 +228,9 @@ class Classifier:
         self.channels_last = True
 
     def _pick_cuda(self, module: torch.nn.Module, warmup: int) -> None:
-        """Time eager and TorchScript, each with 3-D or factorized 2-D convolutions and with or without
-        channels padded to multiples of 8 (:mod:`streamrec.conv2d`), and ``torch.compile`` (Inductor,
-        which fuses the bias-add and ReLU passes that cuDNN leaves apart), and keep the fastest."""
+        """Time eager and TorchScript, each on the exact rewrites of :func:`streamrec.conv2d.conv_variants`
+        (factorized 2-D convolutions, channels padded to multiples of 8, convolution + bias + ReLU
+        as one cuDNN call), and ``torch.compile`` (Inductor) of the padded model; keep the fastest."""
         from .conv2d import conv_variants
 
         candidates: dict[str, torch.nn.Module] = {}
