@@ -130,6 +130,8 @@ class InferenceWorker(threading.Thread):
         self.wait_ms: deque[float] = deque(maxlen=512)  # per batch: from the last batch's end to this one's start
         self.batch_sizes: deque[int] = deque(maxlen=512)
         self._last_run: dict[str, float] = {}
+        self._turn: dict[str, int] = {}  # when each camera was last classified, counted in windows
+        self._turns = 0
 
     def add(self, cam: Camera) -> None:
         with self._lock:
@@ -138,18 +140,25 @@ class InferenceWorker(threading.Thread):
     def remove(self, name: str) -> None:
         with self._lock:
             self._cameras.pop(name, None)
+        self._last_run.pop(name, None)
+        self._turn.pop(name, None)
 
     @property
     def cameras(self) -> list[Camera]:
         with self._lock:
             return list(self._cameras.values())
 
-    def _collect(self, have: frozenset[str] = frozenset()) -> list[tuple[Camera, Window]]:
-        """The newest new window of every camera, except those named in ``have`` (already in the batch:
-        taking another window from one would skip the window it holds there, unclassified)."""
+    def _collect(self, have: frozenset[str] = frozenset(), limit: int | None = None) -> list[tuple[Camera, Window]]:
+        """The newest new window of at most ``limit`` (default ``max_batch``) cameras, those classified
+        longest ago first (so that more cameras than ``max_batch`` all get their turn), except those
+        named in ``have`` (already in the batch: taking another window from one would skip the
+        window it holds there, unclassified). A camera past the limit keeps its window for later."""
+        limit = self.max_batch if limit is None else limit
         now = time.monotonic()
-        got = []
-        for cam in self.cameras:
+        got: list[tuple[Camera, Window]] = []
+        for cam in sorted(self.cameras, key=lambda c: self._turn.get(c.name, -1)):
+            if len(got) >= limit:
+                break
             if cam.name in have:
                 continue
             cam.reset_if_reconnected()
@@ -179,10 +188,9 @@ class InferenceWorker(threading.Thread):
                 while pending > 0 and time.monotonic() < deadline and len(batch) < self.max_batch:
                     with self.wake:
                         self.wake.wait(max(0.0, deadline - time.monotonic()))
-                    more = self._collect(frozenset(c.name for c, _ in batch))
+                    more = self._collect(frozenset(c.name for c, _ in batch), self.max_batch - len(batch))
                     batch += more
                     pending -= len(more)
-            batch = batch[: self.max_batch]
             t1 = time.perf_counter()
             x = batch_windows([w.frames for _, w in batch])  # uint8 (B, T, H, W, C); the classifier normalizes
             t2 = time.perf_counter()
@@ -195,10 +203,9 @@ class InferenceWorker(threading.Thread):
                 continue
             t3 = time.perf_counter()
             infer_ms = (t3 - t2) * 1e3
-            now_mono = time.monotonic()
             for (cam, w), p in zip(batch, probs):
                 self._emit(cam, w, p, infer_ms)
-                self._last_run[cam.name] = now_mono
+            self._served(batch)
             self.batches += 1
             fresh = self.frame_wait_s > 0
             self.batch_sizes.append(len(batch))
@@ -208,6 +215,14 @@ class InferenceWorker(threading.Thread):
             if t_done is not None:
                 self.wait_ms.append((t1 - t_done) * 1e3)
             t_done = t_end
+
+    def _served(self, batch: list[tuple[Camera, Window]]) -> None:
+        """Note when the cameras of ``batch`` were classified (for ``stride_s`` and for taking turns)."""
+        now = time.monotonic()
+        for cam, _ in batch:
+            self._last_run[cam.name] = now
+            self._turns += 1
+            self._turn[cam.name] = self._turns  # in batch order: a strict round robin when not all fit
 
     def _emit(self, cam: Camera, w: Window, probs: np.ndarray, infer_ms: float) -> None:
         if cam.subset is not None:

@@ -112,3 +112,32 @@ def test_waiting_for_more_cameras_leaves_the_windows_already_in_the_batch(tmp_pa
     finally:
         a.close()
         b.close()
+
+
+def test_more_cameras_than_the_batch_take_turns_and_keep_their_windows(tmp_path):
+    video = write_video(tmp_path / "v.mp4", seconds=1, fps=10)
+    clf = Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="torch", warmup=0)
+    wake, stop = threading.Condition(), threading.Event()
+    cams = [Camera(CameraConfig(name=n, source=str(video)), clf, SmoothingConfig(), wake=wake) for n in "abc"]
+    worker = InferenceWorker(clf, lambda _cam, _msg: None, stop=stop, wake=wake, max_batch=2)
+    for c in cams:
+        worker.add(c)
+    frame = np.zeros(cams[0].ring._frames.shape[1:], cams[0].ring._frames.dtype)
+    try:
+        served = []
+        for k in range(40):  # every camera has a new frame before every batch
+            for c in cams:
+                c.ring.write(frame, k / 30)
+            if k < 35:
+                continue
+            batch = worker._collect()
+            served.append("".join(c.name for c, _ in batch))
+            assert all(w.end_seq == k for _, w in batch)  # each the camera's newest window
+            worker._served(batch)
+        assert served == ["ab", "ca", "bc", "ab", "ca"]  # with 3 cameras and batches of 2, nobody starves
+        # a camera left out keeps its window: never taken, so never counted as skipped
+        left_out = cams[1]  # "b" was left out of the last batch
+        assert (left_out.last_end, left_out.skipped) == (38, 1)  # taken at frames 35, 37 and 38: frame 36 skipped
+    finally:
+        for c in cams:
+            c.close()
