@@ -60,6 +60,8 @@ class LiveApp:
         self.wake = threading.Condition()
         self._lock = threading.RLock()
         self.cameras: dict[str, Camera] = {}
+        self.adding: set[str] = set()  # cameras being added at run time (opening the source, loading a model)
+        self._load_lock = threading.Lock()  # one model load at a time: two cameras of a new model load it once
         self.trackers: dict[str, SegmentTracker] = {}
         self.workers: dict[tuple, InferenceWorker] = {}
         self.classifiers: dict[tuple, Classifier] = {}
@@ -101,31 +103,43 @@ class LiveApp:
         return key, self.classifiers[key]
 
     def _add_camera(self, cam: CameraConfig, *, start: bool) -> Camera:
+        """Open the camera's source and (when no camera uses its model yet) load the model, then
+        start it when ``start``. At run time this runs in a worker thread (see :meth:`_api_cameras`):
+        the event loop keeps serving every other camera meanwhile; ``health()["adding"]`` names it."""
         cam = self.config.resolve(cam)
         with self._lock:
-            if cam.name in self.cameras:
+            if cam.name in self.cameras or cam.name in self.adding:
                 raise StreamrecError(f"camera {cam.name!r} already exists")
-        first = open_source(cam.source_spec())  # fail fast: missing file, not a video, unreachable URL
+            self.adding.add(cam.name)
         try:
-            key, clf = self._classifier(cam)
-            camera = Camera(cam, clf, self.config.smoothing, first=first, wake=self.wake)
-        except BaseException:
-            first.close()
-            raise
-        with self._lock:
-            self.cameras[cam.name] = camera
-            self.trackers[cam.name] = SegmentTracker(cam.name, self.history.add)
-            worker = self.workers.get(key)
-            if worker is None:
-                worker = InferenceWorker(clf, self._publish_prediction, stop=self.stop, wake=self.wake,
-                                         batch_wait_s=self.config.batch_wait_ms / 1e3,
-                                         stride_s=self.config.stride_ms / 1e3, name=f"inference-{len(self.workers)}")
-                self.workers[key] = worker
+            first = open_source(cam.source_spec())  # fail fast: missing file, not a video, unreachable URL
+            try:
+                with self._load_lock:
+                    key, clf = self._classifier(cam)
+                camera = Camera(cam, clf, self.config.smoothing, first=first, wake=self.wake)
+            except BaseException:
+                first.close()
+                raise
+            with self._lock:
+                if start and self.stop.is_set():
+                    camera.close()
+                    raise StreamrecError("the server is shutting down")
+                self.cameras[cam.name] = camera
+                self.trackers[cam.name] = SegmentTracker(cam.name, self.history.add)
+                worker = self.workers.get(key)
+                if worker is None:
+                    worker = InferenceWorker(clf, self._publish_prediction, stop=self.stop, wake=self.wake,
+                                             batch_wait_s=self.config.batch_wait_ms / 1e3,
+                                             stride_s=self.config.stride_ms / 1e3, name=f"inference-{len(self.workers)}")
+                    self.workers[key] = worker
+                    if start:
+                        worker.start()
+                worker.add(camera)
                 if start:
-                    worker.start()
-            worker.add(camera)
-        if start:
-            camera.start()
+                    camera.start()
+        finally:
+            with self._lock:
+                self.adding.discard(cam.name)
         return camera
 
     def remove_camera(self, name: str) -> bool:
@@ -138,7 +152,7 @@ class LiveApp:
             tracker = self.trackers.pop(name)
         cam.close()
         tracker.close(time.time())
-        self.hub.forget(f":{name}")
+        self.hub.forget_threadsafe(f":{name}")
         self.hub.publish_threadsafe("removed", json.dumps({"type": "removed", "camera": name}))
         return True
 
@@ -177,6 +191,7 @@ class LiveApp:
             "backend": first.get("backend"),
             "meaningless": self.meaningless,
             "warning": MEANINGLESS if self.meaningless else None,
+            "adding": sorted(self.adding),
             "clients": len(self.hub.clients),
             "history": {"written": self.history.written, "dropped": self.history.dropped},
             "batching": self.batching(),
@@ -218,7 +233,8 @@ class LiveApp:
 
     def _api_cameras(self, method: str, path: str, query: dict[str, list[str]]) -> Reply:
         if method == "GET":
-            return Reply(200, {"cameras": {n: self.camera_health(c) for n, c in self.cameras.items()}})
+            return Reply(200, {"cameras": {n: self.camera_health(c) for n, c in list(self.cameras.items())},
+                               "adding": sorted(self.adding)})
         if method == "POST":
             fields = {k: v[0] for k, v in query.items() if k != "token"}
             for key in ("loop",):

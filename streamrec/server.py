@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib import resources
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -64,10 +64,20 @@ class Hub:
             del self.last[key]
 
     def publish_threadsafe(self, key: str, payload: str | bytes) -> None:
+        self._on_loop(self.publish, key, payload)
+
+    def forget_threadsafe(self, suffix: str) -> None:
+        """:meth:`forget` from another thread: runs on the loop, after what that thread published before."""
+        if self.loop is None:  # not serving yet: no loop to order against
+            self.forget(suffix)
+        else:
+            self._on_loop(self.forget, suffix)
+
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self.loop
         if loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(self.publish, key, payload)
+                loop.call_soon_threadsafe(fn, *args)
             except RuntimeError:  # loop closed between the check and the call
                 pass
 
@@ -160,6 +170,9 @@ class WebServer:
             ping_interval=20,
             ping_timeout=20,
             close_timeout=1,
+            # the opening handshake includes process_request: adding a camera at run time may load a
+            # model (seconds to a minute on a small CPU) before the API's reply; websockets' default is 10 s
+            open_timeout=300,
             write_limit=2**18,
         )
         sock = next(iter(self._server.sockets))
@@ -186,7 +199,7 @@ class WebServer:
             given = given or auth[7:]
         return hmac.compare_digest(given.encode(), self.token.encode())
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | Awaitable[Response] | None:
         path = urlsplit(request.path).path
         if path == "/ws":
             if not self._authorized(request):
@@ -197,8 +210,8 @@ class WebServer:
                 return _response(HTTPStatus.FORBIDDEN, "text/plain", b"cross-origin websocket refused\n")
             return None  # go on with the websocket handshake
         api = next((r for prefix, r in self.api.items() if path == prefix or path.startswith(prefix + "/")), None)
-        if api is not None:
-            return self._api(api, request, path)
+        if api is not None:  # in a worker thread: adding a camera opens its source and may load a model
+            return asyncio.to_thread(self._api, api, request, path)
         route = self.routes.get(path)
         if route is None or request.method != "GET":
             return _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")

@@ -160,3 +160,32 @@ def test_kill_9_loses_at_most_the_open_segment(tmp_path):
     n = conn.execute("SELECT COUNT(*) FROM segments").fetchone()[0]
     assert last <= n <= last + 1  # every acknowledged segment is there; only the open one is lost
     assert conn.execute("SELECT MAX(end_ts) FROM segments").fetchone()[0] >= last
+
+
+def test_adding_a_camera_with_a_new_model_does_not_stop_the_server(clips, tmp_path):
+    import threading
+
+    port, token = free_port(), "t0k"
+    cfg = write_config(tmp_path / "one.toml", [clips / CLIPS4[0]], ["court-1"], model="tiny3d", weights="none",
+                       backend="torch")
+    proc = start("--config", cfg, "--port", str(port), "--db", str(tmp_path / "h.db"), "--token", token)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        q = f"name=big&source={clips / CLIPS4[1]}&loop=true&model=mc3_18"
+        reply: list = []
+        post = threading.Thread(target=lambda: reply.append(request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)))
+        post.start()
+        seen_adding = False
+        while post.is_alive():  # the server answers while it opens the source and loads mc3_18
+            health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+            seen_adding |= health["adding"] == ["big"]
+            time.sleep(0.05)
+        post.join()
+        assert reply == [(201, {"added": "big"})]
+        assert seen_adding, "no health reply came while the camera was being added"
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+        assert health["adding"] == [] and health["cameras"]["big"]["model"] == "mc3_18"
+        assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras/big", token) == (200, {"removed": "big"})
+    finally:
+        err = stop(proc)
+    assert "Traceback" not in err
