@@ -162,20 +162,24 @@ def best_seconds(call: Callable[[], object], repeats: int = 3, *, sync: bool = F
     return best
 
 
-def _cache_key(loaded: LoadedModel, threads: int | None) -> str:
+def _cache_key(loaded: LoadedModel, threads: int | None, device: str | None = None) -> str:
     import torch as _t
 
-    return f"{loaded.name}|{tuple(loaded.spec.crop)}|{platform.processor() or platform.machine()}|{os.cpu_count()}|{threads}|{_t.__version__}"
+    where = device or f"{platform.processor() or platform.machine()}|{os.cpu_count()}|{threads}"
+    return f"{loaded.name}|{tuple(loaded.spec.crop)}|{where}|{_t.__version__}"
 
 
 def pick_auto(loaded: LoadedModel, factories: dict[str, Callable[[], Callable]], *, threads: int | None,
-              cache_file: Path | None = None) -> tuple[str, Callable]:
+              cache_file: Path | None = None, device: str | None = None, example: torch.Tensor | None = None,
+              repeats: int = 2, sync: bool = False, times: dict[str, float] | None = None) -> tuple[str, Callable]:
     """The fastest backend of ``factories`` (name -> builder) on this machine, built.
 
-    The choice is cached per model, CPU, thread count and torch version, so later starts
-    build only the winner."""
+    The choice is cached per model, CPU (or ``device``: a GPU's description), thread count and
+    torch version, so later starts build only the winner. Each candidate is timed on
+    ``example`` (default: one float32 window), best of ``repeats``, synchronizing a GPU with
+    ``sync``; ``times`` (when given) receives the seconds measured, empty for a cached choice."""
     cache_file = cache_file or CACHE / "backends.json"
-    key = _cache_key(loaded, threads)
+    key = _cache_key(loaded, threads, device)
     try:
         cached = json.loads(cache_file.read_text())
     except (OSError, ValueError):
@@ -185,14 +189,14 @@ def pick_auto(loaded: LoadedModel, factories: dict[str, Callable[[], Callable]],
             return cached[key], factories[cached[key]]()
         except Exception as exc:  # noqa: BLE001 - re-measure below
             logger.warning("cached backend %s failed to build (%s); measuring again", cached[key], exc)
-    x = example_input(loaded)
-    times: dict[str, float] = {}
+    x = example_input(loaded) if example is None else example
+    times = {} if times is None else times
     best, winner = None, None  # only the fastest so far stays built: the others' memory goes back
     for name, factory in factories.items():
         candidate = None
         try:
             candidate = factory()
-            times[name] = best_seconds(lambda: candidate(x), repeats=2)
+            times[name] = best_seconds(lambda: candidate(x), repeats=repeats, sync=sync)
         except Exception as exc:  # noqa: BLE001 - a backend that fails is not a candidate
             logger.warning("backend %s failed its trial run: %s", name, exc)
             continue

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -230,30 +231,26 @@ class Classifier:
     def _pick_cuda(self, module: torch.nn.Module, warmup: int) -> None:
         """Time eager and TorchScript, each on the exact rewrites of :func:`streamrec.conv2d.conv_variants`
         (factorized 2-D convolutions, channels padded to multiples of 8, convolution + bias + ReLU
-        as one cuDNN call), and ``torch.compile`` (Inductor) of the padded model; keep the fastest."""
+        as one cuDNN call), and ``torch.compile`` (Inductor) of the padded model, at the batch its
+        cameras will make; keep the fastest. The choice is cached per model, GPU, batch and
+        torch/cuDNN version (:func:`streamrec.backends.pick_auto`): later starts build only it."""
         from .conv2d import conv_variants
 
-        candidates: dict[str, torch.nn.Module] = {}
-        variants = conv_variants(module)
+        variants = conv_variants(module)  # cheap: graph rewrites; scripting and compiling are the slow part
+        factories: dict[str, Callable[[], Callable]] = {}
         for suffix, net in variants.items():
-            candidates[f"torch{suffix}"] = net
-            scripted = self._script(net)
-            if scripted is not None:
-                candidates[f"torchscript{suffix}"] = scripted
+            factories[f"torch{suffix}"] = lambda net=net: net
+            factories[f"torchscript{suffix}"] = lambda net=net: self._script(net) or _fail("does not trace")
         suffix = "-pad8" if "-pad8" in variants else ""
-        candidates[f"compile{suffix}"] = torch.compile(variants[suffix])  # Inductor: compiled at its first call
-        times = {}
-        for name, m in candidates.items():
-            try:
-                times[name] = self._time(m, max(warmup, 10))
-            except Exception as exc:  # noqa: BLE001 - e.g. Inductor cannot compile this model here
-                logger.warning("%s failed for %s: %s", name, self.loaded.name, str(exc).splitlines()[0] if str(exc) else exc)
-        candidates = {k: v for k, v in candidates.items() if k in times}
+        factories[f"compile{suffix}"] = lambda net=variants[suffix]: torch.compile(net)  # compiled at its first call
+        gpu = f"{torch.cuda.get_device_name(self.device)}|batch {self.batch_hint}|cudnn {torch.backends.cudnn.version()}"
+        times: dict[str, float] = {}
+        self.backend, self.module = backends.pick_auto(
+            self.loaded, factories, threads=None, device=gpu, example=self._example(self.batch_hint),
+            repeats=max(warmup, 10), sync=True, times=times)
         self.timings = {f"{name}_ms": t * 1e3 for name, t in times.items()}
-        best = min(times, key=times.get)
-        logger.info("per window on %s: %s -> %s", self.device,
-                    ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in times.items()), best)
-        self.module, self.backend = candidates[best], best
+        logger.info("per window on %s: %s", self.device,
+                    ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in times.items()) or f"{self.backend} (cached choice)")
 
     def _try_graphs(self, warmup: int, max_batch: int) -> None:
         """Replay through CUDA graphs when that measures faster than launching kernels one by one."""

@@ -3,6 +3,8 @@ fallbacks of the GPU path (TorchScript, batching) work without a GPU."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -112,3 +114,27 @@ def test_auto_trial_keeps_only_the_fastest_built(tmp_path):
     gc.collect()
     assert best == "fast" and refs["fast"]() is winner
     assert refs["slow"]() is None and refs["slower"]() is None  # the losers' memory went back
+
+
+def test_auto_choice_for_a_gpu_is_timed_on_its_example_and_cached_under_its_own_key(tmp_path):
+    calls: dict[str, list] = {}
+
+    def factory(name):
+        def build():
+            return lambda x: calls.setdefault(name, []).append(tuple(x.shape)) or x
+        return build
+
+    loaded = load_model("tiny3d", weights="none")
+    example = torch.zeros(4, 3, 2, 8, 8)
+    times: dict[str, float] = {}
+    cache = tmp_path / "b.json"
+    best, _ = backends.pick_auto(loaded, {"a": factory("a"), "b": factory("b")}, threads=None, cache_file=cache,
+                                 device="Some GPU|batch 4", example=example, repeats=5, times=times)
+    assert set(times) == {"a", "b"} and best == min(times, key=times.get)
+    assert calls == {"a": [(4, 3, 2, 8, 8)] * 6, "b": [(4, 3, 2, 8, 8)] * 6}  # one warm-up + 5 timed, on the example
+    assert list(json.loads(cache.read_text())) == [f"tiny3d|(112, 112)|Some GPU|batch 4|{torch.__version__}"]
+    again: dict[str, float] = {}
+    calls.clear()
+    assert backends.pick_auto(loaded, {"a": factory("a"), "b": factory("b")}, threads=None, cache_file=cache,
+                              device="Some GPU|batch 4", example=example, times=again)[0] == best
+    assert again == {} and calls == {}  # the cached choice is built, nothing is timed

@@ -55,7 +55,10 @@ def test_graph_runner_matches_the_module_for_every_batch_size():
     assert torch.equal(outs[1], first)
 
 
-def test_cuda_classifier_agrees_with_cpu_fp32_on_real_clips(clips):
+def test_cuda_classifier_agrees_with_cpu_fp32_on_real_clips(clips, tmp_path, monkeypatch):
+    from streamrec import backends
+
+    monkeypatch.setattr(backends, "CACHE", tmp_path)  # measure here, whatever an earlier run cached
     torch.manual_seed(0)
     loaded = load_model("r2plus1d_18", weights="none")
     cpu = Classifier(loaded, device="cpu", backend="torch", warmup=0)
@@ -74,6 +77,9 @@ def test_cuda_classifier_agrees_with_cpu_fp32_on_real_clips(clips):
           f"top-1 agreement {agree}/{len(windows)}, timings {gpu.timings}")
     assert len(windows) >= 10
     assert max(errs) < 1e-2
+    again = Classifier(load_model("r2plus1d_18", weights="none"), device="cuda", backend="auto")
+    assert again.backend == gpu.backend  # the cached choice, built alone: no candidate timed
+    assert not [k for k in again.timings if not k.startswith(again.backend.split("+")[0])]
     # fp16 may flip a near-tie of random weights; every window whose fp32 top-2 margin is clear agrees
     for g, r in zip(got, ref):
         top2 = r[0].topk(2).values
