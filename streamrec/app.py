@@ -20,6 +20,7 @@ import socket
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cv2
@@ -90,6 +91,7 @@ class LiveApp:
         self.server = WebServer(self.hub, host=config.host, port=config.port, routes=routes, api=api, token=config.token)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
+        self._preview_pool: ThreadPoolExecutor | None = None
 
     # -- cameras ----------------------------------------------------------------
     def _classifier(self, cam: CameraConfig) -> tuple[tuple, Classifier]:
@@ -277,7 +279,7 @@ class LiveApp:
                     continue
                 last[name] = ts
                 width = self.config.display_width if len(self.cameras) == 1 else min(self.config.display_width, 320)
-                jpeg = await loop.run_in_executor(None, encode_preview, rgb, width)
+                jpeg = await loop.run_in_executor(self._preview_pool, encode_preview, rgb, width)
                 tag = name.encode()
                 self.hub.publish(f"frame:{name}", struct.pack("B", len(tag)) + tag + jpeg)
 
@@ -302,10 +304,14 @@ class LiveApp:
                 cam.start()
             for w in self.workers.values():
                 w.start()
+        # one named thread encodes the previews, one at a time (the task awaits each): asyncio's default
+        # executor would add threads whenever a finished one had not yet marked itself idle
+        self._preview_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview")
         tasks = [asyncio.create_task(self._status_task()), asyncio.create_task(self._preview_task())]
         try:
             await self._stopped.wait()
         finally:
+            self._preview_pool.shutdown(wait=False, cancel_futures=True)
             self.stop.set()
             for cam in list(self.cameras.values()):
                 cam.stop.set()
