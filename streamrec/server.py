@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib import resources
@@ -210,8 +211,8 @@ class WebServer:
                 return _response(HTTPStatus.FORBIDDEN, "text/plain", b"cross-origin websocket refused\n")
             return None  # go on with the websocket handshake
         api = next((r for prefix, r in self.api.items() if path == prefix or path.startswith(prefix + "/")), None)
-        if api is not None:  # in a worker thread: adding a camera opens its source and may load a model
-            return asyncio.to_thread(self._api, api, request, path)
+        if api is not None:  # in a thread of its own: adding a camera opens its source and may load a model
+            return self._api_in_thread(api, request, path)
         route = self.routes.get(path)
         if route is None or request.method != "GET":
             return _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
@@ -223,6 +224,26 @@ class WebServer:
             logger.exception("handler for %s failed", path)
             return _response(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n")
         return _response(HTTPStatus.OK, route.content_type, body)
+
+    async def _api_in_thread(self, route: ApiRoute, request: Request, path: str) -> Response:
+        """:meth:`_api` in a daemon thread, so the loop keeps serving meanwhile and a shutdown
+        does not wait for it (asyncio's executor threads are joined at exit)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Response] = loop.create_future()
+
+        def settle(response: Response) -> None:
+            if not done.done():  # the connection may have gone meanwhile
+                done.set_result(response)
+
+        def work() -> None:
+            response = self._api(route, request, path)
+            try:
+                loop.call_soon_threadsafe(settle, response)
+            except RuntimeError:  # the loop closed meanwhile: nobody is waiting
+                pass
+
+        threading.Thread(target=work, name="api", daemon=True).start()
+        return await done
 
     def _api(self, route: ApiRoute, request: Request, path: str) -> Response:
         if route.admin and not self.token:

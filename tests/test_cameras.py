@@ -186,6 +186,21 @@ def test_adding_a_camera_with_a_new_model_does_not_stop_the_server(clips, tmp_pa
         health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
         assert health["adding"] == [] and health["cameras"]["big"]["model"] == "mc3_18"
         assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras/big", token) == (200, {"removed": "big"})
+
+        # SIGTERM while a camera is being added: a clean exit, without waiting for the model load
+        q = f"name=big2&source={clips / CLIPS4[1]}&loop=true&model=r2plus1d_18"
+
+        def post_cut_short():
+            try:
+                reply.append(request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token))
+            except OSError as exc:  # the server went away mid-request: what this part expects
+                reply.append(type(exc).__name__)
+
+        post = threading.Thread(target=post_cut_short, daemon=True)
+        post.start()
+        while json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))["adding"] != ["big2"]:
+            assert post.is_alive(), reply
+            time.sleep(0.05)
     finally:
         err = stop(proc)
     assert "Traceback" not in err
