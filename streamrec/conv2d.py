@@ -33,6 +33,8 @@ import operator
 import torch
 from torch import nn
 
+from .tracing import guard
+
 logger = logging.getLogger(__name__)
 
 
@@ -124,7 +126,9 @@ def fold_norms(module: nn.Module, *, inplace: bool = False) -> torch.fx.GraphMod
 
     try:
         root = module if inplace else copy.deepcopy(module)
-        gm = torch.fx.GraphModule(root, _ConvLeafTracer().trace(root), type(root).__name__)
+        with guard.trace():  # no model may run in another thread while fx patches nn.Module
+            graph = _ConvLeafTracer().trace(root)
+        gm = torch.fx.GraphModule(root, graph, type(root).__name__)
     except Exception as exc:  # noqa: BLE001 - not fx-traceable: keep the model as it is
         logger.info("cannot fold batch norms of %s (%s)", type(module).__name__, exc)
         return None

@@ -29,6 +29,7 @@ from . import backends
 from .errors import StreamrecError
 from .models import LoadedModel
 from .preprocess import normalize_batch, normalize_crops
+from .tracing import guard
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +307,7 @@ class Classifier:
             x = batch.to(self.device, self.dtype, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
-        with torch.no_grad():
+        with torch.no_grad(), guard.call():  # not while torch.fx traces another model (see streamrec.tracing)
             out = self.module(x)
         return out.float().cpu()
 

@@ -44,6 +44,7 @@ import torch
 from .firststart import entry_path, is_weights_file, side_file, stamp
 from .fsutil import CACHE, atomic_torch_save, atomic_write_text
 from .models import LoadedModel, ModelSpec, hub_checkpoint_path, load_model
+from .tracing import guard
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ def _write(entry: Path, loaded: LoadedModel, weights: str) -> None:
 def _save_graph(entry: Path, loaded: LoadedModel, source: Path) -> bool:
     module = loaded.module
     try:
-        graph = torch.fx.symbolic_trace(module)  # shares the module's tensors: no copy
+        with guard.trace():  # no model may run in another thread while fx patches nn.Module
+            graph = torch.fx.symbolic_trace(module)  # shares the module's tensors: no copy
         same = _same_outputs(graph, module, loaded.spec)
     except Exception as exc:  # noqa: BLE001 - not fx-traceable: loads as usual every time
         logger.info("%s is not cached as a graph (%s)", loaded.name, str(exc).splitlines()[0] if str(exc) else exc)
