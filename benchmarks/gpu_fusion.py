@@ -30,24 +30,9 @@ from streamrec.conv2d import ConvReLU, conv_variants  # noqa: E402
 from streamrec.engine import CudaGraphRunner  # noqa: E402
 from streamrec.models import load_model  # noqa: E402
 
+from gpu_profile import kernels  # noqa: E402 - benchmarks/, the script's own folder
+
 CL3D = torch.channels_last_3d
-
-
-def kernels(fn, x: torch.Tensor, top: int) -> list[str]:
-    """The ``top`` CUDA kernels of 5 calls by total time: share, launches per call, name."""
-    for _ in range(3):
-        fn(x)
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            fn(x)
-        torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
-    total = sum(e.self_device_time_total for e in events)
-    lines = [f"{total / 5 / 1e3:.2f} ms of kernels per call"]
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
-        lines.append(f"{e.self_device_time_total / total * 100:5.1f} %  {e.count // 5:4d}/call  {e.key[:110]}")
-    return lines
 
 
 @torch.no_grad()
@@ -115,7 +100,8 @@ def main() -> None:
             print(f"  {name}: cuDNN refused {row['refused_sites']} fused call sites (run unfused)")
     if best is not None:
         xb = torch.randn(batches[-1], *shape, device=dev, dtype=torch.half).contiguous(memory_format=CL3D)
-        report["kernels"] = {best: kernels(candidates[best], xb, 10)}
+        total_ms, lines = kernels(candidates[best], xb, 10)
+        report["kernels"] = {best: [f"{total_ms:.2f} ms of kernels per call", *lines]}
         print(f"\n## kernels of {best} (no graphs), batch {batches[-1]}")
         print("\n".join(report["kernels"][best]))
     if args.json:

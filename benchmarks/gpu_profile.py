@@ -20,6 +20,23 @@ from streamrec.conv2d import conv_variants  # noqa: E402
 from streamrec.models import load_model  # noqa: E402
 
 
+def kernels(fn, x: torch.Tensor, top: int, calls: int = 5) -> tuple[float, list[str]]:
+    """CUDA kernel time of one ``fn(x)`` (ms, mean of ``calls`` after as many warm-up calls) and
+    its ``top`` kernels by total time: share, launches per call, name."""
+    with torch.no_grad():
+        for _ in range(calls):
+            fn(x)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn(x)
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events)
+    return total / calls / 1e3, [f"{e.self_device_time_total / total * 100:5.1f} %  {e.count // calls:4d}/call  {e.key[:110]}"
+                                 for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="r2plus1d_18")
@@ -36,19 +53,9 @@ def main() -> None:
     for name, variant in conv_variants(net).items():
         with torch.no_grad():
             m = torch.jit.freeze(torch.jit.trace(variant, x[:1], check_trace=False))
-            for _ in range(5):
-                m(x)
-            torch.cuda.synchronize()
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    m(x)
-                torch.cuda.synchronize()
-        events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
-        total = sum(e.self_device_time_total for e in events)
-        print(f"\n## {args.model}{name or ' (as is)'}: {total / 5 / 1e3:.2f} ms of kernels per batch of {args.batch}")
-        for e in sorted(events, key=lambda e: -e.self_device_time_total)[: args.top]:
-            print(f"{e.self_device_time_total / total * 100:5.1f} %  {e.count // 5:4d}/batch  {e.key[:110]}")
-
+            total_ms, lines = kernels(m, x, args.top)
+        print(f"\n## {args.model}{name or ' (as is)'}: {total_ms:.2f} ms of kernels per batch of {args.batch}")
+        print("\n".join(lines))
 
 if __name__ == "__main__":
     main()
