@@ -64,7 +64,8 @@ class RateMeter:
 class CaptureThread(threading.Thread):
     """Reads ``spec`` into ``ring`` until ``stop`` is set.
 
-    ``first`` is an already opened source (the CLI opens it once up front to fail fast).
+    ``first`` is an already opened source (the CLI opens it once up front to fail fast);
+    ``opener`` opens the source again after it ended or failed (:func:`open_source`).
     """
 
     def __init__(
@@ -80,8 +81,10 @@ class CaptureThread(threading.Thread):
         clock: Callable[[], float] = time.time,
         name: str = "capture",
         on_frame: Callable[[np.ndarray, float], None] | None = None,
+        opener: Callable[[SourceSpec], Source] = open_source,
     ) -> None:
         super().__init__(name=name, daemon=True)
+        self.opener = opener
         self.spec = spec
         self.ring = ring
         self.pre = preprocessor
@@ -136,7 +139,7 @@ class CaptureThread(threading.Thread):
             while not self.stop_event.is_set():
                 if source is None:
                     try:
-                        source = open_source(self.spec)
+                        source = self.opener(self.spec)
                     except SourceError as exc:
                         self.error = mask_credentials(str(exc))
                         if not self.spec.is_live:

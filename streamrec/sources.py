@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -181,14 +181,17 @@ class PyAVSource(Source):
 
 
 class WebcamSource(Source):
-    """A local camera through OpenCV."""
+    """A local camera through OpenCV.
 
-    def __init__(self, spec: SourceSpec) -> None:
+    ``device`` opens the capture for a camera index (``cv2.VideoCapture``); anything with
+    OpenCV's capture interface will do (the tests give it ``cv2.VideoCapture`` on a file)."""
+
+    def __init__(self, spec: SourceSpec, *, device: Callable[[int], Any] | None = None) -> None:
         import cv2
 
         self.spec = spec
         self.decode_errors = 0
-        self._cap = cv2.VideoCapture(int(spec.target))
+        self._cap = (device or cv2.VideoCapture)(int(spec.target))
         if not self._cap.isOpened():
             self._cap.release()
             raise SourceError(f"--source: cannot open webcam {spec.target} (no such device, or it is busy)")
