@@ -11,6 +11,10 @@ classifier on its own (no capture, no server), to tell the machine's spread of i
 time from what the pipeline adds. Before and after the live run, ``steadiness.py`` times
 a fixed kernel on every vCPU for 15 s (``--steadiness 0`` skips it): on a shared cloud host
 the vCPUs have slow seconds of their own, and a latency tail is read against them.
+During the live run every inference is also accounted (:class:`CpuAccounting`): the CPU time
+the process used in it, how long its threads waited for a CPU, and the guest's steal time,
+so that a slow window can be told apart: its threads waiting (run-queue wait grows) or
+running the whole time and getting less done (CPU time grows with the wall time).
 
 Weights are random (``--weights none``): timings do not depend on them.
 """
@@ -55,6 +59,63 @@ async def client(port: int, seconds: float, out: list) -> None:
                     out.append(m)
 
 
+def _runqueue_wait_ns() -> int:
+    """Nanoseconds all threads of this process have waited on a run queue (``/proc`` schedstat)."""
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):  # a thread that ended meanwhile
+            pass
+    return total
+
+
+def _steal_ms() -> float:
+    """The guest's steal time so far, all CPUs (``/proc/stat``; clock ticks -> ms)."""
+    import os
+
+    with open("/proc/stat") as f:
+        fields = f.readline().split()  # cpu user nice system idle iowait irq softirq steal ...
+    return int(fields[8]) * 1e3 / os.sysconf("SC_CLK_TCK")
+
+
+class CpuAccounting:
+    """Wraps the worker's classifier: per call, wall ms, this process's CPU ms (all threads),
+    its threads' run-queue wait ms and the guest's steal ms (Linux only; the reads are outside
+    the timed call but inside the worker's ``infer_ms``: about 0.3 ms)."""
+
+    def __init__(self, classifier) -> None:
+        self._classifier = classifier
+        self.rows: list[tuple[float, float, float, float]] = []
+
+    def __getattr__(self, name):
+        return getattr(self._classifier, name)
+
+    def probs(self, batch):
+        w0, s0 = _runqueue_wait_ns(), _steal_ms()
+        c0, t0 = time.process_time(), time.perf_counter()
+        out = self._classifier.probs(batch)
+        t1, c1 = time.perf_counter(), time.process_time()
+        w1, s1 = _runqueue_wait_ns(), _steal_ms()
+        self.rows.append(((t1 - t0) * 1e3, (c1 - c0) * 1e3, (w1 - w0) / 1e6, s1 - s0))
+        return out
+
+
+def slow_windows(rows: list[tuple[float, float, float, float]], margin_ms: float = 100.0) -> dict:
+    """Windows slower than the median by more than ``margin_ms`` against the others: medians of
+    wall, CPU, run-queue wait and steal ms per window."""
+    wall = np.array([r[0] for r in rows])
+    if len(wall) == 0:
+        return {"slow": 0, "of": 0}
+    slow = wall > np.median(wall) + margin_ms
+    out = {"slow": int(slow.sum()), "of": len(rows), "margin_ms": margin_ms}
+    for name, col in (("wall_ms", 0), ("cpu_ms", 1), ("runq_wait_ms", 2), ("steal_ms", 3)):
+        values = np.array([r[col] for r in rows])
+        out[name] = {"slow": round(float(np.median(values[slow])), 1) if slow.any() else None,
+                     "others": round(float(np.median(values[~slow])), 1)}
+    return out
+
+
 def run_live(clip: Path, model: str, seconds: float, backend: str = "auto", threads: int | None = None,
              device: str = "cpu") -> dict:
     import tempfile
@@ -63,6 +124,8 @@ def run_live(clip: Path, model: str, seconds: float, backend: str = "auto", thre
     cfg = ServeConfig(source=str(clip), loop=True, weights="none", model=model, device=device, port=0, db=str(db),
                       backend=backend, threads=threads)
     app = LiveApp(cfg)
+    worker = next(iter(app.workers.values()))
+    accounting = worker.classifier = CpuAccounting(worker.classifier)
     msgs: list[dict] = []
 
     async def main() -> None:
@@ -75,7 +138,6 @@ def run_live(clip: Path, model: str, seconds: float, backend: str = "auto", thre
 
     asyncio.run(main())
     cam = next(iter(app.cameras.values()))
-    worker = next(iter(app.workers.values()))
     cap = cam.capture
     warm = [m for m in msgs if m["seq"] > 2]  # skip warm-up windows
     n = max(cap.frames, 1)
@@ -94,6 +156,7 @@ def run_live(clip: Path, model: str, seconds: float, backend: str = "auto", thre
         "dropped": cam.ring.dropped,
         "skipped_windows": cam.skipped,
         "backend": cam.classifier.backend,
+        "accounting": slow_windows(accounting.rows[3:]),  # the same warm-up skipped as for the messages
     }
 
 
@@ -185,6 +248,15 @@ def table(live: dict, naive: dict, alone: dict | None = None) -> str:
                f"(infer p95 - infer p50 = {live['infer_ms_p95'] - live['infer_ms_p50']:.0f} ms); "
                f"{live['windows']} windows, {live['skipped_windows']} window ends skipped while busy, "
                f"{live['dropped']} frames never used.")
+    acc = live.get("accounting")
+    if acc and acc["of"]:
+        line = f"Windows slower than inference p50 + {acc['margin_ms']:.0f} ms: {acc['slow']} of {acc['of']}."
+        if acc["slow"]:
+            line += (" Per window (median), slow vs the others: wall {wall_ms[slow]:.0f} vs {wall_ms[others]:.0f} ms, "
+                     "CPU time of the process {cpu_ms[slow]:.0f} vs {cpu_ms[others]:.0f} ms, run-queue wait of its "
+                     "threads {runq_wait_ms[slow]:.1f} vs {runq_wait_ms[others]:.1f} ms, guest steal "
+                     "{steal_ms[slow]:.0f} vs {steal_ms[others]:.0f} ms.").format(**acc)
+        out.append(line)
     if alone:
         out.append(f"The same classifier alone right after ({alone['backend']}, {alone['calls']} calls, no capture or server): "
                    f"infer p50 {alone['infer_ms_p50']:.0f} ms, p95 {alone['infer_ms_p95']:.0f} ms "
