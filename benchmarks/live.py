@@ -176,13 +176,13 @@ def run_alone(clip: Path, model: str, backend: str, threads: int | None, device:
     x = batch_windows([window.frames])  # uint8 (1, T, H, W, C), as the worker passes it
     for _ in range(3):
         clf.probs(x)
-    times = []
+    accounting = CpuAccounting(clf)
     for _ in range(calls):
         time.sleep(0.02)
-        t0 = time.perf_counter()
-        clf.probs(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"calls": calls, "infer_ms_p50": pct(times, 50), "infer_ms_p95": pct(times, 95), "backend": clf.backend}
+        accounting.probs(x)
+    times = [r[0] for r in accounting.rows]
+    return {"calls": calls, "infer_ms_p50": pct(times, 50), "infer_ms_p95": pct(times, 95), "backend": clf.backend,
+            "accounting": slow_windows(accounting.rows)}
 
 
 def run_naive(clip: Path, model: str, windows: int) -> dict:
@@ -248,20 +248,26 @@ def table(live: dict, naive: dict, alone: dict | None = None) -> str:
                f"(infer p95 - infer p50 = {live['infer_ms_p95'] - live['infer_ms_p50']:.0f} ms); "
                f"{live['windows']} windows, {live['skipped_windows']} window ends skipped while busy, "
                f"{live['dropped']} frames never used.")
-    acc = live.get("accounting")
-    if acc and acc["of"]:
-        line = f"Windows slower than inference p50 + {acc['margin_ms']:.0f} ms: {acc['slow']} of {acc['of']}."
-        if acc["slow"]:
-            line += (" Per window (median), slow vs the others: wall {wall_ms[slow]:.0f} vs {wall_ms[others]:.0f} ms, "
-                     "CPU time of the process {cpu_ms[slow]:.0f} vs {cpu_ms[others]:.0f} ms, run-queue wait of its "
-                     "threads {runq_wait_ms[slow]:.1f} vs {runq_wait_ms[others]:.1f} ms, guest steal "
-                     "{steal_ms[slow]:.0f} vs {steal_ms[others]:.0f} ms.").format(**acc)
-        out.append(line)
+    out.append(slow_line("Live windows", live.get("accounting")))
     if alone:
         out.append(f"The same classifier alone right after ({alone['backend']}, {alone['calls']} calls, no capture or server): "
                    f"infer p50 {alone['infer_ms_p50']:.0f} ms, p95 {alone['infer_ms_p95']:.0f} ms "
-                   f"(p95 - p50 = {alone['infer_ms_p95'] - alone['infer_ms_p50']:.0f} ms).")
+                   f"(p95 - p50 = {alone['infer_ms_p95'] - alone['infer_ms_p50']:.0f} ms). "
+                   + slow_line("Its calls", alone.get("accounting")))
     return "\n".join(out)
+
+
+def slow_line(what: str, acc: dict | None) -> str:
+    """One sentence on :func:`slow_windows`' figures."""
+    if not acc or not acc["of"]:
+        return ""
+    line = f"{what} slower than their p50 + {acc['margin_ms']:.0f} ms: {acc['slow']} of {acc['of']}."
+    if acc["slow"]:
+        line += (" Per window (median), slow vs the others: wall {wall_ms[slow]:.0f} vs {wall_ms[others]:.0f} ms, "
+                 "CPU time of the process {cpu_ms[slow]:.0f} vs {cpu_ms[others]:.0f} ms, run-queue wait of its "
+                 "threads {runq_wait_ms[slow]:.1f} vs {runq_wait_ms[others]:.1f} ms, guest steal "
+                 "{steal_ms[slow]:.0f} vs {steal_ms[others]:.0f} ms.").format(**acc)
+    return line
 
 
 def main() -> None:

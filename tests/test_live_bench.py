@@ -1,0 +1,61 @@
+"""benchmarks/live.py's accounting of slow windows (CPU time, run-queue wait, steal per inference)."""
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "live.py"
+
+
+@pytest.fixture(scope="module")
+def live():
+    spec = importlib.util.spec_from_file_location("live_bench", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Spinner:
+    """A stand-in classifier whose call uses ``cpu_ms`` of CPU time (or sleeps ``sleep_ms``)."""
+
+    loaded = "the wrapped classifier's model"
+
+    def __init__(self, cpu_ms: float = 0.0, sleep_ms: float = 0.0) -> None:
+        self.cpu_ms, self.sleep_ms = cpu_ms, sleep_ms
+
+    def probs(self, batch):
+        start = time.process_time()
+        while (time.process_time() - start) * 1e3 < self.cpu_ms:
+            pass
+        time.sleep(self.sleep_ms / 1e3)
+        return batch
+
+
+def test_slow_windows_compares_medians_of_the_slow_and_the_other_windows(live):
+    rows = [(400.0, 800.0, 60.0, 0.0)] * 18 + [(700.0, 1380.0, 110.0, 10.0), (720.0, 1400.0, 120.0, 0.0)]
+    acc = live.slow_windows(rows)
+    assert acc == {"slow": 2, "of": 20, "margin_ms": 100.0,
+                   "wall_ms": {"slow": 710.0, "others": 400.0}, "cpu_ms": {"slow": 1390.0, "others": 800.0},
+                   "runq_wait_ms": {"slow": 115.0, "others": 60.0}, "steal_ms": {"slow": 5.0, "others": 0.0}}
+    assert live.slow_line("Live windows", acc) == (
+        "Live windows slower than their p50 + 100 ms: 2 of 20. Per window (median), slow vs the others: "
+        "wall 710 vs 400 ms, CPU time of the process 1390 vs 800 ms, run-queue wait of its threads 115.0 vs 60.0 ms, "
+        "guest steal 5 vs 0 ms.")
+    steady = live.slow_windows([(400.0, 800.0, 60.0, 0.0)] * 5)
+    assert steady["slow"] == 0 and steady["wall_ms"] == {"slow": None, "others": 400.0}
+    assert live.slow_line("Its calls", steady) == "Its calls slower than their p50 + 100 ms: 0 of 5."
+    assert live.slow_windows([]) == {"slow": 0, "of": 0}
+
+
+def test_accounting_tells_cpu_time_from_waiting(live):
+    busy = live.CpuAccounting(Spinner(cpu_ms=60))
+    idle = live.CpuAccounting(Spinner(sleep_ms=60))
+    assert busy.probs("x") == "x" and idle.probs("y") == "y"
+    assert busy.loaded == "the wrapped classifier's model"  # everything else passes through to the classifier
+    (b_wall, b_cpu, b_wait, b_steal), = busy.rows
+    (i_wall, i_cpu, i_wait, i_steal), = idle.rows
+    assert b_cpu >= 60 and b_wall >= b_cpu * 0.5
+    assert i_wall >= 60 and i_cpu < 30
+    assert b_wait >= 0 and i_wait >= 0 and b_steal >= 0 and i_steal >= 0
