@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import platform
+import resource
 import sys
 import threading
 import time
@@ -79,37 +80,42 @@ def _steal_ms() -> float:
     return int(fields[8]) * 1e3 / os.sysconf("SC_CLK_TCK")
 
 
+COLUMNS = ("wall_ms", "cpu_ms", "runq_wait_ms", "steal_ms", "minor_faults", "major_faults")
+
+
 class CpuAccounting:
-    """Wraps the worker's classifier: per call, wall ms, this process's CPU ms (all threads),
-    its threads' run-queue wait ms and the guest's steal ms (Linux only; the reads are outside
-    the timed call but inside the worker's ``infer_ms``: about 0.3 ms)."""
+    """Wraps the worker's classifier: per call, one row of :data:`COLUMNS`: wall ms, this
+    process's CPU ms (all threads), its threads' run-queue wait ms, the guest's steal ms, and
+    the process's minor and major page faults (Linux only; the reads are outside the timed call
+    but inside the worker's ``infer_ms``: about 0.1 ms)."""
 
     def __init__(self, classifier) -> None:
         self._classifier = classifier
-        self.rows: list[tuple[float, float, float, float]] = []
+        self.rows: list[tuple[float, ...]] = []
 
     def __getattr__(self, name):
         return getattr(self._classifier, name)
 
     def probs(self, batch):
-        w0, s0 = _runqueue_wait_ns(), _steal_ms()
+        w0, s0, r0 = _runqueue_wait_ns(), _steal_ms(), resource.getrusage(resource.RUSAGE_SELF)
         c0, t0 = time.process_time(), time.perf_counter()
         out = self._classifier.probs(batch)
         t1, c1 = time.perf_counter(), time.process_time()
-        w1, s1 = _runqueue_wait_ns(), _steal_ms()
-        self.rows.append(((t1 - t0) * 1e3, (c1 - c0) * 1e3, (w1 - w0) / 1e6, s1 - s0))
+        w1, s1, r1 = _runqueue_wait_ns(), _steal_ms(), resource.getrusage(resource.RUSAGE_SELF)
+        self.rows.append(((t1 - t0) * 1e3, (c1 - c0) * 1e3, (w1 - w0) / 1e6, s1 - s0,
+                          r1.ru_minflt - r0.ru_minflt, r1.ru_majflt - r0.ru_majflt))
         return out
 
 
-def slow_windows(rows: list[tuple[float, float, float, float]], margin_ms: float = 100.0) -> dict:
-    """Windows slower than the median by more than ``margin_ms`` against the others: medians of
-    wall, CPU, run-queue wait and steal ms per window."""
+def slow_windows(rows: list[tuple[float, ...]], margin_ms: float = 100.0) -> dict:
+    """Windows slower than the median by more than ``margin_ms`` against the others: the medians
+    of each of :data:`COLUMNS` per window."""
     wall = np.array([r[0] for r in rows])
     if len(wall) == 0:
         return {"slow": 0, "of": 0}
     slow = wall > np.median(wall) + margin_ms
     out = {"slow": int(slow.sum()), "of": len(rows), "margin_ms": margin_ms}
-    for name, col in (("wall_ms", 0), ("cpu_ms", 1), ("runq_wait_ms", 2), ("steal_ms", 3)):
+    for col, name in enumerate(COLUMNS):
         values = np.array([r[col] for r in rows])
         out[name] = {"slow": round(float(np.median(values[slow])), 1) if slow.any() else None,
                      "others": round(float(np.median(values[~slow])), 1)}
@@ -266,7 +272,8 @@ def slow_line(what: str, acc: dict | None) -> str:
         line += (" Per window (median), slow vs the others: wall {wall_ms[slow]:.0f} vs {wall_ms[others]:.0f} ms, "
                  "CPU time of the process {cpu_ms[slow]:.0f} vs {cpu_ms[others]:.0f} ms, run-queue wait of its "
                  "threads {runq_wait_ms[slow]:.1f} vs {runq_wait_ms[others]:.1f} ms, guest steal "
-                 "{steal_ms[slow]:.0f} vs {steal_ms[others]:.0f} ms.").format(**acc)
+                 "{steal_ms[slow]:.0f} vs {steal_ms[others]:.0f} ms, page faults {minor_faults[slow]:.0f} vs "
+                 "{minor_faults[others]:.0f} (major {major_faults[slow]:.0f} vs {major_faults[others]:.0f}).").format(**acc)
     return line
 
 
