@@ -12,8 +12,8 @@ time from what the pipeline adds. Before and after the live run, ``steadiness.py
 a fixed kernel on every vCPU for 15 s (``--steadiness 0`` skips it): on a shared cloud host
 the vCPUs have slow seconds of their own, and a latency tail is read against them.
 During the live run every inference is also accounted (:class:`CpuAccounting`): the CPU time
-the process used in it, how long its threads waited for a CPU, and the guest's steal time,
-so that a slow window can be told apart: its threads waiting (run-queue wait grows) or
+the process used in it, how long its threads waited for a CPU, the guest's steal time and
+the page faults, so that a slow window can be told apart: its threads waiting (run-queue wait grows) or
 running the whole time and getting less done (CPU time grows with the wall time).
 
 Weights are random (``--weights none``): timings do not depend on them.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import resource
 import sys
@@ -73,8 +74,6 @@ def _runqueue_wait_ns() -> int:
 
 def _steal_ms() -> float:
     """The guest's steal time so far, all CPUs (``/proc/stat``; clock ticks -> ms)."""
-    import os
-
     with open("/proc/stat") as f:
         fields = f.readline().split()  # cpu user nice system idle iowait irq softirq steal ...
     return int(fields[8]) * 1e3 / os.sysconf("SC_CLK_TCK")
