@@ -67,5 +67,8 @@ class Recognizer:
 def load_recognizer(
     model: str | None = None, *, weights: str = "DEFAULT", device: str = "auto", backend: str = "auto"
 ) -> Recognizer:
-    """Load ``model`` (default r2plus1d_18) with ``weights`` (DEFAULT, none or a path)."""
-    return Recognizer(prepared.load(model, str(weights), device=device), device=device, backend=backend)
+    """Load ``model`` (default r2plus1d_18) with ``weights`` (DEFAULT, none or a path).
+
+    A model's first CPU start is loaded by a child process (see :func:`streamrec.prepared.load`),
+    so that the notebook's kernel never imports torchvision (+163 MB) unless it did already."""
+    return Recognizer(prepared.load(model, str(weights), device=device, child=True), device=device, backend=backend)

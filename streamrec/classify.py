@@ -248,7 +248,7 @@ def classify_file(
         raise StreamrecError(f"classify: expected a video file, got {spec.display_name}")
     source = PyAVSource(spec)  # validates: exists, is a video, has a video stream
     try:
-        loaded = loaded or prepared.load(model, weights, device=device)
+        loaded = loaded or prepared.load(model, weights, device=device, child=True)  # first start: in a child process
         subset = None
         if sports_only:
             subset = sport_indices(loaded.classes)

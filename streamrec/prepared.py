@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from .firststart import entry_path, is_weights_file, side_file, stamp
+from .firststart import entry_path, is_current, is_weights_file, prepare, side_file, stamp
 from .fsutil import CACHE, atomic_torch_save, atomic_write_text
 from .models import LoadedModel, ModelSpec, hub_checkpoint_path, load_model
 from .tracing import guard
@@ -55,13 +55,17 @@ def _weights_file(loaded: LoadedModel, weights: str) -> Path | None:
     return Path(weights) if is_weights_file(weights) else None
 
 
-def load(name: str | None, weights: str, *, device: str = "cpu", cache: Path | None = None) -> LoadedModel:
+def load(name: str | None, weights: str, *, device: str = "cpu", cache: Path | None = None,
+         child: bool = False) -> LoadedModel:
     """:func:`~streamrec.models.load_model`, through the cache of traced graphs.
 
     Only for CPU inference (``device``): on CUDA the model is loaded as usual, since the GPU
     path rewrites the original module its own way. ``--weights none`` (random) and exported
     models (TorchScript, ONNX) are loaded as usual and not cached; so is a model that
-    ``torch.fx`` cannot trace."""
+    ``torch.fx`` cannot trace. ``child=True`` (the Python API): on a first start, while this
+    process has not imported torchvision, a child process does the first load
+    (:func:`streamrec.firststart.prepare`, as the command line does), so that torchvision never
+    loads here; if the child fails, the load happens here and reports its own error."""
     from .engine import resolve_device
 
     cache = cache or CACHE
@@ -69,6 +73,8 @@ def load(name: str | None, weights: str, *, device: str = "cpu", cache: Path | N
     if weights.lower() == "none" or resolve_device(device).type != "cpu":
         return load_model(name, weights=weights)
     entry = entry_path(cache, name, weights)
+    if child and "torchvision" not in sys.modules and not is_current(entry):
+        prepare(cache, name, weights)
     hit = _read(entry, name)
     if hit is not None:
         return hit

@@ -95,6 +95,40 @@ def test_serve_first_start_prepares_in_a_child_and_the_server_never_maps_torchvi
     assert len(list((tmp_path / "cache" / "prepared").glob("r2plus1d_18-*.pt"))) == 1
 
 
+API = r"""
+import json, logging, sys
+import numpy as np
+if sys.argv[1] == "torchvision-first":
+    import torchvision  # noqa: F401  (a notebook that imported it already: no child then)
+logging.basicConfig(level=logging.INFO)
+import streamrec
+rec = streamrec.load_recognizer(model="r2plus1d_18", weights="DEFAULT", device="cpu", backend="torch")
+frames = np.random.default_rng(0).integers(0, 256, (16, 128, 171, 3), dtype=np.uint8)
+top = [[p.label, p.score] for p in rec.predict(frames, k=3)]
+print(json.dumps({"torchvision": "torchvision" in sys.modules, "top": top}))
+"""
+
+
+def test_the_python_api_prepares_a_first_start_in_a_child_too(tmp_path):
+    save_default_weights("r2plus1d_18", tmp_path / "torch")
+
+    def notebook(mode: str, cache: str) -> tuple[dict, str]:
+        r = subprocess.run([sys.executable, "-c", API, mode], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                           env=_env(tmp_path, STREAMREC_CACHE=str(tmp_path / cache)))
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
+
+    first, log = notebook("plain", "cache")
+    assert first["torchvision"] is False
+    assert "preparing it in a child process" in log
+    assert len(list((tmp_path / "cache" / "prepared").glob("r2plus1d_18-*.pt"))) == 1
+    later, log = notebook("plain", "cache")
+    assert later == first and "child process" not in log
+    # a kernel that has torchvision already loads in its own process, and gets the same scores
+    own, log = notebook("torchvision-first", "cache-own")
+    assert own == {"torchvision": True, "top": first["top"]} and "child process" not in log
+
+
 def test_sigterm_while_preparing_ends_the_child_too(tmp_path, clips):
     import psutil
 
