@@ -100,4 +100,4 @@ def test_capture_dates_a_live_frame_by_when_its_data_came_in():
     reads = clock_at_write[:3]
     for ts, read in zip(stamps, reads):
         assert 0.045 <= read - ts <= 0.08
-    assert t0 <= stamps[0]
+    assert stamps[0] >= t0 - 1e-3  # wall clock minus a perf_counter interval: equal to within clock rounding
