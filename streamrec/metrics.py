@@ -1,7 +1,10 @@
 """Prometheus metrics for ``GET /metrics`` (``prometheus_client``, text format).
 
 Gauges that mirror live state are read at scrape time from the app, so nothing on the
-hot path updates them; only the two latency histograms are observed per prediction.
+hot path updates them; only the two latency histograms are observed per prediction. The
+standard ``process_*`` metrics (CPU seconds, resident memory, open file descriptors; Linux)
+come with them: CPU seconds per prediction is how a slower host shows (see the README's
+"Live pipeline").
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
@@ -24,6 +27,7 @@ class Metrics:
     def __init__(self, app: "LiveApp") -> None:
         self.app = app
         self.registry = r = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
         cam = ["camera"]
         self.infer = Histogram("streamrec_inference_latency_ms", "Model forward time per window", cam, buckets=_MS_BUCKETS, registry=r)
         self.e2e = Histogram("streamrec_end_to_end_latency_ms", "Capture of a window's last frame to send", cam, buckets=_MS_BUCKETS, registry=r)

@@ -10,8 +10,10 @@ import time
 import urllib.error
 import urllib.request
 
+import psutil
 import pytest
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 
 from streamrec.messages import validate_prediction
@@ -71,6 +73,13 @@ def test_serve_end_to_end_on_a_real_clip(clips):
         metrics = wait_http(f"http://127.0.0.1:{port}/metrics").decode()
         assert 'streamrec_inference_latency_ms_count{camera="default"}' in metrics
         assert "streamrec_capture_fps" in metrics
+        process = {s.name: s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+                   if s.name.startswith("process_")}
+        server = psutil.Process(proc.pid)
+        rss, cpu = server.memory_info().rss, server.cpu_times()
+        assert 0.8 * rss <= process["process_resident_memory_bytes"] <= 1.25 * rss
+        # a model loaded and windows classified; read before psutil's figure, so not above it
+        assert 1 < process["process_cpu_seconds_total"] <= cpu.user + cpu.system + 0.05
 
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=5)
