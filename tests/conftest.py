@@ -238,3 +238,13 @@ def run_measuring_rss(cmd: list[str], *, timeout: float = 900, interval: float =
     for r in readers:
         r.join()
     return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "".join(err)), peak
+
+
+def load_benchmark(name: str):
+    """A script of ``benchmarks/`` imported as a module (they are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

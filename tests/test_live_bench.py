@@ -1,21 +1,16 @@
 """benchmarks/live.py's accounting of slow windows (CPU time, run-queue wait, steal per inference)."""
 
-import importlib.util
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "live.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def live():
-    spec = importlib.util.spec_from_file_location("live_bench", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("live")
 
 
 class Spinner:

@@ -1,21 +1,16 @@
 """benchmarks/steadiness.py: the host check that live latency figures are read against."""
 
 import doctest
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "steadiness.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def steadiness():
-    spec = importlib.util.spec_from_file_location("steadiness", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("steadiness")
 
 
 def test_docstring_example(steadiness):
