@@ -17,8 +17,10 @@ import os
 import platform
 import tempfile
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -31,6 +33,20 @@ logger = logging.getLogger(__name__)
 
 CPU_BACKENDS = ("torch", "torchscript", "onnxruntime", "openvino")
 ALL_BACKENDS = ("auto",) + CPU_BACKENDS + ("openvino-int8",)
+
+
+@contextmanager
+def torchscript_quiet() -> Iterator[None]:
+    """Trace, freeze, save or load TorchScript without torch 2.14's deprecation warnings.
+
+    streamrec uses TorchScript on purpose (frozen TorchScript is the CUDA path the live
+    pipeline asks for, and exported models are TorchScript files); the warnings tell a user
+    of ``streamrec export`` or ``--backend torchscript`` nothing they can act on. Only
+    ``torch.jit``'s own FutureWarnings are hidden, and only inside this block.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
+        yield
 
 
 def example_input(loaded: LoadedModel, batch: int = 1) -> torch.Tensor:

@@ -148,7 +148,7 @@ def cuda_backends(loaded: LoadedModel, device: torch.device) -> dict[str, Callab
             out[f"eager-fp16{suffix}"] = net
             out[f"eager-fp16{suffix}+cuda-graphs"] = CudaGraphRunner(net, example=x, max_batch=64)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), backends.torchscript_quiet():
                 traced = torch.jit.freeze(torch.jit.trace(net, x, check_trace=False))
             out[f"torchscript-fp16-cl3d{suffix}"] = traced
             out[f"torchscript-fp16-cl3d{suffix}+cuda-graphs"] = CudaGraphRunner(traced, example=x, max_batch=64)

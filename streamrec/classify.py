@@ -23,6 +23,7 @@ import numpy as np
 
 from .engine import Classifier, resolve_device
 from .errors import SourceError, StreamrecError
+from .fsutil import save_figure
 from .kinetics import restrict, sport_indices
 from .messages import top_k
 from . import prepared
@@ -305,6 +306,6 @@ def plot_timeline(tl: Timeline, path: str | Path) -> None:
         ax_score.set_xlabel("time (s)")
         ax_score.set_ylabel("top-1 score")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        save_figure(fig, path, dpi=100)
     finally:
         plt.close(fig)

@@ -195,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as exc:  # a write that failed after the checks (disk full, folder removed): one line, no traceback
+        logger.debug("OSError", exc_info=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"streamrec: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 def entry() -> None:

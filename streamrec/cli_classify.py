@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from .config import check_device
 from .errors import StreamrecError
+from .fsutil import check_output
 
 
 def add_classify_parser(sub, model_args: Callable) -> None:
@@ -32,7 +34,11 @@ def cmd_classify(args) -> int:
     from .firststart import prepare_first_starts
     from .fsutil import CACHE
 
-    weights, device = args.weights or "DEFAULT", args.device or "auto"
+    weights, device = args.weights or "DEFAULT", check_device(args.device or "auto")
+    if args.out:
+        check_output("--out", args.out)
+    if args.plot:
+        check_output("--plot", args.plot, image=True)
     if Path(args.file).is_file():  # before torch is imported here: see streamrec.firststart
         prepare_first_starts(CACHE, [(args.model, weights)], device=device)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from .fsutil import check_output
 
 
 def add_parsers(sub, model_args) -> None:
@@ -71,6 +72,10 @@ def _train_config(args):
 def cmd_dataset(args) -> int:
     from .dataset import catalog, contact_sheet, discover, write_catalog_csv
 
+    if args.csv:
+        check_output("--csv", args.csv)
+    if args.sheet:
+        check_output("--sheet", args.sheet, image=True)
     splits = discover(args.data, val_split=args.val_split)
     rows = catalog(splits)
     print(f"{'split':<6} {'class':<24} {'clips':>5} {'frames':>7} {'secs':>7} {'fps':>11}  {'resolutions':<20} unreadable")
@@ -88,6 +93,7 @@ def cmd_dataset(args) -> int:
 def cmd_train(args) -> int:
     from .train import train
 
+    check_output("--out", args.out)
     result = train(_train_config(args))
     print(f"best validation loss {result['best_val_loss']:.4f}; checkpoint {result['out']}", file=sys.stderr)
     return 0
@@ -96,6 +102,7 @@ def cmd_train(args) -> int:
 def cmd_lr_find(args) -> int:
     from .train import lr_find
 
+    check_output("--plot", args.plot, image=True)
     lr = lr_find(_train_config(args), plot=args.plot)
     print(f"suggested learning rate: {lr:.2e} (plot: {args.plot})")
     return 0
@@ -104,6 +111,7 @@ def cmd_lr_find(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
+    check_output("--confusion", args.confusion, image=True)
     r = evaluate(args.folder, weights=args.weights, model=args.model, device=args.device,
                  batch_size=args.batch_size, confusion_png=args.confusion)
     if args.json:
@@ -122,6 +130,7 @@ def cmd_export(args) -> int:
 
     suffix = {"torchscript": ".ts", "onnx": ".onnx"}[args.format]
     out = args.out or str(args.checkpoint).rsplit(".", 1)[0] + suffix
+    check_output("--out", out)
     path = export(args.checkpoint, out, fmt=args.format)
     print(f"wrote {path}")
     return 0

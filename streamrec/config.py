@@ -21,6 +21,18 @@ from .errors import StreamrecError
 from .smoothing import SmoothingConfig
 
 
+def check_device(device: str) -> str:
+    """``device`` when it names a device streamrec runs on (``auto``, ``cpu``, ``cuda``,
+    ``cuda:N``), else a :class:`StreamrecError`: checked before a model is loaded.
+
+    >>> check_device("cuda:1")
+    'cuda:1'
+    """
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise StreamrecError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
 @dataclass(frozen=True)
 class CameraConfig:
     """One camera. Unset options (None) take the serve-wide value."""
@@ -102,6 +114,7 @@ class ServeConfig:
             raise StreamrecError(f"display: expected fps > 0 and width >= 32, got {self.display_fps}, {self.display_width}")
         if self.stall_timeout <= 0 or self.open_timeout <= 0:
             raise StreamrecError(f"--stall-timeout/--open-timeout: expected > 0 s, got {self.stall_timeout}, {self.open_timeout}")
+        check_device(self.device)
         if self.threads is not None and self.threads < 1:
             raise StreamrecError(f"--threads: expected >= 1, got {self.threads}")
         if not self.is_loopback and not self.token and not self.insecure:

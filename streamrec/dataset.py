@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import SourceError, StreamrecError
-from .fsutil import atomic_write
+from .fsutil import atomic_write, save_figure
 from .models import ModelSpec
 from .preprocess import FramePreprocessor
 from .ring import sample_indices
@@ -359,7 +359,7 @@ def contact_sheet(split: Split, path: str | os.PathLike, *, per_class: int = 2) 
                 ax.set_axis_off()
                 ax.set_title(f"{cls} / {p.name} ({title})", fontsize=7)
         fig.tight_layout()
-        fig.savefig(path, dpi=80)
+        save_figure(fig, path, dpi=80)
     finally:
         plt.close(fig)
     return len(picks)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import backends
+from .config import check_device
 from .errors import StreamrecError
 from .models import LoadedModel
 from .preprocess import normalize_batch, normalize_crops
@@ -40,8 +41,7 @@ OWN_POOL = ("onnxruntime", "openvino")
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise StreamrecError(f"--device: expected auto, cpu or cuda, got {device!r}")
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -160,8 +160,7 @@ class Classifier:
         self.module = module
         self.backend = "torch"
         self.channels_last = self.cuda  # the layout the module wants its input in
-        prebuilt = isinstance(module, torch.jit.ScriptModule) or not any(True for _ in module.parameters())
-        if prebuilt:
+        if loaded.prebuilt:
             pass
         elif backend == "torch":
             if not self.cuda:
@@ -202,7 +201,7 @@ class Classifier:
             self.backend, self.module = backends.pick_auto(loaded, factories, threads=self.threads)
             if self.backend == "torch" and self.module is not module:
                 self._adopt(self.module)
-        if self.cuda and cuda_graphs and backend in ("auto", "compile") and not prebuilt:
+        if self.cuda and cuda_graphs and backend in ("auto", "compile") and not loaded.prebuilt:
             self._try_graphs(warmup, max_batch)
         if warmup and not self.cuda:
             self._time(self.module, 1)
@@ -278,7 +277,7 @@ class Classifier:
 
     def _script(self, module: torch.nn.Module):
         try:
-            with torch.inference_mode(False), torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad(), backends.torchscript_quiet():
                 traced = torch.jit.trace(module, self._example(), check_trace=False)
                 return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
         except Exception as exc:  # noqa: BLE001 - some models do not trace; eager still works

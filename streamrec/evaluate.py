@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -11,9 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .backends import torchscript_quiet
 from .dataset import ClipCache, ClipDataset, Sample, _class_dirs, collate, default_workers
 from .engine import Classifier
 from .errors import StreamrecError
+from .fsutil import atomic_write, save_figure
 from .models import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
@@ -80,7 +83,7 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: str) -> None
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         fig.tight_layout()
-        fig.savefig(path, dpi=90)
+        save_figure(fig, path, dpi=90)
     finally:
         plt.close(fig)
 
@@ -92,23 +95,28 @@ def export(weights: str, out: str, *, fmt: str) -> Path:
     example = torch.zeros(1, 3, loaded.spec.frames, *loaded.spec.crop)
     module = loaded.module.eval()
     path = Path(out)
+    # both formats are built in memory and written with atomic_write: a failed write (disk
+    # full) leaves no half file, and torch.jit.save's own file writer aborts the process on one
+    buf = io.BytesIO()
     if fmt == "torchscript":
-        with torch.no_grad():
+        with torch.no_grad(), torchscript_quiet():
             traced = torch.jit.trace(module, example, check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={EXPORT_META: meta})
+            torch.jit.save(traced, buf, _extra_files={EXPORT_META: meta})
+        data = buf.getbuffer()
     elif fmt == "onnx":
         try:
             import onnx
         except ImportError:
             raise StreamrecError("--format onnx: the onnx package is not installed; pip install 'streamrec[onnx]'") from None
-        torch.onnx.export(module, (example,), str(path), input_names=["clip"], output_names=["logits"],
+        torch.onnx.export(module, (example,), buf, input_names=["clip"], output_names=["logits"],
                           dynamic_axes={"clip": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
-        proto = onnx.load(str(path))
+        proto = onnx.load_from_string(buf.getvalue())
         entry = proto.metadata_props.add()
         entry.key, entry.value = EXPORT_META, meta
-        onnx.save(proto, str(path))
+        data = proto.SerializeToString()
     else:
         raise StreamrecError(f"--format: expected torchscript or onnx, got {fmt!r}")
+    atomic_write(path, lambda fh: fh.write(data))
     return path
 
 
@@ -121,7 +129,8 @@ def load_exported(path: Path) -> LoadedModel | None:
     if head[:2] == b"PK":  # a zip: TorchScript archive (or a torch.save file)
         extra = {EXPORT_META: ""}
         try:
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            with torchscript_quiet():
+                module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except RuntimeError:
             return None
         if not extra[EXPORT_META]:

@@ -111,8 +111,11 @@ def needs_preparing(cache: Path, name: str | None, weights: str, *, device: str)
     """A CPU run with these weights would do a first load: no current entry in ``cache``.
 
     False for random weights (never cached), for CUDA, and for ``auto`` where a GPU may be
-    present: those load in the job's own process, as before."""
+    present: those load in the job's own process, as before. False also for a weights file
+    that is not there: the job's own load reports that at once, with no child started."""
     if weights.lower() == "none" or device not in ("cpu", "auto") or (device == "auto" and gpu_present()):
+        return False
+    if weights.upper() != "DEFAULT" and not Path(weights).is_file():
         return False
     return not is_current(entry_path(cache, name, weights))
 

@@ -8,6 +8,10 @@ Example:
     >>> atomic_write_text(p, "a,b\\n")
     >>> p.read_text()
     'a,b\\n'
+    >>> check_output("--out", p.parent / "no-such-folder" / "out.csv")
+    Traceback (most recent call last):
+    ...
+    streamrec.errors.StreamrecError: --out .../no-such-folder/out.csv: the folder .../no-such-folder does not exist
 """
 
 from __future__ import annotations
@@ -17,30 +21,82 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import StreamrecError
+
 # streamrec's own cache: prepared models, OpenVINO IR, the backend choice of ``auto``
 CACHE = Path(os.environ.get("STREAMREC_CACHE", Path.home() / ".cache" / "streamrec"))
 
 
+# the image formats the PNG-writing options accept (matplotlib writes each from the suffix)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf")
+
+
+def check_output(option: str, path: str | os.PathLike, *, image: bool = False) -> Path:
+    """``path`` as a :class:`Path` when a command can write it, else a :class:`StreamrecError`
+    naming ``option``: called before the command's work, so a typo in an output path costs
+    no training or decoding (and never ends in a traceback after it)."""
+    p = Path(path)
+    folder = p.parent
+    if p.is_dir():
+        raise StreamrecError(f"{option}: expected a file name, got the folder {p}")
+    if not folder.is_dir():
+        raise StreamrecError(f"{option} {p}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StreamrecError(f"{option} {p}: the folder {folder} is not writable")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise StreamrecError(f"{option} {p}: the file is not writable")
+    if image and p.suffix.lower() not in IMAGE_SUFFIXES:
+        raise StreamrecError(f"{option} {p}: expected a file name ending in {', '.join(IMAGE_SUFFIXES)}, "
+                             f"got {p.suffix or 'no suffix'!r}")
+    return p
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, mode: str = "wb") -> None:
-    """Call ``write(fh)`` on a temporary file, then atomically move it to ``path``."""
+    """Call ``write(fh)`` on a temporary file, then atomically move it to ``path``.
+
+    The file gets the permissions of the one it replaces, or those of any new file (0666
+    less the umask), not the 0600 of a temporary file. A write that fails (disk full) leaves
+    ``path`` as it was and raises :class:`OSError` naming ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        try:
+            perms = path.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            perms = 0o666 & ~_UMASK
+        os.fchmod(fd, perms)
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text), mode="w")
+
+
+def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int) -> None:
+    """Write a matplotlib figure atomically, in the format its suffix names (PNG without one)."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=dpi))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -144,6 +144,13 @@ class LoadedModel:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+    @property
+    def prebuilt(self) -> bool:
+        """An exported model (a TorchScript file, an ONNX Runtime session): it runs as it is,
+        with nothing in it to trace, fold or rewrite."""
+        return isinstance(self.module, torch.jit.ScriptModule) or not any(True for _ in self.module.parameters())
+
+
 def hub_checkpoint_path(name: str) -> Path:
     """Where torch hub caches ``name``'s DEFAULT weights file."""
     url = default_weights(name).url

@@ -106,12 +106,11 @@ def _write(entry: Path, loaded: LoadedModel, weights: str) -> None:
     """Save ``loaded`` as a traced graph in ``entry``, and the side file that
     :mod:`streamrec.firststart` reads; a model that cannot be cached gets a side file that
     says so (``"cached": false``), so that the command line does not try again."""
-    module = loaded.module
     source = _weights_file(loaded, weights)
     if source is None:
         return
     cached = False
-    if isinstance(module, torch.nn.Module) and not isinstance(module, torch.jit.ScriptModule):
+    if not loaded.prebuilt:  # an exported file (TorchScript, ONNX) is no graph to trace
         cached = _save_graph(entry, loaded, source)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)

@@ -191,7 +191,14 @@ class WebcamSource(Source):
 
         self.spec = spec
         self.decode_errors = 0
-        self._cap = (device or cv2.VideoCapture)(int(spec.target))
+        # OpenCV logs its own WARN lines for a missing camera (one per backend it tries, on
+        # every reconnect); the SourceError below says it once, in streamrec's words
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            self._cap = (device or cv2.VideoCapture)(int(spec.target))
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not self._cap.isOpened():
             self._cap.release()
             raise SourceError(f"--source: cannot open webcam {spec.target} (no such device, or it is busy)")

@@ -24,7 +24,7 @@ from torch import nn
 from .dataset import Augment, ClipCache, ClipDataset, collate, default_workers, discover
 from .engine import resolve_device
 from .errors import StreamrecError
-from .fsutil import atomic_torch_save
+from .fsutil import atomic_torch_save, save_figure
 from .models import LoadedModel, build_model, load_model, make_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, schedule=No
             scaler.step(optimizer)
             scaler.update()
         b = len(y)
-        tot_loss += float(loss) * b
+        tot_loss += loss.item() * b
         top1 += topk_correct(logits, y, 1)
         top5 += topk_correct(logits, y, 5)
         n += b
@@ -296,6 +296,6 @@ def lr_find(cfg: TrainConfig, *, start: float = 1e-6, end: float = 1.0, steps: i
         ax.set_ylabel("loss (smoothed)")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(plot, dpi=90)
+        save_figure(fig, plot, dpi=90)
         plt.close(fig)
     return suggestion

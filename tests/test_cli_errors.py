@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import resource
 import socket
+import subprocess
 
+import pytest
 
-from conftest import run_cli
+from conftest import ROOT, make_motion_dataset, run_cli, streamrec_cmd
 
 
 def one_line_error(proc, *needles: str) -> str:
@@ -87,3 +90,68 @@ def test_bad_config_file(tmp_path):
 
 def test_unknown_argument():
     one_line_error(run_cli("serve", "--frobnicate"), "unrecognized arguments")
+
+
+def test_unknown_device_before_the_model_loads(clips):
+    for cmd in (["serve", "--source", str(clips / "arm_wrestling.mp4")], ["classify", str(clips / "arm_wrestling.mp4")]):
+        proc = run_cli(*cmd, "--weights", "none", "--device", "tpu")
+        one_line_error(proc, "--device", "expected auto, cpu, cuda or cuda:N, got 'tpu'")
+        assert "random weights" not in proc.stderr  # refused before loading anything
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_motion_dataset(root, per_class=2, valid=1, seconds=1.2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import torch
+
+    from streamrec.models import build_model, make_checkpoint, model_spec
+
+    path = tmp_path_factory.mktemp("ckpt") / "m.pt"
+    net = build_model("tiny3d", num_classes=3)
+    torch.save(make_checkpoint(net, model="tiny3d", classes=["a", "b", "c"], spec=model_spec("tiny3d")), path)
+    return path
+
+
+# every option that writes a file, with the rest of a command that would otherwise run
+OUTPUTS = [
+    ("--out", ["classify", "{clip}", "--model", "tiny3d", "--weights", "none", "--format", "json"], "t.json"),
+    ("--plot", ["classify", "{clip}", "--model", "tiny3d", "--weights", "none"], "t.png"),
+    ("--csv", ["dataset", "{data}"], "c.csv"),
+    ("--sheet", ["dataset", "{data}"], "s.png"),
+    ("--out", ["train", "{data}", "--model", "tiny3d", "--weights", "none", "--epochs", "1"], "m.pt"),
+    ("--plot", ["lr-find", "{data}", "--model", "tiny3d", "--weights", "none"], "lr.png"),
+    ("--confusion", ["evaluate", "{data}/valid", "--weights", "{ckpt}"], "c.png"),
+    ("--out", ["export", "{ckpt}"], "m.ts"),
+]
+
+
+@pytest.mark.parametrize("option, cmd, name", OUTPUTS, ids=[f"{c[0]} {o}" for o, c, _ in OUTPUTS])
+def test_an_output_in_a_missing_folder_is_refused_before_the_work(option, cmd, name, tmp_path, clips,
+                                                                     small_dataset, checkpoint):
+    values = {"clip": clips / "arm_wrestling.mp4", "data": small_dataset, "ckpt": checkpoint}
+    missing = tmp_path / "no-such-folder"
+    proc = run_cli(*[a.format(**values) for a in cmd], option, str(missing / name))
+    one_line_error(proc, f"{option} {missing / name}: the folder {missing} does not exist")
+    assert proc.stdout == ""  # no table, catalog or "wrote": nothing ran
+    assert "random weights" not in proc.stderr and "epoch" not in proc.stderr  # no model was loaded
+
+
+def test_a_write_that_fails_gives_one_line_and_leaves_no_file(tmp_path, checkpoint):
+    """A disk that fills up, as the file-size limit makes it: torch.jit.save's own writer used to
+    abort the process (SIGABRT) and leave half a file."""
+    out = tmp_path / "m.ts"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # Python ignores SIGXFSZ: writes fail with EFBIG
+
+    proc = subprocess.run(streamrec_cmd("export", str(checkpoint), "--out", str(out)), capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, preexec_fn=limit)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == f"streamrec: error: {out}: File too large"
+    assert list(tmp_path.iterdir()) == []

@@ -172,6 +172,7 @@ def test_needs_preparing_follows_the_entry_and_its_weights_file(tmp_path, monkey
     assert firststart.needs_preparing(cache, None, str(w), device="auto")
     assert not firststart.needs_preparing(cache, None, str(w), device="cuda")
     assert not firststart.needs_preparing(cache, None, "none", device="cpu")
+    assert not firststart.needs_preparing(cache, None, str(tmp_path / "missing.pt"), device="cpu")
     assert firststart.prepare(cache, None, str(w)) is True  # a real child process
     assert not firststart.needs_preparing(cache, None, str(w), device="cpu")
     assert type(prepared.load(None, str(w), cache=cache).module).__name__ == "GraphModule"
@@ -194,6 +195,23 @@ def test_a_model_that_cannot_be_cached_is_not_prepared_again(tmp_path, monkeypat
     assert not entry.exists()
     assert json.loads(firststart.side_file(entry).read_text())["cached"] is False
     assert not firststart.needs_preparing(cache, "tiny3d", str(w), device="cpu")
+
+
+def test_an_exported_onnx_file_is_prepared_without_tracing_it(tmp_path, monkeypatch):
+    """The child once fx-traced the ONNX Runtime wrapper and crashed (SIGSEGV) on every start."""
+    from streamrec.evaluate import export
+
+    cache, w = tmp_path / "cache", tmp_path / "w.onnx"
+    _tiny_checkpoint(tmp_path / "w.pt")
+    export(str(tmp_path / "w.pt"), str(w), fmt="onnx")
+    monkeypatch.setattr(firststart, "gpu_present", lambda: False)
+    assert firststart.needs_preparing(cache, "tiny3d", str(w), device="cpu")
+    assert firststart.prepare(cache, "tiny3d", str(w)) is True  # a real child process, exit 0
+    entry = firststart.entry_path(cache, "tiny3d", str(w))
+    assert json.loads(firststart.side_file(entry).read_text())["cached"] is False
+    assert not firststart.needs_preparing(cache, "tiny3d", str(w), device="cpu")
+    loaded = prepared.load("tiny3d", str(w), cache=cache)
+    assert loaded.prebuilt and loaded.classes == ["jump", "run"]
 
 
 def test_prepare_reports_a_failing_child_as_false(tmp_path):

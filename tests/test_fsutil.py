@@ -1,0 +1,79 @@
+"""Output files: checked before the work, written atomically with the user's permissions."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pytest
+
+from streamrec.errors import StreamrecError
+from streamrec.fsutil import atomic_write, atomic_write_text, check_output, save_figure
+
+
+def test_check_output_accepts_a_writable_path(tmp_path):
+    assert check_output("--out", tmp_path / "a.csv") == tmp_path / "a.csv"
+    assert check_output("--plot", str(tmp_path / "a.PNG"), image=True) == tmp_path / "a.PNG"
+
+
+@pytest.mark.parametrize("name, image, needle", [
+    ("missing/a.csv", False, "the folder {tmp}/missing does not exist"),
+    ("", False, "expected a file name, got the folder {tmp}"),
+    ("plot.gif", True, "expected a file name ending in .png, .jpg, .jpeg, .svg, .pdf, got '.gif'"),
+    ("plot", True, "got 'no suffix'"),
+])
+def test_check_output_names_the_option_and_the_problem(tmp_path, name, image, needle):
+    with pytest.raises(StreamrecError) as info:
+        check_output("--plot", tmp_path / name if name else tmp_path, image=image)
+    assert str(info.value).startswith("--plot")
+    assert needle.format(tmp=tmp_path) in str(info.value)
+
+
+def test_a_new_file_gets_the_umask_permissions_and_a_replaced_one_keeps_its_own(tmp_path):
+    old = os.umask(0o027)
+    try:
+        import streamrec.fsutil as fsutil
+
+        saved, fsutil._UMASK = fsutil._UMASK, fsutil._umask()  # the module read the umask at import
+        try:
+            atomic_write_text(tmp_path / "new.txt", "x")
+        finally:
+            fsutil._UMASK = saved
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o640
+    (tmp_path / "new.txt").chmod(0o604)
+    atomic_write_text(tmp_path / "new.txt", "y")
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o604
+    assert (tmp_path / "new.txt").read_text() == "y"
+
+
+def test_a_failed_write_keeps_the_old_file_and_names_the_path(tmp_path):
+    target = tmp_path / "model.ts"
+    target.write_bytes(b"the old model")
+
+    def disk_full(fh):
+        fh.write(b"half a")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as info:
+        atomic_write(target, disk_full)
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(target))
+    assert target.read_bytes() == b"the old model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ts"]  # no temporary file left
+
+
+@pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG"), (".svg", b"<?xml"), (".pdf", b"%PDF")])
+def test_save_figure_writes_the_format_of_the_suffix(tmp_path, suffix, magic):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(2, 1))
+    try:
+        save_figure(fig, tmp_path / f"f{suffix}", dpi=50)
+    finally:
+        plt.close(fig)
+    assert (tmp_path / f"f{suffix}").read_bytes().startswith(magic)
