@@ -7,6 +7,10 @@ Example:
     torch.Size([1, 3, 16, 112, 112])
     >>> len(rec.predict(np.zeros((16, 240, 320, 3), np.uint8), k=3))
     3
+    >>> rec.predict(np.zeros((16, 240, 320, 3), np.uint8), k=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: k: expected >= 1, got 0
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ class Recognizer:
 
     def predict(self, frames: Sequence[np.ndarray] | np.ndarray, *, k: int = 5) -> list[Prediction]:
         """Top-``k`` labels with softmax scores for one clip of RGB uint8 frames."""
+        if k < 1:
+            raise ValueError(f"k: expected >= 1, got {k}")
         probs = self.classifier.probs(self.preprocess(frames))[0]
         idx = np.argsort(-probs, kind="stable")[:k]
         return [Prediction(self.classes[i], float(probs[i])) for i in idx]

@@ -71,6 +71,8 @@ class FramePreprocessor:
 
     def resize(self, frame: np.ndarray) -> np.ndarray:
         """The preset's resize of one RGB uint8 ``(H, W, 3)`` frame (no crop)."""
+        if not isinstance(frame, np.ndarray):
+            raise TypeError(f"frame: expected a uint8 (H, W, 3) NumPy array, got {type(frame).__name__}")
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"frame: expected uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
         h, w = frame.shape[:2]
@@ -101,9 +103,15 @@ class FramePreprocessor:
 
     def clip(self, frames: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
         """Exactly these RGB uint8 frames -> model input ``(1, C, T, H, W)``."""
-        if isinstance(frames, np.ndarray) and frames.ndim == 3:
-            raise ValueError(f"frames: expected T x H x W x 3 or a list of H x W x 3, got {frames.shape}")
-        return self.window(np.stack([self.resize_crop(f) for f in frames]))
+        if isinstance(frames, np.ndarray) and frames.ndim != 4:
+            raise ValueError(f"frames: expected T x H x W x 3 or a list of H x W x 3, got an array of shape {frames.shape}")
+        if isinstance(frames, (str, bytes)) or not hasattr(frames, "__iter__"):
+            raise TypeError(f"frames: expected RGB uint8 frames (T x H x W x 3, or a list of H x W x 3), "
+                            f"got {type(frames).__name__}")
+        crops = [self.resize_crop(f) for f in frames]
+        if not crops:
+            raise ValueError("frames: expected at least one frame, got none")
+        return self.window(np.stack(crops))
 
     def window(self, crops: np.ndarray) -> torch.Tensor:
         """uint8 crops ``(T, H, W, C)`` of one window -> normalized model input ``(1, C, T, H, W)``."""

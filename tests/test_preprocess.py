@@ -54,6 +54,30 @@ def test_rejects_wrong_frame_layout():
         pre(np.zeros((3, 240, 320), np.uint8))
 
 
+@pytest.mark.parametrize("frames, error, message", [
+    ([], ValueError, "frames: expected at least one frame, got none"),
+    (np.zeros((16, 64, 64), np.uint8), ValueError, "got an array of shape (16, 64, 64)"),
+    (np.zeros((1, 16, 64, 64, 3), np.uint8), ValueError, "got an array of shape (1, 16, 64, 64, 3)"),
+    ("clip.mp4", TypeError, "frames: expected RGB uint8 frames (T x H x W x 3, or a list of H x W x 3), got str"),
+    (None, TypeError, "got NoneType"),
+    ([[0, 0, 0]], TypeError, "frame: expected a uint8 (H, W, 3) NumPy array, got list"),
+    ([np.zeros((64, 64, 3), np.float32)], ValueError, "frame: expected uint8 (H, W, 3), got float32 (64, 64, 3)"),
+])
+def test_a_clip_of_the_wrong_kind_is_refused_with_what_was_given(frames, error, message):
+    pre = FramePreprocessor(model_spec("r2plus1d_18"))
+    with pytest.raises(error) as info:
+        pre.clip(frames)
+    assert message in str(info.value)
+
+
+def test_a_clip_can_be_any_iterable_of_frames():
+    pre = FramePreprocessor(model_spec("r2plus1d_18"))
+    frames = [np.full((120, 160, 3), i * 10, np.uint8) for i in range(4)]
+    assert torch.equal(pre.clip(iter(frames)), pre.clip(frames))
+    assert torch.equal(pre.clip(np.stack(frames)), pre.clip(frames))
+    assert tuple(pre.clip(frames).shape) == (1, 3, 4, 112, 112)
+
+
 def test_batch_normalization_equals_per_frame_normalization():
     """The ring keeps uint8 crops; normalizing a batch of windows gives what normalizing each frame gives."""
     from streamrec.engine import Classifier
