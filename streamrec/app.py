@@ -34,6 +34,7 @@ from .metrics import Metrics
 from . import prepared
 from .server import ApiRoute, Hub, Reply, Route, WebServer, json_route, page_html
 from .sources import open_source
+from .validate import from_text
 
 logger = logging.getLogger(__name__)
 
@@ -238,19 +239,18 @@ class LiveApp:
             return Reply(200, {"cameras": {n: self.camera_health(c) for n, c in list(self.cameras.items())},
                                "adding": sorted(self.adding)})
         if method == "POST":
-            fields = {k: v[0] for k, v in query.items() if k != "token"}
-            for key in ("loop",):
-                if key in fields:
-                    fields[key] = fields[key].lower() in ("1", "true", "yes")
+            text = {k: v[0] for k, v in query.items() if k != "token"}
             try:
-                cam = CameraConfig.from_dict(fields)
+                cam = CameraConfig.from_dict(from_text(CameraConfig, text))
                 self._add_camera(cam, start=True)
             except StreamrecError as exc:
                 return Reply(400, {"error": str(exc)})
             return Reply(201, {"added": cam.name})
         if method == "DELETE":
             name = path.rsplit("/", 1)[-1]
-            if path.count("/") < 3 or not self.remove_camera(name):
+            if path.count("/") < 3 or not name:
+                return Reply(400, {"error": "DELETE /api/cameras/NAME: expected a camera name in the path"})
+            if not self.remove_camera(name):
                 return Reply(404, {"error": f"no camera {name!r}"})
             return Reply(200, {"removed": name})
         return Reply(405, {"error": "GET, POST or DELETE"})

@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import StreamrecError
 from .smoothing import SmoothingConfig
+from .validate import check_types
 
 
 def check_device(device: str) -> str:
@@ -48,6 +49,7 @@ class CameraConfig:
     sports_only: bool | None = None
 
     def __post_init__(self) -> None:
+        check_types(self, prefix=f"camera {self.name!r}: " if isinstance(self.name, str) else "[[cameras]] ")
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or len(self.name) > 64:
             raise StreamrecError(f"camera name: expected 1-64 letters, digits, '-', '_' or '.', got {self.name!r}")
         if not str(self.source).strip():
@@ -98,6 +100,7 @@ class ServeConfig:
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not self.source and not self.cameras:
             raise StreamrecError("--source: expected a webcam index, an rtsp:// URL or a video file (or [[cameras]] in --config), got nothing")
         names = [c.name for c in self.all_cameras()]

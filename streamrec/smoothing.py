@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .validate import check_types
+
 UNCERTAIN = "uncertain"
 
 
@@ -35,6 +37,7 @@ class SmoothingConfig:
     threshold: float = 0.2
 
     def __post_init__(self) -> None:
+        check_types(self, prefix="smoothing.")
         if not 0 < self.alpha <= 1:
             raise ValueError(f"smoothing.alpha: expected 0 < alpha <= 1, got {self.alpha}")
         if not 0 <= self.margin < 1:

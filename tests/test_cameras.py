@@ -87,6 +87,13 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(clips, tmp_p
         status, body = request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)
         assert (status, body) == (201, {"added": "late"})
         assert request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)[0] == 400  # same name again
+        bad = f"name=bad&source={clips / CLIPS4[3]}"  # values of the wrong type: refused, nothing added
+        assert request("POST", f"http://127.0.0.1:{port}/api/cameras?{bad}&loop=maybe", token) == (
+            400, {"error": "loop: expected true or false (1/0, yes/no, on/off), got 'maybe'"})
+        assert request("POST", f"http://127.0.0.1:{port}/api/cameras?{bad}&open_timeout=abc", token) == (
+            400, {"error": "open_timeout: expected a number, got 'abc'"})
+        assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras", token) == (
+            400, {"error": "DELETE /api/cameras/NAME: expected a camera name in the path"})
         asyncio.run(predictions_by_camera(port, {"late"}, token=token))
         health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
         assert all(health["cameras"][c]["predictions"] > before[c] for c in before)

@@ -48,3 +48,38 @@ def test_token_from_environment_allows_a_public_bind(monkeypatch):
 def test_bad_values_name_the_option(values, match):
     with pytest.raises(StreamrecError, match=match):
         ServeConfig.from_sources({"source": "a.mp4", **values}, {})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"loop": "no"}, "loop: expected true or false, got 'no'"),  # a non-empty string would have been true
+    ({"threads": 2.5}, "threads: expected an integer, got 2.5"),
+    ({"port": True}, "port: expected an integer, got True"),
+    ({"open_timeout": "x"}, "open_timeout: expected a number, got 'x'"),
+    ({"host": 1}, "host: expected a string, got 1"),
+    ({"token": 5}, "token: expected a string, got 5"),
+    ({"smoothing": {"hold": True}}, "smoothing.hold: expected an integer, got True"),
+    ({"cameras": [{"name": "a", "source": "a.mp4", "stall_timeout": "x"}]},
+     "camera 'a': stall_timeout: expected a number, got 'x'"),
+    ({"cameras": [{"name": 1, "source": "a.mp4"}]}, "[[cameras]] name: expected a string, got 1"),
+])
+def test_a_value_of_the_wrong_type_is_refused_with_its_name(values, message):
+    with pytest.raises(StreamrecError) as info:
+        ServeConfig.from_sources({"source": "a.mp4", **values}, {})
+    assert str(info.value) == message
+
+
+def test_numbers_that_are_whole_are_accepted_where_a_number_is_expected():
+    cfg = ServeConfig.from_sources({"source": 0, "open_timeout": 3, "stride_ms": 250, "smoothing": {"alpha": 1}}, {})
+    assert (cfg.source, cfg.open_timeout, cfg.stride_ms, cfg.smoothing.alpha) == ("0", 3, 250, 1)
+
+
+def test_query_text_is_converted_to_the_camera_fields():
+    from streamrec.config import CameraConfig
+    from streamrec.validate import from_text
+
+    fields = from_text(CameraConfig, {"name": "a", "source": "0", "loop": "Yes", "open_timeout": "2.5",
+                                      "sports_only": "off"})
+    assert CameraConfig.from_dict(fields) == CameraConfig("a", "0", loop=True, open_timeout=2.5, sports_only=False)
+    for text in ("nan", "inf", "", "2s"):
+        with pytest.raises(StreamrecError, match=f"open_timeout: expected a number, got {text!r}"):
+            from_text(CameraConfig, {"open_timeout": text})
