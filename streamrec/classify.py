@@ -61,6 +61,16 @@ class Timeline:
     verdict: list[dict[str, Any]] = field(default_factory=list)
     padded: bool = False  # the clip was shorter than one window
     sports_only: bool = False
+    packets: int = 0  # video packets read from the file
+    decode_errors: int = 0  # of them, the ones that did not decode (a damaged file): skipped
+
+    @property
+    def damage_note(self) -> str | None:
+        """A line for the user when packets were skipped, else None."""
+        if not self.decode_errors:
+            return None
+        return (f"{self.decode_errors} of {self.packets} video packets could not be decoded (a damaged file?); "
+                f"the timeline covers the frames that could")
 
     @property
     def duration(self) -> float:
@@ -93,6 +103,8 @@ class Timeline:
             lines.append("WARNING: random weights (--weights none): labels are meaningless")
         if self.padded:
             lines.append("note: the clip is shorter than one window; its last frame was repeated to fill it")
+        if self.damage_note:
+            lines.append(f"note: {self.damage_note}")
         lines.append(f"{'#':>4}  {'start':>8}  {'end':>8}  {'score':>6}  label")
         for w in self.windows:
             lines.append(f"{w.index:>4}  {w.start:>8.2f}  {w.end:>8.2f}  {w.score:>6.3f}  {w.label}")
@@ -277,6 +289,8 @@ def classify_file(
         verdict=top_k(mean, loaded.classes, top),
         padded=padded,
         sports_only=sports_only,
+        packets=source.packets,
+        decode_errors=source.decode_errors,
     )
 
 

@@ -77,6 +77,8 @@ def cmd_classify(args) -> int:
         print("streamrec: --weights none: random weights, labels are meaningless", file=sys.stderr)
     if tl.padded:
         print("streamrec: the clip is shorter than one window; its last frame was repeated", file=sys.stderr)
+    if tl.damage_note:
+        print(f"streamrec: {tl.damage_note}", file=sys.stderr)
     return 0
 
 

@@ -135,7 +135,7 @@ class PyAVSource(Source):
         # a frame is even seen and dated. Slice threading splits each frame instead and holds
         # none back. Files are paced by their own timestamps, so they keep frame + slice threads.
         self._stream.thread_type = "SLICE" if spec.is_live else "AUTO"
-        self.packets = 0  # packets read so far (with frames yielded: what the decoder holds)
+        self.packets = 0  # data packets read so far (with frames yielded: what the decoder holds)
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.fps = float(rate) if rate else None
         self.size = (self._stream.codec_context.width, self._stream.codec_context.height)
@@ -149,7 +149,7 @@ class PyAVSource(Source):
         last = -float("inf")
         by_index = False  # timestamps came out of order: time frames by their index instead
         for packet in self._container.demux(self._stream):
-            self.packets += 1
+            self.packets += packet.size > 0  # not the empty packet that flushes the decoder at the end
             arrived = time.perf_counter()
             try:
                 decoded = packet.decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import av
 import numpy as np
@@ -104,3 +105,43 @@ def test_classify_out_is_never_half_written(tmp_path, clips):
     assert proc.returncode == 2
     assert out.read_text() == "previous,complete,file\n"  # untouched on failure
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def _packets(path) -> tuple[int, int]:
+    """(data packets, packets that fail to decode) of the video stream, counted with PyAV."""
+    with av.open(str(path)) as c:
+        n = bad = 0
+        for packet in c.demux(c.streams.video[0]):
+            n += packet.size > 0
+            try:
+                packet.decode()
+            except av.error.InvalidDataError:
+                bad += 1
+    return n, bad
+
+
+def test_a_damaged_file_is_classified_as_far_as_it_decodes_and_says_so(tmp_path, tiny, clips):
+    data = bytearray((clips / "arm_wrestling.mp4").read_bytes())
+    rng = np.random.default_rng(1)
+    for i in rng.integers(len(data) // 4, len(data), 1000):  # the header stays whole
+        data[i] = int(rng.integers(256))
+    p = tmp_path / "damaged.mp4"
+    p.write_bytes(bytes(data))
+    packets, bad = _packets(p)
+    assert bad > 0
+    tl = classify_file(p, loaded=tiny, stride=1.0)
+    # how many fail depends a little on the decoder's threads (streamrec decodes files with
+    # frame + slice threads; the count above used one): the same damage, not the same number
+    assert tl.packets == packets and 0 < tl.decode_errors < packets
+    bad = tl.decode_errors
+    assert tl.damage_note == (f"{bad} of {packets} video packets could not be decoded (a damaged file?); "
+                              "the timeline covers the frames that could")
+    assert f"note: {tl.damage_note}" in tl.to_table()
+    proc = run_cli("classify", str(p), "--model", "tiny3d", "--weights", "none", "--format", "csv")
+    assert proc.returncode == 0
+    notes = [re.fullmatch(rf"streamrec: (\d+) of {packets} video packets could not be decoded \(a damaged file\?\); "
+                          r"the timeline covers the frames that could", line) for line in proc.stderr.splitlines()]
+    assert [0 < int(m[1]) < packets for m in notes if m] == [True]  # one note, on stderr
+
+    whole = classify_file(clips / "arm_wrestling.mp4", loaded=tiny, stride=1.0)
+    assert (whole.packets, whole.decode_errors, whole.damage_note) == (_packets(clips / "arm_wrestling.mp4")[0], 0, None)
