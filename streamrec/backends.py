@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -42,10 +43,16 @@ def torchscript_quiet() -> Iterator[None]:
     streamrec uses TorchScript on purpose (frozen TorchScript is the CUDA path the live
     pipeline asks for, and exported models are TorchScript files); the warnings tell a user
     of ``streamrec export`` or ``--backend torchscript`` nothing they can act on. Only
-    ``torch.jit``'s own FutureWarnings are hidden, and only inside this block.
+    ``torch.jit``'s own FutureWarnings and the legacy ONNX exporter's deprecation notices are
+    hidden, and only inside this block.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
+        # the ONNX export streamrec uses (dynamo=False) is TorchScript-based too
+        warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning,
+                                module=r"torch\.onnx")
         yield
 
 
@@ -53,11 +60,12 @@ def example_input(loaded: LoadedModel, batch: int = 1) -> torch.Tensor:
     return torch.zeros(batch, 3, loaded.spec.frames, *loaded.spec.crop)
 
 
-def export_onnx(loaded: LoadedModel, path: Path) -> Path:
-    """ONNX export with a dynamic batch axis (the TorchScript-based exporter)."""
-    torch.onnx.export(loaded.module.eval(), (example_input(loaded),), str(path), input_names=["clip"],
-                      output_names=["logits"], dynamic_axes={"clip": {0: "batch"}, "logits": {0: "batch"}},
-                      opset_version=17, dynamo=False)
+def export_onnx(loaded: LoadedModel, path: Path | io.BytesIO) -> Path | io.BytesIO:
+    """ONNX export with a dynamic batch axis (the TorchScript-based exporter), to a file or a buffer."""
+    with torchscript_quiet():
+        torch.onnx.export(loaded.module.eval(), (example_input(loaded),), path if isinstance(path, io.BytesIO) else str(path),
+                          input_names=["clip"], output_names=["logits"],
+                          dynamic_axes={"clip": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
     return path
 
 
@@ -93,7 +101,8 @@ def _openvino_model(loaded: LoadedModel):
             return ov, ov.Core().read_model(str(xml))
         except RuntimeError as exc:
             logger.warning("cached OpenVINO model %s unreadable (%s); converting again", xml, exc)
-    model = ov.convert_model(loaded.module.eval(), example_input=example_input(loaded))
+    with torchscript_quiet():  # OpenVINO's PyTorch frontend traces with torch.jit
+        model = ov.convert_model(loaded.module.eval(), example_input=example_input(loaded))
     try:
         xml.parent.mkdir(parents=True, exist_ok=True)
         ov.save_model(model, str(xml), compress_to_fp16=False)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backends import torchscript_quiet
+from .backends import example_input, export_onnx, torchscript_quiet
 from .dataset import ClipCache, ClipDataset, Sample, _class_dirs, collate, default_workers
 from .engine import Classifier
 from .errors import StreamrecError
@@ -92,7 +92,7 @@ def export(weights: str, out: str, *, fmt: str) -> Path:
     """Write a TorchScript or ONNX file with the class names and preprocessing inside."""
     loaded = load_model(None, weights=weights)
     meta = json.dumps({"model": loaded.name, "classes": loaded.classes, "preprocess": loaded.spec.to_dict()})
-    example = torch.zeros(1, 3, loaded.spec.frames, *loaded.spec.crop)
+    example = example_input(loaded)
     module = loaded.module.eval()
     path = Path(out)
     # both formats are built in memory and written with atomic_write: a failed write (disk
@@ -108,8 +108,7 @@ def export(weights: str, out: str, *, fmt: str) -> Path:
             import onnx
         except ImportError:
             raise StreamrecError("--format onnx: the onnx package is not installed; pip install 'streamrec[onnx]'") from None
-        torch.onnx.export(module, (example,), buf, input_names=["clip"], output_names=["logits"],
-                          dynamic_axes={"clip": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+        export_onnx(loaded, buf)
         proto = onnx.load_from_string(buf.getvalue())
         entry = proto.metadata_props.add()
         entry.key, entry.value = EXPORT_META, meta

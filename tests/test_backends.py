@@ -138,3 +138,25 @@ def test_auto_choice_for_a_gpu_is_timed_on_its_example_and_cached_under_its_own_
     assert backends.pick_auto(loaded, {"a": factory("a"), "b": factory("b")}, threads=None, cache_file=cache,
                               device="Some GPU|batch 4", example=example, times=again)[0] == best
     assert again == {} and calls == {}  # the cached choice is built, nothing is timed
+
+
+def test_our_torchscript_and_onnx_steps_show_no_deprecation_warnings(tmp_path, monkeypatch):
+    """torch 2.14 deprecates torch.jit and the TorchScript-based ONNX exporter; streamrec uses
+    both on purpose, and a user of `export` or `--backend openvino` cannot act on the warnings."""
+    import warnings
+
+    from streamrec.evaluate import export
+    from streamrec.models import make_checkpoint, model_spec
+
+    monkeypatch.setattr(backends, "CACHE", tmp_path / "cache")  # OpenVINO converts, not reads its IR
+    loaded = load_model("tiny3d", weights="none")
+    torch.save(make_checkpoint(loaded.module, model="tiny3d", classes=loaded.classes, spec=model_spec("tiny3d")),
+               tmp_path / "m.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name in ("torchscript", "onnxruntime", "openvino"):
+            assert Classifier(loaded, device="cpu", backend=name, warmup=0).backend == name
+        export(str(tmp_path / "m.pt"), str(tmp_path / "m.ts"), fmt="torchscript")
+        export(str(tmp_path / "m.pt"), str(tmp_path / "m.onnx"), fmt="onnx")
+    assert len(list((tmp_path / "cache" / "openvino").glob("tiny3d-*.xml"))) == 1
+    assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))] == []
