@@ -138,6 +138,45 @@ class ApiRoute:
     admin: bool = False
 
 
+class _Connection(ServerConnection):
+    """websockets' connection, except that an HTTP request with a body gets a 400 that says
+    why. websockets' parser refuses request bodies (a WebSocket handshake has none) by closing
+    the connection with no reply at all, which leaves ``curl -d ...`` users guessing; the API
+    takes its parameters in the query string."""
+
+    MAX_HEAD = 16384  # websockets' own limit on a request's header lines is larger: 8 KiB each
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head: bytes | None = b""  # None once the request line and headers were seen
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is not None:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0 and len(self._head) < self.MAX_HEAD:
+                return  # the rest of the head is still to come
+            data, head, self._head = self._head, self._head[: max(end, 0)], None
+            if _has_body(head):
+                reply = _json(HTTPStatus.BAD_REQUEST, {
+                    "error": "request bodies are not accepted: put the parameters in the query string, "
+                             "e.g. POST /api/cameras?name=gate&source=rtsp://..."})
+                self.transport.write(reply.serialize())
+                self.transport.close()
+                return
+        super().data_received(data)
+
+
+def _has_body(head: bytes) -> bool:
+    """Whether a request's header lines announce a body (a non-zero Content-Length, or chunks)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"transfer-encoding" or (name == b"content-length" and value not in (b"", b"0")):
+            return True
+    return False
+
+
 class WebServer:
     """Serves the page and the websocket. ``routes`` maps paths to GET handlers."""
 
@@ -167,6 +206,7 @@ class WebServer:
             self.host,
             self.port,
             process_request=self._process_request,
+            create_connection=_Connection,
             max_size=2**16,
             ping_interval=20,
             ping_timeout=20,

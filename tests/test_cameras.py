@@ -56,8 +56,9 @@ async def predictions_by_camera(port: int, want: set[str], timeout: float = 60, 
     return got
 
 
-def request(method: str, url: str, token: str | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"} if token else {})
+def request(method: str, url: str, token: str | None = None, body: bytes | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, method=method, data=body,
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -94,6 +95,9 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(clips, tmp_p
             400, {"error": "open_timeout: expected a number, got 'abc'"})
         assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras", token) == (
             400, {"error": "DELETE /api/cameras/NAME: expected a camera name in the path"})
+        assert request("POST", f"http://127.0.0.1:{port}/api/cameras", token, body=b'{"name": "bad"}') == (
+            400, {"error": "request bodies are not accepted: put the parameters in the query string, "
+                           "e.g. POST /api/cameras?name=gate&source=rtsp://..."})  # not a connection closed unanswered
         asyncio.run(predictions_by_camera(port, {"late"}, token=token))
         health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
         assert all(health["cameras"][c]["predictions"] > before[c] for c in before)
