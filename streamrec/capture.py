@@ -107,6 +107,7 @@ class CaptureThread(threading.Thread):
         self.resize_s = 0.0  # total time in per-frame preprocessing
         self.decode_s = 0.0  # total time waiting on the source for a decoded frame
         self.error: str | None = None
+        self._next_due: float | None = None  # a looped file: when the next pass's first frame is due
 
     @property
     def decode_errors(self) -> int:
@@ -150,6 +151,7 @@ class CaptureThread(threading.Thread):
                         attempt += 1
                         continue
                 self._source = source
+                got = False
                 try:
                     got = self._pump(source)
                     if got:
@@ -161,6 +163,11 @@ class CaptureThread(threading.Thread):
                 if self.stop_event.is_set():
                     break
                 if not self.spec.is_live:
+                    if not got:  # looping a file with no frame to show would spin: end instead
+                        self.error = self.error or f"{self.spec.display_name}: no decodable video frames"
+                        logger.error("%s", self.error)
+                        self.state = "ended"
+                        return
                     if not self.loop:
                         self.state = "ended"
                         logger.info("end of file %s", self.spec.target)
@@ -186,12 +193,16 @@ class CaptureThread(threading.Thread):
         """Read ``source`` until it ends, fails or we are stopped; returns whether a frame came."""
         got = False
         pace_base: float | None = None  # wall time of pts 0, for files
+        due: float | None = None
+        step = 1.0 / source.fps if getattr(source, "fps", None) else None  # one frame's time on screen
         it = iter(source.frames())
         while not self.stop_event.is_set():
             t0 = time.perf_counter()
             try:
                 rgb, pts = next(it)
             except StopIteration:
+                if due is not None:  # a looped file plays on at its pace: the last frame is shown
+                    self._next_due = due + (step or 1.0 / 30)  # for its time, then the first again
                 return got
             except Exception as exc:  # noqa: BLE001 - any read error: reconnect
                 self.error = mask_credentials(f"{type(exc).__name__}: {exc}")
@@ -201,7 +212,8 @@ class CaptureThread(threading.Thread):
             if not self.spec.is_live and pts is not None:
                 now = self.clock()
                 if pace_base is None:
-                    pace_base = now - pts
+                    pace_base = (self._next_due if self._next_due is not None else now) - pts
+                    self._next_due = None
                 due = pace_base + pts
                 if due - now > 0:
                     self.stop_event.wait(due - now)

@@ -101,3 +101,59 @@ def test_capture_dates_a_live_frame_by_when_its_data_came_in():
     for ts, read in zip(stamps, reads):
         assert 0.045 <= read - ts <= 0.08
     assert stamps[0] >= t0 - 1e-3  # wall clock minus a perf_counter interval: equal to within clock rounding
+
+
+class ShortFile(Source):
+    """A file of ``n`` frames at ``fps``, each with its presentation time."""
+
+    def __init__(self, n: int, fps: float = 10.0) -> None:
+        self.n, self.fps = n, fps
+
+    def frames(self):
+        for i in range(self.n):
+            yield np.full((120, 160, 3), i, np.uint8), i / self.fps
+
+    def close(self) -> None:
+        pass
+
+
+def _looped_capture(n: int, opened: list[int]):
+    spec = SourceSpec("/clips/short.mp4", "file")
+    pre = FramePreprocessor(model_spec("r2plus1d_18"))
+    ring = FrameRing(32, pre.crop_shape, np.uint8)
+
+    def opener(_spec):
+        opened.append(n)
+        return ShortFile(n)
+
+    return CaptureThread(spec, ring, pre, stop=threading.Event(), loop=True, opener=opener, name="capture-loop-test"), ring
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_looped_file_keeps_its_pace_across_the_loop(n):
+    """The first frame of each pass comes one frame time after the last one: a still image
+    (one frame) loops at its frame rate instead of reopening the file as fast as it can."""
+    opened: list[int] = []
+    cap, ring = _looped_capture(n, opened)
+    cap.start()
+    try:
+        deadline = time.monotonic() + 10
+        while ring.written < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        cap.stop_event.set()
+        cap.join(timeout=2)
+    stamps = ring._ts[:7]
+    assert [round(b - a, 6) for a, b in zip(stamps, stamps[1:])] == [0.1] * 6
+    assert [int(f[0, 0, 0]) for f in ring._frames[:7]] == [i % n for i in range(7)]
+    assert len(opened) in (7 // n, 7 // n + 1)  # one open per pass (the next may have begun)
+
+
+def test_a_looped_file_with_no_frame_ends_instead_of_spinning():
+    opened: list[int] = []
+    cap, ring = _looped_capture(0, opened)
+    cap.start()
+    cap.join(timeout=5)
+    assert not cap.is_alive()
+    assert (cap.state, cap.error, len(opened), ring.written) == (
+        "ended", "/clips/short.mp4: no decodable video frames", 1, 0)
