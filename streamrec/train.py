@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .dataset import Augment, ClipCache, ClipDataset, collate, default_workers, discover
+from .config import check_device
 from .engine import resolve_device
 from .errors import StreamrecError
 from .fsutil import atomic_torch_save, save_figure
@@ -61,6 +62,11 @@ class TrainConfig:
             raise StreamrecError(f"--lr: expected > 0, got {self.lr}")
         if self.patience < 1:
             raise StreamrecError(f"--patience: expected >= 1, got {self.patience}")
+        if self.color_jitter < 0:
+            raise StreamrecError(f"--color-jitter: expected >= 0, got {self.color_jitter}")
+        if self.workers is not None and self.workers < 0:
+            raise StreamrecError(f"--workers: expected >= 0, got {self.workers}")
+        check_device(self.device)  # before a dataset is read or a model loaded
 
 
 def replace_head(module: nn.Module, num_classes: int) -> nn.Module:

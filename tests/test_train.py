@@ -154,6 +154,21 @@ def test_bad_datasets(tmp_path):
     assert proc.returncode == 2 and "is empty" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"epochs": 0}, "--epochs: expected >= 1, got 0"),
+    ({"lr": -1.0}, "--lr: expected > 0, got -1.0"),
+    ({"color_jitter": -0.1}, "--color-jitter: expected >= 0, got -0.1"),
+    ({"workers": -1}, "--workers: expected >= 0, got -1"),
+    ({"device": "gpu"}, "--device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+])
+def test_bad_training_options_name_themselves(values, message):
+    from streamrec.train import TrainConfig
+
+    with pytest.raises(StreamrecError) as info:
+        TrainConfig(data="DATA", **values)
+    assert str(info.value) == message
+
+
 def test_lr_find_plots_and_suggests(trained, tmp_path):
     data, _, _ = trained
     png = tmp_path / "lr.png"
