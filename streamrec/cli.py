@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 from . import __version__
 from .errors import StreamrecError
 from .catalog import MODEL_NAMES
+from .fsutil import atomic_write_text, check_output
 
 logger = logging.getLogger("streamrec")
 
@@ -135,11 +136,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise StreamrecError(f"--clip: file not found: {clip}")
     folder = Path(args.clips) if args.clips else shared
     clips = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".gif")) if folder.is_dir() else []
+    models = [m.strip() for m in args.models.split(",")]
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown:  # before any model is measured
+        raise StreamrecError(f"--models: expected names from {', '.join(MODEL_NAMES)}, got {', '.join(map(repr, unknown))}")
+    check_output("--json", args.json)
     dev = resolve_device(args.device)
-    batches = [int(b) for b in args.batches.split(",")] if args.batches else ([1, 2, 4, 8, 16, 32] if dev.type == "cuda" else [1, 2, 4, 8])
-    report = run(models=args.models.split(","), clip=clip, clips=clips, device=args.device, batches=batches, int8=not args.no_int8)
+    if args.batches:
+        try:
+            batches = [int(b) for b in args.batches.split(",")]
+        except ValueError:
+            batches = []
+        if not batches or min(batches) < 1:
+            raise StreamrecError(f"--batches: expected comma-separated batch sizes >= 1, got {args.batches!r}")
+    else:
+        batches = [1, 2, 4, 8, 16, 32] if dev.type == "cuda" else [1, 2, 4, 8]
+    report = run(models=models, clip=clip, clips=clips, device=args.device, batches=batches, int8=not args.no_int8)
     print(markdown(report))
-    Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+    atomic_write_text(args.json, json.dumps(report, indent=1, default=str))
     print(f"\nfull report: {args.json}", file=sys.stderr)
     return 0
 

@@ -70,19 +70,20 @@ def discover(root: str | os.PathLike, *, val_split: float | None = None, seed: i
     root = Path(root)
     if not root.exists():
         raise StreamrecError(f"dataset: folder not found: {root}")
-    if (root / "train").is_dir():
-        train = _class_dirs(root / "train")
-        valid = _class_dirs(root / "valid") if (root / "valid").is_dir() else {}
+    if val_split is not None and not 0 < val_split < 1:
+        raise StreamrecError(f"--val-split: expected 0 < value < 1, got {val_split}")
+    if (root / "train").is_dir() and (root / "valid").is_dir():
+        if val_split is not None:
+            raise StreamrecError(f"--val-split: {root} is split already (train/ and valid/); leave --val-split out")
+        train, valid = _class_dirs(root / "train"), _class_dirs(root / "valid")
         if valid and set(valid) != set(train):
             only_t, only_v = sorted(set(train) - set(valid)), sorted(set(valid) - set(train))
             raise StreamrecError(f"dataset: train and valid classes differ: only in train {only_t}, only in valid {only_v}")
-    else:
-        everything = _class_dirs(root)
+    else:  # one folder of classes (DATA/<class>/ or DATA/train/<class>/), split by --val-split
+        everything = _class_dirs(root / "train" if (root / "train").is_dir() else root)
         if val_split is None:
             train, valid = everything, {}
         else:
-            if not 0 < val_split < 1:
-                raise StreamrecError(f"--val-split: expected 0 < value < 1, got {val_split}")
             rng = random.Random(seed)
             train, valid = {}, {}
             for cls, files in everything.items():

@@ -27,11 +27,15 @@ EXPORT_META = "streamrec.json"  # TorchScript extra file / ONNX metadata key
 def evaluate(folder: str | Path, *, weights: str, model: str | None = None, device: str = "auto",
              batch_size: int = 8, confusion_png: str | None = None, clips_per_video: int = 2) -> dict[str, Any]:
     """Metrics of a checkpoint on ``folder/<class>/*`` (class names must be the checkpoint's)."""
+    if batch_size < 1:
+        raise StreamrecError(f"--batch-size: expected >= 1, got {batch_size}")
     loaded = load_model(model, weights=weights)
     dirs = _class_dirs(Path(folder))
     unknown = sorted(set(dirs) - set(loaded.classes))
     if unknown:
-        raise StreamrecError(f"evaluate: classes {unknown} are not in the model's classes {loaded.classes}")
+        known = loaded.classes if len(loaded.classes) <= 12 else loaded.classes[:10] + ["..."]
+        raise StreamrecError(f"evaluate: classes {unknown} are not among the model's {len(loaded.classes)} classes "
+                             f"({', '.join(known)})")
     index = {c: i for i, c in enumerate(loaded.classes)}
     samples = [Sample(f, index[c]) for c, fs in dirs.items() for f in fs]
     ds = ClipDataset(samples, loaded.spec, train=False, cache=ClipCache(None, loaded.spec), clips_per_video=clips_per_video)

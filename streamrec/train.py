@@ -95,12 +95,17 @@ def head_parameters(module: nn.Module) -> list[nn.Parameter]:
 
 
 def base_model(cfg: TrainConfig, classes: list[str]) -> LoadedModel:
-    """The model to fine-tune, with a fresh head for ``classes``."""
-    if cfg.model == "tiny3d" or cfg.weights.lower() == "none":
+    """The model to fine-tune, with a fresh head for ``classes``. ``DEFAULT`` weights of
+    tiny3d (which has no pretrained weights) mean random ones; a checkpoint is fine-tuned."""
+    weights = "none" if cfg.model == "tiny3d" and cfg.weights.upper() == "DEFAULT" else cfg.weights
+    if weights.lower() == "none":
         loaded = load_model(cfg.model, weights="none")
         loaded.module = build_model(cfg.model, num_classes=len(classes))
     else:
-        loaded = load_model(cfg.model, weights=cfg.weights)
+        loaded = load_model(cfg.model, weights=weights)
+        if loaded.prebuilt:
+            raise StreamrecError(f"--weights {weights}: an exported model (TorchScript, ONNX) cannot be trained "
+                                 "further; start from the checkpoint it was exported from")
         loaded.module = replace_head(loaded.module, len(classes))
     loaded.classes, loaded.meaningless = list(classes), False
     return loaded
@@ -123,6 +128,14 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> int:
     k = min(k, logits.shape[1])
     return int((logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum())
+
+
+def training_classes(cfg: TrainConfig) -> list[str]:
+    """The class names of ``cfg.data``: at least two, or there is nothing to learn."""
+    classes = discover(cfg.data, val_split=cfg.val_split, seed=cfg.seed)["train"].classes
+    if len(classes) < 2:
+        raise StreamrecError(f"dataset {cfg.data}: expected at least 2 class folders to tell apart, got {classes}")
+    return classes
 
 
 def make_loaders(cfg: TrainConfig, loaded: LoadedModel):
@@ -183,8 +196,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train and write ``cfg.out`` (best validation loss) plus ``<out>.log.csv``."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    probe = discover(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
-    classes = probe["train"].classes
+    classes = training_classes(cfg)
     loaded = base_model(cfg, classes)
     splits, train_ds, val_ds, train_dl, val_dl = make_loaders(cfg, loaded)
     model = loaded.module.to(device)
@@ -256,8 +268,7 @@ def lr_find(cfg: TrainConfig, *, start: float = 1e-6, end: float = 1.0, steps: i
     at the steepest descent of the smoothed loss."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    classes = discover(cfg.data, val_split=cfg.val_split, seed=cfg.seed)["train"].classes
-    loaded = base_model(cfg, classes)
+    loaded = base_model(cfg, training_classes(cfg))
     _, _, _, train_dl, _ = make_loaders(cfg, loaded)
     model = loaded.module.to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=start)
@@ -280,7 +291,8 @@ def lr_find(cfg: TrainConfig, *, start: float = 1e-6, end: float = 1.0, steps: i
         opt.zero_grad()
         loss.backward()
         opt.step()
-        avg = float(loss) if avg is None else 0.8 * avg + 0.2 * float(loss)
+        value = loss.item()
+        avg = value if avg is None else 0.8 * avg + 0.2 * value
         lrs.append(lr)
         losses.append(avg)
         if i > 5 and avg > 4 * min(losses):

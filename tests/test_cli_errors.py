@@ -155,3 +155,19 @@ def test_a_write_that_fails_gives_one_line_and_leaves_no_file(tmp_path, checkpoi
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip() == f"streamrec: error: {out}: File too large"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["bench", "--models", "tiny3d,foo"], "--models: expected names from r3d_18, "),
+    (["bench", "--models", "tiny3d", "--batches", "4,0"], "--batches: expected comma-separated batch sizes >= 1, got '4,0'"),
+    (["bench", "--models", "tiny3d", "--batches", "x"], "got 'x'"),
+])
+def test_bench_options_are_checked_before_any_measurement(args, needle):
+    proc = run_cli(*args)
+    one_line_error(proc, needle)
+    assert proc.stdout == ""  # no table: nothing was measured
+
+
+def test_evaluate_batch_size(small_dataset, checkpoint):
+    one_line_error(run_cli("evaluate", str(small_dataset / "valid"), "--weights", str(checkpoint), "--batch-size", "0"),
+                   "--batch-size: expected >= 1, got 0")

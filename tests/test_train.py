@@ -169,6 +169,38 @@ def test_bad_training_options_name_themselves(values, message):
     assert str(info.value) == message
 
 
+def test_what_a_training_run_starts_from(trained, tmp_path):
+    """Two classes at least; --val-split only where there is no valid/ yet; a checkpoint's
+    weights are fine-tuned (tiny3d's too), an exported file is refused."""
+    from streamrec.evaluate import export
+    from streamrec.train import TrainConfig, base_model, training_classes
+
+    data, ckpt, _ = trained
+    one = tmp_path / "one"
+    (one / "a").mkdir(parents=True)
+    (one / "a" / "x.mp4").write_bytes((data / "train" / "left_to_right").glob("*.mp4").__next__().read_bytes())
+    with pytest.raises(StreamrecError, match=r"expected at least 2 class folders to tell apart, got \['a'\]"):
+        training_classes(TrainConfig(data=str(one)))
+    with pytest.raises(StreamrecError, match="is split already"):
+        discover(data, val_split=0.2)
+    only_train = tmp_path / "only-train"
+    only_train.mkdir()
+    (only_train / "train").symlink_to(data / "train", target_is_directory=True)
+    splits = discover(only_train, val_split=0.25)
+    assert [len(splits[k].samples) for k in ("train", "valid")] == [3 * 10, 3 * 4]  # 14 per class: round(3.5) = 4 to valid
+
+    start = load_model("tiny3d", weights=str(ckpt))
+    tuned = base_model(TrainConfig(data=str(data), model="tiny3d", weights=str(ckpt)), ["p", "q"])
+    same = {k: torch.equal(v, start.module.state_dict()[k]) for k, v in tuned.module.state_dict().items()}
+    assert same == {k: not k.startswith("fc.") for k in same}  # all but the new head: the checkpoint's
+    assert tuned.module.fc.out_features == 2 and tuned.classes == ["p", "q"]
+    fresh = base_model(TrainConfig(data=str(data), model="tiny3d"), ["p", "q"])  # DEFAULT: tiny3d has none
+    assert not torch.equal(fresh.module.stem[0].weight, start.module.stem[0].weight)
+    export(str(ckpt), str(tmp_path / "m.ts"), fmt="torchscript")
+    with pytest.raises(StreamrecError, match="an exported model .* cannot be trained further"):
+        base_model(TrainConfig(data=str(data), model="tiny3d", weights=str(tmp_path / "m.ts")), ["p", "q"])
+
+
 def test_lr_find_plots_and_suggests(trained, tmp_path):
     data, _, _ = trained
     png = tmp_path / "lr.png"
