@@ -20,6 +20,7 @@ when ``--device cuda``.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from typing import Any, Callable
@@ -188,6 +189,28 @@ def add_cluster_parser(sub) -> None:
     p.set_defaults(func=cmd_cluster)
 
 
+def check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
+    """Fail in ``timeout_s`` when ``address`` names a host and port that accept no connection:
+    ``ray.init`` itself retries such an address for minutes, logging as it goes.
+
+    >>> check_reachable("auto")  # found by Ray itself: nothing to check here
+    >>> check_reachable("head-node")
+    Traceback (most recent call last):
+    ...
+    streamrec.errors.StreamrecError: --address: expected auto, local, HOST:PORT or ray://HOST:PORT, got 'head-node'
+    """
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise StreamrecError(f"--address: expected auto, local, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise StreamrecError(f"--address {address}: no Ray cluster answers there within {timeout_s:g} s "
+                             f"({exc.strerror or exc})") from None
+
+
 def cmd_cluster(args) -> int:
     import json
     import sys
@@ -195,10 +218,15 @@ def cmd_cluster(args) -> int:
     from .config import load_toml
     from .history import HistoryStore, SegmentTracker
 
+    if args.replicas < 1:
+        raise StreamrecError(f"--replicas: expected >= 1, got {args.replicas}")
+    if args.seconds is not None and args.seconds <= 0:
+        raise StreamrecError(f"--seconds: expected > 0, got {args.seconds}")
     ray = _ray()
     config = ServeConfig.from_sources(load_toml(args.config), {})
+    check_reachable(args.address)
+    store = HistoryStore(args.db) if args.db else None  # a bad --db fails before the cluster starts
     ray.init(address=None if args.address == "local" else args.address, logging_level=logging.WARNING)
-    store = HistoryStore(args.db) if args.db else None
     trackers: dict[str, SegmentTracker] = {}
 
     def publish(name: str, msg: dict[str, Any]) -> None:

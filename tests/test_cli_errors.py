@@ -171,3 +171,14 @@ def test_bench_options_are_checked_before_any_measurement(args, needle):
 def test_evaluate_batch_size(small_dataset, checkpoint):
     one_line_error(run_cli("evaluate", str(small_dataset / "valid"), "--weights", str(checkpoint), "--batch-size", "0"),
                    "--batch-size: expected >= 1, got 0")
+
+
+def test_cluster_address_that_nobody_answers_fails_at_once(tmp_path, clips):
+    """ray.init retries such an address for minutes; the probe before it takes one connect."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[cameras]]\nname = "a"\nsource = "{clips / "arm_wrestling.mp4"}"\n')
+    one_line_error(run_cli("cluster", "--config", str(cfg), "--address", f"127.0.0.1:{port}", timeout=60),
+                   f"--address 127.0.0.1:{port}: no Ray cluster answers there within 5 s (Connection refused)")
