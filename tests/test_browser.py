@@ -60,6 +60,8 @@ def test_page_shows_predictions_video_and_reconnects(clips, page, artifacts):
         assert page.locator(".top li").count() == 5
         banner = page.locator("[data-testid=banner]")
         assert banner.is_visible() and "meaningless" in banner.inner_text()
+        assert 0 <= float(page.inner_text("[data-testid=age]")) < 30  # the shown label's age, in seconds
+        assert page.inner_text("[data-testid=source-error]") == ""
 
         # the video image updates
         page.wait_for_function("Number(document.querySelector('[data-testid=video]').dataset.frames || 0) >= 2", timeout=20_000)
@@ -72,6 +74,9 @@ def test_page_shows_predictions_video_and_reconnects(clips, page, artifacts):
         # the server stops and starts again: the page reconnects by itself
         assert stop(proc) == 0
         page.wait_for_function("document.getElementById('conn').textContent.includes('reconnecting')", timeout=20_000)
+        # no new label comes: its age keeps growing on the page, and is marked late
+        page.wait_for_function("document.querySelector('[data-testid=age]').classList.contains('late')", timeout=20_000)
+        assert float(page.inner_text("[data-testid=age]")) > 2
         seq_before = label_seq(page)
         proc = serve(clips / "shooting_basketball.mp4", port)
         page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=60_000)
@@ -127,5 +132,24 @@ def test_dashboard_with_16_cameras(clips, page, artifacts, tmp_path):
         page.screenshot(path=str(artifacts / "dashboard-16-large.png"))
         tile.click()
         assert "big" not in tile.get_attribute("class")
+    finally:
+        stop(proc)
+
+
+def test_a_source_that_fails_shows_why(tmp_path, clips, page):
+    data = bytearray((clips / "arm_wrestling.mp4").read_bytes())
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    for i in rng.integers(len(data) // 4, len(data), 3000):  # every video packet damaged, the header whole
+        data[i] = int(rng.integers(256))
+    clip = tmp_path / "damaged.mp4"
+    clip.write_bytes(bytes(data))
+    port = free_port()
+    proc = serve(clip, port)
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("document.querySelector('.state').textContent === 'ended'", timeout=30_000)
+        assert page.inner_text("[data-testid=source-error]") == f"{clip}: no decodable video frames"
     finally:
         stop(proc)
