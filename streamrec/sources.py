@@ -124,7 +124,12 @@ class PyAVSource(Source):
                 spec.target, options=options, timeout=(spec.open_timeout_s, spec.read_timeout_s)
             )
         except (av.error.FFmpegError, OSError) as exc:
-            what = "cannot connect to" if spec.kind == "network" else "not a readable video file"
+            if spec.kind != "network":
+                what = "not a readable video file"
+            elif isinstance(exc, av.error.InvalidDataError):  # it answered, with something else than video
+                what = "not a video stream at"
+            else:
+                what = "cannot connect to"
             raise SourceError(f"--source: {what} {spec.display_name}: {mask_credentials(_av_reason(exc))}") from None
         if not self._container.streams.video:
             self._container.close()

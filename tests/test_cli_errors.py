@@ -182,3 +182,23 @@ def test_cluster_address_that_nobody_answers_fails_at_once(tmp_path, clips):
     cfg.write_text(f'[[cameras]]\nname = "a"\nsource = "{clips / "arm_wrestling.mp4"}"\n')
     one_line_error(run_cli("cluster", "--config", str(cfg), "--address", f"127.0.0.1:{port}", timeout=60),
                    f"--address 127.0.0.1:{port}: no Ray cluster answers there within 5 s (Connection refused)")
+
+
+def test_a_network_source_that_answers_with_something_else(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "page.mp4").write_text("<html>not a video</html>\n" * 50)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        one_line_error(run_cli("serve", "--source", f"{base}/page.mp4", "--weights", "none", "--model", "tiny3d"),
+                       f"--source: not a video stream at {base}/page.mp4")
+        one_line_error(run_cli("serve", "--source", f"{base}/gone.mp4", "--weights", "none", "--model", "tiny3d"),
+                       f"--source: cannot connect to {base}/gone.mp4: Server returned 404 Not Found")
+    finally:
+        server.shutdown()
+        server.server_close()
