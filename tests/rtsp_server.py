@@ -12,6 +12,7 @@ listening; stops on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -30,6 +31,8 @@ def main() -> int:
     ap.add_argument("--path", default="/cam")
     ap.add_argument("--fps", type=int, default=25)
     args = ap.parse_args()
+    if not os.path.isfile(args.clip):
+        ap.error(f"clip: file not found: {args.clip}")
 
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
