@@ -35,10 +35,11 @@ def cmd_classify(args) -> int:
     from .fsutil import CACHE
 
     weights, device = args.weights or "DEFAULT", check_device(args.device or "auto")
+    inputs = (args.file,) + ((weights,) if Path(weights).is_file() else ())
     if args.out:
-        check_output("--out", args.out)
+        check_output("--out", args.out, inputs=inputs)
     if args.plot:
-        check_output("--plot", args.plot, image=True)
+        check_output("--plot", args.plot, image=True, inputs=inputs)
     if Path(args.file).is_file():  # before torch is imported here: see streamrec.firststart
         prepare_first_starts(CACHE, [(args.model, weights)], device=device)
 

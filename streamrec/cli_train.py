@@ -130,7 +130,7 @@ def cmd_export(args) -> int:
 
     suffix = {"torchscript": ".ts", "onnx": ".onnx"}[args.format]
     out = args.out or str(args.checkpoint).rsplit(".", 1)[0] + suffix
-    check_output("--out", out)
+    check_output("--out", out, inputs=(args.checkpoint,))
     path = export(args.checkpoint, out, fmt=args.format)
     print(f"wrote {path}")
     return 0

@@ -31,12 +31,17 @@ CACHE = Path(os.environ.get("STREAMREC_CACHE", Path.home() / ".cache" / "streamr
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf")
 
 
-def check_output(option: str, path: str | os.PathLike, *, image: bool = False) -> Path:
+def check_output(option: str, path: str | os.PathLike, *, image: bool = False,
+                 inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
     """``path`` as a :class:`Path` when a command can write it, else a :class:`StreamrecError`
     naming ``option``: called before the command's work, so a typo in an output path costs
-    no training or decoding (and never ends in a traceback after it)."""
+    no training or decoding (and never ends in a traceback after it). A path that is one of
+    the command's ``inputs`` is refused: writing it would destroy the input."""
     p = Path(path)
     folder = p.parent
+    for given in inputs:
+        if p.exists() and Path(given).exists() and os.path.samefile(p, given):
+            raise StreamrecError(f"{option} {p}: that is the input file {given}; writing there would replace it")
     if p.is_dir():
         raise StreamrecError(f"{option}: expected a file name, got the folder {p}")
     if not folder.is_dir():

@@ -202,3 +202,17 @@ def test_a_network_source_that_answers_with_something_else(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_output_that_is_the_input_is_refused(tmp_path, clips, checkpoint):
+    import shutil
+
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(clips / "arm_wrestling.mp4", clip)
+    before = clip.read_bytes()
+    one_line_error(run_cli("classify", str(clip), "--model", "tiny3d", "--weights", "none", "--out", str(clip)),
+                   f"--out {clip}: that is the input file {clip}")
+    ckpt = tmp_path / "m.pt"
+    shutil.copy(checkpoint, ckpt)
+    one_line_error(run_cli("export", str(ckpt), "--out", str(ckpt)), f"--out {ckpt}: that is the input file {ckpt}")
+    assert clip.read_bytes() == before and ckpt.read_bytes() == checkpoint.read_bytes()

@@ -77,3 +77,15 @@ def test_save_figure_writes_the_format_of_the_suffix(tmp_path, suffix, magic):
     finally:
         plt.close(fig)
     assert (tmp_path / f"f{suffix}").read_bytes().startswith(magic)
+
+
+def test_check_output_refuses_to_write_over_an_input(tmp_path):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"a video")
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(StreamrecError) as info:
+        check_output("--out", tmp_path / "sub" / ".." / "clip.mp4", inputs=(str(clip),))
+    assert str(info.value) == (f"--out {tmp_path / 'sub' / '..' / 'clip.mp4'}: that is the input file {clip}; "
+                               "writing there would replace it")
+    assert check_output("--out", tmp_path / "clip.json", inputs=(str(clip),)) == tmp_path / "clip.json"
+    assert clip.read_bytes() == b"a video"
