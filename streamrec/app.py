@@ -298,7 +298,8 @@ class LiveApp:
             self.history.close()
             raise StreamrecError(f"--port {self.config.port}: cannot listen on {self.config.host}: {exc.strerror or exc}") from None
         names = ", ".join(f"{n} ({c.spec.display_name})" for n, c in self.cameras.items())
-        logger.info("serving %s at http://%s:%d/ (Ctrl-C to stop)", names, self.config.host, self.server.port)
+        page = "/?token=<the token>" if self.config.token else "/"  # the page needs it; the log never shows it
+        logger.info("serving %s at http://%s:%d%s (Ctrl-C to stop)", names, self.config.host, self.server.port, page)
         with self._lock:
             for cam in self.cameras.values():
                 cam.start()
