@@ -76,7 +76,7 @@ def test_page_shows_predictions_video_and_reconnects(clips, page, artifacts):
         page.wait_for_function("document.getElementById('conn').textContent.includes('reconnecting')", timeout=20_000)
         # no new label comes: its age keeps growing on the page, and is marked late
         page.wait_for_function("document.querySelector('[data-testid=age]').classList.contains('late')", timeout=20_000)
-        assert float(page.inner_text("[data-testid=age]")) > 2
+        assert float(page.inner_text("[data-testid=age]")) >= 2.0  # shown to 0.1 s: 2.04 s reads 2.0
         seq_before = label_seq(page)
         proc = serve(clips / "shooting_basketball.mp4", port)
         page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=60_000)
