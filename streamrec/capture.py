@@ -194,7 +194,7 @@ class CaptureThread(threading.Thread):
         got = False
         pace_base: float | None = None  # wall time of pts 0, for files
         due: float | None = None
-        step = 1.0 / source.fps if getattr(source, "fps", None) else None  # one frame's time on screen
+        step = 1.0 / (source.fps or 30.0)  # one frame's time on screen (30 fps when the file does not say)
         it = iter(source.frames())
         while not self.stop_event.is_set():
             t0 = time.perf_counter()
@@ -202,7 +202,7 @@ class CaptureThread(threading.Thread):
                 rgb, pts = next(it)
             except StopIteration:
                 if due is not None:  # a looped file plays on at its pace: the last frame is shown
-                    self._next_due = due + (step or 1.0 / 30)  # for its time, then the first again
+                    self._next_due = due + step  # for its time, then the first again
                 return got
             except Exception as exc:  # noqa: BLE001 - any read error: reconnect
                 self.error = mask_credentials(f"{type(exc).__name__}: {exc}")
