@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -156,13 +157,24 @@ def main() -> None:
     ap.add_argument("--model", default="r2plus1d_18")
     ap.add_argument("--batch-wait-ms", type=float, default=10.0)
     ap.add_argument("--clip", default=str(CLIPS / "cleaning_pool.mp4"), help="a 30 fps clip by default")
+    ap.add_argument("--switch-interval-ms", type=float, default=None,
+                    help="Python's thread switch interval for this run (default: what the server sets)")
+    ap.add_argument("--ffmpeg-decoder-threads", action="store_true",
+                    help="FFmpeg's own decoder threading for every stream (before 2026-11-26: small ones too)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")  # backend choice, to stderr
     clip = Path(args.clip)
     if not clip.is_file():
         sys.exit(f"benchmark: clip not found: {clip}")
     if args.cameras < 1:
         sys.exit(f"benchmark: --cameras: expected >= 1, got {args.cameras}")
+    if args.ffmpeg_decoder_threads:
+        from streamrec import sources
+
+        sources.SINGLE_THREAD_MAX_PIXELS = 0
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1e3)
     r = run(cameras=args.cameras, seconds=args.seconds, warmup=args.warmup, device=args.device, model=args.model,
             clip=clip, backend=args.backend, batch_wait_ms=args.batch_wait_ms)
     print(f"# many cameras, {r['model']}, {r['seconds']:.0f} s after {args.warmup:.0f} s warm-up")

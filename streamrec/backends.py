@@ -38,16 +38,17 @@ ALL_BACKENDS = ("auto",) + CPU_BACKENDS + ("openvino-int8",)
 
 @contextmanager
 def torchscript_quiet() -> Iterator[None]:
-    """Trace, freeze, save or load TorchScript without torch 2.14's deprecation warnings.
+    """Trace, freeze, save or load TorchScript without torch's deprecation warnings (2.11 and later).
 
     streamrec uses TorchScript on purpose (frozen TorchScript is the CUDA path the live
     pipeline asks for, and exported models are TorchScript files); the warnings tell a user
     of ``streamrec export`` or ``--backend torchscript`` nothing they can act on. Only
-    ``torch.jit``'s own FutureWarnings and the legacy ONNX exporter's deprecation notices are
+    ``torch.jit``'s own deprecation warnings and the legacy ONNX exporter's deprecation notices are
     hidden, and only inside this block.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
+        for category in (FutureWarning, DeprecationWarning):  # torch 2.14 says FutureWarning, 2.11 DeprecationWarning
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=category)
         # the ONNX export streamrec uses (dynamo=False) is TorchScript-based too
         warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export",
                                 category=DeprecationWarning)

@@ -28,6 +28,8 @@ from .errors import SourceError
 logger = logging.getLogger(__name__)
 
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+# Frames up to this size are decoded in the capture thread alone (see decoder_threading).
+SINGLE_THREAD_MAX_PIXELS = 640 * 480
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
 
 
@@ -135,11 +137,10 @@ class PyAVSource(Source):
             self._container.close()
             raise SourceError(f"--source: {spec.display_name} has no video stream")
         self._stream = self._container.streams.video[0]
-        # Frame threading keeps up to (threads - 1) frames inside the decoder: for a live stream
-        # on this 2-core machine (3 threads) 1-2 frame periods, up to 67 ms at 30 fps, before
-        # a frame is even seen and dated. Slice threading splits each frame instead and holds
-        # none back. Files are paced by their own timestamps, so they keep frame + slice threads.
-        self._stream.thread_type = "SLICE" if spec.is_live else "AUTO"
+        self._stream.thread_type, threads = decoder_threading(
+            self._stream.codec_context.width, self._stream.codec_context.height, live=spec.is_live)
+        if threads:
+            self._stream.codec_context.thread_count = threads
         self.packets = 0  # data packets read so far (with frames yielded: what the decoder holds)
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.fps = float(rate) if rate else None
@@ -228,6 +229,29 @@ class WebcamSource(Source):
         if not self._closed:
             self._closed = True
             self._cap.release()
+
+
+def decoder_threading(width: int, height: int, *, live: bool) -> tuple[str, int]:
+    """FFmpeg's threading for a stream of ``width`` x ``height``: ``(thread_type, thread_count)``,
+    a count of 0 meaning FFmpeg's own choice (one thread per core, plus one).
+
+    * Small frames (up to :data:`SINGLE_THREAD_MAX_PIXELS`): one thread. Handing a 340x256
+      frame to another thread costs about what decoding it does, and every decoder starts its
+      own threads: 64 cameras on a 16-core machine started 64 x 17. (A size not known
+      when the stream opens counts as large.)
+    * Larger live streams: slice threading. Frame threading keeps up to (threads - 1) frames
+      inside the decoder, on a 2-core machine 1-2 frame periods (up to 67 ms at 30 fps) before
+      a frame is even seen and dated; slice threading splits each frame and holds none back.
+    * Larger files: frame + slice threading. Files are paced by their own timestamps, so
+      frames held in the decoder cost no latency.
+
+    Example:
+        >>> decoder_threading(340, 256, live=False), decoder_threading(1920, 1080, live=True)
+        (('SLICE', 1), ('SLICE', 0))
+    """
+    if 0 < width * height <= SINGLE_THREAD_MAX_PIXELS:  # 0: size not known before the first frame
+        return "SLICE", 1
+    return ("SLICE" if live else "AUTO"), 0
 
 
 def open_source(spec: SourceSpec) -> Source:

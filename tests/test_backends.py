@@ -160,3 +160,20 @@ def test_our_torchscript_and_onnx_steps_show_no_deprecation_warnings(tmp_path, m
         export(str(tmp_path / "m.pt"), str(tmp_path / "m.onnx"), fmt="onnx")
     assert len(list((tmp_path / "cache" / "openvino").glob("tiny3d-*.xml"))) == 1
     assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))] == []
+
+
+def test_torchscript_quiet_hides_only_torch_jit_deprecations():
+    """torch 2.14 warns with FutureWarning, 2.11 (a lent GPU machine's) with DeprecationWarning."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with backends.torchscript_quiet():
+            warnings.warn("`torch.jit.trace` is deprecated. Please switch to `torch.compile`.", FutureWarning)
+            warnings.warn("`torch.jit.freeze` is deprecated. Please use `torch.compile` instead.", DeprecationWarning)
+            warnings.warn("something else is deprecated", DeprecationWarning)
+            warnings.warn("`torch.jit.trace` looked odd", UserWarning)
+        warnings.warn("`torch.jit.trace` is deprecated.", FutureWarning)  # outside the block: shown
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (DeprecationWarning, "something else is deprecated"), (UserWarning, "`torch.jit.trace` looked odd"),
+        (FutureWarning, "`torch.jit.trace` is deprecated.")]

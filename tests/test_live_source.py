@@ -15,7 +15,7 @@ from streamrec.capture import CaptureThread
 from streamrec.models import model_spec
 from streamrec.preprocess import FramePreprocessor
 from streamrec.ring import FrameRing
-from streamrec.sources import PyAVSource, Source, SourceSpec
+from streamrec.sources import PyAVSource, Source, SourceSpec, decoder_threading
 
 
 @pytest.fixture
@@ -51,14 +51,29 @@ def test_network_stream_frames_leave_the_decoder_with_their_packet(http_stream):
     assert set(held) == {0}  # every frame out as soon as its packet is in
 
 
-def test_files_keep_frame_threads_which_hold_frames(http_stream):
-    # The same stream as a file: paced by its timestamps, so frame threads (which hold
-    # frames) are fine there. Shows that the check above can fail.
-    _, path = http_stream
-    with PyAVSource(SourceSpec.parse(str(path))) as src:
+def test_small_files_decode_in_one_thread_and_large_files_keep_frame_threads(http_stream, tmp_path):
+    # Files are paced by their timestamps, so frame threads (which hold frames) cost no
+    # latency there; small frames are decoded in the capture thread alone all the same (a
+    # hand-off costs what decoding does). The large file shows that the check can fail.
+    _, small = http_stream
+    with PyAVSource(SourceSpec.parse(str(small))) as src:
         held = held_back(src)
-    assert len(held) == 60
-    assert max(held) >= 1
+        threads = src._stream.codec_context.thread_count
+    assert (len(held), set(held), threads) == (60, {0}, 1)
+    large = write_video(tmp_path / "large.ts", seconds=1.0, fps=30, size=(1280, 720))
+    with PyAVSource(SourceSpec.parse(str(large))) as src:
+        held = held_back(src)
+        kind = src._stream.thread_type
+    assert len(held) == 30
+    assert str(kind).endswith("AUTO") and max(held) >= 1
+
+
+@pytest.mark.parametrize(("size", "live", "expected"), [
+    ((340, 256), False, ("SLICE", 1)), ((640, 480), True, ("SLICE", 1)), ((641, 480), True, ("SLICE", 0)),
+    ((1920, 1080), False, ("AUTO", 0)), ((1920, 1080), True, ("SLICE", 0)), ((0, 0), True, ("SLICE", 0)),
+])
+def test_decoder_threading_by_frame_size_and_liveness(size, live, expected):
+    assert decoder_threading(*size, live=live) == expected
 
 
 class SlowLiveSource(Source):
