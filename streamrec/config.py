@@ -193,5 +193,9 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise StreamrecError(f"--config: file not found: {p}") from None
+    except IsADirectoryError:
+        raise StreamrecError(f"--config: expected a TOML file, got a directory: {p}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes UTF-8 itself: a binary file
+        raise StreamrecError(f"--config {p}: not valid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise StreamrecError(f"--config {p}: not valid TOML: {exc}") from None

@@ -86,6 +86,9 @@ def test_bad_config_file(tmp_path):
     one_line_error(run_cli("serve", "--config", str(p)), "unknown option 'wibble'")
     p.write_text("source = [unclosed\n")
     one_line_error(run_cli("serve", "--config", str(p)), "not valid TOML")
+    p.write_bytes(b"\xff\xfe\x00binary")
+    one_line_error(run_cli("serve", "--config", str(p)), "not valid TOML: not UTF-8 text")
+    one_line_error(run_cli("serve", "--config", str(tmp_path)), f"--config: expected a TOML file, got a directory: {tmp_path}")
 
 
 def test_unknown_argument():
