@@ -131,7 +131,7 @@ class LiveApp:
                 self.trackers[cam.name] = SegmentTracker(cam.name, self.history.add)
                 worker = self.workers.get(key)
                 if worker is None:
-                    worker = InferenceWorker(clf, self._publish_prediction, stop=self.stop, wake=self.wake,
+                    worker = InferenceWorker(clf, self._publish_predictions, stop=self.stop, wake=self.wake,
                                              batch_wait_s=self.config.batch_wait_ms / 1e3,
                                              stride_s=self.config.stride_ms / 1e3, name=f"inference-{len(self.workers)}")
                     self.workers[key] = worker
@@ -214,12 +214,14 @@ class LiveApp:
                 "model": h["model"], "device": str(cam.classifier.device), "meaningless": h["meaningless"],
                 "warning": MEANINGLESS if h["meaningless"] else None}
 
-    def _publish_prediction(self, cam: Camera, msg: dict[str, Any]) -> None:
-        self.metrics.observe_prediction(msg)
-        tracker = self.trackers.get(cam.name)
-        if tracker is not None:
-            tracker.update(msg["label"], msg["score"], msg["window"]["end_ts"])
-        self.hub.publish_threadsafe(f"prediction:{cam.name}", json.dumps(msg))
+    def _publish_predictions(self, items: list[tuple[Camera, dict[str, Any]]]) -> None:
+        """One batch's messages: metrics, history, then to the browsers in one hand-off to the loop."""
+        for cam, msg in items:
+            self.metrics.observe_prediction(msg)
+            tracker = self.trackers.get(cam.name)
+            if tracker is not None:
+                tracker.update(msg["label"], msg["score"], msg["window"]["end_ts"])
+        self.hub.publish_many_threadsafe([(f"prediction:{cam.name}", json.dumps(msg)) for cam, msg in items])
 
     # -- HTTP API ---------------------------------------------------------------
     def _api_history(self, method: str, path: str, query: dict[str, list[str]]) -> Reply:

@@ -25,7 +25,7 @@ from .engine import Classifier, resolve_device
 from .errors import SourceError, StreamrecError
 from .fsutil import save_figure
 from .kinetics import restrict, sport_indices
-from .messages import top_k
+from .messages import top_k, top_k_many
 from . import prepared
 from .models import LoadedModel
 from .preprocess import FramePreprocessor, batch_windows
@@ -144,8 +144,7 @@ class WindowClassifier:
         probs = self.classifier.probs(batch_windows([w.frames for w, _ in self.pending]))  # uint8 (B, T, H, W, C)
         if self.subset is not None:
             probs = restrict(probs, self.subset)
-        for (w, padded), p in zip(self.pending, probs):
-            tops = top_k(p, self.classes, self.top)
+        for (w, padded), p, tops in zip(self.pending, probs, top_k_many(probs, self.classes, self.top)):
             self.results.append(
                 WindowResult(len(self.results), w.start_ts, w.end_ts, tops[0]["label"], tops[0]["score"], tops, padded)
             )

@@ -59,7 +59,7 @@ class RemoteCapture:
 
     def window(self, after_seq: int) -> tuple | None:
         """The newest window ending after ``after_seq``: (end_seq, start_ts, end_ts, uint8 crops (T, H, W, C))."""
-        w = self.ring.newest_window(self.spec.frames, self.spec.fps)
+        w = self.ring.newest_window(self.spec.frames, self.spec.fps, after=after_seq)
         if w is None or w.end_seq <= after_seq:
             return None
         return w.end_seq, w.start_ts, w.end_ts, w.frames  # uint8: a quarter of the bytes of float32 over the network

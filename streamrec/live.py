@@ -22,9 +22,9 @@ from .config import CameraConfig
 from .engine import Classifier
 from .kinetics import restrict, sport_indices
 from .preprocess import batch_windows
-from .messages import prediction_message
+from .messages import prediction_message, top_k_many
 from .ring import Window
-from .smoothing import LabelSmoother, SmoothingConfig
+from .smoothing import LabelSmoother, SmoothingConfig, update_many
 from .sources import Source
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Camera:
     def take_window(self) -> Window | None:
         """The newest window that ends after the last classified one, or None."""
         ms = self.classifier.loaded.spec
-        w = self.ring.newest_window(ms.frames, ms.fps)
+        w = self.ring.newest_window(ms.frames, ms.fps, after=self.last_end)
         if w is None or w.end_seq <= self.last_end:
             return None
         if self.last_end >= 0 and w.end_seq > self.last_end + 1:
@@ -105,7 +105,7 @@ class Camera:
 class InferenceWorker(threading.Thread):
     """Classifies the newest windows of ``cameras`` (sharing ``classifier``) in batches."""
 
-    def __init__(self, classifier: Classifier, publish: Callable[[Camera, dict[str, Any]], None], *,
+    def __init__(self, classifier: Classifier, publish: Callable[[list[tuple[Camera, dict[str, Any]]]], None], *,
                  stop: threading.Event, wake: threading.Condition, batch_wait_s: float = 0.01,
                  stride_s: float = 0.0, max_batch: int = 32, clock: Callable[[], float] = time.time,
                  frame_wait_s: float = 0.1, name: str = "inference") -> None:
@@ -203,8 +203,7 @@ class InferenceWorker(threading.Thread):
                 continue
             t3 = time.perf_counter()
             infer_ms = (t3 - t2) * 1e3
-            for (cam, w), p in zip(batch, probs):
-                self._emit(cam, w, p, infer_ms)
+            self._emit(batch, probs, infer_ms)
             self._served(batch)
             self.batches += 1
             fresh = self.frame_wait_s > 0
@@ -224,19 +223,30 @@ class InferenceWorker(threading.Thread):
             self._turns += 1
             self._turn[cam.name] = self._turns  # in batch order: a strict round robin when not all fit
 
-    def _emit(self, cam: Camera, w: Window, probs: np.ndarray, infer_ms: float) -> None:
-        if cam.subset is not None:
-            probs = restrict(probs, cam.subset)
-        smoothed = cam.smoother.update(probs)
-        cam.seq += 1
-        msg = prediction_message(
-            seq=cam.seq, smoothed=smoothed, probs=probs, classes=self.classifier.loaded.classes,
-            start_ts=w.start_ts, end_ts=w.end_ts, frames=len(w.timestamps), infer_ms=infer_ms,
-            sent_ts=self.clock(), capture_fps=cam.capture.fps(), camera=cam.name,
-            meaningless=self.classifier.loaded.meaningless,
-        )
-        cam.infer_ms.append(infer_ms)
-        cam.latency_ms.append(msg["latency_ms"])
-        cam.rate.tick(self.clock())
-        cam.last_message = msg
-        self.publish(cam, msg)
+    def _emit(self, batch: list[tuple[Camera, Window]], probs: np.ndarray, infer_ms: float) -> None:
+        """Smooth the scores ``(B, K)`` of ``batch``, build one message per camera and publish them
+        together: NumPy is called per batch, not per camera (:func:`streamrec.smoothing.update_many`),
+        and the event loop is handed the batch once."""
+        probs = np.asarray(probs)
+        restricted = [(i, cam.subset) for i, (cam, _) in enumerate(batch) if cam.subset is not None]
+        if restricted:  # --sports-only cameras: their scores renormalized over the sport classes
+            probs = probs.copy()
+            for i, subset in restricted:
+                probs[i] = restrict(probs[i], subset)
+        smoothed = update_many([cam.smoother for cam, _ in batch], probs)
+        tops = top_k_many(probs, self.classifier.loaded.classes)
+        out = []
+        for (cam, w), sm, top in zip(batch, smoothed, tops):
+            cam.seq += 1
+            msg = prediction_message(
+                seq=cam.seq, smoothed=sm, top=top, classes=self.classifier.loaded.classes,
+                start_ts=w.start_ts, end_ts=w.end_ts, frames=len(w.timestamps), infer_ms=infer_ms,
+                sent_ts=self.clock(), capture_fps=cam.capture.fps(), camera=cam.name,
+                meaningless=self.classifier.loaded.meaningless,
+            )
+            cam.infer_ms.append(infer_ms)
+            cam.latency_ms.append(msg["latency_ms"])
+            cam.rate.tick(self.clock())
+            cam.last_message = msg
+            out.append((cam, msg))
+        self.publish(out)

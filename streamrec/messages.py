@@ -24,18 +24,31 @@ TOP_K = 5
 
 def top_k(probs: np.ndarray, classes: Sequence[str], k: int = TOP_K) -> list[dict[str, Any]]:
     """The ``k`` best classes, best first, as ``{"label", "score"}`` dicts."""
+    return top_k_many(np.asarray(probs)[None], classes, k)[0]  # (K,) -> (1, K)
+
+
+def top_k_many(probs: np.ndarray, classes: Sequence[str], k: int = TOP_K) -> list[list[dict[str, Any]]]:
+    """:func:`top_k` of each row of ``probs`` ``(B, K)``, with two NumPy calls for the whole batch
+    (see :func:`streamrec.smoothing.update_many` for why not one per row); ties keep class order.
+
+    Example:
+        >>> top_k_many(np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]]), ["a", "b", "c"], 2)
+        [[{'label': 'b', 'score': 0.6}, {'label': 'c', 'score': 0.3}], [{'label': 'a', 'score': 0.5}, {'label': 'c', 'score': 0.3}]]
+    """
     k = min(k, len(classes))
-    idx = np.argpartition(-probs, k - 1)[:k]
-    idx = idx[np.argsort(-probs[idx], kind="stable")]
-    return [{"label": classes[i], "score": round(float(probs[i]), 5)} for i in idx]
+    idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (B, K) -> (B, k): best first, ties in class order
+    best = np.take_along_axis(probs, idx, 1)
+    idx, best = idx.tolist(), best.tolist()
+    return [[{"label": classes[i], "score": round(v, 5)} for i, v in zip(ri, rv)] for ri, rv in zip(idx, best)]
 
 
 def prediction_message(
     *,
     seq: int,
     smoothed: Smoothed,
-    probs: np.ndarray,
     classes: Sequence[str],
+    probs: np.ndarray | None = None,
+    top: list[dict[str, Any]] | None = None,
     start_ts: float,
     end_ts: float,
     frames: int,
@@ -45,6 +58,9 @@ def prediction_message(
     camera: str = "default",
     meaningless: bool = False,
 ) -> dict[str, Any]:
+    """One prediction message; ``top`` is computed from ``probs`` unless given."""
+    if top is None and probs is None:
+        raise ValueError("prediction_message: expected probs or top, got neither")
     return {
         "type": "prediction",
         "seq": seq,
@@ -53,7 +69,7 @@ def prediction_message(
         "raw_label": classes[smoothed.raw_index],
         "raw_score": round(smoothed.raw_score, 5),
         "uncertain": smoothed.uncertain,
-        "top": top_k(probs, classes),
+        "top": top if top is not None else top_k(probs, classes),  # top: already computed (a batch's)
         "window": {"start_ts": start_ts, "end_ts": end_ts, "frames": frames},
         "infer_ms": round(infer_ms, 2),
         "latency_ms": round((sent_ts - end_ts) * 1e3, 2),

@@ -101,12 +101,16 @@ class FrameRing:
             return self._seq - 1
 
     def newest_window(
-        self, frames: int, fps: float, *, end_ts: float | None = None, pad: bool = False
+        self, frames: int, fps: float, *, end_ts: float | None = None, pad: bool = False, after: int = -1
     ) -> Window | None:
         """The window of ``frames`` at ``fps`` ending at the newest frame, or ending at time
         ``end_ts`` (frame times nearest to ``end_ts - k / fps``). ``None`` while the ring
         does not yet span it, unless ``pad``: then the window starts at the oldest frame and
-        repeats the last one to fill up."""
+        repeats the last one to fill up. ``None`` at once, with no work done, when no frame
+        newer than sequence number ``after`` has been written (a window ending after it is
+        wanted: a camera's next window, checked for every camera many times a second)."""
+        if self._seq - 1 <= after:  # an int read: atomic; the seq only grows
+            return None
         with self._lock:
             n = min(self._seq, self.capacity)
             if n == 0:
@@ -124,7 +128,7 @@ class FrameRing:
                 return None
             chosen = slots[idx]
             self._used[chosen] = True
-            return Window(self._frames[chosen].copy(), ts[idx].copy(), int(seqs[idx[-1]]))
+            return Window(self._frames[chosen], ts[idx], int(seqs[idx[-1]]))  # indexing by arrays copies
 
 
 def sample_indices(

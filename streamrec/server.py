@@ -67,6 +67,16 @@ class Hub:
     def publish_threadsafe(self, key: str, payload: str | bytes) -> None:
         self._on_loop(self.publish, key, payload)
 
+    def publish_many_threadsafe(self, items: list[tuple[str, str | bytes]]) -> None:
+        """:meth:`publish` each ``(key, payload)`` from another thread, in one hand-off to the loop
+        (each hand-off writes to the loop's wake-up socket, letting go of the GIL)."""
+        if items:
+            self._on_loop(self._publish_many, items)
+
+    def _publish_many(self, items: list[tuple[str, str | bytes]]) -> None:
+        for key, payload in items:
+            self.publish(key, payload)
+
     def forget_threadsafe(self, suffix: str) -> None:
         """:meth:`forget` from another thread: runs on the loop, after what that thread published before."""
         if self.loop is None:  # not serving yet: no loop to order against

@@ -35,8 +35,8 @@ def run_worker(video, frame_wait_s: float, n: int = 6, *, clf: Classifier | None
     got: list[dict] = []
     done = threading.Event()
 
-    def publish(_cam, msg):
-        got.append(msg)
+    def publish(items):
+        got.extend(msg for _cam, msg in items)
         if len(got) >= n:
             done.set()
 
@@ -90,7 +90,7 @@ def test_waiting_for_more_cameras_leaves_the_windows_already_in_the_batch(tmp_pa
     clf = Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="torch", warmup=0)
     wake, stop = threading.Condition(), threading.Event()
     a, b = (Camera(CameraConfig(name=n, source=str(video)), clf, SmoothingConfig(), wake=wake) for n in "ab")
-    worker = InferenceWorker(clf, lambda _cam, _msg: None, stop=stop, wake=wake)
+    worker = InferenceWorker(clf, lambda _items: None, stop=stop, wake=wake)
     worker.add(a)
     worker.add(b)
     spec = clf.loaded.spec
@@ -119,7 +119,7 @@ def test_more_cameras_than_the_batch_take_turns_and_keep_their_windows(tmp_path)
     clf = Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="torch", warmup=0)
     wake, stop = threading.Condition(), threading.Event()
     cams = [Camera(CameraConfig(name=n, source=str(video)), clf, SmoothingConfig(), wake=wake) for n in "abc"]
-    worker = InferenceWorker(clf, lambda _cam, _msg: None, stop=stop, wake=wake, max_batch=2)
+    worker = InferenceWorker(clf, lambda _items: None, stop=stop, wake=wake, max_batch=2)
     for c in cams:
         worker.add(c)
     frame = np.zeros(cams[0].ring._frames.shape[1:], cams[0].ring._frames.dtype)

@@ -45,3 +45,17 @@ def test_validator_rejects_bad_fields(field, value, err):
     msg[field] = value
     with pytest.raises(ValueError, match=err):
         validate_prediction(msg)
+
+
+def test_top_k_of_a_batch_is_each_rows_own_ranking_with_ties_in_class_order():
+    from streamrec.messages import top_k_many
+
+    rng = np.random.default_rng(7)
+    probs = (rng.integers(0, 6, size=(50, 12)) / 10).astype(np.float32)  # many ties
+    classes = [f"c{i}" for i in range(12)]
+    got = top_k_many(probs, classes, 5)
+    for row, tops in zip(probs, got):
+        order = sorted(range(12), key=lambda i: (-row[i], i))[:5]
+        assert tops == [{"label": classes[i], "score": round(float(row[i]), 5)} for i in order]
+    assert top_k(probs[0], classes, 5) == got[0]
+    assert len(top_k_many(probs[:2, :3], classes[:3], 5)[0]) == 3  # k capped at the class count

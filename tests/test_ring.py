@@ -19,6 +19,19 @@ def test_wraps_around_and_keeps_the_newest_frames():
     assert w.end_seq == 19
 
 
+def test_a_window_after_a_sequence_number_needs_a_newer_frame_and_marks_nothing_used():
+    ring = FrameRing(capacity=8, frame_shape=(1,))
+    fill(ring, 8, fps=30)
+    assert ring.newest_window(frames=4, fps=30, after=7) is None  # frame 7 is the newest
+    assert ring.newest_window(frames=4, fps=30, after=100) is None
+    fill(ring, 4, fps=30, t0=2000.0)  # overwrites 0..3: no window took any frame yet
+    assert ring.dropped == 4
+    w = ring.newest_window(frames=4, fps=30, after=7)
+    assert (w.end_seq, [int(v) for v in w.frames[:, 0]]) == (11, [0, 1, 2, 3])
+    ring.write(np.full((1,), 9, np.float32), 2000.5)
+    assert [int(v) for v in w.frames[:, 0]] == [0, 1, 2, 3]  # a window is a copy: the ring moves on
+
+
 def test_counts_frames_overwritten_before_any_window_used_them():
     ring = FrameRing(capacity=8, frame_shape=(1,))
     fill(ring, 8, fps=30)

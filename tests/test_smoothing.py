@@ -49,3 +49,37 @@ def test_ema_value_is_exact():
 def test_config_validates(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         SmoothingConfig(**kw)
+
+
+def test_a_batch_update_equals_each_smoother_on_its_own():
+    """update_many (the live worker's path) gives every camera exactly what update() gives it
+    alone: per-camera alpha, a reset camera starting afresh mid-run, ties and switches."""
+    from streamrec.smoothing import update_many
+
+    configs = [SmoothingConfig(alpha=0.5, margin=0.05, hold=2, threshold=0.3),
+               SmoothingConfig(alpha=0.2, margin=0.0, hold=1, threshold=0.0),
+               SmoothingConfig(alpha=1.0, margin=0.1, hold=3, threshold=0.5)]
+    batched, alone = [LabelSmoother(c) for c in configs], [LabelSmoother(c) for c in configs]
+    rng = np.random.default_rng(3)
+    switches = 0
+    for step in range(60):
+        probs = rng.dirichlet(np.full(6, 0.3), size=3).astype(np.float32)
+        if step == 30:
+            batched[1].reset()
+            alone[1].reset()
+        got = update_many(batched, probs)
+        want = [s.update(p) for s, p in zip(alone, probs)]
+        for g, w in zip(got, want):
+            assert (g.label_index, g.score, g.uncertain, g.raw_index, g.raw_score) == \
+                   (w.label_index, w.score, w.uncertain, w.raw_index, w.raw_score)
+            assert np.array_equal(g.scores, w.scores)
+            assert not g.scores.flags.writeable  # a view of the smoother's state, read-only
+        switches += sum(g.label_index != g.raw_index for g in got)
+    assert switches > 10  # smoothing did hold labels back: the comparison covers hysteresis
+
+
+def test_batch_update_checks_the_shape():
+    from streamrec.smoothing import update_many
+
+    with pytest.raises(ValueError, match=r"probs: expected \(2, K\) scores, got shape \(3, 4\)"):
+        update_many([LabelSmoother(), LabelSmoother()], np.zeros((3, 4)))
