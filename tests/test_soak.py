@@ -172,6 +172,9 @@ def test_ten_minute_soak(clips):
         "latency_p95_first_min": float(np.percentile(first, 95)), "latency_p95_last_min": float(np.percentile(last, 95)),
         "threads": (warm[0]["threads"], max(s["threads"] for s in warm)), "fds": (warm[0]["fds"], max(s["fds"] for s in warm)),
         "predictions": len(lat),
+        # every minute's p95: a lag build-up rises minute by minute, a slow spell of the host does not
+        "latency_p95_by_minute": [round(float(np.percentile(v, 95)), 1) if (v := [l for t, l in lat if m * 60 <= t < m * 60 + 60]) else None
+                                  for m in range(10)],
     }
     (ARTIFACTS / "soak.json").write_text(json.dumps({"figures": figures, "samples": samples}, indent=1))
     print("\n" + json.dumps(figures))
