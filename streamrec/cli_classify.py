@@ -35,7 +35,7 @@ def cmd_classify(args) -> int:
     from .fsutil import CACHE
 
     weights, device = args.weights or "DEFAULT", check_device(args.device or "auto")
-    inputs = (args.file,) + ((weights,) if Path(weights).is_file() else ())
+    inputs = (args.file, weights)  # check_output compares only those that exist: DEFAULT does not
     if args.out:
         check_output("--out", args.out, inputs=inputs)
     if args.plot:

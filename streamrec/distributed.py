@@ -29,8 +29,8 @@ import numpy as np
 
 from .config import CameraConfig, ServeConfig
 from .errors import StreamrecError
-from .messages import prediction_message
-from .smoothing import LabelSmoother
+from .messages import prediction_message, top_k_many
+from .smoothing import LabelSmoother, update_many
 
 logger = logging.getLogger(__name__)
 
@@ -151,11 +151,13 @@ class ClusterRunner:
         t0 = time.perf_counter()
         probs = ray.get(replica.classify.remote([w[3] for _, w in batch]))
         infer_ms = (time.perf_counter() - t0) * 1e3
-        for (name, (end_seq, start_ts, end_ts, frames)), p in zip(batch, probs):
+        probs = np.asarray(probs)  # (B, K): smoothed and ranked once per batch, as the live worker does
+        smoothed = update_many([self.smoothers[name] for name, _ in batch], probs)
+        for (name, (end_seq, start_ts, end_ts, frames)), sm, top in zip(batch, smoothed, top_k_many(probs, self.classes)):
             self.last_seq[name] = end_seq
             self.seq[name] += 1
-            msg = prediction_message(seq=self.seq[name], smoothed=self.smoothers[name].update(p), probs=p,
-                                     classes=self.classes, start_ts=start_ts, end_ts=end_ts, frames=len(frames),
+            msg = prediction_message(seq=self.seq[name], smoothed=sm, top=top, classes=self.classes,
+                                     start_ts=start_ts, end_ts=end_ts, frames=len(frames),
                                      infer_ms=infer_ms, sent_ts=time.time(), capture_fps=0.0, camera=name,
                                      meaningless=self.meaningless)
             self.publish(name, msg)
