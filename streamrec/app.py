@@ -30,6 +30,7 @@ from .engine import Classifier
 from .errors import StreamrecError
 from .history import HistoryStore, SegmentTracker
 from .live import JOIN_TIMEOUT_S, Camera, InferenceWorker
+from .messages import MEANINGLESS, status_message
 from .metrics import Metrics
 from . import prepared
 from .server import ApiRoute, Hub, Reply, Route, WebServer, json_route, page_html
@@ -37,9 +38,6 @@ from .sources import open_source
 from .validate import from_text
 
 logger = logging.getLogger(__name__)
-
-MEANINGLESS = "random weights (--weights none): labels are meaningless, for pipeline testing only"
-
 
 def default_db() -> str:
     """``$XDG_DATA_HOME/streamrec/history.db`` (``~/.local/share/...``)."""
@@ -88,7 +86,7 @@ class LiveApp:
             "/healthz": json_route(self.health),
             "/metrics": Route(Metrics.CONTENT_TYPE, self.metrics.render),
         }
-        api = {"/api/history": ApiRoute(self._api_history), "/api/cameras": ApiRoute(self._api_cameras, admin=True)}
+        api = {"/api/history": history_api(self.history), "/api/cameras": ApiRoute(self._api_cameras, admin=True)}
         self.server = WebServer(self.hub, host=config.host, port=config.port, routes=routes, api=api, token=config.token)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -209,10 +207,9 @@ class LiveApp:
                 "max_batch": max(sizes, default=0)}
 
     def status_message(self, cam: Camera) -> dict[str, Any]:
-        h = self.camera_health(cam)
-        return {"type": "status", "camera": cam.name, "source": cam.capture.stats(), "inference": cam.stats(),
-                "model": h["model"], "device": str(cam.classifier.device), "meaningless": h["meaningless"],
-                "warning": MEANINGLESS if h["meaningless"] else None}
+        return status_message(camera=cam.name, source=cam.capture.stats(), inference=cam.stats(),
+                              model=cam.classifier.loaded.name, device=str(cam.classifier.device),
+                              meaningless=cam.classifier.loaded.meaningless)
 
     def _publish_predictions(self, items: list[tuple[Camera, dict[str, Any]]]) -> None:
         """One batch's messages: metrics, history, then to the browsers in one hand-off to the loop."""
@@ -224,18 +221,6 @@ class LiveApp:
         self.hub.publish_many_threadsafe([(f"prediction:{cam.name}", json.dumps(msg)) for cam, msg in items])
 
     # -- HTTP API ---------------------------------------------------------------
-    def _api_history(self, method: str, path: str, query: dict[str, list[str]]) -> Reply:
-        from .history import parse_time
-
-        if method != "GET":
-            return Reply(405, {"error": "GET only"})
-        one = lambda k: (query.get(k) or [None])[0]  # noqa: E731
-        try:
-            rows = self.history.query(camera=one("camera"), since=parse_time(one("since")), until=parse_time(one("until")))
-        except StreamrecError as exc:
-            return Reply(400, {"error": str(exc)})
-        return Reply(200, {"segments": rows})
-
     def _api_cameras(self, method: str, path: str, query: dict[str, list[str]]) -> Reply:
         if method == "GET":
             return Reply(200, {"cameras": {n: self.camera_health(c) for n, c in list(self.cameras.items())},
@@ -265,9 +250,7 @@ class LiveApp:
             await asyncio.sleep(1.0)
 
     async def _preview_task(self) -> None:
-        """Downscaled JPEG frames to the browsers, at most ``display_fps`` per camera.
-
-        Binary message: 1 byte name length, the camera name (UTF-8), then the JPEG."""
+        """Downscaled JPEG frames to the browsers, at most ``display_fps`` per camera (:func:`frame_message`)."""
         period = 1.0 / self.config.display_fps
         last: dict[str, float] = {}
         loop = asyncio.get_running_loop()
@@ -280,10 +263,9 @@ class LiveApp:
                 if rgb is None or ts == last.get(name):
                     continue
                 last[name] = ts
-                width = self.config.display_width if len(self.cameras) == 1 else min(self.config.display_width, 320)
-                jpeg = await loop.run_in_executor(self._preview_pool, encode_preview, rgb, width)
-                tag = name.encode()
-                self.hub.publish(f"frame:{name}", struct.pack("B", len(tag)) + tag + jpeg)
+                jpeg = await loop.run_in_executor(self._preview_pool, encode_preview, rgb,
+                                                  preview_width(self.config, len(self.cameras)))
+                self.hub.publish(f"frame:{name}", frame_message(name, jpeg))
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -357,6 +339,38 @@ def check_port_free(host: str, port: int) -> None:
             s.bind(addr)
         except OSError as exc:
             raise StreamrecError(f"--port {port}: cannot listen on {host}: {exc.strerror}") from None
+
+
+def history_api(store: HistoryStore) -> ApiRoute:
+    """``GET /api/history?camera=&since=&until=``: the recorded segments (the page's timelines)."""
+    from .history import parse_time
+
+    def handler(method: str, path: str, query: dict[str, list[str]]) -> Reply:
+        if method != "GET":
+            return Reply(405, {"error": "GET only"})
+        one = lambda k: (query.get(k) or [None])[0]  # noqa: E731
+        try:
+            rows = store.query(camera=one("camera"), since=parse_time(one("since")), until=parse_time(one("until")))
+        except StreamrecError as exc:
+            return Reply(400, {"error": str(exc)})
+        return Reply(200, {"segments": rows})
+
+    return ApiRoute(handler)
+
+
+def preview_width(config: ServeConfig, cameras: int) -> int:
+    """Preview width: ``display_width`` for one camera, at most 320 px for a dashboard of several."""
+    return config.display_width if cameras == 1 else min(config.display_width, 320)
+
+
+def frame_message(camera: str, jpeg: bytes) -> bytes:
+    r"""A preview frame for the page: 1 byte name length, the camera name (UTF-8), then the JPEG.
+
+    >>> frame_message("pool", b"\xff\xd8")
+    b'\x04pool\xff\xd8'
+    """
+    tag = camera.encode()
+    return struct.pack("B", len(tag)) + tag + jpeg
 
 
 def encode_preview(rgb, width: int) -> bytes:

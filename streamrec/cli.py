@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     # every parser below is built without importing torch (tested): a command imports what it runs
     from .cli_classify import add_classify_parser
     from .cli_train import add_parsers as add_train_parsers
-    from .distributed import add_cluster_parser
+    from .cli_cluster import add_cluster_parser
     from .kinetics import add_labels_parser
 
     add_classify_parser(sub, _model_args)

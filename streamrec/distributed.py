@@ -7,8 +7,8 @@ call, which is what ``@serve.batch`` would add, without Serve's HTTP proxy, Fast
 uvicorn stack. Everything else is the single-machine code: the same capture thread, ring
 buffer, preprocessing, smoothing, message schema and history.
 
-Run on a cluster (``ray start --head`` on one node, ``ray start --address=HEAD:6379`` on
-the others)::
+The command line and the dashboard are in :mod:`streamrec.cluster_app`. Run on a cluster
+(``ray start --head`` on one node, ``ray start --address=HEAD:6379`` on the others)::
 
     streamrec cluster --config configs/gym.toml --address auto --db postgresql://...
 
@@ -23,12 +23,14 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from typing import Any, Callable
 
 import numpy as np
 
 from .config import CameraConfig, ServeConfig
 from .errors import StreamrecError
+from .live import LabelStats
 from .messages import prediction_message, top_k_many
 from .smoothing import LabelSmoother, update_many
 
@@ -58,11 +60,23 @@ class RemoteCapture:
         self.capture.start()
 
     def window(self, after_seq: int) -> tuple | None:
-        """The newest window ending after ``after_seq``: (end_seq, start_ts, end_ts, uint8 crops (T, H, W, C))."""
+        """The newest window ending after ``after_seq``: (end_seq, start_ts, end_ts, uint8 crops
+        (T, H, W, C), capture fps)."""
         w = self.ring.newest_window(self.spec.frames, self.spec.fps, after=after_seq)
         if w is None or w.end_seq <= after_seq:
             return None
-        return w.end_seq, w.start_ts, w.end_ts, w.frames  # uint8: a quarter of the bytes of float32 over the network
+        # uint8: a quarter of the bytes of float32 over the network
+        return w.end_seq, w.start_ts, w.end_ts, w.frames, self.capture.fps()
+
+    def preview(self, width: int, after_ts: float) -> tuple[float, bytes] | None:
+        """The newest frame as a JPEG at most ``width`` wide, encoded here near the camera (a few
+        KB cross the network, not a frame); ``None`` when it is no newer than ``after_ts``."""
+        from .app import encode_preview
+
+        rgb, ts = self.capture.latest_rgb, self.capture.latest_ts
+        if rgb is None or ts <= after_ts:
+            return None
+        return ts, encode_preview(rgb, width)
 
     def stats(self) -> dict[str, Any]:
         return {**self.capture.stats(), "node": _node_id()}
@@ -84,7 +98,8 @@ class RemoteClassifier:
 
     def meta(self) -> dict[str, Any]:
         return {"classes": self.loaded.classes, "spec": self.loaded.spec.to_dict(), "name": self.loaded.name,
-                "meaningless": self.loaded.meaningless, "node": _node_id()}
+                "meaningless": self.loaded.meaningless, "node": _node_id(), "device": str(self.classifier.device),
+                "backend": self.classifier.backend}
 
     def classify(self, windows: list[np.ndarray]) -> np.ndarray:
         from .preprocess import batch_windows
@@ -103,10 +118,10 @@ def _node_id() -> str:
 
 class ClusterRunner:
     """The driver: polls every camera actor, batches windows into the inference actor,
-    smooths per camera and hands messages to ``publish(camera, msg)``."""
+    smooths per camera and hands each batch's messages to ``publish([(camera, msg), ...])``."""
 
-    def __init__(self, config: ServeConfig, publish: Callable[[str, dict[str, Any]], None], *,
-                 inference_replicas: int = 1) -> None:
+    def __init__(self, config: ServeConfig, publish: Callable[[list[tuple[str, dict[str, Any]]]], None], *,
+                 inference_replicas: int = 1, clock: Callable[[], float] = time.time) -> None:
         ray = _ray()
         self.ray = ray
         self.config = config
@@ -121,7 +136,9 @@ class ClusterRunner:
         self.inference = [Inf.remote(model, weights or "DEFAULT", config.device, config.backend)
                           for _ in range(inference_replicas)]
         meta = ray.get(self.inference[0].meta.remote())
-        self.classes, self.meaningless = meta["classes"], meta["meaningless"]
+        self.classes, self.meaningless, self.model = meta["classes"], meta["meaningless"], meta["name"]
+        self.device, self.backend = meta["device"], meta["backend"]
+        self.clock = clock
         cap_opts: dict[str, Any] = {"num_cpus": 0.5, "scheduling_strategy": "SPREAD"}
         if ray.cluster_resources().get("camera_node"):
             cap_opts["resources"] = {"camera_node": 1}
@@ -129,20 +146,31 @@ class ClusterRunner:
         fields = ("name", "source", "loop", "rtsp_transport", "open_timeout", "stall_timeout")
         self.cameras = {c.name: Cap.remote({k: getattr(c, k) for k in fields}, meta["spec"]) for c in cams}
         self.smoothers = {name: LabelSmoother(config.smoothing) for name in self.cameras}
-        self.last_seq = {name: -1 for name in self.cameras}
-        self.seq = {name: 0 for name in self.cameras}
+        self.labels = {name: LabelStats() for name in self.cameras}
+        self.lost: set[str] = set()  # cameras whose actor failed on the last call
         self.stop_event = threading.Event()
         self.rounds = 0
+        self.batch_sizes: deque[int] = deque(maxlen=512)
 
     def step(self, timeout: float = 1.0) -> int:
         """One round: gather new windows, classify them in one batch, publish. Returns the batch size."""
         ray = self.ray
-        refs = {name: actor.window.remote(self.last_seq[name]) for name, actor in self.cameras.items()}
+        refs = {name: actor.window.remote(self.labels[name].last_end) for name, actor in self.cameras.items()}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         ready_set = set(ready)
         batch = []
         for name, ref in refs.items():
-            if ref in ready_set and (w := ray.get(ref)) is not None:
+            if ref not in ready_set:
+                continue
+            try:
+                w = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - its actor (or node) is gone: the other cameras go on
+                if name not in self.lost:
+                    logger.error("camera %s: its capture actor failed: %s", name, type(exc).__name__)
+                self.lost.add(name)
+                continue
+            self.lost.discard(name)
+            if w is not None:
                 batch.append((name, w))
         if not batch:
             time.sleep(0.02)
@@ -153,25 +181,58 @@ class ClusterRunner:
         infer_ms = (time.perf_counter() - t0) * 1e3
         probs = np.asarray(probs)  # (B, K): smoothed and ranked once per batch, as the live worker does
         smoothed = update_many([self.smoothers[name] for name, _ in batch], probs)
-        for (name, (end_seq, start_ts, end_ts, frames)), sm, top in zip(batch, smoothed, top_k_many(probs, self.classes)):
-            self.last_seq[name] = end_seq
-            self.seq[name] += 1
-            msg = prediction_message(seq=self.seq[name], smoothed=sm, top=top, classes=self.classes,
+        out = []
+        for (name, (end_seq, start_ts, end_ts, frames, fps)), sm, top in zip(batch, smoothed, top_k_many(probs, self.classes)):
+            labels = self.labels[name]
+            labels.took(end_seq)
+            labels.seq += 1
+            msg = prediction_message(seq=labels.seq, smoothed=sm, top=top, classes=self.classes,
                                      start_ts=start_ts, end_ts=end_ts, frames=len(frames),
-                                     infer_ms=infer_ms, sent_ts=time.time(), capture_fps=0.0, camera=name,
+                                     infer_ms=infer_ms, sent_ts=self.clock(), capture_fps=fps, camera=name,
                                      meaningless=self.meaningless)
-            self.publish(name, msg)
+            labels.record(msg, self.clock())
+            out.append((name, msg))
+        self.publish(out)
         self.rounds += 1
+        self.batch_sizes.append(len(batch))
         return len(batch)
 
     def run(self) -> None:
         while not self.stop_event.is_set():
             self.step()
 
-    def stats(self) -> dict[str, Any]:
-        return dict(zip(self.cameras, self.ray.get([a.stats.remote() for a in self.cameras.values()])))
+    def stats(self, timeout: float | None = None) -> dict[str, Any]:
+        """Each camera's capture stats (and ``node``), from its actor; a camera whose actor does not
+        answer within ``timeout`` reads ``{"state": "unreachable"}``."""
+        refs = {name: a.stats.remote() for name, a in self.cameras.items()}
+        ready, _ = self.ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+        out = {}
+        for name, ref in refs.items():
+            try:
+                out[name] = self.ray.get(ref) if ref in ready else {"state": "unreachable"}
+            except Exception as exc:  # noqa: BLE001 - an actor on a lost node
+                out[name] = {"state": "unreachable", "error": type(exc).__name__}
+        return out
+
+    def previews(self, width: int, after: dict[str, float], timeout: float) -> dict[str, tuple[float, bytes]]:
+        """The cameras' newest frames as JPEGs (those newer than ``after[name]`` that come within ``timeout``)."""
+        refs = {name: a.preview.remote(width, after.get(name, 0.0)) for name, a in self.cameras.items()}
+        ready, _ = self.ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+        out = {}
+        for name, ref in refs.items():
+            if ref in ready:
+                try:
+                    got = self.ray.get(ref)
+                except Exception:  # noqa: BLE001 - an actor on a lost node: no frame this time
+                    continue
+                if got is not None:
+                    out[name] = got
+        return out
 
     def close(self) -> None:
+        """Stop the capture actors and kill every actor (idempotent)."""
+        if self.stop_event.is_set():
+            return
         self.stop_event.set()
         try:
             self.ray.get([a.stop.remote() for a in self.cameras.values()], timeout=5)
@@ -179,16 +240,6 @@ class ClusterRunner:
             pass
         for actor in [*self.cameras.values(), *self.inference]:
             self.ray.kill(actor)
-
-
-def add_cluster_parser(sub) -> None:
-    p = sub.add_parser("cluster", help="run the cameras of --config on a Ray cluster; print predictions as JSON lines")
-    p.add_argument("--config", required=True, help="TOML file with [[cameras]]")
-    p.add_argument("--address", default="auto", help="Ray cluster address (auto, ray://host:10001, or 'local')")
-    p.add_argument("--db", default=None, help="record the activity history here (SQLite path or postgresql:// URL)")
-    p.add_argument("--replicas", type=int, default=1, help="inference actors")
-    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
-    p.set_defaults(func=cmd_cluster)
 
 
 def check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
@@ -211,42 +262,3 @@ def check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
     except OSError as exc:
         raise StreamrecError(f"--address {address}: no Ray cluster answers there within {timeout_s:g} s "
                              f"({exc.strerror or exc})") from None
-
-
-def cmd_cluster(args) -> int:
-    import json
-    import sys
-
-    from .config import load_toml
-    from .history import HistoryStore, SegmentTracker
-
-    if args.replicas < 1:
-        raise StreamrecError(f"--replicas: expected >= 1, got {args.replicas}")
-    if args.seconds is not None and args.seconds <= 0:
-        raise StreamrecError(f"--seconds: expected > 0, got {args.seconds}")
-    ray = _ray()
-    config = ServeConfig.from_sources(load_toml(args.config), {})
-    check_reachable(args.address)
-    store = HistoryStore(args.db) if args.db else None  # a bad --db fails before the cluster starts
-    ray.init(address=None if args.address == "local" else args.address, logging_level=logging.WARNING)
-    trackers: dict[str, SegmentTracker] = {}
-
-    def publish(name: str, msg: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(msg) + "\n")
-        sys.stdout.flush()
-        if store is not None:
-            trackers.setdefault(name, SegmentTracker(name, store.add)).update(msg["label"], msg["score"], msg["window"]["end_ts"])
-
-    runner = ClusterRunner(config, publish, inference_replicas=args.replicas)
-    deadline = time.monotonic() + args.seconds if args.seconds else None
-    try:
-        while deadline is None or time.monotonic() < deadline:
-            runner.step()
-    finally:
-        runner.close()
-        for t in trackers.values():
-            t.close(time.time())
-        if store is not None:
-            store.close()
-        ray.shutdown()
-    return 0

@@ -32,7 +32,52 @@ logger = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 1.5
 
 
-class Camera:
+class LabelStats:
+    """One camera's labels so far: how many (``seq``), how fast, their inference time and latency,
+    and the windows skipped while the model was busy. :class:`Camera` is one; the cluster's driver
+    keeps one per remote camera.
+
+    Example:
+        >>> s = LabelStats()
+        >>> s.took(4); s.took(9)  # windows ending at frames 5-8 were never classified
+        >>> s.skipped, s.last_end
+        (4, 9)
+    """
+
+    def __init__(self) -> None:
+        self.last_end = -1  # end_seq of the last classified window
+        self.seq = 0
+        self.skipped = 0
+        self.rate = RateMeter(horizon_s=10.0)
+        self.infer_ms: deque[float] = deque(maxlen=512)
+        self.latency_ms: deque[float] = deque(maxlen=512)
+        self.last_message: dict[str, Any] | None = None
+
+    def took(self, end_seq: int) -> None:
+        """A window ending at frame ``end_seq`` goes to the model; the window ends in between are skipped."""
+        if self.last_end >= 0 and end_seq > self.last_end + 1:
+            self.skipped += end_seq - self.last_end - 1
+        self.last_end = end_seq
+
+    def record(self, msg: dict[str, Any], now: float) -> None:
+        """Count the prediction ``msg`` (built with ``seq`` already advanced), sent at ``now``."""
+        self.infer_ms.append(msg["infer_ms"])
+        self.latency_ms.append(msg["latency_ms"])
+        self.rate.tick(now)
+        self.last_message = msg
+
+    def stats(self) -> dict[str, Any]:
+        infer, lat = list(self.infer_ms), list(self.latency_ms)
+        return {
+            "inference_rate": round(self.rate.rate(time.time()), 3),
+            "predictions": self.seq,
+            "skipped_windows": self.skipped,
+            "infer_ms_p50": round(float(np.median(infer)), 2) if infer else None,
+            "latency_ms_p95": round(float(np.percentile(lat, 95)), 2) if lat else None,
+        }
+
+
+class Camera(LabelStats):
     """One source, end to end up to the classifier (which it shares with other cameras)."""
 
     def __init__(self, cfg: CameraConfig, classifier: Classifier, smoothing: SmoothingConfig, *,
@@ -49,13 +94,7 @@ class Camera:
         self.smoother = LabelSmoother(smoothing)
         # --sports-only: the sport classes' indices in the model's outputs (raises if it has none)
         self.subset = sport_indices(classifier.loaded.classes) if cfg.sports_only else None
-        self.last_end = -1  # end_seq of the last classified window
-        self.seq = 0
-        self.skipped = 0
-        self.rate = RateMeter(horizon_s=10.0)
-        self.infer_ms: deque[float] = deque(maxlen=512)
-        self.latency_ms: deque[float] = deque(maxlen=512)
-        self.last_message: dict[str, Any] | None = None
+        LabelStats.__init__(self)
         self._last_state = "starting"
 
     def _notify(self, *_: Any) -> None:
@@ -79,9 +118,7 @@ class Camera:
         w = self.ring.newest_window(ms.frames, ms.fps, after=self.last_end)
         if w is None or w.end_seq <= self.last_end:
             return None
-        if self.last_end >= 0 and w.end_seq > self.last_end + 1:
-            self.skipped += w.end_seq - self.last_end - 1
-        self.last_end = w.end_seq
+        self.took(w.end_seq)
         return w
 
     def reset_if_reconnected(self) -> None:
@@ -90,17 +127,6 @@ class Camera:
         if state == "running" and self._last_state == "reconnecting":
             self.smoother.reset()
         self._last_state = state
-
-    def stats(self) -> dict[str, Any]:
-        infer, lat = list(self.infer_ms), list(self.latency_ms)
-        return {
-            "inference_rate": round(self.rate.rate(time.time()), 3),
-            "predictions": self.seq,
-            "skipped_windows": self.skipped,
-            "infer_ms_p50": round(float(np.median(infer)), 2) if infer else None,
-            "latency_ms_p95": round(float(np.percentile(lat, 95)), 2) if lat else None,
-        }
-
 
 class InferenceWorker(threading.Thread):
     """Classifies the newest windows of ``cameras`` (sharing ``classifier``) in batches."""
@@ -244,9 +270,6 @@ class InferenceWorker(threading.Thread):
                 sent_ts=self.clock(), capture_fps=cam.capture.fps(), camera=cam.name,
                 meaningless=self.classifier.loaded.meaningless,
             )
-            cam.infer_ms.append(infer_ms)
-            cam.latency_ms.append(msg["latency_ms"])
-            cam.rate.tick(self.clock())
-            cam.last_message = msg
+            cam.record(msg, self.clock())
             out.append((cam, msg))
         self.publish(out)

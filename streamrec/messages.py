@@ -20,6 +20,7 @@ import numpy as np
 from .smoothing import UNCERTAIN, Smoothed
 
 TOP_K = 5
+MEANINGLESS = "random weights (--weights none): labels are meaningless, for pipeline testing only"
 
 
 def top_k(probs: np.ndarray, classes: Sequence[str], k: int = TOP_K) -> list[dict[str, Any]]:
@@ -77,6 +78,22 @@ def prediction_message(
         "camera": camera,
         "meaningless": meaningless,
     }
+
+
+def status_message(*, camera: str, source: dict[str, Any], inference: dict[str, Any], model: str, device: str,
+                   meaningless: bool, **extra: Any) -> dict[str, Any]:
+    """A camera's status, once a second: ``source`` is its capture's stats (``state``, ``error``,
+    ``capture_fps``, ``dropped``...), ``inference`` its label stats (``inference_rate``...); the
+    page reads both. ``extra`` adds fields (the cluster adds the camera's ``node``).
+
+    Example:
+        >>> m = status_message(camera="pool", source={"state": "running"}, inference={"inference_rate": 2.0},
+        ...                    model="r2plus1d_18", device="cpu", meaningless=True)
+        >>> m["type"], m["warning"] == MEANINGLESS
+        ('status', True)
+    """
+    return {"type": "status", "camera": camera, "source": source, "inference": inference, "model": model,
+            "device": device, "meaningless": meaningless, "warning": MEANINGLESS if meaningless else None, **extra}
 
 
 _FIELDS = {

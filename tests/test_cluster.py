@@ -1,15 +1,29 @@
 """Beyond one machine: a local Ray cluster (a head and two worker nodes) runs capture
-actors for several cameras and a batched inference actor; labels arrive for every camera."""
+actors for several cameras and a batched inference actor; labels arrive for every camera,
+on the dashboard too, and ``streamrec cluster`` serves it and stops on SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
 
+import cv2
+import numpy as np
 import pytest
 
 from streamrec.config import ServeConfig
-from streamrec.messages import validate_prediction
+from streamrec.history import HistoryStore
+from streamrec.messages import MEANINGLESS, validate_prediction
 
-from conftest import all_clips
+from conftest import ROOT, all_clips, streamrec_cmd
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -36,7 +50,7 @@ def test_labels_arrive_for_every_camera_across_two_workers(cluster, clips):
     cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
     config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": "none", "device": "cpu"}, {})
     got: dict[str, list] = {}
-    runner = ClusterRunner(config, lambda name, msg: got.setdefault(name, []).append(msg))
+    runner = ClusterRunner(config, lambda items: [got.setdefault(name, []).append(msg) for name, msg in items])
     try:
         batches = []
         for _ in range(400):
@@ -52,7 +66,131 @@ def test_labels_arrive_for_every_camera_across_two_workers(cluster, clips):
             validate_prediction(m)
             assert m["camera"] == name
         assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
+        assert m["capture_fps"] > 0  # the camera node's capture rate, sent with the window
+        assert runner.labels[name].seq == len(msgs)
     assert max(batches) > 1  # windows of several cameras went through one call
     nodes = {s["node"] for s in stats.values()}
     assert len(nodes) == 2, stats  # capture actors spread over both worker nodes
     assert all(s["state"] == "running" for s in stats.values())
+
+
+async def _dashboard_messages(port: int, want: set[str], timeout: float = 90) -> tuple[dict, dict, dict]:
+    """Predictions, statuses and preview frames per camera, until every camera has 3, 1 and 1."""
+    import websockets
+
+    preds: dict[str, list] = {}
+    status: dict[str, dict] = {}
+    frames: dict[str, bytes] = {}
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**22) as ws:
+        deadline = time.monotonic() + timeout
+        while not (all(len(preds.get(c, [])) >= 3 for c in want) and set(status) >= want and set(frames) >= want):
+            m = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+            if isinstance(m, bytes):
+                n = m[0]
+                frames[m[1:1 + n].decode()] = m[1 + n:]
+                continue
+            d = json.loads(m)
+            if d["type"] == "prediction":
+                preds.setdefault(d["camera"], []).append(d)
+            elif d["type"] == "status" and d["source"]["state"] == "running":
+                status[d["camera"]] = d
+    return preds, status, frames
+
+
+def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, clips, tmp_path):
+    from streamrec.cluster_app import ClusterApp
+
+    names = all_clips()[:3]
+    cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
+    config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": "none", "device": "cpu",
+                                       "port": 0}, {})
+    lines = io.StringIO()
+    app = ClusterApp(config, db=str(tmp_path / "history.db"), lines=lines)
+    runner = threading.Thread(target=lambda: asyncio.run(app.run()), name="test-cluster-app")
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while app.server.port == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = app.server.port
+        want = {c["name"] for c in cams}
+        preds, status, frames = asyncio.run(_dashboard_messages(port, want))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            page = r.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            health = json.loads(r.read())
+    finally:
+        app.request_stop()
+        runner.join(20)
+    assert not runner.is_alive()
+    assert not any(t.name.startswith(("cluster-driver", "cluster-poll")) and t.is_alive() for t in threading.enumerate())
+
+    for name in want:
+        seqs = [m["seq"] for m in preds[name]]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        for m in preds[name]:
+            validate_prediction(m)
+            assert m["meaningless"] is True
+        st = status[name]
+        assert st["source"]["capture_fps"] > 0 and st["node"] and st["model"] == "tiny3d" and st["warning"] == MEANINGLESS
+        img = cv2.imdecode(np.frombuffer(frames[name], np.uint8), cv2.IMREAD_COLOR)  # a real JPEG of the camera
+        assert img is not None and 0 < img.shape[1] <= 320  # several cameras: previews at most 320 px wide
+    assert "<html" in page.lower() and "/ws" in page
+    assert set(health["cameras"]) == want and len(health["nodes"]) == 2
+    assert health["model"] == "tiny3d" and health["device"] == "cpu" and health["warning"] == MEANINGLESS
+    assert all(c["state"] == "running" and c["predictions"] >= 3 for c in health["cameras"].values())
+    assert health["batching"]["max_batch"] > 1
+
+    # every prediction sent was also printed as a JSON line, and the history has every camera
+    printed = [json.loads(line) for line in lines.getvalue().splitlines()]
+    for m in printed:
+        validate_prediction(m)
+    for name in want:
+        seqs = [m["seq"] for m in printed if m["camera"] == name]
+        assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= len(preds[name])
+    store = HistoryStore(str(tmp_path / "history.db"))
+    try:
+        assert {row["camera"] for row in store.query()} == want
+    finally:
+        store.close()
+
+
+def test_cluster_command_serves_the_dashboard_and_stops_on_sigterm(cluster, clips, tmp_path):
+    names = all_clips()[:2]
+    cfg = tmp_path / "cams.toml"
+    cfg.write_text('model = "tiny3d"\nweights = "none"\ndevice = "cpu"\n' + "".join(
+        f'\n[[cameras]]\nname = "cam{i}"\nsource = "{clips / n}"\nloop = true\n' for i, n in enumerate(names)))
+    proc = subprocess.Popen(streamrec_cmd("cluster", "--config", str(cfg), "--address", cluster.address, "--port", "0",
+                                          "--db", str(tmp_path / "h.db")),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: [err.append(line) for line in proc.stderr], daemon=True)
+    reader.start()
+    try:
+        seen: dict[str, int] = {}
+        deadline = time.monotonic() + 120
+        while len(seen) < 2 and time.monotonic() < deadline:
+            line = proc.stdout.readline()  # every prediction is a JSON line
+            if not line:
+                break
+            m = json.loads(line)
+            validate_prediction(m)
+            seen[m["camera"]] = m["seq"]
+        assert set(seen) == {"cam0", "cam1"}, "".join(err)
+        port = next(int(m.group(1)) for line in err
+                    if (m := re.search(r"dashboard of 2 cluster cameras at http://127\.0\.0\.1:(\d+)/", line)))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            health = json.loads(r.read())
+        assert set(health["cameras"]) == {"cam0", "cam1"} and health["model"] == "tiny3d"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(30)
+        finally:
+            proc.kill()
+    reader.join(5)
+    text = "".join(err)
+    assert rc == 0, text
+    assert "Traceback" not in text
+    assert "random weights, every label shown is meaningless" in text

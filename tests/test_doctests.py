@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["ring", "preprocess", "smoothing", "history", "sources", "config", "kinetics", "fsutil", "models",
-           "tiny3d", "api", "conv2d", "engine", "prepared", "validate", "distributed"]
+           "tiny3d", "api", "conv2d", "engine", "prepared", "validate", "distributed", "messages", "app", "live"]
 
 
 @pytest.mark.parametrize("name", MODULES)
