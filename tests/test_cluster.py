@@ -194,3 +194,74 @@ def test_cluster_command_serves_the_dashboard_and_stops_on_sigterm(cluster, clip
     assert rc == 0, text
     assert "Traceback" not in text
     assert "random weights, every label shown is meaningless" in text
+
+
+def test_a_lost_camera_actor_reads_unreachable_while_the_others_go_on(cluster, clips):
+    from streamrec.distributed import ClusterRunner
+
+    names = all_clips()[:2]
+    cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
+    config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": "none", "device": "cpu"}, {})
+    got: dict[str, int] = {}
+    runner = ClusterRunner(config, lambda items: [got.__setitem__(name, got.get(name, 0) + 1) for name, _ in items])
+    try:
+        for _ in range(400):
+            runner.step()
+            if len(got) == 2:
+                break
+        assert set(got) == {"cam0", "cam1"}
+        ray.kill(runner.cameras["cam1"])
+        lost_at, before = dict(got), got["cam0"]
+        for _ in range(400):
+            runner.step()
+            if got["cam0"] >= before + 3 and "cam1" in runner.lost:
+                break
+        stats = runner.stats(timeout=5)
+    finally:
+        runner.close()
+    assert got["cam0"] >= before + 3  # the other camera kept getting labels
+    assert runner.lost == {"cam1"} and got["cam1"] <= lost_at["cam1"] + 1  # at most a window already in flight
+    assert stats["cam1"]["state"] == "unreachable" and stats["cam0"]["state"] == "running"
+
+
+@pytest.mark.browser
+def test_cluster_dashboard_in_chromium(cluster, clips, tmp_path, artifacts):
+    from streamrec.cluster_app import ClusterApp
+    from test_browser import ARGS, CHROMIUM
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed; .ci/run installs it")
+    playwright = pytest.importorskip("playwright.sync_api")
+    names = all_clips()[:3]
+    cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
+    config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": "none", "device": "cpu",
+                                       "port": 0}, {})
+    app = ClusterApp(config, db=str(tmp_path / "history.db"))
+    runner = threading.Thread(target=lambda: asyncio.run(app.run()), name="test-cluster-app")
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while app.server.port == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1000, "height": 760})
+                page.goto(f"http://127.0.0.1:{app.server.port}/")
+                page.wait_for_function("document.querySelectorAll('[data-testid=camera]').length === 3", timeout=60_000)
+                page.wait_for_function("[...document.querySelectorAll('[data-testid=label]')]"
+                                       ".every(l => Number(l.dataset.seq) >= 2)", timeout=60_000)
+                page.wait_for_function("[...document.querySelectorAll('[data-testid=video]')]"
+                                       ".every(i => Number(i.dataset.frames) >= 2)", timeout=30_000)
+                page.wait_for_function("[...document.querySelectorAll('.state')].every(s => s.textContent === 'running')",
+                                       timeout=30_000)
+                models = page.locator(".model").all_inner_texts()
+                banner = page.inner_text("[data-testid=banner]")
+                page.screenshot(path=str(artifacts / "cluster-dashboard.png"))
+            finally:
+                browser.close()
+    finally:
+        app.request_stop()
+        runner.join(20)
+    assert models == ["tiny3d (cpu)"] * 3
+    assert "meaningless" in banner
