@@ -5,7 +5,7 @@ The driver runs :class:`~streamrec.distributed.ClusterRunner` in a named thread
 an inference actor, smooths them per camera and hands the batch's messages to the event loop
 at once. The event loop owns the sockets and serves what ``serve`` serves: the page, ``/ws``
 (predictions, a status per camera once a second, preview JPEGs encoded on the camera's own
-node), ``/healthz`` and ``/api/history``. Every prediction is also printed as a JSON line (for
+node), ``/healthz``, ``/metrics`` and ``/api/history``. Every prediction is also printed as a JSON line (for
 scripts) and recorded in the activity history. Ctrl-C and SIGTERM stop the driver thread,
 the server and the cluster's actors. The command line is in :mod:`streamrec.cli_cluster`.
 
@@ -32,6 +32,7 @@ from .errors import StreamrecError
 from .history import HistoryStore, SegmentTracker
 from .live import JOIN_TIMEOUT_S
 from .messages import MEANINGLESS, status_message
+from .metrics import Metrics
 from .server import Hub, Route, WebServer, json_route, page_html
 
 logger = logging.getLogger(__name__)
@@ -61,11 +62,13 @@ class ClusterApp:
             self.history.close()
             raise
         self.source_stats: dict[str, dict[str, Any]] = {}  # each camera's capture stats, refreshed once a second
+        self.metrics = Metrics(self.hub, lambda: [(n, self.camera_source(n), s) for n, s in self.runner.labels.items()])
         self.error: str | None = None  # the driver's last failure, until a round succeeds again
         self.errors = 0
         self.server = None
         if dashboard:
-            routes = {"/": Route("text/html; charset=utf-8", page_html), "/healthz": json_route(self.health)}
+            routes = {"/": Route("text/html; charset=utf-8", page_html), "/healthz": json_route(self.health),
+                      "/metrics": Route(Metrics.CONTENT_TYPE, self.metrics.render)}
             self.server = WebServer(self.hub, host=config.host, port=config.port, routes=routes,
                                     api={"/api/history": history_api(self.history)}, token=config.token)
         self._thread = threading.Thread(target=self._drive, name="cluster-driver", daemon=True)
@@ -94,6 +97,7 @@ class ClusterApp:
         """One batch's messages (in the driver thread): JSON lines, history, then the browsers."""
         out = []
         for name, msg in items:
+            self.metrics.observe_prediction(msg)
             text = json.dumps(msg)
             if self.lines is not None:
                 self.lines.write(text + "\n")

@@ -149,6 +149,7 @@ class ClusterRunner:
         self.labels = {name: LabelStats() for name in self.cameras}
         self.lost: set[str] = set()  # cameras whose actor failed on the last call
         self.stop_event = threading.Event()
+        self._closed = False
         self.rounds = 0
         self.batch_sizes: deque[int] = deque(maxlen=512)
 
@@ -231,8 +232,9 @@ class ClusterRunner:
 
     def close(self) -> None:
         """Stop the capture actors and kill every actor (idempotent)."""
-        if self.stop_event.is_set():
+        if self._closed:
             return
+        self._closed = True
         self.stop_event.set()
         try:
             self.ray.get([a.stop.remote() for a in self.cameras.values()], timeout=5)

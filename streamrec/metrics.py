@@ -10,22 +10,30 @@ come with them: CPU seconds per prediction is how a slower host shows (see the R
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from .app import LiveApp
+    from .live import LabelStats
+    from .server import Hub
+
+# each camera at scrape time: its name, its capture's stats (``capture_fps``, ``dropped``,
+# ``decode_errors``, ``reconnects``) and its label counters
+CameraRows = Callable[[], Iterable[tuple[str, dict[str, Any], "LabelStats"]]]
 
 _MS_BUCKETS = (5, 10, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000)
 
 
 class Metrics:
+    """The registry of one server: ``serve``'s cameras or the cluster driver's (``cameras()``)."""
+
     CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-    def __init__(self, app: "LiveApp") -> None:
-        self.app = app
+    def __init__(self, hub: "Hub", cameras: CameraRows) -> None:
+        self.hub = hub
+        self.cameras = cameras
         self.registry = r = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
         cam = ["camera"]
@@ -56,16 +64,15 @@ class Metrics:
             self._last_label[cam] = key
 
     def render(self) -> bytes:
-        app = self.app
-        for name, cam in list(app.cameras.items()):
-            cap = cam.capture
-            self.fps.labels(name).set(cap.fps())
-            self.dropped.labels(name).set(cam.ring.dropped)
-            self.decode_errors.labels(name).set(cap.decode_errors)
-            self.reconnects.labels(name).set(cap.reconnects)
-            self.skipped.labels(name).set(cam.skipped)
-            self.predictions.labels(name).set(cam.seq)
-            self.rate.labels(name).set(cam.rate.rate(time.time()))
-        self.clients.set(len(app.hub.clients))
-        self.messages_dropped.set(app.hub.dropped)
+        now = time.time()
+        for name, source, labels in self.cameras():
+            self.fps.labels(name).set(source.get("capture_fps", 0.0))
+            self.dropped.labels(name).set(source.get("dropped", 0))
+            self.decode_errors.labels(name).set(source.get("decode_errors", 0))
+            self.reconnects.labels(name).set(source.get("reconnects", 0))
+            self.skipped.labels(name).set(labels.skipped)
+            self.predictions.labels(name).set(labels.seq)
+            self.rate.labels(name).set(labels.rate.rate(now))
+        self.clients.set(len(self.hub.clients))
+        self.messages_dropped.set(self.hub.dropped)
         return generate_latest(self.registry)

@@ -18,6 +18,7 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.config import ServeConfig
 from streamrec.history import HistoryStore
@@ -119,6 +120,9 @@ def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, clips, 
             page = r.read().decode()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
             health = json.loads(r.read())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            metrics = {(s.name, s.labels.get("camera")): s.value
+                       for f in text_string_to_metric_families(r.read().decode()) for s in f.samples}
     finally:
         app.request_stop()
         runner.join(20)
@@ -140,6 +144,12 @@ def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, clips, 
     assert health["model"] == "tiny3d" and health["device"] == "cpu" and health["warning"] == MEANINGLESS
     assert all(c["state"] == "running" and c["predictions"] >= 3 for c in health["cameras"].values())
     assert health["batching"]["max_batch"] > 1
+    for name in want:  # Prometheus: labels counted at the driver, capture stats from the camera's node
+        assert metrics[("streamrec_predictions_total", name)] >= 3
+        # observed as each batch is published, after its labels were counted: at most one batch behind
+        assert 3 <= metrics[("streamrec_inference_latency_ms_count", name)] <= metrics[("streamrec_predictions_total", name)]
+        assert metrics[("streamrec_capture_fps", name)] > 0
+    assert metrics[("streamrec_clients", None)] >= 0 and metrics[("process_open_fds", None)] > 0
 
     # every prediction sent was also printed as a JSON line, and the history has every camera
     printed = [json.loads(line) for line in lines.getvalue().splitlines()]
