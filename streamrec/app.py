@@ -21,7 +21,7 @@ import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 
@@ -86,7 +86,11 @@ class LiveApp:
             "/healthz": json_route(self.health),
             "/metrics": Route(Metrics.CONTENT_TYPE, self.metrics.render),
         }
-        api = {"/api/history": history_api(self.history), "/api/cameras": ApiRoute(self._api_cameras, admin=True)}
+        cameras = cameras_api(
+            listing=lambda: {"cameras": {n: self.camera_health(c) for n, c in list(self.cameras.items())},
+                             "adding": sorted(self.adding)},
+            add=lambda cam: self._add_camera(cam, start=True), remove=self.remove_camera)
+        api = {"/api/history": history_api(self.history), "/api/cameras": cameras}
         self.server = WebServer(self.hub, host=config.host, port=config.port, routes=routes, api=api, token=config.token)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -105,7 +109,7 @@ class LiveApp:
 
     def _add_camera(self, cam: CameraConfig, *, start: bool) -> Camera:
         """Open the camera's source and (when no camera uses its model yet) load the model, then
-        start it when ``start``. At run time this runs in a worker thread (see :meth:`_api_cameras`):
+        start it when ``start``. At run time this runs in a worker thread (see :func:`cameras_api`):
         the event loop keeps serving every other camera meanwhile; ``health()["adding"]`` names it."""
         cam = self.config.resolve(cam)
         with self._lock:
@@ -221,27 +225,6 @@ class LiveApp:
         self.hub.publish_many_threadsafe([(f"prediction:{cam.name}", json.dumps(msg)) for cam, msg in items])
 
     # -- HTTP API ---------------------------------------------------------------
-    def _api_cameras(self, method: str, path: str, query: dict[str, list[str]]) -> Reply:
-        if method == "GET":
-            return Reply(200, {"cameras": {n: self.camera_health(c) for n, c in list(self.cameras.items())},
-                               "adding": sorted(self.adding)})
-        if method == "POST":
-            text = {k: v[0] for k, v in query.items() if k != "token"}
-            try:
-                cam = CameraConfig.from_dict(from_text(CameraConfig, text))
-                self._add_camera(cam, start=True)
-            except StreamrecError as exc:
-                return Reply(400, {"error": str(exc)})
-            return Reply(201, {"added": cam.name})
-        if method == "DELETE":
-            name = path.rsplit("/", 1)[-1]
-            if path.count("/") < 3 or not name:
-                return Reply(400, {"error": "DELETE /api/cameras/NAME: expected a camera name in the path"})
-            if not self.remove_camera(name):
-                return Reply(404, {"error": f"no camera {name!r}"})
-            return Reply(200, {"removed": name})
-        return Reply(405, {"error": "GET, POST or DELETE"})
-
     # -- tasks ------------------------------------------------------------------
     async def _status_task(self) -> None:
         while True:
@@ -356,6 +339,36 @@ def history_api(store: HistoryStore) -> ApiRoute:
         return Reply(200, {"segments": rows})
 
     return ApiRoute(handler)
+
+
+def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraConfig], Any],
+                remove: Callable[[str], bool]) -> ApiRoute:
+    """The admin camera API (token required): ``GET /api/cameras`` (``listing()``), ``POST
+    /api/cameras?name=...&source=...&loop=...`` (``add``: values in the query string, converted to
+    each option's type; a :class:`StreamrecError` is a 400 naming it) and ``DELETE /api/cameras/NAME``.
+    Each request runs in a thread of its own (see :class:`~streamrec.server.WebServer`)."""
+
+    def handler(method: str, path: str, query: dict[str, list[str]]) -> Reply:
+        if method == "GET":
+            return Reply(200, listing())
+        if method == "POST":
+            text = {k: v[0] for k, v in query.items() if k != "token"}
+            try:
+                cam = CameraConfig.from_dict(from_text(CameraConfig, text))
+                add(cam)
+            except StreamrecError as exc:
+                return Reply(400, {"error": str(exc)})
+            return Reply(201, {"added": cam.name})
+        if method == "DELETE":
+            name = path.rsplit("/", 1)[-1]
+            if path.count("/") < 3 or not name:
+                return Reply(400, {"error": "DELETE /api/cameras/NAME: expected a camera name in the path"})
+            if not remove(name):
+                return Reply(404, {"error": f"no camera {name!r}"})
+            return Reply(200, {"removed": name})
+        return Reply(405, {"error": "GET, POST or DELETE"})
+
+    return ApiRoute(handler, admin=True)
 
 
 def preview_width(config: ServeConfig, cameras: int) -> int:

@@ -5,7 +5,8 @@ The driver runs :class:`~streamrec.distributed.ClusterRunner` in a named thread
 an inference actor, smooths them per camera and hands the batch's messages to the event loop
 at once. The event loop owns the sockets and serves what ``serve`` serves: the page, ``/ws``
 (predictions, a status per camera once a second, preview JPEGs encoded on the camera's own
-node), ``/healthz``, ``/metrics`` and ``/api/history``. Every prediction is also printed as a JSON line (for
+node), ``/healthz``, ``/metrics``, ``/api/history`` and ``/api/cameras`` (adding and removing
+cameras at run time, token required). Every prediction is also printed as a JSON line (for
 scripts) and recorded in the activity history. Ctrl-C and SIGTERM stop the driver thread,
 the server and the cluster's actors. The command line is in :mod:`streamrec.cli_cluster`.
 
@@ -25,8 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
-from .app import frame_message, history_api, preview_width
-from .config import ServeConfig
+from .app import cameras_api, frame_message, history_api, preview_width
+from .config import CameraConfig, ServeConfig
 from .distributed import ClusterRunner
 from .errors import StreamrecError
 from .history import HistoryStore, SegmentTracker
@@ -56,21 +57,24 @@ class ClusterApp:
         self.started = time.time()
         self.history = HistoryStore(db)
         self.trackers: dict[str, SegmentTracker] = {}
+        self._publish_lock = threading.Lock()
         try:
             self.runner = ClusterRunner(config, self._publish, inference_replicas=replicas)
         except BaseException:
             self.history.close()
             raise
         self.source_stats: dict[str, dict[str, Any]] = {}  # each camera's capture stats, refreshed once a second
-        self.metrics = Metrics(self.hub, lambda: [(n, self.camera_source(n), s) for n, s in self.runner.labels.items()])
+        self.metrics = Metrics(self.hub, lambda: [(n, self.camera_source(n), s) for n, s in list(self.runner.labels.items())])
         self.error: str | None = None  # the driver's last failure, until a round succeeds again
         self.errors = 0
         self.server = None
         if dashboard:
             routes = {"/": Route("text/html; charset=utf-8", page_html), "/healthz": json_route(self.health),
                       "/metrics": Route(Metrics.CONTENT_TYPE, self.metrics.render)}
-            self.server = WebServer(self.hub, host=config.host, port=config.port, routes=routes,
-                                    api={"/api/history": history_api(self.history)}, token=config.token)
+            cameras = cameras_api(listing=lambda: {"cameras": self.health()["cameras"], "adding": sorted(self.runner.adding)},
+                                  add=self.add_camera, remove=self.remove_camera)
+            self.server = WebServer(self.hub, host=config.host, port=config.port, routes=routes, token=config.token,
+                                    api={"/api/history": history_api(self.history), "/api/cameras": cameras})
         self._thread = threading.Thread(target=self._drive, name="cluster-driver", daemon=True)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cluster-poll")  # status, previews
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -94,7 +98,13 @@ class ClusterApp:
                 self.stop.wait(1.0)
 
     def _publish(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        """One batch's messages (in the driver thread): JSON lines, history, then the browsers."""
+        """One batch's messages (in the driver thread): JSON lines, history, then the browsers.
+        Under the lock :meth:`remove_camera` takes: a removed camera's last label never follows
+        its ``removed`` message."""
+        with self._publish_lock:
+            self._publish_locked([(name, msg) for name, msg in items if name in self.runner.labels])
+
+    def _publish_locked(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         out = []
         for name, msg in items:
             self.metrics.observe_prediction(msg)
@@ -108,6 +118,29 @@ class ClusterApp:
             self.lines.flush()
         self.hub.publish_many_threadsafe(out)
 
+    # -- cameras at run time (``/api/cameras``, token required) -----------------------
+    def add_camera(self, cam: CameraConfig) -> None:
+        """Start a capture actor for ``cam`` (in the API's own thread: the dashboard keeps serving)."""
+        if self.stop.is_set():
+            raise StreamrecError("the server is shutting down")
+        self.runner.add_camera(cam)
+        logger.info("camera %s added", cam.name)
+
+    def remove_camera(self, name: str) -> bool:
+        with self._publish_lock:
+            actor = self.runner.detach_camera(name)
+            if actor is None:
+                return False
+            self.source_stats.pop(name, None)
+            tracker = self.trackers.pop(name, None)
+            if tracker is not None:
+                tracker.close(time.time())
+            self.hub.forget_threadsafe(f":{name}")
+            self.hub.publish_threadsafe("removed", json.dumps({"type": "removed", "camera": name}))
+        self.runner.stop_actor(actor)
+        logger.info("camera %s removed", name)
+        return True
+
     # -- state ------------------------------------------------------------------
     @property
     def meaningless(self) -> bool:
@@ -117,12 +150,13 @@ class ClusterApp:
         return {**_NO_STATS, **self.source_stats.get(name, {})}
 
     def health(self) -> dict[str, Any]:
-        cams = {name: {**self.camera_source(name), **labels.stats()} for name, labels in self.runner.labels.items()}
+        cams = {name: {**self.camera_source(name), **labels.stats()} for name, labels in list(self.runner.labels.items())}
         states = {c["state"] for c in cams.values()}
         sizes = list(self.runner.batch_sizes)
         status = "ok" if states == {"running"} else ",".join(sorted(states))
         return {
             "status": f"error: {self.error}" if self.error else status,
+            "adding": sorted(self.runner.adding),
             "cameras": cams,
             "nodes": sorted({c["node"] for c in cams.values() if c.get("node")}),
             "model": self.runner.model,
@@ -141,7 +175,7 @@ class ClusterApp:
 
     def status_messages(self) -> list[tuple[str, str]]:
         out = []
-        for name, labels in self.runner.labels.items():
+        for name, labels in list(self.runner.labels.items()):
             source = self.camera_source(name)
             msg = status_message(camera=name, source={k: v for k, v in source.items() if k != "node"},
                                  inference=labels.stats(), model=self.runner.model, device=self.runner.device,

@@ -36,6 +36,8 @@ from .smoothing import LabelSmoother, update_many
 
 logger = logging.getLogger(__name__)
 
+ACTOR_START_S = 60.0  # a capture actor's start on its node (a worker process importing the pipeline), beyond the source's open timeout
+
 
 def _ray():
     try:
@@ -51,17 +53,31 @@ class RemoteCapture:
     def __init__(self, cam: dict[str, Any], spec: dict[str, Any]) -> None:
         from .capture import camera_capture
         from .models import ModelSpec
+        from .sources import open_source
 
         self.cfg = CameraConfig(**cam)
         self.spec = ModelSpec.from_dict(spec)
         self.stop_event = threading.Event()
+        self.capture = None
+        self.error: str | None = None
+        try:  # opened here first, as serve does: a missing file, not a video, an unreachable URL fail at once
+            first = open_source(self.cfg.source_spec())
+        except StreamrecError as exc:
+            self.error = str(exc)
+            return
         self.ring, self.capture = camera_capture(self.cfg.source_spec(), self.spec, stop=self.stop_event,
-                                                 name=self.cfg.name, loop=bool(self.cfg.loop))
+                                                 name=self.cfg.name, loop=bool(self.cfg.loop), first=first)
         self.capture.start()
+
+    def opened(self) -> str | None:
+        """``None`` when the source opened and capture runs, else the one-line reason it did not."""
+        return self.error
 
     def window(self, after_seq: int) -> tuple | None:
         """The newest window ending after ``after_seq``: (end_seq, start_ts, end_ts, uint8 crops
         (T, H, W, C), capture fps)."""
+        if self.capture is None:
+            return None
         w = self.ring.newest_window(self.spec.frames, self.spec.fps, after=after_seq)
         if w is None or w.end_seq <= after_seq:
             return None
@@ -73,17 +89,22 @@ class RemoteCapture:
         KB cross the network, not a frame); ``None`` when it is no newer than ``after_ts``."""
         from .app import encode_preview
 
+        if self.capture is None:
+            return None
         rgb, ts = self.capture.latest_rgb, self.capture.latest_ts
         if rgb is None or ts <= after_ts:
             return None
         return ts, encode_preview(rgb, width)
 
     def stats(self) -> dict[str, Any]:
+        if self.capture is None:
+            return {"state": "error", "error": self.error, "node": _node_id()}
         return {**self.capture.stats(), "node": _node_id()}
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.capture.join(1.5)
+        if self.capture is not None:
+            self.capture.join(1.5)
 
 
 class RemoteClassifier:
@@ -132,7 +153,8 @@ class ClusterRunner:
         models = {(c.model, c.weights) for c in cams}
         if len(models) != 1:
             raise StreamrecError("cluster: all cameras must use one model and weights for now")
-        model, weights = models.pop()
+        self._model_key = next(iter(models))
+        model, weights = self._model_key
         self.inference = [Inf.remote(model, weights or "DEFAULT", config.device, config.backend)
                           for _ in range(inference_replicas)]
         meta = ray.get(self.inference[0].meta.remote())
@@ -142,21 +164,102 @@ class ClusterRunner:
         cap_opts: dict[str, Any] = {"num_cpus": 0.5, "scheduling_strategy": "SPREAD"}
         if ray.cluster_resources().get("camera_node"):
             cap_opts["resources"] = {"camera_node": 1}
-        Cap = ray.remote(**cap_opts)(RemoteCapture)
-        fields = ("name", "source", "loop", "rtsp_transport", "open_timeout", "stall_timeout")
-        self.cameras = {c.name: Cap.remote({k: getattr(c, k) for k in fields}, meta["spec"]) for c in cams}
-        self.smoothers = {name: LabelSmoother(config.smoothing) for name in self.cameras}
-        self.labels = {name: LabelStats() for name in self.cameras}
+        self._Cap = ray.remote(**cap_opts)(RemoteCapture)
+        self._spec = meta["spec"]
+        self._lock = threading.Lock()  # the camera dicts: the driver thread reads them, the camera API changes them
+        self.cameras: dict[str, Any] = {}
+        self.smoothers: dict[str, LabelSmoother] = {}
+        self.labels: dict[str, LabelStats] = {}
+        self.adding: set[str] = set()
         self.lost: set[str] = set()  # cameras whose actor failed on the last call
         self.stop_event = threading.Event()
         self._closed = False
+        try:
+            self._start_cameras(cams)
+        except BaseException:
+            self.close()
+            raise
         self.rounds = 0
         self.batch_sizes: deque[int] = deque(maxlen=512)
+
+    def _start_cameras(self, cams: list[CameraConfig]) -> None:
+        """Start a capture actor per camera and wait until each has opened its source: the first
+        camera that could not is a :class:`StreamrecError` naming it (its actors are killed)."""
+        fields = ("name", "source", "loop", "rtsp_transport", "open_timeout", "stall_timeout")
+        actors = {c.name: self._Cap.remote({k: getattr(c, k) for k in fields}, self._spec) for c in cams}
+        # an actor's start imports the pipeline on its node (seconds) before the source's own open timeout
+        timeout = max(c.open_timeout or 10.0 for c in cams) + ACTOR_START_S
+        refs = {name: a.opened.remote() for name, a in actors.items()}
+        try:
+            errors = dict(zip(refs, self.ray.get(list(refs.values()), timeout=timeout)))
+        except Exception as exc:  # noqa: BLE001 - GetTimeoutError, or an actor that died starting
+            for a in actors.values():
+                self.ray.kill(a)
+            raise StreamrecError(f"cameras {', '.join(actors)}: capture actors did not start within {timeout:g} s "
+                                 f"({type(exc).__name__})") from None
+        failed = {name: err for name, err in errors.items() if err}
+        if failed:
+            for a in actors.values():
+                self.ray.kill(a)
+            name, err = next(iter(failed.items()))
+            raise StreamrecError(f"camera {name}: {err}")
+        with self._lock:
+            for name, actor in actors.items():
+                self.cameras[name] = actor
+                self.smoothers[name] = LabelSmoother(self.config.smoothing)
+                self.labels[name] = LabelStats()
+
+    def add_camera(self, cam: CameraConfig) -> None:
+        """Start one more camera while running (the cluster's model; its source must open)."""
+        cam = self.config.resolve(cam)
+        if (cam.model, cam.weights) != self._model_key:
+            raise StreamrecError(f"camera {cam.name}: model and weights: expected the cluster's "
+                                 f"{self._model_key!r}, got {(cam.model, cam.weights)!r}")
+        with self._lock:
+            if cam.name in self.cameras or cam.name in self.adding:
+                raise StreamrecError(f"camera {cam.name!r} already exists")
+            self.adding.add(cam.name)
+        try:
+            self._start_cameras([cam])
+        finally:
+            with self._lock:
+                self.adding.discard(cam.name)
+
+    def remove_camera(self, name: str) -> bool:
+        """Stop and forget camera ``name``; ``False`` when there is none."""
+        actor = self.detach_camera(name)
+        if actor is None:
+            return False
+        self.stop_actor(actor)
+        return True
+
+    def detach_camera(self, name: str) -> Any:
+        """Forget camera ``name`` (no message for it is built after this returns); its actor, or ``None``."""
+        with self._lock:
+            actor = self.cameras.pop(name, None)
+            if actor is not None:
+                self.smoothers.pop(name)
+                self.labels.pop(name)
+                self.lost.discard(name)
+            return actor
+
+    def stop_actor(self, actor: Any) -> None:
+        try:
+            self.ray.get(actor.stop.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - on a lost node: it is gone already
+            pass
+        self.ray.kill(actor)
+
+    def _snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self.cameras)
 
     def step(self, timeout: float = 1.0) -> int:
         """One round: gather new windows, classify them in one batch, publish. Returns the batch size."""
         ray = self.ray
-        refs = {name: actor.window.remote(self.labels[name].last_end) for name, actor in self.cameras.items()}
+        with self._lock:
+            refs = {name: actor.window.remote(self.labels[name].last_end) for name, actor in self.cameras.items()}
+            smoothers = dict(self.smoothers)
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         ready_set = set(ready)
         batch = []
@@ -181,10 +284,12 @@ class ClusterRunner:
         probs = ray.get(replica.classify.remote([w[3] for _, w in batch]))
         infer_ms = (time.perf_counter() - t0) * 1e3
         probs = np.asarray(probs)  # (B, K): smoothed and ranked once per batch, as the live worker does
-        smoothed = update_many([self.smoothers[name] for name, _ in batch], probs)
+        smoothed = update_many([smoothers[name] for name, _ in batch], probs)
         out = []
         for (name, (end_seq, start_ts, end_ts, frames, fps)), sm, top in zip(batch, smoothed, top_k_many(probs, self.classes)):
-            labels = self.labels[name]
+            labels = self.labels.get(name)
+            if labels is None:  # removed while its window was being classified (publish checks again)
+                continue
             labels.took(end_seq)
             labels.seq += 1
             msg = prediction_message(seq=labels.seq, smoothed=sm, top=top, classes=self.classes,
@@ -205,7 +310,7 @@ class ClusterRunner:
     def stats(self, timeout: float | None = None) -> dict[str, Any]:
         """Each camera's capture stats (and ``node``), from its actor; a camera whose actor does not
         answer within ``timeout`` reads ``{"state": "unreachable"}``."""
-        refs = {name: a.stats.remote() for name, a in self.cameras.items()}
+        refs = {name: a.stats.remote() for name, a in self._snapshot().items()}
         ready, _ = self.ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         out = {}
         for name, ref in refs.items():
@@ -217,7 +322,7 @@ class ClusterRunner:
 
     def previews(self, width: int, after: dict[str, float], timeout: float) -> dict[str, tuple[float, bytes]]:
         """The cameras' newest frames as JPEGs (those newer than ``after[name]`` that come within ``timeout``)."""
-        refs = {name: a.preview.remote(width, after.get(name, 0.0)) for name, a in self.cameras.items()}
+        refs = {name: a.preview.remote(width, after.get(name, 0.0)) for name, a in self._snapshot().items()}
         ready, _ = self.ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         out = {}
         for name, ref in refs.items():
@@ -236,11 +341,12 @@ class ClusterRunner:
             return
         self._closed = True
         self.stop_event.set()
+        cameras = self._snapshot()
         try:
-            self.ray.get([a.stop.remote() for a in self.cameras.values()], timeout=5)
+            self.ray.get([a.stop.remote() for a in cameras.values()], timeout=5)
         except Exception:  # noqa: BLE001 - actors on a lost node are gone already
             pass
-        for actor in [*self.cameras.values(), *self.inference]:
+        for actor in [*cameras.values(), *self.inference]:
             self.ray.kill(actor)
 
 

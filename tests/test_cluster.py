@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import cv2
@@ -275,3 +276,94 @@ def test_cluster_dashboard_in_chromium(cluster, clips, tmp_path, artifacts):
         runner.join(20)
     assert models == ["tiny3d (cpu)"] * 3
     assert "meaningless" in banner
+
+
+def _api(method: str, url: str, token: str) -> tuple[int, dict]:
+    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_path):
+    from streamrec.cluster_app import ClusterApp
+
+    names = all_clips()[:2]
+    config = ServeConfig.from_sources({"cameras": [{"name": "cam0", "source": str(clips / names[0]), "loop": True}],
+                                       "model": "tiny3d", "weights": "none", "device": "cpu", "port": 0,
+                                       "token": "s3cret"}, {})
+    app = ClusterApp(config, db=str(tmp_path / "history.db"))
+    runner = threading.Thread(target=lambda: asyncio.run(app.run()), name="test-cluster-app")
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while app.server.port == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{app.server.port}/api/cameras"
+        assert _api("POST", f"{base}?name=gate&source={clips / names[1]}&loop=true", "wrong")[0] == 401
+        status, body = _api("POST", f"{base}?name=gate&source={clips / names[1]}&loop=true", "s3cret")
+        assert (status, body) == (201, {"added": "gate"})
+        status, body = _api("POST", f"{base}?name=gate&source={clips / names[1]}", "s3cret")
+        assert (status, body) == (400, {"error": "camera 'gate' already exists"})
+        status, body = _api("POST", f"{base}?name=lobby&source={tmp_path / 'nope.mp4'}", "s3cret")
+        assert status == 400 and body["error"].startswith("camera lobby: ") and "nope.mp4" in body["error"]
+        status, body = _api("POST", f"{base}?name=other&source={clips / names[1]}&model=r3d_18", "s3cret")
+        assert status == 400 and "model and weights: expected the cluster's" in body["error"]
+
+        async def until_gate_labelled_then_removed() -> tuple[list, dict]:
+            import websockets
+
+            got: list = []
+            async with websockets.connect(f"ws://127.0.0.1:{app.server.port}/ws?token=s3cret", max_size=2**22) as ws:
+                while len(got) < 2:
+                    m = await asyncio.wait_for(ws.recv(), 60)
+                    if isinstance(m, str) and (d := json.loads(m))["type"] == "prediction" and d["camera"] == "gate":
+                        got.append(d)
+                loop = asyncio.get_running_loop()
+                removed = await loop.run_in_executor(None, _api, "DELETE", f"{base}/gate", "s3cret")
+                while True:  # up to the removal notice
+                    m = await asyncio.wait_for(ws.recv(), 30)
+                    if isinstance(m, str) and json.loads(m)["type"] == "removed":
+                        assert json.loads(m)["camera"] == "gate"
+                        break
+                later = []  # then 2 s of messages: cam0's go on, none of gate
+                end = loop.time() + 2.0
+                while (left := end - loop.time()) > 0:
+                    try:
+                        m = await asyncio.wait_for(ws.recv(), left)
+                    except asyncio.TimeoutError:
+                        break
+                    later.append(json.loads(m)["camera"] if isinstance(m, str) else m[1:1 + m[0]].decode())
+                return got, {"removed": removed, "later": later}
+
+        got, rest = asyncio.run(until_gate_labelled_then_removed())
+        listing = _api("GET", base, "s3cret")
+        assert _api("DELETE", f"{base}/gate", "s3cret") == (404, {"error": "no camera 'gate'"})
+    finally:
+        app.request_stop()
+        runner.join(20)
+    assert got[0]["seq"] < got[1]["seq"]
+    assert rest["removed"] == (200, {"removed": "gate"})
+    assert "cam0" in rest["later"] and "gate" not in rest["later"]
+    assert listing[0] == 200 and set(listing[1]["cameras"]) == {"cam0"} and listing[1]["adding"] == []
+    store = HistoryStore(str(tmp_path / "history.db"))
+    try:
+        assert {row["camera"] for row in store.query()} == {"cam0", "gate"}  # gate's segment closed at removal
+    finally:
+        store.close()
+
+
+def test_cluster_camera_that_cannot_open_is_a_one_line_error(cluster, tmp_path, clips):
+    cfg = tmp_path / "cams.toml"
+    cfg.write_text(f'model = "tiny3d"\nweights = "none"\ndevice = "cpu"\n\n[[cameras]]\nname = "ok"\nsource = "{clips / all_clips()[0]}"\n'
+                   f'\n[[cameras]]\nname = "gone"\nsource = "{tmp_path / "gone.mp4"}"\n')
+    proc = subprocess.run(streamrec_cmd("cluster", "--config", str(cfg), "--address", cluster.address, "--port", "0",
+                                        "--db", str(tmp_path / "h.db")),
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("streamrec: error:")]
+    assert len(lines) == 1 and lines[0].startswith("streamrec: error: camera gone: ") and "gone.mp4" in lines[0], proc.stderr
+    assert proc.stdout == ""
