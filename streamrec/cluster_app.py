@@ -149,19 +149,28 @@ class ClusterApp:
     def camera_source(self, name: str) -> dict[str, Any]:
         return {**_NO_STATS, **self.source_stats.get(name, {})}
 
+    def model_of(self, name: str) -> dict[str, Any]:
+        group = self.runner.group_of(name)
+        if group is None:  # removed meanwhile
+            return {"model": None, "device": None, "backend": None, "meaningless": False}
+        return {"model": group.name, "device": group.device, "backend": group.backend, "meaningless": group.meaningless}
+
     def health(self) -> dict[str, Any]:
-        cams = {name: {**self.camera_source(name), **labels.stats()} for name, labels in list(self.runner.labels.items())}
+        cams = {name: {**self.camera_source(name), **labels.stats(), **self.model_of(name)}
+                for name, labels in list(self.runner.labels.items())}
+        first = next(iter(cams.values()), {})
         states = {c["state"] for c in cams.values()}
         sizes = list(self.runner.batch_sizes)
-        status = "ok" if states == {"running"} else ",".join(sorted(states))
+        status = "ok" if states == {"running"} else ",".join(sorted(states)) or "no cameras"
         return {
             "status": f"error: {self.error}" if self.error else status,
             "adding": sorted(self.runner.adding),
             "cameras": cams,
             "nodes": sorted({c["node"] for c in cams.values() if c.get("node")}),
-            "model": self.runner.model,
-            "device": self.runner.device,
-            "backend": self.runner.backend,
+            # the first camera's, as serve's single-camera summary; each camera's own are under cameras
+            "model": first.get("model"),
+            "device": first.get("device"),
+            "backend": first.get("backend"),
             "meaningless": self.meaningless,
             "warning": MEANINGLESS if self.meaningless else None,
             "clients": len(self.hub.clients),
@@ -177,9 +186,10 @@ class ClusterApp:
         out = []
         for name, labels in list(self.runner.labels.items()):
             source = self.camera_source(name)
+            model = self.model_of(name)
             msg = status_message(camera=name, source={k: v for k, v in source.items() if k != "node"},
-                                 inference=labels.stats(), model=self.runner.model, device=self.runner.device,
-                                 meaningless=self.meaningless, node=source.get("node"))
+                                 inference=labels.stats(), model=model["model"], device=model["device"],
+                                 meaningless=model["meaningless"], node=source.get("node"))
             out.append((f"status:{name}", json.dumps(msg)))
         return out
 

@@ -1,5 +1,5 @@
-"""Beyond one machine, on Ray: capture actors near the cameras, batched inference actors on
-the GPU (or big CPU) nodes, and a driver that smooths, records and publishes.
+"""Beyond one machine, on Ray: capture actors near the cameras, batched inference actors (per
+model) on the GPU (or big CPU) nodes, and a driver that smooths, records and publishes.
 
 Why Ray core actors (not Ray Serve): a camera is a long-lived stateful stream, which is
 what an actor is; the driver already batches the newest windows of all cameras into one
@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -114,10 +115,16 @@ class RemoteClassifier:
         from .engine import Classifier
         from .models import load_model
 
-        self.loaded = load_model(model, weights=weights)
-        self.classifier = Classifier(self.loaded, device=device, backend=backend)
+        self.error: str | None = None
+        try:  # a bad model or weights file is told to the driver as one line (meta), not as an actor's death
+            self.loaded = load_model(model, weights=weights)
+            self.classifier = Classifier(self.loaded, device=device, backend=backend)
+        except StreamrecError as exc:
+            self.error = str(exc)
 
     def meta(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error}
         return {"classes": self.loaded.classes, "spec": self.loaded.spec.to_dict(), "name": self.loaded.name,
                 "meaningless": self.loaded.meaningless, "node": _node_id(), "device": str(self.classifier.device),
                 "backend": self.classifier.backend}
@@ -137,9 +144,30 @@ def _node_id() -> str:
         return "local"
 
 
+@dataclass
+class ModelGroup:
+    """One model and weights of the cluster: its inference actors and what they said of it."""
+
+    key: tuple[str | None, str | None]  # (model, weights) as the cameras' config gives them
+    actors: list[Any]
+    name: str
+    classes: list[str]
+    meaningless: bool
+    device: str
+    backend: str
+    spec: dict[str, Any]
+    rounds: int = 0
+
+    def next_actor(self) -> Any:
+        """The inference actors take turns (``--replicas``)."""
+        self.rounds += 1
+        return self.actors[(self.rounds - 1) % len(self.actors)]
+
+
 class ClusterRunner:
-    """The driver: polls every camera actor, batches windows into the inference actor,
-    smooths per camera and hands each batch's messages to ``publish([(camera, msg), ...])``."""
+    """The driver: polls every camera actor, batches the new windows of the cameras of each model
+    into that model's inference actor, smooths per camera and hands each round's messages to
+    ``publish([(camera, msg), ...])``."""
 
     def __init__(self, config: ServeConfig, publish: Callable[[list[tuple[str, dict[str, Any]]]], None], *,
                  inference_replicas: int = 1, clock: Callable[[], float] = time.time) -> None:
@@ -147,46 +175,75 @@ class ClusterRunner:
         self.ray = ray
         self.config = config
         self.publish = publish
-        gpu = 1 if config.device.startswith("cuda") else 0
-        Inf = ray.remote(num_cpus=1, num_gpus=gpu)(RemoteClassifier)
-        cams = [config.resolve(c) for c in config.all_cameras()]
-        models = {(c.model, c.weights) for c in cams}
-        if len(models) != 1:
-            raise StreamrecError("cluster: all cameras must use one model and weights for now")
-        self._model_key = next(iter(models))
-        model, weights = self._model_key
-        self.inference = [Inf.remote(model, weights or "DEFAULT", config.device, config.backend)
-                          for _ in range(inference_replicas)]
-        meta = ray.get(self.inference[0].meta.remote())
-        self.classes, self.meaningless, self.model = meta["classes"], meta["meaningless"], meta["name"]
-        self.device, self.backend = meta["device"], meta["backend"]
         self.clock = clock
+        self.replicas = inference_replicas
+        gpu = 1 if config.device.startswith("cuda") else 0
+        self._Inf = ray.remote(num_cpus=1, num_gpus=gpu)(RemoteClassifier)
         cap_opts: dict[str, Any] = {"num_cpus": 0.5, "scheduling_strategy": "SPREAD"}
         if ray.cluster_resources().get("camera_node"):
             cap_opts["resources"] = {"camera_node": 1}
         self._Cap = ray.remote(**cap_opts)(RemoteCapture)
-        self._spec = meta["spec"]
         self._lock = threading.Lock()  # the camera dicts: the driver thread reads them, the camera API changes them
+        self._load_lock = threading.Lock()  # one model load at a time: two new cameras of one model load it once
+        self.groups: dict[tuple, ModelGroup] = {}
         self.cameras: dict[str, Any] = {}
+        self.model_of: dict[str, tuple] = {}
         self.smoothers: dict[str, LabelSmoother] = {}
         self.labels: dict[str, LabelStats] = {}
         self.adding: set[str] = set()
         self.lost: set[str] = set()  # cameras whose actor failed on the last call
         self.stop_event = threading.Event()
         self._closed = False
+        self.rounds = 0
+        self.batch_sizes: deque[int] = deque(maxlen=512)
         try:
+            cams = [config.resolve(c) for c in config.all_cameras()]
+            for cam in cams:
+                self._group(cam)
             self._start_cameras(cams)
         except BaseException:
             self.close()
             raise
-        self.rounds = 0
-        self.batch_sizes: deque[int] = deque(maxlen=512)
+
+    def _group(self, cam: CameraConfig) -> ModelGroup:
+        """The model group of ``cam`` (resolved), its inference actors started on first use."""
+        key = (cam.model, cam.weights)
+        with self._load_lock:
+            if key in self.groups:
+                return self.groups[key]
+            model, weights = key
+            actors = [self._Inf.remote(model, weights or "DEFAULT", self.config.device, self.config.backend)
+                      for _ in range(self.replicas)]
+            try:
+                meta = self.ray.get(actors[0].meta.remote())
+            except Exception as exc:  # noqa: BLE001 - the actor could not start at all
+                meta = {"error": f"the inference actor did not start ({type(exc).__name__})"}
+            if "error" in meta:
+                for a in actors:
+                    self.ray.kill(a)
+                raise StreamrecError(f"camera {cam.name}: {meta['error']}")
+            group = ModelGroup(key, actors, meta["name"], meta["classes"], meta["meaningless"], meta["device"],
+                               meta["backend"], meta["spec"])
+            self.groups[key] = group
+            return group
+
+    def group_of(self, camera: str) -> ModelGroup | None:
+        key = self.model_of.get(camera)
+        return self.groups.get(key) if key is not None else None
+
+    @property
+    def meaningless(self) -> bool:
+        """Some camera's model has random weights (its labels are meaningless)."""
+        return any(g.meaningless for g in list(self.groups.values()))
 
     def _start_cameras(self, cams: list[CameraConfig]) -> None:
         """Start a capture actor per camera and wait until each has opened its source: the first
         camera that could not is a :class:`StreamrecError` naming it (its actors are killed)."""
         fields = ("name", "source", "loop", "rtsp_transport", "open_timeout", "stall_timeout")
-        actors = {c.name: self._Cap.remote({k: getattr(c, k) for k in fields}, self._spec) for c in cams}
+        keys = {c.name: (c.model, c.weights) for c in cams}
+        # each capture actor resizes and samples for its own camera's model
+        actors = {c.name: self._Cap.remote({k: getattr(c, k) for k in fields}, self.groups[keys[c.name]].spec)
+                  for c in cams}
         # an actor's start imports the pipeline on its node (seconds) before the source's own open timeout
         timeout = max(c.open_timeout or 10.0 for c in cams) + ACTOR_START_S
         refs = {name: a.opened.remote() for name, a in actors.items()}
@@ -206,20 +263,20 @@ class ClusterRunner:
         with self._lock:
             for name, actor in actors.items():
                 self.cameras[name] = actor
+                self.model_of[name] = keys[name]
                 self.smoothers[name] = LabelSmoother(self.config.smoothing)
                 self.labels[name] = LabelStats()
 
     def add_camera(self, cam: CameraConfig) -> None:
-        """Start one more camera while running (the cluster's model; its source must open)."""
+        """Start one more camera while running (its source must open; a model no camera used yet
+        is loaded on new inference actors first)."""
         cam = self.config.resolve(cam)
-        if (cam.model, cam.weights) != self._model_key:
-            raise StreamrecError(f"camera {cam.name}: model and weights: expected the cluster's "
-                                 f"{self._model_key!r}, got {(cam.model, cam.weights)!r}")
         with self._lock:
             if cam.name in self.cameras or cam.name in self.adding:
                 raise StreamrecError(f"camera {cam.name!r} already exists")
             self.adding.add(cam.name)
         try:
+            self._group(cam)
             self._start_cameras([cam])
         finally:
             with self._lock:
@@ -238,6 +295,7 @@ class ClusterRunner:
         with self._lock:
             actor = self.cameras.pop(name, None)
             if actor is not None:
+                self.model_of.pop(name)
                 self.smoothers.pop(name)
                 self.labels.pop(name)
                 self.lost.discard(name)
@@ -259,10 +317,10 @@ class ClusterRunner:
         ray = self.ray
         with self._lock:
             refs = {name: actor.window.remote(self.labels[name].last_end) for name, actor in self.cameras.items()}
-            smoothers = dict(self.smoothers)
+            smoothers, model_of = dict(self.smoothers), dict(self.model_of)
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         ready_set = set(ready)
-        batch = []
+        by_model: dict[tuple, list[tuple[str, tuple]]] = {}
         for name, ref in refs.items():
             if ref not in ready_set:
                 continue
@@ -275,33 +333,37 @@ class ClusterRunner:
                 continue
             self.lost.discard(name)
             if w is not None:
-                batch.append((name, w))
-        if not batch:
+                by_model.setdefault(model_of[name], []).append((name, w))
+        if not by_model:
             time.sleep(0.02)
             return 0
-        replica = self.inference[self.rounds % len(self.inference)]
-        t0 = time.perf_counter()
-        probs = ray.get(replica.classify.remote([w[3] for _, w in batch]))
-        infer_ms = (time.perf_counter() - t0) * 1e3
-        probs = np.asarray(probs)  # (B, K): smoothed and ranked once per batch, as the live worker does
-        smoothed = update_many([smoothers[name] for name, _ in batch], probs)
+        t0 = time.perf_counter()  # every model's batch goes out at once; each is timed from there
+        calls = {key: self.groups[key].next_actor().classify.remote([w[3] for _, w in batch])
+                 for key, batch in by_model.items()}
         out = []
-        for (name, (end_seq, start_ts, end_ts, frames, fps)), sm, top in zip(batch, smoothed, top_k_many(probs, self.classes)):
-            labels = self.labels.get(name)
-            if labels is None:  # removed while its window was being classified (publish checks again)
-                continue
-            labels.took(end_seq)
-            labels.seq += 1
-            msg = prediction_message(seq=labels.seq, smoothed=sm, top=top, classes=self.classes,
-                                     start_ts=start_ts, end_ts=end_ts, frames=len(frames),
-                                     infer_ms=infer_ms, sent_ts=self.clock(), capture_fps=fps, camera=name,
-                                     meaningless=self.meaningless)
-            labels.record(msg, self.clock())
-            out.append((name, msg))
+        for key, ref in calls.items():
+            probs = np.asarray(ray.get(ref))  # (B, K): smoothed and ranked once per batch, as the live worker does
+            infer_ms = (time.perf_counter() - t0) * 1e3
+            group, batch = self.groups[key], by_model[key]
+            smoothed = update_many([smoothers[name] for name, _ in batch], probs)
+            for (name, (end_seq, start_ts, end_ts, frames, fps)), sm, top in zip(batch, smoothed,
+                                                                                 top_k_many(probs, group.classes)):
+                labels = self.labels.get(name)
+                if labels is None:  # removed while its window was being classified (publish checks again)
+                    continue
+                labels.took(end_seq)
+                labels.seq += 1
+                msg = prediction_message(seq=labels.seq, smoothed=sm, top=top, classes=group.classes,
+                                         start_ts=start_ts, end_ts=end_ts, frames=len(frames),
+                                         infer_ms=infer_ms, sent_ts=self.clock(), capture_fps=fps, camera=name,
+                                         meaningless=group.meaningless)
+                labels.record(msg, self.clock())
+                out.append((name, msg))
         self.publish(out)
         self.rounds += 1
-        self.batch_sizes.append(len(batch))
-        return len(batch)
+        size = sum(len(b) for b in by_model.values())
+        self.batch_sizes.append(size)
+        return size
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -346,7 +408,7 @@ class ClusterRunner:
             self.ray.get([a.stop.remote() for a in cameras.values()], timeout=5)
         except Exception:  # noqa: BLE001 - actors on a lost node are gone already
             pass
-        for actor in [*cameras.values(), *self.inference]:
+        for actor in [*cameras.values(), *(a for g in list(self.groups.values()) for a in g.actors)]:
             self.ray.kill(actor)
 
 

@@ -19,11 +19,13 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.config import ServeConfig
 from streamrec.history import HistoryStore
 from streamrec.messages import MEANINGLESS, validate_prediction
+from streamrec.models import build_model, make_checkpoint, model_spec
 
 from conftest import ROOT, all_clips, streamrec_cmd
 
@@ -309,18 +311,30 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_pa
         assert (status, body) == (400, {"error": "camera 'gate' already exists"})
         status, body = _api("POST", f"{base}?name=lobby&source={tmp_path / 'nope.mp4'}", "s3cret")
         assert status == 400 and body["error"].startswith("camera lobby: ") and "nope.mp4" in body["error"]
-        status, body = _api("POST", f"{base}?name=other&source={clips / names[1]}&model=r3d_18", "s3cret")
-        assert status == 400 and "model and weights: expected the cluster's" in body["error"]
+        status, body = _api("POST", f"{base}?name=lobby&source={clips / names[1]}&weights={tmp_path / 'no.pt'}", "s3cret")
+        assert status == 400 and body["error"].startswith("camera lobby: ") and "no.pt" in body["error"], body
+        # a camera with a model of its own: a two-class tiny3d checkpoint, next to the random 400-class one
+        ckpt = tmp_path / "two.pt"
+        torch.save(make_checkpoint(build_model("tiny3d", num_classes=2), model="tiny3d", classes=["jump", "run"],
+                                   spec=model_spec("tiny3d")), ckpt)
+        status, body = _api("POST", f"{base}?name=court&source={clips / names[0]}&loop=true&weights={ckpt}", "s3cret")
+        assert (status, body) == (201, {"added": "court"})
 
         async def until_gate_labelled_then_removed() -> tuple[list, dict]:
             import websockets
 
             got: list = []
+            court: dict = {}
             async with websockets.connect(f"ws://127.0.0.1:{app.server.port}/ws?token=s3cret", max_size=2**22) as ws:
-                while len(got) < 2:
+                while len(got) < 2 or "prediction" not in court or "status" not in court:
                     m = await asyncio.wait_for(ws.recv(), 60)
-                    if isinstance(m, str) and (d := json.loads(m))["type"] == "prediction" and d["camera"] == "gate":
+                    if not isinstance(m, str):
+                        continue
+                    d = json.loads(m)
+                    if d["type"] == "prediction" and d["camera"] == "gate":
                         got.append(d)
+                    if d["type"] in ("prediction", "status") and d["camera"] == "court":
+                        court[d["type"]] = d
                 loop = asyncio.get_running_loop()
                 removed = await loop.run_in_executor(None, _api, "DELETE", f"{base}/gate", "s3cret")
                 while True:  # up to the removal notice
@@ -336,9 +350,10 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_pa
                     except asyncio.TimeoutError:
                         break
                     later.append(json.loads(m)["camera"] if isinstance(m, str) else m[1:1 + m[0]].decode())
-                return got, {"removed": removed, "later": later}
+                return got, {"removed": removed, "later": later, "court": court}
 
         got, rest = asyncio.run(until_gate_labelled_then_removed())
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{app.server.port}/healthz", timeout=10).read())
         listing = _api("GET", base, "s3cret")
         assert _api("DELETE", f"{base}/gate", "s3cret") == (404, {"error": "no camera 'gate'"})
     finally:
@@ -347,10 +362,16 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_pa
     assert got[0]["seq"] < got[1]["seq"]
     assert rest["removed"] == (200, {"removed": "gate"})
     assert "cam0" in rest["later"] and "gate" not in rest["later"]
-    assert listing[0] == 200 and set(listing[1]["cameras"]) == {"cam0"} and listing[1]["adding"] == []
+    court = rest["court"]  # its own model's classes, and no random-weights warning
+    validate_prediction(court["prediction"])
+    assert {t["label"] for t in court["prediction"]["top"]} == {"jump", "run"}
+    assert court["prediction"]["meaningless"] is False and got[0]["meaningless"] is True
+    assert court["status"]["warning"] is None and court["status"]["model"] == "tiny3d"
+    assert health["cameras"]["court"]["meaningless"] is False and health["cameras"]["cam0"]["meaningless"] is True
+    assert listing[0] == 200 and set(listing[1]["cameras"]) == {"cam0", "court"} and listing[1]["adding"] == []
     store = HistoryStore(str(tmp_path / "history.db"))
     try:
-        assert {row["camera"] for row in store.query()} == {"cam0", "gate"}  # gate's segment closed at removal
+        assert {row["camera"] for row in store.query()} == {"cam0", "gate", "court"}  # gate's closed at removal
     finally:
         store.close()
 
