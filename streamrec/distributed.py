@@ -31,6 +31,7 @@ import numpy as np
 
 from .config import CameraConfig, ServeConfig
 from .errors import StreamrecError
+from .kinetics import restrict_rows, sport_indices
 from .live import LabelStats
 from .messages import prediction_message, top_k_many
 from .smoothing import LabelSmoother, update_many
@@ -188,6 +189,7 @@ class ClusterRunner:
         self.groups: dict[tuple, ModelGroup] = {}
         self.cameras: dict[str, Any] = {}
         self.model_of: dict[str, tuple] = {}
+        self.subsets: dict[str, list[int] | None] = {}  # sports_only cameras: the sport classes' indices
         self.smoothers: dict[str, LabelSmoother] = {}
         self.labels: dict[str, LabelStats] = {}
         self.adding: set[str] = set()
@@ -241,6 +243,8 @@ class ClusterRunner:
         camera that could not is a :class:`StreamrecError` naming it (its actors are killed)."""
         fields = ("name", "source", "loop", "rtsp_transport", "open_timeout", "stall_timeout")
         keys = {c.name: (c.model, c.weights) for c in cams}
+        # sports_only cameras: their model's sport classes (a model with none fails here, before any actor starts)
+        subsets = {c.name: sport_indices(self.groups[keys[c.name]].classes) if c.sports_only else None for c in cams}
         # each capture actor resizes and samples for its own camera's model
         actors = {c.name: self._Cap.remote({k: getattr(c, k) for k in fields}, self.groups[keys[c.name]].spec)
                   for c in cams}
@@ -264,6 +268,7 @@ class ClusterRunner:
             for name, actor in actors.items():
                 self.cameras[name] = actor
                 self.model_of[name] = keys[name]
+                self.subsets[name] = subsets[name]
                 self.smoothers[name] = LabelSmoother(self.config.smoothing)
                 self.labels[name] = LabelStats()
 
@@ -296,6 +301,7 @@ class ClusterRunner:
             actor = self.cameras.pop(name, None)
             if actor is not None:
                 self.model_of.pop(name)
+                self.subsets.pop(name)
                 self.smoothers.pop(name)
                 self.labels.pop(name)
                 self.lost.discard(name)
@@ -317,7 +323,7 @@ class ClusterRunner:
         ray = self.ray
         with self._lock:
             refs = {name: actor.window.remote(self.labels[name].last_end) for name, actor in self.cameras.items()}
-            smoothers, model_of = dict(self.smoothers), dict(self.model_of)
+            smoothers, model_of, subsets = dict(self.smoothers), dict(self.model_of), dict(self.subsets)
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         ready_set = set(ready)
         by_model: dict[tuple, list[tuple[str, tuple]]] = {}
@@ -345,6 +351,7 @@ class ClusterRunner:
             probs = np.asarray(ray.get(ref))  # (B, K): smoothed and ranked once per batch, as the live worker does
             infer_ms = (time.perf_counter() - t0) * 1e3
             group, batch = self.groups[key], by_model[key]
+            probs = restrict_rows(probs, [subsets[name] for name, _ in batch])
             smoothed = update_many([smoothers[name] for name, _ in batch], probs)
             for (name, (end_seq, start_ts, end_ts, frames, fps)), sm, top in zip(batch, smoothed,
                                                                                  top_k_many(probs, group.classes)):

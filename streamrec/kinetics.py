@@ -83,6 +83,28 @@ def restrict(probs, indices: Sequence[int]):
     return masked / masked.sum(axis=-1, keepdims=True)
 
 
+def restrict_rows(probs, subsets: Sequence[Sequence[int] | None]):
+    """``probs`` ``(B, K)`` with each row ``i`` whose ``subsets[i]`` is not ``None`` restricted to
+    it (:func:`restrict`): one batch of cameras, some of them ``--sports-only``. ``probs`` itself
+    is left alone.
+
+    Example:
+        >>> import numpy as np
+        >>> restrict_rows(np.array([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]]), [None, [1, 2]]).round(2).tolist()
+        [[0.5, 0.3, 0.2], [0.0, 0.6, 0.4]]
+    """
+    import numpy as np
+
+    probs = np.asarray(probs)
+    if all(s is None for s in subsets):
+        return probs
+    probs = probs.copy()
+    for i, subset in enumerate(subsets):
+        if subset is not None:
+            probs[i] = restrict(probs[i], subset)
+    return probs
+
+
 def add_labels_parser(sub) -> None:
     p = sub.add_parser("labels", help="list the Kinetics-400 classes and their groups")
     p.add_argument("--sports", action="store_true", help="only sport classes, with their sport group")

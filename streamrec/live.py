@@ -20,7 +20,7 @@ import numpy as np
 from .capture import RateMeter, camera_capture
 from .config import CameraConfig
 from .engine import Classifier
-from .kinetics import restrict, sport_indices
+from .kinetics import restrict_rows, sport_indices
 from .preprocess import batch_windows
 from .messages import prediction_message, top_k_many
 from .ring import Window
@@ -253,12 +253,7 @@ class InferenceWorker(threading.Thread):
         """Smooth the scores ``(B, K)`` of ``batch``, build one message per camera and publish them
         together: NumPy is called per batch, not per camera (:func:`streamrec.smoothing.update_many`),
         and the event loop is handed the batch once."""
-        probs = np.asarray(probs)
-        restricted = [(i, cam.subset) for i, (cam, _) in enumerate(batch) if cam.subset is not None]
-        if restricted:  # --sports-only cameras: their scores renormalized over the sport classes
-            probs = probs.copy()
-            for i, subset in restricted:
-                probs[i] = restrict(probs[i], subset)
+        probs = restrict_rows(probs, [cam.subset for cam, _ in batch])  # --sports-only cameras: sport classes only
         smoothed = update_many([cam.smoother for cam, _ in batch], probs)
         tops = top_k_many(probs, self.classifier.loaded.classes)
         out = []

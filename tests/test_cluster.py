@@ -24,8 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.config import ServeConfig
 from streamrec.history import HistoryStore
+from streamrec.kinetics import sport_classes
 from streamrec.messages import MEANINGLESS, validate_prediction
-from streamrec.models import build_model, make_checkpoint, model_spec
+from streamrec.models import build_model, kinetics_classes, make_checkpoint, model_spec
 
 from conftest import ROOT, all_clips, streamrec_cmd
 
@@ -47,12 +48,19 @@ def cluster():
         c.shutdown()
 
 
-def test_labels_arrive_for_every_camera_across_two_workers(cluster, clips):
+def test_labels_arrive_for_every_camera_across_two_workers(cluster, clips, tmp_path):
     from streamrec.distributed import ClusterRunner
 
     names = all_clips()[:4]
     cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
-    config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": "none", "device": "cpu"}, {})
+    cams[0]["sports_only"] = True
+    # two Kinetics sport classes and two others, so that sports_only has something to leave out
+    sports = sport_classes()[:2]
+    others = [c for c in kinetics_classes() if c not in set(sport_classes())][:2]
+    ckpt = tmp_path / "four.pt"
+    torch.save(make_checkpoint(build_model("tiny3d", num_classes=4), model="tiny3d", classes=sports + others,
+                               spec=model_spec("tiny3d")), ckpt)
+    config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": str(ckpt), "device": "cpu"}, {})
     got: dict[str, list] = {}
     runner = ClusterRunner(config, lambda items: [got.setdefault(name, []).append(msg) for name, msg in items])
     try:
@@ -72,6 +80,12 @@ def test_labels_arrive_for_every_camera_across_two_workers(cluster, clips):
         assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
         assert m["capture_fps"] > 0  # the camera node's capture rate, sent with the window
         assert runner.labels[name].seq == len(msgs)
+    for m in got["cam0"]:  # sports_only: the other classes at 0, the sport classes' scores summing to 1
+        scores = {t["label"]: t["score"] for t in m["top"]}
+        assert [scores[c] for c in others] == [0.0, 0.0] and abs(sum(scores[c] for c in sports) - 1) < 1e-4
+        assert m["raw_label"] in sports
+    for name in ("cam1", "cam2", "cam3"):
+        assert all(t["score"] > 0 for m in got[name] for t in m["top"])  # all four classes scored
     assert max(batches) > 1  # windows of several cameras went through one call
     nodes = {s["node"] for s in stats.values()}
     assert len(nodes) == 2, stats  # capture actors spread over both worker nodes
