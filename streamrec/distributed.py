@@ -112,14 +112,14 @@ class RemoteCapture:
 class RemoteClassifier:
     """Runs on an inference node: a loaded model classifying batches (a Ray actor body)."""
 
-    def __init__(self, model: str | None, weights: str, device: str, backend: str) -> None:
+    def __init__(self, model: str | None, weights: str, device: str, backend: str, threads: int | None = None) -> None:
         from .engine import Classifier
         from .models import load_model
 
         self.error: str | None = None
         try:  # a bad model or weights file is told to the driver as one line (meta), not as an actor's death
             self.loaded = load_model(model, weights=weights)
-            self.classifier = Classifier(self.loaded, device=device, backend=backend)
+            self.classifier = Classifier(self.loaded, device=device, backend=backend, threads=threads)
         except StreamrecError as exc:
             self.error = str(exc)
 
@@ -214,8 +214,8 @@ class ClusterRunner:
             if key in self.groups:
                 return self.groups[key]
             model, weights = key
-            actors = [self._Inf.remote(model, weights or "DEFAULT", self.config.device, self.config.backend)
-                      for _ in range(self.replicas)]
+            actors = [self._Inf.remote(model, weights or "DEFAULT", self.config.device, self.config.backend,
+                                       self.config.threads) for _ in range(self.replicas)]
             try:
                 meta = self.ray.get(actors[0].meta.remote())
             except Exception as exc:  # noqa: BLE001 - the actor could not start at all
@@ -321,8 +321,10 @@ class ClusterRunner:
     def step(self, timeout: float = 1.0) -> int:
         """One round: gather new windows, classify them in one batch, publish. Returns the batch size."""
         ray = self.ray
-        with self._lock:
-            refs = {name: actor.window.remote(self.labels[name].last_end) for name, actor in self.cameras.items()}
+        stride_s, now = self.config.stride_ms / 1e3, time.monotonic()
+        with self._lock:  # stride_ms: a camera labelled less than that ago is not asked for a window
+            refs = {name: actor.window.remote(self.labels[name].last_end) for name, actor in self.cameras.items()
+                    if not stride_s or now - self.labels[name].published >= stride_s}
             smoothers, model_of, subsets = dict(self.smoothers), dict(self.model_of), dict(self.subsets)
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         ready_set = set(ready)
@@ -341,7 +343,7 @@ class ClusterRunner:
             if w is not None:
                 by_model.setdefault(model_of[name], []).append((name, w))
         if not by_model:
-            time.sleep(0.02)
+            time.sleep(0.02)  # also when every camera is within its stride
             return 0
         t0 = time.perf_counter()  # every model's batch goes out at once; each is timed from there
         calls = {key: self.groups[key].next_actor().classify.remote([w[3] for _, w in batch])
@@ -367,6 +369,10 @@ class ClusterRunner:
                 labels.record(msg, self.clock())
                 out.append((name, msg))
         self.publish(out)
+        done = time.monotonic()
+        for name, _ in out:
+            if (labels := self.labels.get(name)) is not None:  # not removed meanwhile
+                labels.published = done
         self.rounds += 1
         size = sum(len(b) for b in by_model.values())
         self.batch_sizes.append(size)

@@ -52,6 +52,7 @@ class LabelStats:
         self.infer_ms: deque[float] = deque(maxlen=512)
         self.latency_ms: deque[float] = deque(maxlen=512)
         self.last_message: dict[str, Any] | None = None
+        self.published = float("-inf")  # time.monotonic() of the last label (the cluster's stride_ms)
 
     def took(self, end_seq: int) -> None:
         """A window ending at frame ``end_seq`` goes to the model; the window ends in between are skipped."""

@@ -402,3 +402,24 @@ def test_cluster_camera_that_cannot_open_is_a_one_line_error(cluster, tmp_path, 
     lines = [line for line in proc.stderr.splitlines() if line.startswith("streamrec: error:")]
     assert len(lines) == 1 and lines[0].startswith("streamrec: error: camera gone: ") and "gone.mp4" in lines[0], proc.stderr
     assert proc.stdout == ""
+
+
+def test_stride_ms_spaces_each_cameras_labels(cluster, clips):
+    from streamrec.distributed import ClusterRunner
+
+    names = all_clips()[:2]
+    cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
+    config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": "none", "device": "cpu",
+                                       "stride_ms": 700, "threads": 1}, {})
+    sent: dict[str, list[float]] = {}
+    runner = ClusterRunner(config, lambda items: [sent.setdefault(n, []).append(time.monotonic()) for n, _ in items])
+    try:
+        deadline = time.monotonic() + 60
+        while min((len(v) for v in sent.values()), default=0) < 4 and time.monotonic() < deadline:
+            runner.step()
+    finally:
+        runner.close()
+    assert set(sent) == {"cam0", "cam1"}
+    for name, times in sent.items():
+        gaps = np.diff(times)
+        assert len(times) >= 4 and gaps.min() >= 0.7, (name, gaps)
