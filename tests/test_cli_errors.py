@@ -219,3 +219,16 @@ def test_an_output_that_is_the_input_is_refused(tmp_path, clips, checkpoint):
     shutil.copy(checkpoint, ckpt)
     one_line_error(run_cli("export", str(ckpt), "--out", str(ckpt)), f"--out {ckpt}: that is the input file {ckpt}")
     assert clip.read_bytes() == before and ckpt.read_bytes() == checkpoint.read_bytes()
+
+
+def test_cluster_dashboard_port_in_use_fails_before_the_cluster_starts(tmp_path, clips):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[cameras]]\nname = "a"\nsource = "{clips / "arm_wrestling.mp4"}"\n')
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # --address local would start a Ray instance: the port is checked before, so none starts
+        proc = run_cli("cluster", "--config", str(cfg), "--address", "local", "--port", str(port), timeout=60)
+    one_line_error(proc, f"--port {port}: cannot listen on 127.0.0.1:")
+    assert "ray" not in proc.stderr.lower().replace("streamrec", "")

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -423,3 +424,27 @@ def test_stride_ms_spaces_each_cameras_labels(cluster, clips):
     for name, times in sent.items():
         gaps = np.diff(times)
         assert len(times) >= 4 and gaps.min() >= 0.7, (name, gaps)
+
+
+def test_cluster_command_without_dashboard_runs_for_seconds(cluster, clips, tmp_path):
+    busy = socket.socket()  # the config's port is taken: --no-dashboard never binds it
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    cfg = tmp_path / "cams.toml"
+    cfg.write_text(f'model = "tiny3d"\nweights = "none"\ndevice = "cpu"\nport = {busy.getsockname()[1]}\n' + "".join(
+        f'\n[[cameras]]\nname = "cam{i}"\nsource = "{clips / n}"\nloop = true\n' for i, n in enumerate(all_clips()[:2])))
+    try:
+        proc = subprocess.run(streamrec_cmd("cluster", "--config", str(cfg), "--address", cluster.address,
+                                            "--no-dashboard", "--seconds", "6", "--db", str(tmp_path / "h.db")),
+                              cwd=ROOT, capture_output=True, text=True, timeout=180)
+    finally:
+        busy.close()
+    assert proc.returncode == 0, proc.stderr
+    printed = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {m["camera"] for m in printed} == {"cam0", "cam1"}
+    assert "dashboard of" not in proc.stderr and "Traceback" not in proc.stderr
+    store = HistoryStore(str(tmp_path / "h.db"))
+    try:
+        assert {row["camera"] for row in store.query()} == {"cam0", "cam1"}
+    finally:
+        store.close()
