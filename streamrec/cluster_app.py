@@ -197,22 +197,29 @@ class ClusterApp:
     async def _status_task(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            self.source_stats = await loop.run_in_executor(self._pool, self.runner.stats, 2.0)
-            for key, text in self.status_messages():
-                self.hub.publish(key, text)
+            try:
+                self.source_stats = await loop.run_in_executor(self._pool, self.runner.stats, 2.0)
+                for key, text in self.status_messages():
+                    self.hub.publish(key, text)
+            except Exception:  # noqa: BLE001 - the next second tries again; the page keeps the last status
+                logger.exception("cluster status round failed")
             await asyncio.sleep(1.0)
 
     async def _preview_task(self) -> None:
         """The cameras' newest frames, at most ``display_fps`` each, while a browser is connected."""
         period = 1.0 / self.config.display_fps
-        width = preview_width(self.config, len(self.runner.cameras))
         last: dict[str, float] = {}
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
             if not self.hub.clients:
                 continue
-            frames = await loop.run_in_executor(self._pool, self.runner.previews, width, dict(last), max(period, 0.5))
+            width = preview_width(self.config, len(self.runner.labels))  # cameras come and go
+            try:
+                frames = await loop.run_in_executor(self._pool, self.runner.previews, width, dict(last), max(period, 0.5))
+            except Exception:  # noqa: BLE001 - no frames this time
+                logger.exception("cluster preview round failed")
+                continue
             for name, (ts, jpeg) in frames.items():
                 last[name] = ts
                 self.hub.publish(f"frame:{name}", frame_message(name, jpeg))
@@ -267,9 +274,10 @@ class ClusterApp:
             self._thread.join(JOIN_TIMEOUT_S)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.runner.close()
-        now = time.time()
-        for tracker in self.trackers.values():
-            tracker.close(now)
-        self.history.close()
+        with self._publish_lock:  # a driver thread still in a call could publish meanwhile
+            now = time.time()
+            for tracker in self.trackers.values():
+                tracker.close(now)
+            self.history.close()
         if self._thread.is_alive():
             logger.warning("the cluster driver thread was still in a call at exit")

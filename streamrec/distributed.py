@@ -38,6 +38,7 @@ from .smoothing import LabelSmoother, update_many
 
 logger = logging.getLogger(__name__)
 
+MODEL_START_S = 300.0  # an inference actor's start: scheduled, the model loaded (downloaded on a first start)
 ACTOR_START_S = 60.0  # a capture actor's start on its node (a worker process importing the pipeline), beyond the source's open timeout
 
 
@@ -217,9 +218,10 @@ class ClusterRunner:
             actors = [self._Inf.remote(model, weights or "DEFAULT", self.config.device, self.config.backend,
                                        self.config.threads) for _ in range(self.replicas)]
             try:
-                meta = self.ray.get(actors[0].meta.remote())
-            except Exception as exc:  # noqa: BLE001 - the actor could not start at all
-                meta = {"error": f"the inference actor did not start ({type(exc).__name__})"}
+                meta = self.ray.get(actors[0].meta.remote(), timeout=MODEL_START_S)
+            except Exception as exc:  # noqa: BLE001 - never scheduled (no free CPU or GPU), or died starting
+                meta = {"error": f"its inference actor did not start within {MODEL_START_S:g} s ({type(exc).__name__}); "
+                                 f"does the cluster have a free {'GPU' if self.config.device.startswith('cuda') else 'CPU'}?"}
             if "error" in meta:
                 for a in actors:
                     self.ray.kill(a)
