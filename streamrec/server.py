@@ -199,8 +199,13 @@ class WebServer:
         routes: dict[str, Route],
         api: dict[str, ApiRoute] | None = None,
         token: str | None = None,
+        compression: str | None = None,
     ) -> None:
         self.hub = hub
+        # per-message deflate (websockets' default) compresses every message once per client: the
+        # preview JPEGs, most of the bytes, do not shrink, and the JSON messages are a few hundred
+        # bytes. Off by default; benchmarks/ws_compression.py measures what it costs.
+        self.compression = compression
         self.host = host
         self.port = port
         self.routes = routes
@@ -218,6 +223,7 @@ class WebServer:
             process_request=self._process_request,
             create_connection=_Connection,
             max_size=2**16,
+            compression=self.compression,
             ping_interval=20,
             ping_timeout=20,
             close_timeout=1,

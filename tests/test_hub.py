@@ -83,3 +83,27 @@ def test_client_is_forgotten_when_it_disconnects():
         return len(hub.clients)
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_server_sends_uncompressed_unless_asked():
+    """A client asking for per-message deflate (browsers and websockets' own client do) gets
+    plain frames by default: deflating every message once per client cost the server ~10x the CPU
+    (benchmarks/ws_compression.py) to shrink JPEGs that do not shrink."""
+    import websockets
+
+    from streamrec.server import WebServer
+
+    async def negotiated(compression):
+        hub = Hub()
+        server = WebServer(hub, host="127.0.0.1", port=0, routes={}, compression=compression)
+        await server.start()
+        try:
+            async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws") as ws:  # asks for deflate
+                hub.publish("prediction:a", "x" * 1000)
+                assert await asyncio.wait_for(ws.recv(), 5) == "x" * 1000
+                return [type(e).__name__ for e in ws.protocol.extensions]
+        finally:
+            await server.close()
+
+    assert asyncio.run(negotiated(None)) == []
+    assert asyncio.run(negotiated("deflate")) == ["PerMessageDeflate"]
