@@ -148,17 +148,18 @@ class LiveApp:
         return camera
 
     def remove_camera(self, name: str) -> bool:
-        with self._lock:
+        with self._lock:  # the lock _publish_predictions takes: no label of it follows the removal notice
             cam = self.cameras.pop(name, None)
             if cam is None:
                 return False
             for w in self.workers.values():
                 w.remove(name)
             tracker = self.trackers.pop(name)
+            self.metrics.forget(name)
+            self.hub.forget_threadsafe(f":{name}")
+            self.hub.publish_threadsafe("removed", json.dumps({"type": "removed", "camera": name}))
         cam.close()
         tracker.close(time.time())
-        self.hub.forget_threadsafe(f":{name}")
-        self.hub.publish_threadsafe("removed", json.dumps({"type": "removed", "camera": name}))
         return True
 
     def _close_cameras(self) -> None:
@@ -216,13 +217,15 @@ class LiveApp:
                               meaningless=cam.classifier.loaded.meaningless)
 
     def _publish_predictions(self, items: list[tuple[Camera, dict[str, Any]]]) -> None:
-        """One batch's messages: metrics, history, then to the browsers in one hand-off to the loop."""
-        for cam, msg in items:
-            self.metrics.observe_prediction(msg)
-            tracker = self.trackers.get(cam.name)
-            if tracker is not None:
-                tracker.update(msg["label"], msg["score"], msg["window"]["end_ts"])
-        self.hub.publish_many_threadsafe([(f"prediction:{cam.name}", json.dumps(msg)) for cam, msg in items])
+        """One batch's messages: metrics, history, then to the browsers in one hand-off to the loop.
+        A camera removed while its window was in the model is left out (under the lock
+        :meth:`remove_camera` takes)."""
+        with self._lock:
+            items = [(cam, msg) for cam, msg in items if self.cameras.get(cam.name) is cam]
+            for cam, msg in items:
+                self.metrics.observe_prediction(msg)
+                self.trackers[cam.name].update(msg["label"], msg["score"], msg["window"]["end_ts"])
+            self.hub.publish_many_threadsafe([(f"prediction:{cam.name}", json.dumps(msg)) for cam, msg in items])
 
     # -- HTTP API ---------------------------------------------------------------
     # -- tasks ------------------------------------------------------------------

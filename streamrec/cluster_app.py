@@ -132,6 +132,7 @@ class ClusterApp:
             if actor is None:
                 return False
             self.source_stats.pop(name, None)
+            self.metrics.forget(name)
             tracker = self.trackers.pop(name, None)
             if tracker is not None:
                 tracker.close(time.time())

@@ -63,6 +63,18 @@ class Metrics:
             self.label.labels(*key).set(1)
             self._last_label[cam] = key
 
+    def forget(self, camera: str) -> None:
+        """Drop a removed camera's series (they would otherwise stay at their last values)."""
+        for metric in (self.infer, self.e2e, self.fps, self.dropped, self.decode_errors, self.reconnects,
+                       self.skipped, self.predictions, self.rate):
+            try:
+                metric.remove(camera)
+            except KeyError:  # never observed
+                pass
+        last = self._last_label.pop(camera, None)
+        if last is not None:
+            self.label.remove(*last)
+
     def render(self) -> bytes:
         now = time.time()
         for name, source, labels in self.cameras():

@@ -108,6 +108,8 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(clips, tmp_p
         health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
         assert set(health["cameras"]) == {"court-1", "warmup", "late"}
         assert not [t for t in ("capture-court-2",) if t in health.get("threads", [])]
+        metrics = wait_http(f"http://127.0.0.1:{port}/metrics?token={token}").decode()
+        assert 'camera="court-2"' not in metrics and 'streamrec_predictions_total{camera="court-1"}' in metrics
 
         status, hist = request("GET", f"http://127.0.0.1:{port}/api/history?camera=court-2", token)
         assert status == 200 and len(hist["segments"]) >= 1  # removing a camera closes its segment

@@ -369,6 +369,7 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_pa
 
         got, rest = asyncio.run(until_gate_labelled_then_removed())
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{app.server.port}/healthz", timeout=10).read())
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{app.server.port}/metrics?token=s3cret", timeout=10).read().decode()
         listing = _api("GET", base, "s3cret")
         assert _api("DELETE", f"{base}/gate", "s3cret") == (404, {"error": "no camera 'gate'"})
     finally:
@@ -377,6 +378,7 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_pa
     assert got[0]["seq"] < got[1]["seq"]
     assert rest["removed"] == (200, {"removed": "gate"})
     assert "cam0" in rest["later"] and "gate" not in rest["later"]
+    assert 'camera="gate"' not in metrics and 'streamrec_predictions_total{camera="court"}' in metrics
     court = rest["court"]  # its own model's classes, and no random-weights warning
     validate_prediction(court["prediction"])
     assert {t["label"] for t in court["prediction"]["top"]} == {"jump", "run"}
