@@ -39,6 +39,7 @@ from .validate import from_text
 
 logger = logging.getLogger(__name__)
 
+
 def default_db() -> str:
     """``$XDG_DATA_HOME/streamrec/history.db`` (``~/.local/share/...``)."""
     import os

@@ -129,6 +129,7 @@ class Camera(LabelStats):
             self.smoother.reset()
         self._last_state = state
 
+
 class InferenceWorker(threading.Thread):
     """Classifies the newest windows of ``cameras`` (sharing ``classifier``) in batches."""
 

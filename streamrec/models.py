@@ -143,7 +143,6 @@ class LoadedModel:
     meaningless: bool = False  # random weights: labels carry no information
     extra: dict[str, Any] = field(default_factory=dict)
 
-
     @property
     def prebuilt(self) -> bool:
         """An exported model (a TorchScript file, an ONNX Runtime session): it runs as it is,

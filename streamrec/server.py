@@ -27,6 +27,7 @@ from websockets.http11 import Request, Response
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(eq=False)
 class Client:
     ws: ServerConnection
