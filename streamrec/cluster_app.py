@@ -109,14 +109,27 @@ class ClusterApp:
         for name, msg in items:
             self.metrics.observe_prediction(msg)
             text = json.dumps(msg)
-            if self.lines is not None:
-                self.lines.write(text + "\n")
+            self._line(text)
             self.trackers.setdefault(name, SegmentTracker(name, self.history.add)).update(
                 msg["label"], msg["score"], msg["window"]["end_ts"])
             out.append((f"prediction:{name}", text))
-        if self.lines is not None:
-            self.lines.flush()
+        self._line(None)
         self.hub.publish_many_threadsafe(out)
+
+    def _line(self, text: str | None) -> None:
+        """Print a JSON line (``None``: flush). A reader that went away (``... | head``) ends the
+        lines, not the run: the dashboard and the history go on."""
+        if self.lines is None:
+            return
+        try:
+            if text is None:
+                self.lines.flush()
+            else:
+                self.lines.write(text + "\n")
+        except (BrokenPipeError, ValueError) as exc:  # ValueError: the stream was closed
+            logger.warning("no more JSON lines: their reader is gone (%s); the dashboard and history go on",
+                           type(exc).__name__)
+            self.lines = None
 
     # -- cameras at run time (``/api/cameras``, token required) -----------------------
     def add_camera(self, cam: CameraConfig) -> None:

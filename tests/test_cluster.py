@@ -304,6 +304,20 @@ def _api(method: str, url: str, token: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+class GoneReader(io.StringIO):
+    """stdout piped into a reader that quits after the first line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        if self.writes > 1:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
 def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_path):
     from streamrec.cluster_app import ClusterApp
 
@@ -311,7 +325,8 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_pa
     config = ServeConfig.from_sources({"cameras": [{"name": "cam0", "source": str(clips / names[0]), "loop": True}],
                                        "model": "tiny3d", "weights": "none", "device": "cpu", "port": 0,
                                        "token": "s3cret"}, {})
-    app = ClusterApp(config, db=str(tmp_path / "history.db"))
+    lines = GoneReader()  # like `streamrec cluster ... | head -1`: the JSON lines end, the run goes on
+    app = ClusterApp(config, db=str(tmp_path / "history.db"), lines=lines)
     runner = threading.Thread(target=lambda: asyncio.run(app.run()), name="test-cluster-app")
     runner.start()
     try:
@@ -377,6 +392,7 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_pa
         runner.join(20)
     assert got[0]["seq"] < got[1]["seq"]
     assert rest["removed"] == (200, {"removed": "gate"})
+    assert lines.writes == 2 and app.lines is None  # one line went out, the second found the reader gone
     assert "cam0" in rest["later"] and "gate" not in rest["later"]
     assert 'camera="gate"' not in metrics and 'streamrec_predictions_total{camera="court"}' in metrics
     court = rest["court"]  # its own model's classes, and no random-weights warning
