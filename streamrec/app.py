@@ -252,7 +252,8 @@ class LiveApp:
                 last[name] = ts
                 jpeg = await loop.run_in_executor(self._preview_pool, encode_preview, rgb,
                                                   preview_width(self.config, len(self.cameras)))
-                self.hub.publish(f"frame:{name}", frame_message(name, jpeg))
+                if self.cameras.get(name) is cam:  # not removed while it was encoded: no frame after its removal notice
+                    self.hub.publish(f"frame:{name}", frame_message(name, jpeg))
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()

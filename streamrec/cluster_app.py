@@ -236,7 +236,8 @@ class ClusterApp:
                 continue
             for name, (ts, jpeg) in frames.items():
                 last[name] = ts
-                self.hub.publish(f"frame:{name}", frame_message(name, jpeg))
+                if name in self.runner.labels:  # not removed meanwhile: no frame after its removal notice
+                    self.hub.publish(f"frame:{name}", frame_message(name, jpeg))
 
     async def run(self, seconds: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()

@@ -379,7 +379,8 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_pa
                         m = await asyncio.wait_for(ws.recv(), left)
                     except asyncio.TimeoutError:
                         break
-                    later.append(json.loads(m)["camera"] if isinstance(m, str) else m[1:1 + m[0]].decode())
+                    later.append((d["type"], d["camera"]) if isinstance(m, str) and (d := json.loads(m))
+                                 else ("frame", m[1:1 + m[0]].decode()))
                 return got, {"removed": removed, "later": later, "court": court}
 
         got, rest = asyncio.run(until_gate_labelled_then_removed())
@@ -393,7 +394,8 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_pa
     assert got[0]["seq"] < got[1]["seq"]
     assert rest["removed"] == (200, {"removed": "gate"})
     assert lines.writes == 2 and app.lines is None  # one line went out, the second found the reader gone
-    assert "cam0" in rest["later"] and "gate" not in rest["later"]
+    assert "cam0" in {cam for _, cam in rest["later"]}
+    assert [(kind, cam) for kind, cam in rest["later"] if cam == "gate"] == []  # no frame, status or label of it
     assert 'camera="gate"' not in metrics and 'streamrec_predictions_total{camera="court"}' in metrics
     court = rest["court"]  # its own model's classes, and no random-weights warning
     validate_prediction(court["prediction"])
