@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import socket
 import struct
 import threading
@@ -29,11 +28,11 @@ from .config import CameraConfig, ServeConfig
 from .engine import Classifier
 from .errors import StreamrecError
 from .history import HistoryStore, SegmentTracker
-from .live import JOIN_TIMEOUT_S, Camera, InferenceWorker
+from .live import JOIN_TIMEOUT_S, Camera, InferenceWorker, adding_camera
 from .messages import MEANINGLESS, status_message
 from .metrics import Metrics
 from . import prepared
-from .server import ApiRoute, Hub, Reply, Route, WebServer, json_route, page_html
+from .server import ApiRoute, Hub, Reply, Route, WebServer, json_route, page_html, stop_on_signals, watched_ticks
 from .sources import open_source
 from .validate import from_text
 
@@ -113,11 +112,7 @@ class LiveApp:
         start it when ``start``. At run time this runs in a worker thread (see :func:`cameras_api`):
         the event loop keeps serving every other camera meanwhile; ``health()["adding"]`` names it."""
         cam = self.config.resolve(cam)
-        with self._lock:
-            if cam.name in self.cameras or cam.name in self.adding:
-                raise StreamrecError(f"camera {cam.name!r} already exists")
-            self.adding.add(cam.name)
-        try:
+        with adding_camera(self._lock, self.cameras, self.adding, cam.name):
             first = open_source(cam.source_spec())  # fail fast: missing file, not a video, unreachable URL
             try:
                 with self._load_lock:
@@ -143,9 +138,6 @@ class LiveApp:
                 worker.add(camera)
                 if start:
                     camera.start()
-        finally:
-            with self._lock:
-                self.adding.discard(cam.name)
         return camera
 
     def remove_camera(self, name: str) -> bool:
@@ -241,10 +233,7 @@ class LiveApp:
         period = 1.0 / self.config.display_fps
         last: dict[str, float] = {}
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(period)
-            if not self.hub.clients:
-                continue
+        async for _ in watched_ticks(self.hub, period):
             for name, cam in list(self.cameras.items()):
                 rgb, ts = cam.capture.latest_rgb, cam.capture.latest_ts
                 if rgb is None or ts == last.get(name):
@@ -258,11 +247,7 @@ class LiveApp:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._loop.add_signal_handler(sig, self.request_stop)
-            except (NotImplementedError, RuntimeError):  # not the main thread
-                pass
+        stop_on_signals(self._loop, self.request_stop)
         try:
             await self.server.start()
         except OSError as exc:

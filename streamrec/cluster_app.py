@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,7 @@ from .history import HistoryStore, SegmentTracker
 from .live import JOIN_TIMEOUT_S
 from .messages import MEANINGLESS, status_message
 from .metrics import Metrics
-from .server import Hub, Route, WebServer, json_route, page_html
+from .server import Hub, Route, WebServer, json_route, page_html, stop_on_signals, watched_ticks
 
 logger = logging.getLogger(__name__)
 
@@ -224,10 +223,7 @@ class ClusterApp:
         period = 1.0 / self.config.display_fps
         last: dict[str, float] = {}
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(period)
-            if not self.hub.clients:
-                continue
+        async for _ in watched_ticks(self.hub, period):
             width = preview_width(self.config, len(self.runner.labels))  # cameras come and go
             try:
                 frames = await loop.run_in_executor(self._pool, self.runner.previews, width, dict(last), max(period, 0.5))
@@ -242,11 +238,7 @@ class ClusterApp:
     async def run(self, seconds: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._loop.add_signal_handler(sig, self.request_stop)
-            except (NotImplementedError, RuntimeError):  # not the main thread
-                pass
+        stop_on_signals(self._loop, self.request_stop)
         tasks: list[asyncio.Task] = []
         try:
             if self.server is not None:

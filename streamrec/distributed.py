@@ -32,7 +32,7 @@ import numpy as np
 from .config import CameraConfig, ServeConfig
 from .errors import StreamrecError
 from .kinetics import restrict_rows, sport_indices
-from .live import LabelStats
+from .live import LabelStats, adding_camera
 from .messages import prediction_message, top_k_many
 from .smoothing import LabelSmoother, update_many
 
@@ -278,16 +278,9 @@ class ClusterRunner:
         """Start one more camera while running (its source must open; a model no camera used yet
         is loaded on new inference actors first)."""
         cam = self.config.resolve(cam)
-        with self._lock:
-            if cam.name in self.cameras or cam.name in self.adding:
-                raise StreamrecError(f"camera {cam.name!r} already exists")
-            self.adding.add(cam.name)
-        try:
+        with adding_camera(self._lock, self.cameras, self.adding, cam.name):
             self._group(cam)
             self._start_cameras([cam])
-        finally:
-            with self._lock:
-                self.adding.discard(cam.name)
 
     def remove_camera(self, name: str) -> bool:
         """Stop and forget camera ``name``; ``False`` when there is none."""

@@ -13,13 +13,15 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Container, Iterator
 
 import numpy as np
 
 from .capture import RateMeter, camera_capture
 from .config import CameraConfig
 from .engine import Classifier
+from .errors import StreamrecError
 from .kinetics import restrict_rows, sport_indices
 from .preprocess import batch_windows
 from .messages import prediction_message, top_k_many
@@ -30,6 +32,31 @@ from .sources import Source
 logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 1.5
+
+
+@contextmanager
+def adding_camera(lock: threading.Lock | threading.RLock, cameras: Container[str], adding: set[str],
+                  name: str) -> Iterator[None]:
+    """Hold camera name ``name`` in ``adding`` while it is being added (opening its source, loading
+    a model: seconds, outside ``lock``), so that a second add of the same name fails at once.
+
+    Example:
+        >>> adding = set()
+        >>> with adding_camera(threading.Lock(), {"pool"}, adding, "gate"):
+        ...     sorted(adding)
+        ['gate']
+        >>> adding
+        set()
+    """
+    with lock:
+        if name in cameras or name in adding:
+            raise StreamrecError(f"camera {name!r} already exists")
+        adding.add(name)
+    try:
+        yield
+    finally:
+        with lock:
+            adding.discard(name)
 
 
 class LabelStats:

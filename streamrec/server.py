@@ -126,6 +126,27 @@ class Hub:
             pass
 
 
+def stop_on_signals(loop: asyncio.AbstractEventLoop, request_stop: Callable[[], None]) -> None:
+    """Ctrl-C and SIGTERM call ``request_stop`` on ``loop`` (skipped where signals cannot be
+    handled: a loop outside the main thread, as in the tests)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, request_stop)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+
+
+async def watched_ticks(hub: Hub, period: float):
+    """Yield every ``period`` seconds while a browser is connected: preview frames are encoded
+    only when someone will see them."""
+    while True:
+        await asyncio.sleep(period)
+        if hub.clients:
+            yield
+
+
 @dataclass(frozen=True)
 class Route:
     """A GET handler: ``body()`` -> bytes."""

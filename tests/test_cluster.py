@@ -116,6 +116,21 @@ async def _dashboard_messages(port: int, want: set[str], timeout: float = 90) ->
     return preds, status, frames
 
 
+def serve_in_thread(app) -> threading.Thread:
+    """``app.run()`` in a thread of its own; returns once its dashboard listens."""
+    runner = threading.Thread(target=lambda: asyncio.run(app.run()), name="test-cluster-app")
+    runner.start()
+    deadline = time.monotonic() + 60
+    while app.server.port == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return runner
+
+
+def stop_thread(app, runner: threading.Thread) -> None:
+    app.request_stop()
+    runner.join(20)
+
+
 def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, clips, tmp_path):
     from streamrec.cluster_app import ClusterApp
 
@@ -125,12 +140,8 @@ def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, clips, 
                                        "port": 0}, {})
     lines = io.StringIO()
     app = ClusterApp(config, db=str(tmp_path / "history.db"), lines=lines)
-    runner = threading.Thread(target=lambda: asyncio.run(app.run()), name="test-cluster-app")
-    runner.start()
+    runner = serve_in_thread(app)
     try:
-        deadline = time.monotonic() + 60
-        while app.server.port == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
         port = app.server.port
         want = {c["name"] for c in cams}
         preds, status, frames = asyncio.run(_dashboard_messages(port, want))
@@ -142,8 +153,7 @@ def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, clips, 
             metrics = {(s.name, s.labels.get("camera")): s.value
                        for f in text_string_to_metric_families(r.read().decode()) for s in f.samples}
     finally:
-        app.request_stop()
-        runner.join(20)
+        stop_thread(app, runner)
     assert not runner.is_alive()
     assert not any(t.name.startswith(("cluster-driver", "cluster-poll")) and t.is_alive() for t in threading.enumerate())
 
@@ -265,12 +275,8 @@ def test_cluster_dashboard_in_chromium(cluster, clips, tmp_path, artifacts):
     config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": "none", "device": "cpu",
                                        "port": 0}, {})
     app = ClusterApp(config, db=str(tmp_path / "history.db"))
-    runner = threading.Thread(target=lambda: asyncio.run(app.run()), name="test-cluster-app")
-    runner.start()
+    runner = serve_in_thread(app)
     try:
-        deadline = time.monotonic() + 60
-        while app.server.port == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
             try:
@@ -289,8 +295,7 @@ def test_cluster_dashboard_in_chromium(cluster, clips, tmp_path, artifacts):
             finally:
                 browser.close()
     finally:
-        app.request_stop()
-        runner.join(20)
+        stop_thread(app, runner)
     assert models == ["tiny3d (cpu)"] * 3
     assert "meaningless" in banner
 
@@ -327,12 +332,8 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_pa
                                        "token": "s3cret"}, {})
     lines = GoneReader()  # like `streamrec cluster ... | head -1`: the JSON lines end, the run goes on
     app = ClusterApp(config, db=str(tmp_path / "history.db"), lines=lines)
-    runner = threading.Thread(target=lambda: asyncio.run(app.run()), name="test-cluster-app")
-    runner.start()
+    runner = serve_in_thread(app)
     try:
-        deadline = time.monotonic() + 60
-        while app.server.port == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
         base = f"http://127.0.0.1:{app.server.port}/api/cameras"
         assert _api("POST", f"{base}?name=gate&source={clips / names[1]}&loop=true", "wrong")[0] == 401
         status, body = _api("POST", f"{base}?name=gate&source={clips / names[1]}&loop=true", "s3cret")
@@ -389,8 +390,7 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_pa
         listing = _api("GET", base, "s3cret")
         assert _api("DELETE", f"{base}/gate", "s3cret") == (404, {"error": "no camera 'gate'"})
     finally:
-        app.request_stop()
-        runner.join(20)
+        stop_thread(app, runner)
     assert got[0]["seq"] < got[1]["seq"]
     assert rest["removed"] == (200, {"removed": "gate"})
     assert lines.writes == 2 and app.lines is None  # one line went out, the second found the reader gone
