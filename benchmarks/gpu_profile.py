@@ -57,5 +57,6 @@ def main() -> None:
         print(f"\n## {args.model}{name or ' (as is)'}: {total_ms:.2f} ms of kernels per batch of {args.batch}")
         print("\n".join(lines))
 
+
 if __name__ == "__main__":
     main()

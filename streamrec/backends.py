@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import tempfile
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -89,26 +90,98 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+# converted models kept on disk (r2plus1d_18: 120 MB each); the least recently used go first
+OPENVINO_KEEP = 4
+_TELEMETRY_LOCK = threading.Lock()
+
+
+@contextmanager
+def no_openvino_telemetry() -> Iterator[None]:
+    """Import and use OpenVINO (and NNCF) without their usage telemetry.
+
+    ``import openvino`` imports its model converter, which writes a client id to ``~/intel``,
+    and each conversion sends usage events to Google Analytics unless the user ran
+    ``opt_in_out --opt_out`` (OpenVINO collects by default). streamrec picks and converts
+    models for its user without asking, so inside this block the telemetry's consent check
+    answers "declined": nothing is written or sent. The user's own consent file is not
+    touched; an OpenVINO without its telemetry package sends nothing anyway."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:
+        yield
+        return
+    with _TELEMETRY_LOCK:
+        original = OptInChecker.__dict__["check"]
+        OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+        try:
+            yield
+        finally:
+            OptInChecker.check = original
+
+
+def prune_cache(folder: Path, keep: int = OPENVINO_KEEP) -> list[Path]:
+    """Delete all but the ``keep`` most recently used OpenVINO models (``.xml`` + ``.bin``) in
+    ``folder``; return the ``.xml`` files deleted. Every fine-tuned checkpoint converts to a
+    model of its own, so without this the folder grows by one model per checkpoint ever served.
+
+    Example:
+        >>> import os, tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for i, name in enumerate(["a", "b", "c"]):
+        ...     for ext in (".xml", ".bin"):
+        ...         (d / (name + ext)).write_text(name)
+        ...         os.utime(d / (name + ext), (i, i))
+        >>> [p.name for p in prune_cache(d, keep=2)], sorted(p.name for p in d.iterdir())
+        (['a.xml'], ['b.bin', 'b.xml', 'c.bin', 'c.xml'])
+    """
+    def used(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    models = sorted(folder.glob("*.xml"), key=used, reverse=True)
+    for xml in models[keep:]:
+        for p in (xml.with_suffix(".bin"), xml):  # the weights first: a lone .xml is just unreadable
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                logger.warning("cannot delete the old OpenVINO model %s: %s", p, exc)
+    return models[keep:]
+
+
 def _openvino_model(loaded: LoadedModel):
     """The model as OpenVINO IR; converted once per weights and cached on disk (the
-    conversion from PyTorch takes seconds, reading the IR back milliseconds)."""
-    try:
-        import openvino as ov
-    except ImportError:
-        raise StreamrecError("--backend openvino: openvino is not installed; pip install 'streamrec[openvino]'") from None
-    xml = CACHE / "openvino" / f"{loaded.name}-{'x'.join(map(str, loaded.spec.crop))}-{weights_digest(loaded.module)}.xml"
-    if xml.is_file():
+    conversion from PyTorch takes seconds, reading the IR back milliseconds). The cache
+    keeps the :data:`OPENVINO_KEEP` most recently used models; random weights
+    (``--weights none``) are converted each time and never written."""
+    with no_openvino_telemetry():
         try:
-            return ov, ov.Core().read_model(str(xml))
-        except RuntimeError as exc:
-            logger.warning("cached OpenVINO model %s unreadable (%s); converting again", xml, exc)
-    with torchscript_quiet():  # OpenVINO's PyTorch frontend traces with torch.jit
-        model = ov.convert_model(loaded.module.eval(), example_input=example_input(loaded))
+            import openvino as ov
+        except ImportError:
+            raise StreamrecError("--backend openvino: openvino is not installed; pip install 'streamrec[openvino]'") from None
+        folder = CACHE / "openvino"
+        xml = folder / f"{loaded.name}-{'x'.join(map(str, loaded.spec.crop))}-{weights_digest(loaded.module)}.xml"
+        if xml.is_file():
+            try:
+                model = ov.Core().read_model(str(xml))
+                for p in (xml, xml.with_suffix(".bin")):
+                    os.utime(p)  # used now: the last to be pruned
+                return ov, model
+            except (RuntimeError, OSError) as exc:
+                logger.warning("cached OpenVINO model %s unreadable (%s); converting again", xml, exc)
+        with torchscript_quiet():  # OpenVINO's PyTorch frontend traces with torch.jit
+            model = ov.convert_model(loaded.module.eval(), example_input=example_input(loaded))
+    if loaded.meaningless:  # random weights: nobody asks for these again
+        return ov, model
     try:
-        xml.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         ov.save_model(model, str(xml), compress_to_fp16=False)
+        prune_cache(folder, OPENVINO_KEEP)
     except (OSError, RuntimeError) as exc:
-        logger.warning("cannot cache the OpenVINO model in %s: %s", xml.parent, exc)
+        logger.warning("cannot cache the OpenVINO model in %s: %s", folder, exc)
     return ov, model
 
 
@@ -150,15 +223,18 @@ def _openvino(loaded: LoadedModel, threads: int | None) -> OpenVINOModule:
 def openvino_int8(loaded: LoadedModel, calibration: Iterable[torch.Tensor], threads: int | None = None,
                   subset_size: int = 32) -> OpenVINOModule:
     """Post-training int8 quantization with NNCF, calibrated on real windows ``(1, C, T, H, W)``."""
-    try:
-        import nncf
-    except ImportError:
-        raise StreamrecError("--backend openvino-int8: nncf is not installed; pip install 'streamrec[openvino]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("nncf") is None:
+        raise StreamrecError("--backend openvino-int8: nncf is not installed; pip install 'streamrec[openvino]'")
     ov, model = _openvino_model(loaded)
     data = [x.numpy() for x in calibration]
     if not data:
         raise StreamrecError("int8: no calibration windows")
-    quantized = nncf.quantize(model, nncf.Dataset(data), subset_size=min(subset_size, len(data)))
+    with no_openvino_telemetry():  # NNCF reports through OpenVINO's telemetry too
+        import nncf
+
+        quantized = nncf.quantize(model, nncf.Dataset(data), subset_size=min(subset_size, len(data)))
     return _compile(ov, quantized, threads)
 
 

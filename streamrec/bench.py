@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import backends
-from .backends import best_seconds
+from .backends import best_seconds, no_openvino_telemetry
 from .classify import iter_windows
 from .conv2d import conv_variants
 from .engine import CudaGraphRunner, default_threads, resolve_device
@@ -44,7 +44,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for mod in ("torchvision", "onnxruntime", "openvino", "av", "numpy"):
         try:
-            versions[mod] = __import__(mod).__version__
+            with no_openvino_telemetry():  # importing openvino starts its telemetry
+                versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001
             pass
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),

@@ -3,7 +3,12 @@ fallbacks of the GPU path (TorchScript, batching) work without a GPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -158,7 +163,7 @@ def test_our_torchscript_and_onnx_steps_show_no_deprecation_warnings(tmp_path, m
             assert Classifier(loaded, device="cpu", backend=name, warmup=0).backend == name
         export(str(tmp_path / "m.pt"), str(tmp_path / "m.ts"), fmt="torchscript")
         export(str(tmp_path / "m.pt"), str(tmp_path / "m.onnx"), fmt="onnx")
-    assert len(list((tmp_path / "cache" / "openvino").glob("tiny3d-*.xml"))) == 1
+    assert list((tmp_path / "cache" / "openvino").glob("*")) == []  # random weights: converted, never cached
     assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))] == []
 
 
@@ -177,3 +182,64 @@ def test_torchscript_quiet_hides_only_torch_jit_deprecations():
     assert [(w.category, str(w.message)) for w in caught] == [
         (DeprecationWarning, "something else is deprecated"), (UserWarning, "`torch.jit.trace` looked odd"),
         (FutureWarning, "`torch.jit.trace` is deprecated.")]
+
+
+def test_openvino_is_used_without_its_telemetry(tmp_path):
+    """OpenVINO collects usage data by default: ``import openvino`` writes a client id to
+    ``~/intel`` and each conversion sends events to Google Analytics. A fresh process (its own
+    HOME, no CI variable: OpenVINO is silent in CI) converts and runs a model, then reports
+    what its telemetry sender was handed."""
+    script = textwrap.dedent("""
+        import json
+        from openvino_telemetry.utils.opt_in_checker import OptInChecker
+        from openvino_telemetry.utils.sender import TelemetrySender
+        sent = []
+        TelemetrySender.send = lambda self, backend, message: sent.append(str(message))
+        original = OptInChecker.check
+        import torch
+        from streamrec import backends
+        from streamrec.models import load_model
+        fn = backends.build("openvino", load_model("tiny3d", weights="none"), threads=1)
+        assert fn(backends.example_input(load_model("tiny3d", weights="none"))).shape[0] == 1
+        import openvino_telemetry
+        print(json.dumps({"sent": sent, "consent": openvino_telemetry.Telemetry().consent,
+                          "check_restored": OptInChecker.check is original}))
+    """)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env.update(HOME=str(home), STREAMREC_CACHE=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == {"sent": [], "consent": False, "check_restored": True}
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []  # no ~/intel/openvino_ga_cid
+
+
+def test_openvino_cache_keeps_the_most_recently_used_models(tmp_path, monkeypatch):
+    """One converted model per weights, at most OPENVINO_KEEP of them, the least recently used
+    deleted first; random weights are never written."""
+    monkeypatch.setattr(backends, "CACHE", tmp_path)
+    monkeypatch.setattr(backends, "OPENVINO_KEEP", 2)
+    folder = tmp_path / "openvino"
+
+    def trained(seed):  # stands for a fine-tuned checkpoint: weights of its own, labels meaningful
+        torch.manual_seed(seed)
+        return dataclasses.replace(load_model("tiny3d", weights="none"), meaningless=False)
+
+    def cached():
+        return sorted(p.name for p in folder.iterdir())
+
+    def name(m, ext):
+        return f"tiny3d-112x112-{backends.weights_digest(m.module)}{ext}"
+
+    models = [trained(seed) for seed in range(4)]
+    for i, m in enumerate(models[:3]):
+        backends.build("openvino", m)
+        for ext in (".xml", ".bin"):
+            os.utime(folder / name(m, ext), (1000 + i, 1000 + i))  # used in this order
+    assert cached() == sorted(name(m, ext) for m in models[1:3] for ext in (".xml", ".bin"))
+    backends.build("openvino", models[1])  # read back: now the most recently used
+    backends.build("openvino", models[3])
+    assert cached() == sorted(name(m, ext) for m in (models[1], models[3]) for ext in (".xml", ".bin"))
+    backends.build("openvino", load_model("tiny3d", weights="none"))
+    assert cached() == sorted(name(m, ext) for m in (models[1], models[3]) for ext in (".xml", ".bin"))
