@@ -7,6 +7,8 @@ import shutil
 import signal
 import subprocess
 
+import cv2
+import numpy as np
 import pytest
 
 from conftest import ROOT, free_port, streamrec_cmd, wait_http
@@ -96,7 +98,15 @@ def test_overlay_mode_shows_only_the_label(clips, page, artifacts):
         assert page.is_visible("[data-testid=label]")
         assert not page.is_visible("[data-testid=video]") and not page.is_visible(".health")
         assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgba(0, 0, 0, 0)"
-        page.screenshot(path=str(artifacts / "browser-overlay.png"), omit_background=True)
+        png = page.screenshot(path=str(artifacts / "browser-overlay.png"), omit_background=True)
+        rgba = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)  # (H, W, 4) BGRA
+        assert rgba.shape == (760, 1000, 4)
+        alpha = rgba[..., 3]
+        box = page.locator("[data-testid=label]").bounding_box()
+        assert alpha[-1, -1] == 0 and alpha[0, 0] == 0  # the root element paints no background either
+        opaque = np.argwhere(alpha > 0)  # (row, col) of every painted pixel: the label's text and its shadow
+        assert len(opaque) > 0
+        assert box["y"] - 8 <= opaque[:, 0].min() and opaque[:, 0].max() <= box["y"] + box["height"] + 8
     finally:
         stop(proc)
 
@@ -132,14 +142,41 @@ def test_dashboard_with_16_cameras(clips, page, artifacts, tmp_path):
         page.screenshot(path=str(artifacts / "dashboard-16-large.png"))
         tile.click()
         assert "big" not in tile.get_attribute("class")
+        page.goto(f"http://127.0.0.1:{port}/?camera=cam-03&overlay=1")  # one camera's overlay, for OBS
+        page.wait_for_function("document.querySelector('[data-testid=label]')?.dataset.seq >= 1", timeout=60_000)
+        page.wait_for_timeout(1500)  # every camera has sent status and frames meanwhile
+        assert page.eval_on_selector_all("[data-testid=camera]", "els => els.map(e => e.dataset.camera)") == ["cam-03"]
+        page.goto(f"http://127.0.0.1:{port}/?camera=cam-99")
+        page.wait_for_timeout(1500)
+        assert page.locator("[data-testid=camera]").count() == 0
+        assert page.inner_text("#count") == 'no camera named "cam-99" (yet)'
+    finally:
+        stop(proc)
+
+
+def test_a_phone_sees_the_whole_label(clips, page, artifacts):
+    """A coach on the sideline opens the page on a phone: the label wraps, never cut short."""
+    port = free_port()
+    proc = serve(clips / "shooting_basketball.mp4", port)
+    try:
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
+        label = page.locator("[data-testid=label]")
+        # the longest label the page can show, measured in the same task that sets it (labels keep coming)
+        fits, lines = label.evaluate("""el => {
+            el.textContent = 'uncertain (best guess: passing American football (not in game))';
+            const size = parseFloat(getComputedStyle(el).fontSize);
+            return [el.scrollWidth <= el.clientWidth, Math.round(el.getBoundingClientRect().height / (1.4 * size))];
+        }""")
+        page.screenshot(path=str(artifacts / "browser-phone.png"))
+        assert fits and lines >= 2
     finally:
         stop(proc)
 
 
 def test_a_source_that_fails_shows_why(tmp_path, clips, page):
     data = bytearray((clips / "arm_wrestling.mp4").read_bytes())
-    import numpy as np
-
     rng = np.random.default_rng(1)
     for i in rng.integers(len(data) // 4, len(data), 3000):  # every video packet damaged, the header whole
         data[i] = int(rng.integers(256))
