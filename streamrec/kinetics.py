@@ -107,6 +107,7 @@ def restrict_rows(probs, subsets: Sequence[Sequence[int] | None]):
 
 def add_labels_parser(sub) -> None:
     p = sub.add_parser("labels", help="list the Kinetics-400 classes and their groups")
+    p.add_argument("text", nargs="?", default=None, help="only classes containing this text (any case)")
     p.add_argument("--sports", action="store_true", help="only sport classes, with their sport group")
     p.add_argument("--group", default=None, help="only this group")
     p.add_argument("--json", action="store_true", help="JSON output")
@@ -121,8 +122,17 @@ def cmd_labels(args) -> int:
         if args.group not in groups:
             raise StreamrecError(f"--group {args.group!r} is not a sport group; drop --sports")
         groups = {args.group: groups[args.group]}
+    names = classes()
+    if args.text is not None:  # "wrest" -> arm wrestling, wrestling
+        wanted = args.text.casefold()
+        groups = {g: hits for g, labels in groups.items() if (hits := [x for x in labels if wanted in x.casefold()])}
+        names = [x for x in names if wanted in x.casefold()]
+        if not groups:
+            print(f"streamrec: no {'such ' if args.sports or args.group else ''}Kinetics-400 class contains "
+                  f"{args.text!r}", file=sys.stderr)
+            return 1
     if args.json:
-        json.dump(groups if (args.sports or args.group) else {"classes": classes(), "groups": groups}, sys.stdout, indent=1)
+        json.dump(groups if (args.sports or args.group) else {"classes": names, "groups": groups}, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         for name, labels in groups.items():

@@ -39,6 +39,19 @@ def test_labels_cli_json_and_text():
     assert len(proc.stdout.splitlines()) == 400
 
 
+def test_labels_cli_finds_classes_by_text():
+    proc = run_cli("labels", "WREST")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["arm wrestling\tcombat sports", "wrestling\tcombat sports"]
+    proc = run_cli("labels", "basketball", "--json")
+    assert json.loads(proc.stdout) == {"classes": ["dribbling basketball", "dunking basketball", "playing basketball",
+                                                   "shooting basketball"],
+                                       "groups": {"ball sports": ["dribbling basketball", "dunking basketball",
+                                                                  "playing basketball", "shooting basketball"]}}
+    proc = run_cli("labels", "cooking", "--sports")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", "streamrec: no such Kinetics-400 class contains 'cooking'\n")
+
+
 def test_unknown_group_is_a_one_line_error():
     proc = run_cli("labels", "--group", "quidditch")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "quidditch" in proc.stderr
