@@ -314,8 +314,12 @@ def check_port_free(host: str, port: int) -> None:
             raise StreamrecError(f"--port {port}: cannot listen on {host}: {exc.strerror}") from None
 
 
-def history_api(store: HistoryStore) -> ApiRoute:
-    """``GET /api/history?camera=&since=&until=``: the recorded segments (the page's timelines)."""
+HISTORY_API_LIMIT = 10_000  # segments in one /api/history answer: the newest; "truncated" says so
+
+
+def history_api(store: HistoryStore, *, limit: int = HISTORY_API_LIMIT) -> ApiRoute:
+    """``GET /api/history?camera=&since=&until=``: the recorded segments (the page's timelines),
+    at most the newest ``limit``, oldest first; ``"truncated": true`` when there were more."""
     from .history import parse_time
 
     def handler(method: str, path: str, query: dict[str, list[str]]) -> Reply:
@@ -323,10 +327,11 @@ def history_api(store: HistoryStore) -> ApiRoute:
             return Reply(405, {"error": "GET only"})
         one = lambda k: (query.get(k) or [None])[0]  # noqa: E731
         try:
-            rows = store.query(camera=one("camera"), since=parse_time(one("since")), until=parse_time(one("until")))
+            rows = store.query(camera=one("camera"), since=parse_time(one("since")), until=parse_time(one("until")),
+                               limit=limit + 1)
         except StreamrecError as exc:
             return Reply(400, {"error": str(exc)})
-        return Reply(200, {"segments": rows})
+        return Reply(200, {"segments": rows[-limit:], "truncated": len(rows) > limit})
 
     return ApiRoute(handler)
 

@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--since", default=None, help="Unix seconds, ISO time, or -10m / -2h / -1d")
     h.add_argument("--until", default=None)
     h.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    h.add_argument("--limit", type=int, default=None, help="only the newest N segments (default: all)")
     h.set_defaults(func=cmd_history)
     return parser
 
@@ -170,23 +171,31 @@ def cmd_history(args: argparse.Namespace) -> int:
     target = args.db or default_db()
     if "://" not in target and target != ":memory:" and not Path(target).is_file():
         raise StreamrecError(f"--db: no history database at {target}")
+    if args.limit is not None and args.limit < 1:
+        raise StreamrecError(f"--limit: expected >= 1, got {args.limit}")
+    since, until = parse_time(args.since), parse_time(args.until)
     store = HistoryStore(target)
+    # every matching segment (or the newest --limit), streamed: nothing cut off unsaid
+    rows = store.rows(camera=args.camera, since=since, until=until, limit=args.limit)
     try:
-        rows = store.query(camera=args.camera, since=parse_time(args.since), until=parse_time(args.until))
+        if args.format == "json":
+            sys.stdout.write("[")
+            for i, r in enumerate(rows):
+                sys.stdout.write(("," if i else "") + "\n " + json.dumps(r))
+            sys.stdout.write("\n]\n")
+        elif args.format == "csv":
+            w = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+        else:
+            fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
+            print(f"{'camera':<16} {'start':<19}  {'end':<19}  {'secs':>6}  {'mean':>5}  {'peak':>5}  label")
+            for r in rows:
+                print(f"{r['camera']:<16} {fmt(r['start'])}  {fmt(r['end'])}  {r['end'] - r['start']:>6.1f}  "
+                      f"{r['mean_score']:>5.2f}  {r['peak_score']:>5.2f}  {r['label']}")
     finally:
+        rows.close()  # the reading cursor holds the store's lock until it is closed
         store.close()
-    if args.format == "json":
-        print(json.dumps(rows, indent=1))
-    elif args.format == "csv":
-        w = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    else:
-        fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
-        print(f"{'camera':<16} {'start':<19}  {'end':<19}  {'secs':>6}  {'mean':>5}  {'peak':>5}  label")
-        for r in rows:
-            print(f"{r['camera']:<16} {fmt(r['start'])}  {fmt(r['end'])}  {r['end'] - r['start']:>6.1f}  "
-                  f"{r['mean_score']:>5.2f}  {r['peak_score']:>5.2f}  {r['label']}")
     return 0
 
 

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import StreamrecError
 
@@ -151,7 +151,17 @@ class HistoryStore:
         self._q.join()
 
     def query(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
-              limit: int = 10_000) -> list[dict[str, Any]]:
+              limit: int | None = None) -> list[dict[str, Any]]:
+        """The segments that overlap ``since``..``until`` (of ``camera``), oldest first; with
+        ``limit``, only the newest ``limit`` of them."""
+        return list(self.rows(camera=camera, since=since, until=until, limit=limit))
+
+    def rows(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
+             limit: int | None = None, batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """:meth:`query`, read ``batch`` rows at a time (a year of history does not have to fit
+        in memory)."""
+        if limit is not None and limit < 1:
+            raise StreamrecError(f"--limit: expected >= 1, got {limit}")
         where, args = [], []
         if camera:
             where.append(f"camera = {self._ph}")
@@ -165,10 +175,17 @@ class HistoryStore:
         sql = "SELECT camera, label, start_ts, end_ts, mean_score, peak_score, windows FROM segments"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY start_ts, camera LIMIT {int(limit)}"
+        if limit is not None:  # the newest ``limit``, put back in time order
+            sql = f"SELECT * FROM ({sql} ORDER BY start_ts DESC, camera DESC LIMIT {int(limit)}) AS newest"
+        sql += " ORDER BY start_ts, camera"
         with self._lock:
-            rows = self._conn.execute(sql, args).fetchall()
-        return [dict(zip(COLUMNS, r)) for r in rows]
+            cur = self._conn.cursor()
+            try:
+                cur.execute(sql, args)
+                while chunk := cur.fetchmany(batch):
+                    yield from (dict(zip(COLUMNS, r)) for r in chunk)
+            finally:
+                cur.close()
 
     def close(self) -> None:
         """Write what is queued and close the database (idempotent)."""

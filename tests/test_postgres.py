@@ -54,9 +54,12 @@ def test_store_roundtrip(postgres):
     t.close(4.0)
     store.flush()
     rows = store.query(camera="pg-cam")
+    newest = store.query(camera="pg-cam", limit=1)
+    batched = list(store.rows(camera="pg-cam", batch=1))
     store.close()
     assert [(r["label"], r["start"], r["end"], r["mean_score"], r["peak_score"]) for r in rows] == [
         ("a", 1.0, 2.0, 0.4, 0.4), ("b", 2.0, 4.0, 0.7, 0.8)]
+    assert newest == rows[1:] and batched == rows
 
 
 def test_serve_and_history_use_postgres(postgres, clips):

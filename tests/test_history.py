@@ -1,0 +1,82 @@
+"""The activity history read back: every segment, or the newest N, never a silent cut."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+import subprocess
+
+import pytest
+
+from streamrec.app import history_api
+from streamrec.history import HistoryStore
+
+from conftest import run_cli, streamrec_cmd
+
+
+def fill(path, n: int) -> None:
+    """``n`` one-second segments, alternating two cameras, starting at t = 1000 s."""
+    HistoryStore(str(path)).close()  # the schema
+    with sqlite3.connect(path) as conn:
+        conn.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [(f"cam-{i % 2}", f"label-{i}", 1000.0 + i, 1001.0 + i, 0.5, 0.75, 3) for i in range(n)])
+
+
+def test_query_gives_all_or_the_newest_in_time_order(tmp_path):
+    fill(tmp_path / "h.db", 25)
+    store = HistoryStore(str(tmp_path / "h.db"))
+    try:
+        assert [r["start"] for r in store.query()] == [1000.0 + i for i in range(25)]
+        assert [r["label"] for r in store.query(limit=3)] == ["label-22", "label-23", "label-24"]
+        assert [r["label"] for r in store.query(camera="cam-1", limit=2)] == ["label-21", "label-23"]
+        assert [r["start"] for r in store.rows(since=1020.5, batch=2)] == [1020.0, 1021.0, 1022.0, 1023.0, 1024.0]
+        with pytest.raises(Exception, match="--limit: expected >= 1, got 0"):
+            store.query(limit=0)
+    finally:
+        store.close()
+
+
+def test_history_command_prints_every_segment_unless_limited(tmp_path):
+    db = tmp_path / "h.db"
+    fill(db, 12_345)  # more than one API answer (10,000) holds
+    proc = run_cli("history", "--db", str(db), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert len(rows) == 12_345 and rows[0]["label"] == "label-0" and rows[-1]["label"] == "label-12344"
+    proc = run_cli("history", "--db", str(db), "--format", "csv", "--limit", "2")
+    assert list(csv.DictReader(io.StringIO(proc.stdout))) == [
+        {"camera": "cam-1", "label": "label-12343", "start": "13343.0", "end": "13344.0", "mean_score": "0.5",
+         "peak_score": "0.75", "windows": "3"},
+        {"camera": "cam-0", "label": "label-12344", "start": "13344.0", "end": "13345.0", "mean_score": "0.5",
+         "peak_score": "0.75", "windows": "3"}]
+    proc = run_cli("history", "--db", str(db), "--limit", "0")
+    assert proc.returncode == 2 and proc.stderr == "streamrec: error: --limit: expected >= 1, got 0\n"
+
+
+def test_history_command_into_a_reader_that_goes_away(tmp_path):
+    """``streamrec history | head -1``: the command ends (its cursor holds the store's lock
+    until closed), with no traceback."""
+    db = tmp_path / "h.db"
+    fill(db, 50_000)
+    proc = subprocess.Popen(streamrec_cmd("history", "--db", str(db), "--format", "csv"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "camera,label,start,end,mean_score,peak_score,windows\n"
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_history_api_answers_the_newest_and_says_when_it_cut(tmp_path):
+    fill(tmp_path / "h.db", 30)
+    store = HistoryStore(str(tmp_path / "h.db"))
+    try:
+        reply = history_api(store, limit=4).handler("GET", "/api/history", {"camera": ["cam-0"]})
+        assert reply.status == 200
+        assert [s["label"] for s in reply.body["segments"]] == ["label-22", "label-24", "label-26", "label-28"]
+        assert reply.body["truncated"] is True
+        reply = history_api(store, limit=15).handler("GET", "/api/history", {"camera": ["cam-0"]})
+        assert len(reply.body["segments"]) == 15 and reply.body["truncated"] is False
+    finally:
+        store.close()
