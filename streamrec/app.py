@@ -72,7 +72,7 @@ class LiveApp:
         # `latency_ms` p95 - inference p50 over six interleaved 60 s runs: 26-108 ms (median 47)
         # against 38-201 ms (median 86) with OpenCV's default pool.
         cv2.setNumThreads(1)
-        self.history = HistoryStore(config.db or default_db())
+        self.history = HistoryStore(config.db or default_db(), retain_days=config.history_days)
         try:
             for cam in config.all_cameras():
                 self._add_camera(cam, start=False)
@@ -192,7 +192,7 @@ class LiveApp:
             "warning": MEANINGLESS if self.meaningless else None,
             "adding": sorted(self.adding),
             "clients": len(self.hub.clients),
-            "history": {"written": self.history.written, "dropped": self.history.dropped},
+            "history": self.history.stats(),
             "batching": self.batching(),
             "threads": sorted(t.name for t in threading.enumerate()),
             "uptime_s": round(time.time() - self.started, 1),

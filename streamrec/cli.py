@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--token", default=None, help="access token for the page and websocket (or STREAMREC_TOKEN)")
     s.add_argument("--insecure", action="store_true", default=None, help="allow a non-loopback --host without a token")
     s.add_argument("--db", default=None, help="activity history: SQLite file (default ~/.local/share/streamrec/history.db) or postgresql:// URL")
+    s.add_argument("--history-days", type=float, default=None, help="delete history older than this many days "
+                                                                     "(default: keep all)")
     s.set_defaults(func=cmd_serve)
 
     # every parser below is built without importing torch (tested): a command imports what it runs
@@ -108,7 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     file_values: dict[str, Any] = load_toml(args.config) if args.config else {}
     keys = ("source", "model", "weights", "device", "backend", "threads", "host", "port", "loop", "camera",
-            "rtsp_transport", "stall_timeout", "open_timeout", "stride_ms", "sports_only", "token", "insecure", "db")
+            "rtsp_transport", "stall_timeout", "open_timeout", "stride_ms", "sports_only", "token", "insecure", "db",
+            "history_days")
     cli_values = {k: getattr(args, k) for k in keys}
     config = ServeConfig.from_sources(file_values, cli_values)
     # a model's first CPU start in a child process, before this one imports torch: the server

@@ -15,6 +15,7 @@ def add_cluster_parser(sub) -> None:
     p.add_argument("--config", required=True, help="TOML file with [[cameras]]")
     p.add_argument("--address", default="auto", help="Ray cluster address (auto, ray://host:10001, or 'local')")
     p.add_argument("--db", default=None, help="activity history: SQLite file (default: serve's) or postgresql:// URL")
+    p.add_argument("--history-days", type=float, default=None, help="delete history older than this many days")
     p.add_argument("--replicas", type=int, default=1, help="inference actors")
     p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
     p.add_argument("--host", default=None, help="dashboard bind address (default 127.0.0.1)")
@@ -39,12 +40,13 @@ def cmd_cluster(args) -> int:
     if args.seconds is not None and args.seconds <= 0:
         raise StreamrecError(f"--seconds: expected > 0, got {args.seconds}")
     ray = _ray()
-    cli = {"host": args.host, "port": args.port, "token": args.token, "insecure": args.insecure, "db": args.db}
+    cli = {"host": args.host, "port": args.port, "token": args.token, "insecure": args.insecure, "db": args.db,
+           "history_days": args.history_days}
     config = ServeConfig.from_sources(load_toml(args.config), cli)
     check_reachable(args.address)
     if not args.no_dashboard:
         check_port_free(config.host, config.port)  # before the cluster starts
-    HistoryStore(config.db or default_db()).close()  # a bad --db fails before the cluster starts
+    HistoryStore(config.db or default_db()).close()  # a bad --db fails before the cluster starts (without pruning)
     ray.init(address=None if args.address == "local" else args.address, logging_level=logging.WARNING)
     try:
         app = ClusterApp(config, db=config.db or default_db(), replicas=args.replicas, lines=sys.stdout,

@@ -54,7 +54,7 @@ class ClusterApp:
         self.hub = Hub()
         self.stop = threading.Event()
         self.started = time.time()
-        self.history = HistoryStore(db)
+        self.history = HistoryStore(db, retain_days=config.history_days)
         self.trackers: dict[str, SegmentTracker] = {}
         self._publish_lock = threading.Lock()
         try:
@@ -187,7 +187,7 @@ class ClusterApp:
             "meaningless": self.meaningless,
             "warning": MEANINGLESS if self.meaningless else None,
             "clients": len(self.hub.clients),
-            "history": {"written": self.history.written, "dropped": self.history.dropped},
+            "history": self.history.stats(),
             "batching": {"batches": self.runner.rounds, "mean_batch": round(sum(sizes) / len(sizes), 3) if sizes else 0.0,
                          "max_batch": max(sizes, default=0)},
             "errors": self.errors,

@@ -95,6 +95,7 @@ class ServeConfig:
     token: str | None = None
     insecure: bool = False
     db: str | None = None  # activity history: SQLite path (default streamrec-history.db) or postgresql:// URL
+    history_days: float | None = None  # delete history segments older than this (None: keep all)
     batch_wait_ms: float = 10.0  # dynamic batching: how long to wait for more cameras' windows
     cameras: tuple[CameraConfig, ...] = ()
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
@@ -113,6 +114,8 @@ class ServeConfig:
             raise StreamrecError(f"--port: expected 0..65535, got {self.port}")
         if self.stride_ms < 0:
             raise StreamrecError(f"--stride-ms: expected >= 0, got {self.stride_ms}")
+        if self.history_days is not None and not self.history_days > 0:
+            raise StreamrecError(f"--history-days: expected > 0, got {self.history_days}")
         if self.display_fps <= 0 or self.display_width < 32:
             raise StreamrecError(f"display: expected fps > 0 and width >= 32, got {self.display_fps}, {self.display_width}")
         if self.stall_timeout <= 0 or self.open_timeout <= 0:

@@ -1,5 +1,6 @@
 """Activity history: each camera's label segments (camera, label, start, end, mean and peak
-score) in SQLite (WAL mode, the default) or PostgreSQL (a ``postgresql://`` URL).
+score) in SQLite (WAL mode, the default) or PostgreSQL (a ``postgresql://`` URL). With
+``retain_days`` the segments older than that are deleted at start and every hour.
 
 A segment is written, and committed, the moment it closes (the shown label changes);
 a clean shutdown closes the open ones. So a ``kill -9`` loses at most each camera's
@@ -20,6 +21,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
@@ -85,14 +87,23 @@ class SegmentTracker:
 class HistoryStore:
     """SQLite (a path, or ``:memory:``) or PostgreSQL (``postgresql://...``)."""
 
-    def __init__(self, target: str, *, queue_size: int = 10_000) -> None:
+    def __init__(self, target: str, *, queue_size: int = 10_000, retain_days: float | None = None,
+                 clock: Callable[[], float] = time.time, prune_every_s: float = 3600.0) -> None:
+        if retain_days is not None and not retain_days > 0:
+            raise StreamrecError(f"--history-days: expected > 0, got {retain_days}")
         self.target = target
         self.postgres = target.startswith(("postgresql://", "postgres://"))
+        self.retain_days = retain_days
+        self._clock = clock
+        self._prune_every_s = prune_every_s
         self._q: queue.Queue[Segment | None] = queue.Queue(maxsize=queue_size)
         self.dropped = 0
         self.written = 0
+        self.pruned = 0
         self._lock = threading.Lock()
         self._conn = self._connect()
+        self.prune()  # at start, then every ``prune_every_s`` from the writer thread
+        self._next_prune = clock() + prune_every_s
         self._writer = threading.Thread(target=self._write_loop, name="history-writer", daemon=True)
         self._writer.start()
         self._closed = False
@@ -128,9 +139,35 @@ class HistoryStore:
         except queue.Full:
             self.dropped += 1
 
+    def prune(self) -> int:
+        """Delete the segments that ended more than ``retain_days`` ago (none without it);
+        return how many were deleted."""
+        if self.retain_days is None:
+            return 0
+        cutoff = self._clock() - self.retain_days * 86400.0
+        with self._lock:
+            n = self._conn.execute(f"DELETE FROM segments WHERE end_ts < {self._ph}", (cutoff,)).rowcount
+        self.pruned += max(n, 0)
+        if n > 0:
+            logger.info("history: deleted %d segments older than %g days", n, self.retain_days)
+        return n
+
+    def stats(self) -> dict[str, Any]:
+        """What ``/healthz`` shows of the history."""
+        return {"written": self.written, "dropped": self.dropped, "pruned": self.pruned, "retain_days": self.retain_days}
+
     def _write_loop(self) -> None:
         while True:
-            seg = self._q.get()
+            if self.retain_days is not None and self._clock() >= self._next_prune:
+                self._next_prune = self._clock() + self._prune_every_s
+                try:
+                    self.prune()
+                except Exception:  # noqa: BLE001 - keep the writer alive; the next round tries again
+                    logger.exception("history: cannot delete old segments")
+            try:
+                seg = self._q.get(timeout=None if self.retain_days is None else min(self._prune_every_s, 60.0))
+            except queue.Empty:
+                continue
             try:
                 if seg is None:
                     return

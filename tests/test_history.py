@@ -7,6 +7,7 @@ import io
 import json
 import sqlite3
 import subprocess
+import time
 
 import pytest
 
@@ -80,3 +81,35 @@ def test_history_api_answers_the_newest_and_says_when_it_cut(tmp_path):
         assert len(reply.body["segments"]) == 15 and reply.body["truncated"] is False
     finally:
         store.close()
+
+
+def test_segments_older_than_history_days_are_deleted_at_start_and_every_round(tmp_path):
+    db = tmp_path / "h.db"
+    fill(db, 10)  # segments end at 1001 ... 1010 s
+    now = [1005.5 + 86400.0]  # one day after 1005.5: the first five ended more than a day ago
+    store = HistoryStore(str(db), retain_days=1, clock=lambda: now[0], prune_every_s=0.05)
+    try:
+        assert [r["end"] for r in store.query()] == [1006.0, 1007.0, 1008.0, 1009.0, 1010.0]
+        assert store.stats() == {"written": 0, "dropped": 0, "pruned": 5, "retain_days": 1}
+        now[0] += 3.0  # the writer thread's next round deletes three more
+        deadline = time.monotonic() + 10
+        while store.pruned < 8 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [r["end"] for r in store.query()] == [1009.0, 1010.0]
+        assert store.pruned == 8
+    finally:
+        store.close()
+    keep_all = HistoryStore(str(db))  # no retain_days: nothing deleted, ever
+    try:
+        assert keep_all.prune() == 0 and len(keep_all.query()) == 2
+    finally:
+        keep_all.close()
+
+
+def test_history_days_is_checked_and_read_from_the_config(tmp_path, clips):
+    from streamrec.config import ServeConfig
+
+    assert ServeConfig.from_sources({"source": "a.mp4", "history_days": 30}, {}).history_days == 30
+    assert ServeConfig.from_sources({"source": "a.mp4", "history_days": 30}, {"history_days": 7.5}).history_days == 7.5
+    proc = run_cli("serve", "--source", str(clips / "arm_wrestling.mp4"), "--history-days", "0")
+    assert (proc.returncode, proc.stderr) == (2, "streamrec: error: --history-days: expected > 0, got 0.0\n")

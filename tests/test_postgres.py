@@ -60,6 +60,11 @@ def test_store_roundtrip(postgres):
     assert [(r["label"], r["start"], r["end"], r["mean_score"], r["peak_score"]) for r in rows] == [
         ("a", 1.0, 2.0, 0.4, 0.4), ("b", 2.0, 4.0, 0.7, 0.8)]
     assert newest == rows[1:] and batched == rows
+    store = HistoryStore(postgres, retain_days=1, clock=lambda: 3.0 + 86400)  # "a" ended at 2.0: over a day ago
+    try:
+        assert store.pruned == 1 and [r["label"] for r in store.query(camera="pg-cam")] == ["b"]
+    finally:
+        store.close()
 
 
 def test_serve_and_history_use_postgres(postgres, clips):
