@@ -89,6 +89,41 @@ def test_page_shows_predictions_video_and_reconnects(clips, page, artifacts):
             stop(proc)
 
 
+def test_a_restarted_server_without_a_camera_loses_its_tile(clips, page, tmp_path):
+    """The gym's config loses a camera and the server restarts: the open page drops that tile
+    (it never got the removal notice) and keeps the others."""
+    def config(names):
+        lines = ['model = "tiny3d"', 'weights = "none"']
+        for name in names:
+            lines += ["[[cameras]]", f'name = "{name}"', f'source = "{clips / "cleaning_pool.mp4"}"', "loop = true"]
+        path = tmp_path / f"{len(names)}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(cfg):
+        proc = subprocess.Popen(streamrec_cmd("serve", "--config", str(cfg), "--port", str(port), "--db", str(tmp_path / "h.db")),
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc, timeout=120)
+        return proc
+
+    names = "els => els.map(e => e.dataset.camera).sort()"
+    port = free_port()
+    proc = start(config(["court-1", "pool"]))
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("document.querySelectorAll('[data-testid=camera]').length === 2", timeout=60_000)
+        assert stop(proc) == 0
+        page.wait_for_function("document.getElementById('conn').textContent.includes('reconnecting')", timeout=20_000)
+        proc = start(config(["court-1"]))
+        page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('[data-testid=camera]').length === 1", timeout=10_000)
+        assert page.eval_on_selector_all("[data-testid=camera]", names) == ["court-1"]
+        assert page.inner_text("#count") == "1 camera"
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+
+
 def test_overlay_mode_shows_only_the_label(clips, page, artifacts):
     port = free_port()
     proc = serve(clips / "cleaning_pool.mp4", port)
