@@ -327,10 +327,14 @@ def history_api(store: HistoryStore, *, limit: int = HISTORY_API_LIMIT) -> ApiRo
             return Reply(405, {"error": "GET only"})
         one = lambda k: (query.get(k) or [None])[0]  # noqa: E731
         try:
-            rows = store.query(camera=one("camera"), since=parse_time(one("since")), until=parse_time(one("until")),
-                               limit=limit + 1)
+            since, until = parse_time(one("since")), parse_time(one("until"))
         except StreamrecError as exc:
             return Reply(400, {"error": str(exc)})
+        try:
+            rows = store.query(camera=one("camera"), since=since, until=until, limit=limit + 1)
+        except Exception as exc:  # noqa: BLE001 - the database went away: the page asks again in 5 s
+            logger.warning("history: cannot read the database: %s", str(exc).strip())
+            return Reply(503, {"error": f"history database unavailable: {str(exc).strip()}"})
         return Reply(200, {"segments": rows[-limit:], "truncated": len(rows) > limit})
 
     return ApiRoute(handler)

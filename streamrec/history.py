@@ -100,7 +100,9 @@ class HistoryStore:
         self.dropped = 0
         self.written = 0
         self.pruned = 0
+        self.reconnects = 0
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         self._conn = self._connect()
         self.prune()  # at start, then every ``prune_every_s`` from the writer thread
         self._next_prune = clock() + prune_every_s
@@ -115,7 +117,7 @@ class HistoryStore:
                     import psycopg
                 except ImportError:
                     raise StreamrecError("--db postgresql://: psycopg is not installed; pip install 'streamrec[postgres]'") from None
-                conn = psycopg.connect(self.target, autocommit=True)
+                conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10)
             else:
                 conn = sqlite3.connect(self.target, check_same_thread=False, isolation_level=None)
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -154,7 +156,8 @@ class HistoryStore:
 
     def stats(self) -> dict[str, Any]:
         """What ``/healthz`` shows of the history."""
-        return {"written": self.written, "dropped": self.dropped, "pruned": self.pruned, "retain_days": self.retain_days}
+        return {"written": self.written, "dropped": self.dropped, "pruned": self.pruned, "reconnects": self.reconnects,
+                "retain_days": self.retain_days}
 
     def _write_loop(self) -> None:
         while True:
@@ -171,17 +174,58 @@ class HistoryStore:
             try:
                 if seg is None:
                     return
-                with self._lock:
-                    self._conn.execute(
-                        f"INSERT INTO segments VALUES ({', '.join([self._ph] * 7)})",
-                        (seg.camera, seg.label, seg.start, seg.end, seg.mean_score, seg.peak_score, seg.windows),
-                    )
-                self.written += 1
-            except Exception:  # noqa: BLE001 - keep the writer alive; the segment is lost, say so
-                self.dropped += 1
-                logger.exception("history: cannot write a segment")
+                self._write(seg)
             finally:
                 self._q.task_done()
+
+    def _write(self, seg: Segment) -> None:
+        """Insert ``seg``; a PostgreSQL server that went away (restarted, network cut) is
+        reconnected to, with backoff, and the segment written then: meanwhile new segments
+        wait in the queue (a full queue drops and counts). Any other failure drops and counts."""
+        sql = f"INSERT INTO segments VALUES ({', '.join([self._ph] * 7)})"
+        values = (seg.camera, seg.label, seg.start, seg.end, seg.mean_score, seg.peak_score, seg.windows)
+        for attempt in (1, 2):
+            try:
+                with self._lock:
+                    self._conn.execute(sql, values)
+                self.written += 1
+                return
+            except Exception as exc:  # noqa: BLE001 - keep the writer alive; say what was lost
+                if attempt == 1 and self._lost() and self._reconnect(exc):
+                    continue
+                self.dropped += 1
+                logger.error("history: a segment of %s was not written: %s", seg.camera, exc)
+                return
+
+    def _lost(self) -> bool:
+        """Whether the connection itself is gone (PostgreSQL), not just this statement."""
+        return self.postgres and bool(getattr(self._conn, "broken", False) or getattr(self._conn, "closed", False))
+
+    def _reconnect(self, exc: Exception) -> bool:
+        """Connect again, retrying every 0.5 s to 30 s, until it works (True) or the store closes (False)."""
+        logger.warning("history: lost the database %s (%s); reconnecting", _safe(self.target), str(exc).strip())
+        delay = 0.5
+        while not self._closing.is_set():
+            try:
+                conn = self._connect()
+            except StreamrecError as err:
+                logger.debug("history: reconnect failed: %s", err)
+                self._closing.wait(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self._swap(conn)
+            return True
+        return False
+
+    def _swap(self, conn) -> None:
+        with self._lock:
+            old, self._conn = self._conn, conn
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001 - it is broken already
+            pass
+        self.reconnects += 1
+        logger.info("history: reconnected to %s", _safe(self.target))
 
     def flush(self) -> None:
         """Wait until every queued segment is written."""
@@ -215,6 +259,8 @@ class HistoryStore:
         if limit is not None:  # the newest ``limit``, put back in time order
             sql = f"SELECT * FROM ({sql} ORDER BY start_ts DESC, camera DESC LIMIT {int(limit)}) AS newest"
         sql += " ORDER BY start_ts, camera"
+        if self._lost():  # the server came back after a restart: one attempt, the writer retries its own
+            self._swap(self._connect())
         with self._lock:
             cur = self._conn.cursor()
             try:
@@ -229,7 +275,11 @@ class HistoryStore:
         if self._closed:
             return
         self._closed = True
-        self._q.put(None)
+        self._closing.set()  # a database lost now is not waited for: what it misses is counted as dropped
+        try:
+            self._q.put(None, timeout=5)
+        except queue.Full:  # the writer is stuck: it is a daemon thread
+            pass
         self._writer.join(5)
         with self._lock:
             self._conn.close()

@@ -90,7 +90,7 @@ def test_segments_older_than_history_days_are_deleted_at_start_and_every_round(t
     store = HistoryStore(str(db), retain_days=1, clock=lambda: now[0], prune_every_s=0.05)
     try:
         assert [r["end"] for r in store.query()] == [1006.0, 1007.0, 1008.0, 1009.0, 1010.0]
-        assert store.stats() == {"written": 0, "dropped": 0, "pruned": 5, "retain_days": 1}
+        assert store.stats() == {"written": 0, "dropped": 0, "pruned": 5, "reconnects": 0, "retain_days": 1}
         now[0] += 3.0  # the writer thread's next round deletes three more
         deadline = time.monotonic() + 10
         while store.pruned < 8 and time.monotonic() < deadline:

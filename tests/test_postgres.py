@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,28 +23,48 @@ pytestmark = pytest.mark.skipif(not BIN or shutil.which("runuser") is None and o
 pytest.importorskip("psycopg")
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    import tempfile
-    from pathlib import Path
+class Server:
+    """A PostgreSQL server of the test's own, that a test may stop and start again."""
 
-    bin_dir = BIN[-1]
+    def __init__(self, data: Path, port: int, as_user: list[str]) -> None:
+        self.data, self.port, self.as_user = data, port, as_user
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def pg_ctl(self, *args: str) -> None:
+        subprocess.run([*self.as_user, f"{BIN[-1]}/pg_ctl", "-D", str(self.data / "db"), *args], check=True,
+                       capture_output=True)
+
+    def start(self) -> None:
+        self.pg_ctl("-w", "-l", str(self.data / "log"), "-o", f"-p {self.port} -h 127.0.0.1 -k {self.data}", "start")
+
+    def stop(self) -> None:
+        self.pg_ctl("-m", "fast", "stop")
+
+
+@pytest.fixture(scope="module")
+def server():
+    import tempfile
+
     data = Path(tempfile.mkdtemp(prefix="streamrec-pg-"))  # under /tmp: the postgres user must reach it
-    port = free_port()
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
         shutil.chown(data, "postgres", "postgres")
         os.chmod(data, 0o700)
         as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_user, f"{bin_dir}/initdb", "-D", str(data / "db"), "-A", "trust", "-U", "postgres"],
+    subprocess.run([*as_user, f"{BIN[-1]}/initdb", "-D", str(data / "db"), "-A", "trust", "-U", "postgres"],
                    check=True, capture_output=True)
-    subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", str(data / "db"), "-w", "-l", str(data / "log"),
-                    "-o", f"-p {port} -h 127.0.0.1 -k {data}", "start"], check=True, capture_output=True)
+    pg = Server(data, free_port(), as_user)
+    pg.start()
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield pg
     finally:
-        subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", str(data / "db"), "-m", "fast", "stop"], capture_output=True)
+        subprocess.run([*as_user, f"{BIN[-1]}/pg_ctl", "-D", str(data / "db"), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(server):
+    return server.url
 
 
 def test_store_roundtrip(postgres):
@@ -85,3 +106,48 @@ def test_serve_and_history_use_postgres(postgres, clips):
     rows = json.loads(out.stdout)
     assert rows and all(r["camera"] == "pool" for r in rows)
     assert sum(r["windows"] for r in rows) >= 3
+
+
+def test_history_survives_a_postgres_restart(server):
+    """The database restarts (maintenance, a failover) while serving: the writer reconnects and
+    writes what closed meanwhile; the API answers 503 while it is away, then again."""
+    from streamrec.app import history_api
+    from streamrec.history import Segment
+
+    store = HistoryStore(server.url)
+    api = history_api(store).handler
+    try:
+        store.add(Segment("restart-cam", "before", 1.0, 2.0, 0.5, 0.5, 1))
+        store.flush()
+        server.stop()
+        try:
+            assert api("GET", "/api/history", {"camera": ["restart-cam"]}).status == 503
+            for i in range(3):  # closed while the server is down: they wait in the queue
+                store.add(Segment("restart-cam", f"during-{i}", 3.0 + i, 4.0 + i, 0.5, 0.5, 1))
+            time.sleep(1.5)  # the writer is retrying meanwhile
+            assert store.written == 1
+        finally:
+            server.start()
+        store.flush()
+        assert store.stats()["dropped"] == 0 and store.written == 4 and store.reconnects >= 1
+        reply = api("GET", "/api/history", {"camera": ["restart-cam"]})
+        assert reply.status == 200
+        assert [s["label"] for s in reply.body["segments"]] == ["before", "during-0", "during-1", "during-2"]
+    finally:
+        store.close()
+
+
+def test_closing_with_the_database_gone_is_prompt_and_counts_the_loss(server):
+    from streamrec.history import Segment
+
+    store = HistoryStore(server.url)
+    server.stop()
+    try:
+        store.add(Segment("gone-cam", "lost", 1.0, 2.0, 0.5, 0.5, 1))
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        store.close()
+        assert time.monotonic() - t0 < 2.0
+        assert (store.written, store.dropped) == (0, 1)
+    finally:
+        server.start()
