@@ -80,7 +80,8 @@ class LiveApp:
             self._close_cameras()
             self.history.close()
             raise
-        self.metrics = Metrics(self.hub, lambda: [(n, c.capture.stats(), c) for n, c in list(self.cameras.items())])
+        self.metrics = Metrics(self.hub, lambda: [(n, c.capture.stats(), c) for n, c in list(self.cameras.items())],
+                               self.history.stats)
         routes = {
             "/": Route("text/html; charset=utf-8", page_html),
             "/healthz": json_route(self.health),

@@ -63,7 +63,8 @@ class ClusterApp:
             self.history.close()
             raise
         self.source_stats: dict[str, dict[str, Any]] = {}  # each camera's capture stats, refreshed once a second
-        self.metrics = Metrics(self.hub, lambda: [(n, self.camera_source(n), s) for n, s in list(self.runner.labels.items())])
+        self.metrics = Metrics(self.hub, lambda: [(n, self.camera_source(n), s) for n, s in list(self.runner.labels.items())],
+                               self.history.stats)
         self.error: str | None = None  # the driver's last failure, until a round succeeds again
         self.errors = 0
         self.server = None

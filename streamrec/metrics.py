@@ -31,9 +31,10 @@ class Metrics:
 
     CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-    def __init__(self, hub: "Hub", cameras: CameraRows) -> None:
+    def __init__(self, hub: "Hub", cameras: CameraRows, history: Callable[[], dict[str, Any]] | None = None) -> None:
         self.hub = hub
         self.cameras = cameras
+        self.history = history  # the activity history's counters (HistoryStore.stats)
         self.registry = r = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
         cam = ["camera"]
@@ -49,6 +50,12 @@ class Metrics:
         self.clients = Gauge("streamrec_clients", "Connected websocket clients", registry=r)
         self.messages_dropped = Gauge("streamrec_messages_dropped_total", "Stale messages dropped for slow clients", registry=r)
         self.label = Gauge("streamrec_current_label", "1 for the label currently shown", ["camera", "label"], registry=r)
+        self.history_gauges = {
+            key: Gauge(f"streamrec_history_{name}", doc, registry=r) for key, name, doc in (
+                ("written", "segments_written_total", "Label segments written to the history database"),
+                ("dropped", "segments_dropped_total", "Label segments lost: queue full, or the database failed"),
+                ("pruned", "segments_pruned_total", "Segments deleted as older than --history-days"),
+                ("reconnects", "reconnects_total", "Reconnects to the history database"))}
         self._last_label: dict[str, tuple[str, str]] = {}  # camera -> (camera, label) shown
 
     def observe_prediction(self, msg: dict[str, Any]) -> None:
@@ -85,6 +92,10 @@ class Metrics:
             self.skipped.labels(name).set(labels.skipped)
             self.predictions.labels(name).set(labels.seq)
             self.rate.labels(name).set(labels.rate.rate(now))
+        if self.history is not None:
+            stats = self.history()
+            for key, gauge in self.history_gauges.items():
+                gauge.set(stats[key])
         self.clients.set(len(self.hub.clients))
         self.messages_dropped.set(self.hub.dropped)
         return generate_latest(self.registry)

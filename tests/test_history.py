@@ -113,3 +113,17 @@ def test_history_days_is_checked_and_read_from_the_config(tmp_path, clips):
     assert ServeConfig.from_sources({"source": "a.mp4", "history_days": 30}, {"history_days": 7.5}).history_days == 7.5
     proc = run_cli("serve", "--source", str(clips / "arm_wrestling.mp4"), "--history-days", "0")
     assert (proc.returncode, proc.stderr) == (2, "streamrec: error: --history-days: expected > 0, got 0.0\n")
+
+
+def test_history_counters_are_prometheus_metrics():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streamrec.metrics import Metrics
+    from streamrec.server import Hub
+
+    stats = {"written": 12, "dropped": 3, "pruned": 40, "reconnects": 2, "retain_days": 30}
+    text = Metrics(Hub(), lambda: [], history=lambda: stats).render().decode()
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+              if s.name.startswith("streamrec_history_")}
+    assert values == {"streamrec_history_segments_written_total": 12.0, "streamrec_history_segments_dropped_total": 3.0,
+                      "streamrec_history_segments_pruned_total": 40.0, "streamrec_history_reconnects_total": 2.0}
