@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torchvision.models.video import r2plus1d_18, r3d_18, s3d
 
+from streamrec.backends import torchscript_quiet
 from streamrec.conv2d import SpatialConv, TemporalConv, channels_last, factorize
 
 
@@ -30,7 +31,7 @@ def test_factorized_model_computes_the_same_logits(ctor, size, swapped):
     assert sum(isinstance(m, (SpatialConv, TemporalConv)) for m in flat.modules()) == swapped
     assert not any(isinstance(m, nn.BatchNorm3d) for m in flat.modules())  # all folded
     x = torch.randn(2, 3, 16, size, size, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
+    with torch.no_grad(), torchscript_quiet():  # TorchScript on purpose (the CUDA path); torch 2.14 deprecates it
         ref = net(x)
         out = flat(x)
         out_cl = channels_last(flat)(x.contiguous(memory_format=torch.channels_last_3d))
