@@ -189,11 +189,13 @@ def _smoothing(val: Any, base: SmoothingConfig | None) -> SmoothingConfig:
 
 
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a TOML config file; one-line error when missing or malformed."""
+    """Read a TOML config file; one-line error when missing or malformed. File paths in it
+    (``source``, ``weights``, ``db``, each camera's ``source`` and ``weights``) are relative to
+    the file, as in docker-compose, not to wherever streamrec is started; ``~`` is the home."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
-            return tomllib.load(fh)
+            return _paths_from(p.resolve().parent, tomllib.load(fh))
     except FileNotFoundError:
         raise StreamrecError(f"--config: file not found: {p}") from None
     except IsADirectoryError:
@@ -202,3 +204,31 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise StreamrecError(f"--config {p}: not valid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise StreamrecError(f"--config {p}: not valid TOML: {exc}") from None
+
+
+def _paths_from(base: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with their relative file paths joined to ``base``: a URL, a webcam index,
+    ``DEFAULT``/``none`` weights and a ``postgresql://`` or ``:memory:`` database stay as they are.
+
+    >>> d = _paths_from(Path("/etc/streamrec"), {"source": "clips/a.mp4", "weights": "DEFAULT",
+    ...                  "db": "../h.db", "cameras": [{"name": "c", "source": "0"}, {"name": "d", "source": "rtsp://h/s"}]})
+    >>> d["source"], d["weights"], d["db"], [c["source"] for c in d["cameras"]]
+    ('/etc/streamrec/clips/a.mp4', 'DEFAULT', '/etc/h.db', ['0', 'rtsp://h/s'])
+    """
+    def file(value: Any, *keep: str) -> Any:
+        if not isinstance(value, str) or not value.strip() or "://" in value or value.strip().isdigit() \
+                or value.lower() in keep:
+            return value
+        return os.path.normpath(base / os.path.expanduser(value))  # an absolute path stays itself
+
+    def joined(d: dict[str, Any]) -> dict[str, Any]:
+        out = dict(d)
+        for key, keep in (("source", ()), ("weights", ("default", "none")), ("db", (":memory:",))):
+            if key in out:
+                out[key] = file(out[key], *keep)
+        return out
+
+    out = joined(values)
+    if isinstance(out.get("cameras"), list):  # a malformed list is ServeConfig's to report
+        out["cameras"] = [joined(cam) if isinstance(cam, dict) else cam for cam in out["cameras"]]
+    return out

@@ -83,3 +83,31 @@ def test_query_text_is_converted_to_the_camera_fields():
     for text in ("nan", "inf", "", "2s"):
         with pytest.raises(StreamrecError, match=f"open_timeout: expected a number, got {text!r}"):
             from_text(CameraConfig, {"open_timeout": text})
+
+
+def test_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "gym.toml").write_text(
+        'source = "clips/lobby.mp4"\nweights = "models/gym.pt"\ndb = "history.db"\n'
+        '[[cameras]]\nname = "court"\nsource = "../court.mp4"\nweights = "none"\n'
+        '[[cameras]]\nname = "door"\nsource = "rtsp://10.0.0.5/s1"\n'
+        '[[cameras]]\nname = "desk"\nsource = "0"\n'
+        '[[cameras]]\nname = "home"\nsource = "~/clips/x.mp4"\n')
+    monkeypatch.chdir(tmp_path / "..")  # started anywhere else
+    d = load_toml(site / "gym.toml")
+    assert (d["source"], d["weights"], d["db"]) == (str(site / "clips/lobby.mp4"), str(site / "models/gym.pt"),
+                                                    str(site / "history.db"))
+    assert [c["source"] for c in d["cameras"]] == [str(tmp_path / "court.mp4"), "rtsp://10.0.0.5/s1", "0",
+                                                   str(Path.home() / "clips/x.mp4")]
+    assert d["cameras"][0]["weights"] == "none"
+    (site / "pg.toml").write_text('source = "/dev/video2"\nweights = "DEFAULT"\ndb = "postgresql://u@db/streamrec"\n')
+    assert load_toml(site / "pg.toml") == {"source": "/dev/video2", "weights": "DEFAULT", "db": "postgresql://u@db/streamrec"}
+
+
+@pytest.mark.parametrize("name", ["default.toml", "gym.toml"])
+def test_shipped_configs_find_their_clips_from_any_folder(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = ServeConfig.from_sources(load_toml(ROOT / "configs" / name), {})
+    files = [cam.source for cam in cfg.all_cameras() if "://" not in cam.source]
+    assert files and all(Path(f).is_file() for f in files), files
