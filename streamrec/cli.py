@@ -10,7 +10,7 @@ import os
 import asyncio
 import logging
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from . import __version__
 from .errors import StreamrecError
@@ -163,43 +163,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    import csv
-    import json
-    from datetime import datetime
+    from contextlib import closing
     from pathlib import Path
 
     from .app import default_db
-    from .history import COLUMNS, HistoryStore, parse_time
+    from .history import HistoryStore, parse_time
 
     target = args.db or default_db()
     if "://" not in target and target != ":memory:" and not Path(target).is_file():
         raise StreamrecError(f"--db: no history database at {target}")
-    if args.limit is not None and args.limit < 1:
-        raise StreamrecError(f"--limit: expected >= 1, got {args.limit}")
     since, until = parse_time(args.since), parse_time(args.until)
     store = HistoryStore(target)
-    # every matching segment (or the newest --limit), streamed: nothing cut off unsaid
-    rows = store.rows(camera=args.camera, since=since, until=until, limit=args.limit)
-    try:
-        if args.format == "json":
-            sys.stdout.write("[")
-            for i, r in enumerate(rows):
-                sys.stdout.write(("," if i else "") + "\n " + json.dumps(r))
-            sys.stdout.write("\n]\n")
-        elif args.format == "csv":
-            w = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
-        else:
-            fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
-            print(f"{'camera':<16} {'start':<19}  {'end':<19}  {'secs':>6}  {'mean':>5}  {'peak':>5}  label")
-            for r in rows:
-                print(f"{r['camera']:<16} {fmt(r['start'])}  {fmt(r['end'])}  {r['end'] - r['start']:>6.1f}  "
-                      f"{r['mean_score']:>5.2f}  {r['peak_score']:>5.2f}  {r['label']}")
+    try:  # every matching segment (or the newest --limit), streamed: nothing cut off unsaid
+        with closing(store.rows(camera=args.camera, since=since, until=until, limit=args.limit)) as rows:
+            _print_history(rows, args.format)
     finally:
-        rows.close()  # the reading cursor holds the store's lock until it is closed
         store.close()
     return 0
+
+
+def _print_history(rows: Iterable[dict[str, Any]], form: str) -> None:
+    import csv
+    import json
+    from datetime import datetime
+
+    from .history import COLUMNS
+
+    if form == "json":
+        sys.stdout.write("[")
+        for i, r in enumerate(rows):
+            sys.stdout.write(("," if i else "") + "\n " + json.dumps(r))
+        sys.stdout.write("\n]\n")
+    elif form == "csv":
+        w = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
+        print(f"{'camera':<16} {'start':<19}  {'end':<19}  {'secs':>6}  {'mean':>5}  {'peak':>5}  label")
+        for r in rows:
+            print(f"{r['camera']:<16} {fmt(r['start'])}  {fmt(r['end'])}  {r['end'] - r['start']:>6.1f}  "
+                  f"{r['mean_score']:>5.2f}  {r['peak_score']:>5.2f}  {r['label']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

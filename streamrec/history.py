@@ -240,7 +240,8 @@ class HistoryStore:
     def rows(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
              limit: int | None = None, batch: int = 1000) -> Iterator[dict[str, Any]]:
         """:meth:`query`, read ``batch`` rows at a time (a year of history does not have to fit
-        in memory)."""
+        in memory). Arguments are checked at the call, not at the first row; close the iterator
+        (or read it to the end): its cursor holds the store's lock until then."""
         if limit is not None and limit < 1:
             raise StreamrecError(f"--limit: expected >= 1, got {limit}")
         where, args = [], []
@@ -261,6 +262,9 @@ class HistoryStore:
         sql += " ORDER BY start_ts, camera"
         if self._lost():  # the server came back after a restart: one attempt, the writer retries its own
             self._swap(self._connect())
+        return self._fetch(sql, args, batch)
+
+    def _fetch(self, sql: str, args: list[Any], batch: int) -> Iterator[dict[str, Any]]:
         with self._lock:
             cur = self._conn.cursor()
             try:

@@ -30,15 +30,15 @@ class Server:
         self.data, self.port, self.as_user = data, port, as_user
         self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
-    def pg_ctl(self, *args: str) -> None:
-        subprocess.run([*self.as_user, f"{BIN[-1]}/pg_ctl", "-D", str(self.data / "db"), *args], check=True,
+    def pg_ctl(self, *args: str, check: bool = True) -> None:
+        subprocess.run([*self.as_user, f"{BIN[-1]}/pg_ctl", "-D", str(self.data / "db"), *args], check=check,
                        capture_output=True)
 
     def start(self) -> None:
         self.pg_ctl("-w", "-l", str(self.data / "log"), "-o", f"-p {self.port} -h 127.0.0.1 -k {self.data}", "start")
 
-    def stop(self) -> None:
-        self.pg_ctl("-m", "fast", "stop")
+    def stop(self, check: bool = True) -> None:
+        self.pg_ctl("-m", "fast", "stop", check=check)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def server():
     try:
         yield pg
     finally:
-        subprocess.run([*as_user, f"{BIN[-1]}/pg_ctl", "-D", str(data / "db"), "-m", "fast", "stop"], capture_output=True)
+        pg.stop(check=False)
         shutil.rmtree(data, ignore_errors=True)
 
 
