@@ -1,6 +1,7 @@
 """Live pipeline benchmark: per-stage costs and latency, against the book's naive loop.
 
     python benchmarks/live.py [--seconds 60] [--model r2plus1d_18] [--clip PATH] [--json OUT]
+                              [--backend B] [--weights none|DEFAULT|PATH]
 
 Runs the real server (capture thread, inference thread, asyncio websocket server) on a
 looped clip for ``--seconds`` with one websocket client, and reads the stage timers and
@@ -16,7 +17,9 @@ the process used in it, how long its threads waited for a CPU, the guest's steal
 the page faults, so that a slow window can be told apart: its threads waiting (run-queue wait grows) or
 running the whole time and getting less done (CPU time grows with the wall time).
 
-Weights are random (``--weights none``): timings do not depend on them.
+Weights are random by default (``--weights none``): fp32 timings do not depend on them.
+``--backend openvino-int8`` needs weights ``streamrec quantize`` was run on (a checkpoint or
+a state_dict file; it refuses random ones).
 """
 
 from __future__ import annotations
@@ -128,11 +131,11 @@ def slow_windows(rows: list[tuple[float, ...]], margin_ms: float = 100.0) -> dic
 
 
 def run_live(clip: Path, model: str, seconds: float, backend: str = "auto", threads: int | None = None,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", weights: str = "none") -> dict:
     import tempfile
 
     db = Path(tempfile.mkdtemp()) / "history.db"
-    cfg = ServeConfig(source=str(clip), loop=True, weights="none", model=model, device=device, port=0, db=str(db),
+    cfg = ServeConfig(source=str(clip), loop=True, weights=weights, model=model, device=device, port=0, db=str(db),
                       backend=backend, threads=threads)
     app = LiveApp(cfg)
     worker = next(iter(app.workers.values()))
@@ -171,7 +174,8 @@ def run_live(clip: Path, model: str, seconds: float, backend: str = "auto", thre
     }
 
 
-def run_alone(clip: Path, model: str, backend: str, threads: int | None, device: str, calls: int = 100) -> dict:
+def run_alone(clip: Path, model: str, backend: str, threads: int | None, device: str, calls: int = 100,
+              weights: str = "none") -> dict:
     """The same classifier on its own: no capture, no server, one window of the clip classified
     ``calls`` times with a 20 ms pause between (as the worker waits for a frame). Its spread is
     the machine's; what the live pipeline adds to it is contention and waiting."""
@@ -181,7 +185,7 @@ def run_alone(clip: Path, model: str, backend: str, threads: int | None, device:
     from streamrec.preprocess import batch_windows
     from streamrec.sources import PyAVSource, SourceSpec
 
-    clf = Classifier(load_model(model, weights="none"), device=device, backend=backend, threads=threads)
+    clf = Classifier(load_model(model, weights=weights), device=device, backend=backend, threads=threads)
     with PyAVSource(SourceSpec.parse(str(clip))) as src:
         window, _ = next(iter_windows(src, clf.loaded.spec, stride=1.0))  # the live path's sampling
     x = batch_windows([window.frames])  # uint8 (1, T, H, W, C), as the worker passes it
@@ -290,6 +294,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--weights", default="none", help="none (default), DEFAULT or a file (openvino-int8 needs one)")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     ap.add_argument("--no-alone", action="store_true", help="skip timing the classifier on its own")
     ap.add_argument("--device", default="cpu")
@@ -302,10 +307,11 @@ def main() -> None:
     import steadiness
 
     host = {"before": steadiness.measure(args.steadiness)} if args.steadiness > 0 else {}
-    live = run_live(clip, args.model, args.seconds, args.backend, args.threads, args.device)
+    live = run_live(clip, args.model, args.seconds, args.backend, args.threads, args.device, args.weights)
     if host:
         host["after"] = steadiness.measure(args.steadiness)
-    alone = None if args.no_alone else run_alone(clip, args.model, args.backend, args.threads, args.device)
+    alone = None if args.no_alone else run_alone(clip, args.model, args.backend, args.threads, args.device,
+                                                 weights=args.weights)
     if args.no_naive:
         rounded = {k: round(v, 2) if isinstance(v, float) else v for k, v in live.items()}
         if alone:

@@ -16,11 +16,12 @@ import json
 import logging
 import os
 import platform
+import sys
 import tempfile
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from .errors import StreamrecError
-from .fsutil import CACHE
+from .fsutil import CACHE, atomic_write_text
 from .models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -120,19 +121,19 @@ def no_openvino_telemetry() -> Iterator[None]:
 
 
 def prune_cache(folder: Path, keep: int = OPENVINO_KEEP) -> list[Path]:
-    """Delete all but the ``keep`` most recently used OpenVINO models (``.xml`` + ``.bin``) in
-    ``folder``; return the ``.xml`` files deleted. Every fine-tuned checkpoint converts to a
+    """Delete all but the ``keep`` most recently used OpenVINO models (``.xml`` + ``.bin``, and
+    an int8 model's ``.json`` report) in ``folder``; return the ``.xml`` files deleted. Every fine-tuned checkpoint converts to a
     model of its own, so without this the folder grows by one model per checkpoint ever served.
 
     Example:
         >>> import os, tempfile
         >>> d = Path(tempfile.mkdtemp())
-        >>> for i, name in enumerate(["a", "b", "c"]):
-        ...     for ext in (".xml", ".bin"):
-        ...         (d / (name + ext)).write_text(name)
+        >>> for i, name in enumerate(["a-int8", "b", "c"]):
+        ...     for ext in (".xml", ".bin", ".json"):
+        ...         _ = (d / (name + ext)).write_text(name)
         ...         os.utime(d / (name + ext), (i, i))
         >>> [p.name for p in prune_cache(d, keep=2)], sorted(p.name for p in d.iterdir())
-        (['a.xml'], ['b.bin', 'b.xml', 'c.bin', 'c.xml'])
+        (['a-int8.xml'], ['b.bin', 'b.json', 'b.xml', 'c.bin', 'c.json', 'c.xml'])
     """
     def used(p: Path) -> float:
         try:
@@ -142,7 +143,8 @@ def prune_cache(folder: Path, keep: int = OPENVINO_KEEP) -> list[Path]:
 
     models = sorted(folder.glob("*.xml"), key=used, reverse=True)
     for xml in models[keep:]:
-        for p in (xml.with_suffix(".bin"), xml):  # the weights first: a lone .xml is just unreadable
+        # the weights first (a lone .xml is just unreadable); an int8 model's report last
+        for p in (xml.with_suffix(".bin"), xml, xml.with_suffix(".json")):
             try:
                 p.unlink()
             except FileNotFoundError:
@@ -150,6 +152,16 @@ def prune_cache(folder: Path, keep: int = OPENVINO_KEEP) -> list[Path]:
             except OSError as exc:
                 logger.warning("cannot delete the old OpenVINO model %s: %s", p, exc)
     return models[keep:]
+
+
+def ir_path(loaded: LoadedModel, digest: str, suffix: str = "") -> Path:
+    """Where the OpenVINO cache keeps ``loaded`` converted (``suffix`` "-int8": quantized)."""
+    return CACHE / "openvino" / f"{loaded.name}-{'x'.join(map(str, loaded.spec.crop))}-{digest}{suffix}.xml"
+
+
+def int8_path(loaded: LoadedModel, digest: str | None = None) -> Path:
+    """Where ``streamrec quantize`` keeps ``loaded``'s int8 model (its report: the ``.json`` beside it)."""
+    return ir_path(loaded, digest or weights_digest(loaded.module), "-int8")
 
 
 def _openvino_model(loaded: LoadedModel):
@@ -162,8 +174,8 @@ def _openvino_model(loaded: LoadedModel):
             import openvino as ov
         except ImportError:
             raise StreamrecError("--backend openvino: openvino is not installed; pip install 'streamrec[openvino]'") from None
-        folder = CACHE / "openvino"
-        xml = folder / f"{loaded.name}-{'x'.join(map(str, loaded.spec.crop))}-{weights_digest(loaded.module)}.xml"
+        xml = ir_path(loaded, weights_digest(loaded.module))
+        folder = xml.parent
         if xml.is_file():
             try:
                 model = ov.Core().read_model(str(xml))
@@ -221,8 +233,9 @@ def _openvino(loaded: LoadedModel, threads: int | None) -> OpenVINOModule:
 
 
 def openvino_int8(loaded: LoadedModel, calibration: Iterable[torch.Tensor], threads: int | None = None,
-                  subset_size: int = 32) -> OpenVINOModule:
-    """Post-training int8 quantization with NNCF, calibrated on real windows ``(1, C, T, H, W)``."""
+                  subset_size: int = 32, *, with_model: bool = False):
+    """Post-training int8 quantization with NNCF, calibrated on real windows ``(1, C, T, H, W)``;
+    with ``with_model``, ``(module, the quantized OpenVINO model)`` for :func:`save_int8`."""
     import importlib.util
 
     if importlib.util.find_spec("nncf") is None:
@@ -231,11 +244,63 @@ def openvino_int8(loaded: LoadedModel, calibration: Iterable[torch.Tensor], thre
     data = [x.numpy() for x in calibration]
     if not data:
         raise StreamrecError("int8: no calibration windows")
-    with no_openvino_telemetry():  # NNCF reports through OpenVINO's telemetry too
+    # NNCF reports through OpenVINO's telemetry too; its progress bars go to stderr, not into a report on stdout
+    with no_openvino_telemetry(), redirect_stdout(sys.stderr):
         import nncf
 
         quantized = nncf.quantize(model, nncf.Dataset(data), subset_size=min(subset_size, len(data)))
-    return _compile(ov, quantized, threads)
+    module = _compile(ov, quantized, threads)
+    return (module, quantized) if with_model else module
+
+
+def save_int8(model, xml: Path, report: str) -> None:
+    """Write a quantized model to the cache as ``xml`` + ``.bin``, with ``report`` (JSON) beside it,
+    each through a temporary name: a reader never finds half a model."""
+    import openvino as ov
+
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    tmp = xml.with_name(f".{xml.stem}.tmp.xml")
+    try:
+        with no_openvino_telemetry():
+            ov.save_model(model, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+        os.replace(tmp, xml)
+        atomic_write_text(xml.with_suffix(".json"), report)
+    except (OSError, RuntimeError) as exc:
+        raise StreamrecError(f"cannot save the int8 model to {xml.parent}: {exc}") from None
+    finally:
+        for p in (tmp, tmp.with_suffix(".bin")):
+            p.unlink(missing_ok=True)
+    prune_cache(xml.parent, OPENVINO_KEEP)
+
+
+def load_int8(loaded: LoadedModel, threads: int | None = None) -> OpenVINOModule:
+    """The int8 model ``streamrec quantize`` made for these weights, compiled; a one-line error
+    naming the command when there is none."""
+    xml = int8_path(loaded)
+    if not xml.is_file():
+        weights = loaded.weights if loaded.weights in ("DEFAULT", "none") else f"'{loaded.weights}'"
+        raise StreamrecError(f"--backend openvino-int8: no int8 model of {loaded.name} for these weights in {xml.parent}; "
+                             f"make one first: streamrec quantize --model {loaded.name} --weights {weights} --clips DIR")
+    with no_openvino_telemetry():
+        try:
+            import openvino as ov
+        except ImportError:
+            raise StreamrecError("--backend openvino-int8: openvino is not installed; pip install 'streamrec[openvino]'") from None
+        try:
+            model = ov.Core().read_model(str(xml))
+        except RuntimeError as exc:
+            raise StreamrecError(f"--backend openvino-int8: cannot read {xml} ({str(exc).splitlines()[0]}); "
+                                 "run streamrec quantize again") from None
+    for p in (xml, xml.with_suffix(".bin")):
+        os.utime(p)  # used now: the last to be pruned
+    try:
+        report = json.loads(xml.with_suffix(".json").read_text())
+        logger.info("int8 model %s: top-1 same as fp32 on %s/%s checked windows", xml.name,
+                    report.get("top1_agree"), report.get("checked_windows"))
+    except (OSError, ValueError):
+        pass
+    return _compile(ov, model, threads)
 
 
 def build(name: str, loaded: LoadedModel, *, threads: int | None = None):
@@ -244,6 +309,8 @@ def build(name: str, loaded: LoadedModel, *, threads: int | None = None):
         return _onnxruntime(loaded, threads)
     if name == "openvino":
         return _openvino(loaded, threads)
+    if name == "openvino-int8":
+        return load_int8(loaded, threads)
     raise StreamrecError(f"--backend: expected one of {', '.join(ALL_BACKENDS)}, got {name!r}")
 
 

@@ -1,4 +1,4 @@
-"""Model names and the temporal sampling of their weights, importable without torch.
+"""Model and backend names and the temporal sampling of the weights, importable without torch.
 
 The command line parses its arguments (``--model`` choices included) before it decides
 whether to import torch at all (see :mod:`streamrec.firststart`), so the names live here.
@@ -27,3 +27,6 @@ TORCHVISION_MODELS: tuple[str, ...] = tuple(TEMPORAL)
 EXTRA_MODELS: tuple[str, ...] = ("tiny3d",)
 MODEL_NAMES: tuple[str, ...] = TORCHVISION_MODELS + EXTRA_MODELS
 DEFAULT_MODEL = "r2plus1d_18"
+# inference backends (streamrec.engine.Classifier); openvino-int8 needs a model made by
+# ``streamrec quantize`` first, so auto never picks it
+BACKEND_NAMES: tuple[str, ...] = ("auto", "torch", "torchscript", "onnxruntime", "openvino", "openvino-int8", "compile")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from . import __version__
 from .errors import StreamrecError
-from .catalog import MODEL_NAMES
+from .catalog import BACKEND_NAMES, MODEL_NAMES
 from .fsutil import atomic_write_text, check_output
 
 logger = logging.getLogger("streamrec")
@@ -42,7 +42,7 @@ def _model_args(p: argparse.ArgumentParser, *, backend_default: str = "auto") ->
     p.add_argument("--model", choices=MODEL_NAMES, default=None, help="video classifier (default r2plus1d_18, or the checkpoint's)")
     p.add_argument("--weights", default=None, help="DEFAULT (Kinetics-400 from the torch hub cache or download), PATH, or none (random; labels meaningless)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
-    p.add_argument("--backend", default=None, choices=("auto", "torch", "torchscript", "onnxruntime", "openvino", "compile"),
+    p.add_argument("--backend", default=None, choices=BACKEND_NAMES,
                    help=f"inference backend (default {backend_default}; auto: the fastest measured on this machine, cached)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: cores - 1, at least 1)")
 
@@ -138,8 +138,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     clip = Path(args.clip) if args.clip else shared / "arm_wrestling.mp4"
     if not clip.is_file():
         raise StreamrecError(f"--clip: file not found: {clip}")
-    folder = Path(args.clips) if args.clips else shared
-    clips = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".gif")) if folder.is_dir() else []
+    from .dataset import video_files
+
+    # without --clips: the agreement and int8 rows only where the shared clips are
+    clips = video_files([args.clips]) if args.clips else video_files([shared]) if shared.is_dir() else []
     models = [m.strip() for m in args.models.split(",")]
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:  # before any model is measured

@@ -1,4 +1,5 @@
-"""CLI for teaching new activities: ``dataset``, ``train``, ``lr-find``, ``evaluate``, ``export``."""
+"""CLI for teaching new activities and shipping models: ``dataset``, ``train``, ``lr-find``, ``evaluate``,
+``export``, ``quantize``."""
 
 from __future__ import annotations
 
@@ -59,6 +60,19 @@ def add_parsers(sub, model_args) -> None:
     p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="make an int8 model for --backend openvino-int8, checked against fp32 on your clips")
+    p.add_argument("--model", default=None, help="video classifier (default r2plus1d_18, or the checkpoint's)")
+    p.add_argument("--weights", default="DEFAULT", help="DEFAULT (Kinetics-400) or a checkpoint / state_dict PATH")
+    p.add_argument("--clips", nargs="+", required=True, help="video files or folders of them, like what the cameras see")
+    p.add_argument("--stride", type=float, default=1.0, help="seconds between windows taken from the clips (default 1)")
+    p.add_argument("--min-agreement", type=float, default=0.9,
+                   help="keep the model only if its top-1 equals fp32's on this fraction of the checked windows (default 0.9)")
+    p.add_argument("--max-score-diff", type=float, default=0.1,
+                   help="keep the model only if no softmax score differs from fp32's by more than this (default 0.1)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_quantize)
 
 
 def _train_config(args):
@@ -133,4 +147,29 @@ def cmd_export(args) -> int:
     check_output("--out", out, inputs=(args.checkpoint,))
     path = export(args.checkpoint, out, fmt=args.format)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from dataclasses import asdict
+
+    from .dataset import video_files
+    from .errors import StreamrecError
+    from .quantize import check_args, quantize
+
+    clips = video_files(args.clips)  # before the model loads: wrong input fails at once
+    check_args(stride=args.stride, min_agreement=args.min_agreement, max_score_diff=args.max_score_diff)
+    from . import prepared
+
+    loaded = prepared.load(args.model, args.weights, device="cpu")  # the module serve loads: the same digest
+    if loaded.prebuilt:
+        raise StreamrecError(f"--weights {args.weights}: an exported model; quantize the checkpoint it was exported from")
+    report = quantize(loaded, clips, stride=args.stride, min_agreement=args.min_agreement,
+                      max_score_diff=args.max_score_diff, threads=args.threads)
+    print(json.dumps({**asdict(report), "agreement": report.agreement}, indent=1) if args.json else "\n".join(report.lines()))
+    if report.saved is None:
+        print(f"streamrec: int8 vs fp32 on {report.checked_windows} checked windows: top-1 the same on "
+              f"{report.top1_agree} (--min-agreement {args.min_agreement:g}), scores up to {report.max_abs_score_diff:.3g} "
+              f"apart (--max-score-diff {args.max_score_diff:g}): not saved", file=sys.stderr)
+        return 1
     return 0

@@ -38,6 +38,23 @@ logger = logging.getLogger(__name__)
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".gif", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts"}
 
 
+def video_files(paths: Sequence[str | os.PathLike], *, option: str = "--clips") -> list[Path]:
+    """The video files among ``paths``, folders searched recursively (sorted, hidden ones skipped);
+    a one-line error naming ``option`` for a missing path or when there are none."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS
+                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise StreamrecError(f"{option}: no such file or folder: {p}")
+    if not out:
+        raise StreamrecError(f"{option}: expected video files or folders holding them, found none in {', '.join(map(str, paths))}")
+    return out
+
+
 @dataclass(frozen=True)
 class Sample:
     path: Path

@@ -4,8 +4,9 @@ On CUDA the model is traced and frozen with TorchScript, cast to fp16 and laid o
 ``channels_last_3d``, warmed up, and timed against eager; the faster one is kept, and then
 replayed through CUDA graphs (one per batch-size bucket, see :class:`CudaGraphRunner`) when
 that measures faster still. On CPU
-it runs fp32, eager or frozen TorchScript, with a thread count that leaves a core for
-capture.
+it runs fp32 (eager, frozen TorchScript, ONNX Runtime or OpenVINO: ``auto`` times them), with a
+thread count that leaves a core for capture; or, when asked (``--backend openvino-int8``), the
+int8 model ``streamrec quantize`` made and checked against fp32 for these weights.
 
 Example:
     >>> from streamrec.models import load_model
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from . import backends
+from .catalog import BACKEND_NAMES
 from .config import check_device
 from .errors import StreamrecError
 from .models import LoadedModel
@@ -34,9 +36,9 @@ from .tracing import guard
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "torchscript", "onnxruntime", "openvino", "compile")
+BACKENDS = BACKEND_NAMES
 # runtimes with their own thread pool: their input is normalized in NumPy, in the calling thread
-OWN_POOL = ("onnxruntime", "openvino")
+OWN_POOL = ("onnxruntime", "openvino", "openvino-int8")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -190,7 +192,7 @@ class Classifier:
             if scripted is None:
                 raise StreamrecError(f"--backend torchscript: {loaded.name} does not trace")
             self.module, self.backend = scripted, "torchscript"
-        elif backend in ("onnxruntime", "openvino"):
+        elif backend in ("onnxruntime", "openvino", "openvino-int8"):
             self.module, self.backend = backends.build(backend, loaded, threads=self.threads), backend
         else:  # auto on CPU: the fastest measured here, cached
             factories = {"torch": lambda: self._cpu_eager(module, keep=False),
