@@ -101,7 +101,12 @@ def quantize(loaded: LoadedModel, clips: Sequence[Path], *, stride: float = 1.0,
     check_args(stride=stride, min_agreement=min_agreement, max_score_diff=max_score_diff)
     if loaded.meaningless:
         raise StreamrecError("--weights none: random weights; quantize a trained model (DEFAULT or a checkpoint)")
-    windows = clip_windows(list(clips), loaded, stride=stride)  # each (1, C, T, H, W) float32
+    windows: list[torch.Tensor] = []  # each (1, C, T, H, W) float32
+    for clip in clips:
+        try:
+            windows += clip_windows([clip], loaded, stride=stride)
+        except StreamrecError as exc:  # the source's error, said of the option that named the file
+            raise StreamrecError(f"--clips: {str(exc).removeprefix('--source: ')}") from None
     if len(windows) < MIN_WINDOWS:
         raise StreamrecError(f"--clips: expected at least {MIN_WINDOWS} windows to calibrate and check on, "
                              f"got {len(windows)} (use more or longer clips, or a smaller --stride)")

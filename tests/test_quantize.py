@@ -108,12 +108,16 @@ def test_int8_backend_without_a_quantized_model_names_the_command(clips, checkpo
     (["--clips", "{clip}", "--min-agreement", "1.5"], "--min-agreement: expected a fraction from 0 to 1, got 1.5"),
     (["--clips", "{clip}", "--max-score-diff", "-1"], "--max-score-diff: expected a score difference from 0 to 1, got -1.0"),
     (["--clips", "{clip}", "--stride", "0"], "--stride: expected > 0 seconds, got 0.0"),
+    (["--clips", "{clip}", "{text}", "--weights", "{tiny}"],
+     "--clips: not a readable video file {text}: Invalid data found when processing input"),
     (["--clips", "{clip}", "--weights", "none", "--model", "tiny3d"],
      "--weights none: random weights; quantize a trained model (DEFAULT or a checkpoint)"),
 ])
-def test_quantize_bad_input_is_one_line(clips, tmp_path, args, expected):
+def test_quantize_bad_input_is_one_line(clips, checkpoint, tmp_path, args, expected):
     (tmp_path / "empty").mkdir()
-    fill = {"empty": str(tmp_path / "empty"), "clip": str(clips / "arm_wrestling.mp4")}
+    (tmp_path / "notes.mp4").write_text("not a video")
+    fill = {"empty": str(tmp_path / "empty"), "clip": str(clips / "arm_wrestling.mp4"), "tiny": str(checkpoint),
+            "text": str(tmp_path / "notes.mp4")}
     args = [a.format(**fill) for a in args]
     proc = run_cli("quantize", *args, env={"STREAMREC_CACHE": str(tmp_path / "cache")})
     assert error_line(proc) == "streamrec: error: " + expected.format(**fill)
