@@ -208,7 +208,7 @@ class LiveApp:
     def status_message(self, cam: Camera) -> dict[str, Any]:
         return status_message(camera=cam.name, source=cam.capture.stats(), inference=cam.stats(),
                               model=cam.classifier.loaded.name, device=str(cam.classifier.device),
-                              meaningless=cam.classifier.loaded.meaningless)
+                              backend=cam.classifier.backend, meaningless=cam.classifier.loaded.meaningless)
 
     def _publish_predictions(self, items: list[tuple[Camera, dict[str, Any]]]) -> None:
         """One batch's messages: metrics, history, then to the browsers in one hand-off to the loop.

@@ -203,7 +203,7 @@ class ClusterApp:
             model = self.model_of(name)
             msg = status_message(camera=name, source={k: v for k, v in source.items() if k != "node"},
                                  inference=labels.stats(), model=model["model"], device=model["device"],
-                                 meaningless=model["meaningless"], node=source.get("node"))
+                                 backend=model["backend"], meaningless=model["meaningless"], node=source.get("node"))
             out.append((f"status:{name}", json.dumps(msg)))
         return out
 

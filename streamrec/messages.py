@@ -81,19 +81,19 @@ def prediction_message(
 
 
 def status_message(*, camera: str, source: dict[str, Any], inference: dict[str, Any], model: str, device: str,
-                   meaningless: bool, **extra: Any) -> dict[str, Any]:
+                   backend: str | None, meaningless: bool, **extra: Any) -> dict[str, Any]:
     """A camera's status, once a second: ``source`` is its capture's stats (``state``, ``error``,
     ``capture_fps``, ``dropped``...), ``inference`` its label stats (``inference_rate``...); the
-    page reads both. ``extra`` adds fields (the cluster adds the camera's ``node``).
+    page reads both, and shows the model with its device and backend (``openvino-int8``: quantized). ``extra`` adds fields (the cluster adds the camera's ``node``).
 
     Example:
         >>> m = status_message(camera="pool", source={"state": "running"}, inference={"inference_rate": 2.0},
-        ...                    model="r2plus1d_18", device="cpu", meaningless=True)
-        >>> m["type"], m["warning"] == MEANINGLESS
-        ('status', True)
+        ...                    model="r2plus1d_18", device="cpu", backend="openvino", meaningless=True)
+        >>> m["type"], m["backend"], m["warning"] == MEANINGLESS
+        ('status', 'openvino', True)
     """
     return {"type": "status", "camera": camera, "source": source, "inference": inference, "model": model,
-            "device": device, "meaningless": meaningless, "warning": MEANINGLESS if meaningless else None, **extra}
+            "device": device, "backend": backend, "meaningless": meaningless, "warning": MEANINGLESS if meaningless else None, **extra}
 
 
 _FIELDS = {

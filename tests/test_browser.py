@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -75,6 +76,9 @@ def test_page_shows_predictions_video_and_reconnects(clips, page, artifacts):
         assert banner.is_visible() and "meaningless" in banner.inner_text()
         assert 0 <= float(page.inner_text("[data-testid=age]")) < 30  # the shown label's age, in seconds
         assert page.inner_text("[data-testid=source-error]") == ""
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+        page.wait_for_function("document.querySelector('.model').textContent !== ''", timeout=20_000)
+        assert page.inner_text(".model") == f"{health['model']} (cpu, {health['backend']})"
 
         # the video image updates
         page.wait_for_function("Number(document.querySelector('[data-testid=video]').dataset.frames || 0) >= 2", timeout=20_000)

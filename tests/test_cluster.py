@@ -170,6 +170,7 @@ def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, clips, 
     assert "<html" in page.lower() and "/ws" in page
     assert set(health["cameras"]) == want and len(health["nodes"]) == 2
     assert health["model"] == "tiny3d" and health["device"] == "cpu" and health["warning"] == MEANINGLESS
+    assert health["backend"] and all(status[name]["backend"] == health["backend"] for name in want)
     assert all(c["state"] == "running" and c["predictions"] >= 3 for c in health["cameras"].values())
     assert health["batching"]["max_batch"] > 1
     for name in want:  # Prometheus: labels counted at the driver, capture stats from the camera's node

@@ -64,6 +64,8 @@ def test_serve_end_to_end_on_a_real_clip(clips):
         seqs = [p["seq"] for p in preds]
         assert seqs == sorted(seqs) and len(set(seqs)) == 3
         assert statuses and statuses[-1]["warning"] and "meaningless" in statuses[-1]["warning"]
+        backend = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))["backend"]
+        assert backend and statuses[-1]["backend"] == backend  # the page shows it beside the model
         assert frames >= 1
 
         health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
