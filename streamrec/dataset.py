@@ -56,6 +56,31 @@ def video_files(paths: Sequence[str | os.PathLike], *, option: str = "--clips") 
 
 
 @dataclass(frozen=True)
+class VideoInfo:
+    duration_s: float
+    fps: float
+    frames: int
+    width: int
+    height: int
+
+
+def probe(path: str | os.PathLike) -> VideoInfo | None:
+    """A video file's first video stream, from its headers (nothing is decoded); None when the
+    file cannot be opened or holds no video. A length the headers do not give reads 0."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            v = c.streams.video[0]
+            rate = float(v.average_rate or v.guessed_rate or 0)
+            d = float(v.duration * v.time_base) if v.duration else (c.duration or 0) / 1e6
+            return VideoInfo(duration_s=d, fps=rate, frames=v.frames or int(round(d * rate)),
+                             width=v.codec_context.width, height=v.codec_context.height)
+    except (av.error.FFmpegError, IndexError, OSError):
+        return None
+
+
+@dataclass(frozen=True)
 class Sample:
     path: Path
     label: int
@@ -301,8 +326,6 @@ CATALOG_FIELDS = ("split", "class", "clips", "frames", "duration_s", "fps_min", 
 
 def catalog(splits: dict[str, Split]) -> list[dict[str, Any]]:
     """One row per split and class (probing headers only; nothing is decoded)."""
-    import av
-
     rows = []
     for split in splits.values():
         for ci, cls in enumerate(split.classes):
@@ -311,18 +334,14 @@ def catalog(splits: dict[str, Split]) -> list[dict[str, Any]]:
                 continue
             frames, dur, fps, res, bad = 0, 0.0, [], set(), 0
             for f in files:
-                try:
-                    with av.open(str(f)) as c:
-                        v = c.streams.video[0]
-                        rate = float(v.average_rate or v.guessed_rate or 0)
-                        d = float(v.duration * v.time_base) if v.duration else (c.duration or 0) / 1e6
-                        n = v.frames or int(round(d * rate))
-                        frames += n
-                        dur += d
-                        fps.append(rate)
-                        res.add(f"{v.codec_context.width}x{v.codec_context.height}")
-                except (av.error.FFmpegError, IndexError, OSError):
+                info = probe(f)
+                if info is None:
                     bad += 1
+                    continue
+                frames += info.frames
+                dur += info.duration_s
+                fps.append(info.fps)
+                res.add(f"{info.width}x{info.height}")
             rows.append({
                 "split": split.name, "class": cls, "clips": len(files), "frames": frames, "duration_s": round(dur, 2),
                 "fps_min": round(min(fps), 2) if fps else None, "fps_max": round(max(fps), 2) if fps else None,

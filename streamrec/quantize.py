@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MIN_WINDOWS = 4  # two to calibrate on, two to check on
+# windows held at once, float32 (r2plus1d_18: 2.4 MB each): a folder of long clips widens the stride
+MAX_WINDOWS = 300
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class QuantizeReport:
     model: str
     weights: str
     clips: tuple[str, ...]
+    stride_s: float  # seconds between windows: --stride, or wider to keep to max_windows
     calibration_windows: int
     checked_windows: int
     top1_agree: int
@@ -67,8 +70,8 @@ class QuantizeReport:
 
     def lines(self) -> list[str]:
         out = [f"model {self.model}, weights {self.weights}",
-               f"calibrated on {self.calibration_windows} windows of {len(self.clips)} clip(s); "
-               f"checked on {self.checked_windows} other windows",
+               f"calibrated on {self.calibration_windows} windows of {len(self.clips)} clip(s) (one every "
+               f"{self.stride_s:g} s); checked on {self.checked_windows} other windows",
                f"top-1 same as fp32: {self.top1_agree}/{self.checked_windows} ({self.agreement:.0%}); "
                f"largest score difference {self.max_abs_score_diff:.3f}",
                f"one window: fp32 {self.fp32_ms:.1f} ms, int8 {self.int8_ms:.1f} ms "
@@ -83,6 +86,17 @@ def split_windows(windows: Sequence[T]) -> tuple[list[T], list[T]]:
     return list(windows[0::2]), list(windows[1::2])
 
 
+def stride_for(durations: Sequence[float], stride: float, max_windows: int = MAX_WINDOWS) -> float:
+    """``stride``, or the wider one that gives about ``max_windows`` windows over clips of these
+    lengths (seconds; 0 for one whose headers do not say).
+
+    Example:
+        >>> stride_for([30.0, 10.0], 1.0), stride_for([3600.0], 1.0, max_windows=300)
+        (1.0, 12.0)
+    """
+    return max(stride, sum(durations) / max_windows)
+
+
 def check_args(*, stride: float, min_agreement: float, max_score_diff: float) -> None:
     if not 0.0 <= min_agreement <= 1.0:
         raise StreamrecError(f"--min-agreement: expected a fraction from 0 to 1, got {min_agreement}")
@@ -93,14 +107,19 @@ def check_args(*, stride: float, min_agreement: float, max_score_diff: float) ->
 
 
 def quantize(loaded: LoadedModel, clips: Sequence[Path], *, stride: float = 1.0, min_agreement: float = 0.9,
-             max_score_diff: float = 0.1, threads: int | None = None, save: bool = True) -> QuantizeReport:
-    """Quantize ``loaded`` to OpenVINO int8 on windows of ``clips`` every ``stride`` seconds and
+             max_score_diff: float = 0.1, threads: int | None = None, save: bool = True,
+             max_windows: int = MAX_WINDOWS) -> QuantizeReport:
+    """Quantize ``loaded`` to OpenVINO int8 on windows of ``clips`` every ``stride`` seconds (wider
+    where that would make more than about ``max_windows``: :func:`stride_for`) and
     check it against OpenVINO fp32 on the other half; saved (``save``) when the top-1 labels agree
     on at least ``min_agreement`` of the checked windows and no softmax score differs by more
     than ``max_score_diff``."""
     check_args(stride=stride, min_agreement=min_agreement, max_score_diff=max_score_diff)
     if loaded.meaningless:
         raise StreamrecError("--weights none: random weights; quantize a trained model (DEFAULT or a checkpoint)")
+    from .dataset import probe
+
+    stride = stride_for([(info.duration_s if (info := probe(c)) else 0.0) for c in clips], stride, max_windows)
     windows: list[torch.Tensor] = []  # each (1, C, T, H, W) float32
     for clip in clips:
         try:
@@ -123,7 +142,7 @@ def quantize(loaded: LoadedModel, clips: Sequence[Path], *, stride: float = 1.0,
             worst = max(worst, float((a - b).abs().max()))
     x1 = backends.example_input(loaded)
     report = QuantizeReport(
-        model=loaded.name, weights=loaded.weights, clips=tuple(map(str, clips)),
+        model=loaded.name, weights=loaded.weights, clips=tuple(map(str, clips)), stride_s=stride,
         calibration_windows=len(calibration), checked_windows=len(checked), top1_agree=agree,
         max_abs_score_diff=worst, fp32_ms=backends.best_seconds(lambda: fp32(x1)) * 1e3,
         int8_ms=backends.best_seconds(lambda: int8(x1)) * 1e3, min_agreement=min_agreement,

@@ -50,7 +50,7 @@ def test_quantize_keeps_a_checked_model_that_serve_runs(clips, checkpoint, tmp_p
     loaded = prepared.load(None, str(checkpoint), device="cpu", cache=tmp_path / "prepared")
     n = len(clip_windows([Path(c) for c in two], loaded, stride=1.0))
     assert (report["calibration_windows"], report["checked_windows"]) == ((n + 1) // 2, n // 2)
-    assert report["model"] == "tiny3d" and report["clips"] == two
+    assert report["model"] == "tiny3d" and report["clips"] == two and report["stride_s"] == 1.0
     assert 0.9 <= report["agreement"] <= 1.0
     assert 0.0 < report["max_abs_score_diff"] <= 0.1  # really quantized, and close
     xml = Path(report["saved"])
@@ -92,6 +92,21 @@ def test_quantize_refuses_a_model_that_moves_the_scores_too_far(clips, checkpoin
     assert "--max-score-diff 0" in proc.stderr.splitlines()[-1] and "not saved" in proc.stderr.splitlines()[-1]
     assert "top-1 same as fp32" in proc.stdout  # the report is printed all the same
     assert list(cache.glob("openvino/*-int8.*")) == []
+
+
+def test_long_clips_widen_the_stride_to_keep_the_windows_held_bounded(clips, checkpoint, tmp_path, monkeypatch):
+    from streamrec import backends, prepared
+    from streamrec.dataset import probe
+    from streamrec.quantize import quantize
+
+    monkeypatch.setattr(backends, "CACHE", tmp_path)
+    two = [clips / "arm_wrestling.mp4", clips / "cleaning_pool.mp4"]
+    total = sum(probe(c).duration_s for c in two)
+    loaded = prepared.load(None, str(checkpoint), device="cpu", cache=tmp_path / "prepared")
+    report = quantize(loaded, two, stride=0.5, max_windows=6, save=False)
+    assert report.stride_s == total / 6 > 0.5
+    assert 6 <= report.calibration_windows + report.checked_windows <= 6 + len(two)  # one more per clip at most
+    assert report.saved is None and list(tmp_path.glob("openvino/*-int8.xml")) == []  # save=False
 
 
 def test_int8_backend_without_a_quantized_model_names_the_command(clips, checkpoint, tmp_path):
