@@ -291,13 +291,15 @@ def test_cluster_dashboard_in_chromium(cluster, clips, tmp_path, artifacts):
                 page.wait_for_function("[...document.querySelectorAll('.state')].every(s => s.textContent === 'running')",
                                        timeout=30_000)
                 models = page.locator(".model").all_inner_texts()
+                backend = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{app.server.port}/healthz",
+                                                            timeout=10).read())["backend"]
                 banner = page.inner_text("[data-testid=banner]")
                 page.screenshot(path=str(artifacts / "cluster-dashboard.png"))
             finally:
                 browser.close()
     finally:
         stop_thread(app, runner)
-    assert models == ["tiny3d (cpu)"] * 3
+    assert backend and models == [f"tiny3d (cpu, {backend})"] * 3  # the backend the worker's auto picked
     assert "meaningless" in banner
 
 
