@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -21,8 +22,11 @@ psutil = pytest.importorskip("psutil")
 
 
 def serve(clip, port) -> subprocess.Popen:
+    """``serve`` with random weights, or what ``STREAMREC_SOAK_ARGS`` adds (the later option wins:
+    ``STREAMREC_SOAK_ARGS="--backend openvino-int8 --weights stand-in.pt"`` soaks the int8 path)."""
+    extra = shlex.split(os.environ.get("STREAMREC_SOAK_ARGS", ""))
     proc = subprocess.Popen(streamrec_cmd("serve", "--source", str(clip), "--loop", "--weights", "none",
-                                          "--port", str(port), "--db", ":memory:"),
+                                          "--port", str(port), "--db", ":memory:", *extra),
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc, timeout=180)
     return proc
@@ -136,6 +140,7 @@ def test_twenty_clients_one_never_reading(clips):
 def test_ten_minute_soak(clips):
     port = free_port()
     proc = serve(clips / "arm_wrestling.mp4", port)
+    backend = health(port)["backend"]
     p = psutil.Process(proc.pid)
     samples = []
     lat: list[tuple[float, float, float]] = []  # (seconds in, latency_ms, infer_ms)
@@ -172,6 +177,7 @@ def test_ten_minute_soak(clips):
                 else None for m in range(10)]
 
     figures = {
+        "backend": backend,
         "rss_after_warmup_mb": warm[0]["rss_mb"], "rss_end_mb": warm[-1]["rss_mb"],
         "rss_growth_mb": max(s["rss_mb"] for s in warm) - warm[0]["rss_mb"],
         "latency_p95_first_min": float(np.percentile(first, 95)), "latency_p95_last_min": float(np.percentile(last, 95)),
