@@ -122,8 +122,9 @@ def no_openvino_telemetry() -> Iterator[None]:
 
 def prune_cache(folder: Path, keep: int = OPENVINO_KEEP) -> list[Path]:
     """Delete all but the ``keep`` most recently used OpenVINO models (``.xml`` + ``.bin``, and
-    an int8 model's ``.json`` report) in ``folder``; return the ``.xml`` files deleted. Every fine-tuned checkpoint converts to a
-    model of its own, so without this the folder grows by one model per checkpoint ever served.
+    an int8 model's ``.json`` report) in ``folder``; return the ``.xml`` files deleted. Every
+    fine-tuned checkpoint converts to a model of its own, so without this the folder grows by
+    one model per checkpoint ever served.
 
     Example:
         >>> import os, tempfile

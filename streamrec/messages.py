@@ -84,7 +84,8 @@ def status_message(*, camera: str, source: dict[str, Any], inference: dict[str, 
                    backend: str | None, meaningless: bool, **extra: Any) -> dict[str, Any]:
     """A camera's status, once a second: ``source`` is its capture's stats (``state``, ``error``,
     ``capture_fps``, ``dropped``...), ``inference`` its label stats (``inference_rate``...); the
-    page reads both, and shows the model with its device and backend (``openvino-int8``: quantized). ``extra`` adds fields (the cluster adds the camera's ``node``).
+    page reads both, and shows the model with its device and backend (``openvino-int8``: quantized).
+    ``extra`` adds fields (the cluster adds the camera's ``node``).
 
     Example:
         >>> m = status_message(camera="pool", source={"state": "running"}, inference={"inference_rate": 2.0},
@@ -93,7 +94,8 @@ def status_message(*, camera: str, source: dict[str, Any], inference: dict[str, 
         ('status', 'openvino', True)
     """
     return {"type": "status", "camera": camera, "source": source, "inference": inference, "model": model,
-            "device": device, "backend": backend, "meaningless": meaningless, "warning": MEANINGLESS if meaningless else None, **extra}
+            "device": device, "backend": backend, "meaningless": meaningless,
+            "warning": MEANINGLESS if meaningless else None, **extra}
 
 
 _FIELDS = {
