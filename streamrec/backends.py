@@ -165,6 +165,11 @@ def int8_path(loaded: LoadedModel, digest: str | None = None) -> Path:
     return ir_path(loaded, digest or weights_digest(loaded.module), "-int8")
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line, at most 200 characters (OpenVINO's run to pages)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:200]
+
+
 def _openvino_model(loaded: LoadedModel):
     """The model as OpenVINO IR; converted once per weights and cached on disk (the
     conversion from PyTorch takes seconds, reading the IR back milliseconds). The cache
@@ -186,7 +191,11 @@ def _openvino_model(loaded: LoadedModel):
             except (RuntimeError, OSError) as exc:
                 logger.warning("cached OpenVINO model %s unreadable (%s); converting again", xml, exc)
         with torchscript_quiet():  # OpenVINO's PyTorch frontend traces with torch.jit
-            model = ov.convert_model(loaded.module.eval(), example_input=example_input(loaded))
+            try:
+                model = ov.convert_model(loaded.module.eval(), example_input=example_input(loaded))
+            except Exception as exc:  # noqa: BLE001 - OpConversionFailure and the tracer's own errors
+                raise StreamrecError(f"OpenVINO cannot convert {loaded.name} ({_first_line(exc)}); "
+                                     "use another --backend (auto picks one that runs)") from None
     if loaded.meaningless:  # random weights: nobody asks for these again
         return ov, model
     try:
@@ -249,7 +258,10 @@ def openvino_int8(loaded: LoadedModel, calibration: Iterable[torch.Tensor], thre
     with no_openvino_telemetry(), redirect_stdout(sys.stderr):
         import nncf
 
-        quantized = nncf.quantize(model, nncf.Dataset(data), subset_size=min(subset_size, len(data)))
+        try:
+            quantized = nncf.quantize(model, nncf.Dataset(data), subset_size=min(subset_size, len(data)))
+        except Exception as exc:  # noqa: BLE001 - NNCF raises its own and OpenVINO's errors
+            raise StreamrecError(f"int8: NNCF cannot quantize {loaded.name} ({_first_line(exc)})") from None
     module = _compile(ov, quantized, threads)
     return (module, quantized) if with_model else module
 

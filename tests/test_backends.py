@@ -243,3 +243,24 @@ def test_openvino_cache_keeps_the_most_recently_used_models(tmp_path, monkeypatc
     assert cached() == sorted(name(m, ext) for m in (models[1], models[3]) for ext in (".xml", ".bin"))
     backends.build("openvino", load_model("tiny3d", weights="none"))
     assert cached() == sorted(name(m, ext) for m in (models[1], models[3]) for ext in (".xml", ".bin"))
+
+
+class _Eigen(torch.nn.Module):
+    """A model OpenVINO's PyTorch frontend has no conversion for (``linalg.eig``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean((2, 3, 4)).reshape(-1, 3, 1).expand(-1, 3, 3).contiguous()  # (B, C, T, H, W) -> (B, 3, 3)
+        return torch.linalg.eig(m)[0].real
+
+
+def test_a_model_openvino_cannot_convert_is_a_one_line_error(tmp_path, monkeypatch):
+    from streamrec.errors import StreamrecError
+
+    monkeypatch.setattr(backends, "CACHE", tmp_path)
+    loaded = dataclasses.replace(load_model("tiny3d", weights="none"), module=_Eigen())
+    with pytest.raises(StreamrecError) as err:
+        backends.build("openvino", loaded)
+    message = str(err.value)
+    assert message.startswith("OpenVINO cannot convert tiny3d (") and "\n" not in message
+    assert message.endswith("); use another --backend (auto picks one that runs)")
+    assert list(tmp_path.glob("openvino/*")) == []
