@@ -192,7 +192,7 @@ class Classifier:
             if scripted is None:
                 raise StreamrecError(f"--backend torchscript: {loaded.name} does not trace")
             self.module, self.backend = scripted, "torchscript"
-        elif backend in ("onnxruntime", "openvino", "openvino-int8"):
+        elif backend in OWN_POOL:  # built by streamrec.backends
             self.module, self.backend = backends.build(backend, loaded, threads=self.threads), backend
         else:  # auto on CPU: the fastest measured here, cached
             factories = {"torch": lambda: self._cpu_eager(module, keep=False),
