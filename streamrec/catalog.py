@@ -27,6 +27,8 @@ TORCHVISION_MODELS: tuple[str, ...] = tuple(TEMPORAL)
 EXTRA_MODELS: tuple[str, ...] = ("tiny3d",)
 MODEL_NAMES: tuple[str, ...] = TORCHVISION_MODELS + EXTRA_MODELS
 DEFAULT_MODEL = "r2plus1d_18"
-# inference backends (streamrec.engine.Classifier); openvino-int8 needs a model made by
-# ``streamrec quantize`` first, so auto never picks it
-BACKEND_NAMES: tuple[str, ...] = ("auto", "torch", "torchscript", "onnxruntime", "openvino", "openvino-int8", "compile")
+# inference backends (streamrec.engine.Classifier); auto picks among the fp32 ones only:
+# openvino-bf16 trades precision (asked for, never assumed) and openvino-int8 needs a model
+# made by ``streamrec quantize`` first
+BACKEND_NAMES: tuple[str, ...] = ("auto", "torch", "torchscript", "onnxruntime", "openvino", "openvino-bf16",
+                                  "openvino-int8", "compile")

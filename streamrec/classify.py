@@ -63,6 +63,8 @@ class Timeline:
     sports_only: bool = False
     packets: int = 0  # video packets read from the file
     decode_errors: int = 0  # of them, the ones that did not decode (a damaged file): skipped
+    device: str = "cpu"
+    backend: str = "torch"  # what computed the scores: openvino-bf16 and -int8 differ from fp32 a little
 
     @property
     def damage_note(self) -> str | None:
@@ -290,6 +292,8 @@ def classify_file(
         sports_only=sports_only,
         packets=source.packets,
         decode_errors=source.decode_errors,
+        device=str(clf.device),
+        backend=clf.backend,
     )
 
 

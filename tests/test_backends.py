@@ -27,8 +27,14 @@ def r2plus1d():
     return load_model("r2plus1d_18", weights="none")
 
 
-def test_backends_agree_with_eager_on_every_real_window(clips, r2plus1d):
-    windows = clip_windows([clips / c for c in all_clips()], r2plus1d, stride=2.0)
+@pytest.fixture(scope="module")
+def real_windows(clips, r2plus1d):
+    """Windows of every real clip, one every 2 s, as r2plus1d_18 takes them."""
+    return clip_windows([clips / c for c in all_clips()], r2plus1d, stride=2.0)
+
+
+def test_backends_agree_with_eager_on_every_real_window(real_windows, r2plus1d):
+    windows = real_windows
     assert len(windows) >= 25
     names = backends.available()  # "torch" too: on CPU it is the rewritten model (streamrec.conv2d)
     assert {"torch", "torchscript", "onnxruntime", "openvino"} <= set(names)
@@ -38,6 +44,26 @@ def test_backends_agree_with_eager_on_every_real_window(clips, r2plus1d):
         print(f"{name}: top-1 agrees on {r['top1_agree']}/{r['windows']} windows, max |logit diff| {r['max_abs_logit_diff']:.2e}")
         assert r["top1_agree"] == r["windows"], name
         assert r["max_abs_logit_diff"] < 1e-3, name
+
+
+@pytest.mark.skipif(not backends.bf16_supported(), reason="this CPU has no bfloat16 instructions")
+def test_bf16_backend_computes_in_bfloat16_and_keeps_every_real_windows_top1(real_windows, r2plus1d):
+    fns = cpu_backends(r2plus1d, ["openvino-bf16"], threads=2)
+    assert "bfloat16" in str(fns["openvino-bf16"].compiled.get_property("INFERENCE_PRECISION_HINT"))
+    r = agreement(r2plus1d.module.eval(), fns, real_windows)["openvino-bf16"]
+    print(f"bf16: top-1 agrees on {r['top1_agree']}/{r['windows']} windows, max |logit diff| {r['max_abs_logit_diff']:.2e}")
+    assert r["top1_agree"] == r["windows"] >= 25
+    # really bfloat16 (the fp32 backends stay within 1e-6 of eager here), and still close: 3.7e-3 measured
+    assert 1e-4 < r["max_abs_logit_diff"] < 2e-2
+
+
+def test_auto_never_picks_a_lower_precision_backend(tmp_path, monkeypatch):
+    """bf16 and int8 change the scores a little: only asked for, never chosen by timing."""
+    monkeypatch.setattr(backends, "CACHE", tmp_path)
+    picked = Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="auto", warmup=0)
+    trial = json.loads((tmp_path / "backends.json").read_text())
+    assert picked.backend in backends.CPU_BACKENDS and set(trial.values()) <= set(backends.CPU_BACKENDS)
+    assert "openvino-bf16" in backends.ALL_BACKENDS and "openvino-bf16" not in backends.available()
 
 
 def test_auto_picks_a_measured_backend_and_caches_it(tmp_path, monkeypatch):
@@ -70,6 +96,9 @@ def test_bench_report_runs_end_to_end(clips):
     m = report["models"]["tiny3d"]
     assert report["peak_gflops"] > 0 and m["gflop_per_window"] > 0
     assert {"torch", "torchscript", "onnxruntime", "openvino", "openvino-int8"} <= set(m["backends"])
+    if backends.bf16_supported():  # timed and checked like the others, never the "best fp32"
+        assert m["agreement"]["openvino-bf16"]["windows"] == 6 and "bf16_speedup_vs_best_fp32" in m
+        assert m["best_fp32"] not in ("openvino-bf16", "openvino-int8")
     assert set(m["batched"]["by_batch"]) == {1, 2}
     assert m["agreement"]["openvino"]["windows"] == 6  # 10 s clip, stride 2 s: ends at 1, 3, 5, 7, 9 s + the tail
     text = markdown(report)
@@ -83,7 +112,8 @@ def test_compile_backend_is_for_gpus_only():
         Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="compile")
 
 
-@pytest.mark.parametrize("name", ["torch", "torchscript", "onnxruntime", "openvino"])
+@pytest.mark.parametrize("name", ["torch", "torchscript", "onnxruntime", "openvino"]
+                         + (["openvino-bf16"] if backends.bf16_supported() else []))
 def test_an_explicit_backend_is_the_one_used(name):
     loaded = load_model("tiny3d", weights="none")
     clf = Classifier(loaded, device="cpu", backend=name, warmup=0)

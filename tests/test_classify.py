@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import streamrec
+from streamrec import backends
 from streamrec.classify import Timeline, classify_file
 from streamrec.errors import StreamrecError
 from streamrec.models import load_model
@@ -83,6 +84,7 @@ def test_json_and_csv_schemas(clips):
     d = json.loads(proc.stdout)
     assert set(d) >= {"file", "model", "weights", "meaningless", "windows", "verdict", "duration", "warning", "padded"}
     assert d["meaningless"] is True and "meaningless" in d["warning"]
+    assert (d["device"], d["backend"]) == ("cpu", "torch")  # what computed the scores: torch by default on CPU
     for w in d["windows"]:
         assert set(w) == {"index", "start", "end", "label", "score", "top", "padded"}
         assert len(w["top"]) == 3 and w["top"][0]["label"] == w["label"]
@@ -96,6 +98,17 @@ def test_json_and_csv_schemas(clips):
     assert list(rows[0]) == list(Timeline.CSV_FIELDS)
     assert len(rows) == len(d["windows"])
     assert [float(r["start"]) for r in rows] == pytest.approx([w["start"] for w in d["windows"]], abs=1e-3)
+
+
+@pytest.mark.skipif(not backends.bf16_supported(), reason="this CPU has no bfloat16 instructions")
+def test_a_lower_precision_backend_is_named_in_the_result(clips):
+    file = str(clips / "cricket_shot_v_CricketShot_g04_c01.gif")
+    runs = {b: run_cli("classify", file, "--weights", "none", "--model", "tiny3d", "--format", "json",
+                       "--backend", b) for b in ("openvino", "openvino-bf16")}
+    d = {b: json.loads(p.stdout) for b, p in runs.items() if p.returncode == 0}
+    assert set(d) == set(runs), [p.stderr for p in runs.values()]
+    assert [d[b]["backend"] for b in runs] == ["openvino", "openvino-bf16"]
+    assert [w["index"] for w in d["openvino-bf16"]["windows"]] == [w["index"] for w in d["openvino"]["windows"]]
 
 
 def test_plot_is_written(clips, tmp_path):
