@@ -17,9 +17,9 @@ the process used in it, how long its threads waited for a CPU, the guest's steal
 the page faults, so that a slow window can be told apart: its threads waiting (run-queue wait grows) or
 running the whole time and getting less done (CPU time grows with the wall time).
 
-Weights are random by default (``--weights none``): fp32 timings do not depend on them.
-``--backend openvino-int8`` needs weights ``streamrec quantize`` was run on (a checkpoint or
-a state_dict file; it refuses random ones).
+Weights are random by default (``--weights none``): timings do not depend on them, in fp32 or
+``--backend openvino-bf16``. ``--backend openvino-int8`` needs weights ``streamrec quantize``
+was run on (a checkpoint or a state_dict file; it refuses random ones).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -435,6 +436,7 @@ def available() -> list[str]:
     return names
 
 
+@functools.lru_cache(maxsize=1)
 def bf16_supported() -> bool:
     """Whether ``--backend openvino-bf16`` runs here: OpenVINO installed and the CPU has bfloat16 instructions."""
     try:

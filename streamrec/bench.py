@@ -230,7 +230,7 @@ def run(*, models: list[str], clip: Path, clips: list[Path], device: str = "auto
         m["naive_ms"] = naive_window_ms(clip, loaded, device=dev)
         windows = clip_windows(clips, loaded) if clips else []
         reference = copy.deepcopy(loaded.module).eval().float()  # eager fp32 on CPU
-        cpu_names = backends.available() + (["openvino-bf16"] if "openvino" in backends.available() and backends.bf16_supported() else [])
+        cpu_names = backends.available() + (["openvino-bf16"] if backends.bf16_supported() else [])
         fns = cuda_backends(loaded, dev) if cuda else cpu_backends(loaded, cpu_names, threads)
         dtype = torch.float16 if cuda else torch.float32
         x1 = backends.example_input(loaded).to(dev, dtype)

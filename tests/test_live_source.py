@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import http.server
 import threading
 import time
@@ -172,3 +173,25 @@ def test_a_looped_file_with_no_frame_ends_instead_of_spinning():
     assert not cap.is_alive()
     assert (cap.state, cap.error, len(opened), ring.written) == (
         "ended", "/clips/short.mp4: no decodable video frames", 1, 0)
+
+
+def _tasks_created_system_wide() -> int:
+    """The kernel's last process/thread id: every thread started anywhere raises it by one."""
+    with open("/proc/sys/kernel/ns_last_pid") as f:
+        return int(f.read())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/sys/kernel/ns_last_pid"), reason="Linux only")
+@pytest.mark.parametrize("size", [(340, 256), (1280, 720)])
+def test_frames_reach_rgb_without_starting_threads(clips, tmp_path, size):
+    """Capture converts every frame to RGB; PyAV's default conversion starts and ends a
+    thread per core for each frame (hundreds here). One thread per frame or more fails."""
+    path = write_video(tmp_path / "v.mp4", seconds=4.0, fps=30, size=size)
+    with PyAVSource(SourceSpec.parse(str(path))) as src:
+        it = src.frames()
+        first, _ = next(it)  # the decoder's own threads (large frames) have started by now
+        before = _tasks_created_system_wide()
+        rest = [rgb for rgb, _ in it]
+        started = _tasks_created_system_wide() - before
+    assert first.shape == (size[1], size[0], 3) and len(rest) == 119
+    assert started < 60, started  # other processes on the machine may start a few meanwhile
