@@ -45,6 +45,8 @@ def _rgb_options() -> dict[str, int]:
     import av
 
     return {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
+
+
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
 
 

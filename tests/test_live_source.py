@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import os
 import http.server
+import os
 import threading
 import time
 
@@ -183,7 +183,7 @@ def _tasks_created_system_wide() -> int:
 
 @pytest.mark.skipif(not os.path.exists("/proc/sys/kernel/ns_last_pid"), reason="Linux only")
 @pytest.mark.parametrize("size", [(340, 256), (1280, 720)])
-def test_frames_reach_rgb_without_starting_threads(clips, tmp_path, size):
+def test_frames_reach_rgb_without_starting_threads(tmp_path, size):
     """Capture converts every frame to RGB; PyAV's default conversion starts and ends a
     thread per core for each frame (hundreds here). One thread per frame or more fails."""
     path = write_video(tmp_path / "v.mp4", seconds=4.0, fps=30, size=size)
