@@ -46,6 +46,29 @@ def test_backends_agree_with_eager_on_every_real_window(real_windows, r2plus1d):
         assert r["max_abs_logit_diff"] < 1e-3, name
 
 
+def _openvino_has_partitioner() -> bool:
+    import openvino as ov
+
+    return "TBB_PARTITIONER" in ov.Core().get_property("CPU", "SUPPORTED_PROPERTIES")
+
+
+@pytest.mark.skipif(not _openvino_has_partitioner(), reason="this OpenVINO cannot choose its TBB partitioner")
+def test_openvino_balances_layers_across_threads_with_the_same_logits(real_windows, r2plus1d):
+    """Each layer's work is cut in chunks the threads take as they go (a thread on a slowed vCPU
+    takes fewer), not in one fixed half per thread; that changes who computes what, not the sums."""
+    import openvino as ov
+
+    balanced = cpu_backends(r2plus1d, ["openvino"], threads=2)["openvino"]
+    assert str(balanced.compiled.get_property("TBB_PARTITIONER")) == "TbbPartitioner.AUTO"
+    _, model = backends._openvino_model(r2plus1d)
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2,
+              "TBB_PARTITIONER": "STATIC"}
+    fixed = backends.OpenVINOModule(ov.Core().compile_model(model, "CPU", config))
+    assert str(fixed.compiled.get_property("TBB_PARTITIONER")) == "TbbPartitioner.STATIC"
+    for window in real_windows[::4]:
+        assert torch.equal(balanced(window), fixed(window))
+
+
 @pytest.mark.skipif(not backends.bf16_supported(), reason="this CPU has no bfloat16 instructions")
 def test_bf16_backend_computes_in_bfloat16_and_keeps_every_real_windows_top1(real_windows, r2plus1d):
     fns = cpu_backends(r2plus1d, ["openvino-bf16"], threads=2)
