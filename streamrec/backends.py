@@ -180,7 +180,7 @@ def _openvino_model(loaded: LoadedModel):
         try:
             import openvino as ov
         except ImportError:
-            raise StreamrecError("--backend openvino: openvino is not installed; pip install 'streamrec[openvino]'") from None
+            raise StreamrecError("--backend openvino: openvino is not installed; pip install openvino (a dependency of streamrec)") from None
         xml = ir_path(loaded, weights_digest(loaded.module))
         folder = xml.parent
         if xml.is_file():
@@ -331,7 +331,7 @@ def load_int8(loaded: LoadedModel, threads: int | None = None) -> OpenVINOModule
         try:
             import openvino as ov
         except ImportError:
-            raise StreamrecError("--backend openvino-int8: openvino is not installed; pip install 'streamrec[openvino]'") from None
+            raise StreamrecError("--backend openvino-int8: openvino is not installed; pip install openvino (a dependency of streamrec)") from None
         try:
             model = ov.Core().read_model(str(xml))
         except RuntimeError as exc:
