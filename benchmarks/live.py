@@ -322,7 +322,7 @@ def main() -> None:
         return
     naive = run_naive(clip, args.model, max(live["windows"] // 2, 8))
     print(f"# live pipeline, {args.model}, {clip.name}, {args.seconds:.0f} s, {platform.processor() or platform.machine()}, "
-          f"{threading.active_count()} threads")
+          f"{threading.active_count()} Python thread(s) still running")
     print(table(live, naive, alone))
     for when, h in host.items():
         print(f"Host {when} the live run ({h['seconds']:.0f} s, benchmarks/steadiness.py): {steadiness.line(h)}.")
