@@ -260,7 +260,10 @@ def classify_file(
     spec = SourceSpec.parse(str(path))
     if spec.kind != "file":
         raise StreamrecError(f"classify: expected a video file, got {spec.display_name}")
-    source = PyAVSource(spec)  # validates: exists, is a video, has a video stream
+    try:
+        source = PyAVSource(spec)  # validates: exists, is a video, has a video stream
+    except SourceError as exc:  # named after serve's option; here the file is the command's argument
+        raise SourceError(str(exc).replace("--source:", "classify:", 1)) from None
     try:
         loaded = loaded or prepared.load(model, weights, device=device, child=True)  # first start: in a child process
         subset = None

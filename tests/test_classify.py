@@ -169,6 +169,15 @@ def test_api_raises_the_same_errors(tmp_path):
         classify_file(tmp_path / "nope.mp4", weights="none")
 
 
+def test_a_bad_file_is_named_as_classify_s_argument_not_serve_s_option(tmp_path):
+    missing, text = tmp_path / "nope.mp4", tmp_path / "notes.mp4"
+    text.write_text("not a video\n")
+    assert error_line(run_cli("classify", str(missing), "--weights", "none")) == \
+        f"streamrec: error: classify: file not found: {missing}"
+    line = error_line(run_cli("classify", str(text), "--weights", "none"))
+    assert line.startswith("streamrec: error: classify: ") and str(text) in line and "--source" not in line
+
+
 @pytest.mark.slow
 def test_long_720p_video_stays_within_1gb(tmp_path):
     """A 3-minute 720p file classifies within a 1 GB peak RSS (decode is streamed)."""
