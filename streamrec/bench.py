@@ -27,7 +27,7 @@ from .engine import CudaGraphRunner, default_threads, resolve_device
 from .models import LoadedModel, load_model
 from .preprocess import FramePreprocessor
 from .ring import FrameRing, capacity_for
-from .sources import PyAVSource, SourceSpec
+from .sources import PyAVSource, SourceSpec, named_as
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def stage_costs(clip: Path, loaded: LoadedModel, frames: int = 300) -> dict[str,
     ring = FrameRing(capacity_for(spec.frames, spec.fps), pre.crop_shape, np.uint8)
     dec = prep = 0.0
     n = 0
-    with PyAVSource(SourceSpec.parse(str(clip))) as src:
+    with named_as("--clips"), PyAVSource(SourceSpec.parse(str(clip))) as src:
         it = iter(src.frames())
         while n < frames:
             t0 = time.perf_counter()
@@ -189,7 +189,7 @@ def clip_windows(clips: list[Path], loaded: LoadedModel, stride: float = 2.0) ->
     out = []
     pre = FramePreprocessor(loaded.spec)
     for clip in clips:
-        with PyAVSource(SourceSpec.parse(str(clip))) as src:
+        with named_as("--clips"), PyAVSource(SourceSpec.parse(str(clip))) as src:
             out += [pre.window(w.frames) for w, _ in iter_windows(src, loaded.spec, stride=stride)]
     return out
 

@@ -30,7 +30,7 @@ from . import prepared
 from .models import LoadedModel
 from .preprocess import FramePreprocessor, batch_windows
 from .ring import FrameRing, Window, capacity_for
-from .sources import PyAVSource, SourceSpec
+from .sources import PyAVSource, SourceSpec, named_as
 
 logger = logging.getLogger(__name__)
 
@@ -260,10 +260,8 @@ def classify_file(
     spec = SourceSpec.parse(str(path))
     if spec.kind != "file":
         raise StreamrecError(f"classify: expected a video file, got {spec.display_name}")
-    try:
+    with named_as("classify"):  # the file is the command's argument, not serve's --source
         source = PyAVSource(spec)  # validates: exists, is a video, has a video stream
-    except SourceError as exc:  # named after serve's option; here the file is the command's argument
-        raise SourceError(str(exc).replace("--source:", "classify:", 1)) from None
     try:
         loaded = loaded or prepared.load(model, weights, device=device, child=True)  # first start: in a child process
         subset = None

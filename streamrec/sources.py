@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -120,6 +121,28 @@ class Source:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextmanager
+def named_as(option: str) -> Iterator[None]:
+    """Source errors raised inside name ``option``, the argument that gave the file, instead
+    of serve's ``--source``.
+
+    Example:
+        >>> try:
+        ...     with named_as("--clips"):
+        ...         PyAVSource(SourceSpec.parse("/no/such/clip.mp4"))
+        ... except SourceError as exc:
+        ...     print(exc)
+        --clips: file not found: /no/such/clip.mp4
+    """
+    try:
+        yield
+    except SourceError as exc:
+        message = str(exc)
+        if not message.startswith("--source:"):
+            raise
+        raise SourceError(f"{option}:{message.removeprefix('--source:')}") from None
 
 
 class PyAVSource(Source):

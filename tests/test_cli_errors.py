@@ -31,6 +31,13 @@ def test_file_that_is_not_a_video(tmp_path):
     one_line_error(run_cli("serve", "--source", str(p), "--weights", "none"), "not a readable video file")
 
 
+def test_a_clip_that_is_not_a_video_is_named_as_clips_in_bench(tmp_path):
+    (tmp_path / "notes.mp4").write_text("hello, I am not a video\n" * 100)
+    line = one_line_error(run_cli("bench", "--models", "tiny3d", "--clips", str(tmp_path)),
+                          "not a readable video file", str(tmp_path / "notes.mp4"))
+    assert line.startswith("streamrec: error: --clips: "), line
+
+
 def test_unreachable_rtsp_url_after_bounded_timeout():
     with socket.socket() as s:  # a port with nobody listening
         s.bind(("127.0.0.1", 0))
