@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import sys
 from dataclasses import asdict, dataclass, field
@@ -195,7 +196,33 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise WeightsError(f"--weights: cannot read {path} as a PyTorch file: {type(exc).__name__}: {exc}") from None
+        raise WeightsError(load_failure(path, f"{type(exc).__name__}: {exc}")) from None
+
+
+def load_failure(path: Path | str, error: str) -> str:
+    """One line saying why ``torch.load(path, weights_only=True)`` failed with ``error``
+    (torch's own message runs to several sentences, with terminal escapes and a link).
+
+    Example:
+        >>> load_failure("m.pt", "UnpicklingError: Weights only load failed. ... WeightsUnpickler error: "
+        ...              "Unsupported global: GLOBAL torchvision.models.video.resnet.VideoResNet was not an allowed global")
+        '--weights: m.pt holds a whole pickled model (torchvision.models.video.resnet.VideoResNet), which streamrec does not unpickle (unpickling can run any code); save its weights instead: torch.save(model.state_dict(), "m.pt")'
+        >>> load_failure("clip.mp4", "UnpicklingError: Weights only load failed. ... WeightsUnpickler error: Unsupported operand 120 ...")
+        '--weights: clip.mp4 is not a file torch.save wrote (expected a state_dict, a streamrec checkpoint, TorchScript or ONNX)'
+        >>> load_failure("m.pt", "RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory. More.")
+        '--weights: m.pt is damaged or incomplete (PytorchStreamReader failed reading zip archive: failed finding central directory); copy or download it again'
+    """
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", error).split())
+    if m := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+        return (f"--weights: {path} holds a whole pickled model ({m.group(1)}), which streamrec does not unpickle "
+                f"(unpickling can run any code); save its weights instead: torch.save(model.state_dict(), \"{path}\")")
+    if "Unsupported operand" in text or "invalid load key" in text:
+        return (f"--weights: {path} is not a file torch.save wrote "
+                "(expected a state_dict, a streamrec checkpoint, TorchScript or ONNX)")
+    if m := re.search(r"(PytorchStreamReader failed[^.]*)", text):
+        return f"--weights: {path} is damaged or incomplete ({m.group(1)}); copy or download it again"
+    first = re.split(r"(?<=[a-z)])\. ", text, maxsplit=1)[0]
+    return f"--weights: cannot read {path} as a PyTorch file: {first[:300]}"
 
 
 def _fit_errors(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:

@@ -83,8 +83,27 @@ def test_unknown_model_and_missing_file():
 def test_not_a_torch_file(tmp_path):
     p = tmp_path / "junk.pth"
     p.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="cannot read"):
+    with pytest.raises(WeightsError) as err:
         load_model("r3d_18", weights=str(p))
+    assert str(err.value) == (f"--weights: {p} is not a file torch.save wrote "
+                              "(expected a state_dict, a streamrec checkpoint, TorchScript or ONNX)")
+
+
+def test_a_pickled_model_or_a_cut_file_says_what_it_is_in_one_line(tmp_path):
+    whole, cut = tmp_path / "whole.pt", tmp_path / "cut.pt"
+    model = build_model("tiny3d", num_classes=400)
+    torch.save(model, whole)  # the whole module, pickled: refused, never unpickled
+    torch.save(model.state_dict(), cut)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # an interrupted copy
+    with pytest.raises(WeightsError) as err:
+        load_model("tiny3d", weights=str(whole))
+    assert str(err.value) == (f"--weights: {whole} holds a whole pickled model (streamrec.tiny3d.Tiny3D), which "
+                              "streamrec does not unpickle (unpickling can run any code); save its weights "
+                              f'instead: torch.save(model.state_dict(), "{whole}")')
+    with pytest.raises(WeightsError) as err:
+        load_model("tiny3d", weights=str(cut))
+    assert str(err.value) == (f"--weights: {cut} is damaged or incomplete (PytorchStreamReader failed reading zip "
+                              "archive: failed finding central directory); copy or download it again")
 
 
 def test_class_names_come_from_weights_meta():
