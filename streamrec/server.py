@@ -100,10 +100,15 @@ class Hub:
             client.ready.set()
         self.clients.add(client)
         reader = asyncio.create_task(self._drain_incoming(ws))
+        # the reader ends when the connection does: wake the sender, which otherwise would wait for
+        # the next message to find out (the client counted meanwhile, and close() waiting on it)
+        reader.add_done_callback(lambda _: client.ready.set())
         try:
             while True:
                 await client.ready.wait()
                 client.ready.clear()
+                if reader.done():
+                    break
                 while client.slots:
                     key = next(iter(client.slots))
                     payload = client.slots.pop(key)

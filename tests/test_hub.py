@@ -85,6 +85,49 @@ def test_client_is_forgotten_when_it_disconnects():
     assert asyncio.run(scenario()) == 0
 
 
+def test_client_that_closes_is_forgotten_without_waiting_for_a_message():
+    async def scenario():
+        hub = Hub()
+        ws = FakeWS()
+        task = asyncio.create_task(hub.serve_client(ws))
+        await asyncio.sleep(0)
+        assert len(hub.clients) == 1
+        ws.closed.set()  # the browser goes away; nothing is published after it
+        await asyncio.wait_for(task, 1)
+        return len(hub.clients), ws.sent
+
+    assert asyncio.run(scenario()) == (0, [])
+
+
+def test_server_closes_at_once_after_a_client_left(caplog):
+    """A client that disconnected before the shutdown no longer holds ``close()`` up to its
+    timeout (its handler used to wait for a next message that never came)."""
+    import websockets
+
+    from streamrec.server import WebServer
+
+    async def scenario():
+        hub = Hub()
+        server = WebServer(hub, host="127.0.0.1", port=0, routes={})
+        await server.start()
+        try:
+            async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+                hub.publish("prediction:a", "p1")
+                assert await asyncio.wait_for(ws.recv(), 5) == "p1"
+            for _ in range(100):  # the server's side of the closing handshake
+                if not hub.clients:
+                    break
+                await asyncio.sleep(0.01)
+            left = len(hub.clients)
+        finally:
+            await server.close()
+        return left
+
+    with caplog.at_level("WARNING", logger="streamrec.server"):
+        assert asyncio.run(scenario()) == 0
+    assert [r.getMessage() for r in caplog.records] == []
+
+
 def test_server_sends_uncompressed_unless_asked():
     """A client asking for per-message deflate (browsers and websockets' own client do) gets
     plain frames by default: deflating every message once per client cost the server ~10x the CPU
