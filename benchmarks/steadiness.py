@@ -10,10 +10,12 @@ stays within a few percent; on a shared cloud host there are seconds where a vCP
 1.2-2x slower while the guest reports almost no steal time (another tenant on the same
 physical core), and nothing inside the VM changes them.
 
-A model split statically over two threads (OpenVINO and oneDNN split each layer in
-halves) runs at the pace of the slower vCPU: one vCPU at half speed makes a window take
-as long as on one thread. ``benchmarks/live.py`` runs this check before and after its
-live run, so a latency tail can be read against the state of the host at the time.
+A model split statically over two threads (oneDNN under torch, and OpenVINO by default,
+give each thread half of every layer) runs at the pace of the slower vCPU: one vCPU at half
+speed makes a window take as long as on one thread. streamrec's OpenVINO models share each
+layer as the threads go instead (``benchmarks/slow_vcpu.py`` replays a slowed vCPU to
+compare). ``benchmarks/live.py`` runs this check before and after its live run, so a
+latency tail can be read against the state of the host at the time.
 
 Example (made-up samples: two vCPUs for 3 s, the last second of vCPU 1 at 1.5x):
     >>> a = [(0.1 * i, 1.0) for i in range(30)]
