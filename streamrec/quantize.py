@@ -124,8 +124,9 @@ def quantize(loaded: LoadedModel, clips: Sequence[Path], *, stride: float = 1.0,
     for clip in clips:
         try:
             windows += clip_windows([clip], loaded, stride=stride)
-        except StreamrecError as exc:  # the source's error, said of the option that named the file
-            raise StreamrecError(f"--clips: {str(exc).removeprefix('--source: ')}") from None
+        except StreamrecError as exc:  # said of the option that named the file (clip_windows names its own)
+            message = str(exc)
+            raise StreamrecError(message if message.startswith("--clips:") else f"--clips: {message}") from None
     if len(windows) < MIN_WINDOWS:
         raise StreamrecError(f"--clips: expected at least {MIN_WINDOWS} windows to calibrate and check on, "
                              f"got {len(windows)} (use more or longer clips, or a smaller --stride)")
