@@ -98,16 +98,13 @@ class Stealer:
 def alone(model: str, losses: list[float], calls: int) -> list[dict]:
     """p50 per call of the classifier alone, fixed halves vs chunks, for every loss."""
     sys.path.insert(0, str(ROOT))
-    import openvino as ov
-
     from streamrec import backends
     from streamrec.models import load_model
 
     loaded = load_model(model, weights="none")
-    _, ir = backends._openvino_model(loaded)
+    ov, ir = backends._openvino_model(loaded)
     x = backends.example_input(loaded)
-    fixed = backends.OpenVINOModule(ov.Core().compile_model(ir, "CPU", {
-        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "TBB_PARTITIONER": "STATIC"}))
+    fixed = backends._compile(ov, ir, None, partitioner="STATIC")
     chunks = backends._compile(ov, ir, None)  # what streamrec runs
     threads = int(chunks.compiled.get_property("INFERENCE_NUM_THREADS"))
     rows = []

@@ -246,10 +246,11 @@ def bf16_refusal(capabilities: Iterable[str]) -> str | None:
             f"{', '.join(capabilities) or 'nothing'}); use --backend openvino")
 
 
-def _compile(ov, model, threads: int | None, precision: str = "f32") -> OpenVINOModule:
+def _compile(ov, model, threads: int | None, precision: str = "f32", *, partitioner: str = "AUTO") -> OpenVINOModule:
     """Compile for the CPU at ``precision``: "f32" (without the hint OpenVINO may run bf16 on
     CPUs that have it), or "bf16" (convolutions and matmuls on bfloat16 inputs, accumulated in
-    fp32: r2plus1d_18 here 2x faster, logits within about 3e-3 of f32)."""
+    fp32: r2plus1d_18 here 2x faster, logits within about 3e-3 of f32). ``partitioner`` "STATIC"
+    (OpenVINO's default) is only for comparing with it."""
     core = ov.Core()
     if precision == "bf16" and (why := bf16_refusal(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))):
         raise StreamrecError(why)
@@ -260,7 +261,7 @@ def _compile(ov, model, threads: int | None, precision: str = "f32") -> OpenVINO
         # Each layer's work in chunks that a thread whose vCPU runs faster takes more of, instead of
         # a fixed half per thread that waits for the slower one: same results, no cost on a steady
         # host; with one of two vCPUs at 0.7x speed r2plus1d_18 took 442 ms, not 527 (README).
-        config["TBB_PARTITIONER"] = "AUTO"
+        config["TBB_PARTITIONER"] = partitioner
     compiled = core.compile_model(model, "CPU", config)
     got = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     if precision == "bf16" and "bf16" not in got and "bfloat16" not in got:  # a hint OpenVINO may decline

@@ -56,14 +56,10 @@ def _openvino_has_partitioner() -> bool:
 def test_openvino_balances_layers_across_threads_with_the_same_logits(real_windows, r2plus1d):
     """Each layer's work is cut in chunks the threads take as they go (a thread on a slowed vCPU
     takes fewer), not in one fixed half per thread; that changes who computes what, not the sums."""
-    import openvino as ov
-
     balanced = cpu_backends(r2plus1d, ["openvino"], threads=2)["openvino"]
     assert str(balanced.compiled.get_property("TBB_PARTITIONER")) == "TbbPartitioner.AUTO"
-    _, model = backends._openvino_model(r2plus1d)
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2,
-              "TBB_PARTITIONER": "STATIC"}
-    fixed = backends.OpenVINOModule(ov.Core().compile_model(model, "CPU", config))
+    ov, model = backends._openvino_model(r2plus1d)
+    fixed = backends._compile(ov, model, 2, partitioner="STATIC")
     assert str(fixed.compiled.get_property("TBB_PARTITIONER")) == "TbbPartitioner.STATIC"
     for window in real_windows[::4]:
         assert torch.equal(balanced(window), fixed(window))
