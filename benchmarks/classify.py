@@ -35,8 +35,8 @@ import os, sys, time, json
 t0 = time.perf_counter()
 import av, numpy as np, torch
 from torchvision.transforms._presets import VideoClassification
-from streamrec.models import load_model
-from streamrec.engine import default_threads
+from streamrec.models.registry import load_model
+from streamrec.runtime.classifier import default_threads
 torch.set_num_threads(default_threads())
 path, model, stride = sys.argv[1], sys.argv[2], float(sys.argv[3])
 loaded = load_model(model, weights="DEFAULT")

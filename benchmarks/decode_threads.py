@@ -6,7 +6,7 @@ Each camera is a thread running streamrec's capture work as fast as it can (no p
 decode a frame with PyAV, convert it to RGB, resize and crop it for r2plus1d_18. Prints the
 frames per second of all cameras together and the CPU cores the process kept busy, with
 small frames decoded in the capture thread alone (``single``: streamrec's choice, see
-``streamrec.sources.decoder_threading``) and with FFmpeg's own threading (``ffmpeg``: frame +
+``streamrec.live.sources.decoder_threading``) and with FFmpeg's own threading (``ffmpeg``: frame +
 slice threads, one per core plus one, per decoder). OpenCV runs on one thread, as in the server.
 """
 
@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 import cv2  # noqa: E402
 
-from streamrec import sources  # noqa: E402
-from streamrec.models import model_spec  # noqa: E402
-from streamrec.preprocess import FramePreprocessor  # noqa: E402
+from streamrec.live import sources  # noqa: E402
+from streamrec.models.registry import model_spec  # noqa: E402
+from streamrec.models.preprocess import FramePreprocessor  # noqa: E402
 
 CLIPS = Path(os.environ.get("STREAMREC_CLIPS") or ROOT.parent / "shared" / "clips")
 
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--clip", default=str(CLIPS / "cleaning_pool.mp4"))
     args = ap.parse_args()
-    cv2.setNumThreads(1)  # as the server does (streamrec.app): each resize in its capture thread
+    cv2.setNumThreads(1)  # as the server does (streamrec.serve.app): each resize in its capture thread
     clip = Path(args.clip)
     if not clip.is_file():
         sys.exit(f"benchmark: clip not found: {clip}")

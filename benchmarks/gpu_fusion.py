@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_fusion.py [--model r2plus1d_18] [--batches 1,32] [--inductor] [--json out.json]
 
-For each variant of :func:`streamrec.conv2d.conv_variants` (fp16, ``channels_last_3d``,
+For each variant of :func:`streamrec.runtime.graphs.conv_variants` (fp16, ``channels_last_3d``,
 eager and frozen TorchScript, each replayed through CUDA graphs), prints per batch size:
 ms per batch, windows/s, and achieved TFLOP/s as a share of the measured fp16 matmul
 peak; then the max |logit difference| against eager fp32, how many fused call sites cuDNN
@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamrec.backends import best_seconds  # noqa: E402
-from streamrec.bench import matmul_peak, model_gflops  # noqa: E402
-from streamrec.conv2d import ConvReLU, conv_variants  # noqa: E402
-from streamrec.engine import CudaGraphRunner  # noqa: E402
-from streamrec.models import load_model  # noqa: E402
+from streamrec.runtime.backends import best_seconds  # noqa: E402
+from streamrec.offline.bench import matmul_peak, model_gflops  # noqa: E402
+from streamrec.runtime.graphs import ConvReLU, conv_variants  # noqa: E402
+from streamrec.runtime.classifier import CudaGraphRunner  # noqa: E402
+from streamrec.models.registry import load_model  # noqa: E402
 
 from gpu_profile import kernels  # noqa: E402 - benchmarks/, the script's own folder
 

@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_profile.py [--model r2plus1d_18] [--batch 32]
 
-Runs each variant of :func:`streamrec.conv2d.conv_variants` (TorchScript, fp16,
+Runs each variant of :func:`streamrec.runtime.graphs.conv_variants` (TorchScript, fp16,
 ``channels_last_3d``) under ``torch.profiler`` for 5 batches and prints its top kernels.
 """
 
@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamrec.conv2d import conv_variants  # noqa: E402
-from streamrec.models import load_model  # noqa: E402
+from streamrec.runtime.graphs import conv_variants  # noqa: E402
+from streamrec.models.registry import load_model  # noqa: E402
 
 
 def kernels(fn, x: torch.Tensor, top: int, calls: int = 5) -> tuple[float, list[str]]:

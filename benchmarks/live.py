@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamrec.app import LiveApp  # noqa: E402
+from streamrec.serve.app import LiveApp  # noqa: E402
 from streamrec.config import ServeConfig  # noqa: E402
 
 
@@ -179,11 +179,11 @@ def run_alone(clip: Path, model: str, backend: str, threads: int | None, device:
     """The same classifier on its own: no capture, no server, one window of the clip classified
     ``calls`` times with a 20 ms pause between (as the worker waits for a frame). Its spread is
     the machine's; what the live pipeline adds to it is contention and waiting."""
-    from streamrec.classify import iter_windows
-    from streamrec.engine import Classifier
-    from streamrec.models import load_model
-    from streamrec.preprocess import batch_windows
-    from streamrec.sources import PyAVSource, SourceSpec
+    from streamrec.offline.classify import iter_windows
+    from streamrec.runtime.classifier import Classifier
+    from streamrec.models.registry import load_model
+    from streamrec.models.preprocess import batch_windows
+    from streamrec.live.sources import PyAVSource, SourceSpec
 
     clf = Classifier(load_model(model, weights=weights), device=device, backend=backend, threads=threads)
     with PyAVSource(SourceSpec.parse(str(clip))) as src:
@@ -206,7 +206,7 @@ def run_naive(clip: Path, model: str, windows: int) -> dict:
     import torch
     from torchvision.models import get_model, get_model_weights
 
-    from streamrec.engine import default_threads
+    from streamrec.runtime.classifier import default_threads
 
     torch.set_num_threads(default_threads())
     weights = get_model_weights(model).DEFAULT

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamrec.app import LiveApp  # noqa: E402
+from streamrec.serve.app import LiveApp  # noqa: E402
 from streamrec.config import CameraConfig, ServeConfig  # noqa: E402
 
 CLIPS = Path(os.environ.get("STREAMREC_CLIPS") or ROOT.parent / "shared" / "clips")
@@ -170,7 +170,7 @@ def main() -> None:
     if args.cameras < 1:
         sys.exit(f"benchmark: --cameras: expected >= 1, got {args.cameras}")
     if args.ffmpeg_decoder_threads:
-        from streamrec import sources
+        from streamrec.live import sources
 
         sources.SINGLE_THREAD_MAX_PIXELS = 0
     if args.switch_interval_ms is not None:

@@ -25,8 +25,10 @@ sys.path.insert(0, str(ROOT))
 def compare(weights: str, model: str | None, clips: list[Path], stride: float) -> dict:
     import torch
 
-    from streamrec import backends, prepared
-    from streamrec.bench import agreement, clip_windows
+    from streamrec.runtime import backends
+
+    from streamrec.runtime import prepared
+    from streamrec.offline.bench import agreement, clip_windows
     from streamrec.errors import StreamrecError
 
     loaded = prepared.load(model, weights, device="cpu")
@@ -59,7 +61,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
 
-    from streamrec.dataset import video_files
+    from streamrec.offline.dataset import video_files
     from streamrec.errors import StreamrecError
 
     try:

@@ -98,8 +98,8 @@ class Stealer:
 def alone(model: str, losses: list[float], calls: int) -> list[dict]:
     """p50 per call of the classifier alone, fixed halves vs chunks, for every loss."""
     sys.path.insert(0, str(ROOT))
-    from streamrec import backends
-    from streamrec.models import load_model
+    from streamrec.runtime import backends
+    from streamrec.models.registry import load_model
 
     loaded = load_model(model, weights="none")
     ov, ir = backends._openvino_model(loaded)

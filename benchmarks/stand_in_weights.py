@@ -45,9 +45,9 @@ def main() -> None:
     ap.add_argument("--stride", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from streamrec.bench import clip_windows
-    from streamrec.dataset import video_files
-    from streamrec.models import load_model
+    from streamrec.offline.bench import clip_windows
+    from streamrec.offline.dataset import video_files
+    from streamrec.models.registry import load_model
 
     torch.manual_seed(args.seed)
     loaded = load_model(args.model, weights="none")

@@ -28,9 +28,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamrec.models import load_model  # noqa: E402
-from streamrec.preprocess import FramePreprocessor  # noqa: E402
-from streamrec.sources import PyAVSource, SourceSpec  # noqa: E402
+from streamrec.models.registry import load_model  # noqa: E402
+from streamrec.models.preprocess import FramePreprocessor  # noqa: E402
+from streamrec.live.sources import PyAVSource, SourceSpec  # noqa: E402
 
 CLIPS = Path(os.environ.get("STREAMREC_CLIPS") or ROOT.parent / "shared" / "clips")
 

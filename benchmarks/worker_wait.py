@@ -19,7 +19,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamrec import app, live, metrics, server  # noqa: E402
+from streamrec.serve import app
+
+from streamrec.live import camera as live
+
+from streamrec.serve import metrics
+
+from streamrec.serve import server  # noqa: E402
 
 TOTALS: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0])
 

@@ -2,7 +2,7 @@
 
     python benchmarks/ws_compression.py [--clients 20] [--seconds 20] [--rounds 2]
 
-The real :class:`streamrec.server.WebServer` and :class:`~streamrec.server.Hub` publish what a
+The real :class:`streamrec.serve.server.WebServer` and :class:`~streamrec.serve.server.Hub` publish what a
 single-camera dashboard gets: 10 preview JPEGs a second (480 px wide, 50 different frames of
 ``arm_wrestling.mp4`` in turn, encoded once by ``encode_preview``) and 2.5 prediction and 1
 status JSON messages a second. ``--clients`` websocket clients, in a separate low-priority
@@ -55,8 +55,8 @@ print(json.dumps(asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.
 
 
 def frames(n: int = 50) -> list[bytes]:
-    from streamrec.app import encode_preview
-    from streamrec.sources import SourceSpec, open_source
+    from streamrec.serve.app import encode_preview
+    from streamrec.live.sources import SourceSpec, open_source
 
     src = open_source(SourceSpec.parse(str(CLIPS / "arm_wrestling.mp4")))
     out = []
@@ -80,8 +80,8 @@ def message(seq: int) -> str:
 
 
 async def one_round(compression: str | None, jpegs: list[bytes], clients: int, seconds: float) -> dict:
-    from streamrec.app import frame_message
-    from streamrec.server import Hub, WebServer
+    from streamrec.serve.app import frame_message
+    from streamrec.serve.server import Hub, WebServer
 
     hub = Hub()
     server = WebServer(hub, host="127.0.0.1", port=0, routes={}, compression=compression)
@@ -116,7 +116,7 @@ def deflated_share(jpegs: list[bytes], seconds: float = 20.0) -> dict[str, float
     stream with context takeover and a sync flush per message, as permessage-deflate does."""
     import zlib
 
-    from streamrec.app import frame_message
+    from streamrec.serve.app import frame_message
 
     z = zlib.compressobj(wbits=-15)
     sizes = {"frames": [0, 0], "json": [0, 0]}
@@ -144,7 +144,7 @@ def main() -> None:
     args = ap.parse_args()
     import logging
 
-    logging.getLogger("streamrec.server").setLevel(logging.ERROR)  # clients that left before the close: expected here
+    logging.getLogger("streamrec.serve.server").setLevel(logging.ERROR)  # clients that left before the close: expected here
     jpegs = frames()
     wire = deflated_share(jpegs)
     print(f"# {len(jpegs)} preview JPEGs, mean {sum(map(len, jpegs)) / len(jpegs) / 1e3:.1f} KB; "

@@ -10,15 +10,15 @@ __all__ = ["__version__", "load_recognizer", "classify_file", "kinetics", "Recog
 def __getattr__(name: str):
     # Lazy: `import streamrec` stays cheap (torch loads on first use).
     if name in ("load_recognizer", "Recognizer"):
-        from . import api
+        from streamrec.offline import api
 
         return getattr(api, name)
     if name == "classify_file":
-        from .classify import classify_file
+        from streamrec.offline.classify import classify_file
 
         return classify_file
     if name == "kinetics":
         import importlib
 
-        return importlib.import_module("streamrec.kinetics")
+        return importlib.import_module("streamrec.models.kinetics")
     raise AttributeError(f"module 'streamrec' has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from .cli import entry
+from streamrec.cli.main import entry
 
 entry()

@@ -1,7 +1,7 @@
 """Model and backend names and the temporal sampling of the weights, importable without torch.
 
 The command line parses its arguments (``--model`` choices included) before it decides
-whether to import torch at all (see :mod:`streamrec.firststart`), so the names live here.
+whether to import torch at all (see :mod:`streamrec.runtime.firststart`), so the names live here.
 
 Example:
     >>> DEFAULT_MODEL in MODEL_NAMES, TEMPORAL["mvit_v2_s"]
@@ -27,7 +27,7 @@ TORCHVISION_MODELS: tuple[str, ...] = tuple(TEMPORAL)
 EXTRA_MODELS: tuple[str, ...] = ("tiny3d",)
 MODEL_NAMES: tuple[str, ...] = TORCHVISION_MODELS + EXTRA_MODELS
 DEFAULT_MODEL = "r2plus1d_18"
-# inference backends (streamrec.engine.Classifier); auto picks among the fp32 ones only:
+# inference backends (streamrec.runtime.classifier.Classifier); auto picks among the fp32 ones only:
 # openvino-bf16 trades precision (asked for, never assumed) and openvino-int8 needs a model
 # made by ``streamrec quantize`` first
 BACKEND_NAMES: tuple[str, ...] = ("auto", "torch", "torchscript", "onnxruntime", "openvino", "openvino-bf16",

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import StreamrecError
-from .smoothing import SmoothingConfig
-from .validate import check_types
+from streamrec.errors import StreamrecError
+from streamrec.validate import check_types
 
 
 def check_device(device: str) -> str:
@@ -32,6 +31,30 @@ def check_device(device: str) -> str:
     if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise StreamrecError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     return device
+
+
+@dataclass(frozen=True)
+class SmoothingConfig:
+    """``alpha``: weight of the newest window in the EMA (1 = no smoothing).
+    ``margin``: how far a challenger's smoothed score must lead the shown label's.
+    ``hold``: consecutive windows the challenger must lead before it is shown.
+    ``threshold``: below this smoothed score the state is "uncertain"."""
+
+    alpha: float = 0.4
+    margin: float = 0.05
+    hold: int = 2
+    threshold: float = 0.2
+
+    def __post_init__(self) -> None:
+        check_types(self, prefix="smoothing.")
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"smoothing.alpha: expected 0 < alpha <= 1, got {self.alpha}")
+        if not 0 <= self.margin < 1:
+            raise ValueError(f"smoothing.margin: expected 0 <= margin < 1, got {self.margin}")
+        if self.hold < 1:
+            raise ValueError(f"smoothing.hold: expected >= 1, got {self.hold}")
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"smoothing.threshold: expected 0 <= threshold < 1, got {self.threshold}")
 
 
 @dataclass(frozen=True)
@@ -54,13 +77,6 @@ class CameraConfig:
             raise StreamrecError(f"camera name: expected 1-64 letters, digits, '-', '_' or '.', got {self.name!r}")
         if not str(self.source).strip():
             raise StreamrecError(f"camera {self.name!r}: source: expected a webcam index, URL or file, got nothing")
-
-    def source_spec(self):
-        """How to open this camera's source (unset timeouts take their defaults)."""
-        from .sources import SourceSpec
-
-        return SourceSpec.parse(self.source, rtsp_transport=self.rtsp_transport or "tcp",
-                                open_timeout_s=self.open_timeout or 10.0, read_timeout_s=self.stall_timeout or 5.0)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CameraConfig":

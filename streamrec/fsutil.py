@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import StreamrecError
+from streamrec.errors import StreamrecError
 
 # streamrec's own cache: prepared models, OpenVINO IR, the backend choice of ``auto``
 CACHE = Path(os.environ.get("STREAMREC_CACHE", Path.home() / ".cache" / "streamrec"))

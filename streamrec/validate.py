@@ -36,7 +36,7 @@ import typing
 from dataclasses import fields
 from typing import Any
 
-from .errors import StreamrecError
+from streamrec.errors import StreamrecError
 
 _SIMPLE = (bool, int, float, str)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")

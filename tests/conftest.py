@@ -188,7 +188,7 @@ def save_default_weights(model: str, torch_home: Path, *, seed: int = 0) -> Path
     torch hub cache under ``torch_home``, so that ``--weights DEFAULT`` loads them offline; the path."""
     import torch
 
-    from streamrec.models import build_model, hub_checkpoint_path
+    from streamrec.models.registry import build_model, hub_checkpoint_path
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(torch_home))

@@ -13,10 +13,11 @@ import textwrap
 import pytest
 import torch
 
-from streamrec import backends
-from streamrec.bench import agreement, clip_windows, cpu_backends, markdown, run
-from streamrec.engine import Classifier
-from streamrec.models import load_model
+from streamrec.runtime import backends
+from streamrec.models.exported import torchscript_quiet
+from streamrec.offline.bench import agreement, clip_windows, cpu_backends, markdown, run
+from streamrec.runtime.classifier import Classifier
+from streamrec.models.registry import load_model
 
 from conftest import all_clips
 
@@ -36,7 +37,7 @@ def real_windows(clips, r2plus1d):
 def test_backends_agree_with_eager_on_every_real_window(real_windows, r2plus1d):
     windows = real_windows
     assert len(windows) >= 25
-    names = backends.available()  # "torch" too: on CPU it is the rewritten model (streamrec.conv2d)
+    names = backends.available()  # "torch" too: on CPU it is the rewritten model (streamrec.runtime.graphs)
     assert {"torch", "torchscript", "onnxruntime", "openvino"} <= set(names)
     fns = cpu_backends(r2plus1d, names, threads=2)
     result = agreement(r2plus1d.module.eval(), fns, windows)
@@ -199,8 +200,8 @@ def test_our_torchscript_and_onnx_steps_show_no_deprecation_warnings(tmp_path, m
     both on purpose, and a user of `export` or `--backend openvino` cannot act on the warnings."""
     import warnings
 
-    from streamrec.evaluate import export
-    from streamrec.models import make_checkpoint, model_spec
+    from streamrec.offline.evaluate import export
+    from streamrec.models.registry import make_checkpoint, model_spec
 
     monkeypatch.setattr(backends, "CACHE", tmp_path / "cache")  # OpenVINO converts, not reads its IR
     loaded = load_model("tiny3d", weights="none")
@@ -222,7 +223,7 @@ def test_torchscript_quiet_hides_only_torch_jit_deprecations():
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with backends.torchscript_quiet():
+        with torchscript_quiet():
             warnings.warn("`torch.jit.trace` is deprecated. Please switch to `torch.compile`.", FutureWarning)
             warnings.warn("`torch.jit.freeze` is deprecated. Please use `torch.compile` instead.", DeprecationWarning)
             warnings.warn("something else is deprecated", DeprecationWarning)
@@ -246,8 +247,8 @@ def test_openvino_is_used_without_its_telemetry(tmp_path):
         TelemetrySender.send = lambda self, backend, message: sent.append(str(message))
         original = OptInChecker.check
         import torch
-        from streamrec import backends
-        from streamrec.models import load_model
+        from streamrec.runtime import backends
+        from streamrec.models.registry import load_model
         fn = backends.build("openvino", load_model("tiny3d", weights="none"), threads=1)
         assert fn(backends.example_input(load_model("tiny3d", weights="none"))).shape[0] == 1
         import openvino_telemetry

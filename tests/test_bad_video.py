@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from streamrec.classify import classify_file
+from streamrec.offline.classify import classify_file
 from streamrec.errors import SourceError, StreamrecError
-from streamrec.models import load_model
-from streamrec.sources import SourceSpec, mask_credentials
+from streamrec.models.registry import load_model
+from streamrec.live.sources import SourceSpec, mask_credentials
 
 from conftest import run_cli, write_frames, write_video
 

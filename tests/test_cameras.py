@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 
 
-from streamrec.history import HistoryStore, SegmentTracker
+from streamrec.live.history import HistoryStore, SegmentTracker
 
 from conftest import ROOT, free_port, run_cli, streamrec_cmd, wait_http
 
@@ -146,7 +146,7 @@ def test_segment_tracker_and_store_exact(tmp_path):
 
 WRITER = """
 import sys, time
-from streamrec.history import HistoryStore, SegmentTracker
+from streamrec.live.history import HistoryStore, SegmentTracker
 store = HistoryStore(sys.argv[1])
 t = SegmentTracker("cam", store.add)
 i = 0

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import streamrec
-from streamrec import backends
-from streamrec.classify import Timeline, classify_file
+from streamrec.runtime import backends
+from streamrec.offline.classify import Timeline, classify_file
 from streamrec.errors import StreamrecError
-from streamrec.models import load_model
+from streamrec.models.registry import load_model
 
 from conftest import ROOT, all_clips, error_line, run_cli, streamrec_cmd, write_video
 
@@ -120,7 +120,7 @@ def test_plot_is_written(clips, tmp_path):
 
 
 def test_sports_only_renormalizes_over_sport_classes(clips):
-    from streamrec import kinetics
+    from streamrec.models import kinetics
 
     tl = classify_file(clips / "shooting_basketball.mp4", model="r3d_18", weights="none", sports_only=True,
                        stride=5.0, top=134, device="cpu")

@@ -55,7 +55,7 @@ def test_unknown_model():
 def test_checkpoint_for_another_model(tmp_path, clips):
     import torch
 
-    from streamrec.models import build_model
+    from streamrec.models.registry import build_model
 
     p = tmp_path / "w.pth"
     torch.save(build_model("tiny3d", num_classes=400).state_dict(), p)
@@ -120,7 +120,7 @@ def small_dataset(tmp_path_factory):
 def checkpoint(tmp_path_factory):
     import torch
 
-    from streamrec.models import build_model, make_checkpoint, model_spec
+    from streamrec.models.registry import build_model, make_checkpoint, model_spec
 
     path = tmp_path_factory.mktemp("ckpt") / "m.pt"
     net = build_model("tiny3d", num_classes=3)

@@ -24,10 +24,10 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.config import ServeConfig
-from streamrec.history import HistoryStore
-from streamrec.kinetics import sport_classes
-from streamrec.messages import MEANINGLESS, validate_prediction
-from streamrec.models import build_model, kinetics_classes, make_checkpoint, model_spec
+from streamrec.live.history import HistoryStore
+from streamrec.models.kinetics import sport_classes
+from streamrec.live.messages import MEANINGLESS, validate_prediction
+from streamrec.models.registry import build_model, kinetics_classes, make_checkpoint, model_spec
 
 from conftest import ROOT, all_clips, streamrec_cmd
 
@@ -50,7 +50,7 @@ def cluster():
 
 
 def test_labels_arrive_for_every_camera_across_two_workers(cluster, clips, tmp_path):
-    from streamrec.distributed import ClusterRunner
+    from streamrec.cluster.runner import ClusterRunner
 
     names = all_clips()[:4]
     cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
@@ -132,7 +132,7 @@ def stop_thread(app, runner: threading.Thread) -> None:
 
 
 def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, clips, tmp_path):
-    from streamrec.cluster_app import ClusterApp
+    from streamrec.cluster.app import ClusterApp
 
     names = all_clips()[:3]
     cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
@@ -236,7 +236,7 @@ def test_cluster_command_serves_the_dashboard_and_stops_on_sigterm(cluster, clip
 
 
 def test_a_lost_camera_actor_reads_unreachable_while_the_others_go_on(cluster, clips):
-    from streamrec.distributed import ClusterRunner
+    from streamrec.cluster.runner import ClusterRunner
 
     names = all_clips()[:2]
     cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
@@ -265,7 +265,7 @@ def test_a_lost_camera_actor_reads_unreachable_while_the_others_go_on(cluster, c
 
 @pytest.mark.browser
 def test_cluster_dashboard_in_chromium(cluster, clips, tmp_path, artifacts):
-    from streamrec.cluster_app import ClusterApp
+    from streamrec.cluster.app import ClusterApp
     from test_browser import ARGS, CHROMIUM
 
     if not os.path.exists(CHROMIUM):
@@ -327,7 +327,7 @@ class GoneReader(io.StringIO):
 
 
 def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_path):
-    from streamrec.cluster_app import ClusterApp
+    from streamrec.cluster.app import ClusterApp
 
     names = all_clips()[:2]
     config = ServeConfig.from_sources({"cameras": [{"name": "cam0", "source": str(clips / names[0]), "loop": True}],
@@ -429,7 +429,7 @@ def test_cluster_camera_that_cannot_open_is_a_one_line_error(cluster, tmp_path, 
 
 
 def test_stride_ms_spaces_each_cameras_labels(cluster, clips):
-    from streamrec.distributed import ClusterRunner
+    from streamrec.cluster.runner import ClusterRunner
 
     names = all_clips()[:2]
     cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torchvision.models.video import r2plus1d_18, r3d_18, s3d
 
-from streamrec.backends import torchscript_quiet
-from streamrec.conv2d import SpatialConv, TemporalConv, channels_last, factorize
+from streamrec.models.exported import torchscript_quiet
+from streamrec.runtime.graphs import SpatialConv, TemporalConv, channels_last, factorize
 
 
 def with_random_norms(net: nn.Module) -> nn.Module:
@@ -61,7 +61,7 @@ def test_spatial_and_temporal_conv_reject_other_shapes():
 
 
 def test_channel_padding_is_exact_and_reaches_multiples_of_8():
-    from streamrec.conv2d import fold_norms, pad_channels
+    from streamrec.runtime.graphs import fold_norms, pad_channels
 
     torch.manual_seed(0)
     net = with_random_norms(r2plus1d_18())
@@ -79,7 +79,7 @@ def test_channel_padding_is_exact_and_reaches_multiples_of_8():
 
 
 def test_conv_variants_all_compute_the_same_logits():
-    from streamrec.conv2d import conv_variants
+    from streamrec.runtime.graphs import conv_variants
 
     torch.manual_seed(0)
     net = with_random_norms(r2plus1d_18())
@@ -114,8 +114,8 @@ def test_inplace_factorize_consumes_the_model_without_copying_its_weights():
 
 
 def test_cpu_eager_backend_runs_the_exact_rewrite_and_keeps_one_copy():
-    from streamrec.engine import Classifier
-    from streamrec.models import LoadedModel, model_spec
+    from streamrec.runtime.classifier import Classifier
+    from streamrec.models.registry import LoadedModel, model_spec
 
     torch.manual_seed(0)
     net = with_random_norms(r2plus1d_18())
@@ -127,7 +127,7 @@ def test_cpu_eager_backend_runs_the_exact_rewrite_and_keeps_one_copy():
     assert loaded.module is clf.module and isinstance(clf.module, torch.fx.GraphModule)
     g = torch.Generator().manual_seed(6)
     crops = torch.randint(0, 256, (2, 16, 112, 112, 3), dtype=torch.uint8, generator=g)  # (B, T, H, W, C)
-    from streamrec.preprocess import normalize_batch
+    from streamrec.models.preprocess import normalize_batch
 
     with torch.no_grad():
         ref = reference(normalize_batch(crops, loaded.spec))
@@ -135,7 +135,7 @@ def test_cpu_eager_backend_runs_the_exact_rewrite_and_keeps_one_copy():
 
 
 def test_fuse_relu_folds_every_relu_and_shortcut_add_exactly():
-    from streamrec.conv2d import ConvAddReLU, ConvReLU, fold_norms, fuse_relu
+    from streamrec.runtime.graphs import ConvAddReLU, ConvReLU, fold_norms, fuse_relu
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 64, 64, generator=torch.Generator().manual_seed(6))
@@ -171,7 +171,7 @@ class Branchy(nn.Module):
 
 
 def test_fuse_relu_keeps_the_graph_order_and_skips_shared_outputs():
-    from streamrec.conv2d import ConvAddReLU, ConvReLU, fuse_relu
+    from streamrec.runtime.graphs import ConvAddReLU, ConvReLU, fuse_relu
 
     torch.manual_seed(0)
     net = Branchy().eval()
@@ -187,7 +187,7 @@ def test_fuse_relu_keeps_the_graph_order_and_skips_shared_outputs():
 
 
 def test_fused_variants_are_offered_on_request_and_compute_the_same_logits():
-    from streamrec.conv2d import conv_variants
+    from streamrec.runtime.graphs import conv_variants
 
     torch.manual_seed(0)
     net = with_random_norms(r2plus1d_18())

@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from conftest import ROOT, error_line, free_port, save_default_weights, sigterm, streamrec_cmd, wait_http
-from streamrec import firststart, prepared
-from streamrec.models import build_model, make_checkpoint, model_spec
+from streamrec.runtime import firststart
+from streamrec.runtime import prepared
+from streamrec.models.registry import build_model, make_checkpoint, model_spec
 
 PARENT = r"""
 import json, sys
-from streamrec.cli import main
+from streamrec.cli.main import main
 rc = main(sys.argv[1:])
 print(json.dumps({"rc": rc, "torchvision": "torchvision" in sys.modules, "torch": "torch" in sys.modules}))
 """
@@ -36,7 +37,7 @@ def _run_parent(tmp_path: Path, *args: str) -> tuple[dict, str]:
 
 
 def test_the_command_line_parses_without_importing_torch():
-    code = ("import sys; from streamrec.cli import build_parser; "
+    code = ("import sys; from streamrec.cli.main import build_parser; "
             "build_parser().parse_args(['classify', 'x.mp4', '--model', 's3d']); "
             "print(sorted(m for m in ('torch', 'torchvision', 'av', 'cv2') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -141,7 +142,7 @@ def test_sigterm_while_preparing_ends_the_child_too(tmp_path, clips):
     while not children:
         assert time.monotonic() < deadline and proc.poll() is None, "no child process started"
         try:
-            children = [c for c in parent.children() if "streamrec.prepared" in c.cmdline()]
+            children = [c for c in parent.children() if "streamrec.runtime.prepared" in c.cmdline()]
         except psutil.NoSuchProcess:  # a child that was just starting: look again
             pass
         time.sleep(0.02)
@@ -184,7 +185,7 @@ def test_needs_preparing_follows_the_entry_and_its_weights_file(tmp_path, monkey
 
 
 def test_a_model_that_cannot_be_cached_is_not_prepared_again(tmp_path, monkeypatch):
-    from streamrec.evaluate import export
+    from streamrec.offline.evaluate import export
 
     cache, w = tmp_path / "cache", tmp_path / "w.ts"
     _tiny_checkpoint(tmp_path / "w.pt")
@@ -199,7 +200,7 @@ def test_a_model_that_cannot_be_cached_is_not_prepared_again(tmp_path, monkeypat
 
 def test_an_exported_onnx_file_is_prepared_without_tracing_it(tmp_path, monkeypatch):
     """The child once fx-traced the ONNX Runtime wrapper and crashed (SIGSEGV) on every start."""
-    from streamrec.evaluate import export
+    from streamrec.offline.evaluate import export
 
     cache, w = tmp_path / "cache", tmp_path / "w.onnx"
     _tiny_checkpoint(tmp_path / "w.pt")

@@ -13,10 +13,10 @@ import json
 import pytest
 import torch
 
-from streamrec.bench import clip_windows
-from streamrec.engine import Classifier, CudaGraphRunner
-from streamrec.messages import validate_prediction
-from streamrec.models import load_model
+from streamrec.offline.bench import clip_windows
+from streamrec.runtime.classifier import Classifier, CudaGraphRunner
+from streamrec.live.messages import validate_prediction
+from streamrec.models.registry import load_model
 
 from conftest import free_port, sigterm, wait_http
 from test_serve import collect, start_serve
@@ -56,7 +56,7 @@ def test_graph_runner_matches_the_module_for_every_batch_size():
 
 
 def test_cuda_classifier_agrees_with_cpu_fp32_on_real_clips(clips, tmp_path, monkeypatch):
-    from streamrec import backends
+    from streamrec.runtime import backends
 
     monkeypatch.setattr(backends, "CACHE", tmp_path)  # measure here, whatever an earlier run cached
     torch.manual_seed(0)
@@ -127,7 +127,7 @@ def test_compile_backend_matches_eager():
 
 
 def test_fused_conv_relu_variants_match_cpu_fp32_through_cuda_graphs():
-    from streamrec.conv2d import ConvReLU, conv_variants
+    from streamrec.runtime.graphs import ConvReLU, conv_variants
 
     torch.manual_seed(0)
     loaded = load_model("r2plus1d_18", weights="none")

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from streamrec.app import history_api
-from streamrec.history import HistoryStore
+from streamrec.serve.app import history_api
+from streamrec.live.history import HistoryStore
 
 from conftest import run_cli, streamrec_cmd
 
@@ -118,8 +118,8 @@ def test_history_days_is_checked_and_read_from_the_config(tmp_path, clips):
 def test_history_counters_are_prometheus_metrics():
     from prometheus_client.parser import text_string_to_metric_families
 
-    from streamrec.metrics import Metrics
-    from streamrec.server import Hub
+    from streamrec.serve.metrics import Metrics
+    from streamrec.serve.server import Hub
 
     stats = {"written": 12, "dropped": 3, "pruned": 40, "reconnects": 2, "retain_days": 30}
     text = Metrics(Hub(), lambda: [], history=lambda: stats).render().decode()

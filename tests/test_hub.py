@@ -4,7 +4,7 @@ import asyncio
 
 from websockets.exceptions import ConnectionClosedOK
 
-from streamrec.server import Hub
+from streamrec.serve.server import Hub
 
 
 class FakeWS:
@@ -104,7 +104,7 @@ def test_server_closes_at_once_after_a_client_left(caplog):
     timeout (its handler used to wait for a next message that never came)."""
     import websockets
 
-    from streamrec.server import WebServer
+    from streamrec.serve.server import WebServer
 
     async def scenario():
         hub = Hub()
@@ -123,7 +123,7 @@ def test_server_closes_at_once_after_a_client_left(caplog):
             await server.close()
         return left
 
-    with caplog.at_level("WARNING", logger="streamrec.server"):
+    with caplog.at_level("WARNING", logger="streamrec.serve.server"):
         assert asyncio.run(scenario()) == 0
     assert [r.getMessage() for r in caplog.records] == []
 
@@ -134,7 +134,7 @@ def test_server_sends_uncompressed_unless_asked():
     (benchmarks/ws_compression.py) to shrink JPEGs that do not shrink."""
     import websockets
 
-    from streamrec.server import WebServer
+    from streamrec.serve.server import WebServer
 
     async def negotiated(compression):
         hub = Hub()

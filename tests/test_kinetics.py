@@ -2,7 +2,7 @@ import json
 
 from torchvision.models import get_model_weights
 
-from streamrec import kinetics
+from streamrec.models import kinetics
 
 from conftest import run_cli
 
@@ -49,9 +49,20 @@ def test_labels_cli_finds_classes_by_text():
                                        "groups": {"ball sports": ["dribbling basketball", "dunking basketball",
                                                                   "playing basketball", "shooting basketball"]}}
     proc = run_cli("labels", "cooking", "--sports")
-    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", "streamrec: no such Kinetics-400 class contains 'cooking'\n")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", "streamrec: no such Kinetics-400 class or group contains 'cooking'\n")
 
 
 def test_unknown_group_is_a_one_line_error():
     proc = run_cli("labels", "--group", "quidditch")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "quidditch" in proc.stderr
+
+
+def test_labels_text_matches_group_names_too():
+    proc = run_cli("labels", "gym")
+    assert proc.returncode == 0, proc.stderr
+    fitness = kinetics.categories()["gym and fitness"]
+    gym_named = [x for g, labels in kinetics.categories().items() if g != "gym and fitness"
+                 for x in labels if "gym" in x]
+    assert len(fitness) == 18
+    assert sorted(proc.stdout.splitlines()) == sorted([f"{x}\tgym and fitness" for x in fitness]
+                                                      + [f"{x}\t{kinetics.group_of(x)}" for x in gym_named])

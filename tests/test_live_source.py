@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import write_video
-from streamrec.capture import CaptureThread
-from streamrec.models import model_spec
-from streamrec.preprocess import FramePreprocessor
-from streamrec.ring import FrameRing
-from streamrec.sources import PyAVSource, Source, SourceSpec, decoder_threading
+from streamrec.live.capture import CaptureThread
+from streamrec.models.registry import model_spec
+from streamrec.models.preprocess import FramePreprocessor
+from streamrec.live.ring import FrameRing
+from streamrec.live.sources import PyAVSource, Source, SourceSpec, decoder_threading
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from streamrec.config import CameraConfig
-from streamrec.engine import Classifier
-from streamrec.live import Camera, InferenceWorker
-from streamrec.models import load_model
-from streamrec.smoothing import SmoothingConfig
+from streamrec.runtime.classifier import Classifier
+from streamrec.live.camera import Camera, InferenceWorker
+from streamrec.models.registry import load_model
+from streamrec.live.smoothing import SmoothingConfig
 
 from conftest import write_video
 
@@ -70,7 +70,7 @@ def test_each_batch_starts_on_a_frame_captured_after_the_previous_batch(tmp_path
 
 
 def test_sports_only_labels_only_sport_classes_renormalized(tmp_path):
-    from streamrec.kinetics import sport_classes
+    from streamrec.models.kinetics import sport_classes
 
     video = write_video(tmp_path / "ten.mp4", seconds=4, fps=10)
     torch.manual_seed(0)

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from streamrec.messages import prediction_message, top_k, validate_prediction
-from streamrec.smoothing import LabelSmoother, SmoothingConfig
+from streamrec.live.messages import prediction_message, top_k, validate_prediction
+from streamrec.live.smoothing import LabelSmoother, SmoothingConfig
 
 CLASSES = [f"c{i}" for i in range(8)]
 
@@ -48,7 +48,7 @@ def test_validator_rejects_bad_fields(field, value, err):
 
 
 def test_top_k_of_a_batch_is_each_rows_own_ranking_with_ties_in_class_order():
-    from streamrec.messages import top_k_many
+    from streamrec.live.messages import top_k_many
 
     rng = np.random.default_rng(7)
     probs = (rng.integers(0, 6, size=(50, 12)) / 10).astype(np.float32)  # many ties

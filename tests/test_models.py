@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from streamrec.errors import WeightsError
-from streamrec.models import (
+from streamrec.models.registry import (
     build_model, hub_checkpoint_path, kinetics_classes, load_model, make_checkpoint, model_spec,
 )
 from torchvision.models import get_model_weights
@@ -97,7 +97,7 @@ def test_a_pickled_model_or_a_cut_file_says_what_it_is_in_one_line(tmp_path):
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # an interrupted copy
     with pytest.raises(WeightsError) as err:
         load_model("tiny3d", weights=str(whole))
-    assert str(err.value) == (f"--weights: {whole} holds a whole pickled model (streamrec.tiny3d.Tiny3D), which "
+    assert str(err.value) == (f"--weights: {whole} holds a whole pickled model (streamrec.models.tiny3d.Tiny3D), which "
                               "streamrec does not unpickle (unpickling can run any code); save its weights "
                               f'instead: torch.save(model.state_dict(), "{whole}")')
     with pytest.raises(WeightsError) as err:
@@ -115,7 +115,7 @@ def test_tiny3d_is_under_one_million_parameters():
 
 
 def test_loading_takes_the_loaded_tensors_instead_of_copying_them():
-    from streamrec.models import build_loaded
+    from streamrec.models.registry import build_loaded
 
     torch.manual_seed(0)
     state = build_model("r2plus1d_18", num_classes=400).state_dict()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.history import HistoryStore, SegmentTracker
+from streamrec.live.history import HistoryStore, SegmentTracker
 
 from conftest import ROOT, free_port, run_cli, streamrec_cmd, wait_http
 
@@ -111,8 +111,8 @@ def test_serve_and_history_use_postgres(postgres, clips):
 def test_history_survives_a_postgres_restart(server):
     """The database restarts (maintenance, a failover) while serving: the writer reconnects and
     writes what closed meanwhile; the API answers 503 while it is away, then again."""
-    from streamrec.app import history_api
-    from streamrec.history import Segment
+    from streamrec.serve.app import history_api
+    from streamrec.live.history import Segment
 
     store = HistoryStore(server.url)
     api = history_api(store).handler
@@ -138,7 +138,7 @@ def test_history_survives_a_postgres_restart(server):
 
 
 def test_closing_with_the_database_gone_is_prompt_and_counts_the_loss(server):
-    from streamrec.history import Segment
+    from streamrec.live.history import Segment
 
     store = HistoryStore(server.url)
     server.stop()

@@ -10,15 +10,15 @@ import time
 
 import torch
 
-from streamrec import prepared
-from streamrec.models import build_model, kinetics_classes, make_checkpoint, model_spec
+from streamrec.runtime import prepared
+from streamrec.models.registry import build_model, kinetics_classes, make_checkpoint, model_spec
 
 from conftest import save_default_weights
 
 CHILD = r"""
 import json, sys, torch
 from pathlib import Path
-from streamrec import prepared
+from streamrec.runtime import prepared
 loaded = prepared.load("r2plus1d_18", "DEFAULT", cache=Path(sys.argv[1]))
 x = torch.load(sys.argv[2])
 with torch.no_grad():

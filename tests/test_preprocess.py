@@ -4,8 +4,8 @@ import pytest
 import torch
 from torchvision.models import get_model_weights
 
-from streamrec.models import TORCHVISION_MODELS, model_spec
-from streamrec.preprocess import FramePreprocessor, center_crop_box, resized_size
+from streamrec.models.registry import TORCHVISION_MODELS, model_spec
+from streamrec.models.preprocess import FramePreprocessor, center_crop_box, resized_size
 
 from conftest import all_clips
 
@@ -80,9 +80,9 @@ def test_a_clip_can_be_any_iterable_of_frames():
 
 def test_batch_normalization_equals_per_frame_normalization():
     """The ring keeps uint8 crops; normalizing a batch of windows gives what normalizing each frame gives."""
-    from streamrec.engine import Classifier
-    from streamrec.models import load_model
-    from streamrec.preprocess import batch_windows, normalize_batch
+    from streamrec.runtime.classifier import Classifier
+    from streamrec.models.registry import load_model
+    from streamrec.models.preprocess import batch_windows, normalize_batch
 
     spec = model_spec("r2plus1d_18")
     pre = FramePreprocessor(spec)
@@ -111,7 +111,7 @@ def test_batch_normalization_equals_per_frame_normalization():
 
 def test_numpy_normalization_is_bit_identical_to_torch():
     """Runtimes with their own thread pool get their input normalized in NumPy: the very same floats."""
-    from streamrec.preprocess import batch_windows, normalize_batch, normalize_crops
+    from streamrec.models.preprocess import batch_windows, normalize_batch, normalize_crops
 
     rng = np.random.default_rng(3)
     for name in ("r2plus1d_18", "mvit_v2_s", "swin3d_t"):  # three different means and stds
@@ -128,9 +128,9 @@ def test_numpy_normalization_is_bit_identical_to_torch():
 def test_own_pool_backends_normalize_uint8_like_float_input(backend):
     """OpenVINO and ONNX Runtime take uint8 windows through the NumPy path: same logits as from
     windows normalized by torch."""
-    from streamrec.engine import OWN_POOL, Classifier
-    from streamrec.models import load_model
-    from streamrec.preprocess import batch_windows, normalize_batch
+    from streamrec.runtime.classifier import OWN_POOL, Classifier
+    from streamrec.models.registry import load_model
+    from streamrec.models.preprocess import batch_windows, normalize_batch
 
     torch.manual_seed(0)
     clf = Classifier(load_model("tiny3d", weights="none"), device="cpu", backend=backend, warmup=0)

@@ -23,8 +23,8 @@ CLASSES = [f"activity {i}" for i in range(10)]
 def checkpoint(clips, tmp_path_factory) -> Path:
     """A tiny3d checkpoint whose outputs depend on its input: random convolutions with batch-norm
     statistics measured on real windows (benchmarks/stand_in_weights.py)."""
-    from streamrec.bench import clip_windows
-    from streamrec.models import build_model, load_model, make_checkpoint, model_spec
+    from streamrec.offline.bench import clip_windows
+    from streamrec.models.registry import build_model, load_model, make_checkpoint, model_spec
 
     torch.manual_seed(0)
     net = build_model("tiny3d", num_classes=len(CLASSES))
@@ -37,9 +37,10 @@ def checkpoint(clips, tmp_path_factory) -> Path:
 
 
 def test_quantize_keeps_a_checked_model_that_serve_runs(clips, checkpoint, tmp_path, monkeypatch):
-    from streamrec import backends, prepared
-    from streamrec.bench import clip_windows
-    from streamrec.engine import Classifier
+    from streamrec.runtime import backends
+    from streamrec.runtime import prepared
+    from streamrec.offline.bench import clip_windows
+    from streamrec.runtime.classifier import Classifier
 
     cache = tmp_path / "cache"
     two = [str(clips / "arm_wrestling.mp4"), str(clips / "cleaning_pool.mp4")]
@@ -95,9 +96,10 @@ def test_quantize_refuses_a_model_that_moves_the_scores_too_far(clips, checkpoin
 
 
 def test_long_clips_widen_the_stride_to_keep_the_windows_held_bounded(clips, checkpoint, tmp_path, monkeypatch):
-    from streamrec import backends, prepared
-    from streamrec.dataset import probe
-    from streamrec.quantize import quantize
+    from streamrec.runtime import backends
+    from streamrec.runtime import prepared
+    from streamrec.offline.dataset import probe
+    from streamrec.offline.quantize import quantize
 
     monkeypatch.setattr(backends, "CACHE", tmp_path)
     two = [clips / "arm_wrestling.mp4", clips / "cleaning_pool.mp4"]
@@ -139,7 +141,7 @@ def test_quantize_bad_input_is_one_line(clips, checkpoint, tmp_path, args, expec
 
 
 def test_stand_in_batch_norms_are_the_averages_over_the_windows():
-    from streamrec.models import build_model
+    from streamrec.models.registry import build_model
 
     torch.manual_seed(0)
     net = build_model("tiny3d", num_classes=3)

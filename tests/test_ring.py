@@ -3,7 +3,7 @@ import threading
 import numpy as np
 import pytest
 
-from streamrec.ring import FrameRing, capacity_for
+from streamrec.live.ring import FrameRing, capacity_for
 
 
 def fill(ring: FrameRing, n: int, fps: float, t0: float = 1000.0) -> None:

@@ -16,7 +16,7 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 
-from streamrec.messages import validate_prediction
+from streamrec.live.messages import validate_prediction
 
 from conftest import ROOT, free_port, sigterm, streamrec_cmd, wait_http
 

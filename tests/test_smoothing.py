@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from streamrec.smoothing import LabelSmoother, SmoothingConfig
+from streamrec.live.smoothing import LabelSmoother, SmoothingConfig
 
 
 def onehotish(k: int, n: int = 4, p: float = 0.8) -> np.ndarray:
@@ -54,7 +54,7 @@ def test_config_validates(kw):
 def test_a_batch_update_equals_each_smoother_on_its_own():
     """update_many (the live worker's path) gives every camera exactly what update() gives it
     alone: per-camera alpha, a reset camera starting afresh mid-run, ties and switches."""
-    from streamrec.smoothing import update_many
+    from streamrec.live.smoothing import update_many
 
     configs = [SmoothingConfig(alpha=0.5, margin=0.05, hold=2, threshold=0.3),
                SmoothingConfig(alpha=0.2, margin=0.0, hold=1, threshold=0.0),
@@ -79,7 +79,7 @@ def test_a_batch_update_equals_each_smoother_on_its_own():
 
 
 def test_batch_update_checks_the_shape():
-    from streamrec.smoothing import update_many
+    from streamrec.live.smoothing import update_many
 
     with pytest.raises(ValueError, match=r"probs: expected \(2, K\) scores, got shape \(3, 4\)"):
         update_many([LabelSmoother(), LabelSmoother()], np.zeros((3, 4)))

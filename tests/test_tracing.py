@@ -7,10 +7,10 @@ import threading
 import torch
 from torchvision.models.video import r2plus1d_18
 
-from streamrec.conv2d import fold_norms
-from streamrec.engine import Classifier
-from streamrec.models import load_model
-from streamrec.tracing import CallTraceGuard
+from streamrec.runtime.graphs import fold_norms
+from streamrec.runtime.classifier import Classifier
+from streamrec.models.registry import load_model
+from streamrec.runtime.tracing import CallTraceGuard
 
 
 def test_models_keep_running_while_another_model_is_traced():

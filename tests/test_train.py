@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from streamrec.dataset import discover
+from streamrec.offline.dataset import discover
 from streamrec.errors import StreamrecError
-from streamrec.models import load_model
+from streamrec.models.registry import load_model
 
 from conftest import (DIRECTIONS, ROOT, free_port, make_motion_dataset, motion_frames, run_cli, streamrec_cmd,
                       wait_http, write_frames)
@@ -162,7 +162,7 @@ def test_bad_datasets(tmp_path):
     ({"device": "gpu"}, "--device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
 ])
 def test_bad_training_options_name_themselves(values, message):
-    from streamrec.train import TrainConfig
+    from streamrec.offline.train import TrainConfig
 
     with pytest.raises(StreamrecError) as info:
         TrainConfig(data="DATA", **values)
@@ -172,8 +172,8 @@ def test_bad_training_options_name_themselves(values, message):
 def test_what_a_training_run_starts_from(trained, tmp_path):
     """Two classes at least; --val-split only where there is no valid/ yet; a checkpoint's
     weights are fine-tuned (tiny3d's too), an exported file is refused."""
-    from streamrec.evaluate import export
-    from streamrec.train import TrainConfig, base_model, training_classes
+    from streamrec.offline.evaluate import export
+    from streamrec.offline.train import TrainConfig, base_model, training_classes
 
     data, ckpt, _ = trained
     one = tmp_path / "one"

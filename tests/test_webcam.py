@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from conftest import write_frames
-from streamrec.capture import Backoff, CaptureThread
+from streamrec.live.capture import Backoff, CaptureThread
 from streamrec.errors import SourceError
-from streamrec.models import model_spec
-from streamrec.preprocess import FramePreprocessor
-from streamrec.ring import FrameRing
-from streamrec.sources import SourceSpec, WebcamSource
+from streamrec.models.registry import model_spec
+from streamrec.models.preprocess import FramePreprocessor
+from streamrec.live.ring import FrameRing
+from streamrec.live.sources import SourceSpec, WebcamSource
 
 FRAMES, FPS = 20, 25
 

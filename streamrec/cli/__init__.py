@@ -1,0 +1,2 @@
+"""The ``streamrec`` command line: one parser module per command group; ``print`` lives here
+and nowhere else."""

@@ -1,0 +1,106 @@
+"""``streamrec classify``: its arguments, and the run that keeps the first start lean.
+
+This module imports no torch: on a model's first CPU start the command has the model
+prepared by a child process (:mod:`streamrec.runtime.firststart`) before it imports torch itself,
+so that torchvision is never loaded under the classification's own memory.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from streamrec.config import check_device
+from streamrec.errors import StreamrecError
+from streamrec.fsutil import check_output
+
+
+def add_classify_parser(sub, model_args: Callable) -> None:
+    p = sub.add_parser("classify", help="classify a recorded video file: timeline + verdict")
+    p.add_argument("file")
+    model_args(p, backend_default="torch on CPU, the least memory; auto on CUDA")
+    p.add_argument("--stride", type=float, default=1.0, help="seconds between windows (default 1)")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default 8 on CUDA, 1 on CPU)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--out", default=None, help="write the output here instead of stdout")
+    p.add_argument("--plot", default=None, help="write a timeline PNG here")
+    p.add_argument("--sports-only", action="store_true", help="restrict to Kinetics sport classes")
+    p.set_defaults(func=cmd_classify)
+
+
+def cmd_classify(args) -> int:
+    from streamrec.runtime.firststart import prepare_first_starts
+    from streamrec.fsutil import CACHE
+
+    weights, device = args.weights or "DEFAULT", check_device(args.device or "auto")
+    inputs = (args.file, weights)  # check_output compares only those that exist: DEFAULT does not
+    if args.out:
+        check_output("--out", args.out, inputs=inputs)
+    if args.plot:
+        check_output("--plot", args.plot, image=True, inputs=inputs)
+    if Path(args.file).is_file():  # before torch is imported here: see streamrec.runtime.firststart
+        prepare_first_starts(CACHE, [(args.model, weights)], device=device)
+
+    from streamrec.offline.classify import classify_file, plot_timeline
+    from streamrec.fsutil import atomic_write_text
+
+    bar = _progress_bar()
+    try:
+        tl = classify_file(
+            args.file,
+            model=args.model,
+            weights=weights,
+            device=device,
+            backend=args.backend,
+            stride=args.stride,
+            top=args.top,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            sports_only=args.sports_only,
+            progress=bar.update if bar else None,
+        )
+    finally:
+        if bar:
+            bar.close()
+    text = {"table": tl.to_table, "json": lambda: tl.to_json(indent=1) + "\n", "csv": tl.to_csv}[args.format]()
+    if args.out:
+        try:
+            atomic_write_text(args.out, text)
+        except OSError as exc:
+            raise StreamrecError(f"--out {args.out}: cannot write: {exc.strerror}") from None
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        plot_timeline(tl, args.plot)
+    if tl.meaningless:
+        print("streamrec: --weights none: random weights, labels are meaningless", file=sys.stderr)
+    if tl.padded:
+        print("streamrec: the clip is shorter than one window; its last frame was repeated", file=sys.stderr)
+    if tl.damage_note:
+        print(f"streamrec: {tl.damage_note}", file=sys.stderr)
+    return 0
+
+
+class _progress_bar:
+    """tqdm on stderr in seconds of video, only when stderr is a terminal."""
+
+    def __new__(cls):
+        if not sys.stderr.isatty():
+            return None
+        return super().__new__(cls)
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(unit="s", unit_scale=True, desc="decoding", file=sys.stderr)
+        self._last = 0.0
+
+    def update(self, seconds: float) -> None:
+        if seconds - self._last >= 0.5:
+            self._bar.update(seconds - self._last)
+            self._last = seconds
+
+    def close(self) -> None:
+        self._bar.close()

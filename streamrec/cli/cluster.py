@@ -1,0 +1,62 @@
+"""``streamrec cluster``: the command line of :mod:`streamrec.cluster.app` (the parser imports
+neither Ray nor torch; the command imports what it runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from streamrec.errors import StreamrecError
+
+
+def add_cluster_parser(sub) -> None:
+    p = sub.add_parser("cluster", help="run the cameras of --config on a Ray cluster, with the dashboard; "
+                                       "print predictions as JSON lines")
+    p.add_argument("--config", required=True, help="TOML file with [[cameras]]")
+    p.add_argument("--address", default="auto", help="Ray cluster address (auto, ray://host:10001, or 'local')")
+    p.add_argument("--db", default=None, help="activity history: SQLite file (default: serve's) or postgresql:// URL")
+    p.add_argument("--history-days", type=float, default=None, help="delete history older than this many days")
+    p.add_argument("--replicas", type=int, default=1, help="inference actors")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    p.add_argument("--host", default=None, help="dashboard bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="dashboard port (default 8000, 0 = any free)")
+    p.add_argument("--token", default=None, help="access token for the page and websocket (or STREAMREC_TOKEN)")
+    p.add_argument("--insecure", action="store_true", default=None, help="allow a non-loopback --host without a token")
+    p.add_argument("--no-dashboard", action="store_true", help="no web server: JSON lines and history only")
+    p.set_defaults(func=cmd_cluster)
+
+
+def cmd_cluster(args) -> int:
+    import sys
+
+    from streamrec.serve.app import check_port_free, default_db
+    from streamrec.cluster.app import ClusterApp
+    from streamrec.config import ServeConfig, load_toml
+    from streamrec.cluster.runner import _ray, check_reachable
+    from streamrec.live.history import HistoryStore
+
+    if args.replicas < 1:
+        raise StreamrecError(f"--replicas: expected >= 1, got {args.replicas}")
+    if args.seconds is not None and args.seconds <= 0:
+        raise StreamrecError(f"--seconds: expected > 0, got {args.seconds}")
+    ray = _ray()
+    cli = {"host": args.host, "port": args.port, "token": args.token, "insecure": args.insecure, "db": args.db,
+           "history_days": args.history_days}
+    config = ServeConfig.from_sources(load_toml(args.config), cli)
+    check_reachable(args.address)
+    if not args.no_dashboard:
+        check_port_free(config.host, config.port)  # before the cluster starts
+    HistoryStore(config.db or default_db()).close()  # a bad --db fails before the cluster starts (without pruning)
+    ray.init(address=None if args.address == "local" else args.address, logging_level=logging.WARNING)
+    try:
+        app = ClusterApp(config, db=config.db or default_db(), replicas=args.replicas, lines=sys.stdout,
+                         dashboard=not args.no_dashboard)
+        if app.meaningless:
+            print("streamrec: --weights none: random weights, every label shown is meaningless", file=sys.stderr)
+        try:
+            asyncio.run(app.run(args.seconds))
+        finally:
+            app.close()
+    finally:
+        ray.shutdown()
+    return 0

@@ -1,0 +1,256 @@
+"""The ``streamrec`` command line. ``print`` lives here and nowhere else.
+
+Every user error ends as one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import asyncio
+import logging
+import sys
+from typing import Any, Callable, Iterable, Sequence
+
+from streamrec import __version__
+from streamrec.errors import StreamrecError
+from streamrec.catalog import BACKEND_NAMES, MODEL_NAMES
+from streamrec.fsutil import atomic_write_text, check_output
+
+logger = logging.getLogger("streamrec")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help; the examples at the end kept as written."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        raise StreamrecError(f"{self.prog}: {message}")
+
+
+def _positive_float(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            val = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected a number, got {text!r}") from None
+        if val <= 0:
+            raise argparse.ArgumentTypeError(f"{name}: expected > 0, got {text}")
+        return val
+
+    return parse
+
+
+def _model_args(p: argparse.ArgumentParser, *, backend_default: str = "auto") -> None:
+    p.add_argument("--model", choices=MODEL_NAMES, default=None, help="video classifier (default r2plus1d_18, or the checkpoint's)")
+    p.add_argument("--weights", default=None, help="DEFAULT (Kinetics-400 from the torch hub cache or download), PATH, or none (random; labels meaningless)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--backend", default=None, choices=BACKEND_NAMES,
+                   help=f"inference backend (default {backend_default}; auto: the fastest measured on this machine, cached)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: cores - 1, at least 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="streamrec", description="Real-time video action recognition.")
+    parser.add_argument("--version", action="version", version=f"streamrec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("serve", help="recognize a live source and serve the page")
+    s.add_argument("--source", default=None, help="webcam index, rtsp://|http(s):// URL, or video file")
+    _model_args(s)
+    s.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="HTTP/WebSocket port (default 8000, 0 = any free)")
+    s.add_argument("--loop", action="store_true", default=None, help="restart a file at its end")
+    s.add_argument("--config", default=None, help="TOML file with any of these options (the command line wins)")
+    s.add_argument("--camera", default=None, help="camera name carried in every message")
+    s.add_argument("--rtsp-transport", choices=("tcp", "udp"), default=None)
+    s.add_argument("--stall-timeout", type=_positive_float("--stall-timeout"), default=None, help="seconds without a frame before reconnecting (default 5)")
+    s.add_argument("--open-timeout", type=_positive_float("--open-timeout"), default=None, help="seconds to connect to a network source (default 10)")
+    s.add_argument("--stride-ms", type=float, default=None, help="minimum time between labels (default 0: as fast as the model runs)")
+    s.add_argument("--sports-only", action="store_true", default=None, help="restrict labels to Kinetics sport classes, renormalized")
+    s.add_argument("--token", default=None, help="access token for the page and websocket (or STREAMREC_TOKEN)")
+    s.add_argument("--insecure", action="store_true", default=None, help="allow a non-loopback --host without a token")
+    s.add_argument("--db", default=None, help="activity history: SQLite file (default ~/.local/share/streamrec/history.db) or postgresql:// URL")
+    s.add_argument("--history-days", type=float, default=None, help="delete history older than this many days "
+                                                                     "(default: keep all)")
+    s.set_defaults(func=cmd_serve)
+
+    # every parser below is built without importing torch (tested): a command imports what it runs
+    from streamrec.cli.classify import add_classify_parser
+    from streamrec.cli.train import add_parsers as add_train_parsers
+    from streamrec.cli.cluster import add_cluster_parser
+    from streamrec.cli.labels import add_labels_parser
+
+    add_classify_parser(sub, _model_args)
+    add_labels_parser(sub, HelpFormatter)
+    add_train_parsers(sub, _model_args)
+    b = sub.add_parser("bench", help="measure pipeline stages and backends on this machine")
+    b.add_argument("--models", default="r2plus1d_18", help="comma-separated model names")
+    b.add_argument("--clip", default=None, help="clip for stage costs (default: ../shared/clips/arm_wrestling.mp4)")
+    b.add_argument("--clips", default=None, help="folder of clips for backend agreement and int8 calibration")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,2,4,8 on CPU; 1..32 on GPU)")
+    b.add_argument("--no-int8", action="store_true")
+    b.add_argument("--json", default="bench.json", help="write the full report here")
+    b.set_defaults(func=cmd_bench)
+    add_cluster_parser(sub)
+    h = sub.add_parser("history", help="read the activity history")
+    h.add_argument("--db", default=None, help="SQLite file or postgresql:// URL (default: serve's default)")
+    h.add_argument("--camera", default=None)
+    h.add_argument("--since", default=None, help="Unix seconds, ISO time, or -10m / -2h / -1d")
+    h.add_argument("--until", default=None)
+    h.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    h.add_argument("--limit", type=int, default=None, help="only the newest N segments (default: all)")
+    h.set_defaults(func=cmd_history)
+    return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from streamrec.config import ServeConfig, load_toml
+    from streamrec.runtime.firststart import prepare_first_starts
+    from streamrec.fsutil import CACHE
+
+    file_values: dict[str, Any] = load_toml(args.config) if args.config else {}
+    keys = ("source", "model", "weights", "device", "backend", "threads", "host", "port", "loop", "camera",
+            "rtsp_transport", "stall_timeout", "open_timeout", "stride_ms", "sports_only", "token", "insecure", "db",
+            "history_days")
+    cli_values = {k: getattr(args, k) for k in keys}
+    config = ServeConfig.from_sources(file_values, cli_values)
+    # a model's first CPU start in a child process, before this one imports torch: the server
+    # then never has torchvision loaded (+163 MB for as long as it runs); see streamrec.runtime.firststart
+    cams = [config.resolve(c) for c in config.all_cameras()]
+    prepare_first_starts(CACHE, [(c.model, str(c.weights or "DEFAULT")) for c in cams], device=config.device)
+    from streamrec.serve.app import LiveApp
+
+    app = LiveApp(config)
+    if app.meaningless:
+        print("streamrec: --weights none: random weights, every label shown is meaningless", file=sys.stderr)
+    asyncio.run(app.run())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from streamrec.offline.bench import markdown, run
+    from streamrec.runtime.classifier import resolve_device
+
+    shared = Path(os.environ.get("STREAMREC_CLIPS") or Path(__file__).resolve().parents[2].parent / "shared" / "clips")
+    clip = Path(args.clip) if args.clip else shared / "arm_wrestling.mp4"
+    if not clip.is_file():
+        raise StreamrecError(f"--clip: file not found: {clip}")
+    from streamrec.offline.dataset import video_files
+
+    # without --clips: the agreement and int8 rows only where the shared clips are
+    clips = video_files([args.clips]) if args.clips else video_files([shared]) if shared.is_dir() else []
+    models = [m.strip() for m in args.models.split(",")]
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown:  # before any model is measured
+        raise StreamrecError(f"--models: expected names from {', '.join(MODEL_NAMES)}, got {', '.join(map(repr, unknown))}")
+    check_output("--json", args.json)
+    dev = resolve_device(args.device)
+    if args.batches:
+        try:
+            batches = [int(b) for b in args.batches.split(",")]
+        except ValueError:
+            batches = []
+        if not batches or min(batches) < 1:
+            raise StreamrecError(f"--batches: expected comma-separated batch sizes >= 1, got {args.batches!r}")
+    else:
+        batches = [1, 2, 4, 8, 16, 32] if dev.type == "cuda" else [1, 2, 4, 8]
+    report = run(models=models, clip=clip, clips=clips, device=args.device, batches=batches, int8=not args.no_int8)
+    print(markdown(report))
+    atomic_write_text(args.json, json.dumps(report, indent=1, default=str))
+    print(f"\nfull report: {args.json}", file=sys.stderr)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from contextlib import closing
+    from pathlib import Path
+
+    from streamrec.serve.app import default_db
+    from streamrec.live.history import HistoryStore, parse_time
+
+    target = args.db or default_db()
+    if "://" not in target and target != ":memory:" and not Path(target).is_file():
+        raise StreamrecError(f"--db: no history database at {target}")
+    since, until = parse_time(args.since), parse_time(args.until)
+    store = HistoryStore(target)
+    try:  # every matching segment (or the newest --limit), streamed: nothing cut off unsaid
+        with closing(store.rows(camera=args.camera, since=since, until=until, limit=args.limit)) as rows:
+            _print_history(rows, args.format)
+    finally:
+        store.close()
+    return 0
+
+
+def _print_history(rows: Iterable[dict[str, Any]], form: str) -> None:
+    import csv
+    import json
+    from datetime import datetime
+
+    from streamrec.live.history import COLUMNS
+
+    if form == "json":
+        sys.stdout.write("[")
+        for i, r in enumerate(rows):
+            sys.stdout.write(("," if i else "") + "\n " + json.dumps(r))
+        sys.stdout.write("\n]\n")
+    elif form == "csv":
+        w = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
+        print(f"{'camera':<16} {'start':<19}  {'end':<19}  {'secs':>6}  {'mean':>5}  {'peak':>5}  label")
+        for r in rows:
+            print(f"{r['camera']:<16} {fmt(r['start'])}  {fmt(r['end'])}  {r['end'] - r['start']:>6.1f}  "
+                  f"{r['mean_score']:>5.2f}  {r['peak_score']:>5.2f}  {r['label']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        for noisy in ("websockets", "libav"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        return int(args.func(args) or 0)
+    except StreamrecError as exc:
+        print(f"streamrec: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("streamrec: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except OSError as exc:  # a write that failed after the checks (disk full, folder removed): one line, no traceback
+        logger.debug("OSError", exc_info=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"streamrec: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    """Console-script entry point.
+
+    After ``serve`` has shut down cleanly (threads joined, camera and sockets closed) the
+    process exits at once: the CPython/torch module teardown alone takes ~2 s here and
+    would break the "stopped within 2 s of SIGTERM" promise, while holding nothing.
+    """
+    rc = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,175 @@
+"""CLI for teaching new activities and shipping models: ``dataset``, ``train``, ``lr-find``, ``evaluate``,
+``export``, ``quantize``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from streamrec.fsutil import check_output
+
+
+def add_parsers(sub, model_args) -> None:
+    p = sub.add_parser("dataset", help="catalog a folder of labelled clips")
+    p.add_argument("data")
+    p.add_argument("--val-split", type=float, default=None)
+    p.add_argument("--csv", default=None, help="write the catalog here")
+    p.add_argument("--sheet", default=None, help="write a contact sheet PNG (first/last frames) here")
+    p.set_defaults(func=cmd_dataset)
+
+    for name, helptext in (("train", "fine-tune a model on DATA/train, validate on DATA/valid"),
+                           ("lr-find", "learning-rate range test")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("data")
+        p.add_argument("--model", default="r2plus1d_18")
+        p.add_argument("--weights", default="DEFAULT")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--epochs", type=int, default=10)
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--lr", type=float, default=1e-3)
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--freeze-backbone", dest="freeze_backbone", action="store_true", default=True)
+        g.add_argument("--finetune-all", dest="freeze_backbone", action="store_false")
+        p.add_argument("--val-split", type=float, default=None)
+        p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without val-loss improvement")
+        p.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal flips (direction matters)")
+        p.add_argument("--color-jitter", type=float, default=0.0)
+        p.add_argument("--workers", type=int, default=None)
+        p.add_argument("--cache-dir", default=None)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", default="model.pt")
+        p.add_argument("--resume", action="store_true")
+        if name == "lr-find":
+            p.add_argument("--plot", default="lr_find.png")
+            p.set_defaults(func=cmd_lr_find)
+        else:
+            p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="top-1/5, per-class precision/recall, confusion matrix")
+    p.add_argument("folder", help="a folder of class folders, e.g. DATA/valid")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--model", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--confusion", default="confusion.png")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a TorchScript or ONNX file that carries its class names")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="make an int8 model for --backend openvino-int8, checked against fp32 on your clips")
+    p.add_argument("--model", default=None, help="video classifier (default r2plus1d_18, or the checkpoint's)")
+    p.add_argument("--weights", default="DEFAULT", help="DEFAULT (Kinetics-400) or a checkpoint / state_dict PATH")
+    p.add_argument("--clips", nargs="+", required=True, help="video files or folders of them, like what the cameras see")
+    p.add_argument("--stride", type=float, default=1.0, help="seconds between windows taken from the clips (default 1)")
+    p.add_argument("--min-agreement", type=float, default=0.9,
+                   help="keep the model only if its top-1 equals fp32's on this fraction of the checked windows (default 0.9)")
+    p.add_argument("--max-score-diff", type=float, default=0.1,
+                   help="keep the model only if no softmax score differs from fp32's by more than this (default 0.1)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_quantize)
+
+
+def _train_config(args):
+    from streamrec.offline.train import TrainConfig
+
+    keys = ("model", "weights", "device", "epochs", "batch_size", "lr", "freeze_backbone", "val_split", "patience",
+            "flip", "color_jitter", "workers", "cache_dir", "seed", "out", "resume")
+    return TrainConfig(data=args.data, **{k: getattr(args, k) for k in keys})
+
+
+def cmd_dataset(args) -> int:
+    from streamrec.offline.dataset import catalog, contact_sheet, discover, write_catalog_csv
+
+    if args.csv:
+        check_output("--csv", args.csv)
+    if args.sheet:
+        check_output("--sheet", args.sheet, image=True)
+    splits = discover(args.data, val_split=args.val_split)
+    rows = catalog(splits)
+    print(f"{'split':<6} {'class':<24} {'clips':>5} {'frames':>7} {'secs':>7} {'fps':>11}  {'resolutions':<20} unreadable")
+    for r in rows:
+        fps = f"{r['fps_min']}-{r['fps_max']}" if r["fps_min"] != r["fps_max"] else str(r["fps_min"])
+        print(f"{r['split']:<6} {r['class']:<24} {r['clips']:>5} {r['frames']:>7} {r['duration_s']:>7.1f} {fps:>11}  "
+              f"{r['resolutions']:<20} {r['unreadable']}")
+    if args.csv:
+        write_catalog_csv(rows, args.csv)
+    if args.sheet:
+        contact_sheet(splits["train"], args.sheet)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from streamrec.offline.train import train
+
+    check_output("--out", args.out)
+    result = train(_train_config(args))
+    print(f"best validation loss {result['best_val_loss']:.4f}; checkpoint {result['out']}", file=sys.stderr)
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from streamrec.offline.train import lr_find
+
+    check_output("--plot", args.plot, image=True)
+    lr = lr_find(_train_config(args), plot=args.plot)
+    print(f"suggested learning rate: {lr:.2e} (plot: {args.plot})")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from streamrec.offline.evaluate import evaluate
+
+    check_output("--confusion", args.confusion, image=True)
+    r = evaluate(args.folder, weights=args.weights, model=args.model, device=args.device,
+                 batch_size=args.batch_size, confusion_png=args.confusion)
+    if args.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    print(f"clips {r['clips']}, windows {r['windows']}: top-1 {r['top1']:.3f}, top-5 {r['top5']:.3f}")
+    print(f"{'class':<24} {'precision':>9} {'recall':>7} {'support':>8}")
+    for c, m in r["per_class"].items():
+        print(f"{c:<24} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['support']:>8}")
+    print(f"confusion matrix: {args.confusion}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from streamrec.offline.evaluate import export
+
+    suffix = {"torchscript": ".ts", "onnx": ".onnx"}[args.format]
+    out = args.out or str(args.checkpoint).rsplit(".", 1)[0] + suffix
+    check_output("--out", out, inputs=(args.checkpoint,))
+    path = export(args.checkpoint, out, fmt=args.format)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from dataclasses import asdict
+
+    from streamrec.offline.dataset import video_files
+    from streamrec.errors import StreamrecError
+    from streamrec.offline.quantize import check_args, quantize
+
+    clips = video_files(args.clips)  # before the model loads: wrong input fails at once
+    check_args(stride=args.stride, min_agreement=args.min_agreement, max_score_diff=args.max_score_diff)
+    from streamrec.runtime import prepared
+
+    loaded = prepared.load(args.model, args.weights, device="cpu")  # the module serve loads: the same digest
+    if loaded.prebuilt:
+        raise StreamrecError(f"--weights {args.weights}: an exported model; quantize the checkpoint it was exported from")
+    report = quantize(loaded, clips, stride=args.stride, min_agreement=args.min_agreement,
+                      max_score_diff=args.max_score_diff, threads=args.threads)
+    print(json.dumps({**asdict(report), "agreement": report.agreement}, indent=1) if args.json else "\n".join(report.lines()))
+    if report.saved is None:
+        print(f"streamrec: int8 vs fp32 on {report.checked_windows} checked windows: top-1 the same on "
+              f"{report.top1_agree} (--min-agreement {args.min_agreement:g}), scores up to {report.max_abs_score_diff:.3g} "
+              f"apart (--max-score-diff {args.max_score_diff:g}): not saved", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,442 @@
+"""Beyond one machine, on Ray: capture actors near the cameras, batched inference actors (per
+model) on the GPU (or big CPU) nodes, and a driver that smooths, records and publishes.
+
+Why Ray core actors (not Ray Serve): a camera is a long-lived stateful stream, which is
+what an actor is; the driver already batches the newest windows of all cameras into one
+call, which is what ``@serve.batch`` would add, without Serve's HTTP proxy, FastAPI and
+uvicorn stack. Everything else is the single-machine code: the same capture thread, ring
+buffer, preprocessing, smoothing, message schema and history.
+
+The command line and the dashboard are in :mod:`streamrec.cluster.app`. Run on a cluster
+(``ray start --head`` on one node, ``ray start --address=HEAD:6379`` on the others)::
+
+    streamrec cluster --config configs/gym.toml --address auto --db postgresql://...
+
+Capture actors ask for the ``camera_node`` resource when a node offers it (start camera
+nodes with ``ray start --resources='{"camera_node": 100}'``), inference actors for a GPU
+when ``--device cuda``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from streamrec.config import CameraConfig, ServeConfig
+from streamrec.errors import StreamrecError
+from streamrec.models.kinetics import restrict_rows, sport_indices
+from streamrec.live.camera import LabelStats, adding_camera
+from streamrec.live.messages import prediction_message, top_k_many
+from streamrec.live.smoothing import LabelSmoother, update_many
+
+logger = logging.getLogger(__name__)
+
+MODEL_START_S = 300.0  # an inference actor's start: scheduled, the model loaded (downloaded on a first start)
+ACTOR_START_S = 60.0  # a capture actor's start on its node (a worker process importing the pipeline), beyond the source's open timeout
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise StreamrecError("cluster: ray is not installed; pip install 'streamrec[cluster]'") from None
+    return ray
+
+
+class RemoteCapture:
+    """Runs on a camera node: one camera's capture thread and ring (a Ray actor body)."""
+
+    def __init__(self, cam: dict[str, Any], spec: dict[str, Any]) -> None:
+        from streamrec.live.capture import camera_capture
+        from streamrec.models.spec import ModelSpec
+        from streamrec.live.sources import SourceSpec, open_source
+
+        self.cfg = CameraConfig(**cam)
+        self.spec = ModelSpec.from_dict(spec)
+        self.stop_event = threading.Event()
+        self.capture = None
+        self.error: str | None = None
+        try:  # opened here first, as serve does: a missing file, not a video, an unreachable URL fail at once
+            first = open_source(SourceSpec.of_camera(self.cfg))
+        except StreamrecError as exc:
+            self.error = str(exc)
+            return
+        self.ring, self.capture = camera_capture(SourceSpec.of_camera(self.cfg), self.spec, stop=self.stop_event,
+                                                 name=self.cfg.name, loop=bool(self.cfg.loop), first=first)
+        self.capture.start()
+
+    def opened(self) -> str | None:
+        """``None`` when the source opened and capture runs, else the one-line reason it did not."""
+        return self.error
+
+    def window(self, after_seq: int) -> tuple | None:
+        """The newest window ending after ``after_seq``: (end_seq, start_ts, end_ts, uint8 crops
+        (T, H, W, C), capture fps)."""
+        if self.capture is None:
+            return None
+        w = self.ring.newest_window(self.spec.frames, self.spec.fps, after=after_seq)
+        if w is None or w.end_seq <= after_seq:
+            return None
+        # uint8: a quarter of the bytes of float32 over the network
+        return w.end_seq, w.start_ts, w.end_ts, w.frames, self.capture.fps()
+
+    def preview(self, width: int, after_ts: float) -> tuple[float, bytes] | None:
+        """The newest frame as a JPEG at most ``width`` wide, encoded here near the camera (a few
+        KB cross the network, not a frame); ``None`` when it is no newer than ``after_ts``."""
+        from streamrec.serve.app import encode_preview
+
+        if self.capture is None:
+            return None
+        rgb, ts = self.capture.latest_rgb, self.capture.latest_ts
+        if rgb is None or ts <= after_ts:
+            return None
+        return ts, encode_preview(rgb, width)
+
+    def stats(self) -> dict[str, Any]:
+        if self.capture is None:
+            return {"state": "error", "error": self.error, "node": _node_id()}
+        return {**self.capture.stats(), "node": _node_id()}
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.capture is not None:
+            self.capture.join(1.5)
+
+
+class RemoteClassifier:
+    """Runs on an inference node: a loaded model classifying batches (a Ray actor body)."""
+
+    def __init__(self, model: str | None, weights: str, device: str, backend: str, threads: int | None = None) -> None:
+        from streamrec.runtime.classifier import Classifier
+        from streamrec.models.registry import load_model
+
+        self.error: str | None = None
+        try:  # a bad model or weights file is told to the driver as one line (meta), not as an actor's death
+            self.loaded = load_model(model, weights=weights)
+            self.classifier = Classifier(self.loaded, device=device, backend=backend, threads=threads)
+        except StreamrecError as exc:
+            self.error = str(exc)
+
+    def meta(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error}
+        return {"classes": self.loaded.classes, "spec": self.loaded.spec.to_dict(), "name": self.loaded.name,
+                "meaningless": self.loaded.meaningless, "node": _node_id(), "device": str(self.classifier.device),
+                "backend": self.classifier.backend}
+
+    def classify(self, windows: list[np.ndarray]) -> np.ndarray:
+        from streamrec.models.preprocess import batch_windows
+
+        return self.classifier.probs(batch_windows(windows))  # uint8 (B, T, H, W, C); normalized by the classifier
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001
+        return "local"
+
+
+@dataclass
+class ModelGroup:
+    """One model and weights of the cluster: its inference actors and what they said of it."""
+
+    key: tuple[str | None, str | None]  # (model, weights) as the cameras' config gives them
+    actors: list[Any]
+    name: str
+    classes: list[str]
+    meaningless: bool
+    device: str
+    backend: str
+    spec: dict[str, Any]
+    rounds: int = 0
+
+    def next_actor(self) -> Any:
+        """The inference actors take turns (``--replicas``)."""
+        self.rounds += 1
+        return self.actors[(self.rounds - 1) % len(self.actors)]
+
+
+class ClusterRunner:
+    """The driver: polls every camera actor, batches the new windows of the cameras of each model
+    into that model's inference actor, smooths per camera and hands each round's messages to
+    ``publish([(camera, msg), ...])``."""
+
+    def __init__(self, config: ServeConfig, publish: Callable[[list[tuple[str, dict[str, Any]]]], None], *,
+                 inference_replicas: int = 1, clock: Callable[[], float] = time.time) -> None:
+        ray = _ray()
+        self.ray = ray
+        self.config = config
+        self.publish = publish
+        self.clock = clock
+        self.replicas = inference_replicas
+        gpu = 1 if config.device.startswith("cuda") else 0
+        self._Inf = ray.remote(num_cpus=1, num_gpus=gpu)(RemoteClassifier)
+        cap_opts: dict[str, Any] = {"num_cpus": 0.5, "scheduling_strategy": "SPREAD"}
+        if ray.cluster_resources().get("camera_node"):
+            cap_opts["resources"] = {"camera_node": 1}
+        self._Cap = ray.remote(**cap_opts)(RemoteCapture)
+        self._lock = threading.Lock()  # the camera dicts: the driver thread reads them, the camera API changes them
+        self._load_lock = threading.Lock()  # one model load at a time: two new cameras of one model load it once
+        self.groups: dict[tuple, ModelGroup] = {}
+        self.cameras: dict[str, Any] = {}
+        self.model_of: dict[str, tuple] = {}
+        self.subsets: dict[str, list[int] | None] = {}  # sports_only cameras: the sport classes' indices
+        self.smoothers: dict[str, LabelSmoother] = {}
+        self.labels: dict[str, LabelStats] = {}
+        self.adding: set[str] = set()
+        self.lost: set[str] = set()  # cameras whose actor failed on the last call
+        self.stop_event = threading.Event()
+        self._closed = False
+        self.rounds = 0
+        self.batch_sizes: deque[int] = deque(maxlen=512)
+        try:
+            cams = [config.resolve(c) for c in config.all_cameras()]
+            for cam in cams:
+                self._group(cam)
+            self._start_cameras(cams)
+        except BaseException:
+            self.close()
+            raise
+
+    def _group(self, cam: CameraConfig) -> ModelGroup:
+        """The model group of ``cam`` (resolved), its inference actors started on first use."""
+        key = (cam.model, cam.weights)
+        with self._load_lock:
+            if key in self.groups:
+                return self.groups[key]
+            model, weights = key
+            actors = [self._Inf.remote(model, weights or "DEFAULT", self.config.device, self.config.backend,
+                                       self.config.threads) for _ in range(self.replicas)]
+            try:
+                meta = self.ray.get(actors[0].meta.remote(), timeout=MODEL_START_S)
+            except Exception as exc:  # noqa: BLE001 - never scheduled (no free CPU or GPU), or died starting
+                meta = {"error": f"its inference actor did not start within {MODEL_START_S:g} s ({type(exc).__name__}); "
+                                 f"does the cluster have a free {'GPU' if self.config.device.startswith('cuda') else 'CPU'}?"}
+            if "error" in meta:
+                for a in actors:
+                    self.ray.kill(a)
+                raise StreamrecError(f"camera {cam.name}: {meta['error']}")
+            group = ModelGroup(key, actors, meta["name"], meta["classes"], meta["meaningless"], meta["device"],
+                               meta["backend"], meta["spec"])
+            self.groups[key] = group
+            return group
+
+    def group_of(self, camera: str) -> ModelGroup | None:
+        key = self.model_of.get(camera)
+        return self.groups.get(key) if key is not None else None
+
+    @property
+    def meaningless(self) -> bool:
+        """Some camera's model has random weights (its labels are meaningless)."""
+        return any(g.meaningless for g in list(self.groups.values()))
+
+    def _start_cameras(self, cams: list[CameraConfig]) -> None:
+        """Start a capture actor per camera and wait until each has opened its source: the first
+        camera that could not is a :class:`StreamrecError` naming it (its actors are killed)."""
+        fields = ("name", "source", "loop", "rtsp_transport", "open_timeout", "stall_timeout")
+        keys = {c.name: (c.model, c.weights) for c in cams}
+        # sports_only cameras: their model's sport classes (a model with none fails here, before any actor starts)
+        subsets = {c.name: sport_indices(self.groups[keys[c.name]].classes) if c.sports_only else None for c in cams}
+        # each capture actor resizes and samples for its own camera's model
+        actors = {c.name: self._Cap.remote({k: getattr(c, k) for k in fields}, self.groups[keys[c.name]].spec)
+                  for c in cams}
+        # an actor's start imports the pipeline on its node (seconds) before the source's own open timeout
+        timeout = max(c.open_timeout or 10.0 for c in cams) + ACTOR_START_S
+        refs = {name: a.opened.remote() for name, a in actors.items()}
+        try:
+            errors = dict(zip(refs, self.ray.get(list(refs.values()), timeout=timeout)))
+        except Exception as exc:  # noqa: BLE001 - GetTimeoutError, or an actor that died starting
+            for a in actors.values():
+                self.ray.kill(a)
+            raise StreamrecError(f"cameras {', '.join(actors)}: capture actors did not start within {timeout:g} s "
+                                 f"({type(exc).__name__})") from None
+        failed = {name: err for name, err in errors.items() if err}
+        if failed:
+            for a in actors.values():
+                self.ray.kill(a)
+            name, err = next(iter(failed.items()))
+            raise StreamrecError(f"camera {name}: {err}")
+        with self._lock:
+            for name, actor in actors.items():
+                self.cameras[name] = actor
+                self.model_of[name] = keys[name]
+                self.subsets[name] = subsets[name]
+                self.smoothers[name] = LabelSmoother(self.config.smoothing)
+                self.labels[name] = LabelStats()
+
+    def add_camera(self, cam: CameraConfig) -> None:
+        """Start one more camera while running (its source must open; a model no camera used yet
+        is loaded on new inference actors first)."""
+        cam = self.config.resolve(cam)
+        with adding_camera(self._lock, self.cameras, self.adding, cam.name):
+            self._group(cam)
+            self._start_cameras([cam])
+
+    def remove_camera(self, name: str) -> bool:
+        """Stop and forget camera ``name``; ``False`` when there is none."""
+        actor = self.detach_camera(name)
+        if actor is None:
+            return False
+        self.stop_actor(actor)
+        return True
+
+    def detach_camera(self, name: str) -> Any:
+        """Forget camera ``name`` (no message for it is built after this returns); its actor, or ``None``."""
+        with self._lock:
+            actor = self.cameras.pop(name, None)
+            if actor is not None:
+                self.model_of.pop(name)
+                self.subsets.pop(name)
+                self.smoothers.pop(name)
+                self.labels.pop(name)
+                self.lost.discard(name)
+            return actor
+
+    def stop_actor(self, actor: Any) -> None:
+        try:
+            self.ray.get(actor.stop.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - on a lost node: it is gone already
+            pass
+        self.ray.kill(actor)
+
+    def _snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self.cameras)
+
+    def step(self, timeout: float = 1.0) -> int:
+        """One round: gather new windows, classify them in one batch, publish. Returns the batch size."""
+        ray = self.ray
+        stride_s, now = self.config.stride_ms / 1e3, time.monotonic()
+        with self._lock:  # stride_ms: a camera labelled less than that ago is not asked for a window
+            refs = {name: actor.window.remote(self.labels[name].last_end) for name, actor in self.cameras.items()
+                    if not stride_s or now - self.labels[name].published >= stride_s}
+            smoothers, model_of, subsets = dict(self.smoothers), dict(self.model_of), dict(self.subsets)
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+        ready_set = set(ready)
+        by_model: dict[tuple, list[tuple[str, tuple]]] = {}
+        for name, ref in refs.items():
+            if ref not in ready_set:
+                continue
+            try:
+                w = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - its actor (or node) is gone: the other cameras go on
+                if name not in self.lost:
+                    logger.error("camera %s: its capture actor failed: %s", name, type(exc).__name__)
+                self.lost.add(name)
+                continue
+            self.lost.discard(name)
+            if w is not None:
+                by_model.setdefault(model_of[name], []).append((name, w))
+        if not by_model:
+            time.sleep(0.02)  # also when every camera is within its stride
+            return 0
+        t0 = time.perf_counter()  # every model's batch goes out at once; each is timed from there
+        calls = {key: self.groups[key].next_actor().classify.remote([w[3] for _, w in batch])
+                 for key, batch in by_model.items()}
+        out = []
+        for key, ref in calls.items():
+            probs = np.asarray(ray.get(ref))  # (B, K): smoothed and ranked once per batch, as the live worker does
+            infer_ms = (time.perf_counter() - t0) * 1e3
+            group, batch = self.groups[key], by_model[key]
+            probs = restrict_rows(probs, [subsets[name] for name, _ in batch])
+            smoothed = update_many([smoothers[name] for name, _ in batch], probs)
+            for (name, (end_seq, start_ts, end_ts, frames, fps)), sm, top in zip(batch, smoothed,
+                                                                                 top_k_many(probs, group.classes)):
+                labels = self.labels.get(name)
+                if labels is None:  # removed while its window was being classified (publish checks again)
+                    continue
+                labels.took(end_seq)
+                labels.seq += 1
+                msg = prediction_message(seq=labels.seq, smoothed=sm, top=top, classes=group.classes,
+                                         start_ts=start_ts, end_ts=end_ts, frames=len(frames),
+                                         infer_ms=infer_ms, sent_ts=self.clock(), capture_fps=fps, camera=name,
+                                         meaningless=group.meaningless)
+                labels.record(msg, self.clock())
+                out.append((name, msg))
+        self.publish(out)
+        done = time.monotonic()
+        for name, _ in out:
+            if (labels := self.labels.get(name)) is not None:  # not removed meanwhile
+                labels.published = done
+        self.rounds += 1
+        size = sum(len(b) for b in by_model.values())
+        self.batch_sizes.append(size)
+        return size
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.step()
+
+    def stats(self, timeout: float | None = None) -> dict[str, Any]:
+        """Each camera's capture stats (and ``node``), from its actor; a camera whose actor does not
+        answer within ``timeout`` reads ``{"state": "unreachable"}``."""
+        refs = {name: a.stats.remote() for name, a in self._snapshot().items()}
+        ready, _ = self.ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+        out = {}
+        for name, ref in refs.items():
+            try:
+                out[name] = self.ray.get(ref) if ref in ready else {"state": "unreachable"}
+            except Exception as exc:  # noqa: BLE001 - an actor on a lost node
+                out[name] = {"state": "unreachable", "error": type(exc).__name__}
+        return out
+
+    def previews(self, width: int, after: dict[str, float], timeout: float) -> dict[str, tuple[float, bytes]]:
+        """The cameras' newest frames as JPEGs (those newer than ``after[name]`` that come within ``timeout``)."""
+        refs = {name: a.preview.remote(width, after.get(name, 0.0)) for name, a in self._snapshot().items()}
+        ready, _ = self.ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+        out = {}
+        for name, ref in refs.items():
+            if ref in ready:
+                try:
+                    got = self.ray.get(ref)
+                except Exception:  # noqa: BLE001 - an actor on a lost node: no frame this time
+                    continue
+                if got is not None:
+                    out[name] = got
+        return out
+
+    def close(self) -> None:
+        """Stop the capture actors and kill every actor (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop_event.set()
+        cameras = self._snapshot()
+        try:
+            self.ray.get([a.stop.remote() for a in cameras.values()], timeout=5)
+        except Exception:  # noqa: BLE001 - actors on a lost node are gone already
+            pass
+        for actor in [*cameras.values(), *(a for g in list(self.groups.values()) for a in g.actors)]:
+            self.ray.kill(actor)
+
+
+def check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
+    """Fail in ``timeout_s`` when ``address`` names a host and port that accept no connection:
+    ``ray.init`` itself retries such an address for minutes, logging as it goes.
+
+    >>> check_reachable("auto")  # found by Ray itself: nothing to check here
+    >>> check_reachable("head-node")
+    Traceback (most recent call last):
+    ...
+    streamrec.errors.StreamrecError: --address: expected auto, local, HOST:PORT or ray://HOST:PORT, got 'head-node'
+    """
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise StreamrecError(f"--address: expected auto, local, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise StreamrecError(f"--address {address}: no Ray cluster answers there within {timeout_s:g} s "
+                             f"({exc.strerror or exc})") from None

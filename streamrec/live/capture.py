@@ -1,0 +1,268 @@
+"""The capture thread: source -> one decode, one resize per frame -> ring buffer.
+
+It never waits on inference. Files are paced by their timestamps as if live; ``loop``
+restarts them. A live source that fails, stalls or ends is reopened with capped, jittered
+exponential backoff while ``state`` reads ``"reconnecting"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from streamrec.errors import SourceError
+from streamrec.models.preprocess import FramePreprocessor
+from streamrec.live.ring import FrameRing
+from streamrec.live.sources import Source, SourceSpec, mask_credentials, open_source
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped, jittered exponential backoff: attempt n waits ``min(cap, base * 2**n) * U(0.5, 1)``."""
+
+    base_s: float = 0.5
+    cap_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.base_s <= self.cap_s:
+            raise ValueError(f"backoff: expected 0 < base_s <= cap_s, got {self.base_s}, {self.cap_s}")
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return min(self.cap_s, self.base_s * 2 ** min(attempt, 30)) * rng.uniform(0.5, 1.0)
+
+
+class RateMeter:
+    """Events per second over a sliding window of the last ``horizon_s`` seconds."""
+
+    def __init__(self, horizon_s: float = 2.0) -> None:
+        self.horizon_s = horizon_s
+        self._times: deque[float] = deque()
+
+    def tick(self, now: float) -> None:
+        self._times.append(now)
+        while self._times and self._times[0] < now - self.horizon_s:
+            self._times.popleft()
+
+    def rate(self, now: float) -> float:
+        while self._times and self._times[0] < now - self.horizon_s:
+            self._times.popleft()
+        if len(self._times) < 2:
+            return 0.0
+        span = max(now - self._times[0], self._times[-1] - self._times[0])
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+class CaptureThread(threading.Thread):
+    """Reads ``spec`` into ``ring`` until ``stop`` is set.
+
+    ``first`` is an already opened source (the CLI opens it once up front to fail fast);
+    ``opener`` opens the source again after it ended or failed (:func:`open_source`).
+    """
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        ring: FrameRing,
+        preprocessor: FramePreprocessor,
+        *,
+        stop: threading.Event,
+        loop: bool = False,
+        first: Source | None = None,
+        backoff: Backoff = Backoff(),
+        clock: Callable[[], float] = time.time,
+        name: str = "capture",
+        on_frame: Callable[[np.ndarray, float], None] | None = None,
+        opener: Callable[[SourceSpec], Source] = open_source,
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self.opener = opener
+        self.spec = spec
+        self.ring = ring
+        self.pre = preprocessor
+        self.stop_event = stop
+        self.loop = loop
+        self._first = first
+        self.backoff = backoff
+        self.clock = clock
+        self.on_frame = on_frame
+        self._rng = random.Random()
+        self._fps = RateMeter()
+        self._lock = threading.Lock()
+        self.state = "starting"  # starting | running | reconnecting | ended | stopped
+        self.frames = 0
+        self._closed_errors = 0  # decode errors of sources already closed
+        self._source: Source | None = None
+        self.reconnects = 0
+        self.latest_rgb: np.ndarray | None = None  # newest decoded frame, for the page preview
+        self.latest_ts = 0.0
+        self.resize_s = 0.0  # total time in per-frame preprocessing
+        self.decode_s = 0.0  # total time waiting on the source for a decoded frame
+        self.error: str | None = None
+        self._next_due: float | None = None  # a looped file: when the next pass's first frame is due
+
+    @property
+    def decode_errors(self) -> int:
+        """Corrupt packets skipped so far, across reconnects."""
+        return self._closed_errors + getattr(self._source, "decode_errors", 0)
+
+    # -- stats -----------------------------------------------------------------
+    def fps(self) -> float:
+        with self._lock:
+            return self._fps.rate(self.clock())
+
+    def stats(self) -> dict:
+        return {
+            "state": self.state,
+            "source": self.spec.display_name,
+            "frames": self.frames,
+            "capture_fps": round(self.fps(), 2),
+            "dropped": self.ring.dropped,
+            "decode_errors": self.decode_errors,
+            "reconnects": self.reconnects,
+            "error": self.error,
+        }
+
+    # -- thread body ------------------------------------------------------------
+    def run(self) -> None:
+        attempt = 0
+        source = self._first
+        self._first = None
+        try:
+            while not self.stop_event.is_set():
+                if source is None:
+                    try:
+                        source = self.opener(self.spec)
+                    except SourceError as exc:
+                        self.error = mask_credentials(str(exc))
+                        if not self.spec.is_live:
+                            logger.error("%s", exc)
+                            self.state = "ended"
+                            return
+                        self._wait_backoff(attempt)
+                        attempt += 1
+                        continue
+                self._source = source
+                got = False
+                try:
+                    got = self._pump(source)
+                    if got:
+                        attempt = 0
+                finally:
+                    self._closed_errors += getattr(source, "decode_errors", 0)
+                    source.close()
+                    source, self._source = None, None
+                if self.stop_event.is_set():
+                    break
+                if not self.spec.is_live:
+                    if not got:  # looping a file with no frame to show would spin: end instead
+                        self.error = self.error or f"{self.spec.display_name}: no decodable video frames"
+                        logger.error("%s", self.error)
+                        self.state = "ended"
+                        return
+                    if not self.loop:
+                        self.state = "ended"
+                        logger.info("end of file %s", self.spec.target)
+                        return
+                    continue  # reopen and play again
+                self.reconnects += 1
+                self._wait_backoff(attempt)
+                attempt += 1
+        finally:
+            if source is not None:
+                source.close()
+            if self.state not in ("ended",):
+                self.state = "stopped"
+
+    def _wait_backoff(self, attempt: int) -> None:
+        self.state = "reconnecting"
+        self.ring.clear()  # frames before the gap must not join frames after it
+        delay = self.backoff.delay(attempt, self._rng)
+        logger.warning("source %s unavailable (%s); retrying in %.1f s", self.spec.display_name, self.error, delay)
+        self.stop_event.wait(delay)
+
+    def _pump(self, source: Source) -> bool:
+        """Read ``source`` until it ends, fails or we are stopped; returns whether a frame came."""
+        got = False
+        pace_base: float | None = None  # wall time of pts 0, for files
+        due: float | None = None
+        step = 1.0 / (source.fps or 30.0)  # one frame's time on screen (30 fps when the file does not say)
+        it = iter(source.frames())
+        while not self.stop_event.is_set():
+            t0 = time.perf_counter()
+            try:
+                rgb, pts = next(it)
+            except StopIteration:
+                if due is not None:  # a looped file plays on at its pace: the last frame is shown
+                    self._next_due = due + step  # for its time, then the first again
+                return got
+            except Exception as exc:  # noqa: BLE001 - any read error: reconnect
+                self.error = mask_credentials(f"{type(exc).__name__}: {exc}")
+                logger.warning("read from %s failed: %s", self.spec.display_name, self.error)
+                return got
+            t1 = time.perf_counter()
+            if not self.spec.is_live and pts is not None:
+                now = self.clock()
+                if pace_base is None:
+                    pace_base = (self._next_due if self._next_due is not None else now) - pts
+                    self._next_due = None
+                due = pace_base + pts
+                if due - now > 0:
+                    self.stop_event.wait(due - now)
+                elif now - due > 0.5:  # decoding fell behind real time: rebase, as a camera would
+                    pace_base += now - due
+                    due = now
+                ts = due
+            else:
+                ts = self.clock()
+                if source.arrived is not None:  # dated when its data came in, before decode + conversion
+                    ts -= max(0.0, time.perf_counter() - source.arrived)
+            t2 = time.perf_counter()
+            frame = self.pre.resize_crop(rgb)  # uint8 (h, w, 3): normalized later, a batch at a time
+            self.resize_s += time.perf_counter() - t2
+            self.decode_s += t1 - t0
+            try:
+                self.ring.write(frame, ts)
+            except ValueError:  # clock stepped back: start a fresh history
+                self.ring.clear()
+                self.ring.write(frame, ts)
+            with self._lock:
+                self._fps.tick(ts)
+            self.latest_rgb, self.latest_ts = rgb, ts
+            self.frames += 1
+            if not got:
+                got = True
+                self.state = "running"
+                self.error = None
+            if self.on_frame is not None:
+                self.on_frame(rgb, ts)
+        return got
+
+
+def camera_capture(
+    spec: SourceSpec,
+    model_spec,
+    *,
+    stop: threading.Event,
+    name: str,
+    loop: bool = False,
+    first: Source | None = None,
+    on_frame: Callable[[np.ndarray, float], None] | None = None,
+) -> tuple[FrameRing, CaptureThread]:
+    """A ring sized for one window of ``model_spec`` and the capture thread that fills it
+    (not started): the one set-up shared by local cameras and cluster capture actors."""
+    from streamrec.live.ring import capacity_for
+
+    pre = FramePreprocessor(model_spec)
+    fps = first.fps if first is not None and first.fps else 30.0
+    ring = FrameRing(capacity_for(model_spec.frames, model_spec.fps, source_fps=max(fps, 30.0)), pre.crop_shape, np.uint8)
+    thread = CaptureThread(spec, ring, pre, stop=stop, loop=loop, first=first, name=f"capture-{name}", on_frame=on_frame)
+    return ring, thread

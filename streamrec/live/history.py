@@ -1,0 +1,314 @@
+"""Activity history: each camera's label segments (camera, label, start, end, mean and peak
+score) in SQLite (WAL mode, the default) or PostgreSQL (a ``postgresql://`` URL). With
+``retain_days`` the segments older than that are deleted at start and every hour.
+
+A segment is written, and committed, the moment it closes (the shown label changes);
+a clean shutdown closes the open ones. So a ``kill -9`` loses at most each camera's
+open segment. Writes go through a bounded queue to one writer thread: a slow disk
+drops (and counts) segments, it never stalls inference.
+
+Example:
+    >>> store = HistoryStore(":memory:")
+    >>> t = SegmentTracker("court-1", store.add)
+    >>> t.update("serve", 0.8, 10.0); t.update("serve", 0.6, 11.0); t.update("smash", 0.9, 12.0)
+    >>> store.flush(); [(s["label"], s["start"], s["end"], s["mean_score"]) for s in store.query()]
+    [('serve', 10.0, 12.0, 0.7)]
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
+
+from streamrec.errors import StreamrecError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments (
+    camera TEXT NOT NULL,
+    label TEXT NOT NULL,
+    start_ts DOUBLE PRECISION NOT NULL,
+    end_ts DOUBLE PRECISION NOT NULL,
+    mean_score DOUBLE PRECISION NOT NULL,
+    peak_score DOUBLE PRECISION NOT NULL,
+    windows INTEGER NOT NULL
+)"""
+INDEX = "CREATE INDEX IF NOT EXISTS segments_camera_start ON segments (camera, start_ts)"
+COLUMNS = ("camera", "label", "start", "end", "mean_score", "peak_score", "windows")
+
+
+@dataclass(frozen=True)
+class Segment:
+    camera: str
+    label: str
+    start: float
+    end: float
+    mean_score: float
+    peak_score: float
+    windows: int
+
+
+class SegmentTracker:
+    """Turns one camera's stream of (label, score, time) into closed segments."""
+
+    def __init__(self, camera: str, sink: Callable[[Segment], None]) -> None:
+        self.camera = camera
+        self.sink = sink
+        self._label: str | None = None
+        self._start = self._end = 0.0
+        self._sum = self._peak = 0.0
+        self._n = 0
+
+    def update(self, label: str, score: float, ts: float) -> None:
+        if label != self._label:
+            self.close(ts)
+            self._label, self._start, self._sum, self._peak, self._n = label, ts, 0.0, 0.0, 0
+        self._end = ts
+        self._sum += score
+        self._peak = max(self._peak, score)
+        self._n += 1
+
+    def close(self, ts: float | None = None) -> None:
+        """Write the open segment (ending at ``ts``, or at its last update) and forget it."""
+        if self._label is not None and self._n:
+            end = max(self._end, ts) if ts is not None else self._end
+            self.sink(Segment(self.camera, self._label, self._start, end, round(self._sum / self._n, 5),
+                              round(self._peak, 5), self._n))
+        self._label = None
+
+
+class HistoryStore:
+    """SQLite (a path, or ``:memory:``) or PostgreSQL (``postgresql://...``)."""
+
+    def __init__(self, target: str, *, queue_size: int = 10_000, retain_days: float | None = None,
+                 clock: Callable[[], float] = time.time, prune_every_s: float = 3600.0) -> None:
+        if retain_days is not None and not retain_days > 0:
+            raise StreamrecError(f"--history-days: expected > 0, got {retain_days}")
+        self.target = target
+        self.postgres = target.startswith(("postgresql://", "postgres://"))
+        self.retain_days = retain_days
+        self._clock = clock
+        self._prune_every_s = prune_every_s
+        self._q: queue.Queue[Segment | None] = queue.Queue(maxsize=queue_size)
+        self.dropped = 0
+        self.written = 0
+        self.pruned = 0
+        self.reconnects = 0
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._conn = self._connect()
+        self.prune()  # at start, then every ``prune_every_s`` from the writer thread
+        self._next_prune = clock() + prune_every_s
+        self._writer = threading.Thread(target=self._write_loop, name="history-writer", daemon=True)
+        self._writer.start()
+        self._closed = False
+
+    def _connect(self):
+        try:
+            if self.postgres:
+                try:
+                    import psycopg
+                except ImportError:
+                    raise StreamrecError("--db postgresql://: psycopg is not installed; pip install 'streamrec[postgres]'") from None
+                conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10)
+            else:
+                conn = sqlite3.connect(self.target, check_same_thread=False, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(SCHEMA)
+            conn.execute(INDEX)
+            return conn
+        except StreamrecError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: one line for the user
+            raise StreamrecError(f"--db {_safe(self.target)}: cannot open the history database: {exc}") from None
+
+    @property
+    def _ph(self) -> str:
+        return "%s" if self.postgres else "?"
+
+    def add(self, seg: Segment) -> None:
+        """Queue ``seg`` for writing; never blocks (a full queue drops and counts)."""
+        try:
+            self._q.put_nowait(seg)
+        except queue.Full:
+            self.dropped += 1
+
+    def prune(self) -> int:
+        """Delete the segments that ended more than ``retain_days`` ago (none without it);
+        return how many were deleted."""
+        if self.retain_days is None:
+            return 0
+        cutoff = self._clock() - self.retain_days * 86400.0
+        with self._lock:
+            n = self._conn.execute(f"DELETE FROM segments WHERE end_ts < {self._ph}", (cutoff,)).rowcount
+        self.pruned += max(n, 0)
+        if n > 0:
+            logger.info("history: deleted %d segments older than %g days", n, self.retain_days)
+        return n
+
+    def stats(self) -> dict[str, Any]:
+        """What ``/healthz`` shows of the history."""
+        return {"written": self.written, "dropped": self.dropped, "pruned": self.pruned, "reconnects": self.reconnects,
+                "retain_days": self.retain_days}
+
+    def _write_loop(self) -> None:
+        while True:
+            if self.retain_days is not None and self._clock() >= self._next_prune:
+                self._next_prune = self._clock() + self._prune_every_s
+                try:
+                    self.prune()
+                except Exception:  # noqa: BLE001 - keep the writer alive; the next round tries again
+                    logger.exception("history: cannot delete old segments")
+            try:
+                seg = self._q.get(timeout=None if self.retain_days is None else min(self._prune_every_s, 60.0))
+            except queue.Empty:
+                continue
+            try:
+                if seg is None:
+                    return
+                self._write(seg)
+            finally:
+                self._q.task_done()
+
+    def _write(self, seg: Segment) -> None:
+        """Insert ``seg``; a PostgreSQL server that went away (restarted, network cut) is
+        reconnected to, with backoff, and the segment written then: meanwhile new segments
+        wait in the queue (a full queue drops and counts). Any other failure drops and counts."""
+        sql = f"INSERT INTO segments VALUES ({', '.join([self._ph] * 7)})"
+        values = (seg.camera, seg.label, seg.start, seg.end, seg.mean_score, seg.peak_score, seg.windows)
+        for attempt in (1, 2):
+            try:
+                with self._lock:
+                    self._conn.execute(sql, values)
+                self.written += 1
+                return
+            except Exception as exc:  # noqa: BLE001 - keep the writer alive; say what was lost
+                if attempt == 1 and self._lost() and self._reconnect(exc):
+                    continue
+                self.dropped += 1
+                logger.error("history: a segment of %s was not written: %s", seg.camera, exc)
+                return
+
+    def _lost(self) -> bool:
+        """Whether the connection itself is gone (PostgreSQL), not just this statement."""
+        return self.postgres and bool(getattr(self._conn, "broken", False) or getattr(self._conn, "closed", False))
+
+    def _reconnect(self, exc: Exception) -> bool:
+        """Connect again, retrying every 0.5 s to 30 s, until it works (True) or the store closes (False)."""
+        logger.warning("history: lost the database %s (%s); reconnecting", _safe(self.target), str(exc).strip())
+        delay = 0.5
+        while not self._closing.is_set():
+            try:
+                conn = self._connect()
+            except StreamrecError as err:
+                logger.debug("history: reconnect failed: %s", err)
+                self._closing.wait(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self._swap(conn)
+            return True
+        return False
+
+    def _swap(self, conn) -> None:
+        with self._lock:
+            old, self._conn = self._conn, conn
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001 - it is broken already
+            pass
+        self.reconnects += 1
+        logger.info("history: reconnected to %s", _safe(self.target))
+
+    def flush(self) -> None:
+        """Wait until every queued segment is written."""
+        self._q.join()
+
+    def query(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
+              limit: int | None = None) -> list[dict[str, Any]]:
+        """The segments that overlap ``since``..``until`` (of ``camera``), oldest first; with
+        ``limit``, only the newest ``limit`` of them."""
+        return list(self.rows(camera=camera, since=since, until=until, limit=limit))
+
+    def rows(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
+             limit: int | None = None, batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """:meth:`query`, read ``batch`` rows at a time (a year of history does not have to fit
+        in memory). Arguments are checked at the call, not at the first row; close the iterator
+        (or read it to the end): its cursor holds the store's lock until then."""
+        if limit is not None and limit < 1:
+            raise StreamrecError(f"--limit: expected >= 1, got {limit}")
+        where, args = [], []
+        if camera:
+            where.append(f"camera = {self._ph}")
+            args.append(camera)
+        if since is not None:
+            where.append(f"end_ts >= {self._ph}")
+            args.append(since)
+        if until is not None:
+            where.append(f"start_ts <= {self._ph}")
+            args.append(until)
+        sql = "SELECT camera, label, start_ts, end_ts, mean_score, peak_score, windows FROM segments"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        if limit is not None:  # the newest ``limit``, put back in time order
+            sql = f"SELECT * FROM ({sql} ORDER BY start_ts DESC, camera DESC LIMIT {int(limit)}) AS newest"
+        sql += " ORDER BY start_ts, camera"
+        if self._lost():  # the server came back after a restart: one attempt, the writer retries its own
+            self._swap(self._connect())
+        return self._fetch(sql, args, batch)
+
+    def _fetch(self, sql: str, args: list[Any], batch: int) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute(sql, args)
+                while chunk := cur.fetchmany(batch):
+                    yield from (dict(zip(COLUMNS, r)) for r in chunk)
+            finally:
+                cur.close()
+
+    def close(self) -> None:
+        """Write what is queued and close the database (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()  # a database lost now is not waited for: what it misses is counted as dropped
+        try:
+            self._q.put(None, timeout=5)
+        except queue.Full:  # the writer is stuck: it is a daemon thread
+            pass
+        self._writer.join(5)
+        with self._lock:
+            self._conn.close()
+
+
+def _safe(target: str) -> str:
+    from streamrec.live.sources import mask_credentials
+
+    return mask_credentials(target)
+
+
+def parse_time(text: str | None) -> float | None:
+    """Unix seconds, an ISO-8601 time, or a relative ``-10m`` / ``-2h`` / ``-1d``."""
+    if text is None:
+        return None
+    t = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if t.startswith("-") and t[-1] in units:
+            return datetime.now(timezone.utc).timestamp() - float(t[1:-1]) * units[t[-1]]
+        return float(t)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        raise StreamrecError(f"--since/--until: expected Unix seconds, an ISO time or -10m/-2h/-1d, got {text!r}") from None
+    return (dt if dt.tzinfo else dt.astimezone()).timestamp()

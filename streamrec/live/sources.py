@@ -1,0 +1,314 @@
+"""Video sources: webcam index, network URL (RTSP/HTTP) or file, as RGB frames with times.
+
+A source yields ``(rgb, pts)`` pairs: ``rgb`` is a uint8 ``(H, W, 3)`` array decoded once,
+``pts`` the frame's presentation time in seconds from the stream (``None`` for a webcam).
+
+Example:
+    >>> spec = SourceSpec.parse("rtsp://10.0.0.5/stream1")
+    >>> spec.kind, spec.is_live
+    ('network', True)
+    >>> SourceSpec.parse("0").kind
+    'webcam'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from streamrec.config import CameraConfig
+from streamrec.errors import SourceError
+
+logger = logging.getLogger(__name__)
+
+NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+# Frames up to this size are decoded in the capture thread alone (see decoder_threading).
+SINGLE_THREAD_MAX_PIXELS = 640 * 480
+
+
+def _rgb_options() -> dict[str, int]:
+    """Options for converting a decoded frame to RGB in the calling thread.
+
+    PyAV 17 and later convert with ``sws_scale_frame``, which by default (``threads=0``) starts
+    a pool of one thread per core for every frame and ends it after: 2 threads created and
+    joined per frame here, 56 a second for one 28 fps camera, each woken on the cores the
+    model is running on, for no gain (a 1080p frame: 0.80 ms on one thread, 0.71-0.94 ms of
+    wall and 0.93-1.37 ms of CPU with the pool; 340x256: 0.17 vs 0.26 ms). Older PyAV converts
+    in the calling thread and has no such option (tests/test_live_source.py counts the threads).
+    """
+    import av
+
+    return {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
+
+
+def mask_credentials(text: str) -> str:
+    """Hide passwords in any URL inside ``text``.
+
+    >>> mask_credentials("cannot open rtsp://admin:hunter2@10.0.0.5/stream1")
+    'cannot open rtsp://admin:***@10.0.0.5/stream1'
+    """
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where frames come from, and how to open it."""
+
+    target: str
+    kind: str  # "webcam" | "network" | "file"
+    rtsp_transport: str = "tcp"
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("webcam", "network", "file"):
+            raise ValueError(f"kind: expected webcam, network or file, got {self.kind!r}")
+        if self.rtsp_transport not in ("tcp", "udp"):
+            raise SourceError(f"--rtsp-transport: expected tcp or udp, got {self.rtsp_transport!r}")
+        if self.open_timeout_s <= 0 or self.read_timeout_s <= 0:
+            raise SourceError(f"timeouts: expected > 0 s, got open {self.open_timeout_s}, read {self.read_timeout_s}")
+
+    @classmethod
+    def parse(cls, source: str | int, **kw) -> "SourceSpec":
+        text = str(source).strip()
+        if not text:
+            raise SourceError("--source: expected a webcam index, a URL or a video file, got an empty string")
+        if text.isdigit():
+            return cls(text, "webcam", **kw)
+        if text.lower().startswith(NETWORK_SCHEMES):
+            return cls(text, "network", **kw)
+        if "://" in text:
+            raise SourceError(f"--source: expected rtsp://, rtsps://, http:// or https://, got {text!r}")
+        return cls(text, "file", **kw)
+
+    @classmethod
+    def of_camera(cls, cam: CameraConfig) -> "SourceSpec":
+        """How to open a configured camera's source (unset timeouts take their defaults)."""
+        return cls.parse(cam.source, rtsp_transport=cam.rtsp_transport or "tcp",
+                         open_timeout_s=cam.open_timeout or 10.0, read_timeout_s=cam.stall_timeout or 5.0)
+
+    @property
+    def is_live(self) -> bool:
+        return self.kind != "file"
+
+    @property
+    def display_name(self) -> str:
+        """The target with any password in a URL hidden, for logs and pages."""
+        return mask_credentials(self.target)
+
+
+class Source:
+    """An opened source. Iterate :meth:`frames`; call :meth:`close` (idempotent) when done."""
+
+    fps: float | None = None
+    size: tuple[int, int] | None = None  # (W, H)
+    # time.perf_counter() when the data of the newest frame came in (None: not known). The
+    # capture dates a live frame by it, so decoding and colour conversion count as latency.
+    arrived: float | None = None
+
+    def frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextmanager
+def named_as(option: str) -> Iterator[None]:
+    """Source errors raised inside name ``option``, the argument that gave the file, instead
+    of serve's ``--source``.
+
+    Example:
+        >>> try:
+        ...     with named_as("--clips"):
+        ...         PyAVSource(SourceSpec.parse("/no/such/clip.mp4"))
+        ... except SourceError as exc:
+        ...     print(exc)
+        --clips: file not found: /no/such/clip.mp4
+    """
+    try:
+        yield
+    except SourceError as exc:
+        message = str(exc)
+        if not message.startswith("--source:"):
+            raise
+        raise SourceError(f"{option}:{message.removeprefix('--source:')}") from None
+
+
+class PyAVSource(Source):
+    """A file or network stream decoded by PyAV (FFmpeg), with open and read timeouts."""
+
+    def __init__(self, spec: SourceSpec) -> None:
+        import av
+
+        self.spec = spec
+        self.decode_errors = 0
+        options = {}
+        if spec.kind == "network":
+            if spec.target.lower().startswith(("rtsp://", "rtsps://")):
+                options["rtsp_transport"] = spec.rtsp_transport
+        elif not Path(spec.target).exists():
+            raise SourceError(f"--source: file not found: {spec.target}")
+        elif Path(spec.target).is_dir():
+            raise SourceError(f"--source: expected a video file, got a directory: {spec.target}")
+        try:
+            self._container = av.open(
+                spec.target, options=options, timeout=(spec.open_timeout_s, spec.read_timeout_s)
+            )
+        except (av.error.FFmpegError, OSError) as exc:
+            if spec.kind != "network":
+                what = "not a readable video file"
+            elif isinstance(exc, av.error.InvalidDataError):  # it answered, with something else than video
+                what = "not a video stream at"
+            else:
+                what = "cannot connect to"
+            raise SourceError(f"--source: {what} {spec.display_name}: {mask_credentials(_av_reason(exc))}") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise SourceError(f"--source: {spec.display_name} has no video stream")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type, threads = decoder_threading(
+            self._stream.codec_context.width, self._stream.codec_context.height, live=spec.is_live)
+        if threads:
+            self._stream.codec_context.thread_count = threads
+        self.packets = 0  # data packets read so far (with frames yielded: what the decoder holds)
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self.fps = float(rate) if rate else None
+        self.size = (self._stream.codec_context.width, self._stream.codec_context.height)
+        self._closed = False
+
+    def frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        import av
+
+        rgb = _rgb_options()
+        index = 0
+        first: float | None = None
+        last = -float("inf")
+        by_index = False  # timestamps came out of order: time frames by their index instead
+        for packet in self._container.demux(self._stream):
+            self.packets += packet.size > 0  # not the empty packet that flushes the decoder at the end
+            arrived = time.perf_counter()
+            try:
+                decoded = packet.decode()
+            except av.error.InvalidDataError as exc:  # a corrupt packet: count, skip, go on
+                self.decode_errors += 1
+                logger.debug("decode error in %s: %s", self.spec.display_name, exc)
+                continue
+            for frame in decoded:
+                pts = frame.time
+                if first is None:
+                    first = pts if pts is not None else 0.0
+                if self.fps and (by_index or pts is None or pts <= last):
+                    # AVI and other formats without presentation times label frames in
+                    # decode order (1, 2, 4, 3, ...) while the pictures come out in display
+                    # order: for a constant-rate stream the frame index is the true clock.
+                    if not by_index and pts is not None:
+                        logger.debug("%s: timestamps out of order; timing frames by index", self.spec.display_name)
+                    by_index = by_index or pts is not None
+                    pts = first + index / self.fps
+                index += 1
+                last = pts if pts is not None else last
+                self.arrived = arrived
+                yield frame.to_ndarray(format="rgb24", **rgb), pts
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._container.close()
+
+
+class WebcamSource(Source):
+    """A local camera through OpenCV.
+
+    ``device`` opens the capture for a camera index (``cv2.VideoCapture``); anything with
+    OpenCV's capture interface will do (the tests give it ``cv2.VideoCapture`` on a file)."""
+
+    def __init__(self, spec: SourceSpec, *, device: Callable[[int], Any] | None = None) -> None:
+        import cv2
+
+        self.spec = spec
+        self.decode_errors = 0
+        # OpenCV logs its own WARN lines for a missing camera (one per backend it tries, on
+        # every reconnect); the SourceError below says it once, in streamrec's words
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            self._cap = (device or cv2.VideoCapture)(int(spec.target))
+        finally:
+            cv2.utils.logging.setLogLevel(level)
+        if not self._cap.isOpened():
+            self._cap.release()
+            raise SourceError(f"--source: cannot open webcam {spec.target} (no such device, or it is busy)")
+        self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and fps > 0 else None
+        self.size = (int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        self._closed = False
+
+    def frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        import cv2
+
+        while True:
+            ok = self._cap.grab()  # read() is grab() + retrieve(): the frame is dated in between
+            self.arrived = time.perf_counter()
+            ok, bgr = self._cap.retrieve() if ok else (False, None)
+            if not ok:
+                raise SourceError(f"webcam {self.spec.target}: read failed (unplugged?)")
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._cap.release()
+
+
+def decoder_threading(width: int, height: int, *, live: bool) -> tuple[str, int]:
+    """FFmpeg's threading for a stream of ``width`` x ``height``: ``(thread_type, thread_count)``,
+    a count of 0 meaning FFmpeg's own choice (one thread per core, plus one).
+
+    * Small frames (up to :data:`SINGLE_THREAD_MAX_PIXELS`): one thread. Handing a 340x256
+      frame to another thread costs about what decoding it does, and every decoder starts its
+      own threads: 64 cameras on a 16-core machine started 64 x 17. (A size not known
+      when the stream opens counts as large.)
+    * Larger live streams: slice threading. Frame threading keeps up to (threads - 1) frames
+      inside the decoder, on a 2-core machine 1-2 frame periods (up to 67 ms at 30 fps) before
+      a frame is even seen and dated; slice threading splits each frame and holds none back.
+    * Larger files: frame + slice threading. Files are paced by their own timestamps, so
+      frames held in the decoder cost no latency.
+
+    Example:
+        >>> decoder_threading(340, 256, live=False), decoder_threading(1920, 1080, live=True)
+        (('SLICE', 1), ('SLICE', 0))
+    """
+    if 0 < width * height <= SINGLE_THREAD_MAX_PIXELS:  # 0: size not known before the first frame
+        return "SLICE", 1
+    return ("SLICE" if live else "AUTO"), 0
+
+
+def open_source(spec: SourceSpec) -> Source:
+    """Open ``spec``; raises :class:`SourceError` with a one-line reason when it cannot."""
+    if spec.kind == "webcam":
+        return WebcamSource(spec)
+    return PyAVSource(spec)
+
+
+def _av_reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.split(":")[0].strip() if os.sep in text else text.strip()

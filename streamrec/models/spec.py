@@ -1,0 +1,82 @@
+"""What a loaded model carries: the preprocessing its weights expect (:class:`ModelSpec`) and
+the module with its class names (:class:`LoadedModel`).
+
+Example:
+    >>> spec = ModelSpec(resize=(128, 171), crop=(112, 112), mean=(0.43, 0.39, 0.38), std=(0.23, 0.22, 0.22))
+    >>> round(spec.span_s, 3), ModelSpec.from_dict(spec.to_dict()) == spec
+    (1.0, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Spatial and temporal preprocessing a model's weights expect.
+
+    ``resize`` is ``(H, W)`` for an exact resize or ``(S,)`` to resize the short side to S,
+    exactly as torchvision's ``VideoClassification`` preset.
+    """
+
+    resize: tuple[int, ...]
+    crop: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    frames: int = 16
+    fps: float = 15.0
+
+    def __post_init__(self) -> None:
+        if len(self.resize) not in (1, 2) or min(self.resize) <= 0:
+            raise ValueError(f"resize: expected (H, W) or (short_side,) > 0, got {self.resize}")
+        if len(self.crop) != 2 or min(self.crop) <= 0:
+            raise ValueError(f"crop: expected (H, W) > 0, got {self.crop}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean/std: expected 3 values with std > 0, got {self.mean}/{self.std}")
+        if self.frames < 1:
+            raise ValueError(f"frames: expected >= 1, got {self.frames}")
+        if self.fps <= 0:
+            raise ValueError(f"fps: expected > 0, got {self.fps}")
+
+    @property
+    def span_s(self) -> float:
+        """Seconds between the first and the last frame of a window."""
+        return (self.frames - 1) / self.fps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        return cls(
+            resize=tuple(int(x) for x in d["resize"]),
+            crop=tuple(int(x) for x in d["crop"]),  # type: ignore[arg-type]
+            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
+            frames=int(d.get("frames", 16)),
+            fps=float(d.get("fps", 15.0)),
+        )
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with the class names and preprocessing that belong to it."""
+
+    name: str
+    module: nn.Module
+    classes: list[str]
+    spec: ModelSpec
+    weights: str  # "DEFAULT", "none" or the path
+    meaningless: bool = False  # random weights: labels carry no information
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prebuilt(self) -> bool:
+        """An exported model (a TorchScript file, an ONNX Runtime session): it runs as it is,
+        with nothing in it to trace, fold or rewrite."""
+        return isinstance(self.module, torch.jit.ScriptModule) or not any(True for _ in self.module.parameters())

@@ -1,0 +1,126 @@
+"""``streamrec evaluate`` (top-1/5, per-class precision and recall, confusion matrix) and
+``streamrec export`` (TorchScript or ONNX files that carry their class names)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamrec.models.exported import EXPORT_META, torchscript_quiet
+from streamrec.runtime.backends import example_input, export_onnx
+from streamrec.offline.dataset import ClipCache, ClipDataset, Sample, _class_dirs, collate, default_workers
+from streamrec.runtime.classifier import Classifier
+from streamrec.errors import StreamrecError
+from streamrec.fsutil import atomic_write, save_figure
+from streamrec.models.spec import LoadedModel
+from streamrec.models.registry import load_model
+
+logger = logging.getLogger(__name__)
+
+
+
+def evaluate(folder: str | Path, *, weights: str, model: str | None = None, device: str = "auto",
+             batch_size: int = 8, confusion_png: str | None = None, clips_per_video: int = 2) -> dict[str, Any]:
+    """Metrics of a checkpoint on ``folder/<class>/*`` (class names must be the checkpoint's)."""
+    if batch_size < 1:
+        raise StreamrecError(f"--batch-size: expected >= 1, got {batch_size}")
+    loaded = load_model(model, weights=weights)
+    dirs = _class_dirs(Path(folder))
+    unknown = sorted(set(dirs) - set(loaded.classes))
+    if unknown:
+        known = loaded.classes if len(loaded.classes) <= 12 else loaded.classes[:10] + ["..."]
+        raise StreamrecError(f"evaluate: classes {unknown} are not among the model's {len(loaded.classes)} classes "
+                             f"({', '.join(known)})")
+    index = {c: i for i, c in enumerate(loaded.classes)}
+    samples = [Sample(f, index[c]) for c, fs in dirs.items() for f in fs]
+    ds = ClipDataset(samples, loaded.spec, train=False, cache=ClipCache(None, loaded.spec), clips_per_video=clips_per_video)
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=default_workers(), collate_fn=collate)
+    clf = Classifier(loaded, device=device, backend="torch", warmup=0)
+    k = len(loaded.classes)
+    confusion = np.zeros((k, k), np.int64)
+    top5 = n = 0
+    for batch in dl:
+        if batch is None:
+            continue
+        logits = clf.logits(batch[0])
+        y = batch[1]
+        pred = logits.argmax(1)
+        for t, p in zip(y.tolist(), pred.tolist()):
+            confusion[t, p] += 1
+        top5 += int((logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum())
+        n += len(y)
+    if n == 0:
+        raise StreamrecError(f"evaluate: no readable clips in {folder}")
+    tp = np.diag(confusion)
+    precision = tp / np.maximum(confusion.sum(0), 1)
+    recall = tp / np.maximum(confusion.sum(1), 1)
+    result = {
+        "clips": len(samples), "windows": n, "top1": float(tp.sum() / n), "top5": float(top5 / n),
+        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "support": int(confusion[i].sum())}
+                      for i, c in enumerate(loaded.classes)},
+        "confusion": confusion.tolist(), "classes": loaded.classes, "unreadable": len(ds.unreadable),
+    }
+    if confusion_png:
+        plot_confusion(confusion, loaded.classes, confusion_png)
+    return result
+
+
+def plot_confusion(confusion: np.ndarray, classes: list[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4, 0.5 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    try:
+        ax.imshow(confusion, cmap="Blues")
+        ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+        for (i, j), v in np.ndenumerate(confusion):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="black")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        fig.tight_layout()
+        save_figure(fig, path, dpi=90)
+    finally:
+        plt.close(fig)
+
+
+def export(weights: str, out: str, *, fmt: str) -> Path:
+    """Write a TorchScript or ONNX file with the class names and preprocessing inside."""
+    loaded = load_model(None, weights=weights)
+    meta = json.dumps({"model": loaded.name, "classes": loaded.classes, "preprocess": loaded.spec.to_dict()})
+    example = example_input(loaded)
+    module = loaded.module.eval()
+    path = Path(out)
+    # both formats are built in memory and written with atomic_write: a failed write (disk
+    # full) leaves no half file, and torch.jit.save's own file writer aborts the process on one
+    buf = io.BytesIO()
+    if fmt == "torchscript":
+        with torch.no_grad(), torchscript_quiet():
+            traced = torch.jit.trace(module, example, check_trace=False)
+            torch.jit.save(traced, buf, _extra_files={EXPORT_META: meta})
+        data = buf.getbuffer()
+    elif fmt == "onnx":
+        try:
+            import onnx
+        except ImportError:
+            raise StreamrecError("--format onnx: the onnx package is not installed; pip install 'streamrec[onnx]'") from None
+        export_onnx(loaded, buf)
+        proto = onnx.load_from_string(buf.getvalue())
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = EXPORT_META, meta
+        data = proto.SerializeToString()
+    else:
+        raise StreamrecError(f"--format: expected torchscript or onnx, got {fmt!r}")
+    atomic_write(path, lambda fh: fh.write(data))
+    return path
+
+

@@ -1,0 +1,320 @@
+"""Fine-tuning on your own clips: ``train``, ``lr-find``, ``evaluate`` and ``export``.
+
+Transfer learning replaces the classification head with one for the user's classes.
+AdamW with linear warm-up then cosine decay; AMP on CUDA; gradient clipping; early
+stopping on validation loss; ``--resume``; ``--seed``. The checkpoint carries the model
+name, class names, preprocessing and the training arguments, so ``serve`` and
+``classify`` need no other flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from streamrec.offline.dataset import Augment, ClipCache, ClipDataset, collate, default_workers, discover
+from streamrec.config import check_device
+from streamrec.runtime.classifier import resolve_device
+from streamrec.errors import StreamrecError
+from streamrec.fsutil import atomic_torch_save, save_figure
+from streamrec.models.spec import LoadedModel
+from streamrec.models.registry import build_model, load_model, make_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    model: str = "r2plus1d_18"
+    weights: str = "DEFAULT"
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    clip_grad: float = 1.0
+    freeze_backbone: bool = True
+    val_split: float | None = None
+    patience: int = 5
+    flip: bool = True
+    color_jitter: float = 0.0
+    workers: int | None = None
+    cache_dir: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    out: str = "model.pt"
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise StreamrecError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise StreamrecError(f"--lr: expected > 0, got {self.lr}")
+        if self.patience < 1:
+            raise StreamrecError(f"--patience: expected >= 1, got {self.patience}")
+        if self.color_jitter < 0:
+            raise StreamrecError(f"--color-jitter: expected >= 0, got {self.color_jitter}")
+        if self.workers is not None and self.workers < 0:
+            raise StreamrecError(f"--workers: expected >= 0, got {self.workers}")
+        check_device(self.device)  # before a dataset is read or a model loaded
+
+
+def replace_head(module: nn.Module, num_classes: int) -> nn.Module:
+    """Swap the final classifier of any supported model for a ``num_classes``-way one."""
+    for attr in ("fc", "head"):
+        old = getattr(module, attr, None)
+        if isinstance(old, nn.Linear):
+            setattr(module, attr, nn.Linear(old.in_features, num_classes))
+            return module
+        if isinstance(old, nn.Sequential) and isinstance(old[-1], nn.Linear):
+            old[-1] = nn.Linear(old[-1].in_features, num_classes)
+            return module
+    cls = getattr(module, "classifier", None)  # s3d: Sequential(Dropout, Conv3d 1x1x1)
+    if isinstance(cls, nn.Sequential) and isinstance(cls[-1], nn.Conv3d):
+        cls[-1] = nn.Conv3d(cls[-1].in_channels, num_classes, kernel_size=1, stride=1, bias=True)
+        return module
+    raise StreamrecError(f"cannot find the classification head of {type(module).__name__}")
+
+
+def head_parameters(module: nn.Module) -> list[nn.Parameter]:
+    for attr in ("fc", "head", "classifier"):
+        part = getattr(module, attr, None)
+        if isinstance(part, nn.Module):
+            return list(part.parameters())
+    return list(module.parameters())
+
+
+def base_model(cfg: TrainConfig, classes: list[str]) -> LoadedModel:
+    """The model to fine-tune, with a fresh head for ``classes``. ``DEFAULT`` weights of
+    tiny3d (which has no pretrained weights) mean random ones; a checkpoint is fine-tuned."""
+    weights = "none" if cfg.model == "tiny3d" and cfg.weights.upper() == "DEFAULT" else cfg.weights
+    if weights.lower() == "none":
+        loaded = load_model(cfg.model, weights="none")
+        loaded.module = build_model(cfg.model, num_classes=len(classes))
+    else:
+        loaded = load_model(cfg.model, weights=weights)
+        if loaded.prebuilt:
+            raise StreamrecError(f"--weights {weights}: an exported model (TorchScript, ONNX) cannot be trained "
+                                 "further; start from the checkpoint it was exported from")
+        loaded.module = replace_head(loaded.module, len(classes))
+    loaded.classes, loaded.meaningless = list(classes), False
+    return loaded
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up to ``base`` then cosine decay to 0."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> int:
+    k = min(k, logits.shape[1])
+    return int((logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum())
+
+
+def training_classes(cfg: TrainConfig) -> list[str]:
+    """The class names of ``cfg.data``: at least two, or there is nothing to learn."""
+    classes = discover(cfg.data, val_split=cfg.val_split, seed=cfg.seed)["train"].classes
+    if len(classes) < 2:
+        raise StreamrecError(f"dataset {cfg.data}: expected at least 2 class folders to tell apart, got {classes}")
+    return classes
+
+
+def make_loaders(cfg: TrainConfig, loaded: LoadedModel):
+    splits = discover(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
+    if not splits["valid"].samples:
+        raise StreamrecError(f"dataset {cfg.data}: no validation clips; add DATA/valid/<class>/ or pass --val-split 0.2")
+    cache = ClipCache(cfg.cache_dir or Path(cfg.data) / ".streamrec-cache", loaded.spec)
+    aug = Augment(flip=cfg.flip, color=cfg.color_jitter)
+    train_ds = ClipDataset(splits["train"].samples, loaded.spec, train=True, augment=aug, cache=cache, seed=cfg.seed)
+    val_ds = ClipDataset(splits["valid"].samples, loaded.spec, train=False, cache=cache)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    g = torch.Generator().manual_seed(cfg.seed)
+    kw = dict(batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0)
+    return splits, train_ds, val_ds, torch.utils.data.DataLoader(train_ds, shuffle=True, generator=g, **kw), \
+        torch.utils.data.DataLoader(val_ds, shuffle=False, **kw)
+
+
+def run_epoch(model, loader, device, *, optimizer=None, scaler=None, schedule=None, clip_grad=1.0, bar_desc=""):
+    """One pass; trains when ``optimizer`` is given. Returns (loss, top1, top5, n)."""
+    train = optimizer is not None
+    model.train(train)
+    crit = nn.CrossEntropyLoss()
+    tot_loss = top1 = top5 = n = 0
+    from tqdm import tqdm
+
+    bar = tqdm(loader, desc=bar_desc, leave=False, file=sys.stderr, disable=not sys.stderr.isatty())
+    for batch in bar:
+        if batch is None:
+            continue
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device)
+        with torch.set_grad_enabled(train), torch.autocast(device.type, enabled=device.type == "cuda"):
+            try:
+                logits = model(x)
+            except torch.OutOfMemoryError:
+                raise StreamrecError("out of memory in a batch: lower --batch-size") from None
+            loss = crit(logits.float(), y)
+        if train:
+            if schedule is not None:
+                schedule()
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+        b = len(y)
+        tot_loss += loss.item() * b
+        top1 += topk_correct(logits, y, 1)
+        top5 += topk_correct(logits, y, 5)
+        n += b
+        bar.set_postfix(loss=f"{tot_loss / n:.3f}")
+    if n == 0:
+        raise StreamrecError("no readable clips in this split")
+    return tot_loss / n, top1 / n, top5 / n, n
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train and write ``cfg.out`` (best validation loss) plus ``<out>.log.csv``."""
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    classes = training_classes(cfg)
+    loaded = base_model(cfg, classes)
+    splits, train_ds, val_ds, train_dl, val_dl = make_loaders(cfg, loaded)
+    model = loaded.module.to(device)
+    if cfg.freeze_backbone and cfg.model != "tiny3d" and cfg.weights.lower() != "none":
+        head = {id(p) for p in head_parameters(model)}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in head)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    out = Path(cfg.out)
+    log_path = out.with_name(out.name + ".log.csv")
+    state_path = out.with_name(out.name + ".state")
+    start_epoch, best, stale, step = 0, float("inf"), 0, 0
+    if cfg.resume:
+        if not state_path.is_file():
+            raise StreamrecError(f"--resume: no training state at {state_path}")
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        start_epoch, best, stale, step = st["epoch"] + 1, st["best"], st["stale"], st["step"]
+        logger.info("resuming at epoch %d", start_epoch + 1)
+    steps_per_epoch = max(1, len(train_dl))
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def schedule() -> None:
+        nonlocal step
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, total, warmup, cfg.lr)
+        step += 1
+
+    history = []
+    if start_epoch == 0:
+        log_path.write_text(",".join(["epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr"]) + "\n")
+    for epoch in range(start_epoch, cfg.epochs):
+        train_ds.epoch = epoch
+        tl, t1, t5, _ = run_epoch(model, train_dl, device, optimizer=optimizer, scaler=scaler, schedule=schedule,
+                                  clip_grad=cfg.clip_grad, bar_desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        with torch.no_grad():
+            vl, v1, v5, _ = run_epoch(model, val_dl, device, bar_desc="valid")
+        row = dict(epoch=epoch + 1, train_loss=tl, train_top1=t1, train_top5=t5, val_loss=vl, val_top1=v1, val_top5=v5,
+                   lr=optimizer.param_groups[0]["lr"])
+        history.append(row)
+        with log_path.open("a") as fh:
+            fh.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")
+        print(f"epoch {epoch + 1:>3}: train loss {tl:.4f} top1 {t1:.3f} top5 {t5:.3f} | "
+              f"val loss {vl:.4f} top1 {v1:.3f} top5 {v5:.3f}", file=sys.stderr)
+        if vl < best - 1e-4:
+            best, stale = vl, 0
+            ck = make_checkpoint(model, model=cfg.model, classes=classes, spec=loaded.spec,
+                                 train_args=asdict(cfg), metrics=row)
+            atomic_torch_save(ck, out)
+        else:
+            stale += 1
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
+                    "stale": stale, "step": step}, state_path)
+        if stale >= cfg.patience:
+            print(f"early stop: validation loss has not improved for {cfg.patience} epochs", file=sys.stderr)
+            break
+    skipped = len(train_ds.unreadable | val_ds.unreadable)
+    if skipped:
+        print(f"warning: {skipped} unreadable clips were skipped", file=sys.stderr)
+    return {"history": history, "best_val_loss": best, "out": str(out), "unreadable": skipped}
+
+
+def lr_find(cfg: TrainConfig, *, start: float = 1e-6, end: float = 1.0, steps: int = 60, plot: str | None = None) -> float:
+    """The learning-rate range test: exponentially rising LR, loss recorded; suggests the LR
+    at the steepest descent of the smoothed loss."""
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    loaded = base_model(cfg, training_classes(cfg))
+    _, _, _, train_dl, _ = make_loaders(cfg, loaded)
+    model = loaded.module.to(device).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=start)
+    crit = nn.CrossEntropyLoss()
+    lrs, losses, avg = [], [], None
+    mult = (end / start) ** (1 / max(1, steps - 1))
+    lr = start
+    it = iter(train_dl)
+    for i in range(steps):
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(train_dl)
+            batch = next(it)
+        if batch is None:
+            continue
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = crit(model(batch[0].to(device)), batch[1].to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        value = loss.item()
+        avg = value if avg is None else 0.8 * avg + 0.2 * value
+        lrs.append(lr)
+        losses.append(avg)
+        if i > 5 and avg > 4 * min(losses):
+            break
+        lr *= mult
+    grads = np.gradient(np.asarray(losses), np.log(np.asarray(lrs)))
+    suggestion = float(lrs[int(np.argmin(grads[: max(2, len(grads) - 3)]))])
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(lrs, losses)
+        ax.axvline(suggestion, color="r", ls="--", label=f"suggested {suggestion:.2e}")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("loss (smoothed)")
+        ax.legend()
+        fig.tight_layout()
+        save_figure(fig, plot, dpi=90)
+        plt.close(fig)
+    return suggestion

@@ -1,0 +1,368 @@
+"""The asyncio HTTP + WebSocket server: ``/``, ``/healthz``, ``/metrics`` and ``/ws``.
+
+The event loop owns every socket. Other threads hand it messages with
+:meth:`Hub.publish_threadsafe`. Each client has a one-slot mailbox per message kind
+(prediction, status, frame) and its own sender task: a slow or stalled browser only ever
+has the newest message waiting, older ones are dropped and counted, and it never slows
+inference or the other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from importlib import resources
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Client:
+    ws: ServerConnection
+    slots: dict[str, str | bytes] = field(default_factory=dict)  # key -> newest unsent payload
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: int = 0
+    sent: int = 0
+
+
+class Hub:
+    """The connected browsers and the newest message of each key for each of them.
+
+    A key is a message kind and a camera, e.g. ``"prediction:court-1"``; a client never
+    holds more than one unsent message per key."""
+
+    def __init__(self) -> None:
+        self.clients: set[Client] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.dropped = 0
+        self.last: dict[str, str | bytes] = {}
+
+    def publish(self, key: str, payload: str | bytes) -> None:
+        """Offer ``payload`` to every client (call on the event loop; never blocks)."""
+        if key.startswith(("status", "prediction")):
+            self.last[key] = payload  # a new page gets the latest status and prediction at once
+        for c in self.clients:
+            if key in c.slots:
+                c.dropped += 1
+                self.dropped += 1
+            c.slots[key] = payload
+            c.ready.set()
+
+    def forget(self, suffix: str) -> None:
+        """Drop remembered messages whose key ends with ``suffix`` (a removed camera)."""
+        for key in [k for k in self.last if k.endswith(suffix)]:
+            del self.last[key]
+
+    def publish_threadsafe(self, key: str, payload: str | bytes) -> None:
+        self._on_loop(self.publish, key, payload)
+
+    def publish_many_threadsafe(self, items: list[tuple[str, str | bytes]]) -> None:
+        """:meth:`publish` each ``(key, payload)`` from another thread, in one hand-off to the loop
+        (each hand-off writes to the loop's wake-up socket, letting go of the GIL)."""
+        if items:
+            self._on_loop(self._publish_many, items)
+
+    def _publish_many(self, items: list[tuple[str, str | bytes]]) -> None:
+        for key, payload in items:
+            self.publish(key, payload)
+
+    def forget_threadsafe(self, suffix: str) -> None:
+        """:meth:`forget` from another thread: runs on the loop, after what that thread published before."""
+        if self.loop is None:  # not serving yet: no loop to order against
+            self.forget(suffix)
+        else:
+            self._on_loop(self.forget, suffix)
+
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # loop closed between the check and the call
+                pass
+
+    async def serve_client(self, ws: ServerConnection) -> None:
+        client = Client(ws)
+        client.slots.update(sorted(self.last.items(), key=lambda kv: not kv[0].startswith("status")))
+        if client.slots:
+            client.ready.set()
+        self.clients.add(client)
+        reader = asyncio.create_task(self._drain_incoming(ws))
+        # the reader ends when the connection does: wake the sender, which otherwise would wait for
+        # the next message to find out (the client counted meanwhile, and close() waiting on it)
+        reader.add_done_callback(lambda _: client.ready.set())
+        try:
+            while True:
+                await client.ready.wait()
+                client.ready.clear()
+                if reader.done():
+                    break
+                while client.slots:
+                    key = next(iter(client.slots))
+                    payload = client.slots.pop(key)
+                    await ws.send(payload)  # waits only on this client's socket
+                    client.sent += 1
+        except ConnectionClosed:
+            pass
+        finally:
+            self.clients.discard(client)
+            reader.cancel()
+
+    @staticmethod
+    async def _drain_incoming(ws: ServerConnection) -> None:
+        """Browsers send nothing we act on: incoming messages (at most 64 KiB, the
+        connection's ``max_size``) are read and ignored, which keeps the socket healthy."""
+        try:
+            async for _ in ws:
+                pass
+        except ConnectionClosed:
+            pass
+
+
+def stop_on_signals(loop: asyncio.AbstractEventLoop, request_stop: Callable[[], None]) -> None:
+    """Ctrl-C and SIGTERM call ``request_stop`` on ``loop`` (skipped where signals cannot be
+    handled: a loop outside the main thread, as in the tests)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, request_stop)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+
+
+async def watched_ticks(hub: Hub, period: float):
+    """Yield every ``period`` seconds while a browser is connected: preview frames are encoded
+    only when someone will see them."""
+    while True:
+        await asyncio.sleep(period)
+        if hub.clients:
+            yield
+
+
+@dataclass(frozen=True)
+class Route:
+    """A GET handler: ``body()`` -> bytes."""
+
+    content_type: str
+    body: Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any  # JSON-serialisable
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    """A JSON handler for any method: ``handler(method, path, query)`` -> :class:`Reply`.
+    ``admin`` routes always need the token (and are off when none is set)."""
+
+    handler: Callable[[str, str, dict[str, list[str]]], Reply]
+    admin: bool = False
+
+
+class _Connection(ServerConnection):
+    """websockets' connection, except that an HTTP request with a body gets a 400 that says
+    why. websockets' parser refuses request bodies (a WebSocket handshake has none) by closing
+    the connection with no reply at all, which leaves ``curl -d ...`` users guessing; the API
+    takes its parameters in the query string."""
+
+    MAX_HEAD = 16384  # websockets' own limit on a request's header lines is larger: 8 KiB each
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head: bytes | None = b""  # None once the request line and headers were seen
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is not None:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0 and len(self._head) < self.MAX_HEAD:
+                return  # the rest of the head is still to come
+            data, head, self._head = self._head, self._head[: max(end, 0)], None
+            if _has_body(head):
+                reply = _json(HTTPStatus.BAD_REQUEST, {
+                    "error": "request bodies are not accepted: put the parameters in the query string, "
+                             "e.g. POST /api/cameras?name=gate&source=rtsp://..."})
+                self.transport.write(reply.serialize())
+                self.transport.close()
+                return
+        super().data_received(data)
+
+
+def _has_body(head: bytes) -> bool:
+    """Whether a request's header lines announce a body (a non-zero Content-Length, or chunks)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"transfer-encoding" or (name == b"content-length" and value not in (b"", b"0")):
+            return True
+    return False
+
+
+class WebServer:
+    """Serves the page and the websocket. ``routes`` maps paths to GET handlers."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        host: str,
+        port: int,
+        routes: dict[str, Route],
+        api: dict[str, ApiRoute] | None = None,
+        token: str | None = None,
+        compression: str | None = None,
+    ) -> None:
+        self.hub = hub
+        # per-message deflate (websockets' default) compresses every message once per client: the
+        # preview JPEGs, most of the bytes, do not shrink, and the JSON messages are a few hundred
+        # bytes. Off by default; benchmarks/ws_compression.py measures what it costs.
+        self.compression = compression
+        self.host = host
+        self.port = port
+        self.routes = routes
+        self.api = api or {}
+        self.token = token
+        self._server: Server | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        self.hub.loop = asyncio.get_running_loop()
+        self._server = await serve(
+            self._handler,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            create_connection=_Connection,
+            max_size=2**16,
+            compression=self.compression,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=1,
+            # the opening handshake includes process_request: adding a camera at run time may load a
+            # model (seconds to a minute on a small CPU) before the API's reply; websockets' default is 10 s
+            open_timeout=300,
+            write_limit=2**18,
+        )
+        sock = next(iter(self._server.sockets))
+        self.port = sock.getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening and close every client (idempotent)."""
+        if self._closed or self._server is None:
+            return
+        self._closed = True
+        self._server.close(close_connections=True)
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), timeout=1.5)
+        except asyncio.TimeoutError:
+            logger.warning("some websocket clients did not close in time")
+
+    def _authorized(self, request: Request) -> bool:
+        if not self.token:
+            return True
+        query = parse_qs(urlsplit(request.path).query)
+        given = (query.get("token") or [""])[0]
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = given or auth[7:]
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | Awaitable[Response] | None:
+        path = urlsplit(request.path).path
+        if path == "/ws":
+            if not self._authorized(request):
+                return _response(HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token\n")
+            origin = request.headers.get("Origin")
+            host = request.headers.get("Host", "")
+            if origin is not None and urlsplit(origin).netloc != host:
+                return _response(HTTPStatus.FORBIDDEN, "text/plain", b"cross-origin websocket refused\n")
+            return None  # go on with the websocket handshake
+        api = next((r for prefix, r in self.api.items() if path == prefix or path.startswith(prefix + "/")), None)
+        if api is not None:  # in a thread of its own: adding a camera opens its source and may load a model
+            return self._api_in_thread(api, request, path)
+        route = self.routes.get(path)
+        if route is None or request.method != "GET":
+            return _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+        if path not in ("/healthz",) and not self._authorized(request):
+            return _response(HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token: open /?token=...\n")
+        try:
+            body = route.body()
+        except Exception:  # noqa: BLE001
+            logger.exception("handler for %s failed", path)
+            return _response(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n")
+        return _response(HTTPStatus.OK, route.content_type, body)
+
+    async def _api_in_thread(self, route: ApiRoute, request: Request, path: str) -> Response:
+        """:meth:`_api` in a daemon thread, so the loop keeps serving meanwhile and a shutdown
+        does not wait for it (asyncio's executor threads are joined at exit)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Response] = loop.create_future()
+
+        def settle(response: Response) -> None:
+            if not done.done():  # the connection may have gone meanwhile
+                done.set_result(response)
+
+        def work() -> None:
+            response = self._api(route, request, path)
+            try:
+                loop.call_soon_threadsafe(settle, response)
+            except RuntimeError:  # the loop closed meanwhile: nobody is waiting
+                pass
+
+        threading.Thread(target=work, name="api", daemon=True).start()
+        return await done
+
+    def _api(self, route: ApiRoute, request: Request, path: str) -> Response:
+        if route.admin and not self.token:
+            return _json(HTTPStatus.FORBIDDEN, {"error": "the admin API needs the server to run with --token"})
+        if not self._authorized(request):
+            return _json(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong token"})
+        try:
+            reply = route.handler(request.method, path, parse_qs(urlsplit(request.path).query))
+        except Exception:  # noqa: BLE001
+            logger.exception("API handler for %s %s failed", request.method, path)
+            return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
+        return _json(HTTPStatus(reply.status), reply.body)
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        await self.hub.serve_client(ws)
+
+
+def _response(status: HTTPStatus, content_type: str, body: bytes) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+def _json(status: HTTPStatus, body: Any) -> Response:
+    return _response(status, "application/json", json.dumps(body).encode())
+
+
+def page_html() -> bytes:
+    return resources.files("streamrec.serve").joinpath("web/index.html").read_bytes()
+
+
+def json_route(fn: Callable[[], Any]) -> Route:
+    return Route("application/json", lambda: json.dumps(fn()).encode())
