@@ -28,7 +28,12 @@ from streamrec.live import sources  # noqa: E402
 from streamrec.models.registry import model_spec  # noqa: E402
 from streamrec.models.preprocess import FramePreprocessor  # noqa: E402
 
+from streamrec.fsutil import DEMO_CLIP  # noqa: E402
+
+# a 30 fps clip of the real clips beside the repository ($STREAMREC_CLIPS, else ../shared/clips);
+# without them, the 28 fps clip shipped in demo/clips
 CLIPS = Path(os.environ.get("STREAMREC_CLIPS") or ROOT.parent / "shared" / "clips")
+CLIP = CLIPS / "cleaning_pool.mp4" if (CLIPS / "cleaning_pool.mp4").is_file() else DEMO_CLIP
 
 
 def camera(spec: sources.SourceSpec, pre: FramePreprocessor, stop: threading.Event, counts: list[int], i: int) -> None:
@@ -63,7 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cameras", default="1,16,64")
     ap.add_argument("--seconds", type=float, default=4.0)
-    ap.add_argument("--clip", default=str(CLIPS / "cleaning_pool.mp4"))
+    ap.add_argument("--clip", default=str(CLIP))
     args = ap.parse_args()
     cv2.setNumThreads(1)  # as the server does (streamrec.serve.app): each resize in its capture thread
     clip = Path(args.clip)

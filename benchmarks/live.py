@@ -290,7 +290,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--model", default="r2plus1d_18")
-    ap.add_argument("--clip", default=str(ROOT.parent / "shared" / "clips" / "arm_wrestling.mp4"))
+    ap.add_argument("--clip", default=str(ROOT / "demo" / "clips" / "arm_wrestling.mp4"))
     ap.add_argument("--json", default=None)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--threads", type=int, default=None)

@@ -33,7 +33,12 @@ sys.path.insert(0, str(ROOT))
 from streamrec.serve.app import LiveApp  # noqa: E402
 from streamrec.config import CameraConfig, ServeConfig  # noqa: E402
 
+from streamrec.fsutil import DEMO_CLIP  # noqa: E402
+
+# a 30 fps clip of the real clips beside the repository ($STREAMREC_CLIPS, else ../shared/clips);
+# without them, the 28 fps clip shipped in demo/clips
 CLIPS = Path(os.environ.get("STREAMREC_CLIPS") or ROOT.parent / "shared" / "clips")
+CLIP = CLIPS / "cleaning_pool.mp4" if (CLIPS / "cleaning_pool.mp4").is_file() else DEMO_CLIP
 
 
 def pct(values, q) -> float:
@@ -156,7 +161,7 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--model", default="r2plus1d_18")
     ap.add_argument("--batch-wait-ms", type=float, default=10.0)
-    ap.add_argument("--clip", default=str(CLIPS / "cleaning_pool.mp4"), help="a 30 fps clip by default")
+    ap.add_argument("--clip", default=str(CLIP), help="a 30 fps clip by default")
     ap.add_argument("--switch-interval-ms", type=float, default=None,
                     help="Python's thread switch interval for this run (default: what the server sets)")
     ap.add_argument("--ffmpeg-decoder-threads", action="store_true",

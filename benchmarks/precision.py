@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the real clips beside the repository, else the clip shipped in demo/clips
+CLIPS = ROOT.parent / "shared" / "clips" if (ROOT.parent / "shared" / "clips").is_dir() else ROOT / "demo" / "clips"
 sys.path.insert(0, str(ROOT))
 
 
@@ -56,7 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", required=True, help="DEFAULT or a file (a state_dict or a streamrec checkpoint)")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--clips", nargs="+", default=[str(ROOT.parent / "shared" / "clips")])
+    ap.add_argument("--clips", nargs="+", default=[str(CLIPS)])
     ap.add_argument("--stride", type=float, default=0.5)
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# the real clips beside the repository, else the clip shipped in demo/clips
+CLIPS = ROOT.parent / "shared" / "clips" if (ROOT.parent / "shared" / "clips").is_dir() else ROOT / "demo" / "clips"
 sys.path.insert(0, str(ROOT))
 
 
@@ -41,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
     ap.add_argument("--model", default="r2plus1d_18")
-    ap.add_argument("--clips", default=str(ROOT.parent / "shared" / "clips"))
+    ap.add_argument("--clips", default=str(CLIPS))
     ap.add_argument("--stride", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -17,7 +17,6 @@ architecture (temporal kernels, padding, strides), not on the weight values.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from streamrec.models.registry import load_model  # noqa: E402
 from streamrec.models.preprocess import FramePreprocessor  # noqa: E402
 from streamrec.live.sources import PyAVSource, SourceSpec  # noqa: E402
 
-CLIPS = Path(os.environ.get("STREAMREC_CLIPS") or ROOT.parent / "shared" / "clips")
+from streamrec.fsutil import DEMO_CLIP  # noqa: E402
 
 
 def stages(net: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -81,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="r2plus1d_18", choices=("r2plus1d_18", "r3d_18", "mc3_18"))
     ap.add_argument("--shifts", default="1,2,4,8")
-    ap.add_argument("--clip", default=str(CLIPS / "arm_wrestling.mp4"))
+    ap.add_argument("--clip", default=str(DEMO_CLIP))
     args = ap.parse_args()
     torch.manual_seed(0)
     loaded = load_model(args.model, weights="none")

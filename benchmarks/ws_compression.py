@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CLIPS = Path(os.environ.get("STREAMREC_CLIPS") or ROOT.parent / "shared" / "clips")
+from streamrec.fsutil import DEMO_CLIP  # noqa: E402
 
 CLIENTS = r"""
 import asyncio, json, sys, time
@@ -58,7 +58,7 @@ def frames(n: int = 50) -> list[bytes]:
     from streamrec.serve.app import encode_preview
     from streamrec.live.sources import SourceSpec, open_source
 
-    src = open_source(SourceSpec.parse(str(CLIPS / "arm_wrestling.mp4")))
+    src = open_source(SourceSpec.parse(str(DEMO_CLIP)))
     out = []
     try:
         for rgb, _ in src.frames():

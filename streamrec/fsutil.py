@@ -26,6 +26,10 @@ from streamrec.errors import StreamrecError
 # streamrec's own cache: prepared models, OpenVINO IR, the backend choice of ``auto``
 CACHE = Path(os.environ.get("STREAMREC_CACHE", Path.home() / ".cache" / "streamrec"))
 
+# the clip shipped with the repository (demo/clips/, with its origin and licence): the
+# default of ``bench --clip``, the README's first command, the configs and the notebook
+DEMO_CLIP = Path(__file__).resolve().parents[1] / "demo" / "clips" / "arm_wrestling.mp4"
+
 
 # the image formats the PNG-writing options accept (matplotlib writes each from the suffix)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf")

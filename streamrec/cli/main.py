@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 from streamrec import __version__
 from streamrec.errors import StreamrecError
 from streamrec.catalog import BACKEND_NAMES, MODEL_NAMES
-from streamrec.fsutil import atomic_write_text, check_output
+from streamrec.fsutil import DEMO_CLIP, atomic_write_text, check_output
 
 logger = logging.getLogger("streamrec")
 
@@ -88,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parsers(sub, _model_args)
     b = sub.add_parser("bench", help="measure pipeline stages and backends on this machine")
     b.add_argument("--models", default="r2plus1d_18", help="comma-separated model names")
-    b.add_argument("--clip", default=None, help="clip for stage costs (default: ../shared/clips/arm_wrestling.mp4)")
-    b.add_argument("--clips", default=None, help="folder of clips for backend agreement and int8 calibration")
+    b.add_argument("--clip", default=None, help="clip for stage costs (default: the shipped demo/clips/arm_wrestling.mp4)")
+    b.add_argument("--clips", default=None,
+                   help="folder of clips for backend agreement and int8 calibration (default: $STREAMREC_CLIPS, "
+                   "else ../shared/clips beside the repository if present, else demo/clips)")
     b.add_argument("--device", default="auto")
     b.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,2,4,8 on CPU; 1..32 on GPU)")
     b.add_argument("--no-int8", action="store_true")
@@ -138,14 +140,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from streamrec.offline.bench import markdown, run
     from streamrec.runtime.classifier import resolve_device
 
-    shared = Path(os.environ.get("STREAMREC_CLIPS") or Path(__file__).resolve().parents[2].parent / "shared" / "clips")
-    clip = Path(args.clip) if args.clip else shared / "arm_wrestling.mp4"
+    clip = Path(args.clip) if args.clip else DEMO_CLIP
     if not clip.is_file():
         raise StreamrecError(f"--clip: file not found: {clip}")
     from streamrec.offline.dataset import video_files
 
-    # without --clips: the agreement and int8 rows only where the shared clips are
-    clips = video_files([args.clips]) if args.clips else video_files([shared]) if shared.is_dir() else []
+    # without --clips: $STREAMREC_CLIPS, else the folder of clips beside the repository, else the demo clip's
+    beside = DEMO_CLIP.parents[3] / "shared" / "clips"
+    folder = Path(os.environ.get("STREAMREC_CLIPS") or (beside if beside.is_dir() else DEMO_CLIP.parent))
+    clips = video_files([args.clips]) if args.clips else video_files([folder]) if folder.is_dir() else []
     models = [m.strip() for m in args.models.split(",")]
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:  # before any model is measured
