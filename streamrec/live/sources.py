@@ -49,6 +49,16 @@ def _rgb_options() -> dict[str, int]:
     return {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
 
 
+def open_container(target: str, **kwargs: Any):
+    """PyAV's ``open(target, **kwargs)`` for reading, with metadata that is not UTF-8 (tags written
+    by old muxers and cameras, as in HMDB51) decoded with replacement characters: PyAV decodes
+    every tag strictly by default, and one bad byte is a ``UnicodeDecodeError`` from ``open``.
+    Every place that opens media goes through here (tests/test_hardening_media.py checks)."""
+    import av
+
+    return av.open(target, metadata_errors="replace", **kwargs)
+
+
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
 
 
@@ -169,10 +179,10 @@ class PyAVSource(Source):
         elif Path(spec.target).is_dir():
             raise SourceError(f"--source: expected a video file, got a directory: {spec.target}")
         try:
-            self._container = av.open(
+            self._container = open_container(
                 spec.target, options=options, timeout=(spec.open_timeout_s, spec.read_timeout_s)
             )
-        except (av.error.FFmpegError, OSError) as exc:
+        except (av.error.FFmpegError, OSError, UnicodeError) as exc:
             if spec.kind != "network":
                 what = "not a readable video file"
             elif isinstance(exc, av.error.InvalidDataError):  # it answered, with something else than video

@@ -29,7 +29,7 @@ from streamrec.models.spec import LoadedModel
 from streamrec.models.registry import load_model
 from streamrec.models.preprocess import FramePreprocessor
 from streamrec.live.ring import FrameRing, capacity_for
-from streamrec.live.sources import PyAVSource, SourceSpec, named_as
+from streamrec.live.sources import PyAVSource, SourceSpec, named_as, open_container
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def naive_window_ms(clip: Path, loaded: LoadedModel, repeats: int = 3, device: t
     net = copy.deepcopy(loaded.module).eval().float().to(device)
 
     def once() -> None:
-        with av.open(str(clip)) as c:
+        with open_container(str(clip)) as c:
             frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(loaded.spec.frames), c.decode(video=0))]
         x = transform(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)).unsqueeze(0)  # (T,H,W,C)->(T,C,H,W)
         with torch.no_grad():

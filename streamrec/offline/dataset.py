@@ -31,7 +31,7 @@ from streamrec.fsutil import atomic_write, save_figure
 from streamrec.models.spec import ModelSpec
 from streamrec.models.preprocess import FramePreprocessor
 from streamrec.live.ring import sample_indices
-from streamrec.live.sources import PyAVSource, SourceSpec
+from streamrec.live.sources import PyAVSource, SourceSpec, open_container
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +70,13 @@ def probe(path: str | os.PathLike) -> VideoInfo | None:
     import av
 
     try:
-        with av.open(str(path)) as c:
+        with open_container(str(path)) as c:
             v = c.streams.video[0]
             rate = float(v.average_rate or v.guessed_rate or 0)
             d = float(v.duration * v.time_base) if v.duration else (c.duration or 0) / 1e6
             return VideoInfo(duration_s=d, fps=rate, frames=v.frames or int(round(d * rate)),
                              width=v.codec_context.width, height=v.codec_context.height)
-    except (av.error.FFmpegError, IndexError, OSError):
+    except (av.error.FFmpegError, IndexError, OSError, UnicodeError):
         return None
 
 
