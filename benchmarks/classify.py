@@ -1,8 +1,8 @@
-"""``streamrec classify`` against the book's approach: windows per second and peak RSS.
+"""``streamrec classify`` against the naive per-window loop: windows per second and peak RSS.
 
     python benchmarks/classify.py [--video PATH | --seconds 120] [--model r2plus1d_18] [--stride 1]
 
-The book reads the whole file into memory (``torchvision.io.read_video``; torchvision 0.29
+The naive loop reads the whole file into memory (``torchvision.io.read_video``; torchvision 0.29
 has removed it, so this does the same with PyAV: every frame decoded into one array), then
 cuts 16-frame windows from it and runs them one by one, eager fp32. streamrec is the real
 command (``python -m streamrec classify FILE --format json``): it decodes once, streaming,

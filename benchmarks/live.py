@@ -1,4 +1,4 @@
-"""Live pipeline benchmark: per-stage costs and latency, against the book's naive loop.
+"""Live pipeline benchmark: per-stage costs and latency, against the naive per-window loop.
 
     python benchmarks/live.py [--seconds 60] [--model r2plus1d_18] [--clip PATH] [--json OUT]
                               [--backend B] [--weights none|DEFAULT|PATH]
@@ -201,7 +201,7 @@ def run_alone(clip: Path, model: str, backend: str, threads: int | None, device:
 
 
 def run_naive(clip: Path, model: str, windows: int) -> dict:
-    """The book's loop: per window, decode 16 frames, transform the clip, eager fp32."""
+    """The naive per-window loop: per window, decode 16 frames, transform the clip, eager fp32."""
     import av
     import torch
     from torchvision.models import get_model, get_model_weights
