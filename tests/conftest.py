@@ -1,4 +1,11 @@
-"""Shared fixtures: the real clips, free ports, synthetic videos, and a serve process."""
+"""Shared fixtures: the shipped clip, the real clips of every format, free ports, synthetic
+videos, a serve process, and the strict mode CI runs in.
+
+Strict mode: with ``STREAMREC_REQUIRE=all`` (``.ci/run`` sets it) a skipped test fails the run,
+naming why it skipped, unless it is marked ``gpu`` or ``hardware`` (it needs a GPU or a CPU or
+runtime feature this machine lacks); those are listed at the end with their reasons. Without it,
+``pytest`` skips what this machine cannot run, as usual.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +17,131 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = Path(os.environ.get("STREAMREC_CLIPS") or ROOT.parent / "shared" / "clips")  # override: where ../shared is absent
+DEMO_CLIP = ROOT / "demo" / "clips" / "arm_wrestling.mp4"  # shipped: H.264 .mp4, 340x256, 28 fps, 280 frames
+NO_CLIPS = (f"the real clips of every format (.mp4, .mkv, .avi, .gif; H.264, MPEG-4, GIF) are not at {CLIPS}: "
+            "put ../shared/clips beside the repo or set STREAMREC_CLIPS; this test is about reading each of them")
 ARTIFACTS = ROOT / "artifacts"
 # backend choices measured by `--backend auto` are cached per test run, not in the user's home
 os.environ.setdefault("STREAMREC_CACHE", str(ARTIFACTS / "cache"))
 os.environ.setdefault("XDG_DATA_HOME", str(ARTIFACTS / "data"))  # serve's default history database
 
 
+# -- strict mode: a skip is a failure in CI, unless the machine lacks the hardware ------------------
+REQUIRE = os.environ.get("STREAMREC_REQUIRE", "")
+HARDWARE_MARKS = ("gpu", "hardware")
+_hardware_skips: list[tuple[str, str]] = []
+_collection_skips: list[tuple[str, str]] = []
+
+
+def pytest_configure(config) -> None:
+    if REQUIRE not in ("", "all"):
+        raise pytest.UsageError(f"STREAMREC_REQUIRE: expected 'all' or nothing, got {REQUIRE!r}")
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A skip of any phase (a ``skipif`` mark, ``pytest.skip`` in the test or in a fixture):
+    listed if the item needs hardware this machine lacks, a failure in strict mode otherwise."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report)
+    if any(item.get_closest_marker(m) for m in HARDWARE_MARKS):
+        _hardware_skips.append((item.nodeid, reason))
+    elif REQUIRE == "all":
+        report.outcome = "failed"
+        report.longrepr = f"skipped under STREAMREC_REQUIRE=all, which allows no skip but for missing hardware: {reason}"
+
+
+def pytest_collectreport(report) -> None:
+    """A whole module skipped at import (``pytest.importorskip`` at its top)."""
+    if report.skipped:
+        _collection_skips.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    tr = terminalreporter
+    if _hardware_skips:
+        tr.section(f"{len(_hardware_skips)} skipped: hardware this machine lacks", sep="-")
+        for nodeid, reason in _hardware_skips:
+            tr.write_line(f"{nodeid}: {reason}")
+    if _collection_skips and REQUIRE == "all":
+        tr.section(f"STREAMREC_REQUIRE=all: {len(_collection_skips)} module(s) skipped, a failure", sep="-", red=True)
+        for nodeid, reason in _collection_skips:
+            tr.write_line(f"{nodeid}: {reason}", red=True)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _collection_skips and REQUIRE == "all" and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# -- clips ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def demo_clip() -> Path:
+    """The real clip that ships with the repository: any test that needs *a* real video uses it."""
+    assert DEMO_CLIP.is_file(), f"{DEMO_CLIP} is missing: it ships with the repository"
+    return DEMO_CLIP
+
+
 @pytest.fixture(scope="session")
 def clips() -> Path:
+    """The folder of the real clips of every format (``../shared/clips`` or ``STREAMREC_CLIPS``):
+    only for tests whose point is those formats; they skip, saying so, where it is absent."""
     if not (CLIPS / "clips.csv").is_file():
-        pytest.skip(f"real clips not found at {CLIPS} (they live beside the repo in ../shared/clips)")
+        pytest.skip(NO_CLIPS)
     return CLIPS
 
 
 def all_clips() -> list[str]:
+    """The real clips' file names, from ``clips.csv``; none where the folder is absent."""
     import csv
 
     if not (CLIPS / "clips.csv").is_file():
         return []
     with open(CLIPS / "clips.csv") as fh:
         return [row["file"] for row in csv.DictReader(fh)]
+
+
+def format_clips() -> list:
+    """Parameters for a test of every real clip: one per clip of ``clips.csv``. Where the folder
+    is absent, the shipped clip (one of them) and one skipped item that says where the others go,
+    so that no test disappears without a word."""
+    names = all_clips()
+    if names:
+        return [pytest.param(CLIPS / name, id=name) for name in names]
+    return [pytest.param(DEMO_CLIP, id=DEMO_CLIP.name),
+            pytest.param(None, id="other-formats", marks=pytest.mark.skip(reason=NO_CLIPS))]
+
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], what: str, timeout: float = 60.0, interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something true (returned) or ``timeout`` seconds pass
+    (an AssertionError naming ``what`` and the last value)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {value!r}")
+        time.sleep(interval)
 
 
 def free_port() -> int:

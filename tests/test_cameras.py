@@ -18,9 +18,6 @@ from streamrec.live.history import HistoryStore, SegmentTracker
 
 from conftest import ROOT, free_port, run_cli, streamrec_cmd, wait_http
 
-CLIPS4 = ["arm_wrestling.mp4", "cleaning_pool.mp4", "flipping_pancake.mkv", "shooting_basketball.mp4"]
-
-
 def write_config(path, clips, names, **extra) -> str:
     lines = [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
     for name, clip in zip(names, clips):
@@ -66,14 +63,15 @@ def request(method: str, url: str, token: str | None = None, body: bytes | None 
         return e.code, json.loads(e.read())
 
 
-def test_config_cameras_batched_with_runtime_add_remove_and_history(clips, tmp_path):
+def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, tmp_path):
     port, db, token = free_port(), tmp_path / "h.db", "t0k"
-    cfg = write_config(tmp_path / "gym.toml", [clips / c for c in CLIPS4[:3]], ["court-1", "court-2", "warmup"],
+    cfg = write_config(tmp_path / "gym.toml", [demo_clip] * 3, ["court-1", "court-2", "warmup"],
                        model="tiny3d", weights="none", batch_wait_ms=50)
     proc = start("--config", cfg, "--port", str(port), "--db", str(db), "--token", token)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
         got = asyncio.run(predictions_by_camera(port, {"court-1", "court-2", "warmup"}, token=token))
+        assert set(got) == {"court-1", "court-2", "warmup"}
         for cam, msgs in got.items():
             assert all(m["camera"] == cam for m in msgs)
             assert [m["seq"] for m in msgs] == sorted(m["seq"] for m in msgs)
@@ -83,12 +81,12 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(clips, tmp_p
 
         # add a camera at run time, without touching the others
         before = {c: h["predictions"] for c, h in health["cameras"].items()}
-        q = f"name=late&source={clips / CLIPS4[3]}&loop=true"
+        q = f"name=late&source={demo_clip}&loop=true"
         assert request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}")[0] == 401  # no token
         status, body = request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)
         assert (status, body) == (201, {"added": "late"})
         assert request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)[0] == 400  # same name again
-        bad = f"name=bad&source={clips / CLIPS4[3]}"  # values of the wrong type: refused, nothing added
+        bad = f"name=bad&source={demo_clip}"  # values of the wrong type: refused, nothing added
         assert request("POST", f"http://127.0.0.1:{port}/api/cameras?{bad}&loop=maybe", token) == (
             400, {"error": "loop: expected true or false (1/0, yes/no, on/off), got 'maybe'"})
         assert request("POST", f"http://127.0.0.1:{port}/api/cameras?{bad}&open_timeout=abc", token) == (
@@ -175,16 +173,16 @@ def test_kill_9_loses_at_most_the_open_segment(tmp_path):
     assert conn.execute("SELECT MAX(end_ts) FROM segments").fetchone()[0] >= last
 
 
-def test_adding_a_camera_with_a_new_model_does_not_stop_the_server(clips, tmp_path):
+def test_adding_a_camera_with_a_new_model_does_not_stop_the_server(demo_clip, tmp_path):
     import threading
 
     port, token = free_port(), "t0k"
-    cfg = write_config(tmp_path / "one.toml", [clips / CLIPS4[0]], ["court-1"], model="tiny3d", weights="none",
+    cfg = write_config(tmp_path / "one.toml", [demo_clip], ["court-1"], model="tiny3d", weights="none",
                        backend="torch")
     proc = start("--config", cfg, "--port", str(port), "--db", str(tmp_path / "h.db"), "--token", token)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
-        q = f"name=big&source={clips / CLIPS4[1]}&loop=true&model=mc3_18"
+        q = f"name=big&source={demo_clip}&loop=true&model=mc3_18"
         reply: list = []
         post = threading.Thread(target=lambda: reply.append(request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)))
         post.start()
@@ -201,7 +199,7 @@ def test_adding_a_camera_with_a_new_model_does_not_stop_the_server(clips, tmp_pa
         assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras/big", token) == (200, {"removed": "big"})
 
         # SIGTERM while a camera is being added: a clean exit, without waiting for the model load
-        q = f"name=big2&source={clips / CLIPS4[1]}&loop=true&model=r2plus1d_18"
+        q = f"name=big2&source={demo_clip}&loop=true&model=r2plus1d_18"
 
         def post_cut_short():
             try:

@@ -52,33 +52,33 @@ def test_unknown_model():
     one_line_error(run_cli("serve", "--source", "x.mp4", "--model", "resnet9000"), "--model", "resnet9000")
 
 
-def test_checkpoint_for_another_model(tmp_path, clips):
+def test_checkpoint_for_another_model(tmp_path, demo_clip):
     import torch
 
     from streamrec.models.registry import build_model
 
     p = tmp_path / "w.pth"
     torch.save(build_model("tiny3d", num_classes=400).state_dict(), p)
-    one_line_error(run_cli("serve", "--source", str(clips / "arm_wrestling.mp4"), "--weights", str(p)),
+    one_line_error(run_cli("serve", "--source", str(demo_clip), "--weights", str(p)),
                    "does not fit model r2plus1d_18")
 
 
-def test_sports_only_with_a_model_without_kinetics_classes(clips):
-    one_line_error(run_cli("serve", "--source", str(clips / "arm_wrestling.mp4"), "--weights", "none",
+def test_sports_only_with_a_model_without_kinetics_classes(demo_clip):
+    one_line_error(run_cli("serve", "--source", str(demo_clip), "--weights", "none",
                            "--model", "tiny3d", "--sports-only"), "--sports-only", "no Kinetics sport class")
 
 
-def test_port_already_in_use(clips):
+def test_port_already_in_use(demo_clip):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        one_line_error(run_cli("serve", "--source", str(clips / "arm_wrestling.mp4"), "--weights", "none",
+        one_line_error(run_cli("serve", "--source", str(demo_clip), "--weights", "none",
                                "--model", "tiny3d", "--port", str(port)), f"--port {port}", "cannot listen")
 
 
-def test_offline_default_weights(tmp_path, clips):
-    proc = run_cli("serve", "--source", str(clips / "arm_wrestling.mp4"),
+def test_offline_default_weights(tmp_path, demo_clip):
+    proc = run_cli("serve", "--source", str(demo_clip),
                    env={"TORCH_HOME": str(tmp_path), "STREAMREC_OFFLINE": "1"})
     one_line_error(proc, "r2plus1d_18-", str(tmp_path / "hub" / "checkpoints"), "copy it to")
 
@@ -102,8 +102,8 @@ def test_unknown_argument():
     one_line_error(run_cli("serve", "--frobnicate"), "unrecognized arguments")
 
 
-def test_unknown_device_before_the_model_loads(clips):
-    for cmd in (["serve", "--source", str(clips / "arm_wrestling.mp4")], ["classify", str(clips / "arm_wrestling.mp4")]):
+def test_unknown_device_before_the_model_loads(demo_clip):
+    for cmd in (["serve", "--source", str(demo_clip)], ["classify", str(demo_clip)]):
         proc = run_cli(*cmd, "--weights", "none", "--device", "tpu")
         one_line_error(proc, "--device", "expected auto, cpu, cuda or cuda:N, got 'tpu'")
         assert "random weights" not in proc.stderr  # refused before loading anything
@@ -142,9 +142,9 @@ OUTPUTS = [
 
 
 @pytest.mark.parametrize("option, cmd, name", OUTPUTS, ids=[f"{c[0]} {o}" for o, c, _ in OUTPUTS])
-def test_an_output_in_a_missing_folder_is_refused_before_the_work(option, cmd, name, tmp_path, clips,
+def test_an_output_in_a_missing_folder_is_refused_before_the_work(option, cmd, name, tmp_path, demo_clip,
                                                                      small_dataset, checkpoint):
-    values = {"clip": clips / "arm_wrestling.mp4", "data": small_dataset, "ckpt": checkpoint}
+    values = {"clip": demo_clip, "data": small_dataset, "ckpt": checkpoint}
     missing = tmp_path / "no-such-folder"
     proc = run_cli(*[a.format(**values) for a in cmd], option, str(missing / name))
     one_line_error(proc, f"{option} {missing / name}: the folder {missing} does not exist")
@@ -183,13 +183,13 @@ def test_evaluate_batch_size(small_dataset, checkpoint):
                    "--batch-size: expected >= 1, got 0")
 
 
-def test_cluster_address_that_nobody_answers_fails_at_once(tmp_path, clips):
+def test_cluster_address_that_nobody_answers_fails_at_once(tmp_path, demo_clip):
     """ray.init retries such an address for minutes; the probe before it takes one connect."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[[cameras]]\nname = "a"\nsource = "{clips / "arm_wrestling.mp4"}"\n')
+    cfg.write_text(f'[[cameras]]\nname = "a"\nsource = "{demo_clip}"\n')
     one_line_error(run_cli("cluster", "--config", str(cfg), "--address", f"127.0.0.1:{port}", timeout=60),
                    f"--address 127.0.0.1:{port}: no Ray cluster answers there within 5 s (Connection refused)")
 
@@ -214,11 +214,11 @@ def test_a_network_source_that_answers_with_something_else(tmp_path):
         server.server_close()
 
 
-def test_an_output_that_is_the_input_is_refused(tmp_path, clips, checkpoint):
+def test_an_output_that_is_the_input_is_refused(tmp_path, demo_clip, checkpoint):
     import shutil
 
     clip = tmp_path / "clip.mp4"
-    shutil.copy(clips / "arm_wrestling.mp4", clip)
+    shutil.copy(demo_clip, clip)
     before = clip.read_bytes()
     one_line_error(run_cli("classify", str(clip), "--model", "tiny3d", "--weights", "none", "--out", str(clip)),
                    f"--out {clip}: that is the input file {clip}")
@@ -228,9 +228,9 @@ def test_an_output_that_is_the_input_is_refused(tmp_path, clips, checkpoint):
     assert clip.read_bytes() == before and ckpt.read_bytes() == checkpoint.read_bytes()
 
 
-def test_cluster_dashboard_port_in_use_fails_before_the_cluster_starts(tmp_path, clips):
+def test_cluster_dashboard_port_in_use_fails_before_the_cluster_starts(tmp_path, demo_clip):
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[[cameras]]\nname = "a"\nsource = "{clips / "arm_wrestling.mp4"}"\n')
+    cfg.write_text(f'[[cameras]]\nname = "a"\nsource = "{demo_clip}"\n')
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -54,8 +54,8 @@ def test_hub_dir_and_torch_version_agree_with_torch(monkeypatch, tmp_path):
     assert torch.__version__.split("+")[0] == firststart.torch_version().split("+")[0]
 
 
-def test_first_start_prepares_in_a_child_and_the_job_never_imports_torchvision(tmp_path, clips):
-    clip = clips / "cricket_shot_v_CricketShot_g04_c01.gif"
+def test_first_start_prepares_in_a_child_and_the_job_never_imports_torchvision(tmp_path, demo_clip):
+    clip = demo_clip
     path = save_default_weights("r2plus1d_18", tmp_path / "torch")
     args = ("classify", str(clip), "--device", "cpu", "--stride", "100", "--format", "json")
 
@@ -72,13 +72,13 @@ def test_first_start_prepares_in_a_child_and_the_job_never_imports_torchvision(t
     assert later == {"rc": 0, "torchvision": False, "torch": True}
     assert "child process" not in log
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("first.json", "later.json"))
-    assert a["windows"] == b["windows"] and len(a["windows"]) == 2  # the same graph, the same scores
+    assert a["windows"] == b["windows"] and len(a["windows"]) == 2  # the same graph, the same scores (ends: 1 s, the tail)
 
 
-def test_serve_first_start_prepares_in_a_child_and_the_server_never_maps_torchvision(tmp_path, clips):
+def test_serve_first_start_prepares_in_a_child_and_the_server_never_maps_torchvision(tmp_path, demo_clip):
     save_default_weights("r2plus1d_18", tmp_path / "torch")
     port = free_port()
-    proc = subprocess.Popen(streamrec_cmd("serve", "--source", str(clips / "arm_wrestling.mp4"), "--loop", "--port", str(port),
+    proc = subprocess.Popen(streamrec_cmd("serve", "--source", str(demo_clip), "--loop", "--port", str(port),
                                           "--device", "cpu", "--backend", "torch"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**_env(tmp_path), "PYTHONUNBUFFERED": "1"})
@@ -130,11 +130,11 @@ def test_the_python_api_prepares_a_first_start_in_a_child_too(tmp_path):
     assert own == {"torchvision": True, "top": first["top"]} and "child process" not in log
 
 
-def test_sigterm_while_preparing_ends_the_child_too(tmp_path, clips):
+def test_sigterm_while_preparing_ends_the_child_too(tmp_path, demo_clip):
     import psutil
 
     save_default_weights("r2plus1d_18", tmp_path / "torch")
-    proc = subprocess.Popen(streamrec_cmd("classify", str(clips / "cricket_shot_v_CricketShot_g04_c01.gif"), "--device", "cpu"),
+    proc = subprocess.Popen(streamrec_cmd("classify", str(demo_clip), "--device", "cpu"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
     parent = psutil.Process(proc.pid)
     deadline = time.monotonic() + 60
@@ -151,8 +151,8 @@ def test_sigterm_while_preparing_ends_the_child_too(tmp_path, clips):
     assert not any(c.is_running() for c in children)
 
 
-def test_offline_first_start_fails_once_with_the_jobs_own_error(tmp_path, clips):
-    clip = clips / "cricket_shot_v_CricketShot_g04_c01.gif"
+def test_offline_first_start_fails_once_with_the_jobs_own_error(tmp_path, demo_clip):
+    clip = demo_clip
     r = subprocess.run([sys.executable, "-m", "streamrec", "classify", str(clip), "--device", "cpu"],
                        capture_output=True, text=True, timeout=300, env=_env(tmp_path), cwd=ROOT)
     line = error_line(r)
@@ -177,8 +177,9 @@ def test_needs_preparing_follows_the_entry_and_its_weights_file(tmp_path, monkey
     assert firststart.prepare(cache, None, str(w)) is True  # a real child process
     assert not firststart.needs_preparing(cache, None, str(w), device="cpu")
     assert type(prepared.load(None, str(w), cache=cache).module).__name__ == "GraphModule"
-    time.sleep(0.01)
+    before = w.stat()
     _tiny_checkpoint(w)  # new weights, same size: the entry is stale
+    os.utime(w, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))  # a later mtime, however coarse the clock
     assert firststart.needs_preparing(cache, None, str(w), device="cpu")
     monkeypatch.setattr(firststart, "gpu_present", lambda: True)  # auto may mean CUDA: no child
     assert not firststart.needs_preparing(cache, None, str(w), device="auto")

@@ -1,5 +1,5 @@
-"""`streamrec quantize` and `--backend openvino-int8`: an int8 model made on real clips, checked
-against fp32, kept in the cache, and served."""
+"""`streamrec quantize` and `--backend openvino-int8`: an int8 model made on real clips (the
+shipped one and its mirror image), checked against fp32, kept in the cache, and served."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import av
 import pytest
 import torch
 
@@ -20,7 +21,17 @@ CLASSES = [f"activity {i}" for i in range(10)]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(clips, tmp_path_factory) -> Path:
+def second_clip(demo_clip, tmp_path_factory) -> Path:
+    """The shipped clip mirrored left to right (re-encoded): a second real clip of other windows."""
+    from conftest import write_frames
+
+    with av.open(str(demo_clip)) as c:
+        frames = [f.to_ndarray(format="rgb24")[:, ::-1] for f in c.decode(video=0)]
+    return write_frames(tmp_path_factory.mktemp("clips") / "mirrored.mp4", frames, 28)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(demo_clip, second_clip, tmp_path_factory) -> Path:
     """A tiny3d checkpoint whose outputs depend on its input: random convolutions with batch-norm
     statistics measured on real windows (benchmarks/stand_in_weights.py)."""
     from streamrec.offline.bench import clip_windows
@@ -28,7 +39,7 @@ def checkpoint(clips, tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     net = build_model("tiny3d", num_classes=len(CLASSES))
-    windows = clip_windows([clips / "arm_wrestling.mp4", clips / "cleaning_pool.mp4"],
+    windows = clip_windows([demo_clip, second_clip],
                            load_model("tiny3d", weights="none"), stride=0.5)
     net = load_benchmark("stand_in_weights").batchnorm_from_clips(net, windows)
     path = tmp_path_factory.mktemp("int8") / "tiny.pt"
@@ -36,14 +47,14 @@ def checkpoint(clips, tmp_path_factory) -> Path:
     return path
 
 
-def test_quantize_keeps_a_checked_model_that_serve_runs(clips, checkpoint, tmp_path, monkeypatch):
+def test_quantize_keeps_a_checked_model_that_serve_runs(demo_clip, second_clip, checkpoint, tmp_path, monkeypatch):
     from streamrec.runtime import backends
     from streamrec.runtime import prepared
     from streamrec.offline.bench import clip_windows
     from streamrec.runtime.classifier import Classifier
 
     cache = tmp_path / "cache"
-    two = [str(clips / "arm_wrestling.mp4"), str(clips / "cleaning_pool.mp4")]
+    two = [str(demo_clip), str(second_clip)]
     proc = run_cli("quantize", "--weights", str(checkpoint), "--clips", *two, "--stride", "1", "--json",
                    env={"STREAMREC_CACHE": str(cache)}, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -60,7 +71,7 @@ def test_quantize_keeps_a_checked_model_that_serve_runs(clips, checkpoint, tmp_p
     assert json.loads(xml.with_suffix(".json").read_text())["top1_agree"] == report["top1_agree"]
 
     # the live classifier finds it by the weights' digest, from the model serve loads
-    windows = clip_windows([clips / "arm_wrestling.mp4"], loaded, stride=1.0)
+    windows = clip_windows([demo_clip], loaded, stride=1.0)
     with torch.no_grad():
         reference = [torch.softmax(loaded.module(w), -1) for w in windows]
     monkeypatch.setattr(backends, "CACHE", cache)  # where the command above kept it
@@ -84,9 +95,9 @@ def test_quantize_keeps_a_checked_model_that_serve_runs(clips, checkpoint, tmp_p
         assert sigterm(server) == 0
 
 
-def test_quantize_refuses_a_model_that_moves_the_scores_too_far(clips, checkpoint, tmp_path):
+def test_quantize_refuses_a_model_that_moves_the_scores_too_far(demo_clip, checkpoint, tmp_path):
     cache = tmp_path / "cache"
-    proc = run_cli("quantize", "--weights", str(checkpoint), "--clips", str(clips / "arm_wrestling.mp4"),
+    proc = run_cli("quantize", "--weights", str(checkpoint), "--clips", str(demo_clip),
                    "--max-score-diff", "0", env={"STREAMREC_CACHE": str(cache)}, timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -95,14 +106,14 @@ def test_quantize_refuses_a_model_that_moves_the_scores_too_far(clips, checkpoin
     assert list(cache.glob("openvino/*-int8.*")) == []
 
 
-def test_long_clips_widen_the_stride_to_keep_the_windows_held_bounded(clips, checkpoint, tmp_path, monkeypatch):
+def test_long_clips_widen_the_stride_to_keep_the_windows_held_bounded(demo_clip, second_clip, checkpoint, tmp_path, monkeypatch):
     from streamrec.runtime import backends
     from streamrec.runtime import prepared
     from streamrec.offline.dataset import probe
     from streamrec.offline.quantize import quantize
 
     monkeypatch.setattr(backends, "CACHE", tmp_path)
-    two = [clips / "arm_wrestling.mp4", clips / "cleaning_pool.mp4"]
+    two = [demo_clip, second_clip]
     total = sum(probe(c).duration_s for c in two)
     loaded = prepared.load(None, str(checkpoint), device="cpu", cache=tmp_path / "prepared")
     report = quantize(loaded, two, stride=0.5, max_windows=6, save=False)
@@ -111,8 +122,8 @@ def test_long_clips_widen_the_stride_to_keep_the_windows_held_bounded(clips, che
     assert report.saved is None and list(tmp_path.glob("openvino/*-int8.xml")) == []  # save=False
 
 
-def test_int8_backend_without_a_quantized_model_names_the_command(clips, checkpoint, tmp_path):
-    proc = run_cli("classify", str(clips / "arm_wrestling.mp4"), "--weights", str(checkpoint),
+def test_int8_backend_without_a_quantized_model_names_the_command(demo_clip, checkpoint, tmp_path):
+    proc = run_cli("classify", str(demo_clip), "--weights", str(checkpoint),
                    "--backend", "openvino-int8", "--device", "cpu", env={"STREAMREC_CACHE": str(tmp_path)})
     line = error_line(proc)
     assert f"make one first: streamrec quantize --model tiny3d --weights '{checkpoint}' --clips DIR" in line
@@ -130,10 +141,10 @@ def test_int8_backend_without_a_quantized_model_names_the_command(clips, checkpo
     (["--clips", "{clip}", "--weights", "none", "--model", "tiny3d"],
      "--weights none: random weights; quantize a trained model (DEFAULT or a checkpoint)"),
 ])
-def test_quantize_bad_input_is_one_line(clips, checkpoint, tmp_path, args, expected):
+def test_quantize_bad_input_is_one_line(demo_clip, checkpoint, tmp_path, args, expected):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.mp4").write_text("not a video")
-    fill = {"empty": str(tmp_path / "empty"), "clip": str(clips / "arm_wrestling.mp4"), "tiny": str(checkpoint),
+    fill = {"empty": str(tmp_path / "empty"), "clip": str(demo_clip), "tiny": str(checkpoint),
             "text": str(tmp_path / "notes.mp4")}
     args = [a.format(**fill) for a in args]
     proc = run_cli("quantize", *args, env={"STREAMREC_CACHE": str(tmp_path / "cache")})

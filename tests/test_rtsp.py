@@ -67,8 +67,8 @@ def wait_for(pred, what: str, timeout: float = 45.0, port: int = 0) -> dict:
     raise AssertionError(f"timed out waiting for {what}; last health: {h}")
 
 
-def test_reconnects_after_server_death_restart_and_stall(clips):
-    rtsp = RtspServer(clips / "arm_wrestling.mp4", free_port()).start()
+def test_reconnects_after_server_death_restart_and_stall(demo_clip):
+    rtsp = RtspServer(demo_clip, free_port()).start()
     port = free_port()
     serve = subprocess.Popen(
         streamrec_cmd("serve", "--source", rtsp.url, "--weights", "none", "--model", "tiny3d", "--port", str(port),

@@ -42,9 +42,9 @@ async def collect(url: str, n: int, timeout: float = 90.0, **kw) -> tuple[list[d
     return preds, statuses, frames
 
 
-def test_serve_end_to_end_on_a_real_clip(clips):
+def test_serve_end_to_end_on_a_real_clip(demo_clip):
     port = free_port()
-    proc = start_serve("--source", str(clips / "arm_wrestling.mp4"), "--loop", "--weights", "none",
+    proc = start_serve("--source", str(demo_clip), "--loop", "--weights", "none",
                        "--port", str(port), "--device", "cpu")
     try:
         health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc))
@@ -99,9 +99,9 @@ def test_serve_end_to_end_on_a_real_clip(clips):
     assert "stopped" in err_text and "Traceback" not in err_text
 
 
-def test_cross_origin_websocket_is_refused(clips):
+def test_cross_origin_websocket_is_refused(demo_clip):
     port = free_port()
-    proc = start_serve("--source", str(clips / "cleaning_pool.mp4"), "--loop", "--weights", "none",
+    proc = start_serve("--source", str(demo_clip), "--loop", "--weights", "none",
                        "--model", "tiny3d", "--port", str(port))
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
@@ -127,9 +127,9 @@ def test_cross_origin_websocket_is_refused(clips):
         proc.wait(timeout=10)
 
 
-def test_token_is_required_on_page_and_websocket(clips):
+def test_token_is_required_on_page_and_websocket(demo_clip):
     port = free_port()
-    proc = start_serve("--source", str(clips / "cleaning_pool.mp4"), "--loop", "--weights", "none",
+    proc = start_serve("--source", str(demo_clip), "--loop", "--weights", "none",
                        "--model", "tiny3d", "--port", str(port), "--token", "s3cret")
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)

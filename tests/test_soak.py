@@ -102,11 +102,11 @@ def mean_phase(phases: list[dict]) -> dict:
 
 @pytest.mark.load
 @pytest.mark.timeout(900)
-def test_twenty_clients_one_never_reading(clips):
+def test_twenty_clients_one_never_reading(demo_clip):
     """One reading client, then nineteen plus one that never reads, twice over (30 s and 60 s
     phases, interleaved, so that a host that slows down for a minute weighs on both sides)."""
     port = free_port()
-    proc = serve(clips / "arm_wrestling.mp4", port)
+    proc = serve(demo_clip, port)
     singles, manys = [], []
     try:
         time.sleep(20)  # warm-up
@@ -137,9 +137,9 @@ def test_twenty_clients_one_never_reading(clips):
 
 @pytest.mark.soak
 @pytest.mark.timeout(1200)
-def test_ten_minute_soak(clips):
+def test_ten_minute_soak(demo_clip):
     port = free_port()
-    proc = serve(clips / "arm_wrestling.mp4", port)
+    proc = serve(demo_clip, port)
     backend = health(port)["backend"]
     p = psutil.Process(proc.pid)
     samples = []

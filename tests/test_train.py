@@ -88,31 +88,30 @@ def test_served_labels_follow_the_true_class(trained, tmp_path):
             import websockets
 
             async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**22) as ws:
-                last = asyncio.get_running_loop().time()
-                while asyncio.get_running_loop().time() - last < 4:  # the file has ended: no more windows
-                    try:
-                        m = await asyncio.wait_for(ws.recv(), 1)
-                    except asyncio.TimeoutError:
-                        continue
+                while True:  # until the window ending at the file's last frame (11.97 s) came
+                    m = await asyncio.wait_for(ws.recv(), 60)
                     if isinstance(m, str) and json.loads(m)["type"] == "prediction":
                         preds.append(json.loads(m))
-                        last = asyncio.get_running_loop().time()
+                        if preds[-1]["window"]["end_ts"] - preds[0]["window"]["start_ts"] >= 11.9:
+                            return
 
         asyncio.run(listen())
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
-    assert len(preds) > 20
+    # in windows, not seconds: how many windows a loaded machine classifies in 12 s varies, what
+    # the smoothing does with each does not (EMA 0.4, a lead held for 2 windows: the 3rd shows it)
     t0 = preds[0]["window"]["start_ts"]  # the first window starts at the file's first frame
     media = [(p["window"]["start_ts"] - t0, p["window"]["end_ts"] - t0, p["label"]) for p in preds]
     before = [lab for s, e, lab in media if e <= 6.0]
-    after = [lab for s, e, lab in media if s >= 6.0 + 0.7]  # window wholly in the new class, plus smoothing
-    assert before and after
+    k = next(i for i, (s, e, lab) in enumerate(media) if s >= 6.0)  # the first window wholly in the new class
+    after = [lab for s, e, lab in media[k + 3:]]
+    assert before and after, media
     assert sum(lab == "left_to_right" for lab in before) >= 0.9 * len(before)
     assert sum(lab == "top_to_bottom" for lab in after) >= 0.9 * len(after)
-    first_switch = next(e for s, e, lab in media if lab == "top_to_bottom" and e > 6.0)
-    print(f"{len(preds)} predictions; switch shown for the window ending {first_switch - 6.0:.2f} s after the change")
-    assert first_switch - 6.0 <= 1.0 + 0.7
+    switch = next(i for i, (s, e, lab) in enumerate(media) if lab == "top_to_bottom" and e > 6.0)
+    print(f"{len(preds)} predictions; switch shown {switch - k} windows after the first wholly new one")
+    assert switch <= k + 3, media
 
 
 def test_catalog_and_contact_sheet_on_the_real_clips(clips, tmp_path):
