@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
 import cv2
 import numpy as np
@@ -60,13 +61,36 @@ SAMPLE_VIDEO = """ms => new Promise(done => {
 })"""
 
 
+def cameras_heard(page) -> set[str]:
+    """The cameras named in the JSON messages the page's websockets receive from now on (filled
+    while playwright waits on the page)."""
+    heard: set[str] = set()
+
+    def on_frame(payload) -> None:
+        if isinstance(payload, str):
+            camera = json.loads(payload).get("camera")
+            if camera:
+                heard.add(camera)
+
+    page.on("websocket", lambda ws: ws.on("framereceived", on_frame))
+    return heard
+
+
+def wait_until_heard(page, heard: set[str], cameras: set[str], timeout_s: float = 60.0) -> None:
+    """The positive event a check that something did *not* happen waits for: messages of every camera came in."""
+    deadline = time.monotonic() + timeout_s
+    while not cameras <= heard:
+        assert time.monotonic() < deadline, f"no message of {sorted(cameras - heard)} within {timeout_s} s"
+        page.wait_for_timeout(50)  # lets playwright deliver the websocket events
+
+
 def label_seq(page) -> int:
     return int(page.get_attribute("[data-testid=label]", "data-seq") or 0)
 
 
-def test_page_shows_predictions_video_and_reconnects(clips, page, artifacts):
+def test_page_shows_predictions_video_and_reconnects(demo_clip, page, artifacts):
     port = free_port()
-    proc = serve(clips / "shooting_basketball.mp4", port)
+    proc = serve(demo_clip, port)
     try:
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
@@ -86,7 +110,7 @@ def test_page_shows_predictions_video_and_reconnects(clips, page, artifacts):
         # every 5 ms for 3 s, the image is never blank (naturalWidth 0) or another size
         widths, changes = page.evaluate(SAMPLE_VIDEO, 3000)
         assert changes >= 2
-        assert set(widths) == {426}  # the 426x240 clip, under the 480 px preview width
+        assert set(widths) == {340}  # the 340x256 clip, under the 480 px preview width
         page.screenshot(path=str(artifacts / "browser-live.png"))
 
         # the server stops and starts again: the page reconnects by itself
@@ -96,7 +120,7 @@ def test_page_shows_predictions_video_and_reconnects(clips, page, artifacts):
         page.wait_for_function("document.querySelector('[data-testid=age]').classList.contains('late')", timeout=20_000)
         assert float(page.inner_text("[data-testid=age]")) >= 2.0  # shown to 0.1 s: 2.04 s reads 2.0
         seq_before = label_seq(page)
-        proc = serve(clips / "shooting_basketball.mp4", port)
+        proc = serve(demo_clip, port)
         page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=60_000)
         page.wait_for_function(f"document.querySelector('[data-testid=label]').dataset.seq != '{seq_before}'", timeout=60_000)
         page.screenshot(path=str(artifacts / "browser-reconnected.png"))
@@ -105,13 +129,13 @@ def test_page_shows_predictions_video_and_reconnects(clips, page, artifacts):
             stop(proc)
 
 
-def test_a_restarted_server_without_a_camera_loses_its_tile(clips, page, tmp_path):
+def test_a_restarted_server_without_a_camera_loses_its_tile(demo_clip, page, tmp_path):
     """The gym's config loses a camera and the server restarts: the open page drops that tile
     (it never got the removal notice) and keeps the others."""
     def config(names):
         lines = ['model = "tiny3d"', 'weights = "none"']
         for name in names:
-            lines += ["[[cameras]]", f'name = "{name}"', f'source = "{clips / "cleaning_pool.mp4"}"', "loop = true"]
+            lines += ["[[cameras]]", f'name = "{name}"', f'source = "{demo_clip}"', "loop = true"]
         path = tmp_path / f"{len(names)}.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -140,9 +164,9 @@ def test_a_restarted_server_without_a_camera_loses_its_tile(clips, page, tmp_pat
             stop(proc)
 
 
-def test_overlay_mode_shows_only_the_label(clips, page, artifacts):
+def test_overlay_mode_shows_only_the_label(demo_clip, page, artifacts):
     port = free_port()
-    proc = serve(clips / "cleaning_pool.mp4", port)
+    proc = serve(demo_clip, port)
     try:
         page.goto(f"http://127.0.0.1:{port}/?overlay=1")
         page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
@@ -162,13 +186,11 @@ def test_overlay_mode_shows_only_the_label(clips, page, artifacts):
         stop(proc)
 
 
-def test_dashboard_with_16_cameras(clips, page, artifacts, tmp_path):
-    from conftest import all_clips
-
-    names = all_clips()
+def test_dashboard_with_16_cameras(demo_clip, page, artifacts, tmp_path):
+    cameras = [f"cam-{i:02d}" for i in range(16)]
     lines = ['model = "tiny3d"', 'weights = "none"']
-    for i in range(16):
-        lines += ["[[cameras]]", f'name = "cam-{i:02d}"', f'source = "{clips / names[i % len(names)]}"', "loop = true"]
+    for name in cameras:
+        lines += ["[[cameras]]", f'name = "{name}"', f'source = "{demo_clip}"', "loop = true"]
     cfg = tmp_path / "sixteen.toml"
     cfg.write_text("\n".join(lines) + "\n")
     port = free_port()
@@ -193,22 +215,24 @@ def test_dashboard_with_16_cameras(clips, page, artifacts, tmp_path):
         page.screenshot(path=str(artifacts / "dashboard-16-large.png"))
         tile.click()
         assert "big" not in tile.get_attribute("class")
+        heard = cameras_heard(page)
         page.goto(f"http://127.0.0.1:{port}/?camera=cam-03&overlay=1")  # one camera's overlay, for OBS
         page.wait_for_function("document.querySelector('[data-testid=label]')?.dataset.seq >= 1", timeout=60_000)
-        page.wait_for_timeout(1500)  # every camera has sent status and frames meanwhile
+        wait_until_heard(page, heard, set(cameras))  # every camera's status reached the page: it kept one tile
         assert page.eval_on_selector_all("[data-testid=camera]", "els => els.map(e => e.dataset.camera)") == ["cam-03"]
+        heard.clear()
         page.goto(f"http://127.0.0.1:{port}/?camera=cam-99")
-        page.wait_for_timeout(1500)
+        wait_until_heard(page, heard, set(cameras))
         assert page.locator("[data-testid=camera]").count() == 0
         assert page.inner_text("#count") == 'no camera named "cam-99" (yet)'
     finally:
         stop(proc)
 
 
-def test_a_phone_sees_the_whole_label(clips, page, artifacts):
+def test_a_phone_sees_the_whole_label(demo_clip, page, artifacts):
     """A coach on the sideline opens the page on a phone: the label wraps, never cut short."""
     port = free_port()
-    proc = serve(clips / "shooting_basketball.mp4", port)
+    proc = serve(demo_clip, port)
     try:
         page.set_viewport_size({"width": 390, "height": 844})
         page.goto(f"http://127.0.0.1:{port}/")
@@ -226,8 +250,8 @@ def test_a_phone_sees_the_whole_label(clips, page, artifacts):
         stop(proc)
 
 
-def test_a_source_that_fails_shows_why(tmp_path, clips, page):
-    data = bytearray((clips / "arm_wrestling.mp4").read_bytes())
+def test_a_source_that_fails_shows_why(tmp_path, demo_clip, page):
+    data = bytearray(demo_clip.read_bytes())
     rng = np.random.default_rng(1)
     for i in rng.integers(len(data) // 4, len(data), 3000):  # every video packet damaged, the header whole
         data[i] = int(rng.integers(256))

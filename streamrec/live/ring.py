@@ -69,6 +69,16 @@ class FrameRing:
     def written(self) -> int:
         return self._seq
 
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """The shape of one frame the ring holds (what :meth:`write` takes)."""
+        return self._frames.shape[1:]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The element type of the frames the ring holds."""
+        return self._frames.dtype
+
     def write(self, frame: np.ndarray, ts: float) -> int:
         """Store ``frame`` captured at ``ts``; returns its sequence number. Never blocks on readers."""
         with self._cond:
