@@ -110,7 +110,7 @@ def stage_costs(clip: Path, loaded: LoadedModel, frames: int = 300) -> dict[str,
 
 
 def naive_window_ms(clip: Path, loaded: LoadedModel, repeats: int = 3, device: torch.device = torch.device("cpu")) -> float:
-    """The book's loop for one window: decode 16 frames, weights.transforms(), eager fp32 on ``device``."""
+    """One window of the naive per-window loop: decode 16 frames, weights.transforms(), eager fp32 on ``device``."""
     import copy
 
     import av
