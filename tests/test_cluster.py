@@ -29,7 +29,7 @@ from streamrec.models.kinetics import sport_classes
 from streamrec.live.messages import MEANINGLESS, validate_prediction
 from streamrec.models.registry import build_model, kinetics_classes, make_checkpoint, model_spec
 
-from conftest import ROOT, all_clips, streamrec_cmd
+from conftest import ROOT, streamrec_cmd
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -49,11 +49,11 @@ def cluster():
         c.shutdown()
 
 
-def test_labels_arrive_for_every_camera_across_two_workers(cluster, clips, tmp_path):
+def test_labels_arrive_for_every_camera_across_two_workers(cluster, demo_clip, tmp_path):
     from streamrec.cluster.runner import ClusterRunner
 
-    names = all_clips()[:4]
-    cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
+    names = [demo_clip] * 4
+    cams = [{"name": f"cam{i}", "source": str(n), "loop": True} for i, n in enumerate(names)]
     cams[0]["sports_only"] = True
     # two Kinetics sport classes and two others, so that sports_only has something to leave out
     sports = sport_classes()[:2]
@@ -131,11 +131,11 @@ def stop_thread(app, runner: threading.Thread) -> None:
     runner.join(20)
 
 
-def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, clips, tmp_path):
+def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, demo_clip, tmp_path):
     from streamrec.cluster.app import ClusterApp
 
-    names = all_clips()[:3]
-    cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
+    names = [demo_clip] * 3
+    cams = [{"name": f"cam{i}", "source": str(n), "loop": True} for i, n in enumerate(names)]
     config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": "none", "device": "cpu",
                                        "port": 0}, {})
     lines = io.StringIO()
@@ -194,11 +194,11 @@ def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, clips, 
         store.close()
 
 
-def test_cluster_command_serves_the_dashboard_and_stops_on_sigterm(cluster, clips, tmp_path):
-    names = all_clips()[:2]
+def test_cluster_command_serves_the_dashboard_and_stops_on_sigterm(cluster, demo_clip, tmp_path):
+    names = [demo_clip] * 2
     cfg = tmp_path / "cams.toml"
     cfg.write_text('model = "tiny3d"\nweights = "none"\ndevice = "cpu"\n' + "".join(
-        f'\n[[cameras]]\nname = "cam{i}"\nsource = "{clips / n}"\nloop = true\n' for i, n in enumerate(names)))
+        f'\n[[cameras]]\nname = "cam{i}"\nsource = "{n}"\nloop = true\n' for i, n in enumerate(names)))
     proc = subprocess.Popen(streamrec_cmd("cluster", "--config", str(cfg), "--address", cluster.address, "--port", "0",
                                           "--db", str(tmp_path / "h.db")),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -235,11 +235,11 @@ def test_cluster_command_serves_the_dashboard_and_stops_on_sigterm(cluster, clip
     assert "random weights, every label shown is meaningless" in text
 
 
-def test_a_lost_camera_actor_reads_unreachable_while_the_others_go_on(cluster, clips):
+def test_a_lost_camera_actor_reads_unreachable_while_the_others_go_on(cluster, demo_clip):
     from streamrec.cluster.runner import ClusterRunner
 
-    names = all_clips()[:2]
-    cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
+    names = [demo_clip] * 2
+    cams = [{"name": f"cam{i}", "source": str(n), "loop": True} for i, n in enumerate(names)]
     config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": "none", "device": "cpu"}, {})
     got: dict[str, int] = {}
     runner = ClusterRunner(config, lambda items: [got.__setitem__(name, got.get(name, 0) + 1) for name, _ in items])
@@ -264,15 +264,15 @@ def test_a_lost_camera_actor_reads_unreachable_while_the_others_go_on(cluster, c
 
 
 @pytest.mark.browser
-def test_cluster_dashboard_in_chromium(cluster, clips, tmp_path, artifacts):
+def test_cluster_dashboard_in_chromium(cluster, demo_clip, tmp_path, artifacts):
     from streamrec.cluster.app import ClusterApp
     from test_browser import ARGS, CHROMIUM
 
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed; .ci/run installs it")
     playwright = pytest.importorskip("playwright.sync_api")
-    names = all_clips()[:3]
-    cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
+    names = [demo_clip] * 3
+    cams = [{"name": f"cam{i}", "source": str(n), "loop": True} for i, n in enumerate(names)]
     config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": "none", "device": "cpu",
                                        "port": 0}, {})
     app = ClusterApp(config, db=str(tmp_path / "history.db"))
@@ -326,11 +326,11 @@ class GoneReader(io.StringIO):
         return super().write(text)
 
 
-def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_path):
+def test_cameras_added_and_removed_while_the_cluster_runs(cluster, demo_clip, tmp_path):
     from streamrec.cluster.app import ClusterApp
 
-    names = all_clips()[:2]
-    config = ServeConfig.from_sources({"cameras": [{"name": "cam0", "source": str(clips / names[0]), "loop": True}],
+    names = [demo_clip] * 2
+    config = ServeConfig.from_sources({"cameras": [{"name": "cam0", "source": str(names[0]), "loop": True}],
                                        "model": "tiny3d", "weights": "none", "device": "cpu", "port": 0,
                                        "token": "s3cret"}, {})
     lines = GoneReader()  # like `streamrec cluster ... | head -1`: the JSON lines end, the run goes on
@@ -338,20 +338,20 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_pa
     runner = serve_in_thread(app)
     try:
         base = f"http://127.0.0.1:{app.server.port}/api/cameras"
-        assert _api("POST", f"{base}?name=gate&source={clips / names[1]}&loop=true", "wrong")[0] == 401
-        status, body = _api("POST", f"{base}?name=gate&source={clips / names[1]}&loop=true", "s3cret")
+        assert _api("POST", f"{base}?name=gate&source={names[1]}&loop=true", "wrong")[0] == 401
+        status, body = _api("POST", f"{base}?name=gate&source={names[1]}&loop=true", "s3cret")
         assert (status, body) == (201, {"added": "gate"})
-        status, body = _api("POST", f"{base}?name=gate&source={clips / names[1]}", "s3cret")
+        status, body = _api("POST", f"{base}?name=gate&source={names[1]}", "s3cret")
         assert (status, body) == (400, {"error": "camera 'gate' already exists"})
         status, body = _api("POST", f"{base}?name=lobby&source={tmp_path / 'nope.mp4'}", "s3cret")
         assert status == 400 and body["error"].startswith("camera lobby: ") and "nope.mp4" in body["error"]
-        status, body = _api("POST", f"{base}?name=lobby&source={clips / names[1]}&weights={tmp_path / 'no.pt'}", "s3cret")
+        status, body = _api("POST", f"{base}?name=lobby&source={names[1]}&weights={tmp_path / 'no.pt'}", "s3cret")
         assert status == 400 and body["error"].startswith("camera lobby: ") and "no.pt" in body["error"], body
         # a camera with a model of its own: a two-class tiny3d checkpoint, next to the random 400-class one
         ckpt = tmp_path / "two.pt"
         torch.save(make_checkpoint(build_model("tiny3d", num_classes=2), model="tiny3d", classes=["jump", "run"],
                                    spec=model_spec("tiny3d")), ckpt)
-        status, body = _api("POST", f"{base}?name=court&source={clips / names[0]}&loop=true&weights={ckpt}", "s3cret")
+        status, body = _api("POST", f"{base}?name=court&source={names[0]}&loop=true&weights={ckpt}", "s3cret")
         assert (status, body) == (201, {"added": "court"})
 
         async def until_gate_labelled_then_removed() -> tuple[list, dict]:
@@ -414,9 +414,9 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, clips, tmp_pa
         store.close()
 
 
-def test_cluster_camera_that_cannot_open_is_a_one_line_error(cluster, tmp_path, clips):
+def test_cluster_camera_that_cannot_open_is_a_one_line_error(cluster, tmp_path, demo_clip):
     cfg = tmp_path / "cams.toml"
-    cfg.write_text(f'model = "tiny3d"\nweights = "none"\ndevice = "cpu"\n\n[[cameras]]\nname = "ok"\nsource = "{clips / all_clips()[0]}"\n'
+    cfg.write_text(f'model = "tiny3d"\nweights = "none"\ndevice = "cpu"\n\n[[cameras]]\nname = "ok"\nsource = "{demo_clip}"\n'
                    f'\n[[cameras]]\nname = "gone"\nsource = "{tmp_path / "gone.mp4"}"\n')
     proc = subprocess.run(streamrec_cmd("cluster", "--config", str(cfg), "--address", cluster.address, "--port", "0",
                                         "--db", str(tmp_path / "h.db")),
@@ -428,11 +428,11 @@ def test_cluster_camera_that_cannot_open_is_a_one_line_error(cluster, tmp_path, 
     assert proc.stdout == ""
 
 
-def test_stride_ms_spaces_each_cameras_labels(cluster, clips):
+def test_stride_ms_spaces_each_cameras_labels(cluster, demo_clip):
     from streamrec.cluster.runner import ClusterRunner
 
-    names = all_clips()[:2]
-    cams = [{"name": f"cam{i}", "source": str(clips / n), "loop": True} for i, n in enumerate(names)]
+    names = [demo_clip] * 2
+    cams = [{"name": f"cam{i}", "source": str(n), "loop": True} for i, n in enumerate(names)]
     config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": "none", "device": "cpu",
                                        "stride_ms": 700, "threads": 1}, {})
     sent: dict[str, list[float]] = {}
@@ -449,13 +449,13 @@ def test_stride_ms_spaces_each_cameras_labels(cluster, clips):
         assert len(times) >= 4 and gaps.min() >= 0.7, (name, gaps)
 
 
-def test_cluster_command_without_dashboard_runs_for_seconds(cluster, clips, tmp_path):
+def test_cluster_command_without_dashboard_runs_for_seconds(cluster, demo_clip, tmp_path):
     busy = socket.socket()  # the config's port is taken: --no-dashboard never binds it
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     cfg = tmp_path / "cams.toml"
     cfg.write_text(f'model = "tiny3d"\nweights = "none"\ndevice = "cpu"\nport = {busy.getsockname()[1]}\n' + "".join(
-        f'\n[[cameras]]\nname = "cam{i}"\nsource = "{clips / n}"\nloop = true\n' for i, n in enumerate(all_clips()[:2])))
+        f'\n[[cameras]]\nname = "cam{i}"\nsource = "{n}"\nloop = true\n' for i, n in enumerate([demo_clip] * 2)))
     try:
         proc = subprocess.run(streamrec_cmd("cluster", "--config", str(cfg), "--address", cluster.address,
                                             "--no-dashboard", "--seconds", "6", "--db", str(tmp_path / "h.db")),

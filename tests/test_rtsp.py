@@ -78,7 +78,8 @@ def test_reconnects_after_server_death_restart_and_stall(demo_clip):
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=serve)
         h = wait_for(lambda h: h["predictions"] >= 3, "first predictions", port=port)
-        assert h["source"]["state"] == "running" and h["capture_fps"] > 15
+        # the clip's 28 fps with 5x slack for a loaded 2-core machine (a stream that merely trickles reads ~0)
+        assert h["source"]["state"] == "running" and h["capture_fps"] > 28 / 5
 
         # 1. the server dies in the middle of the stream
         rtsp.kill()

@@ -69,7 +69,9 @@ def test_serve_end_to_end_on_a_real_clip(demo_clip):
         assert frames >= 1
 
         health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
-        assert health["source"]["state"] == "running" and health["capture_fps"] > 10
+        # the file's 28 fps with 5x slack for a loaded 2-core machine: a capture that waited on
+        # r2plus1d_18's inference (~0.6 s a window) would read 1-2 fps
+        assert health["source"]["state"] == "running" and health["capture_fps"] > 28 / 5
         assert health["predictions"] >= 3
 
         server = psutil.Process(proc.pid)
