@@ -19,6 +19,10 @@ from streamrec.models.registry import load_model
 from conftest import (DIRECTIONS, ROOT, free_port, make_motion_dataset, motion_frames, run_cli, streamrec_cmd,
                       wait_http, write_frames)
 
+# the first test that uses `trained` pays for the training in its own time: a minute alone on 2
+# cores, over 5 minutes on a loaded machine (the suite's default limit is 300 s a test)
+pytestmark = pytest.mark.timeout(900)
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
