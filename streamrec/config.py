@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.errors import StreamrecError
-from streamrec.validate import check_types
+from streamrec.validate import check_allowed_hosts, check_types
+
+# a camera's name travels in a one-byte length field (the preview frames' header): its UTF-8 bytes count
+CAMERA_NAME_MAX_CHARS, CAMERA_NAME_MAX_BYTES = 64, 255
 
 
 def check_device(device: str) -> str:
@@ -73,20 +76,27 @@ class CameraConfig:
 
     def __post_init__(self) -> None:
         check_types(self, prefix=f"camera {self.name!r}: " if isinstance(self.name, str) else "[[cameras]] ")
-        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or len(self.name) > 64:
-            raise StreamrecError(f"camera name: expected 1-64 letters, digits, '-', '_' or '.', got {self.name!r}")
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or len(self.name) > CAMERA_NAME_MAX_CHARS:
+            raise StreamrecError(f"camera name: expected 1-{CAMERA_NAME_MAX_CHARS} letters, digits, '-', '_' or '.', got {self.name!r}")
+        size = len(self.name.encode())
+        if size > CAMERA_NAME_MAX_BYTES:
+            raise StreamrecError(f"camera name: expected at most {CAMERA_NAME_MAX_BYTES} bytes as UTF-8, "
+                                 f"got {size} bytes: {self.name!r}")
         if not str(self.source).strip():
             raise StreamrecError(f"camera {self.name!r}: source: expected a webcam index, URL or file, got nothing")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CameraConfig":
+        if not isinstance(d, dict):
+            raise StreamrecError(f"[[cameras]]: expected a table with a name and a source, got {d!r}")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise StreamrecError(f"[[cameras]]: unknown option {unknown[0]!r}; expected one of {', '.join(sorted(names))}")
         if "name" not in d or "source" not in d:
             raise StreamrecError(f"[[cameras]]: each camera needs a name and a source, got {d!r}")
-        return cls(**{**d, "source": str(d["source"])})
+        source = d["source"]  # a webcam index may be written as a number
+        return cls(**{**d, "source": str(source) if type(source) is int else source})
 
 
 @dataclass(frozen=True)
@@ -113,11 +123,19 @@ class ServeConfig:
     db: str | None = None  # activity history: SQLite path (default streamrec-history.db) or postgresql:// URL
     history_days: float | None = None  # delete history segments older than this (None: keep all)
     batch_wait_ms: float = 10.0  # dynamic batching: how long to wait for more cameras' windows
+    allowed_hosts: tuple[str, ...] = ()  # Host names served besides the bound address (DNS rebinding guard)
+    header_timeout: float = 5.0  # seconds a connection has to send its request line and headers
+    max_connections: int = 512  # open connections in all (kept under the descriptor limit too)
+    max_connections_per_address: int = 64  # open connections from one peer address
     cameras: tuple[CameraConfig, ...] = ()
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
 
     def __post_init__(self) -> None:
         check_types(self)
+        object.__setattr__(self, "allowed_hosts", check_allowed_hosts(self.allowed_hosts))
+        if self.header_timeout <= 0 or self.max_connections < 1 or self.max_connections_per_address < 1:
+            raise StreamrecError("header_timeout/max_connections/max_connections_per_address: expected > 0, got "
+                                 f"{self.header_timeout}, {self.max_connections}, {self.max_connections_per_address}")
         if not self.source and not self.cameras:
             raise StreamrecError("--source: expected a webcam index, an rtsp:// URL or a video file (or [[cameras]] in --config), got nothing")
         names = [c.name for c in self.all_cameras()]
@@ -182,10 +200,12 @@ class ServeConfig:
                     if not isinstance(val, list):
                         raise StreamrecError(f"cameras: expected [[cameras]] tables, got {type(val).__name__}")
                     val = tuple(v if isinstance(v, CameraConfig) else CameraConfig.from_dict(v) for v in val)
+                if key == "allowed_hosts":
+                    val = check_allowed_hosts(val)
                 merged[key] = val
         if "token" not in merged and os.environ.get("STREAMREC_TOKEN"):
             merged["token"] = os.environ["STREAMREC_TOKEN"]
-        if isinstance(merged.get("source"), int):
+        if type(merged.get("source")) is int:  # a webcam index (not a bool)
             merged["source"] = str(merged["source"])
         try:
             return cls(**merged)

@@ -34,7 +34,7 @@ import math
 import types
 import typing
 from dataclasses import fields
-from typing import Any
+from typing import Any, Callable
 
 from streamrec.errors import StreamrecError
 
@@ -68,13 +68,16 @@ def _fits(value: Any, kinds: tuple[type, ...]) -> bool:
 
 def check_types(obj: Any, *, prefix: str = "") -> None:
     """Raise :class:`StreamrecError` for the first simple field of ``obj`` whose value has
-    another type (an int is accepted where a float is expected, a bool nowhere but bool)."""
+    another type (an int is accepted where a float is expected, a bool nowhere but bool), or
+    is a float that is not finite (``nan``, ``inf``: no option means either)."""
     for name, (kinds, optional) in _field_kinds(type(obj)).items():
         value = getattr(obj, name)
         if not kinds or (value is None and optional):
             continue
         if not _fits(value, kinds):
             raise StreamrecError(f"{prefix}{name}: expected {' or '.join(_NAMES[k] for k in kinds)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # TOML has inf and nan; so has float("inf")
+            raise StreamrecError(f"{prefix}{name}: expected a finite number, got {value!r}")
 
 
 def from_text(cls: type, values: dict[str, str], *, prefix: str = "") -> dict[str, Any]:
@@ -100,3 +103,98 @@ def from_text(cls: type, values: dict[str, str], *, prefix: str = "") -> dict[st
         else:
             out[name] = text
     return out
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """``(name, port)`` of a ``Host`` header value (port None when absent), lower case, IPv6
+    brackets removed; None when it is not a host[:port].
+
+    >>> split_host("[::1]:8000"), split_host("Example.COM"), split_host("a:b")
+    (('::1', 8000), ('example.com', None), None)
+    """
+    value = value.strip()
+    if value.startswith("["):
+        name, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None
+        port_text = rest[1:] if rest else None
+    else:
+        name, sep, port_text = value.partition(":")
+        port_text = port_text if sep else None
+    if port_text is not None and not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        return None
+    name = name.lower().rstrip(".")
+    if not name or any(c.isspace() or c in "/\\@?#" for c in name):
+        return None
+    return name, (int(port_text) if port_text is not None else None)
+
+
+def check_allowed_hosts(values: Any) -> tuple[str, ...]:
+    """``allowed_hosts`` as a tuple of ``name`` or ``name:port`` entries; a one-line error otherwise."""
+    if isinstance(values, str) or not isinstance(values, (list, tuple)):
+        raise StreamrecError(f"allowed_hosts: expected a list of host names, got {values!r}")
+    for v in values:
+        if not isinstance(v, str) or split_host(v) is None:
+            raise StreamrecError(f"allowed_hosts: expected host names (name or name:port), got {v!r}")
+    return tuple(values)
+
+
+def finite_float(option: str, *, positive: bool = False, minimum: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type`` for a number option: finite (``inf`` and ``nan`` parse as floats
+    but mean nothing as a timeout, a stride or a rate), optionally > 0 or >= ``minimum``.
+
+    >>> finite_float("--stride-ms")("inf")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: --stride-ms: expected a finite number, got 'inf'
+    """
+    import argparse
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option}: expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{option}: expected a finite number, got {text!r}")
+        if positive and value <= 0:
+            raise argparse.ArgumentTypeError(f"{option}: expected > 0, got {text}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{option}: expected >= {minimum:g}, got {text}")
+        return value
+
+    return parse
+
+
+def check_weights_arg(weights: str, option: str = "--weights") -> str:
+    """``weights`` when it can be a model's weights: ``DEFAULT``, ``none``, or a file that starts
+    as torch.save (a zip or a pickle), TorchScript (a zip) or ONNX (by its suffix) files do.
+    A missing path, a folder or another kind of file is a one-line error at once, before any
+    process is started to load it (checked without torch).
+
+    >>> check_weights_arg("/")
+    Traceback (most recent call last):
+    ...
+    streamrec.errors.WeightsError: --weights: expected DEFAULT, none or a file, got '/' (a folder)
+    """
+    import os
+
+    from streamrec.errors import WeightsError
+
+    if weights.upper() in ("DEFAULT", "NONE"):
+        return weights
+    if os.path.isdir(weights):
+        raise WeightsError(f"{option}: expected DEFAULT, none or a file, got {weights!r} (a folder)")
+    if not os.path.isfile(weights):
+        raise WeightsError(f"{option}: expected DEFAULT, none or a file, got {weights!r} (no such file)")
+    if weights.lower().endswith(".onnx"):
+        return weights
+    try:
+        with open(weights, "rb") as fh:
+            head = fh.read(2)
+    except OSError as exc:
+        raise WeightsError(f"{option}: cannot read {weights}: {exc.strerror}") from None
+    if head != b"PK" and not (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5):  # zip; pickle protocol 2-5
+        raise WeightsError(f"{option}: {weights} is not a file torch.save wrote "
+                           "(expected a state_dict, a streamrec checkpoint, TorchScript or ONNX)")
+    return weights

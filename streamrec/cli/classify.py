@@ -14,13 +14,14 @@ from typing import Callable
 from streamrec.config import check_device
 from streamrec.errors import StreamrecError
 from streamrec.fsutil import check_output
+from streamrec.validate import check_weights_arg, finite_float
 
 
 def add_classify_parser(sub, model_args: Callable) -> None:
     p = sub.add_parser("classify", help="classify a recorded video file: timeline + verdict")
     p.add_argument("file")
     model_args(p, backend_default="torch on CPU, the least memory; auto on CUDA")
-    p.add_argument("--stride", type=float, default=1.0, help="seconds between windows (default 1)")
+    p.add_argument("--stride", type=finite_float("--stride"), default=1.0, help="seconds between windows (default 1)")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default 8 on CUDA, 1 on CPU)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -31,17 +32,22 @@ def add_classify_parser(sub, model_args: Callable) -> None:
 
 
 def cmd_classify(args) -> int:
-    from streamrec.runtime.firststart import prepare_first_starts
+    from streamrec.runtime.firststart import needs_preparing, prepare_first_starts
     from streamrec.fsutil import CACHE
 
-    weights, device = args.weights or "DEFAULT", check_device(args.device or "auto")
+    weights, device = check_weights_arg(args.weights or "DEFAULT"), check_device(args.device or "auto")
     inputs = (args.file, weights)  # check_output compares only those that exist: DEFAULT does not
     if args.out:
         check_output("--out", args.out, inputs=inputs)
     if args.plot:
         check_output("--plot", args.plot, image=True, inputs=inputs)
+    loaded = None
     if Path(args.file).is_file():  # before torch is imported here: see streamrec.runtime.firststart
         prepare_first_starts(CACHE, [(args.model, weights)], device=device)
+        if needs_preparing(CACHE, args.model, weights, device=device):  # the child failed: load here, not in
+            from streamrec.runtime import prepared  # a second child, and say why once (a damaged file)
+
+            loaded = prepared.load(args.model, weights, device=device)
 
     from streamrec.offline.classify import classify_file, plot_timeline
     from streamrec.fsutil import atomic_write_text
@@ -59,6 +65,7 @@ def cmd_classify(args) -> int:
             batch_size=args.batch_size,
             threads=args.threads,
             sports_only=args.sports_only,
+            loaded=loaded,
             progress=bar.update if bar else None,
         )
     finally:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from streamrec.errors import StreamrecError
+from streamrec.validate import finite_float
 
 
 def add_cluster_parser(sub) -> None:
@@ -15,9 +16,9 @@ def add_cluster_parser(sub) -> None:
     p.add_argument("--config", required=True, help="TOML file with [[cameras]]")
     p.add_argument("--address", default="auto", help="Ray cluster address (auto, ray://host:10001, or 'local')")
     p.add_argument("--db", default=None, help="activity history: SQLite file (default: serve's) or postgresql:// URL")
-    p.add_argument("--history-days", type=float, default=None, help="delete history older than this many days")
+    p.add_argument("--history-days", type=finite_float("--history-days"), default=None, help="delete history older than this many days")
     p.add_argument("--replicas", type=int, default=1, help="inference actors")
-    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    p.add_argument("--seconds", type=finite_float("--seconds"), default=None, help="stop after this long (default: until Ctrl-C)")
     p.add_argument("--host", default=None, help="dashboard bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="dashboard port (default 8000, 0 = any free)")
     p.add_argument("--token", default=None, help="access token for the page and websocket (or STREAMREC_TOKEN)")

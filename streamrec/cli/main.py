@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from streamrec import __version__
 from streamrec.errors import StreamrecError
+from streamrec.validate import finite_float
 from streamrec.catalog import BACKEND_NAMES, MODEL_NAMES
 from streamrec.fsutil import DEMO_CLIP, atomic_write_text, check_output
 
@@ -30,16 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_float(name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            val = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected a number, got {text!r}") from None
-        if val <= 0:
-            raise argparse.ArgumentTypeError(f"{name}: expected > 0, got {text}")
-        return val
-
-    return parse
+    return finite_float(name, positive=True)
 
 
 def _model_args(p: argparse.ArgumentParser, *, backend_default: str = "auto") -> None:
@@ -68,12 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rtsp-transport", choices=("tcp", "udp"), default=None)
     s.add_argument("--stall-timeout", type=_positive_float("--stall-timeout"), default=None, help="seconds without a frame before reconnecting (default 5)")
     s.add_argument("--open-timeout", type=_positive_float("--open-timeout"), default=None, help="seconds to connect to a network source (default 10)")
-    s.add_argument("--stride-ms", type=float, default=None, help="minimum time between labels (default 0: as fast as the model runs)")
+    s.add_argument("--stride-ms", type=finite_float("--stride-ms"), default=None, help="minimum time between labels (default 0: as fast as the model runs)")
     s.add_argument("--sports-only", action="store_true", default=None, help="restrict labels to Kinetics sport classes, renormalized")
     s.add_argument("--token", default=None, help="access token for the page and websocket (or STREAMREC_TOKEN)")
+    s.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=None, metavar="NAME[:PORT]",
+                   help="a Host name to serve besides the bound address, e.g. behind a proxy (repeatable)")
     s.add_argument("--insecure", action="store_true", default=None, help="allow a non-loopback --host without a token")
     s.add_argument("--db", default=None, help="activity history: SQLite file (default ~/.local/share/streamrec/history.db) or postgresql:// URL")
-    s.add_argument("--history-days", type=float, default=None, help="delete history older than this many days "
+    s.add_argument("--history-days", type=finite_float("--history-days"), default=None, help="delete history older than this many days "
                                                                      "(default: keep all)")
     s.set_defaults(func=cmd_serve)
 
@@ -117,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     file_values: dict[str, Any] = load_toml(args.config) if args.config else {}
     keys = ("source", "model", "weights", "device", "backend", "threads", "host", "port", "loop", "camera",
             "rtsp_transport", "stall_timeout", "open_timeout", "stride_ms", "sports_only", "token", "insecure", "db",
-            "history_days")
+            "history_days", "allowed_hosts")
     cli_values = {k: getattr(args, k) for k in keys}
     config = ServeConfig.from_sources(file_values, cli_values)
     # a model's first CPU start in a child process, before this one imports torch: the server

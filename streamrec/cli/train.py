@@ -7,12 +7,13 @@ import json
 import sys
 
 from streamrec.fsutil import check_output
+from streamrec.validate import finite_float
 
 
 def add_parsers(sub, model_args) -> None:
     p = sub.add_parser("dataset", help="catalog a folder of labelled clips")
     p.add_argument("data")
-    p.add_argument("--val-split", type=float, default=None)
+    p.add_argument("--val-split", type=finite_float("--val-split"), default=None)
     p.add_argument("--csv", default=None, help="write the catalog here")
     p.add_argument("--sheet", default=None, help="write a contact sheet PNG (first/last frames) here")
     p.set_defaults(func=cmd_dataset)
@@ -26,14 +27,14 @@ def add_parsers(sub, model_args) -> None:
         p.add_argument("--device", default="auto")
         p.add_argument("--epochs", type=int, default=10)
         p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--lr", type=float, default=1e-3)
+        p.add_argument("--lr", type=finite_float("--lr"), default=1e-3)
         g = p.add_mutually_exclusive_group()
         g.add_argument("--freeze-backbone", dest="freeze_backbone", action="store_true", default=True)
         g.add_argument("--finetune-all", dest="freeze_backbone", action="store_false")
-        p.add_argument("--val-split", type=float, default=None)
+        p.add_argument("--val-split", type=finite_float("--val-split"), default=None)
         p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without val-loss improvement")
         p.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal flips (direction matters)")
-        p.add_argument("--color-jitter", type=float, default=0.0)
+        p.add_argument("--color-jitter", type=finite_float("--color-jitter"), default=0.0)
         p.add_argument("--workers", type=int, default=None)
         p.add_argument("--cache-dir", default=None)
         p.add_argument("--seed", type=int, default=0)
@@ -65,10 +66,10 @@ def add_parsers(sub, model_args) -> None:
     p.add_argument("--model", default=None, help="video classifier (default r2plus1d_18, or the checkpoint's)")
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT (Kinetics-400) or a checkpoint / state_dict PATH")
     p.add_argument("--clips", nargs="+", required=True, help="video files or folders of them, like what the cameras see")
-    p.add_argument("--stride", type=float, default=1.0, help="seconds between windows taken from the clips (default 1)")
-    p.add_argument("--min-agreement", type=float, default=0.9,
+    p.add_argument("--stride", type=finite_float("--stride"), default=1.0, help="seconds between windows taken from the clips (default 1)")
+    p.add_argument("--min-agreement", type=finite_float("--min-agreement"), default=0.9,
                    help="keep the model only if its top-1 equals fp32's on this fraction of the checked windows (default 0.9)")
-    p.add_argument("--max-score-diff", type=float, default=0.1,
+    p.add_argument("--max-score-diff", type=finite_float("--max-score-diff"), default=0.1,
                    help="keep the model only if no softmax score differs from fp32's by more than this (default 0.1)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -1,0 +1,124 @@
+"""Config and command-line values checked in the units that limit them.
+
+* every float field of every config dataclass refuses ``nan`` and ``inf`` (TOML has both, and
+  ``float("inf")`` parses), with one line naming the field;
+* the number options of the command line refuse them too;
+* a camera name is limited in UTF-8 bytes where bytes are limited (the preview frame's one-byte
+  name length), not only in characters;
+* a ``cameras`` list of anything but tables is a one-line error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import tomllib
+import typing
+
+import pytest
+
+import streamrec.config as config_module
+from streamrec.config import CameraConfig, ServeConfig
+from streamrec.errors import StreamrecError
+
+from conftest import error_line, run_cli
+
+BAD_NUMBERS = (float("nan"), float("inf"), float("-inf"))
+
+
+def config_classes() -> list[type]:
+    """Every dataclass defined in streamrec.config (a new one is covered without editing this test)."""
+    return [c for _, c in inspect.getmembers(config_module, inspect.isclass)
+            if dataclasses.is_dataclass(c) and c.__module__ == config_module.__name__]
+
+
+def float_fields(cls: type) -> list[str]:
+    hints = typing.get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls)
+            if float in (typing.get_args(hints[f.name]) or (hints[f.name],))]
+
+
+def build(cls: type, **kw):
+    required = {ServeConfig: {"source": "clip.mp4"}, CameraConfig: {"name": "cam", "source": "clip.mp4"}}.get(cls, {})
+    return cls(**{**required, **kw})
+
+
+def test_the_config_classes_and_their_float_fields_are_found():
+    found = {c.__name__: float_fields(c) for c in config_classes()}
+    assert found["SmoothingConfig"] == ["alpha", "margin", "threshold"]
+    assert found["CameraConfig"] == ["open_timeout", "stall_timeout"]
+    assert {"open_timeout", "stall_timeout", "stride_ms", "display_fps", "batch_wait_ms", "history_days",
+            "header_timeout"} <= set(found["ServeConfig"])
+
+
+@pytest.mark.parametrize("cls", config_classes(), ids=lambda c: c.__name__)
+def test_every_float_field_refuses_nan_and_inf(cls):
+    fields = float_fields(cls)
+    for name in fields:
+        build(cls)  # the defaults are valid
+        for bad in BAD_NUMBERS:
+            with pytest.raises(StreamrecError) as info:
+                build(cls, **{name: bad})
+            message = str(info.value)
+            assert "\n" not in message and name in message and "finite" in message and repr(bad) in message, message
+
+
+@pytest.mark.parametrize("text, field", [
+    ("display_fps = inf", "display_fps"), ("batch_wait_ms = nan", "batch_wait_ms"), ("open_timeout = nan", "open_timeout"),
+    ("stride_ms = -inf", "stride_ms"), ("history_days = inf", "history_days"), ("smoothing = {alpha = nan}", "alpha"),
+    ("[[cameras]]\nname = 'c'\nsource = 'x.mp4'\nstall_timeout = inf", "stall_timeout"),
+])
+def test_toml_nan_and_inf_are_one_line_errors(text, field):
+    with pytest.raises(StreamrecError) as info:
+        ServeConfig.from_sources({"source": "clip.mp4", **tomllib.loads(text)}, {})
+    assert field in str(info.value) and "finite" in str(info.value)
+
+
+def test_a_cameras_list_of_numbers_is_a_one_line_error(tmp_path):
+    with pytest.raises(StreamrecError, match=r"^\[\[cameras\]\]: expected a table with a name and a source, got 1$"):
+        ServeConfig.from_sources(tomllib.loads("cameras = [1, 2]"), {})
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("cameras = [1, 2]\n")
+    assert error_line(run_cli("serve", "--config", str(cfg))) == \
+        "streamrec: error: [[cameras]]: expected a table with a name and a source, got 1"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("serve", "--source", "x.mp4", "--stride-ms", "inf"), "--stride-ms: expected a finite number, got 'inf'"),
+    (("serve", "--source", "x.mp4", "--open-timeout", "nan"), "--open-timeout: expected a finite number, got 'nan'"),
+    (("serve", "--source", "x.mp4", "--history-days", "inf"), "--history-days: expected a finite number, got 'inf'"),
+    (("classify", "x.mp4", "--stride", "inf"), "--stride: expected a finite number, got 'inf'"),
+    (("train", "data", "--lr", "nan"), "--lr: expected a finite number, got 'nan'"),
+])
+def test_command_line_numbers_must_be_finite(args, expected):
+    line = error_line(run_cli(*args))
+    assert line.endswith(expected), line
+
+
+def test_toml_nan_through_the_command_line(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("source = 'x.mp4'\nbatch_wait_ms = nan\n")
+    assert error_line(run_cli("serve", "--config", str(cfg))) == \
+        "streamrec: error: batch_wait_ms: expected a finite number, got nan"
+
+
+def test_camera_names_are_limited_in_bytes():
+    four_byte = "\U0001d400"  # MATHEMATICAL BOLD CAPITAL A: a letter, 4 bytes in UTF-8
+    assert four_byte.isalnum() and len(four_byte.encode()) == 4
+    with pytest.raises(StreamrecError) as info:
+        CameraConfig(four_byte * 64, "x.mp4")  # 64 characters, 256 bytes: overflowed the frame header
+    assert str(info.value) == f"camera name: expected at most 255 bytes as UTF-8, got 256 bytes: {four_byte * 64!r}"
+    ok = CameraConfig(four_byte * 63, "x.mp4")  # 252 bytes
+    assert len(ok.name.encode()) == 252
+    assert CameraConfig("é" * 64, "x.mp4").name == "é" * 64  # 128 bytes
+    with pytest.raises(StreamrecError, match="expected 1-64 letters"):
+        CameraConfig("a" * 65, "x.mp4")
+
+
+def test_allowed_hosts_from_toml_and_command_line():
+    assert ServeConfig.from_sources(tomllib.loads("source = 'x.mp4'\nallowed_hosts = ['cam.lan', 'proxy:443']"),
+                                    {}).allowed_hosts == ("cam.lan", "proxy:443")
+    assert ServeConfig.from_sources({"source": "x.mp4"}, {"allowed_hosts": ["a.example"]}).allowed_hosts == ("a.example",)
+    for bad in ("cam.lan", ["a b"], [1], ["host:port"]):
+        with pytest.raises(StreamrecError, match="^allowed_hosts: expected"):
+            ServeConfig.from_sources({"source": "x.mp4", "allowed_hosts": bad}, {})
