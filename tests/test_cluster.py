@@ -75,12 +75,14 @@ def test_labels_arrive_for_every_camera_across_two_workers(cluster, demo_clip, t
         runner.close()
     assert set(got) == {c["name"] for c in cams}
     for name, msgs in got.items():
+        assert msgs, name
         for m in msgs:
             validate_prediction(m)
             assert m["camera"] == name
         assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
         assert m["capture_fps"] > 0  # the camera node's capture rate, sent with the window
         assert runner.labels[name].seq == len(msgs)
+    assert got["cam0"]
     for m in got["cam0"]:  # sports_only: the other classes at 0, the sport classes' scores summing to 1
         scores = {t["label"]: t["score"] for t in m["top"]}
         assert [scores[c] for c in others] == [0.0, 0.0] and abs(sum(scores[c] for c in sports) - 1) < 1e-4
@@ -182,6 +184,7 @@ def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, demo_cl
 
     # every prediction sent was also printed as a JSON line, and the history has every camera
     printed = [json.loads(line) for line in lines.getvalue().splitlines()]
+    assert printed
     for m in printed:
         validate_prediction(m)
     for name in want:

@@ -54,6 +54,7 @@ def test_top_k_of_a_batch_is_each_rows_own_ranking_with_ties_in_class_order():
     probs = (rng.integers(0, 6, size=(50, 12)) / 10).astype(np.float32)  # many ties
     classes = [f"c{i}" for i in range(12)]
     got = top_k_many(probs, classes, 5)
+    assert len(got) == len(probs) == 50
     for row, tops in zip(probs, got):
         order = sorted(range(12), key=lambda i: (-row[i], i))[:5]
         assert tops == [{"label": classes[i], "score": round(float(row[i]), 5)} for i in order]

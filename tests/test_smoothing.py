@@ -69,6 +69,7 @@ def test_a_batch_update_equals_each_smoother_on_its_own():
             alone[1].reset()
         got = update_many(batched, probs)
         want = [s.update(p) for s, p in zip(alone, probs)]
+        assert len(got) == len(want) == 3
         for g, w in zip(got, want):
             assert (g.label_index, g.score, g.uncertain, g.raw_index, g.raw_score) == \
                    (w.label_index, w.score, w.uncertain, w.raw_index, w.raw_score)
