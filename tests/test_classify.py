@@ -1,4 +1,4 @@
-"""`streamrec classify` on the real clips, its outputs, short clips, bad input and memory."""
+"""`streamrec classify` on the shipped clip and on real clips of every format, its outputs, short clips, bad input and memory."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from streamrec.offline.classify import Timeline, classify_file
 from streamrec.errors import StreamrecError
 from streamrec.models.registry import load_model
 
-from conftest import ROOT, all_clips, error_line, run_cli, streamrec_cmd, write_video
+from conftest import ROOT, error_line, format_clips, run_cli, streamrec_cmd, write_video
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +35,10 @@ def pyav_times(path) -> list[float]:
         return sorted(float(f.time) for f in c.decode(video=0))
 
 
-@pytest.mark.parametrize("clip", all_clips() or ["missing"])
-def test_timeline_covers_the_clip_on_pyav_timestamps(clips, clip, tiny):
-    times = pyav_times(clips / clip)
-    tl = classify_file(clips / clip, loaded=tiny, stride=0.5, batch_size=3, device="cpu")
+@pytest.mark.parametrize("clip", format_clips())
+def test_timeline_covers_the_clip_on_pyav_timestamps(clip, tiny):
+    times = pyav_times(clip)
+    tl = classify_file(clip, loaded=tiny, stride=0.5, batch_size=3, device="cpu")
     assert tl.windows, "no windows"
     assert tl.windows[0].start == pytest.approx(times[0])
     assert tl.windows[-1].end == pytest.approx(times[-1])
@@ -56,16 +56,17 @@ def test_timeline_covers_the_clip_on_pyav_timestamps(clips, clip, tiny):
     assert tl.meaningless and not tl.padded
 
 
-def test_verdict_is_the_mean_of_window_scores(clips, tiny):
-    tl = classify_file(clips / "cleaning_pool.mp4", loaded=tiny, stride=1.0, top=10, device="cpu")
+def test_verdict_is_the_mean_of_window_scores(demo_clip, tiny):
+    tl = classify_file(demo_clip, loaded=tiny, stride=1.0, top=10, device="cpu")
     assert len(tl.verdict) == 10
     assert sum(t["score"] for t in tl.verdict) == pytest.approx(1.0, abs=1e-3)  # 10 classes: all of them
     assert tl.verdict[0]["score"] >= tl.verdict[-1]["score"]
 
 
-def test_batch_size_does_not_change_results(clips, tiny):
-    a = classify_file(clips / "flipping_pancake.mkv", loaded=tiny, batch_size=1, device="cpu")
-    b = classify_file(clips / "flipping_pancake.mkv", loaded=tiny, batch_size=8, device="cpu")
+def test_batch_size_does_not_change_results(demo_clip, tiny):
+    a = classify_file(demo_clip, loaded=tiny, batch_size=1, device="cpu")
+    b = classify_file(demo_clip, loaded=tiny, batch_size=8, device="cpu")
+    assert len(a.windows) >= 9  # a 10 s clip, a window every second: batches of 8 and a rest
     assert [(w.start, w.end, w.label) for w in a.windows] == [(w.start, w.end, w.label) for w in b.windows]
     assert [w.score for w in a.windows] == pytest.approx([w.score for w in b.windows], abs=1e-5)
 
@@ -77,21 +78,22 @@ def test_short_clip_is_padded_and_says_so(tmp_path, tiny):
     assert "shorter than one window" in tl.to_table()
 
 
-def test_json_and_csv_schemas(clips):
-    proc = run_cli("classify", str(clips / "arm_wrestling.mp4"), "--weights", "none", "--model", "tiny3d",
+def test_json_and_csv_schemas(demo_clip):
+    proc = run_cli("classify", str(demo_clip), "--weights", "none", "--model", "tiny3d",
                    "--format", "json", "--top", "3")
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     assert set(d) >= {"file", "model", "weights", "meaningless", "windows", "verdict", "duration", "warning", "padded"}
     assert d["meaningless"] is True and "meaningless" in d["warning"]
     assert (d["device"], d["backend"]) == ("cpu", "torch")  # what computed the scores: torch by default on CPU
+    assert d["windows"]
     for w in d["windows"]:
         assert set(w) == {"index", "start", "end", "label", "score", "top", "padded"}
         assert len(w["top"]) == 3 and w["top"][0]["label"] == w["label"]
     assert len(d["verdict"]) == 3
     out = ROOT / "artifacts" / "classify.csv"
     out.parent.mkdir(exist_ok=True)
-    proc = run_cli("classify", str(clips / "arm_wrestling.mp4"), "--weights", "none", "--model", "tiny3d",
+    proc = run_cli("classify", str(demo_clip), "--weights", "none", "--model", "tiny3d",
                    "--format", "csv", "--out", str(out))
     assert proc.returncode == 0 and proc.stdout == ""
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
@@ -100,38 +102,41 @@ def test_json_and_csv_schemas(clips):
     assert [float(r["start"]) for r in rows] == pytest.approx([w["start"] for w in d["windows"]], abs=1e-3)
 
 
+@pytest.mark.hardware
 @pytest.mark.skipif(not backends.bf16_supported(), reason="this CPU has no bfloat16 instructions")
-def test_a_lower_precision_backend_is_named_in_the_result(clips):
-    file = str(clips / "cricket_shot_v_CricketShot_g04_c01.gif")
+def test_a_lower_precision_backend_is_named_in_the_result(demo_clip):
+    file = str(demo_clip)
     runs = {b: run_cli("classify", file, "--weights", "none", "--model", "tiny3d", "--format", "json",
                        "--backend", b) for b in ("openvino", "openvino-bf16")}
     d = {b: json.loads(p.stdout) for b, p in runs.items() if p.returncode == 0}
     assert set(d) == set(runs), [p.stderr for p in runs.values()]
     assert [d[b]["backend"] for b in runs] == ["openvino", "openvino-bf16"]
+    assert d["openvino"]["windows"]
     assert [w["index"] for w in d["openvino-bf16"]["windows"]] == [w["index"] for w in d["openvino"]["windows"]]
 
 
-def test_plot_is_written(clips, tmp_path):
+def test_plot_is_written(demo_clip, tmp_path):
     png = tmp_path / "t.png"
-    proc = run_cli("classify", str(clips / "cleaning_pool.mp4"), "--weights", "none", "--model", "tiny3d",
+    proc = run_cli("classify", str(demo_clip), "--weights", "none", "--model", "tiny3d",
                    "--plot", str(png))
     assert proc.returncode == 0, proc.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_sports_only_renormalizes_over_sport_classes(clips):
+def test_sports_only_renormalizes_over_sport_classes(demo_clip):
     from streamrec.models import kinetics
 
-    tl = classify_file(clips / "shooting_basketball.mp4", model="r3d_18", weights="none", sports_only=True,
+    tl = classify_file(demo_clip, model="r3d_18", weights="none", sports_only=True,
                        stride=5.0, top=134, device="cpu")
     sports = set(kinetics.sport_classes())
+    assert len(sports) == 134 and tl.windows
     for w in tl.windows:
         assert {t["label"] for t in w.top} == sports
         assert sum(t["score"] for t in w.top) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_api_mirrors_the_book(clips, tiny):
-    tl = streamrec.classify_file(clips / "arm_wrestling.mp4", model="tiny3d", weights="none", device="cpu")
+def test_api_mirrors_the_book(demo_clip, tiny):
+    tl = streamrec.classify_file(demo_clip, model="tiny3d", weights="none", device="cpu")
     assert json.loads(tl.to_json())["model"] == "tiny3d"
     pd = pytest.importorskip("pandas")
     df = tl.to_dataframe()
@@ -140,8 +145,8 @@ def test_api_mirrors_the_book(clips, tiny):
 
 # -- bad input ---------------------------------------------------------------------
 
-def test_corrupt_file(tmp_path, clips):
-    data = (clips / "arm_wrestling.mp4").read_bytes()
+def test_corrupt_file(tmp_path, demo_clip):
+    data = demo_clip.read_bytes()
     bad = tmp_path / "corrupt.mp4"
     bad.write_bytes(b"\x00" * 64 + data[4096:20000])
     assert "not a readable video file" in error_line(run_cli("classify", str(bad), "--weights", "none"))
@@ -159,8 +164,8 @@ def test_file_without_a_video_stream(tmp_path):
 
 
 @pytest.mark.parametrize("stride", ["0", "-1"])
-def test_stride_must_be_positive(clips, stride):
-    line = error_line(run_cli("classify", str(clips / "arm_wrestling.mp4"), "--stride", stride, "--weights", "none"))
+def test_stride_must_be_positive(demo_clip, stride):
+    line = error_line(run_cli("classify", str(demo_clip), "--stride", stride, "--weights", "none"))
     assert "--stride: expected > 0" in line
 
 

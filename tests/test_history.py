@@ -106,12 +106,12 @@ def test_segments_older_than_history_days_are_deleted_at_start_and_every_round(t
         keep_all.close()
 
 
-def test_history_days_is_checked_and_read_from_the_config(tmp_path, clips):
+def test_history_days_is_checked_and_read_from_the_config(tmp_path, demo_clip):
     from streamrec.config import ServeConfig
 
     assert ServeConfig.from_sources({"source": "a.mp4", "history_days": 30}, {}).history_days == 30
     assert ServeConfig.from_sources({"source": "a.mp4", "history_days": 30}, {"history_days": 7.5}).history_days == 7.5
-    proc = run_cli("serve", "--source", str(clips / "arm_wrestling.mp4"), "--history-days", "0")
+    proc = run_cli("serve", "--source", str(demo_clip), "--history-days", "0")
     assert (proc.returncode, proc.stderr) == (2, "streamrec: error: --history-days: expected > 0, got 0.0\n")
 
 

@@ -94,7 +94,7 @@ def test_waiting_for_more_cameras_leaves_the_windows_already_in_the_batch(tmp_pa
     worker.add(a)
     worker.add(b)
     spec = clf.loaded.spec
-    frame = np.zeros(a.ring._frames.shape[1:], a.ring._frames.dtype)
+    frame = np.zeros(a.ring.frame_shape, a.ring.dtype)
     ts = [k / 30 for k in range(40)]  # a 30 fps camera, never started: frames written here
     try:
         for t in ts[:36]:
@@ -122,7 +122,7 @@ def test_more_cameras_than_the_batch_take_turns_and_keep_their_windows(tmp_path)
     worker = InferenceWorker(clf, lambda _items: None, stop=stop, wake=wake, max_batch=2)
     for c in cams:
         worker.add(c)
-    frame = np.zeros(cams[0].ring._frames.shape[1:], cams[0].ring._frames.dtype)
+    frame = np.zeros(cams[0].ring.frame_shape, cams[0].ring.dtype)
     try:
         served = []
         for k in range(40):  # every camera has a new frame before every batch
