@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamrec.runtime.backends import best_seconds  # noqa: E402
+from streamrec.runtime.autopick import best_seconds  # noqa: E402
 from streamrec.offline.bench import matmul_peak, model_gflops  # noqa: E402
 from streamrec.runtime.graphs import ConvReLU, conv_variants  # noqa: E402
 from streamrec.runtime.classifier import CudaGraphRunner  # noqa: E402

@@ -29,6 +29,12 @@ def compare(weights: str, model: str | None, clips: list[Path], stride: float) -
 
     from streamrec.runtime import backends
 
+    from streamrec.runtime import openvino
+
+    from streamrec.runtime import onnx
+
+    from streamrec.runtime import autopick
+
     from streamrec.runtime import prepared
     from streamrec.offline.bench import agreement, clip_windows
     from streamrec.errors import StreamrecError
@@ -39,13 +45,13 @@ def compare(weights: str, model: str | None, clips: list[Path], stride: float) -
     windows = clip_windows(clips, loaded, stride=stride)
     reference = backends.build("openvino", loaded)
     others = {}
-    if backends.bf16_supported():
+    if openvino.bf16_supported():
         others["openvino-bf16"] = backends.build("openvino-bf16", loaded)
-    if backends.int8_path(loaded).is_file():
+    if openvino.int8_path(loaded).is_file():
         others["openvino-int8"] = backends.build("openvino-int8", loaded)
-    x1 = backends.example_input(loaded)
+    x1 = onnx.example_input(loaded)
     with torch.no_grad():
-        ms = {name: backends.best_seconds(lambda fn=fn: fn(x1)) * 1e3
+        ms = {name: autopick.best_seconds(lambda fn=fn: fn(x1)) * 1e3
               for name, fn in {"openvino": reference, **others}.items()}
         fp32 = {id(w): reference(w) for w in windows}  # each window through fp32 once, for both figures
     top = sorted(float(logits.softmax(-1).max()) for logits in fp32.values())

@@ -98,14 +98,15 @@ class Stealer:
 def alone(model: str, losses: list[float], calls: int) -> list[dict]:
     """p50 per call of the classifier alone, fixed halves vs chunks, for every loss."""
     sys.path.insert(0, str(ROOT))
-    from streamrec.runtime import backends
+    from streamrec.runtime import openvino
+    from streamrec.runtime import onnx
     from streamrec.models.registry import load_model
 
     loaded = load_model(model, weights="none")
-    ov, ir = backends._openvino_model(loaded)
-    x = backends.example_input(loaded)
-    fixed = backends._compile(ov, ir, None, partitioner="STATIC")
-    chunks = backends._compile(ov, ir, None)  # what streamrec runs
+    ov, ir = openvino.openvino_model(loaded)
+    x = onnx.example_input(loaded)
+    fixed = openvino.compile_model(ov, ir, None, partitioner="STATIC")
+    chunks = openvino.compile_model(ov, ir, None)  # what streamrec runs
     threads = int(chunks.compiled.get_property("INFERENCE_NUM_THREADS"))
     rows = []
     for loss in losses:

@@ -19,13 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamrec.serve import app
-
-from streamrec.live import camera as live
-
-from streamrec.serve import metrics
-
-from streamrec.serve import server  # noqa: E402
+from streamrec.live import labels  # noqa: E402
+from streamrec.serve import app, metrics, server, worker  # noqa: E402
 
 TOTALS: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0])
 
@@ -48,12 +43,12 @@ def timed(owner, name: str, label: str) -> None:
 
 
 def main() -> None:
-    timed(live.InferenceWorker, "_collect", "taking windows (ring)")
-    timed(live, "batch_windows", "stacking the batch")
-    timed(live.InferenceWorker, "_emit", "all steps")
-    timed(live, "update_many", "smoothing")
-    timed(live, "top_k_many", "top 5")
-    timed(live, "prediction_message", "message dicts")
+    timed(worker.InferenceWorker, "collect", "taking windows (ring)")
+    timed(worker, "batch_windows", "stacking the batch")
+    timed(worker.InferenceWorker, "emit", "all steps")
+    timed(labels, "update_many", "smoothing")
+    timed(labels, "top_k_many", "top 5")
+    timed(labels, "prediction_message", "message dicts")
     timed(metrics.Metrics, "observe_prediction", "metrics")
     timed(server.Hub, "publish_many_threadsafe", "hand-off to the event loop")
     timed(app.LiveApp, "_publish_predictions", "metrics + history + JSON + hand-off")

@@ -55,7 +55,7 @@ print(json.dumps(asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.
 
 
 def frames(n: int = 50) -> list[bytes]:
-    from streamrec.serve.app import encode_preview
+    from streamrec.serve.preview import encode_preview
     from streamrec.live.sources import SourceSpec, open_source
 
     src = open_source(SourceSpec.parse(str(DEMO_CLIP)))
@@ -80,7 +80,7 @@ def message(seq: int) -> str:
 
 
 async def one_round(compression: str | None, jpegs: list[bytes], clients: int, seconds: float) -> dict:
-    from streamrec.serve.app import frame_message
+    from streamrec.serve.preview import frame_message
     from streamrec.serve.server import Hub, WebServer
 
     hub = Hub()
@@ -116,7 +116,7 @@ def deflated_share(jpegs: list[bytes], seconds: float = 20.0) -> dict[str, float
     stream with context takeover and a sync flush per message, as permessage-deflate does."""
     import zlib
 
-    from streamrec.serve.app import frame_message
+    from streamrec.serve.preview import frame_message
 
     z = zlib.compressobj(wbits=-15)
     sizes = {"frames": [0, 0], "json": [0, 0]}

@@ -27,8 +27,15 @@ TORCHVISION_MODELS: tuple[str, ...] = tuple(TEMPORAL)
 EXTRA_MODELS: tuple[str, ...] = ("tiny3d",)
 MODEL_NAMES: tuple[str, ...] = TORCHVISION_MODELS + EXTRA_MODELS
 DEFAULT_MODEL = "r2plus1d_18"
-# inference backends (streamrec.runtime.classifier.Classifier); auto picks among the fp32 ones only:
-# openvino-bf16 trades precision (asked for, never assumed) and openvino-int8 needs a model
-# made by ``streamrec quantize`` first
-BACKEND_NAMES: tuple[str, ...] = ("auto", "torch", "torchscript", "onnxruntime", "openvino", "openvino-bf16",
-                                  "openvino-int8", "compile")
+# Inference backends (streamrec.runtime.classifier.Classifier), the one list of their names:
+# name -> (auto times it on the CPU, it runs its own thread pool). auto picks among the fp32
+# CPU ones only: openvino-bf16 trades precision (asked for, never assumed) and openvino-int8
+# needs a model made by ``streamrec quantize`` first.
+BACKENDS: dict[str, tuple[bool, bool]] = {
+    "auto": (False, False), "torch": (True, False), "torchscript": (True, False), "onnxruntime": (True, True),
+    "openvino": (True, True), "openvino-bf16": (False, True), "openvino-int8": (False, True),
+    "compile": (False, False),
+}
+BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
+CPU_BACKENDS: tuple[str, ...] = tuple(n for n, (timed, _) in BACKENDS.items() if timed)
+OWN_POOL: tuple[str, ...] = tuple(n for n, (_, own) in BACKENDS.items() if own)

@@ -60,13 +60,13 @@ def check_output(option: str, path: str | os.PathLike, *, image: bool = False,
     return p
 
 
-def _umask() -> int:
+def read_umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
     os.umask(mask)
     return mask
 
 
-_UMASK = _umask()
+UMASK = read_umask()  # read once: reading it means setting it, which is not thread-safe
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, mode: str = "wb") -> None:
@@ -81,7 +81,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, mode:
         try:
             perms = path.stat().st_mode & 0o7777
         except FileNotFoundError:
-            perms = 0o666 & ~_UMASK
+            perms = 0o666 & ~UMASK
         os.fchmod(fd, perms)
         with os.fdopen(fd, mode) as fh:
             write(fh)

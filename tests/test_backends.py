@@ -1,4 +1,4 @@
-"""Every CPU backend agrees with eager fp32 on every window of the real clips; the CPU
+"""Every CPU backend agrees with eager fp32 on every window of a real clip; the CPU
 fallbacks of the GPU path (TorchScript, batching) work without a GPU."""
 
 from __future__ import annotations
@@ -14,12 +14,18 @@ import pytest
 import torch
 
 from streamrec.runtime import backends
+
+from streamrec.runtime import openvino
+
+
+from streamrec import catalog
+
+from streamrec.runtime import autopick
 from streamrec.models.exported import torchscript_quiet
 from streamrec.offline.bench import agreement, clip_windows, cpu_backends, markdown, run
 from streamrec.runtime.classifier import Classifier
 from streamrec.models.registry import load_model
 
-from conftest import all_clips
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +35,9 @@ def r2plus1d():
 
 
 @pytest.fixture(scope="module")
-def real_windows(clips, r2plus1d):
-    """Windows of every real clip, one every 2 s, as r2plus1d_18 takes them."""
-    return clip_windows([clips / c for c in all_clips()], r2plus1d, stride=2.0)
+def real_windows(demo_clip, r2plus1d):
+    """Windows of the shipped real clip (10 s), one every 0.35 s, as r2plus1d_18 takes them."""
+    return clip_windows([demo_clip], r2plus1d, stride=0.35)
 
 
 def test_backends_agree_with_eager_on_every_real_window(real_windows, r2plus1d):
@@ -41,6 +47,7 @@ def test_backends_agree_with_eager_on_every_real_window(real_windows, r2plus1d):
     assert {"torch", "torchscript", "onnxruntime", "openvino"} <= set(names)
     fns = cpu_backends(r2plus1d, names, threads=2)
     result = agreement(r2plus1d.module.eval(), fns, windows)
+    assert set(result) == set(names)
     for name, r in result.items():
         print(f"{name}: top-1 agrees on {r['top1_agree']}/{r['windows']} windows, max |logit diff| {r['max_abs_logit_diff']:.2e}")
         assert r["top1_agree"] == r["windows"], name
@@ -53,20 +60,22 @@ def _openvino_has_partitioner() -> bool:
     return "TBB_PARTITIONER" in ov.Core().get_property("CPU", "SUPPORTED_PROPERTIES")
 
 
+@pytest.mark.hardware
 @pytest.mark.skipif(not _openvino_has_partitioner(), reason="this OpenVINO cannot choose its TBB partitioner")
 def test_openvino_balances_layers_across_threads_with_the_same_logits(real_windows, r2plus1d):
     """Each layer's work is cut in chunks the threads take as they go (a thread on a slowed vCPU
     takes fewer), not in one fixed half per thread; that changes who computes what, not the sums."""
     balanced = cpu_backends(r2plus1d, ["openvino"], threads=2)["openvino"]
     assert str(balanced.compiled.get_property("TBB_PARTITIONER")) == "TbbPartitioner.AUTO"
-    ov, model = backends._openvino_model(r2plus1d)
-    fixed = backends._compile(ov, model, 2, partitioner="STATIC")
+    ov, model = openvino.openvino_model(r2plus1d)
+    fixed = openvino.compile_model(ov, model, 2, partitioner="STATIC")
     assert str(fixed.compiled.get_property("TBB_PARTITIONER")) == "TbbPartitioner.STATIC"
     for window in real_windows[::4]:
         assert torch.equal(balanced(window), fixed(window))
 
 
-@pytest.mark.skipif(not backends.bf16_supported(), reason="this CPU has no bfloat16 instructions")
+@pytest.mark.hardware
+@pytest.mark.skipif(not openvino.bf16_supported(), reason="this CPU has no bfloat16 instructions")
 def test_bf16_backend_computes_in_bfloat16_and_keeps_every_real_windows_top1(real_windows, r2plus1d):
     fns = cpu_backends(r2plus1d, ["openvino-bf16"], threads=2)
     assert "bfloat16" in str(fns["openvino-bf16"].compiled.get_property("INFERENCE_PRECISION_HINT"))
@@ -79,15 +88,17 @@ def test_bf16_backend_computes_in_bfloat16_and_keeps_every_real_windows_top1(rea
 
 def test_auto_never_picks_a_lower_precision_backend(tmp_path, monkeypatch):
     """bf16 and int8 change the scores a little: only asked for, never chosen by timing."""
-    monkeypatch.setattr(backends, "CACHE", tmp_path)
+    for module in (openvino, autopick):
+        monkeypatch.setattr(module, "CACHE", tmp_path)
     picked = Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="auto", warmup=0)
     trial = json.loads((tmp_path / "backends.json").read_text())
-    assert picked.backend in backends.CPU_BACKENDS and set(trial.values()) <= set(backends.CPU_BACKENDS)
-    assert "openvino-bf16" in backends.ALL_BACKENDS and "openvino-bf16" not in backends.available()
+    assert picked.backend in catalog.CPU_BACKENDS and set(trial.values()) <= set(catalog.CPU_BACKENDS)
+    assert "openvino-bf16" in catalog.BACKEND_NAMES and "openvino-bf16" not in backends.available()
 
 
 def test_auto_picks_a_measured_backend_and_caches_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(backends, "CACHE", tmp_path)
+    for module in (openvino, autopick):
+        monkeypatch.setattr(module, "CACHE", tmp_path)
     loaded = load_model("tiny3d", weights="none")
     first = Classifier(loaded, device="cpu", backend="auto")
     assert first.backend in backends.available()
@@ -110,13 +121,13 @@ def test_batched_torchscript_matches_eager_per_window():
     assert torch.allclose(batched, single, atol=1e-4) and torch.allclose(batched, eager, atol=1e-4)
 
 
-def test_bench_report_runs_end_to_end(clips):
-    report = run(models=["tiny3d"], clip=clips / "arm_wrestling.mp4", clips=[clips / "cleaning_pool.mp4"],
+def test_bench_report_runs_end_to_end(demo_clip):
+    report = run(models=["tiny3d"], clip=demo_clip, clips=[demo_clip],
                  device="cpu", batches=[1, 2], int8=True, repeats=1)
     m = report["models"]["tiny3d"]
     assert report["peak_gflops"] > 0 and m["gflop_per_window"] > 0
     assert {"torch", "torchscript", "onnxruntime", "openvino", "openvino-int8"} <= set(m["backends"])
-    if backends.bf16_supported():  # timed and checked like the others, never the "best fp32"
+    if openvino.bf16_supported():  # timed and checked like the others, never the "best fp32"
         assert m["agreement"]["openvino-bf16"]["windows"] == 6 and "bf16_speedup_vs_best_fp32" in m
         assert m["best_fp32"] not in ("openvino-bf16", "openvino-int8")
     assert set(m["batched"]["by_batch"]) == {1, 2}
@@ -132,8 +143,9 @@ def test_compile_backend_is_for_gpus_only():
         Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="compile")
 
 
-@pytest.mark.parametrize("name", ["torch", "torchscript", "onnxruntime", "openvino"]
-                         + (["openvino-bf16"] if backends.bf16_supported() else []))
+@pytest.mark.parametrize("name", ["torch", "torchscript", "onnxruntime", "openvino", pytest.param(
+    "openvino-bf16", marks=[pytest.mark.hardware,
+                            pytest.mark.skipif(not openvino.bf16_supported(), reason="this CPU has no bfloat16 instructions")])])
 def test_an_explicit_backend_is_the_one_used(name):
     loaded = load_model("tiny3d", weights="none")
     clf = Classifier(loaded, device="cpu", backend=name, warmup=0)
@@ -165,7 +177,7 @@ def test_auto_trial_keeps_only_the_fastest_built(tmp_path):
 
     loaded = load_model("tiny3d", weights="none")
     factories = {"slow": factory("slow", 0.05), "fast": factory("fast", 0.0), "slower": factory("slower", 0.1)}
-    best, winner = backends.pick_auto(loaded, factories, threads=1, cache_file=tmp_path / "b.json")
+    best, winner = autopick.pick_auto(loaded, factories, threads=1, cache_file=tmp_path / "b.json")
     gc.collect()
     assert best == "fast" and refs["fast"]() is winner
     assert refs["slow"]() is None and refs["slower"]() is None  # the losers' memory went back
@@ -183,14 +195,14 @@ def test_auto_choice_for_a_gpu_is_timed_on_its_example_and_cached_under_its_own_
     example = torch.zeros(4, 3, 2, 8, 8)
     times: dict[str, float] = {}
     cache = tmp_path / "b.json"
-    best, _ = backends.pick_auto(loaded, {"a": factory("a"), "b": factory("b")}, threads=None, cache_file=cache,
+    best, _ = autopick.pick_auto(loaded, {"a": factory("a"), "b": factory("b")}, threads=None, cache_file=cache,
                                  device="Some GPU|batch 4", example=example, repeats=5, times=times)
     assert set(times) == {"a", "b"} and best == min(times, key=times.get)
     assert calls == {"a": [(4, 3, 2, 8, 8)] * 6, "b": [(4, 3, 2, 8, 8)] * 6}  # one warm-up + 5 timed, on the example
     assert list(json.loads(cache.read_text())) == [f"tiny3d|(112, 112)|Some GPU|batch 4|{torch.__version__}"]
     again: dict[str, float] = {}
     calls.clear()
-    assert backends.pick_auto(loaded, {"a": factory("a"), "b": factory("b")}, threads=None, cache_file=cache,
+    assert autopick.pick_auto(loaded, {"a": factory("a"), "b": factory("b")}, threads=None, cache_file=cache,
                               device="Some GPU|batch 4", example=example, times=again)[0] == best
     assert again == {} and calls == {}  # the cached choice is built, nothing is timed
 
@@ -203,7 +215,9 @@ def test_our_torchscript_and_onnx_steps_show_no_deprecation_warnings(tmp_path, m
     from streamrec.offline.evaluate import export
     from streamrec.models.registry import make_checkpoint, model_spec
 
-    monkeypatch.setattr(backends, "CACHE", tmp_path / "cache")  # OpenVINO converts, not reads its IR
+    for module in (openvino, autopick):  # OpenVINO converts, not reads its IR
+
+        monkeypatch.setattr(module, "CACHE", tmp_path / "cache")
     loaded = load_model("tiny3d", weights="none")
     torch.save(make_checkpoint(loaded.module, model="tiny3d", classes=loaded.classes, spec=model_spec("tiny3d")),
                tmp_path / "m.pt")
@@ -247,10 +261,10 @@ def test_openvino_is_used_without_its_telemetry(tmp_path):
         TelemetrySender.send = lambda self, backend, message: sent.append(str(message))
         original = OptInChecker.check
         import torch
-        from streamrec.runtime import backends
+        from streamrec.runtime import backends, onnx
         from streamrec.models.registry import load_model
         fn = backends.build("openvino", load_model("tiny3d", weights="none"), threads=1)
-        assert fn(backends.example_input(load_model("tiny3d", weights="none"))).shape[0] == 1
+        assert fn(onnx.example_input(load_model("tiny3d", weights="none"))).shape[0] == 1
         import openvino_telemetry
         print(json.dumps({"sent": sent, "consent": openvino_telemetry.Telemetry().consent,
                           "check_restored": OptInChecker.check is original}))
@@ -268,8 +282,9 @@ def test_openvino_is_used_without_its_telemetry(tmp_path):
 def test_openvino_cache_keeps_the_most_recently_used_models(tmp_path, monkeypatch):
     """One converted model per weights, at most OPENVINO_KEEP of them, the least recently used
     deleted first; random weights are never written."""
-    monkeypatch.setattr(backends, "CACHE", tmp_path)
-    monkeypatch.setattr(backends, "OPENVINO_KEEP", 2)
+    for module in (openvino, autopick):
+        monkeypatch.setattr(module, "CACHE", tmp_path)
+    monkeypatch.setattr(openvino, "OPENVINO_KEEP", 2)
     folder = tmp_path / "openvino"
 
     def trained(seed):  # stands for a fine-tuned checkpoint: weights of its own, labels meaningful
@@ -280,7 +295,7 @@ def test_openvino_cache_keeps_the_most_recently_used_models(tmp_path, monkeypatc
         return sorted(p.name for p in folder.iterdir())
 
     def name(m, ext):
-        return f"tiny3d-112x112-{backends.weights_digest(m.module)}{ext}"
+        return f"tiny3d-112x112-{openvino.weights_digest(m.module)}{ext}"
 
     models = [trained(seed) for seed in range(4)]
     for i, m in enumerate(models[:3]):
@@ -306,7 +321,9 @@ class _Eigen(torch.nn.Module):
 def test_a_model_openvino_cannot_convert_is_a_one_line_error(tmp_path, monkeypatch):
     from streamrec.errors import StreamrecError
 
-    monkeypatch.setattr(backends, "CACHE", tmp_path)
+    for module in (openvino, autopick):
+
+        monkeypatch.setattr(module, "CACHE", tmp_path)
     loaded = dataclasses.replace(load_model("tiny3d", weights="none"), module=_Eigen())
     with pytest.raises(StreamrecError) as err:
         backends.build("openvino", loaded)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import streamrec
-from streamrec.runtime import backends
+from streamrec.runtime import openvino
 from streamrec.offline.classify import Timeline, classify_file
 from streamrec.errors import StreamrecError
 from streamrec.models.registry import load_model
@@ -103,7 +103,7 @@ def test_json_and_csv_schemas(demo_clip):
 
 
 @pytest.mark.hardware
-@pytest.mark.skipif(not backends.bf16_supported(), reason="this CPU has no bfloat16 instructions")
+@pytest.mark.skipif(not openvino.bf16_supported(), reason="this CPU has no bfloat16 instructions")
 def test_a_lower_precision_backend_is_named_in_the_result(demo_clip):
     file = str(demo_clip)
     runs = {b: run_cli("classify", file, "--weights", "none", "--model", "tiny3d", "--format", "json",

@@ -35,11 +35,11 @@ def test_a_new_file_gets_the_umask_permissions_and_a_replaced_one_keeps_its_own(
     try:
         import streamrec.fsutil as fsutil
 
-        saved, fsutil._UMASK = fsutil._UMASK, fsutil._umask()  # the module read the umask at import
+        saved, fsutil.UMASK = fsutil.UMASK, fsutil.read_umask()  # the module read the umask at import
         try:
             atomic_write_text(tmp_path / "new.txt", "x")
         finally:
-            fsutil._UMASK = saved
+            fsutil.UMASK = saved
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o640

@@ -56,9 +56,12 @@ def test_graph_runner_matches_the_module_for_every_batch_size():
 
 
 def test_cuda_classifier_agrees_with_cpu_fp32_on_real_windows(demo_clip, tmp_path, monkeypatch):
-    from streamrec.runtime import backends
 
-    monkeypatch.setattr(backends, "CACHE", tmp_path)  # measure here, whatever an earlier run cached
+    from streamrec.runtime import autopick
+    from streamrec.runtime import openvino
+    for module in (openvino, autopick):  # measure here, whatever an earlier run cached
+
+        monkeypatch.setattr(module, "CACHE", tmp_path)
     torch.manual_seed(0)
     loaded = load_model("r2plus1d_18", weights="none")
     cpu = Classifier(loaded, device="cpu", backend="torch", warmup=0)

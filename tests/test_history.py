@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from streamrec.serve.app import history_api
+from streamrec.serve.routes import history_api
 from streamrec.live.history import HistoryStore
 
 from conftest import run_cli, streamrec_cmd

@@ -116,7 +116,7 @@ def test_capture_dates_a_live_frame_by_when_its_data_came_in():
             stop.set()
 
     source = LateLiveSource(3, 0.05)
-    cap = CaptureThread(spec, ring, pre, stop=stop, first=source, clock=clock, on_frame=on_frame,
+    cap = CaptureThread(spec, ring, pre, stop_event=stop, first=source, clock=clock, on_frame=on_frame,
                         name="capture-test")
     cap.start()
     cap.join(timeout=30)
@@ -165,7 +165,7 @@ def _looped_capture(n: int, opened: list[int], seen: list[tuple[int, float]] | N
         if len(seen) == 7:
             stop.set()
 
-    return CaptureThread(spec, ring, pre, stop=stop, loop=True, opener=opener, clock=clock, name="capture-loop-test",
+    return CaptureThread(spec, ring, pre, stop_event=stop, loop=True, opener=opener, clock=clock, name="capture-loop-test",
                          on_frame=on_frame if seen is not None else None), ring
 
 

@@ -10,7 +10,8 @@ import torch
 
 from streamrec.config import CameraConfig
 from streamrec.runtime.classifier import Classifier
-from streamrec.live.camera import Camera, InferenceWorker
+from streamrec.live.camera import Camera
+from streamrec.serve.worker import InferenceWorker
 from streamrec.models.registry import load_model
 from streamrec.live.smoothing import SmoothingConfig
 
@@ -40,7 +41,7 @@ def run_worker(video, frame_wait_s: float, n: int = 6, *, clf: Classifier | None
         if len(got) >= n:
             done.set()
 
-    worker = InferenceWorker(clf, publish, stop=stop, wake=wake, frame_wait_s=frame_wait_s)
+    worker = InferenceWorker(clf, publish, stop_event=stop, wake=wake, frame_wait_s=frame_wait_s)
     worker.add(cam)
     cam.start()
     worker.start()
@@ -90,7 +91,7 @@ def test_waiting_for_more_cameras_leaves_the_windows_already_in_the_batch(tmp_pa
     clf = Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="torch", warmup=0)
     wake, stop = threading.Condition(), threading.Event()
     a, b = (Camera(CameraConfig(name=n, source=str(video)), clf, SmoothingConfig(), wake=wake) for n in "ab")
-    worker = InferenceWorker(clf, lambda _items: None, stop=stop, wake=wake)
+    worker = InferenceWorker(clf, lambda _items: None, stop_event=stop, wake=wake)
     worker.add(a)
     worker.add(b)
     spec = clf.loaded.spec
@@ -99,15 +100,15 @@ def test_waiting_for_more_cameras_leaves_the_windows_already_in_the_batch(tmp_pa
     try:
         for t in ts[:36]:
             a.ring.write(frame, t)
-        first = worker._collect()
+        first = worker.collect()
         assert [(c.name, w.end_seq) for c, w in first] == [("a", 35)]  # b has no frame yet
         a.ring.write(frame, ts[36])  # a new frame for a while the worker waits for b
         for t in ts[:36]:
             b.ring.write(frame, t)
-        more = worker._collect(frozenset({"a"}))
+        more = worker.collect(frozenset({"a"}))
         assert [(c.name, w.end_seq) for c, w in more] == [("b", 35)]
         assert (a.last_end, a.skipped) == (35, 0)  # a's newer window is still there for the next batch
-        assert [(c.name, w.end_seq) for c, w in worker._collect()] == [("a", 36)]
+        assert [(c.name, w.end_seq) for c, w in worker.collect()] == [("a", 36)]
         assert spec.frames == first[0][1].frames.shape[0]
     finally:
         a.close()
@@ -119,7 +120,7 @@ def test_more_cameras_than_the_batch_take_turns_and_keep_their_windows(tmp_path)
     clf = Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="torch", warmup=0)
     wake, stop = threading.Condition(), threading.Event()
     cams = [Camera(CameraConfig(name=n, source=str(video)), clf, SmoothingConfig(), wake=wake) for n in "abc"]
-    worker = InferenceWorker(clf, lambda _items: None, stop=stop, wake=wake, max_batch=2)
+    worker = InferenceWorker(clf, lambda _items: None, stop_event=stop, wake=wake, max_batch=2)
     for c in cams:
         worker.add(c)
     frame = np.zeros(cams[0].ring.frame_shape, cams[0].ring.dtype)
@@ -130,7 +131,7 @@ def test_more_cameras_than_the_batch_take_turns_and_keep_their_windows(tmp_path)
                 c.ring.write(frame, k / 30)
             if k < 35:
                 continue
-            batch = worker._collect()
+            batch = worker.collect()
             served.append("".join(c.name for c, _ in batch))
             assert all(w.end_seq == k for _, w in batch)  # each the camera's newest window
             worker._served(batch)

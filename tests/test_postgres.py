@@ -115,7 +115,7 @@ def writer_log(caplog, text: str) -> bool:
 def test_history_survives_a_postgres_restart(server, caplog):
     """The database restarts (maintenance, a failover) while serving: the writer reconnects and
     writes what closed meanwhile; the API answers 503 while it is away, then again."""
-    from streamrec.serve.app import history_api
+    from streamrec.serve.routes import history_api
     from streamrec.live.history import Segment
 
     caplog.set_level(logging.DEBUG, logger="streamrec.live.history")

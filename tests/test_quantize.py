@@ -48,7 +48,8 @@ def checkpoint(demo_clip, second_clip, tmp_path_factory) -> Path:
 
 
 def test_quantize_keeps_a_checked_model_that_serve_runs(demo_clip, second_clip, checkpoint, tmp_path, monkeypatch):
-    from streamrec.runtime import backends
+    from streamrec.runtime import autopick
+    from streamrec.runtime import openvino
     from streamrec.runtime import prepared
     from streamrec.offline.bench import clip_windows
     from streamrec.runtime.classifier import Classifier
@@ -74,7 +75,8 @@ def test_quantize_keeps_a_checked_model_that_serve_runs(demo_clip, second_clip, 
     windows = clip_windows([demo_clip], loaded, stride=1.0)
     with torch.no_grad():
         reference = [torch.softmax(loaded.module(w), -1) for w in windows]
-    monkeypatch.setattr(backends, "CACHE", cache)  # where the command above kept it
+    for module in (openvino, autopick):  # where the command above kept it
+        monkeypatch.setattr(module, "CACHE", cache)
     clf = Classifier(prepared.load(None, str(checkpoint), device="cpu", cache=tmp_path / "prepared"),
                      device="cpu", backend="openvino-int8")
     assert clf.backend == "openvino-int8"
@@ -107,12 +109,15 @@ def test_quantize_refuses_a_model_that_moves_the_scores_too_far(demo_clip, check
 
 
 def test_long_clips_widen_the_stride_to_keep_the_windows_held_bounded(demo_clip, second_clip, checkpoint, tmp_path, monkeypatch):
-    from streamrec.runtime import backends
+    from streamrec.runtime import autopick
+    from streamrec.runtime import openvino
     from streamrec.runtime import prepared
     from streamrec.offline.dataset import probe
     from streamrec.offline.quantize import quantize
 
-    monkeypatch.setattr(backends, "CACHE", tmp_path)
+    for module in (openvino, autopick):
+
+        monkeypatch.setattr(module, "CACHE", tmp_path)
     two = [demo_clip, second_clip]
     total = sum(probe(c).duration_s for c in two)
     loaded = prepared.load(None, str(checkpoint), device="cpu", cache=tmp_path / "prepared")

@@ -91,7 +91,7 @@ def test_capture_reopens_an_unplugged_webcam_and_keeps_retrying_while_it_is_gone
     ring = FrameRing(64, pre.crop_shape, np.uint8)
     stop = threading.Event()
     seen: list[tuple[int, float]] = []
-    cap = CaptureThread(spec, ring, pre, stop=stop, backoff=Backoff(base_s=0.01, cap_s=0.02), name="capture-webcam-test",
+    cap = CaptureThread(spec, ring, pre, stop_event=stop, backoff=Backoff(base_s=0.01, cap_s=0.02), name="capture-webcam-test",
                         opener=opener, on_frame=lambda rgb, ts: seen.append((int(rgb[..., 0].mean().round()), ts)))
     cap.start()
     try:

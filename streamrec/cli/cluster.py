@@ -30,17 +30,18 @@ def add_cluster_parser(sub) -> None:
 def cmd_cluster(args) -> int:
     import sys
 
-    from streamrec.serve.app import check_port_free, default_db
+    from streamrec.live.history import default_db
+    from streamrec.serve.core import check_port_free
     from streamrec.cluster.app import ClusterApp
     from streamrec.config import ServeConfig, load_toml
-    from streamrec.cluster.runner import _ray, check_reachable
+    from streamrec.cluster.runner import ray_module, check_reachable
     from streamrec.live.history import HistoryStore
 
     if args.replicas < 1:
         raise StreamrecError(f"--replicas: expected >= 1, got {args.replicas}")
     if args.seconds is not None and args.seconds <= 0:
         raise StreamrecError(f"--seconds: expected > 0, got {args.seconds}")
-    ray = _ray()
+    ray = ray_module()
     cli = {"host": args.host, "port": args.port, "token": args.token, "insecure": args.insecure, "db": args.db,
            "history_days": args.history_days}
     config = ServeConfig.from_sources(load_toml(args.config), cli)

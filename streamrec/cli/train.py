@@ -11,6 +11,12 @@ from streamrec.validate import finite_float
 
 
 def add_parsers(sub, model_args) -> None:
+    add_fit_parsers(sub)
+    add_model_file_parsers(sub)
+
+
+def add_fit_parsers(sub) -> None:
+    """``dataset``, ``train`` and ``lr-find``."""
     p = sub.add_parser("dataset", help="catalog a folder of labelled clips")
     p.add_argument("data")
     p.add_argument("--val-split", type=finite_float("--val-split"), default=None)
@@ -46,6 +52,9 @@ def add_parsers(sub, model_args) -> None:
         else:
             p.set_defaults(func=cmd_train)
 
+
+def add_model_file_parsers(sub) -> None:
+    """``evaluate``, ``export`` and ``quantize``."""
     p = sub.add_parser("evaluate", help="top-1/5, per-class precision/recall, confusion matrix")
     p.add_argument("folder", help="a folder of class folders, e.g. DATA/valid")
     p.add_argument("--weights", required=True)
@@ -85,7 +94,8 @@ def _train_config(args):
 
 
 def cmd_dataset(args) -> int:
-    from streamrec.offline.dataset import catalog, contact_sheet, discover, write_catalog_csv
+    from streamrec.offline.dataset import discover
+    from streamrec.offline.inventory import catalog, contact_sheet, write_catalog_csv
 
     if args.csv:
         check_output("--csv", args.csv)

@@ -31,10 +31,11 @@ import numpy as np
 
 from streamrec.config import CameraConfig, ServeConfig
 from streamrec.errors import StreamrecError
-from streamrec.models.kinetics import restrict_rows, sport_indices
-from streamrec.live.camera import LabelStats, adding_camera
-from streamrec.live.messages import prediction_message, top_k_many
-from streamrec.live.smoothing import LabelSmoother, update_many
+from streamrec.cluster.actors import RemoteCapture, RemoteClassifier
+from streamrec.live.camera import adding_camera
+from streamrec.live.labels import LabelStats, Labelled, label_messages
+from streamrec.live.smoothing import LabelSmoother
+from streamrec.models.kinetics import sport_indices
 
 logger = logging.getLogger(__name__)
 
@@ -42,108 +43,12 @@ MODEL_START_S = 300.0  # an inference actor's start: scheduled, the model loaded
 ACTOR_START_S = 60.0  # a capture actor's start on its node (a worker process importing the pipeline), beyond the source's open timeout
 
 
-def _ray():
+def ray_module():
     try:
         import ray
     except ImportError:
         raise StreamrecError("cluster: ray is not installed; pip install 'streamrec[cluster]'") from None
     return ray
-
-
-class RemoteCapture:
-    """Runs on a camera node: one camera's capture thread and ring (a Ray actor body)."""
-
-    def __init__(self, cam: dict[str, Any], spec: dict[str, Any]) -> None:
-        from streamrec.live.capture import camera_capture
-        from streamrec.models.spec import ModelSpec
-        from streamrec.live.sources import SourceSpec, open_source
-
-        self.cfg = CameraConfig(**cam)
-        self.spec = ModelSpec.from_dict(spec)
-        self.stop_event = threading.Event()
-        self.capture = None
-        self.error: str | None = None
-        try:  # opened here first, as serve does: a missing file, not a video, an unreachable URL fail at once
-            first = open_source(SourceSpec.of_camera(self.cfg))
-        except StreamrecError as exc:
-            self.error = str(exc)
-            return
-        self.ring, self.capture = camera_capture(SourceSpec.of_camera(self.cfg), self.spec, stop=self.stop_event,
-                                                 name=self.cfg.name, loop=bool(self.cfg.loop), first=first)
-        self.capture.start()
-
-    def opened(self) -> str | None:
-        """``None`` when the source opened and capture runs, else the one-line reason it did not."""
-        return self.error
-
-    def window(self, after_seq: int) -> tuple | None:
-        """The newest window ending after ``after_seq``: (end_seq, start_ts, end_ts, uint8 crops
-        (T, H, W, C), capture fps)."""
-        if self.capture is None:
-            return None
-        w = self.ring.newest_window(self.spec.frames, self.spec.fps, after=after_seq)
-        if w is None or w.end_seq <= after_seq:
-            return None
-        # uint8: a quarter of the bytes of float32 over the network
-        return w.end_seq, w.start_ts, w.end_ts, w.frames, self.capture.fps()
-
-    def preview(self, width: int, after_ts: float) -> tuple[float, bytes] | None:
-        """The newest frame as a JPEG at most ``width`` wide, encoded here near the camera (a few
-        KB cross the network, not a frame); ``None`` when it is no newer than ``after_ts``."""
-        from streamrec.serve.app import encode_preview
-
-        if self.capture is None:
-            return None
-        rgb, ts = self.capture.latest_rgb, self.capture.latest_ts
-        if rgb is None or ts <= after_ts:
-            return None
-        return ts, encode_preview(rgb, width)
-
-    def stats(self) -> dict[str, Any]:
-        if self.capture is None:
-            return {"state": "error", "error": self.error, "node": _node_id()}
-        return {**self.capture.stats(), "node": _node_id()}
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        if self.capture is not None:
-            self.capture.join(1.5)
-
-
-class RemoteClassifier:
-    """Runs on an inference node: a loaded model classifying batches (a Ray actor body)."""
-
-    def __init__(self, model: str | None, weights: str, device: str, backend: str, threads: int | None = None) -> None:
-        from streamrec.runtime.classifier import Classifier
-        from streamrec.models.registry import load_model
-
-        self.error: str | None = None
-        try:  # a bad model or weights file is told to the driver as one line (meta), not as an actor's death
-            self.loaded = load_model(model, weights=weights)
-            self.classifier = Classifier(self.loaded, device=device, backend=backend, threads=threads)
-        except StreamrecError as exc:
-            self.error = str(exc)
-
-    def meta(self) -> dict[str, Any]:
-        if self.error is not None:
-            return {"error": self.error}
-        return {"classes": self.loaded.classes, "spec": self.loaded.spec.to_dict(), "name": self.loaded.name,
-                "meaningless": self.loaded.meaningless, "node": _node_id(), "device": str(self.classifier.device),
-                "backend": self.classifier.backend}
-
-    def classify(self, windows: list[np.ndarray]) -> np.ndarray:
-        from streamrec.models.preprocess import batch_windows
-
-        return self.classifier.probs(batch_windows(windows))  # uint8 (B, T, H, W, C); normalized by the classifier
-
-
-def _node_id() -> str:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001
-        return "local"
 
 
 @dataclass
@@ -173,7 +78,7 @@ class ClusterRunner:
 
     def __init__(self, config: ServeConfig, publish: Callable[[list[tuple[str, dict[str, Any]]]], None], *,
                  inference_replicas: int = 1, clock: Callable[[], float] = time.time) -> None:
-        ray = _ray()
+        ray = ray_module()
         self.ray = ray
         self.config = config
         self.publish = publish
@@ -282,14 +187,6 @@ class ClusterRunner:
             self._group(cam)
             self._start_cameras([cam])
 
-    def remove_camera(self, name: str) -> bool:
-        """Stop and forget camera ``name``; ``False`` when there is none."""
-        actor = self.detach_camera(name)
-        if actor is None:
-            return False
-        self.stop_actor(actor)
-        return True
-
     def detach_camera(self, name: str) -> Any:
         """Forget camera ``name`` (no message for it is built after this returns); its actor, or ``None``."""
         with self._lock:
@@ -345,24 +242,20 @@ class ClusterRunner:
                  for key, batch in by_model.items()}
         out = []
         for key, ref in calls.items():
-            probs = np.asarray(ray.get(ref))  # (B, K): smoothed and ranked once per batch, as the live worker does
+            probs = np.asarray(ray.get(ref))  # (B, K)
             infer_ms = (time.perf_counter() - t0) * 1e3
-            group, batch = self.groups[key], by_model[key]
-            probs = restrict_rows(probs, [subsets[name] for name, _ in batch])
-            smoothed = update_many([smoothers[name] for name, _ in batch], probs)
-            for (name, (end_seq, start_ts, end_ts, frames, fps)), sm, top in zip(batch, smoothed,
-                                                                                 top_k_many(probs, group.classes)):
+            group, items, rows = self.groups[key], [], []
+            for row, (name, (end_seq, start_ts, end_ts, frames, fps)) in enumerate(by_model[key]):
                 labels = self.labels.get(name)
                 if labels is None:  # removed while its window was being classified (publish checks again)
                     continue
                 labels.took(end_seq)
-                labels.seq += 1
-                msg = prediction_message(seq=labels.seq, smoothed=sm, top=top, classes=group.classes,
-                                         start_ts=start_ts, end_ts=end_ts, frames=len(frames),
-                                         infer_ms=infer_ms, sent_ts=self.clock(), capture_fps=fps, camera=name,
-                                         meaningless=group.meaningless)
-                labels.record(msg, self.clock())
-                out.append((name, msg))
+                rows.append(row)
+                items.append(Labelled(name, labels, smoothers[name], subsets[name], start_ts=start_ts, end_ts=end_ts,
+                                      frames=len(frames), capture_fps=fps))
+            msgs = label_messages(items, probs[rows], group.classes, infer_ms=infer_ms, clock=self.clock,
+                                  meaningless=group.meaningless)
+            out += [(m["camera"], m) for m in msgs]
         self.publish(out)
         done = time.monotonic()
         for name, _ in out:
@@ -372,10 +265,6 @@ class ClusterRunner:
         size = sum(len(b) for b in by_model.values())
         self.batch_sizes.append(size)
         return size
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            self.step()
 
     def stats(self, timeout: float | None = None) -> dict[str, Any]:
         """Each camera's capture stats (and ``node``), from its actor; a camera whose actor does not

@@ -62,7 +62,7 @@ class RateMeter:
 
 
 class CaptureThread(threading.Thread):
-    """Reads ``spec`` into ``ring`` until ``stop`` is set.
+    """Reads ``spec`` into ``ring`` until ``stop_event`` is set.
 
     ``first`` is an already opened source (the CLI opens it once up front to fail fast);
     ``opener`` opens the source again after it ended or failed (:func:`open_source`).
@@ -74,7 +74,7 @@ class CaptureThread(threading.Thread):
         ring: FrameRing,
         preprocessor: FramePreprocessor,
         *,
-        stop: threading.Event,
+        stop_event: threading.Event,
         loop: bool = False,
         first: Source | None = None,
         backoff: Backoff = Backoff(),
@@ -88,7 +88,7 @@ class CaptureThread(threading.Thread):
         self.spec = spec
         self.ring = ring
         self.pre = preprocessor
-        self.stop_event = stop
+        self.stop_event = stop_event
         self.loop = loop
         self._first = first
         self.backoff = backoff
@@ -132,6 +132,12 @@ class CaptureThread(threading.Thread):
         }
 
     # -- thread body ------------------------------------------------------------
+    def release(self) -> None:
+        """Close the source opened before the thread (``first``) when the thread never started."""
+        first, self._first = self._first, None
+        if first is not None and not self.is_alive():
+            first.close()
+
     def run(self) -> None:
         attempt = 0
         source = self._first
@@ -173,6 +179,8 @@ class CaptureThread(threading.Thread):
                         logger.info("end of file %s", self.spec.target)
                         return
                     continue  # reopen and play again
+                if self.error is None:  # no read error: the stream ended cleanly (the sender stopped it)
+                    self.error = "the stream ended"
                 self.reconnects += 1
                 self._wait_backoff(attempt)
                 attempt += 1
@@ -186,7 +194,8 @@ class CaptureThread(threading.Thread):
         self.state = "reconnecting"
         self.ring.clear()  # frames before the gap must not join frames after it
         delay = self.backoff.delay(attempt, self._rng)
-        logger.warning("source %s unavailable (%s); retrying in %.1f s", self.spec.display_name, self.error, delay)
+        logger.warning("source %s unavailable (%s); retrying in %.1f s", self.spec.display_name,
+                       self.error or "no reason given", delay)
         self.stop_event.wait(delay)
 
     def _pump(self, source: Source) -> bool:
@@ -251,7 +260,7 @@ def camera_capture(
     spec: SourceSpec,
     model_spec,
     *,
-    stop: threading.Event,
+    stop_event: threading.Event,
     name: str,
     loop: bool = False,
     first: Source | None = None,
@@ -264,5 +273,5 @@ def camera_capture(
     pre = FramePreprocessor(model_spec)
     fps = first.fps if first is not None and first.fps else 30.0
     ring = FrameRing(capacity_for(model_spec.frames, model_spec.fps, source_fps=max(fps, 30.0)), pre.crop_shape, np.uint8)
-    thread = CaptureThread(spec, ring, pre, stop=stop, loop=loop, first=first, name=f"capture-{name}", on_frame=on_frame)
+    thread = CaptureThread(spec, ring, pre, stop_event=stop_event, loop=loop, first=first, name=f"capture-{name}", on_frame=on_frame)
     return ring, thread

@@ -312,3 +312,13 @@ def parse_time(text: str | None) -> float | None:
     except ValueError:
         raise StreamrecError(f"--since/--until: expected Unix seconds, an ISO time or -10m/-2h/-1d, got {text!r}") from None
     return (dt if dt.tzinfo else dt.astimezone()).timestamp()
+
+
+def default_db() -> str:
+    """``$XDG_DATA_HOME/streamrec/history.db`` (``~/.local/share/...``): ``serve``'s and ``history``'s default."""
+    import os
+    from pathlib import Path
+
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "streamrec"
+    base.mkdir(parents=True, exist_ok=True)
+    return str(base / "history.db")

@@ -19,7 +19,6 @@ import os
 import re
 import socket
 import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 

@@ -20,8 +20,13 @@ import numpy as np
 import torch
 
 from streamrec.runtime import backends
+
+from streamrec.runtime import openvino
+
+from streamrec.runtime import onnx
 from streamrec.models.exported import torchscript_quiet
-from streamrec.runtime.backends import best_seconds, no_openvino_telemetry
+from streamrec.runtime.autopick import best_seconds
+from streamrec.runtime.openvino import no_openvino_telemetry
 from streamrec.offline.classify import iter_windows
 from streamrec.runtime.graphs import conv_variants
 from streamrec.runtime.classifier import CudaGraphRunner, default_threads, resolve_device
@@ -80,7 +85,7 @@ def model_gflops(loaded: LoadedModel) -> float:
 
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        loaded.module.eval()(backends.example_input(loaded))
+        loaded.module.eval()(onnx.example_input(loaded))
     return counter.get_total_flops() / 1e9
 
 
@@ -148,7 +153,7 @@ def cuda_backends(loaded: LoadedModel, device: torch.device) -> dict[str, Callab
 
     Moves ``loaded.module`` to ``device`` in fp16."""
     eager = loaded.module.eval().to(device, torch.float16).to(memory_format=torch.channels_last_3d)
-    x = backends.example_input(loaded).to(device, torch.float16).contiguous(memory_format=torch.channels_last_3d)
+    x = onnx.example_input(loaded).to(device, torch.float16).contiguous(memory_format=torch.channels_last_3d)
     out: dict[str, Callable] = {"eager-fp16": eager}
     out["eager-fp16+cuda-graphs"] = CudaGraphRunner(eager, example=x, max_batch=64)
     for suffix, net in conv_variants(eager).items():
@@ -215,6 +220,48 @@ def agreement(reference: Callable, others: dict[str, Callable], windows: list[to
 
 
 @torch.no_grad()
+def timing_row(seconds: float, gflop: float, peak: float, naive_ms: float) -> dict[str, float]:
+    """One backend's row: ms per window, GFLOP/s, the share of the measured peak, the speed-up on the naive loop."""
+    return {"ms": seconds * 1e3, "gflops": gflop / seconds, "of_peak": gflop / seconds / peak,
+            "vs_naive": naive_ms / (seconds * 1e3)}
+
+
+def time_backends(name: str, fns: dict[str, Callable], x1: torch.Tensor, m: dict[str, Any], *, repeats: int,
+                  cuda: bool, gflop: float, peak: float) -> dict[str, dict[str, float]]:
+    """Each backend of ``fns`` timed on one window ``x1``; one that fails is dropped from ``fns``
+    and named in ``m["failed"]``."""
+    rows = {}
+    if cuda:  # the same eager fp16 model with cuDNN's default algorithm choice, then let cuDNN measure
+        torch.backends.cudnn.benchmark = False
+        t = best_seconds(lambda: fns["eager-fp16"](x1), repeats, sync=True)
+        rows["eager-fp16 (cudnn.benchmark off)"] = timing_row(t, gflop, peak, m["naive_ms"])
+        torch.backends.cudnn.benchmark = True
+    for bname, fn in list(fns.items()):
+        try:
+            t = best_seconds(lambda: fn(x1), repeats, sync=cuda)
+        except Exception as exc:  # noqa: BLE001 - e.g. a model that cannot be captured in a CUDA graph
+            logger.warning("backend %s failed for %s: %s", bname, name, str(exc).splitlines()[0])
+            m.setdefault("failed", {})[bname] = str(exc).splitlines()[0]
+            del fns[bname]
+            continue
+        rows[bname] = timing_row(t, gflop, peak, m["naive_ms"])
+    return rows
+
+
+def batched_throughput(fn: Callable, loaded: LoadedModel, batches: list[int], dev: torch.device, dtype: torch.dtype,
+                       *, repeats: int, gflop: float, peak: float) -> dict[int, dict[str, float]]:
+    """Windows per second of ``fn`` at each batch size."""
+    cuda = dev.type == "cuda"
+    thr = {}
+    for b in batches:
+        xb = onnx.example_input(loaded, b).to(dev, dtype)
+        if cuda:
+            xb = xb.contiguous(memory_format=torch.channels_last_3d)
+        t = best_seconds(lambda: fn(xb), max(1, repeats - 1), sync=cuda)
+        thr[b] = {"windows_per_s": b / t, "of_peak": gflop * b / t / peak}
+    return thr
+
+
 def run(*, models: list[str], clip: Path, clips: list[Path], device: str = "auto", batches: list[int],
         int8: bool = True, repeats: int = 3) -> dict[str, Any]:
     dev = resolve_device(device)
@@ -232,37 +279,22 @@ def run(*, models: list[str], clip: Path, clips: list[Path], device: str = "auto
         m["naive_ms"] = naive_window_ms(clip, loaded, device=dev)
         windows = clip_windows(clips, loaded) if clips else []
         reference = copy.deepcopy(loaded.module).eval().float()  # eager fp32 on CPU
-        cpu_names = backends.available() + (["openvino-bf16"] if backends.bf16_supported() else [])
+        cpu_names = backends.available() + (["openvino-bf16"] if openvino.bf16_supported() else [])
         fns = cuda_backends(loaded, dev) if cuda else cpu_backends(loaded, cpu_names, threads)
         dtype = torch.float16 if cuda else torch.float32
-        x1 = backends.example_input(loaded).to(dev, dtype)
+        x1 = onnx.example_input(loaded).to(dev, dtype)
         if cuda:
             x1 = x1.contiguous(memory_format=torch.channels_last_3d)
             repeats = max(repeats, 20)
-        rows = {}
-        if cuda:  # the same eager fp16 model with cuDNN's default algorithm choice, then let cuDNN measure
-            torch.backends.cudnn.benchmark = False
-            t = best_seconds(lambda: fns["eager-fp16"](x1), repeats, sync=True)
-            rows["eager-fp16 (cudnn.benchmark off)"] = {"ms": t * 1e3, "gflops": gflop / t, "of_peak": gflop / t / peak,
-                                                        "vs_naive": m["naive_ms"] / (t * 1e3)}
-            torch.backends.cudnn.benchmark = True
-        for bname, fn in list(fns.items()):
-            try:
-                t = best_seconds(lambda: fn(x1), repeats, sync=cuda)
-            except Exception as exc:  # noqa: BLE001 - e.g. a model that cannot be captured in a CUDA graph
-                logger.warning("backend %s failed for %s: %s", bname, name, str(exc).splitlines()[0])
-                m.setdefault("failed", {})[bname] = str(exc).splitlines()[0]
-                del fns[bname]
-                continue
-            rows[bname] = {"ms": t * 1e3, "gflops": gflop / t, "of_peak": gflop / t / peak, "vs_naive": m["naive_ms"] / (t * 1e3)}
+        rows = time_backends(name, fns, x1, m, repeats=repeats, cuda=cuda, gflop=gflop, peak=peak)
         if int8 and not cuda and "openvino" in fns and windows:
-            q = backends.openvino_int8(loaded, windows, threads=threads)
+            q = openvino.openvino_int8(loaded, windows, threads=threads)
             t = best_seconds(lambda: q(x1), repeats)
-            rows["openvino-int8"] = {"ms": t * 1e3, "gflops": gflop / t, "of_peak": gflop / t / peak, "vs_naive": m["naive_ms"] / (t * 1e3)}
+            rows["openvino-int8"] = timing_row(t, gflop, peak, m["naive_ms"])
             fns["openvino-int8"] = q
         if cuda:  # the batch multi-camera serving runs at, for every backend
             b = max(batches)
-            xb = backends.example_input(loaded, b).to(dev, dtype).contiguous(memory_format=torch.channels_last_3d)
+            xb = onnx.example_input(loaded, b).to(dev, dtype).contiguous(memory_format=torch.channels_last_3d)
             for bname, fn in fns.items():
                 t = best_seconds(lambda: fn(xb), 5, sync=True)
                 rows[bname][f"batch{b}_windows_per_s"] = b / t
@@ -277,14 +309,7 @@ def run(*, models: list[str], clip: Path, clips: list[Path], device: str = "auto
         for low, key in LOWER_PRECISION.items():
             if low in rows:
                 m[f"{key}_speedup_vs_best_fp32"] = rows[best_name]["ms"] / rows[low]["ms"]
-        bfn = fns[best_name]
-        thr = {}
-        for b in batches:
-            xb = backends.example_input(loaded, b).to(dev, dtype)
-            if cuda:
-                xb = xb.contiguous(memory_format=torch.channels_last_3d)
-            t = best_seconds(lambda: bfn(xb), max(1, repeats - 1), sync=cuda)
-            thr[b] = {"windows_per_s": b / t, "of_peak": gflop * b / t / peak}
+        thr = batched_throughput(fns[best_name], loaded, batches, dev, dtype, repeats=repeats, gflop=gflop, peak=peak)
         m["batched"] = {"backend": best_name, "by_batch": thr}
         m["preprocess_share_of_inference"] = (m["stages"]["preprocess_ms_per_frame"] * loaded.spec.frames
                                               + m["stages"]["window_assembly_ms"]) / rows[best_name]["ms"]

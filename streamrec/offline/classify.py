@@ -215,6 +215,18 @@ def iter_windows(
         yield w, span.padded
 
 
+def check_options(*, stride: float, batch_size: int | None, top: int, threads: int | None) -> None:
+    """Refuse options that cannot work, naming the option (one line, exit 2)."""
+    if not stride > 0 or stride == float("inf"):
+        raise StreamrecError(f"--stride: expected > 0 seconds (a finite number), got {stride}")
+    if batch_size is not None and batch_size < 1:
+        raise StreamrecError(f"--batch-size: expected >= 1, got {batch_size}")
+    if top < 1:
+        raise StreamrecError(f"--top: expected >= 1, got {top}")
+    if threads is not None and threads < 1:
+        raise StreamrecError(f"--threads: expected >= 1, got {threads}")
+
+
 def classify_file(
     path: str | Path,
     *,
@@ -233,14 +245,11 @@ def classify_file(
     """Classify a video file window by window.
 
     Args:
-        backend: ``None`` means ``torch`` on CPU and ``auto`` on CUDA. On CPU a file is a batch
-            job with a memory budget: eager PyTorch (with the exact rewrites of
-            :mod:`streamrec.runtime.graphs`) needs the least memory (r2plus1d_18 on a 1080p file: peak
-            831 MiB, against 1,056 MiB for TorchScript and 1,081 MiB for OpenVINO) and runs the
-            whole job within 5 % of the fastest here; ``auto`` picks the fastest.
+        backend: ``None`` means ``torch`` on CPU (a file is a batch job: eager PyTorch with the
+            exact rewrites of :mod:`streamrec.runtime.graphs` needs the least memory) and ``auto`` on CUDA.
         stride: seconds between window ends.
-        batch_size: windows per forward pass; default 8 on CUDA, 1 on CPU (on 2-4 CPU cores
-            batching adds little speed and about 110 MB of memory per window for r2plus1d_18).
+        batch_size: windows per forward pass; default 8 on CUDA, 1 on CPU (where batching adds
+            little speed and much memory).
         threads: CPU threads for inference (default: all cores but one; both of two).
         sports_only: restrict scores to Kinetics sport classes, renormalized.
         progress: called with the seconds decoded so far.
@@ -249,14 +258,7 @@ def classify_file(
         >>> tl = classify_file("clip.mp4", weights="none")  # doctest: +SKIP
         >>> tl.windows[0].start, tl.verdict[0]["label"]      # doctest: +SKIP
     """
-    if stride <= 0:
-        raise StreamrecError(f"--stride: expected > 0 seconds, got {stride}")
-    if batch_size is not None and batch_size < 1:
-        raise StreamrecError(f"--batch-size: expected >= 1, got {batch_size}")
-    if top < 1:
-        raise StreamrecError(f"--top: expected >= 1, got {top}")
-    if threads is not None and threads < 1:
-        raise StreamrecError(f"--threads: expected >= 1, got {threads}")
+    check_options(stride=stride, batch_size=batch_size, top=top, threads=threads)
     spec = SourceSpec.parse(str(path))
     if spec.kind != "file":
         raise StreamrecError(f"classify: expected a video file, got {spec.display_name}")
@@ -264,13 +266,11 @@ def classify_file(
         source = PyAVSource(spec)  # validates: exists, is a video, has a video stream
     try:
         loaded = loaded or prepared.load(model, weights, device=device, child=True)  # first start: in a child process
-        subset = None
-        if sports_only:
-            subset = sport_indices(loaded.classes)
         if backend is None:
             backend = "auto" if resolve_device(device).type == "cuda" else "torch"
         clf = Classifier(loaded, device=device, backend=backend, threads=threads)
-        runner = WindowClassifier(clf, top=top, batch_size=batch_size or (8 if clf.cuda else 1), subset=subset)
+        runner = WindowClassifier(clf, top=top, batch_size=batch_size or (8 if clf.cuda else 1),
+                                  subset=sport_indices(loaded.classes) if sports_only else None)
         span = FileSpan()
         for window, padded in iter_windows(source, loaded.spec, stride=stride, span=span, progress=progress):
             runner.add(window, padded=padded)
@@ -279,23 +279,11 @@ def classify_file(
         source.close()
     first_ts, last_ts, padded = span.first_ts, span.last_ts, span.padded
     mean = runner.prob_sum / len(runner.results)
-    return Timeline(
-        file=str(path),
-        model=loaded.name,
-        weights=loaded.weights,
-        meaningless=loaded.meaningless,
-        stride=stride,
-        first_ts=first_ts,
-        last_ts=last_ts,
-        windows=runner.results,
-        verdict=top_k(mean, loaded.classes, top),
-        padded=padded,
-        sports_only=sports_only,
-        packets=source.packets,
-        decode_errors=source.decode_errors,
-        device=str(clf.device),
-        backend=clf.backend,
-    )
+    return Timeline(file=str(path), model=loaded.name, weights=loaded.weights, meaningless=loaded.meaningless,
+                    stride=stride, first_ts=first_ts, last_ts=last_ts, windows=runner.results,
+                    verdict=top_k(mean, loaded.classes, top), padded=padded, sports_only=sports_only,
+                    packets=source.packets, decode_errors=source.decode_errors, device=str(clf.device),
+                    backend=clf.backend)
 
 
 def plot_timeline(tl: Timeline, path: str | Path) -> None:

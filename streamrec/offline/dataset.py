@@ -1,4 +1,5 @@
-"""Labelled clip folders: layout, catalog, contact sheet, and the training clip dataset.
+"""Labelled clip folders: their layout, and the training clip dataset (catalog and contact sheet:
+:mod:`streamrec.offline.inventory`).
 
 Layout (the Kinetics/torchvision convention)::
 
@@ -14,20 +15,19 @@ for validation.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from streamrec.errors import SourceError, StreamrecError
-from streamrec.fsutil import atomic_write, save_figure
+from streamrec.fsutil import atomic_write
 from streamrec.models.spec import ModelSpec
 from streamrec.models.preprocess import FramePreprocessor
 from streamrec.live.ring import sample_indices
@@ -93,7 +93,7 @@ class Split:
     samples: list[Sample] = field(default_factory=list)
 
 
-def _class_dirs(folder: Path) -> dict[str, list[Path]]:
+def class_dirs(folder: Path) -> dict[str, list[Path]]:
     if not folder.is_dir():
         raise StreamrecError(f"dataset: expected a folder of class folders, got {folder} (not a folder)")
     out = {}
@@ -117,12 +117,12 @@ def discover(root: str | os.PathLike, *, val_split: float | None = None, seed: i
     if (root / "train").is_dir() and (root / "valid").is_dir():
         if val_split is not None:
             raise StreamrecError(f"--val-split: {root} is split already (train/ and valid/); leave --val-split out")
-        train, valid = _class_dirs(root / "train"), _class_dirs(root / "valid")
+        train, valid = class_dirs(root / "train"), class_dirs(root / "valid")
         if valid and set(valid) != set(train):
             only_t, only_v = sorted(set(train) - set(valid)), sorted(set(valid) - set(train))
             raise StreamrecError(f"dataset: train and valid classes differ: only in train {only_t}, only in valid {only_v}")
     else:  # one folder of classes (DATA/<class>/ or DATA/train/<class>/), split by --val-split
-        everything = _class_dirs(root / "train" if (root / "train").is_dir() else root)
+        everything = class_dirs(root / "train" if (root / "train").is_dir() else root)
         if val_split is None:
             train, valid = everything, {}
         else:
@@ -317,86 +317,3 @@ def collate(batch: list[tuple[torch.Tensor, int]]):
 def default_workers() -> int:
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 0 if n <= 2 else min(8, n - 1)
-
-
-# -- catalog and contact sheet ------------------------------------------------------
-
-CATALOG_FIELDS = ("split", "class", "clips", "frames", "duration_s", "fps_min", "fps_max", "resolutions", "unreadable")
-
-
-def catalog(splits: dict[str, Split]) -> list[dict[str, Any]]:
-    """One row per split and class (probing headers only; nothing is decoded)."""
-    rows = []
-    for split in splits.values():
-        for ci, cls in enumerate(split.classes):
-            files = [s.path for s in split.samples if s.label == ci]
-            if not files:
-                continue
-            frames, dur, fps, res, bad = 0, 0.0, [], set(), 0
-            for f in files:
-                info = probe(f)
-                if info is None:
-                    bad += 1
-                    continue
-                frames += info.frames
-                dur += info.duration_s
-                fps.append(info.fps)
-                res.add(f"{info.width}x{info.height}")
-            rows.append({
-                "split": split.name, "class": cls, "clips": len(files), "frames": frames, "duration_s": round(dur, 2),
-                "fps_min": round(min(fps), 2) if fps else None, "fps_max": round(max(fps), 2) if fps else None,
-                "resolutions": " ".join(sorted(res)), "unreadable": bad,
-            })
-    return rows
-
-
-def write_catalog_csv(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    def write(fh) -> None:
-        w = csv.DictWriter(fh, fieldnames=CATALOG_FIELDS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-
-    atomic_write(path, write, mode="w")
-
-
-def first_last_frames(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    first = last = None
-    with PyAVSource(SourceSpec.parse(str(path))) as src:
-        for rgb, _ in src.frames():
-            if first is None:
-                first = rgb
-            last = rgb
-    if first is None:
-        raise SourceError(f"{path}: no decodable video frames")
-    return first, last
-
-
-def contact_sheet(split: Split, path: str | os.PathLike, *, per_class: int = 2) -> int:
-    """A PNG of the first and last frame of up to ``per_class`` clips per class (the book's
-    ``show_clip_start_end``); returns how many clips it shows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    picks = []
-    for ci, cls in enumerate(split.classes):
-        for s in [s for s in split.samples if s.label == ci][:per_class]:
-            try:
-                picks.append((cls, s.path, *first_last_frames(s.path)))
-            except (SourceError, OSError):
-                logger.warning("contact sheet: skipping unreadable %s", s.path)
-    if not picks:
-        raise StreamrecError("--sheet: no readable clips to show")
-    fig, axes = plt.subplots(len(picks), 2, figsize=(6, 2.2 * len(picks)), squeeze=False)
-    try:
-        for row, (cls, p, first, last) in zip(axes, picks):
-            for ax, img, title in ((row[0], first, "start"), (row[1], last, "end")):
-                ax.imshow(img)
-                ax.set_axis_off()
-                ax.set_title(f"{cls} / {p.name} ({title})", fontsize=7)
-        fig.tight_layout()
-        save_figure(fig, path, dpi=80)
-    finally:
-        plt.close(fig)
-    return len(picks)

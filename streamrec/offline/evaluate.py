@@ -13,12 +13,11 @@ import numpy as np
 import torch
 
 from streamrec.models.exported import EXPORT_META, torchscript_quiet
-from streamrec.runtime.backends import example_input, export_onnx
-from streamrec.offline.dataset import ClipCache, ClipDataset, Sample, _class_dirs, collate, default_workers
+from streamrec.runtime.onnx import example_input, export_onnx
+from streamrec.offline.dataset import ClipCache, ClipDataset, Sample, class_dirs, collate, default_workers
 from streamrec.runtime.classifier import Classifier
 from streamrec.errors import StreamrecError
 from streamrec.fsutil import atomic_write, save_figure
-from streamrec.models.spec import LoadedModel
 from streamrec.models.registry import load_model
 
 logger = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ def evaluate(folder: str | Path, *, weights: str, model: str | None = None, devi
     if batch_size < 1:
         raise StreamrecError(f"--batch-size: expected >= 1, got {batch_size}")
     loaded = load_model(model, weights=weights)
-    dirs = _class_dirs(Path(folder))
+    dirs = class_dirs(Path(folder))
     unknown = sorted(set(dirs) - set(loaded.classes))
     if unknown:
         known = loaded.classes if len(loaded.classes) <= 12 else loaded.classes[:10] + ["..."]

@@ -8,7 +8,7 @@ windows and no score moved by more than ``max_score_diff``; ``--backend openvino
 100 ms per window against 380 ms for OpenVINO fp32, see the README).
 
 The model is kept in the OpenVINO cache folder next to the fp32 ones, keyed by the weights'
-digest like them (:func:`streamrec.runtime.backends.int8_path`), with the report as a JSON file
+digest like them (:func:`streamrec.runtime.openvino.int8_path`), with the report as a JSON file
 beside it, and pruned with them. Random weights are refused: their agreement says nothing
 about a trained model's.
 
@@ -29,6 +29,12 @@ from typing import Sequence, TypeVar
 import torch
 
 from streamrec.runtime import backends
+
+from streamrec.runtime import openvino
+
+from streamrec.runtime import onnx
+
+from streamrec.runtime import autopick
 from streamrec.offline.bench import clip_windows
 from streamrec.errors import StreamrecError
 from streamrec.models.spec import LoadedModel
@@ -131,9 +137,9 @@ def quantize(loaded: LoadedModel, clips: Sequence[Path], *, stride: float = 1.0,
         raise StreamrecError(f"--clips: expected at least {MIN_WINDOWS} windows to calibrate and check on, "
                              f"got {len(windows)} (use more or longer clips, or a smaller --stride)")
     calibration, checked = split_windows(windows)
-    digest = backends.weights_digest(loaded.module)
+    digest = openvino.weights_digest(loaded.module)
     fp32 = backends.build("openvino", loaded, threads=threads)
-    int8, model = backends.openvino_int8(loaded, calibration, threads=threads, subset_size=len(calibration),
+    int8, model = openvino.openvino_int8(loaded, calibration, threads=threads, subset_size=len(calibration),
                                          with_model=True)
     agree, worst = 0, 0.0
     with torch.no_grad():
@@ -141,15 +147,15 @@ def quantize(loaded: LoadedModel, clips: Sequence[Path], *, stride: float = 1.0,
             a, b = fp32(x).softmax(-1), int8(x).softmax(-1)
             agree += int(a.argmax() == b.argmax())
             worst = max(worst, float((a - b).abs().max()))
-    x1 = backends.example_input(loaded)
+    x1 = onnx.example_input(loaded)
     report = QuantizeReport(
         model=loaded.name, weights=loaded.weights, clips=tuple(map(str, clips)), stride_s=stride,
         calibration_windows=len(calibration), checked_windows=len(checked), top1_agree=agree,
-        max_abs_score_diff=worst, fp32_ms=backends.best_seconds(lambda: fp32(x1)) * 1e3,
-        int8_ms=backends.best_seconds(lambda: int8(x1)) * 1e3, min_agreement=min_agreement,
+        max_abs_score_diff=worst, fp32_ms=autopick.best_seconds(lambda: fp32(x1)) * 1e3,
+        int8_ms=autopick.best_seconds(lambda: int8(x1)) * 1e3, min_agreement=min_agreement,
         max_score_diff=max_score_diff, saved=None)
     if save and report.accepted:
-        path = backends.int8_path(loaded, digest)
+        path = openvino.int8_path(loaded, digest)
         report = QuantizeReport(**{**asdict(report), "saved": str(path)})
-        backends.save_int8(model, path, json.dumps({**asdict(report), "created": time.time()}, indent=1))
+        openvino.save_int8(model, path, json.dumps({**asdict(report), "created": time.time()}, indent=1))
     return report

@@ -193,6 +193,28 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, schedule=No
     return tot_loss / n, top1 / n, top5 / n, n
 
 
+def make_optimizer(cfg: "TrainConfig", model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the head only (``--freeze-backbone`` on pretrained weights) or over every layer."""
+    if cfg.freeze_backbone and cfg.model != "tiny3d" and cfg.weights.lower() != "none":
+        head = {id(p) for p in head_parameters(model)}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in head)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def resume_state(state_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float, int, int]:
+    """``--resume``: the model and optimizer as saved after the last epoch; (next epoch, best
+    validation loss, epochs without improvement, optimizer steps)."""
+    if not state_path.is_file():
+        raise StreamrecError(f"--resume: no training state at {state_path}")
+    st = torch.load(state_path, map_location="cpu", weights_only=False)
+    model.load_state_dict(st["model"])
+    optimizer.load_state_dict(st["optimizer"])
+    logger.info("resuming at epoch %d", st["epoch"] + 2)
+    return st["epoch"] + 1, st["best"], st["stale"], st["step"]
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train and write ``cfg.out`` (best validation loss) plus ``<out>.log.csv``."""
     seed_everything(cfg.seed)
@@ -201,25 +223,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     loaded = base_model(cfg, classes)
     splits, train_ds, val_ds, train_dl, val_dl = make_loaders(cfg, loaded)
     model = loaded.module.to(device)
-    if cfg.freeze_backbone and cfg.model != "tiny3d" and cfg.weights.lower() != "none":
-        head = {id(p) for p in head_parameters(model)}
-        for p in model.parameters():
-            p.requires_grad_(id(p) in head)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg, model)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     out = Path(cfg.out)
     log_path = out.with_name(out.name + ".log.csv")
     state_path = out.with_name(out.name + ".state")
-    start_epoch, best, stale, step = 0, float("inf"), 0, 0
-    if cfg.resume:
-        if not state_path.is_file():
-            raise StreamrecError(f"--resume: no training state at {state_path}")
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        start_epoch, best, stale, step = st["epoch"] + 1, st["best"], st["stale"], st["step"]
-        logger.info("resuming at epoch %d", start_epoch + 1)
+    start_epoch, best, stale, step = resume_state(state_path, model, optimizer) if cfg.resume else (0, float("inf"), 0, 0)
     steps_per_epoch = max(1, len(train_dl))
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)

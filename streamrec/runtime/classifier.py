@@ -28,19 +28,20 @@ import numpy as np
 import torch
 
 from streamrec.runtime import backends
+
+from streamrec.runtime import openvino
+
+from streamrec.runtime import autopick
 from streamrec.models.exported import torchscript_quiet
-from streamrec.catalog import BACKEND_NAMES
+from streamrec.catalog import BACKEND_NAMES, OWN_POOL
 from streamrec.config import check_device
-from streamrec.errors import StreamrecError
+from streamrec.errors import StreamrecError, WeightsError
 from streamrec.models.spec import LoadedModel
 from streamrec.models.preprocess import normalize_batch, normalize_crops
 from streamrec.runtime.tracing import guard
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = BACKEND_NAMES
-# runtimes with their own thread pool: their input is normalized in NumPy, in the calling thread
-OWN_POOL = ("onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -143,8 +144,8 @@ class Classifier:
         max_batch: int = 32,
         batch_hint: int = 1,
     ) -> None:
-        if backend not in BACKENDS:
-            raise StreamrecError(f"--backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend not in BACKEND_NAMES:
+            raise StreamrecError(f"--backend: expected one of {', '.join(BACKEND_NAMES)}, got {backend!r}")
         self.loaded = loaded
         self.device = resolve_device(device)
         self.cuda = self.device.type == "cuda"
@@ -164,31 +165,54 @@ class Classifier:
         self.module = module
         self.backend = "torch"
         self.channels_last = self.cuda  # the layout the module wants its input in
-        if loaded.prebuilt:
-            pass
-        elif backend == "torch":
-            if not self.cuda:
-                self.module = self._cpu_eager(module)
-        elif self.cuda:
-            if backend not in ("auto", "torchscript", "compile"):
-                raise StreamrecError(f"--backend {backend}: a CPU backend; on CUDA use auto, torch, torchscript or compile")
-            if backend == "compile":  # torch.compile (Inductor): merges the bias + ReLU passes into one
-                from streamrec.runtime.graphs import conv_variants
+        if not loaded.prebuilt:  # an exported model runs as it is
+            if self.cuda:
+                self._choose_cuda(module, backend, warmup)
+            else:
+                self._choose_cpu(module, backend)
+        if self.cuda and cuda_graphs and backend in ("auto", "compile") and not loaded.prebuilt:
+            self._try_graphs(warmup, max_batch)
+        self._check_outputs()  # also the CPU's warm-up call
 
-                variants = conv_variants(module)
-                suffix = "-pad8" if "-pad8" in variants else ""
-                self.module, self.backend = torch.compile(variants[suffix]), f"compile{suffix}"
-                t0 = time.perf_counter()
-                self._time(self.module, 1)
-                self.timings["compile_s"] = time.perf_counter() - t0
-            elif backend == "torchscript":
-                scripted = self._script(module)
-                if scripted is not None:
-                    self.module, self.backend = scripted, "torchscript"
-            else:  # auto on CUDA: the fastest of eager / TorchScript, with 3-D or factorized 2-D convolutions
-                self._pick_cuda(module, warmup)
+    def _check_outputs(self) -> None:
+        """Refuse a model whose outputs do not match its class names (an export or checkpoint
+        made inconsistent): every label would be wrong or an index out of range."""
+        outputs = self.logits(self._example(1)).shape[-1]
+        if outputs != len(self.loaded.classes):
+            raise WeightsError(f"--weights {self.loaded.weights}: the model has {outputs} outputs but "
+                               f"{len(self.loaded.classes)} class names; export or save it again with its classes")
+
+    def _choose_cuda(self, module: torch.nn.Module, backend: str, warmup: int) -> None:
+        """``backend`` on the GPU: eager, TorchScript, torch.compile, or auto (the fastest of them)."""
+        if backend == "torch":
+            return
+        if backend not in ("auto", "torchscript", "compile"):
+            raise StreamrecError(f"--backend {backend}: a CPU backend; on CUDA use auto, torch, torchscript or compile")
+        if backend == "compile":  # torch.compile (Inductor): merges the bias + ReLU passes into one
+            from streamrec.runtime.graphs import conv_variants
+
+            variants = conv_variants(module)
+            suffix = "-pad8" if "-pad8" in variants else ""
+            self.module, self.backend = torch.compile(variants[suffix]), f"compile{suffix}"
+            t0 = time.perf_counter()
+            self._time(self.module, 1)
+            self.timings["compile_s"] = time.perf_counter() - t0
+        elif backend == "torchscript":
+            scripted = self._script(module)
+            if scripted is not None:
+                self.module, self.backend = scripted, "torchscript"
+        else:  # auto on CUDA: the fastest of eager / TorchScript, with 3-D or factorized 2-D convolutions
+            self._pick_cuda(module, warmup)
+
+    def _choose_cpu(self, module: torch.nn.Module, backend: str) -> None:
+        """``backend`` on the CPU: eager (rewritten exactly), TorchScript, ONNX Runtime, OpenVINO, or
+        auto (the fastest measured here, cached)."""
+        loaded = self.loaded
+        if backend == "torch":
+            self.module = self._cpu_eager(module)
         elif backend == "compile":
-            raise StreamrecError("--backend compile: for CUDA GPUs; on CPU use auto, torch, torchscript, onnxruntime or openvino[-bf16|-int8]")
+            raise StreamrecError("--backend compile: for CUDA GPUs; on CPU use auto, torch, torchscript, onnxruntime "
+                                 "or openvino[-bf16|-int8]")
         elif backend == "torchscript":
             scripted = self._script(module)
             if scripted is None:
@@ -196,22 +220,18 @@ class Classifier:
             self.module, self.backend = scripted, "torchscript"
         elif backend in OWN_POOL:  # built by streamrec.runtime.backends
             self.module, self.backend = backends.build(backend, loaded, threads=self.threads), backend
-        else:  # auto on CPU: the fastest measured here, cached
+        else:
             factories = {"torch": lambda: self._cpu_eager(module, keep=False),
                          "torchscript": lambda: self._script(module) or _fail("does not trace")}
             for name in backends.available():
                 if name in ("onnxruntime", "openvino"):
                     factories[name] = lambda name=name: backends.build(name, loaded, threads=self.threads)
-            self.backend, self.module = backends.pick_auto(loaded, factories, threads=self.threads)
-            if self.backend == "openvino" and backends.bf16_supported():
+            self.backend, self.module = autopick.pick_auto(loaded, factories, threads=self.threads)
+            if self.backend == "openvino" and openvino.bf16_supported():
                 logger.info("this CPU has bfloat16 instructions: --backend openvino-bf16 takes about half the time "
                             "per window (scores a little different from fp32; auto keeps fp32)")
             if self.backend == "torch" and self.module is not module:
                 self._adopt(self.module)
-        if self.cuda and cuda_graphs and backend in ("auto", "compile") and not loaded.prebuilt:
-            self._try_graphs(warmup, max_batch)
-        if warmup and not self.cuda:
-            self._time(self.module, 1)
 
     def _cpu_eager(self, module: torch.nn.Module, *, keep: bool = True) -> torch.nn.Module:
         """Eager PyTorch on CPU, rewritten exactly where the model allows (:mod:`streamrec.runtime.graphs`):
@@ -240,7 +260,7 @@ class Classifier:
         (factorized 2-D convolutions, channels padded to multiples of 8, convolution + bias + ReLU
         as one cuDNN call), and ``torch.compile`` (Inductor) of the padded model, at the batch its
         cameras will make; keep the fastest. The choice is cached per model, GPU, batch and
-        torch/cuDNN version (:func:`streamrec.runtime.backends.pick_auto`): later starts build only it."""
+        torch/cuDNN version (:func:`streamrec.runtime.autopick.pick_auto`): later starts build only it."""
         from streamrec.runtime.graphs import conv_variants
 
         variants = conv_variants(module)  # cheap: graph rewrites; scripting and compiling are the slow part
@@ -252,7 +272,7 @@ class Classifier:
         factories[f"compile{suffix}"] = lambda net=variants[suffix]: torch.compile(net)  # compiled at its first call
         gpu = f"{torch.cuda.get_device_name(self.device)}|batch {self.batch_hint}|cudnn {torch.backends.cudnn.version()}"
         times: dict[str, float] = {}
-        self.backend, self.module = backends.pick_auto(
+        self.backend, self.module = autopick.pick_auto(
             self.loaded, factories, threads=None, device=gpu, example=self._example(self.batch_hint),
             repeats=max(warmup, 10), sync=True, times=times)
         self.timings = {f"{name}_ms": t * 1e3 for name, t in times.items()}
@@ -293,7 +313,7 @@ class Classifier:
 
     def _time(self, module, repeats: int) -> float:
         x = self._example(self.batch_hint if self.cuda else 1)
-        return backends.best_seconds(lambda: module(x), repeats, sync=self.cuda)
+        return autopick.best_seconds(lambda: module(x), repeats, sync=self.cuda)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K)`` float32 on CPU, from a batch on any device: uint8 crops ``(B, T, H, W, C)``

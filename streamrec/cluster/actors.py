@@ -1,0 +1,108 @@
+"""The bodies of the cluster's Ray actors: a camera's capture near the camera, a model's
+inference on an inference node. The driver (:mod:`streamrec.cluster.runner`) wraps them with
+``ray.remote`` and places them."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from streamrec.config import CameraConfig
+from streamrec.errors import StreamrecError
+from streamrec.serve.preview import encode_preview
+
+
+class RemoteCapture:
+    """Runs on a camera node: one camera's capture thread and ring (a Ray actor body)."""
+
+    def __init__(self, cam: dict[str, Any], spec: dict[str, Any]) -> None:
+        from streamrec.live.capture import camera_capture
+        from streamrec.models.spec import ModelSpec
+        from streamrec.live.sources import SourceSpec, open_source
+
+        self.cfg = CameraConfig(**cam)
+        self.spec = ModelSpec.from_dict(spec)
+        self.stop_event = threading.Event()
+        self.capture = None
+        self.error: str | None = None
+        try:  # opened here first, as serve does: a missing file, not a video, an unreachable URL fail at once
+            first = open_source(SourceSpec.of_camera(self.cfg))
+        except StreamrecError as exc:
+            self.error = str(exc)
+            return
+        self.ring, self.capture = camera_capture(SourceSpec.of_camera(self.cfg), self.spec, stop_event=self.stop_event,
+                                                 name=self.cfg.name, loop=bool(self.cfg.loop), first=first)
+        self.capture.start()
+
+    def opened(self) -> str | None:
+        """``None`` when the source opened and capture runs, else the one-line reason it did not."""
+        return self.error
+
+    def window(self, after_seq: int) -> tuple | None:
+        """The newest window ending after ``after_seq``: (end_seq, start_ts, end_ts, uint8 crops
+        (T, H, W, C), capture fps)."""
+        if self.capture is None:
+            return None
+        w = self.ring.newest_window(self.spec.frames, self.spec.fps, after=after_seq)
+        if w is None or w.end_seq <= after_seq:
+            return None
+        # uint8: a quarter of the bytes of float32 over the network
+        return w.end_seq, w.start_ts, w.end_ts, w.frames, self.capture.fps()
+
+    def preview(self, width: int, after_ts: float) -> tuple[float, bytes] | None:
+        """The newest frame as a JPEG at most ``width`` wide, encoded here near the camera (a few
+        KB cross the network, not a frame); ``None`` when it is no newer than ``after_ts``."""
+        if self.capture is None:
+            return None
+        rgb, ts = self.capture.latest_rgb, self.capture.latest_ts
+        if rgb is None or ts <= after_ts:
+            return None
+        return ts, encode_preview(rgb, width)
+
+    def stats(self) -> dict[str, Any]:
+        if self.capture is None:
+            return {"state": "error", "error": self.error, "node": node_id()}
+        return {**self.capture.stats(), "node": node_id()}
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.capture is not None:
+            self.capture.join(1.5)
+
+
+class RemoteClassifier:
+    """Runs on an inference node: a loaded model classifying batches (a Ray actor body)."""
+
+    def __init__(self, model: str | None, weights: str, device: str, backend: str, threads: int | None = None) -> None:
+        from streamrec.runtime.classifier import Classifier
+        from streamrec.models.registry import load_model
+
+        self.error: str | None = None
+        try:  # a bad model or weights file is told to the driver as one line (meta), not as an actor's death
+            self.loaded = load_model(model, weights=weights)
+            self.classifier = Classifier(self.loaded, device=device, backend=backend, threads=threads)
+        except StreamrecError as exc:
+            self.error = str(exc)
+
+    def meta(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error}
+        return {"classes": self.loaded.classes, "spec": self.loaded.spec.to_dict(), "name": self.loaded.name,
+                "meaningless": self.loaded.meaningless, "node": node_id(), "device": str(self.classifier.device),
+                "backend": self.classifier.backend}
+
+    def classify(self, windows: list[np.ndarray]) -> np.ndarray:
+        from streamrec.models.preprocess import batch_windows
+
+        return self.classifier.probs(batch_windows(windows))  # uint8 (B, T, H, W, C); normalized by the classifier
+
+
+def node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().getnode_id()
+    except Exception:  # noqa: BLE001
+        return "local"

@@ -1,0 +1,272 @@
+"""The app core shared by ``streamrec serve`` and ``streamrec cluster``.
+
+It owns what a dashboard of cameras needs whatever runs the models: the stop event, the
+:class:`~streamrec.serve.server.Hub` and web server with their routes, the history and a
+segment tracker per camera, ``/healthz``, the status and preview tasks, the removal notice,
+:meth:`AppCore.run` and one idempotent :meth:`AppCore.close`. A subclass says where cameras,
+their stats and their frames come from (:class:`~streamrec.serve.app.LiveApp` in this
+process, :class:`~streamrec.cluster.app.ClusterApp` on Ray actors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from streamrec.config import CameraConfig, ServeConfig
+from streamrec.errors import StreamrecError
+from streamrec.live.history import HistoryStore, SegmentTracker
+from streamrec.live.messages import MEANINGLESS
+from streamrec.serve.metrics import Metrics
+from streamrec.serve.preview import frame_message, preview_width
+from streamrec.serve.routes import cameras_api, history_api
+from streamrec.serve.server import Hub, Route, WebServer, json_route, page_html, stop_on_signals, watched_ticks
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_KEYS = ("state", "source", "frames", "capture_fps", "dropped", "decode_errors", "reconnects", "error")
+
+
+class AppCore:
+    """Cameras on a dashboard. Subclasses implement the hooks marked *hook*."""
+
+    def __init__(self, config: ServeConfig, history: HistoryStore) -> None:
+        self.config = config
+        self.history = history
+        self.stop_event = threading.Event()
+        self.hub = Hub()
+        self.started = time.time()
+        self.lock = threading.RLock()  # the cameras and what is published of them
+        self.trackers: dict[str, SegmentTracker] = {}
+        self.metrics: Metrics | None = None
+        self.server: WebServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._closed = False
+
+    # -- hooks --------------------------------------------------------------------
+    def camera_names(self) -> list[str]:
+        """*hook*: the cameras now."""
+        raise NotImplementedError
+
+    def camera_health(self, name: str) -> dict[str, Any]:
+        """*hook*: one camera's capture, label and model stats, as ``/healthz`` lists them."""
+        raise NotImplementedError
+
+    def status_message(self, name: str) -> dict[str, Any]:
+        """*hook*: one camera's status message for the page."""
+        raise NotImplementedError
+
+    async def previews(self, width: int, last: dict[str, float], period: float) -> dict[str, tuple[float, bytes]]:
+        """*hook*: each camera's frame newer than ``last[name]``, as ``(ts, jpeg)``."""
+        raise NotImplementedError
+
+    def adding(self) -> list[str]:
+        """*hook*: cameras being added at run time."""
+        return []
+
+    def add_camera(self, cam: CameraConfig) -> Any:
+        """*hook*: add a camera at run time (``POST /api/cameras``)."""
+        raise NotImplementedError
+
+    def remove_camera(self, name: str) -> bool:
+        """*hook*: remove a camera at run time (``DELETE /api/cameras/NAME``)."""
+        raise NotImplementedError
+
+    def batching(self) -> dict[str, Any]:
+        """*hook*: batch counts and sizes."""
+        return {"batches": 0, "mean_batch": 0.0, "max_batch": 0}
+
+    def extra_health(self) -> dict[str, Any]:
+        """*hook*: more ``/healthz`` fields; a ``"status"`` here replaces the cameras' summary."""
+        return {}
+
+    def start_work(self) -> None:
+        """*hook*: start the threads that capture and classify (once the server listens)."""
+
+    def stop_work(self) -> None:
+        """*hook*: stop and join them, release the cameras (from :meth:`close`)."""
+
+    async def refresh(self) -> None:
+        """*hook*: fetch what the status messages read (once a second, before they are sent)."""
+
+    def serving_line(self) -> str:
+        """*hook*: what is served, for the log line with the page's address."""
+        return f"{len(self.camera_names())} cameras"
+
+    @property
+    def meaningless(self) -> bool:
+        """*hook*: whether a model serves random weights."""
+        return False
+
+    # -- shared -------------------------------------------------------------------
+    def build_server(self) -> None:
+        """The web server with the routes both apps serve."""
+        self.metrics = self.metrics or Metrics(self.hub, self.metric_rows, self.history.stats)
+        routes = {"/": Route("text/html; charset=utf-8", page_html), "/healthz": json_route(self.health),
+                  "/metrics": Route(Metrics.CONTENT_TYPE, self.metrics.render)}
+        cameras = cameras_api(listing=lambda: {"cameras": self.health()["cameras"], "adding": self.adding()},
+                              add=self.add_camera, remove=self.remove_camera)
+        self.server = WebServer(self.hub, host=self.config.host, port=self.config.port, routes=routes,
+                                token=self.config.token,
+                                api={"/api/history": history_api(self.history), "/api/cameras": cameras})
+
+    def metric_rows(self) -> list[tuple[str, dict[str, Any], Any]]:
+        """*hook*: ``(name, capture stats, label stats)`` per camera for ``/metrics``."""
+        return []
+
+    def health(self) -> dict[str, Any]:
+        cams = {name: self.camera_health(name) for name in self.camera_names()}
+        first = next(iter(cams.values()), {})
+        states = {c.get("state") for c in cams.values()}
+        out = {
+            "status": "ok" if states == {"running"} else ",".join(sorted(map(str, states))) or "no cameras",
+            "cameras": cams,
+            # single-camera summary (the first camera), as the page and scripts read it
+            "source": {k: first.get(k) for k in SUMMARY_KEYS},
+            "capture_fps": first.get("capture_fps", 0.0),
+            "inference_rate": first.get("inference_rate", 0.0),
+            "dropped": first.get("dropped", 0),
+            "skipped_windows": first.get("skipped_windows", 0),
+            "predictions": first.get("predictions", 0),
+            "model": first.get("model"),
+            "weights": first.get("weights"),
+            "device": first.get("device"),
+            "backend": first.get("backend"),
+            "meaningless": self.meaningless,
+            "warning": MEANINGLESS if self.meaningless else None,
+            "adding": self.adding(),
+            "clients": len(self.hub.clients),
+            "history": self.history.stats(),
+            "batching": self.batching(),
+            "threads": sorted(t.name for t in threading.enumerate()),
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+        return {**out, **self.extra_health()}
+
+    def deliver(self, items: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str]]:
+        """Count and record one batch's prediction messages (under :attr:`lock`) and hand them to
+        the browsers at once; the ``(camera, JSON text)`` pairs."""
+        out = []
+        for name, msg in items:
+            if self.metrics is not None:
+                self.metrics.observe_prediction(msg)
+            self.trackers.setdefault(name, SegmentTracker(name, self.history.add)).update(
+                msg["label"], msg["score"], msg["window"]["end_ts"])
+            out.append((name, json.dumps(msg, allow_nan=False)))
+        self.hub.publish_many_threadsafe([(f"prediction:{name}", text) for name, text in out])
+        return out
+
+    def announce_removed(self, name: str) -> None:
+        """A camera is gone (call under :attr:`lock`): its segment closes, its metrics go, and the
+        page is told; nothing of it is published after this."""
+        if self.metrics is not None:
+            self.metrics.forget(name)
+        tracker = self.trackers.pop(name, None)
+        if tracker is not None:
+            tracker.close(time.time())
+        self.hub.forget_threadsafe(f":{name}")
+        self.hub.publish_threadsafe("removed", json.dumps({"type": "removed", "camera": name}))
+
+    async def _status_task(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+                for name in self.camera_names():
+                    self.hub.publish(f"status:{name}", json.dumps(self.status_message(name), allow_nan=False))
+            except Exception:  # noqa: BLE001 - the next second tries again; the page keeps the last status
+                logger.exception("status round failed")
+            await asyncio.sleep(1.0)
+
+    async def _preview_task(self) -> None:
+        """The cameras' newest frames, at most ``display_fps`` each, while a browser is connected."""
+        period = 1.0 / self.config.display_fps
+        last: dict[str, float] = {}
+        async for _ in watched_ticks(self.hub, period):
+            width = preview_width(self.config, len(self.camera_names()))  # cameras come and go
+            try:
+                frames = await self.previews(width, dict(last), period)
+            except Exception:  # noqa: BLE001 - no frames this time
+                logger.exception("preview round failed")
+                continue
+            names = set(self.camera_names())
+            for name, (ts, jpeg) in frames.items():
+                last[name] = ts
+                if name in names:  # not removed meanwhile: no frame after its removal notice
+                    self.hub.publish(f"frame:{name}", frame_message(name, jpeg))
+
+    async def run(self, seconds: float | None = None) -> None:
+        """Serve until :meth:`request_stop` (or ``seconds``), then :meth:`close`."""
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        stop_on_signals(self._loop, self.request_stop)
+        tasks: list[asyncio.Task] = []
+        try:
+            if self.server is not None:
+                try:
+                    await self.server.start()
+                except OSError as exc:
+                    raise StreamrecError(f"--port {self.config.port}: cannot listen on {self.config.host}: "
+                                         f"{exc.strerror or exc}") from None
+                page = "/?token=<the token>" if self.config.token else "/"  # the page needs it; the log never shows it
+                logger.info("serving %s at http://%s:%d%s (Ctrl-C to stop)", self.serving_line(), self.config.host,
+                            self.server.port, page)
+                tasks.append(asyncio.create_task(self._preview_task()))
+            self.start_work()
+            tasks.append(asyncio.create_task(self._status_task()))
+            try:
+                await asyncio.wait_for(self._stopped.wait(), seconds)
+            except asyncio.TimeoutError:  # seconds ran out
+                pass
+        finally:
+            self.stop_event.set()
+            for t in tasks:
+                t.cancel()
+            if self.server is not None:
+                await self.server.close()
+            await self._loop.run_in_executor(None, self.close)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to finish (safe from any thread, idempotent)."""
+        self.stop_event.set()
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+
+    def close(self) -> None:
+        """Stop the work, close every camera's open segment and the history (idempotent)."""
+        with self.lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.stop_event.set()
+        try:
+            self.stop_work()
+        finally:
+            with self.lock:  # a thread still in a call could publish meanwhile
+                now = time.time()
+                for tracker in self.trackers.values():
+                    tracker.close(now)
+                self.history.close()
+        logger.info("stopped")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail fast (before loading a model) when ``host:port`` cannot be bound."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise StreamrecError(f"--host: cannot resolve {host!r}: {exc.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise StreamrecError(f"--port {port}: cannot listen on {host}: {exc.strerror}") from None

@@ -1,0 +1,158 @@
+"""The inference worker: one thread per loaded model, batching the newest windows of its cameras.
+
+It takes the newest complete window of every camera that has a new one, waits at most
+``batch_wait_s`` for the others, and classifies them all in one forward pass. It never works
+through a backlog: windows that ended while the model was busy are skipped (and counted), not
+queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+import numpy as np
+
+from streamrec.live.camera import Camera
+from streamrec.live.labels import Labelled, label_messages
+from streamrec.live.ring import Window
+from streamrec.models.preprocess import batch_windows
+from streamrec.runtime.classifier import Classifier
+
+logger = logging.getLogger(__name__)
+
+
+class InferenceWorker(threading.Thread):
+    """Classifies the newest windows of ``cameras`` (sharing ``classifier``) in batches."""
+
+    def __init__(self, classifier: Classifier, publish: Callable[[list[tuple[Camera, dict[str, Any]]]], None], *,
+                 stop_event: threading.Event, wake: threading.Condition, batch_wait_s: float = 0.01,
+                 stride_s: float = 0.0, max_batch: int = 32, clock: Callable[[], float] = time.time,
+                 frame_wait_s: float = 0.1, name: str = "inference") -> None:
+        super().__init__(name=name, daemon=True)
+        self.classifier = classifier
+        self.publish = publish
+        self.stop_event = stop_event
+        self.wake = wake
+        self.batch_wait_s = batch_wait_s
+        self.stride_s = stride_s
+        self.max_batch = max_batch
+        # after a batch, wait (at most this long) for the next frame before taking windows: the
+        # newest window then ends with a frame captured moments ago, not up to a frame interval ago
+        self.frame_wait_s = frame_wait_s
+        self.clock = clock
+        self._cameras: dict[str, Camera] = {}
+        self._lock = threading.Lock()
+        self.errors = 0
+        self.batches = 0
+        self.assemble_ms: deque[float] = deque(maxlen=512)
+        self.post_ms: deque[float] = deque(maxlen=512)
+        self.wait_ms: deque[float] = deque(maxlen=512)  # per batch: from the last batch's end to this one's start
+        self.batch_sizes: deque[int] = deque(maxlen=512)
+        self._last_run: dict[str, float] = {}
+        self._turn: dict[str, int] = {}  # when each camera was last classified, counted in windows
+        self._turns = 0
+
+    def add(self, cam: Camera) -> None:
+        with self._lock:
+            self._cameras[cam.name] = cam
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._cameras.pop(name, None)
+        self._last_run.pop(name, None)
+        self._turn.pop(name, None)
+
+    @property
+    def cameras(self) -> list[Camera]:
+        with self._lock:
+            return list(self._cameras.values())
+
+    def collect(self, have: frozenset[str] = frozenset(), limit: int | None = None) -> list[tuple[Camera, Window]]:
+        """The newest new window of at most ``limit`` (default ``max_batch``) cameras, those classified
+        longest ago first (so that more cameras than ``max_batch`` all get their turn), except those
+        named in ``have`` (already in the batch: taking another window from one would skip the
+        window it holds there, unclassified). A camera past the limit keeps its window for later."""
+        limit = self.max_batch if limit is None else limit
+        now = time.monotonic()
+        got: list[tuple[Camera, Window]] = []
+        for cam in sorted(self.cameras, key=lambda c: self._turn.get(c.name, -1)):
+            if len(got) >= limit:
+                break
+            if cam.name in have:
+                continue
+            cam.reset_if_reconnected()
+            if self.stride_s > 0 and now - self._last_run.get(cam.name, -1e9) < self.stride_s:
+                continue
+            w = cam.take_window()
+            if w is not None:
+                got.append((cam, w))
+        return got
+
+    def run(self) -> None:
+        fresh = False
+        t_done = None
+        while not self.stop_event.is_set():
+            if fresh:  # just finished a batch: start on the next frame, so the window ends with a frame just captured
+                with self.wake:
+                    self.wake.wait(self.frame_wait_s)
+                fresh = False
+            batch = self.collect()
+            if not batch:
+                with self.wake:
+                    self.wake.wait(0.1)
+                continue
+            pending = len(self.cameras) - len(batch)
+            if pending > 0 and self.batch_wait_s > 0:  # dynamic batching: a short, bounded wait
+                deadline = time.monotonic() + self.batch_wait_s
+                while pending > 0 and time.monotonic() < deadline and len(batch) < self.max_batch:
+                    with self.wake:
+                        self.wake.wait(max(0.0, deadline - time.monotonic()))
+                    more = self.collect(frozenset(c.name for c, _ in batch), self.max_batch - len(batch))
+                    batch += more
+                    pending -= len(more)
+            t1 = time.perf_counter()
+            x = batch_windows([w.frames for _, w in batch])  # uint8 (B, T, H, W, C); the classifier normalizes
+            t2 = time.perf_counter()
+            try:
+                probs = self.classifier.probs(x)
+            except Exception:  # noqa: BLE001 - log, count, keep serving
+                self.errors += 1
+                logger.exception("inference failed")
+                self.stop_event.wait(0.5)
+                continue
+            t3 = time.perf_counter()
+            infer_ms = (t3 - t2) * 1e3
+            self.emit(batch, probs, infer_ms)
+            self._served(batch)
+            self.batches += 1
+            fresh = self.frame_wait_s > 0
+            self.batch_sizes.append(len(batch))
+            self.assemble_ms.append((t2 - t1) * 1e3)
+            t_end = time.perf_counter()
+            self.post_ms.append((t_end - t3) * 1e3 / len(batch))
+            if t_done is not None:
+                self.wait_ms.append((t1 - t_done) * 1e3)
+            t_done = t_end
+
+    def _served(self, batch: list[tuple[Camera, Window]]) -> None:
+        """Note when the cameras of ``batch`` were classified (for ``stride_s`` and for taking turns)."""
+        now = time.monotonic()
+        for cam, _ in batch:
+            self._last_run[cam.name] = now
+            self._turns += 1
+            self._turn[cam.name] = self._turns  # in batch order: a strict round robin when not all fit
+
+    def emit(self, batch: list[tuple[Camera, Window]], probs: np.ndarray, infer_ms: float) -> None:
+        """One message per camera of ``batch`` (scores ``(B, K)``), published together: the event
+        loop is handed the batch once."""
+        loaded = self.classifier.loaded
+        items = [Labelled(cam.name, cam, cam.smoother, cam.subset, start_ts=w.start_ts, end_ts=w.end_ts,
+                          frames=len(w.timestamps), capture_fps=cam.capture.fps()) for cam, w in batch]
+        msgs = label_messages(items, probs, loaded.classes, infer_ms=infer_ms, clock=self.clock,
+                              meaningless=loaded.meaningless)
+        by_name = {cam.name: cam for cam, _ in batch}
+        self.publish([(by_name[m["camera"]], m) for m in msgs])
