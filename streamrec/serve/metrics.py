@@ -1,7 +1,9 @@
 """Prometheus metrics for ``GET /metrics`` (``prometheus_client``, text format).
 
-Gauges that mirror live state are read at scrape time from the app, so nothing on the
-hot path updates them; only the two latency histograms are observed per prediction. The
+Gauges and counters that mirror live state are read at scrape time from the app, so nothing
+on the hot path updates them; only the two latency histograms are observed per prediction.
+The running totals (``*_total``) are exposed as counters, as Prometheus names them: ``rate()``
+and ``increase()`` work on them, and a restart shows as a counter reset. The
 standard ``process_*`` metrics (CPU seconds, resident memory, open file descriptors; Linux)
 come with them: CPU seconds per prediction is how a slower host shows (see the README's
 "Live pipeline").
@@ -13,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
@@ -24,6 +27,43 @@ if TYPE_CHECKING:
 CameraRows = Callable[[], Iterable[tuple[str, dict[str, Any], "LabelStats"]]]
 
 _MS_BUCKETS = (5, 10, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000)
+
+# the counters, each exposed as ``<name>_total``: (name, help, where its value is read)
+CAMERA_COUNTERS = (
+    ("streamrec_frames_dropped", "Frames overwritten in the ring before any window used them", "dropped"),
+    ("streamrec_decode_errors", "Corrupt packets skipped", "decode_errors"),
+    ("streamrec_reconnects", "Source reconnects", "reconnects"),
+    ("streamrec_windows_skipped", "Windows skipped because inference was busy", "skipped"),
+    ("streamrec_predictions", "Predictions sent", "seq"),
+)
+HISTORY_COUNTERS = (
+    ("streamrec_history_segments_written", "Label segments written to the history database", "written"),
+    ("streamrec_history_segments_dropped", "Label segments lost: queue full, or the database failed", "dropped"),
+    ("streamrec_history_segments_pruned", "Segments deleted as older than --history-days", "pruned"),
+    ("streamrec_history_reconnects", "Reconnects to the history database", "reconnects"),
+)
+
+
+class _Counters:
+    """A collector of the counters, from the values :meth:`Metrics.render` read just before."""
+
+    def __init__(self) -> None:
+        self.cameras: list[tuple[str, dict[str, Any]]] = []  # (camera, {key: value})
+        self.history: dict[str, Any] | None = None
+        self.messages_dropped = 0
+
+    def collect(self):
+        for name, doc, key in CAMERA_COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=["camera"])
+            for camera, values in self.cameras:
+                family.add_metric([camera], values.get(key, 0))
+            yield family
+        family = CounterMetricFamily("streamrec_messages_dropped", "Stale messages dropped for slow clients")
+        family.add_metric([], self.messages_dropped)
+        yield family
+        if self.history is not None:
+            for name, doc, key in HISTORY_COUNTERS:
+                yield CounterMetricFamily(name, doc, value=self.history[key])
 
 
 class Metrics:
@@ -41,21 +81,11 @@ class Metrics:
         self.infer = Histogram("streamrec_inference_latency_ms", "Model forward time per window", cam, buckets=_MS_BUCKETS, registry=r)
         self.e2e = Histogram("streamrec_end_to_end_latency_ms", "Capture of a window's last frame to send", cam, buckets=_MS_BUCKETS, registry=r)
         self.fps = Gauge("streamrec_capture_fps", "Frames captured per second", cam, registry=r)
-        self.dropped = Gauge("streamrec_frames_dropped_total", "Frames overwritten in the ring before any window used them", cam, registry=r)
-        self.decode_errors = Gauge("streamrec_decode_errors_total", "Corrupt packets skipped", cam, registry=r)
-        self.reconnects = Gauge("streamrec_reconnects_total", "Source reconnects", cam, registry=r)
-        self.skipped = Gauge("streamrec_windows_skipped_total", "Windows skipped because inference was busy", cam, registry=r)
-        self.predictions = Gauge("streamrec_predictions_total", "Predictions sent", cam, registry=r)
         self.rate = Gauge("streamrec_inference_rate", "Windows classified per second", cam, registry=r)
         self.clients = Gauge("streamrec_clients", "Connected websocket clients", registry=r)
-        self.messages_dropped = Gauge("streamrec_messages_dropped_total", "Stale messages dropped for slow clients", registry=r)
         self.label = Gauge("streamrec_current_label", "1 for the label currently shown", ["camera", "label"], registry=r)
-        self.history_gauges = {
-            key: Gauge(f"streamrec_history_{name}", doc, registry=r) for key, name, doc in (
-                ("written", "segments_written_total", "Label segments written to the history database"),
-                ("dropped", "segments_dropped_total", "Label segments lost: queue full, or the database failed"),
-                ("pruned", "segments_pruned_total", "Segments deleted as older than --history-days"),
-                ("reconnects", "reconnects_total", "Reconnects to the history database"))}
+        self.counters = _Counters()  # read at each scrape: a removed camera's series go with it
+        r.register(self.counters)
         self._last_label: dict[str, tuple[str, str]] = {}  # camera -> (camera, label) shown
 
     def observe_prediction(self, msg: dict[str, Any]) -> None:
@@ -72,8 +102,7 @@ class Metrics:
 
     def forget(self, camera: str) -> None:
         """Drop a removed camera's series (they would otherwise stay at their last values)."""
-        for metric in (self.infer, self.e2e, self.fps, self.dropped, self.decode_errors, self.reconnects,
-                       self.skipped, self.predictions, self.rate):
+        for metric in (self.infer, self.e2e, self.fps, self.rate):
             try:
                 metric.remove(camera)
             except KeyError:  # never observed
@@ -84,18 +113,13 @@ class Metrics:
 
     def render(self) -> bytes:
         now = time.time()
+        counted = []
         for name, source, labels in self.cameras():
             self.fps.labels(name).set(source.get("capture_fps", 0.0))
-            self.dropped.labels(name).set(source.get("dropped", 0))
-            self.decode_errors.labels(name).set(source.get("decode_errors", 0))
-            self.reconnects.labels(name).set(source.get("reconnects", 0))
-            self.skipped.labels(name).set(labels.skipped)
-            self.predictions.labels(name).set(labels.seq)
             self.rate.labels(name).set(labels.rate.rate(now))
-        if self.history is not None:
-            stats = self.history()
-            for key, gauge in self.history_gauges.items():
-                gauge.set(stats[key])
+            counted.append((name, {**source, "skipped": labels.skipped, "seq": labels.seq}))
+        self.counters.cameras = counted
+        self.counters.history = self.history() if self.history is not None else None
+        self.counters.messages_dropped = self.hub.dropped
         self.clients.set(len(self.hub.clients))
-        self.messages_dropped.set(self.hub.dropped)
         return generate_latest(self.registry)

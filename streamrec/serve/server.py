@@ -10,6 +10,7 @@ inference or the other clients.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -18,12 +19,14 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib import resources
 from typing import Any, Awaitable, Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, host_allowed, raise_fd_limit
+from streamrec.serve.guard import http_response as _response
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +161,7 @@ class Route:
 
     content_type: str
     body: Callable[[], bytes]
+    public: Callable[[], bytes] | None = None  # what a request without the token gets (None: a 401)
 
 
 @dataclass(frozen=True)
@@ -175,45 +179,6 @@ class ApiRoute:
     admin: bool = False
 
 
-class _Connection(ServerConnection):
-    """websockets' connection, except that an HTTP request with a body gets a 400 that says
-    why. websockets' parser refuses request bodies (a WebSocket handshake has none) by closing
-    the connection with no reply at all, which leaves ``curl -d ...`` users guessing; the API
-    takes its parameters in the query string."""
-
-    MAX_HEAD = 16384  # websockets' own limit on a request's header lines is larger: 8 KiB each
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._head: bytes | None = b""  # None once the request line and headers were seen
-
-    def data_received(self, data: bytes) -> None:
-        if self._head is not None:
-            self._head += data
-            end = self._head.find(b"\r\n\r\n")
-            if end < 0 and len(self._head) < self.MAX_HEAD:
-                return  # the rest of the head is still to come
-            data, head, self._head = self._head, self._head[: max(end, 0)], None
-            if _has_body(head):
-                reply = _json(HTTPStatus.BAD_REQUEST, {
-                    "error": "request bodies are not accepted: put the parameters in the query string, "
-                             "e.g. POST /api/cameras?name=gate&source=rtsp://..."})
-                self.transport.write(reply.serialize())
-                self.transport.close()
-                return
-        super().data_received(data)
-
-
-def _has_body(head: bytes) -> bool:
-    """Whether a request's header lines announce a body (a non-zero Content-Length, or chunks)."""
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name, value = name.strip().lower(), value.strip()
-        if name == b"transfer-encoding" or (name == b"content-length" and value not in (b"", b"0")):
-            return True
-    return False
-
-
 class WebServer:
     """Serves the page and the websocket. ``routes`` maps paths to GET handlers."""
 
@@ -227,8 +192,16 @@ class WebServer:
         api: dict[str, ApiRoute] | None = None,
         token: str | None = None,
         compression: str | None = None,
+        allowed_hosts: tuple[str, ...] = (),
+        limits: Limits = Limits(),
     ) -> None:
+        """``allowed_hosts``: ``Host`` names served besides the bound address (and the loopback
+        names of a loopback bind); ``limits``: connections and header timeout (see
+        :mod:`streamrec.serve.guard`)."""
         self.hub = hub
+        self.allowed_hosts = tuple(allowed_hosts)
+        self.limits = limits
+        self.guard: ConnectionGuard | None = None
         # per-message deflate (websockets' default) compresses every message once per client: the
         # preview JPEGs, most of the bytes, do not shrink, and the JSON messages are a few hundred
         # bytes. Off by default; benchmarks/ws_compression.py measures what it costs.
@@ -243,19 +216,21 @@ class WebServer:
 
     async def start(self) -> None:
         self.hub.loop = asyncio.get_running_loop()
+        self.guard = ConnectionGuard(self.limits, raise_fd_limit())
         self._server = await serve(
             self._handler,
             self.host,
             self.port,
             process_request=self._process_request,
-            create_connection=_Connection,
+            create_connection=functools.partial(GuardedConnection, guard=self.guard),  # type: ignore[arg-type]
             max_size=2**16,
             compression=self.compression,
             ping_interval=20,
             ping_timeout=20,
             close_timeout=1,
             # the opening handshake includes process_request: adding a camera at run time may load a
-            # model (seconds to a minute on a small CPU) before the API's reply; websockets' default is 10 s
+            # model (seconds to a minute on a small CPU) before the API's reply; websockets' default is 10 s.
+            # The request line and headers themselves must come within limits.header_timeout_s (_Connection).
             open_timeout=300,
             write_limit=2**18,
         )
@@ -283,7 +258,31 @@ class WebServer:
             given = given or auth[7:]
         return hmac.compare_digest(given.encode(), self.token.encode())
 
+    def _refusal(self, request: Request) -> Response | None:
+        """A 400 for a request that repeats a header only one of which can count, a 421 for a
+        ``Host`` that does not name this server (DNS rebinding: see :mod:`streamrec.serve.guard`)."""
+        for name in ("Host", "Origin", "Authorization"):
+            if len(request.headers.get_all(name)) > 1:
+                return _response(HTTPStatus.BAD_REQUEST, "text/plain", f"more than one {name} header\n".encode())
+        hosts = request.headers.get_all("Host")
+        if not hosts:
+            return _response(HTTPStatus.BAD_REQUEST, "text/plain", b"a Host header is required\n")
+        if not host_allowed(hosts[0], bound=self.host, port=self.port, allowed=self.allowed_hosts):
+            logger.info("refused a request for Host %r (not this server; see --allowed-host)", hosts[0][:100])
+            return _response(HTTPStatus.MISDIRECTED_REQUEST, "text/plain",
+                             b"this server does not answer to that Host name (see serve --allowed-host)\n")
+        return None
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | Awaitable[Response] | None:
+        try:
+            return self._route(request)
+        except ValueError:  # urlsplit: a path or Origin that is no URL ("//[", "http://[::1")
+            return _response(HTTPStatus.BAD_REQUEST, "text/plain", b"malformed request\n")
+
+    def _route(self, request: Request) -> Response | Awaitable[Response] | None:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
         path = urlsplit(request.path).path
         if path == "/ws":
             if not self._authorized(request):
@@ -295,14 +294,15 @@ class WebServer:
             return None  # go on with the websocket handshake
         api = next((r for prefix, r in self.api.items() if path == prefix or path.startswith(prefix + "/")), None)
         if api is not None:  # in a thread of its own: adding a camera opens its source and may load a model
-            return self._api_in_thread(api, request, path)
+            return self._api_in_thread(api, request, unquote(path))  # DELETE /api/cameras/caf%C3%A9
         route = self.routes.get(path)
         if route is None or request.method != "GET":
             return _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
-        if path not in ("/healthz",) and not self._authorized(request):
+        authorized = self._authorized(request)
+        if not authorized and route.public is None:
             return _response(HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token: open /?token=...\n")
         try:
-            body = route.body()
+            body = route.body() if authorized else route.public()
         except Exception:  # noqa: BLE001
             logger.exception("handler for %s failed", path)
             return _response(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n")
@@ -344,18 +344,6 @@ class WebServer:
         await self.hub.serve_client(ws)
 
 
-def _response(status: HTTPStatus, content_type: str, body: bytes) -> Response:
-    headers = Headers(
-        [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-            ("Connection", "close"),
-        ]
-    )
-    return Response(status.value, status.phrase, headers, body)
-
-
 def _json(status: HTTPStatus, body: Any) -> Response:
     return _response(status, "application/json", json.dumps(body).encode())
 
@@ -364,5 +352,7 @@ def page_html() -> bytes:
     return resources.files("streamrec.serve").joinpath("web/index.html").read_bytes()
 
 
-def json_route(fn: Callable[[], Any]) -> Route:
-    return Route("application/json", lambda: json.dumps(fn()).encode())
+def json_route(fn: Callable[[], Any], public: Callable[[], Any] | None = None) -> Route:
+    """A JSON GET route (strict JSON: no NaN); ``public`` answers requests without the token."""
+    return Route("application/json", lambda: json.dumps(fn(), allow_nan=False).encode(),
+                 None if public is None else lambda: json.dumps(public(), allow_nan=False).encode())

@@ -1,0 +1,284 @@
+"""What the server checks before it reads a request: connection limits and the ``Host`` header
+(:class:`GuardedConnection` is the connection class that applies the limits).
+
+* **Slow or half-sent requests** (slowloris): a connection must send its request line and
+  headers within ``header_timeout_s``; the opening handshake's own, much longer timeout is for
+  the API's work after that (adding a camera may load a model).
+* **Too many connections**: at most ``max_connections`` in all and ``max_per_address`` from
+  one peer address. A new connection over a limit takes the place of the oldest one still
+  sending its headers (from that address, for the per-address limit), so that half-open
+  sockets can never lock out a real client; when every connection is a real one, the new one
+  gets a 503. The total is also kept ``fd_reserve`` descriptors under the process's limit:
+  asyncio accepts up to 100 sockets before it hands any to the server, and files, the
+  history database and the cameras need descriptors too.
+* **DNS rebinding**: a page of ``attacker.example`` whose name is made to resolve to
+  127.0.0.1 can reach a loopback server with its browser, and its requests carry
+  ``Host: attacker.example:PORT`` (and a matching ``Origin``). Only the bound address, the
+  loopback names of a loopback (or wildcard) bind and the names in ``allowed_hosts`` are served.
+
+Example:
+    >>> host_allowed("localhost:8000", bound="127.0.0.1", port=8000)
+    True
+    >>> host_allowed("attacker.example:8000", bound="127.0.0.1", port=8000)
+    False
+    >>> host_allowed("cam.lan", bound="0.0.0.0", port=8000, allowed=("cam.lan",))
+    True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Protocol
+
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+from streamrec.errors import StreamrecError
+from streamrec.validate import split_host
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Connection limits of one server (see the module's docstring)."""
+
+    header_timeout_s: float = 5.0
+    max_connections: int = 512
+    max_per_address: int = 64
+    fd_reserve: int = 256
+
+    def __post_init__(self) -> None:
+        import math
+
+        if not (isinstance(self.header_timeout_s, (int, float)) and math.isfinite(self.header_timeout_s)
+                and self.header_timeout_s > 0):
+            raise StreamrecError(f"header_timeout: expected a number of seconds > 0, got {self.header_timeout_s!r}")
+        for name in ("max_connections", "max_per_address"):
+            if getattr(self, name) < 1:
+                raise StreamrecError(f"{name}: expected >= 1, got {getattr(self, name)}")
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open descriptors to the hard one (where the platform has them);
+    the soft limit now in force (a large number where there is none)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 1 << 20
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # e.g. above the kernel's nr_open: keep the soft limit
+            logger.debug("could not raise RLIMIT_NOFILE from %s to %s", soft, target)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+class Guarded(Protocol):
+    """A connection as the guard sees it."""
+
+    peer: str
+    head_done: bool
+
+    def refuse(self) -> None: ...
+
+    def evict(self) -> None: ...
+
+
+class ConnectionGuard:
+    """The open connections of one server, by peer address, oldest first."""
+
+    def __init__(self, limits: Limits, fd_soft_limit: int) -> None:
+        self.limits = limits
+        self.max_total = max(1, min(limits.max_connections, fd_soft_limit - limits.fd_reserve))
+        self.by_peer: dict[str, OrderedDict[Guarded, None]] = {}
+        self.total = 0
+        self.refused = 0
+        self.evicted = 0
+
+    def admit(self, conn: Guarded) -> bool:
+        """Count ``conn`` in (making room when a limit is reached); False when it was refused."""
+        mine = self.by_peer.get(conn.peer)
+        if mine is not None and len(mine) >= self.limits.max_per_address and not self._evict(mine.keys()):
+            return self._refuse(conn, f"{conn.peer} has {len(mine)} connections open")
+        if self.total >= self.max_total and not self._evict(self._all()):
+            return self._refuse(conn, f"{self.total} connections open")
+        self.by_peer.setdefault(conn.peer, OrderedDict())[conn] = None
+        self.total += 1
+        return True
+
+    def release(self, conn: Guarded) -> None:
+        mine = self.by_peer.get(conn.peer)
+        if mine is not None and mine.pop(conn, 0) is None:
+            self.total -= 1
+            if not mine:
+                del self.by_peer[conn.peer]
+
+    def _all(self):
+        for conns in list(self.by_peer.values()):
+            yield from conns
+
+    def _evict(self, candidates) -> bool:
+        """Close the oldest of ``candidates`` still sending its headers; whether there was one."""
+        victim = next((c for c in candidates if not c.head_done), None)
+        if victim is None:
+            return False
+        self.release(victim)
+        self.evicted += 1
+        victim.evict()
+        return True
+
+    def _refuse(self, conn: Guarded, why: str) -> bool:
+        self.refused += 1
+        if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+            logger.warning("connection from %s refused: %s (%d refused so far)", conn.peer, why, self.refused)
+        conn.refuse()
+        return False
+
+
+def peer_of(transport: Any) -> str:
+    """The peer's address (without its port) of an asyncio transport."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, (tuple, list)) and peer:
+        return str(peer[0])
+    return str(peer or "?")
+
+
+def schedule_head_timeout(loop: asyncio.AbstractEventLoop, limits: Limits, conn: Any) -> asyncio.TimerHandle:
+    """Evict ``conn`` if its request line and headers have not all come in time."""
+    def expire() -> None:
+        if not conn.head_done:
+            conn.evict()
+
+    return loop.call_later(limits.header_timeout_s, expire)
+
+
+def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+def host_allowed(value: str, *, bound: str, port: int, allowed: tuple[str, ...] = ()) -> bool:
+    """Whether a request's ``Host`` header names this server (see the module's docstring).
+
+    ``allowed`` entries are ``name`` (any port: a reverse proxy's) or ``name:port``."""
+    parsed = split_host(value)
+    if parsed is None:
+        return False
+    name, given_port = parsed
+    for entry in allowed:
+        want = split_host(entry)
+        if want is not None and want[0] == name and want[1] in (None, given_port):
+            return True
+    if (given_port if given_port is not None else 80) != port:
+        return False
+    bound = bound.strip("[]").lower().rstrip(".") or "0.0.0.0"
+    bound_ip, ip = _ip(bound), _ip(name)
+    wildcard = bound_ip is not None and bound_ip.is_unspecified
+    if name == bound or (ip is not None and bound_ip is not None and ip == bound_ip):
+        return True
+    loopback_bind = bound == "localhost" or wildcard or (bound_ip is not None and bound_ip.is_loopback)
+    if loopback_bind and (name == "localhost" or name.endswith(".localhost") or (ip is not None and ip.is_loopback)):
+        return True
+    return wildcard and ip is not None  # an address literal is never a rebound name
+
+
+def http_response(status: HTTPStatus, content_type: str, body: bytes) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+class GuardedConnection(ServerConnection):
+    """websockets' connection, except that
+
+    * an HTTP request with a body gets a 400 that says why. websockets' parser refuses request
+      bodies (a WebSocket handshake has none) by closing the connection with no reply at all,
+      which leaves ``curl -d ...`` users guessing; the API takes its parameters in the query string;
+    * it is counted by the server's :class:`~streamrec.serve.guard.ConnectionGuard`, which may
+      refuse it (a 503) or close it to make room while it is still sending its headers, and
+      it is closed when its request line and headers take longer than the header timeout."""
+
+    MAX_HEAD = 16384  # websockets' own limit on a request's header lines is larger: 8 KiB each
+
+    def __init__(self, *args: Any, guard: ConnectionGuard | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head: bytes | None = b""  # None once the request line and headers were seen
+        self.guard = guard
+        self.peer = "?"
+        self.head_done = False  # the request line and headers are in (the guard's view)
+        self._dropped = False  # refused or evicted: whatever still comes in is ignored
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.peer = peer_of(transport)
+        if self.guard is not None and self.guard.admit(self):
+            self._timer = schedule_head_timeout(self.loop, self.guard.limits, self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.guard is not None:
+            self.guard.release(self)
+        super().connection_lost(exc)
+
+    def refuse(self) -> None:
+        """Over a connection limit: a 503, then close."""
+        self._dropped = self.head_done = True
+        self.transport.write(http_response(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"too many connections\n").serialize())
+        self.transport.close()
+
+    def evict(self) -> None:
+        """Headers too slow, or room needed for a new connection: close at once."""
+        self._dropped = self.head_done = True
+        self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._dropped:
+            return
+        if self._head is not None:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0 and len(self._head) < self.MAX_HEAD:
+                return  # the rest of the head is still to come
+            data, head, self._head = self._head, self._head[: max(end, 0)], None
+            self.head_done = True
+            if self._timer is not None:
+                self._timer.cancel()
+            if _has_body(head):
+                reply = http_response(HTTPStatus.BAD_REQUEST, "application/json", json.dumps({
+                    "error": "request bodies are not accepted: put the parameters in the query string, "
+                             "e.g. POST /api/cameras?name=gate&source=rtsp://..."}).encode())
+                self.transport.write(reply.serialize())
+                self.transport.close()
+                return
+        super().data_received(data)
+
+
+def _has_body(head: bytes) -> bool:
+    """Whether a request's header lines announce a body (a non-zero Content-Length, or chunks)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"transfer-encoding" or (name == b"content-length" and value not in (b"", b"0")):
+            return True
+    return False

@@ -1,0 +1,52 @@
+"""Credentials in source URLs are masked wherever a URL is shown (logs, /healthz, the page,
+status messages all go through :func:`streamrec.live.sources.mask_credentials`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamrec.live.sources import SECRET_QUERY_KEYS, SourceSpec, mask_credentials
+
+CASES = [
+    # the password ends at the LAST @ before the host
+    ("rtsp://admin:hunter2@10.0.0.5/stream1", "rtsp://admin:***@10.0.0.5/stream1"),
+    ("rtsp://admin:p@ss@cam.lan:554/live", "rtsp://admin:***@cam.lan:554/live"),
+    ("rtsp://admin:a@b@c@cam/x", "rtsp://admin:***@cam/x"),
+    ("rtsp://u:pa/ss@cam/x", "rtsp://u:***@cam/x"),
+    ("rtsp://u:p@ss/w0rd@cam:554/live?channel=1", "rtsp://u:***@cam:554/live?channel=1"),
+    ("rtsp://u:p?ss@cam/x", "rtsp://u:***@cam/x"),
+    ("rtsp://u:p#ss@cam:554", "rtsp://u:***@cam:554"),
+    ("rtsps://u:@cam/x", "rtsps://u:***@cam/x"),
+    # secrets in the query string
+    ("rtsp://cam/live?authtoken=abc123", "rtsp://cam/live?authtoken=***"),
+    ("http://cam:8080/video?channel=2&password=pw&token=t", "http://cam:8080/video?channel=2&password=***&token=***"),
+    ("https://h/s?key=K&secret=S&access_token=A&api_key=P", "https://h/s?key=***&secret=***&access_token=***&api_key=***"),
+    ("https://h/s?AuthToken=abc;Password=p#frag", "https://h/s?AuthToken=***;Password=***#frag"),
+    ("https://h/s?api%5Fkey=K&keyframe=1", "https://h/s?api%5Fkey=***&keyframe=1"),
+    ("rtsp://u:p@ss@cam/live?authtoken=x&x=1", "rtsp://u:***@cam/live?authtoken=***&x=1"),
+    # nothing secret: unchanged
+    ("rtsp://admin@cam/x", "rtsp://admin@cam/x"),
+    ("rtsp://cam:554/live@main", "rtsp://cam:554/live@main"),
+    ("rtsp://cam/live@main", "rtsp://cam/live@main"),
+    ("http://cam/x?email=a@b.example&channel=1", "http://cam/x?email=a@b.example&channel=1"),
+    ("clips/a.mp4", "clips/a.mp4"),
+    # inside messages, several URLs, quoted
+    ("cannot connect to rtsp://a:b@c@h/x: Connection refused", "cannot connect to rtsp://a:***@h/x: Connection refused"),
+    ("got 'rtsp://a:p@w@h/x?token=t' and http://c:d@e/?key=k",
+     "got 'rtsp://a:***@h/x?token=***' and http://c:***@e/?key=***"),
+]
+
+
+@pytest.mark.parametrize("url, masked", CASES)
+def test_masking(url, masked):
+    assert mask_credentials(url) == masked
+    assert mask_credentials(masked) == masked  # idempotent
+
+
+def test_the_secret_query_keys():
+    assert {"authtoken", "password", "token", "key", "secret", "access_token", "api_key"} <= SECRET_QUERY_KEYS
+
+
+def test_the_display_name_of_a_source_is_masked():
+    spec = SourceSpec.parse("rtsp://admin:p@ss@10.0.0.5:554/h264?authtoken=XYZ")
+    assert spec.display_name == "rtsp://admin:***@10.0.0.5:554/h264?authtoken=***"
