@@ -143,6 +143,13 @@ class ClusterApp(AppCore):
         labels = self.runner.labels.get(name)
         return {**self.camera_source(name), **(labels.stats() if labels else {}), **self.model_of(name)}
 
+    def camera_problems(self, name: str, now: float) -> list[str]:
+        labels, source = self.runner.labels.get(name), self.camera_source(name)
+        if labels is None:
+            return []
+        arriving = source.get("state") == "running" and (source.get("capture_fps") or 0) > 0
+        return labels.problems(now, frames_arriving=arriving, started=self.started)
+
     def metric_rows(self) -> list[tuple[str, dict[str, Any], Any]]:
         return [(n, self.camera_source(n), s) for n, s in list(self.runner.labels.items())]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Container, Iterator
 
@@ -21,6 +22,7 @@ from streamrec.live.smoothing import LabelSmoother
 from streamrec.live.sources import Source, SourceSpec
 from streamrec.models.kinetics import sport_indices
 from streamrec.runtime.classifier import Classifier
+from streamrec.supervision import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,8 @@ class Camera(LabelStats):
     """One source, end to end up to the classifier (which it shares with other cameras)."""
 
     def __init__(self, cfg: CameraConfig, classifier: Classifier, smoothing: SmoothingConfig, *,
-                 first: Source | None = None, wake: threading.Condition | None = None) -> None:
+                 first: Source | None = None, wake: threading.Condition | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.classifier = classifier
@@ -65,11 +68,13 @@ class Camera(LabelStats):
         self._wake = wake
         self.ring, self.capture = camera_capture(self.spec, classifier.loaded.spec, stop_event=self.stop_event, name=cfg.name,
                                                  loop=bool(cfg.loop), first=first,
-                                                 on_frame=self._notify if wake is not None else None)
+                                                 on_frame=self._notify if wake is not None else None,
+                                                 supervisor=supervisor)
         self.smoother = LabelSmoother(smoothing)
         # --sports-only: the sport classes' indices in the model's outputs (raises if it has none)
         self.subset = sport_indices(classifier.loaded.classes) if cfg.sports_only else None
         LabelStats.__init__(self)
+        self.started = time.time()
         self._last_state = "starting"
 
     def _notify(self, *_: Any) -> None:

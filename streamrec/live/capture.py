@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from streamrec.errors import SourceError
+from streamrec.supervision import Supervisor
 from streamrec.models.preprocess import FramePreprocessor
 from streamrec.live.ring import FrameRing
 from streamrec.live.sources import Source, SourceSpec, mask_credentials, open_source
@@ -82,8 +83,10 @@ class CaptureThread(threading.Thread):
         name: str = "capture",
         on_frame: Callable[[np.ndarray, float], None] | None = None,
         opener: Callable[[SourceSpec], Source] = open_source,
+        supervisor: Supervisor | None = None,
     ) -> None:
         super().__init__(name=name, daemon=True)
+        self.supervisor = supervisor or Supervisor()
         self.opener = opener
         self.spec = spec
         self.ring = ring
@@ -139,6 +142,10 @@ class CaptureThread(threading.Thread):
             first.close()
 
     def run(self) -> None:
+        """Capture until stopped, under the supervisor: a bug in a step is logged, counted and restarted."""
+        self.supervisor.run(self.name, self.capture_loop, self.stop_event)
+
+    def capture_loop(self) -> None:
         attempt = 0
         source = self._first
         self._first = None
@@ -265,6 +272,7 @@ def camera_capture(
     loop: bool = False,
     first: Source | None = None,
     on_frame: Callable[[np.ndarray, float], None] | None = None,
+    supervisor: Supervisor | None = None,
 ) -> tuple[FrameRing, CaptureThread]:
     """A ring sized for one window of ``model_spec`` and the capture thread that fills it
     (not started): the one set-up shared by local cameras and cluster capture actors."""
@@ -273,5 +281,6 @@ def camera_capture(
     pre = FramePreprocessor(model_spec)
     fps = first.fps if first is not None and first.fps else 30.0
     ring = FrameRing(capacity_for(model_spec.frames, model_spec.fps, source_fps=max(fps, 30.0)), pre.crop_shape, np.uint8)
-    thread = CaptureThread(spec, ring, pre, stop_event=stop_event, loop=loop, first=first, name=f"capture-{name}", on_frame=on_frame)
+    thread = CaptureThread(spec, ring, pre, stop_event=stop_event, loop=loop, first=first, name=f"capture-{name}", on_frame=on_frame,
+                           supervisor=supervisor)
     return ring, thread

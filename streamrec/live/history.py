@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from streamrec.errors import StreamrecError
+from streamrec.supervision import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ class HistoryStore:
     """SQLite (a path, or ``:memory:``) or PostgreSQL (``postgresql://...``)."""
 
     def __init__(self, target: str, *, queue_size: int = 10_000, retain_days: float | None = None,
-                 clock: Callable[[], float] = time.time, prune_every_s: float = 3600.0) -> None:
+                 clock: Callable[[], float] = time.time, prune_every_s: float = 3600.0,
+                 supervisor: Supervisor | None = None) -> None:
         if retain_days is not None and not retain_days > 0:
             raise StreamrecError(f"--history-days: expected > 0, got {retain_days}")
         self.target = target
@@ -106,7 +108,9 @@ class HistoryStore:
         self._conn = self._connect()
         self.prune()  # at start, then every ``prune_every_s`` from the writer thread
         self._next_prune = clock() + prune_every_s
-        self._writer = threading.Thread(target=self._write_loop, name="history-writer", daemon=True)
+        self.supervisor = supervisor or Supervisor()
+        self._writer = threading.Thread(target=self.supervisor.run, args=("history-writer", self._write_loop, self._closing),
+                                        name="history-writer", daemon=True)
         self._writer.start()
         self._closed = False
 

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from streamrec.live.capture import RateMeter
 from streamrec.live.messages import prediction_message, top_k_many
 from streamrec.live.smoothing import LabelSmoother, update_many
 from streamrec.models.kinetics import restrict_rows
+
+logger = logging.getLogger(__name__)
 
 
 class LabelStats:
@@ -55,6 +58,9 @@ class LabelStats:
         self.last_message: dict[str, Any] | None = None
         self.published = float("-inf")  # time.monotonic() of the last label (the cluster's stride_ms)
         self.nonfinite = 0  # windows whose scores were NaN or infinite: no message
+        self.last_nonfinite: float | None = None  # clock() of the last one
+        self.last_at: float | None = None  # clock() of the last message
+        self.gaps: deque[float] = deque(maxlen=64)  # seconds between messages
 
     def took(self, end_seq: int) -> None:
         """A window ending at frame ``end_seq`` goes to the model; the window ends in between are skipped."""
@@ -67,6 +73,9 @@ class LabelStats:
         self.infer_ms.append(msg["infer_ms"])
         self.latency_ms.append(msg["latency_ms"])
         self.rate.tick(now)
+        if self.last_at is not None:
+            self.gaps.append(now - self.last_at)
+        self.last_at = now
         self.last_message = msg
 
     def stats(self) -> dict[str, Any]:
@@ -80,6 +89,37 @@ class LabelStats:
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 2) if lat else None,
         }
 
+
+    def problems(self, now: float, *, frames_arriving: bool, started: float, stall_factor: float = 10.0,
+                 stall_floor_s: float = 10.0, first_label_s: float = 180.0, recent_s: float = 60.0) -> list[str]:
+        """Why this camera's labels are not healthy at ``now`` (empty: they are): no label for
+        ``stall_factor`` times the usual gap (at least ``stall_floor_s``; ``first_label_s`` for the
+        first) while frames arrive, or windows with non-finite scores within ``recent_s``.
+
+        Example:
+            >>> s = LabelStats()
+            >>> for t in (1.0, 1.5, 2.0):
+            ...     s.record({"infer_ms": 1.0, "latency_ms": 1.0}, t)
+            >>> s.problems(5.0, frames_arriving=True, started=0.0)
+            []
+            >>> s.problems(30.0, frames_arriving=True, started=0.0)
+            ['no label for 28 s while frames arrive (usually one every 0.5 s)']
+            >>> s.problems(30.0, frames_arriving=False, started=0.0)
+            []
+        """
+        out = []
+        if frames_arriving:
+            if self.last_at is None:
+                if now - started > first_label_s:
+                    out.append(f"no label in {now - started:.0f} s while frames arrive")
+            else:
+                usual = float(np.median(self.gaps)) if self.gaps else 1.0
+                if now - self.last_at > max(stall_factor * usual, stall_floor_s):
+                    out.append(f"no label for {now - self.last_at:.0f} s while frames arrive "
+                               f"(usually one every {usual:.1f} s)")
+        if self.last_nonfinite is not None and now - self.last_nonfinite <= recent_s:
+            out.append(f"{self.nonfinite} windows with non-finite scores (NaN or infinity) from the model: skipped")
+        return out
 
 @dataclass
 class Labelled:
@@ -102,6 +142,10 @@ def label_messages(items: list[Labelled], probs: np.ndarray, classes: Sequence[s
     finite = np.isfinite(probs).all(axis=1)
     for item in (it for it, ok in zip(items, finite) if not ok):
         item.stats.nonfinite += 1
+        item.stats.last_nonfinite = clock()
+        if item.stats.nonfinite == 1:  # once per camera: /healthz and the page keep saying it
+            logger.warning("camera %s: the model gave non-finite scores (NaN or infinity); such windows are skipped",
+                           item.name)
     if not finite.all():
         items, probs = [it for it, ok in zip(items, finite) if ok], probs[finite]
         if not items:

@@ -26,11 +26,13 @@ from streamrec.live.camera import JOIN_TIMEOUT_S, Camera, adding_camera
 from streamrec.live.history import HistoryStore, default_db
 from streamrec.live.messages import status_message
 from streamrec.live.sources import SourceSpec, open_source
-from streamrec.runtime import prepared
+from streamrec.catalog import DEFAULT_MODEL
+from streamrec.runtime import autopick, prepared
 from streamrec.runtime.classifier import Classifier
 from streamrec.serve.core import AppCore, check_port_free
 from streamrec.serve.preview import encode_preview
 from streamrec.serve.worker import InferenceWorker
+from streamrec.supervision import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,9 @@ class LiveApp(AppCore):
 
     def __init__(self, config: ServeConfig) -> None:
         check_port_free(config.host, config.port)  # before the slow model load
-        super().__init__(config, HistoryStore(config.db or default_db(), retain_days=config.history_days))
+        supervisor = Supervisor()
+        super().__init__(config, HistoryStore(config.db or default_db(), retain_days=config.history_days,
+                                              supervisor=supervisor), supervisor)
         self.wake = threading.Condition()
         self.cameras: dict[str, Camera] = {}
         self.adding_names: set[str] = set()  # cameras being added at run time (opening the source, loading a model)
@@ -64,11 +68,21 @@ class LiveApp(AppCore):
     def _classifier(self, cam: CameraConfig) -> tuple[tuple, Classifier]:
         key = (cam.model, str(cam.weights), self.config.device, self.config.backend)
         if key not in self.classifiers:
+            self._say_loading(cam)
             loaded = prepared.load(cam.model, str(cam.weights or "DEFAULT"), device=self.config.device)
             sharing = sum(1 for c in self.config.all_cameras() if self.config.resolve(c).model == cam.model)
             self.classifiers[key] = Classifier(loaded, device=self.config.device, backend=self.config.backend,
                                                batch_hint=sharing, threads=self.config.threads)
         return key, self.classifiers[key]
+
+    def _say_loading(self, cam: CameraConfig) -> None:
+        """One line before a model loads (the page's address follows once it is ready)."""
+        weights = str(cam.weights or "DEFAULT")
+        known = cam.model or (DEFAULT_MODEL if weights.upper() in ("DEFAULT", "NONE") else None)
+        name = known or f"of {weights}"
+        first = self.config.backend == "auto" and not (known and autopick.measured(known))
+        logger.info("loading model %s%s…", name,
+                    " (first start: timing backends, once per machine and model)" if first else "")
 
     def _add_camera(self, cam: CameraConfig, *, start: bool) -> Camera:
         """Open the camera's source and (when no camera uses its model yet) load the model, then
@@ -80,7 +94,8 @@ class LiveApp(AppCore):
             try:
                 with self._load_lock:
                     key, clf = self._classifier(cam)
-                camera = Camera(cam, clf, self.config.smoothing, first=first, wake=self.wake)
+                camera = Camera(cam, clf, self.config.smoothing, first=first, wake=self.wake,
+                                supervisor=self.supervisor)
             except BaseException:
                 first.close()
                 raise
@@ -93,7 +108,8 @@ class LiveApp(AppCore):
                 if worker is None:
                     worker = InferenceWorker(clf, self._publish_predictions, stop_event=self.stop_event,
                                              wake=self.wake, batch_wait_s=self.config.batch_wait_ms / 1e3,
-                                             stride_s=self.config.stride_ms / 1e3, name=f"inference-{len(self.workers)}")
+                                             stride_s=self.config.stride_ms / 1e3, name=f"inference-{len(self.workers)}",
+                                             supervisor=self.supervisor)
                     self.workers[key] = worker
                     if start:
                         worker.start()
@@ -146,6 +162,13 @@ class LiveApp(AppCore):
             first = next(iter(self.classifiers.values()))
             out.update(weights=first.loaded.weights, device=str(first.device))
         return out
+
+    def camera_problems(self, name: str, now: float) -> list[str]:
+        cam = self.cameras.get(name)
+        if cam is None:
+            return []
+        arriving = cam.capture.state == "running" and cam.capture.fps() > 0
+        return cam.problems(now, frames_arriving=arriving, started=cam.started)
 
     def metric_rows(self) -> list[tuple[str, dict[str, Any], Any]]:
         return [(n, c.capture.stats(), c) for n, c in list(self.cameras.items())]

@@ -25,6 +25,7 @@ from streamrec.live.messages import MEANINGLESS
 from streamrec.serve.metrics import Metrics
 from streamrec.serve.preview import frame_message, preview_width
 from streamrec.serve.routes import cameras_api, history_api
+from streamrec.supervision import Supervisor
 from streamrec.serve.server import Hub, Route, WebServer, json_route, page_html, stop_on_signals, watched_ticks
 
 logger = logging.getLogger(__name__)
@@ -35,9 +36,10 @@ SUMMARY_KEYS = ("state", "source", "frames", "capture_fps", "dropped", "decode_e
 class AppCore:
     """Cameras on a dashboard. Subclasses implement the hooks marked *hook*."""
 
-    def __init__(self, config: ServeConfig, history: HistoryStore) -> None:
+    def __init__(self, config: ServeConfig, history: HistoryStore, supervisor: Supervisor | None = None) -> None:
         self.config = config
         self.history = history
+        self.supervisor = supervisor or Supervisor()  # every long-lived thread and task of the app
         self.stop_event = threading.Event()
         self.hub = Hub()
         self.started = time.time()
@@ -82,6 +84,10 @@ class AppCore:
         """*hook*: batch counts and sizes."""
         return {"batches": 0, "mean_batch": 0.0, "max_batch": 0}
 
+    def camera_problems(self, name: str, now: float) -> list[str]:
+        """*hook*: why a camera's labels are not healthy (stalled while frames arrive, non-finite scores)."""
+        return []
+
     def extra_health(self) -> dict[str, Any]:
         """*hook*: more ``/healthz`` fields; a ``"status"`` here replaces the cameras' summary."""
         return {}
@@ -108,7 +114,8 @@ class AppCore:
     def build_server(self) -> None:
         """The web server with the routes both apps serve."""
         self.metrics = self.metrics or Metrics(self.hub, self.metric_rows, self.history.stats)
-        routes = {"/": Route("text/html; charset=utf-8", page_html), "/healthz": json_route(self.health),
+        routes = {"/": Route("text/html; charset=utf-8", page_html),
+                  "/healthz": json_route(self.health, lambda: {"status": self.health()["status"]}),
                   "/metrics": Route(Metrics.CONTENT_TYPE, self.metrics.render)}
         cameras = cameras_api(listing=lambda: {"cameras": self.health()["cameras"], "adding": self.adding()},
                               add=self.add_camera, remove=self.remove_camera)
@@ -147,7 +154,12 @@ class AppCore:
             "threads": sorted(t.name for t in threading.enumerate()),
             "uptime_s": round(time.time() - self.started, 1),
         }
-        return {**out, **self.extra_health()}
+        out.update(self.extra_health())
+        now = time.time()
+        reasons = self.supervisor.reasons() + [f"camera {n}: {p}" for n in cams for p in self.camera_problems(n, now)]
+        if reasons and not str(out["status"]).startswith("error"):
+            out["status"] = "degraded"
+        return {**out, "reasons": reasons, "supervised": self.supervisor.stats()}
 
     def deliver(self, items: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str]]:
         """Count and record one batch's prediction messages (under :attr:`lock`) and hand them to
@@ -179,8 +191,8 @@ class AppCore:
                 await self.refresh()
                 for name in self.camera_names():
                     self.hub.publish(f"status:{name}", json.dumps(self.status_message(name), allow_nan=False))
-            except Exception:  # noqa: BLE001 - the next second tries again; the page keeps the last status
-                logger.exception("status round failed")
+            except Exception as exc:  # noqa: BLE001 - the next second tries again; the page keeps the last status
+                self.supervisor.failed("status", exc)
             await asyncio.sleep(1.0)
 
     async def _preview_task(self) -> None:
@@ -191,8 +203,8 @@ class AppCore:
             width = preview_width(self.config, len(self.camera_names()))  # cameras come and go
             try:
                 frames = await self.previews(width, dict(last), period)
-            except Exception:  # noqa: BLE001 - no frames this time
-                logger.exception("preview round failed")
+            except Exception as exc:  # noqa: BLE001 - no frames this time
+                await asyncio.sleep(self.supervisor.failed("preview", exc))
                 continue
             names = set(self.camera_names())
             for name, (ts, jpeg) in frames.items():

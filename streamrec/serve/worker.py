@@ -21,6 +21,7 @@ from streamrec.live.labels import Labelled, label_messages
 from streamrec.live.ring import Window
 from streamrec.models.preprocess import batch_windows
 from streamrec.runtime.classifier import Classifier
+from streamrec.supervision import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class InferenceWorker(threading.Thread):
     def __init__(self, classifier: Classifier, publish: Callable[[list[tuple[Camera, dict[str, Any]]]], None], *,
                  stop_event: threading.Event, wake: threading.Condition, batch_wait_s: float = 0.01,
                  stride_s: float = 0.0, max_batch: int = 32, clock: Callable[[], float] = time.time,
-                 frame_wait_s: float = 0.1, name: str = "inference") -> None:
+                 frame_wait_s: float = 0.1, name: str = "inference", supervisor: Supervisor | None = None) -> None:
         super().__init__(name=name, daemon=True)
         self.classifier = classifier
         self.publish = publish
@@ -46,7 +47,7 @@ class InferenceWorker(threading.Thread):
         self.clock = clock
         self._cameras: dict[str, Camera] = {}
         self._lock = threading.Lock()
-        self.errors = 0
+        self.supervisor = supervisor or Supervisor()
         self.batches = 0
         self.assemble_ms: deque[float] = deque(maxlen=512)
         self.post_ms: deque[float] = deque(maxlen=512)
@@ -93,6 +94,11 @@ class InferenceWorker(threading.Thread):
         return got
 
     def run(self) -> None:
+        """Batches until stopped, under the supervisor: an exception anywhere in a round (the model,
+        building or publishing messages) is logged once, counted and the loop restarted."""
+        self.supervisor.run(self.name, self.batch_loop, self.stop_event)
+
+    def batch_loop(self) -> None:
         fresh = False
         t_done = None
         while not self.stop_event.is_set():
@@ -105,25 +111,11 @@ class InferenceWorker(threading.Thread):
                 with self.wake:
                     self.wake.wait(0.1)
                 continue
-            pending = len(self.cameras) - len(batch)
-            if pending > 0 and self.batch_wait_s > 0:  # dynamic batching: a short, bounded wait
-                deadline = time.monotonic() + self.batch_wait_s
-                while pending > 0 and time.monotonic() < deadline and len(batch) < self.max_batch:
-                    with self.wake:
-                        self.wake.wait(max(0.0, deadline - time.monotonic()))
-                    more = self.collect(frozenset(c.name for c, _ in batch), self.max_batch - len(batch))
-                    batch += more
-                    pending -= len(more)
+            batch = self.fill(batch)
             t1 = time.perf_counter()
             x = batch_windows([w.frames for _, w in batch])  # uint8 (B, T, H, W, C); the classifier normalizes
             t2 = time.perf_counter()
-            try:
-                probs = self.classifier.probs(x)
-            except Exception:  # noqa: BLE001 - log, count, keep serving
-                self.errors += 1
-                logger.exception("inference failed")
-                self.stop_event.wait(0.5)
-                continue
+            probs = self.classifier.probs(x)
             t3 = time.perf_counter()
             infer_ms = (t3 - t2) * 1e3
             self.emit(batch, probs, infer_ms)
@@ -137,6 +129,19 @@ class InferenceWorker(threading.Thread):
             if t_done is not None:
                 self.wait_ms.append((t1 - t_done) * 1e3)
             t_done = t_end
+
+    def fill(self, batch: list[tuple[Camera, Window]]) -> list[tuple[Camera, Window]]:
+        """Dynamic batching: wait at most ``batch_wait_s`` for the other cameras' new windows."""
+        pending = len(self.cameras) - len(batch)
+        if pending > 0 and self.batch_wait_s > 0:
+            deadline = time.monotonic() + self.batch_wait_s
+            while pending > 0 and time.monotonic() < deadline and len(batch) < self.max_batch:
+                with self.wake:
+                    self.wake.wait(max(0.0, deadline - time.monotonic()))
+                more = self.collect(frozenset(c.name for c, _ in batch), self.max_batch - len(batch))
+                batch += more
+                pending -= len(more)
+        return batch
 
     def _served(self, batch: list[tuple[Camera, Window]]) -> None:
         """Note when the cameras of ``batch`` were classified (for ``stride_s`` and for taking turns)."""
