@@ -161,6 +161,7 @@ class Route:
 
     content_type: str
     body: Callable[[], bytes]
+    public: Callable[[], bytes] | None = None  # what a request without the token gets (None: a 401)
 
 
 @dataclass(frozen=True)
@@ -297,10 +298,11 @@ class WebServer:
         route = self.routes.get(path)
         if route is None or request.method != "GET":
             return _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
-        if path not in ("/healthz",) and not self._authorized(request):
+        authorized = self._authorized(request)
+        if not authorized and route.public is None:
             return _response(HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token: open /?token=...\n")
         try:
-            body = route.body()
+            body = route.body() if authorized else route.public()
         except Exception:  # noqa: BLE001
             logger.exception("handler for %s failed", path)
             return _response(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n")
@@ -350,5 +352,7 @@ def page_html() -> bytes:
     return resources.files("streamrec.serve").joinpath("web/index.html").read_bytes()
 
 
-def json_route(fn: Callable[[], Any]) -> Route:
-    return Route("application/json", lambda: json.dumps(fn()).encode())
+def json_route(fn: Callable[[], Any], public: Callable[[], Any] | None = None) -> Route:
+    """A JSON GET route (strict JSON: no NaN); ``public`` answers requests without the token."""
+    return Route("application/json", lambda: json.dumps(fn(), allow_nan=False).encode(),
+                 None if public is None else lambda: json.dumps(public(), allow_nan=False).encode())
