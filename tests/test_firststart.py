@@ -10,9 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import ROOT, error_line, free_port, save_default_weights, sigterm, streamrec_cmd, wait_http
+from streamrec.errors import WeightsError
 from streamrec.runtime import firststart
 from streamrec.runtime import prepared
 from streamrec.models.registry import build_model, make_checkpoint, model_spec
@@ -158,6 +160,7 @@ def test_offline_first_start_fails_once_with_the_jobs_own_error(tmp_path, demo_c
     line = error_line(r)
     assert "r2plus1d_18-91a641e6.pth" in line and str(tmp_path / "torch" / "hub" / "checkpoints") in line
     assert "error" not in r.stderr.replace(line, "")  # the child's failure is not shown as well
+    assert "loading in this process" not in r.stderr  # reported from the child: no second load
 
 
 def _tiny_checkpoint(path: Path) -> None:
@@ -216,5 +219,21 @@ def test_an_exported_onnx_file_is_prepared_without_tracing_it(tmp_path, monkeypa
     assert loaded.prebuilt and loaded.classes == ["jump", "run"]
 
 
-def test_prepare_reports_a_failing_child_as_false(tmp_path):
-    assert firststart.prepare(tmp_path / "cache", None, str(tmp_path / "missing.pt")) is False
+def test_prepare_raises_the_childs_user_error(tmp_path):
+    with pytest.raises(WeightsError) as caught:  # the child's own error, for the job to report once
+        firststart.prepare(tmp_path / "cache", None, str(tmp_path / "missing.pt"))
+    assert str(caught.value) == f"--weights: expected DEFAULT, none or a file, got {str(tmp_path / 'missing.pt')!r} (no such file)"
+
+
+def test_a_failed_download_is_tried_once_and_suggests_random_weights(tmp_path, demo_clip):
+    """No STREAMREC_OFFLINE: the child tries the download (through a proxy that refuses at once),
+    fails, and the job reports the child's error instead of downloading a second time."""
+    env = {k: v for k, v in _env(tmp_path).items() if k.lower() not in ("streamrec_offline", "no_proxy")}
+    proxy = f"http://127.0.0.1:{free_port()}"
+    env.update(https_proxy=proxy, HTTPS_PROXY=proxy, http_proxy=proxy, HTTP_PROXY=proxy)
+    r = subprocess.run([sys.executable, "-m", "streamrec", "classify", str(demo_clip), "--device", "cpu"],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    line = error_line(r)
+    assert "download failed" in line and line.endswith("or try the pipeline with --weights none (random weights)")
+    assert r.stderr.count("downloading r2plus1d_18 weights from") == 1
+    assert "preparing it in a child process" in r.stderr and "loading in this process" not in r.stderr

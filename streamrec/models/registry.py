@@ -114,7 +114,7 @@ def _load_default_state_dict(name: str) -> dict[str, torch.Tensor]:
     raise WeightsError(
         f"--weights DEFAULT: file {path.name} is not in the torch hub cache {path.parent} ({reason}); "
         f"download {weights.url} on a machine with internet and copy it to {path}, "
-        f"or pass --weights PATH to a local file"
+        f"or pass --weights PATH to a local file, or try the pipeline with --weights none (random weights)"
     )
 
 

@@ -42,6 +42,16 @@ def cache_key(loaded: LoadedModel, threads: int | None, device: str | None = Non
     return f"{loaded.name}|{tuple(loaded.spec.crop)}|{where}|{torch.__version__}"
 
 
+def measured(name: str, cache_file: Path | None = None) -> bool:
+    """A backend choice for model ``name`` is cached (on some machine, thread count or device):
+    ``--backend auto`` then most likely builds the winner at once, without timing."""
+    try:
+        cached = json.loads((cache_file or CACHE / "backends.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cached, dict) and any(str(k).split("|", 1)[0] == name for k in cached)
+
+
 def pick_auto(loaded: LoadedModel, factories: dict[str, Callable[[], Callable]], *, threads: int | None,
               cache_file: Path | None = None, device: str | None = None, example: torch.Tensor | None = None,
               repeats: int = 2, sync: bool = False, times: dict[str, float] | None = None) -> tuple[str, Callable]:
@@ -62,6 +72,8 @@ def pick_auto(loaded: LoadedModel, factories: dict[str, Callable[[], Callable]],
             return cached[key], factories[cached[key]]()
         except Exception as exc:  # noqa: BLE001 - re-measure below
             logger.warning("cached backend %s failed to build (%s); measuring again", cached[key], exc)
+    logger.info("--backend auto: timing %s for %s (once per machine and model; the choice is kept in %s)",
+                ", ".join(factories), loaded.name, cache_file)
     x = example_input(loaded) if example is None else example
     times = {} if times is None else times
     best, winner = None, None  # only the fastest so far stays built: the others' memory goes back

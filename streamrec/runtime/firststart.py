@@ -48,6 +48,7 @@ FORMAT = "streamrec-prepared-2"
 # ``--device auto`` may mean CUDA, whose path does not use the prepared cache
 GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
 CHILD_TIMEOUT_S = 600.0
+ERROR_PREFIX = "streamrec-prepared-error: "  # the child's one stdout line for a user error
 
 
 def torch_version() -> str:
@@ -145,12 +146,43 @@ def prepare_first_starts(cache: Path, models: Iterable[tuple[str | None, str]], 
             prepare(cache, name, weights)
 
 
+def child_error_line(exc: Exception) -> str:
+    """The line a child process writes on its stdout for a user error ``exc``, which
+    :func:`child_error` in the parent turns back into the same exception."""
+    return ERROR_PREFIX + json.dumps({"type": type(exc).__name__, "message": str(exc)})
+
+
+def child_error(stdout: str) -> Exception | None:
+    """The user error a child reported with :func:`child_error_line`, else None.
+
+    Example:
+        >>> from streamrec.errors import WeightsError
+        >>> repr(child_error(child_error_line(WeightsError("--weights: no such file"))))
+        "WeightsError('--weights: no such file')"
+        >>> child_error("") is None
+        True
+    """
+    from streamrec import errors
+
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(ERROR_PREFIX):
+            try:
+                d = json.loads(line[len(ERROR_PREFIX):])
+                kind = getattr(errors, str(d["type"]), errors.StreamrecError)
+                kind = kind if isinstance(kind, type) and issubclass(kind, errors.StreamrecError) else errors.StreamrecError
+                return kind(str(d["message"]))
+            except (ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
 def prepare(cache: Path, name: str | None, weights: str, *, timeout_s: float = CHILD_TIMEOUT_S) -> bool:
     """Run the first load in a child process (``python -m streamrec.runtime.prepared``); True if the
     child filled the cache. The child logs to this process's stderr as it goes (a download of
-    the weights shows up while it runs). A failure (offline weights, a bad checkpoint) is not
-    raised here, and the child does not print it: the job then loads in its own process and
-    reports the error itself, once, exactly as without this step."""
+    the weights shows up while it runs). A user error there (offline weights, a bad checkpoint)
+    is raised here as the same :class:`~streamrec.errors.StreamrecError`, so that the job reports
+    it once and does not load (or download) again. Any other failure of the child (a crash, a
+    timeout) returns False: the job then loads in its own process, as without this step."""
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     cmd = [sys.executable, "-m", "streamrec.runtime.prepared", "--weights", weights, "--cache", str(cache), "--log-level", level]
     if name:
@@ -159,11 +191,14 @@ def prepare(cache: Path, name: str | None, weights: str, *, timeout_s: float = C
                 name or (DEFAULT_MODEL if weights.upper() == "DEFAULT" else "the checkpoint's model"), weights)
     try:
         with _sigterm_exits():  # subprocess.run then kills the child on the way out: no orphan
-            # stdout stays clean: the job may be writing its result there
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=timeout_s)
+            # the child's stdout comes here, not to the job's own (which may be carrying its result)
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as exc:
         logger.info("preparing in a child process failed (%s); loading in this process", exc)
         return False
+    error = child_error(proc.stdout or "") if proc.returncode == 2 else None
+    if error is not None:
+        raise error
     if proc.returncode != 0:
         logger.info("preparing in a child process failed (exit %d); loading in this process", proc.returncode)
         return False

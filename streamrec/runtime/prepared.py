@@ -41,7 +41,8 @@ from pathlib import Path
 
 import torch
 
-from streamrec.runtime.firststart import entry_path, is_current, is_weights_file, prepare, side_file, stamp
+from streamrec.runtime.firststart import (child_error_line, entry_path, is_current, is_weights_file, prepare, side_file,
+                                          stamp)
 from streamrec.fsutil import CACHE, atomic_torch_save, atomic_write_text
 from streamrec.models.spec import LoadedModel, ModelSpec
 from streamrec.models.registry import hub_checkpoint_path, load_model
@@ -167,8 +168,9 @@ def _same_outputs(graph: torch.nn.Module, module: torch.nn.Module, spec: ModelSp
 def main(argv: list[str] | None = None) -> int:
     """``python -m streamrec.runtime.prepared --weights W [--model NAME] [--cache DIR]``: fill the cache
     entry for a CPU start (the child process of :func:`streamrec.runtime.firststart.prepare`). Exit 0
-    when done; 2 on a user error (offline weights, a bad checkpoint), which is only logged at
-    DEBUG: the parent then loads in its own process and reports it."""
+    when done; 2 on a user error (offline weights, a bad checkpoint), written as one line on
+    stdout (:func:`~streamrec.runtime.firststart.child_error_line`) for the parent to raise:
+    the parent reports it and does not load (or download) a second time."""
     from streamrec.errors import StreamrecError
 
     p = argparse.ArgumentParser(prog="python -m streamrec.runtime.prepared")
@@ -180,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         load(args.model, args.weights, device="cpu", cache=args.cache)
-    except StreamrecError as exc:
+    except StreamrecError as exc:  # the parent reports it: one line on its stdout, for the parent alone
         logger.debug("not prepared: %s", exc)
+        sys.stdout.write(child_error_line(exc) + "\n")
         return exc.exit_code
     return 0
 
