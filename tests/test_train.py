@@ -64,7 +64,7 @@ def test_evaluate_reports_metrics_and_confusion_png(trained, tmp_path):
 def test_exported_files_carry_class_names_and_agree(trained, tmp_path, fmt):
     data, out, _ = trained
     target = tmp_path / ("m.ts" if fmt == "torchscript" else "m.onnx")
-    proc = run_cli("export", str(out), "--format", fmt, "--out", str(target))
+    proc = run_cli("export", "--weights", str(out), "--format", fmt, "--out", str(target))
     assert proc.returncode == 0, proc.stderr
     exported, original = load_model(None, weights=str(target)), load_model(None, weights=str(out))
     assert exported.classes == original.classes == sorted(DIRECTIONS)

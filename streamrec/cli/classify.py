@@ -17,16 +17,24 @@ from streamrec.fsutil import check_output
 from streamrec.validate import check_weights_arg, finite_float
 
 
+EXAMPLES = """examples:
+  streamrec classify demo/clips/arm_wrestling.mp4        segments, windows and the average over the clip
+  streamrec classify match.mp4 --weights model.pt --format csv --out match.csv
+  streamrec classify match.mp4 --stride 0.5 --plot timeline.png
+"""
+
+
 def add_classify_parser(sub, model_args: Callable) -> None:
-    p = sub.add_parser("classify", help="classify a recorded video file: timeline + verdict")
-    p.add_argument("file")
+    p = sub.add_parser("classify", help="classify a recorded video file: segments, timeline and average",
+                       epilog=EXAMPLES)
+    p.add_argument("file", help="a video file (any format FFmpeg reads)")
     model_args(p, backend_default="torch on CPU, the least memory; auto on CUDA")
-    p.add_argument("--stride", type=finite_float("--stride"), default=1.0, help="seconds between windows (default 1)")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--stride", type=finite_float("--stride"), default=1.0, help="seconds between windows")
+    p.add_argument("--top", type=int, default=5, help="labels kept per window and in the average")
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default 8 on CUDA, 1 on CPU)")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    p.add_argument("--out", default=None, help="write the output here instead of stdout")
-    p.add_argument("--plot", default=None, help="write a timeline PNG here")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.add_argument("--out", default=None, help="write the output here (default: stdout)")
+    p.add_argument("--plot", default=None, help="write a timeline PNG here (default: none)")
     p.add_argument("--sports-only", action="store_true", help="restrict to Kinetics sport classes")
     p.set_defaults(func=cmd_classify)
 

@@ -10,18 +10,26 @@ from streamrec.errors import StreamrecError
 from streamrec.validate import finite_float
 
 
+EXAMPLES = """examples:
+  streamrec cluster --config cameras.toml --address local          a one-machine Ray, dashboard on :8000
+  streamrec cluster --config cameras.toml --address ray://head:10001 --replicas 4
+  streamrec cluster --config cameras.toml --no-dashboard --seconds 60 > predictions.jsonl
+"""
+
+
 def add_cluster_parser(sub) -> None:
     p = sub.add_parser("cluster", help="run the cameras of --config on a Ray cluster, with the dashboard; "
-                                       "print predictions as JSON lines")
-    p.add_argument("--config", required=True, help="TOML file with [[cameras]]")
+                                       "print predictions as JSON lines", epilog=EXAMPLES)
+    p.add_argument("--config", required=True, help="TOML file with [[cameras]] (required)")
     p.add_argument("--address", default="auto", help="Ray cluster address (auto, ray://host:10001, or 'local')")
     p.add_argument("--db", default=None, help="activity history: SQLite file (default: serve's) or postgresql:// URL")
-    p.add_argument("--history-days", type=finite_float("--history-days"), default=None, help="delete history older than this many days")
+    p.add_argument("--history-days", type=finite_float("--history-days"), default=None, help="delete history older than this many days (default: keep all)")
     p.add_argument("--replicas", type=int, default=1, help="inference actors")
     p.add_argument("--seconds", type=finite_float("--seconds"), default=None, help="stop after this long (default: until Ctrl-C)")
     p.add_argument("--host", default=None, help="dashboard bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="dashboard port (default 8000, 0 = any free)")
-    p.add_argument("--token", default=None, help="access token for the page and websocket (or STREAMREC_TOKEN)")
+    p.add_argument("--token", default=None, help="access token for the page and websocket (default: $STREAMREC_TOKEN, "
+                   "else none: loopback only)")
     p.add_argument("--insecure", action="store_true", default=None, help="allow a non-loopback --host without a token")
     p.add_argument("--no-dashboard", action="store_true", help="no web server: JSON lines and history only")
     p.set_defaults(func=cmd_cluster)

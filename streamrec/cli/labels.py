@@ -19,9 +19,9 @@ def add_labels_parser(sub, formatter) -> None:
     p = sub.add_parser("labels", help="list the Kinetics-400 classes and their groups", epilog=EXAMPLES,
                        formatter_class=formatter)
     p.add_argument("text", nargs="?", default=None,
-                   help="only classes whose name or group name contains this text (any case)")
+                   help="only classes whose name or group name contains this text (any case; default: all)")
     p.add_argument("--sports", action="store_true", help="only sport classes, with their sport group")
-    p.add_argument("--group", default=None, help="only this group")
+    p.add_argument("--group", default=None, help="only this group (default: every group)")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(func=cmd_labels)
 

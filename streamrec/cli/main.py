@@ -22,12 +22,40 @@ logger = logging.getLogger("streamrec")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every option's default in its help; the examples at the end kept as written."""
+    """Every option's default in its help; the examples at the end kept as written. An option
+    whose default is None (or a switch, off by default) says in its own text what that means,
+    instead of "(default: None)"; so does a text that names its default already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.nargs == 0 or "default" in text:  # nargs 0: a switch
+            return text
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, formatter_class: type = HelpFormatter, **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
         raise StreamrecError(f"{self.prog}: {message}")
+
+
+SERVE_EXAMPLES = """examples:
+  streamrec serve --source 0                             webcam 0, the page at http://127.0.0.1:8000/
+  streamrec serve --source demo/clips/arm_wrestling.mp4 --loop
+  streamrec serve --source rtsp://cam.local/stream --host 0.0.0.0 --token s3cret --weights model.pt
+"""
+BENCH_EXAMPLES = """examples:
+  streamrec bench                                        r2plus1d_18: stage costs and backends, report in bench.json
+  streamrec bench --models r2plus1d_18,s3d --device cuda --out gpu.json
+  streamrec bench --models tiny3d --batches 1,4 --no-int8 --json
+"""
+HISTORY_EXAMPLES = """examples:
+  streamrec history --since -1h                          the last hour's segments, every camera
+  streamrec history --camera door --since 2026-01-31T08:00 --until 2026-01-31T18:00
+  streamrec history --db postgresql://user@db/streamrec --format csv --limit 100
+"""
 
 
 def _positive_float(name: str) -> Callable[[str], float]:
@@ -36,11 +64,53 @@ def _positive_float(name: str) -> Callable[[str], float]:
 
 def _model_args(p: argparse.ArgumentParser, *, backend_default: str = "auto") -> None:
     p.add_argument("--model", choices=MODEL_NAMES, default=None, help="video classifier (default r2plus1d_18, or the checkpoint's)")
-    p.add_argument("--weights", default=None, help="DEFAULT (Kinetics-400 from the torch hub cache or download), PATH, or none (random; labels meaningless)")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--weights", default=None, help="DEFAULT (Kinetics-400 from the torch hub cache or download), PATH, "
+                   "or none (random; labels meaningless) (default DEFAULT)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto: cuda when there is one)")
     p.add_argument("--backend", default=None, choices=BACKEND_NAMES,
                    help=f"inference backend (default {backend_default}; auto: the fastest measured on this machine, cached)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: cores - 1, at least 1)")
+
+
+def _add_serve_parser(sub) -> None:
+    s = sub.add_parser("serve", help="recognize a live source and serve the page", epilog=SERVE_EXAMPLES)
+    s.add_argument("--source", default=None, help="webcam index, rtsp://|http(s):// URL, or video file "
+                   "(required unless --config has [[cameras]])")
+    _model_args(s)
+    s.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="HTTP/WebSocket port (default 8000, 0 = any free)")
+    s.add_argument("--loop", action="store_true", default=None, help="restart a file at its end (default: stop there)")
+    s.add_argument("--config", default=None, help="TOML file with any of these options (the command line wins; default: none)")
+    s.add_argument("--camera", default=None, help="camera name carried in every message (default 'default')")
+    s.add_argument("--rtsp-transport", choices=("tcp", "udp"), default=None, help="how RTSP carries video (default tcp)")
+    s.add_argument("--stall-timeout", type=_positive_float("--stall-timeout"), default=None, help="seconds without a frame before reconnecting (default 5)")
+    s.add_argument("--open-timeout", type=_positive_float("--open-timeout"), default=None, help="seconds to connect to a network source (default 10)")
+    s.add_argument("--stride-ms", type=finite_float("--stride-ms"), default=None, help="minimum time between labels (default 0: as fast as the model runs)")
+    s.add_argument("--sports-only", action="store_true", default=None, help="restrict labels to Kinetics sport classes, renormalized")
+    s.add_argument("--token", default=None, help="access token for the page and websocket (default: $STREAMREC_TOKEN, "
+                   "else none: loopback only)")
+    s.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=None, metavar="NAME[:PORT]",
+                   help="a Host name to serve besides the bound address, e.g. behind a proxy (repeatable; default: none)")
+    s.add_argument("--insecure", action="store_true", default=None, help="allow a non-loopback --host without a token")
+    s.add_argument("--db", default=None, help="activity history: SQLite file (default ~/.local/share/streamrec/history.db) or postgresql:// URL")
+    s.add_argument("--history-days", type=finite_float("--history-days"), default=None, help="delete history older than this many days "
+                                                                     "(default: keep all)")
+    s.set_defaults(func=cmd_serve)
+
+
+def _add_bench_parser(sub) -> None:
+    b = sub.add_parser("bench", help="measure pipeline stages and backends on this machine", epilog=BENCH_EXAMPLES)
+    b.add_argument("--models", default="r2plus1d_18", help="comma-separated model names")
+    b.add_argument("--clip", default=None, help="clip for stage costs (default: the shipped demo/clips/arm_wrestling.mp4)")
+    b.add_argument("--clips", default=None,
+                   help="folder of clips for backend agreement and int8 calibration (default: $STREAMREC_CLIPS, "
+                   "else ../shared/clips beside the repository if present, else demo/clips)")
+    b.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    b.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,2,4,8 on CPU; 1..32 on GPU)")
+    b.add_argument("--no-int8", action="store_true", help="skip the int8 (quantized) backend")
+    b.add_argument("--out", default="bench.json", help="write the full report here (JSON)")
+    b.add_argument("--json", action="store_true", help="print the full report as JSON instead of the Markdown summary")
+    b.set_defaults(func=cmd_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,27 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    s = sub.add_parser("serve", help="recognize a live source and serve the page")
-    s.add_argument("--source", default=None, help="webcam index, rtsp://|http(s):// URL, or video file")
-    _model_args(s)
-    s.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=None, help="HTTP/WebSocket port (default 8000, 0 = any free)")
-    s.add_argument("--loop", action="store_true", default=None, help="restart a file at its end")
-    s.add_argument("--config", default=None, help="TOML file with any of these options (the command line wins)")
-    s.add_argument("--camera", default=None, help="camera name carried in every message")
-    s.add_argument("--rtsp-transport", choices=("tcp", "udp"), default=None)
-    s.add_argument("--stall-timeout", type=_positive_float("--stall-timeout"), default=None, help="seconds without a frame before reconnecting (default 5)")
-    s.add_argument("--open-timeout", type=_positive_float("--open-timeout"), default=None, help="seconds to connect to a network source (default 10)")
-    s.add_argument("--stride-ms", type=finite_float("--stride-ms"), default=None, help="minimum time between labels (default 0: as fast as the model runs)")
-    s.add_argument("--sports-only", action="store_true", default=None, help="restrict labels to Kinetics sport classes, renormalized")
-    s.add_argument("--token", default=None, help="access token for the page and websocket (or STREAMREC_TOKEN)")
-    s.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=None, metavar="NAME[:PORT]",
-                   help="a Host name to serve besides the bound address, e.g. behind a proxy (repeatable)")
-    s.add_argument("--insecure", action="store_true", default=None, help="allow a non-loopback --host without a token")
-    s.add_argument("--db", default=None, help="activity history: SQLite file (default ~/.local/share/streamrec/history.db) or postgresql:// URL")
-    s.add_argument("--history-days", type=finite_float("--history-days"), default=None, help="delete history older than this many days "
-                                                                     "(default: keep all)")
-    s.set_defaults(func=cmd_serve)
+    _add_serve_parser(sub)
 
     # every parser below is built without importing torch (tested): a command imports what it runs
     from streamrec.cli.classify import add_classify_parser
@@ -80,24 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_classify_parser(sub, _model_args)
     add_labels_parser(sub, HelpFormatter)
     add_train_parsers(sub, _model_args)
-    b = sub.add_parser("bench", help="measure pipeline stages and backends on this machine")
-    b.add_argument("--models", default="r2plus1d_18", help="comma-separated model names")
-    b.add_argument("--clip", default=None, help="clip for stage costs (default: the shipped demo/clips/arm_wrestling.mp4)")
-    b.add_argument("--clips", default=None,
-                   help="folder of clips for backend agreement and int8 calibration (default: $STREAMREC_CLIPS, "
-                   "else ../shared/clips beside the repository if present, else demo/clips)")
-    b.add_argument("--device", default="auto")
-    b.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,2,4,8 on CPU; 1..32 on GPU)")
-    b.add_argument("--no-int8", action="store_true")
-    b.add_argument("--json", default="bench.json", help="write the full report here")
-    b.set_defaults(func=cmd_bench)
+    _add_bench_parser(sub)
     add_cluster_parser(sub)
-    h = sub.add_parser("history", help="read the activity history")
+    h = sub.add_parser("history", help="read the activity history", epilog=HISTORY_EXAMPLES)
     h.add_argument("--db", default=None, help="SQLite file or postgresql:// URL (default: serve's default)")
-    h.add_argument("--camera", default=None)
-    h.add_argument("--since", default=None, help="Unix seconds, ISO time, or -10m / -2h / -1d")
-    h.add_argument("--until", default=None)
-    h.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    h.add_argument("--camera", default=None, help="only this camera's segments (default: every camera)")
+    h.add_argument("--since", default=None, help="Unix seconds, ISO time, or -10m / -2h / -1d (default: the oldest)")
+    h.add_argument("--until", default=None, help="like --since (default: now)")
+    h.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     h.add_argument("--limit", type=int, default=None, help="only the newest N segments (default: all)")
     h.set_defaults(func=cmd_history)
     return parser
@@ -147,7 +187,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:  # before any model is measured
         raise StreamrecError(f"--models: expected names from {', '.join(MODEL_NAMES)}, got {', '.join(map(repr, unknown))}")
-    check_output("--json", args.json)
+    check_output("--out", args.out)
     dev = resolve_device(args.device)
     if args.batches:
         try:
@@ -159,9 +199,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         batches = [1, 2, 4, 8, 16, 32] if dev.type == "cuda" else [1, 2, 4, 8]
     report = run(models=models, clip=clip, clips=clips, device=args.device, batches=batches, int8=not args.no_int8)
-    print(markdown(report))
-    atomic_write_text(args.json, json.dumps(report, indent=1, default=str))
-    print(f"\nfull report: {args.json}", file=sys.stderr)
+    print(json.dumps(report, indent=1, default=str) if args.json else markdown(report))
+    atomic_write_text(args.out, json.dumps(report, indent=1, default=str))
+    print(f"\nfull report: {args.out}", file=sys.stderr)
     return 0
 
 

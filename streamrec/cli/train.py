@@ -3,11 +3,40 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
 from streamrec.fsutil import check_output
 from streamrec.validate import finite_float
+
+
+DATASET_EXAMPLES = """examples:
+  streamrec dataset data/                                classes, clips, frames and resolutions per split
+  streamrec dataset data/ --val-split 0.2 --csv catalog.csv
+  streamrec dataset data/ --sheet sheet.png              first and last frames of the training clips
+"""
+TRAIN_EXAMPLES = """examples:
+  streamrec train data/ --epochs 10 --out model.pt       fine-tune r2plus1d_18's head on data/train
+  streamrec train data/ --model tiny3d --weights none --no-flip --epochs 20
+  streamrec train data/ --out model.pt --resume          go on after an interruption
+"""
+LR_FIND_EXAMPLES = """examples:
+  streamrec lr-find data/                                suggests a --lr for train; plot in lr_find.png
+  streamrec lr-find data/ --model tiny3d --weights none --batch-size 4 --plot lr.png
+"""
+EVALUATE_EXAMPLES = """examples:
+  streamrec evaluate data/valid --weights model.pt
+  streamrec evaluate data/valid --weights model.pt --confusion confusion.csv --json
+"""
+EXPORT_EXAMPLES = """examples:
+  streamrec export --weights model.pt                    model.ts (TorchScript)
+  streamrec export --weights model.pt --format onnx --out model.onnx
+"""
+QUANTIZE_EXAMPLES = """examples:
+  streamrec quantize --clips demo/clips                  int8 r2plus1d_18 for --backend openvino-int8
+  streamrec quantize --weights model.pt --clips data/valid --min-agreement 0.95
+"""
 
 
 def add_parsers(sub, model_args) -> None:
@@ -17,70 +46,81 @@ def add_parsers(sub, model_args) -> None:
 
 def add_fit_parsers(sub) -> None:
     """``dataset``, ``train`` and ``lr-find``."""
-    p = sub.add_parser("dataset", help="catalog a folder of labelled clips")
-    p.add_argument("data")
-    p.add_argument("--val-split", type=finite_float("--val-split"), default=None)
-    p.add_argument("--csv", default=None, help="write the catalog here")
-    p.add_argument("--sheet", default=None, help="write a contact sheet PNG (first/last frames) here")
+    p = sub.add_parser("dataset", help="catalog a folder of labelled clips", epilog=DATASET_EXAMPLES)
+    p.add_argument("data", help="DATA/train/<class>/*, and DATA/valid/<class>/* if you have one")
+    p.add_argument("--val-split", type=finite_float("--val-split"), default=None,
+                   help="fraction of DATA/train held out for validation (default: none; DATA/valid is used)")
+    p.add_argument("--csv", default=None, help="write the catalog here (default: printed only)")
+    p.add_argument("--sheet", default=None, help="write a contact sheet PNG (first/last frames) here (default: none)")
     p.set_defaults(func=cmd_dataset)
 
-    for name, helptext in (("train", "fine-tune a model on DATA/train, validate on DATA/valid"),
-                           ("lr-find", "learning-rate range test")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("data")
-        p.add_argument("--model", default="r2plus1d_18")
-        p.add_argument("--weights", default="DEFAULT")
-        p.add_argument("--device", default="auto")
-        p.add_argument("--epochs", type=int, default=10)
-        p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--lr", type=finite_float("--lr"), default=1e-3)
-        g = p.add_mutually_exclusive_group()
-        g.add_argument("--freeze-backbone", dest="freeze_backbone", action="store_true", default=True)
-        g.add_argument("--finetune-all", dest="freeze_backbone", action="store_false")
-        p.add_argument("--val-split", type=finite_float("--val-split"), default=None)
-        p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without val-loss improvement")
-        p.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal flips (direction matters)")
-        p.add_argument("--color-jitter", type=finite_float("--color-jitter"), default=0.0)
-        p.add_argument("--workers", type=int, default=None)
-        p.add_argument("--cache-dir", default=None)
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--out", default="model.pt")
-        p.add_argument("--resume", action="store_true")
-        if name == "lr-find":
-            p.add_argument("--plot", default="lr_find.png")
-            p.set_defaults(func=cmd_lr_find)
-        else:
-            p.set_defaults(func=cmd_train)
+    p = sub.add_parser("train", help="fine-tune a model on DATA/train, validate on DATA/valid", epilog=TRAIN_EXAMPLES)
+    _data_args(p)
+    p.add_argument("--epochs", type=int, default=10, help="passes over DATA/train")
+    p.add_argument("--lr", type=finite_float("--lr"), default=1e-3, help="peak learning rate (after one warm-up epoch)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--freeze-backbone", dest="freeze_backbone", action="store_true", default=True,
+                   help="train only the new head (pretrained weights; the default)")
+    g.add_argument("--finetune-all", dest="freeze_backbone", action="store_false", help="train every layer")
+    p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without val-loss improvement")
+    p.add_argument("--out", default="model.pt", help="the checkpoint (best validation loss); "
+                   "<out>.state and <out>.log.csv beside it")
+    p.add_argument("--resume", action="store_true", help="go on from <out>.state, the last finished epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test", epilog=LR_FIND_EXAMPLES)
+    _data_args(p)
+    p.add_argument("--plot", default="lr_find.png", help="loss against learning rate, with the suggestion (PNG)")
+    p.set_defaults(func=cmd_lr_find)
+
+
+def _data_args(p) -> None:
+    """The options ``train`` and ``lr-find`` share: data, model and loading."""
+    p.add_argument("data", help="DATA/train/<class>/* (and DATA/valid/<class>/* unless --val-split)")
+    p.add_argument("--model", default="r2plus1d_18", help="video classifier to start from")
+    p.add_argument("--weights", default="DEFAULT", help="DEFAULT (Kinetics-400; random for tiny3d), none, or a checkpoint PATH")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per step")
+    p.add_argument("--val-split", type=finite_float("--val-split"), default=None,
+                   help="fraction of DATA/train held out for validation (default: none; DATA/valid is used)")
+    p.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal flips (direction matters)")
+    p.add_argument("--color-jitter", type=finite_float("--color-jitter"), default=0.0, help="brightness/contrast/saturation jitter strength, 0 = off, below 1")
+    p.add_argument("--workers", type=int, default=None, help="data loader processes (default: cores - 1, at most 8; 0 on 2 cores or fewer)")
+    p.add_argument("--cache-dir", default=None, help="decoded clips cached here (default DATA/.streamrec-cache)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (shuffling, augmentation, initial weights)")
 
 
 def add_model_file_parsers(sub) -> None:
     """``evaluate``, ``export`` and ``quantize``."""
-    p = sub.add_parser("evaluate", help="top-1/5, per-class precision/recall, confusion matrix")
+    p = sub.add_parser("evaluate", help="top-1/5, per-class precision/recall, confusion matrix", epilog=EVALUATE_EXAMPLES)
     p.add_argument("folder", help="a folder of class folders, e.g. DATA/valid")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--model", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--confusion", default="confusion.png")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--weights", required=True, help="the checkpoint (or exported file) to evaluate (required)")
+    p.add_argument("--model", default=None, help="expected model name (default: the checkpoint's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--confusion", default="confusion.png", help="confusion matrix: a PNG, or a .csv of the counts")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="write a TorchScript or ONNX file that carries its class names")
-    p.add_argument("checkpoint")
-    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
-    p.add_argument("--out", default=None)
+    p = sub.add_parser("export", help="write a TorchScript or ONNX file that carries its class names", epilog=EXPORT_EXAMPLES)
+    p.add_argument("--weights", default=None, help="the checkpoint to export (required)")
+    p.add_argument("checkpoint", nargs="?", default=None, help=argparse.SUPPRESS)  # the older spelling, still read
+    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript", help="file format")
+    p.add_argument("--out", default=None, help="the file to write (default: the checkpoint's name with .ts or .onnx)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("quantize", help="make an int8 model for --backend openvino-int8, checked against fp32 on your clips")
+    p = sub.add_parser("quantize", help="make an int8 model for --backend openvino-int8, checked against fp32 on your clips",
+                       epilog=QUANTIZE_EXAMPLES)
     p.add_argument("--model", default=None, help="video classifier (default r2plus1d_18, or the checkpoint's)")
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT (Kinetics-400) or a checkpoint / state_dict PATH")
-    p.add_argument("--clips", nargs="+", required=True, help="video files or folders of them, like what the cameras see")
-    p.add_argument("--stride", type=finite_float("--stride"), default=1.0, help="seconds between windows taken from the clips (default 1)")
+    p.add_argument("--clips", nargs="+", required=True, help="video files or folders of them, like what the cameras see (required)")
+    p.add_argument("--stride", type=finite_float("--stride"), default=1.0, help="seconds between windows taken from the clips")
     p.add_argument("--min-agreement", type=finite_float("--min-agreement"), default=0.9,
-                   help="keep the model only if its top-1 equals fp32's on this fraction of the checked windows (default 0.9)")
+                   help="keep the model only if its top-1 equals fp32's on this fraction of the checked windows")
     p.add_argument("--max-score-diff", type=finite_float("--max-score-diff"), default=0.1,
-                   help="keep the model only if no softmax score differs from fp32's by more than this (default 0.1)")
-    p.add_argument("--threads", type=int, default=None)
+                   help="keep the model only if no softmax score differs from fp32's by more than this")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: cores - 1, at least 1)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_quantize)
 
@@ -89,8 +129,8 @@ def _train_config(args):
     from streamrec.offline.train import TrainConfig
 
     keys = ("model", "weights", "device", "epochs", "batch_size", "lr", "freeze_backbone", "val_split", "patience",
-            "flip", "color_jitter", "workers", "cache_dir", "seed", "out", "resume")
-    return TrainConfig(data=args.data, **{k: getattr(args, k) for k in keys})
+            "flip", "color_jitter", "workers", "cache_dir", "seed", "out", "resume", "quiet")
+    return TrainConfig(data=args.data, **{k: getattr(args, k) for k in keys if hasattr(args, k)})
 
 
 def cmd_dataset(args) -> int:
@@ -151,12 +191,18 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from streamrec.errors import StreamrecError
     from streamrec.offline.evaluate import export
 
+    if args.weights and args.checkpoint and args.weights != args.checkpoint:
+        raise StreamrecError(f"--weights: expected one checkpoint, got {args.weights!r} and {args.checkpoint!r}")
+    weights = args.weights or args.checkpoint
+    if not weights:
+        raise StreamrecError("--weights: expected the checkpoint PATH to export, got nothing")
     suffix = {"torchscript": ".ts", "onnx": ".onnx"}[args.format]
-    out = args.out or str(args.checkpoint).rsplit(".", 1)[0] + suffix
-    check_output("--out", out, inputs=(args.checkpoint,))
-    path = export(args.checkpoint, out, fmt=args.format)
+    out = args.out or str(weights).rsplit(".", 1)[0] + suffix
+    check_output("--out", out, inputs=(weights,))
+    path = export(weights, out, fmt=args.format)
     print(f"wrote {path}")
     return 0
 

@@ -54,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     out: str = "model.pt"
     resume: bool = False
+    quiet: bool = False  # no progress bar (there is none when stderr is not a terminal)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
