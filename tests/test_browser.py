@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
+import urllib.request
+from urllib.parse import unquote
 
 import cv2
 import numpy as np
 import pytest
 
 from conftest import ROOT, free_port, streamrec_cmd, wait_http
+from streamrec.live.history import HistoryStore, Segment
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
@@ -24,10 +28,10 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--no-first-run", "--disable-component-update", "--disable-sync"]
 
 
-def serve(clip, port: int) -> subprocess.Popen:
+def serve(clip, port: int, *extra: str) -> subprocess.Popen:
     proc = subprocess.Popen(
         streamrec_cmd("serve", "--source", str(clip), "--loop", "--weights", "none", "--model", "tiny3d",
-                      "--port", str(port)),
+                      "--port", str(port), *extra),
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
@@ -94,7 +98,7 @@ def test_page_shows_predictions_video_and_reconnects(demo_clip, page, artifacts)
     try:
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
-        assert page.inner_text("[data-testid=label]") != "waiting for the first window…"
+        assert page.inner_text("[data-testid=label]") != "loading model…"
         assert page.locator(".top li").count() == 5
         banner = page.locator("[data-testid=banner]")
         assert banner.is_visible() and "meaningless" in banner.inner_text()
@@ -164,24 +168,122 @@ def test_a_restarted_server_without_a_camera_loses_its_tile(demo_clip, page, tmp
             stop(proc)
 
 
-def test_overlay_mode_shows_only_the_label(demo_clip, page, artifacts):
+def test_overlay_mode_shows_only_the_label_and_the_warning(demo_clip, page, artifacts):
+    """An OBS overlay of a model with random weights: the label, and the warning that it means nothing."""
     port = free_port()
-    proc = serve(demo_clip, port)
+    proc = serve(demo_clip, port)  # --weights none
     try:
         page.goto(f"http://127.0.0.1:{port}/?overlay=1")
         page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
         assert page.is_visible("[data-testid=label]")
+        page.wait_for_selector("[data-testid=banner]", state="visible", timeout=10_000)
+        assert "meaningless" in page.inner_text("[data-testid=banner]")
         assert not page.is_visible("[data-testid=video]") and not page.is_visible(".health")
         assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgba(0, 0, 0, 0)"
         png = page.screenshot(path=str(artifacts / "browser-overlay.png"), omit_background=True)
         rgba = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)  # (H, W, 4) BGRA
         assert rgba.shape == (760, 1000, 4)
         alpha = rgba[..., 3]
-        box = page.locator("[data-testid=label]").bounding_box()
+        boxes = [page.locator(sel).bounding_box() for sel in ("[data-testid=label]", "[data-testid=banner]")]
         assert alpha[-1, -1] == 0 and alpha[0, 0] == 0  # the root element paints no background either
-        opaque = np.argwhere(alpha > 0)  # (row, col) of every painted pixel: the label's text and its shadow
+        opaque = np.argwhere(alpha > 0)  # (row, col) of every painted pixel: the label, its shadow and the warning
         assert len(opaque) > 0
-        assert box["y"] - 8 <= opaque[:, 0].min() and opaque[:, 0].max() <= box["y"] + box["height"] + 8
+        inside = np.zeros(len(opaque), bool)
+        for box in boxes:
+            inside |= ((box["y"] - 8 <= opaque[:, 0]) & (opaque[:, 0] <= box["y"] + box["height"] + 8)
+                       & (box["x"] - 8 <= opaque[:, 1]) & (opaque[:, 1] <= box["x"] + box["width"] + 8))
+        assert inside.all(), f"{(~inside).sum()} painted pixels outside the label and the warning"
+    finally:
+        stop(proc)
+
+
+# the last 10 minutes of a camera, as the history database holds them (seconds before now)
+PAST = [("arm wrestling", -560, -430, 0.72, 0.90), ("uncertain", -430, -400, 0.31, 0.38),
+        ("shaking hands", -400, -310, 0.58, 0.74), ("arm wrestling", -310, -170, 0.81, 0.93),
+        ("clapping", -170, -95, 0.64, 0.77), ("stretching arm", -95, -40, 0.55, 0.69)]
+CLOCK = re.compile(r"\d{1,2}:\d{2}")
+DASHBOARD_PNG = ROOT / "docs" / "dashboard.png"
+
+
+def test_a_coach_reads_the_dashboard(demo_clip, page, tmp_path):
+    """Plain words first, the engineering figures behind "details"; the 10-minute strip with its
+    legend, time axis and a click for a segment's details; a favicon; /healthz's degraded state in a
+    banner. Writes docs/dashboard.png, the README's picture."""
+    db = tmp_path / "history.db"
+    store = HistoryStore(str(db))
+    now = time.time()
+    for label, start, end, mean, peak in PAST:
+        store.add(Segment("default", label, now + start, now + end, mean, peak, int(end - start) * 2))
+    store.flush()
+    store.close()
+    port = free_port()
+    proc = serve(demo_clip, port, "--db", str(db))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.goto(url + "/")
+        # no label yet: the page says the model is loading (the tile's first words), never an empty label
+        assert page.evaluate("document.getElementById('tile-template').content"
+                             ".querySelector('[data-testid=label]').textContent") == "loading model…"
+        page.wait_for_function("document.querySelector('[data-testid=label]')?.dataset.seq >= 1", timeout=60_000)
+        page.wait_for_function("Number(document.querySelector('[data-testid=video]').dataset.frames || 0) >= 1", timeout=20_000)
+        page.wait_for_function("document.querySelector('.every').textContent !== '–'", timeout=20_000)
+        legend = "[data-testid=legend] li[data-label]"
+        page.wait_for_function(f"document.querySelectorAll('{legend}').length >= 4", timeout=20_000)
+
+        # plain words, each with a one-sentence tooltip; the engineering figures hidden
+        stats = page.inner_text(".stats")
+        assert re.search(r"Sees [\d.]+ frames/s", stats) and re.search(r"Answers every [\d.]+ s", stats), stats
+        assert re.search(r"Answer is [\d.]+ s old", stats), stats
+        titles = page.eval_on_selector_all(".stats > span, .details > span", "els => els.map(e => e.title)")
+        assert len(titles) >= 10 and all(t.endswith(".") and len(t) > 20 for t in titles), titles
+        assert page.is_hidden("[data-testid=details]")
+
+        # the legend: every label on the strip, each its own colour (the uncertain stretches grey)
+        labels = page.eval_on_selector_all(legend, "els => els.map(e => e.dataset.label)")
+        assert {"arm wrestling", "shaking hands", "clapping", "stretching arm", "uncertain"} <= set(labels), labels
+        swatches = page.eval_on_selector_all(legend + " .swatch", "els => els.map(e => getComputedStyle(e).backgroundColor)")
+        assert len(set(swatches)) == len(labels), swatches
+        strip = page.eval_on_selector_all("[data-testid=timeline] span",
+                                          "els => els.map(e => [e.dataset.label, getComputedStyle(e).backgroundColor])")
+        assert dict(strip)["shaking hands"] == swatches[labels.index("shaking hands")]
+        # the time axis: clock times under the strip, "now" at its right end
+        ticks = page.eval_on_selector_all("[data-testid=axis] span", "els => els.map(e => e.textContent)")
+        assert ticks[-1] == "now" and len(ticks) >= 4 and all(CLOCK.search(t) for t in ticks[:-1]), ticks
+
+        # a click on a segment: its label, start and end times and score
+        page.click("[data-testid=timeline] span[data-label='shaking hands']")
+        info = page.locator("[data-testid=segment-info]")
+        info.wait_for(state="visible", timeout=5_000)
+        text = info.inner_text()
+        assert "shaking hands" in text and len(CLOCK.findall(text)) == 2 and "1 min 30 s" in text, text
+        assert "score 58% on average, 74% at best" in text, text
+        page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 3", timeout=20_000)
+        page.screenshot(path=str(DASHBOARD_PNG))
+
+        # "details": the engineering figures, each explained
+        page.click("[data-testid=details-toggle]")
+        details = page.locator("[data-testid=details]")
+        assert details.is_visible()
+        assert re.search(r"dropped \d+", details.inner_text()) and re.search(r"latency \d+ ms", details.inner_text())
+        assert "before the model looked at them" in page.get_attribute(".details .drops >> xpath=..", "title")
+        page.click("[data-testid=details-toggle]")
+        assert page.is_hidden("[data-testid=details]")
+
+        # the favicon: the page's own, and /favicon.ico for a browser that asks for it
+        with urllib.request.urlopen(url + "/favicon.ico", timeout=10) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "image/svg+xml"
+            icon = r.read()
+        href = page.get_attribute("link[rel=icon]", "href")
+        assert href.startswith("data:image/svg+xml,") and unquote(href.split(",", 1)[1]).encode() == icon
+
+        # a degraded server: the page shows why, in a banner
+        reason = "camera default: no new label for 30 s while frames arrive"
+        health = json.loads(wait_http(url + "/healthz"))
+        page.route("**/healthz*", lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps({**health, "status": "degraded", "reasons": [reason]})))
+        page.wait_for_selector("[data-testid=degraded]", state="visible", timeout=15_000)
+        assert reason in page.inner_text("[data-testid=degraded]")
     finally:
         stop(proc)
 
