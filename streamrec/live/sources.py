@@ -31,6 +31,7 @@ from streamrec.errors import SourceError
 logger = logging.getLogger(__name__)
 
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+MAX_WEBCAM_INDEX = 2**31 - 1  # OpenCV takes a C int
 # Frames up to this size are decoded in the capture thread alone (see decoder_threading).
 SINGLE_THREAD_MAX_PIXELS = 640 * 480
 
@@ -144,7 +145,9 @@ class SourceSpec:
         text = str(source).strip()
         if not text:
             raise SourceError("--source: expected a webcam index, a URL or a video file, got an empty string")
-        if text.isdigit():
+        if text.isascii() and text.isdigit():  # not "²": str.isdigit() takes it, int() does not
+            if int(text) > MAX_WEBCAM_INDEX:
+                raise SourceError(f"--source: expected a webcam index 0..{MAX_WEBCAM_INDEX}, got {text}")
             return cls(text, "webcam", **kw)
         if text.lower().startswith(NETWORK_SCHEMES):
             return cls(text, "network", **kw)
@@ -311,6 +314,8 @@ class WebcamSource(Source):
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         try:
             self._cap = (device or cv2.VideoCapture)(int(spec.target))
+        except cv2.error as exc:  # an index OpenCV refuses
+            raise SourceError(f"--source: cannot open webcam {spec.target}: {str(exc).strip().splitlines()[0]}") from None
         finally:
             cv2.utils.logging.setLogLevel(level)
         if not self._cap.isOpened():
