@@ -220,6 +220,9 @@ def test_a_coach_reads_the_dashboard(demo_clip, page, tmp_path):
     proc = serve(demo_clip, port, "--db", str(db))
     try:
         url = f"http://127.0.0.1:{port}"
+        errors: list[str] = []  # the page's uncaught exceptions and console errors (a 404 favicon among them)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
         page.set_viewport_size({"width": 1280, "height": 800})
         page.goto(url + "/")
         # no label yet: the page says the model is loading (the tile's first words), never an empty label
@@ -284,6 +287,7 @@ def test_a_coach_reads_the_dashboard(demo_clip, page, tmp_path):
             status=200, content_type="application/json", body=json.dumps({**health, "status": "degraded", "reasons": [reason]})))
         page.wait_for_selector("[data-testid=degraded]", state="visible", timeout=15_000)
         assert reason in page.inner_text("[data-testid=degraded]")
+        assert errors == []
     finally:
         stop(proc)
 
