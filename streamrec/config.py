@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.errors import StreamrecError
+from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig, check_rules
 from streamrec.validate import check_allowed_hosts, check_types
 
 # a camera's name travels in a one-byte length field (the preview frames' header): its UTF-8 bytes count
@@ -129,6 +130,9 @@ class ServeConfig:
     max_connections_per_address: int = 64  # open connections from one peer address
     cameras: tuple[CameraConfig, ...] = ()
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    rules: tuple[RuleConfig, ...] = ()  # [[rules]]: when an activity becomes an event
+    notify: NotifyConfig = field(default_factory=NotifyConfig)  # [notify.webhook], [notify.mqtt]
+    recording: RecordingConfig = field(default_factory=RecordingConfig)  # [recording]: event clips
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -142,6 +146,7 @@ class ServeConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise StreamrecError(f"[[cameras]]: camera names must be unique, got {dupes} more than once")
+        check_rules(self.rules, self.notify, names)
         if self.batch_wait_ms < 0:
             raise StreamrecError(f"batch_wait_ms: expected >= 0, got {self.batch_wait_ms}")
         if not 0 <= self.port <= 65535:
@@ -202,6 +207,7 @@ class ServeConfig:
                     val = tuple(v if isinstance(v, CameraConfig) else CameraConfig.from_dict(v) for v in val)
                 if key == "allowed_hosts":
                     val = check_allowed_hosts(val)
+                val = _event_table(key, val)
                 merged[key] = val
         if "token" not in merged and os.environ.get("STREAMREC_TOKEN"):
             merged["token"] = os.environ["STREAMREC_TOKEN"]
@@ -211,6 +217,19 @@ class ServeConfig:
             return cls(**merged)
         except TypeError as exc:
             raise StreamrecError(f"config: {exc}") from None
+
+
+def _event_table(key: str, val: Any) -> Any:
+    """``rules``, ``notify`` and ``recording`` from their TOML tables."""
+    if key == "rules" and not isinstance(val, tuple):
+        if not isinstance(val, list):
+            raise StreamrecError(f"rules: expected [[rules]] tables, got {type(val).__name__}")
+        return tuple(v if isinstance(v, RuleConfig) else RuleConfig.from_dict(v) for v in val)
+    if key == "notify" and not isinstance(val, NotifyConfig):
+        return NotifyConfig.from_dict(val)
+    if key == "recording" and not isinstance(val, RecordingConfig):
+        return RecordingConfig.from_dict(val)
+    return val
 
 
 def _smoothing(val: Any, base: SmoothingConfig | None) -> SmoothingConfig:
@@ -265,6 +284,8 @@ def _paths_from(base: Path, values: dict[str, Any]) -> dict[str, Any]:
         return out
 
     out = joined(values)
+    if isinstance(out.get("recording"), dict) and "dir" in out["recording"]:
+        out["recording"] = {**out["recording"], "dir": file(out["recording"]["dir"])}
     if isinstance(out.get("cameras"), list):  # a malformed list is ServeConfig's to report
         out["cameras"] = [joined(cam) if isinstance(cam, dict) else cam for cam in out["cameras"]]
     return out

@@ -4,7 +4,7 @@ functions, no private names across modules, and a docstring on every subpackage.
 Everything is read with ``ast``; nothing is imported. The layers, lowest first::
 
     errors, config, fsutil, validate, catalog  (top-level modules)
-    models -> runtime -> live -> serve -> cluster | offline -> cli
+    models -> runtime -> live -> events -> serve -> cluster | offline -> cli
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "streamrec"
-LAYERS = {"": 0, "models": 1, "runtime": 2, "live": 3, "serve": 4, "cluster": 5, "offline": 5, "cli": 6}
+LAYERS = {"": 0, "models": 1, "runtime": 2, "live": 3, "events": 4, "serve": 5, "cluster": 6, "offline": 6, "cli": 7}
 FACADE = {"streamrec", "streamrec.__main__"}  # the public entry points may reach any layer, lazily
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60

@@ -55,6 +55,12 @@ class ClusterApp(AppCore):
         self.source_stats: dict[str, dict[str, Any]] = {}  # each camera's capture stats, refreshed once a second
         self.error: str | None = None  # the driver's last failure, until a round succeeds again
         self.errors = 0
+        try:  # rules and notifications on the driver; clips need the frames, which stay on the camera nodes
+            self.start_events(sorted({c for g in self.runner.groups.values() for c in g.classes}), record=False)
+        except BaseException:
+            self.runner.close()
+            self.history.close()
+            raise
         if dashboard:
             self.build_server()
         self._thread = threading.Thread(target=self._drive, name="cluster-driver", daemon=True)
@@ -185,6 +191,8 @@ class ClusterApp(AppCore):
 
     # -- lifecycle --------------------------------------------------------------
     def start_work(self) -> None:
+        if self.events is not None:
+            self.events.start(self.camera_names())
         self._thread.start()
 
     def stop_work(self) -> None:

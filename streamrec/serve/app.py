@@ -59,9 +59,13 @@ class LiveApp(AppCore):
         try:
             for cam in config.all_cameras():
                 self._add_camera(cam, start=False)
+            self.start_events(sorted({c for clf in self.classifiers.values() for c in clf.loaded.classes}),
+                              frame_of=self.frame_of)
         except BaseException:
             self.close()
             raise
+        for name, cam in self.cameras.items():
+            cam.capture.packets = self.events.packet_ring(name)  # the clips' compressed packets
         self.build_server()
 
     # -- cameras ----------------------------------------------------------------
@@ -96,6 +100,8 @@ class LiveApp(AppCore):
                     key, clf = self._classifier(cam)
                 camera = Camera(cam, clf, self.config.smoothing, first=first, wake=self.wake,
                                 supervisor=self.supervisor)
+                if self.events is not None:  # a camera added at run time records from the start
+                    camera.capture.packets = self.events.packet_ring(cam.name)
             except BaseException:
                 first.close()
                 raise
@@ -120,6 +126,11 @@ class LiveApp(AppCore):
 
     def add_camera(self, cam: CameraConfig) -> Camera:
         return self._add_camera(cam, start=True)
+
+    def frame_of(self, name: str):
+        """The camera's newest RGB frame (an event's thumbnail), or None."""
+        cam = self.cameras.get(name)
+        return cam.capture.latest_rgb if cam is not None else None
 
     def remove_camera(self, name: str) -> bool:
         with self.lock:  # the lock _publish_predictions takes: no label of it follows the removal notice
@@ -200,6 +211,8 @@ class LiveApp(AppCore):
 
     # -- lifecycle --------------------------------------------------------------
     def start_work(self) -> None:
+        if self.events is not None:
+            self.events.start(self.camera_names())
         with self.lock:
             for cam in self.cameras.values():
                 cam.start()

@@ -20,11 +20,12 @@ from typing import Any
 
 from streamrec.config import CameraConfig, ServeConfig
 from streamrec.errors import StreamrecError
-from streamrec.live.history import HistoryStore, SegmentTracker
+from streamrec.events.manager import EventManager
+from streamrec.live.history import HistoryStore, SegmentTracker, default_db
 from streamrec.live.messages import MEANINGLESS
 from streamrec.serve.metrics import Metrics
 from streamrec.serve.preview import frame_message, preview_width
-from streamrec.serve.routes import cameras_api, history_api
+from streamrec.serve.routes import cameras_api, events_api, history_api
 from streamrec.supervision import Supervisor
 from streamrec.serve.server import Hub, Route, WebServer, json_route, page_html, stop_on_signals, watched_ticks
 
@@ -46,6 +47,7 @@ class AppCore:
         self.lock = threading.RLock()  # the cameras and what is published of them
         self.trackers: dict[str, SegmentTracker] = {}
         self.metrics: Metrics | None = None
+        self.events: EventManager | None = None
         self.server: WebServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -120,9 +122,21 @@ class AppCore:
                   "/metrics": Route(Metrics.CONTENT_TYPE, self.metrics.render)}
         cameras = cameras_api(listing=lambda: {"cameras": self.health()["cameras"], "adding": self.adding()},
                               add=self.add_camera, remove=self.remove_camera)
+        api = {"/api/history": history_api(self.history), "/api/cameras": cameras}
+        if self.events is not None:
+            api["/api/events"] = events_api(self.events)
         self.server = WebServer(self.hub, host=self.config.host, port=self.config.port, routes=routes,
-                                token=self.config.token,
-                                api={"/api/history": history_api(self.history), "/api/cameras": cameras})
+                                token=self.config.token, api=api)
+
+    def start_events(self, classes: list[str], *, frame_of=lambda camera: None, record: bool = True) -> None:
+        """The rules, the events table, clips and notifications (before :meth:`build_server`)."""
+        self.events = EventManager(rules=self.config.rules, notify=self.config.notify, recording=self.config.recording,
+                                   db=self.config.db or default_db(), classes=classes, supervisor=self.supervisor,
+                                   publish=self.publish_event, frame_of=frame_of, record=record)
+
+    def publish_event(self, msg: dict[str, Any]) -> None:
+        """An event opened or closed: to every page (each change its own key: none replaces another)."""
+        self.hub.publish_threadsafe(f"event:{msg['id']}:{msg['state']}", json.dumps(msg, allow_nan=False))
 
     def metric_rows(self) -> list[tuple[str, dict[str, Any], Any]]:
         """*hook*: ``(name, capture stats, label stats)`` per camera for ``/metrics``."""
@@ -152,6 +166,7 @@ class AppCore:
             "clients": len(self.hub.clients),
             "history": self.history.stats(),
             "batching": self.batching(),
+            "events": self.events.stats() if self.events is not None else None,
             "threads": sorted(t.name for t in threading.enumerate()),
             "uptime_s": round(time.time() - self.started, 1),
         }
@@ -172,6 +187,8 @@ class AppCore:
             self.trackers.setdefault(name, SegmentTracker(name, self.history.add)).update(
                 msg["label"], msg["score"], msg["window"]["end_ts"])
             out.append((name, json.dumps(msg, allow_nan=False)))
+            if self.events is not None:
+                self.events.observe(name, msg)
         self.hub.publish_many_threadsafe([(f"prediction:{name}", text) for name, text in out])
         return out
 
@@ -183,6 +200,8 @@ class AppCore:
         tracker = self.trackers.pop(name, None)
         if tracker is not None:
             tracker.close(time.time())
+        if self.events is not None:
+            self.events.forget(name)
         self.hub.forget_threadsafe(f":{name}")
         self.hub.publish_threadsafe("removed", json.dumps({"type": "removed", "camera": name}))
 
@@ -265,6 +284,8 @@ class AppCore:
                 for tracker in self.trackers.values():
                     tracker.close(now)
                 self.history.close()
+                if self.events is not None:
+                    self.events.close()
         logger.info("stopped")
 
 

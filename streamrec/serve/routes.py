@@ -8,6 +8,9 @@ from typing import Any, Callable
 from streamrec.config import CameraConfig
 from streamrec.errors import StreamrecError
 from streamrec.live.history import HistoryStore, parse_time
+from streamrec.events.manager import EventManager
+from streamrec.events.store import row_event
+from streamrec.serve.files import FileBody
 from streamrec.serve.server import ApiRoute, Reply
 from streamrec.validate import from_text
 
@@ -66,3 +69,56 @@ def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraC
         return Reply(405, {"error": "GET, POST or DELETE"})
 
     return ApiRoute(handler, admin=True)
+
+
+EVENTS_API_LIMIT = 1000  # events in one /api/events answer (the newest); ?limit= asks for fewer
+
+
+def events_api(events: EventManager) -> ApiRoute:
+    """``GET /api/events?camera=&rule=&since=&until=&limit=`` (newest first), ``GET /api/events/ID``,
+    ``GET /api/events/ID/clip.mp4`` (Range requests answered 206), ``GET /api/events/ID/thumb.jpg``
+    and ``DELETE /api/events/ID`` (token required)."""
+
+    def handler(method: str, path: str, query: dict[str, list[str]]) -> Reply:
+        parts = path.strip("/").split("/")[2:]  # after api/events
+        if not parts and method == "GET":
+            return list_events(events, query)
+        if len(parts) == 1 and method == "DELETE":
+            if not events.delete(parts[0]):
+                return Reply(404, {"error": f"no event {parts[0]!r}"})
+            return Reply(200, {"deleted": parts[0]})
+        if len(parts) == 1 and method == "GET":
+            row = events.store.get(parts[0])
+            return Reply(200, row_event(row)) if row else Reply(404, {"error": f"no event {parts[0]!r}"})
+        if len(parts) == 2 and method == "GET" and parts[1] in FILES:
+            kind, content_type = FILES[parts[1]]
+            found = events.file_of(parts[0], kind)
+            if found is None:
+                return Reply(404, {"error": f"event {parts[0]!r} has no {parts[1]}"})
+            return Reply(200, FileBody(found, content_type))
+        return Reply(405 if len(parts) <= 1 else 404, {"error": "GET /api/events[/ID[/clip.mp4|/thumb.jpg]] or DELETE "
+                                                                "/api/events/ID"})
+
+    return ApiRoute(handler, admin_methods=("DELETE",))
+
+
+FILES = {"clip.mp4": ("clip", "video/mp4"), "thumb.jpg": ("thumbnail", "image/jpeg")}
+
+
+def list_events(events: EventManager, query: dict[str, list[str]]) -> Reply:
+    one = lambda k: (query.get(k) or [None])[0]  # noqa: E731
+    try:
+        since, until = parse_time(one("since")), parse_time(one("until"))
+        limit = int(one("limit") or EVENTS_API_LIMIT)
+        if not 1 <= limit <= EVENTS_API_LIMIT:
+            raise ValueError
+    except StreamrecError as exc:
+        return Reply(400, {"error": str(exc)})
+    except ValueError:
+        return Reply(400, {"error": f"limit: expected 1..{EVENTS_API_LIMIT}, got {one('limit')!r}"})
+    try:
+        rows = events.store.query(camera=one("camera"), rule=one("rule"), since=since, until=until, limit=limit)
+    except Exception as exc:  # noqa: BLE001 - the database went away: the page asks again later
+        logger.warning("events: cannot read the database: %s", str(exc).strip())
+        return Reply(503, {"error": f"events database unavailable: {str(exc).strip()}"})
+    return Reply(200, {"events": [row_event(r) for r in rows]})

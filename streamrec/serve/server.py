@@ -25,6 +25,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from streamrec.serve.files import FileBody, file_response
 from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, host_allowed, raise_fd_limit
 from streamrec.serve.guard import http_response as _response
 
@@ -177,6 +178,7 @@ class ApiRoute:
 
     handler: Callable[[str, str, dict[str, list[str]]], Reply]
     admin: bool = False
+    admin_methods: tuple[str, ...] = ()  # methods that need the token even where the route does not
 
 
 class WebServer:
@@ -329,7 +331,8 @@ class WebServer:
         return await done
 
     def _api(self, route: ApiRoute, request: Request, path: str) -> Response:
-        if route.admin and not self.token:
+        admin = route.admin or request.method in route.admin_methods
+        if admin and not self.token:
             return _json(HTTPStatus.FORBIDDEN, {"error": "the admin API needs the server to run with --token"})
         if not self._authorized(request):
             return _json(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong token"})
@@ -338,6 +341,8 @@ class WebServer:
         except Exception:  # noqa: BLE001
             logger.exception("API handler for %s %s failed", request.method, path)
             return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
+        if isinstance(reply.body, FileBody):
+            return file_response(reply.body, request.headers.get("Range"))
         return _json(HTTPStatus(reply.status), reply.body)
 
     async def _handler(self, ws: ServerConnection) -> None:

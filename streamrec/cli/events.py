@@ -1,0 +1,110 @@
+"""``streamrec events``: the events in the history database, and copying an event's clip out."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from streamrec.errors import StreamrecError
+
+EXAMPLES = """examples:
+  streamrec events                                  the newest events, as a table
+  streamrec events --camera rack-1 --since -1d --format csv
+  streamrec events 1764770000-1a2b3c4d --out lift.mp4 --config gym.toml   copy an event's clip out
+"""
+COLUMNS = ("id", "rule", "camera", "label", "start_ts", "end_ts", "peak_score", "mean_score", "state", "clip")
+
+
+def add_events_parser(sub, formatter) -> None:
+    p = sub.add_parser("events", help="list events (rules that fired), or copy an event's clip out",
+                       epilog=EXAMPLES, formatter_class=formatter)
+    p.add_argument("id", nargs="?", default=None, help="an event's id: with --out, copy its clip")
+    p.add_argument("--db", default=None, help="SQLite file or postgresql:// URL (default: serve's history database)")
+    p.add_argument("--camera", default=None, help="only this camera's events (default: every camera)")
+    p.add_argument("--rule", default=None, help="only this rule's events (default: every rule)")
+    p.add_argument("--since", default=None, help="Unix seconds, ISO time, or -10m / -2h / -1d (default: no bound)")
+    p.add_argument("--until", default=None, help="as --since (default: no bound)")
+    p.add_argument("--limit", type=int, default=100, help="at most this many, the newest first")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.add_argument("--out", default=None, help="with ID: where to write the event's clip (MP4)")
+    p.add_argument("--config", default=None, help="the serve config whose [recording] dir holds the clips "
+                                                  "(default: the built-in dir)")
+    p.set_defaults(func=cmd_events)
+
+
+def open_store(db: str | None):
+    from streamrec.events.store import EventStore
+    from streamrec.live.history import default_db
+
+    target = db or default_db()
+    if "://" not in target and target != ":memory:" and not Path(target).is_file():
+        raise StreamrecError(f"--db: no history database at {target}")
+    return EventStore(target)
+
+
+def cmd_events(args) -> int:
+    from streamrec.live.history import parse_time
+
+    if args.limit < 1:
+        raise StreamrecError(f"--limit: expected >= 1, got {args.limit}")
+    if args.out and not args.id:
+        raise StreamrecError("--out: expected an event ID before it (streamrec events ID --out clip.mp4)")
+    since, until = parse_time(args.since), parse_time(args.until)
+    store = open_store(args.db)
+    try:
+        if args.id:
+            return copy_clip(store, args)
+        rows = store.query(camera=args.camera, rule=args.rule, since=since, until=until, limit=args.limit)
+    finally:
+        store.close()
+    print_events(rows, args.format)
+    return 0
+
+
+def copy_clip(store, args) -> int:
+    from streamrec.config import load_toml
+    from streamrec.event_config import RecordingConfig
+
+    row = store.get(args.id)
+    if row is None:
+        raise StreamrecError(f"events: no event {args.id!r}")
+    if not args.out:
+        print_events([row], args.format)
+        return 0
+    recording = RecordingConfig.from_dict(load_toml(args.config).get("recording", {})) if args.config \
+        else RecordingConfig()
+    if not row["clip"]:
+        raise StreamrecError(f"events: event {args.id!r} has no clip (its camera had no compressed stream, or "
+                             "recording was off)")
+    src = recording.folder / row["clip"]
+    if not src.is_file():
+        raise StreamrecError(f"events: the clip of {args.id!r} is not in {recording.folder} (deleted by retention, "
+                             "or another [recording] dir: give --config)")
+    from streamrec.fsutil import check_output
+
+    check_output("--out", args.out)
+    shutil.copyfile(src, args.out)
+    print(f"streamrec: wrote {args.out} ({src.stat().st_size} bytes)", file=sys.stderr)
+    return 0
+
+
+def print_events(rows: list[dict], form: str) -> None:
+    rows = [{k: r.get(k) for k in COLUMNS} for r in rows]
+    if form == "json":
+        json.dump(rows, sys.stdout, indent=1, allow_nan=False)
+        sys.stdout.write("\n")
+    elif form == "csv":
+        w = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t is not None else "(open)"  # noqa: E731
+        print(f"{'id':<20} {'camera':<12} {'rule':<12} {'start':<19}  {'secs':>6}  {'peak':>5}  label")
+        for r in rows:
+            secs = f"{r['end_ts'] - r['start_ts']:>6.1f}" if r["end_ts"] is not None else "     -"
+            print(f"{r['id']:<20} {r['camera']:<12} {r['rule']:<12} {fmt(r['start_ts'])}  {secs}  "
+                  f"{r['peak_score']:>5.2f}  {r['label']}")

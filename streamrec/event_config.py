@@ -1,0 +1,223 @@
+"""Configuration of events: ``[[rules]]``, ``[notify.webhook]``, ``[notify.mqtt]`` and
+``[recording]``, as frozen dataclasses validated at construction (read with the cameras' TOML).
+
+Example:
+    >>> rule = RuleConfig.from_dict({"name": "lifting", "labels": ["deadlifting"], "min_seconds": 2})
+    >>> rule.min_seconds, rule.end_seconds, rule.notify
+    (2.0, 3.0, ())
+    >>> RuleConfig.from_dict({"name": "x", "labels": ["a"], "min_seconds": -1})
+    Traceback (most recent call last):
+    ...
+    streamrec.errors.StreamrecError: [[rules]] 'x': min_seconds: expected >= 0 seconds, got -1.0
+    >>> MqttConfig.from_dict({"url": "mqtts://u:p@broker"}).port, WebhookConfig.from_dict({"url": "ftp://h"})
+    Traceback (most recent call last):
+    ...
+    streamrec.errors.StreamrecError: [notify.webhook] url: expected an http:// or https:// URL, got 'ftp://h'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from streamrec.errors import StreamrecError
+from streamrec.validate import check_types
+
+CHANNELS = ("webhook", "mqtt")
+
+
+def unknown_keys(cls: type, d: dict[str, Any], where: str) -> None:
+    if not isinstance(d, dict):
+        raise StreamrecError(f"{where}: expected a table, got {type(d).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise StreamrecError(f"{where}: unknown option {unknown[0]!r}; expected one of {', '.join(sorted(names))}")
+
+
+def text_tuple(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise StreamrecError(f"{where}: expected a list of names, got {value!r}")
+    return tuple(v.strip() for v in value)
+
+
+def floats(d: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """``d`` with its integer values of ``names`` as floats (TOML's ``2`` where seconds are meant)."""
+    return {k: float(v) if k in names and isinstance(v, int) and not isinstance(v, bool) else v for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """When an activity becomes an event: one of ``labels`` (or a label of ``groups``) on one of
+    ``cameras`` (empty: every camera) with a smoothed score of at least ``min_score``, held for
+    ``min_seconds``; it ends when gone for ``end_seconds``; then no new event of this rule on this
+    camera for ``cooldown_seconds``. ``notify`` names the channels told of its start and end."""
+
+    name: str
+    labels: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    cameras: tuple[str, ...] = ()
+    min_score: float = 0.5
+    min_seconds: float = 2.0
+    end_seconds: float = 3.0
+    cooldown_seconds: float = 30.0
+    notify: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        where = f"[[rules]] {self.name!r}: "
+        check_types(self, prefix=where)
+        if not self.name.strip() or len(self.name.encode()) > 64:
+            raise StreamrecError(f"[[rules]] name: expected 1-64 bytes of text, got {self.name!r}")
+        if not self.labels and not self.groups:
+            raise StreamrecError(f"{where}expected labels = [...] or groups = [...], got neither")
+        if not 0 <= self.min_score <= 1:
+            raise StreamrecError(f"{where}min_score: expected 0..1, got {self.min_score}")
+        for name in ("min_seconds", "end_seconds", "cooldown_seconds"):
+            if getattr(self, name) < 0:
+                raise StreamrecError(f"{where}{name}: expected >= 0 seconds, got {getattr(self, name)}")
+        bad = [c for c in self.notify if c not in CHANNELS]
+        if bad:
+            raise StreamrecError(f"{where}notify: expected some of {', '.join(CHANNELS)}, got {bad[0]!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RuleConfig":
+        unknown_keys(cls, d, "[[rules]]")
+        if not isinstance(d.get("name"), str):
+            raise StreamrecError(f"[[rules]] name: expected a name, got {d.get('name')!r}")
+        d = floats(d, ("min_score", "min_seconds", "end_seconds", "cooldown_seconds"))
+        for key in ("labels", "groups", "cameras", "notify"):
+            if key in d:
+                d = {**d, key: text_tuple(d[key], f"[[rules]] {d['name']!r}: {key}")}
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """A JSON POST to ``url`` on each event's start and end, signed with HMAC-SHA256 of the body
+    under ``secret`` (header ``X-Streamrec-Signature: sha256=<hex>``)."""
+
+    url: str
+    secret: str | None = None
+    timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_types(self, prefix="[notify.webhook] ")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise StreamrecError(f"[notify.webhook] url: expected an http:// or https:// URL, got {self.url!r}")
+        if not self.timeout > 0:
+            raise StreamrecError(f"[notify.webhook] timeout: expected > 0 seconds, got {self.timeout}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "WebhookConfig":
+        unknown_keys(cls, d, "[notify.webhook]")
+        return cls(**floats(d, ("timeout",)))
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """An MQTT broker (``mqtt://[user:pass@]host[:1883]``, TLS with ``mqtts://``, port 8883)."""
+
+    url: str
+    topic_prefix: str = "streamrec"
+    homeassistant_discovery: bool = False
+    discovery_prefix: str = "homeassistant"
+
+    def __post_init__(self) -> None:
+        check_types(self, prefix="[notify.mqtt] ")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise StreamrecError(f"[notify.mqtt] url: expected mqtt://HOST[:PORT] or mqtts://..., got {self.url!r}")
+        try:
+            parts.port
+        except ValueError:
+            raise StreamrecError(f"[notify.mqtt] url: expected a port 1-65535, got {self.url!r}") from None
+        if not self.topic_prefix.strip("/") or any(c in self.topic_prefix for c in "+#"):
+            raise StreamrecError(f"[notify.mqtt] topic_prefix: expected a topic without + or #, got {self.topic_prefix!r}")
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MqttConfig":
+        unknown_keys(cls, d, "[notify.mqtt]")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    """Event clips: ``pre_seconds`` before an event's start to ``post_seconds`` after its end, at
+    most ``max_seconds`` long, in ``dir``; clips older than ``retention_days`` or past ``max_gb``
+    in all (the oldest first) are deleted with their events. ``packet_ring_mb``: each camera's ring
+    of compressed packets."""
+
+    enabled: bool = True
+    pre_seconds: float = 5.0
+    post_seconds: float = 5.0
+    max_seconds: float = 120.0
+    dir: str = "~/.local/share/streamrec/events"
+    retention_days: float = 14.0
+    max_gb: float = 20.0
+    packet_ring_mb: float = 16.0
+
+    def __post_init__(self) -> None:
+        check_types(self, prefix="[recording] ")
+        for name in ("pre_seconds", "post_seconds"):
+            if getattr(self, name) < 0:
+                raise StreamrecError(f"[recording] {name}: expected >= 0 seconds, got {getattr(self, name)}")
+        for name in ("max_seconds", "retention_days", "max_gb", "packet_ring_mb"):
+            if not getattr(self, name) > 0:
+                raise StreamrecError(f"[recording] {name}: expected > 0, got {getattr(self, name)}")
+
+    @property
+    def folder(self) -> Path:
+        return Path(os.path.expanduser(self.dir))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RecordingConfig":
+        unknown_keys(cls, d, "[recording]")
+        return cls(**floats(d, ("pre_seconds", "post_seconds", "max_seconds", "retention_days", "max_gb",
+                                "packet_ring_mb")))
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    webhook: WebhookConfig | None = None
+    mqtt: MqttConfig | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NotifyConfig":
+        unknown_keys(cls, d, "[notify]")
+        return cls(webhook=WebhookConfig.from_dict(d["webhook"]) if "webhook" in d else None,
+                   mqtt=MqttConfig.from_dict(d["mqtt"]) if "mqtt" in d else None)
+
+
+def check_rules(rules: tuple[RuleConfig, ...], notify: NotifyConfig, cameras: list[str]) -> None:
+    """Rules that cannot work with the rest of the config: a duplicate name, an unknown camera,
+    a channel that is not configured."""
+    names = [r.name for r in rules]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise StreamrecError(f"[[rules]]: rule names must be unique, got {dupes[0]!r} more than once")
+    for rule in rules:
+        for cam in rule.cameras:
+            if cam not in cameras:
+                raise StreamrecError(f"[[rules]] {rule.name!r}: cameras: no camera {cam!r}; expected one of "
+                                     f"{', '.join(cameras)}")
+        for channel in rule.notify:
+            if getattr(notify, channel) is None:
+                raise StreamrecError(f"[[rules]] {rule.name!r}: notify: {channel} needs a [notify.{channel}] table")

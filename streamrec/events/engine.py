@@ -1,0 +1,146 @@
+"""Rules over a camera's smoothed labels: when an activity holds long enough it opens an event,
+when it has been gone long enough the event closes.
+
+Each (rule, camera) pair is a small state machine fed with every prediction's smoothed label,
+score and window end time (:meth:`RuleEngine.update`): the label must be one of the rule's (or of
+its groups) with at least ``min_score`` for ``min_seconds`` to open an event (its start is when
+the label began); while open, each matching label extends it and counts towards its peak and mean
+score; ``end_seconds`` without one closes it at the last matching label; then ``cooldown_seconds``
+pass before the rule opens another event on that camera.
+
+Example:
+    >>> from streamrec.event_config import RuleConfig
+    >>> eng = RuleEngine([RuleConfig("run", labels=("running",), min_seconds=1.0, end_seconds=2.0)],
+    ...                  new_id=lambda ev: "e1")
+    >>> [eng.update("cam", "running", 0.8, t) for t in (10.0, 10.5)]
+    [[], []]
+    >>> [(c.kind, c.event.start_ts) for c in eng.update("cam", "running", 0.9, 11.0)]
+    [('start', 10.0)]
+    >>> eng.update("cam", "walking", 0.9, 12.0), [(c.kind, c.event.end_ts) for c in eng.update("cam", "walking", 0.9, 13.5)]
+    ([], [('end', 11.0)])
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+from streamrec.errors import StreamrecError
+from streamrec.event_config import RuleConfig
+from streamrec.events.store import Event
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # "start" | "end" | "seen"
+    event: Event
+    rule: RuleConfig
+    peak: bool = False  # "seen" at a new peak score
+
+
+@dataclass
+class Track:
+    """One rule on one camera."""
+
+    since: float | None = None  # when the current run of matching labels began
+    label: str | None = None
+    open: Event | None = None
+    last_seen: float = 0.0
+    scores: list[float] = field(default_factory=list)
+    cooldown_until: float = float("-inf")
+
+
+def event_id(ev: Event) -> str:
+    """Sortable and unguessable: the start second, then random hex."""
+    return f"{int(ev.start_ts)}-{secrets.token_hex(4)}"
+
+
+def rule_labels(rule: RuleConfig, classes: Sequence[str], groups: dict[str, list[str]]) -> frozenset[str]:
+    """The labels ``rule`` matches; a label not among ``classes`` or an unknown group is an error."""
+    unknown = [g for g in rule.groups if g not in groups]
+    if unknown:
+        raise StreamrecError(f"[[rules]] {rule.name!r}: groups: no group {unknown[0]!r}; expected one of "
+                             f"{', '.join(sorted(groups))}")
+    missing = [x for x in rule.labels if x not in classes]
+    if missing:
+        raise StreamrecError(f"[[rules]] {rule.name!r}: labels: the model has no class {missing[0]!r} "
+                             "(streamrec labels TEXT lists the Kinetics-400 ones)")
+    return frozenset(rule.labels) | frozenset(x for g in rule.groups for x in groups[g])
+
+
+class RuleEngine:
+    """The rules of an app over its cameras' labels. Not thread-safe: feed it from one thread
+    (or under one lock)."""
+
+    def __init__(self, rules: Iterable[RuleConfig], *, labels_of: dict[str, frozenset[str]] | None = None,
+                 new_id: Callable[[Event], str] = event_id) -> None:
+        self.rules = list(rules)
+        self.labels_of = labels_of or {r.name: frozenset(r.labels) for r in self.rules}
+        self.new_id = new_id
+        self.tracks: dict[tuple[str, str], Track] = {}
+
+    def update(self, camera: str, label: str, score: float, ts: float, *, uncertain: bool = False) -> list[Change]:
+        """One smoothed label of ``camera`` at ``ts`` (the window's end); the events it opens or closes."""
+        out = []
+        for rule in self.rules:
+            if rule.cameras and camera not in rule.cameras:
+                continue
+            matched = not uncertain and label in self.labels_of[rule.name] and score >= rule.min_score
+            change = self.step(rule, self.tracks.setdefault((rule.name, camera), Track()), camera, label, score,
+                               ts, matched)
+            if change is not None:
+                out.append(change)
+        return out
+
+    def step(self, rule: RuleConfig, tr: Track, camera: str, label: str, score: float, ts: float,
+             matched: bool) -> Change | None:
+        if tr.open is not None:
+            ev = tr.open
+            if matched:
+                tr.last_seen = ts
+                tr.scores.append(score)
+                peak = score > ev.peak_score
+                if peak:
+                    ev.peak_score, ev.peak_ts = score, ts
+                ev.mean_score = sum(tr.scores) / len(tr.scores)
+                return Change("seen", ev, rule, peak)
+            if ts - tr.last_seen >= rule.end_seconds:
+                ev.end_ts = tr.last_seen
+                tr.open, tr.since, tr.cooldown_until = None, None, tr.last_seen + rule.cooldown_seconds
+                return Change("end", ev, rule)
+            return None
+        if not matched or ts < tr.cooldown_until:
+            tr.since = None
+            return None
+        if tr.since is None:
+            tr.since, tr.label, tr.scores = ts, label, []
+        tr.scores.append(score)
+        if ts - tr.since < rule.min_seconds:
+            return None
+        ev = Event("", rule.name, camera, tr.label or label, start_ts=tr.since, peak_score=max(tr.scores),
+                   mean_score=sum(tr.scores) / len(tr.scores), peak_ts=ts)
+        ev.id = self.new_id(ev)
+        tr.open, tr.last_seen = ev, ts
+        return Change("start", ev, rule)
+
+    def close_all(self) -> list[Change]:
+        """Close every open event at its last matching label (a clean shutdown)."""
+        out = []
+        for (name, _), tr in self.tracks.items():
+            if tr.open is not None:
+                tr.open.end_ts = tr.last_seen
+                rule = next(r for r in self.rules if r.name == name)
+                out.append(Change("end", tr.open, rule))
+                tr.open = None
+        return out
+
+    def forget(self, camera: str) -> list[Change]:
+        """A camera removed: its open events close."""
+        out = []
+        for key in [k for k in self.tracks if k[1] == camera]:
+            tr = self.tracks.pop(key)
+            if tr.open is not None:
+                tr.open.end_ts = tr.last_seen
+                out.append(Change("end", tr.open, next(r for r in self.rules if r.name == key[0])))
+        return out

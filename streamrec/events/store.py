@@ -1,0 +1,229 @@
+"""Events and the notification outbox, in the history database (SQLite or PostgreSQL).
+
+An event row is written when it opens and updated when it closes; ``last_ts`` follows the
+newest matching label (at most once a second), so that after a ``kill -9`` the next start
+closes the event where its labels stopped (:meth:`EventStore.recover`). A notification is
+written to the outbox in the same call that changes the event, and delivered from there by
+:mod:`streamrec.events.notify`: it survives restarts and outages.
+
+Example:
+    >>> store = EventStore(":memory:")
+    >>> ev = Event("e1", "lifting", "rack-1", "deadlifting", start_ts=100.0, peak_score=0.8, mean_score=0.7)
+    >>> store.opened(ev, notify=("webhook",), now=100.0)
+    >>> [(e["id"], e["state"], e["end_ts"]) for e in store.query()]
+    [('e1', 'open', None)]
+    >>> store.closed(Event("e1", "lifting", "rack-1", "deadlifting", 100.0, 0.9, 0.75, end_ts=104.0), notify=("webhook",), now=104.0)
+    >>> [(n.kind, n.channel) for n in store.pending(now=200.0)]
+    [('event_start', 'webhook'), ('event_end', 'webhook')]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from streamrec.errors import StreamrecError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+        id TEXT PRIMARY KEY, rule TEXT NOT NULL, camera TEXT NOT NULL, label TEXT NOT NULL,
+        start_ts DOUBLE PRECISION NOT NULL, end_ts DOUBLE PRECISION, last_ts DOUBLE PRECISION NOT NULL,
+        peak_score DOUBLE PRECISION NOT NULL, mean_score DOUBLE PRECISION NOT NULL,
+        clip TEXT, thumbnail TEXT, clip_bytes BIGINT NOT NULL DEFAULT 0, state TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS events_start ON events (start_ts)",
+    """CREATE TABLE IF NOT EXISTS outbox (
+        id {serial} PRIMARY KEY, event_id TEXT NOT NULL, kind TEXT NOT NULL, channel TEXT NOT NULL,
+        payload TEXT NOT NULL, created DOUBLE PRECISION NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        next_try DOUBLE PRECISION NOT NULL, error TEXT, delivered DOUBLE PRECISION)""",
+    "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered, next_try)",
+)
+EVENT_COLUMNS = ("id", "rule", "camera", "label", "start_ts", "end_ts", "last_ts", "peak_score", "mean_score",
+                 "clip", "thumbnail", "clip_bytes", "state")
+
+
+@dataclass
+class Event:
+    """One event. ``end_ts`` is ``None`` while it is open."""
+
+    id: str
+    rule: str
+    camera: str
+    label: str
+    start_ts: float
+    peak_score: float
+    mean_score: float
+    end_ts: float | None = None
+    peak_ts: float | None = None  # when the peak score was seen (the thumbnail's frame)
+
+    @property
+    def state(self) -> str:
+        return "open" if self.end_ts is None else "closed"
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as the API, the websocket and the notifications give it."""
+        return {"id": self.id, "rule": self.rule, "camera": self.camera, "label": self.label,
+                "start_ts": self.start_ts, "end_ts": self.end_ts, "peak_score": round(self.peak_score, 4),
+                "mean_score": round(self.mean_score, 4), "clip": f"/api/events/{self.id}/clip.mp4",
+                "thumbnail": f"/api/events/{self.id}/thumb.jpg", "state": self.state}
+
+
+@dataclass(frozen=True)
+class Notification:
+    id: int
+    event_id: str
+    kind: str  # event_start | event_end
+    channel: str  # webhook | mqtt
+    payload: str  # the JSON body
+    created: float
+    attempts: int
+
+
+def row_event(row: dict[str, Any]) -> dict[str, Any]:
+    """An events row as the API gives it."""
+    ev = Event(row["id"], row["rule"], row["camera"], row["label"], row["start_ts"], row["peak_score"],
+               row["mean_score"], end_ts=row["end_ts"])
+    return {**ev.to_json(), "has_clip": bool(row["clip"]), "clip_bytes": row["clip_bytes"]}
+
+
+class EventStore:
+    """The events and outbox tables of ``target`` (a SQLite file, ``:memory:`` or a
+    ``postgresql://`` URL); thread-safe (one connection, one lock)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.postgres = target.startswith(("postgresql://", "postgres://"))
+        self.ph = "%s" if self.postgres else "?"
+        self._lock = threading.Lock()
+        self._conn = self._connect()
+        self._closed = False
+
+    def _connect(self):
+        try:
+            if self.postgres:
+                import psycopg
+
+                conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10)
+            else:
+                conn = sqlite3.connect(self.target, check_same_thread=False, isolation_level=None, timeout=10)
+                conn.execute("PRAGMA journal_mode=WAL")
+            serial = "BIGSERIAL" if self.postgres else "INTEGER"
+            for stmt in SCHEMA:
+                conn.execute(stmt.replace("{serial}", serial))
+            return conn
+        except ImportError:
+            raise StreamrecError("--db postgresql://: psycopg is not installed; pip install 'streamrec[postgres]'") from None
+        except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: one line for the user
+            raise StreamrecError(f"--db: cannot open the events tables: {str(exc).strip()}") from None
+
+    def _run(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        with self._lock:
+            cur = self._conn.execute(sql.replace("?", self.ph), tuple(args))
+            return list(cur.fetchall()) if cur.description else []
+
+    def _outbox(self, ev: Event, kind: str, channels: Iterable[str], now: float) -> None:
+        payload = json.dumps({"type": kind, "event": ev.to_json()}, allow_nan=False)
+        for channel in channels:
+            self._run("INSERT INTO outbox (event_id, kind, channel, payload, created, next_try) VALUES (?, ?, ?, ?, ?, ?)",
+                      (ev.id, kind, channel, payload, now, now))
+
+    # -- events ---------------------------------------------------------------------
+    def opened(self, ev: Event, *, notify: Iterable[str] = (), clip: str | None = None, now: float | None = None) -> None:
+        self._run("INSERT INTO events (id, rule, camera, label, start_ts, end_ts, last_ts, peak_score, mean_score, clip, "
+                  "state) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, 'open')",
+                  (ev.id, ev.rule, ev.camera, ev.label, ev.start_ts, ev.start_ts, ev.peak_score, ev.mean_score, clip))
+        self._outbox(ev, "event_start", notify, time.time() if now is None else now)
+
+    def seen(self, event_id: str, ts: float, peak: float, mean: float) -> None:
+        """The event's labels go on at ``ts`` (for :meth:`recover`)."""
+        self._run("UPDATE events SET last_ts = ?, peak_score = ?, mean_score = ? WHERE id = ?", (ts, peak, mean, event_id))
+
+    def closed(self, ev: Event, *, notify: Iterable[str] = (), now: float | None = None) -> None:
+        self._run("UPDATE events SET end_ts = ?, last_ts = ?, peak_score = ?, mean_score = ?, state = 'closed' WHERE id = ?",
+                  (ev.end_ts, ev.end_ts, ev.peak_score, ev.mean_score, ev.id))
+        self._outbox(ev, "event_end", notify, time.time() if now is None else now)
+
+    def set_files(self, event_id: str, *, clip: str | None = None, thumbnail: str | None = None,
+                  clip_bytes: int | None = None) -> None:
+        for column, value in (("clip", clip), ("thumbnail", thumbnail), ("clip_bytes", clip_bytes)):
+            if value is not None:
+                self._run(f"UPDATE events SET {column} = ? WHERE id = ?", (value, event_id))
+
+    def recover(self, notify_of: dict[str, tuple[str, ...]], now: float | None = None) -> list[Event]:
+        """Close the events a killed process left open, at their last label; their end is notified."""
+        out = []
+        for row in self.query(state="open", limit=None):
+            ev = Event(row["id"], row["rule"], row["camera"], row["label"], row["start_ts"], row["peak_score"],
+                       row["mean_score"], end_ts=self.get(row["id"])["last_ts"])
+            self.closed(ev, notify=notify_of.get(ev.rule, ()), now=now)
+            out.append(ev)
+        return out
+
+    def get(self, event_id: str) -> dict[str, Any] | None:
+        rows = self._run(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id = ?", (event_id,))
+        return dict(zip(EVENT_COLUMNS, rows[0])) if rows else None
+
+    def query(self, *, camera: str | None = None, rule: str | None = None, since: float | None = None,
+              until: float | None = None, state: str | None = None, limit: int | None = 100) -> list[dict[str, Any]]:
+        """Events, newest first: overlapping ``since``..``until``, of ``camera`` and ``rule`` when given."""
+        where, args = [], []
+        for cond, value in (("camera = ?", camera), ("rule = ?", rule), ("COALESCE(end_ts, last_ts) >= ?", since),
+                            ("start_ts <= ?", until), ("state = ?", state)):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
+        sql += f" WHERE {' AND '.join(where)}" if where else ""
+        sql += " ORDER BY start_ts DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        return [dict(zip(EVENT_COLUMNS, r)) for r in self._run(sql, args)]
+
+    def delete(self, event_id: str) -> dict[str, Any] | None:
+        """Remove an event (and its pending notifications); its row, for the caller to delete files."""
+        row = self.get(event_id)
+        if row is not None:
+            self._run("DELETE FROM outbox WHERE event_id = ?", (event_id,))
+            self._run("DELETE FROM events WHERE id = ?", (event_id,))
+        return row
+
+    def oldest_with_clips(self) -> list[dict[str, Any]]:
+        """Closed events with a clip, oldest first (retention deletes from the front)."""
+        rows = self._run(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE clip IS NOT NULL AND state = 'closed' "
+                         "ORDER BY start_ts")
+        return [dict(zip(EVENT_COLUMNS, r)) for r in rows]
+
+    # -- outbox ---------------------------------------------------------------------
+    def pending(self, *, now: float, limit: int = 100) -> list[Notification]:
+        rows = self._run("SELECT id, event_id, kind, channel, payload, created, attempts FROM outbox "
+                         f"WHERE delivered IS NULL AND next_try <= ? ORDER BY id LIMIT {int(limit)}", (now,))
+        return [Notification(*r) for r in rows]
+
+    def delivered(self, note_id: int, now: float) -> None:
+        self._run("UPDATE outbox SET delivered = ?, attempts = attempts + 1, error = NULL WHERE id = ?", (now, note_id))
+
+    def failed(self, note_id: int, error: str, next_try: float) -> None:
+        self._run("UPDATE outbox SET attempts = attempts + 1, error = ?, next_try = ? WHERE id = ?",
+                  (error[:500], next_try, note_id))
+
+    def expire(self, older_than: float) -> int:
+        """Give up on notifications created before ``older_than``; how many."""
+        n = self._run("SELECT COUNT(*) FROM outbox WHERE delivered IS NULL AND created < ?", (older_than,))[0][0]
+        self._run("DELETE FROM outbox WHERE delivered IS NULL AND created < ?", (older_than,))
+        return n
+
+    def outbox_stats(self) -> dict[str, int]:
+        pending, = self._run("SELECT COUNT(*) FROM outbox WHERE delivered IS NULL")[0]
+        done, = self._run("SELECT COUNT(*) FROM outbox WHERE delivered IS NOT NULL")[0]
+        return {"pending": pending, "delivered": done}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._conn.close()
