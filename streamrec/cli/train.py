@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from streamrec.fsutil import check_output
 from streamrec.validate import finite_float
@@ -150,8 +151,10 @@ def cmd_dataset(args) -> int:
               f"{r['resolutions']:<20} {r['unreadable']}")
     if args.csv:
         write_catalog_csv(rows, args.csv)
+        print(f"wrote the catalog to {args.csv}", file=sys.stderr)
     if args.sheet:
-        contact_sheet(splits["train"], args.sheet)
+        shown = contact_sheet(splits["train"], args.sheet)
+        print(f"wrote the contact sheet ({shown} clips) to {args.sheet}", file=sys.stderr)
     return 0
 
 
@@ -160,7 +163,9 @@ def cmd_train(args) -> int:
 
     check_output("--out", args.out)
     result = train(_train_config(args))
-    print(f"best validation loss {result['best_val_loss']:.4f}; checkpoint {result['out']}", file=sys.stderr)
+    print(f"best validation loss {result['best_val_loss']:.4f}", file=sys.stderr)
+    for what, path in result["files"].items():
+        print(f"wrote {path} ({what})", file=sys.stderr)
     return 0
 
 
@@ -176,13 +181,22 @@ def cmd_lr_find(args) -> int:
 def cmd_evaluate(args) -> int:
     from streamrec.offline.evaluate import evaluate
 
-    check_output("--confusion", args.confusion, image=True)
+    from streamrec.errors import StreamrecError
+    from streamrec.fsutil import IMAGE_SUFFIXES
+
+    suffix = Path(args.confusion).suffix.lower()
+    if suffix != ".csv" and suffix not in IMAGE_SUFFIXES:
+        raise StreamrecError(f"--confusion {args.confusion}: expected a file name ending in .csv, "
+                             f"{', '.join(IMAGE_SUFFIXES)}, got {suffix or 'no suffix'!r}")
+    check_output("--confusion", args.confusion)
     r = evaluate(args.folder, weights=args.weights, model=args.model, device=args.device,
-                 batch_size=args.batch_size, confusion_png=args.confusion)
+                 batch_size=args.batch_size, confusion=args.confusion)
     if args.json:
         print(json.dumps(r, indent=1))
+        print(f"confusion matrix: {args.confusion}", file=sys.stderr)
         return 0
-    print(f"clips {r['clips']}, windows {r['windows']}: top-1 {r['top1']:.3f}, top-5 {r['top5']:.3f}")
+    k = r["top_k"]
+    print(f"clips {r['clips']}, windows {r['windows']}: top-1 {r['top1']:.3f}, top-{k} {r[f'top{k}']:.3f}")
     print(f"{'class':<24} {'precision':>9} {'recall':>7} {'support':>8}")
     for c, m in r["per_class"].items():
         print(f"{c:<24} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['support']:>8}")

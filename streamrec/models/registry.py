@@ -200,8 +200,11 @@ def build_loaded(name: str, state: dict[str, torch.Tensor], *, num_classes: int,
     return module
 
 
-def load_model(name: str | None = None, *, weights: str | os.PathLike = "DEFAULT") -> LoadedModel:
+def load_model(name: str | None = None, *, weights: str | os.PathLike = "DEFAULT", warn_random: bool = True) -> LoadedModel:
     """Build ``name`` and load ``weights``: ``"DEFAULT"``, ``"none"`` or a file path.
+
+    ``warn_random=False``: no warning for ``--weights none``, for a caller that trains the
+    random weights (they mean nothing only until then).
 
     A file is either a torchvision state_dict for ``name`` (Kinetics-400 head) or a
     streamrec checkpoint, which carries its own model name, class names and preprocessing;
@@ -229,7 +232,8 @@ def load_model(name: str | None = None, *, weights: str | os.PathLike = "DEFAULT
     if wstr.lower() == "none":
         classes = kinetics_classes(name) if name in TORCHVISION_MODELS else [f"class_{i}" for i in range(10)]
         module = build_model(name, num_classes=len(classes))
-        logger.warning("--weights none: random weights, labels are meaningless")
+        if warn_random:
+            logger.warning("--weights none: random weights, labels are meaningless")
         return LoadedModel(name, module.eval(), classes, model_spec(name), "none", meaningless=True)
     if not path.is_file():
         what = "a folder" if path.is_dir() else "no such file"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
@@ -25,8 +26,11 @@ logger = logging.getLogger(__name__)
 
 
 def evaluate(folder: str | Path, *, weights: str, model: str | None = None, device: str = "auto",
-             batch_size: int = 8, confusion_png: str | None = None, clips_per_video: int = 2) -> dict[str, Any]:
-    """Metrics of a checkpoint on ``folder/<class>/*`` (class names must be the checkpoint's)."""
+             batch_size: int = 8, confusion: str | None = None, clips_per_video: int = 2) -> dict[str, Any]:
+    """Metrics of a checkpoint on ``folder/<class>/*`` (class names must be the checkpoint's):
+    top-1 and top-k with k = min(5, classes) (``"top_k"`` says which, ``"top{k}"`` holds it),
+    per-class precision and recall, and the confusion matrix, also written to ``confusion``
+    (a ``.csv`` of the counts, else an image)."""
     if batch_size < 1:
         raise StreamrecError(f"--batch-size: expected >= 1, got {batch_size}")
     loaded = load_model(model, weights=weights)
@@ -42,8 +46,9 @@ def evaluate(folder: str | Path, *, weights: str, model: str | None = None, devi
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=default_workers(), collate_fn=collate)
     clf = Classifier(loaded, device=device, backend="torch", warmup=0)
     k = len(loaded.classes)
-    confusion = np.zeros((k, k), np.int64)
-    top5 = n = 0
+    matrix = np.zeros((k, k), np.int64)
+    topk, kk = 0, min(5, k)
+    n = 0
     for batch in dl:
         if batch is None:
             continue
@@ -51,23 +56,49 @@ def evaluate(folder: str | Path, *, weights: str, model: str | None = None, devi
         y = batch[1]
         pred = logits.argmax(1)
         for t, p in zip(y.tolist(), pred.tolist()):
-            confusion[t, p] += 1
-        top5 += int((logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum())
+            matrix[t, p] += 1
+        topk += int((logits.topk(kk, 1).indices == y[:, None]).any(1).sum())
         n += len(y)
     if n == 0:
         raise StreamrecError(f"evaluate: no readable clips in {folder}")
-    tp = np.diag(confusion)
-    precision = tp / np.maximum(confusion.sum(0), 1)
-    recall = tp / np.maximum(confusion.sum(1), 1)
+    tp = np.diag(matrix)
+    precision = tp / np.maximum(matrix.sum(0), 1)
+    recall = tp / np.maximum(matrix.sum(1), 1)
     result = {
-        "clips": len(samples), "windows": n, "top1": float(tp.sum() / n), "top5": float(top5 / n),
-        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "support": int(confusion[i].sum())}
+        "clips": len(samples), "windows": n, "top1": float(tp.sum() / n), "top_k": kk, f"top{kk}": float(topk / n),
+        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "support": int(matrix[i].sum())}
                       for i, c in enumerate(loaded.classes)},
-        "confusion": confusion.tolist(), "classes": loaded.classes, "unreadable": len(ds.unreadable),
+        "confusion": matrix.tolist(), "classes": loaded.classes, "unreadable": len(ds.unreadable),
     }
-    if confusion_png:
-        plot_confusion(confusion, loaded.classes, confusion_png)
+    if confusion:
+        write_confusion(matrix, loaded.classes, confusion)
     return result
+
+
+def write_confusion(confusion: np.ndarray, classes: list[str], path: str | Path) -> None:
+    """The matrix as a CSV of counts (``path`` ends in ``.csv``: a row per true class, a column
+    per predicted one) or as an image."""
+    if Path(path).suffix.lower() != ".csv":
+        plot_confusion(confusion, classes, str(path))
+        return
+
+    def write(fh) -> None:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["true \\ predicted", *classes])
+        w.writerows([c, *map(int, row)] for c, row in zip(classes, confusion))
+
+    atomic_write(path, write, mode="w")
+
+
+def text_colors(confusion: np.ndarray) -> np.ndarray:
+    """White numbers on the dark cells (over half the largest count), black on the light ones.
+
+    Example:
+        >>> text_colors(np.array([[9, 1], [4, 5]])).tolist()
+        [['white', 'black'], ['black', 'white']]
+    """
+    dark = confusion > confusion.max() / 2 if confusion.size and confusion.max() > 0 else np.zeros(confusion.shape, bool)
+    return np.where(dark, "white", "black")
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: str) -> None:
@@ -79,11 +110,12 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: str) -> None
     size = max(4, 0.5 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     try:
-        ax.imshow(confusion, cmap="Blues")
+        ax.imshow(confusion, cmap="Blues", vmin=0)
+        colors = text_colors(confusion)
         ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(range(len(classes)), classes, fontsize=8)
         for (i, j), v in np.ndenumerate(confusion):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="black")
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color=colors[i, j])
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         fig.tight_layout()

@@ -101,7 +101,7 @@ def base_model(cfg: TrainConfig, classes: list[str]) -> LoadedModel:
     tiny3d (which has no pretrained weights) mean random ones; a checkpoint is fine-tuned."""
     weights = "none" if cfg.model == "tiny3d" and cfg.weights.upper() == "DEFAULT" else cfg.weights
     if weights.lower() == "none":
-        loaded = load_model(cfg.model, weights="none")
+        loaded = load_model(cfg.model, weights="none", warn_random=False)  # random until trained: no warning
         loaded.module = build_model(cfg.model, num_classes=len(classes))
     else:
         loaded = load_model(cfg.model, weights=weights)
@@ -155,15 +155,33 @@ def make_loaders(cfg: TrainConfig, loaded: LoadedModel):
         torch.utils.data.DataLoader(val_ds, shuffle=False, **kw)
 
 
-def run_epoch(model, loader, device, *, optimizer=None, scaler=None, schedule=None, clip_grad=1.0, bar_desc=""):
-    """One pass; trains when ``optimizer`` is given. Returns (loss, top1, top5, n)."""
+def top_k(num_classes: int) -> int:
+    """The k of the top-k accuracy reported: 5, or the number of classes when fewer (top-5 of
+    3 classes is always 1).
+
+    Example:
+        >>> top_k(400), top_k(3)
+        (5, 3)
+    """
+    return min(5, num_classes)
+
+
+def progress_bar(items, *, desc: str, quiet: bool = False):
+    """``items`` with a tqdm bar on stderr (count, rate, elapsed and ETA), only when stderr is
+    a terminal and not ``quiet``."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, leave=False, file=sys.stderr, disable=quiet or not sys.stderr.isatty())
+
+
+def run_epoch(model, loader, device, *, optimizer=None, scaler=None, schedule=None, clip_grad=1.0, bar_desc="",
+              k: int = 5, quiet: bool = False):
+    """One pass; trains when ``optimizer`` is given. Returns (loss, top1, top-``k``, n)."""
     train = optimizer is not None
     model.train(train)
     crit = nn.CrossEntropyLoss()
-    tot_loss = top1 = top5 = n = 0
-    from tqdm import tqdm
-
-    bar = tqdm(loader, desc=bar_desc, leave=False, file=sys.stderr, disable=not sys.stderr.isatty())
+    tot_loss = top1 = topk = n = 0
+    bar = progress_bar(loader, desc=bar_desc, quiet=quiet)
     for batch in bar:
         if batch is None:
             continue
@@ -186,12 +204,12 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, schedule=No
         b = len(y)
         tot_loss += loss.item() * b
         top1 += topk_correct(logits, y, 1)
-        top5 += topk_correct(logits, y, 5)
+        topk += topk_correct(logits, y, k)
         n += b
         bar.set_postfix(loss=f"{tot_loss / n:.3f}")
     if n == 0:
         raise StreamrecError("no readable clips in this split")
-    return tot_loss / n, top1 / n, top5 / n, n
+    return tot_loss / n, top1 / n, topk / n, n
 
 
 def make_optimizer(cfg: "TrainConfig", model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -217,7 +235,8 @@ def resume_state(state_path: Path, model: torch.nn.Module, optimizer: torch.opti
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train and write ``cfg.out`` (best validation loss) plus ``<out>.log.csv``."""
+    """Train and write ``cfg.out`` (best validation loss), ``<out>.state`` (for ``--resume``) and
+    ``<out>.log.csv`` (a row per epoch); the result names them in ``files``."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     classes = training_classes(cfg)
@@ -233,6 +252,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     steps_per_epoch = max(1, len(train_dl))
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    k = top_k(len(classes))
 
     def schedule() -> None:
         nonlocal step
@@ -242,20 +262,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     history = []
     if start_epoch == 0:
-        log_path.write_text(",".join(["epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr"]) + "\n")
+        log_path.write_text(f"epoch,train_loss,train_top1,train_top{k},val_loss,val_top1,val_top{k},lr\n")
     for epoch in range(start_epoch, cfg.epochs):
         train_ds.epoch = epoch
-        tl, t1, t5, _ = run_epoch(model, train_dl, device, optimizer=optimizer, scaler=scaler, schedule=schedule,
-                                  clip_grad=cfg.clip_grad, bar_desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        tl, t1, tk, _ = run_epoch(model, train_dl, device, optimizer=optimizer, scaler=scaler, schedule=schedule,
+                                  clip_grad=cfg.clip_grad, bar_desc=f"epoch {epoch + 1}/{cfg.epochs}", k=k, quiet=cfg.quiet)
         with torch.no_grad():
-            vl, v1, v5, _ = run_epoch(model, val_dl, device, bar_desc="valid")
-        row = dict(epoch=epoch + 1, train_loss=tl, train_top1=t1, train_top5=t5, val_loss=vl, val_top1=v1, val_top5=v5,
-                   lr=optimizer.param_groups[0]["lr"])
+            vl, v1, vk, _ = run_epoch(model, val_dl, device, bar_desc="valid", k=k, quiet=cfg.quiet)
+        row = {"epoch": epoch + 1, "train_loss": tl, "train_top1": t1, f"train_top{k}": tk, "val_loss": vl,
+               "val_top1": v1, f"val_top{k}": vk, "lr": optimizer.param_groups[0]["lr"]}
         history.append(row)
         with log_path.open("a") as fh:
             fh.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")
-        print(f"epoch {epoch + 1:>3}: train loss {tl:.4f} top1 {t1:.3f} top5 {t5:.3f} | "
-              f"val loss {vl:.4f} top1 {v1:.3f} top5 {v5:.3f}", file=sys.stderr)
+        print(f"epoch {epoch + 1:>3}: train loss {tl:.4f} top1 {t1:.3f} top{k} {tk:.3f} | "
+              f"val loss {vl:.4f} top1 {v1:.3f} top{k} {vk:.3f}", file=sys.stderr)
         if vl < best - 1e-4:
             best, stale = vl, 0
             ck = make_checkpoint(model, model=cfg.model, classes=classes, spec=loaded.spec,
@@ -271,7 +291,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     skipped = len(train_ds.unreadable | val_ds.unreadable)
     if skipped:
         print(f"warning: {skipped} unreadable clips were skipped", file=sys.stderr)
-    return {"history": history, "best_val_loss": best, "out": str(out), "unreadable": skipped}
+    files = {"the checkpoint": str(out), "the training state, for --resume": str(state_path),
+             "the log, a row per epoch": str(log_path)}
+    return {"history": history, "best_val_loss": best, "out": str(out), "unreadable": skipped, "files": files}
 
 
 def lr_find(cfg: TrainConfig, *, start: float = 1e-6, end: float = 1.0, steps: int = 60, plot: str | None = None) -> float:
