@@ -12,6 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.config import CameraConfig, SmoothingConfig
 from streamrec.live.camera import Camera
@@ -95,6 +96,12 @@ def test_a_model_that_outputs_nan_is_skipped_and_health_turns_degraded(tmp_path)
         cam = health["cameras"]["default"]
         assert cam["nonfinite_windows"] >= 1 and cam["predictions"] == 0
         assert any("non-finite scores" in r for r in health["reasons"])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        samples = {(s.name, s.labels.get("camera")): s.value for fam in text_string_to_metric_families(text)
+                   for s in fam.samples}
+        assert samples[("streamrec_windows_nonfinite_total", "default")] >= 1
+        assert samples[("streamrec_predictions_total", "default")] == 0
     finally:
         assert sigterm(proc) == 0
     err = proc.stderr.read()

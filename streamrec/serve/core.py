@@ -115,7 +115,7 @@ class AppCore:
     # -- shared -------------------------------------------------------------------
     def build_server(self) -> None:
         """The web server with the routes both apps serve."""
-        self.metrics = self.metrics or Metrics(self.hub, self.metric_rows, self.history.stats)
+        self.metrics = self.metrics or Metrics(self.hub, self.metric_rows, self.history.stats, self.supervisor.stats)
         routes = {"/": Route("text/html; charset=utf-8", page_html),
                   "/healthz": json_route(self.health, lambda: {"status": self.health()["status"]}),
                   "/favicon.ico": Route("image/svg+xml", lambda: b"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 8 8'><rect width='8' height='8' rx='2' fill='#2fbf71'/><path d='M3 2v4l3-2z'/></svg>"),

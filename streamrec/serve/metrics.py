@@ -35,6 +35,11 @@ CAMERA_COUNTERS = (
     ("streamrec_reconnects", "Source reconnects", "reconnects"),
     ("streamrec_windows_skipped", "Windows skipped because inference was busy", "skipped"),
     ("streamrec_predictions", "Predictions sent", "seq"),
+    ("streamrec_windows_nonfinite", "Windows skipped because the model's scores were NaN or infinite", "nonfinite"),
+)
+THREAD_COUNTERS = (
+    ("streamrec_thread_failures", "Exceptions that ended a supervised thread's body", "failures"),
+    ("streamrec_thread_restarts", "Restarts of a supervised thread's body after a failure", "restarts"),
 )
 HISTORY_COUNTERS = (
     ("streamrec_history_segments_written", "Label segments written to the history database", "written"),
@@ -50,6 +55,7 @@ class _Counters:
     def __init__(self) -> None:
         self.cameras: list[tuple[str, dict[str, Any]]] = []  # (camera, {key: value})
         self.history: dict[str, Any] | None = None
+        self.threads: dict[str, dict[str, Any]] = {}  # Supervisor.stats()
         self.messages_dropped = 0
 
     def collect(self):
@@ -57,6 +63,11 @@ class _Counters:
             family = CounterMetricFamily(name, doc, labels=["camera"])
             for camera, values in self.cameras:
                 family.add_metric([camera], values.get(key, 0))
+            yield family
+        for name, doc, key in THREAD_COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=["thread"])
+            for thread, values in self.threads.items():
+                family.add_metric([thread], values[key])
             yield family
         family = CounterMetricFamily("streamrec_messages_dropped", "Stale messages dropped for slow clients")
         family.add_metric([], self.messages_dropped)
@@ -71,8 +82,10 @@ class Metrics:
 
     CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-    def __init__(self, hub: "Hub", cameras: CameraRows, history: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, hub: "Hub", cameras: CameraRows, history: Callable[[], dict[str, Any]] | None = None,
+                 threads: Callable[[], dict[str, dict[str, Any]]] | None = None) -> None:
         self.hub = hub
+        self.threads = threads  # the supervised threads' counts (Supervisor.stats)
         self.cameras = cameras
         self.history = history  # the activity history's counters (HistoryStore.stats)
         self.registry = r = CollectorRegistry(auto_describe=True)
@@ -117,9 +130,10 @@ class Metrics:
         for name, source, labels in self.cameras():
             self.fps.labels(name).set(source.get("capture_fps", 0.0))
             self.rate.labels(name).set(labels.rate.rate(now))
-            counted.append((name, {**source, "skipped": labels.skipped, "seq": labels.seq}))
+            counted.append((name, {**source, "skipped": labels.skipped, "seq": labels.seq, "nonfinite": labels.nonfinite}))
         self.counters.cameras = counted
         self.counters.history = self.history() if self.history is not None else None
+        self.counters.threads = self.threads() if self.threads is not None else {}
         self.counters.messages_dropped = self.hub.dropped
         self.clients.set(len(self.hub.clients))
         return generate_latest(self.registry)
