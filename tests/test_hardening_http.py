@@ -244,3 +244,53 @@ def test_a_live_stream_that_ends_is_logged_as_ended_and_masked(http_clip):
     for secret in ("SECRET", "p@ss", "ss@"):
         assert secret not in log and secret not in health
     assert "(None)" not in log
+
+
+# -- the server's options, in process (serve/core.py passes them from ServeConfig) ----------------
+
+def test_allowed_hosts_and_limits_from_the_config():
+    from streamrec.config import ServeConfig
+    from streamrec.serve.guard import Limits
+
+    cfg = ServeConfig.from_sources({"source": "x.mp4", "allowed_hosts": ["cam.example", "proxy.example:443"],
+                                    "header_timeout": 2, "max_connections": 10, "max_connections_per_address": 3}, {})
+    assert Limits.of(cfg) == Limits(header_timeout_s=2, max_connections=10, max_per_address=3)
+    assert Limits.of(ServeConfig(source="x.mp4")) == Limits()
+
+
+def test_allowed_hosts_and_connection_limits_in_a_server():
+    from streamrec.serve.guard import Limits
+    from streamrec.serve.server import Hub, WebServer, json_route
+
+    async def scenario():
+        server = WebServer(Hub(), host="127.0.0.1", port=0, routes={"/healthz": json_route(lambda: {"ok": True})},
+                           allowed_hosts=("cam.example", "proxy.example:443"),
+                           limits=Limits(header_timeout_s=1, max_connections=50, max_per_address=3))
+        await server.start()
+        port = server.port
+        loop = asyncio.get_running_loop()
+
+        def get(host: str) -> int:
+            return raw(port, "GET /healthz HTTP/1.1", f"Host: {host}")
+
+        try:
+            hosts = [f"cam.example:{port}", "cam.example", "proxy.example:443", f"proxy.example:{port}", f"other.example:{port}"]
+            statuses = [await loop.run_in_executor(None, get, h) for h in hosts]
+            # three websocket clients fill 127.0.0.1's share; a fourth connection is refused (503), none is
+            # evicted (they all sent their headers); another address still gets in
+            clients = [await websockets.connect(f"ws://127.0.0.1:{port}/ws") for _ in range(3)]
+            refused = await loop.run_in_executor(None, get, f"127.0.0.1:{port}")
+            other = await loop.run_in_executor(None, lambda: half_open(port, "127.0.0.9"))
+            await asyncio.sleep(1.5)  # the header timeout closes the half-sent one
+            timed_out = closed_by_peer(other)
+            for c in clients:
+                await c.close()
+            await asyncio.sleep(0.2)
+            after = await loop.run_in_executor(None, get, f"127.0.0.1:{port}")
+            return statuses, refused, timed_out, after
+        finally:
+            await server.close()
+
+    statuses, refused, timed_out, after = asyncio.run(scenario())
+    assert statuses == [200, 200, 200, 421, 421]
+    assert (refused, timed_out, after) == (503, True, 200)

@@ -55,6 +55,12 @@ class Limits:
     max_per_address: int = 64
     fd_reserve: int = 256
 
+    @classmethod
+    def of(cls, config: Any) -> "Limits":
+        """The limits a :class:`~streamrec.config.ServeConfig` sets."""
+        return cls(header_timeout_s=config.header_timeout, max_connections=config.max_connections,
+                   max_per_address=config.max_connections_per_address)
+
     def __post_init__(self) -> None:
         import math
 
