@@ -1,0 +1,278 @@
+"""MQTT: events, each camera's current activity, availability and Home Assistant discovery,
+with paho-mqtt (a maintained client: reconnects, QoS 1 acknowledgements, TLS, last will).
+
+Topics under ``PREFIX`` (``[notify.mqtt] topic_prefix``, ``streamrec`` by default):
+
+* ``PREFIX/availability``: ``online`` (retained) on every connect; ``offline`` (retained) as the
+  broker's last will and on a clean close.
+* ``PREFIX/<camera>/activity``: the camera's smoothed label as JSON (``{"camera", "label", "score",
+  "ts", "uncertain"}``), retained, at most once a second per camera; updates in between are
+  dropped but the newest, which follows when its second is up. State, not events: it bypasses
+  the outbox, is published only while connected, and the newest is published again on reconnect.
+* ``PREFIX/events``: the outbox's ``event_start``/``event_end`` payloads, QoS 1; delivered when the
+  broker acknowledges. At least once: a publish that was not acknowledged in time is resent by
+  paho on reconnect and waited for on the next try, not published twice by this side; only a
+  publish the connection dropped in between may reach a subscriber twice.
+* ``<discovery_prefix>/sensor/streamrec_<camera>/activity/config`` with ``homeassistant_discovery``:
+  a retained sensor config per camera (:func:`discovery_config`), sent again on every connect.
+
+The connection runs in paho's own thread (``loop_start``) and reconnects by itself; a broker that
+is down only delays events (the outbox retries them) and never blocks nor raises into a caller.
+
+Example:
+    >>> cfg = discovery_config("streamrec", "rack.1")
+    >>> cfg["state_topic"], cfg["unique_id"], cfg["device"]["identifiers"]
+    ('streamrec/rack.1/activity', 'streamrec_rack_1_activity', ['streamrec_rack_1'])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import threading
+import time
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+
+from streamrec.event_config import MqttConfig
+from streamrec.events.store import Notification
+from streamrec.live.sources import mask_credentials
+
+logger = logging.getLogger(__name__)
+
+ACTIVITY_INTERVAL_S = 1.0  # at most one activity message a second per camera
+
+
+def object_id(camera: str) -> str:
+    """``camera`` as Home Assistant's ids take it: ASCII letters, digits, ``_`` and ``-``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", camera)
+
+
+def discovery_config(prefix: str, camera: str) -> dict[str, Any]:
+    """Home Assistant's MQTT discovery config of ``camera``'s activity sensor."""
+    state = f"{prefix}/{camera}/activity"
+    return {"name": "Activity", "state_topic": state, "value_template": "{{ value_json.label }}",
+            "json_attributes_topic": state, "availability_topic": f"{prefix}/availability",
+            "payload_available": "online", "payload_not_available": "offline", "icon": "mdi:run",
+            "unique_id": f"streamrec_{object_id(camera)}_activity",
+            "device": {"identifiers": [f"streamrec_{object_id(camera)}"], "name": f"streamrec {camera}",
+                       "manufacturer": "streamrec"}}
+
+
+def activity_payload(camera: str, label: str, score: float, ts: float, uncertain: bool) -> str:
+    score_out = round(float(score), 4) if math.isfinite(score) else None
+    return json.dumps({"camera": camera, "label": label, "score": score_out, "ts": ts if math.isfinite(ts) else None,
+                       "uncertain": bool(uncertain)}, allow_nan=False)
+
+
+class MqttPublisher:
+    """One broker connection (:meth:`start`, :meth:`close`); :meth:`publish_event` for the
+    outbox's thread, :meth:`activity` and :meth:`discover` for anyone (never blocking)."""
+
+    def __init__(self, config: MqttConfig, *, ack_timeout_s: float = 10.0, reconnect_max_s: float = 30.0) -> None:
+        self.config = config
+        self.prefix = config.topic_prefix.strip("/")
+        self.where = mask_credentials(config.url)
+        self.ack_timeout_s = ack_timeout_s
+        self.reconnect_max_s = reconnect_max_s
+        self.connected = False
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._cameras: list[str] = []
+        self._state: dict[str, str] = {}  # camera -> its newest activity payload
+        self._unsent: dict[str, float] = {}  # camera -> monotonic time its newest payload is due
+        self._sent_at: dict[str, float] = {}  # camera -> monotonic time of its last activity message
+        self._inflight: dict[int, tuple[paho.MQTTMessageInfo, float]] = {}  # note id -> (publish, created)
+        self._client: paho.Client | None = None
+        self._closed = False
+
+    @property
+    def availability_topic(self) -> str:
+        return f"{self.prefix}/availability"
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.prefix}/events"
+
+    def activity_topic(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/activity"
+
+    # -- the connection ---------------------------------------------------------------
+    def make_client(self) -> paho.Client:
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+        parts = urlsplit(self.config.url)
+        if parts.username is not None:
+            client.username_pw_set(unquote(parts.username),
+                                   unquote(parts.password) if parts.password is not None else None)
+        if self.config.tls:
+            client.tls_set()  # the system's CA certificates; the host name is checked
+        client.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(self.reconnect_max_s)))
+        client.on_connect = self.on_connect
+        client.on_disconnect = self.on_disconnect
+        client.on_connect_fail = self.on_connect_fail
+        return client
+
+    def start(self) -> None:
+        """Connect in the background; paho reconnects by itself from then on."""
+        if self._client is not None or self._closed:
+            return
+        self._client = self.make_client()
+        self._client.connect_async(self.config.host, self.config.port, keepalive=30)
+        self._client.loop_start()
+
+    def on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        if reason_code.is_failure:
+            self.down(f"the broker at {self.where} refused the connection: {reason_code}")
+            return
+        with self._lock:
+            self.connected = True
+            self.last_error = None
+            cameras, states = list(self._cameras), dict(self._state)
+            self._unsent.clear()
+            self._sent_at.update({cam: time.monotonic() for cam in states})
+        logger.info("MQTT: connected to %s", self.where)
+        client.publish(self.availability_topic, "online", qos=1, retain=True)
+        self.publish_discovery(client, cameras)
+        for camera, payload in states.items():
+            client.publish(self.activity_topic(camera), payload, qos=0, retain=True)
+
+    def on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        with self._lock:
+            was_connected, self.connected = self.connected, False
+        if was_connected and not self._closed:  # after a refusal, the refusal says why
+            self.down(f"lost the connection to the broker at {self.where} ({reason_code}); reconnecting")
+
+    def on_connect_fail(self, client, userdata) -> None:
+        self.down(f"cannot connect to the broker at {self.where}; retrying")
+
+    def down(self, error: str) -> None:
+        """Not connected, because of ``error`` (logged when it is new)."""
+        with self._lock:
+            self.connected = False
+            new = error != self.last_error
+            self.last_error = error
+        if new:
+            logger.warning("MQTT: %s", error)
+
+    def close(self) -> None:
+        """Publish ``offline`` (retained), disconnect cleanly (no last will) and stop paho's thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            client, connected = self._client, self.connected
+        if client is None:
+            return
+        if connected:
+            try:
+                client.publish(self.availability_topic, "offline", qos=1, retain=True).wait_for_publish(2.0)
+            except (RuntimeError, ValueError):
+                pass  # the connection went meanwhile: the broker sends the last will instead
+        client.disconnect()
+        client.loop_stop()
+        self.connected = False
+
+    # -- events -----------------------------------------------------------------------
+    def publish_event(self, note: Notification) -> str | None:
+        """Publish ``note`` on ``PREFIX/events`` (QoS 1); ``None`` once the broker acknowledged it,
+        else why not. A publish that was not acknowledged in time is waited for again next time."""
+        with self._lock:
+            client, connected, held = self._client, self.connected, self._inflight.get(note.id)
+        if client is None:
+            return "MQTT is not started"
+        if held is None:
+            if not connected:
+                return f"not connected to the broker at {self.where}"
+            info = client.publish(self.events_topic, note.payload, qos=1)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                return f"publish to {self.where} failed: {paho.error_string(info.rc)}"
+            with self._lock:
+                self._inflight[note.id] = (info, note.created)
+        else:
+            info = held[0]
+            if not info.is_published() and not connected:
+                return f"not connected to the broker at {self.where} (sent again on reconnect)"
+        try:
+            info.wait_for_publish(self.ack_timeout_s)
+            published = info.is_published()
+        except (RuntimeError, ValueError) as exc:
+            published, why = False, str(exc)
+        else:
+            why = f"not acknowledged by the broker at {self.where} within {self.ack_timeout_s:g} s"
+        if published:
+            with self._lock:
+                self._inflight.pop(note.id, None)
+            return None
+        return why
+
+    def forget_before(self, created: float) -> None:
+        """Stop waiting for publishes of notifications created before ``created`` (expired)."""
+        with self._lock:
+            for note_id in [n for n, (_, c) in self._inflight.items() if c < created]:
+                del self._inflight[note_id]
+
+    # -- activity and discovery ---------------------------------------------------------
+    def activity(self, camera: str, label: str, score: float, ts: float, uncertain: bool = False) -> float | None:
+        """Note ``camera``'s current label; published now when connected and its last message is a
+        second old, else held (replacing any held one). When this starts a held one: the seconds
+        until it is due (for :meth:`flush_activity`); else ``None``."""
+        payload = activity_payload(camera, label, score, ts, uncertain)
+        now = time.monotonic()
+        with self._lock:
+            self._state[camera] = payload
+            due = self._sent_at.get(camera, -math.inf) + ACTIVITY_INTERVAL_S
+            client = self._client if self.connected and now >= due else None
+            first_held = camera not in self._unsent
+            if client is not None:
+                self._sent_at[camera] = now
+                self._unsent.pop(camera, None)
+            else:
+                self._unsent[camera] = due
+        if client is not None:
+            client.publish(self.activity_topic(camera), payload, qos=0, retain=True)
+            return None
+        return max(0.0, due - now) if first_held else None
+
+    def flush_activity(self) -> float | None:
+        """Publish the held activity messages that are due (when connected); seconds until the next
+        held one is due, or ``None`` when none is held."""
+        now = time.monotonic()
+        with self._lock:
+            if not self.connected or self._client is None:
+                return None
+            due = [cam for cam, t in self._unsent.items() if t <= now]
+            out = [(cam, self._state[cam]) for cam in due]
+            for cam in due:
+                del self._unsent[cam]
+                self._sent_at[cam] = now
+            later = min(self._unsent.values(), default=None)
+            client = self._client
+        for camera, payload in out:
+            client.publish(self.activity_topic(camera), payload, qos=0, retain=True)
+        return None if later is None else max(0.0, later - now)
+
+    def discover(self, cameras: list[str]) -> None:
+        """Announce ``cameras`` to Home Assistant now (when connected) and on every reconnect."""
+        with self._lock:
+            self._cameras += [c for c in cameras if c not in self._cameras]
+            client = self._client if self.connected else None
+        if client is not None:
+            self.publish_discovery(client, list(cameras))
+
+    def publish_discovery(self, client: paho.Client, cameras: list[str]) -> None:
+        if not self.config.homeassistant_discovery:
+            return
+        base = self.config.discovery_prefix.strip("/")
+        for camera in cameras:
+            topic = f"{base}/sensor/streamrec_{object_id(camera)}/activity/config"
+            client.publish(topic, json.dumps(discovery_config(self.prefix, camera)), qos=1, retain=True)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"connected": self.connected, "last_error": self.last_error, "cameras": len(self._state),
+                    "unacknowledged": len(self._inflight)}

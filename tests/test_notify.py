@@ -1,0 +1,487 @@
+"""Notifications leave the outbox for real receivers on loopback: a webhook receiver
+(``http.server`` in a thread) and Debian's ``mosquitto`` broker started by the test, read by a
+paho subscriber. Waits are polls with deadlines; a negative check follows something that proves
+the thing checked for would have happened by then."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from conftest import ROOT, free_port, wait_until
+from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig
+from streamrec.events.notify import Notifier
+from streamrec.events.store import Event, EventStore
+from streamrec.supervision import Supervisor
+
+MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
+SECRET = "s3cret-key"
+
+
+# -- a webhook receiver ---------------------------------------------------------------------------
+class Receiver:
+    """An HTTP server on a free loopback port recording each request; it answers 500 to the first
+    ``fail`` requests, or 302 to ``redirect`` when set."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.fail = 0
+        self.redirect: str | None = None
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.lock:
+                    receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    failing = receiver.fail > 0
+                    receiver.fail -= failing
+                if receiver.redirect:
+                    self.send_response(302)
+                    self.send_header("Location", receiver.redirect)
+                else:
+                    self.send_response(500 if failing else 204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.requests)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+# -- a broker -------------------------------------------------------------------------------------
+class Broker:
+    """mosquitto on a free loopback port; :meth:`stop` and :meth:`start` again on the same port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.conf = folder / "mosquitto.conf"
+        self.write_conf("allow_anonymous true")
+        self.log = folder / "mosquitto.log"
+        self.proc: subprocess.Popen | None = None
+
+    def write_conf(self, *lines: str) -> None:
+        # as root, mosquitto would run as the user 'mosquitto', which cannot read files under pytest's tmp_path
+        user = ["user root"] if os.geteuid() == 0 else []
+        self.conf.write_text("\n".join([f"listener {self.port} 127.0.0.1", "persistence false", *user, *lines, ""]))
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
+
+        def listening() -> bool:
+            assert self.proc.poll() is None, f"mosquitto exited: {self.log.read_text()[-2000:]}"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(listening, "mosquitto listening", timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def broker(tmp_path):
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto): these tests run a real broker")
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+class Subscriber:
+    """A paho client subscribed to ``topics`` of ``broker``, collecting (topic, payload, retain)."""
+
+    def __init__(self, broker: Broker, *topics: str) -> None:
+        self.messages: list[tuple[str, str, bool]] = []
+        self.lock = threading.Lock()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        self.client.on_message = self.on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        self.client.subscribe([(t, 1) for t in topics])
+        assert subscribed.wait(30), "no SUBACK from the broker"
+
+    def on_message(self, client, userdata, msg) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, msg.payload.decode(), bool(msg.retain)))
+
+    def on(self, topic: str) -> list[tuple[str, bool]]:
+        with self.lock:
+            return [(payload, retain) for t, payload, retain in self.messages if t == topic]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def subscribers():
+    made: list[Subscriber] = []
+
+    def make(broker: Broker, *topics: str) -> Subscriber:
+        made.append(Subscriber(broker, *topics))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+# -- helpers --------------------------------------------------------------------------------------
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def notifiers():
+    made: list[Notifier] = []
+
+    def make(store: EventStore, config: NotifyConfig, **kw) -> Notifier:
+        made.append(Notifier(store, config, supervisor=Supervisor(), **kw))
+        return made[-1]
+
+    yield make
+    for n in made:
+        n.close()
+
+
+def event(n: int = 1, camera: str = "rack-1") -> Event:
+    return Event(f"e{n}", "lifting", camera, "deadlifting", start_ts=100.0 + n, peak_score=0.8, mean_score=0.7)
+
+
+def outbox_rows(db: Path) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM outbox ORDER BY id")]
+
+
+def webhook(url: str, secret: str | None = SECRET) -> NotifyConfig:
+    return NotifyConfig(webhook=WebhookConfig(url, secret=secret, timeout=5.0))
+
+
+def mqtt(broker: Broker, **kw) -> NotifyConfig:
+    return NotifyConfig(mqtt=MqttConfig(f"mqtt://127.0.0.1:{broker.port}", topic_prefix="sr", **kw))
+
+
+# -- webhook --------------------------------------------------------------------------------------
+def test_webhook_delivers_a_signed_post(tmp_path, receiver, notifiers):
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, webhook(receiver.url))
+    notifier.start()
+    store.opened(event(), notify=("webhook",))
+    notifier.wake()
+    wait_until(lambda: store.outbox_stats()["delivered"] == 1, "the delivery", timeout=30)
+    (req,) = receiver.requests
+    body, headers = req["body"], req["headers"]
+    assert req["path"] == "/hook"
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Streamrec-Event"] == "event_start"
+    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["X-Streamrec-Signature"], expected)
+    payload = json.loads(body)
+    assert payload["type"] == "event_start" and payload["event"]["id"] == "e1"
+    assert payload["event"]["camera"] == "rack-1" and payload["event"]["state"] == "open"
+    stats = notifier.stats()
+    assert stats["pending"] == 0
+    assert stats["channels"]["webhook"]["delivered"] == 1 and stats["channels"]["webhook"]["failed"] == 0
+
+
+def test_webhook_without_a_secret_sends_no_signature(tmp_path, receiver, notifiers):
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, webhook(receiver.url, secret=None))
+    store.closed(Event("e9", "r", "c", "l", 1.0, 0.5, 0.5, end_ts=2.0), notify=("webhook",))
+    notifier.deliver_due()
+    (req,) = receiver.requests
+    assert "X-Streamrec-Signature" not in req["headers"] and req["headers"]["X-Streamrec-Event"] == "event_end"
+
+
+def test_webhook_answering_500_twice_is_delivered_on_the_third_try(tmp_path, receiver, notifiers):
+    receiver.fail = 2
+    db = tmp_path / "h.db"
+    store = EventStore(str(db))
+    notifier = notifiers(store, webhook(receiver.url), backoff_s=0.05, max_backoff_s=0.2, poll_s=0.05)
+    notifier.start()
+    store.opened(event(), notify=("webhook",))
+    notifier.wake()
+    wait_until(lambda: store.outbox_stats()["delivered"] == 1, "the third try", timeout=30)
+    assert receiver.count() == 3
+    assert len({r["body"] for r in receiver.requests}) == 1  # the same body each time
+    (row,) = outbox_rows(db)
+    assert row["attempts"] == 3 and row["error"] is None
+    channel = notifier.stats()["channels"]["webhook"]
+    assert channel["delivered"] == 1 and channel["failed"] == 2 and channel["last_error"] is None
+
+
+def test_backoff_doubles_up_to_its_cap(tmp_path, receiver, notifiers):
+    receiver.fail = 100
+    db = tmp_path / "h.db"
+    clock = Clock()
+    store = EventStore(str(db))
+    notifier = notifiers(store, webhook(receiver.url), clock=clock, backoff_s=1.0, max_backoff_s=5.0)
+    store.opened(event(), notify=("webhook",), now=clock())
+    start = clock.now
+    tries = []
+    for _ in range(60):  # 0.5 s steps over 30 s: a try whenever one is due, and only then
+        notifier.deliver_due()
+        tries.append(receiver.count())
+        clock.now += 0.5
+    first = [i * 0.5 for i in range(1, len(tries)) if tries[i] > tries[i - 1]]
+    assert first[:5] == [1.0, 3.0, 7.0, 12.0, 17.0]  # waits of 1, 2, 4, then 5 (the cap), 5...
+    (row,) = outbox_rows(db)
+    assert row["error"] == "HTTP 500 Internal Server Error" and row["next_try"] == start + first[-1] + 5.0
+    assert notifier.stats()["channels"]["webhook"]["failed"] == receiver.count()
+
+
+@pytest.mark.parametrize("where", ["another port", "the same host"])
+def test_a_redirect_is_not_followed(tmp_path, receiver, notifiers, where):
+    other = Receiver()
+    try:
+        receiver.redirect = other.url if where == "another port" else receiver.url + "/moved"
+        db = tmp_path / "h.db"
+        store = EventStore(str(db))
+        notifier = notifiers(store, webhook(receiver.url))
+        store.opened(event(), notify=("webhook",))
+        notifier.deliver_due()  # synchronous: the request and any redirect are over when it returns
+        assert receiver.count() == 1 and other.count() == 0
+        (row,) = outbox_rows(db)
+        assert row["delivered"] is None and row["attempts"] == 1
+        assert row["error"].startswith(f"HTTP 302 redirect to {receiver.redirect} not followed")
+        assert notifier.stats()["channels"]["webhook"]["last_error"] == row["error"]
+    finally:
+        other.close()
+
+
+def test_an_unreachable_webhook_fails_without_showing_its_password(tmp_path, notifiers, caplog):
+    port = free_port()  # nothing listens there
+    store = EventStore(":memory:")
+    notifier = notifiers(store, webhook(f"http://bot:hunter2@127.0.0.1:{port}/hook"))
+    store.opened(event(), notify=("webhook",))
+    with caplog.at_level(logging.WARNING, logger="streamrec.events"):
+        notifier.deliver_due()
+    error = notifier.stats()["channels"]["webhook"]["last_error"]
+    assert "cannot reach the webhook" in error
+    assert "hunter2" not in error and "hunter2" not in caplog.text and "not delivered" in caplog.text
+
+
+# -- the outbox over time ---------------------------------------------------------------------------
+def test_notifications_expire_after_max_age_logged_once(tmp_path, receiver, notifiers, caplog):
+    receiver.fail = 100
+    clock = Clock()
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, webhook(receiver.url), clock=clock, max_age_s=60.0, backoff_s=1.0)
+    store.opened(event(), notify=("webhook",), now=clock())
+    notifier.deliver_due()
+    clock.now += 59.0
+    notifier.deliver_due()
+    assert store.outbox_stats()["pending"] == 1 and receiver.count() == 2
+    with caplog.at_level(logging.WARNING, logger="streamrec.events.notify"):
+        clock.now += 2.0
+        notifier.deliver_due()
+        clock.now += 100.0
+        notifier.deliver_due()
+    assert store.outbox_stats() == {"pending": 0, "delivered": 0}
+    assert receiver.count() == 2  # never tried once too old
+    assert notifier.stats()["expired"] == 1
+    assert [r.getMessage() for r in caplog.records if "gave up" in r.getMessage()] == [
+        "gave up on 1 notification(s) not delivered within 60 s (max_age_s)"]
+
+
+def test_the_outbox_survives_a_restart(tmp_path, receiver, notifiers):
+    receiver.fail = 1_000
+    db = tmp_path / "h.db"
+    store = EventStore(str(db))
+    first = notifiers(store, webhook(receiver.url), backoff_s=0.05, max_backoff_s=0.05, poll_s=0.05)
+    first.start()
+    store.opened(event(1), notify=("webhook",))
+    store.opened(event(2), notify=("webhook",))
+    first.wake()
+    wait_until(lambda: receiver.count() >= 2, "tries while the receiver fails", timeout=30)
+    first.close()
+    store.close()
+    assert {r["delivered"] for r in outbox_rows(db)} == {None}
+
+    receiver.fail = 0
+    store = EventStore(str(db))
+    second = notifiers(store, webhook(receiver.url))
+    second.start()
+    wait_until(lambda: store.outbox_stats() == {"pending": 0, "delivered": 2}, "the second process's deliveries",
+               timeout=30)
+    ids = [json.loads(r["body"])["event"]["id"] for r in receiver.requests[-2:]]
+    assert ids == ["e1", "e2"]  # in order
+    first.close()  # idempotent
+
+
+# -- MQTT -----------------------------------------------------------------------------------------
+def test_mqtt_online_activity_events_and_discovery(tmp_path, broker, notifiers, subscribers):
+    events = subscribers(broker, "sr/events", "sr/rack-1/activity")
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, mqtt(broker, homeassistant_discovery=True, discovery_prefix="ha"))
+    notifier.start()
+    notifier.discover(["rack-1"])
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
+    for label in ("squat", "bench", "deadlifting"):  # one at once, the rest within a second: the newest follows
+        notifier.activity("rack-1", label, 0.91, 123.5, False)
+    store.opened(event(), notify=("mqtt",))
+    notifier.wake()
+    wait_until(lambda: events.on("sr/events"), "the event on sr/events", timeout=30)
+    payload = json.loads(events.on("sr/events")[0][0])
+    assert payload["type"] == "event_start" and payload["event"]["id"] == "e1"
+    wait_until(lambda: store.outbox_stats()["delivered"] == 1, "the acknowledged publish", timeout=30)
+    wait_until(lambda: len(events.on("sr/rack-1/activity")) == 2, "the held activity message", timeout=30)
+    assert [json.loads(p)["label"] for p, _ in events.on("sr/rack-1/activity")] == ["squat", "deadlifting"]
+
+    late = subscribers(broker, "#")  # after the publishes: only what is retained comes
+    wait_until(lambda: late.on("sr/rack-1/activity") and late.on("ha/sensor/streamrec_rack-1/activity/config"),
+               "the retained messages", timeout=30)
+    assert late.on("sr/availability") == [("online", True)]
+    (activity, retained), = late.on("sr/rack-1/activity")
+    assert retained and json.loads(activity) == {"camera": "rack-1", "label": "deadlifting", "score": 0.91,
+                                                 "ts": 123.5, "uncertain": False}
+    (config, retained), = late.on("ha/sensor/streamrec_rack-1/activity/config")
+    config = json.loads(config)
+    assert retained and config["state_topic"] == config["json_attributes_topic"] == "sr/rack-1/activity"
+    assert config["value_template"] == "{{ value_json.label }}" and config["availability_topic"] == "sr/availability"
+    assert config["unique_id"] == "streamrec_rack-1_activity"
+    assert config["device"] == {"identifiers": ["streamrec_rack-1"], "name": "streamrec rack-1",
+                                "manufacturer": "streamrec"}
+    assert late.on("sr/events") == []  # events are not retained
+
+    notifier.close()
+    wait_until(lambda: late.on("sr/availability")[-1:] == [("offline", False)], "offline on close", timeout=30)
+    notifier.close()  # idempotent
+
+
+def test_mqtt_event_during_a_broker_outage_arrives_after_the_restart(tmp_path, broker, notifiers, subscribers):
+    clock = Clock()
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, mqtt(broker, homeassistant_discovery=True), clock=clock, backoff_s=5.0,
+                         poll_s=0.1)
+    notifier.start()
+    notifier.discover(["rack-1"])
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
+    broker.stop()
+    wait_until(lambda: not notifier.stats()["channels"]["mqtt"]["connected"], "the lost connection", timeout=30)
+    store.opened(event(), notify=("mqtt",), now=clock())
+    notifier.activity("rack-1", "squat", 0.7, 1.0, True)  # never raises nor blocks while the broker is down
+    notifier.wake()
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["failed"] >= 1, "the failed try", timeout=30)
+    assert "not connected" in notifier.stats()["channels"]["mqtt"]["last_error"]
+    assert store.outbox_stats() == {"pending": 1, "delivered": 0}
+
+    broker.start()  # a fresh broker: nothing retained survives it
+    sub = subscribers(broker, "#")  # before the retry, which waits for the clock
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the reconnection", timeout=60)
+    wait_until(lambda: sub.on("sr/availability") and sub.on("homeassistant/sensor/streamrec_rack-1/activity/config")
+               and sub.on("sr/rack-1/activity"), "online, discovery and activity again on reconnect", timeout=30)
+    assert json.loads(sub.on("sr/rack-1/activity")[-1][0])["uncertain"] is True
+    clock.now += 5.0
+    notifier.wake()
+    wait_until(lambda: sub.on("sr/events"), "the event after the restart", timeout=30)
+    assert json.loads(sub.on("sr/events")[0][0])["event"]["id"] == "e1"
+    wait_until(lambda: store.outbox_stats() == {"pending": 0, "delivered": 1}, "the delivery recorded", timeout=30)
+
+
+KILLED_CHILD = """
+import sys, time
+from streamrec.event_config import MqttConfig, NotifyConfig
+from streamrec.events.notify import Notifier
+from streamrec.events.store import EventStore
+from streamrec.supervision import Supervisor
+n = Notifier(EventStore(":memory:"), NotifyConfig(mqtt=MqttConfig(sys.argv[1], topic_prefix="sr")), supervisor=Supervisor())
+n.start()
+while not n.stats()["channels"]["mqtt"]["connected"]:
+    time.sleep(0.05)
+print("connected", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_process_is_offline_by_its_last_will(broker, subscribers):
+    sub = subscribers(broker, "sr/availability")
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, f"mqtt://127.0.0.1:{broker.port}"], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "connected"
+        wait_until(lambda: sub.on("sr/availability") == [("online", False)], "online", timeout=30)
+        child.kill()
+        wait_until(lambda: sub.on("sr/availability")[-1:] == [("offline", False)], "the last will", timeout=30)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+
+
+def test_mqtt_credentials_come_from_the_url_and_are_never_shown(tmp_path, notifiers, caplog):
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto): these tests run a real broker")
+    b = Broker(tmp_path)
+    passwords = tmp_path / "passwords"
+    passwords.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "cam user", "p@ss:w/rd"], check=True)
+    b.write_conf("allow_anonymous false", f"password_file {passwords}")
+    b.start()
+    try:
+        def connect(password: str) -> Notifier:
+            url = f"mqtt://cam%20user:{password}@127.0.0.1:{b.port}"
+            n = notifiers(EventStore(":memory:"), NotifyConfig(mqtt=MqttConfig(url)))
+            n.start()
+            return n
+
+        with caplog.at_level(logging.INFO, logger="streamrec.events"):
+            good = connect("p%40ss%3Aw%2Frd")
+            bad = connect("wrong-secret")
+            wait_until(lambda: good.stats()["channels"]["mqtt"]["connected"], "the login", timeout=30)
+            wait_until(lambda: bad.stats()["channels"]["mqtt"]["last_error"], "the refusal", timeout=30)
+        assert not bad.stats()["channels"]["mqtt"]["connected"]
+        assert "refused" in bad.stats()["channels"]["mqtt"]["last_error"]
+        for secret in ("wrong-secret", "p%40ss", "p@ss"):
+            assert secret not in caplog.text and secret not in bad.stats()["channels"]["mqtt"]["last_error"]
+    finally:
+        b.stop()
