@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.errors import StreamrecError
+from streamrec.redact import mask_credentials
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig, check_rules
 from streamrec.validate import check_allowed_hosts, check_types
 
@@ -89,13 +90,13 @@ class CameraConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CameraConfig":
         if not isinstance(d, dict):
-            raise StreamrecError(f"[[cameras]]: expected a table with a name and a source, got {d!r}")
+            raise StreamrecError(f"[[cameras]]: expected a table with a name and a source, got {mask_credentials(repr(d))}")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise StreamrecError(f"[[cameras]]: unknown option {unknown[0]!r}; expected one of {', '.join(sorted(names))}")
         if "name" not in d or "source" not in d:
-            raise StreamrecError(f"[[cameras]]: each camera needs a name and a source, got {d!r}")
+            raise StreamrecError(f"[[cameras]]: each camera needs a name and a source, got {mask_credentials(repr(d))}")
         source = d["source"]  # a webcam index may be written as a number
         return cls(**{**d, "source": str(source) if type(source) is int else source})
 

@@ -50,3 +50,19 @@ def test_the_secret_query_keys():
 def test_the_display_name_of_a_source_is_masked():
     spec = SourceSpec.parse("rtsp://admin:p@ss@10.0.0.5:554/h264?authtoken=XYZ")
     assert spec.display_name == "rtsp://admin:***@10.0.0.5:554/h264?authtoken=***"
+
+
+def test_error_messages_that_quote_a_source_mask_it():
+    from streamrec.config import ServeConfig
+    from streamrec.errors import SourceError, StreamrecError
+
+    with pytest.raises(SourceError) as info:
+        SourceSpec.parse("ftp://cam:p@ss@h/x?token=T")
+    assert str(info.value) == "--source: expected rtsp://, rtsps://, http:// or https://, got 'ftp://cam:***@h/x?token=***'"
+    for cameras, expected in (
+        ([{"source": "rtsp://u:p@ss@h/x?token=T"}], "each camera needs a name and a source, got {'source': 'rtsp://u:***@h/x?token=***'}"),
+        (["rtsp://u:pw@h/x"], "expected a table with a name and a source, got 'rtsp://u:***@h/x'"),
+    ):
+        with pytest.raises(StreamrecError) as info:
+            ServeConfig.from_sources({"cameras": cameras}, {})
+        assert str(info.value) == f"[[cameras]]: {expected}"
