@@ -24,6 +24,7 @@ from streamrec.events.manager import EventManager
 from streamrec.live.history import HistoryStore, SegmentTracker, default_db
 from streamrec.live.messages import MEANINGLESS
 from streamrec.serve.metrics import Metrics
+from streamrec.serve.guard import Limits
 from streamrec.serve.preview import frame_message, preview_width
 from streamrec.serve.routes import cameras_api, events_api, history_api
 from streamrec.supervision import Supervisor
@@ -32,6 +33,11 @@ from streamrec.serve.server import Hub, Route, WebServer, json_route, page_html,
 logger = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("state", "source", "frames", "capture_fps", "dropped", "decode_errors", "reconnects", "error")
+
+
+def favicon() -> bytes:
+    return (b"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 8 8'><rect width='8' height='8' rx='2' "
+            b"fill='#2fbf71'/><path d='M3 2v4l3-2z'/></svg>")
 
 
 class AppCore:
@@ -118,7 +124,7 @@ class AppCore:
         self.metrics = self.metrics or Metrics(self.hub, self.metric_rows, self.history.stats, self.supervisor.stats)
         routes = {"/": Route("text/html; charset=utf-8", page_html),
                   "/healthz": json_route(self.health, lambda: {"status": self.health()["status"]}),
-                  "/favicon.ico": Route("image/svg+xml", lambda: b"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 8 8'><rect width='8' height='8' rx='2' fill='#2fbf71'/><path d='M3 2v4l3-2z'/></svg>"),
+                  "/favicon.ico": Route("image/svg+xml", favicon, favicon),  # public: browsers ask without the token
                   "/metrics": Route(Metrics.CONTENT_TYPE, self.metrics.render)}
         cameras = cameras_api(listing=lambda: {"cameras": self.health()["cameras"], "adding": self.adding()},
                               add=self.add_camera, remove=self.remove_camera)
@@ -126,7 +132,8 @@ class AppCore:
         if self.events is not None:
             api["/api/events"] = events_api(self.events)
         self.server = WebServer(self.hub, host=self.config.host, port=self.config.port, routes=routes,
-                                token=self.config.token, api=api)
+                                token=self.config.token, api=api, allowed_hosts=self.config.allowed_hosts,
+                                limits=Limits.of(self.config))
 
     def start_events(self, classes: list[str], *, frame_of=lambda camera: None, record: bool = True) -> None:
         """The rules, the events table, clips and notifications (before :meth:`build_server`)."""
