@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -355,7 +356,7 @@ def test_the_outbox_survives_a_restart(tmp_path, receiver, notifiers):
     wait_until(lambda: store.outbox_stats() == {"pending": 0, "delivered": 2}, "the second process's deliveries",
                timeout=30)
     ids = [json.loads(r["body"])["event"]["id"] for r in receiver.requests[-2:]]
-    assert ids == ["e1", "e2"]  # in order
+    assert sorted(ids) == ["e1", "e2"]  # one may overtake the other, still backing off from the first process
     first.close()  # idempotent
 
 
@@ -485,3 +486,94 @@ def test_mqtt_credentials_come_from_the_url_and_are_never_shown(tmp_path, notifi
             assert secret not in caplog.text and secret not in bad.stats()["channels"]["mqtt"]["last_error"]
     finally:
         b.stop()
+
+
+def test_an_unacknowledged_event_is_waited_for_not_published_twice(tmp_path, broker, notifiers, subscribers):
+    sub = subscribers(broker, "sr/events")
+    clock = Clock()
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, mqtt(broker), clock=clock, backoff_s=1.0, poll_s=0.1)
+    notifier.mqtt.ack_timeout_s = 0.5
+    notifier.start()
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
+    os.kill(broker.proc.pid, signal.SIGSTOP)  # the broker hangs: the publish goes out, no PUBACK comes
+    try:
+        store.opened(event(1), notify=("mqtt",), now=clock())
+        notifier.wake()
+        wait_until(lambda: notifier.stats()["channels"]["mqtt"]["failed"] == 1, "the unacknowledged try", timeout=30)
+        assert "not acknowledged" in notifier.stats()["channels"]["mqtt"]["last_error"]
+        assert notifier.stats()["channels"]["mqtt"]["unacknowledged"] == 1
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    wait_until(lambda: sub.on("sr/events"), "the event once the broker goes on", timeout=30)
+    clock.now += 1.0
+    notifier.wake()
+    wait_until(lambda: store.outbox_stats()["delivered"] == 1, "the retry finding it acknowledged", timeout=30)
+    assert notifier.stats()["channels"]["mqtt"]["unacknowledged"] == 0
+    store.opened(event(2), notify=("mqtt",), now=clock())  # on the same connection: after any second e1
+    notifier.wake()
+    wait_until(lambda: len(sub.on("sr/events")) >= 2, "the next event", timeout=30)
+    assert [json.loads(p)["event"]["id"] for p, _ in sub.on("sr/events")] == ["e1", "e2"]
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signed for localhost and 127.0.0.1: (ca, cert, key)."""
+    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName = DNS:localhost, IP:127.0.0.1\n")
+    for cmd in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+         "-subj", "/CN=streamrec test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2",
+         "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+def test_mqtts_checks_the_broker_against_the_system_cas(tmp_path, notifiers, monkeypatch):
+    if MOSQUITTO is None or shutil.which("openssl") is None:
+        pytest.skip("mosquitto and openssl are needed (apt-get install -y mosquitto openssl): a real TLS broker")
+    ca, cert, key = make_certificates(tmp_path)
+    b = Broker(tmp_path)
+    b.write_conf("allow_anonymous true", f"cafile {ca}", f"certfile {cert}", f"keyfile {key}")
+    b.start()
+    try:
+        url = f"mqtts://127.0.0.1:{b.port}"
+        untrusted = notifiers(EventStore(":memory:"), NotifyConfig(mqtt=MqttConfig(url)))
+        untrusted.start()
+        wait_until(lambda: untrusted.stats()["channels"]["mqtt"]["last_error"], "the refused certificate", timeout=30)
+        assert not untrusted.stats()["channels"]["mqtt"]["connected"]
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the "system" CAs, as OpenSSL reads them
+        store = EventStore(":memory:")
+        trusted = notifiers(store, NotifyConfig(mqtt=MqttConfig(url)))
+        trusted.start()
+        wait_until(lambda: trusted.stats()["channels"]["mqtt"]["connected"], "the TLS connection", timeout=30)
+        store.opened(event(), notify=("mqtt",))
+        trusted.wake()
+        wait_until(lambda: store.outbox_stats()["delivered"] == 1, "the event over TLS", timeout=30)
+    finally:
+        b.stop()
+
+
+def test_a_broker_that_is_down_neither_blocks_nor_raises(notifiers):
+    store = EventStore(":memory:")
+    notifier = notifiers(store, NotifyConfig(mqtt=MqttConfig(f"mqtt://127.0.0.1:{free_port()}")), backoff_s=0.05,
+                         poll_s=0.05)
+    started = time.monotonic()
+    notifier.start()
+    notifier.discover(["rack-1"])
+    for i in range(50):
+        notifier.activity("rack-1", "squat", 0.5 + i / 100, float(i), False)
+    store.opened(event(), notify=("mqtt",))
+    notifier.wake()
+    assert time.monotonic() - started < 2.0  # none of it waits for the broker
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["failed"] >= 2, "tries while the broker is down",
+               timeout=30)
+    stats = notifier.stats()
+    assert stats["pending"] == 1 and not stats["channels"]["mqtt"]["connected"]
+    started = time.monotonic()
+    notifier.close()
+    assert time.monotonic() - started < 10.0  # paho's reconnect wait checks for the stop each second
