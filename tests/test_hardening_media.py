@@ -1,4 +1,5 @@
-"""Media whose metadata is not UTF-8 (as in HMDB51): every command reads it.
+"""Media whose metadata is not UTF-8 (as in HMDB51): every command reads it; so are file and
+folder names that are not UTF-8.
 
 PyAV decodes container and stream tags strictly by default, so one bad byte in a title made
 ``av.open`` raise ``UnicodeDecodeError`` and classify, serve, dataset and train end with a
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -86,24 +88,29 @@ def test_classify_reads_it(bad_avi):
 
 
 def test_dataset_catalogs_it(bad_avi, tmp_path):
-    for cls in ("a", "b"):
+    weird = os.fsdecode(b"caf\xe9")  # a folder and a file whose names are not UTF-8 either
+    for cls in ("a", weird):
         (tmp_path / "data" / cls).mkdir(parents=True)
-        (tmp_path / "data" / cls / "x.avi").write_bytes(bad_avi.read_bytes())
+        (tmp_path / "data" / cls / f"{weird}.avi").write_bytes(bad_avi.read_bytes())
     csv_path = tmp_path / "cat.csv"
     proc = run_cli("dataset", str(tmp_path / "data"), "--csv", str(csv_path), "--sheet", str(tmp_path / "s.png"))
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "skipping" not in proc.stderr
-    rows = list(csv.DictReader(csv_path.open()))
+    rows = list(csv.DictReader(csv_path.open(encoding="utf-8")))
     assert [(r["class"], r["clips"], r["frames"], r["unreadable"], r["resolutions"]) for r in rows] == [
-        ("a", "1", "45", "0", "160x120"), ("b", "1", "45", "0", "160x120")]
+        ("a", "1", "45", "0", "160x120"), ("caf\ufffd", "1", "45", "0", "160x120")]
+    assert "caf\ufffd" in proc.stdout
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_train_on_a_folder_of_them(tmp_path):
     rng = np.random.default_rng(1)
+    weird = os.fsdecode(b"top_\xff")  # a class folder whose name is not UTF-8
     for split, d in [(s, d) for s in ("train", "valid") for d in ("left_to_right", "top_to_bottom")]:
-        (tmp_path / "data" / split / d).mkdir(parents=True)
+        folder = tmp_path / "data" / split / (weird if d == "top_to_bottom" else d)
+        folder.mkdir(parents=True)
         for i in range(2 if split == "train" else 1):
-            write_bad_metadata_avi(tmp_path / "data" / split / d / f"{i}.avi", motion_frames(d, 30, (96, 72), rng))
+            write_bad_metadata_avi(folder / f"{i}.avi", motion_frames(d, 30, (96, 72), rng))
     out = tmp_path / "m.pt"
     proc = run_cli("train", str(tmp_path / "data"), "--model", "tiny3d", "--weights", "none", "--epochs", "1",
                    "--batch-size", "2", "--workers", "0", "--out", str(out), timeout=600)
@@ -111,7 +118,7 @@ def test_train_on_a_folder_of_them(tmp_path):
     assert "Traceback" not in proc.stderr and "unreadable" not in proc.stderr
     import torch
 
-    assert torch.load(out, weights_only=False)["classes"] == ["left_to_right", "top_to_bottom"]
+    assert torch.load(out, weights_only=False)["classes"] == ["left_to_right", "top_\ufffd"]
 
 
 def test_serve_streams_it(bad_avi):

@@ -93,6 +93,19 @@ class Split:
     samples: list[Sample] = field(default_factory=list)
 
 
+def shown(name: str) -> str:
+    """A file or folder name as text that can be printed and written: bytes that are not UTF-8
+    (which Python keeps as lone surrogates) become U+FFFD. ``print`` and ``csv`` fail on them.
+
+    >>> shown(os.fsdecode(b"caf\\xe9.avi"))
+    'caf\ufffd.avi'
+    """
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate no file name holds
+        return name.encode("utf-8", "replace").decode("utf-8")
+
+
 def class_dirs(folder: Path) -> dict[str, list[Path]]:
     if not folder.is_dir():
         raise StreamrecError(f"dataset: expected a folder of class folders, got {folder} (not a folder)")
@@ -101,7 +114,7 @@ def class_dirs(folder: Path) -> dict[str, list[Path]]:
         files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_EXTS)
         if not files:
             raise StreamrecError(f"dataset: class folder {d} is empty (no {', '.join(sorted(VIDEO_EXTS))} files)")
-        out[d.name] = files
+        out[shown(d.name)] = files  # class names are printed, written to CSV and saved with the model
     if not out:
         raise StreamrecError(f"dataset: no class folders in {folder}")
     return out

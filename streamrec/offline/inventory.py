@@ -14,7 +14,7 @@ import numpy as np
 from streamrec.errors import SourceError, StreamrecError
 from streamrec.fsutil import atomic_write, save_figure
 from streamrec.live.sources import PyAVSource, SourceSpec
-from streamrec.offline.dataset import Split, probe
+from streamrec.offline.dataset import Split, probe, shown
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def contact_sheet(split: Split, path: str | os.PathLike, *, per_class: int = 2) 
             for ax, img, title in ((row[0], first, "start"), (row[1], last, "end")):
                 ax.imshow(img)
                 ax.set_axis_off()
-                ax.set_title(f"{cls} / {p.name} ({title})", fontsize=7)
+                ax.set_title(f"{cls} / {shown(p.name)} ({title})", fontsize=7)
         fig.tight_layout()
         save_figure(fig, path, dpi=80)
     finally:
