@@ -20,6 +20,7 @@ import numpy as np
 from streamrec.errors import SourceError
 from streamrec.supervision import Supervisor
 from streamrec.models.preprocess import FramePreprocessor
+from streamrec.live.packets import PacketRing
 from streamrec.live.ring import FrameRing
 from streamrec.live.sources import Source, SourceSpec, mask_credentials, open_source
 
@@ -67,6 +68,8 @@ class CaptureThread(threading.Thread):
 
     ``first`` is an already opened source (the CLI opens it once up front to fail fast);
     ``opener`` opens the source again after it ended or failed (:func:`open_source`).
+    ``packet_ring``, when given, receives the compressed video packets of every source opened
+    (``first`` too) that has them (not a webcam): the event clips' history.
     """
 
     def __init__(
@@ -84,8 +87,10 @@ class CaptureThread(threading.Thread):
         on_frame: Callable[[np.ndarray, float], None] | None = None,
         opener: Callable[[SourceSpec], Source] = open_source,
         supervisor: Supervisor | None = None,
+        packet_ring: PacketRing | None = None,
     ) -> None:
         super().__init__(name=name, daemon=True)
+        self.packet_ring = packet_ring
         self.supervisor = supervisor or Supervisor()
         self.opener = opener
         self.spec = spec
@@ -164,6 +169,8 @@ class CaptureThread(threading.Thread):
                         attempt += 1
                         continue
                 self._source = source
+                if self.packet_ring is not None:
+                    source.packet_ring = self.packet_ring
                 got = False
                 try:
                     got = self._pump(source)
@@ -273,6 +280,7 @@ def camera_capture(
     first: Source | None = None,
     on_frame: Callable[[np.ndarray, float], None] | None = None,
     supervisor: Supervisor | None = None,
+    packet_ring: PacketRing | None = None,
 ) -> tuple[FrameRing, CaptureThread]:
     """A ring sized for one window of ``model_spec`` and the capture thread that fills it
     (not started): the one set-up shared by local cameras and cluster capture actors."""
@@ -282,5 +290,5 @@ def camera_capture(
     fps = first.fps if first is not None and first.fps else 30.0
     ring = FrameRing(capacity_for(model_spec.frames, model_spec.fps, source_fps=max(fps, 30.0)), pre.crop_shape, np.uint8)
     thread = CaptureThread(spec, ring, pre, stop_event=stop_event, loop=loop, first=first, name=f"capture-{name}", on_frame=on_frame,
-                           supervisor=supervisor)
+                           supervisor=supervisor, packet_ring=packet_ring)
     return ring, thread

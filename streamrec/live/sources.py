@@ -117,6 +117,9 @@ class Source:
     # time.perf_counter() when the data of the newest frame came in (None: not known). The
     # capture dates a live frame by it, so decoding and colour conversion count as latency.
     arrived: float | None = None
+    # a streamrec.live.packets.PacketRing: where a source that demuxes puts its compressed video
+    # packets (event clips); others ignore it
+    packet_ring: Any = None
 
     def frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         raise NotImplementedError
@@ -156,10 +159,11 @@ def named_as(option: str) -> Iterator[None]:
 class PyAVSource(Source):
     """A file or network stream decoded by PyAV (FFmpeg), with open and read timeouts."""
 
-    def __init__(self, spec: SourceSpec) -> None:
+    def __init__(self, spec: SourceSpec, *, packet_ring: Any = None) -> None:
         import av
 
         self.spec = spec
+        self.packet_ring = packet_ring
         self.decode_errors = 0
         options = {}
         if spec.kind == "network":
@@ -199,6 +203,9 @@ class PyAVSource(Source):
         import av
 
         rgb = _rgb_options()
+        tap = self.packet_ring
+        if tap is not None:
+            tap.new_stream(self._stream)
         index = 0
         first: float | None = None
         last = -float("inf")
@@ -206,6 +213,8 @@ class PyAVSource(Source):
         for packet in self._container.demux(self._stream):
             self.packets += packet.size > 0  # not the empty packet that flushes the decoder at the end
             arrived = time.perf_counter()
+            if tap is not None and packet.size:
+                tap.push(packet)  # compressed, before decoding: copied as is into event clips
             try:
                 decoded = packet.decode()
             except av.error.InvalidDataError as exc:  # a corrupt packet: count, skip, go on
@@ -305,11 +314,12 @@ def decoder_threading(width: int, height: int, *, live: bool) -> tuple[str, int]
     return ("SLICE" if live else "AUTO"), 0
 
 
-def open_source(spec: SourceSpec) -> Source:
-    """Open ``spec``; raises :class:`SourceError` with a one-line reason when it cannot."""
+def open_source(spec: SourceSpec, *, packet_ring: Any = None) -> Source:
+    """Open ``spec``; raises :class:`SourceError` with a one-line reason when it cannot.
+    ``packet_ring`` receives a PyAV source's compressed video packets (a webcam has none)."""
     if spec.kind == "webcam":
         return WebcamSource(spec)
-    return PyAVSource(spec)
+    return PyAVSource(spec, packet_ring=packet_ring)
 
 
 def _av_reason(exc: BaseException) -> str:

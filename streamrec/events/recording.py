@@ -1,0 +1,372 @@
+"""Event clips and thumbnails, without decoding or encoding again.
+
+Each camera's source puts its compressed video packets into a :class:`PacketRing`
+(:meth:`Recorder.ring`). When an event starts, :meth:`Recorder.begin` starts a writer thread
+that copies (remuxes) the packets from the last keyframe ``pre_seconds`` before the event on
+into a fragmented MP4, ``<folder>/<camera>/<event id>.mp4``, and follows the ring as packets
+come in, until ``post_seconds`` after :meth:`Recorder.end` (at most ``max_seconds`` in all). A
+fragmented MP4 plays up to its last complete fragment (one per keyframe) even when the process
+is killed while writing. A write error (a full disk) ends that clip with one log line and a
+count; the caller never sees it, and capture and inference never wait on a clip.
+:meth:`Recorder.prune` deletes old clips and their events (``retention_days``, ``max_gb``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from streamrec.event_config import RecordingConfig
+from streamrec.events.store import EventStore
+from streamrec.live.packets import ClipStart, PacketRing, TappedPacket
+from streamrec.live.sources import open_container
+from streamrec.supervision import Supervisor, describe
+
+logger = logging.getLogger(__name__)
+
+MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+POLL_S = 0.25  # a writer with nothing to write looks at its deadlines this often
+GRACE_S = 2.0  # past its end (or max_seconds), a writer waits this long for a late packet
+JOIN_S = 5.0  # close(): how long it waits for each writer
+
+OnDone = Callable[[str, "str | None", int], None]
+
+
+def path_part(name: str) -> str:
+    """``name`` as one safe path component: letters, digits, ``-``, ``_`` and ``.`` (other
+    characters become ``_``), never ``.`` or ``..``.
+
+    >>> path_part("rack-1"), path_part("../x"), path_part("..")
+    ('rack-1', '.._x', '_..')
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
+    return "_" + safe if set(safe) == {"."} else safe
+
+
+class ClipWriter:
+    """Copies the packets of ``ring`` from ``start.seq`` on into ``path``: the body of a
+    ``clip-<camera>`` thread (:meth:`run`)."""
+
+    def __init__(self, event_id: str, camera: str, ring: PacketRing, start: ClipStart, path: Path, *,
+                 max_seconds: float, clock: Callable[[], float]) -> None:
+        self.event_id, self.camera, self.ring, self.start, self.path = event_id, camera, ring, start, path
+        self.max_seconds = max_seconds
+        self.clock = clock
+        self.begun = clock()
+        self.stop_at: float | None = None  # end of the event + post_seconds, once known
+        self.finish_now = threading.Event()  # close(): finish with what has come in
+        self.packets = 0
+        self.payload_bytes = 0
+        self.error: str | None = None
+        self._first_ts: float | None = None
+        self._base: int | None = None  # dts of the first packet written: the clip's time 0
+        self._last_dts: int | None = None
+        self._whole = 0  # the file's size when its last complete fragment was written
+
+    def run(self) -> None:
+        out = None
+        try:
+            out = self._open()
+            self._follow(out, out.streams.video[0])
+        except Exception as exc:  # noqa: BLE001 - a full disk, a muxer refusing a packet: end this clip
+            self._failed(exc)
+        finally:
+            self._close(out)
+            if self.error is not None and self._whole:
+                self._cut()
+
+    def _cut(self) -> None:
+        """After a write error: the file back to its last complete fragment (it plays to its end)."""
+        try:
+            os.truncate(self.path, self._whole)
+        except OSError:
+            pass
+
+    def _open(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        out = open_container(str(self.path), mode="w", format="mp4", options=dict(MP4_OPTIONS))
+        try:
+            out.add_stream_from_template(self.start.template.stream)
+        except Exception:
+            out.close()
+            raise
+        return out
+
+    def _follow(self, out, stream) -> None:
+        """Write packets as they come until the clip's end, its generation's end or close()."""
+        seq = self.start.seq - 1
+        while not self.finish_now.is_set():
+            batch = self.ring.after(seq)
+            if not batch:
+                if self._overdue():
+                    return
+                self.ring.wait(seq, POLL_S)
+                continue
+            need_key = batch[0].seq != seq + 1  # the ring dropped packets this writer had not read
+            for p in batch:
+                seq = p.seq
+                if self._ends_before(p):
+                    return
+                if need_key and not p.keyframe:
+                    continue
+                need_key = False
+                self._mux(out, stream, p)
+
+    def _ends_before(self, p: TappedPacket) -> bool:
+        if p.generation != self.start.generation:
+            logger.info("clip %s ends early: the source of camera %s reconnected", self.event_id, self.camera)
+            return True
+        if self._first_ts is None:
+            self._first_ts = p.ts
+        return p.ts >= self._first_ts + self.max_seconds or (self.stop_at is not None and p.ts >= self.stop_at)
+
+    def _overdue(self) -> bool:
+        """No packet is coming: past the end (or max_seconds) by GRACE_S, the clip is finished."""
+        now = self.clock()
+        first = self.begun if self._first_ts is None else self._first_ts
+        return now >= first + self.max_seconds + GRACE_S or (self.stop_at is not None and now >= self.stop_at + GRACE_S)
+
+    def _mux(self, out, stream, p: TappedPacket) -> None:
+        import av
+
+        dts = p.dts if p.dts is not None else p.pts
+        if dts is None or (self._last_dts is not None and dts <= self._last_dts):
+            return  # no time, or out of order: the muxer would refuse it
+        if self._base is None:
+            self._base = dts
+        q = av.Packet(p.data)
+        q.dts = dts - self._base
+        q.pts = (p.pts if p.pts is not None else dts) - self._base
+        q.time_base = p.time_base
+        q.is_keyframe = p.keyframe
+        q.stream = stream
+        out.mux(q)
+        if p.keyframe:  # the muxer wrote the previous fragment, whole, and holds this one in memory
+            self._whole = self.size()
+        self._last_dts = dts
+        self.packets += 1
+        self.payload_bytes += p.size
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = describe(exc)
+            logger.error("clip %s of camera %s: cannot write %s: %s; the clip ends here", self.event_id, self.camera,
+                         self.path, self.error)
+
+    def _close(self, out) -> None:
+        if out is None:
+            return
+        try:
+            out.close()
+        except Exception as exc:  # noqa: BLE001 - the last fragment could not be written
+            self._failed(exc)
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+
+class Recorder:
+    """Clips and thumbnails of events, under ``config.folder``; see the module's docstring.
+    ``on_done(event_id, clip, bytes)`` is called from the writer thread when a clip is finished
+    (``clip`` relative to the folder; ``None`` when nothing could be written)."""
+
+    def __init__(self, config: RecordingConfig, *, supervisor: Supervisor, clock: Callable[[], float] = time.time,
+                 on_done: OnDone | None = None) -> None:
+        self.config = config
+        self.folder = config.folder
+        self.supervisor = supervisor
+        self.clock = clock
+        self.on_done = on_done
+        self._rings: dict[str, PacketRing] = {}
+        self._writers: dict[str, tuple[ClipWriter, threading.Thread]] = {}
+        self._lock = threading.Lock()
+        self._never = threading.Event()  # a writer catches its own errors: the supervisor never restarts it
+        self._closed = False
+        self.clips_written = 0
+        self.bytes_written = 0
+        self.write_errors = 0
+        self.thumbnails_written = 0
+
+    def ring(self, camera: str) -> PacketRing:
+        """The packet ring of ``camera`` (made on first use): give it to its capture thread."""
+        with self._lock:
+            if camera not in self._rings:
+                self._rings[camera] = PacketRing(int(self.config.packet_ring_mb * 2**20), self.config.pre_seconds,
+                                                 clock=self.clock, name=camera)
+            return self._rings[camera]
+
+    def relative(self, camera: str, event_id: str, suffix: str) -> str:
+        return f"{path_part(camera)}/{path_part(event_id)}{suffix}"
+
+    def begin(self, event_id: str, camera: str, start_ts: float) -> str | None:
+        """Start the clip of an event that started at ``start_ts``; its path relative to the
+        folder, or ``None`` when ``camera`` has no compressed packets to copy."""
+        with self._lock:
+            if self._closed:
+                return None
+            if event_id in self._writers:
+                return self.relative(camera, event_id, ".mp4")
+            ring = self._rings.get(camera)
+        start = ring.clip_start(start_ts - self.config.pre_seconds) if ring is not None else None
+        if start is None:
+            return None
+        rel = self.relative(camera, event_id, ".mp4")
+        writer = ClipWriter(event_id, camera, ring, start, self.folder / rel, max_seconds=self.config.max_seconds,
+                            clock=self.clock)
+        thread = threading.Thread(target=self._write, args=(writer, rel), name=f"clip-{camera}", daemon=True)
+        with self._lock:
+            self._writers[event_id] = (writer, thread)
+        thread.start()
+        return rel
+
+    def _write(self, writer: ClipWriter, rel: str) -> None:
+        self.supervisor.run(f"clip-{writer.camera}", writer.run, self._never)
+        size = writer.size() if writer.packets else 0
+        with self._lock:
+            self._writers.pop(writer.event_id, None)
+            self.clips_written += bool(size)
+            self.bytes_written += size
+            self.write_errors += writer.error is not None
+        if not size:
+            self.remove(writer.path)
+        if self.on_done is not None:
+            try:
+                self.on_done(writer.event_id, rel if size else None, size)
+            except Exception as exc:  # noqa: BLE001 - the caller's bug must not lose the other clips
+                logger.error("clip %s: on_done failed: %s", writer.event_id, describe(exc))
+
+    def end(self, event_id: str, end_ts: float) -> None:
+        """The event ended at ``end_ts``: its clip goes on ``post_seconds`` more."""
+        with self._lock:
+            entry = self._writers.get(event_id)
+        if entry is not None:
+            entry[0].stop_at = end_ts + self.config.post_seconds
+
+    def thumbnail(self, event_id: str, camera: str, rgb: np.ndarray) -> str | None:
+        """Write ``rgb`` (uint8 H x W x 3) as the event's JPEG; its path relative to the folder
+        (``None`` when it could not be written: logged and counted)."""
+        import cv2
+
+        rel = self.relative(camera, event_id, ".jpg")
+        path = self.folder / rel
+        try:
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+            if not ok:
+                raise ValueError("JPEG encoding failed")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(jpeg.tobytes())
+        except Exception as exc:  # noqa: BLE001 - a full disk, a bad image: no thumbnail, labels go on
+            with self._lock:
+                self.write_errors += 1
+            logger.error("thumbnail of event %s: cannot write %s: %s", event_id, path, describe(exc))
+            return None
+        with self._lock:
+            self.thumbnails_written += 1
+        return rel
+
+    # -- retention ---------------------------------------------------------------------
+    def prune(self, store: EventStore, now: float) -> int:
+        """Delete the clips, thumbnails and events older than ``retention_days``, then the
+        oldest while the folder holds more than ``max_gb``; how many events were deleted."""
+        cutoff = now - self.config.retention_days * 86400
+        limit = self.config.max_gb * 2**30
+        with self._lock:
+            active = set(self._writers)
+        total = self.folder_bytes()
+        removed = 0
+        for row in store.oldest_with_clips():
+            if row["id"] in active:
+                continue
+            ended = row["end_ts"] if row["end_ts"] is not None else row["start_ts"]
+            if ended >= cutoff and total <= limit:
+                break
+            total -= self.delete_files(row)
+            store.delete(row["id"])
+            removed += 1
+        self.sweep(cutoff, active)
+        if removed:
+            logger.info("retention: deleted %d event(s) and their clips", removed)
+        return removed
+
+    def folder_bytes(self) -> int:
+        """Bytes of the files in the cameras' folders."""
+        return sum(size for _, size, _ in self.files())
+
+    def files(self) -> list[tuple[Path, int, float]]:
+        """``(path, bytes, mtime)`` of each file in the cameras' folders."""
+        out = []
+        try:
+            cams = [e for e in os.scandir(self.folder) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return []
+        for cam in cams:
+            try:
+                for e in os.scandir(cam.path):
+                    if e.is_file(follow_symlinks=False):
+                        st = e.stat(follow_symlinks=False)
+                        out.append((Path(e.path), st.st_size, st.st_mtime))
+            except OSError:
+                continue
+        return out
+
+    def delete_files(self, row: dict[str, Any]) -> int:
+        """Remove an event's clip and thumbnail (and the thumbnail beside its clip); bytes freed."""
+        paths = {self.inside(rel) for rel in (row.get("clip"), row.get("thumbnail")) if rel}
+        paths |= {p.with_suffix(".jpg") for p in list(paths) if p is not None and p.suffix == ".mp4"}
+        return sum(self.remove(p) for p in paths if p is not None)
+
+    def inside(self, rel: str) -> Path | None:
+        """``rel`` under the folder, or ``None`` when it would lead out of it."""
+        path = (self.folder / rel).resolve()
+        return path if path.is_relative_to(self.folder.resolve()) else None
+
+    def remove(self, path: Path) -> int:
+        try:
+            size = path.stat().st_size
+            path.unlink()
+            return size
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            logger.warning("retention: cannot delete %s: %s", path, describe(exc))
+            return 0
+
+    def sweep(self, cutoff: float, active: set[str]) -> None:
+        """Files older than the retention no event points to any more (a crash before the clip was
+        noted): deleted too."""
+        writing = {path_part(e) for e in active}
+        for path, _, mtime in self.files():
+            if mtime < cutoff and path.stem not in writing:
+                self.remove(path)
+
+    # -- state -------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            rings = dict(self._rings)
+            out: dict[str, Any] = {"clips_active": len(self._writers), "clips_written": self.clips_written,
+                                   "bytes_written": self.bytes_written, "write_errors": self.write_errors,
+                                   "thumbnails_written": self.thumbnails_written}
+        out["rings"] = {cam: ring.stats() for cam, ring in rings.items()}
+        return out
+
+    def close(self, timeout: float = JOIN_S) -> None:
+        """Finish the clips being written (each stays playable) and wait for their writers
+        (``timeout`` seconds each at most). Idempotent."""
+        with self._lock:
+            self._closed = True
+            entries = list(self._writers.values())
+        for writer, _ in entries:
+            writer.finish_now.set()
+        for writer, thread in entries:
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.warning("clip %s: its writer did not finish within %.0f s", writer.event_id, timeout)

@@ -1,0 +1,354 @@
+"""Event clips copied from the source's compressed packets: real H.264 files played through a
+real PyAVSource (and a CaptureThread) into a PacketRing, remuxed into fragmented MP4 with no
+decode and no encode; a killed writer, a full disk, retention and the ring's byte bound."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from streamrec.event_config import RecordingConfig
+from streamrec.events.recording import Recorder, path_part
+from streamrec.events.store import Event, EventStore
+from streamrec.live.capture import CaptureThread
+from streamrec.live.packets import PacketRing
+from streamrec.live.ring import FrameRing
+from streamrec.live.sources import PyAVSource, SourceSpec, WebcamSource
+from streamrec.models.preprocess import FramePreprocessor
+from streamrec.models.registry import model_spec
+from streamrec.supervision import Supervisor
+
+FPS = 30
+T0 = 1_000_000.0  # the virtual wall clock of the played files
+
+
+def h264(path: Path, seconds: float, *, gop: int = FPS, size: tuple[int, int] = (320, 240)) -> Path:
+    """An H.264 .mp4 with a keyframe every ``gop`` frames (no B-frames): a square moving over noise."""
+    w, h = size
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=FPS)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.codec_context.gop_size = gop
+        s.options = {"preset": "ultrafast", "crf": "30", "keyint_min": str(gop), "sc_threshold": "0"}
+        for i in range(int(seconds * FPS)):
+            img = base.copy()
+            x = (i * 4) % (w - 40)
+            img[h // 3: h // 3 + 40, x: x + 40] = 255
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, FPS)
+            out.mux(s.encode(f))
+        out.mux(s.encode())
+    return path
+
+
+class Player:
+    """Plays a file through a PyAVSource tapped by ``ring`` on a virtual clock: packet ``i``
+    comes in at ``T0 + i / FPS``."""
+
+    def __init__(self, path: Path, ring: PacketRing, now: list[float]) -> None:
+        self.source = PyAVSource(SourceSpec.parse(str(path)), packet_ring=ring)
+        self.frames = iter(self.source.frames())
+        self.now = now
+        self.index = 0
+        now[0] = T0
+
+    def until(self, seconds: float) -> None:
+        """Play the frames before ``T0 + seconds`` (or to the end)."""
+        while self.index < round(seconds * FPS) and next(self.frames, None) is not None:
+            self.index += 1
+            self.now[0] = T0 + self.index / FPS
+
+
+def codec_of(path: Path) -> tuple:
+    with av.open(str(path)) as c:
+        ctx = c.streams.video[0].codec_context
+        return ctx.name, ctx.width, ctx.height, bytes(ctx.extradata or b"")
+
+
+def frames_of(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def recording(tmp_path: Path, **kw) -> RecordingConfig:
+    return RecordingConfig(**{"pre_seconds": 2.0, "post_seconds": 1.0, "dir": str(tmp_path / "events"), **kw})
+
+
+@pytest.fixture(scope="module")
+def clip12(tmp_path_factory) -> Path:
+    return h264(tmp_path_factory.mktemp("src") / "cam.mp4", 12.0)
+
+
+def test_clips_are_remuxed_fragmented_mp4_from_a_keyframe_before_the_event(clip12, tmp_path):
+    now = [T0]
+    done: dict[str, tuple] = {}
+    rec = Recorder(recording(tmp_path), supervisor=Supervisor(), clock=lambda: now[0],
+                   on_done=lambda eid, rel, size: done.setdefault(eid, (rel, size)))
+    play = Player(clip12, rec.ring("rack-1"), now)
+    play.until(1.5)
+    # an event from 1.0 s: 2 s before it is before the file started (clamped to the first keyframe)
+    assert rec.begin("early", "rack-1", T0 + 1.0) == "rack-1/early.mp4"
+    play.until(2.5)
+    rec.end("early", T0 + 2.0)  # the clip runs to 3.0
+    play.until(6.0)
+    # from 5.5: its clip starts at the keyframe at or before 3.5, the one at 3.0
+    assert rec.begin("main", "rack-1", T0 + 5.5) == "rack-1/main.mp4"
+    assert rec.stats()["clips_active"] == 1
+    play.until(8.0)
+    rec.end("main", T0 + 8.5)  # the clip runs to 9.5
+    play.until(12.0)
+    rec.close()
+    rec.close()  # idempotent
+    play.source.close()
+    folder = tmp_path / "events"
+    assert set(done) == {"early", "main"}
+    for eid, seconds in (("early", 3.0), ("main", 6.5)):
+        rel, size = done[eid]
+        path = folder / rel
+        assert size == path.stat().st_size > 0
+        assert codec_of(path) == codec_of(clip12)  # same codec, size and extradata: no re-encode
+        assert abs(frames_of(path) / FPS - seconds) <= 1.0 / FPS
+        data = path.read_bytes()
+        assert data.count(b"moof") >= int(seconds) and b"mvex" in data  # fragmented, a fragment per keyframe
+    # pre + event + post: 2 + 3 + 1 = 6 s; 6.5 with the keyframe before the start
+    stats = rec.stats()
+    assert stats["clips_active"] == 0 and stats["clips_written"] == 2 and stats["write_errors"] == 0
+    assert stats["bytes_written"] == sum(s for _, s in done.values())
+    assert stats["rings"]["rack-1"]["dropped_packets"] == 0 and stats["rings"]["rack-1"]["generation"] == 1
+
+
+def test_a_clip_stops_at_max_seconds_and_when_the_source_reconnects(clip12, tmp_path):
+    now = [T0]
+    done: dict[str, tuple] = {}
+    rec = Recorder(recording(tmp_path, pre_seconds=0.0, max_seconds=2.0), supervisor=Supervisor(),
+                   clock=lambda: now[0], on_done=lambda eid, rel, size: done.setdefault(eid, (rel, size)))
+    ring = rec.ring("cam")
+    play = Player(clip12, ring, now)
+    play.until(1.0)
+    rec.begin("long", "cam", T0 + 1.0)  # never ended: max_seconds
+    play.until(4.0)
+    rec.begin("cut", "cam", T0 + 3.5)
+    play.until(4.5)
+    play.source.close()
+    again = Player(clip12, ring, now)  # the source reopened: a new generation
+    again.until(1.0)
+    rec.close()
+    again.source.close()
+    assert abs(frames_of(tmp_path / "events" / done["long"][0]) / FPS - 2.0) <= 1.0 / FPS
+    assert abs(frames_of(tmp_path / "events" / done["cut"][0]) / FPS - 1.5) <= 1.0 / FPS  # 3.0 to 4.5
+    assert ring.stats()["generation"] == 2
+    assert rec.begin("later", "cam", T0 + 20) is None  # closed
+
+
+KILLED = """
+import os, sys, time
+sys.path[:0] = [{tests!r}]
+import test_recording as t
+from streamrec.events.recording import Recorder
+from streamrec.supervision import Supervisor
+now = [0.0]
+rec = Recorder(t.recording(t.Path({tmp!r})), supervisor=Supervisor(), clock=lambda: now[0])
+play = t.Player(t.Path({src!r}), rec.ring("cam"), now)
+play.until(4.0)
+path = t.Path({tmp!r}) / "events" / rec.begin("e", "cam", t.T0 + 3.0)
+play.until(10.0)
+deadline = time.monotonic() + 60
+while path.read_bytes().count(b"moof") < 8 and time.monotonic() < deadline:
+    time.sleep(0.02)
+os._exit(3)
+"""
+
+
+def test_a_clip_whose_writer_is_killed_plays_up_to_its_last_fragment(clip12, tmp_path):
+    code = KILLED.format(tests=str(ROOT / "tests"), tmp=str(tmp_path), src=str(clip12))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    path = tmp_path / "events" / "cam" / "e.mp4"
+    assert path.read_bytes().count(b"moof") >= 8
+    n = frames_of(path)  # from the keyframe at 1.0: 8 s of complete fragments at least, not the one still open
+    assert 8 * FPS <= n <= 9 * FPS
+
+
+DISK_FULL = """
+import json, logging, resource, signal, sys
+sys.path[:0] = [{tests!r}]
+import test_recording as t
+from streamrec.events.recording import Recorder
+from streamrec.supervision import Supervisor
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+now = [0.0]
+done = []
+rec = Recorder(t.recording(t.Path({tmp!r})), supervisor=Supervisor(), clock=lambda: now[0],
+               on_done=lambda *a: done.append(a))
+play = t.Player(t.Path({src!r}), rec.ring("cam"), now)
+play.until(3.0)
+rec.begin("e", "cam", t.T0 + 2.0)
+play.until(6.0)
+rec.end("e", t.T0 + 5.0)
+play.until(12.0)  # the labels (here, the frames) go on
+rec.close()
+print(json.dumps({{"frames": play.index, "stats": rec.stats(), "done": done}}))
+"""
+
+
+def test_a_full_disk_ends_the_clip_with_one_error_line_and_a_count(clip12, tmp_path):
+    limit = clip12.stat().st_size // 6
+    code = DISK_FULL.format(tests=str(ROOT / "tests"), tmp=str(tmp_path), src=str(clip12), limit=limit)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["frames"] == 12 * FPS
+    assert out["stats"]["write_errors"] == 1 and out["stats"]["clips_active"] == 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "clip e of camera cam: cannot write" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    [(eid, rel, size)] = out["done"]
+    assert eid == "e" and 0 < size <= limit  # what fitted is kept, and plays
+    assert frames_of(tmp_path / "events" / rel) > 0
+
+
+def test_a_real_capture_thread_feeds_the_ring(tmp_path):
+    """The tap through CaptureThread, dated by time.time(), with the first source opened up front."""
+    src = h264(tmp_path / "cam.mp4", 3.0, gop=15)
+    done: list[tuple] = []
+    rec = Recorder(recording(tmp_path, pre_seconds=0.5, post_seconds=0.5), supervisor=Supervisor(),
+                   on_done=lambda *a: done.append(a))
+    spec = SourceSpec.parse(str(src))
+    pre = FramePreprocessor(model_spec("r2plus1d_18"))
+    stop = threading.Event()
+    cap = CaptureThread(spec, FrameRing(64, pre.crop_shape, np.uint8), pre, stop_event=stop, first=PyAVSource(spec),
+                        packet_ring=rec.ring("cam"), name="capture-recording-test")
+    cap.start()
+    deadline = time.monotonic() + 30
+    while cap.frames < 45 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    start = time.time() - 0.2
+    assert rec.begin("e", "cam", start) == "cam/e.mp4"
+    time.sleep(0.3)
+    rec.end("e", time.time())
+    cap.join(30)
+    stop.set()
+    rec.close()
+    [(eid, rel, size)] = done
+    assert codec_of(tmp_path / "events" / rel) == codec_of(src)
+    seconds = frames_of(tmp_path / "events" / rel) / FPS
+    assert 1.0 <= seconds <= 2.2  # 0.5 pre (from a keyframe up to 0.5 s earlier) + 0.5 + 0.5 post
+
+
+def test_a_webcam_has_no_packets_so_no_clip(tmp_path):
+    import cv2
+
+    video = h264(tmp_path / "cam.mp4", 0.5)
+    rec = Recorder(recording(tmp_path), supervisor=Supervisor())
+    spec = SourceSpec.parse("0")
+    pre = FramePreprocessor(model_spec("r2plus1d_18"))
+    stop = threading.Event()
+    cap = CaptureThread(spec, FrameRing(64, pre.crop_shape, np.uint8), pre, stop_event=stop, name="capture-webcam-rec",
+                        opener=lambda s: WebcamSource(s, device=lambda i: cv2.VideoCapture(str(video))),
+                        packet_ring=rec.ring("webcam"))
+    cap.start()
+    deadline = time.monotonic() + 30
+    while cap.frames < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    cap.join(10)
+    assert cap.frames >= 10
+    assert rec.begin("e", "webcam", time.time()) is None
+    assert rec.begin("e", "no-such-camera", time.time()) is None
+    rec.close()
+
+
+def packet(size: int, i: int, key: bool) -> av.Packet:
+    p = av.Packet(bytes(size))
+    p.pts = p.dts = i
+    p.time_base, p.is_keyframe = Fraction(1, FPS), key
+    return p
+
+
+def test_the_ring_is_bounded_in_bytes_whole_groups_at_a_time(caplog):
+    now = [T0]
+    ring = PacketRing(25_000, keep_s=2.0, clock=lambda: now[0], name="cam")
+    held = []
+    for i in range(100):
+        now[0] = T0 + i / FPS
+        ring.push(packet(1000, i, i % 10 == 0))
+        held.append(ring.total_bytes)
+    assert max(held) <= 25_000
+    stats = ring.stats()
+    kept = [p.pts for p in ring.after(-1)]
+    assert kept[0] % 10 == 0 and kept == list(range(kept[0], 100))  # from a keyframe, all after it
+    assert stats["packets"] == len(kept) and stats["bytes"] == 1000 * len(kept)
+    assert stats["dropped_packets"] == 100 - len(kept) and stats["dropped_bytes"] == 1000 * (100 - len(kept))
+    # 25 packets are 0.8 s of 30 fps, less than keep_s: said once
+    assert [r.message for r in caplog.records].count(next(r.message for r in caplog.records)) == 1
+    assert "packet_ring_mb" in caplog.records[0].message
+    ring.push(packet(0, 100, True))  # the empty packet that flushes a decoder: not kept
+    assert ring.stats()["packets"] == len(kept)
+    ring.clear()
+    ring.push(packet(10, 101, False))  # nothing to decode it from
+    assert ring.stats()["packets"] == 0 and ring.dropped_packets == stats["dropped_packets"] + 1
+
+
+def test_thumbnails_are_jpegs_and_a_failure_is_counted(tmp_path):
+    import cv2
+
+    rec = Recorder(recording(tmp_path), supervisor=Supervisor())
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    rel = rec.thumbnail("e1", "cam", rgb)
+    assert rel == "cam/e1.jpg"
+    bgr = cv2.imread(str(tmp_path / "events" / rel))
+    assert bgr.shape == (48, 64, 3) and abs(int(bgr[..., 2].mean()) - 200) <= 3 and bgr[..., 0].mean() < 5
+    (tmp_path / "events" / "blocked").write_text("a file where the camera's folder goes")
+    assert rec.thumbnail("e2", "blocked", rgb) is None
+    assert rec.stats()["write_errors"] == 1 and rec.stats()["thumbnails_written"] == 1
+    assert path_part("..") == "_.." and rec.thumbnail("e3", "..", rgb) == "_../e3.jpg"
+
+
+def stored(store: EventStore, folder: Path, eid: str, start: float, size: int) -> None:
+    store.opened(Event(eid, "rule", "cam", "label", start, 0.9, 0.8), now=start)
+    store.closed(Event(eid, "rule", "cam", "label", start, 0.9, 0.8, end_ts=start + 10), now=start + 10)
+    (folder / "cam").mkdir(parents=True, exist_ok=True)
+    (folder / "cam" / f"{eid}.mp4").write_bytes(bytes(size))
+    (folder / "cam" / f"{eid}.jpg").write_bytes(bytes(100))
+    store.set_files(eid, clip=f"cam/{eid}.mp4", thumbnail=f"cam/{eid}.jpg", clip_bytes=size)
+
+
+def test_retention_deletes_old_clips_then_the_oldest_past_max_gb(tmp_path):
+    day = 86400.0
+    cfg = recording(tmp_path, retention_days=14.0, max_gb=2500 / 2**30)  # 2500 bytes
+    rec = Recorder(cfg, supervisor=Supervisor())
+    folder = tmp_path / "events"
+    store = EventStore(str(tmp_path / "events.db"))
+    now = 100 * day
+    stored(store, folder, "ancient", now - 30 * day, 10)
+    for i, eid in enumerate(("a", "b", "c", "d")):
+        stored(store, folder, eid, now - day + i * 60, 1000)
+    store.opened(Event("open", "rule", "cam", "label", now - 20 * day, 0.9, 0.8), clip="cam/open.mp4")
+    (folder / "cam" / "open.mp4").write_bytes(bytes(10))
+    orphan = folder / "cam" / "orphan.mp4"
+    orphan.write_bytes(bytes(10))
+    os.utime(orphan, (now - 20 * day, now - 20 * day))
+    # 30 days old: by retention_days; then 4 x 1100 bytes + 20 > 2500: a and b, the oldest
+    assert rec.prune(store, now) == 3
+    assert {e["id"] for e in store.query()} == {"c", "d", "open"}
+    assert sorted(p.name for p in (folder / "cam").iterdir()) == ["c.jpg", "c.mp4", "d.jpg", "d.mp4", "open.mp4"]
+    assert rec.folder_bytes() <= 2500
+    assert rec.prune(store, now) == 0
+    store.close()
