@@ -545,6 +545,7 @@ def test_mqtts_checks_the_broker_against_the_system_cas(tmp_path, notifiers, mon
         untrusted.start()
         wait_until(lambda: untrusted.stats()["channels"]["mqtt"]["last_error"], "the refused certificate", timeout=30)
         assert not untrusted.stats()["channels"]["mqtt"]["connected"]
+        assert "certificate verify failed" in untrusted.stats()["channels"]["mqtt"]["last_error"]
 
         monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the "system" CAs, as OpenSSL reads them
         store = EventStore(":memory:")
@@ -574,6 +575,7 @@ def test_a_broker_that_is_down_neither_blocks_nor_raises(notifiers):
                timeout=30)
     stats = notifier.stats()
     assert stats["pending"] == 1 and not stats["channels"]["mqtt"]["connected"]
+    assert "Connection refused" in stats["channels"]["mqtt"]["last_error"]
     started = time.monotonic()
     notifier.close()
     assert time.monotonic() - started < 10.0  # paho's reconnect wait checks for the stop each second

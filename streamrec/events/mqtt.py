@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import re
+import ssl
 import threading
 import time
 from typing import Any
@@ -69,6 +70,20 @@ def activity_payload(camera: str, label: str, score: float, ts: float, uncertain
                        "uncertain": bool(uncertain)}, allow_nan=False)
 
 
+class Client(paho.Client):
+    """paho's client, keeping why its last connection attempt failed (paho's ``on_connect_fail``
+    does not say): a refused port, a name that does not resolve, a certificate not trusted."""
+
+    connect_error: str | None = None
+
+    def reconnect(self) -> paho.MQTTErrorCode:
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            self.connect_error = str(exc) if isinstance(exc, ssl.SSLError) else str(exc.strerror or exc)
+            raise
+
+
 class MqttPublisher:
     """One broker connection (:meth:`start`, :meth:`close`); :meth:`publish_event` for the
     outbox's thread, :meth:`activity` and :meth:`discover` for anyone (never blocking)."""
@@ -102,8 +117,8 @@ class MqttPublisher:
         return f"{self.prefix}/{camera}/activity"
 
     # -- the connection ---------------------------------------------------------------
-    def make_client(self) -> paho.Client:
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    def make_client(self) -> Client:
+        client = Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
         parts = urlsplit(self.config.url)
         if parts.username is not None:
             client.username_pw_set(unquote(parts.username),
@@ -148,7 +163,9 @@ class MqttPublisher:
             self.down(f"lost the connection to the broker at {self.where} ({reason_code}); reconnecting")
 
     def on_connect_fail(self, client, userdata) -> None:
-        self.down(f"cannot connect to the broker at {self.where}; retrying")
+        why = getattr(client, "connect_error", None)
+        self.down(mask_credentials(f"cannot connect to the broker at {self.where}" + (f": {why}" if why else "")
+                                   + "; retrying"))
 
     def down(self, error: str) -> None:
         """Not connected, because of ``error`` (logged when it is new)."""
@@ -183,11 +200,13 @@ class MqttPublisher:
         else why not. A publish that was not acknowledged in time is waited for again next time."""
         with self._lock:
             client, connected, held = self._client, self.connected, self._inflight.get(note.id)
+            not_connected = f"not connected: {self.last_error}" if self.last_error else \
+                f"not connected to the broker at {self.where}"
         if client is None:
             return "MQTT is not started"
         if held is None:
             if not connected:
-                return f"not connected to the broker at {self.where}"
+                return not_connected
             info = client.publish(self.events_topic, note.payload, qos=1)
             if info.rc != paho.MQTT_ERR_SUCCESS:
                 return f"publish to {self.where} failed: {paho.error_string(info.rc)}"
@@ -196,7 +215,7 @@ class MqttPublisher:
         else:
             info = held[0]
             if not info.is_published() and not connected:
-                return f"not connected to the broker at {self.where} (sent again on reconnect)"
+                return f"{not_connected} (sent again on reconnect)"
         try:
             info.wait_for_publish(self.ack_timeout_s)
             published = info.is_published()
