@@ -153,6 +153,32 @@ def test_a_clip_stops_at_max_seconds_and_when_the_source_reconnects(clip12, tmp_
     assert rec.begin("later", "cam", T0 + 20) is None  # closed
 
 
+def test_an_annex_b_stream_as_cameras_send_it_is_remuxed_too(clip12, tmp_path):
+    """MPEG-TS (as an HTTP camera, and RTSP's H.264 in-band parameter sets): Annex B packets."""
+    ts = tmp_path / "cam.ts"
+    with av.open(str(clip12)) as i, av.open(str(ts), "w", format="mpegts") as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for p in i.demux(video=0):
+            if p.dts is not None:
+                p.stream = s
+                o.mux(p)
+    now = [T0]
+    done: list[tuple] = []
+    rec = Recorder(recording(tmp_path), supervisor=Supervisor(), clock=lambda: now[0], on_done=lambda *a: done.append(a))
+    play = Player(ts, rec.ring("cam"), now)
+    play.until(4.5)
+    rec.begin("e", "cam", T0 + 4.5)  # from the keyframe at 2.0
+    play.until(5.0)
+    rec.end("e", T0 + 5.0)
+    play.until(7.0)
+    rec.close()
+    play.source.close()
+    [(_, rel, _)] = done
+    name, width, height, extradata = codec_of(tmp_path / "events" / rel)
+    assert (name, width, height) == codec_of(clip12)[:3] and extradata  # avcC made from the in-band SPS/PPS
+    assert frames_of(tmp_path / "events" / rel) == 4 * FPS
+
+
 KILLED = """
 import os, sys, time
 sys.path[:0] = [{tests!r}]
