@@ -28,10 +28,12 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--no-first-run", "--disable-component-update", "--disable-sync"]
 
 
-def serve(clip, port: int, *extra: str) -> subprocess.Popen:
+def serve(clip, port: int, db) -> subprocess.Popen:
+    """``streamrec serve`` of ``clip`` with random weights, its history in ``db`` (the test's own
+    file, never the user's default database, which other runs may be writing)."""
     proc = subprocess.Popen(
         streamrec_cmd("serve", "--source", str(clip), "--loop", "--weights", "none", "--model", "tiny3d",
-                      "--port", str(port), *extra),
+                      "--port", str(port), "--db", str(db)),
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
@@ -92,9 +94,9 @@ def label_seq(page) -> int:
     return int(page.get_attribute("[data-testid=label]", "data-seq") or 0)
 
 
-def test_page_shows_predictions_video_and_reconnects(demo_clip, page, artifacts):
+def test_page_shows_predictions_video_and_reconnects(demo_clip, page, artifacts, tmp_path):
     port = free_port()
-    proc = serve(demo_clip, port)
+    proc = serve(demo_clip, port, tmp_path / "h.db")
     try:
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
@@ -124,7 +126,7 @@ def test_page_shows_predictions_video_and_reconnects(demo_clip, page, artifacts)
         page.wait_for_function("document.querySelector('[data-testid=age]').classList.contains('late')", timeout=20_000)
         assert float(page.inner_text("[data-testid=age]")) >= 2.0  # shown to 0.1 s: 2.04 s reads 2.0
         seq_before = label_seq(page)
-        proc = serve(demo_clip, port)
+        proc = serve(demo_clip, port, tmp_path / "h.db")
         page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=60_000)
         page.wait_for_function(f"document.querySelector('[data-testid=label]').dataset.seq != '{seq_before}'", timeout=60_000)
         page.screenshot(path=str(artifacts / "browser-reconnected.png"))
@@ -168,10 +170,10 @@ def test_a_restarted_server_without_a_camera_loses_its_tile(demo_clip, page, tmp
             stop(proc)
 
 
-def test_overlay_mode_shows_only_the_label_and_the_warning(demo_clip, page, artifacts):
+def test_overlay_mode_shows_only_the_label_and_the_warning(demo_clip, page, artifacts, tmp_path):
     """An OBS overlay of a model with random weights: the label, and the warning that it means nothing."""
     port = free_port()
-    proc = serve(demo_clip, port)  # --weights none
+    proc = serve(demo_clip, port, tmp_path / "h.db")  # --weights none
     try:
         page.goto(f"http://127.0.0.1:{port}/?overlay=1")
         page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
@@ -217,7 +219,7 @@ def test_a_coach_reads_the_dashboard(demo_clip, page, tmp_path):
     store.flush()
     store.close()
     port = free_port()
-    proc = serve(demo_clip, port, "--db", str(db))
+    proc = serve(demo_clip, port, db)
     try:
         url = f"http://127.0.0.1:{port}"
         errors: list[str] = []  # the page's uncaught exceptions and console errors (a 404 favicon among them)
@@ -335,10 +337,10 @@ def test_dashboard_with_16_cameras(demo_clip, page, artifacts, tmp_path):
         stop(proc)
 
 
-def test_a_phone_sees_the_whole_label(demo_clip, page, artifacts):
+def test_a_phone_sees_the_whole_label(demo_clip, page, artifacts, tmp_path):
     """A coach on the sideline opens the page on a phone: the label wraps, never cut short."""
     port = free_port()
-    proc = serve(demo_clip, port)
+    proc = serve(demo_clip, port, tmp_path / "h.db")
     try:
         page.set_viewport_size({"width": 390, "height": 844})
         page.goto(f"http://127.0.0.1:{port}/")
@@ -364,7 +366,7 @@ def test_a_source_that_fails_shows_why(tmp_path, demo_clip, page):
     clip = tmp_path / "damaged.mp4"
     clip.write_bytes(bytes(data))
     port = free_port()
-    proc = serve(clip, port)
+    proc = serve(clip, port, tmp_path / "h.db")
     try:
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("document.querySelector('.state').textContent === 'ended'", timeout=30_000)
