@@ -1,5 +1,6 @@
-"""Credentials hidden in text that is shown: logs, ``/healthz``, the page, status messages and
-error messages all pass source URLs (and ``postgresql://`` URLs) through :func:`mask_credentials`.
+"""Text that is shown: logs, ``/healthz``, the page, status messages and error messages pass
+source URLs (and ``postgresql://`` URLs) through :func:`mask_credentials`; file and folder names
+that are printed, written to CSV or drawn pass through :func:`shown`.
 
 Example:
     >>> mask_credentials("cannot connect to rtsp://admin:p@ss@10.0.0.5/live?authtoken=abc")
@@ -8,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import os  # noqa: F401 - the examples use it
 import re
 from urllib.parse import unquote_plus
 
@@ -70,3 +72,16 @@ def _userinfo_end(rest: str) -> int:
         if "@" not in before and (":" not in before or before.rpartition(":")[2].isdigit()):
             return -1  # host[:port]/path@...: no user information
     return at
+
+
+def shown(name: str) -> str:
+    """A file or folder name as text that can be printed and written: bytes that are not UTF-8
+    (which Python keeps as lone surrogates) become U+FFFD. ``print`` and ``csv`` fail on them.
+
+    >>> shown(os.fsdecode(b"caf\\xe9.avi"))
+    'caf\ufffd.avi'
+    """
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate no file name holds
+        return name.encode("utf-8", "replace").decode("utf-8")

@@ -133,3 +133,12 @@ def test_serve_streams_it(bad_avi):
     finally:
         assert sigterm(proc) == 0
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_classify_plots_a_file_whose_name_is_not_utf8(bad_avi, tmp_path):
+    clip = tmp_path / os.fsdecode(b"clip_\xff.avi")
+    clip.write_bytes(bad_avi.read_bytes())
+    png = tmp_path / "t.png"
+    proc = run_cli("classify", str(clip), "--model", "tiny3d", "--weights", "none", "--plot", str(png), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and png.read_bytes()[:4] == b"\x89PNG"

@@ -31,6 +31,7 @@ from streamrec.models.spec import LoadedModel
 from streamrec.models.preprocess import FramePreprocessor, batch_windows
 from streamrec.live.ring import FrameRing, Window, capacity_for
 from streamrec.live.sources import PyAVSource, SourceSpec, named_as
+from streamrec.redact import shown
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ def plot_timeline(tl: Timeline, path: str | Path) -> None:
         ax_band.set_yticks([])
         handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i % 20)) for i in range(len(labels))]
         ax_band.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
-        title = f"{Path(tl.file).name}: {tl.model}, verdict {tl.verdict[0]['label']} ({tl.verdict[0]['score']:.2f})"
+        title = f"{shown(Path(tl.file).name)}: {tl.model}, verdict {tl.verdict[0]['label']} ({tl.verdict[0]['score']:.2f})"
         if tl.meaningless:
             title += "  [random weights: labels meaningless]"
         ax_band.set_title(title, fontsize=9)

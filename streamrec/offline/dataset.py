@@ -28,6 +28,7 @@ import torch
 
 from streamrec.errors import SourceError, StreamrecError
 from streamrec.fsutil import atomic_write
+from streamrec.redact import shown
 from streamrec.models.spec import ModelSpec
 from streamrec.models.preprocess import FramePreprocessor
 from streamrec.live.ring import sample_indices
@@ -91,19 +92,6 @@ class Split:
     name: str
     classes: list[str]
     samples: list[Sample] = field(default_factory=list)
-
-
-def shown(name: str) -> str:
-    """A file or folder name as text that can be printed and written: bytes that are not UTF-8
-    (which Python keeps as lone surrogates) become U+FFFD. ``print`` and ``csv`` fail on them.
-
-    >>> shown(os.fsdecode(b"caf\\xe9.avi"))
-    'caf\ufffd.avi'
-    """
-    try:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a surrogate no file name holds
-        return name.encode("utf-8", "replace").decode("utf-8")
 
 
 def class_dirs(folder: Path) -> dict[str, list[Path]]:
