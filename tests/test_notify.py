@@ -12,69 +12,22 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
 
 from conftest import ROOT, free_port, wait_until
+from servers import MOSQUITTO, Broker, Receiver, Subscriber
 from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig
 from streamrec.events.notify import Notifier
 from streamrec.events.store import Event, EventStore
 from streamrec.supervision import Supervisor
 
-MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
 SECRET = "s3cret-key"
-
-
-# -- a webhook receiver ---------------------------------------------------------------------------
-class Receiver:
-    """An HTTP server on a free loopback port recording each request; it answers 500 to the first
-    ``fail`` requests, or 302 to ``redirect`` when set."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        self.fail = 0
-        self.redirect: str | None = None
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with receiver.lock:
-                    receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                    failing = receiver.fail > 0
-                    receiver.fail -= failing
-                if receiver.redirect:
-                    self.send_response(302)
-                    self.send_header("Location", receiver.redirect)
-                else:
-                    self.send_response(500 if failing else 204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.requests)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -82,43 +35,6 @@ def receiver():
     r = Receiver()
     yield r
     r.close()
-
-
-# -- a broker -------------------------------------------------------------------------------------
-class Broker:
-    """mosquitto on a free loopback port; :meth:`stop` and :meth:`start` again on the same port."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.conf = folder / "mosquitto.conf"
-        self.write_conf("allow_anonymous true")
-        self.log = folder / "mosquitto.log"
-        self.proc: subprocess.Popen | None = None
-
-    def write_conf(self, *lines: str) -> None:
-        # as root, mosquitto would run as the user 'mosquitto', which cannot read files under pytest's tmp_path
-        user = ["user root"] if os.geteuid() == 0 else []
-        self.conf.write_text("\n".join([f"listener {self.port} 127.0.0.1", "persistence false", *user, *lines, ""]))
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
-
-        def listening() -> bool:
-            assert self.proc.poll() is None, f"mosquitto exited: {self.log.read_text()[-2000:]}"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(listening, "mosquitto listening", timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
 
 
 @pytest.fixture
@@ -129,34 +45,6 @@ def broker(tmp_path):
     b.start()
     yield b
     b.stop()
-
-
-class Subscriber:
-    """A paho client subscribed to ``topics`` of ``broker``, collecting (topic, payload, retain)."""
-
-    def __init__(self, broker: Broker, *topics: str) -> None:
-        self.messages: list[tuple[str, str, bool]] = []
-        self.lock = threading.Lock()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2)
-        self.client.on_message = self.on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *args: subscribed.set()
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
-        self.client.subscribe([(t, 1) for t in topics])
-        assert subscribed.wait(30), "no SUBACK from the broker"
-
-    def on_message(self, client, userdata, msg) -> None:
-        with self.lock:
-            self.messages.append((msg.topic, msg.payload.decode(), bool(msg.retain)))
-
-    def on(self, topic: str) -> list[tuple[str, bool]]:
-        with self.lock:
-            return [(payload, retain) for t, payload, retain in self.messages if t == topic]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture

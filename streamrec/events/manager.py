@@ -70,8 +70,7 @@ class EventManager:
     def start(self, cameras: Sequence[str]) -> None:
         if self.notifier is not None:
             self.notifier.start()
-            if hasattr(self.notifier, "discover"):
-                self.notifier.discover(list(cameras))
+            self.notifier.discover(list(cameras))
 
     def packet_ring(self, camera: str):
         """The camera's ring of compressed packets for clips (``None`` when nothing records)."""
