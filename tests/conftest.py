@@ -251,8 +251,9 @@ def motion_frames(direction: str, n: int, size: tuple[int, int], rng: np.random.
 
 
 def write_frames(path: Path, frames, fps: int, *, codec: str = "libx264",
-                 pix_fmt: str = "yuv420p", fmt: str | None = None) -> Path:
-    """Encode RGB (H, W, 3) or grey (H, W) uint8 frames (any iterable) with PyAV at ``fps``."""
+                 pix_fmt: str = "yuv420p", fmt: str | None = None, gop: int | None = None) -> Path:
+    """Encode RGB (H, W, 3) or grey (H, W) uint8 frames (any iterable) with PyAV at ``fps``;
+    ``gop``: frames from one keyframe to the next (default: the encoder's)."""
     import itertools
 
     import av
@@ -266,6 +267,8 @@ def write_frames(path: Path, frames, fps: int, *, codec: str = "libx264",
         s.width, s.height, s.pix_fmt = w, h, pix_fmt
         if codec == "libx264":
             s.options = {"preset": "ultrafast", "crf": "23"}
+        if gop is not None:
+            s.codec_context.gop_size = gop
         for i, img in enumerate(frames):
             f = av.VideoFrame.from_ndarray(img, format="gray" if img.ndim == 2 else "rgb24")
             f.pts, f.time_base = i, Fraction(1, fps)
@@ -354,3 +357,16 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def directions_model(tmp_path_factory):
+    """tiny3d trained on the synthetic direction classes (once per test run: every module that
+    needs a model whose labels mean something shares it): (dataset folder, checkpoint, the run)."""
+    root = tmp_path_factory.mktemp("motion")
+    data = make_motion_dataset(root / "data")
+    out = root / "model.pt"
+    proc = run_cli("train", str(data), "--model", "tiny3d", "--weights", "none", "--epochs", "12", "--batch-size", "6",
+                   "--lr", "3e-3", "--no-flip", "--patience", "12", "--seed", "0", "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return data, out, proc
