@@ -27,6 +27,7 @@ from streamrec.supervision import Supervisor
 logger = logging.getLogger(__name__)
 
 SEEN_EVERY_S = 1.0  # how often an open event's last label is written (for recovery after a kill)
+PRUNE_EVERY_S = 600.0  # how often retention deletes old clips (and at start)
 
 
 class EventManager:
@@ -51,6 +52,7 @@ class EventManager:
         self.peak_frames: dict[str, np.ndarray] = {}
         self.last_written: dict[str, float] = {}
         self.errors = 0
+        self.next_prune = 0.0
         try:
             if rules and record and recording.enabled:
                 from streamrec.events.recording import Recorder
@@ -79,6 +81,8 @@ class EventManager:
     def observe(self, camera: str, msg: dict[str, Any]) -> None:
         """One delivered prediction of ``camera``."""
         ts = msg["window"]["end_ts"]
+        if self.recorder is not None and self.clock() >= self.next_prune:
+            self.prune()
         if self.notifier is not None:
             self.notifier.activity(camera, msg["label"], msg["score"], ts, msg["uncertain"])
         try:
@@ -122,6 +126,17 @@ class EventManager:
         frame = self.frame_of(ev.camera)
         if frame is not None:
             self.peak_frames[ev.id] = frame
+
+    def prune(self) -> None:
+        """Retention: clips past ``retention_days`` or ``max_gb`` go, with their events."""
+        self.next_prune = self.clock() + PRUNE_EVERY_S
+        try:
+            removed = self.recorder.prune(self.store, self.clock())
+        except Exception:  # noqa: BLE001 - a disk or database problem: try again later
+            logger.exception("events: retention failed")
+            return
+        if removed:
+            logger.info("events: retention removed %d old events and their clips", removed)
 
     def clip_done(self, event_id: str, clip: str | None, size: int) -> None:
         """A clip writer finished (in its own thread)."""

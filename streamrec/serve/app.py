@@ -65,7 +65,7 @@ class LiveApp(AppCore):
             self.close()
             raise
         for name, cam in self.cameras.items():
-            cam.capture.packets = self.events.packet_ring(name)  # the clips' compressed packets
+            cam.capture.packet_ring = self.events.packet_ring(name)  # the clips' compressed packets
         self.build_server()
 
     # -- cameras ----------------------------------------------------------------
@@ -101,7 +101,7 @@ class LiveApp(AppCore):
                 camera = Camera(cam, clf, self.config.smoothing, first=first, wake=self.wake,
                                 supervisor=self.supervisor)
                 if self.events is not None:  # a camera added at run time records from the start
-                    camera.capture.packets = self.events.packet_ring(cam.name)
+                    camera.capture.packet_ring = self.events.packet_ring(cam.name)
             except BaseException:
                 first.close()
                 raise
