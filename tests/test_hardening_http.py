@@ -294,3 +294,12 @@ def test_allowed_hosts_and_connection_limits_in_a_server():
     statuses, refused, timed_out, after = asyncio.run(scenario())
     assert statuses == [200, 200, 200, 421, 421]
     assert (refused, timed_out, after) == (503, True, 200)
+
+
+def test_allowed_host_from_the_command_line(clip):
+    proc, port = start("--source", str(clip), "--loop", "--allowed-host", "cam.example")
+    try:
+        assert raw(port, "GET /healthz HTTP/1.1", f"Host: cam.example:{port}") == 200
+        assert raw(port, "GET /healthz HTTP/1.1", f"Host: other.example:{port}") == 421
+    finally:
+        stop(proc)
