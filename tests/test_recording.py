@@ -33,8 +33,9 @@ FPS = 30
 T0 = 1_000_000.0  # the virtual wall clock of the played files
 
 
-def h264(path: Path, seconds: float, *, gop: int = FPS, size: tuple[int, int] = (320, 240)) -> Path:
-    """An H.264 .mp4 with a keyframe every ``gop`` frames (no B-frames): a square moving over noise."""
+def h264(path: Path, seconds: float, *, gop: int = FPS, size: tuple[int, int] = (320, 240), bframes: int = 0) -> Path:
+    """An H.264 .mp4 with a keyframe every ``gop`` frames (and ``bframes`` B-frames in a row):
+    a square moving over noise."""
     w, h = size
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
@@ -42,7 +43,7 @@ def h264(path: Path, seconds: float, *, gop: int = FPS, size: tuple[int, int] = 
         s = out.add_stream("libx264", rate=FPS)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         s.codec_context.gop_size = gop
-        s.options = {"preset": "ultrafast", "crf": "30", "keyint_min": str(gop), "sc_threshold": "0"}
+        s.options = {"preset": "ultrafast", "crf": "30", "keyint_min": str(gop), "sc_threshold": "0", "bf": str(bframes)}
         for i in range(int(seconds * FPS)):
             img = base.copy()
             x = (i * 4) % (w - 40)
@@ -177,6 +178,59 @@ def test_an_annex_b_stream_as_cameras_send_it_is_remuxed_too(clip12, tmp_path):
     name, width, height, extradata = codec_of(tmp_path / "events" / rel)
     assert (name, width, height) == codec_of(clip12)[:3] and extradata  # avcC made from the in-band SPS/PPS
     assert frames_of(tmp_path / "events" / rel) == 4 * FPS
+
+
+def test_b_frames_keep_their_order(tmp_path):
+    src = h264(tmp_path / "cam.mp4", 6.0, bframes=2)
+    with av.open(str(src)) as c:
+        assert any(p.pts != p.dts for p in c.demux(video=0) if p.size)  # frames reordered: B-frames
+    now = [T0]
+    done: list[tuple] = []
+    rec = Recorder(recording(tmp_path), supervisor=Supervisor(), clock=lambda: now[0], on_done=lambda *a: done.append(a))
+    play = Player(src, rec.ring("cam"), now)
+    play.until(3.5)
+    rec.begin("e", "cam", T0 + 3.5)  # from the keyframe at 1.0
+    play.until(4.0)
+    rec.end("e", T0 + 4.0)
+    play.until(6.0)
+    rec.close()
+    play.source.close()
+    [(_, rel, _)] = done
+    with av.open(str(src)) as c:
+        want = [f.to_ndarray(format="gray")[80, ::16] for f in c.decode(video=0)][FPS:]
+    with av.open(str(tmp_path / "events" / rel)) as c:
+        got = [(f.time, f.to_ndarray(format="gray")[80, ::16]) for f in c.decode(video=0)]
+    assert [t for t, _ in got] == sorted(t for t, _ in got) and got[0][0] >= 0
+    # the pictures from the keyframe at 1.0 on, in order, to about 5.0 (packets come in decode order: the
+    # decoder holds back a frame or two, so the virtual clock dates them a little later)
+    assert abs(len(got) - 4 * FPS) <= 5 and all(np.array_equal(a, b) for (_, a), b in zip(got, want))
+
+
+def test_a_raw_stream_without_timestamps_is_timed_by_arrival(clip12, tmp_path):
+    raw = tmp_path / "cam.h264"
+    with av.open(str(clip12)) as i, av.open(str(raw), "w", format="h264") as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for p in i.demux(video=0):
+            if p.dts is not None:
+                p.stream = s
+                o.mux(p)
+    now = [T0]
+    done: list[tuple] = []
+    rec = Recorder(recording(tmp_path, pre_seconds=1.0), supervisor=Supervisor(), clock=lambda: now[0],
+                   on_done=lambda *a: done.append(a))
+    play = Player(raw, rec.ring("cam"), now)
+    play.until(3.5)
+    rec.begin("e", "cam", T0 + 3.5)  # from the keyframe at 2.0
+    play.until(4.0)
+    rec.end("e", T0 + 4.0)
+    play.until(6.0)
+    rec.close()
+    play.source.close()
+    [(_, rel, _)] = done
+    with av.open(str(tmp_path / "events" / rel)) as c:
+        times = [f.time for f in c.decode(video=0)]
+    assert len(times) == 3 * FPS and times == sorted(times)
+    assert abs(times[-1] - times[0] - (3 * FPS - 1) / FPS) < 0.01  # the pace they came in at
 
 
 KILLED = """

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 POLL_S = 0.25  # a writer with nothing to write looks at its deadlines this often
 GRACE_S = 2.0  # past its end (or max_seconds), a writer waits this long for a late packet
+WALL_TIME_BASE = Fraction(1, 90000)  # the time base of a clip of packets that came without timestamps
 JOIN_S = 5.0  # close(): how long it waits for each writer
 
 OnDone = Callable[[str, "str | None", int], None]
@@ -67,6 +69,7 @@ class ClipWriter:
         self._first_ts: float | None = None
         self._base: int | None = None  # dts of the first packet written: the clip's time 0
         self._last_dts: int | None = None
+        self._max_pts: int | None = None  # the latest picture written (in the source's time base)
         self._whole = 0  # the file's size when its last complete fragment was written
 
     def run(self) -> None:
@@ -119,12 +122,16 @@ class ClipWriter:
                 self._mux(out, stream, p)
 
     def _ends_before(self, p: TappedPacket) -> bool:
+        """Whether the clip ends before ``p``: its source reconnected, or ``p`` came after the
+        clip's end and is not a B-frame shown before a frame already written (packets come in
+        decode order: the clip ends before a new reference frame, with no picture missing)."""
         if p.generation != self.start.generation:
             logger.info("clip %s ends early: the source of camera %s reconnected", self.event_id, self.camera)
             return True
         if self._first_ts is None:
             self._first_ts = p.ts
-        return p.ts >= self._first_ts + self.max_seconds or (self.stop_at is not None and p.ts >= self.stop_at)
+        past = p.ts >= self._first_ts + self.max_seconds or (self.stop_at is not None and p.ts >= self.stop_at)
+        return past and not (p.pts is not None and self._max_pts is not None and p.pts < self._max_pts)
 
     def _overdue(self) -> bool:
         """No packet is coming: past the end (or max_seconds) by GRACE_S, the clip is finished."""
@@ -135,23 +142,34 @@ class ClipWriter:
     def _mux(self, out, stream, p: TappedPacket) -> None:
         import av
 
-        dts = p.dts if p.dts is not None else p.pts
-        if dts is None or (self._last_dts is not None and dts <= self._last_dts):
-            return  # no time, or out of order: the muxer would refuse it
+        dts, pts, time_base = (p.dts if p.dts is not None else p.pts), p.pts, p.time_base
+        if dts is None:
+            time_base = WALL_TIME_BASE
+            dts = pts = self._wall_dts(p)
+        if self._last_dts is not None and dts <= self._last_dts:
+            return  # out of order: the muxer would refuse it
         if self._base is None:
             self._base = dts
         q = av.Packet(p.data)
         q.dts = dts - self._base
-        q.pts = (p.pts if p.pts is not None else dts) - self._base
-        q.time_base = p.time_base
+        q.pts = (pts if pts is not None else dts) - self._base
+        q.time_base = time_base
         q.is_keyframe = p.keyframe
         q.stream = stream
         out.mux(q)
         if p.keyframe:  # the muxer wrote the previous fragment, whole, and holds this one in memory
             self._whole = self.size()
         self._last_dts = dts
+        if p.pts is not None:
+            self._max_pts = p.pts if self._max_pts is None else max(self._max_pts, p.pts)
         self.packets += 1
         self.payload_bytes += p.size
+
+    def _wall_dts(self, p: TappedPacket) -> int:
+        """A packet without timestamps (a raw stream: an .h264 file, some HTTP cameras): its
+        arrival in the clip, in :data:`WALL_TIME_BASE`, after the packet before it."""
+        wall = round((p.ts - (self._first_ts or p.ts)) / WALL_TIME_BASE)
+        return wall if self._last_dts is None else max(wall, self._last_dts + 1)
 
     def _failed(self, exc: BaseException) -> None:
         if self.error is None:
