@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from streamrec.event_config import RecordingConfig
+from streamrec.events.clipfiles import ClipFolder, path_part
 from streamrec.events.store import EventStore
 from streamrec.live.packets import ClipStart, PacketRing, TappedPacket
 from streamrec.live.sources import open_container
@@ -38,17 +39,6 @@ WALL_TIME_BASE = Fraction(1, 90000)  # the time base of a clip of packets that c
 JOIN_S = 5.0  # close(): how long it waits for each writer
 
 OnDone = Callable[[str, "str | None", int], None]
-
-
-def path_part(name: str) -> str:
-    """``name`` as one safe path component: letters, digits, ``-``, ``_`` and ``.`` (other
-    characters become ``_``), never ``.`` or ``..``.
-
-    >>> path_part("rack-1"), path_part("../x"), path_part("..")
-    ('rack-1', '.._x', '_..')
-    """
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
-    return "_" + safe if set(safe) == {"."} else safe
 
 
 class ClipWriter:
@@ -201,6 +191,7 @@ class Recorder:
                  on_done: OnDone | None = None) -> None:
         self.config = config
         self.folder = config.folder
+        self.files = ClipFolder(config.folder)
         self.supervisor = supervisor
         self.clock = clock
         self.on_done = on_done
@@ -223,6 +214,7 @@ class Recorder:
             return self._rings[camera]
 
     def relative(self, camera: str, event_id: str, suffix: str) -> str:
+        """``<camera>/<event id><suffix>``, each made a safe file name (:func:`path_part`)."""
         return f"{path_part(camera)}/{path_part(event_id)}{suffix}"
 
     def begin(self, event_id: str, camera: str, start_ts: float) -> str | None:
@@ -255,7 +247,7 @@ class Recorder:
             self.bytes_written += size
             self.write_errors += writer.error is not None
         if not size:
-            self.remove(writer.path)
+            self.files.remove(writer.path)
         if self.on_done is not None:
             try:
                 self.on_done(writer.event_id, rel if size else None, size)
@@ -294,77 +286,16 @@ class Recorder:
     # -- retention ---------------------------------------------------------------------
     def prune(self, store: EventStore, now: float) -> int:
         """Delete the clips, thumbnails and events older than ``retention_days``, then the
-        oldest while the folder holds more than ``max_gb``; how many events were deleted."""
-        cutoff = now - self.config.retention_days * 86400
-        limit = self.config.max_gb * 2**30
+        oldest while the folder holds more than ``max_gb``; how many events were deleted.
+        Clips being written are left alone."""
         with self._lock:
             active = set(self._writers)
-        total = self.folder_bytes()
-        removed = 0
-        for row in store.oldest_with_clips():
-            if row["id"] in active:
-                continue
-            ended = row["end_ts"] if row["end_ts"] is not None else row["start_ts"]
-            if ended >= cutoff and total <= limit:
-                break
-            total -= self.delete_files(row)
-            store.delete(row["id"])
-            removed += 1
-        self.sweep(cutoff, active)
-        if removed:
-            logger.info("retention: deleted %d event(s) and their clips", removed)
-        return removed
+        return self.files.prune(store, cutoff=now - self.config.retention_days * 86400,
+                                max_bytes=self.config.max_gb * 2**30, active=active)
 
     def folder_bytes(self) -> int:
         """Bytes of the files in the cameras' folders."""
-        return sum(size for _, size, _ in self.files())
-
-    def files(self) -> list[tuple[Path, int, float]]:
-        """``(path, bytes, mtime)`` of each file in the cameras' folders."""
-        out = []
-        try:
-            cams = [e for e in os.scandir(self.folder) if e.is_dir(follow_symlinks=False)]
-        except OSError:
-            return []
-        for cam in cams:
-            try:
-                for e in os.scandir(cam.path):
-                    if e.is_file(follow_symlinks=False):
-                        st = e.stat(follow_symlinks=False)
-                        out.append((Path(e.path), st.st_size, st.st_mtime))
-            except OSError:
-                continue
-        return out
-
-    def delete_files(self, row: dict[str, Any]) -> int:
-        """Remove an event's clip and thumbnail (and the thumbnail beside its clip); bytes freed."""
-        paths = {self.inside(rel) for rel in (row.get("clip"), row.get("thumbnail")) if rel}
-        paths |= {p.with_suffix(".jpg") for p in list(paths) if p is not None and p.suffix == ".mp4"}
-        return sum(self.remove(p) for p in paths if p is not None)
-
-    def inside(self, rel: str) -> Path | None:
-        """``rel`` under the folder, or ``None`` when it would lead out of it."""
-        path = (self.folder / rel).resolve()
-        return path if path.is_relative_to(self.folder.resolve()) else None
-
-    def remove(self, path: Path) -> int:
-        try:
-            size = path.stat().st_size
-            path.unlink()
-            return size
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            logger.warning("retention: cannot delete %s: %s", path, describe(exc))
-            return 0
-
-    def sweep(self, cutoff: float, active: set[str]) -> None:
-        """Files older than the retention no event points to any more (a crash before the clip was
-        noted): deleted too."""
-        writing = {path_part(e) for e in active}
-        for path, _, mtime in self.files():
-            if mtime < cutoff and path.stem not in writing:
-                self.remove(path)
+        return self.files.total_bytes()
 
     # -- state -------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

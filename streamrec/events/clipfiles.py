@@ -1,0 +1,123 @@
+"""The folder of event clips and thumbnails (``<folder>/<camera>/<event id>.mp4`` and ``.jpg``)
+and its retention: files of events older than the retention, then the oldest while the folder
+is over its size, are deleted with their events; files no event points to are deleted once
+older than the retention.
+
+Example:
+    >>> import tempfile
+    >>> from streamrec.events.store import Event, EventStore
+    >>> folder = ClipFolder(Path(tempfile.mkdtemp()))
+    >>> store = EventStore(":memory:")
+    >>> for i, eid in enumerate(("old", "new")):
+    ...     store.opened(Event(eid, "rule", "cam", "label", 1000.0 * i, 0.9, 0.8))
+    ...     store.closed(Event(eid, "rule", "cam", "label", 1000.0 * i, 0.9, 0.8, end_ts=1000.0 * i + 5))
+    ...     (folder.root / "cam").mkdir(exist_ok=True)
+    ...     _ = (folder.root / "cam" / f"{eid}.mp4").write_bytes(bytes(100))
+    ...     store.set_files(eid, clip=f"cam/{eid}.mp4", clip_bytes=100)
+    >>> folder.prune(store, cutoff=0.0, max_bytes=150, active=set()), folder.total_bytes()
+    (1, 100)
+    >>> [e["id"] for e in store.query()]
+    ['new']
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from streamrec.events.store import EventStore
+from streamrec.supervision import describe
+
+logger = logging.getLogger(__name__)
+
+
+def path_part(name: str) -> str:
+    """``name`` as one safe path component: letters, digits, ``-``, ``_`` and ``.`` (other
+    characters become ``_``), never ``.`` or ``..``.
+
+    >>> path_part("rack-1"), path_part("../x"), path_part("..")
+    ('rack-1', '.._x', '_..')
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
+    return "_" + safe if set(safe) == {"."} else safe
+
+
+class ClipFolder:
+    """The files under ``root``, one folder per camera."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def prune(self, store: EventStore, *, cutoff: float, max_bytes: float, active: set[str]) -> int:
+        """Delete the events (closed, with a clip) that ended before ``cutoff``, then the oldest
+        while the folder holds more than ``max_bytes``, with their files; not those in ``active``
+        (their clips are being written). How many events were deleted."""
+        total = self.total_bytes()
+        removed = 0
+        for row in store.oldest_with_clips():
+            if row["id"] in active:
+                continue
+            ended = row["end_ts"] if row["end_ts"] is not None else row["start_ts"]
+            if ended >= cutoff and total <= max_bytes:
+                break
+            total -= self.delete_files(row)
+            store.delete(row["id"])
+            removed += 1
+        self.sweep(cutoff, active)
+        if removed:
+            logger.info("retention: deleted %d event(s) and their clips", removed)
+        return removed
+
+    def total_bytes(self) -> int:
+        """Bytes of the files in the cameras' folders."""
+        return sum(size for _, size, _ in self.files())
+
+    def files(self) -> list[tuple[Path, int, float]]:
+        """``(path, bytes, mtime)`` of each file in the cameras' folders."""
+        out = []
+        try:
+            cams = [e for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return []
+        for cam in cams:
+            try:
+                for e in os.scandir(cam.path):
+                    if e.is_file(follow_symlinks=False):
+                        st = e.stat(follow_symlinks=False)
+                        out.append((Path(e.path), st.st_size, st.st_mtime))
+            except OSError:
+                continue
+        return out
+
+    def delete_files(self, row: dict[str, Any]) -> int:
+        """Remove an event's clip and thumbnail (and the thumbnail beside its clip); bytes freed."""
+        paths = {self.inside(rel) for rel in (row.get("clip"), row.get("thumbnail")) if rel}
+        paths |= {p.with_suffix(".jpg") for p in list(paths) if p is not None and p.suffix == ".mp4"}
+        return sum(self.remove(p) for p in paths if p is not None)
+
+    def inside(self, rel: str) -> Path | None:
+        """``rel`` under the folder, or ``None`` when it would lead out of it."""
+        path = (self.root / rel).resolve()
+        return path if path.is_relative_to(self.root.resolve()) else None
+
+    def remove(self, path: Path) -> int:
+        """Delete ``path``; the bytes freed (0 when it was not there or cannot be deleted: logged)."""
+        try:
+            size = path.stat().st_size
+            path.unlink()
+            return size
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            logger.warning("retention: cannot delete %s: %s", path, describe(exc))
+            return 0
+
+    def sweep(self, cutoff: float, active: set[str]) -> None:
+        """Files modified before ``cutoff`` that no event points to any more (a crash before the
+        clip was noted): deleted too; not those of ``active`` events."""
+        writing = {path_part(e) for e in active}
+        for path, _, mtime in self.files():
+            if mtime < cutoff and path.stem not in writing:
+                self.remove(path)
