@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT
 from streamrec.event_config import RecordingConfig
 from streamrec.events.clipfiles import path_part
-from streamrec.events.recording import Recorder
+from streamrec.events.recording import ClipWriter, Recorder
 from streamrec.events.store import Event, EventStore
 from streamrec.live.capture import CaptureThread
 from streamrec.live.packets import PacketRing
@@ -232,6 +232,28 @@ def test_a_raw_stream_without_timestamps_is_timed_by_arrival(clip12, tmp_path):
         times = [f.time for f in c.decode(video=0)]
     assert len(times) == 3 * FPS and times == sorted(times)
     assert abs(times[-1] - times[0] - (3 * FPS - 1) / FPS) < 0.01  # the pace they came in at
+
+
+def test_a_writer_that_fell_behind_the_ring_goes_on_from_its_oldest_keyframe(clip12, tmp_path):
+    """The ring dropped the packets a slow writer (a slow disk) had not read yet: the clip jumps to
+    the oldest group of pictures still held, and decodes."""
+    now = [T0]
+    ring = PacketRing(clip12.stat().st_size // 6, clock=lambda: now[0], name="cam")  # about 2 s of it
+    play = Player(clip12, ring, now)
+    play.until(2.0)
+    start = ring.clip_start(T0 + 0.5)
+    assert start is not None and start.seq == 0
+    play.until(8.0)
+    held = ring.after(-1)
+    assert held[0].keyframe and held[0].seq > 0 and ring.dropped_packets == held[0].seq
+    writer = ClipWriter("e", "cam", ring, start, tmp_path / "e.mp4", max_seconds=60.0, clock=lambda: now[0])
+    writer.stop_at = T0 + 7.5
+    now[0] = T0 + 100  # nothing more comes: it finishes when it has written what is held
+    writer.run()
+    play.source.close()
+    assert writer.error is None
+    first = round((held[0].ts - T0) * FPS)
+    assert frames_of(tmp_path / "e.mp4") == writer.packets == round(7.5 * FPS) - first
 
 
 KILLED = """
