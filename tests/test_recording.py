@@ -354,11 +354,14 @@ def test_a_real_capture_thread_feeds_the_ring(tmp_path):
     assert 1.0 <= seconds <= 2.2  # 0.5 pre (from a keyframe up to 0.5 s earlier) + 0.5 + 0.5 post
 
 
-def test_a_webcam_has_no_packets_so_no_clip(tmp_path):
+def test_a_webcam_has_its_frames_encoded_for_clips(tmp_path):
+    """OpenCV gives decoded frames: an encoder thread puts H.264 packets into the ring instead."""
     import cv2
 
-    video = h264(tmp_path / "cam.mp4", 0.5)
-    rec = Recorder(recording(tmp_path), supervisor=Supervisor())
+    video = h264(tmp_path / "cam.mp4", 3.0)
+    done: list[tuple] = []
+    rec = Recorder(recording(tmp_path, pre_seconds=0.5, post_seconds=0.5), supervisor=Supervisor(),
+                   on_done=lambda *a: done.append(a))
     spec = SourceSpec.parse("0")
     pre = FramePreprocessor(model_spec("r2plus1d_18"))
     stop = threading.Event()
@@ -367,14 +370,22 @@ def test_a_webcam_has_no_packets_so_no_clip(tmp_path):
                         packet_ring=rec.ring("webcam"))
     cap.start()
     deadline = time.monotonic() + 30
-    while cap.frames < 10 and time.monotonic() < deadline:
+    while cap.frames < 60 and time.monotonic() < deadline:  # OpenCV reads the file as fast as it can
         time.sleep(0.01)
+    begun = time.time()
+    rel = rec.begin("e", "webcam", begun)
+    rec.end("e", begun)
+    time.sleep(1.0)
     stop.set()
     cap.join(10)
-    assert cap.frames >= 10
-    assert rec.begin("e", "webcam", time.time()) is None
-    assert rec.begin("e", "no-such-camera", time.time()) is None
+    cap.encoder.join(10)
     rec.close()
+    assert rel == "webcam/e.mp4" and [d[1] for d in done] == [rel]
+    assert cap.encoder.stats()["encoded"] > 0
+    name, width, height, extradata = codec_of(tmp_path / "events" / rel)
+    assert (name, width, height) == ("h264", 320, 240) and extradata
+    assert frames_of(tmp_path / "events" / rel) > 0
+    assert rec.begin("e2", "no-such-camera", time.time()) is None
 
 
 def packet(size: int, i: int, key: bool) -> av.Packet:

@@ -20,9 +20,10 @@ import numpy as np
 from streamrec.errors import SourceError
 from streamrec.supervision import Supervisor
 from streamrec.models.preprocess import FramePreprocessor
+from streamrec.live.encoder import FrameEncoder
 from streamrec.live.packets import PacketRing
 from streamrec.live.ring import FrameRing
-from streamrec.live.sources import Source, SourceSpec, mask_credentials, open_source
+from streamrec.live.sources import PyAVSource, Source, SourceSpec, mask_credentials, open_source
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ class CaptureThread(threading.Thread):
     ``first`` is an already opened source (the CLI opens it once up front to fail fast);
     ``opener`` opens the source again after it ended or failed (:func:`open_source`).
     ``packet_ring``, when given, receives the compressed video packets of every source opened
-    (``first`` too) that has them (not a webcam): the event clips' history.
+    (``first`` too): the event clips' history; a source without them (a webcam) has its frames
+    encoded into it by a :class:`FrameEncoder` thread.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class CaptureThread(threading.Thread):
     ) -> None:
         super().__init__(name=name, daemon=True)
         self.packet_ring = packet_ring
+        self.encoder: FrameEncoder | None = None  # a webcam's frames into packet_ring
         self.supervisor = supervisor or Supervisor()
         self.opener = opener
         self.spec = spec
@@ -169,8 +172,7 @@ class CaptureThread(threading.Thread):
                         attempt += 1
                         continue
                 self._source = source
-                if self.packet_ring is not None:
-                    source.packet_ring = self.packet_ring
+                self._tap(source)
                 got = False
                 try:
                     got = self._pump(source)
@@ -203,6 +205,17 @@ class CaptureThread(threading.Thread):
                 source.close()
             if self.state not in ("ended",):
                 self.state = "stopped"
+
+    def _tap(self, source: Source) -> None:
+        """Give ``source`` the packet ring; a source without compressed packets (a webcam) gets its
+        frames encoded instead, by one encoder for the capture's life."""
+        if self.packet_ring is None:
+            return
+        source.packet_ring = self.packet_ring
+        if self.encoder is None and not isinstance(source, PyAVSource):
+            self.encoder = FrameEncoder(self.packet_ring, fps=source.fps or 30.0, stop_event=self.stop_event,
+                                        supervisor=self.supervisor, name=f"encode-{self.name.removeprefix('capture-')}")
+            self.encoder.start()
 
     def _wait_backoff(self, attempt: int) -> None:
         self.state = "reconnecting"
@@ -260,6 +273,8 @@ class CaptureThread(threading.Thread):
             with self._lock:
                 self._fps.tick(ts)
             self.latest_rgb, self.latest_ts = rgb, ts
+            if self.encoder is not None:
+                self.encoder.offer(rgb, ts)
             self.frames += 1
             if not got:
                 got = True
