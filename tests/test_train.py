@@ -118,6 +118,41 @@ def test_served_labels_follow_the_true_class(trained, tmp_path):
     assert switch <= k + 3, media
 
 
+def test_classify_reports_the_two_segments_of_a_clip_that_switches(trained, tmp_path):
+    """6 s left-to-right, then 6 s top-to-bottom: two segments, the boundary within a window's
+    span of the switch plus the smoothing's delay (serve's: the 3rd wholly new window shows it)."""
+    data, out, _ = trained
+    rng = np.random.default_rng(7)
+    frames = motion_frames("left_to_right", 180, (128, 96), rng) + motion_frames("top_to_bottom", 180, (128, 96), rng)
+    video = write_frames(tmp_path / "switch.mp4", frames, 30)  # 12 s, switch at 6.0 s
+    stride = 0.5
+    proc = run_cli("classify", str(video), "--weights", str(out), "--stride", str(stride), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    segments = [(s["label"], s["start"], s["end"]) for s in d["segments"]]
+    assert [label for label, _, _ in segments] == ["left_to_right", "top_to_bottom"], segments
+    span = load_model(None, weights=str(out)).spec.span_s
+    boundary = segments[1][1]
+    assert segments[0][2] == boundary and segments[0][1] == d["windows"][0]["start"]
+    assert segments[1][2] == d["windows"][-1]["end"]
+    assert 6.0 - stride <= boundary <= 6.0 + span + 3 * stride, segments
+    assert d["summary"] == f"2 segments: left_to_right 0.0-{boundary:.1f} s, top_to_bottom {boundary:.1f}-12.0 s"
+    assert sum(s["windows"] for s in d["segments"]) == len(d["windows"])
+    table = run_cli("classify", str(video), "--weights", str(out), "--stride", str(stride)).stdout.splitlines()
+    assert table[-2] == d["summary"] and table[-1].startswith("average over the clip: ")
+    plot = tmp_path / "timeline.png"
+    proc = run_cli("classify", str(video), "--weights", str(out), "--stride", str(stride), "--format", "csv",
+                   "--plot", str(plot))
+    import csv
+
+    rows = list(csv.DictReader(proc.stdout.splitlines()))
+    assert len(rows) == len(d["windows"]) and plot.read_bytes()[:4] == b"\x89PNG"
+    assert [(int(r["segment"]), r["segment_label"]) for r in rows] == \
+        [(0, "left_to_right")] * d["segments"][0]["windows"] + [(1, "top_to_bottom")] * d["segments"][1]["windows"]
+    assert {(r["segment_start"], r["segment_end"]) for r in rows if r["segment"] == "1"} == \
+        {(f"{boundary:.3f}", f"{segments[1][2]:.3f}")}
+
+
 def test_catalog_and_contact_sheet_on_the_real_clips(clips, tmp_path):
     data = tmp_path / "real"
     for split, names in {"train": ["arm_wrestling.mp4", "cleaning_pool.mp4", "flipping_pancake.mkv"],

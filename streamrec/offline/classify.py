@@ -3,8 +3,10 @@
 The file is decoded once, streaming, with PyAV. Each frame goes through the same
 :class:`~streamrec.models.preprocess.FramePreprocessor` into the same
 :class:`~streamrec.live.ring.FrameRing` as the live path, and windows are sampled from it by
-timestamp exactly as live. Windows run in batches. The verdict averages the window
-scores (torchvision's multi-clip evaluation).
+timestamp exactly as live. Windows run in batches. Consecutive windows with the same label
+as serve would show it (its smoothing and "uncertain" threshold) make the clip's segments
+(:mod:`streamrec.offline.segments`); the verdict averages the window scores over the whole
+clip (torchvision's multi-clip evaluation).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from streamrec.runtime import prepared
 from streamrec.models.spec import LoadedModel
 from streamrec.models.preprocess import FramePreprocessor, batch_windows
 from streamrec.live.ring import FrameRing, Window, capacity_for
+from streamrec.live.smoothing import UNCERTAIN
 from streamrec.live.sources import PyAVSource, SourceSpec, named_as
 from streamrec.redact import shown
+from streamrec.offline.segments import ClipSegment, SegmentBuilder, summary
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +63,8 @@ class Timeline:
     first_ts: float
     last_ts: float
     windows: list[WindowResult] = field(default_factory=list)
-    verdict: list[dict[str, Any]] = field(default_factory=list)
+    verdict: list[dict[str, Any]] = field(default_factory=list)  # the average of the window scores over the clip
+    segments: list[ClipSegment] = field(default_factory=list)
     padded: bool = False  # the clip was shorter than one window
     sports_only: bool = False
     packets: int = 0  # video packets read from the file
@@ -79,9 +84,20 @@ class Timeline:
     def duration(self) -> float:
         return self.last_ts - self.first_ts
 
+    @property
+    def summary(self) -> str:
+        """One line naming the segments: ``2 segments: jump 0.0-6.0 s, run 6.0-12.0 s``."""
+        return summary(self.segments)
+
+    def segment_of(self, window: WindowResult) -> int:
+        """The index of the segment that ``window`` falls in (the first that ends at or after its end)."""
+        return next((i for i, seg in enumerate(self.segments) if window.end <= seg.end), len(self.segments) - 1)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["duration"] = self.duration
+        d["summary"] = self.summary
+        d["verdict_is"] = "the average of the window scores over the clip"
         if self.meaningless:
             d["warning"] = "random weights (--weights none): labels are meaningless"
         return d
@@ -89,7 +105,8 @@ class Timeline:
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)
 
-    CSV_FIELDS = ("index", "start", "end", "label", "score", "top")
+    CSV_FIELDS = ("index", "start", "end", "label", "score", "top", "segment", "segment_label", "segment_start",
+                  "segment_end")
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -97,7 +114,10 @@ class Timeline:
         w.writerow(self.CSV_FIELDS)
         for win in self.windows:
             tops = ";".join(f"{t['label']}:{t['score']:.5f}" for t in win.top)
-            w.writerow([win.index, f"{win.start:.3f}", f"{win.end:.3f}", win.label, f"{win.score:.5f}", tops])
+            i = self.segment_of(win)
+            seg = self.segments[i]
+            w.writerow([win.index, f"{win.start:.3f}", f"{win.end:.3f}", win.label, f"{win.score:.5f}", tops,
+                        i, seg.label, f"{seg.start:.3f}", f"{seg.end:.3f}"])
         return buf.getvalue()
 
     def to_table(self) -> str:
@@ -108,10 +128,16 @@ class Timeline:
             lines.append("note: the clip is shorter than one window; its last frame was repeated to fill it")
         if self.damage_note:
             lines.append(f"note: {self.damage_note}")
+        lines.append("segments (labels as serve shows them, smoothed; uncertain where serve says so):")
+        lines.append(f"{'#':>4}  {'start':>8}  {'end':>8}  {'score':>6}  {'windows':>7}  label")
+        for i, seg in enumerate(self.segments):
+            lines.append(f"{i:>4}  {seg.start:>8.2f}  {seg.end:>8.2f}  {seg.score:>6.3f}  {seg.windows:>7}  {seg.label}")
+        lines.append("windows:")
         lines.append(f"{'#':>4}  {'start':>8}  {'end':>8}  {'score':>6}  label")
         for w in self.windows:
             lines.append(f"{w.index:>4}  {w.start:>8.2f}  {w.end:>8.2f}  {w.score:>6.3f}  {w.label}")
-        lines.append("verdict (mean of window scores): " + ", ".join(f"{t['label']} {t['score']:.3f}" for t in self.verdict))
+        lines.append(self.summary)
+        lines.append("average over the clip: " + ", ".join(f"{t['label']} {t['score']:.3f}" for t in self.verdict))
         return "\n".join(lines) + "\n"
 
     def to_dataframe(self):
@@ -135,6 +161,7 @@ class WindowClassifier:
         self.pending: list[tuple[Window, bool]] = []
         self.results: list[WindowResult] = []
         self.prob_sum: np.ndarray | None = None
+        self.segments = SegmentBuilder(self.classes)  # serve's smoothing and uncertainty threshold
 
     def add(self, window: Window, *, padded: bool = False) -> None:
         self.pending.append((window, padded))
@@ -152,6 +179,7 @@ class WindowClassifier:
                 WindowResult(len(self.results), w.start_ts, w.end_ts, tops[0]["label"], tops[0]["score"], tops, padded)
             )
             self.prob_sum = p.astype(np.float64) if self.prob_sum is None else self.prob_sum + p
+            self.segments.add(p, start=w.start_ts, end=w.end_ts)
         self.pending.clear()
 
 
@@ -282,28 +310,36 @@ def classify_file(
     mean = runner.prob_sum / len(runner.results)
     return Timeline(file=str(path), model=loaded.name, weights=loaded.weights, meaningless=loaded.meaningless,
                     stride=stride, first_ts=first_ts, last_ts=last_ts, windows=runner.results,
-                    verdict=top_k(mean, loaded.classes, top), padded=padded, sports_only=sports_only,
+                    verdict=top_k(mean, loaded.classes, top), segments=runner.segments.finish(), padded=padded,
+                    sports_only=sports_only,
                     packets=source.packets, decode_errors=source.decode_errors, device=str(clf.device),
                     backend=clf.backend)
 
 
 def plot_timeline(tl: Timeline, path: str | Path) -> None:
-    """A PNG with top-1 label bands over time and the top-1 score curve."""
+    """A PNG: the segments as shaded bands (grey where uncertain) over the top-1 score curve of
+    the windows, with the average over the clip in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = list(dict.fromkeys(w.label for w in tl.windows))
+    labels = list(dict.fromkeys(seg.label for seg in tl.segments))
     cmap = plt.get_cmap("tab20")
+
+    def color(label: str):
+        return (0.6, 0.6, 0.6, 1.0) if label == UNCERTAIN else cmap(labels.index(label) % 20)
+
     fig, (ax_band, ax_score) = plt.subplots(2, 1, figsize=(10, 4), sharex=True, gridspec_kw={"height_ratios": [1, 2]})
     try:
-        for w in tl.windows:
-            ax_band.axvspan(w.start, w.end, color=cmap(labels.index(w.label) % 20), alpha=0.6, lw=0)
+        for seg in tl.segments:
+            ax_band.axvspan(seg.start, seg.end, color=color(seg.label), alpha=0.7, lw=0)
+            ax_score.axvspan(seg.start, seg.end, color=color(seg.label), alpha=0.15, lw=0)
         ax_band.set_yticks([])
-        handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i % 20)) for i in range(len(labels))]
+        handles = [plt.Rectangle((0, 0), 1, 1, color=color(label)) for label in labels]
         ax_band.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
-        title = f"{shown(Path(tl.file).name)}: {tl.model}, verdict {tl.verdict[0]['label']} ({tl.verdict[0]['score']:.2f})"
+        title = (f"{shown(Path(tl.file).name)}: {tl.model}, {tl.summary.split(':')[0]}; average over the clip: "
+                 f"{tl.verdict[0]['label']} ({tl.verdict[0]['score']:.2f})")
         if tl.meaningless:
             title += "  [random weights: labels meaningless]"
         ax_band.set_title(title, fontsize=9)
