@@ -9,7 +9,9 @@ encoded with libx264 at ``--mbps`` (constant bit rate, a keyframe every ``--gop`
 * demux: reading the packets alone (what the capture does before decoding, either way);
 * tap: :meth:`PacketRing.push` of each packet (one copy of the payload, the lock, the trim);
 * decode: decoding each packet to a frame (the capture's own work, for scale; no RGB conversion);
-* remux: a clip writer's work, copying every packet into a fragmented MP4 (``Recorder``).
+* remux: a clip writer's work, copying every packet into a fragmented MP4 (``Recorder``);
+* webcam encode: a source without compressed packets (OpenCV) has its frames encoded for the
+  ring (``FrameEncoder``: libx264 ultrafast, zerolatency), at 640x480, 1280x720 and 1920x1080.
 
 CPU is process time (the decoder's threads included; the writer's own thread's time for the
 remux) per second of video (``% of a core`` for one camera in real time); the ring's
@@ -32,6 +34,7 @@ import numpy as np
 
 from streamrec.event_config import RecordingConfig
 from streamrec.events.recording import Recorder
+from streamrec.live.encoder import H264Stream
 from streamrec.live.packets import PacketRing
 from streamrec.supervision import Supervisor
 
@@ -143,6 +146,19 @@ def remux(path: Path, tmp: Path) -> float:
     return spent[0] if spent else float("nan")
 
 
+def webcam_encode(width: int, height: int, frames: int = 90) -> float:
+    """CPU seconds (process time: x264's threads count) a frame of the webcam encoder."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    enc = H264Stream(width, height, FPS)
+    t0 = time.process_time()
+    for i in range(frames):
+        img = base.copy()
+        img[height // 3: height // 3 + 80, (i * 8) % (width - 80):][:, :80] = 255
+        enc.encode(img, i / FPS)
+    return (time.process_time() - t0) / frames
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20.0)
@@ -161,6 +177,9 @@ def main() -> None:
                       ("decode (for scale)", "decode"), ("clip remux (writer)", "remux")):
         cpu = r[key]
         print(f"{name:<28}{cpu / secs * 1e3:>20.2f}{cpu / secs * 100:>14.2f}{cpu / r['packets'] * 1e6:>12.1f}")
+    for w, h in ((640, 480), (1280, 720), (1920, 1080)):
+        cpu = webcam_encode(w, h)
+        print(f"{f'webcam encode {w}x{h}':<28}{cpu * FPS * 1e3:>20.2f}{cpu * FPS * 100:>14.2f}{cpu * 1e6:>12.1f}")
     ring = r["ring"]
     overhead = (r["ring_memory"] - ring["bytes"]) / max(1, ring["packets"])
     print(f"ring of {args.ring_mb:g} MiB: {args.ring_mb * 2**20 / (r['bytes'] / secs):.0f} s of this stream; "
