@@ -75,7 +75,7 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, t
         for cam, msgs in got.items():
             assert all(m["camera"] == cam for m in msgs)
             assert [m["seq"] for m in msgs] == sorted(m["seq"] for m in msgs)
-        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz?token={token}"))
         assert set(health["cameras"]) == {"court-1", "court-2", "warmup"}
         assert health["batching"]["mean_batch"] > 1.0  # windows of several cameras share a forward pass
 
@@ -97,13 +97,13 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, t
             400, {"error": "request bodies are not accepted: put the parameters in the query string, "
                            "e.g. POST /api/cameras?name=gate&source=rtsp://..."})  # not a connection closed unanswered
         asyncio.run(predictions_by_camera(port, {"late"}, token=token))
-        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz?token={token}"))
         assert all(health["cameras"][c]["predictions"] > before[c] for c in before)
         assert health["cameras"]["court-1"]["reconnects"] == 0
 
         assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras/court-2", token) == (200, {"removed": "court-2"})
         assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras/court-2", token)[0] == 404
-        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz?token={token}"))
         assert set(health["cameras"]) == {"court-1", "warmup", "late"}
         assert not [t for t in ("capture-court-2",) if t in health.get("threads", [])]
         metrics = wait_http(f"http://127.0.0.1:{port}/metrics?token={token}").decode()
@@ -188,13 +188,13 @@ def test_adding_a_camera_with_a_new_model_does_not_stop_the_server(demo_clip, tm
         post.start()
         seen_adding = False
         while post.is_alive():  # the server answers while it opens the source and loads mc3_18
-            health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+            health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz?token={token}"))
             seen_adding |= health["adding"] == ["big"]
             time.sleep(0.05)
         post.join()
         assert reply == [(201, {"added": "big"})]
         assert seen_adding, "no health reply came while the camera was being added"
-        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz?token={token}"))
         assert health["adding"] == [] and health["cameras"]["big"]["model"] == "mc3_18"
         assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras/big", token) == (200, {"removed": "big"})
 
@@ -209,7 +209,7 @@ def test_adding_a_camera_with_a_new_model_does_not_stop_the_server(demo_clip, tm
 
         post = threading.Thread(target=post_cut_short, daemon=True)
         post.start()
-        while json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))["adding"] != ["big2"]:
+        while json.loads(wait_http(f"http://127.0.0.1:{port}/healthz?token={token}"))["adding"] != ["big2"]:
             assert post.is_alive(), reply
             time.sleep(0.05)
     finally:
