@@ -14,11 +14,13 @@ import time
 import urllib.request
 from datetime import datetime, timedelta
 
-import numpy as np
+import av
+import cv2
 import pytest
 import torch
 
-from conftest import ROOT, free_port, streamrec_cmd, wait_http, wait_until, write_frames
+from conftest import ROOT, free_port, streamrec_cmd, wait_http, wait_until
+from streamrec.events.store import Event, EventStore
 from streamrec.live.history import HistoryStore, Segment
 from streamrec.models.registry import build_model, make_checkpoint, model_spec
 
@@ -32,47 +34,35 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 DASHBOARD_PNG = ROOT / "docs" / "dashboard.png"
 
 
+CLASSES = ["clapping", "arm wrestling", "shaking hands"]
+
+
 def always_b(path) -> str:
-    """A tiny3d checkpoint whose head always answers "b" (score about 1): a deterministic model."""
+    """A tiny3d checkpoint whose head always answers its second class, "arm wrestling" (score about
+    1): a deterministic model (tests/test_events.py's, with names a coach reads)."""
     module = build_model("tiny3d", num_classes=3)
     with torch.no_grad():
         module.fc.weight.zero_()
         module.fc.bias.copy_(torch.tensor([0.0, 12.0, 0.0]))
-    torch.save(make_checkpoint(module, model="tiny3d", classes=["a", "b", "c"], spec=model_spec("tiny3d")), path)
+    torch.save(make_checkpoint(module, model="tiny3d", classes=CLASSES, spec=model_spec("tiny3d")), path)
     return str(path)
 
 
-def h264_video(path, *, seconds: float = 4, fps: int = 30, size=(320, 240)):
-    """A synthetic H.264 .mp4 (a square moving over a gradient) with a keyframe every half second,
-    so that a clip can start close to its event."""
-    w, h = size
-    base = np.tile(np.linspace(0, 255, w, dtype=np.uint8)[None, :, None], (h, 1, 3))
-
-    def frames():
-        for i in range(int(seconds * fps)):
-            img = base.copy()
-            x = (i * 4) % (w - 40)
-            img[h // 3: h // 3 + 40, x: x + 40] = 255
-            yield img
-
-    return write_frames(path, frames(), fps, codec="libx264", gop=fps // 2)
-
-
-# "bees" opens about a second after the first label; "wasps" (the same label) some seconds later,
-# once the page is open: it can only reach the page through the websocket
+# "wrestling" opens about a second after the first label; "long bout" (the same label) some
+# seconds later, once the page is open: it can only reach the page through the websocket
 CONFIG = """
 source = "{video}"
 loop = true
 camera = "gate"
 db = "{db}"
 [[rules]]
-name = "bees"
-labels = ["b"]
+name = "wrestling"
+labels = ["arm wrestling"]
 min_seconds = 1
 end_seconds = 1
 [[rules]]
-name = "wasps"
-labels = ["b"]
+name = "long bout"
+labels = ["arm wrestling"]
 min_seconds = 8
 end_seconds = 1
 [recording]
@@ -81,6 +71,40 @@ pre_seconds = 1
 post_seconds = 1
 max_seconds = 4
 """
+# earlier today (seconds before now; cut at midnight): the day view's segments
+PAST = [("shaking hands", -3 * 3600, -2.75 * 3600), ("arm wrestling", -2.75 * 3600, -2 * 3600),
+        ("uncertain", -2 * 3600, -1.9 * 3600), ("clapping", -1.9 * 3600, -1.5 * 3600),
+        ("shaking hands", -330, -210), ("arm wrestling", -210, -30)]
+
+
+def seed(db, clips, demo_clip, now: float, midnight: float) -> tuple[dict[str, float], list[str]]:
+    """The history of earlier today and two events that ended: one with its thumbnail, one whose
+    thumbnail is gone. The minutes per label within today, and the events' ids."""
+    store = HistoryStore(str(db))
+    minutes: dict[str, float] = {}
+    for label, start, end in PAST:
+        start, end = max(now + start, midnight), now + end
+        if end > start:
+            store.add(Segment("gate", label, start, end, 0.9, 0.95, int(end - start) * 2))
+            minutes[label] = minutes.get(label, 0.0) + (end - start) / 60
+    store.flush()
+    store.close()
+    events = EventStore(str(db))
+    with av.open(str(demo_clip)) as c:
+        frame = next(f for i, f in enumerate(c.decode(video=0)) if i == 100).to_ndarray(format="bgr24")
+    (clips / "gate").mkdir(parents=True)
+    cv2.imwrite(str(clips / "gate" / "seed-1.jpg"), frame)
+    ids = []
+    for n, (start, end) in enumerate([(-300, -235), (-200, -170)], 1):
+        start, end = max(now + start, midnight + 1), max(now + end, midnight + 2)
+        ev = Event(f"{int(start)}-seed000{n}", "wrestling", "gate", "arm wrestling", start, 0.97, 0.9)
+        events.opened(ev, now=start)
+        ev.end_ts = end
+        events.closed(ev, now=end)
+        events.set_files(ev.id, thumbnail=f"gate/seed-{n}.jpg")  # seed-2.jpg is not there
+        ids.append(ev.id)
+    events.close()
+    return minutes, ids
 
 
 @pytest.fixture
@@ -99,21 +123,13 @@ def get_json(url: str):
         return json.loads(r.read())
 
 
-def test_events_reach_the_page_play_filter_and_the_day_adds_up(tmp_path, page, artifacts):
-    db = tmp_path / "h.db"
-    # earlier today: 2 minutes of "a", then 3 of "b" (cut at midnight if the test runs just after it)
+def test_events_reach_the_page_play_filter_and_the_day_adds_up(tmp_path, demo_clip, page, artifacts):
+    db, clips = tmp_path / "h.db", tmp_path / "clips"
     now = time.time()
     midnight = datetime.now().replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-    past = [("a", now - 330, now - 210), ("b", now - 210, now - 30)]
-    store = HistoryStore(str(db))
-    for label, start, end in past:
-        store.add(Segment("gate", label, start, end, 0.9, 0.95, int(end - start) * 2))
-    store.flush()
-    store.close()
-    seeded = {label: max(0.0, end - max(start, midnight)) / 60 for label, start, end in past}
-
+    seeded, (shown_id, gone_id) = seed(db, clips, demo_clip, now, midnight)
     cfg = tmp_path / "gate.toml"
-    cfg.write_text(CONFIG.format(video=h264_video(tmp_path / "v.mp4"), db=db, clips=tmp_path / "clips"))
+    cfg.write_text(CONFIG.format(video=demo_clip, db=db, clips=clips))  # H.264: its packets are remuxed into clips
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(streamrec_cmd("serve", "--config", str(cfg), "--weights", always_b(tmp_path / "b.pt"),
@@ -133,93 +149,113 @@ def test_events_reach_the_page_play_filter_and_the_day_adds_up(tmp_path, page, a
         page.on("websocket", lambda ws: ws.on("framereceived", on_frame))
         listed: list[str] = []  # the page's /api/events requests
         page.on("request", lambda r: "/api/events?" in r.url and listed.append(r.url))
-        clip_responses: list[tuple[int, str | None]] = []
-        page.on("response", lambda r: "/clip.mp4" in r.url and clip_responses.append((r.status, r.request.headers.get("range"))))
+        clip_responses: list[int] = []
+        page.on("response", lambda r: "/clip.mp4" in r.url and clip_responses.append(r.status))
 
         page.goto(base + "/")
         page.evaluate("window.sameDocument = true")  # gone if the page reloads
-        # the first event, with its camera, rule, label, start time and "open"
+        item = lambda i: f"[data-testid=event][data-id='{i}']"  # noqa: E731
+        # today's events that ended: the thumbnail (lazy), or a placeholder where it 404s; how long each lasted
+        page.wait_for_selector(item(shown_id), timeout=30_000)
+        page.wait_for_function(f"document.querySelector(\"{item(shown_id)} img.thumb\")?.naturalWidth > 0", timeout=10_000)
+        assert page.get_attribute(f"{item(shown_id)} img.thumb", "loading") == "lazy"
+        assert "lasted 1 min 5 s" in page.inner_text(item(shown_id))
+        page.wait_for_function(f"document.querySelector(\"{item(gone_id)} .thumb.ph\")?.textContent === 'no picture'",
+                               timeout=10_000)
+        # the first live event: camera, rule, label, start time and "open"
         page.wait_for_selector("[data-testid=event][data-state=open]", timeout=90_000)
-        bees = page.locator("[data-testid=event]").first
-        text = bees.inner_text()
-        assert "gate" in text and "bees" in text and "open" in text, text
+        first = page.locator("[data-testid=event][data-state=open]").first
+        text = first.inner_text()
+        assert all(w in text for w in ("arm wrestling", "gate", "wrestling", "open")), text
+        assert first.get_attribute("data-rule") == "wrestling"
+        assert first.locator(".thumb.ph").inner_text() == "recording…"  # no thumbnail while open
         assert page.is_hidden("[data-testid=events-empty]")
-        assert bees.locator(".thumb.ph").inner_text() == "recording…"  # no thumbnail while open
 
         # the second one comes later, pushed by the websocket: no reload, no new request for the list
         requests_before = len(listed)
-        page.wait_for_function("document.querySelectorAll('[data-testid=event]').length === 2", timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('[data-testid=event][data-state=open]').length === 2",
+                               timeout=60_000)
         assert page.evaluate("window.sameDocument") is True
         assert len(listed) == requests_before, listed
-        wasps = [e for e in pushed if e["rule"] == "wasps"]
-        assert wasps and wasps[0]["state"] == "open"
-        rules = dict(page.eval_on_selector_all("[data-testid=event]", "els => els.map(e => [e.dataset.rule, e.dataset.id])"))
-        assert rules["wasps"] == wasps[0]["id"]
-        bees_id = rules["bees"]
+        bout = [e for e in pushed if e["rule"] == "long bout"]
+        assert bout and bout[0]["state"] == "open"
+        live = dict(page.eval_on_selector_all("[data-testid=event][data-state=open]",
+                                              "els => els.map(e => [e.dataset.rule, e.dataset.id])"))
+        assert live["long bout"] == bout[0]["id"]
+        live_id = live["wrestling"]
+        ids = page.eval_on_selector_all("[data-testid=event]", "els => els.map(e => e.dataset.id)")
+        assert ids[2:] == [gone_id, shown_id], ids  # newest first
 
-        # a click plays the clip; seeking asks for a byte range, answered 206
-        def clip_bytes() -> int:
-            return get_json(f"{base}/api/events/{bees_id}").get("clip_bytes") or 0
-
-        wait_until(lambda: clip_bytes() > 0, "the clip of the first event", timeout=60)  # max_seconds: done while open
-        page.click(f"[data-testid=event][data-id='{bees_id}']")
+        # a click plays the clip; seeking works, and the clip's bytes come as ranges (206)
+        wait_until(lambda: (get_json(f"{base}/api/events/{live_id}").get("clip_bytes") or 0) > 0,
+                   "the clip of the first event", timeout=60)  # max_seconds: finished while the event is open
+        page.click(item(live_id))
         page.wait_for_selector("[data-testid=player-box]", state="visible", timeout=5_000)
-        src = page.get_attribute("[data-testid=player]", "src")
-        assert src == f"{base}/api/events/{bees_id}/clip.mp4"
+        assert page.get_attribute("[data-testid=player]", "src") == f"{base}/api/events/{live_id}/clip.mp4"
         page.wait_for_function("document.querySelector('[data-testid=player]').currentTime > 0.5", timeout=30_000)
         duration = page.evaluate("document.querySelector('[data-testid=player]').duration")
-        assert 3 <= duration <= 7, duration  # max_seconds (4) and the keyframe before pre_seconds
-        page.evaluate("v => { const p = document.querySelector('[data-testid=player]'); p.pause(); p.currentTime = v; }",
-                      duration - 1)
-        page.wait_for_function(f"(p => !p.seeking && Math.abs(p.currentTime - {duration - 1}) < 0.2)"
+        assert 3 <= duration <= 15, duration  # max_seconds (4) from the keyframe before pre_seconds
+        to = duration - 1
+        page.evaluate("v => { const p = document.querySelector('[data-testid=player]'); p.pause(); p.currentTime = v; }", to)
+        page.wait_for_function(f"(p => !p.seeking && Math.abs(p.currentTime - {to}) < 0.2)"
                                "(document.querySelector('[data-testid=player]'))", timeout=15_000)
-        assert any(status == 206 for status, _ in clip_responses), clip_responses
-        assert page.locator(f"[data-testid=event][data-id='{bees_id}']").get_attribute("class").split().count("playing") == 1
+        assert 206 in clip_responses, clip_responses
+        assert "playing" in page.get_attribute(item(live_id), "class").split()
 
         # the filters narrow the list
-        page.select_option("[data-testid=event-rule]", "wasps")
+        def shown() -> list[str]:
+            return page.eval_on_selector_all("[data-testid=event]", "els => els.map(e => e.dataset.id)")
+
+        page.select_option("[data-testid=event-rule]", "long bout")
         page.wait_for_function("document.querySelectorAll('[data-testid=event]').length === 1", timeout=10_000)
-        assert page.get_attribute("[data-testid=event]", "data-id") == wasps[0]["id"]
-        page.select_option("[data-testid=event-rule]", "bees")
-        page.wait_for_function(f"[...document.querySelectorAll('[data-testid=event]')].map(e => e.dataset.id).join() === '{bees_id}'",
-                               timeout=10_000)
+        assert shown() == [bout[0]["id"]]
+        page.select_option("[data-testid=event-rule]", "wrestling")
+        page.wait_for_function("document.querySelectorAll('[data-testid=event]').length === 3", timeout=10_000)
+        assert sorted(shown()) == sorted([live_id, gone_id, shown_id])
         page.select_option("[data-testid=event-rule]", "")
         page.select_option("[data-testid=event-camera]", "gate")
-        page.wait_for_function("document.querySelectorAll('[data-testid=event]').length === 2", timeout=10_000)
+        page.wait_for_function("document.querySelectorAll('[data-testid=event]').length === 4", timeout=10_000)
         yesterday = (datetime.now() - timedelta(days=1)).strftime("%Y-%m-%d")
         page.fill("[data-testid=day]", yesterday)
         page.wait_for_selector("[data-testid=events-empty]", state="visible", timeout=10_000)
         assert page.locator("[data-testid=event]").count() == 0
-        assert "No events" in page.inner_text("[data-testid=events-empty]")
+        assert page.inner_text("[data-testid=events-empty]") == "No events match these choices on this day."
         assert page.get_attribute("[data-testid=view-day]", "aria-pressed") == "true"  # another day: the day view
-        today = datetime.now().strftime("%Y-%m-%d")
-        page.fill("[data-testid=day]", today)
-        page.wait_for_function("document.querySelectorAll('[data-testid=event]').length === 2", timeout=10_000)
+        page.select_option("[data-testid=event-camera]", "")
+        page.fill("[data-testid=day]", datetime.now().strftime("%Y-%m-%d"))
+        page.wait_for_function("document.querySelectorAll('[data-testid=event]').length === 4", timeout=10_000)
 
-        # the day view: the day's segments, the hours, and minutes per activity
-        page.click("[data-testid=view-day]")
+        # the day view: the day's segments, its hours, and minutes per activity
         minutes = "[data-testid=minutes] li[data-label]"
-        page.wait_for_function(f"document.querySelector(\"{minutes}[data-label=a]\")", timeout=20_000)
-        shown = dict(page.eval_on_selector_all(minutes, "els => els.map(e => [e.dataset.label, Number(e.dataset.minutes)])"))
-        assert shown["a"] == pytest.approx(seeded["a"], abs=0.01), shown
-        assert shown["b"] >= seeded["b"], shown  # and the open segment of the live labels
-        assert set(shown) <= {"a", "b", "uncertain"}, shown
+        page.wait_for_function(f"document.querySelectorAll('{minutes}').length >= {len(seeded)}", timeout=20_000)
+        got = dict(page.eval_on_selector_all(minutes, "els => els.map(e => [e.dataset.label, Number(e.dataset.minutes)])"))
+        assert set(got) == set(seeded), got
+        for label in ("shaking hands", "clapping", "uncertain"):
+            if label in seeded:
+                assert got[label] == pytest.approx(seeded[label], abs=0.01), (label, got)
+        assert got["arm wrestling"] >= seeded["arm wrestling"], got  # and the live labels' open segment
         text = page.inner_text("[data-testid=minutes]")
-        assert "Minutes per activity, today" in text and "2.0 min" in text, text
+        assert "Minutes per activity, today" in text and "shaking hands" in text, text
         ticks = page.eval_on_selector_all("[data-testid=axis] span", "els => els.map(e => e.textContent)")
         assert len(ticks) >= 4 and all(":00" in t or t == "now" for t in ticks), ticks
         legend = page.eval_on_selector_all("[data-testid=legend] li[data-label]", "els => els.map(e => e.dataset.label)")
-        assert {"a", "b"} <= set(legend), legend
+        assert set(legend) == set(seeded), legend
         # two minutes are 2 px of a day: the click is dispatched to the piece itself
-        page.locator("[data-testid=timeline] span[data-label=a]").dispatch_event("click")
+        page.locator("[data-testid=timeline] span[data-label='shaking hands']").last.dispatch_event("click")
         info = page.locator("[data-testid=segment-info]")
         info.wait_for(state="visible", timeout=5_000)
-        assert "2 min 0 s" in info.inner_text()
+        assert "shaking hands" in info.inner_text() and "2 min 0 s" in info.inner_text()
 
-        # the picture of it all: the README's
-        page.select_option("[data-testid=event-camera]", "")
-        page.wait_for_function("document.querySelectorAll('[data-testid=event]').length === 2", timeout=10_000)
-        page.evaluate("v => { const p = document.querySelector('[data-testid=player]'); p.pause(); p.currentTime = v; }", 1.0)
+        # an event without a clip says so in the player
+        page.click(item(gone_id))
+        page.wait_for_function("document.querySelector('.player .ptext').textContent.includes('no video clip')", timeout=5_000)
+        assert page.get_attribute("[data-testid=player]", "src") is None
+        page.click(item(live_id))
+        page.wait_for_function("document.querySelector('[data-testid=player]').readyState >= 2", timeout=15_000)
+
+        # the picture of it all: the README's (with STREAMREC_DASHBOARD_PNG=1)
+        page.evaluate("document.activeElement?.blur()")
+        page.evaluate("v => { const p = document.querySelector('[data-testid=player]'); p.pause(); p.currentTime = v; }", 2.0)
         page.wait_for_function("(p => !p.seeking && p.readyState >= 2)(document.querySelector('[data-testid=player]'))",
                                timeout=15_000)
         page.screenshot(path=str(artifacts / "browser-events.png"))
