@@ -121,3 +121,12 @@ def test_confusion_numbers_are_white_on_dark_cells_and_black_on_light(monkeypatc
     monkeypatch.setattr(evaluate_module, "save_figure", capture)
     evaluate_module.plot_confusion(np.array([[20, 3], [0, 11]]), ["a", "b"], str(tmp_path / "cm.png"))
     assert seen == {"20": "white", "11": "white", "3": "black", "0": "black"}
+
+
+def test_lr_find_runs_on_its_own_options_and_names_its_plot(data, tmp_path):
+    plot = tmp_path / "lr.png"
+    proc = run_cli("lr-find", str(data), "--model", "tiny3d", "--weights", "none", "--batch-size", "4", "--workers", "0",
+                   "--plot", str(plot), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(rf"suggested learning rate: \d\.\d\de[-+]\d\d \(plot: {re.escape(str(plot))}\)\n", proc.stdout)
+    assert plot.read_bytes()[:4] == b"\x89PNG" and "meaningless" not in proc.stderr
