@@ -30,7 +30,7 @@ def add_events_parser(sub, formatter) -> None:
     p.add_argument("--until", default=None, help="as --since (default: no bound)")
     p.add_argument("--limit", type=int, default=100, help="at most this many, the newest first")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
-    p.add_argument("--out", default=None, help="with ID: where to write the event's clip (MP4)")
+    p.add_argument("--out", default=None, help="with ID: where to write the event's clip (MP4; default: none, the event is shown)")
     p.add_argument("--config", default=None, help="the serve config whose [recording] dir holds the clips "
                                                   "(default: the built-in dir)")
     p.set_defaults(func=cmd_events)
