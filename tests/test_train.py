@@ -25,14 +25,8 @@ pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("motion")
-    data = make_motion_dataset(root / "data")
-    out = root / "model.pt"
-    proc = run_cli("train", str(data), "--model", "tiny3d", "--weights", "none", "--epochs", "12", "--batch-size", "6",
-                   "--lr", "3e-3", "--no-flip", "--patience", "12", "--seed", "0", "--out", str(out), timeout=900)
-    assert proc.returncode == 0, proc.stderr
-    return data, out, proc
+def trained(directions_model):
+    return directions_model
 
 
 def test_training_reaches_90_percent_on_direction_classes(trained):

@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parsers(sub, _model_args)
     _add_bench_parser(sub)
     add_cluster_parser(sub)
+    from streamrec.cli.events import add_events_parser
+
+    add_events_parser(sub, HelpFormatter)
     h = sub.add_parser("history", help="read the activity history", epilog=HISTORY_EXAMPLES)
     h.add_argument("--db", default=None, help="SQLite file or postgresql:// URL (default: serve's default)")
     h.add_argument("--camera", default=None, help="only this camera's segments (default: every camera)")
@@ -209,7 +212,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     from contextlib import closing
     from pathlib import Path
 
-    from streamrec.serve.app import default_db
+    from streamrec.live.history import default_db
     from streamrec.live.history import HistoryStore, parse_time
 
     target = args.db or default_db()
