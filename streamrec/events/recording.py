@@ -61,6 +61,7 @@ class ClipWriter:
         self._last_dts: int | None = None
         self._max_pts: int | None = None  # the latest picture written (in the source's time base)
         self._whole = 0  # the file's size when its last complete fragment was written
+        self.keyframes = 0  # written: each one after the first completed a fragment
 
     def run(self) -> None:
         out = None
@@ -149,6 +150,7 @@ class ClipWriter:
         out.mux(q)
         if p.keyframe:  # the muxer wrote the previous fragment, whole, and holds this one in memory
             self._whole = self.size()
+            self.keyframes += 1
         self._last_dts = dts
         if p.pts is not None:
             self._max_pts = p.pts if self._max_pts is None else max(self._max_pts, p.pts)
@@ -174,6 +176,10 @@ class ClipWriter:
             out.close()
         except Exception as exc:  # noqa: BLE001 - the last fragment could not be written
             self._failed(exc)
+
+    def playable(self) -> bool:
+        """Whether the file has a picture to show: finished, or cut back to a complete fragment."""
+        return self.packets > 0 and (self.error is None or self.keyframes > 1)
 
     def size(self) -> int:
         try:
@@ -240,7 +246,7 @@ class Recorder:
 
     def _write(self, writer: ClipWriter, rel: str) -> None:
         self.supervisor.run(f"clip-{writer.camera}", writer.run, self._never)
-        size = writer.size() if writer.packets else 0
+        size = writer.size() if writer.playable() else 0
         with self._lock:
             self._writers.pop(writer.event_id, None)
             self.clips_written += bool(size)
