@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -270,3 +271,61 @@ def test_events_reach_the_page_play_filter_and_the_day_adds_up(tmp_path, demo_cl
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, proc.stderr.read()
+
+
+PAGE = ROOT / "streamrec" / "serve" / "web" / "index.html"
+
+
+def test_the_panel_follows_the_websocket_by_id(page, demo_clip):
+    """The page alone, its server played by playwright: an event pushed open, then closed, is one
+    item that changes (its duration, then its thumbnail); pushes of another day or of a camera the
+    filter leaves out stay off the list."""
+    base = "http://streamrec.test"
+    with av.open(str(demo_clip)) as c:
+        jpeg = cv2.imencode(".jpg", next(c.decode(video=0)).to_ndarray(format="bgr24"))[1].tobytes()
+    listing: list[dict] = []  # what GET /api/events answers
+    asked: list[str] = []
+    page.route(re.compile(r"^http://streamrec\.test/(\?.*)?$"),
+               lambda r: r.fulfill(status=200, content_type="text/html", body=PAGE.read_text()))
+    page.route(f"{base}/healthz*", lambda r: r.fulfill(status=200, json={"status": "ok"}))
+    page.route(f"{base}/api/history*", lambda r: r.fulfill(status=200, json={"segments": [], "truncated": False}))
+
+    def events(route) -> None:
+        asked.append(route.request.url)
+        route.fulfill(status=200, json={"events": listing})
+
+    page.route(f"{base}/api/events?*", events)
+    page.route(f"{base}/api/events/*/thumb.jpg*", lambda r: r.fulfill(status=200, content_type="image/jpeg", body=jpeg))
+    sockets = []
+    page.route_web_socket("ws://streamrec.test/ws*", lambda ws: sockets.append(ws))
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{base}/?camera=court-1")  # one camera: its events alone
+    page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=10_000)
+    page.wait_for_selector("[data-testid=events-empty]", state="visible", timeout=10_000)
+    assert page.input_value("[data-testid=event-camera]") == "court-1"
+    assert "camera=court-1" in asked[-1]
+
+    now = time.time()
+    ev = {"id": "e1", "rule": "lifting", "camera": "court-1", "label": "deadlifting", "start_ts": now - 12, "end_ts": None,
+          "peak_score": 0.91, "mean_score": 0.8, "clip": "/api/events/e1/clip.mp4", "thumbnail": "/api/events/e1/thumb.jpg",
+          "state": "open"}
+    sockets[0].send(json.dumps({"type": "event", **ev}))
+    page.wait_for_selector("[data-testid=event][data-id=e1][data-state=open]", timeout=5_000)
+    assert "open" in page.inner_text("[data-testid=event]") and page.inner_text(".event .thumb.ph") == "recording…"
+    closed = {**ev, "end_ts": now, "state": "closed"}
+    listing[:] = [{**closed, "has_clip": True, "clip_bytes": 1000}]
+    sockets[0].send(json.dumps({"type": "event", **closed}))
+    page.wait_for_selector("[data-testid=event][data-id=e1][data-state=closed]", timeout=5_000)
+    assert page.locator("[data-testid=event]").count() == 1
+    assert "lasted 12 s" in page.inner_text("[data-testid=event]")
+    page.wait_for_function("document.querySelector('.event img.thumb')?.naturalWidth > 0", timeout=5_000)
+    assert page.get_attribute(".event img.thumb", "src") == f"{base}/api/events/e1/thumb.jpg"
+    # other days, other cameras: not on the list; the other camera joins the filter's choices
+    sockets[0].send(json.dumps({"type": "event", **ev, "id": "old", "start_ts": now - 3 * 86400, "end_ts": now - 3 * 86400 + 5,
+                                "state": "closed"}))
+    sockets[0].send(json.dumps({"type": "event", **ev, "id": "e2", "camera": "court-2"}))
+    page.wait_for_function("[...document.querySelectorAll('[data-testid=event-camera] option')].some(o => o.value === 'court-2')",
+                           timeout=5_000)
+    assert page.eval_on_selector_all("[data-testid=event]", "els => els.map(e => e.dataset.id)") == ["e1"]
+    assert errors == []
