@@ -20,7 +20,7 @@ from typing import Any
 from streamrec.errors import StreamrecError
 from streamrec.redact import mask_credentials
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig, check_rules
-from streamrec.validate import check_allowed_hosts, check_types
+from streamrec.validate import check_allowed_hosts, check_types, unknown_keys
 
 # a camera's name travels in a one-byte length field (the preview frames' header): its UTF-8 bytes count
 CAMERA_NAME_MAX_CHARS, CAMERA_NAME_MAX_BYTES = 64, 255
@@ -91,10 +91,7 @@ class CameraConfig:
     def from_dict(cls, d: dict[str, Any]) -> "CameraConfig":
         if not isinstance(d, dict):
             raise StreamrecError(f"[[cameras]]: expected a table with a name and a source, got {mask_credentials(repr(d))}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise StreamrecError(f"[[cameras]]: unknown option {unknown[0]!r}; expected one of {', '.join(sorted(names))}")
+        unknown_keys(cls, d, "[[cameras]]")
         if "name" not in d or "source" not in d:
             raise StreamrecError(f"[[cameras]]: each camera needs a name and a source, got {mask_credentials(repr(d))}")
         source = d["source"]  # a webcam index may be written as a number

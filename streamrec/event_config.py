@@ -18,24 +18,15 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from streamrec.errors import StreamrecError
-from streamrec.validate import check_types
+from streamrec.validate import check_types, unknown_keys
 
 CHANNELS = ("webhook", "mqtt")
-
-
-def unknown_keys(cls: type, d: dict[str, Any], where: str) -> None:
-    if not isinstance(d, dict):
-        raise StreamrecError(f"{where}: expected a table, got {type(d).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise StreamrecError(f"{where}: unknown option {unknown[0]!r}; expected one of {', '.join(sorted(names))}")
 
 
 def text_tuple(value: Any, where: str) -> tuple[str, ...]:

@@ -198,3 +198,14 @@ def check_weights_arg(weights: str, option: str = "--weights") -> str:
         raise WeightsError(f"{option}: {weights} is not a file torch.save wrote "
                            "(expected a state_dict, a streamrec checkpoint, TorchScript or ONNX)")
     return weights
+
+
+def unknown_keys(cls: type, d: Any, where: str) -> None:
+    """Refuse a TOML table ``d`` for the dataclass ``cls`` that is not a table or has an option
+    ``cls`` does not know, naming ``where`` it is."""
+    if not isinstance(d, dict):
+        raise StreamrecError(f"{where}: expected a table, got {type(d).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise StreamrecError(f"{where}: unknown option {unknown[0]!r}; expected one of {', '.join(sorted(names))}")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
 
+from streamrec.cli.output import write_rows
 from streamrec.errors import StreamrecError
 
 EXAMPLES = """examples:
@@ -94,14 +93,7 @@ def copy_clip(store, args) -> int:
 
 def print_events(rows: list[dict], form: str) -> None:
     rows = [{k: r.get(k) for k in COLUMNS} for r in rows]
-    if form == "json":
-        json.dump(rows, sys.stdout, indent=1, allow_nan=False)
-        sys.stdout.write("\n")
-    elif form == "csv":
-        w = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    else:
+    if not write_rows(rows, COLUMNS, form):
         fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t is not None else "(open)"  # noqa: E731
         print(f"{'id':<20} {'camera':<12} {'rule':<12} {'start':<19}  {'secs':>6}  {'peak':>5}  label")
         for r in rows:

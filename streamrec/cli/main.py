@@ -229,22 +229,12 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _print_history(rows: Iterable[dict[str, Any]], form: str) -> None:
-    import csv
-    import json
     from datetime import datetime
 
+    from streamrec.cli.output import write_rows
     from streamrec.live.history import COLUMNS
 
-    if form == "json":
-        sys.stdout.write("[")
-        for i, r in enumerate(rows):
-            sys.stdout.write(("," if i else "") + "\n " + json.dumps(r))
-        sys.stdout.write("\n]\n")
-    elif form == "csv":
-        w = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    else:
+    if not write_rows(rows, COLUMNS, form):
         fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
         print(f"{'camera':<16} {'start':<19}  {'end':<19}  {'secs':>6}  {'mean':>5}  {'peak':>5}  label")
         for r in rows:

@@ -1,0 +1,25 @@
+"""Rows printed as JSON or CSV (``--format``), for ``history`` and ``events``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from typing import Any, Iterable, Sequence
+
+
+def write_rows(rows: Iterable[dict[str, Any]], columns: Sequence[str], form: str) -> bool:
+    """Write ``rows`` to stdout as a JSON array (streamed) or CSV with ``columns``; ``False`` for
+    any other ``form`` (the caller prints its table)."""
+    if form == "json":
+        sys.stdout.write("[")
+        for i, r in enumerate(rows):
+            sys.stdout.write(("," if i else "") + "\n " + json.dumps(r, allow_nan=False))
+        sys.stdout.write("\n]\n")
+        return True
+    if form == "csv":
+        w = csv.DictWriter(sys.stdout, fieldnames=list(columns), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        return True
+    return False
