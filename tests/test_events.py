@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.event_config import RuleConfig
 from streamrec.events.engine import RuleEngine
@@ -144,6 +145,10 @@ def test_an_event_reaches_the_page_the_api_the_database_and_the_events_command(t
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(f"{base}/api/events?limit=0", timeout=10)
         assert exc.value.code == 400
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+            samples = {s.name: s.value for fam in text_string_to_metric_families(r.read().decode())
+                       for s in fam.samples if not s.labels}
+        assert (samples["streamrec_events_open"], samples["streamrec_notifications_pending"]) == (1, 0)
     finally:
         assert sigterm(proc) == 0
     out = run_cli("events", "--db", str(db), "--format", "json")

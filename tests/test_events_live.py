@@ -17,6 +17,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_port, motion_frames, sigterm, streamrec_cmd, wait_http, wait_until, write_frames
 from servers import MOSQUITTO, Broker, Receiver, Subscriber
@@ -130,6 +131,8 @@ def test_an_activity_becomes_an_event_with_a_clip_a_webhook_and_mqtt(tmp_path, d
                                   for i in range(0, row["clip_bytes"], 4 * 2**20)))
         _, _, thumb = get(f"{base}/api/events/{ev['id']}/thumb.jpg")
         listed = json.loads(get(f"{base}/api/events?camera=lane&rule=downward")[2])["events"]
+        metrics = {(s.name, s.labels.get("camera") or s.labels.get("channel")): s.value
+                   for fam in text_string_to_metric_families(get(f"{base}/metrics")[2].decode()) for s in fam.samples}
         wait_until(lambda: sub.on("sr/events")[1:], "both events on MQTT", timeout=30)
     finally:
         assert sigterm(proc) == 0
@@ -137,6 +140,9 @@ def test_an_activity_becomes_an_event_with_a_clip_a_webhook_and_mqtt(tmp_path, d
     # the event: the second direction, opened min_seconds after its label showed
     assert (ev["rule"], ev["camera"], ev["label"], ev["state"]) == ("downward", "lane", "top_to_bottom", "closed")
     assert [e["id"] for e in listed] == [ev["id"]]
+    assert metrics[("streamrec_clips_written_total", None)] == 1
+    assert metrics[("streamrec_packet_ring_bytes", "lane")] > 0
+    assert metrics[("streamrec_notifications_delivered_total", "webhook")] == 2
     assert 6.0 <= ev["start_ts"] - started + 1.5 and ev["end_ts"] > ev["start_ts"]
     # told within min_seconds + the window span + the smoothing delay of the switch; 5x slack: a loaded 2-core machine
     assert arrived - (started + 6.0) <= 5 * (1.0 + 1.0 + 3 * 0.5), arrived - started

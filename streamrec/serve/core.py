@@ -121,7 +121,8 @@ class AppCore:
     # -- shared -------------------------------------------------------------------
     def build_server(self) -> None:
         """The web server with the routes both apps serve."""
-        self.metrics = self.metrics or Metrics(self.hub, self.metric_rows, self.history.stats, self.supervisor.stats)
+        self.metrics = self.metrics or Metrics(self.hub, self.metric_rows, self.history.stats, self.supervisor.stats,
+                                               lambda: self.events.stats() if self.events is not None else None)
         routes = {"/": Route("text/html; charset=utf-8", page_html),
                   "/healthz": json_route(self.health, lambda: {"status": self.health()["status"]}),
                   "/favicon.ico": Route("image/svg+xml", favicon, favicon),  # public: browsers ask without the token

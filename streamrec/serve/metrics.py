@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
@@ -49,6 +49,36 @@ HISTORY_COUNTERS = (
 )
 
 
+def event_families(events: dict[str, Any]):
+    """Metric families of ``EventManager.stats()``: open events, the outbox, clips, packet rings."""
+    gauge = GaugeMetricFamily("streamrec_events_open", "Events open now", value=events["open"])
+    yield gauge
+    yield GaugeMetricFamily("streamrec_notifications_pending", "Notifications in the outbox not delivered yet",
+                            value=events["outbox"]["pending"])
+    delivered = CounterMetricFamily("streamrec_notifications_delivered", "Notifications delivered", labels=["channel"])
+    failed = CounterMetricFamily("streamrec_notifications_failed", "Failed delivery attempts (retried)",
+                                 labels=["channel"])
+    for channel, values in events.get("notify", {}).get("channels", {}).items():
+        delivered.add_metric([channel], values.get("delivered", 0))
+        failed.add_metric([channel], values.get("failed", 0))
+    yield delivered
+    yield failed
+    rec = events.get("recording")
+    if rec is not None:
+        yield CounterMetricFamily("streamrec_clips_written", "Event clips finished", value=rec["clips_written"])
+        yield CounterMetricFamily("streamrec_clip_write_errors", "Event clips cut short by a write error (disk full...)",
+                                  value=rec["write_errors"])
+        dropped = CounterMetricFamily("streamrec_packets_dropped", "Compressed packets dropped from a camera's ring",
+                                      labels=["camera"])
+        ring_bytes = GaugeMetricFamily("streamrec_packet_ring_bytes", "Bytes in a camera's ring of compressed packets",
+                                       labels=["camera"])
+        for camera, ring in rec["rings"].items():
+            dropped.add_metric([camera], ring["dropped_packets"])
+            ring_bytes.add_metric([camera], ring["bytes"])
+        yield dropped
+        yield ring_bytes
+
+
 class _Counters:
     """A collector of the counters, from the values :meth:`Metrics.render` read just before."""
 
@@ -56,6 +86,7 @@ class _Counters:
         self.cameras: list[tuple[str, dict[str, Any]]] = []  # (camera, {key: value})
         self.history: dict[str, Any] | None = None
         self.threads: dict[str, dict[str, Any]] = {}  # Supervisor.stats()
+        self.events: dict[str, Any] | None = None  # EventManager.stats()
         self.messages_dropped = 0
 
     def collect(self):
@@ -69,6 +100,8 @@ class _Counters:
             for thread, values in self.threads.items():
                 family.add_metric([thread], values[key])
             yield family
+        if self.events is not None:
+            yield from event_families(self.events)
         family = CounterMetricFamily("streamrec_messages_dropped", "Stale messages dropped for slow clients")
         family.add_metric([], self.messages_dropped)
         yield family
@@ -83,9 +116,11 @@ class Metrics:
     CONTENT_TYPE = CONTENT_TYPE_LATEST
 
     def __init__(self, hub: "Hub", cameras: CameraRows, history: Callable[[], dict[str, Any]] | None = None,
-                 threads: Callable[[], dict[str, dict[str, Any]]] | None = None) -> None:
+                 threads: Callable[[], dict[str, dict[str, Any]]] | None = None,
+                 events: Callable[[], dict[str, Any] | None] | None = None) -> None:
         self.hub = hub
         self.threads = threads  # the supervised threads' counts (Supervisor.stats)
+        self.events = events  # events, outbox, clips (EventManager.stats)
         self.cameras = cameras
         self.history = history  # the activity history's counters (HistoryStore.stats)
         self.registry = r = CollectorRegistry(auto_describe=True)
@@ -134,6 +169,7 @@ class Metrics:
         self.counters.cameras = counted
         self.counters.history = self.history() if self.history is not None else None
         self.counters.threads = self.threads() if self.threads is not None else {}
+        self.counters.events = self.events() if self.events is not None else None
         self.counters.messages_dropped = self.hub.dropped
         self.clients.set(len(self.hub.clients))
         return generate_latest(self.registry)
