@@ -17,7 +17,7 @@ from streamrec.event_config import RuleConfig
 from streamrec.events.engine import RuleEngine
 from streamrec.models.registry import build_model, make_checkpoint, model_spec
 
-from conftest import error_line, free_port, run_cli, sigterm, streamrec_cmd, wait_http, wait_until, write_video
+from conftest import error_line, free_port, run_cli, sigterm, streamrec_cmd, wait_http, write_video
 
 
 def feed(engine: RuleEngine, seq: list[tuple[float, str, float]], camera: str = "cam") -> list[tuple]:
