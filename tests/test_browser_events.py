@@ -165,7 +165,7 @@ def test_events_reach_the_page_play_filter_and_the_day_adds_up(tmp_path, demo_cl
         page.wait_for_selector(item(shown_id), timeout=30_000)
         page.wait_for_function(f"document.querySelector(\"{item(shown_id)} img.thumb\")?.naturalWidth > 0", timeout=10_000)
         assert page.get_attribute(f"{item(shown_id)} img.thumb", "loading") == "lazy"
-        assert "lasted 1 min 5 s" in page.inner_text(item(shown_id))
+        assert ("lasted 1 min 5 s" if now - midnight > 300 else "lasted") in page.inner_text(item(shown_id))  # cut at midnight
         page.wait_for_function(f"document.querySelector(\"{item(gone_id)} .thumb.ph\")?.textContent === 'no picture'",
                                timeout=10_000)
         # the first live event: camera, rule, label, start time and "open"
