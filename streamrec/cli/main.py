@@ -158,7 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cli_values = {k: getattr(args, k) for k in keys}
     config = ServeConfig.from_sources(file_values, cli_values)
     # a model's first CPU start in a child process, before this one imports torch: the server
-    # then never has torchvision loaded (+163 MB for as long as it runs); see streamrec.runtime.firststart
+    # then never holds torchvision's memory for as long as it runs; see streamrec.runtime.firststart
     cams = [config.resolve(c) for c in config.all_cameras()]
     prepare_first_starts(CACHE, [(c.model, str(c.weights or "DEFAULT")) for c in cams], device=config.device)
     from streamrec.serve.app import LiveApp
@@ -272,8 +272,8 @@ def entry() -> None:
     """Console-script entry point.
 
     After ``serve`` has shut down cleanly (threads joined, camera and sockets closed) the
-    process exits at once: the CPython/torch module teardown alone takes ~2 s here and
-    would break the "stopped within 2 s of SIGTERM" promise, while holding nothing.
+    process exits at once: the CPython/torch module teardown alone is slow enough to
+    break the "stopped within 2 s of SIGTERM" promise, while holding nothing.
     """
     rc = main()
     logging.shutdown()

@@ -6,8 +6,8 @@ The capture only offers each frame (:meth:`FrameEncoder.offer`: an append under 
 when the encoder falls behind, the oldest waiting frames are dropped and counted. libx264 runs
 with ``ultrafast`` and ``zerolatency`` (a packet per frame, no frame held back), a keyframe every
 second, timed by the frames' wall-clock dates. This costs CPU all the time, not only during an
-event (a pre-roll needs the packets before it): at 30 fps about 6 % of a core at 640x480, 15 %
-at 1280x720, 38 % at 1920x1080 (``benchmarks/events.py``, the RGB to YUV conversion included).
+event (a pre-roll needs the packets before it), more for larger frames: see docs/events.md
+(``benchmarks/events.py``, the RGB to YUV conversion included).
 """
 
 from __future__ import annotations

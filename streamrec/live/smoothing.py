@@ -75,8 +75,8 @@ def update_many(smoothers: Sequence[LabelSmoother], probs: np.ndarray) -> list[S
 
     NumPy is called a fixed number of times per batch, not per row: with many capture threads
     each call that lets go of the GIL (``argmax`` does, even on 400 numbers) waits to get it
-    back, and one message's NumPy calls waited 0.5 ms for 0.04 ms of work with 32 cameras on
-    2 vCPUs (``benchmarks/worker_wait.py``). The EMA rows are read-only views of one array.
+    back, many times longer than the work itself with many cameras on few vCPUs
+    (``benchmarks/worker_wait.py``). The EMA rows are read-only views of one array.
 
     Example:
         >>> a, b = LabelSmoother(), LabelSmoother()

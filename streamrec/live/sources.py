@@ -39,10 +39,9 @@ def _rgb_options() -> dict[str, int]:
     """Options for converting a decoded frame to RGB in the calling thread.
 
     PyAV 17 and later convert with ``sws_scale_frame``, which by default (``threads=0``) starts
-    a pool of one thread per core for every frame and ends it after: 2 threads created and
-    joined per frame here, 56 a second for one 28 fps camera, each woken on the cores the
-    model is running on, for no gain (a 1080p frame: 0.80 ms on one thread, 0.71-0.94 ms of
-    wall and 0.93-1.37 ms of CPU with the pool; 340x256: 0.17 vs 0.26 ms). Older PyAV converts
+    a pool of one thread per core for every frame and ends it after: threads created and
+    joined for every frame of every camera, each woken on the cores the model is running on,
+    for no gain (no faster in wall time, more CPU). Older PyAV converts
     in the calling thread and has no such option (tests/test_live_source.py counts the threads).
     """
     import av

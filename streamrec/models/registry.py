@@ -180,7 +180,7 @@ def build_loaded(name: str, state: dict[str, torch.Tensor], *, num_classes: int,
 
     The module is built on the ``meta`` device (shapes only, no random init) and takes the
     loaded tensors themselves (``assign=True``), so loading needs the memory of one set of
-    weights, not two (r2plus1d_18: 123 MB less at the peak). Floating tensors are cast to
+    weights, not two. Floating tensors are cast to
     the module's dtype, as a copying ``load_state_dict`` would. A model with tensors that
     are not in its state_dict (non-persistent buffers) is built normally and copied into.
 

@@ -76,5 +76,5 @@ def load_recognizer(
     """Load ``model`` (default r2plus1d_18) with ``weights`` (DEFAULT, none or a path).
 
     A model's first CPU start is loaded by a child process (see :func:`streamrec.runtime.prepared.load`),
-    so that the notebook's kernel never imports torchvision (+163 MB) unless it did already."""
+    so that the notebook's kernel never imports torchvision (and holds its memory) unless it did already."""
     return Recognizer(prepared.load(model, str(weights), device=device, child=True), device=device, backend=backend)

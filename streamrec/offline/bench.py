@@ -66,7 +66,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 def matmul_peak(device: torch.device) -> float:
     """GFLOP/s of a large matmul: fp16 ``torch.mm`` on GPU; on CPU fp32, the best of ``torch.mm``
-    and NumPy's BLAS (on AMD CPUs torch's BLAS can trail OpenBLAS by 15 %; the peak is the
+    and NumPy's BLAS (on AMD CPUs torch's BLAS can trail OpenBLAS; the peak is the
     machine's, not one library's)."""
     cuda = device.type == "cuda"
     n = 8192 if cuda else 4096

@@ -4,8 +4,8 @@
 (through the live sampling and preprocessing), then compares it with fp32 on windows it was
 not calibrated on: how often the top-1 labels are the same, and the largest softmax score
 difference. It keeps the model only when they agree on at least ``min_agreement`` of those
-windows and no score moved by more than ``max_score_diff``; ``--backend openvino-int8`` then serves it (r2plus1d_18 on this 2-core CPU: about
-100 ms per window against 380 ms for OpenVINO fp32, see the README).
+windows and no score moved by more than ``max_score_diff``; ``--backend openvino-int8`` then serves it, faster than
+OpenVINO fp32 (see docs/performance.md).
 
 The model is kept in the OpenVINO cache folder next to the fp32 ones, keyed by the weights'
 digest like them (:func:`streamrec.runtime.openvino.int8_path`), with the report as a JSON file

@@ -236,9 +236,9 @@ class Classifier:
     def _cpu_eager(self, module: torch.nn.Module, *, keep: bool = True) -> torch.nn.Module:
         """Eager PyTorch on CPU, rewritten exactly where the model allows (:mod:`streamrec.runtime.graphs`):
         batch norms folded, factorized ``(1,k,k)``/``(k,1,1)`` 3-D convolutions as 2-D ones, channels-last.
-        oneDNN runs these faster (r2plus1d_18 here: 441 vs 648 ms per window on 2 threads, 834 vs
-        1379 ms on one), and with no batch-norm outputs and no layout reorders a forward pass needs
-        less memory. ``keep``: the classifier adopts the rewritten model (see :meth:`_adopt`)."""
+        oneDNN runs these faster (docs/performance.md), and with no batch-norm outputs and no layout
+        reorders a forward pass needs less memory. ``keep``: the classifier adopts the rewritten model
+        (see :meth:`_adopt`)."""
         from streamrec.runtime.graphs import channels_last, factorize
 
         flat = factorize(module, inplace=keep)  # keep: the loaded model is consumed, not copied

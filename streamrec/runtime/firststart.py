@@ -3,13 +3,13 @@
 The first CPU load of a model and weights file imports torchvision to build the module, and
 saves the loaded module to the prepared-model cache (:mod:`streamrec.runtime.prepared`); later starts
 read that cache without torchvision. In the process that did the first load, torchvision
-stays imported: +163 MB of RSS under everything that follows (the Python objects of its
-1,000 modules and its libraries cannot be unloaded). So the command line (``classify``, with
+stays imported: its memory is held under everything that follows (the Python objects of its
+modules and its libraries cannot be unloaded). So the command line (``classify``, with
 its 1 GB budget for a 10-minute 1080p file, and ``serve``, which runs for days) has a first
 load done by a child process, started before the command imports torch itself
 (:func:`prepare`), and then reads the cache like any later start. The two processes together
-hold less than the one did (r2plus1d_18, classify on 1080p: 885 MiB summed over both at the
-peak, against ~1,020 MiB in one process; the parent holds ~36 MiB while the child runs).
+hold less at the peak than the one did (docs/performance.md, "Classifying a file"): the
+parent holds little while the child runs.
 
 This module needs only the standard library, so that the command line can decide before it
 imports torch. It computes the cache entry's key the way :mod:`streamrec.runtime.prepared` does (the

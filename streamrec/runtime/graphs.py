@@ -6,13 +6,13 @@ All three start from a ``torch.fx`` graph with the batch norms folded into the c
 - :func:`factorize`: R(2+1)D's and S3D's spatial ``(1, kh, kw)`` and temporal ``(kt, 1, 1)``
   3-D convolutions as 2-D ones (a ``Conv2d`` over ``N * T`` frames; a ``Conv2d`` with kernel
   ``(kt, 1)`` over a ``(T, H * W)`` plane). In ``channels_last_3d`` memory both reshapes are
-  free views. oneDNN runs these faster on CPU (r2plus1d_18: 441 vs 648 ms per window on two
-  cores); on an H100 cuDNN's 2-D kernels gained nothing.
+  free views. oneDNN runs these faster on CPU (docs/performance.md); on an H100 cuDNN's 2-D
+  kernels gained nothing.
 - :func:`pad_channels`: R(2+1)D's odd channel counts padded with zero filters to multiples
   of 8, the tensor cores' unit (GPU).
 - :func:`fuse_relu`: each convolution with its ReLU, and a residual block's last one with
-  its shortcut add, as one cuDNN call (GPU): on an H100, r2plus1d_18 at batch 32 went from
-  16.3 to 7.6 ms per batch with both (46 % of the fp16 matmul peak).
+  its shortcut add, as one cuDNN call (GPU): one kernel instead of two or three; with
+  :func:`pad_channels`, the fastest on an H100 (docs/performance.md).
 
 Example:
     >>> import torch

@@ -40,7 +40,7 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-# converted models kept on disk (r2plus1d_18: 120 MB each); the least recently used go first
+# converted models kept on disk (their size: docs/performance.md); the least recently used go first
 OPENVINO_KEEP = 4
 _TELEMETRY_LOCK = threading.Lock()
 
@@ -197,7 +197,7 @@ def bf16_refusal(capabilities: Iterable[str]) -> str | None:
 def compile_model(ov, model, threads: int | None, precision: str = "f32", *, partitioner: str = "AUTO") -> OpenVINOModule:
     """Compile for the CPU at ``precision``: "f32" (without the hint OpenVINO may run bf16 on
     CPUs that have it), or "bf16" (convolutions and matmuls on bfloat16 inputs, accumulated in
-    fp32: r2plus1d_18 here 2x faster, logits within about 3e-3 of f32). ``partitioner`` "STATIC"
+    fp32: faster, logits a little different from f32; docs/performance.md). ``partitioner`` "STATIC"
     (OpenVINO's default) is only for comparing with it."""
     core = ov.Core()
     if precision == "bf16" and (why := bf16_refusal(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))):
@@ -208,7 +208,7 @@ def compile_model(ov, model, threads: int | None, precision: str = "f32", *, par
     if "TBB_PARTITIONER" in core.get_property("CPU", "SUPPORTED_PROPERTIES"):  # newer OpenVINO releases
         # Each layer's work in chunks that a thread whose vCPU runs faster takes more of, instead of
         # a fixed half per thread that waits for the slower one: same results, no cost on a steady
-        # host; with one of two vCPUs at 0.7x speed r2plus1d_18 took 442 ms, not 527 (README).
+        # host, and a shorter window when one vCPU slows (docs/performance.md, "One slowed vCPU").
         config["TBB_PARTITIONER"] = partitioner
     compiled = core.compile_model(model, "CPU", config)
     got = str(compiled.get_property("INFERENCE_PRECISION_HINT"))

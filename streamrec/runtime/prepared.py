@@ -1,8 +1,8 @@
 """Loaded models cached as ``torch.fx`` graphs, so that a later start needs no torchvision.
 
 torchvision's video models are plain convolution graphs once traced, but importing
-torchvision to build them costs 167 MB of RSS and two seconds here (its ``ops`` import
-``torch._dynamo`` and sympy). The first :func:`load` of a model and weights traces the
+torchvision to build them costs memory and start-up time (its ``ops`` import ``torch._dynamo``
+and sympy; see docs/performance.md). The first :func:`load` of a model and weights traces the
 loaded module with ``torch.fx`` (its leaf modules are ``torch.nn`` ones: ``Conv3d``,
 ``BatchNorm3d``, ...; the model's own classes disappear into the graph), checks that the
 graph computes exactly what the module does, and saves it with the class names and
@@ -148,7 +148,7 @@ def _save_graph(entry: Path, loaded: LoadedModel, source: Path) -> bool:
 def _same_outputs(graph: torch.nn.Module, module: torch.nn.Module, spec: ModelSpec) -> bool:
     """The traced graph gives bit-identical logits to the module. Shapes stay symbolic while
     ``torch.fx`` traces, so most graphs run at any input size and a small input checks the same
-    computation at a sixteenth of the memory (r2plus1d_18: ~150 MB less); a graph that holds
+    computation at a sixteenth of the memory; a graph that holds
     fixed sizes (MViT's token grid, S3D's 7x7 pooling) fails there and is checked at full size.
     ``graph.forward`` is called directly: ``GraphModule.__call__`` prints a traceback for an
     exception, and the small size's is expected."""
@@ -193,6 +193,6 @@ if __name__ == "__main__":
     rc = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    # skip the C-level teardown: torch's libraries page in ~130 MB of code to run their
+    # skip the C-level teardown: torch's libraries page in much of their code to run their
     # destructors, which would be this process's peak (it holds nothing that needs closing)
     os._exit(rc)
