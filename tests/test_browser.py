@@ -204,13 +204,13 @@ PAST = [("arm wrestling", -560, -430, 0.72, 0.90), ("uncertain", -430, -400, 0.3
         ("shaking hands", -400, -310, 0.58, 0.74), ("arm wrestling", -310, -170, 0.81, 0.93),
         ("clapping", -170, -95, 0.64, 0.77), ("stretching arm", -95, -40, 0.55, 0.69)]
 CLOCK = re.compile(r"\d{1,2}:\d{2}")
-DASHBOARD_PNG = ROOT / "docs" / "dashboard.png"
 
 
-def test_a_coach_reads_the_dashboard(demo_clip, page, tmp_path):
+def test_a_coach_reads_the_dashboard(demo_clip, page, artifacts, tmp_path):
     """Plain words first, the engineering figures behind "details"; the 10-minute strip with its
     legend, time axis and a click for a segment's details; a favicon; /healthz's degraded state in a
-    banner. Writes docs/dashboard.png, the README's picture."""
+    banner. Its screenshot goes to artifacts/ (the README's picture, docs/dashboard.png, comes
+    from tests/test_browser_events.py with STREAMREC_DASHBOARD_PNG=1)."""
     db = tmp_path / "history.db"
     store = HistoryStore(str(db))
     now = time.time()
@@ -264,7 +264,7 @@ def test_a_coach_reads_the_dashboard(demo_clip, page, tmp_path):
         assert "shaking hands" in text and len(CLOCK.findall(text)) == 2 and "1 min 30 s" in text, text
         assert "score 58% on average, 74% at best" in text, text
         page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 3", timeout=20_000)
-        page.screenshot(path=str(DASHBOARD_PNG))
+        page.screenshot(path=str(artifacts / "dashboard-coach.png"))
 
         # "details": the engineering figures, each explained
         page.click("[data-testid=details-toggle]")
