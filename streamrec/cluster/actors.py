@@ -103,6 +103,6 @@ def node_id() -> str:
     try:
         import ray
 
-        return ray.get_runtime_context().getnode_id()
+        return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001
         return "local"
