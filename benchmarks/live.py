@@ -64,7 +64,7 @@ async def client(port: int, seconds: float, out: list) -> None:
                     out.append(m)
 
 
-def _runqueue_wait_ns() -> dict[str, int]:
+def runqueue_wait_ns() -> dict[str, int]:
     """Per thread of this process, nanoseconds it has waited on a run queue (``/proc`` schedstat)."""
     waits = {}
     for task in Path("/proc/self/task").iterdir():
@@ -75,8 +75,8 @@ def _runqueue_wait_ns() -> dict[str, int]:
     return waits
 
 
-def _waited_ms(before: dict[str, int], after: dict[str, int]) -> float:
-    """Run-queue wait between two :func:`_runqueue_wait_ns` readings, of the threads alive at the
+def waited_ms(before: dict[str, int], after: dict[str, int]) -> float:
+    """Run-queue wait between two :func:`runqueue_wait_ns` readings, of the threads alive at the
     second (a thread started in between counts from zero; one that ended is not seen)."""
     return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e6
 
@@ -105,12 +105,12 @@ class CpuAccounting:
         return getattr(self._classifier, name)
 
     def probs(self, batch):
-        w0, s0, r0 = _runqueue_wait_ns(), _steal_ms(), resource.getrusage(resource.RUSAGE_SELF)
+        w0, s0, r0 = runqueue_wait_ns(), _steal_ms(), resource.getrusage(resource.RUSAGE_SELF)
         c0, t0 = time.process_time(), time.perf_counter()
         out = self._classifier.probs(batch)
         t1, c1 = time.perf_counter(), time.process_time()
-        w1, s1, r1 = _runqueue_wait_ns(), _steal_ms(), resource.getrusage(resource.RUSAGE_SELF)
-        self.rows.append(((t1 - t0) * 1e3, (c1 - c0) * 1e3, _waited_ms(w0, w1), s1 - s0,
+        w1, s1, r1 = runqueue_wait_ns(), _steal_ms(), resource.getrusage(resource.RUSAGE_SELF)
+        self.rows.append(((t1 - t0) * 1e3, (c1 - c0) * 1e3, waited_ms(w0, w1), s1 - s0,
                           r1.ru_minflt - r0.ru_minflt, r1.ru_majflt - r0.ru_majflt))
         return out
 

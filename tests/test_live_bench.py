@@ -79,5 +79,5 @@ def test_accounting_tells_cpu_time_from_waiting(live):
 def test_run_queue_wait_counts_only_threads_alive_at_the_second_reading(live):
     before = {"10": 5_000_000, "11": 9_000_000, "12": 1_000_000}   # thread 12 ends in between
     after = {"10": 7_000_000, "11": 9_500_000, "13": 250_000}       # thread 13 starts in between
-    assert live._waited_ms(before, after) == 2.75
-    assert str(threading.get_native_id()) in live._runqueue_wait_ns()  # this thread is one of them
+    assert live.waited_ms(before, after) == 2.75
+    assert str(threading.get_native_id()) in live.runqueue_wait_ns()  # this thread is one of them

@@ -62,12 +62,12 @@ def test_small_files_decode_in_one_thread_and_large_files_keep_frame_threads(htt
     _, small = http_stream
     with PyAVSource(SourceSpec.parse(str(small))) as src:
         held = held_back(src)
-        threads = src._stream.codec_context.thread_count
+        threads = src.decoder_threads[0]
     assert (len(held), set(held), threads) == (60, {0}, 1)
     large = write_video(tmp_path / "large.ts", seconds=1.0, fps=30, size=(1280, 720))
     with PyAVSource(SourceSpec.parse(str(large))) as src:
         held = held_back(src)
-        kind = src._stream.thread_type
+        kind = src.decoder_threads[1]
     assert len(held) == 30
     assert str(kind).endswith("AUTO") and max(held) >= 1
 

@@ -53,7 +53,7 @@ def test_a_trace_waits_for_calls_in_progress_and_new_calls_wait_for_it():
         t = threading.Thread(target=tracer)
         t.start()
         trace_waiting.wait(5)
-        while not g._waiting:  # the trace is queued behind this call
+        while not g.waiting:  # the trace is queued behind this call
             pass
 
         def late_call():

@@ -198,6 +198,10 @@ class PyAVSource(Source):
         self.size = (self._stream.codec_context.width, self._stream.codec_context.height)
         self._closed = False
 
+    @property
+    def decoder_threads(self) -> tuple[int, str]:
+        """The decoder's thread count and threading kind (``"NONE"``, ``"SLICE"``, ``"FRAME"``, ``"AUTO"``)."""
+        return self._stream.codec_context.thread_count, str(self._stream.thread_type)
     def frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
         import av
 

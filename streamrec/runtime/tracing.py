@@ -29,6 +29,11 @@ class CallTraceGuard:
         self._tracing = False
         self._waiting = 0  # traces waiting: new calls hold back for them
 
+    @property
+    def waiting(self) -> int:
+        """How many traces wait for the calls in flight (new calls hold back for them)."""
+        return self._waiting
+
     @contextmanager
     def call(self) -> Iterator[None]:
         with self._cond:
