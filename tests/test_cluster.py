@@ -391,7 +391,7 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, demo_clip, tm
                 return got, {"removed": removed, "later": later, "court": court}
 
         got, rest = asyncio.run(until_gate_labelled_then_removed())
-        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{app.server.port}/healthz", timeout=10).read())
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{app.server.port}/healthz?token=s3cret", timeout=10).read())
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{app.server.port}/metrics?token=s3cret", timeout=10).read().decode()
         listing = _api("GET", base, "s3cret")
         assert _api("DELETE", f"{base}/gate", "s3cret") == (404, {"error": "no camera 'gate'"})
