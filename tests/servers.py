@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import paho.mqtt.client as paho
+import pytest
 
 from conftest import free_port, wait_until
 
@@ -124,3 +125,22 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver for one test (import the fixture into the test module)."""
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """mosquitto on a free port for one test (import the fixture into the test module)."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto): these tests run a real broker")
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_port, motion_frames, sigterm, streamrec_cmd, wait_http, wait_until, write_frames
-from servers import MOSQUITTO, Broker, Receiver, Subscriber
+from servers import Subscriber, broker, receiver  # noqa: F401 - the fixtures
 
 pytestmark = pytest.mark.timeout(900)
 SECRET = "hook-secret"
@@ -55,23 +55,6 @@ dir = "{clips}"
 pre_seconds = 2
 post_seconds = 2
 """
-
-
-@pytest.fixture
-def broker(tmp_path):
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto): these tests run a real broker")
-    b = Broker(tmp_path)
-    b.start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def switching_clip(path):

@@ -21,30 +21,13 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, free_port, wait_until
-from servers import MOSQUITTO, Broker, Receiver, Subscriber
+from servers import MOSQUITTO, Broker, Receiver, Subscriber, broker, receiver  # noqa: F401 - fixtures
 from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig
 from streamrec.events.notify import Notifier
 from streamrec.events.store import Event, EventStore
 from streamrec.supervision import Supervisor
 
 SECRET = "s3cret-key"
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def broker(tmp_path):
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto): these tests run a real broker")
-    b = Broker(tmp_path)
-    b.start()
-    yield b
-    b.stop()
 
 
 @pytest.fixture

@@ -4,9 +4,8 @@ decode and no encode; a killed writer, a full disk, retention and the ring's byt
 
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -157,6 +156,24 @@ def test_a_clip_stops_at_max_seconds_and_when_the_source_reconnects(clip12, tmp_
     assert rec.begin("later", "cam", T0 + 20) is None  # closed
 
 
+
+def record_one(tmp_path: Path, src: Path, *, begin: float, end: float, until: float) -> str:
+    """Play ``src`` into camera "cam"'s ring on a virtual clock, record one event from ``begin`` to
+    ``end`` (seconds into the file), play on to ``until``; the clip's path relative to the folder."""
+    now = [T0]
+    done: list[tuple] = []
+    rec = Recorder(recording(tmp_path), supervisor=Supervisor(), clock=lambda: now[0], on_done=lambda *a: done.append(a))
+    play = Player(src, rec.ring("cam"), now)
+    play.until(begin)
+    rec.begin("e", "cam", T0 + begin)
+    play.until(end)
+    rec.end("e", T0 + end)
+    play.until(until)
+    rec.close()
+    play.source.close()
+    [(_, rel, _)] = done
+    return rel
+
 def test_an_annex_b_stream_as_cameras_send_it_is_remuxed_too(clip12, tmp_path):
     """MPEG-TS (as an HTTP camera, and RTSP's H.264 in-band parameter sets): Annex B packets."""
     ts = tmp_path / "cam.ts"
@@ -166,18 +183,7 @@ def test_an_annex_b_stream_as_cameras_send_it_is_remuxed_too(clip12, tmp_path):
             if p.dts is not None:
                 p.stream = s
                 o.mux(p)
-    now = [T0]
-    done: list[tuple] = []
-    rec = Recorder(recording(tmp_path), supervisor=Supervisor(), clock=lambda: now[0], on_done=lambda *a: done.append(a))
-    play = Player(ts, rec.ring("cam"), now)
-    play.until(4.5)
-    rec.begin("e", "cam", T0 + 4.5)  # from the keyframe at 2.0
-    play.until(5.0)
-    rec.end("e", T0 + 5.0)
-    play.until(7.0)
-    rec.close()
-    play.source.close()
-    [(_, rel, _)] = done
+    rel = record_one(tmp_path, ts, begin=4.5, end=5.0, until=7.0)  # from the keyframe at 2.0
     name, width, height, extradata = codec_of(tmp_path / "events" / rel)
     assert (name, width, height) == codec_of(clip12)[:3] and extradata  # avcC made from the in-band SPS/PPS
     assert frames_of(tmp_path / "events" / rel) == 4 * FPS
@@ -187,18 +193,7 @@ def test_b_frames_keep_their_order(tmp_path):
     src = h264(tmp_path / "cam.mp4", 6.0, bframes=2)
     with av.open(str(src)) as c:
         assert any(p.pts != p.dts for p in c.demux(video=0) if p.size)  # frames reordered: B-frames
-    now = [T0]
-    done: list[tuple] = []
-    rec = Recorder(recording(tmp_path), supervisor=Supervisor(), clock=lambda: now[0], on_done=lambda *a: done.append(a))
-    play = Player(src, rec.ring("cam"), now)
-    play.until(3.5)
-    rec.begin("e", "cam", T0 + 3.5)  # from the keyframe at 1.0
-    play.until(4.0)
-    rec.end("e", T0 + 4.0)
-    play.until(6.0)
-    rec.close()
-    play.source.close()
-    [(_, rel, _)] = done
+    rel = record_one(tmp_path, src, begin=3.5, end=4.0, until=6.0)  # from the keyframe at 1.0
     with av.open(str(src)) as c:
         want = [f.to_ndarray(format="gray")[80, ::16] for f in c.decode(video=0)][FPS:]
     with av.open(str(tmp_path / "events" / rel)) as c:
