@@ -149,6 +149,8 @@ def test_an_event_reaches_the_page_the_api_the_database_and_the_events_command(t
             samples = {s.name: s.value for fam in text_string_to_metric_families(r.read().decode())
                        for s in fam.samples if not s.labels}
         assert (samples["streamrec_events_open"], samples["streamrec_notifications_pending"]) == (1, 0)
+        health = get_json(f"{base}/healthz")
+        assert (health["events"]["rules"], health["events"]["open"]) == (["bees"], 1)
     finally:
         assert sigterm(proc) == 0
     out = run_cli("events", "--db", str(db), "--format", "json")

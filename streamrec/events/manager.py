@@ -170,7 +170,8 @@ class EventManager:
         return True
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"open": sum(1 for t in self.engine.tracks.values() if t.open is not None),
+        out: dict[str, Any] = {"rules": [r.name for r in self.rules],
+                               "open": sum(1 for t in self.engine.tracks.values() if t.open is not None),
                                "errors": self.errors, "outbox": self.store.outbox_stats()}
         if self.recorder is not None:
             out["recording"] = self.recorder.stats()
