@@ -62,7 +62,6 @@ class FrameRing:
         self._used = np.zeros(capacity, bool)  # slot was part of a returned window
         self._seq = 0  # frames written so far; the newest is _seq - 1
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
         self.dropped = 0  # frames overwritten before any window used them
 
     @property
@@ -81,7 +80,7 @@ class FrameRing:
 
     def write(self, frame: np.ndarray, ts: float) -> int:
         """Store ``frame`` captured at ``ts``; returns its sequence number. Never blocks on readers."""
-        with self._cond:
+        with self._lock:
             if self._seq > 0 and ts < self._ts[(self._seq - 1) % self.capacity]:
                 raise ValueError(f"ts: expected non-decreasing timestamps, got {ts} after {self._ts[(self._seq - 1) % self.capacity]}")
             slot = self._seq % self.capacity
@@ -92,23 +91,15 @@ class FrameRing:
             self._used[slot] = False
             seq = self._seq
             self._seq += 1
-            self._cond.notify_all()
             return seq
 
     def clear(self) -> None:
         """Forget every frame (after a reconnect: old frames must not join new ones)."""
-        with self._cond:
+        with self._lock:
             self._ts[:] = -np.inf
             self._used[:] = True  # empty slots are not frames: overwriting them is no drop
             self._seq += self.capacity  # keeps sequence numbers rising; slots now read as empty
             # the jump is not a drop: slots holding -inf are skipped by sampling
-            self._cond.notify_all()
-
-    def wait_newer(self, seq: int, timeout: float) -> int:
-        """Wait until a frame newer than ``seq`` exists (or ``timeout``); return the newest seq."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._seq - 1 > seq, timeout=timeout)
-            return self._seq - 1
 
     def newest_window(
         self, frames: int, fps: float, *, end_ts: float | None = None, pad: bool = False, after: int = -1
