@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.config import CameraConfig, SmoothingConfig
 from streamrec.live.camera import Camera
-from streamrec.models.exported import EXPORT_META
+from streamrec.models.exported import EXPORT_META, torchscript_quiet
 from streamrec.models.registry import build_model, load_model, make_checkpoint, model_spec
 from streamrec.runtime.classifier import Classifier
 from streamrec.serve.worker import InferenceWorker
@@ -114,9 +114,10 @@ def mismatched_export(tmp_path) -> str:
     module = build_model("tiny3d", num_classes=3).eval()
     spec = model_spec("tiny3d")
     meta = json.dumps({"model": "tiny3d", "classes": ["a", "b"], "preprocess": spec.to_dict()})
-    traced = torch.jit.trace(module, torch.zeros(1, 3, spec.frames, *spec.crop), check_trace=False)
     path = tmp_path / "bad.pt"
-    torch.jit.save(traced, str(path), _extra_files={EXPORT_META: meta})
+    with torchscript_quiet():  # TorchScript on purpose: the export format streamrec reads
+        traced = torch.jit.trace(module, torch.zeros(1, 3, spec.frames, *spec.crop), check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={EXPORT_META: meta})
     return str(path)
 
 
