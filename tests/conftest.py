@@ -370,3 +370,20 @@ def directions_model(tmp_path_factory):
                    "--lr", "3e-3", "--no-flip", "--patience", "12", "--seed", "0", "--out", str(out), timeout=900)
     assert proc.returncode == 0, proc.stderr
     return data, out, proc
+
+
+def json_request(method: str, url: str, token: str | None = None, body: bytes | None = None,
+                 timeout: float = 120) -> tuple[int, object]:
+    """``method url`` (with the token as a Bearer header when given): the status and the JSON body,
+    error statuses included."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, method=method, data=body,
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

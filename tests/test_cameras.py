@@ -10,13 +10,11 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 
 from streamrec.live.history import HistoryStore, SegmentTracker
 
-from conftest import ROOT, free_port, run_cli, streamrec_cmd, wait_http
+from conftest import ROOT, free_port, run_cli, streamrec_cmd, wait_http, json_request
 
 def write_config(path, clips, names, **extra) -> str:
     lines = [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
@@ -53,16 +51,6 @@ async def predictions_by_camera(port: int, want: set[str], timeout: float = 60, 
     return got
 
 
-def request(method: str, url: str, token: str | None = None, body: bytes | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, method=method, data=body,
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, tmp_path):
     port, db, token = free_port(), tmp_path / "h.db", "t0k"
     cfg = write_config(tmp_path / "gym.toml", [demo_clip] * 3, ["court-1", "court-2", "warmup"],
@@ -82,18 +70,18 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, t
         # add a camera at run time, without touching the others
         before = {c: h["predictions"] for c, h in health["cameras"].items()}
         q = f"name=late&source={demo_clip}&loop=true"
-        assert request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}")[0] == 401  # no token
-        status, body = request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)
+        assert json_request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}")[0] == 401  # no token
+        status, body = json_request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)
         assert (status, body) == (201, {"added": "late"})
-        assert request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)[0] == 400  # same name again
+        assert json_request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)[0] == 400  # same name again
         bad = f"name=bad&source={demo_clip}"  # values of the wrong type: refused, nothing added
-        assert request("POST", f"http://127.0.0.1:{port}/api/cameras?{bad}&loop=maybe", token) == (
+        assert json_request("POST", f"http://127.0.0.1:{port}/api/cameras?{bad}&loop=maybe", token) == (
             400, {"error": "loop: expected true or false (1/0, yes/no, on/off), got 'maybe'"})
-        assert request("POST", f"http://127.0.0.1:{port}/api/cameras?{bad}&open_timeout=abc", token) == (
+        assert json_request("POST", f"http://127.0.0.1:{port}/api/cameras?{bad}&open_timeout=abc", token) == (
             400, {"error": "open_timeout: expected a number, got 'abc'"})
-        assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras", token) == (
+        assert json_request("DELETE", f"http://127.0.0.1:{port}/api/cameras", token) == (
             400, {"error": "DELETE /api/cameras/NAME: expected a camera name in the path"})
-        assert request("POST", f"http://127.0.0.1:{port}/api/cameras", token, body=b'{"name": "bad"}') == (
+        assert json_request("POST", f"http://127.0.0.1:{port}/api/cameras", token, body=b'{"name": "bad"}') == (
             400, {"error": "request bodies are not accepted: put the parameters in the query string, "
                            "e.g. POST /api/cameras?name=gate&source=rtsp://..."})  # not a connection closed unanswered
         asyncio.run(predictions_by_camera(port, {"late"}, token=token))
@@ -101,15 +89,15 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, t
         assert all(health["cameras"][c]["predictions"] > before[c] for c in before)
         assert health["cameras"]["court-1"]["reconnects"] == 0
 
-        assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras/court-2", token) == (200, {"removed": "court-2"})
-        assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras/court-2", token)[0] == 404
+        assert json_request("DELETE", f"http://127.0.0.1:{port}/api/cameras/court-2", token) == (200, {"removed": "court-2"})
+        assert json_request("DELETE", f"http://127.0.0.1:{port}/api/cameras/court-2", token)[0] == 404
         health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz?token={token}"))
         assert set(health["cameras"]) == {"court-1", "warmup", "late"}
         assert not [t for t in ("capture-court-2",) if t in health.get("threads", [])]
         metrics = wait_http(f"http://127.0.0.1:{port}/metrics?token={token}").decode()
         assert 'camera="court-2"' not in metrics and 'streamrec_predictions_total{camera="court-1"}' in metrics
 
-        status, hist = request("GET", f"http://127.0.0.1:{port}/api/history?camera=court-2", token)
+        status, hist = json_request("GET", f"http://127.0.0.1:{port}/api/history?camera=court-2", token)
         assert status == 200 and len(hist["segments"]) >= 1  # removing a camera closes its segment
     finally:
         err = stop(proc)
@@ -184,7 +172,7 @@ def test_adding_a_camera_with_a_new_model_does_not_stop_the_server(demo_clip, tm
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
         q = f"name=big&source={demo_clip}&loop=true&model=mc3_18"
         reply: list = []
-        post = threading.Thread(target=lambda: reply.append(request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)))
+        post = threading.Thread(target=lambda: reply.append(json_request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token)))
         post.start()
         seen_adding = False
         while post.is_alive():  # the server answers while it opens the source and loads mc3_18
@@ -196,14 +184,14 @@ def test_adding_a_camera_with_a_new_model_does_not_stop_the_server(demo_clip, tm
         assert seen_adding, "no health reply came while the camera was being added"
         health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz?token={token}"))
         assert health["adding"] == [] and health["cameras"]["big"]["model"] == "mc3_18"
-        assert request("DELETE", f"http://127.0.0.1:{port}/api/cameras/big", token) == (200, {"removed": "big"})
+        assert json_request("DELETE", f"http://127.0.0.1:{port}/api/cameras/big", token) == (200, {"removed": "big"})
 
         # SIGTERM while a camera is being added: a clean exit, without waiting for the model load
         q = f"name=big2&source={demo_clip}&loop=true&model=r2plus1d_18"
 
         def post_cut_short():
             try:
-                reply.append(request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token))
+                reply.append(json_request("POST", f"http://127.0.0.1:{port}/api/cameras?{q}", token))
             except OSError as exc:  # the server went away mid-request: what this part expects
                 reply.append(type(exc).__name__)
 

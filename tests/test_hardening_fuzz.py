@@ -9,8 +9,6 @@ import math
 import os
 import subprocess
 import tomllib
-import urllib.error
-import urllib.request
 from urllib.parse import quote, urlencode
 
 import pytest
@@ -19,7 +17,7 @@ from hypothesis import HealthCheck, event, example, given, settings, strategies 
 from streamrec.config import CameraConfig, ServeConfig, SmoothingConfig
 from streamrec.errors import StreamrecError
 
-from conftest import ROOT, free_port, sigterm, streamrec_cmd, wait_http, write_video
+from conftest import ROOT, free_port, sigterm, streamrec_cmd, wait_http, write_video, json_request
 
 TOKEN = "fuzz-token"
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -113,12 +111,7 @@ def server(tmp_path_factory):
 
 
 def call(method: str, url: str) -> tuple[int, object]:
-    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {TOKEN}"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return json_request(method, url, TOKEN)
 
 
 camera_values = st.one_of(st.text(max_size=12), st.sampled_from(

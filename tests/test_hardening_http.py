@@ -19,11 +19,8 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -31,7 +28,7 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, free_port, sigterm, streamrec_cmd, wait_http, write_frames, write_video
+from conftest import ROOT, free_port, sigterm, streamrec_cmd, wait_http, write_frames, write_video, json_request
 
 TOKEN = "s3cret-token"
 WS_HEAD = ["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
@@ -123,12 +120,7 @@ def test_repeated_host_or_origin_is_a_400(admin_server, path):
 
 
 def api(method: str, url: str) -> tuple[int, dict]:
-    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {TOKEN}"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return json_request(method, url, TOKEN)
 
 
 def test_a_non_ascii_camera_is_added_and_deleted(admin_server, clip):
