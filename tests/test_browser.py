@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -16,16 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
+from browser import MARKS, chromium_page
 from conftest import ROOT, free_port, streamrec_cmd, wait_http
 from streamrec.live.history import HistoryStore, Segment
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed; .ci/run installs it"),
-]
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-        "--no-first-run", "--disable-component-update", "--disable-sync"]
+pytestmark = MARKS
 
 
 def serve(clip, port: int, db) -> subprocess.Popen:
@@ -47,13 +41,8 @@ def stop(proc: subprocess.Popen) -> int:
 
 @pytest.fixture
 def page():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1000, "height": 760})
-        finally:
-            browser.close()
+    with chromium_page(1000, 760) as page:
+        yield page
 
 
 SAMPLE_VIDEO = """ms => new Promise(done => {

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -20,18 +19,13 @@ import cv2
 import pytest
 import torch
 
+from browser import MARKS, chromium_page
 from conftest import ROOT, free_port, streamrec_cmd, wait_http, wait_until
 from streamrec.events.store import Event, EventStore
 from streamrec.live.history import HistoryStore, Segment
 from streamrec.models.registry import build_model, make_checkpoint, model_spec
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed; .ci/run installs it"),
-]
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-        "--no-first-run", "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
+pytestmark = MARKS
 DASHBOARD_PNG = ROOT / "docs" / "dashboard.png"
 
 
@@ -110,13 +104,8 @@ def seed(db, clips, demo_clip, now: float, midnight: float) -> tuple[dict[str, f
 
 @pytest.fixture
 def page():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1280, "height": 900})
-        finally:
-            browser.close()
+    with chromium_page(1280, 900, args=("--autoplay-policy=no-user-gesture-required",)) as page:
+        yield page
 
 
 TOKEN = "s3cret"  # every request of the page carries it: the list, the clips, the thumbnails, the history

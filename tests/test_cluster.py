@@ -29,7 +29,7 @@ from streamrec.models.kinetics import sport_classes
 from streamrec.live.messages import MEANINGLESS, validate_prediction
 from streamrec.models.registry import build_model, kinetics_classes, make_checkpoint, model_spec
 
-from conftest import ROOT, streamrec_cmd
+from conftest import ROOT, streamrec_cmd, json_request
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -269,11 +269,10 @@ def test_a_lost_camera_actor_reads_unreachable_while_the_others_go_on(cluster, d
 @pytest.mark.browser
 def test_cluster_dashboard_in_chromium(cluster, demo_clip, tmp_path, artifacts):
     from streamrec.cluster.app import ClusterApp
-    from test_browser import ARGS, CHROMIUM
+    from browser import CHROMIUM, chromium_page
 
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed; .ci/run installs it")
-    playwright = pytest.importorskip("playwright.sync_api")
     names = [demo_clip] * 3
     cams = [{"name": f"cam{i}", "source": str(n), "loop": True} for i, n in enumerate(names)]
     config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": "none", "device": "cpu",
@@ -281,38 +280,24 @@ def test_cluster_dashboard_in_chromium(cluster, demo_clip, tmp_path, artifacts):
     app = ClusterApp(config, db=str(tmp_path / "history.db"))
     runner = serve_in_thread(app)
     try:
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1000, "height": 760})
-                page.goto(f"http://127.0.0.1:{app.server.port}/")
-                page.wait_for_function("document.querySelectorAll('[data-testid=camera]').length === 3", timeout=60_000)
-                page.wait_for_function("[...document.querySelectorAll('[data-testid=label]')]"
-                                       ".every(l => Number(l.dataset.seq) >= 2)", timeout=60_000)
-                page.wait_for_function("[...document.querySelectorAll('[data-testid=video]')]"
-                                       ".every(i => Number(i.dataset.frames) >= 2)", timeout=30_000)
-                page.wait_for_function("[...document.querySelectorAll('.state')].every(s => s.textContent === 'running')",
-                                       timeout=30_000)
-                models = page.locator(".model").all_inner_texts()
-                backend = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{app.server.port}/healthz",
-                                                            timeout=10).read())["backend"]
-                banner = page.inner_text("[data-testid=banner]")
-                page.screenshot(path=str(artifacts / "cluster-dashboard.png"))
-            finally:
-                browser.close()
+        with chromium_page(1000, 760) as page:
+            page.goto(f"http://127.0.0.1:{app.server.port}/")
+            page.wait_for_function("document.querySelectorAll('[data-testid=camera]').length === 3", timeout=60_000)
+            page.wait_for_function("[...document.querySelectorAll('[data-testid=label]')]"
+                                   ".every(l => Number(l.dataset.seq) >= 2)", timeout=60_000)
+            page.wait_for_function("[...document.querySelectorAll('[data-testid=video]')]"
+                                   ".every(i => Number(i.dataset.frames) >= 2)", timeout=30_000)
+            page.wait_for_function("[...document.querySelectorAll('.state')].every(s => s.textContent === 'running')",
+                                   timeout=30_000)
+            models = page.locator(".model").all_inner_texts()
+            backend = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{app.server.port}/healthz",
+                                                        timeout=10).read())["backend"]
+            banner = page.inner_text("[data-testid=banner]")
+            page.screenshot(path=str(artifacts / "cluster-dashboard.png"))
     finally:
         stop_thread(app, runner)
     assert backend and models == [f"tiny3d (cpu, {backend})"] * 3  # the backend the worker's auto picked
     assert "meaningless" in banner
-
-
-def _api(method: str, url: str, token: str) -> tuple[int, dict]:
-    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 class GoneReader(io.StringIO):
@@ -341,20 +326,20 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, demo_clip, tm
     runner = serve_in_thread(app)
     try:
         base = f"http://127.0.0.1:{app.server.port}/api/cameras"
-        assert _api("POST", f"{base}?name=gate&source={names[1]}&loop=true", "wrong")[0] == 401
-        status, body = _api("POST", f"{base}?name=gate&source={names[1]}&loop=true", "s3cret")
+        assert json_request("POST", f"{base}?name=gate&source={names[1]}&loop=true", "wrong")[0] == 401
+        status, body = json_request("POST", f"{base}?name=gate&source={names[1]}&loop=true", "s3cret")
         assert (status, body) == (201, {"added": "gate"})
-        status, body = _api("POST", f"{base}?name=gate&source={names[1]}", "s3cret")
+        status, body = json_request("POST", f"{base}?name=gate&source={names[1]}", "s3cret")
         assert (status, body) == (400, {"error": "camera 'gate' already exists"})
-        status, body = _api("POST", f"{base}?name=lobby&source={tmp_path / 'nope.mp4'}", "s3cret")
+        status, body = json_request("POST", f"{base}?name=lobby&source={tmp_path / 'nope.mp4'}", "s3cret")
         assert status == 400 and body["error"].startswith("camera lobby: ") and "nope.mp4" in body["error"]
-        status, body = _api("POST", f"{base}?name=lobby&source={names[1]}&weights={tmp_path / 'no.pt'}", "s3cret")
+        status, body = json_request("POST", f"{base}?name=lobby&source={names[1]}&weights={tmp_path / 'no.pt'}", "s3cret")
         assert status == 400 and body["error"].startswith("camera lobby: ") and "no.pt" in body["error"], body
         # a camera with a model of its own: a two-class tiny3d checkpoint, next to the random 400-class one
         ckpt = tmp_path / "two.pt"
         torch.save(make_checkpoint(build_model("tiny3d", num_classes=2), model="tiny3d", classes=["jump", "run"],
                                    spec=model_spec("tiny3d")), ckpt)
-        status, body = _api("POST", f"{base}?name=court&source={names[0]}&loop=true&weights={ckpt}", "s3cret")
+        status, body = json_request("POST", f"{base}?name=court&source={names[0]}&loop=true&weights={ckpt}", "s3cret")
         assert (status, body) == (201, {"added": "court"})
 
         async def until_gate_labelled_then_removed() -> tuple[list, dict]:
@@ -373,7 +358,7 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, demo_clip, tm
                     if d["type"] in ("prediction", "status") and d["camera"] == "court":
                         court[d["type"]] = d
                 loop = asyncio.get_running_loop()
-                removed = await loop.run_in_executor(None, _api, "DELETE", f"{base}/gate", "s3cret")
+                removed = await loop.run_in_executor(None, json_request, "DELETE", f"{base}/gate", "s3cret")
                 while True:  # up to the removal notice
                     m = await asyncio.wait_for(ws.recv(), 30)
                     if isinstance(m, str) and json.loads(m)["type"] == "removed":
@@ -393,8 +378,8 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, demo_clip, tm
         got, rest = asyncio.run(until_gate_labelled_then_removed())
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{app.server.port}/healthz?token=s3cret", timeout=10).read())
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{app.server.port}/metrics?token=s3cret", timeout=10).read().decode()
-        listing = _api("GET", base, "s3cret")
-        assert _api("DELETE", f"{base}/gate", "s3cret") == (404, {"error": "no camera 'gate'"})
+        listing = json_request("GET", base, "s3cret")
+        assert json_request("DELETE", f"{base}/gate", "s3cret") == (404, {"error": "no camera 'gate'"})
     finally:
         stop_thread(app, runner)
     assert got[0]["seq"] < got[1]["seq"]
