@@ -140,7 +140,7 @@ def remux(path: Path, tmp: Path) -> float:
     rec.on_done = done
     now[0] = 1e9  # every packet is in the past: the writer copies them all, then finishes
     rec.begin("bench", "cam", 0.0)
-    rec.end("bench", 1e9)
+    rec.end("bench", "cam", 1e9)
     finished.wait(600)
     rec.close()
     return spent[0] if spent else float("nan")

@@ -29,7 +29,8 @@ from streamrec.models.kinetics import sport_classes
 from streamrec.live.messages import MEANINGLESS, validate_prediction
 from streamrec.models.registry import build_model, kinetics_classes, make_checkpoint, model_spec
 
-from conftest import ROOT, streamrec_cmd, json_request
+from conftest import ROOT, streamrec_cmd, json_request, wait_until
+from servers import receiver  # noqa: F401 - the fixture
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -459,3 +460,117 @@ def test_cluster_command_without_dashboard_runs_for_seconds(cluster, demo_clip, 
         assert {row["camera"] for row in store.query()} == {"cam0", "cam1"}
     finally:
         store.close()
+
+
+def fetched(url: str, headers: dict) -> bytes | None:
+    """The body at ``url``, or ``None`` while it answers 404."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+        return None
+
+
+def test_cluster_events_have_clips_written_on_the_camera_nodes(cluster, tmp_path, directions_model, receiver):
+    """A rule on the driver opens an event; the camera's actor, on a worker node, copies its
+    packets into the clip (no re-encoding) and writes the thumbnail; the driver serves both. A
+    camera removed during its event still gets its event closed, its clip and its thumbnail."""
+    from streamrec.cluster.app import ClusterApp
+    from test_events_live import get, hooks, switching_clip
+
+    _, weights, _ = directions_model
+    video = switching_clip(tmp_path / "switch.mp4")
+    clips = tmp_path / "clips"
+    config = ServeConfig.from_sources({
+        "cameras": [{"name": name, "source": str(video), "loop": True} for name in ("lane", "pool")],
+        "weights": str(weights), "device": "cpu", "port": 0, "db": str(tmp_path / "h.db"), "token": "s3cret",
+        "rules": [{"name": "downward", "labels": ["top_to_bottom"], "min_seconds": 1.0, "end_seconds": 1.0,
+                   "cooldown_seconds": 600, "notify": ["webhook"]}],
+        "notify": {"webhook": {"url": receiver.url}},
+        "recording": {"dir": str(clips), "pre_seconds": 2, "post_seconds": 2}}, {})
+    app = ClusterApp(config, db=str(tmp_path / "h.db"))
+    runner = serve_in_thread(app)
+    base, auth = f"http://127.0.0.1:{app.server.port}", {"Authorization": "Bearer s3cret"}
+
+    def event_of(kind: str, camera: str) -> dict | None:
+        return next((e for r in hooks(receiver, kind) if (e := json.loads(r["body"])["event"])["camera"] == camera), None)
+
+    def row(event_id: str) -> dict:
+        return json.loads(get(f"{base}/api/events/{event_id}", auth)[2])
+
+    try:
+        wait_until(lambda: event_of("event_start", "pool"), "pool's event_start at the webhook", timeout=180)
+        assert json_request("DELETE", f"{base}/api/cameras/pool", "s3cret") == (200, {"removed": "pool"})
+        removed = wait_until(lambda: event_of("event_end", "pool"), "pool's event_end", timeout=30)
+        ev = wait_until(lambda: event_of("event_end", "lane"), "lane's event_end at the webhook", timeout=180)
+        done = {e["id"]: wait_until(lambda: (r := row(e["id"]))["clip_bytes"] and r, f"{e['camera']}'s clip", timeout=60)
+                for e in (ev, removed)}
+        status, headers, part = get(f"{base}/api/events/{ev['id']}/clip.mp4", {"Range": "bytes=0-99", **auth})
+        _, _, clip = get(f"{base}/api/events/{ev['id']}/clip.mp4", auth)
+        thumbs = [wait_until(lambda: fetched(f"{base}/api/events/{e['id']}/thumb.jpg", auth), "a thumbnail", timeout=30)
+                  for e in (ev, removed)]
+        health = json.loads(get(f"{base}/healthz", auth)[2])
+        metrics = {(s.name, s.labels.get("camera")): s.value
+                   for f in text_string_to_metric_families(get(f"{base}/metrics", auth)[2].decode()) for s in f.samples}
+    finally:
+        stop_thread(app, runner)
+    assert not runner.is_alive()
+    assert (ev["label"], ev["state"], removed["state"]) == ("top_to_bottom", "closed", "closed")
+    assert health["cameras"]["lane"]["node"] in health["nodes"]  # captured (and recorded) on a worker node
+    size = done[ev["id"]]["clip_bytes"]
+    assert (status, len(part), headers["Content-Range"]) == (206, 100, f"bytes 0-99/{size}")
+    assert len(clip) == size == (clips / "lane" / f"{ev['id']}.mp4").stat().st_size
+    assert done[removed["id"]]["clip_bytes"] == (clips / "pool" / f"{removed['id']}.mp4").stat().st_size
+    assert metrics[("streamrec_clips_written_total", None)] == 2
+    assert metrics[("streamrec_packet_ring_bytes", "lane")] > 0  # the ring's size on the camera's node
+    assert ("streamrec_packet_ring_bytes", "pool") not in metrics  # a removed camera's ring is gone
+    assert not list(clips.glob(".streamrec-probe-*"))  # the start's shared-folder check cleaned up
+    out = tmp_path / "clip.mp4"
+    out.write_bytes(clip)
+    import av
+
+    with av.open(str(video)) as src, av.open(str(out)) as got:  # remuxed: the source's codec parameters
+        s, o = src.streams.video[0], got.streams.video[0]
+        assert (o.codec_context.name, o.width, o.height) == (s.codec_context.name, s.width, s.height)
+        assert bytes(o.codec_context.extradata or b"") == bytes(s.codec_context.extradata or b"")
+        frames = list(got.decode(video=0))
+    span = frames[-1].time - frames[0].time
+    assert abs(span - (2 + (ev["end_ts"] - ev["start_ts"]) + 2)) <= 1.0, span
+    for thumb in thumbs:
+        assert cv2.imdecode(np.frombuffer(thumb, np.uint8), cv2.IMREAD_COLOR).shape[2] == 3
+
+
+def test_cluster_recording_dir_not_writable_on_a_camera_node_is_a_one_line_error(cluster, tmp_path, demo_clip):
+    from streamrec.cluster.app import ClusterApp
+    from streamrec.errors import StreamrecError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    config = ServeConfig.from_sources({
+        "cameras": [{"name": "gate", "source": str(demo_clip)}], "model": "tiny3d", "weights": "none",
+        "device": "cpu", "port": 0, "db": str(tmp_path / "h.db"),
+        "rules": [{"name": "any", "labels": ["abseiling"]}],
+        "recording": {"dir": str(blocker / "clips")}}, {})
+    with pytest.raises(StreamrecError) as err:
+        ClusterApp(config, db=str(tmp_path / "h.db"), dashboard=False)
+    text = str(err.value)
+    assert text.startswith("camera gate: [recording] dir: expected a folder writable on camera node ")
+    assert f"got {str(blocker / 'clips')!r} (NotADirectoryError" in text and "\n" not in text
+
+
+def test_a_recording_dir_the_driver_does_not_see_is_refused(tmp_path):
+    from streamrec.cluster.clips import check_shared, write_probe
+    from streamrec.errors import StreamrecError
+
+    node_a, node_b = tmp_path / "node-a", tmp_path / "node-b"  # two nodes' local folders at one path
+    write_probe(node_a, "t1", "node-a-id")
+    write_probe(node_b, "t2", "node-b-id")
+    check_shared(node_a, {"cam1": "t1"}, lambda camera: "node-a-id")  # the driver sees node a's file
+    assert not list(node_a.iterdir())  # and removed it
+    with pytest.raises(StreamrecError) as err:
+        check_shared(node_a, {"cam2": "t2"}, {"cam2": "node-b-id"}.get)
+    assert str(err.value) == ("[recording] dir: expected one folder shared by the driver and every camera node (an NFS "
+                              f"or SMB mount at the same path), got {str(node_a)!r} where the files written by camera "
+                              "cam2 (node node-b-id) do not appear")

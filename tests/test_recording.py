@@ -105,13 +105,13 @@ def test_clips_are_remuxed_fragmented_mp4_from_a_keyframe_before_the_event(clip1
     # an event from 1.0 s: 2 s before it is before the file started (clamped to the first keyframe)
     assert rec.begin("early", "rack-1", T0 + 1.0) == "rack-1/early.mp4"
     play.until(2.5)
-    rec.end("early", T0 + 2.0)  # the clip runs to 3.0
+    rec.end("early", "rack-1", T0 + 2.0)  # the clip runs to 3.0
     play.until(6.0)
     # from 5.5: its clip starts at the keyframe at or before 3.5, the one at 3.0
     assert rec.begin("main", "rack-1", T0 + 5.5) == "rack-1/main.mp4"
     assert rec.stats()["clips_active"] == 1
     play.until(8.0)
-    rec.end("main", T0 + 8.5)  # the clip runs to 9.5
+    rec.end("main", "rack-1", T0 + 8.5)  # the clip runs to 9.5
     play.until(12.0)
     rec.close()
     rec.close()  # idempotent
@@ -167,7 +167,7 @@ def record_one(tmp_path: Path, src: Path, *, begin: float, end: float, until: fl
     play.until(begin)
     rec.begin("e", "cam", T0 + begin)
     play.until(end)
-    rec.end("e", T0 + end)
+    rec.end("e", "cam", T0 + end)
     play.until(until)
     rec.close()
     play.source.close()
@@ -220,7 +220,7 @@ def test_a_raw_stream_without_timestamps_is_timed_by_arrival(clip12, tmp_path):
     play.until(3.5)
     rec.begin("e", "cam", T0 + 3.5)  # from the keyframe at 2.0
     play.until(4.0)
-    rec.end("e", T0 + 4.0)
+    rec.end("e", "cam", T0 + 4.0)
     play.until(6.0)
     rec.close()
     play.source.close()
@@ -299,7 +299,7 @@ play = t.Player(t.Path({src!r}), rec.ring("cam"), now)
 play.until(3.0)
 rec.begin("e", "cam", t.T0 + 2.0)
 play.until(6.0)
-rec.end("e", t.T0 + 5.0)
+rec.end("e", "cam", t.T0 + 5.0)
 play.until(12.0)  # the labels (here, the frames) go on
 rec.close()
 print(json.dumps({{"frames": play.index, "stats": rec.stats(), "done": done}}))
@@ -347,7 +347,7 @@ def test_a_real_capture_thread_feeds_the_ring(tmp_path):
     assert rec.begin("e", "cam", start) == "cam/e.mp4"
     time.sleep(0.3)
     end = time.time()
-    rec.end("e", end)
+    rec.end("e", "cam", end)
     cap.join(30)
     stop.set()
     rec.close()
@@ -379,7 +379,7 @@ def test_a_webcam_has_its_frames_encoded_for_clips(tmp_path):
         time.sleep(0.01)
     begun = time.time()
     rel = rec.begin("e", "webcam", begun)
-    rec.end("e", begun)
+    rec.end("e", "webcam", begun)
     time.sleep(1.0)
     stop.set()
     cap.join(10)

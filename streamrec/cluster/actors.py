@@ -10,14 +10,19 @@ from typing import Any
 import numpy as np
 
 from streamrec.config import CameraConfig
+from streamrec.event_config import RecordingConfig
 from streamrec.errors import StreamrecError
 from streamrec.serve.preview import encode_preview
 
 
 class RemoteCapture:
-    """Runs on a camera node: one camera's capture thread and ring (a Ray actor body)."""
+    """Runs on a camera node: one camera's capture thread and ring (a Ray actor body), and with
+    ``recording`` its packet ring and event clips, written into ``recording.dir`` (where it first
+    writes the probe file ``probe``: :func:`~streamrec.cluster.clips.check_shared`)."""
 
-    def __init__(self, cam: dict[str, Any], spec: dict[str, Any]) -> None:
+    def __init__(self, cam: dict[str, Any], spec: dict[str, Any], recording: RecordingConfig | None = None,
+                 probe: str = "") -> None:
+        from streamrec.cluster.clips import CameraClips, write_probe
         from streamrec.live.capture import camera_capture
         from streamrec.models.spec import ModelSpec
         from streamrec.live.sources import SourceSpec, open_source
@@ -26,15 +31,29 @@ class RemoteCapture:
         self.spec = ModelSpec.from_dict(spec)
         self.stop_event = threading.Event()
         self.capture = None
+        self.clips: CameraClips | None = None
         self.error: str | None = None
         try:  # opened here first, as serve does: a missing file, not a video, an unreachable URL fail at once
             first = open_source(SourceSpec.of_camera(self.cfg))
         except StreamrecError as exc:
             self.error = str(exc)
             return
+        if recording is not None:
+            try:
+                write_probe(recording.folder, probe, node_id())
+            except StreamrecError as exc:
+                first.close()
+                self.error = str(exc)
+                return
+            self.clips = CameraClips(recording, self.cfg.name, self.latest_frame)
         self.ring, self.capture = camera_capture(SourceSpec.of_camera(self.cfg), self.spec, stop_event=self.stop_event,
-                                                 name=self.cfg.name, loop=bool(self.cfg.loop), first=first)
+                                                 name=self.cfg.name, loop=bool(self.cfg.loop), first=first,
+                                                 packet_ring=self.clips.ring if self.clips is not None else None)
         self.capture.start()
+
+    def latest_frame(self, camera: str) -> np.ndarray | None:
+        """The camera's newest RGB frame (an event's thumbnail)."""
+        return self.capture.latest_rgb if self.capture is not None else None
 
     def opened(self) -> str | None:
         """``None`` when the source opened and capture runs, else the one-line reason it did not."""
@@ -66,10 +85,29 @@ class RemoteCapture:
             return {"state": "error", "error": self.error, "node": node_id()}
         return {**self.capture.stats(), "node": node_id()}
 
-    def stop(self) -> None:
+    # -- event clips (the driver's ClusterClips calls these) -----------------------------
+    def clip_begin(self, event_id: str, start_ts: float) -> None:
+        if self.clips is not None:
+            self.clips.begin(event_id, start_ts)
+
+    def clip_peak(self, event_id: str) -> None:
+        if self.clips is not None:
+            self.clips.peak(event_id)
+
+    def clip_end(self, event_id: str, end_ts: float) -> None:
+        if self.clips is not None:
+            self.clips.end(event_id, end_ts)
+
+    def clip_reports(self) -> dict[str, Any] | None:
+        """Clips and thumbnails finished since the last call, and the recording's stats."""
+        return self.clips.take() if self.clips is not None else None
+
+    def stop(self) -> dict[str, Any] | None:
+        """Stop capturing and finish the clips being written; their last reports."""
         self.stop_event.set()
         if self.capture is not None:
             self.capture.join(1.5)
+        return self.clips.close() if self.clips is not None else None
 
 
 class RemoteClassifier:

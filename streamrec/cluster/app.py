@@ -21,8 +21,10 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TextIO
 
+from streamrec.cluster.clips import ClusterClips
 from streamrec.cluster.runner import ClusterRunner
 from streamrec.config import CameraConfig, ServeConfig
 from streamrec.errors import StreamrecError
@@ -47,16 +49,19 @@ class ClusterApp(AppCore):
                  dashboard: bool = True) -> None:
         super().__init__(config, HistoryStore(db, retain_days=config.history_days))
         self.lines = lines
+        # "~" in recording.dir is the driver's home on every node: one path for the files the driver serves
+        self.recording = replace(config.recording, dir=str(config.recording.folder))
         try:
-            self.runner = ClusterRunner(config, self._publish, inference_replicas=replicas)
+            self.runner = ClusterRunner(config, self._publish, inference_replicas=replicas,
+                                        recording=self.recording if config.rules and self.recording.enabled else None)
         except BaseException:
             self.history.close()
             raise
         self.source_stats: dict[str, dict[str, Any]] = {}  # each camera's capture stats, refreshed once a second
         self.error: str | None = None  # the driver's last failure, until a round succeeds again
         self.errors = 0
-        try:  # rules and notifications on the driver; clips need the frames, which stay on the camera nodes
-            self.start_events(sorted({c for g in self.runner.groups.values() for c in g.classes}), record=False)
+        try:  # rules and notifications on the driver; clips written on the camera nodes (cluster.clips)
+            self.start_events(sorted({c for g in self.runner.groups.values() for c in g.classes}), clips=self._clips)
         except BaseException:
             self.runner.close()
             self.history.close()
@@ -65,6 +70,10 @@ class ClusterApp(AppCore):
             self.build_server()
         self._thread = threading.Thread(target=self._drive, name="cluster-driver", daemon=True)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cluster-poll")  # status, previews
+
+    def _clips(self, on_done, on_thumbnail) -> ClusterClips:
+        return ClusterClips(self.runner, self.recording, supervisor=self.supervisor, on_done=on_done,
+                            on_thumbnail=on_thumbnail)
 
     # -- the driver thread ------------------------------------------------------
     def _drive(self) -> None:
@@ -121,7 +130,7 @@ class ClusterApp(AppCore):
                 return False
             self.source_stats.pop(name, None)
             self.announce_removed(name)
-        self.runner.stop_actor(actor)
+        self.runner.stop_actor(name, actor)
         logger.info("camera %s removed", name)
         return True
 

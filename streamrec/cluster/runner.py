@@ -23,6 +23,7 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -32,6 +33,8 @@ import numpy as np
 from streamrec.config import CameraConfig, ServeConfig
 from streamrec.errors import StreamrecError
 from streamrec.cluster.actors import RemoteCapture, RemoteClassifier
+from streamrec.cluster.clips import check_shared
+from streamrec.event_config import RecordingConfig
 from streamrec.live.camera import adding_camera
 from streamrec.live.labels import LabelStats, Labelled, label_messages
 from streamrec.live.smoothing import LabelSmoother
@@ -40,6 +43,7 @@ from streamrec.models.kinetics import sport_indices
 logger = logging.getLogger(__name__)
 
 MODEL_START_S = 300.0  # an inference actor's start: scheduled, the model loaded (downloaded on a first start)
+STOP_S = 10.0  # a capture actor's stop: its capture thread joined, its clips finished
 ACTOR_START_S = 60.0  # a capture actor's start on its node (a worker process importing the pipeline), beyond the source's open timeout
 
 
@@ -77,13 +81,15 @@ class ClusterRunner:
     ``publish([(camera, msg), ...])``."""
 
     def __init__(self, config: ServeConfig, publish: Callable[[list[tuple[str, dict[str, Any]]]], None], *,
-                 inference_replicas: int = 1, clock: Callable[[], float] = time.time) -> None:
+                 inference_replicas: int = 1, clock: Callable[[], float] = time.time,
+                 recording: RecordingConfig | None = None) -> None:
         ray = ray_module()
         self.ray = ray
         self.config = config
         self.publish = publish
         self.clock = clock
         self.replicas = inference_replicas
+        self.recording = recording  # event clips written by the capture actors (None: no clips)
         gpu = 1 if config.device.startswith("cuda") else 0
         self._Inf = ray.remote(num_cpus=1, num_gpus=gpu)(RemoteClassifier)
         cap_opts: dict[str, Any] = {"num_cpus": 0.5, "scheduling_strategy": "SPREAD"}
@@ -100,6 +106,7 @@ class ClusterRunner:
         self.labels: dict[str, LabelStats] = {}
         self.adding: set[str] = set()
         self.lost: set[str] = set()  # cameras whose actor failed on the last call
+        self.final_reports: list[tuple[str, dict[str, Any]]] = []  # stopped actors' last clip reports
         self.stop_event = threading.Event()
         self._closed = False
         self.rounds = 0
@@ -153,7 +160,9 @@ class ClusterRunner:
         # sports_only cameras: their model's sport classes (a model with none fails here, before any actor starts)
         subsets = {c.name: sport_indices(self.groups[keys[c.name]].classes) if c.sports_only else None for c in cams}
         # each capture actor resizes and samples for its own camera's model
-        actors = {c.name: self._Cap.remote({k: getattr(c, k) for k in fields}, self.groups[keys[c.name]].spec)
+        probes = {c.name: uuid.uuid4().hex for c in cams}  # recording.dir: a file each actor writes there
+        actors = {c.name: self._Cap.remote({k: getattr(c, k) for k in fields}, self.groups[keys[c.name]].spec,
+                                           self.recording, probes[c.name])
                   for c in cams}
         # an actor's start imports the pipeline on its node (seconds) before the source's own open timeout
         timeout = max(c.open_timeout or 10.0 for c in cams) + ACTOR_START_S
@@ -166,11 +175,16 @@ class ClusterRunner:
             raise StreamrecError(f"cameras {', '.join(actors)}: capture actors did not start within {timeout:g} s "
                                  f"({type(exc).__name__})") from None
         failed = {name: err for name, err in errors.items() if err}
-        if failed:
+        try:
+            if failed:
+                name, err = next(iter(failed.items()))
+                raise StreamrecError(f"camera {name}: {err}")
+            if self.recording is not None:  # the driver serves the clips: it must see what the nodes write
+                check_shared(self.recording.folder, probes, lambda name: self._node_of(actors[name]))
+        except StreamrecError:
             for a in actors.values():
                 self.ray.kill(a)
-            name, err = next(iter(failed.items()))
-            raise StreamrecError(f"camera {name}: {err}")
+            raise
         with self._lock:
             for name, actor in actors.items():
                 self.cameras[name] = actor
@@ -199,12 +213,30 @@ class ClusterRunner:
                 self.lost.discard(name)
             return actor
 
-    def stop_actor(self, actor: Any) -> None:
+    def _node_of(self, actor: Any) -> str:
         try:
-            self.ray.get(actor.stop.remote(), timeout=5)
+            return self.ray.get(actor.stats.remote(), timeout=5).get("node", "?")
+        except Exception:  # noqa: BLE001 - an actor that does not answer
+            return "?"
+
+    def stop_actor(self, name: str, actor: Any) -> None:
+        """Stop camera ``name``'s actor (its clips finish: :meth:`take_final_reports`), then kill it."""
+        try:
+            self._keep_final(name, self.ray.get(actor.stop.remote(), timeout=STOP_S))
         except Exception:  # noqa: BLE001 - on a lost node: it is gone already
             pass
         self.ray.kill(actor)
+
+    def _keep_final(self, name: str, reports: dict[str, Any] | None) -> None:
+        if reports is not None:
+            with self._lock:
+                self.final_reports.append((name, reports))
+
+    def take_final_reports(self) -> list[tuple[str, dict[str, Any]]]:
+        """The clip reports stopped actors gave last (``(camera, reports)``), once each."""
+        with self._lock:
+            out, self.final_reports = self.final_reports, []
+        return out
 
     def _snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -300,11 +332,16 @@ class ClusterRunner:
             return
         self._closed = True
         self.stop_event.set()
-        cameras = self._snapshot()
-        try:
-            self.ray.get([a.stop.remote() for a in cameras.values()], timeout=5)
-        except Exception:  # noqa: BLE001 - actors on a lost node are gone already
-            pass
+        with self._lock:
+            cameras, self.cameras = dict(self.cameras), {}
+        refs = {name: a.stop.remote() for name, a in cameras.items()}
+        ready, _ = self.ray.wait(list(refs.values()), num_returns=len(refs), timeout=STOP_S) if refs else ([], [])
+        for name, ref in refs.items():
+            try:
+                if ref in ready:
+                    self._keep_final(name, self.ray.get(ref))
+            except Exception:  # noqa: BLE001 - actors on a lost node are gone already
+                pass
         for actor in [*cameras.values(), *(a for g in list(self.groups.values()) for a in g.actors)]:
             self.ray.kill(actor)
 

@@ -44,6 +44,15 @@ def path_part(name: str) -> str:
     return "_" + safe if set(safe) == {"."} else safe
 
 
+def relative(camera: str, event_id: str, suffix: str) -> str:
+    """An event's file in the folder: ``<camera>/<event id><suffix>``, each a safe name.
+
+    >>> relative("rack 1", "e7", ".mp4")
+    'rack_1/e7.mp4'
+    """
+    return f"{path_part(camera)}/{path_part(event_id)}{suffix}"
+
+
 class ClipFolder:
     """The files under ``root``, one folder per camera."""
 

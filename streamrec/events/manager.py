@@ -20,44 +20,49 @@ import numpy as np
 
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
 from streamrec.events.engine import Change, RuleEngine, rule_labels
-from streamrec.events.store import Event, EventStore
+from streamrec.events.store import EventStore
 from streamrec.models import kinetics
 from streamrec.supervision import Supervisor
 
 logger = logging.getLogger(__name__)
 
+ClipsFactory = Callable[[Callable[[str, "str | None", int], None], Callable[[str, str], None]], Any]
 SEEN_EVERY_S = 1.0  # how often an open event's last label is written (for recovery after a kill)
 PRUNE_EVERY_S = 600.0  # how often retention deletes old clips (and at start)
 
 
 class EventManager:
     """``publish(message)`` hands a JSON-ready dict to the page; ``frame_of(camera)`` is the
-    camera's newest RGB frame (``None`` where there is none, as on the cluster's driver)."""
+    camera's newest RGB frame (for thumbnails). Clips are written by a
+    :class:`~streamrec.events.recording.Recorder`, or by what ``clips(on_done, on_thumbnail)``
+    makes: an object with the Recorder's ``ring``, ``begin``, ``peak``, ``end``, ``prune``,
+    ``stats`` and ``close`` that writes them elsewhere (the cluster's camera nodes) and reports
+    each finished clip and thumbnail through the two callbacks."""
 
     def __init__(self, *, rules: Sequence[RuleConfig], notify: NotifyConfig, recording: RecordingConfig, db: str,
                  classes: Sequence[str], supervisor: Supervisor, publish: Callable[[dict[str, Any]], None],
-                 frame_of: Callable[[str], np.ndarray | None] = lambda camera: None, record: bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
+                 frame_of: Callable[[str], np.ndarray | None] = lambda camera: None,
+                 clips: ClipsFactory | None = None, clock: Callable[[], float] = time.time) -> None:
         groups = kinetics.categories()
         labels_of = {r.name: rule_labels(r, classes, groups) for r in rules}
         self.rules = list(rules)
         self.engine = RuleEngine(rules, labels_of=labels_of)
         self.publish = publish
-        self.frame_of = frame_of
         self.clock = clock
         self.recording = recording
         self.store = EventStore(db)
         self.notify_of = {r.name: r.notify for r in rules}
         self.recorder = self.notifier = None
-        self.peak_frames: dict[str, np.ndarray] = {}
         self.last_written: dict[str, float] = {}
         self.errors = 0
         self.next_prune = 0.0
         try:
-            if rules and record and recording.enabled:
+            if rules and recording.enabled and clips is not None:
+                self.recorder = clips(self.clip_done, self.thumbnail_done)
+            elif rules and recording.enabled:
                 from streamrec.events.recording import Recorder
 
-                self.recorder = Recorder(recording, supervisor=supervisor, on_done=self.clip_done)
+                self.recorder = Recorder(recording, supervisor=supervisor, on_done=self.clip_done, frame_of=frame_of)
             if notify.webhook is not None or notify.mqtt is not None:
                 from streamrec.events.notify import Notifier
 
@@ -95,8 +100,8 @@ class EventManager:
     def apply(self, change: Change) -> None:
         ev, rule = change.event, change.rule
         if change.kind == "seen":
-            if change.peak:
-                self.keep_peak_frame(ev)
+            if change.peak and self.recorder is not None:
+                self.recorder.peak(ev.id, ev.camera)
             if self.clock() - self.last_written.get(ev.id, 0.0) >= SEEN_EVERY_S:
                 self.last_written[ev.id] = self.clock()
                 self.store.seen(ev.id, ev.peak_ts or ev.start_ts, ev.peak_score, ev.mean_score)
@@ -104,28 +109,19 @@ class EventManager:
         if change.kind == "start":
             clip = self.recorder.begin(ev.id, ev.camera, ev.start_ts) if self.recorder is not None else None
             self.store.opened(ev, notify=rule.notify, clip=clip, now=self.clock())
-            self.keep_peak_frame(ev)
+            if self.recorder is not None:
+                self.recorder.peak(ev.id, ev.camera)
             logger.info("event %s: %s on %s (%s, %.2f)", ev.id, rule.name, ev.camera, ev.label, ev.peak_score)
         else:
             self.store.closed(ev, notify=rule.notify, now=self.clock())
             self.last_written.pop(ev.id, None)
-            if self.recorder is not None:
-                self.recorder.end(ev.id, ev.end_ts)
-                frame = self.peak_frames.pop(ev.id, None)
-                if frame is not None:
-                    self.store.set_files(ev.id, thumbnail=self.recorder.thumbnail(ev.id, ev.camera, frame))
+            thumbnail = self.recorder.end(ev.id, ev.camera, ev.end_ts) if self.recorder is not None else None
+            if thumbnail is not None:
+                self.store.set_files(ev.id, thumbnail=thumbnail)
             logger.info("event %s ended after %.1f s", ev.id, (ev.end_ts or ev.start_ts) - ev.start_ts)
         if rule.notify and self.notifier is not None:
             self.notifier.wake()
         self.publish({"type": "event", **ev.to_json()})
-
-    def keep_peak_frame(self, ev: Event) -> None:
-        """The camera's newest frame while ``ev`` is at its peak score: the thumbnail-to-be."""
-        if ev.peak_ts is None or self.recorder is None:
-            return
-        frame = self.frame_of(ev.camera)
-        if frame is not None:
-            self.peak_frames[ev.id] = frame
 
     def prune(self) -> None:
         """Retention: clips past ``retention_days`` or ``max_gb`` go, with their events."""
@@ -141,9 +137,19 @@ class EventManager:
     def clip_done(self, event_id: str, clip: str | None, size: int) -> None:
         """A clip writer finished (in its own thread)."""
         try:
-            self.store.set_files(event_id, clip=clip, clip_bytes=size)
+            if clip is None:
+                self.store.no_clip(event_id)
+            else:
+                self.store.set_files(event_id, clip=clip, clip_bytes=size)
         except Exception:  # noqa: BLE001 - the event may have been deleted meanwhile
             logger.warning("events: cannot note the clip of %s", event_id, exc_info=True)
+
+    def thumbnail_done(self, event_id: str, thumbnail: str) -> None:
+        """A thumbnail was written elsewhere (a cluster's camera node)."""
+        try:
+            self.store.set_files(event_id, thumbnail=thumbnail)
+        except Exception:  # noqa: BLE001 - the event may have been deleted meanwhile
+            logger.warning("events: cannot note the thumbnail of %s", event_id, exc_info=True)
 
     def forget(self, camera: str) -> None:
         for change in self.engine.forget(camera):

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from streamrec.event_config import RecordingConfig
-from streamrec.events.clipfiles import ClipFolder, path_part
+from streamrec.events.clipfiles import ClipFolder, relative
 from streamrec.events.store import EventStore
 from streamrec.live.packets import ClipStart, PacketRing, TappedPacket
 from streamrec.live.sources import open_container
@@ -39,6 +39,7 @@ WALL_TIME_BASE = Fraction(1, 90000)  # the time base of a clip of packets that c
 JOIN_S = 5.0  # close(): how long it waits for each writer
 
 OnDone = Callable[[str, "str | None", int], None]
+FrameOf = Callable[[str], "np.ndarray | None"]
 
 
 class ClipWriter:
@@ -191,16 +192,19 @@ class ClipWriter:
 class Recorder:
     """Clips and thumbnails of events, under ``config.folder``; see the module's docstring.
     ``on_done(event_id, clip, bytes)`` is called from the writer thread when a clip is finished
-    (``clip`` relative to the folder; ``None`` when nothing could be written)."""
+    (``clip`` relative to the folder; ``None`` when nothing could be written). ``frame_of(camera)``
+    is the camera's newest RGB frame: the one at an event's peak score becomes its thumbnail."""
 
     def __init__(self, config: RecordingConfig, *, supervisor: Supervisor, clock: Callable[[], float] = time.time,
-                 on_done: OnDone | None = None) -> None:
+                 on_done: OnDone | None = None, frame_of: FrameOf = lambda camera: None) -> None:
         self.config = config
         self.folder = config.folder
         self.files = ClipFolder(config.folder)
         self.supervisor = supervisor
         self.clock = clock
         self.on_done = on_done
+        self.frame_of = frame_of
+        self._peaks: dict[str, np.ndarray] = {}  # event id -> its camera's frame at the event's peak score
         self._rings: dict[str, PacketRing] = {}
         self._writers: dict[str, tuple[ClipWriter, threading.Thread]] = {}
         self._lock = threading.Lock()
@@ -219,10 +223,6 @@ class Recorder:
                                                  clock=self.clock, name=camera)
             return self._rings[camera]
 
-    def relative(self, camera: str, event_id: str, suffix: str) -> str:
-        """``<camera>/<event id><suffix>``, each made a safe file name (:func:`path_part`)."""
-        return f"{path_part(camera)}/{path_part(event_id)}{suffix}"
-
     def begin(self, event_id: str, camera: str, start_ts: float) -> str | None:
         """Start the clip of an event that started at ``start_ts``; its path relative to the
         folder, or ``None`` when ``camera`` has no compressed packets to copy."""
@@ -230,12 +230,12 @@ class Recorder:
             if self._closed:
                 return None
             if event_id in self._writers:
-                return self.relative(camera, event_id, ".mp4")
+                return relative(camera, event_id, ".mp4")
             ring = self._rings.get(camera)
         start = ring.clip_start(start_ts - self.config.pre_seconds) if ring is not None else None
         if start is None:
             return None
-        rel = self.relative(camera, event_id, ".mp4")
+        rel = relative(camera, event_id, ".mp4")
         writer = ClipWriter(event_id, camera, ring, start, self.folder / rel, max_seconds=self.config.max_seconds,
                             clock=self.clock)
         thread = threading.Thread(target=self._write, args=(writer, rel), name=f"clip-{camera}", daemon=True)
@@ -260,19 +260,30 @@ class Recorder:
             except Exception as exc:  # noqa: BLE001 - the caller's bug must not lose the other clips
                 logger.error("clip %s: on_done failed: %s", writer.event_id, describe(exc))
 
-    def end(self, event_id: str, end_ts: float) -> None:
-        """The event ended at ``end_ts``: its clip goes on ``post_seconds`` more."""
+    def peak(self, event_id: str, camera: str) -> None:
+        """The event is at its peak score now: the camera's newest frame is its thumbnail-to-be."""
+        frame = self.frame_of(camera)
+        if frame is not None:
+            with self._lock:
+                self._peaks[event_id] = frame
+
+    def end(self, event_id: str, camera: str, end_ts: float) -> str | None:
+        """The event ended at ``end_ts``: its clip goes on ``post_seconds`` more, and the frame of
+        its peak is written as its thumbnail; that thumbnail's path relative to the folder
+        (``None`` when there is none)."""
         with self._lock:
             entry = self._writers.get(event_id)
+            frame = self._peaks.pop(event_id, None)
         if entry is not None:
             entry[0].stop_at = end_ts + self.config.post_seconds
+        return self.thumbnail(event_id, camera, frame) if frame is not None else None
 
     def thumbnail(self, event_id: str, camera: str, rgb: np.ndarray) -> str | None:
         """Write ``rgb`` (uint8 H x W x 3) as the event's JPEG; its path relative to the folder
         (``None`` when it could not be written: logged and counted)."""
         import cv2
 
-        rel = self.relative(camera, event_id, ".jpg")
+        rel = relative(camera, event_id, ".jpg")
         path = self.folder / rel
         try:
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])

@@ -155,6 +155,10 @@ class EventStore:
             if value is not None:
                 self._run(f"UPDATE events SET {column} = ? WHERE id = ?", (value, event_id))
 
+    def no_clip(self, event_id: str) -> None:
+        """The event's clip could not be written (nothing to copy, or a write error before its first picture)."""
+        self._run("UPDATE events SET clip = NULL, clip_bytes = 0 WHERE id = ?", (event_id,))
+
     def recover(self, notify_of: dict[str, tuple[str, ...]], now: float | None = None) -> list[Event]:
         """Close the events a killed process left open, at their last label; their end is notified."""
         out = []

@@ -136,11 +136,12 @@ class AppCore:
                                 token=self.config.token, api=api, allowed_hosts=self.config.allowed_hosts,
                                 limits=Limits.of(self.config))
 
-    def start_events(self, classes: list[str], *, frame_of=lambda camera: None, record: bool = True) -> None:
-        """The rules, the events table, clips and notifications (before :meth:`build_server`)."""
+    def start_events(self, classes: list[str], *, frame_of=lambda camera: None, clips=None) -> None:
+        """The rules, the events table, clips and notifications (before :meth:`build_server`);
+        ``clips``: see :class:`~streamrec.events.manager.EventManager`."""
         self.events = EventManager(rules=self.config.rules, notify=self.config.notify, recording=self.config.recording,
                                    db=self.config.db or default_db(), classes=classes, supervisor=self.supervisor,
-                                   publish=self.publish_event, frame_of=frame_of, record=record)
+                                   publish=self.publish_event, frame_of=frame_of, clips=clips)
 
     def publish_event(self, msg: dict[str, Any]) -> None:
         """An event opened or closed: to every page (each change its own key: none replaces another)."""
