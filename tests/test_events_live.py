@@ -175,3 +175,92 @@ def test_kill_during_an_event_then_restart_closes_it_and_delivers_what_was_pendi
         assert sigterm(proc) == 0
     closed = json.loads(end["body"])["event"]
     assert closed["state"] == "closed" and closed["end_ts"] >= closed["start_ts"] == ev["start_ts"]
+
+
+RTSP_CONFIG = """
+source = "{url}"
+camera = "dock"
+db = "{db}"
+weights = "{weights}"
+port = {port}
+device = "cpu"
+
+[[rules]]
+name = "downward"
+labels = ["top_to_bottom"]
+min_seconds = 1.0
+end_seconds = 1.0
+cooldown_seconds = 600
+notify = ["webhook"]
+
+[notify.webhook]
+url = "{hook}"
+
+[recording]
+dir = "{clips}"
+pre_seconds = 2
+post_seconds = 2
+"""
+
+
+def parameter_sets(extradata: bytes) -> list[bytes]:
+    """The NAL units of H.264 extradata, from Annex B (start codes) or avcC (an MP4's) alike."""
+    if extradata[:3] == b"\x00\x00\x01" or extradata[:4] == b"\x00\x00\x00\x01":
+        return [n.lstrip(b"\x00") for n in extradata.replace(b"\x00\x00\x00\x01", b"\x00\x00\x01").split(b"\x00\x00\x01")
+                if n.strip(b"\x00")]
+    out, pos = [], 5
+    for mask in (0x1F, 0xFF):  # the SPS count (the low 5 bits of byte 5), then after the SPSs the PPS count
+        count = extradata[pos] & mask
+        pos += 1
+        for _ in range(count):
+            size = int.from_bytes(extradata[pos:pos + 2], "big")
+            out.append(extradata[pos + 2:pos + 2 + size])
+            pos += 2 + size
+    return out
+
+
+@pytest.mark.rtsp
+def test_an_rtsp_cameras_event_clip_is_the_streams_own_h264(tmp_path, directions_model, receiver):
+    """From a live RTSP camera (GStreamer's server, H.264 over RTP): the clip is the stream's
+    packets, remuxed: the stream's codec parameters, pre + event + post long."""
+    from test_rtsp import RtspServer, have_gst_rtsp
+
+    if not have_gst_rtsp():
+        pytest.skip("GStreamer RTSP server (gir1.2-gst-rtsp-server-1.0, python3-gi) not installed; .ci/run installs it")
+    _, weights, _ = directions_model
+    rtsp = RtspServer(switching_clip(tmp_path / "switch.mp4"), free_port(), fps=30).start()
+    port = free_port()
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text(RTSP_CONFIG.format(url=rtsp.url, db=tmp_path / "h.db", weights=weights, port=port,
+                                      hook=receiver.url, clips=tmp_path / "clips"))
+    proc = serve(cfg)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/healthz", proc=proc)
+        [end] = wait_until(lambda: hooks(receiver, "event_end"), "event_end at the webhook", timeout=120)
+        ev = json.loads(end["body"])["event"]
+        row = wait_until(lambda: (r := json.loads(get(f"{base}/api/events/{ev['id']}")[2]))["clip_bytes"] and r,
+                         "the clip written", timeout=60)
+        clip = tmp_path / "clip.mp4"
+        clip.write_bytes(get(f"{base}/api/events/{ev['id']}/clip.mp4")[2])
+        with av.open(rtsp.url, options={"rtsp_transport": "tcp"}, timeout=10) as stream:  # the stream, as served
+            s = stream.streams.video[0]
+            source = (s.codec_context.name, s.width, s.height, bytes(s.codec_context.extradata or b""))
+    finally:
+        assert sigterm(proc) == 0
+        rtsp.kill()
+    assert (ev["camera"], ev["label"], ev["state"]) == ("dock", "top_to_bottom", "closed")
+    assert len(clip.read_bytes()) == row["clip_bytes"]
+    with av.open(str(clip)) as out:
+        o = out.streams.video[0]
+        assert (o.codec_context.name, o.width, o.height) == source[:3] == ("h264", 128, 96)
+        # the stream's own SPS and PPS (the stream sends them as Annex B, an MP4 holds them as avcC)
+        assert parameter_sets(bytes(o.codec_context.extradata)) == parameter_sets(source[3])
+        assert [nal[0] & 0x1F for nal in parameter_sets(source[3])] == [7, 8]
+        sample = bytes(next(p for p in out.demux(video=0) if p.size))
+    # the samples are length-prefixed NAL units, as browsers need them (the stream's came with start codes)
+    assert sample[:4] != b"\x00\x00\x00\x01" and int.from_bytes(sample[:4], "big") + 4 <= len(sample)
+    with av.open(str(clip)) as out:
+        frames = list(out.decode(video=0))
+    span = frames[-1].time - frames[0].time
+    assert abs(span - (2 + (ev["end_ts"] - ev["start_ts"]) + 2)) <= 1.0, span

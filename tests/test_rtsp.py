@@ -31,8 +31,8 @@ pytestmark = [
 
 
 class RtspServer:
-    def __init__(self, clip: Path, port: int) -> None:
-        self.clip, self.port = clip, port
+    def __init__(self, clip: Path, port: int, fps: int = 25) -> None:
+        self.clip, self.port, self.fps = clip, port, fps
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -40,7 +40,8 @@ class RtspServer:
         return f"rtsp://127.0.0.1:{self.port}/cam"
 
     def start(self) -> "RtspServer":
-        self.proc = subprocess.Popen([SYSTEM_PY, str(HELPER), str(self.clip), "--port", str(self.port)],
+        self.proc = subprocess.Popen([SYSTEM_PY, str(HELPER), str(self.clip), "--port", str(self.port),
+                                      "--fps", str(self.fps)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         assert line.startswith("READY"), (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
