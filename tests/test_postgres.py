@@ -158,3 +158,45 @@ def test_closing_with_the_database_gone_is_prompt_and_counts_the_loss(server, ca
         assert (store.written, store.dropped) == (0, 1)
     finally:
         server.start()
+
+
+def test_events_survive_a_postgres_restart(server):
+    """The database restarts while an event is open: the labels go on (queued), and once it is
+    back the event's end lands with its notification, on a new connection."""
+    from test_events_manager import an_event, make
+
+    from streamrec.events.store import EventStore
+
+    published: list = []
+    manager = make(server.url, published)
+    manager.start(["cam"])
+    msgs = an_event(t0=5000.0)
+    try:
+        for msg in msgs[:4]:
+            manager.observe("cam", msg)
+        assert manager.flush(30) and [m["state"] for m in published] == ["open"]
+        server.stop()
+        try:
+            for msg in msgs[4:]:  # handed over at once; the event's end waits for the database
+                manager.observe("cam", msg)
+            wait_until(lambda: manager.waiting_db, "the events thread waiting for the database", timeout=30)
+            assert [m["state"] for m in published] == ["open"] and manager.stats()["waiting_db"] is True
+            [problem] = manager.problems()  # /healthz: degraded, saying why
+            assert problem.startswith("events: the database does not answer; ") and problem.endswith(" labels wait")
+        finally:
+            server.start()
+        assert manager.flush(60)
+        stats = manager.stats()
+    finally:
+        manager.close()
+    assert [m["state"] for m in published] == ["open", "closed"]
+    assert stats["db_reconnects"] >= 1 and stats["waiting_db"] is False and manager.errors == 0
+    assert manager.problems() == []
+    store = EventStore(server.url)
+    try:
+        row = store.get(published[0]["id"])
+        assert (row["state"], row["start_ts"], row["end_ts"]) == ("closed", 5000.0, 5002.0)
+        assert [(n.kind, n.channel) for n in store.pending(now=2e9) if n.event_id == row["id"]] == \
+            [("event_start", "webhook"), ("event_end", "webhook")]
+    finally:
+        store.close()

@@ -130,6 +130,8 @@ class ClusterApp(AppCore):
                 return False
             self.source_stats.pop(name, None)
             self.announce_removed(name)
+        if self.events is not None:  # its open events close (their clips end, thumbnails come) before its actor stops
+            self.events.flush()
         self.runner.stop_actor(name, actor)
         logger.info("camera %s removed", name)
         return True

@@ -24,10 +24,12 @@ import logging
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from streamrec.errors import StreamrecError
+from streamrec.redact import mask_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,11 @@ def row_event(row: dict[str, Any]) -> dict[str, Any]:
     return {**ev.to_json(), "has_clip": bool(row["clip"]), "clip_bytes": row["clip_bytes"]}
 
 
+class DatabaseUnavailable(StreamrecError):
+    """The events database does not answer now (a PostgreSQL server restarting, a lost
+    network); nothing of the failed call was written, and trying it again later is safe."""
+
+
 class EventStore:
     """The events and outbox tables of ``target`` (a SQLite file, ``:memory:`` or a
     ``postgresql://`` URL); thread-safe (one connection, one lock)."""
@@ -101,6 +108,7 @@ class EventStore:
         self.postgres = target.startswith(("postgresql://", "postgres://"))
         self.ph = "%s" if self.postgres else "?"
         self._lock = threading.Lock()
+        self.reconnects = 0
         self._conn = self._connect()
         self._closed = False
 
@@ -122,32 +130,88 @@ class EventStore:
         except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: one line for the user
             raise StreamrecError(f"--db: cannot open the events tables: {str(exc).strip()}") from None
 
-    def _run(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+    def _broken(self) -> bool:
+        """Whether the connection to a PostgreSQL server was lost (it restarted, the network went)."""
+        return self.postgres and (self._conn.closed or bool(getattr(self._conn, "broken", False)))
+
+    def _ensure(self) -> None:
+        """Connect again when the connection was lost: one try (:class:`DatabaseUnavailable`
+        when the server does not answer; the caller tries again later)."""
+        if not self._broken():
+            return
+        try:
+            self._conn = self._connect()
+        except StreamrecError as exc:
+            raise DatabaseUnavailable(str(exc)) from None
+        self.reconnects += 1
+        logger.info("events: reconnected to the database %s", mask_credentials(self.target))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Statements that land together or not at all (an event and its notifications); a lost
+        connection is :class:`DatabaseUnavailable`, and nothing of them was written."""
         with self._lock:
-            cur = self._conn.execute(sql.replace("?", self.ph), tuple(args))
-            return list(cur.fetchall()) if cur.description else []
+            self._ensure()
+            try:
+                if self.postgres:
+                    with self._conn.transaction():
+                        yield
+                else:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield
+                    except BaseException:
+                        self._conn.execute("ROLLBACK")
+                        raise
+                    self._conn.execute("COMMIT")
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:
+                if self._broken():
+                    raise DatabaseUnavailable(f"events database lost: {str(exc).strip()}") from None
+                raise
+
+    def _run(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        """One statement on its own; a lost connection is :class:`DatabaseUnavailable`."""
+        with self._lock:
+            self._ensure()
+            try:
+                return self._execute(sql, args)
+            except Exception as exc:
+                if self._broken():
+                    raise DatabaseUnavailable(f"events database lost: {str(exc).strip()}") from None
+                raise
+
+    def _execute(self, sql: str, args: Iterable[Any]) -> list[tuple]:
+        cur = self._conn.execute(sql.replace("?", self.ph), tuple(args))
+        return list(cur.fetchall()) if cur.description else []
 
     def _outbox(self, ev: Event, kind: str, channels: Iterable[str], now: float) -> None:
         payload = json.dumps({"type": kind, "event": ev.to_json()}, allow_nan=False)
-        for channel in channels:
-            self._run("INSERT INTO outbox (event_id, kind, channel, payload, created, next_try) VALUES (?, ?, ?, ?, ?, ?)",
+        for channel in channels:  # inside the transaction of the event's change
+            self._execute("INSERT INTO outbox (event_id, kind, channel, payload, created, next_try) VALUES (?, ?, ?, ?, ?, ?)",
                       (ev.id, kind, channel, payload, now, now))
 
     # -- events ---------------------------------------------------------------------
     def opened(self, ev: Event, *, notify: Iterable[str] = (), clip: str | None = None, now: float | None = None) -> None:
-        self._run("INSERT INTO events (id, rule, camera, label, start_ts, end_ts, last_ts, peak_score, mean_score, clip, "
-                  "state) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, 'open')",
-                  (ev.id, ev.rule, ev.camera, ev.label, ev.start_ts, ev.start_ts, ev.peak_score, ev.mean_score, clip))
-        self._outbox(ev, "event_start", notify, time.time() if now is None else now)
+        with self._transaction():
+            self._opened(ev, notify, clip, time.time() if now is None else now)
+
+    def _opened(self, ev: Event, notify: Iterable[str], clip: str | None, now: float) -> None:
+        self._execute("INSERT INTO events (id, rule, camera, label, start_ts, end_ts, last_ts, peak_score, mean_score, clip, "
+                      "state) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, 'open')",
+                      (ev.id, ev.rule, ev.camera, ev.label, ev.start_ts, ev.start_ts, ev.peak_score, ev.mean_score, clip))
+        self._outbox(ev, "event_start", notify, now)
 
     def seen(self, event_id: str, ts: float, peak: float, mean: float) -> None:
         """The event's labels go on at ``ts`` (for :meth:`recover`)."""
         self._run("UPDATE events SET last_ts = ?, peak_score = ?, mean_score = ? WHERE id = ?", (ts, peak, mean, event_id))
 
     def closed(self, ev: Event, *, notify: Iterable[str] = (), now: float | None = None) -> None:
-        self._run("UPDATE events SET end_ts = ?, last_ts = ?, peak_score = ?, mean_score = ?, state = 'closed' WHERE id = ?",
-                  (ev.end_ts, ev.end_ts, ev.peak_score, ev.mean_score, ev.id))
-        self._outbox(ev, "event_end", notify, time.time() if now is None else now)
+        with self._transaction():
+            self._execute("UPDATE events SET end_ts = ?, last_ts = ?, peak_score = ?, mean_score = ?, state = 'closed' "
+                          "WHERE id = ?", (ev.end_ts, ev.end_ts, ev.peak_score, ev.mean_score, ev.id))
+            self._outbox(ev, "event_end", notify, time.time() if now is None else now)
 
     def set_files(self, event_id: str, *, clip: str | None = None, thumbnail: str | None = None,
                   clip_bytes: int | None = None) -> None:

@@ -182,6 +182,7 @@ class AppCore:
         out.update(self.extra_health())
         now = time.time()
         reasons = self.supervisor.reasons() + [f"camera {n}: {p}" for n in cams for p in self.camera_problems(n, now)]
+        reasons += self.events.problems() if self.events is not None else []
         if reasons and not str(out["status"]).startswith("error"):
             out["status"] = "degraded"
         return {**out, "reasons": reasons, "supervised": self.supervisor.stats()}

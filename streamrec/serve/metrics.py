@@ -63,6 +63,9 @@ def event_families(events: dict[str, Any]):
         failed.add_metric([channel], values.get("failed", 0))
     yield delivered
     yield failed
+    yield GaugeMetricFamily("streamrec_events_queued", "Labels waiting for the events thread", value=events["queued"])
+    yield CounterMetricFamily("streamrec_events_labels_dropped", "Labels the events never saw (their queue was full)",
+                              value=events["dropped"])
     rec = events.get("recording")
     if rec is not None:
         yield CounterMetricFamily("streamrec_clips_written", "Event clips finished", value=rec["clips_written"])
