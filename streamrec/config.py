@@ -284,6 +284,10 @@ def _paths_from(base: Path, values: dict[str, Any]) -> dict[str, Any]:
     out = joined(values)
     if isinstance(out.get("recording"), dict) and "dir" in out["recording"]:
         out["recording"] = {**out["recording"], "dir": file(out["recording"]["dir"])}
+    notify = out.get("notify")
+    if isinstance(notify, dict):  # the channels' CA files
+        out["notify"] = {k: {**v, "ca_file": file(v["ca_file"])} if isinstance(v, dict) and "ca_file" in v else v
+                         for k, v in notify.items()}
     if isinstance(out.get("cameras"), list):  # a malformed list is ServeConfig's to report
         out["cameras"] = [joined(cam) if isinstance(cam, dict) else cam for cam in out["cameras"]]
     return out

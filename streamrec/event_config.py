@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,18 @@ def text_tuple(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
         raise StreamrecError(f"{where}: expected a list of names, got {value!r}")
     return tuple(v.strip() for v in value)
+
+
+def tls_context(ca_file: str | None, where: str) -> ssl.SSLContext:
+    """The TLS settings of a notification channel: the system's CA certificates, or only those
+    of ``ca_file`` (a PEM file: a home server's own CA); host names are checked either way.
+    A ``ca_file`` that cannot be read is a :class:`StreamrecError` naming ``where``."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise StreamrecError(f"{where} ca_file: expected a PEM file of CA certificates, got {ca_file!r} "
+                             f"({reason})") from None
 
 
 def floats(d: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
@@ -95,6 +108,7 @@ class WebhookConfig:
     url: str
     secret: str | None = None
     timeout: float = 10.0
+    ca_file: str | None = None  # https://: trust only these CA certificates (PEM), not the system's
 
     def __post_init__(self) -> None:
         check_types(self, prefix="[notify.webhook] ")
@@ -103,6 +117,10 @@ class WebhookConfig:
             raise StreamrecError(f"[notify.webhook] url: expected an http:// or https:// URL, got {self.url!r}")
         if not self.timeout > 0:
             raise StreamrecError(f"[notify.webhook] timeout: expected > 0 seconds, got {self.timeout}")
+        if self.ca_file is not None:
+            if parts.scheme != "https":
+                raise StreamrecError(f"[notify.webhook] ca_file: expected an https:// url with it, got {self.url!r}")
+            tls_context(self.ca_file, "[notify.webhook]")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "WebhookConfig":
@@ -118,12 +136,17 @@ class MqttConfig:
     topic_prefix: str = "streamrec"
     homeassistant_discovery: bool = False
     discovery_prefix: str = "homeassistant"
+    ca_file: str | None = None  # mqtts://: trust only these CA certificates (PEM), not the system's
 
     def __post_init__(self) -> None:
         check_types(self, prefix="[notify.mqtt] ")
         parts = urlsplit(self.url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise StreamrecError(f"[notify.mqtt] url: expected mqtt://HOST[:PORT] or mqtts://..., got {self.url!r}")
+        if self.ca_file is not None:
+            if parts.scheme != "mqtts":
+                raise StreamrecError(f"[notify.mqtt] ca_file: expected an mqtts:// url with it, got {self.url!r}")
+            tls_context(self.ca_file, "[notify.mqtt]")
         try:
             parts.port
         except ValueError:

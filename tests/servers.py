@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,9 +23,10 @@ MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
 # -- a webhook receiver ---------------------------------------------------------------------------
 class Receiver:
     """An HTTP server on a free loopback port recording each request; it answers 500 to the first
-    ``fail`` requests, or 302 to ``redirect`` when set."""
+    ``fail`` requests, or 302 to ``redirect`` when set. With ``tls=(certificate, key)`` (PEM
+    files) it is an HTTPS server."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.requests: list[dict] = []
         self.fail = 0
         self.redirect: str | None = None
@@ -50,7 +52,11 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, tls))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def count(self) -> int:

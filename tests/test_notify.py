@@ -24,6 +24,7 @@ from conftest import ROOT, free_port, wait_until
 from servers import MOSQUITTO, Broker, Receiver, Subscriber, broker, receiver  # noqa: F401 - fixtures
 from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig
 from streamrec.events.notify import Notifier
+from streamrec.events.webhook import signature
 from streamrec.events.store import Event, EventStore
 from streamrec.supervision import Supervisor
 
@@ -305,6 +306,7 @@ KILLED_CHILD = """
 import sys, time
 from streamrec.event_config import MqttConfig, NotifyConfig
 from streamrec.events.notify import Notifier
+from streamrec.events.webhook import signature
 from streamrec.events.store import EventStore
 from streamrec.supervision import Supervisor
 n = Notifier(EventStore(":memory:"), NotifyConfig(mqtt=MqttConfig(sys.argv[1], topic_prefix="sr")), supervisor=Supervisor())
@@ -403,7 +405,7 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
-def test_mqtts_checks_the_broker_against_the_system_cas(tmp_path, notifiers, monkeypatch):
+def test_mqtts_checks_the_broker_against_the_system_cas_or_ca_file(tmp_path, notifiers, monkeypatch):
     if MOSQUITTO is None or shutil.which("openssl") is None:
         pytest.skip("mosquitto and openssl are needed (apt-get install -y mosquitto openssl): a real TLS broker")
     ca, cert, key = make_certificates(tmp_path)
@@ -418,6 +420,10 @@ def test_mqtts_checks_the_broker_against_the_system_cas(tmp_path, notifiers, mon
         assert not untrusted.stats()["channels"]["mqtt"]["connected"]
         assert "certificate verify failed" in untrusted.stats()["channels"]["mqtt"]["last_error"]
 
+        pinned = notifiers(EventStore(":memory:"), NotifyConfig(mqtt=MqttConfig(url, ca_file=str(ca))))
+        pinned.start()  # ca_file: the broker's own CA, not the system's
+        wait_until(lambda: pinned.stats()["channels"]["mqtt"]["connected"], "the TLS connection (ca_file)", timeout=30)
+
         monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the "system" CAs, as OpenSSL reads them
         store = EventStore(":memory:")
         trusted = notifiers(store, NotifyConfig(mqtt=MqttConfig(url)))
@@ -428,6 +434,34 @@ def test_mqtts_checks_the_broker_against_the_system_cas(tmp_path, notifiers, mon
         wait_until(lambda: store.outbox_stats()["delivered"] == 1, "the event over TLS", timeout=30)
     finally:
         b.stop()
+
+
+def test_webhook_over_https_checks_the_certificate_and_trusts_ca_file(tmp_path, notifiers):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed (apt-get install -y openssl): a real HTTPS receiver")
+    ca, cert, key = make_certificates(tmp_path)
+    rx = Receiver(tls=(cert, key))
+    try:
+        untrusted_store = EventStore(":memory:")
+        untrusted = notifiers(untrusted_store, webhook(rx.url))
+        untrusted_store.opened(event(), notify=("webhook",))
+        untrusted.start()
+        error = wait_until(lambda: untrusted.stats()["channels"]["webhook"]["last_error"], "the refused certificate",
+                           timeout=30)
+        assert error.startswith("cannot reach the webhook: ") and "certificate verify failed" in error, error
+        assert rx.count() == 0 and untrusted_store.outbox_stats() == {"pending": 1, "delivered": 0}
+
+        store = EventStore(":memory:")
+        trusted = notifiers(store, NotifyConfig(webhook=WebhookConfig(rx.url, secret=SECRET, timeout=5.0,
+                                                                      ca_file=str(ca))))
+        store.opened(event(), notify=("webhook",))
+        trusted.start()
+        wait_until(lambda: store.outbox_stats()["delivered"] == 1, "the event over HTTPS", timeout=30)
+    finally:
+        rx.close()
+    [req] = rx.requests
+    assert req["headers"]["X-Streamrec-Signature"] == signature(req["body"], SECRET)
+    assert json.loads(req["body"])["type"] == "event_start"
 
 
 def test_a_broker_that_is_down_neither_blocks_nor_raises(notifiers):

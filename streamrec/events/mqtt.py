@@ -39,7 +39,7 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 
-from streamrec.event_config import MqttConfig
+from streamrec.event_config import MqttConfig, tls_context
 from streamrec.events.store import Notification
 from streamrec.live.sources import mask_credentials
 
@@ -123,8 +123,8 @@ class MqttPublisher:
         if parts.username is not None:
             client.username_pw_set(unquote(parts.username),
                                    unquote(parts.password) if parts.password is not None else None)
-        if self.config.tls:
-            client.tls_set()  # the system's CA certificates; the host name is checked
+        if self.config.tls:  # the system's CA certificates, or only ca_file's; the host name is checked
+            client.tls_set_context(tls_context(self.config.ca_file, "[notify.mqtt]"))
         client.will_set(self.availability_topic, "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(self.reconnect_max_s)))
         client.on_connect = self.on_connect

@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from streamrec.event_config import WebhookConfig
+from streamrec.event_config import WebhookConfig, tls_context
 from streamrec.events.store import Notification
 from streamrec.live.sources import mask_credentials
 
@@ -74,7 +74,8 @@ class WebhookSender:
         self.config = config
         self.url, self.authorization = split_userinfo(config.url)
         self.where = mask_credentials(config.url)
-        self._opener = urllib.request.build_opener(RefuseRedirects)
+        tls = urllib.request.HTTPSHandler(context=tls_context(config.ca_file, "[notify.webhook]"))
+        self._opener = urllib.request.build_opener(RefuseRedirects, tls)
 
     def request(self, note: Notification) -> urllib.request.Request:
         body = note.payload.encode()
