@@ -476,15 +476,22 @@ def fetched(url: str, headers: dict) -> bytes | None:
 def test_cluster_events_have_clips_written_on_the_camera_nodes(cluster, tmp_path, directions_model, receiver):
     """A rule on the driver opens an event; the camera's actor, on a worker node, copies its
     packets into the clip (no re-encoding) and writes the thumbnail; the driver serves both. A
-    camera removed during its event still gets its event closed, its clip and its thumbnail."""
+    camera removed during its event, and one whose event is open at the stop, still get their
+    events closed, their clips and their thumbnails."""
     from streamrec.cluster.app import ClusterApp
+    from streamrec.events.store import EventStore
     from test_events_live import get, hooks, switching_clip
+    from conftest import motion_frames, write_frames
 
     _, weights, _ = directions_model
     video = switching_clip(tmp_path / "switch.mp4")
+    rng = np.random.default_rng(5)  # 6 s one way, then 20 s the rule's way: open when the app stops
+    held = write_frames(tmp_path / "held.mp4", motion_frames("left_to_right", 180, (128, 96), rng)
+                        + motion_frames("top_to_bottom", 600, (128, 96), rng), 30, gop=30)
     clips = tmp_path / "clips"
     config = ServeConfig.from_sources({
-        "cameras": [{"name": name, "source": str(video), "loop": True} for name in ("lane", "pool")],
+        "cameras": [{"name": name, "source": str(video), "loop": True} for name in ("lane", "pool")]
+        + [{"name": "dock", "source": str(held)}],
         "weights": str(weights), "device": "cpu", "port": 0, "db": str(tmp_path / "h.db"), "token": "s3cret",
         "rules": [{"name": "downward", "labels": ["top_to_bottom"], "min_seconds": 1.0, "end_seconds": 1.0,
                    "cooldown_seconds": 600, "notify": ["webhook"]}],
@@ -514,16 +521,25 @@ def test_cluster_events_have_clips_written_on_the_camera_nodes(cluster, tmp_path
         health = json.loads(get(f"{base}/healthz", auth)[2])
         metrics = {(s.name, s.labels.get("camera")): s.value
                    for f in text_string_to_metric_families(get(f"{base}/metrics", auth)[2].decode()) for s in f.samples}
+        assert event_of("event_start", "dock") and not event_of("event_end", "dock")  # open as the app stops
     finally:
         stop_thread(app, runner)
     assert not runner.is_alive()
+    store = EventStore(str(tmp_path / "h.db"))
+    try:  # dock's event: closed at the stop, its clip and thumbnail finished by its actor as it stopped
+        [held_event] = store.query(camera="dock")
+    finally:
+        store.close()
+    assert held_event["state"] == "closed" and held_event["clip_bytes"] > 0
+    assert (clips / held_event["clip"]).stat().st_size == held_event["clip_bytes"]
+    assert (clips / held_event["thumbnail"]).stat().st_size > 0
     assert (ev["label"], ev["state"], removed["state"]) == ("top_to_bottom", "closed", "closed")
     assert health["cameras"]["lane"]["node"] in health["nodes"]  # captured (and recorded) on a worker node
     size = done[ev["id"]]["clip_bytes"]
     assert (status, len(part), headers["Content-Range"]) == (206, 100, f"bytes 0-99/{size}")
     assert len(clip) == size == (clips / "lane" / f"{ev['id']}.mp4").stat().st_size
     assert done[removed["id"]]["clip_bytes"] == (clips / "pool" / f"{removed['id']}.mp4").stat().st_size
-    assert metrics[("streamrec_clips_written_total", None)] == 2
+    assert metrics[("streamrec_clips_written_total", None)] == 2  # lane's and pool's (dock's is still open)
     assert metrics[("streamrec_packet_ring_bytes", "lane")] > 0  # the ring's size on the camera's node
     assert ("streamrec_packet_ring_bytes", "pool") not in metrics  # a removed camera's ring is gone
     assert not list(clips.glob(".streamrec-probe-*"))  # the start's shared-folder check cleaned up

@@ -247,8 +247,9 @@ def test_an_rtsp_cameras_event_clip_is_the_streams_own_h264(tmp_path, directions
             s = stream.streams.video[0]
             source = (s.codec_context.name, s.width, s.height, bytes(s.codec_context.extradata or b""))
     finally:
-        assert sigterm(proc) == 0
         rtsp.kill()
+        code = sigterm(proc)
+    assert code == 0
     assert (ev["camera"], ev["label"], ev["state"]) == ("dock", "top_to_bottom", "closed")
     assert len(clip.read_bytes()) == row["clip_bytes"]
     with av.open(str(clip)) as out:

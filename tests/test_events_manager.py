@@ -33,7 +33,8 @@ def make(db: str, published: list, **kw) -> EventManager:
 def test_labels_never_wait_for_a_locked_database_and_the_event_lands_after(tmp_path):
     db = str(tmp_path / "events.db")
     published: list = []
-    manager = make(db, published)
+    # a store whose writes wait 0.2 s for another writer's lock, then report the database busy
+    manager = make(db, published, store=EventStore(db, busy_timeout_s=0.2))
     manager.start(["cam"])
     other = sqlite3.connect(db, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")  # another writer holds the database (a backup, a slow disk)
@@ -41,8 +42,11 @@ def test_labels_never_wait_for_a_locked_database_and_the_event_lands_after(tmp_p
     try:
         for msg in msgs:
             manager.observe("cam", msg)  # returns at once: the events thread waits, not the labels
-        # the third label opens the event: the events thread is at its write, waiting for the lock
-        wait_until(lambda: manager.queue.qsize() <= len(msgs) - 3, "the events thread at the opening label", timeout=5)
+        # the third label opens the event: its write finds the database busy and is tried again
+        wait_until(lambda: manager.waiting_db, "the events thread waiting for the database", timeout=10)
+        [problem] = manager.problems()
+        assert problem.startswith("events: the database does not answer; ")
+        assert published == []  # the page hears of the event once it is written
     finally:
         other.execute("ROLLBACK")
         other.close()
@@ -58,7 +62,26 @@ def test_labels_never_wait_for_a_locked_database_and_the_event_lands_after(tmp_p
     finally:
         store.close()
     assert [(m["type"], m["state"]) for m in published] == [("event", "open"), ("event", "closed")]
-    assert manager.errors == 0 and manager.dropped == 0
+    stats = manager.stats()
+    assert (stats["errors"], stats["dropped"], stats["waiting_db"]) == (0, 0, False)
+
+
+def test_a_write_tried_again_after_it_landed_adds_nothing():
+    """A connection lost while the server committed: the write is tried again, and the event
+    and its notifications are there once, not twice."""
+    from streamrec.events.store import Event
+
+    store = EventStore(":memory:")
+    ev = Event("e1", "pour", "cam", "pouring", start_ts=5.0, peak_score=0.9, mean_score=0.8)
+    for _ in range(2):
+        store.opened(ev, notify=("webhook", "mqtt"), now=5.0)
+    closed = Event("e1", "pour", "cam", "pouring", 5.0, 0.9, 0.8, end_ts=9.0)
+    for _ in range(2):
+        store.closed(closed, notify=("webhook", "mqtt"), now=9.0)
+    assert [(r["id"], r["state"]) for r in store.query()] == [("e1", "closed")]
+    assert sorted((n.kind, n.channel) for n in store.pending(now=10.0)) == [
+        ("event_end", "mqtt"), ("event_end", "webhook"), ("event_start", "mqtt"), ("event_start", "webhook")]
+    store.close()
 
 
 def test_a_full_queue_drops_and_counts_and_close_handles_what_is_queued(tmp_path):
@@ -67,7 +90,7 @@ def test_a_full_queue_drops_and_counts_and_close_handles_what_is_queued(tmp_path
     msgs = an_event()
     for msg in msgs + [label(2000.0 + i / 2, "pouring") for i in range(4)]:  # 9 + 3 fit, the last is dropped
         manager.observe("cam", msg)
-    assert (manager.queue.qsize(), manager.dropped) == (12, 1)
+    assert (manager.inbox.queued(), manager.inbox.dropped) == (12, 1)
     assert manager.problems() == ["events: 1 label(s) dropped, their queue was full"]  # /healthz: degraded
     manager.close()  # the queued labels are handled here; the second event closes at its last label
     assert [(m["state"], m["end_ts"]) for m in published] == [("open", None), ("closed", 1002.0), ("open", None),

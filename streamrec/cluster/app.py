@@ -129,9 +129,10 @@ class ClusterApp(AppCore):
             if actor is None:
                 return False
             self.source_stats.pop(name, None)
-            self.announce_removed(name)
-        if self.events is not None:  # its open events close (their clips end, thumbnails come) before its actor stops
-            self.events.flush()
+            closed = self.announce_removed(name)
+        # its open events close (their clips end, their thumbnails are written) before its actor stops
+        if closed is not None and not closed.wait(JOIN_TIMEOUT_S * 4):
+            logger.warning("camera %s: its open events were not closed in time; their clips end now", name)
         self.runner.stop_actor(name, actor)
         logger.info("camera %s removed", name)
         return True
@@ -211,6 +212,8 @@ class ClusterApp(AppCore):
         if self._thread.is_alive():
             self._thread.join(JOIN_TIMEOUT_S)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.events is not None:  # open events close while their actors still write the clips and thumbnails
+            self.events.finish()
         self.runner.close()
         if self._thread.is_alive():
             logger.warning("the cluster driver thread was still in a call at exit")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from streamrec.errors import StreamrecError
 from streamrec.event_config import RecordingConfig
@@ -49,6 +49,15 @@ def write_probe(folder: Path, token: str, node: str) -> None:
     except OSError as exc:
         raise StreamrecError(f"[recording] dir: expected a folder writable on camera node {node}, "
                              f"got {str(folder)!r} ({describe(exc)})") from None
+
+
+def remove_probes(folder: Path, tokens: Iterable[str]) -> None:
+    """Remove the probe files ``tokens`` from ``folder`` (those this machine sees)."""
+    for token in tokens:
+        try:
+            (folder / probe_name(token)).unlink(missing_ok=True)
+        except OSError:  # not a folder, not writable: nothing was written there either
+            pass
 
 
 def check_shared(folder: Path, probes: dict[str, str], node_of: Callable[[str], str]) -> None:
@@ -129,6 +138,7 @@ class ClusterClips:
         self._pending: dict[str, Any] = {}  # camera -> the ObjectRef of a take() not answered yet
         self._errors_seen: dict[str, int] = {}  # camera -> its actor's write errors at its last report
         self._lock = threading.Lock()
+        self._collecting = threading.Lock()
         self._closed = False
         self.stop_event = threading.Event()
         self._thread = threading.Thread(target=supervisor.run, args=("cluster-clips", self._poll, self.stop_event),
@@ -171,7 +181,11 @@ class ClusterClips:
     def collect(self, timeout: float) -> None:
         """Ask each camera's actor for its reports (once: an unanswered ask is waited on at the
         next call) and apply those that come within ``timeout``; also the reports of actors the
-        runner stopped (a removed camera's last clips)."""
+        runner stopped (a removed camera's last clips). One call at a time."""
+        with self._collecting:
+            self._collect(timeout)
+
+    def _collect(self, timeout: float) -> None:
         ray = self.runner.ray
         for camera, actor in list(self.runner.cameras.items()):
             if camera not in self._pending:

@@ -33,7 +33,7 @@ import numpy as np
 from streamrec.config import CameraConfig, ServeConfig
 from streamrec.errors import StreamrecError
 from streamrec.cluster.actors import RemoteCapture, RemoteClassifier
-from streamrec.cluster.clips import check_shared
+from streamrec.cluster.clips import check_shared, remove_probes
 from streamrec.event_config import RecordingConfig
 from streamrec.live.camera import adding_camera
 from streamrec.live.labels import LabelStats, Labelled, label_messages
@@ -184,6 +184,8 @@ class ClusterRunner:
         except StreamrecError:
             for a in actors.values():
                 self.ray.kill(a)
+            if self.recording is not None:  # the actors that did start wrote theirs
+                remove_probes(self.recording.folder, probes.values())
             raise
         with self._lock:
             for name, actor in actors.items():

@@ -15,7 +15,6 @@ delays the events: each write is tried again until it lands, while the labels qu
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from pathlib import Path
@@ -23,8 +22,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from streamrec.errors import StreamrecError
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
 from streamrec.events.engine import Change, RuleEngine, rule_labels
+from streamrec.events.inbox import Inbox
 from streamrec.events.store import DatabaseUnavailable, EventStore
 from streamrec.models import kinetics
 from streamrec.supervision import Supervisor
@@ -36,7 +37,7 @@ SEEN_EVERY_S = 1.0  # how often an open event's last label is written (for recov
 PRUNE_EVERY_S = 600.0  # how often retention deletes old clips (and at start)
 QUEUE_SIZE = 10_000  # labels waiting for the events thread (minutes of a camera's labels while a database restarts)
 RETRY_S, MAX_RETRY_S = 0.5, 10.0  # a write to a database that does not answer: tried again after these waits
-JOIN_S = 10.0  # close(): how long the events thread may take to finish what is queued
+JOIN_S = 10.0  # finish(): how long the events thread may take to handle what is queued
 
 
 class EventManager:
@@ -51,7 +52,7 @@ class EventManager:
                  classes: Sequence[str], supervisor: Supervisor, publish: Callable[[dict[str, Any]], None],
                  frame_of: Callable[[str], np.ndarray | None] = lambda camera: None,
                  clips: ClipsFactory | None = None, clock: Callable[[], float] = time.time,
-                 queue_size: int = QUEUE_SIZE) -> None:
+                 queue_size: int = QUEUE_SIZE, store: EventStore | None = None) -> None:
         groups = kinetics.categories()
         labels_of = {r.name: rule_labels(r, classes, groups) for r in rules}
         self.rules = list(rules)
@@ -59,20 +60,16 @@ class EventManager:
         self.publish = publish
         self.clock = clock
         self.recording = recording
-        self.store = EventStore(db)
+        self.store = store if store is not None else EventStore(db)
         self.notify_of = {r.name: r.notify for r in rules}
         self.recorder = self.notifier = None
         self.last_written: dict[str, float] = {}
         self.errors = 0
         self.next_prune = 0.0
-        self.supervisor = supervisor
-        self.queue: queue.Queue[tuple[str, str, Any] | None] = queue.Queue(maxsize=queue_size)
-        self.dropped = 0  # labels the events thread never saw (a full queue)
+        self.inbox = Inbox(self._handle, name="events", supervisor=supervisor, limit=queue_size)
         self.waiting_db = False  # a write is waiting for the database to answer again
-        self.closing = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()  # the engine and the recorder: one item at a time
         self._outbox_stats = {"pending": 0, "delivered": 0}  # the last read (the database may not answer)
+        self._finished = False
         try:
             if rules and recording.enabled and clips is not None:
                 self.recorder = clips(self.clip_done, self.thumbnail_done)
@@ -93,10 +90,7 @@ class EventManager:
 
     def start(self, cameras: Sequence[str]) -> None:
         """Start the ``events`` thread (and the notifier's)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self.supervisor.run, args=("events", self._run, self.closing),
-                                            name="events", daemon=True)
-            self._thread.start()
+        self.inbox.start()
         if self.notifier is not None:
             self.notifier.start()
             self.notifier.discover(list(cameras))
@@ -109,45 +103,38 @@ class EventManager:
         """One delivered prediction of ``camera``: queued for the ``events`` thread (never waits)."""
         if self.notifier is not None:
             self.notifier.activity(camera, msg["label"], msg["score"], msg["window"]["end_ts"], msg["uncertain"])
-        try:
-            self.queue.put_nowait(("label", camera, msg))
-        except queue.Full:
-            if not self.dropped:
-                logger.error("events: %d labels wait for the events thread (the database does not answer?); "
-                             "newer labels are dropped and counted", self.queue.maxsize)
-            self.dropped += 1
+        if not self.inbox.put_label(("label", camera, msg)) and self.inbox.dropped == 1:
+            logger.error("events: %d labels wait for the events thread (the database does not answer?); "
+                         "newer labels are dropped and counted", self.inbox.limit)
 
-    def forget(self, camera: str) -> None:
-        """``camera`` is gone: its open events close (after its labels already queued)."""
-        try:
-            self.queue.put(("forget", camera, None), timeout=1.0)
-        except queue.Full:  # the database has not answered for minutes: the events stay open until close()
-            logger.error("events: camera %s removed while %d labels wait: its open events close at the next stop",
-                         camera, self.queue.maxsize)
+    def forget(self, camera: str) -> threading.Event:
+        """``camera`` is gone: its open events close, after its labels queued before; the
+        returned event is set once they did."""
+        return self.inbox.put(("forget", camera, None))
 
-    def _run(self) -> None:
-        """The ``events`` thread's body: the queued labels, one at a time, until :meth:`close`."""
-        while (item := self.queue.get()) is not None:
-            try:
-                with self._lock:
-                    self._handle(*item)
-            finally:
-                self.queue.task_done()
-
-    def _handle(self, kind: str, camera: str, msg: dict[str, Any] | None) -> None:
-        if kind == "forget":
-            for change in self.engine.forget(camera):
-                self._apply_safely(change)
-            return
-        if self.recorder is not None and self.clock() >= self.next_prune:
-            self.prune()
-        for change in self.engine.update(camera, msg["label"], msg["score"], msg["window"]["end_ts"],
-                                         uncertain=msg["uncertain"]):
+    def _handle(self, item: tuple[str, str, Any]) -> None:
+        """One item of the inbox, in the ``events`` thread."""
+        kind, key, value = item
+        if kind == "label":
+            if self.recorder is not None and self.clock() >= self.next_prune:
+                self.prune()
+            changes = self.engine.update(key, value["label"], value["score"], value["window"]["end_ts"],
+                                         uncertain=value["uncertain"])
+        elif kind == "forget":
+            changes = self.engine.forget(key)
+        elif kind == "clip":
+            return self.note_clip(key, *value)
+        else:
+            return self.note_thumbnail(key, value)
+        for change in changes:
             self._apply_safely(change)
 
     def _apply_safely(self, change: Change) -> None:
         try:
             self.apply(change)
+        except StreamrecError as exc:  # a database that did not answer before the stop
+            self.errors += 1
+            logger.error("events: event %s of camera %s: %s", change.event.id, change.event.camera, exc)
         except Exception:  # noqa: BLE001 - a disk problem, a database that came back refusing: the next labels go on
             self.errors += 1
             logger.exception("events: event %s of camera %s", change.event.id, change.event.camera)
@@ -163,7 +150,7 @@ class EventManager:
                 if not self.waiting_db:
                     logger.warning("events: %s: %s; trying again until it answers", what, exc)
                 self.waiting_db = True
-                if self.closing.wait(delay):
+                if self.inbox.closing.wait(delay):  # closing: one try each
                     raise
                 delay = min(delay * 2, MAX_RETRY_S)
                 continue
@@ -213,21 +200,22 @@ class EventManager:
             logger.info("events: retention removed %d old events and their clips", removed)
 
     def clip_done(self, event_id: str, clip: str | None, size: int) -> None:
-        """A clip writer finished (in its own thread)."""
-        try:
-            if clip is None:
-                self.write(f"the clip of {event_id}", lambda: self.store.no_clip(event_id))
-            else:
-                self.write(f"the clip of {event_id}", lambda: self.store.set_files(event_id, clip=clip, clip_bytes=size))
-        except Exception:  # noqa: BLE001 - the event may have been deleted meanwhile
-            logger.warning("events: cannot note the clip of %s", event_id, exc_info=True)
+        """A clip writer finished (in its own thread): noted by the events thread, after the
+        event's own rows (whose write may still be waiting for the database)."""
+        self.inbox.put(("clip", event_id, (clip, size)))
 
     def thumbnail_done(self, event_id: str, thumbnail: str) -> None:
         """A thumbnail was written elsewhere (a cluster's camera node)."""
-        try:
-            self.write(f"the thumbnail of {event_id}", lambda: self.store.set_files(event_id, thumbnail=thumbnail))
-        except Exception:  # noqa: BLE001 - the event may have been deleted meanwhile
-            logger.warning("events: cannot note the thumbnail of %s", event_id, exc_info=True)
+        self.inbox.put(("thumbnail", event_id, thumbnail))
+
+    def note_clip(self, event_id: str, clip: str | None, size: int) -> None:
+        if clip is None:
+            self.write(f"the clip of {event_id}", lambda: self.store.no_clip(event_id))
+        else:
+            self.write(f"the clip of {event_id}", lambda: self.store.set_files(event_id, clip=clip, clip_bytes=size))
+
+    def note_thumbnail(self, event_id: str, thumbnail: str) -> None:
+        self.write(f"the thumbnail of {event_id}", lambda: self.store.set_files(event_id, thumbnail=thumbnail))
 
     def file_of(self, event_id: str, kind: str) -> Path | None:
         """The clip (``kind="clip"``) or thumbnail of an event, when it exists on disk."""
@@ -250,15 +238,15 @@ class EventManager:
         return True
 
     def stats(self) -> dict[str, Any]:
-        try:
-            self._outbox_stats = self.store.outbox_stats()
-        except Exception:  # noqa: BLE001 - the database does not answer: the last counts
-            pass
+        """Counts for ``/healthz`` and ``/metrics``; never waits for the database (the last counts)."""
+        counts = self.store.outbox_stats_now()
+        if counts is not None:
+            self._outbox_stats = counts
         out: dict[str, Any] = {"rules": [r.name for r in self.rules],
                                "open": sum(1 for t in list(self.engine.tracks.values()) if t.open is not None),
-                               "errors": self.errors, "outbox": dict(self._outbox_stats), "queued": self.queue.qsize(),
-                               "dropped": self.dropped, "waiting_db": self.waiting_db,
-                               "db_reconnects": self.store.reconnects}
+                               "errors": self.errors + self.inbox.errors, "outbox": dict(self._outbox_stats),
+                               "queued": self.inbox.queued(), "dropped": self.inbox.dropped,
+                               "waiting_db": self.waiting_db, "db_reconnects": self.store.reconnects}
         if self.recorder is not None:
             out["recording"] = self.recorder.stats()
         if self.notifier is not None:
@@ -269,50 +257,38 @@ class EventManager:
         """What ``/healthz`` should say of the events (a database that does not answer, lost labels)."""
         out = []
         if self.waiting_db:
-            out.append(f"events: the database does not answer; {self.queue.qsize()} labels wait")
-        if self.dropped:
-            out.append(f"events: {self.dropped} label(s) dropped, their queue was full")
+            out.append(f"events: the database does not answer; {self.inbox.queued()} labels wait")
+        if self.inbox.dropped:
+            out.append(f"events: {self.inbox.dropped} label(s) dropped, their queue was full")
         return out
 
     def flush(self, timeout: float = JOIN_S) -> bool:
-        """Wait until the events thread has handled every label queued so far; whether it did."""
-        deadline = time.monotonic() + timeout
-        while self.queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return not self.queue.unfinished_tasks
+        """Wait until the events thread has handled what was queued so far; whether it did."""
+        return self.inbox.flush(timeout)
+
+    def finish(self) -> None:
+        """Handle what is queued and close the open events at their last label (their clips run
+        on for ``post_seconds`` at most until :meth:`close`). Idempotent; :meth:`close` calls it."""
+        if self._finished:
+            return
+        self._finished = True
+        self.inbox.stop(JOIN_S)
+        self.inbox.drain()
+        with self.inbox.lock:
+            for change in self.engine.close_all():
+                self._apply_safely(change)
 
     def close(self) -> None:
-        """Handle what is queued, close open events at their last label (a clean stop), finish
-        the clips, stop the notifier. A database that does not answer within :data:`JOIN_S`
-        loses what was still queued (logged)."""
+        """:meth:`finish`, then finish the clips (noting them), stop the notifier, close the
+        database. A database that does not answer loses what was still to be written (logged)."""
         try:
-            self._stop_thread()
-            with self._lock:
-                for change in self.engine.close_all():
-                    self._apply_safely(change)
+            self.finish()
         finally:
-            if self.recorder is not None:
-                self.recorder.close()
-            if self.notifier is not None:
-                self.notifier.close()
-            self.store.close()
-
-    def _stop_thread(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            self.queue.put(None)
-            self._thread.join(JOIN_S)
-        self.closing.set()  # a write still waiting for the database gives up
-        if self._thread is not None:
-            self._thread.join(JOIN_S)
-        left = 0
-        while True:  # never started (or gone): what is queued is handled here
             try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                left += 1
-                with self._lock:
-                    self._handle(*item)
-        if left:
-            logger.info("events: %d queued labels handled at close", left)
+                if self.recorder is not None:
+                    self.recorder.close()
+                self.inbox.drain()  # the clips and thumbnails that finished meanwhile
+            finally:
+                if self.notifier is not None:
+                    self.notifier.close()
+                self.store.close()

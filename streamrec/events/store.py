@@ -45,6 +45,8 @@ SCHEMA = (
         payload TEXT NOT NULL, created DOUBLE PRECISION NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
         next_try DOUBLE PRECISION NOT NULL, error TEXT, delivered DOUBLE PRECISION)""",
     "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered, next_try)",
+    # one notification of each kind per event and channel: a write tried again never sends twice
+    "CREATE UNIQUE INDEX IF NOT EXISTS outbox_once ON outbox (event_id, kind, channel)",
 )
 EVENT_COLUMNS = ("id", "rule", "camera", "label", "start_ts", "end_ts", "last_ts", "peak_score", "mean_score",
                  "clip", "thumbnail", "clip_bytes", "state")
@@ -103,8 +105,9 @@ class EventStore:
     """The events and outbox tables of ``target`` (a SQLite file, ``:memory:`` or a
     ``postgresql://`` URL); thread-safe (one connection, one lock)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, busy_timeout_s: float = 10.0) -> None:
         self.target = target
+        self.busy_timeout_s = busy_timeout_s  # SQLite: how long a write waits for another writer's lock
         self.postgres = target.startswith(("postgresql://", "postgres://"))
         self.ph = "%s" if self.postgres else "?"
         self._lock = threading.Lock()
@@ -119,7 +122,8 @@ class EventStore:
 
                 conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10)
             else:
-                conn = sqlite3.connect(self.target, check_same_thread=False, isolation_level=None, timeout=10)
+                conn = sqlite3.connect(self.target, check_same_thread=False, isolation_level=None,
+                                       timeout=self.busy_timeout_s)
                 conn.execute("PRAGMA journal_mode=WAL")
             serial = "BIGSERIAL" if self.postgres else "INTEGER"
             for stmt in SCHEMA:
@@ -146,10 +150,19 @@ class EventStore:
         self.reconnects += 1
         logger.info("events: reconnected to the database %s", mask_credentials(self.target))
 
+    def _unavailable(self, exc: Exception) -> DatabaseUnavailable | None:
+        """``exc`` as :class:`DatabaseUnavailable` when it means "not now": a lost PostgreSQL
+        connection, a SQLite file another writer holds longer than ``busy_timeout_s``."""
+        if self._broken():
+            return DatabaseUnavailable(f"events database lost: {str(exc).strip()}")
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+            return DatabaseUnavailable(f"events database busy: {exc}")
+        return None
+
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        """Statements that land together or not at all (an event and its notifications); a lost
-        connection is :class:`DatabaseUnavailable`, and nothing of them was written."""
+        """Statements that land together or not at all (an event and its notifications); a
+        database that does not answer is :class:`DatabaseUnavailable`, and nothing was written."""
         with self._lock:
             self._ensure()
             try:
@@ -157,30 +170,54 @@ class EventStore:
                     with self._conn.transaction():
                         yield
                 else:
-                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._conn.execute("BEGIN IMMEDIATE")  # the write lock now: no deadlock with a writer later
                     try:
                         yield
+                        self._conn.execute("COMMIT")
                     except BaseException:
-                        self._conn.execute("ROLLBACK")
+                        self._sqlite_rollback()
                         raise
-                    self._conn.execute("COMMIT")
             except DatabaseUnavailable:
                 raise
             except Exception as exc:
-                if self._broken():
-                    raise DatabaseUnavailable(f"events database lost: {str(exc).strip()}") from None
+                if (unavailable := self._unavailable(exc)) is not None:
+                    raise unavailable from None
                 raise
 
+    def _sqlite_rollback(self) -> None:
+        """Undo what is left of a transaction (SQLite rolled back by itself after some errors)."""
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
     def _run(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
-        """One statement on its own; a lost connection is :class:`DatabaseUnavailable`."""
+        """One statement on its own; a database that does not answer is :class:`DatabaseUnavailable`."""
         with self._lock:
             self._ensure()
             try:
                 return self._execute(sql, args)
             except Exception as exc:
-                if self._broken():
-                    raise DatabaseUnavailable(f"events database lost: {str(exc).strip()}") from None
+                if (unavailable := self._unavailable(exc)) is not None:
+                    raise unavailable from None
                 raise
+
+    def outbox_stats_now(self) -> dict[str, int] | None:
+        """:meth:`outbox_stats` when the database can answer at once, else ``None`` (for
+        ``/healthz``, which must not wait on a reconnect or another thread's write)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._broken():
+                return None
+            pending, = self._execute("SELECT COUNT(*) FROM outbox WHERE delivered IS NULL", ())[0]
+            done, = self._execute("SELECT COUNT(*) FROM outbox WHERE delivered IS NOT NULL", ())[0]
+            return {"pending": pending, "delivered": done}
+        except Exception:  # noqa: BLE001 - the database went away just now: the caller keeps its last counts
+            return None
+        finally:
+            self._lock.release()
 
     def _execute(self, sql: str, args: Iterable[Any]) -> list[tuple]:
         cur = self._conn.execute(sql.replace("?", self.ph), tuple(args))
@@ -189,8 +226,8 @@ class EventStore:
     def _outbox(self, ev: Event, kind: str, channels: Iterable[str], now: float) -> None:
         payload = json.dumps({"type": kind, "event": ev.to_json()}, allow_nan=False)
         for channel in channels:  # inside the transaction of the event's change
-            self._execute("INSERT INTO outbox (event_id, kind, channel, payload, created, next_try) VALUES (?, ?, ?, ?, ?, ?)",
-                      (ev.id, kind, channel, payload, now, now))
+            self._execute("INSERT INTO outbox (event_id, kind, channel, payload, created, next_try) "
+                          "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (ev.id, kind, channel, payload, now, now))
 
     # -- events ---------------------------------------------------------------------
     def opened(self, ev: Event, *, notify: Iterable[str] = (), clip: str | None = None, now: float | None = None) -> None:
@@ -199,7 +236,7 @@ class EventStore:
 
     def _opened(self, ev: Event, notify: Iterable[str], clip: str | None, now: float) -> None:
         self._execute("INSERT INTO events (id, rule, camera, label, start_ts, end_ts, last_ts, peak_score, mean_score, clip, "
-                      "state) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, 'open')",
+                      "state) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, 'open') ON CONFLICT DO NOTHING",
                       (ev.id, ev.rule, ev.camera, ev.label, ev.start_ts, ev.start_ts, ev.peak_score, ev.mean_score, clip))
         self._outbox(ev, "event_start", notify, now)
 

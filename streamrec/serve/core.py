@@ -202,18 +202,19 @@ class AppCore:
         self.hub.publish_many_threadsafe([(f"prediction:{name}", text) for name, text in out])
         return out
 
-    def announce_removed(self, name: str) -> None:
+    def announce_removed(self, name: str) -> threading.Event | None:
         """A camera is gone (call under :attr:`lock`): its segment closes, its metrics go, and the
-        page is told; nothing of it is published after this."""
+        page is told; nothing of it is published after this. Its open events close in the events
+        thread: the returned event is set once they did (``None`` without rules)."""
         if self.metrics is not None:
             self.metrics.forget(name)
         tracker = self.trackers.pop(name, None)
         if tracker is not None:
             tracker.close(time.time())
-        if self.events is not None:
-            self.events.forget(name)
+        closed = self.events.forget(name) if self.events is not None else None
         self.hub.forget_threadsafe(f":{name}")
         self.hub.publish_threadsafe("removed", json.dumps({"type": "removed", "camera": name}))
+        return closed
 
     async def _status_task(self) -> None:
         while True:
