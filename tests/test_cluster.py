@@ -559,21 +559,22 @@ def test_cluster_events_have_clips_written_on_the_camera_nodes(cluster, tmp_path
 
 
 def test_cluster_recording_dir_not_writable_on_a_camera_node_is_a_one_line_error(cluster, tmp_path, demo_clip):
-    from streamrec.cluster.app import ClusterApp
-    from streamrec.errors import StreamrecError
-
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    config = ServeConfig.from_sources({
-        "cameras": [{"name": "gate", "source": str(demo_clip)}], "model": "tiny3d", "weights": "none",
-        "device": "cpu", "port": 0, "db": str(tmp_path / "h.db"),
-        "rules": [{"name": "any", "labels": ["abseiling"]}],
-        "recording": {"dir": str(blocker / "clips")}}, {})
-    with pytest.raises(StreamrecError) as err:
-        ClusterApp(config, db=str(tmp_path / "h.db"), dashboard=False)
-    text = str(err.value)
-    assert text.startswith("camera gate: [recording] dir: expected a folder writable on camera node ")
-    assert f"got {str(blocker / 'clips')!r} (NotADirectoryError" in text and "\n" not in text
+    cfg = tmp_path / "cams.toml"
+    cfg.write_text(f'model = "tiny3d"\nweights = "none"\ndevice = "cpu"\n\n[[cameras]]\nname = "gate"\n'
+                   f'source = "{demo_clip}"\n\n[[rules]]\nname = "any"\nlabels = ["abseiling"]\n\n'
+                   f'[recording]\ndir = "a-file/clips"\n')  # relative to the config file
+    proc = subprocess.run(streamrec_cmd("cluster", "--config", str(cfg), "--address", cluster.address, "--port", "0",
+                                        "--db", str(tmp_path / "h.db")),
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("streamrec: error:")]
+    assert line.startswith("streamrec: error: camera gate: [recording] dir: expected a folder writable on camera "
+                           "node "), line
+    assert line.endswith(f"got {str(blocker / 'clips')!r} (NotADirectoryError: [Errno 20] Not a directory: "
+                         f"{str(blocker / 'clips')!r})"), line
 
 
 def test_a_recording_dir_the_driver_does_not_see_is_refused(tmp_path):
