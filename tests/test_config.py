@@ -15,7 +15,7 @@ def test_command_line_overrides_file_and_defaults_fill_the_rest():
     assert (cfg.smoothing.hold, cfg.smoothing.alpha) == (4, 0.4)
 
 
-@pytest.mark.parametrize("name", ["default.toml", "rtsp-camera.toml", "gym.toml"])
+@pytest.mark.parametrize("name", ["default.toml", "rtsp-camera.toml", "gym.toml", "events.toml"])
 def test_shipped_configs_are_valid(name, monkeypatch):
     monkeypatch.setenv("STREAMREC_TOKEN", "t")
     cfg = ServeConfig.from_sources(load_toml(ROOT / "configs" / name), {})
@@ -123,7 +123,7 @@ def test_notification_ca_files_are_relative_to_the_config_file(tmp_path, monkeyp
                               f"{str(site / 'certs/home-ca.pem')!r} (No such file or directory)")
 
 
-@pytest.mark.parametrize("name", ["default.toml", "gym.toml"])
+@pytest.mark.parametrize("name", ["default.toml", "gym.toml", "events.toml"])
 def test_shipped_configs_find_their_clips_from_any_folder(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = ServeConfig.from_sources(load_toml(ROOT / "configs" / name), {})
