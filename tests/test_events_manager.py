@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
 from streamrec.events.manager import EventManager
 from streamrec.events.store import EventStore
@@ -108,7 +110,51 @@ def test_removing_a_camera_closes_its_event_after_its_queued_labels(tmp_path):
     manager.start(["cam", "other"])
     for msg in an_event()[:4]:  # open (at 1001.0), and one more label
         manager.observe("cam", msg)
-    manager.forget("cam")
-    assert manager.flush(10)
-    manager.close()
+    closed = manager.forget("cam")
+    assert closed.wait(10)  # set once the events thread closed them
     assert [(m["state"], m["end_ts"]) for m in published] == [("open", None), ("closed", 1001.5)]
+    manager.close()
+    assert len(published) == 2
+
+
+def test_labels_after_the_stop_open_nothing(tmp_path):
+    published: list = []
+    manager = make(str(tmp_path / "events.db"), published)
+    manager.start(["cam"])
+    manager.finish()  # what the cluster does before its actors stop
+    for msg in an_event():
+        manager.observe("cam", msg)  # a driver thread that outlived its join
+    manager.close()
+    assert published == []
+
+
+def test_a_failed_transaction_leaves_nothing_and_the_next_write_works():
+    from streamrec.events.store import Event
+
+    store = EventStore(":memory:")
+    ev = Event("e1", "pour", "cam", "pouring", start_ts=5.0, peak_score=0.9, mean_score=0.8)
+    with pytest.raises(sqlite3.Error):  # its second notification cannot be written, after the event and the first
+        store.opened(ev, notify=("webhook", object()), now=5.0)
+    assert store.query() == [] and store.pending(now=10.0) == []
+    store.opened(Event("e2", "pour", "cam", "pouring", 6.0, 0.9, 0.8), notify=("webhook",), now=6.0)
+    assert [r["id"] for r in store.query()] == ["e2"] and len(store.pending(now=10.0)) == 1
+    store.close()
+
+
+def test_a_database_with_duplicate_notifications_opens_and_keeps_the_first(tmp_path):
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.execute("""CREATE TABLE outbox (id INTEGER PRIMARY KEY, event_id TEXT NOT NULL, kind TEXT NOT NULL,
+        channel TEXT NOT NULL, payload TEXT NOT NULL, created DOUBLE PRECISION NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, next_try DOUBLE PRECISION NOT NULL, error TEXT,
+        delivered DOUBLE PRECISION)""")
+    for i in range(3):  # an event_end written three times (a store without the unique index)
+        conn.execute("INSERT INTO outbox (event_id, kind, channel, payload, created, next_try) VALUES (?, ?, ?, ?, ?, ?)",
+                     ("e1", "event_end", "webhook", f"{{\"n\": {i}}}", 1.0, 1.0))
+    conn.commit()
+    conn.close()
+    store = EventStore(str(db))
+    try:
+        assert [(n.event_id, n.payload) for n in store.pending(now=2.0)] == [("e1", '{"n": 0}')]
+    finally:
+        store.close()

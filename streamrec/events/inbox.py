@@ -56,6 +56,7 @@ class Inbox:
         self._count = threading.Condition()
         self._thread: threading.Thread | None = None
         self._abandoned = False
+        self._closed = False  # close(): later items are handled in the caller's thread
 
     @property
     def running(self) -> bool:
@@ -68,8 +69,11 @@ class Inbox:
             self._thread.start()
 
     def put_label(self, item: Any) -> bool:
-        """Queue a label (never waits); ``False`` when ``limit`` labels wait already (dropped, counted)."""
+        """Queue a label (never waits); ``False`` when ``limit`` labels wait already (dropped,
+        counted) or after :meth:`close`."""
         with self._count:
+            if self._closed:
+                return False
             if self._labels >= self.limit:
                 self.dropped += 1
                 return False
@@ -79,15 +83,17 @@ class Inbox:
         return True
 
     def put(self, item: Any) -> threading.Event:
-        """Queue an item that must not be dropped; the event is set once it was handled."""
+        """Queue an item that must not be dropped; the event is set once it was handled. Before
+        :meth:`start` and after :meth:`close` it is handled here and now."""
         done = threading.Event()
-        if not self.running:
+        with self._count:
+            queue_it = self._thread is not None and not self._abandoned and not self._closed
+            if queue_it:  # also while stopping: the thread or drain() takes it, in order
+                self._pending += 1
+                self._q.put((item, done))
+        if not queue_it:
             self._handle(item)
             done.set()
-            return done
-        with self._count:
-            self._pending += 1
-        self._q.put((item, done))
         return done
 
     def queued(self) -> int:
@@ -101,12 +107,16 @@ class Inbox:
                 and self._pending == 0
 
     def _run(self) -> None:
-        while not self._abandoned and (entry := self._q.get()) is not None:
-            item, done = entry
-            try:
-                self._handle(item)
-            finally:
-                self._handled(item, done)
+        try:
+            while not self._abandoned and (entry := self._q.get()) is not None:
+                item, done = entry
+                try:
+                    self._handle(item)
+                finally:
+                    self._handled(done)
+        finally:
+            with self._count:  # flush() stops waiting for a thread that is gone
+                self._count.notify_all()
 
     def _handle(self, item: Any) -> None:
         with self.lock:
@@ -119,7 +129,7 @@ class Inbox:
                 self.errors += 1
                 logger.exception("%s: cannot handle %s", self.name, str(item)[:120])
 
-    def _handled(self, item: Any, done: threading.Event | None) -> None:
+    def _handled(self, done: threading.Event | None) -> None:
         with self._count:
             self._pending -= 1
             self._labels -= done is None
@@ -140,8 +150,9 @@ class Inbox:
             logger.warning("%s: still busy after %.0f s; %d queued items are handled at close", self.name, timeout,
                            self.queued())
 
-    def drain(self) -> int:
-        """Handle, in this thread, what is queued while no thread runs; how many items."""
+    def drain(self, *, labels: bool = True) -> int:
+        """Handle, in this thread, what is queued while no thread runs (``labels=False``: drop the
+        labels, handle the rest); how many items were handled."""
         if self.running:
             return 0
         n = 0
@@ -152,6 +163,14 @@ class Inbox:
                 return n
             if entry is None:
                 continue
-            self._handle(entry[0])
-            self._handled(entry[0], entry[1])
-            n += 1
+            item, done = entry
+            if labels or done is not None:
+                self._handle(item)
+                n += 1
+            self._handled(done)
+
+    def close(self) -> None:
+        """From now on :meth:`put` handles items in the caller's thread and labels are dropped."""
+        with self._count:
+            self._closed = True
+        self.drain(labels=False)

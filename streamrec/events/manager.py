@@ -70,6 +70,7 @@ class EventManager:
         self.waiting_db = False  # a write is waiting for the database to answer again
         self._outbox_stats = {"pending": 0, "delivered": 0}  # the last read (the database may not answer)
         self._finished = False
+        self._gave_up = False  # the database did not answer while stopping: the rest is not written
         try:
             if rules and recording.enabled and clips is not None:
                 self.recorder = clips(self.clip_done, self.thumbnail_done)
@@ -103,6 +104,8 @@ class EventManager:
         """One delivered prediction of ``camera``: queued for the ``events`` thread (never waits)."""
         if self.notifier is not None:
             self.notifier.activity(camera, msg["label"], msg["score"], msg["window"]["end_ts"], msg["uncertain"])
+        if self._finished:  # the stop closed the events: a straggler's label opens none
+            return
         if not self.inbox.put_label(("label", camera, msg)) and self.inbox.dropped == 1:
             logger.error("events: %d labels wait for the events thread (the database does not answer?); "
                          "newer labels are dropped and counted", self.inbox.limit)
@@ -144,13 +147,16 @@ class EventManager:
         lands or :meth:`close` gives up (the labels queue up meanwhile)."""
         delay = RETRY_S
         while True:
+            if self._gave_up:
+                raise DatabaseUnavailable(f"events: {what} not written: the database did not answer at the stop")
             try:
                 out = fn()
             except DatabaseUnavailable as exc:
                 if not self.waiting_db:
                     logger.warning("events: %s: %s; trying again until it answers", what, exc)
                 self.waiting_db = True
-                if self.inbox.closing.wait(delay):  # closing: one try each
+                if self.inbox.closing.wait(delay):  # stopping: no more tries, for this write or the next
+                    self._gave_up = True
                     raise
                 delay = min(delay * 2, MAX_RETRY_S)
                 continue
@@ -164,7 +170,7 @@ class EventManager:
         if change.kind == "seen":
             if change.peak and self.recorder is not None:
                 self.recorder.peak(ev.id, ev.camera)
-            if self.clock() - self.last_written.get(ev.id, 0.0) >= SEEN_EVERY_S:
+            if self.clock() - self.last_written.get(ev.id, 0.0) >= SEEN_EVERY_S and not self.inbox.closing.is_set():
                 self.last_written[ev.id] = self.clock()
                 self.write(f"event {ev.id}", lambda: self.store.seen(ev.id, ev.peak_ts or ev.start_ts, ev.peak_score,
                                                                        ev.mean_score))
@@ -273,7 +279,7 @@ class EventManager:
             return
         self._finished = True
         self.inbox.stop(JOIN_S)
-        self.inbox.drain()
+        self.inbox.drain(labels=not self._gave_up)
         with self.inbox.lock:
             for change in self.engine.close_all():
                 self._apply_safely(change)
@@ -287,7 +293,7 @@ class EventManager:
             try:
                 if self.recorder is not None:
                     self.recorder.close()
-                self.inbox.drain()  # the clips and thumbnails that finished meanwhile
+                self.inbox.close()  # the clips and thumbnails that finished meanwhile; later ones at once
             finally:
                 if self.notifier is not None:
                     self.notifier.close()

@@ -46,8 +46,13 @@ SCHEMA = (
         next_try DOUBLE PRECISION NOT NULL, error TEXT, delivered DOUBLE PRECISION)""",
     "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (delivered, next_try)",
     # one notification of each kind per event and channel: a write tried again never sends twice
+    # (a database from before this index keeps the first of any duplicates)
+    "DELETE FROM outbox WHERE id NOT IN (SELECT MIN(id) FROM outbox GROUP BY event_id, kind, channel)",
     "CREATE UNIQUE INDEX IF NOT EXISTS outbox_once ON outbox (event_id, kind, channel)",
 )
+PG_TIMEOUTS = {"options": "-c statement_timeout=10000", "keepalives": 1, "keepalives_idle": 10,
+               "keepalives_interval": 5, "keepalives_count": 3}
+SQLITE_NOT_NOW = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 EVENT_COLUMNS = ("id", "rule", "camera", "label", "start_ts", "end_ts", "last_ts", "peak_score", "mean_score",
                  "clip", "thumbnail", "clip_bytes", "state")
 
@@ -120,7 +125,8 @@ class EventStore:
             if self.postgres:
                 import psycopg
 
-                conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10)
+                # a statement or a dead connection answers within seconds, never hangs a thread
+                conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10, **PG_TIMEOUTS)
             else:
                 conn = sqlite3.connect(self.target, check_same_thread=False, isolation_level=None,
                                        timeout=self.busy_timeout_s)
@@ -155,7 +161,13 @@ class EventStore:
         connection, a SQLite file another writer holds longer than ``busy_timeout_s``."""
         if self._broken():
             return DatabaseUnavailable(f"events database lost: {str(exc).strip()}")
-        if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+        if self.postgres:
+            import psycopg
+
+            # a statement timed out, a lock or serialization conflict, a read-only server after a failover
+            if isinstance(exc, (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)):
+                return DatabaseUnavailable(f"events database busy: {str(exc).strip()}")
+        elif getattr(exc, "sqlite_errorcode", -1) & 0xFF in SQLITE_NOT_NOW:  # the primary code of an extended one
             return DatabaseUnavailable(f"events database busy: {exc}")
         return None
 
