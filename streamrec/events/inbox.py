@@ -5,7 +5,8 @@ database write, a clip starting).
 Labels are bounded (``limit`` waiting at most; past that they are dropped and counted); other
 items (a camera removed, a clip finished) always get in, and :meth:`Inbox.put` returns an
 event that is set once the item was handled. Items that come while no thread runs (before
-:meth:`Inbox.start`, after :meth:`Inbox.stop`) are handled in the caller's thread.
+:meth:`Inbox.start`, after :meth:`Inbox.stop` with nothing left queued, after
+:meth:`Inbox.close`) are handled in the caller's thread.
 
 Example:
     >>> from streamrec.supervision import Supervisor
@@ -87,8 +88,10 @@ class Inbox:
         :meth:`start` and after :meth:`close` it is handled here and now."""
         done = threading.Event()
         with self._count:
-            queue_it = self._thread is not None and not self._abandoned and not self._closed
-            if queue_it:  # also while stopping: the thread or drain() takes it, in order
+            # while the thread runs, or after it ended with items still queued for drain(): in order
+            queue_it = self._thread is not None and not self._abandoned and not self._closed \
+                and (self._thread.is_alive() or self._pending > 0)
+            if queue_it:
                 self._pending += 1
                 self._q.put((item, done))
         if not queue_it:
