@@ -24,6 +24,21 @@ from servers import Subscriber, broker, receiver  # noqa: F401 - the fixtures
 
 pytestmark = pytest.mark.timeout(900)
 SECRET = "hook-secret"
+# one rule on the second class, and short clips: shared by the file and the RTSP test
+RULE = """
+[[rules]]
+name = "downward"
+labels = ["top_to_bottom"]
+min_seconds = 1.0
+end_seconds = 1.0
+cooldown_seconds = 600
+"""
+RECORDING = """
+[recording]
+dir = "{clips}"
+pre_seconds = 2
+post_seconds = 2
+"""
 CONFIG = """
 source = "{video}"
 loop = true
@@ -32,14 +47,7 @@ db = "{db}"
 weights = "{weights}"
 port = {port}
 device = "cpu"
-
-[[rules]]
-name = "downward"
-labels = ["top_to_bottom"]
-min_seconds = 1.0
-end_seconds = 1.0
-cooldown_seconds = 600
-notify = ["webhook", "mqtt"]
+""" + RULE + """notify = ["webhook", "mqtt"]
 
 [notify.webhook]
 url = "{hook}"
@@ -49,12 +57,7 @@ secret = "{secret}"
 url = "mqtt://127.0.0.1:{mqtt}"
 topic_prefix = "sr"
 homeassistant_discovery = true
-
-[recording]
-dir = "{clips}"
-pre_seconds = 2
-post_seconds = 2
-"""
+""" + RECORDING
 
 
 def switching_clip(path):
@@ -184,23 +187,11 @@ db = "{db}"
 weights = "{weights}"
 port = {port}
 device = "cpu"
-
-[[rules]]
-name = "downward"
-labels = ["top_to_bottom"]
-min_seconds = 1.0
-end_seconds = 1.0
-cooldown_seconds = 600
-notify = ["webhook"]
+""" + RULE + """notify = ["webhook"]
 
 [notify.webhook]
 url = "{hook}"
-
-[recording]
-dir = "{clips}"
-pre_seconds = 2
-post_seconds = 2
-"""
+""" + RECORDING
 
 
 def parameter_sets(extradata: bytes) -> list[bytes]:
