@@ -22,7 +22,8 @@ def add_events_parser(sub, formatter) -> None:
     p = sub.add_parser("events", help="list events (rules that fired), or copy an event's clip out",
                        epilog=EXAMPLES, formatter_class=formatter)
     p.add_argument("id", nargs="?", default=None, help="an event's id: with --out, copy its clip")
-    p.add_argument("--db", default=None, help="SQLite file or postgresql:// URL (default: serve's history database)")
+    p.add_argument("--db", default=None, help="SQLite file or postgresql:// URL (default: the --config's db, else "
+                   "serve's history database)")
     p.add_argument("--camera", default=None, help="only this camera's events (default: every camera)")
     p.add_argument("--rule", default=None, help="only this rule's events (default: every rule)")
     p.add_argument("--since", default=None, help="Unix seconds, ISO time, or -10m / -2h / -1d (default: no bound)")
@@ -30,18 +31,36 @@ def add_events_parser(sub, formatter) -> None:
     p.add_argument("--limit", type=int, default=100, help="at most this many, the newest first")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     p.add_argument("--out", default=None, help="with ID: where to write the event's clip (MP4; default: none, the event is shown)")
-    p.add_argument("--config", default=None, help="the serve config whose [recording] dir holds the clips "
-                                                  "(default: the built-in dir)")
+    p.add_argument("--config", default=None, help="the serve config whose db holds the events and whose "
+                   "[recording] dir holds the clips (default: none: --db and the built-in dir)")
     p.set_defaults(func=cmd_events)
 
 
-def open_store(db: str | None):
-    from streamrec.events.store import EventStore
+def history_target(db: str | None, config: str | None) -> str | None:
+    """The history database a reading command opens: ``--db``, else the ``db`` of the ``--config``
+    file (relative to that file, as ``serve`` reads it), else serve's default. A ``--db`` file that
+    does not exist is an error; ``None`` when the config's or the default file does not exist yet
+    (nothing served yet: nothing recorded)."""
     from streamrec.live.history import default_db
 
-    target = db or default_db()
+    target = db
+    if not target and config:
+        from streamrec.config import load_toml
+
+        value = load_toml(config).get("db")
+        target = str(value) if value else None
+    target = target or default_db()
     if "://" not in target and target != ":memory:" and not Path(target).is_file():
-        raise StreamrecError(f"--db: no history database at {target}")
+        if db:
+            raise StreamrecError(f"--db: expected an existing history database, got {target!r} (no such file)")
+        print(f"streamrec: nothing recorded yet: no history database at {target} (serve writes it)", file=sys.stderr)
+        return None
+    return target
+
+
+def open_store(target: str):
+    from streamrec.events.store import EventStore
+
     return EventStore(target)
 
 
@@ -53,7 +72,13 @@ def cmd_events(args) -> int:
     if args.out and not args.id:
         raise StreamrecError("--out: expected an event ID before it (streamrec events ID --out clip.mp4)")
     since, until = parse_time(args.since), parse_time(args.until)
-    store = open_store(args.db)
+    target = history_target(args.db, args.config)
+    if target is None:
+        if args.id:
+            raise StreamrecError(f"events: no event {args.id!r}")
+        print_events([], args.format)
+        return 0
+    store = open_store(target)
     try:
         if args.id:
             return copy_clip(store, args)

@@ -34,11 +34,57 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse, with one-line errors, and an option's value that starts with ``-`` and a digit
+    (``--since -1d``, ``--lr -1``) taken as its value, as ``--since=-1d`` is: argparse itself
+    reads ``-1d`` as an unknown option."""
+
     def __init__(self, *args: Any, formatter_class: type = HelpFormatter, **kwargs: Any) -> None:
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
+        self.value_options: set[str] = set()  # the long and short names of the options that take one value
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.option_strings and action.nargs in (None, "?"):
+            self.value_options.update(action.option_strings)
+        return action
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        return super().parse_known_args(join_dash_values(self.value_options, sys.argv[1:] if args is None else args),
+                                        namespace)
 
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
         raise StreamrecError(f"{self.prog}: {message}")
+
+
+def join_dash_values(options: set[str], argv: Sequence[str]) -> list[str]:
+    """``argv`` with each value-taking option in ``options`` (or its unambiguous ``--`` prefix, as
+    argparse accepts) that is followed by a value of the form ``-<digit>...`` joined to it with ``=``.
+
+    Example:
+        >>> join_dash_values({"--since", "--camera", "-n"}, ["--since", "-1d", "--camera", "a", "--sin", "-2h", "-n", "-1"])
+        ['--since=-1d', '--camera', 'a', '--sin=-2h', '-n-1']
+    """
+    def takes_value(word: str) -> bool:
+        if word in options:
+            return True
+        hits = {o for o in options if o.startswith("--") and o.startswith(word)} if word.startswith("--") else set()
+        return len(hits) == 1
+
+    out: list[str] = []
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "--":
+            return out + words[i:]
+        nxt = words[i + 1] if i + 1 < len(words) else ""
+        if len(nxt) > 1 and nxt[0] == "-" and nxt[1].isdigit() and takes_value(word):
+            out.append(f"{word}={nxt}" if word.startswith("--") else word + nxt)  # -x-1: a short option's value
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
 
 
 SERVE_EXAMPLES = """examples:
@@ -136,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_events_parser(sub, HelpFormatter)
     h = sub.add_parser("history", help="read the activity history", epilog=HISTORY_EXAMPLES)
-    h.add_argument("--db", default=None, help="SQLite file or postgresql:// URL (default: serve's default)")
+    h.add_argument("--db", default=None, help="SQLite file or postgresql:// URL (default: the --config's db, else "
+                   "serve's default)")
+    h.add_argument("--config", default=None, help="the serve config whose db to read (default: none)")
     h.add_argument("--camera", default=None, help="only this camera's segments (default: every camera)")
     h.add_argument("--since", default=None, help="Unix seconds, ISO time, or -10m / -2h / -1d (default: the oldest)")
     h.add_argument("--until", default=None, help="like --since (default: now)")
@@ -210,15 +258,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from contextlib import closing
-    from pathlib import Path
 
-    from streamrec.live.history import default_db
+    from streamrec.cli.events import history_target
     from streamrec.live.history import HistoryStore, parse_time
 
-    target = args.db or default_db()
-    if "://" not in target and target != ":memory:" and not Path(target).is_file():
-        raise StreamrecError(f"--db: no history database at {target}")
     since, until = parse_time(args.since), parse_time(args.until)
+    target = history_target(args.db, args.config)
+    if target is None:
+        _print_history([], args.format)
+        return 0
     store = HistoryStore(target)
     try:  # every matching segment (or the newest --limit), streamed: nothing cut off unsaid
         with closing(store.rows(camera=args.camera, since=since, until=until, limit=args.limit)) as rows:
