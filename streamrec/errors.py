@@ -7,6 +7,9 @@ library callers can catch it like any other exception.
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
 
 class StreamrecError(Exception):
     """An error caused by input or environment, with a one-line message for the user."""
@@ -23,3 +26,18 @@ class SourceError(StreamrecError):
 
 class WeightsError(StreamrecError):
     """Model weights could not be found, downloaded or matched to the model."""
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs streamrec's optional dependencies ``extra`` (a name of
+    ``[project.optional-dependencies]``). streamrec is installed from its folder, not from a
+    package index: the command names that folder, so it works from anywhere.
+
+    Example:
+        >>> install_hint("onnx").startswith("pip install -e ") and install_hint("onnx").endswith("[onnx]'")
+        True
+    """
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file():
+        return "pip install -e " + shlex.quote(f"{root}[{extra}]")
+    return f"pip install -e '.[{extra}]' (in the streamrec folder)"

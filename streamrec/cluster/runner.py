@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from streamrec.config import CameraConfig, ServeConfig
-from streamrec.errors import StreamrecError
+from streamrec.errors import StreamrecError, install_hint
 from streamrec.cluster.actors import RemoteCapture, RemoteClassifier
 from streamrec.cluster.clips import check_shared, remove_probes
 from streamrec.event_config import RecordingConfig
@@ -51,7 +51,7 @@ def ray_module():
     try:
         import ray
     except ImportError:
-        raise StreamrecError("cluster: ray is not installed; pip install 'streamrec[cluster]'") from None
+        raise StreamrecError("cluster: ray is not installed; " + install_hint("cluster")) from None
     return ray
 
 

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from streamrec.errors import StreamrecError
+from streamrec.errors import StreamrecError, install_hint
 from streamrec.redact import mask_credentials
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class EventStore:
                 conn.execute(stmt.replace("{serial}", serial))
             return conn
         except ImportError:
-            raise StreamrecError("--db postgresql://: psycopg is not installed; pip install 'streamrec[postgres]'") from None
+            raise StreamrecError("--db postgresql://: psycopg is not installed; " + install_hint("postgres")) from None
         except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: one line for the user
             raise StreamrecError(f"--db: cannot open the events tables: {str(exc).strip()}") from None
 

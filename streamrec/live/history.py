@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
-from streamrec.errors import StreamrecError
+from streamrec.errors import StreamrecError, install_hint
 from streamrec.supervision import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class HistoryStore:
                 try:
                     import psycopg
                 except ImportError:
-                    raise StreamrecError("--db postgresql://: psycopg is not installed; pip install 'streamrec[postgres]'") from None
+                    raise StreamrecError("--db postgresql://: psycopg is not installed; " + install_hint("postgres")) from None
                 conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10)
             else:
                 conn = sqlite3.connect(self.target, check_same_thread=False, isolation_level=None)

@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from streamrec.errors import StreamrecError
+from streamrec.errors import StreamrecError, install_hint
 from streamrec.models.spec import LoadedModel, ModelSpec
 
 EXPORT_META = "streamrec.json"  # TorchScript extra file / ONNX metadata key
@@ -28,7 +28,7 @@ def _ort():
     try:
         import onnxruntime
     except ImportError:
-        raise StreamrecError("ONNX: onnxruntime is not installed; pip install 'streamrec[onnx]'") from None
+        raise StreamrecError("ONNX: onnxruntime is not installed; " + install_hint("onnx")) from None
     return onnxruntime
 
 

@@ -24,7 +24,7 @@ import av
 import numpy as np
 
 from streamrec.runtime.classifier import Classifier, resolve_device
-from streamrec.errors import SourceError, StreamrecError
+from streamrec.errors import SourceError, StreamrecError, install_hint
 from streamrec.fsutil import save_figure
 from streamrec.models.kinetics import restrict, sport_indices
 from streamrec.live.messages import top_k, top_k_many
@@ -141,11 +141,11 @@ class Timeline:
         return "\n".join(lines) + "\n"
 
     def to_dataframe(self):
-        """The windows as a pandas DataFrame (``pip install streamrec[pandas]``)."""
+        """The windows as a pandas DataFrame (``pip install -e '.[pandas]'`` in the streamrec folder)."""
         try:
             import pandas as pd
         except ImportError:
-            raise StreamrecError("to_dataframe: pandas is not installed; pip install 'streamrec[pandas]'") from None
+            raise StreamrecError("to_dataframe: pandas is not installed; " + install_hint("pandas")) from None
         return pd.DataFrame([asdict(w) for w in self.windows])
 
 

@@ -17,7 +17,7 @@ from streamrec.models.exported import EXPORT_META, torchscript_quiet
 from streamrec.runtime.onnx import example_input, export_onnx
 from streamrec.offline.dataset import ClipCache, ClipDataset, Sample, class_dirs, collate, default_workers
 from streamrec.runtime.classifier import Classifier
-from streamrec.errors import StreamrecError
+from streamrec.errors import StreamrecError, install_hint
 from streamrec.fsutil import atomic_write, save_figure
 from streamrec.models.registry import load_model
 
@@ -143,7 +143,7 @@ def export(weights: str, out: str, *, fmt: str) -> Path:
         try:
             import onnx
         except ImportError:
-            raise StreamrecError("--format onnx: the onnx package is not installed; pip install 'streamrec[onnx]'") from None
+            raise StreamrecError("--format onnx: the onnx package is not installed; " + install_hint("onnx")) from None
         export_onnx(loaded, buf)
         proto = onnx.load_from_string(buf.getvalue())
         entry = proto.metadata_props.add()

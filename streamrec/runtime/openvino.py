@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from streamrec.errors import StreamrecError
+from streamrec.errors import StreamrecError, install_hint
 from streamrec.fsutil import CACHE, atomic_write_text
 from streamrec.models.exported import torchscript_quiet
 from streamrec.models.spec import LoadedModel
@@ -230,7 +230,7 @@ def openvino_int8(loaded: LoadedModel, calibration: Iterable[torch.Tensor], thre
     import importlib.util
 
     if importlib.util.find_spec("nncf") is None:
-        raise StreamrecError("--backend openvino-int8: nncf is not installed; pip install 'streamrec[openvino]'")
+        raise StreamrecError("--backend openvino-int8: nncf is not installed; " + install_hint("openvino"))
     ov, model = openvino_model(loaded)
     data = [x.numpy() for x in calibration]
     if not data:
