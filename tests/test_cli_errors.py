@@ -239,3 +239,97 @@ def test_cluster_dashboard_port_in_use_fails_before_the_cluster_starts(tmp_path,
         proc = run_cli("cluster", "--config", str(cfg), "--address", "local", "--port", str(port), timeout=60)
     one_line_error(proc, f"--port {port}: cannot listen on 127.0.0.1:")
     assert "ray" not in proc.stderr.lower().replace("streamrec", "")
+
+
+# -- reading the history: values that start with "-", the database a config names --------------
+
+def seeded_history(db) -> None:
+    """A history database with one segment and one closed event, both an hour old, of camera 'court-1'."""
+    import time
+
+    from streamrec.events.store import Event, EventStore
+    from streamrec.live.history import HistoryStore, Segment
+
+    now = time.time()
+    store = HistoryStore(str(db))
+    store.add(Segment("court-1", "arm wrestling", now - 3600, now - 3590, 0.8, 0.9, 20))
+    store.close()  # writes what is queued
+    events = EventStore(str(db))
+    ev = Event("1764770000-1a2b3c4d", "wrestle", "court-1", "arm wrestling", now - 3600, 0.9, 0.8)
+    events.opened(ev, now=now - 3600)
+    ev.end_ts = now - 3590
+    events.closed(ev, now=now - 3590)
+    events.close()
+
+
+@pytest.mark.parametrize("args", [
+    ("history", "--since", "-2h"), ("history", "--since", "-1d", "--until", "-1m"), ("history", "--sin", "-2h"),
+    ("events", "--since", "-1d"), ("events", "--until", "-10m"), ("history", "--since=-2h"),
+])
+def test_relative_times_are_read_as_values_with_or_without_equals(args, tmp_path):
+    db = tmp_path / "h.db"
+    seeded_history(db)
+    proc = run_cli(*args, "--db", str(db), "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    assert "court-1" in proc.stdout and "arm wrestling" in proc.stdout, proc.stdout
+
+
+def test_a_negative_value_of_another_option_reaches_its_own_check():
+    one_line_error(run_cli("history", "--limit", "-3", "--db", ":memory:"), "--limit")
+
+
+def test_a_bad_relative_time_is_one_line():
+    one_line_error(run_cli("events", "--since", "-1x", "--db", ":memory:"), "--since", "'-1x'")
+
+
+@pytest.mark.parametrize("command", ["events", "history"])
+def test_reading_commands_take_the_database_of_the_config(command, tmp_path):
+    (tmp_path / "var").mkdir()
+    seeded_history(tmp_path / "var" / "gym.db")
+    config = tmp_path / "gym.toml"
+    config.write_text('db = "var/gym.db"\n')  # relative to the config file
+    proc = run_cli(command, "--config", str(config), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert '"court-1"' in proc.stdout, proc.stdout
+    other = tmp_path / "other.db"  # an explicit --db wins over the config's
+    seeded_history(other)
+    import sqlite3
+
+    with sqlite3.connect(other) as c:
+        c.execute("UPDATE segments SET camera = 'door'") if command == "history" else \
+            c.execute("UPDATE events SET camera = 'door'")
+    proc = run_cli(command, "--config", str(config), "--db", str(other), "--format", "json")
+    assert proc.returncode == 0 and '"door"' in proc.stdout and '"court-1"' not in proc.stdout, proc.stdout
+
+
+def test_an_event_of_the_configs_database_is_found_by_its_id(tmp_path):
+    seeded_history(tmp_path / "gym.db")
+    config = tmp_path / "gym.toml"
+    config.write_text('db = "gym.db"\n')
+    proc = run_cli("events", "1764770000-1a2b3c4d", "--config", str(config), "--format", "csv")
+    assert proc.returncode == 0 and "1764770000-1a2b3c4d,wrestle,court-1" in proc.stdout, proc.stderr
+    one_line_error(run_cli("events", "1764770000-1a2b3c4d", "--out", str(tmp_path / "c.mp4"), "--config", str(config)),
+                   "has no clip")
+
+
+def test_an_explicit_db_that_does_not_exist_is_refused(tmp_path):
+    one_line_error(run_cli("events", "--db", str(tmp_path / "typo.db")), "--db", "typo.db", "no such file")
+
+
+@pytest.mark.parametrize("command", ["events", "history"])
+def test_nothing_recorded_yet_is_an_empty_answer(command, tmp_path):
+    proc = run_cli(command, "--format", "json", env={"XDG_DATA_HOME": str(tmp_path)})
+    assert proc.returncode == 0 and proc.stdout.split() == ["[", "]"], proc.stderr
+    assert "nothing recorded yet" in proc.stderr
+
+
+# -- install hints: the command works from the clone (streamrec is on no package index) ---------
+
+def test_a_missing_optional_package_names_the_command_that_installs_it(tmp_path):
+    hidden = tmp_path / "hidden" / "psycopg"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    proc = run_cli("history", "--db", "postgresql://user@127.0.0.1:1/db", env={"PYTHONPATH": str(hidden.parent)})
+    line = one_line_error(proc, "psycopg is not installed")
+    assert line.endswith(f"pip install -e '{ROOT}[postgres]'"), line
+    assert "streamrec[" not in line
