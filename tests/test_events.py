@@ -47,8 +47,22 @@ def test_cooldown_keeps_a_second_event_away_and_cameras_are_separate():
     rule = RuleConfig("run", labels=("running",), min_seconds=0.0, end_seconds=1.0, cooldown_seconds=10.0)
     eng = RuleEngine([rule], new_id=lambda ev: f"{ev.camera}-{ev.start_ts}")
     seq = [(0.0, "running", 0.9), (1.0, "x", 0.9), (2.0, "x", 0.9), (3.0, "running", 0.9), (12.0, "running", 0.9)]
-    assert feed(eng, seq) == [("start", 0.0, 0.0, None), ("end", 1.0, 0.0, 0.0), ("start", 12.0, 12.0, None)]
+    # the run that began at 3.0 in the cooldown opens its event when the cooldown is over, dated 3.0
+    assert feed(eng, seq) == [("start", 0.0, 0.0, None), ("end", 1.0, 0.0, 0.0), ("start", 12.0, 3.0, None)]
     assert feed(eng, [(3.0, "running", 0.9)], camera="other") == [("start", 3.0, 3.0, None)]
+
+
+def test_an_activity_that_began_in_the_cooldown_is_dated_from_its_first_label():
+    rule = RuleConfig("run", labels=("running",), min_seconds=2.0, end_seconds=2.0, cooldown_seconds=10.0)
+    eng = RuleEngine([rule], new_id=lambda ev: f"e{ev.start_ts}")
+    first = [(t, "running", 0.9) for t in (0.0, 1.0, 2.0)] + [(t, "walking", 0.9) for t in (3.0, 4.0)]
+    # cooldown until 12.0; running from 5.0, interrupted at 7.0, again from 8.0 for 20 s
+    second = [(5.0, "running", 0.9), (6.0, "running", 0.9), (7.0, "walking", 0.9)] + \
+        [(8.0 + t, "running", 0.9) for t in range(21)] + [(29.0 + t, "walking", 0.9) for t in range(3)]
+    assert feed(eng, first + second) == [("start", 2.0, 0.0, None), ("end", 4.0, 0.0, 2.0),
+                                         ("start", 12.0, 8.0, None), ("end", 30.0, 8.0, 28.0)]
+    # after the cooldown, an activity is dated from its first label too, not the label that opened it
+    assert feed(eng, [(40.0 + t, "running", 0.9) for t in range(3)]) == [("start", 42.0, 40.0, None)]
 
 
 def test_a_rule_on_some_cameras_ignores_the_others_and_peak_and_mean_follow_the_scores():

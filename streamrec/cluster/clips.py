@@ -132,6 +132,7 @@ class ClusterClips:
         self.on_done, self.on_thumbnail = on_done, on_thumbnail
         self.poll_s = poll_s
         self.active: set[str] = set()  # events whose clips are being written on a camera node
+        self.deleted: set[str] = set()  # events deleted: what their nodes still report is removed
         self.actor_of: dict[str, Any] = {}  # open event -> its camera's actor (kept while the camera is removed)
         self.counts = dict.fromkeys(COUNTS, 0)
         self.rings: dict[str, dict[str, Any]] = {}  # camera -> its ring's stats, from its last report
@@ -172,6 +173,18 @@ class ClusterClips:
             actor = self.actor_of.pop(event_id, None)
         if actor is not None:
             actor.clip_end.remote(event_id, end_ts)
+
+    def discard(self, event_id: str, camera: str) -> int:
+        """The event was deleted: its clip ends on its node at the next packet, and what the node
+        still reports of it (the clip, a thumbnail) is removed instead of noted; the bytes freed now."""
+        with self._lock:
+            self.deleted.add(event_id)
+            self.active.discard(event_id)
+            actor = self.actor_of.pop(event_id, None)
+        if actor is not None:
+            actor.clip_end.remote(event_id, float("-inf"))
+        return sum(self.files.remove(self.config.folder / relative(camera, event_id, suffix))
+                   for suffix in (".mp4", ".jpg"))
 
     # -- the actors' reports --------------------------------------------------------
     def _poll(self) -> None:
@@ -218,6 +231,10 @@ class ClusterClips:
             self.counts["write_errors"] += max(0, errors - self._errors_seen.get(camera, 0))
             self._errors_seen[camera] = errors
         for report in taken["reports"]:
+            if report[1] in self.deleted:  # written before the node heard of the delete
+                if report[2]:
+                    self.files.remove(self.config.folder / report[2])
+                continue
             if report[0] == "clip":
                 _, event_id, clip, size = report
                 with self._lock:

@@ -6,7 +6,10 @@ score and window end time (:meth:`RuleEngine.update`): the label must be one of 
 its groups) with at least ``min_score`` for ``min_seconds`` to open an event (its start is when
 the label began); while open, each matching label extends it and counts towards its peak and mean
 score; ``end_seconds`` without one closes it at the last matching label; then ``cooldown_seconds``
-pass before the rule opens another event on that camera.
+pass before the rule opens another event on that camera (an activity that began during the cooldown
+and still holds when it is over opens one then, dated from the activity's own first label). An
+event deleted while open (:meth:`RuleEngine.discard`) is followed silently to the end of its
+activity: it never closes, and only an activity that starts anew opens the next one.
 
 Example:
     >>> from streamrec.event_config import RuleConfig
@@ -49,6 +52,7 @@ class Track:
     last_seen: float = 0.0
     scores: list[float] = field(default_factory=list)
     cooldown_until: float = float("-inf")
+    deleted: bool = False  # ``open`` was deleted: its activity is followed to its end, with no change
 
 
 def event_id(ev: Event) -> str:
@@ -104,19 +108,20 @@ class RuleEngine:
                 if peak:
                     ev.peak_score, ev.peak_ts = score, ts
                 ev.mean_score = sum(tr.scores) / len(tr.scores)
-                return Change("seen", ev, rule, peak)
+                return None if tr.deleted else Change("seen", ev, rule, peak)
             if ts - tr.last_seen >= rule.end_seconds:
                 ev.end_ts = tr.last_seen
                 tr.open, tr.since, tr.cooldown_until = None, None, tr.last_seen + rule.cooldown_seconds
-                return Change("end", ev, rule)
+                deleted, tr.deleted = tr.deleted, False
+                return None if deleted else Change("end", ev, rule)
             return None
-        if not matched or ts < tr.cooldown_until:
+        if not matched:
             tr.since = None
             return None
-        if tr.since is None:
+        if tr.since is None:  # a run of matching labels begins, in a cooldown or not: the activity's start
             tr.since, tr.label, tr.scores = ts, label, []
         tr.scores.append(score)
-        if ts - tr.since < rule.min_seconds:
+        if ts - tr.since < rule.min_seconds or ts < tr.cooldown_until:
             return None
         ev = Event("", rule.name, camera, tr.label or label, start_ts=tr.since, peak_score=max(tr.scores),
                    mean_score=sum(tr.scores) / len(tr.scores), peak_ts=ts)
@@ -124,11 +129,23 @@ class RuleEngine:
         tr.open, tr.last_seen = ev, ts
         return Change("start", ev, rule)
 
+    def discard(self, event_id: str) -> bool:
+        """The open event ``event_id`` was deleted: it neither goes on nor closes; its rule opens
+        no event on its camera until its activity has ended (as it would have closed) and starts
+        again. Whether ``event_id`` was open."""
+        for tr in self.tracks.values():
+            if tr.open is not None and tr.open.id == event_id:
+                tr.deleted = True
+                return True
+        return False
+
     def close_all(self) -> list[Change]:
         """Close every open event at its last matching label (a clean shutdown)."""
         out = []
         for (name, _), tr in self.tracks.items():
-            if tr.open is not None:
+            if tr.open is not None and tr.deleted:
+                tr.open, tr.deleted = None, False
+            elif tr.open is not None:
                 tr.open.end_ts = tr.last_seen
                 rule = next(r for r in self.rules if r.name == name)
                 out.append(Change("end", tr.open, rule))
@@ -140,7 +157,7 @@ class RuleEngine:
         out = []
         for key in [k for k in self.tracks if k[1] == camera]:
             tr = self.tracks.pop(key)
-            if tr.open is not None:
+            if tr.open is not None and not tr.deleted:
                 tr.open.end_ts = tr.last_seen
                 out.append(Change("end", tr.open, next(r for r in self.rules if r.name == key[0])))
         return out

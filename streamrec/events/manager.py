@@ -24,6 +24,7 @@ import numpy as np
 
 from streamrec.errors import StreamrecError
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
+from streamrec.events.clipfiles import ClipFolder
 from streamrec.events.engine import Change, RuleEngine, rule_labels
 from streamrec.events.inbox import Inbox
 from streamrec.events.store import DatabaseUnavailable, EventStore
@@ -235,12 +236,27 @@ class EventManager:
         return path
 
     def delete(self, event_id: str) -> bool:
-        row = self.store.delete(event_id)
+        """Delete an event, open or closed: its row and its notifications not yet delivered go,
+        its rule stops following it (no end is notified; an activity that starts anew opens a new
+        event), its clip stops being written and its clip and thumbnail are removed. Whether
+        there was such an event."""
+        if not self.inbox.lock.acquire(timeout=JOIN_S):  # the events thread is not between two steps of it
+            raise DatabaseUnavailable(f"event {event_id}: not deleted: the events thread is busy (the database "
+                                      "does not answer?); try again")
+        try:
+            was_open = self.engine.discard(event_id)
+            row = self.store.delete(event_id)
+            self.last_written.pop(event_id, None)
+            camera = row["camera"] if row is not None else None
+        finally:
+            self.inbox.lock.release()
         if row is None:
-            return False
-        for kind in ("clip", "thumbnail"):
-            if row.get(kind):
-                (self.recording.folder / row[kind]).unlink(missing_ok=True)
+            return was_open
+        if self.recorder is not None and hasattr(self.recorder, "discard"):
+            self.recorder.discard(event_id, camera)
+        files = ClipFolder(self.recording.folder)
+        files.delete_files(row)
+        self.publish({"type": "event_deleted", "id": event_id, "state": "deleted"})
         return True
 
     def stats(self) -> dict[str, Any]:
@@ -249,7 +265,7 @@ class EventManager:
         if counts is not None:
             self._outbox_stats = counts
         out: dict[str, Any] = {"rules": [r.name for r in self.rules],
-                               "open": sum(1 for t in list(self.engine.tracks.values()) if t.open is not None),
+                               "open": sum(1 for t in list(self.engine.tracks.values()) if t.open is not None and not t.deleted),
                                "errors": self.errors + self.inbox.errors, "outbox": dict(self._outbox_stats),
                                "queued": self.inbox.queued(), "dropped": self.inbox.dropped,
                                "waiting_db": self.waiting_db, "db_reconnects": self.store.reconnects}

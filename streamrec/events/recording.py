@@ -54,6 +54,7 @@ class ClipWriter:
         self.begun = clock()
         self.stop_at: float | None = None  # end of the event + post_seconds, once known
         self.finish_now = threading.Event()  # close(): finish with what has come in
+        self.discarded = False  # its event was deleted: the file goes, nothing is reported
         self.packets = 0
         self.payload_bytes = 0
         self.error: str | None = None
@@ -210,6 +211,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._never = threading.Event()  # a writer catches its own errors: the supervisor never restarts it
         self._closed = False
+        self._deleted: set[str] = set()  # events deleted: no clip or thumbnail of theirs is written any more
         self.clips_written = 0
         self.bytes_written = 0
         self.write_errors = 0
@@ -227,7 +229,7 @@ class Recorder:
         """Start the clip of an event that started at ``start_ts``; its path relative to the
         folder, or ``None`` when ``camera`` has no compressed packets to copy."""
         with self._lock:
-            if self._closed:
+            if self._closed or event_id in self._deleted:
                 return None
             if event_id in self._writers:
                 return relative(camera, event_id, ".mp4")
@@ -246,14 +248,17 @@ class Recorder:
 
     def _write(self, writer: ClipWriter, rel: str) -> None:
         self.supervisor.run(f"clip-{writer.camera}", writer.run, self._never)
-        size = writer.size() if writer.playable() else 0
+        size = writer.size() if writer.playable() and not writer.discarded else 0
         with self._lock:
             self._writers.pop(writer.event_id, None)
+            discarded = writer.discarded or writer.event_id in self._deleted
             self.clips_written += bool(size)
             self.bytes_written += size
             self.write_errors += writer.error is not None
-        if not size:
+        if not size or discarded:
             self.files.remove(writer.path)
+        if discarded:
+            return
         if self.on_done is not None:
             try:
                 self.on_done(writer.event_id, rel if size else None, size)
@@ -265,7 +270,8 @@ class Recorder:
         frame = self.frame_of(camera)
         if frame is not None:
             with self._lock:
-                self._peaks[event_id] = frame
+                if event_id not in self._deleted:
+                    self._peaks[event_id] = frame
 
     def end(self, event_id: str, camera: str, end_ts: float) -> str | None:
         """The event ended at ``end_ts``: its clip goes on ``post_seconds`` more, and the frame of
@@ -280,9 +286,12 @@ class Recorder:
 
     def thumbnail(self, event_id: str, camera: str, rgb: np.ndarray) -> str | None:
         """Write ``rgb`` (uint8 H x W x 3) as the event's JPEG; its path relative to the folder
-        (``None`` when it could not be written: logged and counted)."""
+        (``None`` when it could not be written: logged and counted, or when the event was deleted)."""
         import cv2
 
+        with self._lock:
+            if event_id in self._deleted:
+                return None
         rel = relative(camera, event_id, ".jpg")
         path = self.folder / rel
         try:
@@ -299,6 +308,20 @@ class Recorder:
         with self._lock:
             self.thumbnails_written += 1
         return rel
+
+    def discard(self, event_id: str, camera: str, timeout: float = JOIN_S) -> int:
+        """The event was deleted: its clip stops (waiting ``timeout`` s at most for its writer),
+        nothing more of it is written or reported, and its clip and thumbnail are removed; the
+        bytes freed."""
+        with self._lock:
+            self._deleted.add(event_id)
+            self._peaks.pop(event_id, None)
+            entry = self._writers.get(event_id)
+        if entry is not None:
+            entry[0].discarded = True
+            entry[0].finish_now.set()
+            entry[1].join(timeout)
+        return sum(self.files.remove(self.folder / relative(camera, event_id, suffix)) for suffix in (".mp4", ".jpg"))
 
     # -- retention ---------------------------------------------------------------------
     def prune(self, store: EventStore, now: float) -> int:

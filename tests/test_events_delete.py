@@ -1,0 +1,98 @@
+"""Deleting an event, open or still recording: its rule lets it go without closing it, its clip
+stops and its files go, and no notification of it is sent afterwards; real rules, a real
+Recorder fed a real H.264 file on a virtual clock, and a real SQLite database."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+
+from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
+from streamrec.events.manager import EventManager
+from streamrec.events.recording import Recorder
+from streamrec.supervision import Supervisor
+
+from test_recording import FPS, T0, Player, h264
+
+RULE = RuleConfig(name="pour", labels=("pouring",), min_seconds=1.0, end_seconds=1.0, cooldown_seconds=0.0,
+                  notify=("webhook",))
+STEP = 0.25  # seconds between labels
+
+
+def label(ts: float, name: str) -> dict:
+    return {"label": name, "score": 0.9, "uncertain": False, "window": {"end_ts": ts}}
+
+
+class Rig:
+    """An EventManager whose clips are written by a Recorder on the virtual clock of a Player."""
+
+    def __init__(self, tmp_path, src) -> None:
+        self.now = [T0]
+        self.published: list[dict] = []
+        self.folder = tmp_path / "events"
+        self.db = str(tmp_path / "events.db")
+        rec = RecordingConfig(pre_seconds=1.0, post_seconds=2.0, dir=str(self.folder))
+        frame = np.full((240, 320, 3), 128, np.uint8)
+
+        def clips(on_done, on_thumbnail):
+            return Recorder(rec, supervisor=Supervisor(), clock=lambda: self.now[0], on_done=on_done,
+                            frame_of=lambda camera: frame)
+
+        # no channel delivers: every notification of the outbox stays there, undelivered
+        self.manager = EventManager(rules=(RULE,), notify=NotifyConfig(),
+                                    recording=rec, db=self.db, classes=["pouring", "walking"], supervisor=Supervisor(),
+                                    publish=self.published.append, clips=clips, clock=lambda: self.now[0])
+        self.play = Player(src, self.manager.packet_ring("cam"), self.now)
+        self.manager.start(["cam"])
+        self.t = 0.0
+
+    def labels(self, name: str, until: float) -> None:
+        """Play the file and give the manager a label every STEP seconds, up to ``until``."""
+        while self.t < until:
+            self.t += STEP
+            self.play.until(self.t)
+            self.manager.observe("cam", label(T0 + self.t, name))
+            assert self.manager.flush()
+
+    def opened(self) -> list[str]:
+        return [m["id"] for m in self.published if m.get("type") == "event" and m["state"] == "open"]
+
+    def outbox(self, event_id: str) -> list[str]:
+        with sqlite3.connect(self.db) as conn:
+            return [k for k, in conn.execute("SELECT kind FROM outbox WHERE event_id = ? ORDER BY id", (event_id,))]
+
+
+def test_a_deleted_event_is_gone_for_good_open_or_still_recording(tmp_path):
+    src = h264(tmp_path / "cam.mp4", 16.0)
+    rig = Rig(tmp_path, src)
+    rig.labels("pouring", 2.0)  # opens at 1.25, dated 0.25
+    [first] = rig.opened()
+    assert rig.manager.store.get(first)["state"] == "open" and rig.outbox(first) == ["event_start"]
+    assert (rig.folder / "cam" / f"{first}.mp4").exists()  # its clip is being written
+
+    assert rig.manager.delete(first) is True
+    assert rig.manager.store.get(first) is None and rig.outbox(first) == []
+    assert not (rig.folder / "cam" / f"{first}.mp4").exists()
+    assert rig.manager.stats()["open"] == 0
+    rig.labels("pouring", 4.0)  # the same activity goes on: no event
+    assert rig.opened() == [first]
+    rig.labels("walking", 6.0)  # and ends: the deleted event is not closed
+    rig.labels("pouring", 8.0)  # a new activity: a new event, from its own first label
+    second = rig.opened()[-1]
+    assert second != first and rig.manager.store.get(second)["start_ts"] == T0 + 6.25
+    rig.labels("walking", 10.0)  # it closes at 8.0; its clip runs on to 10.0
+    assert rig.manager.store.get(second)["state"] == "closed"
+    assert rig.outbox(second) == ["event_start", "event_end"]
+    assert rig.manager.delete(second) is True  # closed, its clip still being written
+    rig.labels("walking", 14.0)
+    assert rig.manager.delete(first) is False
+    rig.manager.close()
+    rig.play.source.close()
+
+    assert rig.outbox(first) == [] and rig.outbox(second) == []
+    assert [m for m in rig.published if m.get("type") == "event" and m["id"] == first and m["state"] != "open"] == []
+    assert [m["id"] for m in rig.published if m.get("type") == "event_deleted"] == [first, second]
+    with sqlite3.connect(rig.db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (0,)
+    assert sorted(p.name for p in rig.folder.rglob("*") if p.is_file()) == []
