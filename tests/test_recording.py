@@ -263,7 +263,7 @@ now = [0.0]
 rec = Recorder(t.recording(t.Path({tmp!r})), supervisor=Supervisor(), clock=lambda: now[0])
 play = t.Player(t.Path({src!r}), rec.ring("cam"), now)
 play.until(4.0)
-path = t.Path({tmp!r}) / "events" / rec.begin("e", "cam", t.T0 + 3.0)
+path = t.Path({tmp!r}) / "events" / (rec.begin("e", "cam", t.T0 + 3.0) + ".part")
 play.until(10.0)
 deadline = time.monotonic() + 60
 while path.read_bytes().count(b"moof") < 8 and time.monotonic() < deadline:
@@ -277,6 +277,9 @@ def test_a_clip_whose_writer_is_killed_plays_up_to_its_last_fragment(clip12, tmp
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stderr
     path = tmp_path / "events" / "cam" / "e.mp4"
+    assert not path.exists()  # only a finished clip has the clip's name
+    Recorder(recording(tmp_path), supervisor=Supervisor()).ring("cam")  # the next start recovers it
+    assert not path.with_name("e.mp4.part").exists()
     assert path.read_bytes().count(b"moof") >= 8
     n = frames_of(path)  # from the keyframe at 1.0: 8 s of complete fragments at least, not the one still open
     assert 8 * FPS <= n <= 9 * FPS
@@ -320,6 +323,7 @@ def test_a_full_disk_ends_the_clip_with_one_error_line_and_a_count(clip12, tmp_p
     assert len(errors) == 1 and "clip e of camera cam: cannot write" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
     [(eid, rel, size)] = out["done"]
+    assert not list((tmp_path / "events").rglob("*.part"))  # the clip is under its name, whole, or nowhere
     if room == "some fragments":
         assert eid == "e" and 0 < size <= limit  # what fitted is kept, cut back to its last whole fragment
         assert frames_of(tmp_path / "events" / rel) > 0

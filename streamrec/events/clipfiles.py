@@ -1,7 +1,7 @@
 """The folder of event clips and thumbnails (``<folder>/<camera>/<event id>.mp4`` and ``.jpg``)
-and its retention: files of events older than the retention, then the oldest while the folder
-is over its size, are deleted with their events; files no event points to are deleted once
-older than the retention.
+and its retention: events that ended longer than the retention ago are deleted with their
+files (with a clip or not), then those with the oldest clips while the folder is over its size;
+files no event points to are deleted once older than the retention.
 
 Example:
     >>> import tempfile
@@ -32,6 +32,8 @@ from streamrec.supervision import describe
 
 logger = logging.getLogger(__name__)
 
+PART = ".part"  # a clip being written: ``<event id>.mp4.part``, renamed to ``<event id>.mp4`` when finished
+
 
 def path_part(name: str) -> str:
     """``name`` as one safe path component: letters, digits, ``-``, ``_`` and ``.`` (other
@@ -60,17 +62,21 @@ class ClipFolder:
         self.root = root
 
     def prune(self, store: EventStore, *, cutoff: float, max_bytes: float, active: set[str]) -> int:
-        """Delete the events (closed, with a clip) that ended before ``cutoff``, then the oldest
-        while the folder holds more than ``max_bytes``, with their files; not those in ``active``
-        (their clips are being written). How many events were deleted."""
+        """Delete the closed events that ended before ``cutoff`` (with a clip or not), then those
+        with the oldest clips while the folder holds more than ``max_bytes``, with their files;
+        not those in ``active`` (their clips are being written). How many events were deleted."""
         total = self.total_bytes()
         removed = 0
+        for row in store.ended_before(cutoff):
+            if row["id"] not in active:
+                total -= self.delete_files(row)
+                store.delete(row["id"])
+                removed += 1
         for row in store.oldest_with_clips():
+            if total <= max_bytes:
+                break
             if row["id"] in active:
                 continue
-            ended = row["end_ts"] if row["end_ts"] is not None else row["start_ts"]
-            if ended >= cutoff and total <= max_bytes:
-                break
             total -= self.delete_files(row)
             store.delete(row["id"])
             removed += 1
@@ -104,6 +110,7 @@ class ClipFolder:
         """Remove an event's clip and thumbnail (and the thumbnail beside its clip); bytes freed."""
         paths = {self.inside(rel) for rel in (row.get("clip"), row.get("thumbnail")) if rel}
         paths |= {p.with_suffix(".jpg") for p in list(paths) if p is not None and p.suffix == ".mp4"}
+        paths |= {p.with_name(p.name + PART) for p in list(paths) if p is not None and p.suffix == ".mp4"}
         return sum(self.remove(p) for p in paths if p is not None)
 
     def inside(self, rel: str) -> Path | None:
@@ -128,5 +135,22 @@ class ClipFolder:
         clip was noted): deleted too; not those of ``active`` events."""
         writing = {path_part(e) for e in active}
         for path, _, mtime in self.files():
-            if mtime < cutoff and path.stem not in writing:
+            if mtime < cutoff and path.name.removesuffix(PART).rsplit(".", 1)[0] not in writing:
                 self.remove(path)
+
+    def recover_parts(self, camera: str) -> int:
+        """Clips of ``camera`` a killed process left as ``.mp4.part`` become ``.mp4`` (a fragmented
+        MP4 plays up to its last complete fragment); empty ones are deleted. How many were recovered."""
+        n = 0
+        for path, size, _ in self.files():
+            if path.parent.name != path_part(camera) or not path.name.endswith(".mp4" + PART):
+                continue
+            if not size:
+                self.remove(path)
+                continue
+            try:
+                os.replace(path, path.with_name(path.name.removesuffix(PART)))
+                n += 1
+            except OSError as exc:
+                logger.warning("clips: cannot recover %s: %s", path, describe(exc))
+        return n

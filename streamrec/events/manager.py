@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 ClipsFactory = Callable[[Callable[[str, "str | None", int], None], Callable[[str, str], None]], Any]
 SEEN_EVERY_S = 1.0  # how often an open event's last label is written (for recovery after a kill)
-PRUNE_EVERY_S = 600.0  # how often retention deletes old clips (and at start)
+PRUNE_EVERY_S = 600.0  # how often retention deletes old events and clips (and at the first label)
 QUEUE_SIZE = 10_000  # labels waiting for the events thread (minutes of a camera's labels while a database restarts)
 RETRY_S, MAX_RETRY_S = 0.5, 10.0  # a write to a database that does not answer: tried again after these waits
 JOIN_S = 10.0  # finish(): how long the events thread may take to handle what is queued
@@ -120,7 +120,7 @@ class EventManager:
         """One item of the inbox, in the ``events`` thread."""
         kind, key, value = item
         if kind == "label":
-            if self.recorder is not None and self.clock() >= self.next_prune:
+            if self.clock() >= self.next_prune:
                 self.prune()
             changes = self.engine.update(key, value["label"], value["score"], value["window"]["end_ts"],
                                          uncertain=value["uncertain"])
@@ -196,10 +196,16 @@ class EventManager:
         self.publish({"type": "event", **ev.to_json()})
 
     def prune(self) -> None:
-        """Retention: clips past ``retention_days`` or ``max_gb`` go, with their events."""
+        """Retention: events that ended more than ``retention_days`` ago go (with their clips and
+        thumbnails, when they have some), then the oldest clips past ``max_gb``, with their events."""
         self.next_prune = self.clock() + PRUNE_EVERY_S
         try:
-            removed = self.recorder.prune(self.store, self.clock())
+            if self.recorder is not None:
+                removed = self.recorder.prune(self.store, self.clock())
+            else:  # no clips recorded now: the events (and files of earlier runs) still age out
+                cutoff = self.clock() - self.recording.retention_days * 86400
+                removed = ClipFolder(self.recording.folder).prune(self.store, cutoff=cutoff, max_bytes=float("inf"),
+                                                                  active=set())
         except Exception:  # noqa: BLE001 - a disk or database problem: try again later
             logger.exception("events: retention failed")
             return
@@ -282,6 +288,8 @@ class EventManager:
             out.append(f"events: the database does not answer; {self.inbox.queued()} labels wait")
         if self.inbox.dropped:
             out.append(f"events: {self.inbox.dropped} label(s) dropped, their queue was full")
+        if self.notifier is not None:
+            out += self.notifier.problems()
         return out
 
     def flush(self, timeout: float = JOIN_S) -> bool:

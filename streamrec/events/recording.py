@@ -3,11 +3,15 @@
 Each camera's source puts its compressed video packets into a :class:`PacketRing`
 (:meth:`Recorder.ring`). When an event starts, :meth:`Recorder.begin` starts a writer thread
 that copies (remuxes) the packets from the last keyframe ``pre_seconds`` before the event on
-into a fragmented MP4, ``<folder>/<camera>/<event id>.mp4``, and follows the ring as packets
-come in, until ``post_seconds`` after :meth:`Recorder.end` (at most ``max_seconds`` in all). A
-fragmented MP4 plays up to its last complete fragment (one per keyframe) even when the process
-is killed while writing. A write error (a full disk) ends that clip with one log line and a
-count; the caller never sees it, and capture and inference never wait on a clip.
+into a fragmented MP4 and follows the ring as packets come in, until ``post_seconds`` after
+:meth:`Recorder.end` (at most ``max_seconds`` in all). The clip is written as
+``<folder>/<camera>/<event id>.mp4.part`` and, once finished and flushed to disk, renamed to
+``<event id>.mp4``: a clip under its own name is always whole. A fragmented MP4 plays up to its
+last complete fragment (one per keyframe), so the ``.part`` of a process that was killed while
+writing becomes the clip when the next Recorder starts. A write error (a full disk) ends that
+clip with one log line and a count, keeping its complete fragments; the caller never sees it,
+and capture and inference never wait on a clip. Thumbnails are written to a temporary file,
+flushed and renamed too: never a truncated or empty JPEG.
 :meth:`Recorder.prune` deletes old clips and their events (``retention_days``, ``max_gb``).
 """
 
@@ -24,8 +28,9 @@ from typing import Any, Callable
 import numpy as np
 
 from streamrec.event_config import RecordingConfig
-from streamrec.events.clipfiles import ClipFolder, relative
+from streamrec.events.clipfiles import PART, ClipFolder, relative
 from streamrec.events.store import EventStore
+from streamrec.fsutil import atomic_write
 from streamrec.live.packets import ClipStart, PacketRing, TappedPacket
 from streamrec.live.sources import open_container
 from streamrec.supervision import Supervisor, describe
@@ -43,18 +48,20 @@ FrameOf = Callable[[str], "np.ndarray | None"]
 
 
 class ClipWriter:
-    """Copies the packets of ``ring`` from ``start.seq`` on into ``path``: the body of a
-    ``clip-<camera>`` thread (:meth:`run`)."""
+    """Copies the packets of ``ring`` from ``start.seq`` on into ``path`` (written as ``part``,
+    renamed by :meth:`commit`): the body of a ``clip-<camera>`` thread (:meth:`run`)."""
 
     def __init__(self, event_id: str, camera: str, ring: PacketRing, start: ClipStart, path: Path, *,
                  max_seconds: float, clock: Callable[[], float]) -> None:
         self.event_id, self.camera, self.ring, self.start, self.path = event_id, camera, ring, start, path
+        self.part = path.with_name(path.name + PART)
         self.max_seconds = max_seconds
         self.clock = clock
         self.begun = clock()
         self.stop_at: float | None = None  # end of the event + post_seconds, once known
         self.finish_now = threading.Event()  # close(): finish with what has come in
         self.discarded = False  # its event was deleted: the file goes, nothing is reported
+        self.committed = False  # finished and renamed to ``path``
         self.packets = 0
         self.payload_bytes = 0
         self.error: str | None = None
@@ -76,17 +83,33 @@ class ClipWriter:
             self._close(out)
             if self.error is not None and self._whole:
                 self._cut()
+        self.committed = self.playable() and not self.discarded and self.commit()
 
     def _cut(self) -> None:
         """After a write error: the file back to its last complete fragment (it plays to its end)."""
         try:
-            os.truncate(self.path, self._whole)
+            os.truncate(self.part, self._whole)
         except OSError:
             pass
 
+    def commit(self) -> bool:
+        """The finished ``part`` flushed to disk and renamed to ``path`` (atomic); whether it was
+        (a failure is logged and counted as the clip's error, and ``part`` is left to the caller)."""
+        try:
+            fd = os.open(self.part, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self.part, self.path)
+            return True
+        except OSError as exc:
+            self._failed(exc)
+            return False
+
     def _open(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        out = open_container(str(self.path), mode="w", format="mp4", options=dict(MP4_OPTIONS))
+        out = open_container(str(self.part), mode="w", format="mp4", options=dict(MP4_OPTIONS))
         try:
             out.add_stream_from_template(self.start.template.stream)
         except Exception:
@@ -151,7 +174,7 @@ class ClipWriter:
         q.stream = stream
         out.mux(q)
         if p.keyframe:  # the muxer wrote the previous fragment, whole, and holds this one in memory
-            self._whole = self.size()
+            self._whole = self.size(self.part)
             self.keyframes += 1
         self._last_dts = dts
         if p.pts is not None:
@@ -183,9 +206,10 @@ class ClipWriter:
         """Whether the file has a picture to show: finished, or cut back to a complete fragment."""
         return self.packets > 0 and (self.error is None or self.keyframes > 1)
 
-    def size(self) -> int:
+    def size(self, path: Path | None = None) -> int:
+        """Bytes of ``path`` (default: the finished clip)."""
         try:
-            return self.path.stat().st_size
+            return (path or self.path).stat().st_size
         except OSError:
             return 0
 
@@ -218,9 +242,11 @@ class Recorder:
         self.thumbnails_written = 0
 
     def ring(self, camera: str) -> PacketRing:
-        """The packet ring of ``camera`` (made on first use): give it to its capture thread."""
+        """The packet ring of ``camera`` (made on first use, when the clips a killed process was
+        writing for it are recovered): give it to its capture thread."""
         with self._lock:
             if camera not in self._rings:
+                self.files.recover_parts(camera)
                 self._rings[camera] = PacketRing(int(self.config.packet_ring_mb * 2**20), self.config.pre_seconds,
                                                  clock=self.clock, name=camera)
             return self._rings[camera]
@@ -248,13 +274,14 @@ class Recorder:
 
     def _write(self, writer: ClipWriter, rel: str) -> None:
         self.supervisor.run(f"clip-{writer.camera}", writer.run, self._never)
-        size = writer.size() if writer.playable() and not writer.discarded else 0
+        size = writer.size() if writer.committed and not writer.discarded else 0
         with self._lock:
             self._writers.pop(writer.event_id, None)
             discarded = writer.discarded or writer.event_id in self._deleted
             self.clips_written += bool(size)
             self.bytes_written += size
             self.write_errors += writer.error is not None
+        self.files.remove(writer.part)
         if not size or discarded:
             self.files.remove(writer.path)
         if discarded:
@@ -299,7 +326,7 @@ class Recorder:
             if not ok:
                 raise ValueError("JPEG encoding failed")
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(jpeg.tobytes())
+            atomic_write(path, lambda fh: fh.write(jpeg.tobytes()))  # a full disk leaves no partial JPEG
         except Exception as exc:  # noqa: BLE001 - a full disk, a bad image: no thumbnail, labels go on
             with self._lock:
                 self.write_errors += 1
@@ -321,7 +348,8 @@ class Recorder:
             entry[0].discarded = True
             entry[0].finish_now.set()
             entry[1].join(timeout)
-        return sum(self.files.remove(self.folder / relative(camera, event_id, suffix)) for suffix in (".mp4", ".jpg"))
+        return sum(self.files.remove(self.folder / relative(camera, event_id, suffix))
+                   for suffix in (".mp4", ".mp4" + PART, ".jpg"))
 
     # -- retention ---------------------------------------------------------------------
     def prune(self, store: EventStore, now: float) -> int:

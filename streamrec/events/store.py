@@ -308,6 +308,12 @@ class EventStore:
             self._run("DELETE FROM events WHERE id = ?", (event_id,))
         return row
 
+    def ended_before(self, cutoff: float) -> list[dict[str, Any]]:
+        """Closed events that ended before ``cutoff``, oldest first, with a clip or not."""
+        rows = self._run(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE state = 'closed' "
+                         "AND COALESCE(end_ts, start_ts) < ? ORDER BY start_ts", (cutoff,))
+        return [dict(zip(EVENT_COLUMNS, r)) for r in rows]
+
     def oldest_with_clips(self) -> list[dict[str, Any]]:
         """Closed events with a clip, oldest first (retention deletes from the front)."""
         rows = self._run(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE clip IS NOT NULL AND state = 'closed' "
@@ -315,9 +321,14 @@ class EventStore:
         return [dict(zip(EVENT_COLUMNS, r)) for r in rows]
 
     # -- outbox ---------------------------------------------------------------------
-    def pending(self, *, now: float, limit: int = 100) -> list[Notification]:
-        rows = self._run("SELECT id, event_id, kind, channel, payload, created, attempts FROM outbox "
-                         f"WHERE delivered IS NULL AND next_try <= ? ORDER BY id LIMIT {int(limit)}", (now,))
+    def pending(self, *, now: float, limit: int = 100, channel: str | None = None) -> list[Notification]:
+        """Undelivered notifications due at ``now`` (of ``channel``, or all), oldest first; never one
+        whose event has an older undelivered notification on the same channel (kept in order)."""
+        where = "" if channel is None else " AND channel = ?"
+        rows = self._run("SELECT id, event_id, kind, channel, payload, created, attempts FROM outbox o "
+                         f"WHERE delivered IS NULL AND next_try <= ?{where} AND NOT EXISTS (SELECT 1 FROM outbox e "
+                         "WHERE e.event_id = o.event_id AND e.channel = o.channel AND e.delivered IS NULL "
+                         f"AND e.id < o.id) ORDER BY id LIMIT {int(limit)}", (now,) if channel is None else (now, channel))
         return [Notification(*r) for r in rows]
 
     def delivered(self, note_id: int, now: float) -> None:

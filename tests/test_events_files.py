@@ -1,0 +1,86 @@
+"""What a full disk leaves of thumbnails and clips (nothing partial: a write past the file-size
+limit fails with a real EFBIG), and retention of events with and without clips."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
+from streamrec.events.manager import EventManager
+from streamrec.events.recording import Recorder
+from streamrec.events.store import Event, EventStore
+from streamrec.supervision import Supervisor
+
+DAY = 86400.0
+
+THUMBNAIL_PAST_THE_LIMIT = """
+import json, resource, signal, sys
+import numpy as np
+from pathlib import Path
+from streamrec.event_config import RecordingConfig
+from streamrec.events.recording import Recorder
+from streamrec.supervision import Supervisor
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+rec = Recorder(RecordingConfig(dir={folder!r}), supervisor=Supervisor())
+small = np.full((48, 64, 3), 90, np.uint8)
+noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # a JPEG of 200 kB or so
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+print(json.dumps([rec.thumbnail("small", "cam", small), rec.thumbnail("big", "cam", noise), rec.stats()["write_errors"]]))
+"""
+
+
+def test_a_thumbnail_that_does_not_fit_leaves_no_file(tmp_path):
+    folder = tmp_path / "events"
+    code = THUMBNAIL_PAST_THE_LIMIT.format(folder=str(folder))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["cam/small.jpg", None, 1]
+    assert "thumbnail of event big: cannot write" in proc.stderr and "Traceback" not in proc.stderr
+    # the one that fitted is whole; of the other, neither a truncated JPEG nor its temporary file
+    assert os.listdir(folder / "cam") == ["small.jpg"]
+    assert (folder / "cam" / "small.jpg").read_bytes()[-2:] == b"\xff\xd9"
+
+
+def closed(store: EventStore, eid: str, start: float, *, clip: bool, folder) -> None:
+    store.opened(Event(eid, "rule", "cam", "label", start, 0.9, 0.8), now=start)
+    store.closed(Event(eid, "rule", "cam", "label", start, 0.9, 0.8, end_ts=start + 10), now=start + 10)
+    if clip:
+        (folder / "cam").mkdir(parents=True, exist_ok=True)
+        (folder / "cam" / f"{eid}.mp4").write_bytes(bytes(100))
+        store.set_files(eid, clip=f"cam/{eid}.mp4", clip_bytes=100)
+
+
+def test_retention_deletes_old_events_with_a_clip_or_not(tmp_path):
+    folder = tmp_path / "events"
+    store = EventStore(str(tmp_path / "events.db"))
+    now = 100 * DAY
+    closed(store, "old-clip", now - 20 * DAY, clip=True, folder=folder)
+    closed(store, "old-bare", now - 15 * DAY, clip=False, folder=folder)
+    closed(store, "new-bare", now - 1 * DAY, clip=False, folder=folder)
+    rec = Recorder(RecordingConfig(dir=str(folder), retention_days=14.0), supervisor=Supervisor())
+    assert rec.prune(store, now) == 2
+    assert [e["id"] for e in store.query()] == ["new-bare"]
+    assert not (folder / "cam" / "old-clip.mp4").exists()
+    store.close()
+
+
+def test_events_age_out_when_nothing_is_recorded(tmp_path):
+    db = str(tmp_path / "events.db")
+    now = 100 * DAY
+    store = EventStore(db)
+    closed(store, "old", now - 3 * DAY, clip=False, folder=tmp_path)
+    closed(store, "new", now - DAY / 2, clip=False, folder=tmp_path)
+    store.close()
+    manager = EventManager(rules=(RuleConfig(name="pour", labels=("pouring",)),), notify=NotifyConfig(),
+                           recording=RecordingConfig(enabled=False, retention_days=2.0, dir=str(tmp_path / "none")),
+                           db=db, classes=["pouring"], supervisor=Supervisor(), publish=lambda m: None,
+                           clock=lambda: now)
+    manager.start(["cam"])
+    manager.observe("cam", {"label": "pouring", "score": 0.9, "uncertain": False, "window": {"end_ts": now}})
+    assert manager.flush()
+    assert [e["id"] for e in manager.store.query()] == ["new"]
+    manager.close()
