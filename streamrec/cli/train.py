@@ -58,21 +58,28 @@ def add_fit_parsers(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a model on DATA/train, validate on DATA/valid", epilog=TRAIN_EXAMPLES)
     _data_args(p)
     p.add_argument("--epochs", type=int, default=10, help="passes over DATA/train")
-    p.add_argument("--lr", type=finite_float("--lr"), default=1e-3, help="peak learning rate (after one warm-up epoch)")
+    p.add_argument("--lr", type=finite_float("--lr"), default=None,
+                   help="peak learning rate, after one warm-up epoch (default 1e-3 for the head only, 3e-3 for every layer)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--freeze-backbone", dest="freeze_backbone", action="store_true", default=True,
-                   help="train only the new head (pretrained weights; the default)")
-    g.add_argument("--finetune-all", dest="freeze_backbone", action="store_false", help="train every layer")
+    g.add_argument("--freeze-backbone", dest="freeze_backbone", action="store_true", default=None,
+                   help="train only the new head (the default on pretrained weights; refused on random ones)")
+    g.add_argument("--finetune-all", dest="freeze_backbone", action="store_false",
+                   help="train every layer (the default on random weights: --weights none, tiny3d)")
     p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without val-loss improvement")
     p.add_argument("--out", default="model.pt", help="the checkpoint (best validation loss); "
                    "<out>.state and <out>.log.csv beside it")
     p.add_argument("--resume", action="store_true", help="go on from <out>.state, the last finished epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
+    p.add_argument("--allow-chance", action="store_true",
+                   help="save the model even when it does no better than chance on the validation clips "
+                        "(else nothing is saved and train exits with code 1)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("lr-find", help="learning-rate range test", epilog=LR_FIND_EXAMPLES)
     _data_args(p)
     p.add_argument("--plot", default="lr_find.png", help="loss against learning rate, with the suggestion (PNG)")
+    p.add_argument("--finetune-all", dest="freeze_backbone", action="store_false", default=None,
+                   help="test every layer, as train --finetune-all trains (default: what train trains by default)")
     p.set_defaults(func=cmd_lr_find)
 
 
@@ -130,7 +137,7 @@ def _train_config(args):
     from streamrec.offline.train import TrainConfig
 
     keys = ("model", "weights", "device", "epochs", "batch_size", "lr", "freeze_backbone", "val_split", "patience",
-            "flip", "color_jitter", "workers", "cache_dir", "seed", "out", "resume", "quiet")
+            "flip", "color_jitter", "workers", "cache_dir", "seed", "out", "resume", "quiet", "allow_chance")
     return TrainConfig(data=args.data, **{k: getattr(args, k) for k in keys if hasattr(args, k)})
 
 
@@ -164,13 +171,15 @@ def cmd_train(args) -> int:
     check_output("--out", args.out)
     result = train(_train_config(args))
     print(f"best validation loss {result['best_val_loss']:.4f}", file=sys.stderr)
+    if result["warning"]:
+        print(result["warning"], file=sys.stderr)
     for what, path in result["files"].items():
         print(f"wrote {path} ({what})", file=sys.stderr)
-    return 0
+    return 0 if result["beats_chance"] or args.allow_chance else 1
 
 
 def cmd_lr_find(args) -> int:
-    from streamrec.offline.train import lr_find
+    from streamrec.offline.lrfind import lr_find
 
     check_output("--plot", args.plot, image=True)
     lr = lr_find(_train_config(args), plot=args.plot)

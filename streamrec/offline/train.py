@@ -25,11 +25,15 @@ from streamrec.offline.dataset import Augment, ClipCache, ClipDataset, collate, 
 from streamrec.config import check_device
 from streamrec.runtime.classifier import resolve_device
 from streamrec.errors import StreamrecError
-from streamrec.fsutil import atomic_torch_save, save_figure
+from streamrec.fsutil import atomic_torch_save
 from streamrec.models.spec import LoadedModel
 from streamrec.models.registry import build_model, load_model, make_checkpoint
 
 logger = logging.getLogger(__name__)
+
+# The default peak learning rates: a head on a pretrained backbone, and every layer (random
+# weights, --finetune-all). 1e-3 for every layer of tiny3d leaves a small dataset at chance.
+DEFAULT_LR = {"head": 1e-3, "all": 3e-3}
 
 
 @dataclass(frozen=True)
@@ -39,11 +43,11 @@ class TrainConfig:
     weights: str = "DEFAULT"
     epochs: int = 10
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float | None = None  # None: DEFAULT_LR, by what is trained (see peak_lr)
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     clip_grad: float = 1.0
-    freeze_backbone: bool = True
+    freeze_backbone: bool | None = None  # None: head only on pretrained weights, every layer on random ones
     val_split: float | None = None
     patience: int = 5
     flip: bool = True
@@ -55,12 +59,14 @@ class TrainConfig:
     out: str = "model.pt"
     resume: bool = False
     quiet: bool = False  # no progress bar (there is none when stderr is not a terminal)
+    allow_chance: bool = False  # save a model that does no better than chance on the validation clips
+
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise StreamrecError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
+        if self.lr is not None and not self.lr > 0:
             raise StreamrecError(f"--lr: expected > 0, got {self.lr}")
         if self.patience < 1:
             raise StreamrecError(f"--patience: expected >= 1, got {self.patience}")
@@ -69,6 +75,28 @@ class TrainConfig:
         if self.workers is not None and self.workers < 0:
             raise StreamrecError(f"--workers: expected >= 0, got {self.workers}")
         check_device(self.device)  # before a dataset is read or a model loaded
+        if self.freeze_backbone and self.random_start:
+            raise StreamrecError(
+                f"--freeze-backbone: the backbone of {self.model} would keep random weights "
+                f"({'tiny3d has no pretrained ones' if self.weights.lower() != 'none' else '--weights none'}), "
+                "and a head on a frozen random backbone learns from noise; train every layer "
+                "(--finetune-all, the default for random weights) or start from pretrained weights or a checkpoint")
+
+    @property
+    def random_start(self) -> bool:
+        """True when training starts from random weights (``--weights none``, or tiny3d's DEFAULT)."""
+        w = self.weights.strip()
+        return w.lower() == "none" or (self.model == "tiny3d" and w.upper() == "DEFAULT")
+
+    @property
+    def head_only(self) -> bool:
+        """Whether only the new head trains: ``--freeze-backbone``, the default on pretrained weights."""
+        return not self.random_start if self.freeze_backbone is None else self.freeze_backbone
+
+    @property
+    def peak_lr(self) -> float:
+        """``--lr``, or the default for what is trained (:data:`DEFAULT_LR`)."""
+        return self.lr if self.lr is not None else DEFAULT_LR["head" if self.head_only else "all"]
 
 
 def replace_head(module: nn.Module, num_classes: int) -> nn.Module:
@@ -99,8 +127,8 @@ def head_parameters(module: nn.Module) -> list[nn.Parameter]:
 def base_model(cfg: TrainConfig, classes: list[str]) -> LoadedModel:
     """The model to fine-tune, with a fresh head for ``classes``. ``DEFAULT`` weights of
     tiny3d (which has no pretrained weights) mean random ones; a checkpoint is fine-tuned."""
-    weights = "none" if cfg.model == "tiny3d" and cfg.weights.upper() == "DEFAULT" else cfg.weights
-    if weights.lower() == "none":
+    weights = "none" if cfg.random_start else cfg.weights
+    if weights == "none":
         loaded = load_model(cfg.model, weights="none", warn_random=False)  # random until trained: no warning
         loaded.module = build_model(cfg.model, num_classes=len(classes))
     else:
@@ -212,31 +240,117 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, schedule=No
     return tot_loss / n, top1 / n, topk / n, n
 
 
-def make_optimizer(cfg: "TrainConfig", model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW over the head only (``--freeze-backbone`` on pretrained weights) or over every layer."""
-    if cfg.freeze_backbone and cfg.model != "tiny3d" and cfg.weights.lower() != "none":
+def make_optimizer(cfg: "TrainConfig", model: torch.nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW over the head only (:attr:`TrainConfig.head_only`) or over every layer."""
+    if cfg.head_only:
         head = {id(p) for p in head_parameters(model)}
         for p in model.parameters():
             p.requires_grad_(id(p) in head)
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.peak_lr if lr is None else lr, weight_decay=cfg.weight_decay)
 
 
-def resume_state(state_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float, int, int]:
-    """``--resume``: the model and optimizer as saved after the last epoch; (next epoch, best
-    validation loss, epochs without improvement, optimizer steps)."""
+@dataclass(frozen=True)
+class Chance:
+    """What guessing scores on the validation windows: the largest class's share of them
+    (top-1) and the loss of always answering the class shares (ln(classes) when balanced).
+
+    Example:
+        >>> c = Chance.of([0, 0, 1, 1, 2, 2])
+        >>> round(c.top1, 3), round(c.loss, 4)
+        (0.333, 1.0986)
+        >>> c.beaten_by(top1=0.5, loss=1.0986), c.beaten_by(top1=0.9, loss=0.3)
+        (False, True)
+    """
+
+    top1: float
+    loss: float
+
+    @classmethod
+    def of(cls, labels) -> "Chance":
+        counts = np.bincount(np.asarray(labels, dtype=np.int64))
+        p = counts[counts > 0] / counts.sum()
+        return cls(float(p.max()), float(-(p * np.log(p)).sum()))
+
+    def beaten_by(self, *, top1: float, loss: float) -> bool:
+        """Better than guessing: top-1 above the largest class's share, and the loss below
+        CHANCE_LOSS_SHARE of the guess's (a loss near ln(classes) has learnt nothing)."""
+        return top1 > self.top1 + 1e-9 and loss < CHANCE_LOSS_SHARE * self.loss
+
+
+CHANCE_LOSS_SHARE = 0.95
+
+
+class Keeper:
+    """Early stopping on the validation loss, and the checkpoint: the epoch with the lowest
+    validation loss among those that beat chance (among all with ``allow_chance``)."""
+
+    def __init__(self, out: Path, chance: Chance, *, allow_chance: bool, state: dict[str, Any] | None = None) -> None:
+        st = state or {}
+        self.out, self.chance, self.allow_chance = out, chance, allow_chance
+        self.best, self.stale = st.get("best", float("inf")), st.get("stale", 0)
+        self.saved, self.saved_row = st.get("saved", float("inf")), st.get("saved_row")
+        self.best_row = st.get("best_row")
+
+    def update(self, row: dict[str, Any], checkpoint) -> None:
+        """After an epoch: ``row`` its metrics, ``checkpoint()`` the dict to save."""
+        vl = row["val_loss"]
+        if vl < self.best - 1e-4:
+            self.best, self.stale, self.best_row = vl, 0, dict(row)
+        else:
+            self.stale += 1
+        useful = self.allow_chance or self.chance.beaten_by(top1=row["val_top1"], loss=vl)
+        if useful and vl < self.saved - 1e-4:
+            atomic_torch_save(checkpoint(), self.out)
+            self.saved, self.saved_row = vl, dict(row)
+
+    @property
+    def beats_chance(self) -> bool:
+        r = self.saved_row
+        return r is not None and self.chance.beaten_by(top1=r["val_top1"], loss=r["val_loss"])
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "stale": self.stale, "saved": self.saved, "saved_row": self.saved_row,
+                "best_row": self.best_row}
+
+    def warning(self) -> str | None:
+        """Two lines for the user when the checkpoint does no better than chance, else None."""
+        if self.beats_chance:
+            return None
+        r = self.saved_row or self.best_row or {}
+        got = f"epoch {r['epoch']}: val top-1 {r['val_top1']:.3f}, val loss {r['val_loss']:.4f}" if r else "no epoch ran"
+        first = (f"warning: the model does no better than chance on the validation clips ({got}; guessing: "
+                 f"top-1 {self.chance.top1:.3f}, loss {self.chance.loss:.4f}): its labels would be guesses")
+        if self.saved_row is None:
+            return (first + f"\nnot saved to {self.out}: try more clips or --epochs, another --lr (streamrec lr-find), "
+                    "or pass --allow-chance to save it anyway")
+        return first + f"\nsaved to {self.out} anyway (--allow-chance)"
+
+
+def resume_state(state_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``--resume``: the model and optimizer as saved after the last epoch; the rest of the
+    state (``epoch``, ``step`` and :meth:`Keeper.state`)."""
     if not state_path.is_file():
         raise StreamrecError(f"--resume: no training state at {state_path}")
     st = torch.load(state_path, map_location="cpu", weights_only=False)
     model.load_state_dict(st["model"])
     optimizer.load_state_dict(st["optimizer"])
     logger.info("resuming at epoch %d", st["epoch"] + 2)
-    return st["epoch"] + 1, st["best"], st["stale"], st["step"]
+    return st
+
+
+def announce(cfg: TrainConfig) -> None:
+    """One line on stderr saying what trains, and at which learning rate."""
+    what = "the new head only (--freeze-backbone)" if cfg.head_only else "every layer"
+    why = " (random weights: a frozen random backbone would give the head noise)" if cfg.random_start else ""
+    lr = f"--lr {cfg.peak_lr:g}" + ("" if cfg.lr is not None else " (the default for this)")
+    print(f"training {what}{why}, {lr}", file=sys.stderr)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train and write ``cfg.out`` (best validation loss), ``<out>.state`` (for ``--resume``) and
-    ``<out>.log.csv`` (a row per epoch); the result names them in ``files``."""
+    """Train and write ``cfg.out`` (lowest validation loss among the epochs that beat chance),
+    ``<out>.state`` (for ``--resume``) and ``<out>.log.csv`` (a row per epoch); the result names
+    them in ``files``, and ``beats_chance`` is False (with a ``warning``) when no epoch did."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     classes = training_classes(cfg)
@@ -244,26 +358,27 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     splits, train_ds, val_ds, train_dl, val_dl = make_loaders(cfg, loaded)
     model = loaded.module.to(device)
     optimizer = make_optimizer(cfg, model)
+    announce(cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     out = Path(cfg.out)
-    log_path = out.with_name(out.name + ".log.csv")
-    state_path = out.with_name(out.name + ".state")
-    start_epoch, best, stale, step = resume_state(state_path, model, optimizer) if cfg.resume else (0, float("inf"), 0, 0)
+    log_path, state_path = out.with_name(out.name + ".log.csv"), out.with_name(out.name + ".state")
+    st = resume_state(state_path, model, optimizer) if cfg.resume else {"epoch": -1, "step": 0}
+    chance = Chance.of([s.label for s in val_ds.samples for _ in range(val_ds.clips_per_video)])
+    keeper = Keeper(out, chance, allow_chance=cfg.allow_chance, state=st)
     steps_per_epoch = max(1, len(train_dl))
-    total = cfg.epochs * steps_per_epoch
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    total, warmup, step = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch), st["step"]
     k = top_k(len(classes))
 
     def schedule() -> None:
         nonlocal step
         for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, total, warmup, cfg.lr)
+            g["lr"] = lr_at(step, total, warmup, cfg.peak_lr)
         step += 1
 
     history = []
-    if start_epoch == 0:
+    if not cfg.resume:
         log_path.write_text(f"epoch,train_loss,train_top1,train_top{k},val_loss,val_top1,val_top{k},lr\n")
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(st["epoch"] + 1, cfg.epochs):
         train_ds.epoch = epoch
         tl, t1, tk, _ = run_epoch(model, train_dl, device, optimizer=optimizer, scaler=scaler, schedule=schedule,
                                   clip_grad=cfg.clip_grad, bar_desc=f"epoch {epoch + 1}/{cfg.epochs}", k=k, quiet=cfg.quiet)
@@ -276,77 +391,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             fh.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")
         print(f"epoch {epoch + 1:>3}: train loss {tl:.4f} top1 {t1:.3f} top{k} {tk:.3f} | "
               f"val loss {vl:.4f} top1 {v1:.3f} top{k} {vk:.3f}", file=sys.stderr)
-        if vl < best - 1e-4:
-            best, stale = vl, 0
-            ck = make_checkpoint(model, model=cfg.model, classes=classes, spec=loaded.spec,
-                                 train_args=asdict(cfg), metrics=row)
-            atomic_torch_save(ck, out)
-        else:
-            stale += 1
-        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
-                    "stale": stale, "step": step}, state_path)
-        if stale >= cfg.patience:
+        keeper.update(row, lambda: make_checkpoint(model, model=cfg.model, classes=classes, spec=loaded.spec,
+                                                   train_args=asdict(cfg), metrics=row))
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                           "step": step, **keeper.state()}, state_path)
+        if keeper.stale >= cfg.patience:
             print(f"early stop: validation loss has not improved for {cfg.patience} epochs", file=sys.stderr)
             break
     skipped = len(train_ds.unreadable | val_ds.unreadable)
     if skipped:
         print(f"warning: {skipped} unreadable clips were skipped", file=sys.stderr)
-    files = {"the checkpoint": str(out), "the training state, for --resume": str(state_path),
-             "the log, a row per epoch": str(log_path)}
-    return {"history": history, "best_val_loss": best, "out": str(out), "unreadable": skipped, "files": files}
-
-
-def lr_find(cfg: TrainConfig, *, start: float = 1e-6, end: float = 1.0, steps: int = 60, plot: str | None = None) -> float:
-    """The learning-rate range test: exponentially rising LR, loss recorded; suggests the LR
-    at the steepest descent of the smoothed loss."""
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    loaded = base_model(cfg, training_classes(cfg))
-    _, _, _, train_dl, _ = make_loaders(cfg, loaded)
-    model = loaded.module.to(device).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=start)
-    crit = nn.CrossEntropyLoss()
-    lrs, losses, avg = [], [], None
-    mult = (end / start) ** (1 / max(1, steps - 1))
-    lr = start
-    it = iter(train_dl)
-    for i in range(steps):
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(train_dl)
-            batch = next(it)
-        if batch is None:
-            continue
-        for g in opt.param_groups:
-            g["lr"] = lr
-        loss = crit(model(batch[0].to(device)), batch[1].to(device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        value = loss.item()
-        avg = value if avg is None else 0.8 * avg + 0.2 * value
-        lrs.append(lr)
-        losses.append(avg)
-        if i > 5 and avg > 4 * min(losses):
-            break
-        lr *= mult
-    grads = np.gradient(np.asarray(losses), np.log(np.asarray(lrs)))
-    suggestion = float(lrs[int(np.argmin(grads[: max(2, len(grads) - 3)]))])
-    if plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(lrs, losses)
-        ax.axvline(suggestion, color="r", ls="--", label=f"suggested {suggestion:.2e}")
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel("loss (smoothed)")
-        ax.legend()
-        fig.tight_layout()
-        save_figure(fig, plot, dpi=90)
-        plt.close(fig)
-    return suggestion
+    files = {"the checkpoint": str(out)} if keeper.saved_row is not None else {}
+    files.update({"the training state, for --resume": str(state_path), "the log, a row per epoch": str(log_path)})
+    return {"history": history, "best_val_loss": keeper.best, "out": str(out), "unreadable": skipped, "files": files,
+            "checkpoint_metrics": keeper.saved_row, "chance": asdict(chance), "beats_chance": keeper.beats_chance,
+            "warning": keeper.warning()}
