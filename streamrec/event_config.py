@@ -17,8 +17,11 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import ssl
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,53 @@ from streamrec.errors import StreamrecError
 from streamrec.validate import check_types, unknown_keys
 
 CHANNELS = ("webhook", "mqtt")
+MQTT_TOPIC_MAX_BYTES = 65535  # an MQTT string: a two-byte length, then UTF-8
+
+
+def url_parts(url: str, where: str, expected: str) -> tuple[str, str, int | None]:
+    """``url``'s scheme, host and port (``None``: the scheme's default), or a :class:`StreamrecError`
+    naming ``where`` and ``expected`` for a URL that cannot be used: no host, a port that is not
+    1-65535, a malformed IPv6 address."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise StreamrecError(f"{where}: expected {expected} with a port 1-65535, got {url!r} ({exc})") from None
+    if not parts.hostname:
+        raise StreamrecError(f"{where}: expected {expected} with a host, got {url!r}")
+    if port == 0:
+        raise StreamrecError(f"{where}: expected {expected} with a port 1-65535, got {url!r} (port 0)")
+    return parts.scheme, parts.hostname, port
+
+
+def check_topic(topic: str, where: str) -> None:
+    """``topic`` (or the part of one that ``where`` names) as an MQTT topic to publish to: not
+    empty, no ``+`` or ``#`` wildcards, no NUL or other control characters, valid UTF-8 of at
+    most 65535 bytes; else a :class:`StreamrecError` naming ``where``."""
+    bad = next((c for c in topic if c in "+#" or unicodedata.category(c) in ("Cc", "Cs")), None)
+    if not topic.strip("/") or bad is not None:
+        what = "empty" if bad is None else f"{bad!r}"
+        raise StreamrecError(f"{where}: expected an MQTT topic (UTF-8 text without + or #, NUL or control "
+                             f"characters), got {topic!r} ({what})")
+    size = len(topic.encode("utf-8"))
+    if size > MQTT_TOPIC_MAX_BYTES:
+        raise StreamrecError(f"{where}: expected an MQTT topic of at most {MQTT_TOPIC_MAX_BYTES} bytes as UTF-8, "
+                             f"got {size} bytes")
+
+
+def ha_object_id(camera: str) -> str:
+    """``camera`` as Home Assistant's ids take it: ASCII letters, digits, ``_`` and ``-``. A name
+    with other characters gets a short hash of the whole name, so that two names never share an id
+    (``rack.1`` and ``rack_1``, or two names in another alphabet).
+
+    Example:
+        >>> ha_object_id("rack-1"), ha_object_id("rack.1"), ha_object_id("кухня") != ha_object_id("спорт")
+        ('rack-1', 'rack_1_83925fd7', True)
+    """
+    slug = re.sub(r"[^A-Za-z0-9_-]", "_", camera)
+    if slug == camera:
+        return slug
+    return f"{slug}_{hashlib.sha256(camera.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def text_tuple(value: Any, where: str) -> tuple[str, ...]:
@@ -103,24 +153,32 @@ class RuleConfig:
 @dataclass(frozen=True)
 class WebhookConfig:
     """A JSON POST to ``url`` on each event's start and end, signed with HMAC-SHA256 of the body
-    under ``secret`` (header ``X-Streamrec-Signature: sha256=<hex>``)."""
+    under ``secret`` (header ``X-Streamrec-Signature: sha256=<hex>``); ``sign = false`` sends it
+    unsigned, without a secret. ``timeout``: seconds for the whole delivery, from connecting to
+    the end of the answer."""
 
     url: str
     secret: str | None = None
+    sign: bool = True
     timeout: float = 10.0
     ca_file: str | None = None  # https://: trust only these CA certificates (PEM), not the system's
 
     def __post_init__(self) -> None:
         check_types(self, prefix="[notify.webhook] ")
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        scheme = url_parts(self.url, "[notify.webhook] url", "an http:// or https:// URL")[0]
+        if scheme not in ("http", "https"):
             raise StreamrecError(f"[notify.webhook] url: expected an http:// or https:// URL, got {self.url!r}")
         if not self.timeout > 0:
             raise StreamrecError(f"[notify.webhook] timeout: expected > 0 seconds, got {self.timeout}")
         if self.ca_file is not None:
-            if parts.scheme != "https":
+            if scheme != "https":
                 raise StreamrecError(f"[notify.webhook] ca_file: expected an https:// url with it, got {self.url!r}")
             tls_context(self.ca_file, "[notify.webhook]")
+        if self.sign and not (self.secret or "").strip():
+            raise StreamrecError(f"[notify.webhook] secret: expected a secret to sign with (or sign = false to send "
+                                 f"unsigned), got {self.secret!r}")
+        if not self.sign and self.secret:
+            raise StreamrecError("[notify.webhook] secret: expected no secret with sign = false, got one")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "WebhookConfig":
@@ -140,19 +198,26 @@ class MqttConfig:
 
     def __post_init__(self) -> None:
         check_types(self, prefix="[notify.mqtt] ")
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        scheme = url_parts(self.url, "[notify.mqtt] url", "mqtt://HOST[:PORT] or mqtts://...")[0]
+        if scheme not in ("mqtt", "mqtts"):
             raise StreamrecError(f"[notify.mqtt] url: expected mqtt://HOST[:PORT] or mqtts://..., got {self.url!r}")
         if self.ca_file is not None:
-            if parts.scheme != "mqtts":
+            if scheme != "mqtts":
                 raise StreamrecError(f"[notify.mqtt] ca_file: expected an mqtts:// url with it, got {self.url!r}")
             tls_context(self.ca_file, "[notify.mqtt]")
-        try:
-            parts.port
-        except ValueError:
-            raise StreamrecError(f"[notify.mqtt] url: expected a port 1-65535, got {self.url!r}") from None
-        if not self.topic_prefix.strip("/") or any(c in self.topic_prefix for c in "+#"):
-            raise StreamrecError(f"[notify.mqtt] topic_prefix: expected a topic without + or #, got {self.topic_prefix!r}")
+        check_topic(self.topic_prefix, "[notify.mqtt] topic_prefix")
+        check_topic(self.topic_prefix.strip("/") + "/availability", "[notify.mqtt] topic_prefix")
+        check_topic(self.discovery_prefix, "[notify.mqtt] discovery_prefix")
+        check_topic(self.discovery_prefix.strip("/") + "/sensor/streamrec_/activity/config",
+                    "[notify.mqtt] discovery_prefix")
+
+    def topics(self, camera: str) -> list[str]:
+        """The topics published for ``camera``: its activity, and its Home Assistant discovery
+        config (with ``homeassistant_discovery``)."""
+        out = [f"{self.topic_prefix.strip('/')}/{camera}/activity"]
+        if self.homeassistant_discovery:
+            out.append(f"{self.discovery_prefix.strip('/')}/sensor/streamrec_{ha_object_id(camera)}/activity/config")
+        return out
 
     @property
     def tls(self) -> bool:
@@ -210,19 +275,46 @@ class RecordingConfig:
 
 @dataclass(frozen=True)
 class NotifyConfig:
+    """The channels; ``degraded_after_seconds``: how long a channel may fail, or one delivery take,
+    before ``/healthz`` reads ``degraded`` naming it."""
+
     webhook: WebhookConfig | None = None
     mqtt: MqttConfig | None = None
+    degraded_after_seconds: float = 90.0
+
+    def __post_init__(self) -> None:
+        check_types(self, prefix="[notify] ")
+        if not self.degraded_after_seconds > 0:
+            raise StreamrecError(f"[notify] degraded_after_seconds: expected > 0 seconds, "
+                                 f"got {self.degraded_after_seconds}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NotifyConfig":
         unknown_keys(cls, d, "[notify]")
+        extra = floats({k: v for k, v in d.items() if k not in CHANNELS}, ("degraded_after_seconds",))
         return cls(webhook=WebhookConfig.from_dict(d["webhook"]) if "webhook" in d else None,
-                   mqtt=MqttConfig.from_dict(d["mqtt"]) if "mqtt" in d else None)
+                   mqtt=MqttConfig.from_dict(d["mqtt"]) if "mqtt" in d else None, **extra)
+
+
+def check_mqtt_cameras(mqtt: MqttConfig | None, cameras: list[str]) -> None:
+    """The cameras' MQTT topics are valid, and no two cameras share a Home Assistant id."""
+    if mqtt is None:
+        return
+    owner: dict[str, str] = {}
+    for cam in cameras:
+        for topic in mqtt.topics(cam):
+            check_topic(topic, f"camera {cam!r}: its MQTT topic")
+        oid = ha_object_id(cam)
+        if mqtt.homeassistant_discovery and oid in owner:
+            raise StreamrecError(f"[notify.mqtt] homeassistant_discovery: cameras {owner[oid]!r} and {cam!r} would "
+                                 f"share the Home Assistant id 'streamrec_{oid}'; expected distinct ids, rename one")
+        owner[oid] = cam
 
 
 def check_rules(rules: tuple[RuleConfig, ...], notify: NotifyConfig, cameras: list[str]) -> None:
     """Rules that cannot work with the rest of the config: a duplicate name, an unknown camera,
     a channel that is not configured."""
+    check_mqtt_cameras(notify.mqtt, cameras)
     names = [r.name for r in rules]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -191,6 +191,7 @@ device = "cpu"
 
 [notify.webhook]
 url = "{hook}"
+sign = false
 """ + RECORDING
 
 

@@ -77,7 +77,7 @@ def outbox_rows(db: Path) -> list[dict]:
 
 
 def webhook(url: str, secret: str | None = SECRET) -> NotifyConfig:
-    return NotifyConfig(webhook=WebhookConfig(url, secret=secret, timeout=5.0))
+    return NotifyConfig(webhook=WebhookConfig(url, secret=secret, sign=secret is not None, timeout=5.0))
 
 
 def mqtt(broker: Broker, **kw) -> NotifyConfig:
@@ -107,7 +107,7 @@ def test_webhook_delivers_a_signed_post(tmp_path, receiver, notifiers):
     assert stats["channels"]["webhook"]["delivered"] == 1 and stats["channels"]["webhook"]["failed"] == 0
 
 
-def test_webhook_without_a_secret_sends_no_signature(tmp_path, receiver, notifiers):
+def test_webhook_with_sign_false_sends_no_signature(tmp_path, receiver, notifiers):
     store = EventStore(str(tmp_path / "h.db"))
     notifier = notifiers(store, webhook(receiver.url, secret=None))
     store.closed(Event("e9", "r", "c", "l", 1.0, 0.5, 0.5, end_ts=2.0), notify=("webhook",))

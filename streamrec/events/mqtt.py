@@ -22,7 +22,11 @@ is down only delays events (the outbox retries them) and never blocks nor raises
 Example:
     >>> cfg = discovery_config("streamrec", "rack.1")
     >>> cfg["state_topic"], cfg["unique_id"], cfg["device"]["identifiers"]
-    ('streamrec/rack.1/activity', 'streamrec_rack_1_activity', ['streamrec_rack_1'])
+    ('streamrec/rack.1/activity', 'streamrec_rack_1_83925fd7_activity', ['streamrec_rack_1_83925fd7'])
+
+Home Assistant's ids take only ASCII letters, digits, ``_`` and ``-``: a camera name with other
+characters gets a short hash of the whole name after its id (:func:`object_id`), so that
+``rack.1`` and ``rack_1``, or ``кухня`` and ``спорт``, are distinct sensors.
 """
 
 from __future__ import annotations
@@ -30,16 +34,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import ssl
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 
-from streamrec.event_config import MqttConfig, tls_context
+from streamrec.event_config import MqttConfig, ha_object_id, tls_context
 from streamrec.events.store import Notification
 from streamrec.live.sources import mask_credentials
 
@@ -49,8 +52,8 @@ ACTIVITY_INTERVAL_S = 1.0  # at most one activity message a second per camera
 
 
 def object_id(camera: str) -> str:
-    """``camera`` as Home Assistant's ids take it: ASCII letters, digits, ``_`` and ``-``."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", camera)
+    """``camera`` as Home Assistant's ids take it, distinct for distinct names (:func:`ha_object_id`)."""
+    return ha_object_id(camera)
 
 
 def discovery_config(prefix: str, camera: str) -> dict[str, Any]:
@@ -88,8 +91,11 @@ class MqttPublisher:
     """One broker connection (:meth:`start`, :meth:`close`); :meth:`publish_event` for the
     outbox's thread, :meth:`activity` and :meth:`discover` for anyone (never blocking)."""
 
-    def __init__(self, config: MqttConfig, *, ack_timeout_s: float = 10.0, reconnect_max_s: float = 30.0) -> None:
+    def __init__(self, config: MqttConfig, *, ack_timeout_s: float = 10.0, reconnect_max_s: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.clock = clock
+        self.down_since: float | None = None  # when the connection was lost (or first tried), by ``clock``
         self.prefix = config.topic_prefix.strip("/")
         self.where = mask_credentials(config.url)
         self.ack_timeout_s = ack_timeout_s
@@ -137,6 +143,9 @@ class MqttPublisher:
         if self._client is not None or self._closed:
             return
         self._client = self.make_client()
+        with self._lock:
+            if not self.connected and self.down_since is None:
+                self.down_since = self.clock()
         self._client.connect_async(self.config.host, self.config.port, keepalive=30)
         self._client.loop_start()
 
@@ -147,6 +156,7 @@ class MqttPublisher:
         with self._lock:
             self.connected = True
             self.last_error = None
+            self.down_since = None
             cameras, states = list(self._cameras), dict(self._state)
             self._unsent.clear()
             self._sent_at.update({cam: time.monotonic() for cam in states})
@@ -159,6 +169,8 @@ class MqttPublisher:
     def on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
         with self._lock:
             was_connected, self.connected = self.connected, False
+            if was_connected:
+                self.down_since = self.clock()
         if was_connected and not self._closed:  # after a refusal, the refusal says why
             self.down(f"lost the connection to the broker at {self.where} ({reason_code}); reconnecting")
 
@@ -170,6 +182,8 @@ class MqttPublisher:
     def down(self, error: str) -> None:
         """Not connected, because of ``error`` (logged when it is new)."""
         with self._lock:
+            if self.connected or self.down_since is None:
+                self.down_since = self.clock()
             self.connected = False
             new = error != self.last_error
             self.last_error = error
@@ -278,10 +292,19 @@ class MqttPublisher:
     def discover(self, cameras: list[str]) -> None:
         """Announce ``cameras`` to Home Assistant now (when connected) and on every reconnect."""
         with self._lock:
-            self._cameras += [c for c in cameras if c not in self._cameras]
+            taken = {object_id(c): c for c in self._cameras}
+            new = []
+            for cam in cameras:
+                other = taken.setdefault(object_id(cam), cam)
+                if other != cam:
+                    logger.warning("MQTT: camera %r is not announced to Home Assistant: camera %r has its id "
+                                   "'streamrec_%s'", cam, other, object_id(cam))
+                elif cam not in self._cameras:
+                    self._cameras.append(cam)
+                    new.append(cam)
             client = self._client if self.connected else None
         if client is not None:
-            self.publish_discovery(client, list(cameras))
+            self.publish_discovery(client, new)
 
     def publish_discovery(self, client: paho.Client, cameras: list[str]) -> None:
         if not self.config.homeassistant_discovery:
@@ -294,4 +317,4 @@ class MqttPublisher:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"connected": self.connected, "last_error": self.last_error, "cameras": len(self._state),
-                    "unacknowledged": len(self._inflight)}
+                    "unacknowledged": len(self._inflight), "down_since": self.down_since}

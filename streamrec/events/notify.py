@@ -1,20 +1,29 @@
-"""Delivery of the notification outbox to webhooks and MQTT, in one supervised thread.
+"""Delivery of the notification outbox to webhooks and MQTT, one supervised thread per channel.
 
-:class:`Notifier` takes the due rows of the outbox (:meth:`EventStore.pending`) in order and hands
-each to its channel (:mod:`streamrec.events.webhook`, :mod:`streamrec.events.mqtt`). A delivery is
-marked with :meth:`EventStore.delivered`; a failure with :meth:`EventStore.failed` and the next try
+:class:`Notifier` runs a thread per channel (``notifier-webhook``, ``notifier-mqtt``), each taking
+its channel's due rows of the outbox (:meth:`EventStore.pending`) in order and handing them to the
+channel (:mod:`streamrec.events.webhook`, :mod:`streamrec.events.mqtt`): a webhook that hangs
+never delays MQTT, nor the other way round. A delivery is marked with
+:meth:`EventStore.delivered`; a failure with :meth:`EventStore.failed` and the next try
 ``backoff_s * 2**attempts`` seconds later (at most ``max_backoff_s``). Once a notification is older
 than ``max_age_s`` it is given up (:meth:`EventStore.expire`, one warning line). The outbox is in
 the history database, so what one process could not deliver the next one delivers.
 
-A channel that fails is left alone for the rest of a pass (one try per channel and pass, while a
-host or broker is down); a notification may so overtake an older one that is still backing off,
-after an outage. Delivery is at least once: a receiver that must not see an event twice
-deduplicates on ``event.id`` and ``type``.
+**Order**: on each channel, an event's notifications go out in the order they were written: its
+``event_end`` is never sent while its ``event_start`` for that channel is undelivered (still
+backing off after an outage, say); it waits, then follows. Events do not wait for one another: a
+notification of one event may overtake an older one of another event that is backing off. A
+channel that fails ends its pass (one try per pass while a host or broker is down). Delivery is
+at least once: a receiver that must not see an event twice deduplicates on ``event.id`` and
+``type``.
 
-The thread wakes every ``poll_s`` seconds, at once on :meth:`Notifier.wake` (after the engine
-writes to the outbox), and when a held MQTT activity message is due. Times in the outbox come from
-``clock`` (``time.time``; tests inject their own); pacing uses ``time.monotonic``.
+**Health** (:meth:`Notifier.problems`, in ``/healthz``): a channel that has delivered nothing for
+``degraded_after_seconds`` while it failed, a delivery in progress for that long, or an MQTT
+connection down for that long, makes ``/healthz`` read ``degraded`` with a reason naming the channel.
+
+Each thread wakes every ``poll_s`` seconds, at once on :meth:`Notifier.wake` (after the engine
+writes to the outbox), and (MQTT) when a held activity message is due. Times in the outbox and
+health come from ``clock`` (``time.time``; tests inject their own); pacing uses ``time.monotonic``.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from streamrec.supervision import Supervisor, describe
 logger = logging.getLogger(__name__)
 
 BATCH = 100  # notifications per pass; a full batch is followed by the next pass at once
+EVER = 1e300  # a time after every next try
 
 
 class ChannelStats:
@@ -43,10 +53,13 @@ class ChannelStats:
         self.failed = 0
         self.last_error: str | None = None
         self.last_delivered: float | None = None
+        self.failing_since: float | None = None  # the first failure since the last delivery
+        self.busy_since: float | None = None  # when the delivery in progress began
 
     def as_dict(self) -> dict[str, Any]:
         return {"delivered": self.delivered, "failed": self.failed, "last_error": self.last_error,
-                "last_delivered": self.last_delivered}
+                "last_delivered": self.last_delivered, "failing_since": self.failing_since,
+                "busy_since": self.busy_since}
 
 
 class Notifier:
@@ -66,81 +79,94 @@ class Notifier:
         self.poll_s = poll_s
         self.join_timeout_s = join_timeout_s
         self.webhook = WebhookSender(config.webhook) if config.webhook else None
-        self.mqtt = MqttPublisher(config.mqtt) if config.mqtt else None
+        self.mqtt = MqttPublisher(config.mqtt, clock=clock) if config.mqtt else None
         self.channels = {name: ChannelStats() for name in ("webhook", "mqtt") if getattr(config, name)}
         self.expired = 0
         self._stop = threading.Event()
         self._cond = threading.Condition()
-        self._outbox_due = False
-        self._thread: threading.Thread | None = None
+        self._due = {name: False for name in self.channels}  # a channel's thread is to pass over the outbox now
+        self._expire_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._started = False
         self._closed = False
 
     # -- the thread -------------------------------------------------------------------
     def start(self) -> None:
-        """Connect to MQTT (in the background) and start the ``notifier`` thread."""
-        if self._thread is not None or self._closed:
+        """Connect to MQTT (in the background) and start a ``notifier-<channel>`` thread per channel."""
+        if self._started or self._closed:
             return
+        self._started = True
         if self.mqtt is not None:
             self.mqtt.start()
-        self._thread = threading.Thread(target=self.supervisor.run, args=("notifier", self.run, self._stop),
-                                        name="notifier", daemon=True)
-        self._thread.start()
+        for channel in self.channels:
+            name = f"notifier-{channel}"
+            thread = threading.Thread(target=self.supervisor.run, args=(name, lambda c=channel: self.run(c), self._stop),
+                                      name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def wake(self) -> None:
         """New rows in the outbox: deliver them now, not at the next poll."""
         with self._cond:
-            self._outbox_due = True
-            self._cond.notify()
+            self._due = dict.fromkeys(self._due, True)
+            self._cond.notify_all()
 
-    def run(self) -> None:
-        """The thread's body: passes over the outbox until :meth:`close`."""
+    def run(self, channel: str) -> None:
+        """A channel thread's body: passes over its rows of the outbox until :meth:`close`."""
         next_pass = 0.0
         while not self._stop.is_set():
             with self._cond:
-                due, self._outbox_due = self._outbox_due, False
+                due, self._due[channel] = self._due[channel], False
             if due or time.monotonic() >= next_pass:
-                more = self.deliver_due()
+                more = self.deliver_due(channel)
                 next_pass = time.monotonic() + (0.0 if more else self.poll_s)
-            held = self.mqtt.flush_activity() if self.mqtt is not None else None
+            held = self.mqtt.flush_activity() if channel == "mqtt" and self.mqtt is not None else None
             timeout = max(0.0, next_pass - time.monotonic())
             if held is not None:
                 timeout = min(timeout, held)
             with self._cond:
-                if not self._outbox_due and not self._stop.is_set():
+                if not self._due[channel] and not self._stop.is_set():
                     self._cond.wait(timeout)
 
-    def deliver_due(self) -> bool:
-        """One pass: give up what is too old, then try each due notification (one failure per channel).
-        Whether a full batch was delivered, so that more may be due at once."""
+    def deliver_due(self, channel: str | None = None) -> bool:
+        """One pass over ``channel``'s due notifications (``None``: each channel's in turn): give up
+        what is too old, then try them in order until one fails. Whether a full batch was
+        delivered, so that more may be due at once."""
+        if channel is None:
+            return any([self.deliver_due(name) for name in list(self.channels)])
         now = self.clock()
         self.expire(now)
-        notes = self.store.pending(now=now, limit=BATCH)
-        failing: set[str] = set()
-        delivered = 0
+        notes = self.store.pending(now=now, limit=BATCH, channel=channel)
+        if not notes:
+            self.settle(channel)
         for note in notes:
-            if self._stop.is_set():
+            if self._stop.is_set() or not self.deliver(note):
                 return False
-            if note.channel in failing:
-                continue
-            if self.deliver(note):
-                delivered += 1
-            else:
-                failing.add(note.channel)
-        return len(notes) == BATCH and delivered > 0
+        return len(notes) == BATCH
+
+    def settle(self, channel: str) -> None:
+        """``channel`` is no longer failing once nothing of it is left undelivered (all expired)."""
+        stats = self.channels.get(channel)
+        if stats is not None and stats.failing_since is not None \
+                and not self.store.pending(now=EVER, limit=1, channel=channel):
+            stats.failing_since = None
 
     def deliver(self, note: Notification) -> bool:
         """Send ``note`` to its channel and record the outcome in the outbox; whether it was delivered."""
+        stats = self.channels.setdefault(note.channel, ChannelStats())
+        stats.busy_since = self.clock()
         try:
             error = self.send(note)
         except Exception as exc:  # noqa: BLE001 - a bug in a channel fails this note, not the thread
             error = describe(exc)
-        stats = self.channels.setdefault(note.channel, ChannelStats())
+        finally:
+            stats.busy_since = None
         if error is None:
             self.store.delivered(note.id, self.clock())
             if stats.last_error is not None:
                 logger.info("%s notifications are delivered again", note.channel)
             stats.delivered += 1
-            stats.last_error, stats.last_delivered = None, self.clock()
+            stats.last_error, stats.last_delivered, stats.failing_since = None, self.clock(), None
             return True
         delay = min(self.max_backoff_s, self.backoff_s * 2 ** min(note.attempts, 64))
         self.store.failed(note.id, error, self.clock() + delay)
@@ -149,6 +175,8 @@ class Notifier:
                            note.channel, note.event_id, self.max_age_s, error)
         stats.failed += 1
         stats.last_error = error
+        if stats.failing_since is None:
+            stats.failing_since = self.clock()
         return False
 
     def send(self, note: Notification) -> str | None:
@@ -160,7 +188,8 @@ class Notifier:
 
     def expire(self, now: float) -> None:
         older_than = now - self.max_age_s
-        n = self.store.expire(older_than)
+        with self._expire_lock:  # one channel's thread at a time, so each is counted once
+            n = self.store.expire(older_than)
         if self.mqtt is not None:
             self.mqtt.forget_before(older_than)
         if n:
@@ -179,7 +208,7 @@ class Notifier:
             return
         if held is not None:
             with self._cond:
-                self._cond.notify()  # the thread waits at most until it is due
+                self._cond.notify_all()  # the MQTT thread waits at most until it is due
 
     def discover(self, cameras: list[str]) -> None:
         """Announce ``cameras`` to Home Assistant (with ``homeassistant_discovery``)."""
@@ -197,18 +226,43 @@ class Notifier:
             channels["mqtt"]["last_error"] = channels["mqtt"]["last_error"] or mq["last_error"]
         return {"pending": self.store.outbox_stats()["pending"], "expired": self.expired, "channels": channels}
 
+    def problems(self, now: float | None = None) -> list[str]:
+        """For ``/healthz``: each channel that has failed, been stuck in one delivery, or (MQTT) been
+        disconnected for ``degraded_after_seconds`` or more, with why."""
+        now = self.clock() if now is None else now
+        limit = self.config.degraded_after_seconds
+        out = []
+        for name, stats in list(self.channels.items()):
+            busy, failing = stats.busy_since, stats.failing_since
+            down = self.mqtt.stats()["down_since"] if name == "mqtt" and self.mqtt is not None else None
+            if busy is not None and now - busy >= limit:
+                out.append(f"notify: {name}: one delivery has been in progress for {now - busy:.0f} s "
+                           f"(to {self.where(name)})")
+            elif failing is not None and now - failing >= limit:
+                out.append(f"notify: {name}: nothing delivered for {now - failing:.0f} s: {stats.last_error}")
+            elif down is not None and now - down >= limit:
+                out.append(f"notify: {name}: not connected for {now - down:.0f} s: "
+                           f"{self.mqtt.stats()['last_error'] or 'connecting to ' + self.where(name)}")
+        return out
+
+    def where(self, channel: str) -> str:
+        """``channel``'s receiver, without its password."""
+        sender = self.webhook if channel == "webhook" else self.mqtt
+        return sender.where if sender is not None else channel
+
     def close(self) -> None:
-        """Stop the thread (a timed join), send MQTT ``offline`` and disconnect; idempotent."""
+        """Stop the threads (a timed join), send MQTT ``offline`` and disconnect; idempotent."""
         if self._closed:
             return
         self._closed = True
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(self.join_timeout_s)
-            if self._thread.is_alive():
-                logger.warning("the notifier thread did not stop within %g s (a delivery in progress)",
-                               self.join_timeout_s)
+        deadline = time.monotonic() + self.join_timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                logger.warning("the %s thread did not stop within %g s (a delivery in progress)",
+                               thread.name, self.join_timeout_s)
         if self.mqtt is not None:
             self.mqtt.close()

@@ -5,14 +5,15 @@ as stored in the outbox, byte for byte, with the headers
 
 * ``Content-Type: application/json``
 * ``X-Streamrec-Event: event_start`` (or ``event_end``)
-* ``X-Streamrec-Signature: sha256=<hex>`` when a secret is set: HMAC-SHA256 of the body under the
-  secret, for the receiver to check (:func:`signature`).
+* ``X-Streamrec-Signature: sha256=<hex>`` (unless ``sign = false``): HMAC-SHA256 of the body
+  under the secret, for the receiver to check (:func:`signature`).
 
 Any 2xx answer is a delivery. Every other answer, a timeout or a refused connection is a failure,
-retried from the outbox. **No redirect is followed**, to any host, the same one included: a
-redirect would send the event (and its signature) somewhere the config does not name, and
-urllib would turn the POST into a GET without the body; a webhook must answer itself. A 3xx is
-a failure whose error names the status and where it pointed. User information in the URL
+retried from the outbox. ``timeout`` bounds the whole delivery, from connecting to the end of the
+answer: a receiver that sends its answer a byte at a time is cut off when the time is up.
+**No redirect is followed**, to any host, the same one included: a redirect would send the event
+(and its signature) somewhere the config does not name; a webhook must answer itself. A 3xx is a
+failure whose error names the status and where it pointed. User information in the URL
 (``https://user:pass@host/hook``) is sent as HTTP Basic authentication, never logged.
 
 Example:
@@ -28,9 +29,9 @@ import base64
 import hashlib
 import hmac
 import logging
+import http.client
 import socket
-import urllib.error
-import urllib.request
+import threading
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from streamrec.event_config import WebhookConfig, tls_context
@@ -47,13 +48,6 @@ def signature(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows no redirect: the 3xx answer comes back as an ``HTTPError`` with its status."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 - urllib's hook
-        return None
-
-
 def split_userinfo(url: str) -> tuple[str, str | None]:
     """``url`` without its user information, and the ``Authorization`` header for it (or ``None``)."""
     parts = urlsplit(url)
@@ -67,50 +61,107 @@ def split_userinfo(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(netloc=netloc)), f"Basic {token}"
 
 
+class Deadline:
+    """Ends a request that is not over within ``seconds``, however slowly its answer trickles in:
+    when the time is up, the connection's socket (:meth:`guard`) is shut down, which ends any
+    read or write blocked on it. A socket timeout alone would not do: it restarts with each byte."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self.expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def guard(self, sock: socket.socket) -> None:
+        """Shut ``sock`` down at the deadline (at once if it has passed)."""
+        with self._lock:
+            self._sock = sock
+            expired = self.expired
+        if expired:
+            self.shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired, sock = True, self._sock
+        if sock is not None:
+            self.shut(sock)
+
+    @staticmethod
+    def shut(sock: socket.socket) -> None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the TCP socket under any TLS layer
+        except OSError:
+            pass  # already closed
+
+
 class WebhookSender:
-    """POSTs notifications to ``config.url`` (:meth:`send`); stateless but for its opener."""
+    """POSTs notifications to ``config.url`` (:meth:`send`); each delivery is over within
+    ``config.timeout`` seconds, from connecting to the end of the answer."""
 
     def __init__(self, config: WebhookConfig) -> None:
         self.config = config
         self.url, self.authorization = split_userinfo(config.url)
         self.where = mask_credentials(config.url)
-        tls = urllib.request.HTTPSHandler(context=tls_context(config.ca_file, "[notify.webhook]"))
-        self._opener = urllib.request.build_opener(RefuseRedirects, tls)
+        parts = urlsplit(self.url)
+        self.tls = tls_context(config.ca_file, "[notify.webhook]") if parts.scheme == "https" else None
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.tls else 80)
+        self.path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        self.host_header = parts.netloc.rpartition("@")[2]
 
-    def request(self, note: Notification) -> urllib.request.Request:
+    def headers(self, note: Notification) -> dict[str, str]:
         body = note.payload.encode()
-        headers = {"Content-Type": "application/json", "X-Streamrec-Event": note.kind,
-                   "User-Agent": "streamrec-webhook"}
-        if self.config.secret:
+        headers = {"Host": self.host_header, "Content-Type": "application/json", "X-Streamrec-Event": note.kind,
+                   "User-Agent": "streamrec-webhook", "Content-Length": str(len(body)), "Connection": "close"}
+        if self.config.sign and self.config.secret:
             headers["X-Streamrec-Signature"] = signature(body, self.config.secret)
         if self.authorization:
             headers["Authorization"] = self.authorization
-        return urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        return headers
 
     def send(self, note: Notification) -> str | None:
         """POST ``note``; ``None`` when the answer is a 2xx, else why it was not delivered."""
+        timeout = self.config.timeout
+        with Deadline(timeout) as deadline:
+            try:
+                return self.post(note, deadline)
+            except (OSError, http.client.HTTPException) as exc:
+                if deadline.expired or isinstance(exc, (TimeoutError, socket.timeout)):
+                    return f"no complete answer within {timeout:g} s (timeout)"
+                return self.unreachable(exc)
+
+    def post(self, note: Notification, deadline: Deadline) -> str | None:
+        raw = socket.create_connection((self.host, self.port), timeout=self.config.timeout)
+        deadline.guard(raw)
+        conn_cls = http.client.HTTPSConnection if self.tls else http.client.HTTPConnection
+        conn = conn_cls(self.host, self.port, timeout=self.config.timeout, **({"context": self.tls} if self.tls else {}))
         try:
-            with self._opener.open(self.request(note), timeout=self.config.timeout) as answer:
+            conn.sock = self.tls.wrap_socket(raw, server_hostname=self.host) if self.tls else raw
+            conn.request("POST", self.path, body=note.payload.encode(), headers=self.headers(note))
+            answer = conn.getresponse()
+            if 200 <= answer.status < 300:
                 try:
                     answer.read(MAX_ANSWER_BYTES)
-                except OSError:
+                except (OSError, http.client.HTTPException):
                     pass  # the 2xx status said it: delivered, whatever happens to the rest of the answer
                 return None
-        except urllib.error.HTTPError as exc:
-            with exc:
-                if 300 <= exc.code < 400:
-                    target = mask_credentials(exc.headers.get("Location") or "nowhere")
-                    return f"HTTP {exc.code} redirect to {target} not followed: the webhook must answer 2xx itself"
-                return f"HTTP {exc.code} {exc.reason}".strip()
-        except urllib.error.URLError as exc:
-            return self.unreachable(exc.reason)
-        except (TimeoutError, socket.timeout):
-            return f"no answer within {self.config.timeout:g} s"
-        except OSError as exc:  # a connection reset while reading the answer, a TLS error
-            return self.unreachable(exc)
+            if 300 <= answer.status < 400:
+                target = mask_credentials(answer.getheader("Location") or "nowhere")
+                return f"HTTP {answer.status} redirect to {target} not followed: the webhook must answer 2xx itself"
+            return f"HTTP {answer.status} {answer.reason}".strip()
+        finally:
+            conn.close()
+            raw.close()
 
     def unreachable(self, reason: object) -> str:
-        if isinstance(reason, (TimeoutError, socket.timeout)):
-            return f"no answer within {self.config.timeout:g} s"
         text = str(getattr(reason, "strerror", None) or reason)
         return mask_credentials(f"cannot reach the webhook: {text}")
