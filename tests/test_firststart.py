@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -237,3 +238,74 @@ def test_a_failed_download_is_tried_once_and_suggests_random_weights(tmp_path, d
     assert "download failed" in line and line.endswith("or try the pipeline with --weights none (random weights)")
     assert r.stderr.count("downloading r2plus1d_18 weights from") == 1
     assert "preparing it in a child process" in r.stderr and "loading in this process" not in r.stderr
+
+
+def _read_until(proc: subprocess.Popen, pattern: str, seen: list[str]) -> re.Match:
+    """serve's stderr lines (kept in ``seen``) up to the first that matches ``pattern``."""
+    for line in proc.stderr:
+        seen.append(line.rstrip("\n"))
+        hit = re.search(pattern, line)
+        if hit:
+            return hit
+    raise AssertionError(f"serve exited ({proc.wait()}) before a line matching {pattern!r}: {seen}")
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+def test_serve_answers_at_once_and_says_it_prepares_the_model(tmp_path, demo_clip, token):
+    from streamrec.serve.server import page_html
+
+    gate = tmp_path / "gate"  # the start waits for it (streamrec.serve.starting's test hook)
+    args = ["serve", "--source", str(demo_clip), "--loop", "--port", "0", "--model", "tiny3d", "--weights", "none",
+            "--device", "cpu", "--backend", "auto", "--db", str(tmp_path / "h.db")]
+    proc = subprocess.Popen(streamrec_cmd(*args, *(["--token", token] if token else [])), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**_env(tmp_path), "PYTHONUNBUFFERED": "1", "STREAMREC_START_GATE": str(gate)})
+    seen: list[str] = []
+    try:
+        hit = _read_until(proc, r"preparing the model \(about (\d+) s\); the page is up meanwhile: "
+                                r"http://127\.0\.0\.1:(\d+)/$", seen)
+        expected, port = int(hit.group(1)), int(hit.group(2))
+        assert expected == firststart_estimate()
+        base = f"http://127.0.0.1:{port}"
+        _read_until(proc, "waiting for .*gate", seen)
+        status, body = _get(f"{base}/healthz", token)
+        state = json.loads(body)
+        assert status == 200 and state["status"] == "starting", state
+        assert state["preparing"]["message"] == f"preparing the model (about {expected} s)"
+        assert state["preparing"]["doing"].startswith("waiting for ")
+        assert _get(f"{base}/", token) == (200, page_html())
+        assert b"preparing the model" in page_html()  # the page says it while /healthz answers "starting"
+        assert _get(f"{base}/ws", token)[0] == 503
+        if token:  # without the token: the status only, and no page
+            assert json.loads(_get(f"{base}/healthz")[1]) == {
+                "status": "starting", "preparing": {"message": f"preparing the model (about {expected} s)"}}
+            assert _get(f"{base}/")[0] == 401
+        gate.touch()
+        timing = _read_until(proc, r"timing backend 1/(\d+): torch$", seen)
+        _read_until(proc, rf"timing backend {timing.group(1)}/{timing.group(1)}: ", seen)
+        _read_until(proc, rf"serving default .* at http://127\.0\.0\.1:{port}/", seen)  # the same socket
+        health = json.loads(_get(f"{base}/healthz", token)[1])
+        assert "preparing" not in health and set(health["cameras"]) == {"default"}, health
+        assert _get(f"{base}/", token) == (200, page_html())
+    finally:
+        assert sigterm(proc) == 0, seen
+    assert json.loads((tmp_path / "cache" / "starts.json").read_text())  # the next start's estimate
+
+
+def firststart_estimate() -> int:
+    """The estimate of a start that loads nothing for the first time and times the backends once."""
+    from streamrec.serve import starting
+
+    return round(starting.TIMING_S + starting.CACHED_S)

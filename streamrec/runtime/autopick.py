@@ -77,8 +77,9 @@ def pick_auto(loaded: LoadedModel, factories: dict[str, Callable[[], Callable]],
     x = example_input(loaded) if example is None else example
     times = {} if times is None else times
     best, winner = None, None  # only the fastest so far stays built: the others' memory goes back
-    for name, factory in factories.items():
+    for k, (name, factory) in enumerate(factories.items(), 1):
         candidate = None
+        logger.info("timing backend %d/%d: %s", k, len(factories), name)
         try:
             candidate = factory()
             times[name] = best_seconds(lambda: candidate(x), repeats=repeats, sync=sync)

@@ -139,6 +139,32 @@ def _sigterm_exits():
         signal.signal(signal.SIGTERM, old)
 
 
+def backend_measured(cache: Path, name: str | None) -> bool:
+    """``--backend auto`` has a cached choice for model ``name`` (on some machine or thread count),
+    read without torch: the start then builds the winner at once instead of timing every backend.
+
+    Example:
+        >>> backend_measured(Path("/nonexistent"), "r2plus1d_18")
+        False
+    """
+    try:
+        cached = json.loads((cache / "backends.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return name is not None and isinstance(cached, dict) and any(str(k).split("|", 1)[0] == name for k in cached)
+
+
+def first_start_work(cache: Path, models: Iterable[tuple[str | None, str]], *, device: str,
+                     backend: str) -> tuple[int, int]:
+    """What a start of ``models`` (``(name, weights)`` pairs) has to do before it serves: how many
+    first CPU loads (:func:`needs_preparing`) and how many ``--backend auto`` timings."""
+    unique = list(dict.fromkeys(models))
+    loads = sum(needs_preparing(cache, name, weights, device=device) for name, weights in unique)
+    names = {name or (DEFAULT_MODEL if weights.upper() in ("DEFAULT", "NONE") else None) for name, weights in unique}
+    timings = sum(not backend_measured(cache, name) for name in names) if backend == "auto" else 0
+    return loads, timings
+
+
 def prepare_first_starts(cache: Path, models: Iterable[tuple[str | None, str]], *, device: str) -> None:
     """:func:`prepare` each ``(name, weights)`` that :func:`needs_preparing` (each once)."""
     for name, weights in dict.fromkeys(models):

@@ -40,8 +40,11 @@ logger = logging.getLogger(__name__)
 class LiveApp(AppCore):
     """All cameras, end to end, in this process. ``await run()`` serves until :meth:`request_stop`."""
 
-    def __init__(self, config: ServeConfig) -> None:
-        check_port_free(config.host, config.port)  # before the slow model load
+    def __init__(self, config: ServeConfig, *, listening: bool = False) -> None:
+        """``listening``: the caller holds the listening socket already and hands it to
+        ``self.server.sock`` before :meth:`run` (see :mod:`streamrec.serve.starting`)."""
+        if not listening:
+            check_port_free(config.host, config.port)  # before the slow model load
         supervisor = Supervisor()
         super().__init__(config, HistoryStore(config.db or default_db(), retain_days=config.history_days,
                                               supervisor=supervisor), supervisor)

@@ -14,6 +14,7 @@ import functools
 import hmac
 import json
 import logging
+import socket
 import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -26,7 +27,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from streamrec.serve.files import FileBody, file_response
-from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, host_allowed, raise_fd_limit
+from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, bearer_token, host_allowed, raise_fd_limit
+from streamrec.serve.guard import StreamedResponse, without_body
 from streamrec.serve.guard import http_response as _response
 
 logger = logging.getLogger(__name__)
@@ -168,13 +170,15 @@ class Route:
 @dataclass(frozen=True)
 class Reply:
     status: int
-    body: Any  # JSON-serialisable
+    body: Any  # JSON-serialisable, or a FileBody
+    allow: tuple[str, ...] = ("GET", "HEAD")  # the methods a 405 names in its Allow header
 
 
 @dataclass(frozen=True)
 class ApiRoute:
     """A JSON handler for any method: ``handler(method, path, query)`` -> :class:`Reply`.
-    ``admin`` routes always need the token (and are off when none is set)."""
+    ``admin`` routes always need the token (and are off when none is set). A ``HEAD`` is handled
+    as a ``GET`` and answered without the body."""
 
     handler: Callable[[str, str, dict[str, list[str]]], Reply]
     admin: bool = False
@@ -215,15 +219,17 @@ class WebServer:
         self.token = token
         self._server: Server | None = None
         self._closed = False
+        self.sock: socket.socket | None = None  # a socket already listening on host:port, to serve on instead
 
     async def start(self) -> None:
         self.hub.loop = asyncio.get_running_loop()
         self.guard = ConnectionGuard(self.limits, raise_fd_limit())
+        where = {"sock": self.sock} if self.sock is not None else {"host": self.host, "port": self.port}
         self._server = await serve(
             self._handler,
-            self.host,
-            self.port,
+            **where,
             process_request=self._process_request,
+            process_response=self._process_response,
             create_connection=functools.partial(GuardedConnection, guard=self.guard),  # type: ignore[arg-type]
             max_size=2**16,
             compression=self.compression,
@@ -255,15 +261,13 @@ class WebServer:
             return True
         query = parse_qs(urlsplit(request.path).query)
         given = (query.get("token") or [""])[0]
-        auth = request.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            given = given or auth[7:]
+        given = given or bearer_token(request.headers.get("Authorization", "")) or ""
         return hmac.compare_digest(given.encode(), self.token.encode())
 
     def _refusal(self, request: Request) -> Response | None:
         """A 400 for a request that repeats a header only one of which can count, a 421 for a
         ``Host`` that does not name this server (DNS rebinding: see :mod:`streamrec.serve.guard`)."""
-        for name in ("Host", "Origin", "Authorization"):
+        for name in ("Host", "Origin", "Authorization", "Range"):
             if len(request.headers.get_all(name)) > 1:
                 return _response(HTTPStatus.BAD_REQUEST, "text/plain", f"more than one {name} header\n".encode())
         hosts = request.headers.get_all("Host")
@@ -280,6 +284,18 @@ class WebServer:
             return self._route(request)
         except ValueError:  # urlsplit: a path or Origin that is no URL ("//[", "http://[::1")
             return _response(HTTPStatus.BAD_REQUEST, "text/plain", b"malformed request\n")
+        except Exception:  # noqa: BLE001 - an answer in every case
+            logger.exception("request %s %s failed", request.method, request.path[:200])
+            return _response(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n")
+
+    @staticmethod
+    def _process_response(connection: ServerConnection, request: Request,
+                          response: Response) -> Awaitable[Response] | None:
+        """An HTTP answer is written whole by the connection (:meth:`GuardedConnection.answer`); a
+        ``HEAD`` gets the status and headers a ``GET`` would, without the body."""
+        if response.status_code == HTTPStatus.SWITCHING_PROTOCOLS:
+            return None
+        return connection.answer(without_body(response) if request.method == "HEAD" else response)  # type: ignore[attr-defined]
 
     def _route(self, request: Request) -> Response | Awaitable[Response] | None:
         refusal = self._refusal(request)
@@ -287,6 +303,11 @@ class WebServer:
             return refusal
         path = urlsplit(request.path).path
         if path == "/ws":
+            if request.method == "HEAD":  # what a GET without the websocket upgrade gets
+                return _response(HTTPStatus.UPGRADE_REQUIRED, "text/plain", b"a websocket opens with GET\n",
+                                 ("Upgrade", "websocket"))
+            if request.method != "GET":
+                return _response(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"GET only\n", ("Allow", "GET, HEAD"))
             if not self._authorized(request):
                 return _response(HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token\n")
             origin = request.headers.get("Origin")
@@ -298,8 +319,10 @@ class WebServer:
         if api is not None:  # in a thread of its own: adding a camera opens its source and may load a model
             return self._api_in_thread(api, request, unquote(path))  # DELETE /api/cameras/caf%C3%A9
         route = self.routes.get(path)
-        if route is None or request.method != "GET":
+        if route is None:
             return _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+        if request.method not in ("GET", "HEAD"):
+            return _response(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"GET or HEAD only\n", ("Allow", "GET, HEAD"))
         authorized = self._authorized(request)
         if not authorized and route.public is None:
             return _response(HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token: open /?token=...\n")
@@ -317,17 +340,27 @@ class WebServer:
         done: asyncio.Future[Response] = loop.create_future()
 
         def settle(response: Response) -> None:
-            if not done.done():  # the connection may have gone meanwhile
+            if not done.done():
                 done.set_result(response)
+            elif isinstance(response, StreamedResponse):  # the connection went meanwhile
+                response.close()
 
         def work() -> None:
-            response = self._api(route, request, path)
+            try:
+                response = self._api(route, request, path)
+            except BaseException:  # noqa: BLE001 - the request is answered in every case
+                logger.exception("API request %s %s failed", request.method, path)
+                response = _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
             try:
                 loop.call_soon_threadsafe(settle, response)
             except RuntimeError:  # the loop closed meanwhile: nobody is waiting
                 pass
 
-        threading.Thread(target=work, name="api", daemon=True).start()
+        try:
+            threading.Thread(target=work, name="api", daemon=True).start()
+        except RuntimeError as exc:  # no thread can be started now
+            logger.warning("API request %s %s refused: %s", request.method, path, exc)
+            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the server is too busy: try again"})
         return await done
 
     def _api(self, route: ApiRoute, request: Request, path: str) -> Response:
@@ -336,21 +369,23 @@ class WebServer:
             return _json(HTTPStatus.FORBIDDEN, {"error": "the admin API needs the server to run with --token"})
         if not self._authorized(request):
             return _json(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong token"})
+        method = "GET" if request.method == "HEAD" else request.method
         try:
-            reply = route.handler(request.method, path, parse_qs(urlsplit(request.path).query))
+            reply = route.handler(method, path, parse_qs(urlsplit(request.path).query))
+            if isinstance(reply.body, FileBody):
+                return file_response(reply.body, request.headers.get("Range"))
+            allow = [("Allow", ", ".join(reply.allow))] if reply.status == HTTPStatus.METHOD_NOT_ALLOWED else []
+            return _json(HTTPStatus(reply.status), reply.body, *allow)
         except Exception:  # noqa: BLE001
             logger.exception("API handler for %s %s failed", request.method, path)
             return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
-        if isinstance(reply.body, FileBody):
-            return file_response(reply.body, request.headers.get("Range"))
-        return _json(HTTPStatus(reply.status), reply.body)
 
     async def _handler(self, ws: ServerConnection) -> None:
         await self.hub.serve_client(ws)
 
 
-def _json(status: HTTPStatus, body: Any) -> Response:
-    return _response(status, "application/json", json.dumps(body).encode())
+def _json(status: HTTPStatus, body: Any, *extra: tuple[str, str]) -> Response:
+    return _response(status, "application/json", json.dumps(body).encode(), *extra)
 
 
 def page_html() -> bytes:

@@ -1,0 +1,224 @@
+"""``streamrec serve`` answers on its address from the first second, while the models are prepared.
+
+A first start on a machine can take a minute: a model's first CPU load (a child process,
+:mod:`streamrec.runtime.firststart`) and ``--backend auto`` timing every backend once. Meanwhile
+:class:`StartingServer` holds serve's listening socket and answers: ``/`` is the page, which
+says "preparing the model (about N s)" and what is being done; ``/healthz`` says
+``{"status": "starting", "preparing": {...}}`` (without the token, only the status and the message);
+anything else
+is a 503 with ``Retry-After``. When the models are ready the same socket goes to the web server
+(:meth:`StartingServer.handoff`): a connection made meanwhile waits in the socket's queue and is
+answered by the real server; none is refused.
+
+What is being done is the newest ``INFO`` line of the ``streamrec`` loggers, the one the terminal
+shows too. The estimate is the duration of the last start of the same models on this machine
+(kept in ``starts.json`` in the cache), else a guess from what has to be done.
+
+Test hook: with ``STREAMREC_START_GATE`` set to a file path, the preparation waits (saying so)
+until that file exists, so that a test sees the preparing server for as long as it needs.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from streamrec.errors import StreamrecError
+from streamrec.serve.guard import host_allowed
+from streamrec.serve.server import page_html
+
+logger = logging.getLogger(__name__)
+
+GATE_ENV = "STREAMREC_START_GATE"  # test hook: wait for this file before preparing
+FIRST_LOAD_S = 20.0  # a model's first CPU load (torchvision import, weights, the prepared-model cache)
+TIMING_S = 30.0  # --backend auto timing every backend once, per model
+CACHED_S = 3.0  # everything cached: read the prepared model, build the chosen backend
+
+
+def estimate_seconds(cache: Path, key: str, *, first_loads: int, timings: int) -> float:
+    """The last recorded start of ``key`` on this machine, else a guess from the number of
+    first loads and backend timings to do.
+
+    Example:
+        >>> estimate_seconds(Path("/nonexistent"), "m", first_loads=1, timings=1)
+        53.0
+    """
+    try:
+        recorded = json.loads((cache / "starts.json").read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if isinstance(recorded, (int, float)) and recorded > 0:
+        return float(recorded)
+    return first_loads * FIRST_LOAD_S + timings * TIMING_S + CACHED_S
+
+
+def record_seconds(cache: Path, key: str, seconds: float) -> None:
+    """Keep how long the start of ``key`` took, for the next estimate (best effort)."""
+    path = cache / "starts.json"
+    try:
+        known = json.loads(path.read_text())
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    known[key] = round(seconds, 1)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(known, indent=1))
+    except OSError as exc:
+        logger.debug("cannot keep the start time in %s: %s", path, exc)
+
+
+class _Doing(logging.Handler):
+    """Keeps the newest INFO line of the ``streamrec`` loggers: what the start is doing."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.text = "starting"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.text = record.getMessage()[:300]
+        except Exception:  # noqa: BLE001 - a bad log call must not stop the start
+            pass
+
+
+class StartingServer:
+    """Serve's address while the models are prepared; see the module's docstring."""
+
+    def __init__(self, host: str, port: int, *, token: str | None, allowed_hosts: tuple[str, ...] = (),
+                 expected_s: float) -> None:
+        self.token = token or ""
+        self.allowed_hosts = tuple(allowed_hosts)
+        self.expected_s = expected_s
+        self.started = time.monotonic()
+        self.doing = _Doing()
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        except socket.gaierror as exc:
+            raise StreamrecError(f"--host: cannot resolve {host!r}: {exc.strerror}") from None
+        server_class = type("_Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True,
+                                                                "allow_reuse_address": True})
+        try:
+            self.httpd = server_class((host, port), self._handler_class())
+        except OSError as exc:
+            raise StreamrecError(f"--port {port}: cannot listen on {host}: {exc.strerror or exc}") from None
+        self.host = host
+        self.port = self.httpd.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def message(self) -> str:
+        return f"preparing the model (about {round(self.expected_s)} s)"
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def state(self) -> dict:
+        """``/healthz``'s answer with the token."""
+        return {"status": "starting", "preparing": {
+            "message": self.message, "expected_s": round(self.expected_s), "doing": self.doing.text,
+            "elapsed_s": round(self.elapsed_s(), 1)}}
+
+    def start(self) -> "StartingServer":
+        logging.getLogger("streamrec").addHandler(self.doing)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="starting-server", daemon=True)
+        self._thread.start()
+        logger.info("%s; the page is up meanwhile: http://%s:%d/", self.message, self.host, self.port)
+        return self
+
+    def wait_for_gate(self) -> None:
+        """Test hook: wait until the file ``$STREAMREC_START_GATE`` exists (no wait without it)."""
+        gate = os.environ.get(GATE_ENV)
+        if gate:
+            logger.info("waiting for %s (%s)", gate, GATE_ENV)
+            while not Path(gate).exists():
+                time.sleep(0.05)
+
+    def _stop_answering(self) -> None:
+        logging.getLogger("streamrec").removeHandler(self.doing)
+        if self._thread is not None:
+            self.httpd.shutdown()  # the accept loop ends; the socket stays open and listening
+            self._thread.join()
+            self._thread = None
+
+    def handoff(self) -> socket.socket:
+        """Stop answering and give the listening socket (connections waiting in its queue included)."""
+        self._stop_answering()
+        return self.httpd.socket
+
+    def close(self) -> None:
+        """Stop answering and close the socket (the start failed)."""
+        self._stop_answering()
+        self.httpd.server_close()
+
+    def _handler_class(self) -> type:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                owner.answer(self)
+
+            def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
+                logger.debug("starting server: " + format, *args)
+
+        return Handler
+
+    def _authorized(self, req: BaseHTTPRequestHandler) -> bool:
+        if not self.token:
+            return True
+        given = (parse_qs(urlsplit(req.path).query).get("token") or [""])[0]
+        auth = req.headers.get("Authorization", "")
+        given = given or (auth[7:] if auth.startswith("Bearer ") else "")
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+    def answer(self, req: BaseHTTPRequestHandler) -> None:
+        """One GET: as the web server would answer it, while the models are prepared."""
+        hosts = req.headers.get_all("Host") or []
+        path = urlsplit(req.path).path
+        if len(hosts) != 1:
+            return self._send(req, HTTPStatus.BAD_REQUEST, "text/plain", b"exactly one Host header is required\n")
+        if not host_allowed(hosts[0], bound=self.host, port=self.port, allowed=self.allowed_hosts):
+            return self._send(req, HTTPStatus.MISDIRECTED_REQUEST, "text/plain",
+                              b"this server does not answer to that Host name (see serve --allowed-host)\n")
+        if path == "/healthz":
+            body = self.state() if self._authorized(req) else {"status": "starting", "preparing": {"message": self.message}}
+            return self._send(req, HTTPStatus.OK, "application/json", json.dumps(body).encode())
+        if path == "/" and self._authorized(req):
+            return self._send(req, HTTPStatus.OK, "text/html; charset=utf-8", page_html())
+        if path == "/":
+            return self._send(req, HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token: open /?token=...\n")
+        self._send(req, HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", f"{self.message}\n".encode())
+
+    @staticmethod
+    def _send(req: BaseHTTPRequestHandler, status: HTTPStatus, content_type: str, body: bytes) -> None:
+        req.send_response(status)
+        req.send_header("Content-Type", content_type)
+        req.send_header("Content-Length", str(len(body)))
+        req.send_header("Cache-Control", "no-store")
+        if status == HTTPStatus.SERVICE_UNAVAILABLE:
+            req.send_header("Retry-After", "2")
+        req.send_header("Connection", "close")
+        req.end_headers()
+        req.wfile.write(body)
+
+
+def start_answering(config, models: list[tuple[str | None, str]], cache: Path) -> tuple[StartingServer, str]:
+    """A started :class:`StartingServer` on ``config``'s address for a start of ``models``, and the
+    key under which to :func:`record_seconds` how long the start took."""
+    from streamrec.runtime.firststart import first_start_work
+
+    loads, timings = first_start_work(cache, models, device=config.device, backend=config.backend)
+    key = f"{sorted(set(map(str, models)))}|{config.device}|{config.backend}|loads={loads}|timings={timings}"
+    server = StartingServer(config.host, config.port, token=config.token, allowed_hosts=config.allowed_hosts,
+                            expected_s=estimate_seconds(cache, key, first_loads=loads, timings=timings))
+    return server.start(), key
