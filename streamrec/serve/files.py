@@ -1,26 +1,40 @@
 """Files served by the API (event clips and thumbnails), with HTTP Range support so that a
-browser's ``<video>`` can seek. One answer holds at most :data:`MAX_CHUNK` bytes: a browser asks
-for the rest with further ranges, so a long clip never sits whole in memory.
+browser's ``<video>`` can seek.
+
+A request without ``Range`` gets the whole file (200); one ``bytes`` range gets that part (206),
+or a 416 when it starts past the end. A ``Range`` the server does not use (another unit, several
+ranges, a malformed one) is ignored, as RFC 9110 allows: the answer is the whole file. The body
+is written by the connection in chunks, as fast as the client reads it
+(:class:`~streamrec.serve.guard.StreamedResponse`), so a long clip never sits whole in memory.
 
 Example:
     >>> byte_range("bytes=10-19", 100), byte_range("bytes=-10", 100), byte_range("bytes=90-", 100)
-    ((10, 19), (90, 99), (90, 99))
-    >>> byte_range("bytes=200-", 100) is None, byte_range(None, 100)
-    (True, (0, 99))
+    (Part(start=10, end=19, ranged=True), Part(start=90, end=99, ranged=True), Part(start=90, end=99, ranged=True))
+    >>> byte_range("bytes=200-", 100) is None, byte_range(None, 100), byte_range("items=0-5", 100)
+    (True, Part(start=0, end=99, ranged=False), Part(start=0, end=99, ranged=False))
+    >>> byte_range("bytes=0-" + "9" * 5000, 100)
+    Part(start=0, end=99, ranged=True)
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
+from typing import NamedTuple
 
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-MAX_CHUNK = 4 * 1024 * 1024
-RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+from streamrec.serve.guard import StreamedResponse, http_response
+
+logger = logging.getLogger(__name__)
+
+SPEC = re.compile(r"([0-9]*)-([0-9]*)")
+PAST_ANY_END = 10**18  # a position of 19 digits or more: past the end of any file
 
 
 @dataclass(frozen=True)
@@ -31,38 +45,66 @@ class FileBody:
     content_type: str
 
 
-def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The first inclusive byte range of a ``Range`` header within ``size`` bytes; the whole file
-    without one; ``None`` when it cannot be satisfied (a 416)."""
-    if not header:
-        return (0, size - 1)
-    m = RANGE.match(header.split(",")[0].strip())
-    if not m or (not m.group(1) and not m.group(2)):
-        return (0, size - 1)  # a malformed Range is ignored, as RFC 9110 allows
+class Part(NamedTuple):
+    """The inclusive byte range to send; ``ranged``: a 206 for a ``Range`` (else the whole file, a 200)."""
+
+    start: int
+    end: int
+    ranged: bool
+
+
+def position(digits: str) -> int:
+    """A byte position as a client wrote it, leading zeros and any number of digits allowed; one too
+    large for any file is :data:`PAST_ANY_END` (it is never converted whole)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) < 19 else PAST_ANY_END
+
+
+def byte_range(header: str | None, size: int) -> Part | None:
+    """What to send of ``size`` bytes for a ``Range`` header: the asked range, the whole file
+    (no header, or one that is ignored), or ``None`` when the range cannot be satisfied (a 416)."""
+    whole = Part(0, size - 1, False)
+    unit, eq, ranges = (header or "").partition("=")
+    if not eq or unit.strip().lower() != "bytes":  # range units are case-insensitive
+        return whole
+    specs = [s.strip(" \t") for s in ranges.split(",") if s.strip(" \t")]
+    m = SPEC.fullmatch(specs[0]) if len(specs) == 1 else None
+    if m is None or not (m.group(1) or m.group(2)):  # malformed, or several ranges: answered whole
+        return whole
     if not m.group(1):  # the last N bytes
-        n = int(m.group(2))
-        return (max(0, size - n), size - 1) if n > 0 and size > 0 else None
-    start = int(m.group(1))
-    end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-    return (start, end) if start < size and start <= end else None
+        n = position(m.group(2))
+        return Part(max(0, size - n), size - 1, True) if n > 0 and size > 0 else None
+    start = position(m.group(1))
+    end = position(m.group(2)) if m.group(2) else PAST_ANY_END
+    if end < start:  # an invalid range: ignored
+        return whole
+    return Part(start, min(end, size - 1), True) if start < size else None
 
 
 def file_response(body: FileBody, range_header: str | None) -> Response:
-    """200 with the file (up to :data:`MAX_CHUNK`), 206 with the asked range, or 416."""
-    size = body.path.stat().st_size
-    want = byte_range(range_header, size)
-    if want is None:
-        headers = Headers([("Content-Range", f"bytes */{size}"), ("Content-Length", "0")])
-        status = HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE
-        return Response(status.value, status.phrase, headers, b"")
-    start, end = want[0], min(want[1], want[0] + MAX_CHUNK - 1)
-    with body.path.open("rb") as fh:
-        fh.seek(start)
-        data = fh.read(end - start + 1)
-    partial = bool(range_header) or end < size - 1
-    status = HTTPStatus.PARTIAL_CONTENT if partial else HTTPStatus.OK
-    headers = Headers([("Content-Type", body.content_type), ("Content-Length", str(len(data))),
+    """200 with the whole file, 206 with the asked range, 416 for a range past the end, or 404
+    when the file went away meanwhile. The file is opened here; the connection writes the body."""
+    try:
+        fh = body.path.open("rb")
+    except OSError as exc:
+        logger.info("cannot open %s: %s", body.path, exc)
+        return http_response(HTTPStatus.NOT_FOUND, "application/json", b'{"error": "the file no longer exists"}')
+    try:
+        size = os.fstat(fh.fileno()).st_size
+        part = byte_range(range_header, size)
+        if part is None:
+            fh.close()
+            headers = Headers([("Content-Range", f"bytes */{size}"), ("Content-Length", "0"), ("Connection", "close")])
+            status = HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE
+            return Response(status.value, status.phrase, headers, b"")
+        fh.seek(part.start)
+    except BaseException:
+        fh.close()
+        raise
+    length = part.end - part.start + 1
+    headers = Headers([("Content-Type", body.content_type), ("Content-Length", str(length)),
                        ("Accept-Ranges", "bytes"), ("Cache-Control", "private, max-age=3600"), ("Connection", "close")])
-    if partial:
-        headers["Content-Range"] = f"bytes {start}-{start + len(data) - 1}/{size}"
-    return Response(status.value, status.phrase, headers, data)
+    if part.ranged:
+        headers["Content-Range"] = f"bytes {part.start}-{part.end}/{size}"
+    status = HTTPStatus.PARTIAL_CONTENT if part.ranged else HTTPStatus.OK
+    return StreamedResponse(status, headers, fh, length)

@@ -11,6 +11,9 @@
   gets a 503. The total is also kept ``fd_reserve`` descriptors under the process's limit:
   asyncio accepts up to 100 sockets before it hands any to the server, and files, the
   history database and the cameras need descriptors too.
+* **Whole answers**: an HTTP answer (anything but a websocket) is written in full before the
+  connection closes, however slowly the client reads, within the opening handshake's timeout;
+  a :class:`StreamedResponse` body (a file) is read and written in chunks as the client takes them.
 * **DNS rebinding**: a page of ``attacker.example`` whose name is made to resolve to
   127.0.0.1 can reach a loopback server with its browser, and its requests carry
   ``Host: attacker.example:PORT`` (and a matching ``Origin``). Only the bound address, the
@@ -34,7 +37,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -201,16 +204,51 @@ def host_allowed(value: str, *, bound: str, port: int, allowed: tuple[str, ...] 
     return wildcard and ip is not None  # an address literal is never a rebound name
 
 
-def http_response(status: HTTPStatus, content_type: str, body: bytes) -> Response:
+def http_response(status: HTTPStatus, content_type: str, body: bytes, *extra: tuple[str, str]) -> Response:
+    """An answer with ``body``; ``extra``: more headers (``("Allow", "GET, HEAD")``)."""
     headers = Headers(
         [
             ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
             ("Connection", "close"),
+            *extra,
         ]
     )
     return Response(status.value, status.phrase, headers, body)
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The credentials of an ``Authorization: Bearer ...`` header (the scheme in any case), else ``None``."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
+
+
+def without_body(response: Response) -> Response:
+    """The answer to a ``HEAD``: ``response``'s status and headers (``Content-Length`` included), no body."""
+    if isinstance(response, StreamedResponse):
+        response.close()
+    return Response(response.status_code, response.reason_phrase, response.headers, b"")
+
+
+class Written(Response):
+    """Stands in for an answer :meth:`GuardedConnection.answer` has already written: nothing more to send."""
+
+    def serialize(self) -> bytes:
+        return b""
+
+
+class StreamedResponse(Response):
+    """An answer whose body is ``length`` bytes of ``source`` (an open binary file, at the first
+    byte to send), written by :class:`GuardedConnection` after the head, in chunks, as fast as the
+    client reads them; ``body`` stays empty and ``Content-Length`` says how much follows."""
+
+    def __init__(self, status: HTTPStatus, headers: Headers, source: BinaryIO, length: int) -> None:
+        super().__init__(status.value, status.phrase, headers, b"")
+        self.source, self.length = source, length
+
+    def close(self) -> None:
+        self.source.close()
 
 
 class GuardedConnection(ServerConnection):
@@ -221,9 +259,11 @@ class GuardedConnection(ServerConnection):
       which leaves ``curl -d ...`` users guessing; the API takes its parameters in the query string;
     * it is counted by the server's :class:`~streamrec.serve.guard.ConnectionGuard`, which may
       refuse it (a 503) or close it to make room while it is still sending its headers, and
-      it is closed when its request line and headers take longer than the header timeout."""
+      it is closed when its request line and headers take longer than the header timeout;
+    * :meth:`answer` writes an HTTP answer whole, however slowly the client reads it."""
 
     MAX_HEAD = 16384  # websockets' own limit on a request's header lines is larger: 8 KiB each
+    CHUNK = 256 * 1024  # bytes of a streamed body read and written at a time
 
     def __init__(self, *args: Any, guard: ConnectionGuard | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -257,6 +297,43 @@ class GuardedConnection(ServerConnection):
         """Headers too slow, or room needed for a new connection: close at once."""
         self._dropped = self.head_done = True
         self.transport.abort()
+
+    async def answer(self, response: Response) -> Response:
+        """Write ``response`` (an HTTP answer, not a websocket's 101) whole: its head, then its
+        body (a :class:`StreamedResponse`'s file in chunks, as fast as the client reads them), and
+        wait until all of it has left. websockets, which would drop what is still buffered a second
+        after its own write, then sends the returned empty stand-in."""
+        try:
+            if self.transport.is_closing():  # the client is gone
+                return Written(response.status_code, response.reason_phrase, response.headers, b"")
+            self.transport.write(response.serialize())
+            if isinstance(response, StreamedResponse):
+                await self._write_body(response)
+            await self._flushed()
+        except OSError as exc:  # the client went away, or the file cannot be read
+            logger.info("answer %d to %s not sent whole: %s", response.status_code, self.peer, exc)
+            self.transport.abort()
+        finally:
+            if isinstance(response, StreamedResponse):
+                response.close()
+        return Written(response.status_code, response.reason_phrase, response.headers, b"")
+
+    async def _write_body(self, answer: StreamedResponse) -> None:
+        left = answer.length
+        while left > 0 and not self.transport.is_closing():
+            chunk = answer.source.read(min(self.CHUNK, left))
+            if not chunk:  # the file shrank meanwhile: the client sees fewer bytes than Content-Length
+                raise OSError(f"{getattr(answer.source, 'name', 'the file')} ended {left} bytes early")
+            self.transport.write(chunk)
+            left -= len(chunk)
+            await self.drain()
+
+    async def _flushed(self) -> None:
+        """Wait until the transport's buffer is empty (``drain()`` waits for that once the
+        buffer's high-water mark is 0) or the connection is lost."""
+        self.transport.set_write_buffer_limits(high=0)
+        while self.transport.get_write_buffer_size() and self.paused:
+            await self.drain()
 
     def data_received(self, data: bytes) -> None:
         if self._dropped:

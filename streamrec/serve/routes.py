@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Callable
 
 from streamrec.config import CameraConfig
@@ -17,6 +18,25 @@ from streamrec.validate import from_text
 logger = logging.getLogger(__name__)
 
 
+def query_int(query: dict[str, list[str]], name: str, lo: int, hi: int, default: int) -> int:
+    """The whole number ``lo..hi`` in the query parameter ``name`` (``default`` without one): ASCII
+    digits only, never converted when longer than ``hi`` can be; otherwise a :class:`StreamrecError`."""
+    text = (query.get(name) or [None])[0]
+    if text is None:
+        return default
+    digits = text.strip()
+    if re.fullmatch(r"[0-9]{1,%d}" % len(str(hi)), digits) and lo <= int(digits) <= hi:
+        return int(digits)
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise StreamrecError(f"{name}: expected a whole number {lo}..{hi}, got {shown!r}")
+
+
+def query_times(query: dict[str, list[str]]) -> tuple[float | None, float | None]:
+    """The ``since`` and ``until`` parameters (see :func:`~streamrec.live.history.parse_time`)."""
+    return (parse_time((query.get("since") or [None])[0], "since"),
+            parse_time((query.get("until") or [None])[0], "until"))
+
+
 HISTORY_API_LIMIT = 10_000  # segments in one /api/history answer: the newest; "truncated" says so
 
 
@@ -28,7 +48,7 @@ def history_api(store: HistoryStore, *, limit: int = HISTORY_API_LIMIT) -> ApiRo
             return Reply(405, {"error": "GET only"})
         one = lambda k: (query.get(k) or [None])[0]  # noqa: E731
         try:
-            since, until = parse_time(one("since")), parse_time(one("until"))
+            since, until = query_times(query)
         except StreamrecError as exc:
             return Reply(400, {"error": str(exc)})
         try:
@@ -66,7 +86,7 @@ def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraC
             if not remove(name):
                 return Reply(404, {"error": f"no camera {name!r}"})
             return Reply(200, {"removed": name})
-        return Reply(405, {"error": "GET, POST or DELETE"})
+        return Reply(405, {"error": "GET, POST or DELETE"}, allow=("GET", "HEAD", "POST", "DELETE"))
 
     return ApiRoute(handler, admin=True)
 
@@ -90,14 +110,17 @@ def events_api(events: EventManager) -> ApiRoute:
         if len(parts) == 1 and method == "GET":
             row = events.store.get(parts[0])
             return Reply(200, row_event(row)) if row else Reply(404, {"error": f"no event {parts[0]!r}"})
-        if len(parts) == 2 and method == "GET" and parts[1] in FILES:
+        if len(parts) == 2 and parts[1] in FILES and method != "GET":
+            return Reply(405, {"error": f"GET /api/events/ID/{parts[1]}"})
+        if len(parts) == 2 and parts[1] in FILES:
             kind, content_type = FILES[parts[1]]
             found = events.file_of(parts[0], kind)
             if found is None:
                 return Reply(404, {"error": f"event {parts[0]!r} has no {parts[1]}"})
             return Reply(200, FileBody(found, content_type))
         return Reply(405 if len(parts) <= 1 else 404, {"error": "GET /api/events[/ID[/clip.mp4|/thumb.jpg]] or DELETE "
-                                                                "/api/events/ID"})
+                                                                "/api/events/ID"},
+                     allow=("GET", "HEAD", "DELETE") if len(parts) == 1 else ("GET", "HEAD"))
 
     return ApiRoute(handler, admin_methods=("DELETE",))
 
@@ -108,14 +131,10 @@ FILES = {"clip.mp4": ("clip", "video/mp4"), "thumb.jpg": ("thumbnail", "image/jp
 def list_events(events: EventManager, query: dict[str, list[str]]) -> Reply:
     one = lambda k: (query.get(k) or [None])[0]  # noqa: E731
     try:
-        since, until = parse_time(one("since")), parse_time(one("until"))
-        limit = int(one("limit") or EVENTS_API_LIMIT)
-        if not 1 <= limit <= EVENTS_API_LIMIT:
-            raise ValueError
+        since, until = query_times(query)
+        limit = query_int(query, "limit", 1, EVENTS_API_LIMIT, EVENTS_API_LIMIT)
     except StreamrecError as exc:
         return Reply(400, {"error": str(exc)})
-    except ValueError:
-        return Reply(400, {"error": f"limit: expected 1..{EVENTS_API_LIMIT}, got {one('limit')!r}"})
     try:
         rows = events.store.query(camera=one("camera"), rule=one("rule"), since=since, until=until, limit=limit)
     except Exception as exc:  # noqa: BLE001 - the database went away: the page asks again later

@@ -1,0 +1,290 @@
+"""What the HTTP server answers, on a real :class:`~streamrec.serve.server.WebServer` in process
+(port 0) with the real history and events routes over SQLite and files of synthetic bytes:
+
+* every request is answered, whatever a handler, a file or the client's numbers do: an over-long
+  or absurd number is a 400 naming the parameter (or a ``Range`` ignored or a 416, as RFC 9110
+  says), a failing handler a 500, and 100 such requests in a row leave the server answering;
+* a file without ``Range`` is answered whole (200), however large; a range gets a 206 of that part;
+* ``HEAD`` gets what ``GET`` gets, without the body, on every route; another method is a 405 with ``Allow``;
+* the ``Bearer`` scheme is read in any case;
+* an answer reaches a client that reads slowly whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
+from streamrec.events.manager import EventManager
+from streamrec.events.store import Event
+from streamrec.live.history import HistoryStore
+from streamrec.serve.files import FileBody
+from streamrec.serve.routes import events_api, history_api
+from streamrec.serve.server import ApiRoute, Hub, Reply, Route, WebServer, json_route
+from streamrec.supervision import Supervisor
+
+from conftest import run_cli
+
+TOKEN = "answers-token"
+MIB = 2**20
+SIZES = {"empty": 0, "one": 1, "under": 4 * MIB - 1, "four": 4 * MIB, "over": 4 * MIB + 1, "big": 9 * MIB + 7}
+BIG_JSON = json.dumps({"rows": ["x" * 100] * 80_000}).encode()  # 8 MiB
+
+
+def api_files(folder):
+    def handler(method: str, path: str, query: dict) -> Reply:
+        name = path.rsplit("/", 1)[-1]
+        return Reply(200, FileBody(folder / name, "application/octet-stream"))
+
+    return ApiRoute(handler)
+
+
+def failing(kind: str) -> ApiRoute:
+    def handler(method: str, path: str, query: dict) -> Reply:
+        if kind == "raises":
+            raise RuntimeError("broken handler")
+        if kind == "unserialisable":
+            return Reply(200, {"value": object()})
+        return Reply(299_999, {})  # no HTTP status
+
+    return ApiRoute(handler)
+
+
+class Served:
+    def __init__(self, port: int, folder, clip: bytes, thumb: bytes) -> None:
+        self.port, self.folder, self.clip, self.thumb = port, folder, clip, thumb
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("answers")
+    rng = np.random.default_rng(0)
+    for name, size in SIZES.items():
+        (folder / name).write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    clips = folder / "clips"
+    clips.mkdir()
+    clip, thumb = rng.integers(0, 256, 9 * MIB, dtype=np.uint8).tobytes(), b"\xff\xd8thumb\xff\xd9"
+    (clips / "e1.mp4").write_bytes(clip)
+    (clips / "e1.jpg").write_bytes(thumb)
+    rule = RuleConfig(name="pour", labels=("pouring",), min_seconds=1.0, end_seconds=1.0)
+    events = EventManager(rules=(rule,), notify=NotifyConfig(), recording=RecordingConfig(dir=str(clips)),
+                          db=str(folder / "events.db"), classes=["pouring", "walking"], supervisor=Supervisor(),
+                          publish=lambda message: None)
+    events.store.opened(Event("e1", "pour", "cam", "pouring", 1000.0, 0.9, 0.8), clip="e1.mp4", now=1000.0)
+    events.store.set_files("e1", thumbnail="e1.jpg", clip_bytes=len(clip))
+    history = HistoryStore(str(folder / "history.db"))
+    routes = {"/": Route("text/html; charset=utf-8", lambda: b"<html>page</html>"),
+              "/healthz": json_route(lambda: {"ok": True}, public=lambda: {"ok": True}),
+              "/metrics": Route("text/plain; version=0.0.4", lambda: b"streamrec_up 1\n"),
+              "/big": Route("application/json", lambda: BIG_JSON)}
+    api = {"/api/history": history_api(history), "/api/events": events_api(events), "/api/files": api_files(folder),
+           **{f"/api/{kind}": failing(kind) for kind in ("raises", "unserialisable", "nostatus")}}
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = WebServer(Hub(), host="127.0.0.1", port=0, routes=routes, api=api, token=TOKEN)
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+    yield Served(server.port, folder, clip, thumb)
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    history.close()
+    events.store.close()
+
+
+def http(port: int, method: str, target: str, *headers: str, token: bool = True, rcvbuf: int | None = None,
+         pause_s: float = 0.0) -> tuple[int, dict[str, str], bytes]:
+    """One request as written: its status, headers (lower-case names) and body as received until
+    the server closes. ``rcvbuf`` and ``pause_s``: a client that reads slowly."""
+    auth = [f"Authorization: Bearer {TOKEN}"] if token else []
+    with socket.socket() as s:
+        if rcvbuf is not None:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.settimeout(30)  # an answer that never comes fails the test
+        s.connect(("127.0.0.1", port))
+        s.sendall("\r\n".join([f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", *auth, *headers, "", ""]).encode())
+        time.sleep(pause_s)
+        data = b""
+        while chunk := s.recv(MIB):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), fields, body
+
+
+# -- files: whole without Range, a part with one ---------------------------------------------------
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_a_file_without_range_is_answered_whole(served, name):
+    status, headers, body = http(served.port, "GET", f"/api/files/{name}")
+    assert (status, int(headers["content-length"]), "content-range" in headers) == (200, SIZES[name], False)
+    assert body == (served.folder / name).read_bytes()
+
+
+def test_an_event_clip_and_thumbnail_are_answered_whole(served):
+    status, headers, body = http(served.port, "GET", "/api/events/e1/clip.mp4")
+    assert (status, headers["content-type"], headers["accept-ranges"], body == served.clip) == (200, "video/mp4", "bytes", True)
+    status, headers, body = http(served.port, "GET", "/api/events/e1/thumb.jpg")
+    assert (status, headers["content-type"], body) == (200, "image/jpeg", served.thumb)
+
+
+N = 9 * MIB
+LONG = "9" * 5000
+RANGES = [  # (Range header, status, first byte, last byte or None for a 416)
+    ("bytes=0-99", 206, 0, 99),
+    ("bytes=100-", 206, 100, N - 1),  # more than 4 MiB: the whole rest
+    ("bytes=-10", 206, N - 10, N - 1),
+    ("bytes=5-4999999999", 206, 5, N - 1),
+    ("BYTES=5-9", 206, 5, 9),  # the unit in any case
+    ("bytes= 5-9 ", 206, 5, 9),
+    ("bytes=" + "0" * 5000 + "5-9", 206, 5, 9),  # leading zeros of any length
+    (f"bytes=0-{LONG}", 206, 0, N - 1),  # an over-long last position: to the end
+    (f"bytes=-{LONG}", 206, 0, N - 1),  # an over-long suffix: the whole file
+    (f"bytes={LONG}-", 416, None, None),  # an over-long first position: past the end
+    (f"bytes={LONG}-{'9' * 3000}", 416, None, None),
+    (f"bytes={N}-", 416, None, None),
+    ("bytes=-0", 416, None, None),
+    ("items=0-5", 200, 0, N - 1),  # another unit: ignored
+    ("bytes=0-1,5-6", 200, 0, N - 1),  # several ranges: ignored
+    ("bytes=9-5", 200, 0, N - 1),  # an invalid range: ignored
+    ("bytes=abc", 200, 0, N - 1),
+    ("bytes=-", 200, 0, N - 1),
+    ("bytes=٣-", 200, 0, N - 1),  # a digit to Unicode, not to HTTP
+    (f"{LONG}", 200, 0, N - 1),
+]
+
+
+@pytest.mark.parametrize("header, status, first, last", RANGES, ids=[r[0][:24] for r in RANGES])
+def test_a_range_is_answered_as_rfc_9110_says(served, header, status, first, last):
+    got, headers, body = http(served.port, "GET", "/api/events/e1/clip.mp4", f"Range: {header}")
+    assert got == status
+    if status == 416:
+        assert (headers["content-range"], body) == (f"bytes */{N}", b"")
+        return
+    assert body == served.clip[first:last + 1] and int(headers["content-length"]) == len(body)
+    assert headers.get("content-range") == (f"bytes {first}-{last}/{N}" if status == 206 else None)
+
+
+def test_bad_ranges_never_lock_the_server_out(served):
+    for i in range(100):  # more than the 64 connections one address may hold
+        header = ("bytes=" + "9" * (4301 + i) + "-", "bytes=-" + "9" * 5000, "bytes=1-" + "9" * 8000)[i % 3]
+        assert http(served.port, "GET", "/api/events/e1/clip.mp4", f"Range: {header}")[0] in (206, 416)
+    status, _, body = http(served.port, "GET", "/api/events/e1/clip.mp4", "Range: bytes=0-9")
+    assert (status, body) == (206, served.clip[:10])
+
+
+def test_a_repeated_range_header_is_a_400(served):
+    assert http(served.port, "GET", "/api/events/e1/clip.mp4", "Range: bytes=0-1", "Range: bytes=2-3")[0] == 400
+
+
+def test_a_file_that_went_away_is_a_404(served):
+    status, _, body = http(served.port, "GET", "/api/files/no-such-file")
+    assert (status, json.loads(body)) == (404, {"error": "the file no longer exists"})
+
+
+@pytest.mark.parametrize("target", ["/api/files/big", "/big"])
+def test_a_slow_reader_gets_the_whole_answer(served, target):
+    status, headers, body = http(served.port, "GET", target, rcvbuf=4096, pause_s=1.0)
+    want = (served.folder / "big").read_bytes() if target == "/api/files/big" else BIG_JSON
+    assert (status, int(headers["content-length"]), len(body), body == want) == (200, len(want), len(want), True)
+
+
+# -- every failure is answered ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["raises", "unserialisable", "nostatus"])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+def test_a_failing_handler_is_a_500(served, kind, method):
+    status, _, body = http(served.port, method, f"/api/{kind}")
+    assert (status, json.loads(body) if method != "HEAD" else None) == \
+        (500, {"error": "internal error"} if method != "HEAD" else None)
+
+
+NUMBERS = [LONG, "-" + LONG, "1e999", "nan", "inf", "-inf", "Infinity", "1e300", "-1e400d", "-nanh", "-1e12d"]
+
+
+@pytest.mark.parametrize("path", ["/api/history", "/api/events"])
+@pytest.mark.parametrize("param", ["since", "until"])
+@pytest.mark.parametrize("value", NUMBERS, ids=[v[:12] for v in NUMBERS])
+def test_an_absurd_time_is_a_400_naming_it(served, path, param, value):
+    status, _, body = http(served.port, "GET", f"{path}?{param}={value}")
+    error = json.loads(body)["error"]
+    assert status == 400 and error.startswith(f"{param}: expected ") and "\n" not in error and len(error) < 200
+
+
+LIMITS = [LONG, "0" * 5000 + "1", "1e3", "-1", "0", "1001", "1_0", "%D9%A3", "0x10", "%20", "nan", "5.0", "%2B5", "5%00"]
+
+
+@pytest.mark.parametrize("value", LIMITS, ids=[v[:12] for v in LIMITS])
+def test_an_absurd_limit_is_a_400_naming_it(served, value):
+    status, _, body = http(served.port, "GET", f"/api/events?limit={value}")
+    assert status == 400
+    assert json.loads(body)["error"].startswith("limit: expected a whole number 1..1000, got ")
+
+
+@pytest.mark.parametrize("query", ["limit=1", "limit=1000", "limit=0007", "since=-1h&until=0", "since=1700000000",
+                                   "since=2026-01-01T00:00:00%2B00:00"])
+def test_sensible_numbers_are_answered(served, query):
+    status, _, body = http(served.port, "GET", f"/api/events?{query}")
+    assert status == 200 and isinstance(json.loads(body)["events"], list)
+
+
+@pytest.mark.parametrize("command", ["history", "events"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1e400d", LONG])
+def test_an_absurd_since_on_the_command_line_is_one_line(tmp_path, command, value):
+    proc = run_cli(command, "--db", str(tmp_path / "x.db"), "--since", value)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("streamrec: error: --since/--until: expected a time within the years 1 to 9999, got ")
+    assert proc.stderr.count("\n") == 1 and len(proc.stderr) < 200
+
+
+# -- methods --------------------------------------------------------------------------------------------
+
+HEAD_TARGETS = ["/", "/healthz", "/metrics", "/big", "/api/history", "/api/events", "/api/events/e1",
+                "/api/events/e1/clip.mp4", "/api/events/e1/thumb.jpg", "/api/files/big", "/api/files/empty",
+                "/api/events/nope", "/nowhere", "/api/raises"]
+
+
+@pytest.mark.parametrize("target", HEAD_TARGETS)
+def test_head_gets_what_get_gets_without_the_body(served, target):
+    get_status, get_headers, get_body = http(served.port, "GET", target)
+    status, headers, body = http(served.port, "HEAD", target)
+    assert (status, headers, body) == (get_status, get_headers, b"")
+    assert int(headers["content-length"]) == len(get_body)
+
+
+def test_head_of_a_range_gets_the_range_headers(served):
+    assert http(served.port, "HEAD", "/api/events/e1/clip.mp4", "Range: bytes=10-19")[:2] == \
+        http(served.port, "GET", "/api/events/e1/clip.mp4", "Range: bytes=10-19")[:2]
+
+
+ALLOWED = {"/": "GET, HEAD", "/healthz": "GET, HEAD", "/metrics": "GET, HEAD", "/ws": "GET, HEAD",
+           "/api/history": "GET, HEAD", "/api/events": "GET, HEAD", "/api/events/e1": "GET, HEAD, DELETE",
+           "/api/events/e1/clip.mp4": "GET, HEAD", "/api/events/e1/thumb.jpg": "GET, HEAD"}
+
+
+@pytest.mark.parametrize("target", list(ALLOWED))
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "OPTIONS", "TRACE", "get"])
+def test_another_method_is_a_405_with_allow(served, target, method):
+    status, headers, _ = http(served.port, method, target)
+    assert (status, headers.get("allow")) == (405, ALLOWED[target])
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+@pytest.mark.parametrize("target", ["/metrics", "/api/history", "/api/events/e1/thumb.jpg"])
+def test_the_bearer_scheme_is_read_in_any_case(served, scheme, target):
+    assert http(served.port, "GET", target, f"Authorization: {scheme} {TOKEN}", token=False)[0] == 200
+    assert http(served.port, "GET", target, f"Authorization: {scheme}  {TOKEN} ", token=False)[0] == 200
+    assert http(served.port, "GET", target, f"Authorization: {scheme} wrong", token=False)[0] == 401
+
+
+@pytest.mark.parametrize("value", [f"Basic {TOKEN}", f"Bearer{TOKEN}", TOKEN, f"Token {TOKEN}"])
+def test_another_scheme_is_a_401(served, value):
+    assert http(served.port, "GET", "/metrics", f"Authorization: {value}", token=False)[0] == 401
