@@ -299,23 +299,29 @@ def _safe(target: str) -> str:
     return mask_credentials(target)
 
 
-def parse_time(text: str | None) -> float | None:
-    """Unix seconds, an ISO-8601 time, or a relative ``-10m`` / ``-2h`` / ``-1d``."""
+def parse_time(text: str | None, name: str = "--since/--until") -> float | None:
+    """Unix seconds, an ISO-8601 time, or a relative ``-10m`` / ``-2h`` / ``-1d``, within the years
+    1 to 9999; anything else (``nan``, ``inf``, ``1e999``, a number of 5,000 digits...) is a
+    :class:`StreamrecError` naming ``name`` (the option or query parameter)."""
     if text is None:
         return None
     t = text.strip()
+    shown = t if len(t) <= 40 else t[:40] + "..."
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        if t.startswith("-") and t[-1] in units:
-            return datetime.now(timezone.utc).timestamp() - float(t[1:-1]) * units[t[-1]]
-        return float(t)
+        if t.startswith("-") and len(t) > 2 and t[-1] in units:
+            value = datetime.now(timezone.utc).timestamp() - float(t[1:-1]) * units[t[-1]]
+        else:
+            value = float(t)
     except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(t)
-    except ValueError:
-        raise StreamrecError(f"--since/--until: expected Unix seconds, an ISO time or -10m/-2h/-1d, got {text!r}") from None
-    return (dt if dt.tzinfo else dt.astimezone()).timestamp()
+        try:
+            dt = datetime.fromisoformat(t)
+            value = (dt if dt.tzinfo else dt.astimezone()).timestamp()
+        except (ValueError, OverflowError, OSError):
+            raise StreamrecError(f"{name}: expected Unix seconds, an ISO time or -10m/-2h/-1d, got {shown!r}") from None
+    if not -62135596800 <= value <= 253402300799:  # 0001-01-01 to 9999-12-31 UTC; false for NaN too
+        raise StreamrecError(f"{name}: expected a time within the years 1 to 9999, got {shown!r}")
+    return value
 
 
 def default_db() -> str:
