@@ -156,3 +156,32 @@ def test_relative_links_point_at_files_that_exist(md):
 def test_docs_exist():
     for name in ("architecture", "performance", "deployment", "training", "api"):
         assert (DOCS / f"{name}.md").is_file(), f"docs/{name}.md is missing"
+
+
+def extras() -> set[str]:
+    import tomllib
+
+    return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+
+
+def test_install_hints_work_from_the_clone():
+    """streamrec is installed from its folder, not from a package index: no hint says
+    ``pip install streamrec[...]``, and every extra a hint names exists."""
+    from_index = re.compile(r"pip install\s+(-\S+\s+)*['\"]?streamrec\b")
+    from_clone = re.compile(r"pip install -e ['\"]?\.\[([\w,-]+)\]")
+    helper = re.compile(r"install_hint\(\s*['\"]([\w-]+)['\"]\s*\)")
+    wrong, unknown = [], []
+    for path in text_files():
+        text = path.read_text(errors="replace")
+        rel = path.relative_to(ROOT).as_posix()
+        wrong += [f"{rel}: {m.group(0)}" for m in from_index.finditer(text)]
+        named = [x for m in from_clone.finditer(text) for x in m.group(1).split(",")] + helper.findall(text)
+        unknown += [f"{rel}: {x}" for x in named if x not in extras()]
+    assert not wrong, f"install hints that need a package index: {wrong}"
+    assert not unknown, f"extras that pyproject.toml does not declare: {unknown}"
+
+
+def test_the_checker_finds_a_hint_from_an_index():
+    rx = re.compile(r"pip install\s+(-\S+\s+)*['\"]?streamrec\b")
+    assert rx.search("pip install 'streamrec[onnx]'") and rx.search("pip install -U streamrec")
+    assert not rx.search("pip install -e '.[onnx]'")
