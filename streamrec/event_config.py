@@ -31,6 +31,7 @@ from streamrec.errors import StreamrecError
 from streamrec.validate import check_types, unknown_keys
 
 CHANNELS = ("webhook", "mqtt")
+MAX_PACKET_RING_MB = 1024  # [recording] packet_ring_mb: each camera's ring of packets, in memory
 MQTT_TOPIC_MAX_BYTES = 65535  # an MQTT string: a two-byte length, then UTF-8
 
 
@@ -177,7 +178,7 @@ class WebhookConfig:
         if self.sign and not (self.secret or "").strip():
             raise StreamrecError(f"[notify.webhook] secret: expected a secret to sign with (or sign = false to send "
                                  f"unsigned), got {self.secret!r}")
-        if not self.sign and self.secret:
+        if not self.sign and (self.secret or "").strip():
             raise StreamrecError("[notify.webhook] secret: expected no secret with sign = false, got one")
 
     @classmethod
@@ -261,6 +262,9 @@ class RecordingConfig:
         for name in ("max_seconds", "retention_days", "max_gb", "packet_ring_mb"):
             if not getattr(self, name) > 0:
                 raise StreamrecError(f"[recording] {name}: expected > 0, got {getattr(self, name)}")
+        if not self.packet_ring_mb <= MAX_PACKET_RING_MB:  # inf too: each camera's ring is held in memory
+            raise StreamrecError(f"[recording] packet_ring_mb: expected at most {MAX_PACKET_RING_MB} MB per camera, "
+                                 f"got {self.packet_ring_mb}")
 
     @property
     def folder(self) -> Path:

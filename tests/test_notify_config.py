@@ -1,0 +1,174 @@
+"""The notification settings are checked at start: MQTT topic parts, Home Assistant ids, webhook
+and broker URLs, the webhook's secret. Each bad value is one line naming the key, what was
+expected and what was given (``serve`` exits 2)."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from conftest import error_line, run_cli
+from streamrec.config import ServeConfig
+from streamrec.errors import StreamrecError
+from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig, check_mqtt_cameras, ha_object_id
+from streamrec.events.mqtt import discovery_config
+
+MQTT = "mqtt://127.0.0.1:1883"
+
+
+def refused(make, **kw) -> str:
+    with pytest.raises(StreamrecError) as err:
+        make(**kw)
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+# -- MQTT topic parts -----------------------------------------------------------------------------
+@pytest.mark.parametrize("key", ["topic_prefix", "discovery_prefix"])
+@pytest.mark.parametrize("value, why", [
+    ("ha/#", "'#'"), ("#", "'#'"), ("home/+/x", "'+'"), ("a\x00b", "'\\x00'"), ("a\x01b", "'\\x01'"),
+    ("tab\there", "'\\t'"), ("del\x7f", "'\\x7f'"), ("c1\x85", "'\\x85'"), ("bad\ud800", "'\\ud800'"), ("", "empty"),
+    ("/", "empty"), ("///", "empty"),
+])
+def test_a_topic_part_that_mqtt_cannot_publish_to_is_refused(key, value, why):
+    text = refused(MqttConfig, url=MQTT, **{key: value})
+    assert text == (f"[notify.mqtt] {key}: expected an MQTT topic (UTF-8 text without + or #, NUL or control "
+                    f"characters), got {value!r} ({why})")
+
+
+@pytest.mark.parametrize("key", ["topic_prefix", "discovery_prefix"])
+def test_a_topic_part_longer_than_mqtt_allows_is_refused(key):
+    assert refused(MqttConfig, url=MQTT, **{key: "é" * 33_000}) == (
+        f"[notify.mqtt] {key}: expected an MQTT topic of at most 65535 bytes as UTF-8, got 66000 bytes")
+    # the longest topic built on it counts: a prefix that fits alone but not with its suffix is refused
+    text = refused(MqttConfig, url=MQTT, **{key: "p" * 65_530})
+    assert text.startswith(f"[notify.mqtt] {key}: expected an MQTT topic of at most 65535 bytes as UTF-8, got ")
+
+
+@pytest.mark.parametrize("value", ["streamrec", "home/streamrec", "/leading/and/trailing/", "кухня/события", "a b"])
+def test_valid_topic_parts_are_accepted(value):
+    cfg = MqttConfig(url=MQTT, topic_prefix=value, discovery_prefix=value, homeassistant_discovery=True)
+    assert cfg.topics("cam")[0] == f"{value.strip('/')}/cam/activity"
+
+
+def test_a_camera_name_that_makes_a_topic_too_long_is_refused():
+    cfg = MqttConfig(url=MQTT, topic_prefix="p" * 65_500)
+    with pytest.raises(StreamrecError) as err:
+        check_mqtt_cameras(cfg, ["rack-1", "c" * 40])
+    assert str(err.value) == ("camera 'cccccccccccccccccccccccccccccccccccccccc': its MQTT topic: expected an MQTT topic "
+                              "of at most 65535 bytes as UTF-8, got 65550 bytes")
+
+
+# -- Home Assistant ids ---------------------------------------------------------------------------
+def camera_names(n: int, seed: int = 7) -> list[str]:
+    """``n`` distinct names a camera may have (letters of any alphabet, digits, ``-``, ``_``, ``.``),
+    many of them differing only where an id cannot show it."""
+    rng = random.Random(seed)
+    alphabet = "aAbz09-_." + "кухняспорт" + "ÄÖüß" + "東京" + "ΔΣ" + "²"
+    names = {"rack.1", "rack_1", "rack-1", "кухня", "спорт", "a.b", "a_b", "a..b", "a._b", "_", ".", "Rack.1"}
+    while len(names) < n:
+        names.add("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))))
+    return sorted(names)
+
+
+def test_home_assistant_ids_are_unique_per_camera_over_many_names():
+    names = camera_names(5000)
+    ids = {name: ha_object_id(name) for name in names}
+    assert len(set(ids.values())) == len(names)  # no two cameras share an id
+    for name, oid in ids.items():
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", oid), oid
+        assert oid == ha_object_id(name)  # stable: the same sensor after a restart
+        if re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            assert oid == name  # names Home Assistant takes as they are keep their id
+        else:
+            assert re.fullmatch(re.sub(r"[^A-Za-z0-9_-]", "_", name) + "_[0-9a-f]{8}", oid), oid
+    configs = [discovery_config("streamrec", name) for name in names]
+    assert len({c["unique_id"] for c in configs}) == len({c["device"]["identifiers"][0] for c in configs}) == len(names)
+
+
+def test_names_that_slug_alike_are_distinct_sensors():
+    for a, b in (("кухня", "спорт"), ("rack.1", "rack_1"), ("a.b", "a-b")):
+        ca, cb = discovery_config("sr", a), discovery_config("sr", b)
+        assert ca["unique_id"] != cb["unique_id"] and ca["device"]["identifiers"] != cb["device"]["identifiers"]
+    assert discovery_config("sr", "rack.1")["unique_id"] == "streamrec_rack_1_83925fd7_activity"
+    assert discovery_config("sr", "rack-1")["unique_id"] == "streamrec_rack-1_activity"
+
+
+def serve_config(cameras: list[str], **mqtt) -> ServeConfig:
+    return ServeConfig.from_sources({"cameras": [{"name": c, "source": "0"} for c in cameras],
+                                     "notify": {"mqtt": {"url": MQTT, **mqtt}}}, {})
+
+
+def test_cameras_whose_ids_would_still_collide_are_refused_at_start():
+    other = "rack_1_" + ha_object_id("rack.1").rpartition("_")[2]  # a name that is another's id
+    with pytest.raises(StreamrecError) as err:
+        serve_config(["rack.1", other], homeassistant_discovery=True)
+    assert str(err.value) == (f"[notify.mqtt] homeassistant_discovery: cameras 'rack.1' and {other!r} would share the "
+                              f"Home Assistant id 'streamrec_{other}'; expected distinct ids, rename one")
+    serve_config(["rack.1", other])  # no discovery: no ids to share
+    serve_config(["кухня", "спорт", "rack.1", "rack_1"], homeassistant_discovery=True)
+
+
+# -- URLs and the secret --------------------------------------------------------------------------
+@pytest.mark.parametrize("url, why", [
+    ("http://hooks.example:0/in", "(port 0)"),
+    ("http://hooks.example:70000/in", "(Port out of range 0-65535)"),
+    ("https://hooks.example:http/in", "(Port could not be cast to integer value as 'http')"),
+    ("http://[::1/x", "(Invalid IPv6 URL)"),
+    ("http://::1]/x", "(Invalid IPv6 URL)"),
+    ("http://:8080/in", None),
+    ("https:///in", None),
+])
+def test_webhook_urls_that_cannot_be_reached_are_refused(url, why):
+    text = refused(WebhookConfig, url=url, secret="s")
+    if why is None:
+        assert text == f"[notify.webhook] url: expected an http:// or https:// URL with a host, got {url!r}"
+    else:
+        assert text == f"[notify.webhook] url: expected an http:// or https:// URL with a port 1-65535, got {url!r} {why}"
+
+
+@pytest.mark.parametrize("url", ["mqtt://broker:0", "mqtt://broker:99999", "mqtts://broker:x", "mqtt://[::1", "mqtt://:1883"])
+def test_broker_urls_that_cannot_be_reached_are_refused(url):
+    assert refused(MqttConfig, url=url).startswith("[notify.mqtt] url: expected mqtt://HOST[:PORT] or mqtts://... with a ")
+
+
+def test_valid_urls_are_accepted():
+    assert WebhookConfig(url="http://[::1]:8080/in", secret="s").url == "http://[::1]:8080/in"
+    assert MqttConfig(url="mqtt://[::1]:1884").port == 1884
+
+
+@pytest.mark.parametrize("secret", ["", "   ", None])
+def test_a_webhook_without_a_secret_is_refused_unless_sign_is_false(secret):
+    assert refused(WebhookConfig, url="https://h/in", secret=secret) == " ".join(
+        f"[notify.webhook] secret: expected a secret to sign with (or sign = false to send unsigned), got {secret!r}"
+        .split())  # one line: runs of blanks as one
+    assert WebhookConfig(url="https://h/in", secret=secret, sign=False).sign is False
+
+
+def test_sign_false_with_a_secret_is_refused_without_showing_it():
+    text = refused(WebhookConfig, url="https://h/in", secret="hunter2", sign=False)
+    assert text == "[notify.webhook] secret: expected no secret with sign = false, got one"
+
+
+def test_degraded_after_seconds_must_be_positive():
+    assert NotifyConfig.from_dict({"degraded_after_seconds": 60}).degraded_after_seconds == 60.0
+    assert refused(NotifyConfig.from_dict, d={"degraded_after_seconds": 0}) == (
+        "[notify] degraded_after_seconds: expected > 0 seconds, got 0.0")
+
+
+# -- through serve --------------------------------------------------------------------------------
+@pytest.mark.parametrize("table, message", [
+    ('[notify.mqtt]\nurl = "mqtt://127.0.0.1"\nhomeassistant_discovery = true\ndiscovery_prefix = "ha/#"\n',
+     "[notify.mqtt] discovery_prefix: expected an MQTT topic"),
+    ('[notify.mqtt]\nurl = "mqtt://127.0.0.1"\ntopic_prefix = "sr\\u0000x"\n', "[notify.mqtt] topic_prefix: expected an MQTT topic"),
+    ('[notify.webhook]\nurl = "http://[::1/x"\nsecret = "s"\n', "[notify.webhook] url: expected an http:// or https:// URL"),
+    ('[notify.webhook]\nurl = "http://127.0.0.1/x"\nsecret = ""\n', "[notify.webhook] secret: expected a secret"),
+])
+def test_serve_stops_with_one_line_and_exit_2(tmp_path, table, message):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[cameras]]\nname = "rack.1"\nsource = "0"\n' + table)
+    proc = run_cli("serve", "--config", str(cfg), "--weights", "none", "--port", "0", timeout=300)
+    assert message in error_line(proc)
