@@ -98,7 +98,17 @@ min_seconds = {min_seconds}
 
 
 @pytest.mark.parametrize("extra, message", [
-    ('labels = ["z"]', "[[rules]] 'bees': labels: the model has no class 'z'"),
+    # the hint lists the loaded checkpoint's own classes, not Kinetics-400's
+    ('labels = ["z"]', "[[rules]] 'bees': labels: the model has no class 'z'; the loaded model's classes: a, b, c"),
+    ('labels = ["B"]', "labels: the model has no class 'B'; did you mean 'b'? The loaded model's classes: a, b, c"),
+    # the clips' folder: made when missing, refused when it cannot be made or written
+    ('[recording]\ndir = "TMP/a-file/clips"', "[recording] dir: expected a folder streamrec can write clips into, "
+                                               "got 'TMP/a-file/clips' (Not a directory)"),
+    ('[recording]\ndir = "TMP/a-file"', "[recording] dir: expected a folder streamrec can write clips into, "
+                                         "got 'TMP/a-file' (File exists)"),
+    ('[recording]\npacket_ring_mb = 4096', "[recording] packet_ring_mb: expected at most 1024 MB per camera, got 4096.0"),
+    ('[recording]\npacket_ring_mb = inf', "[recording] packet_ring_mb: expected a finite number, got inf"),
+    ('[recording]\npacket_ring_mb = nan', "[recording] packet_ring_mb: expected a finite number, got nan"),
     ('groups = ["quidditch"]', "[[rules]] 'bees': groups: no group 'quidditch'"),
     ('cameras = ["nowhere"]', "[[rules]] 'bees': cameras: no camera 'nowhere'; expected one of gate"),
     ('notify = ["webhook"]', "[[rules]] 'bees': notify: webhook needs a [notify.webhook] table"),
@@ -110,6 +120,8 @@ def test_rule_errors_stop_serve_with_one_line(tmp_path, extra, message):
     text = RULES.format(video=video, db=tmp_path / "h.db", min_seconds=1, extra=extra)
     if extra.startswith("labels"):
         text = text.replace('labels = ["b"]\n', "")
+    (tmp_path / "a-file").write_text("a file where the clips' folder should be")
+    text, message = text.replace("TMP", str(tmp_path)), message.replace("TMP", str(tmp_path))
     cfg = tmp_path / "c.toml"
     cfg.write_text(text)
     proc = run_cli("serve", "--config", str(cfg), "--weights", always_b(tmp_path / "b.pt"), "--port", "0",

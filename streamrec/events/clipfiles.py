@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from streamrec.errors import StreamrecError
 from streamrec.events.store import EventStore
 from streamrec.supervision import describe
 
@@ -53,6 +55,28 @@ def relative(camera: str, event_id: str, suffix: str) -> str:
     'rack_1/e7.mp4'
     """
     return f"{path_part(camera)}/{path_part(event_id)}{suffix}"
+
+
+def check_writable(folder: Path) -> None:
+    """``folder`` (``[recording] dir``) exists or can be made, and a file can be written there
+    (a probe, deleted at once); else a :class:`StreamrecError` naming it and why."""
+    probe = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".streamrec-probe-", dir=folder)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(b"probe")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise StreamrecError(f"[recording] dir: expected a folder streamrec can write clips into, got {str(folder)!r} "
+                             f"({exc.strerror or exc})") from None
+    finally:
+        if probe is not None:
+            try:
+                os.unlink(probe)
+            except OSError:
+                pass
 
 
 class ClipFolder:

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -60,6 +61,30 @@ def event_id(ev: Event) -> str:
     return f"{int(ev.start_ts)}-{secrets.token_hex(4)}"
 
 
+KINETICS_CLASSES = 400
+SHOWN_CLASSES = 20  # a hint lists this many of the loaded model's classes at most
+
+
+def class_hint(label: str, classes: Sequence[str]) -> str:
+    """What a rule may name instead of ``label``: the closest of the loaded model's ``classes``
+    and the classes themselves (those of a fine-tuned checkpoint, or a pointer to ``streamrec
+    labels`` for Kinetics-400's).
+
+    >>> class_hint("pourng", ["pouring", "stirring", "idle"])
+    "did you mean 'pouring'? The loaded model's classes: pouring, stirring, idle"
+    >>> class_hint("z", ["a", "b"])
+    "the loaded model's classes: a, b"
+    """
+    if len(classes) == KINETICS_CLASSES:
+        text = "the loaded model has the 400 Kinetics-400 classes (streamrec labels TEXT lists them)"
+    else:
+        more = f", ... ({len(classes)} in all)" if len(classes) > SHOWN_CLASSES else ""
+        text = f"the loaded model's classes: {', '.join(classes[:SHOWN_CLASSES])}{more}"
+    lowered = {c.lower(): c for c in classes}
+    close = difflib.get_close_matches(label.lower(), list(lowered), n=1)
+    return f"did you mean {lowered[close[0]]!r}? {text[0].upper()}{text[1:]}" if close else text
+
+
 def rule_labels(rule: RuleConfig, classes: Sequence[str], groups: dict[str, list[str]]) -> frozenset[str]:
     """The labels ``rule`` matches; a label not among ``classes`` or an unknown group is an error."""
     unknown = [g for g in rule.groups if g not in groups]
@@ -68,8 +93,8 @@ def rule_labels(rule: RuleConfig, classes: Sequence[str], groups: dict[str, list
                              f"{', '.join(sorted(groups))}")
     missing = [x for x in rule.labels if x not in classes]
     if missing:
-        raise StreamrecError(f"[[rules]] {rule.name!r}: labels: the model has no class {missing[0]!r} "
-                             "(streamrec labels TEXT lists the Kinetics-400 ones)")
+        raise StreamrecError(f"[[rules]] {rule.name!r}: labels: the model has no class {missing[0]!r}; "
+                             f"{class_hint(missing[0], classes)}")
     return frozenset(rule.labels) | frozenset(x for g in rule.groups for x in groups[g])
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from streamrec.errors import StreamrecError
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
-from streamrec.events.clipfiles import ClipFolder
+from streamrec.events.clipfiles import ClipFolder, check_writable
 from streamrec.events.engine import Change, RuleEngine, rule_labels
 from streamrec.events.inbox import Inbox
 from streamrec.events.store import DatabaseUnavailable, EventStore
@@ -77,6 +77,8 @@ class EventManager:
                 self.recorder = clips(self.clip_done, self.thumbnail_done)
             elif rules and recording.enabled:
                 from streamrec.events.recording import Recorder
+
+                check_writable(recording.folder)
 
                 self.recorder = Recorder(recording, supervisor=supervisor, on_done=self.clip_done, frame_of=frame_of)
             if notify.webhook is not None or notify.mqtt is not None:
