@@ -28,6 +28,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from streamrec.retry import Backoff
+
 logger = logging.getLogger(__name__)
 
 
@@ -55,8 +57,7 @@ class Supervisor:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, backoff_s: float = 0.5,
                  max_backoff_s: float = 10.0, failing_after: int = 3, window_s: float = 60.0) -> None:
         self.clock = clock
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.backoff = Backoff(base_s=backoff_s, cap_s=max_backoff_s)
         self.failing_after = failing_after
         self.window_s = window_s
         self._records: dict[str, ThreadRecord] = {}
@@ -78,7 +79,7 @@ class Supervisor:
             streak = sum(1 for t in rec.recent if self.clock() - t <= self.window_s)
         if new:
             logger.error("%s failed: %s", name, text, exc_info=exc)
-        return min(self.max_backoff_s, self.backoff_s * 2 ** max(0, streak - 1))
+        return self.backoff.delay(streak - 1)
 
     def run(self, name: str, body: Callable[[], None], stop_event: threading.Event) -> None:
         """Call ``body`` until it returns or ``stop_event`` is set; restart it after each exception."""

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import write_frames
-from streamrec.live.capture import Backoff, CaptureThread
+from streamrec.live.capture import CaptureThread
+from streamrec.retry import Backoff
 from streamrec.errors import SourceError
 from streamrec.models.registry import model_spec
 from streamrec.models.preprocess import FramePreprocessor

@@ -12,7 +12,6 @@ import random
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -23,24 +22,10 @@ from streamrec.models.preprocess import FramePreprocessor
 from streamrec.live.encoder import FrameEncoder
 from streamrec.live.packets import PacketRing
 from streamrec.live.ring import FrameRing
+from streamrec.retry import Backoff
 from streamrec.live.sources import PyAVSource, Source, SourceSpec, mask_credentials, open_source
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Capped, jittered exponential backoff: attempt n waits ``min(cap, base * 2**n) * U(0.5, 1)``."""
-
-    base_s: float = 0.5
-    cap_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.base_s <= self.cap_s:
-            raise ValueError(f"backoff: expected 0 < base_s <= cap_s, got {self.base_s}, {self.cap_s}")
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        return min(self.cap_s, self.base_s * 2 ** min(attempt, 30)) * rng.uniform(0.5, 1.0)
 
 
 class RateMeter:
