@@ -18,7 +18,7 @@ from streamrec.validate import check_weights_arg, finite_float
 
 
 EXAMPLES = """examples:
-  streamrec classify demo/clips/arm_wrestling.mp4        segments, windows and the average over the clip
+  streamrec classify demo/clips/arm_wrestling.mp4        segments and the average over the clip (--windows: every window)
   streamrec classify match.mp4 --weights model.pt --format csv --out match.csv
   streamrec classify match.mp4 --stride 0.5 --plot timeline.png
 """
@@ -32,7 +32,9 @@ def add_classify_parser(sub, model_args: Callable) -> None:
     p.add_argument("--stride", type=finite_float("--stride"), default=1.0, help="seconds between windows")
     p.add_argument("--top", type=int, default=5, help="labels kept per window and in the average")
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default 8 on CUDA, 1 on CPU)")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                   help="output format: table (the segments), json or csv (a row per window)")
+    p.add_argument("--windows", action="store_true", help="the table lists every window too (default: the segments only)")
     p.add_argument("--out", default=None, help="write the output here (default: stdout)")
     p.add_argument("--plot", default=None, help="write a timeline PNG here (default: none)")
     p.add_argument("--sports-only", action="store_true", help="restrict to Kinetics sport classes")
@@ -60,7 +62,7 @@ def cmd_classify(args) -> int:
     from streamrec.offline.classify import classify_file, plot_timeline
     from streamrec.fsutil import atomic_write_text
 
-    bar = _progress_bar()
+    bar = _progress_bar(args.file)
     try:
         tl = classify_file(
             args.file,
@@ -76,19 +78,26 @@ def cmd_classify(args) -> int:
             loaded=loaded,
             progress=bar.update if bar else None,
         )
-    finally:
+    except BaseException:
         if bar:
             bar.close()
-    text = {"table": tl.to_table, "json": lambda: tl.to_json(indent=1) + "\n", "csv": tl.to_csv}[args.format]()
+        raise
+    if bar:
+        bar.close(done=True)
+    text = {"table": lambda: tl.to_table(windows=args.windows), "json": lambda: tl.to_json(indent=1) + "\n",
+            "csv": tl.to_csv}[args.format]()
     if args.out:
         try:
             atomic_write_text(args.out, text)
         except OSError as exc:
             raise StreamrecError(f"--out {args.out}: cannot write: {exc.strerror}") from None
+        print(f"wrote {args.out} ({written(tl, args.format, args.windows)})", file=sys.stderr)
     else:
         sys.stdout.write(text)
     if args.plot:
         plot_timeline(tl, args.plot)
+        print(f"wrote {args.plot} (the timeline plot: {_count(len(tl.segments), 'segment')}, "
+              f"{_count(len(tl.windows), 'window')})", file=sys.stderr)
     if tl.meaningless:
         print("streamrec: --weights none: random weights, labels are meaningless", file=sys.stderr)
     if tl.padded:
@@ -98,24 +107,50 @@ def cmd_classify(args) -> int:
     return 0
 
 
-class _progress_bar:
-    """tqdm on stderr in seconds of video, only when stderr is a terminal."""
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
-    def __new__(cls):
+
+def written(tl, fmt: str, windows: bool) -> str:
+    """What ``--out`` holds, for the line that names it."""
+    if fmt == "csv":
+        return f"{_count(len(tl.windows), 'row')}, one a window, with its segment"
+    if fmt == "json":
+        return f"JSON: {_count(len(tl.segments), 'segment')}, {_count(len(tl.windows), 'window')}"
+    rows = f"{_count(len(tl.segments), 'segment')}" + (f" and {_count(len(tl.windows), 'window')}" if windows else "")
+    return f"a table of {rows}"
+
+
+class _progress_bar:
+    """tqdm on stderr, in seconds of video out of the file's length (percent and ETA), only
+    when stderr is a terminal."""
+
+    def __new__(cls, file: str):
         if not sys.stderr.isatty():
             return None
         return super().__new__(cls)
 
-    def __init__(self) -> None:
+    def __init__(self, file: str) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(unit="s", unit_scale=True, desc="decoding", file=sys.stderr)
+        from streamrec.offline.dataset import probe
+
+        info = probe(file)
+        total = round(info.duration_s, 1) if info is not None and info.duration_s > 0 else None
+        self._bar = tqdm(total=total, unit="s", desc="classifying", file=sys.stderr,
+                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} s [{elapsed}<{remaining}]"
+                         if total else None)
+        self._total = total
         self._last = 0.0
 
     def update(self, seconds: float) -> None:
+        if self._total is not None:
+            seconds = min(seconds, self._total)
         if seconds - self._last >= 0.5:
             self._bar.update(seconds - self._last)
             self._last = seconds
 
-    def close(self) -> None:
+    def close(self, done: bool = False) -> None:
+        if done and self._total is not None and self._last < self._total:
+            self._bar.update(self._total - self._last)  # the file's last frames: 100 %
         self._bar.close()

@@ -29,6 +29,7 @@ LR_FIND_EXAMPLES = """examples:
 EVALUATE_EXAMPLES = """examples:
   streamrec evaluate data/valid --weights model.pt
   streamrec evaluate data/valid --weights model.pt --confusion confusion.csv --json
+  streamrec evaluate data/ --val-split 0.2 --weights model.pt   the clips train --val-split 0.2 held out
 """
 EXPORT_EXAMPLES = """examples:
   streamrec export --weights model.pt                    model.ts (TorchScript)
@@ -102,7 +103,9 @@ def _data_args(p) -> None:
 def add_model_file_parsers(sub) -> None:
     """``evaluate``, ``export`` and ``quantize``."""
     p = sub.add_parser("evaluate", help="top-1/5, per-class precision/recall, confusion matrix", epilog=EVALUATE_EXAMPLES)
-    p.add_argument("folder", help="a folder of class folders, e.g. DATA/valid")
+    p.add_argument("folder", help="a folder of class folders, e.g. DATA/valid (DATA itself with --val-split)")
+    p.add_argument("--val-split", type=finite_float("--val-split"), default=None,
+                   help="evaluate only the clips that train --val-split held out of FOLDER (default: every clip)")
     p.add_argument("--weights", required=True, help="the checkpoint (or exported file) to evaluate (required)")
     p.add_argument("--model", default=None, help="expected model name (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -156,6 +159,10 @@ def cmd_dataset(args) -> int:
         fps = f"{r['fps_min']}-{r['fps_max']}" if r["fps_min"] != r["fps_max"] else str(r["fps_min"])
         print(f"{r['split']:<6} {r['class']:<24} {r['clips']:>5} {r['frames']:>7} {r['duration_s']:>7.1f} {fps:>11}  "
               f"{r['resolutions']:<20} {r['unreadable']}")
+    if args.val_split is not None:
+        print(f"--val-split {args.val_split:g} holds out {len(splits['valid'].samples)} clips, the same ones for "
+              f"'train {args.data} --val-split {args.val_split:g}' and 'evaluate {args.data} --val-split "
+              f"{args.val_split:g}'", file=sys.stderr)
     if args.csv:
         write_catalog_csv(rows, args.csv)
         print(f"wrote the catalog to {args.csv}", file=sys.stderr)
@@ -199,7 +206,7 @@ def cmd_evaluate(args) -> int:
                              f"{', '.join(IMAGE_SUFFIXES)}, got {suffix or 'no suffix'!r}")
     check_output("--confusion", args.confusion)
     r = evaluate(args.folder, weights=args.weights, model=args.model, device=args.device,
-                 batch_size=args.batch_size, confusion=args.confusion)
+                 batch_size=args.batch_size, confusion=args.confusion, val_split=args.val_split)
     if args.json:
         print(json.dumps(r, indent=1))
         print(f"confusion matrix: {args.confusion}", file=sys.stderr)

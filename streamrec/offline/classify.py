@@ -106,7 +106,7 @@ class Timeline:
         return json.dumps(self.to_dict(), **kw)
 
     CSV_FIELDS = ("index", "start", "end", "label", "score", "top", "segment", "segment_label", "segment_start",
-                  "segment_end")
+                  "segment_end", "random_weights")
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -117,10 +117,12 @@ class Timeline:
             i = self.segment_of(win)
             seg = self.segments[i]
             w.writerow([win.index, f"{win.start:.3f}", f"{win.end:.3f}", win.label, f"{win.score:.5f}", tops,
-                        i, seg.label, f"{seg.start:.3f}", f"{seg.end:.3f}"])
+                        i, seg.label, f"{seg.start:.3f}", f"{seg.end:.3f}", "true" if self.meaningless else "false"])
         return buf.getvalue()
 
-    def to_table(self) -> str:
+    def to_table(self, *, windows: bool = False) -> str:
+        """The segments (times as mm:ss on the file's own clock, the label, its mean score), the
+        summary and the average; with ``windows`` a row per window too."""
         lines = []
         if self.meaningless:
             lines.append("WARNING: random weights (--weights none): labels are meaningless")
@@ -129,13 +131,15 @@ class Timeline:
         if self.damage_note:
             lines.append(f"note: {self.damage_note}")
         lines.append("segments (labels as serve shows them, smoothed; uncertain where serve says so):")
-        lines.append(f"{'#':>4}  {'start':>8}  {'end':>8}  {'score':>6}  {'windows':>7}  label")
+        lines.append(f"{'#':>4}  {'start-end':<15}  {'mean score':>10}  {'windows':>7}  label")
         for i, seg in enumerate(self.segments):
-            lines.append(f"{i:>4}  {seg.start:>8.2f}  {seg.end:>8.2f}  {seg.score:>6.3f}  {seg.windows:>7}  {seg.label}")
-        lines.append("windows:")
-        lines.append(f"{'#':>4}  {'start':>8}  {'end':>8}  {'score':>6}  label")
-        for w in self.windows:
-            lines.append(f"{w.index:>4}  {w.start:>8.2f}  {w.end:>8.2f}  {w.score:>6.3f}  {w.label}")
+            span = f"{clock(seg.start)}-{clock(seg.end)}"
+            lines.append(f"{i:>4}  {span:<15}  {seg.score:>10.3f}  {seg.windows:>7}  {seg.label}")
+        if windows:
+            lines.append("windows (seconds):")
+            lines.append(f"{'#':>4}  {'start':>8}  {'end':>8}  {'score':>6}  label")
+            for w in self.windows:
+                lines.append(f"{w.index:>4}  {w.start:>8.2f}  {w.end:>8.2f}  {w.score:>6.3f}  {w.label}")
         lines.append(self.summary)
         lines.append("average over the clip: " + ", ".join(f"{t['label']} {t['score']:.3f}" for t in self.verdict))
         return "\n".join(lines) + "\n"
@@ -147,6 +151,42 @@ class Timeline:
         except ImportError:
             raise StreamrecError("to_dataframe: pandas is not installed; " + install_hint("pandas")) from None
         return pd.DataFrame([asdict(w) for w in self.windows])
+
+
+def clock(seconds: float) -> str:
+    """``mm:ss`` (``h:mm:ss`` from an hour), whole seconds, rounded down.
+
+    Example:
+        >>> clock(0.0), clock(65.9), clock(600), clock(3725.2)
+        ('00:00', '01:05', '10:00', '1:02:05')
+    """
+    s = int(max(0.0, seconds))
+    h, m, sec = s // 3600, s // 60 % 60, s % 60
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+
+
+def class_colors(labels: list[str]) -> dict[str, tuple[float, float, float, float]]:
+    """A distinct colour for each label, grey for "uncertain": tab20's 18 colours that are not
+    grey (the strong ten first), then evenly spaced hues for more.
+
+    Example:
+        >>> cols = class_colors([f"c{i}" for i in range(30)] + ["uncertain"])
+        >>> len(set(cols.values())), cols["uncertain"]
+        (31, (0.6, 0.6, 0.6, 1.0))
+    """
+    import matplotlib
+
+    tab = matplotlib.colormaps["tab20"]
+    palette = [tuple(tab(i)) for i in [*range(0, 20, 2), *range(1, 20, 2)] if i not in (14, 15)]  # 14, 15: greys
+    names = [label for label in dict.fromkeys(labels) if label != UNCERTAIN]
+    extra = len(names) - len(palette)
+    if extra > 0:
+        hsv = matplotlib.colormaps["hsv"]
+        palette += [tuple(hsv((i + 0.5) / extra)[:3]) + (1.0,) for i in range(extra)]
+    out = dict(zip(names, palette))
+    if UNCERTAIN in labels:
+        out[UNCERTAIN] = (0.6, 0.6, 0.6, 1.0)
+    return out
 
 
 class WindowClassifier:
@@ -325,10 +365,10 @@ def plot_timeline(tl: Timeline, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = list(dict.fromkeys(seg.label for seg in tl.segments))
-    cmap = plt.get_cmap("tab20")
+    colors = class_colors(labels)
 
     def color(label: str):
-        return (0.6, 0.6, 0.6, 1.0) if label == UNCERTAIN else cmap(labels.index(label) % 20)
+        return colors[label]
 
     fig, (ax_band, ax_score) = plt.subplots(2, 1, figsize=(10, 4), sharex=True, gridspec_kw={"height_ratios": [1, 2]})
     try:

@@ -108,8 +108,21 @@ def class_dirs(folder: Path) -> dict[str, list[Path]]:
     return out
 
 
-def discover(root: str | os.PathLike, *, val_split: float | None = None, seed: int = 0) -> dict[str, Split]:
-    """The ``train`` and ``valid`` splits of ``root`` (``valid`` may be empty)."""
+def held_out(files: Sequence[Path], n: int) -> list[Path]:
+    """The ``n`` clips of a class that ``--val-split`` holds out for validation: chosen by a hash
+    of their file names, so ``dataset``, ``train`` (whatever its ``--seed``) and ``evaluate`` hold
+    out the same ones, and adding a clip moves at most one other.
+
+    Example:
+        >>> held_out([Path("a.mp4"), Path("b.mp4"), Path("c.mp4"), Path("d.mp4")], 1)
+        [PosixPath('a.mp4')]
+    """
+    return sorted(sorted(files, key=lambda f: hashlib.sha1(os.fsencode(f.name)).hexdigest())[:n])
+
+
+def discover(root: str | os.PathLike, *, val_split: float | None = None) -> dict[str, Split]:
+    """The ``train`` and ``valid`` splits of ``root`` (``valid`` may be empty; with
+    ``val_split``, the clips :func:`held_out` of each class)."""
     root = Path(root)
     if not root.exists():
         raise StreamrecError(f"dataset: folder not found: {root}")
@@ -127,7 +140,6 @@ def discover(root: str | os.PathLike, *, val_split: float | None = None, seed: i
         if val_split is None:
             train, valid = everything, {}
         else:
-            rng = random.Random(seed)
             train, valid = {}, {}
             for cls, files in everything.items():
                 n_val = int(round(len(files) * val_split))
@@ -136,9 +148,8 @@ def discover(root: str | os.PathLike, *, val_split: float | None = None, seed: i
                         f"--val-split {val_split}: class {cls!r} has {len(files)} clips, too few to split "
                         f"(needs at least {int(np.ceil(1 / min(val_split, 1 - val_split)))})"
                     )
-                shuffled = files[:]
-                rng.shuffle(shuffled)
-                valid[cls], train[cls] = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
+                valid[cls] = held_out(files, n_val)
+                train[cls] = [f for f in files if f not in valid[cls]]
     classes = sorted(train)
     index = {c: i for i, c in enumerate(classes)}
     return {

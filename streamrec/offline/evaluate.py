@@ -15,7 +15,7 @@ import torch
 
 from streamrec.models.exported import EXPORT_META, torchscript_quiet
 from streamrec.runtime.onnx import example_input, export_onnx
-from streamrec.offline.dataset import ClipCache, ClipDataset, Sample, class_dirs, collate, default_workers
+from streamrec.offline.dataset import ClipCache, ClipDataset, Sample, class_dirs, collate, default_workers, discover
 from streamrec.runtime.classifier import Classifier
 from streamrec.errors import StreamrecError, install_hint
 from streamrec.fsutil import atomic_write, save_figure
@@ -25,16 +25,30 @@ logger = logging.getLogger(__name__)
 
 
 
+def clips_to_evaluate(folder: str | Path, val_split: float | None) -> dict[str, list[Path]]:
+    """The clips of each class: every clip of ``folder/<class>/*``, or with ``val_split`` only
+    those that ``train --val-split`` held out of the same folder for validation."""
+    if val_split is None:
+        return class_dirs(Path(folder))
+    valid = discover(folder, val_split=val_split)["valid"]
+    out: dict[str, list[Path]] = {c: [] for c in valid.classes}
+    for s in valid.samples:
+        out[valid.classes[s.label]].append(s.path)
+    return out
+
+
 def evaluate(folder: str | Path, *, weights: str, model: str | None = None, device: str = "auto",
-             batch_size: int = 8, confusion: str | None = None, clips_per_video: int = 2) -> dict[str, Any]:
-    """Metrics of a checkpoint on ``folder/<class>/*`` (class names must be the checkpoint's):
-    top-1 and top-k with k = min(5, classes) (``"top_k"`` says which, ``"top{k}"`` holds it),
-    per-class precision and recall, and the confusion matrix, also written to ``confusion``
-    (a ``.csv`` of the counts, else an image)."""
+             batch_size: int = 8, confusion: str | None = None, clips_per_video: int = 2,
+             val_split: float | None = None) -> dict[str, Any]:
+    """Metrics of a checkpoint on ``folder/<class>/*`` (class names must be the checkpoint's), or
+    with ``val_split`` on the clips ``train --val-split`` held out of ``folder`` (``"paths"``
+    lists the clips evaluated): top-1 and top-k with k = min(5, classes) (``"top_k"`` says
+    which, ``"top{k}"`` holds it), per-class precision and recall, and the confusion matrix,
+    also written to ``confusion`` (a ``.csv`` of the counts, else an image)."""
     if batch_size < 1:
         raise StreamrecError(f"--batch-size: expected >= 1, got {batch_size}")
+    dirs = clips_to_evaluate(folder, val_split)  # before the model loads: a bad folder fails at once
     loaded = load_model(model, weights=weights)
-    dirs = class_dirs(Path(folder))
     unknown = sorted(set(dirs) - set(loaded.classes))
     if unknown:
         known = loaded.classes if len(loaded.classes) <= 12 else loaded.classes[:10] + ["..."]
@@ -69,6 +83,7 @@ def evaluate(folder: str | Path, *, weights: str, model: str | None = None, devi
         "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "support": int(matrix[i].sum())}
                       for i, c in enumerate(loaded.classes)},
         "confusion": matrix.tolist(), "classes": loaded.classes, "unreadable": len(ds.unreadable),
+        "paths": [str(s.path) for s in samples],
     }
     if confusion:
         write_confusion(matrix, loaded.classes, confusion)
