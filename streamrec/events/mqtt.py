@@ -67,10 +67,16 @@ def discovery_config(prefix: str, camera: str) -> dict[str, Any]:
                        "manufacturer": "streamrec"}}
 
 
-def activity_payload(camera: str, label: str, score: float, ts: float, uncertain: bool) -> str:
+def activity_payload(camera: str, label: str, score: float, ts: float, uncertain: bool,
+                     random_weights: bool = False) -> str:
+    """The activity state JSON; ``"random_weights": true`` when the model has random weights
+    (``--weights none``), whose labels are meaningless."""
     score_out = round(float(score), 4) if math.isfinite(score) else None
-    return json.dumps({"camera": camera, "label": label, "score": score_out, "ts": ts if math.isfinite(ts) else None,
-                       "uncertain": bool(uncertain)}, allow_nan=False)
+    payload = {"camera": camera, "label": label, "score": score_out, "ts": ts if math.isfinite(ts) else None,
+               "uncertain": bool(uncertain)}
+    if random_weights:
+        payload["random_weights"] = True
+    return json.dumps(payload, allow_nan=False)
 
 
 class Client(paho.Client):
@@ -250,11 +256,12 @@ class MqttPublisher:
                 del self._inflight[note_id]
 
     # -- activity and discovery ---------------------------------------------------------
-    def activity(self, camera: str, label: str, score: float, ts: float, uncertain: bool = False) -> float | None:
+    def activity(self, camera: str, label: str, score: float, ts: float, uncertain: bool = False,
+                 random_weights: bool = False) -> float | None:
         """Note ``camera``'s current label; published now when connected and its last message is a
         second old, else held (replacing any held one). When this starts a held one: the seconds
         until it is due (for :meth:`flush_activity`); else ``None``."""
-        payload = activity_payload(camera, label, score, ts, uncertain)
+        payload = activity_payload(camera, label, score, ts, uncertain, random_weights)
         now = time.monotonic()
         with self._lock:
             self._state[camera] = payload
