@@ -3,7 +3,7 @@
 The rate rises exponentially from ``start`` to ``end`` over ``steps`` optimizer steps on the
 training clips (the layers ``train`` would train, with its weight decay) while the smoothed loss
 is recorded; the test stops once the loss has blown up. The suggestion is the steepest descent
-of the loss before its minimum, but at most a tenth of the rate at the minimum (the minimum is
+of the loss before its minimum, but at most a third of the rate at the minimum (the minimum is
 already on the edge of divergence), kept within :data:`SUGGESTION_RANGE`.
 """
 
@@ -21,7 +21,8 @@ from streamrec.runtime.classifier import resolve_device
 
 logger = logging.getLogger(__name__)
 
-SUGGESTION_RANGE = (1e-5, 1e-2)  # past 1e-2, AdamW sends even tiny3d's validation loss far above ln(classes)
+SUGGESTION_RANGE = (1e-5, 5e-3)  # from 1e-2, AdamW sends tiny3d's validation loss far above ln(classes)
+MIN_SHARE = 1 / 3  # the suggestion is at most this share of the rate at the loss's minimum
 
 
 def suggest(lrs, losses) -> float:
@@ -30,18 +31,20 @@ def suggest(lrs, losses) -> float:
     Example:
         >>> lrs = np.logspace(-6, 0, 13)
         >>> losses = [1.1, 1.1, 1.1, 1.09, 1.05, 0.95, 0.8, 0.6, 0.5, 0.45, 1.5, 4.0, 9.0]
-        >>> f"{suggest(lrs, losses):.1e}"  # the steepest descent: below a tenth of the minimum's (3.2e-2)
+        >>> f"{suggest(lrs, losses):.1e}"  # the steepest descent: below a third of the minimum's (3.2e-2)
         '1.0e-03'
-        >>> f"{suggest([1e-4, 1e-3, 1e-2, 1e-1], [1.0, 0.98, 0.5, 3.0]):.1e}"  # a tenth of the minimum's
-        '1.0e-03'
+        >>> f"{suggest([1e-5, 1e-4, 1e-3, 1e-2], [1.0, 0.98, 0.5, 3.0]):.1e}"  # a third of the minimum's
+        '3.3e-04'
+        >>> f"{suggest([1e-3, 1e-2, 1e-1, 1.0], [1.0, 0.98, 0.5, 3.0]):.1e}"  # never above 5e-3
+        '5.0e-03'
     """
     lrs, losses = np.asarray(lrs, float), np.asarray(losses, float)
     lo = int(np.argmin(losses))
     if lo == 0 or len(lrs) < 3:
-        return float(np.clip(lrs[lo] / 10, *SUGGESTION_RANGE))
+        return float(np.clip(lrs[lo] * MIN_SHARE, *SUGGESTION_RANGE))
     grads = np.gradient(losses[: lo + 1], np.log(lrs[: lo + 1]))
     steepest = float(lrs[int(np.argmin(grads))])
-    return float(np.clip(min(steepest, lrs[lo] / 10), *SUGGESTION_RANGE))
+    return float(np.clip(min(steepest, lrs[lo] * MIN_SHARE), *SUGGESTION_RANGE))
 
 
 def range_test(cfg: TrainConfig, *, start: float, end: float, steps: int) -> tuple[list[float], list[float]]:

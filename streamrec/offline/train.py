@@ -162,14 +162,14 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> int:
 
 def training_classes(cfg: TrainConfig) -> list[str]:
     """The class names of ``cfg.data``: at least two, or there is nothing to learn."""
-    classes = discover(cfg.data, val_split=cfg.val_split, seed=cfg.seed)["train"].classes
+    classes = discover(cfg.data, val_split=cfg.val_split)["train"].classes
     if len(classes) < 2:
         raise StreamrecError(f"dataset {cfg.data}: expected at least 2 class folders to tell apart, got {classes}")
     return classes
 
 
 def make_loaders(cfg: TrainConfig, loaded: LoadedModel):
-    splits = discover(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
+    splits = discover(cfg.data, val_split=cfg.val_split)
     if not splits["valid"].samples:
         raise StreamrecError(f"dataset {cfg.data}: no validation clips; add DATA/valid/<class>/ or pass --val-split 0.2")
     cache = ClipCache(cfg.cache_dir or Path(cfg.data) / ".streamrec-cache", loaded.spec)
