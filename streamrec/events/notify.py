@@ -136,13 +136,16 @@ class Notifier:
             return any([self.deliver_due(name) for name in list(self.channels)])
         now = self.clock()
         self.expire(now)
-        notes = self.store.pending(now=now, limit=BATCH, channel=channel)
-        if not notes:
-            self.settle(channel)
-        for note in notes:
-            if self._stop.is_set() or not self.deliver(note):
+        while True:  # again while what was delivered lets an event's next notification go
+            notes = self.store.pending(now=now, limit=BATCH, channel=channel)
+            if not notes:
+                self.settle(channel)
                 return False
-        return len(notes) == BATCH
+            for note in notes:
+                if self._stop.is_set() or not self.deliver(note):
+                    return False
+            if len(notes) == BATCH:
+                return True
 
     def settle(self, channel: str) -> None:
         """``channel`` is no longer failing once nothing of it is left undelivered (all expired)."""

@@ -144,10 +144,13 @@ class WebhookSender:
         deadline.guard(raw)
         conn_cls = http.client.HTTPSConnection if self.tls else http.client.HTTPConnection
         conn = conn_cls(self.host, self.port, timeout=self.config.timeout, **({"context": self.tls} if self.tls else {}))
+        answer = None
         try:
             conn.sock = self.tls.wrap_socket(raw, server_hostname=self.host) if self.tls else raw
             conn.request("POST", self.path, body=note.payload.encode(), headers=self.headers(note))
             answer = conn.getresponse()
+            if deadline.expired:  # the headers were cut short: not a whole answer
+                raise TimeoutError("the answer's headers did not arrive in time")
             if 200 <= answer.status < 300:
                 try:
                     answer.read(MAX_ANSWER_BYTES)
@@ -159,6 +162,8 @@ class WebhookSender:
                 return f"HTTP {answer.status} redirect to {target} not followed: the webhook must answer 2xx itself"
             return f"HTTP {answer.status} {answer.reason}".strip()
         finally:
+            if answer is not None:
+                answer.close()  # the answer holds the connection open until it is closed too
             conn.close()
             raw.close()
 

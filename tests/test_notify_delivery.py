@@ -1,0 +1,319 @@
+"""Delivery that one slow or failing receiver cannot hold up: a webhook that answers a byte at a
+time is cut off at its timeout, MQTT is delivered while the webhook hangs, each event's
+notifications keep their order on every channel after an outage, and ``/healthz``'s reasons
+name a channel that fails, hangs or is disconnected for ``degraded_after_seconds``. Real
+receivers on loopback (a socket server, ``http.server``, mosquitto); time in the outbox and
+in health comes from an injected clock."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, wait_until
+from servers import Broker, Receiver, Subscriber, broker, receiver  # noqa: F401 - fixtures
+from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig
+from streamrec.events.notify import Notifier
+from streamrec.events.store import Event, EventStore
+from streamrec.supervision import Supervisor
+
+SECRET = "s3cret-key"
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class DripReceiver:
+    """A webhook receiver on a free loopback port that reads each request, then sends its answer
+    one byte every ``every_s`` seconds (from ``start``, an offset into the answer) until the
+    client hangs up, :attr:`release` is set (then it closes the connection) or ``limit_s`` passed."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"x" * 2000 + b"\r\nContent-Length: 2000\r\n\r\n" + b"y" * 2000
+    BODY = ANSWER.index(b"\r\n\r\n") + 4
+
+    def __init__(self, start: int = 0, every_s: float = 0.2, limit_s: float = 300.0) -> None:
+        self.start, self.every_s, self.limit_s = start, every_s, limit_s
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hook"
+        self.requests: list[bytes] = []
+        self.hung_up = threading.Event()  # the client closed a connection before the whole answer
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    def answer(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next((l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")), 0))
+            while len(body) < length:
+                body += conn.recv(65536)
+            with self.lock:
+                self.requests.append(body)
+            conn.sendall(self.ANSWER[:self.start])
+            for i in range(self.start, len(self.ANSWER)):
+                if self.release.wait(self.every_s) or (i - self.start) * self.every_s > self.limit_s:
+                    return
+                try:
+                    conn.sendall(self.ANSWER[i:i + 1])
+                except OSError:
+                    self.hung_up.set()
+                    return
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.requests)
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.close()
+
+
+@pytest.fixture
+def drip():
+    made: list[DripReceiver] = []
+
+    def make(**kw) -> DripReceiver:
+        made.append(DripReceiver(**kw))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.close()
+
+
+@pytest.fixture
+def notifiers():
+    made: list[Notifier] = []
+
+    def make(store: EventStore, config: NotifyConfig, **kw) -> Notifier:
+        made.append(Notifier(store, config, supervisor=Supervisor(), **kw))
+        return made[-1]
+
+    yield make
+    for n in made:
+        n.close()
+
+
+@pytest.fixture
+def subscribers():
+    made: list[Subscriber] = []
+
+    def make(b: Broker, *topics: str) -> Subscriber:
+        made.append(Subscriber(b, *topics))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def event(n: int = 1) -> Event:
+    return Event(f"e{n}", "lifting", "rack-1", "deadlifting", start_ts=100.0 + n, peak_score=0.8, mean_score=0.7)
+
+
+def ended(n: int = 1) -> Event:
+    return Event(f"e{n}", "lifting", "rack-1", "deadlifting", start_ts=100.0 + n, peak_score=0.8, mean_score=0.7,
+                 end_ts=110.0 + n)
+
+
+def outbox_rows(db: Path) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM outbox ORDER BY id")]
+
+
+def hook(url: str, timeout: float) -> WebhookConfig:
+    return WebhookConfig(url, secret=SECRET, timeout=timeout)
+
+
+def mqtt_url(b: Broker) -> str:
+    return f"mqtt://127.0.0.1:{b.port}"
+
+
+# -- a receiver that drips its answer --------------------------------------------------------------
+@pytest.mark.parametrize("start, every_s", [(0, 0.2), (10, 0.2), (30, 0.2), (DripReceiver.BODY - 1, 2.0)],
+                         ids=["status line", "in the status line", "headers", "the last header byte"])
+def test_a_webhook_dripping_its_answer_is_cut_off_at_the_timeout(tmp_path, drip, notifiers, start, every_s):
+    rx = drip(start=start, every_s=every_s)
+    db = tmp_path / "h.db"
+    store = EventStore(str(db))
+    notifier = notifiers(store, NotifyConfig(webhook=hook(rx.url, timeout=1.0)))
+    store.opened(event(), notify=("webhook",))
+    notifier.deliver_due()  # the answer would take many minutes: this returns only if the whole request is bounded
+    assert rx.count() == 1
+    (row,) = outbox_rows(db)
+    assert row["delivered"] is None and row["attempts"] == 1
+    assert row["error"] == "no complete answer within 1 s (timeout)"
+    assert notifier.stats()["channels"]["webhook"]["last_error"] == row["error"]
+    wait_until(rx.hung_up.is_set, "the receiver seeing the connection closed", timeout=30)
+
+
+def test_a_webhook_dripping_the_body_of_a_2xx_is_delivered_and_cut_off(tmp_path, drip, notifiers):
+    rx = drip(start=DripReceiver.BODY)  # the status and headers at once, then the body a byte at a time
+    db = tmp_path / "h.db"
+    store = EventStore(str(db))
+    notifier = notifiers(store, NotifyConfig(webhook=hook(rx.url, timeout=1.0)))
+    store.opened(event(), notify=("webhook",))
+    notifier.deliver_due()
+    (row,) = outbox_rows(db)
+    assert row["delivered"] is not None and row["error"] is None  # the 2xx said it
+    wait_until(rx.hung_up.is_set, "the receiver seeing the connection closed", timeout=30)
+
+
+def test_mqtt_is_delivered_while_the_webhook_hangs_and_healthz_names_the_webhook(tmp_path, drip, broker, notifiers,
+                                                                                   subscribers):
+    rx = drip()
+    sub = subscribers(broker, "sr/events")
+    clock = Clock()
+    db = tmp_path / "h.db"
+    store = EventStore(str(db))
+    config = NotifyConfig(webhook=hook(rx.url, timeout=120.0), mqtt=MqttConfig(mqtt_url(broker), topic_prefix="sr"),
+                          degraded_after_seconds=60.0)
+    notifier = notifiers(store, config, clock=clock, poll_s=0.1)
+    notifier.start()
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
+    store.opened(event(1), notify=("webhook", "mqtt"), now=clock())  # the webhook's row comes first
+    notifier.wake()
+    wait_until(lambda: rx.count() == 1, "the webhook's request", timeout=30)
+    store.closed(ended(1), notify=("webhook", "mqtt"), now=clock())
+    store.opened(event(2), notify=("mqtt",), now=clock())
+    notifier.wake()
+    wait_until(lambda: len(sub.on("sr/events")) == 3, "MQTT's three events while the webhook hangs", timeout=60)
+    assert [(json.loads(p)["event"]["id"], json.loads(p)["type"]) for p, _ in sub.on("sr/events")] == [
+        ("e1", "event_start"), ("e1", "event_end"), ("e2", "event_start")]
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["delivered"] == 3, "MQTT's deliveries recorded", timeout=30)
+    webhook = notifier.stats()["channels"]["webhook"]
+    assert webhook["busy_since"] == clock.now and webhook["delivered"] == 0 and rx.count() == 1
+    assert not rx.hung_up.is_set()  # the webhook's answer is still dripping
+    assert notifier.problems() == []
+    clock.now += 59.0
+    assert notifier.problems() == []
+    clock.now += 1.0
+    assert notifier.problems() == [f"notify: webhook: one delivery has been in progress for 60 s (to {rx.url})"]
+
+    rx.release.set()  # the receiver hangs up without a whole answer: a failure, retried
+    wait_until(lambda: notifier.stats()["channels"]["webhook"]["failed"] == 1, "the failed delivery", timeout=60)
+    assert notifier.stats()["channels"]["webhook"]["busy_since"] is None
+    assert notifier.problems() == []  # failing since just now
+    error = notifier.stats()["channels"]["webhook"]["last_error"]
+    clock.now += 60.0
+    assert notifier.problems() == [f"notify: webhook: nothing delivered for 60 s: {error}"]
+
+
+# -- failing and recovering channels in /healthz ----------------------------------------------------
+def test_healthz_names_a_failing_webhook_until_it_delivers_again(tmp_path, receiver, notifiers):
+    receiver.fail = 1
+    clock = Clock()
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, NotifyConfig(webhook=hook(receiver.url, timeout=5.0), degraded_after_seconds=90.0),
+                         clock=clock, backoff_s=1.0)
+    store.opened(event(), notify=("webhook",), now=clock())
+    notifier.deliver_due()
+    clock.now += 89.0
+    assert notifier.problems() == []
+    clock.now += 1.0
+    assert notifier.problems() == ["notify: webhook: nothing delivered for 90 s: HTTP 500 Internal Server Error"]
+    notifier.deliver_due()
+    assert store.outbox_stats() == {"pending": 0, "delivered": 1} and notifier.problems() == []
+
+
+def test_healthz_names_a_webhook_whose_notifications_all_expired_no_longer(tmp_path, receiver, notifiers):
+    receiver.fail = 100
+    clock = Clock()
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, NotifyConfig(webhook=hook(receiver.url, timeout=5.0), degraded_after_seconds=60.0),
+                         clock=clock, max_age_s=100.0)
+    store.opened(event(), notify=("webhook",), now=clock())
+    notifier.deliver_due()
+    clock.now += 60.0
+    assert len(notifier.problems()) == 1
+    clock.now += 50.0
+    notifier.deliver_due()  # given up: nothing is left to deliver, so nothing is failing
+    assert store.outbox_stats() == {"pending": 0, "delivered": 0} and notifier.problems() == []
+
+
+def test_healthz_names_a_broker_that_stays_down(notifiers):
+    clock = Clock()
+    port = free_port()  # nothing listens there
+    notifier = notifiers(EventStore(":memory:"), NotifyConfig(mqtt=MqttConfig(f"mqtt://127.0.0.1:{port}"),
+                                                              degraded_after_seconds=120.0), clock=clock)
+    notifier.start()
+    error = wait_until(lambda: notifier.stats()["channels"]["mqtt"]["last_error"], "the refused connection", timeout=30)
+    clock.now += 119.0
+    assert notifier.problems() == []
+    clock.now += 1.0
+    assert notifier.problems() == [f"notify: mqtt: not connected for 120 s: {error}"]
+    assert "Connection refused" in error
+
+
+# -- order per event and channel -------------------------------------------------------------------
+def test_a_webhook_that_fails_then_recovers_gets_each_events_notifications_in_order(tmp_path, receiver, notifiers):
+    receiver.fail = 1
+    clock = Clock()
+    db = tmp_path / "h.db"
+    store = EventStore(str(db))
+    notifier = notifiers(store, NotifyConfig(webhook=hook(receiver.url, timeout=5.0)), clock=clock, backoff_s=10.0)
+    store.opened(event(1), notify=("webhook",), now=clock())
+    notifier.deliver_due()  # 500: e1's start backs off for 10 s
+    clock.now += 1.0
+    store.closed(ended(1), notify=("webhook",), now=clock())  # due now, but its start is not delivered
+    store.opened(event(2), notify=("webhook",), now=clock())  # another event does not wait for e1
+    notifier.deliver_due()
+    sent = lambda: [(json.loads(r["body"])["event"]["id"], json.loads(r["body"])["type"]) for r in receiver.requests]
+    assert sent() == [("e1", "event_start"), ("e2", "event_start")]
+    end = next(r for r in outbox_rows(db) if r["kind"] == "event_end")
+    assert end["attempts"] == 0 and end["delivered"] is None
+    clock.now += 10.0
+    notifier.deliver_due()
+    assert sent() == [("e1", "event_start"), ("e2", "event_start"), ("e1", "event_start"), ("e1", "event_end")]
+    assert store.outbox_stats() == {"pending": 0, "delivered": 3}
+
+
+def test_after_a_broker_outage_an_events_end_follows_its_start(tmp_path, broker, notifiers, subscribers):
+    clock = Clock()
+    db = tmp_path / "h.db"
+    store = EventStore(str(db))
+    notifier = notifiers(store, NotifyConfig(mqtt=MqttConfig(mqtt_url(broker), topic_prefix="sr")), clock=clock,
+                         backoff_s=5.0)
+    notifier.mqtt.start()  # the connection only: passes are made here, one at a time
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
+    broker.stop()
+    wait_until(lambda: not notifier.stats()["channels"]["mqtt"]["connected"], "the lost connection", timeout=30)
+    store.opened(event(1), notify=("mqtt",), now=clock())
+    notifier.deliver_due()  # not connected: e1's start backs off for 5 s
+    assert store.outbox_stats() == {"pending": 1, "delivered": 0}
+
+    broker.start()
+    sub = subscribers(broker, "sr/events")
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the reconnection", timeout=60)
+    clock.now += 1.0
+    store.closed(ended(1), notify=("mqtt",), now=clock())  # due now, its start is not
+    notifier.deliver_due()  # a publish is over when the broker acknowledged it: nothing was sent
+    assert [(r["kind"], r["attempts"], r["delivered"]) for r in outbox_rows(db)] == [
+        ("event_start", 1, None), ("event_end", 0, None)]
+    clock.now += 5.0
+    notifier.deliver_due()
+    assert store.outbox_stats() == {"pending": 0, "delivered": 2}
+    wait_until(lambda: len(sub.on("sr/events")) == 2, "both notifications", timeout=30)
+    assert [json.loads(p)["type"] for p, _ in sub.on("sr/events")] == ["event_start", "event_end"]
