@@ -79,7 +79,8 @@ def test_the_default_learning_rate_trains_tiny3d_beyond_chance(separable, tmp_pa
     out = tmp_path / "m.pt"
     proc = run_cli("train", str(separable), *TINY, "--out", str(out), timeout=600)  # no --lr, no --epochs
     assert proc.returncode == 0, proc.stderr
-    assert "training every layer (random weights: a frozen random backbone would give the head noise), " \
+    assert "training every layer (from random initial weights: a frozen random backbone would leave the head only " \
+           "noise), " \
            "--lr 0.003 (the default for this)" in proc.stderr
     best = max(v1 for _, v1 in val_metrics(proc.stderr))
     assert best > 1 / 3 and "no better than chance" not in proc.stderr and out.is_file()

@@ -32,7 +32,7 @@ def data(tmp_path_factory):
 def trained(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "m.pt"
     proc = run_cli("train", str(data), "--model", "tiny3d", "--weights", "none", "--epochs", "1", "--batch-size", "4",
-                   "--workers", "0", "--out", str(out), timeout=600)
+                   "--workers", "0", "--out", str(out), "--allow-chance", timeout=600)  # one epoch: at chance
     assert proc.returncode == 0, proc.stderr
     return out, proc
 
@@ -57,7 +57,8 @@ def _train_on_a_terminal(data, out, *extra: str) -> str:
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty is 0 columns wide
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(streamrec_cmd("train", str(data), "--model", "tiny3d", "--weights", "none", "--epochs", "1",
-                                          "--batch-size", "4", "--workers", "0", "--out", str(out), *extra),
+                                          "--batch-size", "4", "--workers", "0", "--out", str(out), "--allow-chance",
+                                          *extra),
                             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env)
     os.close(slave)
     chunks = []

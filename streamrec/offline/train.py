@@ -342,7 +342,8 @@ def resume_state(state_path: Path, model: torch.nn.Module, optimizer: torch.opti
 def announce(cfg: TrainConfig) -> None:
     """One line on stderr saying what trains, and at which learning rate."""
     what = "the new head only (--freeze-backbone)" if cfg.head_only else "every layer"
-    why = " (random weights: a frozen random backbone would give the head noise)" if cfg.random_start else ""
+    why = " (from random initial weights: a frozen random backbone would leave the head only noise)" \
+        if cfg.random_start else ""
     lr = f"--lr {cfg.peak_lr:g}" + ("" if cfg.lr is not None else " (the default for this)")
     print(f"training {what}{why}, {lr}", file=sys.stderr)
 
