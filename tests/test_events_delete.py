@@ -69,11 +69,11 @@ def test_a_deleted_event_is_gone_for_good_open_or_still_recording(tmp_path):
     rig.labels("pouring", 2.0)  # opens at 1.25, dated 0.25
     [first] = rig.opened()
     assert rig.manager.store.get(first)["state"] == "open" and rig.outbox(first) == ["event_start"]
-    assert (rig.folder / "cam" / f"{first}.mp4").exists()  # its clip is being written
+    assert (rig.folder / "cam" / f"{first}.mp4.part").exists()  # its clip is being written
 
     assert rig.manager.delete(first) is True
     assert rig.manager.store.get(first) is None and rig.outbox(first) == []
-    assert not (rig.folder / "cam" / f"{first}.mp4").exists()
+    assert not (rig.folder / "cam" / f"{first}.mp4.part").exists()
     assert rig.manager.stats()["open"] == 0
     rig.labels("pouring", 4.0)  # the same activity goes on: no event
     assert rig.opened() == [first]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -476,3 +477,44 @@ def test_retention_deletes_old_clips_then_the_oldest_past_max_gb(tmp_path):
     assert rec.folder_bytes() <= 2500
     assert rec.prune(store, now) == 0
     store.close()
+
+
+def vfr_mkv_with_b_frames(path: Path) -> Path:
+    """4 s of H.264 in Matroska, 3 B-frames in a row, frames 33 to 57 ms apart (variable frame
+    rate): its first packets come without a dts, as Matroska gives them."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed: it makes the Matroska file with B-frames this test reads")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size=320x240:rate={FPS}", "-t", "4",
+                    "-vf", rf"settb=1/1000,setpts=N/{FPS}/TB+0.012*mod(N\,3)/TB", "-fps_mode", "vfr",
+                    "-enc_time_base", "1/1000", "-c:v", "libx264", "-preset", "ultrafast", "-bf", "3", "-g", str(FPS),
+                    "-pix_fmt", "yuv420p", str(path)], check=True, timeout=120)
+    return path
+
+
+def test_a_matroska_stream_with_b_frames_keeps_its_first_packets(tmp_path):
+    src = vfr_mkv_with_b_frames(tmp_path / "cam.mkv")
+    with av.open(str(src)) as c:
+        packets = [p for p in c.demux(video=0) if p.size]
+        assert packets[0].dts is None and packets[1].dts is None  # what the ring has to make up for
+        shown = sorted(p.pts for p in packets)
+    now = [T0]
+    done: list[tuple] = []
+    rec = Recorder(recording(tmp_path, pre_seconds=0.0), supervisor=Supervisor(), clock=lambda: now[0],
+                   on_done=lambda *a: done.append(a))
+    play = Player(src, rec.ring("cam"), now)
+    play.until(0.1)
+    rec.begin("e", "cam", T0)
+    play.until(10.0)  # to the end of the file
+    rec.close()
+    play.source.close()
+    [(_, rel, _)] = done
+    with av.open(str(tmp_path / "events" / rel)) as c:
+        out = [p for p in c.demux(video=0) if p.size]
+    with av.open(str(tmp_path / "events" / rel)) as c:
+        tb = c.streams.video[0].time_base
+        decoded = [f.pts for f in c.decode(video=0)]
+    assert len(out) == len(packets) == len(decoded)  # every packet, the first group of pictures included
+    dts = [p.dts for p in out]
+    assert all(a < b for a, b in zip(dts, dts[1:]))  # decode times increase
+    # the pictures come out in the source's order and spacing (variable, shifted to the clip's start)
+    assert [round((t - decoded[0]) * tb * 1000) for t in decoded] == [t - shown[0] for t in shown]

@@ -180,8 +180,10 @@ class EventManager:
             return
         if change.kind == "start":
             clip = self.recorder.begin(ev.id, ev.camera, ev.start_ts) if self.recorder is not None else None
+            codec = self.recorder.codec(ev.camera) if clip and hasattr(self.recorder, "codec") else None
             now = self.clock()
-            self.write(f"event {ev.id}", lambda: self.store.opened(ev, notify=rule.notify, clip=clip, now=now))
+            self.write(f"event {ev.id}", lambda: self.store.opened(ev, notify=rule.notify, clip=clip, now=now,
+                                                                   clip_codec=codec))
             if self.recorder is not None:
                 self.recorder.peak(ev.id, ev.camera)
             logger.info("event %s: %s on %s (%s, %.2f)", ev.id, rule.name, ev.camera, ev.label, ev.peak_score)

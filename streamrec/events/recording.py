@@ -251,6 +251,13 @@ class Recorder:
                                                  clock=self.clock, name=camera)
             return self._rings[camera]
 
+    def codec(self, camera: str) -> str | None:
+        """The video codec of ``camera``'s clips (its newest stream's; ``None`` before one opened)."""
+        with self._lock:
+            ring = self._rings.get(camera)
+        template = ring.template if ring is not None else None
+        return template.codec if template is not None else None
+
     def begin(self, event_id: str, camera: str, start_ts: float) -> str | None:
         """Start the clip of an event that started at ``start_ts``; its path relative to the
         folder, or ``None`` when ``camera`` has no compressed packets to copy."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from streamrec.errors import StreamrecError, install_hint
+from streamrec.live.packets import PLAYS_IN_BROWSERS
 from streamrec.redact import mask_credentials
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ SCHEMA = (
         id TEXT PRIMARY KEY, rule TEXT NOT NULL, camera TEXT NOT NULL, label TEXT NOT NULL,
         start_ts DOUBLE PRECISION NOT NULL, end_ts DOUBLE PRECISION, last_ts DOUBLE PRECISION NOT NULL,
         peak_score DOUBLE PRECISION NOT NULL, mean_score DOUBLE PRECISION NOT NULL,
-        clip TEXT, thumbnail TEXT, clip_bytes BIGINT NOT NULL DEFAULT 0, state TEXT NOT NULL)""",
+        clip TEXT, thumbnail TEXT, clip_bytes BIGINT NOT NULL DEFAULT 0, state TEXT NOT NULL, clip_codec TEXT)""",
     "CREATE INDEX IF NOT EXISTS events_start ON events (start_ts)",
     """CREATE TABLE IF NOT EXISTS outbox (
         id {serial} PRIMARY KEY, event_id TEXT NOT NULL, kind TEXT NOT NULL, channel TEXT NOT NULL,
@@ -54,7 +55,7 @@ PG_TIMEOUTS = {"options": "-c statement_timeout=10000", "keepalives": 1, "keepal
                "keepalives_interval": 5, "keepalives_count": 3}
 SQLITE_NOT_NOW = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 EVENT_COLUMNS = ("id", "rule", "camera", "label", "start_ts", "end_ts", "last_ts", "peak_score", "mean_score",
-                 "clip", "thumbnail", "clip_bytes", "state")
+                 "clip", "thumbnail", "clip_bytes", "state", "clip_codec")
 
 
 @dataclass
@@ -95,10 +96,14 @@ class Notification:
 
 
 def row_event(row: dict[str, Any]) -> dict[str, Any]:
-    """An events row as the API gives it."""
+    """An events row as the API gives it: ``clip_codec`` is the clip's video codec (``None``:
+    no clip, or one recorded before codecs were noted) and ``clip_plays_in_browser`` whether a
+    browser plays it (``False``: HEVC, MJPEG, MPEG-4 Part 2..., a download for a desktop player)."""
     ev = Event(row["id"], row["rule"], row["camera"], row["label"], row["start_ts"], row["peak_score"],
                row["mean_score"], end_ts=row["end_ts"])
-    return {**ev.to_json(), "has_clip": bool(row["clip"]), "clip_bytes": row["clip_bytes"]}
+    codec = row.get("clip_codec") if row["clip"] else None
+    return {**ev.to_json(), "has_clip": bool(row["clip"]), "clip_bytes": row["clip_bytes"], "clip_codec": codec,
+            "clip_plays_in_browser": None if codec is None else codec in PLAYS_IN_BROWSERS}
 
 
 class DatabaseUnavailable(StreamrecError):
@@ -134,11 +139,19 @@ class EventStore:
             serial = "BIGSERIAL" if self.postgres else "INTEGER"
             for stmt in SCHEMA:
                 conn.execute(stmt.replace("{serial}", serial))
+            self._add_columns(conn)
             return conn
         except ImportError:
             raise StreamrecError("--db postgresql://: psycopg is not installed; " + install_hint("postgres")) from None
         except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: one line for the user
             raise StreamrecError(f"--db: cannot open the events tables: {str(exc).strip()}") from None
+
+    def _add_columns(self, conn) -> None:
+        """A database from before ``clip_codec`` gets the column (its events' codecs unknown)."""
+        if self.postgres:
+            conn.execute("ALTER TABLE events ADD COLUMN IF NOT EXISTS clip_codec TEXT")
+        elif "clip_codec" not in {r[1] for r in conn.execute("PRAGMA table_info(events)").fetchall()}:
+            conn.execute("ALTER TABLE events ADD COLUMN clip_codec TEXT")
 
     def _broken(self) -> bool:
         """Whether the connection to a PostgreSQL server was lost (it restarted, the network went)."""
@@ -242,14 +255,16 @@ class EventStore:
                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (ev.id, kind, channel, payload, now, now))
 
     # -- events ---------------------------------------------------------------------
-    def opened(self, ev: Event, *, notify: Iterable[str] = (), clip: str | None = None, now: float | None = None) -> None:
+    def opened(self, ev: Event, *, notify: Iterable[str] = (), clip: str | None = None, now: float | None = None,
+               clip_codec: str | None = None) -> None:
         with self._transaction():
-            self._opened(ev, notify, clip, time.time() if now is None else now)
+            self._opened(ev, notify, clip, time.time() if now is None else now, clip_codec)
 
-    def _opened(self, ev: Event, notify: Iterable[str], clip: str | None, now: float) -> None:
+    def _opened(self, ev: Event, notify: Iterable[str], clip: str | None, now: float, codec: str | None) -> None:
         self._execute("INSERT INTO events (id, rule, camera, label, start_ts, end_ts, last_ts, peak_score, mean_score, clip, "
-                      "state) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, 'open') ON CONFLICT DO NOTHING",
-                      (ev.id, ev.rule, ev.camera, ev.label, ev.start_ts, ev.start_ts, ev.peak_score, ev.mean_score, clip))
+                      "state, clip_codec) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, 'open', ?) ON CONFLICT DO NOTHING",
+                      (ev.id, ev.rule, ev.camera, ev.label, ev.start_ts, ev.start_ts, ev.peak_score, ev.mean_score, clip,
+                       codec))
         self._outbox(ev, "event_start", notify, now)
 
     def seen(self, event_id: str, ts: float, peak: float, mean: float) -> None:

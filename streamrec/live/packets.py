@@ -7,7 +7,10 @@ wall-clock arrival time (``time.time()``: the clock the capture dates frames by)
 in bytes: the oldest packets go first, a whole group of pictures at a time (a packet before the
 first keyframe cannot be decoded), and the drops are counted. Each (re)opened source starts a new
 *generation* with the stream's codec parameters (:class:`StreamTemplate`): a clip never mixes
-packets of two stream configurations.
+packets of two stream configurations. Packets that come with a ``pts`` but no ``dts`` (the first
+ones of a Matroska stream with B-frames) are held back until a packet with a ``dts`` comes, and
+get decode times before it, one frame apart, in the order they came: no packet is lost and the
+decode times stay increasing.
 
 Example:
     >>> import av
@@ -29,13 +32,18 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Callable
 
 from streamrec.live.sources import open_container
 
 logger = logging.getLogger(__name__)
+
+MAX_UNTIMED = 32  # packets with a pts and no dts held back for a dts at most (more: they go in without one)
+# the codecs a browser's <video> plays from an MP4; a clip of another (HEVC, MJPEG, MPEG-4 Part 2)
+# plays in a desktop player (VLC, mpv) and the page offers it as a download
+PLAYS_IN_BROWSERS = ("h264", "vp9", "av1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,16 @@ class StreamTemplate:
         self.codec = ctx.name
         self.width, self.height = ctx.width, ctx.height
         self.time_base = stream.time_base
+
+
+def frame_ticks(stream: Any) -> int:
+    """One frame of ``stream`` in its time base (its average or guessed frame rate; 1 when unknown)."""
+    rate = getattr(stream, "average_rate", None) or getattr(stream, "guessed_rate", None)
+    tb = getattr(stream, "time_base", None)
+    try:
+        return max(1, round(1 / (Fraction(rate) * Fraction(tb))))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return 1
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,11 @@ class PacketRing:
         self.template_error: str | None = None  # why the newest stream cannot be remuxed into MP4
         self._seq = 0
         self._short_warned = False
+        self._untimed: list[TappedPacket] = []  # held back for a dts (see the module's docstring)
+        self._frame_ticks = 1  # one frame in the stream's time base (the decode times given to those)
+        self._last_dts: int | None = None
+        self._hold = True  # False once MAX_UNTIMED came without a dts: this stream gives none
+        self._warned_codecs: set[str] = set()
 
     # -- the source's side -------------------------------------------------------------
     def new_stream(self, stream: Any) -> int:
@@ -115,9 +138,17 @@ class PacketRing:
             template, error = None, f"{type(exc).__name__}: {exc}"
             logger.warning("camera %s: clips cannot be copied from this stream (%s)", self.name or "?", error)
         with self._cond:
+            self._release_untimed(None)
             self.generation += 1
             self.template, self.template_error = template, error
-            return self.generation
+            self._frame_ticks, self._last_dts, self._hold = frame_ticks(stream), None, True
+            codec = template.codec if template is not None else None
+        if codec is not None and codec not in PLAYS_IN_BROWSERS and codec not in self._warned_codecs:
+            self._warned_codecs.add(codec)
+            logger.warning("camera %s: its video is %s: event clips are recorded as they come, but browsers do not "
+                           "play %s (they play %s); the page offers its clips as downloads (VLC and mpv play them)",
+                           self.name or "?", codec, codec, ", ".join(PLAYS_IN_BROWSERS))
+        return self.generation
 
     def push(self, packet: Any, ts: float | None = None) -> None:
         """Append a demuxed packet (a PyAV ``Packet``; an empty one is ignored), dated ``ts``
@@ -127,17 +158,45 @@ class PacketRing:
             return
         ts = self.clock() if ts is None else ts
         with self._cond:
-            entry = TappedPacket(self._seq, self.generation, data, packet.pts, packet.dts, packet.time_base,
+            entry = TappedPacket(-1, self.generation, data, packet.pts, packet.dts, packet.time_base,
                                  bool(packet.is_keyframe), ts)
-            self._seq += 1
-            if not self._packets and not entry.keyframe:  # nothing to decode it from
-                self._drop(entry)
-                return
-            self._packets.append(entry)
-            self.total_bytes += entry.size
-            if self.total_bytes > self.max_bytes:
-                self._trim()
+            if entry.dts is None and entry.pts is not None and self._hold:
+                if len(self._untimed) < MAX_UNTIMED:
+                    self._untimed.append(entry)  # its decode time comes from the next packet that has one
+                    return
+                self._hold = False
+            self._release_untimed(entry.dts)
+            self._add(entry)
             self._cond.notify_all()
+
+    def _release_untimed(self, dts: int | None) -> None:
+        """The packets held back for a decode time go in, before one with decode time ``dts``:
+        one frame apart up to it (closer when the decode time before them leaves less room), or
+        with none when ``dts`` is ``None`` (lock held)."""
+        held, self._untimed = self._untimed, []
+        n = len(held)
+        step = self._frame_ticks
+        if dts is not None and self._last_dts is not None and n and dts - n * step <= self._last_dts:
+            step = (dts - self._last_dts - 1) // n
+        for i, entry in enumerate(held):
+            derived = dts - (n - i) * step if dts is not None and step > 0 else None
+            if derived is not None and entry.pts is not None:
+                derived = min(derived, entry.pts)
+            self._add(replace(entry, dts=derived))
+
+    def _add(self, entry: TappedPacket) -> None:
+        """Number ``entry`` and append it (lock held)."""
+        entry = replace(entry, seq=self._seq)
+        self._seq += 1
+        if entry.dts is not None:
+            self._last_dts = entry.dts
+        if not self._packets and not entry.keyframe:  # nothing to decode it from
+            self._drop(entry)
+            return
+        self._packets.append(entry)
+        self.total_bytes += entry.size
+        if self.total_bytes > self.max_bytes:
+            self._trim()
 
     def _drop(self, entry: TappedPacket) -> None:
         self.dropped_packets += 1
@@ -159,6 +218,7 @@ class PacketRing:
     def clear(self) -> None:
         with self._cond:
             self._packets.clear()
+            self._untimed.clear()
             self.total_bytes = 0
 
     # -- the clip writers' side ----------------------------------------------------------
