@@ -317,3 +317,51 @@ def test_after_a_broker_outage_an_events_end_follows_its_start(tmp_path, broker,
     assert store.outbox_stats() == {"pending": 0, "delivered": 2}
     wait_until(lambda: len(sub.on("sr/events")) == 2, "both notifications", timeout=30)
     assert [json.loads(p)["type"] for p, _ in sub.on("sr/events")] == ["event_start", "event_end"]
+
+
+# -- through serve's /healthz ----------------------------------------------------------------------
+def always_b(path: Path) -> str:
+    """A tiny3d checkpoint whose head always answers "b": a deterministic model."""
+    import torch
+
+    from streamrec.models.registry import build_model, make_checkpoint, model_spec
+
+    module = build_model("tiny3d", num_classes=3)
+    with torch.no_grad():
+        module.fc.weight.zero_()
+        module.fc.bias.copy_(torch.tensor([0.0, 12.0, 0.0]))
+    torch.save(make_checkpoint(module, model="tiny3d", classes=["a", "b", "c"], spec=model_spec("tiny3d")), path)
+    return str(path)
+
+
+def test_serve_healthz_is_degraded_naming_a_channel_that_stays_down(tmp_path):
+    import subprocess
+    import urllib.request
+
+    from conftest import sigterm, streamrec_cmd, wait_http, write_video
+
+    dead = free_port()  # no broker there
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'source = "{write_video(tmp_path / "v.mp4", seconds=2)}"\nloop = true\ncamera = "gate"\n'
+                   f'db = "{tmp_path / "h.db"}"\n[[rules]]\nname = "bees"\nlabels = ["b"]\nnotify = ["mqtt"]\n'
+                   f'[recording]\nenabled = false\n[notify]\ndegraded_after_seconds = 0.001\n'
+                   f'[notify.mqtt]\nurl = "mqtt://127.0.0.1:{dead}"\n')
+    port = free_port()
+    proc = subprocess.Popen(streamrec_cmd("serve", "--config", str(cfg), "--weights", always_b(tmp_path / "b.pt"),
+                                          "--port", str(port), "--device", "cpu", "--token", "t0k3n"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+
+        def health() -> dict:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz?token=t0k3n", timeout=10) as r:
+                return json.loads(r.read())
+
+        reasons = wait_until(lambda: [r for r in health().get("reasons", []) if r.startswith("notify:")], "the reason",
+                             timeout=120)
+        assert reasons[0].startswith("notify: mqtt: not connected for ")
+        assert reasons[0].endswith(f"cannot connect to the broker at mqtt://127.0.0.1:{dead}: Connection refused; "
+                                   "retrying")
+        assert health()["status"] == "degraded"
+    finally:
+        sigterm(proc)
