@@ -137,7 +137,7 @@ class Notifier:
         now = self.clock()
         self.expire(now)
         while True:  # again while what was delivered lets an event's next notification go
-            notes = self.store.pending(now=now, limit=BATCH, channel=channel)
+            notes = self.store.pending(now=now, limit=BATCH, channel=channel, in_order=True)
             if not notes:
                 self.settle(channel)
                 return False

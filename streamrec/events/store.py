@@ -336,14 +336,18 @@ class EventStore:
         return [dict(zip(EVENT_COLUMNS, r)) for r in rows]
 
     # -- outbox ---------------------------------------------------------------------
-    def pending(self, *, now: float, limit: int = 100, channel: str | None = None) -> list[Notification]:
-        """Undelivered notifications due at ``now`` (of ``channel``, or all), oldest first; never one
-        whose event has an older undelivered notification on the same channel (kept in order)."""
+    def pending(self, *, now: float, limit: int = 100, channel: str | None = None,
+                in_order: bool = False) -> list[Notification]:
+        """Undelivered notifications due at ``now`` (of ``channel``, or all), oldest first. With
+        ``in_order``, none whose event has an older undelivered one on the same channel (what may
+        be delivered now, keeping each event's order per channel)."""
         where = "" if channel is None else " AND channel = ?"
+        if in_order:
+            where += (" AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.event_id = o.event_id AND e.channel = o.channel"
+                      " AND e.delivered IS NULL AND e.id < o.id)")
         rows = self._run("SELECT id, event_id, kind, channel, payload, created, attempts FROM outbox o "
-                         f"WHERE delivered IS NULL AND next_try <= ?{where} AND NOT EXISTS (SELECT 1 FROM outbox e "
-                         "WHERE e.event_id = o.event_id AND e.channel = o.channel AND e.delivered IS NULL "
-                         f"AND e.id < o.id) ORDER BY id LIMIT {int(limit)}", (now,) if channel is None else (now, channel))
+                         f"WHERE delivered IS NULL AND next_try <= ?{where} ORDER BY id LIMIT {int(limit)}",
+                         (now,) if channel is None else (now, channel))
         return [Notification(*r) for r in rows]
 
     def delivered(self, note_id: int, now: float) -> None:
