@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from streamrec.errors import StreamrecError
+from streamrec.redact import mask_credentials
 from streamrec.validate import check_types, unknown_keys
 
 CHANNELS = ("webhook", "mqtt")
@@ -38,16 +39,21 @@ MQTT_TOPIC_MAX_BYTES = 65535  # an MQTT string: a two-byte length, then UTF-8
 def url_parts(url: str, where: str, expected: str) -> tuple[str, str, int | None]:
     """``url``'s scheme, host and port (``None``: the scheme's default), or a :class:`StreamrecError`
     naming ``where`` and ``expected`` for a URL that cannot be used: no host, a port that is not
-    1-65535, a malformed IPv6 address."""
+    1-65535, a malformed IPv6 address, a blank or control character."""
+    shown = mask_credentials(url)  # never a password in a message
+    bad = next((c for c in url if c.isspace() or unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise StreamrecError(f"{where}: expected {expected} without blanks or control characters, "
+                             f"got {shown!r} ({bad!r})")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise StreamrecError(f"{where}: expected {expected} with a port 1-65535, got {url!r} ({exc})") from None
+        raise StreamrecError(f"{where}: expected {expected} with a port 1-65535, got {shown!r} ({exc})") from None
     if not parts.hostname:
-        raise StreamrecError(f"{where}: expected {expected} with a host, got {url!r}")
+        raise StreamrecError(f"{where}: expected {expected} with a host, got {shown!r}")
     if port == 0:
-        raise StreamrecError(f"{where}: expected {expected} with a port 1-65535, got {url!r} (port 0)")
+        raise StreamrecError(f"{where}: expected {expected} with a port 1-65535, got {shown!r} (port 0)")
     return parts.scheme, parts.hostname, port
 
 
@@ -168,12 +174,14 @@ class WebhookConfig:
         check_types(self, prefix="[notify.webhook] ")
         scheme = url_parts(self.url, "[notify.webhook] url", "an http:// or https:// URL")[0]
         if scheme not in ("http", "https"):
-            raise StreamrecError(f"[notify.webhook] url: expected an http:// or https:// URL, got {self.url!r}")
+            raise StreamrecError(f"[notify.webhook] url: expected an http:// or https:// URL, "
+                                 f"got {mask_credentials(self.url)!r}")
         if not self.timeout > 0:
             raise StreamrecError(f"[notify.webhook] timeout: expected > 0 seconds, got {self.timeout}")
         if self.ca_file is not None:
             if scheme != "https":
-                raise StreamrecError(f"[notify.webhook] ca_file: expected an https:// url with it, got {self.url!r}")
+                raise StreamrecError(f"[notify.webhook] ca_file: expected an https:// url with it, "
+                                     f"got {mask_credentials(self.url)!r}")
             tls_context(self.ca_file, "[notify.webhook]")
         if self.sign and not (self.secret or "").strip():
             raise StreamrecError(f"[notify.webhook] secret: expected a secret to sign with (or sign = false to send "
@@ -201,10 +209,12 @@ class MqttConfig:
         check_types(self, prefix="[notify.mqtt] ")
         scheme = url_parts(self.url, "[notify.mqtt] url", "mqtt://HOST[:PORT] or mqtts://...")[0]
         if scheme not in ("mqtt", "mqtts"):
-            raise StreamrecError(f"[notify.mqtt] url: expected mqtt://HOST[:PORT] or mqtts://..., got {self.url!r}")
+            raise StreamrecError(f"[notify.mqtt] url: expected mqtt://HOST[:PORT] or mqtts://..., "
+                                 f"got {mask_credentials(self.url)!r}")
         if self.ca_file is not None:
             if scheme != "mqtts":
-                raise StreamrecError(f"[notify.mqtt] ca_file: expected an mqtts:// url with it, got {self.url!r}")
+                raise StreamrecError(f"[notify.mqtt] ca_file: expected an mqtts:// url with it, "
+                                     f"got {mask_credentials(self.url)!r}")
             tls_context(self.ca_file, "[notify.mqtt]")
         check_topic(self.topic_prefix, "[notify.mqtt] topic_prefix")
         check_topic(self.topic_prefix.strip("/") + "/availability", "[notify.mqtt] topic_prefix")

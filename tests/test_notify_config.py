@@ -135,6 +135,22 @@ def test_broker_urls_that_cannot_be_reached_are_refused(url):
     assert refused(MqttConfig, url=url).startswith("[notify.mqtt] url: expected mqtt://HOST[:PORT] or mqtts://... with a ")
 
 
+@pytest.mark.parametrize("make, url", [(WebhookConfig, "http://bot:hunter2@hooks.example/in put"),
+                                       (WebhookConfig, "http://bot:hunter2@hooks.example/in\x00"),
+                                       (MqttConfig, "mqtt://cam:hunter2@broker\n:1883")])
+def test_urls_with_blanks_or_control_characters_are_refused_without_the_password(make, url):
+    kw = {"secret": "s"} if make is WebhookConfig else {}
+    text = refused(make, url=url, **kw)
+    assert "without blanks or control characters" in text and "hunter2" not in text and "***" in text
+
+
+def test_a_refused_url_never_shows_its_password():
+    for make, url in ((WebhookConfig, "http://bot:hunter2@hooks.example:0/in"), (WebhookConfig, "ftp://u:hunter2@h"),
+                      (MqttConfig, "mqtt://cam:hunter2@broker:99999"), (MqttConfig, "http://cam:hunter2@broker")):
+        text = refused(make, url=url, **({"secret": "s"} if make is WebhookConfig else {}))
+        assert "hunter2" not in text and "***" in text, text
+
+
 def test_valid_urls_are_accepted():
     assert WebhookConfig(url="http://[::1]:8080/in", secret="s").url == "http://[::1]:8080/in"
     assert MqttConfig(url="mqtt://[::1]:1884").port == 1884

@@ -319,7 +319,10 @@ class MqttPublisher:
         base = self.config.discovery_prefix.strip("/")
         for camera in cameras:
             topic = f"{base}/sensor/streamrec_{object_id(camera)}/activity/config"
-            client.publish(topic, json.dumps(discovery_config(self.prefix, camera)), qos=1, retain=True)
+            try:
+                client.publish(topic, json.dumps(discovery_config(self.prefix, camera)), qos=1, retain=True)
+            except ValueError as exc:  # a topic MQTT refuses: this camera only, never paho's thread
+                logger.warning("MQTT: camera %r is not announced to Home Assistant: %s", camera, exc)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
