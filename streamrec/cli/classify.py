@@ -131,19 +131,20 @@ class _progress_bar:
         return super().__new__(cls)
 
     def __init__(self, file: str) -> None:
-        from tqdm import tqdm
-
         from streamrec.offline.dataset import probe
 
         info = probe(file)
-        total = round(info.duration_s, 1) if info is not None and info.duration_s > 0 else None
-        self._bar = tqdm(total=total, unit="s", desc="classifying", file=sys.stderr,
-                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} s [{elapsed}<{remaining}]"
-                         if total else None)
-        self._total = total
+        self._total = round(info.duration_s, 1) if info is not None and info.duration_s > 0 else None
+        self._bar = None  # shown from the first decoded frame on, after the model's own messages
         self._last = 0.0
 
     def update(self, seconds: float) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} s [{elapsed}<{remaining}]"
+            self._bar = tqdm(total=self._total, unit="s", desc="classifying", file=sys.stderr,
+                             bar_format=fmt if self._total else None)
         if self._total is not None:
             seconds = min(seconds, self._total)
         if seconds - self._last >= 0.5:
@@ -151,6 +152,8 @@ class _progress_bar:
             self._last = seconds
 
     def close(self, done: bool = False) -> None:
+        if self._bar is None:
+            return
         if done and self._total is not None and self._last < self._total:
             self._bar.update(self._total - self._last)  # the file's last frames: 100 %
         self._bar.close()
