@@ -106,7 +106,8 @@ class EventManager:
     def observe(self, camera: str, msg: dict[str, Any]) -> None:
         """One delivered prediction of ``camera``: queued for the ``events`` thread (never waits)."""
         if self.notifier is not None:
-            self.notifier.activity(camera, msg["label"], msg["score"], msg["window"]["end_ts"], msg["uncertain"])
+            self.notifier.activity(camera, msg["label"], msg["score"], msg["window"]["end_ts"], msg["uncertain"],
+                                   bool(msg.get("meaningless")))
         if self._finished:  # the stop closed the events: a straggler's label opens none
             return
         if not self.inbox.put_label(("label", camera, msg)) and self.inbox.dropped == 1:

@@ -200,12 +200,13 @@ class Notifier:
             logger.warning("gave up on %d notification(s) not delivered within %g s (max_age_s)", n, self.max_age_s)
 
     # -- MQTT state ---------------------------------------------------------------------
-    def activity(self, camera: str, label: str, score: float, ts: float, uncertain: bool = False) -> None:
+    def activity(self, camera: str, label: str, score: float, ts: float, uncertain: bool = False,
+                 random_weights: bool = False) -> None:
         """``camera``'s current smoothed label, for MQTT (at most once a second); never blocks long."""
         if self.mqtt is None:
             return
         try:
-            held = self.mqtt.activity(camera, label, score, ts, uncertain)
+            held = self.mqtt.activity(camera, label, score, ts, uncertain, random_weights)
         except Exception as exc:  # noqa: BLE001 - the live path must not fail for a notification
             logger.debug("MQTT activity of %s not published: %s", camera, describe(exc))
             return
