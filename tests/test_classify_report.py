@@ -16,6 +16,7 @@ import termios
 import pytest
 
 from conftest import ROOT, run_cli, streamrec_cmd
+from servers import Subscriber, broker  # noqa: F401 - the broker fixture
 from streamrec.events.mqtt import activity_payload
 from streamrec.live.smoothing import UNCERTAIN
 from streamrec.offline import classify as classify_module
@@ -148,3 +149,30 @@ def test_mqtt_activity_says_when_the_weights_are_random():
     assert json.loads(activity_payload("court-1", "class_3", 0.12, 5.0, False, True)) == {
         "camera": "court-1", "label": "class_3", "score": 0.12, "ts": 5.0, "uncertain": False, "random_weights": True}
     assert "random_weights" not in json.loads(activity_payload("court-1", "run", 0.9, 5.0, False))
+
+
+def test_served_activity_on_mqtt_says_random_weights(tmp_path, broker):
+    """A prediction of a model with random weights, observed by the events manager, reaches the
+    broker's activity topic with random_weights: true; one of a real model without it."""
+    from conftest import wait_until
+    from streamrec.event_config import MqttConfig, NotifyConfig, RecordingConfig
+    from streamrec.events.manager import EventManager
+    from streamrec.supervision import Supervisor
+
+    sub = Subscriber(broker, "sr/+/activity")
+    manager = EventManager(rules=(), notify=NotifyConfig(mqtt=MqttConfig(f"mqtt://127.0.0.1:{broker.port}",
+                                                                         topic_prefix="sr")),
+                           recording=RecordingConfig(enabled=False), db=str(tmp_path / "e.db"), classes=["run", "jump"],
+                           supervisor=Supervisor(), publish=lambda msg: None)
+    try:
+        manager.start(["random", "trained"])
+        wait_until(lambda: manager.notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
+        for camera, meaningless in (("random", True), ("trained", False)):
+            manager.observe(camera, {"label": "run", "score": 0.5, "uncertain": False, "window": {"end_ts": 7.0},
+                                     "meaningless": meaningless})
+        wait_until(lambda: sub.on("sr/random/activity") and sub.on("sr/trained/activity"), "both activities", timeout=30)
+        assert json.loads(sub.on("sr/random/activity")[-1][0])["random_weights"] is True
+        assert "random_weights" not in json.loads(sub.on("sr/trained/activity")[-1][0])
+    finally:
+        manager.close()
+        sub.close()
