@@ -15,7 +15,8 @@ from conftest import make_motion_dataset, run_cli
 from streamrec.errors import StreamrecError
 from streamrec.offline.dataset import discover
 from streamrec.offline.lrfind import SUGGESTION_RANGE, suggest
-from streamrec.offline.train import Chance, TrainConfig
+from streamrec.offline.chance import Chance
+from streamrec.offline.train import TrainConfig
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -59,8 +59,7 @@ def cmd_classify(args) -> int:
 
             loaded = prepared.load(args.model, weights, device=device)
 
-    from streamrec.offline.classify import classify_file, plot_timeline
-    from streamrec.fsutil import atomic_write_text
+    from streamrec.offline.classify import classify_file
 
     bar = _progress_bar(args.file)
     try:
@@ -84,6 +83,15 @@ def cmd_classify(args) -> int:
         raise
     if bar:
         bar.close(done=True)
+    write_outputs(args, tl)
+    return 0
+
+
+def write_outputs(args, tl) -> None:
+    """The timeline to stdout or ``--out``, the ``--plot``, and the notes about the clip and model."""
+    from streamrec.fsutil import atomic_write_text
+    from streamrec.offline.classify import plot_timeline
+
     text = {"table": lambda: tl.to_table(windows=args.windows), "json": lambda: tl.to_json(indent=1) + "\n",
             "csv": tl.to_csv}[args.format]()
     if args.out:
@@ -104,7 +112,6 @@ def cmd_classify(args) -> int:
         print("streamrec: the clip is shorter than one window; its last frame was repeated", file=sys.stderr)
     if tl.damage_note:
         print(f"streamrec: {tl.damage_note}", file=sys.stderr)
-    return 0
 
 
 def _count(n: int, what: str) -> str:
