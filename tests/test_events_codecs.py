@@ -58,3 +58,12 @@ def test_clips_browsers_cannot_play_are_named_at_start_and_in_the_api(tmp_path, 
     assert [(e["id"], e["clip_plays_in_browser"]) for e in listed] == [(eid, plays)]
     rig.manager.close()
     rig.play.source.close()
+
+
+def test_a_camera_no_rule_watches_keeps_no_packets(tmp_path):
+    from streamrec.event_config import RuleConfig
+
+    rig = Rig(tmp_path, h264(tmp_path / "cam.mp4", 2.0), RuleConfig(name="pour", labels=("pouring",),
+                                                                     cameras=("cam",)))
+    assert rig.manager.packet_ring("cam") is not None and rig.manager.packet_ring("door") is None
+    rig.manager.close()

@@ -27,7 +27,7 @@ def label(ts: float, name: str) -> dict:
 class Rig:
     """An EventManager whose clips are written by a Recorder on the virtual clock of a Player."""
 
-    def __init__(self, tmp_path, src) -> None:
+    def __init__(self, tmp_path, src, rule: RuleConfig = RULE) -> None:
         self.now = [T0]
         self.published: list[dict] = []
         self.folder = tmp_path / "events"
@@ -40,7 +40,7 @@ class Rig:
                             frame_of=lambda camera: frame)
 
         # no channel delivers: every notification of the outbox stays there, undelivered
-        self.manager = EventManager(rules=(RULE,), notify=NotifyConfig(),
+        self.manager = EventManager(rules=(rule,), notify=NotifyConfig(),
                                     recording=rec, db=self.db, classes=["pouring", "walking"], supervisor=Supervisor(),
                                     publish=self.published.append, clips=clips, clock=lambda: self.now[0])
         self.play = Player(src, self.manager.packet_ring("cam"), self.now)

@@ -84,3 +84,26 @@ def test_events_age_out_when_nothing_is_recorded(tmp_path):
     assert manager.flush()
     assert [e["id"] for e in manager.store.query()] == ["new"]
     manager.close()
+
+
+def test_after_a_cooldown_the_event_and_its_clip_start_with_the_activity(tmp_path):
+    """An activity that began during the cooldown: its event is dated from its first label, and
+    its clip's pre_seconds (1 s) count from there, not from when the cooldown ended."""
+    from test_events_delete import Rig
+    from test_recording import FPS, T0, frames_of, h264
+
+    rule = RuleConfig(name="pour", labels=("pouring",), min_seconds=1.0, end_seconds=1.0, cooldown_seconds=4.0)
+    rig = Rig(tmp_path, h264(tmp_path / "cam.mp4", 16.0), rule)
+    rig.labels("pouring", 2.0)  # the first event: 0.25 to 2.0, then a cooldown to 6.0
+    rig.labels("walking", 3.5)
+    rig.labels("pouring", 9.0)  # from 3.75: 5.25 s of activity, its event opens at 6.0
+    rig.labels("walking", 14.0)  # it ends at 9.0; its clip runs on to 11.0 (post_seconds 2)
+    first, second = rig.opened()
+    rig.manager.close()
+    rig.play.source.close()
+    store = EventStore(rig.db)
+    row = store.get(second)
+    store.close()
+    assert (row["start_ts"] - T0, row["end_ts"] - T0) == (3.75, 9.0)
+    # from the keyframe at 2.0 (at or before 3.75 - 1 s) to 11.0
+    assert abs(frames_of(rig.folder / row["clip"]) / FPS - 9.0) <= 1.0 / FPS

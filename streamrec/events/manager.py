@@ -100,8 +100,11 @@ class EventManager:
             self.notifier.discover(list(cameras))
 
     def packet_ring(self, camera: str):
-        """The camera's ring of compressed packets for clips (``None`` when nothing records)."""
-        return self.recorder.ring(camera) if self.recorder is not None else None
+        """The camera's ring of compressed packets for clips (``None`` when nothing records, or
+        when no rule watches ``camera``: its packets are not kept)."""
+        if self.recorder is None or not any(not r.cameras or camera in r.cameras for r in self.rules):
+            return None
+        return self.recorder.ring(camera)
 
     def observe(self, camera: str, msg: dict[str, Any]) -> None:
         """One delivered prediction of ``camera``: queued for the ``events`` thread (never waits)."""
