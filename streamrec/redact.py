@@ -1,10 +1,14 @@
 """Text that is shown: logs, ``/healthz``, the page, status messages and error messages pass
 source URLs (and ``postgresql://`` URLs) through :func:`mask_credentials`; file and folder names
-that are printed, written to CSV or drawn pass through :func:`shown`.
+that are printed, written to CSV or drawn pass through :func:`shown`; text that comes from
+elsewhere (a webhook's answer, a broker's error) passes through :func:`printable` before it is
+logged or stored, and names that are logged are refused when :func:`control_characters` finds any.
 
 Example:
     >>> mask_credentials("cannot connect to rtsp://admin:p@ss@10.0.0.5/live?authtoken=abc")
     'cannot connect to rtsp://admin:***@10.0.0.5/live?authtoken=***'
+    >>> printable("moved\\r\\nX-Injected: 1")
+    'moved\\\\r\\\\nX-Injected: 1'
 """
 
 from __future__ import annotations
@@ -13,65 +17,185 @@ import os  # noqa: F401 - the examples use it
 import re
 from urllib.parse import unquote_plus
 
-# query parameters whose values are secrets (compared lower case, after percent-decoding)
+# query parameters whose values are secrets; any key holding one of SECRET_WORDS, or a word
+# ending in "key" or "sig", is one too (see :func:`secret_key`)
 SECRET_QUERY_KEYS = frozenset({
-    "access_token", "api_key", "apikey", "auth", "auth_token", "authtoken", "client_secret", "key", "pass",
-    "passwd", "password", "pwd", "secret", "sig", "signature", "token", "x-amz-signature",
+    "access_token", "access-token", "api_key", "api-key", "apikey", "auth", "auth_token", "authtoken",
+    "client_secret", "key", "pass", "passwd", "password", "private_token", "pwd", "secret", "session",
+    "sig", "signature", "token", "x-api-key", "x-amz-signature",
 })
-_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<rest>[^\s'\"<>]*)")
-_QUERY_PARAM = re.compile(r"(?P<key>[^=&;]*)=(?P<value>[^&;]*)")
+SECRET_WORDS = ("token", "secret", "pass", "pwd", "auth", "credential", "session", "signature", "jwt", "bearer",
+                "cookie")
+SHOWN = "***"
+
+# where a URL starts: a scheme not glued to a word; a URL's text reaches the next URL that follows
+# a space, a quote, a bracket or "=" (a URL inside another one's query), or the end of the line
+_SCHEME = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://")
+_NEXT_URL = re.compile(r"(?:(?<=[\s'\"<(\[{,=])[A-Za-z][A-Za-z0-9+.-]*://)|[\r\n]")
+_USER = re.compile(r"[^:/?#@\s]*")
+_PORT_PATH = re.compile(r"\d{1,5}/[^@/\s]")  # "cam:554/live@main": a port and a path
+# what follows the "@" that ends the user information: a host, then a port or a path (strong),
+# or the end of the URL (weak)
+_HOST = re.compile(r"(?:\[[0-9A-Za-z:.%]+\]|[\w-]+(?:\.[\w-]+)*\.?)")
+_STRONG = re.compile(r":\d{1,5}(?![\w@.%-])|[/?#]|;[^\s=&;#?/'\"<>@]+=")
+_WEAK = re.compile(r"$|[\s'\"<>()\[\]{},;:!]")
+_QUERY = re.compile(r"[?;#][\w.%+\[\]-]+=")  # the first parameter of a query, ";" parameters or fragment
+_KEY_BEFORE = re.compile(r"[?&;#](?P<key>[^\s=&;#?/'\"<>]+)=$")
+_PARAM = re.compile(r"[?&;#](?P<key>[^\s=&;#?/'\"<>]+)=")
+_CLOSING = "'\")]}>.,:;!"
 
 
 def mask_credentials(text: str) -> str:
-    """Hide passwords and secret query parameters in any URL inside ``text``.
+    """Hide passwords and secret parameter values in any URL inside ``text``.
 
-    The user information runs to the *last* ``@`` before the host (a password may hold ``@``,
-    ``?``, ``#`` and even ``/``), the user name stays; the value of every query parameter
-    named in :data:`SECRET_QUERY_KEYS` is replaced too.
+    The password runs from the user name's ``:`` to the ``@`` that a host follows (a password may
+    hold spaces, quotes, ``@``, ``/``, ``?``, ``#`` and ``%``); the user name and the host stay.
+    Every ``key=value`` of the query, of ``;`` parameters and of the fragment whose key names a
+    secret (:func:`secret_key`) gets ``***`` for its value.
 
     >>> mask_credentials("cannot open rtsp://admin:hunter2@10.0.0.5/stream1")
     'cannot open rtsp://admin:***@10.0.0.5/stream1'
-    >>> mask_credentials("rtsp://admin:p@ss@cam:554/live?channel=1&authtoken=abc")
-    'rtsp://admin:***@cam:554/live?channel=1&authtoken=***'
+    >>> mask_credentials("rtsp://admin:pa ss@cam:554/live?channel=1&x-api-key=abc;private_token=t")
+    'rtsp://admin:***@cam:554/live?channel=1&x-api-key=***;private_token=***'
     """
-    return _URL.sub(lambda m: m["scheme"] + _mask_url_rest(m["rest"]), text)
+    out, pos = [], 0
+    for m in _SCHEME.finditer(text):
+        if m.start() < pos:
+            continue  # inside the URL before (in a password, say)
+        end = _url_end(text, m.end())
+        out += [text[pos:m.end()], _mask_url(text[m.end():end])]
+        pos = end
+    return "".join(out) + text[pos:]
 
 
-def _mask_url_rest(rest: str) -> str:
-    """``rest`` (a URL after ``scheme://``) with the password and secret query values masked."""
-    at = _userinfo_end(rest)
-    if at >= 0:
-        user, colon, _ = rest[:at].partition(":")
-        rest = (f"{user}:***" if colon else rest[:at]) + rest[at:]
-        at = len(user) + 4 if colon else at
-    q = rest.find("?", at + 1)
-    if q < 0:
-        return rest
-    end = rest.find("#", q)
-    end = len(rest) if end < 0 else end
-
-    def value(m: re.Match) -> str:
-        secret = unquote_plus(m["key"]).strip().lower() in SECRET_QUERY_KEYS
-        return f"{m['key']}=***" if secret else m[0]
-
-    return rest[: q + 1] + _QUERY_PARAM.sub(value, rest[q + 1 : end]) + rest[end:]
+def _url_end(text: str, start: int) -> int:
+    """Where the URL whose text starts at ``start`` ends: at the next URL (not one that is the
+    value of a secret parameter: that is masked whole) or line break."""
+    while (nxt := _NEXT_URL.search(text, start)) is not None:
+        key = _KEY_BEFORE.search(text, 0, nxt.start())
+        if key is None or not secret_key(key["key"]):
+            return nxt.start()
+        start = nxt.end()
+    return len(text)
 
 
-def _userinfo_end(rest: str) -> int:
-    """The index of the ``@`` that ends the user information of ``rest``, or -1 when none: the
-    last ``@`` before the query (a password may hold ``@`` and ``/``), else the last one before
-    the path (a password may hold ``?`` or ``#``); not an ``@`` in a path after ``host[:port]/``."""
-    ends = [i for i in (rest.find("?"), rest.find("#")) if i >= 0]
-    at = rest.rfind("@", 0, min(ends, default=len(rest)))
-    if at < 0:
-        slash = rest.find("/")
-        return rest.rfind("@", 0, len(rest) if slash < 0 else slash)
-    slash = rest.find("/", 0, at)
-    if slash >= 0:
-        before = rest[:slash]
-        if "@" not in before and (":" not in before or before.rpartition(":")[2].isdigit()):
-            return -1  # host[:port]/path@...: no user information
-    return at
+def _mask_url(rest: str) -> str:
+    """``rest`` (the text after ``scheme://``) with its password and secret values masked."""
+    user = _USER.match(rest).end()
+    host = user + 1 if rest[user:user + 1] == "@" else 0
+    if rest[user:user + 1] == ":":
+        at = _userinfo_end(rest, user + 1)
+        if at >= 0:
+            rest, host = rest[:user + 1] + SHOWN + rest[at:], user + 1 + len(SHOWN)
+    return rest[:host] + _mask_params(rest[host:])
+
+
+def _userinfo_end(rest: str, after: int) -> int:
+    """The index of the ``@`` that ends the user information (the password starts at ``after``),
+    or -1. Candidates are the ``@`` that a host follows, and then a port, a path or query (strong)
+    or the URL's end (weak): the last of them before the query's first ``key=`` (a password
+    holds none), and a password is not empty when it can hold something. ``host:port/path@x``
+    has no user information."""
+    found, strong = [], set()
+    for at in (i for i, c in enumerate(rest) if c == "@" and i >= after):
+        h = _HOST.match(rest, at + 1)
+        if h is not None and h.group() and _STRONG.match(rest, h.end()):
+            found.append(at)
+            strong.add(at)
+        elif h is not None and h.group() and _WEAK.match(rest, h.end()):
+            found.append(at)
+    port = _PORT_PATH.match(rest, after) is not None
+    if not strong and port:
+        return -1  # a port and a path that holds "@", not a password
+    if not found:
+        return rest.rfind("@", after)
+    query = _QUERY.search(rest, after)
+    before = [at for at in found if query is None or at < query.start()]
+    if not before and port:
+        return -1  # "host:8443/in?token=a@b#": the "@" is in the query
+    if len(found) > 1 and before[:1] == [after]:
+        before = before[1:] or found[1:2]  # "u:@h?k=@cam": the password is "@h?k=", not nothing
+    return before[-1] if before else found[0]
+
+
+def _mask_params(rest: str) -> str:
+    """``rest`` (a URL from its host on) with the values of its secret parameters masked."""
+    out, pos = [], 0
+    while (m := _PARAM.search(rest, pos)) is not None:
+        if not secret_key(m["key"]):
+            out.append(rest[pos:m.end()])
+            pos = m.end()
+            continue
+        end = _value_end(rest, m.end())
+        out += [rest[pos:m.end()], SHOWN if end > m.end() else ""]
+        pos = end
+    return "".join(out) + rest[pos:]
+
+
+def _value_end(rest: str, start: int) -> int:
+    """Where the secret value starting at ``start`` ends: its first character always belongs to
+    it (a value may start with anything), then it runs to a space, a ``#`` or ``?``, or a ``&``/``;``
+    that another ``key=`` follows; up to two closing quotes or punctuation marks at its end are the text's."""
+    if start >= len(rest):
+        return start
+    end = start + 1
+    while end < len(rest) and not rest[end].isspace() and rest[end] not in "#?":
+        if rest[end] in "&;" and _PARAM.match(rest, end):
+            break
+        end += 1
+    for _ in range(2):  # "...?token=abc')": the quote and bracket close the text around the URL
+        if end > start + 1 and rest[end - 1] in _CLOSING:
+            end -= 1
+    return end
+
+
+def secret_key(key: str) -> bool:
+    """Whether the parameter ``key`` names a secret: compared after percent-decoding, in lower
+    case, word by word (``-``, ``_``, ``.`` and spaces split words; digits at a word's end are
+    dropped): a word holding one of :data:`SECRET_WORDS`, or ending in ``key``/``keys`` or ``sig``.
+
+    >>> [secret_key(k) for k in ("X-Api-Key", "private_token", "api%5Fkey", "sessionId", "keyframe", "channel")]
+    [True, True, True, True, False, False]
+    """
+    for _ in range(3):  # "%255F" is "%5F" is "_"
+        decoded = unquote_plus(key)
+        if decoded == key:
+            break
+        key = decoded
+    key = key.lower().strip()
+    words = [w.rstrip("0123456789") for w in re.split(r"[\W_]+", key) if w]
+    return key in SECRET_QUERY_KEYS or any(
+        any(s in w for s in SECRET_WORDS) or w.endswith(("key", "keys", "sig")) for w in words)
+
+
+def printable(text: object) -> str:
+    """``text`` on one line, as a terminal shows it: control characters (C0, DEL, C1), line and
+    paragraph separators and bidirectional overrides become escapes (``\\n``, ``\\x1b``,
+    ``\\u202e``). Text from elsewhere (a server's answer or error) goes through this before it
+    is logged or stored.
+
+    >>> printable("HTTP 302 \\x1b[31mred\\u202e")
+    'HTTP 302 \\\\x1b[31mred\\\\u202e'
+    """
+    return _CONTROL.sub(_escape, str(text))
+
+
+def control_characters(text: str) -> list[str]:
+    """The characters of ``text`` that :func:`printable` would escape, escaped (none: ``[]``).
+
+    >>> control_characters("court\\n1"), control_characters("court-1")
+    (['\\\\n'], [])
+    """
+    return [_escape(m) for m in _CONTROL.finditer(text)]
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
 
 
 def shown(name: str) -> str:
