@@ -65,6 +65,22 @@ def test_an_activity_that_began_in_the_cooldown_is_dated_from_its_first_label():
     assert feed(eng, [(40.0 + t, "running", 0.9) for t in range(3)]) == [("start", 42.0, 40.0, None)]
 
 
+def test_a_deleted_open_event_is_followed_silently_and_never_closed():
+    rule = RuleConfig("run", labels=("running",), min_seconds=1.0, end_seconds=2.0, cooldown_seconds=0.0)
+    eng = RuleEngine([rule], new_id=lambda ev: f"e{ev.start_ts}")
+    assert feed(eng, [(0.0, "running", 0.9), (1.0, "running", 0.9)]) == [("start", 1.0, 0.0, None)]
+    assert eng.discard("e0.0").id == "e0.0" and eng.discard("e0.0") is None and eng.discard("nope") is None
+    # the activity goes on (with a gap shorter than end_seconds), ends, and starts anew
+    seq = [(2.0, "running", 0.9), (3.5, "walking", 0.9), (4.0, "running", 0.9), (5.0, "walking", 0.9),
+           (6.5, "walking", 0.9), (7.0, "running", 0.9), (8.0, "running", 0.9)]
+    assert feed(eng, seq) == [("start", 8.0, 7.0, None)]
+    assert [c.event.id for c in eng.close_all()] == ["e7.0"]
+    eng = RuleEngine([rule], new_id=lambda ev: f"e{ev.start_ts}")  # at the stop and a camera's removal:
+    feed(eng, [(20.0, "running", 0.9), (21.0, "running", 0.9)])  # nothing to close
+    assert eng.discard("e20.0") is not None
+    assert eng.close_all() == [] and eng.forget("cam") == []
+
+
 def test_a_rule_on_some_cameras_ignores_the_others_and_peak_and_mean_follow_the_scores():
     eng = RuleEngine([RuleConfig("run", labels=("running",), cameras=("a",), min_seconds=0.0)], new_id=lambda ev: "e")
     assert eng.update("b", "running", 0.9, 0.0) == []

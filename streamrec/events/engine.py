@@ -154,15 +154,15 @@ class RuleEngine:
         tr.open, tr.last_seen = ev, ts
         return Change("start", ev, rule)
 
-    def discard(self, event_id: str) -> bool:
+    def discard(self, event_id: str) -> Event | None:
         """The open event ``event_id`` was deleted: it neither goes on nor closes; its rule opens
         no event on its camera until its activity has ended (as it would have closed) and starts
-        again. Whether ``event_id`` was open."""
+        again. The event, or ``None`` when it was not open."""
         for tr in self.tracks.values():
-            if tr.open is not None and tr.open.id == event_id:
+            if tr.open is not None and tr.open.id == event_id and not tr.deleted:
                 tr.deleted = True
-                return True
-        return False
+                return tr.open
+        return None
 
     def close_all(self) -> list[Change]:
         """Close every open event at its last matching label (a clean shutdown)."""

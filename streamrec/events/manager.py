@@ -258,18 +258,18 @@ class EventManager:
             raise DatabaseUnavailable(f"event {event_id}: not deleted: the events thread is busy (the database "
                                       "does not answer?); try again")
         try:
-            was_open = self.engine.discard(event_id)
-            row = self.store.delete(event_id)
+            opened = self.engine.discard(event_id)
+            row = self.store.delete(event_id)  # None too for an open event whose row waits for the database
             self.last_written.pop(event_id, None)
-            camera = row["camera"] if row is not None else None
         finally:
             self.inbox.lock.release()
-        if row is None:
-            return was_open
+        if row is None and opened is None:
+            return False
+        camera = row["camera"] if row is not None else opened.camera
         if self.recorder is not None and hasattr(self.recorder, "discard"):
             self.recorder.discard(event_id, camera)
-        files = ClipFolder(self.recording.folder)
-        files.delete_files(row)
+        if row is not None:
+            ClipFolder(self.recording.folder).delete_files(row)
         self.publish({"type": "event_deleted", "id": event_id, "state": "deleted"})
         return True
 
