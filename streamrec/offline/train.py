@@ -62,7 +62,6 @@ class TrainConfig:
     quiet: bool = False  # no progress bar (there is none when stderr is not a terminal)
     allow_chance: bool = False  # save a model that does no better than chance on the validation clips
 
-
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
@@ -79,7 +78,7 @@ class TrainConfig:
         if self.freeze_backbone and self.random_start:
             raise StreamrecError(
                 f"--freeze-backbone: the backbone of {self.model} would keep random weights "
-                f"({'tiny3d has no pretrained ones' if self.weights.lower() != 'none' else '--weights none'}), "
+                f"({'--weights none' if self.weights.strip().lower() == 'none' else 'tiny3d has no pretrained ones'}), "
                 "and a head on a frozen random backbone learns from noise; train every layer "
                 "(--finetune-all, the default for random weights) or start from pretrained weights or a checkpoint")
 
