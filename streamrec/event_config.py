@@ -25,10 +25,10 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from streamrec.errors import StreamrecError
-from streamrec.redact import mask_credentials
+from streamrec.redact import control_characters, mask_credentials
 from streamrec.validate import check_types, unknown_keys
 
 CHANNELS = ("webhook", "mqtt")
@@ -52,6 +52,13 @@ def url_parts(url: str, where: str, expected: str) -> tuple[str, str, int | None
         raise StreamrecError(f"{where}: expected {expected} with a port 1-65535, got {shown!r} ({exc})") from None
     if not parts.hostname:
         raise StreamrecError(f"{where}: expected {expected} with a host, got {shown!r}")
+    hostport = parts.netloc.rpartition("@")[2]
+    rest = hostport.partition("]")[2] if hostport.startswith("[") else None
+    if rest is not None and rest and not rest.startswith(":"):
+        raise StreamrecError(f"{where}: expected {expected} with a host, got {shown!r} (malformed IPv6 address)")
+    if rest is None and not re.fullmatch(r"[\w.-]+", parts.hostname):
+        raise StreamrecError(f"{where}: expected {expected} with a host name of letters, digits, '.', '-' or '_', "
+                             f"got {shown!r}")
     if port == 0:
         raise StreamrecError(f"{where}: expected {expected} with a port 1-65535, got {shown!r} (port 0)")
     return parts.scheme, parts.hostname, port
@@ -66,10 +73,29 @@ def check_topic(topic: str, where: str) -> None:
         what = "empty" if bad is None else f"{bad!r}"
         raise StreamrecError(f"{where}: expected an MQTT topic (UTF-8 text without + or #, NUL or control "
                              f"characters), got {topic!r} ({what})")
+    if topic.strip("/").startswith("$"):
+        raise StreamrecError(f"{where}: expected an MQTT topic not starting with $ (the broker's own), got {topic!r}")
     size = len(topic.encode("utf-8"))
     if size > MQTT_TOPIC_MAX_BYTES:
         raise StreamrecError(f"{where}: expected an MQTT topic of at most {MQTT_TOPIC_MAX_BYTES} bytes as UTF-8, "
                              f"got {size} bytes")
+
+
+def check_user(url: str) -> None:
+    """The user name of an ``mqtt://user:pass@host`` URL, as MQTT sends it: percent-decoded UTF-8
+    without NUL or control characters, at most 65535 bytes."""
+    user = urlsplit(url).username
+    if user is None:
+        return
+    try:
+        name = unquote(user, errors="strict")
+    except UnicodeDecodeError:
+        raise StreamrecError(f"[notify.mqtt] url: expected a user name of UTF-8 text, got {user!r}") from None
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None or len(name.encode("utf-8")) > MQTT_TOPIC_MAX_BYTES:
+        why = f"{bad!r}" if bad is not None else f"{len(name.encode('utf-8'))} bytes"
+        raise StreamrecError(f"[notify.mqtt] url: expected a user name without NUL or control characters, of at most "
+                             f"{MQTT_TOPIC_MAX_BYTES} bytes, got {user!r} ({why})")
 
 
 def ha_object_id(camera: str) -> str:
@@ -134,6 +160,9 @@ class RuleConfig:
         check_types(self, prefix=where)
         if not self.name.strip() or len(self.name.encode()) > 64:
             raise StreamrecError(f"[[rules]] name: expected 1-64 bytes of text, got {self.name!r}")
+        if control_characters(self.name):  # a name is logged, shown and stored: one line, drawn as written
+            raise StreamrecError(f"[[rules]] name: expected text without control characters, line breaks or "
+                                 f"bidirectional overrides, got {self.name!r} ({control_characters(self.name)[0]})")
         if not self.labels and not self.groups:
             raise StreamrecError(f"{where}expected labels = [...] or groups = [...], got neither")
         if not 0 <= self.min_score <= 1:
@@ -216,6 +245,7 @@ class MqttConfig:
                 raise StreamrecError(f"[notify.mqtt] ca_file: expected an mqtts:// url with it, "
                                      f"got {mask_credentials(self.url)!r}")
             tls_context(self.ca_file, "[notify.mqtt]")
+        check_user(self.url)
         check_topic(self.topic_prefix, "[notify.mqtt] topic_prefix")
         check_topic(self.topic_prefix.strip("/") + "/availability", "[notify.mqtt] topic_prefix")
         check_topic(self.discovery_prefix, "[notify.mqtt] discovery_prefix")

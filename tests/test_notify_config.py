@@ -40,6 +40,23 @@ def test_a_topic_part_that_mqtt_cannot_publish_to_is_refused(key, value, why):
 
 
 @pytest.mark.parametrize("key", ["topic_prefix", "discovery_prefix"])
+@pytest.mark.parametrize("value", ["$SYS", "/$share/x", "$"])
+def test_a_topic_part_in_the_brokers_own_topics_is_refused(key, value):
+    assert refused(MqttConfig, url=MQTT, **{key: value}) == (
+        f"[notify.mqtt] {key}: expected an MQTT topic not starting with $ (the broker's own), got {value!r}")
+
+
+@pytest.mark.parametrize("url, why", [("mqtt://us%00er:pw@broker", "('\\x00')"), ("mqtt://a%0Ab@broker", "('\\n')")])
+def test_a_broker_user_name_mqtt_cannot_send_is_refused(url, why):
+    user = url.split("//")[1].split(":")[0].split("@")[0]
+    assert refused(MqttConfig, url=url) == (f"[notify.mqtt] url: expected a user name without NUL or control "
+                                            f"characters, of at most 65535 bytes, got {user!r} {why}")
+    assert refused(MqttConfig, url="mqtt://us%FFer@broker") == (
+        "[notify.mqtt] url: expected a user name of UTF-8 text, got 'us%FFer'")
+    assert MqttConfig(url="mqtt://cam%20user:p%40ss@broker").host == "broker"
+
+
+@pytest.mark.parametrize("key", ["topic_prefix", "discovery_prefix"])
 def test_a_topic_part_longer_than_mqtt_allows_is_refused(key):
     assert refused(MqttConfig, url=MQTT, **{key: "é" * 33_000}) == (
         f"[notify.mqtt] {key}: expected an MQTT topic of at most 65535 bytes as UTF-8, got 66000 bytes")
@@ -121,11 +138,20 @@ def test_cameras_whose_ids_would_still_collide_are_refused_at_start():
     ("http://::1]/x", "(Invalid IPv6 URL)"),
     ("http://:8080/in", None),
     ("https:///in", None),
+    ("http://[::1]x/in", "(malformed IPv6 address)"),
+    ("http://[zz]/in", "('zz' does not appear to be an IPv4 or IPv6 address)"),
+    ("http://exa%20mple/in", "host name"),
+    ("http://a$b/in", "host name"),
 ])
 def test_webhook_urls_that_cannot_be_reached_are_refused(url, why):
     text = refused(WebhookConfig, url=url, secret="s")
     if why is None:
         assert text == f"[notify.webhook] url: expected an http:// or https:// URL with a host, got {url!r}"
+    elif why == "(malformed IPv6 address)":
+        assert text == f"[notify.webhook] url: expected an http:// or https:// URL with a host, got {url!r} {why}"
+    elif why == "host name":
+        assert text == (f"[notify.webhook] url: expected an http:// or https:// URL with a host name of letters, "
+                        f"digits, '.', '-' or '_', got {url!r}")
     else:
         assert text == f"[notify.webhook] url: expected an http:// or https:// URL with a port 1-65535, got {url!r} {why}"
 
