@@ -42,7 +42,10 @@ def start(*args: str, wrap: str | None = None) -> tuple[subprocess.Popen, int]:
         cmd = ["bash", "-c", f"{wrap} && exec \"$@\"", "serve", *cmd]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    deadline = time.monotonic() + 180
+    while json.loads(wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)).get("status") == "starting":
+        assert time.monotonic() < deadline, "the server is still preparing its model after 180 s"
+        time.sleep(0.2)  # the model is prepared: the API answers 503 until then
     return proc, port
 
 
