@@ -8,6 +8,8 @@ in health comes from an injected clock."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import sqlite3
 import threading
@@ -219,6 +221,37 @@ def test_mqtt_is_delivered_while_the_webhook_hangs_and_healthz_names_the_webhook
     error = notifier.stats()["channels"]["webhook"]["last_error"]
     clock.now += 60.0
     assert notifier.problems() == [f"notify: webhook: nothing delivered for 60 s: {error}"]
+
+
+def test_the_webhook_is_delivered_while_the_broker_hangs_and_healthz_names_mqtt(tmp_path, broker, receiver,
+                                                                                notifiers):
+    clock = Clock()
+    store = EventStore(str(tmp_path / "h.db"))
+    config = NotifyConfig(webhook=hook(receiver.url, timeout=5.0),
+                          mqtt=MqttConfig(mqtt_url(broker), topic_prefix="sr"), degraded_after_seconds=60.0)
+    notifier = notifiers(store, config, clock=clock, poll_s=0.1)
+    notifier.mqtt.ack_timeout_s = 120.0  # a publish waits this long for the broker's acknowledgement
+    notifier.start()
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
+    os.kill(broker.proc.pid, signal.SIGSTOP)  # the broker hangs: the publish goes out, no PUBACK comes
+    try:
+        store.opened(event(1), notify=("mqtt", "webhook"), now=clock())  # MQTT's row comes first
+        notifier.wake()
+        wait_until(lambda: notifier.stats()["channels"]["mqtt"]["busy_since"] is not None, "the publish waiting",
+                   timeout=30)
+        store.closed(ended(1), notify=("mqtt", "webhook"), now=clock())
+        notifier.wake()
+        wait_until(lambda: receiver.count() == 2, "the webhook's two notifications while the broker hangs", timeout=60)
+        assert [json.loads(r["body"])["type"] for r in receiver.requests] == ["event_start", "event_end"]
+        assert notifier.stats()["channels"]["mqtt"]["busy_since"] == clock.now  # still waiting
+        clock.now += 60.0
+        assert notifier.problems() == [
+            f"notify: mqtt: one delivery has been in progress for 60 s (to {mqtt_url(broker)})"]
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    wait_until(lambda: store.outbox_stats() == {"pending": 0, "delivered": 4}, "MQTT's deliveries once the broker "
+               "goes on", timeout=60)
+    assert notifier.problems() == []
 
 
 # -- failing and recovering channels in /healthz ----------------------------------------------------
