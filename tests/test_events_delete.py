@@ -96,3 +96,24 @@ def test_a_deleted_event_is_gone_for_good_open_or_still_recording(tmp_path):
     with sqlite3.connect(rig.db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (0,)
     assert sorted(p.name for p in rig.folder.rglob("*") if p.is_file()) == []
+
+
+def test_a_delete_while_the_events_thread_is_held_up_answers_503_and_works_after(tmp_path, monkeypatch):
+    import streamrec.events.manager as manager_module
+    from streamrec.serve.routes import events_api
+
+    rig = Rig(tmp_path, h264(tmp_path / "cam.mp4", 4.0))
+    rig.labels("pouring", 2.0)
+    [eid] = rig.opened()
+    api = events_api(rig.manager)
+    monkeypatch.setattr(manager_module, "JOIN_S", 0.2)
+    with rig.manager.inbox.lock:  # as while the events thread retries a write to a database that does not answer
+        reply = api.handler("DELETE", f"/api/events/{eid}", {})
+    assert reply.status == 503
+    assert reply.body == {"error": f"event {eid}: not deleted: the events thread is busy (the database does not "
+                                   "answer?); try again"}
+    assert rig.manager.store.get(eid) is not None
+    assert api.handler("DELETE", f"/api/events/{eid}", {}).status == 200
+    assert api.handler("DELETE", f"/api/events/{eid}", {}).status == 404
+    rig.manager.close()
+    rig.play.source.close()

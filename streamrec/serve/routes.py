@@ -104,7 +104,11 @@ def events_api(events: EventManager) -> ApiRoute:
         if not parts and method == "GET":
             return list_events(events, query)
         if len(parts) == 1 and method == "DELETE":
-            if not events.delete(parts[0]):
+            try:
+                deleted = events.delete(parts[0])
+            except StreamrecError as exc:  # the events thread waits for a database that does not answer
+                return Reply(503, {"error": str(exc)})
+            if not deleted:
                 return Reply(404, {"error": f"no event {parts[0]!r}"})
             return Reply(200, {"deleted": parts[0]})
         if len(parts) == 1 and method == "GET":
