@@ -8,6 +8,7 @@ import json
 import math
 import os
 import subprocess
+import time
 import tomllib
 from urllib.parse import quote, urlencode
 
@@ -103,7 +104,10 @@ def server(tmp_path_factory):
         streamrec_cmd("serve", "--source", str(clip), "--loop", "--model", "tiny3d", "--weights", "none",
                       "--device", "cpu", "--port", str(port), "--token", TOKEN),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    deadline = time.monotonic() + 180
+    while json.loads(wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)).get("status") == "starting":
+        assert time.monotonic() < deadline, "the server is still preparing its model after 180 s"
+        time.sleep(0.2)  # the model is prepared: the API answers 503 until then
     yield port, str(clip)
     assert sigterm(proc) == 0
     log = proc.stderr.read()
