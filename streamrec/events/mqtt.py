@@ -45,6 +45,7 @@ import paho.mqtt.client as paho
 from streamrec.event_config import MqttConfig, ha_object_id, tls_context
 from streamrec.events.store import Notification
 from streamrec.live.sources import mask_credentials
+from streamrec.redact import printable
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,8 @@ class MqttPublisher:
                                    + "; retrying"))
 
     def down(self, error: str) -> None:
-        """Not connected, because of ``error`` (logged when it is new)."""
+        """Not connected, because of ``error`` (logged when it is new; the broker's words escaped)."""
+        error = printable(error)
         with self._lock:
             if self.connected or self.down_since is None:
                 self.down_since = self.clock()

@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from streamrec.event_config import WebhookConfig, tls_context
 from streamrec.events.store import Notification
 from streamrec.live.sources import mask_credentials
+from streamrec.redact import printable
 
 logger = logging.getLogger(__name__)
 
@@ -158,9 +159,9 @@ class WebhookSender:
                     pass  # the 2xx status said it: delivered, whatever happens to the rest of the answer
                 return None
             if 300 <= answer.status < 400:
-                target = mask_credentials(answer.getheader("Location") or "nowhere")
+                target = printable(mask_credentials(answer.getheader("Location") or "nowhere"))  # the server's words
                 return f"HTTP {answer.status} redirect to {target} not followed: the webhook must answer 2xx itself"
-            return f"HTTP {answer.status} {answer.reason}".strip()
+            return printable(f"HTTP {answer.status} {answer.reason}".strip())
         finally:
             if answer is not None:
                 answer.close()  # the answer holds the connection open until it is closed too
@@ -169,4 +170,4 @@ class WebhookSender:
 
     def unreachable(self, reason: object) -> str:
         text = str(getattr(reason, "strerror", None) or reason)
-        return mask_credentials(f"cannot reach the webhook: {text}")
+        return printable(mask_credentials(f"cannot reach the webhook: {text}"))

@@ -1,0 +1,137 @@
+"""Names that are logged, shown and stored stay on one line and are drawn as written: rule and
+camera names with control characters, line or paragraph separators or bidirectional overrides
+are refused (one line naming the field, exit 2; a 400 from the camera API); what a remote
+server says (a webhook's status line and ``Location``, a broker's error) is escaped before it
+is logged or stored."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+import pytest
+
+from streamrec.config import CameraConfig, ServeConfig
+from streamrec.errors import StreamrecError
+from streamrec.event_config import MqttConfig, RuleConfig, WebhookConfig
+from streamrec.events.mqtt import MqttPublisher
+from streamrec.events.store import Notification
+from streamrec.events.webhook import WebhookSender
+from streamrec.redact import control_characters, printable
+from streamrec.serve.routes import cameras_api
+
+from conftest import error_line, run_cli
+
+BAD = [("\n", "\\n"), ("\r", "\\r"), ("\x1b[31m", "\\x1b"), ("\x00", "\\x00"), ("\x7f", "\\x7f"), ("\x85", "\\x85"),
+       ("\x9b", "\\x9b"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"), ("\u202e", "\\u202e"), ("\u2066", "\\u2066"),
+       ("\u200f", "\\u200f"), ("\t", "\\t")]
+
+
+@pytest.mark.parametrize("char, escaped", BAD)
+def test_printable_escapes_each_kind_of_control_character(char, escaped):
+    assert printable(f"a{char}b") == f"a{escaped}{char[1:]}b"
+    assert control_characters(f"a{char}b") == [escaped]
+
+
+def test_printable_keeps_text_as_it_is_otherwise():
+    text = "Café 東京 ü → 'quoted' \\n stays"
+    assert printable(text) == text and control_characters(text) == []
+
+
+@pytest.mark.parametrize("char, escaped", BAD)
+def test_a_rule_name_with_a_control_character_is_refused(char, escaped):
+    name = f"lift{char}ing"
+    with pytest.raises(StreamrecError) as info:
+        RuleConfig.from_dict({"name": name, "labels": ["deadlifting"]})
+    assert str(info.value) == ("[[rules]] name: expected text without control characters, line breaks or "
+                               f"bidirectional overrides, got {name!r} ({escaped})")
+    assert "\n" not in str(info.value)
+
+
+def test_a_rule_name_from_the_config_file_is_one_line_and_exit_2(tmp_path):
+    cfg = tmp_path / "rules.toml"
+    cfg.write_text('source = "0"\n[[rules]]\nname = "lifting\\u001b[2J\\nFAKE log line"\nlabels = ["deadlifting"]\n')
+    assert error_line(run_cli("serve", "--config", str(cfg))) == (
+        "streamrec: error: [[rules]] name: expected text without control characters, line breaks or bidirectional "
+        "overrides, got 'lifting\\x1b[2J\\nFAKE log line' (\\x1b)")
+
+
+@pytest.mark.parametrize("char, escaped", BAD)
+def test_a_camera_name_with_a_control_character_is_refused(char, escaped):
+    name = f"court{char}1"
+    with pytest.raises(StreamrecError) as info:
+        ServeConfig.from_sources({"cameras": [{"name": name, "source": "0"}]}, {})
+    assert str(info.value).startswith("camera name: expected 1-") and str(info.value).endswith(f"got {name!r}")
+    assert "\n" not in str(info.value) and escaped in str(info.value)
+
+
+def test_a_camera_name_from_the_config_file_is_one_line_and_exit_2(tmp_path):
+    cfg = tmp_path / "cams.toml"
+    cfg.write_text('[[cameras]]\nname = "court\\u2028INFO fake"\nsource = "0"\n')
+    line = error_line(run_cli("serve", "--config", str(cfg)))
+    assert line.startswith("streamrec: error: camera name: expected 1-") and line.endswith("got 'court\\u2028INFO fake'")
+
+
+@pytest.mark.parametrize("char, escaped", BAD)
+def test_the_camera_api_answers_400_to_a_control_character_in_a_name(char, escaped):
+    added = []
+    route = cameras_api(listing=lambda: {}, add=added.append, remove=lambda name: False)
+    reply = route.handler("POST", "/api/cameras", {"name": [f"gate{char}2"], "source": ["0"]})
+    assert reply.status == 400 and added == []
+    assert reply.body["error"].startswith("camera name: expected 1-") and escaped in reply.body["error"]
+    assert "\n" not in reply.body["error"]
+
+
+class RawServer:
+    """A TCP server on port 0 that answers every connection with ``answer`` (bytes, as written)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.answer = answer
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self.thread.join(10)
+        self.sock.close()
+
+
+NOTE = Notification(id=1, event_id="e1", kind="event_start", channel="webhook", payload='{"type": "event_start"}',
+                    created=0.0, attempts=0)
+
+
+@pytest.mark.parametrize("answer, error", [
+    (b"HTTP/1.1 302 Found\r\nLocation: http://u:pw@evil.example/\x1b[2J\x1b[31mpwned\x07\r\nContent-Length: 0\r\n\r\n",
+     "HTTP 302 redirect to http://u:***@evil.example/\\x1b[2J\\x1b[31mpwned\\x07 not followed: the webhook must answer "
+     "2xx itself"),
+    (b"HTTP/1.1 301 Moved\r\nLocation: /next\xe2\x80\xa8INFO: fake\r\nContent-Length: 0\r\n\r\n",
+     "HTTP 301 redirect to /next\u00e2\\x80\u00a8INFO: fake not followed: the webhook must answer 2xx itself"),
+    (b"HTTP/1.1 500 Oops\x1b]0;title\x07 \x9b2J\r\nContent-Length: 0\r\n\r\n",
+     "HTTP 500 Oops\\x1b]0;title\\x07 \\x9b2J"),
+])
+def test_a_webhook_answer_is_escaped_before_it_is_logged_or_stored(answer, error):
+    server = RawServer(answer)
+    try:
+        sender = WebhookSender(WebhookConfig.from_dict({"url": f"http://127.0.0.1:{server.port}/hook", "sign": False}))
+        assert sender.send(NOTE) == error
+    finally:
+        server.close()
+
+
+def test_a_broker_error_is_escaped_before_it_is_logged(caplog):
+    publisher = MqttPublisher(MqttConfig.from_dict({"url": "mqtt://u:pw@127.0.0.1:1"}))
+    with caplog.at_level(logging.WARNING, logger="streamrec.events.mqtt"):
+        publisher.down("the broker said: \x1b[2Jnot\nauthorised\u202e")
+    assert publisher.last_error == "the broker said: \\x1b[2Jnot\\nauthorised\\u202e"
+    assert [r.getMessage() for r in caplog.records] == ["MQTT: the broker said: \\x1b[2Jnot\\nauthorised\\u202e"]
