@@ -254,6 +254,23 @@ def test_the_webhook_is_delivered_while_the_broker_hangs_and_healthz_names_mqtt(
     assert notifier.problems() == []
 
 
+def test_closing_ends_a_webhook_delivery_in_progress(tmp_path, drip):
+    rx = drip()
+    db = tmp_path / "h.db"
+    store = EventStore(str(db))
+    notifier = Notifier(store, NotifyConfig(webhook=hook(rx.url, timeout=600.0)), supervisor=Supervisor(),
+                        join_timeout_s=600.0)
+    store.opened(event(), notify=("webhook",))
+    notifier.start()
+    wait_until(lambda: notifier.stats()["channels"]["webhook"]["busy_since"] is not None and rx.count() == 1,
+               "the delivery in progress", timeout=30)
+    notifier.close()  # returns once the thread stopped: the answer would drip for minutes
+    assert "notifier-webhook" not in {t.name for t in threading.enumerate()}
+    (row,) = outbox_rows(db)
+    assert row["delivered"] is None and row["error"] == "stopped before the webhook answered (sent again at the next start)"
+    wait_until(rx.hung_up.is_set, "the receiver seeing the connection closed", timeout=30)
+
+
 # -- failing and recovering channels in /healthz ----------------------------------------------------
 def test_healthz_names_a_failing_webhook_until_it_delivers_again(tmp_path, receiver, notifiers):
     receiver.fail = 1

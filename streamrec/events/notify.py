@@ -255,13 +255,16 @@ class Notifier:
         return sender.where if sender is not None else channel
 
     def close(self) -> None:
-        """Stop the threads (a timed join), send MQTT ``offline`` and disconnect; idempotent."""
+        """Stop the threads (a webhook delivery in progress is ended, a timed join), send MQTT
+        ``offline`` and disconnect; idempotent."""
         if self._closed:
             return
         self._closed = True
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        if self.webhook is not None:
+            self.webhook.abort()  # a receiver that answers slowly does not hold up the stop
         deadline = time.monotonic() + self.join_timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -118,6 +118,9 @@ class WebhookSender:
         self.port = parts.port or (443 if self.tls else 80)
         self.path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
         self.host_header = parts.netloc.rpartition("@")[2]
+        self._lock = threading.Lock()
+        self._current: Deadline | None = None  # the delivery in progress
+        self._aborted = False
 
     def headers(self, note: Notification) -> dict[str, str]:
         body = note.payload.encode()
@@ -133,12 +136,28 @@ class WebhookSender:
         """POST ``note``; ``None`` when the answer is a 2xx, else why it was not delivered."""
         timeout = self.config.timeout
         with Deadline(timeout) as deadline:
+            with self._lock:
+                self._current = deadline
+            if self._aborted:
+                deadline.expire()
             try:
                 return self.post(note, deadline)
             except (OSError, http.client.HTTPException) as exc:
+                if self._aborted:
+                    return "stopped before the webhook answered (sent again at the next start)"
                 if deadline.expired or isinstance(exc, (TimeoutError, socket.timeout)):
                     return f"no complete answer within {timeout:g} s (timeout)"
                 return self.unreachable(exc)
+            finally:
+                with self._lock:
+                    self._current = None
+
+    def abort(self) -> None:
+        """End the delivery in progress now, and any later one at once (streamrec is stopping)."""
+        with self._lock:
+            self._aborted, current = True, self._current
+        if current is not None:
+            current.expire()
 
     def post(self, note: Notification, deadline: Deadline) -> str | None:
         raw = socket.create_connection((self.host, self.port), timeout=self.config.timeout)
