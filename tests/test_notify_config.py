@@ -208,6 +208,8 @@ def test_degraded_after_seconds_must_be_positive():
     ('[notify.mqtt]\nurl = "mqtt://127.0.0.1"\ntopic_prefix = "sr\\u0000x"\n', "[notify.mqtt] topic_prefix: expected an MQTT topic"),
     ('[notify.webhook]\nurl = "http://[::1/x"\nsecret = "s"\n', "[notify.webhook] url: expected an http:// or https:// URL"),
     ('[notify.webhook]\nurl = "http://127.0.0.1/x"\nsecret = ""\n', "[notify.webhook] secret: expected a secret"),
+    ('[[cameras]]\nname = "rack_1_83925fd7"\nsource = "1"\n[notify.mqtt]\nurl = "mqtt://127.0.0.1"\n'
+     'homeassistant_discovery = true\n', "cameras 'rack.1' and 'rack_1_83925fd7' would share the Home Assistant id"),
 ])
 def test_serve_stops_with_one_line_and_exit_2(tmp_path, table, message):
     cfg = tmp_path / "c.toml"
