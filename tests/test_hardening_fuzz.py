@@ -138,6 +138,8 @@ queries = st.one_of(
 @example(query={"name": "w", "source": "99999999999999999999"})  # a webcam index OpenCV cannot take: was a 500
 @example(query={"name": "w", "source": "²"})  # a digit to str.isdigit, not to int(): was a 500
 @example(query={"name": "café", "source": "CLIP"})
+@example(query={"name": "w", "source": "9" * 5000})  # more digits than int() converts: was a 500
+@example(query={"name": "w", "source": "CLIP", "open_timeout": "9" * 5000})
 def test_camera_api_posts_never_fail_inside(server, query):
     port, clip = server
     query = {k: clip if v == "CLIP" else v for k, v in query.items()}

@@ -83,8 +83,9 @@ class SourceSpec:
         if not text:
             raise SourceError("--source: expected a webcam index, a URL or a video file, got an empty string")
         if text.isascii() and text.isdigit():  # not "²": str.isdigit() takes it, int() does not
-            if int(text) > MAX_WEBCAM_INDEX:
-                raise SourceError(f"--source: expected a webcam index 0..{MAX_WEBCAM_INDEX}, got {text}")
+            if len(text) > 10 or int(text) > MAX_WEBCAM_INDEX:  # never converted when longer than an index can be
+                shown = text if len(text) <= 40 else text[:40] + "..."
+                raise SourceError(f"--source: expected a webcam index 0..{MAX_WEBCAM_INDEX}, got {shown}")
             return cls(text, "webcam", **kw)
         if text.lower().startswith(NETWORK_SCHEMES):
             return cls(text, "network", **kw)
