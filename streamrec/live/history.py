@@ -2,8 +2,9 @@
 score) in SQLite (WAL mode, the default) or PostgreSQL (a ``postgresql://`` URL). With
 ``retain_days`` the segments older than that are deleted at start and every hour.
 
-A segment is written, and committed, the moment it closes (the shown label changes);
-a clean shutdown closes the open ones. So a ``kill -9`` loses at most each camera's
+A segment is written, and committed, the moment it closes (the shown label changes, or
+the labels stop: an outage ends it at its last label); a clean shutdown closes the open ones,
+and :meth:`HistoryStore.query` shows them meanwhile, ending now. So a ``kill -9`` loses at most each camera's
 open segment. Writes go through a bounded queue to one writer thread: a slow disk
 drops (and counts) segments, it never stalls inference.
 
@@ -22,11 +23,11 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from streamrec.errors import StreamrecError, install_hint
+from streamrec.live.segments import STALE_FACTOR, STALE_FLOOR_S, Segment, SegmentTracker  # noqa: F401 - re-exported
 from streamrec.supervision import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -43,46 +44,6 @@ CREATE TABLE IF NOT EXISTS segments (
 )"""
 INDEX = "CREATE INDEX IF NOT EXISTS segments_camera_start ON segments (camera, start_ts)"
 COLUMNS = ("camera", "label", "start", "end", "mean_score", "peak_score", "windows")
-
-
-@dataclass(frozen=True)
-class Segment:
-    camera: str
-    label: str
-    start: float
-    end: float
-    mean_score: float
-    peak_score: float
-    windows: int
-
-
-class SegmentTracker:
-    """Turns one camera's stream of (label, score, time) into closed segments."""
-
-    def __init__(self, camera: str, sink: Callable[[Segment], None]) -> None:
-        self.camera = camera
-        self.sink = sink
-        self._label: str | None = None
-        self._start = self._end = 0.0
-        self._sum = self._peak = 0.0
-        self._n = 0
-
-    def update(self, label: str, score: float, ts: float) -> None:
-        if label != self._label:
-            self.close(ts)
-            self._label, self._start, self._sum, self._peak, self._n = label, ts, 0.0, 0.0, 0
-        self._end = ts
-        self._sum += score
-        self._peak = max(self._peak, score)
-        self._n += 1
-
-    def close(self, ts: float | None = None) -> None:
-        """Write the open segment (ending at ``ts``, or at its last update) and forget it."""
-        if self._label is not None and self._n:
-            end = max(self._end, ts) if ts is not None else self._end
-            self.sink(Segment(self.camera, self._label, self._start, end, round(self._sum / self._n, 5),
-                              round(self._peak, 5), self._n))
-        self._label = None
 
 
 class HistoryStore:
@@ -104,6 +65,8 @@ class HistoryStore:
         self.pruned = 0
         self.reconnects = 0
         self._lock = threading.Lock()
+        self._open: dict[str, tuple[Segment, float]] = {}  # camera -> its open segment, fresh until
+        self._open_lock = threading.Lock()
         self._closing = threading.Event()
         self._conn = self._connect()
         self.prune()  # at start, then every ``prune_every_s`` from the writer thread
@@ -137,6 +100,37 @@ class HistoryStore:
     @property
     def _ph(self) -> str:
         return "%s" if self.postgres else "?"
+
+    def tracker(self, camera: str) -> SegmentTracker:
+        """A :class:`SegmentTracker` for ``camera`` that writes here and shows its open segment
+        in :meth:`query`."""
+        return SegmentTracker(camera, self.add, self.note_open)
+
+    def note_open(self, camera: str, seg: Segment | None, fresh_until: float) -> None:
+        """``camera``'s open segment (``None``: none), which goes on until ``fresh_until`` at least."""
+        with self._open_lock:
+            if seg is None:
+                self._open.pop(camera, None)
+            else:
+                self._open[camera] = (seg, fresh_until)
+
+    def open_rows(self, *, camera: str | None = None, since: float | None = None,
+                  until: float | None = None) -> list[dict[str, Any]]:
+        """The open segments as rows: one still going ends now (``"open": True``); one whose
+        labels stopped (an outage) ends at its last label."""
+        now = self._clock()
+        with self._open_lock:
+            found = list(self._open.values())
+        rows = []
+        for seg, fresh_until in found:
+            going = now <= fresh_until
+            end = max(seg.end, now) if going else seg.end
+            if (camera and seg.camera != camera) or (since is not None and end < since) or \
+                    (until is not None and seg.start > until):
+                continue
+            rows.append({**dict(zip(COLUMNS, (seg.camera, seg.label, seg.start, end, seg.mean_score,
+                                               seg.peak_score, seg.windows))), "open": going})
+        return rows
 
     def add(self, seg: Segment) -> None:
         """Queue ``seg`` for writing; never blocks (a full queue drops and counts)."""
@@ -237,9 +231,13 @@ class HistoryStore:
 
     def query(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
               limit: int | None = None) -> list[dict[str, Any]]:
-        """The segments that overlap ``since``..``until`` (of ``camera``), oldest first; with
+        """The segments that overlap ``since``..``until`` (of ``camera``), oldest first, each
+        camera's open one included (:meth:`open_rows`; the others have ``"open": False``); with
         ``limit``, only the newest ``limit`` of them."""
-        return list(self.rows(camera=camera, since=since, until=until, limit=limit))
+        rows = [{**r, "open": False} for r in self.rows(camera=camera, since=since, until=until, limit=limit)]
+        rows = sorted(rows + self.open_rows(camera=camera, since=since, until=until),
+                      key=lambda r: (r["start"], r["camera"]))
+        return rows[-limit:] if limit is not None else rows
 
     def rows(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
              limit: int | None = None, batch: int = 1000) -> Iterator[dict[str, Any]]:

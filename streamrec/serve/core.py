@@ -194,8 +194,8 @@ class AppCore:
         for name, msg in items:
             if self.metrics is not None:
                 self.metrics.observe_prediction(msg)
-            self.trackers.setdefault(name, SegmentTracker(name, self.history.add)).update(
-                msg["label"], msg["score"], msg["window"]["end_ts"])
+            tracker = self.trackers.get(name) or self.trackers.setdefault(name, self.history.tracker(name))
+            tracker.update(msg["label"], msg["score"], msg["window"]["end_ts"])
             out.append((name, json.dumps(msg, allow_nan=False)))
             if self.events is not None:
                 self.events.observe(name, msg)
@@ -216,12 +216,23 @@ class AppCore:
         self.hub.publish_threadsafe("removed", json.dumps({"type": "removed", "camera": name}))
         return closed
 
+    def end_segment_if_down(self, name: str, status: dict[str, Any]) -> None:
+        """A camera that is not running (reconnecting, ended, stopped) ends its open segment at
+        its last label: the history never counts an outage as activity."""
+        if (status.get("source") or {}).get("state") not in (None, "running"):
+            with self.lock:
+                tracker = self.trackers.get(name)
+                if tracker is not None:
+                    tracker.interrupt()
+
     async def _status_task(self) -> None:
         while True:
             try:
                 await self.refresh()
                 for name in self.camera_names():
-                    self.hub.publish(f"status:{name}", json.dumps(self.status_message(name), allow_nan=False))
+                    status = self.status_message(name)
+                    self.end_segment_if_down(name, status)
+                    self.hub.publish(f"status:{name}", json.dumps(status, allow_nan=False))
             except Exception as exc:  # noqa: BLE001 - the next second tries again; the page keeps the last status
                 self.supervisor.failed("status", exc)
             await asyncio.sleep(1.0)
