@@ -164,3 +164,12 @@ def test_val_split_is_one_split_for_dataset_train_and_evaluate(small, tmp_path):
     r = json.loads(proc.stdout)
     assert sorted(r["paths"]) == held and r["clips"] == 4 and r["windows"] == 8
     assert sum(r["per_class"][c]["support"] for c in r["per_class"]) == 8
+    assert r["training_clips"] == 0 and "warning" not in proc.stderr
+
+    proc = run_cli("evaluate", str(flat), "--weights", str(out), "--json", "--confusion", str(tmp_path / "cm.csv"),
+                   timeout=600)  # every clip: the training ones too
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert (r["clips"], r["training_clips"]) == (8, 4)
+    assert "warning: 4 of the 8 clips evaluated are clips this model was trained on, so the scores overstate it" \
+        in proc.stderr

@@ -207,6 +207,10 @@ def cmd_evaluate(args) -> int:
     check_output("--confusion", args.confusion)
     r = evaluate(args.folder, weights=args.weights, model=args.model, device=args.device,
                  batch_size=args.batch_size, confusion=args.confusion, val_split=args.val_split)
+    if r["training_clips"]:
+        print(f"warning: {r['training_clips']} of the {r['clips']} clips evaluated are clips this model was trained "
+              "on, so the scores overstate it; evaluate the clips it did not see (DATA/valid, or DATA --val-split "
+              "as in training)", file=sys.stderr)
     if args.json:
         print(json.dumps(r, indent=1))
         print(f"confusion matrix: {args.confusion}", file=sys.stderr)

@@ -37,12 +37,26 @@ def clips_to_evaluate(folder: str | Path, val_split: float | None) -> dict[str, 
     return out
 
 
+def training_clips_among(loaded, paths: list[Path]) -> int:
+    """How many of ``paths`` the checkpoint was trained on (its ``train_args`` name the data
+    folder and split); 0 when that cannot be told (an exported file, a folder since moved)."""
+    args = loaded.extra.get("train_args") or {}
+    if not args.get("data"):
+        return 0
+    try:
+        trained = discover(args["data"], val_split=args.get("val_split"))["train"].samples
+    except StreamrecError:
+        return 0
+    seen = {s.path.resolve() for s in trained}
+    return sum(p.resolve() in seen for p in paths)
+
+
 def evaluate(folder: str | Path, *, weights: str, model: str | None = None, device: str = "auto",
              batch_size: int = 8, confusion: str | None = None, clips_per_video: int = 2,
              val_split: float | None = None) -> dict[str, Any]:
     """Metrics of a checkpoint on ``folder/<class>/*`` (class names must be the checkpoint's), or
     with ``val_split`` on the clips ``train --val-split`` held out of ``folder`` (``"paths"``
-    lists the clips evaluated): top-1 and top-k with k = min(5, classes) (``"top_k"`` says
+    lists the clips evaluated, ``"training_clips"`` counts those the model was trained on): top-1 and top-k with k = min(5, classes) (``"top_k"`` says
     which, ``"top{k}"`` holds it), per-class precision and recall, and the confusion matrix,
     also written to ``confusion`` (a ``.csv`` of the counts, else an image)."""
     if batch_size < 1:
@@ -84,6 +98,7 @@ def evaluate(folder: str | Path, *, weights: str, model: str | None = None, devi
                       for i, c in enumerate(loaded.classes)},
         "confusion": matrix.tolist(), "classes": loaded.classes, "unreadable": len(ds.unreadable),
         "paths": [str(s.path) for s in samples],
+        "training_clips": training_clips_among(loaded, [s.path for s in samples]),
     }
     if confusion:
         write_confusion(matrix, loaded.classes, confusion)
