@@ -18,8 +18,11 @@ import socket
 import threading
 import time
 
+from urllib.parse import quote
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
 from streamrec.events.manager import EventManager
@@ -243,6 +246,42 @@ def test_an_absurd_since_on_the_command_line_is_one_line(tmp_path, command, valu
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("streamrec: error: --since/--until: expected a time within the years 1 to 9999, got ")
     assert proc.stderr.count("\n") == 1 and len(proc.stderr) < 200
+
+
+SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+numbers = st.one_of(st.text(max_size=30), st.integers().map(str), st.floats().map(repr),
+                    st.text("0123456789", min_size=4300, max_size=6000), st.sampled_from(NUMBERS + LIMITS))
+
+
+@SETTINGS
+@given(path=st.sampled_from(["/api/history", "/api/events"]), param=st.sampled_from(["since", "until", "limit"]),
+       value=numbers)
+def test_any_query_number_is_answered_or_a_400_naming_it(served, path, param, value):
+    status, _, body = http(served.port, "GET", f"{path}?{param}={quote(value, safe='')}")
+    assert status in (200, 400)
+    if status == 400:
+        assert json.loads(body)["error"].startswith(f"{param}: expected ")
+
+
+range_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+ranges = st.one_of(range_text, range_text.map(lambda t: "bytes=" + t),
+                   st.tuples(st.text("0123456789", max_size=8000), st.text("0123456789", max_size=40)).map(
+                       lambda ab: f"bytes={ab[0]}-{ab[1]}"))
+
+
+@SETTINGS
+@given(header=ranges)
+def test_any_range_is_answered_with_what_it_says(served, header):
+    status, headers, body = http(served.port, "GET", "/api/events/e1/thumb.jpg", f"Range: {header}")
+    size = len(served.thumb)
+    assert status in (200, 206, 416)
+    if status == 200:
+        assert body == served.thumb and "content-range" not in headers
+    elif status == 206:
+        first, last = map(int, headers["content-range"].removeprefix("bytes ").removesuffix(f"/{size}").split("-"))
+        assert body == served.thumb[first:last + 1] and len(body) == int(headers["content-length"]) > 0
+    else:
+        assert (headers["content-range"], body) == (f"bytes */{size}", b"")
 
 
 # -- methods --------------------------------------------------------------------------------------------
