@@ -1,0 +1,107 @@
+"""The page's day view and minutes per activity count the activity in progress from its start
+(the open segment /api/history answers, grown by the websocket's labels), and a segment that an
+outage ended stops at its last label. The real page and the real history route, in headless
+Chromium; the requests are answered in the test (no model, no camera)."""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pytest
+
+from browser import MARKS, chromium_page
+from streamrec.live.history import HistoryStore
+from streamrec.live.messages import prediction_message, status_message
+from streamrec.live.smoothing import Smoothed
+from streamrec.serve.routes import history_api
+from streamrec.serve.server import page_html
+
+pytestmark = MARKS
+BASE = "http://streamrec.test"
+
+
+def prediction(seq: int, end_ts: float) -> str:
+    sm = Smoothed(label_index=0, score=0.9, uncertain=False, raw_index=0, raw_score=0.9, scores=np.array([0.9, 0.1]))
+    return json.dumps(prediction_message(seq=seq, smoothed=sm, classes=["walking", "running"],
+                                         top=[{"label": "walking", "score": 0.9}], start_ts=end_ts - 1, end_ts=end_ts,
+                                         frames=16, infer_ms=5.0, sent_ts=end_ts, capture_fps=15.0, camera="gate"))
+
+
+def status(state: str) -> str:
+    return json.dumps(status_message(camera="gate", source={"state": state}, inference={}, model="tiny3d",
+                                     device="cpu", backend=None, meaningless=False))
+
+
+def serve_page(page, store: HistoryStore, ws_messages: list[str]) -> None:
+    """The page, /api/history from ``store``, a /healthz, no events, and a websocket that sends
+    ``ws_messages`` once it opens."""
+    route = history_api(store)
+
+    def answer(r) -> None:
+        url = urlsplit(r.request.url)
+        if url.path == "/":
+            return r.fulfill(status=200, content_type="text/html; charset=utf-8", body=page_html())
+        if url.path == "/api/history":
+            reply = route.handler("GET", url.path, parse_qs(url.query))
+            return r.fulfill(status=reply.status, content_type="application/json", body=json.dumps(reply.body))
+        if url.path == "/healthz":
+            return r.fulfill(status=200, content_type="application/json", body='{"status": "ok", "reasons": []}')
+        if url.path == "/api/events":
+            return r.fulfill(status=200, content_type="application/json", body='{"events": [], "truncated": false}')
+        return r.fulfill(status=404, body="")
+
+    def socket(ws) -> None:
+        for m in ws_messages:
+            ws.send(m)
+
+    page.route(f"{BASE}/**", answer)
+    page.route_web_socket(f"{BASE.replace('http', 'ws')}/**", socket)
+    page.goto(f"{BASE}/")
+
+
+def minutes_of(page) -> dict[str, float]:
+    sel = "[data-testid=minutes] li[data-label]"
+    page.wait_for_function(f"document.querySelectorAll('{sel}').length >= 1", timeout=20_000)
+    return dict(page.eval_on_selector_all(sel, "els => els.map(e => [e.dataset.label, Number(e.dataset.minutes)])"))
+
+
+@pytest.fixture
+def page():
+    with chromium_page(1280, 900) as page:
+        yield page
+
+
+def test_the_day_view_counts_the_activity_in_progress_from_its_start(page):
+    store = HistoryStore(":memory:")
+    try:
+        now = time.time()
+        tracker = store.tracker("gate")
+        for i in range(180):  # walking for 3 minutes, and still
+            tracker.update("walking", 0.9, now - 180 + i)
+        serve_page(page, store, [status("running"), prediction(1, now)])
+        page.wait_for_selector("[data-testid=timeline] span[data-label=walking]", timeout=20_000)
+        page.click("[data-testid=view-day]")
+        got = minutes_of(page)
+        assert set(got) == {"walking"} and 2.95 <= got["walking"] <= 3.5, got
+        assert page.eval_on_selector_all("[data-testid=timeline] span[data-label=walking]", "els => els.length") == 1
+    finally:
+        store.close()
+
+
+def test_a_segment_an_outage_ended_stops_at_its_last_label(page):
+    store = HistoryStore(":memory:")
+    try:
+        now = time.time()
+        tracker = store.tracker("gate")
+        for i in range(60):  # a minute of walking, then the camera went away 2 minutes ago
+            tracker.update("walking", 0.9, now - 180 + i)
+        serve_page(page, store, [status("reconnecting")])
+        page.wait_for_selector("[data-testid=timeline] span[data-label=walking]", timeout=20_000)
+        page.click("[data-testid=view-day]")
+        got = minutes_of(page)
+        assert set(got) == {"walking"} and abs(got["walking"] - 59 / 60) < 0.01, got
+    finally:
+        store.close()
