@@ -17,100 +17,20 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import ssl
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from streamrec.errors import StreamrecError
+from streamrec.notify_checks import check_topic, check_user, ha_object_id, url_parts
 from streamrec.redact import control_characters, mask_credentials
 from streamrec.validate import check_types, unknown_keys
 
 CHANNELS = ("webhook", "mqtt")
 MAX_PACKET_RING_MB = 1024  # [recording] packet_ring_mb: each camera's ring of packets, in memory
-MQTT_TOPIC_MAX_BYTES = 65535  # an MQTT string: a two-byte length, then UTF-8
-
-
-def url_parts(url: str, where: str, expected: str) -> tuple[str, str, int | None]:
-    """``url``'s scheme, host and port (``None``: the scheme's default), or a :class:`StreamrecError`
-    naming ``where`` and ``expected`` for a URL that cannot be used: no host, a port that is not
-    1-65535, a malformed IPv6 address, a blank or control character."""
-    shown = mask_credentials(url)  # never a password in a message
-    bad = next((c for c in url if c.isspace() or unicodedata.category(c) in ("Cc", "Cs")), None)
-    if bad is not None:
-        raise StreamrecError(f"{where}: expected {expected} without blanks or control characters, "
-                             f"got {shown!r} ({bad!r})")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise StreamrecError(f"{where}: expected {expected} with a port 1-65535, got {shown!r} ({exc})") from None
-    if not parts.hostname:
-        raise StreamrecError(f"{where}: expected {expected} with a host, got {shown!r}")
-    hostport = parts.netloc.rpartition("@")[2]
-    rest = hostport.partition("]")[2] if hostport.startswith("[") else None
-    if rest is not None and rest and not rest.startswith(":"):
-        raise StreamrecError(f"{where}: expected {expected} with a host, got {shown!r} (malformed IPv6 address)")
-    if rest is None and not re.fullmatch(r"[\w.-]+", parts.hostname):
-        raise StreamrecError(f"{where}: expected {expected} with a host name of letters, digits, '.', '-' or '_', "
-                             f"got {shown!r}")
-    if port == 0:
-        raise StreamrecError(f"{where}: expected {expected} with a port 1-65535, got {shown!r} (port 0)")
-    return parts.scheme, parts.hostname, port
-
-
-def check_topic(topic: str, where: str) -> None:
-    """``topic`` (or the part of one that ``where`` names) as an MQTT topic to publish to: not
-    empty, no ``+`` or ``#`` wildcards, no NUL or other control characters, valid UTF-8 of at
-    most 65535 bytes; else a :class:`StreamrecError` naming ``where``."""
-    bad = next((c for c in topic if c in "+#" or unicodedata.category(c) in ("Cc", "Cs")), None)
-    if not topic.strip("/") or bad is not None:
-        what = "empty" if bad is None else f"{bad!r}"
-        raise StreamrecError(f"{where}: expected an MQTT topic (UTF-8 text without + or #, NUL or control "
-                             f"characters), got {topic!r} ({what})")
-    if topic.strip("/").startswith("$"):
-        raise StreamrecError(f"{where}: expected an MQTT topic not starting with $ (the broker's own), got {topic!r}")
-    size = len(topic.encode("utf-8"))
-    if size > MQTT_TOPIC_MAX_BYTES:
-        raise StreamrecError(f"{where}: expected an MQTT topic of at most {MQTT_TOPIC_MAX_BYTES} bytes as UTF-8, "
-                             f"got {size} bytes")
-
-
-def check_user(url: str) -> None:
-    """The user name of an ``mqtt://user:pass@host`` URL, as MQTT sends it: percent-decoded UTF-8
-    without NUL or control characters, at most 65535 bytes."""
-    user = urlsplit(url).username
-    if user is None:
-        return
-    try:
-        name = unquote(user, errors="strict")
-    except UnicodeDecodeError:
-        raise StreamrecError(f"[notify.mqtt] url: expected a user name of UTF-8 text, got {user!r}") from None
-    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None)
-    if bad is not None or len(name.encode("utf-8")) > MQTT_TOPIC_MAX_BYTES:
-        why = f"{bad!r}" if bad is not None else f"{len(name.encode('utf-8'))} bytes"
-        raise StreamrecError(f"[notify.mqtt] url: expected a user name without NUL or control characters, of at most "
-                             f"{MQTT_TOPIC_MAX_BYTES} bytes, got {user!r} ({why})")
-
-
-def ha_object_id(camera: str) -> str:
-    """``camera`` as Home Assistant's ids take it: ASCII letters, digits, ``_`` and ``-``. A name
-    with other characters gets a short hash of the whole name, so that two names never share an id
-    (``rack.1`` and ``rack_1``, or two names in another alphabet).
-
-    Example:
-        >>> ha_object_id("rack-1"), ha_object_id("rack.1"), ha_object_id("кухня") != ha_object_id("спорт")
-        ('rack-1', 'rack_1_83925fd7', True)
-    """
-    slug = re.sub(r"[^A-Za-z0-9_-]", "_", camera)
-    if slug == camera:
-        return slug
-    return f"{slug}_{hashlib.sha256(camera.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def text_tuple(value: Any, where: str) -> tuple[str, ...]:

@@ -12,8 +12,9 @@ import pytest
 from conftest import error_line, run_cli
 from streamrec.config import ServeConfig
 from streamrec.errors import StreamrecError
-from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig, check_mqtt_cameras, ha_object_id
+from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig, check_mqtt_cameras
 from streamrec.events.mqtt import discovery_config
+from streamrec.notify_checks import ha_object_id
 
 MQTT = "mqtt://127.0.0.1:1883"
 

@@ -42,7 +42,8 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 
-from streamrec.event_config import MqttConfig, ha_object_id, tls_context
+from streamrec.event_config import MqttConfig, tls_context
+from streamrec.notify_checks import ha_object_id
 from streamrec.events.store import Notification
 from streamrec.live.sources import mask_credentials
 from streamrec.redact import printable
