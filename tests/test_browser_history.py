@@ -31,7 +31,9 @@ def prediction(seq: int, end_ts: float) -> str:
 
 
 def status(state: str) -> str:
-    return json.dumps(status_message(camera="gate", source={"state": state}, inference={}, model="tiny3d",
+    source = {"state": state, "source": "rtsp://cam/x", "frames": 100, "capture_fps": 15.0, "dropped": 0,
+              "decode_errors": 0, "reconnects": 0, "error": None}
+    return json.dumps(status_message(camera="gate", source=source, inference={"inference_rate": 1.0}, model="tiny3d",
                                      device="cpu", backend=None, meaningless=False))
 
 
@@ -103,5 +105,30 @@ def test_a_segment_an_outage_ended_stops_at_its_last_label(page):
         page.click("[data-testid=view-day]")
         got = minutes_of(page)
         assert set(got) == {"walking"} and abs(got["walking"] - 59 / 60) < 0.01, got
+    finally:
+        store.close()
+
+
+def test_labels_after_an_outage_start_a_new_piece_on_the_page(page):
+    store = HistoryStore(":memory:")
+    try:
+        now = time.time()
+        tracker = store.tracker("gate")
+        for ts in (now - 10, now - 9, now - 8):
+            tracker.update("walking", 0.9, ts)
+        tracker.interrupt()  # the server ended it when the camera went away, 2 s before it came back
+        store.flush()
+        messages = [status("running"), prediction(1, now - 10), prediction(2, now - 9), prediction(3, now - 8),
+                    status("reconnecting"), status("running"), prediction(4, now - 6), prediction(5, now - 5),
+                    prediction(6, now - 4)]
+        serve_page(page, store, messages)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.wait_for_function("document.querySelectorAll('[data-testid=timeline] span[data-label=walking]').length === 2",
+                               timeout=20_000)
+        page.click("[data-testid=view-day]")
+        got = minutes_of(page)
+        assert set(got) == {"walking"} and abs(got["walking"] - 4 / 60) < 0.001, got  # 2 s + 2 s, not the outage
+        assert errors == []
     finally:
         store.close()
