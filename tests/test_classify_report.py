@@ -93,6 +93,9 @@ def test_the_csv_marks_random_weights_in_a_column_pandas_reads(demo_clip, tmp_pa
     assert run_cli("classify", str(demo_clip), *RANDOM, "--format", "csv", "--out", str(out)).returncode == 0
     df = pd.read_csv(out)
     assert df["random_weights"].dtype == bool and df["random_weights"].all() and len(df) == 10
+    frame = timeline(["run", "jump"], meaningless=True).to_dataframe()
+    assert frame["random_weights"].tolist() == [True, True]
+    assert timeline(["run"]).to_dataframe()["random_weights"].tolist() == [False]
     ckpt = tmp_path / "m.pt"
     torch.save(make_checkpoint(build_model("tiny3d", num_classes=2), model="tiny3d", classes=["a", "b"],
                                spec=model_spec("tiny3d")), ckpt)

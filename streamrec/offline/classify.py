@@ -145,12 +145,13 @@ class Timeline:
         return "\n".join(lines) + "\n"
 
     def to_dataframe(self):
-        """The windows as a pandas DataFrame (``pip install -e '.[pandas]'`` in the streamrec folder)."""
+        """The windows as a pandas DataFrame (``pip install -e '.[pandas]'`` in the streamrec folder), with
+        the CSV's ``random_weights`` column (True on every row when the labels mean nothing)."""
         try:
             import pandas as pd
         except ImportError:
             raise StreamrecError("to_dataframe: pandas is not installed; " + install_hint("pandas")) from None
-        return pd.DataFrame([asdict(w) for w in self.windows])
+        return pd.DataFrame([{**asdict(w), "random_weights": self.meaningless} for w in self.windows])
 
 
 def clock(seconds: float) -> str:
