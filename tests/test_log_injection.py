@@ -135,3 +135,25 @@ def test_a_broker_error_is_escaped_before_it_is_logged(caplog):
         publisher.down("the broker said: \x1b[2Jnot\nauthorised\u202e")
     assert publisher.last_error == "the broker said: \\x1b[2Jnot\\nauthorised\\u202e"
     assert [r.getMessage() for r in caplog.records] == ["MQTT: the broker said: \\x1b[2Jnot\\nauthorised\\u202e"]
+
+
+def test_a_database_error_is_escaped_before_it_is_logged(tmp_path, caplog):
+    import sqlite3
+
+    from streamrec.live.history import HistoryStore, Segment
+
+    db = tmp_path / "h.db"
+    HistoryStore(str(db)).close()
+    with sqlite3.connect(db) as conn:  # the database's own words, as a server's trigger could say them
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON segments BEGIN "
+                     "SELECT RAISE(ABORT, 'refused\x1b[2J\nFAKE: ok'); END")
+    store = HistoryStore(str(db))
+    try:
+        with caplog.at_level(logging.ERROR, logger="streamrec.live.history"):
+            store.add(Segment("gate", "walking", 1.0, 2.0, 0.5, 0.6, 2))
+            store.flush()
+        assert [r.getMessage() for r in caplog.records] == [
+            "history: a segment of gate was not written: refused\\x1b[2J\\nFAKE: ok"]
+        assert store.dropped == 1
+    finally:
+        store.close()

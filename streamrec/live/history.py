@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from streamrec.errors import StreamrecError, install_hint
+from streamrec.redact import printable
 from streamrec.live.segments import STALE_FACTOR, STALE_FLOOR_S, Segment, SegmentTracker  # noqa: F401 - re-exported
 from streamrec.supervision import Supervisor
 
@@ -95,7 +96,8 @@ class HistoryStore:
         except StreamrecError:
             raise
         except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: one line for the user
-            raise StreamrecError(f"--db {_safe(self.target)}: cannot open the history database: {exc}") from None
+            raise StreamrecError(f"--db {_safe(self.target)}: cannot open the history database: "
+                                 f"{printable(str(exc).strip())}") from None  # the server's words, on one line
 
     @property
     def _ph(self) -> str:
@@ -192,7 +194,7 @@ class HistoryStore:
                 if attempt == 1 and self._lost() and self._reconnect(exc):
                     continue
                 self.dropped += 1
-                logger.error("history: a segment of %s was not written: %s", seg.camera, exc)
+                logger.error("history: a segment of %s was not written: %s", seg.camera, printable(exc))
                 return
 
     def _lost(self) -> bool:
@@ -201,7 +203,8 @@ class HistoryStore:
 
     def _reconnect(self, exc: Exception) -> bool:
         """Connect again, retrying every 0.5 s to 30 s, until it works (True) or the store closes (False)."""
-        logger.warning("history: lost the database %s (%s); reconnecting", _safe(self.target), str(exc).strip())
+        logger.warning("history: lost the database %s (%s); reconnecting", _safe(self.target),
+                       printable(str(exc).strip()))
         delay = 0.5
         while not self._closing.is_set():
             try:
