@@ -21,11 +21,12 @@ from urllib.parse import unquote_plus
 # ending in "key" or "sig", is one too (see :func:`secret_key`)
 SECRET_QUERY_KEYS = frozenset({
     "access_token", "access-token", "api_key", "api-key", "apikey", "auth", "auth_token", "authtoken",
-    "client_secret", "key", "pass", "passwd", "password", "private_token", "pwd", "secret", "session",
-    "sig", "signature", "token", "x-api-key", "x-amz-signature",
+    "client_secret", "key", "pass", "passwd", "password", "private_token", "pwd", "secret", "sig",
+    "signature", "token", "x-api-key", "x-amz-signature",
 })
-SECRET_WORDS = ("token", "secret", "pass", "pwd", "auth", "credential", "session", "signature", "jwt", "bearer",
-                "cookie")
+# what a secret's key holds: a token, secret, password, authorization, credential, login
+# cookie ("sess" and "ion", or "sessid"), signature, JWT or bearer
+SECRET_WORDS = re.compile(r"token|secret|pass|pwd|auth|credential|sess(?:ion|id)|signature|jwt|bearer|cookie")
 SHOWN = "***"
 
 # where a URL starts: a scheme not glued to a word; a URL's text reaches the next URL that follows
@@ -152,7 +153,7 @@ def _value_end(rest: str, start: int) -> int:
 def secret_key(key: str) -> bool:
     """Whether the parameter ``key`` names a secret: compared after percent-decoding, in lower
     case, word by word (``-``, ``_``, ``.`` and spaces split words; digits at a word's end are
-    dropped): a word holding one of :data:`SECRET_WORDS`, or ending in ``key``/``keys`` or ``sig``.
+    dropped): a word that :data:`SECRET_WORDS` finds in, or ending in ``key``/``keys`` or ``sig``.
 
     >>> [secret_key(k) for k in ("X-Api-Key", "private_token", "api%5Fkey", "sessionId", "keyframe", "channel")]
     [True, True, True, True, False, False]
@@ -165,7 +166,7 @@ def secret_key(key: str) -> bool:
     key = key.lower().strip()
     words = [w.rstrip("0123456789") for w in re.split(r"[\W_]+", key) if w]
     return key in SECRET_QUERY_KEYS or any(
-        any(s in w for s in SECRET_WORDS) or w.endswith(("key", "keys", "sig")) for w in words)
+        SECRET_WORDS.search(w) or w.endswith(("key", "keys", "sig")) for w in words)
 
 
 def printable(text: object) -> str:
