@@ -157,3 +157,27 @@ def test_a_database_error_is_escaped_before_it_is_logged(tmp_path, caplog):
         assert store.dropped == 1
     finally:
         store.close()
+
+
+def test_a_database_error_in_a_history_read_is_escaped(tmp_path, caplog):
+    import sqlite3
+
+    from streamrec.live.history import HistoryStore
+    from streamrec.serve.routes import history_api
+
+    db = tmp_path / "h.db"
+    store = HistoryStore(str(db))
+    try:
+        with sqlite3.connect(db) as conn:  # the segments now read a table whose name holds an escape and a newline
+            conn.execute("DROP TABLE segments")
+            conn.execute('CREATE TABLE "gone\x1b[2J\nFAKE" (camera, label, start_ts, end_ts, mean_score, peak_score, windows)')
+            conn.execute('CREATE VIEW segments AS SELECT * FROM "gone\x1b[2J\nFAKE"')
+            conn.execute('DROP TABLE "gone\x1b[2J\nFAKE"')
+        with caplog.at_level(logging.WARNING, logger="streamrec.serve.routes"):
+            reply = history_api(store).handler("GET", "/api/history", {})
+        assert (reply.status, reply.body) == (503, {"error": "history database unavailable: no such table: "
+                                                             "main.gone\\x1b[2J\\nFAKE"})
+        assert [r.getMessage() for r in caplog.records] == [
+            "history: cannot read the database: no such table: main.gone\\x1b[2J\\nFAKE"]
+    finally:
+        store.close()

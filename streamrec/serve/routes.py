@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from streamrec.config import CameraConfig
 from streamrec.errors import StreamrecError
+from streamrec.redact import printable
 from streamrec.live.history import HistoryStore, parse_time
 from streamrec.events.manager import EventManager
 from streamrec.events.store import row_event
@@ -54,8 +55,8 @@ def history_api(store: HistoryStore, *, limit: int = HISTORY_API_LIMIT) -> ApiRo
         try:
             rows = store.query(camera=one("camera"), since=since, until=until, limit=limit + 1)
         except Exception as exc:  # noqa: BLE001 - the database went away: the page asks again in 5 s
-            logger.warning("history: cannot read the database: %s", str(exc).strip())
-            return Reply(503, {"error": f"history database unavailable: {str(exc).strip()}"})
+            logger.warning("history: cannot read the database: %s", printable(str(exc).strip()))
+            return Reply(503, {"error": f"history database unavailable: {printable(str(exc).strip())}"})
         return Reply(200, {"segments": rows[-limit:], "truncated": len(rows) > limit})
 
     return ApiRoute(handler)
@@ -142,6 +143,6 @@ def list_events(events: EventManager, query: dict[str, list[str]]) -> Reply:
     try:
         rows = events.store.query(camera=one("camera"), rule=one("rule"), since=since, until=until, limit=limit)
     except Exception as exc:  # noqa: BLE001 - the database went away: the page asks again later
-        logger.warning("events: cannot read the database: %s", str(exc).strip())
-        return Reply(503, {"error": f"events database unavailable: {str(exc).strip()}"})
+        logger.warning("events: cannot read the database: %s", printable(str(exc).strip()))
+        return Reply(503, {"error": f"events database unavailable: {printable(str(exc).strip())}"})
     return Reply(200, {"events": [row_event(r) for r in rows]})
