@@ -206,10 +206,15 @@ def wait_http(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = 
             raise AssertionError(f"server exited early with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
-                return r.read()
+                body = r.read()
         except OSError as exc:
             last = exc
             time.sleep(0.2)
+            continue
+        if not body.startswith(b'{"status": "starting", "preparing"'):  # serve answers while it prepares its models
+            return body
+        last = body
+        time.sleep(0.2)
     raise AssertionError(f"{url} not up after {timeout} s: {last}")
 
 
