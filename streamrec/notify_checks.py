@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import unicodedata
 from urllib.parse import unquote, urlsplit
@@ -40,25 +41,59 @@ def url_parts(url: str, where: str, expected: str) -> tuple[str, str, int | None
         raise StreamrecError(f"{where}: expected {expected} with a host, got {shown!r}")
     hostport = parts.netloc.rpartition("@")[2]
     rest = hostport.partition("]")[2] if hostport.startswith("[") else None
-    if rest is not None and rest and not rest.startswith(":"):
-        raise StreamrecError(f"{where}: expected {expected} with a host, got {shown!r} (malformed IPv6 address)")
-    if rest is None and not re.fullmatch(r"[\w.-]+", parts.hostname):
-        raise StreamrecError(f"{where}: expected {expected} with a host name of letters, digits, '.', '-' or '_', "
-                             f"got {shown!r}")
-    if port == 0:
-        raise StreamrecError(f"{where}: expected {expected} with a port 1-65535, got {shown!r} (port 0)")
+    if rest is not None and ((rest and not rest.startswith(":")) or "%" in parts.hostname):
+        why = "an IPv6 zone such as %25eth0 is not supported" if "%" in parts.hostname else "malformed IPv6 address"
+        raise StreamrecError(f"{where}: expected {expected} with a host, got {shown!r} ({why})")
+    if rest is None:
+        check_host_name(parts.hostname, where, expected, shown)
+    if port == 0 or hostport.endswith(":"):
+        why = "port 0" if port == 0 else "empty port"
+        raise StreamrecError(f"{where}: expected {expected} with a port 1-65535, got {shown!r} ({why})")
+    if "#" in url:  # never sent to the server: a part of the address that would be dropped unseen
+        raise StreamrecError(f"{where}: expected {expected} without a #fragment, got {shown!r}")
     return parts.scheme, parts.hostname, port
+
+
+def check_host_name(host: str, where: str, expected: str, shown: str) -> None:
+    """``host`` (not in brackets) as a name that DNS can look up (an international name as
+    IDNA), or a dotted IPv4 address; else a :class:`StreamrecError`."""
+    why = None
+    if not re.fullmatch(r"[\w.-]+", host):
+        why = ""
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            why = " (not an IPv4 address)"
+    else:
+        try:
+            host.encode("idna")
+        except UnicodeError as exc:
+            why = f" ({exc.__cause__ or exc})"
+    if why is not None:
+        raise StreamrecError(f"{where}: expected {expected} with a host name of letters, digits, '.', '-' or '_', "
+                             f"got {shown!r}{why}")
+
+
+def invisible(c: str) -> bool:
+    """``c`` is a control, format (zero-width, bidirectional, byte order mark) or line separator
+    character, a surrogate or a noncharacter: not to be published as (or hidden in) a topic."""
+    code = ord(c)
+    return unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") or 0xFDD0 <= code <= 0xFDEF \
+        or code & 0xFFFE == 0xFFFE
 
 
 def check_topic(topic: str, where: str) -> None:
     """``topic`` (or the part of one that ``where`` names) as an MQTT topic to publish to: not
-    empty, no ``+`` or ``#`` wildcards, no NUL or other control characters, valid UTF-8 of at
-    most 65535 bytes; else a :class:`StreamrecError` naming ``where``."""
-    bad = next((c for c in topic if c in "+#" or unicodedata.category(c) in ("Cc", "Cs")), None)
+    empty, no ``+`` or ``#`` wildcards, no empty level inside (``a//b``), no NUL, control or
+    invisible characters (:func:`invisible`), valid UTF-8 of at most 65535 bytes; else a :class:`StreamrecError` naming ``where``."""
+    bad = next((c for c in topic if c in "+#" or invisible(c)), None)
     if not topic.strip("/") or bad is not None:
         what = "empty" if bad is None else f"{bad!r}"
         raise StreamrecError(f"{where}: expected an MQTT topic (UTF-8 text without + or #, NUL or control "
                              f"characters), got {topic!r} ({what})")
+    if "//" in topic.strip("/"):
+        raise StreamrecError(f"{where}: expected an MQTT topic without empty levels ('//'), got {topic!r}")
     if topic.strip("/").startswith("$"):
         raise StreamrecError(f"{where}: expected an MQTT topic not starting with $ (the broker's own), got {topic!r}")
     size = len(topic.encode("utf-8"))

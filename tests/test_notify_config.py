@@ -32,12 +32,20 @@ def refused(make, **kw) -> str:
 @pytest.mark.parametrize("value, why", [
     ("ha/#", "'#'"), ("#", "'#'"), ("home/+/x", "'+'"), ("a\x00b", "'\\x00'"), ("a\x01b", "'\\x01'"),
     ("tab\there", "'\\t'"), ("del\x7f", "'\\x7f'"), ("c1\x85", "'\\x85'"), ("bad\ud800", "'\\ud800'"), ("", "empty"),
-    ("/", "empty"), ("///", "empty"),
+    ("/", "empty"), ("///", "empty"), ("a\ufeffb", "'\\ufeff'"), ("\u200bha", "'\\u200b'"), ("a\u202eb", "'\\u202e'"),
+    ("a\u2028b", "'\\u2028'"), ("a\ufffe", "'\\ufffe'"), ("a\ufdd0", "'\\ufdd0'"), ("x/+", "'+'"), ("#/x", "'#'"),
 ])
 def test_a_topic_part_that_mqtt_cannot_publish_to_is_refused(key, value, why):
     text = refused(MqttConfig, url=MQTT, **{key: value})
     assert text == (f"[notify.mqtt] {key}: expected an MQTT topic (UTF-8 text without + or #, NUL or control "
                     f"characters), got {value!r} ({why})")
+
+
+@pytest.mark.parametrize("key", ["topic_prefix", "discovery_prefix"])
+@pytest.mark.parametrize("value", ["a//b", "/home//streamrec/", "a/b//"[:-1] + "/c"])
+def test_a_topic_part_with_an_empty_level_inside_is_refused(key, value):
+    assert refused(MqttConfig, url=MQTT, **{key: value}) == (
+        f"[notify.mqtt] {key}: expected an MQTT topic without empty levels ('//'), got {value!r}")
 
 
 @pytest.mark.parametrize("key", ["topic_prefix", "discovery_prefix"])
@@ -108,7 +116,9 @@ def test_home_assistant_ids_are_unique_per_camera_over_many_names():
 
 
 def test_names_that_slug_alike_are_distinct_sensors():
-    for a, b in (("кухня", "спорт"), ("rack.1", "rack_1"), ("a.b", "a-b")):
+    for a, b in (("кухня", "спорт"), ("rack.1", "rack_1"), ("a.b", "a-b"), ("Rack", "rack"), ("café", "cafe\u0301"),
+                 (" rack", "rack"), ("rack ", "rack"), ("rack 1", "rack_1"), ("rack 1", "rack-1"), ("rack-1", "rack_1"),
+                 ("a" * 200, "a" * 199 + "b"), ("é" * 100, "é" * 99 + "è")):
         ca, cb = discovery_config("sr", a), discovery_config("sr", b)
         assert ca["unique_id"] != cb["unique_id"] and ca["device"]["identifiers"] != cb["device"]["identifiers"]
     assert discovery_config("sr", "rack.1")["unique_id"] == "streamrec_rack_1_83925fd7_activity"
@@ -157,6 +167,33 @@ def test_webhook_urls_that_cannot_be_reached_are_refused(url, why):
         assert text == f"[notify.webhook] url: expected an http:// or https:// URL with a port 1-65535, got {url!r} {why}"
 
 
+@pytest.mark.parametrize("url, why", [
+    ("http://host:99999999999999999999/", "with a port 1-65535, got {url!r} (Port out of range 0-65535)"),
+    ("http://[::1]:/", "with a port 1-65535, got {url!r} (empty port)"),
+    ("http://hooks.example:/in", "with a port 1-65535, got {url!r} (empty port)"),
+    ("http://[fe80::1%25eth0]/", "with a host, got {url!r} (an IPv6 zone such as %25eth0 is not supported)"),
+    ("http://[fe80::1%25eth0]:8080/in", "with a host, got {url!r} (an IPv6 zone such as %25eth0 is not supported)"),
+    ("http://hooks.example/in#frag", "without a #fragment, got {url!r}"),
+    ("https://hooks.example/in?x=1#", "without a #fragment, got {url!r}"),
+    ("http://hooks..example/in", "with a host name of letters, digits, '.', '-' or '_', got {url!r} "
+                                 "(label empty or too long)"),
+    ("http://" + "a" * 64 + ".example/in", "with a host name of letters, digits, '.', '-' or '_', got {url!r} "
+                                           "(label empty or too long)"),
+    ("http://999.1.1.1/in", "with a host name of letters, digits, '.', '-' or '_', got {url!r} (not an IPv4 address)"),
+    ("http://user@/in", "with a host, got {url!r}"),
+    ("http://:80/", "with a host, got {url!r}"),
+    ("ftp://", "with a host, got {url!r}"),
+])
+def test_webhook_url_variants_that_cannot_be_used_are_refused(url, why):
+    assert refused(WebhookConfig, url=url, secret="s") == (
+        "[notify.webhook] url: expected an http:// or https:// URL " + why.format(url=url))
+
+
+@pytest.mark.parametrize("url", ["mqtt://broker:", "mqtt://[fe80::1%25eth0]", "mqtt://broker#x", "mqtt://b..r"])
+def test_broker_url_variants_that_cannot_be_used_are_refused(url):
+    assert refused(MqttConfig, url=url).startswith("[notify.mqtt] url: expected mqtt://HOST[:PORT] or mqtts://... ")
+
+
 @pytest.mark.parametrize("url", ["mqtt://broker:0", "mqtt://broker:99999", "mqtts://broker:x", "mqtt://[::1", "mqtt://:1883"])
 def test_broker_urls_that_cannot_be_reached_are_refused(url):
     assert refused(MqttConfig, url=url).startswith("[notify.mqtt] url: expected mqtt://HOST[:PORT] or mqtts://... with a ")
@@ -181,6 +218,8 @@ def test_a_refused_url_never_shows_its_password():
 def test_valid_urls_are_accepted():
     assert WebhookConfig(url="http://[::1]:8080/in", secret="s").url == "http://[::1]:8080/in"
     assert MqttConfig(url="mqtt://[::1]:1884").port == 1884
+    assert WebhookConfig(url="https://кухня.example/in?a=1", secret="s").url  # looked up as IDNA
+    assert WebhookConfig(url="http://10.0.0.7:8080/in", secret="s").url
 
 
 @pytest.mark.parametrize("secret", ["", "   ", None])
@@ -209,6 +248,17 @@ def test_degraded_after_seconds_must_be_positive():
     ('[notify.mqtt]\nurl = "mqtt://127.0.0.1"\ntopic_prefix = "sr\\u0000x"\n', "[notify.mqtt] topic_prefix: expected an MQTT topic"),
     ('[notify.webhook]\nurl = "http://[::1/x"\nsecret = "s"\n', "[notify.webhook] url: expected an http:// or https:// URL"),
     ('[notify.webhook]\nurl = "http://127.0.0.1/x"\nsecret = ""\n', "[notify.webhook] secret: expected a secret"),
+    ('[notify.webhook]\nurl = "http://127.0.0.1/x"\nsecret = "   "\n', "[notify.webhook] secret: expected a secret"),
+    ('[notify.webhook]\nurl = "http://[::1]:/x"\nsecret = "s"\n', "(empty port)"),
+    ('[notify.webhook]\nurl = "http://[fe80::1%25eth0]/"\nsecret = "s"\n', "(an IPv6 zone such as %25eth0"),
+    ('[notify.webhook]\nurl = "http://host:99999999999999999999/"\nsecret = "s"\n', "with a port 1-65535"),
+    ('[notify.webhook]\nurl = "http://127.0.0.1/x#top"\nsecret = "s"\n', "without a #fragment"),
+    ('[notify.webhook]\nurl = " http://127.0.0.1/x"\nsecret = "s"\n', "without blanks or control characters"),
+    ('[notify.webhook]\nurl = "ftp://"\nsecret = "s"\n', "[notify.webhook] url: expected an http:// or https://"),
+    ('[notify.mqtt]\nurl = "mqtt://127.0.0.1"\ntopic_prefix = "sr\\uFEFFx"\n', "('\\ufeff')"),
+    ('[notify.mqtt]\nurl = "mqtt://127.0.0.1"\ntopic_prefix = "sr\\u007F"\n', "('\\x7f')"),
+    ('[notify.mqtt]\nurl = "mqtt://127.0.0.1"\ndiscovery_prefix = "ha//x"\n', "without empty levels"),
+    ('[notify.mqtt]\nurl = "mqtt://127.0.0.1"\ndiscovery_prefix = "ha/+/x/"\n', "got 'ha/+/x/' ('+')"),
     ('[[cameras]]\nname = "rack_1_83925fd7"\nsource = "1"\n[notify.mqtt]\nurl = "mqtt://127.0.0.1"\n'
      'homeassistant_discovery = true\n', "cameras 'rack.1' and 'rack_1_83925fd7' would share the Home Assistant id"),
 ])

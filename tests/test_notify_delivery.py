@@ -13,6 +13,7 @@ import signal
 import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -271,6 +272,139 @@ def test_closing_ends_a_webhook_delivery_in_progress(tmp_path, drip):
     wait_until(rx.hung_up.is_set, "the receiver seeing the connection closed", timeout=30)
 
 
+# -- receivers that misbehave in other ways --------------------------------------------------------
+def serve_with(handler) -> int:
+    """A loopback server handing each connection to ``handler`` in a thread of its own; its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=handler, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server.getsockname()[1]
+
+
+def answering(*parts: bytes, every_s: float = 0.0, forever: bytes = b""):
+    """A handler that reads the request, sends ``parts`` (one every ``every_s`` seconds), then
+    ``forever`` again and again until the client hangs up."""
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                for part in parts:
+                    conn.sendall(part)
+                    threading.Event().wait(every_s)
+                while forever:
+                    conn.sendall(forever)
+                    threading.Event().wait(every_s)
+            except OSError:
+                pass
+    return handle
+
+
+def silent(conn: socket.socket) -> None:
+    threading.Event().wait(120)  # accepts the connection, never reads nor answers
+    conn.close()
+
+
+def tls_drip(conn: socket.socket) -> None:
+    answering(*(bytes([b]) for b in b"\x16\x03\x03\x00\x40" + bytes(64)), every_s=0.3)(conn)
+
+
+CHUNK = b"400\r\n" + b"x" * 1024 + b"\r\n"
+TIMED_OUT = "no complete answer within 1 s (timeout)"
+
+
+@pytest.mark.parametrize("handler, scheme, expected", [
+    (silent, "http", TIMED_OUT),
+    (tls_drip, "https", TIMED_OUT),
+    (answering(forever=b"HTTP/1.1 100 Continue\r\n\r\n", every_s=0.05), "http", TIMED_OUT),
+    (answering(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", forever=CHUNK), "http", None),
+    (answering(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n", forever=b"x" * 65536), "http", None),
+    (answering(b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n", forever=CHUNK), "http", "HTTP 500 Oops"),
+    (answering(b"HTTP/1.1 200 OK\r\n", forever=b"X-Pad: " + b"y" * 60000 + b"\r\n"), "http",
+     "cannot reach the webhook: got more than 100 headers"),
+], ids=["never answers", "TLS handshake a byte at a time", "endless 100 Continue", "endless chunked 2xx",
+        "huge 2xx body", "endless chunked 500", "endless headers"])
+def test_a_misbehaving_webhook_ends_its_delivery_within_the_timeout(tmp_path, notifiers, handler, scheme, expected):
+    url = f"{scheme}://127.0.0.1:{serve_with(handler)}/hook"
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, NotifyConfig(webhook=hook(url, timeout=1.0)))
+    store.opened(event(), notify=("webhook",))
+    began = time.monotonic()
+    notifier.deliver_due()
+    assert time.monotonic() - began < 5.0
+    (row,) = outbox_rows(tmp_path / "h.db")
+    assert row["error"] == expected and (row["delivered"] is None) == (expected is not None)
+
+
+@pytest.mark.parametrize("target", ["drip", "itself"])
+def test_a_webhook_redirecting_elsewhere_or_to_itself_is_not_followed(tmp_path, drip, receiver, notifiers, target):
+    rx = drip()
+    receiver.redirect = rx.url if target == "drip" else receiver.url
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, NotifyConfig(webhook=hook(receiver.url, timeout=1.0)))
+    store.opened(event(), notify=("webhook",))
+    notifier.deliver_due()
+    (row,) = outbox_rows(tmp_path / "h.db")
+    assert row["error"] == (f"HTTP 302 redirect to {receiver.redirect} not followed: the webhook must answer 2xx itself")
+    assert receiver.count() == 1 and rx.count() == 0
+
+
+def test_a_webhook_name_that_resolves_slowly_is_cut_off_at_the_timeout(tmp_path, notifiers, monkeypatch):
+    looked_up = threading.Event()
+    real = socket.getaddrinfo
+
+    def slow(host, *args, **kw):
+        if host != "slow.example":
+            return real(host, *args, **kw)
+        looked_up.set()
+        threading.Event().wait(30)  # a resolver that takes its time
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, NotifyConfig(webhook=hook("http://slow.example/hook", timeout=1.0)))
+    store.opened(event(), notify=("webhook",))
+    began = time.monotonic()
+    notifier.deliver_due()
+    assert looked_up.is_set() and time.monotonic() - began < 5.0
+    assert outbox_rows(tmp_path / "h.db")[0]["error"] == TIMED_OUT
+
+
+def test_an_international_webhook_host_is_sent_as_idna(tmp_path, notifiers):
+    heads: list[bytes] = []
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            heads.append(conn.recv(65536))
+            conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+    port = serve_with(answer)
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, NotifyConfig(webhook=hook(f"http://ｌｏｃａｌｈｏｓｔ:{port}/hook", timeout=5.0)))
+    store.opened(event(), notify=("webhook",))
+    notifier.deliver_due()
+    assert store.outbox_stats() == {"pending": 0, "delivered": 1}
+    assert f"\r\nHost: localhost:{port}\r\n".encode() in heads[0]
+
+
+def test_healthz_names_a_broker_that_accepts_the_connection_but_never_answers(notifiers):
+    clock = Clock()
+    port = serve_with(silent)
+    notifier = notifiers(EventStore(":memory:"), NotifyConfig(mqtt=MqttConfig(f"mqtt://127.0.0.1:{port}"),
+                                                              degraded_after_seconds=60.0), clock=clock)
+    notifier.mqtt.keepalive_s = 1
+    notifier.start()
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["last_error"], "the broker's silence noticed", timeout=30)
+    clock.now += 60.0
+    (reason,) = notifier.problems()
+    assert reason.startswith(f"notify: mqtt: not connected for 60 s: the broker at mqtt://127.0.0.1:{port} accepted "
+                             "the connection but did not answer it (no CONNACK within 1 s"), reason
+
+
 # -- failing and recovering channels in /healthz ----------------------------------------------------
 def test_healthz_names_a_failing_webhook_until_it_delivers_again(tmp_path, receiver, notifiers):
     receiver.fail = 1
@@ -367,6 +501,43 @@ def test_after_a_broker_outage_an_events_end_follows_its_start(tmp_path, broker,
     assert store.outbox_stats() == {"pending": 0, "delivered": 2}
     wait_until(lambda: len(sub.on("sr/events")) == 2, "both notifications", timeout=30)
     assert [json.loads(p)["type"] for p, _ in sub.on("sr/events")] == ["event_start", "event_end"]
+
+
+def test_after_a_restart_during_an_outage_each_events_end_follows_its_start_on_both_channels(
+        tmp_path, receiver, broker, notifiers, subscribers):
+    clock = Clock()
+    db = tmp_path / "h.db"
+    config = NotifyConfig(webhook=hook(receiver.url, timeout=5.0), mqtt=MqttConfig(mqtt_url(broker), topic_prefix="sr"))
+    broker.stop()
+    receiver.fail = 2
+    store = EventStore(str(db))
+    first = notifiers(store, config, clock=clock, backoff_s=5.0)
+    first.mqtt.start()
+    for n in (1, 2):
+        store.opened(event(n), notify=("webhook", "mqtt"), now=clock())
+    first.deliver_due()  # e1's start fails on both channels
+    clock.now += 1.0
+    store.closed(ended(2), notify=("webhook", "mqtt"), now=clock())
+    store.closed(ended(1), notify=("mqtt", "webhook"), now=clock())
+    first.deliver_due()  # e2's start fails too; both ends wait for their starts
+    first.close()  # the process stops with everything undelivered
+    store.close()
+    assert [r["delivered"] for r in outbox_rows(db)] == [None] * 8
+
+    broker.start()
+    sub = subscribers(broker, "sr/events")
+    second = notifiers(EventStore(str(db)), config, clock=clock, backoff_s=5.0)
+    second.mqtt.start()
+    wait_until(lambda: second.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=60)
+    clock.now += 10.0
+    second.deliver_due()
+    assert second.store.outbox_stats() == {"pending": 0, "delivered": 8}
+    wait_until(lambda: len(sub.on("sr/events")) == 4, "MQTT's four notifications", timeout=30)
+    hooked = [json.loads(r["body"]) for r in receiver.requests][2:]  # after the two failed tries
+    published = [json.loads(p) for p, _ in sub.on("sr/events")]
+    for sent in (hooked, published):
+        for n in ("e1", "e2"):
+            assert [m["type"] for m in sent if m["event"]["id"] == n] == ["event_start", "event_end"], sent
 
 
 # -- through serve's /healthz ----------------------------------------------------------------------

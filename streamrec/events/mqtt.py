@@ -108,6 +108,7 @@ class MqttPublisher:
         self.where = mask_credentials(config.url)
         self.ack_timeout_s = ack_timeout_s
         self.reconnect_max_s = reconnect_max_s
+        self.keepalive_s = 30  # also how long a broker may take to answer the connection (CONNACK)
         self.connected = False
         self.last_error: str | None = None
         self._lock = threading.Lock()
@@ -154,7 +155,7 @@ class MqttPublisher:
         with self._lock:
             if not self.connected and self.down_since is None:
                 self.down_since = self.clock()
-        self._client.connect_async(self.config.host, self.config.port, keepalive=30)
+        self._client.connect_async(self.config.host, self.config.port, keepalive=self.keepalive_s)
         self._client.loop_start()
 
     def on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
@@ -179,8 +180,11 @@ class MqttPublisher:
             was_connected, self.connected = self.connected, False
             if was_connected:
                 self.down_since = self.clock()
-        if was_connected and not self._closed:  # after a refusal, the refusal says why
+        if was_connected and not self._closed:
             self.down(f"lost the connection to the broker at {self.where} ({reason_code}); reconnecting")
+        elif self.last_error is None and not self._closed:  # after a refusal, the refusal says why
+            self.down(f"the broker at {self.where} accepted the connection but did not answer it (no CONNACK within "
+                      f"{self.keepalive_s} s: {reason_code}); retrying")
 
     def on_connect_fail(self, client, userdata) -> None:
         why = getattr(client, "connect_error", None)

@@ -9,8 +9,10 @@ as stored in the outbox, byte for byte, with the headers
   under the secret, for the receiver to check (:func:`signature`).
 
 Any 2xx answer is a delivery. Every other answer, a timeout or a refused connection is a failure,
-retried from the outbox. ``timeout`` bounds the whole delivery, from connecting to the end of the
-answer: a receiver that sends its answer a byte at a time is cut off when the time is up.
+retried from the outbox. ``timeout`` bounds the whole delivery, from looking up the host name
+(in a helper thread: a slow resolver cannot hold it up) to the end of the answer: a receiver
+that sends its answer (or its TLS handshake) a byte at a time is cut off when the time is up.
+An international host name is looked up and sent (``Host``) as IDNA.
 **No redirect is followed**, to any host, the same one included: a redirect would send the event
 (and its signature) somewhere the config does not name; a webhook must answer itself. A 3xx is a
 failure whose error names the status and where it pointed. User information in the URL
@@ -32,6 +34,7 @@ import logging
 import http.client
 import socket
 import threading
+import time
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from streamrec.event_config import WebhookConfig, tls_context
@@ -69,6 +72,7 @@ class Deadline:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.ends = time.monotonic() + seconds
         self.expired = False
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
@@ -81,6 +85,10 @@ class Deadline:
 
     def __exit__(self, *exc: object) -> None:
         self._timer.cancel()
+
+    def left(self) -> float:
+        """Seconds until the deadline (0 once it has passed or the delivery was ended)."""
+        return 0.0 if self.expired else max(0.0, self.ends - time.monotonic())
 
     def guard(self, sock: socket.socket) -> None:
         """Shut ``sock`` down at the deadline (at once if it has passed)."""
@@ -104,6 +112,28 @@ class Deadline:
             pass  # already closed
 
 
+def resolve(host: str, port: int, deadline: Deadline) -> list[tuple]:
+    """``host``'s addresses (``socket.getaddrinfo``), or a ``TimeoutError`` once ``deadline`` has
+    passed while a slow resolver still looks it up (it goes on in its daemon thread, unheard)."""
+    box: list = []
+    done = threading.Event()
+
+    def look_up() -> None:
+        try:
+            box.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except (OSError, UnicodeError) as exc:
+            box.append(exc if isinstance(exc, OSError) else OSError(f"cannot look up {host!r}: {exc}"))
+        done.set()
+
+    threading.Thread(target=look_up, name="webhook-resolve", daemon=True).start()
+    while not done.wait(min(0.1, deadline.left())):
+        if deadline.left() <= 0:
+            raise TimeoutError(f"the name {host!r} was not looked up in time")
+    if isinstance(box[0], OSError):
+        raise box[0]
+    return box[0]
+
+
 class WebhookSender:
     """POSTs notifications to ``config.url`` (:meth:`send`); each delivery is over within
     ``config.timeout`` seconds, from connecting to the end of the answer."""
@@ -117,7 +147,9 @@ class WebhookSender:
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if self.tls else 80)
         self.path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
-        self.host_header = parts.netloc.rpartition("@")[2]
+        hostport = parts.netloc.rpartition("@")[2]  # an international name as IDNA: headers are ASCII
+        self.host_header = hostport if hostport.isascii() else self.host.encode("idna").decode() + \
+            (f":{parts.port}" if parts.port else "")
         self._lock = threading.Lock()
         self._current: Deadline | None = None  # the delivery in progress
         self._aborted = False
@@ -160,8 +192,7 @@ class WebhookSender:
             current.expire()
 
     def post(self, note: Notification, deadline: Deadline) -> str | None:
-        raw = socket.create_connection((self.host, self.port), timeout=self.config.timeout)
-        deadline.guard(raw)
+        raw = self.connect(deadline)
         conn_cls = http.client.HTTPSConnection if self.tls else http.client.HTTPConnection
         conn = conn_cls(self.host, self.port, timeout=self.config.timeout, **({"context": self.tls} if self.tls else {}))
         answer = None
@@ -186,6 +217,23 @@ class WebhookSender:
                 answer.close()  # the answer holds the connection open until it is closed too
             conn.close()
             raw.close()
+
+    def connect(self, deadline: Deadline) -> socket.socket:
+        """A TCP connection to the webhook within ``deadline``: the name is looked up in a helper
+        thread (a resolver cannot be interrupted), each address is tried with the time left."""
+        error: OSError = OSError(f"no address for {self.host}")
+        for family, kind, proto, _, address in resolve(self.host, self.port, deadline):
+            sock = socket.socket(family, kind, proto)
+            deadline.guard(sock)
+            try:
+                sock.settimeout(deadline.left() or 0.001)
+                sock.connect(address)
+                sock.settimeout(self.config.timeout)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise error
 
     def unreachable(self, reason: object) -> str:
         text = str(getattr(reason, "strerror", None) or reason)
