@@ -327,3 +327,32 @@ def test_the_bearer_scheme_is_read_in_any_case(served, scheme, target):
 @pytest.mark.parametrize("value", [f"Basic {TOKEN}", f"Bearer{TOKEN}", TOKEN, f"Token {TOKEN}"])
 def test_another_scheme_is_a_401(served, value):
     assert http(served.port, "GET", "/metrics", f"Authorization: {value}", token=False)[0] == 401
+
+
+# -- the same while serve prepares its model -------------------------------------------------------------
+
+@pytest.fixture
+def starting():
+    from streamrec.serve.starting import StartingServer
+
+    server = StartingServer("127.0.0.1", 0, token=TOKEN, expected_s=30).start()
+    yield server.port
+    server.close()
+
+
+@pytest.mark.parametrize("target", ["/", "/healthz", "/api/history"])
+def test_head_while_preparing_gets_what_get_gets(starting, target):
+    get_status, get_headers, get_body = http(starting, "GET", target)
+    status, headers, body = http(starting, "HEAD", target)
+    ignore = ("date", "content-length")  # healthz's elapsed seconds may change meanwhile
+    assert (status, {k: v for k, v in headers.items() if k not in ignore}, body) == \
+        (get_status, {k: v for k, v in get_headers.items() if k not in ignore}, b"")
+    assert status == (503 if target.startswith("/api") else 200) and int(headers["content-length"]) > 0
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_bearer_scheme_is_read_in_any_case_while_preparing(starting, scheme):
+    status, _, body = http(starting, "GET", "/healthz", f"Authorization: {scheme} {TOKEN}", token=False)
+    assert status == 200 and "expected_s" in json.loads(body)["preparing"]
+    status, _, body = http(starting, "GET", "/healthz", f"Authorization: {scheme} wrong", token=False)
+    assert status == 200 and "expected_s" not in json.loads(body)["preparing"]

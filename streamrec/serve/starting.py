@@ -33,7 +33,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from streamrec.errors import StreamrecError
-from streamrec.serve.guard import host_allowed
+from streamrec.serve.guard import bearer_token, host_allowed
 from streamrec.serve.server import page_html
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,8 @@ class StartingServer:
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 owner.answer(self)
 
+            do_HEAD = do_GET  # noqa: N815 - the same status and headers; _send leaves the body out
+
             def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
                 logger.debug("starting server: " + format, *args)
 
@@ -177,8 +179,7 @@ class StartingServer:
         if not self.token:
             return True
         given = (parse_qs(urlsplit(req.path).query).get("token") or [""])[0]
-        auth = req.headers.get("Authorization", "")
-        given = given or (auth[7:] if auth.startswith("Bearer ") else "")
+        given = given or bearer_token(req.headers.get("Authorization", "")) or ""
         return hmac.compare_digest(given.encode(), self.token.encode())
 
     def answer(self, req: BaseHTTPRequestHandler) -> None:
@@ -209,7 +210,8 @@ class StartingServer:
             req.send_header("Retry-After", "2")
         req.send_header("Connection", "close")
         req.end_headers()
-        req.wfile.write(body)
+        if req.command != "HEAD":
+            req.wfile.write(body)
 
 
 def start_answering(config, models: list[tuple[str | None, str]], cache: Path) -> tuple[StartingServer, str]:
