@@ -307,7 +307,7 @@ class WebServer:
                 return _response(HTTPStatus.UPGRADE_REQUIRED, "text/plain", b"a websocket opens with GET\n",
                                  ("Upgrade", "websocket"))
             if request.method != "GET":
-                return _response(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"GET only\n", ("Allow", "GET, HEAD"))
+                return _response(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"a websocket opens with GET\n", ("Allow", "GET, HEAD"))
             if not self._authorized(request):
                 return _response(HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token\n")
             origin = request.headers.get("Origin")
