@@ -518,15 +518,17 @@ def test_after_a_restart_during_an_outage_each_events_end_follows_its_start_on_b
     first.deliver_due()  # e1's start fails on both channels
     clock.now += 1.0
     store.closed(ended(2), notify=("webhook", "mqtt"), now=clock())
-    store.closed(ended(1), notify=("mqtt", "webhook"), now=clock())
-    first.deliver_due()  # e2's start fails too; both ends wait for their starts
-    first.close()  # the process stops with everything undelivered
+    first.deliver_due()  # e2's start fails too; its end waits for it
+    first.close()  # the process stops with everything undelivered, e1 still open
     store.close()
-    assert [r["delivered"] for r in outbox_rows(db)] == [None] * 8
+    assert [r["delivered"] for r in outbox_rows(db)] == [None] * 6
 
     broker.start()
     sub = subscribers(broker, "sr/events")
-    second = notifiers(EventStore(str(db)), config, clock=clock, backoff_s=5.0)
+    second_store = EventStore(str(db))
+    clock.now += 1.0
+    assert [ev.id for ev in second_store.recover({"lifting": ("mqtt", "webhook")}, now=clock())] == ["e1"]
+    second = notifiers(second_store, config, clock=clock, backoff_s=5.0)
     second.mqtt.start()
     wait_until(lambda: second.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=60)
     clock.now += 10.0
@@ -538,6 +540,16 @@ def test_after_a_restart_during_an_outage_each_events_end_follows_its_start_on_b
     for sent in (hooked, published):
         for n in ("e1", "e2"):
             assert [m["type"] for m in sent if m["event"]["id"] == n] == ["event_start", "event_end"], sent
+
+
+def test_an_event_left_open_ends_only_on_the_channels_told_of_its_start(tmp_path):
+    db = tmp_path / "h.db"
+    store = EventStore(str(db))
+    store.opened(event(1), notify=("webhook",))  # the rule told the webhook only
+    store.close()
+    store = EventStore(str(db))  # the next start: the rule now notifies MQTT too
+    store.recover({"lifting": ("webhook", "mqtt")})
+    assert [(r["kind"], r["channel"]) for r in outbox_rows(db)] == [("event_start", "webhook"), ("event_end", "webhook")]
 
 
 # -- through serve's /healthz ----------------------------------------------------------------------

@@ -288,12 +288,16 @@ class EventStore:
         self._run("UPDATE events SET clip = NULL, clip_bytes = 0 WHERE id = ?", (event_id,))
 
     def recover(self, notify_of: dict[str, tuple[str, ...]], now: float | None = None) -> list[Event]:
-        """Close the events a killed process left open, at their last label; their end is notified."""
+        """Close the events a killed process left open, at their last label; their end is notified
+        on each channel of their rule that was told of their start (a channel added to the rule
+        since then never gets an end without its start)."""
         out = []
         for row in self.query(state="open", limit=None):
             ev = Event(row["id"], row["rule"], row["camera"], row["label"], row["start_ts"], row["peak_score"],
                        row["mean_score"], end_ts=self.get(row["id"])["last_ts"])
-            self.closed(ev, notify=notify_of.get(ev.rule, ()), now=now)
+            told = {c for c, in self._run("SELECT channel FROM outbox WHERE event_id = ? AND kind = 'event_start'",
+                                          (ev.id,))}
+            self.closed(ev, notify=[c for c in notify_of.get(ev.rule, ()) if c in told], now=now)
             out.append(ev)
         return out
 
