@@ -166,16 +166,19 @@ def test_kill_during_an_event_then_restart_closes_it_and_delivers_what_was_pendi
     assert hooks(receiver, "event_end") == []
     ev = json.loads(start["body"])["event"]
     clip = tmp_path / "clips" / "lane" / f"{ev['id']}.mp4"
-    assert clip.is_file()
-    with av.open(str(clip)) as out:  # fragmented: playable up to the kill
+    part = clip.with_name(clip.name + ".part")  # still being written when the process died
+    assert part.is_file() and not clip.exists()
+    with av.open(str(part)) as out:  # fragmented: playable up to the kill
         assert sum(1 for _ in out.decode(video=0)) > 0
     proc = serve(cfg)  # the next start closes the event at its last label and sends its end
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
         [end] = wait_until(lambda: [r for r in hooks(receiver, "event_end")
                                     if json.loads(r["body"])["event"]["id"] == ev["id"]], "the pending end", timeout=60)
+        wait_until(clip.is_file, "the killed clip recovered under its own name")
     finally:
         assert sigterm(proc) == 0
+    assert not part.exists()
     closed = json.loads(end["body"])["event"]
     assert closed["state"] == "closed" and closed["end_ts"] >= closed["start_ts"] == ev["start_ts"]
 
