@@ -542,6 +542,25 @@ def test_after_a_restart_during_an_outage_each_events_end_follows_its_start_on_b
             assert [m["type"] for m in sent if m["event"]["id"] == n] == ["event_start", "event_end"], sent
 
 
+def test_an_events_end_is_given_up_with_its_start_never_sent_alone(tmp_path, receiver, notifiers):
+    receiver.fail = 1
+    clock = Clock()
+    db = tmp_path / "h.db"
+    store = EventStore(str(db))
+    notifier = notifiers(store, NotifyConfig(webhook=hook(receiver.url, timeout=5.0)), clock=clock, backoff_s=60.0,
+                         max_age_s=100.0)
+    store.opened(event(1), notify=("webhook",), now=clock())
+    notifier.deliver_due()  # 500: the start backs off
+    clock.now += 90.0
+    store.closed(ended(1), notify=("webhook",), now=clock())
+    store.opened(event(2), notify=("webhook",), now=clock())
+    clock.now += 20.0  # the start is too old now; its end is not, yet it goes with it
+    notifier.deliver_due()
+    assert [(json.loads(r["body"])["event"]["id"], json.loads(r["body"])["type"]) for r in receiver.requests] == [
+        ("e1", "event_start"), ("e2", "event_start")]
+    assert notifier.stats()["expired"] == 2 and store.outbox_stats() == {"pending": 0, "delivered": 1}
+
+
 def test_an_event_left_open_ends_only_on_the_channels_told_of_its_start(tmp_path):
     db = tmp_path / "h.db"
     store = EventStore(str(db))

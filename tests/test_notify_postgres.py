@@ -37,3 +37,16 @@ def test_an_events_end_waits_for_its_start_in_postgres(server, receiver):  # noq
     finally:
         notifier.close()
         store.close()
+
+
+def test_an_events_end_is_given_up_with_its_start_in_postgres(server):  # noqa: F811 - fixture
+    store = EventStore(server.url)
+    try:
+        name = f"pg-expire-{id(store)}"
+        store.opened(Event(name, "lifting", "rack-1", "deadlifting", 101.0, 0.8, 0.7), notify=("webhook",), now=100.0)
+        store.closed(Event(name, "lifting", "rack-1", "deadlifting", 101.0, 0.8, 0.7, end_ts=105.0),
+                     notify=("webhook",), now=200.0)
+        assert store.expire(150.0) >= 2  # the start is too old: its end goes with it
+        assert [n for n in store.pending(now=2e9) if n.event_id == name] == []
+    finally:
+        store.close()

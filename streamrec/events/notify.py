@@ -6,7 +6,8 @@ channel (:mod:`streamrec.events.webhook`, :mod:`streamrec.events.mqtt`): a webho
 never delays MQTT, nor the other way round. A delivery is marked with
 :meth:`EventStore.delivered`; a failure with :meth:`EventStore.failed` and the next try
 ``backoff_s * 2**attempts`` seconds later (at most ``max_backoff_s``). Once a notification is older
-than ``max_age_s`` it is given up (:meth:`EventStore.expire`, one warning line). The outbox is in
+than ``max_age_s`` it is given up, with its event's later ones on its channel (:meth:`EventStore.expire`,
+one warning line): an ``event_end`` is never sent alone. The outbox is in
 the history database, so what one process could not deliver the next one delivers.
 
 **Order**: on each channel, an event's notifications go out in the order they were written: its

@@ -362,9 +362,13 @@ class EventStore:
                   (error[:500], next_try, note_id))
 
     def expire(self, older_than: float) -> int:
-        """Give up on notifications created before ``older_than``; how many."""
-        n = self._run("SELECT COUNT(*) FROM outbox WHERE delivered IS NULL AND created < ?", (older_than,))[0][0]
-        self._run("DELETE FROM outbox WHERE delivered IS NULL AND created < ?", (older_than,))
+        """Give up on notifications created before ``older_than``, and on the later ones of their
+        event on their channel (never an ``event_end`` whose ``event_start`` was given up); how many."""
+        where = ("delivered IS NULL AND (created < ? OR EXISTS (SELECT 1 FROM outbox e WHERE e.event_id = "
+                 "outbox.event_id AND e.channel = outbox.channel AND e.delivered IS NULL AND e.id < outbox.id "
+                 "AND e.created < ?))")
+        n = self._run(f"SELECT COUNT(*) FROM outbox WHERE {where}", (older_than, older_than))[0][0]
+        self._run(f"DELETE FROM outbox WHERE {where}", (older_than, older_than))
         return n
 
     def outbox_stats(self) -> dict[str, int]:
