@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,11 @@ def text_tuple(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
         raise StreamrecError(f"{where}: expected a list of names, got {value!r}")
     return tuple(v.strip() for v in value)
+
+
+def visible(text: str) -> str:
+    """``text`` without blanks and invisible format characters (zero-width spaces, a byte order mark)."""
+    return "".join(c for c in text if not c.isspace() and unicodedata.category(c) != "Cf")
 
 
 def tls_context(ca_file: str | None, where: str) -> ssl.SSLContext:
@@ -132,10 +138,10 @@ class WebhookConfig:
                 raise StreamrecError(f"[notify.webhook] ca_file: expected an https:// url with it, "
                                      f"got {mask_credentials(self.url)!r}")
             tls_context(self.ca_file, "[notify.webhook]")
-        if self.sign and not (self.secret or "").strip():
+        if self.sign and not visible(self.secret or ""):
             raise StreamrecError(f"[notify.webhook] secret: expected a secret to sign with (or sign = false to send "
                                  f"unsigned), got {self.secret!r}")
-        if not self.sign and (self.secret or "").strip():
+        if not self.sign and visible(self.secret or ""):
             raise StreamrecError("[notify.webhook] secret: expected no secret with sign = false, got one")
 
     @classmethod

@@ -222,7 +222,7 @@ def test_valid_urls_are_accepted():
     assert WebhookConfig(url="http://10.0.0.7:8080/in", secret="s").url
 
 
-@pytest.mark.parametrize("secret", ["", "   ", None])
+@pytest.mark.parametrize("secret", ["", "   ", None, "\t\n", "\u3000", "\u200b", " \ufeff "])
 def test_a_webhook_without_a_secret_is_refused_unless_sign_is_false(secret):
     assert refused(WebhookConfig, url="https://h/in", secret=secret) == " ".join(
         f"[notify.webhook] secret: expected a secret to sign with (or sign = false to send unsigned), got {secret!r}"
