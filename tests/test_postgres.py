@@ -80,7 +80,8 @@ def test_store_roundtrip(postgres):
     store.close()
     assert [(r["label"], r["start"], r["end"], r["mean_score"], r["peak_score"]) for r in rows] == [
         ("a", 1.0, 2.0, 0.4, 0.4), ("b", 2.0, 4.0, 0.7, 0.8)]
-    assert newest == rows[1:] and batched == rows
+    assert newest == rows[1:] and batched == [{k: v for k, v in r.items() if k != "open"} for r in rows]
+    assert [r["open"] for r in rows] == [False, False]  # closed: none is still going
     store = HistoryStore(postgres, retain_days=1, clock=lambda: 3.0 + 86400)  # "a" ended at 2.0: over a day ago
     try:
         assert store.pruned == 1 and [r["label"] for r in store.query(camera="pg-cam")] == ["b"]

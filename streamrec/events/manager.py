@@ -29,6 +29,7 @@ from streamrec.events.engine import Change, RuleEngine, rule_labels
 from streamrec.events.inbox import Inbox
 from streamrec.events.store import DatabaseUnavailable, EventStore
 from streamrec.models import kinetics
+from streamrec.retry import Backoff
 from streamrec.supervision import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ ClipsFactory = Callable[[Callable[[str, "str | None", int], None], Callable[[str
 SEEN_EVERY_S = 1.0  # how often an open event's last label is written (for recovery after a kill)
 PRUNE_EVERY_S = 600.0  # how often retention deletes old events and clips (and at the first label)
 QUEUE_SIZE = 10_000  # labels waiting for the events thread (minutes of a camera's labels while a database restarts)
-RETRY_S, MAX_RETRY_S = 0.5, 10.0  # a write to a database that does not answer: tried again after these waits
+RETRY = Backoff(base_s=0.5, cap_s=10.0)  # a write to a database that does not answer: tried again after these waits
 JOIN_S = 10.0  # finish(): how long the events thread may take to handle what is queued
 
 
@@ -152,7 +153,7 @@ class EventManager:
     def write(self, what: str, fn: Callable[[], Any]) -> Any:
         """``fn()``, a database write, tried again while the database does not answer, until it
         lands or :meth:`close` gives up (the labels queue up meanwhile)."""
-        delay = RETRY_S
+        attempt = 0
         while True:
             if self._gave_up:
                 raise DatabaseUnavailable(f"events: {what} not written: the database did not answer at the stop")
@@ -162,10 +163,10 @@ class EventManager:
                 if not self.waiting_db:
                     logger.warning("events: %s: %s; trying again until it answers", what, exc)
                 self.waiting_db = True
-                if self.inbox.closing.wait(delay):  # stopping: no more tries, for this write or the next
+                if self.inbox.closing.wait(RETRY.delay(attempt)):  # stopping: no more tries, for this write or the next
                     self._gave_up = True
                     raise
-                delay = min(delay * 2, MAX_RETRY_S)
+                attempt += 1
                 continue
             if self.waiting_db:
                 logger.info("events: the database answers again")

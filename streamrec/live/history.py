@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 from streamrec.errors import StreamrecError, install_hint
 from streamrec.redact import printable
+from streamrec.retry import Backoff
 from streamrec.live.segments import STALE_FACTOR, STALE_FLOOR_S, Segment, SegmentTracker  # noqa: F401 - re-exported
 from streamrec.supervision import Supervisor
 
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS segments (
     windows INTEGER NOT NULL
 )"""
 INDEX = "CREATE INDEX IF NOT EXISTS segments_camera_start ON segments (camera, start_ts)"
+RECONNECT = Backoff(base_s=0.5, cap_s=30.0)  # a lost database: connected to again after these waits
 COLUMNS = ("camera", "label", "start", "end", "mean_score", "peak_score", "windows")
 
 
@@ -202,17 +204,17 @@ class HistoryStore:
         return self.postgres and bool(getattr(self._conn, "broken", False) or getattr(self._conn, "closed", False))
 
     def _reconnect(self, exc: Exception) -> bool:
-        """Connect again, retrying every 0.5 s to 30 s, until it works (True) or the store closes (False)."""
+        """Connect again, waiting :data:`RECONNECT` between tries, until it works (True) or the store closes (False)."""
         logger.warning("history: lost the database %s (%s); reconnecting", _safe(self.target),
                        printable(str(exc).strip()))
-        delay = 0.5
+        attempt = 0
         while not self._closing.is_set():
             try:
                 conn = self._connect()
             except StreamrecError as err:
                 logger.debug("history: reconnect failed: %s", err)
-                self._closing.wait(delay)
-                delay = min(delay * 2, 30.0)
+                self._closing.wait(RECONNECT.delay(attempt))
+                attempt += 1
                 continue
             self._swap(conn)
             return True
