@@ -45,6 +45,19 @@ def pytest_configure(config) -> None:
         raise pytest.UsageError(f"STREAMREC_REQUIRE: expected 'all' or nothing, got {REQUIRE!r}")
 
 
+SLOW_MARKS = ("browser", "rtsp", "gpu", "soak", "load")  # always too slow for the fast lane
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests of a browser, an RTSP server or a GPU, and soak and load tests, are ``slow`` too:
+    ``pytest -m "not slow"`` (the fast lane, whose ``-m`` replaces the default one) leaves them
+    out with the tests marked ``slow`` one by one."""
+    for item in items:
+        if any(item.get_closest_marker(m) for m in SLOW_MARKS):
+            item.add_marker(pytest.mark.slow)
+
+
 def _skip_reason(report) -> str:
     longrepr = report.longrepr
     reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)

@@ -40,6 +40,7 @@ def real_windows(demo_clip, r2plus1d):
     return clip_windows([demo_clip], r2plus1d, stride=0.35)
 
 
+@pytest.mark.slow
 def test_backends_agree_with_eager_on_every_real_window(real_windows, r2plus1d):
     windows = real_windows
     assert len(windows) >= 25
@@ -60,6 +61,7 @@ def _openvino_has_partitioner() -> bool:
     return "TBB_PARTITIONER" in ov.Core().get_property("CPU", "SUPPORTED_PROPERTIES")
 
 
+@pytest.mark.slow
 @pytest.mark.hardware
 @pytest.mark.skipif(not _openvino_has_partitioner(), reason="this OpenVINO cannot choose its TBB partitioner")
 def test_openvino_balances_layers_across_threads_with_the_same_logits(real_windows, r2plus1d):
@@ -74,6 +76,7 @@ def test_openvino_balances_layers_across_threads_with_the_same_logits(real_windo
         assert torch.equal(balanced(window), fixed(window))
 
 
+@pytest.mark.slow
 @pytest.mark.hardware
 @pytest.mark.skipif(not openvino.bf16_supported(), reason="this CPU has no bfloat16 instructions")
 def test_bf16_backend_computes_in_bfloat16_and_keeps_every_real_windows_top1(real_windows, r2plus1d):
@@ -86,6 +89,7 @@ def test_bf16_backend_computes_in_bfloat16_and_keeps_every_real_windows_top1(rea
     assert 1e-4 < r["max_abs_logit_diff"] < 2e-2
 
 
+@pytest.mark.slow
 def test_auto_never_picks_a_lower_precision_backend(tmp_path, monkeypatch):
     """bf16 and int8 change the scores a little: only asked for, never chosen by timing."""
     for module in (openvino, autopick):
@@ -96,6 +100,7 @@ def test_auto_never_picks_a_lower_precision_backend(tmp_path, monkeypatch):
     assert "openvino-bf16" in catalog.BACKEND_NAMES and "openvino-bf16" not in backends.available()
 
 
+@pytest.mark.slow
 def test_auto_picks_a_measured_backend_and_caches_it(tmp_path, monkeypatch):
     for module in (openvino, autopick):
         monkeypatch.setattr(module, "CACHE", tmp_path)
@@ -108,6 +113,7 @@ def test_auto_picks_a_measured_backend_and_caches_it(tmp_path, monkeypatch):
     assert again.backend == first.backend
 
 
+@pytest.mark.slow
 def test_batched_torchscript_matches_eager_per_window():
     torch.manual_seed(0)
     loaded = load_model("tiny3d", weights="none")
@@ -121,6 +127,7 @@ def test_batched_torchscript_matches_eager_per_window():
     assert torch.allclose(batched, single, atol=1e-4) and torch.allclose(batched, eager, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bench_report_runs_end_to_end(demo_clip):
     report = run(models=["tiny3d"], clip=demo_clip, clips=[demo_clip],
                  device="cpu", batches=[1, 2], int8=True, repeats=1)
@@ -143,6 +150,7 @@ def test_compile_backend_is_for_gpus_only():
         Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="compile")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["torch", "torchscript", "onnxruntime", "openvino", pytest.param(
     "openvino-bf16", marks=[pytest.mark.hardware,
                             pytest.mark.skipif(not openvino.bf16_supported(), reason="this CPU has no bfloat16 instructions")])])
@@ -207,6 +215,7 @@ def test_auto_choice_for_a_gpu_is_timed_on_its_example_and_cached_under_its_own_
     assert again == {} and calls == {}  # the cached choice is built, nothing is timed
 
 
+@pytest.mark.slow
 def test_our_torchscript_and_onnx_steps_show_no_deprecation_warnings(tmp_path, monkeypatch):
     """torch 2.14 deprecates torch.jit and the TorchScript-based ONNX exporter; streamrec uses
     both on purpose, and a user of `export` or `--backend openvino` cannot act on the warnings."""
@@ -248,6 +257,7 @@ def test_torchscript_quiet_hides_only_torch_jit_deprecations():
         (FutureWarning, "`torch.jit.trace` is deprecated.")]
 
 
+@pytest.mark.slow
 def test_openvino_is_used_without_its_telemetry(tmp_path):
     """OpenVINO collects usage data by default: ``import openvino`` writes a client id to
     ``~/intel`` and each conversion sends events to Google Analytics. A fresh process (its own
@@ -279,6 +289,7 @@ def test_openvino_is_used_without_its_telemetry(tmp_path):
     assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []  # no ~/intel/openvino_ga_cid
 
 
+@pytest.mark.slow
 def test_openvino_cache_keeps_the_most_recently_used_models(tmp_path, monkeypatch):
     """One converted model per weights, at most OPENVINO_KEEP of them, the least recently used
     deleted first; random weights are never written."""

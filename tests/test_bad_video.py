@@ -56,6 +56,7 @@ def demo_mkv(demo_clip, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [0.3, 0.6, 0.9])
 def test_truncated_files(tmp_path, tiny, keep, demo_mkv):
     data = demo_mkv.read_bytes()
@@ -76,6 +77,7 @@ def test_truncated_mp4_without_index_is_a_clear_error(tmp_path, tiny):
         classify_file(p, loaded=tiny)
 
 
+@pytest.mark.slow
 def test_resolution_change_in_the_middle(tmp_path, tiny):
     a = write_frames(tmp_path / "a.ts", noise(30, 240, 320), 30, fmt="mpegts")
     b = write_frames(tmp_path / "b.ts", noise(30, 480, 640), 30, fmt="mpegts")
@@ -94,6 +96,7 @@ def test_one_by_one_pixel_video(tmp_path, tiny):
     assert tl.windows
 
 
+@pytest.mark.slow
 def test_4k_frames_and_grayscale(tmp_path, tiny):
     p = write_frames(tmp_path / "4k.mp4", noise(4, 2160, 3840), 30, codec="mpeg4")
     assert classify_file(p, loaded=tiny).padded
@@ -115,6 +118,7 @@ def test_credentials_never_shown():
     assert SourceSpec.parse("rtsp://admin:hunter2@10.0.0.5/s").display_name == "rtsp://admin:***@10.0.0.5/s"
 
 
+@pytest.mark.slow
 def test_classify_out_is_never_half_written(tmp_path):
     out = tmp_path / "out.csv"
     out.write_text("previous,complete,file\n")
@@ -137,6 +141,7 @@ def _packets(path) -> tuple[int, int]:
     return n, bad
 
 
+@pytest.mark.slow
 def test_a_damaged_file_is_classified_as_far_as_it_decodes_and_says_so(tmp_path, tiny, demo_clip):
     data = bytearray(demo_clip.read_bytes())
     rng = np.random.default_rng(1)

@@ -83,6 +83,7 @@ def label_seq(page) -> int:
     return int(page.get_attribute("[data-testid=label]", "data-seq") or 0)
 
 
+@pytest.mark.slow
 def test_page_shows_predictions_video_and_reconnects(demo_clip, page, artifacts, tmp_path):
     port = free_port()
     proc = serve(demo_clip, port, tmp_path / "h.db")
@@ -124,6 +125,7 @@ def test_page_shows_predictions_video_and_reconnects(demo_clip, page, artifacts,
             stop(proc)
 
 
+@pytest.mark.slow
 def test_a_restarted_server_without_a_camera_loses_its_tile(demo_clip, page, tmp_path):
     """The gym's config loses a camera and the server restarts: the open page drops that tile
     (it never got the removal notice) and keeps the others."""
@@ -159,6 +161,7 @@ def test_a_restarted_server_without_a_camera_loses_its_tile(demo_clip, page, tmp
             stop(proc)
 
 
+@pytest.mark.slow
 def test_overlay_mode_shows_only_the_label_and_the_warning(demo_clip, page, artifacts, tmp_path):
     """An OBS overlay of a model with random weights: the label, and the warning that it means nothing."""
     port = free_port()
@@ -195,6 +198,7 @@ PAST = [("arm wrestling", -560, -430, 0.72, 0.90), ("uncertain", -430, -400, 0.3
 CLOCK = re.compile(r"\d{1,2}:\d{2}")
 
 
+@pytest.mark.slow
 def test_a_coach_reads_the_dashboard(demo_clip, page, artifacts, tmp_path):
     """Plain words first, the engineering figures behind "details"; the 10-minute strip with its
     legend, time axis and a click for a segment's details; a favicon; /healthz's degraded state in a
@@ -283,6 +287,7 @@ def test_a_coach_reads_the_dashboard(demo_clip, page, artifacts, tmp_path):
         stop(proc)
 
 
+@pytest.mark.slow
 def test_dashboard_with_16_cameras(demo_clip, page, artifacts, tmp_path):
     cameras = [f"cam-{i:02d}" for i in range(16)]
     lines = ['model = "tiny3d"', 'weights = "none"']
@@ -326,6 +331,7 @@ def test_dashboard_with_16_cameras(demo_clip, page, artifacts, tmp_path):
         stop(proc)
 
 
+@pytest.mark.slow
 def test_a_phone_sees_the_whole_label(demo_clip, page, artifacts, tmp_path):
     """A coach on the sideline opens the page on a phone: the label wraps, never cut short."""
     port = free_port()
@@ -347,6 +353,7 @@ def test_a_phone_sees_the_whole_label(demo_clip, page, artifacts, tmp_path):
         stop(proc)
 
 
+@pytest.mark.slow
 def test_a_source_that_fails_shows_why(tmp_path, demo_clip, page):
     data = bytearray(demo_clip.read_bytes())
     rng = np.random.default_rng(1)

@@ -116,6 +116,7 @@ def get_json(url: str):
         return json.loads(r.read())
 
 
+@pytest.mark.slow
 def test_events_reach_the_page_play_filter_and_the_day_adds_up(tmp_path, demo_clip, page, artifacts):
     db, clips = tmp_path / "h.db", tmp_path / "clips"
     now = time.time()
@@ -265,6 +266,7 @@ def test_events_reach_the_page_play_filter_and_the_day_adds_up(tmp_path, demo_cl
 PAGE = ROOT / "streamrec" / "serve" / "web" / "index.html"
 
 
+@pytest.mark.slow
 def test_the_panel_follows_the_websocket_by_id(page, demo_clip):
     """The page alone, its server played by playwright: an event pushed open, then closed, is one
     item that changes (its duration, then its thumbnail); pushes of another day or of a camera the

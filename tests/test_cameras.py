@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from streamrec.live.history import HistoryStore, SegmentTracker
 
@@ -51,6 +52,7 @@ async def predictions_by_camera(port: int, want: set[str], timeout: float = 60, 
     return got
 
 
+@pytest.mark.slow
 def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, tmp_path):
     port, db, token = free_port(), tmp_path / "h.db", "t0k"
     cfg = write_config(tmp_path / "gym.toml", [demo_clip] * 3, ["court-1", "court-2", "warmup"],
@@ -161,6 +163,7 @@ def test_kill_9_loses_at_most_the_open_segment(tmp_path):
     assert conn.execute("SELECT MAX(end_ts) FROM segments").fetchone()[0] >= last
 
 
+@pytest.mark.slow
 def test_adding_a_camera_with_a_new_model_does_not_stop_the_server(demo_clip, tmp_path):
     import threading
 

@@ -50,6 +50,7 @@ def cluster():
         c.shutdown()
 
 
+@pytest.mark.slow
 def test_labels_arrive_for_every_camera_across_two_workers(cluster, demo_clip, tmp_path):
     from streamrec.cluster.runner import ClusterRunner
 
@@ -134,6 +135,7 @@ def stop_thread(app, runner: threading.Thread) -> None:
     runner.join(20)
 
 
+@pytest.mark.slow
 def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, demo_clip, tmp_path):
     from streamrec.cluster.app import ClusterApp
 
@@ -198,6 +200,7 @@ def test_dashboard_shows_every_cluster_camera_and_stops_cleanly(cluster, demo_cl
         store.close()
 
 
+@pytest.mark.slow
 def test_cluster_command_serves_the_dashboard_and_stops_on_sigterm(cluster, demo_clip, tmp_path):
     names = [demo_clip] * 2
     cfg = tmp_path / "cams.toml"
@@ -239,6 +242,7 @@ def test_cluster_command_serves_the_dashboard_and_stops_on_sigterm(cluster, demo
     assert "random weights, every label shown is meaningless" in text
 
 
+@pytest.mark.slow
 def test_a_lost_camera_actor_reads_unreachable_while_the_others_go_on(cluster, demo_clip):
     from streamrec.cluster.runner import ClusterRunner
 
@@ -267,6 +271,7 @@ def test_a_lost_camera_actor_reads_unreachable_while_the_others_go_on(cluster, d
     assert stats["cam1"]["state"] == "unreachable" and stats["cam0"]["state"] == "running"
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_cluster_dashboard_in_chromium(cluster, demo_clip, tmp_path, artifacts):
     from streamrec.cluster.app import ClusterApp
@@ -315,6 +320,7 @@ class GoneReader(io.StringIO):
         return super().write(text)
 
 
+@pytest.mark.slow
 def test_cameras_added_and_removed_while_the_cluster_runs(cluster, demo_clip, tmp_path):
     from streamrec.cluster.app import ClusterApp
 
@@ -403,6 +409,7 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, demo_clip, tm
         store.close()
 
 
+@pytest.mark.slow
 def test_cluster_camera_that_cannot_open_is_a_one_line_error(cluster, tmp_path, demo_clip):
     cfg = tmp_path / "cams.toml"
     cfg.write_text(f'model = "tiny3d"\nweights = "none"\ndevice = "cpu"\n\n[[cameras]]\nname = "ok"\nsource = "{demo_clip}"\n'
@@ -417,6 +424,7 @@ def test_cluster_camera_that_cannot_open_is_a_one_line_error(cluster, tmp_path, 
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_stride_ms_spaces_each_cameras_labels(cluster, demo_clip):
     from streamrec.cluster.runner import ClusterRunner
 
@@ -438,6 +446,7 @@ def test_stride_ms_spaces_each_cameras_labels(cluster, demo_clip):
         assert len(times) >= 4 and gaps.min() >= 0.7, (name, gaps)
 
 
+@pytest.mark.slow
 def test_cluster_command_without_dashboard_runs_for_seconds(cluster, demo_clip, tmp_path):
     busy = socket.socket()  # the config's port is taken: --no-dashboard never binds it
     busy.bind(("127.0.0.1", 0))
@@ -473,6 +482,7 @@ def fetched(url: str, headers: dict) -> bytes | None:
         return None
 
 
+@pytest.mark.slow
 def test_cluster_events_have_clips_written_on_the_camera_nodes(cluster, tmp_path, directions_model, receiver):
     """A rule on the driver opens an event; the camera's actor, on a worker node, copies its
     packets into the clip (no re-encoding) and writes the thumbnail; the driver serves both. A
@@ -558,6 +568,7 @@ def test_cluster_events_have_clips_written_on_the_camera_nodes(cluster, tmp_path
         assert cv2.imdecode(np.frombuffer(thumb, np.uint8), cv2.IMREAD_COLOR).shape[2] == 3
 
 
+@pytest.mark.slow
 def test_cluster_recording_dir_not_writable_on_a_camera_node_is_a_one_line_error(cluster, tmp_path, demo_clip):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

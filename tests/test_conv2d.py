@@ -23,6 +23,7 @@ def with_random_norms(net: nn.Module) -> nn.Module:
     return net.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ctor, size, swapped", [(r2plus1d_18, 112, 34), (s3d, 224, 40)])
 def test_factorized_model_computes_the_same_logits(ctor, size, swapped):
     torch.manual_seed(0)
@@ -60,6 +61,7 @@ def test_spatial_and_temporal_conv_reject_other_shapes():
         assert torch.allclose(TemporalConv(conv)(x), conv(x), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_channel_padding_is_exact_and_reaches_multiples_of_8():
     from streamrec.runtime.graphs import fold_norms, pad_channels
 
@@ -78,6 +80,7 @@ def test_channel_padding_is_exact_and_reaches_multiples_of_8():
         assert (flat(x) - ref).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_conv_variants_all_compute_the_same_logits():
     from streamrec.runtime.graphs import conv_variants
 
@@ -94,6 +97,7 @@ def test_conv_variants_all_compute_the_same_logits():
     assert list(conv_variants(r3d_18().eval())) == [""]  # 64/128/256/512 channels, full 3-D kernels
 
 
+@pytest.mark.slow
 def test_inplace_factorize_consumes_the_model_without_copying_its_weights():
     torch.manual_seed(0)
     net = with_random_norms(r2plus1d_18())
@@ -113,6 +117,7 @@ def test_inplace_factorize_consumes_the_model_without_copying_its_weights():
     assert sum(p.numel() for p in flat.parameters()) < before  # batch-norm parameters folded away
 
 
+@pytest.mark.slow
 def test_cpu_eager_backend_runs_the_exact_rewrite_and_keeps_one_copy():
     from streamrec.runtime.classifier import Classifier
     from streamrec.models.registry import LoadedModel, model_spec
@@ -134,6 +139,7 @@ def test_cpu_eager_backend_runs_the_exact_rewrite_and_keeps_one_copy():
     assert (clf.logits(crops) - ref).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_fuse_relu_folds_every_relu_and_shortcut_add_exactly():
     from streamrec.runtime.graphs import ConvAddReLU, ConvReLU, fold_norms, fuse_relu
 
@@ -186,6 +192,7 @@ def test_fuse_relu_keeps_the_graph_order_and_skips_shared_outputs():
         assert (gm(x) - net(x)).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_fused_variants_are_offered_on_request_and_compute_the_same_logits():
     from streamrec.runtime.graphs import conv_variants
 

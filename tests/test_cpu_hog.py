@@ -9,12 +9,14 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from conftest import ROOT, wait_until
 
 HOG = str(ROOT / "benchmarks" / "cpu_hog.py")
 
 
+@pytest.mark.slow
 def test_cpu_hog_spins_for_its_seconds_and_exits_by_itself():
     proc = subprocess.Popen([sys.executable, HOG, "--seconds", "2", "--workers", "1"], stderr=subprocess.PIPE, text=True)
     try:

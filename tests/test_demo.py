@@ -5,9 +5,12 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs(demo_clip, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("STREAMREC_OFFLINE", "1")

@@ -17,6 +17,7 @@ def test_the_modules_with_examples_are_found():
     assert "models.exported" not in MODULES  # its examples need a model file: skipped
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name, tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMREC_CACHE", str(tmp_path))

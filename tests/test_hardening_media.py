@@ -79,6 +79,7 @@ def test_every_av_open_in_the_package_goes_through_open_container():
     assert len(calls) == 1 and "metadata_errors=" in calls[0] and calls[0].startswith("streamrec/live/sources.py"), calls
 
 
+@pytest.mark.slow
 def test_classify_reads_it(bad_avi):
     proc = run_cli("classify", str(bad_avi), "--model", "tiny3d", "--weights", "none", "--format", "json", timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -87,6 +88,7 @@ def test_classify_reads_it(bad_avi):
     assert out["decode_errors"] == 0 and len(out["windows"]) == 3  # 3 s at 15 fps, a 1 s window every 1 s
 
 
+@pytest.mark.slow
 def test_dataset_catalogs_it(bad_avi, tmp_path):
     weird = os.fsdecode(b"caf\xe9")  # a folder and a file whose names are not UTF-8 either
     for cls in ("a", weird):
@@ -103,6 +105,7 @@ def test_dataset_catalogs_it(bad_avi, tmp_path):
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_train_on_a_folder_of_them(tmp_path):
     rng = np.random.default_rng(1)
     weird = os.fsdecode(b"top_\xff")  # a class folder whose name is not UTF-8
@@ -121,6 +124,7 @@ def test_train_on_a_folder_of_them(tmp_path):
     assert torch.load(out, weights_only=False)["classes"] == ["left_to_right", "top_\ufffd"]
 
 
+@pytest.mark.slow
 def test_serve_streams_it(bad_avi):
     port = free_port()
     proc = start_serve("--source", str(bad_avi), "--loop", "--model", "tiny3d", "--weights", "none",
@@ -135,6 +139,7 @@ def test_serve_streams_it(bad_avi):
     assert "Traceback" not in proc.stderr.read()
 
 
+@pytest.mark.slow
 def test_classify_plots_a_file_whose_name_is_not_utf8(bad_avi, tmp_path):
     clip = tmp_path / os.fsdecode(b"clip_\xff.avi")
     clip.write_bytes(bad_avi.read_bytes())

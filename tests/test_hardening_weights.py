@@ -38,6 +38,7 @@ def test_a_file_that_is_no_torch_file_is_refused_before_any_load(clip, tmp_path)
     assert CHILD not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_damaged_torch_file_is_loaded_by_one_child_only(clip, tmp_path):
     """It used to be loaded by two children (the command's first-start step, then the library's)
     and then once more in the process; now the command's child and the process that reports it."""

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from torchvision.models import get_model_weights
 
 from streamrec.models import kinetics
@@ -29,6 +30,7 @@ def test_sport_groups():
     assert kinetics.group_of("dining") == "food and drink"
 
 
+@pytest.mark.slow
 def test_labels_cli_json_and_text():
     proc = run_cli("labels", "--sports", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -39,6 +41,7 @@ def test_labels_cli_json_and_text():
     assert len(proc.stdout.splitlines()) == 400
 
 
+@pytest.mark.slow
 def test_labels_cli_finds_classes_by_text():
     proc = run_cli("labels", "WREST")
     assert proc.returncode == 0, proc.stderr
@@ -57,6 +60,7 @@ def test_unknown_group_is_a_one_line_error():
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "quidditch" in proc.stderr
 
 
+@pytest.mark.slow
 def test_labels_text_matches_group_names_too():
     proc = run_cli("labels", "gym")
     assert proc.returncode == 0, proc.stderr

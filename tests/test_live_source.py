@@ -234,6 +234,7 @@ def _threads_started_while_decoding(path) -> tuple[tuple[int, int], int, int, bo
     return (w, h), rest, started, own
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/sys/kernel/ns_last_pid"), reason="Linux only")
 @pytest.mark.parametrize("size", [(340, 256), (1280, 720)])
 def test_frames_reach_rgb_without_starting_threads(tmp_path, size):

@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from streamrec.config import CameraConfig
@@ -57,6 +58,7 @@ def run_worker(video, frame_wait_s: float, n: int = 6, *, clf: Classifier | None
     return got
 
 
+@pytest.mark.slow
 def test_each_batch_starts_on_a_frame_captured_after_the_previous_batch(tmp_path):
     video = write_video(tmp_path / "ten.mp4", seconds=4, fps=10)  # a frame every 100 ms
     msgs = run_worker(video, frame_wait_s=0.2)
@@ -70,6 +72,7 @@ def test_each_batch_starts_on_a_frame_captured_after_the_previous_batch(tmp_path
     assert ends.min() >= 0.25 - 0.02
 
 
+@pytest.mark.slow
 def test_sports_only_labels_only_sport_classes_renormalized(tmp_path):
     from streamrec.models.kinetics import sport_classes
 

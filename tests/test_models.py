@@ -17,6 +17,7 @@ def hub(tmp_path, monkeypatch):
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
+@pytest.mark.slow
 def test_default_weights_load_from_the_hub_cache(hub):
     torch.manual_seed(0)
     reference = build_model("s3d", num_classes=400)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import torch
+import pytest
 
 from streamrec.runtime import prepared
 from streamrec.models.registry import build_model, kinetics_classes, make_checkpoint, model_spec
@@ -28,6 +29,7 @@ print(json.dumps({"torchvision": "torchvision" in sys.modules, "type": type(load
 """
 
 
+@pytest.mark.slow
 def test_a_second_start_loads_the_graph_without_torchvision(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("STREAMREC_OFFLINE", "1")
@@ -50,6 +52,7 @@ def test_a_second_start_loads_the_graph_without_torchvision(tmp_path, monkeypatc
     assert torch.equal(torch.load(tmp_path / "y.pt"), ref)  # the same numbers, bit for bit
 
 
+@pytest.mark.slow
 def test_a_changed_weights_file_is_loaded_again(tmp_path):
     w = tmp_path / "w.pt"
 
@@ -80,6 +83,7 @@ def test_random_weights_are_not_cached(tmp_path):
     assert not (tmp_path / "prepared").exists()
 
 
+@pytest.mark.slow
 def test_a_graph_with_fixed_sizes_is_checked_at_full_size_and_cached(tmp_path, monkeypatch, capfd):
     """MViT's traced graph holds its token grid's sizes: the small-input check fails, the full one passes."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

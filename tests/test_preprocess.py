@@ -79,6 +79,7 @@ def test_a_clip_can_be_any_iterable_of_frames():
     assert tuple(pre.clip(frames).shape) == (1, 3, 4, 112, 112)
 
 
+@pytest.mark.slow
 def test_batch_normalization_equals_per_frame_normalization():
     """The ring keeps uint8 crops; normalizing a batch of windows gives what normalizing each frame gives."""
     from streamrec.runtime.classifier import Classifier
@@ -125,6 +126,7 @@ def test_numpy_normalization_is_bit_identical_to_torch():
         normalize_crops(np.zeros((1, 16, 112, 112, 3), np.float32), model_spec("r2plus1d_18"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
 def test_own_pool_backends_normalize_uint8_like_float_input(backend):
     """OpenVINO and ONNX Runtime take uint8 windows through the NumPy path: same logits as from

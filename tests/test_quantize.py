@@ -47,6 +47,7 @@ def checkpoint(demo_clip, second_clip, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_quantize_keeps_a_checked_model_that_serve_runs(demo_clip, second_clip, checkpoint, tmp_path, monkeypatch):
     from streamrec.runtime import autopick
     from streamrec.runtime import openvino
@@ -97,6 +98,7 @@ def test_quantize_keeps_a_checked_model_that_serve_runs(demo_clip, second_clip, 
         assert sigterm(server) == 0
 
 
+@pytest.mark.slow
 def test_quantize_refuses_a_model_that_moves_the_scores_too_far(demo_clip, checkpoint, tmp_path):
     cache = tmp_path / "cache"
     proc = run_cli("quantize", "--weights", str(checkpoint), "--clips", str(demo_clip),
@@ -108,6 +110,7 @@ def test_quantize_refuses_a_model_that_moves_the_scores_too_far(demo_clip, check
     assert list(cache.glob("openvino/*-int8.*")) == []
 
 
+@pytest.mark.slow
 def test_long_clips_widen_the_stride_to_keep_the_windows_held_bounded(demo_clip, second_clip, checkpoint, tmp_path, monkeypatch):
     from streamrec.runtime import autopick
     from streamrec.runtime import openvino
@@ -127,6 +130,7 @@ def test_long_clips_widen_the_stride_to_keep_the_windows_held_bounded(demo_clip,
     assert report.saved is None and list(tmp_path.glob("openvino/*-int8.xml")) == []  # save=False
 
 
+@pytest.mark.slow
 def test_int8_backend_without_a_quantized_model_names_the_command(demo_clip, checkpoint, tmp_path):
     proc = run_cli("classify", str(demo_clip), "--weights", str(checkpoint),
                    "--backend", "openvino-int8", "--device", "cpu", env={"STREAMREC_CACHE": str(tmp_path)})
@@ -135,6 +139,7 @@ def test_int8_backend_without_a_quantized_model_names_the_command(demo_clip, che
     assert str(tmp_path / "openvino") in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, expected", [
     (["--clips", "/nonexistent/clips"], "--clips: no such file or folder: /nonexistent/clips"),
     (["--clips", "{empty}"], "--clips: expected video files or folders holding them, found none in {empty}"),
@@ -156,6 +161,7 @@ def test_quantize_bad_input_is_one_line(demo_clip, checkpoint, tmp_path, args, e
     assert error_line(proc) == "streamrec: error: " + expected.format(**fill)
 
 
+@pytest.mark.slow
 def test_stand_in_batch_norms_are_the_averages_over_the_windows():
     from streamrec.models.registry import build_model
 

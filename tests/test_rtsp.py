@@ -68,6 +68,7 @@ def wait_for(pred, what: str, timeout: float = 45.0, port: int = 0) -> dict:
     raise AssertionError(f"timed out waiting for {what}; last health: {h}")
 
 
+@pytest.mark.slow
 def test_reconnects_after_server_death_restart_and_stall(demo_clip):
     rtsp = RtspServer(demo_clip, free_port()).start()
     port = free_port()

@@ -42,6 +42,7 @@ async def collect(url: str, n: int, timeout: float = 90.0, **kw) -> tuple[list[d
     return preds, statuses, frames
 
 
+@pytest.mark.slow
 def test_serve_end_to_end_on_a_real_clip(demo_clip):
     port = free_port()
     proc = start_serve("--source", str(demo_clip), "--loop", "--weights", "none",
@@ -101,6 +102,7 @@ def test_serve_end_to_end_on_a_real_clip(demo_clip):
     assert "stopped" in err_text and "Traceback" not in err_text
 
 
+@pytest.mark.slow
 def test_cross_origin_websocket_is_refused(demo_clip):
     port = free_port()
     proc = start_serve("--source", str(demo_clip), "--loop", "--weights", "none",
@@ -129,6 +131,7 @@ def test_cross_origin_websocket_is_refused(demo_clip):
         proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_token_is_required_on_page_and_websocket(demo_clip):
     port = free_port()
     proc = start_serve("--source", str(demo_clip), "--loop", "--weights", "none",

@@ -26,6 +26,7 @@ def test_docstring_example():
     assert result.attempted > 0 and result.failed == 0
 
 
+@pytest.mark.slow
 def test_table_for_each_loss_and_no_busy_loop_left():
     proc = run("--model", "tiny3d", "--losses", "0", "30", "--calls", "2")
     if proc.returncode == 2:  # no real-time scheduling on this machine: said in one line

@@ -7,6 +7,8 @@ import re
 import subprocess
 import time
 
+import pytest
+
 from conftest import ROOT, sigterm, streamrec_cmd
 
 
@@ -35,6 +37,7 @@ def _index(lines: list[str], pattern: str) -> int:
     return hits[0]
 
 
+@pytest.mark.slow
 def test_serve_says_what_it_loads_and_times_then_the_address(tmp_path):
     lines = _serve_log(tmp_path, "cache")
     loading = _index(lines, r"INFO .*loading model tiny3d \(first start: timing backends, once per machine and model\)…$")

@@ -30,6 +30,7 @@ def test_summary_counts_slow_seconds_per_vcpu(steadiness):
     assert steadiness.line(s).startswith("12 % of vCPU-seconds ran >= 1.2x slower than their median (vCPU 0: 1/4 s")
 
 
+@pytest.mark.slow
 def test_measure_runs_one_pinned_worker_per_vcpu(steadiness):
     s = steadiness.measure(2.0)
     assert sorted(s["per_cpu"]) == sorted(os.sched_getaffinity(0))

@@ -61,6 +61,7 @@ def run_sample(tmp_path, files: dict[str, str], require: str | None) -> subproce
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_plain_pytest_skips_and_lists_the_hardware_skips(tmp_path):
     r = run_sample(tmp_path, {"test_sample.py": SAMPLE}, None)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -70,6 +71,7 @@ def test_plain_pytest_skips_and_lists_the_hardware_skips(tmp_path):
     assert "tests/test_sample.py::test_cuda: needs a CUDA GPU" in r.stdout
 
 
+@pytest.mark.slow
 def test_strict_mode_fails_every_skip_but_the_hardware_ones(tmp_path):
     r = run_sample(tmp_path, {"test_sample.py": SAMPLE}, "all")
     assert r.returncode == 1, r.stdout + r.stderr
@@ -82,6 +84,7 @@ def test_strict_mode_fails_every_skip_but_the_hardware_ones(tmp_path):
     assert "tests/test_sample.py::test_bf16: this CPU has no bfloat16 instructions" in r.stdout
 
 
+@pytest.mark.slow
 def test_strict_mode_fails_a_module_skipped_at_import(tmp_path):
     module = 'import pytest\npytest.importorskip("no_such_module_here")\n\ndef test_a():\n    pass\n'
     files = {"test_fine.py": "def test_ok():\n    pass\n", "test_needs.py": module}

@@ -76,6 +76,7 @@ def nan_checkpoint(path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_a_model_that_outputs_nan_is_skipped_and_health_turns_degraded(tmp_path):
     video = write_video(tmp_path / "v.mp4", seconds=3)
     weights = nan_checkpoint(tmp_path / "nan.pt")
@@ -121,6 +122,7 @@ def mismatched_export(tmp_path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["classify", "serve"])
 def test_a_model_whose_outputs_do_not_match_its_classes_is_refused(tmp_path, command):
     video = write_video(tmp_path / "v.mp4", seconds=2)
@@ -133,6 +135,7 @@ def test_a_model_whose_outputs_do_not_match_its_classes_is_refused(tmp_path, com
                                 "export or save it again with its classes")
 
 
+@pytest.mark.slow
 def test_healthz_without_the_token_says_only_the_status(tmp_path):
     video = write_video(tmp_path / "v.mp4", seconds=2)
     port = free_port()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import torch
+import pytest
 from torchvision.models.video import r2plus1d_18
 
 from streamrec.runtime.graphs import fold_norms
@@ -13,6 +14,7 @@ from streamrec.models.registry import load_model
 from streamrec.runtime.tracing import CallTraceGuard
 
 
+@pytest.mark.slow
 def test_models_keep_running_while_another_model_is_traced():
     clf = Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="torch", warmup=0)
     x = torch.zeros(1, 3, 16, 112, 112)
