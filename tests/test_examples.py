@@ -167,6 +167,8 @@ def argv_of(example: str) -> tuple[list[str], str | None]:
     return words[1:], out
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # lr-find and bench take minutes on a small shared CPU
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_example_runs_as_written(example, site, monkeypatch, capsys):
     argv, out = argv_of(example)

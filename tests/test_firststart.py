@@ -262,6 +262,7 @@ def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token", [None, "s3cret"])
 def test_serve_answers_at_once_and_says_it_prepares_the_model(tmp_path, demo_clip, token):
     from streamrec.serve.server import page_html
