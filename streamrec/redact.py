@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os  # noqa: F401 - the examples use it
 import re
 from urllib.parse import unquote_plus
@@ -39,11 +40,17 @@ _PORT_PATH = re.compile(r"\d{1,5}/[^@/\s]")  # "cam:554/live@main": a port and a
 # or the end of the URL (weak)
 _HOST = re.compile(r"(?:\[[0-9A-Za-z:.%]+\]|[\w-]+(?:\.[\w-]+)*\.?)")
 _STRONG = re.compile(r":\d{1,5}(?![\w@.%-])|[/?#]|;[^\s=&;#?/'\"<>@]+=")
+_PORTED = re.compile(r":\d{1,5}(?:[/?#]|$)")
 _WEAK = re.compile(r"$|[\s'\"<>()\[\]{},;:!]")
 _QUERY = re.compile(r"[?;#][\w.%+\[\]-]+=")  # the first parameter of a query, ";" parameters or fragment
 _KEY_BEFORE = re.compile(r"[?&;#](?P<key>[^\s=&;#?/'\"<>]+)=$")
 _PARAM = re.compile(r"[?&;#](?P<key>[^\s=&;#?/'\"<>]+)=")
 _CLOSING = "'\")]}>.,:;!"
+# the next line's first word, when an "@" and a host follow (the rest of a wrapped URL)
+_HOST_PORT = re.compile(r"[^:]*:\d{1,5}")
+_CONTINUED = re.compile(r"[\r\n]+[ \t]*(?P<word>[^\s@]*@[\w\[-][^\s]*)")
+# words that end in "key" and name no secret
+_NOT_KEYS = frozenset({"monkey", "donkey", "turkey", "hockey", "jockey", "whiskey", "lackey", "hokey", "malarkey"})
 
 
 def mask_credentials(text: str) -> str:
@@ -64,9 +71,23 @@ def mask_credentials(text: str) -> str:
         if m.start() < pos:
             continue  # inside the URL before (in a password, say)
         end = _url_end(text, m.end())
-        out += [text[pos:m.end()], _mask_url(text[m.end():end])]
+        rest, end = _wrapped(text, m.end(), end)
+        out += [text[pos:m.end()], _mask_url(rest)]
         pos = end
     return "".join(out) + text[pos:]
+
+
+def _wrapped(text: str, start: int, end: int) -> tuple[str, int]:
+    """The URL's text from ``start`` and where it ends: a URL that a line break cuts inside its
+    user information (``rtsp://admin:hun`` and ``ter2@cam/live`` on the next line, as a message
+    may be wrapped) goes on with the next line's first word, the line break left out."""
+    piece = text[start:end]
+    cont = _CONTINUED.match(text, end)
+    more = cont["word"].split("@")[0] if cont is not None else ""
+    if cont is None or any(c in piece for c in "@/?#") or ":" not in piece + more or (
+            _HOST_PORT.fullmatch(piece) and ":" not in more):
+        return piece, end  # "http://cam:8080" then "user@example.com": a port, not a password
+    return piece + cont["word"], cont.end()
 
 
 def _url_end(text: str, start: int) -> int:
@@ -97,14 +118,16 @@ def _userinfo_end(rest: str, after: int) -> int:
     or the URL's end (weak): the last of them before the query's first ``key=`` (a password
     holds none), and a password is not empty when it can hold something. ``host:port/path@x``
     has no user information."""
-    found, strong = [], set()
+    found, strong, ported = [], set(), -1
     for at in (i for i, c in enumerate(rest) if c == "@" and i >= after):
         h = _HOST.match(rest, at + 1)
         if h is not None and h.group() and _STRONG.match(rest, h.end()):
             found.append(at)
             strong.add(at)
+            ported = at if _PORTED.match(rest, h.end()) else ported
         elif h is not None and h.group() and _WEAK.match(rest, h.end()):
             found.append(at)
+    found = [at for at in found if ported < 0 or at <= ported or at in strong]  # "@cam:554/live@main": a path's "@"
     port = _PORT_PATH.match(rest, after) is not None
     if not strong and port:
         return -1  # a port and a path that holds "@", not a password
@@ -166,7 +189,8 @@ def secret_key(key: str) -> bool:
     key = key.lower().strip()
     words = [w.rstrip("0123456789") for w in re.split(r"[\W_]+", key) if w]
     return key in SECRET_QUERY_KEYS or any(
-        SECRET_WORDS.search(w) or w.endswith(("key", "keys", "sig")) for w in words)
+        SECRET_WORDS.search(w) or (w.endswith(("key", "keys", "sig")) and w.rstrip("s") not in _NOT_KEYS)
+        for w in words)
 
 
 def printable(text: object) -> str:
@@ -210,3 +234,23 @@ def shown(name: str) -> str:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     except UnicodeEncodeError:  # a surrogate no file name holds
         return name.encode("utf-8", "replace").decode("utf-8")
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log lines whose message is on one line, with passwords in URLs hidden, whatever a caller
+    passed in (a name, a path, an exception's text); a traceback still follows on its own lines.
+
+    >>> OneLineFormatter("%(message)s").format(logging.makeLogRecord({"msg": "rtsp://u:pw@cam/x\\nFAKE"}))
+    'rtsp://u:***@cam/x\\\\nFAKE'
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(mask_credentials(record.message))
+        return super().formatMessage(record)
+
+
+def one_line_logs(before: list[logging.Handler]) -> None:
+    """Give the root logger's handlers that ``logging.basicConfig`` added (those not in ``before``)
+    a :class:`OneLineFormatter`."""
+    for handler in [h for h in logging.getLogger().handlers if h not in before]:
+        handler.setFormatter(OneLineFormatter(handler.formatter._fmt if handler.formatter else None))

@@ -77,6 +77,15 @@ def test_a_secret_parameter_without_user_information_never_shows(value, key, sep
     ("http://h/x?token=a b&secret=c", "http://h/x?token=*** b&secret=***"),
     ("http://h/x?token=&channel=1", "http://h/x?token=***"),
     ("see 'http://h/x?token=abc' and", "see 'http://h/x?token=***' and"),
+    # a message wrapped inside the password or user name: the next line's word is the URL's
+    ("error: rtsp://admin:hunt\ner2@10.0.0.5/x", "error: rtsp://admin:***@10.0.0.5/x"),
+    ("rtsp://adm\r\n  in:hunter2@cam:554/x: refused", "rtsp://admin:***@cam:554/x: refused"),
+    ("open http://cam.local:8080\nuser@example.com wrote", "open http://cam.local:8080\nuser@example.com wrote"),
+    ("rtsp://a:b@c/x\nrtsp://d:e@f/y", "rtsp://a:***@c/x\nrtsp://d:***@f/y"),
+    # an "@" in the path after a host and port is the path's
+    ("rtsp://admin:pw@cam:554/live@main", "rtsp://admin:***@cam:554/live@main"),
+    ("rtsp://u:p@ss/1@host", "rtsp://u:***@host"),
+    ("http://h/x?monkey=1&donkeys=2&turkey_key=3", "http://h/x?monkey=1&donkeys=2&turkey_key=***"),
 ])
 def test_more_masking(url, masked):
     assert mask_credentials(url) == masked
@@ -90,6 +99,7 @@ def test_secret_keys(key):
     assert secret_key(key)
 
 
-@pytest.mark.parametrize("key", ["channel", "keyframe", "signal", "design", "subtype", "email", "stream", "profile"])
+@pytest.mark.parametrize("key", ["channel", "keyframe", "signal", "design", "subtype", "email", "stream", "profile",
+                                 "monkey", "Hockey", "turkeys"])
 def test_keys_that_are_not_secret(key):
     assert not secret_key(key)
