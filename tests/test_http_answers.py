@@ -324,6 +324,36 @@ def test_the_bearer_scheme_is_read_in_any_case(served, scheme, target):
     assert http(served.port, "GET", target, f"Authorization: {scheme} wrong", token=False)[0] == 401
 
 
+@pytest.mark.parametrize("between", ["\t", "\t\t", " \t ", "   "])
+@pytest.mark.parametrize("target", ["/metrics", "/api/history"])
+def test_spaces_or_tabs_may_follow_the_bearer_scheme(served, between, target):
+    assert http(served.port, "GET", target, f"Authorization: Bearer{between}{TOKEN}\t", token=False)[0] == 200
+    assert http(served.port, "GET", target, f"Authorization: Bearer{between}wrong", token=False)[0] == 401
+
+
+def raw_request(port: int, head: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head)
+        data = b""
+        while chunk := s.recv(MIB):
+            data += chunk
+    return data
+
+
+MALFORMED = [b"GET /api/events/\xff\xfe HTTP/1.1", b"GET /api/events/caf\xc3\xa9/clip.mp4 HTTP/1.1",
+             b"GET /api/events?since=\xd9\xa3 HTTP/1.1", b"GET /metrics?token=\xff HTTP/1.1", b"G\xffT / HTTP/1.1",
+             b"GET / HTTP/2.0", b"GET /", b"GET / HTTP/1.1 x", b"GET / HTTP/1.1\r\nX: a\x01b", b"GET / HTTP/1.1\r\nno colon"]
+
+
+@pytest.mark.parametrize("line", MALFORMED, ids=[m.decode("latin-1")[:24] for m in MALFORMED])
+def test_a_malformed_request_is_a_400_that_says_why(served, line):
+    data = raw_request(served.port, line + b"\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n\r\n"
+                       % (served.port, TOKEN.encode()))
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and body.startswith(b"malformed request: ") and body.count(b"\n") == 1
+    assert all(32 <= c < 127 for c in body[:-1])  # the client's bytes escaped
+
+
 @pytest.mark.parametrize("value", [f"Basic {TOKEN}", f"Bearer{TOKEN}", TOKEN, f"Token {TOKEN}"])
 def test_another_scheme_is_a_401(served, value):
     assert http(served.port, "GET", "/metrics", f"Authorization: {value}", token=False)[0] == 401
@@ -356,3 +386,27 @@ def test_the_bearer_scheme_is_read_in_any_case_while_preparing(starting, scheme)
     assert status == 200 and "expected_s" in json.loads(body)["preparing"]
     status, _, body = http(starting, "GET", "/healthz", f"Authorization: {scheme} wrong", token=False)
     assert status == 200 and "expected_s" not in json.loads(body)["preparing"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "FOO"])
+@pytest.mark.parametrize("target", ["/", "/healthz", "/ws", "/api/cameras"])
+def test_another_method_while_preparing_is_a_405_or_the_api_wait(starting, method, target):
+    status, headers, _ = http(starting, method, target)
+    if target.startswith("/api/"):
+        assert (status, headers.get("retry-after")) == (503, "2")
+    else:
+        assert (status, headers.get("allow")) == (405, "GET, HEAD")
+
+
+@pytest.mark.parametrize("between", ["\t", " \t "])
+def test_tabs_may_follow_the_bearer_scheme_while_preparing(starting, between):
+    status, _, body = http(starting, "GET", "/healthz", f"Authorization: Bearer{between}{TOKEN}", token=False)
+    assert status == 200 and "expected_s" in json.loads(body)["preparing"]
+
+
+def test_a_request_that_never_comes_while_preparing_lets_go_of_its_connection(starting):
+    with socket.create_connection(("127.0.0.1", starting), timeout=30) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n")  # and nothing more
+        started = time.monotonic()
+        assert s.recv(MIB) == b"" and time.monotonic() - started < 10
+    assert http(starting, "GET", "/healthz")[0] == 200

@@ -44,6 +44,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Response
 
 from streamrec.errors import StreamrecError
+from streamrec.redact import printable
 from streamrec.validate import split_host
 
 logger = logging.getLogger(__name__)
@@ -219,8 +220,9 @@ def http_response(status: HTTPStatus, content_type: str, body: bytes, *extra: tu
 
 
 def bearer_token(authorization: str) -> str | None:
-    """The credentials of an ``Authorization: Bearer ...`` header (the scheme in any case), else ``None``."""
-    scheme, _, credentials = authorization.strip().partition(" ")
+    """The credentials of an ``Authorization: Bearer ...`` header (the scheme in any case, spaces or
+    tabs after it), else ``None``."""
+    scheme, _, credentials = authorization.replace("\t", " ").strip().partition(" ")
     return credentials.strip() if scheme.lower() == "bearer" else None
 
 
@@ -354,6 +356,11 @@ class GuardedConnection(ServerConnection):
                 self.transport.write(reply.serialize())
                 self.transport.close()
                 return
+            why = _malformed(head) if end >= 0 else None
+            if why is not None:  # websockets would close without a word
+                self.transport.write(http_response(HTTPStatus.BAD_REQUEST, "text/plain", f"{why}\n".encode()).serialize())
+                self.transport.close()
+                return
         super().data_received(data)
 
 
@@ -365,3 +372,28 @@ def _has_body(head: bytes) -> bool:
         if name == b"transfer-encoding" or (name == b"content-length" and value not in (b"", b"0")):
             return True
     return False
+
+
+def _malformed(head: bytes) -> str | None:
+    """Why websockets' parser refuses a request's complete ``head`` (a request line with bytes
+    that are not ASCII, another protocol, a header line that is no header), else ``None``.
+    Lines over its length limits are left to websockets, which answers them (414, 431)."""
+    from websockets.exceptions import SecurityError
+    from websockets.http11 import Request
+    from websockets.streams import StreamReader
+
+    reader = StreamReader()
+    reader.feed_data(head + b"\r\n\r\n")
+    reader.feed_eof()
+    parser = Request.parse(reader.read_line)
+    try:
+        next(parser)
+    except StopIteration:
+        return None
+    except SecurityError:  # a line too long, too many headers
+        return None
+    except Exception as exc:  # noqa: BLE001 - whatever the parser refuses
+        text = printable(str(exc).encode("ascii", "backslashreplace").decode())
+        return "malformed request: " + (text if len(text) <= 120 else text[:120] + "...")
+    return "malformed request: incomplete"
+

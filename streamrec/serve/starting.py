@@ -37,6 +37,14 @@ from streamrec.serve.guard import bearer_token, host_allowed
 from streamrec.serve.server import page_html
 
 logger = logging.getLogger(__name__)
+HEADER_TIMEOUT_S = 5.0  # seconds a connection has to send its request (as the web server's default header timeout)
+
+
+def _gone(self, request, client_address) -> None:
+    """A connection that failed (the client went away, timed out): logged, not printed as a traceback."""
+    import sys
+
+    logger.debug("starting server: request from %s failed: %s", client_address, sys.exc_info()[1])
 
 GATE_ENV = "STREAMREC_START_GATE"  # test hook: wait for this file before preparing
 FIRST_LOAD_S = 20.0  # a model's first CPU load (torchvision import, weights, the prepared-model cache)
@@ -106,7 +114,7 @@ class StartingServer:
         except socket.gaierror as exc:
             raise StreamrecError(f"--host: cannot resolve {host!r}: {exc.strerror}") from None
         server_class = type("_Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True,
-                                                                "allow_reuse_address": True})
+                                                                "allow_reuse_address": True, "handle_error": _gone})
         try:
             self.httpd = server_class((host, port), self._handler_class())
         except OSError as exc:
@@ -165,10 +173,17 @@ class StartingServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = HEADER_TIMEOUT_S  # a request that does not come (or a client that stops reading) lets go of its thread
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 owner.answer(self)
 
             do_HEAD = do_GET  # noqa: N815 - the same status and headers; _send leaves the body out
+
+            def __getattr__(self, name: str):  # do_POST, do_PUT...: any other method
+                if name.startswith("do_"):
+                    return lambda: owner.answer(self)
+                raise AttributeError(name)
 
             def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
                 logger.debug("starting server: " + format, *args)
@@ -191,6 +206,8 @@ class StartingServer:
         if not host_allowed(hosts[0], bound=self.host, port=self.port, allowed=self.allowed_hosts):
             return self._send(req, HTTPStatus.MISDIRECTED_REQUEST, "text/plain",
                               b"this server does not answer to that Host name (see serve --allowed-host)\n")
+        if req.command not in ("GET", "HEAD") and not path.startswith("/api/"):
+            return self._send(req, HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"GET or HEAD only\n")
         if path == "/healthz":
             body = self.state() if self._authorized(req) else {"status": "starting", "preparing": {"message": self.message}}
             return self._send(req, HTTPStatus.OK, "application/json", json.dumps(body).encode())
@@ -208,6 +225,8 @@ class StartingServer:
         req.send_header("Cache-Control", "no-store")
         if status == HTTPStatus.SERVICE_UNAVAILABLE:
             req.send_header("Retry-After", "2")
+        if status == HTTPStatus.METHOD_NOT_ALLOWED:
+            req.send_header("Allow", "GET, HEAD")
         req.send_header("Connection", "close")
         req.end_headers()
         if req.command != "HEAD":
