@@ -13,7 +13,7 @@ from streamrec.validate import finite_float
 EXAMPLES = """examples:
   streamrec cluster --config cameras.toml --address local          a one-machine Ray, dashboard on :8000
   streamrec cluster --config cameras.toml --address ray://head:10001 --replicas 4
-  streamrec cluster --config cameras.toml --no-dashboard --seconds 60 > predictions.jsonl
+  streamrec cluster --config cameras.toml --address local --no-dashboard --seconds 60 > predictions.jsonl
 """
 
 
