@@ -184,6 +184,25 @@ def test_bad_ranges_never_lock_the_server_out(served):
     assert (status, body) == (206, served.clip[:10])
 
 
+@pytest.mark.parametrize("target", ["/api/events/e1/clip.mp4", "/big"])
+def test_clients_that_do_not_read_never_lock_the_address_out(served, target):
+    stalled = []
+    try:
+        for _ in range(64):  # every connection one address may hold, each an answer its client does not read
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", served.port))
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\n"
+                      f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())
+            stalled.append(s)
+        time.sleep(2.5)  # GuardedConnection.STALL_S
+        status, _, body = http(served.port, "GET", "/api/events/e1/thumb.jpg")
+        assert (status, body) == (200, served.thumb)
+    finally:
+        for s in stalled:
+            s.close()
+
+
 def test_a_repeated_range_header_is_a_400(served):
     assert http(served.port, "GET", "/api/events/e1/clip.mp4", "Range: bytes=0-1", "Range: bytes=2-3")[0] == 400
 

@@ -6,9 +6,10 @@
   the API's work after that (adding a camera may load a model).
 * **Too many connections**: at most ``max_connections`` in all and ``max_per_address`` from
   one peer address. A new connection over a limit takes the place of the oldest one still
-  sending its headers (from that address, for the per-address limit), so that half-open
-  sockets can never lock out a real client; when every connection is a real one, the new one
-  gets a 503. The total is also kept ``fd_reserve`` descriptors under the process's limit:
+  sending its headers (from that address, for the per-address limit), else of the oldest whose
+  answer has waited 2 s for its client to read on, so that half-open sockets and clients that
+  do not read can never lock out a real client; when every connection is a real one, the new
+  one gets a 503. The total is also kept ``fd_reserve`` descriptors under the process's limit:
   asyncio accepts up to 100 sockets before it hands any to the server, and files, the
   history database and the cameras need descriptors too.
 * **Whole answers**: an HTTP answer (anything but a websocket) is written in full before the
@@ -44,7 +45,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Response
 
 from streamrec.errors import StreamrecError
-from streamrec.redact import printable
+from streamrec.serve.heads import has_body, malformed
 from streamrec.validate import split_host
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Guarded(Protocol):
 
     peer: str
     head_done: bool
+    stalled: bool  # its answer waits for the client to read on
 
     def refuse(self) -> None: ...
 
@@ -139,8 +141,11 @@ class ConnectionGuard:
             yield from conns
 
     def _evict(self, candidates) -> bool:
-        """Close the oldest of ``candidates`` still sending its headers; whether there was one."""
-        victim = next((c for c in candidates if not c.head_done), None)
+        """Close the oldest of ``candidates`` still sending its headers, else the oldest whose answer
+        waits for the client to read on (see :attr:`GuardedConnection.stalled`); whether there was one."""
+        candidates = list(candidates)
+        victim = next((c for c in candidates if not c.head_done), None) or \
+            next((c for c in candidates if c.stalled), None)
         if victim is None:
             return False
         self.release(victim)
@@ -266,6 +271,7 @@ class GuardedConnection(ServerConnection):
 
     MAX_HEAD = 16384  # websockets' own limit on a request's header lines is larger: 8 KiB each
     CHUNK = 256 * 1024  # bytes of a streamed body read and written at a time
+    STALL_S = 2.0  # an answer waiting this long for the client to read on may make room for a new connection
 
     def __init__(self, *args: Any, guard: ConnectionGuard | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -275,6 +281,21 @@ class GuardedConnection(ServerConnection):
         self.head_done = False  # the request line and headers are in (the guard's view)
         self._dropped = False  # refused or evicted: whatever still comes in is ignored
         self._timer: asyncio.TimerHandle | None = None
+        self._waiting_since: float | None = None  # when the answer began to wait for the client to read
+
+    @property
+    def stalled(self) -> bool:
+        """Its answer has waited :attr:`STALL_S` for the client to read on (a paused ``<video>``,
+        a client gone quiet): over a connection limit, it is closed to make room (a player asks
+        again with a ``Range``), so that clients that do not read can never lock others out."""
+        return self._waiting_since is not None and self.loop.time() - self._waiting_since >= self.STALL_S
+
+    async def _drained(self) -> None:
+        self._waiting_since = self.loop.time()
+        try:
+            await self.drain()
+        finally:
+            self._waiting_since = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -328,14 +349,14 @@ class GuardedConnection(ServerConnection):
                 raise OSError(f"{getattr(answer.source, 'name', 'the file')} ended {left} bytes early")
             self.transport.write(chunk)
             left -= len(chunk)
-            await self.drain()
+            await self._drained()
 
     async def _flushed(self) -> None:
         """Wait until the transport's buffer is empty (``drain()`` waits for that once the
         buffer's high-water mark is 0) or the connection is lost."""
         self.transport.set_write_buffer_limits(high=0)
         while self.transport.get_write_buffer_size() and self.paused:
-            await self.drain()
+            await self._drained()
 
     def data_received(self, data: bytes) -> None:
         if self._dropped:
@@ -349,51 +370,17 @@ class GuardedConnection(ServerConnection):
             self.head_done = True
             if self._timer is not None:
                 self._timer.cancel()
-            if _has_body(head):
+            if has_body(head):
                 reply = http_response(HTTPStatus.BAD_REQUEST, "application/json", json.dumps({
                     "error": "request bodies are not accepted: put the parameters in the query string, "
                              "e.g. POST /api/cameras?name=gate&source=rtsp://..."}).encode())
                 self.transport.write(reply.serialize())
                 self.transport.close()
                 return
-            why = _malformed(head) if end >= 0 else None
+            why = malformed(head) if end >= 0 else None
             if why is not None:  # websockets would close without a word
                 self.transport.write(http_response(HTTPStatus.BAD_REQUEST, "text/plain", f"{why}\n".encode()).serialize())
                 self.transport.close()
                 return
         super().data_received(data)
-
-
-def _has_body(head: bytes) -> bool:
-    """Whether a request's header lines announce a body (a non-zero Content-Length, or chunks)."""
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name, value = name.strip().lower(), value.strip()
-        if name == b"transfer-encoding" or (name == b"content-length" and value not in (b"", b"0")):
-            return True
-    return False
-
-
-def _malformed(head: bytes) -> str | None:
-    """Why websockets' parser refuses a request's complete ``head`` (a request line with bytes
-    that are not ASCII, another protocol, a header line that is no header), else ``None``.
-    Lines over its length limits are left to websockets, which answers them (414, 431)."""
-    from websockets.exceptions import SecurityError
-    from websockets.http11 import Request
-    from websockets.streams import StreamReader
-
-    reader = StreamReader()
-    reader.feed_data(head + b"\r\n\r\n")
-    reader.feed_eof()
-    parser = Request.parse(reader.read_line)
-    try:
-        next(parser)
-    except StopIteration:
-        return None
-    except SecurityError:  # a line too long, too many headers
-        return None
-    except Exception as exc:  # noqa: BLE001 - whatever the parser refuses
-        text = printable(str(exc).encode("ascii", "backslashreplace").decode())
-        return "malformed request: " + (text if len(text) <= 120 else text[:120] + "...")
-    return "malformed request: incomplete"
 
