@@ -181,3 +181,39 @@ def test_a_database_error_in_a_history_read_is_escaped(tmp_path, caplog):
             "history: cannot read the database: no such table: main.gone\\x1b[2J\\nFAKE"]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("char, escaped", BAD)
+@pytest.mark.parametrize("scheme", ["rtsp", "RTSPS", "http"])
+def test_a_source_url_with_a_control_character_is_refused_on_one_line(scheme, char, escaped):
+    from streamrec.errors import SourceError
+    from streamrec.live.sources import SourceSpec
+
+    with pytest.raises(SourceError) as info:
+        SourceSpec.parse(f"{scheme}://admin:pw@cam/live{char}FAKE")
+    assert str(info.value).startswith("--source: expected a URL without control characters or line breaks, got '")
+    assert str(info.value).endswith(f"({escaped})") and "\n" not in str(info.value) and "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize("char, escaped", BAD)
+def test_a_file_source_is_shown_on_one_line(tmp_path, char, escaped):
+    from streamrec.errors import SourceError
+    from streamrec.live.sources import SourceSpec, open_source
+
+    spec = SourceSpec.parse(f"{tmp_path}/clip{char}FAKE.mp4")
+    assert spec.display_name == f"{tmp_path}/clip{escaped}{char[1:]}FAKE.mp4"
+    with pytest.raises(SourceError) as info:
+        open_source(spec)
+    assert str(info.value) == f"--source: file not found: {spec.display_name}"
+
+
+@pytest.mark.parametrize("text, line", [
+    ("camera gate\x1b[2J\nFAKE INFO ok", "camera gate\\x1b[2J\\nFAKE INFO ok"),
+    ("source rtsp://u:pw@cam/x\u2028unavailable", "source rtsp://u:***@cam/x\\u2028unavailable"),
+    ("config /tmp/a\rb.toml\u202e", "config /tmp/a\\rb.toml\\u202e"),
+])
+def test_a_log_line_is_one_line_whatever_its_arguments(text, line):
+    from streamrec.redact import OneLineFormatter
+
+    record = logging.makeLogRecord({"msg": "%s", "args": (text,), "levelname": "INFO", "name": "x"})
+    assert OneLineFormatter("%(levelname)s %(message)s").format(record) == f"INFO {line}"

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from streamrec import __version__
 from streamrec.errors import StreamrecError
+from streamrec.redact import one_line_logs
 from streamrec.validate import finite_float
 from streamrec.catalog import BACKEND_NAMES, MODEL_NAMES
 from streamrec.fsutil import DEMO_CLIP, atomic_write_text, check_output
@@ -306,10 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        before = list(logging.getLogger().handlers)
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        one_line_logs(before)
         for noisy in ("websockets", "libav"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         return int(args.func(args) or 0)

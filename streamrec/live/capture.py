@@ -150,7 +150,7 @@ class CaptureThread(threading.Thread):
                     except SourceError as exc:
                         self.error = mask_credentials(str(exc))
                         if not self.spec.is_live:
-                            logger.error("%s", exc)
+                            logger.error("%s", self.error)
                             self.state = "ended"
                             return
                         self._wait_backoff(attempt)
@@ -177,7 +177,7 @@ class CaptureThread(threading.Thread):
                         return
                     if not self.loop:
                         self.state = "ended"
-                        logger.info("end of file %s", self.spec.target)
+                        logger.info("end of file %s", self.spec.display_name)
                         return
                     continue  # reopen and play again
                 if self.error is None:  # no read error: the stream ended cleanly (the sender stopped it)

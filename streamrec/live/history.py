@@ -299,7 +299,7 @@ class HistoryStore:
 def _safe(target: str) -> str:
     from streamrec.live.sources import mask_credentials
 
-    return mask_credentials(target)
+    return printable(mask_credentials(target))  # a path may hold a line break
 
 
 def parse_time(text: str | None, name: str = "--since/--until") -> float | None:

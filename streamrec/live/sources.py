@@ -25,7 +25,7 @@ import numpy as np
 
 from streamrec.config import CameraConfig
 from streamrec.errors import SourceError
-from streamrec.redact import SECRET_QUERY_KEYS, mask_credentials  # noqa: F401 - re-exported
+from streamrec.redact import SECRET_QUERY_KEYS, control_characters, mask_credentials, printable  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,9 @@ class SourceSpec:
                 raise SourceError(f"--source: expected a webcam index 0..{MAX_WEBCAM_INDEX}, got {shown}")
             return cls(text, "webcam", **kw)
         if text.lower().startswith(NETWORK_SCHEMES):
+            if control_characters(text):  # a URL holds none; it is logged and shown on one line
+                raise SourceError(f"--source: expected a URL without control characters or line breaks, "
+                                  f"got {mask_credentials(text)!r} ({control_characters(text)[0]})")
             return cls(text, "network", **kw)
         if "://" in text:
             raise SourceError(f"--source: expected rtsp://, rtsps://, http:// or https://, got {mask_credentials(text)!r}")
@@ -105,8 +108,8 @@ class SourceSpec:
 
     @property
     def display_name(self) -> str:
-        """The target with any password in a URL hidden, for logs and pages."""
-        return mask_credentials(self.target)
+        """The target with any password in a URL hidden and on one line, for logs and pages."""
+        return printable(mask_credentials(self.target))
 
 
 class Source:
@@ -170,9 +173,9 @@ class PyAVSource(Source):
             if spec.target.lower().startswith(("rtsp://", "rtsps://")):
                 options["rtsp_transport"] = spec.rtsp_transport
         elif not Path(spec.target).exists():
-            raise SourceError(f"--source: file not found: {spec.target}")
+            raise SourceError(f"--source: file not found: {spec.display_name}")
         elif Path(spec.target).is_dir():
-            raise SourceError(f"--source: expected a video file, got a directory: {spec.target}")
+            raise SourceError(f"--source: expected a video file, got a directory: {spec.display_name}")
         try:
             self._container = open_container(
                 spec.target, options=options, timeout=(spec.open_timeout_s, spec.read_timeout_s)
@@ -184,7 +187,7 @@ class PyAVSource(Source):
                 what = "not a video stream at"
             else:
                 what = "cannot connect to"
-            raise SourceError(f"--source: {what} {spec.display_name}: {mask_credentials(_av_reason(exc))}") from None
+            raise SourceError(f"--source: {what} {spec.display_name}: {printable(mask_credentials(_av_reason(exc)))}") from None
         if not self._container.streams.video:
             self._container.close()
             raise SourceError(f"--source: {spec.display_name} has no video stream")

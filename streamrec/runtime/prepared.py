@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     stdout (:func:`~streamrec.runtime.firststart.child_error_line`) for the parent to raise:
     the parent reports it and does not load (or download) a second time."""
     from streamrec.errors import StreamrecError
+    from streamrec.redact import one_line_logs
 
     p = argparse.ArgumentParser(prog="python -m streamrec.runtime.prepared")
     p.add_argument("--model", default=None)
@@ -179,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
+    before = list(logging.getLogger().handlers)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    one_line_logs(before)
     try:
         load(args.model, args.weights, device="cpu", cache=args.cache)
     except StreamrecError as exc:  # the parent reports it: one line on its stdout, for the parent alone
