@@ -24,6 +24,7 @@ from streamrec.validate import check_allowed_hosts, check_types, unknown_keys
 
 # a camera's name travels in a one-byte length field (the preview frames' header): its UTF-8 bytes count
 CAMERA_NAME_MAX_CHARS, CAMERA_NAME_MAX_BYTES = 64, 255
+CAMERA_TIMEOUT_MAX_S = 86400  # a camera's open_timeout and stall_timeout: a day at most
 
 
 def check_device(device: str) -> str:
@@ -77,9 +78,15 @@ class CameraConfig:
     sports_only: bool | None = None
 
     def __post_init__(self) -> None:
-        check_types(self, prefix=f"camera {self.name!r}: " if isinstance(self.name, str) else "[[cameras]] ")
+        shown = self.name if not isinstance(self.name, str) or len(self.name) <= 40 else self.name[:40] + "..."
+        check_types(self, prefix=f"camera {shown!r}: " if isinstance(self.name, str) else "[[cameras]] ")
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or len(self.name) > CAMERA_NAME_MAX_CHARS:
-            raise StreamrecError(f"camera name: expected 1-{CAMERA_NAME_MAX_CHARS} letters, digits, '-', '_' or '.', got {self.name!r}")
+            raise StreamrecError(f"camera name: expected 1-{CAMERA_NAME_MAX_CHARS} letters, digits, '-', '_' or '.', got {shown!r}")
+        for option in ("open_timeout", "stall_timeout"):  # None: serve's own
+            value = getattr(self, option)
+            if value is not None and not 0 < value <= CAMERA_TIMEOUT_MAX_S:
+                raise StreamrecError(f"camera {shown!r}: {option}: expected seconds > 0 and at most "
+                                     f"{CAMERA_TIMEOUT_MAX_S}, got {value!r}")
         size = len(self.name.encode())
         if size > CAMERA_NAME_MAX_BYTES:
             raise StreamrecError(f"camera name: expected at most {CAMERA_NAME_MAX_BYTES} bytes as UTF-8, "

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import types
 import typing
 from dataclasses import fields
@@ -89,20 +90,30 @@ def from_text(cls: type, values: dict[str, str], *, prefix: str = "") -> dict[st
         kinds = kinds_of.get(name, ((str,), False))[0]
         if bool in kinds:
             if text.lower() not in _TRUE + _FALSE:
-                raise StreamrecError(f"{prefix}{name}: expected true or false (1/0, yes/no, on/off), got {text!r}")
+                shown = text if len(text) <= 40 else text[:40] + "..."
+                raise StreamrecError(f"{prefix}{name}: expected true or false (1/0, yes/no, on/off), got {shown!r}")
             out[name] = text.lower() in _TRUE
         elif int in kinds or float in kinds:
-            try:
-                number = int(text) if int in kinds and float not in kinds else float(text)
-            except ValueError:
-                number = None
-            if number is None or not math.isfinite(number):
-                kind = "an integer" if float not in kinds else "a number"
-                raise StreamrecError(f"{prefix}{name}: expected {kind}, got {text!r}") from None
-            out[name] = number
+            out[name] = _number(f"{prefix}{name}", text, integer=float not in kinds)
         else:
             out[name] = text
     return out
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+
+
+def _number(name: str, text: str, *, integer: bool) -> int | float:
+    """``text`` as an integer (``integer``) or a finite number, written in ASCII digits (no ``1_000``,
+    no digits of other scripts, no ``nan`` or ``inf``); otherwise a :class:`StreamrecError` naming ``name``."""
+    t = text.strip()
+    if (_INTEGER if integer else _DECIMAL).fullmatch(t):
+        number = int(t) if integer else float(t)
+        if math.isfinite(number):
+            return number
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise StreamrecError(f"{name}: expected {'an integer' if integer else 'a number'}, got {shown!r}")
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:

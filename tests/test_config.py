@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -80,9 +81,26 @@ def test_query_text_is_converted_to_the_camera_fields():
     fields = from_text(CameraConfig, {"name": "a", "source": "0", "loop": "Yes", "open_timeout": "2.5",
                                       "sports_only": "off"})
     assert CameraConfig.from_dict(fields) == CameraConfig("a", "0", loop=True, open_timeout=2.5, sports_only=False)
-    for text in ("nan", "inf", "", "2s"):
-        with pytest.raises(StreamrecError, match=f"open_timeout: expected a number, got {text!r}"):
+    for text in ("nan", "inf", "", "2s", "1_000", "\u0663", "0x10", "Infinity", "1e99999"):
+        with pytest.raises(StreamrecError, match=f"open_timeout: expected a number, got {re.escape(repr(text))}"):
             from_text(CameraConfig, {"open_timeout": text})
+
+
+@pytest.mark.parametrize("option", ["open_timeout", "stall_timeout"])
+@pytest.mark.parametrize("text", ["0", "-0", "-1", "1e-400", "86401", "1e308", "9" * 5000, "-" + "9" * 5000])
+def test_absurd_camera_timeouts_are_one_short_line_naming_them(option, text):
+    from streamrec.config import CameraConfig
+    from streamrec.validate import from_text
+
+    with pytest.raises(StreamrecError) as info:
+        CameraConfig.from_dict(from_text(CameraConfig, {"name": "n" * 5000, "source": "0", option: text}))
+    message = str(info.value)
+    assert len(message) < 200 and "\n" not in message and ("name" in message or option in message)
+    with pytest.raises(StreamrecError, match=f"^(camera 'a': )?{option}: expected ") as info:
+        CameraConfig.from_dict(from_text(CameraConfig, {"name": "a", "source": "0", option: text}))
+    assert len(str(info.value)) < 200
+    assert getattr(CameraConfig.from_dict(from_text(CameraConfig, {"name": "a", "source": "0", option: "86400"})),
+                   option) == 86400
 
 
 def test_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
