@@ -65,6 +65,26 @@ def test_an_activity_that_began_in_the_cooldown_is_dated_from_its_first_label():
     assert feed(eng, [(40.0 + t, "running", 0.9) for t in range(3)]) == [("start", 42.0, 40.0, None)]
 
 
+@pytest.mark.parametrize("gap, start", [
+    ([(6.0, "running", 0.9, True)], 5.0),  # an uncertain label inside the run: still dated 5.0
+    ([(6.0, "running", 0.9, True), (7.0, "running", 0.9, True)], 8.0),  # end_seconds uncertain: a new run
+    ([(6.0, "walking", 0.9, False)], 8.0),  # another activity: a new run
+])
+def test_a_run_in_the_cooldown_keeps_its_start_across_an_uncertain_label(gap, start):
+    rule = RuleConfig("run", labels=("running",), min_seconds=1.0, end_seconds=2.0, cooldown_seconds=10.0)
+    eng = RuleEngine([rule], new_id=lambda ev: f"e{ev.start_ts}")
+    feed(eng, [(0.0, "running", 0.9), (1.0, "running", 0.9), (2.0, "x", 0.9), (3.0, "x", 0.9)])  # cooldown to 11
+    changes = []
+    for ts, label, score, uncertain in [(5.0, "running", 0.9, False)] + gap + \
+            [(8.0 + t, "running", 0.9, False) for t in range(5)]:
+        changes += [(c.kind, ts, c.event.start_ts) for c in eng.update("cam", label, score, ts, uncertain=uncertain)
+                    if c.kind != "seen"]
+    assert changes == [("start", 11.0, start)]
+    # an activity that began in the cooldown and ended before it expired opens nothing
+    feed(eng, [(20.0 + t, "x", 0.9) for t in range(3)])
+    assert feed(eng, [(25.0, "running", 0.9), (26.0, "x", 0.9), (36.0, "x", 0.9), (37.0, "x", 0.9)]) == []
+
+
 def test_a_deleted_open_event_is_followed_silently_and_never_closed():
     rule = RuleConfig("run", labels=("running",), min_seconds=1.0, end_seconds=2.0, cooldown_seconds=0.0)
     eng = RuleEngine([rule], new_id=lambda ev: f"e{ev.start_ts}")
@@ -121,11 +141,14 @@ min_seconds = {min_seconds}
     ('[recording]\ndir = "TMP/a-file/clips"', "[recording] dir: expected a folder streamrec can write clips into, "
                                                "got 'TMP/a-file/clips' (Not a directory)"),
     ('[recording]\ndir = "TMP/a-file"', "[recording] dir: expected a folder streamrec can write clips into, "
-                                         "got 'TMP/a-file' (File exists)"),
+                                         "got 'TMP/a-file' (a file, not a folder)"),
     ('[recording]\npacket_ring_mb = 4096', "[recording] packet_ring_mb: expected at most 1024 MB per camera, got 4096.0"),
     ('[recording]\npacket_ring_mb = inf', "[recording] packet_ring_mb: expected a finite number, got inf"),
     ('[recording]\npacket_ring_mb = nan', "[recording] packet_ring_mb: expected a finite number, got nan"),
+    ('[recording]\ndir = "TMP/dangling"', "got 'TMP/dangling' (a link to 'TMP/nowhere', which does not exist)"),
     ('groups = ["quidditch"]', "[[rules]] 'bees': groups: no group 'quidditch'"),
+    # Kinetics-400's groups on a fine-tuned checkpoint would match none of its classes
+    ('groups = ["ball sports"]', "groups: the group 'ball sports' has none of the loaded model's classes"),
     ('cameras = ["nowhere"]', "[[rules]] 'bees': cameras: no camera 'nowhere'; expected one of gate"),
     ('notify = ["webhook"]', "[[rules]] 'bees': notify: webhook needs a [notify.webhook] table"),
     ('notify = ["webhook"]\n[notify.webhook]\nurl = "ftp://x"', "[notify.webhook] url: expected an http:// or https:// URL"),
@@ -137,6 +160,7 @@ def test_rule_errors_stop_serve_with_one_line(tmp_path, extra, message):
     if extra.startswith("labels"):
         text = text.replace('labels = ["b"]\n', "")
     (tmp_path / "a-file").write_text("a file where the clips' folder should be")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     text, message = text.replace("TMP", str(tmp_path)), message.replace("TMP", str(tmp_path))
     cfg = tmp_path / "c.toml"
     cfg.write_text(text)

@@ -57,9 +57,30 @@ def relative(camera: str, event_id: str, suffix: str) -> str:
     return f"{path_part(camera)}/{path_part(event_id)}{suffix}"
 
 
+def folder_problem(folder: Path) -> str:
+    """Why ``folder`` cannot be the clips' folder before trying it ("" when none is seen):
+    a blank name, a NUL, a ``~user`` with no such user, a file, a link to nothing."""
+    text = str(folder)
+    if not text.strip():
+        return "an empty name; expected a folder's path"
+    if "\0" in text:
+        return "a NUL character in the name"
+    if text.startswith("~"):
+        return f"no such user: {text.split('/')[0]}"
+    if folder.is_symlink() and not folder.exists():
+        return f"a link to {os.readlink(folder)!r}, which does not exist"
+    if folder.exists() and not folder.is_dir():
+        return "a file, not a folder"
+    return ""
+
+
 def check_writable(folder: Path) -> None:
     """``folder`` (``[recording] dir``) exists or can be made, and a file can be written there
     (a probe, deleted at once); else a :class:`StreamrecError` naming it and why."""
+    why = folder_problem(folder)
+    if why:
+        raise StreamrecError(f"[recording] dir: expected a folder streamrec can write clips into, got {str(folder)!r} "
+                             f"({why})")
     probe = None
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ when it has been gone long enough the event closes.
 Each (rule, camera) pair is a small state machine fed with every prediction's smoothed label,
 score and window end time (:meth:`RuleEngine.update`): the label must be one of the rule's (or of
 its groups) with at least ``min_score`` for ``min_seconds`` to open an event (its start is when
-the label began); while open, each matching label extends it and counts towards its peak and mean
+the label began; uncertain labels for less than ``end_seconds`` do not interrupt it); while open, each matching label extends it and counts towards its peak and mean
 score; ``end_seconds`` without one closes it at the last matching label; then ``cooldown_seconds``
 pass before the rule opens another event on that camera (an activity that began during the cooldown
 and still holds when it is over opens one then, dated from the activity's own first label). An
@@ -95,7 +95,12 @@ def rule_labels(rule: RuleConfig, classes: Sequence[str], groups: dict[str, list
     if missing:
         raise StreamrecError(f"[[rules]] {rule.name!r}: labels: the model has no class {missing[0]!r}; "
                              f"{class_hint(missing[0], classes)}")
-    return frozenset(rule.labels) | frozenset(x for g in rule.groups for x in groups[g])
+    known = set(classes)
+    empty = [g for g in rule.groups if not known.intersection(groups[g])]
+    if empty:  # Kinetics-400's groups on a fine-tuned checkpoint: the rule would never open an event
+        raise StreamrecError(f"[[rules]] {rule.name!r}: groups: the group {empty[0]!r} has none of the loaded "
+                             f"model's classes; name them in labels instead ({class_hint(empty[0], classes)})")
+    return frozenset(rule.labels) | frozenset(x for g in rule.groups for x in groups[g] if x in known)
 
 
 class RuleEngine:
@@ -117,13 +122,13 @@ class RuleEngine:
                 continue
             matched = not uncertain and label in self.labels_of[rule.name] and score >= rule.min_score
             change = self.step(rule, self.tracks.setdefault((rule.name, camera), Track()), camera, label, score,
-                               ts, matched)
+                               ts, matched, uncertain=uncertain)
             if change is not None:
                 out.append(change)
         return out
 
     def step(self, rule: RuleConfig, tr: Track, camera: str, label: str, score: float, ts: float,
-             matched: bool) -> Change | None:
+             matched: bool, *, uncertain: bool = False) -> Change | None:
         if tr.open is not None:
             ev = tr.open
             if matched:
@@ -140,18 +145,20 @@ class RuleEngine:
                 deleted, tr.deleted = tr.deleted, False
                 return None if deleted else Change("end", ev, rule)
             return None
-        if not matched:
-            tr.since = None
+        if not matched:  # an uncertain label shorter than end_seconds does not break the run
+            if not (uncertain and tr.since is not None and ts - tr.last_seen < rule.end_seconds):
+                tr.since = None
             return None
         if tr.since is None:  # a run of matching labels begins, in a cooldown or not: the activity's start
             tr.since, tr.label, tr.scores = ts, label, []
         tr.scores.append(score)
+        tr.last_seen = ts
         if ts - tr.since < rule.min_seconds or ts < tr.cooldown_until:
             return None
         ev = Event("", rule.name, camera, tr.label or label, start_ts=tr.since, peak_score=max(tr.scores),
                    mean_score=sum(tr.scores) / len(tr.scores), peak_ts=ts)
         ev.id = self.new_id(ev)
-        tr.open, tr.last_seen = ev, ts
+        tr.open = ev
         return Change("start", ev, rule)
 
     def discard(self, event_id: str) -> Event | None:
