@@ -217,3 +217,17 @@ def test_a_log_line_is_one_line_whatever_its_arguments(text, line):
 
     record = logging.makeLogRecord({"msg": "%s", "args": (text,), "levelname": "INFO", "name": "x"})
     assert OneLineFormatter("%(levelname)s %(message)s").format(record) == f"INFO {line}"
+
+
+@pytest.mark.parametrize("char, escaped", BAD[:6] + BAD[7:10])
+def test_a_checkpoint_class_name_with_a_control_character_is_refused(char, escaped):
+    from streamrec.errors import WeightsError
+    from streamrec.models.registry import build_model, load_checkpoint, make_checkpoint, model_spec
+
+    classes = ["serve", f"smash{char}FAKE"]
+    ck = make_checkpoint(build_model("tiny3d", num_classes=2), model="tiny3d", classes=classes, spec=model_spec("tiny3d"))
+    with pytest.raises(WeightsError) as info:
+        load_checkpoint(ck, source="ck.pt")
+    assert str(info.value) == ("--weights ck.pt: classes: expected names without control characters or line breaks, "
+                               f"got {classes[1]!r}")
+    assert "\n" not in str(info.value) and escaped in str(info.value)
