@@ -101,7 +101,7 @@ def from_text(cls: type, values: dict[str, str], *, prefix: str = "") -> dict[st
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
 
 
 def _number(name: str, text: str, *, integer: bool) -> int | float:

@@ -229,7 +229,9 @@ def test_a_failing_handler_is_a_500(served, kind, method):
         (500, {"error": "internal error"} if method != "HEAD" else None)
 
 
-NUMBERS = [LONG, "-" + LONG, "1e999", "nan", "inf", "-inf", "Infinity", "1e300", "-1e400d", "-nanh", "-1e12d"]
+NUMBERS = [LONG, "-" + LONG, "1e999", "nan", "inf", "-inf", "Infinity", "1e300", "-1e400d", "-nanh", "-1e12d",
+           "1_000", "-1_0d", "%D9%A3", "-%D9%A3d", "%EF%BC%95", "--1d", "-%2B1d", "0x10", "%2Binf", "1e308",
+           "2026-01-01T00:00:00%00", "%00", "-1D"]
 
 
 @pytest.mark.parametrize("path", ["/api/history", "/api/events"])
@@ -239,6 +241,21 @@ def test_an_absurd_time_is_a_400_naming_it(served, path, param, value):
     status, _, body = http(served.port, "GET", f"{path}?{param}={value}")
     error = json.loads(body)["error"]
     assert status == 400 and error.startswith(f"{param}: expected ") and "\n" not in error and len(error) < 200
+
+
+@pytest.mark.parametrize("text", ["9" * 8000 + "x", "-" + "9" * 8000 + ".9x", "9" * 8000 + "e" + "9" * 8000 + "x"],
+                         ids=["digits", "decimals", "exponent"])
+def test_a_long_number_that_is_no_number_is_refused_at_once(text):
+    from streamrec.config import CameraConfig
+    from streamrec.errors import StreamrecError
+    from streamrec.live.history import parse_time
+    from streamrec.validate import from_text
+
+    started = time.perf_counter()
+    for refuse in (lambda: parse_time(text, "since"), lambda: from_text(CameraConfig, {"open_timeout": text})):
+        with pytest.raises(StreamrecError):
+            refuse()
+    assert time.perf_counter() - started < 0.2  # no backtracking over the digits
 
 
 LIMITS = [LONG, "0" * 5000 + "1", "1e3", "-1", "0", "1001", "1_0", "%D9%A3", "0x10", "%20", "nan", "5.0", "%2B5", "5%00"]
@@ -252,7 +269,8 @@ def test_an_absurd_limit_is_a_400_naming_it(served, value):
 
 
 @pytest.mark.parametrize("query", ["limit=1", "limit=1000", "limit=0007", "since=-1h&until=0", "since=1700000000",
-                                   "since=2026-01-01T00:00:00%2B00:00"])
+                                   "since=2026-01-01T00:00:00%2B00:00", "since=-0", "since=%2B5.&until=.5e3",
+                                   "since=-1e-400d", "since=2000&until=1000"])
 def test_sensible_numbers_are_answered(served, query):
     status, _, body = http(served.port, "GET", f"/api/events?{query}")
     assert status == 200 and isinstance(json.loads(body)["events"], list)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -302,22 +303,31 @@ def _safe(target: str) -> str:
     return printable(mask_credentials(target))  # a path may hold a line break
 
 
+# a number as --since/--until and ?since=/?until= take it: ASCII digits (not 1_000 or digits of other
+# scripts, which float() takes); inf and nan too, to be refused as out of range
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan)"
+UNIX_SECONDS = re.compile(rf"[+-]?(?:{_NUMBER})")
+RELATIVE_TIME = re.compile(rf"-({_NUMBER})([smhd])")
+
+
 def parse_time(text: str | None, name: str = "--since/--until") -> float | None:
     """Unix seconds, an ISO-8601 time, or a relative ``-10m`` / ``-2h`` / ``-1d``, within the years
-    1 to 9999; anything else (``nan``, ``inf``, ``1e999``, a number of 5,000 digits...) is a
-    :class:`StreamrecError` naming ``name`` (the option or query parameter)."""
+    1 to 9999, numbers in ASCII digits; anything else (``nan``, ``inf``, ``1e999``, ``1_000``, a number
+    of 5,000 digits...) is a :class:`StreamrecError` naming ``name`` (the option or query parameter)."""
     if text is None:
         return None
     t = text.strip()
     shown = t if len(t) <= 40 else t[:40] + "..."
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        if t.startswith("-") and len(t) > 2 and t[-1] in units:
-            value = datetime.now(timezone.utc).timestamp() - float(t[1:-1]) * units[t[-1]]
-        else:
-            value = float(t)
-    except ValueError:
+    relative = RELATIVE_TIME.fullmatch(t)
+    if relative:
+        value = datetime.now(timezone.utc).timestamp() - float(relative[1]) * units[relative[2]]
+    elif UNIX_SECONDS.fullmatch(t):
+        value = float(t)
+    else:
         try:
+            if not (t.isascii() and t.isprintable()):  # fromisoformat stops at a NUL
+                raise ValueError(t)
             dt = datetime.fromisoformat(t)
             value = (dt if dt.tzinfo else dt.astimezone()).timestamp()
         except (ValueError, OverflowError, OSError):
