@@ -10,14 +10,16 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from streamrec.redact import printable
+
 
 class StreamrecError(Exception):
     """An error caused by input or environment, with a one-line message for the user."""
 
     exit_code = 2
 
-    def __str__(self) -> str:  # keep the CLI's promise of one line
-        return " ".join(super().__str__().split())
+    def __str__(self) -> str:  # keep the CLI's promise of one line, drawn as written (an ESC is shown, not obeyed)
+        return printable(" ".join(super().__str__().split()))
 
 
 class SourceError(StreamrecError):

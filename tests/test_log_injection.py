@@ -231,3 +231,15 @@ def test_a_checkpoint_class_name_with_a_control_character_is_refused(char, escap
     assert str(info.value) == ("--weights ck.pt: classes: expected names without control characters or line breaks, "
                                f"got {classes[1]!r}")
     assert "\n" not in str(info.value) and escaped in str(info.value)
+
+
+@pytest.mark.parametrize("char, escaped", [b for b in BAD if b[0] != "\x00"])  # no file name holds NUL
+def test_a_config_path_with_a_control_character_is_one_line_and_exit_2(tmp_path, capsys, char, escaped):
+    from streamrec.cli.main import main
+
+    cfg = tmp_path / f"cams{char}FAKE.toml"
+    cfg.write_text("source = [\n")
+    assert main(["serve", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streamrec: error: --config ") and err.endswith(": not valid TOML: Invalid value (at end of document)\n")
+    assert err.count("\n") == 1 and not control_characters(err[:-1])
