@@ -258,6 +258,15 @@ def test_a_long_number_that_is_no_number_is_refused_at_once(text):
     assert time.perf_counter() - started < 0.2  # no backtracking over the digits
 
 
+@pytest.mark.parametrize("target, status", [("/api/events/a%00b", 404), ("/api/events/%00/clip.mp4", 404),
+                                            ("/api/events?camera=%00", 400), ("/api/events?rule=r%00", 400),
+                                            ("/api/history?camera=%00", 400), ("/api/events/" + "9" * 5000, 404),
+                                            ("/api/events/" + "x" * 5000 + "/thumb.jpg", 404)])
+def test_a_name_no_event_can_have_is_a_short_answer(served, target, status):
+    got, _, body = http(served.port, "GET", target)
+    assert got == status and len(json.loads(body)["error"]) < 120
+
+
 LIMITS = [LONG, "0" * 5000 + "1", "1e3", "-1", "0", "1001", "1_0", "%D9%A3", "0x10", "%20", "nan", "5.0", "%2B5", "5%00"]
 
 

@@ -201,3 +201,27 @@ def test_events_survive_a_postgres_restart(server):
             [("event_start", "webhook"), ("event_end", "webhook")]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("method, path, query, status", [
+    ("GET", "/api/events/a\x00b", {}, 404), ("GET", "/api/events/a\x00b/clip.mp4", {}, 404),
+    ("DELETE", "/api/events/\x00", {}, 404), ("GET", "/api/events", {"camera": ["\x00"]}, 400),
+    ("GET", "/api/events", {"rule": ["x\x00"]}, 400), ("GET", "/api/history", {"camera": ["c\x00"]}, 400),
+])
+def test_a_nul_in_an_api_name_is_answered_not_sent_to_postgres(server, tmp_path, method, path, query, status):
+    from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
+    from streamrec.events.manager import EventManager
+    from streamrec.serve.routes import events_api, history_api
+    from streamrec.supervision import Supervisor
+
+    rule = RuleConfig(name="pour", labels=("pouring",), min_seconds=1.0, end_seconds=1.0)
+    events = EventManager(rules=(rule,), notify=NotifyConfig(), recording=RecordingConfig(dir=str(tmp_path)),
+                          db=server.url, classes=["pouring"], supervisor=Supervisor(), publish=lambda message: None)
+    history = HistoryStore(server.url)
+    try:
+        route = history_api(history) if path == "/api/history" else events_api(events)
+        reply = route.handler(method, path, query)  # PostgreSQL refuses text with a NUL: was a 500 or a 503
+        assert reply.status == status and "\\x00" in reply.body["error"]
+    finally:
+        history.close()
+        events.store.close()

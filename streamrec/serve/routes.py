@@ -32,6 +32,20 @@ def query_int(query: dict[str, list[str]], name: str, lo: int, hi: int, default:
     raise StreamrecError(f"{name}: expected a whole number {lo}..{hi}, got {shown!r}")
 
 
+def query_text(query: dict[str, list[str]], name: str) -> str | None:
+    """The query parameter ``name`` (``None`` without one); one holding a NUL, which no name holds
+    and PostgreSQL cannot compare, is a :class:`StreamrecError`."""
+    text = (query.get(name) or [None])[0]
+    if text is not None and "\x00" in text:
+        raise StreamrecError(f"{name}: expected a name, got {shorten(text)!r}")
+    return text
+
+
+def shorten(text: str) -> str:
+    """``text`` as an answer quotes it: at most 40 characters."""
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
 def query_times(query: dict[str, list[str]]) -> tuple[float | None, float | None]:
     """The ``since`` and ``until`` parameters (see :func:`~streamrec.live.history.parse_time`)."""
     return (parse_time((query.get("since") or [None])[0], "since"),
@@ -47,13 +61,13 @@ def history_api(store: HistoryStore, *, limit: int = HISTORY_API_LIMIT) -> ApiRo
     def handler(method: str, path: str, query: dict[str, list[str]]) -> Reply:
         if method != "GET":
             return Reply(405, {"error": "GET only"})
-        one = lambda k: (query.get(k) or [None])[0]  # noqa: E731
         try:
             since, until = query_times(query)
+            camera = query_text(query, "camera")
         except StreamrecError as exc:
             return Reply(400, {"error": str(exc)})
         try:
-            rows = store.query(camera=one("camera"), since=since, until=until, limit=limit + 1)
+            rows = store.query(camera=camera, since=since, until=until, limit=limit + 1)
         except Exception as exc:  # noqa: BLE001 - the database went away: the page asks again in 5 s
             logger.warning("history: cannot read the database: %s", printable(str(exc).strip()))
             return Reply(503, {"error": f"history database unavailable: {printable(str(exc).strip())}"})
@@ -104,24 +118,26 @@ def events_api(events: EventManager) -> ApiRoute:
         parts = path.strip("/").split("/")[2:]  # after api/events
         if not parts and method == "GET":
             return list_events(events, query)
+        if parts and "\x00" in parts[0] and method in ("GET", "DELETE"):  # no id (nor PostgreSQL text) holds a NUL
+            return Reply(404, {"error": f"no event {shorten(parts[0])!r}"})
         if len(parts) == 1 and method == "DELETE":
             try:
                 deleted = events.delete(parts[0])
             except StreamrecError as exc:  # the events thread waits for a database that does not answer
                 return Reply(503, {"error": str(exc)})
             if not deleted:
-                return Reply(404, {"error": f"no event {parts[0]!r}"})
+                return Reply(404, {"error": f"no event {shorten(parts[0])!r}"})
             return Reply(200, {"deleted": parts[0]})
         if len(parts) == 1 and method == "GET":
             row = events.store.get(parts[0])
-            return Reply(200, row_event(row)) if row else Reply(404, {"error": f"no event {parts[0]!r}"})
+            return Reply(200, row_event(row)) if row else Reply(404, {"error": f"no event {shorten(parts[0])!r}"})
         if len(parts) == 2 and parts[1] in FILES and method != "GET":
             return Reply(405, {"error": f"GET /api/events/ID/{parts[1]}"})
         if len(parts) == 2 and parts[1] in FILES:
             kind, content_type = FILES[parts[1]]
             found = events.file_of(parts[0], kind)
             if found is None:
-                return Reply(404, {"error": f"event {parts[0]!r} has no {parts[1]}"})
+                return Reply(404, {"error": f"event {shorten(parts[0])!r} has no {parts[1]}"})
             return Reply(200, FileBody(found, content_type))
         return Reply(405 if len(parts) <= 1 else 404, {"error": "GET /api/events[/ID[/clip.mp4|/thumb.jpg]] or DELETE "
                                                                 "/api/events/ID"},
@@ -134,14 +150,14 @@ FILES = {"clip.mp4": ("clip", "video/mp4"), "thumb.jpg": ("thumbnail", "image/jp
 
 
 def list_events(events: EventManager, query: dict[str, list[str]]) -> Reply:
-    one = lambda k: (query.get(k) or [None])[0]  # noqa: E731
     try:
         since, until = query_times(query)
         limit = query_int(query, "limit", 1, EVENTS_API_LIMIT, EVENTS_API_LIMIT)
+        camera, rule = query_text(query, "camera"), query_text(query, "rule")
     except StreamrecError as exc:
         return Reply(400, {"error": str(exc)})
     try:
-        rows = events.store.query(camera=one("camera"), rule=one("rule"), since=since, until=until, limit=limit)
+        rows = events.store.query(camera=camera, rule=rule, since=since, until=until, limit=limit)
     except Exception as exc:  # noqa: BLE001 - the database went away: the page asks again later
         logger.warning("events: cannot read the database: %s", printable(str(exc).strip()))
         return Reply(503, {"error": f"events database unavailable: {printable(str(exc).strip())}"})
