@@ -334,7 +334,7 @@ def test_any_range_is_answered_with_what_it_says(served, header):
 
 HEAD_TARGETS = ["/", "/healthz", "/metrics", "/big", "/api/history", "/api/events", "/api/events/e1",
                 "/api/events/e1/clip.mp4", "/api/events/e1/thumb.jpg", "/api/files/big", "/api/files/empty",
-                "/api/events/nope", "/nowhere", "/api/raises"]
+                "/api/events/nope", "/nowhere", "/api/raises", "/ws"]
 
 
 @pytest.mark.parametrize("target", HEAD_TARGETS)
@@ -343,6 +343,14 @@ def test_head_gets_what_get_gets_without_the_body(served, target):
     status, headers, body = http(served.port, "HEAD", target)
     assert (status, headers, body) == (get_status, get_headers, b"")
     assert int(headers["content-length"]) == len(get_body)
+
+
+@pytest.mark.parametrize("token, origin, status", [(False, None, 401), (True, "http://elsewhere.example", 403),
+                                                   (False, "http://elsewhere.example", 401), (True, None, 426)])
+def test_head_of_the_websocket_is_refused_as_a_get_is(served, token, origin, status):
+    extra = [f"Origin: {origin}"] if origin else []
+    get_status, get_headers, _ = http(served.port, "GET", "/ws", *extra, token=token)
+    assert http(served.port, "HEAD", "/ws", *extra, token=token)[:2] == (get_status, get_headers) and get_status == status
 
 
 def test_head_of_a_range_gets_the_range_headers(served):

@@ -303,10 +303,7 @@ class WebServer:
             return refusal
         path = urlsplit(request.path).path
         if path == "/ws":
-            if request.method == "HEAD":  # what a GET without the websocket upgrade gets
-                return _response(HTTPStatus.UPGRADE_REQUIRED, "text/plain", b"a websocket opens with GET\n",
-                                 ("Upgrade", "websocket"))
-            if request.method != "GET":
+            if request.method not in ("GET", "HEAD"):
                 return _response(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"a websocket opens with GET\n", ("Allow", "GET, HEAD"))
             if not self._authorized(request):
                 return _response(HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token\n")
@@ -314,6 +311,9 @@ class WebServer:
             host = request.headers.get("Host", "")
             if origin is not None and urlsplit(origin).netloc != host:
                 return _response(HTTPStatus.FORBIDDEN, "text/plain", b"cross-origin websocket refused\n")
+            if request.method == "HEAD" or "websocket" not in request.headers.get("Upgrade", "").lower():
+                return _response(HTTPStatus.UPGRADE_REQUIRED, "text/plain", b"a websocket opens with GET\n",
+                                 ("Upgrade", "websocket"))  # a HEAD gets what a GET without the upgrade gets
             return None  # go on with the websocket handshake
         api = next((r for prefix, r in self.api.items() if path == prefix or path.startswith(prefix + "/")), None)
         if api is not None:  # in a thread of its own: adding a camera opens its source and may load a model
