@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os  # noqa: F401 - the examples use it
 import re
@@ -88,6 +89,23 @@ def _wrapped(text: str, start: int, end: int) -> tuple[str, int]:
             _HOST_PORT.fullmatch(piece) and ":" not in more):
         return piece, end  # "http://cam:8080" then "user@example.com": a port, not a password
     return piece + cont["word"], cont.end()
+
+
+def mask_quoted(text: str, url: str) -> str:
+    """``text`` (an error that ``url`` caused: a driver may quote the URL, or a part of it, as it
+    is) with the passwords and secret values of ``url`` hidden wherever they appear, and any
+    URL in it masked (:func:`mask_credentials`).
+
+    >>> mask_quoted('unexpected spaces found in "se cret"', "postgresql://u:se cret@db/x")
+    'unexpected spaces found in "***"'
+    """
+    masked, hidden = mask_credentials(url), []
+    for tag, i1, i2, _, _ in difflib.SequenceMatcher(None, url, masked, autojunk=False).get_opcodes():
+        if tag in ("replace", "delete") and i2 - i1 >= 3:
+            hidden += [url[i1:i2], unquote_plus(url[i1:i2])]
+    for secret in sorted(set(hidden), key=len, reverse=True):
+        text = text.replace(secret, SHOWN)
+    return mask_credentials(text)
 
 
 def _url_end(text: str, start: int) -> int:

@@ -66,3 +66,18 @@ def test_error_messages_that_quote_a_source_mask_it():
         with pytest.raises(StreamrecError) as info:
             ServeConfig.from_sources({"cameras": cameras}, {})
         assert str(info.value) == f"[[cameras]]: {expected}"
+
+
+@pytest.mark.parametrize("url, quoted", [
+    ("postgresql://u:se cret@127.0.0.1:1/db", "unexpected spaces"),
+    ("postgresql://u:secret@[::1/db", "IPv6"),
+    ("postgresql://u:sec%ZZret@127.0.0.1:1/db", "percent-encoded"),
+])
+def test_a_database_error_that_quotes_the_url_hides_the_password(url, quoted):
+    pytest.importorskip("psycopg")
+    from streamrec.errors import StreamrecError
+    from streamrec.live.history import HistoryStore
+
+    with pytest.raises(StreamrecError) as info:
+        HistoryStore(url)
+    assert quoted in str(info.value) and "cret" not in str(info.value) and "u:***@" in str(info.value)

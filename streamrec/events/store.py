@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator
 
 from streamrec.errors import StreamrecError, install_hint
 from streamrec.live.packets import PLAYS_IN_BROWSERS
-from streamrec.redact import mask_credentials
+from streamrec.redact import mask_credentials, mask_quoted
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class EventStore:
         except ImportError:
             raise StreamrecError("--db postgresql://: psycopg is not installed; " + install_hint("postgres")) from None
         except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: one line for the user
-            raise StreamrecError(f"--db: cannot open the events tables: {str(exc).strip()}") from None
+            raise StreamrecError(f"--db: cannot open the events tables: {mask_quoted(str(exc).strip(), self.target)}") from None
 
     def _add_columns(self, conn) -> None:
         """A database from before ``clip_codec`` gets the column (its events' codecs unknown)."""

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from streamrec.errors import StreamrecError, install_hint
-from streamrec.redact import printable
+from streamrec.redact import mask_quoted, printable
 from streamrec.retry import Backoff
 from streamrec.live.segments import STALE_FACTOR, STALE_FLOOR_S, Segment, SegmentTracker  # noqa: F401 - re-exported
 from streamrec.supervision import Supervisor
@@ -100,7 +100,7 @@ class HistoryStore:
             raise
         except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: one line for the user
             raise StreamrecError(f"--db {_safe(self.target)}: cannot open the history database: "
-                                 f"{printable(str(exc).strip())}") from None  # the server's words, on one line
+                                 f"{printable(mask_quoted(str(exc).strip(), self.target))}") from None  # the server's words
 
     @property
     def _ph(self) -> str:
@@ -207,7 +207,7 @@ class HistoryStore:
     def _reconnect(self, exc: Exception) -> bool:
         """Connect again, waiting :data:`RECONNECT` between tries, until it works (True) or the store closes (False)."""
         logger.warning("history: lost the database %s (%s); reconnecting", _safe(self.target),
-                       printable(str(exc).strip()))
+                       printable(mask_quoted(str(exc).strip(), self.target)))
         attempt = 0
         while not self._closing.is_set():
             try:
