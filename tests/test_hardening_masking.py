@@ -81,3 +81,12 @@ def test_a_database_error_that_quotes_the_url_hides_the_password(url, quoted):
     with pytest.raises(StreamrecError) as info:
         HistoryStore(url)
     assert quoted in str(info.value) and "cret" not in str(info.value) and "u:***@" in str(info.value)
+
+
+def test_a_webhook_error_that_quotes_the_password_hides_it():
+    from streamrec.event_config import WebhookConfig
+    from streamrec.events.webhook import WebhookSender
+
+    sender = WebhookSender(WebhookConfig.from_dict({"url": "http://hook:hunter22@127.0.0.1:1/in?token=tok123", "sign": False}))
+    shown = sender.unreachable(OSError("bad auth 'hunter22' and tok123\nnext"))
+    assert shown == "cannot reach the webhook: bad auth '***' and ***\\nnext"

@@ -46,7 +46,7 @@ from streamrec.event_config import MqttConfig, tls_context
 from streamrec.notify_checks import ha_object_id
 from streamrec.events.store import Notification
 from streamrec.live.sources import mask_credentials
-from streamrec.redact import printable
+from streamrec.redact import mask_quoted, printable
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +188,8 @@ class MqttPublisher:
 
     def on_connect_fail(self, client, userdata) -> None:
         why = getattr(client, "connect_error", None)
-        self.down(mask_credentials(f"cannot connect to the broker at {self.where}" + (f": {why}" if why else "")
-                                   + "; retrying"))
+        self.down(mask_quoted(f"cannot connect to the broker at {self.where}" + (f": {why}" if why else "")
+                              + "; retrying", self.config.url))
 
     def down(self, error: str) -> None:
         """Not connected, because of ``error`` (logged when it is new; the broker's words escaped)."""

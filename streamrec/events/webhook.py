@@ -40,7 +40,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from streamrec.event_config import WebhookConfig, tls_context
 from streamrec.events.store import Notification
 from streamrec.live.sources import mask_credentials
-from streamrec.redact import printable
+from streamrec.redact import mask_quoted, printable
 
 logger = logging.getLogger(__name__)
 
@@ -237,4 +237,4 @@ class WebhookSender:
 
     def unreachable(self, reason: object) -> str:
         text = str(getattr(reason, "strerror", None) or reason)
-        return printable(mask_credentials(f"cannot reach the webhook: {text}"))
+        return printable(mask_quoted(f"cannot reach the webhook: {text}", self.config.url))

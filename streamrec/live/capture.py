@@ -24,7 +24,7 @@ from streamrec.live.packets import PacketRing
 from streamrec.live.ring import FrameRing
 from streamrec.retry import Backoff
 from streamrec.live.sources import PyAVSource, Source, SourceSpec, mask_credentials, open_source
-from streamrec.redact import printable
+from streamrec.redact import mask_quoted, printable
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class CaptureThread(threading.Thread):
                     try:
                         source = self.opener(self.spec)
                     except SourceError as exc:
-                        self.error = printable(mask_credentials(str(exc)))
+                        self.error = printable(mask_quoted(str(exc), self.spec.target))
                         if not self.spec.is_live:
                             logger.error("%s", self.error)
                             self.state = "ended"
@@ -227,7 +227,7 @@ class CaptureThread(threading.Thread):
                     self._next_due = due + step  # for its time, then the first again
                 return got
             except Exception as exc:  # noqa: BLE001 - any read error: reconnect
-                self.error = printable(mask_credentials(f"{type(exc).__name__}: {exc}"))
+                self.error = printable(mask_quoted(f"{type(exc).__name__}: {exc}", self.spec.target))
                 logger.warning("read from %s failed: %s", self.spec.display_name, self.error)
                 return got
             t1 = time.perf_counter()

@@ -25,7 +25,7 @@ import numpy as np
 
 from streamrec.config import CameraConfig
 from streamrec.errors import SourceError
-from streamrec.redact import SECRET_QUERY_KEYS, control_characters, mask_credentials, printable  # noqa: F401 - re-exported
+from streamrec.redact import SECRET_QUERY_KEYS, control_characters, mask_credentials, mask_quoted, printable  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class PyAVSource(Source):
                 what = "not a video stream at"
             else:
                 what = "cannot connect to"
-            raise SourceError(f"--source: {what} {spec.display_name}: {printable(mask_credentials(_av_reason(exc)))}") from None
+            raise SourceError(f"--source: {what} {spec.display_name}: {printable(mask_quoted(_av_reason(exc), spec.target))}") from None
         if not self._container.streams.video:
             self._container.close()
             raise SourceError(f"--source: {spec.display_name} has no video stream")
