@@ -4,6 +4,8 @@ last label before it, and an outage never counts as activity."""
 
 from __future__ import annotations
 
+import pytest
+
 from streamrec.config import ServeConfig
 from streamrec.live.history import HistoryStore, SegmentTracker
 from streamrec.serve.core import AppCore
@@ -115,5 +117,24 @@ def test_a_camera_that_is_not_running_ends_its_segment_in_the_app():
         core.end_segment_if_down("gate", {"source": {"state": "reconnecting"}})
         store.flush()
         assert spans(store) == [("gate", "walking", 95.0, 97.0, False)]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("query, expected", [
+    ({}, [("gate", "walking", 1820.0, 2000.0, True), ("yard", "running", 1900.0, 2000.0, True)]),
+    ({"camera": "yard"}, [("yard", "running", 1900.0, 2000.0, True)]),
+    ({"camera": "gate", "until": 1850.0}, [("gate", "walking", 1820.0, 1999.0, True)]),  # to its last label, not now
+    ({"camera": "yard", "until": 1850.0}, []),  # it started after until
+    ({"until": 1899.0}, [("gate", "walking", 1820.0, 1999.0, True)]),
+    ({"since": 2001.0}, []),
+])
+def test_the_open_segments_of_two_cameras_follow_camera_and_until(query, expected):
+    clock = Clock(2000.0)
+    store = HistoryStore(":memory:", clock=clock)
+    try:
+        labels(store.tracker("gate"), "walking", range(1820, 2000))
+        labels(store.tracker("yard"), "running", range(1900, 2000))
+        assert spans(store, **query) == expected
     finally:
         store.close()

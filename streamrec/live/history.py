@@ -121,15 +121,16 @@ class HistoryStore:
 
     def open_rows(self, *, camera: str | None = None, since: float | None = None,
                   until: float | None = None) -> list[dict[str, Any]]:
-        """The open segments as rows: one still going ends now (``"open": True``); one whose
-        labels stopped (an outage) ends at its last label."""
+        """The open segments as rows: one still going ends now (``"open": True``), or at ``until``
+        when that is earlier (never past its last label's end, though); one whose labels stopped
+        (an outage) ends at its last label."""
         now = self._clock()
         with self._open_lock:
             found = list(self._open.values())
         rows = []
         for seg, fresh_until in found:
             going = now <= fresh_until
-            end = max(seg.end, now) if going else seg.end
+            end = max(seg.end, now if until is None else min(now, until)) if going else seg.end
             if (camera and seg.camera != camera) or (since is not None and end < since) or \
                     (until is not None and seg.start > until):
                 continue
