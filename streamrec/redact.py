@@ -28,7 +28,8 @@ SECRET_QUERY_KEYS = frozenset({
 })
 # what a secret's key holds: a token, secret, password, authorization, credential, login
 # cookie ("sess" and "ion", or "sessid"), signature, JWT or bearer
-SECRET_WORDS = re.compile(r"token|secret|pass|pwd|auth|credential|sess(?:ion|id)|signature|jwt|bearer|cookie")
+SECRET_WORDS = re.compile(r"token|secret|(?<!com)(?<!by)pass(?!enger|ive|age|thr)|pwd|auth(?!or(?!i[sz]))|credential"
+                          r"|sess(?:ion|id)|signature|jwt|bearer|cookie")
 SHOWN = "***"
 
 # where a URL starts: a scheme not glued to a word; a URL's text reaches the next URL that follows

@@ -94,12 +94,14 @@ def test_more_masking(url, masked):
 
 @pytest.mark.parametrize("key", ["token", "TOKEN", "Access-Token", "x_api_key", "apiKey", "privateKey", "key2",
                                  "passphrase", "PWD", "authorization", "hmac_sig", "X-Amz-Signature", "session_id",
-                                 "Credential", "api%5fkey", "api%255Fkey", "secret.value", "jwt"])
+                                 "Credential", "api%5fkey", "api%255Fkey", "secret.value", "jwt",
+                                 "Authorisation", "oauth_token", "sslpassword", "PASS", "bypass_token"])
 def test_secret_keys(key):
     assert secret_key(key)
 
 
 @pytest.mark.parametrize("key", ["channel", "keyframe", "signal", "design", "subtype", "email", "stream", "profile",
-                                 "monkey", "Hockey", "turkeys"])
+                                 "monkey", "Hockey", "turkeys", "author", "authority", "passenger", "compass",
+                                 "bypass", "passthrough"])
 def test_keys_that_are_not_secret(key):
     assert not secret_key(key)
