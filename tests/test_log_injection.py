@@ -243,3 +243,16 @@ def test_a_config_path_with_a_control_character_is_one_line_and_exit_2(tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("streamrec: error: --config ") and err.endswith(": not valid TOML: Invalid value (at end of document)\n")
     assert err.count("\n") == 1 and not control_characters(err[:-1])
+
+
+def test_history_and_events_tables_draw_stored_names_on_one_line(capsys):
+    from streamrec.cli.events import print_events
+    from streamrec.cli.main import _print_history
+
+    _print_history([{"camera": "gate\x1b[2J", "label": "walk\ning", "start": 0.0, "end": 1.0, "mean_score": 0.5,
+                     "peak_score": 0.6}], "table")
+    print_events([{"id": "e1", "camera": "gate", "rule": "r\u202e", "label": "walk\x85ing", "start_ts": 0.0, "end_ts": 1.0,
+                   "peak_score": 0.6}], "table")
+    out = capsys.readouterr().out
+    assert out.count("\n") == 4 and "gate\\x1b[2J" in out and "walk\\ning" in out and "r\\u202e" in out
+    assert "walk\\x85ing" in out and not control_characters(out.replace("\n", ""))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from streamrec.cli.output import write_rows
 from streamrec.errors import StreamrecError
+from streamrec.redact import printable
 
 EXAMPLES = """examples:
   streamrec events                                  the newest events, as a table
@@ -53,7 +54,7 @@ def history_target(db: str | None, config: str | None) -> str | None:
     if "://" not in target and target != ":memory:" and not Path(target).is_file():
         if db:
             raise StreamrecError(f"--db: expected an existing history database, got {target!r} (no such file)")
-        print(f"streamrec: nothing recorded yet: no history database at {target} (serve writes it)", file=sys.stderr)
+        print(f"streamrec: nothing recorded yet: no history database at {printable(target)} (serve writes it)", file=sys.stderr)
         return None
     return target
 
@@ -123,5 +124,5 @@ def print_events(rows: list[dict], form: str) -> None:
         print(f"{'id':<20} {'camera':<12} {'rule':<12} {'start':<19}  {'secs':>6}  {'peak':>5}  label")
         for r in rows:
             secs = f"{r['end_ts'] - r['start_ts']:>6.1f}" if r["end_ts"] is not None else "     -"
-            print(f"{r['id']:<20} {r['camera']:<12} {r['rule']:<12} {fmt(r['start_ts'])}  {secs}  "
-                  f"{r['peak_score']:>5.2f}  {r['label']}")
+            print(f"{r['id']:<20} {printable(r['camera']):<12} {printable(r['rule']):<12} {fmt(r['start_ts'])}  {secs}  "
+                  f"{r['peak_score']:>5.2f}  {printable(r['label'])}")

@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from streamrec import __version__
 from streamrec.errors import StreamrecError
-from streamrec.redact import one_line_logs
 from streamrec.validate import finite_float
+from streamrec.redact import one_line_logs, printable
 from streamrec.catalog import BACKEND_NAMES, MODEL_NAMES
 from streamrec.fsutil import DEMO_CLIP, atomic_write_text, check_output
 
@@ -299,8 +299,8 @@ def _print_history(rows: Iterable[dict[str, Any]], form: str) -> None:
         fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
         print(f"{'camera':<16} {'start':<19}  {'end':<19}  {'secs':>6}  {'mean':>5}  {'peak':>5}  label")
         for r in rows:
-            print(f"{r['camera']:<16} {fmt(r['start'])}  {fmt(r['end'])}  {r['end'] - r['start']:>6.1f}  "
-                  f"{r['mean_score']:>5.2f}  {r['peak_score']:>5.2f}  {r['label']}")
+            print(f"{printable(r['camera']):<16} {fmt(r['start'])}  {fmt(r['end'])}  {r['end'] - r['start']:>6.1f}  "
+                  f"{r['mean_score']:>5.2f}  {r['peak_score']:>5.2f}  {printable(r['label'])}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -326,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as exc:  # a write that failed after the checks (disk full, folder removed): one line, no traceback
         logger.debug("OSError", exc_info=True)
-        where = f"{exc.filename}: " if exc.filename else ""
+        where = f"{printable(exc.filename)}: " if exc.filename else ""
         print(f"streamrec: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
 
