@@ -177,6 +177,28 @@ def finite_float(option: str, *, positive: bool = False, minimum: float | None =
     return parse
 
 
+def whole_number(option: str, most: int) -> Callable[[str], int]:
+    """An argparse ``type`` for a count option: ASCII digits (a sign allowed; the command checks its
+    lower bound), at most ``most``; a longer number is never converted, and ``1_0`` and digits of
+    other scripts, which ``int()`` takes, are refused.
+
+    >>> whole_number("--limit", 10**9)("99999999999999999999999")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: --limit: expected a whole number up to 1000000000, got '99999999999999999999999'
+    """
+    import argparse
+
+    def parse(text: str) -> int:
+        digits = text.strip()
+        if re.fullmatch(r"[+-]?[0-9]{1,%d}" % len(str(most)), digits) and abs(int(digits)) <= most:
+            return int(digits)
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise argparse.ArgumentTypeError(f"{option}: expected a whole number up to {most}, got {shown!r}")
+
+    return parse
+
+
 def check_weights_arg(weights: str, option: str = "--weights") -> str:
     """``weights`` when it can be a model's weights: ``DEFAULT``, ``none``, or a file that starts
     as torch.save (a zip or a pickle), TorchScript (a zip) or ONNX (by its suffix) files do.

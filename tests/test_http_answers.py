@@ -294,6 +294,17 @@ def test_an_absurd_since_on_the_command_line_is_one_line(tmp_path, command, valu
     assert proc.stderr.count("\n") == 1 and len(proc.stderr) < 200
 
 
+@pytest.mark.parametrize("command", ["history", "events"])
+@pytest.mark.parametrize("value", ["99999999999999999999999", "1_0"])
+def test_an_absurd_limit_on_the_command_line_is_one_line(tmp_path, command, value):
+    from streamrec.events.store import EventStore
+
+    EventStore(str(tmp_path / "x.db")).close()  # an existing database: the limit reached SQLite, which refused it
+    proc = run_cli(command, "--db", str(tmp_path / "x.db"), "--limit", value)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert f"--limit: expected a whole number up to 1000000000, got '{value}'" in proc.stderr
+
+
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 numbers = st.one_of(st.text(max_size=30), st.integers().map(str), st.floats().map(repr),
                     st.text("0123456789", min_size=4300, max_size=6000), st.sampled_from(NUMBERS + LIMITS))

@@ -10,6 +10,7 @@ from pathlib import Path
 from streamrec.cli.output import write_rows
 from streamrec.errors import StreamrecError
 from streamrec.redact import printable
+from streamrec.validate import whole_number
 
 EXAMPLES = """examples:
   streamrec events                                  the newest events, as a table
@@ -29,7 +30,7 @@ def add_events_parser(sub, formatter) -> None:
     p.add_argument("--rule", default=None, help="only this rule's events (default: every rule)")
     p.add_argument("--since", default=None, help="Unix seconds, ISO time, or -10m / -2h / -1d (default: no bound)")
     p.add_argument("--until", default=None, help="as --since (default: no bound)")
-    p.add_argument("--limit", type=int, default=100, help="at most this many, the newest first")
+    p.add_argument("--limit", type=whole_number("--limit", 10**9), default=100, help="at most this many, the newest first")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     p.add_argument("--out", default=None, help="with ID: where to write the event's clip (MP4; default: none, the event is shown)")
     p.add_argument("--config", default=None, help="the serve config whose db holds the events and whose "

@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from streamrec import __version__
 from streamrec.errors import StreamrecError
-from streamrec.validate import finite_float
 from streamrec.redact import one_line_logs, printable
+from streamrec.validate import finite_float, whole_number
 from streamrec.catalog import BACKEND_NAMES, MODEL_NAMES
 from streamrec.fsutil import DEMO_CLIP, atomic_write_text, check_output
 
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--since", default=None, help="Unix seconds, ISO time, or -10m / -2h / -1d (default: the oldest)")
     h.add_argument("--until", default=None, help="like --since (default: now)")
     h.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
-    h.add_argument("--limit", type=int, default=None, help="only the newest N segments (default: all)")
+    h.add_argument("--limit", type=whole_number("--limit", 10**9), default=None, help="only the newest N segments (default: all)")
     h.set_defaults(func=cmd_history)
     return parser
 
