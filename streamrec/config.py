@@ -24,6 +24,7 @@ from streamrec.validate import check_allowed_hosts, check_types, unknown_keys
 
 # a camera's name travels in a one-byte length field (the preview frames' header): its UTF-8 bytes count
 CAMERA_NAME_MAX_CHARS, CAMERA_NAME_MAX_BYTES = 64, 255
+MAX_THREADS = 4096  # --threads: torch takes a C int
 CAMERA_TIMEOUT_MAX_S = 86400  # a camera's open_timeout and stall_timeout: a day at most
 
 
@@ -165,8 +166,8 @@ class ServeConfig:
         if self.stall_timeout <= 0 or self.open_timeout <= 0:
             raise StreamrecError(f"--stall-timeout/--open-timeout: expected > 0 s, got {self.stall_timeout}, {self.open_timeout}")
         check_device(self.device)
-        if self.threads is not None and self.threads < 1:
-            raise StreamrecError(f"--threads: expected >= 1, got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise StreamrecError(f"--threads: expected 1..{MAX_THREADS}, got {self.threads}")
         if not self.is_loopback and not self.token and not self.insecure:
             raise StreamrecError(
                 f"--host {self.host}: binding a non-loopback address needs --token (or STREAMREC_TOKEN), "

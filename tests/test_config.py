@@ -44,7 +44,8 @@ def test_token_from_environment_allows_a_public_bind(monkeypatch):
 
 @pytest.mark.parametrize("values,match", [
     ({"port": 70000}, "--port"), ({"stride_ms": -1}, "--stride-ms"), ({"smoothing": {"alpha": 2}}, "alpha"),
-    ({"smoothing": {"nope": 1}}, "nope"),
+    ({"smoothing": {"nope": 1}}, "nope"), ({"threads": 10**20}, "--threads: expected 1..4096, got 1000"),
+    ({"threads": 0}, "--threads: expected 1..4096, got 0"),  # torch takes a C int: 10**20 was a traceback
 ])
 def test_bad_values_name_the_option(values, match):
     with pytest.raises(StreamrecError, match=match):
@@ -147,3 +148,11 @@ def test_shipped_configs_find_their_clips_from_any_folder(name, tmp_path, monkey
     cfg = ServeConfig.from_sources(load_toml(ROOT / "configs" / name), {})
     files = [cam.source for cam in cfg.all_cameras() if "://" not in cam.source]
     assert files and all(Path(f).is_file() for f in files), files
+
+
+@pytest.mark.parametrize("threads", [0, 4097, 10**20])
+def test_classify_threads_beyond_a_c_int_are_refused_first(threads):
+    from streamrec.offline.classify import check_options
+
+    with pytest.raises(StreamrecError, match=f"--threads: expected 1..4096, got {threads}"):
+        check_options(stride=1.0, batch_size=None, top=5, threads=threads)

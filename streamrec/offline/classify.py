@@ -293,8 +293,10 @@ def check_options(*, stride: float, batch_size: int | None, top: int, threads: i
         raise StreamrecError(f"--batch-size: expected >= 1, got {batch_size}")
     if top < 1:
         raise StreamrecError(f"--top: expected >= 1, got {top}")
-    if threads is not None and threads < 1:
-        raise StreamrecError(f"--threads: expected >= 1, got {threads}")
+    from streamrec.config import MAX_THREADS
+
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise StreamrecError(f"--threads: expected 1..{MAX_THREADS}, got {threads}")  # torch takes a C int
 
 
 def classify_file(
