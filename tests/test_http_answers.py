@@ -267,6 +267,14 @@ def test_a_name_no_event_can_have_is_a_short_answer(served, target, status):
     assert got == status and len(json.loads(body)["error"]) < 120
 
 
+@pytest.mark.parametrize("name", ["x" * 5000, "\x00", "caf\u00e9" * 2000])
+def test_deleting_a_camera_no_one_has_is_a_short_404(name):
+    from streamrec.serve.routes import cameras_api
+
+    reply = cameras_api(listing=dict, add=lambda cam: None, remove=lambda n: False).handler("DELETE", f"/api/cameras/{name}", {})
+    assert reply.status == 404 and len(reply.body["error"]) < 80
+
+
 LIMITS = [LONG, "0" * 5000 + "1", "1e3", "-1", "0", "1001", "1_0", "%D9%A3", "0x10", "%20", "nan", "5.0", "%2B5", "5%00"]
 
 

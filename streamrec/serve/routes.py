@@ -99,7 +99,7 @@ def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraC
             if path.count("/") < 3 or not name:
                 return Reply(400, {"error": "DELETE /api/cameras/NAME: expected a camera name in the path"})
             if not remove(name):
-                return Reply(404, {"error": f"no camera {name!r}"})
+                return Reply(404, {"error": f"no camera {shorten(name)!r}"})
             return Reply(200, {"removed": name})
         return Reply(405, {"error": "GET, POST or DELETE"}, allow=("GET", "HEAD", "POST", "DELETE"))
 
