@@ -427,6 +427,15 @@ def test_a_malformed_request_is_a_400_that_says_why(served, line):
     assert all(32 <= c < 127 for c in body[:-1])  # the client's bytes escaped
 
 
+@pytest.mark.parametrize("ends", [(b"\n", b"\n"), (b"\r\n", b"\n"), (b"\n", b"\r\n")])
+def test_a_head_whose_lines_end_in_lf_alone_is_a_400_at_once(served, ends):
+    line, last = ends
+    started = time.monotonic()
+    data = raw_request(served.port, b"GET /healthz HTTP/1.1" + line + b"Host: 127.0.0.1:%d" % served.port + line + last)
+    assert data.startswith(b"HTTP/1.1 400 ") and data.endswith(b"malformed request: lines end with CR LF\n")
+    assert time.monotonic() - started < 2  # not the header timeout
+
+
 @pytest.mark.parametrize("value", [f"Basic {TOKEN}", f"Bearer{TOKEN}", TOKEN, f"Token {TOKEN}"])
 def test_another_scheme_is_a_401(served, value):
     assert http(served.port, "GET", "/metrics", f"Authorization: {value}", token=False)[0] == 401

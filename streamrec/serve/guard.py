@@ -364,7 +364,8 @@ class GuardedConnection(ServerConnection):
         if self._head is not None:
             self._head += data
             end = self._head.find(b"\r\n\r\n")
-            if end < 0 and len(self._head) < self.MAX_HEAD:
+            bare = end < 0 and b"\n\n" in self._head.replace(b"\r\n", b"\n")  # lines that end in LF alone
+            if end < 0 and not bare and len(self._head) < self.MAX_HEAD:
                 return  # the rest of the head is still to come
             data, head, self._head = self._head, self._head[: max(end, 0)], None
             self.head_done = True
@@ -377,7 +378,7 @@ class GuardedConnection(ServerConnection):
                 self.transport.write(reply.serialize())
                 self.transport.close()
                 return
-            why = malformed(head) if end >= 0 else None
+            why = "malformed request: lines end with CR LF" if bare else malformed(head) if end >= 0 else None
             if why is not None:  # websockets would close without a word
                 self.transport.write(http_response(HTTPStatus.BAD_REQUEST, "text/plain", f"{why}\n".encode()).serialize())
                 self.transport.close()
