@@ -480,6 +480,14 @@ def test_another_method_while_preparing_is_a_405_or_the_api_wait(starting, metho
         assert (status, headers.get("allow")) == (405, "GET, HEAD")
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+@pytest.mark.parametrize("target", ["http://[::1/", "//[", "/healthz?token=%ff%00"])
+def test_a_target_that_is_no_url_is_answered_while_preparing_and_after(served, starting, method, target):
+    for port in (starting, served.port):
+        status = http(port, method, target)[0]
+        assert status in (400, 401, 405, 503) or (status == 200 and target.startswith("/healthz")), (port, status)
+
+
 @pytest.mark.parametrize("between", ["\t", " \t "])
 def test_tabs_may_follow_the_bearer_scheme_while_preparing(starting, between):
     status, _, body = http(starting, "GET", "/healthz", f"Authorization: Bearer{between}{TOKEN}", token=False)

@@ -176,13 +176,16 @@ class StartingServer:
             timeout = HEADER_TIMEOUT_S  # a request that does not come (or a client that stops reading) lets go of its thread
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                owner.answer(self)
+                try:
+                    owner.answer(self)
+                except ValueError:  # urlsplit: a target that is no URL ("http://[::1/")
+                    owner._send(self, HTTPStatus.BAD_REQUEST, "text/plain", b"malformed request\n")
 
             do_HEAD = do_GET  # noqa: N815 - the same status and headers; _send leaves the body out
 
             def __getattr__(self, name: str):  # do_POST, do_PUT...: any other method
                 if name.startswith("do_"):
-                    return lambda: owner.answer(self)
+                    return self.do_GET  # answer() says 405 (503 under /api/)
                 raise AttributeError(name)
 
             def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
