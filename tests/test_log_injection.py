@@ -245,12 +245,18 @@ def test_a_config_path_with_a_control_character_is_one_line_and_exit_2(tmp_path,
     assert err.count("\n") == 1 and not control_characters(err[:-1])
 
 
-def test_history_and_events_tables_draw_stored_names_on_one_line(capsys):
-    from streamrec.cli.events import print_events
-    from streamrec.cli.main import _print_history
+def test_history_and_events_tables_draw_stored_names_on_one_line(tmp_path, capsys):
+    import sqlite3
 
-    _print_history([{"camera": "gate\x1b[2J", "label": "walk\ning", "start": 0.0, "end": 1.0, "mean_score": 0.5,
-                     "peak_score": 0.6}], "table")
+    from streamrec.cli.events import print_events
+    from streamrec.cli.main import main
+    from streamrec.live.history import HistoryStore
+
+    db = tmp_path / "h.db"
+    HistoryStore(str(db)).close()
+    with sqlite3.connect(db) as conn:  # written by something else than serve
+        conn.execute("INSERT INTO segments VALUES ('gate\x1b[2J', 'walk\ning', 0, 1, 0.5, 0.6, 2)")
+    assert main(["history", "--db", str(db), "--since", "0"]) == 0
     print_events([{"id": "e1", "camera": "gate", "rule": "r\u202e", "label": "walk\x85ing", "start_ts": 0.0, "end_ts": 1.0,
                    "peak_score": 0.6}], "table")
     out = capsys.readouterr().out
