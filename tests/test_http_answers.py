@@ -494,9 +494,16 @@ def test_tabs_may_follow_the_bearer_scheme_while_preparing(starting, between):
     assert status == 200 and "expected_s" in json.loads(body)["preparing"]
 
 
-def test_a_request_that_never_comes_while_preparing_lets_go_of_its_connection(starting):
-    with socket.create_connection(("127.0.0.1", starting), timeout=30) as s:
-        s.sendall(b"GET / HTTP/1.1\r\n")  # and nothing more
-        started = time.monotonic()
-        assert s.recv(MIB) == b"" and time.monotonic() - started < 10
-    assert http(starting, "GET", "/healthz")[0] == 200
+def test_a_request_that_never_comes_while_preparing_lets_go_of_its_connection(monkeypatch):
+    from streamrec.serve import starting
+
+    monkeypatch.setattr(starting, "HEADER_TIMEOUT_S", 1.0)  # 5 s in use
+    server = starting.StartingServer("127.0.0.1", 0, token=TOKEN, expected_s=30).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            s.sendall(b"GET / HTTP/1.1\r\n")  # and nothing more
+            started = time.monotonic()
+            assert s.recv(MIB) == b"" and time.monotonic() - started < 3
+        assert http(server.port, "GET", "/healthz")[0] == 200
+    finally:
+        server.close()
