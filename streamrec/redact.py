@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os  # noqa: F401 - the examples use it
 import re
@@ -100,13 +99,26 @@ def mask_quoted(text: str, url: str) -> str:
     >>> mask_quoted('unexpected spaces found in "se cret"', "postgresql://u:se cret@db/x")
     'unexpected spaces found in "***"'
     """
-    masked, hidden = mask_credentials(url), []
-    for tag, i1, i2, _, _ in difflib.SequenceMatcher(None, url, masked, autojunk=False).get_opcodes():
-        if tag in ("replace", "delete") and i2 - i1 >= 3:
-            hidden += [url[i1:i2], unquote_plus(url[i1:i2])]
+    hidden = [s for secret in _hidden_parts(url) if len(secret) >= 3 for s in (secret, unquote_plus(secret))]
     for secret in sorted(set(hidden), key=len, reverse=True):
         text = text.replace(secret, SHOWN)
     return mask_credentials(text)
+
+
+def _hidden_parts(url: str) -> list[str]:
+    """The parts of ``url`` that :func:`mask_credentials` replaces with ``***`` (in linear time:
+    the masked text is ``url`` with some parts replaced, in order)."""
+    parts = mask_credentials(url).split(SHOWN)
+    if not url.startswith(parts[0]):
+        return []
+    pos, hidden = len(parts[0]), []
+    for i, part in enumerate(parts[1:], 1):
+        end = len(url) - len(part) if i == len(parts) - 1 else url.find(part, pos)
+        if end < pos or not url.startswith(part, end):
+            break
+        hidden.append(url[pos:end])
+        pos = end + len(part)
+    return hidden
 
 
 def _url_end(text: str, start: int) -> int:

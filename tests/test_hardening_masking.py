@@ -90,3 +90,15 @@ def test_a_webhook_error_that_quotes_the_password_hides_it():
     sender = WebhookSender(WebhookConfig.from_dict({"url": "http://hook:hunter22@127.0.0.1:1/in?token=tok123", "sign": False}))
     shown = sender.unreachable(OSError("bad auth 'hunter22' and tok123\nnext"))
     assert shown == "cannot reach the webhook: bad auth '***' and ***\\nnext"
+
+
+def test_hiding_a_quoted_password_is_quick_for_a_long_url():
+    import time
+
+    from streamrec.redact import mask_quoted
+
+    url = "rtsp://admin:hunter2@cam/" + "ab/" * 7000 + "?token=tok123&" + "k=v&" * 3000
+    start = time.perf_counter()
+    shown = mask_quoted(f"cannot open {url}: 'hunter2' and tok123 refused", url)
+    assert time.perf_counter() - start < 1.0
+    assert "hunter2" not in shown and "tok123" not in shown and shown.endswith(": '***' and *** refused")
