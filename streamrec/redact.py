@@ -125,7 +125,8 @@ def _url_end(text: str, start: int) -> int:
     """Where the URL whose text starts at ``start`` ends: at the next URL (not one that is the
     value of a secret parameter: that is masked whole) or line break."""
     while (nxt := _NEXT_URL.search(text, start)) is not None:
-        key = _KEY_BEFORE.search(text, 0, nxt.start())
+        sep = max(text.rfind(c, 0, nxt.start()) for c in "?&;#")  # the last parameter's start: linear, not a search
+        key = _KEY_BEFORE.match(text, sep, nxt.start()) if sep >= 0 else None
         if key is None or not secret_key(key["key"]):
             return nxt.start()
         start = nxt.end()
