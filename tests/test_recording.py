@@ -205,6 +205,38 @@ def test_b_frames_keep_their_order(tmp_path):
     assert abs(len(got) - 4 * FPS) <= 5 and all(np.array_equal(a, b) for (_, a), b in zip(got, want))
 
 
+@pytest.mark.parametrize("bframes", [0, 2])
+def test_a_source_whose_times_go_back_keeps_every_packet_in_increasing_order(tmp_path, bframes):
+    """A camera whose clock resets mid-clip (its times go back 50 frames at 2 s): no packet is
+    dropped, the clip's decode times keep increasing."""
+    src = h264(tmp_path / "cam.mp4", 4.0, bframes=bframes)
+    now, done = [T0], []
+    rec = Recorder(recording(tmp_path, pre_seconds=0.0), supervisor=Supervisor(), clock=lambda: now[0],
+                   on_done=lambda *a: done.append(a))
+    ring = rec.ring("cam")
+    with av.open(str(src)) as c:
+        ring.new_stream(c.streams.video[0])
+        packets = [p for p in c.demux(video=0) if p.size]
+        back = 50 * (packets[1].dts - packets[0].dts)
+        for i, p in enumerate(packets):
+            if i >= 2 * FPS:
+                p.dts, p.pts = p.dts - back, p.pts - back
+            now[0] = T0 + i / FPS
+            ring.push(p, ts=now[0])
+            if i == 1:
+                rec.begin("e", "cam", T0)
+    rec.end("e", "cam", T0 + 10.0)
+    now[0] = T0 + 100.0  # past the clip's end: its writer finishes once it has written what came
+    deadline = time.monotonic() + 20
+    while not done and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rec.close()
+    [(_, rel, _)] = done
+    with av.open(str(tmp_path / "events" / rel)) as c:
+        dts = [p.dts for p in c.demux(video=0) if p.size]
+    assert len(dts) == len(packets) and all(a < b for a, b in zip(dts, dts[1:]))
+
+
 def test_a_raw_stream_without_timestamps_is_timed_by_arrival(clip12, tmp_path):
     raw = tmp_path / "cam.h264"
     with av.open(str(clip12)) as i, av.open(str(raw), "w", format="h264") as o:

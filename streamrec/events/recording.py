@@ -68,6 +68,7 @@ class ClipWriter:
         self._first_ts: float | None = None
         self._base: int | None = None  # dts of the first packet written: the clip's time 0
         self._last_dts: int | None = None
+        self._shift = 0  # added to the source's times once they went back: the clip's times keep increasing
         self._max_pts: int | None = None  # the latest picture written (in the source's time base)
         self._whole = 0  # the file's size when its last complete fragment was written
         self.keyframes = 0  # written: each one after the first completed a fragment
@@ -147,7 +148,7 @@ class ClipWriter:
         if self._first_ts is None:
             self._first_ts = p.ts
         past = p.ts >= self._first_ts + self.max_seconds or (self.stop_at is not None and p.ts >= self.stop_at)
-        return past and not (p.pts is not None and self._max_pts is not None and p.pts < self._max_pts)
+        return past and not (p.pts is not None and self._max_pts is not None and p.pts + self._shift < self._max_pts)
 
     def _overdue(self) -> bool:
         """No packet is coming: past the end (or max_seconds) by GRACE_S, the clip is finished."""
@@ -162,13 +163,16 @@ class ClipWriter:
         if dts is None:
             time_base = WALL_TIME_BASE
             dts = pts = self._wall_dts(p)
-        if self._last_dts is not None and dts <= self._last_dts:
-            return  # out of order: the muxer would refuse it
+        pts = (pts if pts is not None else dts) + self._shift
+        dts += self._shift
+        if self._last_dts is not None and dts <= self._last_dts:  # the source's clock went back (a reset):
+            self._shift += self._last_dts + 1 - dts  # the clip's times go on from the last one, no packet lost
+            pts, dts = pts + self._last_dts + 1 - dts, self._last_dts + 1
         if self._base is None:
             self._base = dts
         q = av.Packet(p.data)
         q.dts = dts - self._base
-        q.pts = (pts if pts is not None else dts) - self._base
+        q.pts = pts - self._base
         q.time_base = time_base
         q.is_keyframe = p.keyframe
         q.stream = stream
@@ -178,7 +182,7 @@ class ClipWriter:
             self.keyframes += 1
         self._last_dts = dts
         if p.pts is not None:
-            self._max_pts = p.pts if self._max_pts is None else max(self._max_pts, p.pts)
+            self._max_pts = pts if self._max_pts is None else max(self._max_pts, pts)
         self.packets += 1
         self.payload_bytes += p.size
 
