@@ -140,6 +140,7 @@ queries = st.one_of(
 @example(query={"name": "café", "source": "CLIP"})
 @example(query={"name": "w", "source": "9" * 5000})  # more digits than int() converts: was a 500
 @example(query={"name": "w", "source": "CLIP", "open_timeout": "9" * 5000})
+@example(query={"name": "w", "source": "\U0001d400" * 64})  # a file name over NAME_MAX bytes (ENAMETOOLONG): was a 500
 def test_camera_api_posts_never_fail_inside(server, query):
     port, clip = server
     query = {k: clip if v == "CLIP" else v for k, v in query.items()}

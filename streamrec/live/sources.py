@@ -159,6 +159,20 @@ def named_as(option: str) -> Iterator[None]:
         raise SourceError(f"{option}:{message.removeprefix('--source:')}") from None
 
 
+def check_file(spec: SourceSpec) -> None:
+    """A :class:`SourceError` unless ``spec.target`` names an existing file (a name the system
+    refuses, too long or otherwise, is one that does not exist)."""
+    try:
+        path = Path(spec.target)
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError) as exc:  # ENAMETOOLONG, a NUL byte: no such file can exist
+        raise SourceError(f"--source: file not found: {spec.display_name} ({exc.__class__.__name__})") from None
+    if not exists:
+        raise SourceError(f"--source: file not found: {spec.display_name}")
+    if is_dir:
+        raise SourceError(f"--source: expected a video file, got a directory: {spec.display_name}")
+
+
 class PyAVSource(Source):
     """A file or network stream decoded by PyAV (FFmpeg), with open and read timeouts."""
 
@@ -172,10 +186,8 @@ class PyAVSource(Source):
         if spec.kind == "network":
             if spec.target.lower().startswith(("rtsp://", "rtsps://")):
                 options["rtsp_transport"] = spec.rtsp_transport
-        elif not Path(spec.target).exists():
-            raise SourceError(f"--source: file not found: {spec.display_name}")
-        elif Path(spec.target).is_dir():
-            raise SourceError(f"--source: expected a video file, got a directory: {spec.display_name}")
+        else:
+            check_file(spec)
         try:
             self._container = open_container(
                 spec.target, options=options, timeout=(spec.open_timeout_s, spec.read_timeout_s)
