@@ -68,6 +68,21 @@ def test_retention_deletes_old_events_with_a_clip_or_not(tmp_path):
     store.close()
 
 
+def test_max_gb_deletes_the_oldest_clips_not_an_event_whose_clip_is_missing(tmp_path):
+    folder = tmp_path / "events"
+    store = EventStore(str(tmp_path / "events.db"))
+    now = 100 * DAY
+    for i, eid in enumerate(("missing", "a", "b")):
+        closed(store, eid, now - DAY + i, clip=True, folder=folder)
+    (folder / "cam" / "missing.mp4").unlink()  # deleted by hand: it takes no room
+    rec = Recorder(RecordingConfig(dir=str(folder), max_gb=150 / 2**30), supervisor=Supervisor())
+    assert rec.prune(store, now) == 1
+    assert [(e["id"], e["clip"]) for e in sorted(store.query(), key=lambda e: e["id"])] == [
+        ("b", "cam/b.mp4"), ("missing", None)]
+    assert sorted(p.name for p in (folder / "cam").iterdir()) == ["b.mp4"]
+    store.close()
+
+
 def test_events_age_out_when_nothing_is_recorded(tmp_path):
     db = str(tmp_path / "events.db")
     now = 100 * DAY
@@ -83,6 +98,9 @@ def test_events_age_out_when_nothing_is_recorded(tmp_path):
     manager.observe("cam", {"label": "pouring", "score": 0.9, "uncertain": False, "window": {"end_ts": now}})
     assert manager.flush()
     assert [e["id"] for e in manager.store.query()] == ["new"]
+    closed(manager.store, "empty", now, clip=True, folder=tmp_path / "none")
+    (tmp_path / "none" / "cam" / "empty.mp4").write_bytes(b"")  # a 0-byte file is never served as a clip
+    assert manager.file_of("empty", "clip") is None
     manager.close()
 
 

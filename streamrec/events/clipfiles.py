@@ -108,8 +108,8 @@ class ClipFolder:
 
     def prune(self, store: EventStore, *, cutoff: float, max_bytes: float, active: set[str]) -> int:
         """Delete the closed events that ended before ``cutoff`` (with a clip or not), then those
-        with the oldest clips while the folder holds more than ``max_bytes``, with their files;
-        not those in ``active`` (their clips are being written). How many events were deleted."""
+        with the oldest clips while the folder holds more than ``max_bytes``, with their files (one
+        whose clip is missing from the disk only loses its link); not those in ``active`` (their clips are being written). How many events were deleted."""
         total = self.total_bytes()
         removed = 0
         for row in store.ended_before(cutoff):
@@ -121,6 +121,10 @@ class ClipFolder:
             if total <= max_bytes:
                 break
             if row["id"] in active:
+                continue
+            clip = self.inside(row["clip"])
+            if clip is None or not clip.is_file():  # its clip is gone from the disk: it takes no room, it stays
+                store.no_clip(row["id"])
                 continue
             total -= self.delete_files(row)
             store.delete(row["id"])

@@ -240,14 +240,14 @@ class EventManager:
         self.write(f"the thumbnail of {event_id}", lambda: self.store.set_files(event_id, thumbnail=thumbnail))
 
     def file_of(self, event_id: str, kind: str) -> Path | None:
-        """The clip (``kind="clip"``) or thumbnail of an event, when it exists on disk."""
+        """The clip (``kind="clip"``) or thumbnail of an event, when it exists on disk, not empty."""
         row = self.store.get(event_id)
         rel = row and row.get(kind)
         if not rel:
             return None
         path = (self.recording.folder / rel).resolve()
-        if self.recording.folder.resolve() not in path.parents or not path.is_file():
-            return None
+        if self.recording.folder.resolve() not in path.parents or not path.is_file() or not path.stat().st_size:
+            return None  # outside the folder, missing, or empty (nothing to play or show)
         return path
 
     def delete(self, event_id: str) -> bool:
