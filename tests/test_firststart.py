@@ -310,3 +310,45 @@ def firststart_estimate() -> int:
     from streamrec.serve import starting
 
     return round(starting.TIMING_S + starting.CACHED_S)
+
+
+def _tiny3d_checkpoint(path: Path) -> Path:
+    net = build_model("tiny3d", num_classes=2)
+    torch.save(make_checkpoint(net, model="tiny3d", classes=["jump", "run"], spec=model_spec("tiny3d")), path)
+    return path
+
+
+@pytest.mark.parametrize("signal_name, phase", [("SIGTERM", "gate"), ("SIGINT", "gate"), ("SIGTERM", "child"),
+                                                 ("SIGINT", "timing")])
+def test_a_signal_while_preparing_stops_serve_cleanly(tmp_path, demo_clip, signal_name, phase):
+    """SIGTERM or Ctrl-C while serve prepares the model (held at the gate, while the first-start
+    child runs, or while --backend auto times the backends): exit 0 within seconds, no traceback, the port released, no child left."""
+    import signal
+    import socket
+
+    gate = tmp_path / "gate"
+    weights = str(_tiny3d_checkpoint(tmp_path / "w.pt")) if phase == "child" else "none"
+    args = ["serve", "--source", str(demo_clip), "--loop", "--port", "0", "--model", "tiny3d", "--weights", weights,
+            "--device", "cpu", "--backend", "auto" if phase == "timing" else "torch", "--db", str(tmp_path / "h.db")]
+    extra = {"STREAMREC_START_GATE": str(gate)} if phase == "gate" else {}
+    proc = subprocess.Popen(streamrec_cmd(*args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**_env(tmp_path), "PYTHONUNBUFFERED": "1", **extra})
+    seen: list[str] = []
+    try:
+        port = int(_read_until(proc, r"the page is up meanwhile: http://127\.0\.0\.1:(\d+)/$", seen).group(1))
+        _read_until(proc, {"gate": "waiting for .*gate", "child": "preparing it in a child process",
+                           "timing": "timing backend 1/"}[phase], seen)
+        proc.send_signal(getattr(signal, signal_name))
+        started = time.monotonic()
+        rc = proc.wait(timeout=10)
+        took = time.monotonic() - started
+        rest = proc.stderr.read()
+    finally:
+        proc.kill()
+    assert rc == 0 and took < 5, (rc, took, seen, rest)
+    assert "Traceback" not in rest and "Traceback" not in "\n".join(seen), rest
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # released
+    if phase == "child":
+        running = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert str(tmp_path / "cache") not in running  # the child (given --cache there) was ended too

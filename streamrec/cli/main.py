@@ -206,25 +206,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "history_days", "allowed_hosts")
     cli_values = {k: getattr(args, k) for k in keys}
     config = ServeConfig.from_sources(file_values, cli_values)
-    from streamrec.serve.starting import record_seconds, start_answering
+    from streamrec.serve.starting import StopServing, StopSignals, record_seconds, start_answering
 
     cams = [config.resolve(c) for c in config.all_cameras()]
     models = [(c.model, str(c.weights or "DEFAULT")) for c in cams]
     # the address answers at once ("preparing the model"), while the models are prepared and loaded
     starting, key = start_answering(config, models, CACHE)
-    try:
-        starting.wait_for_gate()
-        # a model's first CPU start in a child process, before this one imports torch: the server
-        # then never holds torchvision's memory for as long as it runs; see streamrec.runtime.firststart
-        prepare_first_starts(CACHE, models, device=config.device)
-        from streamrec.serve.app import LiveApp
+    app = None
+    with StopSignals() as signals:  # SIGTERM or Ctrl-C meanwhile: the socket closed, exit 0
+        try:
+            starting.wait_for_gate()
+            # a model's first CPU start in a child process, before this one imports torch: the server
+            # then never holds torchvision's memory for as long as it runs; see streamrec.runtime.firststart
+            prepare_first_starts(CACHE, models, device=config.device)
+            from streamrec.serve.app import LiveApp
 
-        app = LiveApp(config, listening=True)
-    except BaseException:
-        starting.close()
-        raise
-    record_seconds(CACHE, key, starting.elapsed_s())
-    app.server.sock = starting.handoff()  # connections made meanwhile wait in its queue for the web server
+            app = LiveApp(config, listening=True)
+            signals.disarm()
+        except BaseException as exc:
+            signals.disarm()
+            starting.close()
+            if not isinstance(exc, StopServing):
+                raise
+            if app is not None:
+                app.close()
+            logger.info("stopped (%s) while preparing the model", exc)
+            return 0
+        record_seconds(CACHE, key, starting.elapsed_s())
+        app.server.sock = starting.handoff()  # connections made meanwhile wait in its queue for the web server
+    if signals.pending:  # a signal during the handoff, before the web server's own handlers
+        app.close()
+        app.server.sock.close()
+        return 0
     if app.meaningless:
         print("streamrec: --weights none: random weights, every label shown is meaningless", file=sys.stderr)
     asyncio.run(app.run())

@@ -125,8 +125,8 @@ def needs_preparing(cache: Path, name: str | None, weights: str, *, device: str)
 def _sigterm_exits():
     """While the child runs, SIGTERM raises ``SystemExit(143)`` in this process instead of
     ending it at once (the default), so that the child is killed and waited for too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or callable(signal.getsignal(signal.SIGTERM)):
+        yield  # a handler of the caller's own (serve's while it prepares) raises instead
         return
 
     def stop(signum, frame):

@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent kills this child (no traceback here)
     rc = main()
     sys.stdout.flush()
     sys.stderr.flush()

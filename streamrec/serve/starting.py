@@ -20,10 +20,12 @@ until that file exists, so that a test sees the preparing server for as long as 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -234,6 +236,40 @@ class StartingServer:
         req.end_headers()
         if req.command != "HEAD":
             req.wfile.write(body)
+
+
+class StopServing(BaseException):
+    """SIGTERM or Ctrl-C while the models are prepared (a BaseException: no ``except Exception`` keeps it)."""
+
+
+class StopSignals:
+    """While in its ``with``, SIGTERM and SIGINT raise :class:`StopServing` in the main thread (once:
+    a second signal, or one after :meth:`disarm`, is ignored until the ``with`` ends). A first-start
+    child process that runs meanwhile is killed on the way out (``subprocess.run``); a signal while
+    disarmed is kept in ``pending``."""
+
+    def __init__(self) -> None:
+        self.armed = True
+        self.pending: str | None = None  # a signal that came while disarmed
+        self._old: dict = {}
+
+    def _stop(self, signum: int, frame) -> None:
+        if self.armed:
+            self.armed = False
+            raise StopServing(signal.Signals(signum).name)
+        self.pending = signal.Signals(signum).name
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._old = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def start_answering(config, models: list[tuple[str | None, str]], cache: Path) -> tuple[StartingServer, str]:
