@@ -312,6 +312,25 @@ def test_an_event_of_the_configs_database_is_found_by_its_id(tmp_path):
                    "has no clip")
 
 
+@pytest.mark.parametrize("name, data, message", [
+    ("e.mp4.part", b"\0" * 64, "the clip of '1764770000-1a2b3c4d' is still being recorded"),  # open, or in its post-roll
+    ("e.mp4", b"", "the clip of '1764770000-1a2b3c4d' is an empty file"),
+])
+def test_a_clip_being_recorded_or_empty_is_not_copied(tmp_path, name, data, message):
+    import sqlite3
+
+    seeded_history(tmp_path / "gym.db")
+    with sqlite3.connect(tmp_path / "gym.db") as c:
+        c.execute("UPDATE events SET clip = 'court-1/e.mp4' WHERE id = '1764770000-1a2b3c4d'")
+    (tmp_path / "rec" / "court-1").mkdir(parents=True)
+    (tmp_path / "rec" / "court-1" / name).write_bytes(data)
+    config = tmp_path / "gym.toml"
+    config.write_text(f'db = "gym.db"\n[recording]\ndir = "{tmp_path / "rec"}"\n')
+    one_line_error(run_cli("events", "1764770000-1a2b3c4d", "--out", str(tmp_path / "c.mp4"), "--config", str(config)),
+                   message)
+    assert not (tmp_path / "c.mp4").exists()
+
+
 def test_an_explicit_db_that_does_not_exist_is_refused(tmp_path):
     one_line_error(run_cli("events", "--db", str(tmp_path / "typo.db")), "--db", "typo.db", "no such file")
 

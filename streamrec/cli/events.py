@@ -107,6 +107,11 @@ def copy_clip(store, args) -> int:
         raise StreamrecError(f"events: event {args.id!r} has no clip (its camera had no compressed stream, or "
                              "recording was off)")
     src = recording.folder / row["clip"]
+    if not src.is_file() and src.with_name(src.name + ".part").is_file():
+        raise StreamrecError(f"events: the clip of {args.id!r} is still being recorded (until {args.id!r} ends and "
+                             "its post_seconds pass); try again then")
+    if src.is_file() and not src.stat().st_size:
+        raise StreamrecError(f"events: the clip of {args.id!r} is an empty file ({src}): nothing to copy")
     if not src.is_file():
         raise StreamrecError(f"events: the clip of {args.id!r} is not in {recording.folder} (deleted by retention, "
                              "or another [recording] dir: give --config)")
