@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from streamrec.offline.chance import Chance, Keeper
+from streamrec.offline.resume import meta, resume_state
 from streamrec.offline.dataset import Augment, ClipCache, ClipDataset, collate, default_workers, discover
 from streamrec.config import check_device
 from streamrec.runtime.classifier import resolve_device
@@ -250,18 +251,6 @@ def make_optimizer(cfg: "TrainConfig", model: torch.nn.Module, lr: float | None 
     return torch.optim.AdamW(params, lr=cfg.peak_lr if lr is None else lr, weight_decay=cfg.weight_decay)
 
 
-def resume_state(state_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """``--resume``: the model and optimizer as saved after the last epoch; the rest of the
-    state (``epoch``, ``step`` and :meth:`Keeper.state`)."""
-    if not state_path.is_file():
-        raise StreamrecError(f"--resume: no training state at {state_path}")
-    st = torch.load(state_path, map_location="cpu", weights_only=False)
-    model.load_state_dict(st["model"])
-    optimizer.load_state_dict(st["optimizer"])
-    logger.info("resuming at epoch %d", st["epoch"] + 2)
-    return st
-
-
 def announce(cfg: TrainConfig) -> None:
     """One line on stderr saying what trains, and at which learning rate."""
     what = "the new head only (--freeze-backbone)" if cfg.head_only else "every layer"
@@ -286,7 +275,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     out = Path(cfg.out)
     log_path, state_path = out.with_name(out.name + ".log.csv"), out.with_name(out.name + ".state")
-    st = resume_state(state_path, model, optimizer) if cfg.resume else {"epoch": -1, "step": 0}
+    saved_for = meta(cfg.model, classes, cfg.head_only)  # kept in the state: --resume checks it
+    st = resume_state(state_path, model, optimizer, saved_for) if cfg.resume else {"epoch": -1, "step": 0}
     chance = Chance.of([s.label for s in val_ds.samples for _ in range(val_ds.clips_per_video)])
     keeper = Keeper(out, chance, allow_chance=cfg.allow_chance, state=st)
     steps_per_epoch = max(1, len(train_dl))
@@ -318,7 +308,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         keeper.update(row, lambda: make_checkpoint(model, model=cfg.model, classes=classes, spec=loaded.spec,
                                                    train_args=asdict(cfg), metrics=row))
         atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                           "step": step, **keeper.state()}, state_path)
+                           "step": step, **keeper.state(), **saved_for}, state_path)
         if keeper.stale >= cfg.patience:
             print(f"early stop: validation loss has not improved for {cfg.patience} epochs", file=sys.stderr)
             break

@@ -1,0 +1,82 @@
+"""``streamrec train --resume``: the training state ``<out>.state``, read back and checked.
+
+The state names what it was saved for (``arch``, ``classes``, ``head_only``): a state of another
+``--model``, of other classes or of ``--freeze-backbone`` against every layer is one line naming
+the file, what it holds and what was asked, as is a file that is not a training state at all
+(corrupt, truncated, something else saved there).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamrec.errors import StreamrecError
+from streamrec.redact import printable
+
+logger = logging.getLogger(__name__)
+KEYS = ("model", "optimizer", "epoch", "step")
+
+
+def meta(arch: str | None, classes: list[str], head_only: bool) -> dict[str, Any]:
+    """What a state is saved for, kept in it beside the weights."""
+    return {"arch": arch, "classes": list(classes), "head_only": bool(head_only)}
+
+
+def describe(m: dict[str, Any]) -> str:
+    """``model tiny3d (every layer) with 3 classes (a, b, c)``.
+
+    Example:
+        >>> describe(meta("tiny3d", ["left", "right"], False))
+        'model tiny3d (every layer) with 2 classes (left, right)'
+    """
+    classes = [printable(str(c))[:40] for c in m["classes"]]
+    names = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
+    what = "the head only" if m["head_only"] else "every layer"
+    return f"model {printable(str(m['arch']))} ({what}) with {len(classes)} classes ({names})"
+
+
+def _first_line(exc: BaseException) -> str:
+    return printable((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
+
+
+def read_state(state_path: Path) -> dict[str, Any]:
+    """The saved state, or a one-line :class:`StreamrecError` when there is none or it is no training state."""
+    where = printable(str(state_path))
+    if not state_path.is_file():
+        raise StreamrecError(f"--resume: no training state at {where}")
+    try:
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or truncated file fails in many ways (zip, pickle, EOF)
+        raise StreamrecError(f"--resume: {where} is not a readable training state (corrupt or truncated: "
+                             f"{_first_line(exc)}); train afresh without --resume") from None
+    ok = isinstance(st, dict) and all(k in st for k in KEYS) and all(
+        isinstance(st[k], int) and not isinstance(st[k], bool) and st[k] >= -1 for k in ("epoch", "step"))
+    if not ok:
+        got = f"a dict with keys {', '.join(map(str, list(st)[:8]))}" if isinstance(st, dict) else type(st).__name__
+        raise StreamrecError(f"--resume: {where} is not a training state (expected {', '.join(KEYS)} with whole-number "
+                             f"epoch and step; got {printable(got)[:200]}); train afresh without --resume")
+    return st
+
+
+def resume_state(state_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 asked: dict[str, Any]) -> dict[str, Any]:
+    """``--resume``: the model and optimizer as saved after the last epoch; the rest of the
+    state (``epoch``, ``step`` and the early stopping's). ``asked``: :func:`meta` of this run."""
+    st = read_state(state_path)
+    where = printable(str(state_path))
+    saved = {k: st.get(k) for k in ("arch", "classes", "head_only")}
+    mismatch = (f"--resume: {where} holds the training state of {{holds}}, but this run asked for {describe(asked)}; "
+                "resume with the same --model, classes and --freeze-backbone, or train afresh without --resume")
+    if st.get("classes") is not None and saved != asked:
+        raise StreamrecError(mismatch.format(holds=describe(saved)))
+    try:
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise StreamrecError(mismatch.format(holds=f"another model ({_first_line(exc)})")) from None
+    logger.info("resuming at epoch %d", st["epoch"] + 2)
+    return st

@@ -1,0 +1,90 @@
+"""`streamrec train --resume` with a state that does not fit the run: one line naming the state
+file, what it holds and what was asked, exit 2; never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import DIRECTIONS, make_motion_dataset
+from streamrec.cli.main import main
+from streamrec.models.registry import build_model
+from streamrec.offline.resume import meta
+
+ASKED = "model tiny3d (every layer) with 3 classes (left_to_right, right_to_left, top_to_bottom)"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_motion_dataset(tmp_path_factory.mktemp("d"), per_class=2, valid=1, seconds=0.4, size=(64, 48))
+
+
+def _state(net: torch.nn.Module, **extra) -> dict:
+    opt = torch.optim.AdamW(net.parameters())
+    return {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": 0, "step": 1, **extra}
+
+
+def _good_state_bytes(tmp_path) -> bytes:
+    path = tmp_path / "good.state"
+    torch.save(_state(build_model("tiny3d", num_classes=3), **meta("tiny3d", sorted(DIRECTIONS), False)), path)
+    return path.read_bytes()
+
+
+STATES = {  # what is written at <out>.state -> what the error line says
+    "two classes, no meta": (lambda tmp: _state(build_model("tiny3d", num_classes=2)),
+                             "holds the training state of another model (Error(s) in loading state_dict"),
+    "another model, no meta": (lambda tmp: _state(torch.nn.Linear(3, 2)), "holds the training state of another model"),
+    "another --model": (lambda tmp: _state(torch.nn.Linear(3, 2), **meta("x3d_s", sorted(DIRECTIONS), False)),
+                        "holds the training state of model x3d_s (every layer) with 3 classes"),
+    "other class names": (lambda tmp: _state(build_model("tiny3d", num_classes=3),
+                                             **meta("tiny3d", ["a", "b", "c"], False)),
+                          "holds the training state of model tiny3d (every layer) with 3 classes (a, b, c)"),
+    "head only": (lambda tmp: _state(build_model("tiny3d", num_classes=3), **meta("tiny3d", sorted(DIRECTIONS), True)),
+                  "holds the training state of model tiny3d (the head only) with 3 classes"),
+    "corrupt": (lambda tmp: b"\x00garbage" * 50, "is not a readable training state (corrupt or truncated"),
+    "truncated": (lambda tmp: _good_state_bytes(tmp)[:3000], "is not a readable training state (corrupt or truncated"),
+    "empty": (lambda tmp: b"", "is not a readable training state (corrupt or truncated"),
+    "a list": (lambda tmp: [1, 2], "is not a training state (expected model, optimizer, epoch, step"),
+    "missing keys": (lambda tmp: {"model": {}}, "is not a training state (expected model, optimizer, epoch, step"),
+    "epoch not a number": (lambda tmp: {**_state(build_model("tiny3d", num_classes=3)), "epoch": "1"},
+                           "is not a training state (expected model, optimizer, epoch, step"),
+}
+
+
+@pytest.mark.parametrize("case", list(STATES))
+def test_resume_from_a_state_that_does_not_fit_is_one_line(data, tmp_path, capsys, case):
+    make, expected = STATES[case]
+    out = tmp_path / "m.pt"
+    state = out.with_name("m.pt.state")
+    content = make(tmp_path)
+    if isinstance(content, bytes):
+        state.write_bytes(content)
+    else:
+        torch.save(content, state)
+    rc = main(["train", str(data), "--model", "tiny3d", "--weights", "none", "--batch-size", "2", "--no-flip",
+               "--epochs", "2", "--out", str(out), "--resume", "--workers", "0", "--quiet"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("streamrec: error:")]
+    assert rc == 2 and "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith(f"streamrec: error: --resume: {state} "), lines[0]
+    assert expected in lines[0], lines[0]
+    if "holds the training state" in expected:
+        assert f"but this run asked for {ASKED}" in lines[0]
+    assert not out.exists()
+
+
+def test_resume_with_fewer_classes_than_the_saved_run_names_both(data, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "m.pt"
+    args = ["--model", "tiny3d", "--weights", "none", "--batch-size", "2", "--no-flip", "--out", str(out),
+            "--workers", "0", "--quiet", "--allow-chance"]
+    assert main(["train", str(data), *args, "--epochs", "1"]) == 0
+    fewer = tmp_path / "fewer"
+    shutil.copytree(data, fewer, ignore=shutil.ignore_patterns("top_to_bottom"))
+    capsys.readouterr()
+    assert main(["train", str(fewer), *args, "--epochs", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (f"streamrec: error: --resume: {out}.state holds the training state of {ASKED}, but this run asked for "
+            "model tiny3d (every layer) with 2 classes (left_to_right, right_to_left); ") in err, err
