@@ -32,6 +32,7 @@ from streamrec.validate import check_types, unknown_keys
 
 CHANNELS = ("webhook", "mqtt")
 MAX_PACKET_RING_MB = 1024  # [recording] packet_ring_mb: each camera's ring of packets, in memory
+MIN_PACKET_RING_MB = 1  # less holds no keyframe of most cameras: no clip would ever be recorded
 
 
 def text_tuple(value: Any, where: str) -> tuple[str, ...]:
@@ -231,6 +232,9 @@ class RecordingConfig:
         if not self.packet_ring_mb <= MAX_PACKET_RING_MB:  # inf too: each camera's ring is held in memory
             raise StreamrecError(f"[recording] packet_ring_mb: expected at most {MAX_PACKET_RING_MB} MB per camera, "
                                  f"got {self.packet_ring_mb}")
+        if self.packet_ring_mb < MIN_PACKET_RING_MB:
+            raise StreamrecError(f"[recording] packet_ring_mb: expected at least {MIN_PACKET_RING_MB} MB per camera "
+                                 f"(a smaller ring holds no keyframe to start a clip from), got {self.packet_ring_mb}")
 
     @property
     def folder(self) -> Path:

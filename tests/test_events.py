@@ -143,6 +143,7 @@ min_seconds = {min_seconds}
     ('[recording]\ndir = "TMP/a-file"', "[recording] dir: expected a folder streamrec can write clips into, "
                                          "got 'TMP/a-file' (a file, not a folder)"),
     ('[recording]\npacket_ring_mb = 4096', "[recording] packet_ring_mb: expected at most 1024 MB per camera, got 4096.0"),
+    ('[recording]\npacket_ring_mb = 0.001', "[recording] packet_ring_mb: expected at least 1 MB per camera"),
     ('[recording]\npacket_ring_mb = inf', "[recording] packet_ring_mb: expected a finite number, got inf"),
     ('[recording]\npacket_ring_mb = nan', "[recording] packet_ring_mb: expected a finite number, got nan"),
     ('[recording]\ndir = "TMP/dangling"', "got 'TMP/dangling' (a link to 'TMP/nowhere', which does not exist)"),
