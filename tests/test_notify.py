@@ -107,6 +107,22 @@ def test_webhook_delivers_a_signed_post(tmp_path, receiver, notifiers):
     assert stats["channels"]["webhook"]["delivered"] == 1 and stats["channels"]["webhook"]["failed"] == 0
 
 
+def test_an_event_deleted_while_its_batch_is_delivered_is_not_sent(tmp_path, notifiers):
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, webhook("http://127.0.0.1:9/hook"))
+    for n in (1, 2):
+        store.opened(event(n), notify=("webhook",))
+    sent = []
+
+    def send(note):  # the first delivery is slow: the second event is deleted meanwhile
+        sent.append(note.event_id)
+        store.delete("e2")
+
+    notifier.send = send
+    notifier.deliver_due("webhook")
+    assert sent == ["e1"] and [r["event_id"] for r in outbox_rows(tmp_path / "h.db")] == ["e1"]
+
+
 def test_webhook_with_sign_false_sends_no_signature(tmp_path, receiver, notifiers):
     store = EventStore(str(tmp_path / "h.db"))
     notifier = notifiers(store, webhook(receiver.url, secret=None))
