@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -352,3 +353,49 @@ def test_a_missing_optional_package_names_the_command_that_installs_it(tmp_path)
     line = one_line_error(proc, "psycopg is not installed")
     assert line.endswith(f"pip install -e '{ROOT}[postgres]'"), line
     assert "streamrec[" not in line
+
+
+@pytest.mark.parametrize("ray_address, needle", [
+    (None, "--address auto: no running Ray cluster found (none started on this machine, and RAY_ADDRESS is not set); "
+           "start one with `ray start --head` or use --address local"),
+    ("127.0.0.1:{port}", "--address auto: RAY_ADDRESS 127.0.0.1:{port}: no Ray cluster answers there within 5 s"),
+    ("head-node", "--address auto: RAY_ADDRESS: expected auto, local, HOST:PORT or ray://HOST:PORT, got 'head-node'"),
+])
+def test_cluster_address_auto_without_a_cluster_is_one_line(tmp_path, demo_clip, monkeypatch, capsys, ray_address,
+                                                            needle):
+    """In-process, with Ray's discovery of clusters on this machine made to find none (a cluster
+    another test started must not be joined): ray.init fails at once, and says so in one line."""
+    import functools
+
+    from ray._private import services
+
+    from streamrec.cli.main import main
+
+    monkeypatch.setattr(services, "find_gcs_addresses", functools.lru_cache(lambda: []))  # Ray clears its cache
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir=None: None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if ray_address is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", ray_address.format(port=port))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[[cameras]]\nname = "a"\nsource = "{demo_clip}"\n')
+    started = time.monotonic()
+    rc = main(["cluster", "--config", str(cfg), "--address", "auto", "--no-dashboard", "--db", str(tmp_path / "h.db")])
+    err = capsys.readouterr().err
+    assert time.monotonic() - started < 20
+    assert rc == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("streamrec: error:")]
+    assert len(lines) == 1 and lines[0].startswith(f"streamrec: error: {needle.format(port=port)}"), err
+
+
+def test_cluster_address_local_starts_a_ray_of_its_own_whatever_ray_address_says(monkeypatch):
+    """None would join RAY_ADDRESS's cluster, or one started on this machine, instead."""
+    from streamrec.cli.cluster import connect
+
+    seen = []
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    connect(type("Ray", (), {"init": staticmethod(lambda **kw: seen.append(kw["address"]))}), "local")
+    assert seen == ["local"]

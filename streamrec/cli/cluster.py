@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from streamrec.errors import StreamrecError
 from streamrec.validate import finite_float
@@ -54,10 +55,13 @@ def cmd_cluster(args) -> int:
            "history_days": args.history_days}
     config = ServeConfig.from_sources(load_toml(args.config), cli)
     check_reachable(args.address)
+    if args.address == "auto" and os.environ.get("RAY_ADDRESS", "").strip() not in ("", "auto", "local"):
+        # Ray takes RAY_ADDRESS for auto, and would retry a dead one for minutes
+        check_reachable(os.environ["RAY_ADDRESS"].strip(), name="--address auto: RAY_ADDRESS")
     if not args.no_dashboard:
         check_port_free(config.host, config.port)  # before the cluster starts
     HistoryStore(config.db or default_db()).close()  # a bad --db fails before the cluster starts (without pruning)
-    ray.init(address=None if args.address == "local" else args.address, logging_level=logging.WARNING)
+    connect(ray, args.address)
     try:
         app = ClusterApp(config, db=config.db or default_db(), replicas=args.replicas, lines=sys.stdout,
                          dashboard=not args.no_dashboard)
@@ -70,3 +74,16 @@ def cmd_cluster(args) -> int:
     finally:
         ray.shutdown()
     return 0
+
+
+def connect(ray, address: str) -> None:
+    """``ray.init`` for ``--address``: ``local`` starts a Ray of this command's own (``None`` would join a
+    cluster started on this machine, or RAY_ADDRESS's); a cluster not found is one line."""
+    try:
+        ray.init(address=address, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        if address == "auto":
+            raise StreamrecError("--address auto: no running Ray cluster found (none started on this machine, and "
+                                 "RAY_ADDRESS is not set); start one with `ray start --head` or use --address local") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise StreamrecError(f"--address {address}: cannot connect to a Ray cluster there ({first})") from None

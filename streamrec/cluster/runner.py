@@ -348,7 +348,7 @@ class ClusterRunner:
             self.ray.kill(actor)
 
 
-def check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
+def check_reachable(address: str, *, timeout_s: float = 5.0, name: str = "--address") -> None:
     """Fail in ``timeout_s`` when ``address`` names a host and port that accept no connection:
     ``ray.init`` itself retries such an address for minutes, logging as it goes.
 
@@ -362,9 +362,9 @@ def check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
         return
     host, sep, port = address.split("://", 1)[-1].rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise StreamrecError(f"--address: expected auto, local, HOST:PORT or ray://HOST:PORT, got {address!r}")
+        raise StreamrecError(f"{name}: expected auto, local, HOST:PORT or ray://HOST:PORT, got {address!r}")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        raise StreamrecError(f"--address {address}: no Ray cluster answers there within {timeout_s:g} s "
+        raise StreamrecError(f"{name} {address}: no Ray cluster answers there within {timeout_s:g} s "
                              f"({exc.strerror or exc})") from None
