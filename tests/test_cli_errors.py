@@ -399,3 +399,19 @@ def test_cluster_address_local_starts_a_ray_of_its_own_whatever_ray_address_says
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     connect(type("Ray", (), {"init": staticmethod(lambda **kw: seen.append(kw["address"]))}), "local")
     assert seen == ["local"]
+
+
+@pytest.mark.parametrize("error, needle", [
+    (ConnectionError("refused\nmore lines"), "--address 10.0.0.1:6379: cannot connect to a Ray cluster there (refused)"),
+    (RuntimeError("GCS timed out\nmore"), "--address 10.0.0.1:6379: Ray did not start or connect (RuntimeError: GCS timed out)"),
+])
+def test_cluster_ray_init_failures_are_one_line(error, needle):
+    from streamrec.cli.cluster import connect
+    from streamrec.errors import StreamrecError
+
+    def fail(**kwargs):
+        raise error
+
+    with pytest.raises(StreamrecError) as info:
+        connect(type("Ray", (), {"init": staticmethod(fail)}), "10.0.0.1:6379")
+    assert str(info.value) == needle

@@ -85,5 +85,11 @@ def connect(ray, address: str) -> None:
         if address == "auto":
             raise StreamrecError("--address auto: no running Ray cluster found (none started on this machine, and "
                                  "RAY_ADDRESS is not set); start one with `ray start --head` or use --address local") from None
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise StreamrecError(f"--address {address}: cannot connect to a Ray cluster there ({first})") from None
+        raise StreamrecError(f"--address {address}: cannot connect to a Ray cluster there ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - Ray fails in many ways (a server there that is no Ray, a Ray that cannot start)
+        raise StreamrecError(f"--address {address}: Ray did not start or connect ({type(exc).__name__}: "
+                             f"{_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
