@@ -88,3 +88,19 @@ def test_resume_with_fewer_classes_than_the_saved_run_names_both(data, tmp_path,
     assert "Traceback" not in err
     assert (f"streamrec: error: --resume: {out}.state holds the training state of {ASKED}, but this run asked for "
             "model tiny3d (every layer) with 2 classes (left_to_right, right_to_left); ") in err, err
+
+
+def test_a_state_that_cannot_be_read_says_so(tmp_path, monkeypatch):
+    from streamrec.errors import StreamrecError
+    from streamrec.offline import resume
+
+    state = tmp_path / "m.pt.state"
+    state.write_bytes(b"x")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(state))
+
+    monkeypatch.setattr(resume.torch, "load", denied)
+    with pytest.raises(StreamrecError) as info:
+        resume.read_state(state)
+    assert str(info.value) == f"--resume: cannot read {state}: Permission denied"

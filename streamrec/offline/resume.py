@@ -50,6 +50,8 @@ def read_state(state_path: Path) -> dict[str, Any]:
         raise StreamrecError(f"--resume: no training state at {where}")
     try:
         st = torch.load(state_path, map_location="cpu", weights_only=False)
+    except OSError as exc:
+        raise StreamrecError(f"--resume: cannot read {where}: {exc.strerror or _first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt or truncated file fails in many ways (zip, pickle, EOF)
         raise StreamrecError(f"--resume: {where} is not a readable training state (corrupt or truncated: "
                              f"{_first_line(exc)}); train afresh without --resume") from None
