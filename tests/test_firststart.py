@@ -319,25 +319,31 @@ def _tiny3d_checkpoint(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("signal_name, phase", [("SIGTERM", "gate"), ("SIGINT", "gate"), ("SIGTERM", "child"),
-                                                 ("SIGINT", "timing")])
+                                                 ("SIGINT", "timing"), ("SIGTERM", "camera")])
 def test_a_signal_while_preparing_stops_serve_cleanly(tmp_path, demo_clip, signal_name, phase):
     """SIGTERM or Ctrl-C while serve prepares the model (held at the gate, while the first-start
-    child runs, or while --backend auto times the backends): exit 0 within seconds, no traceback, the port released, no child left."""
+    child runs, while --backend auto times the backends, or while a camera that does not answer is
+    opened, in a C call that returns only at --open-timeout): exit 0 within seconds, no traceback,
+    the port released, no child left."""
     import signal
     import socket
 
     gate = tmp_path / "gate"
     weights = str(_tiny3d_checkpoint(tmp_path / "w.pt")) if phase == "child" else "none"
-    args = ["serve", "--source", str(demo_clip), "--loop", "--port", "0", "--model", "tiny3d", "--weights", weights,
-            "--device", "cpu", "--backend", "auto" if phase == "timing" else "torch", "--db", str(tmp_path / "h.db")]
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    source = f"rtsp://127.0.0.1:{silent.getsockname()[1]}/x" if phase == "camera" else str(demo_clip)
+    args = ["serve", "--source", source, "--open-timeout", "30", "--loop", "--port", "0", "--model", "tiny3d",
+            "--weights", weights, "--device", "cpu", "--backend", "auto" if phase == "timing" else "torch", "--db", str(tmp_path / "h.db")]
     extra = {"STREAMREC_START_GATE": str(gate)} if phase == "gate" else {}
     proc = subprocess.Popen(streamrec_cmd(*args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env={**_env(tmp_path), "PYTHONUNBUFFERED": "1", **extra})
     seen: list[str] = []
     try:
         port = int(_read_until(proc, r"the page is up meanwhile: http://127\.0\.0\.1:(\d+)/$", seen).group(1))
-        _read_until(proc, {"gate": "waiting for .*gate", "child": "preparing it in a child process",
-                           "timing": "timing backend 1/"}[phase], seen)
+        if phase != "camera":
+            _read_until(proc, {"gate": "waiting for .*gate", "child": "preparing it in a child process",
+                               "timing": "timing backend 1/"}[phase], seen)
+        time.sleep(1.5 if phase == "camera" else 0)  # the camera's open has begun
         proc.send_signal(getattr(signal, signal_name))
         started = time.monotonic()
         rc = proc.wait(timeout=10)
@@ -345,6 +351,7 @@ def test_a_signal_while_preparing_stops_serve_cleanly(tmp_path, demo_clip, signa
         rest = proc.stderr.read()
     finally:
         proc.kill()
+        silent.close()
     assert rc == 0 and took < 5, (rc, took, seen, rest)
     assert "Traceback" not in rest and "Traceback" not in "\n".join(seen), rest
     with socket.socket() as s:

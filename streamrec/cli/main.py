@@ -206,14 +206,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "history_days", "allowed_hosts")
     cli_values = {k: getattr(args, k) for k in keys}
     config = ServeConfig.from_sources(file_values, cli_values)
-    from streamrec.serve.starting import StopServing, StopSignals, record_seconds, start_answering
+    from streamrec.serve.starting import StopSignals, record_seconds, start_answering, stop_now
 
     cams = [config.resolve(c) for c in config.all_cameras()]
     models = [(c.model, str(c.weights or "DEFAULT")) for c in cams]
     # the address answers at once ("preparing the model"), while the models are prepared and loaded
     starting, key = start_answering(config, models, CACHE)
     app = None
-    with StopSignals() as signals:  # SIGTERM or Ctrl-C meanwhile: the socket closed, exit 0
+    with StopSignals(on_stuck=stop_now) as signals:  # SIGTERM or Ctrl-C meanwhile: the socket closed, exit 0
         try:
             starting.wait_for_gate()
             # a model's first CPU start in a child process, before this one imports torch: the server
@@ -226,11 +226,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except BaseException as exc:
             signals.disarm()
             starting.close()
-            if not isinstance(exc, StopServing):
+            if not signals.fired:  # fired: even where a library caught the StopServing it raised
                 raise
             if app is not None:
                 app.close()
-            logger.info("stopped (%s) while preparing the model", exc)
+            logger.info("stopped (%s) while preparing the model", signals.fired)
             return 0
         record_seconds(CACHE, key, starting.elapsed_s())
         app.server.sock = starting.handoff()  # connections made meanwhile wait in its queue for the web server

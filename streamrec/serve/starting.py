@@ -32,6 +32,7 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from streamrec.errors import StreamrecError
@@ -39,6 +40,7 @@ from streamrec.serve.guard import bearer_token, host_allowed
 from streamrec.serve.server import page_html
 
 logger = logging.getLogger(__name__)
+STUCK_S = 3.0  # seconds a start has after SIGTERM or Ctrl-C to end before serve exits without it
 HEADER_TIMEOUT_S = 5.0  # seconds a connection has to send its request (as the web server's default header timeout)
 
 
@@ -246,30 +248,70 @@ class StopSignals:
     """While in its ``with``, SIGTERM and SIGINT raise :class:`StopServing` in the main thread (once:
     a second signal, or one after :meth:`disarm`, is ignored until the ``with`` ends). A first-start
     child process that runs meanwhile is killed on the way out (``subprocess.run``); a signal while
-    disarmed is kept in ``pending``."""
+    disarmed is kept in ``pending``. ``fired`` names the signal that stopped the start, even where a
+    library swallowed the exception (PyAV opening a camera). When the ``with`` has not ended
+    ``grace_s`` after that signal (a C call that does not return: a camera that does not answer),
+    ``on_stuck(name)`` is called from a thread that watches the signal's wakeup file descriptor."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_stuck: Callable[[str], None] | None = None, grace_s: float = STUCK_S) -> None:
         self.armed = True
+        self.fired: str | None = None
         self.pending: str | None = None  # a signal that came while disarmed
         self._old: dict = {}
+        self._on_stuck, self._grace_s = on_stuck, grace_s
+        self._done = threading.Event()
+        self._wakeup: tuple[int, int] | None = None
 
     def _stop(self, signum: int, frame) -> None:
-        if self.armed:
-            self.armed = False
-            raise StopServing(signal.Signals(signum).name)
-        self.pending = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if not self.armed:
+            self.pending = name
+            return
+        self.armed, self.fired = False, name
+        raise StopServing(name)
 
     def disarm(self) -> None:
         self.armed = False
 
+    def _watch(self, read_fd: int) -> None:
+        """The signal's byte, written by the C-level handler while the main thread may be inside
+        a C call that holds it (the Python handler runs only when that returns)."""
+        try:
+            byte = os.read(read_fd, 1)
+        except OSError:
+            byte = b""
+        finally:
+            os.close(read_fd)
+        if byte and not self._done.wait(self._grace_s) and self._on_stuck is not None:
+            self._on_stuck(signal.Signals(byte[0]).name)
+
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
             self._old = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+            if self._on_stuck is not None:
+                read_fd, write_fd = os.pipe()
+                os.set_blocking(write_fd, False)
+                self._wakeup = (write_fd, signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False))
+                threading.Thread(target=self._watch, args=(read_fd,), name="stop-watch", daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._wakeup[1])
+            os.close(self._wakeup[0])  # the watcher reads the end of the pipe and ends
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+
+
+def stop_now(name: str) -> None:
+    """:class:`StopSignals`'s ``on_stuck`` for serve: the start did not end in time; exit 0 at once
+    (the listening socket is released with the process)."""
+    import sys
+
+    logger.info("stopped (%s) while preparing the model (without waiting for the start to end)", name)
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def start_answering(config, models: list[tuple[str | None, str]], cache: Path) -> tuple[StartingServer, str]:
