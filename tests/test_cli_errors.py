@@ -415,3 +415,37 @@ def test_cluster_ray_init_failures_are_one_line(error, needle):
     with pytest.raises(StreamrecError) as info:
         connect(type("Ray", (), {"init": staticmethod(fail)}), "10.0.0.1:6379")
     assert str(info.value) == needle
+
+
+@pytest.mark.parametrize("answer, ok", [(None, False), (b"HTTP/1.1 400 Bad Request\r\n\r\n", False),
+                                        (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00", True)])
+def test_cluster_address_where_something_else_answers_fails_at_once(answer, ok):
+    """Ray retries a HOST:PORT that accepts but speaks no gRPC for minutes: a server that says
+    nothing, or HTTP/1, is one line; one that answers HTTP/2's preface with SETTINGS passes."""
+    import threading
+
+    from streamrec.cluster.runner import check_reachable
+    from streamrec.errors import StreamrecError
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve():
+        conn, _ = server.accept()
+        conn.recv(64)
+        if answer:
+            conn.sendall(answer)
+        time.sleep(1)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        if ok:
+            check_reachable(f"127.0.0.1:{port}", timeout_s=0.5)
+        else:
+            with pytest.raises(StreamrecError) as info:
+                check_reachable(f"127.0.0.1:{port}", timeout_s=0.5)
+            assert str(info.value) == (f"--address 127.0.0.1:{port}: something answers there, but not a Ray "
+                                       "cluster (no gRPC within 0.5 s)")
+    finally:
+        server.close()
