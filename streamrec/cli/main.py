@@ -223,7 +223,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             app = LiveApp(config, listening=True)
             signals.disarm()
-        except BaseException as exc:
+        except BaseException:
             signals.disarm()
             starting.close()
             if not signals.fired:  # fired: even where a library caught the StopServing it raised

@@ -23,7 +23,7 @@ from streamrec.live.encoder import FrameEncoder
 from streamrec.live.packets import PacketRing
 from streamrec.live.ring import FrameRing
 from streamrec.retry import Backoff
-from streamrec.live.sources import PyAVSource, Source, SourceSpec, mask_credentials, open_source
+from streamrec.live.sources import PyAVSource, Source, SourceSpec, open_source
 from streamrec.redact import mask_quoted, printable
 
 logger = logging.getLogger(__name__)

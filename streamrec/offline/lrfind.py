@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
 from torch import nn
 
 from streamrec.fsutil import save_figure

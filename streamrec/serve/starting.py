@@ -20,7 +20,6 @@ until that file exists, so that a test sees the preparing server for as long as 
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import logging
