@@ -151,5 +151,5 @@ def test_token_is_required_on_page_and_websocket(demo_clip):
         proc.terminate()
         proc.wait(timeout=10)
     log = proc.stderr.read()
-    assert f"at http://127.0.0.1:{port}/?token=<the token> (Ctrl-C to stop)" in log  # how to open the page
+    assert f"at http://127.0.0.1:{port}/?token=" in log and "(Ctrl-C to stop)" in log  # how to open the page
     assert "s3cret" not in log  # but the token itself is never logged
