@@ -511,6 +511,23 @@ def test_retention_deletes_old_clips_then_the_oldest_past_max_gb(tmp_path):
     store.close()
 
 
+def test_close_writes_what_the_ring_holds_even_before_the_writer_read_it(clip12, tmp_path):
+    now = [T0]
+    done: list[tuple] = []
+    rec = Recorder(recording(tmp_path, pre_seconds=2.0), supervisor=Supervisor(), clock=lambda: now[0],
+                   on_done=lambda *a: done.append(a))
+    ring = rec.ring("cam")
+    play = Player(clip12, ring, now)
+    play.until(6.0)
+    rec.begin("e", "cam", now[0])
+    rec.close()  # at once: the writer has only just opened its file
+    play.source.close()
+    held = ring.after(-1)
+    start = max(p.ts for p in held if p.keyframe and p.ts <= now[0] - 2.0)  # the keyframe at 4.0
+    [(_, rel, size)] = done
+    assert size > 0 and frames_of(tmp_path / "events" / rel) == sum(1 for p in held if p.ts >= start) >= 2 * FPS
+
+
 def vfr_mkv_with_b_frames(path: Path) -> Path:
     """4 s of H.264 in Matroska, 3 B-frames in a row, frames 33 to 57 ms apart (variable frame
     rate): its first packets come without a dts, as Matroska gives them."""

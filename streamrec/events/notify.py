@@ -158,6 +158,7 @@ class Notifier:
     def deliver(self, note: Notification) -> bool:
         """Send ``note`` to its channel and record the outcome in the outbox; whether it was delivered."""
         if self.store.get(note.event_id) is None:  # deleted after its batch was read: never sent
+            self.store.discard(note.id)  # nor read again (a pass would spin on it)
             return True
         stats = self.channels.setdefault(note.channel, ChannelStats())
         stats.busy_since = self.clock()

@@ -119,12 +119,14 @@ class ClipWriter:
         return out
 
     def _follow(self, out, stream) -> None:
-        """Write packets as they come until the clip's end, its generation's end or close()."""
+        """Write packets as they come until the clip's end, its generation's end or close()
+        (which writes what the ring holds by then; a discarded clip stops at once)."""
         seq = self.start.seq - 1
-        while not self.finish_now.is_set():
+        while not self.discarded:
+            finishing = self.finish_now.is_set()
             batch = self.ring.after(seq)
             if not batch:
-                if self._overdue():
+                if finishing or self._overdue():
                     return
                 self.ring.wait(seq, POLL_S)
                 continue
@@ -137,6 +139,8 @@ class ClipWriter:
                     continue
                 need_key = False
                 self._mux(out, stream, p)
+            if finishing:
+                return
 
     def _ends_before(self, p: TappedPacket) -> bool:
         """Whether the clip ends before ``p``: its source reconnected, or ``p`` came after the

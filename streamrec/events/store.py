@@ -357,6 +357,10 @@ class EventStore:
     def delivered(self, note_id: int, now: float) -> None:
         self._run("UPDATE outbox SET delivered = ?, attempts = attempts + 1, error = NULL WHERE id = ?", (now, note_id))
 
+    def discard(self, note_id: int) -> None:
+        """Remove one notification whose event is gone (deleted while it was pending)."""
+        self._run("DELETE FROM outbox WHERE id = ?", (note_id,))
+
     def failed(self, note_id: int, error: str, next_try: float) -> None:
         self._run("UPDATE outbox SET attempts = attempts + 1, error = ?, next_try = ? WHERE id = ?",
                   (error[:500], next_try, note_id))
