@@ -21,6 +21,7 @@ from streamrec.errors import StreamrecError
 from streamrec.redact import mask_credentials
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig, check_rules
 from streamrec.validate import check_allowed_hosts, check_types, unknown_keys
+from streamrec.zones import ZoneConfig, parse_zones
 
 # a camera's name travels in a one-byte length field (the preview frames' header): its UTF-8 bytes count
 CAMERA_NAME_MAX_CHARS, CAMERA_NAME_MAX_BYTES = 64, 255
@@ -77,6 +78,8 @@ class CameraConfig:
     open_timeout: float | None = None
     stall_timeout: float | None = None
     sports_only: bool | None = None
+    zones: tuple[ZoneConfig, ...] = ()  # [[cameras.zones]]: regions labelled on their own
+    whole_frame: bool = True  # with zones: label the whole frame too
 
     def __post_init__(self) -> None:
         shown = self.name if not isinstance(self.name, str) or len(self.name) <= 40 else self.name[:40] + "..."
@@ -94,6 +97,14 @@ class CameraConfig:
                                  f"got {size} bytes: {self.name!r}")
         if not str(self.source).strip():
             raise StreamrecError(f"camera {self.name!r}: source: expected a webcam index, URL or file, got nothing")
+        object.__setattr__(self, "zones", parse_zones(self.zones, camera=self.name))
+        if not self.whole_frame and not self.zones:
+            raise StreamrecError(f"camera {self.name!r}: whole_frame: expected true for a camera without zones "
+                                 "(it would label nothing), got false")
+
+    def streams(self) -> tuple[str | None, ...]:
+        """The labelled streams of this camera: ``None`` for the whole frame, then each zone's name."""
+        return ((None,) if self.whole_frame else ()) + tuple(z.name for z in self.zones)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CameraConfig":

@@ -1,0 +1,197 @@
+"""Zones: named regions of one camera's frame, each classified as a stream of its own.
+
+A zone is a rectangle in fractions of the frame (``x, y`` its top-left corner, ``w, h`` its size;
+``0..1``), or a polygon whose bounding box is classified. The capture crops each zone out of the
+decoded frame *before* the model's reference resize and centre crop, so a zone gets the same
+preprocessing a whole frame of that size would (small zones are upscaled).
+
+A zone's labelled stream is keyed ``"<camera>/<zone>"`` (:func:`stream_key`); camera and zone
+names never contain ``/``.
+
+Example:
+    >>> z = ZoneConfig.from_dict({"name": "rack", "x": 0.5, "y": 0.0, "w": 0.5, "h": 0.5}, camera="gym")
+    >>> z.box(1920, 1080)
+    (960, 0, 1920, 540)
+    >>> stream_key("gym", "rack"), split_key("gym/rack"), split_key("gym")
+    ('gym/rack', ('gym', 'rack'), ('gym', None))
+    >>> ZoneConfig.parse_rect("0,0,0.5,0.5").w
+    0.5
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from streamrec.errors import StreamrecError
+
+logger = logging.getLogger(__name__)
+
+ZONES_MAX = 16  # per camera: each zone is one more window in every batch
+ZONE_NAME_MAX_CHARS = 40
+POLYGON_MAX_POINTS = 64
+ZONE_KEYS = ("name", "x", "y", "w", "h", "polygon")
+EPS = 1e-9
+
+
+def check_name(name: Any, where: str) -> str:
+    """A zone's name: 1-40 letters, digits, ``-``, ``_`` or ``.`` (it is a topic level and a URL part)."""
+    if not isinstance(name, str) or not name or len(name) > ZONE_NAME_MAX_CHARS \
+            or not all(c.isalnum() or c in "-_." for c in name) or not name.isascii():
+        raise StreamrecError(f"{where}: name: expected 1-{ZONE_NAME_MAX_CHARS} ASCII letters, digits, '-', '_' "
+                             f"or '.', got {name!r}")
+    return name
+
+
+def _fraction(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise StreamrecError(f"{what}: expected a finite number (a fraction of the frame), got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    """One zone of a camera: ``x, y, w, h`` as fractions of the frame (validated at construction).
+
+    ``polygon`` (optional) is the outline drawn on the page, ``((x, y), ...)`` in fractions; the
+    rectangle is then its bounding box.
+    """
+
+    name: str
+    x: float
+    y: float
+    w: float
+    h: float
+    polygon: tuple[tuple[float, float], ...] | None = None
+
+    def __post_init__(self) -> None:
+        where = f"zone {self.name!r}"
+        check_name(self.name, "zone")
+        for key in ("x", "y", "w", "h"):
+            object.__setattr__(self, key, _fraction(getattr(self, key), f"{where}: {key}"))
+        if not (0.0 <= self.x < 1.0 and 0.0 <= self.y < 1.0):
+            raise StreamrecError(f"{where}: x, y: expected the top-left corner inside the frame (0 <= x, y < 1), "
+                                 f"got x={self.x:g}, y={self.y:g}")
+        if not (self.w > 0.0 and self.h > 0.0):
+            raise StreamrecError(f"{where}: w, h: expected a size > 0, got w={self.w:g}, h={self.h:g}")
+        if self.x + self.w > 1.0 + EPS or self.y + self.h > 1.0 + EPS:
+            raise StreamrecError(f"{where}: expected the zone inside the frame (x + w <= 1, y + h <= 1), "
+                                 f"got x + w = {self.x + self.w:g}, y + h = {self.y + self.h:g}")
+
+    @classmethod
+    def from_dict(cls, d: Any, *, camera: str) -> "ZoneConfig":
+        """A ``[[cameras.zones]]`` table (or a JSON object of the camera API)."""
+        where = f"camera {camera!r}: zones"
+        if not isinstance(d, dict):
+            raise StreamrecError(f"{where}: expected a table with a name and x, y, w, h (or a polygon), got {d!r}")
+        unknown = sorted(set(d) - set(ZONE_KEYS))
+        if unknown:
+            raise StreamrecError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; expected {', '.join(ZONE_KEYS)}")
+        name = check_name(d.get("name"), f"camera {camera!r}: zone")
+        if "polygon" in d:
+            if any(k in d for k in "xywh"):
+                raise StreamrecError(f"camera {camera!r}: zone {name!r}: expected x, y, w, h or a polygon, got both")
+            return cls.from_polygon(name, d["polygon"], camera=camera)
+        missing = [k for k in "xywh" if k not in d]
+        if missing:
+            raise StreamrecError(f"camera {camera!r}: zone {name!r}: expected x, y, w, h, missing {', '.join(missing)}")
+        try:
+            return cls(name, d["x"], d["y"], d["w"], d["h"])
+        except StreamrecError as exc:
+            raise StreamrecError(f"camera {camera!r}: {exc}") from None
+
+    @classmethod
+    def from_polygon(cls, name: str, points: Any, *, camera: str) -> "ZoneConfig":
+        where = f"camera {camera!r}: zone {name!r}: polygon"
+        if not isinstance(points, (list, tuple)) or not 3 <= len(points) <= POLYGON_MAX_POINTS:
+            raise StreamrecError(f"{where}: expected 3-{POLYGON_MAX_POINTS} [x, y] points, got {points!r}")
+        pts = []
+        for p in points:
+            if not isinstance(p, (list, tuple)) or len(p) != 2:
+                raise StreamrecError(f"{where}: expected [x, y] points, got {p!r}")
+            x, y = (_fraction(v, where) for v in p)
+            if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+                raise StreamrecError(f"{where}: expected points inside the frame (0..1), got [{x:g}, {y:g}]")
+            pts.append((x, y))
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        x0, y0 = min(xs), min(ys)
+        try:
+            return cls(name, x0, y0, max(xs) - x0, max(ys) - y0, polygon=tuple(pts))
+        except StreamrecError as exc:
+            raise StreamrecError(f"camera {camera!r}: {exc}") from None
+
+    @classmethod
+    def parse_rect(cls, text: str, name: str = "zone") -> "ZoneConfig":
+        """``"x,y,w,h"`` (fractions), as ``classify --zone`` takes it."""
+        parts = [p.strip() for p in str(text).split(",")]
+        try:
+            x, y, w, h = (float(p) for p in parts)
+        except ValueError:
+            raise StreamrecError(f"--zone: expected x,y,w,h as four fractions of the frame, got {text!r}") from None
+        try:
+            return cls(name, x, y, w, h)
+        except StreamrecError as exc:
+            raise StreamrecError(f"--zone: {exc}") from None
+
+    def box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """The zone in pixels of a ``width`` x ``height`` frame: ``(x0, y0, x1, y1)``, at least 1x1."""
+        x0 = min(width - 1, int(round(self.x * width)))
+        y0 = min(height - 1, int(round(self.y * height)))
+        x1 = max(x0 + 1, min(width, int(round((self.x + self.w) * width))))
+        y1 = max(y0 + 1, min(height, int(round((self.y + self.h) * height))))
+        return x0, y0, x1, y1
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "x": self.x, "y": self.y, "w": self.w, "h": self.h}
+        if self.polygon is not None:
+            out["polygon"] = [list(p) for p in self.polygon]
+        return out
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        """What ``[[cameras.zones]]`` holds for this zone (a polygon, or the rectangle)."""
+        if self.polygon is not None:
+            return {"name": self.name, "polygon": [list(p) for p in self.polygon]}
+        return {"name": self.name, "x": self.x, "y": self.y, "w": self.w, "h": self.h}
+
+
+def parse_zones(items: Any, *, camera: str) -> tuple[ZoneConfig, ...]:
+    """``[[cameras.zones]]`` of ``camera``: each valid, names unique, at most :data:`ZONES_MAX`."""
+    if isinstance(items, tuple) and all(isinstance(z, ZoneConfig) for z in items):
+        zones = items
+    elif isinstance(items, (list, tuple)):
+        zones = tuple(z if isinstance(z, ZoneConfig) else ZoneConfig.from_dict(z, camera=camera) for z in items)
+    else:
+        raise StreamrecError(f"camera {camera!r}: zones: expected [[cameras.zones]] tables, got {type(items).__name__}")
+    if len(zones) > ZONES_MAX:
+        raise StreamrecError(f"camera {camera!r}: zones: expected at most {ZONES_MAX}, got {len(zones)}")
+    seen: set[str] = set()
+    dupes = sorted({z.name for z in zones if z.name in seen or seen.add(z.name)})  # type: ignore[func-returns-value]
+    if dupes:
+        raise StreamrecError(f"camera {camera!r}: zones: expected unique names, got {', '.join(map(repr, dupes))} "
+                             "more than once")
+    return zones
+
+
+def upscale_warnings(zones: Iterable[ZoneConfig], width: int, height: int, crop: int, *, camera: str) -> list[str]:
+    """One line per zone whose pixels are fewer than the model's crop (``crop`` x ``crop``): it is
+    upscaled, with less detail than the model saw in training."""
+    out = []
+    for z in zones:
+        x0, y0, x1, y1 = z.box(width, height)
+        if min(x1 - x0, y1 - y0) < crop:
+            out.append(f"camera {camera!r}: zone {z.name!r} is {x1 - x0}x{y1 - y0} pixels of a {width}x{height} frame, "
+                       f"smaller than the model's {crop}x{crop} crop: it is upscaled")
+    return out
+
+
+def stream_key(camera: str, zone: str | None) -> str:
+    """The key of a labelled stream: the camera's name, or ``"<camera>/<zone>"``."""
+    return camera if zone is None else f"{camera}/{zone}"
+
+
+def split_key(key: str) -> tuple[str, str | None]:
+    """``(camera, zone)`` of a :func:`stream_key` (``zone`` is ``None`` for the whole frame)."""
+    camera, sep, zone = key.partition("/")
+    return (camera, zone) if sep else (camera, None)
