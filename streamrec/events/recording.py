@@ -9,9 +9,8 @@ into a fragmented MP4 and follows the ring as packets come in, until ``post_seco
 ``<event id>.mp4``: a clip under its own name is always whole. A fragmented MP4 plays up to its
 last complete fragment (one per keyframe), so the ``.part`` of a process that was killed while
 writing becomes the clip when the next Recorder starts. A write error (a full disk) ends that
-clip with one log line and a count, keeping its complete fragments; the caller never sees it,
-and capture and inference never wait on a clip. Thumbnails are written to a temporary file,
-flushed and renamed too: never a truncated or empty JPEG.
+clip with one log line and a count, keeping its complete fragments; capture and inference never
+wait on a clip. Thumbnails are written to a temporary file and renamed too (never truncated).
 :meth:`Recorder.prune` deletes old clips and their events (``retention_days``, ``max_gb``).
 """
 
@@ -94,8 +93,8 @@ class ClipWriter:
             pass
 
     def commit(self) -> bool:
-        """The finished ``part`` flushed to disk and renamed to ``path`` (atomic); whether it was
-        (a failure is logged and counted as the clip's error, and ``part`` is left to the caller)."""
+        """The finished ``part`` flushed and renamed to ``path`` (atomic); whether it was (a failure is
+        the clip's error, logged and counted; ``part`` is left to the caller)."""
         try:
             fd = os.open(self.part, os.O_RDONLY)
             try:
@@ -119,8 +118,8 @@ class ClipWriter:
         return out
 
     def _follow(self, out, stream) -> None:
-        """Write packets as they come until the clip's end, its generation's end or close()
-        (which writes what the ring holds by then; a discarded clip stops at once)."""
+        """Write packets as they come until the clip's end, its generation's end or close() (which
+        writes what the ring holds by then); a discarded clip stops at once."""
         seq = self.start.seq - 1
         while not self.discarded:
             finishing = self.finish_now.is_set()
@@ -139,13 +138,12 @@ class ClipWriter:
                     continue
                 need_key = False
                 self._mux(out, stream, p)
-            if finishing:
+            if finishing:  # close(): what the ring held is written
                 return
 
     def _ends_before(self, p: TappedPacket) -> bool:
-        """Whether the clip ends before ``p``: its source reconnected, or ``p`` came after the
-        clip's end and is not a B-frame shown before a frame already written (packets come in
-        decode order: the clip ends before a new reference frame, with no picture missing)."""
+        """Whether the clip ends before ``p``: its source reconnected, or ``p`` is past the end and no
+        B-frame shown before one written (it ends before a new reference frame, no picture missing)."""
         if p.generation != self.start.generation:
             logger.info("clip %s ends early: the source of camera %s reconnected", self.event_id, self.camera)
             return True
@@ -366,11 +364,9 @@ class Recorder:
         return sum(self.files.remove(self.folder / relative(camera, event_id, suffix))
                    for suffix in (".mp4", ".mp4" + PART, ".jpg"))
 
-    # -- retention ---------------------------------------------------------------------
     def prune(self, store: EventStore, now: float) -> int:
-        """Delete the clips, thumbnails and events older than ``retention_days``, then the
-        oldest while the folder holds more than ``max_gb``; how many events were deleted.
-        Clips being written are left alone."""
+        """Delete clips, thumbnails and events older than ``retention_days``, then the oldest while
+        the folder holds more than ``max_gb`` (not clips being written); how many events went."""
         with self._lock:
             active = set(self._writers)
         return self.files.prune(store, cutoff=now - self.config.retention_days * 86400,
