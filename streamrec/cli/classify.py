@@ -7,6 +7,7 @@ so that torchvision is never loaded under the classification's own memory.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -20,7 +21,7 @@ from streamrec.validate import check_weights_arg, finite_float
 EXAMPLES = """examples:
   streamrec classify demo/clips/arm_wrestling.mp4        segments and the average over the clip (--windows: every window)
   streamrec classify match.mp4 --weights model.pt --format csv --out match.csv
-  streamrec classify match.mp4 --stride 0.5 --plot timeline.png
+  streamrec classify gym.mp4 --zone 0.5,0,0.5,0.5 --stride 0.5 --plot timeline.png   the top-right quarter only
 """
 
 
@@ -38,6 +39,10 @@ def add_classify_parser(sub, model_args: Callable) -> None:
     p.add_argument("--out", default=None, help="write the output here (default: stdout)")
     p.add_argument("--plot", default=None, help="write a timeline PNG here (default: none)")
     p.add_argument("--sports-only", action="store_true", help="restrict to Kinetics sport classes")
+    p.add_argument("--zone", action="append", default=None, metavar="X,Y,W,H",
+                   help="classify only this region: its top-left corner and size as fractions of the frame, cut out "
+                        "before the model's resize and crop as serve's zones are; repeat it for a table per zone "
+                        "(default: the whole frame)")
     p.set_defaults(func=cmd_classify)
 
 
@@ -45,6 +50,7 @@ def cmd_classify(args) -> int:
     from streamrec.runtime.firststart import needs_preparing, prepare_first_starts
     from streamrec.fsutil import CACHE
 
+    zones = parse_zone_args(args)
     weights, device = check_weights_arg(args.weights or "DEFAULT"), check_device(args.device or "auto")
     inputs = (args.file, weights)  # check_output compares only those that exist: DEFAULT does not
     if args.out:
@@ -59,6 +65,26 @@ def cmd_classify(args) -> int:
 
             loaded = prepared.load(args.model, weights, device=device)
 
+    timelines = [classify_one(args, weights, device, loaded, zone) for zone in zones]
+    write_outputs(args, timelines[0] if len(timelines) == 1 else timelines)
+    return 0
+
+
+def parse_zone_args(args) -> list:
+    """The ``--zone`` regions (``[None]``: the whole frame), refused in one line where they cannot work."""
+    from streamrec.zones import ZoneConfig
+
+    if not args.zone:
+        return [None]
+    several = len(args.zone) > 1
+    if several and (args.format == "csv" or args.plot):
+        raise StreamrecError(f"--zone: several zones give a table or JSON per zone; "
+                             f"{'--format csv' if args.format == 'csv' else '--plot'} takes one --zone")
+    return [ZoneConfig.parse_rect(text, name=f"zone{i + 1}" if several else "zone") for i, text in enumerate(args.zone)]
+
+
+def classify_one(args, weights: str, device: str, loaded, zone):
+    """One timeline of the file (of ``zone`` only, when given), with the progress bar on a terminal."""
     from streamrec.offline.classify import classify_file
 
     bar = _progress_bar(args.file)
@@ -76,6 +102,7 @@ def cmd_classify(args) -> int:
             sports_only=args.sports_only,
             loaded=loaded,
             progress=bar.update if bar else None,
+            zone=zone,
         )
     except BaseException:
         if bar:
@@ -83,23 +110,30 @@ def cmd_classify(args) -> int:
         raise
     if bar:
         bar.close(done=True)
-    write_outputs(args, tl)
-    return 0
+    return tl
 
 
 def write_outputs(args, tl) -> None:
-    """The timeline to stdout or ``--out``, the ``--plot``, and the notes about the clip and model."""
+    """The timeline to stdout or ``--out``, the ``--plot``, and the notes about the clip and model;
+    for a list of timelines (one per ``--zone``), a table per zone or a JSON list."""
     from streamrec.fsutil import atomic_write_text
     from streamrec.offline.classify import plot_timeline
 
-    text = {"table": lambda: tl.to_table(windows=args.windows), "json": lambda: tl.to_json(indent=1) + "\n",
-            "csv": tl.to_csv}[args.format]()
+    zones = ""
+    if isinstance(tl, list):
+        text = ("\n".join(t.to_table(windows=args.windows) for t in tl) if args.format == "table"
+                else json.dumps([t.to_dict() for t in tl], indent=1) + "\n")
+        zones = f"{len(tl)} zones, each "
+        tl = tl[0]  # the notes about the clip and model are the same for every zone
+    else:
+        text = {"table": lambda: tl.to_table(windows=args.windows), "json": lambda: tl.to_json(indent=1) + "\n",
+                "csv": tl.to_csv}[args.format]()
     if args.out:
         try:
             atomic_write_text(args.out, text)
         except OSError as exc:
             raise StreamrecError(f"--out {args.out}: cannot write: {exc.strerror}") from None
-        print(f"wrote {args.out} ({written(tl, args.format, args.windows)})", file=sys.stderr)
+        print(f"wrote {args.out} ({zones}{written(tl, args.format, args.windows)})", file=sys.stderr)
     else:
         sys.stdout.write(text)
     if args.plot:

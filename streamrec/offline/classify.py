@@ -32,10 +32,10 @@ from streamrec.runtime import prepared
 from streamrec.models.spec import LoadedModel
 from streamrec.models.preprocess import FramePreprocessor, batch_windows
 from streamrec.live.ring import FrameRing, Window, capacity_for
-from streamrec.live.smoothing import UNCERTAIN
 from streamrec.live.sources import PyAVSource, SourceSpec, named_as
 from streamrec.redact import shown
-from streamrec.offline.segments import ClipSegment, SegmentBuilder, summary
+from streamrec.offline.segments import ClipSegment, SegmentBuilder, class_colors, clock, summary
+from streamrec.zones import ZoneConfig, upscale_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class Timeline:
     decode_errors: int = 0  # of them, the ones that did not decode (a damaged file): skipped
     device: str = "cpu"
     backend: str = "torch"  # what computed the scores: openvino-bf16 and -int8 differ from fp32 a little
+    zone: dict[str, Any] | None = None  # the region classified (--zone: its fractions and pixel box); None: all
 
     @property
     def damage_note(self) -> str | None:
@@ -130,6 +131,10 @@ class Timeline:
             lines.append("note: the clip is shorter than one window; its last frame was repeated to fill it")
         if self.damage_note:
             lines.append(f"note: {self.damage_note}")
+        if self.zone:
+            z = self.zone
+            lines.append(f"zone {z['name']}: x={z['x']:g} y={z['y']:g} w={z['w']:g} h={z['h']:g} (pixels "
+                         f"{z['box'][0]},{z['box'][1]} to {z['box'][2]},{z['box'][3]})")
         lines.append("segments (labels as serve shows them, smoothed; uncertain where serve says so):")
         lines.append(f"{'#':>4}  {'start-end':<15}  {'mean score':>10}  {'windows':>7}  label")
         for i, seg in enumerate(self.segments):
@@ -152,42 +157,6 @@ class Timeline:
         except ImportError:
             raise StreamrecError("to_dataframe: pandas is not installed; " + install_hint("pandas")) from None
         return pd.DataFrame([{**asdict(w), "random_weights": self.meaningless} for w in self.windows])
-
-
-def clock(seconds: float) -> str:
-    """``mm:ss`` (``h:mm:ss`` from an hour), whole seconds, rounded down.
-
-    Example:
-        >>> clock(0.0), clock(65.9), clock(600), clock(3725.2)
-        ('00:00', '01:05', '10:00', '1:02:05')
-    """
-    s = int(max(0.0, seconds))
-    h, m, sec = s // 3600, s // 60 % 60, s % 60
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
-
-
-def class_colors(labels: list[str]) -> dict[str, tuple[float, float, float, float]]:
-    """A distinct colour for each label, grey for "uncertain": tab20's 18 colours that are not
-    grey (the strong ten first), then evenly spaced hues for more.
-
-    Example:
-        >>> cols = class_colors([f"c{i}" for i in range(30)] + ["uncertain"])
-        >>> len(set(cols.values())), cols["uncertain"]
-        (31, (0.6, 0.6, 0.6, 1.0))
-    """
-    import matplotlib
-
-    tab = matplotlib.colormaps["tab20"]
-    palette = [tuple(tab(i)) for i in [*range(0, 20, 2), *range(1, 20, 2)] if i not in (14, 15)]  # 14, 15: greys
-    names = [label for label in dict.fromkeys(labels) if label != UNCERTAIN]
-    extra = len(names) - len(palette)
-    if extra > 0:
-        hsv = matplotlib.colormaps["hsv"]
-        palette += [tuple(hsv((i + 0.5) / extra)[:3]) + (1.0,) for i in range(extra)]
-    out = dict(zip(names, palette))
-    if UNCERTAIN in labels:
-        out[UNCERTAIN] = (0.6, 0.6, 0.6, 1.0)
-    return out
 
 
 class WindowClassifier:
@@ -240,12 +209,14 @@ def iter_windows(
     stride: float,
     span: FileSpan | None = None,
     progress: Callable[[float], None] | None = None,
+    zone: ZoneConfig | None = None,
 ) -> Iterator[tuple[Window, bool]]:
     """``(window, padded)`` every ``stride`` seconds over a file, decoded once, streaming.
 
     Frames pass through the live path's per-frame preprocessing and ring buffer; each
     window is sampled by timestamp. The last window ends at the last frame, so the
     windows cover the whole file; a file shorter than one window gives one padded window.
+    ``zone``: only its pixels, cut out before the resize and centre crop (as live capture does).
     """
     span = span if span is not None else FileSpan()
     pre = FramePreprocessor(spec)
@@ -263,6 +234,9 @@ def iter_windows(
             if ts < last_ts:  # out-of-order timestamps: skip the frame, as live capture would
                 continue
             last_ts = ts
+            if zone is not None:
+                x0, y0, x1, y1 = zone.box(rgb.shape[1], rgb.shape[0])
+                rgb = rgb[y0:y1, x0:x1]
             ring.write(pre.resize_crop(rgb), ts)
             while ts >= next_end:
                 w = ring.newest_window(spec.frames, spec.fps, end_ts=next_end)
@@ -313,6 +287,7 @@ def classify_file(
     sports_only: bool = False,
     loaded: LoadedModel | None = None,
     progress: Callable[[float], None] | None = None,
+    zone: ZoneConfig | None = None,
 ) -> Timeline:
     """Classify a video file window by window.
 
@@ -325,6 +300,7 @@ def classify_file(
         threads: CPU threads for inference (default: all cores but one; both of two).
         sports_only: restrict scores to Kinetics sport classes, renormalized.
         progress: called with the seconds decoded so far.
+        zone: classify only this region of the frame (``ZoneConfig.parse_rect("x,y,w,h")``).
 
     Example:
         >>> tl = classify_file("clip.mp4", weights="none")  # doctest: +SKIP
@@ -344,7 +320,7 @@ def classify_file(
         runner = WindowClassifier(clf, top=top, batch_size=batch_size or (8 if clf.cuda else 1),
                                   subset=sport_indices(loaded.classes) if sports_only else None)
         span = FileSpan()
-        for window, padded in iter_windows(source, loaded.spec, stride=stride, span=span, progress=progress):
+        for window, padded in iter_windows(source, loaded.spec, stride=stride, span=span, progress=progress, zone=zone):
             runner.add(window, padded=padded)
         runner.flush()
     finally:
@@ -354,9 +330,17 @@ def classify_file(
     return Timeline(file=str(path), model=loaded.name, weights=loaded.weights, meaningless=loaded.meaningless,
                     stride=stride, first_ts=first_ts, last_ts=last_ts, windows=runner.results,
                     verdict=top_k(mean, loaded.classes, top), segments=runner.segments.finish(), padded=padded,
-                    sports_only=sports_only,
-                    packets=source.packets, decode_errors=source.decode_errors, device=str(clf.device),
-                    backend=clf.backend)
+                    sports_only=sports_only, packets=source.packets, decode_errors=source.decode_errors, device=str(clf.device),
+                    backend=clf.backend, zone=zone_info(zone, source.size, loaded.spec.crop))
+
+
+def zone_info(zone: ZoneConfig | None, size: tuple[int, int], crop: tuple[int, int]) -> dict[str, Any] | None:
+    """``zone`` as the timeline names it (with its pixel box), after a warning where it is upscaled."""
+    if zone is None:
+        return None
+    for line in upscale_warnings([zone], *size, min(crop), camera="classify"):
+        logger.warning("%s", line.split(": ", 1)[1])  # the zone's size, not the camera's name
+    return {**zone.to_json(), "box": list(zone.box(*size))}
 
 
 def plot_timeline(tl: Timeline, path: str | Path) -> None:

@@ -6,7 +6,8 @@ below its threshold), and consecutive windows with the same shown label make one
 like the segments of serve's activity history. A window stands for the time it adds to the
 timeline (from the previous window's end to its own), so a segment runs from the end of the
 previous segment's last window (the clip's first segment: from the clip's start) to the end
-of its own last window, and the segments tile the clip.
+of its own last window, and the segments tile the clip. Also how the segments are shown: their
+times (:func:`clock`) and a colour per label (:func:`class_colors`).
 
 Example:
     >>> import numpy as np
@@ -78,3 +79,39 @@ def summary(segments: list[ClipSegment]) -> str:
     """
     parts = ", ".join(f"{s.label} {s.start:.1f}-{s.end:.1f} s" for s in segments)
     return f"{len(segments)} segment{'s' if len(segments) != 1 else ''}: {parts}"
+
+
+def clock(seconds: float) -> str:
+    """``mm:ss`` (``h:mm:ss`` from an hour), whole seconds, rounded down.
+
+    Example:
+        >>> clock(0.0), clock(65.9), clock(600), clock(3725.2)
+        ('00:00', '01:05', '10:00', '1:02:05')
+    """
+    s = int(max(0.0, seconds))
+    h, m, sec = s // 3600, s // 60 % 60, s % 60
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+
+
+def class_colors(labels: list[str]) -> dict[str, tuple[float, float, float, float]]:
+    """A distinct colour for each label, grey for "uncertain": tab20's 18 colours that are not
+    grey (the strong ten first), then evenly spaced hues for more.
+
+    Example:
+        >>> cols = class_colors([f"c{i}" for i in range(30)] + ["uncertain"])
+        >>> len(set(cols.values())), cols["uncertain"]
+        (31, (0.6, 0.6, 0.6, 1.0))
+    """
+    import matplotlib
+
+    tab = matplotlib.colormaps["tab20"]
+    palette = [tuple(tab(i)) for i in [*range(0, 20, 2), *range(1, 20, 2)] if i not in (14, 15)]  # 14, 15: greys
+    names = [label for label in dict.fromkeys(labels) if label != UNCERTAIN]
+    extra = len(names) - len(palette)
+    if extra > 0:
+        hsv = matplotlib.colormaps["hsv"]
+        palette += [tuple(hsv((i + 0.5) / extra)[:3]) + (1.0,) for i in range(extra)]
+    out = dict(zip(names, palette))
+    if UNCERTAIN in labels:
+        out[UNCERTAIN] = (0.6, 0.6, 0.6, 1.0)
+    return out
