@@ -1,7 +1,7 @@
 """Zones of one camera: do a zone's labels match its tile streamed alone, and what do N zones cost?
 
     python benchmarks/zones.py [--clips DIR] [--out-dir DIR] [--seconds 60] [--warmup 20] [--epochs 10]
-                               [--zones 1,2,4,8] [--parts accuracy,cost,events]
+                               [--zones 1,2,4,8] [--parts accuracy,cost,events] [--work-dir DIR]
 
 Four real clips of four different actions (``../shared/clips`` or ``STREAMREC_CLIPS``) make a
 2x2 mosaic (each scaled to one quarter of ``--size``, 1920x1080 by default, 25 fps, looped to
@@ -35,6 +35,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -92,13 +93,15 @@ def build_mosaic(clips: list[Path], out: Path, size: tuple[int, int], seconds: f
     return out
 
 
-def crop_tiles(mosaic: Path, folder: Path, size: tuple[int, int]) -> dict[str, Path]:
-    """Each quarter of the mosaic as a file of its own (the same frames, re-encoded)."""
+def crop_tiles(mosaic: Path, folder: Path, size: tuple[int, int], seconds: float | None = None) -> dict[str, Path]:
+    """Each quarter of the mosaic (its first ``seconds``) as a file of its own: the same frames, re-encoded."""
     w, h = size[0] // 2, size[1] // 2
-    out = {}
-    for tile, (fx, fy) in QUARTER.items():
-        out[tile] = folder / f"tile_{tile}.mp4"
-        ffmpeg("-i", str(mosaic), "-vf", f"crop={w}:{h}:{int(fx * size[0])}:{int(fy * size[1])}", *x264(), str(out[tile]))
+    crops = ";".join(f"[s{i}]crop={w}:{h}:{int(fx * size[0])}:{int(fy * size[1])}[{t}]"
+                     for i, (t, (fx, fy)) in enumerate(QUARTER.items()))
+    out = {t: folder / f"tile_{t}{'' if seconds is None else '_short'}.mp4" for t in TILES}
+    maps = [a for t in TILES for a in ("-map", f"[{t}]", *x264(), str(out[t]))]
+    limit = [] if seconds is None else ["-t", f"{seconds:.2f}"]
+    ffmpeg(*limit, "-i", str(mosaic), "-filter_complex", f"[0:v]split=4[s0][s1][s2][s3];{crops}", *maps)
     return out
 
 
@@ -349,7 +352,7 @@ def accuracy(folder: Path, mosaic: Path, tiles: dict[str, Path], weights: Path, 
             time.sleep(args.warmup)
             ref_msgs, ref_samples = listen(args.port, args.seconds)
     whole = frame_of([m for m in msgs if key_of(m) == "mosaic"], samples, "mosaic")
-    out = {"live": {}, "offline": offline(mosaic, tiles, weights)}
+    out: dict = {"live": {}}
     for t in TILES:
         zone = frame_of([m for m in msgs if key_of(m) == f"mosaic/{t}"], samples, "mosaic")
         alone = frame_of([m for m in ref_msgs if key_of(m) == f"tile_{t}"], ref_samples, f"tile_{t}")
@@ -476,20 +479,34 @@ def report(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def inputs(folder: Path, clips: list[tuple[str, Path]], size: tuple[int, int], args) -> tuple[Path, Path]:
+    """The mosaic and the trained model in ``folder``, made unless there (``--work-dir`` keeps them)."""
+    mosaic, weights = folder / "mosaic.mp4", folder / "model.pt"
+    if not mosaic.is_file():  # an RTSP run reads one play of the file (a serve starts in < 90 s)
+        build_mosaic([c for _, c in clips], mosaic.with_suffix(".part.mp4"), size, args.warmup + args.seconds + 90)
+        mosaic.with_suffix(".part.mp4").rename(mosaic)
+    if not weights.is_file():
+        shutil.rmtree(folder / "data", ignore_errors=True)
+        train(make_dataset(clips, folder / "data"), weights, args.epochs)
+    return mosaic, weights
+
+
 def run(args) -> dict:
     clips = pick_clips(Path(args.clips))
     if not clips:
-        return {"skipped": "no clips"}
+        return {"skipped": f"no clips of four different labels at {args.clips}"}
     parts = set(args.parts.split(","))
     size = tuple(int(v) for v in args.size.split("x"))
-    folder = Path(tempfile.mkdtemp(prefix="zones-"))
-    seconds = args.warmup + args.seconds + 90  # an RTSP run reads one play of the file (a serve starts in < 90 s)
-    mosaic = build_mosaic([c for _, c in clips], folder / "mosaic.mp4", size, seconds)
-    weights = train(make_dataset(clips, folder / "data"), folder / "model.pt", args.epochs)
+    folder = Path(args.work_dir or tempfile.mkdtemp(prefix="zones-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    mosaic, weights = inputs(folder, clips, size, args)
     result: dict = {"clips": [str(c) for _, c in clips], "size": list(size), "seconds": args.seconds,
                     "warmup": args.warmup, "epochs": args.epochs}
     if "accuracy" in parts:
         result["accuracy"] = accuracy(folder, mosaic, crop_tiles(mosaic, folder, size), weights, args)
+        short = folder / "mosaic_short.mp4"  # offline: the first 30 s are enough windows
+        ffmpeg("-t", "30", "-i", str(mosaic), "-c", "copy", str(short))
+        result["accuracy"]["offline"] = offline(short, crop_tiles(mosaic, folder, size, 30.0), weights)
     if "cost" in parts:
         result["cost"] = cost(folder, mosaic, weights, args)
     if "events" in parts:
@@ -508,6 +525,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--zones", default="1,2,4,8", help="zone counts of the cost runs")
     ap.add_argument("--parts", default="accuracy,cost,events")
     ap.add_argument("--port", type=int, default=8790)
+    ap.add_argument("--work-dir", default=None, help="keep the mosaic, tiles and model here, reused by the next run "
+                                                     "(default: a new temporary folder)")
     args = ap.parse_args(argv)
     args.zones = [int(v) for v in args.zones.split(",")]
     result = run(args)
