@@ -459,13 +459,14 @@ def report(result: dict) -> str:
         lines.append("")
     if result.get("cost"):
         base = result["cost"][0]
-        lines += ["| zones | labels/s per stream | all streams | batch inference p50 (ms) | x one window's | CPU, % of a core |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| zones | labels/s per stream | all streams | batch inference p50 (ms) | x N whole-frame windows | "
+                  "CPU, % of a core | CPU ms per label |", "|---|---|---|---|---|---|---|"]
         for r in result["cost"]:
             ratio = (r["infer_ms_p50"] / (max(r["zones"], 1) * base["infer_ms_p50"])) if base["infer_ms_p50"] else None
-            lines.append(f"| {r['zones'] or 'whole frame'} | {r['labels_per_s_per_stream']:.2f} | "
-                         f"{r['labels_per_s_per_stream'] * r['streams']:.2f} | {r['infer_ms_p50']:.1f} | "
-                         f"{fmt(ratio, '.2f')} | {100 * r['cpu_share']:.0f} |")
+            total = r["labels_per_s_per_stream"] * r["streams"]
+            lines.append(f"| {r['zones'] or 'whole frame'} | {r['labels_per_s_per_stream']:.2f} | {total:.2f} | "
+                         f"{r['infer_ms_p50']:.1f} | {fmt(ratio, '.2f')} | {100 * r['cpu_share']:.0f} | "
+                         f"{fmt(1e3 * r['cpu_share'] / total if total else None)} |")
         lines.append("")
     if "events" in result:
         e = result["events"]
