@@ -97,7 +97,7 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, t
         assert set(health["cameras"]) == {"court-1", "warmup", "late"}
         assert not [t for t in ("capture-court-2",) if t in health.get("threads", [])]
         metrics = wait_http(f"http://127.0.0.1:{port}/metrics?token={token}").decode()
-        assert 'camera="court-2"' not in metrics and 'streamrec_predictions_total{camera="court-1"}' in metrics
+        assert 'camera="court-2"' not in metrics and 'streamrec_predictions_total{camera="court-1",zone=""}' in metrics
 
         status, hist = json_request("GET", f"http://127.0.0.1:{port}/api/history?camera=court-2", token)
         assert status == 200 and len(hist["segments"]) >= 1  # removing a camera closes its segment

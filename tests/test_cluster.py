@@ -394,7 +394,7 @@ def test_cameras_added_and_removed_while_the_cluster_runs(cluster, demo_clip, tm
     assert lines.writes == 2 and app.lines is None  # one line went out, the second found the reader gone
     assert "cam0" in {cam for _, cam in rest["later"]}
     assert [(kind, cam) for kind, cam in rest["later"] if cam == "gate"] == []  # no frame, status or label of it
-    assert 'camera="gate"' not in metrics and 'streamrec_predictions_total{camera="court"}' in metrics
+    assert 'camera="gate"' not in metrics and 'streamrec_predictions_total{camera="court",zone=""}' in metrics
     court = rest["court"]  # its own model's classes, and no random-weights warning
     validate_prediction(court["prediction"])
     assert {t["label"] for t in court["prediction"]["top"]} == {"jump", "run"}

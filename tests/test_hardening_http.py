@@ -147,7 +147,7 @@ def test_totals_are_counters(admin_server):
               "streamrec_history_segments_dropped", "streamrec_history_segments_pruned", "streamrec_history_reconnects"}
     assert {n: types.get(n) for n in totals} == dict.fromkeys(totals, "counter")
     assert not any(t == "gauge" and n.endswith("_total") for n, t in types.items())
-    assert 'streamrec_predictions_total{camera="default"}' in text
+    assert 'streamrec_predictions_total{camera="default",zone=""}' in text
 
 
 def half_open(port: int, source: str) -> socket.socket:

@@ -78,7 +78,7 @@ def test_serve_end_to_end_on_a_real_clip(demo_clip):
         server = psutil.Process(proc.pid)
         cpu_before = sum(server.cpu_times()[:2])  # user + system
         metrics = wait_http(f"http://127.0.0.1:{port}/metrics").decode()
-        assert 'streamrec_inference_latency_ms_count{camera="default"}' in metrics
+        assert 'streamrec_inference_latency_ms_count{camera="default",zone=""}' in metrics
         assert "streamrec_capture_fps" in metrics
         assert "streamrec_history_segments_dropped_total 0.0" in metrics
         process = {s.name: s.value for f in text_string_to_metric_families(metrics) for s in f.samples

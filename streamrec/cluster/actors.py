@@ -46,9 +46,10 @@ class RemoteCapture:
                 self.error = str(exc)
                 return
             self.clips = CameraClips(recording, self.cfg.name, self.latest_frame)
-        self.ring, self.capture = camera_capture(SourceSpec.of_camera(self.cfg), self.spec, stop_event=self.stop_event,
-                                                 name=self.cfg.name, loop=bool(self.cfg.loop), first=first,
-                                                 packet_ring=self.clips.ring if self.clips is not None else None)
+        rings, self.capture = camera_capture(SourceSpec.of_camera(self.cfg), self.spec, stop_event=self.stop_event,
+                                             name=self.cfg.name, loop=bool(self.cfg.loop), first=first,
+                                             packet_ring=self.clips.ring if self.clips is not None else None)
+        self.ring = rings[None]  # the whole frame (the driver refuses cameras with zones)
         self.capture.start()
 
     def latest_frame(self, camera: str) -> np.ndarray | None:

@@ -47,6 +47,8 @@ class ClusterApp(AppCore):
 
     def __init__(self, config: ServeConfig, *, db: str, replicas: int = 1, lines: TextIO | None = None,
                  dashboard: bool = True) -> None:
+        for cam in config.all_cameras():
+            refuse_zones(cam)
         super().__init__(config, HistoryStore(db, retain_days=config.history_days))
         self.lines = lines
         # "~" in recording.dir is the driver's home on every node: one path for the files the driver serves
@@ -120,6 +122,7 @@ class ClusterApp(AppCore):
         """Start a capture actor for ``cam`` (in the API's own thread: the dashboard keeps serving)."""
         if self.stop_event.is_set():
             raise StreamrecError("the server is shutting down")
+        refuse_zones(cam)
         self.runner.add_camera(cam)
         logger.info("camera %s added", cam.name)
 
@@ -169,7 +172,7 @@ class ClusterApp(AppCore):
         return labels.problems(now, frames_arriving=arriving, started=self.started)
 
     def metric_rows(self) -> list[tuple[str, dict[str, Any], Any]]:
-        return [(n, self.camera_source(n), s) for n, s in list(self.runner.labels.items())]
+        return [(n, self.camera_source(n), {None: s}) for n, s in list(self.runner.labels.items())]
 
     def extra_health(self) -> dict[str, Any]:
         cams = [self.camera_source(n) for n in self.camera_names()]
@@ -217,3 +220,10 @@ class ClusterApp(AppCore):
         self.runner.close()
         if self._thread.is_alive():
             logger.warning("the cluster driver thread was still in a call at exit")
+
+
+def refuse_zones(cam: CameraConfig) -> None:
+    """Zones are labelled by ``streamrec serve`` only: a cluster camera with zones is one line (exit 2)."""
+    if cam.zones:
+        raise StreamrecError(f"camera {cam.name!r}: zones are labelled by streamrec serve only, not by streamrec "
+                             "cluster; remove its [[cameras.zones]] (or serve it with streamrec serve)")

@@ -1,8 +1,10 @@
-"""A camera: its source, ring buffer, capture thread, smoother and label counts.
+"""A camera: its source, capture thread and labelled streams, each with its ring buffer,
+smoother and label counts.
 
+A labelled stream (:class:`Stream`) is the camera's whole frame or one of its zones.
 :class:`~streamrec.serve.worker.InferenceWorker` takes the newest complete window of each
-camera (:meth:`Camera.take_window`) and classifies the windows of all cameras sharing a model
-in one forward pass.
+stream (:meth:`Stream.take_window`) and classifies the windows of all streams of all cameras
+sharing a model in one forward pass.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from streamrec.config import CameraConfig, SmoothingConfig
 from streamrec.errors import StreamrecError
 from streamrec.live.capture import camera_capture
 from streamrec.live.labels import LabelStats
-from streamrec.live.ring import Window
+from streamrec.live.ring import FrameRing, Window
 from streamrec.live.smoothing import LabelSmoother
 from streamrec.live.sources import Source, SourceSpec
 from streamrec.models.kinetics import sport_indices
 from streamrec.runtime.classifier import Classifier
 from streamrec.supervision import Supervisor
+from streamrec.zones import stream_key
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +57,34 @@ def adding_camera(lock: threading.Lock | threading.RLock, cameras: Container[str
             adding.discard(name)
 
 
-class Camera(LabelStats):
-    """One source, end to end up to the classifier (which it shares with other cameras)."""
+class Stream(LabelStats):
+    """One labelled stream of ``camera``: its whole frame (``zone`` None) or one zone; its own
+    ring, smoother and label counts. ``name`` is its stream key (``camera`` or ``camera/zone``)."""
+
+    def __init__(self, camera: "Camera", zone: str | None, ring: FrameRing, smoothing: SmoothingConfig) -> None:
+        LabelStats.__init__(self)
+        self.camera = camera
+        self.zone = zone
+        self.name = stream_key(camera.name, zone)
+        self.ring = ring
+        self.smoother = LabelSmoother(smoothing)
+
+    def take_window(self) -> Window | None:
+        """The newest window that ends after the last classified one, or None."""
+        ms = self.camera.classifier.loaded.spec
+        w = self.ring.newest_window(ms.frames, ms.fps, after=self.last_end)
+        if w is None or w.end_seq <= self.last_end:
+            return None
+        self.took(w.end_seq)
+        return w
+
+
+class Camera:
+    """One source, end to end up to the classifier (which it shares with other cameras): one
+    capture, one :class:`Stream` per labelled stream of ``cfg.streams()``.
+
+    The camera's own label counts (``stats()``, ``ring``, ``smoother``...) are its first stream's:
+    the whole frame's, or its first zone's when the whole frame is not labelled."""
 
     def __init__(self, cfg: CameraConfig, classifier: Classifier, smoothing: SmoothingConfig, *,
                  first: Source | None = None, wake: threading.Condition | None = None,
@@ -66,16 +95,55 @@ class Camera(LabelStats):
         self.spec = SourceSpec.of_camera(cfg)
         self.stop_event = threading.Event()
         self._wake = wake
-        self.ring, self.capture = camera_capture(self.spec, classifier.loaded.spec, stop_event=self.stop_event, name=cfg.name,
-                                                 loop=bool(cfg.loop), first=first,
-                                                 on_frame=self._notify if wake is not None else None,
-                                                 supervisor=supervisor)
-        self.smoother = LabelSmoother(smoothing)
+        rings, self.capture = camera_capture(self.spec, classifier.loaded.spec, stop_event=self.stop_event,
+                                             name=cfg.name, loop=bool(cfg.loop), first=first,
+                                             on_frame=self._notify if wake is not None else None,
+                                             supervisor=supervisor, zones=cfg.zones, whole_frame=cfg.whole_frame)
+        self.streams: dict[str | None, Stream] = {z: Stream(self, z, rings[z], smoothing) for z in cfg.streams()}
+        self.primary = next(iter(self.streams.values()))
         # --sports-only: the sport classes' indices in the model's outputs (raises if it has none)
         self.subset = sport_indices(classifier.loaded.classes) if cfg.sports_only else None
-        LabelStats.__init__(self)
         self.started = time.time()
         self._last_state = "starting"
+
+    # the first stream's, for a camera read as one stream
+    @property
+    def ring(self) -> FrameRing:
+        return self.primary.ring
+
+    @property
+    def smoother(self) -> LabelSmoother:
+        return self.primary.smoother
+
+    @property
+    def last_end(self) -> int:
+        return self.primary.last_end
+
+    @property
+    def skipped(self) -> int:
+        return self.primary.skipped
+
+    @property
+    def seq(self) -> int:
+        return self.primary.seq
+
+    def stats(self) -> dict[str, Any]:
+        return self.primary.stats()
+
+    def zone_stats(self) -> dict[str, dict[str, Any]]:
+        """Each zone's label counts, by zone name."""
+        return {z: s.stats() for z, s in self.streams.items() if z is not None}
+
+    def problems(self, now: float, **kwargs: Any) -> list[str]:
+        """Why the camera's labels are not healthy: its streams' problems (a zone's named)."""
+        out = []
+        for zone, stream in self.streams.items():
+            out += [p if zone is None else f"zone {zone}: {p}" for p in stream.problems(now, **kwargs)]
+        return out
+
+    def take_window(self) -> Window | None:
+        """The first stream's newest new window (see :meth:`Stream.take_window`)."""
+        return self.primary.take_window()
 
     def _notify(self, *_: Any) -> None:
         with self._wake:
@@ -92,18 +160,10 @@ class Camera(LabelStats):
         else:  # never started: close the pre-opened source
             self.capture.release()
 
-    def take_window(self) -> Window | None:
-        """The newest window that ends after the last classified one, or None."""
-        ms = self.classifier.loaded.spec
-        w = self.ring.newest_window(ms.frames, ms.fps, after=self.last_end)
-        if w is None or w.end_seq <= self.last_end:
-            return None
-        self.took(w.end_seq)
-        return w
-
     def reset_if_reconnected(self) -> None:
-        """A new stream starts a new label history."""
+        """A new stream starts a new label history, in every zone."""
         state = self.capture.state
         if state == "running" and self._last_state == "reconnecting":
-            self.smoother.reset()
+            for stream in self.streams.values():
+                stream.smoother.reset()
         self._last_state = state

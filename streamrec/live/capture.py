@@ -1,4 +1,8 @@
-"""The capture thread: source -> one decode, one resize per frame -> ring buffer.
+"""The capture thread: source -> one decode per frame -> one crop and resize per labelled stream -> its ring.
+
+A labelled stream is the whole frame or one zone of it (:mod:`streamrec.zones`): each zone is
+cut out of the decoded RGB frame, then given the model's reference resize and centre crop, as a
+whole frame of that size would be (a zone smaller than the crop is upscaled).
 
 It never waits on inference. Files are paced by their timestamps as if live; ``loop``
 restarts them. A live source that fails, stalls or ends is reopened with capped, jittered
@@ -12,11 +16,12 @@ import random
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from streamrec.errors import SourceError
+from streamrec.zones import ZoneConfig, upscale_warnings
 from streamrec.supervision import Supervisor
 from streamrec.models.preprocess import FramePreprocessor
 from streamrec.live.encoder import FrameEncoder
@@ -51,7 +56,8 @@ class RateMeter:
 
 
 class CaptureThread(threading.Thread):
-    """Reads ``spec`` into ``ring`` until ``stop_event`` is set.
+    """Reads ``spec`` into ``ring`` (the whole frame; ``None``: not labelled) and each zone of
+    ``zones`` into its own ring, until ``stop_event`` is set.
 
     ``first`` is an already opened source (the CLI opens it once up front to fail fast);
     ``opener`` opens the source again after it ended or failed (:func:`open_source`).
@@ -63,10 +69,11 @@ class CaptureThread(threading.Thread):
     def __init__(
         self,
         spec: SourceSpec,
-        ring: FrameRing,
+        ring: FrameRing | None,
         preprocessor: FramePreprocessor,
         *,
         stop_event: threading.Event,
+        zones: Sequence[tuple[ZoneConfig, FrameRing]] = (),
         loop: bool = False,
         first: Source | None = None,
         backoff: Backoff = Backoff(),
@@ -84,6 +91,12 @@ class CaptureThread(threading.Thread):
         self.opener = opener
         self.spec = spec
         self.ring = ring
+        self.zones = tuple(zones)
+        if ring is None and not self.zones:
+            raise ValueError("capture: expected a whole-frame ring or zones, got neither")
+        self.rings: dict[str | None, FrameRing] = {**({None: ring} if ring is not None else {}),
+                                                   **{z.name: r for z, r in self.zones}}
+        self._boxes: tuple[int, int, list[tuple[int, int, int, int]]] | None = None  # (w, h, each zone's box)
         self.pre = preprocessor
         self.stop_event = stop_event
         self.loop = loop
@@ -122,7 +135,7 @@ class CaptureThread(threading.Thread):
             "source": self.spec.display_name,
             "frames": self.frames,
             "capture_fps": round(self.fps(), 2),
-            "dropped": self.ring.dropped,
+            "dropped": sum(r.dropped for r in self.rings.values()),
             "decode_errors": self.decode_errors,
             "reconnects": self.reconnects,
             "error": self.error,
@@ -203,9 +216,28 @@ class CaptureThread(threading.Thread):
                                         supervisor=self.supervisor, name=f"encode-{self.name.removeprefix('capture-')}")
             self.encoder.start()
 
+    def clear_rings(self) -> None:
+        for ring in self.rings.values():
+            ring.clear()
+
+    def crops(self, rgb: np.ndarray) -> list[tuple[FrameRing, np.ndarray]]:
+        """Each stream's ring with its crop of the decoded frame ``rgb``: the whole frame, then each
+        zone cut out of ``rgb`` before the reference resize and centre crop."""
+        h, w = rgb.shape[:2]
+        if self._boxes is None or self._boxes[:2] != (w, h):
+            if self._boxes is None:  # the first frame: its size says which zones are upscaled
+                crop = min(self.pre.spec.crop)
+                for line in upscale_warnings([z for z, _ in self.zones], w, h, crop, camera=self.name.removeprefix("capture-")):
+                    logger.warning("%s", line)
+            self._boxes = (w, h, [z.box(w, h) for z, _ in self.zones])
+        out = [] if self.ring is None else [(self.ring, self.pre.resize_crop(rgb))]
+        for (_, ring), (x0, y0, x1, y1) in zip(self.zones, self._boxes[2]):
+            out.append((ring, self.pre.resize_crop(rgb[y0:y1, x0:x1])))
+        return out
+
     def _wait_backoff(self, attempt: int) -> None:
         self.state = "reconnecting"
-        self.ring.clear()  # frames before the gap must not join frames after it
+        self.clear_rings()  # frames before the gap must not join frames after it
         delay = self.backoff.delay(attempt, self._rng)
         logger.warning("source %s unavailable (%s); retrying in %.1f s", self.spec.display_name,
                        self.error or "no reason given", delay)
@@ -248,14 +280,16 @@ class CaptureThread(threading.Thread):
                 if source.arrived is not None:  # dated when its data came in, before decode + conversion
                     ts -= max(0.0, time.perf_counter() - source.arrived)
             t2 = time.perf_counter()
-            frame = self.pre.resize_crop(rgb)  # uint8 (h, w, 3): normalized later, a batch at a time
+            crops = self.crops(rgb)  # uint8 (h, w, 3) per stream: normalized later, a batch at a time
             self.resize_s += time.perf_counter() - t2
             self.decode_s += t1 - t0
             try:
-                self.ring.write(frame, ts)
+                for ring, frame in crops:
+                    ring.write(frame, ts)
             except ValueError:  # clock stepped back: start a fresh history
-                self.ring.clear()
-                self.ring.write(frame, ts)
+                self.clear_rings()
+                for ring, frame in crops:
+                    ring.write(frame, ts)
             with self._lock:
                 self._fps.tick(ts)
             self.latest_rgb, self.latest_ts = rgb, ts
@@ -282,14 +316,23 @@ def camera_capture(
     on_frame: Callable[[np.ndarray, float], None] | None = None,
     supervisor: Supervisor | None = None,
     packet_ring: PacketRing | None = None,
-) -> tuple[FrameRing, CaptureThread]:
-    """A ring sized for one window of ``model_spec`` and the capture thread that fills it
+    zones: Sequence[ZoneConfig] = (),
+    whole_frame: bool = True,
+) -> tuple[dict[str | None, FrameRing], CaptureThread]:
+    """A ring sized for one window of ``model_spec`` per labelled stream (``None``: the whole
+    frame, when ``whole_frame``; then each zone's name) and the capture thread that fills them
     (not started): the one set-up shared by local cameras and cluster capture actors."""
     from streamrec.live.ring import capacity_for
 
     pre = FramePreprocessor(model_spec)
     fps = first.fps if first is not None and first.fps else 30.0
-    ring = FrameRing(capacity_for(model_spec.frames, model_spec.fps, source_fps=max(fps, 30.0)), pre.crop_shape, np.uint8)
-    thread = CaptureThread(spec, ring, pre, stop_event=stop_event, loop=loop, first=first, name=f"capture-{name}", on_frame=on_frame,
-                           supervisor=supervisor, packet_ring=packet_ring)
-    return ring, thread
+    capacity = capacity_for(model_spec.frames, model_spec.fps, source_fps=max(fps, 30.0))
+
+    def ring() -> FrameRing:
+        return FrameRing(capacity, pre.crop_shape, np.uint8)
+
+    whole = ring() if whole_frame else None
+    zone_rings = [(z, ring()) for z in zones]
+    thread = CaptureThread(spec, whole, pre, stop_event=stop_event, zones=zone_rings, loop=loop, first=first,
+                           name=f"capture-{name}", on_frame=on_frame, supervisor=supervisor, packet_ring=packet_ring)
+    return thread.rings, thread

@@ -1,8 +1,9 @@
-"""One camera's labels: the counts behind ``/healthz`` and the one builder of prediction messages.
+"""One labelled stream's labels: the counts behind ``/healthz`` and the one builder of prediction messages.
 
-:func:`label_messages` turns one batch's scores into one message per camera, for ``serve``'s
+A labelled stream is a camera's whole frame or one of its zones. :func:`label_messages` turns
+one batch's scores into one message per stream, for ``serve``'s
 inference worker and the cluster's driver alike: sport-class restriction, smoothing (NumPy
-called once per batch), top-5, the message, and the camera's counts. A window whose scores are
+called once per batch), top-5, the message, and the stream's counts. A window whose scores are
 not finite (a broken model or export) gets no message: it is counted in ``nonfinite``.
 
 Example:
@@ -32,14 +33,15 @@ from streamrec.live.capture import RateMeter
 from streamrec.live.messages import prediction_message, top_k_many
 from streamrec.live.smoothing import LabelSmoother, update_many
 from streamrec.models.kinetics import restrict_rows
+from streamrec.zones import stream_key
 
 logger = logging.getLogger(__name__)
 
 
 class LabelStats:
-    """One camera's labels so far: how many (``seq``), how fast, their inference time and latency,
-    and the windows skipped while the model was busy. :class:`Camera` is one; the cluster's driver
-    keeps one per remote camera.
+    """One labelled stream's labels so far: how many (``seq``), how fast, their inference time and latency,
+    and the windows skipped while the model was busy. Each labelled stream of a
+    :class:`~streamrec.live.camera.Camera` is one; the cluster's driver keeps one per remote camera.
 
     Example:
         >>> s = LabelStats()
@@ -123,7 +125,8 @@ class LabelStats:
 
 @dataclass
 class Labelled:
-    """One camera's window in a batch, with what its message needs."""
+    """One labelled stream's window in a batch, with what its message needs: ``name`` is the
+    camera's, ``zone`` the zone's (``None``: the whole frame)."""
 
     name: str
     stats: LabelStats
@@ -133,6 +136,7 @@ class Labelled:
     end_ts: float
     frames: int
     capture_fps: float
+    zone: str | None = None
 
 
 def label_messages(items: list[Labelled], probs: np.ndarray, classes: Sequence[str], *, infer_ms: float,
@@ -145,7 +149,7 @@ def label_messages(items: list[Labelled], probs: np.ndarray, classes: Sequence[s
         item.stats.last_nonfinite = clock()
         if item.stats.nonfinite == 1:  # once per camera: /healthz and the page keep saying it
             logger.warning("camera %s: the model gave non-finite scores (NaN or infinity); such windows are skipped",
-                           item.name)
+                           stream_key(item.name, item.zone))
     if not finite.all():
         items, probs = [it for it, ok in zip(items, finite) if ok], probs[finite]
         if not items:
@@ -157,7 +161,8 @@ def label_messages(items: list[Labelled], probs: np.ndarray, classes: Sequence[s
         it.stats.seq += 1
         msg = prediction_message(seq=it.stats.seq, smoothed=sm, top=top, classes=classes, start_ts=it.start_ts,
                                  end_ts=it.end_ts, frames=it.frames, infer_ms=infer_ms, sent_ts=clock(),
-                                 capture_fps=it.capture_fps, camera=it.name, meaningless=meaningless)
+                                 capture_fps=it.capture_fps, camera=it.name, zone=it.zone,
+                                 meaningless=meaningless)
         it.stats.record(msg, clock())
         out.append(msg)
     return out

@@ -7,7 +7,9 @@ A prediction::
      "top": [{"label": "archery", "score": 0.66}, ...5],
      "window": {"start_ts": 1764097000.1, "end_ts": 1764097001.1, "frames": 16},
      "infer_ms": 612.0, "latency_ms": 700.3, "capture_fps": 30.0,
-     "camera": "default", "meaningless": false}
+     "camera": "default", "zone": null, "meaningless": false}
+
+``zone`` is the zone's name for a zone's label, ``null`` for the whole frame.
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ def prediction_message(
     sent_ts: float,
     capture_fps: float,
     camera: str = "default",
+    zone: str | None = None,
     meaningless: bool = False,
 ) -> dict[str, Any]:
-    """One prediction message; ``top`` is computed from ``probs`` unless given."""
+    """One prediction message of ``camera``'s ``zone`` (``None``: its whole frame); ``top`` is
+    computed from ``probs`` unless given."""
     if top is None and probs is None:
         raise ValueError("prediction_message: expected probs or top, got neither")
     return {
@@ -76,26 +80,31 @@ def prediction_message(
         "latency_ms": round((sent_ts - end_ts) * 1e3, 2),
         "capture_fps": round(capture_fps, 2),
         "camera": camera,
+        "zone": zone,
         "meaningless": meaningless,
     }
 
 
 def status_message(*, camera: str, source: dict[str, Any], inference: dict[str, Any], model: str, device: str,
-                   backend: str | None, meaningless: bool, **extra: Any) -> dict[str, Any]:
+                   backend: str | None, meaningless: bool, zones: Sequence[Any] = (), whole_frame: bool = True,
+                   **extra: Any) -> dict[str, Any]:
     """A camera's status, once a second: ``source`` is its capture's stats (``state``, ``error``,
     ``capture_fps``, ``dropped``...), ``inference`` its label stats (``inference_rate``...); the
     page reads both, and shows the model with its device and backend (``openvino-int8``: quantized).
+    ``zones`` (:class:`~streamrec.zones.ZoneConfig`) are sent as ``"zones"`` (their JSON), with
+    ``"whole_frame"`` (whether the whole frame is labelled too), for the page to draw them.
     ``extra`` adds fields (the cluster adds the camera's ``node``).
 
     Example:
         >>> m = status_message(camera="pool", source={"state": "running"}, inference={"inference_rate": 2.0},
         ...                    model="r2plus1d_18", device="cpu", backend="openvino", meaningless=True)
-        >>> m["type"], m["backend"], m["warning"] == MEANINGLESS
-        ('status', 'openvino', True)
+        >>> m["type"], m["backend"], m["warning"] == MEANINGLESS, m["zones"], m["whole_frame"]
+        ('status', 'openvino', True, [], True)
     """
     return {"type": "status", "camera": camera, "source": source, "inference": inference, "model": model,
             "device": device, "backend": backend, "meaningless": meaningless,
-            "warning": MEANINGLESS if meaningless else None, **extra}
+            "warning": MEANINGLESS if meaningless else None, "zones": [z.to_json() for z in zones],
+            "whole_frame": whole_frame, **extra}
 
 
 _FIELDS = {
@@ -115,6 +124,9 @@ def validate_prediction(msg: dict[str, Any]) -> None:
             raise ValueError(f"prediction.{key}: expected {typ.__name__}, got {type(val).__name__}")
     if msg["type"] != "prediction":
         raise ValueError(f"prediction.type: expected 'prediction', got {msg['type']!r}")
+    zone = msg.get("zone")
+    if zone is not None and (not isinstance(zone, str) or not zone or "/" in zone):
+        raise ValueError(f"prediction.zone: expected a zone's name or null (the whole frame), got {zone!r}")
     for key in ("score", "raw_score"):
         if not 0.0 <= msg[key] <= 1.0:
             raise ValueError(f"prediction.{key}: expected 0..1, got {msg[key]}")

@@ -1,8 +1,10 @@
 """``streamrec serve``: cameras, batched inference workers, history and the web server.
 
 One capture thread per camera; one inference worker per loaded model, batching the
-newest windows of all its cameras; smoothing and history per camera. Cameras can be
-added and removed at run time (``POST``/``DELETE /api/cameras``, token required).
+newest windows of all its cameras' labelled streams (the whole frame and each zone);
+smoothing and history per stream. Cameras can be added and removed at run time
+(``POST``/``DELETE /api/cameras``, token required), and their zones replaced
+(:meth:`LiveApp.set_zones`).
 
 Start-up fails fast with a :class:`StreamrecError` (exit 2) on a bad source, bad weights
 or a busy port. Ctrl-C and SIGTERM stop everything within about 2 s: the stop event is
@@ -16,13 +18,14 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import replace
+from typing import Any, Sequence
 
 import cv2
 
 from streamrec.config import CameraConfig, ServeConfig
 from streamrec.errors import StreamrecError
-from streamrec.live.camera import JOIN_TIMEOUT_S, Camera, adding_camera
+from streamrec.live.camera import JOIN_TIMEOUT_S, Camera, Stream, adding_camera
 from streamrec.live.history import HistoryStore, default_db
 from streamrec.live.messages import status_message
 from streamrec.live.sources import SourceSpec, open_source
@@ -33,6 +36,7 @@ from streamrec.serve.core import AppCore, check_port_free
 from streamrec.serve.preview import encode_preview
 from streamrec.serve.worker import InferenceWorker
 from streamrec.supervision import Supervisor
+from streamrec.zones import ZoneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +150,44 @@ class LiveApp(AppCore):
         cam.close()
         return True
 
-    def _publish_predictions(self, items: list[tuple[Camera, dict[str, Any]]]) -> None:
-        """One batch's messages: metrics, history, then to the browsers in one hand-off to the loop.
-        A camera removed while its window was in the model is left out."""
+    def set_zones(self, name: str, zones: Sequence[ZoneConfig | dict[str, Any]], whole_frame: bool) -> CameraConfig:
+        """Replace camera ``name``'s zones (and whether its whole frame is labelled too): its capture
+        and streams restart with the new :class:`CameraConfig` (same source), which is returned.
+        Bad zones, or an unknown camera, raise a one-line :class:`StreamrecError`."""
         with self.lock:
-            self.deliver([(cam.name, msg) for cam, msg in items if self.cameras.get(cam.name) is cam])
+            old = self.cameras.get(name)
+        if old is None:
+            raise StreamrecError(f"camera {name!r}: no such camera")
+        if not isinstance(whole_frame, bool):
+            raise StreamrecError(f"camera {name!r}: whole_frame: expected true or false, got {whole_frame!r}")
+        cfg = replace(old.cfg, zones=tuple(zones), whole_frame=whole_frame)  # validated: one line on bad input
+        with self.lock:
+            if self.cameras.get(name) is not old:
+                raise StreamrecError(f"camera {name!r}: changed meanwhile; try again")
+            del self.cameras[name]
+            for w in self.workers.values():
+                w.remove(name)
+            self.forget_streams(name)
+        old.close()
+        try:
+            self._add_camera(cfg, start=True)
+        except StreamrecError as exc:
+            logger.warning("camera %s: could not restart with its new zones (%s); restarting it as it was", name, exc)
+            try:
+                self._add_camera(old.cfg, start=True)
+            except StreamrecError:
+                with self.lock:
+                    self.announce_removed(name)
+            raise
+        logger.info("camera %s: zones %s%s", name, ", ".join(z.name for z in cfg.zones) or "none",
+                    " and the whole frame" if cfg.whole_frame else "")
+        return cfg
+
+    def _publish_predictions(self, items: list[tuple[Stream, dict[str, Any]]]) -> None:
+        """One batch's messages: metrics, history, then to the browsers in one hand-off to the loop.
+        A camera removed (or restarted) while its window was in the model is left out."""
+        with self.lock:
+            self.deliver([(s.name, msg) for s, msg in items if self.cameras.get(s.camera.name) is s.camera])
 
     # -- state (AppCore's hooks) ------------------------------------------------
     def camera_names(self) -> list[str]:
@@ -168,7 +205,7 @@ class LiveApp(AppCore):
         clf = cam.classifier
         return {**cam.capture.stats(), **cam.stats(), "model": clf.loaded.name, "weights": clf.loaded.weights,
                 "device": str(clf.device), "backend": clf.backend, "meaningless": clf.loaded.meaningless,
-                "sports_only": cam.subset is not None}
+                "sports_only": cam.subset is not None, "whole_frame": cam.cfg.whole_frame, "zones": cam.zone_stats()}
 
     def health(self) -> dict[str, Any]:
         out = super().health()
@@ -185,7 +222,7 @@ class LiveApp(AppCore):
         return cam.problems(now, frames_arriving=arriving, started=cam.started)
 
     def metric_rows(self) -> list[tuple[str, dict[str, Any], Any]]:
-        return [(n, c.capture.stats(), c) for n, c in list(self.cameras.items())]
+        return [(n, c.capture.stats(), dict(c.streams)) for n, c in list(self.cameras.items())]
 
     def batching(self) -> dict[str, Any]:
         sizes = [b for w in list(self.workers.values()) for b in w.batch_sizes]
@@ -197,7 +234,8 @@ class LiveApp(AppCore):
         cam = self.cameras[name]
         return status_message(camera=cam.name, source=cam.capture.stats(), inference=cam.stats(),
                               model=cam.classifier.loaded.name, device=str(cam.classifier.device),
-                              backend=cam.classifier.backend, meaningless=cam.classifier.loaded.meaningless)
+                              backend=cam.classifier.backend, meaningless=cam.classifier.loaded.meaningless,
+                              zones=cam.cfg.zones, whole_frame=cam.cfg.whole_frame)
 
     async def previews(self, width: int, last: dict[str, float], period: float) -> dict[str, tuple[float, bytes]]:
         loop = asyncio.get_running_loop()
@@ -213,9 +251,13 @@ class LiveApp(AppCore):
         return ", ".join(f"{n} ({c.spec.display_name})" for n, c in self.cameras.items())
 
     # -- lifecycle --------------------------------------------------------------
+    def stream_keys(self) -> list[str]:
+        """Every labelled stream's key: each camera, each of its zones."""
+        return [s.name for cam in list(self.cameras.values()) for s in cam.streams.values()]
+
     def start_work(self) -> None:
         if self.events is not None:
-            self.events.start(self.camera_names())
+            self.events.start(self.stream_keys())
         with self.lock:
             for cam in self.cameras.values():
                 cam.start()

@@ -2,7 +2,8 @@
 
 It owns what a dashboard of cameras needs whatever runs the models: the stop event, the
 :class:`~streamrec.serve.server.Hub` and web server with their routes, the history and a
-segment tracker per camera, ``/healthz``, the status and preview tasks, the removal notice,
+segment tracker per labelled stream (a camera's whole frame or one of its zones, keyed by
+:func:`~streamrec.zones.stream_key`), ``/healthz``, the status and preview tasks, the removal notice,
 :meth:`AppCore.run` and one idempotent :meth:`AppCore.close`. A subclass says where cameras,
 their stats and their frames come from (:class:`~streamrec.serve.app.LiveApp` in this
 process, :class:`~streamrec.cluster.app.ClusterApp` on Ray actors).
@@ -28,6 +29,7 @@ from streamrec.serve.guard import Limits
 from streamrec.serve.preview import frame_message, preview_width
 from streamrec.serve.routes import cameras_api, events_api, history_api
 from streamrec.supervision import Supervisor
+from streamrec.zones import split_key
 from streamrec.serve.server import Hub, Route, WebServer, json_route, page_html, stop_on_signals, watched_ticks
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ class AppCore:
         self.hub = Hub()
         self.started = time.time()
         self.lock = threading.RLock()  # the cameras and what is published of them
-        self.trackers: dict[str, SegmentTracker] = {}
+        self.trackers: dict[str, SegmentTracker] = {}  # by stream key
         self.metrics: Metrics | None = None
         self.events: EventManager | None = None
         self.server: WebServer | None = None
@@ -188,31 +190,39 @@ class AppCore:
         return {**out, "reasons": reasons, "supervised": self.supervisor.stats()}
 
     def deliver(self, items: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str]]:
-        """Count and record one batch's prediction messages (under :attr:`lock`) and hand them to
-        the browsers at once; the ``(camera, JSON text)`` pairs."""
+        """Count and record one batch's prediction messages, ``(stream key, message)`` pairs (under
+        :attr:`lock`), and hand them to the browsers at once; the ``(stream key, JSON text)`` pairs."""
         out = []
-        for name, msg in items:
+        for key, msg in items:
             if self.metrics is not None:
                 self.metrics.observe_prediction(msg)
-            tracker = self.trackers.get(name) or self.trackers.setdefault(name, self.history.tracker(name))
+            tracker = self.trackers.get(key)
+            if tracker is None:
+                tracker = self.trackers[key] = self.history.tracker(*split_key(key))
             tracker.update(msg["label"], msg["score"], msg["window"]["end_ts"])
-            out.append((name, json.dumps(msg, allow_nan=False)))
+            out.append((key, json.dumps(msg, allow_nan=False)))
             if self.events is not None:
-                self.events.observe(name, msg)
-        self.hub.publish_many_threadsafe([(f"prediction:{name}", text) for name, text in out])
+                self.events.observe(key, msg)
+        self.hub.publish_many_threadsafe([(f"prediction:{key}", text) for key, text in out])
         return out
 
-    def announce_removed(self, name: str) -> threading.Event | None:
-        """A camera is gone (call under :attr:`lock`): its segment closes, its metrics go, and the
-        page is told; nothing of it is published after this. Its open events close in the events
-        thread: the returned event is set once they did (``None`` without rules)."""
+    def forget_streams(self, name: str) -> threading.Event | None:
+        """Camera ``name``'s labelled streams end (call under :attr:`lock`): their segments close,
+        their metrics and last predictions go, their open events close in the events thread (the
+        returned event is set once they did; ``None`` without rules)."""
         if self.metrics is not None:
             self.metrics.forget(name)
-        tracker = self.trackers.pop(name, None)
-        if tracker is not None:
-            tracker.close(time.time())
-        closed = self.events.forget(name) if self.events is not None else None
+        now = time.time()
+        for key in [k for k in self.trackers if split_key(k)[0] == name]:
+            self.trackers.pop(key).close(now)
+            self.hub.forget_threadsafe(f":{key}")
         self.hub.forget_threadsafe(f":{name}")
+        return self.events.forget(name) if self.events is not None else None
+
+    def announce_removed(self, name: str) -> threading.Event | None:
+        """A camera is gone (call under :attr:`lock`): :meth:`forget_streams`, and the page is told;
+        nothing of it is published after this."""
+        closed = self.forget_streams(name)
         self.hub.publish_threadsafe("removed", json.dumps({"type": "removed", "camera": name}))
         return closed
 
@@ -221,9 +231,9 @@ class AppCore:
         its last label: the history never counts an outage as activity."""
         if (status.get("source") or {}).get("state") not in (None, "running"):
             with self.lock:
-                tracker = self.trackers.get(name)
-                if tracker is not None:
-                    tracker.interrupt()
+                for key, tracker in list(self.trackers.items()):
+                    if split_key(key)[0] == name:
+                        tracker.interrupt()
 
     async def _status_task(self) -> None:
         while True:

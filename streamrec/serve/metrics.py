@@ -7,6 +7,10 @@ and ``increase()`` work on them, and a restart shows as a counter reset. The
 standard ``process_*`` metrics (CPU seconds, resident memory, open file descriptors; Linux)
 come with them: CPU seconds per prediction is how a slower host shows (see the README's
 "Live pipeline").
+
+A camera's capture series are labelled ``camera``; its labelled streams' series (latencies,
+inference rate, predictions, the current label...) ``camera`` and ``zone`` (``""`` for the
+whole frame).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ if TYPE_CHECKING:
     from streamrec.serve.server import Hub
 
 # each camera at scrape time: its name, its capture's stats (``capture_fps``, ``dropped``,
-# ``decode_errors``, ``reconnects``) and its label counters
-CameraRows = Callable[[], Iterable[tuple[str, dict[str, Any], "LabelStats"]]]
+# ``decode_errors``, ``reconnects``) and each labelled stream's label counters, by zone (None: the whole frame)
+CameraRows = Callable[[], Iterable[tuple[str, dict[str, Any], "dict[str | None, LabelStats]"]]]
 
 _MS_BUCKETS = (5, 10, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000)
 
@@ -33,6 +37,8 @@ CAMERA_COUNTERS = (
     ("streamrec_frames_dropped", "Frames overwritten in the ring before any window used them", "dropped"),
     ("streamrec_decode_errors", "Corrupt packets skipped", "decode_errors"),
     ("streamrec_reconnects", "Source reconnects", "reconnects"),
+)
+STREAM_COUNTERS = (  # per labelled stream: labels camera and zone
     ("streamrec_windows_skipped", "Windows skipped because inference was busy", "skipped"),
     ("streamrec_predictions", "Predictions sent", "seq"),
     ("streamrec_windows_nonfinite", "Windows skipped because the model's scores were NaN or infinite", "nonfinite"),
@@ -87,6 +93,7 @@ class _Counters:
 
     def __init__(self) -> None:
         self.cameras: list[tuple[str, dict[str, Any]]] = []  # (camera, {key: value})
+        self.streams: list[tuple[str, str, dict[str, Any]]] = []  # (camera, zone or "", {key: value})
         self.history: dict[str, Any] | None = None
         self.threads: dict[str, dict[str, Any]] = {}  # Supervisor.stats()
         self.events: dict[str, Any] | None = None  # EventManager.stats()
@@ -97,6 +104,11 @@ class _Counters:
             family = CounterMetricFamily(name, doc, labels=["camera"])
             for camera, values in self.cameras:
                 family.add_metric([camera], values.get(key, 0))
+            yield family
+        for name, doc, key in STREAM_COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=["camera", "zone"])
+            for camera, zone, values in self.streams:
+                family.add_metric([camera, zone], values.get(key, 0))
             yield family
         for name, doc, key in THREAD_COUNTERS:
             family = CounterMetricFamily(name, doc, labels=["thread"])
@@ -128,51 +140,63 @@ class Metrics:
         self.history = history  # the activity history's counters (HistoryStore.stats)
         self.registry = r = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
-        cam = ["camera"]
-        self.infer = Histogram("streamrec_inference_latency_ms", "Model forward time per window", cam, buckets=_MS_BUCKETS, registry=r)
-        self.e2e = Histogram("streamrec_end_to_end_latency_ms", "Capture of a window's last frame to send", cam, buckets=_MS_BUCKETS, registry=r)
+        cam, stream = ["camera"], ["camera", "zone"]
+        self.infer = Histogram("streamrec_inference_latency_ms", "Model forward time per window", stream, buckets=_MS_BUCKETS, registry=r)
+        self.e2e = Histogram("streamrec_end_to_end_latency_ms", "Capture of a window's last frame to send", stream, buckets=_MS_BUCKETS, registry=r)
         self.fps = Gauge("streamrec_capture_fps", "Frames captured per second", cam, registry=r)
-        self.rate = Gauge("streamrec_inference_rate", "Windows classified per second", cam, registry=r)
+        self.rate = Gauge("streamrec_inference_rate", "Windows classified per second", stream, registry=r)
         self.clients = Gauge("streamrec_clients", "Connected websocket clients", registry=r)
-        self.label = Gauge("streamrec_current_label", "1 for the label currently shown", ["camera", "label"], registry=r)
+        self.label = Gauge("streamrec_current_label", "1 for the label currently shown", ["camera", "zone", "label"], registry=r)
         self.counters = _Counters()  # read at each scrape: a removed camera's series go with it
         r.register(self.counters)
-        self._last_label: dict[str, tuple[str, str]] = {}  # camera -> (camera, label) shown
+        self._last_label: dict[tuple[str, str], tuple[str, str, str]] = {}  # (camera, zone) -> (camera, zone, label)
+        self._zones: dict[str, set[str]] = {}  # camera -> the zones ("": the whole frame) with series
 
     def observe_prediction(self, msg: dict[str, Any]) -> None:
-        cam = msg.get("camera", "default")
-        self.infer.labels(cam).observe(msg["infer_ms"])
-        self.e2e.labels(cam).observe(msg["latency_ms"])
-        key = (cam, msg["label"])
-        last = self._last_label.get(cam)
+        cam, zone = msg.get("camera", "default"), msg.get("zone") or ""
+        self._zones.setdefault(cam, set()).add(zone)
+        self.infer.labels(cam, zone).observe(msg["infer_ms"])
+        self.e2e.labels(cam, zone).observe(msg["latency_ms"])
+        key = (cam, zone, msg["label"])
+        last = self._last_label.get((cam, zone))
         if key != last:
             if last is not None:
                 self.label.remove(*last)
             self.label.labels(*key).set(1)
-            self._last_label[cam] = key
+            self._last_label[(cam, zone)] = key
 
     def forget(self, camera: str) -> None:
-        """Drop a removed camera's series (they would otherwise stay at their last values)."""
-        for metric in (self.infer, self.e2e, self.fps, self.rate):
-            try:
-                metric.remove(camera)
-            except KeyError:  # never observed
-                pass
-        last = self._last_label.pop(camera, None)
-        if last is not None:
-            self.label.remove(*last)
+        """Drop a removed camera's series, its zones' too (they would otherwise stay at their last values)."""
+        _remove(self.fps, camera)
+        for zone in self._zones.pop(camera, set()) | {""}:
+            for metric in (self.infer, self.e2e, self.rate):
+                _remove(metric, camera, zone)
+            last = self._last_label.pop((camera, zone), None)
+            if last is not None:
+                self.label.remove(*last)
 
     def render(self) -> bytes:
         now = time.time()
-        counted = []
-        for name, source, labels in self.cameras():
+        counted, streams = [], []
+        for name, source, labelled in self.cameras():
             self.fps.labels(name).set(source.get("capture_fps", 0.0))
-            self.rate.labels(name).set(labels.rate.rate(now))
-            counted.append((name, {**source, "skipped": labels.skipped, "seq": labels.seq, "nonfinite": labels.nonfinite}))
-        self.counters.cameras = counted
+            counted.append((name, source))
+            for zone, labels in labelled.items():
+                self._zones.setdefault(name, set()).add(zone or "")
+                self.rate.labels(name, zone or "").set(labels.rate.rate(now))
+                streams.append((name, zone or "", {"skipped": labels.skipped, "seq": labels.seq,
+                                                   "nonfinite": labels.nonfinite}))
+        self.counters.cameras, self.counters.streams = counted, streams
         self.counters.history = self.history() if self.history is not None else None
         self.counters.threads = self.threads() if self.threads is not None else {}
         self.counters.events = self.events() if self.events is not None else None
         self.counters.messages_dropped = self.hub.dropped
         self.clients.set(len(self.hub.clients))
         return generate_latest(self.registry)
+
+
+def _remove(metric: Any, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:  # never observed
+        pass

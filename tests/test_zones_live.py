@@ -1,0 +1,256 @@
+"""Zones on the live path: one decode per frame, a crop per zone into its own ring, one batch for
+every stream of a camera, messages and smoothing per stream, serve's websocket, /healthz and
+/metrics per zone, and a running camera's zones replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from streamrec.config import CameraConfig, ServeConfig, SmoothingConfig
+from streamrec.errors import StreamrecError
+from streamrec.live.camera import Camera
+from streamrec.live.capture import CaptureThread, camera_capture
+from streamrec.live.messages import status_message, validate_prediction
+from streamrec.live.sources import Source, SourceSpec
+from streamrec.models.preprocess import FramePreprocessor
+from streamrec.models.registry import load_model, model_spec
+from streamrec.runtime.classifier import Classifier
+from streamrec.serve.worker import InferenceWorker
+from streamrec.zones import ZoneConfig
+
+from conftest import free_port, streamrec_cmd, wait_http, write_video
+
+W, H = 192, 144  # each tile 96 x 72: smaller than the 112 x 112 crop, so upscaled
+QUARTERS = {"tl": (0.0, 0.0), "tr": (0.5, 0.0), "bl": (0.0, 0.5), "br": (0.5, 0.5)}
+
+
+def tiles(k: int) -> dict[str, np.ndarray]:
+    """Frame ``k``'s four tiles, each of its own content (solid, gradient, checkerboard, noise)."""
+    th, tw = H // 2, W // 2
+    solid = np.zeros((th, tw, 3), np.uint8)
+    solid[..., 0] = 200 - k
+    gradient = np.tile(np.linspace(0, 255, tw, dtype=np.uint8)[None, :, None], (th, 1, 3))
+    gradient[..., 2] = k * 3
+    yy, xx = np.mgrid[:th, :tw]
+    checker = np.repeat((((yy // 8 + xx // 8 + k) % 2) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    noise = np.random.default_rng(k).integers(0, 256, (th, tw, 3), dtype=np.uint8)
+    return {"tl": solid, "tr": gradient, "bl": checker, "br": noise}
+
+
+def mosaic(k: int) -> np.ndarray:
+    t = tiles(k)
+    return np.concatenate([np.concatenate([t["tl"], t["tr"]], 1), np.concatenate([t["bl"], t["br"]], 1)], 0)
+
+
+class Mosaic(Source):
+    """A live source of ``n`` 2x2 mosaics that counts its decoded frames."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.reads = n, 0
+
+    def frames(self):
+        for k in range(self.n):
+            self.reads += 1
+            yield mosaic(k), None
+
+    def close(self) -> None:
+        pass
+
+
+ZONES = tuple(ZoneConfig(name, x, y, 0.5, 0.5) for name, (x, y) in QUARTERS.items())
+
+
+@pytest.mark.parametrize("whole_frame", [True, False])
+def test_each_zone_ring_holds_its_tile_preprocessed_alone_from_one_decode(whole_frame, caplog):
+    spec = model_spec("r2plus1d_18")
+    pre = FramePreprocessor(spec)
+    n, stop, source = 6, threading.Event(), Mosaic(6)
+    ticks = iter(range(1000))
+    seen = []
+
+    def on_frame(rgb, ts) -> None:
+        seen.append(ts)
+        if len(seen) == n:
+            stop.set()
+
+    rings, cap = camera_capture(SourceSpec("rtsp://127.0.0.1:1/mosaic", "network"), spec, stop_event=stop,
+                                name="mosaic", first=source, on_frame=on_frame, zones=ZONES, whole_frame=whole_frame)
+    assert isinstance(cap, CaptureThread)
+    cap.clock = lambda: next(ticks) / 15  # 15 fps: every frame is in the window below
+    with caplog.at_level(logging.WARNING, logger="streamrec.live.capture"):
+        cap.start()
+        cap.join(30)
+    assert not cap.is_alive() and source.reads == n  # decoded once per frame, for all the streams
+    assert list(rings) == ([None] if whole_frame else []) + ["tl", "tr", "bl", "br"]
+    for zone, ring in rings.items():
+        assert ring.written == n
+        got = ring.newest_window(n, 15.0).frames
+        for k in range(n):
+            want = pre.resize_crop(mosaic(k) if zone is None else tiles(k)[zone])
+            assert got[k].dtype == np.uint8 and np.array_equal(got[k], want), (zone, k)
+    warnings = [r.getMessage() for r in caplog.records if "upscaled" in r.getMessage()]
+    assert warnings == [f"camera 'mosaic': zone {z!r} is 96x72 pixels of a 192x144 frame, smaller than the model's "
+                        "112x112 crop: it is upscaled" for z in QUARTERS]  # once, not once per frame
+
+
+def test_one_batch_holds_every_stream_and_smoothing_stays_per_stream(tmp_path):
+    video = write_video(tmp_path / "v.mp4", seconds=1, fps=10)
+    clf = Classifier(load_model("tiny3d", weights="none"), device="cpu", backend="torch", warmup=0)
+    classes = clf.loaded.classes
+    wake, stop = threading.Condition(), threading.Event()
+    cfg = CameraConfig("gym", str(video), zones=ZONES[:3])
+    cam = Camera(cfg, clf, SmoothingConfig(), wake=wake)
+    published: list[list] = []
+    got = threading.Event()
+
+    def publish(items):
+        published.append(items)
+        got.set()
+
+    worker = InferenceWorker(clf, publish, stop_event=stop, wake=wake, frame_wait_s=0.0, clock=lambda: 100.0)
+    worker.add(cam)
+    frame = np.zeros(cam.ring.frame_shape, cam.ring.dtype)
+    try:
+        for k in range(36):  # a 30 fps camera, never started: frames written here
+            for stream in cam.streams.values():
+                stream.ring.write(frame, k / 30)
+        worker.start()
+        assert got.wait(30)
+    finally:
+        stop.set()
+        with wake:
+            wake.notify_all()
+        worker.join(5)
+        cam.close()
+    assert list(worker.batch_sizes) == [4]  # the whole frame and 3 zones: one forward pass
+    msgs = [m for _, m in published[0]]
+    assert [(m["camera"], m["zone"]) for m in msgs] == [("gym", None), ("gym", "tl"), ("gym", "tr"), ("gym", "bl")]
+    assert [s.name for s, _ in published[0]] == ["gym", "gym/tl", "gym/tr", "gym/bl"]
+    for m in msgs:
+        validate_prediction(m)
+        assert m["seq"] == 1 and m["latency_ms"] == round((100.0 - 35 / 30) * 1e3, 2)
+
+    # each stream its own smoother: four different classes, four different labels
+    for stream in cam.streams.values():
+        stream.ring.write(frame, 36 / 30)
+    batch = worker.collect()
+    assert [s.name for s, _ in batch] == ["gym", "gym/tl", "gym/tr", "gym/bl"]
+    probs = np.full((4, len(classes)), 0.02 / (len(classes) - 1), np.float32)
+    for row, k in enumerate((0, 1, 2, 1)):
+        probs[row, k] = 0.98
+    for _ in range(6):
+        published.clear()
+        worker.emit(batch, probs, 5.0)
+    labels = {m["zone"]: (m["label"], m["raw_label"], m["seq"]) for _, m in published[0]}
+    assert labels == {None: (classes[0], classes[0], 7), "tl": (classes[1], classes[1], 7),
+                      "tr": (classes[2], classes[2], 7), "bl": (classes[1], classes[1], 7)}
+    assert {z: s.seq for z, s in cam.streams.items()} == {None: 7, "tl": 7, "tr": 7, "bl": 7}
+    assert cam.zone_stats()["tr"]["predictions"] == 7
+
+
+def test_messages_carry_the_zone_and_status_the_zones():
+    msg = {"type": "prediction", "seq": 1, "label": "a", "score": 0.5, "raw_label": "a", "raw_score": 0.5,
+           "top": [{"label": "a", "score": 0.5}], "window": {"start_ts": 0.0, "end_ts": 1.0, "frames": 16},
+           "infer_ms": 1.0, "latency_ms": 1.0, "capture_fps": 15.0, "camera": "gym", "zone": "rack"}
+    validate_prediction(msg)
+    validate_prediction({**msg, "zone": None})
+    with pytest.raises(ValueError) as err:
+        validate_prediction({**msg, "zone": "a/b"})
+    assert str(err.value) == "prediction.zone: expected a zone's name or null (the whole frame), got 'a/b'"
+    m = status_message(camera="gym", source={}, inference={}, model="tiny3d", device="cpu", backend="torch",
+                       meaningless=True, zones=ZONES[:1], whole_frame=False)
+    assert (m["zones"], m["whole_frame"]) == ([{"name": "tl", "x": 0.0, "y": 0.0, "w": 0.5, "h": 0.5}], False)
+
+
+async def zone_predictions(port: int, want: set, timeout: float = 90.0, after=None) -> list[dict]:
+    """Predictions from the websocket until each (camera, zone) of ``want`` sent one (after one that ``after`` accepts)."""
+    import websockets
+
+    out, started = [], after is None
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**22) as ws:
+        deadline = time.monotonic() + timeout
+        while not want <= {(m["camera"], m["zone"]) for m in out}:
+            m = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+            if isinstance(m, str) and (d := json.loads(m))["type"] == "prediction":
+                started = started or after(d)
+                if started:
+                    out.append(d)
+    return out
+
+
+@pytest.mark.slow
+def test_serve_labels_each_zone_with_health_and_metrics(demo_clip, tmp_path):
+    import subprocess
+
+    port = free_port()
+    cfg = tmp_path / "zones.toml"
+    cfg.write_text(f'model = "tiny3d"\nweights = "none"\ndevice = "cpu"\n\n[[cameras]]\nname = "gym"\n'
+                   f'source = "{demo_clip}"\nloop = true\n\n'
+                   '[[cameras.zones]]\nname = "rack"\nx = 0\ny = 0\nw = 0.5\nh = 0.5\n\n'
+                   '[[cameras.zones]]\nname = "mat"\npolygon = [[0.5, 0.5], [0.9, 0.5], [0.7, 0.95]]\n')
+    proc = subprocess.Popen(streamrec_cmd("serve", "--config", str(cfg), "--port", str(port),
+                                          "--db", str(tmp_path / "h.db")),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        msgs = asyncio.run(zone_predictions(port, {("gym", None), ("gym", "rack"), ("gym", "mat")}))
+        for m in msgs:
+            validate_prediction(m)
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
+        gym = health["cameras"]["gym"]
+        assert gym["whole_frame"] is True and sorted(gym["zones"]) == ["mat", "rack"]
+        assert all(gym["zones"][z]["predictions"] >= 1 for z in ("mat", "rack"))
+        metrics = wait_http(f"http://127.0.0.1:{port}/metrics").decode()
+        for zone in ("", "rack", "mat"):
+            assert f'streamrec_predictions_total{{camera="gym",zone="{zone}"}}' in metrics
+            assert f'streamrec_inference_latency_ms_count{{camera="gym",zone="{zone}"}}' in metrics
+        assert 'streamrec_capture_fps{camera="gym"}' in metrics
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=30)[1]
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_set_zones_on_a_running_app_changes_its_streams(demo_clip, tmp_path):
+    from streamrec.serve.app import LiveApp
+
+    config = ServeConfig(model="tiny3d", weights="none", device="cpu", port=0, db=str(tmp_path / "h.db"),
+                         cameras=(CameraConfig("gym", str(demo_clip), loop=True, zones=ZONES[:1]),))
+    app = LiveApp(config)
+    runner = threading.Thread(target=lambda: asyncio.run(app.run()), name="app-under-test")
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while app.server.port in (0, None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = app.server.port
+        asyncio.run(zone_predictions(port, {("gym", None), ("gym", "tl")}))
+
+        with pytest.raises(StreamrecError) as err:
+            app.set_zones("nope", (), True)
+        assert str(err.value) == "camera 'nope': no such camera"
+        with pytest.raises(StreamrecError) as err:
+            app.set_zones("gym", (), False)
+        assert "\n" not in str(err.value) and "whole_frame" in str(err.value)
+
+        new = app.set_zones("gym", ({"name": "door", "x": 0.25, "y": 0.25, "w": 0.5, "h": 0.5},), False)
+        assert (new.zones, new.whole_frame, new.source) == ((ZoneConfig("door", 0.25, 0.25, 0.5, 0.5),), False,
+                                                             str(demo_clip))
+        got = asyncio.run(zone_predictions(port, {("gym", "door")}, after=lambda m: m["zone"] == "door"))
+        assert {m["zone"] for m in got} == {"door"}  # none of the removed streams after the new zone's first
+        assert list(app.cameras["gym"].streams) == ["door"]
+        status = app.status_message("gym")
+        assert (status["zones"], status["whole_frame"]) == ([ZoneConfig("door", 0.25, 0.25, 0.5, 0.5).to_json()], False)
+        assert sorted(app.health()["cameras"]["gym"]["zones"]) == ["door"]
+    finally:
+        app.request_stop()
+        runner.join(30)
+    assert not runner.is_alive()
