@@ -254,3 +254,14 @@ def test_set_zones_on_a_running_app_changes_its_streams(demo_clip, tmp_path):
         app.request_stop()
         runner.join(30)
     assert not runner.is_alive()
+
+
+def test_cluster_refuses_a_camera_with_zones_in_one_line(demo_clip, tmp_path):
+    from conftest import error_line, run_cli
+
+    cfg = tmp_path / "zones.toml"
+    cfg.write_text(f'[[cameras]]\nname = "gym"\nsource = "{demo_clip}"\n\n'
+                   '[[cameras.zones]]\nname = "rack"\nx = 0\ny = 0\nw = 0.5\nh = 0.5\n')
+    proc = run_cli("cluster", "--config", str(cfg), "--address", "local", "--no-dashboard", "--seconds", "1")
+    assert error_line(proc) == ("streamrec: error: camera 'gym': zones are labelled by streamrec serve only, not by "
+                                "streamrec cluster; remove its [[cameras.zones]] (or serve it with streamrec serve)")
