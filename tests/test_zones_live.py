@@ -256,12 +256,35 @@ def test_set_zones_on_a_running_app_changes_its_streams(demo_clip, tmp_path):
     assert not runner.is_alive()
 
 
-def test_cluster_refuses_a_camera_with_zones_in_one_line(demo_clip, tmp_path):
-    from conftest import error_line, run_cli
 
-    cfg = tmp_path / "zones.toml"
-    cfg.write_text(f'[[cameras]]\nname = "gym"\nsource = "{demo_clip}"\n\n'
-                   '[[cameras.zones]]\nname = "rack"\nx = 0\ny = 0\nw = 0.5\nh = 0.5\n')
-    proc = run_cli("cluster", "--config", str(cfg), "--address", "local", "--no-dashboard", "--seconds", "1")
-    assert error_line(proc) == ("streamrec: error: camera 'gym': zones are labelled by streamrec serve only, not by "
-                                "streamrec cluster; remove its [[cameras.zones]] (or serve it with streamrec serve)")
+@pytest.mark.slow
+def test_cluster_capture_actor_crops_the_zones_and_the_driver_batches_them(demo_clip):
+    ray = pytest.importorskip("ray")
+    from streamrec.cluster.runner import ClusterRunner
+
+    cams = [{"name": "gym", "source": str(demo_clip), "loop": True,
+             "zones": [{"name": "rack", "x": 0, "y": 0, "w": 0.5, "h": 0.5}, {"name": "mat", "x": 0.5, "y": 0.5,
+                                                                             "w": 0.5, "h": 0.5}]}]
+    config = ServeConfig.from_sources({"cameras": cams, "model": "tiny3d", "weights": "none", "device": "cpu"}, {})
+    got: dict[str, list] = {}
+    ray.init(num_cpus=2, logging_level="WARNING", include_dashboard=False)
+    try:
+        runner = ClusterRunner(config, lambda items: [got.setdefault(key, []).append(m) for key, m in items])
+        try:
+            sizes = []
+            for _ in range(400):
+                sizes.append(runner.step())
+                if all(len(got.get(k, [])) >= 2 for k in ("gym", "gym/rack", "gym/mat")):
+                    break
+        finally:
+            runner.close()
+    finally:
+        ray.shutdown()
+    assert set(got) == {"gym", "gym/rack", "gym/mat"}
+    for key, msgs in got.items():
+        for m in msgs:
+            validate_prediction(m)
+            assert (m["camera"], m["zone"]) == ("gym", key.partition("/")[2] or None)
+        assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))  # counted per stream
+        assert runner.labels[key].seq == len(msgs)
+    assert max(sizes) == 3  # one actor call gave the three streams' windows, classified in one batch

@@ -41,7 +41,7 @@ def cmd_cluster(args) -> int:
 
     from streamrec.live.history import default_db
     from streamrec.serve.core import check_port_free
-    from streamrec.cluster.app import ClusterApp, refuse_zones
+    from streamrec.cluster.app import ClusterApp
     from streamrec.config import ServeConfig, load_toml
     from streamrec.cluster.runner import ray_module, check_reachable
     from streamrec.live.history import HistoryStore
@@ -54,8 +54,6 @@ def cmd_cluster(args) -> int:
     cli = {"host": args.host, "port": args.port, "token": args.token, "insecure": args.insecure, "db": args.db,
            "history_days": args.history_days}
     config = ServeConfig.from_sources(load_toml(args.config), cli)
-    for cam in config.all_cameras():
-        refuse_zones(cam)  # before the cluster starts
     check_reachable(args.address)
     if args.address == "auto" and os.environ.get("RAY_ADDRESS", "").strip() not in ("", "auto", "local"):
         # Ray takes RAY_ADDRESS for auto, and would retry a dead one for minutes

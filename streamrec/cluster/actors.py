@@ -16,7 +16,8 @@ from streamrec.serve.preview import encode_preview
 
 
 class RemoteCapture:
-    """Runs on a camera node: one camera's capture thread and ring (a Ray actor body), and with
+    """Runs on a camera node: one camera's capture thread and a ring per labelled stream (its
+    whole frame, each zone: decoded once, cropped here) (a Ray actor body), and with
     ``recording`` its packet ring and event clips, written into ``recording.dir`` (where it first
     writes the probe file ``probe``: :func:`~streamrec.cluster.clips.check_shared`)."""
 
@@ -48,8 +49,9 @@ class RemoteCapture:
             self.clips = CameraClips(recording, self.cfg.name, self.latest_frame)
         rings, self.capture = camera_capture(SourceSpec.of_camera(self.cfg), self.spec, stop_event=self.stop_event,
                                              name=self.cfg.name, loop=bool(self.cfg.loop), first=first,
-                                             packet_ring=self.clips.ring if self.clips is not None else None)
-        self.ring = rings[None]  # the whole frame (the driver refuses cameras with zones)
+                                             packet_ring=self.clips.ring if self.clips is not None else None,
+                                             zones=self.cfg.zones, whole_frame=self.cfg.whole_frame)
+        self.rings = rings
         self.capture.start()
 
     def latest_frame(self, camera: str) -> np.ndarray | None:
@@ -60,16 +62,19 @@ class RemoteCapture:
         """``None`` when the source opened and capture runs, else the one-line reason it did not."""
         return self.error
 
-    def window(self, after_seq: int) -> tuple | None:
-        """The newest window ending after ``after_seq``: (end_seq, start_ts, end_ts, uint8 crops
-        (T, H, W, C), capture fps)."""
+    def windows(self, after: dict[str | None, int]) -> dict[str | None, tuple]:
+        """Each asked stream's newest window ending after ``after[zone]`` (zone ``None``: the whole
+        frame), by zone: (end_seq, start_ts, end_ts, uint8 crops (T, H, W, C), capture fps)."""
         if self.capture is None:
-            return None
-        w = self.ring.newest_window(self.spec.frames, self.spec.fps, after=after_seq)
-        if w is None or w.end_seq <= after_seq:
-            return None
-        # uint8: a quarter of the bytes of float32 over the network
-        return w.end_seq, w.start_ts, w.end_ts, w.frames, self.capture.fps()
+            return {}
+        out = {}
+        for zone, after_seq in after.items():
+            ring = self.rings.get(zone)
+            w = ring.newest_window(self.spec.frames, self.spec.fps, after=after_seq) if ring is not None else None
+            if w is not None and w.end_seq > after_seq:
+                # uint8: a quarter of the bytes of float32 over the network
+                out[zone] = (w.end_seq, w.start_ts, w.end_ts, w.frames, self.capture.fps())
+        return out
 
     def preview(self, width: int, after_ts: float) -> tuple[float, bytes] | None:
         """The newest frame as a JPEG at most ``width`` wide, encoded here near the camera (a few

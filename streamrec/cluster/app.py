@@ -32,6 +32,7 @@ from streamrec.live.camera import JOIN_TIMEOUT_S
 from streamrec.live.history import HistoryStore
 from streamrec.live.messages import status_message
 from streamrec.serve.core import AppCore
+from streamrec.zones import stream_key
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ class ClusterApp(AppCore):
 
     def __init__(self, config: ServeConfig, *, db: str, replicas: int = 1, lines: TextIO | None = None,
                  dashboard: bool = True) -> None:
-        for cam in config.all_cameras():
-            refuse_zones(cam)
         super().__init__(config, HistoryStore(db, retain_days=config.history_days))
         self.lines = lines
         # "~" in recording.dir is the driver's home on every node: one path for the files the driver serves
@@ -122,7 +121,6 @@ class ClusterApp(AppCore):
         """Start a capture actor for ``cam`` (in the API's own thread: the dashboard keeps serving)."""
         if self.stop_event.is_set():
             raise StreamrecError("the server is shutting down")
-        refuse_zones(cam)
         self.runner.add_camera(cam)
         logger.info("camera %s added", cam.name)
 
@@ -142,7 +140,16 @@ class ClusterApp(AppCore):
 
     # -- state (AppCore's hooks) ------------------------------------------------
     def camera_names(self) -> list[str]:
-        return list(self.runner.labels)
+        return list(self.runner.streams)
+
+    def stream_labels(self, name: str) -> dict[str | None, Any]:
+        """Camera ``name``'s label counts by zone (``None``: the whole frame); empty once removed."""
+        return {z: labels for z in self.runner.streams.get(name, ())
+                if (labels := self.runner.labels.get(stream_key(name, z))) is not None}
+
+    def labels_of(self, name: str) -> Any:
+        """The camera's own label counts: its whole frame's, or its first zone's (None once removed)."""
+        return next(iter(self.stream_labels(name).values()), None)
 
     def adding(self) -> list[str]:
         return sorted(self.runner.adding)
@@ -161,18 +168,20 @@ class ClusterApp(AppCore):
         return {"model": group.name, "device": group.device, "backend": group.backend, "meaningless": group.meaningless}
 
     def camera_health(self, name: str) -> dict[str, Any]:
-        labels = self.runner.labels.get(name)
-        return {**self.camera_source(name), **(labels.stats() if labels else {}), **self.model_of(name)}
+        labels, cfg = self.labels_of(name), self.runner.configs.get(name)
+        zones = {z: s.stats() for z, s in self.stream_labels(name).items() if z is not None}
+        return {**self.camera_source(name), **(labels.stats() if labels else {}), **self.model_of(name),
+                "whole_frame": cfg.whole_frame if cfg else True, "zones": zones}
 
     def camera_problems(self, name: str, now: float) -> list[str]:
-        labels, source = self.runner.labels.get(name), self.camera_source(name)
+        labels, source = self.labels_of(name), self.camera_source(name)
         if labels is None:
             return []
         arriving = source.get("state") == "running" and (source.get("capture_fps") or 0) > 0
         return labels.problems(now, frames_arriving=arriving, started=self.started)
 
     def metric_rows(self) -> list[tuple[str, dict[str, Any], Any]]:
-        return [(n, self.camera_source(n), {None: s}) for n, s in list(self.runner.labels.items())]
+        return [(n, self.camera_source(n), self.stream_labels(n)) for n in self.camera_names()]
 
     def extra_health(self) -> dict[str, Any]:
         cams = [self.camera_source(n) for n in self.camera_names()]
@@ -188,10 +197,11 @@ class ClusterApp(AppCore):
 
     def status_message(self, name: str) -> dict[str, Any]:
         source, model = self.camera_source(name), self.model_of(name)
-        labels = self.runner.labels.get(name)
+        labels, cfg = self.labels_of(name), self.runner.configs.get(name)
         return status_message(camera=name, source={k: v for k, v in source.items() if k != "node"},
                               inference=labels.stats() if labels else {}, model=model["model"],
                               device=model["device"], backend=model["backend"], meaningless=model["meaningless"],
+                              zones=cfg.zones if cfg else (), whole_frame=cfg.whole_frame if cfg else True,
                               node=source.get("node"))
 
     async def refresh(self) -> None:
@@ -207,7 +217,7 @@ class ClusterApp(AppCore):
     # -- lifecycle --------------------------------------------------------------
     def start_work(self) -> None:
         if self.events is not None:
-            self.events.start(self.camera_names())
+            self.events.start(list(self.runner.labels))  # every labelled stream's key
         self._thread.start()
 
     def stop_work(self) -> None:
@@ -221,9 +231,3 @@ class ClusterApp(AppCore):
         if self._thread.is_alive():
             logger.warning("the cluster driver thread was still in a call at exit")
 
-
-def refuse_zones(cam: CameraConfig) -> None:
-    """Zones are labelled by ``streamrec serve`` only: a cluster camera with zones is one line (exit 2)."""
-    if cam.zones:
-        raise StreamrecError(f"camera {cam.name!r}: zones are labelled by streamrec serve only, not by streamrec "
-                             "cluster; remove its [[cameras.zones]] (or serve it with streamrec serve)")

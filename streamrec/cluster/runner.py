@@ -20,7 +20,6 @@ when ``--device cuda``.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -33,12 +32,14 @@ import numpy as np
 from streamrec.config import CameraConfig, ServeConfig
 from streamrec.errors import StreamrecError, install_hint
 from streamrec.cluster.actors import RemoteCapture, RemoteClassifier
+from streamrec.cluster.address import check_reachable, speaks_http2  # noqa: F401 - the CLI's checks, where they were
 from streamrec.cluster.clips import check_shared, remove_probes
 from streamrec.event_config import RecordingConfig
 from streamrec.live.camera import adding_camera
 from streamrec.live.labels import LabelStats, Labelled, label_messages
 from streamrec.live.smoothing import LabelSmoother
 from streamrec.models.kinetics import sport_indices
+from streamrec.zones import stream_key
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +77,9 @@ class ModelGroup:
 
 
 class ClusterRunner:
-    """The driver: polls every camera actor, batches the new windows of the cameras of each model
-    into that model's inference actor, smooths per camera and hands each round's messages to
-    ``publish([(camera, msg), ...])``."""
+    """The driver: polls every camera actor, batches the new windows of the cameras' labelled
+    streams (whole frames and zones) of each model into that model's inference actor, smooths
+    per stream and hands each round's messages to ``publish([(stream key, msg), ...])``."""
 
     def __init__(self, config: ServeConfig, publish: Callable[[list[tuple[str, dict[str, Any]]]], None], *,
                  inference_replicas: int = 1, clock: Callable[[], float] = time.time,
@@ -102,8 +103,10 @@ class ClusterRunner:
         self.cameras: dict[str, Any] = {}
         self.model_of: dict[str, tuple] = {}
         self.subsets: dict[str, list[int] | None] = {}  # sports_only cameras: the sport classes' indices
-        self.smoothers: dict[str, LabelSmoother] = {}
-        self.labels: dict[str, LabelStats] = {}
+        self.streams: dict[str, tuple[str | None, ...]] = {}  # camera -> its streams (CameraConfig.streams)
+        self.configs: dict[str, CameraConfig] = {}
+        self.smoothers: dict[str, LabelSmoother] = {}  # by stream key
+        self.labels: dict[str, LabelStats] = {}  # by stream key
         self.adding: set[str] = set()
         self.lost: set[str] = set()  # cameras whose actor failed on the last call
         self.final_reports: list[tuple[str, dict[str, Any]]] = []  # stopped actors' last clip reports
@@ -155,7 +158,7 @@ class ClusterRunner:
     def _start_cameras(self, cams: list[CameraConfig]) -> None:
         """Start a capture actor per camera and wait until each has opened its source: the first
         camera that could not is a :class:`StreamrecError` naming it (its actors are killed)."""
-        fields = ("name", "source", "loop", "rtsp_transport", "open_timeout", "stall_timeout")
+        fields = ("name", "source", "loop", "rtsp_transport", "open_timeout", "stall_timeout", "zones", "whole_frame")
         keys = {c.name: (c.model, c.weights) for c in cams}
         # sports_only cameras: their model's sport classes (a model with none fails here, before any actor starts)
         subsets = {c.name: sport_indices(self.groups[keys[c.name]].classes) if c.sports_only else None for c in cams}
@@ -187,13 +190,16 @@ class ClusterRunner:
             if self.recording is not None:  # the actors that did start wrote theirs
                 remove_probes(self.recording.folder, probes.values())
             raise
+        configs = {c.name: c for c in cams}
         with self._lock:
             for name, actor in actors.items():
                 self.cameras[name] = actor
                 self.model_of[name] = keys[name]
                 self.subsets[name] = subsets[name]
-                self.smoothers[name] = LabelSmoother(self.config.smoothing)
-                self.labels[name] = LabelStats()
+                self.configs[name], self.streams[name] = configs[name], configs[name].streams()
+                for zone in self.streams[name]:
+                    self.smoothers[stream_key(name, zone)] = LabelSmoother(self.config.smoothing)
+                    self.labels[stream_key(name, zone)] = LabelStats()
 
     def add_camera(self, cam: CameraConfig) -> None:
         """Start one more camera while running (its source must open; a model no camera used yet
@@ -210,8 +216,10 @@ class ClusterRunner:
             if actor is not None:
                 self.model_of.pop(name)
                 self.subsets.pop(name)
-                self.smoothers.pop(name)
-                self.labels.pop(name)
+                self.configs.pop(name)
+                for zone in self.streams.pop(name):
+                    self.smoothers.pop(stream_key(name, zone))
+                    self.labels.pop(stream_key(name, zone))
                 self.lost.discard(name)
             return actor
 
@@ -248,13 +256,15 @@ class ClusterRunner:
         """One round: gather new windows, classify them in one batch, publish. Returns the batch size."""
         ray = self.ray
         stride_s, now = self.config.stride_ms / 1e3, time.monotonic()
-        with self._lock:  # stride_ms: a camera labelled less than that ago is not asked for a window
-            refs = {name: actor.window.remote(self.labels[name].last_end) for name, actor in self.cameras.items()
-                    if not stride_s or now - self.labels[name].published >= stride_s}
+        with self._lock:  # stride_ms: a stream labelled less than that ago is not asked for a window
+            asks = {name: {z: self.labels[stream_key(name, z)].last_end for z in self.streams[name]
+                           if not stride_s or now - self.labels[stream_key(name, z)].published >= stride_s}
+                    for name in self.cameras}
+            refs = {name: actor.windows.remote(asks[name]) for name, actor in self.cameras.items() if asks[name]}
             smoothers, model_of, subsets = dict(self.smoothers), dict(self.model_of), dict(self.subsets)
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         ready_set = set(ready)
-        by_model: dict[tuple, list[tuple[str, tuple]]] = {}
+        by_model: dict[tuple, list[tuple[str, str | None, tuple]]] = {}
         for name, ref in refs.items():
             if ref not in ready_set:
                 continue
@@ -266,30 +276,30 @@ class ClusterRunner:
                 self.lost.add(name)
                 continue
             self.lost.discard(name)
-            if w is not None:
-                by_model.setdefault(model_of[name], []).append((name, w))
+            if w:
+                by_model.setdefault(model_of[name], []).extend((name, zone, win) for zone, win in w.items())
         if not by_model:
             time.sleep(0.02)  # also when every camera is within its stride
             return 0
         t0 = time.perf_counter()  # every model's batch goes out at once; each is timed from there
-        calls = {key: self.groups[key].next_actor().classify.remote([w[3] for _, w in batch])
+        calls = {key: self.groups[key].next_actor().classify.remote([w[3] for _, _, w in batch])
                  for key, batch in by_model.items()}
         out = []
         for key, ref in calls.items():
             probs = np.asarray(ray.get(ref))  # (B, K)
             infer_ms = (time.perf_counter() - t0) * 1e3
             group, items, rows = self.groups[key], [], []
-            for row, (name, (end_seq, start_ts, end_ts, frames, fps)) in enumerate(by_model[key]):
-                labels = self.labels.get(name)
+            for row, (name, zone, (end_seq, start_ts, end_ts, frames, fps)) in enumerate(by_model[key]):
+                labels = self.labels.get(stream_key(name, zone))
                 if labels is None:  # removed while its window was being classified (publish checks again)
                     continue
                 labels.took(end_seq)
                 rows.append(row)
-                items.append(Labelled(name, labels, smoothers[name], subsets[name], start_ts=start_ts, end_ts=end_ts,
-                                      frames=len(frames), capture_fps=fps))
+                items.append(Labelled(name, labels, smoothers[stream_key(name, zone)], subsets[name], start_ts=start_ts,
+                                      end_ts=end_ts, frames=len(frames), capture_fps=fps, zone=zone))
             msgs = label_messages(items, probs[rows], group.classes, infer_ms=infer_ms, clock=self.clock,
                                   meaningless=group.meaningless)
-            out += [(m["camera"], m) for m in msgs]
+            out += [(stream_key(m["camera"], m["zone"]), m) for m in msgs]
         self.publish(out)
         done = time.monotonic()
         for name, _ in out:
@@ -346,49 +356,3 @@ class ClusterRunner:
                 pass
         for actor in [*cameras.values(), *(a for g in list(self.groups.values()) for a in g.actors)]:
             self.ray.kill(actor)
-
-
-def check_reachable(address: str, *, timeout_s: float = 5.0, name: str = "--address") -> None:
-    """Fail in ``timeout_s`` when ``address`` names a host and port that accept no connection:
-    ``ray.init`` itself retries such an address for minutes, logging as it goes.
-
-    >>> check_reachable("auto")  # found by Ray itself: nothing to check here
-    >>> check_reachable("head-node")
-    Traceback (most recent call last):
-    ...
-    streamrec.errors.StreamrecError: --address: expected auto, local, HOST:PORT or ray://HOST:PORT, got 'head-node'
-    """
-    if address in ("auto", "local"):
-        return
-    host, sep, port = address.split("://", 1)[-1].rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise StreamrecError(f"{name}: expected auto, local, HOST:PORT or ray://HOST:PORT, got {address!r}")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as conn:
-            grpc = speaks_http2(conn)
-    except OSError as exc:
-        raise StreamrecError(f"{name} {address}: no Ray cluster answers there within {timeout_s:g} s "
-                             f"({exc.strerror or exc})") from None
-    if not grpc:  # Ray would retry it for minutes
-        raise StreamrecError(f"{name} {address}: something answers there, but not a Ray cluster (no gRPC within "
-                             f"{timeout_s:g} s)")
-
-
-def speaks_http2(conn: socket.socket) -> bool:
-    """Whether the server on ``conn`` answers HTTP/2's preface with a SETTINGS frame, as Ray's gRPC
-    servers (the GCS, the Ray client server) do; True without checking under TLS (``RAY_USE_TLS``)."""
-    import os
-
-    if os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true"):
-        return True
-    try:
-        conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        head = b""
-        while len(head) < 9:
-            chunk = conn.recv(9 - len(head))
-            if not chunk:
-                return False
-            head += chunk
-    except OSError:  # a timeout included: nothing came
-        return False
-    return head[3] == 0x04  # the frame type: SETTINGS
