@@ -5,6 +5,7 @@ every stream of a camera, messages and smoothing per stream, serve's websocket, 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import threading
@@ -23,7 +24,7 @@ from streamrec.models.preprocess import FramePreprocessor
 from streamrec.models.registry import load_model, model_spec
 from streamrec.runtime.classifier import Classifier
 from streamrec.serve.worker import InferenceWorker
-from streamrec.zones import ZoneConfig
+from streamrec.zones import ZoneConfig, stream_key
 
 from conftest import free_port, streamrec_cmd, wait_http, write_video
 
@@ -194,7 +195,7 @@ def test_serve_labels_each_zone_with_health_and_metrics(demo_clip, tmp_path):
     cfg.write_text(f'model = "tiny3d"\nweights = "none"\ndevice = "cpu"\n\n[[cameras]]\nname = "gym"\n'
                    f'source = "{demo_clip}"\nloop = true\n\n'
                    '[[cameras.zones]]\nname = "rack"\nx = 0\ny = 0\nw = 0.5\nh = 0.5\n\n'
-                   '[[cameras.zones]]\nname = "mat"\npolygon = [[0.5, 0.5], [0.9, 0.5], [0.7, 0.95]]\n')
+                   '[[cameras.zones]]\nname = "mat"\npolygon = [[0.5, 0.5], [0.8, 0.5], [0.65, 0.9]]\n')
     proc = subprocess.Popen(streamrec_cmd("serve", "--config", str(cfg), "--port", str(port),
                                           "--db", str(tmp_path / "h.db")),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -216,6 +217,9 @@ def test_serve_labels_each_zone_with_health_and_metrics(demo_clip, tmp_path):
         proc.terminate()
         err = proc.communicate(timeout=30)[1]
     assert "Traceback" not in err
+    # the 340x256 clip's mat is 102x102 pixels: said once, at start-up; the rack (170x128) is not upscaled
+    line = "camera 'gym': zone 'mat' is 102x102 pixels of a 340x256 frame, smaller than the model's 112x112 crop: it is upscaled"
+    assert err.count(line) == 1 and "zone 'rack'" not in err, err
 
 
 @pytest.mark.slow
@@ -258,9 +262,9 @@ def test_set_zones_on_a_running_app_changes_its_streams(demo_clip, tmp_path):
 
 
 @pytest.mark.slow
-def test_cluster_capture_actor_crops_the_zones_and_the_driver_batches_them(demo_clip):
+def test_cluster_capture_actor_crops_the_zones_and_the_driver_batches_them(demo_clip, tmp_path):
     ray = pytest.importorskip("ray")
-    from streamrec.cluster.runner import ClusterRunner
+    from streamrec.cluster.app import ClusterApp
 
     cams = [{"name": "gym", "source": str(demo_clip), "loop": True,
              "zones": [{"name": "rack", "x": 0, "y": 0, "w": 0.5, "h": 0.5}, {"name": "mat", "x": 0.5, "y": 0.5,
@@ -269,15 +273,24 @@ def test_cluster_capture_actor_crops_the_zones_and_the_driver_batches_them(demo_
     got: dict[str, list] = {}
     ray.init(num_cpus=2, logging_level="WARNING", include_dashboard=False)
     try:
-        runner = ClusterRunner(config, lambda items: [got.setdefault(key, []).append(m) for key, m in items])
+        lines = io.StringIO()  # every prediction as a JSON line
+        app = ClusterApp(config, db=str(tmp_path / "h.db"), dashboard=False, lines=lines)
+        runner = app.runner
         try:
             sizes = []
             for _ in range(400):
                 sizes.append(runner.step())
+                got.clear()
+                for m in map(json.loads, lines.getvalue().splitlines()):
+                    got.setdefault(stream_key(m["camera"], m["zone"]), []).append(m)
                 if all(len(got.get(k, [])) >= 2 for k in ("gym", "gym/rack", "gym/mat")):
                     break
+            health = app.camera_health("gym")
+            status = app.status_message("gym")
+            rows = {n: sorted(s, key=str) for n, _, s in app.metric_rows()}
+            tracked = sorted(app.trackers)
         finally:
-            runner.close()
+            app.close()
     finally:
         ray.shutdown()
     assert set(got) == {"gym", "gym/rack", "gym/mat"}
@@ -288,3 +301,7 @@ def test_cluster_capture_actor_crops_the_zones_and_the_driver_batches_them(demo_
         assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))  # counted per stream
         assert runner.labels[key].seq == len(msgs)
     assert max(sizes) == 3  # one actor call gave the three streams' windows, classified in one batch
+    assert health["whole_frame"] is True and sorted(health["zones"]) == ["mat", "rack"]
+    assert health["zones"]["mat"]["predictions"] == runner.labels["gym/mat"].seq
+    assert [z["name"] for z in status["zones"]] == ["rack", "mat"] and status["whole_frame"] is True
+    assert rows == {"gym": [None, "mat", "rack"]} and tracked == ["gym", "gym/mat", "gym/rack"]
