@@ -147,7 +147,7 @@ def label_messages(items: list[Labelled], probs: np.ndarray, classes: Sequence[s
     for item in (it for it, ok in zip(items, finite) if not ok):
         item.stats.nonfinite += 1
         item.stats.last_nonfinite = clock()
-        if item.stats.nonfinite == 1:  # once per camera: /healthz and the page keep saying it
+        if item.stats.nonfinite == 1:  # once per stream: /healthz and the page keep saying it
             logger.warning("camera %s: the model gave non-finite scores (NaN or infinity); such windows are skipped",
                            stream_key(item.name, item.zone))
     if not finite.all():
