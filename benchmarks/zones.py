@@ -23,7 +23,7 @@ model whose labels mean something, not a measure of accuracy on those actions).
 - events: with four zones, a rule scoped to the first zone (every label, ``min_seconds = 0``) and
   MQTT with Home Assistant discovery: the events opened per zone, and the discovery sensors.
 
-Prints a Markdown summary and writes ``zones.md`` and ``zones.json`` to ``--out-dir``.
+Prints a Markdown summary and writes ``zones.md`` and ``zones.json`` (``--name``) to ``--out-dir``.
 """
 
 from __future__ import annotations
@@ -518,7 +518,8 @@ def run(args) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", default=str(CLIPS), help="the real clips' folder (default ../shared/clips)")
-    ap.add_argument("--out-dir", default=None, help="write zones.md and zones.json here (default: print only)")
+    ap.add_argument("--out-dir", default=None, help="write NAME.md and NAME.json here (default: print only)")
+    ap.add_argument("--name", default="zones", help="the output files' name, without suffix")
     ap.add_argument("--size", default="1920x1080", help="the mosaic's size")
     ap.add_argument("--seconds", type=float, default=60.0, help="seconds measured per run")
     ap.add_argument("--warmup", type=float, default=20.0, help="seconds before measuring")
@@ -536,8 +537,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "zones.md").write_text(text)
-        (out / "zones.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / f"{args.name}.md").write_text(text)
+        (out / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
