@@ -21,7 +21,7 @@ from streamrec.errors import StreamrecError
 from streamrec.redact import mask_credentials
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig, check_rules
 from streamrec.validate import check_allowed_hosts, check_types, unknown_keys
-from streamrec.zones import ZoneConfig, parse_zones
+from streamrec.zones import ZoneConfig, parse_zones, stream_key
 
 # a camera's name travels in a one-byte length field (the preview frames' header): its UTF-8 bytes count
 CAMERA_NAME_MAX_CHARS, CAMERA_NAME_MAX_BYTES = 64, 255
@@ -163,7 +163,7 @@ class ServeConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise StreamrecError(f"[[cameras]]: camera names must be unique, got {dupes} more than once")
-        check_rules(self.rules, self.notify, names)
+        check_rules(self.rules, self.notify, names, [stream_key(c.name, z) for c in self.all_cameras() for z in c.streams()])
         if self.batch_wait_ms < 0:
             raise StreamrecError(f"batch_wait_ms: expected >= 0, got {self.batch_wait_ms}")
         if not 0 <= self.port <= 65535:

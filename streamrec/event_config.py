@@ -26,9 +26,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from streamrec.errors import StreamrecError
-from streamrec.notify_checks import check_topic, check_user, ha_object_id, url_parts
+from streamrec.notify_checks import check_topic, check_user, ha_stream_id, url_parts
 from streamrec.redact import control_characters, mask_credentials
 from streamrec.validate import check_types, unknown_keys
+from streamrec.zones import check_name, split_key
 
 CHANNELS = ("webhook", "mqtt")
 MAX_PACKET_RING_MB = 1024  # [recording] packet_ring_mb: each camera's ring of packets, in memory
@@ -70,7 +71,9 @@ class RuleConfig:
     """When an activity becomes an event: one of ``labels`` (or a label of ``groups``) on one of
     ``cameras`` (empty: every camera) with a smoothed score of at least ``min_score``, held for
     ``min_seconds``; it ends when gone for ``end_seconds``; then no new event of this rule on this
-    camera for ``cooldown_seconds``. ``notify`` names the channels told of its start and end."""
+    camera for ``cooldown_seconds``. ``notify`` names the channels told of its start and end.
+    ``zones``: the rule watches those zones' labels (of each camera that has them), each zone on
+    its own; without, it watches the cameras' whole frames only."""
 
     name: str
     labels: tuple[str, ...] = ()
@@ -81,6 +84,7 @@ class RuleConfig:
     end_seconds: float = 3.0
     cooldown_seconds: float = 30.0
     notify: tuple[str, ...] = ()
+    zones: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"[[rules]] {self.name!r}: "
@@ -100,6 +104,8 @@ class RuleConfig:
         bad = [c for c in self.notify if c not in CHANNELS]
         if bad:
             raise StreamrecError(f"{where}notify: expected some of {', '.join(CHANNELS)}, got {bad[0]!r}")
+        for zone in self.zones:
+            check_name(zone, f"{where}zones")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RuleConfig":
@@ -107,7 +113,7 @@ class RuleConfig:
         if not isinstance(d.get("name"), str):
             raise StreamrecError(f"[[rules]] name: expected a name, got {d.get('name')!r}")
         d = floats(d, ("min_score", "min_seconds", "end_seconds", "cooldown_seconds"))
-        for key in ("labels", "groups", "cameras", "notify"):
+        for key in ("labels", "groups", "cameras", "notify", "zones"):
             if key in d:
                 d = {**d, key: text_tuple(d[key], f"[[rules]] {d['name']!r}: {key}")}
         return cls(**d)
@@ -179,12 +185,12 @@ class MqttConfig:
         check_topic(self.discovery_prefix.strip("/") + "/sensor/streamrec_/activity/config",
                     "[notify.mqtt] discovery_prefix")
 
-    def topics(self, camera: str) -> list[str]:
-        """The topics published for ``camera``: its activity, and its Home Assistant discovery
-        config (with ``homeassistant_discovery``)."""
-        out = [f"{self.topic_prefix.strip('/')}/{camera}/activity"]
+    def topics(self, key: str) -> list[str]:
+        """The topics published for a labelled stream (``camera`` or ``camera/zone``): its activity,
+        and its Home Assistant discovery config (with ``homeassistant_discovery``)."""
+        out = [f"{self.topic_prefix.strip('/')}/{key}/activity"]
         if self.homeassistant_discovery:
-            out.append(f"{self.discovery_prefix.strip('/')}/sensor/streamrec_{ha_object_id(camera)}/activity/config")
+            out.append(f"{self.discovery_prefix.strip('/')}/sensor/streamrec_{ha_stream_id(key)}/activity/config")
         return out
 
     @property
@@ -270,25 +276,32 @@ class NotifyConfig:
                    mqtt=MqttConfig.from_dict(d["mqtt"]) if "mqtt" in d else None, **extra)
 
 
-def check_mqtt_cameras(mqtt: MqttConfig | None, cameras: list[str]) -> None:
-    """The cameras' MQTT topics are valid, and no two cameras share a Home Assistant id."""
+def check_mqtt_cameras(mqtt: MqttConfig | None, streams: list[str]) -> None:
+    """The labelled streams' MQTT topics are valid (``camera`` or ``camera/zone``), and no two
+    streams share a Home Assistant id."""
     if mqtt is None:
         return
     owner: dict[str, str] = {}
-    for cam in cameras:
-        for topic in mqtt.topics(cam):
-            check_topic(topic, f"camera {cam!r}: its MQTT topic")
-        oid = ha_object_id(cam)
+    for key in streams:
+        camera, zone = split_key(key)
+        what = f"camera {camera!r}" if zone is None else f"zone {zone!r} of camera {camera!r}"
+        for topic in mqtt.topics(key):
+            check_topic(topic, f"{what}: its MQTT topic")
+        oid = ha_stream_id(key)
         if mqtt.homeassistant_discovery and oid in owner:
-            raise StreamrecError(f"[notify.mqtt] homeassistant_discovery: cameras {owner[oid]!r} and {cam!r} would "
+            kinds = "cameras" if "/" not in owner[oid] + key else "streams"
+            raise StreamrecError(f"[notify.mqtt] homeassistant_discovery: {kinds} {owner[oid]!r} and {key!r} would "
                                  f"share the Home Assistant id 'streamrec_{oid}'; expected distinct ids, rename one")
-        owner[oid] = cam
+        owner[oid] = key
 
 
-def check_rules(rules: tuple[RuleConfig, ...], notify: NotifyConfig, cameras: list[str]) -> None:
-    """Rules that cannot work with the rest of the config: a duplicate name, an unknown camera,
-    a channel that is not configured."""
-    check_mqtt_cameras(notify.mqtt, cameras)
+def check_rules(rules: tuple[RuleConfig, ...], notify: NotifyConfig, cameras: list[str],
+                streams: list[str] | None = None) -> None:
+    """Rules that cannot work with the rest of the config: a duplicate name, an unknown camera or
+    zone, a channel that is not configured. ``streams``: the labelled streams' keys (``camera``
+    or ``camera/zone``; default: the ``cameras``' whole frames)."""
+    streams = list(cameras) if streams is None else streams
+    check_mqtt_cameras(notify.mqtt, streams)
     names = [r.name for r in rules]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -298,6 +311,17 @@ def check_rules(rules: tuple[RuleConfig, ...], notify: NotifyConfig, cameras: li
             if cam not in cameras:
                 raise StreamrecError(f"[[rules]] {rule.name!r}: cameras: no camera {cam!r}; expected one of "
                                      f"{', '.join(cameras)}")
+        check_rule_zones(rule, streams)
         for channel in rule.notify:
             if getattr(notify, channel) is None:
                 raise StreamrecError(f"[[rules]] {rule.name!r}: notify: {channel} needs a [notify.{channel}] table")
+
+
+def check_rule_zones(rule: RuleConfig, streams: list[str]) -> None:
+    """Each of ``rule``'s zones is a zone of one of its cameras (of any camera, without ``cameras``)."""
+    have = sorted({z for c, z in map(split_key, streams) if z is not None and (not rule.cameras or c in rule.cameras)})
+    for zone in rule.zones:
+        if zone not in have:
+            of = f"cameras {', '.join(rule.cameras)}" if rule.cameras else "any camera"
+            expected = f"expected one of {', '.join(have)}" if have else "expected [[cameras.zones]] with that name"
+            raise StreamrecError(f"[[rules]] {rule.name!r}: zones: no zone {zone!r} on {of}; {expected}")

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from streamrec.errors import StreamrecError
 from streamrec.redact import mask_credentials
+from streamrec.zones import split_key
 
 MQTT_TOPIC_MAX_BYTES = 65535  # an MQTT string: a two-byte length, then UTF-8
 
@@ -132,3 +133,15 @@ def ha_object_id(camera: str) -> str:
     if slug == camera:
         return slug
     return f"{slug}_{hashlib.sha256(camera.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def ha_stream_id(key: str) -> str:
+    """The Home Assistant id of a labelled stream (``camera`` or ``camera/zone``): the camera's
+    :func:`ha_object_id`, then ``__`` and the zone's for a zone.
+
+    Example:
+        >>> ha_stream_id("gym"), ha_stream_id("gym/rack"), ha_stream_id("rack.1/bench")
+        ('gym', 'gym__rack', 'rack_1_83925fd7__bench')
+    """
+    camera, zone = split_key(key)
+    return ha_object_id(camera) if zone is None else f"{ha_object_id(camera)}__{ha_object_id(zone)}"

@@ -17,7 +17,7 @@ EXAMPLES = """examples:
   streamrec events --camera rack-1 --since -1d --format csv
   streamrec events 1764770000-1a2b3c4d --out lift.mp4 --config gym.toml   copy an event's clip out
 """
-COLUMNS = ("id", "rule", "camera", "label", "start_ts", "end_ts", "peak_score", "mean_score", "state", "clip")
+COLUMNS = ("id", "rule", "camera", "zone", "label", "start_ts", "end_ts", "peak_score", "mean_score", "state", "clip")
 
 
 def add_events_parser(sub, formatter) -> None:
@@ -27,6 +27,7 @@ def add_events_parser(sub, formatter) -> None:
     p.add_argument("--db", default=None, help="SQLite file or postgresql:// URL (default: the --config's db, else "
                    "serve's history database)")
     p.add_argument("--camera", default=None, help="only this camera's events (default: every camera)")
+    p.add_argument("--zone", default=None, help="only this zone's events; '' for whole frames only (default: all)")
     p.add_argument("--rule", default=None, help="only this rule's events (default: every rule)")
     p.add_argument("--since", default=None, help="Unix seconds, ISO time, or -10m / -2h / -1d (default: no bound)")
     p.add_argument("--until", default=None, help="as --since (default: no bound)")
@@ -84,7 +85,8 @@ def cmd_events(args) -> int:
     try:
         if args.id:
             return copy_clip(store, args)
-        rows = store.query(camera=args.camera, rule=args.rule, since=since, until=until, limit=args.limit)
+        rows = store.query(camera=args.camera, rule=args.rule, since=since, until=until, limit=args.limit,
+                           zone=args.zone)
     finally:
         store.close()
     print_events(rows, args.format)
@@ -127,8 +129,8 @@ def print_events(rows: list[dict], form: str) -> None:
     rows = [{k: r.get(k) for k in COLUMNS} for r in rows]
     if not write_rows(rows, COLUMNS, form):
         fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t is not None else "(open)"  # noqa: E731
-        print(f"{'id':<20} {'camera':<12} {'rule':<12} {'start':<19}  {'secs':>6}  {'peak':>5}  label")
+        print(f"{'id':<20} {'camera':<12} {'zone':<10} {'rule':<12} {'start':<19}  {'secs':>6}  {'peak':>5}  label")
         for r in rows:
             secs = f"{r['end_ts'] - r['start_ts']:>6.1f}" if r["end_ts"] is not None else "     -"
-            print(f"{r['id']:<20} {printable(r['camera']):<12} {printable(r['rule']):<12} {fmt(r['start_ts'])}  {secs}  "
+            print(f"{r['id']:<20} {printable(r['camera']):<12} {printable(r['zone'] or '-'):<10} {printable(r['rule']):<12} {fmt(r['start_ts'])}  {secs}  "
                   f"{r['peak_score']:>5.2f}  {printable(r['label'])}")

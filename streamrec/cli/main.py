@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "serve's default)")
     h.add_argument("--config", default=None, help="the serve config whose db to read (default: none)")
     h.add_argument("--camera", default=None, help="only this camera's segments (default: every camera)")
+    h.add_argument("--zone", default=None, help="only this zone's segments; '' for whole frames only (default: all)")
     h.add_argument("--since", default=None, help="Unix seconds, ISO time, or -10m / -2h / -1d (default: the oldest)")
     h.add_argument("--until", default=None, help="like --since (default: now)")
     h.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
@@ -295,7 +296,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 0
     store = HistoryStore(target)
     try:  # every matching segment (or the newest --limit), streamed: nothing cut off unsaid
-        with closing(store.rows(camera=args.camera, since=since, until=until, limit=args.limit)) as rows:
+        with closing(store.rows(camera=args.camera, since=since, until=until, limit=args.limit,
+                                zone=args.zone)) as rows:
             _print_history(rows, args.format)
     finally:
         store.close()
@@ -310,10 +312,10 @@ def _print_history(rows: Iterable[dict[str, Any]], form: str) -> None:
 
     if not write_rows(rows, COLUMNS, form):
         fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
-        print(f"{'camera':<16} {'start':<19}  {'end':<19}  {'secs':>6}  {'mean':>5}  {'peak':>5}  label")
+        print(f"{'camera':<16} {'zone':<12} {'start':<19}  {'end':<19}  {'secs':>6}  {'mean':>5}  {'peak':>5}  label")
         for r in rows:
-            print(f"{printable(r['camera']):<16} {fmt(r['start'])}  {fmt(r['end'])}  {r['end'] - r['start']:>6.1f}  "
-                  f"{r['mean_score']:>5.2f}  {r['peak_score']:>5.2f}  {printable(r['label'])}")
+            print(f"{printable(r['camera']):<16} {printable(r['zone'] or '-'):<12} {fmt(r['start'])}  {fmt(r['end'])}  "
+                  f"{r['end'] - r['start']:>6.1f}  {r['mean_score']:>5.2f}  {r['peak_score']:>5.2f}  {printable(r['label'])}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Rules over a camera's smoothed labels: when an activity holds long enough it opens an event,
 when it has been gone long enough the event closes.
 
-Each (rule, camera) pair is a small state machine fed with every prediction's smoothed label,
+Each (rule, camera, zone) is a small state machine fed with every prediction's smoothed label,
 score and window end time (:meth:`RuleEngine.update`): the label must be one of the rule's (or of
 its groups) with at least ``min_score`` for ``min_seconds`` to open an event (its start is when
 the label began; uncertain labels for less than ``end_seconds`` do not interrupt it); while open, each matching label extends it and counts towards its peak and mean
@@ -10,6 +10,9 @@ pass before the rule opens another event on that camera (an activity that began 
 and still holds when it is over opens one then, dated from the activity's own first label). An
 event deleted while open (:meth:`RuleEngine.discard`) is followed silently to the end of its
 activity: it never closes, and only an activity that starts anew opens the next one.
+
+A rule with ``zones`` watches only those zones' labels (of each camera that has them), each zone
+on its own (its own cooldown, its own open event); a rule without watches whole frames only.
 
 Example:
     >>> from streamrec.event_config import RuleConfig
@@ -45,7 +48,7 @@ class Change:
 
 @dataclass
 class Track:
-    """One rule on one camera."""
+    """One rule on one camera's whole frame, or on one zone of it."""
 
     since: float | None = None  # when the current run of matching labels began
     label: str | None = None
@@ -114,21 +117,23 @@ class RuleEngine:
         self.new_id = new_id
         self.tracks: dict[tuple[str, str], Track] = {}
 
-    def update(self, camera: str, label: str, score: float, ts: float, *, uncertain: bool = False) -> list[Change]:
-        """One smoothed label of ``camera`` at ``ts`` (the window's end); the events it opens or closes."""
+    def update(self, camera: str, label: str, score: float, ts: float, *, uncertain: bool = False,
+               zone: str | None = None) -> list[Change]:
+        """One smoothed label of ``camera`` (of its ``zone``; ``None``: the whole frame) at ``ts``
+        (the window's end); the events it opens or closes."""
         out = []
         for rule in self.rules:
-            if rule.cameras and camera not in rule.cameras:
+            if (rule.cameras and camera not in rule.cameras) or (zone not in rule.zones if rule.zones else zone):
                 continue
             matched = not uncertain and label in self.labels_of[rule.name] and score >= rule.min_score
-            change = self.step(rule, self.tracks.setdefault((rule.name, camera), Track()), camera, label, score,
-                               ts, matched, uncertain=uncertain)
+            change = self.step(rule, self.tracks.setdefault((rule.name, camera, zone), Track()), camera, label,
+                               score, ts, matched, uncertain=uncertain, zone=zone)
             if change is not None:
                 out.append(change)
         return out
 
     def step(self, rule: RuleConfig, tr: Track, camera: str, label: str, score: float, ts: float,
-             matched: bool, *, uncertain: bool = False) -> Change | None:
+             matched: bool, *, uncertain: bool = False, zone: str | None = None) -> Change | None:
         if tr.open is not None:
             ev = tr.open
             if matched:
@@ -156,7 +161,7 @@ class RuleEngine:
         if ts - tr.since < rule.min_seconds or ts < tr.cooldown_until:
             return None
         ev = Event("", rule.name, camera, tr.label or label, start_ts=tr.since, peak_score=max(tr.scores),
-                   mean_score=sum(tr.scores) / len(tr.scores), peak_ts=ts)
+                   mean_score=sum(tr.scores) / len(tr.scores), peak_ts=ts, zone=zone)
         ev.id = self.new_id(ev)
         tr.open = ev
         return Change("start", ev, rule)
@@ -174,7 +179,7 @@ class RuleEngine:
     def close_all(self) -> list[Change]:
         """Close every open event at its last matching label (a clean shutdown)."""
         out = []
-        for (name, _), tr in self.tracks.items():
+        for (name, _, _), tr in self.tracks.items():
             if tr.open is not None and tr.deleted:
                 tr.open, tr.deleted = None, False
             elif tr.open is not None:
@@ -185,7 +190,7 @@ class RuleEngine:
         return out
 
     def forget(self, camera: str) -> list[Change]:
-        """A camera removed: its open events close."""
+        """A camera removed: its open events close, those of its zones too."""
         out = []
         for key in [k for k in self.tracks if k[1] == camera]:
             tr = self.tracks.pop(key)

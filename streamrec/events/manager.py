@@ -31,6 +31,7 @@ from streamrec.events.store import DatabaseUnavailable, EventStore
 from streamrec.models import kinetics
 from streamrec.retry import Backoff
 from streamrec.supervision import Supervisor
+from streamrec.zones import split_key, stream_key
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +94,13 @@ class EventManager:
             self.close()
             raise
 
-    def start(self, cameras: Sequence[str]) -> None:
-        """Start the ``events`` thread (and the notifier's)."""
+    def start(self, streams: Sequence[str]) -> None:
+        """Start the ``events`` thread (and the notifier's); ``streams``: the labelled streams'
+        keys (``camera`` or ``camera/zone``), each announced to Home Assistant."""
         self.inbox.start()
         if self.notifier is not None:
             self.notifier.start()
-            self.notifier.discover(list(cameras))
+            self.notifier.discover(list(streams))
 
     def packet_ring(self, camera: str):
         """The camera's ring of compressed packets for clips (``None`` when nothing records, or
@@ -107,20 +109,21 @@ class EventManager:
             return None
         return self.recorder.ring(camera)
 
-    def observe(self, camera: str, msg: dict[str, Any]) -> None:
-        """One delivered prediction of ``camera``: queued for the ``events`` thread (never waits)."""
+    def observe(self, key: str, msg: dict[str, Any]) -> None:
+        """One delivered prediction of the stream ``key`` (its camera ``msg["camera"]``, its zone
+        ``msg.get("zone")``, ``None`` for the whole frame): queued for the ``events`` thread (never waits)."""
         if self.notifier is not None:
-            self.notifier.activity(camera, msg["label"], msg["score"], msg["window"]["end_ts"], msg["uncertain"],
-                                   bool(msg.get("meaningless")))
+            self.notifier.activity(msg.get("camera") or split_key(key)[0], msg["label"], msg["score"], msg["window"]["end_ts"], msg["uncertain"],
+                                   bool(msg.get("meaningless")), zone=msg.get("zone"))
         if self._finished:  # the stop closed the events: a straggler's label opens none
             return
-        if not self.inbox.put_label(("label", camera, msg)) and self.inbox.dropped == 1:
+        if not self.inbox.put_label(("label", key, msg)) and self.inbox.dropped == 1:
             logger.error("events: %d labels wait for the events thread (the database does not answer?); "
                          "newer labels are dropped and counted", self.inbox.limit)
 
     def forget(self, camera: str) -> threading.Event:
-        """``camera`` is gone: its open events close, after its labels queued before; the
-        returned event is set once they did."""
+        """``camera`` is gone: its open events close (those of its zones too), after its labels
+        queued before; the returned event is set once they did."""
         return self.inbox.put(("forget", camera, None))
 
     def _handle(self, item: tuple[str, str, Any]) -> None:
@@ -129,8 +132,8 @@ class EventManager:
         if kind == "label":
             if self.clock() >= self.next_prune:
                 self.prune()
-            changes = self.engine.update(key, value["label"], value["score"], value["window"]["end_ts"],
-                                         uncertain=value["uncertain"])
+            changes = self.engine.update(value.get("camera") or split_key(key)[0], value["label"], value["score"], value["window"]["end_ts"],
+                                         uncertain=value["uncertain"], zone=value.get("zone"))
         elif kind == "forget":
             changes = self.engine.forget(key)
         elif kind == "clip":
@@ -191,7 +194,8 @@ class EventManager:
                                                                    clip_codec=codec))
             if self.recorder is not None:
                 self.recorder.peak(ev.id, ev.camera)
-            logger.info("event %s: %s on %s (%s, %.2f)", ev.id, rule.name, ev.camera, ev.label, ev.peak_score)
+            logger.info("event %s: %s on %s (%s, %.2f)", ev.id, rule.name, stream_key(ev.camera, ev.zone), ev.label,
+                        ev.peak_score)
         else:
             now = self.clock()
             self.write(f"event {ev.id}", lambda: self.store.closed(ev, notify=rule.notify, now=now))

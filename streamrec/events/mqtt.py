@@ -5,16 +5,18 @@ Topics under ``PREFIX`` (``[notify.mqtt] topic_prefix``, ``streamrec`` by defaul
 
 * ``PREFIX/availability``: ``online`` (retained) on every connect; ``offline`` (retained) as the
   broker's last will and on a clean close.
-* ``PREFIX/<camera>/activity``: the camera's smoothed label as JSON (``{"camera", "label", "score",
-  "ts", "uncertain"}``), retained, at most once a second per camera; updates in between are
+* ``PREFIX/<camera>/activity`` (a zone's: ``PREFIX/<camera>/<zone>/activity``): the stream's smoothed
+  label as JSON (``{"camera", "zone", "label", "score", "ts", "uncertain"}``, ``zone`` ``null`` for the
+  whole frame), retained, at most once a second per stream; updates in between are
   dropped but the newest, which follows when its second is up. State, not events: it bypasses
   the outbox, is published only while connected, and the newest is published again on reconnect.
 * ``PREFIX/events``: the outbox's ``event_start``/``event_end`` payloads, QoS 1; delivered when the
   broker acknowledges. At least once: a publish that was not acknowledged in time is resent by
   paho on reconnect and waited for on the next try, not published twice by this side; only a
   publish the connection dropped in between may reach a subscriber twice.
-* ``<discovery_prefix>/sensor/streamrec_<camera>/activity/config`` with ``homeassistant_discovery``:
-  a retained sensor config per camera (:func:`discovery_config`), sent again on every connect.
+* ``<discovery_prefix>/sensor/streamrec_<id>/activity/config`` with ``homeassistant_discovery``:
+  a retained sensor config per labelled stream (:func:`discovery_config`; a zone's id is
+  ``<camera>__<zone>``, its sensor on its camera's device), sent again on every connect.
 
 The connection runs in paho's own thread (``loop_start``) and reconnects by itself; a broker that
 is down only delays events (the outbox retries them) and never blocks nor raises into a caller.
@@ -43,14 +45,15 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as paho
 
 from streamrec.event_config import MqttConfig, tls_context
-from streamrec.notify_checks import ha_object_id
+from streamrec.notify_checks import ha_object_id, ha_stream_id
 from streamrec.events.store import Notification
 from streamrec.live.sources import mask_credentials
 from streamrec.redact import mask_quoted, printable
+from streamrec.zones import split_key, stream_key
 
 logger = logging.getLogger(__name__)
 
-ACTIVITY_INTERVAL_S = 1.0  # at most one activity message a second per camera
+ACTIVITY_INTERVAL_S = 1.0  # at most one activity message a second per labelled stream
 
 
 def object_id(camera: str) -> str:
@@ -58,23 +61,25 @@ def object_id(camera: str) -> str:
     return ha_object_id(camera)
 
 
-def discovery_config(prefix: str, camera: str) -> dict[str, Any]:
-    """Home Assistant's MQTT discovery config of ``camera``'s activity sensor."""
-    state = f"{prefix}/{camera}/activity"
-    return {"name": "Activity", "state_topic": state, "value_template": "{{ value_json.label }}",
+def discovery_config(prefix: str, key: str) -> dict[str, Any]:
+    """Home Assistant's MQTT discovery config of a labelled stream's activity sensor (``key``:
+    ``camera``, or ``camera/zone``: a sensor named "<zone> activity" on the camera's device)."""
+    camera, zone = split_key(key)
+    state = f"{prefix}/{key}/activity"
+    return {"name": "Activity" if zone is None else f"{zone} activity", "state_topic": state, "value_template": "{{ value_json.label }}",
             "json_attributes_topic": state, "availability_topic": f"{prefix}/availability",
             "payload_available": "online", "payload_not_available": "offline", "icon": "mdi:run",
-            "unique_id": f"streamrec_{object_id(camera)}_activity",
+            "unique_id": f"streamrec_{ha_stream_id(key)}_activity",
             "device": {"identifiers": [f"streamrec_{object_id(camera)}"], "name": f"streamrec {camera}",
                        "manufacturer": "streamrec"}}
 
 
 def activity_payload(camera: str, label: str, score: float, ts: float, uncertain: bool,
-                     random_weights: bool = False) -> str:
+                     random_weights: bool = False, zone: str | None = None) -> str:
     """The activity state JSON; ``"random_weights": true`` when the model has random weights
     (``--weights none``), whose labels are meaningless."""
     score_out = round(float(score), 4) if math.isfinite(score) else None
-    payload = {"camera": camera, "label": label, "score": score_out, "ts": ts if math.isfinite(ts) else None,
+    payload = {"camera": camera, "zone": zone, "label": label, "score": score_out, "ts": ts if math.isfinite(ts) else None,
                "uncertain": bool(uncertain)}
     if random_weights:
         payload["random_weights"] = True
@@ -112,10 +117,10 @@ class MqttPublisher:
         self.connected = False
         self.last_error: str | None = None
         self._lock = threading.Lock()
-        self._cameras: list[str] = []
-        self._state: dict[str, str] = {}  # camera -> its newest activity payload
-        self._unsent: dict[str, float] = {}  # camera -> monotonic time its newest payload is due
-        self._sent_at: dict[str, float] = {}  # camera -> monotonic time of its last activity message
+        self._cameras: list[str] = []  # the announced streams' keys (camera or camera/zone)
+        self._state: dict[str, str] = {}  # stream key -> its newest activity payload
+        self._unsent: dict[str, float] = {}  # stream key -> monotonic time its newest payload is due
+        self._sent_at: dict[str, float] = {}  # stream key -> monotonic time of its last activity message
         self._inflight: dict[int, tuple[paho.MQTTMessageInfo, float]] = {}  # note id -> (publish, created)
         self._client: paho.Client | None = None
         self._closed = False
@@ -128,8 +133,9 @@ class MqttPublisher:
     def events_topic(self) -> str:
         return f"{self.prefix}/events"
 
-    def activity_topic(self, camera: str) -> str:
-        return f"{self.prefix}/{camera}/activity"
+    def activity_topic(self, key: str) -> str:
+        """``key``: ``camera`` or ``camera/zone``."""
+        return f"{self.prefix}/{key}/activity"
 
     # -- the connection ---------------------------------------------------------------
     def make_client(self) -> Client:
@@ -264,24 +270,25 @@ class MqttPublisher:
 
     # -- activity and discovery ---------------------------------------------------------
     def activity(self, camera: str, label: str, score: float, ts: float, uncertain: bool = False,
-                 random_weights: bool = False) -> float | None:
-        """Note ``camera``'s current label; published now when connected and its last message is a
-        second old, else held (replacing any held one). When this starts a held one: the seconds
-        until it is due (for :meth:`flush_activity`); else ``None``."""
-        payload = activity_payload(camera, label, score, ts, uncertain, random_weights)
+                 random_weights: bool = False, zone: str | None = None) -> float | None:
+        """Note ``camera``'s (its ``zone``'s) current label; published now when connected and the
+        stream's last message is a second old, else held (replacing any held one). When this
+        starts a held one: the seconds until it is due (for :meth:`flush_activity`); else ``None``."""
+        payload = activity_payload(camera, label, score, ts, uncertain, random_weights, zone)
+        key = stream_key(camera, zone)
         now = time.monotonic()
         with self._lock:
-            self._state[camera] = payload
-            due = self._sent_at.get(camera, -math.inf) + ACTIVITY_INTERVAL_S
+            self._state[key] = payload
+            due = self._sent_at.get(key, -math.inf) + ACTIVITY_INTERVAL_S
             client = self._client if self.connected and now >= due else None
-            first_held = camera not in self._unsent
+            first_held = key not in self._unsent
             if client is not None:
-                self._sent_at[camera] = now
-                self._unsent.pop(camera, None)
+                self._sent_at[key] = now
+                self._unsent.pop(key, None)
             else:
-                self._unsent[camera] = due
+                self._unsent[key] = due
         if client is not None:
-            client.publish(self.activity_topic(camera), payload, qos=0, retain=True)
+            client.publish(self.activity_topic(key), payload, qos=0, retain=True)
             return None
         return max(0.0, due - now) if first_held else None
 
@@ -303,16 +310,17 @@ class MqttPublisher:
             client.publish(self.activity_topic(camera), payload, qos=0, retain=True)
         return None if later is None else max(0.0, later - now)
 
-    def discover(self, cameras: list[str]) -> None:
-        """Announce ``cameras`` to Home Assistant now (when connected) and on every reconnect."""
+    def discover(self, streams: list[str]) -> None:
+        """Announce ``streams`` (``camera`` or ``camera/zone``) to Home Assistant now (when
+        connected) and on every reconnect."""
         with self._lock:
-            taken = {object_id(c): c for c in self._cameras}
+            taken = {ha_stream_id(c): c for c in self._cameras}
             new = []
-            for cam in cameras:
-                other = taken.setdefault(object_id(cam), cam)
+            for cam in streams:
+                other = taken.setdefault(ha_stream_id(cam), cam)
                 if other != cam:
-                    logger.warning("MQTT: camera %r is not announced to Home Assistant: camera %r has its id "
-                                   "'streamrec_%s'", cam, other, object_id(cam))
+                    logger.warning("MQTT: %r is not announced to Home Assistant: %r has its id "
+                                   "'streamrec_%s'", cam, other, ha_stream_id(cam))
                 elif cam not in self._cameras:
                     self._cameras.append(cam)
                     new.append(cam)
@@ -324,12 +332,12 @@ class MqttPublisher:
         if not self.config.homeassistant_discovery:
             return
         base = self.config.discovery_prefix.strip("/")
-        for camera in cameras:
-            topic = f"{base}/sensor/streamrec_{object_id(camera)}/activity/config"
+        for key in cameras:
+            topic = f"{base}/sensor/streamrec_{ha_stream_id(key)}/activity/config"
             try:
-                client.publish(topic, json.dumps(discovery_config(self.prefix, camera)), qos=1, retain=True)
-            except ValueError as exc:  # a topic MQTT refuses: this camera only, never paho's thread
-                logger.warning("MQTT: camera %r is not announced to Home Assistant: %s", camera, exc)
+                client.publish(topic, json.dumps(discovery_config(self.prefix, key)), qos=1, retain=True)
+            except ValueError as exc:  # a topic MQTT refuses: this stream only, never paho's thread
+                logger.warning("MQTT: %r is not announced to Home Assistant: %s", key, exc)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

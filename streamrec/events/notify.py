@@ -205,12 +205,13 @@ class Notifier:
 
     # -- MQTT state ---------------------------------------------------------------------
     def activity(self, camera: str, label: str, score: float, ts: float, uncertain: bool = False,
-                 random_weights: bool = False) -> None:
-        """``camera``'s current smoothed label, for MQTT (at most once a second); never blocks long."""
+                 random_weights: bool = False, zone: str | None = None) -> None:
+        """``camera``'s (its ``zone``'s) current smoothed label, for MQTT (at most once a second per
+        stream); never blocks long."""
         if self.mqtt is None:
             return
         try:
-            held = self.mqtt.activity(camera, label, score, ts, uncertain, random_weights)
+            held = self.mqtt.activity(camera, label, score, ts, uncertain, random_weights, zone=zone)
         except Exception as exc:  # noqa: BLE001 - the live path must not fail for a notification
             logger.debug("MQTT activity of %s not published: %s", camera, describe(exc))
             return
@@ -218,10 +219,10 @@ class Notifier:
             with self._cond:
                 self._cond.notify_all()  # the MQTT thread waits at most until it is due
 
-    def discover(self, cameras: list[str]) -> None:
-        """Announce ``cameras`` to Home Assistant (with ``homeassistant_discovery``)."""
+    def discover(self, streams: list[str]) -> None:
+        """Announce ``streams`` (``camera`` or ``camera/zone``) to Home Assistant (with ``homeassistant_discovery``)."""
         if self.mqtt is not None:
-            self.mqtt.discover(cameras)
+            self.mqtt.discover(streams)
 
     # -- the rest -----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

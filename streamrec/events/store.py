@@ -39,7 +39,8 @@ SCHEMA = (
         id TEXT PRIMARY KEY, rule TEXT NOT NULL, camera TEXT NOT NULL, label TEXT NOT NULL,
         start_ts DOUBLE PRECISION NOT NULL, end_ts DOUBLE PRECISION, last_ts DOUBLE PRECISION NOT NULL,
         peak_score DOUBLE PRECISION NOT NULL, mean_score DOUBLE PRECISION NOT NULL,
-        clip TEXT, thumbnail TEXT, clip_bytes BIGINT NOT NULL DEFAULT 0, state TEXT NOT NULL, clip_codec TEXT)""",
+        clip TEXT, thumbnail TEXT, clip_bytes BIGINT NOT NULL DEFAULT 0, state TEXT NOT NULL, clip_codec TEXT,
+        zone TEXT)""",
     "CREATE INDEX IF NOT EXISTS events_start ON events (start_ts)",
     """CREATE TABLE IF NOT EXISTS outbox (
         id {serial} PRIMARY KEY, event_id TEXT NOT NULL, kind TEXT NOT NULL, channel TEXT NOT NULL,
@@ -55,12 +56,14 @@ PG_TIMEOUTS = {"options": "-c statement_timeout=10000", "keepalives": 1, "keepal
                "keepalives_interval": 5, "keepalives_count": 3}
 SQLITE_NOT_NOW = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 EVENT_COLUMNS = ("id", "rule", "camera", "label", "start_ts", "end_ts", "last_ts", "peak_score", "mean_score",
-                 "clip", "thumbnail", "clip_bytes", "state", "clip_codec")
+                 "clip", "thumbnail", "clip_bytes", "state", "clip_codec", "zone")
+ADDED_COLUMNS = ("clip_codec", "zone")  # columns of events a database made before them lacks
 
 
 @dataclass
 class Event:
-    """One event. ``end_ts`` is ``None`` while it is open."""
+    """One event. ``end_ts`` is ``None`` while it is open; ``zone`` is ``None`` for the camera's
+    whole frame, else the zone of ``camera`` whose labels opened it."""
 
     id: str
     rule: str
@@ -71,6 +74,7 @@ class Event:
     mean_score: float
     end_ts: float | None = None
     peak_ts: float | None = None  # when the peak score was seen (the thumbnail's frame)
+    zone: str | None = None
 
     @property
     def state(self) -> str:
@@ -78,7 +82,7 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         """The event as the API, the websocket and the notifications give it."""
-        return {"id": self.id, "rule": self.rule, "camera": self.camera, "label": self.label,
+        return {"id": self.id, "rule": self.rule, "camera": self.camera, "zone": self.zone, "label": self.label,
                 "start_ts": self.start_ts, "end_ts": self.end_ts, "peak_score": round(self.peak_score, 4),
                 "mean_score": round(self.mean_score, 4), "clip": f"/api/events/{self.id}/clip.mp4",
                 "thumbnail": f"/api/events/{self.id}/thumb.jpg", "state": self.state}
@@ -100,7 +104,7 @@ def row_event(row: dict[str, Any]) -> dict[str, Any]:
     no clip, or one recorded before codecs were noted) and ``clip_plays_in_browser`` whether a
     browser plays it (``False``: HEVC, MJPEG, MPEG-4 Part 2..., a download for a desktop player)."""
     ev = Event(row["id"], row["rule"], row["camera"], row["label"], row["start_ts"], row["peak_score"],
-               row["mean_score"], end_ts=row["end_ts"])
+               row["mean_score"], end_ts=row["end_ts"], zone=row.get("zone"))
     codec = row.get("clip_codec") if row["clip"] else None
     return {**ev.to_json(), "has_clip": bool(row["clip"]), "clip_bytes": row["clip_bytes"], "clip_codec": codec,
             "clip_plays_in_browser": None if codec is None else codec in PLAYS_IN_BROWSERS}
@@ -147,11 +151,11 @@ class EventStore:
             raise StreamrecError(f"--db: cannot open the events tables: {mask_quoted(str(exc).strip(), self.target)}") from None
 
     def _add_columns(self, conn) -> None:
-        """A database from before ``clip_codec`` gets the column (its events' codecs unknown)."""
-        if self.postgres:
-            conn.execute("ALTER TABLE events ADD COLUMN IF NOT EXISTS clip_codec TEXT")
-        elif "clip_codec" not in {r[1] for r in conn.execute("PRAGMA table_info(events)").fetchall()}:
-            conn.execute("ALTER TABLE events ADD COLUMN clip_codec TEXT")
+        """A database from before ``clip_codec`` or ``zone`` gets the column (NULL: the codecs of
+        its clips unknown, its events of whole frames)."""
+        have = set() if self.postgres else {r[1] for r in conn.execute("PRAGMA table_info(events)").fetchall()}
+        for column in (c for c in ADDED_COLUMNS if c not in have):
+            conn.execute(f"ALTER TABLE events ADD COLUMN {'IF NOT EXISTS ' if self.postgres else ''}{column} TEXT")
 
     def _broken(self) -> bool:
         """Whether the connection to a PostgreSQL server was lost (it restarted, the network went)."""
@@ -262,9 +266,9 @@ class EventStore:
 
     def _opened(self, ev: Event, notify: Iterable[str], clip: str | None, now: float, codec: str | None) -> None:
         self._execute("INSERT INTO events (id, rule, camera, label, start_ts, end_ts, last_ts, peak_score, mean_score, clip, "
-                      "state, clip_codec) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, 'open', ?) ON CONFLICT DO NOTHING",
+                      "state, clip_codec, zone) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, 'open', ?, ?) ON CONFLICT DO NOTHING",
                       (ev.id, ev.rule, ev.camera, ev.label, ev.start_ts, ev.start_ts, ev.peak_score, ev.mean_score, clip,
-                       codec))
+                       codec, ev.zone))
         self._outbox(ev, "event_start", notify, now)
 
     def seen(self, event_id: str, ts: float, peak: float, mean: float) -> None:
@@ -294,7 +298,7 @@ class EventStore:
         out = []
         for row in self.query(state="open", limit=None):
             ev = Event(row["id"], row["rule"], row["camera"], row["label"], row["start_ts"], row["peak_score"],
-                       row["mean_score"], end_ts=self.get(row["id"])["last_ts"])
+                       row["mean_score"], end_ts=self.get(row["id"])["last_ts"], zone=row["zone"])
             told = {c for c, in self._run("SELECT channel FROM outbox WHERE event_id = ? AND kind = 'event_start'",
                                           (ev.id,))}
             self.closed(ev, notify=[c for c in notify_of.get(ev.rule, ()) if c in told], now=now)
@@ -306,11 +310,13 @@ class EventStore:
         return dict(zip(EVENT_COLUMNS, rows[0])) if rows else None
 
     def query(self, *, camera: str | None = None, rule: str | None = None, since: float | None = None,
-              until: float | None = None, state: str | None = None, limit: int | None = 100) -> list[dict[str, Any]]:
-        """Events, newest first: overlapping ``since``..``until``, of ``camera`` and ``rule`` when given."""
+              until: float | None = None, state: str | None = None, limit: int | None = 100,
+              zone: str | None = None) -> list[dict[str, Any]]:
+        """Events, newest first: overlapping ``since``..``until``, of ``camera``, ``rule`` and ``zone``
+        (``""``: whole frames only) when given."""
         where, args = [], []
         for cond, value in (("camera = ?", camera), ("rule = ?", rule), ("COALESCE(end_ts, last_ts) >= ?", since),
-                            ("start_ts <= ?", until), ("state = ?", state)):
+                            ("start_ts <= ?", until), ("state = ?", state), ("COALESCE(zone, '') = ?", zone)):
             if value is not None:
                 where.append(cond)
                 args.append(value)

@@ -1,5 +1,5 @@
-"""Activity history: each camera's label segments (camera, label, start, end, mean and peak
-score) in SQLite (WAL mode, the default) or PostgreSQL (a ``postgresql://`` URL). With
+"""Activity history: each labelled stream's segments (camera, zone, label, start, end, mean and
+peak score; zone ``None``: the camera's whole frame) in SQLite (WAL mode, the default) or PostgreSQL (a ``postgresql://`` URL). With
 ``retain_days`` the segments older than that are deleted at start and every hour.
 
 A segment is written, and committed, the moment it closes (the shown label changes, or
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
     camera TEXT NOT NULL,
+    zone TEXT NOT NULL DEFAULT '',
     label TEXT NOT NULL,
     start_ts DOUBLE PRECISION NOT NULL,
     end_ts DOUBLE PRECISION NOT NULL,
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS segments (
 )"""
 INDEX = "CREATE INDEX IF NOT EXISTS segments_camera_start ON segments (camera, start_ts)"
 RECONNECT = Backoff(base_s=0.5, cap_s=30.0)  # a lost database: connected to again after these waits
-COLUMNS = ("camera", "label", "start", "end", "mean_score", "peak_score", "windows")
+COLUMNS = ("camera", "zone", "label", "start", "end", "mean_score", "peak_score", "windows")
+WHOLE_FRAME = ""  # the zone column of a camera's whole frame (rows show it as None)
 
 
 class HistoryStore:
@@ -69,7 +71,7 @@ class HistoryStore:
         self.pruned = 0
         self.reconnects = 0
         self._lock = threading.Lock()
-        self._open: dict[str, tuple[Segment, float]] = {}  # camera -> its open segment, fresh until
+        self._open: dict[str, tuple[Segment, float]] = {}  # stream key -> its open segment, fresh until
         self._open_lock = threading.Lock()
         self._closing = threading.Event()
         self._conn = self._connect()
@@ -94,6 +96,7 @@ class HistoryStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(SCHEMA)
+            add_zone_column(conn, self.postgres)
             conn.execute(INDEX)
             return conn
         except StreamrecError:
@@ -106,21 +109,22 @@ class HistoryStore:
     def _ph(self) -> str:
         return "%s" if self.postgres else "?"
 
-    def tracker(self, camera: str) -> SegmentTracker:
-        """A :class:`SegmentTracker` for ``camera`` that writes here and shows its open segment
-        in :meth:`query`."""
-        return SegmentTracker(camera, self.add, self.note_open)
+    def tracker(self, camera: str, zone: str | None = None) -> SegmentTracker:
+        """A :class:`SegmentTracker` for ``camera``'s ``zone`` (``None``: its whole frame) that
+        writes here and shows its open segment in :meth:`query`."""
+        return SegmentTracker(camera, self.add, self.note_open, zone=zone)
 
-    def note_open(self, camera: str, seg: Segment | None, fresh_until: float) -> None:
-        """``camera``'s open segment (``None``: none), which goes on until ``fresh_until`` at least."""
+    def note_open(self, key: str, seg: Segment | None, fresh_until: float) -> None:
+        """The open segment of the stream ``key`` (``None``: none), which goes on until
+        ``fresh_until`` at least."""
         with self._open_lock:
             if seg is None:
-                self._open.pop(camera, None)
+                self._open.pop(key, None)
             else:
-                self._open[camera] = (seg, fresh_until)
+                self._open[key] = (seg, fresh_until)
 
-    def open_rows(self, *, camera: str | None = None, since: float | None = None,
-                  until: float | None = None) -> list[dict[str, Any]]:
+    def open_rows(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
+                  zone: str | None = None) -> list[dict[str, Any]]:
         """The open segments as rows: one still going ends now (``"open": True``), or at ``until``
         when that is earlier (never past its last label's end, though); one whose labels stopped
         (an outage) ends at its last label."""
@@ -132,9 +136,9 @@ class HistoryStore:
             going = now <= fresh_until
             end = max(seg.end, now if until is None else min(now, until)) if going else seg.end
             if (camera and seg.camera != camera) or (since is not None and end < since) or \
-                    (until is not None and seg.start > until):
+                    (until is not None and seg.start > until) or (zone is not None and (seg.zone or "") != zone):
                 continue
-            rows.append({**dict(zip(COLUMNS, (seg.camera, seg.label, seg.start, end, seg.mean_score,
+            rows.append({**dict(zip(COLUMNS, (seg.camera, seg.zone, seg.label, seg.start, end, seg.mean_score,
                                                seg.peak_score, seg.windows))), "open": going})
         return rows
 
@@ -186,8 +190,10 @@ class HistoryStore:
         """Insert ``seg``; a PostgreSQL server that went away (restarted, network cut) is
         reconnected to, with backoff, and the segment written then: meanwhile new segments
         wait in the queue (a full queue drops and counts). Any other failure drops and counts."""
-        sql = f"INSERT INTO segments VALUES ({', '.join([self._ph] * 7)})"
-        values = (seg.camera, seg.label, seg.start, seg.end, seg.mean_score, seg.peak_score, seg.windows)
+        sql = (f"INSERT INTO segments (camera, zone, label, start_ts, end_ts, mean_score, peak_score, windows) "
+               f"VALUES ({', '.join([self._ph] * 8)})")
+        values = (seg.camera, seg.zone or WHOLE_FRAME, seg.label, seg.start, seg.end, seg.mean_score, seg.peak_score,
+                  seg.windows)
         for attempt in (1, 2):
             try:
                 with self._lock:
@@ -237,17 +243,19 @@ class HistoryStore:
         self._q.join()
 
     def query(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
-              limit: int | None = None) -> list[dict[str, Any]]:
-        """The segments that overlap ``since``..``until`` (of ``camera``), oldest first, each
-        camera's open one included (:meth:`open_rows`; the others have ``"open": False``); with
-        ``limit``, only the newest ``limit`` of them."""
-        rows = [{**r, "open": False} for r in self.rows(camera=camera, since=since, until=until, limit=limit)]
-        rows = sorted(rows + self.open_rows(camera=camera, since=since, until=until),
-                      key=lambda r: (r["start"], r["camera"]))
+              limit: int | None = None, zone: str | None = None) -> list[dict[str, Any]]:
+        """The segments that overlap ``since``..``until`` (of ``camera``; of ``zone``, ``""`` for the
+        whole frames only), oldest first, each stream's open one included (:meth:`open_rows`; the
+        others have ``"open": False``); with ``limit``, only the newest ``limit`` of them. A row's
+        ``"zone"`` is ``None`` for a camera's whole frame."""
+        rows = [{**r, "open": False} for r in self.rows(camera=camera, since=since, until=until, limit=limit,
+                                                         zone=zone)]
+        rows = sorted(rows + self.open_rows(camera=camera, since=since, until=until, zone=zone),
+                      key=lambda r: (r["start"], r["camera"], r["zone"] or ""))
         return rows[-limit:] if limit is not None else rows
 
     def rows(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
-             limit: int | None = None, batch: int = 1000) -> Iterator[dict[str, Any]]:
+             limit: int | None = None, batch: int = 1000, zone: str | None = None) -> Iterator[dict[str, Any]]:
         """:meth:`query`, read ``batch`` rows at a time (a year of history does not have to fit
         in memory). Arguments are checked at the call, not at the first row; close the iterator
         (or read it to the end): its cursor holds the store's lock until then."""
@@ -257,18 +265,21 @@ class HistoryStore:
         if camera:
             where.append(f"camera = {self._ph}")
             args.append(camera)
+        if zone is not None:
+            where.append(f"zone = {self._ph}")
+            args.append(zone)
         if since is not None:
             where.append(f"end_ts >= {self._ph}")
             args.append(since)
         if until is not None:
             where.append(f"start_ts <= {self._ph}")
             args.append(until)
-        sql = "SELECT camera, label, start_ts, end_ts, mean_score, peak_score, windows FROM segments"
+        sql = "SELECT camera, zone, label, start_ts, end_ts, mean_score, peak_score, windows FROM segments"
         if where:
             sql += " WHERE " + " AND ".join(where)
         if limit is not None:  # the newest ``limit``, put back in time order
-            sql = f"SELECT * FROM ({sql} ORDER BY start_ts DESC, camera DESC LIMIT {int(limit)}) AS newest"
-        sql += " ORDER BY start_ts, camera"
+            sql = f"SELECT * FROM ({sql} ORDER BY start_ts DESC, camera DESC, zone DESC LIMIT {int(limit)}) AS newest"
+        sql += " ORDER BY start_ts, camera, zone"
         if self._lost():  # the server came back after a restart: one attempt, the writer retries its own
             self._swap(self._connect())
         return self._fetch(sql, args, batch)
@@ -279,7 +290,7 @@ class HistoryStore:
             try:
                 cur.execute(sql, args)
                 while chunk := cur.fetchmany(batch):
-                    yield from (dict(zip(COLUMNS, r)) for r in chunk)
+                    yield from ({**dict(zip(COLUMNS, r)), "zone": r[1] or None} for r in chunk)
             finally:
                 cur.close()
 
@@ -296,6 +307,14 @@ class HistoryStore:
         self._writer.join(5)
         with self._lock:
             self._conn.close()
+
+
+def add_zone_column(conn, postgres: bool) -> None:
+    """A database from before zones gets the ``zone`` column: its segments are whole frames."""
+    if postgres:
+        conn.execute("ALTER TABLE segments ADD COLUMN IF NOT EXISTS zone TEXT NOT NULL DEFAULT ''")
+    elif "zone" not in {r[1] for r in conn.execute("PRAGMA table_info(segments)").fetchall()}:
+        conn.execute("ALTER TABLE segments ADD COLUMN zone TEXT NOT NULL DEFAULT ''")
 
 
 def _safe(target: str) -> str:

@@ -1,5 +1,6 @@
-"""Label segments: :class:`SegmentTracker` turns one camera's labels into closed segments
-(camera, label, start, end, mean and peak score) for the activity history
+"""Label segments: :class:`SegmentTracker` turns one labelled stream's labels (a camera's whole
+frame, or one zone of it) into closed segments (camera, label, start, end, mean and peak score,
+zone) for the activity history
 (:class:`~streamrec.live.history.HistoryStore`).
 """
 
@@ -10,6 +11,8 @@ import statistics
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
+
+from streamrec.zones import stream_key
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +25,12 @@ class Segment:
     mean_score: float
     peak_score: float
     windows: int
+    zone: str | None = None  # None: the camera's whole frame
+
+    @property
+    def key(self) -> str:
+        """The labelled stream's key: ``camera`` or ``camera/zone``."""
+        return stream_key(self.camera, self.zone)
 
 
 STALE_FLOOR_S = 2.0  # labels that stop for this long (at least) end their segment: an outage
@@ -29,13 +38,15 @@ STALE_FACTOR = 3.0  # ...or for this many of the camera's usual intervals betwee
 
 
 class SegmentTracker:
-    """Turns one camera's stream of (label, score, time) into closed segments.
+    """Turns one labelled stream's (label, score, time) into closed segments: the whole frame of
+    ``camera``, or its ``zone``.
 
     A segment closes when the label changes, when the labels stop (an outage: no label for
     ``STALE_FACTOR`` usual intervals, ``STALE_FLOOR_S`` at least; or :meth:`interrupt` when the
     camera is not running): then it ends at its last label, never counting the outage as
-    activity. ``live(camera, segment, fresh_until)`` hears of the open segment at each label
-    (``segment`` ends at its last label; ``None`` once it closed).
+    activity. ``live(key, segment, fresh_until)`` hears of the open segment at each label
+    (``key`` is the stream's key, ``camera`` or ``camera/zone``; ``segment`` ends at its last
+    label; ``None`` once it closed).
 
     Example:
         >>> closed = []
@@ -47,8 +58,11 @@ class SegmentTracker:
     """
 
     def __init__(self, camera: str, sink: Callable[[Segment], None],
-                 live: Callable[[str, Segment | None, float], None] | None = None) -> None:
+                 live: Callable[[str, Segment | None, float], None] | None = None, *,
+                 zone: str | None = None) -> None:
         self.camera = camera
+        self.zone = zone
+        self.key = stream_key(camera, zone)
         self.sink = sink
         self.live = live
         self._label: str | None = None
@@ -79,7 +93,7 @@ class SegmentTracker:
         self._peak = max(self._peak, score)
         self._n += 1
         if self.live is not None:
-            self.live(self.camera, self._segment(self._end), self._end + self.stale_after())
+            self.live(self.key, self._segment(self._end), self._end + self.stale_after())
 
     def interrupt(self) -> None:
         """The camera is not running (disconnected, reconnecting, ended): the open segment ends
@@ -93,9 +107,9 @@ class SegmentTracker:
             recent = ts is not None and ts - self._end <= self.stale_after()
             self.sink(self._segment(max(self._end, ts) if recent else self._end))
             if self.live is not None:
-                self.live(self.camera, None, 0.0)
+                self.live(self.key, None, 0.0)
         self._label = None
 
     def _segment(self, end: float) -> Segment:
         return Segment(self.camera, self._label or "", self._start, end, round(self._sum / self._n, 5),
-                       round(self._peak, 5), self._n)
+                       round(self._peak, 5), self._n, self.zone)

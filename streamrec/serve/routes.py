@@ -56,18 +56,18 @@ HISTORY_API_LIMIT = 10_000  # segments in one /api/history answer: the newest; "
 
 
 def history_api(store: HistoryStore, *, limit: int = HISTORY_API_LIMIT) -> ApiRoute:
-    """``GET /api/history?camera=&since=&until=``: the recorded segments (the page's timelines),
+    """``GET /api/history?camera=&zone=&since=&until=``: the recorded segments (the page's timelines),
     at most the newest ``limit``, oldest first; ``"truncated": true`` when there were more."""
     def handler(method: str, path: str, query: dict[str, list[str]]) -> Reply:
         if method != "GET":
             return Reply(405, {"error": "GET only"})
         try:
             since, until = query_times(query)
-            camera = query_text(query, "camera")
+            camera, zone = query_text(query, "camera"), query_text(query, "zone")
         except StreamrecError as exc:
             return Reply(400, {"error": str(exc)})
         try:
-            rows = store.query(camera=camera, since=since, until=until, limit=limit + 1)
+            rows = store.query(camera=camera, since=since, until=until, limit=limit + 1, zone=zone)
         except Exception as exc:  # noqa: BLE001 - the database went away: the page asks again in 5 s
             logger.warning("history: cannot read the database: %s", printable(str(exc).strip()))
             return Reply(503, {"error": f"history database unavailable: {printable(str(exc).strip())}"})
@@ -110,7 +110,7 @@ EVENTS_API_LIMIT = 1000  # events in one /api/events answer (the newest); ?limit
 
 
 def events_api(events: EventManager) -> ApiRoute:
-    """``GET /api/events?camera=&rule=&since=&until=&limit=`` (newest first), ``GET /api/events/ID``,
+    """``GET /api/events?camera=&zone=&rule=&since=&until=&limit=`` (newest first), ``GET /api/events/ID``,
     ``GET /api/events/ID/clip.mp4`` (Range requests answered 206), ``GET /api/events/ID/thumb.jpg``
     and ``DELETE /api/events/ID`` (token required)."""
 
@@ -153,11 +153,11 @@ def list_events(events: EventManager, query: dict[str, list[str]]) -> Reply:
     try:
         since, until = query_times(query)
         limit = query_int(query, "limit", 1, EVENTS_API_LIMIT, EVENTS_API_LIMIT)
-        camera, rule = query_text(query, "camera"), query_text(query, "rule")
+        camera, rule, zone = query_text(query, "camera"), query_text(query, "rule"), query_text(query, "zone")
     except StreamrecError as exc:
         return Reply(400, {"error": str(exc)})
     try:
-        rows = events.store.query(camera=camera, rule=rule, since=since, until=until, limit=limit)
+        rows = events.store.query(camera=camera, rule=rule, since=since, until=until, limit=limit, zone=zone)
     except Exception as exc:  # noqa: BLE001 - the database went away: the page asks again later
         logger.warning("events: cannot read the database: %s", printable(str(exc).strip()))
         return Reply(503, {"error": f"events database unavailable: {printable(str(exc).strip())}"})
