@@ -5,11 +5,13 @@ from __future__ import annotations
 import resource
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, make_motion_dataset, run_cli, streamrec_cmd
+from conftest import ROOT, make_motion_dataset, run_cli, run_main, streamrec_cmd
 
 
 def one_line_error(proc, *needles: str) -> str:
@@ -23,22 +25,24 @@ def one_line_error(proc, *needles: str) -> str:
 
 
 def test_missing_file():
-    one_line_error(run_cli("serve", "--source", "/no/such/clip.mp4", "--weights", "none"), "file not found", "/no/such/clip.mp4")
+    one_line_error(run_main("serve", "--source", "/no/such/clip.mp4", "--weights", "none"), "file not found", "/no/such/clip.mp4")
 
 
 def test_file_that_is_not_a_video(tmp_path):
     p = tmp_path / "notes.mp4"
     p.write_text("hello, I am not a video\n" * 100)
-    one_line_error(run_cli("serve", "--source", str(p), "--weights", "none"), "not a readable video file")
+    one_line_error(run_main("serve", "--source", str(p), "--weights", "none"), "not a readable video file")
 
 
+@pytest.mark.slow
 def test_a_clip_that_is_not_a_video_is_named_as_clips_in_bench(tmp_path):
     (tmp_path / "notes.mp4").write_text("hello, I am not a video\n" * 100)
-    line = one_line_error(run_cli("bench", "--models", "tiny3d", "--clips", str(tmp_path)),
+    line = one_line_error(run_main("bench", "--models", "tiny3d", "--clips", str(tmp_path)),
                           "not a readable video file", str(tmp_path / "notes.mp4"))
     assert line.startswith("streamrec: error: --clips: "), line
 
 
+@pytest.mark.slow
 def test_unreachable_rtsp_url_after_bounded_timeout():
     with socket.socket() as s:  # a port with nobody listening
         s.bind(("127.0.0.1", 0))
@@ -50,9 +54,10 @@ def test_unreachable_rtsp_url_after_bounded_timeout():
 
 
 def test_unknown_model():
-    one_line_error(run_cli("serve", "--source", "x.mp4", "--model", "resnet9000"), "--model", "resnet9000")
+    one_line_error(run_main("serve", "--source", "x.mp4", "--model", "resnet9000"), "--model", "resnet9000")
 
 
+@pytest.mark.slow
 def test_checkpoint_for_another_model(tmp_path, demo_clip):
     import torch
 
@@ -60,12 +65,13 @@ def test_checkpoint_for_another_model(tmp_path, demo_clip):
 
     p = tmp_path / "w.pth"
     torch.save(build_model("tiny3d", num_classes=400).state_dict(), p)
-    one_line_error(run_cli("serve", "--source", str(demo_clip), "--weights", str(p)),
+    one_line_error(run_main("serve", "--source", str(demo_clip), "--weights", str(p)),
                    "does not fit model r2plus1d_18")
 
 
+@pytest.mark.slow
 def test_sports_only_with_a_model_without_kinetics_classes(demo_clip):
-    one_line_error(run_cli("serve", "--source", str(demo_clip), "--weights", "none",
+    one_line_error(run_main("serve", "--source", str(demo_clip), "--weights", "none",
                            "--model", "tiny3d", "--sports-only"), "--sports-only", "no Kinetics sport class")
 
 
@@ -74,38 +80,50 @@ def test_port_already_in_use(demo_clip):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        one_line_error(run_cli("serve", "--source", str(demo_clip), "--weights", "none",
+        one_line_error(run_main("serve", "--source", str(demo_clip), "--weights", "none",
                                "--model", "tiny3d", "--port", str(port)), f"--port {port}", "cannot listen")
 
 
+@pytest.mark.slow
 def test_offline_default_weights(tmp_path, demo_clip):
-    proc = run_cli("serve", "--source", str(demo_clip),
+    proc = run_main("serve", "--source", str(demo_clip),
                    env={"TORCH_HOME": str(tmp_path), "STREAMREC_OFFLINE": "1"})
     one_line_error(proc, "r2plus1d_18-", str(tmp_path / "hub" / "checkpoints"), "copy it to")
 
 
 def test_public_bind_needs_a_token():
-    one_line_error(run_cli("serve", "--source", "x.mp4", "--host", "0.0.0.0"), "--token", "--insecure")
+    one_line_error(run_main("serve", "--source", "x.mp4", "--host", "0.0.0.0"), "--token", "--insecure")
 
 
 def test_bad_config_file(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("source = 'a.mp4'\nwibble = 3\n")
-    one_line_error(run_cli("serve", "--config", str(p)), "unknown option 'wibble'")
+    one_line_error(run_main("serve", "--config", str(p)), "unknown option 'wibble'")
     p.write_text("source = [unclosed\n")
-    one_line_error(run_cli("serve", "--config", str(p)), "not valid TOML")
+    one_line_error(run_main("serve", "--config", str(p)), "not valid TOML")
     p.write_bytes(b"\xff\xfe\x00binary")
-    one_line_error(run_cli("serve", "--config", str(p)), "not valid TOML: not UTF-8 text")
-    one_line_error(run_cli("serve", "--config", str(tmp_path)), f"--config: expected a TOML file, got a directory: {tmp_path}")
+    one_line_error(run_main("serve", "--config", str(p)), "not valid TOML: not UTF-8 text")
+    one_line_error(run_main("serve", "--config", str(tmp_path)), f"--config: expected a TOML file, got a directory: {tmp_path}")
 
 
 def test_unknown_argument():
-    one_line_error(run_cli("serve", "--frobnicate"), "unrecognized arguments")
+    one_line_error(run_main("serve", "--frobnicate"), "unrecognized arguments")
+
+
+def test_the_installed_command_exits_2_with_one_line_on_stderr():
+    """The other tests here call ``main(argv)`` in-process; this one runs the console script pip
+    installed (``entry``, which ends the process with ``os._exit``) and reads its real exit status."""
+    script = Path(sys.executable).parent / "streamrec"
+    assert script.is_file(), f"{script}: not installed (pip install -e .)"
+    proc = subprocess.run([str(script), "serve", "--frobnicate"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert proc.stderr == "streamrec: error: streamrec: unrecognized arguments: --frobnicate\n"
+    assert proc.stdout == ""
 
 
 def test_unknown_device_before_the_model_loads(demo_clip):
     for cmd in (["serve", "--source", str(demo_clip)], ["classify", str(demo_clip)]):
-        proc = run_cli(*cmd, "--weights", "none", "--device", "tpu")
+        proc = run_main(*cmd, "--weights", "none", "--device", "tpu")
         one_line_error(proc, "--device", "expected auto, cpu, cuda or cuda:N, got 'tpu'")
         assert "random weights" not in proc.stderr  # refused before loading anything
 
@@ -147,12 +165,13 @@ def test_an_output_in_a_missing_folder_is_refused_before_the_work(option, cmd, n
                                                                      small_dataset, checkpoint):
     values = {"clip": demo_clip, "data": small_dataset, "ckpt": checkpoint}
     missing = tmp_path / "no-such-folder"
-    proc = run_cli(*[a.format(**values) for a in cmd], option, str(missing / name))
+    proc = run_main(*[a.format(**values) for a in cmd], option, str(missing / name))
     one_line_error(proc, f"{option} {missing / name}: the folder {missing} does not exist")
     assert proc.stdout == ""  # no table, catalog or "wrote": nothing ran
     assert "random weights" not in proc.stderr and "epoch" not in proc.stderr  # no model was loaded
 
 
+@pytest.mark.slow
 def test_a_write_that_fails_gives_one_line_and_leaves_no_file(tmp_path, checkpoint):
     """A disk that fills up, as the file-size limit makes it: torch.jit.save's own writer used to
     abort the process (SIGABRT) and leave half a file."""
@@ -174,13 +193,13 @@ def test_a_write_that_fails_gives_one_line_and_leaves_no_file(tmp_path, checkpoi
     (["bench", "--models", "tiny3d", "--batches", "x"], "got 'x'"),
 ])
 def test_bench_options_are_checked_before_any_measurement(args, needle):
-    proc = run_cli(*args)
+    proc = run_main(*args)
     one_line_error(proc, needle)
     assert proc.stdout == ""  # no table: nothing was measured
 
 
 def test_evaluate_batch_size(small_dataset, checkpoint):
-    one_line_error(run_cli("evaluate", str(small_dataset / "valid"), "--weights", str(checkpoint), "--batch-size", "0"),
+    one_line_error(run_main("evaluate", str(small_dataset / "valid"), "--weights", str(checkpoint), "--batch-size", "0"),
                    "--batch-size: expected >= 1, got 0")
 
 
@@ -191,7 +210,7 @@ def test_cluster_address_that_nobody_answers_fails_at_once(tmp_path, demo_clip):
         port = s.getsockname()[1]
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[[cameras]]\nname = "a"\nsource = "{demo_clip}"\n')
-    one_line_error(run_cli("cluster", "--config", str(cfg), "--address", f"127.0.0.1:{port}", timeout=60),
+    one_line_error(run_main("cluster", "--config", str(cfg), "--address", f"127.0.0.1:{port}"),
                    f"--address 127.0.0.1:{port}: no Ray cluster answers there within 5 s (Connection refused)")
 
 
@@ -206,9 +225,9 @@ def test_a_network_source_that_answers_with_something_else(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        one_line_error(run_cli("serve", "--source", f"{base}/page.mp4", "--weights", "none", "--model", "tiny3d"),
+        one_line_error(run_main("serve", "--source", f"{base}/page.mp4", "--weights", "none", "--model", "tiny3d"),
                        f"--source: not a video stream at {base}/page.mp4")
-        one_line_error(run_cli("serve", "--source", f"{base}/gone.mp4", "--weights", "none", "--model", "tiny3d"),
+        one_line_error(run_main("serve", "--source", f"{base}/gone.mp4", "--weights", "none", "--model", "tiny3d"),
                        f"--source: cannot connect to {base}/gone.mp4: Server returned 404 Not Found")
     finally:
         server.shutdown()
@@ -221,11 +240,11 @@ def test_an_output_that_is_the_input_is_refused(tmp_path, demo_clip, checkpoint)
     clip = tmp_path / "clip.mp4"
     shutil.copy(demo_clip, clip)
     before = clip.read_bytes()
-    one_line_error(run_cli("classify", str(clip), "--model", "tiny3d", "--weights", "none", "--out", str(clip)),
+    one_line_error(run_main("classify", str(clip), "--model", "tiny3d", "--weights", "none", "--out", str(clip)),
                    f"--out {clip}: that is the input file {clip}")
     ckpt = tmp_path / "m.pt"
     shutil.copy(checkpoint, ckpt)
-    one_line_error(run_cli("export", str(ckpt), "--out", str(ckpt)), f"--out {ckpt}: that is the input file {ckpt}")
+    one_line_error(run_main("export", str(ckpt), "--out", str(ckpt)), f"--out {ckpt}: that is the input file {ckpt}")
     assert clip.read_bytes() == before and ckpt.read_bytes() == checkpoint.read_bytes()
 
 
@@ -237,7 +256,7 @@ def test_cluster_dashboard_port_in_use_fails_before_the_cluster_starts(tmp_path,
         busy.listen()
         port = busy.getsockname()[1]
         # --address local would start a Ray instance: the port is checked before, so none starts
-        proc = run_cli("cluster", "--config", str(cfg), "--address", "local", "--port", str(port), timeout=60)
+        proc = run_main("cluster", "--config", str(cfg), "--address", "local", "--port", str(port))
     one_line_error(proc, f"--port {port}: cannot listen on 127.0.0.1:")
     assert "ray" not in proc.stderr.lower().replace("streamrec", "")
 
@@ -270,17 +289,17 @@ def seeded_history(db) -> None:
 def test_relative_times_are_read_as_values_with_or_without_equals(args, tmp_path):
     db = tmp_path / "h.db"
     seeded_history(db)
-    proc = run_cli(*args, "--db", str(db), "--format", "csv")
+    proc = run_main(*args, "--db", str(db), "--format", "csv")
     assert proc.returncode == 0, proc.stderr
     assert "court-1" in proc.stdout and "arm wrestling" in proc.stdout, proc.stdout
 
 
 def test_a_negative_value_of_another_option_reaches_its_own_check():
-    one_line_error(run_cli("history", "--limit", "-3", "--db", ":memory:"), "--limit")
+    one_line_error(run_main("history", "--limit", "-3", "--db", ":memory:"), "--limit")
 
 
 def test_a_bad_relative_time_is_one_line():
-    one_line_error(run_cli("events", "--since", "-1x", "--db", ":memory:"), "--since", "'-1x'")
+    one_line_error(run_main("events", "--since", "-1x", "--db", ":memory:"), "--since", "'-1x'")
 
 
 @pytest.mark.parametrize("command", ["events", "history"])
@@ -289,7 +308,7 @@ def test_reading_commands_take_the_database_of_the_config(command, tmp_path):
     seeded_history(tmp_path / "var" / "gym.db")
     config = tmp_path / "gym.toml"
     config.write_text('db = "var/gym.db"\n')  # relative to the config file
-    proc = run_cli(command, "--config", str(config), "--format", "json")
+    proc = run_main(command, "--config", str(config), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     assert '"court-1"' in proc.stdout, proc.stdout
     other = tmp_path / "other.db"  # an explicit --db wins over the config's
@@ -299,7 +318,7 @@ def test_reading_commands_take_the_database_of_the_config(command, tmp_path):
     with sqlite3.connect(other) as c:
         c.execute("UPDATE segments SET camera = 'door'") if command == "history" else \
             c.execute("UPDATE events SET camera = 'door'")
-    proc = run_cli(command, "--config", str(config), "--db", str(other), "--format", "json")
+    proc = run_main(command, "--config", str(config), "--db", str(other), "--format", "json")
     assert proc.returncode == 0 and '"door"' in proc.stdout and '"court-1"' not in proc.stdout, proc.stdout
 
 
@@ -307,9 +326,9 @@ def test_an_event_of_the_configs_database_is_found_by_its_id(tmp_path):
     seeded_history(tmp_path / "gym.db")
     config = tmp_path / "gym.toml"
     config.write_text('db = "gym.db"\n')
-    proc = run_cli("events", "1764770000-1a2b3c4d", "--config", str(config), "--format", "csv")
+    proc = run_main("events", "1764770000-1a2b3c4d", "--config", str(config), "--format", "csv")
     assert proc.returncode == 0 and "1764770000-1a2b3c4d,wrestle,court-1" in proc.stdout, proc.stderr
-    one_line_error(run_cli("events", "1764770000-1a2b3c4d", "--out", str(tmp_path / "c.mp4"), "--config", str(config)),
+    one_line_error(run_main("events", "1764770000-1a2b3c4d", "--out", str(tmp_path / "c.mp4"), "--config", str(config)),
                    "has no clip")
 
 
@@ -327,24 +346,25 @@ def test_a_clip_being_recorded_or_empty_is_not_copied(tmp_path, name, data, mess
     (tmp_path / "rec" / "court-1" / name).write_bytes(data)
     config = tmp_path / "gym.toml"
     config.write_text(f'db = "gym.db"\n[recording]\ndir = "{tmp_path / "rec"}"\n')
-    one_line_error(run_cli("events", "1764770000-1a2b3c4d", "--out", str(tmp_path / "c.mp4"), "--config", str(config)),
+    one_line_error(run_main("events", "1764770000-1a2b3c4d", "--out", str(tmp_path / "c.mp4"), "--config", str(config)),
                    message)
     assert not (tmp_path / "c.mp4").exists()
 
 
 def test_an_explicit_db_that_does_not_exist_is_refused(tmp_path):
-    one_line_error(run_cli("events", "--db", str(tmp_path / "typo.db")), "--db", "typo.db", "no such file")
+    one_line_error(run_main("events", "--db", str(tmp_path / "typo.db")), "--db", "typo.db", "no such file")
 
 
 @pytest.mark.parametrize("command", ["events", "history"])
 def test_nothing_recorded_yet_is_an_empty_answer(command, tmp_path):
-    proc = run_cli(command, "--format", "json", env={"XDG_DATA_HOME": str(tmp_path)})
+    proc = run_main(command, "--format", "json", env={"XDG_DATA_HOME": str(tmp_path)})
     assert proc.returncode == 0 and proc.stdout.split() == ["[", "]"], proc.stderr
     assert "nothing recorded yet" in proc.stderr
 
 
 # -- install hints: the command works from the clone (streamrec is on no package index) ---------
 
+@pytest.mark.slow
 def test_a_missing_optional_package_names_the_command_that_installs_it(tmp_path):
     hidden = tmp_path / "hidden" / "psycopg"
     hidden.mkdir(parents=True)

@@ -21,7 +21,7 @@ import streamrec.config as config_module
 from streamrec.config import CameraConfig, ServeConfig
 from streamrec.errors import StreamrecError
 
-from conftest import error_line, run_cli
+from conftest import error_line, run_main
 
 BAD_NUMBERS = (float("nan"), float("inf"), float("-inf"))
 
@@ -79,7 +79,7 @@ def test_a_cameras_list_of_numbers_is_a_one_line_error(tmp_path):
         ServeConfig.from_sources(tomllib.loads("cameras = [1, 2]"), {})
     cfg = tmp_path / "c.toml"
     cfg.write_text("cameras = [1, 2]\n")
-    assert error_line(run_cli("serve", "--config", str(cfg))) == \
+    assert error_line(run_main("serve", "--config", str(cfg))) == \
         "streamrec: error: [[cameras]]: expected a table with a name and a source, got 1"
 
 
@@ -91,14 +91,14 @@ def test_a_cameras_list_of_numbers_is_a_one_line_error(tmp_path):
     (("train", "data", "--lr", "nan"), "--lr: expected a finite number, got 'nan'"),
 ])
 def test_command_line_numbers_must_be_finite(args, expected):
-    line = error_line(run_cli(*args))
+    line = error_line(run_main(*args))
     assert line.endswith(expected), line
 
 
 def test_toml_nan_through_the_command_line(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("source = 'x.mp4'\nbatch_wait_ms = nan\n")
-    assert error_line(run_cli("serve", "--config", str(cfg))) == \
+    assert error_line(run_main("serve", "--config", str(cfg))) == \
         "streamrec: error: batch_wait_ms: expected a finite number, got nan"
 
 
