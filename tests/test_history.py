@@ -48,9 +48,9 @@ def test_history_command_prints_every_segment_unless_limited(tmp_path):
     assert len(rows) == 12_345 and rows[0]["label"] == "label-0" and rows[-1]["label"] == "label-12344"
     proc = run_cli("history", "--db", str(db), "--format", "csv", "--limit", "2")
     assert list(csv.DictReader(io.StringIO(proc.stdout))) == [
-        {"camera": "cam-1", "label": "label-12343", "start": "13343.0", "end": "13344.0", "mean_score": "0.5",
+        {"camera": "cam-1", "zone": "", "label": "label-12343", "start": "13343.0", "end": "13344.0", "mean_score": "0.5",
          "peak_score": "0.75", "windows": "3"},
-        {"camera": "cam-0", "label": "label-12344", "start": "13344.0", "end": "13345.0", "mean_score": "0.5",
+        {"camera": "cam-0", "zone": "", "label": "label-12344", "start": "13344.0", "end": "13345.0", "mean_score": "0.5",
          "peak_score": "0.75", "windows": "3"}]
     proc = run_cli("history", "--db", str(db), "--limit", "0")
     assert proc.returncode == 2 and proc.stderr == "streamrec: error: --limit: expected >= 1, got 0\n"
@@ -63,7 +63,7 @@ def test_history_command_into_a_reader_that_goes_away(tmp_path):
     fill(db, 50_000)
     proc = subprocess.Popen(streamrec_cmd("history", "--db", str(db), "--format", "csv"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline() == "camera,label,start,end,mean_score,peak_score,windows\n"
+    assert proc.stdout.readline() == "camera,zone,label,start,end,mean_score,peak_score,windows\n"
     proc.stdout.close()
     assert proc.wait(timeout=60) == 1
     assert "Traceback" not in proc.stderr.read()

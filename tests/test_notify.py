@@ -285,7 +285,7 @@ def test_mqtt_online_activity_events_and_discovery(tmp_path, broker, notifiers, 
                "the retained messages", timeout=30)
     assert late.on("sr/availability") == [("online", True)]
     (activity, retained), = late.on("sr/rack-1/activity")
-    assert retained and json.loads(activity) == {"camera": "rack-1", "label": "deadlifting", "score": 0.91,
+    assert retained and json.loads(activity) == {"camera": "rack-1", "zone": None, "label": "deadlifting", "score": 0.91,
                                                  "ts": 123.5, "uncertain": False}
     (config, retained), = late.on("ha/sensor/streamrec_rack-1/activity/config")
     config = json.loads(config)
