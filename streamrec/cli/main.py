@@ -223,6 +223,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from streamrec.serve.app import LiveApp
 
             app = LiveApp(config, listening=True)
+            app.config_file = args.config  # the zones API writes its changes there
             signals.disarm()
         except BaseException:
             signals.disarm()

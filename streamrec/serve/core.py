@@ -60,6 +60,7 @@ class AppCore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self._closed = False
+        self.config_file: str | None = None  # serve --config FILE: where the zones API writes changes
 
     # -- hooks --------------------------------------------------------------------
     def camera_names(self) -> list[str]:
@@ -130,7 +131,8 @@ class AppCore:
                   "/favicon.ico": Route("image/svg+xml", favicon, favicon),  # public: browsers ask without the token
                   "/metrics": Route(Metrics.CONTENT_TYPE, self.metrics.render)}
         cameras = cameras_api(listing=lambda: {"cameras": self.health()["cameras"], "adding": self.adding()},
-                              add=self.add_camera, remove=self.remove_camera)
+                              add=self.add_camera, remove=self.remove_camera, status=self.status_message,
+                              set_zones=getattr(self, "set_zones", None), config_file=lambda: self.config_file)
         api = {"/api/history": history_api(self.history), "/api/cameras": cameras}
         if self.events is not None:
             api["/api/events"] = events_api(self.events)

@@ -1,12 +1,15 @@
-"""The JSON API routes shared by ``serve`` and ``cluster``: ``/api/history`` and ``/api/cameras``."""
+"""The JSON API routes shared by ``serve`` and ``cluster``: ``/api/history``, ``/api/cameras`` (with
+``PUT /api/cameras/NAME/zones``) and ``/api/events``."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any, Callable
 
 from streamrec.config import CameraConfig
+from streamrec.configfile import write_zones
 from streamrec.errors import StreamrecError
 from streamrec.redact import printable
 from streamrec.live.history import HistoryStore, parse_time
@@ -15,6 +18,7 @@ from streamrec.events.store import row_event
 from streamrec.serve.files import FileBody
 from streamrec.serve.server import ApiRoute, Reply
 from streamrec.validate import from_text
+from streamrec.zones import ZoneConfig, parse_zones
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +80,34 @@ def history_api(store: HistoryStore, *, limit: int = HISTORY_API_LIMIT) -> ApiRo
     return ApiRoute(handler)
 
 
+SetZones = Callable[[str, "tuple[ZoneConfig, ...]", bool], CameraConfig]
+
+
 def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraConfig], Any],
-                remove: Callable[[str], bool]) -> ApiRoute:
+                remove: Callable[[str], bool], set_zones: SetZones | None = None,
+                config_file: Callable[[], str | None] = lambda: None,
+                status: Callable[[str], dict[str, Any]] | None = None) -> ApiRoute:
     """The admin camera API (token required): ``GET /api/cameras`` (``listing()``), ``POST
     /api/cameras?name=...&source=...&loop=...`` (``add``: values in the query string, converted to
-    each option's type; a :class:`StreamrecError` is a 400 naming it) and ``DELETE /api/cameras/NAME``.
-    Each request runs in a thread of its own (see :class:`~streamrec.serve.server.WebServer`)."""
+    each option's type; a :class:`StreamrecError` is a 400 naming it), ``DELETE /api/cameras/NAME``
+    and ``PUT /api/cameras/NAME/zones?zones=[...]&whole_frame=true`` (see :func:`put_zones`; 405
+    where ``set_zones`` is ``None``). With ``status`` (a camera's status message), the listing's
+    ``"zones"`` holds each camera's ``{"zones": [...], "whole_frame": bool}``. Each request runs in a thread of its own (see
+    :class:`~streamrec.serve.server.WebServer`)."""
+    allow = ("GET", "HEAD", "POST", "DELETE")
 
     def handler(method: str, path: str, query: dict[str, list[str]]) -> Reply:
+        parts = path.strip("/").split("/")[2:]  # after api/cameras
+        if len(parts) == 2 and parts[1] == "zones":
+            if method == "PUT" and set_zones is not None:
+                return put_zones(parts[0], query, listing, set_zones, config_file())
+            return Reply(405, {"error": "PUT /api/cameras/NAME/zones" if set_zones else
+                               "zones are set through streamrec serve's camera API"}, allow=("PUT",) if set_zones else allow)
         if method == "GET":
-            return Reply(200, listing())
+            out = listing()
+            if status is not None:
+                out["zones"] = zones_listing(list(out.get("cameras", {})), status)
+            return Reply(200, out)
         if method == "POST":
             text = {k: v[0] for k, v in query.items() if k != "token"}
             try:
@@ -101,9 +123,81 @@ def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraC
             if not remove(name):
                 return Reply(404, {"error": f"no camera {shorten(name)!r}"})
             return Reply(200, {"removed": name})
-        return Reply(405, {"error": "GET, POST or DELETE"}, allow=("GET", "HEAD", "POST", "DELETE"))
+        return Reply(405, {"error": "GET, POST or DELETE" + (" (or PUT /api/cameras/NAME/zones)" if set_zones else "")},
+                     allow=allow)
 
     return ApiRoute(handler, admin=True)
+
+
+def zones_listing(names: list[str], status: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """Each camera's zones and ``whole_frame`` (a camera removed meanwhile is left out)."""
+    out = {}
+    for name in names:
+        try:
+            msg = status(name)
+        except KeyError:
+            continue
+        out[name] = {"zones": msg.get("zones", []), "whole_frame": msg.get("whole_frame", True)}
+    return out
+
+
+ZONES_QUERY_MAX_CHARS = 8000  # the request line is at most 8 KiB
+
+
+def put_zones(name: str, query: dict[str, list[str]], listing: Callable[[], dict[str, Any]],
+              set_zones: SetZones, config_file: str | None) -> Reply:
+    """``PUT /api/cameras/NAME/zones?zones=<JSON array>&whole_frame=true|false``: the camera's zones
+    replaced (its streams restart), then written to ``config_file`` when that file holds the camera's
+    ``[[cameras]]`` table. 200 with the zones and ``"saved_to"`` (the file, or ``null``: kept in
+    memory only); a bad value is a 400 with one line, an unknown camera a 404."""
+    cams = listing().get("cameras", {})
+    if name not in cams:
+        return Reply(404, {"error": f"no camera {shorten(name)!r}"})
+    try:
+        zones, whole_frame = zones_query(query, name)
+        cfg = set_zones(name, zones, whole_frame)
+    except StreamrecError as exc:
+        return Reply(400, {"error": str(exc)})
+    saved = None
+    if config_file is not None:
+        try:
+            saved = config_file if write_zones(config_file, name, cfg.zones, cfg.whole_frame, source=cfg.source) else None
+        except StreamrecError as exc:  # the camera runs with its new zones; the file could not follow
+            logger.warning("camera %s: %s", name, exc)
+            return Reply(500, {"error": f"camera {name!r}: zones set but not saved: {exc}"})
+    return Reply(200, {"camera": name, "zones": [z.to_json() for z in cfg.zones], "whole_frame": cfg.whole_frame,
+                       "saved_to": saved})
+
+
+def zones_query(query: dict[str, list[str]], camera: str) -> tuple[tuple[ZoneConfig, ...], bool]:
+    """The validated ``zones`` (strict JSON: no NaN, no repeated keys) and ``whole_frame`` of a query."""
+    text = (query.get("zones") or [None])[0]
+    if text is None:
+        raise StreamrecError("zones: expected a JSON array of zones in the query string, e.g. "
+                             '?zones=[{"name":"rack","x":0,"y":0,"w":0.5,"h":0.5}]&whole_frame=true')
+    if len(text) > ZONES_QUERY_MAX_CHARS:
+        raise StreamrecError(f"zones: expected at most {ZONES_QUERY_MAX_CHARS} characters, got {len(text)}")
+    try:
+        items = json.loads(text, parse_constant=refuse_constant, object_pairs_hook=unique_keys)
+    except ValueError as exc:
+        raise StreamrecError(f"zones: expected a JSON array, got {shorten(text)!r} ({str(exc).splitlines()[0]})") from None
+    if not isinstance(items, list):
+        raise StreamrecError(f"zones: expected a JSON array, got {shorten(text)!r}")
+    flag = (query.get("whole_frame") or [None])[0]
+    if flag not in ("true", "false"):
+        raise StreamrecError(f"whole_frame: expected true or false, got {'nothing' if flag is None else repr(shorten(flag))}")
+    return parse_zones(items, camera=camera), flag == "true"
+
+
+def refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a key given twice in {shorten(str(keys))}")
+    return dict(pairs)
 
 
 EVENTS_API_LIMIT = 1000  # events in one /api/events answer (the newest); ?limit= asks for fewer
