@@ -21,7 +21,8 @@ def fill(path, n: int) -> None:
     """``n`` one-second segments, alternating two cameras, starting at t = 1000 s."""
     HistoryStore(str(path)).close()  # the schema
     with sqlite3.connect(path) as conn:
-        conn.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, ?)",
+        conn.executemany("INSERT INTO segments (camera, label, start_ts, end_ts, mean_score, peak_score, windows) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
                          [(f"cam-{i % 2}", f"label-{i}", 1000.0 + i, 1001.0 + i, 0.5, 0.75, 3) for i in range(n)])
 
 

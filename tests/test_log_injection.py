@@ -255,7 +255,8 @@ def test_history_and_events_tables_draw_stored_names_on_one_line(tmp_path, capsy
     db = tmp_path / "h.db"
     HistoryStore(str(db)).close()
     with sqlite3.connect(db) as conn:  # written by something else than serve
-        conn.execute("INSERT INTO segments VALUES ('gate\x1b[2J', 'walk\ning', 0, 1, 0.5, 0.6, 2)")
+        conn.execute("INSERT INTO segments (camera, label, start_ts, end_ts, mean_score, peak_score, windows) "
+                     "VALUES ('gate\x1b[2J', 'walk\ning', 0, 1, 0.5, 0.6, 2)")
     assert main(["history", "--db", str(db), "--since", "0"]) == 0
     print_events([{"id": "e1", "camera": "gate", "rule": "r\u202e", "label": "walk\x85ing", "start_ts": 0.0, "end_ts": 1.0,
                    "peak_score": 0.6}], "table")

@@ -38,14 +38,14 @@ logger = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
     camera TEXT NOT NULL,
-    zone TEXT NOT NULL DEFAULT '',
     label TEXT NOT NULL,
     start_ts DOUBLE PRECISION NOT NULL,
     end_ts DOUBLE PRECISION NOT NULL,
     mean_score DOUBLE PRECISION NOT NULL,
     peak_score DOUBLE PRECISION NOT NULL,
-    windows INTEGER NOT NULL
-)"""
+    windows INTEGER NOT NULL,
+    zone TEXT NOT NULL DEFAULT ''
+)"""  # zone last: where an older database gets it (add_zone_column), so both have one layout
 INDEX = "CREATE INDEX IF NOT EXISTS segments_camera_start ON segments (camera, start_ts)"
 RECONNECT = Backoff(base_s=0.5, cap_s=30.0)  # a lost database: connected to again after these waits
 COLUMNS = ("camera", "zone", "label", "start", "end", "mean_score", "peak_score", "windows")
