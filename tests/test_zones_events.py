@@ -14,7 +14,8 @@ import pytest
 
 from conftest import error_line, run_main, wait_until
 from servers import Subscriber, broker  # noqa: F401 - fixture
-from streamrec.event_config import MqttConfig, NotifyConfig, RecordingConfig, RuleConfig
+from streamrec.errors import StreamrecError
+from streamrec.event_config import MqttConfig, NotifyConfig, RecordingConfig, RuleConfig, check_mqtt_cameras
 from streamrec.events.manager import EventManager
 from streamrec.events.store import Event, EventStore, row_event
 from streamrec.live.history import HistoryStore
@@ -246,3 +247,12 @@ def test_a_rule_naming_a_zone_no_camera_has_stops_serve_in_one_line(tmp_path, ex
     cfg.write_text(CONFIG.format(db=tmp_path / "h.db", extra=extra))
     proc = run_main("serve", "--config", str(cfg), "--port", "0")
     assert expected in error_line(proc)
+
+
+def test_a_zone_and_a_camera_that_would_share_a_home_assistant_id_are_refused():
+    mqtt = MqttConfig("mqtt://127.0.0.1", homeassistant_discovery=True)
+    check_mqtt_cameras(mqtt, ["gym", "gym/rack", "gym/mat", "rack"])  # distinct ids: accepted
+    with pytest.raises(StreamrecError) as err:
+        check_mqtt_cameras(mqtt, ["gym/rack", "gym__rack"])
+    assert str(err.value) == ("[notify.mqtt] homeassistant_discovery: streams 'gym/rack' and 'gym__rack' would share "
+                              "the Home Assistant id 'streamrec_gym__rack'; expected distinct ids, rename one")
