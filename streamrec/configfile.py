@@ -96,8 +96,19 @@ def set_zones(table: Any, zones: Sequence[ZoneConfig], whole_frame: bool) -> Non
     trailing = trailing_items(table.get("zones"))
     if "zones" in table:
         del table["zones"]
-    table["whole_frame"] = whole_frame
+    if "whole_frame" in table or isinstance(table, tomlkit.items.InlineTable):
+        table["whole_frame"] = whole_frame  # in its place
+    else:  # after the camera's last key, before the comments that led to its zones
+        body = table.value.body
+        n = len(body)
+        while n and body[n - 1][0] is None:
+            n -= 1
+        comments = body[n:]
+        del body[n:]
+        table["whole_frame"] = whole_frame
+        body.extend(comments)
     if not zones:
+        table.value.body.extend(trailing)  # the comments that led to the next table
         return
     if isinstance(table, tomlkit.items.InlineTable):
         table["zones"] = [z.to_toml_dict() for z in zones]
@@ -110,6 +121,9 @@ def set_zones(table: Any, zones: Sequence[ZoneConfig], whole_frame: bool) -> Non
             t.value.body.extend(trailing or [(None, tomlkit.nl())])
         tables.append(t)
     table["zones"] = tables
+    before = [item for _, item in table.value.body[:-1] if not isinstance(item, tomlkit.items.Null)]
+    if before and isinstance(before[-1], tomlkit.items.Comment):  # a comment heads the zones: no blank line between
+        tables[0].trivia.indent = ""
 
 
 def trailing_items(old: Any) -> list[Any]:
