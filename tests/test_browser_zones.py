@@ -119,6 +119,15 @@ def test_zones_are_drawn_with_labels_and_edited_with_the_mouse(demo_clip, tmp_pa
             page.wait_for_function(labelled, arg="bench", timeout=60_000)  # the new zone's labels reach the page
             assert page.locator("[data-testid=zone-outline]").count() == 3
             page.screenshot(path=str(artifacts / "browser-zones-edited.png"))
+
+            # the zones alone: the whole frame's label gives way to a note
+            page.click("[data-testid=zones-edit]")
+            page.uncheck("[data-testid=whole-frame]")
+            page.click("[data-testid=zones-save]")
+            page.wait_for_selector("[data-testid=zone-editor]", state="hidden")
+            assert gym_zones(port)["whole_frame"] is False and "whole_frame = false" in cfg.read_text()
+            page.wait_for_function("document.querySelector('[data-testid=label]').textContent"
+                                   " === 'zones only: the whole frame is not labelled'", timeout=20_000)
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(30)
