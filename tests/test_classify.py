@@ -36,6 +36,7 @@ def pyav_times(path) -> list[float]:
 
 
 @pytest.mark.parametrize("clip", format_clips())
+@pytest.mark.slow
 def test_timeline_covers_the_clip_on_pyav_timestamps(clip, tiny):
     times = pyav_times(clip)
     tl = classify_file(clip, loaded=tiny, stride=0.5, batch_size=3, device="cpu")
@@ -78,6 +79,7 @@ def test_short_clip_is_padded_and_says_so(tmp_path, tiny):
     assert "shorter than one window" in tl.to_table()
 
 
+@pytest.mark.slow
 def test_json_and_csv_schemas(demo_clip):
     proc = run_cli("classify", str(demo_clip), "--weights", "none", "--model", "tiny3d",
                    "--format", "json", "--top", "3")
@@ -104,6 +106,7 @@ def test_json_and_csv_schemas(demo_clip):
 
 @pytest.mark.hardware
 @pytest.mark.skipif(not openvino.bf16_supported(), reason="this CPU has no bfloat16 instructions")
+@pytest.mark.slow
 def test_a_lower_precision_backend_is_named_in_the_result(demo_clip):
     file = str(demo_clip)
     runs = {b: run_cli("classify", file, "--weights", "none", "--model", "tiny3d", "--format", "json",
@@ -115,6 +118,7 @@ def test_a_lower_precision_backend_is_named_in_the_result(demo_clip):
     assert [w["index"] for w in d["openvino-bf16"]["windows"]] == [w["index"] for w in d["openvino"]["windows"]]
 
 
+@pytest.mark.slow
 def test_plot_is_written(demo_clip, tmp_path):
     png = tmp_path / "t.png"
     proc = run_cli("classify", str(demo_clip), "--weights", "none", "--model", "tiny3d",
@@ -123,6 +127,7 @@ def test_plot_is_written(demo_clip, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_sports_only_renormalizes_over_sport_classes(demo_clip):
     from streamrec.models import kinetics
 
@@ -145,6 +150,7 @@ def test_api_mirrors_the_book(demo_clip, tiny):
 
 # -- bad input ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_corrupt_file(tmp_path, demo_clip):
     data = demo_clip.read_bytes()
     bad = tmp_path / "corrupt.mp4"
@@ -152,6 +158,7 @@ def test_corrupt_file(tmp_path, demo_clip):
     assert "not a readable video file" in error_line(run_cli("classify", str(bad), "--weights", "none"))
 
 
+@pytest.mark.slow
 def test_file_without_a_video_stream(tmp_path):
     path = tmp_path / "audio.wav"
     with av.open(str(path), "w") as out:
@@ -164,6 +171,7 @@ def test_file_without_a_video_stream(tmp_path):
 
 
 @pytest.mark.parametrize("stride", ["0", "-1"])
+@pytest.mark.slow
 def test_stride_must_be_positive(demo_clip, stride):
     line = error_line(run_cli("classify", str(demo_clip), "--stride", stride, "--weights", "none"))
     assert "--stride: expected > 0" in line
@@ -174,6 +182,7 @@ def test_api_raises_the_same_errors(tmp_path):
         classify_file(tmp_path / "nope.mp4", weights="none")
 
 
+@pytest.mark.slow
 def test_a_bad_file_is_named_as_classify_s_argument_not_serve_s_option(tmp_path):
     missing, text = tmp_path / "nope.mp4", tmp_path / "notes.mp4"
     text.write_text("not a video\n")

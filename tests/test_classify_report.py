@@ -55,6 +55,7 @@ def test_the_table_lists_segments_in_mm_ss_and_windows_only_on_request():
     assert rows == [f"{w.index:>4}  {w.start:>8.2f}  {w.end:>8.2f}  {w.score:>6.3f}  {w.label}" for w in tl.windows]
 
 
+@pytest.mark.slow
 def test_the_cli_prints_segments_by_default_and_windows_with_the_flag(demo_clip):
     plain = run_cli("classify", str(demo_clip), *RANDOM)
     assert plain.returncode == 0, plain.stderr
@@ -66,6 +67,7 @@ def test_the_cli_prints_segments_by_default_and_windows_with_the_flag(demo_clip)
     assert [int(r.split()[0]) for r in rows] == list(range(10))  # a window a second over 10 s
 
 
+@pytest.mark.slow
 def test_out_and_plot_say_what_they_wrote(demo_clip, tmp_path):
     out, png = tmp_path / "t.csv", tmp_path / "t.png"
     proc = run_cli("classify", str(demo_clip), *RANDOM, "--format", "csv", "--out", str(out), "--plot", str(png))
@@ -83,6 +85,7 @@ def test_out_and_plot_say_what_they_wrote(demo_clip, tmp_path):
     assert f"wrote {js} (JSON: {n} segment{'s' if n != 1 else ''}, {len(d['windows'])} windows)" in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_csv_marks_random_weights_in_a_column_pandas_reads(demo_clip, tmp_path):
     import pandas as pd
     import torch
@@ -123,6 +126,7 @@ def test_every_class_of_the_plot_has_its_own_colour(monkeypatch, tmp_path):
     assert not any(r == g == b for r, g, b in classes)  # and none grey like "uncertain"
 
 
+@pytest.mark.slow
 def test_a_terminal_sees_progress_with_the_total_percent_and_eta(demo_clip):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))

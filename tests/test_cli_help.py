@@ -66,6 +66,7 @@ def test_lr_find_lists_only_its_own_options():
     assert not flags & {"--epochs", "--patience", "--resume", "--out", "--lr", "--quiet", "--freeze-backbone"}
 
 
+@pytest.mark.slow
 def test_json_is_a_switch_everywhere():
     for command in commands():
         for head, _ in entries(run_cli(command, "--help").stdout):

@@ -41,6 +41,7 @@ def test_cpu_hog_spins_for_its_seconds_and_exits_by_itself():
     assert not worker.is_running()
 
 
+@pytest.mark.slow
 def test_cpu_hog_workers_end_with_the_hog():
     proc = subprocess.Popen([sys.executable, HOG, "--workers", "2"], stderr=subprocess.PIPE, text=True)
     try:

@@ -155,6 +155,7 @@ min_seconds = {min_seconds}
     ('notify = ["webhook"]\n[notify.webhook]\nurl = "ftp://x"', "[notify.webhook] url: expected an http:// or https:// URL"),
     ('end_seconds = -1', "[[rules]] 'bees': end_seconds: expected >= 0 seconds, got -1.0"),
 ])
+@pytest.mark.slow
 def test_rule_errors_stop_serve_with_one_line(tmp_path, extra, message):
     video = write_video(tmp_path / "v.mp4", seconds=1)
     text = RULES.format(video=video, db=tmp_path / "h.db", min_seconds=1, extra=extra)
@@ -176,6 +177,7 @@ def get_json(url: str):
         return json.loads(r.read())
 
 
+@pytest.mark.slow
 def test_an_event_reaches_the_page_the_api_the_database_and_the_events_command(tmp_path):
     video = write_video(tmp_path / "v.mp4", seconds=3)
     db = tmp_path / "h.db"

@@ -36,6 +36,7 @@ def source(request, tmp_path):
     return "mjpeg", ffmpeg_clip(tmp_path / "cam.avi", "mjpeg")
 
 
+@pytest.mark.slow
 def test_clips_browsers_cannot_play_are_named_at_start_and_in_the_api(tmp_path, source, caplog):
     codec, src = source
     caplog.set_level(logging.WARNING, logger="streamrec.live.packets")

@@ -95,6 +95,7 @@ def get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
         return r.status, dict(r.headers), r.read()
 
 
+@pytest.mark.slow
 def test_an_activity_becomes_an_event_with_a_clip_a_webhook_and_mqtt(tmp_path, directions_model, broker, receiver):
     video, port, cfg = setup(tmp_path, directions_model, broker, receiver)
     sub = Subscriber(broker, "sr/#", "homeassistant/#")
@@ -152,6 +153,7 @@ def test_an_activity_becomes_an_event_with_a_clip_a_webhook_and_mqtt(tmp_path, d
     assert cv2.imdecode(np.frombuffer(thumb, np.uint8), cv2.IMREAD_COLOR).shape[2] == 3
 
 
+@pytest.mark.slow
 def test_kill_during_an_event_then_restart_closes_it_and_delivers_what_was_pending(tmp_path, directions_model,
                                                                                   broker, receiver):
     video, port, cfg = setup(tmp_path, directions_model, broker, receiver)

@@ -57,6 +57,7 @@ def test_hub_dir_and_torch_version_agree_with_torch(monkeypatch, tmp_path):
     assert torch.__version__.split("+")[0] == firststart.torch_version().split("+")[0]
 
 
+@pytest.mark.slow
 def test_first_start_prepares_in_a_child_and_the_job_never_imports_torchvision(tmp_path, demo_clip):
     clip = demo_clip
     path = save_default_weights("r2plus1d_18", tmp_path / "torch")
@@ -78,6 +79,7 @@ def test_first_start_prepares_in_a_child_and_the_job_never_imports_torchvision(t
     assert a["windows"] == b["windows"] and len(a["windows"]) == 2  # the same graph, the same scores (ends: 1 s, the tail)
 
 
+@pytest.mark.slow
 def test_serve_first_start_prepares_in_a_child_and_the_server_never_maps_torchvision(tmp_path, demo_clip):
     save_default_weights("r2plus1d_18", tmp_path / "torch")
     port = free_port()
@@ -113,6 +115,7 @@ print(json.dumps({"torchvision": "torchvision" in sys.modules, "top": top}))
 """
 
 
+@pytest.mark.slow
 def test_the_python_api_prepares_a_first_start_in_a_child_too(tmp_path):
     save_default_weights("r2plus1d_18", tmp_path / "torch")
 
@@ -154,6 +157,7 @@ def test_sigterm_while_preparing_ends_the_child_too(tmp_path, demo_clip):
     assert not any(c.is_running() for c in children)
 
 
+@pytest.mark.slow
 def test_offline_first_start_fails_once_with_the_jobs_own_error(tmp_path, demo_clip):
     clip = demo_clip
     r = subprocess.run([sys.executable, "-m", "streamrec", "classify", str(clip), "--device", "cpu"],
@@ -169,6 +173,7 @@ def _tiny_checkpoint(path: Path) -> None:
     torch.save(make_checkpoint(net, model="tiny3d", classes=["jump", "run"], spec=model_spec("tiny3d")), path)
 
 
+@pytest.mark.slow
 def test_needs_preparing_follows_the_entry_and_its_weights_file(tmp_path, monkeypatch):
     cache, w = tmp_path / "cache", tmp_path / "w.pt"
     _tiny_checkpoint(w)
@@ -203,6 +208,7 @@ def test_a_model_that_cannot_be_cached_is_not_prepared_again(tmp_path, monkeypat
     assert not firststart.needs_preparing(cache, "tiny3d", str(w), device="cpu")
 
 
+@pytest.mark.slow
 def test_an_exported_onnx_file_is_prepared_without_tracing_it(tmp_path, monkeypatch):
     """The child once fx-traced the ONNX Runtime wrapper and crashed (SIGSEGV) on every start."""
     from streamrec.offline.evaluate import export
@@ -220,12 +226,14 @@ def test_an_exported_onnx_file_is_prepared_without_tracing_it(tmp_path, monkeypa
     assert loaded.prebuilt and loaded.classes == ["jump", "run"]
 
 
+@pytest.mark.slow
 def test_prepare_raises_the_childs_user_error(tmp_path):
     with pytest.raises(WeightsError) as caught:  # the child's own error, for the job to report once
         firststart.prepare(tmp_path / "cache", None, str(tmp_path / "missing.pt"))
     assert str(caught.value) == f"--weights: expected DEFAULT, none or a file, got {str(tmp_path / 'missing.pt')!r} (no such file)"
 
 
+@pytest.mark.slow
 def test_a_failed_download_is_tried_once_and_suggests_random_weights(tmp_path, demo_clip):
     """No STREAMREC_OFFLINE: the child tries the download (through a proxy that refuses at once),
     fails, and the job reports the child's error instead of downloading a second time."""
@@ -320,6 +328,7 @@ def _tiny3d_checkpoint(path: Path) -> Path:
 
 @pytest.mark.parametrize("signal_name, phase", [("SIGTERM", "gate"), ("SIGINT", "gate"), ("SIGTERM", "child"),
                                                  ("SIGINT", "timing"), ("SIGTERM", "camera")])
+@pytest.mark.slow
 def test_a_signal_while_preparing_stops_serve_cleanly(tmp_path, demo_clip, signal_name, phase):
     """SIGTERM or Ctrl-C while serve prepares the model (held at the gate, while the first-start
     child runs, while --backend auto times the backends, or while a camera that does not answer is

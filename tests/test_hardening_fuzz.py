@@ -73,6 +73,7 @@ def toml_documents(draw) -> str:
 
 @SETTINGS
 @given(toml_documents())
+@pytest.mark.slow
 def test_any_toml_config_works_or_is_one_line_error(text):
     try:
         values = tomllib.loads(text)
@@ -141,6 +142,7 @@ queries = st.one_of(
 @example(query={"name": "w", "source": "9" * 5000})  # more digits than int() converts: was a 500
 @example(query={"name": "w", "source": "CLIP", "open_timeout": "9" * 5000})
 @example(query={"name": "w", "source": "\U0001d400" * 64})  # a file name over NAME_MAX bytes (ENAMETOOLONG): was a 500
+@pytest.mark.slow
 def test_camera_api_posts_never_fail_inside(server, query):
     port, clip = server
     query = {k: clip if v == "CLIP" else v for k, v in query.items()}
@@ -156,6 +158,7 @@ def test_camera_api_posts_never_fail_inside(server, query):
 
 @SETTINGS
 @given(raw=st.text(max_size=40), method=st.sampled_from(["POST", "DELETE"]))
+@pytest.mark.slow
 def test_camera_api_raw_query_strings_and_paths(server, raw, method):
     port, _ = server
     encoded = quote(raw, safe="=&%+;/?")  # malformed escapes and separators pass through as written

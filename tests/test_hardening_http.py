@@ -91,6 +91,7 @@ def admin_server(clip):
 
 
 @pytest.mark.parametrize("path, ws", [("/", False), ("/api/history", False), ("/ws", True)])
+@pytest.mark.slow
 def test_a_foreign_host_is_refused_before_anything_else(open_server, path, ws):
     port = open_server
     extra = WS_HEAD if ws else []
@@ -100,6 +101,7 @@ def test_a_foreign_host_is_refused_before_anything_else(open_server, path, ws):
         assert raw(port, f"GET {path} HTTP/1.1", f"Host: {host}", f"Origin: http://{host}", *extra) == (101 if ws else 200)
 
 
+@pytest.mark.slow
 def test_the_page_and_websocket_still_work_for_the_real_host(open_server):
     async def one_message():
         async with websockets.connect(f"ws://127.0.0.1:{open_server}/ws", max_size=2**22) as ws:
@@ -110,6 +112,7 @@ def test_the_page_and_websocket_still_work_for_the_real_host(open_server):
 
 
 @pytest.mark.parametrize("path", ["/ws", "/", "/healthz", "/api/cameras"])
+@pytest.mark.slow
 def test_repeated_host_or_origin_is_a_400(admin_server, path):
     port = admin_server
     host = f"Host: 127.0.0.1:{port}"
@@ -126,6 +129,7 @@ def api(method: str, url: str) -> tuple[int, dict]:
     return json_request(method, url, TOKEN)
 
 
+@pytest.mark.slow
 def test_a_non_ascii_camera_is_added_and_deleted(admin_server, clip):
     from urllib.parse import quote
 
@@ -139,6 +143,7 @@ def test_a_non_ascii_camera_is_added_and_deleted(admin_server, clip):
     assert status == 400 and body["error"].startswith("camera name: expected at most 255 bytes as UTF-8, got 256 bytes")
 
 
+@pytest.mark.slow
 def test_totals_are_counters(admin_server):
     text = wait_http(f"http://127.0.0.1:{admin_server}/metrics?token={TOKEN}").decode()
     types = {f.name: f.type for f in text_string_to_metric_families(text) if f.name.startswith("streamrec_")}
@@ -169,6 +174,7 @@ def closed_by_peer(s: socket.socket) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_half_sent_requests_do_not_lock_out_new_clients(clip):
     import resource
 
@@ -220,6 +226,7 @@ def http_clip(tmp_path):
     httpd.shutdown()
 
 
+@pytest.mark.slow
 def test_a_live_stream_that_ends_is_logged_as_ended_and_masked(http_clip):
     url = f"http://viewer:p@ss@127.0.0.1:{http_clip}/live.ts?channel=1&authtoken=SECRET"  # FFmpeg takes the last @ too
     proc, port = start("--source", url)
@@ -253,6 +260,7 @@ def test_allowed_hosts_and_limits_from_the_config():
     assert Limits.of(ServeConfig(source="x.mp4")) == Limits()
 
 
+@pytest.mark.slow
 def test_allowed_hosts_and_connection_limits_in_a_server():
     from streamrec.serve.guard import Limits
     from streamrec.serve.server import Hub, WebServer, json_route
@@ -291,6 +299,7 @@ def test_allowed_hosts_and_connection_limits_in_a_server():
     assert (refused, timed_out, after) == (503, True, 200)
 
 
+@pytest.mark.slow
 def test_allowed_host_from_the_command_line(clip):
     proc, port = start("--source", str(clip), "--loop", "--allowed-host", "cam.example")
     try:

@@ -176,6 +176,7 @@ def test_a_range_is_answered_as_rfc_9110_says(served, header, status, first, las
     assert headers.get("content-range") == (f"bytes {first}-{last}/{N}" if status == 206 else None)
 
 
+@pytest.mark.slow
 def test_bad_ranges_never_lock_the_server_out(served):
     for i in range(100):  # more than the 64 connections one address may hold
         header = ("bytes=" + "9" * (4301 + i) + "-", "bytes=-" + "9" * 5000, "bytes=1-" + "9" * 8000)[i % 3]
@@ -185,6 +186,7 @@ def test_bad_ranges_never_lock_the_server_out(served):
 
 
 @pytest.mark.parametrize("target", ["/api/events/e1/clip.mp4", "/big"])
+@pytest.mark.slow
 def test_clients_that_do_not_read_never_lock_the_address_out(served, target):
     stalled = []
     try:
@@ -213,6 +215,7 @@ def test_a_file_that_went_away_is_a_404(served):
 
 
 @pytest.mark.parametrize("target", ["/api/files/big", "/big"])
+@pytest.mark.slow
 def test_a_slow_reader_gets_the_whole_answer(served, target):
     status, headers, body = http(served.port, "GET", target, rcvbuf=4096, pause_s=1.0)
     want = (served.folder / "big").read_bytes() if target == "/api/files/big" else BIG_JSON
@@ -494,6 +497,7 @@ def test_tabs_may_follow_the_bearer_scheme_while_preparing(starting, between):
     assert status == 200 and "expected_s" in json.loads(body)["preparing"]
 
 
+@pytest.mark.slow
 def test_a_request_that_never_comes_while_preparing_lets_go_of_its_connection(monkeypatch):
     from streamrec.serve import starting
 

@@ -61,6 +61,7 @@ def test_slow_windows_compares_medians_of_the_slow_and_the_other_windows(live):
     assert live.slow_windows([]) == {"slow": 0, "of": 0}
 
 
+@pytest.mark.slow
 def test_accounting_tells_cpu_time_from_waiting(live):
     busy = live.CpuAccounting(Spinner(cpu_ms=60))
     idle = live.CpuAccounting(Spinner(sleep_ms=60))

@@ -42,6 +42,7 @@ def test_a_password_never_shows(password, scheme, host, after_host, before, afte
 @settings(max_examples=400, suppress_health_check=list(HealthCheck), deadline=None)
 @given(password=SECRETS, value=SECRETS, key=KEYS, separator=SEPARATORS, host=HOSTS, after_host=AFTER_HOST,
        before=BEFORE, after=AFTER)
+@pytest.mark.slow
 def test_a_secret_parameter_never_shows(password, value, key, separator, host, after_host, before, after):
     text = f"{before}rtsp://admin:{password}@{host}{after_host}{separator}{key}={value}{after}"
     shown = f"{before}rtsp://admin:***@{host}{after_host}{separator}{key}=***{after}"

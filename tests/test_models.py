@@ -115,6 +115,7 @@ def test_tiny3d_is_under_one_million_parameters():
     assert sum(p.numel() for p in build_model("tiny3d", num_classes=400).parameters()) < 1_000_000
 
 
+@pytest.mark.slow
 def test_loading_takes_the_loaded_tensors_instead_of_copying_them():
     from streamrec.models.registry import build_loaded
 

@@ -183,6 +183,7 @@ def test_backoff_doubles_up_to_its_cap(tmp_path, receiver, notifiers):
 
 
 @pytest.mark.parametrize("where", ["another port", "the same host"])
+@pytest.mark.slow
 def test_a_redirect_is_not_followed(tmp_path, receiver, notifiers, where):
     other = Receiver()
     try:
@@ -236,6 +237,7 @@ def test_notifications_expire_after_max_age_logged_once(tmp_path, receiver, noti
         "gave up on 1 notification(s) not delivered within 60 s (max_age_s)"]
 
 
+@pytest.mark.slow
 def test_the_outbox_survives_a_restart(tmp_path, receiver, notifiers):
     receiver.fail = 1_000
     db = tmp_path / "h.db"
@@ -262,6 +264,7 @@ def test_the_outbox_survives_a_restart(tmp_path, receiver, notifiers):
 
 
 # -- MQTT -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_mqtt_online_activity_events_and_discovery(tmp_path, broker, notifiers, subscribers):
     events = subscribers(broker, "sr/events", "sr/rack-1/activity")
     store = EventStore(str(tmp_path / "h.db"))
@@ -301,6 +304,7 @@ def test_mqtt_online_activity_events_and_discovery(tmp_path, broker, notifiers, 
     notifier.close()  # idempotent
 
 
+@pytest.mark.slow
 def test_mqtt_event_during_a_broker_outage_arrives_after_the_restart(tmp_path, broker, notifiers, subscribers):
     clock = Clock()
     store = EventStore(str(tmp_path / "h.db"))
@@ -361,6 +365,7 @@ def test_a_killed_process_is_offline_by_its_last_will(broker, subscribers):
         child.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_mqtt_credentials_come_from_the_url_and_are_never_shown(tmp_path, notifiers, caplog):
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed (apt-get install -y mosquitto): these tests run a real broker")
@@ -434,6 +439,7 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
+@pytest.mark.slow
 def test_mqtts_checks_the_broker_against_the_system_cas_or_ca_file(tmp_path, notifiers, monkeypatch):
     if MOSQUITTO is None or shutil.which("openssl") is None:
         pytest.skip("mosquitto and openssl are needed (apt-get install -y mosquitto openssl): a real TLS broker")
@@ -465,6 +471,7 @@ def test_mqtts_checks_the_broker_against_the_system_cas_or_ca_file(tmp_path, not
         b.stop()
 
 
+@pytest.mark.slow
 def test_webhook_over_https_checks_the_certificate_and_trusts_ca_file(tmp_path, notifiers):
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed (apt-get install -y openssl): a real HTTPS receiver")
@@ -493,6 +500,7 @@ def test_webhook_over_https_checks_the_certificate_and_trusts_ca_file(tmp_path, 
     assert json.loads(req["body"])["type"] == "event_start"
 
 
+@pytest.mark.slow
 def test_a_broker_that_is_down_neither_blocks_nor_raises(notifiers):
     store = EventStore(":memory:")
     notifier = notifiers(store, NotifyConfig(mqtt=MqttConfig(f"mqtt://127.0.0.1:{free_port()}")), backoff_s=0.05,

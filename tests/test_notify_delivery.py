@@ -157,6 +157,7 @@ def mqtt_url(b: Broker) -> str:
 # -- a receiver that drips its answer --------------------------------------------------------------
 @pytest.mark.parametrize("start, every_s", [(0, 0.2), (10, 0.2), (30, 0.2), (DripReceiver.BODY - 1, 2.0)],
                          ids=["status line", "in the status line", "headers", "the last header byte"])
+@pytest.mark.slow
 def test_a_webhook_dripping_its_answer_is_cut_off_at_the_timeout(tmp_path, drip, notifiers, start, every_s):
     rx = drip(start=start, every_s=every_s)
     db = tmp_path / "h.db"
@@ -172,6 +173,7 @@ def test_a_webhook_dripping_its_answer_is_cut_off_at_the_timeout(tmp_path, drip,
     wait_until(rx.hung_up.is_set, "the receiver seeing the connection closed", timeout=30)
 
 
+@pytest.mark.slow
 def test_a_webhook_dripping_the_body_of_a_2xx_is_delivered_and_cut_off(tmp_path, drip, notifiers):
     rx = drip(start=DripReceiver.BODY)  # the status and headers at once, then the body a byte at a time
     db = tmp_path / "h.db"
@@ -328,6 +330,7 @@ TIMED_OUT = "no complete answer within 1 s (timeout)"
      "cannot reach the webhook: got more than 100 headers"),
 ], ids=["never answers", "TLS handshake a byte at a time", "endless 100 Continue", "endless chunked 2xx",
         "huge 2xx body", "endless chunked 500", "endless headers"])
+@pytest.mark.slow
 def test_a_misbehaving_webhook_ends_its_delivery_within_the_timeout(tmp_path, notifiers, handler, scheme, expected):
     url = f"{scheme}://127.0.0.1:{serve_with(handler)}/hook"
     store = EventStore(str(tmp_path / "h.db"))
@@ -353,6 +356,7 @@ def test_a_webhook_redirecting_elsewhere_or_to_itself_is_not_followed(tmp_path, 
     assert receiver.count() == 1 and rx.count() == 0
 
 
+@pytest.mark.slow
 def test_a_webhook_name_that_resolves_slowly_is_cut_off_at_the_timeout(tmp_path, notifiers, monkeypatch):
     looked_up = threading.Event()
     real = socket.getaddrinfo
@@ -391,6 +395,7 @@ def test_an_international_webhook_host_is_sent_as_idna(tmp_path, notifiers):
     assert f"\r\nHost: localhost:{port}\r\n".encode() in heads[0]
 
 
+@pytest.mark.slow
 def test_healthz_names_a_broker_that_accepts_the_connection_but_never_answers(notifiers):
     clock = Clock()
     port = serve_with(silent)
@@ -437,6 +442,7 @@ def test_healthz_names_a_webhook_whose_notifications_all_expired_no_longer(tmp_p
     assert store.outbox_stats() == {"pending": 0, "delivered": 0} and notifier.problems() == []
 
 
+@pytest.mark.slow
 def test_healthz_names_a_broker_that_stays_down(notifiers):
     clock = Clock()
     port = free_port()  # nothing listens there
@@ -474,6 +480,7 @@ def test_a_webhook_that_fails_then_recovers_gets_each_events_notifications_in_or
     assert store.outbox_stats() == {"pending": 0, "delivered": 3}
 
 
+@pytest.mark.slow
 def test_after_a_broker_outage_an_events_end_follows_its_start(tmp_path, broker, notifiers, subscribers):
     clock = Clock()
     db = tmp_path / "h.db"
@@ -503,6 +510,7 @@ def test_after_a_broker_outage_an_events_end_follows_its_start(tmp_path, broker,
     assert [json.loads(p)["type"] for p, _ in sub.on("sr/events")] == ["event_start", "event_end"]
 
 
+@pytest.mark.slow
 def test_after_a_restart_during_an_outage_each_events_end_follows_its_start_on_both_channels(
         tmp_path, receiver, broker, notifiers, subscribers):
     clock = Clock()
@@ -586,6 +594,7 @@ def always_b(path: Path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_serve_healthz_is_degraded_naming_a_channel_that_stays_down(tmp_path):
     import subprocess
     import urllib.request

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from servers import receiver  # noqa: F401 - fixture
 from test_postgres import pytestmark, server  # noqa: F401 - the PostgreSQL server fixture and its skip
 from streamrec.event_config import NotifyConfig, WebhookConfig
@@ -13,6 +15,7 @@ from streamrec.events.store import Event, EventStore
 from streamrec.supervision import Supervisor
 
 
+@pytest.mark.slow
 def test_an_events_end_waits_for_its_start_in_postgres(server, receiver):  # noqa: F811 - fixtures
     receiver.fail = 1
     now = [1_000_000.0]
@@ -39,6 +42,7 @@ def test_an_events_end_waits_for_its_start_in_postgres(server, receiver):  # noq
         store.close()
 
 
+@pytest.mark.slow
 def test_an_events_end_is_given_up_with_its_start_in_postgres(server):  # noqa: F811 - fixture
     store = EventStore(server.url)
     try:

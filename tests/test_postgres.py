@@ -67,6 +67,7 @@ def postgres(server):
     return server.url
 
 
+@pytest.mark.slow
 def test_store_roundtrip(postgres):
     store = HistoryStore(postgres)
     t = SegmentTracker("pg-cam", store.add)
@@ -89,6 +90,7 @@ def test_store_roundtrip(postgres):
         store.close()
 
 
+@pytest.mark.slow
 def test_serve_and_history_use_postgres(postgres, demo_clip):
     port = free_port()
     proc = subprocess.Popen(streamrec_cmd("serve", "--source", str(demo_clip), "--loop", "--model",
@@ -208,6 +210,7 @@ def test_events_survive_a_postgres_restart(server):
     ("DELETE", "/api/events/\x00", {}, 404), ("GET", "/api/events", {"camera": ["\x00"]}, 400),
     ("GET", "/api/events", {"rule": ["x\x00"]}, 400), ("GET", "/api/history", {"camera": ["c\x00"]}, 400),
 ])
+@pytest.mark.slow
 def test_a_nul_in_an_api_name_is_answered_not_sent_to_postgres(server, tmp_path, method, path, query, status):
     from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
     from streamrec.events.manager import EventManager

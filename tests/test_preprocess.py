@@ -17,6 +17,7 @@ def decode(path, n=16):
 
 @pytest.mark.parametrize("clip", format_clips())
 @pytest.mark.parametrize("model", ["r2plus1d_18", "s3d", "mvit_v2_s", "swin3d_t"])
+@pytest.mark.slow
 def test_matches_torchvision_weights_transforms_on_real_clips(clip, model):
     frames = decode(clip)
     assert len(frames) == 16

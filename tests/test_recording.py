@@ -305,6 +305,7 @@ os._exit(3)
 """
 
 
+@pytest.mark.slow
 def test_a_clip_whose_writer_is_killed_plays_up_to_its_last_fragment(clip12, tmp_path):
     code = KILLED.format(tests=str(ROOT / "tests"), tmp=str(tmp_path), src=str(clip12))
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -343,6 +344,7 @@ print(json.dumps({{"frames": play.index, "stats": rec.stats(), "done": done}}))
 
 
 @pytest.mark.parametrize("room", ["some fragments", "no fragment"])
+@pytest.mark.slow
 def test_a_full_disk_ends_the_clip_with_one_error_line_and_a_count(clip12, tmp_path, room):
     limit = clip12.stat().st_size // 6 if room == "some fragments" else 2000  # 2000: the MP4's header, no more
     code = DISK_FULL.format(tests=str(ROOT / "tests"), tmp=str(tmp_path), src=str(clip12), limit=limit)
@@ -365,6 +367,7 @@ def test_a_full_disk_ends_the_clip_with_one_error_line_and_a_count(clip12, tmp_p
         assert not (tmp_path / "events" / "cam" / "e.mp4").exists()
 
 
+@pytest.mark.slow
 def test_a_real_capture_thread_feeds_the_ring(tmp_path):
     """The tap through CaptureThread, dated by time.time(), with the first source opened up front."""
     src = h264(tmp_path / "cam.mp4", 3.0, gop=15)
@@ -396,6 +399,7 @@ def test_a_real_capture_thread_feeds_the_ring(tmp_path):
     assert want - 2 / FPS <= seconds <= want + 15 / FPS + 2 / FPS, (seconds, want)
 
 
+@pytest.mark.slow
 def test_a_webcam_has_its_frames_encoded_for_clips(tmp_path):
     """OpenCV gives decoded frames: an encoder thread puts H.264 packets into the ring instead."""
     import cv2

@@ -37,6 +37,7 @@ class FlakyClassifier(Classifier):
         return super().probs(batch)
 
 
+@pytest.mark.slow
 def test_a_failing_worker_is_logged_once_counted_restarted_and_reported(tmp_path, caplog):
     video = write_video(tmp_path / "v.mp4", seconds=2)
     clf = FlakyClassifier(load_model("tiny3d", weights="none"), device="cpu", backend="torch", warmup=0)

@@ -29,6 +29,7 @@ def trained(directions_model):
     return directions_model
 
 
+@pytest.mark.slow
 def test_training_reaches_90_percent_on_direction_classes(trained):
     data, out, proc = trained
     log = (out.parent / "model.pt.log.csv").read_text().splitlines()
@@ -41,6 +42,7 @@ def test_training_reaches_90_percent_on_direction_classes(trained):
     assert ck["train_args"]["flip"] is False and ck["preprocess"]["fps"] == 15.0
 
 
+@pytest.mark.slow
 def test_evaluate_reports_metrics_and_confusion_png(trained, tmp_path):
     data, out, _ = trained
     png = tmp_path / "cm.png"
@@ -55,6 +57,7 @@ def test_evaluate_reports_metrics_and_confusion_png(trained, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.slow
 def test_exported_files_carry_class_names_and_agree(trained, tmp_path, fmt):
     data, out, _ = trained
     target = tmp_path / ("m.ts" if fmt == "torchscript" else "m.onnx")
@@ -68,6 +71,7 @@ def test_exported_files_carry_class_names_and_agree(trained, tmp_path, fmt):
     assert diff < 1e-3
 
 
+@pytest.mark.slow
 def test_served_labels_follow_the_true_class(trained, tmp_path):
     """A video that moves left-to-right for 6 s, then top-to-bottom: the labels follow."""
     data, out, _ = trained
@@ -112,6 +116,7 @@ def test_served_labels_follow_the_true_class(trained, tmp_path):
     assert switch <= k + 3, media
 
 
+@pytest.mark.slow
 def test_classify_reports_the_two_segments_of_a_clip_that_switches(trained, tmp_path):
     """6 s left-to-right, then 6 s top-to-bottom: two segments, the boundary within a window's
     span of the switch plus the smoothing's delay (serve's: the 3rd wholly new window shows it)."""
@@ -147,6 +152,7 @@ def test_classify_reports_the_two_segments_of_a_clip_that_switches(trained, tmp_
         {(f"{boundary:.3f}", f"{segments[1][2]:.3f}")}
 
 
+@pytest.mark.slow
 def test_catalog_and_contact_sheet_on_the_real_clips(clips, tmp_path):
     data = tmp_path / "real"
     for split, names in {"train": ["arm_wrestling.mp4", "cleaning_pool.mp4", "flipping_pancake.mkv"],
@@ -168,6 +174,7 @@ def test_catalog_and_contact_sheet_on_the_real_clips(clips, tmp_path):
     assert sheet.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_bad_datasets(tmp_path):
     (tmp_path / "a" / "train" / "x").mkdir(parents=True)
     with pytest.raises(StreamrecError, match="is empty"):
@@ -201,6 +208,7 @@ def test_bad_training_options_name_themselves(values, message):
     assert str(info.value) == message
 
 
+@pytest.mark.slow
 def test_what_a_training_run_starts_from(trained, tmp_path):
     """Two classes at least; --val-split only where there is no valid/ yet; a checkpoint's
     weights are fine-tuned (tiny3d's too), an exported file is refused."""
@@ -233,6 +241,7 @@ def test_what_a_training_run_starts_from(trained, tmp_path):
         base_model(TrainConfig(data=str(data), model="tiny3d", weights=str(tmp_path / "m.ts")), ["p", "q"])
 
 
+@pytest.mark.slow
 def test_lr_find_plots_and_suggests(trained, tmp_path):
     data, _, _ = trained
     png = tmp_path / "lr.png"
@@ -244,6 +253,7 @@ def test_lr_find_plots_and_suggests(trained, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_epoch(tmp_path):
     data = make_motion_dataset(tmp_path / "d", per_class=6, valid=2, seconds=1.2)
     out = tmp_path / "m.pt"

@@ -50,6 +50,7 @@ def test_chance_is_the_largest_class_share_and_the_loss_of_guessing_the_shares()
     assert Chance.of([0, 1, 2, 3, 4]).loss == pytest.approx(math.log(5))
 
 
+@pytest.mark.slow
 def test_a_model_at_chance_is_not_saved_and_an_older_file_is_kept(small, tmp_path):
     out = tmp_path / "m.pt"
     out.write_bytes(b"the model of last week")
@@ -76,6 +77,7 @@ def test_a_model_at_chance_is_not_saved_and_an_older_file_is_kept(small, tmp_pat
     assert torch.load(out, weights_only=False)["classes"] == ["left_to_right", "right_to_left", "top_to_bottom"]
 
 
+@pytest.mark.slow
 def test_the_default_learning_rate_trains_tiny3d_beyond_chance(separable, tmp_path):
     out = tmp_path / "m.pt"
     proc = run_cli("train", str(separable), *TINY, "--out", str(out), timeout=600)  # no --lr, no --epochs
@@ -87,6 +89,7 @@ def test_the_default_learning_rate_trains_tiny3d_beyond_chance(separable, tmp_pa
     assert best > 1 / 3 and "no better than chance" not in proc.stderr and out.is_file()
 
 
+@pytest.mark.slow
 def test_the_suggested_learning_rate_trains_beyond_chance(separable, tmp_path):
     proc = run_cli("lr-find", str(separable), *TINY, "--plot", str(tmp_path / "lr.png"), timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -131,6 +134,7 @@ def test_pretrained_weights_train_the_head_by_default():
     assert TrainConfig(data="DATA", model="r2plus1d_18", lr=5e-4).peak_lr == 5e-4
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_frozen_random_backbone_in_one_line(small):
     proc = run_cli("train", str(small), "--model", "tiny3d", "--freeze-backbone")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -140,6 +144,7 @@ def test_the_cli_refuses_a_frozen_random_backbone_in_one_line(small):
         "(--finetune-all, the default for random weights) or start from pretrained weights or a checkpoint"]
 
 
+@pytest.mark.slow
 def test_val_split_is_one_split_for_dataset_train_and_evaluate(small, tmp_path):
     flat = tmp_path / "flat"  # one folder of classes, no valid/
     for cls in ("left_to_right", "top_to_bottom"):

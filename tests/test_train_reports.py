@@ -37,6 +37,7 @@ def trained(data, tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.slow
 def test_training_names_its_files_says_top3_and_no_random_weights_warning(trained):
     out, proc = trained
     assert "meaningless" not in proc.stderr and "random weights" not in proc.stderr
@@ -75,6 +76,7 @@ def _train_on_a_terminal(data, out, *extra: str) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_a_terminal_gets_a_progress_bar_with_an_eta_unless_quiet(data, tmp_path):
     shown = _train_on_a_terminal(data, tmp_path / "a.pt")
     bar = [part for part in shown.split("\r") if part.startswith("epoch 1/1:")]
@@ -83,6 +85,7 @@ def test_a_terminal_gets_a_progress_bar_with_an_eta_unless_quiet(data, tmp_path)
     assert "epoch 1/1:" not in quiet and "epoch   1: train loss" in quiet
 
 
+@pytest.mark.slow
 def test_dataset_says_where_it_wrote(data, tmp_path):
     proc = run_cli("dataset", str(data), "--csv", str(tmp_path / "c.csv"), "--sheet", str(tmp_path / "s.png"))
     assert proc.returncode == 0, proc.stderr
@@ -91,6 +94,7 @@ def test_dataset_says_where_it_wrote(data, tmp_path):
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_evaluate_writes_the_confusion_matrix_as_csv_and_reports_top3(trained, data, tmp_path):
     out, _ = trained
     path = tmp_path / "cm.csv"
@@ -105,6 +109,7 @@ def test_evaluate_writes_the_confusion_matrix_as_csv_and_reports_top3(trained, d
     assert counts.shape == (3, 3) and counts.sum() == 12 and (counts.sum(1) == 4).all()  # 2 clips x 2 windows a class
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_confusion_file_of_another_kind(trained, data, tmp_path):
     out, _ = trained
     proc = run_cli("evaluate", str(data / "valid"), "--weights", str(out), "--confusion", str(tmp_path / "cm.txt"))
@@ -124,6 +129,7 @@ def test_confusion_numbers_are_white_on_dark_cells_and_black_on_light(monkeypatc
     assert seen == {"20": "white", "11": "white", "3": "black", "0": "black"}
 
 
+@pytest.mark.slow
 def test_lr_find_runs_on_its_own_options_and_names_its_plot(data, tmp_path):
     plot = tmp_path / "lr.png"
     proc = run_cli("lr-find", str(data), "--model", "tiny3d", "--weights", "none", "--batch-size", "4", "--workers", "0",
