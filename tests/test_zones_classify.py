@@ -73,6 +73,7 @@ def test_the_zones_differ_from_each_other_and_from_the_whole_frame(mosaic, tiny)
     assert len({json.dumps([w.top for w in tl.windows]) for tl in runs}) == 5  # the crop matters: five answers
 
 
+@pytest.mark.slow
 def test_the_command_line_names_each_zone_and_its_box(mosaic):
     path, _ = mosaic
     proc = run_cli("classify", str(path), "--weights", "none", "--model", "tiny3d", "--format", "json",
