@@ -69,7 +69,6 @@ def test_checkpoint_for_another_model(tmp_path, demo_clip):
                    "does not fit model r2plus1d_18")
 
 
-@pytest.mark.slow
 def test_sports_only_with_a_model_without_kinetics_classes(demo_clip):
     one_line_error(run_main("serve", "--source", str(demo_clip), "--weights", "none",
                            "--model", "tiny3d", "--sports-only"), "--sports-only", "no Kinetics sport class")
@@ -364,7 +363,6 @@ def test_nothing_recorded_yet_is_an_empty_answer(command, tmp_path):
 
 # -- install hints: the command works from the clone (streamrec is on no package index) ---------
 
-@pytest.mark.slow
 def test_a_missing_optional_package_names_the_command_that_installs_it(tmp_path):
     hidden = tmp_path / "hidden" / "psycopg"
     hidden.mkdir(parents=True)
