@@ -154,7 +154,7 @@ def test_a_terminal_sees_progress_with_the_total_percent_and_eta(demo_clip):
 
 def test_mqtt_activity_says_when_the_weights_are_random():
     assert json.loads(activity_payload("court-1", "class_3", 0.12, 5.0, False, True)) == {
-        "camera": "court-1", "label": "class_3", "score": 0.12, "ts": 5.0, "uncertain": False, "random_weights": True}
+        "camera": "court-1", "zone": None, "label": "class_3", "score": 0.12, "ts": 5.0, "uncertain": False, "random_weights": True}
     assert "random_weights" not in json.loads(activity_payload("court-1", "run", 0.9, 5.0, False))
 
 
