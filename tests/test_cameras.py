@@ -112,7 +112,7 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, t
     for r in rows:
         assert r["start"] <= r["end"] and 0 <= r["mean_score"] <= r["peak_score"] <= 1 and r["windows"] >= 1
     csv_out = run_cli("history", "--db", str(db), "--camera", "late", "--format", "csv").stdout.splitlines()
-    assert csv_out[0] == "camera,label,start,end,mean_score,peak_score,windows"
+    assert csv_out[0] == "camera,zone,label,start,end,mean_score,peak_score,windows"
     assert all(line.startswith("late,") for line in csv_out[1:]) and len(csv_out) >= 2
 
 

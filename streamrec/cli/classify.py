@@ -21,7 +21,7 @@ from streamrec.validate import check_weights_arg, finite_float
 EXAMPLES = """examples:
   streamrec classify demo/clips/arm_wrestling.mp4        segments and the average over the clip (--windows: every window)
   streamrec classify match.mp4 --weights model.pt --format csv --out match.csv
-  streamrec classify gym.mp4 --zone 0.5,0,0.5,0.5 --stride 0.5 --plot timeline.png   the top-right quarter only
+  streamrec classify match.mp4 --zone 0.5,0,0.5,0.5 --stride 0.5 --plot timeline.png   the top-right quarter only
 """
 
 
