@@ -27,6 +27,7 @@ from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig
 from streamrec.events.notify import Notifier
 from streamrec.events.webhook import signature
 from streamrec.events.store import Event, EventStore
+from streamrec.retry import Backoff
 from streamrec.supervision import Supervisor
 
 SECRET = "s3cret-key"
@@ -149,7 +150,7 @@ def test_webhook_answering_500_twice_is_delivered_on_the_third_try(tmp_path, rec
     receiver.fail = 2
     db = tmp_path / "h.db"
     store = EventStore(str(db))
-    notifier = notifiers(store, webhook(receiver.url), backoff_s=0.05, max_backoff_s=0.2, poll_s=0.05)
+    notifier = notifiers(store, webhook(receiver.url), backoff=Backoff(0.05, 0.2, jitter=0.0), poll_s=0.05)
     notifier.start()
     store.opened(event(), notify=("webhook",))
     notifier.wake()
@@ -167,7 +168,7 @@ def test_backoff_doubles_up_to_its_cap(tmp_path, receiver, notifiers):
     db = tmp_path / "h.db"
     clock = Clock()
     store = EventStore(str(db))
-    notifier = notifiers(store, webhook(receiver.url), clock=clock, backoff_s=1.0, max_backoff_s=5.0)
+    notifier = notifiers(store, webhook(receiver.url), clock=clock, backoff=Backoff(1.0, 5.0, jitter=0.0))
     store.opened(event(), notify=("webhook",), now=clock())
     start = clock.now
     tries = []
@@ -180,6 +181,23 @@ def test_backoff_doubles_up_to_its_cap(tmp_path, receiver, notifiers):
     (row,) = outbox_rows(db)
     assert row["error"] == "HTTP 500 Internal Server Error" and row["next_try"] == start + first[-1] + 5.0
     assert notifier.stats()["channels"]["webhook"]["failed"] == receiver.count()
+
+
+def test_the_default_backoff_is_jittered_so_channels_that_failed_together_do_not_retry_together(tmp_path, receiver,
+                                                                                                  notifiers):
+    receiver.fail = 100
+    clock = Clock()
+    waits = []
+    for n in range(8):  # eight processes whose webhook failed in the same instant
+        db = tmp_path / f"h{n}.db"
+        store = EventStore(str(db))
+        notifier = notifiers(store, webhook(receiver.url), clock=clock)
+        store.opened(event(), notify=("webhook",), now=clock())
+        notifier.deliver_due()
+        (row,) = outbox_rows(db)
+        waits.append(row["next_try"] - clock.now)
+    assert all(0.5 <= w <= 1.0 for w in waits), waits  # DELIVERY_BACKOFF: 1 s, shortened by up to half
+    assert len(set(waits)) == len(waits)
 
 
 @pytest.mark.parametrize("where", ["another port", "the same host"])
@@ -219,7 +237,7 @@ def test_notifications_expire_after_max_age_logged_once(tmp_path, receiver, noti
     receiver.fail = 100
     clock = Clock()
     store = EventStore(str(tmp_path / "h.db"))
-    notifier = notifiers(store, webhook(receiver.url), clock=clock, max_age_s=60.0, backoff_s=1.0)
+    notifier = notifiers(store, webhook(receiver.url), clock=clock, max_age_s=60.0, backoff=Backoff(1.0, 300.0, jitter=0.0))
     store.opened(event(), notify=("webhook",), now=clock())
     notifier.deliver_due()
     clock.now += 59.0
@@ -242,7 +260,7 @@ def test_the_outbox_survives_a_restart(tmp_path, receiver, notifiers):
     receiver.fail = 1_000
     db = tmp_path / "h.db"
     store = EventStore(str(db))
-    first = notifiers(store, webhook(receiver.url), backoff_s=0.05, max_backoff_s=0.05, poll_s=0.05)
+    first = notifiers(store, webhook(receiver.url), backoff=Backoff(0.05, 0.05, jitter=0.0), poll_s=0.05)
     first.start()
     store.opened(event(1), notify=("webhook",))
     store.opened(event(2), notify=("webhook",))
@@ -308,7 +326,7 @@ def test_mqtt_online_activity_events_and_discovery(tmp_path, broker, notifiers, 
 def test_mqtt_event_during_a_broker_outage_arrives_after_the_restart(tmp_path, broker, notifiers, subscribers):
     clock = Clock()
     store = EventStore(str(tmp_path / "h.db"))
-    notifier = notifiers(store, mqtt(broker, homeassistant_discovery=True), clock=clock, backoff_s=5.0,
+    notifier = notifiers(store, mqtt(broker, homeassistant_discovery=True), clock=clock, backoff=Backoff(5.0, 300.0, jitter=0.0),
                          poll_s=0.1)
     notifier.start()
     notifier.discover(["rack-1"])
@@ -399,7 +417,7 @@ def test_an_unacknowledged_event_is_waited_for_not_published_twice(tmp_path, bro
     sub = subscribers(broker, "sr/events")
     clock = Clock()
     store = EventStore(str(tmp_path / "h.db"))
-    notifier = notifiers(store, mqtt(broker), clock=clock, backoff_s=1.0, poll_s=0.1)
+    notifier = notifiers(store, mqtt(broker), clock=clock, backoff=Backoff(1.0, 300.0, jitter=0.0), poll_s=0.1)
     notifier.mqtt.ack_timeout_s = 0.5
     notifier.start()
     wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
@@ -503,7 +521,7 @@ def test_webhook_over_https_checks_the_certificate_and_trusts_ca_file(tmp_path, 
 @pytest.mark.slow
 def test_a_broker_that_is_down_neither_blocks_nor_raises(notifiers):
     store = EventStore(":memory:")
-    notifier = notifiers(store, NotifyConfig(mqtt=MqttConfig(f"mqtt://127.0.0.1:{free_port()}")), backoff_s=0.05,
+    notifier = notifiers(store, NotifyConfig(mqtt=MqttConfig(f"mqtt://127.0.0.1:{free_port()}")), backoff=Backoff(0.05, 300.0, jitter=0.0),
                          poll_s=0.05)
     started = time.monotonic()
     notifier.start()

@@ -23,6 +23,7 @@ from servers import Broker, Receiver, Subscriber, broker, receiver  # noqa: F401
 from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig
 from streamrec.events.notify import Notifier
 from streamrec.events.store import Event, EventStore
+from streamrec.retry import Backoff
 from streamrec.supervision import Supervisor
 
 SECRET = "s3cret-key"
@@ -416,7 +417,7 @@ def test_healthz_names_a_failing_webhook_until_it_delivers_again(tmp_path, recei
     clock = Clock()
     store = EventStore(str(tmp_path / "h.db"))
     notifier = notifiers(store, NotifyConfig(webhook=hook(receiver.url, timeout=5.0), degraded_after_seconds=90.0),
-                         clock=clock, backoff_s=1.0)
+                         clock=clock, backoff=Backoff(1.0, 300.0, jitter=0.0))
     store.opened(event(), notify=("webhook",), now=clock())
     notifier.deliver_due()
     clock.now += 89.0
@@ -463,7 +464,7 @@ def test_a_webhook_that_fails_then_recovers_gets_each_events_notifications_in_or
     clock = Clock()
     db = tmp_path / "h.db"
     store = EventStore(str(db))
-    notifier = notifiers(store, NotifyConfig(webhook=hook(receiver.url, timeout=5.0)), clock=clock, backoff_s=10.0)
+    notifier = notifiers(store, NotifyConfig(webhook=hook(receiver.url, timeout=5.0)), clock=clock, backoff=Backoff(10.0, 300.0, jitter=0.0))
     store.opened(event(1), notify=("webhook",), now=clock())
     notifier.deliver_due()  # 500: e1's start backs off for 10 s
     clock.now += 1.0
@@ -486,7 +487,7 @@ def test_after_a_broker_outage_an_events_end_follows_its_start(tmp_path, broker,
     db = tmp_path / "h.db"
     store = EventStore(str(db))
     notifier = notifiers(store, NotifyConfig(mqtt=MqttConfig(mqtt_url(broker), topic_prefix="sr")), clock=clock,
-                         backoff_s=5.0)
+                         backoff=Backoff(5.0, 300.0, jitter=0.0))
     notifier.mqtt.start()  # the connection only: passes are made here, one at a time
     wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
     broker.stop()
@@ -519,7 +520,7 @@ def test_after_a_restart_during_an_outage_each_events_end_follows_its_start_on_b
     broker.stop()
     receiver.fail = 2
     store = EventStore(str(db))
-    first = notifiers(store, config, clock=clock, backoff_s=5.0)
+    first = notifiers(store, config, clock=clock, backoff=Backoff(5.0, 300.0, jitter=0.0))
     first.mqtt.start()
     for n in (1, 2):
         store.opened(event(n), notify=("webhook", "mqtt"), now=clock())
@@ -536,7 +537,7 @@ def test_after_a_restart_during_an_outage_each_events_end_follows_its_start_on_b
     second_store = EventStore(str(db))
     clock.now += 1.0
     assert [ev.id for ev in second_store.recover({"lifting": ("mqtt", "webhook")}, now=clock())] == ["e1"]
-    second = notifiers(second_store, config, clock=clock, backoff_s=5.0)
+    second = notifiers(second_store, config, clock=clock, backoff=Backoff(5.0, 300.0, jitter=0.0))
     second.mqtt.start()
     wait_until(lambda: second.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=60)
     clock.now += 10.0
@@ -555,7 +556,7 @@ def test_an_events_end_is_given_up_with_its_start_never_sent_alone(tmp_path, rec
     clock = Clock()
     db = tmp_path / "h.db"
     store = EventStore(str(db))
-    notifier = notifiers(store, NotifyConfig(webhook=hook(receiver.url, timeout=5.0)), clock=clock, backoff_s=60.0,
+    notifier = notifiers(store, NotifyConfig(webhook=hook(receiver.url, timeout=5.0)), clock=clock, backoff=Backoff(60.0, 300.0, jitter=0.0),
                          max_age_s=100.0)
     store.opened(event(1), notify=("webhook",), now=clock())
     notifier.deliver_due()  # 500: the start backs off

@@ -12,6 +12,7 @@ from test_postgres import pytestmark, server  # noqa: F401 - the PostgreSQL serv
 from streamrec.event_config import NotifyConfig, WebhookConfig
 from streamrec.events.notify import Notifier
 from streamrec.events.store import Event, EventStore
+from streamrec.retry import Backoff
 from streamrec.supervision import Supervisor
 
 
@@ -21,7 +22,7 @@ def test_an_events_end_waits_for_its_start_in_postgres(server, receiver):  # noq
     now = [1_000_000.0]
     store = EventStore(server.url)
     notifier = Notifier(store, NotifyConfig(webhook=WebhookConfig(receiver.url, secret="s", timeout=5.0)),
-                        supervisor=Supervisor(), clock=lambda: now[0], backoff_s=10.0)
+                        supervisor=Supervisor(), clock=lambda: now[0], backoff=Backoff(10.0, 300.0, jitter=0.0))
     try:
         name = f"pg-{id(store)}"
         start = Event(name, "lifting", "rack-1", "deadlifting", 101.0, 0.8, 0.7)

@@ -5,7 +5,7 @@ its channel's due rows of the outbox (:meth:`EventStore.pending`) in order and h
 channel (:mod:`streamrec.events.webhook`, :mod:`streamrec.events.mqtt`): a webhook that hangs
 never delays MQTT, nor the other way round. A delivery is marked with
 :meth:`EventStore.delivered`; a failure with :meth:`EventStore.failed` and the next try
-``backoff_s * 2**attempts`` seconds later (at most ``max_backoff_s``). Once a notification is older
+after :data:`DELIVERY_BACKOFF` (:mod:`streamrec.retry`: doubling from 1 s up to 5 min, jittered). Once a notification is older
 than ``max_age_s`` it is given up, with its event's later ones on its channel (:meth:`EventStore.expire`,
 one warning line): an ``event_end`` is never sent alone. The outbox is in
 the history database, so what one process could not deliver the next one delivers.
@@ -38,11 +38,13 @@ from streamrec.event_config import NotifyConfig
 from streamrec.events.mqtt import MqttPublisher
 from streamrec.events.store import EventStore, Notification
 from streamrec.events.webhook import WebhookSender
+from streamrec.retry import Backoff
 from streamrec.supervision import Supervisor, describe
 
 logger = logging.getLogger(__name__)
 
 BATCH = 100  # notifications per pass; a full batch is followed by the next pass at once
+DELIVERY_BACKOFF = Backoff(base_s=1.0, cap_s=300.0)  # a failed delivery: tried again after these waits
 EVER = 1e300  # a time after every next try
 
 
@@ -68,15 +70,14 @@ class Notifier:
     and publishes each camera's activity to MQTT (:meth:`activity`, :meth:`discover`)."""
 
     def __init__(self, store: EventStore, config: NotifyConfig, *, supervisor: Supervisor,
-                 clock: Callable[[], float] = time.time, max_age_s: float = 86400.0, backoff_s: float = 1.0,
-                 max_backoff_s: float = 300.0, poll_s: float = 1.0, join_timeout_s: float = 15.0) -> None:
+                 clock: Callable[[], float] = time.time, max_age_s: float = 86400.0,
+                 backoff: Backoff = DELIVERY_BACKOFF, poll_s: float = 1.0, join_timeout_s: float = 15.0) -> None:
         self.store = store
         self.config = config
         self.supervisor = supervisor
         self.clock = clock
         self.max_age_s = max_age_s
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.backoff = backoff
         self.poll_s = poll_s
         self.join_timeout_s = join_timeout_s
         self.webhook = WebhookSender(config.webhook) if config.webhook else None
@@ -175,7 +176,7 @@ class Notifier:
             stats.delivered += 1
             stats.last_error, stats.last_delivered, stats.failing_since = None, self.clock(), None
             return True
-        delay = min(self.max_backoff_s, self.backoff_s * 2 ** min(note.attempts, 64))
+        delay = self.backoff.delay(note.attempts)
         self.store.failed(note.id, error, self.clock() + delay)
         if error != stats.last_error:  # logged when it is new, not at every retry
             logger.warning("%s notification of event %s not delivered (retrying for up to %g s): %s",
