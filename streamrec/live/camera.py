@@ -17,7 +17,7 @@ from typing import Any, Container, Iterator
 
 from streamrec.config import CameraConfig, SmoothingConfig
 from streamrec.errors import StreamrecError
-from streamrec.live.capture import camera_capture
+from streamrec.live.capture import CaptureState, camera_capture
 from streamrec.live.labels import LabelStats
 from streamrec.live.ring import FrameRing, Window
 from streamrec.live.smoothing import LabelSmoother
@@ -104,7 +104,7 @@ class Camera:
         # --sports-only: the sport classes' indices in the model's outputs (raises if it has none)
         self.subset = sport_indices(classifier.loaded.classes) if cfg.sports_only else None
         self.started = time.time()
-        self._last_state = "starting"
+        self._last_state = CaptureState.STARTING
 
     # the first stream's, for a camera read as one stream
     @property
@@ -163,7 +163,7 @@ class Camera:
     def reset_if_reconnected(self) -> None:
         """A new stream starts a new label history, in every zone."""
         state = self.capture.state
-        if state == "running" and self._last_state == "reconnecting":
+        if state == CaptureState.RUNNING and self._last_state == CaptureState.RECONNECTING:
             for stream in self.streams.values():
                 stream.smoother.reset()
         self._last_state = state

@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from collections import deque
+from enum import StrEnum
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,6 +33,17 @@ from streamrec.live.sources import PyAVSource, Source, SourceSpec, open_source
 from streamrec.redact import mask_quoted, printable
 
 logger = logging.getLogger(__name__)
+
+
+class CaptureState(StrEnum):
+    """Where a camera's capture thread is; the ``state`` of its status message and ``/healthz``
+    (a ``str``: it compares equal to, and serializes as, its value)."""
+
+    STARTING = "starting"  # opening the source the first time
+    RUNNING = "running"  # frames arrive
+    RECONNECTING = "reconnecting"  # the source failed or stalled: opened again after a backoff
+    ENDED = "ended"  # a file without ``loop`` reached its end
+    STOPPED = "stopped"  # closed
 
 
 class RateMeter:
@@ -107,7 +119,7 @@ class CaptureThread(threading.Thread):
         self._rng = random.Random()
         self._fps = RateMeter()
         self._lock = threading.Lock()
-        self.state = "starting"  # starting | running | reconnecting | ended | stopped
+        self.state = CaptureState.STARTING
         self.frames = 0
         self._closed_errors = 0  # decode errors of sources already closed
         self._source: Source | None = None
@@ -131,7 +143,7 @@ class CaptureThread(threading.Thread):
 
     def stats(self) -> dict:
         return {
-            "state": self.state,
+            "state": self.state.value,
             "source": self.spec.display_name,
             "frames": self.frames,
             "capture_fps": round(self.fps(), 2),
@@ -165,7 +177,7 @@ class CaptureThread(threading.Thread):
                         self.error = printable(mask_quoted(str(exc), self.spec.target))
                         if not self.spec.is_live:
                             logger.error("%s", self.error)
-                            self.state = "ended"
+                            self.state = CaptureState.ENDED
                             return
                         self._wait_backoff(attempt)
                         attempt += 1
@@ -187,10 +199,10 @@ class CaptureThread(threading.Thread):
                     if not got:  # looping a file with no frame to show would spin: end instead
                         self.error = self.error or f"{self.spec.display_name}: no decodable video frames"
                         logger.error("%s", self.error)
-                        self.state = "ended"
+                        self.state = CaptureState.ENDED
                         return
                     if not self.loop:
-                        self.state = "ended"
+                        self.state = CaptureState.ENDED
                         logger.info("end of file %s", self.spec.display_name)
                         return
                     continue  # reopen and play again
@@ -202,8 +214,8 @@ class CaptureThread(threading.Thread):
         finally:
             if source is not None:
                 source.close()
-            if self.state not in ("ended",):
-                self.state = "stopped"
+            if self.state is not CaptureState.ENDED:
+                self.state = CaptureState.STOPPED
 
     def _tap(self, source: Source) -> None:
         """Give ``source`` the packet ring; a source without compressed packets (a webcam) gets its
@@ -236,7 +248,7 @@ class CaptureThread(threading.Thread):
         return out
 
     def _wait_backoff(self, attempt: int) -> None:
-        self.state = "reconnecting"
+        self.state = CaptureState.RECONNECTING
         self.clear_rings()  # frames before the gap must not join frames after it
         delay = self.backoff.delay(attempt, self._rng)
         logger.warning("source %s unavailable (%s); retrying in %.1f s", self.spec.display_name,
@@ -298,7 +310,7 @@ class CaptureThread(threading.Thread):
             self.frames += 1
             if not got:
                 got = True
-                self.state = "running"
+                self.state = CaptureState.RUNNING
                 self.error = None
             if self.on_frame is not None:
                 self.on_frame(rgb, ts)

@@ -26,6 +26,7 @@ import cv2
 from streamrec.config import CameraConfig, ServeConfig
 from streamrec.errors import StreamrecError
 from streamrec.live.camera import JOIN_TIMEOUT_S, Camera, Stream, adding_camera
+from streamrec.live.capture import CaptureState
 from streamrec.live.history import HistoryStore, default_db
 from streamrec.live.messages import status_message
 from streamrec.live.sources import SourceSpec, open_source
@@ -218,7 +219,7 @@ class LiveApp(AppCore):
         cam = self.cameras.get(name)
         if cam is None:
             return []
-        arriving = cam.capture.state == "running" and cam.capture.fps() > 0
+        arriving = cam.capture.state == CaptureState.RUNNING and cam.capture.fps() > 0
         return cam.problems(now, frames_arriving=arriving, started=cam.started)
 
     def metric_rows(self) -> list[tuple[str, dict[str, Any], Any]]:
