@@ -214,6 +214,36 @@ def test_mqtt_topics_and_home_assistant_sensors_per_zone(tmp_path, broker):  # n
         events.close()
 
 
+def test_zones_saved_at_run_time_add_and_remove_their_home_assistant_sensors(tmp_path, broker):  # noqa: F811
+    mqtt = MqttConfig(f"mqtt://127.0.0.1:{broker.port}", topic_prefix="sr", homeassistant_discovery=True,
+                      discovery_prefix="ha")
+    events = EventManager(rules=(), notify=NotifyConfig(mqtt=mqtt), recording=RecordingConfig(enabled=False),
+                          db=str(tmp_path / "h.db"), classes=CLASSES, supervisor=Supervisor(), publish=lambda m: None)
+    sub = Subscriber(broker, "sr/#", "ha/#")
+    config = "ha/sensor/streamrec_{}/activity/config".format
+    try:
+        events.start(["gym", "gym/rack", "gym/mat"])
+        wait_until(lambda: events.notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
+        events.observe("gym/mat", message(100.0, "squat", zone="mat"))
+        wait_until(lambda: sub.on(config("gym__mat")) and sub.on("sr/gym/mat/activity"), "mat's sensor", timeout=30)
+        # the zones saved: mat deleted, bench drawn (the whole frame and rack stay)
+        events.announce(["gym", "gym/rack", "gym/bench"], gone=["gym", "gym/rack", "gym/mat"])
+        wait_until(lambda: sub.on(config("gym__bench")) and len(sub.on(config("gym__mat"))) == 2, "the change", timeout=30)
+        assert sub.on(config("gym__mat"))[-1][0] in (b"", "")  # an empty retained config: HA removes the sensor
+        wait_until(lambda: len(sub.on("sr/gym/mat/activity")) == 2, "mat's activity cleared", timeout=30)
+        assert len(sub.on(config("gym__rack"))) == 1 and len(sub.on(config("gym"))) == 1  # kept, not re-sent
+        late = Subscriber(broker, "ha/#", "sr/#")  # what a Home Assistant started now finds retained
+        try:
+            wait_until(lambda: late.on(config("gym__bench")), "the retained sensors", timeout=30)
+            stale = [t for t in (config("gym__mat"), "sr/gym/mat/activity") if late.on(t)]
+            assert stale == [] and all(late.on(config(k)) for k in ("gym", "gym__rack", "gym__bench"))
+        finally:
+            late.close()
+    finally:
+        sub.close()
+        events.close()
+
+
 CONFIG = """
 db = "{db}"
 [[cameras]]

@@ -102,6 +102,13 @@ class EventManager:
             self.notifier.start()
             self.notifier.discover(list(streams))
 
+    def announce(self, streams: Sequence[str], *, gone: Sequence[str] = ()) -> None:
+        """Streams that came (a camera added, zones saved) and went at run time: announced to,
+        and withdrawn from, Home Assistant and the MQTT activity topics."""
+        if self.notifier is not None:
+            self.notifier.withdraw([key for key in gone if key not in streams])
+            self.notifier.discover(list(streams))
+
     def packet_ring(self, camera: str):
         """The camera's ring of compressed packets for clips (``None`` when nothing records, or
         when no rule watches ``camera``: its packets are not kept)."""

@@ -328,6 +328,24 @@ class MqttPublisher:
         if client is not None:
             self.publish_discovery(client, new)
 
+    def withdraw(self, streams: list[str]) -> None:
+        """Stop announcing ``streams`` (a removed camera, a zone deleted): Home Assistant removes
+        their sensors (an empty retained discovery config) and their retained activity is cleared."""
+        with self._lock:
+            gone = [key for key in streams if key in self._cameras or key in self._state]
+            self._cameras = [key for key in self._cameras if key not in gone]
+            for key in gone:
+                self._state.pop(key, None)
+                self._unsent.pop(key, None)
+            client = self._client if self.connected else None
+        if client is None:
+            return
+        base = self.config.discovery_prefix.strip("/")
+        for key in gone:
+            if self.config.homeassistant_discovery:
+                client.publish(f"{base}/sensor/streamrec_{ha_stream_id(key)}/activity/config", b"", qos=1, retain=True)
+            client.publish(self.activity_topic(key), b"", qos=1, retain=True)
+
     def publish_discovery(self, client: paho.Client, cameras: list[str]) -> None:
         if not self.config.homeassistant_discovery:
             return

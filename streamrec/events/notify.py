@@ -225,6 +225,11 @@ class Notifier:
         if self.mqtt is not None:
             self.mqtt.discover(streams)
 
+    def withdraw(self, streams: list[str]) -> None:
+        """Remove ``streams``' Home Assistant sensors and retained activity (see :meth:`MqttPublisher.withdraw`)."""
+        if self.mqtt is not None:
+            self.mqtt.withdraw(streams)
+
     # -- the rest -----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """For /metrics and /healthz: the outbox's pending count, expired notifications, and per

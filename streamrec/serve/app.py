@@ -130,6 +130,8 @@ class LiveApp(AppCore):
                 worker.add(camera)
                 if start:
                     camera.start()
+        if start and self.events is not None:  # at run time: its streams are announced (Home Assistant)
+            self.events.announce([s.name for s in camera.streams.values()])
         return camera
 
     def add_camera(self, cam: CameraConfig) -> Camera:
@@ -149,6 +151,8 @@ class LiveApp(AppCore):
                 w.remove(name)
             self.announce_removed(name)
         cam.close()
+        if self.events is not None:
+            self.events.announce(self.stream_keys(), gone=[s.name for s in cam.streams.values()])
         return True
 
     def set_zones(self, name: str, zones: Sequence[ZoneConfig | dict[str, Any]], whole_frame: bool) -> CameraConfig:
@@ -180,6 +184,8 @@ class LiveApp(AppCore):
                 with self.lock:
                     self.announce_removed(name)
             raise
+        if self.events is not None:  # the zones it no longer has: their sensors go
+            self.events.announce(self.stream_keys(), gone=[s.name for s in old.streams.values()])
         logger.info("camera %s: zones %s%s", name, ", ".join(z.name for z in cfg.zones) or "none",
                     " and the whole frame" if cfg.whole_frame else "")
         return cfg
