@@ -1,4 +1,5 @@
-"""Events and the notification outbox, in the history database (SQLite or PostgreSQL).
+"""Events and the notification outbox, in the history database (SQLite or PostgreSQL, connected
+to as :class:`streamrec.database.Database` connects every table).
 
 An event row is written when it opens and updated when it closes; ``last_ts`` follows the
 newest matching label (at most once a second), so that after a ``kill -9`` the next start
@@ -28,9 +29,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from streamrec.errors import StreamrecError, install_hint
+from streamrec.database import BUSY_TIMEOUT_S, Database, DatabaseUnavailable, close_quietly
+from streamrec.database import PG_TIMEOUTS  # noqa: F401 - re-exported
+from streamrec.errors import StreamrecError
 from streamrec.live.packets import PLAYS_IN_BROWSERS
-from streamrec.redact import mask_credentials, mask_quoted
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +54,11 @@ SCHEMA = (
     "DELETE FROM outbox WHERE id NOT IN (SELECT MIN(id) FROM outbox GROUP BY event_id, kind, channel)",
     "CREATE UNIQUE INDEX IF NOT EXISTS outbox_once ON outbox (event_id, kind, channel)",
 )
-PG_TIMEOUTS = {"options": "-c statement_timeout=10000", "keepalives": 1, "keepalives_idle": 10,
-               "keepalives_interval": 5, "keepalives_count": 3}
-SQLITE_NOT_NOW = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 EVENT_COLUMNS = ("id", "rule", "camera", "label", "start_ts", "end_ts", "last_ts", "peak_score", "mean_score",
                  "clip", "thumbnail", "clip_bytes", "state", "clip_codec", "zone")
-ADDED_COLUMNS = ("clip_codec", "zone")  # columns of events a database made before them lacks
+# columns of events a database made before them lacks (NULL there: the codecs of its clips unknown,
+# its events of whole frames)
+ADDED_COLUMNS = {"clip_codec": "TEXT", "zone": "TEXT"}
 
 
 @dataclass
@@ -110,56 +111,32 @@ def row_event(row: dict[str, Any]) -> dict[str, Any]:
             "clip_plays_in_browser": None if codec is None else codec in PLAYS_IN_BROWSERS}
 
 
-class DatabaseUnavailable(StreamrecError):
-    """The events database does not answer now (a PostgreSQL server restarting, a lost
-    network); nothing of the failed call was written, and trying it again later is safe."""
-
-
 class EventStore:
     """The events and outbox tables of ``target`` (a SQLite file, ``:memory:`` or a
     ``postgresql://`` URL); thread-safe (one connection, one lock)."""
 
-    def __init__(self, target: str, *, busy_timeout_s: float = 10.0) -> None:
+    def __init__(self, target: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.db = Database(target, what="the events tables", busy_timeout_s=busy_timeout_s)
         self.target = target
-        self.busy_timeout_s = busy_timeout_s  # SQLite: how long a write waits for another writer's lock
-        self.postgres = target.startswith(("postgresql://", "postgres://"))
-        self.ph = "%s" if self.postgres else "?"
+        self.busy_timeout_s = self.db.busy_timeout_s  # SQLite: how long a write waits for another writer's lock
+        self.postgres = self.db.postgres
+        self.ph = self.db.ph
         self._lock = threading.Lock()
         self.reconnects = 0
         self._conn = self._connect()
         self._closed = False
 
     def _connect(self):
-        try:
-            if self.postgres:
-                import psycopg
+        return self.db.connect(self._create)
 
-                # a statement or a dead connection answers within seconds, never hangs a thread
-                conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10, **PG_TIMEOUTS)
-            else:
-                conn = sqlite3.connect(self.target, check_same_thread=False, isolation_level=None,
-                                       timeout=self.busy_timeout_s)
-                conn.execute("PRAGMA journal_mode=WAL")
-            serial = "BIGSERIAL" if self.postgres else "INTEGER"
-            for stmt in SCHEMA:
-                conn.execute(stmt.replace("{serial}", serial))
-            self._add_columns(conn)
-            return conn
-        except ImportError:
-            raise StreamrecError("--db postgresql://: psycopg is not installed; " + install_hint("postgres")) from None
-        except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: one line for the user
-            raise StreamrecError(f"--db: cannot open the events tables: {mask_quoted(str(exc).strip(), self.target)}") from None
-
-    def _add_columns(self, conn) -> None:
-        """A database from before ``clip_codec`` or ``zone`` gets the column (NULL: the codecs of
-        its clips unknown, its events of whole frames)."""
-        have = set() if self.postgres else {r[1] for r in conn.execute("PRAGMA table_info(events)").fetchall()}
-        for column in (c for c in ADDED_COLUMNS if c not in have):
-            conn.execute(f"ALTER TABLE events ADD COLUMN {'IF NOT EXISTS ' if self.postgres else ''}{column} TEXT")
+    def _create(self, conn) -> None:
+        for stmt in SCHEMA:
+            conn.execute(stmt.replace("{serial}", self.db.serial))
+        self.db.add_columns(conn, "events", ADDED_COLUMNS)
 
     def _broken(self) -> bool:
         """Whether the connection to a PostgreSQL server was lost (it restarted, the network went)."""
-        return self.postgres and (self._conn.closed or bool(getattr(self._conn, "broken", False)))
+        return self.db.broken(self._conn)
 
     def _ensure(self) -> None:
         """Connect again when the connection was lost: one try (:class:`DatabaseUnavailable`
@@ -167,25 +144,21 @@ class EventStore:
         if not self._broken():
             return
         try:
-            self._conn = self._connect()
+            conn = self._connect()
         except StreamrecError as exc:
             raise DatabaseUnavailable(str(exc)) from None
+        old, self._conn = self._conn, conn
+        close_quietly(old)
         self.reconnects += 1
-        logger.info("events: reconnected to the database %s", mask_credentials(self.target))
+        logger.info("events: reconnected to the database %s", self.db.shown)
 
     def _unavailable(self, exc: Exception) -> DatabaseUnavailable | None:
         """``exc`` as :class:`DatabaseUnavailable` when it means "not now": a lost PostgreSQL
         connection, a SQLite file another writer holds longer than ``busy_timeout_s``."""
         if self._broken():
             return DatabaseUnavailable(f"events database lost: {str(exc).strip()}")
-        if self.postgres:
-            import psycopg
-
-            # a statement timed out, a lock or serialization conflict, a read-only server after a failover
-            if isinstance(exc, (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)):
-                return DatabaseUnavailable(f"events database busy: {str(exc).strip()}")
-        elif getattr(exc, "sqlite_errorcode", -1) & 0xFF in SQLITE_NOT_NOW:  # the primary code of an extended one
-            return DatabaseUnavailable(f"events database busy: {exc}")
+        if self.db.unavailable(exc):
+            return DatabaseUnavailable(f"events database busy: {str(exc).strip()}")
         return None
 
     @contextmanager
@@ -249,7 +222,7 @@ class EventStore:
             self._lock.release()
 
     def _execute(self, sql: str, args: Iterable[Any]) -> list[tuple]:
-        cur = self._conn.execute(sql.replace("?", self.ph), tuple(args))
+        cur = self._conn.execute(self.db.sql(sql), tuple(args))
         return list(cur.fetchall()) if cur.description else []
 
     def _outbox(self, ev: Event, kind: str, channels: Iterable[str], now: float) -> None:

@@ -1,5 +1,6 @@
 """Activity history: each labelled stream's segments (camera, zone, label, start, end, mean and
-peak score; zone ``None``: the camera's whole frame) in SQLite (WAL mode, the default) or PostgreSQL (a ``postgresql://`` URL). With
+peak score; zone ``None``: the camera's whole frame) in SQLite (WAL mode, the default) or PostgreSQL (a
+``postgresql://`` URL), connected to as :class:`streamrec.database.Database` connects every table. With
 ``retain_days`` the segments older than that are deleted at start and every hour.
 
 A segment is written, and committed, the moment it closes (the shown label changes, or
@@ -21,15 +22,14 @@ from __future__ import annotations
 import logging
 import queue
 import re
-import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
-from streamrec.errors import StreamrecError, install_hint
+from streamrec.database import BUSY_TIMEOUT_S, RECONNECT, Database, close_quietly
+from streamrec.errors import StreamrecError
 from streamrec.redact import mask_quoted, printable
-from streamrec.retry import Backoff
 from streamrec.live.segments import STALE_FACTOR, STALE_FLOOR_S, Segment, SegmentTracker  # noqa: F401 - re-exported
 from streamrec.supervision import Supervisor
 
@@ -45,23 +45,25 @@ CREATE TABLE IF NOT EXISTS segments (
     peak_score DOUBLE PRECISION NOT NULL,
     windows INTEGER NOT NULL,
     zone TEXT NOT NULL DEFAULT ''
-)"""  # zone last: where an older database gets it (add_zone_column), so both have one layout
+)"""  # zone last: where an older database gets it (ADDED_COLUMNS), so both have one layout
 INDEX = "CREATE INDEX IF NOT EXISTS segments_camera_start ON segments (camera, start_ts)"
-RECONNECT = Backoff(base_s=0.5, cap_s=30.0)  # a lost database: connected to again after these waits
+ADDED_COLUMNS = {"zone": "TEXT NOT NULL DEFAULT ''"}  # a database from before zones: its segments are whole frames
 COLUMNS = ("camera", "zone", "label", "start", "end", "mean_score", "peak_score", "windows")
 WHOLE_FRAME = ""  # the zone column of a camera's whole frame (rows show it as None)
 
 
 class HistoryStore:
-    """SQLite (a path, or ``:memory:``) or PostgreSQL (``postgresql://...``)."""
+    """SQLite (a path, or ``:memory:``) or PostgreSQL (``postgresql://...``); ``busy_timeout_s``:
+    how long a SQLite write waits for another writer's lock (the events tables' too)."""
 
     def __init__(self, target: str, *, queue_size: int = 10_000, retain_days: float | None = None,
                  clock: Callable[[], float] = time.time, prune_every_s: float = 3600.0,
-                 supervisor: Supervisor | None = None) -> None:
+                 supervisor: Supervisor | None = None, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         if retain_days is not None and not retain_days > 0:
             raise StreamrecError(f"--history-days: expected > 0, got {retain_days}")
+        self.db = Database(target, what="the history database", busy_timeout_s=busy_timeout_s)
         self.target = target
-        self.postgres = target.startswith(("postgresql://", "postgres://"))
+        self.postgres = self.db.postgres
         self.retain_days = retain_days
         self._clock = clock
         self._prune_every_s = prune_every_s
@@ -84,30 +86,12 @@ class HistoryStore:
         self._closed = False
 
     def _connect(self):
-        try:
-            if self.postgres:
-                try:
-                    import psycopg
-                except ImportError:
-                    raise StreamrecError("--db postgresql://: psycopg is not installed; " + install_hint("postgres")) from None
-                conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10)
-            else:
-                conn = sqlite3.connect(self.target, check_same_thread=False, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(SCHEMA)
-            add_zone_column(conn, self.postgres)
-            conn.execute(INDEX)
-            return conn
-        except StreamrecError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: one line for the user
-            raise StreamrecError(f"--db {_safe(self.target)}: cannot open the history database: "
-                                 f"{printable(mask_quoted(str(exc).strip(), self.target))}") from None  # the server's words
+        return self.db.connect(self._create)
 
-    @property
-    def _ph(self) -> str:
-        return "%s" if self.postgres else "?"
+    def _create(self, conn) -> None:
+        conn.execute(SCHEMA)
+        self.db.add_columns(conn, "segments", ADDED_COLUMNS)
+        conn.execute(INDEX)
 
     def tracker(self, camera: str, zone: str | None = None) -> SegmentTracker:
         """A :class:`SegmentTracker` for ``camera``'s ``zone`` (``None``: its whole frame) that
@@ -156,7 +140,7 @@ class HistoryStore:
             return 0
         cutoff = self._clock() - self.retain_days * 86400.0
         with self._lock:
-            n = self._conn.execute(f"DELETE FROM segments WHERE end_ts < {self._ph}", (cutoff,)).rowcount
+            n = self._conn.execute(self.db.sql("DELETE FROM segments WHERE end_ts < ?"), (cutoff,)).rowcount
         self.pruned += max(n, 0)
         if n > 0:
             logger.info("history: deleted %d segments older than %g days", n, self.retain_days)
@@ -191,7 +175,7 @@ class HistoryStore:
         reconnected to, with backoff, and the segment written then: meanwhile new segments
         wait in the queue (a full queue drops and counts). Any other failure drops and counts."""
         sql = (f"INSERT INTO segments (camera, zone, label, start_ts, end_ts, mean_score, peak_score, windows) "
-               f"VALUES ({', '.join([self._ph] * 8)})")
+               f"VALUES ({', '.join([self.db.ph] * 8)})")
         values = (seg.camera, seg.zone or WHOLE_FRAME, seg.label, seg.start, seg.end, seg.mean_score, seg.peak_score,
                   seg.windows)
         for attempt in (1, 2):
@@ -209,11 +193,11 @@ class HistoryStore:
 
     def _lost(self) -> bool:
         """Whether the connection itself is gone (PostgreSQL), not just this statement."""
-        return self.postgres and bool(getattr(self._conn, "broken", False) or getattr(self._conn, "closed", False))
+        return self.db.broken(self._conn)
 
     def _reconnect(self, exc: Exception) -> bool:
         """Connect again, waiting :data:`RECONNECT` between tries, until it works (True) or the store closes (False)."""
-        logger.warning("history: lost the database %s (%s); reconnecting", _safe(self.target),
+        logger.warning("history: lost the database %s (%s); reconnecting", self.db.shown,
                        printable(mask_quoted(str(exc).strip(), self.target)))
         attempt = 0
         while not self._closing.is_set():
@@ -231,12 +215,9 @@ class HistoryStore:
     def _swap(self, conn) -> None:
         with self._lock:
             old, self._conn = self._conn, conn
-        try:
-            old.close()
-        except Exception:  # noqa: BLE001 - it is broken already
-            pass
+        close_quietly(old)
         self.reconnects += 1
-        logger.info("history: reconnected to %s", _safe(self.target))
+        logger.info("history: reconnected to %s", self.db.shown)
 
     def flush(self) -> None:
         """Wait until every queued segment is written."""
@@ -263,16 +244,16 @@ class HistoryStore:
             raise StreamrecError(f"--limit: expected >= 1, got {limit}")
         where, args = [], []
         if camera:
-            where.append(f"camera = {self._ph}")
+            where.append(f"camera = {self.db.ph}")
             args.append(camera)
         if zone is not None:
-            where.append(f"zone = {self._ph}")
+            where.append(f"zone = {self.db.ph}")
             args.append(zone)
         if since is not None:
-            where.append(f"end_ts >= {self._ph}")
+            where.append(f"end_ts >= {self.db.ph}")
             args.append(since)
         if until is not None:
-            where.append(f"start_ts <= {self._ph}")
+            where.append(f"start_ts <= {self.db.ph}")
             args.append(until)
         sql = "SELECT camera, zone, label, start_ts, end_ts, mean_score, peak_score, windows FROM segments"
         if where:
@@ -307,20 +288,6 @@ class HistoryStore:
         self._writer.join(5)
         with self._lock:
             self._conn.close()
-
-
-def add_zone_column(conn, postgres: bool) -> None:
-    """A database from before zones gets the ``zone`` column: its segments are whole frames."""
-    if postgres:
-        conn.execute("ALTER TABLE segments ADD COLUMN IF NOT EXISTS zone TEXT NOT NULL DEFAULT ''")
-    elif "zone" not in {r[1] for r in conn.execute("PRAGMA table_info(segments)").fetchall()}:
-        conn.execute("ALTER TABLE segments ADD COLUMN zone TEXT NOT NULL DEFAULT ''")
-
-
-def _safe(target: str) -> str:
-    from streamrec.live.sources import mask_credentials
-
-    return printable(mask_credentials(target))  # a path may hold a line break
 
 
 # a number as --since/--until and ?since=/?until= take it: ASCII digits (not 1_000 or digits of other
