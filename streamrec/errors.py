@@ -43,3 +43,25 @@ def install_hint(extra: str) -> str:
     if (root / "pyproject.toml").is_file():
         return "pip install -e " + shlex.quote(f"{root}[{extra}]")
     return f"pip install -e '.[{extra}]' (in the streamrec folder)"
+
+
+def require(module: str, extra: str, what: str) -> None:
+    """Raise a one-line :class:`StreamrecError` naming ``what`` needs it and the install command,
+    when ``module`` (of the optional dependencies ``extra``) is not installed. Called where a
+    feature is asked for (an option, a config table), before any work starts.
+
+    Example:
+        >>> require("json", "plot", "--plot")  # installed: nothing happens
+        >>> require("no_such_module_here", "plot", "--plot")
+        Traceback (most recent call last):
+        ...
+        streamrec.errors.StreamrecError: --plot: no_such_module_here is not installed; pip install -e ...
+    """
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module half-installed
+        found = False
+    if not found:
+        raise StreamrecError(f"{what}: {module} is not installed; {install_hint(extra)}")

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from streamrec.errors import StreamrecError
+from streamrec.errors import StreamrecError, require
 
 # streamrec's own cache: prepared models, OpenVINO IR, the backend choice of ``auto``
 CACHE = Path(os.environ.get("STREAMREC_CACHE", Path.home() / ".cache" / "streamrec"))
@@ -57,6 +57,8 @@ def check_output(option: str, path: str | os.PathLike, *, image: bool = False,
     if image and p.suffix.lower() not in IMAGE_SUFFIXES:
         raise StreamrecError(f"{option} {p}: expected a file name ending in {', '.join(IMAGE_SUFFIXES)}, "
                              f"got {p.suffix or 'no suffix'!r}")
+    if image:
+        require("matplotlib", "plot", option)  # figures are drawn with it: an optional dependency
     return p
 
 

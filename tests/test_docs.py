@@ -19,7 +19,7 @@ DOCS = ROOT / "docs"
 
 MAX_README_LINES = 250
 # the main job from a fresh clone, with nothing beside it
-SERVE = ("python3 -m venv .venv && .venv/bin/pip install -e . && "
+SERVE = ("python3 -m venv .venv && .venv/bin/pip install -e '.[openvino]' && "
          ".venv/bin/streamrec serve --source demo/clips/arm_wrestling.mp4 --loop")
 
 # words that speak of how the project was made, not of the product

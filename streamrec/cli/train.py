@@ -204,7 +204,7 @@ def cmd_evaluate(args) -> int:
     if suffix != ".csv" and suffix not in IMAGE_SUFFIXES:
         raise StreamrecError(f"--confusion {args.confusion}: expected a file name ending in .csv, "
                              f"{', '.join(IMAGE_SUFFIXES)}, got {suffix or 'no suffix'!r}")
-    check_output("--confusion", args.confusion)
+    check_output("--confusion", args.confusion, image=suffix != ".csv")
     r = evaluate(args.folder, weights=args.weights, model=args.model, device=args.device,
                  batch_size=args.batch_size, confusion=args.confusion, val_split=args.val_split)
     if r["training_clips"]:

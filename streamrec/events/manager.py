@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from streamrec.errors import StreamrecError
+from streamrec.errors import StreamrecError, require
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
 from streamrec.events.clipfiles import ClipFolder, check_writable
 from streamrec.events.engine import Change, RuleEngine, rule_labels
@@ -84,6 +84,8 @@ class EventManager:
 
                 self.recorder = Recorder(recording, supervisor=supervisor, on_done=self.clip_done, frame_of=frame_of)
             if notify.webhook is not None or notify.mqtt is not None:
+                if notify.mqtt is not None:
+                    require("paho", "mqtt", "[notify.mqtt]")  # paho-mqtt: an optional dependency
                 from streamrec.events.notify import Notifier
 
                 self.notifier = Notifier(self.store, notify, supervisor=supervisor)

@@ -36,6 +36,7 @@ from streamrec.live.sources import PyAVSource, SourceSpec, named_as
 from streamrec.redact import shown
 from streamrec.offline.segments import ClipSegment, SegmentBuilder, class_colors, clock, summary
 from streamrec.zones import ZoneConfig, upscale_warnings
+from streamrec.offline.plotting import pyplot
 
 logger = logging.getLogger(__name__)
 
@@ -346,10 +347,7 @@ def zone_info(zone: ZoneConfig | None, size: tuple[int, int], crop: tuple[int, i
 def plot_timeline(tl: Timeline, path: str | Path) -> None:
     """A PNG: the segments as shaded bands (grey where uncertain) over the top-1 score curve of
     the windows, with the average over the clip in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("--plot")
 
     labels = list(dict.fromkeys(seg.label for seg in tl.segments))
     colors = class_colors(labels)

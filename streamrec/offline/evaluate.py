@@ -20,6 +20,7 @@ from streamrec.runtime.classifier import Classifier
 from streamrec.errors import StreamrecError, install_hint
 from streamrec.fsutil import atomic_write, save_figure
 from streamrec.models.registry import load_model
+from streamrec.offline.plotting import pyplot
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +133,7 @@ def text_colors(confusion: np.ndarray) -> np.ndarray:
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("evaluate --plot")
 
     size = max(4, 0.5 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))

@@ -15,6 +15,7 @@ from streamrec.errors import SourceError, StreamrecError
 from streamrec.fsutil import atomic_write, save_figure
 from streamrec.live.sources import PyAVSource, SourceSpec
 from streamrec.offline.dataset import Split, probe, shown
+from streamrec.offline.plotting import pyplot
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +71,7 @@ def first_last_frames(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def contact_sheet(split: Split, path: str | os.PathLike, *, per_class: int = 2) -> int:
     """A PNG of the first and last frame of up to ``per_class`` clips per class ; returns how many clips it shows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("--sheet")
 
     picks = []
     for ci, cls in enumerate(split.classes):

@@ -17,6 +17,7 @@ from torch import nn
 from streamrec.fsutil import save_figure
 from streamrec.offline.train import TrainConfig, base_model, make_loaders, make_optimizer, seed_everything, training_classes
 from streamrec.runtime.classifier import resolve_device
+from streamrec.offline.plotting import pyplot
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +94,7 @@ def lr_find(cfg: TrainConfig, *, start: float = 1e-6, end: float = 1.0, steps: i
 
 
 def plot_range_test(lrs: list[float], losses: list[float], suggestion: float, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("lr-find --plot")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     try:

@@ -28,6 +28,7 @@ import numpy as np
 
 from streamrec.config import SmoothingConfig
 from streamrec.live.smoothing import UNCERTAIN, LabelSmoother
+from streamrec.offline.plotting import colormap
 
 
 @dataclass(frozen=True)
@@ -102,14 +103,12 @@ def class_colors(labels: list[str]) -> dict[str, tuple[float, float, float, floa
         >>> len(set(cols.values())), cols["uncertain"]
         (31, (0.6, 0.6, 0.6, 1.0))
     """
-    import matplotlib
-
-    tab = matplotlib.colormaps["tab20"]
+    tab = colormap("tab20", "--plot")
     palette = [tuple(tab(i)) for i in [*range(0, 20, 2), *range(1, 20, 2)] if i not in (14, 15)]  # 14, 15: greys
     names = [label for label in dict.fromkeys(labels) if label != UNCERTAIN]
     extra = len(names) - len(palette)
     if extra > 0:
-        hsv = matplotlib.colormaps["hsv"]
+        hsv = colormap("hsv", "--plot")
         palette += [tuple(hsv((i + 0.5) / extra)[:3]) + (1.0,) for i in range(extra)]
     out = dict(zip(names, palette))
     if UNCERTAIN in labels:

@@ -128,7 +128,7 @@ def openvino_model(loaded: LoadedModel):
         try:
             import openvino as ov
         except ImportError:
-            raise StreamrecError("--backend openvino: openvino is not installed; pip install openvino (a dependency of streamrec)") from None
+            raise StreamrecError("--backend openvino: openvino is not installed; " + install_hint("openvino")) from None
         xml = ir_path(loaded, weights_digest(loaded.module))
         folder = xml.parent
         if xml.is_file():
@@ -230,7 +230,7 @@ def openvino_int8(loaded: LoadedModel, calibration: Iterable[torch.Tensor], thre
     import importlib.util
 
     if importlib.util.find_spec("nncf") is None:
-        raise StreamrecError("--backend openvino-int8: nncf is not installed; " + install_hint("openvino"))
+        raise StreamrecError("--backend openvino-int8: nncf is not installed; " + install_hint("int8"))
     ov, model = openvino_model(loaded)
     data = [x.numpy() for x in calibration]
     if not data:
@@ -280,7 +280,7 @@ def load_int8(loaded: LoadedModel, threads: int | None = None) -> OpenVINOModule
         try:
             import openvino as ov
         except ImportError:
-            raise StreamrecError("--backend openvino-int8: openvino is not installed; pip install openvino (a dependency of streamrec)") from None
+            raise StreamrecError("--backend openvino-int8: openvino is not installed; " + install_hint("int8")) from None
         try:
             model = ov.Core().read_model(str(xml))
         except RuntimeError as exc:
