@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import json
 import logging
 import socket
@@ -27,9 +26,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from streamrec.serve.files import FileBody, file_response
-from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, bearer_token, host_allowed, raise_fd_limit
+from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, host_allowed, raise_fd_limit
 from streamrec.serve.guard import StreamedResponse, without_body
 from streamrec.serve.guard import http_response as _response
+from streamrec.serve.tokens import cookie_refusal, cross_origin, token_exchange, token_source
 
 logger = logging.getLogger(__name__)
 
@@ -256,13 +256,8 @@ class WebServer:
         except asyncio.TimeoutError:
             logger.warning("some websocket clients did not close in time")
 
-    def _authorized(self, request: Request) -> bool:
-        if not self.token:
-            return True
-        query = parse_qs(urlsplit(request.path).query)
-        given = (query.get("token") or [""])[0]
-        given = given or bearer_token(request.headers.get("Authorization", "")) or ""
-        return hmac.compare_digest(given.encode(), self.token.encode())
+    def _authorized(self, request: Request) -> str | None:
+        return token_source(request.path, request.headers, self.token)
 
     def _refusal(self, request: Request) -> Response | None:
         """A 400 for a request that repeats a header only one of which can count, a 421 for a
@@ -305,11 +300,9 @@ class WebServer:
         if path == "/ws":
             if request.method not in ("GET", "HEAD"):
                 return _response(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"a websocket opens with GET\n", ("Allow", "GET, HEAD"))
-            if not self._authorized(request):
+            if self._authorized(request) is None:
                 return _response(HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token\n")
-            origin = request.headers.get("Origin")
-            host = request.headers.get("Host", "")
-            if origin is not None and urlsplit(origin).netloc != host:
+            if cross_origin(request.headers):
                 return _response(HTTPStatus.FORBIDDEN, "text/plain", b"cross-origin websocket refused\n")
             if request.method == "HEAD" or "websocket" not in request.headers.get("Upgrade", "").lower():
                 return _response(HTTPStatus.UPGRADE_REQUIRED, "text/plain", b"a websocket opens with GET\n",
@@ -323,11 +316,13 @@ class WebServer:
             return _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
         if request.method not in ("GET", "HEAD"):
             return _response(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"GET or HEAD only\n", ("Allow", "GET, HEAD"))
-        authorized = self._authorized(request)
-        if not authorized and route.public is None:
+        via = self._authorized(request)
+        if via is None and route.public is None:
             return _response(HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token: open /?token=...\n")
+        if via == "query" and path == "/":  # the page's token, traded for a cookie (see streamrec.serve.tokens)
+            return _response(HTTPStatus.SEE_OTHER, "text/plain", b"", *token_exchange(request.path, self.token or ""))
         try:
-            body = route.body() if authorized else route.public()
+            body = route.body() if via is not None else route.public()
         except Exception:  # noqa: BLE001
             logger.exception("handler for %s failed", path)
             return _response(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n")
@@ -367,9 +362,13 @@ class WebServer:
         admin = route.admin or request.method in route.admin_methods
         if admin and not self.token:
             return _json(HTTPStatus.FORBIDDEN, {"error": "the admin API needs the server to run with --token"})
-        if not self._authorized(request):
+        via = self._authorized(request)
+        if via is None:
             return _json(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong token"})
         method = "GET" if request.method == "HEAD" else request.method
+        why = None if via != "cookie" or method == "GET" else cookie_refusal(request.headers)
+        if why is not None:
+            return _json(HTTPStatus.FORBIDDEN, {"error": f"{method} {path}: {why}"})
         try:
             reply = route.handler(method, path, parse_qs(urlsplit(request.path).query))
             if isinstance(reply.body, FileBody):
