@@ -465,6 +465,17 @@ def test_head_while_preparing_gets_what_get_gets(starting, target):
     assert status == (503 if target.startswith("/api") else 200) and int(headers["content-length"]) > 0
 
 
+def test_the_page_trades_its_token_for_the_cookie_while_preparing_too(starting):
+    status, headers, _ = http(starting, "GET", f"/?camera=gate&token={TOKEN}", token=False)
+    assert status == 303 and headers["location"] == "/?camera=gate"
+    assert headers["set-cookie"] == f"streamrec_token={TOKEN}; HttpOnly; SameSite=Strict; Path=/"
+    status, _, body = http(starting, "GET", "/", f"Cookie: streamrec_token={TOKEN}", token=False)
+    assert status == 200 and b'data-testid="label"' in body
+    status, _, body = http(starting, "GET", "/healthz", f"Cookie: streamrec_token={TOKEN}", token=False)
+    assert "expected_s" in json.loads(body)["preparing"]  # the full view
+    assert http(starting, "GET", "/", "Cookie: streamrec_token=wrong", token=False)[0] == 401
+
+
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
 def test_the_bearer_scheme_is_read_in_any_case_while_preparing(starting, scheme):
     status, _, body = http(starting, "GET", "/healthz", f"Authorization: {scheme} {TOKEN}", token=False)

@@ -20,7 +20,6 @@ until that file exists, so that a test sees the preparing server for as long as 
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -32,10 +31,11 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from streamrec.errors import StreamrecError
-from streamrec.serve.guard import bearer_token, host_allowed
+from streamrec.serve.guard import host_allowed
+from streamrec.serve.tokens import token_exchange, token_source
 from streamrec.serve.server import page_html
 
 logger = logging.getLogger(__name__)
@@ -197,11 +197,8 @@ class StartingServer:
         return Handler
 
     def _authorized(self, req: BaseHTTPRequestHandler) -> bool:
-        if not self.token:
-            return True
-        given = (parse_qs(urlsplit(req.path).query).get("token") or [""])[0]
-        given = given or bearer_token(req.headers.get("Authorization", "")) or ""
-        return hmac.compare_digest(given.encode(), self.token.encode())
+        """The token in the query, ``Authorization: Bearer`` or the page's cookie, as the server takes it."""
+        return token_source(req.path, req.headers, self.token) is not None
 
     def answer(self, req: BaseHTTPRequestHandler) -> None:
         """One GET: as the web server would answer it, while the models are prepared."""
@@ -218,14 +215,19 @@ class StartingServer:
             body = self.state() if self._authorized(req) else {"status": "starting", "preparing": {"message": self.message}}
             return self._send(req, HTTPStatus.OK, "application/json", json.dumps(body).encode())
         if path == "/" and self._authorized(req):
+            if token_source(req.path, req.headers, self.token) == "query":  # traded for the cookie, as later
+                return self._send(req, HTTPStatus.SEE_OTHER, "text/plain", b"", *token_exchange(req.path, self.token))
             return self._send(req, HTTPStatus.OK, "text/html; charset=utf-8", page_html())
         if path == "/":
             return self._send(req, HTTPStatus.UNAUTHORIZED, "text/plain", b"missing or wrong token: open /?token=...\n")
         self._send(req, HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", f"{self.message}\n".encode())
 
     @staticmethod
-    def _send(req: BaseHTTPRequestHandler, status: HTTPStatus, content_type: str, body: bytes) -> None:
+    def _send(req: BaseHTTPRequestHandler, status: HTTPStatus, content_type: str, body: bytes,
+              *extra: tuple[str, str]) -> None:
         req.send_response(status)
+        for name, value in extra:
+            req.send_header(name, value)
         req.send_header("Content-Type", content_type)
         req.send_header("Content-Length", str(len(body)))
         req.send_header("Cache-Control", "no-store")
