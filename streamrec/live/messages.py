@@ -1,4 +1,5 @@
-"""The JSON messages sent to browsers, and a validator the tests and clients can use.
+"""The JSON messages sent to browsers, built as dicts; :mod:`streamrec.live.wire` types them,
+checks them and gives their JSON Schema.
 
 A prediction::
 
@@ -14,14 +15,13 @@ A prediction::
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 
 from streamrec.live.smoothing import UNCERTAIN, Smoothed
+from streamrec.live.wire import TOP_K, Prediction, validate_message
 
-TOP_K = 5
 MEANINGLESS = "random weights (--weights none): labels are meaningless, for pipeline testing only"
 
 
@@ -107,37 +107,11 @@ def status_message(*, camera: str, source: dict[str, Any], inference: dict[str, 
             "whole_frame": whole_frame, **extra}
 
 
-_FIELDS = {
-    "type": str, "seq": int, "label": str, "score": float, "raw_label": str, "raw_score": float,
-    "top": list, "window": dict, "infer_ms": float, "latency_ms": float, "capture_fps": float,
-}
-
-
-def validate_prediction(msg: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first field that breaks the prediction schema."""
-    for key, typ in _FIELDS.items():
-        if key not in msg:
-            raise ValueError(f"prediction: missing field {key!r}")
-        val = msg[key]
-        ok = isinstance(val, (int, float)) and not isinstance(val, bool) if typ is float else isinstance(val, typ)
-        if not ok:
-            raise ValueError(f"prediction.{key}: expected {typ.__name__}, got {type(val).__name__}")
-    if msg["type"] != "prediction":
-        raise ValueError(f"prediction.type: expected 'prediction', got {msg['type']!r}")
-    zone = msg.get("zone")
-    if zone is not None and (not isinstance(zone, str) or not zone or "/" in zone):
-        raise ValueError(f"prediction.zone: expected a zone's name or null (the whole frame), got {zone!r}")
-    for key in ("score", "raw_score"):
-        if not 0.0 <= msg[key] <= 1.0:
-            raise ValueError(f"prediction.{key}: expected 0..1, got {msg[key]}")
-    top = msg["top"]
-    if not 1 <= len(top) <= TOP_K or any(set(t) != {"label", "score"} for t in top):
-        raise ValueError(f"prediction.top: expected 1..{TOP_K} {{label, score}} entries, got {top!r}")
-    if any(top[i]["score"] < top[i + 1]["score"] for i in range(len(top) - 1)):
-        raise ValueError("prediction.top: expected scores in descending order")
-    w = msg["window"]
-    if set(w) != {"start_ts", "end_ts", "frames"} or not w["start_ts"] <= w["end_ts"] or w["frames"] < 1:
-        raise ValueError(f"prediction.window: expected start_ts <= end_ts and frames >= 1, got {w!r}")
-    for key in ("infer_ms", "latency_ms", "capture_fps"):
-        if not math.isfinite(msg[key]) or msg[key] < 0:
-            raise ValueError(f"prediction.{key}: expected a finite value >= 0, got {msg[key]}")
+def validate_prediction(msg: dict[str, Any]) -> Prediction:
+    """``msg`` as a :class:`~streamrec.live.wire.Prediction`; ``ValueError`` naming the first field
+    that breaks its schema (see :func:`~streamrec.live.wire.validate_message`), or ``type`` when
+    ``msg`` is another message."""
+    out = validate_message(msg)
+    if not isinstance(out, Prediction):
+        raise ValueError(f"prediction.type: expected 'prediction', got {msg.get('type')!r}")
+    return out

@@ -24,6 +24,7 @@ from streamrec.errors import StreamrecError
 from streamrec.events.manager import EventManager
 from streamrec.live.history import HistoryStore, SegmentTracker, default_db
 from streamrec.live.messages import MEANINGLESS
+from streamrec.live.wire import message_schema
 from streamrec.serve.metrics import Metrics
 from streamrec.serve.guard import Limits
 from streamrec.serve.preview import frame_message, preview_width
@@ -129,7 +130,9 @@ class AppCore:
         routes = {"/": Route("text/html; charset=utf-8", page_html),
                   "/healthz": json_route(self.health, lambda: {"status": self.health()["status"]}),
                   "/favicon.ico": Route("image/svg+xml", favicon, favicon),  # public: browsers ask without the token
-                  "/metrics": Route(Metrics.CONTENT_TYPE, self.metrics.render)}
+                  "/metrics": Route(Metrics.CONTENT_TYPE, self.metrics.render),
+                  # the websocket's JSON Schema: public, it holds no data
+                  "/api/schema": json_route(message_schema, message_schema)}
         cameras = cameras_api(listing=lambda: {"cameras": self.health()["cameras"], "adding": self.adding()},
                               add=self.add_camera, remove=self.remove_camera, status=self.status_message,
                               set_zones=getattr(self, "set_zones", None), config_file=lambda: self.config_file)
