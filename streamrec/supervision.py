@@ -32,6 +32,39 @@ from streamrec.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
+SHUTDOWN_S = 15.0  # SIGTERM to exit: every join and flush of a stop shares this budget (systemd's default stop timeout is 90 s; the unit in docs/deployment.md gives 20)
+
+
+class Deadline:
+    """One time budget shared by the steps of a stop: each step waits at most what is left (and
+    at most its own ``cap``), so the steps together stay within ``seconds``.
+
+    Example:
+        >>> now = [0.0]
+        >>> d = Deadline(10.0, clock=lambda: now[0])
+        >>> d.left(), d.left(cap=1.5)
+        (10.0, 1.5)
+        >>> now[0] = 9.0; d.left(cap=1.5)
+        1.0
+        >>> now[0] = 12.0; d.left(), d.expired
+        (0.0, True)
+    """
+
+    def __init__(self, seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if not seconds >= 0:  # NaN too
+            raise ValueError(f"Deadline: expected seconds >= 0, got {seconds!r}")
+        self.clock = clock
+        self.end = clock() + seconds
+
+    def left(self, cap: float | None = None) -> float:
+        """Seconds left of the budget (0 when spent), at most ``cap``."""
+        rest = max(0.0, self.end - self.clock())
+        return rest if cap is None else min(cap, rest)
+
+    @property
+    def expired(self) -> bool:
+        return self.left() == 0.0
+
 
 @dataclass
 class ThreadRecord:

@@ -32,6 +32,7 @@ from streamrec.live.camera import JOIN_TIMEOUT_S
 from streamrec.live.history import HistoryStore
 from streamrec.live.messages import status_message
 from streamrec.serve.core import AppCore
+from streamrec.supervision import Deadline
 from streamrec.zones import stream_key
 
 logger = logging.getLogger(__name__)
@@ -220,13 +221,13 @@ class ClusterApp(AppCore):
             self.events.start(list(self.runner.labels))  # every labelled stream's key
         self._thread.start()
 
-    def stop_work(self) -> None:
+    def stop_work(self, deadline: Deadline) -> None:
         """Stop the driver thread and the cluster's actors."""
         if self._thread.is_alive():
-            self._thread.join(JOIN_TIMEOUT_S)
+            self._thread.join(deadline.left(cap=JOIN_TIMEOUT_S))
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.events is not None:  # open events close while their actors still write the clips and thumbnails
-            self.events.finish()
+            self.events.finish(deadline.left(cap=deadline.left() / 2))
         self.runner.close()
         if self._thread.is_alive():
             logger.warning("the cluster driver thread was still in a call at exit")

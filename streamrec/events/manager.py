@@ -30,7 +30,7 @@ from streamrec.events.inbox import Inbox
 from streamrec.events.store import DatabaseUnavailable, EventStore
 from streamrec.models import kinetics
 from streamrec.retry import Backoff
-from streamrec.supervision import Supervisor
+from streamrec.supervision import SHUTDOWN_S, Deadline, Supervisor
 from streamrec.zones import split_key, stream_key
 
 logger = logging.getLogger(__name__)
@@ -318,29 +318,32 @@ class EventManager:
         """Wait until the events thread has handled what was queued so far; whether it did."""
         return self.inbox.flush(timeout)
 
-    def finish(self) -> None:
-        """Handle what is queued and close the open events at their last label (their clips run
-        on for ``post_seconds`` at most until :meth:`close`). Idempotent; :meth:`close` calls it."""
+    def finish(self, timeout: float = JOIN_S) -> None:
+        """Handle what is queued (``timeout`` s at most) and close the open events at their last label
+        (their clips run on for ``post_seconds`` at most until :meth:`close`). Idempotent; :meth:`close` calls it."""
         if self._finished:
             return
         self._finished = True
-        self.inbox.stop(JOIN_S)
+        self.inbox.stop(timeout)
         self.inbox.drain(labels=not self._gave_up)
         with self.inbox.lock:
             for change in self.engine.close_all():
                 self._apply_safely(change)
 
-    def close(self) -> None:
+    def close(self, timeout: float = SHUTDOWN_S) -> None:
         """:meth:`finish`, then finish the clips (noting them), stop the notifier, close the
-        database. A database that does not answer loses what was still to be written (logged)."""
+        database, within ``timeout`` s in all (the queue may take half, the clips what is left but
+        a second, the notifier the rest). A database that does not answer loses what was still to
+        be written (logged)."""
+        deadline = Deadline(timeout)
         try:
-            self.finish()
+            self.finish(deadline.left(cap=min(JOIN_S, timeout / 2)))
         finally:
             try:
                 if self.recorder is not None:
-                    self.recorder.close()
+                    self.recorder.close(max(0.0, deadline.left() - 1.0))
                 self.inbox.close()  # the clips and thumbnails that finished meanwhile; later ones at once
             finally:
                 if self.notifier is not None:
-                    self.notifier.close()
+                    self.notifier.close(deadline.left())
                 self.store.close()

@@ -39,7 +39,7 @@ from streamrec.events.mqtt import MqttPublisher
 from streamrec.events.store import EventStore, Notification
 from streamrec.events.webhook import WebhookSender
 from streamrec.retry import Backoff
-from streamrec.supervision import Supervisor, describe
+from streamrec.supervision import Deadline, Supervisor, describe
 
 logger = logging.getLogger(__name__)
 
@@ -265,9 +265,9 @@ class Notifier:
         sender = self.webhook if channel == "webhook" else self.mqtt
         return sender.where if sender is not None else channel
 
-    def close(self) -> None:
-        """Stop the threads (a webhook delivery in progress is ended, a timed join), send MQTT
-        ``offline`` and disconnect; idempotent."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the threads (a webhook delivery in progress is ended; ``timeout`` s in all at most,
+        ``join_timeout_s`` by default), send MQTT ``offline`` and disconnect; idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -276,11 +276,10 @@ class Notifier:
             self._cond.notify_all()
         if self.webhook is not None:
             self.webhook.abort()  # a receiver that answers slowly does not hold up the stop
-        deadline = time.monotonic() + self.join_timeout_s
+        deadline = Deadline(self.join_timeout_s if timeout is None else timeout)
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(deadline.left())
             if thread.is_alive():
-                logger.warning("the %s thread did not stop within %g s (a delivery in progress)",
-                               thread.name, self.join_timeout_s)
+                logger.warning("the %s thread did not stop in time (a delivery in progress)", thread.name)
         if self.mqtt is not None:
             self.mqtt.close()

@@ -32,7 +32,7 @@ from streamrec.events.store import EventStore
 from streamrec.fsutil import atomic_write
 from streamrec.live.packets import ClipStart, PacketRing, TappedPacket
 from streamrec.live.sources import open_container
-from streamrec.supervision import Supervisor, describe
+from streamrec.supervision import Deadline, Supervisor, describe
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_
 POLL_S = 0.25  # a writer with nothing to write looks at its deadlines this often
 GRACE_S = 2.0  # past its end (or max_seconds), a writer waits this long for a late packet
 WALL_TIME_BASE = Fraction(1, 90000)  # the time base of a clip of packets that came without timestamps
-JOIN_S = 5.0  # close(): how long it waits for each writer
+JOIN_S = 5.0  # close(): how long it waits for its writers
 
 OnDone = Callable[[str, "str | None", int], None]
 FrameOf = Callable[[str], "np.ndarray | None"]
@@ -387,14 +387,14 @@ class Recorder:
         return out
 
     def close(self, timeout: float = JOIN_S) -> None:
-        """Finish the clips being written (each stays playable) and wait for their writers
-        (``timeout`` seconds each at most). Idempotent."""
+        """Finish the clips being written (each stays playable); wait ``timeout`` s in all for their writers. Idempotent."""
         with self._lock:
             self._closed = True
             entries = list(self._writers.values())
         for writer, _ in entries:
             writer.finish_now.set()
+        deadline = Deadline(timeout)
         for writer, thread in entries:
-            thread.join(timeout)
+            thread.join(deadline.left())
             if thread.is_alive():
                 logger.warning("clip %s: its writer did not finish within %.0f s", writer.event_id, timeout)

@@ -152,11 +152,11 @@ class Camera:
     def start(self) -> None:
         self.capture.start()
 
-    def close(self) -> None:
-        """Stop capture and release the source (idempotent)."""
+    def close(self, timeout: float = JOIN_TIMEOUT_S) -> None:
+        """Stop capture and release the source, waiting ``timeout`` s at most (idempotent)."""
         self.stop_event.set()
         if self.capture.is_alive():
-            self.capture.join(JOIN_TIMEOUT_S)
+            self.capture.join(timeout)
         else:  # never started: close the pre-opened source
             self.capture.release()
 

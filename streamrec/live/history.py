@@ -31,7 +31,7 @@ from streamrec.database import BUSY_TIMEOUT_S, RECONNECT, Database, close_quietl
 from streamrec.errors import StreamrecError
 from streamrec.redact import mask_quoted, printable
 from streamrec.live.segments import STALE_FACTOR, STALE_FLOOR_S, Segment, SegmentTracker  # noqa: F401 - re-exported
-from streamrec.supervision import Supervisor
+from streamrec.supervision import Deadline, Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -275,19 +275,26 @@ class HistoryStore:
             finally:
                 cur.close()
 
-    def close(self) -> None:
-        """Write what is queued and close the database (idempotent)."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued and close the database, waiting ``timeout`` s at most for the
+        writer (what it has not written by then is lost, logged); idempotent."""
         if self._closed:
             return
         self._closed = True
         self._closing.set()  # a database lost now is not waited for: what it misses is counted as dropped
+        deadline = Deadline(timeout)
         try:
-            self._q.put(None, timeout=5)
+            self._q.put(None, timeout=deadline.left(cap=5.0))
         except queue.Full:  # the writer is stuck: it is a daemon thread
             pass
-        self._writer.join(5)
-        with self._lock:
-            self._conn.close()
+        self._writer.join(deadline.left())
+        if self._writer.is_alive():
+            logger.warning("history: %d segments not written within %.0f s of the stop", self._q.qsize(), timeout)
+        if self._lock.acquire(timeout=max(deadline.left(), 0.1)):  # a writer stuck in a write keeps it
+            try:
+                self._conn.close()
+            finally:
+                self._lock.release()
 
 
 # a number as --since/--until and ?since=/?until= take it: ASCII digits (not 1_000 or digits of other

@@ -36,7 +36,7 @@ from streamrec.runtime.classifier import Classifier
 from streamrec.serve.core import AppCore, check_port_free
 from streamrec.serve.preview import encode_preview
 from streamrec.serve.worker import InferenceWorker
-from streamrec.supervision import Supervisor
+from streamrec.supervision import Deadline, Supervisor
 from streamrec.zones import ZoneConfig
 
 logger = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ class LiveApp(AppCore):
             for w in self.workers.values():
                 w.start()
 
-    def stop_work(self) -> None:
+    def stop_work(self, deadline: Deadline) -> None:
         self._preview_pool.shutdown(wait=False, cancel_futures=True)
         for cam in list(self.cameras.values()):
             cam.stop_event.set()
@@ -279,9 +279,9 @@ class LiveApp(AppCore):
             self.wake.notify_all()
         for w in self.workers.values():
             if w.is_alive():
-                w.join(JOIN_TIMEOUT_S)
+                w.join(deadline.left(cap=JOIN_TIMEOUT_S))
         for cam in list(self.cameras.values()):
-            cam.close()
+            cam.close(deadline.left(cap=JOIN_TIMEOUT_S))
         alive = [t.name for t in threading.enumerate() if t.name.startswith(("capture-", "inference-")) and t.is_alive()]
         if alive:
             logger.warning("threads still running at exit: %s", ", ".join(alive))

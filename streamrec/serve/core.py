@@ -29,7 +29,7 @@ from streamrec.serve.metrics import Metrics
 from streamrec.serve.guard import Limits
 from streamrec.serve.preview import frame_message, preview_width
 from streamrec.serve.routes import cameras_api, events_api, history_api
-from streamrec.supervision import Supervisor
+from streamrec.supervision import SHUTDOWN_S, Deadline, Supervisor
 from streamrec.zones import split_key
 from streamrec.serve.server import Hub, Route, WebServer, json_route, page_html, stop_on_signals, watched_ticks
 
@@ -107,8 +107,8 @@ class AppCore:
     def start_work(self) -> None:
         """*hook*: start the threads that capture and classify (once the server listens)."""
 
-    def stop_work(self) -> None:
-        """*hook*: stop and join them, release the cameras (from :meth:`close`)."""
+    def stop_work(self, deadline: Deadline) -> None:
+        """*hook*: stop and join them, release the cameras (from :meth:`close`), within ``deadline``."""
 
     async def refresh(self) -> None:
         """*hook*: fetch what the status messages read (once a second, before they are sent)."""
@@ -294,11 +294,12 @@ class AppCore:
                 pass
         finally:
             self.stop_event.set()
+            deadline = Deadline(SHUTDOWN_S)  # from here to the last flush: one budget
             for t in tasks:
                 t.cancel()
             if self.server is not None:
                 await self.server.close()
-            await self._loop.run_in_executor(None, self.close)
+            await self._loop.run_in_executor(None, self.close, deadline)
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to finish (safe from any thread, idempotent)."""
@@ -306,23 +307,25 @@ class AppCore:
         if self._loop is not None and self._stopped is not None:
             self._loop.call_soon_threadsafe(self._stopped.set)
 
-    def close(self) -> None:
-        """Stop the work, close every camera's open segment and the history (idempotent)."""
+    def close(self, deadline: Deadline | None = None) -> None:
+        """Stop the work, close every camera's open segment, the history and the events, all within
+        ``deadline`` (``SHUTDOWN_S`` from now by default); idempotent."""
+        deadline = deadline or Deadline(SHUTDOWN_S)
         with self.lock:
             if self._closed:
                 return
             self._closed = True
         self.stop_event.set()
         try:
-            self.stop_work()
+            self.stop_work(deadline)
         finally:
             with self.lock:  # a thread still in a call could publish meanwhile
                 now = time.time()
                 for tracker in self.trackers.values():
                     tracker.close(now)
-                self.history.close()
+                self.history.close(deadline.left(cap=5.0))
                 if self.events is not None:
-                    self.events.close()
+                    self.events.close(deadline.left())
         logger.info("stopped")
 
 
