@@ -468,7 +468,7 @@ def test_head_while_preparing_gets_what_get_gets(starting, target):
 def test_the_page_trades_its_token_for_the_cookie_while_preparing_too(starting):
     status, headers, _ = http(starting, "GET", f"/?camera=gate&token={TOKEN}", token=False)
     assert status == 303 and headers["location"] == "/?camera=gate"
-    assert headers["set-cookie"] == f"streamrec_token={TOKEN}; HttpOnly; SameSite=Strict; Path=/"
+    assert headers["set-cookie"] == f"streamrec_token={TOKEN}; HttpOnly; SameSite=Lax; Path=/"
     status, _, body = http(starting, "GET", "/", f"Cookie: streamrec_token={TOKEN}", token=False)
     assert status == 200 and b'data-testid="label"' in body
     status, _, body = http(starting, "GET", "/healthz", f"Cookie: streamrec_token={TOKEN}", token=False)

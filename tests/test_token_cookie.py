@@ -2,7 +2,7 @@
 
 * on a real :class:`~streamrec.serve.server.WebServer` in process (port 0) with the real events
   and history routes: ``/?token=T`` is a 303 to the same page without the token, with the cookie
-  ``streamrec_token=T; HttpOnly; SameSite=Strict; Path=/``; the cookie alone opens every protected
+  ``streamrec_token=T; HttpOnly; SameSite=Lax; Path=/``; the cookie alone opens every protected
   route and the websocket; a wrong cookie is a 401; ``Bearer`` and ``?token=`` still work; a
   request that changes something with the cookie alone from another origin is a 403;
 * in real headless Chromium on a real ``streamrec serve --token``: after ``/?token=T`` the page
@@ -104,7 +104,7 @@ def http(port: int, method: str, target: str, *headers: str) -> tuple[int, dict[
 
 
 COOKIE = f"Cookie: streamrec_token={TOKEN}"
-COOKIE_HEADER = f"streamrec_token={TOKEN}; HttpOnly; SameSite=Strict; Path=/"
+COOKIE_HEADER = f"streamrec_token={TOKEN}; HttpOnly; SameSite=Lax; Path=/"
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
@@ -139,6 +139,14 @@ def test_the_cookie_alone_opens_the_history_and_events_lists(served):
     assert status == 200 and [e["id"] for e in json.loads(body)["events"]] == ["e1"]
     status, _, body = http(served.port, "GET", "/api/history?since=0", COOKIE)
     assert status == 200 and "segments" in json.loads(body)
+
+
+def test_a_cookie_planted_beside_the_right_one_locks_no_one_out(served):
+    # a page of another port of this host can set streamrec_token=x with a longer path: the
+    # browser then sends that one first; the right one beside it still opens the API
+    planted = f"Cookie: streamrec_token=planted; streamrec_token={TOKEN}"
+    assert http(served.port, "GET", "/api/events", planted)[0] == 200
+    assert http(served.port, "GET", "/api/events", "Cookie: streamrec_token=planted; streamrec_token=x")[0] == 401
 
 
 @pytest.mark.parametrize("target, right", [("/", 200), ("/metrics", 200), ("/api/events", 200),
@@ -270,7 +278,7 @@ def test_the_page_works_with_the_cookie_and_no_request_carries_the_token(demo_cl
             assert page.url == f"{base}/"
             cookies = page.context.cookies()
             assert [(c["name"], c["value"], c["httpOnly"], c["sameSite"], c["path"]) for c in cookies] == \
-                [("streamrec_token", TOKEN, True, "Strict", "/")]
+                [("streamrec_token", TOKEN, True, "Lax", "/")]
             assert page.evaluate("document.cookie") == ""  # the page's scripts never see it
             # live: the websocket brings labels and pictures
             page.wait_for_selector("#conn.ok", timeout=60_000)

@@ -2,10 +2,12 @@
 
 A request carries the token in its ``?token=`` (scripts, curl), else in ``Authorization: Bearer``,
 else in the ``streamrec_token`` cookie. Opening the page as ``/?token=T`` answers ``303 See Other``
-to the same page without the token, with the cookie ``streamrec_token=T; HttpOnly; SameSite=Strict;
+to the same page without the token, with the cookie ``streamrec_token=T; HttpOnly; SameSite=Lax;
 Path=/``: the page's own requests (websocket, images, clips, API calls) then carry the cookie, and
 the token stays out of its addresses, proxy logs and the browser's history. HttpOnly keeps the
-page's scripts from reading it; SameSite=Strict keeps other sites' pages from sending it. The
+page's scripts from reading it; SameSite=Lax keeps other sites' pages from sending it, but for a
+link followed to the page (from a chat, a mail, a dashboard: Strict would leave the page without
+it); what changes something also has its ``Origin`` checked (:func:`cookie_refusal`). The
 cookie has no ``Secure`` flag: the server speaks plain HTTP (behind an HTTPS proxy it still travels
 encrypted).
 
@@ -13,9 +15,9 @@ Example:
     >>> token_exchange("/?camera=gate&token=s3cret&overlay=1", "s3cret")[0]
     ('Location', '/?camera=gate&overlay=1')
     >>> token_exchange("/?token=s3cret", "s3cret")[1][1]
-    'streamrec_token=s3cret; HttpOnly; SameSite=Strict; Path=/'
-    >>> cookie_token(["theme=dark; streamrec_token=s3cret"])
-    's3cret'
+    'streamrec_token=s3cret; HttpOnly; SameSite=Lax; Path=/'
+    >>> cookie_tokens(["theme=dark; streamrec_token=s3cret", "streamrec_token=planted"])
+    ['s3cret', 'planted']
 """
 
 from __future__ import annotations
@@ -31,43 +33,39 @@ logger = logging.getLogger(__name__)
 TOKEN_COOKIE = "streamrec_token"
 
 
-def cookie_token(cookie_headers: Iterable[str]) -> str:
-    """The ``streamrec_token`` cookie of a request's ``Cookie`` header lines ("" when there is
-    none; the first of several: a browser sends the one of the most specific path first)."""
+def cookie_tokens(cookie_headers: Iterable[str]) -> list[str]:
+    """Every ``streamrec_token`` cookie of a request's ``Cookie`` header lines, in order (a page of
+    another port of the same host may have set one more, with another path: each is tried)."""
+    found = []
     for line in cookie_headers:
         for pair in line.split(";"):
             name, _, value = pair.strip().partition("=")
             if name.strip() == TOKEN_COOKIE:
-                return unquote(value.strip().strip('"'))
-    return ""
-
-
-def given_token(target: str, headers: Any) -> tuple[str, str]:
-    """The token a request carries and where: ``("...", "query")``, ``("...", "bearer")`` or
-    ``("...", "cookie")`` in that order of precedence, ``("", "")`` when it carries none.
-    ``target``: the request's path and query; ``headers``: its headers (``get``, ``get_all``)."""
-    given = (parse_qs(urlsplit(target).query).get("token") or [""])[0]
-    if given:
-        return given, "query"
-    given = bearer_token(headers.get("Authorization", "")) or ""
-    if given:
-        return given, "bearer"
-    given = cookie_token(headers.get_all("Cookie") or [])
-    return (given, "cookie") if given else ("", "")
+                found.append(unquote(value.strip().strip('"')))
+    return found
 
 
 def token_matches(given: str, token: str) -> bool:
     """Whether ``given`` is ``token`` (compared in constant time)."""
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape"))
+    return hmac.compare_digest(given.encode(), token.encode())
 
 
 def token_source(target: str, headers: Any, token: str | None) -> str | None:
-    """Where a request's right token came from (see :func:`given_token`); ``""`` when the server
-    has no ``token``; ``None`` when the request carries none or a wrong one (a wrong cookie too)."""
+    """Where a request's right token came from: ``"query"`` (``?token=``), ``"bearer"``
+    (``Authorization: Bearer``) or ``"cookie"``, in that order: the first of them the request
+    carries decides (a wrong query token is not rescued by a right cookie); of several cookies,
+    any right one counts. ``""`` when the server has no ``token``; ``None`` when the request
+    carries none or a wrong one."""
     if not token:
         return ""
-    given, source = given_token(target, headers)
-    return source if token_matches(given, token) else None
+    given = (parse_qs(urlsplit(target).query).get("token") or [""])[0]
+    if given:
+        return "query" if token_matches(given, token) else None
+    given = bearer_token(headers.get("Authorization", "")) or ""
+    if given:
+        return "bearer" if token_matches(given, token) else None
+    cookies = cookie_tokens(headers.get_all("Cookie") or [])
+    return "cookie" if any([token_matches(c, token) for c in cookies]) else None
 
 
 def token_exchange(target: str, token: str) -> tuple[tuple[str, str], tuple[str, str]]:
@@ -77,7 +75,7 @@ def token_exchange(target: str, token: str) -> tuple[tuple[str, str], tuple[str,
     query = urlsplit(target).query
     kept = "&".join(p for p in query.split("&") if p and unquote_plus(p.partition("=")[0]) != "token")
     return (("Location", f"/?{kept}" if kept else "/"),
-            ("Set-Cookie", f"{TOKEN_COOKIE}={quote(token, safe='')}; HttpOnly; SameSite=Strict; Path=/"))
+            ("Set-Cookie", f"{TOKEN_COOKIE}={quote(token, safe='')}; HttpOnly; SameSite=Lax; Path=/"))
 
 
 def cross_origin(headers: Any) -> bool:
@@ -91,7 +89,7 @@ def cross_origin(headers: Any) -> bool:
 def cookie_refusal(headers: Any) -> str | None:
     """Why a request that changes something (not a ``GET``) with the token from the cookie alone
     is refused, else ``None``: a page of another origin sent it. Browsers send ``Origin`` with
-    such requests; SameSite=Strict keeps other sites' pages from sending the cookie, but a page
+    such requests; SameSite=Lax keeps other sites' pages from sending the cookie with them, but a page
     of another port of the same host is the same site."""
     origin, host = headers.get("Origin"), headers.get("Host", "")
     try:
