@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from streamrec.errors import StreamrecError
+from streamrec.errors import StreamrecError, require
 from streamrec.notify_checks import check_topic, check_user, ha_stream_id, url_parts
 from streamrec.redact import control_characters, mask_credentials
 from streamrec.validate import check_types, unknown_keys
@@ -184,6 +184,7 @@ class MqttConfig:
         check_topic(self.discovery_prefix, "[notify.mqtt] discovery_prefix")
         check_topic(self.discovery_prefix.strip("/") + "/sensor/streamrec_/activity/config",
                     "[notify.mqtt] discovery_prefix")
+        require("paho", "mqtt", "[notify.mqtt]")  # paho-mqtt, an extra: said with the config, before models load
 
     def topics(self, key: str) -> list[str]:
         """The topics published for a labelled stream (``camera`` or ``camera/zone``): its activity,

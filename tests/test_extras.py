@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT, error_line, run_main, write_video
 from streamrec.errors import StreamrecError
-from streamrec.event_config import MqttConfig, NotifyConfig, RecordingConfig
+from streamrec.event_config import MqttConfig, NotifyConfig, RecordingConfig, WebhookConfig
 from streamrec.events.manager import EventManager
 from streamrec.supervision import Supervisor
 
@@ -47,14 +47,25 @@ def test_a_figure_without_matplotlib_is_one_line_before_any_work(tmp_path, monke
     assert line.endswith("[plot]'") and not out.exists()
 
 
-def test_mqtt_without_paho_is_one_line_naming_the_table(tmp_path, monkeypatch):
+def test_mqtt_without_paho_is_one_line_naming_the_table_when_the_config_is_read(monkeypatch):
     monkeypatch.setitem(sys.modules, "paho", None)
     with pytest.raises(StreamrecError) as err:
-        EventManager(rules=(), notify=NotifyConfig(mqtt=MqttConfig("mqtt://127.0.0.1:1883")),
-                     recording=RecordingConfig(enabled=False), db=str(tmp_path / "h.db"), classes=["a"],
-                     supervisor=Supervisor(), publish=lambda m: None)
+        MqttConfig("mqtt://127.0.0.1:1883")
     assert str(err.value).startswith("[notify.mqtt]: paho is not installed; pip install -e ")
     assert str(err.value).endswith("[mqtt]'")
+
+
+def test_a_webhook_alone_needs_no_paho(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "paho" or m.startswith(("paho.", "streamrec.events.mqtt", "streamrec.events.notify"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "paho", None)  # import paho.mqtt... now fails as without it
+    hook = WebhookConfig("http://127.0.0.1:1/hook", sign=False)
+    events = EventManager(rules=(), notify=NotifyConfig(webhook=hook), recording=RecordingConfig(enabled=False),
+                          db=str(tmp_path / "h.db"), classes=["a"], supervisor=Supervisor(), publish=lambda m: None)
+    try:
+        assert events.notifier is not None and events.notifier.mqtt is None
+    finally:
+        events.close()
 
 
 def test_without_openvino_auto_picks_among_the_backends_that_are_installed(monkeypatch):

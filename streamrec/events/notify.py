@@ -35,7 +35,6 @@ import time
 from typing import Any, Callable
 
 from streamrec.event_config import NotifyConfig
-from streamrec.events.mqtt import MqttPublisher
 from streamrec.events.store import EventStore, Notification
 from streamrec.events.webhook import WebhookSender
 from streamrec.retry import Backoff
@@ -81,7 +80,11 @@ class Notifier:
         self.poll_s = poll_s
         self.join_timeout_s = join_timeout_s
         self.webhook = WebhookSender(config.webhook) if config.webhook else None
-        self.mqtt = MqttPublisher(config.mqtt, clock=clock) if config.mqtt else None
+        self.mqtt = None
+        if config.mqtt:
+            from streamrec.events.mqtt import MqttPublisher  # paho-mqtt: an extra, needed with [notify.mqtt] only
+
+            self.mqtt = MqttPublisher(config.mqtt, clock=clock)
         self.channels = {name: ChannelStats() for name in ("webhook", "mqtt") if getattr(config, name)}
         self.expired = 0
         self._stop = threading.Event()
