@@ -244,6 +244,33 @@ def test_zones_saved_at_run_time_add_and_remove_their_home_assistant_sensors(tmp
         events.close()
 
 
+@pytest.mark.slow
+def test_a_zone_removed_while_the_broker_is_away_is_withdrawn_when_it_is_back(tmp_path, broker):  # noqa: F811
+    mqtt = MqttConfig(f"mqtt://127.0.0.1:{broker.port}", topic_prefix="sr", homeassistant_discovery=True,
+                      discovery_prefix="ha")
+    events = EventManager(rules=(), notify=NotifyConfig(mqtt=mqtt), recording=RecordingConfig(enabled=False),
+                          db=str(tmp_path / "h.db"), classes=CLASSES, supervisor=Supervisor(), publish=lambda m: None)
+    connected = lambda: events.notifier.stats()["channels"]["mqtt"]["connected"]  # noqa: E731
+    try:
+        events.start(["gym", "gym/mat"])
+        wait_until(connected, "the MQTT connection", timeout=30)
+        broker.stop()
+        wait_until(lambda: not connected(), "the broker gone", timeout=30)
+        events.announce(["gym"], gone=["gym", "gym/mat"])  # mat deleted meanwhile
+        broker.start()
+        sub = Subscriber(broker, "ha/#", "sr/#")  # Home Assistant, back with the broker
+        try:
+            wait_until(lambda: sub.on("ha/sensor/streamrec_gym__mat/activity/config"), "mat's removal", timeout=90)
+            assert sub.on("ha/sensor/streamrec_gym__mat/activity/config")[0][0] == ""
+            wait_until(lambda: sub.on("sr/gym/mat/activity"), "mat's activity cleared", timeout=30)
+            wait_until(lambda: sub.on("ha/sensor/streamrec_gym/activity/config"), "gym announced again", timeout=30)
+            assert sub.on("ha/sensor/streamrec_gym/activity/config")[0][0] != ""
+        finally:
+            sub.close()
+    finally:
+        events.close()
+
+
 CONFIG = """
 db = "{db}"
 [[cameras]]

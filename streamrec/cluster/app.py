@@ -123,10 +123,13 @@ class ClusterApp(AppCore):
         if self.stop_event.is_set():
             raise StreamrecError("the server is shutting down")
         self.runner.add_camera(cam)
+        if self.events is not None:  # its streams are announced (Home Assistant)
+            self.events.announce([stream_key(cam.name, zone) for zone in cam.streams()])
         logger.info("camera %s added", cam.name)
 
     def remove_camera(self, name: str) -> bool:
         with self.lock:
+            cfg = self.runner.configs.get(name)
             actor = self.runner.detach_camera(name)
             if actor is None:
                 return False
@@ -136,6 +139,8 @@ class ClusterApp(AppCore):
         if closed is not None and not closed.wait(JOIN_TIMEOUT_S * 4):
             logger.warning("camera %s: its open events were not closed in time; their clips end now", name)
         self.runner.stop_actor(name, actor)
+        if self.events is not None:  # its sensors go
+            self.events.announce([], gone=[stream_key(name, zone) for zone in (cfg.streams() if cfg else (None,))])
         logger.info("camera %s removed", name)
         return True
 

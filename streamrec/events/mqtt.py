@@ -118,6 +118,7 @@ class MqttPublisher:
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._cameras: list[str] = []  # the announced streams' keys (camera or camera/zone)
+        self._withdrawn: set[str] = set()  # streams whose sensors are to be removed at the next connection
         self._state: dict[str, str] = {}  # stream key -> its newest activity payload
         self._unsent: dict[str, float] = {}  # stream key -> monotonic time its newest payload is due
         self._sent_at: dict[str, float] = {}  # stream key -> monotonic time of its last activity message
@@ -177,6 +178,7 @@ class MqttPublisher:
             self._sent_at.update({cam: time.monotonic() for cam in states})
         logger.info("MQTT: connected to %s", self.where)
         client.publish(self.availability_topic, "online", qos=1, retain=True)
+        self.publish_withdrawn(client)
         self.publish_discovery(client, cameras)
         for camera, payload in states.items():
             client.publish(self.activity_topic(camera), payload, qos=0, retain=True)
@@ -322,6 +324,7 @@ class MqttPublisher:
                     logger.warning("MQTT: %r is not announced to Home Assistant: %r has its id "
                                    "'streamrec_%s'", cam, other, ha_stream_id(cam))
                 elif cam not in self._cameras:
+                    self._withdrawn.discard(cam)  # back before its removal was sent: nothing to remove
                     self._cameras.append(cam)
                     new.append(cam)
             client = self._client if self.connected else None
@@ -330,16 +333,23 @@ class MqttPublisher:
 
     def withdraw(self, streams: list[str]) -> None:
         """Stop announcing ``streams`` (a removed camera, a zone deleted): Home Assistant removes
-        their sensors (an empty retained discovery config) and their retained activity is cleared."""
+        their sensors (an empty retained discovery config) and their retained activity is cleared,
+        now or, while the broker is away, at the next connection."""
         with self._lock:
             gone = [key for key in streams if key in self._cameras or key in self._state]
             self._cameras = [key for key in self._cameras if key not in gone]
             for key in gone:
                 self._state.pop(key, None)
                 self._unsent.pop(key, None)
+            self._withdrawn.update(gone)
             client = self._client if self.connected else None
-        if client is None:
-            return
+        if client is not None:
+            self.publish_withdrawn(client)
+
+    def publish_withdrawn(self, client: paho.Client) -> None:
+        """The empty retained messages of the withdrawn streams (each once it was handed to paho)."""
+        with self._lock:
+            gone, self._withdrawn = sorted(self._withdrawn), set()
         base = self.config.discovery_prefix.strip("/")
         for key in gone:
             if self.config.homeassistant_discovery:
