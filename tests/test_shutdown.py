@@ -17,6 +17,7 @@ from servers import broker  # noqa: F401 - the fixture
 from streamrec.live.history import HistoryStore, Segment
 from streamrec.supervision import SHUTDOWN_S, Deadline
 from test_events_live import serve, setup
+from test_events_manager import an_event, make
 from test_notify_delivery import DripReceiver
 
 
@@ -48,6 +49,25 @@ def test_a_history_whose_database_is_locked_closes_within_its_timeout(tmp_path):
         other.execute("ROLLBACK")
         other.close()
     assert took < 1.0 + 0.5, took  # not the busy timeout, nor the 5 s + 5 s of a queue put and a join
+
+
+def test_events_whose_database_is_locked_close_within_their_timeout(tmp_path):
+    db = str(tmp_path / "events.db")
+    manager = make(db, [])  # the store's writes wait up to 10 s for another writer's lock
+    manager.start(["cam"])
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        for msg in an_event():
+            manager.observe("cam", msg)
+        wait_until(lambda: manager.inbox.lock.locked(), "the events thread in its write", timeout=10)
+        started = time.monotonic()
+        manager.close(timeout=1.0)
+        took = time.monotonic() - started
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert took < 1.0 + 0.5, took  # the open event is closed at the next start instead
 
 
 @pytest.mark.slow

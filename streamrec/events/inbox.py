@@ -153,11 +153,17 @@ class Inbox:
             logger.warning("%s: still busy after %.0f s; %d queued items are handled at close", self.name, timeout,
                            self.queued())
 
-    def drain(self, *, labels: bool = True) -> int:
+    def drain(self, *, labels: bool = True, wait: float = 1.0) -> int:
         """Handle, in this thread, what is queued while no thread runs (``labels=False``: drop the
-        labels, handle the rest); how many items were handled."""
+        labels, handle the rest); how many items were handled. The thread, given up on by
+        :meth:`stop`, may finish its item meanwhile (``wait`` s at most); nothing while it is
+        still in it (a write the database does not answer): the items would wait for it."""
         if self.running:
             return 0
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(wait)
+            if self._thread.is_alive():
+                return 0
         n = 0
         while True:
             try:
@@ -172,8 +178,9 @@ class Inbox:
                 n += 1
             self._handled(done)
 
-    def close(self) -> None:
-        """From now on :meth:`put` handles items in the caller's thread and labels are dropped."""
+    def close(self, wait: float = 1.0) -> None:
+        """From now on :meth:`put` handles items in the caller's thread and labels are dropped
+        (what is queued too, see :meth:`drain`)."""
         with self._count:
             self._closed = True
-        self.drain(labels=False)
+        self.drain(labels=False, wait=wait)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from streamrec.errors import StreamrecError, require
+from streamrec.errors import StreamrecError
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
 from streamrec.events.clipfiles import ClipFolder, check_writable
 from streamrec.events.engine import Change, RuleEngine, rule_labels
@@ -84,8 +84,6 @@ class EventManager:
 
                 self.recorder = Recorder(recording, supervisor=supervisor, on_done=self.clip_done, frame_of=frame_of)
             if notify.webhook is not None or notify.mqtt is not None:
-                if notify.mqtt is not None:
-                    require("paho", "mqtt", "[notify.mqtt]")  # paho-mqtt: an optional dependency
                 from streamrec.events.notify import Notifier
 
                 self.notifier = Notifier(self.store, notify, supervisor=supervisor)
@@ -324,11 +322,17 @@ class EventManager:
         if self._finished:
             return
         self._finished = True
-        self.inbox.stop(timeout)
-        self.inbox.drain(labels=not self._gave_up)
-        with self.inbox.lock:
+        deadline = Deadline(timeout)
+        self.inbox.stop(deadline.left())
+        self.inbox.drain(labels=not self._gave_up, wait=deadline.left(cap=1.0))
+        if not self.inbox.lock.acquire(timeout=max(deadline.left(), 0.1)):  # the events thread is stuck in a write
+            logger.warning("events: the open events are closed at the next start (the database did not answer)")
+            return
+        try:
             for change in self.engine.close_all():
                 self._apply_safely(change)
+        finally:
+            self.inbox.lock.release()
 
     def close(self, timeout: float = SHUTDOWN_S) -> None:
         """:meth:`finish`, then finish the clips (noting them), stop the notifier, close the
@@ -342,8 +346,8 @@ class EventManager:
             try:
                 if self.recorder is not None:
                     self.recorder.close(max(0.0, deadline.left() - 1.0))
-                self.inbox.close()  # the clips and thumbnails that finished meanwhile; later ones at once
+                self.inbox.close(deadline.left(cap=1.0))  # the clips and thumbnails finished meanwhile; later ones at once
             finally:
                 if self.notifier is not None:
                     self.notifier.close(deadline.left())
-                self.store.close()
+                self.store.close(max(deadline.left(), 0.1))

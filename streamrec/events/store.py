@@ -359,9 +359,16 @@ class EventStore:
         done, = self._run("SELECT COUNT(*) FROM outbox WHERE delivered IS NOT NULL")[0]
         return {"pending": pending, "delivered": done}
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the connection (idempotent); a call still waiting on the database after ``timeout``
+        seconds keeps it, and the process's exit closes it."""
+        if not self._lock.acquire(timeout=timeout):
+            logger.warning("events: the database connection is still in use at the stop")
+            return
+        try:
             if self._closed:
                 return
             self._closed = True
             self._conn.close()
+        finally:
+            self._lock.release()
