@@ -116,6 +116,7 @@ class Database:
         conn = sqlite3.connect(self.target, check_same_thread=False, isolation_level=None, timeout=self.busy_timeout_s)
         if self.target != ":memory:":
             conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: never corrupt; a power cut loses the last commits, not a sync per row
         return conn
 
     def broken(self, conn) -> bool:

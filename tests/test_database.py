@@ -58,6 +58,7 @@ def test_a_sqlite_file_is_connected_to_in_wal_mode_with_the_busy_timeout(tmp_pat
     for db in (Database(str(tmp_path / "a.db")), Database(str(tmp_path / "b.db"), busy_timeout_s=0.25)):
         with closing(db.connect()) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL: no sync per written row
             assert conn.execute("PRAGMA busy_timeout").fetchone() == (int(db.busy_timeout_s * 1000),)
             assert conn.in_transaction is False  # autocommit: each statement lands on its own
     with closing(Database(":memory:").connect()) as conn:

@@ -77,6 +77,10 @@ def test_status_with_zones_and_with_the_clusters_node_validates():
     assert [(z.name, z.polygon) for z in got.zones] == [("rack", None), ("mat", [(0.5, 0.5), (0.8, 0.5), (0.65, 0.9)])]
     assert (got.source.state, got.whole_frame, got.node) == ("running", False, None)
     assert validate_message(status(node="10.0.0.7")).node == "10.0.0.7"
+    for state in ("error", "unreachable"):  # the cluster's: an actor that failed to start, or did not answer
+        msg = status(node="10.0.0.7")
+        msg["source"] = {"state": state, "error": "RayActorError"}
+        assert validate_message(msg).source.state == state
     bare = sent(status_message(camera="gym", source={}, inference={}, model=None, device=None, backend=None,
                                meaningless=False))  # the cluster's camera removed meanwhile
     assert validate_message(bare).source.state is None
@@ -134,7 +138,8 @@ def with_(msg: dict, path: str, value) -> dict:
     (prediction(), "top", [], "prediction.top: expected `array` of length >= 1, got []"),
     (prediction(), "extra", 1, "prediction: object contains unknown field `extra`"),
     (status(), "source.state", "asleep",
-     "status.source.state: expected one of 'ended', 'reconnecting', 'running', 'starting', 'stopped', got 'asleep'"),
+     "status.source.state: expected one of 'ended', 'error', 'reconnecting', 'running', 'starting', 'stopped', "
+     "'unreachable', got 'asleep'"),
     (event(104.0), "state", "gone", "event.state: expected one of 'closed', 'open', got 'gone'"),
     (event(None), "state", "closed", "event.state: expected 'open' exactly when end_ts is null, got 'closed' with end_ts None"),
     ({"type": "removed", "camera": ""}, "camera", "", "removed.camera: expected `str` of length >= 1, got ''"),

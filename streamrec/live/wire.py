@@ -49,6 +49,8 @@ Fraction = Annotated[float, Meta(ge=0, le=1, description="a fraction of the fram
 # the values of streamrec.live.capture.CaptureState, spelled out: importing the capture would load
 # the models' preprocessing (torch) into every process that builds or checks a message
 CaptureStateName = Literal["starting", "running", "reconnecting", "ended", "stopped"]
+# the cluster's source states besides: its capture actor failed to start, or did not answer in time
+SourceStateName = Literal[CaptureStateName, "error", "unreachable"]
 
 # fields whose constraint reads better in words than as msgspec's regex
 HINTS = {"zone": "expected a zone's name or null (the whole frame)"}
@@ -111,7 +113,7 @@ class Zone(Struct, forbid_unknown_fields=True):
 class Source(Struct):
     """A camera's capture stats; more fields than these come along (``frames``, ``dropped``...)."""
 
-    state: CaptureStateName | None = None
+    state: SourceStateName | None = None
     error: str | None = None
 
 
