@@ -185,6 +185,7 @@ class AppCore:
             "events": self.events.stats() if self.events is not None else None,
             "threads": sorted(t.name for t in threading.enumerate()),
             "uptime_s": round(time.time() - self.started, 1),
+            "admin_api": bool(self.config.token),  # the camera and zones API answers (this full view needs the token)
         }
         out.update(self.extra_health())
         now = time.time()
