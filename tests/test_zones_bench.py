@@ -27,6 +27,7 @@ def synthetic_clips(folder, seconds: float = 5.0, fps: int = 25):
 
 
 @pytest.mark.slow
+@pytest.mark.bench  # minutes: left out of the default run (pytest -m bench)
 def test_the_harness_runs_on_a_tiny_input(tmp_path):
     zones = load_benchmark("zones")
     clips = synthetic_clips(tmp_path)
