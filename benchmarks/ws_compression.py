@@ -81,7 +81,8 @@ def message(seq: int) -> str:
 
 async def one_round(compression: str | None, jpegs: list[bytes], clients: int, seconds: float) -> dict:
     from streamrec.serve.preview import frame_message
-    from streamrec.serve.server import Hub, WebServer
+    from streamrec.serve.hub import Hub
+    from streamrec.serve.server import WebServer
 
     hub = Hub()
     server = WebServer(hub, host="127.0.0.1", port=0, routes={}, compression=compression)

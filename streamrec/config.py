@@ -142,7 +142,7 @@ class ServeConfig:
     history_days: float | None = None  # delete history segments older than this (None: keep all)
     batch_wait_ms: float = 10.0  # dynamic batching: how long to wait for more cameras' windows
     allowed_hosts: tuple[str, ...] = ()  # Host names served besides the bound address (DNS rebinding guard)
-    header_timeout: float = 5.0  # seconds a connection has to send its request line and headers
+    header_timeout: float = 5.0  # seconds a connection has to send its request line, headers and body
     max_connections: int = 512  # open connections in all (kept under the descriptor limit too)
     max_connections_per_address: int = 64  # open connections from one peer address
     cameras: tuple[CameraConfig, ...] = ()

@@ -427,15 +427,17 @@ def directions_model(tmp_path_factory):
 
 
 def json_request(method: str, url: str, token: str | None = None, body: bytes | None = None,
-                 timeout: float = 120) -> tuple[int, object]:
-    """``method url`` (with the token as a Bearer header when given): the status and the JSON body,
-    error statuses included."""
+                 timeout: float = 120, data: object = None) -> tuple[int, object]:
+    """``method url`` (with the token as a Bearer header when given, ``body`` as given or ``data`` as
+    a JSON body): the status and the JSON body of the answer, error statuses included."""
     import json
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(url, method=method, data=body,
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if data is not None:
+        body, headers["Content-Type"] = json.dumps(data).encode(), "application/json"
+    req = urllib.request.Request(url, method=method, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())

@@ -44,6 +44,13 @@ def gym_zones(port: int) -> dict:
     return body["zones"]["gym"]
 
 
+FITS = """() => {
+  const b = document.querySelector('[data-testid=zones]').getBoundingClientRect();
+  const r = document.querySelector('[data-testid=zone-outline][data-zone=rack]').getBoundingClientRect();
+  return Math.abs(b.width / b.height - 340 / 256) < 0.01 && Math.abs(r.x - b.x) <= 2 && Math.abs(r.width - b.width / 2) <= 2;
+}"""
+
+
 def drag(page, box: dict, a: tuple[float, float], b: tuple[float, float]) -> None:
     """A mouse drag on the picture from fraction ``a`` to fraction ``b`` of the frame."""
     at = lambda p: (box["x"] + p[0] * box["width"], box["y"] + p[1] * box["height"])  # noqa: E731
@@ -74,7 +81,9 @@ def test_zones_are_drawn_with_labels_and_edited_with_the_mouse(demo_clip, tmp_pa
             assert page.get_attribute("[data-testid=zone-outline][data-zone=mat]", "points") == "0.5,0.5 0.8,0.5 0.65,0.9"
             rack_label = page.inner_text("[data-testid=zone-label][data-zone=rack]")
             assert rack_label.startswith("rack: ") and rack_label.endswith("%")
-            # the outlines lie on the picture itself: the 340x256 clip inside the 16:9 image box
+            # the outlines lie on the picture itself: the 340x256 clip inside the 16:9 image box (once the
+            # page's layout has settled: the tile grows as its timeline and events arrive)
+            page.wait_for_function(FITS, timeout=10_000)
             box = page.locator("[data-testid=zones]").bounding_box()
             assert abs(box["width"] / box["height"] - 340 / 256) < 0.01
             rack = page.locator("[data-testid=zone-outline][data-zone=rack]").bounding_box()

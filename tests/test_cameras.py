@@ -84,9 +84,15 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, t
         assert json_request("DELETE", f"http://127.0.0.1:{port}/api/cameras", token) == (
             400, {"error": "DELETE /api/cameras/NAME: expected a camera name in the path"})
         assert json_request("POST", f"http://127.0.0.1:{port}/api/cameras", token, body=b'{"name": "bad"}') == (
-            400, {"error": "request bodies are not accepted: put the parameters in the query string, "
-                           "e.g. POST /api/cameras?name=gate&source=rtsp://..."})  # not a connection closed unanswered
-        asyncio.run(predictions_by_camera(port, {"late"}, token=token))
+            415, {"error": "request body: expected Content-Type: application/json, "
+                           "got 'application/x-www-form-urlencoded'"})  # a form post, not a connection closed unanswered
+        assert json_request("POST", f"http://127.0.0.1:{port}/api/cameras", token, data={"name": "bad"}) == (
+            400, {"error": "[[cameras]]: each camera needs a name and a source, got {'name': 'bad'}"})
+        # the camera as a JSON body: options typed as in a [[cameras]] table, zones included
+        cam = {"name": "body", "source": str(demo_clip), "loop": True, "zones": [{"name": "left", "x": 0, "y": 0, "w": 0.5, "h": 1}]}
+        assert json_request("POST", f"http://127.0.0.1:{port}/api/cameras", token, data=cam) == (201, {"added": "body"})
+        asyncio.run(predictions_by_camera(port, {"late", "body"}, token=token))
+        assert json_request("DELETE", f"http://127.0.0.1:{port}/api/cameras/body", token) == (200, {"removed": "body"})
         health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz?token={token}"))
         assert all(health["cameras"][c]["predictions"] > before[c] for c in before)
         assert health["cameras"]["court-1"]["reconnects"] == 0
@@ -108,7 +114,7 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, t
     proc = run_cli("history", "--db", str(db), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
-    assert {r["camera"] for r in rows} == {"court-1", "court-2", "warmup", "late"}
+    assert {r["camera"] for r in rows} == {"court-1", "court-2", "warmup", "late", "body"}
     for r in rows:
         assert r["start"] <= r["end"] and 0 <= r["mean_score"] <= r["peak_score"] <= 1 and r["windows"] >= 1
     csv_out = run_cli("history", "--db", str(db), "--camera", "late", "--format", "csv").stdout.splitlines()

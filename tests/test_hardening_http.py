@@ -263,7 +263,8 @@ def test_allowed_hosts_and_limits_from_the_config():
 @pytest.mark.slow
 def test_allowed_hosts_and_connection_limits_in_a_server():
     from streamrec.serve.guard import Limits
-    from streamrec.serve.server import Hub, WebServer, json_route
+    from streamrec.serve.hub import Hub
+    from streamrec.serve.server import WebServer, json_route
 
     async def scenario():
         server = WebServer(Hub(), host="127.0.0.1", port=0, routes={"/healthz": json_route(lambda: {"ok": True})},

@@ -120,7 +120,7 @@ def test_history_counters_are_prometheus_metrics():
     from prometheus_client.parser import text_string_to_metric_families
 
     from streamrec.serve.metrics import Metrics
-    from streamrec.serve.server import Hub
+    from streamrec.serve.hub import Hub
 
     stats = {"written": 12, "dropped": 3, "pruned": 40, "reconnects": 2, "retain_days": 30}
     text = Metrics(Hub(), lambda: [], history=lambda: stats).render().decode()

@@ -30,7 +30,8 @@ from streamrec.events.store import Event
 from streamrec.live.history import HistoryStore
 from streamrec.serve.files import FileBody
 from streamrec.serve.routes import events_api, history_api
-from streamrec.serve.server import ApiRoute, Hub, Reply, Route, WebServer, json_route
+from streamrec.serve.hub import Hub
+from streamrec.serve.server import ApiRoute, Reply, Route, WebServer, json_route
 from streamrec.supervision import Supervisor
 
 from conftest import run_cli
@@ -42,7 +43,7 @@ BIG_JSON = json.dumps({"rows": ["x" * 100] * 80_000}).encode()  # 8 MiB
 
 
 def api_files(folder):
-    def handler(method: str, path: str, query: dict) -> Reply:
+    def handler(method: str, path: str, query: dict, body: object) -> Reply:
         name = path.rsplit("/", 1)[-1]
         return Reply(200, FileBody(folder / name, "application/octet-stream"))
 
@@ -50,7 +51,7 @@ def api_files(folder):
 
 
 def failing(kind: str) -> ApiRoute:
-    def handler(method: str, path: str, query: dict) -> Reply:
+    def handler(method: str, path: str, query: dict, body: object) -> Reply:
         if kind == "raises":
             raise RuntimeError("broken handler")
         if kind == "unserialisable":

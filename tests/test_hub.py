@@ -5,7 +5,7 @@ import asyncio
 import pytest
 import websockets
 
-from streamrec.serve.server import Hub
+from streamrec.serve.hub import Hub
 
 
 async def serving(hub: Hub):

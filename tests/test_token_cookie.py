@@ -32,7 +32,8 @@ from streamrec.events.manager import EventManager
 from streamrec.events.store import Event, EventStore
 from streamrec.live.history import HistoryStore
 from streamrec.serve.routes import events_api, history_api
-from streamrec.serve.server import ApiRoute, Hub, Reply, Route, WebServer, json_route
+from streamrec.serve.hub import Hub
+from streamrec.serve.server import ApiRoute, Reply, Route, WebServer, json_route
 from streamrec.supervision import Supervisor
 
 from browser import MARKS, chromium_page
@@ -46,7 +47,7 @@ CLIP = bytes(range(256)) * 40
 
 def admin_route() -> ApiRoute:
     """An admin route that answers with the method it got."""
-    return ApiRoute(lambda method, path, query: Reply(200, {"method": method}, allow=("GET", "HEAD", "PUT")), admin=True)
+    return ApiRoute(lambda method, path, query, body: Reply(200, {"method": method}, allow=("GET", "HEAD", "PUT")), admin=True)
 
 
 def start_server(folder, token: str | None):

@@ -31,7 +31,8 @@ from streamrec.serve.preview import frame_message, preview_width
 from streamrec.serve.routes import cameras_api, events_api, history_api
 from streamrec.supervision import SHUTDOWN_S, Deadline, Supervisor
 from streamrec.zones import split_key
-from streamrec.serve.server import Hub, Route, WebServer, json_route, page_html, stop_on_signals, watched_ticks
+from streamrec.serve.hub import Hub, watched_ticks
+from streamrec.serve.server import Route, WebServer, json_route, page_html, stop_on_signals
 
 logger = logging.getLogger(__name__)
 

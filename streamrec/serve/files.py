@@ -5,7 +5,7 @@ A request without ``Range`` gets the whole file (200); one ``bytes`` range gets 
 or a 416 when it starts past the end. A ``Range`` the server does not use (another unit, several
 ranges, a malformed one) is ignored, as RFC 9110 allows: the answer is the whole file. The body
 is written by the connection in chunks, as fast as the client reads it
-(:class:`~streamrec.serve.guard.StreamedResponse`), so a long clip never sits whole in memory.
+(:class:`~streamrec.serve.answers.StreamedResponse`), so a long clip never sits whole in memory.
 
 Example:
     >>> byte_range("bytes=10-19", 100), byte_range("bytes=-10", 100), byte_range("bytes=90-", 100)
@@ -29,7 +29,7 @@ from typing import NamedTuple
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from streamrec.serve.guard import StreamedResponse, http_response
+from streamrec.serve.answers import StreamedResponse, http_response
 
 logger = logging.getLogger(__name__)
 

@@ -2,11 +2,11 @@
 (:class:`GuardedConnection` is the connection class that applies the limits).
 
 * **Slow or half-sent requests** (slowloris): a connection must send its request line and
-  headers within ``header_timeout_s``; the opening handshake's own, much longer timeout is for
+  headers (and body) within ``header_timeout_s``; the opening handshake's own, much longer timeout is for
   the API's work after that (adding a camera may load a model).
 * **Too many connections**: at most ``max_connections`` in all and ``max_per_address`` from
   one peer address. A new connection over a limit takes the place of the oldest one still
-  sending its headers (from that address, for the per-address limit), else of the oldest whose
+  sending its request (from that address, for the per-address limit), else of the oldest whose
   answer has waited 2 s for its client to read on, so that half-open sockets and clients that
   do not read can never lock out a real client; when every connection is a real one, the new
   one gets a 503. The total is also kept ``fd_reserve`` descriptors under the process's limit:
@@ -38,14 +38,14 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
 from websockets.http11 import Response
 
 from streamrec.errors import StreamrecError
-from streamrec.serve.heads import has_body, malformed
+from streamrec.serve.answers import StreamedResponse, Written, http_response
+from streamrec.serve.heads import announced_body, malformed, without_length
 from streamrec.validate import split_host
 
 logger = logging.getLogger(__name__)
@@ -210,63 +210,16 @@ def host_allowed(value: str, *, bound: str, port: int, allowed: tuple[str, ...] 
     return wildcard and ip is not None  # an address literal is never a rebound name
 
 
-def http_response(status: HTTPStatus, content_type: str, body: bytes, *extra: tuple[str, str]) -> Response:
-    """An answer with ``body``; ``extra``: more headers (``("Allow", "GET, HEAD")``)."""
-    headers = Headers(
-        [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-            ("Connection", "close"),
-            *extra,
-        ]
-    )
-    return Response(status.value, status.phrase, headers, body)
-
-
-def bearer_token(authorization: str) -> str | None:
-    """The credentials of an ``Authorization: Bearer ...`` header (the scheme in any case, spaces or
-    tabs after it), else ``None``."""
-    scheme, _, credentials = authorization.replace("\t", " ").strip().partition(" ")
-    return credentials.strip() if scheme.lower() == "bearer" else None
-
-
-def without_body(response: Response) -> Response:
-    """The answer to a ``HEAD``: ``response``'s status and headers (``Content-Length`` included), no body."""
-    if isinstance(response, StreamedResponse):
-        response.close()
-    return Response(response.status_code, response.reason_phrase, response.headers, b"")
-
-
-class Written(Response):
-    """Stands in for an answer :meth:`GuardedConnection.answer` has already written: nothing more to send."""
-
-    def serialize(self) -> bytes:
-        return b""
-
-
-class StreamedResponse(Response):
-    """An answer whose body is ``length`` bytes of ``source`` (an open binary file, at the first
-    byte to send), written by :class:`GuardedConnection` after the head, in chunks, as fast as the
-    client reads them; ``body`` stays empty and ``Content-Length`` says how much follows."""
-
-    def __init__(self, status: HTTPStatus, headers: Headers, source: BinaryIO, length: int) -> None:
-        super().__init__(status.value, status.phrase, headers, b"")
-        self.source, self.length = source, length
-
-    def close(self) -> None:
-        self.source.close()
-
-
 class GuardedConnection(ServerConnection):
     """websockets' connection, except that
 
-    * an HTTP request with a body gets a 400 that says why. websockets' parser refuses request
-      bodies (a WebSocket handshake has none) by closing the connection with no reply at all,
-      which leaves ``curl -d ...`` users guessing; the API takes its parameters in the query string;
+    * it reads a request's body (at most :data:`~streamrec.serve.heads.MAX_BODY` bytes, with its
+      ``Content-Length``) and hands websockets the request without it, the body in :attr:`body`:
+      websockets' parser refuses request bodies (a WebSocket handshake has none) by closing the
+      connection with no reply at all. What it would refuse gets a 400 (411, 413) that says why;
     * it is counted by the server's :class:`~streamrec.serve.guard.ConnectionGuard`, which may
       refuse it (a 503) or close it to make room while it is still sending its headers, and
-      it is closed when its request line and headers take longer than the header timeout;
+      it is closed when its request line, headers and body take longer than the header timeout;
     * :meth:`answer` writes an HTTP answer whole, however slowly the client reads it."""
 
     MAX_HEAD = 16384  # websockets' own limit on a request's header lines is larger: 8 KiB each
@@ -282,6 +235,9 @@ class GuardedConnection(ServerConnection):
         self._dropped = False  # refused or evicted: whatever still comes in is ignored
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_since: float | None = None  # when the answer began to wait for the client to read
+        self.body = b""  # the request's body, once whole (see _body_arrived)
+        self._body: bytearray | None = None  # the part of it in so far (and its _length, the _request without it)
+        self._request, self._length = b"", 0
 
     @property
     def stalled(self) -> bool:
@@ -361,6 +317,10 @@ class GuardedConnection(ServerConnection):
     def data_received(self, data: bytes) -> None:
         if self._dropped:
             return
+        if self._body is not None:  # the rest of a body
+            self._body += data
+            self._body_arrived()
+            return
         if self._head is not None:
             self._head += data
             end = self._head.find(b"\r\n\r\n")
@@ -368,20 +328,35 @@ class GuardedConnection(ServerConnection):
             if end < 0 and not bare and len(self._head) < self.MAX_HEAD:
                 return  # the rest of the head is still to come
             data, head, self._head = self._head, self._head[: max(end, 0)], None
-            self.head_done = True
-            if self._timer is not None:
-                self._timer.cancel()
-            if has_body(head):
-                reply = http_response(HTTPStatus.BAD_REQUEST, "application/json", json.dumps({
-                    "error": "request bodies are not accepted: put the parameters in the query string, "
-                             "e.g. POST /api/cameras?name=gate&source=rtsp://..."}).encode())
-                self.transport.write(reply.serialize())
-                self.transport.close()
+            why = "malformed request: lines end with CR LF" if bare else malformed(without_length(head)) if end >= 0 else None
+            length, status, refusal = announced_body(head) if end >= 0 else (0, 0, None)
+            if refusal is not None:  # websockets would close without a word
+                return self._reply(HTTPStatus(status), "application/json", json.dumps({"error": refusal}).encode())
+            if why is not None:
+                return self._reply(HTTPStatus.BAD_REQUEST, "text/plain", f"{why}\n".encode())
+            if length:  # read on to the body's end, within the same timeout
+                self._request, self._body, self._length = without_length(head) + b"\r\n\r\n", bytearray(data[end + 4:]), length
+                self._body_arrived()
                 return
-            why = "malformed request: lines end with CR LF" if bare else malformed(head) if end >= 0 else None
-            if why is not None:  # websockets would close without a word
-                self.transport.write(http_response(HTTPStatus.BAD_REQUEST, "text/plain", f"{why}\n".encode()).serialize())
-                self.transport.close()
-                return
+            self._headed()
         super().data_received(data)
 
+    def _headed(self) -> None:
+        self.head_done = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _body_arrived(self) -> None:
+        """The request, without its body, goes to websockets once the whole body is in; the body
+        waits in :attr:`body` for the API (bytes after it are ignored: every answer closes)."""
+        if self._body is None or len(self._body) < self._length:
+            return
+        self.body, self._body = bytes(self._body[: self._length]), None
+        self._headed()
+        super().data_received(self._request)
+
+    def _reply(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
+        self._dropped = True
+        self._headed()
+        self.transport.write(http_response(status, content_type, body).serialize())
+        self.transport.close()

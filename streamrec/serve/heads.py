@@ -1,31 +1,23 @@
 """Checks on a request's head (its request line and header lines) before websockets reads it:
-whether it announces a body, and why websockets' parser would refuse it (the parser itself
-closes such a connection without an answer).
+the body it announces (read by the connection, handed on beside the request), and why
+websockets' parser would refuse it (the parser itself closes such a connection without an
+answer); and the strict JSON a body or parameter must be.
 
 Example:
-    >>> has_body(b"POST / HTTP/1.1\\r\\nContent-Length: 5"), has_body(b"GET / HTTP/1.1\\r\\nContent-Length: 0")
-    (True, False)
     >>> malformed(b"GET / HTTP/1.1\\r\\nHost: x") is None, malformed(b"GET /caf\\xc3\\xa9 HTTP/1.1")[:19]
     (True, 'malformed request: ')
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from websockets.exceptions import SecurityError
 from websockets.http11 import Request
 from websockets.streams import StreamReader
 
 from streamrec.redact import printable
-
-
-def has_body(head: bytes) -> bool:
-    """Whether a request's header lines announce a body (a non-zero Content-Length, or chunks)."""
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name, value = name.strip().lower(), value.strip()
-        if name == b"transfer-encoding" or (name == b"content-length" and value not in (b"", b"0")):
-            return True
-    return False
 
 
 def malformed(head: bytes) -> str | None:
@@ -46,3 +38,74 @@ def malformed(head: bytes) -> str | None:
         text = printable(str(exc).encode("ascii", "backslashreplace").decode())
         return "malformed request: " + (text if len(text) <= 120 else text[:120] + "...")
     return "malformed request: incomplete"
+
+
+MAX_BODY = 64 * 1024  # bytes of a request body (the API's JSON: a camera, a camera's zones)
+
+
+def announced_body(head: bytes) -> tuple[int, int, str | None]:
+    """The body a request's head announces: ``(length, 0, None)`` (0 for none), or ``(0, status,
+    why)`` when it is refused: chunks (411: a body comes with its ``Content-Length``), a
+    ``Content-Length`` that is no length or given twice over (400), or one over :data:`MAX_BODY`
+    (413).
+
+    Example:
+        >>> announced_body(b"PUT /x HTTP/1.1\\r\\nContent-Length: 12"), announced_body(b"GET / HTTP/1.1")
+        ((12, 0, None), (0, 0, None))
+        >>> announced_body(b"POST /x HTTP/1.1\\r\\nContent-Length: 99999999")[1]
+        413
+    """
+    lengths = []
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"transfer-encoding":
+            return 0, 411, "a request body must come with its Content-Length (no Transfer-Encoding)"
+        if name == b"content-length":
+            lengths.append(value)
+    if not lengths:
+        return 0, 0, None
+    if len(set(lengths)) > 1 or not lengths[0].isdigit() or len(lengths[0]) > 12:
+        return 0, 400, "Content-Length: expected one whole number of bytes"
+    length = int(lengths[0])
+    if length > MAX_BODY:
+        return 0, 413, f"request body: expected at most {MAX_BODY} bytes, got {length}"
+    return length, 0, None
+
+
+def without_length(head: bytes) -> bytes:
+    """``head`` without its ``Content-Length`` lines (websockets' parser refuses a request that
+    announces a body; the connection hands the body on beside the request)."""
+    lines = head.split(b"\r\n")
+    return b"\r\n".join(lines[:1] + [ln for ln in lines[1:] if ln.partition(b":")[0].strip().lower() != b"content-length"])
+
+
+def strict_json(text: str | bytes, what: str, expected: str = "strict JSON") -> Any:
+    """``text`` read as strict JSON (no ``NaN`` or ``Infinity``, no key given twice); a
+    :class:`ValueError` that names ``what`` otherwise.
+
+    Example:
+        >>> strict_json('{"a": [1, 2.5]}', "zones")
+        {'a': [1, 2.5]}
+        >>> strict_json('{"a": NaN}', "body")
+        Traceback (most recent call last):
+        ...
+        ValueError: body: expected strict JSON, got '{"a": NaN}' (NaN is not a number JSON allows)
+    """
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as exc:
+        shown = text.decode("utf-8", "backslashreplace") if isinstance(text, bytes) else text
+        shown = shown if len(shown) <= 40 else shown[:40] + "..."
+        raise ValueError(f"{what}: expected {expected}, got {shown!r} ({str(exc).splitlines()[0]})") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a key given twice in {str(keys)[:40]}")
+    return dict(pairs)

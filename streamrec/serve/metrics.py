@@ -24,7 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from streamrec.live.camera import LabelStats
-    from streamrec.serve.server import Hub
+    from streamrec.serve.hub import Hub
 
 # each camera at scrape time: its name, its capture's stats (``capture_fps``, ``dropped``,
 # ``decode_errors``, ``reconnects``) and each labelled stream's label counters, by zone (None: the whole frame)

@@ -11,11 +11,12 @@ from typing import Any, Callable
 from streamrec.config import CameraConfig
 from streamrec.configfile import write_zones
 from streamrec.errors import StreamrecError
-from streamrec.redact import printable
+from streamrec.redact import mask_credentials, printable
 from streamrec.live.history import HistoryStore, parse_time
 from streamrec.events.manager import EventManager
 from streamrec.events.store import row_event
 from streamrec.serve.files import FileBody
+from streamrec.serve.heads import strict_json
 from streamrec.serve.server import ApiRoute, Reply
 from streamrec.validate import from_text
 from streamrec.zones import ZoneConfig, parse_zones
@@ -62,7 +63,7 @@ HISTORY_API_LIMIT = 10_000  # segments in one /api/history answer: the newest; "
 def history_api(store: HistoryStore, *, limit: int = HISTORY_API_LIMIT) -> ApiRoute:
     """``GET /api/history?camera=&zone=&since=&until=``: the recorded segments (the page's timelines),
     at most the newest ``limit``, oldest first; ``"truncated": true`` when there were more."""
-    def handler(method: str, path: str, query: dict[str, list[str]]) -> Reply:
+    def handler(method: str, path: str, query: dict[str, list[str]], body: Any = None) -> Reply:
         if method != "GET":
             return Reply(405, {"error": "GET only"})
         try:
@@ -88,19 +89,18 @@ def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraC
                 config_file: Callable[[], str | None] = lambda: None,
                 status: Callable[[str], dict[str, Any]] | None = None) -> ApiRoute:
     """The admin camera API (token required): ``GET /api/cameras`` (``listing()``), ``POST
-    /api/cameras?name=...&source=...&loop=...`` (``add``: values in the query string, converted to
-    each option's type; a :class:`StreamrecError` is a 400 naming it), ``DELETE /api/cameras/NAME``
-    and ``PUT /api/cameras/NAME/zones?zones=[...]&whole_frame=true`` (see :func:`put_zones`; 405
-    where ``set_zones`` is ``None``). With ``status`` (a camera's status message), the listing's
+    /api/cameras`` (``add``: the camera as a JSON body, or in the query string, see
+    :func:`camera_of`; a :class:`StreamrecError` is a 400 naming it), ``DELETE /api/cameras/NAME``
+    and ``PUT /api/cameras/NAME/zones`` (see :func:`put_zones`; 405 where ``set_zones`` is ``None``). With ``status`` (a camera's status message), the listing's
     ``"zones"`` holds each camera's ``{"zones": [...], "whole_frame": bool}``. Each request runs in a thread of its own (see
     :class:`~streamrec.serve.server.WebServer`)."""
     allow = ("GET", "HEAD", "POST", "DELETE")
 
-    def handler(method: str, path: str, query: dict[str, list[str]]) -> Reply:
+    def handler(method: str, path: str, query: dict[str, list[str]], body: Any = None) -> Reply:
         parts = path.strip("/").split("/")[2:]  # after api/cameras
         if len(parts) == 2 and parts[1] == "zones":
             if method == "PUT" and set_zones is not None:
-                return put_zones(parts[0], query, listing, set_zones, config_file())
+                return put_zones(parts[0], query, body, listing, set_zones, config_file())
             return Reply(405, {"error": "PUT /api/cameras/NAME/zones" if set_zones else
                                "zones are set through streamrec serve's camera API"}, allow=("PUT",) if set_zones else allow)
         if method == "GET":
@@ -109,9 +109,8 @@ def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraC
                 out["zones"] = zones_listing(list(out.get("cameras", {})), status)
             return Reply(200, out)
         if method == "POST":
-            text = {k: v[0] for k, v in query.items() if k != "token"}
             try:
-                cam = CameraConfig.from_dict(from_text(CameraConfig, text))
+                cam = camera_of(query, body)
                 add(cam)
             except StreamrecError as exc:
                 return Reply(400, {"error": str(exc)})
@@ -129,6 +128,26 @@ def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraC
     return ApiRoute(handler, admin=True)
 
 
+def camera_of(query: dict[str, list[str]], body: Any) -> CameraConfig:
+    """The camera a ``POST /api/cameras`` adds: its JSON body, an object with the options of a
+    ``[[cameras]]`` table (``{"name": "gate", "source": "rtsp://...", "zones": [...]}``), or else
+    its query string (``?name=gate&source=...&loop=true``, values converted to each option's type).
+    A source with a password or key is refused in the query string, which proxies and logs keep."""
+    given = {k: v[0] for k, v in query.items() if k != "token"}
+    if body is not None:
+        if given:
+            raise StreamrecError(f"POST /api/cameras: expected the camera in the JSON body or in the query string, "
+                                 f"not both (the query string has {shorten(', '.join(sorted(given)))})")
+        if not isinstance(body, dict):
+            raise StreamrecError(f"request body: expected a JSON object with a name and a source, got {shorten(json.dumps(body))}")
+        return CameraConfig.from_dict(body)
+    source = given.get("source", "")
+    if mask_credentials(source) != source:
+        raise StreamrecError(f"source: a password or key goes in a JSON body, not the query string that proxies and logs "
+                             f"keep: POST /api/cameras with {{\"name\": ..., \"source\": ...}}, got {mask_credentials(source)!r}")
+    return CameraConfig.from_dict(from_text(CameraConfig, given))
+
+
 def zones_listing(names: list[str], status: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
     """Each camera's zones and ``whole_frame`` (a camera removed meanwhile is left out)."""
     out = {}
@@ -144,17 +163,17 @@ def zones_listing(names: list[str], status: Callable[[str], dict[str, Any]]) -> 
 ZONES_QUERY_MAX_CHARS = 8000  # the request line is at most 8 KiB
 
 
-def put_zones(name: str, query: dict[str, list[str]], listing: Callable[[], dict[str, Any]],
+def put_zones(name: str, query: dict[str, list[str]], body: Any, listing: Callable[[], dict[str, Any]],
               set_zones: SetZones, config_file: str | None) -> Reply:
-    """``PUT /api/cameras/NAME/zones?zones=<JSON array>&whole_frame=true|false``: the camera's zones
-    replaced (its streams restart), then written to ``config_file`` when that file holds the camera's
-    ``[[cameras]]`` table. 200 with the zones and ``"saved_to"`` (the file, or ``null``: kept in
+    """``PUT /api/cameras/NAME/zones`` with the JSON body ``{"zones": [...], "whole_frame": true}``
+    (or ``?zones=<JSON array>&whole_frame=true|false``): the camera's zones replaced (its streams
+    restart), then written to ``config_file`` when that file holds the camera's ``[[cameras]]`` table. 200 with the zones and ``"saved_to"`` (the file, or ``null``: kept in
     memory only); a bad value is a 400 with one line, an unknown camera a 404."""
     cams = listing().get("cameras", {})
     if name not in cams:
         return Reply(404, {"error": f"no camera {shorten(name)!r}"})
     try:
-        zones, whole_frame = zones_query(query, name)
+        zones, whole_frame = zones_body(body, name) if body is not None else zones_query(query, name)
         cfg = set_zones(name, zones, whole_frame)
     except StreamrecError as exc:
         return Reply(400, {"error": str(exc)})
@@ -169,6 +188,19 @@ def put_zones(name: str, query: dict[str, list[str]], listing: Callable[[], dict
                        "saved_to": saved})
 
 
+def zones_body(body: Any, camera: str) -> tuple[tuple[ZoneConfig, ...], bool]:
+    """The validated ``zones`` and ``whole_frame`` of a JSON body."""
+    if not isinstance(body, dict) or set(body) - {"zones", "whole_frame"} or "zones" not in body:
+        raise StreamrecError('request body: expected {"zones": [...], "whole_frame": true|false}, got '
+                             f"{shorten(json.dumps(body))}")
+    items, flag = body["zones"], body.get("whole_frame")
+    if not isinstance(items, list):
+        raise StreamrecError(f"zones: expected a JSON array, got {shorten(json.dumps(items))}")
+    if not isinstance(flag, bool):
+        raise StreamrecError(f"whole_frame: expected true or false, got {'nothing' if flag is None else shorten(json.dumps(flag))}")
+    return parse_zones(items, camera=camera), flag
+
+
 def zones_query(query: dict[str, list[str]], camera: str) -> tuple[tuple[ZoneConfig, ...], bool]:
     """The validated ``zones`` (strict JSON: no NaN, no repeated keys) and ``whole_frame`` of a query."""
     text = (query.get("zones") or [None])[0]
@@ -178,26 +210,15 @@ def zones_query(query: dict[str, list[str]], camera: str) -> tuple[tuple[ZoneCon
     if len(text) > ZONES_QUERY_MAX_CHARS:
         raise StreamrecError(f"zones: expected at most {ZONES_QUERY_MAX_CHARS} characters, got {len(text)}")
     try:
-        items = json.loads(text, parse_constant=refuse_constant, object_pairs_hook=unique_keys)
+        items = strict_json(text, "zones", "a JSON array")
     except ValueError as exc:
-        raise StreamrecError(f"zones: expected a JSON array, got {shorten(text)!r} ({str(exc).splitlines()[0]})") from None
+        raise StreamrecError(str(exc)) from None
     if not isinstance(items, list):
         raise StreamrecError(f"zones: expected a JSON array, got {shorten(text)!r}")
     flag = (query.get("whole_frame") or [None])[0]
     if flag not in ("true", "false"):
         raise StreamrecError(f"whole_frame: expected true or false, got {'nothing' if flag is None else repr(shorten(flag))}")
     return parse_zones(items, camera=camera), flag == "true"
-
-
-def refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"a key given twice in {shorten(str(keys))}")
-    return dict(pairs)
 
 
 EVENTS_API_LIMIT = 1000  # events in one /api/events answer (the newest); ?limit= asks for fewer
@@ -208,7 +229,7 @@ def events_api(events: EventManager) -> ApiRoute:
     ``GET /api/events/ID/clip.mp4`` (Range requests answered 206), ``GET /api/events/ID/thumb.jpg``
     and ``DELETE /api/events/ID`` (token required)."""
 
-    def handler(method: str, path: str, query: dict[str, list[str]]) -> Reply:
+    def handler(method: str, path: str, query: dict[str, list[str]], body: Any = None) -> Reply:
         parts = path.strip("/").split("/")[2:]  # after api/events
         if not parts and method == "GET":
             return list_events(events, query)

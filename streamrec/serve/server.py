@@ -1,10 +1,7 @@
-"""The asyncio HTTP + WebSocket server: ``/``, ``/healthz``, ``/metrics`` and ``/ws``.
+"""The asyncio HTTP + WebSocket server: ``/``, ``/healthz``, ``/metrics``, the JSON API and
+``/ws`` (whose browsers the :class:`~streamrec.serve.hub.Hub` feeds).
 
-The event loop owns every socket. Other threads hand it messages with
-:meth:`Hub.publish_threadsafe`. Each client has a one-slot mailbox per message kind
-(prediction, status, frame) and its own sender task: a slow or stalled browser only ever
-has the newest message waiting, older ones are dropped and counted, and it never slows
-inference or the other clients.
+The event loop owns every socket; an API request runs in a thread of its own.
 """
 
 from __future__ import annotations
@@ -15,126 +12,24 @@ import json
 import logging
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from streamrec.serve.hub import Hub
 from streamrec.serve.files import FileBody, file_response
 from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, host_allowed, raise_fd_limit
-from streamrec.serve.guard import StreamedResponse, without_body
-from streamrec.serve.guard import http_response as _response
+from streamrec.serve.answers import StreamedResponse, without_body
+from streamrec.serve.heads import strict_json
+from streamrec.serve.answers import http_response as _response
 from streamrec.serve.tokens import cookie_refusal, cross_origin, token_exchange, token_source
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class Client:
-    ws: ServerConnection
-    slots: dict[str, str | bytes] = field(default_factory=dict)  # key -> newest unsent payload
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    dropped: int = 0
-    sent: int = 0
-
-
-class Hub:
-    """The connected browsers and the newest message of each key for each of them.
-
-    A key is a message kind and a camera, e.g. ``"prediction:court-1"``; a client never
-    holds more than one unsent message per key."""
-
-    def __init__(self) -> None:
-        self.clients: set[Client] = set()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.dropped = 0
-        self.last: dict[str, str | bytes] = {}
-
-    def publish(self, key: str, payload: str | bytes) -> None:
-        """Offer ``payload`` to every client (call on the event loop; never blocks)."""
-        if key.startswith(("status", "prediction")):
-            self.last[key] = payload  # a new page gets the latest status and prediction at once
-        for c in self.clients:
-            if key in c.slots:
-                c.dropped += 1
-                self.dropped += 1
-            c.slots[key] = payload
-            c.ready.set()
-
-    def forget(self, suffix: str) -> None:
-        """Drop remembered messages whose key ends with ``suffix`` (a removed camera)."""
-        for key in [k for k in self.last if k.endswith(suffix)]:
-            del self.last[key]
-
-    def publish_threadsafe(self, key: str, payload: str | bytes) -> None:
-        self._on_loop(self.publish, key, payload)
-
-    def publish_many_threadsafe(self, items: list[tuple[str, str | bytes]]) -> None:
-        """:meth:`publish` each ``(key, payload)`` from another thread, in one hand-off to the loop
-        (each hand-off writes to the loop's wake-up socket, letting go of the GIL)."""
-        if items:
-            self._on_loop(self._publish_many, items)
-
-    def _publish_many(self, items: list[tuple[str, str | bytes]]) -> None:
-        for key, payload in items:
-            self.publish(key, payload)
-
-    def forget_threadsafe(self, suffix: str) -> None:
-        """:meth:`forget` from another thread: runs on the loop, after what that thread published before."""
-        if self.loop is None:  # not serving yet: no loop to order against
-            self.forget(suffix)
-        else:
-            self._on_loop(self.forget, suffix)
-
-    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        loop = self.loop
-        if loop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:  # loop closed between the check and the call
-                pass
-
-    async def serve_client(self, ws: ServerConnection) -> None:
-        client = Client(ws)
-        client.slots.update(sorted(self.last.items(), key=lambda kv: not kv[0].startswith("status")))
-        if client.slots:
-            client.ready.set()
-        self.clients.add(client)
-        reader = asyncio.create_task(self._drain_incoming(ws))
-        # the reader ends when the connection does: wake the sender, which otherwise would wait for
-        # the next message to find out (the client counted meanwhile, and close() waiting on it)
-        reader.add_done_callback(lambda _: client.ready.set())
-        try:
-            while True:
-                await client.ready.wait()
-                client.ready.clear()
-                if reader.done():
-                    break
-                while client.slots:
-                    key = next(iter(client.slots))
-                    payload = client.slots.pop(key)
-                    await ws.send(payload)  # waits only on this client's socket
-                    client.sent += 1
-        except ConnectionClosed:
-            pass
-        finally:
-            self.clients.discard(client)
-            reader.cancel()
-
-    @staticmethod
-    async def _drain_incoming(ws: ServerConnection) -> None:
-        """Browsers send nothing we act on: incoming messages (at most 64 KiB, the
-        connection's ``max_size``) are read and ignored, which keeps the socket healthy."""
-        try:
-            async for _ in ws:
-                pass
-        except ConnectionClosed:
-            pass
 
 
 def stop_on_signals(loop: asyncio.AbstractEventLoop, request_stop: Callable[[], None]) -> None:
@@ -147,15 +42,6 @@ def stop_on_signals(loop: asyncio.AbstractEventLoop, request_stop: Callable[[], 
             loop.add_signal_handler(sig, request_stop)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
-
-
-async def watched_ticks(hub: Hub, period: float):
-    """Yield every ``period`` seconds while a browser is connected: preview frames are encoded
-    only when someone will see them."""
-    while True:
-        await asyncio.sleep(period)
-        if hub.clients:
-            yield
 
 
 @dataclass(frozen=True)
@@ -176,11 +62,13 @@ class Reply:
 
 @dataclass(frozen=True)
 class ApiRoute:
-    """A JSON handler for any method: ``handler(method, path, query)`` -> :class:`Reply`.
+    """A JSON handler for any method: ``handler(method, path, query, body)`` -> :class:`Reply`, where
+    ``body`` is the request's JSON body (strict JSON, sent as ``Content-Type: application/json``),
+    ``None`` without one.
     ``admin`` routes always need the token (and are off when none is set). A ``HEAD`` is handled
     as a ``GET`` and answered without the body."""
 
-    handler: Callable[[str, str, dict[str, list[str]]], Reply]
+    handler: Callable[[str, str, dict[str, list[str]], Any], Reply]
     admin: bool = False
     admin_methods: tuple[str, ...] = ()  # methods that need the token even where the route does not
 
@@ -276,7 +164,7 @@ class WebServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | Awaitable[Response] | None:
         try:
-            return self._route(request)
+            return self._route(request, getattr(connection, "body", b""))
         except ValueError:  # urlsplit: a path or Origin that is no URL ("//[", "http://[::1")
             return _response(HTTPStatus.BAD_REQUEST, "text/plain", b"malformed request\n")
         except Exception:  # noqa: BLE001 - an answer in every case
@@ -292,7 +180,7 @@ class WebServer:
             return None
         return connection.answer(without_body(response) if request.method == "HEAD" else response)  # type: ignore[attr-defined]
 
-    def _route(self, request: Request) -> Response | Awaitable[Response] | None:
+    def _route(self, request: Request, body: bytes) -> Response | Awaitable[Response] | None:
         refusal = self._refusal(request)
         if refusal is not None:
             return refusal
@@ -310,7 +198,7 @@ class WebServer:
             return None  # go on with the websocket handshake
         api = next((r for prefix, r in self.api.items() if path == prefix or path.startswith(prefix + "/")), None)
         if api is not None:  # in a thread of its own: adding a camera opens its source and may load a model
-            return self._api_in_thread(api, request, unquote(path))  # DELETE /api/cameras/caf%C3%A9
+            return self._api_in_thread(api, request, unquote(path), body)  # DELETE /api/cameras/caf%C3%A9
         route = self.routes.get(path)
         if route is None:
             return _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
@@ -328,7 +216,7 @@ class WebServer:
             return _response(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n")
         return _response(HTTPStatus.OK, route.content_type, body)
 
-    async def _api_in_thread(self, route: ApiRoute, request: Request, path: str) -> Response:
+    async def _api_in_thread(self, route: ApiRoute, request: Request, path: str, body: bytes) -> Response:
         """:meth:`_api` in a daemon thread, so the loop keeps serving meanwhile and a shutdown
         does not wait for it (asyncio's executor threads are joined at exit)."""
         loop = asyncio.get_running_loop()
@@ -342,7 +230,7 @@ class WebServer:
 
         def work() -> None:
             try:
-                response = self._api(route, request, path)
+                response = self._api(route, request, path, body)
             except BaseException:  # noqa: BLE001 - the request is answered in every case
                 logger.exception("API request %s %s failed", request.method, path)
                 response = _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
@@ -358,7 +246,7 @@ class WebServer:
             return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the server is too busy: try again"})
         return await done
 
-    def _api(self, route: ApiRoute, request: Request, path: str) -> Response:
+    def _api(self, route: ApiRoute, request: Request, path: str, body: bytes) -> Response:
         admin = route.admin or request.method in route.admin_methods
         if admin and not self.token:
             return _json(HTTPStatus.FORBIDDEN, {"error": "the admin API needs the server to run with --token"})
@@ -370,7 +258,12 @@ class WebServer:
         if why is not None:
             return _json(HTTPStatus.FORBIDDEN, {"error": f"{method} {path}: {why}"})
         try:
-            reply = route.handler(method, path, parse_qs(urlsplit(request.path).query))
+            data = json_body(body, request.headers.get("Content-Type"))
+        except ValueError as exc:
+            return _json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE if "Content-Type" in str(exc) else HTTPStatus.BAD_REQUEST,
+                         {"error": str(exc)})
+        try:
+            reply = route.handler(method, path, parse_qs(urlsplit(request.path).query), data)
             if isinstance(reply.body, FileBody):
                 return file_response(reply.body, request.headers.get("Range"))
             allow = [("Allow", ", ".join(reply.allow))] if reply.status == HTTPStatus.METHOD_NOT_ALLOWED else []
@@ -385,6 +278,18 @@ class WebServer:
 
 def _json(status: HTTPStatus, body: Any, *extra: tuple[str, str]) -> Response:
     return _response(status, "application/json", json.dumps(body).encode(), *extra)
+
+
+def json_body(body: bytes, content_type: str | None) -> Any:
+    """A request's ``body`` read as strict JSON (``None`` without one); a :class:`ValueError` that
+    says why not. Only ``application/json`` is read: a browser sends a page's cross-site form or
+    ``text/plain`` post without asking first, never JSON."""
+    if not body:
+        return None
+    kind = (content_type or "").partition(";")[0].strip().lower()
+    if kind != "application/json":
+        raise ValueError(f"request body: expected Content-Type: application/json, got {(content_type or 'none')[:60]!r}")
+    return strict_json(body, "request body")
 
 
 def page_html() -> bytes:

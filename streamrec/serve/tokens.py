@@ -27,7 +27,6 @@ import logging
 from typing import Any, Iterable
 from urllib.parse import parse_qs, quote, unquote, unquote_plus, urlsplit
 
-from streamrec.serve.guard import bearer_token
 
 logger = logging.getLogger(__name__)
 TOKEN_COOKIE = "streamrec_token"
@@ -43,6 +42,13 @@ def cookie_tokens(cookie_headers: Iterable[str]) -> list[str]:
             if name.strip() == TOKEN_COOKIE:
                 found.append(unquote(value.strip().strip('"')))
     return found
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The credentials of an ``Authorization: Bearer ...`` header (the scheme in any case, spaces or
+    tabs after it), else ``None``."""
+    scheme, _, credentials = authorization.replace("\t", " ").strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
 
 
 def token_matches(given: str, token: str) -> bool:

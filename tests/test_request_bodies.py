@@ -1,0 +1,245 @@
+"""JSON request bodies on a real :class:`~streamrec.serve.server.WebServer` in process (port 0),
+with the real camera routes over an in-memory camera list:
+
+* ``POST /api/cameras`` takes the camera as a JSON body (options typed as in a ``[[cameras]]``
+  table, zones included), so an RTSP password never rides in the URL; one in the query string is
+  refused with a 400 that says where it goes;
+* ``PUT /api/cameras/NAME/zones`` takes ``{"zones": [...], "whole_frame": ...}``;
+* a body that is not JSON, not ``application/json``, chunked, too large or never finished is
+  answered (400, 415, 411, 413) or closed at the header timeout: never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from streamrec.config import CameraConfig
+from streamrec.serve.guard import Limits
+from streamrec.serve.heads import MAX_BODY
+from streamrec.serve.hub import Hub
+from streamrec.serve.routes import cameras_api
+from streamrec.serve.server import WebServer
+from streamrec.zones import ZoneConfig
+
+TOKEN = "b0dy-t0ken"
+HEADER_TIMEOUT_S = 1.0
+
+
+class Cameras:
+    """The cameras the API adds, removes and sets zones of."""
+
+    def __init__(self) -> None:
+        self.cams: dict[str, CameraConfig] = {}
+
+    def listing(self) -> dict:
+        return {"cameras": {name: {} for name in self.cams}}
+
+    def add(self, cam: CameraConfig) -> None:
+        self.cams[cam.name] = cam
+
+    def remove(self, name: str) -> bool:
+        return self.cams.pop(name, None) is not None
+
+    def set_zones(self, name: str, zones: tuple, whole_frame: bool) -> CameraConfig:
+        cam = self.cams[name]
+        self.cams[name] = CameraConfig(cam.name, cam.source, zones=zones, whole_frame=whole_frame)
+        return self.cams[name]
+
+
+@pytest.fixture(scope="module")
+def served():
+    cameras = Cameras()
+    api = {"/api/cameras": cameras_api(listing=cameras.listing, add=cameras.add, remove=cameras.remove,
+                                       set_zones=cameras.set_zones)}
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = WebServer(Hub(), host="127.0.0.1", port=0, routes={}, api=api, token=TOKEN,
+                       limits=Limits(header_timeout_s=HEADER_TIMEOUT_S))
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+    yield server.port, cameras
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def request(port: int, method: str, target: str, body: bytes = b"", *headers: str, length: bool = True,
+            parts: tuple[bytes, ...] = (), pause_s: float = 0.0) -> tuple[int, object]:
+    """One request as written (``parts``: more of the body, sent ``pause_s`` apart): the status and
+    the JSON answer (``None`` when the server closed without one)."""
+    head = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Authorization: Bearer {TOKEN}", *headers]
+    if length:
+        head.append(f"Content-Length: {len(body) + sum(map(len, parts))}")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall("\r\n".join([*head, "", ""]).encode() + body)
+        for part in parts:
+            time.sleep(pause_s)
+            s.sendall(part)
+        data = b""
+        while chunk := s.recv(1 << 16):
+            data += chunk
+    if not data:
+        return 0, None
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2] or b"null")
+
+
+JSON = "Content-Type: application/json"
+
+
+def post(port: int, camera: object, *headers: str) -> tuple[int, object]:
+    return request(port, "POST", "/api/cameras", json.dumps(camera).encode(), *(headers or (JSON,)))
+
+
+def test_a_camera_with_a_password_is_added_from_a_json_body(served):
+    port, cameras = served
+    cam = {"name": "gate", "source": "rtsp://admin:s3cret@10.0.0.7/s1", "loop": False, "open_timeout": 4,
+           "zones": [{"name": "door", "x": 0, "y": 0, "w": 0.5, "h": 1}], "whole_frame": False}
+    assert post(port, cam) == (201, {"added": "gate"})
+    assert cameras.cams["gate"] == CameraConfig("gate", "rtsp://admin:s3cret@10.0.0.7/s1", loop=False, open_timeout=4,
+                                                zones=(ZoneConfig("door", 0, 0, 0.5, 1),), whole_frame=False)
+    assert request(port, "DELETE", "/api/cameras/gate") == (200, {"removed": "gate"})
+
+
+def test_the_json_charset_parameter_is_read_too(served):
+    port, cameras = served
+    assert post(port, {"name": "side", "source": "0"}, "Content-Type: Application/JSON; charset=utf-8") == (
+        201, {"added": "side"})
+    assert cameras.cams.pop("side") == CameraConfig("side", "0")
+
+
+@pytest.mark.parametrize("source", ["rtsp://admin:s3cret@10.0.0.7/s1", "http://cam.lan/mjpg?user=a&password=s3cret",
+                                    "rtsp://10.0.0.7/s1?api-key=s3cret"])
+def test_a_password_in_the_query_string_is_refused_and_not_added(served, source):
+    port, cameras = served
+    from urllib.parse import quote
+
+    status, body = request(port, "POST", f"/api/cameras?name=gate&source={quote(source, safe='')}")
+    assert status == 400 and "gate" not in cameras.cams
+    assert body["error"].startswith("source: a password or key goes in a JSON body, not the query string")
+    assert "s3cret" not in body["error"]
+
+
+def test_a_plain_source_in_the_query_string_still_adds(served):
+    port, cameras = served
+    assert request(port, "POST", "/api/cameras?name=lobby&source=rtsp%3A%2F%2F10.0.0.8%2Fs1&loop=true") == (
+        201, {"added": "lobby"})
+    assert cameras.cams.pop("lobby") == CameraConfig("lobby", "rtsp://10.0.0.8/s1", loop=True)
+
+
+BAD_CAMERAS = [
+    ({"name": "x", "source": "0", "loop": "maybe"}, "camera 'x': loop: expected"),
+    ({"name": "x", "source": "0", "fps": 5}, "[[cameras]]: unknown option 'fps'"),
+    ({"name": "x", "source": "0", "zones": [{"name": "z", "x": 0.9, "y": 0, "w": 0.5, "h": 1}]}, "camera 'x': zone 'z'"),
+    (["x", "0"], "request body: expected a JSON object with a name and a source, got"),
+    ({"name": "x"}, "[[cameras]]: each camera needs a name and a source"),
+]
+
+
+@pytest.mark.parametrize("camera, error", BAD_CAMERAS, ids=["type", "unknown", "zone", "array", "no-source"])
+def test_a_bad_camera_body_is_a_400_naming_it(served, camera, error):
+    port, cameras = served
+    status, body = post(port, camera)
+    assert status == 400 and body["error"].startswith(error), body
+    assert "\n" not in body["error"] and "x" not in cameras.cams
+
+
+def test_a_camera_in_both_body_and_query_is_a_400(served):
+    port, cameras = served
+    status, body = request(port, "POST", "/api/cameras?name=q", b'{"name": "b", "source": "0"}', JSON)
+    assert (status, body) == (400, {"error": "POST /api/cameras: expected the camera in the JSON body or in the "
+                                             "query string, not both (the query string has name)"})
+    assert cameras.cams == {}
+
+
+@pytest.mark.parametrize("raw, error", [
+    (b'{"name": "x", "source": NaN}', "request body: expected strict JSON, got '{\"name\": \"x\", \"source\": NaN}' "
+                                      "(NaN is not a number JSON allows)"),
+    (b'{"name": "x", "name": "y"}', "request body: expected strict JSON, got '{\"name\": \"x\", \"name\": \"y\"}' "
+                                    "(a key given twice in ['name', 'name'])"),
+    (b'{"name": ', "request body: expected strict JSON, got '{\"name\": ' (Expecting value: line 1 column 10 (char 9))"),
+    (b"\xff\xfe", "request body: expected strict JSON, got '\\\\xff\\\\xfe' (Expecting value: line 1 column 1 (char 0))"),
+])
+def test_a_body_that_is_no_strict_json_is_a_400(served, raw, error):
+    assert request(served[0], "POST", "/api/cameras", raw, JSON) == (400, {"error": error})
+
+
+@pytest.mark.parametrize("header, shown", [("Content-Type: text/plain", "'text/plain'"), (None, "'none'"),
+                                           ("Content-Type: application/x-www-form-urlencoded",
+                                            "'application/x-www-form-urlencoded'")])
+def test_a_body_that_is_not_declared_json_is_a_415(served, header, shown):
+    """A page of another site can send a form or text/plain post without asking the browser first;
+    JSON needs a CORS preflight, which this server never grants."""
+    port, cameras = served
+    headers = (header,) if header else ()
+    assert request(port, "POST", "/api/cameras", b'{"name": "x", "source": "0"}', *headers) == (
+        415, {"error": f"request body: expected Content-Type: application/json, got {shown}"})
+    assert cameras.cams == {}
+
+
+def test_zones_are_put_as_a_json_body(served):
+    port, cameras = served
+    assert post(port, {"name": "gym", "source": "0"}) == (201, {"added": "gym"})
+    zones = {"zones": [{"name": "rack", "x": 0, "y": 0, "w": 0.5, "h": 0.5}], "whole_frame": False}
+    assert request(port, "PUT", "/api/cameras/gym/zones", json.dumps(zones).encode(), JSON) == (
+        200, {"camera": "gym", "zones": [{"name": "rack", "x": 0.0, "y": 0.0, "w": 0.5, "h": 0.5}],
+              "whole_frame": False, "saved_to": None})
+    assert cameras.cams["gym"].zones == (ZoneConfig("rack", 0, 0, 0.5, 0.5),)
+    for bad, error in [({"zones": "rack"}, 'zones: expected a JSON array, got "rack"'),
+                       ({"whole_frame": True}, 'request body: expected {"zones": [...], "whole_frame": true|false}, '
+                                               'got {"whole_frame": true}'),
+                       ({"zones": [], "whole_frame": "yes"}, 'whole_frame: expected true or false, got "yes"'),
+                       ({"zones": {}, "whole_frame": True}, "zones: expected a JSON array, got {}"),
+                       ({"zones": [], "whole_frame": True, "x": 1}, 'request body: expected {"zones": [...], '
+                                                                     '"whole_frame": true|false}, got {"zones": [], '
+                                                                     '"whole_frame": true, "x": ...')]:
+        assert request(port, "PUT", "/api/cameras/gym/zones", json.dumps(bad).encode(), JSON) == (400, {"error": error})
+    assert cameras.cams.pop("gym").zones == (ZoneConfig("rack", 0, 0, 0.5, 0.5),)  # unchanged by the bad ones
+
+
+def test_a_body_over_the_limit_is_a_413_before_it_is_read(served):
+    port, _ = served
+    head = (f"POST /api/cameras HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {MAX_BODY + 1}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head)  # and none of the body
+        data = s.recv(1 << 16)
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert data.endswith(json.dumps({"error": f"request body: expected at most {MAX_BODY} bytes, "
+                                              f"got {MAX_BODY + 1}"}).encode())
+
+
+@pytest.mark.parametrize("header, status, error", [
+    ("Transfer-Encoding: chunked", 411, "a request body must come with its Content-Length (no Transfer-Encoding)"),
+    ("Content-Length: 12abc", 400, "Content-Length: expected one whole number of bytes"),
+    ("Content-Length: " + "9" * 5000, 400, "Content-Length: expected one whole number of bytes"),
+])
+def test_a_body_the_server_cannot_read_is_refused_saying_why(served, header, status, error):
+    assert request(served[0], "POST", "/api/cameras", b"", JSON, header, length=False) == (status, {"error": error})
+
+
+def test_two_different_lengths_are_a_400(served):
+    assert request(served[0], "POST", "/api/cameras", b"{}", JSON, "Content-Length: 3") == (
+        400, {"error": "Content-Length: expected one whole number of bytes"})
+
+
+def test_a_body_sent_in_parts_is_read_whole(served):
+    port, cameras = served
+    body = json.dumps({"name": "slow", "source": "0"}).encode()
+    assert request(port, "POST", "/api/cameras", body[:5], JSON, parts=(body[5:12], body[12:]), pause_s=0.2) == (
+        201, {"added": "slow"})
+    assert cameras.cams.pop("slow") == CameraConfig("slow", "0")
+
+
+def test_a_body_that_never_ends_is_closed_at_the_header_timeout(served):
+    port, cameras = served
+    started = time.monotonic()
+    status, body = request(port, "POST", "/api/cameras", b'{"name": "half"', JSON, "Content-Length: 40", length=False)
+    assert (status, body) == (0, None) and cameras.cams == {}
+    assert HEADER_TIMEOUT_S * 0.9 <= time.monotonic() - started < HEADER_TIMEOUT_S + 10
