@@ -185,6 +185,17 @@ class ServeConfig:
                 "or --insecure to serve without one"
             )
 
+    @classmethod
+    def shown_default(cls, name: str) -> str:
+        """The default of option ``name`` as ``--help`` shows it (read from the field: one owner).
+
+        Example:
+            >>> ServeConfig.shown_default("port"), ServeConfig.shown_default("stall_timeout")
+            ('8000', '5')
+        """
+        value = getattr(cls, name)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
     def all_cameras(self) -> tuple[CameraConfig, ...]:
         """The cameras to run: ``[[cameras]]``, and ``--source`` as one more named ``camera``."""
         single = (CameraConfig(self.camera, str(self.source)),) if self.source else ()

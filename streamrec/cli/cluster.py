@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 
+from streamrec.config import ServeConfig
 from streamrec.errors import StreamrecError
 from streamrec.validate import finite_float
 
@@ -27,8 +28,8 @@ def add_cluster_parser(sub) -> None:
     p.add_argument("--history-days", type=finite_float("--history-days"), default=None, help="delete history older than this many days (default: keep all)")
     p.add_argument("--replicas", type=int, default=1, help="inference actors")
     p.add_argument("--seconds", type=finite_float("--seconds"), default=None, help="stop after this long (default: until Ctrl-C)")
-    p.add_argument("--host", default=None, help="dashboard bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="dashboard port (default 8000, 0 = any free)")
+    p.add_argument("--host", default=None, help=f"dashboard bind address (default {ServeConfig.shown_default('host')})")
+    p.add_argument("--port", type=int, default=None, help=f"dashboard port (default {ServeConfig.shown_default('port')}, 0 = any free)")
     p.add_argument("--token", default=None, help="access token for the page and websocket (default: $STREAMREC_TOKEN, "
                    "else none: loopback only)")
     p.add_argument("--insecure", action="store_true", default=None, help="allow a non-loopback --host without a token")

@@ -16,7 +16,8 @@ from streamrec import __version__
 from streamrec.errors import StreamrecError
 from streamrec.redact import one_line_logs, printable
 from streamrec.validate import finite_float, whole_number
-from streamrec.catalog import BACKEND_NAMES, MODEL_NAMES
+from streamrec.catalog import BACKEND_NAMES, DEFAULT_MODEL, MODEL_NAMES
+from streamrec.config import ServeConfig
 from streamrec.fsutil import DEMO_CLIP, atomic_write_text, check_output
 
 logger = logging.getLogger("streamrec")
@@ -105,17 +106,20 @@ HISTORY_EXAMPLES = """examples:
 """
 
 
+D = ServeConfig.shown_default  # --help's defaults are the config's
+
+
 def _positive_float(name: str) -> Callable[[str], float]:
     return finite_float(name, positive=True)
 
 
-def _model_args(p: argparse.ArgumentParser, *, backend_default: str = "auto") -> None:
-    p.add_argument("--model", choices=MODEL_NAMES, default=None, help="video classifier (default r2plus1d_18, or the checkpoint's)")
+def _model_args(p: argparse.ArgumentParser, *, backend_default: str | None = None) -> None:
+    p.add_argument("--model", choices=MODEL_NAMES, default=None, help=f"video classifier (default {DEFAULT_MODEL}, or the checkpoint's)")
     p.add_argument("--weights", default=None, help="DEFAULT (Kinetics-400 from the torch hub cache or download), PATH, "
-                   "or none (random; labels meaningless) (default DEFAULT)")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto: cuda when there is one)")
-    p.add_argument("--backend", default=None, choices=BACKEND_NAMES,
-                   help=f"inference backend (default {backend_default}; auto: the fastest measured on this machine, cached)")
+                   f"or none (random; labels meaningless) (default {D('weights')})")
+    p.add_argument("--device", default=None, help=f"auto | cpu | cuda (default {D('device')}: cuda when there is one)")
+    p.add_argument("--backend", default=None, choices=BACKEND_NAMES, help=f"inference backend (default "
+                   f"{backend_default or D('backend')}; auto: the fastest measured on this machine, cached)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: cores - 1, at least 1)")
 
 
@@ -124,15 +128,15 @@ def _add_serve_parser(sub) -> None:
     s.add_argument("--source", default=None, help="webcam index, rtsp://|http(s):// URL, or video file "
                    "(required unless --config has [[cameras]])")
     _model_args(s)
-    s.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=None, help="HTTP/WebSocket port (default 8000, 0 = any free)")
+    s.add_argument("--host", default=None, help=f"bind address (default {D('host')})")
+    s.add_argument("--port", type=int, default=None, help=f"HTTP/WebSocket port (default {D('port')}, 0 = any free)")
     s.add_argument("--loop", action="store_true", default=None, help="restart a file at its end (default: stop there)")
     s.add_argument("--config", default=None, help="TOML file with any of these options (the command line wins; default: none)")
-    s.add_argument("--camera", default=None, help="camera name carried in every message (default 'default')")
-    s.add_argument("--rtsp-transport", choices=("tcp", "udp"), default=None, help="how RTSP carries video (default tcp)")
-    s.add_argument("--stall-timeout", type=_positive_float("--stall-timeout"), default=None, help="seconds without a frame before reconnecting (default 5)")
-    s.add_argument("--open-timeout", type=_positive_float("--open-timeout"), default=None, help="seconds to connect to a network source (default 10)")
-    s.add_argument("--stride-ms", type=finite_float("--stride-ms"), default=None, help="minimum time between labels (default 0: as fast as the model runs)")
+    s.add_argument("--camera", default=None, help=f"camera name carried in every message (default {D('camera')!r})")
+    s.add_argument("--rtsp-transport", choices=("tcp", "udp"), default=None, help=f"how RTSP carries video (default {D('rtsp_transport')})")
+    s.add_argument("--stall-timeout", type=_positive_float("--stall-timeout"), default=None, help=f"seconds without a frame before reconnecting (default {D('stall_timeout')})")
+    s.add_argument("--open-timeout", type=_positive_float("--open-timeout"), default=None, help=f"seconds to connect to a network source (default {D('open_timeout')})")
+    s.add_argument("--stride-ms", type=finite_float("--stride-ms"), default=None, help=f"minimum time between labels (default {D('stride_ms')}: as fast as the model runs)")
     s.add_argument("--sports-only", action="store_true", default=None, help="restrict labels to Kinetics sport classes, renormalized")
     s.add_argument("--token", default=None, help="access token for the page and websocket (default: $STREAMREC_TOKEN, "
                    "else none: loopback only)")
@@ -147,7 +151,7 @@ def _add_serve_parser(sub) -> None:
 
 def _add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="measure pipeline stages and backends on this machine", epilog=BENCH_EXAMPLES)
-    b.add_argument("--models", default="r2plus1d_18", help="comma-separated model names")
+    b.add_argument("--models", default=DEFAULT_MODEL, help="comma-separated model names")
     b.add_argument("--clip", default=None, help="clip for stage costs (default: the shipped demo/clips/arm_wrestling.mp4)")
     b.add_argument("--clips", default=None,
                    help="folder of clips for backend agreement and int8 calibration (default: $STREAMREC_CLIPS, "

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from streamrec.catalog import DEFAULT_MODEL
 from streamrec.fsutil import check_output
 from streamrec.validate import finite_float
 
@@ -87,7 +88,7 @@ def add_fit_parsers(sub) -> None:
 def _data_args(p) -> None:
     """The options ``train`` and ``lr-find`` share: data, model and loading."""
     p.add_argument("data", help="DATA/train/<class>/* (and DATA/valid/<class>/* unless --val-split)")
-    p.add_argument("--model", default="r2plus1d_18", help="video classifier to start from")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="video classifier to start from")
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT (Kinetics-400; random for tiny3d), none, or a checkpoint PATH")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=8, help="clips per step")
@@ -123,7 +124,7 @@ def add_model_file_parsers(sub) -> None:
 
     p = sub.add_parser("quantize", help="make an int8 model for --backend openvino-int8, checked against fp32 on your clips",
                        epilog=QUANTIZE_EXAMPLES)
-    p.add_argument("--model", default=None, help="video classifier (default r2plus1d_18, or the checkpoint's)")
+    p.add_argument("--model", default=None, help=f"video classifier (default {DEFAULT_MODEL}, or the checkpoint's)")
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT (Kinetics-400) or a checkpoint / state_dict PATH")
     p.add_argument("--clips", nargs="+", required=True, help="video files or folders of them, like what the cameras see (required)")
     p.add_argument("--stride", type=finite_float("--stride"), default=1.0, help="seconds between windows taken from the clips")
