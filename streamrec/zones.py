@@ -45,9 +45,18 @@ def check_name(name: Any, where: str) -> str:
     return name
 
 
+def _shown(value: Any) -> str:
+    """``value``'s repr as a message quotes it: at most 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
 def _fraction(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise StreamrecError(f"{what}: expected a finite number (a fraction of the frame), got {value!r}")
+    """``value`` as a float; a :class:`StreamrecError` naming ``what`` for anything but a finite number
+    (a whole number of hundreds of digits, which no float holds, included)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or (isinstance(value, int) and abs(value) > 2**53) or not math.isfinite(value):
+        raise StreamrecError(f"{what}: expected a finite number (a fraction of the frame), got {_shown(value)}")
     return float(value)
 
 
@@ -106,11 +115,11 @@ class ZoneConfig:
     def from_polygon(cls, name: str, points: Any, *, camera: str) -> "ZoneConfig":
         where = f"camera {camera!r}: zone {name!r}: polygon"
         if not isinstance(points, (list, tuple)) or not 3 <= len(points) <= POLYGON_MAX_POINTS:
-            raise StreamrecError(f"{where}: expected 3-{POLYGON_MAX_POINTS} [x, y] points, got {points!r}")
+            raise StreamrecError(f"{where}: expected 3-{POLYGON_MAX_POINTS} [x, y] points, got {_shown(points)}")
         pts = []
         for p in points:
             if not isinstance(p, (list, tuple)) or len(p) != 2:
-                raise StreamrecError(f"{where}: expected [x, y] points, got {p!r}")
+                raise StreamrecError(f"{where}: expected [x, y] points, got {_shown(p)}")
             x, y = (_fraction(v, where) for v in p)
             if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
                 raise StreamrecError(f"{where}: expected points inside the frame (0..1), got [{x:g}, {y:g}]")

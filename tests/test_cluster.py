@@ -83,7 +83,7 @@ def test_labels_arrive_for_every_camera_across_two_workers(cluster, demo_clip, t
             assert m["camera"] == name
         assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))
         assert m["capture_fps"] > 0  # the camera node's capture rate, sent with the window
-        assert runner.labels[name].seq == len(msgs)
+        assert runner.stream(name).seq == len(msgs)
     assert got["cam0"]
     for m in got["cam0"]:  # sports_only: the other classes at 0, the sport classes' scores summing to 1
         scores = {t["label"]: t["score"] for t in m["top"]}
@@ -257,17 +257,17 @@ def test_a_lost_camera_actor_reads_unreachable_while_the_others_go_on(cluster, d
             if len(got) == 2:
                 break
         assert set(got) == {"cam0", "cam1"}
-        ray.kill(runner.cameras["cam1"])
+        ray.kill(runner.actor_of("cam1"))
         lost_at, before = dict(got), got["cam0"]
         for _ in range(400):
             runner.step()
             if got["cam0"] >= before + 3 and "cam1" in runner.lost:
                 break
-        stats = runner.stats(timeout=5)
+        stats, lost = runner.stats(timeout=5), runner.lost
     finally:
         runner.close()
     assert got["cam0"] >= before + 3  # the other camera kept getting labels
-    assert runner.lost == {"cam1"} and got["cam1"] <= lost_at["cam1"] + 1  # at most a window already in flight
+    assert lost == {"cam1"} and got["cam1"] <= lost_at["cam1"] + 1  # at most a window already in flight
     assert stats["cam1"]["state"] == "unreachable" and stats["cam0"]["state"] == "running"
 
 

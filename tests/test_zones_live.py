@@ -299,9 +299,9 @@ def test_cluster_capture_actor_crops_the_zones_and_the_driver_batches_them(demo_
             validate_prediction(m)
             assert (m["camera"], m["zone"]) == ("gym", key.partition("/")[2] or None)
         assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1))  # counted per stream
-        assert runner.labels[key].seq == len(msgs)
+        assert runner.stream(key).seq == len(msgs)
     assert max(sizes) == 3  # one actor call gave the three streams' windows, classified in one batch
     assert health["whole_frame"] is True and sorted(health["zones"]) == ["mat", "rack"]
-    assert health["zones"]["mat"]["predictions"] == runner.labels["gym/mat"].seq
+    assert health["zones"]["mat"]["predictions"] == runner.stream("gym/mat").seq
     assert [z["name"] for z in status["zones"]] == ["rack", "mat"] and status["whole_frame"] is True
     assert rows == {"gym": [None, "mat", "rack"]} and tracked == ["gym", "gym/mat", "gym/rack"]

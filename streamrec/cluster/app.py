@@ -98,7 +98,7 @@ class ClusterApp(AppCore):
         Under the lock :meth:`remove_camera` takes: a removed camera's last label never follows
         its ``removed`` message."""
         with self.lock:
-            for _, text in self.deliver([(name, msg) for name, msg in items if name in self.runner.labels]):
+            for _, text in self.deliver([(key, msg) for key, msg in items if self.runner.stream(key) is not None]):
                 self._line(text)
             self._line(None)
 
@@ -129,7 +129,7 @@ class ClusterApp(AppCore):
 
     def remove_camera(self, name: str) -> bool:
         with self.lock:
-            cfg = self.runner.configs.get(name)
+            cfg = self.runner.config_of(name)
             actor = self.runner.detach_camera(name)
             if actor is None:
                 return False
@@ -146,12 +146,12 @@ class ClusterApp(AppCore):
 
     # -- state (AppCore's hooks) ------------------------------------------------
     def camera_names(self) -> list[str]:
-        return list(self.runner.streams)
+        return list(self.runner.cameras)
 
     def stream_labels(self, name: str) -> dict[str | None, Any]:
         """Camera ``name``'s label counts by zone (``None``: the whole frame); empty once removed."""
-        return {z: labels for z in self.runner.streams.get(name, ())
-                if (labels := self.runner.labels.get(stream_key(name, z))) is not None}
+        cam = self.runner.cameras.get(name)
+        return dict(cam.streams) if cam is not None else {}
 
     def labels_of(self, name: str) -> Any:
         """The camera's own label counts: its whole frame's, or its first zone's (None once removed)."""
@@ -174,7 +174,7 @@ class ClusterApp(AppCore):
         return {"model": group.name, "device": group.device, "backend": group.backend, "meaningless": group.meaningless}
 
     def camera_health(self, name: str) -> dict[str, Any]:
-        labels, cfg = self.labels_of(name), self.runner.configs.get(name)
+        labels, cfg = self.labels_of(name), self.runner.config_of(name)
         zones = {z: s.stats() for z, s in self.stream_labels(name).items() if z is not None}
         return {**self.camera_source(name), **(labels.stats() if labels else {}), **self.model_of(name),
                 "whole_frame": cfg.whole_frame if cfg else True, "zones": zones}
@@ -203,7 +203,7 @@ class ClusterApp(AppCore):
 
     def status_message(self, name: str) -> dict[str, Any]:
         source, model = self.camera_source(name), self.model_of(name)
-        labels, cfg = self.labels_of(name), self.runner.configs.get(name)
+        labels, cfg = self.labels_of(name), self.runner.config_of(name)
         return status_message(camera=name, source={k: v for k, v in source.items() if k != "node"},
                               inference=labels.stats() if labels else {}, model=model["model"],
                               device=model["device"], backend=model["backend"], meaningless=model["meaningless"],
@@ -223,7 +223,7 @@ class ClusterApp(AppCore):
     # -- lifecycle --------------------------------------------------------------
     def start_work(self) -> None:
         if self.events is not None:
-            self.events.start(list(self.runner.labels))  # every labelled stream's key
+            self.events.start(self.runner.stream_keys())  # every labelled stream's key
         self._thread.start()
 
     def stop_work(self, deadline: Deadline) -> None:

@@ -151,7 +151,7 @@ class ClusterClips:
         return None
 
     def begin(self, event_id: str, camera: str, start_ts: float) -> str | None:
-        actor = self.runner.cameras.get(camera)
+        actor = self.runner.actor_of(camera)
         if actor is None or self._closed:
             return None
         with self._lock:
@@ -200,7 +200,7 @@ class ClusterClips:
 
     def _collect(self, timeout: float) -> None:
         ray = self.runner.ray
-        for camera, actor in list(self.runner.cameras.items()):
+        for camera, actor in self.runner.actors().items():
             if camera not in self._pending:
                 self._pending[camera] = actor.clip_reports.remote()
         refs = {ref: camera for camera, ref in self._pending.items()}

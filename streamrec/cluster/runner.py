@@ -36,8 +36,7 @@ from streamrec.cluster.address import check_reachable, speaks_http2  # noqa: F40
 from streamrec.cluster.clips import check_shared, remove_probes
 from streamrec.event_config import RecordingConfig
 from streamrec.live.camera import adding_camera
-from streamrec.live.labels import LabelStats, Labelled, label_messages
-from streamrec.live.smoothing import LabelSmoother
+from streamrec.live.labels import Labelled, StreamLabels, label_messages
 from streamrec.models.kinetics import sport_indices
 from streamrec.zones import stream_key
 
@@ -76,6 +75,19 @@ class ModelGroup:
         return self.actors[(self.rounds - 1) % len(self.actors)]
 
 
+@dataclass
+class RemoteCamera:
+    """One camera of the cluster as the driver holds it: its capture actor, its model group's key,
+    its sport classes' indices (``sports_only``) and its labelled streams, by zone."""
+
+    cfg: CameraConfig
+    actor: Any
+    model: tuple[str | None, str | None]
+    subset: list[int] | None
+    streams: dict[str | None, StreamLabels]
+    lost: bool = False  # its actor failed on the last call
+
+
 class ClusterRunner:
     """The driver: polls every camera actor, batches the new windows of the cameras' labelled
     streams (whole frames and zones) of each model into that model's inference actor, smooths
@@ -97,18 +109,12 @@ class ClusterRunner:
         if ray.cluster_resources().get("camera_node"):
             cap_opts["resources"] = {"camera_node": 1}
         self._Cap = ray.remote(**cap_opts)(RemoteCapture)
-        self._lock = threading.Lock()  # the camera dicts: the driver thread reads them, the camera API changes them
+        self._lock = threading.Lock()  # the cameras: the driver thread reads them, the camera API changes them
         self._load_lock = threading.Lock()  # one model load at a time: two new cameras of one model load it once
         self.groups: dict[tuple, ModelGroup] = {}
-        self.cameras: dict[str, Any] = {}
-        self.model_of: dict[str, tuple] = {}
-        self.subsets: dict[str, list[int] | None] = {}  # sports_only cameras: the sport classes' indices
-        self.streams: dict[str, tuple[str | None, ...]] = {}  # camera -> its streams (CameraConfig.streams)
-        self.configs: dict[str, CameraConfig] = {}
-        self.smoothers: dict[str, LabelSmoother] = {}  # by stream key
-        self.labels: dict[str, LabelStats] = {}  # by stream key
+        self.cameras: dict[str, RemoteCamera] = {}
+        self._streams: dict[str, StreamLabels] = {}  # every camera's streams, by stream key
         self.adding: set[str] = set()
-        self.lost: set[str] = set()  # cameras whose actor failed on the last call
         self.final_reports: list[tuple[str, dict[str, Any]]] = []  # stopped actors' last clip reports
         self.stop_event = threading.Event()
         self._closed = False
@@ -147,8 +153,28 @@ class ClusterRunner:
             return group
 
     def group_of(self, camera: str) -> ModelGroup | None:
-        key = self.model_of.get(camera)
-        return self.groups.get(key) if key is not None else None
+        cam = self.cameras.get(camera)
+        return self.groups.get(cam.model) if cam is not None else None
+
+    @property
+    def lost(self) -> set[str]:
+        """The cameras whose actor failed on the last call."""
+        return {name for name, cam in list(self.cameras.items()) if cam.lost}
+
+    def stream(self, key: str) -> StreamLabels | None:
+        """The labelled stream of stream key ``key`` (``camera`` or ``camera/zone``); None once removed."""
+        return self._streams.get(key)
+
+    def stream_keys(self) -> list[str]:
+        return list(self._streams)
+
+    def config_of(self, camera: str) -> CameraConfig | None:
+        cam = self.cameras.get(camera)
+        return cam.cfg if cam is not None else None
+
+    def actor_of(self, camera: str) -> Any:
+        cam = self.cameras.get(camera)
+        return cam.actor if cam is not None else None
 
     @property
     def meaningless(self) -> bool:
@@ -190,16 +216,11 @@ class ClusterRunner:
             if self.recording is not None:  # the actors that did start wrote theirs
                 remove_probes(self.recording.folder, probes.values())
             raise
-        configs = {c.name: c for c in cams}
         with self._lock:
-            for name, actor in actors.items():
-                self.cameras[name] = actor
-                self.model_of[name] = keys[name]
-                self.subsets[name] = subsets[name]
-                self.configs[name], self.streams[name] = configs[name], configs[name].streams()
-                for zone in self.streams[name]:
-                    self.smoothers[stream_key(name, zone)] = LabelSmoother(self.config.smoothing)
-                    self.labels[stream_key(name, zone)] = LabelStats()
+            for c in cams:
+                streams = {z: StreamLabels(c.name, z, self.config.smoothing) for z in c.streams()}
+                self.cameras[c.name] = RemoteCamera(c, actors[c.name], keys[c.name], subsets[c.name], streams)
+                self._streams.update({s.name: s for s in streams.values()})
 
     def add_camera(self, cam: CameraConfig) -> None:
         """Start one more camera while running (its source must open; a model no camera used yet
@@ -212,16 +233,12 @@ class ClusterRunner:
     def detach_camera(self, name: str) -> Any:
         """Forget camera ``name`` (no message for it is built after this returns); its actor, or ``None``."""
         with self._lock:
-            actor = self.cameras.pop(name, None)
-            if actor is not None:
-                self.model_of.pop(name)
-                self.subsets.pop(name)
-                self.configs.pop(name)
-                for zone in self.streams.pop(name):
-                    self.smoothers.pop(stream_key(name, zone))
-                    self.labels.pop(stream_key(name, zone))
-                self.lost.discard(name)
-            return actor
+            cam = self.cameras.pop(name, None)
+            if cam is None:
+                return None
+            for stream in cam.streams.values():
+                self._streams.pop(stream.name)
+            return cam.actor
 
     def _node_of(self, actor: Any) -> str:
         try:
@@ -248,36 +265,37 @@ class ClusterRunner:
             out, self.final_reports = self.final_reports, []
         return out
 
-    def _snapshot(self) -> dict[str, Any]:
+    def actors(self) -> dict[str, Any]:
+        """Each camera's capture actor, now."""
         with self._lock:
-            return dict(self.cameras)
+            return {name: cam.actor for name, cam in self.cameras.items()}
 
     def step(self, timeout: float = 1.0) -> int:
         """One round: gather new windows, classify them in one batch, publish. Returns the batch size."""
         ray = self.ray
         stride_s, now = self.config.stride_ms / 1e3, time.monotonic()
         with self._lock:  # stride_ms: a stream labelled less than that ago is not asked for a window
-            asks = {name: {z: self.labels[stream_key(name, z)].last_end for z in self.streams[name]
-                           if not stride_s or now - self.labels[stream_key(name, z)].published >= stride_s}
-                    for name in self.cameras}
-            refs = {name: actor.windows.remote(asks[name]) for name, actor in self.cameras.items() if asks[name]}
-            smoothers, model_of, subsets = dict(self.smoothers), dict(self.model_of), dict(self.subsets)
+            cams = dict(self.cameras)
+        asks = {name: {z: s.last_end for z, s in cam.streams.items() if not stride_s or now - s.published >= stride_s}
+                for name, cam in cams.items()}
+        refs = {name: cams[name].actor.windows.remote(ask) for name, ask in asks.items() if ask}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         ready_set = set(ready)
-        by_model: dict[tuple, list[tuple[str, str | None, tuple]]] = {}
+        by_model: dict[tuple, list[tuple[RemoteCamera, StreamLabels, tuple]]] = {}
         for name, ref in refs.items():
             if ref not in ready_set:
                 continue
+            cam = cams[name]
             try:
                 w = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - its actor (or node) is gone: the other cameras go on
-                if name not in self.lost:
+                if not cam.lost:
                     logger.error("camera %s: its capture actor failed: %s", name, type(exc).__name__)
-                self.lost.add(name)
+                cam.lost = True
                 continue
-            self.lost.discard(name)
+            cam.lost = False
             if w:
-                by_model.setdefault(model_of[name], []).extend((name, zone, win) for zone, win in w.items())
+                by_model.setdefault(cam.model, []).extend((cam, cam.streams[zone], win) for zone, win in w.items())
         if not by_model:
             time.sleep(0.02)  # also when every camera is within its stride
             return 0
@@ -289,22 +307,21 @@ class ClusterRunner:
             probs = np.asarray(ray.get(ref))  # (B, K)
             infer_ms = (time.perf_counter() - t0) * 1e3
             group, items, rows = self.groups[key], [], []
-            for row, (name, zone, (end_seq, start_ts, end_ts, frames, fps)) in enumerate(by_model[key]):
-                labels = self.labels.get(stream_key(name, zone))
-                if labels is None:  # removed while its window was being classified (publish checks again)
-                    continue
-                labels.took(end_seq)
+            for row, (cam, stream, (end_seq, start_ts, end_ts, frames, fps)) in enumerate(by_model[key]):
+                if self._streams.get(stream.name) is not stream:  # removed while its window was being classified
+                    continue  # (publish checks again)
+                stream.took(end_seq)
                 rows.append(row)
-                items.append(Labelled(name, labels, smoothers[stream_key(name, zone)], subsets[name], start_ts=start_ts,
-                                      end_ts=end_ts, frames=len(frames), capture_fps=fps, zone=zone))
+                items.append(Labelled(cam.cfg.name, stream, stream.smoother, cam.subset, start_ts=start_ts,
+                                      end_ts=end_ts, frames=len(frames), capture_fps=fps, zone=stream.zone))
             msgs = label_messages(items, probs[rows], group.classes, infer_ms=infer_ms, clock=self.clock,
                                   meaningless=group.meaningless)
             out += [(stream_key(m["camera"], m["zone"]), m) for m in msgs]
         self.publish(out)
         done = time.monotonic()
-        for name, _ in out:
-            if (labels := self.labels.get(name)) is not None:  # not removed meanwhile
-                labels.published = done
+        for key, _ in out:
+            if (stream := self._streams.get(key)) is not None:  # not removed meanwhile
+                stream.published = done
         self.rounds += 1
         size = sum(len(b) for b in by_model.values())
         self.batch_sizes.append(size)
@@ -313,7 +330,7 @@ class ClusterRunner:
     def stats(self, timeout: float | None = None) -> dict[str, Any]:
         """Each camera's capture stats (and ``node``), from its actor; a camera whose actor does not
         answer within ``timeout`` reads ``{"state": "unreachable"}``."""
-        refs = {name: a.stats.remote() for name, a in self._snapshot().items()}
+        refs = {name: a.stats.remote() for name, a in self.actors().items()}
         ready, _ = self.ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         out = {}
         for name, ref in refs.items():
@@ -325,7 +342,7 @@ class ClusterRunner:
 
     def previews(self, width: int, after: dict[str, float], timeout: float) -> dict[str, tuple[float, bytes]]:
         """The cameras' newest frames as JPEGs (those newer than ``after[name]`` that come within ``timeout``)."""
-        refs = {name: a.preview.remote(width, after.get(name, 0.0)) for name, a in self._snapshot().items()}
+        refs = {name: a.preview.remote(width, after.get(name, 0.0)) for name, a in self.actors().items()}
         ready, _ = self.ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         out = {}
         for name, ref in refs.items():
@@ -345,7 +362,7 @@ class ClusterRunner:
         self._closed = True
         self.stop_event.set()
         with self._lock:
-            cameras, self.cameras = dict(self.cameras), {}
+            cameras, self.cameras = {name: cam.actor for name, cam in self.cameras.items()}, {}
         refs = {name: a.stop.remote() for name, a in cameras.items()}
         ready, _ = self.ray.wait(list(refs.values()), num_returns=len(refs), timeout=STOP_S) if refs else ([], [])
         for name, ref in refs.items():

@@ -18,14 +18,13 @@ from typing import Any, Container, Iterator
 from streamrec.config import CameraConfig, SmoothingConfig
 from streamrec.errors import StreamrecError
 from streamrec.live.capture import CaptureState, camera_capture
-from streamrec.live.labels import LabelStats
+from streamrec.live.labels import StreamLabels
 from streamrec.live.ring import FrameRing, Window
 from streamrec.live.smoothing import LabelSmoother
 from streamrec.live.sources import Source, SourceSpec
 from streamrec.models.kinetics import sport_indices
 from streamrec.runtime.classifier import Classifier
 from streamrec.supervision import Supervisor
-from streamrec.zones import stream_key
 
 logger = logging.getLogger(__name__)
 
@@ -57,17 +56,14 @@ def adding_camera(lock: threading.Lock | threading.RLock, cameras: Container[str
             adding.discard(name)
 
 
-class Stream(LabelStats):
-    """One labelled stream of ``camera``: its whole frame (``zone`` None) or one zone; its own
-    ring, smoother and label counts. ``name`` is its stream key (``camera`` or ``camera/zone``)."""
+class Stream(StreamLabels):
+    """One labelled stream of ``camera`` (see :class:`~streamrec.live.labels.StreamLabels`), with
+    the ring its windows come from."""
 
     def __init__(self, camera: "Camera", zone: str | None, ring: FrameRing, smoothing: SmoothingConfig) -> None:
-        LabelStats.__init__(self)
+        StreamLabels.__init__(self, camera.name, zone, smoothing)
         self.camera = camera
-        self.zone = zone
-        self.name = stream_key(camera.name, zone)
         self.ring = ring
-        self.smoother = LabelSmoother(smoothing)
 
     def take_window(self) -> Window | None:
         """The newest window that ends after the last classified one, or None."""

@@ -123,6 +123,19 @@ class LabelStats:
             out.append(f"{self.nonfinite} windows with non-finite scores (NaN or infinity) from the model: skipped")
         return out
 
+class StreamLabels(LabelStats):
+    """One labelled stream of camera ``camera``: its whole frame (``zone`` None) or one zone, with
+    its own smoother and label counts; ``name`` is its stream key (``camera`` or ``camera/zone``).
+    A :class:`~streamrec.live.camera.Camera`'s streams add their ring; the cluster's driver holds
+    these for its remote cameras."""
+
+    def __init__(self, camera: str, zone: str | None, smoothing: Any) -> None:
+        LabelStats.__init__(self)
+        self.zone = zone
+        self.name = stream_key(camera, zone)
+        self.smoother = LabelSmoother(smoothing)
+
+
 @dataclass
 class Labelled:
     """One labelled stream's window in a batch, with what its message needs: ``name`` is the

@@ -45,7 +45,7 @@ from websockets.http11 import Response
 
 from streamrec.errors import StreamrecError
 from streamrec.serve.answers import StreamedResponse, Written, http_response
-from streamrec.serve.heads import announced_body, malformed, without_length
+from streamrec.serve.heads import announced_body, expects_continue, malformed, without_length
 from streamrec.validate import split_host
 
 logger = logging.getLogger(__name__)
@@ -225,6 +225,7 @@ class GuardedConnection(ServerConnection):
     MAX_HEAD = 16384  # websockets' own limit on a request's header lines is larger: 8 KiB each
     CHUNK = 256 * 1024  # bytes of a streamed body read and written at a time
     STALL_S = 2.0  # an answer waiting this long for the client to read on may make room for a new connection
+    LINGER_S = 1.0  # a refused body is read and dropped this long before the connection closes
 
     def __init__(self, *args: Any, guard: ConnectionGuard | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -328,16 +329,20 @@ class GuardedConnection(ServerConnection):
             if end < 0 and not bare and len(self._head) < self.MAX_HEAD:
                 return  # the rest of the head is still to come
             data, head, self._head = self._head, self._head[: max(end, 0)], None
-            why = "malformed request: lines end with CR LF" if bare else malformed(without_length(head)) if end >= 0 else None
             length, status, refusal = announced_body(head) if end >= 0 else (0, 0, None)
-            if refusal is not None:  # websockets would close without a word
-                return self._reply(HTTPStatus(status), "application/json", json.dumps({"error": refusal}).encode())
+            if refusal is not None:  # websockets would close without a word; the body may be on its way
+                return self._reply(HTTPStatus(status), "application/json", json.dumps({"error": refusal}).encode(), True)
+            why = "malformed request: lines end with CR LF" if bare else malformed(without_length(head)) if end >= 0 else None
             if why is not None:
                 return self._reply(HTTPStatus.BAD_REQUEST, "text/plain", f"{why}\n".encode())
-            if length:  # read on to the body's end, within the same timeout
-                self._request, self._body, self._length = without_length(head) + b"\r\n\r\n", bytearray(data[end + 4:]), length
-                self._body_arrived()
-                return
+            if end >= 0:  # websockets' parser refuses a Content-Length (but a bare "0")
+                data, rest = without_length(head) + b"\r\n\r\n", data[end + 4:]
+                if length:  # read on to the body's end, within the same timeout
+                    if expects_continue(head):
+                        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    self._request, self._body, self._length = data, bytearray(rest), length
+                    return self._body_arrived()
+                data += rest
             self._headed()
         super().data_received(data)
 
@@ -348,15 +353,20 @@ class GuardedConnection(ServerConnection):
 
     def _body_arrived(self) -> None:
         """The request, without its body, goes to websockets once the whole body is in; the body
-        waits in :attr:`body` for the API (bytes after it are ignored: every answer closes)."""
+        waits in :attr:`body` for the API."""
         if self._body is None or len(self._body) < self._length:
             return
-        self.body, self._body = bytes(self._body[: self._length]), None
+        self.body, rest, self._body = bytes(self._body[: self._length]), bytes(self._body[self._length:]), None
         self._headed()
-        super().data_received(self._request)
+        super().data_received(self._request + rest)  # what follows the body (a websocket's first frames)
 
-    def _reply(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
+    def _reply(self, status: HTTPStatus, content_type: str, body: bytes, linger: bool = False) -> None:
+        """Answer and close; with ``linger``, what the client still sends (a body refused before it came)
+        is read and dropped for :attr:`LINGER_S` first, so that the answer is not lost to a reset."""
         self._dropped = True
         self._headed()
         self.transport.write(http_response(status, content_type, body).serialize())
-        self.transport.close()
+        if linger:
+            self.loop.call_later(self.LINGER_S, self.transport.close)
+        else:
+            self.transport.close()

@@ -17,7 +17,7 @@ from websockets.exceptions import SecurityError
 from websockets.http11 import Request
 from websockets.streams import StreamReader
 
-from streamrec.redact import printable
+from streamrec.redact import mask_credentials, printable
 
 
 def malformed(head: bytes) -> str | None:
@@ -56,9 +56,9 @@ def announced_body(head: bytes) -> tuple[int, int, str | None]:
         413
     """
     lengths = []
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name, value = name.strip().lower(), value.strip()
+    for line in head.split(b"\r\n")[1:]:  # names exactly as written: one with a space before its colon is
+        name, _, value = line.partition(b":")  # left to websockets' parser, which refuses it
+        name, value = name.lower(), value.strip()
         if name == b"transfer-encoding":
             return 0, 411, "a request body must come with its Content-Length (no Transfer-Encoding)"
         if name == b"content-length":
@@ -77,7 +77,13 @@ def without_length(head: bytes) -> bytes:
     """``head`` without its ``Content-Length`` lines (websockets' parser refuses a request that
     announces a body; the connection hands the body on beside the request)."""
     lines = head.split(b"\r\n")
-    return b"\r\n".join(lines[:1] + [ln for ln in lines[1:] if ln.partition(b":")[0].strip().lower() != b"content-length"])
+    return b"\r\n".join(lines[:1] + [ln for ln in lines[1:] if ln.partition(b":")[0].lower() != b"content-length"])
+
+
+def expects_continue(head: bytes) -> bool:
+    """Whether the client waits for ``100 Continue`` before it sends the body (``Expect: 100-continue``)."""
+    return any(name.lower() == b"expect" and value.strip().lower() == b"100-continue"
+               for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:]))
 
 
 def strict_json(text: str | bytes, what: str, expected: str = "strict JSON") -> Any:
@@ -95,7 +101,7 @@ def strict_json(text: str | bytes, what: str, expected: str = "strict JSON") -> 
     try:
         return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
-        shown = text.decode("utf-8", "backslashreplace") if isinstance(text, bytes) else text
+        shown = mask_credentials(text.decode("utf-8", "backslashreplace") if isinstance(text, bytes) else text)
         shown = shown if len(shown) <= 40 else shown[:40] + "..."
         raise ValueError(f"{what}: expected {expected}, got {shown!r} ({str(exc).splitlines()[0]})") from None
 

@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from streamrec.live.camera import LabelStats
+    from streamrec.live.labels import LabelStats
     from streamrec.serve.hub import Hub
 
 # each camera at scrape time: its name, its capture's stats (``capture_fps``, ``dropped``,

@@ -46,9 +46,12 @@ def query_text(query: dict[str, list[str]], name: str) -> str | None:
     return text
 
 
-def shorten(text: str) -> str:
-    """``text`` as an answer quotes it: at most 40 characters."""
-    return text if len(text) <= 40 else text[:40] + "..."
+def shorten(text: str, most: int = 40) -> str:
+    """``text`` as an answer quotes it: at most ``most`` characters."""
+    return text if len(text) <= most else text[:most] + "..."
+
+
+ERROR_MAX_CHARS = 300  # an error answer's length: a value quoted in it is cut
 
 
 def query_times(query: dict[str, list[str]]) -> tuple[float | None, float | None]:
@@ -112,8 +115,8 @@ def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraC
             try:
                 cam = camera_of(query, body)
                 add(cam)
-            except StreamrecError as exc:
-                return Reply(400, {"error": str(exc)})
+            except StreamrecError as exc:  # the values sent are quoted: never a password
+                return Reply(400, {"error": shorten(mask_credentials(str(exc)), ERROR_MAX_CHARS)})
             return Reply(201, {"added": cam.name})
         if method == "DELETE":
             name = path.rsplit("/", 1)[-1]
@@ -138,14 +141,27 @@ def camera_of(query: dict[str, list[str]], body: Any) -> CameraConfig:
         if given:
             raise StreamrecError(f"POST /api/cameras: expected the camera in the JSON body or in the query string, "
                                  f"not both (the query string has {shorten(', '.join(sorted(given)))})")
-        if not isinstance(body, dict):
-            raise StreamrecError(f"request body: expected a JSON object with a name and a source, got {shorten(json.dumps(body))}")
         return CameraConfig.from_dict(body)
     source = given.get("source", "")
-    if mask_credentials(source) != source:
+    if hidden(source) != source:
         raise StreamrecError(f"source: a password or key goes in a JSON body, not the query string that proxies and logs "
-                             f"keep: POST /api/cameras with {{\"name\": ..., \"source\": ...}}, got {mask_credentials(source)!r}")
+                             f"keep: POST /api/cameras with {{\"name\": ..., \"source\": ...}}, got {hidden(source)!r}")
     return CameraConfig.from_dict(from_text(CameraConfig, given))
+
+
+def hidden(source: str) -> str:
+    """``source`` with its secrets masked: a URL's user and password (any user: a token may be one)
+    and the values of query keys that hold secrets.
+
+    Example:
+        >>> hidden("rtsp://admin%3As3cret@10.0.0.7/s1"), hidden("rtsp://10.0.0.7/s1")
+        ('rtsp://***@10.0.0.7/s1', 'rtsp://10.0.0.7/s1')
+    """
+    scheme, sep, rest = source.partition("://")
+    host, slash, path = rest.partition("/")
+    if sep and "@" in host:
+        source = f"{scheme}{sep}***@{host.rpartition('@')[2]}{slash}{path}"
+    return mask_credentials(source)
 
 
 def zones_listing(names: list[str], status: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
@@ -167,12 +183,16 @@ def put_zones(name: str, query: dict[str, list[str]], body: Any, listing: Callab
               set_zones: SetZones, config_file: str | None) -> Reply:
     """``PUT /api/cameras/NAME/zones`` with the JSON body ``{"zones": [...], "whole_frame": true}``
     (or ``?zones=<JSON array>&whole_frame=true|false``): the camera's zones replaced (its streams
-    restart), then written to ``config_file`` when that file holds the camera's ``[[cameras]]`` table. 200 with the zones and ``"saved_to"`` (the file, or ``null``: kept in
-    memory only); a bad value is a 400 with one line, an unknown camera a 404."""
+    restart), then written to ``config_file`` when that file holds the camera's ``[[cameras]]`` table.
+    200 with the zones and ``"saved_to"`` (the file, or ``null``: kept in memory only); a bad value
+    is a 400 with one line, an unknown camera a 404."""
     cams = listing().get("cameras", {})
     if name not in cams:
         return Reply(404, {"error": f"no camera {shorten(name)!r}"})
     try:
+        if body is not None and set(query) - {"token"}:
+            raise StreamrecError("PUT /api/cameras/NAME/zones: expected the zones in the JSON body or in the query "
+                                 f"string, not both (the query string has {shorten(', '.join(sorted(query)))})")
         zones, whole_frame = zones_body(body, name) if body is not None else zones_query(query, name)
         cfg = set_zones(name, zones, whole_frame)
     except StreamrecError as exc:

@@ -25,6 +25,7 @@ from streamrec.serve.hub import Hub
 from streamrec.serve.files import FileBody, file_response
 from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, host_allowed, raise_fd_limit
 from streamrec.serve.answers import StreamedResponse, without_body
+from streamrec.redact import mask_credentials
 from streamrec.serve.heads import strict_json
 from streamrec.serve.answers import http_response as _response
 from streamrec.serve.tokens import cookie_refusal, cross_origin, token_exchange, token_source
@@ -150,7 +151,7 @@ class WebServer:
     def _refusal(self, request: Request) -> Response | None:
         """A 400 for a request that repeats a header only one of which can count, a 421 for a
         ``Host`` that does not name this server (DNS rebinding: see :mod:`streamrec.serve.guard`)."""
-        for name in ("Host", "Origin", "Authorization", "Range"):
+        for name in ("Host", "Origin", "Authorization", "Range", "Content-Type"):
             if len(request.headers.get_all(name)) > 1:
                 return _response(HTTPStatus.BAD_REQUEST, "text/plain", f"more than one {name} header\n".encode())
         hosts = request.headers.get_all("Host")
@@ -281,15 +282,19 @@ def _json(status: HTTPStatus, body: Any, *extra: tuple[str, str]) -> Response:
 
 
 def json_body(body: bytes, content_type: str | None) -> Any:
-    """A request's ``body`` read as strict JSON (``None`` without one); a :class:`ValueError` that
-    says why not. Only ``application/json`` is read: a browser sends a page's cross-site form or
+    """A request's ``body`` read as strict JSON, a JSON object (``None`` without a body); a
+    :class:`ValueError` that says why not. Only ``application/json`` is read: a browser sends a page's cross-site form or
     ``text/plain`` post without asking first, never JSON."""
     if not body:
         return None
     kind = (content_type or "").partition(";")[0].strip().lower()
     if kind != "application/json":
         raise ValueError(f"request body: expected Content-Type: application/json, got {(content_type or 'none')[:60]!r}")
-    return strict_json(body, "request body")
+    data = strict_json(body, "request body")
+    if not isinstance(data, dict):  # what the API takes: a camera, a camera's zones
+        shown = mask_credentials(json.dumps(data))
+        raise ValueError(f"request body: expected a JSON object, got {shown if len(shown) <= 40 else shown[:40] + '...'}")
+    return data
 
 
 def page_html() -> bytes:
