@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.errors import StreamrecError
-from streamrec.redact import mask_credentials
+from streamrec.redact import control_characters, mask_credentials
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig, check_rules
 from streamrec.validate import check_allowed_hosts, check_types, unknown_keys
 from streamrec.zones import ZoneConfig, parse_zones, stream_key
@@ -27,6 +27,8 @@ from streamrec.zones import ZoneConfig, parse_zones, stream_key
 CAMERA_NAME_MAX_CHARS, CAMERA_NAME_MAX_BYTES = 64, 255
 MAX_THREADS = 4096  # --threads: torch takes a C int
 CAMERA_TIMEOUT_MAX_S = 86400  # a camera's open_timeout and stall_timeout: a day at most
+HISTORY_DAYS_MAX = 36500  # --history-days: a hundred years
+BATCH_WAIT_MAX_MS = 10000  # batch_wait_ms: a worker waits at most this for more windows
 
 
 def check_device(device: str) -> str:
@@ -170,8 +172,13 @@ class ServeConfig:
             raise StreamrecError(f"--port: expected 0..65535, got {self.port}")
         if self.stride_ms < 0:
             raise StreamrecError(f"--stride-ms: expected >= 0, got {self.stride_ms}")
-        if self.history_days is not None and not self.history_days > 0:
-            raise StreamrecError(f"--history-days: expected > 0, got {self.history_days}")
+        if self.history_days is not None and not 0 < self.history_days <= HISTORY_DAYS_MAX:
+            raise StreamrecError(f"--history-days: expected > 0 and at most {HISTORY_DAYS_MAX}, got {self.history_days}")
+        if self.batch_wait_ms > BATCH_WAIT_MAX_MS:
+            raise StreamrecError(f"batch_wait_ms: expected at most {BATCH_WAIT_MAX_MS}, got {self.batch_wait_ms}")
+        if self.token and (any(c.isspace() for c in self.token) or control_characters(self.token)):
+            raise StreamrecError("--token: expected visible characters without spaces (a blank or invisible token "
+                                 f"would let anyone in), got a token with {(control_characters(self.token) or ['a space'])[0]}")
         if self.display_fps <= 0 or self.display_width < 32:
             raise StreamrecError(f"display: expected fps > 0 and width >= 32, got {self.display_fps}, {self.display_width}")
         if self.stall_timeout <= 0 or self.open_timeout <= 0:

@@ -61,9 +61,13 @@ def tls_context(ca_file: str | None, where: str) -> ssl.SSLContext:
                              f"({reason})") from None
 
 
+WEBHOOK_TIMEOUT_MAX_S = 3600  # one delivery's deadline
+
+
 def floats(d: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     """``d`` with its integer values of ``names`` as floats (TOML's ``2`` where seconds are meant)."""
-    return {k: float(v) if k in names and isinstance(v, int) and not isinstance(v, bool) else v for k, v in d.items()}
+    return {k: float(v) if k in names and isinstance(v, int) and not isinstance(v, bool) and abs(v) <= 2**53 else v
+            for k, v in d.items()}  # a larger int is left for check_types to refuse (no float holds it)
 
 
 @dataclass(frozen=True)
@@ -138,8 +142,9 @@ class WebhookConfig:
         if scheme not in ("http", "https"):
             raise StreamrecError(f"[notify.webhook] url: expected an http:// or https:// URL, "
                                  f"got {mask_credentials(self.url)!r}")
-        if not self.timeout > 0:
-            raise StreamrecError(f"[notify.webhook] timeout: expected > 0 seconds, got {self.timeout}")
+        if not 0 < self.timeout <= WEBHOOK_TIMEOUT_MAX_S:
+            raise StreamrecError(f"[notify.webhook] timeout: expected > 0 and at most {WEBHOOK_TIMEOUT_MAX_S} "
+                                 f"seconds, got {self.timeout}")
         if self.ca_file is not None:
             if scheme != "https":
                 raise StreamrecError(f"[notify.webhook] ca_file: expected an https:// url with it, "

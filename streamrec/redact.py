@@ -227,7 +227,7 @@ def secret_key(key: str) -> bool:
 
 def printable(text: object) -> str:
     """``text`` on one line, as a terminal shows it: control characters (C0, DEL, C1), line and
-    paragraph separators and bidirectional overrides become escapes (``\\n``, ``\\x1b``,
+    paragraph separators, bidirectional overrides and zero-width spaces become escapes (``\\n``, ``\\x1b``,
     ``\\u202e``). Text from elsewhere (a server's answer or error) goes through this before it
     is logged or stored.
 
@@ -246,7 +246,8 @@ def control_characters(text: str) -> list[str]:
     return [_escape(m) for m in _CONTROL.finditer(text)]
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                      "\u200b\u2060\ufeff\u180e]")  # the last: invisible (zero-width) characters
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

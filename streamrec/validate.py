@@ -40,6 +40,8 @@ from typing import Any, Callable
 from streamrec.errors import StreamrecError
 
 _SIMPLE = (bool, int, float, str)
+MAX_BATCH = 4096  # windows or clips in one forward pass (--batch-size, --batches)
+NUMBER_MAX = 10**9  # the size of any number an option holds (seconds: 31 years; a timer of 10**13 s overflows)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
@@ -69,8 +71,9 @@ def _fits(value: Any, kinds: tuple[type, ...]) -> bool:
 
 def check_types(obj: Any, *, prefix: str = "") -> None:
     """Raise :class:`StreamrecError` for the first simple field of ``obj`` whose value has
-    another type (an int is accepted where a float is expected, a bool nowhere but bool), or
-    is a float that is not finite (``nan``, ``inf``: no option means either)."""
+    another type (an int is accepted where a float is expected, a bool nowhere but bool), is a
+    float that is not finite (``nan``, ``inf``: no option means either), or, where a float is
+    expected, is a number beyond :data:`NUMBER_MAX` either way."""
     for name, (kinds, optional) in _field_kinds(type(obj)).items():
         value = getattr(obj, name)
         if not kinds or (value is None and optional):
@@ -79,6 +82,10 @@ def check_types(obj: Any, *, prefix: str = "") -> None:
             raise StreamrecError(f"{prefix}{name}: expected {' or '.join(_NAMES[k] for k in kinds)}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):  # TOML has inf and nan; so has float("inf")
             raise StreamrecError(f"{prefix}{name}: expected a finite number, got {value!r}")
+        if float in kinds and isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > NUMBER_MAX:
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+            raise StreamrecError(f"{prefix}{name}: expected a number of at most 1e{len(str(NUMBER_MAX)) - 1} in size "
+                                 f"(no option needs more; timers and clocks overflow beyond), got {shown}")
 
 
 def from_text(cls: type, values: dict[str, str], *, prefix: str = "") -> dict[str, Any]:

@@ -52,7 +52,9 @@ FITS = """() => {
 
 
 def drag(page, box: dict, a: tuple[float, float], b: tuple[float, float]) -> None:
-    """A mouse drag on the picture from fraction ``a`` to fraction ``b`` of the frame."""
+    """A mouse drag on the picture from fraction ``a`` to fraction ``b`` of the frame (where the picture
+    is now: the tile may have grown since ``box`` was read, as its timeline filled)."""
+    box = page.locator("[data-testid=zones]").bounding_box() or box
     at = lambda p: (box["x"] + p[0] * box["width"], box["y"] + p[1] * box["height"])  # noqa: E731
     page.mouse.move(*at(a))
     page.mouse.down()

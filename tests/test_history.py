@@ -113,7 +113,7 @@ def test_history_days_is_checked_and_read_from_the_config(tmp_path, demo_clip):
     assert ServeConfig.from_sources({"source": "a.mp4", "history_days": 30}, {}).history_days == 30
     assert ServeConfig.from_sources({"source": "a.mp4", "history_days": 30}, {"history_days": 7.5}).history_days == 7.5
     proc = run_cli("serve", "--source", str(demo_clip), "--history-days", "0")
-    assert (proc.returncode, proc.stderr) == (2, "streamrec: error: --history-days: expected > 0, got 0.0\n")
+    assert (proc.returncode, proc.stderr) == (2, "streamrec: error: --history-days: expected > 0 and at most 36500, got 0.0\n")
 
 
 def test_history_counters_are_prometheus_metrics():

@@ -228,8 +228,8 @@ def test_a_checkpoint_class_name_with_a_control_character_is_refused(char, escap
     ck = make_checkpoint(build_model("tiny3d", num_classes=2), model="tiny3d", classes=classes, spec=model_spec("tiny3d"))
     with pytest.raises(WeightsError) as info:
         load_checkpoint(ck, source="ck.pt")
-    assert str(info.value) == ("--weights ck.pt: classes: expected names without control characters or line breaks, "
-                               f"got {classes[1]!r}")
+    assert str(info.value) == ("--weights ck.pt: classes: expected names of 1-200 characters without control characters "
+                               f"or line breaks, got {classes[1]!r}")
     assert "\n" not in str(info.value) and escaped in str(info.value)
 
 

@@ -10,11 +10,13 @@ import re
 import pytest
 
 from conftest import error_line, run_cli
-from streamrec.config import ServeConfig
+from streamrec.config import CameraConfig, ServeConfig
 from streamrec.errors import StreamrecError
 from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig, check_mqtt_cameras
 from streamrec.events.mqtt import discovery_config
 from streamrec.notify_checks import ha_object_id
+from streamrec.serve.core import AppCore
+from streamrec.zones import ZoneConfig
 
 MQTT = "mqtt://127.0.0.1:1883"
 
@@ -267,3 +269,29 @@ def test_serve_stops_with_one_line_and_exit_2(tmp_path, table, message):
     cfg.write_text('[[cameras]]\nname = "rack.1"\nsource = "0"\n' + table)
     proc = run_cli("serve", "--config", str(cfg), "--weights", "none", "--port", "0", timeout=300)
     assert message in error_line(proc)
+
+
+class Running(AppCore):
+    """A running app's streams, as the camera and zones API checks them."""
+
+    def __init__(self, config: ServeConfig, streams: list[str]) -> None:
+        super().__init__(config, history=None)
+        self.streams = streams
+
+    def stream_keys(self) -> list[str]:
+        return list(self.streams)
+
+
+def test_a_camera_or_zones_added_at_run_time_may_not_take_another_streams_id():
+    """The API refuses what a config would be refused for at start (and writes nothing)."""
+    app = Running(serve_config(["gym", "gym__rack"], homeassistant_discovery=True), ["gym", "gym__rack"])
+    with pytest.raises(StreamrecError) as err:  # PUT /api/cameras/gym/zones with a zone "rack"
+        app.check_streams(CameraConfig("gym", "0", zones=(ZoneConfig("rack", 0, 0, 0.5, 0.5),)), replacing="gym")
+    assert str(err.value) == ("[notify.mqtt] homeassistant_discovery: streams 'gym__rack' and 'gym/rack' would share "
+                              "the Home Assistant id 'streamrec_gym__rack'; expected distinct ids, rename one")
+    with pytest.raises(StreamrecError):  # POST /api/cameras of a camera "gym__mat" beside gym's zone "mat"
+        Running(app.config, ["gym", "gym/mat"]).check_streams(CameraConfig("gym__mat", "0"))
+    app.check_streams(CameraConfig("gym", "0", zones=(ZoneConfig("bench", 0, 0, 0.5, 0.5),)), replacing="gym")
+    app.check_streams(CameraConfig("gym__rack", "0"), replacing="gym__rack")  # a camera keeps its own ids
+    no_discovery = Running(serve_config(["gym", "gym__rack"]), ["gym", "gym__rack"])
+    no_discovery.check_streams(CameraConfig("gym", "0", zones=(ZoneConfig("rack", 0, 0, 0.5, 0.5),)), replacing="gym")

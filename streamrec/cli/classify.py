@@ -15,7 +15,7 @@ from typing import Callable
 from streamrec.config import check_device
 from streamrec.errors import StreamrecError
 from streamrec.fsutil import check_output
-from streamrec.validate import check_weights_arg, finite_float
+from streamrec.validate import MAX_BATCH, check_weights_arg, finite_float, whole_number
 
 
 EXAMPLES = """examples:
@@ -31,8 +31,8 @@ def add_classify_parser(sub, model_args: Callable) -> None:
     p.add_argument("file", help="a video file (any format FFmpeg reads)")
     model_args(p, backend_default="torch on CPU, the least memory; auto on CUDA")
     p.add_argument("--stride", type=finite_float("--stride"), default=1.0, help="seconds between windows")
-    p.add_argument("--top", type=int, default=5, help="labels kept per window and in the average")
-    p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default 8 on CUDA, 1 on CPU)")
+    p.add_argument("--top", type=whole_number("--top", 1000), default=5, help="labels kept per window and in the average")
+    p.add_argument("--batch-size", type=whole_number("--batch-size", MAX_BATCH), default=None, help="windows per forward pass (default 8 on CUDA, 1 on CPU)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table",
                    help="output format: table (the segments), json or csv (a row per window)")
     p.add_argument("--windows", action="store_true", help="the table lists every window too (default: the segments only)")

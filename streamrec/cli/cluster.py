@@ -9,7 +9,7 @@ import os
 
 from streamrec.config import ServeConfig
 from streamrec.errors import StreamrecError
-from streamrec.validate import finite_float
+from streamrec.validate import finite_float, whole_number
 
 
 EXAMPLES = """examples:
@@ -26,7 +26,7 @@ def add_cluster_parser(sub) -> None:
     p.add_argument("--address", default="auto", help="Ray cluster address (auto, ray://host:10001, or 'local')")
     p.add_argument("--db", default=None, help="activity history: SQLite file (default: serve's) or postgresql:// URL")
     p.add_argument("--history-days", type=finite_float("--history-days"), default=None, help="delete history older than this many days (default: keep all)")
-    p.add_argument("--replicas", type=int, default=1, help="inference actors")
+    p.add_argument("--replicas", type=whole_number("--replicas", 1024), default=1, help="inference actors")
     p.add_argument("--seconds", type=finite_float("--seconds"), default=None, help="stop after this long (default: until Ctrl-C)")
     p.add_argument("--host", default=None, help=f"dashboard bind address (default {ServeConfig.shown_default('host')})")
     p.add_argument("--port", type=int, default=None, help=f"dashboard port (default {ServeConfig.shown_default('port')}, 0 = any free)")

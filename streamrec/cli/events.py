@@ -50,9 +50,12 @@ def history_target(db: str | None, config: str | None) -> str | None:
     if not target and config:
         from streamrec.config import load_toml
 
-        value = load_toml(config).get("db")
-        target = str(value) if value else None
+        target = load_toml(config).get("db")
+        if target is not None and not isinstance(target, str):
+            raise StreamrecError(f"{config}: db: expected a SQLite file or a postgresql:// URL, got {target!r}")
     target = target or default_db()
+    if "://" not in target and target != ":memory:" and Path(target).is_dir():
+        raise StreamrecError(f"{'--db' if db else 'db'}: expected a history database file, got {target!r} (a folder)")
     if "://" not in target and target != ":memory:" and not Path(target).is_file():
         if db:
             raise StreamrecError(f"--db: expected an existing history database, got {target!r} (no such file)")

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 from streamrec import __version__
 from streamrec.errors import StreamrecError
 from streamrec.redact import one_line_logs, printable
-from streamrec.validate import finite_float, whole_number
+from streamrec.validate import MAX_BATCH, finite_float, whole_number
 from streamrec.catalog import BACKEND_NAMES, DEFAULT_MODEL, MODEL_NAMES
 from streamrec.config import ServeConfig
 from streamrec.fsutil import DEMO_CLIP, atomic_write_text, check_output
@@ -274,11 +274,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     dev = resolve_device(args.device)
     if args.batches:
         try:
-            batches = [int(b) for b in args.batches.split(",")]
-        except ValueError:
+            batches = [whole_number("--batches", MAX_BATCH)(b) for b in args.batches.split(",")]
+        except argparse.ArgumentTypeError:
             batches = []
         if not batches or min(batches) < 1:
-            raise StreamrecError(f"--batches: expected comma-separated batch sizes >= 1, got {args.batches!r}")
+            raise StreamrecError(f"--batches: expected comma-separated batch sizes 1..{MAX_BATCH}, got {args.batches[:60]!r}")
     else:
         batches = [1, 2, 4, 8, 16, 32] if dev.type == "cuda" else [1, 2, 4, 8]
     report = run(models=models, clip=clip, clips=clips, device=args.device, batches=batches, int8=not args.no_int8)
@@ -295,6 +295,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     from streamrec.live.history import HistoryStore, parse_time
 
     since, until = parse_time(args.since), parse_time(args.until)
+    if args.limit is not None and args.limit < 1:
+        raise StreamrecError(f"--limit: expected >= 1, got {args.limit}")
     target = history_target(args.db, args.config)
     if target is None:
         _print_history([], args.format)

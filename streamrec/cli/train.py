@@ -10,7 +10,10 @@ from pathlib import Path
 
 from streamrec.catalog import DEFAULT_MODEL
 from streamrec.fsutil import check_output
-from streamrec.validate import finite_float
+from streamrec.validate import MAX_BATCH, finite_float, whole_number
+
+MAX_WORKERS = 64  # data loader processes
+MAX_SEED = 2**32 - 1  # what numpy and torch take
 
 
 DATASET_EXAMPLES = """examples:
@@ -91,14 +94,14 @@ def _data_args(p) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="video classifier to start from")
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT (Kinetics-400; random for tiny3d), none, or a checkpoint PATH")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per step")
+    p.add_argument("--batch-size", type=whole_number("--batch-size", MAX_BATCH), default=8, help="clips per step")
     p.add_argument("--val-split", type=finite_float("--val-split"), default=None,
                    help="fraction of DATA/train held out for validation (default: none; DATA/valid is used)")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal flips (direction matters)")
     p.add_argument("--color-jitter", type=finite_float("--color-jitter"), default=0.0, help="brightness/contrast/saturation jitter strength, 0 = off, below 1")
-    p.add_argument("--workers", type=int, default=None, help="data loader processes (default: cores - 1, at most 8; 0 on 2 cores or fewer)")
+    p.add_argument("--workers", type=whole_number("--workers", MAX_WORKERS), default=None, help="data loader processes (default: cores - 1, at most 8; 0 on 2 cores or fewer)")
     p.add_argument("--cache-dir", default=None, help="decoded clips cached here (default DATA/.streamrec-cache)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (shuffling, augmentation, initial weights)")
+    p.add_argument("--seed", type=whole_number("--seed", MAX_SEED), default=0, help="random seed (shuffling, augmentation, initial weights)")
 
 
 def add_model_file_parsers(sub) -> None:
@@ -110,7 +113,7 @@ def add_model_file_parsers(sub) -> None:
     p.add_argument("--weights", required=True, help="the checkpoint (or exported file) to evaluate (required)")
     p.add_argument("--model", default=None, help="expected model name (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--batch-size", type=whole_number("--batch-size", MAX_BATCH), default=8, help="windows per forward pass")
     p.add_argument("--confusion", default="confusion.png", help="confusion matrix: a PNG, or a .csv of the counts")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)

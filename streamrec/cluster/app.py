@@ -122,6 +122,7 @@ class ClusterApp(AppCore):
         """Start a capture actor for ``cam`` (in the API's own thread: the dashboard keeps serving)."""
         if self.stop_event.is_set():
             raise StreamrecError("the server is shutting down")
+        self.check_streams(cam)
         self.runner.add_camera(cam)
         if self.events is not None:  # its streams are announced (Home Assistant)
             self.events.announce([stream_key(cam.name, zone) for zone in cam.streams()])
@@ -147,6 +148,9 @@ class ClusterApp(AppCore):
     # -- state (AppCore's hooks) ------------------------------------------------
     def camera_names(self) -> list[str]:
         return list(self.runner.cameras)
+
+    def stream_keys(self) -> list[str]:
+        return self.runner.stream_keys()
 
     def stream_labels(self, name: str) -> dict[str | None, Any]:
         """Camera ``name``'s label counts by zone (``None``: the whole frame); empty once removed."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from streamrec.config import SmoothingConfig  # noqa: F401 - the smoother's settings, re-exported
 
-UNCERTAIN = "uncertain"
+from streamrec.catalog import UNCERTAIN  # noqa: F401 - the label of no clear answer, re-exported
 
 
 @dataclass(frozen=True)

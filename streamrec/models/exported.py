@@ -13,13 +13,13 @@ import json
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from streamrec.errors import StreamrecError, install_hint
-from streamrec.models.spec import LoadedModel, ModelSpec
+from streamrec.errors import StreamrecError, WeightsError, install_hint
+from streamrec.models.spec import LoadedModel, ModelSpec, class_names_problem
 
 EXPORT_META = "streamrec.json"  # TorchScript extra file / ONNX metadata key
 
@@ -78,6 +78,15 @@ def torchscript_quiet() -> Iterator[None]:
         yield
 
 
+def checked_meta(meta: Any, path: Path) -> dict[str, Any]:
+    """An exported file's metadata, whose class names must be fit for a model (see
+    :func:`~streamrec.models.spec.class_names_problem`)."""
+    problem = class_names_problem(meta.get("classes") if isinstance(meta, dict) else None)
+    if problem is not None:
+        raise WeightsError(f"--weights {path}: classes: {problem}")
+    return meta
+
+
 def load_exported(path: Path) -> LoadedModel | None:
     """A :class:`LoadedModel` from an exported TorchScript or ONNX file, or ``None`` when
     ``path`` is neither."""
@@ -91,9 +100,9 @@ def load_exported(path: Path) -> LoadedModel | None:
             return None
         if not extra[EXPORT_META]:
             return None
-        meta = json.loads(extra[EXPORT_META])
+        meta = checked_meta(json.loads(extra[EXPORT_META]), path)
         return LoadedModel(meta["model"], module, meta["classes"], ModelSpec.from_dict(meta["preprocess"]), str(path))
     if path.suffix.lower() == ".onnx":
-        meta = json.loads(onnx_meta(path, EXPORT_META))
+        meta = checked_meta(json.loads(onnx_meta(path, EXPORT_META)), path)
         return LoadedModel(meta["model"], OnnxModule(path), meta["classes"], ModelSpec.from_dict(meta["preprocess"]), str(path))
     return None

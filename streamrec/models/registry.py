@@ -27,8 +27,8 @@ from torch import nn
 
 from streamrec.catalog import DEFAULT_MODEL, EXTRA_MODELS, MODEL_NAMES, TEMPORAL, TORCHVISION_MODELS  # noqa: F401 - re-exported
 from streamrec.errors import WeightsError
-from streamrec.redact import control_characters
 from streamrec.models.exported import load_exported
+from streamrec.models.spec import class_names_problem
 from streamrec.models.spec import LoadedModel, ModelSpec  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
@@ -253,10 +253,9 @@ def load_checkpoint(ckpt: dict[str, Any], *, source: str, expect_model: str | No
     classes = ckpt.get("classes")
     if name not in MODEL_NAMES or not isinstance(classes, list) or not classes:
         raise WeightsError(f"--weights {source}: checkpoint lacks a valid 'model' or 'classes' entry")
-    bad = [c for c in classes if not isinstance(c, str) or not c.strip() or control_characters(c)]
-    if bad:  # a class name is logged, shown, stored and published: one line, drawn as written
-        raise WeightsError(f"--weights {source}: classes: expected names without control characters or line "
-                           f"breaks, got {bad[0]!r}")
+    problem = class_names_problem(classes)
+    if problem is not None:
+        raise WeightsError(f"--weights {source}: classes: {problem}")
     if expect_model is not None and expect_model != name:
         raise WeightsError(f"--weights {source}: checkpoint is for model {name!r}, but --model is {expect_model!r}")
     module = build_loaded(name, ckpt["state_dict"], num_classes=len(classes), source=source)

@@ -15,6 +15,30 @@ from typing import Any
 import torch
 from torch import nn
 
+from streamrec.catalog import CLASS_NAME_MAX_CHARS, UNCERTAIN
+from streamrec.redact import control_characters
+
+
+def class_names_problem(classes: Any) -> str | None:
+    """Why ``classes`` (a checkpoint's or an exported model's) cannot be a model's class names, else
+    ``None``: each is logged, shown, stored and published, as one line, drawn as written, told apart
+    from the others and from the ``uncertain`` of no clear answer.
+
+    Example:
+        >>> class_names_problem(["squat", "deadlift"]) is None, class_names_problem(["a", "a"])
+        (True, "expected distinct names, got 'a' more than once")
+    """
+    if not isinstance(classes, list) or not classes:
+        return f"expected a list of names, got {str(classes)[:40]!r}"
+    for c in classes:
+        if not isinstance(c, str) or not c.strip() or control_characters(c) or len(c) > CLASS_NAME_MAX_CHARS:
+            return (f"expected names of 1-{CLASS_NAME_MAX_CHARS} characters without control characters or line "
+                    f"breaks, got {str(c)[:40]!r}")
+        if c.strip().lower() == UNCERTAIN:
+            return f"expected names other than {UNCERTAIN!r} (the label shown when no class is clear), got {c!r}"
+    dupes = sorted({c for c in classes if classes.count(c) > 1})
+    return f"expected distinct names, got {dupes[0]!r} more than once" if dupes else None
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -260,10 +260,14 @@ def iter_windows(
         yield w, span.padded
 
 
+MIN_STRIDE_S = 0.01  # seconds between windows: below a frame's time, windows repeat
+MAX_STRIDE_S = 86400.0
+
+
 def check_options(*, stride: float, batch_size: int | None, top: int, threads: int | None) -> None:
     """Refuse options that cannot work, naming the option (one line, exit 2)."""
-    if not stride > 0 or stride == float("inf"):
-        raise StreamrecError(f"--stride: expected > 0 seconds (a finite number), got {stride}")
+    if not MIN_STRIDE_S <= stride <= MAX_STRIDE_S:
+        raise StreamrecError(f"--stride: expected {MIN_STRIDE_S} to {MAX_STRIDE_S:g} seconds between windows, got {stride}")
     if batch_size is not None and batch_size < 1:
         raise StreamrecError(f"--batch-size: expected >= 1, got {batch_size}")
     if top < 1:

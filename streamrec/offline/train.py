@@ -71,8 +71,10 @@ class TrainConfig:
             raise StreamrecError(f"--lr: expected > 0, got {self.lr}")
         if self.patience < 1:
             raise StreamrecError(f"--patience: expected >= 1, got {self.patience}")
-        if self.color_jitter < 0:
-            raise StreamrecError(f"--color-jitter: expected >= 0, got {self.color_jitter}")
+        if not 0 <= self.color_jitter < 1:
+            raise StreamrecError(f"--color-jitter: expected 0 <= strength < 1, got {self.color_jitter}")
+        if not 0 <= self.seed <= 2**32 - 1:
+            raise StreamrecError(f"--seed: expected 0..{2**32 - 1}, got {self.seed}")
         if self.workers is not None and self.workers < 0:
             raise StreamrecError(f"--workers: expected >= 0, got {self.workers}")
         check_device(self.device)  # before a dataset is read or a model loaded

@@ -101,6 +101,7 @@ class LiveApp(AppCore):
         start it when ``start``. At run time this runs in a thread of the camera API: the event
         loop keeps serving every other camera meanwhile; ``health()["adding"]`` names it."""
         cam = self.config.resolve(cam)
+        self.check_streams(cam)
         with adding_camera(self.lock, self.cameras, self.adding_names, cam.name):
             first = open_source(SourceSpec.of_camera(cam))  # fail fast: missing file, not a video, unreachable URL
             try:
@@ -166,6 +167,7 @@ class LiveApp(AppCore):
         if not isinstance(whole_frame, bool):
             raise StreamrecError(f"camera {name!r}: whole_frame: expected true or false, got {whole_frame!r}")
         cfg = replace(old.cfg, zones=tuple(zones), whole_frame=whole_frame)  # validated: one line on bad input
+        self.check_streams(cfg, replacing=name)
         with self.lock:
             if self.cameras.get(name) is not old:
                 raise StreamrecError(f"camera {name!r}: changed meanwhile; try again")

@@ -30,7 +30,8 @@ from streamrec.serve.guard import Limits
 from streamrec.serve.preview import frame_message, preview_width
 from streamrec.serve.routes import cameras_api, events_api, history_api
 from streamrec.supervision import SHUTDOWN_S, Deadline, Supervisor
-from streamrec.zones import split_key
+from streamrec.event_config import check_mqtt_cameras
+from streamrec.zones import split_key, stream_key
 from streamrec.serve.hub import Hub, watched_ticks
 from streamrec.serve.server import Route, WebServer, json_route, page_html, stop_on_signals
 
@@ -68,6 +69,17 @@ class AppCore:
     def camera_names(self) -> list[str]:
         """*hook*: the cameras now."""
         raise NotImplementedError
+
+    def stream_keys(self) -> list[str]:
+        """*hook*: every labelled stream's key now: each camera, each of its zones."""
+        raise NotImplementedError
+
+    def check_streams(self, cam: CameraConfig, replacing: str | None = None) -> None:
+        """Refuse (a one-line :class:`StreamrecError`, a 400 from the API) camera ``cam`` added or
+        changed at run time when a config holding it would be refused at start: its MQTT topics,
+        and a Home Assistant id that another camera's stream (not ``replacing``'s) already has."""
+        others = [k for k in self.stream_keys() if split_key(k)[0] not in (cam.name, replacing)]
+        check_mqtt_cameras(self.config.notify.mqtt, others + [stream_key(cam.name, z) for z in cam.streams()])
 
     def camera_health(self, name: str) -> dict[str, Any]:
         """*hook*: one camera's capture, label and model stats, as ``/healthz`` lists them."""
@@ -284,7 +296,7 @@ class AppCore:
                 except OSError as exc:
                     raise StreamrecError(f"--port {self.config.port}: cannot listen on {self.config.host}: "
                                          f"{exc.strerror or exc}") from None
-                page = "/?token=<the token>" if self.config.token else "/"  # the page needs it; the log never shows it
+                page = "/?token=***" if self.config.token else "/"  # the page needs the token; the log shows it masked
                 logger.info("serving %s at http://%s:%d%s (Ctrl-C to stop)", self.serving_line(), self.config.host,
                             self.server.port, page)
                 tasks.append(asyncio.create_task(self._preview_task()))
