@@ -184,9 +184,17 @@ class MqttConfig:
                                      f"got {mask_credentials(self.url)!r}")
             tls_context(self.ca_file, "[notify.mqtt]")
         check_user(self.url)
+        rest = urlsplit(self.url)
+        if rest.path not in ("", "/") or rest.query:
+            raise StreamrecError(f"[notify.mqtt] url: expected mqtt://HOST[:PORT] without a path or query (the "
+                                 f"topics are set by topic_prefix), got {mask_credentials(self.url)!r}")
         check_topic(self.topic_prefix, "[notify.mqtt] topic_prefix")
         check_topic(self.topic_prefix.strip("/") + "/availability", "[notify.mqtt] topic_prefix")
         check_topic(self.discovery_prefix, "[notify.mqtt] discovery_prefix")
+        for name in ("topic_prefix", "discovery_prefix"):
+            if not getattr(self, name).strip(" /"):
+                raise StreamrecError(f"[notify.mqtt] {name}: expected an MQTT topic (UTF-8 text without + or #, NUL or "
+                                     f"control characters), got {getattr(self, name)!r} (blank)")
         check_topic(self.discovery_prefix.strip("/") + "/sensor/streamrec_/activity/config",
                     "[notify.mqtt] discovery_prefix")
         require("paho", "mqtt", "[notify.mqtt]")  # paho-mqtt, an extra: said with the config, before models load

@@ -29,10 +29,10 @@ def url_parts(url: str, where: str, expected: str) -> tuple[str, str, int | None
     naming ``where`` and ``expected`` for a URL that cannot be used: no host, a port that is not
     1-65535, a malformed IPv6 address, a blank or control character."""
     shown = mask_credentials(url)  # never a password in a message
-    bad = next((c for c in url if c.isspace() or unicodedata.category(c) in ("Cc", "Cs")), None)
-    if bad is not None:
-        raise StreamrecError(f"{where}: expected {expected} without blanks or control characters, "
-                             f"got {shown!r} ({bad!r})")
+    bad = next((c for c in url if c.isspace() or invisible(c) or c == "\\"), None)
+    if bad is not None:  # a backslash: clients disagree on where the host ends ("https://h:443\\@evil/")
+        raise StreamrecError(f"{where}: expected {expected} without blanks, backslashes, control or invisible "
+                             f"characters, got {shown!r} ({bad!r})")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -61,7 +61,9 @@ def check_host_name(host: str, where: str, expected: str, shown: str) -> None:
     why = None
     if not re.fullmatch(r"[\w.-]+", host):
         why = ""
-    elif re.fullmatch(r"[0-9.]+", host):
+    elif any(label.startswith("-") or label.endswith("-") for label in host.split(".")):
+        why = " (a part of the name starts or ends with '-')"
+    elif re.fullmatch(r"[0-9.]+", host) or host.rstrip(".").rpartition(".")[2].isdigit():  # 0x7f.1: no name, no address
         try:
             ipaddress.IPv4Address(host)
         except ValueError:

@@ -152,8 +152,9 @@ def check_allowed_hosts(values: Any) -> tuple[str, ...]:
     if isinstance(values, str) or not isinstance(values, (list, tuple)):
         raise StreamrecError(f"allowed_hosts: expected a list of host names, got {values!r}")
     for v in values:
-        if not isinstance(v, str) or split_host(v) is None:
-            raise StreamrecError(f"allowed_hosts: expected host names (name or name:port), got {v!r}")
+        parsed = split_host(v) if isinstance(v, str) else None
+        if parsed is None or not re.fullmatch(r"[\w.:-]+", parsed[0]) or parsed[1] is not None and not 1 <= parsed[1] <= 65535:
+            raise StreamrecError(f"allowed_hosts: expected host names (name or name:port, port 1-65535), got {v!r}")
     return tuple(values)
 
 

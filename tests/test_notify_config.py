@@ -207,7 +207,7 @@ def test_broker_urls_that_cannot_be_reached_are_refused(url):
 def test_urls_with_blanks_or_control_characters_are_refused_without_the_password(make, url):
     kw = {"secret": "s"} if make is WebhookConfig else {}
     text = refused(make, url=url, **kw)
-    assert "without blanks or control characters" in text and "hunter2" not in text and "***" in text
+    assert "without blanks, backslashes, control or invisible characters" in text and "hunter2" not in text and "***" in text
 
 
 def test_a_refused_url_never_shows_its_password():
@@ -255,7 +255,7 @@ def test_degraded_after_seconds_must_be_positive():
     ('[notify.webhook]\nurl = "http://[fe80::1%25eth0]/"\nsecret = "s"\n', "(an IPv6 zone such as %25eth0"),
     ('[notify.webhook]\nurl = "http://host:99999999999999999999/"\nsecret = "s"\n', "with a port 1-65535"),
     ('[notify.webhook]\nurl = "http://127.0.0.1/x#top"\nsecret = "s"\n', "without a #fragment"),
-    ('[notify.webhook]\nurl = " http://127.0.0.1/x"\nsecret = "s"\n', "without blanks or control characters"),
+    ('[notify.webhook]\nurl = " http://127.0.0.1/x"\nsecret = "s"\n', "without blanks, backslashes, control or invisible characters"),
     ('[notify.webhook]\nurl = "ftp://"\nsecret = "s"\n', "[notify.webhook] url: expected an http:// or https://"),
     ('[notify.mqtt]\nurl = "mqtt://127.0.0.1"\ntopic_prefix = "sr\\uFEFFx"\n', "('\\ufeff')"),
     ('[notify.mqtt]\nurl = "mqtt://127.0.0.1"\ntopic_prefix = "sr\\u007F"\n', "('\\x7f')"),
@@ -295,3 +295,44 @@ def test_a_camera_or_zones_added_at_run_time_may_not_take_another_streams_id():
     app.check_streams(CameraConfig("gym__rack", "0"), replacing="gym__rack")  # a camera keeps its own ids
     no_discovery = Running(serve_config(["gym", "gym__rack"]), ["gym", "gym__rack"])
     no_discovery.check_streams(CameraConfig("gym", "0", zones=(ZoneConfig("rack", 0, 0, 0.5, 0.5),)), replacing="gym")
+
+
+@pytest.mark.parametrize("url, why", [
+    ("http://h/\u202e", "without blanks, backslashes, control or invisible characters, got 'http://h/\\u202e' ('\\u202e')"),
+    ("http://h/\u200bx", "without blanks, backslashes, control or invisible characters, got 'http://h/\\u200bx' ('\\u200b')"),
+    ("https://h:443\\@evil/in", "without blanks, backslashes, control or invisible characters"),
+    ("http://0x7f.1/in", "with a host name of letters, digits, '.', '-' or '_', got 'http://0x7f.1/in' (not an IPv4 address)"),
+    ("http://-h/in", "(a part of the name starts or ends with '-')"),
+    ("http://hooks-.example/in", "(a part of the name starts or ends with '-')"),
+])
+def test_a_webhook_url_clients_would_read_differently_is_refused(url, why):
+    with pytest.raises(StreamrecError) as err:
+        WebhookConfig(url=url, secret="x")
+    assert why in str(err.value) and "evil" not in str(err.value).split("got")[0]
+
+
+@pytest.mark.parametrize("url, prefix, why", [
+    ("mqtt://broker/path", "streamrec", "url: expected mqtt://HOST[:PORT] without a path or query"),
+    ("mqtt://broker?x=1", "streamrec", "url: expected mqtt://HOST[:PORT] without a path or query"),
+    ("mqtt://broker", " ", "topic_prefix: expected an MQTT topic (UTF-8 text without + or #, NUL or control characters), "
+                           "got ' ' (blank)"),
+    ("mqtt://broker", " / ", "topic_prefix: expected an MQTT topic (UTF-8 text without + or #, NUL or control characters), "
+                             "got ' / ' (blank)"),
+])
+def test_an_mqtt_url_or_prefix_that_would_be_ignored_is_refused(url, prefix, why):
+    with pytest.raises(StreamrecError) as err:
+        MqttConfig(url=url, topic_prefix=prefix)
+    assert str(err.value).startswith(f"[notify.mqtt] {why}")
+    MqttConfig(url="mqtt://broker/", topic_prefix="gym/streamrec")
+
+
+@pytest.mark.parametrize("entry", ["a:99999", "a:0", "*", "*.lan", "a b"])
+def test_an_allowed_host_that_no_request_can_name_is_refused(entry):
+    with pytest.raises(StreamrecError) as err:
+        ServeConfig(source="0", allowed_hosts=(entry,))
+    assert str(err.value) == f"allowed_hosts: expected host names (name or name:port, port 1-65535), got {entry!r}"
+
+
+def test_an_ipv6_host_in_brackets_is_the_address():
+    config = ServeConfig(source="0", host="[::1]")
+    assert (config.host, config.is_loopback) == ("::1", True)
