@@ -27,6 +27,7 @@ TORCHVISION_MODELS: tuple[str, ...] = tuple(TEMPORAL)
 EXTRA_MODELS: tuple[str, ...] = ("tiny3d",)
 MODEL_NAMES: tuple[str, ...] = TORCHVISION_MODELS + EXTRA_MODELS
 DEFAULT_MODEL = "r2plus1d_18"
+MEANINGLESS = "random weights (--weights none): labels are meaningless, for pipeline testing only"
 UNCERTAIN = "uncertain"  # the label shown when no class is clear enough: no model's class may be named so
 CLASS_NAME_MAX_CHARS = 200
 # Inference backends (streamrec.runtime.classifier.Classifier), the one list of their names:

@@ -89,7 +89,7 @@ def test_page_shows_predictions_video_and_reconnects(demo_clip, page, artifacts,
     proc = serve(demo_clip, port, tmp_path / "h.db")
     try:
         page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
+        page.wait_for_function("document.querySelector('[data-testid=label]')?.dataset.seq >= 1", timeout=60_000)
         assert page.inner_text("[data-testid=label]") != "loading model…"
         assert page.locator(".top li").count() == 5
         banner = page.locator("[data-testid=banner]")
@@ -97,11 +97,11 @@ def test_page_shows_predictions_video_and_reconnects(demo_clip, page, artifacts,
         assert 0 <= float(page.inner_text("[data-testid=age]")) < 30  # the shown label's age, in seconds
         assert page.inner_text("[data-testid=source-error]") == ""
         health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz"))
-        page.wait_for_function("document.querySelector('.model').textContent !== ''", timeout=20_000)
+        page.wait_for_function("document.querySelector('.model')?.textContent !== ''", timeout=20_000)
         assert page.inner_text(".model") == f"{health['model']} (cpu, {health['backend']})"
 
         # the video image updates
-        page.wait_for_function("Number(document.querySelector('[data-testid=video]').dataset.frames || 0) >= 2", timeout=20_000)
+        page.wait_for_function("Number(document.querySelector('[data-testid=video]')?.dataset.frames || 0) >= 2", timeout=20_000)
         # every frame swapped in is already decoded: sampled right after each change of src and
         # every 5 ms for 3 s, the image is never blank (naturalWidth 0) or another size
         widths, changes = page.evaluate(SAMPLE_VIDEO, 3000)
@@ -118,7 +118,7 @@ def test_page_shows_predictions_video_and_reconnects(demo_clip, page, artifacts,
         seq_before = label_seq(page)
         proc = serve(demo_clip, port, tmp_path / "h.db")
         page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=60_000)
-        page.wait_for_function(f"document.querySelector('[data-testid=label]').dataset.seq != '{seq_before}'", timeout=60_000)
+        page.wait_for_function(f"document.querySelector('[data-testid=label]')?.dataset.seq != '{seq_before}'", timeout=60_000)
         page.screenshot(path=str(artifacts / "browser-reconnected.png"))
     finally:
         if proc.poll() is None:
@@ -168,7 +168,7 @@ def test_overlay_mode_shows_only_the_label_and_the_warning(demo_clip, page, arti
     proc = serve(demo_clip, port, tmp_path / "h.db")  # --weights none
     try:
         page.goto(f"http://127.0.0.1:{port}/?overlay=1")
-        page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
+        page.wait_for_function("document.querySelector('[data-testid=label]')?.dataset.seq >= 1", timeout=60_000)
         assert page.is_visible("[data-testid=label]")
         page.wait_for_selector("[data-testid=banner]", state="visible", timeout=10_000)
         assert "meaningless" in page.inner_text("[data-testid=banner]")
@@ -224,8 +224,8 @@ def test_a_coach_reads_the_dashboard(demo_clip, page, artifacts, tmp_path):
         assert page.evaluate("document.getElementById('tile-template').content"
                              ".querySelector('[data-testid=label]').textContent") == "loading model…"
         page.wait_for_function("document.querySelector('[data-testid=label]')?.dataset.seq >= 1", timeout=60_000)
-        page.wait_for_function("Number(document.querySelector('[data-testid=video]').dataset.frames || 0) >= 1", timeout=20_000)
-        page.wait_for_function("document.querySelector('.every').textContent !== '–'", timeout=20_000)
+        page.wait_for_function("Number(document.querySelector('[data-testid=video]')?.dataset.frames || 0) >= 1", timeout=20_000)
+        page.wait_for_function("document.querySelector('.every')?.textContent !== '–'", timeout=20_000)
         legend = "[data-testid=legend] li[data-label]"
         page.wait_for_function(f"document.querySelectorAll('{legend}').length >= 4", timeout=20_000)
 
@@ -256,7 +256,7 @@ def test_a_coach_reads_the_dashboard(demo_clip, page, artifacts, tmp_path):
         text = info.inner_text()
         assert "shaking hands" in text and len(CLOCK.findall(text)) == 2 and "1 min 30 s" in text, text
         assert "score 58% on average, 74% at best" in text, text
-        page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 3", timeout=20_000)
+        page.wait_for_function("document.querySelector('[data-testid=label]')?.dataset.seq >= 3", timeout=20_000)
         page.screenshot(path=str(artifacts / "dashboard-coach.png"))
 
         # "details": the engineering figures, each explained
@@ -339,7 +339,7 @@ def test_a_phone_sees_the_whole_label(demo_clip, page, artifacts, tmp_path):
     try:
         page.set_viewport_size({"width": 390, "height": 844})
         page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_function("document.querySelector('[data-testid=label]').dataset.seq >= 1", timeout=60_000)
+        page.wait_for_function("document.querySelector('[data-testid=label]')?.dataset.seq >= 1", timeout=60_000)
         label = page.locator("[data-testid=label]")
         # the longest label the page can show, measured in the same task that sets it (labels keep coming)
         fits, lines = label.evaluate("""el => {
@@ -365,7 +365,7 @@ def test_a_source_that_fails_shows_why(tmp_path, demo_clip, page):
     proc = serve(clip, port, tmp_path / "h.db")
     try:
         page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_function("document.querySelector('.state').textContent === 'ended'", timeout=30_000)
+        page.wait_for_function("document.querySelector('.state')?.textContent === 'ended'", timeout=30_000)
         assert page.inner_text("[data-testid=source-error]") == f"{clip}: no decodable video frames"
     finally:
         stop(proc)

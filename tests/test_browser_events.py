@@ -24,6 +24,7 @@ from conftest import ROOT, free_port, streamrec_cmd, wait_http, wait_until
 from streamrec.events.store import Event, EventStore
 from streamrec.live.history import HistoryStore, Segment
 from streamrec.models.registry import build_model, make_checkpoint, model_spec
+from streamrec.live.wire import message_schema
 
 pytestmark = MARKS
 DASHBOARD_PNG = ROOT / "docs" / "dashboard.png"
@@ -244,7 +245,7 @@ def test_events_reach_the_page_play_filter_and_the_day_adds_up(tmp_path, demo_cl
 
         # an event without a clip says so in the player
         page.click(item(gone_id))
-        page.wait_for_function("document.querySelector('.player .ptext').textContent.includes('no video clip')", timeout=5_000)
+        page.wait_for_function("document.querySelector('.player .ptext')?.textContent.includes('no video clip')", timeout=5_000)
         assert page.get_attribute("[data-testid=player]", "src") is None
         page.click(item(live_id))
         page.wait_for_function("document.querySelector('[data-testid=player]').readyState >= 2", timeout=15_000)
@@ -279,6 +280,7 @@ def test_the_panel_follows_the_websocket_by_id(page, demo_clip):
     page.route(re.compile(r"^http://streamrec\.test/(\?.*)?$"),
                lambda r: r.fulfill(status=200, content_type="text/html", body=PAGE.read_text()))
     page.route(f"{base}/healthz*", lambda r: r.fulfill(status=200, json={"status": "ok"}))
+    page.route(f"{base}/api/schema*", lambda r: r.fulfill(status=200, json=message_schema()))
     page.route(f"{base}/api/history*", lambda r: r.fulfill(status=200, json={"segments": [], "truncated": False}))
 
     def events(route) -> None:

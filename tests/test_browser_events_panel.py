@@ -12,6 +12,7 @@ import pytest
 
 from browser import MARKS, chromium_page
 from conftest import ROOT
+from streamrec.live.wire import message_schema
 
 pytestmark = MARKS
 PAGE = ROOT / "streamrec" / "serve" / "web" / "index.html"
@@ -36,6 +37,7 @@ def test_a_clip_browsers_cannot_play_is_a_download_and_a_deleted_event_goes(page
     page.route(re.compile(r"^http://streamrec\.test/(\?.*)?$"),
                lambda r: r.fulfill(status=200, content_type="text/html", body=PAGE.read_text()))
     page.route(f"{BASE}/healthz*", lambda r: r.fulfill(status=200, json={"status": "ok"}))
+    page.route(f"{BASE}/api/schema*", lambda r: r.fulfill(status=200, json=message_schema()))
     page.route(f"{BASE}/api/history*", lambda r: r.fulfill(status=200, json={"segments": [], "truncated": False}))
     page.route(f"{BASE}/api/events?*", lambda r: r.fulfill(status=200, json={"events": listing}))
     page.route(f"{BASE}/api/events/*/thumb.jpg*", lambda r: r.fulfill(status=404, json={"error": "none"}))

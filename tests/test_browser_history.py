@@ -16,6 +16,7 @@ from browser import MARKS, chromium_page
 from streamrec.live.history import HistoryStore
 from streamrec.live.messages import prediction_message, status_message
 from streamrec.live.smoothing import Smoothed
+from streamrec.live.wire import message_schema
 from streamrec.serve.routes import history_api
 from streamrec.serve.server import page_html
 
@@ -38,7 +39,7 @@ def status(state: str) -> str:
 
 
 def serve_page(page, store: HistoryStore, ws_messages: list[str]) -> None:
-    """The page, /api/history from ``store``, a /healthz, no events, and a websocket that sends
+    """The page, /api/history from ``store``, a /healthz, the message schema, no events, and a websocket that sends
     ``ws_messages`` once it opens."""
     route = history_api(store)
 
@@ -51,6 +52,8 @@ def serve_page(page, store: HistoryStore, ws_messages: list[str]) -> None:
             return r.fulfill(status=reply.status, content_type="application/json", body=json.dumps(reply.body))
         if url.path == "/healthz":
             return r.fulfill(status=200, content_type="application/json", body='{"status": "ok", "reasons": []}')
+        if url.path == "/api/schema":
+            return r.fulfill(status=200, content_type="application/json", body=json.dumps(message_schema()))
         if url.path == "/api/events":
             return r.fulfill(status=200, content_type="application/json", body='{"events": [], "truncated": false}')
         return r.fulfill(status=404, body="")

@@ -112,7 +112,7 @@ def test_zones_are_drawn_with_labels_and_edited_with_the_mouse(demo_clip, tmp_pa
             names.nth(2).fill("rack")
             page.click("[data-testid=zones-save]")
             error = page.locator("[data-testid=zones-error]")
-            page.wait_for_function("document.querySelector('[data-testid=zones-error]').textContent !== 'saving…'")
+            page.wait_for_function("document.querySelector('[data-testid=zones-error]')?.textContent !== 'saving…'")
             assert error.inner_text() == "camera 'gym': zones: expected unique names, got 'rack' more than once"
             names.nth(2).fill("bench")
             page.click("[data-testid=zones-save]")
@@ -137,7 +137,7 @@ def test_zones_are_drawn_with_labels_and_edited_with_the_mouse(demo_clip, tmp_pa
             page.click("[data-testid=zones-save]")
             page.wait_for_selector("[data-testid=zone-editor]", state="hidden")
             assert gym_zones(port)["whole_frame"] is False and "whole_frame = false" in cfg.read_text()
-            page.wait_for_function("document.querySelector('[data-testid=label]').textContent"
+            page.wait_for_function("document.querySelector('[data-testid=label]')?.textContent"
                                    " === 'zones only: the whole frame is not labelled'", timeout=20_000)
     finally:
         proc.send_signal(signal.SIGTERM)

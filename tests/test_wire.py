@@ -22,6 +22,7 @@ from streamrec.live.capture import CaptureState
 from streamrec.live.history import HistoryStore
 from streamrec.live.messages import prediction_message, status_message, validate_prediction
 from streamrec.live.smoothing import LabelSmoother, SmoothingConfig
+from streamrec.catalog import MEANINGLESS, UNCERTAIN
 from streamrec.live.wire import (CaptureStateName, Event, EventDeleted, Prediction, Removed, Status, message_schema,
                                  validate_message)
 from streamrec.serve.core import AppCore
@@ -181,6 +182,16 @@ def test_the_served_schema_is_the_messages_schema(core):
     status_code, schema = get_schema(core.server.port)
     assert status_code == 200 and schema == message_schema()
     assert sorted(schema["discriminator"]["mapping"]) == ["event", "event_deleted", "prediction", "removed", "status"]
+    assert schema["x-streamrec"] == {"uncertain": UNCERTAIN, "meaningless": MEANINGLESS}
+
+
+def test_the_page_holds_no_copy_of_what_the_schema_says():
+    """The page reads the label of no clear answer and the random-weights warning from /api/schema."""
+    from streamrec.serve.server import page_html
+
+    page = page_html().decode()
+    assert MEANINGLESS not in page and "labels are meaningless" not in page
+    assert '= "uncertain"' not in page and '"x-streamrec"' in page
 
 
 def websocket_messages(core: AppCore) -> list[dict]:

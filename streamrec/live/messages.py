@@ -19,10 +19,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from streamrec.catalog import MEANINGLESS  # noqa: F401 - the random-weights warning, re-exported
 from streamrec.live.smoothing import UNCERTAIN, Smoothed
 from streamrec.live.wire import TOP_K, Prediction, validate_message
-
-MEANINGLESS = "random weights (--weights none): labels are meaningless, for pipeline testing only"
 
 
 def top_k(probs: np.ndarray, classes: Sequence[str], k: int = TOP_K) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta, Struct
 
+from streamrec.catalog import MEANINGLESS, UNCERTAIN
 from streamrec.zones import POLYGON_MAX_POINTS, ZONE_NAME_MAX_CHARS, ZONES_MAX
 
 logger = logging.getLogger(__name__)
@@ -244,5 +245,7 @@ def value_at(obj: Any, path: str) -> tuple[bool, Any]:
 
 
 def message_schema() -> dict[str, Any]:
-    """The JSON Schema (2020-12) of every websocket message: one of the types, picked by ``type``."""
-    return msgspec.json.schema(Message)
+    """The JSON Schema (2020-12) of every websocket message: one of the types, picked by ``type``;
+    its ``x-streamrec`` holds the values the page compares with: the label of no clear answer, and
+    the warning for a model with random weights."""
+    return {**msgspec.json.schema(Message), "x-streamrec": {"uncertain": UNCERTAIN, "meaningless": MEANINGLESS}}
