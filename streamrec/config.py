@@ -26,6 +26,7 @@ from streamrec.zones import ZoneConfig, parse_zones, stream_key
 # a camera's name travels in a one-byte length field (the preview frames' header): its UTF-8 bytes count
 CAMERA_NAME_MAX_CHARS, CAMERA_NAME_MAX_BYTES = 64, 255
 MAX_THREADS = 4096  # --threads: torch takes a C int
+CAMERA_TIMEOUT_MIN_S = 0.1  # a camera's open_timeout and stall_timeout: shorter would reconnect without pause
 CAMERA_TIMEOUT_MAX_S = 86400  # a camera's open_timeout and stall_timeout: a day at most
 HISTORY_DAYS_MAX = 36500  # --history-days: a hundred years
 BATCH_WAIT_MAX_MS = 10000  # batch_wait_ms: a worker waits at most this for more windows
@@ -90,9 +91,9 @@ class CameraConfig:
             raise StreamrecError(f"camera name: expected 1-{CAMERA_NAME_MAX_CHARS} letters, digits, '-', '_' or '.', got {shown!r}")
         for option in ("open_timeout", "stall_timeout"):  # None: serve's own
             value = getattr(self, option)
-            if value is not None and not 0 < value <= CAMERA_TIMEOUT_MAX_S:
-                raise StreamrecError(f"camera {shown!r}: {option}: expected seconds > 0 and at most "
-                                     f"{CAMERA_TIMEOUT_MAX_S}, got {value!r}")
+            if value is not None and not CAMERA_TIMEOUT_MIN_S <= value <= CAMERA_TIMEOUT_MAX_S:
+                raise StreamrecError(f"camera {shown!r}: {option}: expected {CAMERA_TIMEOUT_MIN_S} to "
+                                     f"{CAMERA_TIMEOUT_MAX_S} seconds, got {value!r}")
         size = len(self.name.encode())
         if size > CAMERA_NAME_MAX_BYTES:
             raise StreamrecError(f"camera name: expected at most {CAMERA_NAME_MAX_BYTES} bytes as UTF-8, "

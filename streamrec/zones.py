@@ -45,6 +45,9 @@ def check_name(name: Any, where: str) -> str:
     return name
 
 
+MIN_SIZE = 0.01  # a zone's width and height, as fractions of the frame: smaller is a few pixels or none
+
+
 def _shown(value: Any) -> str:
     """``value``'s repr as a message quotes it: at most 40 characters."""
     text = repr(value)
@@ -83,8 +86,9 @@ class ZoneConfig:
         if not (0.0 <= self.x < 1.0 and 0.0 <= self.y < 1.0):
             raise StreamrecError(f"{where}: x, y: expected the top-left corner inside the frame (0 <= x, y < 1), "
                                  f"got x={self.x:g}, y={self.y:g}")
-        if not (self.w > 0.0 and self.h > 0.0):
-            raise StreamrecError(f"{where}: w, h: expected a size > 0, got w={self.w:g}, h={self.h:g}")
+        if not (self.w >= MIN_SIZE - EPS and self.h >= MIN_SIZE - EPS):  # the page's editor draws none smaller
+            raise StreamrecError(f"{where}: w, h: expected a size of at least {MIN_SIZE:g} (of the frame), "
+                                 f"got w={self.w:g}, h={self.h:g}")
         if self.x + self.w > 1.0 + EPS or self.y + self.h > 1.0 + EPS:
             raise StreamrecError(f"{where}: expected the zone inside the frame (x + w <= 1, y + h <= 1), "
                                  f"got x + w = {self.x + self.w:g}, y + h = {self.y + self.h:g}")

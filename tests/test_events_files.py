@@ -125,3 +125,20 @@ def test_after_a_cooldown_the_event_and_its_clip_start_with_the_activity(tmp_pat
     assert (row["start_ts"] - T0, row["end_ts"] - T0) == (3.75, 9.0)
     # from the keyframe at 2.0 (at or before 3.75 - 1 s) to 11.0
     assert abs(frames_of(rig.folder / row["clip"]) / FPS - 9.0) <= 1.0 / FPS
+
+
+def test_the_api_names_only_the_files_an_event_has():
+    """No clip recorded, no thumbnail yet: ``null``, not an address that answers 404."""
+    from streamrec.events.store import Event, EventStore, row_event
+
+    store = EventStore(":memory:")
+    try:
+        store.opened(Event("e1", "r", "cam", "squat", 100.0, 0.9, 0.8), now=100.0)
+        store.opened(Event("e2", "r", "cam", "squat", 200.0, 0.9, 0.8), clip="e2.mp4", now=200.0)
+        first, second = row_event(store.get("e1")), row_event(store.get("e2"))
+        assert (first["clip"], first["thumbnail"], first["has_clip"]) == (None, None, False)
+        assert (second["clip"], second["thumbnail"], second["has_clip"]) == ("/api/events/e2/clip.mp4", None, True)
+        store.set_files("e2", thumbnail="e2.jpg")
+        assert row_event(store.get("e2"))["thumbnail"] == "/api/events/e2/thumb.jpg"
+    finally:
+        store.close()

@@ -148,7 +148,7 @@ BAD = [
     ([{"name": "a", "x": 0, "y": 0, "w": 0.5, "h": 0.5}, {"name": "a", "x": 0.5, "y": 0.5, "w": 0.5, "h": 0.5}], "true",
      "camera 'gym': zones: expected unique names, got 'a' more than once"),
     ([{"name": "flat", "x": 0, "y": 0, "w": 0, "h": 0.5}], "true",
-     "camera 'gym': zone 'flat': w, h: expected a size > 0, got w=0, h=0.5"),
+     "camera 'gym': zone 'flat': w, h: expected a size of at least 0.01 (of the frame), got w=0, h=0.5"),
     ([{"name": f"z{i}", "x": 0, "y": 0, "w": 0.5, "h": 0.5} for i in range(17)], "true",
      "camera 'gym': zones: expected at most 16, got 17"),
     (NAN, "true", f"zones: expected a JSON array, got {NAN[:40] + '...'!r} (NaN is not a number JSON allows)"),

@@ -100,5 +100,5 @@ def test_a_bad_zone_is_one_line(mosaic, args, message):
 
 
 def test_a_zone_outside_the_frame_is_refused_by_the_api():
-    with pytest.raises(StreamrecError, match=r"^--zone: zone 'zone': w, h: expected a size > 0, got w=0, h=0.5$"):
+    with pytest.raises(StreamrecError, match=r"^--zone: zone 'zone': w, h: expected a size of at least 0.01 \(of the frame\), got w=0, h=0.5$"):
         ZoneConfig.parse_rect("0,0,0,0.5")

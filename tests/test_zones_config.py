@@ -34,7 +34,8 @@ def test_a_camera_holds_rectangles_and_polygons_in_order_and_its_streams():
 def test_pixel_boxes_cover_the_frame_without_gaps_and_are_never_empty():
     halves = [ZoneConfig("l", 0, 0, 0.5, 1), ZoneConfig("r", 0.5, 0, 0.5, 1)]
     assert [z.box(1921, 1080) for z in halves] == [(0, 0, 960, 1080), (960, 0, 1921, 1080)]
-    assert ZoneConfig("tiny", 0.999, 0.999, 0.001, 0.001).box(100, 100) == (99, 99, 100, 100)
+    assert ZoneConfig("tiny", 0.99, 0.99, 0.01, 0.01).box(50, 50) == (49, 49, 50, 50)
+    assert ZoneConfig("tiny", 0.5, 0.5, 0.01, 0.01).box(30, 30) == (15, 15, 16, 16)  # under a pixel: one pixel
 
 
 def test_the_stream_keys_of_zones_round_trip():
@@ -55,7 +56,7 @@ BAD = [
     ({"name": "neg", "x": -0.1, "y": 0.0, "w": 0.5, "h": 0.5},
      "camera 'gym': zone 'neg': x, y: expected the top-left corner inside the frame (0 <= x, y < 1), got x=-0.1, y=0"),
     ({"name": "flat", "x": 0.0, "y": 0.0, "w": 0.5, "h": 0},
-     "camera 'gym': zone 'flat': w, h: expected a size > 0, got w=0.5, h=0"),
+     "camera 'gym': zone 'flat': w, h: expected a size of at least 0.01 (of the frame), got w=0.5, h=0"),
     ({"name": "nan", "x": float("nan"), "y": 0.0, "w": 0.5, "h": 0.5},
      "camera 'gym': zone 'nan': x: expected a finite number (a fraction of the frame), got nan"),
     ({"name": "txt", "x": "0", "y": 0.0, "w": 0.5, "h": 0.5},
@@ -71,7 +72,7 @@ BAD = [
     ({"name": "line", "polygon": [[0, 0], [1, 1]]},
      "camera 'gym': zone 'line': polygon: expected 3-64 [x, y] points, got [[0, 0], [1, 1]]"),
     ({"name": "flatpoly", "polygon": [[0, 0.5], [0.5, 0.5], [1, 0.5]]},
-     "camera 'gym': zone 'flatpoly': w, h: expected a size > 0, got w=1, h=0"),
+     "camera 'gym': zone 'flatpoly': w, h: expected a size of at least 0.01 (of the frame), got w=1, h=0"),
     ({"name": "z", "x": 0.0, "y": 0.0, "w": 0.5, "h": 0.5, "colour": "red"},
      "camera 'gym': zones: unknown key(s) 'colour'; expected name, x, y, w, h, polygon"),
 ]

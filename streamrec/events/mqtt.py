@@ -115,6 +115,7 @@ class MqttPublisher:
         self.reconnect_max_s = reconnect_max_s
         self.keepalive_s = 30  # also how long a broker may take to answer the connection (CONNACK)
         self.connected = False
+        self.on_connected: Callable[[], None] | None = None  # called (on paho's thread) at each connection
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._cameras: list[str] = []  # the announced streams' keys (camera or camera/zone)
@@ -182,6 +183,8 @@ class MqttPublisher:
         self.publish_discovery(client, cameras)
         for camera, payload in states.items():
             client.publish(self.activity_topic(camera), payload, qos=0, retain=True)
+        if self.on_connected is not None:
+            self.on_connected()
 
     def on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
         with self._lock:

@@ -85,11 +85,13 @@ class Notifier:
             from streamrec.events.mqtt import MqttPublisher  # paho-mqtt: an extra, needed with [notify.mqtt] only
 
             self.mqtt = MqttPublisher(config.mqtt, clock=clock)
+            self.mqtt.on_connected = self._mqtt_back
         self.channels = {name: ChannelStats() for name in ("webhook", "mqtt") if getattr(config, name)}
         self.expired = 0
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._due = {name: False for name in self.channels}  # a channel's thread is to pass over the outbox now
+        self._back = threading.Event()  # the broker is back: what backed off while it was away is due now
         self._expire_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._started = False
@@ -116,10 +118,17 @@ class Notifier:
             self._due = dict.fromkeys(self._due, True)
             self._cond.notify_all()
 
+    def _mqtt_back(self) -> None:
+        self._back.set()
+        self.wake()
+
     def run(self, channel: str) -> None:
         """A channel thread's body: passes over its rows of the outbox until :meth:`close`."""
         next_pass = 0.0
         while not self._stop.is_set():
+            if channel == "mqtt" and self._back.is_set():  # not on paho's thread: the store may wait on its database
+                self._back.clear()
+                self.store.due_now(channel, self.clock())
             with self._cond:
                 due, self._due[channel] = self._due[channel], False
             if due or time.monotonic() >= next_pass:

@@ -101,13 +101,17 @@ class Notification:
 
 
 def row_event(row: dict[str, Any]) -> dict[str, Any]:
-    """An events row as the API gives it: ``clip_codec`` is the clip's video codec (``None``:
-    no clip, or one recorded before codecs were noted) and ``clip_plays_in_browser`` whether a
-    browser plays it (``False``: HEVC, MJPEG, MPEG-4 Part 2..., a download for a desktop player)."""
+    """An events row as the API gives it: ``clip`` and ``thumbnail`` are their addresses, ``None``
+    for a file the event does not have (no clip recorded; no thumbnail yet: it is written when the
+    event closes); ``clip_codec`` is the clip's video codec (``None``: no clip, or one recorded
+    before codecs were noted) and ``clip_plays_in_browser`` whether a browser plays it (``False``:
+    HEVC, MJPEG, MPEG-4 Part 2..., a download for a desktop player)."""
     ev = Event(row["id"], row["rule"], row["camera"], row["label"], row["start_ts"], row["peak_score"],
                row["mean_score"], end_ts=row["end_ts"], zone=row.get("zone"))
     codec = row.get("clip_codec") if row["clip"] else None
-    return {**ev.to_json(), "has_clip": bool(row["clip"]), "clip_bytes": row["clip_bytes"], "clip_codec": codec,
+    out = ev.to_json()
+    out.update(clip=out["clip"] if row["clip"] else None, thumbnail=out["thumbnail"] if row.get("thumbnail") else None)
+    return {**out, "has_clip": bool(row["clip"]), "clip_bytes": row["clip_bytes"], "clip_codec": codec,
             "clip_plays_in_browser": None if codec is None else codec in PLAYS_IN_BROWSERS}
 
 
@@ -339,6 +343,11 @@ class EventStore:
     def discard(self, note_id: int) -> None:
         """Remove one notification whose event is gone (deleted while it was pending)."""
         self._run("DELETE FROM outbox WHERE id = ?", (note_id,))
+
+    def due_now(self, channel: str, now: float) -> None:
+        """``channel``'s undelivered notifications, backing off, are due at ``now`` (it is back)."""
+        self._run("UPDATE outbox SET next_try = ? WHERE delivered IS NULL AND channel = ? AND next_try > ?",
+                  (now, channel, now))
 
     def failed(self, note_id: int, error: str, next_try: float) -> None:
         self._run("UPDATE outbox SET attempts = attempts + 1, error = ?, next_try = ? WHERE id = ?",
