@@ -174,7 +174,7 @@ def test_file_without_a_video_stream(tmp_path):
 @pytest.mark.slow
 def test_stride_must_be_positive(demo_clip, stride):
     line = error_line(run_cli("classify", str(demo_clip), "--stride", stride, "--weights", "none"))
-    assert "--stride: expected > 0" in line
+    assert line == f"streamrec: error: --stride: expected 0.01 to 86400 seconds between windows, got {float(stride)}"
 
 
 def test_api_raises_the_same_errors(tmp_path):
