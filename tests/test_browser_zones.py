@@ -51,6 +51,17 @@ FITS = """() => {
 }"""
 
 
+SAME_WIDTH_WHATEVER_THE_LABEL = """() => {
+  const label = document.querySelector('[data-testid=label]'), img = document.querySelector('.tile img'), was = label.textContent;
+  const widths = [];
+  for (const text of ['a', 'a much longer label than any class name would give '.repeat(4)]) {
+    label.textContent = text; widths.push(Math.round(img.getBoundingClientRect().width));
+  }
+  label.textContent = was;
+  return widths;
+}"""
+
+
 def drag(page, box: dict, a: tuple[float, float], b: tuple[float, float]) -> None:
     """A mouse drag on the picture from fraction ``a`` to fraction ``b`` of the frame (where the picture
     is now: the tile may have grown since ``box`` was read, as its timeline filled)."""
@@ -91,6 +102,8 @@ def test_zones_are_drawn_with_labels_and_edited_with_the_mouse(demo_clip, tmp_pa
             rack = page.locator("[data-testid=zone-outline][data-zone=rack]").bounding_box()
             assert abs(rack["x"] - box["x"]) <= 2 and abs(rack["width"] - box["width"] / 2) <= 2
             assert page.locator("[data-testid=label]").inner_text() != "zones only: the whole frame is not labelled"
+            # the picture keeps its size whatever the text beside it says (a drag spans several label updates)
+            assert page.evaluate(SAME_WIDTH_WHATEVER_THE_LABEL) == [944, 944]
             page.screenshot(path=str(artifacts / "browser-zones.png"))
 
             # Escape cancels a drawn zone
