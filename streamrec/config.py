@@ -308,26 +308,29 @@ def _paths_from(base: Path, values: dict[str, Any]) -> dict[str, Any]:
     >>> d["source"], d["weights"], d["db"], [c["source"] for c in d["cameras"]]
     ('/etc/streamrec/clips/a.mp4', 'DEFAULT', '/etc/h.db', ['0', 'rtsp://h/s'])
     """
-    def file(value: Any, *keep: str) -> Any:
+    def file(key: str, value: Any, *keep: str) -> Any:
         if not isinstance(value, str) or not value.strip() or "://" in value or value.strip().isdigit() \
                 or value.lower() in keep:
             return value
-        return os.path.normpath(base / os.path.expanduser(value))  # an absolute path stays itself
+        home = os.path.expanduser(value)
+        if home.startswith("~"):  # not joined to the config's folder as if it were a name there
+            raise StreamrecError(f"{key}: expected a path, got {value!r} (no such user: {value.split('/')[0]})")
+        return os.path.normpath(base / home)  # an absolute path stays itself
 
     def joined(d: dict[str, Any]) -> dict[str, Any]:
         out = dict(d)
         for key, keep in (("source", ()), ("weights", ("default", "none")), ("db", (":memory:",))):
             if key in out:
-                out[key] = file(out[key], *keep)
+                out[key] = file(key, out[key], *keep)
         return out
 
     out = joined(values)
     if isinstance(out.get("recording"), dict) and "dir" in out["recording"]:
-        out["recording"] = {**out["recording"], "dir": file(out["recording"]["dir"])}
+        out["recording"] = {**out["recording"], "dir": file("[recording] dir", out["recording"]["dir"])}
     notify = out.get("notify")
     if isinstance(notify, dict):  # the channels' CA files
-        out["notify"] = {k: {**v, "ca_file": file(v["ca_file"])} if isinstance(v, dict) and "ca_file" in v else v
-                         for k, v in notify.items()}
+        out["notify"] = {k: {**v, "ca_file": file(f"[notify.{k}] ca_file", v["ca_file"])}
+                         if isinstance(v, dict) and "ca_file" in v else v for k, v in notify.items()}
     if isinstance(out.get("cameras"), list):  # a malformed list is ServeConfig's to report
         out["cameras"] = [joined(cam) if isinstance(cam, dict) else cam for cam in out["cameras"]]
     return out

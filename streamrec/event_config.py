@@ -243,6 +243,8 @@ class RecordingConfig:
 
     def __post_init__(self) -> None:
         check_types(self, prefix="[recording] ")
+        if not self.dir.strip():  # "" would be the working folder: retention would sweep it
+            raise StreamrecError(f"[recording] dir: expected a folder's path, got {self.dir!r}")
         for name in ("pre_seconds", "post_seconds"):
             if getattr(self, name) < 0:
                 raise StreamrecError(f"[recording] {name}: expected >= 0 seconds, got {getattr(self, name)}")

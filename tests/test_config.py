@@ -156,3 +156,27 @@ def test_classify_threads_beyond_a_c_int_are_refused_first(threads):
 
     with pytest.raises(StreamrecError, match=f"--threads: expected 1..4096, got {threads}"):
         check_options(stride=1.0, batch_size=None, top=5, threads=threads)
+
+
+@pytest.mark.parametrize("key, text", [
+    ("[recording] dir", '[recording]\ndir = "~nosuchuser-streamrec/clips"\n'),
+    ("db", 'db = "~nosuchuser-streamrec/h.db"\n'),
+    ("source", '[[cameras]]\nname = "a"\nsource = "~nosuchuser-streamrec/a.mp4"\n'),
+    ("[notify.webhook] ca_file", '[notify.webhook]\nurl = "https://h/x"\nca_file = "~nosuchuser-streamrec/ca.pem"\n'),
+])
+def test_a_home_of_no_such_user_is_refused_not_joined_to_the_config_folder(key, text, tmp_path):
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(StreamrecError) as err:
+        load_toml(tmp_path / "c.toml")
+    path = re.search(r'"(~[^"]+)"', text)[1]
+    assert str(err.value) == f"{key}: expected a path, got {path!r} (no such user: ~nosuchuser-streamrec)"
+
+
+@pytest.mark.parametrize("blank", ["", " "])
+def test_an_empty_clips_folder_is_refused_not_read_as_the_working_folder(blank, tmp_path):
+    from streamrec.event_config import RecordingConfig
+
+    (tmp_path / "c.toml").write_text(f'[recording]\ndir = "{blank}"\n')
+    with pytest.raises(StreamrecError) as err:
+        RecordingConfig.from_dict(load_toml(tmp_path / "c.toml")["recording"])
+    assert str(err.value) == f"[recording] dir: expected a folder's path, got {blank!r}"

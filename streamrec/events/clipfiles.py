@@ -1,7 +1,9 @@
 """The folder of event clips and thumbnails (``<folder>/<camera>/<event id>.mp4`` and ``.jpg``)
 and its retention: events that ended longer than the retention ago are deleted with their
 files (with a clip or not), then those with the oldest clips while the folder is over its size;
-files no event points to are deleted once older than the retention.
+files named as an event's (``<start second>-<8 hex>.mp4``, ``.mp4.part``, ``.jpg`` and their
+temporary files) that no event points to are deleted once older than the retention. Other files
+in the folder are never deleted.
 
 Example:
     >>> import tempfile
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,9 @@ from streamrec.supervision import describe
 logger = logging.getLogger(__name__)
 
 PART = ".part"  # a clip being written: ``<event id>.mp4.part``, renamed to ``<event id>.mp4`` when finished
+# the files of an event id (``events.engine.event_id``): its clip, the clip being written, its
+# thumbnail, and a temporary file a crash left while one was written (``fsutil.atomic_write``)
+EVENT_FILE = re.compile(r"\.?(?P<id>[0-9]+-[0-9a-f]{8})\.(?:mp4|jpg)(?:\.part)?(?:\.[A-Za-z0-9_]+\.tmp)?", re.ASCII)
 
 
 def path_part(name: str) -> str:
@@ -180,11 +186,23 @@ class ClipFolder:
             return 0
 
     def sweep(self, cutoff: float, active: set[str]) -> None:
-        """Files modified before ``cutoff`` that no event points to any more (a crash before the
-        clip was noted): deleted too; not those of ``active`` events."""
+        """An event's files (:data:`EVENT_FILE`) modified before ``cutoff`` that no event points to
+        any more (a crash before the clip was noted): deleted too; not those of ``active`` events,
+        and no file of another name (a folder shared with other files keeps them).
+
+        >>> import tempfile, time
+        >>> folder = ClipFolder(Path(tempfile.mkdtemp()))
+        >>> (folder.root / "cam").mkdir()
+        >>> for name in ("1700000000-0badf00d.mp4", "1700000000-0badf00d.jpg", "holiday.mp4", "notes.txt"):
+        ...     _ = (folder.root / "cam" / name).write_bytes(b"x")
+        >>> folder.sweep(time.time() + 60, active=set())
+        >>> sorted(p.name for p in (folder.root / "cam").iterdir())
+        ['holiday.mp4', 'notes.txt']
+        """
         writing = {path_part(e) for e in active}
         for path, _, mtime in self.files():
-            if mtime < cutoff and path.name.removesuffix(PART).rsplit(".", 1)[0] not in writing:
+            named = EVENT_FILE.fullmatch(path.name)
+            if named and mtime < cutoff and named["id"] not in writing:
                 self.remove(path)
 
     def recover_parts(self, camera: str) -> int:
