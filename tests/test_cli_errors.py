@@ -350,6 +350,28 @@ def test_a_clip_being_recorded_or_empty_is_not_copied(tmp_path, name, data, mess
     assert not (tmp_path / "c.mp4").exists()
 
 
+@pytest.mark.parametrize("out", ["gym.db", "gym.toml", "rec/court-1/e.mp4", "link.db"])
+def test_copying_a_clip_out_never_writes_over_the_database_the_config_or_the_clip(tmp_path, out):
+    import sqlite3
+
+    seeded_history(tmp_path / "gym.db")
+    with sqlite3.connect(tmp_path / "gym.db") as c:
+        c.execute("UPDATE events SET clip = 'court-1/e.mp4' WHERE id = '1764770000-1a2b3c4d'")
+    (tmp_path / "rec" / "court-1").mkdir(parents=True)
+    (tmp_path / "rec" / "court-1" / "e.mp4").write_bytes(b"clip" * 16)
+    (tmp_path / "link.db").symlink_to(tmp_path / "gym.db")  # another name of the same file
+    config = tmp_path / "gym.toml"
+    config.write_text(f'db = "gym.db"\n[recording]\ndir = "{tmp_path / "rec"}"\n')
+    before = {p: p.read_bytes() for p in (tmp_path / "gym.db", config, tmp_path / "rec" / "court-1" / "e.mp4")}
+    one_line_error(run_main("events", "1764770000-1a2b3c4d", "--out", str(tmp_path / out), "--config", str(config)),
+                   f"--out {tmp_path / out}: that is the input file")
+    assert {p: p.read_bytes() for p in before} == before
+    proc = run_main("events", "1764770000-1a2b3c4d", "--out", str(tmp_path / "lift.mp4"), "--config", str(config))
+    assert proc.returncode == 0 and (tmp_path / "lift.mp4").read_bytes() == b"clip" * 16, proc.stderr
+    one_line_error(run_main("events", "1764770000-1a2b3c4d", "--out", "", "--config", str(config)),
+                   "--out: expected a file name, got ''")
+
+
 def test_an_explicit_db_that_does_not_exist_is_refused(tmp_path):
     one_line_error(run_main("events", "--db", str(tmp_path / "typo.db")), "--db", "typo.db", "no such file")
 

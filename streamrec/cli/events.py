@@ -75,6 +75,8 @@ def cmd_events(args) -> int:
 
     if args.limit < 1:
         raise StreamrecError(f"--limit: expected >= 1, got {args.limit}")
+    if args.out is not None and not args.out.strip():
+        raise StreamrecError(f"--out: expected a file name, got {args.out!r}")
     if args.out and not args.id:
         raise StreamrecError("--out: expected an event ID before it (streamrec events ID --out clip.mp4)")
     since, until = parse_time(args.since), parse_time(args.until)
@@ -87,7 +89,7 @@ def cmd_events(args) -> int:
     store = open_store(target)
     try:
         if args.id:
-            return copy_clip(store, args)
+            return copy_clip(store, args, target)
         rows = store.query(camera=args.camera, rule=args.rule, since=since, until=until, limit=args.limit,
                            zone=args.zone)
     finally:
@@ -96,7 +98,9 @@ def cmd_events(args) -> int:
     return 0
 
 
-def copy_clip(store, args) -> int:
+def copy_clip(store, args, target: str) -> int:
+    """Show the event ``args.id``, or with ``--out`` copy its clip there (whole or not at all);
+    ``--out`` may not be the database ``target``, the config or the clip itself."""
     from streamrec.config import load_toml
     from streamrec.event_config import RecordingConfig
 
@@ -120,10 +124,12 @@ def copy_clip(store, args) -> int:
     if not src.is_file():
         raise StreamrecError(f"events: the clip of {args.id!r} is not in {recording.folder} (deleted by retention, "
                              "or another [recording] dir: give --config)")
-    from streamrec.fsutil import check_output
+    from streamrec.fsutil import atomic_write, check_output
 
-    check_output("--out", args.out)
-    shutil.copyfile(src, args.out)
+    inputs = [src, *(f"{target}{tail}" for tail in ("", "-wal", "-shm", "-journal") if "://" not in target)]
+    check_output("--out", args.out, inputs=tuple(inputs + ([args.config] if args.config else [])))
+    with src.open("rb") as clip:
+        atomic_write(args.out, lambda fh: shutil.copyfileobj(clip, fh))  # an existing file is replaced whole
     print(f"streamrec: wrote {args.out} ({src.stat().st_size} bytes)", file=sys.stderr)
     return 0
 
