@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import time
@@ -438,6 +439,40 @@ def test_a_head_whose_lines_end_in_lf_alone_is_a_400_at_once(served, ends):
     data = raw_request(served.port, b"GET /healthz HTTP/1.1" + line + b"Host: 127.0.0.1:%d" % served.port + line + last)
     assert data.startswith(b"HTTP/1.1 400 ") and data.endswith(b"malformed request: lines end with CR LF\n")
     assert time.monotonic() - started < 2  # not the header timeout
+
+
+TRAILING = {"a second request": b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "a stray CR LF": b"\r\n",
+            "bytes that are no request": b"\x00\xff junk", "a body longer than announced": None}
+
+
+@pytest.mark.parametrize("what", list(TRAILING))
+@pytest.mark.parametrize("target, body", [("/healthz", b'{"ok": true}'), ("/", b"<html>page</html>"),
+                                          ("/api/events/e1/thumb.jpg", b"\xff\xd8thumb\xff\xd9")])
+@pytest.mark.parametrize("apart", [False, True], ids=["same packet", "later packet"])
+def test_bytes_after_a_request_leave_its_answer_whole_and_log_no_error(served, caplog, what, target, body, apart):
+    head = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n" % (
+        target.encode(), served.port, TOKEN.encode())
+    if TRAILING[what] is None:
+        first, after = head + b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", b"cdef"
+    else:
+        first, after = head + b"\r\n", TRAILING[what]
+    with socket.socket() as s:
+        s.settimeout(10)  # an answer that never comes fails the test
+        s.connect(("127.0.0.1", served.port))
+        s.sendall(first if apart else first + after)
+        if apart:
+            time.sleep(0.05)
+            try:
+                s.sendall(after)
+            except OSError:  # already answered and closed
+                pass
+        data = b""
+        while chunk := s.recv(MIB):
+            data += chunk
+    reply, _, got = data.partition(b"\r\n\r\n")
+    assert (reply.split(b"\r\n")[0], got) == (b"HTTP/1.1 200 OK", body)  # one answer, the first request's
+    time.sleep(0.1)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.mark.parametrize("value", [f"Basic {TOKEN}", f"Bearer{TOKEN}", TOKEN, f"Token {TOKEN}"])

@@ -259,7 +259,7 @@ def test_a_repeated_content_type_is_a_400(served):
     assert served[1].cams == {}
 
 
-@pytest.mark.parametrize("line", ["Content-Length: 00", "Content-Length: 0000"])
+@pytest.mark.parametrize("line", ["Content-Length: 00", "Content-Length: 0000", "Content-Length: " + "0" * 40])
 def test_a_zero_length_written_with_zeros_is_answered(served, line):
     assert request(served[0], "GET", "/api/cameras", b"", line, length=False) == (200, {"cameras": {}})
 

@@ -45,7 +45,7 @@ from websockets.http11 import Response
 
 from streamrec.errors import StreamrecError
 from streamrec.serve.answers import StreamedResponse, Written, http_response
-from streamrec.serve.heads import announced_body, expects_continue, malformed, without_length
+from streamrec.serve.heads import announced_body, expects_continue, malformed, upgrades, without_length
 from streamrec.validate import split_host
 
 logger = logging.getLogger(__name__)
@@ -239,6 +239,7 @@ class GuardedConnection(ServerConnection):
         self.body = b""  # the request's body, once whole (see _body_arrived)
         self._body: bytearray | None = None  # the part of it in so far (and its _length, the _request without it)
         self._request, self._length = b"", 0
+        self._upgrade = False  # the request asks for a websocket: what follows it is its frames
 
     @property
     def stalled(self) -> bool:
@@ -290,7 +291,7 @@ class GuardedConnection(ServerConnection):
             if isinstance(response, StreamedResponse):
                 await self._write_body(response)
             await self._flushed()
-        except OSError as exc:  # the client went away, or the file cannot be read
+        except (OSError, RuntimeError) as exc:  # the client went away, the file cannot be read, the transport shut
             logger.info("answer %d to %s not sent whole: %s", response.status_code, self.peer, exc)
             self.transport.abort()
         finally:
@@ -316,8 +317,8 @@ class GuardedConnection(ServerConnection):
             await self._drained()
 
     def data_received(self, data: bytes) -> None:
-        if self._dropped:
-            return
+        if self._dropped or (self._head is None and self._body is None and not self._upgrade):
+            return  # after a request that is no websocket's: nothing more is read (answered, then closed)
         if self._body is not None:  # the rest of a body
             self._body += data
             self._body_arrived()
@@ -336,13 +337,14 @@ class GuardedConnection(ServerConnection):
             if why is not None:
                 return self._reply(HTTPStatus.BAD_REQUEST, "text/plain", f"{why}\n".encode())
             if end >= 0:  # websockets' parser refuses a Content-Length (but a bare "0")
+                self._upgrade = upgrades(head)
                 data, rest = without_length(head) + b"\r\n\r\n", data[end + 4:]
                 if length:  # read on to the body's end, within the same timeout
                     if expects_continue(head):
                         self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                     self._request, self._body, self._length = data, bytearray(rest), length
                     return self._body_arrived()
-                data += rest
+                data += rest if self._upgrade else b""
             self._headed()
         super().data_received(data)
 
@@ -358,7 +360,7 @@ class GuardedConnection(ServerConnection):
             return
         self.body, rest, self._body = bytes(self._body[: self._length]), bytes(self._body[self._length:]), None
         self._headed()
-        super().data_received(self._request + rest)  # what follows the body (a websocket's first frames)
+        super().data_received(self._request + (rest if self._upgrade else b""))  # a websocket's first frames
 
     def _reply(self, status: HTTPStatus, content_type: str, body: bytes, linger: bool = False) -> None:
         """Answer and close; with ``linger``, what the client still sends (a body refused before it came)

@@ -65,7 +65,7 @@ def announced_body(head: bytes) -> tuple[int, int, str | None]:
             lengths.append(value)
     if not lengths:
         return 0, 0, None
-    if len(set(lengths)) > 1 or not lengths[0].isdigit() or len(lengths[0]) > 12:
+    if len(set(lengths)) > 1 or not lengths[0].isdigit() or len(lengths[0].lstrip(b"0")) > 12:
         return 0, 400, "Content-Length: expected one whole number of bytes"
     length = int(lengths[0])
     if length > MAX_BODY:
@@ -78,6 +78,18 @@ def without_length(head: bytes) -> bytes:
     announces a body; the connection hands the body on beside the request)."""
     lines = head.split(b"\r\n")
     return b"\r\n".join(lines[:1] + [ln for ln in lines[1:] if ln.partition(b":")[0].lower() != b"content-length"])
+
+
+def upgrades(head: bytes) -> bool:
+    """Whether the request asks to become a websocket (``Upgrade: websocket``): only then do the
+    bytes after it (its first frames) go on to websockets; after any other request they are
+    dropped and the connection closes once it is answered (no pipelining).
+
+    >>> upgrades(b"GET /ws HTTP/1.1\r\nUpgrade: WebSocket"), upgrades(b"GET / HTTP/1.1\r\nHost: x")
+    (True, False)
+    """
+    return any(name.strip().lower() == b"upgrade" and b"websocket" in value.lower()
+               for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:]))
 
 
 def expects_continue(head: bytes) -> bool:
