@@ -87,8 +87,10 @@ class CameraConfig:
     def __post_init__(self) -> None:
         shown = self.name if not isinstance(self.name, str) or len(self.name) <= 40 else self.name[:40] + "..."
         check_types(self, prefix=f"camera {shown!r}: " if isinstance(self.name, str) else "[[cameras]] ")
-        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or len(self.name) > CAMERA_NAME_MAX_CHARS:
-            raise StreamrecError(f"camera name: expected 1-{CAMERA_NAME_MAX_CHARS} letters, digits, '-', '_' or '.', got {shown!r}")
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or len(self.name) > CAMERA_NAME_MAX_CHARS \
+                or set(self.name) == {"."}:  # "." and ".." are no name in a URL or a folder
+            raise StreamrecError(f"camera name: expected 1-{CAMERA_NAME_MAX_CHARS} letters, digits, '-', '_' or '.' "
+                                 f"(not dots alone), got {shown!r}")
         for option in ("open_timeout", "stall_timeout"):  # None: serve's own
             value = getattr(self, option)
             if value is not None and not CAMERA_TIMEOUT_MIN_S <= value <= CAMERA_TIMEOUT_MAX_S:

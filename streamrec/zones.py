@@ -39,9 +39,9 @@ EPS = 1e-9
 def check_name(name: Any, where: str) -> str:
     """A zone's name: 1-40 letters, digits, ``-``, ``_`` or ``.`` (it is a topic level and a URL part)."""
     if not isinstance(name, str) or not name or len(name) > ZONE_NAME_MAX_CHARS \
-            or not all(c.isalnum() or c in "-_." for c in name) or not name.isascii():
+            or not all(c.isalnum() or c in "-_." for c in name) or not name.isascii() or set(name) == {"."}:
         raise StreamrecError(f"{where}: name: expected 1-{ZONE_NAME_MAX_CHARS} ASCII letters, digits, '-', '_' "
-                             f"or '.', got {name!r}")
+                             f"or '.' (not dots alone), got {name!r}")
     return name
 
 

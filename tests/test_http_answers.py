@@ -272,6 +272,18 @@ def test_a_name_no_event_can_have_is_a_short_answer(served, target, status):
     assert got == status and len(json.loads(body)["error"]) < 120
 
 
+@pytest.mark.parametrize("method, target", [
+    ("GET", "/api/history/x"), ("GET", "/api/history/"), ("GET", "/api/events/e1/"), ("GET", "/api/events//e1"),
+    ("GET", "/api/events/e1/clip.mp4/"), ("GET", "/api/events/e1/clip.mp4/x"), ("GET", "/api/events/e1/other"),
+    ("HEAD", "/api/events/e1/thumb.jpg/x"), ("DELETE", "/api/events/e1/x"), ("DELETE", "/api/events/e1%2Fx"),
+    ("GET", "/api/events/e1%2Fclip.mp4"),
+])
+def test_a_path_with_segments_no_route_has_is_a_404(served, method, target):
+    status, _, body = http(served.port, method, target)
+    assert (status, json.loads(body) if method != "HEAD" else None) == (404, {"error": "not found"} if method != "HEAD" else None)
+    assert http(served.port, "GET", "/api/events/e1")[0] == 200  # nothing was deleted
+
+
 @pytest.mark.parametrize("name", ["x" * 5000, "\x00", "caf\u00e9" * 2000])
 def test_deleting_a_camera_no_one_has_is_a_short_404(name):
     from streamrec.serve.routes import cameras_api

@@ -353,3 +353,29 @@ def test_the_bytes_after_a_body_reach_the_websocket(served):
         while not (b"\x8a\x02hi" in data and b"HTTP/1.1 101 " in data) and time.monotonic() < deadline:
             data += s.recv(1 << 16)
     assert b"HTTP/1.1 101 " in data and b"\x8a\x02hi" in data  # the pong
+
+
+@pytest.mark.parametrize("method, target, body", [
+    ("DELETE", "/api/cameras/x/y/gym", b""), ("DELETE", "/api/cameras/a%2Fgym", b""),
+    ("DELETE", "/api/cameras/gym/", b""), ("DELETE", "/api/cameras//gym", b""),
+    ("GET", "/api/cameras/a/b/c", b""), ("GET", "/api/cameras/", b""),
+    ("POST", "/api/cameras/a/b/c", b'{"name": "other", "source": "0"}'),
+    ("PUT", "/api/cameras/a/gym/zones", b'{"zones": []}'), ("PUT", "/api/cameras/gym/zones/", b'{"zones": []}'),
+    ("GET", "/api/cameras/gym/zonez", b""),
+])
+def test_a_path_with_segments_no_route_has_is_a_404_that_changes_nothing(served, method, target, body):
+    port, cameras = served
+    cameras.cams.pop("gym", None), cameras.cams.pop("other", None)
+    assert post(port, {"name": "gym", "source": "0"}) == (201, {"added": "gym"})
+    assert request(port, method, target, body, *((JSON,) if body else ())) == (404, {"error": "not found"})
+    assert set(cameras.cams) >= {"gym"} and "other" not in cameras.cams
+    assert cameras.cams["gym"] == CameraConfig("gym", "0")
+    assert request(port, "GET", "/api/cameras/gym") == (405, {"error": "DELETE /api/cameras/NAME"})
+    assert request(port, "DELETE", "/api/cameras/gym") == (200, {"removed": "gym"})
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_camera_named_with_dots_alone_is_a_400(served, name):
+    status, body = post(served[0], {"name": name, "source": "0"})
+    assert (status, body["error"]) == (400, "camera name: expected 1-64 letters, digits, '-', '_' or '.' (not dots "
+                                            f"alone), got {name!r}")

@@ -67,6 +67,8 @@ def history_api(store: HistoryStore, *, limit: int = HISTORY_API_LIMIT) -> ApiRo
     """``GET /api/history?camera=&zone=&since=&until=``: the recorded segments (the page's timelines),
     at most the newest ``limit``, oldest first; ``"truncated": true`` when there were more."""
     def handler(method: str, path: str, query: dict[str, list[str]], body: Any = None) -> Reply:
+        if path.strip("/").count("/") != 1:  # /api/history/anything
+            return NOT_FOUND
         if method != "GET":
             return Reply(405, {"error": "GET only"})
         try:
@@ -101,11 +103,15 @@ def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraC
 
     def handler(method: str, path: str, query: dict[str, list[str]], body: Any = None) -> Reply:
         parts = path.strip("/").split("/")[2:]  # after api/cameras
-        if len(parts) == 2 and parts[1] == "zones":
-            if method == "PUT" and set_zones is not None:
+        if len(parts) == 2 and parts[1] == "zones" and set_zones is not None:
+            if method == "PUT":
                 return put_zones(parts[0], query, body, listing, set_zones, config_file())
-            return Reply(405, {"error": "PUT /api/cameras/NAME/zones" if set_zones else
-                               "zones are set through streamrec serve's camera API"}, allow=("PUT",) if set_zones else allow)
+            return Reply(405, {"error": "PUT /api/cameras/NAME/zones"}, allow=("PUT",))
+        if len(parts) == 1:
+            return remove_camera(parts[0], remove) if method == "DELETE" else \
+                Reply(405, {"error": "DELETE /api/cameras/NAME"}, allow=("DELETE",))
+        if parts:  # /api/cameras/a/b/c, or zones where none are set
+            return NOT_FOUND
         if method == "GET":
             out = listing()
             if status is not None:
@@ -119,16 +125,21 @@ def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraC
                 return Reply(400, {"error": shorten(mask_credentials(str(exc)), ERROR_MAX_CHARS)})
             return Reply(201, {"added": cam.name})
         if method == "DELETE":
-            name = path.rsplit("/", 1)[-1]
-            if path.count("/") < 3 or not name:
-                return Reply(400, {"error": "DELETE /api/cameras/NAME: expected a camera name in the path"})
-            if not remove(name):
-                return Reply(404, {"error": f"no camera {shorten(name)!r}"})
-            return Reply(200, {"removed": name})
+            return Reply(400, {"error": "DELETE /api/cameras/NAME: expected a camera name in the path"})
         return Reply(405, {"error": "GET, POST or DELETE" + (" (or PUT /api/cameras/NAME/zones)" if set_zones else "")},
                      allow=allow)
 
     return ApiRoute(handler, admin=True)
+
+
+NOT_FOUND = Reply(404, {"error": "not found"})  # a path no route has (an extra segment)
+
+
+def remove_camera(name: str, remove: Callable[[str], bool]) -> Reply:
+    """``DELETE /api/cameras/NAME``."""
+    if not remove(name):
+        return Reply(404, {"error": f"no camera {shorten(name)!r}"})
+    return Reply(200, {"removed": name})
 
 
 def camera_of(query: dict[str, list[str]], body: Any) -> CameraConfig:
@@ -274,8 +285,9 @@ def events_api(events: EventManager) -> ApiRoute:
             if found is None:
                 return Reply(404, {"error": f"event {shorten(parts[0])!r} has no {parts[1]}"})
             return Reply(200, FileBody(found, content_type))
-        return Reply(405 if len(parts) <= 1 else 404, {"error": "GET /api/events[/ID[/clip.mp4|/thumb.jpg]] or DELETE "
-                                                                "/api/events/ID"},
+        if len(parts) > 1:  # /api/events/ID/anything, /api/events/ID/clip.mp4/more
+            return NOT_FOUND
+        return Reply(405, {"error": "GET /api/events[/ID[/clip.mp4|/thumb.jpg]] or DELETE /api/events/ID"},
                      allow=("GET", "HEAD", "DELETE") if len(parts) == 1 else ("GET", "HEAD"))
 
     return ApiRoute(handler, admin_methods=("DELETE",))

@@ -199,6 +199,9 @@ class WebServer:
             return None  # go on with the websocket handshake
         api = next((r for prefix, r in self.api.items() if path == prefix or path.startswith(prefix + "/")), None)
         if api is not None:  # in a thread of its own: adding a camera opens its source and may load a model
+            segments = path.split("/")[1:]  # no empty one (a trailing or doubled /), none that names a / (%2F)
+            if "" in segments or any("/" in unquote(seg) for seg in segments):
+                return _json(HTTPStatus.NOT_FOUND, {"error": "not found"})
             return self._api_in_thread(api, request, unquote(path), body)  # DELETE /api/cameras/caf%C3%A9
         route = self.routes.get(path)
         if route is None:
