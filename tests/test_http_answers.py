@@ -178,6 +178,25 @@ def test_a_range_is_answered_as_rfc_9110_says(served, header, status, first, las
     assert headers.get("content-range") == (f"bytes {first}-{last}/{N}" if status == 206 else None)
 
 
+def test_if_range_lets_a_range_count_only_for_the_same_file(served):
+    import os
+
+    clip = served.folder / "clips" / "e1.mp4"
+    os.utime(clip, (1_700_000_000, 1_700_000_000))  # a date names a file only once it is a second old
+    status, headers, _ = http(served.port, "HEAD", "/api/events/e1/clip.mp4")
+    etag, modified = headers["etag"], headers["last-modified"]
+    assert (status, modified) == (200, "Tue, 14 Nov 2023 22:13:20 GMT") and etag == f'"{N:x}-{1_700_000_000 * 10**9:x}"'
+    for if_range, status in [(etag, 206), (modified, 206), ('"other"', 200), (f"W/{etag}", 200),
+                             ("Wed, 15 Nov 2023 22:13:20 GMT", 200), ("garbage", 200)]:
+        got, headers, body = http(served.port, "GET", "/api/events/e1/clip.mp4", "Range: bytes=0-9",
+                                  f"If-Range: {if_range}")
+        assert (got, len(body)) == (status, 10 if status == 206 else N), if_range
+        assert body == served.clip[:len(body)]
+    got, _, body = http(served.port, "GET", "/api/events/e1/clip.mp4", "Range: bytes=0-9", f"If-Range: {etag}",
+                        f"If-Range: {etag}")
+    assert (got, body) == (400, b"more than one If-Range header\n")
+
+
 @pytest.mark.slow
 def test_bad_ranges_never_lock_the_server_out(served):
     for i in range(100):  # more than the 64 connections one address may hold

@@ -3,7 +3,9 @@ browser's ``<video>`` can seek.
 
 A request without ``Range`` gets the whole file (200); one ``bytes`` range gets that part (206),
 or a 416 when it starts past the end. A ``Range`` the server does not use (another unit, several
-ranges, a malformed one) is ignored, as RFC 9110 allows: the answer is the whole file. The body
+ranges, a malformed one) is ignored, as RFC 9110 allows: the answer is the whole file. Each answer
+carries the file's ``ETag`` and ``Last-Modified``; a ``Range`` sent with an ``If-Range`` that
+names neither (the file changed since the client's first part) is ignored too. The body
 is written by the connection in chunks, as fast as the client reads it
 (:class:`~streamrec.serve.answers.StreamedResponse`), so a long clip never sits whole in memory.
 
@@ -21,6 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
+from email.utils import formatdate
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -81,17 +85,47 @@ def byte_range(header: str | None, size: int) -> Part | None:
     return Part(start, min(end, size - 1), True) if start < size else None
 
 
-def file_response(body: FileBody, range_header: str | None) -> Response:
+def validators(st: os.stat_result) -> tuple[str, str]:
+    """A file's ``ETag`` (its size and modification time in nanoseconds: a strong validator, as a
+    clip is written once and renamed into place) and ``Last-Modified``.
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile() as fh:
+    ...     _ = fh.write(bytes(1000)); fh.flush()
+    ...     os.utime(fh.name, ns=(1_700_000_000 * 10**9, 1_700_000_000 * 10**9))
+    ...     validators(os.stat(fh.name))
+    ('"3e8-17979cfe362a0000"', 'Tue, 14 Nov 2023 22:13:20 GMT')
+    """
+    return f'"{st.st_size:x}-{st.st_mtime_ns:x}"', formatdate(st.st_mtime, usegmt=True)
+
+
+def range_applies(if_range: str | None, st: os.stat_result, *, now: float | None = None) -> bool:
+    """Whether a ``Range`` counts under ``If-Range`` (RFC 9110 13.1.5): always without one; with an
+    entity tag, when it is this file's (a weak one never); with a date, when it is this file's
+    ``Last-Modified`` and the file is at least a second older than ``now`` (a date is a strong
+    validator only then)."""
+    if if_range is None:
+        return True
+    etag, modified = validators(st)
+    value = if_range.strip()
+    if value.startswith(('"', "W/")):
+        return value == etag
+    return value == modified and st.st_mtime <= (time.time() if now is None else now) - 1.0
+
+
+def file_response(body: FileBody, range_header: str | None, if_range: str | None = None) -> Response:
     """200 with the whole file, 206 with the asked range, 416 for a range past the end, or 404
-    when the file went away meanwhile. The file is opened here; the connection writes the body."""
+    when the file went away meanwhile; a ``Range`` whose ``If-Range`` does not name this file is
+    ignored (200). The file is opened here; the connection writes the body."""
     try:
         fh = body.path.open("rb")
     except OSError as exc:
         logger.info("cannot open %s: %s", body.path, exc)
         return http_response(HTTPStatus.NOT_FOUND, "application/json", b'{"error": "the file no longer exists"}')
     try:
-        size = os.fstat(fh.fileno()).st_size
-        part = byte_range(range_header, size)
+        st = os.fstat(fh.fileno())
+        size = st.st_size
+        part = byte_range(range_header if range_applies(if_range, st) else None, size)
         if part is None:
             fh.close()
             headers = Headers([("Content-Range", f"bytes */{size}"), ("Content-Length", "0"), ("Connection", "close")])
@@ -102,8 +136,10 @@ def file_response(body: FileBody, range_header: str | None) -> Response:
         fh.close()
         raise
     length = part.end - part.start + 1
-    headers = Headers([("Content-Type", body.content_type), ("Content-Length", str(length)),
-                       ("Accept-Ranges", "bytes"), ("Cache-Control", "private, max-age=3600"), ("Connection", "close")])
+    etag, modified = validators(st)
+    headers = Headers([("Content-Type", body.content_type), ("Content-Length", str(length)), ("Accept-Ranges", "bytes"),
+                       ("ETag", etag), ("Last-Modified", modified), ("Cache-Control", "private, max-age=3600"),
+                       ("Connection", "close")])
     if part.ranged:
         headers["Content-Range"] = f"bytes {part.start}-{part.end}/{size}"
     status = HTTPStatus.PARTIAL_CONTENT if part.ranged else HTTPStatus.OK

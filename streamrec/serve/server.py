@@ -151,7 +151,7 @@ class WebServer:
     def _refusal(self, request: Request) -> Response | None:
         """A 400 for a request that repeats a header only one of which can count, a 421 for a
         ``Host`` that does not name this server (DNS rebinding: see :mod:`streamrec.serve.guard`)."""
-        for name in ("Host", "Origin", "Authorization", "Range", "Content-Type"):
+        for name in ("Host", "Origin", "Authorization", "Range", "If-Range", "Content-Type"):
             if len(request.headers.get_all(name)) > 1:
                 return _response(HTTPStatus.BAD_REQUEST, "text/plain", f"more than one {name} header\n".encode())
         hosts = request.headers.get_all("Host")
@@ -269,7 +269,7 @@ class WebServer:
         try:
             reply = route.handler(method, path, parse_qs(urlsplit(request.path).query), data)
             if isinstance(reply.body, FileBody):
-                return file_response(reply.body, request.headers.get("Range"))
+                return file_response(reply.body, request.headers.get("Range"), request.headers.get("If-Range"))
             allow = [("Allow", ", ".join(reply.allow))] if reply.status == HTTPStatus.METHOD_NOT_ALLOWED else []
             return _json(HTTPStatus(reply.status), reply.body, *allow)
         except Exception:  # noqa: BLE001
