@@ -85,7 +85,7 @@ def upgrades(head: bytes) -> bool:
     bytes after it (its first frames) go on to websockets; after any other request they are
     dropped and the connection closes once it is answered (no pipelining).
 
-    >>> upgrades(b"GET /ws HTTP/1.1\r\nUpgrade: WebSocket"), upgrades(b"GET / HTTP/1.1\r\nHost: x")
+    >>> upgrades(b"GET /ws HTTP/1.1\\r\\nUpgrade: WebSocket"), upgrades(b"GET / HTTP/1.1\\r\\nHost: x")
     (True, False)
     """
     return any(name.strip().lower() == b"upgrade" and b"websocket" in value.lower()
