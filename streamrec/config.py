@@ -68,6 +68,21 @@ class SmoothingConfig:
             raise ValueError(f"smoothing.threshold: expected 0 <= threshold < 1, got {self.threshold}")
 
 
+RTSP_TRANSPORTS = ("tcp", "udp")
+
+
+def check_text(config: Any, names: tuple[str, ...], prefix: str = "") -> None:
+    """The text options ``names`` of ``config`` that are set are not blank (``weights = ""`` would
+    quietly mean the default weights), and ``rtsp_transport`` is one FFmpeg takes."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, str) and not value.strip():
+            raise StreamrecError(f"{prefix}{name}: expected a value, got {value!r}")
+    transport = getattr(config, "rtsp_transport", None)
+    if transport is not None and transport not in RTSP_TRANSPORTS:
+        raise StreamrecError(f"{prefix}rtsp_transport: expected {' or '.join(RTSP_TRANSPORTS)}, got {transport!r}")
+
+
 @dataclass(frozen=True)
 class CameraConfig:
     """One camera. Unset options (None) take the serve-wide value."""
@@ -91,6 +106,7 @@ class CameraConfig:
                 or set(self.name) == {"."}:  # "." and ".." are no name in a URL or a folder
             raise StreamrecError(f"camera name: expected 1-{CAMERA_NAME_MAX_CHARS} letters, digits, '-', '_' or '.' "
                                  f"(not dots alone), got {shown!r}")
+        check_text(self, ("model", "weights"), f"camera {shown!r}: ")
         for option in ("open_timeout", "stall_timeout"):  # None: serve's own
             value = getattr(self, option)
             if value is not None and not CAMERA_TIMEOUT_MIN_S <= value <= CAMERA_TIMEOUT_MAX_S:
@@ -161,6 +177,7 @@ class ServeConfig:
         if self.host.startswith("[") and self.host.endswith("]"):  # --host [::1]: an IPv6 address as URLs write it
             object.__setattr__(self, "host", self.host[1:-1])
         object.__setattr__(self, "allowed_hosts", check_allowed_hosts(self.allowed_hosts))
+        check_text(self, ("model", "weights", "backend", "host", "db"))
         if self.header_timeout <= 0 or self.max_connections < 1 or self.max_connections_per_address < 1:
             raise StreamrecError("header_timeout/max_connections/max_connections_per_address: expected > 0, got "
                                  f"{self.header_timeout}, {self.max_connections}, {self.max_connections_per_address}")
@@ -181,6 +198,9 @@ class ServeConfig:
             raise StreamrecError(f"--history-days: expected > 0 and at most {HISTORY_DAYS_MAX}, got {self.history_days}")
         if self.batch_wait_ms > BATCH_WAIT_MAX_MS:
             raise StreamrecError(f"batch_wait_ms: expected at most {BATCH_WAIT_MAX_MS}, got {self.batch_wait_ms}")
+        if self.token == "":
+            raise StreamrecError("--token: expected visible characters without spaces (a blank or invisible token "
+                                 "would let anyone in), got an empty token")
         if self.token and (any(c.isspace() for c in self.token) or control_characters(self.token)):
             raise StreamrecError("--token: expected visible characters without spaces (a blank or invisible token "
                                  f"would let anyone in), got a token with {(control_characters(self.token) or ['a space'])[0]}")
@@ -275,8 +295,7 @@ def _event_table(key: str, val: Any) -> Any:
 def _smoothing(val: Any, base: SmoothingConfig | None) -> SmoothingConfig:
     if isinstance(val, SmoothingConfig):
         return val
-    if not isinstance(val, dict):
-        raise StreamrecError(f"smoothing: expected a table, got {type(val).__name__}")
+    unknown_keys(SmoothingConfig, val, "[smoothing]")
     try:
         return replace(base or SmoothingConfig(), **val)
     except (TypeError, ValueError) as exc:
@@ -288,9 +307,15 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
     (``source``, ``weights``, ``db``, each camera's ``source`` and ``weights``) are relative to
     the file, as in docker-compose, not to wherever streamrec is started; ``~`` is the home."""
     p = Path(path)
+    if not str(path).strip():
+        raise StreamrecError(f"--config: expected a TOML file, got {str(path)!r}")
     try:
+        if p.exists() and not p.is_dir() and not p.is_file():  # a FIFO or a device would be read forever
+            raise StreamrecError(f"--config: expected a TOML file, got {p} (not a regular file)")
         with p.open("rb") as fh:
             return _paths_from(p.resolve().parent, tomllib.load(fh))
+    except PermissionError:
+        raise StreamrecError(f"--config: cannot read {p} (permission denied)") from None
     except FileNotFoundError:
         raise StreamrecError(f"--config: file not found: {p}") from None
     except IsADirectoryError:

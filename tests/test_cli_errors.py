@@ -369,7 +369,7 @@ def test_copying_a_clip_out_never_writes_over_the_database_the_config_or_the_cli
     proc = run_main("events", "1764770000-1a2b3c4d", "--out", str(tmp_path / "lift.mp4"), "--config", str(config))
     assert proc.returncode == 0 and (tmp_path / "lift.mp4").read_bytes() == b"clip" * 16, proc.stderr
     one_line_error(run_main("events", "1764770000-1a2b3c4d", "--out", "", "--config", str(config)),
-                   "--out: expected a file name, got ''")
+                   "--out: expected a value, got ''")
 
 
 def test_an_explicit_db_that_does_not_exist_is_refused(tmp_path):
@@ -489,3 +489,22 @@ def test_cluster_address_where_something_else_answers_fails_at_once(answer, ok):
                                        "cluster (no gRPC within 0.5 s)")
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("serve", "--weights", ""), "--weights: expected a value, got ''"),
+    (("serve", "--db", " "), "--db: expected a value, got ' '"),
+    (("serve", "--config", ""), "--config: expected a value, got ''"),
+    (("events", ""), "ID: expected a value, got ''"),
+    (("events", "--db", ""), "--db: expected a value, got ''"),
+    (("classify", ""), "FILE: expected a value, got ''"),
+    (("history", "--camera", ""), "--camera: expected a value, got ''"),
+])
+def test_an_option_given_as_empty_text_is_refused_not_read_as_the_default(argv, message):
+    assert one_line_error(run_main(*argv)) == f"streamrec: error: {message}"
+
+
+def test_an_empty_zone_still_means_the_whole_frame(tmp_path):
+    seeded_history(tmp_path / "gym.db")
+    proc = run_main("history", "--db", str(tmp_path / "gym.db"), "--zone", "", "--format", "json")
+    assert proc.returncode == 0 and '"court-1"' in proc.stdout, proc.stderr

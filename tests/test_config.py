@@ -180,3 +180,42 @@ def test_an_empty_clips_folder_is_refused_not_read_as_the_working_folder(blank, 
     with pytest.raises(StreamrecError) as err:
         RecordingConfig.from_dict(load_toml(tmp_path / "c.toml")["recording"])
     assert str(err.value) == f"[recording] dir: expected a folder's path, got {blank!r}"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('model = ""', "model: expected a value, got ''"),
+    ('weights = " "', "weights: expected a value, got ' '"),
+    ('db = ""', "db: expected a value, got ''"),
+    ('backend = ""', "backend: expected a value, got ''"),
+    ('token = ""', "--token: expected visible characters without spaces (a blank or invisible token would let anyone "
+                   "in), got an empty token"),
+    ('rtsp_transport = "tpc"', "rtsp_transport: expected tcp or udp, got 'tpc'"),
+    ('[[cameras]]\nname = "a"\nsource = "b.mp4"\nweights = ""', "camera 'a': weights: expected a value, got ''"),
+    ('[[cameras]]\nname = "a"\nsource = "b.mp4"\nrtsp_transport = "http"',
+     "camera 'a': rtsp_transport: expected tcp or udp, got 'http'"),
+    ('[smoothing]\nalpah = 0.3', "[smoothing]: unknown option 'alpah'; expected one of alpha, hold, margin, threshold"),
+    ('smoothing = 3', "[smoothing]: expected a table, got int"),
+])
+def test_a_blank_or_unknown_text_option_is_refused_not_read_as_the_default(text, message, tmp_path):
+    (tmp_path / "c.toml").write_text(text + "\n")
+    with pytest.raises(StreamrecError) as err:
+        ServeConfig.from_sources({"source": "a.mp4", **load_toml(tmp_path / "c.toml")}, {})
+    assert str(err.value) == message
+
+
+def test_a_config_that_is_no_regular_file_or_cannot_be_read_is_one_line(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    with pytest.raises(StreamrecError) as err:
+        load_toml(fifo)
+    assert str(err.value) == f"--config: expected a TOML file, got {fifo} (not a regular file)"
+    locked = tmp_path / "locked.toml"
+    locked.write_text('port = 8000\n')
+    locked.chmod(0)
+    if os.access(locked, os.R_OK):  # root reads any file
+        pytest.skip("this user reads a file whatever its permissions")
+    with pytest.raises(StreamrecError) as err:
+        load_toml(locked)
+    assert str(err.value) == f"--config: cannot read {locked} (permission denied)"

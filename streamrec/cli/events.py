@@ -75,8 +75,6 @@ def cmd_events(args) -> int:
 
     if args.limit < 1:
         raise StreamrecError(f"--limit: expected >= 1, got {args.limit}")
-    if args.out is not None and not args.out.strip():
-        raise StreamrecError(f"--out: expected a file name, got {args.out!r}")
     if args.out and not args.id:
         raise StreamrecError("--out: expected an event ID before it (streamrec events ID --out clip.mp4)")
     since, until = parse_time(args.since), parse_time(args.until)

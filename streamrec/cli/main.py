@@ -325,10 +325,24 @@ def _print_history(rows: Iterable[dict[str, Any]], form: str) -> None:
                   f"{r['end'] - r['start']:>6.1f}  {r['mean_score']:>5.2f}  {r['peak_score']:>5.2f}  {printable(r['label'])}")
 
 
+BLANK_MEANS = ("zone", "token")  # '' means something (the whole frame's rows alone), or has its own check
+POSITIONALS = ("id", "file", "text", "data", "folder", "checkpoint")  # the commands' arguments, named as --help names them
+
+
+def check_blank(args: argparse.Namespace) -> None:
+    """No option or argument given as empty text (``--weights ""`` from an unset shell variable):
+    it would silently mean the default, a different model, database or file than the one meant."""
+    for name, value in vars(args).items():
+        if isinstance(value, str) and not value.strip() and name not in BLANK_MEANS:
+            shown = name.upper() if name in POSITIONALS else "--" + name.replace("_", "-")
+            raise StreamrecError(f"{shown}: expected a value, got {value!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        check_blank(args)
         before = list(logging.getLogger().handlers)
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.INFO,
