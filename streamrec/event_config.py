@@ -52,7 +52,10 @@ def visible(text: str) -> str:
 def tls_context(ca_file: str | None, where: str) -> ssl.SSLContext:
     """The TLS settings of a notification channel: the system's CA certificates, or only those
     of ``ca_file`` (a PEM file: a home server's own CA); host names are checked either way.
-    A ``ca_file`` that cannot be read is a :class:`StreamrecError` naming ``where``."""
+    A ``ca_file`` that cannot be read, or is blank (``cafile=""`` would trust the system's CAs), is
+    a :class:`StreamrecError` naming ``where``."""
+    if ca_file is not None and not ca_file.strip():
+        raise StreamrecError(f"{where} ca_file: expected a PEM file of CA certificates, got {ca_file!r}")
     try:
         return ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:

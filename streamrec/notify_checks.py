@@ -15,7 +15,7 @@ import hashlib
 import ipaddress
 import re
 import unicodedata
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from streamrec.errors import StreamrecError
 from streamrec.redact import mask_credentials
@@ -70,12 +70,39 @@ def check_host_name(host: str, where: str, expected: str, shown: str) -> None:
             why = " (not an IPv4 address)"
     else:
         try:
-            host.encode("idna")
-        except UnicodeError as exc:
+            ascii_host(host)
+        except UnicodeError as exc:  # idna's errors are UnicodeErrors
             why = f" ({exc.__cause__ or exc})"
     if why is not None:
         raise StreamrecError(f"{where}: expected {expected} with a host name of letters, digits, '.', '-' or '_', "
                              f"got {shown!r}{why}")
+
+
+def ascii_host(host: str) -> str:
+    """``host`` as DNS looks it up: an international name in IDNA 2008 with the UTS 46 mapping that
+    browsers use (the ``idna`` package), an ASCII name as it is. Python's own ``idna`` codec is
+    IDNA 2003, which maps ``ß`` to ``ss``: it would connect to another host.
+
+    >>> ascii_host("straße.de"), ascii_host("Bücher.example"), ascii_host("ha_1.local")
+    ('xn--strae-oqa.de', 'xn--bcher-kva.example', 'ha_1.local')
+    """
+    if host.isascii():
+        host.encode("idna")  # its labels checked: none empty, none over 63 characters (a UnicodeError)
+        return host
+    import idna
+
+    return idna.encode(host, uts46=True).decode("ascii")
+
+
+def ascii_target(path: str, query: str = "") -> str:
+    """A request target (path and query) as HTTP sends it: characters that are not ASCII
+    percent-encoded as UTF-8 (``%`` escapes and reserved characters kept as they are written).
+
+    >>> ascii_target("/hooks/café", "tag=été")
+    '/hooks/caf%C3%A9?tag=%C3%A9t%C3%A9'
+    """
+    keep = "!#$%&'()*+,/:;=?@[]~-._"
+    return quote(path or "/", safe=keep) + (f"?{quote(query, safe=keep)}" if query else "")
 
 
 def invisible(c: str) -> bool:

@@ -336,3 +336,38 @@ def test_an_allowed_host_that_no_request_can_name_is_refused(entry):
 def test_an_ipv6_host_in_brackets_is_the_address():
     config = ServeConfig(source="0", host="[::1]")
     assert (config.host, config.is_loopback) == ("::1", True)
+
+
+@pytest.mark.parametrize("make, url, where", [(WebhookConfig, "https://hooks.example/in", "[notify.webhook]"),
+                                              (MqttConfig, "mqtts://broker.example", "[notify.mqtt]")])
+@pytest.mark.parametrize("blank", ["", " "])
+def test_a_blank_ca_file_is_refused_not_read_as_the_systems_cas(make, url, where, blank):
+    kw = {"secret": "s"} if make is WebhookConfig else {}
+    assert refused(make, url=url, ca_file=blank, **kw) == (
+        f"{where} ca_file: expected a PEM file of CA certificates, got {blank!r}")
+
+
+def test_an_international_host_is_looked_up_as_idna_2008_and_a_path_sent_percent_encoded():
+    """``straße.de`` is ``xn--strae-oqa.de`` (IDNA 2008, as browsers read it), not ``strasse.de``
+    (Python's IDNA 2003 codec): another host. A path or query that is not ASCII is sent as UTF-8
+    percent-encoded, as a browser sends it (``http.client`` refused it, and the delivery was retried
+    for a day)."""
+    from servers import Receiver
+    from streamrec.events.store import Notification
+    from streamrec.events.webhook import WebhookSender
+
+    NOTE = Notification(**NOTE_FIELDS)
+
+    sender = WebhookSender(WebhookConfig.from_dict({"url": "https://straße.de/hook", "sign": False}))
+    assert (sender.host, sender.headers(NOTE)["Host"]) == ("xn--strae-oqa.de", "xn--strae-oqa.de")
+    receiver = Receiver()
+    try:
+        url = receiver.url.replace("/hook", "/hooks/café?tag=été&x=%C3%A9")
+        assert WebhookSender(WebhookConfig.from_dict({"url": url, "sign": False})).send(NOTE) is None
+        assert [r["path"] for r in receiver.requests] == ["/hooks/caf%C3%A9?tag=%C3%A9t%C3%A9&x=%C3%A9"]
+    finally:
+        receiver.close()
+
+
+NOTE_FIELDS = dict(id=1, event_id="e1", kind="event_start", channel="webhook", payload='{"type": "event_start"}',
+                   created=0.0, attempts=0)

@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as paho
 
 from streamrec.event_config import MqttConfig, tls_context
-from streamrec.notify_checks import ha_object_id, ha_stream_id
+from streamrec.notify_checks import ascii_host, ha_object_id, ha_stream_id
 from streamrec.events.store import Notification
 from streamrec.live.sources import mask_credentials
 from streamrec.redact import mask_quoted, printable
@@ -163,7 +163,7 @@ class MqttPublisher:
         with self._lock:
             if not self.connected and self.down_since is None:
                 self.down_since = self.clock()
-        self._client.connect_async(self.config.host, self.config.port, keepalive=self.keepalive_s)
+        self._client.connect_async(ascii_host(self.config.host), self.config.port, keepalive=self.keepalive_s)
         self._client.loop_start()
 
     def on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:

@@ -40,6 +40,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from streamrec.event_config import WebhookConfig, tls_context
 from streamrec.events.store import Notification
 from streamrec.live.sources import mask_credentials
+from streamrec.notify_checks import ascii_host, ascii_target
 from streamrec.redact import mask_quoted, printable
 
 logger = logging.getLogger(__name__)
@@ -144,12 +145,11 @@ class WebhookSender:
         self.where = mask_credentials(config.url)
         parts = urlsplit(self.url)
         self.tls = tls_context(config.ca_file, "[notify.webhook]") if parts.scheme == "https" else None
-        self.host = parts.hostname or ""
+        self.host = ascii_host(parts.hostname or "")  # an international name as DNS and TLS read it
         self.port = parts.port or (443 if self.tls else 80)
-        self.path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
-        hostport = parts.netloc.rpartition("@")[2]  # an international name as IDNA: headers are ASCII
-        self.host_header = hostport if hostport.isascii() else self.host.encode("idna").decode() + \
-            (f":{parts.port}" if parts.port else "")
+        self.path = ascii_target(parts.path, parts.query)  # http.client sends ASCII alone
+        hostport = parts.netloc.rpartition("@")[2]
+        self.host_header = hostport if hostport.isascii() else self.host + (f":{parts.port}" if parts.port else "")
         self._lock = threading.Lock()
         self._current: Deadline | None = None  # the delivery in progress
         self._aborted = False
