@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -39,7 +40,7 @@ def check_device(device: str) -> str:
     >>> check_device("cuda:1")
     'cuda:1'
     """
-    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+    if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:[0-9]{1,4}", device):
         raise StreamrecError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     return device
 

@@ -158,6 +158,22 @@ def check_allowed_hosts(values: Any) -> tuple[str, ...]:
     return tuple(values)
 
 
+def ascii_float(text: str) -> float:
+    """``text`` as ``float()`` reads it, but only as written in ASCII (``1_0`` and digits of other
+    scripts, which ``float()`` takes, are a :class:`ValueError`): what a user means as a number.
+
+    >>> ascii_float(" 2.5e1 "), ascii_float("inf")
+    (25.0, inf)
+    >>> ascii_float("1_0")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a number in ASCII digits: '1_0'
+    """
+    if not text.isascii() or "_" in text:
+        raise ValueError(f"not a number in ASCII digits: {text!r}")
+    return float(text)
+
+
 def finite_float(option: str, *, positive: bool = False, minimum: float | None = None) -> Callable[[str], float]:
     """An argparse ``type`` for a number option: finite (``inf`` and ``nan`` parse as floats
     but mean nothing as a timeout, a stride or a rate), optionally > 0 or >= ``minimum``.
@@ -171,7 +187,7 @@ def finite_float(option: str, *, positive: bool = False, minimum: float | None =
 
     def parse(text: str) -> float:
         try:
-            value = float(text)
+            value = ascii_float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{option}: expected a number, got {text!r}") from None
         if not math.isfinite(value):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from streamrec.errors import StreamrecError
+from streamrec.validate import ascii_float
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class ZoneConfig:
         """``"x,y,w,h"`` (fractions), as ``classify --zone`` takes it."""
         parts = [p.strip() for p in str(text).split(",")]
         try:
-            x, y, w, h = (float(p) for p in parts)
+            x, y, w, h = (ascii_float(p) for p in parts)
         except ValueError:
             raise StreamrecError(f"--zone: expected x,y,w,h as four fractions of the frame, got {text!r}") from None
         try:

@@ -508,3 +508,17 @@ def test_an_empty_zone_still_means_the_whole_frame(tmp_path):
     seeded_history(tmp_path / "gym.db")
     proc = run_main("history", "--db", str(tmp_path / "gym.db"), "--zone", "", "--format", "json")
     assert proc.returncode == 0 and '"court-1"' in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("classify", "x.mp4", "--stride", "1_0"), "--stride: expected a number, got '1_0'"),
+    (("classify", "x.mp4", "--stride", "\u0663"), "--stride: expected a number, got '\u0663'"),
+    (("classify", "x.mp4", "--threads", "\u0663"), "--threads: expected a whole number up to 1000000000, got '\u0663'"),
+    (("classify", "x.mp4", "--threads", "1_0"), "--threads: expected a whole number up to 1000000000, got '1_0'"),
+    (("classify", "x.mp4", "--zone", "0,0,0.5,0.\u0665"),
+     "--zone: expected x,y,w,h as four fractions of the frame, got '0,0,0.5,0.\u0665'"),
+    (("classify", "x.mp4", "--zone", "0,0,0.5,0_5"), "--zone: expected x,y,w,h as four fractions of the frame"),
+    (("serve", "--source", "x.mp4", "--device", "cuda:\u0663"), "--device: expected auto, cpu, cuda or cuda:N, got 'cuda:\u0663'"),
+])
+def test_a_number_written_in_other_digits_or_with_underscores_is_refused(argv, message):
+    assert message in one_line_error(run_main(*argv))

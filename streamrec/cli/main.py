@@ -120,7 +120,7 @@ def _model_args(p: argparse.ArgumentParser, *, backend_default: str | None = Non
     p.add_argument("--device", default=None, help=f"auto | cpu | cuda (default {D('device')}: cuda when there is one)")
     p.add_argument("--backend", default=None, choices=BACKEND_NAMES, help=f"inference backend (default "
                    f"{backend_default or D('backend')}; auto: the fastest measured on this machine, cached)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: cores - 1, at least 1)")
+    p.add_argument("--threads", type=whole_number("--threads", 10**9), default=None, help="CPU threads for inference (default: cores - 1, at least 1)")
 
 
 def _add_serve_parser(sub) -> None:

@@ -135,7 +135,7 @@ def add_model_file_parsers(sub) -> None:
                    help="keep the model only if its top-1 equals fp32's on this fraction of the checked windows")
     p.add_argument("--max-score-diff", type=finite_float("--max-score-diff"), default=0.1,
                    help="keep the model only if no softmax score differs from fp32's by more than this")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: cores - 1, at least 1)")
+    p.add_argument("--threads", type=whole_number("--threads", 10**9), default=None, help="CPU threads for inference (default: cores - 1, at least 1)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_quantize)
 
