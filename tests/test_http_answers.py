@@ -85,6 +85,12 @@ def served(tmp_path_factory):
     events.store.opened(Event("e1", "pour", "cam", "pouring", 1000.0, 0.9, 0.8), clip="e1.mp4", now=1000.0)
     events.store.set_files("e1", thumbnail="e1.jpg", clip_bytes=len(clip))
     history = HistoryStore(str(folder / "history.db"))
+    for zone in (None, "rack"):  # one segment of the whole frame, one of a zone
+        tracker = history.tracker("cam", zone)
+        tracker.update("walking", 0.8, 30.0)
+        tracker.update("walking", 0.6, 31.0)
+        tracker.close()
+    history.flush()
     routes = {"/": Route("text/html; charset=utf-8", lambda: b"<html>page</html>"),
               "/healthz": json_route(lambda: {"ok": True}, public=lambda: {"ok": True}),
               "/metrics": Route("text/plain; version=0.0.4", lambda: b"streamrec_up 1\n"),
@@ -319,6 +325,35 @@ def test_an_absurd_limit_is_a_400_naming_it(served, value):
     status, _, body = http(served.port, "GET", f"/api/events?limit={value}")
     assert status == 400
     assert json.loads(body)["error"].startswith("limit: expected a whole number 1..1000, got ")
+
+
+@pytest.mark.parametrize("path, param, message", [
+    ("/api/events", "limit", "limit: expected a whole number 1..1000, got ''"),
+    ("/api/events", "since", "since: expected Unix seconds, an ISO time or -10m/-2h/-1d, got ''"),
+    ("/api/history", "until", "until: expected Unix seconds, an ISO time or -10m/-2h/-1d, got ''"),
+])
+def test_a_number_given_empty_is_a_400_not_left_out(served, path, param, message):
+    status, _, body = http(served.port, "GET", f"{path}?{param}=")
+    assert (status, json.loads(body)) == (400, {"error": message})
+
+
+@pytest.mark.parametrize("query, zones", [("", [None, "rack"]), ("?zone=", [None]), ("?zone=rack", ["rack"])])
+def test_an_empty_zone_selects_the_whole_frames_segments(served, query, zones):
+    status, _, body = http(served.port, "GET", f"/api/history{query}")
+    assert (status, [seg["zone"] for seg in json.loads(body)["segments"]]) == (200, zones)
+
+
+@pytest.mark.parametrize("line, status, why", [
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1", 414, b"request line: expected at most 8190 bytes, got 9014\n"),
+    (b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 9000, 431, b"a header line: expected at most 8190 bytes, got 9007\n"),
+    (b"GET / HTTP/1.1" + b"\r\nX-A: b" * 129, 431, b"headers: expected at most 128, got 130\n"),
+    (b"GET / HTTP/1.1" + b"\r\nX-A: " + b"b" * 8000 * 3, 431, None),
+])
+def test_a_request_over_the_size_limits_is_answered_as_http_not_as_a_websocket(served, line, status, why):
+    data = raw_request(served.port, line + b"\r\nHost: 127.0.0.1:%d\r\n\r\n" % served.port)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].split(b" ")[1] == str(status).encode() and b"WebSocket" not in body
+    assert body == why if why is not None else body.startswith(b"a header line: expected at most 8190 bytes")
 
 
 @pytest.mark.parametrize("query", ["limit=1", "limit=1000", "limit=0007", "since=-1h&until=0", "since=1700000000",

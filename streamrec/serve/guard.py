@@ -45,7 +45,7 @@ from websockets.http11 import Response
 
 from streamrec.errors import StreamrecError
 from streamrec.serve.answers import StreamedResponse, Written, http_response
-from streamrec.serve.heads import announced_body, expects_continue, malformed, upgrades, without_length
+from streamrec.serve.heads import announced_body, expects_continue, malformed, oversized, upgrades, without_length
 from streamrec.validate import split_host
 
 logger = logging.getLogger(__name__)
@@ -330,6 +330,9 @@ class GuardedConnection(ServerConnection):
             if end < 0 and not bare and len(self._head) < self.MAX_HEAD:
                 return  # the rest of the head is still to come
             data, head, self._head = self._head, self._head[: max(end, 0)], None
+            too_large = None if bare else oversized(head) if end >= 0 else oversized(data, self.MAX_HEAD)
+            if too_large is not None:  # websockets' own answer would speak of a WebSocket connection
+                return self._reply(HTTPStatus(too_large[0]), "text/plain", f"{too_large[1]}\n".encode())
             length, status, refusal = announced_body(head) if end >= 0 else (0, 0, None)
             if refusal is not None:  # websockets would close without a word; the body may be on its way
                 return self._reply(HTTPStatus(status), "application/json", json.dumps({"error": refusal}).encode(), True)

@@ -41,6 +41,32 @@ def malformed(head: bytes) -> str | None:
 
 
 MAX_BODY = 64 * 1024  # bytes of a request body (the API's JSON: a camera, a camera's zones)
+MAX_LINE = 8190  # bytes of the request line or a header line, without its CR LF (websockets' own limit)
+MAX_HEADERS = 128  # header lines in a request (websockets' own limit)
+
+
+def oversized(head: bytes, most: int | None = None) -> tuple[int, str] | None:
+    """``(status, why)`` for a request ``head`` over the limits (websockets' answer to it speaks
+    of a WebSocket connection, to any request): a request line over :data:`MAX_LINE` bytes (414),
+    a header line over it, more than :data:`MAX_HEADERS` of them, or (with ``most``) a head still
+    incomplete after ``most`` bytes (431); ``None`` when it is within them.
+
+    >>> oversized(b"GET /" + b"a" * 9000 + b" HTTP/1.1")
+    (414, 'request line: expected at most 8190 bytes, got 9014')
+    >>> oversized(b"GET / HTTP/1.1\\r\\nHost: x") is None
+    True
+    """
+    lines = head.split(b"\r\n")
+    if len(lines[0]) > MAX_LINE or (most is not None and len(lines) == 1):
+        return 414, f"request line: expected at most {MAX_LINE} bytes, got {len(lines[0])}"
+    if most is not None:
+        return 431, f"request head: expected at most {most} bytes, got {len(head)} and no end"
+    long = next((line for line in lines[1:] if len(line) > MAX_LINE), None)
+    if long is not None:
+        return 431, f"a header line: expected at most {MAX_LINE} bytes, got {len(long)}"
+    if len(lines) - 1 > MAX_HEADERS:
+        return 431, f"headers: expected at most {MAX_HEADERS}, got {len(lines) - 1}"
+    return None
 
 
 def announced_body(head: bytes) -> tuple[int, int, str | None]:

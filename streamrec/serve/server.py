@@ -267,7 +267,8 @@ class WebServer:
             return _json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE if "Content-Type" in str(exc) else HTTPStatus.BAD_REQUEST,
                          {"error": str(exc)})
         try:
-            reply = route.handler(method, path, parse_qs(urlsplit(request.path).query), data)
+            query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)  # zone= is the whole frame
+            reply = route.handler(method, path, query, data)
             if isinstance(reply.body, FileBody):
                 return file_response(reply.body, request.headers.get("Range"), request.headers.get("If-Range"))
             allow = [("Allow", ", ".join(reply.allow))] if reply.status == HTTPStatus.METHOD_NOT_ALLOWED else []
