@@ -70,6 +70,8 @@ class SmoothingConfig:
 
 
 RTSP_TRANSPORTS = ("tcp", "udp")
+DISPLAY_FPS_MAX = 60.0  # pictures a second sent to each page
+DISPLAY_WIDTH_MAX = 3840  # pixels of the page's picture (4K)
 
 
 def check_text(config: Any, names: tuple[str, ...], prefix: str = "") -> None:
@@ -205,8 +207,9 @@ class ServeConfig:
         if self.token and (any(c.isspace() for c in self.token) or control_characters(self.token)):
             raise StreamrecError("--token: expected visible characters without spaces (a blank or invisible token "
                                  f"would let anyone in), got a token with {(control_characters(self.token) or ['a space'])[0]}")
-        if self.display_fps <= 0 or self.display_width < 32:
-            raise StreamrecError(f"display: expected fps > 0 and width >= 32, got {self.display_fps}, {self.display_width}")
+        if not 0 < self.display_fps <= DISPLAY_FPS_MAX or not 32 <= self.display_width <= DISPLAY_WIDTH_MAX:
+            raise StreamrecError(f"display_fps, display_width: expected 0 < fps <= {DISPLAY_FPS_MAX} and width "
+                                 f"32..{DISPLAY_WIDTH_MAX} pixels, got {self.display_fps}, {self.display_width}")
         if self.stall_timeout <= 0 or self.open_timeout <= 0:
             raise StreamrecError(f"--stall-timeout/--open-timeout: expected > 0 s, got {self.stall_timeout}, {self.open_timeout}")
         check_device(self.device)
@@ -313,8 +316,8 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
     try:
         if p.exists() and not p.is_dir() and not p.is_file():  # a FIFO or a device would be read forever
             raise StreamrecError(f"--config: expected a TOML file, got {p} (not a regular file)")
-        with p.open("rb") as fh:
-            return _paths_from(p.resolve().parent, tomllib.load(fh))
+        with p.open("rb") as fh:  # a byte order mark (Windows' Notepad writes one) is no TOML: left out
+            return _paths_from(p.resolve().parent, tomllib.loads(fh.read().removeprefix(b"\xef\xbb\xbf").decode("utf-8")))
     except PermissionError:
         raise StreamrecError(f"--config: cannot read {p} (permission denied)") from None
     except FileNotFoundError:

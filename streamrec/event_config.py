@@ -96,8 +96,9 @@ class RuleConfig:
     def __post_init__(self) -> None:
         where = f"[[rules]] {self.name!r}: "
         check_types(self, prefix=where)
-        if not self.name.strip() or len(self.name.encode()) > 64:
-            raise StreamrecError(f"[[rules]] name: expected 1-64 bytes of text, got {self.name!r}")
+        if not self.name.strip() or len(self.name.encode()) > 64 or self.name != self.name.strip():
+            raise StreamrecError(f"[[rules]] name: expected 1-64 bytes of text without blanks around it, "
+                                 f"got {self.name!r}")
         if control_characters(self.name):  # a name is logged, shown and stored: one line, drawn as written
             raise StreamrecError(f"[[rules]] name: expected text without control characters, line breaks or "
                                  f"bidirectional overrides, got {self.name!r} ({control_characters(self.name)[0]})")
@@ -191,13 +192,14 @@ class MqttConfig:
         if rest.path not in ("", "/") or rest.query:
             raise StreamrecError(f"[notify.mqtt] url: expected mqtt://HOST[:PORT] without a path or query (the "
                                  f"topics are set by topic_prefix), got {mask_credentials(self.url)!r}")
+        for name in ("topic_prefix", "discovery_prefix"):  # blanks alone, a no-break space too
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip("/") and not "".join(value.split("/")).strip():
+                raise StreamrecError(f"[notify.mqtt] {name}: expected an MQTT topic (UTF-8 text without + or #, NUL or "
+                                     f"control characters), got {value!r} (blank)")
         check_topic(self.topic_prefix, "[notify.mqtt] topic_prefix")
         check_topic(self.topic_prefix.strip("/") + "/availability", "[notify.mqtt] topic_prefix")
         check_topic(self.discovery_prefix, "[notify.mqtt] discovery_prefix")
-        for name in ("topic_prefix", "discovery_prefix"):
-            if not getattr(self, name).strip(" /"):
-                raise StreamrecError(f"[notify.mqtt] {name}: expected an MQTT topic (UTF-8 text without + or #, NUL or "
-                                     f"control characters), got {getattr(self, name)!r} (blank)")
         check_topic(self.discovery_prefix.strip("/") + "/sensor/streamrec_/activity/config",
                     "[notify.mqtt] discovery_prefix")
         require("paho", "mqtt", "[notify.mqtt]")  # paho-mqtt, an extra: said with the config, before models load

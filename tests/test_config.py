@@ -219,3 +219,26 @@ def test_a_config_that_is_no_regular_file_or_cannot_be_read_is_one_line(tmp_path
     with pytest.raises(StreamrecError) as err:
         load_toml(locked)
     assert str(err.value) == f"--config: cannot read {locked} (permission denied)"
+
+
+@pytest.mark.parametrize("values", [{"display_width": 10**9}, {"display_width": 16}, {"display_fps": 1e6},
+                                    {"display_fps": 0.0}])
+def test_a_display_size_or_rate_beyond_use_is_refused(values):
+    with pytest.raises(StreamrecError) as err:
+        ServeConfig.from_sources({"source": "a.mp4", **values}, {})
+    assert str(err.value) == ("display_fps, display_width: expected 0 < fps <= 60.0 and width 32..3840 pixels, got "
+                              f"{values.get('display_fps', 10.0)}, {values.get('display_width', 480)}")
+
+
+def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path):
+    (tmp_path / "c.toml").write_bytes(b"\xef\xbb\xbfport = 9000\n")
+    assert load_toml(tmp_path / "c.toml") == {"port": 9000}
+
+
+def test_rule_names_differing_only_in_blanks_around_them_are_refused():
+    from streamrec.event_config import RuleConfig
+
+    for name in (" lift", "lift ", "lift\u00a0"):
+        with pytest.raises(StreamrecError) as err:
+            RuleConfig(name=name, labels=("x",))
+        assert str(err.value) == f"[[rules]] name: expected 1-64 bytes of text without blanks around it, got {name!r}"

@@ -338,6 +338,11 @@ def test_an_ipv6_host_in_brackets_is_the_address():
     assert (config.host, config.is_loopback) == ("::1", True)
 
 
+def test_a_topic_of_blanks_alone_is_refused_as_empty():
+    for value in ("\u00a0", " / ", "\u3000"):
+        assert refused(MqttConfig, url=MQTT, discovery_prefix=value).endswith(f"got {value!r} (blank)")
+
+
 @pytest.mark.parametrize("make, url, where", [(WebhookConfig, "https://hooks.example/in", "[notify.webhook]"),
                                               (MqttConfig, "mqtts://broker.example", "[notify.mqtt]")])
 @pytest.mark.parametrize("blank", ["", " "])
