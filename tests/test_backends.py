@@ -36,14 +36,14 @@ def r2plus1d():
 
 @pytest.fixture(scope="module")
 def real_windows(demo_clip, r2plus1d):
-    """Windows of the shipped real clip (10 s), one every 0.35 s, as r2plus1d_18 takes them."""
-    return clip_windows([demo_clip], r2plus1d, stride=0.35)
+    """Windows of the shipped real clip (10 s), one every 0.7 s, as r2plus1d_18 takes them."""
+    return clip_windows([demo_clip], r2plus1d, stride=0.7)
 
 
 @pytest.mark.slow
 def test_backends_agree_with_eager_on_every_real_window(real_windows, r2plus1d):
     windows = real_windows
-    assert len(windows) >= 25
+    assert len(windows) >= 12
     names = backends.available()  # "torch" too: on CPU it is the rewritten model (streamrec.runtime.graphs)
     assert {"torch", "torchscript", "onnxruntime", "openvino"} <= set(names)
     fns = cpu_backends(r2plus1d, names, threads=2)
@@ -72,7 +72,7 @@ def test_openvino_balances_layers_across_threads_with_the_same_logits(real_windo
     ov, model = openvino.openvino_model(r2plus1d)
     fixed = openvino.compile_model(ov, model, 2, partitioner="STATIC")
     assert str(fixed.compiled.get_property("TBB_PARTITIONER")) == "TbbPartitioner.STATIC"
-    for window in real_windows[::4]:
+    for window in real_windows[::2]:
         assert torch.equal(balanced(window), fixed(window))
 
 

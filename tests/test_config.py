@@ -203,7 +203,7 @@ def test_a_blank_or_unknown_text_option_is_refused_not_read_as_the_default(text,
     assert str(err.value) == message
 
 
-def test_a_config_that_is_no_regular_file_or_cannot_be_read_is_one_line(tmp_path):
+def test_a_config_that_is_no_regular_file_or_cannot_be_read_is_one_line(tmp_path, monkeypatch):
     import os
 
     fifo = tmp_path / "fifo.toml"
@@ -214,8 +214,15 @@ def test_a_config_that_is_no_regular_file_or_cannot_be_read_is_one_line(tmp_path
     locked = tmp_path / "locked.toml"
     locked.write_text('port = 8000\n')
     locked.chmod(0)
-    if os.access(locked, os.R_OK):  # root reads any file
-        pytest.skip("this user reads a file whatever its permissions")
+    if os.access(locked, os.R_OK):  # root reads any file: the refusal the kernel gives another user, given here
+        real_open = Path.open
+
+        def refused(self, *args, **kwargs):
+            if self == locked:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_open(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", refused)
     with pytest.raises(StreamrecError) as err:
         load_toml(locked)
     assert str(err.value) == f"--config: cannot read {locked} (permission denied)"
