@@ -505,16 +505,16 @@ def test_retention_deletes_old_clips_then_the_oldest_past_max_gb(tmp_path):
     (folder / "cam" / "open.mp4").write_bytes(bytes(10))
     orphans = [folder / "cam" / name for name in ("1700000000-0badf00d.mp4", "1700000000-0badf00d.jpg",
                                                   "1700000000-0badf00d.mp4.part", ".1700000000-0badf00d.jpg.k2f9_x.tmp")]
-    others = [folder / "cam" / "holiday.mp4", folder / "cam" / "notes.txt"]  # not an event's: never deleted
-    for path in orphans + others:
-        path.write_bytes(bytes(10))
+    others = [folder / "cam" / "holiday.mp4", folder / "cam" / "notes.txt"]  # not an event's: never deleted,
+    for path in orphans + others:  # and no room they take costs an event its clip
+        path.write_bytes(bytes(10**6 if path.name == "holiday.mp4" else 10))
         os.utime(path, (now - 20 * day, now - 20 * day))
     # 30 days old: by retention_days; then 4 x 1100 bytes + 20 > 2500: a and b, the oldest
     assert rec.prune(store, now) == 3
     assert {e["id"] for e in store.query()} == {"c", "d", "open"}
     assert sorted(p.name for p in (folder / "cam").iterdir()) == ["c.jpg", "c.mp4", "d.jpg", "d.mp4", "holiday.mp4",
                                                                   "notes.txt", "open.mp4"]
-    assert rec.folder_bytes() <= 2500
+    assert rec.folder_bytes() == 2 * 1100 + 10 + 10**6 + 10  # c, d, open, holiday.mp4, notes.txt
     assert rec.prune(store, now) == 0
     store.close()
 

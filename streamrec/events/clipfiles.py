@@ -116,7 +116,7 @@ class ClipFolder:
         """Delete the closed events that ended before ``cutoff`` (with a clip or not), then those
         with the oldest clips while the folder holds more than ``max_bytes``, with their files (one
         whose clip is missing from the disk only loses its link); not those in ``active`` (their clips are being written). How many events were deleted."""
-        total = self.total_bytes()
+        total = self.total_bytes(store.file_paths())
         removed = 0
         for row in store.ended_before(cutoff):
             if row["id"] not in active:
@@ -140,9 +140,16 @@ class ClipFolder:
             logger.info("retention: deleted %d event(s) and their clips", removed)
         return removed
 
-    def total_bytes(self) -> int:
-        """Bytes of the files in the cameras' folders."""
-        return sum(size for _, size, _ in self.files())
+    def total_bytes(self, owned: set[str] | None = None) -> int:
+        """Bytes of the files in the cameras' folders; with ``owned`` (the paths events point to),
+        only the events' files: those and the files named as an event's (other files in a shared
+        folder count for nothing against ``max_gb``)."""
+        return sum(size for path, size, _ in self.files() if owned is None or self.owned(path, owned))
+
+    def owned(self, path: Path, owned: set[str]) -> bool:
+        """Whether ``path`` is an event's file: named as one, or one of ``owned`` (or its ``.part``)."""
+        rel = f"{path.parent.name}/{path.name.removesuffix(PART)}"
+        return EVENT_FILE.fullmatch(path.name) is not None or rel in owned
 
     def files(self) -> list[tuple[Path, int, float]]:
         """``(path, bytes, mtime)`` of each file in the cameras' folders."""

@@ -322,6 +322,11 @@ class EventStore:
                          "ORDER BY start_ts")
         return [dict(zip(EVENT_COLUMNS, r)) for r in rows]
 
+    def file_paths(self) -> set[str]:
+        """The clips and thumbnails the events point to, relative to the clips' folder."""
+        rows = self._run("SELECT clip, thumbnail FROM events WHERE clip IS NOT NULL OR thumbnail IS NOT NULL")
+        return {path for row in rows for path in row if path}
+
     # -- outbox ---------------------------------------------------------------------
     def pending(self, *, now: float, limit: int = 100, channel: str | None = None,
                 in_order: bool = False) -> list[Notification]:
