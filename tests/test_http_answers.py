@@ -507,6 +507,57 @@ def test_a_head_whose_lines_end_in_lf_alone_is_a_400_at_once(served, ends):
     assert time.monotonic() - started < 2  # not the header timeout
 
 
+@pytest.mark.parametrize("method, target", [("DELETE", "//evil/api/events/e1"), ("GET", "//x/api/events/e1"),
+                                            ("GET", "//x/api/history"), ("GET", "//x/metrics")])
+def test_a_target_that_starts_with_two_slashes_is_a_404_that_acts_on_nothing(served, method, target):
+    assert http(served.port, method, target)[0] == 404
+    assert http(served.port, "GET", "/api/events/e1")[0] == 200  # not deleted
+
+
+UPGRADE = ("Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+
+
+@pytest.mark.parametrize("target, status", [("/api/events/e1", 200), ("/", 200), ("/ws", 401), ("/nowhere", 404)])
+@pytest.mark.parametrize("after", [b"\r\n", b"GET / HTTP/1.1\r\n\r\n", b"\x81\x85junk"])
+def test_bytes_after_a_websocket_request_it_does_not_open_leave_its_answer_whole(served, caplog, target, status, after):
+    """A request asking for a websocket that it does not get (not /ws, or no token): its answer
+    comes whole, and what followed it is dropped, never read as frames."""
+    head = "\r\n".join([f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{served.port}",
+                         *([f"Authorization: Bearer {TOKEN}"] if target != "/ws" else []), *UPGRADE, "", ""])
+    data = raw_request(served.port, head.encode() + after)
+    assert data.split(b"\r\n")[0].split(b" ")[1] == str(status).encode(), data[:200]
+    time.sleep(0.1)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_websocket_gets_the_frames_sent_with_its_request():
+    """A client that sends its first frame in the same packet as the handshake: the frame is read
+    once the websocket is open (a ping here: its pong comes back after the 101)."""
+    hub = Hub()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = WebServer(hub, host="127.0.0.1", port=0, routes={}, api={}, token=TOKEN)
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+    try:
+        head = "\r\n".join(["GET /ws HTTP/1.1", f"Host: 127.0.0.1:{server.port}", f"Authorization: Bearer {TOKEN}",
+                             *UPGRADE, "", ""]).encode()
+        ping = bytes([0x89, 0x84, 1, 2, 3, 4]) + bytes(b ^ k for b, k in zip(b"abcd", (1, 2, 3, 4)))  # masked "abcd"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(head + ping)
+            data = b""
+            while b"\x8a\x04abcd" not in data:
+                chunk = s.recv(65536)
+                assert chunk, data
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 101 ") and data.index(b"\x8a\x04abcd") > data.index(b"\r\n\r\n")
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
 TRAILING = {"a second request": b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "a stray CR LF": b"\r\n",
             "bytes that are no request": b"\x00\xff junk", "a body longer than announced": None}
 
@@ -601,7 +652,7 @@ def test_another_method_while_preparing_is_a_405_or_the_api_wait(starting, metho
 def test_a_target_that_is_no_url_is_answered_while_preparing_and_after(served, starting, method, target):
     for port in (starting, served.port):
         status = http(port, method, target)[0]
-        assert status in (400, 401, 405, 503) or (status == 200 and target.startswith("/healthz")), (port, status)
+        assert status in (400, 401, 404, 405, 503) or (status == 200 and target.startswith("/healthz")), (port, status)
 
 
 @pytest.mark.parametrize("between", ["\t", " \t "])

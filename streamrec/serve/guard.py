@@ -45,7 +45,8 @@ from websockets.http11 import Response
 
 from streamrec.errors import StreamrecError
 from streamrec.serve.answers import StreamedResponse, Written, http_response
-from streamrec.serve.heads import announced_body, expects_continue, malformed, oversized, upgrades, without_length
+from streamrec.serve.heads import (MAX_BODY, announced_body, expects_continue, malformed, oversized, upgrades,
+                                   without_length)
 from streamrec.validate import split_host
 
 logger = logging.getLogger(__name__)
@@ -239,7 +240,9 @@ class GuardedConnection(ServerConnection):
         self.body = b""  # the request's body, once whole (see _body_arrived)
         self._body: bytearray | None = None  # the part of it in so far (and its _length, the _request without it)
         self._request, self._length = b"", 0
-        self._upgrade = False  # the request asks for a websocket: what follows it is its frames
+        self._upgrade = False  # the request asks for a websocket: what follows it may be its frames
+        self._early = b""  # what followed such a request before its handshake ended (see handshake)
+        self._opened = False  # the handshake ended with a 101: what comes in is websocket frames
 
     @property
     def stalled(self) -> bool:
@@ -316,9 +319,30 @@ class GuardedConnection(ServerConnection):
         while self.transport.get_write_buffer_size() and self.paused:
             await self._drained()
 
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        """websockets' handshake; then what followed the request (a client's first frames) goes to
+        websockets only when the answer was a 101: after any other answer it is dropped, as it is
+        after a request that asks for no websocket (websockets would read it as frames, close the
+        connection and lose the answer)."""
+        await super().handshake(*args, **kwargs)
+        early, self._early = self._early, b""
+        self._opened = self.response is not None and self.response.status_code == HTTPStatus.SWITCHING_PROTOCOLS
+        if self._opened and early and not self._dropped:
+            super().data_received(early)
+
+    def _after_request(self, data: bytes) -> None:
+        """Bytes after the request (and its body): a websocket's frames once it is open, kept until
+        its handshake ends (at most :data:`MAX_BODY` bytes: more is a client that does not wait)."""
+        if self._opened:
+            super().data_received(data)
+        elif self._upgrade and len(self._early) + len(data) <= MAX_BODY:
+            self._early += data
+
     def data_received(self, data: bytes) -> None:
-        if self._dropped or (self._head is None and self._body is None and not self._upgrade):
-            return  # after a request that is no websocket's: nothing more is read (answered, then closed)
+        if self._dropped:
+            return
+        if self._head is None and self._body is None:  # the request is in: what follows it
+            return self._after_request(data)
         if self._body is not None:  # the rest of a body
             self._body += data
             self._body_arrived()
@@ -347,9 +371,10 @@ class GuardedConnection(ServerConnection):
                         self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                     self._request, self._body, self._length = data, bytearray(rest), length
                     return self._body_arrived()
-                data += rest if self._upgrade else b""
             self._headed()
-        super().data_received(data)
+            super().data_received(data)
+            if end >= 0 and rest:
+                self._after_request(rest)
 
     def _headed(self) -> None:
         self.head_done = True
@@ -363,7 +388,9 @@ class GuardedConnection(ServerConnection):
             return
         self.body, rest, self._body = bytes(self._body[: self._length]), bytes(self._body[self._length:]), None
         self._headed()
-        super().data_received(self._request + (rest if self._upgrade else b""))  # a websocket's first frames
+        super().data_received(self._request)
+        if rest:
+            self._after_request(rest)
 
     def _reply(self, status: HTTPStatus, content_type: str, body: bytes, linger: bool = False) -> None:
         """Answer and close; with ``linger``, what the client still sends (a body refused before it came)

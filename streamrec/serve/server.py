@@ -185,6 +185,8 @@ class WebServer:
         refusal = self._refusal(request)
         if refusal is not None:
             return refusal
+        if request.path.startswith("//"):  # urlsplit would read "//name" as a host and act on the rest
+            return _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
         path = urlsplit(request.path).path
         if path == "/ws":
             if request.method not in ("GET", "HEAD"):
