@@ -180,7 +180,7 @@ class ServeConfig:
         if self.host.startswith("[") and self.host.endswith("]"):  # --host [::1]: an IPv6 address as URLs write it
             object.__setattr__(self, "host", self.host[1:-1])
         object.__setattr__(self, "allowed_hosts", check_allowed_hosts(self.allowed_hosts))
-        check_text(self, ("model", "weights", "backend", "host", "db"))
+        check_text(self, ("source", "model", "weights", "backend", "host", "db"))
         if self.header_timeout <= 0 or self.max_connections < 1 or self.max_connections_per_address < 1:
             raise StreamrecError("header_timeout/max_connections/max_connections_per_address: expected > 0, got "
                                  f"{self.header_timeout}, {self.max_connections}, {self.max_connections_per_address}")

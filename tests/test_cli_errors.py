@@ -350,19 +350,22 @@ def test_a_clip_being_recorded_or_empty_is_not_copied(tmp_path, name, data, mess
     assert not (tmp_path / "c.mp4").exists()
 
 
-@pytest.mark.parametrize("out", ["gym.db", "gym.toml", "rec/court-1/e.mp4", "link.db"])
+@pytest.mark.parametrize("out", ["gym.db", "gym.toml", "rec/court-1/e.mp4", "rec/court-1/e.jpg", "link.db"])
 def test_copying_a_clip_out_never_writes_over_the_database_the_config_or_the_clip(tmp_path, out):
     import sqlite3
 
     seeded_history(tmp_path / "gym.db")
     with sqlite3.connect(tmp_path / "gym.db") as c:
-        c.execute("UPDATE events SET clip = 'court-1/e.mp4' WHERE id = '1764770000-1a2b3c4d'")
+        c.execute("UPDATE events SET clip = 'court-1/e.mp4', thumbnail = 'court-1/e.jpg' "
+                  "WHERE id = '1764770000-1a2b3c4d'")
     (tmp_path / "rec" / "court-1").mkdir(parents=True)
     (tmp_path / "rec" / "court-1" / "e.mp4").write_bytes(b"clip" * 16)
+    (tmp_path / "rec" / "court-1" / "e.jpg").write_bytes(b"\xff\xd8thumb")
     (tmp_path / "link.db").symlink_to(tmp_path / "gym.db")  # another name of the same file
     config = tmp_path / "gym.toml"
     config.write_text(f'db = "gym.db"\n[recording]\ndir = "{tmp_path / "rec"}"\n')
-    before = {p: p.read_bytes() for p in (tmp_path / "gym.db", config, tmp_path / "rec" / "court-1" / "e.mp4")}
+    before = {p: p.read_bytes() for p in (tmp_path / "gym.db", config, tmp_path / "rec" / "court-1" / "e.mp4",
+                                          tmp_path / "rec" / "court-1" / "e.jpg")}
     one_line_error(run_main("events", "1764770000-1a2b3c4d", "--out", str(tmp_path / out), "--config", str(config)),
                    f"--out {tmp_path / out}: that is the input file")
     assert {p: p.read_bytes() for p in before} == before
@@ -519,6 +522,10 @@ def test_an_empty_zone_still_means_the_whole_frame(tmp_path):
      "--zone: expected x,y,w,h as four fractions of the frame, got '0,0,0.5,0.\u0665'"),
     (("classify", "x.mp4", "--zone", "0,0,0.5,0_5"), "--zone: expected x,y,w,h as four fractions of the frame"),
     (("serve", "--source", "x.mp4", "--device", "cuda:\u0663"), "--device: expected auto, cpu, cuda or cuda:N, got 'cuda:\u0663'"),
+    (("serve", "--source", "x.mp4", "--port", "\uff11\uff18_\uff17"), "--port: expected a whole number up to 65535"),
+    (("cluster", "--port", "8_000"), "--port: expected a whole number up to 65535, got '8_000'"),
+    (("train", "data", "--epochs", "\u0663"), "--epochs: expected a whole number up to 1000000, got '\u0663'"),
+    (("train", "data", "--patience", "1_0"), "--patience: expected a whole number up to 1000000, got '1_0'"),
 ])
 def test_a_number_written_in_other_digits_or_with_underscores_is_refused(argv, message):
     assert message in one_line_error(run_main(*argv))

@@ -184,6 +184,7 @@ def test_an_empty_clips_folder_is_refused_not_read_as_the_working_folder(blank, 
 
 @pytest.mark.parametrize("text, message", [
     ('model = ""', "model: expected a value, got ''"),
+    ('source = ""\n[[cameras]]\nname = "a"\nsource = "b.mp4"', "source: expected a value, got ''"),
     ('weights = " "', "weights: expected a value, got ' '"),
     ('db = ""', "db: expected a value, got ''"),
     ('backend = ""', "backend: expected a value, got ''"),

@@ -29,7 +29,7 @@ def add_cluster_parser(sub) -> None:
     p.add_argument("--replicas", type=whole_number("--replicas", 1024), default=1, help="inference actors")
     p.add_argument("--seconds", type=finite_float("--seconds"), default=None, help="stop after this long (default: until Ctrl-C)")
     p.add_argument("--host", default=None, help=f"dashboard bind address (default {ServeConfig.shown_default('host')})")
-    p.add_argument("--port", type=int, default=None, help=f"dashboard port (default {ServeConfig.shown_default('port')}, 0 = any free)")
+    p.add_argument("--port", type=whole_number("--port", 65535), default=None, help=f"dashboard port (default {ServeConfig.shown_default('port')}, 0 = any free)")
     p.add_argument("--token", default=None, help="access token for the page and websocket (default: $STREAMREC_TOKEN, "
                    "else none: loopback only)")
     p.add_argument("--insecure", action="store_true", default=None, help="allow a non-loopback --host without a token")

@@ -124,7 +124,8 @@ def copy_clip(store, args, target: str) -> int:
                              "or another [recording] dir: give --config)")
     from streamrec.fsutil import atomic_write, check_output
 
-    inputs = [src, *(f"{target}{tail}" for tail in ("", "-wal", "-shm", "-journal") if "://" not in target)]
+    thumbnail = [recording.folder / row["thumbnail"]] if row.get("thumbnail") else []
+    inputs = [src, *thumbnail, *(f"{target}{tail}" for tail in ("", "-wal", "-shm", "-journal") if "://" not in target)]
     check_output("--out", args.out, inputs=tuple(inputs + ([args.config] if args.config else [])))
     with src.open("rb") as clip:
         atomic_write(args.out, lambda fh: shutil.copyfileobj(clip, fh))  # an existing file is replaced whole

@@ -129,7 +129,7 @@ def _add_serve_parser(sub) -> None:
                    "(required unless --config has [[cameras]])")
     _model_args(s)
     s.add_argument("--host", default=None, help=f"bind address (default {D('host')})")
-    s.add_argument("--port", type=int, default=None, help=f"HTTP/WebSocket port (default {D('port')}, 0 = any free)")
+    s.add_argument("--port", type=whole_number("--port", 65535), default=None, help=f"HTTP/WebSocket port (default {D('port')}, 0 = any free)")
     s.add_argument("--loop", action="store_true", default=None, help="restart a file at its end (default: stop there)")
     s.add_argument("--config", default=None, help="TOML file with any of these options (the command line wins; default: none)")
     s.add_argument("--camera", default=None, help=f"camera name carried in every message (default {D('camera')!r})")

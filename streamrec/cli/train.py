@@ -62,7 +62,7 @@ def add_fit_parsers(sub) -> None:
 
     p = sub.add_parser("train", help="fine-tune a model on DATA/train, validate on DATA/valid", epilog=TRAIN_EXAMPLES)
     _data_args(p)
-    p.add_argument("--epochs", type=int, default=10, help="passes over DATA/train")
+    p.add_argument("--epochs", type=whole_number("--epochs", 10**6), default=10, help="passes over DATA/train")
     p.add_argument("--lr", type=finite_float("--lr"), default=None,
                    help="peak learning rate, after one warm-up epoch (default 1e-3 for the head only, 3e-3 for every layer)")
     g = p.add_mutually_exclusive_group()
@@ -70,7 +70,7 @@ def add_fit_parsers(sub) -> None:
                    help="train only the new head (the default on pretrained weights; refused on random ones)")
     g.add_argument("--finetune-all", dest="freeze_backbone", action="store_false",
                    help="train every layer (the default on random weights: --weights none, tiny3d)")
-    p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without val-loss improvement")
+    p.add_argument("--patience", type=whole_number("--patience", 10**6), default=5, help="early stopping: epochs without val-loss improvement")
     p.add_argument("--out", default="model.pt", help="the checkpoint (best validation loss); "
                    "<out>.state and <out>.log.csv beside it")
     p.add_argument("--resume", action="store_true", help="go on from <out>.state, the last finished epoch")

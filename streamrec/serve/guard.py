@@ -9,9 +9,8 @@
   sending its request (from that address, for the per-address limit), else of the oldest whose
   answer has waited 2 s for its client to read on, so that half-open sockets and clients that
   do not read can never lock out a real client; when every connection is a real one, the new
-  one gets a 503. The total is also kept ``fd_reserve`` descriptors under the process's limit:
-  asyncio accepts up to 100 sockets before it hands any to the server, and files, the
-  history database and the cameras need descriptors too.
+  one gets a 503. The total is also kept ``fd_reserve`` descriptors under the process's limit
+  (asyncio accepts up to 100 sockets at once; files, databases and cameras need some too).
 * **Whole answers**: an HTTP answer (anything but a websocket) is written in full before the
   connection closes, however slowly the client reads, within the opening handshake's timeout;
   a :class:`StreamedResponse` body (a file) is read and written in chunks as the client takes them.
@@ -240,9 +239,8 @@ class GuardedConnection(ServerConnection):
         self.body = b""  # the request's body, once whole (see _body_arrived)
         self._body: bytearray | None = None  # the part of it in so far (and its _length, the _request without it)
         self._request, self._length = b"", 0
-        self._upgrade = False  # the request asks for a websocket: what follows it may be its frames
-        self._early = b""  # what followed such a request before its handshake ended (see handshake)
-        self._opened = False  # the handshake ended with a 101: what comes in is websocket frames
+        # a request for a websocket, what followed it before its handshake ended, and whether that gave a 101
+        self._upgrade, self._early, self._opened = False, b"", False
 
     @property
     def stalled(self) -> bool:
@@ -320,10 +318,8 @@ class GuardedConnection(ServerConnection):
             await self._drained()
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
-        """websockets' handshake; then what followed the request (a client's first frames) goes to
-        websockets only when the answer was a 101: after any other answer it is dropped, as it is
-        after a request that asks for no websocket (websockets would read it as frames, close the
-        connection and lose the answer)."""
+        """websockets' handshake; then what followed the request (its first frames) goes on only
+        after a 101, else it is dropped (websockets would read it as frames and lose the answer)."""
         await super().handshake(*args, **kwargs)
         early, self._early = self._early, b""
         self._opened = self.response is not None and self.response.status_code == HTTPStatus.SWITCHING_PROTOCOLS
@@ -331,8 +327,8 @@ class GuardedConnection(ServerConnection):
             super().data_received(early)
 
     def _after_request(self, data: bytes) -> None:
-        """Bytes after the request (and its body): a websocket's frames once it is open, kept until
-        its handshake ends (at most :data:`MAX_BODY` bytes: more is a client that does not wait)."""
+        """Bytes after the request: a websocket's frames once open, kept until its handshake ends
+        (at most :data:`MAX_BODY`), else dropped."""
         if self._opened:
             super().data_received(data)
         elif self._upgrade and len(self._early) + len(data) <= MAX_BODY:
