@@ -348,6 +348,8 @@ def test_an_empty_zone_selects_the_whole_frames_segments(served, query, zones):
     (b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 9000, 431, b"a header line: expected at most 8190 bytes, got 9007\n"),
     (b"GET / HTTP/1.1" + b"\r\nX-A: b" * 129, 431, b"headers: expected at most 128, got 130\n"),
     (b"GET / HTTP/1.1" + b"\r\nX-A: " + b"b" * 8000 * 3, 431, None),
+    (b"GET / HTTP/1.1" + (b"\r\nX-A: " + b"b" * 8000) * 3, 431, b"request head: expected at most 16384 bytes, got "
+                                                               b"24062 or more\n"),  # whole in one packet too
 ])
 def test_a_request_over_the_size_limits_is_answered_as_http_not_as_a_websocket(served, line, status, why):
     data = raw_request(served.port, line + b"\r\nHost: 127.0.0.1:%d\r\n\r\n" % served.port)

@@ -350,7 +350,7 @@ class GuardedConnection(ServerConnection):
             if end < 0 and not bare and len(self._head) < self.MAX_HEAD:
                 return  # the rest of the head is still to come
             data, head, self._head = self._head, self._head[: max(end, 0)], None
-            too_large = None if bare else oversized(head) if end >= 0 else oversized(data, self.MAX_HEAD)
+            too_large = None if bare else oversized(head) if 0 <= end <= self.MAX_HEAD else oversized(data, self.MAX_HEAD)
             if too_large is not None:  # websockets' own answer would speak of a WebSocket connection
                 return self._reply(HTTPStatus(too_large[0]), "text/plain", f"{too_large[1]}\n".encode())
             length, status, refusal = announced_body(head) if end >= 0 else (0, 0, None)

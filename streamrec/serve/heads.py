@@ -59,13 +59,13 @@ def oversized(head: bytes, most: int | None = None) -> tuple[int, str] | None:
     lines = head.split(b"\r\n")
     if len(lines[0]) > MAX_LINE or (most is not None and len(lines) == 1):
         return 414, f"request line: expected at most {MAX_LINE} bytes, got {len(lines[0])}"
-    if most is not None:
-        return 431, f"request head: expected at most {most} bytes, got {len(head)} and no end"
     long = next((line for line in lines[1:] if len(line) > MAX_LINE), None)
     if long is not None:
         return 431, f"a header line: expected at most {MAX_LINE} bytes, got {len(long)}"
     if len(lines) - 1 > MAX_HEADERS:
         return 431, f"headers: expected at most {MAX_HEADERS}, got {len(lines) - 1}"
+    if most is not None:
+        return 431, f"request head: expected at most {most} bytes, got {len(head)} or more"
     return None
 
 
