@@ -533,31 +533,77 @@ def test_bytes_after_a_websocket_request_it_does_not_open_leave_its_answer_whole
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-def test_a_websocket_gets_the_frames_sent_with_its_request():
-    """A client that sends its first frame in the same packet as the handshake: the frame is read
-    once the websocket is open (a ping here: its pong comes back after the 101)."""
-    hub = Hub()
+@pytest.fixture()
+def ws_port():
+    """A server with the websocket alone, on its own loop."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    server = WebServer(hub, host="127.0.0.1", port=0, routes={}, api={}, token=TOKEN)
+    server = WebServer(Hub(), host="127.0.0.1", port=0, routes={}, api={}, token=TOKEN)
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
-    try:
-        head = "\r\n".join(["GET /ws HTTP/1.1", f"Host: 127.0.0.1:{server.port}", f"Authorization: Bearer {TOKEN}",
-                             *UPGRADE, "", ""]).encode()
-        ping = bytes([0x89, 0x84, 1, 2, 3, 4]) + bytes(b ^ k for b, k in zip(b"abcd", (1, 2, 3, 4)))  # masked "abcd"
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            s.sendall(head + ping)
-            data = b""
-            while b"\x8a\x04abcd" not in data:
-                chunk = s.recv(65536)
-                assert chunk, data
+    yield server.port
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def masked(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (masked, as RFC 6455 says), of up to 65535 bytes."""
+    key = b"\x01\x02\x03\x04"
+    size = bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+    return bytes([0x80 | opcode]) + size + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.parametrize("apart", [False, True], ids=["same packet", "in pieces"])
+def test_a_websocket_gets_the_frames_sent_with_its_request(ws_port, apart):
+    """A client that sends its first frames before the 101: they are read once the websocket is
+    open (a ping here: its pong comes back after the 101)."""
+    head = "\r\n".join(["GET /ws HTTP/1.1", f"Host: 127.0.0.1:{ws_port}", f"Authorization: Bearer {TOKEN}",
+                         *UPGRADE, "", ""]).encode()
+    sent = head + masked(0x2, bytes(60_000)) + masked(0x9, b"abcd")  # 60 kB of early frames, then a ping
+    with socket.create_connection(("127.0.0.1", ws_port), timeout=10) as s:
+        for i in range(0, len(sent), 7_001 if apart else len(sent)):
+            s.sendall(sent[i:i + (7_001 if apart else len(sent))])
+        data = b""
+        while b"\x8a\x04abcd" not in data:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 101 ") and data.index(b"\x8a\x04abcd") > data.index(b"\r\n\r\n")
+
+
+def test_a_client_sending_more_than_64_kib_before_the_handshake_ends_is_closed(ws_port):
+    """Never a stream with a hole: frames past the bound close the connection, unanswered."""
+    head = "\r\n".join(["GET /ws HTTP/1.1", f"Host: 127.0.0.1:{ws_port}", f"Authorization: Bearer {TOKEN}",
+                         *UPGRADE, "", ""]).encode()
+    with socket.create_connection(("127.0.0.1", ws_port), timeout=10) as s:
+        data = b""
+        try:
+            s.sendall(head + b"".join(masked(0x2, bytes(10_000)) for _ in range(30)) + masked(0x9, b"abcd"))
+            while b"\x8a\x04abcd" not in data and (chunk := s.recv(65536)):
                 data += chunk
-        assert data.startswith(b"HTTP/1.1 101 ") and data.index(b"\x8a\x04abcd") > data.index(b"\r\n\r\n")
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        except ConnectionResetError:
+            pass
+    if data.startswith(b"HTTP/1.1 101 "):  # the handshake ended before the bound was passed: every frame read
+        assert b"\x8a\x04abcd" in data and b"\x88" not in data.partition(b"\r\n\r\n")[2][:2]
+    else:
+        assert data == b""
+
+
+@pytest.mark.parametrize("held", [0, 1, 2, 3])
+def test_a_head_at_the_16_kib_bound_gets_one_answer_however_it_is_split(served, held):
+    """16384 bytes, then its CR LF CR LF, the last ``held`` bytes of it sent a moment later."""
+    head = b"GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-A: %s\r\nX-B: %s\r\nX-C: " % (
+        served.port, b"a" * 6000, b"b" * 6000)
+    head += b"b" * (16384 - len(head)) + b"\r\n\r\n"  # 16384 bytes before its CR LF CR LF
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as s:
+        s.sendall(head[:len(head) - held])
+        time.sleep(0.2)
+        s.sendall(head[len(head) - held:])
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.split(b"\r\n")[0] == b"HTTP/1.1 404 Not Found"
 
 
 TRAILING = {"a second request": b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "a stray CR LF": b"\r\n",

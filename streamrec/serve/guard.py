@@ -103,7 +103,6 @@ class Guarded(Protocol):
     stalled: bool  # its answer waits for the client to read on
 
     def refuse(self) -> None: ...
-
     def evict(self) -> None: ...
 
 
@@ -244,9 +243,8 @@ class GuardedConnection(ServerConnection):
 
     @property
     def stalled(self) -> bool:
-        """Its answer has waited :attr:`STALL_S` for the client to read on (a paused ``<video>``,
-        a client gone quiet): over a connection limit, it is closed to make room (a player asks
-        again with a ``Range``), so that clients that do not read can never lock others out."""
+        """Its answer has waited :attr:`STALL_S` for the client to read on (a paused ``<video>``):
+        over a connection limit it is closed to make room (a player asks again with a ``Range``)."""
         return self._waiting_since is not None and self.loop.time() - self._waiting_since >= self.STALL_S
 
     async def _drained(self) -> None:
@@ -276,7 +274,7 @@ class GuardedConnection(ServerConnection):
         self.transport.close()
 
     def evict(self) -> None:
-        """Headers too slow, or room needed for a new connection: close at once."""
+        """Headers too slow, room needed, frames that do not wait for the handshake: close at once."""
         self._dropped = self.head_done = True
         self.transport.abort()
 
@@ -328,11 +326,13 @@ class GuardedConnection(ServerConnection):
 
     def _after_request(self, data: bytes) -> None:
         """Bytes after the request: a websocket's frames once open, kept until its handshake ends
-        (at most :data:`MAX_BODY`), else dropped."""
+        (more than :data:`MAX_BODY` closes the connection), else dropped."""
         if self._opened:
             super().data_received(data)
-        elif self._upgrade and len(self._early) + len(data) <= MAX_BODY:
+        elif self._upgrade:  # over the bound, a client that does not wait goes (never frames with a hole)
             self._early += data
+            if len(self._early) > MAX_BODY:
+                self.evict()
 
     def data_received(self, data: bytes) -> None:
         if self._dropped:
@@ -347,7 +347,7 @@ class GuardedConnection(ServerConnection):
             self._head += data
             end = self._head.find(b"\r\n\r\n")
             bare = end < 0 and b"\n\n" in self._head.replace(b"\r\n", b"\n")  # lines that end in LF alone
-            if end < 0 and not bare and len(self._head) < self.MAX_HEAD:
+            if end < 0 and not bare and len(self._head) < self.MAX_HEAD + 4:  # its CR LF CR LF may end at MAX_HEAD
                 return  # the rest of the head is still to come
             data, head, self._head = self._head, self._head[: max(end, 0)], None
             too_large = None if bare else oversized(head) if 0 <= end <= self.MAX_HEAD else oversized(data, self.MAX_HEAD)
