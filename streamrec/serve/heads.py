@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from websockets.exceptions import SecurityError
-from websockets.http11 import Request
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
 from websockets.streams import StreamReader
 
 from streamrec.redact import mask_credentials, printable
@@ -41,8 +41,8 @@ def malformed(head: bytes) -> str | None:
 
 
 MAX_BODY = 64 * 1024  # bytes of a request body (the API's JSON: a camera, a camera's zones)
-MAX_LINE = 8190  # bytes of the request line or a header line, without its CR LF (websockets' own limit)
-MAX_HEADERS = 128  # header lines in a request (websockets' own limit)
+MAX_LINE = MAX_LINE_LENGTH - 2  # bytes of the request line or a header line, without its CR LF (websockets')
+MAX_HEADERS = MAX_NUM_HEADERS  # header lines in a request (websockets')
 
 
 def oversized(head: bytes, most: int | None = None) -> tuple[int, str] | None:
@@ -82,9 +82,8 @@ def announced_body(head: bytes) -> tuple[int, int, str | None]:
         413
     """
     lengths = []
-    for line in head.split(b"\r\n")[1:]:  # names exactly as written: one with a space before its colon is
-        name, _, value = line.partition(b":")  # left to websockets' parser, which refuses it
-        name, value = name.lower(), value.strip()
+    for name, value in fields(head):  # names exactly as written: one with a space before its colon is
+        name, value = name.lower(), value.strip()  # left to websockets' parser, which refuses it
         if name == b"transfer-encoding":
             return 0, 411, "a request body must come with its Content-Length (no Transfer-Encoding)"
         if name == b"content-length":
@@ -114,14 +113,17 @@ def upgrades(head: bytes) -> bool:
     >>> upgrades(b"GET /ws HTTP/1.1\\r\\nUpgrade: WebSocket"), upgrades(b"GET / HTTP/1.1\\r\\nHost: x")
     (True, False)
     """
-    return any(name.strip().lower() == b"upgrade" and b"websocket" in value.lower()
-               for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:]))
+    return any(name.strip().lower() == b"upgrade" and b"websocket" in value.lower() for name, value in fields(head))
 
 
 def expects_continue(head: bytes) -> bool:
     """Whether the client waits for ``100 Continue`` before it sends the body (``Expect: 100-continue``)."""
-    return any(name.lower() == b"expect" and value.strip().lower() == b"100-continue"
-               for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:]))
+    return any(name.lower() == b"expect" and value.strip().lower() == b"100-continue" for name, value in fields(head))
+
+
+def fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    """``(name, value)`` of each header line of ``head``, as written (names unstripped, unfolded)."""
+    return [(name, value) for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])]
 
 
 def strict_json(text: str | bytes, what: str, expected: str = "strict JSON") -> Any:
