@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from streamrec.errors import StreamrecError
+from streamrec.errors import OptionError, StreamrecError
 from streamrec.redact import control_characters, mask_credentials
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig, check_rules
 from streamrec.validate import check_allowed_hosts, check_types, unknown_keys
@@ -41,7 +41,7 @@ def check_device(device: str) -> str:
     'cuda:1'
     """
     if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:[0-9]{1,4}", device):
-        raise StreamrecError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+        raise OptionError(("device",), f"expected auto, cpu, cuda or cuda:N, got {device!r}")
     return device
 
 
@@ -185,7 +185,7 @@ class ServeConfig:
             raise StreamrecError("header_timeout/max_connections/max_connections_per_address: expected > 0, got "
                                  f"{self.header_timeout}, {self.max_connections}, {self.max_connections_per_address}")
         if not self.source and not self.cameras:
-            raise StreamrecError("--source: expected a webcam index, an rtsp:// URL or a video file (or [[cameras]] in --config), got nothing")
+            raise OptionError(("source",), "expected a webcam index, an rtsp:// URL or a video file (or [[cameras]] in --config), got nothing")
         names = [c.name for c in self.all_cameras()]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -194,32 +194,31 @@ class ServeConfig:
         if self.batch_wait_ms < 0:
             raise StreamrecError(f"batch_wait_ms: expected >= 0, got {self.batch_wait_ms}")
         if not 0 <= self.port <= 65535:
-            raise StreamrecError(f"--port: expected 0..65535, got {self.port}")
+            raise OptionError(("port",), f"expected 0..65535, got {self.port}")
         if self.stride_ms < 0:
-            raise StreamrecError(f"--stride-ms: expected >= 0, got {self.stride_ms}")
+            raise OptionError(("stride_ms",), f"expected >= 0, got {self.stride_ms}")
         if self.history_days is not None and not 0 < self.history_days <= HISTORY_DAYS_MAX:
-            raise StreamrecError(f"--history-days: expected > 0 and at most {HISTORY_DAYS_MAX}, got {self.history_days}")
+            raise OptionError(("history_days",), f"expected > 0 and at most {HISTORY_DAYS_MAX}, got {self.history_days}")
         if self.batch_wait_ms > BATCH_WAIT_MAX_MS:
             raise StreamrecError(f"batch_wait_ms: expected at most {BATCH_WAIT_MAX_MS}, got {self.batch_wait_ms}")
         if self.token == "":
-            raise StreamrecError("--token: expected visible characters without spaces (a blank or invisible token "
-                                 "would let anyone in), got an empty token")
+            raise OptionError(("token",), "expected visible characters without spaces (a blank or invisible token "
+                                               "would let anyone in), got an empty token")
         if self.token and (any(c.isspace() for c in self.token) or control_characters(self.token)):
-            raise StreamrecError("--token: expected visible characters without spaces (a blank or invisible token "
-                                 f"would let anyone in), got a token with {(control_characters(self.token) or ['a space'])[0]}")
+            raise OptionError(("token",), "expected visible characters without spaces (a blank or invisible token "
+                                              f"would let anyone in), got a token with {(control_characters(self.token) or ['a space'])[0]}")
         if not 0 < self.display_fps <= DISPLAY_FPS_MAX or not 32 <= self.display_width <= DISPLAY_WIDTH_MAX:
             raise StreamrecError(f"display_fps, display_width: expected 0 < fps <= {DISPLAY_FPS_MAX} and width "
                                  f"32..{DISPLAY_WIDTH_MAX} pixels, got {self.display_fps}, {self.display_width}")
-        if self.stall_timeout <= 0 or self.open_timeout <= 0:
-            raise StreamrecError(f"--stall-timeout/--open-timeout: expected > 0 s, got {self.stall_timeout}, {self.open_timeout}")
+        for option in ("stall_timeout", "open_timeout"):
+            if getattr(self, option) <= 0:
+                raise OptionError((option,), f"expected > 0 s, got {getattr(self, option)}")
         check_device(self.device)
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
-            raise StreamrecError(f"--threads: expected 1..{MAX_THREADS}, got {self.threads}")
+            raise OptionError(("threads",), f"expected 1..{MAX_THREADS}, got {self.threads}")
         if not self.is_loopback and not self.token and not self.insecure:
-            raise StreamrecError(
-                f"--host {self.host}: binding a non-loopback address needs --token (or STREAMREC_TOKEN), "
-                "or --insecure to serve without one"
-            )
+            raise OptionError(("host",), f"binding {self.host} (not a loopback address) needs a token (--token or "
+                                         "STREAMREC_TOKEN), or --insecure to serve without one")
 
     @classmethod
     def shown_default(cls, name: str) -> str:
@@ -252,8 +251,10 @@ class ServeConfig:
             return False
 
     @classmethod
-    def from_sources(cls, file_values: dict[str, Any], cli_values: dict[str, Any]) -> "ServeConfig":
-        """Merge TOML values and (non-None) command-line values into a validated config."""
+    def from_sources(cls, file_values: dict[str, Any], cli_values: dict[str, Any],
+                     file_label: str = "config file") -> "ServeConfig":
+        """Merge TOML values and (non-None) command-line values into a validated config. A bad
+        value names its flag, or its key in ``file_label`` (the TOML file) when it came from there."""
         merged: dict[str, Any] = {}
         names = {f.name for f in fields(cls)}
         for origin, values in (("config file", file_values), ("command line", cli_values)):
@@ -281,6 +282,9 @@ class ServeConfig:
             return cls(**merged)
         except TypeError as exc:
             raise StreamrecError(f"config: {exc}") from None
+        except OptionError as exc:  # named as the user wrote them: the file's keys when all came from there
+            from_file = all(file_values.get(o) is not None and cli_values.get(o) is None for o in exc.options)
+            raise (exc.in_file(file_label) if from_file else exc) from None
 
 
 def _event_table(key: str, val: Any) -> Any:

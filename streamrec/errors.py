@@ -22,6 +22,27 @@ class StreamrecError(Exception):
         return printable(" ".join(super().__str__().split()))
 
 
+class OptionError(StreamrecError):
+    """A bad value of the serve options ``options`` (their config names, e.g. ``"stall_timeout"``).
+
+    Its message names them as command-line flags; a config read from a file names them as the
+    file's keys instead (:meth:`in_file`), since that is where the user wrote them.
+
+    Example:
+        >>> err = OptionError(("port",), "expected 0..65535, got 99999")
+        >>> str(err), str(err.in_file("gym.toml"))
+        ('--port: expected 0..65535, got 99999', 'gym.toml: port: expected 0..65535, got 99999')
+    """
+
+    def __init__(self, options: tuple[str, ...], detail: str) -> None:
+        self.options, self.detail = options, detail
+        super().__init__("/".join("--" + o.replace("_", "-") for o in options) + ": " + detail)
+
+    def in_file(self, file: str) -> StreamrecError:
+        """The same error, its options named as the keys of the config file ``file``."""
+        return StreamrecError(f"{file}: {', '.join(self.options)}: {self.detail}")
+
+
 class SourceError(StreamrecError):
     """A video source could not be opened or read."""
 

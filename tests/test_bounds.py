@@ -17,21 +17,21 @@ HUGE = "1" + "0" * 400
      "--stride: expected 0.01 to 86400 seconds between windows, got 1e-300"),
     (["classify", CLIP, "--model", "tiny3d", "--weights", "none", "--stride", "1e9"],
      "--stride: expected 0.01 to 86400 seconds between windows, got 1000000000.0"),
-    (["classify", CLIP, "--top", "99999999999"], "streamrec classify: argument --top: --top: expected a whole number up to "
+    (["classify", CLIP, "--top", "99999999999"], "streamrec classify: --top: expected a whole number up to "
                                                  "1000, got '99999999999'"),
-    (["classify", CLIP, "--batch-size", "99999"], "streamrec classify: argument --batch-size: --batch-size: expected a "
+    (["classify", CLIP, "--batch-size", "99999"], "streamrec classify: --batch-size: expected a "
                                                   "whole number up to 4096, got '99999'"),
     (["bench", "--models", "tiny3d", "--batches", "99999999999999999999"],
      "--batches: expected comma-separated batch sizes 1..4096, got '99999999999999999999'"),
     (["bench", "--models", "tiny3d", "--batches", "\u0661"], "--batches: expected comma-separated batch sizes 1..4096, got '\u0661'"),
-    (["train", "DATA", "--workers", "99999999999"], "streamrec train: argument --workers: --workers: expected a whole "
+    (["train", "DATA", "--workers", "99999999999"], "streamrec train: --workers: expected a whole "
                                                     "number up to 64, got '99999999999'"),
-    (["train", "DATA", "--batch-size", "99999999999999999999"], "streamrec train: argument --batch-size: --batch-size: "
+    (["train", "DATA", "--batch-size", "99999999999999999999"], "streamrec train: --batch-size: "
                                                                "expected a whole number up to 4096, got '99999999999999999999'"),
-    (["lr-find", "DATA", "--seed", "99999999999999999999"], "streamrec lr-find: argument --seed: --seed: expected a whole "
+    (["lr-find", "DATA", "--seed", "99999999999999999999"], "streamrec lr-find: --seed: expected a whole "
                                                             "number up to 4294967295, got '99999999999999999999'"),
     (["cluster", "--config", "x.toml", "--replicas", "99999999999999999999"],
-     "streamrec cluster: argument --replicas: --replicas: expected a whole number up to 1024, got '99999999999999999999'"),
+     "streamrec cluster: --replicas: expected a whole number up to 1024, got '99999999999999999999'"),
 ])
 def test_a_number_too_large_to_run_is_one_line(args, line):
     assert error_line(run_main(*args)) == f"streamrec: error: {line}"
@@ -41,7 +41,7 @@ def test_a_number_too_large_to_run_is_one_line(args, line):
     (f"[[rules]]\nname = 'r'\nlabels = ['a']\nmin_seconds = {HUGE}", "[[rules]] 'r': min_seconds: expected a number of "
                                                                     "at most 1e9 in size"),
     (f"history_days = {HUGE}", "history_days: expected a number of at most 1e9 in size"),
-    ("history_days = 40000", "--history-days: expected > 0 and at most 36500, got 40000"),
+    ("history_days = 40000", "{cfg}: history_days: expected > 0 and at most 36500, got 40000"),
     (f"batch_wait_ms = {HUGE}", "batch_wait_ms: expected a number of at most 1e9 in size"),
     ("batch_wait_ms = 100000", "batch_wait_ms: expected at most 10000, got 100000"),
     ("stride_ms = 1e300", "stride_ms: expected a number of at most 1e9 in size"),
@@ -54,7 +54,7 @@ def test_a_config_number_beyond_any_use_is_one_line(tmp_path, toml, line):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"source = '{CLIP}'\nmodel = 'tiny3d'\nweights = 'none'\n{toml}\n")
     got = error_line(run_main("serve", "--config", str(cfg), "--port", "0"))
-    assert got.startswith(f"streamrec: error: {line}") and len(got) < 300
+    assert got.startswith(f"streamrec: error: {line.format(cfg=cfg)}") and len(got) < 300
 
 
 @pytest.mark.parametrize("token, shown", [(" ", "a space"), ("\u200b", "\\u200b"), ("a\nb", "\\n"), ("tok\x1b[31m", "\\x1b"),

@@ -37,15 +37,16 @@ def test_token_from_environment_allows_a_public_bind(monkeypatch):
     monkeypatch.setenv("STREAMREC_TOKEN", "abc")
     assert ServeConfig.from_sources({}, {"source": "0", "host": "0.0.0.0"}).token == "abc"
     monkeypatch.delenv("STREAMREC_TOKEN")
-    with pytest.raises(StreamrecError, match="needs --token"):
+    with pytest.raises(StreamrecError, match="needs a token"):
         ServeConfig.from_sources({}, {"source": "0", "host": "0.0.0.0"})
     assert ServeConfig.from_sources({}, {"source": "0", "host": "0.0.0.0", "insecure": True}).insecure
 
 
 @pytest.mark.parametrize("values,match", [
-    ({"port": 70000}, "--port"), ({"stride_ms": -1}, "--stride-ms"), ({"smoothing": {"alpha": 2}}, "alpha"),
-    ({"smoothing": {"nope": 1}}, "nope"), ({"threads": 10**20}, "--threads: expected 1..4096, got 1000"),
-    ({"threads": 0}, "--threads: expected 1..4096, got 0"),  # torch takes a C int: 10**20 was a traceback
+    ({"port": 70000}, "config file: port: "), ({"stride_ms": -1}, "config file: stride_ms: "),
+    ({"smoothing": {"alpha": 2}}, "alpha"), ({"smoothing": {"nope": 1}}, "nope"),
+    ({"threads": 10**20}, "config file: threads: expected 1..4096, got 1000"),
+    ({"threads": 0}, "config file: threads: expected 1..4096, got 0"),  # torch takes a C int: 10**20 was a traceback
 ])
 def test_bad_values_name_the_option(values, match):
     with pytest.raises(StreamrecError, match=match):
@@ -188,7 +189,7 @@ def test_an_empty_clips_folder_is_refused_not_read_as_the_working_folder(blank, 
     ('weights = " "', "weights: expected a value, got ' '"),
     ('db = ""', "db: expected a value, got ''"),
     ('backend = ""', "backend: expected a value, got ''"),
-    ('token = ""', "--token: expected visible characters without spaces (a blank or invisible token would let anyone "
+    ('token = ""', "config file: token: expected visible characters without spaces (a blank or invisible token would let anyone "
                    "in), got an empty token"),
     ('rtsp_transport = "tpc"', "rtsp_transport: expected tcp or udp, got 'tpc'"),
     ('[[cameras]]\nname = "a"\nsource = "b.mp4"\nweights = ""', "camera 'a': weights: expected a value, got ''"),
@@ -201,6 +202,25 @@ def test_a_blank_or_unknown_text_option_is_refused_not_read_as_the_default(text,
     (tmp_path / "c.toml").write_text(text + "\n")
     with pytest.raises(StreamrecError) as err:
         ServeConfig.from_sources({"source": "a.mp4", **load_toml(tmp_path / "c.toml")}, {})
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("file_values, cli_values, message", [
+    ({"port": 70000}, {}, "gym.toml: port: expected 0..65535, got 70000"),
+    ({"port": 8000}, {"port": 70000}, "--port: expected 0..65535, got 70000"),  # the command line's value is the bad one
+    ({"stall_timeout": -1}, {}, "gym.toml: stall_timeout: expected > 0 s, got -1"),
+    ({}, {"open_timeout": 0.0}, "--open-timeout: expected > 0 s, got 0.0"),
+    ({"device": "tpu"}, {}, "gym.toml: device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+    ({"history_days": 0.5}, {"history_days": 0}, "--history-days: expected > 0 and at most 36500, got 0"),
+    ({"host": "0.0.0.0"}, {}, "gym.toml: host: binding 0.0.0.0 (not a loopback address) needs a token (--token or "
+                              "STREAMREC_TOKEN), or --insecure to serve without one"),
+    ({}, {}, "--source: expected a webcam index, an rtsp:// URL or a video file (or [[cameras]] in --config), got nothing"),
+])
+def test_a_bad_value_is_named_where_the_user_wrote_it(file_values, cli_values, message, monkeypatch):
+    monkeypatch.delenv("STREAMREC_TOKEN", raising=False)
+    with pytest.raises(StreamrecError) as err:
+        ServeConfig.from_sources({"source": "a.mp4", **file_values} if file_values or cli_values else {}, cli_values,
+                                 file_label="gym.toml")
     assert str(err.value) == message
 
 

@@ -54,7 +54,7 @@ def cmd_cluster(args) -> int:
     ray = ray_module()
     cli = {"host": args.host, "port": args.port, "token": args.token, "insecure": args.insecure, "db": args.db,
            "history_days": args.history_days}
-    config = ServeConfig.from_sources(load_toml(args.config), cli)
+    config = ServeConfig.from_sources(load_toml(args.config), cli, file_label=str(args.config))
     check_reachable(args.address)
     if args.address == "auto" and os.environ.get("RAY_ADDRESS", "").strip() not in ("", "auto", "local"):
         # Ray takes RAY_ADDRESS for auto, and would retry a dead one for minutes

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import asyncio
 import logging
 import sys
@@ -55,7 +56,9 @@ class _Parser(argparse.ArgumentParser):
                                         namespace)
 
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
-        raise StreamrecError(f"{self.prog}: {message}")
+        # "argument --port: --port: expected ...": a type's own message names its option already
+        said = re.fullmatch(r"argument (\S+): (\1: .*)", message, flags=re.S)
+        raise StreamrecError(f"{self.prog}: {said.group(2) if said else message}")
 
 
 def join_dash_values(options: set[str], argv: Sequence[str]) -> list[str]:
@@ -210,7 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "rtsp_transport", "stall_timeout", "open_timeout", "stride_ms", "sports_only", "token", "insecure", "db",
             "history_days", "allowed_hosts")
     cli_values = {k: getattr(args, k) for k in keys}
-    config = ServeConfig.from_sources(file_values, cli_values)
+    config = ServeConfig.from_sources(file_values, cli_values, file_label=str(args.config))
     from streamrec.serve.starting import StopSignals, record_seconds, start_answering, stop_now
 
     cams = [config.resolve(c) for c in config.all_cameras()]
