@@ -134,9 +134,9 @@ class CameraConfig:
     def from_dict(cls, d: dict[str, Any]) -> "CameraConfig":
         if not isinstance(d, dict):
             raise StreamrecError(f"[[cameras]]: expected a table with a name and a source, got {mask_credentials(repr(d))}")
-        unknown_keys(cls, d, "[[cameras]]")
         if "name" not in d or "source" not in d:
             raise StreamrecError(f"[[cameras]]: each camera needs a name and a source, got {mask_credentials(repr(d))}")
+        unknown_keys(cls, d, "[[cameras]]")
         source = d["source"]  # a webcam index may be written as a number
         return cls(**{**d, "source": str(source) if type(source) is int else source})
 
@@ -344,6 +344,8 @@ def _paths_from(base: Path, values: dict[str, Any]) -> dict[str, Any]:
     ('/etc/streamrec/clips/a.mp4', 'DEFAULT', '/etc/h.db', ['0', 'rtsp://h/s'])
     """
     def file(key: str, value: Any, *keep: str) -> Any:
+        if isinstance(value, str) and "\0" in value:  # no file's name: open() and os.scandir() raise on it
+            raise StreamrecError(f"{key}: expected a path, got {value!r} (a NUL character)")
         if not isinstance(value, str) or not value.strip() or "://" in value or value.strip().isdigit() \
                 or value.lower() in keep:
             return value

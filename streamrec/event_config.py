@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from streamrec.errors import StreamrecError, require
+from streamrec.fsutil import special_file
 from streamrec.notify_checks import check_topic, check_user, ha_stream_id, url_parts
 from streamrec.redact import control_characters, mask_credentials
 from streamrec.validate import check_types, unknown_keys
@@ -56,6 +57,9 @@ def tls_context(ca_file: str | None, where: str) -> ssl.SSLContext:
     a :class:`StreamrecError` naming ``where``."""
     if ca_file is not None and not ca_file.strip():
         raise StreamrecError(f"{where} ca_file: expected a PEM file of CA certificates, got {ca_file!r}")
+    kind = None if ca_file is None else "a NUL character" if "\0" in ca_file else special_file(Path(ca_file))
+    if kind is not None:  # a FIFO would be read forever, a NUL is no path
+        raise StreamrecError(f"{where} ca_file: expected a PEM file of CA certificates, got {ca_file!r} ({kind})")
     try:
         return ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
@@ -248,7 +252,7 @@ class RecordingConfig:
 
     def __post_init__(self) -> None:
         check_types(self, prefix="[recording] ")
-        if not self.dir.strip():  # "" would be the working folder: retention would sweep it
+        if not self.dir.strip() or "\0" in self.dir:  # "" would be the working folder: retention would sweep it
             raise StreamrecError(f"[recording] dir: expected a folder's path, got {self.dir!r}")
         for name in ("pre_seconds", "post_seconds"):
             if getattr(self, name) < 0:

@@ -1,5 +1,5 @@
-"""Files: streamrec's cache folder, and writes that a killed process cannot leave half
-done (write a temporary file beside the target, flush it to disk, then rename it over the
+"""Files: streamrec's cache folder, the process's limit on open files, and writes that a
+killed process cannot leave half done (write a temporary file beside the target, flush it to disk, then rename it over the
 target: atomic on POSIX).
 
 Example:
@@ -16,7 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -48,6 +50,12 @@ def check_output(option: str, path: str | os.PathLike, *, image: bool = False,
             raise StreamrecError(f"{option} {p}: that is the input file {given}; writing there would replace it")
     if p.is_dir():
         raise StreamrecError(f"{option}: expected a file name, got the folder {p}")
+    kind = special_file(p)
+    if kind is not None:  # written as a new file renamed over it, a device would be replaced, not written to
+        raise StreamrecError(f"{option} {p}: expected a regular file (or a new name), got {kind}")
+    if p.is_symlink():  # written through: the file it names is replaced, the link stays
+        p = p.resolve()
+        folder = p.parent
     if not folder.is_dir():
         raise StreamrecError(f"{option} {p}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -60,6 +68,24 @@ def check_output(option: str, path: str | os.PathLike, *, image: bool = False,
     if image:
         require("matplotlib", "plot", option)  # figures are drawn with it: an optional dependency
     return p
+
+
+def special_file(path: Path) -> str | None:
+    """What ``path`` (or the file a link names) is when it exists and is no regular file or
+    folder: ``"a character device"``, ``"a FIFO"``, ...; ``None`` otherwise.
+
+    >>> special_file(Path("/dev/null")), special_file(Path(__file__))
+    ('a character device', None)
+    """
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):  # missing, a dangling link, a NUL in the name: no such file
+        return None
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return None
 
 
 def read_umask() -> int:
@@ -76,8 +102,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, mode:
 
     The file gets the permissions of the one it replaces, or those of any new file (0666
     less the umask), not the 0600 of a temporary file. A write that fails (disk full) leaves
-    ``path`` as it was and raises :class:`OSError` naming ``path``."""
+    ``path`` as it was and raises :class:`OSError` naming ``path``. A link is written through (the
+    file it names is replaced); a device, FIFO or socket is refused (:class:`OSError`), never replaced."""
     path = Path(path)
+    if special_file(path) is not None:
+        raise OSError(errno.EINVAL, f"expected a regular file, got {special_file(path)}", str(path))
+    if path.is_symlink():
+        path = path.resolve()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         try:
@@ -114,3 +145,21 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
     atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open descriptors to the hard one (where the platform has them);
+    the soft limit now in force (a large number where there is none)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 1 << 20
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # e.g. above the kernel's nr_open: keep the soft limit
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20

@@ -34,7 +34,7 @@ import math
 import re
 import types
 import typing
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any, Callable
 
 from streamrec.errors import StreamrecError
@@ -258,11 +258,21 @@ def check_weights_arg(weights: str, option: str = "--weights") -> str:
 
 
 def unknown_keys(cls: type, d: Any, where: str) -> None:
-    """Refuse a TOML table ``d`` for the dataclass ``cls`` that is not a table or has an option
-    ``cls`` does not know, naming ``where`` it is."""
+    """Refuse a TOML table ``d`` for the dataclass ``cls`` that is not a table, has an option
+    ``cls`` does not know or lacks one ``cls`` needs (no default), naming ``where`` it is.
+
+    >>> from streamrec.event_config import MqttConfig
+    >>> unknown_keys(MqttConfig, {"topic_prefix": "gym"}, "[notify.mqtt]")
+    Traceback (most recent call last):
+    ...
+    streamrec.errors.StreamrecError: [notify.mqtt] url: expected a value, got a table without it
+    """
     if not isinstance(d, dict):
         raise StreamrecError(f"{where}: expected a table, got {type(d).__name__}")
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
         raise StreamrecError(f"{where}: unknown option {unknown[0]!r}; expected one of {', '.join(sorted(names))}")
+    needed = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in d]
+    if needed:
+        raise StreamrecError(f"{where} {needed[0]}: expected a value, got a table without it")

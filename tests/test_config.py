@@ -270,3 +270,16 @@ def test_rule_names_differing_only_in_blanks_around_them_are_refused():
         with pytest.raises(StreamrecError) as err:
             RuleConfig(name=name, labels=("x",))
         assert str(err.value) == f"[[rules]] name: expected 1-64 bytes of text without blanks around it, got {name!r}"
+
+
+@pytest.mark.parametrize("text, key", [('[recording]\ndir = "ev\\u0000ents"', "[recording] dir"),
+                                       ('db = "h\\u0000.db"', "db"), ('source = "a\\u0000.mp4"', "source")])
+def test_a_path_with_a_nul_is_refused_when_the_config_is_read(text, key, tmp_path):
+    (tmp_path / "c.toml").write_text(text + "\n")
+    with pytest.raises(StreamrecError) as err:
+        load_toml(tmp_path / "c.toml")
+    assert str(err.value).startswith(f"{key}: expected a path, got ") and str(err.value).endswith("(a NUL character)")
+    from streamrec.event_config import RecordingConfig
+
+    with pytest.raises(StreamrecError, match=r"^\[recording\] dir: expected a folder's path"):
+        RecordingConfig(dir="ev\0ents")

@@ -89,3 +89,28 @@ def test_check_output_refuses_to_write_over_an_input(tmp_path):
                                "writing there would replace it")
     assert check_output("--out", tmp_path / "clip.json", inputs=(str(clip),)) == tmp_path / "clip.json"
     assert clip.read_bytes() == b"a video"
+
+
+@pytest.mark.parametrize("make, kind", [(lambda p: os.mkfifo(p), "a FIFO"),
+                                        (lambda p: os.symlink("/dev/null", p), "a character device")])
+def test_an_output_that_is_a_device_or_fifo_is_refused_and_left_as_it_is(tmp_path, make, kind):
+    target = tmp_path / "out.csv"
+    make(target)
+    before = os.lstat(target)
+    with pytest.raises(StreamrecError) as err:
+        check_output("--out", target)
+    assert str(err.value) == f"--out {target}: expected a regular file (or a new name), got {kind}"
+    with pytest.raises(OSError) as err:
+        atomic_write_text(target, "a,b\n")
+    assert (err.value.filename, err.value.strerror) == (str(target), f"expected a regular file, got {kind}")
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+
+
+def test_an_output_that_is_a_link_is_written_through(tmp_path):
+    (tmp_path / "real.csv").write_text("old\n")
+    link = tmp_path / "out.csv"
+    link.symlink_to("real.csv")
+    assert check_output("--out", link) == tmp_path / "real.csv"
+    atomic_write_text(link, "new\n")
+    assert link.is_symlink() and (tmp_path / "real.csv").read_text() == "new\n"

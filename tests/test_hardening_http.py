@@ -165,10 +165,13 @@ def half_open(port: int, source: str) -> socket.socket:
 
 
 def closed_by_peer(s: socket.socket) -> bool:
+    """Whether the server closed ``s``: after a 408 answer (part of a request came) or without one."""
     s.setblocking(False)  # (select() cannot watch descriptors above 1023)
     try:
-        return s.recv(1) == b""
-    except BlockingIOError:  # open, nothing to read
+        while chunk := s.recv(4096):
+            assert chunk.startswith(b"HTTP/1.1 408 ") or b"HTTP/1.1" not in chunk, chunk
+        return True
+    except BlockingIOError:  # open, nothing (more) to read
         return False
     except OSError:  # reset
         return True

@@ -8,10 +8,12 @@ import json
 import sqlite3
 import subprocess
 import time
+from datetime import datetime
 
 import pytest
 
 from streamrec.serve.routes import history_api
+from streamrec.errors import StreamrecError
 from streamrec.live.history import HistoryStore
 
 from conftest import run_cli, streamrec_cmd
@@ -128,3 +130,48 @@ def test_history_counters_are_prometheus_metrics():
               if s.name.startswith("streamrec_history_")}
     assert values == {"streamrec_history_segments_written_total": 12.0, "streamrec_history_segments_dropped_total": 3.0,
                       "streamrec_history_segments_pruned_total": 40.0, "streamrec_history_reconnects_total": 2.0}
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("0001-01-01T00:00:00+00:00", -62135596800.0), ("9999-12-31T23:59:59.999999+00:00", 253402300799.999),
+    ("2026-01-01T00:00:00.5Z", 1767225600.5), ("253402300799", 253402300799.0),
+])
+def test_the_first_and_last_instants_of_the_years_1_to_9999_are_times(text, seconds):
+    from streamrec.live.history import parse_time
+
+    assert parse_time(text, "since") == seconds
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Tokyo", "America/Los_Angeles"])
+def test_a_local_time_at_the_edge_of_the_years_is_a_time_or_out_of_range_never_a_bad_format(tz, monkeypatch):
+    import time as clock
+    from streamrec.live.history import parse_time
+
+    monkeypatch.setenv("TZ", tz)
+    clock.tzset()
+    try:
+        for text in ("0001-01-01", "9999-12-31T23:59"):
+            try:
+                value = parse_time(text, "since")
+            except StreamrecError as exc:  # east of UTC, year 1's first local hours are before year 1 in UTC
+                assert str(exc) == f"since: expected a time within the years 1 to 9999, got {text!r}"
+            else:
+                assert -62135596800 <= value < 253402300800
+        assert parse_time("2026-07-01T12:00", "since") == datetime(2026, 7, 1, 12).astimezone().timestamp()
+    finally:
+        monkeypatch.delenv("TZ")
+        clock.tzset()
+
+
+@pytest.mark.parametrize("command", ["history", "events"])
+def test_a_database_of_another_program_is_refused_and_left_as_it_is(tmp_path, command):
+    from conftest import error_line, run_main
+
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE invoices (n INTEGER)")
+    assert error_line(run_main(command, "--db", str(path))) == (
+        f"streamrec: error: --db: expected a streamrec history database, got {str(path)!r}, whose tables are "
+        "invoices: not streamrec's (left as they are)")
+    with sqlite3.connect(path) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["invoices"]

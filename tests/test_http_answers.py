@@ -35,7 +35,7 @@ from streamrec.serve.hub import Hub
 from streamrec.serve.server import ApiRoute, Reply, Route, WebServer, json_route
 from streamrec.supervision import Supervisor
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 TOKEN = "answers-token"
 MIB = 2**20
@@ -358,20 +358,21 @@ def test_a_request_over_the_size_limits_is_answered_as_http_not_as_a_websocket(s
     assert body == why if why is not None else body.startswith(b"a header line: expected at most 8190 bytes")
 
 
-@pytest.mark.parametrize("query", ["limit=1", "limit=1000", "limit=0007", "since=-1h&until=0", "since=1700000000",
+@pytest.mark.parametrize("query", ["limit=1", "limit=1000", "limit=0007", "since=0&until=-1h", "since=1700000000",
                                    "since=2026-01-01T00:00:00%2B00:00", "since=-0", "since=%2B5.&until=.5e3",
-                                   "since=-1e-400d", "since=2000&until=1000"])
+                                   "since=-1e-400d", "since=1000&until=2000"])
 def test_sensible_numbers_are_answered(served, query):
     status, _, body = http(served.port, "GET", f"/api/events?{query}")
     assert status == 200 and isinstance(json.loads(body)["events"], list)
 
 
 @pytest.mark.parametrize("command", ["history", "events"])
-@pytest.mark.parametrize("value", ["nan", "inf", "-1e400d", LONG])
-def test_an_absurd_since_on_the_command_line_is_one_line(tmp_path, command, value):
-    proc = run_cli(command, "--db", str(tmp_path / "x.db"), "--since", value)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1e400d", LONG])
+@pytest.mark.parametrize("option", ["--since", "--until"])
+def test_an_absurd_since_on_the_command_line_is_one_line(tmp_path, command, value, option):
+    proc = run_main(command, "--db", str(tmp_path / "x.db"), option, value)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("streamrec: error: --since/--until: expected a time within the years 1 to 9999, got ")
+    assert proc.stderr.startswith(f"streamrec: error: {option}: expected a time within the years 1 to 9999, got ")
     assert proc.stderr.count("\n") == 1 and len(proc.stderr) < 200
 
 
@@ -500,8 +501,8 @@ def test_a_malformed_request_is_a_400_that_says_why(served, line):
     assert all(32 <= c < 127 for c in body[:-1])  # the client's bytes escaped
 
 
-@pytest.mark.parametrize("ends", [(b"\n", b"\n"), (b"\r\n", b"\n"), (b"\n", b"\r\n")])
-def test_a_head_whose_lines_end_in_lf_alone_is_a_400_at_once(served, ends):
+@pytest.mark.parametrize("ends", [(b"\n", b"\n"), (b"\r\n", b"\n"), (b"\n", b"\r\n"), (b"\r", b"\r"), (b"\r\n", b"\r\r")])
+def test_a_head_whose_lines_end_in_lf_or_cr_alone_is_a_400_at_once(served, ends):
     line, last = ends
     started = time.monotonic()
     data = raw_request(served.port, b"GET /healthz HTTP/1.1" + line + b"Host: 127.0.0.1:%d" % served.port + line + last)
@@ -723,3 +724,90 @@ def test_a_request_that_never_comes_while_preparing_lets_go_of_its_connection(mo
         assert http(server.port, "GET", "/healthz")[0] == 200
     finally:
         server.close()
+
+
+def test_a_request_that_does_not_come_whole_in_time_is_a_408_and_an_idle_connection_just_closes():
+    from streamrec.serve.guard import Limits
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = WebServer(Hub(), host="127.0.0.1", port=0, routes={"/healthz": json_route(lambda: {"ok": True})},
+                       limits=Limits(header_timeout_s=0.5))
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+    host = b"Host: 127.0.0.1:%d\r\n" % server.port
+    sent = {"half a head": b"GET /healthz HTTP/1.1\r\n" + host,
+            "half a body": b"POST /healthz HTTP/1.1\r\n" + host + b"Content-Length: 10\r\n\r\n12345",
+            "nothing": b""}
+    try:
+        socks = {what: socket.create_connection(("127.0.0.1", server.port), timeout=30) for what in sent}
+        for what, s in socks.items():
+            s.sendall(sent[what])
+        got = {}
+        for what, s in socks.items():
+            with s:
+                data = b""
+                try:
+                    while chunk := s.recv(MIB):
+                        data += chunk
+                except ConnectionResetError:  # closed without a word
+                    pass
+                got[what] = data.split(b"\r\n", 1)[0], data.rpartition(b"\r\n\r\n")[2]
+        assert got == {"half a head": (b"HTTP/1.1 408 Request Timeout", b"the request did not come whole in time\n"),
+                       "half a body": (b"HTTP/1.1 408 Request Timeout", b"the request did not come whole in time\n"),
+                       "nothing": (b"", b"")}
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.mark.parametrize("authority, status", [("evil.example", 421), ("evil.example:{port}", 421), ("127.0.0.1:{port}", 200)])
+def test_an_absolute_target_is_served_only_for_this_servers_name(served, authority, status):
+    assert http(served.port, "GET", f"http://{authority.format(port=served.port)}/api/events")[0] == status
+
+
+def test_refused_host_names_are_logged_sparingly(served, caplog):
+    with caplog.at_level(logging.INFO, logger="streamrec.serve.server"):
+        for i in range(12):
+            data = raw_request(served.port, b"GET / HTTP/1.1\r\nHost: attacker-%d.example\r\n\r\n" % i)
+            assert data.startswith(b"HTTP/1.1 421 ")
+    lines = [r.getMessage() for r in caplog.records if "refused a request for Host" in r.getMessage()]
+    assert len(lines) in (1, 2) and all(line.endswith("refused so far)") for line in lines)  # at 1 (if first) and 10
+
+
+@pytest.mark.parametrize("target, same_as", [("/%68ealthz", "/healthz"), ("/api/%65vents?limit=1", "/api/events?limit=1"),
+                                             ("/%61pi/events", "/api/events")])
+def test_percent_encoded_letters_name_the_same_path(served, target, same_as):
+    got, want = http(served.port, "GET", target), http(served.port, "GET", same_as)
+    assert (got[0], got[2]) == (want[0], want[2]) == (200, want[2])
+
+
+def test_a_body_on_a_get_is_not_read(served):
+    data = raw_request(served.port, b"GET /api/events?limit=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
+                       b"Content-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello" % (served.port, TOKEN.encode()))
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(body) == json.loads(http(served.port, "GET", "/api/events?limit=1")[2])
+
+
+def test_an_unsatisfiable_range_says_ranges_are_taken(served):
+    status, headers, _ = http(served.port, "GET", "/api/files/one", "Range: bytes=5-")
+    assert (status, headers["content-range"], headers["accept-ranges"]) == (416, "bytes */1", "bytes")
+
+
+@pytest.mark.parametrize("command", ["history", "events"])
+def test_a_since_after_the_until_is_one_line_not_an_empty_list(tmp_path, command):
+    from streamrec.events.store import EventStore
+
+    EventStore(str(tmp_path / "x.db")).close()
+    proc = run_main(command, "--db", str(tmp_path / "x.db"), "--since", "-1h", "--until", "-2h")
+    assert (proc.returncode, proc.stderr) == (2, "streamrec: error: --since, --until: expected --since at or before "
+                                                 "--until, got --since '-1h' after --until '-2h'\n")
+
+
+@pytest.mark.parametrize("path", ["/api/events", "/api/history"])
+def test_a_since_after_the_until_is_a_400(served, path):
+    status, _, body = http(served.port, "GET", f"{path}?since=200&until=100")
+    assert (status, json.loads(body)) == (400, {"error": "since, until: expected since at or before until, got since "
+                                                         "'200' after until '100'"})

@@ -376,3 +376,25 @@ def test_an_international_host_is_looked_up_as_idna_2008_and_a_path_sent_percent
 
 NOTE_FIELDS = dict(id=1, event_id="e1", kind="event_start", channel="webhook", payload='{"type": "event_start"}',
                    created=0.0, attempts=0)
+
+
+@pytest.mark.parametrize("table, key", [("[notify.mqtt]\ntopic_prefix = 'gym'", "[notify.mqtt] url"),
+                                        ("[notify.webhook]\nsecret = 's'", "[notify.webhook] url")])
+def test_a_channel_without_its_url_is_one_line(tmp_path, table, key):
+    from conftest import run_main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"source = 'a.mp4'\n{table}\n")
+    assert error_line(run_main("serve", "--config", str(cfg))) == \
+        f"streamrec: error: {key}: expected a value, got a table without it"
+
+
+@pytest.mark.parametrize("make, why", [(lambda p: None, "a NUL character"), (lambda p: __import__("os").mkfifo(p), "a FIFO")])
+def test_a_ca_file_that_is_no_file_is_refused_at_once(tmp_path, make, why):
+    from streamrec.event_config import tls_context
+
+    path = str(tmp_path / "ca.pem") + ("\0x" if why == "a NUL character" else "")
+    make(path)
+    with pytest.raises(StreamrecError) as err:  # a FIFO was read forever, a NUL was a ValueError's traceback
+        tls_context(path, "[notify.webhook]")
+    assert str(err.value) == f"[notify.webhook] ca_file: expected a PEM file of CA certificates, got {path!r} ({why})"

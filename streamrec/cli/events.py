@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
@@ -61,7 +62,30 @@ def history_target(db: str | None, config: str | None) -> str | None:
             raise StreamrecError(f"--db: expected an existing history database, got {target!r} (no such file)")
         print(f"streamrec: nothing recorded yet: no history database at {printable(target)} (serve writes it)", file=sys.stderr)
         return None
+    if "://" not in target and target != ":memory:":
+        check_ours(target, "--db" if db else "db")
     return target
+
+
+STREAMREC_TABLES = {"segments", "events", "outbox"}  # what serve writes: one of them is in any database of its
+
+
+def check_ours(path: str, option: str) -> None:
+    """A :class:`StreamrecError` when the SQLite file ``path`` holds tables but none of
+    streamrec's: a reading command would add its tables to another program's database.
+    The file is opened read-only."""
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        with closing(sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise StreamrecError(f"{option}: expected a streamrec history database, got {path!r} ({exc})") from None
+    if tables and not tables & STREAMREC_TABLES:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise StreamrecError(f"{option}: expected a streamrec history database, got {path!r}, whose tables are "
+                             f"{printable(shown)}: not streamrec's (left as they are)")
 
 
 def open_store(target: str):
@@ -71,13 +95,13 @@ def open_store(target: str):
 
 
 def cmd_events(args) -> int:
-    from streamrec.live.history import parse_time
+    from streamrec.live.history import time_span
 
     if args.limit < 1:
         raise StreamrecError(f"--limit: expected >= 1, got {args.limit}")
     if args.out and not args.id:
         raise StreamrecError("--out: expected an event ID before it (streamrec events ID --out clip.mp4)")
-    since, until = parse_time(args.since), parse_time(args.until)
+    since, until = time_span(args.since, args.until)
     target = history_target(args.db, args.config)
     if target is None:
         if args.id:

@@ -61,9 +61,15 @@ class _Parser(argparse.ArgumentParser):
         raise StreamrecError(f"{self.prog}: {said.group(2) if said else message}")
 
 
+def numeric_start(text: str) -> bool:
+    """Whether ``text`` (a word less its leading ``-``) reads as a number's start, not an option's name."""
+    return text[0].isdigit() or text[0] == "." or text.lower() in ("inf", "infinity", "nan")
+
+
 def join_dash_values(options: set[str], argv: Sequence[str]) -> list[str]:
     """``argv`` with each value-taking option in ``options`` (or its unambiguous ``--`` prefix, as
-    argparse accepts) that is followed by a value of the form ``-<digit>...`` joined to it with ``=``.
+    argparse accepts) that is followed by a negative number's form (``-<digit>...``, ``-.5``, ``-inf``,
+    ``-nan``) joined to it with ``=``: its value, checked as the option's own.
 
     Example:
         >>> join_dash_values({"--since", "--camera", "-n"}, ["--since", "-1d", "--camera", "a", "--sin", "-2h", "-n", "-1"])
@@ -83,7 +89,7 @@ def join_dash_values(options: set[str], argv: Sequence[str]) -> list[str]:
         if word == "--":
             return out + words[i:]
         nxt = words[i + 1] if i + 1 < len(words) else ""
-        if len(nxt) > 1 and nxt[0] == "-" and nxt[1].isdigit() and takes_value(word):
+        if len(nxt) > 1 and nxt[0] == "-" and numeric_start(nxt[1:]) and takes_value(word):
             out.append(f"{word}={nxt}" if word.startswith("--") else word + nxt)  # -x-1: a short option's value
             i += 2
             continue
@@ -295,9 +301,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     from contextlib import closing
 
     from streamrec.cli.events import history_target
-    from streamrec.live.history import HistoryStore, parse_time
+    from streamrec.live.history import HistoryStore, time_span
 
-    since, until = parse_time(args.since), parse_time(args.until)
+    since, until = time_span(args.since, args.until)
     if args.limit is not None and args.limit < 1:
         raise StreamrecError(f"--limit: expected >= 1, got {args.limit}")
     target = history_target(args.db, args.config)

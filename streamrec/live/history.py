@@ -323,12 +323,47 @@ def parse_time(text: str | None, name: str = "--since/--until") -> float | None:
             if not (t.isascii() and t.isprintable()):  # fromisoformat stops at a NUL
                 raise ValueError(t)
             dt = datetime.fromisoformat(t)
-            value = (dt if dt.tzinfo else dt.astimezone()).timestamp()
-        except (ValueError, OverflowError, OSError):
+        except ValueError:
             raise StreamrecError(f"{name}: expected Unix seconds, an ISO time or -10m/-2h/-1d, got {shown!r}") from None
-    if not -62135596800 <= value <= 253402300799:  # 0001-01-01 to 9999-12-31 UTC; false for NaN too
+        value = _iso_seconds(dt)
+    if not -62135596800 <= value < 253402300800:  # 0001-01-01 to the end of 9999-12-31 UTC; false for NaN too
         raise StreamrecError(f"{name}: expected a time within the years 1 to 9999, got {shown!r}")
     return value
+
+
+def time_span(since: str | None, until: str | None, names: tuple[str, str] = ("--since", "--until")) -> tuple[float | None, float | None]:
+    """``since`` and ``until`` read by :func:`parse_time`, each error naming its own option of
+    ``names``; a ``since`` after ``until`` (a span with nothing in it) is a :class:`StreamrecError` too.
+
+    >>> time_span("100", "200")
+    (100.0, 200.0)
+    >>> time_span("200", "100", ("since", "until"))
+    Traceback (most recent call last):
+    ...
+    streamrec.errors.StreamrecError: since, until: expected since at or before until, got since '200' after until '100'
+    """
+    start, end = parse_time(since, names[0]), parse_time(until, names[1])
+    if start is not None and end is not None and start > end:
+        raise StreamrecError(f"{names[0]}, {names[1]}: expected {names[0]} at or before {names[1]}, got {names[0]} "
+                             f"{since.strip()[:40]!r} after {names[1]} {until.strip()[:40]!r}")
+    return start, end
+
+
+def _iso_seconds(dt: datetime) -> float:
+    """Unix seconds of ``dt`` (to the millisecond); a time without an offset is local time. Years 1 and 9999 included:
+    the C library's local time overflows there, so the offset of now is taken instead.
+
+    >>> _iso_seconds(datetime(1, 1, 1, tzinfo=timezone.utc)), _iso_seconds(datetime(1970, 1, 1, 0, 0, 1, tzinfo=timezone.utc))
+    (-62135596800.0, 1.0)
+    """
+    if dt.tzinfo is not None:  # to the millisecond: a float of 2.5e11 s rounds 9999-12-31T23:59:59.999999 up to year 10000
+        since = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        return since.days * 86400 + since.seconds + since.microseconds // 1000 / 1000
+    try:
+        return dt.astimezone().timestamp()
+    except (OverflowError, OSError, ValueError):
+        offset = datetime.now().astimezone().utcoffset()
+        return (dt - datetime(1970, 1, 1)).total_seconds() - (offset.total_seconds() if offset else 0.0)
 
 
 def default_db() -> str:

@@ -30,7 +30,7 @@ from streamrec.live.capture import CaptureState
 from streamrec.live.history import HistoryStore, default_db
 from streamrec.live.messages import status_message
 from streamrec.live.sources import SourceSpec, open_source
-from streamrec.catalog import DEFAULT_MODEL
+from streamrec.catalog import DEFAULT_MODEL, MODEL_NAMES
 from streamrec.runtime import autopick, prepared
 from streamrec.runtime.classifier import Classifier
 from streamrec.serve.core import AppCore, check_port_free
@@ -88,7 +88,10 @@ class LiveApp(AppCore):
         return key, self.classifiers[key]
 
     def _say_loading(self, cam: CameraConfig) -> None:
-        """One line before a model loads (the page's address follows once it is ready)."""
+        """One line before a model loads (the page's address follows once it is ready); none for a
+        name that is no model's (the load refuses it, in the camera API's answer)."""
+        if cam.model is not None and cam.model not in MODEL_NAMES:
+            return
         weights = str(cam.weights or "DEFAULT")
         known = cam.model or (DEFAULT_MODEL if weights.upper() in ("DEFAULT", "NONE") else None)
         name = known or f"of {weights}"

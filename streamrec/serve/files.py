@@ -128,7 +128,8 @@ def file_response(body: FileBody, range_header: str | None, if_range: str | None
         part = byte_range(range_header if range_applies(if_range, st) else None, size)
         if part is None:
             fh.close()
-            headers = Headers([("Content-Range", f"bytes */{size}"), ("Content-Length", "0"), ("Connection", "close")])
+            headers = Headers([("Content-Range", f"bytes */{size}"), ("Accept-Ranges", "bytes"), ("Content-Length", "0"),
+                              ("Connection", "close")])
             status = HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE
             return Response(status.value, status.phrase, headers, b"")
         fh.seek(part.start)

@@ -77,24 +77,6 @@ class Limits:
                 raise StreamrecError(f"{name}: expected >= 1, got {getattr(self, name)}")
 
 
-def raise_fd_limit() -> int:
-    """Raise the soft limit on open descriptors to the hard one (where the platform has them);
-    the soft limit now in force (a large number where there is none)."""
-    try:
-        import resource
-    except ImportError:  # not POSIX
-        return 1 << 20
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):  # e.g. above the kernel's nr_open: keep the soft limit
-            logger.debug("could not raise RLIMIT_NOFILE from %s to %s", soft, target)
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
-
-
 class Guarded(Protocol):
     """A connection as the guard sees it."""
 
@@ -103,6 +85,14 @@ class Guarded(Protocol):
     stalled: bool  # its answer waits for the client to read on
 
     def refuse(self) -> None: ...
+    def _expire(self) -> None:
+        """The request (line, headers, body) did not all come within the header timeout: a 408
+        when part of it came, else closed without a word (an idle or slowloris connection)."""
+        if not self.head_done:
+            if self._head or self._body is not None:
+                return self._reply(HTTPStatus.REQUEST_TIMEOUT, "text/plain", b"the request did not come whole in time\n")
+            self.evict()
+
     def evict(self) -> None: ...
 
 
@@ -166,15 +156,6 @@ def peer_of(transport: Any) -> str:
     if isinstance(peer, (tuple, list)) and peer:
         return str(peer[0])
     return str(peer or "?")
-
-
-def schedule_head_timeout(loop: asyncio.AbstractEventLoop, limits: Limits, conn: Any) -> asyncio.TimerHandle:
-    """Evict ``conn`` if its request line and headers have not all come in time."""
-    def expire() -> None:
-        if not conn.head_done:
-            conn.evict()
-
-    return loop.call_later(limits.header_timeout_s, expire)
 
 
 def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -258,7 +239,7 @@ class GuardedConnection(ServerConnection):
         super().connection_made(transport)
         self.peer = peer_of(transport)
         if self.guard is not None and self.guard.admit(self):
-            self._timer = schedule_head_timeout(self.loop, self.guard.limits, self)
+            self._timer = self.loop.call_later(self.guard.limits.header_timeout_s, self._expire)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -272,6 +253,14 @@ class GuardedConnection(ServerConnection):
         self._dropped = self.head_done = True
         self.transport.write(http_response(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"too many connections\n").serialize())
         self.transport.close()
+
+    def _expire(self) -> None:
+        """The request (line, headers, body) did not all come within the header timeout: a 408
+        when part of it came, else closed without a word (an idle or slowloris connection)."""
+        if not self.head_done:
+            if self._head or self._body is not None:
+                return self._reply(HTTPStatus.REQUEST_TIMEOUT, "text/plain", b"the request did not come whole in time\n")
+            self.evict()
 
     def evict(self) -> None:
         """Headers too slow, room needed, frames that do not wait for the handshake: close at once."""
@@ -346,7 +335,8 @@ class GuardedConnection(ServerConnection):
         if self._head is not None:
             self._head += data
             end = self._head.find(b"\r\n\r\n")
-            bare = end < 0 and b"\n\n" in self._head.replace(b"\r\n", b"\n")  # lines that end in LF alone
+            lines = self._head.replace(b"\r\n", b"\n").removesuffix(b"\r")  # a last CR may have its LF on the way
+            bare = end < 0 and (b"\n\n" in lines or b"\r" in lines)  # lines that end in LF or CR alone
             if end < 0 and not bare and len(self._head) < self.MAX_HEAD + 4:  # its CR LF CR LF may end at MAX_HEAD
                 return  # the rest of the head is still to come
             data, head, self._head = self._head, self._head[: max(end, 0)], None

@@ -12,7 +12,7 @@ from streamrec.config import CameraConfig
 from streamrec.configfile import write_zones
 from streamrec.errors import StreamrecError
 from streamrec.redact import mask_credentials, printable
-from streamrec.live.history import HistoryStore, parse_time
+from streamrec.live.history import HistoryStore, time_span
 from streamrec.events.manager import EventManager
 from streamrec.events.store import row_event
 from streamrec.serve.files import FileBody
@@ -55,9 +55,8 @@ ERROR_MAX_CHARS = 300  # an error answer's length: a value quoted in it is cut
 
 
 def query_times(query: dict[str, list[str]]) -> tuple[float | None, float | None]:
-    """The ``since`` and ``until`` parameters (see :func:`~streamrec.live.history.parse_time`)."""
-    return (parse_time((query.get("since") or [None])[0], "since"),
-            parse_time((query.get("until") or [None])[0], "until"))
+    """The ``since`` and ``until`` parameters (see :func:`~streamrec.live.history.time_span`)."""
+    return time_span((query.get("since") or [None])[0], (query.get("until") or [None])[0], ("since", "until"))
 
 
 HISTORY_API_LIMIT = 10_000  # segments in one /api/history answer: the newest; "truncated" says so
@@ -207,7 +206,7 @@ def put_zones(name: str, query: dict[str, list[str]], body: Any, listing: Callab
         zones, whole_frame = zones_body(body, name) if body is not None else zones_query(query, name)
         cfg = set_zones(name, zones, whole_frame)
     except StreamrecError as exc:
-        return Reply(400, {"error": str(exc)})
+        return Reply(400, {"error": shorten(str(exc), ERROR_MAX_CHARS)})
     saved = None
     if config_file is not None:
         try:

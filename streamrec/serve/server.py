@@ -10,7 +10,9 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import socket
+import string
 import threading
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -23,7 +25,8 @@ from websockets.http11 import Request, Response
 
 from streamrec.serve.hub import Hub
 from streamrec.serve.files import FileBody, file_response
-from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, host_allowed, raise_fd_limit
+from streamrec.fsutil import raise_fd_limit
+from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, host_allowed
 from streamrec.serve.answers import StreamedResponse, without_body
 from streamrec.redact import mask_credentials
 from streamrec.serve.heads import strict_json
@@ -108,6 +111,7 @@ class WebServer:
         self.token = token
         self._server: Server | None = None
         self._closed = False
+        self.misdirected = 0  # requests refused for their Host (421)
         self.sock: socket.socket | None = None  # a socket already listening on host:port, to serve on instead
 
     async def start(self) -> None:
@@ -157,8 +161,13 @@ class WebServer:
         hosts = request.headers.get_all("Host")
         if not hosts:
             return _response(HTTPStatus.BAD_REQUEST, "text/plain", b"a Host header is required\n")
-        if not host_allowed(hosts[0], bound=self.host, port=self.port, allowed=self.allowed_hosts):
-            logger.info("refused a request for Host %r (not this server; see --allowed-host)", hosts[0][:100])
+        target = urlsplit(request.path)  # an absolute-form target's authority stands for the Host (RFC 9112 3.2.2)
+        host = target.netloc if target.scheme in ("http", "https") and target.netloc else hosts[0]
+        if not host_allowed(host, bound=self.host, port=self.port, allowed=self.allowed_hosts):
+            self.misdirected += 1  # logged at 1, 10, 100, then every 1000: a page of any site can send them
+            if self.misdirected in (1, 10, 100) or self.misdirected % 1000 == 0:
+                logger.info("refused a request for Host %r (not this server; see --allowed-host; %d refused so far)",
+                            host[:100], self.misdirected)
             return _response(HTTPStatus.MISDIRECTED_REQUEST, "text/plain",
                              b"this server does not answer to that Host name (see serve --allowed-host)\n")
         return None
@@ -187,7 +196,7 @@ class WebServer:
             return refusal
         if request.path.startswith("//"):  # urlsplit would read "//name" as a host and act on the rest
             return _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
-        path = urlsplit(request.path).path
+        path = unreserved(urlsplit(request.path).path)  # /%68ealthz is /healthz
         if path == "/ws":
             if request.method not in ("GET", "HEAD"):
                 return _response(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"a websocket opens with GET\n", ("Allow", "GET, HEAD"))
@@ -263,8 +272,8 @@ class WebServer:
         why = None if via != "cookie" or method == "GET" else cookie_refusal(request.headers)
         if why is not None:
             return _json(HTTPStatus.FORBIDDEN, {"error": f"{method} {path}: {why}"})
-        try:
-            data = json_body(body, request.headers.get("Content-Type"))
+        try:  # a body means something to POST and PUT only: on GET, HEAD and DELETE it is not read
+            data = json_body(body, request.headers.get("Content-Type")) if method in ("POST", "PUT") else None
         except ValueError as exc:
             return _json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE if "Content-Type" in str(exc) else HTTPStatus.BAD_REQUEST,
                          {"error": str(exc)})
@@ -281,6 +290,19 @@ class WebServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         await self.hub.serve_client(ws)
+
+
+UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+
+
+def unreserved(path: str) -> str:
+    """``path`` with its percent-encoded unreserved characters decoded, the rest left encoded
+    (RFC 3986 6.2.2.2: they are the same path).
+
+    >>> unreserved("/%68ealthz"), unreserved("/api/cameras/a%2Fb%7e")
+    ('/healthz', '/api/cameras/a%2Fb~')
+    """
+    return re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m[1], 16)) if chr(int(m[1], 16)) in UNRESERVED else m[0], path)
 
 
 def _json(status: HTTPStatus, body: Any, *extra: tuple[str, str]) -> Response:
