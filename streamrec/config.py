@@ -22,7 +22,7 @@ from streamrec.errors import OptionError, StreamrecError
 from streamrec.redact import control_characters, mask_credentials
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig, check_rules
 from streamrec.validate import check_allowed_hosts, check_types, unknown_keys
-from streamrec.zones import ZoneConfig, parse_zones, stream_key
+from streamrec.zones import ZoneConfig, alike, parse_zones, stream_key
 
 # a camera's name travels in a one-byte length field (the preview frames' header): its UTF-8 bytes count
 CAMERA_NAME_MAX_CHARS, CAMERA_NAME_MAX_BYTES = 64, 255
@@ -190,6 +190,10 @@ class ServeConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise StreamrecError(f"[[cameras]]: camera names must be unique, got {dupes} more than once")
+        pair = alike(names)
+        if pair:
+            raise StreamrecError(f"[[cameras]]: expected camera names that differ in more than case or Unicode form "
+                                 f"(Home Assistant and many file systems read them as one), got {pair[0]!r} and {pair[1]!r}")
         check_rules(self.rules, self.notify, names, [stream_key(c.name, z) for c in self.all_cameras() for z in c.streams()])
         if self.batch_wait_ms < 0:
             raise StreamrecError(f"batch_wait_ms: expected >= 0, got {self.batch_wait_ms}")
@@ -306,8 +310,8 @@ def _smoothing(val: Any, base: SmoothingConfig | None) -> SmoothingConfig:
     unknown_keys(SmoothingConfig, val, "[smoothing]")
     try:
         return replace(base or SmoothingConfig(), **val)
-    except (TypeError, ValueError) as exc:
-        raise StreamrecError(f"smoothing: {exc}") from None
+    except (TypeError, ValueError) as exc:  # SmoothingConfig's own messages name smoothing.OPTION already
+        raise StreamrecError(str(exc) if str(exc).startswith("smoothing.") else f"smoothing: {exc}") from None
 
 
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:

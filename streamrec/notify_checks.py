@@ -35,6 +35,9 @@ def url_parts(url: str, where: str, expected: str) -> tuple[str, str, int | None
                              f"characters, got {shown!r} ({bad!r})")
     try:
         parts = urlsplit(url)
+    except ValueError as exc:  # "http://[::1/x": an opening bracket without its closing one
+        raise StreamrecError(f"{where}: expected {expected}, got {shown!r} ({exc})") from None
+    try:
         port = parts.port
     except ValueError as exc:
         raise StreamrecError(f"{where}: expected {expected} with a port 1-65535, got {shown!r} ({exc})") from None
@@ -42,7 +45,7 @@ def url_parts(url: str, where: str, expected: str) -> tuple[str, str, int | None
         raise StreamrecError(f"{where}: expected {expected} with a host, got {shown!r}")
     hostport = parts.netloc.rpartition("@")[2]
     rest = hostport.partition("]")[2] if hostport.startswith("[") else None
-    if rest is not None and ((rest and not rest.startswith(":")) or "%" in parts.hostname):
+    if rest is not None and ((rest and not rest.startswith(":")) or "%" in parts.hostname or not ipv6(parts.hostname)):
         why = "an IPv6 zone such as %25eth0 is not supported" if "%" in parts.hostname else "malformed IPv6 address"
         raise StreamrecError(f"{where}: expected {expected} with a host, got {shown!r} ({why})")
     if rest is None:
@@ -53,6 +56,20 @@ def url_parts(url: str, where: str, expected: str) -> tuple[str, str, int | None
     if "#" in url:  # never sent to the server: a part of the address that would be dropped unseen
         raise StreamrecError(f"{where}: expected {expected} without a #fragment, got {shown!r}")
     return parts.scheme, parts.hostname, port
+
+
+def ipv6(text: str) -> bool:
+    """Whether ``text`` (a URL's host in brackets) is an IPv6 address: not an IPvFuture literal
+    (``v1.fe``) or anything else no socket connects to.
+
+    >>> ipv6("::1"), ipv6("v1.fe"), ipv6("zz::1")
+    (True, False, False)
+    """
+    try:
+        ipaddress.IPv6Address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def check_host_name(host: str, where: str, expected: str, shown: str) -> None:
@@ -115,7 +132,8 @@ def invisible(c: str) -> bool:
 
 def check_topic(topic: str, where: str) -> None:
     """``topic`` (or the part of one that ``where`` names) as an MQTT topic to publish to: not
-    empty, no ``+`` or ``#`` wildcards, no empty level inside (``a//b``), no NUL, control or
+    empty, no ``+`` or ``#`` wildcards, no empty level inside (``a//b``) nor one with a space at
+    either end, no NUL, control or
     invisible characters (:func:`invisible`), valid UTF-8 of at most 65535 bytes; else a :class:`StreamrecError` naming ``where``."""
     bad = next((c for c in topic if c in "+#" or invisible(c)), None)
     if not topic.strip("/") or bad is not None:
@@ -124,6 +142,9 @@ def check_topic(topic: str, where: str) -> None:
                              f"characters), got {topic!r} ({what})")
     if "//" in topic.strip("/"):
         raise StreamrecError(f"{where}: expected an MQTT topic without empty levels ('//'), got {topic!r}")
+    if any(level != level.strip() for level in topic.split("/")):  # " streamrec" is another topic than "streamrec"
+        raise StreamrecError(f"{where}: expected an MQTT topic whose levels neither start nor end with a space, "
+                             f"got {topic!r}")
     if topic.strip("/").startswith("$"):
         raise StreamrecError(f"{where}: expected an MQTT topic not starting with $ (the broker's own), got {topic!r}")
     size = len(topic.encode("utf-8"))

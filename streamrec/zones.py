@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -185,6 +186,10 @@ def parse_zones(items: Any, *, camera: str) -> tuple[ZoneConfig, ...]:
     if dupes:
         raise StreamrecError(f"camera {camera!r}: zones: expected unique names, got {', '.join(map(repr, dupes))} "
                              "more than once")
+    pair = alike(z.name for z in zones)
+    if pair:
+        raise StreamrecError(f"camera {camera!r}: zones: expected names that differ in more than case, got "
+                             f"{pair[0]!r} and {pair[1]!r}")
     return zones
 
 
@@ -198,6 +203,23 @@ def upscale_warnings(zones: Iterable[ZoneConfig], width: int, height: int, crop:
             out.append(f"camera {camera!r}: zone {z.name!r} is {x1 - x0}x{y1 - y0} pixels of a {width}x{height} frame, "
                        f"smaller than the model's {crop}x{crop} crop: it is upscaled")
     return out
+
+
+def alike(names: Iterable[str]) -> tuple[str, str] | None:
+    """The first two different ``names`` that read as one (``Gym`` and ``gym``, ``ｇｙｍ`` and ``gym``,
+    a composed and a decomposed accent): Home Assistant lower-cases its ids, and many file systems
+    fold case; ``None`` when there are none.
+
+    >>> alike(["rack", "Gym", "mat", "gym"]), alike(["rack", "mat"])
+    (('Gym', 'gym'), None)
+    """
+    seen: dict[str, str] = {}
+    for name in names:
+        key = unicodedata.normalize("NFKC", name).casefold()
+        if key in seen and seen[key] != name:
+            return seen[key], name
+        seen.setdefault(key, name)
+    return None
 
 
 def stream_key(camera: str, zone: str | None) -> str:

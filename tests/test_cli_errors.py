@@ -116,7 +116,7 @@ def test_the_installed_command_exits_2_with_one_line_on_stderr():
     assert script.is_file(), f"{script}: not installed (pip install -e .)"
     proc = subprocess.run([str(script), "serve", "--frobnicate"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert proc.stderr == "streamrec: error: streamrec: unrecognized arguments: --frobnicate\n"
+    assert proc.stderr == "streamrec: error: streamrec serve: unrecognized arguments: --frobnicate (see streamrec serve --help)\n"
     assert proc.stdout == ""
 
 

@@ -147,12 +147,9 @@ def test_cameras_whose_ids_would_still_collide_are_refused_at_start():
     ("http://hooks.example:0/in", "(port 0)"),
     ("http://hooks.example:70000/in", "(Port out of range 0-65535)"),
     ("https://hooks.example:http/in", "(Port could not be cast to integer value as 'http')"),
-    ("http://[::1/x", "(Invalid IPv6 URL)"),
-    ("http://::1]/x", "(Invalid IPv6 URL)"),
     ("http://:8080/in", None),
     ("https:///in", None),
     ("http://[::1]x/in", "(malformed IPv6 address)"),
-    ("http://[zz]/in", "('zz' does not appear to be an IPv4 or IPv6 address)"),
     ("http://exa%20mple/in", "host name"),
     ("http://a$b/in", "host name"),
 ])
@@ -185,10 +182,14 @@ def test_webhook_urls_that_cannot_be_reached_are_refused(url, why):
     ("http://user@/in", "with a host, got {url!r}"),
     ("http://:80/", "with a host, got {url!r}"),
     ("ftp://", "with a host, got {url!r}"),
+    ("http://[::1/x", ", got {url!r} (Invalid IPv6 URL)"),  # no port to speak of: a bracket without its pair
+    ("http://::1]/x", ", got {url!r} (Invalid IPv6 URL)"),
+    ("http://[zz]/in", ", got {url!r} ('zz' does not appear to be an IPv4 or IPv6 address)"),
+    ("http://[v1.fe]/in", "with a host, got {url!r} (malformed IPv6 address)"),  # IPvFuture: no socket connects to it
 ])
 def test_webhook_url_variants_that_cannot_be_used_are_refused(url, why):
     assert refused(WebhookConfig, url=url, secret="s") == (
-        "[notify.webhook] url: expected an http:// or https:// URL " + why.format(url=url))
+        "[notify.webhook] url: expected an http:// or https:// URL" + ("" if why.startswith(",") else " ") + why.format(url=url))
 
 
 @pytest.mark.parametrize("url", ["mqtt://broker:", "mqtt://[fe80::1%25eth0]", "mqtt://broker#x", "mqtt://b..r"])
@@ -196,9 +197,11 @@ def test_broker_url_variants_that_cannot_be_used_are_refused(url):
     assert refused(MqttConfig, url=url).startswith("[notify.mqtt] url: expected mqtt://HOST[:PORT] or mqtts://... ")
 
 
-@pytest.mark.parametrize("url", ["mqtt://broker:0", "mqtt://broker:99999", "mqtts://broker:x", "mqtt://[::1", "mqtt://:1883"])
+@pytest.mark.parametrize("url", ["mqtt://broker:0", "mqtt://broker:99999", "mqtts://broker:x", "mqtt://[::1", "mqtt://:1883",
+                                 "mqtt://[v1.fe]"])
 def test_broker_urls_that_cannot_be_reached_are_refused(url):
-    assert refused(MqttConfig, url=url).startswith("[notify.mqtt] url: expected mqtt://HOST[:PORT] or mqtts://... with a ")
+    assert refused(MqttConfig, url=url).startswith(("[notify.mqtt] url: expected mqtt://HOST[:PORT] or mqtts://... with a ",
+                                                    f"[notify.mqtt] url: expected mqtt://HOST[:PORT] or mqtts://..., got {url!r}"))
 
 
 @pytest.mark.parametrize("make, url", [(WebhookConfig, "http://bot:hunter2@hooks.example/in put"),
@@ -398,3 +401,23 @@ def test_a_ca_file_that_is_no_file_is_refused_at_once(tmp_path, make, why):
     with pytest.raises(StreamrecError) as err:  # a FIFO was read forever, a NUL was a ValueError's traceback
         tls_context(path, "[notify.webhook]")
     assert str(err.value) == f"[notify.webhook] ca_file: expected a PEM file of CA certificates, got {path!r} ({why})"
+
+
+@pytest.mark.parametrize("prefix", [" streamrec", "streamrec ", "a/ /b", "gym/\u00a0", "a /b"])
+def test_a_topic_level_with_a_space_at_either_end_is_refused(prefix):
+    assert refused(MqttConfig, url="mqtt://127.0.0.1", topic_prefix=prefix) == (
+        f"[notify.mqtt] topic_prefix: expected an MQTT topic whose levels neither start nor end with a space, got {prefix!r}")
+
+
+@pytest.mark.parametrize("a, b", [("Gym", "gym"), ("\ud55c", "\u1112\u1161\u11ab"), ("\uff47ym", "gym")])
+def test_camera_names_that_read_as_one_are_refused(a, b):
+    with pytest.raises(StreamrecError) as err:
+        ServeConfig(cameras=(CameraConfig(a, "0"), CameraConfig(b, "1")))
+    assert str(err.value) == ("[[cameras]]: expected camera names that differ in more than case or Unicode form (Home "
+                              f"Assistant and many file systems read them as one), got {a!r} and {b!r}")
+
+
+def test_zone_names_that_read_as_one_are_refused():
+    with pytest.raises(StreamrecError) as err:
+        CameraConfig("gym", "0", zones=(ZoneConfig("Rack", 0, 0, 0.5, 0.5), ZoneConfig("rack", 0.5, 0, 0.5, 0.5)))
+    assert str(err.value) == "camera 'gym': zones: expected names that differ in more than case, got 'Rack' and 'rack'"

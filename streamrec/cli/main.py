@@ -350,7 +350,10 @@ def check_blank(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named with the command they were given to (argparse names the top parser)
+            raise StreamrecError(f"streamrec {args.command}: unrecognized arguments: {printable(' '.join(extra))} "
+                                 f"(see streamrec {args.command} --help)")
         check_blank(args)
         before = list(logging.getLogger().handlers)
         logging.basicConfig(

@@ -31,7 +31,7 @@ from streamrec.serve.preview import frame_message, preview_width
 from streamrec.serve.routes import cameras_api, events_api, history_api
 from streamrec.supervision import SHUTDOWN_S, Deadline, Supervisor
 from streamrec.event_config import check_mqtt_cameras
-from streamrec.zones import split_key, stream_key
+from streamrec.zones import alike, split_key, stream_key
 from streamrec.serve.hub import Hub, watched_ticks
 from streamrec.serve.server import Route, WebServer, json_route, page_html, stop_on_signals
 
@@ -79,6 +79,10 @@ class AppCore:
         changed at run time when a config holding it would be refused at start: its MQTT topics,
         and a Home Assistant id that another camera's stream (not ``replacing``'s) already has."""
         others = [k for k in self.stream_keys() if split_key(k)[0] not in (cam.name, replacing)]
+        pair = alike([*dict.fromkeys(split_key(k)[0] for k in others), cam.name])
+        if pair is not None:
+            raise StreamrecError(f"camera {cam.name!r}: expected a name that differs from {pair[0]!r} in more than "
+                                 "case or Unicode form (Home Assistant and many file systems read them as one)")
         check_mqtt_cameras(self.config.notify.mqtt, others + [stream_key(cam.name, z) for z in cam.streams()])
 
     def camera_health(self, name: str) -> dict[str, Any]:
