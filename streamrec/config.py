@@ -13,9 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
 from streamrec.errors import OptionError, StreamrecError
@@ -291,6 +289,38 @@ class ServeConfig:
             raise (exc.in_file(file_label) if from_file else exc) from None
 
 
+def where_written(exc: StreamrecError, file_values: dict[str, Any], cli_values: dict[str, Any],
+                  file_label: str) -> StreamrecError:
+    """``exc``, whose message begins with a flag (``--weights x.pt: ...``), naming instead the key of
+    the config file ``file_label`` that set the value: the file's own or a ``[[cameras]]`` table's,
+    when the command line did not set it. Raised after the config was read (a file not found, weights
+    that do not fit, a host that does not resolve), by code that serves ``classify`` as well.
+
+    >>> str(where_written(StreamrecError("--source: file not found: a.mp4"), {"source": "a.mp4"}, {}, "gym.toml"))
+    'gym.toml: source: file not found: a.mp4'
+    >>> str(where_written(StreamrecError("--model: expected one of ..., got 'x'"), {"cameras": [{"name": "a", "model": "x"}]},
+    ...                   {}, "gym.toml"))
+    "gym.toml: camera 'a': model: expected one of ..., got 'x'"
+    """
+    flag = re.match(r"--([a-z][a-z-]*)(?=[: ])", str(exc))
+    key = flag[1].replace("-", "_") if flag else ""
+    if not flag or cli_values.get(key) is not None:
+        return exc
+    cameras = [c for c in file_values.get("cameras") or () if isinstance(c, dict) and c.get(key) is not None]
+    named = next((c for c in cameras if str(c[key]) in str(exc)), None)  # the camera whose value is the bad one
+    if named is not None:
+        where = f"camera {named.get('name')!r}: {key}"
+    elif file_values.get(key) is not None:
+        where = key
+    elif cameras:
+        where = f"[[cameras]] {key}"
+    else:
+        return exc
+    renamed = type(exc)(f"{file_label}: {where}{str(exc)[flag.end():]}")
+    renamed.exit_code = exc.exit_code
+    return renamed
+
+
 def _event_table(key: str, val: Any) -> Any:
     """``rules``, ``notify`` and ``recording`` from their TOML tables."""
     if key == "rules" and not isinstance(val, tuple):
@@ -312,66 +342,3 @@ def _smoothing(val: Any, base: SmoothingConfig | None) -> SmoothingConfig:
         return replace(base or SmoothingConfig(), **val)
     except (TypeError, ValueError) as exc:  # SmoothingConfig's own messages name smoothing.OPTION already
         raise StreamrecError(str(exc) if str(exc).startswith("smoothing.") else f"smoothing: {exc}") from None
-
-
-def load_toml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a TOML config file; one-line error when missing or malformed. File paths in it
-    (``source``, ``weights``, ``db``, each camera's ``source`` and ``weights``) are relative to
-    the file, as in docker-compose, not to wherever streamrec is started; ``~`` is the home."""
-    p = Path(path)
-    if not str(path).strip():
-        raise StreamrecError(f"--config: expected a TOML file, got {str(path)!r}")
-    try:
-        if p.exists() and not p.is_dir() and not p.is_file():  # a FIFO or a device would be read forever
-            raise StreamrecError(f"--config: expected a TOML file, got {p} (not a regular file)")
-        with p.open("rb") as fh:  # a byte order mark (Windows' Notepad writes one) is no TOML: left out
-            return _paths_from(p.resolve().parent, tomllib.loads(fh.read().removeprefix(b"\xef\xbb\xbf").decode("utf-8")))
-    except PermissionError:
-        raise StreamrecError(f"--config: cannot read {p} (permission denied)") from None
-    except FileNotFoundError:
-        raise StreamrecError(f"--config: file not found: {p}") from None
-    except IsADirectoryError:
-        raise StreamrecError(f"--config: expected a TOML file, got a directory: {p}") from None
-    except UnicodeDecodeError as exc:  # tomllib decodes UTF-8 itself: a binary file
-        raise StreamrecError(f"--config {p}: not valid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise StreamrecError(f"--config {p}: not valid TOML: {exc}") from None
-
-
-def _paths_from(base: Path, values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with their relative file paths joined to ``base``: a URL, a webcam index,
-    ``DEFAULT``/``none`` weights and a ``postgresql://`` or ``:memory:`` database stay as they are.
-
-    >>> d = _paths_from(Path("/etc/streamrec"), {"source": "clips/a.mp4", "weights": "DEFAULT",
-    ...                  "db": "../h.db", "cameras": [{"name": "c", "source": "0"}, {"name": "d", "source": "rtsp://h/s"}]})
-    >>> d["source"], d["weights"], d["db"], [c["source"] for c in d["cameras"]]
-    ('/etc/streamrec/clips/a.mp4', 'DEFAULT', '/etc/h.db', ['0', 'rtsp://h/s'])
-    """
-    def file(key: str, value: Any, *keep: str) -> Any:
-        if isinstance(value, str) and "\0" in value:  # no file's name: open() and os.scandir() raise on it
-            raise StreamrecError(f"{key}: expected a path, got {value!r} (a NUL character)")
-        if not isinstance(value, str) or not value.strip() or "://" in value or value.strip().isdigit() \
-                or value.lower() in keep:
-            return value
-        home = os.path.expanduser(value)
-        if home.startswith("~"):  # not joined to the config's folder as if it were a name there
-            raise StreamrecError(f"{key}: expected a path, got {value!r} (no such user: {value.split('/')[0]})")
-        return os.path.normpath(base / home)  # an absolute path stays itself
-
-    def joined(d: dict[str, Any]) -> dict[str, Any]:
-        out = dict(d)
-        for key, keep in (("source", ()), ("weights", ("default", "none")), ("db", (":memory:",))):
-            if key in out:
-                out[key] = file(key, out[key], *keep)
-        return out
-
-    out = joined(values)
-    if isinstance(out.get("recording"), dict) and "dir" in out["recording"]:
-        out["recording"] = {**out["recording"], "dir": file("[recording] dir", out["recording"]["dir"])}
-    notify = out.get("notify")
-    if isinstance(notify, dict):  # the channels' CA files
-        out["notify"] = {k: {**v, "ca_file": file(f"[notify.{k}] ca_file", v["ca_file"])}
-                         if isinstance(v, dict) and "ca_file" in v else v for k, v in notify.items()}
-    if isinstance(out.get("cameras"), list):  # a malformed list is ServeConfig's to report
-        out["cameras"] = [joined(cam) if isinstance(cam, dict) else cam for cam in out["cameras"]]
-    return out

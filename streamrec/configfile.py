@@ -1,4 +1,5 @@
-"""Writing a camera's zones back to the serve config file (``serve --config FILE``).
+"""The serve config file (``serve --config FILE``): read (:func:`load_toml`), and a camera's zones
+written back to it (:func:`write_zones`).
 
 The file is edited with ``tomlkit``, which keeps its comments, order and formatting: only the
 camera's ``whole_frame`` and its ``[[cameras.zones]]`` tables change. The new text is written to a
@@ -34,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -135,3 +137,66 @@ def trailing_items(old: Any) -> list[Any]:
     while n and body[n - 1][0] is None:
         n -= 1
     return body[n:]
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML config file; one-line error when missing or malformed. File paths in it
+    (``source``, ``weights``, ``db``, each camera's ``source`` and ``weights``) are relative to
+    the file, as in docker-compose, not to wherever streamrec is started; ``~`` is the home."""
+    p = Path(path)
+    if not str(path).strip():
+        raise StreamrecError(f"--config: expected a TOML file, got {str(path)!r}")
+    try:
+        if p.exists() and not p.is_dir() and not p.is_file():  # a FIFO or a device would be read forever
+            raise StreamrecError(f"--config: expected a TOML file, got {p} (not a regular file)")
+        with p.open("rb") as fh:  # a byte order mark (Windows' Notepad writes one) is no TOML: left out
+            return _paths_from(p.resolve().parent, tomllib.loads(fh.read().removeprefix(b"\xef\xbb\xbf").decode("utf-8")))
+    except PermissionError:
+        raise StreamrecError(f"--config: cannot read {p} (permission denied)") from None
+    except FileNotFoundError:
+        raise StreamrecError(f"--config: file not found: {p}") from None
+    except IsADirectoryError:
+        raise StreamrecError(f"--config: expected a TOML file, got a directory: {p}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes UTF-8 itself: a binary file
+        raise StreamrecError(f"--config {p}: not valid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StreamrecError(f"--config {p}: not valid TOML: {exc}") from None
+
+
+def _paths_from(base: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with their relative file paths joined to ``base``: a URL, a webcam index,
+    ``DEFAULT``/``none`` weights and a ``postgresql://`` or ``:memory:`` database stay as they are.
+
+    >>> d = _paths_from(Path("/etc/streamrec"), {"source": "clips/a.mp4", "weights": "DEFAULT",
+    ...                  "db": "../h.db", "cameras": [{"name": "c", "source": "0"}, {"name": "d", "source": "rtsp://h/s"}]})
+    >>> d["source"], d["weights"], d["db"], [c["source"] for c in d["cameras"]]
+    ('/etc/streamrec/clips/a.mp4', 'DEFAULT', '/etc/h.db', ['0', 'rtsp://h/s'])
+    """
+    def file(key: str, value: Any, *keep: str) -> Any:
+        if isinstance(value, str) and "\0" in value:  # no file's name: open() and os.scandir() raise on it
+            raise StreamrecError(f"{key}: expected a path, got {value!r} (a NUL character)")
+        if not isinstance(value, str) or not value.strip() or "://" in value or value.strip().isdigit() \
+                or value.lower() in keep:
+            return value
+        home = os.path.expanduser(value)
+        if home.startswith("~"):  # not joined to the config's folder as if it were a name there
+            raise StreamrecError(f"{key}: expected a path, got {value!r} (no such user: {value.split('/')[0]})")
+        return os.path.normpath(base / home)  # an absolute path stays itself
+
+    def joined(d: dict[str, Any]) -> dict[str, Any]:
+        out = dict(d)
+        for key, keep in (("source", ()), ("weights", ("default", "none")), ("db", (":memory:",))):
+            if key in out:
+                out[key] = file(key, out[key], *keep)
+        return out
+
+    out = joined(values)
+    if isinstance(out.get("recording"), dict) and "dir" in out["recording"]:
+        out["recording"] = {**out["recording"], "dir": file("[recording] dir", out["recording"]["dir"])}
+    notify = out.get("notify")
+    if isinstance(notify, dict):  # the channels' CA files
+        out["notify"] = {k: {**v, "ca_file": file(f"[notify.{k}] ca_file", v["ca_file"])}
+                         if isinstance(v, dict) and "ca_file" in v else v for k, v in notify.items()}
+    if isinstance(out.get("cameras"), list):  # a malformed list is ServeConfig's to report
+        out["cameras"] = [joined(cam) if isinstance(cam, dict) else cam for cam in out["cameras"]]
+    return out

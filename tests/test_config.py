@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.config import ServeConfig, load_toml
+from streamrec.config import ServeConfig
+from streamrec.configfile import load_toml
 from streamrec.errors import StreamrecError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,3 +284,31 @@ def test_a_path_with_a_nul_is_refused_when_the_config_is_read(text, key, tmp_pat
 
     with pytest.raises(StreamrecError, match=r"^\[recording\] dir: expected a folder's path"):
         RecordingConfig(dir="ev\0ents")
+
+
+@pytest.mark.parametrize("toml, line", [
+    ('source = "nope.mp4"', "{cfg}: source: file not found: {dir}/nope.mp4"),
+    ('source = "{clip}"\ndb = "missing/h.db"', "{cfg}: db {dir}/missing/h.db: cannot open the history database: "
+                                                "unable to open database file"),
+    ('source = "{clip}"\nbackend = "tensorrt"', "{cfg}: backend: expected one of auto, torch, torchscript, onnxruntime, "
+                                                "openvino, openvino-bf16, openvino-int8, compile, got 'tensorrt'"),
+    ('[[cameras]]\nname = "a"\nsource = "{clip}"\nmodel = "resnet"', "{cfg}: camera 'a': model: expected one of r3d_18, "
+                                                                     "mc3_18, r2plus1d_18, s3d, mvit_v1_b, mvit_v2_s, "
+                                                                     "swin3d_t, swin3d_s, swin3d_b, tiny3d, got 'resnet'"),
+])
+def test_what_serve_finds_wrong_after_reading_the_config_names_the_files_key(tmp_path, demo_clip, toml, line):
+    from conftest import error_line, run_main
+
+    cfg = tmp_path / "gym.toml"
+    cfg.write_text('weights = "none"\nmodel = "tiny3d"\n' + toml.format(clip=demo_clip) + "\n")
+    got = error_line(run_main("serve", "--config", str(cfg), "--port", "0"))
+    assert got == "streamrec: error: " + line.format(cfg=cfg, dir=tmp_path)
+
+
+def test_a_value_the_command_line_set_keeps_its_flag(tmp_path):
+    from conftest import error_line, run_main
+
+    cfg = tmp_path / "gym.toml"
+    cfg.write_text('source = "nope.mp4"\nweights = "none"\nmodel = "tiny3d"\n')
+    got = error_line(run_main("serve", "--config", str(cfg), "--source", str(tmp_path / "other.mp4"), "--port", "0"))
+    assert got == f"streamrec: error: --source: file not found: {tmp_path}/other.mp4"

@@ -15,7 +15,8 @@ import urllib.parse
 
 import pytest
 
-from streamrec.config import ServeConfig, load_toml
+from streamrec.config import ServeConfig
+from streamrec.configfile import load_toml
 from streamrec.zones import ZoneConfig
 
 from conftest import ROOT, free_port, json_request, streamrec_cmd, wait_http

@@ -133,7 +133,7 @@ def test_the_installed_command_exits_2_with_the_line_for_duplicate_zone_names(tm
 
 
 def test_a_toml_config_with_zones_loads_through_serve_config(tmp_path):
-    from streamrec.config import load_toml
+    from streamrec.configfile import load_toml
 
     path = gym_toml(tmp_path, 'whole_frame = false\n[[cameras.zones]]\nname = "rack"\nx = 0\ny = 0\nw = 0.5\nh = 0.5\n'
                               '[[cameras.zones]]\nname = "mat"\npolygon = [[0.5, 0.5], [1, 0.5], [1, 1]]\n')

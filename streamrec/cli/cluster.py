@@ -43,7 +43,8 @@ def cmd_cluster(args) -> int:
     from streamrec.live.history import default_db
     from streamrec.serve.core import check_port_free
     from streamrec.cluster.app import ClusterApp
-    from streamrec.config import ServeConfig, load_toml
+    from streamrec.config import ServeConfig
+    from streamrec.configfile import load_toml
     from streamrec.cluster.runner import ray_module, check_reachable
     from streamrec.live.history import HistoryStore
 

@@ -49,7 +49,7 @@ def history_target(db: str | None, config: str | None) -> str | None:
 
     target = db
     if not target and config:
-        from streamrec.config import load_toml
+        from streamrec.configfile import load_toml
 
         target = load_toml(config).get("db")
         if target is not None and not isinstance(target, str):
@@ -123,7 +123,7 @@ def cmd_events(args) -> int:
 def copy_clip(store, args, target: str) -> int:
     """Show the event ``args.id``, or with ``--out`` copy its clip there (whole or not at all);
     ``--out`` may not be the database ``target``, the config or the clip itself."""
-    from streamrec.config import load_toml
+    from streamrec.configfile import load_toml
     from streamrec.event_config import RecordingConfig
 
     row = store.get(args.id)

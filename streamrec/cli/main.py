@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import asyncio
 import logging
 import sys
 from typing import Any, Callable, Iterable, Sequence
@@ -20,6 +19,7 @@ from streamrec.validate import MAX_BATCH, finite_float, whole_number
 from streamrec.catalog import BACKEND_NAMES, DEFAULT_MODEL, MODEL_NAMES
 from streamrec.config import ServeConfig
 from streamrec.fsutil import DEMO_CLIP, atomic_write_text, check_output
+from streamrec.cli.serve import cmd_serve
 
 logger = logging.getLogger("streamrec")
 
@@ -155,7 +155,7 @@ def _add_serve_parser(sub) -> None:
     s.add_argument("--db", default=None, help="activity history: SQLite file (default ~/.local/share/streamrec/history.db) or postgresql:// URL")
     s.add_argument("--history-days", type=finite_float("--history-days"), default=None, help="delete history older than this many days "
                                                                      "(default: keep all)")
-    s.set_defaults(func=cmd_serve)
+    s.set_defaults(func=cmd_serve)  # streamrec.cli.serve
 
 
 def _add_bench_parser(sub) -> None:
@@ -207,56 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--limit", type=whole_number("--limit", 10**9), default=None, help="only the newest N segments (default: all)")
     h.set_defaults(func=cmd_history)
     return parser
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from streamrec.config import ServeConfig, load_toml
-    from streamrec.runtime.firststart import prepare_first_starts
-    from streamrec.fsutil import CACHE
-
-    file_values: dict[str, Any] = load_toml(args.config) if args.config else {}
-    keys = ("source", "model", "weights", "device", "backend", "threads", "host", "port", "loop", "camera",
-            "rtsp_transport", "stall_timeout", "open_timeout", "stride_ms", "sports_only", "token", "insecure", "db",
-            "history_days", "allowed_hosts")
-    cli_values = {k: getattr(args, k) for k in keys}
-    config = ServeConfig.from_sources(file_values, cli_values, file_label=str(args.config))
-    from streamrec.serve.starting import StopSignals, record_seconds, start_answering, stop_now
-
-    cams = [config.resolve(c) for c in config.all_cameras()]
-    models = [(c.model, str(c.weights or "DEFAULT")) for c in cams]
-    # the address answers at once ("preparing the model"), while the models are prepared and loaded
-    starting, key = start_answering(config, models, CACHE)
-    app = None
-    with StopSignals(on_stuck=stop_now) as signals:  # SIGTERM or Ctrl-C meanwhile: the socket closed, exit 0
-        try:
-            starting.wait_for_gate()
-            # a model's first CPU start in a child process, before this one imports torch: the server
-            # then never holds torchvision's memory for as long as it runs; see streamrec.runtime.firststart
-            prepare_first_starts(CACHE, models, device=config.device)
-            from streamrec.serve.app import LiveApp
-
-            app = LiveApp(config, listening=True)
-            app.config_file = args.config  # the zones API writes its changes there
-            signals.disarm()
-        except BaseException:
-            signals.disarm()
-            starting.close()
-            if not signals.fired:  # fired: even where a library caught the StopServing it raised
-                raise
-            if app is not None:
-                app.close()
-            logger.info("stopped (%s) while preparing the model", signals.fired)
-            return 0
-        record_seconds(CACHE, key, starting.elapsed_s())
-        app.server.sock = starting.handoff()  # connections made meanwhile wait in its queue for the web server
-    if signals.pending:  # a signal during the handoff, before the web server's own handlers
-        app.close()
-        app.server.sock.close()
-        return 0
-    if app.meaningless:
-        print("streamrec: --weights none: random weights, every label shown is meaningless", file=sys.stderr)
-    asyncio.run(app.run())
-    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
