@@ -72,6 +72,9 @@ DISPLAY_FPS_MAX = 60.0  # pictures a second sent to each page
 DISPLAY_WIDTH_MAX = 3840  # pixels of the page's picture (4K)
 
 
+NAMES_WITHOUT_BLANKS = ("model", "backend", "host")  # a path (source, weights, db) may hold a space; these never do
+
+
 def check_text(config: Any, names: tuple[str, ...], prefix: str = "") -> None:
     """The text options ``names`` of ``config`` that are set are not blank (``weights = ""`` would
     quietly mean the default weights), and ``rtsp_transport`` is one FFmpeg takes."""
@@ -79,6 +82,8 @@ def check_text(config: Any, names: tuple[str, ...], prefix: str = "") -> None:
         value = getattr(config, name)
         if isinstance(value, str) and not value.strip():
             raise StreamrecError(f"{prefix}{name}: expected a value, got {value!r}")
+        if name in NAMES_WITHOUT_BLANKS and isinstance(value, str) and value != value.strip():
+            raise StreamrecError(f"{prefix}{name}: expected a name without blanks around it, got {value!r}")
     transport = getattr(config, "rtsp_transport", None)
     if transport is not None and transport not in RTSP_TRANSPORTS:
         raise StreamrecError(f"{prefix}rtsp_transport: expected {' or '.join(RTSP_TRANSPORTS)}, got {transport!r}")

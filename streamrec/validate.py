@@ -242,8 +242,9 @@ def check_weights_arg(weights: str, option: str = "--weights") -> str:
         return weights
     if os.path.isdir(weights):
         raise WeightsError(f"{option}: expected DEFAULT, none or a file, got {weights!r} (a folder)")
-    if not os.path.isfile(weights):
-        raise WeightsError(f"{option}: expected DEFAULT, none or a file, got {weights!r} (no such file)")
+    if not os.path.isfile(weights):  # a FIFO or a device is no file to load either
+        what = "not a regular file" if os.path.exists(weights) else "no such file"
+        raise WeightsError(f"{option}: expected DEFAULT, none or a file, got {weights!r} ({what})")
     if weights.lower().endswith(".onnx"):
         return weights
     try:

@@ -193,6 +193,8 @@ def test_an_empty_clips_folder_is_refused_not_read_as_the_working_folder(blank, 
     ('token = ""', "config file: token: expected visible characters without spaces (a blank or invisible token would let anyone "
                    "in), got an empty token"),
     ('rtsp_transport = "tpc"', "rtsp_transport: expected tcp or udp, got 'tpc'"),
+    ('host = " 127.0.0.1"', "host: expected a name without blanks around it, got ' 127.0.0.1'"),
+    ('backend = "openvino "', "backend: expected a name without blanks around it, got 'openvino '"),
     ('[[cameras]]\nname = "a"\nsource = "b.mp4"\nweights = ""', "camera 'a': weights: expected a value, got ''"),
     ('[[cameras]]\nname = "a"\nsource = "b.mp4"\nrtsp_transport = "http"',
      "camera 'a': rtsp_transport: expected tcp or udp, got 'http'"),

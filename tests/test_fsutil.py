@@ -114,3 +114,15 @@ def test_an_output_that_is_a_link_is_written_through(tmp_path):
     assert check_output("--out", link) == tmp_path / "real.csv"
     atomic_write_text(link, "new\n")
     assert link.is_symlink() and (tmp_path / "real.csv").read_text() == "new\n"
+
+
+def test_weights_that_are_a_fifo_are_named_as_such(tmp_path):
+    from streamrec.errors import WeightsError
+    from streamrec.validate import check_weights_arg
+
+    os.mkfifo(tmp_path / "w.pt")
+    with pytest.raises(WeightsError) as err:
+        check_weights_arg(str(tmp_path / "w.pt"))
+    assert str(err.value) == f"--weights: expected DEFAULT, none or a file, got {str(tmp_path / 'w.pt')!r} (not a regular file)"
+    with pytest.raises(WeightsError, match=r"\(no such file\)$"):
+        check_weights_arg(str(tmp_path / "missing.pt"))

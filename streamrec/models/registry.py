@@ -237,7 +237,7 @@ def load_model(name: str | None = None, *, weights: str | os.PathLike = "DEFAULT
             logger.warning("--weights none: random weights, labels are meaningless")
         return LoadedModel(name, module.eval(), classes, model_spec(name), "none", meaningless=True)
     if not path.is_file():
-        what = "a folder" if path.is_dir() else "no such file"
+        what = "a folder" if path.is_dir() else "not a regular file" if path.exists() else "no such file"
         raise WeightsError(f"--weights: expected DEFAULT, none or a file, got {wstr!r} ({what})")
     obj = _torch_load(path)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
