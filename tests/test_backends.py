@@ -128,6 +128,7 @@ def test_batched_torchscript_matches_eager_per_window():
 
 
 @pytest.mark.slow
+@pytest.mark.bench  # the benchmark harness end to end: left out of the default run (pytest -m bench)
 def test_bench_report_runs_end_to_end(demo_clip):
     report = run(models=["tiny3d"], clip=demo_clip, clips=[demo_clip],
                  device="cpu", batches=[1, 2], int8=True, repeats=1)
