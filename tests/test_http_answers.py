@@ -106,6 +106,7 @@ def served(tmp_path_factory):
     asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+    loop.close()
     history.close()
     events.store.close()
 
@@ -546,6 +547,7 @@ def ws_port():
     asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+    loop.close()
 
 
 def masked(opcode: int, payload: bytes) -> bytes:
@@ -760,6 +762,7 @@ def test_a_request_that_does_not_come_whole_in_time_is_a_408_and_an_idle_connect
         asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+        loop.close()
 
 
 @pytest.mark.parametrize("authority, status", [("evil.example", 421), ("evil.example:{port}", 421), ("127.0.0.1:{port}", 200)])

@@ -68,6 +68,7 @@ def served():
     asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+    loop.close()
 
 
 def request(port: int, method: str, target: str, body: bytes = b"", *headers: str, length: bool = True,

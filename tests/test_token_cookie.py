@@ -76,6 +76,7 @@ def start_server(folder, token: str | None):
         asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+        loop.close()
         history.close()
         events.store.close()
 

@@ -170,6 +170,7 @@ def core():
     asyncio.run_coroutine_threadsafe(app.server.close(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+    loop.close()
     app.history.close()
 
 
