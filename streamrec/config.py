@@ -311,17 +311,23 @@ def where_written(exc: StreamrecError, file_values: dict[str, Any], cli_values: 
     key = flag[1].replace("-", "_") if flag else ""
     if not flag or cli_values.get(key) is not None:
         return exc
+    text = str(exc)
+
+    def shown(value: Any) -> bool:  # the value as the message shows it (masked), whole: not a.mp4 in a.mp4.bak
+        return re.search(re.escape(mask_credentials(str(value))) + r"(?![\w.~/-])", text) is not None
+
     cameras = [c for c in file_values.get("cameras") or () if isinstance(c, dict) and c.get(key) is not None]
-    named = next((c for c in cameras if str(c[key]) in str(exc)), None)  # the camera whose value is the bad one
-    if named is not None:
-        where = f"camera {named.get('name')!r}: {key}"
-    elif file_values.get(key) is not None:
+    named = [c for c in cameras if shown(c[key])]
+    top = file_values.get(key)
+    if len(named) == 1:  # one camera's own value is in the message: the camera's is the bad one
+        where = f"camera {named[0].get('name')!r}: {key}"
+    elif top is not None and (shown(top) or not cameras):
         where = key
-    elif cameras:
+    elif cameras and top is None and not named:
         where = f"[[cameras]] {key}"
-    else:
+    else:  # the file sets it in more than one place, and the message does not tell which
         return exc
-    renamed = type(exc)(f"{file_label}: {where}{str(exc)[flag.end():]}")
+    renamed = (StreamrecError if isinstance(exc, OptionError) else type(exc))(f"{file_label}: {where}{text[flag.end():]}")
     renamed.exit_code = exc.exit_code
     return renamed
 

@@ -54,7 +54,10 @@ def check_output(option: str, path: str | os.PathLike, *, image: bool = False,
     if kind is not None:  # written as a new file renamed over it, a device would be replaced, not written to
         raise StreamrecError(f"{option} {p}: expected a regular file (or a new name), got {kind}")
     if p.is_symlink():  # written through: the file it names is replaced, the link stays
-        p = p.resolve()
+        try:
+            p = p.resolve()
+        except (RuntimeError, OSError):  # a loop of links (RuntimeError before Python 3.13)
+            raise StreamrecError(f"{option} {p}: cannot write: too many levels of symbolic links") from None
         folder = p.parent
     if not folder.is_dir():
         raise StreamrecError(f"{option} {p}: the folder {folder} does not exist")
@@ -108,7 +111,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, mode:
     if special_file(path) is not None:
         raise OSError(errno.EINVAL, f"expected a regular file, got {special_file(path)}", str(path))
     if path.is_symlink():
-        path = path.resolve()
+        try:
+            path = path.resolve()
+        except (RuntimeError, OSError):  # a loop of links (RuntimeError before Python 3.13)
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         try:

@@ -314,3 +314,22 @@ def test_a_value_the_command_line_set_keeps_its_flag(tmp_path):
     cfg.write_text('source = "nope.mp4"\nweights = "none"\nmodel = "tiny3d"\n')
     got = error_line(run_main("serve", "--config", str(cfg), "--source", str(tmp_path / "other.mp4"), "--port", "0"))
     assert got == f"streamrec: error: --source: file not found: {tmp_path}/other.mp4"
+
+
+@pytest.mark.parametrize("file_values, message, renamed", [
+    ({"cameras": [{"name": "a", "source": "/c/clip.mp4"}, {"name": "b", "source": "/c/clip.mp4.bak"}]},
+     "--source: file not found: /c/clip.mp4.bak", "gym.toml: camera 'b': source: file not found: /c/clip.mp4.bak"),
+    ({"source": "/c/clip.mp4", "cameras": [{"name": "door", "source": "rtsp://admin:hunter2@10.0.0.9/s"}]},
+     "--source: cannot connect to rtsp://admin:***@10.0.0.9/s: Connection refused",
+     "gym.toml: camera 'door': source: cannot connect to rtsp://admin:***@10.0.0.9/s: Connection refused"),
+    ({"model": "tiny3d", "cameras": [{"name": "a", "model": "tiny3d"}]}, "--model: loading failed",
+     "--model: loading failed"),  # set in two places, the message does not say which: left as it is
+    ({"device": "cuda:9"}, "--device: cuda:9 is not available", "gym.toml: device: cuda:9 is not available"),
+])
+def test_a_later_error_names_the_place_in_the_file_whose_value_it_shows(file_values, message, renamed):
+    from streamrec.config import where_written
+    from streamrec.errors import OptionError
+
+    assert str(where_written(StreamrecError(message), file_values, {}, "gym.toml")) == renamed
+    option = OptionError(("device",), "cuda:9 is not available")  # rebuilt as a plain error, not with OptionError's arguments
+    assert str(where_written(option, {"device": "cuda:9"}, {}, "gym.toml")) == "gym.toml: device: cuda:9 is not available"

@@ -126,3 +126,13 @@ def test_weights_that_are_a_fifo_are_named_as_such(tmp_path):
     assert str(err.value) == f"--weights: expected DEFAULT, none or a file, got {str(tmp_path / 'w.pt')!r} (not a regular file)"
     with pytest.raises(WeightsError, match=r"\(no such file\)$"):
         check_weights_arg(str(tmp_path / "missing.pt"))
+
+
+def test_an_output_that_is_a_loop_of_links_is_one_line(tmp_path):
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(StreamrecError) as err:
+        check_output("--out", tmp_path / "loop")
+    assert str(err.value) == f"--out {tmp_path / 'loop'}: cannot write: too many levels of symbolic links"
+    with pytest.raises(OSError) as err:
+        atomic_write_text(tmp_path / "loop", "x")
+    assert err.value.errno == errno.ELOOP

@@ -175,3 +175,10 @@ def test_a_database_of_another_program_is_refused_and_left_as_it_is(tmp_path, co
         "invoices: not streamrec's (left as they are)")
     with sqlite3.connect(path) as conn:
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["invoices"]
+
+
+def test_times_keep_their_microseconds_however_they_are_written():
+    from streamrec.live.history import time_span
+
+    assert time_span("1767225600.0005", "2026-01-01T00:00:00.0009+00:00") == (1767225600.0005, 1767225600.0009)
+    assert time_span("1969-12-31T23:59:59.9999+00:00", None) == (-0.0001, None)

@@ -659,6 +659,13 @@ def starting():
     server.close()
 
 
+@pytest.mark.parametrize("target, status", [("http://evil.example/healthz", 421), ("http://127.0.0.1:{port}/healthz", 200),
+                                            ("/%68ealthz", 200)])
+def test_while_preparing_a_target_is_read_as_the_web_server_reads_it(starting, target, status):
+    got, _, body = http(starting, "GET", target.format(port=starting))
+    assert got == status and (status != 200 or json.loads(body)["status"] == "starting")
+
+
 @pytest.mark.parametrize("target", ["/", "/healthz", "/api/history"])
 def test_head_while_preparing_gets_what_get_gets(starting, target):
     get_status, get_headers, get_body = http(starting, "GET", target)

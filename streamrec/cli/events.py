@@ -80,7 +80,9 @@ def check_ours(path: str, option: str) -> None:
     try:
         with closing(sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True)) as conn:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.OperationalError:  # cannot be read now (locked, a read-only folder): the store's open says why
+        return
+    except sqlite3.DatabaseError as exc:  # no SQLite file at all
         raise StreamrecError(f"{option}: expected a streamrec history database, got {path!r} ({exc})") from None
     if tables and not tables & STREAMREC_TABLES:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")

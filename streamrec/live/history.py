@@ -24,7 +24,7 @@ import queue
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
 
 from streamrec.database import BUSY_TIMEOUT_S, RECONNECT, Database, close_quietly
@@ -304,6 +304,9 @@ UNIX_SECONDS = re.compile(rf"[+-]?(?:{_NUMBER})")
 RELATIVE_TIME = re.compile(rf"-({_NUMBER})([smhd])")
 
 
+YEAR_10000_S = 253402300800  # 10000-01-01T00:00:00Z in Unix seconds: times end before it
+
+
 def parse_time(text: str | None, name: str = "--since/--until") -> float | None:
     """Unix seconds, an ISO-8601 time, or a relative ``-10m`` / ``-2h`` / ``-1d``, within the years
     1 to 9999, numbers in ASCII digits; anything else (``nan``, ``inf``, ``1e999``, ``1_000``, a number
@@ -326,7 +329,7 @@ def parse_time(text: str | None, name: str = "--since/--until") -> float | None:
         except ValueError:
             raise StreamrecError(f"{name}: expected Unix seconds, an ISO time or -10m/-2h/-1d, got {shown!r}") from None
         value = _iso_seconds(dt)
-    if not -62135596800 <= value < 253402300800:  # 0001-01-01 to the end of 9999-12-31 UTC; false for NaN too
+    if not -62135596800 <= value < YEAR_10000_S:  # 0001-01-01 to the end of 9999-12-31 UTC; false for NaN too
         raise StreamrecError(f"{name}: expected a time within the years 1 to 9999, got {shown!r}")
     return value
 
@@ -350,15 +353,17 @@ def time_span(since: str | None, until: str | None, names: tuple[str, str] = ("-
 
 
 def _iso_seconds(dt: datetime) -> float:
-    """Unix seconds of ``dt`` (to the millisecond); a time without an offset is local time. Years 1 and 9999 included:
+    """Unix seconds of ``dt``; a time without an offset is local time. Years 1 and 9999 included:
     the C library's local time overflows there, so the offset of now is taken instead.
 
     >>> _iso_seconds(datetime(1, 1, 1, tzinfo=timezone.utc)), _iso_seconds(datetime(1970, 1, 1, 0, 0, 1, tzinfo=timezone.utc))
     (-62135596800.0, 1.0)
     """
-    if dt.tzinfo is not None:  # to the millisecond: a float of 2.5e11 s rounds 9999-12-31T23:59:59.999999 up to year 10000
+    if dt.tzinfo is not None:
         since = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
-        return since.days * 86400 + since.seconds + since.microseconds // 1000 / 1000
+        if since < timedelta(seconds=YEAR_10000_S) <= timedelta(seconds=since.total_seconds()):
+            return YEAR_10000_S - 0.001  # the float of 9999-12-31T23:59:59.999999 rounds up to year 10000
+        return since.total_seconds()
     try:
         return dt.astimezone().timestamp()
     except (OverflowError, OSError, ValueError):

@@ -85,14 +85,6 @@ class Guarded(Protocol):
     stalled: bool  # its answer waits for the client to read on
 
     def refuse(self) -> None: ...
-    def _expire(self) -> None:
-        """The request (line, headers, body) did not all come within the header timeout: a 408
-        when part of it came, else closed without a word (an idle or slowloris connection)."""
-        if not self.head_done:
-            if self._head or self._body is not None:
-                return self._reply(HTTPStatus.REQUEST_TIMEOUT, "text/plain", b"the request did not come whole in time\n")
-            self.evict()
-
     def evict(self) -> None: ...
 
 

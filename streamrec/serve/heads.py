@@ -11,7 +11,10 @@ Example:
 from __future__ import annotations
 
 import json
+import re
+import string
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.exceptions import SecurityError
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
@@ -155,3 +158,27 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(set(keys)) != len(keys):
         raise ValueError(f"a key given twice in {str(keys)[:40]}")
     return dict(pairs)
+
+
+UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+
+
+def unreserved(path: str) -> str:
+    """``path`` with its percent-encoded unreserved characters decoded, the rest left encoded
+    (RFC 3986 6.2.2.2: they are the same path).
+
+    >>> unreserved("/%68ealthz"), unreserved("/api/cameras/a%2Fb%7e")
+    ('/healthz', '/api/cameras/a%2Fb~')
+    """
+    return re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m[1], 16)) if chr(int(m[1], 16)) in UNRESERVED else m[0], path)
+
+
+def request_host(target: str, host: str) -> str:
+    """The name a request asks for: an absolute-form ``target``'s authority stands for its ``Host``
+    header (RFC 9112 3.2.2), else the header.
+
+    >>> request_host("http://evil.example/api/events", "127.0.0.1:8000"), request_host("/api/events", "127.0.0.1:8000")
+    ('evil.example', '127.0.0.1:8000')
+    """
+    parts = urlsplit(target)
+    return parts.netloc if parts.scheme in ("http", "https") and parts.netloc else host

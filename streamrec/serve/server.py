@@ -10,9 +10,7 @@ import asyncio
 import functools
 import json
 import logging
-import re
 import socket
-import string
 import threading
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -29,7 +27,7 @@ from streamrec.fsutil import raise_fd_limit
 from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, host_allowed
 from streamrec.serve.answers import StreamedResponse, without_body
 from streamrec.redact import mask_credentials
-from streamrec.serve.heads import strict_json
+from streamrec.serve.heads import request_host, strict_json, unreserved
 from streamrec.serve.answers import http_response as _response
 from streamrec.serve.tokens import cookie_refusal, cross_origin, token_exchange, token_source
 
@@ -161,8 +159,7 @@ class WebServer:
         hosts = request.headers.get_all("Host")
         if not hosts:
             return _response(HTTPStatus.BAD_REQUEST, "text/plain", b"a Host header is required\n")
-        target = urlsplit(request.path)  # an absolute-form target's authority stands for the Host (RFC 9112 3.2.2)
-        host = target.netloc if target.scheme in ("http", "https") and target.netloc else hosts[0]
+        host = request_host(request.path, hosts[0])
         if not host_allowed(host, bound=self.host, port=self.port, allowed=self.allowed_hosts):
             self.misdirected += 1  # logged at 1, 10, 100, then every 1000: a page of any site can send them
             if self.misdirected in (1, 10, 100) or self.misdirected % 1000 == 0:
@@ -290,19 +287,6 @@ class WebServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         await self.hub.serve_client(ws)
-
-
-UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
-
-
-def unreserved(path: str) -> str:
-    """``path`` with its percent-encoded unreserved characters decoded, the rest left encoded
-    (RFC 3986 6.2.2.2: they are the same path).
-
-    >>> unreserved("/%68ealthz"), unreserved("/api/cameras/a%2Fb%7e")
-    ('/healthz', '/api/cameras/a%2Fb~')
-    """
-    return re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m[1], 16)) if chr(int(m[1], 16)) in UNRESERVED else m[0], path)
 
 
 def _json(status: HTTPStatus, body: Any, *extra: tuple[str, str]) -> Response:

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from streamrec.errors import StreamrecError
 from streamrec.serve.guard import host_allowed
+from streamrec.serve.heads import request_host, unreserved
 from streamrec.serve.tokens import token_exchange, token_source
 from streamrec.serve.server import page_html
 
@@ -203,10 +204,10 @@ class StartingServer:
     def answer(self, req: BaseHTTPRequestHandler) -> None:
         """One GET: as the web server would answer it, while the models are prepared."""
         hosts = req.headers.get_all("Host") or []
-        path = urlsplit(req.path).path
+        path = unreserved(urlsplit(req.path).path)
         if len(hosts) != 1:
             return self._send(req, HTTPStatus.BAD_REQUEST, "text/plain", b"exactly one Host header is required\n")
-        if not host_allowed(hosts[0], bound=self.host, port=self.port, allowed=self.allowed_hosts):
+        if not host_allowed(request_host(req.path, hosts[0]), bound=self.host, port=self.port, allowed=self.allowed_hosts):
             return self._send(req, HTTPStatus.MISDIRECTED_REQUEST, "text/plain",
                               b"this server does not answer to that Host name (see serve --allowed-host)\n")
         if req.command not in ("GET", "HEAD") and not path.startswith("/api/"):
