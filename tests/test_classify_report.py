@@ -183,3 +183,14 @@ def test_served_activity_on_mqtt_says_random_weights(tmp_path, broker):
     finally:
         manager.close()
         sub.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, first", [("out.csv", "index,start,end,label,score,top,segment"), ("out.json", "{"),
+                                         ("out.txt", "WARNING: random weights (--weights none): labels are meaningless")])
+def test_the_out_files_suffix_names_its_format_when_format_is_not_given(demo_clip, tmp_path, name, first):
+    from conftest import run_main
+
+    proc = run_main("classify", str(demo_clip), "--model", "tiny3d", "--weights", "none", "--out", str(tmp_path / name))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / name).read_text().splitlines()[0].startswith(first)

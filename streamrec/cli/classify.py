@@ -8,6 +8,7 @@ so that torchvision is never loaded under the classification's own memory.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -33,8 +34,9 @@ def add_classify_parser(sub, model_args: Callable) -> None:
     p.add_argument("--stride", type=finite_float("--stride"), default=1.0, help="seconds between windows")
     p.add_argument("--top", type=whole_number("--top", 1000), default=5, help="labels kept per window and in the average")
     p.add_argument("--batch-size", type=whole_number("--batch-size", MAX_BATCH), default=None, help="windows per forward pass (default 8 on CUDA, 1 on CPU)")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
-                   help="output format: table (the segments), json or csv (a row per window)")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="output format: table (the segments), json or csv (a row per window) (default: the --out "
+                        "file's suffix, .csv or .json, else table)")
     p.add_argument("--windows", action="store_true", help="the table lists every window too (default: the segments only)")
     p.add_argument("--out", default=None, help="write the output here (default: stdout)")
     p.add_argument("--plot", default=None, help="write a timeline PNG here (default: none)")
@@ -46,10 +48,26 @@ def add_classify_parser(sub, model_args: Callable) -> None:
     p.set_defaults(func=cmd_classify)
 
 
+FORMATS = ("table", "json", "csv")
+
+
+def output_format(given: str | None, out: str | None) -> str:
+    """``--format``, else the one ``--out``'s suffix names (``match.csv`` is CSV), else ``table``.
+
+    >>> output_format(None, "match.CSV"), output_format(None, "m.json"), output_format("table", "m.csv"), output_format(None, None)
+    ('csv', 'json', 'table', 'table')
+    """
+    if given is not None:
+        return given
+    suffix = os.path.splitext(out or "")[1].lower().lstrip(".")
+    return suffix if suffix in ("csv", "json") else "table"
+
+
 def cmd_classify(args) -> int:
     from streamrec.runtime.firststart import needs_preparing, prepare_first_starts
     from streamrec.fsutil import CACHE
 
+    args.format = output_format(args.format, args.out)
     zones = parse_zone_args(args)
     weights, device = check_weights_arg(args.weights or "DEFAULT"), check_device(args.device or "auto")
     inputs = (args.file, weights)  # check_output compares only those that exist: DEFAULT does not
