@@ -38,6 +38,7 @@ from dataclasses import MISSING, fields
 from typing import Any, Callable
 
 from streamrec.errors import StreamrecError
+from streamrec.redact import mask_credentials
 
 _SIMPLE = (bool, int, float, str)
 MAX_BATCH = 4096  # windows or clips in one forward pass (--batch-size, --batches)
@@ -69,6 +70,9 @@ def _fits(value: Any, kinds: tuple[type, ...]) -> bool:
     return isinstance(value, str) and str in kinds
 
 
+SECRET_FIELDS = frozenset({"secret", "token", "password"})  # options whose value an error never shows
+
+
 def check_types(obj: Any, *, prefix: str = "") -> None:
     """Raise :class:`StreamrecError` for the first simple field of ``obj`` whose value has
     another type (an int is accepted where a float is expected, a bool nowhere but bool), is a
@@ -78,8 +82,10 @@ def check_types(obj: Any, *, prefix: str = "") -> None:
         value = getattr(obj, name)
         if not kinds or (value is None and optional):
             continue
-        if not _fits(value, kinds):
-            raise StreamrecError(f"{prefix}{name}: expected {' or '.join(_NAMES[k] for k in kinds)}, got {value!r}")
+        if not _fits(value, kinds):  # a secret's value is never shown, only what it is
+            kind = type(value).__name__
+            shown = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}" if name in SECRET_FIELDS else mask_credentials(repr(value))
+            raise StreamrecError(f"{prefix}{name}: expected {' or '.join(_NAMES[k] for k in kinds)}, got {shown}")
         if isinstance(value, float) and not math.isfinite(value):  # TOML has inf and nan; so has float("inf")
             raise StreamrecError(f"{prefix}{name}: expected a finite number, got {value!r}")
         if float in kinds and isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > NUMBER_MAX:

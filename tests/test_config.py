@@ -60,7 +60,7 @@ def test_bad_values_name_the_option(values, match):
     ({"port": True}, "port: expected an integer, got True"),
     ({"open_timeout": "x"}, "open_timeout: expected a number, got 'x'"),
     ({"host": 1}, "host: expected a string, got 1"),
-    ({"token": 5}, "token: expected a string, got 5"),
+    ({"token": 5}, "token: expected a string, got an int"),
     ({"smoothing": {"hold": True}}, "smoothing.hold: expected an integer, got True"),
     ({"cameras": [{"name": "a", "source": "a.mp4", "stall_timeout": "x"}]},
      "camera 'a': stall_timeout: expected a number, got 'x'"),
@@ -333,3 +333,15 @@ def test_a_later_error_names_the_place_in_the_file_whose_value_it_shows(file_val
     assert str(where_written(StreamrecError(message), file_values, {}, "gym.toml")) == renamed
     option = OptionError(("device",), "cuda:9 is not available")  # rebuilt as a plain error, not with OptionError's arguments
     assert str(where_written(option, {"device": "cuda:9"}, {}, "gym.toml")) == "gym.toml: device: cuda:9 is not available"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[notify.webhook]\nurl = "http://h/x"\nsecret = ["sekritXYZ"]', "[notify.webhook] secret: expected a string, got a list"),
+    ('[notify.webhook]\nurl = "http://h/x"\nsecret = 12345678', "[notify.webhook] secret: expected a string, got an int"),
+    ('token = 12345678', "token: expected a string, got an int"),
+])
+def test_a_secret_of_the_wrong_type_is_named_not_shown(text, message, tmp_path):
+    (tmp_path / "c.toml").write_text(text + "\n")
+    with pytest.raises(StreamrecError) as err:
+        ServeConfig.from_sources({"source": "a.mp4", **load_toml(tmp_path / "c.toml")}, {})
+    assert str(err.value) == message

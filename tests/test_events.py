@@ -46,9 +46,9 @@ def test_low_scores_uncertain_labels_and_short_runs_open_nothing():
 def test_cooldown_keeps_a_second_event_away_and_cameras_are_separate():
     rule = RuleConfig("run", labels=("running",), min_seconds=0.0, end_seconds=1.0, cooldown_seconds=10.0)
     eng = RuleEngine([rule], new_id=lambda ev: f"{ev.camera}-{ev.start_ts}")
-    seq = [(0.0, "running", 0.9), (1.0, "x", 0.9), (2.0, "x", 0.9), (3.0, "running", 0.9), (12.0, "running", 0.9)]
-    # the run that began at 3.0 in the cooldown opens its event when the cooldown is over, dated 3.0
-    assert feed(eng, seq) == [("start", 0.0, 0.0, None), ("end", 1.0, 0.0, 0.0), ("start", 12.0, 3.0, None)]
+    seq = [(0.0, "running", 0.9), (1.0, "x", 0.9), (2.0, "x", 0.9)] + [(3.0 + t, "running", 0.9) for t in range(10)]
+    # the run that began at 3.0 in the cooldown (to 10.0) opens its event when the cooldown is over, dated 3.0
+    assert feed(eng, seq) == [("start", 0.0, 0.0, None), ("end", 1.0, 0.0, 0.0), ("start", 10.0, 3.0, None)]
     assert feed(eng, [(3.0, "running", 0.9)], camera="other") == [("start", 3.0, 3.0, None)]
 
 
@@ -83,6 +83,37 @@ def test_a_run_in_the_cooldown_keeps_its_start_across_an_uncertain_label(gap, st
     # an activity that began in the cooldown and ended before it expired opens nothing
     feed(eng, [(20.0 + t, "x", 0.9) for t in range(3)])
     assert feed(eng, [(25.0, "running", 0.9), (26.0, "x", 0.9), (36.0, "x", 0.9), (37.0, "x", 0.9)]) == []
+
+
+@pytest.mark.parametrize("labels, changes", [
+    # one label, then nothing for 100 s: the activity after the pause is dated from its own first label
+    ([(0.0, "running"), (100.0, "running"), (100.5, "running"), (101.0, "running"), (102.0, "running")],
+     [("start", 102.0, 100.0, None)]),
+    # an open event, then an outage (no label at all for 30 s): it ended at its last label, and a new one opens
+    ([(t / 2, "running") for t in range(9)] + [(34.0 + t / 2, "running") for t in range(5)],
+     [("start", 2.0, 0.0, None), ("end", 34.0, 0.0, 4.0), ("start", 36.0, 34.0, None)]),
+    # a pause shorter than the outage (3 usual intervals, 2 s at least) and end_seconds: one event
+    ([(t / 2, "running") for t in range(9)] + [(5.5 + t / 2, "running") for t in range(5)],
+     [("start", 2.0, 0.0, None)]),
+])
+def test_a_pause_of_every_label_ends_the_activity_before_it(labels, changes):
+    rule = RuleConfig("run", labels=("running",), min_seconds=2.0, end_seconds=1.0, cooldown_seconds=0.0)
+    eng = RuleEngine([rule], new_id=lambda ev: f"e{ev.start_ts}")
+    assert feed(eng, [(ts, label, 0.9) for ts, label in labels]) == changes
+
+
+def test_labels_that_stop_coming_end_the_open_event_at_its_last_label():
+    rule = RuleConfig("run", labels=("running",), min_seconds=1.0, end_seconds=4.0, cooldown_seconds=0.0)
+    eng = RuleEngine([rule], new_id=lambda ev: f"e{ev.start_ts}")
+    opened = [c.kind for t in range(5) for c in eng.update("cam", "running", 0.9, 100.0 + t, now=1000.0 + t)]
+    assert opened == ["start", "seen", "seen", "seen"]
+    assert eng.expire(1008.0) == []  # 4 s since the last label came: not more than end_seconds
+    [end] = eng.expire(1008.5)
+    assert (end.kind, end.event.start_ts, end.event.end_ts) == ("end", 100.0, 104.0)
+    assert eng.expire(1020.0) == [] and eng.tracks[("run", "cam", None)].open is None
+    # a run that has not opened an event yet is over too: the next activity is dated from its own start
+    eng.update("cam", "running", 0.9, 200.0, now=1100.0)
+    assert eng.expire(1105.0) == [] and eng.tracks[("run", "cam", None)].since is None
 
 
 def test_a_deleted_open_event_is_followed_silently_and_never_closed():

@@ -142,3 +142,56 @@ def test_the_api_names_only_the_files_an_event_has():
         assert row_event(store.get("e2"))["thumbnail"] == "/api/events/e2/thumb.jpg"
     finally:
         store.close()
+
+
+def test_retention_keeps_the_files_of_events_it_keeps_however_old_the_files(tmp_path):
+    """An event longer than its clip (max_seconds) outlives the clip file's age: the sweep of
+    files no event points to must not take its clip and thumbnail."""
+    import os
+    import time
+
+    from streamrec.events.clipfiles import ClipFolder
+    from streamrec.events.store import Event, EventStore
+
+    (tmp_path / "cam").mkdir()
+    store = EventStore(":memory:")
+    now = time.time()
+    still_open = Event("1700000000-0badf00d", "r", "cam", "l", now - 7200, 0.9, 0.8)
+    store.opened(still_open, clip="cam/1700000000-0badf00d.mp4")
+    ended = Event("1700000001-0badf00e", "r", "cam", "l", now - 7200, 0.9, 0.8)
+    store.opened(ended, clip="cam/1700000001-0badf00e.mp4")
+    ended.end_ts = now - 600
+    store.closed(ended)
+    names = ["1700000000-0badf00d.mp4", "1700000000-0badf00d.jpg", "1700000001-0badf00e.mp4",
+             "1700000001-0badf00e.jpg", "1700000002-0badf00f.mp4"]  # the last one: no event points to it
+    for name in names:
+        (tmp_path / "cam" / name).write_bytes(b"x" * 1000)
+        os.utime(tmp_path / "cam" / name, (now - 7000, now - 7000))
+    store.set_files("1700000001-0badf00e", thumbnail="cam/1700000001-0badf00e.jpg")
+    assert ClipFolder(tmp_path).prune(store, cutoff=now - 3600, max_bytes=float("inf"), active=set()) == 0
+    assert sorted(p.name for p in (tmp_path / "cam").iterdir()) == sorted(names[:4])
+    store.close()
+
+
+def test_the_api_says_an_event_has_no_clip_once_its_file_is_gone(tmp_path):
+    from streamrec.serve.routes import list_events
+
+    clips = tmp_path / "clips"
+    (clips / "cam").mkdir(parents=True)
+    rule = RuleConfig(name="pour", labels=("pouring",), min_seconds=1.0, end_seconds=1.0)
+    events = EventManager(rules=(rule,), notify=NotifyConfig(), recording=RecordingConfig(dir=str(clips)),
+                          db=str(tmp_path / "events.db"), classes=["pouring", "walking"], supervisor=Supervisor(),
+                          publish=lambda message: None)
+    try:
+        for n, kept in ((1, True), (2, False), (3, "part")):  # a clip on disk, one removed, one being written
+            ev = Event(f"170000000{n}-0badf00{n}", "pour", "cam", "pouring", 1000.0 + n, 0.9, 0.8)
+            events.store.opened(ev, clip=f"cam/{ev.id}.mp4", now=1000.0)
+            events.store.set_files(ev.id, thumbnail=f"cam/{ev.id}.jpg", clip_bytes=5)
+            if kept:
+                (clips / "cam" / (f"{ev.id}.mp4" + (".part" if kept == "part" else ""))).write_bytes(b"clip!")
+                (clips / "cam" / f"{ev.id}.jpg").write_bytes(b"\xff\xd8\xff\xd9")
+        got = {e["id"][-1]: (e["has_clip"], e["clip_bytes"], e["thumbnail"] is not None)
+               for e in list_events(events, {}).body["events"]}
+        assert got == {"1": (True, 5, True), "2": (False, 0, False), "3": (True, 5, True)}
+    finally:
+        events.close()

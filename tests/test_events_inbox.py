@@ -73,3 +73,24 @@ def test_close_drops_queued_labels_keeps_the_rest_and_refuses_new_labels():
     assert ("label", 2) not in seen and ("thumbnail", 3) in seen
     assert inbox.put_label(("label", 5)) is False
     assert inbox.put(("clip", 6)).is_set() and seen[-1] == ("clip", 6)
+
+
+def test_ticks_come_while_the_thread_is_idle_and_while_it_is_busy():
+    import time
+
+    from streamrec.events.inbox import TICK
+
+    seen = []
+    inbox = Inbox(seen.append, name="tick-inbox", supervisor=Supervisor(), limit=1000, tick_s=0.1)
+    inbox.start()
+    try:
+        time.sleep(0.55)  # idle: about five ticks
+        idle = seen.count(TICK)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # busy: a label every millisecond, ticks still come
+            inbox.put_label(("label", 1))
+            time.sleep(0.001)
+        assert inbox.flush(5)
+    finally:
+        inbox.stop()
+    assert idle >= 2 and seen.count(TICK) - idle >= 2 and seen.count(("label", 1)) > 100

@@ -135,7 +135,7 @@ class ClipFolder:
             total -= self.delete_files(row)
             store.delete(row["id"])
             removed += 1
-        self.sweep(cutoff, active)
+        self.sweep(cutoff, active, kept=store.file_paths())
         if removed:
             logger.info("retention: deleted %d event(s) and their clips", removed)
         return removed
@@ -192,10 +192,12 @@ class ClipFolder:
             logger.warning("retention: cannot delete %s: %s", path, describe(exc))
             return 0
 
-    def sweep(self, cutoff: float, active: set[str]) -> None:
+    def sweep(self, cutoff: float, active: set[str], kept: set[str] = frozenset()) -> None:
         """An event's files (:data:`EVENT_FILE`) modified before ``cutoff`` that no event points to
         any more (a crash before the clip was noted): deleted too; not those of ``active`` events,
-        and no file of another name (a folder shared with other files keeps them).
+        nor any file of an event that points to one of ``kept`` (the files events point to: an
+        event that lasts longer than its clip keeps it), and no file of another name (a folder
+        shared with other files keeps them).
 
         >>> import tempfile, time
         >>> folder = ClipFolder(Path(tempfile.mkdtemp()))
@@ -207,9 +209,10 @@ class ClipFolder:
         ['holiday.mp4', 'notes.txt']
         """
         writing = {path_part(e) for e in active}
+        owners = {named["id"] for rel in kept if (named := EVENT_FILE.fullmatch(rel.rpartition("/")[2]))}
         for path, _, mtime in self.files():
             named = EVENT_FILE.fullmatch(path.name)
-            if named and mtime < cutoff and named["id"] not in writing:
+            if named and mtime < cutoff and named["id"] not in writing and named["id"] not in owners:
                 self.remove(path)
 
     def recover_parts(self, camera: str) -> int:

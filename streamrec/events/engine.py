@@ -5,7 +5,10 @@ Each (rule, camera, zone) is a small state machine fed with every prediction's s
 score and window end time (:meth:`RuleEngine.update`): the label must be one of the rule's (or of
 its groups) with at least ``min_score`` for ``min_seconds`` to open an event (its start is when
 the label began; uncertain labels for less than ``end_seconds`` do not interrupt it); while open, each matching label extends it and counts towards its peak and mean
-score; ``end_seconds`` without one closes it at the last matching label; then ``cooldown_seconds``
+score; ``end_seconds`` without one closes it at the last matching label, and so does a pause of
+every label (an outage: a file that ended, a camera reconnecting) longer than ``end_seconds`` and
+than the stream's outage (:class:`~streamrec.live.segments.Cadence`), seen at the next label or
+by :meth:`RuleEngine.expire`; then ``cooldown_seconds``
 pass before the rule opens another event on that camera (an activity that began during the cooldown
 and still holds when it is over opens one then, dated from the activity's own first label). An
 event deleted while open (:meth:`RuleEngine.discard`) is followed silently to the end of its
@@ -36,6 +39,7 @@ from typing import Callable, Iterable, Sequence
 from streamrec.errors import StreamrecError
 from streamrec.event_config import RuleConfig
 from streamrec.events.store import Event
+from streamrec.live.segments import Cadence
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,14 @@ class Track:
     scores: list[float] = field(default_factory=list)
     cooldown_until: float = float("-inf")
     deleted: bool = False  # ``open`` was deleted: its activity is followed to its end, with no change
+    last_label: float | None = None  # the time of the stream's last label, matching or not
+    heard_at: float | None = None  # when that label came (the caller's clock): labels that stop are an outage
+    cadence: Cadence = field(default_factory=Cadence)
+
+    def outage_after(self, rule: RuleConfig) -> float:
+        """Seconds without any label after which the activity has ended: ``end_seconds``, or the
+        stream's outage (:class:`~streamrec.live.segments.Cadence`) when labels come less often."""
+        return max(rule.end_seconds, self.cadence.stale_after())
 
 
 def event_id(ev: Event) -> str:
@@ -118,18 +130,48 @@ class RuleEngine:
         self.tracks: dict[tuple[str, str], Track] = {}
 
     def update(self, camera: str, label: str, score: float, ts: float, *, uncertain: bool = False,
-               zone: str | None = None) -> list[Change]:
+               zone: str | None = None, now: float | None = None) -> list[Change]:
         """One smoothed label of ``camera`` (of its ``zone``; ``None``: the whole frame) at ``ts``
-        (the window's end); the events it opens or closes."""
+        (the window's end), handed over at ``now`` (for :meth:`expire`); the events it opens or closes."""
         out = []
         for rule in self.rules:
             if (rule.cameras and camera not in rule.cameras) or (zone not in rule.zones if rule.zones else zone):
                 continue
             matched = not uncertain and label in self.labels_of[rule.name] and score >= rule.min_score
-            change = self.step(rule, self.tracks.setdefault((rule.name, camera, zone), Track()), camera, label,
-                               score, ts, matched, uncertain=uncertain, zone=zone)
+            tr = self.tracks.setdefault((rule.name, camera, zone), Track())
+            if tr.last_label is not None:  # a pause of every label (an outage) ends the activity before it
+                gap = ts - tr.last_label
+                lapsed = self.lapse(rule, tr) if gap > tr.outage_after(rule) else None
+                out += [lapsed] if lapsed is not None else []
+                tr.cadence.add(gap)
+            tr.last_label, tr.heard_at = ts if tr.last_label is None else max(tr.last_label, ts), now
+            change = self.step(rule, tr, camera, label, score, ts, matched, uncertain=uncertain, zone=zone)
             if change is not None:
                 out.append(change)
+        return out
+
+    def lapse(self, rule: RuleConfig, tr: Track) -> Change | None:
+        """The stream's labels stopped: a run not yet an event is over, an open event ends at its
+        last matching label (as if labels had come that did not match)."""
+        tr.since = None
+        if tr.open is None:
+            return None
+        ev, deleted = tr.open, tr.deleted
+        ev.end_ts = tr.last_seen
+        tr.open, tr.deleted, tr.cooldown_until = None, False, tr.last_seen + rule.cooldown_seconds
+        return None if deleted else Change("end", ev, rule)
+
+    def expire(self, now: float) -> list[Change]:
+        """Call every second or so with the clock the labels were given with (``update(now=...)``):
+        the streams whose labels stopped coming (a file that ended, a camera reconnecting) end
+        their runs and events, as a label after the pause would have."""
+        out = []
+        for (name, _, _), tr in self.tracks.items():
+            rule = next(r for r in self.rules if r.name == name)
+            if tr.heard_at is not None and (tr.open is not None or tr.since is not None) \
+                    and now - tr.heard_at > tr.outage_after(rule):
+                change = self.lapse(rule, tr)
+                out += [change] if change is not None else []
         return out
 
     def step(self, rule: RuleConfig, tr: Track, camera: str, label: str, score: float, ts: float,

@@ -2,7 +2,8 @@
 named thread, so that whoever hands them over never waits on what handling them costs (a
 database write, a clip starting).
 
-Labels are bounded (``limit`` waiting at most; past that they are dropped and counted); other
+With ``tick_s``, ``handle(TICK)`` is called that often while the thread runs, busy or idle (the
+rules look for streams whose labels stopped). Labels are bounded (``limit`` waiting at most; past that they are dropped and counted); other
 items (a camera removed, a clip finished) always get in, and :meth:`Inbox.put` returns an
 event that is set once the item was handled. Items that come while no thread runs (before
 :meth:`Inbox.start`, after :meth:`Inbox.stop` with nothing left queued, after
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any, Callable
 
 from streamrec.errors import StreamrecError
@@ -33,6 +35,7 @@ from streamrec.supervision import Supervisor
 logger = logging.getLogger(__name__)
 
 STOP_S = 10.0  # stop(): how long the thread may take to handle what is queued
+TICK = ("tick", None, None)  # handed to handle() every tick_s while the thread runs
 
 
 class Inbox:
@@ -40,10 +43,12 @@ class Inbox:
     what ``handle`` works on from another thread); an exception it raises is logged and counted
     (:attr:`errors`), and the next item is handled."""
 
-    def __init__(self, handle: Callable[[Any], None], *, name: str, supervisor: Supervisor, limit: int) -> None:
+    def __init__(self, handle: Callable[[Any], None], *, name: str, supervisor: Supervisor, limit: int,
+                 tick_s: float | None = None) -> None:
         if limit < 1:
             raise ValueError(f"limit: expected >= 1 labels, got {limit}")
         self.handle = handle
+        self.tick_s = tick_s  # handle(TICK) this often while the thread runs, busy or not
         self.name = name
         self.supervisor = supervisor
         self.limit = limit
@@ -110,8 +115,20 @@ class Inbox:
                 and self._pending == 0
 
     def _run(self) -> None:
+        next_tick = time.monotonic() + self.tick_s if self.tick_s else float("inf")
         try:
-            while not self._abandoned and (entry := self._q.get()) is not None:
+            while not self._abandoned:
+                try:
+                    entry = self._q.get(timeout=max(0.0, next_tick - time.monotonic())) if self.tick_s else self._q.get()
+                except queue.Empty:
+                    entry = TICK
+                if entry is None:
+                    break
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + (self.tick_s or 0.0)
+                    self._handle(TICK)
+                if entry is TICK:
+                    continue
                 item, done = entry
                 try:
                     self._handle(item)

@@ -40,6 +40,7 @@ SEEN_EVERY_S = 1.0  # how often an open event's last label is written (for recov
 PRUNE_EVERY_S = 600.0  # how often retention deletes old events and clips (and at the first label)
 QUEUE_SIZE = 10_000  # labels waiting for the events thread (minutes of a camera's labels while a database restarts)
 RETRY = Backoff(base_s=0.5, cap_s=10.0)  # a write to a database that does not answer: tried again after these waits
+TICK_S = 1.0  # how often the rules look for streams whose labels stopped
 JOIN_S = 10.0  # finish(): how long the events thread may take to handle what is queued
 
 
@@ -69,7 +70,7 @@ class EventManager:
         self.last_written: dict[str, float] = {}
         self.errors = 0
         self.next_prune = 0.0
-        self.inbox = Inbox(self._handle, name="events", supervisor=supervisor, limit=queue_size)
+        self.inbox = Inbox(self._handle, name="events", supervisor=supervisor, limit=queue_size, tick_s=TICK_S)
         self.waiting_db = False  # a write is waiting for the database to answer again
         self._outbox_stats = {"pending": 0, "delivered": 0}  # the last read (the database may not answer)
         self._finished = False
@@ -136,11 +137,14 @@ class EventManager:
     def _handle(self, item: tuple[str, str, Any]) -> None:
         """One item of the inbox, in the ``events`` thread."""
         kind, key, value = item
+        if kind in ("label", "tick") and self.clock() >= self.next_prune:
+            self.prune()
         if kind == "label":
-            if self.clock() >= self.next_prune:
-                self.prune()
-            changes = self.engine.update(value.get("camera") or split_key(key)[0], value["label"], value["score"], value["window"]["end_ts"],
-                                         uncertain=value["uncertain"], zone=value.get("zone"))
+            changes = self.engine.update(value.get("camera") or split_key(key)[0], value["label"], value["score"],
+                                         value["window"]["end_ts"], uncertain=value["uncertain"], zone=value.get("zone"),
+                                         now=self.clock())
+        elif kind == "tick":  # every TICK_S: streams whose labels stopped end their events
+            changes = self.engine.expire(self.clock())
         elif kind == "forget":
             changes = self.engine.forget(key)
         elif kind == "clip":
@@ -253,13 +257,30 @@ class EventManager:
     def file_of(self, event_id: str, kind: str) -> Path | None:
         """The clip (``kind="clip"``) or thumbnail of an event, when it exists on disk, not empty."""
         row = self.store.get(event_id)
-        rel = row and row.get(kind)
+        return self._on_disk(row.get(kind)) if row else None
+
+    def _on_disk(self, rel: str | None, *, writing: bool = False) -> Path | None:
+        """The file ``rel`` of the clips' folder when it is there, not empty (``writing``: or its
+        ``.part`` while a clip is written); ``None`` when it is outside the folder or missing."""
         if not rel:
             return None
         path = (self.recording.folder / rel).resolve()
-        if self.recording.folder.resolve() not in path.parents or not path.is_file() or not path.stat().st_size:
-            return None  # outside the folder, missing, or empty (nothing to play or show)
-        return path
+        if self.recording.folder.resolve() not in path.parents:
+            return None
+        for candidate in (path, path.with_name(path.name + ".part")) if writing else (path,):
+            try:
+                if candidate.is_file() and candidate.stat().st_size:
+                    return path
+            except OSError:
+                continue
+        return None  # missing, or empty (nothing to play or show)
+
+    def with_files_on_disk(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` without the clip or thumbnail it names when that file is gone from the disk
+        (removed by hand, a folder lost): the API then says the event has none."""
+        clip = row.get("clip") if self._on_disk(row.get("clip"), writing=True) else None
+        thumbnail = row.get("thumbnail") if self._on_disk(row.get("thumbnail")) else None
+        return {**row, "clip": clip, "thumbnail": thumbnail, "clip_bytes": row.get("clip_bytes") if clip else 0}
 
     def delete(self, event_id: str) -> bool:
         """Delete an event, open or closed: its row and its notifications not yet delivered go,

@@ -37,6 +37,33 @@ STALE_FLOOR_S = 2.0  # labels that stop for this long (at least) end their segme
 STALE_FACTOR = 3.0  # ...or for this many of the camera's usual intervals between labels
 
 
+class Cadence:
+    """How often one stream's labels come (the median of the last 16 intervals), and so how long
+    a pause of them is an outage: :data:`STALE_FACTOR` usual intervals, :data:`STALE_FLOOR_S` at
+    least. One notion of an outage for the history's segments and the rules' events.
+
+    >>> c = Cadence()
+    >>> c.stale_after()
+    3.0
+    >>> for gap in (0.5, 0.5, 4.0):
+    ...     c.add(gap)
+    >>> c.stale_after()
+    2.0
+    """
+
+    def __init__(self) -> None:
+        self._gaps: deque[float] = deque(maxlen=16)  # seconds between labels
+
+    def add(self, gap: float) -> None:
+        if gap > 0:
+            self._gaps.append(gap)
+
+    def stale_after(self) -> float:
+        """Seconds without a label after which the stream's labels have stopped."""
+        usual = statistics.median(self._gaps) if self._gaps else 1.0
+        return max(STALE_FLOOR_S, STALE_FACTOR * usual)
+
+
 class SegmentTracker:
     """Turns one labelled stream's (label, score, time) into closed segments: the whole frame of
     ``camera``, or its ``zone``.
@@ -70,20 +97,18 @@ class SegmentTracker:
         self._sum = self._peak = 0.0
         self._n = 0
         self._last: float | None = None  # the time of the last label, of any segment
-        self._gaps: deque[float] = deque(maxlen=16)  # seconds between labels
+        self.cadence = Cadence()
 
     def stale_after(self) -> float:
         """Seconds without a label after which the open segment has ended at its last label."""
-        usual = statistics.median(self._gaps) if self._gaps else 1.0
-        return max(STALE_FLOOR_S, STALE_FACTOR * usual)
+        return self.cadence.stale_after()
 
     def update(self, label: str, score: float, ts: float) -> None:
         if self._last is not None:
             gap = ts - self._last
             if gap > self.stale_after():
                 self.close()  # the labels stopped meanwhile: it ended at its last label
-            if gap > 0:
-                self._gaps.append(gap)
+            self.cadence.add(gap)
         self._last = ts if self._last is None else max(self._last, ts)
         if label != self._label:
             self.close(ts)

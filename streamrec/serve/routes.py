@@ -307,4 +307,4 @@ def list_events(events: EventManager, query: dict[str, list[str]]) -> Reply:
     except Exception as exc:  # noqa: BLE001 - the database went away: the page asks again later
         logger.warning("events: cannot read the database: %s", printable(str(exc).strip()))
         return Reply(503, {"error": f"events database unavailable: {printable(str(exc).strip())}"})
-    return Reply(200, {"events": [row_event(r) for r in rows]})
+    return Reply(200, {"events": [row_event(events.with_files_on_disk(r)) for r in rows]})
