@@ -4,6 +4,7 @@ does not answer delays the events without losing them or stalling the labels."""
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import pytest
 
@@ -158,3 +159,26 @@ def test_a_database_with_duplicate_notifications_opens_and_keeps_the_first(tmp_p
         assert [(n.event_id, n.payload) for n in store.pending(now=2.0)] == [("e1", '{"n": 0}')]
     finally:
         store.close()
+
+
+def test_an_event_whose_labels_stop_coming_is_closed_by_the_events_thread(tmp_path):
+    """A file that ended, a camera reconnecting: no label comes to close the event; the events
+    thread's tick does, at the last matching label, and the page hears of it."""
+    now = [5000.0]
+    published: list = []
+    manager = make(str(tmp_path / "events.db"), published, clock=lambda: now[0])
+    manager.start(["cam"])
+    try:
+        for i in range(5):  # pouring from 1000.0 to 1002.0, handed over from 5000.0 to 5002.0
+            now[0] = 5000.0 + i / 2
+            manager.observe("cam", label(1000.0 + i / 2, "pouring"))
+        assert manager.flush(10)
+        assert [m["state"] for m in published] == ["open"]
+        now[0] = 5004.0  # 2 s since the last label came: not yet an outage (3 usual intervals, 2 s at least)
+        time.sleep(1.5)  # a tick or more
+        assert [m["state"] for m in published] == ["open"]
+        now[0] = 5010.0
+        wait_until(lambda: len(published) == 2, "the event closed by a tick", timeout=10)
+        assert (published[1]["state"], published[1]["start_ts"], published[1]["end_ts"]) == ("closed", 1000.0, 1002.0)
+    finally:
+        manager.close()
