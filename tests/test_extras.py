@@ -39,9 +39,10 @@ def test_a_figure_without_matplotlib_is_one_line_before_any_work(tmp_path, monke
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     clip = tmp_path / "clip.mp4"
     write_video(clip, seconds=0.5)
-    out = tmp_path / "figure.png"
+    out = tmp_path / "figures" / "figure.png"  # beside the data, not in it
+    out.parent.mkdir()
     args = (["classify", str(clip), "--weights", "none", "--plot", str(out)] if option == "--plot"
-            else ["dataset", str(tmp_path), "--sheet", str(out)])
+            else ["dataset", str(tmp_path / "data"), "--sheet", str(out)])
     line = error_line(run_main(*args))
     assert line.startswith(f"streamrec: error: {option}: matplotlib is not installed; pip install -e ")
     assert line.endswith("[plot]'") and not out.exists()

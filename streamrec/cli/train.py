@@ -148,14 +148,24 @@ def _train_config(args):
     return TrainConfig(data=args.data, **{k: getattr(args, k) for k in keys if hasattr(args, k)})
 
 
+def check_cache_dir(args) -> None:
+    """``--cache-dir`` outside DATA: a cache inside it would read as one more class folder."""
+    from streamrec.errors import StreamrecError
+
+    cache = getattr(args, "cache_dir", None)
+    if cache and Path(args.data).is_dir() and Path(cache).resolve().is_relative_to(Path(args.data).resolve()):
+        raise StreamrecError(f"--cache-dir {cache}: inside the dataset folder {args.data}, where it would read as a "
+                             "class folder; expected a folder outside it")
+
+
 def cmd_dataset(args) -> int:
     from streamrec.offline.dataset import discover
     from streamrec.offline.inventory import catalog, contact_sheet, write_catalog_csv
 
     if args.csv:
-        check_output("--csv", args.csv)
+        check_output("--csv", args.csv, data=args.data)
     if args.sheet:
-        check_output("--sheet", args.sheet, image=True)
+        check_output("--sheet", args.sheet, image=True, data=args.data)
     splits = discover(args.data, val_split=args.val_split)
     rows = catalog(splits)
     print(f"{'split':<6} {'class':<24} {'clips':>5} {'frames':>7} {'secs':>7} {'fps':>11}  {'resolutions':<20} unreadable")
@@ -179,7 +189,8 @@ def cmd_dataset(args) -> int:
 def cmd_train(args) -> int:
     from streamrec.offline.train import train
 
-    check_output("--out", args.out)
+    check_output("--out", args.out, inputs=tuple(w for w in (args.weights,) if w), data=args.data)
+    check_cache_dir(args)
     result = train(_train_config(args))
     print(f"best validation loss {result['best_val_loss']:.4f}", file=sys.stderr)
     if result["warning"]:
@@ -192,7 +203,8 @@ def cmd_train(args) -> int:
 def cmd_lr_find(args) -> int:
     from streamrec.offline.lrfind import lr_find
 
-    check_output("--plot", args.plot, image=True)
+    check_output("--plot", args.plot, image=True, data=args.data)
+    check_cache_dir(args)
     lr = lr_find(_train_config(args), plot=args.plot)
     print(f"suggested learning rate: {lr:.2e} (plot: {args.plot})")
     return 0
@@ -208,7 +220,7 @@ def cmd_evaluate(args) -> int:
     if suffix != ".csv" and suffix not in IMAGE_SUFFIXES:
         raise StreamrecError(f"--confusion {args.confusion}: expected a file name ending in .csv, "
                              f"{', '.join(IMAGE_SUFFIXES)}, got {suffix or 'no suffix'!r}")
-    check_output("--confusion", args.confusion, image=suffix != ".csv")
+    check_output("--confusion", args.confusion, image=suffix != ".csv", data=args.folder)
     r = evaluate(args.folder, weights=args.weights, model=args.model, device=args.device,
                  batch_size=args.batch_size, confusion=args.confusion, val_split=args.val_split)
     if r["training_clips"]:
@@ -237,6 +249,9 @@ def cmd_export(args) -> int:
     weights = args.weights or args.checkpoint
     if not weights:
         raise StreamrecError("--weights: expected the checkpoint PATH to export, got nothing")
+    if str(weights).lower() == "none":  # the export keeps no mark of it: it would be classified as a model
+        raise StreamrecError("--weights none: expected trained weights to export (DEFAULT or a checkpoint PATH), "
+                             "got random ones: their export would read as a trained model")
     suffix = {"torchscript": ".ts", "onnx": ".onnx"}[args.format]
     out = args.out or str(weights).rsplit(".", 1)[0] + suffix
     check_output("--out", out, inputs=(weights,))

@@ -29,7 +29,7 @@ import torch
 from streamrec.errors import SourceError, StreamrecError
 from streamrec.fsutil import atomic_write
 from streamrec.redact import shown
-from streamrec.models.spec import ModelSpec
+from streamrec.models.spec import ModelSpec, class_names_problem
 from streamrec.models.preprocess import FramePreprocessor
 from streamrec.live.ring import sample_indices
 from streamrec.live.sources import PyAVSource, SourceSpec, open_container
@@ -105,6 +105,9 @@ def class_dirs(folder: Path) -> dict[str, list[Path]]:
         out[shown(d.name)] = files  # class names are printed, written to CSV and saved with the model
     if not out:
         raise StreamrecError(f"dataset: no class folders in {folder}")
+    problem = class_names_problem(list(out))  # checked now: a model trained on them could not be loaded
+    if problem is not None:
+        raise StreamrecError(f"dataset: class folders of {folder}: {problem} (rename the folder)")
     return out
 
 

@@ -14,6 +14,7 @@ import logging
 import numpy as np
 from torch import nn
 
+from streamrec.errors import StreamrecError
 from streamrec.fsutil import save_figure
 from streamrec.offline.train import TrainConfig, base_model, make_loaders, make_optimizer, seed_everything, training_classes
 from streamrec.runtime.classifier import resolve_device
@@ -87,6 +88,9 @@ def range_test(cfg: TrainConfig, *, start: float, end: float, steps: int) -> tup
 def lr_find(cfg: TrainConfig, *, start: float = 1e-6, end: float = 1.0, steps: int = 60, plot: str | None = None) -> float:
     """The range test on ``cfg``'s data and model; the suggested peak ``--lr`` (see :func:`suggest`)."""
     lrs, losses = range_test(cfg, start=start, end=end, steps=steps)
+    if not losses:  # every batch was skipped: no clip of the training split could be read
+        raise StreamrecError(f"lr-find: no training batch could be read from {cfg.data} (every clip unreadable); "
+                             "streamrec dataset DATA lists them")
     suggestion = suggest(lrs, losses)
     if plot:
         plot_range_test(lrs, losses, suggestion, plot)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import sys
 from dataclasses import asdict, dataclass
@@ -27,7 +28,7 @@ from streamrec.offline.dataset import Augment, ClipCache, ClipDataset, collate, 
 from streamrec.config import check_device
 from streamrec.runtime.classifier import resolve_device
 from streamrec.errors import StreamrecError
-from streamrec.fsutil import atomic_torch_save
+from streamrec.fsutil import atomic_torch_save, atomic_write_text
 from streamrec.models.spec import LoadedModel
 from streamrec.models.registry import build_model, load_model, make_checkpoint
 
@@ -262,13 +263,23 @@ def announce(cfg: TrainConfig) -> None:
     print(f"training {what}{why}, {lr}", file=sys.stderr)
 
 
+def log_epoch(path: Path, row: dict[str, Any], header: str | None) -> None:
+    """One epoch's ``row`` added to the log at ``path``; with ``header`` (a new run's first epoch)
+    the log is replaced, whole, by the header and the row."""
+    line = ",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()) + "\n"
+    if header is not None:
+        atomic_write_text(path, header + line)
+        return
+    with path.open("a") as fh:
+        fh.write(line)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train and write ``cfg.out`` (lowest validation loss among the epochs that beat chance),
     ``<out>.state`` (for ``--resume``) and ``<out>.log.csv`` (a row per epoch); the result names
     them in ``files``, and ``beats_chance`` is False (with a ``warning``) when no epoch did."""
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    classes = training_classes(cfg)
+    device, classes = resolve_device(cfg.device), training_classes(cfg)
     loaded = base_model(cfg, classes)
     splits, train_ds, val_ds, train_dl, val_dl = make_loaders(cfg, loaded)
     model = loaded.module.to(device)
@@ -276,7 +287,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     announce(cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     out = Path(cfg.out)
-    log_path, state_path = out.with_name(out.name + ".log.csv"), out.with_name(out.name + ".state")
+    log_path, state_path = (out.with_name(out.name + tail) for tail in (".log.csv", ".state"))
     saved_for = meta(cfg.model, classes, cfg.head_only)  # kept in the state: --resume checks it
     st = resume_state(state_path, model, optimizer, saved_for) if cfg.resume else {"epoch": -1, "step": 0}
     chance = Chance.of([s.label for s in val_ds.samples for _ in range(val_ds.clips_per_video)])
@@ -292,8 +303,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step += 1
 
     history = []
-    if not cfg.resume:
-        log_path.write_text(f"epoch,train_loss,train_top1,train_top{k},val_loss,val_top1,val_top{k},lr\n")
+    # a new run's log replaces the last run's once its first epoch is done (an interrupted start keeps it)
+    header = None if cfg.resume else f"epoch,train_loss,train_top1,train_top{k},val_loss,val_top1,val_top{k},lr\n"
     for epoch in range(st["epoch"] + 1, cfg.epochs):
         train_ds.epoch = epoch
         tl, t1, tk, _ = run_epoch(model, train_dl, device, optimizer=optimizer, scaler=scaler, schedule=schedule,
@@ -303,12 +314,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         row = {"epoch": epoch + 1, "train_loss": tl, "train_top1": t1, f"train_top{k}": tk, "val_loss": vl,
                "val_top1": v1, f"val_top{k}": vk, "lr": optimizer.param_groups[0]["lr"]}
         history.append(row)
-        with log_path.open("a") as fh:
-            fh.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")
+        log_epoch(log_path, row, header)
+        header = None
         print(f"epoch {epoch + 1:>3}: train loss {tl:.4f} top1 {t1:.3f} top{k} {tk:.3f} | "
               f"val loss {vl:.4f} top1 {v1:.3f} top{k} {vk:.3f}", file=sys.stderr)
         keeper.update(row, lambda: make_checkpoint(model, model=cfg.model, classes=classes, spec=loaded.spec,
-                                                   train_args=asdict(cfg), metrics=row))
+                                                   train_args={**asdict(cfg), "data": os.path.abspath(cfg.data)},
+                                                   metrics=row))  # the data's own path: evaluate runs elsewhere
         atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                            "step": step, **keeper.state(), **saved_for}, state_path)
         if keeper.stale >= cfg.patience:

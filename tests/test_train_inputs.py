@@ -1,0 +1,81 @@
+"""The offline commands never write into their own inputs: a checkpoint, a catalog or a plot
+inside the dataset folder (it would replace a clip or read as one), the checkpoint a run starts
+from, a cache inside the dataset; class folders whose names no model can carry are refused
+before any work; random weights are never exported as a model."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import error_line, run_main
+
+
+@pytest.fixture
+def data(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "data" / cls / f"{cls}{i}.mp4").write_bytes(b"not a video")
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("args, option", [
+    (["train", "{data}", "--out", "{data}/a/a0.mp4"], "--out {data}/a/a0.mp4"),
+    (["train", "{data}", "--out", "{data}/model.pt"], "--out {data}/model.pt"),
+    (["dataset", "{data}", "--csv", "{data}/a/a1.mp4"], "--csv {data}/a/a1.mp4"),
+    (["lr-find", "{data}", "--plot", "{data}/b/lr.png"], "--plot {data}/b/lr.png"),
+    (["evaluate", "{data}", "--weights", "none", "--confusion", "{data}/a/c.csv"], "--confusion {data}/a/c.csv"),
+])
+def test_an_output_inside_the_dataset_is_refused_and_the_clip_is_left_as_it_is(data, args, option):
+    got = error_line(run_main(*[a.format(data=data) for a in args]))
+    assert got == (f"streamrec: error: {option.format(data=data)}: inside the dataset folder {data}; writing there "
+                   "would change the dataset (write it beside the folder)")
+    assert (data / "a" / "a0.mp4").read_bytes() == b"not a video"
+
+
+def test_a_run_that_would_write_over_the_checkpoint_it_starts_from_is_refused(data, tmp_path):
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"a checkpoint")
+    got = error_line(run_main("train", str(data), "--weights", str(start), "--out", str(start)))
+    assert got == f"streamrec: error: --out {start}: that is the input file {start}; writing there would replace it"
+    assert start.read_bytes() == b"a checkpoint"
+
+
+def test_a_cache_inside_the_dataset_is_refused(data):
+    got = error_line(run_main("train", str(data), "--cache-dir", str(data / "cache"), "--out", str(data.parent / "m.pt")))
+    assert got == (f"streamrec: error: --cache-dir {data / 'cache'}: inside the dataset folder {data}, where it would "
+                   "read as a class folder; expected a folder outside it")
+
+
+@pytest.mark.parametrize("name, shown", [("wave\nhand", "'wave\\nhand'"), ("x" * 201, repr("x" * 40))])
+def test_a_class_folder_no_model_can_carry_is_refused_before_any_work(tmp_path, name, shown):
+    for cls in (name, "b"):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        (tmp_path / "d" / cls / "c.mp4").write_bytes(b"not a video")
+    got = error_line(run_main("dataset", str(tmp_path / "d")))
+    assert got.startswith(f"streamrec: error: dataset: class folders of {tmp_path / 'd'}: expected names of 1-200 "
+                          "characters without control characters or line breaks, got ")
+    assert got.endswith(" (rename the folder)")
+
+
+def test_random_weights_are_never_exported(tmp_path):
+    got = error_line(run_main("export", "--weights", "none", "--out", str(tmp_path / "none.ts")))
+    assert got == ("streamrec: error: --weights none: expected trained weights to export (DEFAULT or a checkpoint "
+                   "PATH), got random ones: their export would read as a trained model")
+    assert not (tmp_path / "none.ts").exists()
+
+
+@pytest.mark.slow
+def test_lr_find_on_training_clips_none_of_which_can_be_read_is_one_line(tmp_path, demo_clip):
+    import shutil
+
+    for cls in ("a", "b"):
+        (tmp_path / "d" / "train" / cls).mkdir(parents=True)
+        (tmp_path / "d" / "valid" / cls).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "d" / "train" / cls / f"g{i}.mp4").write_bytes(b"not a video" * 100)
+        shutil.copy(demo_clip, tmp_path / "d" / "valid" / cls / "ok.mp4")
+    got = error_line(run_main("lr-find", str(tmp_path / "d"), "--model", "tiny3d", "--weights", "none",
+                              "--batch-size", "2", "--plot", str(tmp_path / "lr.png")))
+    assert got == (f"streamrec: error: lr-find: no training batch could be read from {tmp_path / 'd'} (every clip "
+                   "unreadable); streamrec dataset DATA lists them")
