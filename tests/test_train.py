@@ -268,3 +268,7 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
     assert "resuming at epoch 3" in proc.stderr
     epochs = [line.split(",")[0] for line in (tmp_path / "m.pt.log.csv").read_text().splitlines()[1:]]
     assert epochs == ["1", "2", "3"]
+    done = run_cli(*args, "--epochs", "3", "--resume", timeout=600)  # nothing left: nothing written, nothing claimed
+    assert (done.returncode, done.stderr.splitlines()[-1]) == (0, f"streamrec: nothing to train: the state of {out} has "
+                                                                  "done all 3 epochs (raise --epochs to train on)")
+    assert "wrote" not in done.stderr

@@ -79,3 +79,34 @@ def test_lr_find_on_training_clips_none_of_which_can_be_read_is_one_line(tmp_pat
                               "--batch-size", "2", "--plot", str(tmp_path / "lr.png")))
     assert got == (f"streamrec: error: lr-find: no training batch could be read from {tmp_path / 'd'} (every clip "
                    "unreadable); streamrec dataset DATA lists them")
+
+
+def test_a_run_whose_validation_loss_is_never_a_number_is_said_to_diverge_and_is_not_saved(tmp_path):
+    from streamrec.offline.chance import Chance, Keeper
+
+    keeper = Keeper(tmp_path / "m.pt", Chance.of([0, 1, 0, 1]), allow_chance=True)
+    assert keeper.warning() is not None and "diverged" not in keeper.warning()  # no epoch ran yet
+    for epoch in (1, 2):
+        keeper.update({"epoch": epoch, "val_loss": float("nan"), "val_top1": 0.5}, lambda: {"never": "saved"})
+    assert keeper.warning() == ("warning: the training diverged: the validation loss was not a number in any epoch "
+                                f"(lower --lr; streamrec lr-find suggests one)\nnot saved to {tmp_path / 'm.pt'}")
+    assert not (tmp_path / "m.pt").exists() and not keeper.beats_chance
+
+
+def test_clips_in_sub_folders_of_a_class_are_said_to_be_left_out_and_hidden_files_are_no_clips(tmp_path, caplog):
+    import logging
+
+    from streamrec.offline.dataset import class_dirs
+
+    for cls in ("a", "b"):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        (tmp_path / "d" / cls / "c.mp4").write_bytes(b"x")
+    (tmp_path / "d" / "a" / "sub").mkdir()
+    (tmp_path / "d" / "a" / "sub" / "deep.mp4").write_bytes(b"x")
+    (tmp_path / "d" / "b" / "._c.mp4").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="streamrec.offline.dataset"):
+        got = class_dirs(tmp_path / "d")
+    assert {c: [f.name for f in fs] for c, fs in got.items()} == {"a": ["c.mp4"], "b": ["c.mp4"]}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"dataset: class folder {tmp_path / 'd' / 'a'} has sub-folders (sub): clips in them are not read (a class's "
+        "clips lie in its folder itself)"]

@@ -41,6 +41,10 @@ STATES = {  # what is written at <out>.state -> what the error line says
                           "holds the training state of model tiny3d (every layer) with 3 classes (a, b, c)"),
     "head only": (lambda tmp: _state(build_model("tiny3d", num_classes=3), **meta("tiny3d", sorted(DIRECTIONS), True)),
                   "holds the training state of model tiny3d (the head only) with 3 classes"),
+    "another --val-split": (lambda tmp: _state(build_model("tiny3d", num_classes=3), **meta("tiny3d", sorted(DIRECTIONS), False),
+                                               val_split=0.5),
+                            "was trained with --val-split 0.5, but this run asks for no --val-split: clips it trained on "
+                            "would be validated on"),
     "corrupt": (lambda tmp: b"\x00garbage" * 50, "is not a readable training state (corrupt or truncated"),
     "truncated": (lambda tmp: _good_state_bytes(tmp)[:3000], "is not a readable training state (corrupt or truncated"),
     "empty": (lambda tmp: b"", "is not a readable training state (corrupt or truncated"),

@@ -192,12 +192,17 @@ def cmd_train(args) -> int:
     check_output("--out", args.out, inputs=tuple(w for w in (args.weights,) if w), data=args.data)
     check_cache_dir(args)
     result = train(_train_config(args))
+    if not result["history"]:  # --resume of a run that had done its --epochs: nothing written
+        print(f"streamrec: nothing to train: the state of {args.out} has done all {args.epochs} epochs (raise "
+              "--epochs to train on)", file=sys.stderr)
+        return 0
     print(f"best validation loss {result['best_val_loss']:.4f}", file=sys.stderr)
     if result["warning"]:
         print(result["warning"], file=sys.stderr)
     for what, path in result["files"].items():
         print(f"wrote {path} ({what})", file=sys.stderr)
-    return 0 if result["beats_chance"] or args.allow_chance else 1
+    saved = "the checkpoint" in result["files"]
+    return 0 if result["beats_chance"] or (args.allow_chance and saved) else 1
 
 
 def cmd_lr_find(args) -> int:

@@ -9,6 +9,7 @@ validation loss among those that do; ``--allow-chance`` saves the best one anywa
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,12 @@ class Keeper:
         self.best, self.stale = st.get("best", float("inf")), st.get("stale", 0)
         self.saved, self.saved_row = st.get("saved", float("inf")), st.get("saved_row")
         self.best_row = st.get("best_row")
+        self.ran = False  # an epoch ran in this run
 
     def update(self, row: dict[str, Any], checkpoint) -> None:
-        """After an epoch: ``row`` its metrics, ``checkpoint()`` the dict to save."""
+        """After an epoch: ``row`` its metrics, ``checkpoint()`` the dict to save (never one whose
+        validation loss is not a number: it diverged)."""
+        self.ran = True
         vl = row["val_loss"]
         if vl < self.best - 1e-4:
             self.best, self.stale, self.best_row = vl, 0, dict(row)
@@ -87,6 +91,9 @@ class Keeper:
         """Two lines for the user when the checkpoint does no better than chance, else None."""
         if self.beats_chance:
             return None
+        if self.saved_row is None and self.best_row is None and not math.isfinite(self.best) and self.ran:
+            return ("warning: the training diverged: the validation loss was not a number in any epoch (lower --lr; "
+                    f"streamrec lr-find suggests one)\nnot saved to {self.out}")
         r = self.saved_row or self.best_row or {}
         got = f"epoch {r['epoch']}: val top-1 {r['val_top1']:.3f}, val loss {r['val_loss']:.4f}" if r else "no epoch ran"
         first = (f"warning: the model does no better than chance on the validation clips ({got}; guessing: "

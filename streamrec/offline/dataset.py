@@ -99,7 +99,12 @@ def class_dirs(folder: Path) -> dict[str, list[Path]]:
         raise StreamrecError(f"dataset: expected a folder of class folders, got {folder} (not a folder)")
     out = {}
     for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_EXTS)
+        # hidden files (macOS's ._clip.mp4) are no clips; clips in sub-folders are not read: said once
+        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_EXTS and not f.name.startswith("."))
+        nested = sorted(sub.name for sub in d.iterdir() if sub.is_dir() and not sub.name.startswith("."))
+        if nested:
+            logger.warning("dataset: class folder %s has sub-folders (%s): clips in them are not read (a class's "
+                           "clips lie in its folder itself)", shown(str(d)), shown(", ".join(nested[:3])))
         if not files:
             raise StreamrecError(f"dataset: class folder {d} is empty (no {', '.join(sorted(VIDEO_EXTS))} files)")
         out[shown(d.name)] = files  # class names are printed, written to CSV and saved with the model

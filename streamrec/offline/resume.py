@@ -73,8 +73,13 @@ def resume_state(state_path: Path, model: torch.nn.Module, optimizer: torch.opti
     saved = {k: st.get(k) for k in ("arch", "classes", "head_only")}
     mismatch = (f"--resume: {where} holds the training state of {{holds}}, but this run asked for {describe(asked)}; "
                 "resume with the same --model, classes and --freeze-backbone, or train afresh without --resume")
-    if st.get("classes") is not None and saved != asked:
+    if st.get("classes") is not None and saved != {k: asked.get(k) for k in saved}:
         raise StreamrecError(mismatch.format(holds=describe(saved)))
+    if "val_split" in st and st["val_split"] != asked.get("val_split"):  # its validation clips would be others
+        split = lambda v: "no --val-split" if v is None else f"--val-split {v:g}"  # noqa: E731
+        raise StreamrecError(f"--resume: {where} was trained with {split(st['val_split'])}, but this run asks for "
+                             f"{split(asked.get('val_split'))}: clips it trained on would be validated on; resume "
+                             "with the same --val-split, or train afresh without --resume")
     try:
         model.load_state_dict(st["model"])
         optimizer.load_state_dict(st["optimizer"])

@@ -288,7 +288,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     out = Path(cfg.out)
     log_path, state_path = (out.with_name(out.name + tail) for tail in (".log.csv", ".state"))
-    saved_for = meta(cfg.model, classes, cfg.head_only)  # kept in the state: --resume checks it
+    saved_for = {**meta(cfg.model, classes, cfg.head_only), "val_split": cfg.val_split}  # --resume checks them
     st = resume_state(state_path, model, optimizer, saved_for) if cfg.resume else {"epoch": -1, "step": 0}
     chance = Chance.of([s.label for s in val_ds.samples for _ in range(val_ds.clips_per_video)])
     keeper = Keeper(out, chance, allow_chance=cfg.allow_chance, state=st)
