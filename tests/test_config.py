@@ -184,6 +184,14 @@ def test_an_empty_clips_folder_is_refused_not_read_as_the_working_folder(blank, 
     assert str(err.value) == f"[recording] dir: expected a folder's path, got {blank!r}"
 
 
+def refusal_of(text: str, tmp_path) -> str:
+    """The one-line error of a config file holding ``text`` beside a source."""
+    (tmp_path / "c.toml").write_text(text + "\n")
+    with pytest.raises(StreamrecError) as err:
+        ServeConfig.from_sources({"source": "a.mp4", **load_toml(tmp_path / "c.toml")}, {})
+    return str(err.value)
+
+
 @pytest.mark.parametrize("text, message", [
     ('model = ""', "model: expected a value, got ''"),
     ('source = ""\n[[cameras]]\nname = "a"\nsource = "b.mp4"', "source: expected a value, got ''"),
@@ -202,10 +210,7 @@ def test_an_empty_clips_folder_is_refused_not_read_as_the_working_folder(blank, 
     ('smoothing = 3', "[smoothing]: expected a table, got int"),
 ])
 def test_a_blank_or_unknown_text_option_is_refused_not_read_as_the_default(text, message, tmp_path):
-    (tmp_path / "c.toml").write_text(text + "\n")
-    with pytest.raises(StreamrecError) as err:
-        ServeConfig.from_sources({"source": "a.mp4", **load_toml(tmp_path / "c.toml")}, {})
-    assert str(err.value) == message
+    assert refusal_of(text, tmp_path) == message
 
 
 @pytest.mark.parametrize("file_values, cli_values, message", [
@@ -341,7 +346,4 @@ def test_a_later_error_names_the_place_in_the_file_whose_value_it_shows(file_val
     ('token = 12345678', "token: expected a string, got an int"),
 ])
 def test_a_secret_of_the_wrong_type_is_named_not_shown(text, message, tmp_path):
-    (tmp_path / "c.toml").write_text(text + "\n")
-    with pytest.raises(StreamrecError) as err:
-        ServeConfig.from_sources({"source": "a.mp4", **load_toml(tmp_path / "c.toml")}, {})
-    assert str(err.value) == message
+    assert refusal_of(text, tmp_path) == message

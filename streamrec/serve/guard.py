@@ -136,10 +136,20 @@ class ConnectionGuard:
 
     def _refuse(self, conn: Guarded, why: str) -> bool:
         self.refused += 1
-        if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+        if sparse(self.refused):
             logger.warning("connection from %s refused: %s (%d refused so far)", conn.peer, why, self.refused)
         conn.refuse()
         return False
+
+
+def sparse(count: int) -> bool:
+    """Whether the ``count``-th of something a client can cause at will is logged: the 1st, 10th,
+    100th, then every 1000th (a flood never floods the log).
+
+    >>> [n for n in range(1, 3001) if sparse(n)]
+    [1, 10, 100, 1000, 2000, 3000]
+    """
+    return count in (1, 10, 100) or count % 1000 == 0
 
 
 def peer_of(transport: Any) -> str:

@@ -24,7 +24,7 @@ from websockets.http11 import Request, Response
 from streamrec.serve.hub import Hub
 from streamrec.serve.files import FileBody, file_response
 from streamrec.fsutil import raise_fd_limit
-from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, host_allowed
+from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, host_allowed, sparse
 from streamrec.serve.answers import StreamedResponse, without_body
 from streamrec.redact import mask_credentials
 from streamrec.serve.heads import request_host, strict_json, unreserved
@@ -162,7 +162,7 @@ class WebServer:
         host = request_host(request.path, hosts[0])
         if not host_allowed(host, bound=self.host, port=self.port, allowed=self.allowed_hosts):
             self.misdirected += 1  # logged at 1, 10, 100, then every 1000: a page of any site can send them
-            if self.misdirected in (1, 10, 100) or self.misdirected % 1000 == 0:
+            if sparse(self.misdirected):
                 logger.info("refused a request for Host %r (not this server; see --allowed-host; %d refused so far)",
                             host[:100], self.misdirected)
             return _response(HTTPStatus.MISDIRECTED_REQUEST, "text/plain",
