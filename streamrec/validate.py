@@ -42,6 +42,8 @@ from streamrec.redact import mask_credentials
 
 _SIMPLE = (bool, int, float, str)
 MAX_BATCH = 4096  # windows or clips in one forward pass (--batch-size, --batches)
+LR_FIND_STEPS = 60  # optimizer steps of lr-find's range test, by default
+LR_FIND_STEPS_RANGE = (10, 10_000)  # fewer than 10 points make no curve; more is hours on a CPU
 NUMBER_MAX = 10**9  # the size of any number an option holds (seconds: 31 years; a timer of 10**13 s overflows)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}

@@ -72,12 +72,17 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if not report.skipped or hasattr(report, "wasxfail"):
         return
-    reason = _skip_reason(report)
-    if any(item.get_closest_marker(m) for m in HARDWARE_MARKS):
-        _hardware_skips.append((item.nodeid, reason))
-    elif REQUIRE == "all":
+    if REQUIRE == "all" and not any(item.get_closest_marker(m) for m in HARDWARE_MARKS):
         report.outcome = "failed"
-        report.longrepr = f"skipped under STREAMREC_REQUIRE=all, which allows no skip but for missing hardware: {reason}"
+        report.longrepr = ("skipped under STREAMREC_REQUIRE=all, which allows no skip but for missing hardware: "
+                           f"{_skip_reason(report)}")
+
+
+def pytest_runtest_logreport(report) -> None:
+    """A skip for hardware, listed at the end (this hook runs where the summary is written: in the
+    one process, or in pytest-xdist's controller with the workers' reports)."""
+    if report.skipped and not hasattr(report, "wasxfail") and any(m in report.keywords for m in HARDWARE_MARKS):
+        _hardware_skips.append((report.nodeid, _skip_reason(report)))
 
 
 def pytest_collectreport(report) -> None:
@@ -215,6 +220,9 @@ def run_main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # the command's log lines only: not those of a server or broker thread an earlier test left running
+    others = {t.ident for t in threading.enumerate()} - {threading.get_ident()}
+    handler.addFilter(lambda record: record.thread not in others)
     root = logging.getLogger()
     saved_env, saved_level, saved_cwd = dict(os.environ), root.level, os.getcwd()
     os.environ.update(env or {})
@@ -415,15 +423,28 @@ def load_benchmark(name: str):
 
 @pytest.fixture(scope="session")
 def directions_model(tmp_path_factory):
-    """tiny3d trained on the synthetic direction classes (once per test run: every module that
-    needs a model whose labels mean something shares it): (dataset folder, checkpoint, the run)."""
-    root = tmp_path_factory.mktemp("motion")
-    data = make_motion_dataset(root / "data")
+    """tiny3d trained on the synthetic direction classes (once per test run, shared by pytest-xdist's
+    workers too: every module that needs a model whose labels mean something shares it): (dataset
+    folder, checkpoint, the training run)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # this run's folder, above every worker's own: trained once per run
+    root, data = shared / "motion", shared / "motion" / "data"
     out = root / "model.pt"
-    proc = run_cli("train", str(data), "--model", "tiny3d", "--weights", "none", "--epochs", "12", "--batch-size", "6",
-                   "--lr", "3e-3", "--no-flip", "--patience", "12", "--seed", "0", "--out", str(out), timeout=900)
-    assert proc.returncode == 0, proc.stderr
-    return data, out, proc
+    with FileLock(str(shared / "motion.lock")):
+        if not (root / "trained.txt").is_file():
+            root.mkdir(exist_ok=True)
+            make_motion_dataset(data)
+            proc = run_cli("train", str(data), "--model", "tiny3d", "--weights", "none", "--epochs", "12",
+                           "--batch-size", "6", "--lr", "3e-3", "--no-flip", "--patience", "12", "--seed", "0",
+                           "--out", str(out), timeout=900)
+            assert proc.returncode == 0, proc.stderr
+            (root / "train.stderr").write_text(proc.stderr)
+            (root / "trained.txt").write_text(proc.stdout)
+    return data, out, subprocess.CompletedProcess(["streamrec", "train"], 0, (root / "trained.txt").read_text(),
+                                                  (root / "train.stderr").read_text())
 
 
 def json_request(method: str, url: str, token: str | None = None, body: bytes | None = None,

@@ -30,6 +30,9 @@ HUGE = "1" + "0" * 400
                                                                "expected a whole number up to 4096, got '99999999999999999999'"),
     (["lr-find", "DATA", "--seed", "99999999999999999999"], "streamrec lr-find: --seed: expected a whole "
                                                             "number up to 4294967295, got '99999999999999999999'"),
+    (["lr-find", "DATA", "--steps", "99999999"], "streamrec lr-find: --steps: expected a whole number up to 10000, "
+                                                 "got '99999999'"),
+    (["lr-find", "DATA", "--steps", "9"], "--steps: expected a whole number from 10 to 10000, got 9"),  # no curve
     (["cluster", "--config", "x.toml", "--replicas", "99999999999999999999"],
      "streamrec cluster: --replicas: expected a whole number up to 1024, got '99999999999999999999'"),
 ])

@@ -49,7 +49,7 @@ QUICKER = {
     "serve": ["--port", "0", "--backend", "torch"],
     "cluster": ["--seconds", "5", "--port", "0"],
     "train": ["--epochs", "1", "--allow-chance"],  # one epoch on a few synthetic clips learns little: saved anyway
-    "lr-find": ["--model", "tiny3d", "--weights", "none", "--batch-size", "4"],
+    "lr-find": ["--model", "tiny3d", "--weights", "none", "--batch-size", "4", "--steps", "10"],
     "bench": ["--models", "tiny3d", "--no-int8", "--batches", "1"],
     "quantize": ["--weights", "model.pt"],  # the tiny3d checkpoint: r2plus1d_18 in int8 takes minutes
 }

@@ -48,7 +48,11 @@ def test_passes():
 '''
 
 
-def run_sample(tmp_path, files: dict[str, str], require: str | None) -> subprocess.CompletedProcess:
+# the sample suite in one process, and in pytest-xdist's two workers (the default run's way)
+WAYS = pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "two-workers"])
+
+
+def run_sample(tmp_path, files: dict[str, str], require: str | None, workers: list[str] = ()) -> subprocess.CompletedProcess:
     tests = tmp_path / "tests"
     tests.mkdir()
     shutil.copy(ROOT / "tests" / "conftest.py", tests / "conftest.py")
@@ -58,13 +62,14 @@ def run_sample(tmp_path, files: dict[str, str], require: str | None) -> subproce
     env = {k: v for k, v in os.environ.items() if k != "STREAMREC_REQUIRE"}
     if require is not None:
         env["STREAMREC_REQUIRE"] = require
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "tests"],
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", *workers, "tests"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.slow
-def test_plain_pytest_skips_and_lists_the_hardware_skips(tmp_path):
-    r = run_sample(tmp_path, {"test_sample.py": SAMPLE}, None)
+@WAYS
+def test_plain_pytest_skips_and_lists_the_hardware_skips(tmp_path, workers):
+    r = run_sample(tmp_path, {"test_sample.py": SAMPLE}, None, workers)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 passed, 5 skipped, 1 xfailed" in r.stdout
     assert "2 skipped: hardware this machine lacks" in r.stdout
@@ -73,8 +78,9 @@ def test_plain_pytest_skips_and_lists_the_hardware_skips(tmp_path):
 
 
 @pytest.mark.slow
-def test_strict_mode_fails_every_skip_but_the_hardware_ones(tmp_path):
-    r = run_sample(tmp_path, {"test_sample.py": SAMPLE}, "all")
+@WAYS
+def test_strict_mode_fails_every_skip_but_the_hardware_ones(tmp_path, workers):
+    r = run_sample(tmp_path, {"test_sample.py": SAMPLE}, "all", workers)
     assert r.returncode == 1, r.stdout + r.stderr
     summary = re.sub(r", \d+ warnings?", "", r.stdout)  # a warning of the environment does not change the counts
     assert "1 failed, 1 passed, 2 skipped, 1 xfailed, 2 errors" in summary  # the skipped two: the hardware ones
@@ -87,14 +93,15 @@ def test_strict_mode_fails_every_skip_but_the_hardware_ones(tmp_path):
 
 
 @pytest.mark.slow
-def test_strict_mode_fails_a_module_skipped_at_import(tmp_path):
+@WAYS
+def test_strict_mode_fails_a_module_skipped_at_import(tmp_path, workers):
     module = 'import pytest\npytest.importorskip("no_such_module_here")\n\ndef test_a():\n    pass\n'
     files = {"test_fine.py": "def test_ok():\n    pass\n", "test_needs.py": module}
     (tmp_path / "polite").mkdir()
     (tmp_path / "strict").mkdir()
-    polite = run_sample(tmp_path / "polite", files, None)
+    polite = run_sample(tmp_path / "polite", files, None, workers)
     assert polite.returncode == 0 and "1 passed, 1 skipped" in polite.stdout, polite.stdout
-    strict = run_sample(tmp_path / "strict", files, "all")
+    strict = run_sample(tmp_path / "strict", files, "all", workers)
     assert strict.returncode == 1, strict.stdout
     assert "STREAMREC_REQUIRE=all: 1 module(s) skipped, a failure" in strict.stdout
     assert "tests/test_needs.py: could not import 'no_such_module_here'" in strict.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -249,10 +250,15 @@ def test_lr_find_plots_and_suggests(trained, tmp_path):
     data, _, _ = trained
     png = tmp_path / "lr.png"
     proc = run_cli("lr-find", str(data), "--model", "tiny3d", "--weights", "none", "--batch-size", "6",
-                   "--no-flip", "--plot", str(png), timeout=600)
+                   "--no-flip", "--steps", "15", "--plot", str(png), timeout=600)
     assert proc.returncode == 0, proc.stderr
     lr = float(proc.stdout.split("suggested learning rate: ")[1].split()[0])
-    assert 1e-6 <= lr <= 1.0
+    assert 1e-5 <= lr <= 5e-3  # SUGGESTION_RANGE
+    done = re.search(r"range test: (\d+) of 15 steps, rates 1\.0e-06 to (\S+?)( \(stopped: the loss blew up\))?\n",
+                     proc.stderr)
+    assert done, proc.stderr
+    steps, last = int(done.group(1)), float(done.group(2))  # each step multiplies the rate by 1e6 ** (1/14)
+    assert (steps == 15) != bool(done.group(3)) and last == pytest.approx(1e-6 * 1e6 ** ((steps - 1) / 14), rel=0.06)
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -133,7 +133,7 @@ def test_confusion_numbers_are_white_on_dark_cells_and_black_on_light(monkeypatc
 def test_lr_find_runs_on_its_own_options_and_names_its_plot(data, tmp_path):
     plot = tmp_path / "lr.png"
     proc = run_cli("lr-find", str(data), "--model", "tiny3d", "--weights", "none", "--batch-size", "4", "--workers", "0",
-                   "--plot", str(plot), timeout=600)
+                   "--steps", "10", "--plot", str(plot), timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert re.fullmatch(rf"suggested learning rate: \d\.\d\de[-+]\d\d \(plot: {re.escape(str(plot))}\)\n", proc.stdout)
     assert plot.read_bytes()[:4] == b"\x89PNG" and "meaningless" not in proc.stderr

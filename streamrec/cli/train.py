@@ -10,7 +10,7 @@ from pathlib import Path
 
 from streamrec.catalog import DEFAULT_MODEL
 from streamrec.fsutil import check_output
-from streamrec.validate import MAX_BATCH, finite_float, whole_number
+from streamrec.validate import LR_FIND_STEPS, LR_FIND_STEPS_RANGE, MAX_BATCH, finite_float, whole_number
 
 MAX_WORKERS = 64  # data loader processes
 MAX_SEED = 2**32 - 1  # what numpy and torch take
@@ -83,6 +83,8 @@ def add_fit_parsers(sub) -> None:
     p = sub.add_parser("lr-find", help="learning-rate range test", epilog=LR_FIND_EXAMPLES)
     _data_args(p)
     p.add_argument("--plot", default="lr_find.png", help="loss against learning rate, with the suggestion (PNG)")
+    p.add_argument("--steps", type=whole_number("--steps", LR_FIND_STEPS_RANGE[1]), default=LR_FIND_STEPS,
+                   help=f"optimizer steps from a rate of 1e-6 to 1 (default {LR_FIND_STEPS}; fewer: quicker, a coarser curve)")
     p.add_argument("--finetune-all", dest="freeze_backbone", action="store_false", default=None,
                    help="test every layer, as train --finetune-all trains (default: what train trains by default)")
     p.set_defaults(func=cmd_lr_find)
@@ -210,7 +212,7 @@ def cmd_lr_find(args) -> int:
 
     check_output("--plot", args.plot, image=True, data=args.data)
     check_cache_dir(args)
-    lr = lr_find(_train_config(args), plot=args.plot)
+    lr = lr_find(_train_config(args), steps=args.steps, plot=args.plot)
     print(f"suggested learning rate: {lr:.2e} (plot: {args.plot})")
     return 0
 

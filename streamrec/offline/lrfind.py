@@ -18,6 +18,7 @@ from streamrec.errors import StreamrecError
 from streamrec.fsutil import save_figure
 from streamrec.offline.train import TrainConfig, base_model, make_loaders, make_optimizer, seed_everything, training_classes
 from streamrec.runtime.classifier import resolve_device
+from streamrec.validate import LR_FIND_STEPS, LR_FIND_STEPS_RANGE
 from streamrec.offline.plotting import pyplot
 
 logger = logging.getLogger(__name__)
@@ -85,13 +86,20 @@ def range_test(cfg: TrainConfig, *, start: float, end: float, steps: int) -> tup
     return lrs, losses
 
 
-def lr_find(cfg: TrainConfig, *, start: float = 1e-6, end: float = 1.0, steps: int = 60, plot: str | None = None) -> float:
-    """The range test on ``cfg``'s data and model; the suggested peak ``--lr`` (see :func:`suggest`)."""
+def lr_find(cfg: TrainConfig, *, start: float = 1e-6, end: float = 1.0, steps: int = LR_FIND_STEPS,
+            plot: str | None = None) -> float:
+    """The range test on ``cfg``'s data and model over ``steps`` optimizer steps (fewer: quicker,
+    a coarser curve); the suggested peak ``--lr`` (see :func:`suggest`)."""
+    least, most = LR_FIND_STEPS_RANGE
+    if isinstance(steps, bool) or not isinstance(steps, int) or not least <= steps <= most:
+        raise StreamrecError(f"--steps: expected a whole number from {least} to {most}, got {steps!r}")
     lrs, losses = range_test(cfg, start=start, end=end, steps=steps)
     if not losses:  # every batch was skipped: no clip of the training split could be read
         raise StreamrecError(f"lr-find: no training batch could be read from {cfg.data} (every clip unreadable); "
                              "streamrec dataset DATA lists them")
     suggestion = suggest(lrs, losses)
+    logger.info("range test: %d of %d steps, rates %.1e to %.1e%s", len(lrs), steps, lrs[0], lrs[-1],
+                " (stopped: the loss blew up)" if len(lrs) < steps else "")
     if plot:
         plot_range_test(lrs, losses, suggestion, plot)
     return suggestion
