@@ -46,6 +46,9 @@ def pytest_configure(config) -> None:
 
 
 SLOW_MARKS = ("browser", "rtsp", "gpu", "soak", "load")  # always too slow for the fast lane
+# the files of a minute or more of the default run on 2 cores (its --durations), the longest first
+LONGEST_FIRST = ("test_examples.py", "test_cluster.py", "test_train.py", "test_firststart.py", "test_train_chance.py",
+                 "test_backends.py", "test_classify.py", "test_browser.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects
@@ -56,6 +59,10 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if any(item.get_closest_marker(m) for m in SLOW_MARKS):
             item.add_marker(pytest.mark.slow)
+    # the longest files first (the order in a file kept): pytest-xdist's two workers take a file each
+    # as they finish one, so the last files to start are short ones and both end together
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+               else len(LONGEST_FIRST))
 
 
 def _skip_reason(report) -> str:

@@ -111,3 +111,10 @@ def test_strict_mode_fails_a_module_skipped_at_import(tmp_path, workers):
 def test_an_unknown_requirement_is_refused(tmp_path, value):
     r = run_sample(tmp_path, {"test_fine.py": "def test_ok():\n    pass\n"}, value)
     assert r.returncode != 0 and f"STREAMREC_REQUIRE: expected 'all' or nothing, got {value!r}" in r.stdout + r.stderr
+
+
+def test_the_longest_files_named_for_the_workers_exist():
+    from conftest import LONGEST_FIRST
+
+    missing = [name for name in LONGEST_FIRST if not (ROOT / "tests" / name).is_file()]
+    assert not missing, f"tests/conftest.py's LONGEST_FIRST names files that are gone: {missing}"
