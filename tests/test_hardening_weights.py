@@ -48,3 +48,29 @@ def test_a_damaged_torch_file_is_loaded_by_one_child_only(clip, tmp_path):
                    env={"STREAMREC_CACHE": str(tmp_path / "cache")})
     assert "damaged or incomplete" in error_line(proc)
     assert proc.stderr.count(CHILD) == 1, proc.stderr
+
+
+@pytest.mark.slow
+def test_a_failed_download_writes_only_its_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    """torch.hub's own "Downloading:" line went to stdout, where classify's results go; a failed
+    download leaves no partial weights file where the whole one belongs."""
+    import socket
+
+    from streamrec.errors import WeightsError
+    from streamrec.models.registry import load_model
+
+    with socket.socket() as refusing:  # a proxy port that refuses at once
+        refusing.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+    monkeypatch.delenv("STREAMREC_OFFLINE", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for key in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(key, proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(WeightsError, match=r"^--weights DEFAULT: file r2plus1d_18-91a641e6\.pth is not in the torch hub "
+                                           r"cache .* \(download failed: URLError: "):
+        load_model("r2plus1d_18", weights="DEFAULT")
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Downloading" not in captured.err
+    assert list((tmp_path / "torch" / "hub" / "checkpoints").iterdir()) == []

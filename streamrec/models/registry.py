@@ -13,12 +13,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import socket
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -102,14 +100,19 @@ def _load_default_state_dict(name: str) -> dict[str, torch.Tensor]:
     offline = os.environ.get("STREAMREC_OFFLINE", "") not in ("", "0")
     reason = "STREAMREC_OFFLINE is set"
     if not offline:
-        logger.info("downloading %s weights from %s", name, weights.url)
+        logger.info("downloading %s weights from %s to %s", name, weights.url, path)
         old = socket.getdefaulttimeout()
         socket.setdefaulttimeout(20)
         try:
-            with contextlib.redirect_stdout(sys.stderr):  # torch.hub says "Downloading: ..." on stdout, where results go
-                return weights.get_state_dict(progress=False, check_hash=True)
+            # what weights.get_state_dict does, less its own "Downloading:" line on stdout, where results go:
+            # a temporary file beside the cache entry, its SHA-256 checked against the name's prefix, then renamed
+            path.parent.mkdir(parents=True, exist_ok=True)
+            digest = torch.hub.HASH_REGEX.search(path.name)
+            torch.hub.download_url_to_file(weights.url, str(path), digest.group(1) if digest else None, progress=False)
         except Exception as exc:  # noqa: BLE001 - any download failure means "offline"
             reason = f"download failed: {type(exc).__name__}: {exc}"
+        else:
+            return _torch_load(path)
         finally:
             socket.setdefaulttimeout(old)
     raise WeightsError(
