@@ -110,3 +110,20 @@ def test_clips_in_sub_folders_of_a_class_are_said_to_be_left_out_and_hidden_file
     assert [r.getMessage() for r in caplog.records] == [
         f"dataset: class folder {tmp_path / 'd' / 'a'} has sub-folders (sub): clips in them are not read (a class's "
         "clips lie in its folder itself)"]
+
+
+@pytest.mark.slow  # the first dataset decode in the process: 3 s
+def test_dataset_names_each_unreadable_clip_and_warns_of_a_single_class(tmp_path, demo_clip):
+    import shutil
+
+    (tmp_path / "one" / "train" / "lift").mkdir(parents=True)
+    shutil.copyfile(demo_clip, tmp_path / "one" / "train" / "lift" / "good.mp4")
+    (tmp_path / "one" / "train" / "lift" / "bad.mp4").write_bytes(b"not a video")
+    proc = run_main("dataset", str(tmp_path / "one"), "--val-split", "0.5")
+    assert proc.returncode == 0  # a listing: the dataset may be growing
+    assert proc.stdout.splitlines()[1].split()[:3] == ["train", "lift", "1"]
+    bad = tmp_path / "one" / "train" / "lift" / "bad.mp4"
+    warnings = [line.split(": ", 1)[1] for line in proc.stderr.splitlines() if " WARNING " in line or "warning:" in line]
+    assert f"unreadable clip {bad} (no video stream this machine can decode): train and evaluate skip it" in warnings
+    assert (f"dataset {tmp_path / 'one'}: expected at least 2 class folders to tell apart, got ['lift']: train refuses "
+            "it") in warnings

@@ -161,7 +161,7 @@ def check_cache_dir(args) -> None:
 
 
 def cmd_dataset(args) -> int:
-    from streamrec.offline.dataset import discover
+    from streamrec.offline.dataset import discover, too_few_classes
     from streamrec.offline.inventory import catalog, contact_sheet, write_catalog_csv
 
     if args.csv:
@@ -175,6 +175,9 @@ def cmd_dataset(args) -> int:
         fps = f"{r['fps_min']}-{r['fps_max']}" if r["fps_min"] != r["fps_max"] else str(r["fps_min"])
         print(f"{r['split']:<6} {r['class']:<24} {r['clips']:>5} {r['frames']:>7} {r['duration_s']:>7.1f} {fps:>11}  "
               f"{r['resolutions']:<20} {r['unreadable']}")
+    problem = too_few_classes(args.data, splits["train"].classes)
+    if problem:
+        print(f"warning: {problem}: train refuses it", file=sys.stderr)
     if args.val_split is not None:
         print(f"--val-split {args.val_split:g} holds out {len(splits['valid'].samples)} clips, the same ones for "
               f"'train {args.data} --val-split {args.val_split:g}' and 'evaluate {args.data} --val-split "

@@ -116,6 +116,18 @@ def class_dirs(folder: Path) -> dict[str, list[Path]]:
     return out
 
 
+def too_few_classes(root: str | os.PathLike, classes: Sequence[str]) -> str | None:
+    """Why a dataset with these training classes cannot be trained on (fewer than two), or None.
+
+    Example:
+        >>> too_few_classes("data", ["squat"])
+        "dataset data: expected at least 2 class folders to tell apart, got ['squat']"
+    """
+    if len(classes) < 2:
+        return f"dataset {root}: expected at least 2 class folders to tell apart, got {list(classes)}"
+    return None
+
+
 def held_out(files: Sequence[Path], n: int) -> list[Path]:
     """The ``n`` clips of a class that ``--val-split`` holds out for validation: chosen by a hash
     of their file names, so ``dataset``, ``train`` (whatever its ``--seed``) and ``evaluate`` hold

@@ -34,6 +34,8 @@ def catalog(splits: dict[str, Split]) -> list[dict[str, Any]]:
             for f in files:
                 info = probe(f)
                 if info is None:
+                    logger.warning("unreadable clip %s (no video stream this machine can decode): train and evaluate "
+                                   "skip it", f)
                     bad += 1
                     continue
                 frames += info.frames

@@ -24,7 +24,8 @@ from torch import nn
 
 from streamrec.offline.chance import Chance, Keeper
 from streamrec.offline.resume import meta, resume_state
-from streamrec.offline.dataset import Augment, ClipCache, ClipDataset, collate, default_workers, discover
+from streamrec.offline.dataset import (Augment, ClipCache, ClipDataset, collate, default_workers, discover,
+                                       too_few_classes)
 from streamrec.config import check_device
 from streamrec.runtime.classifier import resolve_device
 from streamrec.errors import StreamrecError
@@ -167,8 +168,9 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> int:
 def training_classes(cfg: TrainConfig) -> list[str]:
     """The class names of ``cfg.data``: at least two, or there is nothing to learn."""
     classes = discover(cfg.data, val_split=cfg.val_split)["train"].classes
-    if len(classes) < 2:
-        raise StreamrecError(f"dataset {cfg.data}: expected at least 2 class folders to tell apart, got {classes}")
+    problem = too_few_classes(cfg.data, classes)
+    if problem:
+        raise StreamrecError(problem)
     return classes
 
 
