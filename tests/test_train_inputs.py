@@ -6,6 +6,8 @@ before any work; random weights are never exported as a model."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import error_line, run_main
 
@@ -112,7 +114,6 @@ def test_clips_in_sub_folders_of_a_class_are_said_to_be_left_out_and_hidden_file
         "clips lie in its folder itself)"]
 
 
-@pytest.mark.slow  # the first dataset decode in the process: 3 s
 def test_dataset_names_each_unreadable_clip_and_warns_of_a_single_class(tmp_path, demo_clip):
     import shutil
 
@@ -127,3 +128,15 @@ def test_dataset_names_each_unreadable_clip_and_warns_of_a_single_class(tmp_path
     assert f"unreadable clip {bad} (no video stream this machine can decode): train and evaluate skip it" in warnings
     assert (f"dataset {tmp_path / 'one'}: expected at least 2 class folders to tell apart, got ['lift']: train refuses "
             "it") in warnings
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=0.001, max_value=0.999))
+def test_the_clips_a_val_split_needs_are_the_fewest_it_splits(val_split):
+    from streamrec.offline.dataset import clips_to_split
+
+    def splits(n: int) -> bool:  # discover holds out round(n * val_split) clips: one or more on each side
+        return 1 <= round(n * val_split) < n
+
+    n = clips_to_split(val_split)
+    assert splits(n) and not any(splits(k) for k in range(2, n))

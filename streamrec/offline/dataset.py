@@ -128,6 +128,21 @@ def too_few_classes(root: str | os.PathLike, classes: Sequence[str]) -> str | No
     return None
 
 
+def clips_to_split(val_split: float) -> int:
+    """The fewest clips of a class that ``--val-split`` leaves at least one of on each side: it
+    holds out ``round(clips * val_split)`` of them.
+
+    Example:
+        >>> [clips_to_split(v) for v in (0.1, 0.2, 0.5, 0.9)]
+        [6, 3, 2, 5]
+    """
+    least = max(2, int(0.5 / min(val_split, 1 - val_split)))
+    for n in range(least, least + 4):
+        if 1 <= round(n * val_split) < n:
+            return n
+    return int(np.ceil(1 / min(val_split, 1 - val_split)))  # rates so small that floats cannot tell n from n + 1
+
+
 def held_out(files: Sequence[Path], n: int) -> list[Path]:
     """The ``n`` clips of a class that ``--val-split`` holds out for validation: chosen by a hash
     of their file names, so ``dataset``, ``train`` (whatever its ``--seed``) and ``evaluate`` hold
@@ -165,8 +180,8 @@ def discover(root: str | os.PathLike, *, val_split: float | None = None) -> dict
                 n_val = int(round(len(files) * val_split))
                 if n_val < 1 or n_val >= len(files):
                     raise StreamrecError(
-                        f"--val-split {val_split}: class {cls!r} has {len(files)} clips, too few to split "
-                        f"(needs at least {int(np.ceil(1 / min(val_split, 1 - val_split)))})"
+                        f"--val-split {val_split}: class {cls!r} has {len(files)} clip{'s' * (len(files) != 1)}, too few to split "
+                        f"(needs at least {clips_to_split(val_split)})"
                     )
                 valid[cls] = held_out(files, n_val)
                 train[cls] = [f for f in files if f not in valid[cls]]
