@@ -245,7 +245,8 @@ def cmd_evaluate(args) -> int:
     print(f"clips {r['clips']}, windows {r['windows']}: top-1 {r['top1']:.3f}, top-{k} {r[f'top{k}']:.3f}")
     print(f"{'class':<24} {'precision':>9} {'recall':>7} {'support':>8}")
     for c, m in r["per_class"].items():
-        print(f"{c:<24} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['support']:>8}")
+        precision, recall = ("-" if v is None else f"{v:.3f}" for v in (m["precision"], m["recall"]))
+        print(f"{c:<24} {precision:>9} {recall:>7} {m['support']:>8}")
     print(f"confusion matrix: {args.confusion}")
     return 0
 

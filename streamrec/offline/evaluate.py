@@ -90,13 +90,9 @@ def evaluate(folder: str | Path, *, weights: str, model: str | None = None, devi
         n += len(y)
     if n == 0:
         raise StreamrecError(f"evaluate: no readable clips in {folder}")
-    tp = np.diag(matrix)
-    precision = tp / np.maximum(matrix.sum(0), 1)
-    recall = tp / np.maximum(matrix.sum(1), 1)
     result = {
-        "clips": len(samples), "windows": n, "top1": float(tp.sum() / n), "top_k": kk, f"top{kk}": float(topk / n),
-        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "support": int(matrix[i].sum())}
-                      for i, c in enumerate(loaded.classes)},
+        "clips": len(samples), "windows": n, "top1": float(np.diag(matrix).sum() / n), "top_k": kk,
+        f"top{kk}": float(topk / n), "per_class": class_metrics(matrix, loaded.classes),
         "confusion": matrix.tolist(), "classes": loaded.classes, "unreadable": len(ds.unreadable),
         "paths": [str(s.path) for s in samples],
         "training_clips": training_clips_among(loaded, [s.path for s in samples]),
@@ -104,6 +100,23 @@ def evaluate(folder: str | Path, *, weights: str, model: str | None = None, devi
     if confusion:
         write_confusion(matrix, loaded.classes, confusion)
     return result
+
+
+def class_metrics(matrix: np.ndarray, classes: list[str]) -> dict[str, dict[str, Any]]:
+    """Precision, recall and support per class from a confusion matrix (a row per true class, a
+    column per prediction). A rate with nothing to count is ``None``, not 0: precision of a class
+    never predicted, recall of a class with no clip.
+
+    Example:
+        >>> class_metrics(np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]]), ["a", "b", "c"])["b"]
+        {'precision': 0.6666666666666666, 'recall': 1.0, 'support': 2}
+        >>> class_metrics(np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]]), ["a", "b", "c"])["c"]
+        {'precision': None, 'recall': None, 'support': 0}
+    """
+    tp, predicted, support = np.diag(matrix), matrix.sum(0), matrix.sum(1)
+    return {c: {"precision": float(tp[i] / predicted[i]) if predicted[i] else None,
+                "recall": float(tp[i] / support[i]) if support[i] else None, "support": int(support[i])}
+            for i, c in enumerate(classes)}
 
 
 def write_confusion(confusion: np.ndarray, classes: list[str], path: str | Path) -> None:
