@@ -62,7 +62,7 @@ def _fraction(value: Any, what: str) -> float:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not number or (isinstance(value, int) and abs(value) > 2**53) or not math.isfinite(value):
         raise StreamrecError(f"{what}: expected a finite number (a fraction of the frame), got {_shown(value)}")
-    return float(value)
+    return float(value) + 0.0  # -0.0 is 0.0: the config written back and the API say 0.0
 
 
 @dataclass(frozen=True)

@@ -303,6 +303,58 @@ def test_allowed_hosts_and_connection_limits_in_a_server():
     assert (refused, timed_out, after) == (503, True, 200)
 
 
+def deaf_websocket(port: int) -> socket.socket:
+    """A websocket client that completes its handshake, then never reads again."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" % port)
+    assert s.recv(12) == b"HTTP/1.1 101"
+    return s
+
+
+@pytest.mark.slow
+def test_websockets_that_stop_reading_make_room_for_a_new_client():
+    """A page that stops reading (a suspended laptop, a stalled proxy) while the frames keep coming
+    fills its socket; once its messages have waited 2 s it is closed to make room, as a stalled
+    download is: every connection an address may hold, all deaf, never lock that address out."""
+    from streamrec.serve.guard import Limits
+    from streamrec.serve.hub import Hub
+    from streamrec.serve.server import WebServer, json_route
+
+    async def scenario():
+        hub = Hub()
+        server = WebServer(hub, host="127.0.0.1", port=0, routes={"/healthz": json_route(lambda: {"ok": True})},
+                           limits=Limits(header_timeout_s=5, max_connections=50, max_per_address=3))
+        await server.start()
+        port = server.port
+        loop = asyncio.get_running_loop()
+
+        def get() -> int:
+            return raw(port, "GET /healthz HTTP/1.1", f"Host: 127.0.0.1:{port}")
+
+        deaf = []
+        try:
+            deaf = [await loop.run_in_executor(None, deaf_websocket, port) for _ in range(3)]
+            await asyncio.sleep(0.3)
+            quiet = await loop.run_in_executor(None, get)  # nothing sent to them yet: none is stalled
+            for i in range(40):  # frames of 256 KiB: far more than the sockets' buffers hold
+                hub.publish(f"frame:cam{i}", bytes(256 * 1024))
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(2.5)  # GuardedConnection.STALL_S
+            stalled = [await loop.run_in_executor(None, get) for _ in range(3)]
+            return quiet, stalled, sum(closed_by_peer(s) for s in deaf)
+        finally:
+            for s in deaf:
+                s.close()
+            await server.close()
+
+    quiet, stalled, closed = asyncio.run(scenario())
+    assert (quiet, stalled, closed) == (503, [200, 200, 200], 1)  # one made room; each request then closed
+
+
 @pytest.mark.slow
 def test_allowed_host_from_the_command_line(clip):
     proc, port = start("--source", str(clip), "--loop", "--allowed-host", "cam.example")

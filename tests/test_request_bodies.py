@@ -172,22 +172,42 @@ def test_a_camera_in_both_body_and_query_is_a_400(served):
     (b'{"name": "x", "name": "y"}', "request body: expected strict JSON, got '{\"name\": \"x\", \"name\": \"y\"}' "
                                     "(a key given twice in ['name', 'name'])"),
     (b'{"name": ', "request body: expected strict JSON, got '{\"name\": ' (Expecting value: line 1 column 10 (char 9))"),
-    (b"\xff\xfe", "request body: expected strict JSON, got '\\\\xff\\\\xfe' (Expecting value: line 1 column 1 (char 0))"),
+    (b"\xff\xfe", "request body: expected strict JSON, got '\\\\xff\\\\xfe' ('utf-8' codec can't decode byte 0xff in "
+                 "position 0: invalid start byte)"),
 ])
 def test_a_body_that_is_no_strict_json_is_a_400(served, raw, error):
     assert request(served[0], "POST", "/api/cameras", raw, JSON) == (400, {"error": error})
 
 
+@pytest.mark.parametrize("raw, why", [
+    # JSON is UTF-8: UTF-16, with its byte order mark or without, is no JSON body (json.loads would guess it)
+    ('{"name": "x", "source": "0"}'.encode("utf-16"), "('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)"),
+    ('{"name": "x", "source": "0"}'.encode("utf-16-le"), "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
+    ('\ufeff{"name": "x", "source": "0"}'.encode(), "(Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0))"),
+    (b'{"name": "x", "open_timeout": ' + b"9" * 5000 + b"}", "(a number of more than 4300 digits)"),
+], ids=["utf-16", "utf-16-le", "utf-8-bom", "5000-digits"])
+def test_a_body_in_another_encoding_or_with_a_number_no_int_holds_is_a_400_saying_why(served, raw, why):
+    port, cameras = served
+    status, body = request(port, "POST", "/api/cameras", raw, JSON)
+    assert status == 400 and body["error"].startswith("request body: expected strict JSON, got '"), body
+    assert body["error"].endswith(f"' {why}") and "sys.set_int_max_str_digits" not in body["error"]
+    assert cameras.cams == {}
+
+
 @pytest.mark.parametrize("header, shown", [("Content-Type: text/plain", "'text/plain'"), (None, "'none'"),
                                            ("Content-Type: application/x-www-form-urlencoded",
-                                            "'application/x-www-form-urlencoded'")])
+                                            "'application/x-www-form-urlencoded'"),
+                                           ("Content-Type: application/json; charset=latin-1",
+                                            "'application/json; charset=latin-1'"),
+                                           ('Content-Type: application/json; charset="utf-16"',
+                                            "'application/json; charset=\"utf-16\"'")])
 def test_a_body_that_is_not_declared_json_is_a_415(served, header, shown):
     """A page of another site can send a form or text/plain post without asking the browser first;
     JSON needs a CORS preflight, which this server never grants."""
     port, cameras = served
     headers = (header,) if header else ()
     assert request(port, "POST", "/api/cameras", b'{"name": "x", "source": "0"}', *headers) == (
-        415, {"error": f"request body: expected Content-Type: application/json, got {shown}"})
+        415, {"error": f"request body: expected Content-Type: application/json (in UTF-8), got {shown}"})
     assert cameras.cams == {}
 
 

@@ -141,3 +141,14 @@ def test_a_toml_config_with_zones_loads_through_serve_config(tmp_path):
     (cam,) = cfg.cameras
     assert cam.whole_frame is False and [z.name for z in cam.zones] == ["rack", "mat"]
     assert cam.zones[1].to_toml_dict() == {"name": "mat", "polygon": [[0.5, 0.5], [1.0, 0.5], [1.0, 1.0]]}
+
+
+def test_a_negative_zero_corner_is_zero():
+    """-0.0 is inside the frame; the API's answer and the config written back say 0.0."""
+    import math
+
+    from streamrec.zones import ZoneConfig
+
+    z = ZoneConfig.from_dict({"name": "r", "x": -0.0, "y": -0.0, "w": 0.5, "h": 0.5}, camera="c")
+    p = ZoneConfig.from_dict({"name": "p", "polygon": [[-0.0, -0.0], [0.5, -0.0], [0.5, 0.5]]}, camera="c")
+    assert [math.copysign(1.0, v) for v in (z.x, z.y, p.x, p.y, *p.polygon[0])] == [1.0] * 6

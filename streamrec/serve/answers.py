@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import BinaryIO
 
@@ -25,6 +26,7 @@ def http_response(status: HTTPStatus, content_type: str, body: bytes, *extra: tu
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
             ("Connection", "close"),
+            ("Date", formatdate(usegmt=True)),  # RFC 9110 6.6.1: an origin server with a clock sends it
             *extra,
         ]
     )

@@ -5,7 +5,9 @@ A request without ``Range`` gets the whole file (200); one ``bytes`` range gets 
 or a 416 when it starts past the end. A ``Range`` the server does not use (another unit, several
 ranges, a malformed one) is ignored, as RFC 9110 allows: the answer is the whole file. Each answer
 carries the file's ``ETag`` and ``Last-Modified``; a ``Range`` sent with an ``If-Range`` that
-names neither (the file changed since the client's first part) is ignored too. The body
+names neither (the file changed since the client's first part) is ignored too. A browser's
+revalidation (``If-None-Match``, ``If-Modified-Since``) of an unchanged file is a 304, and
+``If-Match`` or ``If-Unmodified-Since`` that the file no longer meets a 412. The body
 is written by the connection in chunks, as fast as the client reads it
 (:class:`~streamrec.serve.answers.StreamedResponse`), so a long clip never sits whole in memory.
 
@@ -24,7 +26,7 @@ import logging
 import os
 import re
 import time
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -113,10 +115,46 @@ def range_applies(if_range: str | None, st: os.stat_result, *, now: float | None
     return value == modified and st.st_mtime <= (time.time() if now is None else now) - 1.0
 
 
-def file_response(body: FileBody, range_header: str | None, if_range: str | None = None) -> Response:
-    """200 with the whole file, 206 with the asked range, 416 for a range past the end, or 404
-    when the file went away meanwhile; a ``Range`` whose ``If-Range`` does not name this file is
-    ignored (200). The file is opened here; the connection writes the body."""
+def _date(values: list[str]) -> float | None:
+    """One HTTP date header's time; ``None`` (the header is ignored) for none, several, or a bad one."""
+    if len(values) != 1 or len(values[0]) > 64:
+        return None
+    try:
+        return parsedate_to_datetime(values[0]).timestamp()
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+
+
+def precondition(request: Headers, st: os.stat_result) -> HTTPStatus | None:
+    """A ``GET``'s conditions on the file (RFC 9110 13.2.2): 412 when ``If-Match`` names none of its
+    entity tags (strong comparison) or, without it, the file changed after ``If-Unmodified-Since``;
+    304 when ``If-None-Match`` names it (weak comparison) or, without it, it has not changed since
+    ``If-Modified-Since``; ``None``: the answer is the file."""
+    etag, _ = validators(st)
+    mtime = int(st.st_mtime)  # an HTTP date has whole seconds
+
+    def tags(name: str, weak: bool) -> list[str]:
+        listed = [t.strip() for v in request.get_all(name) for t in v.split(",")]
+        return [t.removeprefix("W/") for t in listed] if weak else listed
+
+    if request.get_all("If-Match"):
+        if not {"*", etag} & set(tags("If-Match", weak=False)):
+            return HTTPStatus.PRECONDITION_FAILED
+    elif (since := _date(request.get_all("If-Unmodified-Since"))) is not None and mtime > since:
+        return HTTPStatus.PRECONDITION_FAILED
+    if request.get_all("If-None-Match"):
+        if {"*", etag} & set(tags("If-None-Match", weak=True)):
+            return HTTPStatus.NOT_MODIFIED
+    elif (since := _date(request.get_all("If-Modified-Since"))) is not None and mtime <= since:
+        return HTTPStatus.NOT_MODIFIED
+    return None
+
+
+def file_response(body: FileBody, request: Headers) -> Response:
+    """200 with the whole file, 206 with the asked range, 416 for a range past the end, 304 or 412
+    for the request's conditions (:func:`precondition`), or 404 when the file went away meanwhile;
+    a ``Range`` whose ``If-Range`` does not name this file is ignored (200). The file is opened
+    here; the connection writes the body."""
     try:
         fh = body.path.open("rb")
     except OSError as exc:
@@ -124,23 +162,24 @@ def file_response(body: FileBody, range_header: str | None, if_range: str | None
         return http_response(HTTPStatus.NOT_FOUND, "application/json", b'{"error": "the file no longer exists"}')
     try:
         st = os.fstat(fh.fileno())
-        size = st.st_size
-        part = byte_range(range_header if range_applies(if_range, st) else None, size)
-        if part is None:
+        size, etag, modified = st.st_size, *validators(st)
+        cache = [("ETag", etag), ("Last-Modified", modified), ("Cache-Control", "private, max-age=3600"),
+                 ("Connection", "close"), ("Date", formatdate(usegmt=True))]
+        condition = precondition(request, st)
+        part = byte_range(request.get("Range") if range_applies(request.get("If-Range"), st) else None, size)
+        if condition is not None or part is None:
             fh.close()
-            headers = Headers([("Content-Range", f"bytes */{size}"), ("Accept-Ranges", "bytes"), ("Content-Length", "0"),
-                              ("Connection", "close")])
-            status = HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE
-            return Response(status.value, status.phrase, headers, b"")
+            status = condition or HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE
+            extra = [("Content-Range", f"bytes */{size}"), ("Content-Length", "0")] if condition is None else \
+                [] if condition == HTTPStatus.NOT_MODIFIED else [("Content-Length", "0")]
+            return Response(status.value, status.phrase, Headers([("Accept-Ranges", "bytes"), *extra, *cache]), b"")
         fh.seek(part.start)
     except BaseException:
         fh.close()
         raise
     length = part.end - part.start + 1
-    etag, modified = validators(st)
     headers = Headers([("Content-Type", body.content_type), ("Content-Length", str(length)), ("Accept-Ranges", "bytes"),
-                       ("ETag", etag), ("Last-Modified", modified), ("Cache-Control", "private, max-age=3600"),
-                       ("Connection", "close")])
+                       *cache])
     if part.ranged:
         headers["Content-Range"] = f"bytes {part.start}-{part.end}/{size}"
     status = HTTPStatus.PARTIAL_CONTENT if part.ranged else HTTPStatus.OK

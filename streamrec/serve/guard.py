@@ -1,5 +1,5 @@
-"""What the server checks before it reads a request: connection limits and the ``Host`` header
-(:class:`GuardedConnection` is the connection class that applies the limits).
+"""What the server checks before it reads a request: connection limits (:class:`GuardedConnection`
+is the connection class that applies them); the ``Host`` check is :func:`~streamrec.serve.heads.host_allowed`.
 
 * **Slow or half-sent requests** (slowloris): a connection must send its request line and
   headers (and body) within ``header_timeout_s``; the opening handshake's own, much longer timeout is for
@@ -7,31 +7,18 @@
 * **Too many connections**: at most ``max_connections`` in all and ``max_per_address`` from
   one peer address. A new connection over a limit takes the place of the oldest one still
   sending its request (from that address, for the per-address limit), else of the oldest whose
-  answer has waited 2 s for its client to read on, so that half-open sockets and clients that
-  do not read can never lock out a real client; when every connection is a real one, the new
-  one gets a 503. The total is also kept ``fd_reserve`` descriptors under the process's limit
+  answer or websocket messages have waited 2 s for its client to read on, so that half-open
+  sockets and clients that do not read can never lock out a real client; when every connection
+  is a real one, the new one gets a 503. The total is also kept ``fd_reserve`` descriptors under the process's limit
   (asyncio accepts up to 100 sockets at once; files, databases and cameras need some too).
 * **Whole answers**: an HTTP answer (anything but a websocket) is written in full before the
   connection closes, however slowly the client reads, within the opening handshake's timeout;
   a :class:`StreamedResponse` body (a file) is read and written in chunks as the client takes them.
-* **DNS rebinding**: a page of ``attacker.example`` whose name is made to resolve to
-  127.0.0.1 can reach a loopback server with its browser, and its requests carry
-  ``Host: attacker.example:PORT`` (and a matching ``Origin``). Only the bound address, the
-  loopback names of a loopback (or wildcard) bind and the names in ``allowed_hosts`` are served.
-
-Example:
-    >>> host_allowed("localhost:8000", bound="127.0.0.1", port=8000)
-    True
-    >>> host_allowed("attacker.example:8000", bound="127.0.0.1", port=8000)
-    False
-    >>> host_allowed("cam.lan", bound="0.0.0.0", port=8000, allowed=("cam.lan",))
-    True
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 from collections import OrderedDict
@@ -46,7 +33,6 @@ from streamrec.errors import StreamrecError
 from streamrec.serve.answers import StreamedResponse, Written, http_response
 from streamrec.serve.heads import (MAX_BODY, announced_body, expects_continue, malformed, oversized, upgrades,
                                    without_length)
-from streamrec.validate import split_host
 
 logger = logging.getLogger(__name__)
 
@@ -160,38 +146,6 @@ def peer_of(transport: Any) -> str:
     return str(peer or "?")
 
 
-def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(name)
-    except ValueError:
-        return None
-
-
-def host_allowed(value: str, *, bound: str, port: int, allowed: tuple[str, ...] = ()) -> bool:
-    """Whether a request's ``Host`` header names this server (see the module's docstring).
-
-    ``allowed`` entries are ``name`` (any port: a reverse proxy's) or ``name:port``."""
-    parsed = split_host(value)
-    if parsed is None:
-        return False
-    name, given_port = parsed
-    for entry in allowed:
-        want = split_host(entry)
-        if want is not None and want[0] == name and want[1] in (None, given_port):
-            return True
-    if (given_port if given_port is not None else 80) != port:
-        return False
-    bound = bound.strip("[]").lower().rstrip(".") or "0.0.0.0"
-    bound_ip, ip = _ip(bound), _ip(name)
-    wildcard = bound_ip is not None and bound_ip.is_unspecified
-    if name == bound or (ip is not None and bound_ip is not None and ip == bound_ip):
-        return True
-    loopback_bind = bound == "localhost" or wildcard or (bound_ip is not None and bound_ip.is_loopback)
-    if loopback_bind and (name == "localhost" or name.endswith(".localhost") or (ip is not None and ip.is_loopback)):
-        return True
-    return wildcard and ip is not None  # an address literal is never a rebound name
-
-
 class GuardedConnection(ServerConnection):
     """websockets' connection, except that
 
@@ -218,6 +172,7 @@ class GuardedConnection(ServerConnection):
         self._dropped = False  # refused or evicted: whatever still comes in is ignored
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_since: float | None = None  # when the answer began to wait for the client to read
+        self._paused_since: float | None = None  # when the transport's buffer last went over its high-water mark
         self.body = b""  # the request's body, once whole (see _body_arrived)
         self._body: bytearray | None = None  # the part of it in so far (and its _length, the _request without it)
         self._request, self._length = b"", 0
@@ -226,9 +181,19 @@ class GuardedConnection(ServerConnection):
 
     @property
     def stalled(self) -> bool:
-        """Its answer has waited :attr:`STALL_S` for the client to read on (a paused ``<video>``):
-        over a connection limit it is closed to make room (a player asks again with a ``Range``)."""
-        return self._waiting_since is not None and self.loop.time() - self._waiting_since >= self.STALL_S
+        """Its answer has waited :attr:`STALL_S` for the client to read on (a paused ``<video>``), or
+        its websocket's messages have (a page that stopped reading): over a connection limit it is
+        closed to make room (a player asks again with a ``Range``, a page reconnects)."""
+        since = self._waiting_since if self._waiting_since is not None else self._paused_since
+        return since is not None and self.loop.time() - since >= self.STALL_S
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._paused_since = self.loop.time()  # the client has not read what was sent
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._paused_since = None
 
     async def _drained(self) -> None:
         self._waiting_since = self.loop.time()

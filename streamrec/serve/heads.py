@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import string
@@ -21,6 +22,7 @@ from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
 from websockets.streams import StreamReader
 
 from streamrec.redact import mask_credentials, printable
+from streamrec.validate import split_host
 
 
 def malformed(head: bytes) -> str | None:
@@ -37,8 +39,11 @@ def malformed(head: bytes) -> str | None:
         return None
     except SecurityError:  # a line too long, too many headers
         return None
+    except UnicodeDecodeError:
+        return "malformed request: bytes that are not ASCII in the request line (percent-encode them)"
     except Exception as exc:  # noqa: BLE001 - whatever the parser refuses
-        text = printable(str(exc).encode("ascii", "backslashreplace").decode())
+        # what is wrong, never the line it quotes: a token or a key may ride in it, and the answer may be logged
+        text = printable(str(exc).split(": ", 1)[0].encode("ascii", "backslashreplace").decode())
         return "malformed request: " + (text if len(text) <= 120 else text[:120] + "...")
     return "malformed request: incomplete"
 
@@ -141,12 +146,15 @@ def strict_json(text: str | bytes, what: str, expected: str = "strict JSON") -> 
         ...
         ValueError: body: expected strict JSON, got '{"a": NaN}' (NaN is not a number JSON allows)
     """
-    try:
-        return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+    try:  # bytes are UTF-8 (RFC 8259), never the UTF-16 or UTF-32 that json.loads would guess
+        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text,
+                          parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
         shown = mask_credentials(text.decode("utf-8", "backslashreplace") if isinstance(text, bytes) else text)
         shown = shown if len(shown) <= 40 else shown[:40] + "..."
-        raise ValueError(f"{what}: expected {expected}, got {shown!r} ({str(exc).splitlines()[0]})") from None
+        why = str(exc).splitlines()[0]
+        why = "a number of more than 4300 digits" if "integer string conversion" in why else why
+        raise ValueError(f"{what}: expected {expected}, got {shown!r} ({why})") from None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -182,3 +190,45 @@ def request_host(target: str, host: str) -> str:
     """
     parts = urlsplit(target)
     return parts.netloc if parts.scheme in ("http", "https") and parts.netloc else host
+
+
+def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+def host_allowed(value: str, *, bound: str, port: int, allowed: tuple[str, ...] = ()) -> bool:
+    """Whether a request's ``Host`` header names this server, against DNS rebinding: a page of
+    ``attacker.example`` whose name is made to resolve to 127.0.0.1 can reach a loopback server
+    with its browser, and its requests carry ``Host: attacker.example:PORT`` (and a matching
+    ``Origin``). Only the bound address, the loopback names of a loopback (or wildcard) bind and
+    the names in ``allowed`` are served: ``name`` (any port: a reverse proxy's) or ``name:port``.
+
+    >>> host_allowed("localhost:8000", bound="127.0.0.1", port=8000)
+    True
+    >>> host_allowed("attacker.example:8000", bound="127.0.0.1", port=8000)
+    False
+    >>> host_allowed("cam.lan", bound="0.0.0.0", port=8000, allowed=("cam.lan",))
+    True
+    """
+    parsed = split_host(value)
+    if parsed is None:
+        return False
+    name, given_port = parsed
+    for entry in allowed:
+        want = split_host(entry)
+        if want is not None and want[0] == name and want[1] in (None, given_port):
+            return True
+    if (given_port if given_port is not None else 80) != port:
+        return False
+    bound = bound.strip("[]").lower().rstrip(".") or "0.0.0.0"
+    bound_ip, ip = _ip(bound), _ip(name)
+    wildcard = bound_ip is not None and bound_ip.is_unspecified
+    if name == bound or (ip is not None and bound_ip is not None and ip == bound_ip):
+        return True
+    loopback_bind = bound == "localhost" or wildcard or (bound_ip is not None and bound_ip.is_loopback)
+    if loopback_bind and (name == "localhost" or name.endswith(".localhost") or (ip is not None and ip.is_loopback)):
+        return True
+    return wildcard and ip is not None  # an address literal is never a rebound name

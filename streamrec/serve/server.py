@@ -24,10 +24,10 @@ from websockets.http11 import Request, Response
 from streamrec.serve.hub import Hub
 from streamrec.serve.files import FileBody, file_response
 from streamrec.fsutil import raise_fd_limit
-from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, host_allowed, sparse
+from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, sparse
 from streamrec.serve.answers import StreamedResponse, without_body
 from streamrec.redact import mask_credentials
-from streamrec.serve.heads import request_host, strict_json, unreserved
+from streamrec.serve.heads import host_allowed, request_host, strict_json, unreserved
 from streamrec.serve.answers import http_response as _response
 from streamrec.serve.tokens import cookie_refusal, cross_origin, token_exchange, token_source
 
@@ -278,7 +278,7 @@ class WebServer:
             query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)  # zone= is the whole frame
             reply = route.handler(method, path, query, data)
             if isinstance(reply.body, FileBody):
-                return file_response(reply.body, request.headers.get("Range"), request.headers.get("If-Range"))
+                return file_response(reply.body, request.headers)
             allow = [("Allow", ", ".join(reply.allow))] if reply.status == HTTPStatus.METHOD_NOT_ALLOWED else []
             return _json(HTTPStatus(reply.status), reply.body, *allow)
         except Exception:  # noqa: BLE001
@@ -299,9 +299,12 @@ def json_body(body: bytes, content_type: str | None) -> Any:
     ``text/plain`` post without asking first, never JSON."""
     if not body:
         return None
-    kind = (content_type or "").partition(";")[0].strip().lower()
-    if kind != "application/json":
-        raise ValueError(f"request body: expected Content-Type: application/json, got {(content_type or 'none')[:60]!r}")
+    kind, _, params = (content_type or "").partition(";")
+    charset = next((v.strip().strip('"').lower() for k, _, v in (p.partition("=") for p in params.split(";"))
+                    if k.strip().lower() == "charset"), "utf-8")
+    if kind.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
+        raise ValueError(f"request body: expected Content-Type: application/json (in UTF-8), "
+                         f"got {(content_type or 'none')[:60]!r}")
     data = strict_json(body, "request body")
     if not isinstance(data, dict):  # what the API takes: a camera, a camera's zones
         shown = mask_credentials(json.dumps(data))

@@ -34,8 +34,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from streamrec.errors import StreamrecError
-from streamrec.serve.guard import host_allowed
-from streamrec.serve.heads import request_host, unreserved
+from streamrec.serve.heads import host_allowed, request_host, unreserved
 from streamrec.serve.tokens import token_exchange, token_source
 from streamrec.serve.server import page_html
 
