@@ -42,3 +42,18 @@ BACKENDS: dict[str, tuple[bool, bool]] = {
 BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
 CPU_BACKENDS: tuple[str, ...] = tuple(n for n, (timed, _) in BACKENDS.items() if timed)
 OWN_POOL: tuple[str, ...] = tuple(n for n, (_, own) in BACKENDS.items() if own)
+
+
+def check_model(name: str) -> None:
+    """A :class:`~streamrec.errors.WeightsError` unless ``name`` is a model streamrec runs.
+
+    >>> check_model("r2plus1d_18")
+    >>> check_model("R2plus1d_18")
+    Traceback (most recent call last):
+    ...
+    streamrec.errors.WeightsError: --model: expected one of r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v1_b, mvit_v2_s, swin3d_t, swin3d_s, swin3d_b, tiny3d, got 'R2plus1d_18'
+    """
+    from streamrec.errors import WeightsError
+
+    if name not in MODEL_NAMES:
+        raise WeightsError(f"--model: expected one of {', '.join(MODEL_NAMES)}, got {name!r}")

@@ -153,10 +153,14 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
             return _paths_from(p.resolve().parent, tomllib.loads(fh.read().removeprefix(b"\xef\xbb\xbf").decode("utf-8")))
     except PermissionError:
         raise StreamrecError(f"--config: cannot read {p} (permission denied)") from None
-    except FileNotFoundError:
-        raise StreamrecError(f"--config: file not found: {p}") from None
     except IsADirectoryError:
         raise StreamrecError(f"--config: expected a TOML file, got a directory: {p}") from None
+    except OSError as exc:  # missing, or a link that loops or names nothing
+        if p.is_symlink():
+            raise StreamrecError(f"--config: {p} is a symbolic link that never reaches a file") from None
+        if isinstance(exc, FileNotFoundError):
+            raise StreamrecError(f"--config: file not found: {p}") from None
+        raise StreamrecError(f"--config: cannot read {p} ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:  # tomllib decodes UTF-8 itself: a binary file
         raise StreamrecError(f"--config {p}: not valid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:

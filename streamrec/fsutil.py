@@ -37,6 +37,29 @@ DEMO_CLIP = Path(__file__).resolve().parents[1] / "demo" / "clips" / "arm_wrestl
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf")
 
 
+def check_apart(outputs: dict[str, str | os.PathLike | None]) -> None:
+    """A :class:`StreamrecError` when two of a command's outputs (option: path, ``None`` when not
+    given) name one file: the second written would replace the first.
+
+    >>> check_apart({"--out": "t.csv", "--plot": "./t.csv"})
+    Traceback (most recent call last):
+    ...
+    streamrec.errors.StreamrecError: --plot ./t.csv: the same file as --out t.csv; each output needs its own name
+    """
+    seen: dict[Path, tuple[str, str | os.PathLike]] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        try:
+            where = Path(os.path.abspath(path)).resolve()
+        except (OSError, RuntimeError, ValueError):  # a loop of links: check_output names it
+            continue
+        if where in seen:
+            first, given = seen[where]
+            raise StreamrecError(f"{option} {path}: the same file as {first} {given}; each output needs its own name")
+        seen[where] = (option, path)
+
+
 def check_output(option: str, path: str | os.PathLike, *, image: bool = False,
                  inputs: tuple[str | os.PathLike, ...] = (), data: str | os.PathLike | None = None) -> Path:
     """``path`` as a :class:`Path` when a command can write it, else a :class:`StreamrecError`

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 import types
 import typing
@@ -209,6 +210,21 @@ def finite_float(option: str, *, positive: bool = False, minimum: float | None =
     return parse
 
 
+def not_a_file(path: str | os.PathLike) -> str:
+    """What ``path`` is, when it is no regular file to read: ``"a folder"``, ``"not a regular file"``
+    (a FIFO, a device), ``"a symbolic link that never reaches a file"`` (one that loops or names
+    nothing) or ``"no such file"``.
+
+    >>> not_a_file("/"), not_a_file("/no/such/file")
+    ('a folder', 'no such file')
+    """
+    if os.path.isdir(path):
+        return "a folder"
+    if os.path.exists(path):
+        return "not a regular file"
+    return "a symbolic link that never reaches a file" if os.path.islink(path) else "no such file"
+
+
 def whole_number(option: str, most: int) -> Callable[[str], int]:
     """An argparse ``type`` for a count option: ASCII digits (a sign allowed; the command checks its
     lower bound), at most ``most``; a longer number is never converted, and ``1_0`` and digits of
@@ -248,11 +264,8 @@ def check_weights_arg(weights: str, option: str = "--weights") -> str:
 
     if weights.upper() in ("DEFAULT", "NONE"):
         return weights
-    if os.path.isdir(weights):
-        raise WeightsError(f"{option}: expected DEFAULT, none or a file, got {weights!r} (a folder)")
     if not os.path.isfile(weights):  # a FIFO or a device is no file to load either
-        what = "not a regular file" if os.path.exists(weights) else "no such file"
-        raise WeightsError(f"{option}: expected DEFAULT, none or a file, got {weights!r} ({what})")
+        raise WeightsError(f"{option}: expected DEFAULT, none or a file, got {weights!r} ({not_a_file(weights)})")
     if weights.lower().endswith(".onnx"):
         return weights
     try:

@@ -84,7 +84,7 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, t
         assert json_request("DELETE", f"http://127.0.0.1:{port}/api/cameras", token) == (
             400, {"error": "DELETE /api/cameras/NAME: expected a camera name in the path"})
         assert json_request("POST", f"http://127.0.0.1:{port}/api/cameras", token, body=b'{"name": "bad"}') == (
-            415, {"error": "request body: expected Content-Type: application/json, "
+            415, {"error": "request body: expected Content-Type: application/json (in UTF-8), "
                            "got 'application/x-www-form-urlencoded'"})  # a form post, not a connection closed unanswered
         assert json_request("POST", f"http://127.0.0.1:{port}/api/cameras", token, data={"name": "bad"}) == (
             400, {"error": "[[cameras]]: each camera needs a name and a source, got {'name': 'bad'}"})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, make_motion_dataset, run_cli, run_main, streamrec_cmd
+from conftest import ROOT, error_line, make_motion_dataset, run_cli, run_main, streamrec_cmd
 
 
 def one_line_error(proc, *needles: str) -> str:
@@ -529,3 +529,70 @@ def test_an_empty_zone_still_means_the_whole_frame(tmp_path):
 ])
 def test_a_number_written_in_other_digits_or_with_underscores_is_refused(argv, message):
     assert message in one_line_error(run_main(*argv))
+
+
+LOOP = "a symbolic link that never reaches a file"
+
+
+@pytest.mark.parametrize("args, line", [
+    (["serve", "--config", "{loop}"], "--config: {loop} is " + LOOP),
+    (["history", "--config", "{loop}"], "--config: {loop} is " + LOOP),
+    (["events", "--config", "{loop}"], "--config: {loop} is " + LOOP),
+    (["classify", "{loop}"], "classify: {loop} is " + LOOP),
+    (["classify", "{clip}", "--weights", "{loop}"], "--weights: expected DEFAULT, none or a file, got '{loop}' (" + LOOP + ")"),
+    (["classify", "{clip}", "--weights", "{dangling}"],
+     "--weights: expected DEFAULT, none or a file, got '{dangling}' (" + LOOP + ")"),
+], ids=["serve", "history", "events", "classify", "weights", "dangling-weights"])
+def test_a_link_that_loops_or_names_nothing_is_one_line_saying_so(tmp_path, args, line):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "d").symlink_to(tmp_path / "nothing")
+    names = {"loop": str(tmp_path / "a"), "dangling": str(tmp_path / "d"), "clip": str(ROOT / "demo/clips/arm_wrestling.mp4")}
+    proc = run_main(*(a.format(**names) for a in args))
+    assert error_line(proc) == "streamrec: error: " + line.format(**names)
+
+
+@pytest.mark.parametrize("args, line", [
+    (["classify", "{clip}", "--weights", "none", "--model", "tiny3d", "--out", "{t}/same.png", "--plot", "{t}/same.png"],
+     "--plot {t}/same.png: the same file as --out {t}/same.png; each output needs its own name"),
+    (["dataset", "{t}/data", "--csv", "{t}/c.png", "--sheet", "{t}/./c.png"],
+     "--sheet {t}/./c.png: the same file as --csv {t}/c.png; each output needs its own name"),
+], ids=["classify", "dataset"])
+def test_two_outputs_that_name_one_file_are_refused_before_any_work(tmp_path, args, line):
+    make_motion_dataset(tmp_path / "data", per_class=2, valid=1, seconds=0.4, size=(64, 48))
+    names = {"t": str(tmp_path), "clip": str(ROOT / "demo/clips/arm_wrestling.mp4")}
+    assert error_line(run_main(*(a.format(**names) for a in args))) == "streamrec: error: " + line.format(**names)
+    assert not (tmp_path / "same.png").exists() and not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("command", ["history", "events"])
+@pytest.mark.parametrize("toml, line", [
+    ('db = "gym.db"\n[recording]\ndb = "ev.db"\n', "[recording]: unknown option 'db'; expected one of dir, enabled, "
+     "max_gb, max_seconds, packet_ring_mb, post_seconds, pre_seconds, retention_days"),
+    ('db = "gym.db"\n[recording]\ndir = ""\n', "[recording] dir: expected a folder's path, got ''"),
+    ("db = 5\n", "db: expected a string, got 5"),
+], ids=["misplaced-db", "empty-dir", "db-type"])
+def test_the_reading_commands_check_the_config_as_serve_does(tmp_path, command, toml, line):
+    """A config serve refuses is not read for its db either: a misplaced db silently read the default history."""
+    cfg = tmp_path / "gym.toml"
+    cfg.write_text(toml)
+    assert error_line(run_main(command, "--config", str(cfg))) == "streamrec: error: " + line
+    assert error_line(run_main("serve", "--config", str(cfg), "--source", "0")) == "streamrec: error: " + line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("toml, line", [
+    ('model = "Tiny3d"\nsource = "{clip}"\n', "{cfg}: model: expected one of r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v1_b, "
+     "mvit_v2_s, swin3d_t, swin3d_s, swin3d_b, tiny3d, got 'Tiny3d'"),
+    ('source = "nope.mp4"\n', "{cfg}: source: file not found: {t}/nope.mp4"),
+    ('source = "{clip}"\ndb = "nofolder/h.db"\n', "{cfg}: db {t}/nofolder/h.db: cannot open the history: unable to open "
+     "database file"),
+    ('source = "{clip}"\ndb = "junk.db"\n', "{cfg}: db {t}/junk.db: cannot open the history: file is not a database"),
+], ids=["model-case", "source", "db-folder", "db-not-sqlite"])
+def test_serve_refuses_a_config_it_cannot_run_before_its_address_answers(tmp_path, toml, line):
+    cfg, clip = tmp_path / "gym.toml", ROOT / "demo/clips/arm_wrestling.mp4"
+    (tmp_path / "junk.db").write_text("junk\n")
+    cfg.write_text(toml.format(clip=clip))
+    proc = run_cli("serve", "--config", str(cfg), "--port", "0", "--weights", "none", timeout=60)
+    assert error_line(proc) == "streamrec: error: " + line.format(cfg=cfg, t=tmp_path)
+    assert proc.stderr.count("\n") == 1  # nothing before it: no "preparing the model", no "stopped"

@@ -15,7 +15,7 @@ from typing import Callable
 
 from streamrec.config import check_device
 from streamrec.errors import StreamrecError
-from streamrec.fsutil import check_output
+from streamrec.fsutil import check_apart, check_output
 from streamrec.validate import MAX_BATCH, check_weights_arg, finite_float, whole_number
 
 
@@ -75,6 +75,7 @@ def cmd_classify(args) -> int:
         check_output("--out", args.out, inputs=inputs)
     if args.plot:
         check_output("--plot", args.plot, image=True, inputs=inputs)
+    check_apart({"--out": args.out, "--plot": args.plot})
     loaded = None
     if Path(args.file).is_file():  # before torch is imported here: see streamrec.runtime.firststart
         prepare_first_starts(CACHE, [(args.model, weights)], device=device)

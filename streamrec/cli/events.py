@@ -40,6 +40,17 @@ def add_events_parser(sub, formatter) -> None:
     p.set_defaults(func=cmd_events)
 
 
+def serve_config(path: str):
+    """The ``--config`` file read and checked as ``serve`` reads it (an unknown key, a value of the
+    wrong type, a misplaced ``db`` are the same one-line error), without opening its cameras."""
+    from streamrec.config import ServeConfig
+    from streamrec.configfile import load_toml
+
+    values = load_toml(path)
+    cameras = {} if {"source", "cameras", "camera"} & set(values) else {"source": "0"}  # a history's config may name none
+    return ServeConfig.from_sources(values, cameras, file_label=str(path))
+
+
 def history_target(db: str | None, config: str | None) -> str | None:
     """The history database a reading command opens: ``--db``, else the ``db`` of the ``--config``
     file (relative to that file, as ``serve`` reads it), else serve's default. A ``--db`` file that
@@ -47,14 +58,7 @@ def history_target(db: str | None, config: str | None) -> str | None:
     (nothing served yet: nothing recorded)."""
     from streamrec.live.history import default_db
 
-    target = db
-    if not target and config:
-        from streamrec.configfile import load_toml
-
-        target = load_toml(config).get("db")
-        if target is not None and not isinstance(target, str):
-            raise StreamrecError(f"{config}: db: expected a SQLite file or a postgresql:// URL, got {target!r}")
-    target = target or default_db()
+    target = db or (serve_config(config).db if config else None) or default_db()
     if "://" not in target and target != ":memory:" and Path(target).is_dir():
         raise StreamrecError(f"{'--db' if db else 'db'}: expected a history database file, got {target!r} (a folder)")
     if "://" not in target and target != ":memory:" and not Path(target).is_file():
@@ -125,7 +129,6 @@ def cmd_events(args) -> int:
 def copy_clip(store, args, target: str) -> int:
     """Show the event ``args.id``, or with ``--out`` copy its clip there (whole or not at all);
     ``--out`` may not be the database ``target``, the config or the clip itself."""
-    from streamrec.configfile import load_toml
     from streamrec.event_config import RecordingConfig
 
     row = store.get(args.id)
@@ -134,8 +137,7 @@ def copy_clip(store, args, target: str) -> int:
     if not args.out:
         print_events([row], args.format)
         return 0
-    recording = RecordingConfig.from_dict(load_toml(args.config).get("recording", {})) if args.config \
-        else RecordingConfig()
+    recording = serve_config(args.config).recording if args.config else RecordingConfig()
     if not row["clip"]:
         raise StreamrecError(f"events: event {args.id!r} has no clip (its camera had no compressed stream, or "
                              "recording was off)")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from streamrec.catalog import DEFAULT_MODEL
-from streamrec.fsutil import check_output
+from streamrec.fsutil import check_apart, check_output
 from streamrec.validate import LR_FIND_STEPS, LR_FIND_STEPS_RANGE, MAX_BATCH, finite_float, whole_number
 
 MAX_WORKERS = 64  # data loader processes
@@ -168,6 +168,7 @@ def cmd_dataset(args) -> int:
         check_output("--csv", args.csv, data=args.data)
     if args.sheet:
         check_output("--sheet", args.sheet, image=True, data=args.data)
+    check_apart({"--csv": args.csv, "--sheet": args.sheet})
     splits = discover(args.data, val_split=args.val_split)
     rows = catalog(splits)
     print(f"{'split':<6} {'class':<24} {'clips':>5} {'frames':>7} {'secs':>7} {'fps':>11}  {'resolutions':<20} unreadable")

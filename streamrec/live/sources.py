@@ -168,6 +168,8 @@ def check_file(spec: SourceSpec) -> None:
     except (OSError, ValueError) as exc:  # ENAMETOOLONG, a NUL byte: no such file can exist
         raise SourceError(f"--source: file not found: {spec.display_name} ({exc.__class__.__name__})") from None
     if not exists:
+        if path.is_symlink():  # one that loops, or names nothing
+            raise SourceError(f"--source: {spec.display_name} is a symbolic link that never reaches a file")
         raise SourceError(f"--source: file not found: {spec.display_name}")
     if is_dir:
         raise SourceError(f"--source: expected a video file, got a directory: {spec.display_name}")

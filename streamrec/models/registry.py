@@ -24,9 +24,11 @@ import torch
 from torch import nn
 
 from streamrec.catalog import DEFAULT_MODEL, EXTRA_MODELS, MODEL_NAMES, TEMPORAL, TORCHVISION_MODELS  # noqa: F401 - re-exported
+from streamrec.catalog import check_model
 from streamrec.errors import WeightsError
 from streamrec.models.exported import load_exported
 from streamrec.models.spec import class_names_problem
+from streamrec.validate import not_a_file
 from streamrec.models.spec import LoadedModel, ModelSpec  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
@@ -34,16 +36,11 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "streamrec-checkpoint"
 
 
-def _check_name(name: str) -> None:
-    if name not in MODEL_NAMES:
-        raise WeightsError(f"--model: expected one of {', '.join(MODEL_NAMES)}, got {name!r}")
-
-
 def default_weights(name: str):
     """torchvision's DEFAULT Kinetics-400 weights enum member for ``name``."""
     from torchvision.models import get_model_weights
 
-    _check_name(name)
+    check_model(name)
     if name not in TORCHVISION_MODELS:
         raise WeightsError(f"--weights DEFAULT: model {name!r} has no pretrained weights; pass a checkpoint PATH or 'none'")
     return get_model_weights(name).DEFAULT
@@ -51,7 +48,7 @@ def default_weights(name: str):
 
 def model_spec(name: str) -> ModelSpec:
     """The preprocessing of ``name``'s Kinetics-400 weights, read from torchvision's preset."""
-    _check_name(name)
+    check_model(name)
     if name == "tiny3d":
         from streamrec.models.tiny3d import TINY3D_SPEC
 
@@ -75,7 +72,7 @@ def kinetics_classes(name: str = "r2plus1d_18") -> list[str]:
 
 def build_model(name: str, *, num_classes: int) -> nn.Module:
     """An untrained model ``name`` with a ``num_classes``-way head."""
-    _check_name(name)
+    check_model(name)
     if name == "tiny3d":
         from streamrec.models.tiny3d import Tiny3D
 
@@ -228,7 +225,7 @@ def load_model(name: str | None = None, *, weights: str | os.PathLike = "DEFAULT
         if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
             return load_checkpoint(obj, source=wstr, expect_model=name)
     name = name or DEFAULT_MODEL
-    _check_name(name)
+    check_model(name)
     if wstr.upper() == "DEFAULT":
         classes = kinetics_classes(name)
         module = build_loaded(name, _load_default_state_dict(name), num_classes=len(classes), source="DEFAULT")
@@ -240,8 +237,7 @@ def load_model(name: str | None = None, *, weights: str | os.PathLike = "DEFAULT
             logger.warning("--weights none: random weights, labels are meaningless")
         return LoadedModel(name, module.eval(), classes, model_spec(name), "none", meaningless=True)
     if not path.is_file():
-        what = "a folder" if path.is_dir() else "not a regular file" if path.exists() else "no such file"
-        raise WeightsError(f"--weights: expected DEFAULT, none or a file, got {wstr!r} ({what})")
+        raise WeightsError(f"--weights: expected DEFAULT, none or a file, got {wstr!r} ({not_a_file(path)})")
     obj = _torch_load(path)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"--weights {wstr}: expected a state_dict or a streamrec checkpoint, got {type(obj).__name__}")
