@@ -585,9 +585,9 @@ def test_the_reading_commands_check_the_config_as_serve_does(tmp_path, command, 
     ('model = "Tiny3d"\nsource = "{clip}"\n', "{cfg}: model: expected one of r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v1_b, "
      "mvit_v2_s, swin3d_t, swin3d_s, swin3d_b, tiny3d, got 'Tiny3d'"),
     ('source = "nope.mp4"\n', "{cfg}: source: file not found: {t}/nope.mp4"),
-    ('source = "{clip}"\ndb = "nofolder/h.db"\n', "{cfg}: db {t}/nofolder/h.db: cannot open the history: unable to open "
+    ('source = "{clip}"\ndb = "nofolder/h.db"\n', "{cfg}: db {t}/nofolder/h.db: cannot open the history database: unable to open "
      "database file"),
-    ('source = "{clip}"\ndb = "junk.db"\n', "{cfg}: db {t}/junk.db: cannot open the history: file is not a database"),
+    ('source = "{clip}"\ndb = "junk.db"\n', "{cfg}: db {t}/junk.db: cannot open the history database: file is not a database"),
 ], ids=["model-case", "source", "db-folder", "db-not-sqlite"])
 def test_serve_refuses_a_config_it_cannot_run_before_its_address_answers(tmp_path, toml, line):
     cfg, clip = tmp_path / "gym.toml", ROOT / "demo/clips/arm_wrestling.mp4"
