@@ -30,16 +30,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise where_written(exc, file_values, cli_values, str(args.config)) from None
 
 
-def preflight(config: Any) -> None:
+def preflight(config: Any, cams: list) -> None:
     """What serve refuses before its address answers (one line, exit 2, no "preparing" first): a
     camera's model that is no model's name, a file source that is not there, a database that cannot
-    be opened (a missing folder, a file that is no SQLite database, a URL of another kind)."""
+    be opened (a missing folder, a file that is no SQLite database, a URL of another kind); ``cams``:
+    the config's cameras, resolved."""
     from streamrec.catalog import check_model
     from streamrec.database import Database, close_quietly
     from streamrec.live.history import default_db
     from streamrec.live.sources import SourceSpec, check_file
 
-    for cam in (config.resolve(c) for c in config.all_cameras()):
+    for cam in cams:
         if cam.model is not None:
             check_model(cam.model)
         spec = SourceSpec.of_camera(cam)
@@ -53,8 +54,8 @@ def _serve(args: argparse.Namespace, config: Any) -> int:
     from streamrec.runtime.firststart import prepare_first_starts
     from streamrec.serve.starting import StopSignals, record_seconds, start_answering, stop_now
 
-    preflight(config)
     cams = [config.resolve(c) for c in config.all_cameras()]
+    preflight(config, cams)
     models = [(c.model, str(c.weights or "DEFAULT")) for c in cams]
     # the address answers at once ("preparing the model"), while the models are prepared and loaded
     starting, key = start_answering(config, models, CACHE)

@@ -128,6 +128,12 @@ def too_few_classes(root: str | os.PathLike, classes: Sequence[str]) -> str | No
     return None
 
 
+def splits(clips: int, val_split: float) -> bool:
+    """Whether ``clips`` clips of a class split: ``round(clips * val_split)`` of them held out, one
+    at least, and one at least left to train on."""
+    return 1 <= round(clips * val_split) < clips
+
+
 def clips_to_split(val_split: float) -> int:
     """The fewest clips of a class that ``--val-split`` leaves at least one of on each side: it
     holds out ``round(clips * val_split)`` of them.
@@ -138,7 +144,7 @@ def clips_to_split(val_split: float) -> int:
     """
     least = max(2, int(0.5 / min(val_split, 1 - val_split)))
     for n in range(least, least + 4):
-        if 1 <= round(n * val_split) < n:
+        if splits(n, val_split):
             return n
     return int(np.ceil(1 / min(val_split, 1 - val_split)))  # rates so small that floats cannot tell n from n + 1
 
@@ -177,13 +183,12 @@ def discover(root: str | os.PathLike, *, val_split: float | None = None) -> dict
         else:
             train, valid = {}, {}
             for cls, files in everything.items():
-                n_val = int(round(len(files) * val_split))
-                if n_val < 1 or n_val >= len(files):
+                if not splits(len(files), val_split):
                     raise StreamrecError(
                         f"--val-split {val_split}: class {cls!r} has {len(files)} clip{'s' * (len(files) != 1)}, too few to split "
                         f"(needs at least {clips_to_split(val_split)})"
                     )
-                valid[cls] = held_out(files, n_val)
+                valid[cls] = held_out(files, round(len(files) * val_split))
                 train[cls] = [f for f in files if f not in valid[cls]]
     classes = sorted(train)
     index = {c: i for i, c in enumerate(classes)}

@@ -167,11 +167,12 @@ def file_response(body: FileBody, request: Headers) -> Response:
                  ("Connection", "close"), ("Date", formatdate(usegmt=True))]
         condition = precondition(request, st)
         part = byte_range(request.get("Range") if range_applies(request.get("If-Range"), st) else None, size)
-        if condition is not None or part is None:
+        if condition is not None or part is None:  # an answer without a body
             fh.close()
             status = condition or HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE
-            extra = [("Content-Range", f"bytes */{size}"), ("Content-Length", "0")] if condition is None else \
-                [] if condition == HTTPStatus.NOT_MODIFIED else [("Content-Length", "0")]
+            extra = [] if status == HTTPStatus.NOT_MODIFIED else [("Content-Length", "0")]  # a 304 has no length
+            if part is None and condition is None:
+                extra.append(("Content-Range", f"bytes */{size}"))
             return Response(status.value, status.phrase, Headers([("Accept-Ranges", "bytes"), *extra, *cache]), b"")
         fh.seek(part.start)
     except BaseException:
