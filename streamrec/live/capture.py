@@ -25,6 +25,7 @@ from streamrec.errors import SourceError
 from streamrec.zones import ZoneConfig, upscale_warnings
 from streamrec.supervision import Supervisor
 from streamrec.models.preprocess import FramePreprocessor
+from streamrec.live.dating import StreamClock
 from streamrec.live.encoder import FrameEncoder
 from streamrec.live.packets import PacketRing
 from streamrec.live.ring import FrameRing
@@ -255,12 +256,18 @@ class CaptureThread(threading.Thread):
                        self.error or "no reason given", delay)
         self.stop_event.wait(delay)
 
+    def _arrival(self, source: Source) -> float:
+        """When the frame just read from a live ``source`` came in (before decode and conversion), on ``clock``."""
+        now = self.clock()
+        return now if source.arrived is None else now - max(0.0, time.perf_counter() - source.arrived)
+
     def _pump(self, source: Source) -> bool:
         """Read ``source`` until it ends, fails or we are stopped; returns whether a frame came."""
         got = False
         pace_base: float | None = None  # wall time of pts 0, for files
         due: float | None = None
         step = 1.0 / (source.fps or 30.0)  # one frame's time on screen (30 fps when the file does not say)
+        dates = StreamClock()  # a live stream's frames, dated by their timestamps
         it = iter(source.frames())
         while not self.stop_event.is_set():
             t0 = time.perf_counter()
@@ -288,9 +295,7 @@ class CaptureThread(threading.Thread):
                     due = now
                 ts = due
             else:
-                ts = self.clock()
-                if source.arrived is not None:  # dated when its data came in, before decode + conversion
-                    ts -= max(0.0, time.perf_counter() - source.arrived)
+                ts = dates.date(self._arrival(source), pts)
             t2 = time.perf_counter()
             crops = self.crops(rgb)  # uint8 (h, w, 3) per stream: normalized later, a batch at a time
             self.resize_s += time.perf_counter() - t2

@@ -1,0 +1,110 @@
+"""A live frame's date: its stream timestamp on the local clock, so arrival jitter does not move
+which frames a window takes, and never later than its data came in."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from streamrec.live.capture import CaptureThread
+from streamrec.live.dating import StreamClock
+from streamrec.live.ring import FrameRing, sample_indices
+from streamrec.live.sources import Source, SourceSpec
+from streamrec.models.preprocess import FramePreprocessor
+from streamrec.models.registry import model_spec
+
+FPS = 25.0
+# how late each frame's data comes in, repeating: a key frame's burst, then frames bunched up
+DELAYS = (0.0, 0.031, 0.024, 0.017, 0.009, 0.002, 0.026, 0.013)
+
+
+def test_jittered_arrivals_give_the_stream_timing_and_the_same_window_frames():
+    pts = np.arange(200) / FPS
+    arrivals = 500.0 + pts + np.resize(DELAYS, len(pts))
+    clock = StreamClock()
+    dates = np.array([clock.date(float(a), float(p)) for a, p in zip(arrivals, pts)])
+    np.testing.assert_allclose(np.diff(dates), 1 / FPS, atol=5e-4)  # less than 1/80 of a frame
+    assert np.all(dates <= arrivals)
+    by_pts = [sample_indices(pts[: n + 1], 16, 15.0).tolist() for n in range(60, 200)]
+    by_date = [sample_indices(dates[: n + 1], 16, 15.0).tolist() for n in range(60, 200)]
+    by_arrival = [sample_indices(arrivals[: n + 1], 16, 15.0).tolist() for n in range(60, 200)]
+    assert by_date == by_pts
+    assert sum(a != p for a, p in zip(by_arrival, by_pts)) > 40  # what dating by arrival did
+
+
+def test_a_camera_clock_slower_than_ours_is_followed_within_a_frame():
+    clock = StreamClock()
+    lag = []
+    for i in range(int(600 * FPS)):  # ten minutes, the camera's clock 1000 ppm slow
+        arrival = 100.0 + i / FPS
+        lag.append(arrival - clock.date(arrival + DELAYS[i % len(DELAYS)], 0.999 * i / FPS))
+    assert max(lag[-250:]) < 1 / FPS
+    assert clock.resyncs == 0
+
+
+def test_a_restarted_stream_starts_over_from_its_arrival():
+    clock = StreamClock()
+    for i in range(50):
+        clock.date(10.0 + i / FPS, 3600.0 + i / FPS)
+    assert clock.date(12.5, 0.0) == 12.5  # its timestamps began again at 0
+    assert clock.resyncs == 1
+    assert clock.date(12.54, 0.04) == 12.54
+
+
+def test_frames_without_timestamps_are_dated_by_arrival():
+    clock = StreamClock()
+    assert [clock.date(a, None) for a in (1.0, 1.5, 1.5)] == [1.0, 1.5, 1.5 + 1e-6]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.001, 2.0), st.floats(-0.5, 2.0)), min_size=1, max_size=60))
+def test_dates_rise_and_are_never_after_the_arrival(steps):
+    """Any arrivals (rising) and any timestamps (jumps, restarts, stalls included)."""
+    clock = StreamClock()
+    arrival, pts, last = 0.0, 0.0, -float("inf")
+    for gap, advance in steps:
+        arrival += gap
+        pts += advance
+        ts = clock.date(arrival, pts)
+        assert last < ts <= arrival
+        last = ts
+
+
+class JitteryCamera(Source):
+    """A 25 fps network stream whose frames' data came in ``DELAYS`` late, in turn."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.fps = n, FPS
+
+    def frames(self):
+        for i in range(self.n):
+            self.arrived = time.perf_counter() - DELAYS[i % len(DELAYS)]
+            yield np.full((120, 160, 3), i, np.uint8), 7.0 + i / FPS
+
+    def close(self) -> None:
+        pass
+
+
+def test_capture_writes_a_jittered_stream_at_its_own_pace():
+    spec = SourceSpec("rtsp://127.0.0.1:1/cam", "network")
+    pre = FramePreprocessor(model_spec("r2plus1d_18"))
+    ring = FrameRing(64, pre.crop_shape, np.uint8)
+    stop = threading.Event()
+    reads = iter(1000.0 + np.arange(10_000) / FPS)  # our clock: one frame's time per read
+    seen: list[float] = []
+
+    def on_frame(rgb, ts) -> None:
+        seen.append(ts)
+        if len(seen) == 40:
+            stop.set()
+
+    cap = CaptureThread(spec, ring, pre, stop_event=stop, first=JitteryCamera(40), clock=lambda: float(next(reads)),
+                        on_frame=on_frame, name="capture-jitter")
+    cap.start()
+    cap.join(timeout=30)
+    assert not cap.is_alive() and ring.written == 40
+    # from the least-delayed frame of the first round on, the stream's own pace
+    np.testing.assert_allclose(np.diff(seen[len(DELAYS):]), 1 / FPS, atol=5e-4)
