@@ -44,6 +44,7 @@ from tomlkit.exceptions import TOMLKitError
 
 from streamrec.errors import StreamrecError
 from streamrec.fsutil import atomic_write_text
+from streamrec.validate import not_a_file
 from streamrec.zones import ZoneConfig
 
 logger = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise StreamrecError(f"--config: expected a TOML file, got {str(path)!r}")
     try:
         if p.exists() and not p.is_dir() and not p.is_file():  # a FIFO or a device would be read forever
-            raise StreamrecError(f"--config: expected a TOML file, got {p} (not a regular file)")
+            raise StreamrecError(f"--config: expected a TOML file, got {p} ({not_a_file(p)})")
         with p.open("rb") as fh:  # a byte order mark (Windows' Notepad writes one) is no TOML: left out
             return _paths_from(p.resolve().parent, tomllib.loads(fh.read().removeprefix(b"\xef\xbb\xbf").decode("utf-8")))
     except PermissionError:

@@ -30,8 +30,10 @@ Example:
 from __future__ import annotations
 
 import functools
+import errno
 import math
 import os
+import stat
 import re
 import types
 import typing
@@ -211,18 +213,26 @@ def finite_float(option: str, *, positive: bool = False, minimum: float | None =
 
 
 def not_a_file(path: str | os.PathLike) -> str:
-    """What ``path`` is, when it is no regular file to read: ``"a folder"``, ``"not a regular file"``
-    (a FIFO, a device), ``"a symbolic link that never reaches a file"`` (one that loops or names
-    nothing) or ``"no such file"``.
+    """What ``path`` is, when it is no regular file to read: ``"a folder"``, ``"not a regular file:
+    a FIFO"`` (a socket, a device), ``"a symbolic link that never reaches a file"`` (one that loops
+    or names nothing), ``"a name too long for the file system"`` or ``"no such file"``.
 
-    >>> not_a_file("/"), not_a_file("/no/such/file")
-    ('a folder', 'no such file')
+    >>> not_a_file("/"), not_a_file("/no/such/file"), not_a_file("/tmp/" + "a" * 300)
+    ('a folder', 'no such file', 'a name too long for the file system')
     """
-    if os.path.isdir(path):
+    try:
+        mode = os.stat(path).st_mode
+    except ValueError:
+        return "a NUL character in the name"
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return "a name too long for the file system"
+        return "a symbolic link that never reaches a file" if os.path.islink(path) else "no such file"
+    if stat.S_ISDIR(mode):
         return "a folder"
-    if os.path.exists(path):
-        return "not a regular file"
-    return "a symbolic link that never reaches a file" if os.path.islink(path) else "no such file"
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device" if (
+        stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else "something else"
+    return f"not a regular file: {kind}"
 
 
 def whole_number(option: str, most: int) -> Callable[[str], int]:

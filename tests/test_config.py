@@ -239,7 +239,7 @@ def test_a_config_that_is_no_regular_file_or_cannot_be_read_is_one_line(tmp_path
     os.mkfifo(fifo)  # reading it would wait for a writer forever
     with pytest.raises(StreamrecError) as err:
         load_toml(fifo)
-    assert str(err.value) == f"--config: expected a TOML file, got {fifo} (not a regular file)"
+    assert str(err.value) == f"--config: expected a TOML file, got {fifo} (not a regular file: a FIFO)"
     locked = tmp_path / "locked.toml"
     locked.write_text('port = 8000\n')
     locked.chmod(0)

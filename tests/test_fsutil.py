@@ -123,7 +123,7 @@ def test_weights_that_are_a_fifo_are_named_as_such(tmp_path):
     os.mkfifo(tmp_path / "w.pt")
     with pytest.raises(WeightsError) as err:
         check_weights_arg(str(tmp_path / "w.pt"))
-    assert str(err.value) == f"--weights: expected DEFAULT, none or a file, got {str(tmp_path / 'w.pt')!r} (not a regular file)"
+    assert str(err.value) == f"--weights: expected DEFAULT, none or a file, got {str(tmp_path / 'w.pt')!r} (not a regular file: a FIFO)"
     with pytest.raises(WeightsError, match=r"\(no such file\)$"):
         check_weights_arg(str(tmp_path / "missing.pt"))
 

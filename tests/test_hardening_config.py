@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import inspect
 import tomllib
 import typing
@@ -122,3 +123,53 @@ def test_allowed_hosts_from_toml_and_command_line():
     for bad in ("cam.lan", ["a b"], [1], ["host:port"]):
         with pytest.raises(StreamrecError, match="^allowed_hosts: expected"):
             ServeConfig.from_sources({"source": "x.mp4", "allowed_hosts": bad}, {})
+
+
+LONG = "a" * 300  # a file name longer than any file system holds (255 bytes)
+
+
+def test_a_source_that_is_a_fifo_is_refused_before_anything_opens_it(tmp_path, demo_clip):
+    os.mkfifo(tmp_path / "cam.mp4")  # opened, it would be read forever
+    line = error_line(run_main("serve", "--source", str(tmp_path / "cam.mp4"), "--model", "tiny3d", "--weights", "none"))
+    assert line == f"streamrec: error: --source: expected a video file, got {tmp_path / 'cam.mp4'} (not a regular file: a FIFO)"
+
+
+def test_paths_too_long_are_named_by_their_option_before_the_model_loads(tmp_path, demo_clip):
+    weights = f"{tmp_path}/{LONG}.pt"
+    line = error_line(run_main("serve", "--source", str(demo_clip), "--model", "tiny3d", "--weights", weights))
+    assert line == (f"streamrec: error: --weights: expected DEFAULT, none or a file, got {weights!r} "
+                    "(a name too long for the file system)")
+    cfg = tmp_path / "gym.toml"
+    cfg.write_text(f'model = "tiny3d"\nweights = "none"\ndb = "{tmp_path}/h.db"\n[[cameras]]\nname = "rack"\n'
+                   f'source = "{demo_clip}"\nweights = "{weights}"\n')
+    assert error_line(run_main("serve", "--config", str(cfg))).startswith(
+        "streamrec: error: camera 'rack': weights: expected DEFAULT, none or a file")
+    cfg.write_text(f'model = "tiny3d"\nweights = "none"\ndb = "{tmp_path}/h.db"\nsource = "{demo_clip}"\n'
+                   f'[[rules]]\nname = "any"\nlabels = ["class_0"]\n[recording]\ndir = "{tmp_path}/{LONG}"\n')
+    proc = run_main("serve", "--config", str(cfg))
+    assert error_line(proc) == (f"streamrec: error: [recording] dir: expected a folder streamrec can write clips into, "
+                                f"got '{tmp_path}/{LONG}' (a name the file system refuses: File name too long)")
+    assert "preparing the model" not in proc.stderr  # refused before the address answers
+
+
+@pytest.mark.slow
+def test_a_camera_added_at_run_time_with_no_weights_file_or_a_fifo_is_refused_and_not_left_adding(tmp_path, demo_clip):
+    from streamrec.errors import SourceError, WeightsError
+    from streamrec.serve.app import LiveApp
+
+    config = ServeConfig(model="tiny3d", weights="none", device="cpu", port=0, db=str(tmp_path / "h.db"),
+                         cameras=(CameraConfig("gym", str(demo_clip)),))
+    app = LiveApp(config)
+    try:
+        os.mkfifo(tmp_path / "fifo.mp4")
+        refused = [(CameraConfig("w1", str(demo_clip), weights=f"/tmp/{LONG}.pt"), WeightsError,
+                    "(a name too long for the file system)"),
+                   (CameraConfig("w2", str(demo_clip), weights="/tmp/\udcff.pt"), WeightsError, "(no such file)"),
+                   (CameraConfig("w3", str(tmp_path / "fifo.mp4")), SourceError, "(not a regular file: a FIFO)")]
+        for cam, kind, why in refused:
+            with pytest.raises(kind) as err:
+                app.add_camera(cam)
+            assert str(err.value).endswith(why), err.value
+        assert app.adding() == [] and app.camera_names() == ["gym"]
+    finally:
+        app.close()

@@ -32,20 +32,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def preflight(config: Any, cams: list) -> None:
     """What serve refuses before its address answers (one line, exit 2, no "preparing" first): a
-    camera's model that is no model's name, a file source that is not there, a database that cannot
+    camera's model that is no model's name, weights that are no weights file, a file source that is not
+    there, a recording folder that cannot be written, a database that cannot
     be opened (a missing folder, a file that is no SQLite database, a URL of another kind); ``cams``:
     the config's cameras, resolved."""
     from streamrec.catalog import check_model
     from streamrec.database import Database, close_quietly
     from streamrec.live.history import default_db
+    from streamrec.events.clipfiles import check_writable
     from streamrec.live.sources import SourceSpec, check_file
+    from streamrec.validate import check_weights_arg
 
-    for cam in cams:
+    check_weights_arg(config.weights)
+    for given, cam in zip(config.all_cameras(), cams):
         if cam.model is not None:
             check_model(cam.model)
+        if given.weights is not None:
+            check_weights_arg(str(given.weights), f"camera {cam.name!r}: weights")
         spec = SourceSpec.of_camera(cam)
         if spec.kind == "file":
             check_file(spec)
+    if config.rules and config.recording.enabled:
+        check_writable(config.recording.folder)
     close_quietly(Database(config.db or default_db(), what="the history database").connect())
 
 

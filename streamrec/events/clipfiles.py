@@ -73,10 +73,13 @@ def folder_problem(folder: Path) -> str:
         return "a NUL character in the name"
     if text.startswith("~"):
         return f"no such user: {text.split('/')[0]}"
-    if folder.is_symlink() and not folder.exists():
-        return f"a link to {os.readlink(folder)!r}, which does not exist"
-    if folder.exists() and not folder.is_dir():
-        return "a file, not a folder"
+    try:
+        if folder.is_symlink() and not folder.exists():
+            return f"a link to {os.readlink(folder)!r}, which does not exist"
+        if folder.exists() and not folder.is_dir():
+            return "a file, not a folder"
+    except OSError as exc:  # a name too long, a link that loops
+        return f"a name the file system refuses: {exc.strerror}"
     return ""
 
 

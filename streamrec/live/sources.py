@@ -25,6 +25,7 @@ import numpy as np
 
 from streamrec.config import CameraConfig
 from streamrec.errors import SourceError
+from streamrec.validate import not_a_file
 from streamrec.redact import SECRET_QUERY_KEYS, control_characters, mask_credentials, mask_quoted, printable  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -173,6 +174,8 @@ def check_file(spec: SourceSpec) -> None:
         raise SourceError(f"--source: file not found: {spec.display_name}")
     if is_dir:
         raise SourceError(f"--source: expected a video file, got a directory: {spec.display_name}")
+    if not path.is_file():  # a FIFO, a socket, a device: reading one may never end
+        raise SourceError(f"--source: expected a video file, got {spec.display_name} ({not_a_file(path)})")
 
 
 class PyAVSource(Source):

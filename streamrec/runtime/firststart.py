@@ -68,7 +68,7 @@ def hub_dir() -> Path:
 
 def is_weights_file(weights: str) -> bool:
     """``weights`` names a file (not ``DEFAULT`` or ``none``)."""
-    return weights.upper() not in ("DEFAULT", "NONE") and Path(weights).is_file()
+    return weights.upper() not in ("DEFAULT", "NONE") and os.path.isfile(weights)  # False for a name too long
 
 
 def entry_path(cache: Path, name: str | None, weights: str) -> Path:
@@ -79,7 +79,7 @@ def entry_path(cache: Path, name: str | None, weights: str) -> Path:
         name = name or DEFAULT_MODEL
     resolved = Path(weights).resolve() if is_weights_file(weights) else ""
     key = f"{FORMAT}|{name}|{weights}|{resolved}|{hub_dir()}|{torch_version()}"
-    return cache / "prepared" / f"{name or 'checkpoint'}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+    return cache / "prepared" / f"{name or 'checkpoint'}-{hashlib.sha1(key.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}.pt"
 
 
 def side_file(entry: Path) -> Path:

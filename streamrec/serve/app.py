@@ -37,6 +37,7 @@ from streamrec.serve.core import AppCore, check_port_free
 from streamrec.serve.preview import encode_preview
 from streamrec.serve.worker import InferenceWorker
 from streamrec.supervision import Deadline, Supervisor
+from streamrec.validate import check_weights_arg
 from streamrec.zones import ZoneConfig
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class LiveApp(AppCore):
         start it when ``start``. At run time this runs in a thread of the camera API: the event
         loop keeps serving every other camera meanwhile; ``health()["adding"]`` names it."""
         cam = self.config.resolve(cam)
+        check_weights_arg(str(cam.weights or "DEFAULT"), "weights")
         self.check_streams(cam)
         with adding_camera(self.lock, self.cameras, self.adding_names, cam.name):
             first = open_source(SourceSpec.of_camera(cam))  # fail fast: missing file, not a video, unreachable URL
