@@ -61,20 +61,22 @@ def check_apart(outputs: dict[str, str | os.PathLike | None]) -> None:
 
 
 def check_output(option: str, path: str | os.PathLike, *, image: bool = False,
-                 inputs: tuple[str | os.PathLike, ...] = (), data: str | os.PathLike | None = None) -> Path:
+                 inputs: tuple[str | os.PathLike, ...] = (), data: str | os.PathLike | None = None,
+                 data_is: tuple[str, str] = ("the dataset folder", "the dataset")) -> Path:
     """``path`` as a :class:`Path` when a command can write it, else a :class:`StreamrecError`
     naming ``option``: called before the command's work, so a typo in an output path costs
     no training or decoding (and never ends in a traceback after it). A path that is one of
-    the command's ``inputs``, or inside its ``data`` folder (a dataset: the file would replace a
-    clip or become one), is refused: writing it would destroy or change the input."""
+    the command's ``inputs``, or inside its ``data`` folder (a dataset, the events' clips: the file
+    would replace a clip or become one; ``data_is``: what the folder is, and what would change),
+    is refused: writing it would destroy or change the input."""
     p = Path(path)
     folder = p.parent
     for given in inputs:
         if p.exists() and Path(given).exists() and os.path.samefile(p, given):
             raise StreamrecError(f"{option} {p}: that is the input file {given}; writing there would replace it")
     if data is not None and Path(data).is_dir() and Path(os.path.abspath(p)).resolve().is_relative_to(Path(data).resolve()):
-        raise StreamrecError(f"{option} {p}: inside the dataset folder {data}; writing there would change the "
-                             "dataset (write it beside the folder)")
+        raise StreamrecError(f"{option} {p}: inside {data_is[0]} {data}; writing there would change "
+                             f"{data_is[1]} (write it beside the folder)")
     if p.is_dir():
         raise StreamrecError(f"{option}: expected a file name, got the folder {p}")
     kind = special_file(p)

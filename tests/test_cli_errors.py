@@ -375,6 +375,27 @@ def test_copying_a_clip_out_never_writes_over_the_database_the_config_or_the_cli
                    "--out: expected a value, got ''")
 
 
+@pytest.mark.parametrize("out", ["rec/court-1/other.mp4", "rec/court-1/other.jpg", "rec/new.mp4", "rec/../rec/x.mp4"])
+def test_copying_a_clip_out_never_writes_into_the_recording_folder(tmp_path, out):
+    """Another event's clip or thumbnail, or a new file among them, is refused as the event's own."""
+    import sqlite3
+
+    seeded_history(tmp_path / "gym.db")
+    with sqlite3.connect(tmp_path / "gym.db") as c:
+        c.execute("UPDATE events SET clip = 'court-1/e.mp4' WHERE id = '1764770000-1a2b3c4d'")
+    (tmp_path / "rec" / "court-1").mkdir(parents=True)
+    (tmp_path / "rec" / "court-1" / "e.mp4").write_bytes(b"clip" * 16)
+    others = {tmp_path / "rec" / "court-1" / n: b"other " + n.encode() for n in ("other.mp4", "other.jpg")}
+    for path, data in others.items():
+        path.write_bytes(data)
+    config = tmp_path / "gym.toml"
+    config.write_text(f'db = "gym.db"\n[recording]\ndir = "{tmp_path / "rec"}"\n')
+    line = one_line_error(run_main("events", "1764770000-1a2b3c4d", "--out", str(tmp_path / out), "--config", str(config)))
+    assert line == (f"streamrec: error: --out {tmp_path / out}: inside the [recording] dir {tmp_path / 'rec'}; writing "
+                    "there would change the events' clips (write it beside the folder)")
+    assert {p: p.read_bytes() for p in others} == others and not (tmp_path / "rec" / "new.mp4").exists()
+
+
 def test_an_explicit_db_that_does_not_exist_is_refused(tmp_path):
     one_line_error(run_main("events", "--db", str(tmp_path / "typo.db")), "--db", "typo.db", "no such file")
 

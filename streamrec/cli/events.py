@@ -128,7 +128,7 @@ def cmd_events(args) -> int:
 
 def copy_clip(store, args, target: str) -> int:
     """Show the event ``args.id``, or with ``--out`` copy its clip there (whole or not at all);
-    ``--out`` may not be the database ``target``, the config or the clip itself."""
+    ``--out`` may not be the database ``target``, the config, or in the clips' folder."""
     from streamrec.event_config import RecordingConfig
 
     row = store.get(args.id)
@@ -154,7 +154,8 @@ def copy_clip(store, args, target: str) -> int:
 
     thumbnail = [recording.folder / row["thumbnail"]] if row.get("thumbnail") else []
     inputs = [src, *thumbnail, *(f"{target}{tail}" for tail in ("", "-wal", "-shm", "-journal") if "://" not in target)]
-    check_output("--out", args.out, inputs=tuple(inputs + ([args.config] if args.config else [])))
+    check_output("--out", args.out, inputs=tuple(inputs + ([args.config] if args.config else [])),
+                 data=recording.folder, data_is=("the [recording] dir", "the events' clips"))
     with src.open("rb") as clip:
         atomic_write(args.out, lambda fh: shutil.copyfileobj(clip, fh))  # an existing file is replaced whole
     print(f"streamrec: wrote {args.out} ({src.stat().st_size} bytes)", file=sys.stderr)
