@@ -56,13 +56,14 @@ def write_zones(path: str | os.PathLike, camera: str, zones: Sequence[ZoneConfig
                 source: str | None = None) -> bool:
     """Set ``camera``'s zones and ``whole_frame`` in the TOML file ``path``, keeping the rest of
     it. ``False`` (nothing written) when the file has no ``[[cameras]]`` table of that name (and of
-    that ``source`` where one is given: a camera added at run time under a name the file has);
+    that ``source``, as the file is read, where one is given: a camera added at run time under a
+    name the file has);
     a file that cannot be read, parsed or written is a one-line :class:`StreamrecError`."""
     p = Path(path).resolve()  # a symbolic link stays one: its target is rewritten
     with WRITE_LOCK:
         doc = read_document(p)
         table = camera_table(doc, camera)
-        if table is None or (source is not None and str(table.get("source")) != source):
+        if table is None or (source is not None and table_source(p, table) != source):
             return False
         set_zones(table, zones, whole_frame)
         try:
@@ -71,6 +72,15 @@ def write_zones(path: str | os.PathLike, camera: str, zones: Sequence[ZoneConfig
             raise StreamrecError(f"--config {p}: cannot write it: {exc.strerror or exc}") from None
     logger.info("camera %s: zones written to %s", camera, p)
     return True
+
+
+def table_source(p: Path, table: Any) -> Any:
+    """A camera table's ``source`` as :func:`load_toml` reads it (a path relative to the file ``p``
+    joined to its folder), as the running camera has it."""
+    try:
+        return _paths_from(p.parent, {"source": str(table.get("source"))})["source"]
+    except StreamrecError:
+        return None
 
 
 def read_document(p: Path) -> Any:

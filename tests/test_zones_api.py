@@ -81,7 +81,7 @@ def served(demo_clip, tmp_path_factory):
     """A real ``streamrec serve --config`` with one camera of one zone: ``(port, config path)``."""
     folder = tmp_path_factory.mktemp("zones-api")
     cfg = folder / "serve.toml"
-    cfg.write_text(CONFIG.format(clip=demo_clip))
+    cfg.write_text(CONFIG.format(clip=os.path.relpath(demo_clip, folder)))  # relative to the file, as configs/ have it
     port = free_port()
     proc = subprocess.Popen(streamrec_cmd("serve", "--config", str(cfg), "--port", str(port), "--db",
                                           str(folder / "h.db"), "--token", TOKEN),
@@ -133,7 +133,7 @@ def test_good_zones_are_labelled_and_written_to_the_config_keeping_its_comments(
     msgs = asyncio.run(zone_labels(port, "door"))
     door = [m for m in msgs if m["zone"] == "door"]
     assert {m["camera"] for m in door} == {"gym"} and len(door) >= 2
-    assert cfg.read_text() == REWRITTEN.format(clip=demo_clip)
+    assert cfg.read_text() == REWRITTEN.format(clip=os.path.relpath(demo_clip, cfg.parent))
     config = ServeConfig.from_sources(load_toml(str(cfg)), {})  # what serve --config validates at start
     (cam,) = config.cameras
     assert (cam.zones, cam.whole_frame) == ((ZoneConfig("door", 0.25, 0.25, 0.5, 0.5),
