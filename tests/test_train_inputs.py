@@ -67,20 +67,24 @@ def test_random_weights_are_never_exported(tmp_path):
     assert not (tmp_path / "none.ts").exists()
 
 
-@pytest.mark.slow
-def test_lr_find_on_training_clips_none_of_which_can_be_read_is_one_line(tmp_path, demo_clip):
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_a_class_none_of_whose_training_clips_can_be_read_is_refused_before_any_work(tmp_path, demo_clip, command):
+    """A model would be trained (and saved) on a class it never saw."""
     import shutil
 
     for cls in ("a", "b"):
         (tmp_path / "d" / "train" / cls).mkdir(parents=True)
         (tmp_path / "d" / "valid" / cls).mkdir(parents=True)
-        for i in range(2):
-            (tmp_path / "d" / "train" / cls / f"g{i}.mp4").write_bytes(b"not a video" * 100)
         shutil.copy(demo_clip, tmp_path / "d" / "valid" / cls / "ok.mp4")
-    got = error_line(run_main("lr-find", str(tmp_path / "d"), "--model", "tiny3d", "--weights", "none",
-                              "--batch-size", "2", "--plot", str(tmp_path / "lr.png")))
-    assert got == (f"streamrec: error: lr-find: no training batch could be read from {tmp_path / 'd'} (every clip "
-                   "unreadable); streamrec dataset DATA lists them")
+    shutil.copy(demo_clip, tmp_path / "d" / "train" / "b" / "ok.mp4")
+    for i in range(2):
+        (tmp_path / "d" / "train" / "a" / f"g{i}.mp4").write_bytes(b"not a video" * 100)
+    out = ["--out", str(tmp_path / "m.pt")] if command == "train" else ["--steps", "10"]
+    proc = run_main(command, str(tmp_path / "d"), "--model", "tiny3d", "--weights", "none", "--batch-size", "2", *out)
+    assert error_line(proc) == (f"streamrec: error: dataset {tmp_path / 'd'}: class 'a' of train has no clip this "
+                                f"machine can read (2 unreadable, e.g. {tmp_path / 'd' / 'train' / 'a' / 'g0.mp4'}); "
+                                f"streamrec dataset {tmp_path / 'd'} lists them")
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_a_run_whose_validation_loss_is_never_a_number_is_said_to_diverge_and_is_not_saved(tmp_path):

@@ -128,6 +128,17 @@ def too_few_classes(root: str | os.PathLike, classes: Sequence[str]) -> str | No
     return None
 
 
+def unreadable_class(root: str | os.PathLike, split: Split) -> str | None:
+    """Why ``split`` cannot be trained on: a class none of whose clips can be read (by their
+    headers, :func:`probe`; a model would learn a class it never saw), or None."""
+    for label, cls in enumerate(split.classes):
+        files = [s.path for s in split.samples if s.label == label]
+        if files and all(probe(f) is None for f in files):  # stops at the first readable clip
+            return (f"dataset {root}: class {cls!r} of {split.name} has no clip this machine can read "
+                    f"({len(files)} unreadable, e.g. {shown(str(files[0]))}); streamrec dataset {root} lists them")
+    return None
+
+
 def splits(clips: int, val_split: float) -> bool:
     """Whether ``clips`` clips of a class split: ``round(clips * val_split)`` of them held out, one
     at least, and one at least left to train on."""

@@ -25,7 +25,7 @@ from torch import nn
 from streamrec.offline.chance import Chance, Keeper
 from streamrec.offline.resume import meta, resume_state
 from streamrec.offline.dataset import (Augment, ClipCache, ClipDataset, collate, default_workers, discover,
-                                       too_few_classes)
+                                       too_few_classes, unreadable_class)
 from streamrec.config import check_device
 from streamrec.runtime.classifier import resolve_device
 from streamrec.errors import StreamrecError
@@ -166,12 +166,13 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> int:
 
 
 def training_classes(cfg: TrainConfig) -> list[str]:
-    """The class names of ``cfg.data``: at least two, or there is nothing to learn."""
-    classes = discover(cfg.data, val_split=cfg.val_split)["train"].classes
-    problem = too_few_classes(cfg.data, classes)
+    """The class names of ``cfg.data``: at least two, each with a clip that can be read, or there is
+    nothing to learn."""
+    split = discover(cfg.data, val_split=cfg.val_split)["train"]
+    problem = too_few_classes(cfg.data, split.classes) or unreadable_class(cfg.data, split)
     if problem:
         raise StreamrecError(problem)
-    return classes
+    return split.classes
 
 
 def make_loaders(cfg: TrainConfig, loaded: LoadedModel):
