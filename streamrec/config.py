@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from streamrec.errors import OptionError, StreamrecError
-from streamrec.redact import control_characters, mask_credentials
+from streamrec.redact import control_characters, mask_credentials, printable
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig, check_rules
 from streamrec.validate import check_allowed_hosts, check_types, unknown_keys
 from streamrec.zones import ZoneConfig, alike, parse_zones, stream_key
@@ -43,6 +43,9 @@ def check_device(device: str) -> str:
     return device
 
 
+HOLD_MAX = 10_000  # windows: more than six minutes at 25 labels a second
+
+
 @dataclass(frozen=True)
 class SmoothingConfig:
     """``alpha``: weight of the newest window in the EMA (1 = no smoothing).
@@ -61,8 +64,8 @@ class SmoothingConfig:
             raise ValueError(f"smoothing.alpha: expected 0 < alpha <= 1, got {self.alpha}")
         if not 0 <= self.margin < 1:
             raise ValueError(f"smoothing.margin: expected 0 <= margin < 1, got {self.margin}")
-        if self.hold < 1:
-            raise ValueError(f"smoothing.hold: expected >= 1, got {self.hold}")
+        if not 1 <= self.hold <= HOLD_MAX:
+            raise ValueError(f"smoothing.hold: expected 1 <= hold <= {HOLD_MAX}, got {self.hold}")
         if not 0 <= self.threshold < 1:
             raise ValueError(f"smoothing.threshold: expected 0 <= threshold < 1, got {self.threshold}")
 
@@ -109,9 +112,9 @@ class CameraConfig:
         shown = self.name if not isinstance(self.name, str) or len(self.name) <= 40 else self.name[:40] + "..."
         check_types(self, prefix=f"camera {shown!r}: " if isinstance(self.name, str) else "[[cameras]] ")
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name) or len(self.name) > CAMERA_NAME_MAX_CHARS \
-                or set(self.name) == {"."}:  # "." and ".." are no name in a URL or a folder
+                or set(self.name) == {"."} or control_characters(self.name):  # "." and "..": no name in a URL or a folder
             raise StreamrecError(f"camera name: expected 1-{CAMERA_NAME_MAX_CHARS} letters, digits, '-', '_' or '.' "
-                                 f"(not dots alone), got {shown!r}")
+                                 f"(not dots alone), got {printable(repr(shown))}")
         check_text(self, ("model", "weights"), f"camera {shown!r}: ")
         for option in ("open_timeout", "stall_timeout"):  # None: serve's own
             value = getattr(self, option)

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from streamrec.errors import StreamrecError, require
 from streamrec.fsutil import special_file
 from streamrec.notify_checks import check_topic, check_user, ha_stream_id, url_parts
-from streamrec.redact import control_characters, mask_credentials
+from streamrec.redact import control_characters, mask_credentials, printable
 from streamrec.validate import check_types, unknown_keys
 from streamrec.zones import check_name, split_key
 
@@ -105,7 +105,7 @@ class RuleConfig:
                                  f"got {self.name!r}")
         if control_characters(self.name):  # a name is logged, shown and stored: one line, drawn as written
             raise StreamrecError(f"[[rules]] name: expected text without control characters, line breaks or "
-                                 f"bidirectional overrides, got {self.name!r} ({control_characters(self.name)[0]})")
+                                 f"bidirectional overrides, got {printable(repr(self.name))} ({control_characters(self.name)[0]})")
         if not self.labels and not self.groups:
             raise StreamrecError(f"{where}expected labels = [...] or groups = [...], got neither")
         if not 0 <= self.min_score <= 1:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os  # noqa: F401 - the examples use it
 import re
+import unicodedata
 from urllib.parse import unquote_plus
 
 # query parameters whose values are secrets; any key holding one of SECRET_WORDS, or a word
@@ -29,6 +30,9 @@ SECRET_QUERY_KEYS = frozenset({
 # cookie ("sess" and "ion", or "sessid"), signature, JWT or bearer
 SECRET_WORDS = re.compile(r"token|secret|(?<!com)(?<!by)pass(?!enger|ive|age|thr)|pwd|auth(?!or(?!i[sz]))|credential"
                           r"|sess(?:ion|id)|signature|jwt|bearer|cookie")
+# words that are a secret's whole name: IP cameras' password parameters (pw, psw, loginpas), a PIN,
+# a one-time password, a session id, a signed URL's ticket, HMAC or hash
+SECRET_NAMES = frozenset({"pw", "psw", "loginpas", "pin", "otp", "sid", "ticket", "hmac", "hash"})
 SHOWN = "***"
 
 # where a URL starts: a scheme not glued to a word; a URL's text reaches the next URL that follows
@@ -45,8 +49,8 @@ _PORTED = re.compile(r":\d{1,5}(?:[/?#]|$)")
 _WEAK = re.compile(r"$|[\s'\"<>()\[\]{},;:!]")
 _QUERY = re.compile(r"[?;#][\w.%+\[\]-]+=")  # the first parameter of a query, ";" parameters or fragment
 _KEY_BEFORE = re.compile(r"[?&;#](?P<key>[^\s=&;#?/'\"<>]+)=$")
-_PARAM = re.compile(r"[?&;#](?P<key>[^\s=&;#?/'\"<>]+)=")
-_CLOSING = "'\")]}>.,:;!"
+_PARAM = re.compile(r"[?&;#](?P<key>[^\s=&;#?/'\"<>]+)[ \t]*(?:=|%3[dD])")  # "key=", "key =", "key%3D"
+_CLOSING = "'\")]}>.,:;!?"
 # the next line's first word, when an "@" and a host follow (the rest of a wrapped URL)
 _HOST_PORT = re.compile(r"[^:]*:\d{1,5}")
 _CONTINUED = re.compile(r"[\r\n]+[ \t]*(?P<word>[^\s@]*@[\w\[-][^\s]*)")
@@ -59,6 +63,8 @@ def mask_credentials(text: str) -> str:
 
     The password runs from the user name's ``:`` to the ``@`` that a host follows (a password may
     hold spaces, quotes, ``@``, ``/``, ``?``, ``#`` and ``%``); the user name and the host stay.
+    User information without a ``:`` (a token as the user, ``https://TOKEN@host``), and a user
+    name that holds an encoded ``:`` (``admin%3Apw``), is masked whole.
     Every ``key=value`` of the query, of ``;`` parameters and of the fragment whose key names a
     secret (:func:`secret_key`) gets ``***`` for its value.
 
@@ -136,6 +142,10 @@ def _url_end(text: str, start: int) -> int:
 def _mask_url(rest: str) -> str:
     """``rest`` (the text after ``scheme://``) with its password and secret values masked."""
     user = _USER.match(rest).end()
+    if user and "%3a" in rest[:user].lower():  # "admin%3Apw": a password, encoded
+        rest, user = SHOWN + rest[user:], len(SHOWN)
+    if rest[user:user + 1] == "@" and user:  # "TOKEN@host": no user name to tell, a token may be one
+        rest, user = SHOWN + rest[user:], len(SHOWN)
     host = user + 1 if rest[user:user + 1] == "@" else 0
     if rest[user:user + 1] == ":":
         at = _userinfo_end(rest, user + 1)
@@ -190,13 +200,13 @@ def _mask_params(rest: str) -> str:
 
 def _value_end(rest: str, start: int) -> int:
     """Where the secret value starting at ``start`` ends: its first character always belongs to
-    it (a value may start with anything), then it runs to a space, a ``#`` or ``?``, or a ``&``/``;``
+    it (a value may start with anything), then it runs to a space, a ``#``, or a ``&``, ``;`` or ``?``
     that another ``key=`` follows; up to two closing quotes or punctuation marks at its end are the text's."""
     if start >= len(rest):
         return start
     end = start + 1
-    while end < len(rest) and not rest[end].isspace() and rest[end] not in "#?":
-        if rest[end] in "&;" and _PARAM.match(rest, end):
+    while end < len(rest) and not rest[end].isspace() and rest[end] != "#":
+        if rest[end] in "&;?" and _PARAM.match(rest, end):
             break
         end += 1
     for _ in range(2):  # "...?token=abc')": the quote and bracket close the text around the URL
@@ -207,8 +217,10 @@ def _value_end(rest: str, start: int) -> int:
 
 def secret_key(key: str) -> bool:
     """Whether the parameter ``key`` names a secret: compared after percent-decoding, in lower
-    case, word by word (``-``, ``_``, ``.`` and spaces split words; digits at a word's end are
-    dropped): a word that :data:`SECRET_WORDS` finds in, or ending in ``key``/``keys`` or ``sig``.
+    case, in Unicode's compatibility form less invisible characters (``ｔｏｋｅｎ``, ``to\u200bken``),
+    word by word (``-``, ``_``, ``.`` and spaces split words; digits at a word's end are dropped):
+    a word that :data:`SECRET_WORDS` finds in, one of :data:`SECRET_NAMES`, or ending in
+    ``key``/``keys`` or ``sig``.
 
     >>> [secret_key(k) for k in ("X-Api-Key", "private_token", "api%5Fkey", "sessionId", "keyframe", "channel")]
     [True, True, True, True, False, False]
@@ -218,23 +230,24 @@ def secret_key(key: str) -> bool:
         if decoded == key:
             break
         key = decoded
-    key = key.lower().strip()
+    key = "".join(c for c in unicodedata.normalize("NFKC", key) if not _invisible(c)).lower().strip()
     words = [w.rstrip("0123456789") for w in re.split(r"[\W_]+", key) if w]
     return key in SECRET_QUERY_KEYS or any(
-        SECRET_WORDS.search(w) or (w.endswith(("key", "keys", "sig")) and w.rstrip("s") not in _NOT_KEYS)
-        for w in words)
+        SECRET_WORDS.search(w) or w in SECRET_NAMES
+        or (w.endswith(("key", "keys", "sig")) and w.rstrip("s") not in _NOT_KEYS) for w in words)
 
 
 def printable(text: object) -> str:
     """``text`` on one line, as a terminal shows it: control characters (C0, DEL, C1), line and
-    paragraph separators, bidirectional overrides and zero-width spaces become escapes (``\\n``, ``\\x1b``,
-    ``\\u202e``). Text from elsewhere (a server's answer or error) goes through this before it
-    is logged or stored.
+    paragraph separators, and the characters that show nothing (Unicode's format characters:
+    bidirectional overrides, zero-width spaces and joiners, tags; the Hangul fillers) become
+    escapes (``\\n``, ``\\x1b``, ``\\u202e``). Text from elsewhere (a server's answer or error)
+    goes through this before it is logged or stored.
 
     >>> printable("HTTP 302 \\x1b[31mred\\u202e")
     'HTTP 302 \\\\x1b[31mred\\\\u202e'
     """
-    return _CONTROL.sub(_escape, str(text))
+    return _SUSPECT.sub(lambda m: _escape(m) if _invisible(m.group()) else m.group(), str(text))
 
 
 def control_characters(text: str) -> list[str]:
@@ -243,17 +256,26 @@ def control_characters(text: str) -> list[str]:
     >>> control_characters("court\\n1"), control_characters("court-1")
     (['\\\\n'], [])
     """
-    return [_escape(m) for m in _CONTROL.finditer(text)]
+    return [_escape(m) for m in _SUSPECT.finditer(text) if _invisible(m.group())]
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
-                      "\u200b\u2060\ufeff\u180e]")  # the last: invisible (zero-width) characters
+_SUSPECT = re.compile(r"[^\x20-\x7e]")  # what may be escaped: all but printable ASCII
+_FILLERS = frozenset("\u115f\u1160\u3164\uffa0")  # Hangul fillers: letters that show nothing
+
+
+def _invisible(c: str) -> bool:
+    """Whether ``c`` shows as nothing, or moves the text: a control or format character, a line or
+    paragraph separator, a lone surrogate, a Hangul filler."""
+    return unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") or c in _FILLERS
+
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _escape(m: re.Match) -> str:
     c = m.group()
-    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+    code = ord(c)
+    return _NAMED.get(c) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
 
 
 def shown(name: str) -> str:

@@ -173,3 +173,13 @@ def test_a_camera_added_at_run_time_with_no_weights_file_or_a_fifo_is_refused_an
         assert app.adding() == [] and app.camera_names() == ["gym"]
     finally:
         app.close()
+
+
+def test_smoothing_hold_is_bounded(tmp_path):
+    from streamrec.config import HOLD_MAX, SmoothingConfig
+
+    assert SmoothingConfig(hold=HOLD_MAX).hold == HOLD_MAX
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('source = "0"\n[smoothing]\nhold = 99999999999999999999\n')
+    assert error_line(run_main("serve", "--config", str(cfg))) == (
+        f"streamrec: error: smoothing.hold: expected 1 <= hold <= {HOLD_MAX}, got 99999999999999999999")

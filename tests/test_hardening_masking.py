@@ -24,8 +24,21 @@ CASES = [
     ("https://h/s?AuthToken=abc;Password=p#frag", "https://h/s?AuthToken=***;Password=***#frag"),
     ("https://h/s?api%5Fkey=K&keyframe=1", "https://h/s?api%5Fkey=***&keyframe=1"),
     ("rtsp://u:p@ss@cam/live?authtoken=x&x=1", "rtsp://u:***@cam/live?authtoken=***&x=1"),
+    # user information without a password: a token may be the user; a user with an encoded ":"
+    ("rtsp://admin@cam/x", "rtsp://***@cam/x"),
+    ("https://ghp_T0KEN@git.example/repo", "https://***@git.example/repo"),
+    ("rtsp://admin%3As3cret@cam/x", "rtsp://***@cam/x"),
+    ("rtsp://admin%3As3cret:pw@cam/x", "rtsp://***:***@cam/x"),
+    # IP cameras' password keys, a key with a space or an encoded "=", in other forms of its letters
+    ("http://cam/v.cgi?user=admin&pw=P1&psw=P2&loginuse=admin&loginpas=P3",
+     "http://cam/v.cgi?user=admin&pw=***&psw=***&loginuse=admin&loginpas=***"),
+    ("http://cam/v?pin=1234&otp=9&sid=S&ticket=T&hmac=H&hash=X", "http://cam/v?pin=***&otp=***&sid=***&ticket=***&hmac=***&hash=***"),
+    ("http://cam/v?Token =abc&token%3Dxyz&t=1", "http://cam/v?Token =***&token%3D***&t=1"),
+    ("http://cam/v?\uff54\uff4f\uff4b\uff45\uff4e=abc&to\u200bken=xyz", "http://cam/v?\uff54\uff4f\uff4b\uff45\uff4e=***&to\u200bken=***"),
+    # a value runs over a "?" that no key= follows
+    ("http://cam/v?token=SEKa?SEKb", "http://cam/v?token=***"),
+    ("http://cam/v?token=abc?", "http://cam/v?token=***?"),
     # nothing secret: unchanged
-    ("rtsp://admin@cam/x", "rtsp://admin@cam/x"),
     ("rtsp://cam:554/live@main", "rtsp://cam:554/live@main"),
     ("rtsp://cam/live@main", "rtsp://cam/live@main"),
     ("http://cam/x?email=a@b.example&channel=1", "http://cam/x?email=a@b.example&channel=1"),

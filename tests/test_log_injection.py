@@ -25,7 +25,10 @@ from conftest import error_line, run_cli
 
 BAD = [("\n", "\\n"), ("\r", "\\r"), ("\x1b[31m", "\\x1b"), ("\x00", "\\x00"), ("\x7f", "\\x7f"), ("\x85", "\\x85"),
        ("\x9b", "\\x9b"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"), ("\u202e", "\\u202e"), ("\u2066", "\\u2066"),
-       ("\u200f", "\\u200f"), ("\t", "\\t")]
+       ("\u200f", "\\u200f"), ("\t", "\\t"),
+       # characters that show nothing: joiners, a soft hyphen, a tag letter, a Hangul filler
+       ("\u200d", "\\u200d"), ("\u200c", "\\u200c"), ("\u00ad", "\\xad"), ("\U000e0041", "\\U000e0041"),
+       ("\u3164", "\\u3164")]
 
 
 @pytest.mark.parametrize("char, escaped", BAD)
@@ -35,7 +38,7 @@ def test_printable_escapes_each_kind_of_control_character(char, escaped):
 
 
 def test_printable_keeps_text_as_it_is_otherwise():
-    text = "Café 東京 ü → 'quoted' \\n stays"
+    text = "Café 東京 ü → 'quoted' \\n stays, кухня, ٣ 🏋 e\u0301"
     assert printable(text) == text and control_characters(text) == []
 
 
@@ -45,7 +48,7 @@ def test_a_rule_name_with_a_control_character_is_refused(char, escaped):
     with pytest.raises(StreamrecError) as info:
         RuleConfig.from_dict({"name": name, "labels": ["deadlifting"]})
     assert str(info.value) == ("[[rules]] name: expected text without control characters, line breaks or "
-                               f"bidirectional overrides, got {name!r} ({escaped})")
+                               f"bidirectional overrides, got {printable(repr(name))} ({escaped})")
     assert "\n" not in str(info.value)
 
 
@@ -62,7 +65,7 @@ def test_a_camera_name_with_a_control_character_is_refused(char, escaped):
     name = f"court{char}1"
     with pytest.raises(StreamrecError) as info:
         ServeConfig.from_sources({"cameras": [{"name": name, "source": "0"}]}, {})
-    assert str(info.value).startswith("camera name: expected 1-") and str(info.value).endswith(f"got {name!r}")
+    assert str(info.value).startswith("camera name: expected 1-") and str(info.value).endswith(f"got {printable(repr(name))}")
     assert "\n" not in str(info.value) and escaped in str(info.value)
 
 

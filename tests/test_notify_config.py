@@ -179,7 +179,7 @@ def test_webhook_urls_that_cannot_be_reached_are_refused(url, why):
     ("http://" + "a" * 64 + ".example/in", "with a host name of letters, digits, '.', '-' or '_', got {url!r} "
                                            "(label empty or too long)"),
     ("http://999.1.1.1/in", "with a host name of letters, digits, '.', '-' or '_', got {url!r} (not an IPv4 address)"),
-    ("http://user@/in", "with a host, got {url!r}"),
+    ("http://user@/in", "with a host, got 'http://***@/in'"),  # a user alone may be a token: masked
     ("http://:80/", "with a host, got {url!r}"),
     ("ftp://", "with a host, got {url!r}"),
     ("http://[::1/x", ", got {url!r} (Invalid IPv6 URL)"),  # no port to speak of: a bracket without its pair
