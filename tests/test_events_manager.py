@@ -182,3 +182,27 @@ def test_an_event_whose_labels_stop_coming_is_closed_by_the_events_thread(tmp_pa
         assert (published[1]["state"], published[1]["start_ts"], published[1]["end_ts"]) == ("closed", 1000.0, 1002.0)
     finally:
         manager.close()
+
+
+def test_an_event_left_open_by_a_kill_is_closed_at_its_last_written_label_not_its_peak(tmp_path):
+    """The peak comes first, the labels go on for six seconds: recovery closes the event at most
+    SEEN_EVERY_S before its last label, and a since-filter still finds it meanwhile."""
+    from streamrec.events.manager import SEEN_EVERY_S
+
+    now = [5000.0]
+    published: list = []
+    db = str(tmp_path / "events.db")
+    manager = make(db, published, clock=lambda: now[0])
+    manager.start(["cam"])
+    try:
+        for i in range(13):  # pouring from 1000.0 to 1006.0, the best score at the start
+            now[0] = 5000.0 + i / 2
+            manager.observe("cam", label(1000.0 + i / 2, "pouring", score=0.99 if i < 3 else 0.6))
+            assert manager.flush(10)  # handled at this clock reading
+        store = EventStore(db)  # what a start after a kill reads
+        assert [e["id"] for e in store.query(since=1005.0)] == [published[0]["id"]]
+        [ev] = store.recover({"pour": ()}, now=now[0])
+        assert ev.start_ts == 1000.0 and 1006.0 - SEEN_EVERY_S <= ev.end_ts <= 1006.0, ev
+        assert ev.peak_score == 0.99
+    finally:
+        manager.close()

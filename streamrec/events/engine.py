@@ -48,6 +48,7 @@ class Change:
     event: Event
     rule: RuleConfig
     peak: bool = False  # "seen" at a new peak score
+    ts: float | None = None  # "seen": the time of the label that matched
 
 
 @dataclass
@@ -185,7 +186,7 @@ class RuleEngine:
                 if peak:
                     ev.peak_score, ev.peak_ts = score, ts
                 ev.mean_score = sum(tr.scores) / len(tr.scores)
-                return None if tr.deleted else Change("seen", ev, rule, peak)
+                return None if tr.deleted else Change("seen", ev, rule, peak, ts=ts)
             if ts - tr.last_seen >= rule.end_seconds:
                 ev.end_ts = tr.last_seen
                 tr.open, tr.since, tr.cooldown_until = None, None, tr.last_seen + rule.cooldown_seconds

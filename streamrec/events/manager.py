@@ -194,8 +194,8 @@ class EventManager:
                 self.recorder.peak(ev.id, ev.camera)
             if self.clock() - self.last_written.get(ev.id, 0.0) >= SEEN_EVERY_S and not self.inbox.closing.is_set():
                 self.last_written[ev.id] = self.clock()
-                self.write(f"event {ev.id}", lambda: self.store.seen(ev.id, ev.peak_ts or ev.start_ts, ev.peak_score,
-                                                                       ev.mean_score))
+                last = change.ts if change.ts is not None else ev.start_ts
+                self.write(f"event {ev.id}", lambda: self.store.seen(ev.id, last, ev.peak_score, ev.mean_score))
             return
         if change.kind == "start":
             clip = self.recorder.begin(ev.id, ev.camera, ev.start_ts) if self.recorder is not None else None
