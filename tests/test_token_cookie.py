@@ -196,6 +196,15 @@ def test_a_change_with_the_cookie_from_another_origin_is_a_403(served, method):
                                                          f"'http://127.0.0.1:1' is not this server, Host "
                                                          f"'127.0.0.1:{served.port}')"})
     assert http(served.port, method, "/api/admin", COOKIE, "Origin: http://[::1")[0] == 403
+    # what else a browser says of a request from another site's page
+    status, _, body = http(served.port, method, "/api/admin", COOKIE, same, "Sec-Fetch-Site: cross-site")
+    assert (status, json.loads(body)["error"]) == (403, f"{method} /api/admin: cross-origin request refused "
+                                                         "(Sec-Fetch-Site 'cross-site')")
+    assert http(served.port, method, "/api/admin", COOKIE, same, "Sec-Fetch-Site: same-site")[0] == 403
+    assert http(served.port, method, "/api/admin", COOKIE, same, "Sec-Fetch-Site: same-origin")[0] == 200
+    assert http(served.port, method, "/api/admin", COOKIE, "Referer: http://evil.example/x")[0] == 403
+    assert http(served.port, method, "/api/admin", COOKIE, "Referer: http://[::1")[0] == 403
+    assert http(served.port, method, "/api/admin", COOKIE, f"Referer: http://127.0.0.1:{served.port}/")[0] == 200
     # the Bearer header is no cookie a browser adds by itself: another origin's script must know the token
     assert http(served.port, method, "/api/admin", f"Authorization: Bearer {TOKEN}", "Origin: http://127.0.0.1:1")[0] == 200
 

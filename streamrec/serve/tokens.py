@@ -96,11 +96,20 @@ def cookie_refusal(headers: Any) -> str | None:
     """Why a request that changes something (not a ``GET``) with the token from the cookie alone
     is refused, else ``None``: a page of another origin sent it. Browsers send ``Origin`` with
     such requests; SameSite=Lax keeps other sites' pages from sending the cookie with them, but a page
-    of another port of the same host is the same site."""
+    of another port of the same host is the same site. A browser's ``Sec-Fetch-Site`` other than
+    ``same-origin`` (or ``none``: the user's own action), and, without an ``Origin``, a ``Referer``
+    of another origin, say so too."""
     origin, host = headers.get("Origin"), headers.get("Host", "")
+    site = headers.get("Sec-Fetch-Site")
+    if site is not None and site.strip().lower() not in ("same-origin", "none"):
+        return f"cross-origin request refused (Sec-Fetch-Site {site[:40]!r})"
+    referer = headers.get("Referer") if origin is None else None
     try:
+        if referer is not None and urlsplit(referer).netloc != host:
+            return f"cross-origin request refused (Referer {referer[:100]!r} is not this server, Host {host[:100]!r})"
         if not cross_origin(headers):
             return None
-    except ValueError:  # an Origin that is no URL
-        pass
+    except ValueError:  # an Origin or Referer that is no URL
+        if origin is None:
+            return f"cross-origin request refused (Referer {referer[:100]!r} is no URL)"
     return f"cross-origin request refused (Origin {origin[:100]!r} is not this server, Host {host[:100]!r})"
