@@ -31,7 +31,7 @@ SECRET_QUERY_KEYS = frozenset({
 SECRET_WORDS = re.compile(r"token|secret|(?<!com)(?<!by)pass(?!enger|ive|age|thr)|pwd|auth(?!or(?!i[sz]))|credential"
                           r"|sess(?:ion|id)|signature|jwt|bearer|cookie")
 # words that are a secret's whole name: IP cameras' password parameters (pw, psw, loginpas), a PIN,
-# a one-time password, a session id, a signed URL's ticket, HMAC or hash
+# a one-time password, a login's id (sid), a signed URL's ticket, HMAC or hash
 SECRET_NAMES = frozenset({"pw", "psw", "loginpas", "pin", "otp", "sid", "ticket", "hmac", "hash"})
 SHOWN = "***"
 
