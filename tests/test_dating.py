@@ -108,3 +108,11 @@ def test_capture_writes_a_jittered_stream_at_its_own_pace():
     assert not cap.is_alive() and ring.written == 40
     # from the least-delayed frame of the first round on, the stream's own pace
     np.testing.assert_allclose(np.diff(seen[len(DELAYS):]), 1 / FPS, atol=5e-4)
+
+
+def test_timestamps_far_slower_than_real_time_give_way_to_arrival():
+    """A camera whose timestamps run at half speed: after a few jumps, dated as it arrives."""
+    clock = StreamClock()
+    dates = [clock.date(100.0 + i / FPS, 0.5 * i / FPS) for i in range(int(20 * FPS))]
+    assert not clock.trusted and clock.resyncs == 3
+    np.testing.assert_allclose(np.diff(dates[-100:]), 1 / FPS, atol=1e-9)

@@ -267,7 +267,7 @@ class CaptureThread(threading.Thread):
         pace_base: float | None = None  # wall time of pts 0, for files
         due: float | None = None
         step = 1.0 / (source.fps or 30.0)  # one frame's time on screen (30 fps when the file does not say)
-        dates = StreamClock()  # a live stream's frames, dated by their timestamps
+        dates = StreamClock(self.spec.display_name)  # a live stream's frames, dated by their timestamps
         it = iter(source.frames())
         while not self.stop_event.is_set():
             t0 = time.perf_counter()

@@ -13,7 +13,8 @@ places the stream's clock on the local one:
 - it rises slowly towards later arrivals (``RISE`` of the difference per frame), which follows a
   camera clock that runs slower than this machine's without passing jitter on;
 - a jump of more than ``RESYNC_S`` (a stream that restarted its timestamps, or a stall) starts
-  over from the arrival.
+  over from the arrival; after ``DISTRUST_AFTER`` of them (timestamps that run far slower than
+  real time), the stream's frames are dated by arrival, as a webcam's are.
 
 Dates never go back: a frame is dated at least ``MIN_STEP_S`` after the one before it.
 Frames without a ``pts`` (webcams) are dated by arrival.
@@ -21,7 +22,12 @@ Frames without a ``pts`` (webcams) are dated by arrival.
 
 from __future__ import annotations
 
+import logging
+
+logger = logging.getLogger(__name__)
+
 RESYNC_S = 1.0
+DISTRUST_AFTER = 3
 RISE = 0.002
 MIN_STEP_S = 1e-6
 
@@ -35,20 +41,29 @@ class StreamClock:
         [10.03, 10.04, 10.08]
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "stream") -> None:
+        self.name = name
         self.offset: float | None = None
         self.last: float | None = None
         self.resyncs = 0
 
+    @property
+    def trusted(self) -> bool:
+        """Whether the stream's timestamps date its frames (else their arrival does)."""
+        return self.resyncs < DISTRUST_AFTER
+
     def date(self, arrival: float, pts: float | None) -> float:
         """The date of a frame whose data came in at ``arrival`` (local clock) with stream time ``pts``."""
-        if pts is None:
+        if pts is None or not self.trusted:
             ts = arrival
         else:
             seen = arrival - pts
             if self.offset is None or abs(seen - self.offset) > RESYNC_S:
                 self.resyncs += self.offset is not None
                 self.offset = seen
+                if not self.trusted:
+                    logger.warning("%s: its timestamps jumped %d times; its frames are dated by arrival from now on",
+                                   self.name, self.resyncs)
             elif seen < self.offset:
                 self.offset = seen
             else:
