@@ -16,7 +16,7 @@ import termios
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_motion_dataset, run_cli, streamrec_cmd
+from conftest import ROOT, make_motion_dataset, run_cli, run_main, streamrec_cmd
 from streamrec.offline import evaluate as evaluate_module
 
 pytestmark = pytest.mark.timeout(600)
@@ -107,6 +107,20 @@ def test_evaluate_writes_the_confusion_matrix_as_csv_and_reports_top3(trained, d
     assert [r[0] for r in rows[1:]] == rows[0][1:]
     counts = np.array([[int(v) for v in r[1:]] for r in rows[1:]])
     assert counts.shape == (3, 3) and counts.sum() == 12 and (counts.sum(1) == 4).all()  # 2 clips x 2 windows a class
+
+
+@pytest.mark.slow
+def test_evaluate_of_clips_of_fewer_classes_than_the_model_says_so(trained, data, tmp_path):
+    import shutil
+
+    out, _ = trained
+    shutil.copytree(data / "valid" / "left_to_right", tmp_path / "one" / "left_to_right")
+    proc = run_main("evaluate", str(tmp_path / "one"), "--weights", str(out), "--confusion", str(tmp_path / "cm.csv"))
+    assert proc.returncode == 0, proc.stderr
+    assert ("warning: the clips hold 1 of the model's 3 classes (left_to_right): top-1 is how often those were found, "
+            "not how well the model tells its classes apart") in proc.stderr.splitlines()
+    proc = run_main("evaluate", str(data / "valid"), "--weights", str(out), "--confusion", str(tmp_path / "cm.csv"))
+    assert proc.returncode == 0 and "classes (" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow

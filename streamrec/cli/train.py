@@ -238,6 +238,11 @@ def cmd_evaluate(args) -> int:
         print(f"warning: {r['training_clips']} of the {r['clips']} clips evaluated are clips this model was trained "
               "on, so the scores overstate it; evaluate the clips it did not see (DATA/valid, or DATA --val-split "
               "as in training)", file=sys.stderr)
+    present = [c for c, m in r["per_class"].items() if m["support"]]
+    if len(present) < len(r["per_class"]):
+        print(f"warning: the clips hold {len(present)} of the model's {len(r['per_class'])} classes "
+              f"({', '.join(present)}): top-1 is how often those were found, not how well the model tells its "
+              "classes apart", file=sys.stderr)
     if args.json:
         print(json.dumps(r, indent=1))
         print(f"confusion matrix: {args.confusion}", file=sys.stderr)
