@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sqlite3
 import sys
 from typing import Any, Callable
@@ -35,7 +36,8 @@ BUSY_TIMEOUT_S = 10.0  # SQLite: how long a write waits for another writer's loc
 # PostgreSQL: a statement or a dead connection answers within seconds, never hangs a thread
 PG_TIMEOUTS = {"options": "-c statement_timeout=10000", "keepalives": 1, "keepalives_idle": 10,
                "keepalives_interval": 5, "keepalives_count": 3}
-SQLITE_NOT_NOW = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+# another writer holds the file; the disk is full (space may be freed): a write tried again later may land
+SQLITE_NOT_NOW = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL)
 RECONNECT = Backoff(base_s=0.5, cap_s=30.0)  # a lost database: connected to again after these waits
 
 
@@ -63,6 +65,8 @@ class Database:
             raise ValueError(f"busy_timeout_s: expected a finite number of seconds >= 0, got {busy_timeout_s!r}")
         self.target = target
         self.what = what
+        self._identity: tuple[int, int] | None = None  # the SQLite file's (device, inode) when connected
+        self._told = False
         self.busy_timeout_s = float(busy_timeout_s)
         self.postgres = target.startswith(POSTGRES_SCHEMES)
 
@@ -117,7 +121,24 @@ class Database:
         if self.target != ":memory:":
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL: never corrupt; a power cut loses the last commits, not a sync per row
+            self._identity = file_identity(self.target)
         return conn
+
+    def file_problem(self) -> str | None:
+        """Why the SQLite file connected to is no longer the one at its path (deleted or replaced
+        while in use: what is written now goes to a file no one can open again), else ``None``;
+        logged the first time it is seen."""
+        if self._identity is None:
+            return None
+        now = file_identity(self.target)
+        if now == self._identity:
+            return None
+        why = f"the database file {self.shown} was {'deleted' if now is None else 'replaced'} while in use; " \
+              "what is written now is lost at the stop (restart streamrec)"
+        if not self._told:
+            self._told = True
+            logger.error("%s", why)
+        return why
 
     def broken(self, conn) -> bool:
         """Whether the connection itself is gone (a PostgreSQL server that restarted, a network
@@ -127,8 +148,9 @@ class Database:
     def unavailable(self, exc: BaseException, conn=None) -> bool:
         """Whether ``exc`` means "not now" (a call tried again later may work): a lost PostgreSQL
         connection (``conn`` broken, or an ``OperationalError``: also a statement timeout, a lock
-        or serialization conflict), a read-only server after a failover, or a SQLite file another
-        writer held longer than ``busy_timeout_s`` (``SQLITE_BUSY`` / ``SQLITE_LOCKED``)."""
+        or serialization conflict), a read-only server after a failover, a SQLite file another
+        writer held longer than ``busy_timeout_s`` (``SQLITE_BUSY`` / ``SQLITE_LOCKED``), or a full
+        disk (``SQLITE_FULL``)."""
         if conn is not None and self.broken(conn):
             return True
         if isinstance(exc, sqlite3.Error):  # the primary code of an extended one
@@ -153,6 +175,15 @@ class Database:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {exists}{name} {ddl}")
                 if not self.postgres:  # PostgreSQL does not say whether it had the column
                     logger.info("database %s: the table %s gained the column %s", self.shown, table, name)
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """``(device, inode)`` of the file at ``path``, ``None`` when there is none."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
 
 
 def close_quietly(conn) -> None:

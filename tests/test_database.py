@@ -96,6 +96,66 @@ def test_a_second_writer_holding_the_lock_is_unavailable_not_an_error(tmp_path):
     assert db.unavailable(ValueError("not a database error")) is False
 
 
+def test_a_full_disk_is_unavailable_and_writes_again_once_there_is_room(tmp_path):
+    """A write the file has no room for (here: the page limit, as a full disk) is tried again later."""
+    db = Database(str(tmp_path / "h.db"))
+    conn = db.connect(lambda c: c.execute("CREATE TABLE t (a TEXT)"))
+    pages, = conn.execute("PRAGMA page_count").fetchone()
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(sqlite3.OperationalError) as info:
+        for _ in range(1000):
+            conn.execute("INSERT INTO t VALUES (?)", ("x" * 1000,))
+    assert str(info.value) == "database or disk is full" and info.value.sqlite_errorcode == sqlite3.SQLITE_FULL
+    assert db.unavailable(info.value) is True
+    conn.execute(f"PRAGMA max_page_count = {pages + 100}")  # room again
+    conn.execute("INSERT INTO t VALUES ('y')")
+    conn.close()
+
+
+def test_an_events_table_from_before_its_newer_columns_is_read_and_written(tmp_path):
+    """The first events table had no clip_bytes, clip_codec or zone: serve and the CLI open it."""
+    from conftest import run_main
+
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as c:
+        c.execute("CREATE TABLE events (id TEXT PRIMARY KEY, rule TEXT NOT NULL, camera TEXT NOT NULL, label TEXT NOT NULL, "
+                  "start_ts DOUBLE PRECISION NOT NULL, end_ts DOUBLE PRECISION, last_ts DOUBLE PRECISION NOT NULL, "
+                  "peak_score DOUBLE PRECISION NOT NULL, mean_score DOUBLE PRECISION NOT NULL, clip TEXT, "
+                  "thumbnail TEXT, state TEXT NOT NULL)")
+        c.execute("INSERT INTO events VALUES ('1764770000-1a2b3c4d', 'lift', 'gym', 'deadlifting', 1764770000.0, "
+                  "1764770010.0, 1764770010.0, 0.9, 0.8, 'gym/a.mp4', NULL, 'closed')")
+        c.commit()
+    proc = run_main("events", "--db", str(path), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    store = EventStore(str(path))
+    try:
+        [row] = store.query()
+        assert (row["id"], row["clip_bytes"], row["clip_codec"], row["zone"]) == ("1764770000-1a2b3c4d", 0, None, None)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("change", ["deleted", "replaced"])
+def test_a_sqlite_file_deleted_or_replaced_while_in_use_is_said_to_be(tmp_path, caplog, change):
+    import os
+
+    path = tmp_path / "h.db"
+    db = Database(str(path))
+    conn = db.connect(lambda c: c.execute("CREATE TABLE t (a INTEGER)"))
+    assert db.file_problem() is None
+    for p in tmp_path.glob("h.db*"):
+        p.unlink()
+    if change == "replaced":
+        path.write_bytes(os.urandom(8192))
+    why = (f"the database file {path} was {change} while in use; what is written now is lost at the stop "
+           "(restart streamrec)")
+    with caplog.at_level(logging.ERROR, logger="streamrec.database"):
+        assert db.file_problem() == why and db.file_problem() == why
+    assert [r.getMessage() for r in caplog.records] == [why]  # told once
+    conn.close()
+    assert Database(":memory:").file_problem() is None
+
+
 def test_postgresql_errors_that_mean_not_now():
     psycopg = pytest.importorskip("psycopg")
     db = Database("postgresql://db.example/x")

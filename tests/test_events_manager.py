@@ -48,7 +48,8 @@ def test_labels_never_wait_for_a_locked_database_and_the_event_lands_after(tmp_p
         # the third label opens the event: its write finds the database busy and is tried again
         wait_until(lambda: manager.waiting_db, "the events thread waiting for the database", timeout=10)
         [problem] = manager.problems()
-        assert problem.startswith("events: the database does not answer; ")
+        assert problem.startswith("events: the database does not answer (events database cannot write now: "
+                                  "database is locked); ")
         assert published == []  # the page hears of the event once it is written
     finally:
         other.execute("ROLLBACK")
@@ -67,6 +68,39 @@ def test_labels_never_wait_for_a_locked_database_and_the_event_lands_after(tmp_p
     assert [(m["type"], m["state"]) for m in published] == [("event", "open"), ("event", "closed")]
     stats = manager.stats()
     assert (stats["errors"], stats["dropped"], stats["waiting_db"]) == (0, 0, False)
+
+
+def test_labels_that_wait_for_a_locked_database_are_no_outage_and_split_no_event(tmp_path):
+    """Ten seconds of one activity while the database does not answer: one event, from its first
+    label to its last, however long the labels waited in the queue."""
+    db = str(tmp_path / "events.db")
+    now = [5000.0]
+    published: list = []
+    manager = make(db, published, store=EventStore(db, busy_timeout_s=0.2), clock=lambda: now[0])
+    manager.start(["cam"])
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        for i in range(21):  # pouring from 1000.0 to 1010.0, handed over as it happens
+            now[0] = 5000.0 + i / 2
+            manager.observe("cam", label(1000.0 + i / 2, "pouring"))
+            if i == 2:  # the label that opens the event: its write waits for the database from now on
+                wait_until(lambda: manager.waiting_db, "the events thread waiting for the database", timeout=10)
+        time.sleep(1.5)  # a tick is due when the thread can go on
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert manager.flush(30)
+    for i in range(4):
+        now[0] = 5010.5 + i / 2
+        manager.observe("cam", label(1010.5 + i / 2, "walking"))
+    assert manager.flush(30)
+    manager.close()
+    store = EventStore(db)
+    try:
+        assert [(r["state"], r["start_ts"], r["end_ts"]) for r in store.query()] == [("closed", 1000.0, 1010.0)]
+    finally:
+        store.close()
 
 
 def test_a_write_tried_again_after_it_landed_adds_nothing():

@@ -171,6 +171,10 @@ def test_a_camera_added_at_run_time_with_no_weights_file_or_a_fifo_is_refused_an
                 app.add_camera(cam)
             assert str(err.value).endswith(why), err.value
         assert app.adding() == [] and app.camera_names() == ["gym"]
+        assert app.health()["status"] != "degraded"
+        (tmp_path / "h.db").unlink()  # the history database, deleted while serving
+        health = app.health()
+        assert health["status"] == "degraded" and any("was deleted while in use" in r for r in health["reasons"])
     finally:
         app.close()
 

@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -162,15 +163,18 @@ class RuleEngine:
         tr.open, tr.deleted, tr.cooldown_until = None, False, tr.last_seen + rule.cooldown_seconds
         return None if deleted else Change("end", ev, rule)
 
-    def expire(self, now: float) -> list[Change]:
+    def expire(self, now: float, handed: dict[tuple[str, str | None], float] | None = None) -> list[Change]:
         """Call every second or so with the clock the labels were given with (``update(now=...)``):
         the streams whose labels stopped coming (a file that ended, a camera reconnecting) end
-        their runs and events, as a label after the pause would have."""
+        their runs and events, as a label after the pause would have. ``handed``: when each
+        ``(camera, zone)``'s newest label was handed over, queued or not (labels that wait for a
+        database that does not answer are no outage)."""
         out = []
-        for (name, _, _), tr in self.tracks.items():
+        for (name, camera, zone), tr in self.tracks.items():
             rule = next(r for r in self.rules if r.name == name)
+            heard = max(tr.heard_at or -math.inf, (handed or {}).get((camera, zone), -math.inf))
             if tr.heard_at is not None and (tr.open is not None or tr.since is not None) \
-                    and now - tr.heard_at > tr.outage_after(rule):
+                    and now - heard > tr.outage_after(rule):
                 change = self.lapse(rule, tr)
                 out += [change] if change is not None else []
         return out

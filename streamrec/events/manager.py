@@ -72,6 +72,8 @@ class EventManager:
         self.next_prune = 0.0
         self.inbox = Inbox(self._handle, name="events", supervisor=supervisor, limit=queue_size, tick_s=TICK_S)
         self.waiting_db = False  # a write is waiting for the database to answer again
+        self.db_error = ""  # why, the last time it did not
+        self.handed: dict[tuple[str, str | None], float] = {}  # (camera, zone): when its newest label was handed over
         self._outbox_stats = {"pending": 0, "delivered": 0}  # the last read (the database may not answer)
         self._finished = False
         self._gave_up = False  # the database did not answer while stopping: the rest is not written
@@ -125,6 +127,8 @@ class EventManager:
                                    bool(msg.get("meaningless")), zone=msg.get("zone"))
         if self._finished:  # the stop closed the events: a straggler's label opens none
             return
+        # the stream is alive, whatever still waits in the queue (a database that does not answer)
+        self.handed[(msg.get("camera") or split_key(key)[0], msg.get("zone"))] = self.clock()
         if not self.inbox.put_label(("label", key, msg)) and self.inbox.dropped == 1:
             logger.error("events: %d labels wait for the events thread (the database does not answer?); "
                          "newer labels are dropped and counted", self.inbox.limit)
@@ -144,7 +148,7 @@ class EventManager:
                                          value["window"]["end_ts"], uncertain=value["uncertain"], zone=value.get("zone"),
                                          now=self.clock())
         elif kind == "tick":  # every TICK_S: streams whose labels stopped end their events
-            changes = self.engine.expire(self.clock())
+            changes = self.engine.expire(self.clock(), handed=self.handed)
         elif kind == "forget":
             changes = self.engine.forget(key)
         elif kind == "clip":
@@ -176,7 +180,7 @@ class EventManager:
             except DatabaseUnavailable as exc:
                 if not self.waiting_db:
                     logger.warning("events: %s: %s; trying again until it answers", what, exc)
-                self.waiting_db = True
+                self.waiting_db, self.db_error = True, str(exc)
                 if self.inbox.closing.wait(RETRY.delay(attempt)):  # stopping: no more tries, for this write or the next
                     self._gave_up = True
                     raise
@@ -326,7 +330,7 @@ class EventManager:
         """What ``/healthz`` should say of the events (a database that does not answer, lost labels)."""
         out = []
         if self.waiting_db:
-            out.append(f"events: the database does not answer; {self.inbox.queued()} labels wait")
+            out.append(f"events: the database does not answer ({self.db_error}); {self.inbox.queued()} labels wait")
         if self.inbox.dropped:
             out.append(f"events: {self.inbox.dropped} label(s) dropped, their queue was full")
         if self.notifier is not None:

@@ -56,9 +56,9 @@ SCHEMA = (
 )
 EVENT_COLUMNS = ("id", "rule", "camera", "label", "start_ts", "end_ts", "last_ts", "peak_score", "mean_score",
                  "clip", "thumbnail", "clip_bytes", "state", "clip_codec", "zone")
-# columns of events a database made before them lacks (NULL there: the codecs of its clips unknown,
-# its events of whole frames)
-ADDED_COLUMNS = {"clip_codec": "TEXT", "zone": "TEXT"}
+# columns of events a database made before them lacks (0 there: its clips' sizes unknown; NULL: their
+# codecs unknown, its events of whole frames)
+ADDED_COLUMNS = {"clip_bytes": "BIGINT NOT NULL DEFAULT 0", "clip_codec": "TEXT", "zone": "TEXT"}
 
 
 @dataclass
@@ -162,7 +162,7 @@ class EventStore:
         if self._broken():
             return DatabaseUnavailable(f"events database lost: {str(exc).strip()}")
         if self.db.unavailable(exc):
-            return DatabaseUnavailable(f"events database busy: {str(exc).strip()}")
+            return DatabaseUnavailable(f"events database cannot write now: {str(exc).strip()}")
         return None
 
     @contextmanager

@@ -208,6 +208,7 @@ class AppCore:
         now = time.time()
         reasons = self.supervisor.reasons() + [f"camera {n}: {p}" for n in cams for p in self.camera_problems(n, now)]
         reasons += self.events.problems() if self.events is not None else []
+        reasons += [why] if (why := self.history.db.file_problem()) else []
         if reasons and not str(out["status"]).startswith("error"):
             out["status"] = "degraded"
         return {**out, "reasons": reasons, "supervised": self.supervisor.stats()}
