@@ -195,3 +195,28 @@ def test_the_api_says_an_event_has_no_clip_once_its_file_is_gone(tmp_path):
         assert got == {"1": (True, 5, True), "2": (False, 0, False), "3": (True, 5, True)}
     finally:
         events.close()
+
+
+FULL_DISK = """
+import logging
+from pathlib import Path
+logging.basicConfig(format="%(levelname)s %(message)s")
+from streamrec.events.clipfiles import check_writable
+check_writable(Path(sys.argv[1]) / "clips")
+print("started")
+"""
+
+
+def test_a_recording_folder_on_a_full_disk_is_a_warning_not_a_refusal(tmp_path):
+    """A restart (systemd's, say) while the disk is full must not take the labels down: a 64 KiB
+    file system, filled, in a mount namespace of its own."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (f"mount -t tmpfs -o size=64k tmpfs {disk} && (dd if=/dev/zero of={disk}/fill bs=4k count=64 || true) "
+              f"&& {sys.executable} -c 'import sys\n{FULL_DISK}' {disk}")
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "started\n"
+    assert f"WARNING [recording] dir {disk}/clips: No space left on device; clips are written once there is room" \
+        in proc.stderr.splitlines()

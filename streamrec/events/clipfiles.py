@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ from typing import Any
 
 from streamrec.errors import StreamrecError
 from streamrec.events.store import EventStore
+from streamrec.redact import shown
 from streamrec.supervision import describe
 
 logger = logging.getLogger(__name__)
@@ -85,7 +87,8 @@ def folder_problem(folder: Path) -> str:
 
 def check_writable(folder: Path) -> None:
     """``folder`` (``[recording] dir``) exists or can be made, and a file can be written there
-    (a probe, deleted at once); else a :class:`StreamrecError` naming it and why."""
+    (a probe, deleted at once); else a :class:`StreamrecError` naming it and why. A folder on a
+    full disk is one warning: the labels go on, and clips are written again once there is room."""
     why = folder_problem(folder)
     if why:
         raise StreamrecError(f"[recording] dir: expected a folder streamrec can write clips into, got {str(folder)!r} "
@@ -99,6 +102,10 @@ def check_writable(folder: Path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            logger.warning("[recording] dir %s: %s; clips are written once there is room", shown(str(folder)),
+                           exc.strerror)
+            return
         raise StreamrecError(f"[recording] dir: expected a folder streamrec can write clips into, got {str(folder)!r} "
                              f"({exc.strerror or exc})") from None
     finally:
