@@ -107,7 +107,7 @@ class Database:
             raise
         except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: one line for the user
             close_quietly(conn)
-            words = printable(mask_quoted(str(exc).strip(), self.target))  # the server's words
+            words = printable(mask_quoted(" ".join(str(exc).split()), self.target))  # the server's words, one line
             raise StreamrecError(f"--db {self.shown}: cannot open {self.what}: {words}") from None
 
     def _open(self):

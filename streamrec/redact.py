@@ -34,6 +34,7 @@ SECRET_WORDS = re.compile(r"token|secret|(?<!com)(?<!by)pass(?!enger|ive|age|thr
 # a one-time password, a login's id (sid), a signed URL's ticket, HMAC or hash
 SECRET_NAMES = frozenset({"pw", "psw", "loginpas", "pin", "otp", "sid", "ticket", "hmac", "hash"})
 SHOWN = "***"
+DATABASE_SCHEMES = ("postgresql", "postgres")  # a user alone is a role's name, which a server's errors name
 
 # where a URL starts: a scheme not glued to a word; a URL's text reaches the next URL that follows
 # a space, a quote, a bracket or "=" (a URL inside another one's query), or the end of the line
@@ -63,8 +64,9 @@ def mask_credentials(text: str) -> str:
 
     The password runs from the user name's ``:`` to the ``@`` that a host follows (a password may
     hold spaces, quotes, ``@``, ``/``, ``?``, ``#`` and ``%``); the user name and the host stay.
-    User information without a ``:`` (a token as the user, ``https://TOKEN@host``), and a user
-    name that holds an encoded ``:`` (``admin%3Apw``), is masked whole.
+    User information without a ``:`` (a token as the user, ``https://TOKEN@host``; not a
+    database's role, ``postgresql://role@host``), and a user name that holds an encoded ``:``
+    (``admin%3Apw``), is masked whole.
     Every ``key=value`` of the query, of ``;`` parameters and of the fragment whose key names a
     secret (:func:`secret_key`) gets ``***`` for its value.
 
@@ -79,7 +81,7 @@ def mask_credentials(text: str) -> str:
             continue  # inside the URL before (in a password, say)
         end = _url_end(text, m.end())
         rest, end = _wrapped(text, m.end(), end)
-        out += [text[pos:m.end()], _mask_url(rest)]
+        out += [text[pos:m.end()], _mask_url(rest, m.group()[:-3].lower())]
         pos = end
     return "".join(out) + text[pos:]
 
@@ -139,12 +141,12 @@ def _url_end(text: str, start: int) -> int:
     return len(text)
 
 
-def _mask_url(rest: str) -> str:
+def _mask_url(rest: str, scheme: str = "") -> str:
     """``rest`` (the text after ``scheme://``) with its password and secret values masked."""
     user = _USER.match(rest).end()
     if user and "%3a" in rest[:user].lower():  # "admin%3Apw": a password, encoded
         rest, user = SHOWN + rest[user:], len(SHOWN)
-    if rest[user:user + 1] == "@" and user:  # "TOKEN@host": no user name to tell, a token may be one
+    if rest[user:user + 1] == "@" and user and scheme not in DATABASE_SCHEMES:  # "TOKEN@host": a token may be the user
         rest, user = SHOWN + rest[user:], len(SHOWN)
     host = user + 1 if rest[user:user + 1] == "@" else 0
     if rest[user:user + 1] == ":":

@@ -29,6 +29,7 @@ CASES = [
     ("https://ghp_T0KEN@git.example/repo", "https://***@git.example/repo"),
     ("rtsp://admin%3As3cret@cam/x", "rtsp://***@cam/x"),
     ("rtsp://admin%3As3cret:pw@cam/x", "rtsp://***:***@cam/x"),
+    ("postgresql://streamrec@db.lan/gym", "postgresql://streamrec@db.lan/gym"),  # a role: the server's errors name it
     # IP cameras' password keys, a key with a space or an encoded "=", in other forms of its letters
     ("http://cam/v.cgi?user=admin&pw=P1&psw=P2&loginuse=admin&loginpas=P3",
      "http://cam/v.cgi?user=admin&pw=***&psw=***&loginuse=admin&loginpas=***"),
