@@ -185,7 +185,7 @@ def test_events_survive_a_postgres_restart(server):
             wait_until(lambda: manager.waiting_db, "the events thread waiting for the database", timeout=30)
             assert [m["state"] for m in published] == ["open"] and manager.stats()["waiting_db"] is True
             [problem] = manager.problems()  # /healthz: degraded, saying why
-            assert problem.startswith("events: the database does not answer; ") and problem.endswith(" labels wait")
+            assert problem.startswith("events: the database does not answer (events database lost: ") and problem.endswith(" labels wait")
         finally:
             server.start()
         assert manager.flush(60)
