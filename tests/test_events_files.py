@@ -25,11 +25,16 @@ from streamrec.event_config import RecordingConfig
 from streamrec.events.recording import Recorder
 from streamrec.supervision import Supervisor
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
-rec = Recorder(RecordingConfig(dir={folder!r}), supervisor=Supervisor())
+t = [1000.0]
+rec = Recorder(RecordingConfig(dir={folder!r}), supervisor=Supervisor(), clock=lambda: t[0])
 small = np.full((48, 64, 3), 90, np.uint8)
 noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # a JPEG of 200 kB or so
 resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
-print(json.dumps([rec.thumbnail("small", "cam", small), rec.thumbnail("big", "cam", noise), rec.stats()["write_errors"]]))
+out = [rec.thumbnail("small", "cam", small), rec.thumbnail("big", "cam", noise), rec.stats()["write_errors"]]
+t[0] += 60
+out.append(rec.problems())
+t[0] += 241  # more than RECENT_ERROR_S after it: no longer a problem
+print(json.dumps(out + [rec.problems()]))
 """
 
 
@@ -38,7 +43,10 @@ def test_a_thumbnail_that_does_not_fit_leaves_no_file(tmp_path):
     code = THUMBNAIL_PAST_THE_LIMIT.format(folder=str(folder))
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == ["cam/small.jpg", None, 1]
+    *written, problems, later = json.loads(proc.stdout)
+    assert written == ["cam/small.jpg", None, 1]
+    assert problems == ["recording: 1 clip or thumbnail write(s) failed, the last 60 s ago: thumbnail of event big: "
+                        f"OSError: [Errno 27] File too large: '{folder / 'cam' / 'big.jpg'}'"] and later == []
     assert "thumbnail of event big: cannot write" in proc.stderr and "Traceback" not in proc.stderr
     # the one that fitted is whole; of the other, neither a truncated JPEG nor its temporary file
     assert os.listdir(folder / "cam") == ["small.jpg"]

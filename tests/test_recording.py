@@ -22,7 +22,8 @@ import pytest
 from conftest import ROOT
 from streamrec.event_config import RecordingConfig
 from streamrec.events.clipfiles import path_part
-from streamrec.events.recording import ClipWriter, Recorder
+from streamrec.events.clipwriter import ClipWriter
+from streamrec.events.recording import Recorder
 from streamrec.events.store import Event, EventStore
 from streamrec.live.capture import CaptureThread
 from streamrec.live.packets import PacketRing

@@ -335,6 +335,8 @@ class EventManager:
             out.append(f"events: {self.inbox.dropped} label(s) dropped, their queue was full")
         if self.notifier is not None:
             out += self.notifier.problems()
+        if self.recorder is not None and hasattr(self.recorder, "problems"):  # the cluster's clips: its actors'
+            out += self.recorder.problems()
         return out
 
     def flush(self, timeout: float = JOIN_S) -> bool:
