@@ -344,9 +344,18 @@ def check_rules(rules: tuple[RuleConfig, ...], notify: NotifyConfig, cameras: li
 
 def check_rule_zones(rule: RuleConfig, streams: list[str]) -> None:
     """Each of ``rule``'s zones is a zone of one of its cameras (of any camera, without ``cameras``)."""
+    why = rule_zones_problem(rule, streams)
+    if why:
+        raise StreamrecError(why)
+
+
+def rule_zones_problem(rule: RuleConfig, streams: list[str]) -> str | None:
+    """Why ``rule``'s zones do not work with the labelled ``streams`` (a zone none of its cameras
+    has), or None."""
     have = sorted({z for c, z in map(split_key, streams) if z is not None and (not rule.cameras or c in rule.cameras)})
     for zone in rule.zones:
         if zone not in have:
             of = f"cameras {', '.join(rule.cameras)}" if rule.cameras else "any camera"
             expected = f"expected one of {', '.join(have)}" if have else "expected [[cameras.zones]] with that name"
-            raise StreamrecError(f"[[rules]] {rule.name!r}: zones: no zone {zone!r} on {of}; {expected}")
+            return f"[[rules]] {rule.name!r}: zones: no zone {zone!r} on {of}; {expected}"
+    return None

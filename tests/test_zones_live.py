@@ -262,6 +262,61 @@ def test_set_zones_on_a_running_app_changes_its_streams(demo_clip, tmp_path):
 
 
 @pytest.mark.slow
+def test_zones_changed_at_run_time_keep_the_rules_working_and_the_name_taken(demo_clip, tmp_path):
+    """A change that would leave a rule without its zone is refused (the config would not start
+    again); while a camera restarts with new zones, its name is neither added again nor removed;
+    a camera removed leaves no packet ring and no thread records behind."""
+    from streamrec.event_config import RecordingConfig, RuleConfig
+    from streamrec.serve.app import LiveApp
+
+    rule = RuleConfig(name="rack-use", labels=("class_0",), zones=("tl",))
+    config = ServeConfig(model="tiny3d", weights="none", device="cpu", port=0, db=str(tmp_path / "h.db"),
+                         cameras=(CameraConfig("gym", str(demo_clip), loop=True, zones=ZONES[:1]),
+                                  CameraConfig("pool", str(demo_clip), loop=True)),
+                         rules=(rule,), recording=RecordingConfig(dir=str(tmp_path / "clips")))
+    app = LiveApp(config)
+    runner = threading.Thread(target=lambda: asyncio.run(app.run()), name="app-under-test")
+    runner.start()
+    try:
+        with pytest.raises(StreamrecError) as err:
+            app.set_zones("gym", (ZoneConfig("door", 0.25, 0.25, 0.5, 0.5),), True)
+        assert str(err.value) == ("camera 'gym': these zones would leave [[rules]] 'rack-use': zones: no zone 'tl' on "
+                                  "any camera; expected one of door (change the rule in the config first)")
+        assert app.cameras["gym"].cfg.zones == ZONES[:1]
+
+        outcomes: list[str] = []
+        change = threading.Thread(target=lambda: app.set_zones("gym", ZONES[:2], True), name="zones-change")
+        change.start()
+        while change.is_alive():  # meanwhile no camera takes the restarting camera's name
+            try:
+                app.add_camera(CameraConfig("gym", str(demo_clip)))
+                outcomes.append("added")
+            except StreamrecError as exc:
+                outcomes.append(str(exc))
+            time.sleep(0.01)
+        change.join()
+        assert outcomes and set(outcomes) == {"camera 'gym' already exists"}
+        assert app.cameras["gym"].cfg.zones == ZONES[:2]
+
+        app.restarting.add("pool")  # as while its zones change: not removed meanwhile
+        with pytest.raises(StreamrecError) as err:
+            app.remove_camera("pool")
+        assert str(err.value) == "camera 'pool': its zones are being changed; try again in a few seconds"
+        with pytest.raises(StreamrecError) as err:
+            app.set_zones("pool", (), True)
+        assert str(err.value) == "camera 'pool': its zones are being changed; try again in a few seconds"
+        app.restarting.discard("pool")
+        assert "pool" in app.health()["events"]["recording"]["rings"]
+        assert app.remove_camera("pool")
+        health = app.health()
+        assert "pool" not in health["events"]["recording"]["rings"]
+        assert not [t for t in health["supervised"] if t.endswith("-pool")]
+    finally:
+        app.request_stop()
+        runner.join(30)
+    assert not runner.is_alive()
+
+@pytest.mark.slow
 def test_cluster_capture_actor_crops_the_zones_and_the_driver_batches_them(demo_clip, tmp_path):
     ray = pytest.importorskip("ray")
     from streamrec.cluster.app import ClusterApp

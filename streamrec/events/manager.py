@@ -119,6 +119,11 @@ class EventManager:
             return None
         return self.recorder.ring(camera)
 
+    def drop_ring(self, camera: str) -> None:
+        """``camera`` was removed: its packet ring's memory goes (a clip being written keeps what it reads)."""
+        if self.recorder is not None and hasattr(self.recorder, "drop_ring"):
+            self.recorder.drop_ring(camera)
+
     def observe(self, key: str, msg: dict[str, Any]) -> None:
         """One delivered prediction of the stream ``key`` (its camera ``msg["camera"]``, its zone
         ``msg.get("zone")``, ``None`` for the whole frame): queued for the ``events`` thread (never waits)."""

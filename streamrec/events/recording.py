@@ -78,6 +78,11 @@ class Recorder:
                                                  clock=self.clock, name=camera)
             return self._rings[camera]
 
+    def drop_ring(self, camera: str) -> None:
+        """Forget ``camera``'s ring (removed): a writer that reads it keeps its own reference."""
+        with self._lock:
+            self._rings.pop(camera, None)
+
     def codec(self, camera: str) -> str | None:
         """The video codec of ``camera``'s clips (its newest stream's; ``None`` before one opened)."""
         with self._lock:

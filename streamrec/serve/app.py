@@ -43,6 +43,16 @@ from streamrec.zones import ZoneConfig
 logger = logging.getLogger(__name__)
 
 
+class Taken:
+    """The camera names in use: any of ``groups`` (running, restarting) holds them."""
+
+    def __init__(self, *groups: Any) -> None:
+        self.groups = groups
+
+    def __contains__(self, name: object) -> bool:
+        return any(name in g for g in self.groups)
+
+
 class LiveApp(AppCore):
     """All cameras, end to end, in this process. ``await run()`` serves until :meth:`request_stop`."""
 
@@ -57,6 +67,7 @@ class LiveApp(AppCore):
         self.wake = threading.Condition()
         self.cameras: dict[str, Camera] = {}
         self.adding_names: set[str] = set()  # cameras being added at run time (opening the source, loading a model)
+        self.restarting: set[str] = set()  # cameras restarting with new zones: their names stay taken
         self._load_lock = threading.Lock()  # one model load at a time: two cameras of a new model load it once
         self.workers: dict[tuple, InferenceWorker] = {}
         self.classifiers: dict[tuple, Classifier] = {}
@@ -100,14 +111,16 @@ class LiveApp(AppCore):
         logger.info("loading model %s%s…", name,
                     " (first start: timing backends, once per machine and model)" if first else "")
 
-    def _add_camera(self, cam: CameraConfig, *, start: bool) -> Camera:
+    def _add_camera(self, cam: CameraConfig, *, start: bool, restart: bool = False) -> Camera:
         """Open the camera's source and (when no camera uses its model yet) load the model, then
         start it when ``start``. At run time this runs in a thread of the camera API: the event
-        loop keeps serving every other camera meanwhile; ``health()["adding"]`` names it."""
+        loop keeps serving every other camera meanwhile; ``health()["adding"]`` names it. ``restart``:
+        the camera of :meth:`set_zones`, whose name it holds meanwhile."""
         cam = self.config.resolve(cam)
         check_weights_arg(str(cam.weights or "DEFAULT"), "weights")
         self.check_streams(cam)
-        with adding_camera(self.lock, self.cameras, self.adding_names, cam.name):
+        taken = self.cameras if restart else Taken(self.cameras, self.restarting)
+        with adding_camera(self.lock, taken, self.adding_names, cam.name):
             first = open_source(SourceSpec.of_camera(cam))  # fail fast: missing file, not a video, unreachable URL
             try:
                 with self._load_lock:
@@ -150,6 +163,8 @@ class LiveApp(AppCore):
 
     def remove_camera(self, name: str) -> bool:
         with self.lock:  # the lock _publish_predictions takes: no label of it follows the removal notice
+            if name in self.restarting:
+                raise StreamrecError(f"camera {name!r}: its zones are being changed; try again in a few seconds")
             cam = self.cameras.pop(name, None)
             if cam is None:
                 return False
@@ -157,8 +172,11 @@ class LiveApp(AppCore):
                 w.remove(name)
             self.announce_removed(name)
         cam.close()
+        for thread in (f"capture-{name}", f"encode-{name}"):  # gone with the camera, from /healthz too
+            self.supervisor.forget(thread)
         if self.events is not None:
             self.events.announce(self.stream_keys(), gone=[s.name for s in cam.streams.values()])
+            self.events.drop_ring(name)
         return True
 
     def set_zones(self, name: str, zones: Sequence[ZoneConfig | dict[str, Any]], whole_frame: bool) -> CameraConfig:
@@ -167,6 +185,9 @@ class LiveApp(AppCore):
         Bad zones, or an unknown camera, raise a one-line :class:`StreamrecError`."""
         with self.lock:
             old = self.cameras.get(name)
+            busy = name in self.restarting
+        if busy:
+            raise StreamrecError(f"camera {name!r}: its zones are being changed; try again in a few seconds")
         if old is None:
             raise StreamrecError(f"camera {name!r}: no such camera")
         if not isinstance(whole_frame, bool):
@@ -177,25 +198,34 @@ class LiveApp(AppCore):
             if self.cameras.get(name) is not old:
                 raise StreamrecError(f"camera {name!r}: changed meanwhile; try again")
             del self.cameras[name]
+            self.restarting.add(name)  # no camera added meanwhile takes its name
             for w in self.workers.values():
                 w.remove(name)
             self.forget_streams(name)
-        old.close()
         try:
-            self._add_camera(cfg, start=True)
-        except StreamrecError as exc:
-            logger.warning("camera %s: could not restart with its new zones (%s); restarting it as it was", name, exc)
-            try:
-                self._add_camera(old.cfg, start=True)
-            except StreamrecError:
-                with self.lock:
-                    self.announce_removed(name)
-            raise
+            self._restart(name, old, cfg)
+        finally:
+            with self.lock:
+                self.restarting.discard(name)
         if self.events is not None:  # the zones it no longer has: their sensors go
             self.events.announce(self.stream_keys(), gone=[s.name for s in old.streams.values()])
         logger.info("camera %s: zones %s%s", name, ", ".join(z.name for z in cfg.zones) or "none",
                     " and the whole frame" if cfg.whole_frame else "")
         return cfg
+
+    def _restart(self, name: str, old: Camera, cfg: CameraConfig) -> None:
+        """Camera ``name`` (``old``, stopped here) again with ``cfg``; as it was when that fails."""
+        old.close()
+        try:
+            self._add_camera(cfg, start=True, restart=True)
+        except StreamrecError as exc:
+            logger.warning("camera %s: could not restart with its new zones (%s); restarting it as it was", name, exc)
+            try:
+                self._add_camera(old.cfg, start=True, restart=True)
+            except StreamrecError:
+                with self.lock:
+                    self.announce_removed(name)
+            raise
 
     def _publish_predictions(self, items: list[tuple[Stream, dict[str, Any]]]) -> None:
         """One batch's messages: metrics, history, then to the browsers in one hand-off to the loop.

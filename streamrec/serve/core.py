@@ -30,7 +30,7 @@ from streamrec.serve.guard import Limits
 from streamrec.serve.preview import frame_message, preview_width
 from streamrec.serve.routes import cameras_api, events_api, history_api
 from streamrec.supervision import SHUTDOWN_S, Deadline, Supervisor
-from streamrec.event_config import check_mqtt_cameras
+from streamrec.event_config import check_mqtt_cameras, rule_zones_problem
 from streamrec.zones import alike, split_key, stream_key
 from streamrec.serve.hub import Hub, watched_ticks
 from streamrec.serve.server import Route, WebServer, json_route, page_html, stop_on_signals
@@ -77,13 +77,21 @@ class AppCore:
     def check_streams(self, cam: CameraConfig, replacing: str | None = None) -> None:
         """Refuse (a one-line :class:`StreamrecError`, a 400 from the API) camera ``cam`` added or
         changed at run time when a config holding it would be refused at start: its MQTT topics,
-        and a Home Assistant id that another camera's stream (not ``replacing``'s) already has."""
+        a Home Assistant id that another camera's stream (not ``replacing``'s) already has, and (new
+        zones of camera ``replacing``) a rule's zone that no camera would have any more."""
         others = [k for k in self.stream_keys() if split_key(k)[0] not in (cam.name, replacing)]
         pair = alike([*dict.fromkeys(split_key(k)[0] for k in others), cam.name])
         if pair is not None:
             raise StreamrecError(f"camera {cam.name!r}: expected a name that differs from {pair[0]!r} in more than "
                                  "case or Unicode form (Home Assistant and many file systems read them as one)")
-        check_mqtt_cameras(self.config.notify.mqtt, others + [stream_key(cam.name, z) for z in cam.streams()])
+        after = others + [stream_key(cam.name, z) for z in cam.streams()]
+        check_mqtt_cameras(self.config.notify.mqtt, after)
+        if replacing is not None:  # new zones: a rule that finds its zones now must find them after
+            before = self.stream_keys()
+            for rule in self.config.rules:
+                if not rule_zones_problem(rule, before) and (why := rule_zones_problem(rule, after)):
+                    raise StreamrecError(f"camera {cam.name!r}: these zones would leave {why} (change the rule "
+                                         "in the config first)")
 
     def camera_health(self, name: str) -> dict[str, Any]:
         """*hook*: one camera's capture, label and model stats, as ``/healthz`` lists them."""
