@@ -132,6 +132,23 @@ def test_a_deleted_open_event_is_followed_silently_and_never_closed():
     assert eng.close_all() == [] and eng.forget("cam") == []
 
 
+def test_a_camera_restarting_with_a_zone_unchanged_keeps_that_zones_open_event():
+    """New zones: the events of zones that go (and of the whole frame, when it goes) close; a zone
+    kept as it was goes on with its event, which a restart longer than an outage ends anyway."""
+    rules = [RuleConfig("lift", labels=("deadlifting",), zones=("rack", "mat"), min_seconds=0.0, end_seconds=2.0),
+             RuleConfig("whole", labels=("deadlifting",), min_seconds=0.0, end_seconds=2.0)]
+    eng = RuleEngine(rules, new_id=lambda ev: f"{ev.zone}-{ev.start_ts}")
+    for zone in ("rack", "mat", None):
+        assert [c.kind for c in eng.update("gym", "deadlifting", 0.9, 10.0, zone=zone)] == ["start"]
+        eng.update("gym", "deadlifting", 0.9, 11.0, zone=zone)
+    closed = eng.forget("gym", keep=["rack"])
+    assert sorted((c.kind, c.event.id, c.event.end_ts) for c in closed) == [("end", "None-10.0", 11.0),
+                                                                            ("end", "mat-10.0", 11.0)]
+    assert [c.kind for c in eng.update("gym", "deadlifting", 0.9, 12.5, zone="rack")] == ["seen"]  # 1.5 s: goes on
+    [end] = eng.update("gym", "deadlifting", 0.9, 30.0, zone="rack")  # 17.5 s without labels: an outage
+    assert (end.kind, end.event.id, end.event.end_ts) == ("end", "rack-10.0", 12.5)
+
+
 def test_a_rule_on_some_cameras_ignores_the_others_and_peak_and_mean_follow_the_scores():
     eng = RuleEngine([RuleConfig("run", labels=("running",), cameras=("a",), min_seconds=0.0)], new_id=lambda ev: "e")
     assert eng.update("b", "running", 0.9, 0.0) == []

@@ -236,10 +236,11 @@ class RuleEngine:
                 tr.open = None
         return out
 
-    def forget(self, camera: str) -> list[Change]:
-        """A camera removed: its open events close, those of its zones too."""
-        out = []
-        for key in [k for k in self.tracks if k[1] == camera]:
+    def forget(self, camera: str, keep: Iterable[str | None] = ()) -> list[Change]:
+        """A camera removed: its open events close, those of its zones too, but for the streams in
+        ``keep`` (zone names, ``None`` for the whole frame: a camera restarting with the same zone)."""
+        out, kept = [], set(keep)
+        for key in [k for k in self.tracks if k[1] == camera and k[2] not in kept]:
             tr = self.tracks.pop(key)
             if tr.open is not None and not tr.deleted:
                 tr.open.end_ts = tr.last_seen

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -138,10 +138,10 @@ class EventManager:
             logger.error("events: %d labels wait for the events thread (the database does not answer?); "
                          "newer labels are dropped and counted", self.inbox.limit)
 
-    def forget(self, camera: str) -> threading.Event:
-        """``camera`` is gone: its open events close (those of its zones too), after its labels
-        queued before; the returned event is set once they did."""
-        return self.inbox.put(("forget", camera, None))
+    def forget(self, camera: str, keep: Iterable[str | None] = ()) -> threading.Event:
+        """``camera`` is gone: its open events close (those of its zones too, but for the streams
+        in ``keep``), after its labels queued before; the returned event is set once they did."""
+        return self.inbox.put(("forget", camera, tuple(keep)))
 
     def _handle(self, item: tuple[str, str, Any]) -> None:
         """One item of the inbox, in the ``events`` thread."""
@@ -155,7 +155,7 @@ class EventManager:
         elif kind == "tick":  # every TICK_S: streams whose labels stopped end their events
             changes = self.engine.expire(self.clock(), handed=self.handed)
         elif kind == "forget":
-            changes = self.engine.forget(key)
+            changes = self.engine.forget(key, keep=value or ())
         elif kind == "clip":
             return self.note_clip(key, *value)
         else:

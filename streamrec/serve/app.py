@@ -201,7 +201,9 @@ class LiveApp(AppCore):
             self.restarting.add(name)  # no camera added meanwhile takes its name
             for w in self.workers.values():
                 w.remove(name)
-            self.forget_streams(name)
+            # a zone that stays as it was keeps its open event (unless the restart lasts as long as an outage)
+            self.forget_streams(name, keep=[z.name for z in cfg.zones if z in old.cfg.zones] +
+                                ([None] if old.cfg.whole_frame and cfg.whole_frame else []))
         try:
             self._restart(name, old, cfg)
         finally:

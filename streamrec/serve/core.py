@@ -17,7 +17,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from streamrec.config import CameraConfig, ServeConfig
 from streamrec.errors import StreamrecError
@@ -238,10 +238,11 @@ class AppCore:
         self.hub.publish_many_threadsafe([(f"prediction:{key}", text) for key, text in out])
         return out
 
-    def forget_streams(self, name: str) -> threading.Event | None:
+    def forget_streams(self, name: str, keep: Iterable[str | None] = ()) -> threading.Event | None:
         """Camera ``name``'s labelled streams end (call under :attr:`lock`): their segments close,
-        their metrics and last predictions go, their open events close in the events thread (the
-        returned event is set once they did; ``None`` without rules)."""
+        their metrics and last predictions go, their open events close in the events thread but for
+        the streams in ``keep`` (see :meth:`EventManager.forget`; the returned event is set once
+        they did; ``None`` without rules)."""
         if self.metrics is not None:
             self.metrics.forget(name)
         now = time.time()
@@ -249,7 +250,7 @@ class AppCore:
             self.trackers.pop(key).close(now)
             self.hub.forget_threadsafe(f":{key}")
         self.hub.forget_threadsafe(f":{name}")
-        return self.events.forget(name) if self.events is not None else None
+        return self.events.forget(name, keep) if self.events is not None else None
 
     def announce_removed(self, name: str) -> threading.Event | None:
         """A camera is gone (call under :attr:`lock`): :meth:`forget_streams`, and the page is told;
