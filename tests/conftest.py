@@ -175,6 +175,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def network_capture_parts(frames: int):
+    """What a capture thread of a network camera (``rtsp://127.0.0.1:1/cam``) for r2plus1d_18
+    writes with: its source spec, its preprocessor and a ring of ``frames`` crops."""
+    from streamrec.live.ring import FrameRing
+    from streamrec.live.sources import SourceSpec
+    from streamrec.models.preprocess import FramePreprocessor
+    from streamrec.models.registry import model_spec
+
+    pre = FramePreprocessor(model_spec("r2plus1d_18"))
+    return SourceSpec("rtsp://127.0.0.1:1/cam", "network"), pre, FrameRing(frames, pre.crop_shape, np.uint8)
+
+
 def write_video(path: Path, *, seconds: float, fps: int = 30, size: tuple[int, int] = (320, 240),
                 codec: str = "libx264", moving: bool = True) -> Path:
     """A synthetic video, generated frame by frame (any length): a bright square moving over a gradient."""

@@ -9,12 +9,11 @@ import time
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
+from conftest import network_capture_parts
 from streamrec.live.capture import CaptureThread
 from streamrec.live.dating import StreamClock
-from streamrec.live.ring import FrameRing, sample_indices
-from streamrec.live.sources import Source, SourceSpec
-from streamrec.models.preprocess import FramePreprocessor
-from streamrec.models.registry import model_spec
+from streamrec.live.ring import sample_indices
+from streamrec.live.sources import Source
 
 FPS = 25.0
 # how late each frame's data comes in, repeating: a key frame's burst, then frames bunched up
@@ -89,9 +88,7 @@ class JitteryCamera(Source):
 
 
 def test_capture_writes_a_jittered_stream_at_its_own_pace():
-    spec = SourceSpec("rtsp://127.0.0.1:1/cam", "network")
-    pre = FramePreprocessor(model_spec("r2plus1d_18"))
-    ring = FrameRing(64, pre.crop_shape, np.uint8)
+    spec, pre, ring = network_capture_parts(64)
     stop = threading.Event()
     reads = iter(1000.0 + np.arange(10_000) / FPS)  # our clock: one frame's time per read
     seen: list[float] = []

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, write_video
+from conftest import ROOT, network_capture_parts, write_video
 from streamrec.live.capture import CaptureThread
 from streamrec.models.registry import model_spec
 from streamrec.models.preprocess import FramePreprocessor
@@ -99,9 +99,7 @@ class LateLiveSource(Source):
 
 
 def test_capture_dates_a_live_frame_by_when_its_data_came_in():
-    spec = SourceSpec("rtsp://127.0.0.1:1/cam", "network")
-    pre = FramePreprocessor(model_spec("r2plus1d_18"))
-    ring = FrameRing(8, pre.crop_shape, np.uint8)
+    spec, pre, ring = network_capture_parts(8)
     stop = threading.Event()
     clock_reads: list[float] = []  # what the capture's clock said for each frame
     seen: list[tuple[int, float, float]] = []  # (frame's value, its stamp, perf_counter once it was in the ring)
