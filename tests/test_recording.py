@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, wait_until
 from streamrec.event_config import RecordingConfig
 from streamrec.events.clipfiles import path_part
 from streamrec.events.clipwriter import ClipWriter
@@ -111,7 +111,8 @@ def test_clips_are_remuxed_fragmented_mp4_from_a_keyframe_before_the_event(clip1
     play.until(6.0)
     # from 5.5: its clip starts at the keyframe at or before 3.5, the one at 3.0
     assert rec.begin("main", "rack-1", T0 + 5.5) == "rack-1/main.mp4"
-    assert rec.stats()["clips_active"] == 1
+    # the early clip's writer, a thread of its own, ends once it has copied the packets to 3.0
+    wait_until(lambda: rec.stats()["clips_active"] == 1, "the early clip's writer to end", timeout=30)
     play.until(8.0)
     rec.end("main", "rack-1", T0 + 8.5)  # the clip runs to 9.5
     play.until(12.0)

@@ -131,6 +131,11 @@ def test_one_batch_holds_every_stream_and_smoothing_stays_per_stream(tmp_path):
         worker.join(5)
         cam.close()
     assert list(worker.batch_sizes) == [4]  # the whole frame and 3 zones: one forward pass
+    cam.start()  # closed before it started: starting it is no error, and no capture runs
+    cam.start()
+    assert cam.capture.ident is not None
+    cam.close()
+    assert not cam.capture.is_alive()
     msgs = [m for _, m in published[0]]
     assert [(m["camera"], m["zone"]) for m in msgs] == [("gym", None), ("gym", "tl"), ("gym", "tr"), ("gym", "bl")]
     assert [s.name for s, _ in published[0]] == ["gym", "gym/tl", "gym/tr", "gym/bl"]

@@ -146,7 +146,10 @@ class Camera:
             self._wake.notify_all()
 
     def start(self) -> None:
-        self.capture.start()
+        """Start capturing (idempotent: a camera added and started before the app's work starts
+        is not started again)."""
+        if self.capture.ident is None:
+            self.capture.start()
 
     def close(self, timeout: float = JOIN_TIMEOUT_S) -> None:
         """Stop capture and release the source, waiting ``timeout`` s at most (idempotent)."""

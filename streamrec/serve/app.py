@@ -308,7 +308,8 @@ class LiveApp(AppCore):
             for cam in self.cameras.values():
                 cam.start()
             for w in self.workers.values():
-                w.start()
+                if w.ident is None:  # a worker of a camera added before the work started runs already
+                    w.start()
 
     def stop_work(self, deadline: Deadline) -> None:
         self._preview_pool.shutdown(wait=False, cancel_futures=True)
