@@ -320,6 +320,35 @@ CHUNK = b"400\r\n" + b"x" * 1024 + b"\r\n"
 TIMED_OUT = "no complete answer within 1 s (timeout)"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 100 Continue\r\n\r\n", b"H"], ids=["endless 100 Continue", "a byte a time"])
+def test_an_https_webhook_trickling_its_answer_after_the_handshake_is_cut_off_at_the_timeout(tmp_path, notifiers,
+                                                                                            answer):
+    """The deadline holds under TLS too: the handshake done, an answer that never ends (or ends one
+    byte every 50 ms) is cut at the timeout, as over plain HTTP."""
+    import ssl
+    import shutil
+
+    from test_notify import make_certificates
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed (apt-get install -y openssl): a real HTTPS receiver")
+    ca, cert, key = make_certificates(tmp_path)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    trickle = answering(forever=answer, every_s=0.05)
+    port = serve_with(lambda conn: trickle(server_tls.wrap_socket(conn, server_side=True)))
+    store = EventStore(str(tmp_path / "h.db"))
+    config = WebhookConfig(f"https://127.0.0.1:{port}/hook", secret=SECRET, timeout=1.0, ca_file=str(ca))
+    notifier = notifiers(store, NotifyConfig(webhook=config))
+    store.opened(event(), notify=("webhook",))
+    began = time.monotonic()
+    notifier.deliver_due()
+    assert time.monotonic() - began < 5.0
+    (row,) = outbox_rows(tmp_path / "h.db")
+    assert row["error"] == TIMED_OUT and row["delivered"] is None
+
+
 @pytest.mark.parametrize("handler, scheme, expected", [
     (silent, "http", TIMED_OUT),
     (tls_drip, "https", TIMED_OUT),

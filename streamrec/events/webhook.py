@@ -33,6 +33,7 @@ import hmac
 import logging
 import http.client
 import socket
+import ssl
 import threading
 import time
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -197,7 +198,7 @@ class WebhookSender:
         conn = conn_cls(self.host, self.port, timeout=self.config.timeout, **({"context": self.tls} if self.tls else {}))
         answer = None
         try:
-            conn.sock = self.tls.wrap_socket(raw, server_hostname=self.host) if self.tls else raw
+            conn.sock = self.secure(raw, deadline) if self.tls else raw
             conn.request("POST", self.path, body=note.payload.encode(), headers=self.headers(note))
             answer = conn.getresponse()
             if deadline.expired:  # the headers were cut short: not a whole answer
@@ -217,6 +218,15 @@ class WebhookSender:
                 answer.close()  # the answer holds the connection open until it is closed too
             conn.close()
             raw.close()
+
+    def secure(self, raw: socket.socket, deadline: Deadline) -> ssl.SSLSocket:
+        """``raw`` under TLS, the deadline guarding the TLS socket: wrapping detaches ``raw`` (its
+        descriptor passes to the TLS socket), so a guard left on it could no longer shut anything
+        and an answer trickled after the handshake would hold the delivery past its timeout."""
+        sock = self.tls.wrap_socket(raw, server_hostname=self.host, do_handshake_on_connect=False)
+        deadline.guard(sock)
+        sock.do_handshake()
+        return sock
 
     def connect(self, deadline: Deadline) -> socket.socket:
         """A TCP connection to the webhook within ``deadline``: the name is looked up in a helper
