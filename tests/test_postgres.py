@@ -169,6 +169,7 @@ def test_events_survive_a_postgres_restart(server):
     from test_events_manager import an_event, make
 
     from streamrec.events.store import EventStore
+    from streamrec.serve.routes import events_api
 
     published: list = []
     manager = make(server.url, published)
@@ -186,6 +187,11 @@ def test_events_survive_a_postgres_restart(server):
             assert [m["state"] for m in published] == ["open"] and manager.stats()["waiting_db"] is True
             [problem] = manager.problems()  # /healthz: degraded, saying why
             assert problem.startswith("events: the database does not answer (events database lost: ") and problem.endswith(" labels wait")
+            api = events_api(manager).handler  # the API says "not now", never a 500 with a traceback
+            for path in ("/api/events", f"/api/events/{published[0]['id']}",
+                         f"/api/events/{published[0]['id']}/clip.mp4", f"/api/events/{published[0]['id']}/thumb.jpg"):
+                reply = api("GET", path, {})
+                assert reply.status == 503 and reply.body["error"].startswith("events database unavailable: "), path
         finally:
             server.start()
         assert manager.flush(60)

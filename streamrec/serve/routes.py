@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from streamrec.config import CameraConfig
 from streamrec.configfile import write_zones
+from streamrec.database import DatabaseUnavailable
 from streamrec.errors import StreamrecError
 from streamrec.redact import mask_credentials, printable
 from streamrec.live.history import HistoryStore, time_span
@@ -273,17 +274,13 @@ def events_api(events: EventManager) -> ApiRoute:
             if not deleted:
                 return Reply(404, {"error": f"no event {shorten(parts[0])!r}"})
             return Reply(200, {"deleted": parts[0]})
-        if len(parts) == 1 and method == "GET":
-            row = events.store.get(parts[0])
-            return Reply(200, row_event(row)) if row else Reply(404, {"error": f"no event {shorten(parts[0])!r}"})
         if len(parts) == 2 and parts[1] in FILES and method != "GET":
             return Reply(405, {"error": f"GET /api/events/ID/{parts[1]}"})
-        if len(parts) == 2 and parts[1] in FILES:
-            kind, content_type = FILES[parts[1]]
-            found = events.file_of(parts[0], kind)
-            if found is None:
-                return Reply(404, {"error": f"event {shorten(parts[0])!r} has no {parts[1]}"})
-            return Reply(200, FileBody(found, content_type))
+        if len(parts) in (1, 2) and method == "GET" and (len(parts) == 1 or parts[1] in FILES):
+            try:
+                return one_event(events, *parts)
+            except DatabaseUnavailable as exc:  # a PostgreSQL restarting, a SQLite file locked: ask again later
+                return unavailable(exc)
         if len(parts) > 1:  # /api/events/ID/anything, /api/events/ID/clip.mp4/more
             return NOT_FOUND
         return Reply(405, {"error": "GET /api/events[/ID[/clip.mp4|/thumb.jpg]] or DELETE /api/events/ID"},
@@ -293,6 +290,25 @@ def events_api(events: EventManager) -> ApiRoute:
 
 
 FILES = {"clip.mp4": ("clip", "video/mp4"), "thumb.jpg": ("thumbnail", "image/jpeg")}
+
+
+def one_event(events: EventManager, event_id: str, file: str | None = None) -> Reply:
+    """``GET /api/events/ID`` (``file`` None), or its clip or thumbnail (``file`` a key of :data:`FILES`)."""
+    if file is None:
+        row = events.store.get(event_id)
+        return Reply(200, row_event(row)) if row else Reply(404, {"error": f"no event {shorten(event_id)!r}"})
+    kind, content_type = FILES[file]
+    found = events.file_of(event_id, kind)
+    if found is None:
+        return Reply(404, {"error": f"event {shorten(event_id)!r} has no {file}"})
+    return Reply(200, FileBody(found, content_type))
+
+
+def unavailable(exc: Exception) -> Reply:
+    """The 503 of a request the events database cannot answer now (logged in one line)."""
+    text = printable(str(exc).strip())
+    logger.warning("events: cannot read the database: %s", text)
+    return Reply(503, {"error": f"events database unavailable: {text}"})
 
 
 def list_events(events: EventManager, query: dict[str, list[str]]) -> Reply:
@@ -305,6 +321,5 @@ def list_events(events: EventManager, query: dict[str, list[str]]) -> Reply:
     try:
         rows = events.store.query(camera=camera, rule=rule, since=since, until=until, limit=limit, zone=zone)
     except Exception as exc:  # noqa: BLE001 - the database went away: the page asks again later
-        logger.warning("events: cannot read the database: %s", printable(str(exc).strip()))
-        return Reply(503, {"error": f"events database unavailable: {printable(str(exc).strip())}"})
+        return unavailable(exc)
     return Reply(200, {"events": [row_event(events.with_files_on_disk(r)) for r in rows]})
