@@ -154,3 +154,34 @@ def private_uses(path: Path) -> list[str]:
 def test_no_private_names_across_modules(folder):
     found = [hit for p in sorted((ROOT / folder).rglob("*.py")) for hit in private_uses(p)]
     assert found == []
+
+
+# a file written in place: a full disk or a kill midway leaves it half-written (clips, caches, configs)
+IN_PLACE_WRITES = {"write_text", "write_bytes"}
+WRITES_IN_PLACE_ON_PURPOSE = {
+    "streamrec.fsutil",  # the atomic helpers themselves: a temporary file, then a rename
+    "streamrec.cluster.clips",  # a probe that a folder is writable, deleted at once
+}
+
+
+def in_place_writes(module: str) -> list[str]:
+    """``path.write_text(...)``, ``path.write_bytes(...)`` and ``open(path, "w"...)`` in ``module``'s code."""
+    found = []
+    for node in ast.walk(TREES[module]):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in IN_PLACE_WRITES:
+            found.append(f"{MODULES[module].relative_to(ROOT)}:{node.lineno} .{func.attr}()")
+        elif isinstance(func, ast.Name) and func.id == "open" and len(node.args) > 1:
+            mode = node.args[1]
+            if isinstance(mode, ast.Constant) and isinstance(mode.value, str) and set(mode.value) & set("wax"):
+                found.append(f"{MODULES[module].relative_to(ROOT)}:{node.lineno} open(..., {mode.value!r})")
+    return found
+
+
+def test_files_are_written_atomically():
+    """Every file streamrec writes goes through ``streamrec.fsutil``'s atomic helpers (a temporary
+    file, then a rename), so a full disk or a kill midway leaves the old file, never half of one."""
+    found = [hit for module in MODULES if module not in WRITES_IN_PLACE_ON_PURPOSE for hit in in_place_writes(module)]
+    assert found == []

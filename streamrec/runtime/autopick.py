@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from streamrec.errors import StreamrecError
-from streamrec.fsutil import CACHE
+from streamrec.fsutil import CACHE, atomic_write_text
 from streamrec.models.spec import LoadedModel
 from streamrec.runtime.onnx import example_input
 
@@ -94,7 +94,7 @@ def pick_auto(loaded: LoadedModel, factories: dict[str, Callable[[], Callable]],
     cached[key] = best
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        cache_file.write_text(json.dumps(cached, indent=1))
+        atomic_write_text(cache_file, json.dumps(cached, indent=1))  # never a half-written cache
     except OSError as exc:
         logger.warning("cannot cache the backend choice in %s: %s", cache_file, exc)
     return best, winner

@@ -34,6 +34,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from streamrec.errors import StreamrecError
+from streamrec.fsutil import atomic_write_text
 from streamrec.serve.heads import host_allowed, request_host, unreserved
 from streamrec.serve.tokens import token_exchange, token_source
 from streamrec.serve.server import page_html
@@ -83,7 +84,7 @@ def record_seconds(cache: Path, key: str, seconds: float) -> None:
     known[key] = round(seconds, 1)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(known, indent=1))
+        atomic_write_text(path, json.dumps(known, indent=1))  # never a half-written file
     except OSError as exc:
         logger.debug("cannot keep the start time in %s: %s", path, exc)
 
