@@ -7,9 +7,9 @@ smoothing and history per stream. Cameras can be added and removed at run time
 (:meth:`LiveApp.set_zones`).
 
 Start-up fails fast with a :class:`StreamrecError` (exit 2) on a bad source, bad weights
-or a busy port. Ctrl-C and SIGTERM stop everything within about 2 s: the stop event is
-set, the server closes, threads are joined with a timeout, cameras are released and the
-open history segments are written (:meth:`AppCore.close`).
+or a busy port. Ctrl-C and SIGTERM stop everything within ``SHUTDOWN_S`` (15 s) whatever
+hangs: the stop event is set, the server closes, threads are joined with what is left of that
+budget, cameras are released and the open history segments are written (:meth:`AppCore.close`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ from streamrec.validate import check_weights_arg
 from streamrec.zones import ZoneConfig
 
 logger = logging.getLogger(__name__)
+
+
+def being_changed(name: str) -> StreamrecError:
+    """The error of a change to camera ``name`` asked for while its zones are being changed."""
+    return StreamrecError(f"camera {name!r}: its zones are being changed; try again in a few seconds")
 
 
 class Taken:
@@ -164,7 +169,7 @@ class LiveApp(AppCore):
     def remove_camera(self, name: str) -> bool:
         with self.lock:  # the lock _publish_predictions takes: no label of it follows the removal notice
             if name in self.restarting:
-                raise StreamrecError(f"camera {name!r}: its zones are being changed; try again in a few seconds")
+                raise being_changed(name)
             cam = self.cameras.pop(name, None)
             if cam is None:
                 return False
@@ -187,7 +192,7 @@ class LiveApp(AppCore):
             old = self.cameras.get(name)
             busy = name in self.restarting
         if busy:
-            raise StreamrecError(f"camera {name!r}: its zones are being changed; try again in a few seconds")
+            raise being_changed(name)
         if old is None:
             raise StreamrecError(f"camera {name!r}: no such camera")
         if not isinstance(whole_frame, bool):
