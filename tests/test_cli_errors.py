@@ -321,6 +321,18 @@ def test_reading_commands_take_the_database_of_the_config(command, tmp_path):
     assert proc.returncode == 0 and '"door"' in proc.stdout and '"court-1"' not in proc.stdout, proc.stdout
 
 
+@pytest.mark.parametrize("command", ["events", "history"])
+@pytest.mark.parametrize("lines", ['host = "0.0.0.0"\nport = 8000\n', 'camera = "court-1"\n'],
+                         ids=["a LAN config whose token serve takes from the environment", "a camera with no source"])
+def test_reading_commands_need_neither_a_token_nor_a_source_from_the_config(command, lines, tmp_path, monkeypatch):
+    monkeypatch.delenv("STREAMREC_TOKEN", raising=False)
+    seeded_history(tmp_path / "gym.db")
+    config = tmp_path / "gym.toml"
+    config.write_text(f'db = "gym.db"\n{lines}')
+    proc = run_main(command, "--config", str(config), "--format", "json")
+    assert proc.returncode == 0 and '"court-1"' in proc.stdout, proc.stderr
+
+
 def test_an_event_of_the_configs_database_is_found_by_its_id(tmp_path):
     seeded_history(tmp_path / "gym.db")
     config = tmp_path / "gym.toml"

@@ -47,8 +47,10 @@ def serve_config(path: str):
     from streamrec.configfile import load_toml
 
     values = load_toml(path)
-    cameras = {} if {"source", "cameras", "camera"} & set(values) else {"source": "0"}  # a history's config may name none
-    return ServeConfig.from_sources(values, cameras, file_label=str(path))
+    # a reading command opens no camera and binds no address: a config naming no source gets a
+    # stand-in, and a LAN config whose token comes from $STREAMREC_TOKEN at serve time is no error
+    stand_ins: dict = {"insecure": True} | ({} if {"source", "cameras"} & set(values) else {"source": "0"})
+    return ServeConfig.from_sources(values, stand_ins, file_label=str(path))
 
 
 def history_target(db: str | None, config: str | None) -> str | None:
