@@ -43,6 +43,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
 from streamrec.errors import StreamrecError
+from streamrec.redact import printable
 from streamrec.fsutil import atomic_write_text
 from streamrec.validate import not_a_file
 from streamrec.zones import ZoneConfig
@@ -86,7 +87,7 @@ def table_source(p: Path, table: Any) -> Any:
 def read_document(p: Path) -> Any:
     """The parsed TOML document of ``p`` (a one-line :class:`StreamrecError` where it cannot be)."""
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a byte order mark (Notepad's) is left out, as load_toml does
     except (OSError, UnicodeDecodeError) as exc:
         raise StreamrecError(f"--config {p}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
     try:
@@ -176,6 +177,8 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise StreamrecError(f"--config {p}: not valid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise StreamrecError(f"--config {p}: not valid TOML: {exc}") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4300)
+        raise StreamrecError(f"--config {p}: not valid TOML: {printable(str(exc).split(';')[0])}") from None
 
 
 def _paths_from(base: Path, values: dict[str, Any]) -> dict[str, Any]:

@@ -151,7 +151,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, mode:
         except FileNotFoundError:
             perms = 0o666 & ~UMASK
         os.fchmod(fd, perms)
-        with os.fdopen(fd, mode) as fh:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:  # text: UTF-8, whatever the locale
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -167,6 +167,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, mode:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """:func:`atomic_write` of ``text`` in UTF-8 (the encoding streamrec reads back), whatever the locale."""
     atomic_write(path, lambda fh: fh.write(text), mode="w")
 
 

@@ -156,7 +156,8 @@ BAD = [
     ('[{"name": "a",', "true", "zones: expected a JSON array, got '[{\"name\": \"a\",' (Expecting property name enclosed "
                                "in double quotes: line 1 column 15 (char 14))"),
     ('{"name": "a"}', "true", "zones: expected a JSON array, got '{\"name\": \"a\"}'"),
-    ([{"name": "a", "x": 0, "y": 0, "w": 0.5, "h": 0.5}], "maybe", "whole_frame: expected true or false, got 'maybe'"),
+    ([{"name": "a", "x": 0, "y": 0, "w": 0.5, "h": 0.5}], "maybe", "whole_frame: expected true or false (1/0, yes/no, on/off), "
+                                                                  "got 'maybe'"),
     ([], "false", "camera 'gym': whole_frame: expected true for a camera without zones (it would label nothing), got false"),
 ]
 
@@ -197,3 +198,36 @@ def test_a_camera_added_through_the_api_keeps_its_zones_in_memory_only(served, d
         assert cfg.read_text() == before
     finally:
         assert json_request("DELETE", f"http://127.0.0.1:{port}/api/cameras/porch", TOKEN) == (200, {"removed": "porch"})
+
+
+@pytest.mark.parametrize("prefix", [b"", b"\xef\xbb\xbf"], ids=["plain", "a byte order mark (Notepad's)"])
+def test_zones_written_back_are_utf8_whatever_the_locale(tmp_path, prefix):
+    """The config is read as UTF-8 (a byte order mark left out) and written back as UTF-8, also
+    where the locale's encoding is ASCII, keeping its comments in any script."""
+    import subprocess
+    import sys
+
+    from streamrec.configfile import load_toml
+
+    cfg = tmp_path / "gym.toml"
+    cfg.write_bytes(prefix + '# Küche 台所\n[[cameras]]\nname = "küche"  # the kitchen\nsource = "0"\n'.encode())
+    script = ("import sys; from streamrec.configfile import write_zones; from streamrec.zones import ZoneConfig; "
+              "print(write_zones(sys.argv[1], 'k\\u00fcche', (ZoneConfig('herd', 0.0, 0.0, 0.5, 0.5),), True))")
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run([sys.executable, "-c", script, str(cfg)], capture_output=True, text=True, env=env, timeout=60)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "True"), proc.stderr
+    text = cfg.read_bytes().decode("utf-8")
+    assert text.startswith("# Küche 台所\n") and 'name = "küche"  # the kitchen' in text
+    [camera] = load_toml(cfg)["cameras"]
+    assert [z["name"] for z in camera["zones"]] == ["herd"] and camera["whole_frame"] is True
+
+
+@pytest.mark.parametrize("flag, whole_frame", [("true", True), ("True", True), ("1", True), ("on", True),
+                                               ("false", False), ("FALSE", False), ("0", False), ("no", False)])
+def test_whole_frame_in_the_query_is_read_as_post_api_cameras_reads_a_flag(flag, whole_frame):
+    from streamrec.serve.routes import zones_query
+
+    zones = json.dumps([{"name": "rack", "x": 0, "y": 0, "w": 0.5, "h": 0.5}])
+    assert zones_query({"zones": [zones], "whole_frame": [flag]}, "gym") == \
+        ((ZoneConfig("rack", 0, 0, 0.5, 0.5),), whole_frame)
