@@ -27,6 +27,7 @@ CAMERA_NAME_MAX_CHARS, CAMERA_NAME_MAX_BYTES = 64, 255
 MAX_THREADS = 4096  # --threads: torch takes a C int
 CAMERA_TIMEOUT_MIN_S = 0.1  # a camera's open_timeout and stall_timeout: shorter would reconnect without pause
 CAMERA_TIMEOUT_MAX_S = 86400  # a camera's open_timeout and stall_timeout: a day at most
+HEADER_TIMEOUT_MIN_S = 0.5  # header_timeout: a request's headers and body take a browser longer on a slow network
 HISTORY_DAYS_MAX = 36500  # --history-days: a hundred years
 BATCH_WAIT_MAX_MS = 10000  # batch_wait_ms: a worker waits at most this for more windows
 
@@ -187,9 +188,12 @@ class ServeConfig:
             object.__setattr__(self, "host", self.host[1:-1])
         object.__setattr__(self, "allowed_hosts", check_allowed_hosts(self.allowed_hosts))
         check_text(self, ("source", "model", "weights", "backend", "host", "db"))
-        if self.header_timeout <= 0 or self.max_connections < 1 or self.max_connections_per_address < 1:
-            raise StreamrecError("header_timeout/max_connections/max_connections_per_address: expected > 0, got "
-                                 f"{self.header_timeout}, {self.max_connections}, {self.max_connections_per_address}")
+        if not HEADER_TIMEOUT_MIN_S <= self.header_timeout <= CAMERA_TIMEOUT_MAX_S:
+            raise OptionError(("header_timeout",), f"expected {HEADER_TIMEOUT_MIN_S} to {CAMERA_TIMEOUT_MAX_S} seconds "
+                                                   f"(shorter cuts off every browser), got {self.header_timeout!r}")
+        if self.max_connections < 1 or self.max_connections_per_address < 1:
+            raise StreamrecError("max_connections/max_connections_per_address: expected > 0, got "
+                                 f"{self.max_connections}, {self.max_connections_per_address}")
         if not self.source and not self.cameras:
             raise OptionError(("source",), "expected a webcam index, an rtsp:// URL or a video file (or [[cameras]] in --config), got nothing")
         names = [c.name for c in self.all_cameras()]
@@ -220,9 +224,10 @@ class ServeConfig:
         if not 0 < self.display_fps <= DISPLAY_FPS_MAX or not 32 <= self.display_width <= DISPLAY_WIDTH_MAX:
             raise StreamrecError(f"display_fps, display_width: expected 0 < fps <= {DISPLAY_FPS_MAX} and width "
                                  f"32..{DISPLAY_WIDTH_MAX} pixels, got {self.display_fps}, {self.display_width}")
-        for option in ("stall_timeout", "open_timeout"):
-            if getattr(self, option) <= 0:
-                raise OptionError((option,), f"expected > 0 s, got {getattr(self, option)}")
+        for option in ("stall_timeout", "open_timeout"):  # every camera's, unless its table sets its own
+            if not CAMERA_TIMEOUT_MIN_S <= getattr(self, option) <= CAMERA_TIMEOUT_MAX_S:
+                raise OptionError((option,), f"expected {CAMERA_TIMEOUT_MIN_S} to {CAMERA_TIMEOUT_MAX_S} seconds, "
+                                             f"got {getattr(self, option)!r}")
         check_device(self.device)
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             raise OptionError(("threads",), f"expected 1..{MAX_THREADS}, got {self.threads}")

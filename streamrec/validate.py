@@ -81,8 +81,8 @@ SECRET_FIELDS = frozenset({"secret", "token", "password"})  # options whose valu
 def check_types(obj: Any, *, prefix: str = "") -> None:
     """Raise :class:`StreamrecError` for the first simple field of ``obj`` whose value has
     another type (an int is accepted where a float is expected, a bool nowhere but bool), is a
-    float that is not finite (``nan``, ``inf``: no option means either), or, where a float is
-    expected, is a number beyond :data:`NUMBER_MAX` either way."""
+    float that is not finite (``nan``, ``inf``: no option means either), or, where a number is
+    expected, is one beyond :data:`NUMBER_MAX` either way (its message quotes 40 digits at most)."""
     for name, (kinds, optional) in _field_kinds(type(obj)).items():
         value = getattr(obj, name)
         if not kinds or (value is None and optional):
@@ -93,7 +93,8 @@ def check_types(obj: Any, *, prefix: str = "") -> None:
             raise StreamrecError(f"{prefix}{name}: expected {' or '.join(_NAMES[k] for k in kinds)}, got {shown}")
         if isinstance(value, float) and not math.isfinite(value):  # TOML has inf and nan; so has float("inf")
             raise StreamrecError(f"{prefix}{name}: expected a finite number, got {value!r}")
-        if float in kinds and isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > NUMBER_MAX:
+        if (float in kinds or int in kinds) and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and abs(value) > NUMBER_MAX:
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
             raise StreamrecError(f"{prefix}{name}: expected a number of at most 1e{len(str(NUMBER_MAX)) - 1} in size "
                                  f"(no option needs more; timers and clocks overflow beyond), got {shown}")
@@ -107,15 +108,25 @@ def from_text(cls: type, values: dict[str, str], *, prefix: str = "") -> dict[st
     for name, text in values.items():
         kinds = kinds_of.get(name, ((str,), False))[0]
         if bool in kinds:
-            if text.lower() not in _TRUE + _FALSE:
-                shown = text if len(text) <= 40 else text[:40] + "..."
-                raise StreamrecError(f"{prefix}{name}: expected true or false (1/0, yes/no, on/off), got {shown!r}")
-            out[name] = text.lower() in _TRUE
+            out[name] = text_flag(f"{prefix}{name}", text)
         elif int in kinds or float in kinds:
             out[name] = _number(f"{prefix}{name}", text, integer=float not in kinds)
         else:
             out[name] = text
     return out
+
+
+def text_flag(name: str, text: str | None) -> bool:
+    """The yes or no of query text ``text`` (``true``/``false``, ``1``/``0``, ``yes``/``no``,
+    ``on``/``off``, any case); anything else, or nothing, is a :class:`StreamrecError` naming ``name``.
+
+    >>> text_flag("whole_frame", "True"), text_flag("whole_frame", "off")
+    (True, False)
+    """
+    if text is None or text.lower() not in _TRUE + _FALSE:
+        shown = "nothing" if text is None else repr(text if len(text) <= 40 else text[:40] + "...")
+        raise StreamrecError(f"{name}: expected true or false (1/0, yes/no, on/off), got {shown}")
+    return text.lower() in _TRUE
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")

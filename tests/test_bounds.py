@@ -44,6 +44,10 @@ def test_a_number_too_large_to_run_is_one_line(args, line):
     (f"[[rules]]\nname = 'r'\nlabels = ['a']\nmin_seconds = {HUGE}", "[[rules]] 'r': min_seconds: expected a number of "
                                                                     "at most 1e9 in size"),
     (f"history_days = {HUGE}", "history_days: expected a number of at most 1e9 in size"),
+    (f"[smoothing]\nhold = {HUGE}", "smoothing.hold: expected a number of at most 1e9 in size"),  # a whole number too
+    (f"max_connections = {HUGE}", "max_connections: expected a number of at most 1e9 in size"),
+    ("port = " + "1" * 5000, "--config {cfg}: not valid TOML: Exceeds the limit (4300 digits) for integer string conversion: value has "
+                               "5000 digits"),
     ("history_days = 40000", "{cfg}: history_days: expected > 0 and at most 36500, got 40000"),
     (f"batch_wait_ms = {HUGE}", "batch_wait_ms: expected a number of at most 1e9 in size"),
     ("batch_wait_ms = 100000", "batch_wait_ms: expected at most 10000, got 100000"),
