@@ -19,7 +19,7 @@ from streamrec.events.store import row_event
 from streamrec.serve.files import FileBody
 from streamrec.serve.heads import strict_json
 from streamrec.serve.server import ApiRoute, Reply
-from streamrec.validate import from_text
+from streamrec.validate import from_text, text_flag
 from streamrec.zones import ZoneConfig, parse_zones
 
 logger = logging.getLogger(__name__)
@@ -246,10 +246,8 @@ def zones_query(query: dict[str, list[str]], camera: str) -> tuple[tuple[ZoneCon
         raise StreamrecError(str(exc)) from None
     if not isinstance(items, list):
         raise StreamrecError(f"zones: expected a JSON array, got {shorten(text)!r}")
-    flag = (query.get("whole_frame") or [None])[0]
-    if flag not in ("true", "false"):
-        raise StreamrecError(f"whole_frame: expected true or false, got {'nothing' if flag is None else repr(shorten(flag))}")
-    return parse_zones(items, camera=camera), flag == "true"
+    whole_frame = text_flag("whole_frame", (query.get("whole_frame") or [None])[0])  # as POST /api/cameras reads it
+    return parse_zones(items, camera=camera), whole_frame
 
 
 EVENTS_API_LIMIT = 1000  # events in one /api/events answer (the newest); ?limit= asks for fewer
