@@ -24,7 +24,7 @@ import logging
 import math
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from streamrec.errors import StreamrecError
 from streamrec.validate import ascii_float
@@ -130,6 +130,10 @@ class ZoneConfig:
             if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
                 raise StreamrecError(f"{where}: expected points inside the frame (0..1), got [{x:g}, {y:g}]")
             pts.append((x, y))
+        area = polygon_area(pts)
+        if area < MIN_SIZE * MIN_SIZE:  # points on one line, or all but two the same: an outline of nothing
+            raise StreamrecError(f"{where}: expected points enclosing an area of at least {MIN_SIZE * MIN_SIZE:g} "
+                                 f"(of the frame), got {area:.3g} (points on one line?)")
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         x0, y0 = min(xs), min(ys)
         try:
@@ -169,6 +173,17 @@ class ZoneConfig:
         if self.polygon is not None:
             return {"name": self.name, "polygon": [list(p) for p in self.polygon]}
         return {"name": self.name, "x": self.x, "y": self.y, "w": self.w, "h": self.h}
+
+
+def polygon_area(points: Sequence[tuple[float, float]]) -> float:
+    """The area a polygon's outline encloses (the shoelace formula), as a fraction of the frame.
+
+    >>> polygon_area([(0, 0), (0.5, 0), (0.5, 0.5), (0, 0.5)]), polygon_area([(0, 0), (0.5, 0.5), (1, 1)])
+    (0.25, 0.0)
+    """
+    n = len(points)
+    return abs(sum(points[i][0] * points[(i + 1) % n][1] - points[(i + 1) % n][0] * points[i][1]
+                   for i in range(n))) / 2
 
 
 def parse_zones(items: Any, *, camera: str) -> tuple[ZoneConfig, ...]:

@@ -74,7 +74,14 @@ BAD = [
     ({"name": "line", "polygon": [[0, 0], [1, 1]]},
      "camera 'gym': zone 'line': polygon: expected 3-64 [x, y] points, got [[0, 0], [1, 1]]"),
     ({"name": "flatpoly", "polygon": [[0, 0.5], [0.5, 0.5], [1, 0.5]]},
-     "camera 'gym': zone 'flatpoly': w, h: expected a size of at least 0.01 (of the frame), got w=1, h=0"),
+     "camera 'gym': zone 'flatpoly': polygon: expected points enclosing an area of at least 0.0001 (of the frame), "
+     "got 0 (points on one line?)"),
+    ({"name": "diagonal", "polygon": [[0, 0], [0.5, 0.5], [1, 1]]},  # its bounding box is the whole frame
+     "camera 'gym': zone 'diagonal': polygon: expected points enclosing an area of at least 0.0001 (of the frame), "
+     "got 0 (points on one line?)"),
+    ({"name": "repeated", "polygon": [[0, 0], [0, 0], [0.5, 0.5]]},
+     "camera 'gym': zone 'repeated': polygon: expected points enclosing an area of at least 0.0001 (of the frame), "
+     "got 0 (points on one line?)"),
     ({"name": "z", "x": 0.0, "y": 0.0, "w": 0.5, "h": 0.5, "colour": "red"},
      "camera 'gym': zones: unknown key(s) 'colour'; expected name, x, y, w, h, polygon"),
 ]
