@@ -36,14 +36,14 @@ def r2plus1d():
 
 @pytest.fixture(scope="module")
 def real_windows(demo_clip, r2plus1d):
-    """Windows of the shipped real clip (10 s), one every 0.7 s, as r2plus1d_18 takes them."""
-    return clip_windows([demo_clip], r2plus1d, stride=0.7)
+    """Windows of the shipped real clip (10 s), one every 1.4 s, as r2plus1d_18 takes them."""
+    return clip_windows([demo_clip], r2plus1d, stride=1.4)
 
 
 @pytest.mark.slow
 def test_backends_agree_with_eager_on_every_real_window(real_windows, r2plus1d):
     windows = real_windows
-    assert len(windows) >= 12
+    assert len(windows) >= 6
     names = backends.available()  # "torch" too: on CPU it is the rewritten model (streamrec.runtime.graphs)
     assert {"torch", "torchscript", "onnxruntime", "openvino"} <= set(names)
     fns = cpu_backends(r2plus1d, names, threads=2)
