@@ -184,6 +184,10 @@ def test_smoothing_hold_is_bounded(tmp_path):
 
     assert SmoothingConfig(hold=HOLD_MAX).hold == HOLD_MAX
     cfg = tmp_path / "s.toml"
-    cfg.write_text('source = "0"\n[smoothing]\nhold = 99999999999999999999\n')
+    cfg.write_text(f'source = "0"\n[smoothing]\nhold = {HOLD_MAX + 1}\n')
     assert error_line(run_main("serve", "--config", str(cfg))) == (
-        f"streamrec: error: smoothing.hold: expected 1 <= hold <= {HOLD_MAX}, got 99999999999999999999")
+        f"streamrec: error: smoothing.hold: expected 1 <= hold <= {HOLD_MAX}, got {HOLD_MAX + 1}")
+    cfg.write_text('source = "0"\n[smoothing]\nhold = 99999999999999999999\n')  # beyond any number an option holds
+    assert error_line(run_main("serve", "--config", str(cfg))) == (
+        "streamrec: error: smoothing.hold: expected a number of at most 1e9 in size (no option needs more; timers and "
+        "clocks overflow beyond), got 99999999999999999999")
