@@ -28,6 +28,33 @@ def feed(engine: RuleEngine, seq: list[tuple[float, str, float]], camera: str = 
     return out
 
 
+def test_an_event_of_days_keeps_its_peak_and_mean_in_constant_memory():
+    """A camera that sees one activity for days (an office's "sitting"): each label costs the same,
+    and the open event holds no record per label."""
+    import tracemalloc
+
+    eng = RuleEngine([RuleConfig("sit", labels=("sitting",), min_seconds=1.0, end_seconds=2.0)], new_id=lambda ev: "e")
+    scores = [0.5 + (t % 7) / 20 for t in range(30_000)]  # 0.5 .. 0.8; four hours of labels at 2 a second
+
+    def run(start: int, stop: int) -> list:  # the changes of the last label (earlier ones are let go)
+        changes: list = []
+        for t in range(start, stop):
+            changes = eng.update("cam", "sitting", scores[t], t / 2)
+        return changes
+
+    run(0, 10_000)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    changes = run(10_000, 30_000)
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename")
+                if s.traceback[0].filename.endswith("engine.py"))
+    tracemalloc.stop()
+    assert grown < 10_000, grown  # was 8 bytes and more a label: 200 kB over these 20,000
+    ev = changes[-1].event
+    assert (ev.start_ts, ev.peak_score) == (0.0, 0.8)
+    assert ev.mean_score == pytest.approx(sum(scores) / len(scores), abs=1e-9)
+
+
 def test_an_event_opens_after_min_seconds_and_closes_after_end_seconds():
     eng = RuleEngine([RuleConfig("run", labels=("running",), min_seconds=1.0, end_seconds=2.0, cooldown_seconds=5.0)],
                      new_id=lambda ev: "e")

@@ -60,12 +60,19 @@ class Track:
     label: str | None = None
     open: Event | None = None
     last_seen: float = 0.0
-    scores: list[float] = field(default_factory=list)
+    score_sum: float = 0.0  # of the run's matching labels: a running sum, count and peak (an event may last days)
+    score_count: int = 0
+    score_max: float = 0.0
     cooldown_until: float = float("-inf")
     deleted: bool = False  # ``open`` was deleted: its activity is followed to its end, with no change
     last_label: float | None = None  # the time of the stream's last label, matching or not
     heard_at: float | None = None  # when that label came (the caller's clock): labels that stop are an outage
     cadence: Cadence = field(default_factory=Cadence)
+
+    def add_score(self, score: float) -> None:
+        self.score_sum += score
+        self.score_count += 1
+        self.score_max = max(self.score_max, score)
 
     def outage_after(self, rule: RuleConfig) -> float:
         """Seconds without any label after which the activity has ended: ``end_seconds``, or the
@@ -185,11 +192,11 @@ class RuleEngine:
             ev = tr.open
             if matched:
                 tr.last_seen = ts
-                tr.scores.append(score)
+                tr.add_score(score)
                 peak = score > ev.peak_score
                 if peak:
                     ev.peak_score, ev.peak_ts = score, ts
-                ev.mean_score = sum(tr.scores) / len(tr.scores)
+                ev.mean_score = tr.score_sum / tr.score_count
                 return None if tr.deleted else Change("seen", ev, rule, peak, ts=ts)
             if ts - tr.last_seen >= rule.end_seconds:
                 ev.end_ts = tr.last_seen
@@ -202,13 +209,13 @@ class RuleEngine:
                 tr.since = None
             return None
         if tr.since is None:  # a run of matching labels begins, in a cooldown or not: the activity's start
-            tr.since, tr.label, tr.scores = ts, label, []
-        tr.scores.append(score)
+            tr.since, tr.label, tr.score_sum, tr.score_count, tr.score_max = ts, label, 0.0, 0, 0.0
+        tr.add_score(score)
         tr.last_seen = ts
         if ts - tr.since < rule.min_seconds or ts < tr.cooldown_until:
             return None
-        ev = Event("", rule.name, camera, tr.label or label, start_ts=tr.since, peak_score=max(tr.scores),
-                   mean_score=sum(tr.scores) / len(tr.scores), peak_ts=ts, zone=zone)
+        ev = Event("", rule.name, camera, tr.label or label, start_ts=tr.since, peak_score=tr.score_max,
+                   mean_score=tr.score_sum / tr.score_count, peak_ts=ts, zone=zone)
         ev.id = self.new_id(ev)
         tr.open = ev
         return Change("start", ev, rule)
