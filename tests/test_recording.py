@@ -136,6 +136,30 @@ def test_clips_are_remuxed_fragmented_mp4_from_a_keyframe_before_the_event(clip1
     assert stats["rings"]["rack-1"]["dropped_packets"] == 0 and stats["rings"]["rack-1"]["generation"] == 1
 
 
+def test_a_camera_removed_and_added_again_keeps_the_clip_it_is_writing(clip12, tmp_path):
+    """Removing a camera drops its packet ring; adding it back makes a new one. The clip still
+    being written (its post-roll) is not taken for one a killed process left behind."""
+    now = [T0]
+    done: dict[str, tuple] = {}
+    rec = Recorder(recording(tmp_path, pre_seconds=0.0, post_seconds=1.0), supervisor=Supervisor(),
+                   clock=lambda: now[0], on_done=lambda eid, rel, size: done.setdefault(eid, (rel, size)))
+    play = Player(clip12, rec.ring("cam"), now)
+    play.until(1.0)
+    assert rec.begin("e", "cam", T0 + 1.0) == "cam/e.mp4"
+    play.until(2.0)
+    rec.end("e", "cam", T0 + 2.0)  # its clip runs to 3.0
+    rec.drop_ring("cam")  # the camera removed...
+    ring = rec.ring("cam")  # ...and added again, while the clip's writer still waits for its post-roll
+    assert ring is not play.source.packet_ring and (tmp_path / "events" / "cam" / "e.mp4.part").exists()
+    play.until(4.0)  # the writer reads the ring it started with
+    wait_until(lambda: "e" in done, "the clip's writer to end", timeout=30)
+    rec.close()
+    play.source.close()
+    rel, size = done["e"]
+    assert rel == "cam/e.mp4" and size == (tmp_path / "events" / rel).stat().st_size > 0
+    assert abs(frames_of(tmp_path / "events" / rel) / FPS - 3.0) <= 1.0 / FPS  # from the keyframe at 0.0 to 3.0
+
+
 def test_a_clip_stops_at_max_seconds_and_when_the_source_reconnects(clip12, tmp_path):
     now = [T0]
     done: dict[str, tuple] = {}

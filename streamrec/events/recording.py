@@ -61,6 +61,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._never = threading.Event()  # a writer catches its own errors: the supervisor never restarts it
         self._closed = False
+        self._recovered: set[str] = set()  # cameras whose clips left by a killed process were recovered
         self._deleted: set[str] = set()  # events deleted: no clip or thumbnail of theirs is written any more
         self.clips_written = 0
         self.bytes_written = 0
@@ -73,7 +74,9 @@ class Recorder:
         writing for it are recovered): give it to its capture thread."""
         with self._lock:
             if camera not in self._rings:
-                self.files.recover_parts(camera)
+                if camera not in self._recovered:  # once: a camera removed and added again has clips being written
+                    self.files.recover_parts(camera, busy={writer.part for writer, _ in self._writers.values()})
+                    self._recovered.add(camera)
                 self._rings[camera] = PacketRing(int(self.config.packet_ring_mb * 2**20), self.config.pre_seconds,
                                                  clock=self.clock, name=camera)
             return self._rings[camera]
