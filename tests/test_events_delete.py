@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 
 import numpy as np
+import pytest
 
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig
 from streamrec.events.manager import EventManager
@@ -115,5 +116,35 @@ def test_a_delete_while_the_events_thread_is_held_up_answers_503_and_works_after
     assert rig.manager.store.get(eid) is not None
     assert api.handler("DELETE", f"/api/events/{eid}", {}).status == 200
     assert api.handler("DELETE", f"/api/events/{eid}", {}).status == 404
+    rig.manager.close()
+    rig.play.source.close()
+
+
+@pytest.mark.slow
+def test_a_delete_the_database_refuses_leaves_the_event_as_it_was(tmp_path):
+    """Another writer holds the database: the delete is a 503 and changes nothing, so the event
+    goes on, closes and is notified as usual (it was neither deleted nor left open forever)."""
+    from streamrec.serve.routes import events_api
+
+    rig = Rig(tmp_path, h264(tmp_path / "cam.mp4", 6.0))
+    rig.labels("pouring", 2.0)
+    [eid] = rig.opened()
+    api = events_api(rig.manager)
+    other = sqlite3.connect(rig.db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # a backup, another process: the delete waits its busy timeout, then gives up
+    try:
+        reply = api.handler("DELETE", f"/api/events/{eid}", {})
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert reply.status == 503 and "cannot write now" in reply.body["error"], reply.body
+    rig.labels("walking", 4.0)  # the activity ends: the event closes as it would have
+    closed = [m for m in rig.published if m.get("type") == "event" and m["state"] == "closed"]
+    assert [m["id"] for m in closed] == [eid]
+    row = rig.manager.store.get(eid)
+    assert row["state"] == "closed" and row["end_ts"] == T0 + 2.0
+    with sqlite3.connect(rig.db) as conn:
+        kinds = [k for (k,) in conn.execute("SELECT kind FROM outbox WHERE event_id = ? ORDER BY id", (eid,))]
+    assert kinds == ["event_start", "event_end"]
     rig.manager.close()
     rig.play.source.close()

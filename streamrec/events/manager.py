@@ -300,8 +300,10 @@ class EventManager:
             raise DatabaseUnavailable(f"event {event_id}: not deleted: the events thread is busy (the database "
                                       "does not answer?); try again")
         try:
-            opened = self.engine.discard(event_id)
+            # the row first: a database that does not answer leaves the event as it was (open, followed,
+            # closed and notified as usual) for the "try again" the API answers
             row = self.store.delete(event_id)  # None too for an open event whose row waits for the database
+            opened = self.engine.discard(event_id)
             self.last_written.pop(event_id, None)
         finally:
             self.inbox.lock.release()

@@ -306,8 +306,9 @@ class EventStore:
         """Remove an event (and its pending notifications); its row, for the caller to delete files."""
         row = self.get(event_id)
         if row is not None:
-            self._run("DELETE FROM outbox WHERE event_id = ?", (event_id,))
-            self._run("DELETE FROM events WHERE id = ?", (event_id,))
+            with self._transaction():  # both or neither: never an event whose notifications are gone
+                self._execute("DELETE FROM outbox WHERE event_id = ?", (event_id,))
+                self._execute("DELETE FROM events WHERE id = ?", (event_id,))
         return row
 
     def ended_before(self, cutoff: float) -> list[dict[str, Any]]:
