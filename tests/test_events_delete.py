@@ -14,7 +14,8 @@ from streamrec.events.manager import EventManager
 from streamrec.events.recording import Recorder
 from streamrec.supervision import Supervisor
 
-from test_recording import FPS, T0, Player, h264
+from conftest import wait_until
+from test_recording import FPS, T0, Player, frames_of, h264
 
 RULE = RuleConfig(name="pour", labels=("pouring",), min_seconds=1.0, end_seconds=1.0, cooldown_seconds=0.0,
                   notify=("webhook",))
@@ -28,7 +29,7 @@ def label(ts: float, name: str) -> dict:
 class Rig:
     """An EventManager whose clips are written by a Recorder on the virtual clock of a Player."""
 
-    def __init__(self, tmp_path, src, rule: RuleConfig = RULE) -> None:
+    def __init__(self, tmp_path, src, rule: RuleConfig = RULE, **kw) -> None:
         self.now = [T0]
         self.published: list[dict] = []
         self.folder = tmp_path / "events"
@@ -43,7 +44,7 @@ class Rig:
         # no channel delivers: every notification of the outbox stays there, undelivered
         self.manager = EventManager(rules=(rule,), notify=NotifyConfig(),
                                     recording=rec, db=self.db, classes=["pouring", "walking"], supervisor=Supervisor(),
-                                    publish=self.published.append, clips=clips, clock=lambda: self.now[0])
+                                    publish=self.published.append, clips=clips, clock=lambda: self.now[0], **kw)
         self.play = Player(src, self.manager.packet_ring("cam"), self.now)
         self.manager.start(["cam"])
         self.t = 0.0
@@ -146,5 +147,27 @@ def test_a_delete_the_database_refuses_leaves_the_event_as_it_was(tmp_path):
     with sqlite3.connect(rig.db) as conn:
         kinds = [k for (k,) in conn.execute("SELECT kind FROM outbox WHERE event_id = ? ORDER BY id", (eid,))]
     assert kinds == ["event_start", "event_end"]
+    rig.manager.close()
+    rig.play.source.close()
+
+
+def test_a_close_the_database_fails_still_ends_the_clip_and_lets_the_peak_frame_go(tmp_path):
+    """A write that fails for good (a disk I/O error): the clip still stops after its post-roll
+    and the event's peak frame is not kept in memory."""
+    from streamrec.events.store import EventStore
+
+    class FailingDisk(EventStore):
+        def closed(self, ev, **kw):
+            raise sqlite3.OperationalError("disk I/O error")
+
+    rig = Rig(tmp_path, h264(tmp_path / "cam.mp4", 8.0), store=FailingDisk(str(tmp_path / "events.db")))
+    rig.labels("pouring", 2.0)
+    [eid] = rig.opened()
+    rig.labels("walking", 6.0)  # the event ends at 2.0; its clip runs to 4.0 with the post-roll
+    recorder = rig.manager.recorder
+    wait_until(lambda: recorder.stats()["clips_active"] == 0, "the clip's writer to end", timeout=30)
+    assert recorder.stats()["thumbnails_written"] == 1 and (rig.folder / "cam" / f"{eid}.jpg").is_file()
+    clip = rig.folder / "cam" / f"{eid}.mp4"
+    assert abs(frames_of(clip) / FPS - 4.0) <= 1.0 / FPS  # 1.0 s before its start (the keyframe at 0) to 4.0
     rig.manager.close()
     rig.play.source.close()

@@ -218,9 +218,11 @@ class EventManager:
                         ev.peak_score)
         else:
             now = self.clock()
-            self.write(f"event {ev.id}", lambda: self.store.closed(ev, notify=rule.notify, now=now))
-            self.last_written.pop(ev.id, None)
-            thumbnail = self.recorder.end(ev.id, ev.camera, ev.end_ts) if self.recorder is not None else None
+            try:
+                self.write(f"event {ev.id}", lambda: self.store.closed(ev, notify=rule.notify, now=now))
+            finally:  # whatever the database says: the clip ends after its post-roll, the peak frame is let go
+                self.last_written.pop(ev.id, None)
+                thumbnail = self.recorder.end(ev.id, ev.camera, ev.end_ts) if self.recorder is not None else None
             if thumbnail is not None:
                 self.write(f"event {ev.id}", lambda: self.store.set_files(ev.id, thumbnail=thumbnail))
             logger.info("event %s ended after %.1f s", ev.id, (ev.end_ts or ev.start_ts) - ev.start_ts)
