@@ -30,7 +30,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any
 
 from streamrec.errors import StreamrecError
 from streamrec.events.store import EventStore
@@ -225,13 +225,12 @@ class ClipFolder:
             if named and mtime < cutoff and named["id"] not in writing and named["id"] not in owners:
                 self.remove(path)
 
-    def recover_parts(self, camera: str, busy: Collection[Path] = ()) -> int:
+    def recover_parts(self, camera: str) -> int:
         """Clips of ``camera`` a killed process left as ``.mp4.part`` become ``.mp4`` (a fragmented
-        MP4 plays up to its last complete fragment); empty ones are deleted; those in ``busy`` (being
-        written now) are left alone. How many were recovered."""
+        MP4 plays up to its last complete fragment); empty ones are deleted. How many were recovered."""
         n = 0
         for path, size, _ in self.files():
-            if path.parent.name != path_part(camera) or not path.name.endswith(".mp4" + PART) or path in busy:
+            if path.parent.name != path_part(camera) or not path.name.endswith(".mp4" + PART):
                 continue
             if not size:
                 self.remove(path)

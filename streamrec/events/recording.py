@@ -75,7 +75,7 @@ class Recorder:
         with self._lock:
             if camera not in self._rings:
                 if camera not in self._recovered:  # once: a camera removed and added again has clips being written
-                    self.files.recover_parts(camera, busy={writer.part for writer, _ in self._writers.values()})
+                    self.files.recover_parts(camera)
                     self._recovered.add(camera)
                 self._rings[camera] = PacketRing(int(self.config.packet_ring_mb * 2**20), self.config.pre_seconds,
                                                  clock=self.clock, name=camera)
