@@ -19,7 +19,8 @@ from typing import Any
 from streamrec.errors import OptionError, StreamrecError
 from streamrec.redact import control_characters, mask_credentials, printable
 from streamrec.event_config import NotifyConfig, RecordingConfig, RuleConfig, check_rules
-from streamrec.validate import check_allowed_hosts, check_types, unknown_keys
+from streamrec.hosts import check_allowed_hosts
+from streamrec.validate import check_types, described, unknown_keys
 from streamrec.zones import ZoneConfig, alike, parse_zones, stream_key
 
 # a camera's name travels in a one-byte length field (the preview frames' header): its UTF-8 bytes count
@@ -140,9 +141,9 @@ class CameraConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CameraConfig":
         if not isinstance(d, dict):
-            raise StreamrecError(f"[[cameras]]: expected a table with a name and a source, got {mask_credentials(repr(d))}")
+            raise StreamrecError(f"[[cameras]]: expected a table with a name and a source, got {described(d)}")
         if "name" not in d or "source" not in d:
-            raise StreamrecError(f"[[cameras]]: each camera needs a name and a source, got {mask_credentials(repr(d))}")
+            raise StreamrecError(f"[[cameras]]: each camera needs a name and a source, got {described(d)}")
         unknown_keys(cls, d, "[[cameras]]")
         source = d["source"]  # a webcam index may be written as a number
         return cls(**{**d, "source": str(source) if type(source) is int else source})

@@ -45,7 +45,7 @@ from tomlkit.exceptions import TOMLKitError
 from streamrec.errors import StreamrecError
 from streamrec.redact import printable
 from streamrec.fsutil import atomic_write_text
-from streamrec.validate import not_a_file
+from streamrec.validate import NESTING_MAX, nesting, not_a_file
 from streamrec.zones import ZoneConfig
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,10 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         if p.exists() and not p.is_dir() and not p.is_file():  # a FIFO or a device would be read forever
             raise StreamrecError(f"--config: expected a TOML file, got {p} ({not_a_file(p)})")
         with p.open("rb") as fh:  # a byte order mark (Windows' Notepad writes one) is no TOML: left out
-            return _paths_from(p.resolve().parent, tomllib.loads(fh.read().removeprefix(b"\xef\xbb\xbf").decode("utf-8")))
+            doc = tomllib.loads(fh.read().removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
+        if nesting(doc) > NESTING_MAX:  # a later message or walk of it would recurse
+            raise RecursionError
+        return _paths_from(p.resolve().parent, doc)
     except PermissionError:
         raise StreamrecError(f"--config: cannot read {p} (permission denied)") from None
     except IsADirectoryError:
@@ -177,6 +180,8 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise StreamrecError(f"--config {p}: not valid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise StreamrecError(f"--config {p}: not valid TOML: {exc}") from None
+    except RecursionError:  # arrays or inline tables inside each other hundreds deep: no config is
+        raise StreamrecError(f"--config {p}: not valid TOML: arrays or tables nested too deep") from None
     except ValueError as exc:  # an integer of more digits than Python converts (4300)
         raise StreamrecError(f"--config {p}: not valid TOML: {printable(str(exc).split(';')[0])}") from None
 

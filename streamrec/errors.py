@@ -43,6 +43,10 @@ class OptionError(StreamrecError):
         return StreamrecError(f"{file}: {', '.join(self.options)}: {self.detail}")
 
 
+class Busy(StreamrecError):
+    """What was asked cannot be done now, only in a moment (the API answers 409 Conflict)."""
+
+
 class SourceError(StreamrecError):
     """A video source could not be opened or read."""
 

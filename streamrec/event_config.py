@@ -313,11 +313,12 @@ def check_mqtt_cameras(mqtt: MqttConfig | None, streams: list[str]) -> None:
         for topic in mqtt.topics(key):
             check_topic(topic, f"{what}: its MQTT topic")
         oid = ha_stream_id(key)
-        if mqtt.homeassistant_discovery and oid in owner:
-            kinds = "cameras" if "/" not in owner[oid] + key else "streams"
-            raise StreamrecError(f"[notify.mqtt] homeassistant_discovery: {kinds} {owner[oid]!r} and {key!r} would "
-                                 f"share the Home Assistant id 'streamrec_{oid}'; expected distinct ids, rename one")
-        owner[oid] = key
+        alike = oid.lower()  # Home Assistant lower-cases an entity id: Gym__rack and gym/rack are one
+        if mqtt.homeassistant_discovery and alike in owner:
+            kinds = "cameras" if "/" not in owner[alike] + key else "streams"
+            raise StreamrecError(f"[notify.mqtt] homeassistant_discovery: {kinds} {owner[alike]!r} and {key!r} would "
+                                 f"share the Home Assistant id 'streamrec_{alike}'; expected distinct ids, rename one")
+        owner[alike] = key
 
 
 def check_rules(rules: tuple[RuleConfig, ...], notify: NotifyConfig, cameras: list[str],

@@ -18,7 +18,8 @@ import unicodedata
 from urllib.parse import quote, unquote, urlsplit
 
 from streamrec.errors import StreamrecError
-from streamrec.redact import mask_credentials
+from streamrec.redact import mask_url
+from streamrec.hosts import DNS_NAME_MAX, ascii_host, ends_in_number
 from streamrec.zones import split_key
 
 MQTT_TOPIC_MAX_BYTES = 65535  # an MQTT string: a two-byte length, then UTF-8
@@ -28,7 +29,7 @@ def url_parts(url: str, where: str, expected: str) -> tuple[str, str, int | None
     """``url``'s scheme, host and port (``None``: the scheme's default), or a :class:`StreamrecError`
     naming ``where`` and ``expected`` for a URL that cannot be used: no host, a port that is not
     1-65535, a malformed IPv6 address, a blank or control character."""
-    shown = mask_credentials(url)  # never a password in a message
+    shown = mask_url(url)  # never a password in a message
     bad = next((c for c in url if c.isspace() or invisible(c) or c == "\\"), None)
     if bad is not None:  # a backslash: clients disagree on where the host ends ("https://h:443\\@evil/")
         raise StreamrecError(f"{where}: expected {expected} without blanks, backslashes, control or invisible "
@@ -80,35 +81,21 @@ def check_host_name(host: str, where: str, expected: str, shown: str) -> None:
         why = ""
     elif any(label.startswith("-") or label.endswith("-") for label in host.split(".")):
         why = " (a part of the name starts or ends with '-')"
-    elif re.fullmatch(r"[0-9.]+", host) or host.rstrip(".").rpartition(".")[2].isdigit():  # 0x7f.1: no name, no address
+    elif re.fullmatch(r"[0-9.]+", host) or ends_in_number(host):  # 0x7f.1, 0x7f000001: no name, no address
         try:
             ipaddress.IPv4Address(host)
         except ValueError:
             why = " (not an IPv4 address)"
     else:
         try:
-            ascii_host(host)
+            name = ascii_host(host).rstrip(".")
+            if len(name) > DNS_NAME_MAX or any(not label for label in name.split(".")):
+                why = f" (a name of at most {DNS_NAME_MAX} characters without empty parts, got {len(name)})"
         except UnicodeError as exc:  # idna's errors are UnicodeErrors
             why = f" ({exc.__cause__ or exc})"
     if why is not None:
         raise StreamrecError(f"{where}: expected {expected} with a host name of letters, digits, '.', '-' or '_', "
                              f"got {shown!r}{why}")
-
-
-def ascii_host(host: str) -> str:
-    """``host`` as DNS looks it up: an international name in IDNA 2008 with the UTS 46 mapping that
-    browsers use (the ``idna`` package), an ASCII name as it is. Python's own ``idna`` codec is
-    IDNA 2003, which maps ``ß`` to ``ss``: it would connect to another host.
-
-    >>> ascii_host("straße.de"), ascii_host("Bücher.example"), ascii_host("ha_1.local")
-    ('xn--strae-oqa.de', 'xn--bcher-kva.example', 'ha_1.local')
-    """
-    if host.isascii():
-        host.encode("idna")  # its labels checked: none empty, none over 63 characters (a UnicodeError)
-        return host
-    import idna
-
-    return idna.encode(host, uts46=True).decode("ascii")
 
 
 def ascii_target(path: str, query: str = "") -> str:
@@ -154,20 +141,24 @@ def check_topic(topic: str, where: str) -> None:
 
 
 def check_user(url: str) -> None:
-    """The user name of an ``mqtt://user:pass@host`` URL, as MQTT sends it: percent-decoded UTF-8
-    without NUL or control characters, at most 65535 bytes."""
-    user = urlsplit(url).username
-    if user is None:
-        return
-    try:
-        name = unquote(user, errors="strict")
-    except UnicodeDecodeError:
-        raise StreamrecError(f"[notify.mqtt] url: expected a user name of UTF-8 text, got {user!r}") from None
-    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None)
-    if bad is not None or len(name.encode("utf-8")) > MQTT_TOPIC_MAX_BYTES:
-        why = f"{bad!r}" if bad is not None else f"{len(name.encode('utf-8'))} bytes"
-        raise StreamrecError(f"[notify.mqtt] url: expected a user name without NUL or control characters, of at most "
-                             f"{MQTT_TOPIC_MAX_BYTES} bytes, got {user!r} ({why})")
+    """The user name and password of an ``mqtt://user:pass@host`` URL, as MQTT sends them:
+    percent-decoded UTF-8 without NUL or control characters, at most 65535 bytes each. The
+    message names the part, never its text (a user name may be a token)."""
+    parts = urlsplit(url)
+    for what, value in (("user name", parts.username), ("password", parts.password)):
+        if value is None:
+            continue
+        try:
+            text = unquote(value, errors="strict")
+        except UnicodeDecodeError:
+            raise StreamrecError(f"[notify.mqtt] url: expected a {what} of UTF-8 text (percent-encoded bytes "
+                                 f"that decode as UTF-8), got one that does not") from None
+        bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cs")), None)
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if bad is not None or size > MQTT_TOPIC_MAX_BYTES:
+            why = f"it holds {bad!r}" if bad is not None else f"{size} bytes"
+            raise StreamrecError(f"[notify.mqtt] url: expected a {what} without NUL or control characters, of at "
+                                 f"most {MQTT_TOPIC_MAX_BYTES} bytes as UTF-8, got one that is not ({why})")
 
 
 def ha_object_id(camera: str) -> str:

@@ -86,6 +86,21 @@ def mask_credentials(text: str) -> str:
     return "".join(out) + text[pos:]
 
 
+def mask_url(url: str) -> str:
+    """``url``, one whole URL (a configured value, not text around one), masked as by
+    :func:`mask_credentials`; user information that holds a blank or a control character is
+    masked whole (in free text a blank ends a URL; in a value it does not).
+
+    >>> mask_url("http://u u:hunter2@h/x")
+    'http://***@h/x'
+    """
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if sep and at >= 0 and any(c.isspace() or unicodedata.category(c)[0] == "C" for c in rest[:at]):
+        return mask_credentials(f"{scheme}://{SHOWN}@{rest[at + 1:]}")
+    return mask_credentials(url)
+
+
 def _wrapped(text: str, start: int, end: int) -> tuple[str, int]:
     """The URL's text from ``start`` and where it ends: a URL that a line break cuts inside its
     user information (``rtsp://admin:hun`` and ``ter2@cam/live`` on the next line, as a message

@@ -47,6 +47,8 @@ _SIMPLE = (bool, int, float, str)
 MAX_BATCH = 4096  # windows or clips in one forward pass (--batch-size, --batches)
 LR_FIND_STEPS = 60  # optimizer steps of lr-find's range test, by default
 LR_FIND_STEPS_RANGE = (10, 10_000)  # fewer than 10 points make no curve; more is hours on a CPU
+NESTING_MAX = 32  # lists and tables inside each other in a config file or request body (zones nest 4 deep)
+SHOWN_MAX = 80  # characters of a bad value that a one-line error quotes
 NUMBER_MAX = 10**9  # the size of any number an option holds (seconds: 31 years; a timer of 10**13 s overflows)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -78,6 +80,39 @@ def _fits(value: Any, kinds: tuple[type, ...]) -> bool:
 SECRET_FIELDS = frozenset({"secret", "token", "password"})  # options whose value an error never shows
 
 
+def described(value: Any) -> str:
+    """``value`` as a one-line error shows it: a table by its keys and a list by its length, never
+    their contents (a table may hold a password, a list may nest a thousand deep); anything else,
+    a list of a few levels without tables included, as ``repr`` with passwords in URLs masked,
+    cut after :data:`SHOWN_MAX` characters.
+
+    >>> described({"name": "gym", "password": "hunter2"}), described([[[[1]]]]), described([[0, 1], 2.5])
+    ("a table of 'name', 'password'", 'a list of 1 item', '[[0, 1], 2.5]')
+    """
+    if isinstance(value, dict):
+        keys = ", ".join(mask_credentials(repr(k))[:SHOWN_MAX] for k in list(value)[:20])
+        return f"a table of {keys}" if value else "an empty table"
+    if isinstance(value, (list, tuple)) and (nesting(value) > 3 or any(isinstance(v, dict) for v in value)):
+        return f"a list of {len(value)} item{'' if len(value) == 1 else 's'}"
+    text = mask_credentials(repr(value))
+    return text if len(text) <= SHOWN_MAX else text[:SHOWN_MAX] + "..."
+
+
+def nesting(value: Any) -> int:
+    """How deep ``value`` (parsed JSON) nests its lists and objects, counted without recursion.
+
+    >>> nesting(1), nesting([]), nesting({"a": [[1], 2]})
+    (0, 1, 3)
+    """
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def check_types(obj: Any, *, prefix: str = "") -> None:
     """Raise :class:`StreamrecError` for the first simple field of ``obj`` whose value has
     another type (an int is accepted where a float is expected, a bool nowhere but bool), is a
@@ -89,7 +124,7 @@ def check_types(obj: Any, *, prefix: str = "") -> None:
             continue
         if not _fits(value, kinds):  # a secret's value is never shown, only what it is
             kind = type(value).__name__
-            shown = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}" if name in SECRET_FIELDS else mask_credentials(repr(value))
+            shown = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}" if name in SECRET_FIELDS else described(value)
             raise StreamrecError(f"{prefix}{name}: expected {' or '.join(_NAMES[k] for k in kinds)}, got {shown}")
         if isinstance(value, float) and not math.isfinite(value):  # TOML has inf and nan; so has float("inf")
             raise StreamrecError(f"{prefix}{name}: expected a finite number, got {value!r}")
@@ -143,41 +178,6 @@ def _number(name: str, text: str, *, integer: bool) -> int | float:
             return number
     shown = text if len(text) <= 40 else text[:40] + "..."
     raise StreamrecError(f"{name}: expected {'an integer' if integer else 'a number'}, got {shown!r}")
-
-
-def split_host(value: str) -> tuple[str, int | None] | None:
-    """``(name, port)`` of a ``Host`` header value (port None when absent), lower case, IPv6
-    brackets removed; None when it is not a host[:port].
-
-    >>> split_host("[::1]:8000"), split_host("Example.COM"), split_host("a:b")
-    (('::1', 8000), ('example.com', None), None)
-    """
-    value = value.strip()
-    if value.startswith("["):
-        name, sep, rest = value[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            return None
-        port_text = rest[1:] if rest else None
-    else:
-        name, sep, port_text = value.partition(":")
-        port_text = port_text if sep else None
-    if port_text is not None and not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
-        return None
-    name = name.lower().rstrip(".")
-    if not name or any(c.isspace() or c in "/\\@?#" for c in name):
-        return None
-    return name, (int(port_text) if port_text is not None else None)
-
-
-def check_allowed_hosts(values: Any) -> tuple[str, ...]:
-    """``allowed_hosts`` as a tuple of ``name`` or ``name:port`` entries; a one-line error otherwise."""
-    if isinstance(values, str) or not isinstance(values, (list, tuple)):
-        raise StreamrecError(f"allowed_hosts: expected a list of host names, got {values!r}")
-    for v in values:
-        parsed = split_host(v) if isinstance(v, str) else None
-        if parsed is None or not re.fullmatch(r"[\w.:-]+", parsed[0]) or parsed[1] is not None and not 1 <= parsed[1] <= 65535:
-            raise StreamrecError(f"allowed_hosts: expected host names (name or name:port, port 1-65535), got {v!r}")
-    return tuple(values)
 
 
 def ascii_float(text: str) -> float:

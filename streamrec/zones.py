@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from streamrec.errors import StreamrecError
-from streamrec.validate import ascii_float
+from streamrec.validate import ascii_float, described
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +50,12 @@ def check_name(name: Any, where: str) -> str:
 MIN_SIZE = 0.01  # a zone's width and height, as fractions of the frame: smaller is a few pixels or none
 
 
-def _shown(value: Any) -> str:
-    """``value``'s repr as a message quotes it: at most 40 characters."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "..."
-
-
 def _fraction(value: Any, what: str) -> float:
     """``value`` as a float; a :class:`StreamrecError` naming ``what`` for anything but a finite number
     (a whole number of hundreds of digits, which no float holds, included)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not number or (isinstance(value, int) and abs(value) > 2**53) or not math.isfinite(value):
-        raise StreamrecError(f"{what}: expected a finite number (a fraction of the frame), got {_shown(value)}")
+        raise StreamrecError(f"{what}: expected a finite number (a fraction of the frame), got {described(value)}")
     return float(value) + 0.0  # -0.0 is 0.0: the config written back and the API say 0.0
 
 
@@ -100,7 +94,7 @@ class ZoneConfig:
         """A ``[[cameras.zones]]`` table (or a JSON object of the camera API)."""
         where = f"camera {camera!r}: zones"
         if not isinstance(d, dict):
-            raise StreamrecError(f"{where}: expected a table with a name and x, y, w, h (or a polygon), got {d!r}")
+            raise StreamrecError(f"{where}: expected a table with a name and x, y, w, h (or a polygon), got {described(d)}")
         unknown = sorted(set(d) - set(ZONE_KEYS))
         if unknown:
             raise StreamrecError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; expected {', '.join(ZONE_KEYS)}")
@@ -121,11 +115,11 @@ class ZoneConfig:
     def from_polygon(cls, name: str, points: Any, *, camera: str) -> "ZoneConfig":
         where = f"camera {camera!r}: zone {name!r}: polygon"
         if not isinstance(points, (list, tuple)) or not 3 <= len(points) <= POLYGON_MAX_POINTS:
-            raise StreamrecError(f"{where}: expected 3-{POLYGON_MAX_POINTS} [x, y] points, got {_shown(points)}")
+            raise StreamrecError(f"{where}: expected 3-{POLYGON_MAX_POINTS} [x, y] points, got {described(points)}")
         pts = []
         for p in points:
             if not isinstance(p, (list, tuple)) or len(p) != 2:
-                raise StreamrecError(f"{where}: expected [x, y] points, got {_shown(p)}")
+                raise StreamrecError(f"{where}: expected [x, y] points, got {described(p)}")
             x, y = (_fraction(v, where) for v in p)
             if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
                 raise StreamrecError(f"{where}: expected points inside the frame (0..1), got [{x:g}, {y:g}]")

@@ -275,6 +275,26 @@ def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path):
     assert load_toml(tmp_path / "c.toml") == {"port": 9000}
 
 
+@pytest.mark.parametrize("value", ["[" * 500 + "1" + "]" * 500, "{x=" * 400 + "1" + "}" * 400, "[" * 33 + "]" * 33,
+                                   "[" * 20 + "{x=" * 13 + "1" + "}" * 13 + "]" * 20])
+def test_a_config_nested_deeper_than_any_option_is_one_line_at_every_command(value, tmp_path):
+    path = tmp_path / "deep.toml"
+    path.write_text(f"a = {value}\n")
+    with pytest.raises(StreamrecError) as err:
+        load_toml(path)
+    assert str(err.value) == f"--config {path}: not valid TOML: arrays or tables nested too deep"
+    path.write_text("a = " + "[" * 31 + "1" + "]" * 31 + "\n")
+    assert load_toml(path)["a"] == [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]
+
+
+def test_a_table_that_lacks_what_a_camera_needs_is_shown_by_its_keys_alone():
+    for cameras, shown in (([{"name": "gym", "url": "rtsp://cam/x", "token": "SECRET1"}], "a table of 'name', 'url', 'token'"),
+                           ([[[[[[1]]]]]], "a list of 1 item"), (["[" * 300], "'" + "[" * 79 + "...")):
+        with pytest.raises(StreamrecError) as err:
+            ServeConfig.from_sources({"cameras": cameras}, {})
+        assert str(err.value).endswith(f", got {shown}") and "SECRET1" not in str(err.value)
+
+
 def test_rule_names_differing_only_in_blanks_around_them_are_refused():
     from streamrec.event_config import RuleConfig
 

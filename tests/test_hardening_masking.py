@@ -74,7 +74,10 @@ def test_error_messages_that_quote_a_source_mask_it():
         SourceSpec.parse("ftp://cam:p@ss@h/x?token=T")
     assert str(info.value) == "--source: expected rtsp://, rtsps://, http:// or https://, got 'ftp://cam:***@h/x?token=***'"
     for cameras, expected in (
-        ([{"source": "rtsp://u:p@ss@h/x?token=T"}], "each camera needs a name and a source, got {'source': 'rtsp://u:***@h/x?token=***'}"),
+        ([{"source": "rtsp://u:p@ss@h/x?token=T"}], "each camera needs a name and a source, got a table of 'source'"),
+        ([{"name": "gym", "url": "rtsp://cam/x", "password": "SECRET1"}],  # a table's values are never shown
+         "each camera needs a name and a source, got a table of 'name', 'url', 'password'"),
+        ([[{"name": "gym", "password": "SECRET1"}]], "expected a table with a name and a source, got a list of 1 item"),
         (["rtsp://u:pw@h/x"], "expected a table with a name and a source, got 'rtsp://u:***@h/x'"),
     ):
         with pytest.raises(StreamrecError) as info:

@@ -288,7 +288,8 @@ def test_a_failing_handler_is_a_500(served, kind, method):
 
 NUMBERS = [LONG, "-" + LONG, "1e999", "nan", "inf", "-inf", "Infinity", "1e300", "-1e400d", "-nanh", "-1e12d",
            "1_000", "-1_0d", "%D9%A3", "-%D9%A3d", "%EF%BC%95", "--1d", "-%2B1d", "0x10", "%2Binf", "1e308",
-           "2026-01-01T00:00:00%00", "%00", "-1D"]
+           "2026-01-01T00:00:00%00", "%00", "-1D", "%1C100", "%E2%80%83100", "%C2%85-10m", "100%C2%A0", "%0B-1h",
+           "2026-01-01T00:00:00%C2%A0"]
 
 
 @pytest.mark.parametrize("path", ["/api/history", "/api/events"])
@@ -344,7 +345,8 @@ def test_deleting_a_camera_no_one_has_is_a_short_404(name):
     assert reply.status == 404 and len(reply.body["error"]) < 80
 
 
-LIMITS = [LONG, "0" * 5000 + "1", "1e3", "-1", "0", "1001", "1_0", "%D9%A3", "0x10", "%20", "nan", "5.0", "%2B5", "5%00"]
+LIMITS = [LONG, "0" * 5000 + "1", "1e3", "-1", "0", "1001", "1_0", "%D9%A3", "0x10", "%20", "nan", "5.0", "%2B5", "5%00", "%1C5",
+          "%E2%80%835", "%0B5%C2%85", "5%C2%A0"]
 
 
 @pytest.mark.parametrize("value", LIMITS, ids=[v[:12] for v in LIMITS])
@@ -386,6 +388,7 @@ def test_a_request_over_the_size_limits_is_answered_as_http_not_as_a_websocket(s
 
 
 @pytest.mark.parametrize("query", ["limit=1", "limit=1000", "limit=0007", "since=0&until=-1h", "since=1700000000",
+                                   "limit=%205", "limit=5%09", "since=%20-1h",
                                    "since=2026-01-01T00:00:00%2B00:00", "since=-0", "since=%2B5.&until=.5e3",
                                    "since=-1e-400d", "since=1000&until=2000"])
 def test_sensible_numbers_are_answered(served, query):

@@ -15,6 +15,7 @@ from streamrec.errors import StreamrecError
 from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig, check_mqtt_cameras
 from streamrec.events.mqtt import discovery_config
 from streamrec.notify_checks import ha_object_id
+from streamrec.serve.heads import host_allowed
 from streamrec.serve.core import AppCore
 from streamrec.zones import ZoneConfig
 
@@ -57,14 +58,40 @@ def test_a_topic_part_in_the_brokers_own_topics_is_refused(key, value):
         f"[notify.mqtt] {key}: expected an MQTT topic not starting with $ (the broker's own), got {value!r}")
 
 
-@pytest.mark.parametrize("url, why", [("mqtt://us%00er:pw@broker", "('\\x00')"), ("mqtt://a%0Ab@broker", "('\\n')")])
-def test_a_broker_user_name_mqtt_cannot_send_is_refused(url, why):
-    user = url.split("//")[1].split(":")[0].split("@")[0]
-    assert refused(MqttConfig, url=url) == (f"[notify.mqtt] url: expected a user name without NUL or control "
-                                            f"characters, of at most 65535 bytes, got {user!r} {why}")
-    assert refused(MqttConfig, url="mqtt://us%FFer@broker") == (
-        "[notify.mqtt] url: expected a user name of UTF-8 text, got 'us%FFer'")
+@pytest.mark.parametrize("url, what, why", [
+    ("mqtt://us%00er:pw@broker", "user name", "it holds '\\x00'"), ("mqtt://a%0Ab@broker", "user name", "it holds '\\n'"),
+    ("mqtt://user:pw%00SECRET@broker", "password", "it holds '\\x00'"),
+    ("mqtt://user:" + "p" * 70000 + "@broker", "password", "70000 bytes"),
+    ("mqtt://SECRET" + "u" * 70000 + "@broker", "user name", "70006 bytes"),
+])
+def test_a_broker_user_name_or_password_mqtt_cannot_send_is_refused_without_showing_it(url, what, why):
+    text = refused(MqttConfig, url=url)
+    assert text == (f"[notify.mqtt] url: expected a {what} without NUL or control characters, of at most 65535 "
+                    f"bytes as UTF-8, got one that is not ({why})")
     assert MqttConfig(url="mqtt://cam%20user:p%40ss@broker").host == "broker"
+
+
+@pytest.mark.parametrize("url, what", [("mqtt://SECRET%FF@broker", "user name"), ("mqtt://u:SECRET%FF@broker", "password"),
+                                       ("mqtt://user%3ASECRET%FF@broker", "user name")])
+def test_a_broker_user_name_or_password_that_is_no_utf8_is_refused_without_showing_it(url, what):
+    assert refused(MqttConfig, url=url) == (f"[notify.mqtt] url: expected a {what} of UTF-8 text (percent-encoded "
+                                            f"bytes that decode as UTF-8), got one that does not")
+
+
+@pytest.mark.parametrize("make", [WebhookConfig, MqttConfig])
+@pytest.mark.parametrize("userinfo", ["u u:SECRET", "u\tu:SECRET", "u\xa0u:SECRET", "SECRET x"])
+def test_a_blank_in_the_user_name_never_shows_the_password(make, userinfo):
+    scheme = "http" if make is WebhookConfig else "mqtt"
+    text = refused(make, url=f"{scheme}://{userinfo}@hooks.example/x", **({"secret": "k"} if make is WebhookConfig else {}))
+    assert "SECRET" not in text and f"{scheme}://***@hooks.example" in text
+
+
+@pytest.mark.parametrize("host", ["0x7f000001", "0X7F000001", "cam.0x1f", "0x", "4294967296", "a." * 130 + "com"])
+def test_a_host_that_is_a_number_in_disguise_or_too_long_is_refused(host):
+    for make, url in ((WebhookConfig, f"http://{host}/in"), (MqttConfig, f"mqtt://{host}")):
+        text = refused(make, url=url, **({"secret": "k"} if make is WebhookConfig else {}))
+        assert "with a host name of letters, digits" in text
+    assert WebhookConfig(url="http://0xcafe.example/in", secret="k").url == "http://0xcafe.example/in"
 
 
 @pytest.mark.parametrize("key", ["topic_prefix", "discovery_prefix"])
@@ -140,6 +167,18 @@ def test_cameras_whose_ids_would_still_collide_are_refused_at_start():
                               f"Home Assistant id 'streamrec_{other}'; expected distinct ids, rename one")
     serve_config(["rack.1", other])  # no discovery: no ids to share
     serve_config(["кухня", "спорт", "rack.1", "rack_1"], homeassistant_discovery=True)
+
+
+def test_ids_that_differ_in_case_alone_are_refused_across_cameras_and_zones():
+    config = {"cameras": [{"name": "Gym__rack", "source": "0"},
+                          {"name": "gym", "source": "0", "zones": [{"name": "rack", "x": 0, "y": 0, "w": 0.5, "h": 0.5}]}],
+              "notify": {"mqtt": {"url": MQTT, "homeassistant_discovery": True}}}
+    with pytest.raises(StreamrecError) as err:
+        ServeConfig.from_sources(config, {})
+    assert str(err.value) == ("[notify.mqtt] homeassistant_discovery: streams 'Gym__rack' and 'gym/rack' would share "
+                              "the Home Assistant id 'streamrec_gym__rack'; expected distinct ids, rename one")
+    config["notify"]["mqtt"]["homeassistant_discovery"] = False
+    ServeConfig.from_sources(config, {})  # no discovery: no ids to share
 
 
 # -- URLs and the secret --------------------------------------------------------------------------
@@ -329,11 +368,21 @@ def test_an_mqtt_url_or_prefix_that_would_be_ignored_is_refused(url, prefix, why
     MqttConfig(url="mqtt://broker/", topic_prefix="gym/streamrec")
 
 
-@pytest.mark.parametrize("entry", ["a:99999", "a:0", "*", "*.lan", "a b"])
+@pytest.mark.parametrize("entry", ["a:99999", "a:0", "*", "*.lan", "a b", "a..b", "1.2.3", "0x7f000001", ".lan", "a:b"])
 def test_an_allowed_host_that_no_request_can_name_is_refused(entry):
     with pytest.raises(StreamrecError) as err:
         ServeConfig(source="0", allowed_hosts=(entry,))
-    assert str(err.value) == f"allowed_hosts: expected host names (name or name:port, port 1-65535), got {entry!r}"
+    assert str(err.value) == ("allowed_hosts: expected host names (name or name:port, port 1-65535; a name of letters, "
+                              f"digits, '-' or '_' parts joined by '.', or an IP address), got {entry!r}")
+
+
+def test_an_international_allowed_host_matches_the_host_header_browsers_send():
+    config = ServeConfig(source="0", host="0.0.0.0", token="t0ken", allowed_hosts=("кухня.local:8000", "Straße.de", "Cam.LAN."))
+    assert config.allowed_hosts == ("xn--j1agri5c.local:8000", "xn--strae-oqa.de", "cam.lan")
+    allowed = config.allowed_hosts
+    assert host_allowed("xn--j1agri5c.local:8000", bound="0.0.0.0", port=9000, allowed=allowed)
+    assert host_allowed("XN--STRAE-OQA.DE", bound="0.0.0.0", port=9000, allowed=allowed)
+    assert not host_allowed("xn--j1agri5c.local:8001", bound="0.0.0.0", port=9000, allowed=allowed)
 
 
 def test_an_ipv6_host_in_brackets_is_the_address():

@@ -21,6 +21,7 @@ import time
 import pytest
 
 from streamrec.config import CameraConfig
+from streamrec.serve.app import being_changed
 from streamrec.serve.guard import Limits
 from streamrec.serve.heads import MAX_BODY
 from streamrec.serve.hub import Hub
@@ -37,6 +38,7 @@ class Cameras:
 
     def __init__(self) -> None:
         self.cams: dict[str, CameraConfig] = {}
+        self.busy: set[str] = set()  # cameras whose zones are being changed (a restart takes seconds)
 
     def listing(self) -> dict:
         return {"cameras": {name: {} for name in self.cams}}
@@ -45,9 +47,13 @@ class Cameras:
         self.cams[cam.name] = cam
 
     def remove(self, name: str) -> bool:
+        if name in self.busy:
+            raise being_changed(name)
         return self.cams.pop(name, None) is not None
 
     def set_zones(self, name: str, zones: tuple, whole_frame: bool) -> CameraConfig:
+        if name in self.busy:
+            raise being_changed(name)
         cam = self.cams[name]
         self.cams[name] = CameraConfig(cam.name, cam.source, zones=zones, whole_frame=whole_frame)
         return self.cams[name]
@@ -400,3 +406,65 @@ def test_a_camera_named_with_dots_alone_is_a_400(served, name):
     status, body = post(served[0], {"name": name, "source": "0"})
     assert (status, body["error"]) == (400, "camera name: expected 1-64 letters, digits, '-', '_' or '.' (not dots "
                                             f"alone), got {name!r}")
+
+
+def test_a_camera_whose_zones_are_being_changed_is_a_409_for_delete_and_put(served):
+    port, cameras = served
+    cameras.cams.pop("busy", None)
+    assert post(port, {"name": "busy", "source": "0"}) == (201, {"added": "busy"})
+    cameras.busy.add("busy")
+    try:
+        busy = (409, {"error": "camera 'busy': its zones are being changed; try again in a few seconds"})
+        assert request(port, "DELETE", "/api/cameras/busy") == busy
+        assert request(port, "PUT", "/api/cameras/busy/zones", b'{"zones": [], "whole_frame": true}', JSON) == busy
+        assert "busy" in cameras.cams
+    finally:
+        cameras.busy.discard("busy")
+    assert request(port, "DELETE", "/api/cameras/busy") == (200, {"removed": "busy"})
+
+
+@pytest.mark.parametrize("depth", [33, 200, 900])
+def test_a_body_nested_deeper_than_any_camera_is_a_400(served, depth):
+    port, cameras = served
+    deep = "[" * depth + "]" * depth
+    for method, target, body in (("POST", "/api/cameras", f'{{"name": "c", "source": {deep}}}'),
+                                 ("POST", "/api/cameras", f'{{"name": {deep}, "source": "0"}}'),
+                                 ("PUT", "/api/cameras/c1/zones", f'{{"zones": [{{"name": "z", "x": {deep}}}]}}')):
+        status, answer = request(port, method, target, body.encode(), JSON)
+        assert (status, answer["error"].endswith("(lists and objects nested more than 32 deep)")) == (400, True), answer
+    assert "c" not in cameras.cams
+    status, answer = post(port, {"name": "c", "source": [[[[[["0"]]]]]]})  # shallow enough: the option's own error
+    assert status == 400 and "got a list of 1 item" in answer["error"]
+
+
+@pytest.mark.parametrize("method, target, status", [
+    ("POST", "/api/cameras/gym", 405), ("PUT", "/api/cameras", 405), ("PUT", "/api/cameras/gym", 405),
+    ("POST", "/api/cameras/gym/zones", 405), ("POST", "/api/cameras/a/b/c", 404), ("PATCH", "/api/cameras", 405),
+])
+@pytest.mark.parametrize("body, headers", [(b"x", ()), (b"{bad", (JSON,)), (b"[1]", (JSON,))])
+def test_a_body_sent_where_no_route_reads_one_gets_the_routes_answer(served, method, target, status, body, headers):
+    got, answer = request(served[0], method, target, body, *headers)
+    assert got == status, answer
+
+
+@pytest.mark.parametrize("target", ["ftp://evil.example/api/cameras", "ws://evil.example/api/cameras",
+                                    "foo://x/api/cameras", "*", "http:/api/cameras"])
+def test_a_target_that_is_neither_a_path_nor_an_http_url_is_a_400(served, target):
+    assert request(served[0], "GET", target) == (400, "expected a path or an http(s) URL as the target\n")
+
+
+def test_an_absolute_http_url_with_no_path_is_the_root(served):
+    port = served[0]
+    assert request(port, "GET", f"http://127.0.0.1:{port}")[0] == request(port, "GET", "/")[0] == 404  # no page here
+    assert request(port, "GET", f"http://127.0.0.1:{port}/api/cameras")[0] == 200
+
+
+def test_a_bearer_token_sent_as_utf8_is_read_as_written():
+    from websockets.datastructures import Headers
+
+    from streamrec.serve.tokens import token_source
+
+    as_read = "Bearer cl\u00e9".encode("utf-8").decode("iso-8859-1")  # what the connection makes of curl's bytes
+    assert token_source("/api/events", Headers({"Authorization": as_read}), "cl\u00e9") == "bearer"
+    assert token_source("/api/events", Headers({"Authorization": "Bearer cl\u00e9"}), "cl\u00e9") == "bearer"  # Latin-1 bytes
+    assert token_source("/api/events", Headers({"Authorization": as_read}), "cle") is None

@@ -313,7 +313,7 @@ def parse_time(text: str | None, name: str = "--since/--until") -> float | None:
     of 5,000 digits...) is a :class:`StreamrecError` naming ``name`` (the option or query parameter)."""
     if text is None:
         return None
-    t = text.strip()
+    t = text.strip(" \t")  # blanks: spaces and tabs; other spacing or control characters are refused
     shown = t if len(t) <= 40 else t[:40] + "..."
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     relative = RELATIVE_TIME.fullmatch(t)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import cv2
 
 from streamrec.config import CameraConfig, ServeConfig
-from streamrec.errors import StreamrecError
+from streamrec.errors import Busy, StreamrecError
 from streamrec.live.camera import JOIN_TIMEOUT_S, Camera, Stream, adding_camera
 from streamrec.live.capture import CaptureState
 from streamrec.live.history import HistoryStore, default_db
@@ -43,9 +43,9 @@ from streamrec.zones import ZoneConfig
 logger = logging.getLogger(__name__)
 
 
-def being_changed(name: str) -> StreamrecError:
+def being_changed(name: str) -> Busy:
     """The error of a change to camera ``name`` asked for while its zones are being changed."""
-    return StreamrecError(f"camera {name!r}: its zones are being changed; try again in a few seconds")
+    return Busy(f"camera {name!r}: its zones are being changed; try again in a few seconds")
 
 
 class Taken:

@@ -22,7 +22,8 @@ from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request
 from websockets.streams import StreamReader
 
 from streamrec.redact import mask_credentials, printable
-from streamrec.validate import split_host
+from streamrec.hosts import split_host
+from streamrec.validate import NESTING_MAX, nesting
 
 
 def malformed(head: bytes) -> str | None:
@@ -147,8 +148,11 @@ def strict_json(text: str | bytes, what: str, expected: str = "strict JSON") -> 
         ValueError: body: expected strict JSON, got '{"a": NaN}' (NaN is not a number JSON allows)
     """
     try:  # bytes are UTF-8 (RFC 8259), never the UTF-16 or UTF-32 that json.loads would guess
-        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text,
-                          parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+        value = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text,
+                           parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+        if nesting(value) > NESTING_MAX:  # deeper than any message: a later repr or walk would recurse
+            raise ValueError(f"lists and objects nested more than {NESTING_MAX} deep")
+        return value
     except (ValueError, RecursionError) as exc:
         shown = mask_credentials(text.decode("utf-8", "backslashreplace") if isinstance(text, bytes) else text)
         shown = shown if len(shown) <= 40 else shown[:40] + "..."

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from streamrec.config import CameraConfig
 from streamrec.configfile import write_zones
 from streamrec.database import DatabaseUnavailable
-from streamrec.errors import StreamrecError
+from streamrec.errors import Busy, StreamrecError
 from streamrec.redact import mask_credentials, printable
 from streamrec.live.history import HistoryStore, time_span
 from streamrec.events.manager import EventManager
@@ -31,9 +31,9 @@ def query_int(query: dict[str, list[str]], name: str, lo: int, hi: int, default:
     text = (query.get(name) or [None])[0]
     if text is None:
         return default
-    digits = text.strip()
-    if re.fullmatch(r"[0-9]{1,%d}" % len(str(hi)), digits) and lo <= int(digits) <= hi:
-        return int(digits)
+    digits = re.fullmatch(r"[ \t]*([0-9]{1,%d})[ \t]*" % len(str(hi)), text)  # blanks: spaces and tabs only
+    if digits is not None and lo <= int(digits[1]) <= hi:
+        return int(digits[1])
     shown = text if len(text) <= 40 else text[:40] + "..."
     raise StreamrecError(f"{name}: expected a whole number {lo}..{hi}, got {shown!r}")
 
@@ -121,6 +121,8 @@ def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraC
             try:
                 cam = camera_of(query, body)
                 add(cam)
+            except Busy as exc:
+                return Reply(409, {"error": shorten(mask_credentials(str(exc)), ERROR_MAX_CHARS)})
             except StreamrecError as exc:  # the values sent are quoted: never a password
                 return Reply(400, {"error": shorten(mask_credentials(str(exc)), ERROR_MAX_CHARS)})
             return Reply(201, {"added": cam.name})
@@ -129,15 +131,24 @@ def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraC
         return Reply(405, {"error": "GET, POST or DELETE" + (" (or PUT /api/cameras/NAME/zones)" if set_zones else "")},
                      allow=allow)
 
-    return ApiRoute(handler, admin=True)
+    def reads_body(method: str, path: str) -> bool:
+        parts = path.strip("/").split("/")[2:]
+        return (method == "POST" and not parts) or (
+            method == "PUT" and set_zones is not None and len(parts) == 2 and parts[1] == "zones")
+
+    return ApiRoute(handler, admin=True, reads_body=reads_body)
 
 
 NOT_FOUND = Reply(404, {"error": "not found"})  # a path no route has (an extra segment)
 
 
 def remove_camera(name: str, remove: Callable[[str], bool]) -> Reply:
-    """``DELETE /api/cameras/NAME``."""
-    if not remove(name):
+    """``DELETE /api/cameras/NAME``: 200, 404 for no such camera, 409 while its zones are being changed."""
+    try:
+        removed = remove(name)
+    except Busy as exc:
+        return Reply(409, {"error": shorten(str(exc), ERROR_MAX_CHARS)})
+    if not removed:
         return Reply(404, {"error": f"no camera {shorten(name)!r}"})
     return Reply(200, {"removed": name})
 
@@ -206,6 +217,8 @@ def put_zones(name: str, query: dict[str, list[str]], body: Any, listing: Callab
                                  f"string, not both (the query string has {shorten(', '.join(sorted(query)))})")
         zones, whole_frame = zones_body(body, name) if body is not None else zones_query(query, name)
         cfg = set_zones(name, zones, whole_frame)
+    except Busy as exc:
+        return Reply(409, {"error": shorten(str(exc), ERROR_MAX_CHARS)})
     except StreamrecError as exc:
         return Reply(400, {"error": shorten(str(exc), ERROR_MAX_CHARS)})
     saved = None

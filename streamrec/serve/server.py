@@ -26,7 +26,7 @@ from streamrec.serve.files import FileBody, file_response
 from streamrec.fsutil import raise_fd_limit
 from streamrec.serve.guard import ConnectionGuard, GuardedConnection, Limits, sparse
 from streamrec.serve.answers import StreamedResponse, without_body
-from streamrec.redact import mask_credentials
+from streamrec.redact import mask_credentials, printable
 from streamrec.serve.heads import host_allowed, request_host, strict_json, unreserved
 from streamrec.serve.answers import http_response as _response
 from streamrec.serve.tokens import cookie_refusal, cross_origin, token_exchange, token_source
@@ -73,6 +73,9 @@ class ApiRoute:
     handler: Callable[[str, str, dict[str, list[str]], Any], Reply]
     admin: bool = False
     admin_methods: tuple[str, ...] = ()  # methods that need the token even where the route does not
+    # whether the route reads a body for (method, path): only then is one parsed (and refused when
+    # it is no JSON object); elsewhere a body is left unread and the route answers 404 or 405
+    reads_body: Callable[[str, str], bool] | None = None
 
 
 class WebServer:
@@ -153,6 +156,10 @@ class WebServer:
     def _refusal(self, request: Request) -> Response | None:
         """A 400 for a request that repeats a header only one of which can count, a 421 for a
         ``Host`` that does not name this server (DNS rebinding: see :mod:`streamrec.serve.guard`)."""
+        if not request.path.startswith("/"):  # absolute-form: an http(s) URL only (RFC 9112 3.2.2); "*" never
+            target = urlsplit(request.path)
+            if target.scheme not in ("http", "https") or not target.netloc:
+                return _response(HTTPStatus.BAD_REQUEST, "text/plain", b"expected a path or an http(s) URL as the target\n")
         for name in ("Host", "Origin", "Authorization", "Range", "If-Range", "Content-Type"):
             if len(request.headers.get_all(name)) > 1:
                 return _response(HTTPStatus.BAD_REQUEST, "text/plain", f"more than one {name} header\n".encode())
@@ -193,7 +200,7 @@ class WebServer:
             return refusal
         if request.path.startswith("//"):  # urlsplit would read "//name" as a host and act on the rest
             return _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
-        path = unreserved(urlsplit(request.path).path)  # /%68ealthz is /healthz
+        path = unreserved(urlsplit(request.path).path) or "/"  # /%68ealthz is /healthz; http://host is /
         if path == "/ws":
             if request.method not in ("GET", "HEAD"):
                 return _response(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"a websocket opens with GET\n", ("Allow", "GET, HEAD"))
@@ -224,7 +231,7 @@ class WebServer:
         try:
             body = route.body() if via is not None else route.public()
         except Exception:  # noqa: BLE001
-            logger.exception("handler for %s failed", path)
+            logger.exception("handler for %s failed", printable(path))
             return _response(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n")
         return _response(HTTPStatus.OK, route.content_type, body)
 
@@ -244,7 +251,7 @@ class WebServer:
             try:
                 response = self._api(route, request, path, body)
             except BaseException:  # noqa: BLE001 - the request is answered in every case
-                logger.exception("API request %s %s failed", request.method, path)
+                logger.exception("API request %s %s failed", request.method, printable(path))
                 response = _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
             try:
                 loop.call_soon_threadsafe(settle, response)
@@ -254,7 +261,7 @@ class WebServer:
         try:
             threading.Thread(target=work, name="api", daemon=True).start()
         except RuntimeError as exc:  # no thread can be started now
-            logger.warning("API request %s %s refused: %s", request.method, path, exc)
+            logger.warning("API request %s %s refused: %s", request.method, printable(path), exc)
             return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the server is too busy: try again"})
         return await done
 
@@ -269,8 +276,9 @@ class WebServer:
         why = None if via != "cookie" or method == "GET" else cookie_refusal(request.headers)
         if why is not None:
             return _json(HTTPStatus.FORBIDDEN, {"error": f"{method} {path}: {why}"})
-        try:  # a body means something to POST and PUT only: on GET, HEAD and DELETE it is not read
-            data = json_body(body, request.headers.get("Content-Type")) if method in ("POST", "PUT") else None
+        reads = route.reads_body is not None and method in ("POST", "PUT") and route.reads_body(method, path)
+        try:  # a body means something where the route reads one: elsewhere it is not read
+            data = json_body(body, request.headers.get("Content-Type")) if reads else None
         except ValueError as exc:
             return _json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE if "Content-Type" in str(exc) else HTTPStatus.BAD_REQUEST,
                          {"error": str(exc)})
@@ -282,7 +290,7 @@ class WebServer:
             allow = [("Allow", ", ".join(reply.allow))] if reply.status == HTTPStatus.METHOD_NOT_ALLOWED else []
             return _json(HTTPStatus(reply.status), reply.body, *allow)
         except Exception:  # noqa: BLE001
-            logger.exception("API handler for %s %s failed", request.method, path)
+            logger.exception("API handler for %s %s failed", request.method, printable(path))
             return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
 
     async def _handler(self, ws: ServerConnection) -> None:

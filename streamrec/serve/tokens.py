@@ -48,7 +48,21 @@ def bearer_token(authorization: str) -> str | None:
     """The credentials of an ``Authorization: Bearer ...`` header (the scheme in any case, spaces or
     tabs after it), else ``None``."""
     scheme, _, credentials = authorization.replace("\t", " ").strip().partition(" ")
-    return credentials.strip() if scheme.lower() == "bearer" else None
+    return utf8_header(credentials.strip()) if scheme.lower() == "bearer" else None
+
+
+def utf8_header(value: str) -> str:
+    """A header value as its sender wrote it: the connection reads header bytes as ISO-8859-1;
+    clients (curl, requests, fetch) send UTF-8, so the bytes are read again as UTF-8 where
+    they are that (a token ``clé`` sent by curl), else kept as they were read.
+
+    >>> utf8_header("cl\u00c3\u00a9"), utf8_header("caf\u00e9")
+    ('clé', 'café')
+    """
+    try:
+        return value.encode("iso-8859-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
 
 
 def token_matches(given: str, token: str) -> bool:
