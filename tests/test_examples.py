@@ -5,7 +5,8 @@ The examples run in a folder that holds what they name: the shipped ``demo/`` an
 synthetic clips), ``model.pt`` (a tiny3d checkpoint trained here; ``start.pt`` a copy), ``gym.toml`` and
 ``cameras.toml``, a history with events (``unsplit/`` holds the same with ``data/train`` only,
 for the examples with ``--val-split``), and the Kinetics-400 weights file (random weights,
-saved where the torch hub cache keeps it: no download). Each example gets the few options of
+saved where the torch hub cache keeps it: no download); ``bench`` checks its backends on the
+shipped clip (``STREAMREC_CLIPS``), as on a fresh clone. Each example gets the few options of
 ``QUICKER`` appended (the last value of an option wins): shorter runs and a free port. Commands
 that serve until stopped run as a process until their page answers, then get SIGTERM.
 
@@ -135,7 +136,8 @@ def site(tmp_path_factory) -> Path:
 
 def site_env(root: Path) -> dict[str, str]:
     return {**os.environ, "TORCH_HOME": str(root / "torch"), "XDG_DATA_HOME": str(root / "share"),
-            "STREAMREC_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+            "STREAMREC_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
+            "STREAMREC_CLIPS": str(ROOT / "demo" / "clips")}  # bench's backend agreement on the shipped clip
 
 
 def seed_history(db: Path, *, clip: str | None) -> None:

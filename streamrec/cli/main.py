@@ -213,7 +213,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from streamrec.offline.bench import markdown, run
+    from streamrec.offline.bench import check_clips, markdown, run
     from streamrec.runtime.classifier import resolve_device
 
     clip = Path(args.clip) if args.clip else DEMO_CLIP
@@ -240,6 +240,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise StreamrecError(f"--batches: expected comma-separated batch sizes 1..{MAX_BATCH}, got {args.batches[:60]!r}")
     else:
         batches = [1, 2, 4, 8, 16, 32] if dev.type == "cuda" else [1, 2, 4, 8]
+    check_clips(clip, clips)
     report = run(models=models, clip=clip, clips=clips, device=args.device, batches=batches, int8=not args.no_int8)
     print(json.dumps(report, indent=1, default=str) if args.json else markdown(report))
     atomic_write_text(args.out, json.dumps(report, indent=1, default=str))

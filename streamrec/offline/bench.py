@@ -89,6 +89,15 @@ def model_gflops(loaded: LoadedModel) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def check_clips(clip: Path, clips: list[Path]) -> None:
+    """Every clip opens as a video, before minutes of measuring; a one-line :class:`SourceError`
+    naming its option (``--clip`` or ``--clips``) and the file otherwise."""
+    for option, paths in (("--clip", [clip]), ("--clips", clips)):
+        for path in paths:
+            with named_as(option), PyAVSource(SourceSpec.parse(str(path))):
+                pass
+
+
 def stage_costs(clip: Path, loaded: LoadedModel, frames: int = 300) -> dict[str, float]:
     """Per-frame decode and preprocessing, and per-window assembly, in ms."""
     spec = loaded.spec
@@ -96,7 +105,7 @@ def stage_costs(clip: Path, loaded: LoadedModel, frames: int = 300) -> dict[str,
     ring = FrameRing(capacity_for(spec.frames, spec.fps), pre.crop_shape, np.uint8)
     dec = prep = 0.0
     n = 0
-    with named_as("--clips"), PyAVSource(SourceSpec.parse(str(clip))) as src:
+    with named_as("--clip"), PyAVSource(SourceSpec.parse(str(clip))) as src:
         it = iter(src.frames())
         while n < frames:
             t0 = time.perf_counter()
