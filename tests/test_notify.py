@@ -128,8 +128,11 @@ def test_an_event_deleted_while_its_batch_is_delivered_is_not_sent(tmp_path, not
 def test_a_notification_whose_event_is_gone_is_dropped_not_read_again(tmp_path, notifiers):
     store = EventStore(str(tmp_path / "h.db"))
     notifier = notifiers(store, webhook("http://127.0.0.1:9/hook"))
-    # an end written for an event no longer in the table (a delete racing the rule's close)
-    store.closed(Event("e9", "r", "c", "l", 1.0, 0.5, 0.5, end_ts=2.0), notify=("webhook",))
+    # a notification of an event no longer in the table (a delete racing the rule's close)
+    store.opened(Event("e9", "r", "c", "l", 1.0, 0.5, 0.5), notify=("webhook",))
+    with closing(sqlite3.connect(tmp_path / "h.db")) as conn, conn:
+        conn.execute("DELETE FROM events WHERE id = 'e9'")
+    assert [r["event_id"] for r in outbox_rows(tmp_path / "h.db")] == ["e9"]
     sent = []
     notifier.send = lambda note: sent.append(note.id)
     assert notifier.deliver_due("webhook") is False  # one pass ends (it spun on the row before)
@@ -139,11 +142,11 @@ def test_a_notification_whose_event_is_gone_is_dropped_not_read_again(tmp_path, 
 def test_webhook_with_sign_false_sends_no_signature(tmp_path, receiver, notifiers):
     store = EventStore(str(tmp_path / "h.db"))
     notifier = notifiers(store, webhook(receiver.url, secret=None))
-    store.opened(Event("e9", "r", "c", "l", 1.0, 0.5, 0.5), notify=())
+    store.opened(Event("e9", "r", "c", "l", 1.0, 0.5, 0.5), notify=("webhook",))
     store.closed(Event("e9", "r", "c", "l", 1.0, 0.5, 0.5, end_ts=2.0), notify=("webhook",))
     notifier.deliver_due()
-    (req,) = receiver.requests
-    assert "X-Streamrec-Signature" not in req["headers"] and req["headers"]["X-Streamrec-Event"] == "event_end"
+    assert [r["headers"]["X-Streamrec-Event"] for r in receiver.requests] == ["event_start", "event_end"]
+    assert not any("X-Streamrec-Signature" in r["headers"] for r in receiver.requests)
 
 
 def test_webhook_answering_500_twice_is_delivered_on_the_third_try(tmp_path, receiver, notifiers):
@@ -253,6 +256,29 @@ def test_notifications_expire_after_max_age_logged_once(tmp_path, receiver, noti
     assert notifier.stats()["expired"] == 1
     assert [r.getMessage() for r in caplog.records if "gave up" in r.getMessage()] == [
         "gave up on 1 notification(s) not delivered within 60 s (max_age_s)"]
+
+
+def test_an_event_whose_start_was_given_up_never_sends_its_end_alone(tmp_path, receiver, notifiers):
+    receiver.fail = 100
+    clock = Clock()
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, webhook(receiver.url), clock=clock, max_age_s=60.0, backoff=Backoff(1.0, 300.0, jitter=0.0))
+    lasting, later = event(1), event(2)
+    store.opened(lasting, notify=("webhook",), now=clock())
+    notifier.deliver_due()
+    clock.now += 61.0
+    notifier.deliver_due()  # the start is given up while the event is still open
+    assert notifier.stats()["expired"] == 1 and receiver.count() == 1
+    store.opened(later, notify=("webhook",), now=clock())
+    receiver.fail = 0  # the receiver is back
+    lasting.end_ts, later.end_ts = clock() - 1.0, clock()
+    store.closed(lasting, notify=("webhook",), now=clock())
+    store.closed(later, notify=("webhook",), now=clock())
+    clock.now += 10.0  # within max_age_s of the second event's notifications
+    notifier.deliver_due()
+    told = [json.loads(r["body"]) for r in receiver.requests[1:]]
+    assert [(t["type"], t["event"]["id"]) for t in told] == [("event_start", "e2"), ("event_end", "e2")]
+    assert [(r["kind"], r["event_id"]) for r in outbox_rows(tmp_path / "h.db")] == [("event_start", "e2"), ("event_end", "e2")]
 
 
 @pytest.mark.slow

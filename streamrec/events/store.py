@@ -253,10 +253,15 @@ class EventStore:
         self._run("UPDATE events SET last_ts = ?, peak_score = ?, mean_score = ? WHERE id = ?", (ts, peak, mean, event_id))
 
     def closed(self, ev: Event, *, notify: Iterable[str] = (), now: float | None = None) -> None:
+        """The event ends; its ``event_end`` goes to each channel of ``notify`` that was told of its
+        start (delivered or still pending): never an end alone, after a start that was given up
+        (:meth:`expire`) or on a channel added to the rule since the start."""
         with self._transaction():
             self._execute("UPDATE events SET end_ts = ?, last_ts = ?, peak_score = ?, mean_score = ?, state = 'closed' "
                           "WHERE id = ?", (ev.end_ts, ev.end_ts, ev.peak_score, ev.mean_score, ev.id))
-            self._outbox(ev, "event_end", notify, time.time() if now is None else now)
+            told = {c for c, in self._execute("SELECT channel FROM outbox WHERE event_id = ? AND kind = 'event_start'",
+                                              (ev.id,))}
+            self._outbox(ev, "event_end", [c for c in notify if c in told], time.time() if now is None else now)
 
     def set_files(self, event_id: str, *, clip: str | None = None, thumbnail: str | None = None,
                   clip_bytes: int | None = None) -> None:
@@ -270,15 +275,12 @@ class EventStore:
 
     def recover(self, notify_of: dict[str, tuple[str, ...]], now: float | None = None) -> list[Event]:
         """Close the events a killed process left open, at their last label; their end is notified
-        on each channel of their rule that was told of their start (a channel added to the rule
-        since then never gets an end without its start)."""
+        on each channel of their rule that was told of their start (see :meth:`closed`)."""
         out = []
         for row in self.query(state="open", limit=None):
             ev = Event(row["id"], row["rule"], row["camera"], row["label"], row["start_ts"], row["peak_score"],
                        row["mean_score"], end_ts=self.get(row["id"])["last_ts"], zone=row["zone"])
-            told = {c for c, in self._run("SELECT channel FROM outbox WHERE event_id = ? AND kind = 'event_start'",
-                                          (ev.id,))}
-            self.closed(ev, notify=[c for c in notify_of.get(ev.rule, ()) if c in told], now=now)
+            self.closed(ev, notify=notify_of.get(ev.rule, ()), now=now)
             out.append(ev)
         return out
 
