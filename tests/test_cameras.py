@@ -87,7 +87,7 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, t
             415, {"error": "request body: expected Content-Type: application/json (in UTF-8), "
                            "got 'application/x-www-form-urlencoded'"})  # a form post, not a connection closed unanswered
         assert json_request("POST", f"http://127.0.0.1:{port}/api/cameras", token, data={"name": "bad"}) == (
-            400, {"error": "[[cameras]]: each camera needs a name and a source, got {'name': 'bad'}"})
+            400, {"error": "[[cameras]]: each camera needs a name and a source, got a table of 'name'"})
         # the camera as a JSON body: options typed as in a [[cameras]] table, zones included
         cam = {"name": "body", "source": str(demo_clip), "loop": True, "zones": [{"name": "left", "x": 0, "y": 0, "w": 0.5, "h": 1}]}
         assert json_request("POST", f"http://127.0.0.1:{port}/api/cameras", token, data=cam) == (201, {"added": "body"})
