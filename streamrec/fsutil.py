@@ -71,6 +71,8 @@ def check_output(option: str, path: str | os.PathLike, *, image: bool = False,
     is refused: writing it would destroy or change the input."""
     p = Path(path)
     folder = p.parent
+    if str(path).endswith(("/", os.sep)) and not p.is_dir():  # Path() drops the slash: "new/" would be a file
+        raise StreamrecError(f"{option} {path}: the folder {path} does not exist (a file name is expected)")
     for given in inputs:
         if p.exists() and Path(given).exists() and os.path.samefile(p, given):
             raise StreamrecError(f"{option} {p}: that is the input file {given}; writing there would replace it")
@@ -139,6 +141,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, mode:
     path = Path(path)
     if special_file(path) is not None:
         raise OSError(errno.EINVAL, f"expected a regular file, got {special_file(path)}", str(path))
+    if path.is_dir():  # os.replace would fail on the temporary file's name, not this one
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     if path.is_symlink():
         try:
             path = path.resolve()

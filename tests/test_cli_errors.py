@@ -629,3 +629,78 @@ def test_serve_refuses_a_config_it_cannot_run_before_its_address_answers(tmp_pat
     proc = run_cli("serve", "--config", str(cfg), "--port", "0", "--weights", "none", timeout=60)
     assert error_line(proc) == "streamrec: error: " + line.format(cfg=cfg, t=tmp_path)
     assert proc.stderr.count("\n") == 1  # nothing before it: no "preparing the model", no "stopped"
+
+
+@pytest.mark.parametrize("option, cmd, name", OUTPUTS, ids=[f"{c[0]} {o}" for o, c, _ in OUTPUTS])
+def test_an_output_path_ending_in_a_slash_is_a_folder_that_does_not_exist(option, cmd, name, tmp_path, demo_clip,
+                                                                          small_dataset, checkpoint):
+    values = {"clip": demo_clip, "data": small_dataset, "ckpt": checkpoint}
+    given = str(tmp_path / "newdir") + "/"  # Path() drops the slash: it wrote a file named newdir
+    proc = run_main(*[a.format(**values) for a in cmd], option, given)
+    line = error_line(proc)  # that the folder does not exist, or (--confusion) that a name needs a suffix
+    assert line.startswith(f"streamrec: error: {option} {given}: "), line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_refuses_an_output_that_is_one_of_its_clips(tmp_path, demo_clip):
+    import shutil
+
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(demo_clip, clip)
+    before = clip.read_bytes()
+    for args in (("--clip", str(clip)), ("--clips", str(tmp_path))):
+        proc = run_main("bench", "--models", "tiny3d", *args, "--out", str(clip))
+        one_line_error(proc, f"--out {clip}: that is the input file {clip}")
+        assert proc.stdout == ""  # refused before anything was measured
+    assert clip.read_bytes() == before
+
+
+def test_training_checks_the_files_it_writes_beside_the_model_before_it_trains(tmp_path, small_dataset):
+    out = tmp_path / "m.pt"
+    (tmp_path / "m.pt.log.csv").mkdir()
+    proc = run_main("train", str(small_dataset), "--model", "tiny3d", "--weights", "none", "--out", str(out))
+    one_line_error(proc, f"--out (.log.csv beside it): expected a file name, got the folder {tmp_path / 'm.pt.log.csv'}")
+    (tmp_path / "m.pt.log.csv").rmdir()
+    clip = next((small_dataset / "valid").rglob("*.mp4"))
+    (tmp_path / "m.pt.state").symlink_to(clip)  # written through, the link would replace a clip of the dataset
+    proc = run_main("train", str(small_dataset), "--model", "tiny3d", "--weights", "none", "--out", str(out))
+    one_line_error(proc, f"--out (.state beside it) {tmp_path / 'm.pt.state'}: inside the dataset folder {small_dataset}")
+    assert "epoch" not in proc.stderr and not out.exists()
+
+
+def test_export_writes_beside_its_checkpoint_whatever_dots_the_folders_hold(tmp_path, checkpoint):
+    import shutil
+
+    (tmp_path / "run.v2").mkdir()
+    shutil.copy(checkpoint, tmp_path / "run.v2" / "model")
+    proc = run_main("export", str(tmp_path / "run.v2" / "model"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wrote {tmp_path / 'run.v2' / 'model.ts'}"
+    assert sorted(p.name for p in (tmp_path / "run.v2").iterdir()) == ["model", "model.ts"]
+    assert [p.name for p in tmp_path.iterdir()] == ["run.v2"]  # no run.ts beside the folder
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "999999999"])
+def test_quantize_threads_are_checked_before_the_model_loads(value, tmp_path, demo_clip, checkpoint):
+    proc = run_main("quantize", "--clips", str(demo_clip), "--weights", str(checkpoint), "--threads", value)
+    one_line_error(proc, f"--threads: expected 1..4096, got {value}")
+
+
+def test_an_empty_folder_option_of_several_values_is_refused(checkpoint, tmp_path):
+    proc = run_main("quantize", "--clips", "", "--weights", str(checkpoint))
+    one_line_error(proc, "--clips: expected a value, got ''")
+
+
+def test_class_folders_whose_names_read_alike_are_refused_not_merged(tmp_path):
+    import os
+
+    from conftest import write_video
+
+    root = tmp_path / "data"
+    for split in ("train", "valid"):
+        for name in (b"caf\xe9", b"caf\xe8", b"walk"):
+            folder = os.path.join(bytes(root / split), name)
+            os.makedirs(folder)
+            write_video(Path(os.fsdecode(folder)) / "a.mp4", seconds=0.5, size=(64, 48))
+    proc = run_main("dataset", str(root))
+    one_line_error(proc, "two folders read as the class")

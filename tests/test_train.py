@@ -196,7 +196,7 @@ def test_bad_datasets(tmp_path):
 
 @pytest.mark.parametrize("values, message", [
     ({"epochs": 0}, "--epochs: expected >= 1, got 0"),
-    ({"lr": -1.0}, "--lr: expected > 0, got -1.0"),
+    ({"lr": -1.0}, "--lr: expected > 0 and at most 10, got -1"), ({"lr": 1e39}, "--lr: expected > 0 and at most 10, got 1e+39"),
     ({"color_jitter": -0.1}, "--color-jitter: expected 0 <= strength < 1, got -0.1"),
     ({"color_jitter": 1.0}, "--color-jitter: expected 0 <= strength < 1, got 1.0"),
     ({"seed": -1}, "--seed: expected 0..4294967295, got -1"),

@@ -229,7 +229,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:  # before any model is measured
         raise StreamrecError(f"--models: expected names from {', '.join(MODEL_NAMES)}, got {', '.join(map(repr, unknown))}")
-    check_output("--out", args.out)
+    check_output("--out", args.out, inputs=(clip, *clips))
     dev = resolve_device(args.device)
     if args.batches:
         try:
@@ -293,6 +293,8 @@ def check_blank(args: argparse.Namespace) -> None:
     """No option or argument given as empty text (``--weights ""`` from an unset shell variable):
     it would silently mean the default, a different model, database or file than the one meant."""
     for name, value in vars(args).items():
+        if isinstance(value, list) and name not in BLANK_MEANS:  # nargs="+": --clips "" would be the current folder
+            value = next((v for v in value if isinstance(v, str) and not v.strip()), None)
         if isinstance(value, str) and not value.strip() and name not in BLANK_MEANS:
             shown = name.upper() if name in POSITIONALS else "--" + name.replace("_", "-")
             raise StreamrecError(f"{shown}: expected a value, got {value!r}")

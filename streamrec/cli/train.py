@@ -193,9 +193,12 @@ def cmd_dataset(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from streamrec.offline.train import train
+    from streamrec.offline.train import side_files, train
 
-    check_output("--out", args.out, inputs=tuple(w for w in (args.weights,) if w), data=args.data)
+    inputs = tuple(w for w in (args.weights,) if w)
+    check_output("--out", args.out, inputs=inputs, data=args.data)
+    for side in side_files(args.out):  # written too: the same checks, before any training
+        check_output(f"--out ({side.name[len(Path(args.out).name):]} beside it)", side, inputs=inputs, data=args.data)
     check_cache_dir(args)
     result = train(_train_config(args))
     if not result["history"]:  # --resume of a run that had done its --epochs: nothing written
@@ -270,7 +273,7 @@ def cmd_export(args) -> int:
         raise StreamrecError("--weights none: expected trained weights to export (DEFAULT or a checkpoint PATH), "
                              "got random ones: their export would read as a trained model")
     suffix = {"torchscript": ".ts", "onnx": ".onnx"}[args.format]
-    out = args.out or str(weights).rsplit(".", 1)[0] + suffix
+    out = args.out or str(Path(weights).with_suffix(suffix))  # run.v2/model -> run.v2/model.ts
     check_output("--out", out, inputs=(weights,))
     path = export(weights, out, fmt=args.format)
     print(f"wrote {path}")
@@ -285,7 +288,8 @@ def cmd_quantize(args) -> int:
     from streamrec.offline.quantize import check_args, quantize
 
     clips = video_files(args.clips)  # before the model loads: wrong input fails at once
-    check_args(stride=args.stride, min_agreement=args.min_agreement, max_score_diff=args.max_score_diff)
+    check_args(stride=args.stride, min_agreement=args.min_agreement, max_score_diff=args.max_score_diff,
+               threads=args.threads)
     from streamrec.runtime import prepared
 
     loaded = prepared.load(args.model, args.weights, device="cpu")  # the module serve loads: the same digest

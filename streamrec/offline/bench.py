@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from streamrec.errors import StreamrecError
 from streamrec.runtime import backends
 
 from streamrec.runtime import openvino
@@ -118,6 +119,10 @@ def stage_costs(clip: Path, loaded: LoadedModel, frames: int = 300) -> dict[str,
             dec += t1 - t0
             prep += time.perf_counter() - t1
             n += 1
+    window = ring.newest_window(spec.frames, spec.fps)
+    if window is None:
+        raise StreamrecError(f"--clip {clip}: expected a clip of at least one window ({spec.frames} frames at "
+                             f"{spec.fps:g} fps), got {n} frames")
     asm = best_seconds(lambda: pre.window(ring.newest_window(spec.frames, spec.fps).frames), 20)  # gather + normalize
     return {"decode_ms_per_frame": dec / n * 1e3, "preprocess_ms_per_frame": prep / n * 1e3,
             "window_assembly_ms": asm * 1e3, "frames": n}

@@ -107,7 +107,11 @@ def class_dirs(folder: Path) -> dict[str, list[Path]]:
                            "clips lie in its folder itself)", shown(str(d)), shown(", ".join(nested[:3])))
         if not files:
             raise StreamrecError(f"dataset: class folder {d} is empty (no {', '.join(sorted(VIDEO_EXTS))} files)")
-        out[shown(d.name)] = files  # class names are printed, written to CSV and saved with the model
+        name = shown(d.name)  # class names are printed, written to CSV and saved with the model
+        if name in out:  # two folders whose names are no text alike (bytes that are no UTF-8): one class
+            raise StreamrecError(f"dataset: class folders of {folder}: two folders read as the class {name!r} "
+                                 "(their names are not UTF-8 text); expected distinct names (rename the folder)")
+        out[name] = files
     if not out:
         raise StreamrecError(f"dataset: no class folders in {folder}")
     problem = class_names_problem(list(out))  # checked now: a model trained on them could not be loaded

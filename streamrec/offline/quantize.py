@@ -103,7 +103,11 @@ def stride_for(durations: Sequence[float], stride: float, max_windows: int = MAX
     return max(stride, sum(durations) / max_windows)
 
 
-def check_args(*, stride: float, min_agreement: float, max_score_diff: float) -> None:
+def check_args(*, stride: float, min_agreement: float, max_score_diff: float, threads: int | None = None) -> None:
+    from streamrec.config import MAX_THREADS
+
+    if threads is not None and not 1 <= threads <= MAX_THREADS:  # OpenVINO refuses -1 after the model loaded
+        raise StreamrecError(f"--threads: expected 1..{MAX_THREADS}, got {threads}")
     if not 0.0 <= min_agreement <= 1.0:
         raise StreamrecError(f"--min-agreement: expected a fraction from 0 to 1, got {min_agreement}")
     if not 0.0 <= max_score_diff <= 1.0:

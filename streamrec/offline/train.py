@@ -34,6 +34,7 @@ from streamrec.models.spec import LoadedModel
 from streamrec.models.registry import build_model, load_model, make_checkpoint
 
 logger = logging.getLogger(__name__)
+LR_MAX = 10.0  # --lr: no optimizer step of a video model trains at more (lr-find sweeps up to 1)
 
 # The default peak learning rates: a head on a pretrained backbone, and every layer (random
 # weights, --finetune-all). 1e-3 for every layer of tiny3d leaves a small dataset at chance.
@@ -69,8 +70,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise StreamrecError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(self, name)}")
-        if self.lr is not None and not self.lr > 0:
-            raise StreamrecError(f"--lr: expected > 0, got {self.lr}")
+        if self.lr is not None and not 0 < self.lr <= LR_MAX:  # 1e39 overflows the optimizer's float32 mid-epoch
+            raise StreamrecError(f"--lr: expected > 0 and at most {LR_MAX:g}, got {self.lr:g}")
         if self.patience < 1:
             raise StreamrecError(f"--patience: expected >= 1, got {self.patience}")
         if not 0 <= self.color_jitter < 1:
@@ -277,6 +278,17 @@ def log_epoch(path: Path, row: dict[str, Any], header: str | None) -> None:
         fh.write(line)
 
 
+def side_files(out: str | Path) -> tuple[Path, Path]:
+    """The files training writes beside its model ``out``: the log (a row per epoch) and the
+    state ``--resume`` continues from.
+
+    >>> [p.name for p in side_files("runs/model.pt")]
+    ['model.pt.log.csv', 'model.pt.state']
+    """
+    out = Path(out)
+    return out.with_name(out.name + ".log.csv"), out.with_name(out.name + ".state")
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train and write ``cfg.out`` (lowest validation loss among the epochs that beat chance),
     ``<out>.state`` (for ``--resume``) and ``<out>.log.csv`` (a row per epoch); the result names
@@ -290,7 +302,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     announce(cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     out = Path(cfg.out)
-    log_path, state_path = (out.with_name(out.name + tail) for tail in (".log.csv", ".state"))
+    log_path, state_path = side_files(out)
     saved_for = {**meta(cfg.model, classes, cfg.head_only), "val_split": cfg.val_split}  # --resume checks them
     st = resume_state(state_path, model, optimizer, saved_for) if cfg.resume else {"epoch": -1, "step": 0}
     chance = Chance.of([s.label for s in val_ds.samples for _ in range(val_ds.clips_per_video)])
