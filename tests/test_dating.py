@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import network_capture_parts
@@ -113,3 +114,56 @@ def test_timestamps_far_slower_than_real_time_give_way_to_arrival():
     dates = [clock.date(100.0 + i / FPS, 0.5 * i / FPS) for i in range(int(20 * FPS))]
     assert not clock.trusted and clock.resyncs == 3
     np.testing.assert_allclose(np.diff(dates[-100:]), 1 / FPS, atol=1e-9)
+
+
+def test_a_clock_that_goes_back_dates_the_frames_anew_from_it():
+    """An NTP correction of an hour back: the frames are not held at the old date (no window for
+    an hour); they are dated by the clock from there, at the stream's pace."""
+    clock = StreamClock()
+    for i in range(100):
+        clock.date(5000.0 + i / FPS, i / FPS)
+    after = [clock.date(1400.0 + i / FPS, (100 + i) / FPS) for i in range(50)]  # 3600 s back
+    assert after[0] == 1400.0
+    np.testing.assert_allclose(np.diff(after), 1 / FPS, atol=1e-9)
+    assert clock.date(1402.0 - 0.5, 151 / FPS) > after[-1]  # a step back of less than RESYNC_S: never back
+
+
+class SteadyCamera(Source):
+    """``n`` frames of a 25 fps stream (a network camera, or a file) with even timestamps."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.fps = n, FPS
+
+    def frames(self):
+        for i in range(self.n):
+            self.arrived = None
+            yield np.full((120, 160, 3), i % 256, np.uint8), i / FPS
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("kind, target", [("network", "rtsp://127.0.0.1:1/cam"), ("file", "clip.mp4")])
+def test_windows_go_on_after_the_clock_goes_back_an_hour(kind, target):
+    from streamrec.live.sources import SourceSpec
+
+    _, pre, ring = network_capture_parts(64)
+    stop = threading.Event()
+    times = 1000.0 + np.arange(10_000) / FPS
+    times[100:] -= 3600.0  # read 100 on, the clock is an hour back
+    reads = iter(times)
+    seen: list[float] = []
+
+    def on_frame(rgb, ts) -> None:
+        seen.append(ts)
+        if len(seen) == 200:
+            stop.set()  # a network camera would be reopened when it ends
+
+    cap = CaptureThread(SourceSpec(target, kind), ring, pre, stop_event=stop, first=SteadyCamera(200),
+                        clock=lambda: float(next(reads)), on_frame=on_frame, name=f"capture-{kind}")
+    cap.start()
+    cap.join(timeout=30)
+    assert not cap.is_alive() and len(seen) == 200
+    assert seen[-1] < 1000.0 - 3600.0 + 200 / FPS  # dated by the clock after its step
+    window = ring.newest_window(16, 15.0)
+    assert window is not None and window.frames.shape[0] == 16

@@ -25,7 +25,7 @@ from streamrec.errors import SourceError
 from streamrec.zones import ZoneConfig, upscale_warnings
 from streamrec.supervision import Supervisor
 from streamrec.models.preprocess import FramePreprocessor
-from streamrec.live.dating import StreamClock
+from streamrec.live.dating import RESYNC_S, StreamClock
 from streamrec.live.encoder import FrameEncoder
 from streamrec.live.packets import PacketRing
 from streamrec.live.ring import FrameRing
@@ -284,6 +284,8 @@ class CaptureThread(threading.Thread):
             t1 = time.perf_counter()
             if not self.spec.is_live and pts is not None:
                 now = self.clock()
+                if due is not None and now < due - step - RESYNC_S:  # the clock went back: pace anew from now
+                    pace_base, self._next_due = None, None
                 if pace_base is None:
                     pace_base = (self._next_due if self._next_due is not None else now) - pts
                     self._next_due = None

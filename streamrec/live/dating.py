@@ -16,7 +16,9 @@ places the stream's clock on the local one:
   over from the arrival; after ``DISTRUST_AFTER`` of them (timestamps that run far slower than
   real time), the stream's frames are dated by arrival, as a webcam's are.
 
-Dates never go back: a frame is dated at least ``MIN_STEP_S`` after the one before it.
+Dates never go back: a frame is dated at least ``MIN_STEP_S`` after the one before it, unless the
+local clock itself went back by more than ``RESYNC_S`` (an NTP correction): then the frames are
+dated by that clock from there (the capture starts its windows anew), not held at the old date.
 Frames without a ``pts`` (webcams) are dated by arrival.
 """
 
@@ -69,7 +71,9 @@ class StreamClock:
             else:
                 self.offset += RISE * (seen - self.offset)
             ts = min(pts + self.offset, arrival)
-        if self.last is not None and ts <= self.last:
+        if self.last is not None and ts < self.last - RESYNC_S:  # the local clock stepped back (NTP): dated anew
+            logger.warning("%s: the clock went back %.1f s; its frames are dated from it anew", self.name, self.last - ts)
+        elif self.last is not None and ts <= self.last:
             ts = self.last + MIN_STEP_S
         self.last = ts
         return ts
