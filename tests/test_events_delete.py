@@ -171,3 +171,28 @@ def test_a_close_the_database_fails_still_ends_the_clip_and_lets_the_peak_frame_
     assert abs(frames_of(clip) / FPS - 4.0) <= 1.0 / FPS  # 1.0 s before its start (the keyframe at 0) to 4.0
     rig.manager.close()
     rig.play.source.close()
+
+
+def test_a_server_that_deletes_events_for_months_remembers_a_bounded_number_of_them(tmp_path):
+    import tracemalloc
+
+    import numpy as np
+
+    from streamrec.event_config import RecordingConfig
+    from streamrec.events.recording import DELETED_KEPT, Recorder
+    from streamrec.supervision import Supervisor
+
+    rec = Recorder(RecordingConfig(dir=str(tmp_path / "events")), supervisor=Supervisor())
+    frame = np.zeros((8, 8, 3), np.uint8)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(20 * DELETED_KEPT):  # ids are never reused: each delete is a new one
+        rec.discard(f"{1_764_000_000 + i}-{i:08x}", "cam")
+    kept = [tracemalloc.Filter(True, "*/streamrec/events/*")]  # what the recorder itself holds on to
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().filter_traces(kept).compare_to(
+        before.filter_traces(kept), "filename"))
+    tracemalloc.stop()
+    assert grown < 200 * DELETED_KEPT  # the newest DELETED_KEPT ids; all 20,000 held for good were about 2 MB
+    newest = f"{1_764_000_000 + 20 * DELETED_KEPT - 1}-{20 * DELETED_KEPT - 1:08x}"
+    assert rec.thumbnail(newest, "cam", frame) is None  # a late write for a just-deleted event is still refused
+    assert rec.thumbnail("kept-1", "cam", frame) == "cam/kept-1.jpg"

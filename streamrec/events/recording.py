@@ -17,6 +17,7 @@ wait on a clip. Thumbnails are written to a temporary file and renamed too (neve
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 import threading
 import time
 from typing import Any, Callable
@@ -32,6 +33,7 @@ from streamrec.live.packets import PacketRing
 from streamrec.supervision import Deadline, Supervisor, describe
 
 logger = logging.getLogger(__name__)
+DELETED_KEPT = 1000  # deleted event ids remembered, newest first, against a late write of their files
 
 RECENT_ERROR_S = 300.0  # a write error this recent makes /healthz read "degraded"
 JOIN_S = 5.0  # close(): how long it waits for its writers
@@ -62,7 +64,9 @@ class Recorder:
         self._never = threading.Event()  # a writer catches its own errors: the supervisor never restarts it
         self._closed = False
         self._recovered: set[str] = set()  # cameras whose clips left by a killed process were recovered
-        self._deleted: set[str] = set()  # events deleted: no clip or thumbnail of theirs is written any more
+        # events deleted: no clip or thumbnail of theirs is written any more (the newest DELETED_KEPT:
+        # a late call for an id comes within seconds of its delete, and ids are never reused)
+        self._deleted: OrderedDict[str, None] = OrderedDict()
         self.clips_written = 0
         self.bytes_written = 0
         self.write_errors = 0
@@ -186,7 +190,9 @@ class Recorder:
         nothing more of it is written or reported, and its clip and thumbnail are removed; the
         bytes freed."""
         with self._lock:
-            self._deleted.add(event_id)
+            self._deleted[event_id] = None
+            while len(self._deleted) > DELETED_KEPT:
+                self._deleted.popitem(last=False)
             self._peaks.pop(event_id, None)
             entry = self._writers.get(event_id)
         if entry is not None:
