@@ -704,3 +704,23 @@ def test_class_folders_whose_names_read_alike_are_refused_not_merged(tmp_path):
             write_video(Path(os.fsdecode(folder)) / "a.mp4", seconds=0.5, size=(64, 48))
     proc = run_main("dataset", str(root))
     one_line_error(proc, "two folders read as the class")
+
+
+def test_a_cache_dir_that_is_a_file_is_refused_before_the_clips_are_read(tmp_path, small_dataset):
+    (tmp_path / "cache").write_text("not a folder\n")
+    proc = run_main("train", str(small_dataset), "--model", "tiny3d", "--weights", "none", "--out",
+                    str(tmp_path / "m.pt"), "--cache-dir", str(tmp_path / "cache"))
+    one_line_error(proc, f"--cache-dir {tmp_path / 'cache'}: expected a folder (or a new one's name), got a file")
+    assert "skipping" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["history", "events"])
+def test_a_history_database_that_is_a_fifo_is_refused_from_the_option_and_the_config(command, tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "h.db")
+    one_line_error(run_main(command, "--db", str(tmp_path / "h.db")),
+                   f"--db: expected a history database file, got '{tmp_path / 'h.db'}' (not a regular file: a FIFO)")
+    (tmp_path / "gym.toml").write_text('db = "h.db"\n')
+    one_line_error(run_main(command, "--config", str(tmp_path / "gym.toml")),
+                   f"db: expected a history database file, got '{tmp_path / 'h.db'}' (not a regular file: a FIFO)")

@@ -11,7 +11,7 @@ from pathlib import Path
 from streamrec.cli.output import write_rows
 from streamrec.errors import StreamrecError
 from streamrec.redact import printable
-from streamrec.validate import whole_number
+from streamrec.validate import not_a_file, whole_number
 
 EXAMPLES = """examples:
   streamrec events                                  the newest events, as a table
@@ -61,8 +61,10 @@ def history_target(db: str | None, config: str | None) -> str | None:
     from streamrec.live.history import default_db
 
     target = db or (serve_config(config).db if config else None) or default_db()
-    if "://" not in target and target != ":memory:" and Path(target).is_dir():
-        raise StreamrecError(f"{'--db' if db else 'db'}: expected a history database file, got {target!r} (a folder)")
+    local = "://" not in target and target != ":memory:"
+    if local and Path(target).exists() and not Path(target).is_file():  # a folder, a FIFO, a device
+        raise StreamrecError(f"{'--db' if db else 'db'}: expected a history database file, got {target!r} "
+                             f"({not_a_file(target)})")
     if "://" not in target and target != ":memory:" and not Path(target).is_file():
         if db:
             raise StreamrecError(f"--db: expected an existing history database, got {target!r} (no such file)")
@@ -160,7 +162,7 @@ def copy_clip(store, args, target: str) -> int:
                  data=recording.folder, data_is=("the [recording] dir", "the events' clips"))
     with src.open("rb") as clip:
         atomic_write(args.out, lambda fh: shutil.copyfileobj(clip, fh))  # an existing file is replaced whole
-    print(f"streamrec: wrote {args.out} ({src.stat().st_size} bytes)", file=sys.stderr)
+    print(f"streamrec: wrote {printable(args.out)} ({src.stat().st_size} bytes)", file=sys.stderr)
     return 0
 
 

@@ -151,10 +151,14 @@ def _train_config(args):
 
 
 def check_cache_dir(args) -> None:
-    """``--cache-dir`` outside DATA: a cache inside it would read as one more class folder."""
+    """``--cache-dir`` a folder outside DATA: a cache inside it would read as one more class folder."""
     from streamrec.errors import StreamrecError
+    from streamrec.validate import not_a_file
 
     cache = getattr(args, "cache_dir", None)
+    if cache and Path(cache).exists() and not Path(cache).is_dir():
+        what = "a file" if Path(cache).is_file() else not_a_file(cache)
+        raise StreamrecError(f"--cache-dir {cache}: expected a folder (or a new one's name), got {what}")
     if cache and Path(args.data).is_dir() and Path(cache).resolve().is_relative_to(Path(args.data).resolve()):
         raise StreamrecError(f"--cache-dir {cache}: inside the dataset folder {args.data}, where it would read as a "
                              "class folder; expected a folder outside it")
