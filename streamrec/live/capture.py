@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+from dataclasses import dataclass
 from collections import deque
 from enum import StrEnum
 from typing import Callable, Sequence
@@ -66,6 +67,16 @@ class RateMeter:
             return 0.0
         span = max(now - self._times[0], self._times[-1] - self._times[0])
         return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+@dataclass
+class Pacing:
+    """Where a file's frames fall on the clock: ``base``, the clock's time of its timestamp 0;
+    ``due``, the last frame's date; ``step``, one frame's time on screen."""
+
+    step: float
+    base: float | None = None
+    due: float | None = None
 
 
 class CaptureThread(threading.Thread):
@@ -261,12 +272,27 @@ class CaptureThread(threading.Thread):
         now = self.clock()
         return now if source.arrived is None else now - max(0.0, time.perf_counter() - source.arrived)
 
+    def _pace(self, pacing: Pacing, pts: float) -> float:
+        """The date of a file's frame at ``pts``, once it is due: a file plays as a camera would
+        deliver it, its frames paced by their timestamps on ``clock``."""
+        now = self.clock()
+        if pacing.due is not None and now < pacing.due - pacing.step - RESYNC_S:  # the clock went back: anew from now
+            pacing.base, self._next_due = None, None
+        if pacing.base is None:
+            pacing.base = (self._next_due if self._next_due is not None else now) - pts
+            self._next_due = None
+        pacing.due = pacing.base + pts
+        if pacing.due - now > 0:
+            self.stop_event.wait(pacing.due - now)
+        elif now - pacing.due > 0.5:  # decoding fell behind real time: rebase, as a camera would
+            pacing.base += now - pacing.due
+            pacing.due = now
+        return pacing.due
+
     def _pump(self, source: Source) -> bool:
         """Read ``source`` until it ends, fails or we are stopped; returns whether a frame came."""
         got = False
-        pace_base: float | None = None  # wall time of pts 0, for files
-        due: float | None = None
-        step = 1.0 / (source.fps or 30.0)  # one frame's time on screen (30 fps when the file does not say)
+        pacing = Pacing(step=1.0 / (source.fps or 30.0))  # a file's (30 fps when the file does not say)
         dates = StreamClock(self.spec.display_name)  # a live stream's frames, dated by their timestamps
         it = iter(source.frames())
         while not self.stop_event.is_set():
@@ -274,8 +300,8 @@ class CaptureThread(threading.Thread):
             try:
                 rgb, pts = next(it)
             except StopIteration:
-                if due is not None:  # a looped file plays on at its pace: the last frame is shown
-                    self._next_due = due + step  # for its time, then the first again
+                if pacing.due is not None:  # a looped file plays on at its pace: the last frame is shown
+                    self._next_due = pacing.due + pacing.step  # for its time, then the first again
                 return got
             except Exception as exc:  # noqa: BLE001 - any read error: reconnect
                 self.error = printable(mask_quoted(f"{type(exc).__name__}: {exc}", self.spec.target))
@@ -283,19 +309,7 @@ class CaptureThread(threading.Thread):
                 return got
             t1 = time.perf_counter()
             if not self.spec.is_live and pts is not None:
-                now = self.clock()
-                if due is not None and now < due - step - RESYNC_S:  # the clock went back: pace anew from now
-                    pace_base, self._next_due = None, None
-                if pace_base is None:
-                    pace_base = (self._next_due if self._next_due is not None else now) - pts
-                    self._next_due = None
-                due = pace_base + pts
-                if due - now > 0:
-                    self.stop_event.wait(due - now)
-                elif now - due > 0.5:  # decoding fell behind real time: rebase, as a camera would
-                    pace_base += now - due
-                    due = now
-                ts = due
+                ts = self._pace(pacing, pts)
             else:
                 ts = dates.date(self._arrival(source), pts)
             t2 = time.perf_counter()
