@@ -230,3 +230,30 @@ def test_the_websockets_messages_validate_against_the_served_schema(core):
     worst = jsonschema.exceptions.best_match(checker.iter_errors({**bad, "score": 1.5}))
     assert (list(worst.path), worst.message) == (["score"], "1.5 is greater than the maximum of 1")
     assert not checker.is_valid({**bad, "type": "frame"}) and not checker.is_valid({**bad, "zone": "a/b"})
+
+
+def test_two_cameras_removed_at_once_are_both_told_to_the_page(core):
+    """Each removal has its own slot: the second never replaces the first one's unsent notice
+    (the page kept the first camera's tile until it reconnected)."""
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{core.server.port}/ws?token={TOKEN}", max_size=2**22) as ws:
+        deadline = time.monotonic() + 10
+        while len(core.hub.clients) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with core.lock:
+            core.announce_removed("cam-a")
+            core.announce_removed("cam-b")
+        got = [json.loads(ws.recv(timeout=10)) for _ in range(2)]
+    assert sorted(m["camera"] for m in got) == ["cam-a", "cam-b"] and {m["type"] for m in got} == {"removed"}
+
+
+def test_latency_is_never_negative_when_the_clock_went_back():
+    from streamrec.live.messages import prediction_message
+    from streamrec.live.smoothing import Smoothed
+
+    smoothed = Smoothed(label_index=0, score=0.9, uncertain=False, raw_index=0, raw_score=0.9, scores=np.array([0.9, 0.1]))
+    msg = prediction_message(camera="gym", seq=1, smoothed=smoothed, probs=np.array([0.9, 0.1]), classes=["a", "b"],
+                             start_ts=100.0, end_ts=102.0, frames=16, infer_ms=5.0, sent_ts=100.0, capture_fps=25.0)
+    assert msg["latency_ms"] == 0.0
+    validate_message(msg)

@@ -76,7 +76,7 @@ def prediction_message(
         "top": top if top is not None else top_k(probs, classes),  # top: already computed (a batch's)
         "window": {"start_ts": start_ts, "end_ts": end_ts, "frames": frames},
         "infer_ms": round(infer_ms, 2),
-        "latency_ms": round((sent_ts - end_ts) * 1e3, 2),
+        "latency_ms": round(max(0.0, sent_ts - end_ts) * 1e3, 2),  # 0, not below, when the clock went back
         "capture_fps": round(capture_fps, 2),
         "camera": camera,
         "zone": zone,

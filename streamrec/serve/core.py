@@ -256,7 +256,8 @@ class AppCore:
         """A camera is gone (call under :attr:`lock`): :meth:`forget_streams`, and the page is told;
         nothing of it is published after this."""
         closed = self.forget_streams(name)
-        self.hub.publish_threadsafe("removed", json.dumps({"type": "removed", "camera": name}))
+        # a slot per camera: a second removal must not replace the first one's unsent notice
+        self.hub.publish_threadsafe(f"removed:{name}", json.dumps({"type": "removed", "camera": name}))
         return closed
 
     def end_segment_if_down(self, name: str, status: dict[str, Any]) -> None:
