@@ -107,6 +107,11 @@ def test_config_cameras_batched_with_runtime_add_remove_and_history(demo_clip, t
 
         status, hist = json_request("GET", f"http://127.0.0.1:{port}/api/history?camera=court-2", token)
         assert status == 200 and len(hist["segments"]) >= 1  # removing a camera closes its segment
+        assert json.loads(wait_http(f"http://127.0.0.1:{port}/healthz?token={token}"))["warning"]  # random weights
+        for name in ("court-1", "warmup", "late"):
+            assert json_request("DELETE", f"http://127.0.0.1:{port}/api/cameras/{name}", token)[0] == 200
+        health = json.loads(wait_http(f"http://127.0.0.1:{port}/healthz?token={token}"))
+        assert (health["meaningless"], health["warning"]) == (False, None)  # no camera serves random weights now
     finally:
         err = stop(proc)
     assert "Traceback" not in err

@@ -524,6 +524,8 @@ def test_cluster_events_have_clips_written_on_the_camera_nodes(cluster, tmp_path
         ev = wait_until(lambda: event_of("event_end", "lane"), "lane's event_end at the webhook", timeout=180)
         done = {e["id"]: wait_until(lambda: (r := row(e["id"]))["clip_bytes"] and r, f"{e['camera']}'s clip", timeout=60)
                 for e in (ev, removed)}
+        # the codec comes from the camera's actor: the page knows whether a browser plays the clip
+        assert {(r["clip_codec"], r["clip_plays_in_browser"]) for r in done.values()} == {("h264", True)}
         status, headers, part = get(f"{base}/api/events/{ev['id']}/clip.mp4", {"Range": "bytes=0-99", **auth})
         _, _, clip = get(f"{base}/api/events/{ev['id']}/clip.mp4", auth)
         thumbs = [wait_until(lambda: fetched(f"{base}/api/events/{e['id']}/thumb.jpg", auth), "a thumbnail", timeout=30)

@@ -106,10 +106,10 @@ class CameraClips:
                 self._reports.append(("thumbnail", event_id, thumbnail))
 
     def take(self) -> dict[str, Any]:
-        """The reports since the last call, and the recorder's stats."""
+        """The reports since the last call, the recorder's stats and the camera's video codec."""
         with self._lock:
             reports, self._reports = self._reports, []
-        return {"reports": reports, "stats": self.recorder.stats()}
+        return {"reports": reports, "stats": self.recorder.stats(), "codec": self.recorder.codec(self.camera)}
 
     def close(self) -> dict[str, Any]:
         """Finish the clips being written (each stays playable); the last reports."""
@@ -136,6 +136,7 @@ class ClusterClips:
         self.actor_of: dict[str, Any] = {}  # open event -> its camera's actor (kept while the camera is removed)
         self.counts = dict.fromkeys(COUNTS, 0)
         self.rings: dict[str, dict[str, Any]] = {}  # camera -> its ring's stats, from its last report
+        self.codecs: dict[str, str | None] = {}  # camera -> its video codec, from its last report
         self._pending: dict[str, Any] = {}  # camera -> the ObjectRef of a take() not answered yet
         self._errors_seen: dict[str, int] = {}  # camera -> its actor's write errors at its last report
         self._lock = threading.Lock()
@@ -159,6 +160,12 @@ class ClusterClips:
             self.actor_of[event_id] = actor
         actor.clip_begin.remote(event_id, start_ts)
         return relative(camera, event_id, ".mp4")
+
+    def codec(self, camera: str) -> str | None:
+        """The video codec of ``camera``'s clips, as its actor last reported (``None`` before then):
+        the page offers a clip a browser cannot play as a download."""
+        with self._lock:
+            return self.codecs.get(camera)
 
     def peak(self, event_id: str, camera: str) -> None:
         with self._lock:
@@ -227,6 +234,7 @@ class ClusterClips:
         stats = taken["stats"]
         with self._lock:
             self.rings[camera] = stats["rings"].get(camera, {})
+            self.codecs[camera] = taken.get("codec")
             errors = stats["write_errors"]  # the actor's own count, monotonic: count its increase
             self.counts["write_errors"] += max(0, errors - self._errors_seen.get(camera, 0))
             self._errors_seen[camera] = errors
@@ -250,6 +258,7 @@ class ClusterClips:
     def forget(self, camera: str) -> None:
         with self._lock:
             self.rings.pop(camera, None)
+            self.codecs.pop(camera, None)
             self._errors_seen.pop(camera, None)
 
     # -- the folder (shared: the driver sees it too) -----------------------------------

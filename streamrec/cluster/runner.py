@@ -178,8 +178,9 @@ class ClusterRunner:
 
     @property
     def meaningless(self) -> bool:
-        """Some camera's model has random weights (its labels are meaningless)."""
-        return any(g.meaningless for g in list(self.groups.values()))
+        """Some camera served now has a model with random weights (its labels are meaningless)."""
+        groups = self.groups
+        return any(cam.model in groups and groups[cam.model].meaningless for cam in list(self.cameras.values()))
 
     def _start_cameras(self, cams: list[CameraConfig]) -> None:
         """Start a capture actor per camera and wait until each has opened its source: the first

@@ -249,7 +249,8 @@ class LiveApp(AppCore):
 
     @property
     def meaningless(self) -> bool:
-        return any(c.loaded.meaningless for c in list(self.classifiers.values()))
+        """Some camera served now has random weights (a model loaded for a camera since removed counts no more)."""
+        return any(cam.classifier.loaded.meaningless for cam in list(self.cameras.values()))
 
     def camera_health(self, name: str) -> dict[str, Any]:
         cam = self.cameras[name]
