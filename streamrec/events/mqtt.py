@@ -11,9 +11,11 @@ Topics under ``PREFIX`` (``[notify.mqtt] topic_prefix``, ``streamrec`` by defaul
   dropped but the newest, which follows when its second is up. State, not events: it bypasses
   the outbox, is published only while connected, and the newest is published again on reconnect.
 * ``PREFIX/events``: the outbox's ``event_start``/``event_end`` payloads, QoS 1; delivered when the
-  broker acknowledges. At least once: a publish that was not acknowledged in time is resent by
-  paho on reconnect and waited for on the next try, not published twice by this side; only a
-  publish the connection dropped in between may reach a subscriber twice.
+  broker acknowledges. At least once: a publish that was not acknowledged in time (or that paho
+  queued as the connection went) is resent by paho on reconnect and waited for on the next try,
+  not published twice by this side; only a publish the connection dropped in between may reach a
+  subscriber twice. One that is given up (``max_age_s``) while paho still holds it (a broker
+  that refuses it, dropping the connection each time) goes with a new session.
 * ``<discovery_prefix>/sensor/streamrec_<id>/activity/config`` with ``homeassistant_discovery``:
   a retained sensor config per labelled stream (:func:`discovery_config`; a zone's id is
   ``<camera>__<zone>``, its sensor on its camera's device), sent again on every connect.
@@ -45,45 +47,17 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as paho
 
 from streamrec.event_config import MqttConfig, tls_context
-from streamrec.notify_checks import ascii_host, ha_object_id, ha_stream_id
+from streamrec.notify_checks import ascii_host, ha_stream_id
+from streamrec.events.payloads import activity_payload, discovery_config, object_id  # noqa: F401 - re-exported
 from streamrec.events.store import Notification
 from streamrec.live.sources import mask_credentials
 from streamrec.redact import mask_quoted, printable
-from streamrec.zones import split_key, stream_key
+from streamrec.zones import stream_key
 
 logger = logging.getLogger(__name__)
 
 ACTIVITY_INTERVAL_S = 1.0  # at most one activity message a second per labelled stream
-
-
-def object_id(camera: str) -> str:
-    """``camera`` as Home Assistant's ids take it, distinct for distinct names (:func:`ha_object_id`)."""
-    return ha_object_id(camera)
-
-
-def discovery_config(prefix: str, key: str) -> dict[str, Any]:
-    """Home Assistant's MQTT discovery config of a labelled stream's activity sensor (``key``:
-    ``camera``, or ``camera/zone``: a sensor named "<zone> activity" on the camera's device)."""
-    camera, zone = split_key(key)
-    state = f"{prefix}/{key}/activity"
-    return {"name": "Activity" if zone is None else f"{zone} activity", "state_topic": state, "value_template": "{{ value_json.label }}",
-            "json_attributes_topic": state, "availability_topic": f"{prefix}/availability",
-            "payload_available": "online", "payload_not_available": "offline", "icon": "mdi:run",
-            "unique_id": f"streamrec_{ha_stream_id(key)}_activity",
-            "device": {"identifiers": [f"streamrec_{object_id(camera)}"], "name": f"streamrec {camera}",
-                       "manufacturer": "streamrec"}}
-
-
-def activity_payload(camera: str, label: str, score: float, ts: float, uncertain: bool,
-                     random_weights: bool = False, zone: str | None = None) -> str:
-    """The activity state JSON; ``"random_weights": true`` when the model has random weights
-    (``--weights none``), whose labels are meaningless."""
-    score_out = round(float(score), 4) if math.isfinite(score) else None
-    payload = {"camera": camera, "zone": zone, "label": label, "score": score_out, "ts": ts if math.isfinite(ts) else None,
-               "uncertain": bool(uncertain)}
-    if random_weights:
-        payload["random_weights"] = True
-    return json.dumps(payload, allow_nan=False)
+STABLE_S = 10.0  # a connection that lasts less did not end the outage it came in (a broker that drops each publish)
 
 
 class Client(paho.Client):
@@ -124,6 +98,9 @@ class MqttPublisher:
         self._unsent: dict[str, float] = {}  # stream key -> monotonic time its newest payload is due
         self._sent_at: dict[str, float] = {}  # stream key -> monotonic time of its last activity message
         self._inflight: dict[int, tuple[paho.MQTTMessageInfo, float]] = {}  # note id -> (publish, created)
+        self._announced: list[paho.MQTTMessageInfo] = []  # availability and discovery of the last connect
+        self._up_at: float | None = None  # when the connection was last made, by ``clock``
+        self._down_before: float | None = None  # when it went down before that
         self._client: paho.Client | None = None
         self._closed = False
 
@@ -173,14 +150,18 @@ class MqttPublisher:
         with self._lock:
             self.connected = True
             self.last_error = None
-            self.down_since = None
+            self._up_at, self._down_before, self.down_since = self.clock(), self.down_since, None
             cameras, states = list(self._cameras), dict(self._state)
             self._unsent.clear()
             self._sent_at.update({cam: time.monotonic() for cam in states})
+            resent = any(not info.is_published() for info in self._announced)
         logger.info("MQTT: connected to %s", self.where)
-        client.publish(self.availability_topic, "online", qos=1, retain=True)
         self.publish_withdrawn(client)
-        self.publish_discovery(client, cameras)
+        if not resent:  # else paho sends the last connection's again: never a second copy each connect
+            announced = [client.publish(self.availability_topic, "online", qos=1, retain=True)]
+            announced += self.publish_discovery(client, cameras)
+            with self._lock:
+                self._announced = announced
         for camera, payload in states.items():
             client.publish(self.activity_topic(camera), payload, qos=0, retain=True)
         if self.on_connected is not None:
@@ -189,8 +170,10 @@ class MqttPublisher:
     def on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
         with self._lock:
             was_connected, self.connected = self.connected, False
-            if was_connected:
-                self.down_since = self.clock()
+            if was_connected:  # a connection that lasted less than STABLE_S: down since before it
+                now = self.clock()
+                brief = self._up_at is not None and now - self._up_at < STABLE_S and self._down_before is not None
+                self.down_since = self._down_before if brief else now
         if was_connected and not self._closed:
             self.down(f"lost the connection to the broker at {self.where} ({reason_code}); reconnecting")
         elif self.last_error is None and not self._closed:  # after a refusal, the refusal says why
@@ -246,16 +229,23 @@ class MqttPublisher:
             if not connected:
                 return not_connected
             info = client.publish(self.events_topic, note.payload, qos=1)
-            if info.rc != paho.MQTT_ERR_SUCCESS:
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # NO_CONN: paho keeps it for reconnect
                 return f"publish to {self.where} failed: {paho.error_string(info.rc)}"
             with self._lock:
                 self._inflight[note.id] = (info, note.created)
+            if info.rc == paho.MQTT_ERR_NO_CONN:  # the connection went just now: paho sends it on reconnect
+                return f"not connected to the broker at {self.where} (sent again on reconnect)"
         else:
             info = held[0]
             if not info.is_published() and not connected:
                 return f"{not_connected} (sent again on reconnect)"
         try:
-            info.wait_for_publish(self.ack_timeout_s)
+            if info.rc == paho.MQTT_ERR_NO_CONN:  # paho's wait refuses such a publish, sent since: wait here
+                deadline = time.monotonic() + self.ack_timeout_s
+                while not info.is_published() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            else:
+                info.wait_for_publish(self.ack_timeout_s)
             published = info.is_published()
         except (RuntimeError, ValueError) as exc:
             published, why = False, str(exc)
@@ -270,8 +260,27 @@ class MqttPublisher:
     def forget_before(self, created: float) -> None:
         """Stop waiting for publishes of notifications created before ``created`` (expired)."""
         with self._lock:
+            stuck = False
             for note_id in [n for n, (_, c) in self._inflight.items() if c < created]:
-                del self._inflight[note_id]
+                stuck |= not self._inflight.pop(note_id)[0].is_published()
+        if stuck:  # paho would send it again at every reconnect (a broker that refuses it, forever)
+            self.restart("a notification the broker never acknowledged was given up")
+
+    def restart(self, why: str) -> None:
+        """A new paho client, without the old one's queue of unacknowledged messages: those of the
+        notifications still waited for are published again at their next try."""
+        with self._lock:
+            old, self._client = self._client, None
+            self._inflight.clear()
+            self._announced = []
+            self.connected = False
+        if old is None or self._closed:
+            return
+        logger.warning("MQTT: %s; reconnecting to %s with a new session", why, self.where)
+        old.on_disconnect = old.on_connect = old.on_connect_fail = None
+        old.disconnect()
+        old.loop_stop()
+        self.start()
 
     # -- activity and discovery ---------------------------------------------------------
     def activity(self, camera: str, label: str, score: float, ts: float, uncertain: bool = False,
@@ -359,16 +368,18 @@ class MqttPublisher:
                 client.publish(f"{base}/sensor/streamrec_{ha_stream_id(key)}/activity/config", b"", qos=1, retain=True)
             client.publish(self.activity_topic(key), b"", qos=1, retain=True)
 
-    def publish_discovery(self, client: paho.Client, cameras: list[str]) -> None:
+    def publish_discovery(self, client: paho.Client, cameras: list[str]) -> list[paho.MQTTMessageInfo]:
+        """The retained discovery configs of ``cameras``' streams (with discovery on); their publishes."""
         if not self.config.homeassistant_discovery:
-            return
-        base = self.config.discovery_prefix.strip("/")
+            return []
+        base, out = self.config.discovery_prefix.strip("/"), []
         for key in cameras:
             topic = f"{base}/sensor/streamrec_{ha_stream_id(key)}/activity/config"
             try:
-                client.publish(topic, json.dumps(discovery_config(self.prefix, key)), qos=1, retain=True)
+                out.append(client.publish(topic, json.dumps(discovery_config(self.prefix, key)), qos=1, retain=True))
             except ValueError as exc:  # a topic MQTT refuses: this stream only, never paho's thread
                 logger.warning("MQTT: %r is not announced to Home Assistant: %s", key, exc)
+        return out
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
