@@ -167,3 +167,38 @@ def test_windows_go_on_after_the_clock_goes_back_an_hour(kind, target):
     assert seen[-1] < 1000.0 - 3600.0 + 200 / FPS  # dated by the clock after its step
     window = ring.newest_window(16, 15.0)
     assert window is not None and window.frames.shape[0] == 16
+
+
+def test_the_frame_rate_reads_true_after_the_clock_goes_back_and_after_a_burst():
+    from streamrec.live.capture import RateMeter
+
+    meter = RateMeter(horizon_s=2.0)
+    for i in range(60):
+        meter.tick(5000.0 + i / 30)
+    for i in range(540):  # an hour back, 30 fps on
+        meter.tick(1400.0 + i / 30)
+    assert 29.5 <= meter.rate(1400.0 + 539 / 30) <= 30.5  # it read 0 for the hour, its window growing
+    for i in range(30):  # a reconnect's frames, bunched up after 6 s without one
+        meter.tick(1424.0 + i * 1e-6)
+    assert meter.rate(1424.0) == 15.0  # 30 frames in the last 2 s (5,795 a second before)
+
+
+def test_a_file_whose_timestamps_jump_ahead_plays_on_instead_of_waiting_out_the_jump():
+    from streamrec.live.sources import SourceSpec
+
+    class Spliced(SteadyCamera):
+        def frames(self):
+            for rgb, pts in super().frames():
+                yield rgb, pts + (50_000.0 if pts >= 2.0 else 0.0)  # two files cut together
+
+    _, pre, ring = network_capture_parts(64)
+    stop = threading.Event()
+    reads = iter(1000.0 + np.arange(10_000) / FPS)  # our clock: one frame's time per read
+    seen: list[float] = []
+    cap = CaptureThread(SourceSpec("spliced.ts", "file"), ring, pre, stop_event=stop, first=Spliced(100),
+                        clock=lambda: float(next(reads)), on_frame=lambda rgb, ts: seen.append(ts), name="capture-splice")
+    cap.start()
+    cap.join(timeout=30)
+    stop.set()
+    assert not cap.is_alive() and len(seen) == 100  # it waited 50,000 s at the splice before
+    np.testing.assert_allclose(np.diff(seen), 1 / FPS, atol=1e-6)

@@ -245,3 +245,61 @@ def test_frames_reach_rgb_without_starting_threads(tmp_path, size):
         assert started == 0, started
     else:  # other processes start threads too: the bound is the failure's, one thread per frame
         assert started < rest, started
+
+
+@pytest.mark.slow
+def test_a_live_stream_whose_video_stops_while_its_audio_goes_on_is_a_stall(tmp_path):
+    """An IP camera's picture stops and its sound goes on: FFmpeg's read timeout is reset by every
+    packet, so the capture read on, 'running' at 0 fps, and did not stop when asked."""
+    ts = tmp_path / "av.ts"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=d=20:s=160x120:r=25",
+                    "-f", "lavfi", "-i", "sine=d=20", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                    "-f", "mpegts", str(ts)], check=True, timeout=120)
+    data = ts.read_bytes()
+    packets = [data[i:i + 188] for i in range(0, len(data), 188)]
+    video = [i for i, p in enumerate(packets) if ((p[1] & 0x1F) << 8 | p[2]) == 0x100]  # the video's PID
+    cut = set(video[len(video) // 10:])  # the picture stops after about 2 s; the sound goes on
+    kept = [p for i, p in enumerate(packets) if i not in cut]
+    head, audio = b"".join(kept[:10]), kept[10:]
+    pace = 20.0 / (len(audio) / 10)
+
+    class Camera(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            try:
+                self.wfile.write(head)
+                for i in range(0, len(audio), 10):  # in real time: 2 s of pictures, then the sound alone
+                    self.wfile.write(b"".join(audio[i:i + 10]))
+                    self.wfile.flush()
+                    time.sleep(pace)
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    from streamrec.retry import Backoff
+
+    spec = SourceSpec.parse(f"http://127.0.0.1:{server.server_address[1]}/cam.ts", open_timeout_s=5, read_timeout_s=1)
+    pre = FramePreprocessor(model_spec("r2plus1d_18"))
+    stop = threading.Event()
+    cap = CaptureThread(spec, FrameRing(32, pre.crop_shape, np.uint8), pre, stop_event=stop, name="capture-av",
+                        backoff=Backoff(0.2, 0.5, jitter=0.0))
+    cap.start()
+    try:
+        deadline = time.monotonic() + 12  # 2 s of pictures, then 1 s without: long before the stream's end (20 s)
+        while (stats := cap.stats())["reconnects"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stats["reconnects"] >= 1 and stats["frames"] >= 20, stats
+        assert "no video for 1 s while its other streams go on" in (stats["error"] or ""), stats
+    finally:
+        stop.set()
+        cap.join(5)
+        server.shutdown()
+        server.server_close()
+    assert not cap.is_alive()  # it stops when asked, between packets

@@ -2,7 +2,7 @@
 drops the connection at every publish, and a connection lost between our last look and a publish.
 
 * a notification the broker never acknowledges, once given up (``max_age_s``), leaves with paho's
-  queue (a new session): the next events go out, where paho sent it again at every reconnect and
+  queue (a new client): the next events go out, where paho sent it again at every reconnect and
   the broker dropped every connection;
 * a connection that never lasts is an outage in ``/healthz`` (each brief connection reset it);
 * availability and discovery are not published again at each reconnect while paho still resends

@@ -15,7 +15,7 @@ Topics under ``PREFIX`` (``[notify.mqtt] topic_prefix``, ``streamrec`` by defaul
   queued as the connection went) is resent by paho on reconnect and waited for on the next try,
   not published twice by this side; only a publish the connection dropped in between may reach a
   subscriber twice. One that is given up (``max_age_s``) while paho still holds it (a broker
-  that refuses it, dropping the connection each time) goes with a new session.
+  that refuses it, dropping the connection each time) goes with a new client and its queue.
 * ``<discovery_prefix>/sensor/streamrec_<id>/activity/config`` with ``homeassistant_discovery``:
   a retained sensor config per labelled stream (:func:`discovery_config`; a zone's id is
   ``<camera>__<zone>``, its sensor on its camera's device), sent again on every connect.
@@ -276,7 +276,7 @@ class MqttPublisher:
             self.connected = False
         if old is None or self._closed:
             return
-        logger.warning("MQTT: %s; reconnecting to %s with a new session", why, self.where)
+        logger.warning("MQTT: %s; reconnecting to %s with a new client (its queue left behind)", why, self.where)
         old.on_disconnect = old.on_connect = old.on_connect_fail = None
         old.disconnect()
         old.loop_stop()

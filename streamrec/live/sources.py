@@ -234,7 +234,17 @@ class PyAVSource(Source):
         first: float | None = None
         last = -float("inf")
         by_index = False  # timestamps came out of order: time frames by their index instead
-        for packet in self._container.demux(self._stream):
+        video_at = time.monotonic()  # the last video packet: a live stream's audio alone is no picture
+        # every stream's packets come back here (FFmpeg's read timeout is reset by each of them, and
+        # its own filtering would drop audio without returning): a live stream whose video stopped
+        # while its audio goes on is a stall, as a silent one is
+        for packet in self._container.demux() if self.spec.is_live else self._container.demux(self._stream):
+            if packet.stream.index != self._stream.index:
+                if time.monotonic() - video_at > self.spec.read_timeout_s:
+                    raise SourceError(f"{self.spec.display_name}: no video for {self.spec.read_timeout_s:g} s "
+                                      "while its other streams go on (stall_timeout)")
+                continue
+            video_at = time.monotonic()
             self.packets += packet.size > 0  # not the empty packet that flushes the decoder at the end
             arrived = time.perf_counter()
             if tap is not None and packet.size:
