@@ -565,7 +565,8 @@ def test_cluster_events_have_clips_written_on_the_camera_nodes(cluster, tmp_path
         assert bytes(o.codec_context.extradata or b"") == bytes(s.codec_context.extradata or b"")
         frames = list(got.decode(video=0))
     span = frames[-1].time - frames[0].time
-    assert abs(span - (2 + (ev["end_ts"] - ev["start_ts"]) + 2)) <= 1.0, span
+    # pre-roll, the event, post-roll: the clip starts at the key frame before its pre-roll (one a second here)
+    assert abs(span - (2 + (ev["end_ts"] - ev["start_ts"]) + 2)) <= 1.5, span
     for thumb in thumbs:
         assert cv2.imdecode(np.frombuffer(thumb, np.uint8), cv2.IMREAD_COLOR).shape[2] == 3
 

@@ -58,7 +58,7 @@ def test_a_notification_the_broker_refuses_is_given_up_with_pahos_queue(tmp_path
     try:
         clock, store = Clock(), EventStore(":memory:")
         notifier = Notifier(store, NotifyConfig(mqtt=MqttConfig(f"mqtt://127.0.0.1:{big.port}", topic_prefix="sr")),
-                            supervisor=Supervisor(), clock=clock, max_age_s=30.0, backoff=Backoff(1.0, 1.0, jitter=0.0))
+                            supervisor=Supervisor(), clock=clock, max_age_s=300.0, backoff=Backoff(1.0, 1.0, jitter=0.0))
         made.append(notifier)
         sub = Subscriber(big, "sr/events")
         made.append(sub)
@@ -67,13 +67,14 @@ def test_a_notification_the_broker_refuses_is_given_up_with_pahos_queue(tmp_path
         wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
         store.opened(event(1, "x" * 2000), notify=("mqtt",), now=clock())
         notifier.deliver_due()  # never acknowledged: the broker drops the connection instead
-        clock.now += 31.0
+        clock.now += 301.0
         store.opened(event(2), notify=("mqtt",), now=clock())
         delivered = False
         deadline = time.monotonic() + 60
         while not delivered and time.monotonic() < deadline:
-            clock.now += 1.0
+            clock.now += 1.0  # each pass: e2's backoff is up (it has 300 of them before it is given up too)
             notifier.deliver_due()  # the first pass gives e1 up
+            time.sleep(0.1)
             delivered = store.outbox_stats()["delivered"] == 1
         assert delivered and notifier.stats()["expired"] == 1
         wait_until(lambda: sub.on("sr/events"), "e2 at the subscriber", timeout=30)

@@ -98,7 +98,7 @@ class MqttPublisher:
         self._unsent: dict[str, float] = {}  # stream key -> monotonic time its newest payload is due
         self._sent_at: dict[str, float] = {}  # stream key -> monotonic time of its last activity message
         self._inflight: dict[int, tuple[paho.MQTTMessageInfo, float]] = {}  # note id -> (publish, created)
-        self._announced: list[paho.MQTTMessageInfo] = []  # availability and discovery of the last connect
+        self._announced: dict[str, paho.MQTTMessageInfo] = {}  # topic -> its last availability or discovery publish
         self._up_at: float | None = None  # when the connection was last made, by ``clock``
         self._down_before: float | None = None  # when it went down before that
         self._client: paho.Client | None = None
@@ -154,14 +154,10 @@ class MqttPublisher:
             cameras, states = list(self._cameras), dict(self._state)
             self._unsent.clear()
             self._sent_at.update({cam: time.monotonic() for cam in states})
-            resent = any(not info.is_published() for info in self._announced)
         logger.info("MQTT: connected to %s", self.where)
         self.publish_withdrawn(client)
-        if not resent:  # else paho sends the last connection's again: never a second copy each connect
-            announced = [client.publish(self.availability_topic, "online", qos=1, retain=True)]
-            announced += self.publish_discovery(client, cameras)
-            with self._lock:
-                self._announced = announced
+        self.announce(client, self.availability_topic, "online")
+        self.publish_discovery(client, cameras)
         for camera, payload in states.items():
             client.publish(self.activity_topic(camera), payload, qos=0, retain=True)
         if self.on_connected is not None:
@@ -272,7 +268,7 @@ class MqttPublisher:
         with self._lock:
             old, self._client = self._client, None
             self._inflight.clear()
-            self._announced = []
+            self._announced = {}
             self.connected = False
         if old is None or self._closed:
             return
@@ -368,18 +364,27 @@ class MqttPublisher:
                 client.publish(f"{base}/sensor/streamrec_{ha_stream_id(key)}/activity/config", b"", qos=1, retain=True)
             client.publish(self.activity_topic(key), b"", qos=1, retain=True)
 
-    def publish_discovery(self, client: paho.Client, cameras: list[str]) -> list[paho.MQTTMessageInfo]:
-        """The retained discovery configs of ``cameras``' streams (with discovery on); their publishes."""
+    def announce(self, client: paho.Client, topic: str, payload: str) -> None:
+        """A retained QoS 1 announcement (availability, a discovery config) on ``topic``, unless paho
+        still holds the last one and sends it again itself: never a second copy at each reconnect."""
+        with self._lock:
+            last = self._announced.get(topic)
+        if last is not None and last.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN) and not last.is_published():
+            return
+        info = client.publish(topic, payload, qos=1, retain=True)
+        with self._lock:
+            self._announced[topic] = info
+
+    def publish_discovery(self, client: paho.Client, cameras: list[str]) -> None:
         if not self.config.homeassistant_discovery:
-            return []
-        base, out = self.config.discovery_prefix.strip("/"), []
+            return
+        base = self.config.discovery_prefix.strip("/")
         for key in cameras:
             topic = f"{base}/sensor/streamrec_{ha_stream_id(key)}/activity/config"
             try:
-                out.append(client.publish(topic, json.dumps(discovery_config(self.prefix, key)), qos=1, retain=True))
+                self.announce(client, topic, json.dumps(discovery_config(self.prefix, key)))
             except ValueError as exc:  # a topic MQTT refuses: this stream only, never paho's thread
                 logger.warning("MQTT: %r is not announced to Home Assistant: %s", key, exc)
-        return out
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
