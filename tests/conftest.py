@@ -173,6 +173,16 @@ def wait_until(check: Callable[[], T], what: str, timeout: float = 60.0, interva
         time.sleep(interval)
 
 
+class Clock:
+    """A clock a test sets by hand: ``clock()`` reads ``clock.now``."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

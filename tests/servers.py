@@ -20,6 +20,24 @@ from conftest import free_port, wait_until
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
 
 
+def accept_each(server: socket.socket, handle, *, threads: bool = True) -> None:
+    """Accept connections on ``server`` in a daemon thread until it is closed, handing each to
+    ``handle(conn)``: in a thread of its own, or one after another with ``threads=False``."""
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            if threads:
+                threading.Thread(target=handle, args=(conn,), daemon=True).start()
+            else:
+                handle(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
 # -- a webhook receiver ---------------------------------------------------------------------------
 class Receiver:
     """An HTTP server on a free loopback port recording each request; it answers 500 to the first

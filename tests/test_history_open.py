@@ -6,18 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import Clock
 from streamrec.config import ServeConfig
 from streamrec.live.history import HistoryStore, SegmentTracker
 from streamrec.serve.core import AppCore
 from streamrec.serve.routes import history_api
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def labels(tracker: SegmentTracker, label: str, times) -> None:
@@ -72,16 +65,16 @@ def test_the_open_segment_grows_until_now_and_stops_growing_in_an_outage():
         labels(t, "smash", range(840, 1001))  # 160 s and going
         store.flush()
         assert spans(store) == [("court-1", "serve", 820.0, 840.0, False), ("court-1", "smash", 840.0, 1000.0, True)]
-        clock.t = 1001.5  # the next label is due
+        clock.now = 1001.5  # the next label is due
         assert spans(store, since=900)[-1] == ("court-1", "smash", 840.0, 1001.5, True)
         assert spans(store, limit=1) == [("court-1", "smash", 840.0, 1001.5, True)]
-        clock.t = 1100.0  # no label for 100 s: the camera went away at 1000
+        clock.now = 1100.0  # no label for 100 s: the camera went away at 1000
         assert spans(store, since=900) == [("court-1", "smash", 840.0, 1000.0, False)]
         assert spans(store, since=1050) == []
         assert spans(store, camera="other") == []
         labels(t, "smash", [1100, 1101])  # back: the outage is not activity
         store.flush()
-        clock.t = 1101.2
+        clock.now = 1101.2
         assert spans(store, since=900) == [("court-1", "smash", 840.0, 1000.0, False),
                                            ("court-1", "smash", 1100.0, 1101.2, True)]
         t.close(1101.2)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, wait_until
+from conftest import ROOT, Clock, free_port, wait_until
 from servers import MOSQUITTO, Broker, Receiver, Subscriber, broker, receiver  # noqa: F401 - fixtures
 from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig
 from streamrec.events.notify import Notifier
@@ -47,14 +47,6 @@ def subscribers():
 
 
 # -- helpers --------------------------------------------------------------------------------------
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def notifiers():
     made: list[Notifier] = []

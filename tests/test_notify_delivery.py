@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_until
-from servers import Broker, Receiver, Subscriber, broker, receiver  # noqa: F401 - fixtures
+from conftest import Clock, free_port, wait_until
+from servers import Broker, Receiver, Subscriber, accept_each, broker, receiver  # noqa: F401 - fixtures
 from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig
 from streamrec.events.notify import Notifier
 from streamrec.events.store import Event, EventStore
@@ -27,14 +27,6 @@ from streamrec.retry import Backoff
 from streamrec.supervision import Supervisor
 
 SECRET = "s3cret-key"
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class DripReceiver:
@@ -53,15 +45,7 @@ class DripReceiver:
         self.hung_up = threading.Event()  # the client closed a connection before the whole answer
         self.release = threading.Event()
         self.lock = threading.Lock()
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+        accept_each(self.server, self.answer)
 
     def answer(self, conn: socket.socket) -> None:
         with conn:
@@ -279,13 +263,7 @@ def test_closing_ends_a_webhook_delivery_in_progress(tmp_path, drip):
 def serve_with(handler) -> int:
     """A loopback server handing each connection to ``handler`` in a thread of its own; its port."""
     server = socket.create_server(("127.0.0.1", 0))
-
-    def accept() -> None:
-        while True:
-            conn, _ = server.accept()
-            threading.Thread(target=handler, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
+    accept_each(server, handler)
     return server.getsockname()[1]
 
 

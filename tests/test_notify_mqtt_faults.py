@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 
 import pytest
 
-from conftest import wait_until
-from servers import Broker, Subscriber, broker  # noqa: F401 - fixtures
+from conftest import Clock, wait_until
+from servers import Broker, Subscriber, accept_each, broker  # noqa: F401 - fixtures
 from streamrec.event_config import MqttConfig, NotifyConfig
 from streamrec.events.notify import Notifier
 from streamrec.events.store import Event, EventStore
@@ -28,14 +27,6 @@ from streamrec.retry import Backoff
 from streamrec.supervision import Supervisor
 
 pytestmark = pytest.mark.slow  # a broker and reconnects: seconds each
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -120,19 +111,14 @@ class DroppingBroker:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.counts: list[int] = []
-        threading.Thread(target=self.serve, daemon=True).start()
+        accept_each(self.server, self.answer, threads=False)
 
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                first = read_for(conn, 0.2)  # CONNECT
-                if first:
-                    conn.sendall(b"\x20\x02\x00\x00")
-                    self.counts.append(publishes(read_for(conn, 0.3)))
+    def answer(self, conn: socket.socket) -> None:
+        with conn:
+            first = read_for(conn, 0.2)  # CONNECT
+            if first:
+                conn.sendall(b"\x20\x02\x00\x00")
+                self.counts.append(publishes(read_for(conn, 0.3)))
 
     def close(self) -> None:
         self.server.close()
