@@ -1,11 +1,12 @@
 import json
+import subprocess
+import sys
 
 import pytest
 from torchvision.models import get_model_weights
 
+from conftest import ROOT, run_main
 from streamrec.models import kinetics
-
-from conftest import run_cli
 
 
 def test_every_grouped_name_is_a_torchvision_category_and_each_class_has_one_group():
@@ -30,42 +31,48 @@ def test_sport_groups():
     assert kinetics.group_of("dining") == "food and drink"
 
 
-@pytest.mark.slow
 def test_labels_cli_json_and_text():
-    proc = run_cli("labels", "--sports", "--json")
+    proc = run_main("labels", "--sports", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == kinetics.sport_categories()
-    proc = run_cli("labels", "--group", "golf")
+    proc = run_main("labels", "--group", "golf")
     assert proc.stdout.splitlines() == [f"{l}\tgolf" for l in kinetics.categories()["golf"]]
-    proc = run_cli("labels")
+    proc = run_main("labels")
     assert len(proc.stdout.splitlines()) == 400
 
 
-@pytest.mark.slow
 def test_labels_cli_finds_classes_by_text():
-    proc = run_cli("labels", "WREST")
+    proc = run_main("labels", "WREST")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["arm wrestling\tcombat sports", "wrestling\tcombat sports"]
-    proc = run_cli("labels", "basketball", "--json")
+    proc = run_main("labels", "basketball", "--json")
     assert json.loads(proc.stdout) == {"classes": ["dribbling basketball", "dunking basketball", "playing basketball",
                                                    "shooting basketball"],
                                        "groups": {"ball sports": ["dribbling basketball", "dunking basketball",
                                                                   "playing basketball", "shooting basketball"]}}
-    proc = run_cli("labels", "cooking", "--sports")
+    proc = run_main("labels", "cooking", "--sports")
     assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", "streamrec: no such Kinetics-400 class or group contains 'cooking'\n")
 
 
 def test_unknown_group_is_a_one_line_error():
-    proc = run_cli("labels", "--group", "quidditch")
+    proc = run_main("labels", "--group", "quidditch")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "quidditch" in proc.stderr
 
 
-@pytest.mark.slow
 def test_labels_text_matches_group_names_too():
-    proc = run_cli("labels", "gym")
+    proc = run_main("labels", "gym")
     assert proc.returncode == 0, proc.stderr
     groups = kinetics.categories()
     assert len(groups["gym and fitness"]) == 18
     by_group = [f"{x}\t{g}" for g, labels in groups.items() if "gym" in g for x in labels]  # gym and fitness, gymnastics
     by_label = [f"{x}\t{g}" for g, labels in groups.items() if "gym" not in g for x in labels if "gym" in x]
     assert by_group and sorted(proc.stdout.splitlines()) == sorted(by_group + by_label)
+
+
+def test_labels_answers_without_importing_torch():
+    """The class list is shipped data: listing it does not wait seconds for torch to import."""
+    code = ("import sys; from streamrec.cli.main import main; rc = main(['labels', 'golf']); "
+            "print(rc, 'torch' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.stderr.splitlines()[-1] == "0 False", proc.stderr
+    assert proc.stdout.splitlines() == [f"{label}\tgolf" for label in kinetics.categories()["golf"]]

@@ -1,8 +1,9 @@
 """Kinetics-400 class names and their groups (``streamrec labels``).
 
-Class names come from torchvision's weights meta. The grouping (each class in exactly
-one parent group; sport groups flagged) is data shipped in
-``streamrec/data/kinetics400_groups.json``.
+The grouping (each class in exactly one parent group; sport groups flagged) is data shipped
+in ``streamrec/models/data/kinetics400_groups.json``; the class names are read from it too,
+without importing torch (``streamrec labels`` answers at once). They are torchvision's weights
+meta, which lists the classes in alphabetical order (``tests/test_kinetics.py`` checks both).
 
 Example:
     >>> from streamrec import kinetics
@@ -23,10 +24,8 @@ from streamrec.errors import StreamrecError
 
 
 def classes() -> list[str]:
-    """The 400 Kinetics class names, in the order of the models' outputs."""
-    from streamrec.models.registry import kinetics_classes
-
-    return kinetics_classes()
+    """The 400 Kinetics class names, in the order of the models' outputs (alphabetical)."""
+    return sorted(label for g in _groups() for label in g["labels"])
 
 
 @lru_cache(maxsize=1)
