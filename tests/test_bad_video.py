@@ -14,7 +14,7 @@ from streamrec.errors import SourceError, StreamrecError
 from streamrec.models.registry import load_model
 from streamrec.live.sources import SourceSpec, mask_credentials
 
-from conftest import run_cli, write_frames, write_video
+from conftest import run_main, write_frames, write_video
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_credentials_never_shown():
 def test_classify_out_is_never_half_written(tmp_path):
     out = tmp_path / "out.csv"
     out.write_text("previous,complete,file\n")
-    proc = run_cli("classify", str(tmp_path / "missing.mp4"), "--out", str(out), "--weights", "none")
+    proc = run_main("classify", str(tmp_path / "missing.mp4"), "--out", str(out), "--weights", "none")
     assert proc.returncode == 2
     assert out.read_text() == "previous,complete,file\n"  # untouched on failure
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -159,7 +159,7 @@ def test_a_damaged_file_is_classified_as_far_as_it_decodes_and_says_so(tmp_path,
     assert tl.damage_note == (f"{bad} of {packets} video packets could not be decoded (a damaged file?); "
                               "the timeline covers the frames that could")
     assert f"note: {tl.damage_note}" in tl.to_table()
-    proc = run_cli("classify", str(p), "--model", "tiny3d", "--weights", "none", "--format", "csv")
+    proc = run_main("classify", str(p), "--model", "tiny3d", "--weights", "none", "--format", "csv")
     assert proc.returncode == 0
     notes = [re.fullmatch(rf"streamrec: (\d+) of {packets} video packets could not be decoded \(a damaged file\?\); "
                           r"the timeline covers the frames that could", line) for line in proc.stderr.splitlines()]

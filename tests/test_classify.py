@@ -18,7 +18,7 @@ from streamrec.offline.classify import Timeline, classify_file
 from streamrec.errors import StreamrecError
 from streamrec.models.registry import load_model
 
-from conftest import ROOT, error_line, format_clips, run_cli, streamrec_cmd, write_video
+from conftest import ROOT, error_line, format_clips, run_main, streamrec_cmd, write_video
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,8 @@ def test_short_clip_is_padded_and_says_so(tmp_path, tiny):
 
 @pytest.mark.slow
 def test_json_and_csv_schemas(demo_clip):
-    proc = run_cli("classify", str(demo_clip), "--weights", "none", "--model", "tiny3d",
-                   "--format", "json", "--top", "3")
+    proc = run_main("classify", str(demo_clip), "--weights", "none", "--model", "tiny3d",
+                    "--format", "json", "--top", "3")
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     assert set(d) >= {"file", "model", "weights", "meaningless", "windows", "verdict", "duration", "warning", "padded"}
@@ -95,8 +95,8 @@ def test_json_and_csv_schemas(demo_clip):
     assert len(d["verdict"]) == 3
     out = ROOT / "artifacts" / "classify.csv"
     out.parent.mkdir(exist_ok=True)
-    proc = run_cli("classify", str(demo_clip), "--weights", "none", "--model", "tiny3d",
-                   "--format", "csv", "--out", str(out))
+    proc = run_main("classify", str(demo_clip), "--weights", "none", "--model", "tiny3d",
+                    "--format", "csv", "--out", str(out))
     assert proc.returncode == 0 and proc.stdout == ""
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert list(rows[0]) == list(Timeline.CSV_FIELDS)
@@ -109,8 +109,8 @@ def test_json_and_csv_schemas(demo_clip):
 @pytest.mark.slow
 def test_a_lower_precision_backend_is_named_in_the_result(demo_clip):
     file = str(demo_clip)
-    runs = {b: run_cli("classify", file, "--weights", "none", "--model", "tiny3d", "--format", "json",
-                       "--backend", b) for b in ("openvino", "openvino-bf16")}
+    runs = {b: run_main("classify", file, "--weights", "none", "--model", "tiny3d", "--format", "json",
+                        "--backend", b) for b in ("openvino", "openvino-bf16")}
     d = {b: json.loads(p.stdout) for b, p in runs.items() if p.returncode == 0}
     assert set(d) == set(runs), [p.stderr for p in runs.values()]
     assert [d[b]["backend"] for b in runs] == ["openvino", "openvino-bf16"]
@@ -121,8 +121,8 @@ def test_a_lower_precision_backend_is_named_in_the_result(demo_clip):
 @pytest.mark.slow
 def test_plot_is_written(demo_clip, tmp_path):
     png = tmp_path / "t.png"
-    proc = run_cli("classify", str(demo_clip), "--weights", "none", "--model", "tiny3d",
-                   "--plot", str(png))
+    proc = run_main("classify", str(demo_clip), "--weights", "none", "--model", "tiny3d",
+                    "--plot", str(png))
     assert proc.returncode == 0, proc.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -155,7 +155,7 @@ def test_corrupt_file(tmp_path, demo_clip):
     data = demo_clip.read_bytes()
     bad = tmp_path / "corrupt.mp4"
     bad.write_bytes(b"\x00" * 64 + data[4096:20000])
-    assert "not a readable video file" in error_line(run_cli("classify", str(bad), "--weights", "none"))
+    assert "not a readable video file" in error_line(run_main("classify", str(bad), "--weights", "none"))
 
 
 @pytest.mark.slow
@@ -167,13 +167,13 @@ def test_file_without_a_video_stream(tmp_path):
         frame.sample_rate = 8000
         for p in s.encode(frame):
             out.mux(p)
-    assert "has no video stream" in error_line(run_cli("classify", str(path), "--weights", "none"))
+    assert "has no video stream" in error_line(run_main("classify", str(path), "--weights", "none"))
 
 
 @pytest.mark.parametrize("stride", ["0", "-1"])
 @pytest.mark.slow
 def test_stride_must_be_positive(demo_clip, stride):
-    line = error_line(run_cli("classify", str(demo_clip), "--stride", stride, "--weights", "none"))
+    line = error_line(run_main("classify", str(demo_clip), "--stride", stride, "--weights", "none"))
     assert line == f"streamrec: error: --stride: expected 0.01 to 86400 seconds between windows, got {float(stride)}"
 
 
@@ -186,9 +186,9 @@ def test_api_raises_the_same_errors(tmp_path):
 def test_a_bad_file_is_named_as_classify_s_argument_not_serve_s_option(tmp_path):
     missing, text = tmp_path / "nope.mp4", tmp_path / "notes.mp4"
     text.write_text("not a video\n")
-    assert error_line(run_cli("classify", str(missing), "--weights", "none")) == \
+    assert error_line(run_main("classify", str(missing), "--weights", "none")) == \
         f"streamrec: error: classify: file not found: {missing}"
-    line = error_line(run_cli("classify", str(text), "--weights", "none"))
+    line = error_line(run_main("classify", str(text), "--weights", "none"))
     assert line.startswith("streamrec: error: classify: ") and str(text) in line and "--source" not in line
 
 

@@ -15,7 +15,7 @@ import termios
 
 import pytest
 
-from conftest import ROOT, run_cli, streamrec_cmd
+from conftest import ROOT, run_main, streamrec_cmd
 from servers import Subscriber, broker  # noqa: F401 - the broker fixture
 from streamrec.events.mqtt import activity_payload
 from streamrec.live.smoothing import UNCERTAIN
@@ -57,11 +57,11 @@ def test_the_table_lists_segments_in_mm_ss_and_windows_only_on_request():
 
 @pytest.mark.slow
 def test_the_cli_prints_segments_by_default_and_windows_with_the_flag(demo_clip):
-    plain = run_cli("classify", str(demo_clip), *RANDOM)
+    plain = run_main("classify", str(demo_clip), *RANDOM)
     assert plain.returncode == 0, plain.stderr
     assert "windows (seconds):" not in plain.stdout
     assert re.search(r"^   0  00:00-00:09 ", plain.stdout, re.M), plain.stdout  # 10 s: one segment, or the first
-    full = run_cli("classify", str(demo_clip), *RANDOM, "--windows")
+    full = run_main("classify", str(demo_clip), *RANDOM, "--windows")
     assert full.returncode == 0, full.stderr
     rows = full.stdout.split("windows (seconds):\n", 1)[1].splitlines()[1:-2]
     assert [int(r.split()[0]) for r in rows] == list(range(10))  # a window a second over 10 s
@@ -70,7 +70,7 @@ def test_the_cli_prints_segments_by_default_and_windows_with_the_flag(demo_clip)
 @pytest.mark.slow
 def test_out_and_plot_say_what_they_wrote(demo_clip, tmp_path):
     out, png = tmp_path / "t.csv", tmp_path / "t.png"
-    proc = run_cli("classify", str(demo_clip), *RANDOM, "--format", "csv", "--out", str(out), "--plot", str(png))
+    proc = run_main("classify", str(demo_clip), *RANDOM, "--format", "csv", "--out", str(out), "--plot", str(png))
     assert proc.returncode == 0, proc.stderr
     rows = out.read_text().splitlines()[1:]
     lines = proc.stderr.splitlines()
@@ -79,7 +79,7 @@ def test_out_and_plot_say_what_they_wrote(demo_clip, tmp_path):
     plot_line = f"wrote {png} (the timeline plot: {segments} segment{'s' if segments != 1 else ''}, {len(rows)} windows)"
     assert plot_line in lines and png.read_bytes()[:4] == b"\x89PNG"
     js = tmp_path / "t.json"
-    proc = run_cli("classify", str(demo_clip), *RANDOM, "--format", "json", "--out", str(js))
+    proc = run_main("classify", str(demo_clip), *RANDOM, "--format", "json", "--out", str(js))
     d = json.loads(js.read_text())
     n = len(d["segments"])
     assert f"wrote {js} (JSON: {n} segment{'s' if n != 1 else ''}, {len(d['windows'])} windows)" in proc.stderr
@@ -93,7 +93,7 @@ def test_the_csv_marks_random_weights_in_a_column_pandas_reads(demo_clip, tmp_pa
     from streamrec.models.registry import build_model, make_checkpoint, model_spec
 
     out = tmp_path / "t.csv"
-    assert run_cli("classify", str(demo_clip), *RANDOM, "--format", "csv", "--out", str(out)).returncode == 0
+    assert run_main("classify", str(demo_clip), *RANDOM, "--format", "csv", "--out", str(out)).returncode == 0
     df = pd.read_csv(out)
     assert df["random_weights"].dtype == bool and df["random_weights"].all() and len(df) == 10
     frame = timeline(["run", "jump"], meaningless=True).to_dataframe()
@@ -102,7 +102,7 @@ def test_the_csv_marks_random_weights_in_a_column_pandas_reads(demo_clip, tmp_pa
     ckpt = tmp_path / "m.pt"
     torch.save(make_checkpoint(build_model("tiny3d", num_classes=2), model="tiny3d", classes=["a", "b"],
                                spec=model_spec("tiny3d")), ckpt)
-    proc = run_cli("classify", str(demo_clip), "--weights", str(ckpt), "--format", "csv", "--out", str(out))
+    proc = run_main("classify", str(demo_clip), "--weights", str(ckpt), "--format", "csv", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert not pd.read_csv(out)["random_weights"].any()
 

@@ -17,7 +17,7 @@ from streamrec.event_config import RuleConfig
 from streamrec.events.engine import RuleEngine
 from streamrec.models.registry import build_model, make_checkpoint, model_spec
 
-from conftest import error_line, free_port, run_cli, sigterm, streamrec_cmd, wait_http, write_video
+from conftest import error_line, free_port, run_main, sigterm, streamrec_cmd, wait_http, write_video
 
 
 def feed(engine: RuleEngine, seq: list[tuple[float, str, float]], camera: str = "cam") -> list[tuple]:
@@ -241,8 +241,7 @@ def test_rule_errors_stop_serve_with_one_line(tmp_path, extra, message):
     text, message = text.replace("TMP", str(tmp_path)), message.replace("TMP", str(tmp_path))
     cfg = tmp_path / "c.toml"
     cfg.write_text(text)
-    proc = run_cli("serve", "--config", str(cfg), "--weights", always_b(tmp_path / "b.pt"), "--port", "0",
-                   timeout=300)
+    proc = run_main("serve", "--config", str(cfg), "--weights", always_b(tmp_path / "b.pt"), "--port", "0")
     assert proc.returncode == 2, proc.stderr
     assert message in error_line(proc)
 
@@ -297,12 +296,12 @@ def test_an_event_reaches_the_page_the_api_the_database_and_the_events_command(t
         assert (health["events"]["rules"], health["events"]["open"]) == (["bees"], 1)
     finally:
         assert sigterm(proc) == 0
-    out = run_cli("events", "--db", str(db), "--format", "json")
+    out = run_main("events", "--db", str(db), "--format", "json")
     assert out.returncode == 0, out.stderr
     [row] = json.loads(out.stdout)
     assert (row["id"], row["state"], row["rule"]) == (pushed["id"], "closed", "bees")
     assert row["end_ts"] >= row["start_ts"]
-    table = run_cli("events", "--db", str(db), "--camera", "gate")
+    table = run_main("events", "--db", str(db), "--camera", "gate")
     assert table.returncode == 0 and pushed["id"] in table.stdout
-    missing = run_cli("events", "nope", "--db", str(db), "--out", str(tmp_path / "x.mp4"))
+    missing = run_main("events", "nope", "--db", str(db), "--out", str(tmp_path / "x.mp4"))
     assert (missing.returncode, error_line(missing)) == (2, "streamrec: error: events: no event 'nope'")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, free_port, motion_frames, run_cli, sigterm, wait_http
+from conftest import ROOT, free_port, motion_frames, run_main, sigterm, wait_http
 from test_serve import collect, start_serve
 
 TITLE, STREAM_TITLE = b"TITLEXXXXX", b"STREAMYYYY"
@@ -81,7 +81,7 @@ def test_every_av_open_in_the_package_goes_through_open_container():
 
 @pytest.mark.slow
 def test_classify_reads_it(bad_avi):
-    proc = run_cli("classify", str(bad_avi), "--model", "tiny3d", "--weights", "none", "--format", "json", timeout=300)
+    proc = run_main("classify", str(bad_avi), "--model", "tiny3d", "--weights", "none", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     out = json.loads(proc.stdout)
@@ -95,7 +95,7 @@ def test_dataset_catalogs_it(bad_avi, tmp_path):
         (tmp_path / "data" / cls).mkdir(parents=True)
         (tmp_path / "data" / cls / f"{weird}.avi").write_bytes(bad_avi.read_bytes())
     csv_path = tmp_path / "cat.csv"
-    proc = run_cli("dataset", str(tmp_path / "data"), "--csv", str(csv_path), "--sheet", str(tmp_path / "s.png"))
+    proc = run_main("dataset", str(tmp_path / "data"), "--csv", str(csv_path), "--sheet", str(tmp_path / "s.png"))
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "skipping" not in proc.stderr
     rows = list(csv.DictReader(csv_path.open(encoding="utf-8")))
@@ -115,8 +115,8 @@ def test_train_on_a_folder_of_them(tmp_path):
         for i in range(2 if split == "train" else 1):
             write_bad_metadata_avi(folder / f"{i}.avi", motion_frames(d, 30, (96, 72), rng))
     out = tmp_path / "m.pt"
-    proc = run_cli("train", str(tmp_path / "data"), "--model", "tiny3d", "--weights", "none", "--epochs", "1",
-                   "--batch-size", "2", "--workers", "0", "--out", str(out), "--allow-chance", timeout=600)
+    proc = run_main("train", str(tmp_path / "data"), "--model", "tiny3d", "--weights", "none", "--epochs", "1",
+                    "--batch-size", "2", "--workers", "0", "--out", str(out), "--allow-chance")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "unreadable" not in proc.stderr
     import torch
@@ -144,6 +144,6 @@ def test_classify_plots_a_file_whose_name_is_not_utf8(bad_avi, tmp_path):
     clip = tmp_path / os.fsdecode(b"clip_\xff.avi")
     clip.write_bytes(bad_avi.read_bytes())
     png = tmp_path / "t.png"
-    proc = run_cli("classify", str(clip), "--model", "tiny3d", "--weights", "none", "--plot", str(png), timeout=300)
+    proc = run_main("classify", str(clip), "--model", "tiny3d", "--weights", "none", "--plot", str(png))
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and png.read_bytes()[:4] == b"\x89PNG"

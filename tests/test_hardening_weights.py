@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import error_line, run_cli, write_video
+from conftest import error_line, run_main, write_video
 
 CHILD = "preparing it in a child process"
 
@@ -15,7 +15,7 @@ def clip(tmp_path_factory):
 
 
 def test_a_folder_is_called_a_folder(clip, tmp_path):
-    proc = run_cli("classify", str(clip), "--weights", str(tmp_path), "--device", "cpu")
+    proc = run_main("classify", str(clip), "--weights", str(tmp_path), "--device", "cpu")
     assert error_line(proc) == f"streamrec: error: --weights: expected DEFAULT, none or a file, got {str(tmp_path)!r} (a folder)"
     assert CHILD not in proc.stderr
 
@@ -31,8 +31,8 @@ def test_a_folder_through_the_library():
 def test_a_file_that_is_no_torch_file_is_refused_before_any_load(clip, tmp_path):
     bad = tmp_path / "w.pt"
     bad.write_bytes(b"garbage, not a torch file\n")
-    proc = run_cli("classify", str(clip), "--weights", str(bad), "--device", "cpu",
-                   env={"STREAMREC_CACHE": str(tmp_path / "cache")})
+    proc = run_main("classify", str(clip), "--weights", str(bad), "--device", "cpu",
+                    env={"STREAMREC_CACHE": str(tmp_path / "cache")})
     assert error_line(proc) == (f"streamrec: error: --weights: {bad} is not a file torch.save wrote "
                                 "(expected a state_dict, a streamrec checkpoint, TorchScript or ONNX)")
     assert CHILD not in proc.stderr
@@ -44,8 +44,8 @@ def test_a_damaged_torch_file_is_loaded_by_one_child_only(clip, tmp_path):
     and then once more in the process; now the command's child and the process that reports it."""
     bad = tmp_path / "w.pt"
     bad.write_bytes(b"PK\x03\x04" + b"\0" * 64)  # a zip's signature, then nothing a zip needs
-    proc = run_cli("classify", str(clip), "--weights", str(bad), "--device", "cpu",
-                   env={"STREAMREC_CACHE": str(tmp_path / "cache")})
+    proc = run_main("classify", str(clip), "--weights", str(bad), "--device", "cpu",
+                    env={"STREAMREC_CACHE": str(tmp_path / "cache")})
     assert "damaged or incomplete" in error_line(proc)
     assert proc.stderr.count(CHILD) == 1, proc.stderr
 

@@ -16,7 +16,7 @@ from streamrec.serve.routes import history_api
 from streamrec.errors import StreamrecError
 from streamrec.live.history import HistoryStore
 
-from conftest import run_cli, streamrec_cmd
+from conftest import run_main, streamrec_cmd
 
 
 def fill(path, n: int) -> None:
@@ -45,17 +45,17 @@ def test_query_gives_all_or_the_newest_in_time_order(tmp_path):
 def test_history_command_prints_every_segment_unless_limited(tmp_path):
     db = tmp_path / "h.db"
     fill(db, 12_345)  # more than one API answer (10,000) holds
-    proc = run_cli("history", "--db", str(db), "--format", "json")
+    proc = run_main("history", "--db", str(db), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert len(rows) == 12_345 and rows[0]["label"] == "label-0" and rows[-1]["label"] == "label-12344"
-    proc = run_cli("history", "--db", str(db), "--format", "csv", "--limit", "2")
+    proc = run_main("history", "--db", str(db), "--format", "csv", "--limit", "2")
     assert list(csv.DictReader(io.StringIO(proc.stdout))) == [
         {"camera": "cam-1", "zone": "", "label": "label-12343", "start": "13343.0", "end": "13344.0", "mean_score": "0.5",
          "peak_score": "0.75", "windows": "3"},
         {"camera": "cam-0", "zone": "", "label": "label-12344", "start": "13344.0", "end": "13345.0", "mean_score": "0.5",
          "peak_score": "0.75", "windows": "3"}]
-    proc = run_cli("history", "--db", str(db), "--limit", "0")
+    proc = run_main("history", "--db", str(db), "--limit", "0")
     assert proc.returncode == 2 and proc.stderr == "streamrec: error: --limit: expected >= 1, got 0\n"
 
 
@@ -114,7 +114,7 @@ def test_history_days_is_checked_and_read_from_the_config(tmp_path, demo_clip):
 
     assert ServeConfig.from_sources({"source": "a.mp4", "history_days": 30}, {}).history_days == 30
     assert ServeConfig.from_sources({"source": "a.mp4", "history_days": 30}, {"history_days": 7.5}).history_days == 7.5
-    proc = run_cli("serve", "--source", str(demo_clip), "--history-days", "0")
+    proc = run_main("serve", "--source", str(demo_clip), "--history-days", "0")
     assert (proc.returncode, proc.stderr) == (2, "streamrec: error: --history-days: expected > 0 and at most 36500, got 0.0\n")
 
 

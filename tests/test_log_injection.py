@@ -21,7 +21,7 @@ from streamrec.events.webhook import WebhookSender
 from streamrec.redact import control_characters, printable
 from streamrec.serve.routes import cameras_api
 
-from conftest import error_line, run_cli
+from conftest import error_line, run_main
 
 BAD = [("\n", "\\n"), ("\r", "\\r"), ("\x1b[31m", "\\x1b"), ("\x00", "\\x00"), ("\x7f", "\\x7f"), ("\x85", "\\x85"),
        ("\x9b", "\\x9b"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"), ("\u202e", "\\u202e"), ("\u2066", "\\u2066"),
@@ -55,7 +55,7 @@ def test_a_rule_name_with_a_control_character_is_refused(char, escaped):
 def test_a_rule_name_from_the_config_file_is_one_line_and_exit_2(tmp_path):
     cfg = tmp_path / "rules.toml"
     cfg.write_text('source = "0"\n[[rules]]\nname = "lifting\\u001b[2J\\nFAKE log line"\nlabels = ["deadlifting"]\n')
-    assert error_line(run_cli("serve", "--config", str(cfg))) == (
+    assert error_line(run_main("serve", "--config", str(cfg))) == (
         "streamrec: error: [[rules]] name: expected text without control characters, line breaks or bidirectional "
         "overrides, got 'lifting\\x1b[2J\\nFAKE log line' (\\x1b)")
 
@@ -72,7 +72,7 @@ def test_a_camera_name_with_a_control_character_is_refused(char, escaped):
 def test_a_camera_name_from_the_config_file_is_one_line_and_exit_2(tmp_path):
     cfg = tmp_path / "cams.toml"
     cfg.write_text('[[cameras]]\nname = "court\\u2028INFO fake"\nsource = "0"\n')
-    line = error_line(run_cli("serve", "--config", str(cfg)))
+    line = error_line(run_main("serve", "--config", str(cfg)))
     assert line.startswith("streamrec: error: camera name: expected 1-") and line.endswith("got 'court\\u2028INFO fake'")
 
 

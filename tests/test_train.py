@@ -17,7 +17,7 @@ from streamrec.offline.dataset import discover
 from streamrec.errors import StreamrecError
 from streamrec.models.registry import load_model
 
-from conftest import (DIRECTIONS, ROOT, free_port, make_motion_dataset, motion_frames, run_cli, streamrec_cmd,
+from conftest import (DIRECTIONS, ROOT, free_port, make_motion_dataset, motion_frames, run_main, streamrec_cmd,
                       wait_http, write_frames)
 
 # the first test that uses `trained` pays for the training in its own time: a minute alone on 2
@@ -47,7 +47,7 @@ def test_training_reaches_90_percent_on_direction_classes(trained):
 def test_evaluate_reports_metrics_and_confusion_png(trained, tmp_path):
     data, out, _ = trained
     png = tmp_path / "cm.png"
-    proc = run_cli("evaluate", str(data / "valid"), "--weights", str(out), "--confusion", str(png), "--json")
+    proc = run_main("evaluate", str(data / "valid"), "--weights", str(out), "--confusion", str(png), "--json")
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert r["clips"] == 18 and r["windows"] == 36 and r["top_k"] == 3 and r["top3"] == 1.0
@@ -62,7 +62,7 @@ def test_evaluate_reports_metrics_and_confusion_png(trained, tmp_path):
 def test_exported_files_carry_class_names_and_agree(trained, tmp_path, fmt):
     data, out, _ = trained
     target = tmp_path / ("m.ts" if fmt == "torchscript" else "m.onnx")
-    proc = run_cli("export", "--weights", str(out), "--format", fmt, "--out", str(target))
+    proc = run_main("export", "--weights", str(out), "--format", fmt, "--out", str(target))
     assert proc.returncode == 0, proc.stderr
     exported, original = load_model(None, weights=str(target)), load_model(None, weights=str(out))
     assert exported.classes == original.classes == sorted(DIRECTIONS)
@@ -126,7 +126,7 @@ def test_classify_reports_the_two_segments_of_a_clip_that_switches(trained, tmp_
     frames = motion_frames("left_to_right", 180, (128, 96), rng) + motion_frames("top_to_bottom", 180, (128, 96), rng)
     video = write_frames(tmp_path / "switch.mp4", frames, 30)  # 12 s, switch at 6.0 s
     stride = 0.5
-    proc = run_cli("classify", str(video), "--weights", str(out), "--stride", str(stride), "--format", "json")
+    proc = run_main("classify", str(video), "--weights", str(out), "--stride", str(stride), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     segments = [(s["label"], s["start"], s["end"]) for s in d["segments"]]
@@ -138,11 +138,11 @@ def test_classify_reports_the_two_segments_of_a_clip_that_switches(trained, tmp_
     assert 6.0 - stride <= boundary <= 6.0 + span + 3 * stride, segments
     assert d["summary"] == f"2 segments: left_to_right 0.0-{boundary:.1f} s, top_to_bottom {boundary:.1f}-12.0 s"
     assert sum(s["windows"] for s in d["segments"]) == len(d["windows"])
-    table = run_cli("classify", str(video), "--weights", str(out), "--stride", str(stride)).stdout.splitlines()
+    table = run_main("classify", str(video), "--weights", str(out), "--stride", str(stride)).stdout.splitlines()
     assert table[-2] == d["summary"] and table[-1].startswith("average over the clip: ")
     plot = tmp_path / "timeline.png"
-    proc = run_cli("classify", str(video), "--weights", str(out), "--stride", str(stride), "--format", "csv",
-                   "--plot", str(plot))
+    proc = run_main("classify", str(video), "--weights", str(out), "--stride", str(stride), "--format", "csv",
+                    "--plot", str(plot))
     import csv
 
     rows = list(csv.DictReader(proc.stdout.splitlines()))
@@ -163,7 +163,7 @@ def test_catalog_and_contact_sheet_on_the_real_clips(clips, tmp_path):
             os.symlink(clips / name, data / split / cls / name)
     (data / "train" / "chore" / "broken.mp4").write_bytes(b"not a video")
     csv_path, sheet = tmp_path / "cat.csv", tmp_path / "sheet.png"
-    proc = run_cli("dataset", str(data), "--csv", str(csv_path), "--sheet", str(sheet))
+    proc = run_main("dataset", str(data), "--csv", str(csv_path), "--sheet", str(sheet))
     assert proc.returncode == 0, proc.stderr
     import csv
 
@@ -190,7 +190,7 @@ def test_bad_datasets(tmp_path):
         (flat / d / "one.mp4").write_bytes(b"x")
     with pytest.raises(StreamrecError, match="too few to split"):
         discover(flat, val_split=0.2)
-    proc = run_cli("train", str(tmp_path / "a"), "--model", "tiny3d", "--weights", "none")
+    proc = run_main("train", str(tmp_path / "a"), "--model", "tiny3d", "--weights", "none")
     assert proc.returncode == 2 and "is empty" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -249,8 +249,8 @@ def test_what_a_training_run_starts_from(trained, tmp_path):
 def test_lr_find_plots_and_suggests(trained, tmp_path):
     data, _, _ = trained
     png = tmp_path / "lr.png"
-    proc = run_cli("lr-find", str(data), "--model", "tiny3d", "--weights", "none", "--batch-size", "6",
-                   "--no-flip", "--steps", "15", "--plot", str(png), timeout=600)
+    proc = run_main("lr-find", str(data), "--model", "tiny3d", "--weights", "none", "--batch-size", "6",
+                    "--no-flip", "--steps", "15", "--plot", str(png))
     assert proc.returncode == 0, proc.stderr
     lr = float(proc.stdout.split("suggested learning rate: ")[1].split()[0])
     assert 1e-5 <= lr <= 5e-3  # SUGGESTION_RANGE
@@ -268,13 +268,13 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
     out = tmp_path / "m.pt"
     args = ["train", str(data), "--model", "tiny3d", "--weights", "none", "--batch-size", "4", "--no-flip",
             "--seed", "3", "--out", str(out), "--patience", "10", "--allow-chance"]
-    assert run_cli(*args, "--epochs", "2", timeout=600).returncode == 0
-    proc = run_cli(*args, "--epochs", "3", "--resume", timeout=600)
+    assert run_main(*args, "--epochs", "2").returncode == 0
+    proc = run_main(*args, "--epochs", "3", "--resume")
     assert proc.returncode == 0, proc.stderr
     assert "resuming at epoch 3" in proc.stderr
     epochs = [line.split(",")[0] for line in (tmp_path / "m.pt.log.csv").read_text().splitlines()[1:]]
     assert epochs == ["1", "2", "3"]
-    done = run_cli(*args, "--epochs", "3", "--resume", timeout=600)  # nothing left: nothing written, nothing claimed
+    done = run_main(*args, "--epochs", "3", "--resume")  # nothing left: nothing written, nothing claimed
     assert (done.returncode, done.stderr.splitlines()[-1]) == (0, f"streamrec: nothing to train: the state of {out} has "
                                                                   "done all 3 epochs (raise --epochs to train on)")
     assert "wrote" not in done.stderr

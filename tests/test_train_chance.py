@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import make_motion_dataset, run_cli
+from conftest import make_motion_dataset, run_main
 from streamrec.errors import StreamrecError
 from streamrec.offline.dataset import discover
 from streamrec.offline.lrfind import SUGGESTION_RANGE, suggest
@@ -54,7 +54,7 @@ def test_chance_is_the_largest_class_share_and_the_loss_of_guessing_the_shares()
 def test_a_model_at_chance_is_not_saved_and_an_older_file_is_kept(small, tmp_path):
     out = tmp_path / "m.pt"
     out.write_bytes(b"the model of last week")
-    proc = run_cli("train", str(small), *TINY, "--epochs", "1", "--batch-size", "4", "--out", str(out), timeout=600)
+    proc = run_main("train", str(small), *TINY, "--epochs", "1", "--batch-size", "4", "--out", str(out))
     assert proc.returncode == 1, proc.stderr
     (vl, v1), = val_metrics(proc.stderr)
     assert v1 <= 1 / 3 + 1e-6 or vl >= 0.95 * math.log(3)  # what the run itself reported: chance
@@ -68,8 +68,8 @@ def test_a_model_at_chance_is_not_saved_and_an_older_file_is_kept(small, tmp_pat
     assert out.read_bytes() == b"the model of last week"
     assert "Traceback" not in proc.stderr
 
-    proc = run_cli("train", str(small), *TINY, "--epochs", "1", "--batch-size", "4", "--out", str(out),
-                   "--allow-chance", timeout=600)
+    proc = run_main("train", str(small), *TINY, "--epochs", "1", "--batch-size", "4", "--out", str(out),
+                    "--allow-chance")
     assert proc.returncode == 0, proc.stderr
     assert f"saved to {out} anyway (--allow-chance)" in proc.stderr and f"wrote {out} (the checkpoint)" in proc.stderr
     import torch
@@ -80,7 +80,7 @@ def test_a_model_at_chance_is_not_saved_and_an_older_file_is_kept(small, tmp_pat
 @pytest.mark.slow
 def test_the_default_learning_rate_trains_tiny3d_beyond_chance(separable, tmp_path):
     out = tmp_path / "m.pt"
-    proc = run_cli("train", str(separable), *TINY, "--out", str(out), timeout=600)  # no --lr, no --epochs
+    proc = run_main("train", str(separable), *TINY, "--out", str(out))  # no --lr, no --epochs
     assert proc.returncode == 0, proc.stderr
     assert "training every layer (from random initial weights: a frozen random backbone would leave the head only " \
            "noise), " \
@@ -91,12 +91,12 @@ def test_the_default_learning_rate_trains_tiny3d_beyond_chance(separable, tmp_pa
 
 @pytest.mark.slow
 def test_the_suggested_learning_rate_trains_beyond_chance(separable, tmp_path):
-    proc = run_cli("lr-find", str(separable), *TINY, "--plot", str(tmp_path / "lr.png"), timeout=600)
+    proc = run_main("lr-find", str(separable), *TINY, "--plot", str(tmp_path / "lr.png"))
     assert proc.returncode == 0, proc.stderr
     lr = proc.stdout.split("suggested learning rate: ")[1].split()[0]
     assert SUGGESTION_RANGE[0] <= float(lr) <= SUGGESTION_RANGE[1]
     out = tmp_path / "m.pt"
-    proc = run_cli("train", str(separable), *TINY, "--lr", lr, "--out", str(out), timeout=600)
+    proc = run_main("train", str(separable), *TINY, "--lr", lr, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert f"--lr {float(lr):g}\n" in proc.stderr and out.is_file()
 
@@ -136,7 +136,7 @@ def test_pretrained_weights_train_the_head_by_default():
 
 @pytest.mark.slow
 def test_the_cli_refuses_a_frozen_random_backbone_in_one_line(small):
-    proc = run_cli("train", str(small), "--model", "tiny3d", "--freeze-backbone")
+    proc = run_main("train", str(small), "--model", "tiny3d", "--freeze-backbone")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "streamrec: error: --freeze-backbone: the backbone of tiny3d would keep random weights (tiny3d has no "
@@ -155,24 +155,23 @@ def test_val_split_is_one_split_for_dataset_train_and_evaluate(small, tmp_path):
     trained_on = {str(s.path) for s in discover(flat, val_split=0.5)["train"].samples}
     assert len(held) == 4 and len(trained_on) == 4 and not trained_on & set(held)
 
-    proc = run_cli("dataset", str(flat), "--val-split", "0.5")
+    proc = run_main("dataset", str(flat), "--val-split", "0.5")
     assert proc.returncode == 0, proc.stderr
     assert f"--val-split 0.5 holds out 4 clips, the same ones for 'train {flat} --val-split 0.5' and " \
            f"'evaluate {flat} --val-split 0.5'" in proc.stderr
     out = tmp_path / "m.pt"
-    proc = run_cli("train", str(flat), *TINY, "--val-split", "0.5", "--seed", "7", "--epochs", "1", "--batch-size", "3",
-                   "--allow-chance", "--out", str(out), timeout=600)
+    proc = run_main("train", str(flat), *TINY, "--val-split", "0.5", "--seed", "7", "--epochs", "1", "--batch-size", "3",
+                    "--allow-chance", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("evaluate", str(flat), "--val-split", "0.5", "--weights", str(out), "--json",
-                   "--confusion", str(tmp_path / "cm.csv"), timeout=600)
+    proc = run_main("evaluate", str(flat), "--val-split", "0.5", "--weights", str(out), "--json",
+                    "--confusion", str(tmp_path / "cm.csv"))
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert sorted(r["paths"]) == held and r["clips"] == 4 and r["windows"] == 8
     assert sum(r["per_class"][c]["support"] for c in r["per_class"]) == 8
     assert r["training_clips"] == 0 and "warning" not in proc.stderr
 
-    proc = run_cli("evaluate", str(flat), "--weights", str(out), "--json", "--confusion", str(tmp_path / "cm.csv"),
-                   timeout=600)  # every clip: the training ones too
+    proc = run_main("evaluate", str(flat), "--weights", str(out), "--json", "--confusion", str(tmp_path / "cm.csv"))  # every clip: the training ones too
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert (r["clips"], r["training_clips"]) == (8, 4)

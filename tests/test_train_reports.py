@@ -16,7 +16,7 @@ import termios
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_motion_dataset, run_cli, run_main, streamrec_cmd
+from conftest import ROOT, make_motion_dataset, run_main, streamrec_cmd
 from streamrec.offline import evaluate as evaluate_module
 
 pytestmark = pytest.mark.timeout(600)
@@ -31,8 +31,8 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "m.pt"
-    proc = run_cli("train", str(data), "--model", "tiny3d", "--weights", "none", "--epochs", "1", "--batch-size", "4",
-                   "--workers", "0", "--out", str(out), "--allow-chance", timeout=600)  # one epoch: at chance
+    proc = run_main("train", str(data), "--model", "tiny3d", "--weights", "none", "--epochs", "1", "--batch-size", "4",
+                    "--workers", "0", "--out", str(out), "--allow-chance")  # one epoch: at chance
     assert proc.returncode == 0, proc.stderr
     return out, proc
 
@@ -87,7 +87,7 @@ def test_a_terminal_gets_a_progress_bar_with_an_eta_unless_quiet(data, tmp_path)
 
 @pytest.mark.slow
 def test_dataset_says_where_it_wrote(data, tmp_path):
-    proc = run_cli("dataset", str(data), "--csv", str(tmp_path / "c.csv"), "--sheet", str(tmp_path / "s.png"))
+    proc = run_main("dataset", str(data), "--csv", str(tmp_path / "c.csv"), "--sheet", str(tmp_path / "s.png"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip().splitlines()[-2:] == [f"wrote the catalog to {tmp_path / 'c.csv'}",
                                                       f"wrote the contact sheet (6 clips) to {tmp_path / 's.png'}"]
@@ -98,7 +98,7 @@ def test_dataset_says_where_it_wrote(data, tmp_path):
 def test_evaluate_writes_the_confusion_matrix_as_csv_and_reports_top3(trained, data, tmp_path):
     out, _ = trained
     path = tmp_path / "cm.csv"
-    proc = run_cli("evaluate", str(data / "valid"), "--weights", str(out), "--confusion", str(path))
+    proc = run_main("evaluate", str(data / "valid"), "--weights", str(out), "--confusion", str(path))
     assert proc.returncode == 0, proc.stderr
     assert "top-3 " in proc.stdout.splitlines()[0] and "top-5" not in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == f"confusion matrix: {path}"
@@ -126,7 +126,7 @@ def test_evaluate_of_clips_of_fewer_classes_than_the_model_says_so(trained, data
 @pytest.mark.slow
 def test_evaluate_refuses_a_confusion_file_of_another_kind(trained, data, tmp_path):
     out, _ = trained
-    proc = run_cli("evaluate", str(data / "valid"), "--weights", str(out), "--confusion", str(tmp_path / "cm.txt"))
+    proc = run_main("evaluate", str(data / "valid"), "--weights", str(out), "--confusion", str(tmp_path / "cm.txt"))
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"streamrec: error: --confusion {tmp_path / 'cm.txt'}: expected a file name ending "
                                    "in .csv, .png, .jpg, .jpeg, .svg, .pdf, got '.txt'")
@@ -146,8 +146,8 @@ def test_confusion_numbers_are_white_on_dark_cells_and_black_on_light(monkeypatc
 @pytest.mark.slow
 def test_lr_find_runs_on_its_own_options_and_names_its_plot(data, tmp_path):
     plot = tmp_path / "lr.png"
-    proc = run_cli("lr-find", str(data), "--model", "tiny3d", "--weights", "none", "--batch-size", "4", "--workers", "0",
-                   "--steps", "10", "--plot", str(plot), timeout=600)
+    proc = run_main("lr-find", str(data), "--model", "tiny3d", "--weights", "none", "--batch-size", "4", "--workers", "0",
+                    "--steps", "10", "--plot", str(plot))
     assert proc.returncode == 0, proc.stderr
     assert re.fullmatch(rf"suggested learning rate: \d\.\d\de[-+]\d\d \(plot: {re.escape(str(plot))}\)\n", proc.stdout)
     assert plot.read_bytes()[:4] == b"\x89PNG" and "meaningless" not in proc.stderr

@@ -13,7 +13,7 @@ from streamrec.models.registry import load_model
 from streamrec.offline.classify import classify_file
 from streamrec.zones import ZoneConfig
 
-from conftest import error_line, motion_frames, run_cli, write_frames
+from conftest import error_line, motion_frames, run_main, write_frames
 
 TILE_W, TILE_H = 160, 120
 FPS, SECONDS = 15, 3.0
@@ -76,8 +76,8 @@ def test_the_zones_differ_from_each_other_and_from_the_whole_frame(mosaic, tiny)
 @pytest.mark.slow
 def test_the_command_line_names_each_zone_and_its_box(mosaic):
     path, _ = mosaic
-    proc = run_cli("classify", str(path), "--weights", "none", "--model", "tiny3d", "--format", "json",
-                   "--zone", "0,0,0.5,0.5", "--zone", "0.5,0.5,0.5,0.5")
+    proc = run_main("classify", str(path), "--weights", "none", "--model", "tiny3d", "--format", "json",
+                    "--zone", "0,0,0.5,0.5", "--zone", "0.5,0.5,0.5,0.5")
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     assert [(t["zone"]["name"], t["zone"]["box"]) for t in d] == [("zone1", [0, 0, 160, 120]),
@@ -95,7 +95,7 @@ def test_the_command_line_names_each_zone_and_its_box(mosaic):
 ])
 def test_a_bad_zone_is_one_line(mosaic, args, message):
     path, _ = mosaic
-    proc = run_cli("classify", str(path), "--weights", "none", "--model", "tiny3d", *args)
+    proc = run_main("classify", str(path), "--weights", "none", "--model", "tiny3d", *args)
     assert error_line(proc) == f"streamrec: error: {message}"
 
 
