@@ -125,3 +125,29 @@ def test_writer_never_waits_for_a_reader():
     stop.set()
     t.join()
     assert ring.written == 50 and reads and ring.newest_window(2, 30.0).end_seq == 49
+
+
+@pytest.mark.parametrize("stated", [1000.0, 90_000.0])
+def test_a_source_that_states_an_absurd_frame_rate_gets_a_bounded_buffer(tmp_path, stated, caplog):
+    """A time base read as a frame rate (1,000 or 90,000 a second) would size each ring for that
+    many frames of a window: gigabytes of crops for a 30 fps camera."""
+    import logging
+
+    from conftest import write_video
+    from streamrec.live.capture import camera_capture
+    from streamrec.live.ring import SOURCE_FPS_MAX
+    from streamrec.live.sources import SourceSpec, open_source
+    from streamrec.models.registry import model_spec
+
+    spec = SourceSpec(str(write_video(tmp_path / "v.mp4", seconds=0.2, size=(64, 48))), "file")
+    first = open_source(spec)
+    first.fps = stated  # what such a file or camera states
+    model = model_spec("r2plus1d_18")
+    try:
+        with caplog.at_level(logging.WARNING, logger="streamrec.live.capture"):
+            rings, _ = camera_capture(spec, model, stop_event=threading.Event(), name="gate", first=first)
+    finally:
+        first.close()
+    assert rings[None].capacity == capacity_for(model.frames, model.fps, source_fps=SOURCE_FPS_MAX) == 249
+    assert [r.getMessage() for r in caplog.records] == [
+        f"camera gate: the source states {stated:.6g} frames a second; its buffer holds 240 a second's worth"]

@@ -376,10 +376,13 @@ def camera_capture(
     """A ring sized for one window of ``model_spec`` per labelled stream (``None``: the whole
     frame, when ``whole_frame``; then each zone's name) and the capture thread that fills them
     (not started): the one set-up shared by local cameras and cluster capture actors."""
-    from streamrec.live.ring import capacity_for
+    from streamrec.live.ring import SOURCE_FPS_MAX, capacity_for
 
     pre = FramePreprocessor(model_spec)
     fps = first.fps if first is not None and first.fps else 30.0
+    if fps > SOURCE_FPS_MAX:
+        logger.warning("camera %s: the source states %.6g frames a second; its buffer holds %g a second's worth",
+                       printable(name), fps, SOURCE_FPS_MAX)
     capacity = capacity_for(model_spec.frames, model_spec.fps, source_fps=max(fps, 30.0))
 
     def ring() -> FrameRing:

@@ -44,10 +44,21 @@ class Window:
         return float(self.timestamps[-1])
 
 
+SOURCE_FPS_MAX = 240.0  # the fastest source a ring is sized for (a high-speed camera)
+
+
 def capacity_for(frames: int, fps: float, *, source_fps: float = 60.0, margin: int = 8) -> int:
-    """Ring size that holds one window of ``frames`` at ``fps`` from a ``source_fps`` source."""
+    """Ring size that holds one window of ``frames`` at ``fps`` from a ``source_fps`` source.
+
+    A rate above :data:`SOURCE_FPS_MAX` counts as that: files and cameras that state 1,000 or
+    90,000 frames a second (a time base read as a rate) would otherwise reserve gigabytes.
+
+    Example:
+        >>> capacity_for(16, 15.0, source_fps=30.0), capacity_for(16, 15.0, source_fps=90_000.0)
+        (39, 249)
+    """
     span = (frames - 1) / fps
-    return int(math.ceil(span * max(source_fps, fps))) + 1 + margin
+    return int(math.ceil(span * max(min(source_fps, SOURCE_FPS_MAX), fps))) + 1 + margin
 
 
 class FrameRing:
