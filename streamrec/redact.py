@@ -254,17 +254,23 @@ def secret_key(key: str) -> bool:
         or (w.endswith(("key", "keys", "sig")) and w.rstrip("s") not in _NOT_KEYS) for w in words)
 
 
-def printable(text: object) -> str:
+def printable(text: object, *, limit: int | None = None) -> str:
     """``text`` on one line, as a terminal shows it: control characters (C0, DEL, C1), line and
     paragraph separators, and the characters that show nothing (Unicode's format characters:
     bidirectional overrides, zero-width spaces and joiners, tags; the Hangul fillers) become
     escapes (``\\n``, ``\\x1b``, ``\\u202e``). Text from elsewhere (a server's answer or error)
-    goes through this before it is logged or stored.
+    goes through this before it is logged or stored. With ``limit``, text longer than that many
+    characters is cut there and says how long it was: a server's words fill no log or ``/healthz``.
 
     >>> printable("HTTP 302 \\x1b[31mred\\u202e")
     'HTTP 302 \\\\x1b[31mred\\\\u202e'
+    >>> printable("HTTP 500 " + "x" * 60_000, limit=12)
+    'HTTP 500 xxx... (60,009 characters)'
     """
-    return _SUSPECT.sub(lambda m: _escape(m) if _invisible(m.group()) else m.group(), str(text))
+    text = str(text)
+    if limit is not None and len(text) > limit:
+        text = f"{text[:limit]}... ({len(text):,} characters)"
+    return _SUSPECT.sub(lambda m: _escape(m) if _invisible(m.group()) else m.group(), text)
 
 
 def control_characters(text: str) -> list[str]:

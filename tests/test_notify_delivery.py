@@ -351,6 +351,25 @@ def test_a_misbehaving_webhook_ends_its_delivery_within_the_timeout(tmp_path, no
     assert row["error"] == expected and (row["delivered"] is None) == (expected is not None)
 
 
+@pytest.mark.parametrize("answer, expected", [
+    (b"HTTP/1.1 500 " + b"x" * 60000 + b"\r\nContent-Length: 0\r\n\r\n", "HTTP 500 " + "x" * 291 + "... (60,009 characters)"),
+    (b"HTTP/1.1 302 Found\r\nLocation: http://a/" + b"y" * 60000 + b"\r\nContent-Length: 0\r\n\r\n",
+     "HTTP 302 redirect to http://a/" + "y" * 291 + "... (60,009 characters) not followed: the webhook must answer 2xx "
+     "itself"),
+], ids=["reason", "location"])
+def test_a_webhooks_long_words_are_cut_in_the_error_it_leaves(tmp_path, notifiers, answer, expected):
+    """The status line and a header may each be 64 KiB: kept whole, one failing delivery would put
+    60,000 characters in every log line, outbox row and /healthz answer that names its error."""
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, NotifyConfig(webhook=hook(f"http://127.0.0.1:{serve_with(answering(answer))}/hook",
+                                                                        timeout=5.0)))
+    store.opened(event(), notify=("webhook",))
+    notifier.deliver_due()
+    (row,) = outbox_rows(tmp_path / "h.db")
+    assert row["error"] == expected and row["delivered"] is None
+    assert notifier.stats()["channels"]["webhook"]["last_error"] == expected
+
+
 @pytest.mark.parametrize("target", ["drip", "itself"])
 def test_a_webhook_redirecting_elsewhere_or_to_itself_is_not_followed(tmp_path, drip, receiver, notifiers, target):
     rx = drip()

@@ -47,6 +47,7 @@ from streamrec.redact import mask_quoted, printable
 logger = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 64 * 1024  # read (and ignore) at most this much of an answer
+REMOTE_TEXT_MAX = 300  # characters of a server's reason phrase or Location kept in errors and logs
 
 
 def signature(body: bytes, secret: str) -> str:
@@ -210,9 +211,9 @@ class WebhookSender:
                     pass  # the 2xx status said it: delivered, whatever happens to the rest of the answer
                 return None
             if 300 <= answer.status < 400:
-                target = printable(mask_credentials(answer.getheader("Location") or "nowhere"))  # the server's words
+                target = printable(mask_credentials(answer.getheader("Location") or "nowhere"), limit=REMOTE_TEXT_MAX)
                 return f"HTTP {answer.status} redirect to {target} not followed: the webhook must answer 2xx itself"
-            return printable(f"HTTP {answer.status} {answer.reason}".strip())
+            return printable(f"HTTP {answer.status} {answer.reason}".strip(), limit=REMOTE_TEXT_MAX)  # the server's words
         finally:
             if answer is not None:
                 answer.close()  # the answer holds the connection open until it is closed too
