@@ -303,3 +303,37 @@ def test_a_live_stream_whose_video_stops_while_its_audio_goes_on_is_a_stall(tmp_
         server.shutdown()
         server.server_close()
     assert not cap.is_alive()  # it stops when asked, between packets
+
+
+def test_a_capture_that_fails_reads_reconnecting_with_its_error_until_it_runs_again():
+    """A bug in the capture loop: the supervisor starts it again after its backoff. Meanwhile the
+    camera reads 'reconnecting' with what failed (it read 'stopped' with no error, as if closed)."""
+    from conftest import wait_until
+    from streamrec.supervision import Supervisor
+
+    pre = FramePreprocessor(model_spec("r2plus1d_18"))
+    ring, stop, reopen = FrameRing(32, pre.crop_shape, np.uint8), threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def opener(_spec):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("decoder bug\nsecond line")
+        reopen.wait(30)  # the test looks while the loop is being started again
+        return ShortFile(1000)
+
+    cap = CaptureThread(SourceSpec("/clips/gate.mp4", "file"), ring, pre, stop_event=stop, loop=True, opener=opener,
+                        name="capture-gate", supervisor=Supervisor(backoff_s=0.01))
+    cap.start()
+    try:
+        wait_until(lambda: len(calls) == 2, "the capture started again")
+        assert cap.state == "reconnecting"
+        assert cap.error == "capture failed (RuntimeError: decoder bug); starting it again"
+        reopen.set()
+        wait_until(lambda: cap.state == "running", "frames again")
+        assert cap.error is None
+    finally:
+        reopen.set()
+        stop.set()
+        cap.join(30)
+    assert not cap.is_alive() and cap.state == "stopped"

@@ -24,7 +24,7 @@ import numpy as np
 
 from streamrec.errors import SourceError
 from streamrec.zones import ZoneConfig, upscale_warnings
-from streamrec.supervision import Supervisor
+from streamrec.supervision import Supervisor, describe
 from streamrec.models.preprocess import FramePreprocessor
 from streamrec.live.dating import RESYNC_S, StreamClock
 from streamrec.live.encoder import FrameEncoder
@@ -242,11 +242,15 @@ class CaptureThread(threading.Thread):
                 self.reconnects += 1
                 self._wait_backoff(attempt)
                 attempt += 1
+        except Exception as exc:  # a bug: the supervisor logs it and starts the loop again
+            self.error = printable(mask_quoted(f"capture failed ({describe(exc)}); starting it again",
+                                               self.spec.target))
+            raise
         finally:
             if source is not None:
                 source.close()
-            if self.state is not CaptureState.ENDED:
-                self.state = CaptureState.STOPPED
+            if self.state is not CaptureState.ENDED:  # stopped, or about to be started again
+                self.state = CaptureState.STOPPED if self.stop_event.is_set() else CaptureState.RECONNECTING
 
     def _tap(self, source: Source) -> None:
         """Give ``source`` the packet ring; a source without compressed packets (a webcam) gets its
