@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 TIME_BASE = Fraction(1, 1000)  # frames are timed by their wall-clock dates, in milliseconds
 OPTIONS = {"preset": "ultrafast", "tune": "zerolatency", "crf": "23"}
+GAP_MAX_S = 60.0  # frames further apart than this (a clock set forward) are timed one frame apart
 
 
 class H264Stream:
@@ -43,6 +44,7 @@ class H264Stream:
         self.stream.codec_context.gop_size = max(1, round(fps))  # a keyframe a second: where clips may start
         self.stream.options = dict(OPTIONS)
         self.size = (height, width)
+        self.fps = fps
         self.started = False
         self._t0: float | None = None
         self._last = -1
@@ -51,7 +53,12 @@ class H264Stream:
         import av
 
         self._t0 = ts if self._t0 is None else self._t0
-        pts = max(round((ts - self._t0) / TIME_BASE), self._last + 1)  # strictly increasing for the encoder
+        pts = round((ts - self._t0) / TIME_BASE)
+        if self._last >= 0 and not self._last < pts <= self._last + GAP_MAX_S / TIME_BASE:
+            # the clock went back (or leapt ahead): go on one frame later, and time from here;
+            # held at last + 1 ms instead, a clip would play an hour's frames at 1,000 fps
+            pts = self._last + max(1, round(1 / (self.fps * TIME_BASE)))
+            self._t0 = ts - pts * TIME_BASE
         self._last = pts
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame.pts, frame.time_base = pts, TIME_BASE

@@ -1,0 +1,30 @@
+"""Encoding a webcam's frames for clips: packets timed by the frames' dates, one frame apart
+when the clock goes back or leaps ahead."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamrec.live.encoder import H264Stream
+
+
+def encoded_pts(dates: list[float], fps: float = 30.0) -> list[int]:
+    enc = H264Stream(64, 48, fps)
+    pts = []
+    for i, ts in enumerate(dates):
+        frame = np.full((48, 64, 3), (i * 16) % 256, np.uint8)
+        pts += [p.pts for p in enc.encode(frame, ts)]
+    return pts
+
+
+def test_packets_are_timed_by_the_frames_dates_in_milliseconds():
+    assert encoded_pts([100.0, 100.04, 100.1, 103.1]) == [0, 40, 100, 3100]  # a 3 s stall stays in the clip
+
+
+def test_a_clock_set_back_or_forward_times_the_next_frame_one_frame_later():
+    """Held at 1 ms after the last instead, the frames of the hour after a clock set back an hour
+    would play at 1,000 fps in a clip; a clock set forward a day would leave a day-long gap."""
+    back = [100.0 + i / 30 for i in range(4)] + [40.0 + i / 30 for i in range(3)]
+    assert encoded_pts(back) == [0, 33, 67, 100, 133, 166, 200]  # then timed by the dates again
+    ahead = [100.0, 100.5, 86_500.0, 86_500.25]
+    assert encoded_pts(ahead, fps=10.0) == [0, 500, 600, 850]
