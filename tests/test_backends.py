@@ -40,13 +40,20 @@ def real_windows(demo_clip, r2plus1d):
     return clip_windows([demo_clip], r2plus1d, stride=1.4)
 
 
+@pytest.fixture(scope="module")
+def compiled(r2plus1d):
+    """Every CPU backend of r2plus1d_18 on 2 threads, converted and compiled once for the tests
+    that compare them ("torch" too: on CPU it is the rewritten model, streamrec.runtime.graphs)."""
+    return cpu_backends(r2plus1d, backends.available(), threads=2)
+
+
 @pytest.mark.slow
-def test_backends_agree_with_eager_on_every_real_window(real_windows, r2plus1d):
+def test_backends_agree_with_eager_on_every_real_window(real_windows, r2plus1d, compiled):
     windows = real_windows
     assert len(windows) >= 6
-    names = backends.available()  # "torch" too: on CPU it is the rewritten model (streamrec.runtime.graphs)
+    names = backends.available()
     assert {"torch", "torchscript", "onnxruntime", "openvino"} <= set(names)
-    fns = cpu_backends(r2plus1d, names, threads=2)
+    fns = compiled
     result = agreement(r2plus1d.module.eval(), fns, windows)
     assert set(result) == set(names)
     for name, r in result.items():
@@ -64,10 +71,10 @@ def _openvino_has_partitioner() -> bool:
 @pytest.mark.slow
 @pytest.mark.hardware
 @pytest.mark.skipif(not _openvino_has_partitioner(), reason="this OpenVINO cannot choose its TBB partitioner")
-def test_openvino_balances_layers_across_threads_with_the_same_logits(real_windows, r2plus1d):
+def test_openvino_balances_layers_across_threads_with_the_same_logits(real_windows, r2plus1d, compiled):
     """Each layer's work is cut in chunks the threads take as they go (a thread on a slowed vCPU
     takes fewer), not in one fixed half per thread; that changes who computes what, not the sums."""
-    balanced = cpu_backends(r2plus1d, ["openvino"], threads=2)["openvino"]
+    balanced = compiled["openvino"]
     assert str(balanced.compiled.get_property("TBB_PARTITIONER")) == "TbbPartitioner.AUTO"
     ov, model = openvino.openvino_model(r2plus1d)
     fixed = openvino.compile_model(ov, model, 2, partitioner="STATIC")
