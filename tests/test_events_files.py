@@ -228,3 +228,41 @@ def test_a_recording_folder_on_a_full_disk_is_a_warning_not_a_refusal(tmp_path):
     assert proc.stdout == "started\n"
     assert f"WARNING [recording] dir {disk}/clips: No space left on device; clips are written once there is room" \
         in proc.stderr.splitlines()
+
+
+def test_past_max_gb_files_no_event_points_to_go_before_any_event(tmp_path):
+    """Clips of another database (switched to PostgreSQL, history.db lost) count against max_gb:
+    deleting events for the room they take would empty the folder of every event the page shows."""
+    from streamrec.events.clipfiles import ClipFolder
+
+    folder = tmp_path / "events"
+    store = EventStore(str(tmp_path / "events.db"))
+    ids = [f"{2000 + i}-0000000{i}" for i in range(5)]
+    for i, eid in enumerate(ids):
+        closed(store, eid, 100 * DAY + i, clip=True, folder=folder)
+    orphan = folder / "cam" / "1000-0badf00d.mp4"  # no event of this database points to it
+    orphan.write_bytes(bytes(400))
+    os.utime(orphan, (1000.0, 1000.0))
+    other = folder / "cam" / "holiday.mp4"  # not named as an event's: never deleted
+    other.write_bytes(bytes(50))
+    assert ClipFolder(folder).prune(store, cutoff=0.0, max_bytes=550, active=set()) == 0
+    assert sorted(e["id"] for e in store.query()) == ids
+    assert not orphan.exists() and other.exists()
+    store.close()
+
+
+def test_retention_keeps_a_gigabyte_of_the_disk_free_whatever_max_gb_allows(tmp_path):
+    """A disk smaller than max_gb (a 16 GB card and the default 20) fills up before the folder
+    reaches max_gb: the oldest clips go while less than MIN_FREE_BYTES is free."""
+    from streamrec.events.clipfiles import MIN_FREE_BYTES, ClipFolder
+
+    folder = tmp_path / "events"
+    store = EventStore(str(tmp_path / "events.db"))
+    for i in range(5):
+        closed(store, f"e{i}", 100 * DAY + i, clip=True, folder=folder)
+    short = ClipFolder(folder, free=lambda path: MIN_FREE_BYTES - 150)  # 150 bytes short of the floor
+    assert short.prune(store, cutoff=0.0, max_bytes=float("inf"), active={"e0"}) == 2  # e0's clip is being written
+    assert sorted(e["id"] for e in store.query()) == ["e0", "e3", "e4"]
+    roomy = ClipFolder(folder, free=lambda path: MIN_FREE_BYTES)
+    assert roomy.prune(store, cutoff=0.0, max_bytes=float("inf"), active=set()) == 0
+    store.close()

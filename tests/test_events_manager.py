@@ -240,3 +240,37 @@ def test_an_event_left_open_by_a_kill_is_closed_at_its_last_written_label_not_it
         assert ev.peak_score == 0.99
     finally:
         manager.close()
+
+
+def test_retention_runs_while_a_write_waits_for_the_database(tmp_path):
+    """A full disk makes every write wait: retention (which frees the disk) must not wait behind
+    it, or nothing ever frees room again."""
+    import os
+
+    from streamrec.events.manager import PRUNE_EVERY_S
+
+    db = str(tmp_path / "events.db")
+    now = [time.time()]
+    recording = RecordingConfig(enabled=False, retention_days=2.0, dir=str(tmp_path / "events"))
+    manager = EventManager(rules=(RULE,), notify=NotifyConfig(), recording=recording, db=db,
+                           classes=["pouring", "walking"], supervisor=Supervisor(), publish=lambda m: None,
+                           clock=lambda: now[0], store=EventStore(db, busy_timeout_s=0.2))
+    manager.start(["cam"])
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # writes wait (as on a full disk); reads go on (WAL)
+    try:
+        for msg in an_event()[:3]:
+            manager.observe("cam", msg)
+        wait_until(lambda: manager.waiting_db, "the events thread waiting for the database", timeout=10)
+        stale = tmp_path / "events" / "cam" / "1000-0badf00d.mp4"  # a crash's clip, older than the retention
+        stale.parent.mkdir(parents=True)
+        stale.write_bytes(bytes(100))
+        os.utime(stale, (now[0] - 10 * 86400,) * 2)
+        now[0] += PRUNE_EVERY_S + 1
+        wait_until(lambda: not stale.exists(), "retention while the write waits", timeout=30)
+        assert manager.waiting_db
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert manager.flush(30)
+    manager.close()

@@ -28,9 +28,10 @@ import errno
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from streamrec.errors import StreamrecError
 from streamrec.events.store import EventStore
@@ -116,23 +117,41 @@ def check_writable(folder: Path) -> None:
                 pass
 
 
-class ClipFolder:
-    """The files under ``root``, one folder per camera."""
+MIN_FREE_BYTES = 2**30  # retention keeps this much of the disk free, whatever max_gb allows
 
-    def __init__(self, root: Path) -> None:
+
+def free_bytes(folder: Path) -> float:
+    """Bytes free on the disk of ``folder`` (infinite when it cannot be read)."""
+    try:
+        return float(shutil.disk_usage(folder).free)
+    except OSError:
+        return float("inf")
+
+
+class ClipFolder:
+    """The files under ``root``, one folder per camera; ``free`` reads the bytes free on its disk."""
+
+    def __init__(self, root: Path, *, free: Callable[[Path], float] = free_bytes) -> None:
         self.root = root
+        self.free = free
 
     def prune(self, store: EventStore, *, cutoff: float, max_bytes: float, active: set[str]) -> int:
-        """Delete the closed events that ended before ``cutoff`` (with a clip or not), then those
-        with the oldest clips while the folder holds more than ``max_bytes``, with their files (one
-        whose clip is missing from the disk only loses its link); not those in ``active`` (their clips are being written). How many events were deleted."""
-        total = self.total_bytes(store.file_paths())
+        """Delete the closed events that ended before ``cutoff`` (with a clip or not); then, while
+        the folder holds more than ``max_bytes`` or the disk has less than :data:`MIN_FREE_BYTES`
+        free, the event files no event points to (oldest first), then the events with the oldest
+        clips, with their files (one whose clip is missing from the disk only loses its link); not
+        those in ``active`` (their clips are being written). How many events were deleted."""
+        owned = store.file_paths()
+        total = self.total_bytes(owned)
         removed = 0
         for row in store.ended_before(cutoff):
             if row["id"] not in active:
                 total -= self.delete_files(row)
                 store.delete(row["id"])
                 removed += 1
+        max_bytes = min(max_bytes, total + self.free(self.root) - MIN_FREE_BYTES)
+        if total > max_bytes:
+            total -= self.drop_unowned(owned, active, total - max_bytes)
         for row in store.oldest_with_clips():
             if total <= max_bytes:
                 break
@@ -149,6 +168,21 @@ class ClipFolder:
         if removed:
             logger.info("retention: deleted %d event(s) and their clips", removed)
         return removed
+
+    def drop_unowned(self, owned: set[str], active: set[str], excess: float) -> int:
+        """Delete event files that no event points to (another database's, a crash's), oldest
+        first, until ``excess`` bytes are freed: they count against the size, and deleting events
+        instead would leave them and empty the folder of everything the page shows. Bytes freed."""
+        writing = {path_part(e) for e in active}
+        owners = {named["id"] for rel in owned if (named := EVENT_FILE.fullmatch(rel.rpartition("/")[2]))}
+        freed = 0
+        for path, _, _ in sorted(self.files(), key=lambda f: f[2]):
+            if freed >= excess:
+                break
+            named = EVENT_FILE.fullmatch(path.name)
+            if named and named["id"] not in writing and named["id"] not in owners:
+                freed += self.remove(path)
+        return freed
 
     def total_bytes(self, owned: set[str] | None = None) -> int:
         """Bytes of the files in the cameras' folders; with ``owned`` (the paths events point to),

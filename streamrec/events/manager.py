@@ -186,6 +186,8 @@ class EventManager:
                 if not self.waiting_db:
                     logger.warning("events: %s: %s; trying again until it answers", what, exc)
                 self.waiting_db, self.db_error = True, str(exc)
+                if self.clock() >= self.next_prune:  # a full disk: retention frees room while the write waits
+                    self.prune()
                 if self.inbox.closing.wait(RETRY.delay(attempt)):  # stopping: no more tries, for this write or the next
                     self._gave_up = True
                     raise
