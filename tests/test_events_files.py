@@ -266,3 +266,28 @@ def test_retention_keeps_a_gigabyte_of_the_disk_free_whatever_max_gb_allows(tmp_
     roomy = ClipFolder(folder, free=lambda path: MIN_FREE_BYTES)
     assert roomy.prune(store, cutoff=0.0, max_bytes=float("inf"), active=set()) == 0
     store.close()
+
+
+def test_a_camera_folder_linked_to_another_disk_is_counted_served_and_pruned(tmp_path):
+    """``<dir>/cam`` a link to another disk: its clips count against max_gb and go with their
+    events (they were left on that disk for good); a file that is itself a link out is refused."""
+    from streamrec.events.clipfiles import ClipFolder
+
+    folder, other_disk = tmp_path / "events", tmp_path / "big-disk" / "cam"
+    other_disk.mkdir(parents=True)
+    folder.mkdir()
+    (folder / "cam").symlink_to(other_disk)
+    store = EventStore(str(tmp_path / "events.db"))
+    for i in range(3):
+        closed(store, f"e{i}", 100 * DAY + i, clip=True, folder=folder)
+        (folder / "cam" / f"e{i}.jpg").write_bytes(bytes(10))
+        store.set_files(f"e{i}", thumbnail=f"cam/e{i}.jpg")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not a clip")
+    (folder / "cam" / "leak.mp4").symlink_to(secret)
+    clips = ClipFolder(folder)
+    assert clips.total_bytes() == 330
+    assert clips.inside("cam/e2.mp4") == folder / "cam" / "e2.mp4" and clips.inside("cam/leak.mp4") is None
+    assert clips.prune(store, cutoff=0.0, max_bytes=150, active=set()) == 2
+    assert sorted(p.name for p in other_disk.iterdir()) == ["e2.jpg", "e2.mp4", "leak.mp4"]
+    store.close()

@@ -199,7 +199,7 @@ class ClipFolder:
         """``(path, bytes, mtime)`` of each file in the cameras' folders."""
         out = []
         try:
-            cams = [e for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
+            cams = [e for e in os.scandir(self.root) if e.is_dir()]  # a camera's folder may be a link
         except OSError:
             return []
         for cam in cams:
@@ -220,9 +220,22 @@ class ClipFolder:
         return sum(self.remove(p) for p in paths if p is not None)
 
     def inside(self, rel: str) -> Path | None:
-        """``rel`` under the folder, or ``None`` when it would lead out of it."""
-        path = (self.root / rel).resolve()
-        return path if path.is_relative_to(self.root.resolve()) else None
+        """The file ``rel`` (``<camera>/<file>``, or a file of the folder itself) of the folder, or
+        ``None`` when it would lead out of its camera's folder (``..``, a file that is a link elsewhere). A camera's folder may be
+        a link (to another disk): its files are counted, served and deleted like the others.
+
+        >>> folder = ClipFolder(Path("/srv/events"))
+        >>> str(folder.inside("cam/1-0badf00d.mp4")), folder.inside("../etc/passwd"), folder.inside("cam/../x")
+        ('/srv/events/cam/1-0badf00d.mp4', None, None)
+        """
+        parts = rel.split("/")
+        if not 1 <= len(parts) <= 2 or any(part in ("", ".", "..") for part in parts):
+            return None
+        path = self.root.joinpath(*parts)
+        try:
+            return path if path.resolve().parent == path.parent.resolve() else None
+        except (OSError, RuntimeError):  # a link that loops
+            return None
 
     def remove(self, path: Path) -> int:
         """Delete ``path``; the bytes freed (0 when it was not there or cannot be deleted: logged)."""

@@ -275,10 +275,8 @@ class EventManager:
     def _on_disk(self, rel: str | None, *, writing: bool = False) -> Path | None:
         """The file ``rel`` of the clips' folder when it is there, not empty (``writing``: or its
         ``.part`` while a clip is written); ``None`` when it is outside the folder or missing."""
-        if not rel:
-            return None
-        path = (self.recording.folder / rel).resolve()
-        if self.recording.folder.resolve() not in path.parents:
+        path = ClipFolder(self.recording.folder).inside(rel) if rel else None
+        if path is None:
             return None
         for candidate in (path, path.with_name(path.name + ".part")) if writing else (path,):
             try:
