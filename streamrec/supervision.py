@@ -32,6 +32,7 @@ from streamrec.retry import Backoff
 
 logger = logging.getLogger(__name__)
 
+RECENT_ERROR_S = 300.0  # a failure this recent (a write, an event change) makes /healthz read "degraded"
 SHUTDOWN_S = 15.0  # SIGTERM to exit: every join and flush of a stop shares this budget (systemd's default stop timeout is 90 s; the unit in docs/deployment.md gives 20)
 
 

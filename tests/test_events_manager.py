@@ -274,3 +274,29 @@ def test_retention_runs_while_a_write_waits_for_the_database(tmp_path):
         other.close()
     assert manager.flush(30)
     manager.close()
+
+
+class RefusingStore(EventStore):
+    """A store whose event rows cannot be written for a reason no retry mends (a read-only or
+    damaged database file)."""
+
+    def opened(self, *args, **kw):
+        raise sqlite3.DatabaseError("attempt to write a readonly database")
+
+
+def test_an_event_the_database_refuses_is_counted_and_healthz_says_so_for_five_minutes(tmp_path):
+    db = str(tmp_path / "events.db")
+    now = [5000.0]
+    manager = make(db, [], store=RefusingStore(db), clock=lambda: now[0])
+    manager.start(["cam"])
+    for msg in an_event()[:3]:
+        manager.observe("cam", msg)
+    assert manager.flush(30)
+    assert manager.stats()["errors"] == 1
+    id_ = next(iter(manager.engine.tracks.values())).open.id
+    now[0] += 300.0
+    assert manager.problems() == [f"events: 1 event change(s) not recorded, the last 300 s ago: event {id_} of camera "
+                                  "cam (start): DatabaseError: attempt to write a readonly database"]
+    now[0] += 1.0
+    assert manager.problems() == []
+    manager.close()

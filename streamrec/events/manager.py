@@ -30,7 +30,8 @@ from streamrec.events.inbox import Inbox
 from streamrec.events.store import DatabaseUnavailable, EventStore
 from streamrec.models import kinetics
 from streamrec.retry import Backoff
-from streamrec.supervision import SHUTDOWN_S, Deadline, Supervisor
+from streamrec.redact import printable
+from streamrec.supervision import RECENT_ERROR_S, SHUTDOWN_S, Deadline, Supervisor, describe
 from streamrec.zones import split_key, stream_key
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class EventManager:
         self.recorder = self.notifier = None
         self.last_written: dict[str, float] = {}
         self.errors = 0
+        self.last_error: tuple[float, str] | None = None  # (when, what) of the last change not recorded
         self.next_prune = 0.0
         self.inbox = Inbox(self._handle, name="events", supervisor=supervisor, limit=queue_size, tick_s=TICK_S)
         self.waiting_db = False  # a write is waiting for the database to answer again
@@ -167,11 +169,17 @@ class EventManager:
         try:
             self.apply(change)
         except StreamrecError as exc:  # a database that did not answer before the stop
-            self.errors += 1
+            self._failed(change, exc)
             logger.error("events: event %s of camera %s: %s", change.event.id, change.event.camera, exc)
-        except Exception:  # noqa: BLE001 - a disk problem, a database that came back refusing: the next labels go on
-            self.errors += 1
+        except Exception as exc:  # noqa: BLE001 - a disk problem, a database that came back refusing: the next labels go on
+            self._failed(change, exc)
             logger.exception("events: event %s of camera %s", change.event.id, change.event.camera)
+
+    def _failed(self, change: Change, exc: BaseException) -> None:
+        """Count a change of an event that was not recorded; /healthz says so for a while."""
+        self.errors += 1
+        self.last_error = (self.clock(), f"event {change.event.id} of camera {change.event.camera} ({change.kind}): "
+                                         f"{printable(describe(exc))}")
 
     def write(self, what: str, fn: Callable[[], Any]) -> Any:
         """``fn()``, a database write, tried again while the database does not answer, until it
@@ -342,6 +350,9 @@ class EventManager:
             out.append(f"events: the database does not answer ({self.db_error}); {self.inbox.queued()} labels wait")
         if self.inbox.dropped:
             out.append(f"events: {self.inbox.dropped} label(s) dropped, their queue was full")
+        if self.last_error is not None and (ago := self.clock() - self.last_error[0]) <= RECENT_ERROR_S:
+            out.append(f"events: {self.errors} event change(s) not recorded, the last {ago:.0f} s ago: "
+                       f"{self.last_error[1]}")
         if self.notifier is not None:
             out += self.notifier.problems()
         if self.recorder is not None and hasattr(self.recorder, "problems"):  # the cluster's clips: its actors'

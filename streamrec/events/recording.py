@@ -30,12 +30,11 @@ from streamrec.events.clipwriter import ClipWriter
 from streamrec.events.store import EventStore
 from streamrec.fsutil import atomic_write
 from streamrec.live.packets import PacketRing
-from streamrec.supervision import Deadline, Supervisor, describe
+from streamrec.supervision import RECENT_ERROR_S, Deadline, Supervisor, describe
 
 logger = logging.getLogger(__name__)
 DELETED_KEPT = 1000  # deleted event ids remembered, newest first, against a late write of their files
 
-RECENT_ERROR_S = 300.0  # a write error this recent makes /healthz read "degraded"
 JOIN_S = 5.0  # close(): how long it waits for its writers
 
 OnDone = Callable[[str, "str | None", int], None]
