@@ -291,3 +291,20 @@ def test_a_camera_folder_linked_to_another_disk_is_counted_served_and_pruned(tmp
     assert clips.prune(store, cutoff=0.0, max_bytes=150, active=set()) == 2
     assert sorted(p.name for p in other_disk.iterdir()) == ["e2.jpg", "e2.mp4", "leak.mp4"]
     store.close()
+
+
+def test_a_start_recovers_the_clips_a_killed_process_left_of_a_camera_no_longer_configured(tmp_path):
+    """Recovered only when the camera's ring was made, a clip of a camera since removed from the
+    config (or no longer watched by a rule) stayed a .part: listed, never playable, never pruned."""
+    folder = tmp_path / "events"
+    (folder / "gone").mkdir(parents=True)
+    (folder / "gone" / "1000-0badf00d.mp4.part").write_bytes(b"fragments")
+    (folder / "gone" / "1001-0badf00d.mp4.part").write_bytes(b"")  # nothing was written: deleted
+    manager = EventManager(rules=(RuleConfig(name="pour", labels=("pouring",)),), notify=NotifyConfig(),
+                           recording=RecordingConfig(dir=str(folder)), db=str(tmp_path / "events.db"),
+                           classes=["pouring"], supervisor=Supervisor(), publish=lambda m: None)
+    try:
+        assert sorted(p.name for p in (folder / "gone").iterdir()) == ["1000-0badf00d.mp4"]
+        assert (folder / "gone" / "1000-0badf00d.mp4").read_bytes() == b"fragments"
+    finally:
+        manager.close()

@@ -272,12 +272,13 @@ class ClipFolder:
             if named and mtime < cutoff and named["id"] not in writing and named["id"] not in owners:
                 self.remove(path)
 
-    def recover_parts(self, camera: str) -> int:
-        """Clips of ``camera`` a killed process left as ``.mp4.part`` become ``.mp4`` (a fragmented
-        MP4 plays up to its last complete fragment); empty ones are deleted. How many were recovered."""
+    def recover_parts(self, camera: str | None) -> int:
+        """Clips of ``camera`` (``None``: of every camera) a killed process left as ``.mp4.part``
+        become ``.mp4`` (a fragmented MP4 plays up to its last complete fragment); empty ones are
+        deleted. How many were recovered."""
         n = 0
         for path, size, _ in self.files():
-            if path.parent.name != path_part(camera) or not path.name.endswith(".mp4" + PART):
+            if camera is not None and path.parent.name != path_part(camera) or not path.name.endswith(".mp4" + PART):
                 continue
             if not size:
                 self.remove(path)

@@ -86,8 +86,8 @@ class EventManager:
                 from streamrec.events.recording import Recorder
 
                 check_writable(recording.folder)
-
                 self.recorder = Recorder(recording, supervisor=supervisor, on_done=self.clip_done, frame_of=frame_of)
+                self.recorder.recover_all()  # this process is the folder's only writer
             if notify.webhook is not None or notify.mqtt is not None:
                 from streamrec.events.notify import Notifier
 

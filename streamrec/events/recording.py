@@ -63,6 +63,7 @@ class Recorder:
         self._never = threading.Event()  # a writer catches its own errors: the supervisor never restarts it
         self._closed = False
         self._recovered: set[str] = set()  # cameras whose clips left by a killed process were recovered
+        self._recovered_all = False  # those of every camera (recover_all)
         # events deleted: no clip or thumbnail of theirs is written any more (the newest DELETED_KEPT:
         # a late call for an id comes within seconds of its delete, and ids are never reused)
         self._deleted: OrderedDict[str, None] = OrderedDict()
@@ -77,12 +78,20 @@ class Recorder:
         writing for it are recovered): give it to its capture thread."""
         with self._lock:
             if camera not in self._rings:
-                if camera not in self._recovered:  # once: a camera removed and added again has clips being written
+                # once: a camera removed and added again has clips being written
+                if not self._recovered_all and camera not in self._recovered:
                     self.files.recover_parts(camera)
                     self._recovered.add(camera)
                 self._rings[camera] = PacketRing(int(self.config.packet_ring_mb * 2**20), self.config.pre_seconds,
                                                  clock=self.clock, name=camera)
             return self._rings[camera]
+
+    def recover_all(self) -> int:
+        """At the start of the folder's only writer: the clips a killed process left, of every
+        camera (one no longer configured or watched by a rule too, whose ring is never made)."""
+        with self._lock:
+            self._recovered_all = True
+            return self.files.recover_parts(None)
 
     def drop_ring(self, camera: str) -> None:
         """Forget ``camera``'s ring (removed): a writer that reads it keeps its own reference."""
