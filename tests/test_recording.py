@@ -601,3 +601,25 @@ def test_a_matroska_stream_with_b_frames_keeps_its_first_packets(tmp_path):
     assert all(a < b for a, b in zip(dts, dts[1:]))  # decode times increase
     # the pictures come out in the source's order and spacing (variable, shifted to the clip's start)
     assert [round((t - decoded[0]) * tb * 1000) for t in decoded] == [t - shown[0] for t in shown]
+
+
+def test_a_clip_ends_when_the_clock_is_set_back_during_it(clip12, tmp_path):
+    """The clock set back an hour (NTP on a board without a clock), the packets' dates with it: a
+    clip of at most max_seconds was written until its dates had caught up, an hour later."""
+    from conftest import wait_until
+
+    now = [T0]
+    done: dict[str, tuple] = {}
+    rec = Recorder(recording(tmp_path, pre_seconds=0.0, max_seconds=3.0), supervisor=Supervisor(),
+                   clock=lambda: now[0], on_done=lambda eid, rel, size: done.setdefault(eid, (rel, size)))
+    play = Player(clip12, rec.ring("cam"), now)
+    play.until(1.0)
+    rec.begin("e", "cam", T0 + 1.0)  # at most 3 s: dated up to T0 + 4, never reached
+    for i, _ in enumerate(play.frames):  # the rest of the file, an hour earlier
+        now[0] = T0 - 3600.0 + i / FPS
+    try:
+        wait_until(lambda: "e" in done, "the clip's end", timeout=20)
+    finally:
+        rec.close()
+        play.source.close()
+    assert frames_of(tmp_path / "events" / done["e"][0]) == 12 * FPS  # what came (at once here) is in it

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,10 @@ class ClipWriter:
         self.max_seconds = max_seconds
         self.clock = clock
         self.begun = clock()
+        # whatever the clock does (set back an hour, the packets' dates with it), a clip is written
+        # for no longer than this (its dates alone would keep it open until they caught up); twice
+        # max_seconds leaves a writer that lags behind its packets the time to catch up
+        self.hard_end = time.monotonic() + 2 * max_seconds + GRACE_S
         self.stop_at: float | None = None  # end of the event + post_seconds, once known
         self.finish_now = threading.Event()  # close(): finish with what has come in
         self.discarded = False  # its event was deleted: the file goes, nothing is reported
@@ -110,7 +115,7 @@ class ClipWriter:
             need_key = batch[0].seq != seq + 1  # the ring dropped packets this writer had not read
             for p in batch:
                 seq = p.seq
-                if self._ends_before(p):
+                if self._ends_before(p) or time.monotonic() >= self.hard_end:
                     return
                 if need_key and not p.keyframe:
                     continue
@@ -134,7 +139,8 @@ class ClipWriter:
         """No packet is coming: past the end (or max_seconds) by GRACE_S, the clip is finished."""
         now = self.clock()
         first = self.begun if self._first_ts is None else self._first_ts
-        return now >= first + self.max_seconds + GRACE_S or (self.stop_at is not None and now >= self.stop_at + GRACE_S)
+        return (now >= first + self.max_seconds + GRACE_S or (self.stop_at is not None and now >= self.stop_at + GRACE_S)
+                or time.monotonic() >= self.hard_end)
 
     def _mux(self, out, stream, p: TappedPacket) -> None:
         import av
