@@ -14,10 +14,11 @@ import pytest
 
 from browser import MARKS, chromium_page
 from streamrec.live.history import HistoryStore
+from streamrec.live.segments import Segment
 from streamrec.live.messages import prediction_message, status_message
 from streamrec.live.smoothing import Smoothed
 from streamrec.live.wire import message_schema
-from streamrec.serve.routes import history_api
+from streamrec.serve.routes import HISTORY_API_LIMIT, history_api
 from streamrec.serve.server import page_html
 
 pytestmark = MARKS
@@ -38,10 +39,10 @@ def status(state: str) -> str:
                                      device="cpu", backend=None, meaningless=False))
 
 
-def serve_page(page, store: HistoryStore, ws_messages: list[str]) -> None:
-    """The page, /api/history from ``store``, a /healthz, the message schema, no events, and a websocket that sends
-    ``ws_messages`` once it opens."""
-    route = history_api(store)
+def serve_page(page, store: HistoryStore, ws_messages: list[str], *, limit: int = HISTORY_API_LIMIT) -> None:
+    """The page, /api/history from ``store`` (``limit`` segments an answer), a /healthz, the message schema, no events,
+    and a websocket that sends ``ws_messages`` once it opens."""
+    route = history_api(store, limit=limit)
 
     def answer(r) -> None:
         url = urlsplit(r.request.url)
@@ -133,5 +134,25 @@ def test_labels_after_an_outage_start_a_new_piece_on_the_page(page):
         got = minutes_of(page)
         assert set(got) == {"walking"} and abs(got["walking"] - 4 / 60) < 0.001, got  # 2 s + 2 s, not the outage
         assert errors == []
+    finally:
+        store.close()
+
+
+def test_the_day_view_counts_every_segment_of_a_day_longer_than_one_answer(page):
+    """A label that flickers makes more segments in a day than one /api/history answer holds (the
+    newest, "truncated"): the page asks for the earlier ones too, or the morning reads empty."""
+    store = HistoryStore(":memory:")
+    try:
+        now = time.time()
+        for i in range(120):  # 10 minutes: 5 s walking, 5 s running, ...
+            start = now - 700 + 5 * i
+            store.add(Segment("gate", ("walking", "running")[i % 2], start, start + 5, 0.8, 0.9, 5))
+        serve_page(page, store, [status("running")], limit=50)  # 50 segments an answer: three pages
+        page.wait_for_selector("[data-testid=timeline]", timeout=20_000)
+        page.click("[data-testid=view-day]")
+        page.wait_for_function("document.querySelectorAll('[data-testid=timeline] span[data-label]').length >= 120",
+                               timeout=20_000)
+        got = minutes_of(page)
+        assert got == pytest.approx({"walking": 5.0, "running": 5.0}, abs=1e-6), got
     finally:
         store.close()
