@@ -131,3 +131,24 @@ def test_the_open_segments_of_two_cameras_follow_camera_and_until(query, expecte
         assert spans(store, **query) == expected
     finally:
         store.close()
+
+
+def test_healthz_leaves_out_a_camera_removed_while_it_is_read():
+    """A camera removed, or restarting with new zones, in a thread of the camera API between the
+    list of names and the read of its stats: /healthz answered 500 (a KeyError)."""
+    from streamrec.live.history import HistoryStore
+
+    class Cameras(AppCore):
+        def camera_names(self) -> list[str]:
+            return ["gate", "gym"]
+
+        def camera_health(self, name: str) -> dict:
+            return {"gate": {"state": "running"}}[name]  # gym: gone by now
+
+    store = HistoryStore(":memory:")
+    core = Cameras(ServeConfig(source="0"), store)
+    try:
+        health = core.health()
+        assert (health["status"], list(health["cameras"])) == ("ok", ["gate"])
+    finally:
+        store.close()

@@ -41,7 +41,9 @@ class Cameras:
         self.busy: set[str] = set()  # cameras whose zones are being changed (a restart takes seconds)
 
     def listing(self) -> dict:
-        return {"cameras": {name: {} for name in self.cams}}
+        """As the server lists them: a camera whose zones are being changed is out of "cameras"
+        while it restarts, and in "adding" (its name is taken)."""
+        return {"cameras": {name: {} for name in self.cams if name not in self.busy}, "adding": sorted(self.busy)}
 
     def add(self, cam: CameraConfig) -> None:
         self.cams[cam.name] = cam
@@ -288,7 +290,7 @@ def test_a_repeated_content_type_is_a_400(served):
 
 @pytest.mark.parametrize("line", ["Content-Length: 00", "Content-Length: 0000", "Content-Length: " + "0" * 40])
 def test_a_zero_length_written_with_zeros_is_answered(served, line):
-    assert request(served[0], "GET", "/api/cameras", b"", line, length=False) == (200, {"cameras": {}})
+    assert request(served[0], "GET", "/api/cameras", b"", line, length=False) == (200, {"cameras": {}, "adding": []})
 
 
 @pytest.mark.parametrize("lines", [["Content-Length : 0"], ["Content-Length\t: 0"], ["X-A: b", " Content-Length: 0"],

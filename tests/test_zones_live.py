@@ -365,3 +365,38 @@ def test_cluster_capture_actor_crops_the_zones_and_the_driver_batches_them(demo_
     assert health["zones"]["mat"]["predictions"] == runner.stream("gym/mat").seq
     assert [z["name"] for z in status["zones"]] == ["rack", "mat"] and status["whole_frame"] is True
     assert rows == {"gym": [None, "mat", "rack"]} and tracked == ["gym", "gym/mat", "gym/rack"]
+
+
+@pytest.mark.slow
+def test_new_zones_on_a_network_camera_that_is_away_keep_the_camera_reconnecting(tmp_path):
+    """Zones saved while a network camera does not answer (reconnecting, or one RTSP session at a
+    time): the camera was removed until the next start, its tile gone. It stays, reconnecting."""
+    import functools
+    import http.server
+
+    from conftest import wait_until
+    from streamrec.serve.app import LiveApp
+
+    write_video(tmp_path / "cam.ts", seconds=2.0, size=(160, 120))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None
+    camera = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=camera.serve_forever, name="http-camera", daemon=True).start()
+    url = f"http://127.0.0.1:{camera.server_address[1]}/cam.ts"
+    config = ServeConfig(model="tiny3d", weights="none", device="cpu", port=0, db=str(tmp_path / "h.db"),
+                         cameras=(CameraConfig("gym", url),))
+    app = LiveApp(config)
+    runner = threading.Thread(target=lambda: asyncio.run(app.run()), name="app-under-test")
+    runner.start()
+    try:
+        wait_until(lambda: app.server.port not in (0, None) and "gym" in app.cameras, "the server", timeout=60)
+        camera.shutdown()
+        camera.server_close()  # the camera goes away
+        new = app.set_zones("gym", ZONES[:1], True)
+        assert new.zones == ZONES[:1] and list(app.cameras["gym"].streams) == [None, "tl"]
+        wait_until(lambda: app.status_message("gym")["source"]["state"] == "reconnecting", "reconnecting", timeout=30)
+        assert "gym" in app.health()["cameras"]
+    finally:
+        app.request_stop()
+        runner.join(30)
+    assert not runner.is_alive()

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import cv2
 
 from streamrec.config import CameraConfig, ServeConfig
-from streamrec.errors import Busy, StreamrecError
+from streamrec.errors import Busy, SourceError, StreamrecError
 from streamrec.live.camera import JOIN_TIMEOUT_S, Camera, Stream, adding_camera
 from streamrec.live.capture import CaptureState
 from streamrec.live.history import HistoryStore, default_db
@@ -126,7 +126,7 @@ class LiveApp(AppCore):
         self.check_streams(cam)
         taken = self.cameras if restart else Taken(self.cameras, self.restarting)
         with adding_camera(self.lock, taken, self.adding_names, cam.name):
-            first = open_source(SourceSpec.of_camera(cam))  # fail fast: missing file, not a video, unreachable URL
+            first = self._first_source(cam, restart=restart)
             try:
                 with self._load_lock:
                     key, clf = self._classifier(cam)
@@ -135,7 +135,8 @@ class LiveApp(AppCore):
                 if self.events is not None:  # a camera added at run time records from the start
                     camera.capture.packet_ring = self.events.packet_ring(cam.name)
             except BaseException:
-                first.close()
+                if first is not None:
+                    first.close()
                 raise
             with self.lock:
                 if start and self.stop_event.is_set():
@@ -157,6 +158,20 @@ class LiveApp(AppCore):
         if start and self.events is not None:  # at run time: its streams are announced (Home Assistant)
             self.events.announce([s.name for s in camera.streams.values()])
         return camera
+
+    @staticmethod
+    def _first_source(cam: CameraConfig, *, restart: bool):
+        """The camera's source, opened: a missing file, not a video or an unreachable URL fails
+        fast, but for a camera restarted with new zones, whose network source the capture opens
+        again and again until it answers (``None``): the camera stays, reconnecting."""
+        spec = SourceSpec.of_camera(cam)
+        try:
+            return open_source(spec)
+        except SourceError as exc:
+            if not (restart and spec.is_live):
+                raise
+            logger.warning("camera %s: %s; it reconnects with its new zones", cam.name, exc)
+            return None
 
     def add_camera(self, cam: CameraConfig) -> Camera:
         return self._add_camera(cam, start=True)
@@ -245,7 +260,9 @@ class LiveApp(AppCore):
         return list(self.cameras)
 
     def adding(self) -> list[str]:
-        return sorted(self.adding_names)
+        """Cameras being added, or restarted with new zones: their names are taken."""
+        with self.lock:
+            return sorted(self.adding_names | self.restarting)
 
     @property
     def meaningless(self) -> bool:

@@ -17,7 +17,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from streamrec.config import CameraConfig, ServeConfig
 from streamrec.errors import StreamrecError
@@ -183,8 +183,19 @@ class AppCore:
         """*hook*: ``(name, capture stats, label stats)`` per camera for ``/metrics``."""
         return []
 
+    def present(self, read: Callable[[str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """``read(name)`` of each camera still there when it is read: one removed, or restarting
+        with new zones, meanwhile (in a thread of the camera API) is left out, not a KeyError."""
+        out = {}
+        for name in self.camera_names():
+            try:
+                out[name] = read(name)
+            except KeyError:
+                continue
+        return out
+
     def health(self) -> dict[str, Any]:
-        cams = {name: self.camera_health(name) for name in self.camera_names()}
+        cams = self.present(self.camera_health)
         first = next(iter(cams.values()), {})
         states = {c.get("state") for c in cams.values()}
         out = {
@@ -273,8 +284,7 @@ class AppCore:
         while True:
             try:
                 await self.refresh()
-                for name in self.camera_names():
-                    status = self.status_message(name)
+                for name, status in self.present(self.status_message).items():
                     self.end_segment_if_down(name, status)
                     self.hub.publish(f"status:{name}", json.dumps(status, allow_nan=False))
             except Exception as exc:  # noqa: BLE001 - the next second tries again; the page keeps the last status

@@ -208,8 +208,8 @@ def put_zones(name: str, query: dict[str, list[str]], body: Any, listing: Callab
     restart), then written to ``config_file`` when that file holds the camera's ``[[cameras]]`` table.
     200 with the zones and ``"saved_to"`` (the file, or ``null``: kept in memory only); a bad value
     is a 400 with one line, an unknown camera a 404."""
-    cams = listing().get("cameras", {})
-    if name not in cams:
+    now = listing()
+    if name not in now.get("cameras", {}) and name not in now.get("adding", ()):  # adding: set_zones says 409
         return Reply(404, {"error": f"no camera {shorten(name)!r}"})
     try:
         if body is not None and set(query) - {"token"}:
