@@ -66,13 +66,30 @@ def write_zones(path: str | os.PathLike, camera: str, zones: Sequence[ZoneConfig
         table = camera_table(doc, camera)
         if table is None or (source is not None and table_source(p, table) != source):
             return False
+        started = not refusal(p, tomlkit.dumps(doc))  # a file that needs options from the command line: not checked
         set_zones(table, zones, whole_frame)
+        text = tomlkit.dumps(doc)
+        if started and (why := refusal(p, text)):  # a rule edited in by hand since the start names a zone that goes
+            raise StreamrecError(f"--config {p}: not written: serve would not start from it with these zones: {why}")
         try:
-            atomic_write_text(p, tomlkit.dumps(doc))
+            atomic_write_text(p, text)
         except OSError as exc:
             raise StreamrecError(f"--config {p}: cannot write it: {exc.strerror or exc}") from None
     logger.info("camera %s: zones written to %s", camera, p)
     return True
+
+
+def refusal(p: Path, text: str) -> str:
+    """Why ``serve --config p`` would refuse the config ``text`` (of the file ``p``) with no other
+    option given ("" when it would start): what a write-back must not bring about."""
+    from streamrec.config import ServeConfig
+
+    try:
+        values = _paths_from(p.parent, tomllib.loads(text))
+        ServeConfig.from_sources(values, {}, file_label=str(p))
+    except (StreamrecError, tomllib.TOMLDecodeError, ValueError) as exc:
+        return printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return ""
 
 
 def table_source(p: Path, table: Any) -> Any:

@@ -231,3 +231,47 @@ def test_whole_frame_in_the_query_is_read_as_post_api_cameras_reads_a_flag(flag,
     zones = json.dumps([{"name": "rack", "x": 0, "y": 0, "w": 0.5, "h": 0.5}])
     assert zones_query({"zones": [zones], "whole_frame": [flag]}, "gym") == \
         ((ZoneConfig("rack", 0, 0, 0.5, 0.5),), whole_frame)
+
+
+GYM_WITH_A_RULE = """model = "tiny3d"
+weights = "none"
+{extra}
+[[cameras]]
+name = "gym"
+source = "{source}"
+
+[[cameras.zones]]
+name = "rack"
+x = 0.0
+y = 0.0
+w = 0.5
+h = 0.5
+
+[[rules]]
+name = "lift"
+labels = ["class_0"]
+zones = ["rack"]
+"""
+
+
+@pytest.mark.parametrize("extra", ["", 'host = "0.0.0.0"\n'])  # the second needs --token or --insecure to start
+def test_zones_that_would_leave_the_files_rule_without_its_zone_are_not_written(tmp_path, demo_clip, extra):
+    """A rule edited into the file by hand after the start (the running server does not have it)
+    names the zone the editor removes: written, the file would no longer start serve."""
+    from streamrec.configfile import write_zones
+    from streamrec.errors import StreamrecError
+
+    path = tmp_path / "gym.toml"
+    path.write_text(GYM_WITH_A_RULE.format(extra=extra, source=demo_clip))
+    before = path.read_text()
+    bench = (ZoneConfig("bench", 0.5, 0.5, 0.5, 0.5),)
+    if extra:  # a file that does not start serve alone is not judged by it: written as asked
+        assert write_zones(path, "gym", bench, True) is True
+        assert 'name = "bench"' in path.read_text()
+        return
+    with pytest.raises(StreamrecError) as err:
+        write_zones(path, "gym", bench, True)
+    assert str(err.value) == (f"--config {path}: not written: serve would not start from it with these zones: "
+                              "[[rules]] 'lift': zones: no zone 'rack' on any camera; expected one of bench")
+    assert path.read_text() == before
+    assert write_zones(path, "gym", (ZoneConfig("rack", 0.0, 0.0, 0.4, 0.4),) + bench, True) is True
