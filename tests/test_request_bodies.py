@@ -470,3 +470,35 @@ def test_a_bearer_token_sent_as_utf8_is_read_as_written():
     assert token_source("/api/events", Headers({"Authorization": as_read}), "cl\u00e9") == "bearer"
     assert token_source("/api/events", Headers({"Authorization": "Bearer cl\u00e9"}), "cl\u00e9") == "bearer"  # Latin-1 bytes
     assert token_source("/api/events", Headers({"Authorization": as_read}), "cle") is None
+
+
+def test_where_zones_are_not_changed_at_run_time_the_route_is_a_405_and_healthz_says_so():
+    """streamrec cluster has the camera API but sets zones in its config file: its page showed an
+    editor whose every save was a 404."""
+    from streamrec.config import ServeConfig
+    from streamrec.live.history import HistoryStore
+    from streamrec.serve.core import AppCore
+
+    cameras = Cameras()
+    route = cameras_api(listing=cameras.listing, add=cameras.add, remove=cameras.remove, set_zones=None)
+    reply = route.handler("PUT", "/api/cameras/gym/zones", {}, {"zones": [], "whole_frame": True})
+    assert (reply.status, reply.body, reply.allow) == (
+        405, {"error": "zones are not changed at run time here: set them in the config file"}, ())
+
+    class Cluster(AppCore):  # no set_zones
+        def camera_names(self) -> list[str]:
+            return []
+
+    class Live(Cluster):
+        def set_zones(self, name: str, zones: tuple, whole_frame: bool) -> CameraConfig:
+            raise AssertionError("not called")
+
+    store = HistoryStore(":memory:")
+    try:
+        for core, zones_api in ((Cluster(ServeConfig(source="0", token=TOKEN), store), False),
+                                (Live(ServeConfig(source="0", token=TOKEN), store), True),
+                                (Live(ServeConfig(source="0"), store), False)):
+            health = core.health()
+            assert (health["admin_api"], health["zones_api"]) == (core.config.token is not None, zones_api)
+    finally:
+        store.close()

@@ -222,6 +222,7 @@ class AppCore:
             "threads": sorted(t.name for t in threading.enumerate()),
             "uptime_s": round(time.time() - self.started, 1),
             "admin_api": bool(self.config.token),  # the camera and zones API answers (this full view needs the token)
+            "zones_api": bool(self.config.token) and hasattr(self, "set_zones"),  # zones changed at run time (not a cluster)
         }
         out.update(self.extra_health())
         now = time.time()

@@ -103,14 +103,17 @@ def cameras_api(*, listing: Callable[[], dict[str, Any]], add: Callable[[CameraC
 
     def handler(method: str, path: str, query: dict[str, list[str]], body: Any = None) -> Reply:
         parts = path.strip("/").split("/")[2:]  # after api/cameras
-        if len(parts) == 2 and parts[1] == "zones" and set_zones is not None:
+        if len(parts) == 2 and parts[1] == "zones":
+            if set_zones is None:  # streamrec cluster
+                return Reply(405, {"error": "zones are not changed at run time here: set them in the config file"},
+                             allow=())
             if method == "PUT":
                 return put_zones(parts[0], query, body, listing, set_zones, config_file())
             return Reply(405, {"error": "PUT /api/cameras/NAME/zones"}, allow=("PUT",))
         if len(parts) == 1:
             return remove_camera(parts[0], remove) if method == "DELETE" else \
                 Reply(405, {"error": "DELETE /api/cameras/NAME"}, allow=("DELETE",))
-        if parts:  # /api/cameras/a/b/c, or zones where none are set
+        if parts:  # /api/cameras/a/b/c
             return NOT_FOUND
         if method == "GET":
             out = listing()
