@@ -221,8 +221,9 @@ class ClipFolder:
 
     def inside(self, rel: str) -> Path | None:
         """The file ``rel`` (``<camera>/<file>``, or a file of the folder itself) of the folder, or
-        ``None`` when it would lead out of its camera's folder (``..``, a file that is a link elsewhere). A camera's folder may be
-        a link (to another disk): its files are counted, served and deleted like the others.
+        ``None`` when it would lead out of its camera's folder (``..``, a file that is a link
+        elsewhere). A camera's folder may be a link (to another disk): its files are counted,
+        served and deleted like the others.
 
         >>> folder = ClipFolder(Path("/srv/events"))
         >>> str(folder.inside("cam/1-0badf00d.mp4")), folder.inside("../etc/passwd"), folder.inside("cam/../x")
