@@ -92,6 +92,15 @@ def recording(tmp_path: Path, **kw) -> RecordingConfig:
     return RecordingConfig(**{"pre_seconds": 2.0, "post_seconds": 1.0, "dir": str(tmp_path / "events"), **kw})
 
 
+def recorder(tmp_path: Path, now: list[float], **kw) -> tuple[Recorder, dict[str, tuple]]:
+    """A Recorder of ``recording(tmp_path, **kw)`` on the virtual clock ``now``, and the clips it
+    finished: event id -> (path, bytes)."""
+    done: dict[str, tuple] = {}
+    rec = Recorder(recording(tmp_path, **kw), supervisor=Supervisor(), clock=lambda: now[0],
+                   on_done=lambda eid, rel, size: done.setdefault(eid, (rel, size)))
+    return rec, done
+
+
 @pytest.fixture(scope="module")
 def clip12(tmp_path_factory) -> Path:
     return h264(tmp_path_factory.mktemp("src") / "cam.mp4", 12.0)
@@ -99,9 +108,7 @@ def clip12(tmp_path_factory) -> Path:
 
 def test_clips_are_remuxed_fragmented_mp4_from_a_keyframe_before_the_event(clip12, tmp_path):
     now = [T0]
-    done: dict[str, tuple] = {}
-    rec = Recorder(recording(tmp_path), supervisor=Supervisor(), clock=lambda: now[0],
-                   on_done=lambda eid, rel, size: done.setdefault(eid, (rel, size)))
+    rec, done = recorder(tmp_path, now)
     play = Player(clip12, rec.ring("rack-1"), now)
     play.until(1.5)
     # an event from 1.0 s: 2 s before it is before the file started (clamped to the first keyframe)
@@ -140,9 +147,7 @@ def test_a_camera_removed_and_added_again_keeps_the_clip_it_is_writing(clip12, t
     """Removing a camera drops its packet ring; adding it back makes a new one. The clip still
     being written (its post-roll) is not taken for one a killed process left behind."""
     now = [T0]
-    done: dict[str, tuple] = {}
-    rec = Recorder(recording(tmp_path, pre_seconds=0.0, post_seconds=1.0), supervisor=Supervisor(),
-                   clock=lambda: now[0], on_done=lambda eid, rel, size: done.setdefault(eid, (rel, size)))
+    rec, done = recorder(tmp_path, now, pre_seconds=0.0, post_seconds=1.0)
     play = Player(clip12, rec.ring("cam"), now)
     play.until(1.0)
     assert rec.begin("e", "cam", T0 + 1.0) == "cam/e.mp4"
@@ -162,9 +167,7 @@ def test_a_camera_removed_and_added_again_keeps_the_clip_it_is_writing(clip12, t
 
 def test_a_clip_stops_at_max_seconds_and_when_the_source_reconnects(clip12, tmp_path):
     now = [T0]
-    done: dict[str, tuple] = {}
-    rec = Recorder(recording(tmp_path, pre_seconds=0.0, max_seconds=2.0), supervisor=Supervisor(),
-                   clock=lambda: now[0], on_done=lambda eid, rel, size: done.setdefault(eid, (rel, size)))
+    rec, done = recorder(tmp_path, now, pre_seconds=0.0, max_seconds=2.0)
     ring = rec.ring("cam")
     play = Player(clip12, ring, now)
     play.until(1.0)
@@ -609,9 +612,7 @@ def test_a_clip_ends_when_the_clock_is_set_back_during_it(clip12, tmp_path):
     from conftest import wait_until
 
     now = [T0]
-    done: dict[str, tuple] = {}
-    rec = Recorder(recording(tmp_path, pre_seconds=0.0, max_seconds=3.0), supervisor=Supervisor(),
-                   clock=lambda: now[0], on_done=lambda eid, rel, size: done.setdefault(eid, (rel, size)))
+    rec, done = recorder(tmp_path, now, pre_seconds=0.0, max_seconds=3.0)
     play = Player(clip12, rec.ring("cam"), now)
     play.until(1.0)
     rec.begin("e", "cam", T0 + 1.0)  # at most 3 s: dated up to T0 + 4, never reached
