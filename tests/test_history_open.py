@@ -139,11 +139,15 @@ def test_healthz_leaves_out_a_camera_removed_while_it_is_read():
     from streamrec.live.history import HistoryStore
 
     class Cameras(AppCore):
+        names = ["gate", "gym"]
+
         def camera_names(self) -> list[str]:
-            return ["gate", "gym"]
+            return list(self.names)
 
         def camera_health(self, name: str) -> dict:
-            return {"gate": {"state": "running"}}[name]  # gym: gone by now
+            if name == "gym":  # removed between the list of names and this read
+                self.names.remove("gym")
+            return {"gate": {"state": "running"}}[name]
 
     store = HistoryStore(":memory:")
     core = Cameras(ServeConfig(source="0"), store)
