@@ -172,7 +172,12 @@ class Database:
         for name, ddl in columns.items():
             if name not in have:
                 exists = "IF NOT EXISTS " if self.postgres else ""
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {exists}{name} {ddl}")
+                try:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {exists}{name} {ddl}")
+                except sqlite3.OperationalError:  # another process opening it added it meanwhile
+                    if name not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}:
+                        raise
+                    continue
                 if not self.postgres:  # PostgreSQL does not say whether it had the column
                     logger.info("database %s: the table %s gained the column %s", self.shown, table, name)
 

@@ -14,7 +14,7 @@ import pytest
 
 from streamrec.serve.routes import history_api
 from streamrec.errors import StreamrecError
-from streamrec.live.history import HistoryStore
+from streamrec.live.history import HistoryStore, Segment
 
 from conftest import run_main, streamrec_cmd
 
@@ -137,7 +137,7 @@ def test_history_counters_are_prometheus_metrics():
     ("2026-01-01T00:00:00.5Z", 1767225600.5), ("253402300799", 253402300799.0),
 ])
 def test_the_first_and_last_instants_of_the_years_1_to_9999_are_times(text, seconds):
-    from streamrec.live.history import parse_time
+    from streamrec.timespan import parse_time
 
     assert parse_time(text, "since") == seconds
 
@@ -145,7 +145,7 @@ def test_the_first_and_last_instants_of_the_years_1_to_9999_are_times(text, seco
 @pytest.mark.parametrize("tz", ["UTC", "Asia/Tokyo", "America/Los_Angeles"])
 def test_a_local_time_at_the_edge_of_the_years_is_a_time_or_out_of_range_never_a_bad_format(tz, monkeypatch):
     import time as clock
-    from streamrec.live.history import parse_time
+    from streamrec.timespan import parse_time
 
     monkeypatch.setenv("TZ", tz)
     clock.tzset()
@@ -178,7 +178,91 @@ def test_a_database_of_another_program_is_refused_and_left_as_it_is(tmp_path, co
 
 
 def test_times_keep_their_microseconds_however_they_are_written():
-    from streamrec.live.history import time_span
+    from streamrec.timespan import time_span
 
     assert time_span("1767225600.0005", "2026-01-01T00:00:00.0009+00:00") == (1767225600.0005, 1767225600.0009)
     assert time_span("1969-12-31T23:59:59.9999+00:00", None) == (-0.0001, None)
+
+
+def test_a_segment_waits_for_a_sqlite_lock_held_past_the_busy_timeout_and_is_written(tmp_path):
+    """Another writer (the events tables, a second program) holds the file longer than the busy
+    timeout: the segment is written once the lock goes, not dropped; the prune at start under
+    the same lock is put off with a warning, never a raised error."""
+    db = tmp_path / "h.db"
+    fill(db, 2)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    store = HistoryStore(str(db), busy_timeout_s=0.2, retain_days=1, clock=lambda: 1001.5 + 86400, prune_every_s=3600)
+    try:
+        store.add(Segment("cam-0", "squat", 2000.0, 2010.0, 0.8, 0.9, 5))
+        time.sleep(1.0)  # the writer met the lock at least once
+        assert store.written == 0
+        holder.execute("COMMIT")
+        store.flush()
+        assert (store.written, store.dropped) == (1, 0)
+        assert [r["label"] for r in store.query()] == ["label-0", "label-1", "squat"]  # nothing pruned yet
+        assert store.prune() == 1  # the next round: label-0 ended more than a day ago
+        assert [r["label"] for r in store.query()] == ["label-1", "squat"]
+    finally:
+        holder.close()
+        store.close()
+
+
+def test_a_large_prune_goes_in_batches_and_the_end_index_is_used(tmp_path):
+    from streamrec.live.history import PRUNE_BATCH
+
+    db = tmp_path / "h.db"
+    fill(db, PRUNE_BATCH * 2 + 5)  # segments end at 1001 s on
+    store = HistoryStore(str(db), retain_days=1, clock=lambda: 1000.5 + PRUNE_BATCH * 2 + 86400.0)
+    try:
+        assert store.pruned == PRUNE_BATCH * 2 and len(store.query()) == 5
+        with sqlite3.connect(db) as conn:  # the page's "the last ten minutes" reads an index, not every row
+            plan = " ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN SELECT * FROM segments WHERE end_ts >= 5"))
+        assert "USING INDEX segments_end" in plan, plan
+    finally:
+        store.close()
+
+
+def test_two_programs_opening_an_older_database_at_once_both_open_it(tmp_path):
+    """Both read the table before either adds the column; one adds it, the other's ALTER then
+    fails: it reads the table again and goes on."""
+    from streamrec.database import Database
+
+    class ReadBeforeTheOther:
+        """``second``, whose first look at the table is the one it took before ``first`` changed it."""
+
+        def __init__(self, conn, seen):
+            self.conn, self.seen = conn, seen
+
+        def execute(self, sql, *args):
+            if sql.startswith("PRAGMA") and self.seen is not None:
+                seen, self.seen = self.seen, None
+                return _Rows(seen)
+            return self.conn.execute(sql, *args)
+
+    class _Rows(list):
+        def fetchall(self):
+            return list(self)
+
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE segments (camera TEXT, label TEXT)")
+    first, second = sqlite3.connect(db, isolation_level=None), sqlite3.connect(db, isolation_level=None)
+    seen = second.execute("PRAGMA table_info(segments)").fetchall()
+    first.execute("ALTER TABLE segments ADD COLUMN zone TEXT NOT NULL DEFAULT ''")  # the other program, first
+    Database(str(db)).add_columns(ReadBeforeTheOther(second, seen), "segments",
+                                  {"zone": "TEXT NOT NULL DEFAULT ''", "extra": "INTEGER"})
+    assert [r[1] for r in second.execute("PRAGMA table_info(segments)")] == ["camera", "label", "zone", "extra"]
+    first.close()
+    second.close()
+
+
+def test_a_stored_time_no_date_holds_is_printed_as_a_number(tmp_path):
+    db = tmp_path / "h.db"
+    fill(db, 1)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE segments SET end_ts = 1e20")
+    proc = run_main("history", "--db", str(db))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1].split()[2:5] == [datetime.fromtimestamp(1000.0).strftime("%Y-%m-%d"),
+                                                        datetime.fromtimestamp(1000.0).strftime("%H:%M:%S"), "1e+20"]

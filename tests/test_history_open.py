@@ -43,6 +43,26 @@ def test_the_outage_threshold_follows_the_usual_interval_between_labels():
     assert [(s.start, s.end) for s in closed] == [(0.0, 20.0), (30.0, 30.0)]
 
 
+def test_an_early_outage_does_not_make_a_later_one_count_as_activity():
+    """The outages themselves are intervals between labels too: they must not stretch the usual
+    interval (with two or three intervals known, one outage once made the next 99 s "activity")."""
+    closed = []
+    t = SegmentTracker("gym", closed.append)
+    labels(t, "squat", [0, 100, 101, 200, 201, 300, 300.5, 301, 301.5])
+    t.close()
+    assert [(s.start, s.end, s.windows) for s in closed] == [
+        (0.0, 0.0, 1), (100.0, 101.0, 2), (200.0, 201.0, 2), (300.0, 301.5, 4)]
+
+
+def test_a_clock_that_steps_back_never_makes_segments_overlap():
+    closed = []
+    t = SegmentTracker("gym", closed.append)
+    for label, ts in (("a", 10), ("a", 11), ("b", 9), ("b", 12)):  # the wall clock stepped back 2 s
+        t.update(label, 0.8, float(ts))
+    t.close()
+    assert [(s.label, s.start, s.end) for s in closed] == [("a", 10.0, 11.0), ("b", 11.0, 12.0)]
+
+
 def test_interrupt_and_a_stop_long_after_the_last_label_end_at_that_label():
     closed = []
     t = SegmentTracker("gate", closed.append)

@@ -306,7 +306,7 @@ def test_an_absurd_time_is_a_400_naming_it(served, path, param, value):
 def test_a_long_number_that_is_no_number_is_refused_at_once(text):
     from streamrec.config import CameraConfig
     from streamrec.errors import StreamrecError
-    from streamrec.live.history import parse_time
+    from streamrec.timespan import parse_time
     from streamrec.validate import from_text
 
     started = time.perf_counter()

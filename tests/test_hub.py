@@ -152,3 +152,104 @@ def test_server_sends_uncompressed_unless_asked():
 
     assert asyncio.run(negotiated(None)) == []
     assert asyncio.run(negotiated("deflate")) == ["PerMessageDeflate"]
+
+
+def raw_websocket(port: int, rcvbuf: int = 4096):
+    """A websocket opened by hand on a socket with a small receive buffer, read no further: a
+    page that stopped reading (a suspended tab, a client that only sends)."""
+    import socket
+
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", port))
+    s.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return s
+
+
+def test_a_client_that_stops_reading_is_closed_after_the_send_deadline(monkeypatch):
+    """Its keepalive ping waits behind the stalled send and never times out: the send deadline
+    closes it, and the client that reads goes on."""
+    import streamrec.serve.hub as hub_module
+
+    monkeypatch.setattr(hub_module, "SEND_DEADLINE_S", 0.5, raising=False)
+
+    async def scenario():
+        hub = Hub()
+        server = await serving(hub)
+        stalled = await asyncio.to_thread(raw_websocket, server.port)  # the loop serves its handshake
+        try:
+            async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as reader:
+                await until(lambda: len(hub.clients) == 2, "both clients")
+                for i in range(200):  # 200 x 256 KiB: far more than the stalled socket's buffers hold
+                    hub.publish(f"frame:{i % 4}", b"x" * 256 * 1024)
+                    await asyncio.wait_for(reader.recv(), 10)
+                    if hub.stalled:
+                        break
+                await until(lambda: len(hub.clients) == 1, "the stalled client to be closed")
+                hub.publish("prediction:a", "after")
+                assert await asyncio.wait_for(reader.recv(), 5) == "after"
+            return hub.stalled
+        finally:
+            stalled.close()
+            await server.close()
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_a_client_holds_at_most_slots_max_unsent_messages_and_a_replaced_one_goes_last():
+    """Event changes each have a key of their own: a client that reads nothing holds the newest
+    :data:`SLOTS_MAX` of them, the oldest dropped and counted; a message that replaces an unsent
+    one is sent after what was published before it (a camera's new status after its removal)."""
+    from streamrec.serve.hub import SLOTS_MAX, Client
+
+    hub = Hub()
+    client = Client(ws=None)  # type: ignore[arg-type] - nothing is sent: only its mailbox is read
+    hub.clients.add(client)
+    for i in range(SLOTS_MAX + 500):
+        hub.publish(f"event:e{i}:open", f"e{i}")
+    assert len(client.slots) == SLOTS_MAX and (client.dropped, hub.dropped) == (500, 500)
+    assert list(client.slots)[0] == "event:e500:open" and list(client.slots)[-1] == f"event:e{SLOTS_MAX + 499}:open"
+
+    client.slots.clear()
+    hub.publish("status:a", "a is starting")
+    hub.publish("removed:a", "a is gone")
+    hub.publish("status:a", "a again")
+    assert list(client.slots.items()) == [("removed:a", "a is gone"), ("status:a", "a again")]
+
+
+def test_a_client_that_sends_pings_and_reads_nothing_is_closed(monkeypatch):
+    """Every ping is answered with a pong: a client that floods pings and reads no answer would
+    grow the server's send buffer without bound; over the bound it is closed."""
+    from streamrec.serve.guard import GuardedConnection
+
+    monkeypatch.setattr(GuardedConnection, "UNSENT_MAX", 256 * 1024, raising=False)
+
+    async def scenario():
+        hub = Hub()
+        server = await serving(hub)
+        s = await asyncio.to_thread(raw_websocket, server.port)
+        try:
+            await until(lambda: len(hub.clients) == 1, "the client")
+            ping = bytes([0x89, 0x80 | 125]) + b"\0" * 4 + b"p" * 125  # masked, 125 bytes: a pong as large
+            sent = 0
+            s.setblocking(False)
+            while hub.clients and sent < 64 * 1024 * 1024:
+                try:
+                    sent += s.send(ping * 64)
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+                except OSError:  # closed by the server
+                    break
+                await asyncio.sleep(0)
+            await until(lambda: not hub.clients, "the flooding client to be closed")
+            return sent
+        finally:
+            s.close()
+            await server.close()
+
+    assert asyncio.run(scenario()) < 16 * 1024 * 1024

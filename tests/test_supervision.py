@@ -164,3 +164,22 @@ def test_label_messages_leave_out_non_finite_rows_only():
                           meaningless=False)
     assert [(m["camera"], m["label"]) for m in msgs] == [("a", "y")]
     assert [(s.seq, s.nonfinite) for s in stats] == [(1, 0), (0, 1)]
+
+
+def test_a_sports_only_row_whose_sport_scores_all_underflow_stays_finite():
+    """A window the model is sure is no sport (every sport class's score underflows to 0 in
+    float32): the sports are even and low, the message is valid JSON, and the next window's
+    smoothed score is a number again (a 0/0 once made it NaN for good)."""
+    import math
+
+    from streamrec.live.labels import LabelStats, Labelled, label_messages
+    from streamrec.live.smoothing import LabelSmoother
+
+    item = Labelled("a", LabelStats(), LabelSmoother(), [1, 2], start_ts=0.0, end_ts=1.0, frames=16, capture_fps=15.0)
+    underflow = np.array([[1.0, 0.0, 0.0]], dtype=np.float32)  # softmax of logits 200 apart
+    first, = label_messages([item], underflow, ["x", "y", "z"], infer_ms=1.0, clock=lambda: 2.0, meaningless=False)
+    assert [(t["label"], t["score"]) for t in first["top"]] == [("y", 0.5), ("z", 0.5), ("x", 0.0)]
+    json.dumps(first, allow_nan=False)
+    second, = label_messages([item], np.array([[0.1, 0.8, 0.1]], dtype=np.float32), ["x", "y", "z"], infer_ms=1.0,
+                             clock=lambda: 3.0, meaningless=False)
+    assert second["label"] == "y" and math.isfinite(second["score"]) and second["score"] > 0.5

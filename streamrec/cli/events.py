@@ -5,10 +5,9 @@ from __future__ import annotations
 import shutil
 import sys
 from contextlib import closing
-from datetime import datetime
 from pathlib import Path
 
-from streamrec.cli.output import write_rows
+from streamrec.cli.output import local_time, write_rows
 from streamrec.errors import StreamrecError
 from streamrec.redact import printable
 from streamrec.validate import not_a_file, whole_number
@@ -105,7 +104,7 @@ def open_store(target: str):
 
 
 def cmd_events(args) -> int:
-    from streamrec.live.history import time_span
+    from streamrec.timespan import time_span
 
     if args.limit < 1:
         raise StreamrecError(f"--limit: expected >= 1, got {args.limit}")
@@ -169,9 +168,8 @@ def copy_clip(store, args, target: str) -> int:
 def print_events(rows: list[dict], form: str) -> None:
     rows = [{k: r.get(k) for k in COLUMNS} for r in rows]
     if not write_rows(rows, COLUMNS, form):
-        fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t is not None else "(open)"  # noqa: E731
         print(f"{'id':<20} {'camera':<12} {'zone':<10} {'rule':<12} {'start':<19}  {'secs':>6}  {'peak':>5}  label")
         for r in rows:
             secs = f"{r['end_ts'] - r['start_ts']:>6.1f}" if r["end_ts"] is not None else "     -"
-            print(f"{r['id']:<20} {printable(r['camera']):<12} {printable(r['zone'] or '-'):<10} {printable(r['rule']):<12} {fmt(r['start_ts'])}  {secs}  "
+            print(f"{r['id']:<20} {printable(r['camera']):<12} {printable(r['zone'] or '-'):<10} {printable(r['rule']):<12} {local_time(r['start_ts'])}  {secs}  "
                   f"{r['peak_score']:>5.2f}  {printable(r['label'])}")

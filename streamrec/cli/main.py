@@ -252,7 +252,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     from contextlib import closing
 
     from streamrec.cli.events import history_target
-    from streamrec.live.history import HistoryStore, time_span
+    from streamrec.live.history import HistoryStore
+    from streamrec.timespan import time_span
 
     since, until = time_span(args.since, args.until)
     if args.limit is not None and args.limit < 1:
@@ -272,16 +273,13 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _print_history(rows: Iterable[dict[str, Any]], form: str) -> None:
-    from datetime import datetime
-
-    from streamrec.cli.output import write_rows
+    from streamrec.cli.output import local_time, write_rows
     from streamrec.live.history import COLUMNS
 
     if not write_rows(rows, COLUMNS, form):
-        fmt = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
         print(f"{'camera':<16} {'zone':<12} {'start':<19}  {'end':<19}  {'secs':>6}  {'mean':>5}  {'peak':>5}  label")
         for r in rows:
-            print(f"{printable(r['camera']):<16} {printable(r['zone'] or '-'):<12} {fmt(r['start'])}  {fmt(r['end'])}  "
+            print(f"{printable(r['camera']):<16} {printable(r['zone'] or '-'):<12} {local_time(r['start'])}  {local_time(r['end'])}  "
                   f"{r['end'] - r['start']:>6.1f}  {r['mean_score']:>5.2f}  {r['peak_score']:>5.2f}  {printable(r['label'])}")
 
 

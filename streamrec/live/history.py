@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import time
-from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
 
 from streamrec.database import BUSY_TIMEOUT_S, RECONNECT, Database, close_quietly
@@ -46,7 +44,9 @@ CREATE TABLE IF NOT EXISTS segments (
     windows INTEGER NOT NULL,
     zone TEXT NOT NULL DEFAULT ''
 )"""  # zone last: where an older database gets it (ADDED_COLUMNS), so both have one layout
-INDEX = "CREATE INDEX IF NOT EXISTS segments_camera_start ON segments (camera, start_ts)"
+INDEXES = ("CREATE INDEX IF NOT EXISTS segments_camera_start ON segments (camera, start_ts)",
+           "CREATE INDEX IF NOT EXISTS segments_end ON segments (end_ts)")  # the page's last minutes; pruning
+PRUNE_BATCH = 10_000  # segments deleted per statement: a year of them is never one statement past its timeout
 ADDED_COLUMNS = {"zone": "TEXT NOT NULL DEFAULT ''"}  # a database from before zones: its segments are whole frames
 COLUMNS = ("camera", "zone", "label", "start", "end", "mean_score", "peak_score", "windows")
 WHOLE_FRAME = ""  # the zone column of a camera's whole frame (rows show it as None)
@@ -77,7 +77,7 @@ class HistoryStore:
         self._open_lock = threading.Lock()
         self._closing = threading.Event()
         self._conn = self._connect()
-        self.prune()  # at start, then every ``prune_every_s`` from the writer thread
+        self._prune_now()  # at start, then every ``prune_every_s`` from the writer thread
         self._next_prune = clock() + prune_every_s
         self.supervisor = supervisor or Supervisor()
         self._writer = threading.Thread(target=self.supervisor.run, args=("history-writer", self._write_loop, self._closing),
@@ -91,7 +91,8 @@ class HistoryStore:
     def _create(self, conn) -> None:
         conn.execute(SCHEMA)
         self.db.add_columns(conn, "segments", ADDED_COLUMNS)
-        conn.execute(INDEX)
+        for index in INDEXES:
+            conn.execute(index)
 
     def tracker(self, camera: str, zone: str | None = None) -> SegmentTracker:
         """A :class:`SegmentTracker` for ``camera``'s ``zone`` (``None``: its whole frame) that
@@ -139,12 +140,26 @@ class HistoryStore:
         if self.retain_days is None:
             return 0
         cutoff = self._clock() - self.retain_days * 86400.0
-        with self._lock:
-            n = self._conn.execute(self.db.sql("DELETE FROM segments WHERE end_ts < ?"), (cutoff,)).rowcount
-        self.pruned += max(n, 0)
+        row = "ctid" if self.postgres else "rowid"
+        sql = self.db.sql(f"DELETE FROM segments WHERE {row} IN "
+                          f"(SELECT {row} FROM segments WHERE end_ts < ? LIMIT {PRUNE_BATCH})")
+        n, batch = 0, PRUNE_BATCH
+        while batch == PRUNE_BATCH and not self._closing.is_set():
+            with self._lock:
+                batch = max(self._conn.execute(sql, (cutoff,)).rowcount, 0)
+            n += batch
+            self.pruned += batch
         if n > 0:
             logger.info("history: deleted %d segments older than %g days", n, self.retain_days)
         return n
+
+    def _prune_now(self) -> None:
+        """:meth:`prune`, a failure logged (the next round tries again), never raised."""
+        try:
+            self.prune()
+        except Exception as exc:  # noqa: BLE001 - keep the writer alive (and a start going)
+            logger.warning("history: cannot delete old segments now (%s); trying again in %g s",
+                           printable(mask_quoted(str(exc).strip(), self.target)), self._prune_every_s)
 
     def stats(self) -> dict[str, Any]:
         """What ``/healthz`` shows of the history."""
@@ -155,10 +170,7 @@ class HistoryStore:
         while True:
             if self.retain_days is not None and self._clock() >= self._next_prune:
                 self._next_prune = self._clock() + self._prune_every_s
-                try:
-                    self.prune()
-                except Exception:  # noqa: BLE001 - keep the writer alive; the next round tries again
-                    logger.exception("history: cannot delete old segments")
+                self._prune_now()
             try:
                 seg = self._q.get(timeout=None if self.retain_days is None else min(self._prune_every_s, 60.0))
             except queue.Empty:
@@ -172,20 +184,32 @@ class HistoryStore:
 
     def _write(self, seg: Segment) -> None:
         """Insert ``seg``; a PostgreSQL server that went away (restarted, network cut) is
-        reconnected to, with backoff, and the segment written then: meanwhile new segments
-        wait in the queue (a full queue drops and counts). Any other failure drops and counts."""
+        reconnected to, with backoff, and the segment written then; a database that is there but
+        not now (a SQLite file another writer holds past the busy timeout, a full disk) is tried
+        again with backoff: meanwhile new segments wait in the queue (a full queue drops and
+        counts). Any other failure, or the store closing meanwhile, drops and counts."""
         sql = (f"INSERT INTO segments (camera, zone, label, start_ts, end_ts, mean_score, peak_score, windows) "
                f"VALUES ({', '.join([self.db.ph] * 8)})")
         values = (seg.camera, seg.zone or WHOLE_FRAME, seg.label, seg.start, seg.end, seg.mean_score, seg.peak_score,
                   seg.windows)
-        for attempt in (1, 2):
+        reconnected, waits = False, 0
+        while True:
             try:
                 with self._lock:
                     self._conn.execute(sql, values)
                 self.written += 1
                 return
             except Exception as exc:  # noqa: BLE001 - keep the writer alive; say what was lost
-                if attempt == 1 and self._lost() and self._reconnect(exc):
+                if self._lost():
+                    if not reconnected and self._reconnect(exc):
+                        reconnected = True
+                        continue
+                elif self.db.unavailable(exc, self._conn) and not self._closing.is_set():
+                    if waits == 0:
+                        logger.warning("history: the database %s is busy (%s); trying again", self.db.shown,
+                                       printable(mask_quoted(str(exc).strip(), self.target)))
+                    self._closing.wait(RECONNECT.delay(waits))
+                    waits += 1
                     continue
                 self.dropped += 1
                 logger.error("history: a segment of %s was not written: %s", seg.camera, printable(exc))
@@ -295,80 +319,6 @@ class HistoryStore:
                 self._conn.close()
             finally:
                 self._lock.release()
-
-
-# a number as --since/--until and ?since=/?until= take it: ASCII digits (not 1_000 or digits of other
-# scripts, which float() takes); inf and nan too, to be refused as out of range
-_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan)"
-UNIX_SECONDS = re.compile(rf"[+-]?(?:{_NUMBER})")
-RELATIVE_TIME = re.compile(rf"-({_NUMBER})([smhd])")
-
-
-YEAR_10000_S = 253402300800  # 10000-01-01T00:00:00Z in Unix seconds: times end before it
-
-
-def parse_time(text: str | None, name: str = "--since/--until") -> float | None:
-    """Unix seconds, an ISO-8601 time, or a relative ``-10m`` / ``-2h`` / ``-1d``, within the years
-    1 to 9999, numbers in ASCII digits; anything else (``nan``, ``inf``, ``1e999``, ``1_000``, a number
-    of 5,000 digits...) is a :class:`StreamrecError` naming ``name`` (the option or query parameter)."""
-    if text is None:
-        return None
-    t = text.strip(" \t")  # blanks: spaces and tabs; other spacing or control characters are refused
-    shown = t if len(t) <= 40 else t[:40] + "..."
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    relative = RELATIVE_TIME.fullmatch(t)
-    if relative:
-        value = datetime.now(timezone.utc).timestamp() - float(relative[1]) * units[relative[2]]
-    elif UNIX_SECONDS.fullmatch(t):
-        value = float(t)
-    else:
-        try:
-            if not (t.isascii() and t.isprintable()):  # fromisoformat stops at a NUL
-                raise ValueError(t)
-            dt = datetime.fromisoformat(t)
-        except ValueError:
-            raise StreamrecError(f"{name}: expected Unix seconds, an ISO time or -10m/-2h/-1d, got {shown!r}") from None
-        value = _iso_seconds(dt)
-    if not -62135596800 <= value < YEAR_10000_S:  # 0001-01-01 to the end of 9999-12-31 UTC; false for NaN too
-        raise StreamrecError(f"{name}: expected a time within the years 1 to 9999, got {shown!r}")
-    return value
-
-
-def time_span(since: str | None, until: str | None, names: tuple[str, str] = ("--since", "--until")) -> tuple[float | None, float | None]:
-    """``since`` and ``until`` read by :func:`parse_time`, each error naming its own option of
-    ``names``; a ``since`` after ``until`` (a span with nothing in it) is a :class:`StreamrecError` too.
-
-    >>> time_span("100", "200")
-    (100.0, 200.0)
-    >>> time_span("200", "100", ("since", "until"))
-    Traceback (most recent call last):
-    ...
-    streamrec.errors.StreamrecError: since, until: expected since at or before until, got since '200' after until '100'
-    """
-    start, end = parse_time(since, names[0]), parse_time(until, names[1])
-    if start is not None and end is not None and start > end:
-        raise StreamrecError(f"{names[0]}, {names[1]}: expected {names[0]} at or before {names[1]}, got {names[0]} "
-                             f"{since.strip()[:40]!r} after {names[1]} {until.strip()[:40]!r}")
-    return start, end
-
-
-def _iso_seconds(dt: datetime) -> float:
-    """Unix seconds of ``dt``; a time without an offset is local time. Years 1 and 9999 included:
-    the C library's local time overflows there, so the offset of now is taken instead.
-
-    >>> _iso_seconds(datetime(1, 1, 1, tzinfo=timezone.utc)), _iso_seconds(datetime(1970, 1, 1, 0, 0, 1, tzinfo=timezone.utc))
-    (-62135596800.0, 1.0)
-    """
-    if dt.tzinfo is not None:
-        since = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
-        if since < timedelta(seconds=YEAR_10000_S) <= timedelta(seconds=since.total_seconds()):
-            return YEAR_10000_S - 0.001  # the float of 9999-12-31T23:59:59.999999 rounds up to year 10000
-        return since.total_seconds()
-    try:
-        return dt.astimezone().timestamp()
-    except (OverflowError, OSError, ValueError):
-        offset = datetime.now().astimezone().utcoffset()
-        return (dt - datetime(1970, 1, 1)).total_seconds() - (offset.total_seconds() if offset else 0.0)
 
 
 def default_db() -> str:

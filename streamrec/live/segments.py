@@ -7,7 +7,6 @@ zone) for the activity history
 from __future__ import annotations
 
 import logging
-import statistics
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
@@ -38,9 +37,11 @@ STALE_FACTOR = 3.0  # ...or for this many of the camera's usual intervals betwee
 
 
 class Cadence:
-    """How often one stream's labels come (the median of the last 16 intervals), and so how long
-    a pause of them is an outage: :data:`STALE_FACTOR` usual intervals, :data:`STALE_FLOOR_S` at
-    least. One notion of an outage for the history's segments and the rules' events.
+    """How often one stream's labels come (the lower quartile of the last 16 intervals: outages
+    among them do not stretch it, an odd pair of labels close together does not shrink it), and so
+    how long a pause of them is an outage: :data:`STALE_FACTOR` usual intervals,
+    :data:`STALE_FLOOR_S` at least. One notion of an outage for the history's segments and the
+    rules' events.
 
     >>> c = Cadence()
     >>> c.stale_after()
@@ -60,7 +61,7 @@ class Cadence:
 
     def stale_after(self) -> float:
         """Seconds without a label after which the stream's labels have stopped."""
-        usual = statistics.median(self._gaps) if self._gaps else 1.0
+        usual = sorted(self._gaps)[len(self._gaps) // 4] if self._gaps else 1.0
         return max(STALE_FLOOR_S, STALE_FACTOR * usual)
 
 
@@ -104,12 +105,15 @@ class SegmentTracker:
         return self.cadence.stale_after()
 
     def update(self, label: str, score: float, ts: float) -> None:
+        """``label`` scored ``score`` at ``ts``; a time before the last label's (the clock stepped
+        back) counts as the last label's, so segments never overlap."""
         if self._last is not None:
+            ts = max(ts, self._last)
             gap = ts - self._last
             if gap > self.stale_after():
                 self.close()  # the labels stopped meanwhile: it ended at its last label
             self.cadence.add(gap)
-        self._last = ts if self._last is None else max(self._last, ts)
+        self._last = ts
         if label != self._label:
             self.close(ts)
             self._label, self._start, self._sum, self._peak, self._n = label, ts, 0.0, 0.0, 0

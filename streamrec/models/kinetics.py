@@ -66,18 +66,22 @@ def sport_indices(class_names: Sequence[str]) -> list[int]:
 
 def restrict(probs, indices: Sequence[int]):
     """``probs`` (``(..., K)`` scores) with the classes outside ``indices`` set to 0 and the rest
-    renormalized to sum to 1: what ``--sports-only`` shows.
+    renormalized to sum to 1: what ``--sports-only`` shows. A row whose classes in ``indices`` all
+    scored 0 (underflow: the model is sure it is none of them) is spread evenly over them, a low
+    score for each, never 0/0.
 
     Example:
         >>> import numpy as np
-        >>> restrict(np.array([[0.5, 0.3, 0.2]]), [1, 2]).round(2).tolist()
-        [[0.0, 0.6, 0.4]]
+        >>> restrict(np.array([[0.5, 0.3, 0.2], [1.0, 0.0, 0.0]]), [1, 2]).round(2).tolist()
+        [[0.0, 0.6, 0.4], [0.0, 0.5, 0.5]]
     """
     import numpy as np
 
     probs = np.asarray(probs)
     masked = np.zeros_like(probs)
     masked[..., indices] = probs[..., indices]
+    empty = masked.sum(axis=-1, keepdims=True) <= 0  # (..., 1)
+    masked[..., indices] = np.where(empty, 1.0, masked[..., indices])
     return masked / masked.sum(axis=-1, keepdims=True)
 
 

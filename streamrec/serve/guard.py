@@ -162,6 +162,9 @@ class GuardedConnection(ServerConnection):
     CHUNK = 256 * 1024  # bytes of a streamed body read and written at a time
     STALL_S = 2.0  # an answer waiting this long for the client to read on may make room for a new connection
     LINGER_S = 1.0  # a refused body is read and dropped this long before the connection closes
+    # what may wait unsent to an open websocket (its sends wait at 256 KiB, then one message goes
+    # over): more is a client that sends but does not read (a ping flood piling up pongs)
+    UNSENT_MAX = 4 * 1024 * 1024
 
     def __init__(self, *args: Any, guard: ConnectionGuard | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -285,6 +288,10 @@ class GuardedConnection(ServerConnection):
         (more than :data:`MAX_BODY` closes the connection), else dropped."""
         if self._opened:
             super().data_received(data)
+            if self.transport.get_write_buffer_size() > self.UNSENT_MAX:
+                logger.info("closed the websocket of %s: %d bytes of answers unread", self.peer,
+                            self.transport.get_write_buffer_size())
+                self.evict()
         elif self._upgrade:  # over the bound, a client that does not wait goes (never frames with a hole)
             self._early += data
             if len(self._early) > MAX_BODY:

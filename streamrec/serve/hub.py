@@ -4,17 +4,26 @@ The event loop owns every socket. Other threads hand it messages with
 :meth:`Hub.publish_threadsafe`. Each client has a one-slot mailbox per message kind
 (prediction, status, frame) and its own sender task: a slow or stalled browser only ever
 has the newest message waiting, older ones are dropped and counted, and it never slows
-inference or the other clients.
+inference or the other clients. A client holds at most :data:`SLOTS_MAX` unsent messages (event
+changes each have a key of their own), and one that has not read a message for
+:data:`SEND_DEADLINE_S` is closed (websockets' keepalive ping waits behind the stalled send,
+so it would never time out): a page that wakes up reconnects and gets the latest state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+
+logger = logging.getLogger(__name__)
+
+SEND_DEADLINE_S = 30.0  # a client that has not taken one message in this long is closed
+SLOTS_MAX = 1000  # unsent messages one client may hold; over it, its oldest goes (counted as dropped)
 
 
 @dataclass(eq=False)
@@ -36,6 +45,7 @@ class Hub:
         self.clients: set[Client] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.dropped = 0
+        self.stalled = 0  # clients closed because they stopped reading
         self.last: dict[str, str | bytes] = {}
 
     def publish(self, key: str, payload: str | bytes) -> None:
@@ -43,10 +53,11 @@ class Hub:
         if key.startswith(("status", "prediction")):
             self.last[key] = payload  # a new page gets the latest status and prediction at once
         for c in self.clients:
-            if key in c.slots:
+            if key in c.slots or len(c.slots) >= SLOTS_MAX:
+                c.slots.pop(key if key in c.slots else next(iter(c.slots)))
                 c.dropped += 1
                 self.dropped += 1
-            c.slots[key] = payload
+            c.slots[key] = payload  # a replaced key goes to the end: after what was offered before it
             c.ready.set()
 
     def forget(self, suffix: str) -> None:
@@ -101,13 +112,22 @@ class Hub:
                 while client.slots:
                     key = next(iter(client.slots))
                     payload = client.slots.pop(key)
-                    await ws.send(payload)  # waits only on this client's socket
+                    try:  # waits only on this client's socket
+                        await asyncio.wait_for(ws.send(payload), SEND_DEADLINE_S)
+                    except asyncio.TimeoutError:
+                        self._close_stalled(ws)
+                        return
                     client.sent += 1
         except ConnectionClosed:
             pass
         finally:
             self.clients.discard(client)
             reader.cancel()
+
+    def _close_stalled(self, ws: ServerConnection) -> None:
+        self.stalled += 1
+        logger.info("closed a websocket client that read nothing for %.0f s (%d so far)", SEND_DEADLINE_S, self.stalled)
+        ws.transport.abort()  # a closing handshake would wait behind the same full socket
 
     @staticmethod
     async def _drain_incoming(ws: ServerConnection) -> None:

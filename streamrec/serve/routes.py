@@ -13,7 +13,8 @@ from streamrec.configfile import write_zones
 from streamrec.database import DatabaseUnavailable
 from streamrec.errors import Busy, StreamrecError
 from streamrec.redact import mask_credentials, printable
-from streamrec.live.history import HistoryStore, time_span
+from streamrec.live.history import HistoryStore
+from streamrec.timespan import time_span
 from streamrec.events.manager import EventManager
 from streamrec.events.store import row_event
 from streamrec.serve.files import FileBody
@@ -56,7 +57,7 @@ ERROR_MAX_CHARS = 300  # an error answer's length: a value quoted in it is cut
 
 
 def query_times(query: dict[str, list[str]]) -> tuple[float | None, float | None]:
-    """The ``since`` and ``until`` parameters (see :func:`~streamrec.live.history.time_span`)."""
+    """The ``since`` and ``until`` parameters (see :func:`~streamrec.timespan.time_span`)."""
     return time_span((query.get("since") or [None])[0], (query.get("until") or [None])[0], ("since", "until"))
 
 
