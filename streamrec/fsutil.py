@@ -182,9 +182,16 @@ def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` via :func:`atomic_write`. Serialized in memory first: torch's
+    zip writer turns a full disk into a ``RuntimeError`` ("unexpected pos"), the file's own
+    write says ``OSError`` (no space left, file too large), which the commands report in one line."""
+    import io
+
     import torch
 
-    atomic_write(path, lambda fh: torch.save(obj, fh))
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, lambda fh: fh.write(buf.getbuffer()))
 
 
 def raise_fd_limit() -> int:

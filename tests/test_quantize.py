@@ -145,7 +145,7 @@ def test_int8_backend_without_a_quantized_model_names_the_command(demo_clip, che
     (["--clips", "{empty}"], "--clips: expected video files or folders holding them, found none in {empty}"),
     (["--clips", "{clip}", "--min-agreement", "1.5"], "--min-agreement: expected a fraction from 0 to 1, got 1.5"),
     (["--clips", "{clip}", "--max-score-diff", "-1"], "--max-score-diff: expected a score difference from 0 to 1, got -1.0"),
-    (["--clips", "{clip}", "--stride", "0"], "--stride: expected > 0 seconds, got 0.0"),
+    (["--clips", "{clip}", "--stride", "0"], "--stride: expected 0.01 to 86400 seconds between windows, got 0.0"),
     (["--clips", "{clip}", "{text}", "--weights", "{tiny}"],
      "--clips: not a readable video file {text}: Invalid data found when processing input"),
     (["--clips", "{clip}", "--weights", "none", "--model", "tiny3d"],

@@ -238,7 +238,8 @@ def cmd_evaluate(args) -> int:
     if suffix != ".csv" and suffix not in IMAGE_SUFFIXES:
         raise StreamrecError(f"--confusion {args.confusion}: expected a file name ending in .csv, "
                              f"{', '.join(IMAGE_SUFFIXES)}, got {suffix or 'no suffix'!r}")
-    check_output("--confusion", args.confusion, image=suffix != ".csv", data=args.folder)
+    check_output("--confusion", args.confusion, image=suffix != ".csv", data=args.folder,
+                 inputs=(args.weights,) if args.weights.upper() not in ("DEFAULT", "NONE") else ())
     r = evaluate(args.folder, weights=args.weights, model=args.model, device=args.device,
                  batch_size=args.batch_size, confusion=args.confusion, val_split=args.val_split)
     if r["training_clips"]:
@@ -278,6 +279,9 @@ def cmd_export(args) -> int:
                              "got random ones: their export would read as a trained model")
     suffix = {"torchscript": ".ts", "onnx": ".onnx"}[args.format]
     out = args.out or str(Path(weights).with_suffix(suffix))  # run.v2/model -> run.v2/model.ts
+    if (Path(out).suffix.lower() == ".onnx") != (args.format == "onnx"):  # --weights reads a file as ONNX by its name
+        raise StreamrecError(f"--out {out}: expected a name ending in .onnx for --format onnx, and only for it "
+                             f"(--weights reads .onnx files as ONNX), got --format {args.format}")
     check_output("--out", out, inputs=(weights,))
     path = export(weights, out, fmt=args.format)
     print(f"wrote {path}")

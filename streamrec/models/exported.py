@@ -33,7 +33,13 @@ def _ort():
 
 
 def onnx_meta(path: Path, key: str) -> str:
-    sess = _ort().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ort = _ort()
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors (InvalidProtobuf, Fail...) derive from Exception only
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise WeightsError(f"--weights {path}: not an ONNX model ONNX Runtime can read ({why}); "
+                           "copy or export it again") from None
     meta = sess.get_modelmeta().custom_metadata_map
     if key not in meta:
         raise StreamrecError(f"--weights {path}: ONNX file has no {key} metadata (not exported by streamrec)")

@@ -61,6 +61,9 @@ class Keeper:
         self.out, self.chance, self.allow_chance = out, chance, allow_chance
         self.best, self.stale = st.get("best", float("inf")), st.get("stale", 0)
         self.saved, self.saved_row = st.get("saved", float("inf")), st.get("saved_row")
+        if self.saved_row is not None and not Path(out).is_file():  # resumed, the checkpoint deleted or moved since
+            logger.warning("%s is gone: the next epoch that beats chance writes it again", out)
+            self.saved, self.saved_row = float("inf"), None
         self.best_row = st.get("best_row")
         self.ran = False  # an epoch ran in this run
 

@@ -218,7 +218,10 @@ def iter_windows(
     window is sampled by timestamp. The last window ends at the last frame, so the
     windows cover the whole file; a file shorter than one window gives one padded window.
     ``zone``: only its pixels, cut out before the resize and centre crop (as live capture does).
+    A ``stride`` below :data:`MIN_STRIDE_S` is taken as that (a smaller step would never move
+    the next window's end on: the loop would not end).
     """
+    stride = max(stride, MIN_STRIDE_S)
     span = span if span is not None else FileSpan()
     pre = FramePreprocessor(spec)
     ring = FrameRing(capacity_for(spec.frames, spec.fps, source_fps=max(source.fps or 30.0, 30.0) * 1.5), pre.crop_shape, np.uint8)

@@ -143,6 +143,9 @@ def unreadable_class(root: str | os.PathLike, split: Split) -> str | None:
     return None
 
 
+VAL_SPLIT_MIN = 0.001  # a class of 500 clips holds one out; below it, one side of the split is all but empty
+
+
 def splits(clips: int, val_split: float) -> bool:
     """Whether ``clips`` clips of a class split: ``round(clips * val_split)`` of them held out, one
     at least, and one at least left to train on."""
@@ -182,8 +185,9 @@ def discover(root: str | os.PathLike, *, val_split: float | None = None) -> dict
     root = Path(root)
     if not root.exists():
         raise StreamrecError(f"dataset: folder not found: {root}")
-    if val_split is not None and not 0 < val_split < 1:
-        raise StreamrecError(f"--val-split: expected 0 < value < 1, got {val_split}")
+    if val_split is not None and not VAL_SPLIT_MIN <= val_split <= 1 - VAL_SPLIT_MIN:
+        raise StreamrecError(f"--val-split: expected a share of the clips from {VAL_SPLIT_MIN} to {1 - VAL_SPLIT_MIN}, "
+                             f"got {val_split}")
     if (root / "train").is_dir() and (root / "valid").is_dir():
         if val_split is not None:
             raise StreamrecError(f"--val-split: {root} is split already (train/ and valid/); leave --val-split out")
@@ -264,8 +268,12 @@ class ClipCache:
             except (OSError, ValueError, KeyError):
                 logger.warning("cache entry %s unreadable; decoding again", file)
         clip = decode_resized(path, self.spec)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(file, lambda fh: np.savez(fh, frames=clip.frames, times=clip.times))  # workers never see half a file
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(file, lambda fh: np.savez(fh, frames=clip.frames, times=clip.times))  # workers never see half a file
+        except OSError as exc:  # a full disk, a read-only folder: the clip itself is fine, the cache goes
+            logger.warning("cannot write the clip cache in %s (%s): clips are decoded again each epoch", self.folder, exc)
+            self.folder = None
         return clip
 
 

@@ -145,17 +145,37 @@ def text_colors(confusion: np.ndarray) -> np.ndarray:
     return np.where(dark, "white", "black")
 
 
+PLOT_NUMBERS_MAX = 40  # classes drawn with a number in each cell; more are drawn as colours only
+PLOT_INCHES_MAX = 24.0
+
+
+def plotted(confusion: np.ndarray, classes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The rows and columns of the classes the clips hold or the model answered (a Kinetics model
+    on a dataset of three classes: a few of its 400), each class once on both axes.
+
+    Example:
+        >>> plotted(np.array([[2, 0, 1], [0, 0, 0], [0, 0, 3]]), ["a", "b", "c"])[1]
+        ['a', 'c']
+    """
+    keep = np.flatnonzero((confusion.sum(axis=0) > 0) | (confusion.sum(axis=1) > 0))
+    if keep.size == 0:
+        return confusion, classes
+    return confusion[np.ix_(keep, keep)], [classes[i] for i in keep]
+
+
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: str) -> None:
     plt = pyplot("evaluate --plot")
 
-    size = max(4, 0.5 * len(classes) + 2)
+    confusion, classes = plotted(confusion, classes)
+    size = min(max(4, 0.5 * len(classes) + 2), PLOT_INCHES_MAX)
     fig, ax = plt.subplots(figsize=(size, size))
     try:
         ax.imshow(confusion, cmap="Blues", vmin=0)
         colors = text_colors(confusion)
-        ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(len(classes)), classes, fontsize=8)
-        for (i, j), v in np.ndenumerate(confusion):
+        font = 8 if len(classes) <= PLOT_NUMBERS_MAX else max(2, 8 * PLOT_NUMBERS_MAX // len(classes))
+        ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=font)
+        ax.set_yticks(range(len(classes)), classes, fontsize=font)
+        for (i, j), v in np.ndenumerate(confusion) if len(classes) <= PLOT_NUMBERS_MAX else ():
             ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color=colors[i, j])
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")

@@ -112,8 +112,10 @@ def check_args(*, stride: float, min_agreement: float, max_score_diff: float, th
         raise StreamrecError(f"--min-agreement: expected a fraction from 0 to 1, got {min_agreement}")
     if not 0.0 <= max_score_diff <= 1.0:
         raise StreamrecError(f"--max-score-diff: expected a score difference from 0 to 1, got {max_score_diff}")
-    if not stride > 0:
-        raise StreamrecError(f"--stride: expected > 0 seconds, got {stride}")
+    from streamrec.offline.classify import MAX_STRIDE_S, MIN_STRIDE_S
+
+    if not MIN_STRIDE_S <= stride <= MAX_STRIDE_S:
+        raise StreamrecError(f"--stride: expected {MIN_STRIDE_S} to {MAX_STRIDE_S:g} seconds between windows, got {stride}")
 
 
 def quantize(loaded: LoadedModel, clips: Sequence[Path], *, stride: float = 1.0, min_agreement: float = 0.9,
