@@ -159,6 +159,12 @@ class Database:
         return psycopg is not None and isinstance(exc, (psycopg.OperationalError,
                                                         psycopg.errors.ReadOnlySqlTransaction))
 
+    @staticmethod
+    def driver_error(exc: BaseException) -> bool:
+        """Whether ``exc`` is an error of the database driver (``sqlite3`` or ``psycopg``), not of the code."""
+        psycopg = sys.modules.get("psycopg")
+        return isinstance(exc, sqlite3.Error) or (psycopg is not None and isinstance(exc, psycopg.Error))
+
     def add_columns(self, conn, table: str, columns: dict[str, str]) -> None:
         """Give ``table`` each of ``columns`` (name: its type and constraints) that it lacks: a
         database made before them. SQLite reads ``PRAGMA table_info``; PostgreSQL adds them

@@ -234,3 +234,32 @@ def test_a_nul_in_an_api_name_is_answered_not_sent_to_postgres(server, tmp_path,
     finally:
         history.close()
         events.store.close()
+
+
+@pytest.mark.slow
+def test_history_rows_come_from_a_server_side_cursor_and_a_read_error_is_one_line(server):
+    """A client-side cursor reads every row before the first (a year of history: past the
+    statement timeout, and all in memory); the rows come batch by batch from a cursor on the
+    server. A read that fails there (the server ended the session) is a StreamrecError."""
+    import psycopg
+
+    from streamrec.errors import StreamrecError
+
+    store = HistoryStore(server.url)
+    try:
+        with psycopg.connect(server.url, autocommit=True) as admin:
+            admin.execute("DELETE FROM segments WHERE camera = 'bulk'")
+            admin.execute("INSERT INTO segments (camera, zone, label, start_ts, end_ts, mean_score, peak_score, windows) "
+                          "SELECT 'bulk', '', 'run', g, g + 1, 0.5, 0.5, 1 FROM generate_series(1, 2500) AS g")
+            rows = store.rows(camera="bulk", batch=1000)
+            assert next(rows)["start"] == 1.0
+            reading = admin.execute("SELECT pid, state, query FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                                    "AND query LIKE 'FETCH%'").fetchall()
+            assert [(state, query) for _, state, query in reading] == [
+                ("idle in transaction", 'FETCH FORWARD 1000 FROM "history_rows"')]
+            admin.execute("SELECT pg_terminate_backend(%s)", (reading[0][0],))
+        with pytest.raises(StreamrecError, match=r"^cannot read the history database postgresql://"):
+            for _ in rows:  # the first 1000 were fetched; the next batch finds the session gone
+                pass
+    finally:
+        store.close()

@@ -23,6 +23,7 @@ import logging
 import queue
 import threading
 import time
+from contextlib import ExitStack, closing
 from typing import Any, Callable, Iterator
 
 from streamrec.database import BUSY_TIMEOUT_S, RECONNECT, Database, close_quietly
@@ -290,14 +291,22 @@ class HistoryStore:
         return self._fetch(sql, args, batch)
 
     def _fetch(self, sql: str, args: list[Any], batch: int) -> Iterator[dict[str, Any]]:
-        with self._lock:
-            cur = self._conn.cursor()
+        """The rows of ``sql``, ``batch`` at a time; on PostgreSQL from a server-side cursor (a
+        client-side one reads every row before the first, past the statement timeout on a large
+        table). A database error is a :class:`StreamrecError` in one line."""
+        with self._lock, ExitStack() as stack:
             try:
+                if self.postgres:
+                    stack.enter_context(self._conn.transaction())  # a server-side cursor lives in one
+                cur = stack.enter_context(closing(self._conn.cursor(**({"name": "history_rows"} if self.postgres else {}))))
                 cur.execute(sql, args)
                 while chunk := cur.fetchmany(batch):
                     yield from ({**dict(zip(COLUMNS, r)), "zone": r[1] or None} for r in chunk)
-            finally:
-                cur.close()
+            except Exception as exc:
+                if not self.db.driver_error(exc):
+                    raise
+                raise StreamrecError(f"cannot read the history database {self.db.shown}: "
+                                     f"{printable(mask_quoted(str(exc).strip(), self.target), limit=300)}") from None
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued and close the database, waiting ``timeout`` s at most for the
