@@ -834,6 +834,20 @@ def test_an_absolute_target_is_served_only_for_this_servers_name(served, authori
     assert http(served.port, "GET", f"http://{authority.format(port=served.port)}/api/events")[0] == status
 
 
+@pytest.mark.parametrize("target", ["/ws", "/api/events"])
+def test_an_absolute_target_whose_host_header_names_another_server_is_refused(served, target):
+    """The Host check reads the target's authority, the Origin and cookie checks the Host header:
+    a request whose two disagree (a page of evil.example, its Origin matching its forged Host)
+    is refused, never let through one check by the other's field."""
+    port = served.port
+    data = raw_request(port, (f"GET http://127.0.0.1:{port}{target} HTTP/1.1\r\nHost: evil.example:{port}\r\n"
+                              f"Origin: http://evil.example:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                              "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                              "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    assert data.split(b"\r\n", 1)[0] == b"HTTP/1.1 400 Bad Request"
+    assert data.endswith(b"the Host header does not name the server of the request target\n")
+
+
 def test_refused_host_names_are_logged_sparingly(served, caplog):
     with caplog.at_level(logging.INFO, logger="streamrec.serve.server"):
         for i in range(12):

@@ -174,6 +174,9 @@ class WebServer:
                             host[:100], self.misdirected)
             return _response(HTTPStatus.MISDIRECTED_REQUEST, "text/plain",
                              b"this server does not answer to that Host name (see serve --allowed-host)\n")
+        if not request.path.startswith("/") and urlsplit(request.path).netloc.lower() != hosts[0].strip().lower():
+            return _response(HTTPStatus.BAD_REQUEST, "text/plain",  # the Origin and cookie checks read the Host header
+                             b"the Host header does not name the server of the request target\n")
         return None
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | Awaitable[Response] | None:
