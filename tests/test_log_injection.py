@@ -178,10 +178,10 @@ def test_a_database_error_in_a_history_read_is_escaped(tmp_path, caplog):
             conn.execute('DROP TABLE "gone\x1b[2J\nFAKE"')
         with caplog.at_level(logging.WARNING, logger="streamrec.serve.routes"):
             reply = history_api(store).handler("GET", "/api/history", {})
-        assert (reply.status, reply.body) == (503, {"error": "history database unavailable: no such table: "
+        assert (reply.status, reply.body) == (503, {"error": "cannot read the history database: no such table: "
                                                              "main.gone\\x1b[2J\\nFAKE"})
         assert [r.getMessage() for r in caplog.records] == [
-            "history: cannot read the database: no such table: main.gone\\x1b[2J\\nFAKE"]
+            "history: cannot read the history database: no such table: main.gone\\x1b[2J\\nFAKE"]
     finally:
         store.close()
 

@@ -305,7 +305,7 @@ class HistoryStore:
             except Exception as exc:
                 if not self.db.driver_error(exc):
                     raise
-                raise StreamrecError(f"cannot read the history database {self.db.shown}: "
+                raise StreamrecError("cannot read the history database: "
                                      f"{printable(mask_quoted(str(exc).strip(), self.target), limit=300)}") from None
 
     def close(self, timeout: float = 10.0) -> None:

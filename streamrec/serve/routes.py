@@ -80,8 +80,9 @@ def history_api(store: HistoryStore, *, limit: int = HISTORY_API_LIMIT) -> ApiRo
         try:
             rows = store.query(camera=camera, since=since, until=until, limit=limit + 1, zone=zone)
         except Exception as exc:  # noqa: BLE001 - the database went away: the page asks again in 5 s
-            logger.warning("history: cannot read the database: %s", printable(str(exc).strip()))
-            return Reply(503, {"error": f"history database unavailable: {printable(str(exc).strip())}"})
+            why = str(exc) if isinstance(exc, StreamrecError) else f"history database unavailable: {printable(str(exc).strip())}"
+            logger.warning("history: %s", why)
+            return Reply(503, {"error": why})
         return Reply(200, {"segments": rows[-limit:], "truncated": len(rows) > limit})
 
     return ApiRoute(handler)
