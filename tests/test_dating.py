@@ -170,7 +170,7 @@ def test_windows_go_on_after_the_clock_goes_back_an_hour(kind, target):
 
 
 def test_the_frame_rate_reads_true_after_the_clock_goes_back_and_after_a_burst():
-    from streamrec.live.capture import RateMeter
+    from streamrec.live.rates import RateMeter
 
     meter = RateMeter(horizon_s=2.0)
     for i in range(60):
@@ -202,3 +202,45 @@ def test_a_file_whose_timestamps_jump_ahead_plays_on_instead_of_waiting_out_the_
     stop.set()
     assert not cap.is_alive() and len(seen) == 100  # it waited 50,000 s at the splice before
     np.testing.assert_allclose(np.diff(seen), 1 / FPS, atol=1e-6)
+
+
+class FastCamera(Source):
+    """A 60 fps network stream (an MJPEG camera) whose container says 25 frames a second."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.fps = n, 25.0
+
+    def frames(self):
+        for i in range(self.n):
+            self.arrived = None
+            yield np.full((120, 160, 3), i % 256, np.uint8), i / 60.0
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_camera_faster_than_it_says_still_fills_windows():
+    """Its rings were sized for 30 frames a second: every frame written, a window's second would
+    never fit and no window would ever be taken. Frames closer than the rings allow are thinned."""
+    from streamrec.live.capture import camera_capture
+    from streamrec.live.sources import SourceSpec
+    from streamrec.models.registry import model_spec
+
+    spec, stop = model_spec("r2plus1d_18"), threading.Event()
+    seen: list[float] = []
+
+    def on_frame(rgb, ts) -> None:
+        seen.append(ts)
+        if len(seen) == 240:  # four seconds of it
+            stop.set()
+
+    rings, cap = camera_capture(SourceSpec("rtsp://127.0.0.1:1/cam", "network"), spec, stop_event=stop, name="fast",
+                                first=FastCamera(240), on_frame=on_frame)
+    cap.clock = iter(2000.0 + np.arange(10_000) / 60.0).__next__  # arrivals at its true pace
+    cap.start()
+    cap.join(timeout=30)
+    ring = rings[None]
+    assert not cap.is_alive() and cap.frames == 240 and cap.thinned == 120  # every other frame
+    window = ring.newest_window(spec.frames, spec.fps)
+    assert window is not None and window.frames.shape[0] == spec.frames
+    assert window.end_ts == pytest.approx(seen[-2], abs=1e-9)  # the last frame written

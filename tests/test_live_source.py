@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import http.server
 import os
 import shutil
@@ -337,3 +338,42 @@ def test_a_capture_that_fails_reads_reconnecting_with_its_error_until_it_runs_ag
         stop.set()
         cap.join(30)
     assert not cap.is_alive() and cap.state == "stopped"
+
+
+def test_a_camera_that_drops_after_a_few_frames_waits_longer_each_time(caplog):
+    """A few frames are no sign that the camera is back for good: its backoff goes on growing
+    (it was reconnected every 0.25-0.5 s for ever)."""
+    from streamrec.retry import Backoff
+
+    spec = SourceSpec("rtsp://127.0.0.1:1/cam", "network")
+    pre = FramePreprocessor(model_spec("r2plus1d_18"))
+    stop, opened = threading.Event(), []
+
+    def opener(_spec):
+        opened.append(1)
+        if len(opened) == 5:
+            stop.set()
+        return ShortFile(2)
+
+    cap = CaptureThread(spec, FrameRing(32, pre.crop_shape, np.uint8), pre, stop_event=stop, opener=opener,
+                        backoff=Backoff(base_s=0.1, cap_s=10.0, jitter=0.0), name="capture-flap")
+    with caplog.at_level(logging.WARNING, logger="streamrec.live.capture"):
+        cap.start()
+        cap.join(timeout=30)
+    delays = [r.getMessage().rsplit("retrying in ", 1)[1] for r in caplog.records if "retrying in" in r.getMessage()]
+    assert not cap.is_alive() and delays[:4] == ["0.1 s", "0.2 s", "0.4 s", "0.8 s"]
+
+
+@pytest.mark.parametrize("rotate, turns", [("90", 1), ("180", 2), ("270", 3)])
+def test_a_video_stored_sideways_is_read_upright(tmp_path, rotate, turns):
+    """A phone's portrait clip is stored landscape with a display matrix: the model sees it as
+    players (and FFmpeg) show it, not lying on its side."""
+    plain = write_video(tmp_path / "plain.mp4", seconds=0.5, fps=10, size=(160, 96))
+    turned = tmp_path / "turned.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(plain), "-c", "copy", "-metadata:s:v:0", f"rotate={rotate}",
+                    str(turned)], check=True, timeout=60)
+    with PyAVSource(SourceSpec.parse(str(plain))) as a, PyAVSource(SourceSpec.parse(str(turned))) as b:
+        frames = list(zip(a.frames(), b.frames()))
+    assert len(frames) == 5
+    for (flat, _), (upright, _) in frames:
+        assert np.array_equal(upright, np.rot90(flat, turns))

@@ -144,3 +144,21 @@ def test_own_pool_backends_normalize_uint8_like_float_input(backend):
     from_uint8 = clf.logits(crops)
     assert torch.equal(from_uint8, clf.logits(normalize_batch(crops, clf.loaded.spec)))
     assert from_uint8.shape == (2, 10) and not torch.equal(from_uint8[0], from_uint8[1])
+
+
+def test_a_frame_of_absurd_shape_is_cropped_without_making_its_huge_resize(monkeypatch):
+    """A 16384 x 2 strip for a model resized by its short side (MViT: 256) would be resized to
+    256 x 2,097,152 (1.6 GB) before its 224 x 224 crop: only the crop's pixels are sampled, at
+    the points the resize would take them from."""
+    import streamrec.models.preprocess as preprocess
+    from streamrec.models.registry import model_spec
+
+    pre = FramePreprocessor(model_spec("mvit_v2_s"))
+    strip = np.random.default_rng(0).integers(0, 256, (2, 16384, 3), dtype=np.uint8)
+    assert pre.resize_crop(strip).shape == (224, 224, 3)
+
+    frame = np.random.default_rng(1).integers(0, 256, (240, 900, 3), dtype=np.uint8)
+    exact = pre.resize_crop(frame)  # 256 x 960: resized whole, then cropped
+    monkeypatch.setattr(preprocess, "RESIZED_PIXELS_MAX", 1000)
+    sampled = pre.resize_crop(frame)
+    assert sampled.shape == exact.shape and np.abs(sampled.astype(int) - exact.astype(int)).max() <= 1

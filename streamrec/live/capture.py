@@ -16,7 +16,6 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from collections import deque
 from enum import StrEnum
 from typing import Callable, Sequence
 
@@ -29,12 +28,16 @@ from streamrec.models.preprocess import FramePreprocessor
 from streamrec.live.dating import RESYNC_S, StreamClock
 from streamrec.live.encoder import FrameEncoder
 from streamrec.live.packets import PacketRing
+from streamrec.live.rates import RateMeter
 from streamrec.live.ring import FrameRing
 from streamrec.retry import Backoff
 from streamrec.live.sources import PyAVSource, Source, SourceSpec, open_source
 from streamrec.redact import mask_quoted, printable
 
 logger = logging.getLogger(__name__)
+
+STEADY_S = 10.0  # a live source that delivered this long starts its backoff over when it drops; one that
+# drops sooner (a camera that sends a few frames and goes) waits longer each time
 
 
 class CaptureState(StrEnum):
@@ -46,46 +49,6 @@ class CaptureState(StrEnum):
     RECONNECTING = "reconnecting"  # the source failed or stalled: opened again after a backoff
     ENDED = "ended"  # a file without ``loop`` reached its end
     STOPPED = "stopped"  # closed
-
-
-class RateMeter:
-    """Events per second over a sliding window of the last ``horizon_s`` seconds: once it has run
-    that long, the events in the window over its whole length (a burst, frames a reconnect or a
-    busy link bunched up, is not read as thousands a second); a clock that goes back starts it over.
-
-    Example:
-        >>> m = RateMeter(horizon_s=2.0)
-        >>> for i in range(100): m.tick(100.0 + i / 25)
-        >>> round(m.rate(104.0), 1)
-        25.0
-        >>> for i in range(30): m.tick(110.0 + i * 1e-6)  # a burst after 6 s without a frame
-        >>> m.rate(110.0) < 30
-        True
-    """
-
-    def __init__(self, horizon_s: float = 2.0) -> None:
-        self.horizon_s = horizon_s
-        self._times: deque[float] = deque()
-        self._since: float | None = None  # the first event's time (of this run of the clock)
-
-    def tick(self, now: float) -> None:
-        if self._times and now < self._times[-1] - self.horizon_s:  # the clock went back: start over
-            self._times.clear()
-            self._since = None
-        self._since = now if self._since is None else self._since
-        self._times.append(now)
-        while self._times and self._times[0] < now - self.horizon_s:
-            self._times.popleft()
-
-    def rate(self, now: float) -> float:
-        while self._times and self._times[0] < now - self.horizon_s:
-            self._times.popleft()
-        if len(self._times) < 2:
-            return 0.0
-        if self._since is not None and now - self._since >= self.horizon_s:
-            return len(self._times) / self.horizon_s  # the events of the whole window
-        span = max(now - self._times[0], self._times[-1] - self._times[0])
-        return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
 @dataclass
@@ -161,6 +124,11 @@ class CaptureThread(threading.Thread):
         self.decode_s = 0.0  # total time waiting on the source for a decoded frame
         self.error: str | None = None
         self._next_due: float | None = None  # a looped file: when the next pass's first frame is due
+        # frames closer than this to the last one written are not written (0: every frame): a source
+        # faster than its rings were sized for would otherwise never hold one window's span
+        self.min_gap_s = 0.0
+        self.thinned = 0
+        self._written_ts: float | None = None
 
     @property
     def decode_errors(self) -> int:
@@ -215,11 +183,11 @@ class CaptureThread(threading.Thread):
                         continue
                 self._source = source
                 self._tap(source)
-                got = False
+                got, started = False, time.monotonic()
                 try:
                     got = self._pump(source)
-                    if got:
-                        attempt = 0
+                    if got and time.monotonic() - started >= STEADY_S:
+                        attempt = 0  # it ran a while: the next drop is news, retried at once
                 finally:
                     self._closed_errors += getattr(source, "decode_errors", 0)
                     source.close()
@@ -314,6 +282,19 @@ class CaptureThread(threading.Thread):
             pacing.due = now
         return pacing.due
 
+    def _write_rings(self, rgb: np.ndarray, ts: float) -> None:
+        t0 = time.perf_counter()
+        crops = self.crops(rgb)  # uint8 (h, w, 3) per stream: normalized later, a batch at a time
+        self.resize_s += time.perf_counter() - t0
+        try:
+            for ring, frame in crops:
+                ring.write(frame, ts)
+        except ValueError:  # clock stepped back: start a fresh history
+            self.clear_rings()
+            for ring, frame in crops:
+                ring.write(frame, ts)
+        self._written_ts = ts
+
     def _pump(self, source: Source) -> bool:
         """Read ``source`` until it ends, fails or we are stopped; returns whether a frame came."""
         got = False
@@ -337,17 +318,11 @@ class CaptureThread(threading.Thread):
                 ts = self._pace(pacing, pts)
             else:
                 ts = dates.date(self._arrival(source), pts)
-            t2 = time.perf_counter()
-            crops = self.crops(rgb)  # uint8 (h, w, 3) per stream: normalized later, a batch at a time
-            self.resize_s += time.perf_counter() - t2
             self.decode_s += t1 - t0
-            try:
-                for ring, frame in crops:
-                    ring.write(frame, ts)
-            except ValueError:  # clock stepped back: start a fresh history
-                self.clear_rings()
-                for ring, frame in crops:
-                    ring.write(frame, ts)
+            if self._written_ts is not None and 0 <= ts - self._written_ts < self.min_gap_s:
+                self.thinned += 1  # counted as a frame below, never preprocessed or written
+            else:
+                self._write_rings(rgb, ts)
             with self._lock:
                 self._fps.tick(ts)
             self.latest_rgb, self.latest_ts = rgb, ts
@@ -388,6 +363,7 @@ def camera_capture(
         logger.warning("camera %s: the source states %.6g frames a second; its buffer holds %g a second's worth",
                        printable(name), fps, SOURCE_FPS_MAX)
     capacity = capacity_for(model_spec.frames, model_spec.fps, source_fps=max(fps, 30.0))
+    span_s = (model_spec.frames - 1) / model_spec.fps
 
     def ring() -> FrameRing:
         return FrameRing(capacity, pre.crop_shape, np.uint8)
@@ -396,4 +372,5 @@ def camera_capture(
     zone_rings = [(z, ring()) for z in zones]
     thread = CaptureThread(spec, whole, pre, stop_event=stop_event, zones=zone_rings, loop=loop, first=first,
                            name=f"capture-{name}", on_frame=on_frame, supervisor=supervisor, packet_ring=packet_ring)
+    thread.min_gap_s = span_s / (capacity - 2)  # a 60 fps camera that said 25 (or nothing): every other frame
     return thread.rings, thread

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from streamrec.live.capture import RateMeter
+from streamrec.live.rates import RateMeter
 from streamrec.live.messages import prediction_message, top_k_many
 from streamrec.live.smoothing import LabelSmoother, update_many
 from streamrec.models.kinetics import restrict_rows

@@ -270,12 +270,23 @@ class PyAVSource(Source):
                 index += 1
                 last = pts if pts is not None else last
                 self.arrived = arrived
-                yield frame.to_ndarray(format="rgb24", **rgb), pts
+                yield upright(frame.to_ndarray(format="rgb24", **rgb), getattr(frame, "rotation", 0)), pts
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._container.close()
+
+
+def upright(rgb: np.ndarray, rotation: int | float | None) -> np.ndarray:
+    """``rgb`` turned as its stream's display matrix says (a phone's portrait video is stored
+    sideways, ``rotation`` 90 or -90: counter-clockwise degrees), as players and FFmpeg show it.
+
+    >>> upright(np.arange(6).reshape(2, 3), 90).tolist(), upright(np.arange(6).reshape(2, 3), 0).shape
+    ([[2, 5], [1, 4], [0, 3]], (2, 3))
+    """
+    turns = round((rotation or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 class WebcamSource(Source):

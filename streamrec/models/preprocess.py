@@ -46,6 +46,9 @@ def center_crop_box(height: int, width: int, crop: tuple[int, int]) -> tuple[int
     return int(round((height - ch) / 2.0)), int(round((width - cw) / 2.0))
 
 
+RESIZED_PIXELS_MAX = 1 << 24  # a resized frame larger than this is never made: only its centre crop is sampled
+
+
 class FramePreprocessor:
     """Turns one RGB uint8 ``(H, W, 3)`` frame into a normalized float32 ``(C, H, W)`` frame.
 
@@ -90,8 +93,20 @@ class FramePreprocessor:
         return frame[top : top + ch, left : left + cw]
 
     def resize_crop(self, frame: np.ndarray) -> np.ndarray:
-        """Resize + centre crop of one RGB uint8 ``(H, W, 3)`` frame; uint8 ``(h, w, 3)`` out."""
-        return self.crop(self.resize(frame))
+        """Resize + centre crop of one RGB uint8 ``(H, W, 3)`` frame; uint8 ``(h, w, 3)`` out. A frame
+        whose resized size would pass :data:`RESIZED_PIXELS_MAX` (a 16384 x 2 strip, resized by its
+        short side to 256 x 2,097,152) has only the crop's pixels sampled, at the same points."""
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3:
+            return self.crop(self.resize(frame))  # which says what is wrong with it
+        rh, rw = resized_size(*frame.shape[:2], self.spec.resize)
+        h, w = frame.shape[:2]
+        if rh * rw <= RESIZED_PIXELS_MAX:
+            return self.crop(self.resize(frame))
+        (ch, cw), (top, left) = self.spec.crop, center_crop_box(rh, rw, self.spec.crop)
+        ys = ((np.arange(top, top + ch) + 0.5) * (h / rh) - 0.5).astype(np.float32)  # resize's half-pixel grid
+        xs = ((np.arange(left, left + cw) + 0.5) * (w / rw) - 0.5).astype(np.float32)
+        map_x, map_y = np.meshgrid(xs, ys)
+        return cv2.remap(frame, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     def normalize(self, crop: np.ndarray) -> np.ndarray:
         """uint8 ``(h, w, 3)`` -> normalized float32 ``(3, h, w)``."""
