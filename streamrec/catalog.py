@@ -1,4 +1,4 @@
-"""Model and backend names and the temporal sampling of the weights, importable without torch.
+"""Model and backend names, Kinetics-400's groups and the temporal sampling of the weights, importable without torch.
 
 The command line parses its arguments (``--model`` choices included) before it decides
 whether to import torch at all (see :mod:`streamrec.runtime.firststart`), so the names live here.
@@ -9,6 +9,11 @@ Example:
 """
 
 from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any
 
 # Temporal sampling the torchvision Kinetics-400 weights were trained with (torchvision's
 # references/video_classification recipes; MViT: pytorch/vision#7345): (frames, fps).
@@ -57,3 +62,21 @@ def check_model(name: str) -> None:
 
     if name not in MODEL_NAMES:
         raise WeightsError(f"--model: expected one of {', '.join(MODEL_NAMES)}, got {name!r}")
+
+
+@lru_cache(maxsize=1)
+def kinetics_groups() -> tuple[dict[str, Any], ...]:
+    """Kinetics-400's groups (each a ``name``, its ``labels`` and whether it is a ``sport``), as
+    shipped in ``streamrec/models/data/kinetics400_groups.json``: read here, without torch, so that
+    a config's ``[[rules]] groups`` are checked before any model loads
+    (:mod:`streamrec.models.kinetics` answers questions about them).
+
+    >>> len(kinetics_groups()) > 10 and all({"name", "labels", "sport"} <= set(g) for g in kinetics_groups())
+    True
+    """
+    data = json.loads(resources.files("streamrec.models").joinpath("data/kinetics400_groups.json").read_text())
+    return tuple(data["groups"])
+
+
+def kinetics_group_names() -> list[str]:
+    return sorted(g["name"] for g in kinetics_groups())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -92,6 +93,16 @@ def check_text(config: Any, names: tuple[str, ...], prefix: str = "") -> None:
     transport = getattr(config, "rtsp_transport", None)
     if transport is not None and transport not in RTSP_TRANSPORTS:
         raise StreamrecError(f"{prefix}rtsp_transport: expected {' or '.join(RTSP_TRANSPORTS)}, got {transport!r}")
+
+
+def check_pretrained(model: str | None, weights: str, prefix: str = "") -> None:
+    """A model without pretrained weights (tiny3d) asked for its ``DEFAULT`` ones: refused before
+    anything loads, naming ``weights`` as written (``prefix``: the camera's, when it set them)."""
+    from streamrec.catalog import EXTRA_MODELS
+
+    if model in EXTRA_MODELS and str(weights).upper() == "DEFAULT":
+        raise OptionError(("weights",), f"{prefix}expected a checkpoint PATH or 'none' for {model} (it has no "
+                                        f"pretrained weights), got {weights!r}")
 
 
 @dataclass(frozen=True)
@@ -189,6 +200,13 @@ class ServeConfig:
             object.__setattr__(self, "host", self.host[1:-1])
         object.__setattr__(self, "allowed_hosts", check_allowed_hosts(self.allowed_hosts))
         check_text(self, ("source", "model", "weights", "backend", "host", "db"))
+        from streamrec.catalog import BACKEND_NAMES
+
+        if self.backend not in BACKEND_NAMES:  # the command line's choices; a file's value is read here
+            raise OptionError(("backend",), f"expected one of {', '.join(BACKEND_NAMES)}, got {described(self.backend)}")
+        for cam in self.all_cameras():
+            check_pretrained(cam.model or self.model, cam.weights or self.weights,
+                             f"camera {cam.name!r}: " if cam.weights or cam.model else "")
         if not HEADER_TIMEOUT_MIN_S <= self.header_timeout <= CAMERA_TIMEOUT_MAX_S:
             raise OptionError(("header_timeout",), f"expected {HEADER_TIMEOUT_MIN_S} to {CAMERA_TIMEOUT_MAX_S} seconds "
                                                    f"(shorter cuts off every browser), got {self.header_timeout!r}")
@@ -198,7 +216,7 @@ class ServeConfig:
         if not self.source and not self.cameras:
             raise OptionError(("source",), "expected a webcam index, an rtsp:// URL or a video file (or [[cameras]] in --config), got nothing")
         names = [c.name for c in self.all_cameras()]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = sorted(n for n, k in Counter(names).items() if k > 1)
         if dupes:
             raise StreamrecError(f"[[cameras]]: camera names must be unique, got {dupes} more than once")
         pair = alike(names)
@@ -277,7 +295,9 @@ class ServeConfig:
             for key, val in values.items():
                 if val is None:
                     continue
-                key = key.replace("-", "_")
+                spelled, key = key, key.replace("-", "_")
+                if spelled != key and key in values:  # stall-timeout and stall_timeout: one would be dropped
+                    raise StreamrecError(f"{origin}: {spelled!r} and {key!r} are one option; expected it once")
                 if key not in names:
                     raise StreamrecError(f"{origin}: unknown option {key!r}; expected one of {', '.join(sorted(names))}")
                 if key == "smoothing":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import ssl
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,12 @@ class RuleConfig:
             raise StreamrecError(f"{where}notify: expected some of {', '.join(CHANNELS)}, got {bad[0]!r}")
         for zone in self.zones:
             check_name(zone, f"{where}zones")
+        from streamrec.catalog import kinetics_group_names  # a fixed list, read without torch
+
+        unknown = [g for g in self.groups if g not in kinetics_group_names()]
+        if unknown:
+            raise StreamrecError(f"{where}groups: no group {printable(repr(unknown[0]), limit=80)}; expected one of "
+                                 f"{', '.join(kinetics_group_names())}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RuleConfig":
@@ -329,7 +336,7 @@ def check_rules(rules: tuple[RuleConfig, ...], notify: NotifyConfig, cameras: li
     streams = list(cameras) if streams is None else streams
     check_mqtt_cameras(notify.mqtt, streams)
     names = [r.name for r in rules]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, k in Counter(names).items() if k > 1)
     if dupes:
         raise StreamrecError(f"[[rules]]: rule names must be unique, got {dupes[0]!r} more than once")
     for rule in rules:

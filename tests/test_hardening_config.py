@@ -191,3 +191,35 @@ def test_smoothing_hold_is_bounded(tmp_path):
     assert error_line(run_main("serve", "--config", str(cfg))) == (
         "streamrec: error: smoothing.hold: expected a number of at most 1e9 in size (no option needs more; timers and "
         "clocks overflow beyond), got 99999999999999999999")
+
+
+def test_a_backend_or_rule_group_the_command_line_would_refuse_is_refused_in_the_file_too(tmp_path):
+    """Checked when the config is read, before the page is up (both failed only after the model
+    loaded: the page said "preparing", then the server went)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('source = "clip.mp4"\nbackend = "nosuch"\n')
+    line = error_line(run_main("serve", "--config", str(cfg)))
+    assert line.startswith(f"streamrec: error: {cfg}: backend: expected one of auto, torch") and line.endswith(
+        ", got 'nosuch'")
+    with pytest.raises(StreamrecError, match=r"^\[\[rules\]\] 'r': groups: no group 'nosuchgroup'; expected one of "
+                                             r"air and extreme sports, animals, "):
+        ServeConfig.from_sources(tomllib.loads('source = "x.mp4"\n[[rules]]\nname = "r"\ngroups = ["nosuchgroup"]'), {})
+
+
+@pytest.mark.parametrize("text, where", [
+    ('source = "x.mp4"\nmodel = "tiny3d"', ""),
+    ('[[cameras]]\nname = "a"\nsource = "x.mp4"\nmodel = "tiny3d"\nweights = "DEFAULT"', "camera 'a': "),
+])
+def test_a_model_without_pretrained_weights_asked_for_them_is_refused_before_loading(text, where):
+    with pytest.raises(StreamrecError) as info:
+        ServeConfig.from_sources(tomllib.loads(text), {})
+    assert str(info.value).endswith(f"weights: {where}expected a checkpoint PATH or 'none' for tiny3d (it has no "
+                                    "pretrained weights), got 'DEFAULT'")
+    if not where:  # with weights of its own it starts
+        assert ServeConfig.from_sources(tomllib.loads(text), {"weights": "none"}).weights == "none"
+
+
+def test_an_option_spelled_with_a_dash_and_an_underscore_is_refused():
+    with pytest.raises(StreamrecError, match=r"^config file: 'stall-timeout' and 'stall_timeout' are one option; "
+                                             r"expected it once$"):
+        ServeConfig.from_sources(tomllib.loads('source = "x.mp4"\nstall_timeout = 5\nstall-timeout = 7'), {})

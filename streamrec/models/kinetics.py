@@ -15,9 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from importlib import resources
 from typing import Any, Sequence
 
 from streamrec.errors import StreamrecError
@@ -28,10 +25,10 @@ def classes() -> list[str]:
     return sorted(label for g in _groups() for label in g["labels"])
 
 
-@lru_cache(maxsize=1)
 def _groups() -> tuple[dict[str, Any], ...]:
-    data = json.loads(resources.files("streamrec.models").joinpath("data/kinetics400_groups.json").read_text())
-    return tuple(data["groups"])
+    from streamrec.catalog import kinetics_groups
+
+    return kinetics_groups()
 
 
 def categories() -> dict[str, list[str]]:
