@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, network_capture_parts, write_video
+from streamrec.errors import SourceError
 from streamrec.live.capture import CaptureThread
 from streamrec.models.registry import model_spec
 from streamrec.models.preprocess import FramePreprocessor
@@ -377,3 +378,12 @@ def test_a_video_stored_sideways_is_read_upright(tmp_path, rotate, turns):
     assert len(frames) == 5
     for (flat, _), (upright, _) in frames:
         assert np.array_equal(upright, np.rot90(flat, turns))
+
+
+@pytest.mark.parametrize("url, shown", [("rtsp://", "rtsp://"), ("rtsp://user:pw@/stream", "rtsp://user:***@/stream"),
+                                        ("http://[::1/x", "http://[::1/x"), ("rtsps://:554/x", "rtsps://:554/x")])
+def test_a_stream_url_without_a_host_is_refused_at_once(url, shown):
+    """It used to start the page, then fail to connect ("Connection refused") and stop."""
+    with pytest.raises(SourceError) as info:
+        SourceSpec.parse(url)
+    assert str(info.value) == f"--source: expected a URL with a host (rtsp://HOST/path), got {shown!r}"

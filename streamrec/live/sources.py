@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from urllib.parse import urlsplit
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,13 @@ class SourceSpec:
             if control_characters(text):  # a URL holds none; it is logged and shown on one line
                 raise SourceError(f"--source: expected a URL without control characters or line breaks, "
                                   f"got {mask_credentials(text)!r} ({control_characters(text)[0]})")
+            try:
+                host = urlsplit(text).hostname
+            except ValueError:  # "rtsp://[::1": a bracket never closed
+                host = None
+            if not host:
+                raise SourceError(f"--source: expected a URL with a host (rtsp://HOST/path), got "
+                                  f"{printable(mask_credentials(text), limit=80)!r}")
             return cls(text, "network", **kw)
         if "://" in text:
             raise SourceError(f"--source: expected rtsp://, rtsps://, http:// or https://, got {mask_credentials(text)!r}")
