@@ -42,7 +42,7 @@ def check_device(device: str) -> str:
     'cuda:1'
     """
     if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:[0-9]{1,4}", device):
-        raise OptionError(("device",), f"expected auto, cpu, cuda or cuda:N, got {device!r}")
+        raise OptionError(("device",), f"expected auto, cpu, cuda or cuda:N, got {described(device)}")
     return device
 
 
@@ -92,7 +92,7 @@ def check_text(config: Any, names: tuple[str, ...], prefix: str = "") -> None:
             raise StreamrecError(f"{prefix}{name}: expected a name without blanks around it, got {value!r}")
     transport = getattr(config, "rtsp_transport", None)
     if transport is not None and transport not in RTSP_TRANSPORTS:
-        raise StreamrecError(f"{prefix}rtsp_transport: expected {' or '.join(RTSP_TRANSPORTS)}, got {transport!r}")
+        raise StreamrecError(f"{prefix}rtsp_transport: expected {' or '.join(RTSP_TRANSPORTS)}, got {described(transport)}")
 
 
 def check_pretrained(model: str | None, weights: str, prefix: str = "") -> None:

@@ -30,7 +30,7 @@ from streamrec.errors import StreamrecError, require
 from streamrec.fsutil import special_file
 from streamrec.notify_checks import check_topic, check_user, ha_stream_id, url_parts
 from streamrec.redact import control_characters, mask_credentials, printable
-from streamrec.validate import check_types, unknown_keys
+from streamrec.validate import check_types, described, unknown_keys
 from streamrec.zones import check_name, split_key
 
 CHANNELS = ("webhook", "mqtt")
@@ -42,7 +42,7 @@ def text_tuple(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise StreamrecError(f"{where}: expected a list of names, got {value!r}")
+        raise StreamrecError(f"{where}: expected a list of names, got {described(value)}")
     return tuple(v.strip() for v in value)
 
 
@@ -130,7 +130,7 @@ class RuleConfig:
     def from_dict(cls, d: dict[str, Any]) -> "RuleConfig":
         unknown_keys(cls, d, "[[rules]]")
         if not isinstance(d.get("name"), str):
-            raise StreamrecError(f"[[rules]] name: expected a name, got {d.get('name')!r}")
+            raise StreamrecError(f"[[rules]] name: expected a name, got {described(d.get('name'))}")
         d = floats(d, ("min_score", "min_seconds", "end_seconds", "cooldown_seconds"))
         for key in ("labels", "groups", "cameras", "notify", "zones"):
             if key in d:

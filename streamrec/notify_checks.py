@@ -18,7 +18,7 @@ import unicodedata
 from urllib.parse import quote, unquote, urlsplit
 
 from streamrec.errors import StreamrecError
-from streamrec.redact import mask_url
+from streamrec.redact import mask_url, printable
 from streamrec.hosts import DNS_NAME_MAX, ascii_host, ends_in_number
 from streamrec.zones import split_key
 
@@ -126,14 +126,14 @@ def check_topic(topic: str, where: str) -> None:
     if not topic.strip("/") or bad is not None:
         what = "empty" if bad is None else f"{bad!r}"
         raise StreamrecError(f"{where}: expected an MQTT topic (UTF-8 text without + or #, NUL or control "
-                             f"characters), got {topic!r} ({what})")
+                             f"characters), got {printable(repr(topic), limit=80)} ({what})")
     if "//" in topic.strip("/"):
-        raise StreamrecError(f"{where}: expected an MQTT topic without empty levels ('//'), got {topic!r}")
+        raise StreamrecError(f"{where}: expected an MQTT topic without empty levels ('//'), got {printable(repr(topic), limit=80)}")
     if any(level != level.strip() for level in topic.split("/")):  # " streamrec" is another topic than "streamrec"
         raise StreamrecError(f"{where}: expected an MQTT topic whose levels neither start nor end with a space, "
-                             f"got {topic!r}")
+                             f"got {printable(repr(topic), limit=80)}")
     if topic.strip("/").startswith("$"):
-        raise StreamrecError(f"{where}: expected an MQTT topic not starting with $ (the broker's own), got {topic!r}")
+        raise StreamrecError(f"{where}: expected an MQTT topic not starting with $ (the broker's own), got {printable(repr(topic), limit=80)}")
     size = len(topic.encode("utf-8"))
     if size > MQTT_TOPIC_MAX_BYTES:
         raise StreamrecError(f"{where}: expected an MQTT topic of at most {MQTT_TOPIC_MAX_BYTES} bytes as UTF-8, "

@@ -223,3 +223,15 @@ def test_an_option_spelled_with_a_dash_and_an_underscore_is_refused():
     with pytest.raises(StreamrecError, match=r"^config file: 'stall-timeout' and 'stall_timeout' are one option; "
                                              r"expected it once$"):
         ServeConfig.from_sources(tomllib.loads('source = "x.mp4"\nstall_timeout = 5\nstall-timeout = 7'), {})
+
+
+@pytest.mark.parametrize("text", [
+    'source = "{big}"', 'device = "{big}"', 'source = "x.mp4"\nrtsp_transport = "{big}"',
+    'source = "x.mp4"\n[[rules]]\nname = ["{big}"]\nlabels = ["a"]', 'source = "x.mp4"\n[[rules]]\nname = "r"\nlabels = [5, "{big}"]',
+    'source = "x.mp4"\n[[rules]]\nname = "r"\nlabels = ["a"]\nnotify = ["mqtt"]\n[notify.mqtt]\nurl = "mqtt://h"\ntopic_prefix = "+{big}"',
+])
+def test_an_error_about_a_huge_value_is_one_short_line(tmp_path, text):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text.replace("{big}", "b" * 1_000_000) + "\n")
+    proc = run_main("serve", "--config", str(cfg), "--weights", "none")
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and len(proc.stderr) < 1000, proc.stderr[:300]

@@ -31,6 +31,7 @@ from streamrec.redact import SECRET_QUERY_KEYS, control_characters, mask_credent
 
 logger = logging.getLogger(__name__)
 
+DISPLAY_NAME_MAX = 300  # characters of a source's name in logs, pages and errors
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 MAX_WEBCAM_INDEX = 2**31 - 1  # OpenCV takes a C int
 # Frames up to this size are decoded in the capture thread alone (see decoder_threading).
@@ -117,8 +118,9 @@ class SourceSpec:
 
     @property
     def display_name(self) -> str:
-        """The target with any password in a URL hidden and on one line, for logs and pages."""
-        return printable(mask_credentials(self.target))
+        """The target with any password in a URL hidden and on one line, for logs and pages (cut
+        after :data:`DISPLAY_NAME_MAX` characters: a path of megabytes is not an error line)."""
+        return printable(mask_credentials(self.target), limit=DISPLAY_NAME_MAX)
 
 
 class Source:
