@@ -387,3 +387,31 @@ def test_a_stream_url_without_a_host_is_refused_at_once(url, shown):
     with pytest.raises(SourceError) as info:
         SourceSpec.parse(url)
     assert str(info.value) == f"--source: expected a URL with a host (rtsp://HOST/path), got {shown!r}"
+
+
+def test_one_repeated_timestamp_is_fixed_up_and_the_times_after_it_kept(tmp_path):
+    """A variable-rate file (6 s at 5 fps, then 2 s at 60 fps) whose fourth frame repeats the
+    third's time: that frame comes one frame time later, and every later frame keeps its own time
+    (the whole rest of the stream used to be timed by index at the average rate: 8 s read as 5)."""
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / "vfr.mkv"
+    times = [i * 0.2 for i in range(30)] + [6 + i / 60 for i in range(120)]
+    times[3] = times[2]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(np.full((120, 160, 3), i % 255, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    with PyAVSource(SourceSpec.parse(str(path))) as src:
+        got = [pts for _, pts in src.frames()]
+    assert len(got) == 150
+    expected = list(times)
+    expected[3] = times[2] + 1 / src.fps
+    np.testing.assert_allclose(got, expected, atol=1e-3)

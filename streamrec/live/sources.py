@@ -27,6 +27,7 @@ import numpy as np
 from streamrec.config import CameraConfig
 from streamrec.errors import SourceError
 from streamrec.validate import not_a_file
+from streamrec.live.decoded import FrameTimes, upright
 from streamrec.redact import SECRET_QUERY_KEYS, control_characters, mask_credentials, mask_quoted, printable  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -240,10 +241,7 @@ class PyAVSource(Source):
         tap = self.packet_ring
         if tap is not None:
             tap.new_stream(self._stream)
-        index = 0
-        first: float | None = None
-        last = -float("inf")
-        by_index = False  # timestamps came out of order: time frames by their index instead
+        times = FrameTimes(self.fps, self.spec.display_name)
         video_at = time.monotonic()  # the last video packet: a live stream's audio alone is no picture
         # every stream's packets come back here (FFmpeg's read timeout is reset by each of them, and
         # its own filtering would drop audio without returning): a live stream whose video stopped
@@ -266,19 +264,7 @@ class PyAVSource(Source):
                 logger.debug("decode error in %s: %s", self.spec.display_name, exc)
                 continue
             for frame in decoded:
-                pts = frame.time
-                if first is None:
-                    first = pts if pts is not None else 0.0
-                if self.fps and (by_index or pts is None or pts <= last):
-                    # AVI and other formats without presentation times label frames in
-                    # decode order (1, 2, 4, 3, ...) while the pictures come out in display
-                    # order: for a constant-rate stream the frame index is the true clock.
-                    if not by_index and pts is not None:
-                        logger.debug("%s: timestamps out of order; timing frames by index", self.spec.display_name)
-                    by_index = by_index or pts is not None
-                    pts = first + index / self.fps
-                index += 1
-                last = pts if pts is not None else last
+                pts = times.of(frame.time)
                 self.arrived = arrived
                 yield upright(frame.to_ndarray(format="rgb24", **rgb), getattr(frame, "rotation", 0)), pts
 
@@ -286,17 +272,6 @@ class PyAVSource(Source):
         if not self._closed:
             self._closed = True
             self._container.close()
-
-
-def upright(rgb: np.ndarray, rotation: int | float | None) -> np.ndarray:
-    """``rgb`` turned as its stream's display matrix says (a phone's portrait video is stored
-    sideways, ``rotation`` 90 or -90: counter-clockwise degrees), as players and FFmpeg show it.
-
-    >>> upright(np.arange(6).reshape(2, 3), 90).tolist(), upright(np.arange(6).reshape(2, 3), 0).shape
-    ([[2, 5], [1, 4], [0, 3]], (2, 3))
-    """
-    turns = round((rotation or 0) / 90) % 4
-    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 class WebcamSource(Source):
