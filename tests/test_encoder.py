@@ -28,3 +28,31 @@ def test_a_clock_set_back_or_forward_times_the_next_frame_one_frame_later():
     assert encoded_pts(back) == [0, 33, 67, 100, 133, 166, 200]  # then timed by the dates again
     ahead = [100.0, 100.5, 86_500.0, 86_500.25]
     assert encoded_pts(ahead, fps=10.0) == [0, 500, 600, 850]
+
+
+def test_frames_too_small_to_encode_are_skipped_and_the_encoder_goes_on():
+    """A 1-pixel-wide frame has no even-sized picture: skipped and counted, never a failure the
+    supervisor restarts for ever; the frames after it are encoded."""
+    import threading
+    import time
+
+    from streamrec.live.encoder import FrameEncoder
+    from streamrec.live.packets import PacketRing
+    from streamrec.supervision import Supervisor
+
+    stop, supervisor = threading.Event(), Supervisor()
+    enc = FrameEncoder(PacketRing(1 << 20), fps=10.0, stop_event=stop, supervisor=supervisor, name="encode-tiny")
+    enc.start()
+    try:
+        enc.offer(np.zeros((1, 1, 3), np.uint8), 100.0)
+        deadline = time.monotonic() + 10
+        while enc.skipped < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for i in range(3):
+            enc.offer(np.zeros((48, 64, 3), np.uint8), 100.1 + i / 10)
+            while enc.encoded < i + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        stop.set()
+    assert (enc.skipped, enc.encoded) == (1, 3)
+    assert supervisor.stats()["encode-tiny"]["failures"] == 0

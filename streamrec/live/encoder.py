@@ -84,6 +84,7 @@ class FrameEncoder:
         self._cond = threading.Condition(threading.Lock())
         self.dropped = 0  # frames not encoded: the encoder was behind
         self.encoded = 0
+        self.skipped = 0  # frames too small to encode (under 2 x 2 pixels)
         self._thread: threading.Thread | None = None
 
     def offer(self, rgb: np.ndarray, ts: float) -> None:
@@ -118,6 +119,9 @@ class FrameEncoder:
                 continue
             rgb, ts = item
             rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]  # 4:2:0 needs an even size
+            if rgb.size == 0:  # a 1-pixel-wide frame: nothing to encode (it would fail and restart for ever)
+                self.skipped += 1
+                continue
             if enc is None or enc.size != rgb.shape[:2]:
                 enc = H264Stream(rgb.shape[1], rgb.shape[0], self.fps)
             fresh = not enc.started
