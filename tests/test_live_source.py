@@ -143,7 +143,7 @@ class ShortFile(Source):
         pass
 
 
-def _looped_capture(n: int, opened: list[int], seen: list[tuple[int, float]] | None = None):
+def _looped_capture(n: int, opened: list[int], seen: list[tuple[int, float]] | None = None, fps: float = 10.0):
     """A capture looping a file of ``n`` frames at 10 fps; with ``seen``, it records (value, stamp)
     of each frame and stops after 7. Its clock moves 0.1 s per read, so the pacing never waits."""
     spec = SourceSpec("/clips/short.mp4", "file")
@@ -158,7 +158,7 @@ def _looped_capture(n: int, opened: list[int], seen: list[tuple[int, float]] | N
 
     def opener(_spec):
         opened.append(n)
-        return ShortFile(n)
+        return ShortFile(n, fps)
 
     def on_frame(rgb, ts) -> None:
         seen.append((int(rgb[0, 0, 0]), ts))
@@ -183,6 +183,17 @@ def test_a_looped_file_keeps_its_pace_across_the_loop(n):
     assert [round(b - a, 6) for a, b in zip(stamps, stamps[1:])] == [0.1] * 6
     assert [v for v, _ in seen] == [i % n for i in range(7)]
     assert len(opened) == -(-7 // n)  # one open per pass; stopped on the 7th frame
+
+
+def test_a_looped_one_frame_file_that_says_1000_fps_shows_its_frame_40_ms_a_pass():
+    """Not reopened a thousand times a second (a core spun on it): a pass lasts 40 ms at least."""
+    opened: list[int] = []
+    seen: list[tuple[int, float]] = []
+    cap, _ = _looped_capture(1, opened, seen, fps=1000.0)
+    cap.start()
+    cap.join(timeout=30)
+    stamps = [ts for _, ts in seen]
+    assert not cap.is_alive() and [round(b - a, 6) for a, b in zip(stamps, stamps[1:])] == [0.04] * 6
 
 
 def test_a_looped_file_with_no_frame_ends_instead_of_spinning():

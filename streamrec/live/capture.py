@@ -36,6 +36,7 @@ from streamrec.redact import mask_quoted, printable
 
 logger = logging.getLogger(__name__)
 
+LOOP_PASS_MIN_S = 0.04  # a looped file's last frame shows this long at least before the file plays again
 STEADY_S = 10.0  # a live source that delivered this long starts its backoff over when it drops; one that
 # drops sooner (a camera that sends a few frames and goes) waits longer each time
 
@@ -307,7 +308,9 @@ class CaptureThread(threading.Thread):
                 rgb, pts = next(it)
             except StopIteration:
                 if pacing.due is not None:  # a looped file plays on at its pace: the last frame is shown
-                    self._next_due = pacing.due + pacing.step  # for its time, then the first again
+                    # for its time (a pass at least LOOP_PASS_MIN_S: a one-frame file that says 1,000 fps
+                    # would be reopened a thousand times a second), then the first again
+                    self._next_due = pacing.due + max(pacing.step, LOOP_PASS_MIN_S)
                 return got
             except Exception as exc:  # noqa: BLE001 - any read error: reconnect
                 self.error = printable(mask_quoted(f"{type(exc).__name__}: {exc}", self.spec.target))
