@@ -215,6 +215,9 @@ class ServeConfig:
                                  f"{self.max_connections}, {self.max_connections_per_address}")
         if not self.source and not self.cameras:
             raise OptionError(("source",), "expected a webcam index, an rtsp:// URL or a video file (or [[cameras]] in --config), got nothing")
+        if not self.source and self.camera != "default":  # it names --source's camera: without one, nothing
+            raise OptionError(("camera",), f"expected it only with a source (each [[cameras]] table has its own name), "
+                                           f"got {described(self.camera)} and no source")
         names = [c.name for c in self.all_cameras()]
         dupes = sorted(n for n, k in Counter(names).items() if k > 1)
         if dupes:

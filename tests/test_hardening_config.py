@@ -235,3 +235,15 @@ def test_an_error_about_a_huge_value_is_one_short_line(tmp_path, text):
     cfg.write_text(text.replace("{big}", "b" * 1_000_000) + "\n")
     proc = run_main("serve", "--config", str(cfg), "--weights", "none")
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and len(proc.stderr) < 1000, proc.stderr[:300]
+
+
+@pytest.mark.parametrize("file_values, cli_values", [
+    ({"camera": "gym", "cameras": [{"name": "a", "source": "x.mp4"}]}, {}),
+    ({"cameras": [{"name": "a", "source": "x.mp4"}]}, {"camera": "gym"}),
+])
+def test_a_camera_name_without_a_source_is_refused(file_values, cli_values):
+    """``camera`` names the camera of ``source``: beside [[cameras]] alone it named nothing and was
+    dropped without a word."""
+    with pytest.raises(StreamrecError, match=r"camera: expected it only with a source \(each \[\[cameras\]\] table has "
+                                             r"its own name\), got 'gym' and no source$"):
+        ServeConfig.from_sources(file_values, cli_values)

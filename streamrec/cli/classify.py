@@ -16,6 +16,7 @@ from typing import Callable
 from streamrec.config import check_device
 from streamrec.errors import StreamrecError
 from streamrec.fsutil import check_apart, check_output
+from streamrec.redact import printable
 from streamrec.validate import MAX_BATCH, check_weights_arg, finite_float, whole_number
 
 
@@ -152,7 +153,7 @@ def write_outputs(args, tl) -> None:
             atomic_write_text(args.out, text)
         except OSError as exc:
             raise StreamrecError(f"--out {args.out}: cannot write: {exc.strerror}") from None
-        print(f"wrote {args.out} ({zones}{written(tl, args.format, args.windows)})", file=sys.stderr)
+        print(f"wrote {printable(args.out)} ({zones}{written(tl, args.format, args.windows)})", file=sys.stderr)
     else:
         sys.stdout.write(text)
     if args.plot:
