@@ -200,13 +200,7 @@ class ServeConfig:
             object.__setattr__(self, "host", self.host[1:-1])
         object.__setattr__(self, "allowed_hosts", check_allowed_hosts(self.allowed_hosts))
         check_text(self, ("source", "model", "weights", "backend", "host", "db"))
-        from streamrec.catalog import BACKEND_NAMES
-
-        if self.backend not in BACKEND_NAMES:  # the command line's choices; a file's value is read here
-            raise OptionError(("backend",), f"expected one of {', '.join(BACKEND_NAMES)}, got {described(self.backend)}")
-        for cam in self.all_cameras():
-            check_pretrained(cam.model or self.model, cam.weights or self.weights,
-                             f"camera {cam.name!r}: " if cam.weights or cam.model else "")
+        self._check_models()
         if not HEADER_TIMEOUT_MIN_S <= self.header_timeout <= CAMERA_TIMEOUT_MAX_S:
             raise OptionError(("header_timeout",), f"expected {HEADER_TIMEOUT_MIN_S} to {CAMERA_TIMEOUT_MAX_S} seconds "
                                                    f"(shorter cuts off every browser), got {self.header_timeout!r}")
@@ -267,6 +261,16 @@ class ServeConfig:
         """
         value = getattr(cls, name)
         return f"{value:g}" if isinstance(value, float) else str(value)
+
+    def _check_models(self) -> None:
+        """The backend and each camera's weights, as far as they are known without loading anything."""
+        from streamrec.catalog import BACKEND_NAMES
+
+        if self.backend not in BACKEND_NAMES:  # the command line's choices; a file's value is read here
+            raise OptionError(("backend",), f"expected one of {', '.join(BACKEND_NAMES)}, got {described(self.backend)}")
+        for cam in self.all_cameras():
+            check_pretrained(cam.model or self.model, cam.weights or self.weights,
+                             f"camera {cam.name!r}: " if cam.weights or cam.model else "")
 
     def all_cameras(self) -> tuple[CameraConfig, ...]:
         """The cameras to run: ``[[cameras]]``, and ``--source`` as one more named ``camera``."""

@@ -143,3 +143,27 @@ def test_a_clip_cache_that_cannot_be_written_still_gives_the_clip(tmp_path, capl
     assert first.frames.shape[0] == 15 and np.array_equal(first.frames, second.frames)
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         f"cannot write the clip cache in {tmp_path / 'file' / 'cache'}"]
+
+
+def test_an_unreadable_clip_met_by_a_loader_worker_is_noted_in_the_main_process(tmp_path):
+    """On a machine with more cores the loaders have worker processes: each notes unreadable
+    clips in its own copy of the dataset, which the main process never sees ("N unreadable clips
+    were skipped" said nothing there). The batch carries them back."""
+    import torch
+
+    from streamrec.models.tiny3d import TINY3D_SPEC
+    from streamrec.offline.batches import collate, taken
+    from streamrec.offline.dataset import ClipCache, ClipDataset, Sample
+
+    good = write_video(tmp_path / "good.mp4", seconds=1.2, fps=15, size=(64, 48))
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 but nothing after")
+    ds = ClipDataset([Sample(good, 0), Sample(bad, 1), Sample(good, 1)], TINY3D_SPEC, train=False,
+                     cache=ClipCache(None, TINY3D_SPEC), clips_per_video=2)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate)
+    labels = []
+    for batch in loader:
+        got = taken(batch, ds)
+        if got is not None:
+            labels += got[1].tolist()
+    assert ds.unreadable == {bad} and labels == [0, 0, 1, 1]

@@ -347,9 +347,9 @@ class ClipDataset(torch.utils.data.Dataset):
         try:
             clip = self.cache.load(sample.path)
         except (SourceError, OSError) as exc:
-            self.unreadable.add(sample.path)
+            self.unreadable.add(sample.path)  # in this process: a loader's worker tells the main one by the label
             logger.warning("skipping unreadable clip %s: %s", sample.path, exc)
-            return torch.empty(0), -1  # dropped by collate()
+            return torch.empty(0), -1 - i // self.clips_per_video  # dropped by collate(), noted by taken()
         span = self.spec.span_s
         first, last = float(clip.times[0]), float(clip.times[-1])
         rng = random.Random(hash((self.seed, self.epoch, i)))
@@ -379,16 +379,3 @@ def _color_jitter(x: np.ndarray, strength: float, rng: random.Random) -> np.ndar
     c = rng.uniform(1 - strength, 1 + strength)
     mean = x.mean(axis=(0, 2, 3), keepdims=True)
     return ((x - mean) * c + mean + b).astype(np.float32)
-
-
-def collate(batch: list[tuple[torch.Tensor, int]]):
-    """Stack a batch, dropping unreadable clips (label -1)."""
-    kept = [(x, y) for x, y in batch if y >= 0]
-    if not kept:
-        return None
-    return torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept])
-
-
-def default_workers() -> int:
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 0 if n <= 2 else min(8, n - 1)

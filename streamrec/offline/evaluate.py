@@ -15,7 +15,8 @@ import torch
 
 from streamrec.models.exported import EXPORT_META, torchscript_quiet
 from streamrec.runtime.onnx import example_input, export_onnx
-from streamrec.offline.dataset import ClipCache, ClipDataset, Sample, class_dirs, collate, default_workers, discover
+from streamrec.offline.batches import collate, default_workers, taken
+from streamrec.offline.dataset import ClipCache, ClipDataset, Sample, class_dirs, discover
 from streamrec.runtime.classifier import Classifier
 from streamrec.errors import StreamrecError, install_hint
 from streamrec.fsutil import atomic_write, save_figure
@@ -79,6 +80,7 @@ def evaluate(folder: str | Path, *, weights: str, model: str | None = None, devi
     topk, kk = 0, min(5, k)
     n = 0
     for batch in dl:
+        batch = taken(batch, ds)
         if batch is None:
             continue
         logits = clf.logits(batch[0])

@@ -16,6 +16,7 @@ from torch import nn
 
 from streamrec.errors import StreamrecError
 from streamrec.fsutil import save_figure
+from streamrec.offline.batches import taken
 from streamrec.offline.train import TrainConfig, base_model, make_loaders, make_optimizer, seed_everything, training_classes
 from streamrec.runtime.classifier import resolve_device
 from streamrec.validate import LR_FIND_STEPS, LR_FIND_STEPS_RANGE
@@ -68,6 +69,7 @@ def range_test(cfg: TrainConfig, *, start: float, end: float, steps: int) -> tup
         except StopIteration:
             it = iter(train_dl)
             batch = next(it)
+        batch = taken(batch, train_dl.dataset)
         if batch is None:
             continue
         for g in opt.param_groups:

@@ -24,8 +24,9 @@ from torch import nn
 
 from streamrec.offline.chance import Chance, Keeper
 from streamrec.offline.resume import meta, resume_state
-from streamrec.offline.dataset import (Augment, ClipCache, ClipDataset, collate, default_workers, discover,
-                                       too_few_classes, unreadable_class)
+from streamrec.offline.batches import collate, default_workers, taken
+from streamrec.offline.dataset import (Augment, ClipCache, ClipDataset, discover, too_few_classes,
+                                       unreadable_class)
 from streamrec.config import check_device
 from streamrec.runtime.classifier import resolve_device
 from streamrec.errors import StreamrecError
@@ -219,6 +220,7 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, schedule=No
     tot_loss = top1 = topk = n = 0
     bar = progress_bar(loader, desc=bar_desc, quiet=quiet)
     for batch in bar:
+        batch = taken(batch, loader.dataset)
         if batch is None:
             continue
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device)
