@@ -19,6 +19,9 @@ def checkpoint(classes: list[str]) -> dict:
     (["a", "uncertain"], "expected names other than 'uncertain' (the label shown when no class is clear), got 'uncertain'"),
     (["a", " Uncertain "], "expected names other than 'uncertain' (the label shown when no class is clear), got ' Uncertain '"),
     (["a", "b", "a"], "expected distinct names, got 'a' more than once"),
+    (["squat", "squat "], "expected distinct names, got 'squat ' and 'squat', which read as one"),
+    (["caf\u00e9", "cafe\u0301"], "expected distinct names, got " + repr("cafe\u0301") + " and " + repr("caf\u00e9")
+     + ", which read as one"),  # a composed and a decomposed accent
     (["a", "b\u200bc"], "expected names of 1-200 characters without control characters or line breaks, got 'b\\u200bc'"),
     (["a", "x" * 201], "expected names of 1-200 characters without control characters or line breaks, got " + repr("x" * 40)),
 ])

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ def class_names_problem(classes: Any) -> str | None:
     Example:
         >>> class_names_problem(["squat", "deadlift"]) is None, class_names_problem(["a", "a"])
         (True, "expected distinct names, got 'a' more than once")
+        >>> class_names_problem(["squat", "squat "])
+        "expected distinct names, got 'squat ' and 'squat', which read as one"
     """
     if not isinstance(classes, list) or not classes:
         return f"expected a list of names, got {str(classes)[:40]!r}"
@@ -36,8 +39,14 @@ def class_names_problem(classes: Any) -> str | None:
                     f"breaks, got {str(c)[:40]!r}")
         if c.strip().lower() == UNCERTAIN:
             return f"expected names other than {UNCERTAIN!r} (the label shown when no class is clear), got {c!r}"
-    dupes = sorted({c for c in classes if classes.count(c) > 1})
-    return f"expected distinct names, got {dupes[0]!r} more than once" if dupes else None
+    seen: dict[str, str] = {}
+    for c in classes:
+        key = unicodedata.normalize("NFKC", c).strip()  # "squat" and "squat ", a composed and a decomposed é
+        if key in seen:
+            same = "more than once" if seen[key] == c else f"and {seen[key]!r}, which read as one"
+            return f"expected distinct names, got {c!r} {same}"
+        seen[key] = c
+    return None
 
 
 @dataclass(frozen=True)
