@@ -219,6 +219,7 @@ class FastCamera(Source):
         pass
 
 
+@pytest.mark.slow
 def test_a_camera_faster_than_it_says_still_fills_windows():
     """Its rings were sized for 30 frames a second: every frame written, a window's second would
     never fit and no window would ever be taken. Frames closer than the rings allow are thinned."""

@@ -184,6 +184,7 @@ def test_times_keep_their_microseconds_however_they_are_written():
     assert time_span("1969-12-31T23:59:59.9999+00:00", None) == (-0.0001, None)
 
 
+@pytest.mark.slow
 def test_a_segment_waits_for_a_sqlite_lock_held_past_the_busy_timeout_and_is_written(tmp_path):
     """Another writer (the events tables, a second program) holds the file longer than the busy
     timeout: the segment is written once the lock goes, not dropped; the prune at start under

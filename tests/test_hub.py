@@ -171,6 +171,7 @@ def raw_websocket(port: int, rcvbuf: int = 4096):
     return s
 
 
+@pytest.mark.slow
 def test_a_client_that_stops_reading_is_closed_after_the_send_deadline(monkeypatch):
     """Its keepalive ping waits behind the stalled send and never times out: the send deadline
     closes it, and the client that reads goes on."""
@@ -222,6 +223,7 @@ def test_a_client_holds_at_most_slots_max_unsent_messages_and_a_replaced_one_goe
     assert list(client.slots.items()) == [("removed:a", "a is gone"), ("status:a", "a again")]
 
 
+@pytest.mark.slow
 def test_a_client_that_sends_pings_and_reads_nothing_is_closed(monkeypatch):
     """Every ping is answered with a pong: a client that floods pings and reads no answer would
     grow the server's send buffer without bound; over the bound it is closed."""

@@ -352,6 +352,7 @@ def test_a_capture_that_fails_reads_reconnecting_with_its_error_until_it_runs_ag
     assert not cap.is_alive() and cap.state == "stopped"
 
 
+@pytest.mark.slow
 def test_a_camera_that_drops_after_a_few_frames_waits_longer_each_time(caplog):
     """A few frames are no sign that the camera is back for good: its backoff goes on growing
     (it was reconnected every 0.25-0.5 s for ever)."""
@@ -376,6 +377,7 @@ def test_a_camera_that_drops_after_a_few_frames_waits_longer_each_time(caplog):
     assert not cap.is_alive() and delays[:4] == ["0.1 s", "0.2 s", "0.4 s", "0.8 s"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rotate, turns", [("90", 1), ("180", 2), ("270", 3)])
 def test_a_video_stored_sideways_is_read_upright(tmp_path, rotate, turns):
     """A phone's portrait clip is stored landscape with a display matrix: the model sees it as
@@ -400,6 +402,7 @@ def test_a_stream_url_without_a_host_is_refused_at_once(url, shown):
     assert str(info.value) == f"--source: expected a URL with a host (rtsp://HOST/path), got {shown!r}"
 
 
+@pytest.mark.slow
 def test_one_repeated_timestamp_is_fixed_up_and_the_times_after_it_kept(tmp_path):
     """A variable-rate file (6 s at 5 fps, then 2 s at 60 fps) whose fourth frame repeats the
     third's time: that frame comes one frame time later, and every later frame keeps its own time

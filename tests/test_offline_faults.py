@@ -29,6 +29,7 @@ def test_a_damaged_onnx_file_is_a_one_line_weights_error(tmp_path, content):
     assert message.endswith("); copy or export it again") and "\n" not in message
 
 
+@pytest.mark.slow
 def test_a_stride_too_small_to_move_on_is_refused_and_never_loops(tmp_path):
     """``next_end += 1e-300`` does not change ``next_end``: quantize refuses such a stride, and
     the window loop itself takes it as the smallest stride."""
@@ -54,6 +55,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
+@pytest.mark.slow
 def test_a_confusion_plot_of_a_400_class_model_shows_the_classes_met(tmp_path):
     """A Kinetics model on a dataset of three classes: the plot is of those (and what the model
     answered), not a 400 x 400 grid of 160,000 numbers that took minutes and gigabytes."""
@@ -70,6 +72,7 @@ def test_a_confusion_plot_of_a_400_class_model_shows_the_classes_met(tmp_path):
     assert png_size(tmp_path / "all.png") == (int(PLOT_INCHES_MAX * 90),) * 2
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_a_checkpoint_is_an_oserror_and_the_old_file_stays(tmp_path):
     """torch's zip writer turns a write that fails into a RuntimeError ('unexpected pos'); the
     commands say an OSError in one line. Run in a child, under a file size limit."""
@@ -130,6 +133,7 @@ def test_the_confusion_file_may_not_be_the_weights_file(tmp_path):
     assert weights.read_bytes() == b"a checkpoint with an odd name"
 
 
+@pytest.mark.slow
 def test_a_clip_cache_that_cannot_be_written_still_gives_the_clip(tmp_path, caplog):
     """A full disk or a read-only folder: the clip was decoded, it is not 'unreadable'."""
     from streamrec.models.tiny3d import TINY3D_SPEC
@@ -145,6 +149,7 @@ def test_a_clip_cache_that_cannot_be_written_still_gives_the_clip(tmp_path, capl
         f"cannot write the clip cache in {tmp_path / 'file' / 'cache'}"]
 
 
+@pytest.mark.slow
 def test_an_unreadable_clip_met_by_a_loader_worker_is_noted_in_the_main_process(tmp_path):
     """On a machine with more cores the loaders have worker processes: each notes unreadable
     clips in its own copy of the dataset, which the main process never sees ("N unreadable clips
