@@ -165,7 +165,9 @@ def test_an_unreadable_clip_met_by_a_loader_worker_is_noted_in_the_main_process(
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 but nothing after")
     ds = ClipDataset([Sample(good, 0), Sample(bad, 1), Sample(good, 1)], TINY3D_SPEC, train=False,
                      cache=ClipCache(None, TINY3D_SPEC), clips_per_video=2)
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate)
+    # spawned, not forked: a forked copy of a pytest-xdist worker shares its channel to the controller
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate,
+                                         multiprocessing_context="spawn")
     labels = []
     for batch in loader:
         got = taken(batch, ds)
