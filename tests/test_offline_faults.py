@@ -153,24 +153,23 @@ def test_a_clip_cache_that_cannot_be_written_still_gives_the_clip(tmp_path, capl
 def test_an_unreadable_clip_met_by_a_loader_worker_is_noted_in_the_main_process(tmp_path):
     """On a machine with more cores the loaders have worker processes: each notes unreadable
     clips in its own copy of the dataset, which the main process never sees ("N unreadable clips
-    were skipped" said nothing there). The batch carries them back."""
-    import torch
-
-    from streamrec.models.tiny3d import TINY3D_SPEC
-    from streamrec.offline.batches import collate, taken
-    from streamrec.offline.dataset import ClipCache, ClipDataset, Sample
-
+    were skipped" said nothing there). The batch carries them back. Run in a child process of its
+    own: a DataLoader with workers leaves torch's SIGCHLD handler in the process that ran it."""
     good = write_video(tmp_path / "good.mp4", seconds=1.2, fps=15, size=(64, 48))
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 but nothing after")
-    ds = ClipDataset([Sample(good, 0), Sample(bad, 1), Sample(good, 1)], TINY3D_SPEC, train=False,
-                     cache=ClipCache(None, TINY3D_SPEC), clips_per_video=2)
-    # spawned, not forked: a forked copy of a pytest-xdist worker shares its channel to the controller
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate,
-                                         multiprocessing_context="spawn")
-    labels = []
-    for batch in loader:
-        got = taken(batch, ds)
-        if got is not None:
-            labels += got[1].tolist()
-    assert ds.unreadable == {bad} and labels == [0, 0, 1, 1]
+    code = f"""
+import torch
+from streamrec.models.tiny3d import TINY3D_SPEC
+from streamrec.offline.batches import collate, taken
+from streamrec.offline.dataset import ClipCache, ClipDataset, Sample
+ds = ClipDataset([Sample({str(good)!r}, 0), Sample({str(bad)!r}, 1), Sample({str(good)!r}, 1)], TINY3D_SPEC,
+                 train=False, cache=ClipCache(None, TINY3D_SPEC), clips_per_video=2)
+labels = []
+for batch in torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate):
+    got = taken(batch, ds)
+    labels += [] if got is None else got[1].tolist()
+print(sorted(str(p) for p in ds.unreadable), labels)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert proc.stdout.strip() == f"{[str(bad)]} [0, 0, 1, 1]", proc.stderr[-2000:]
