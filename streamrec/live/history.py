@@ -154,13 +154,17 @@ class HistoryStore:
             logger.info("history: deleted %d segments older than %g days", n, self.retain_days)
         return n
 
+    def _said(self, exc: BaseException, limit: int | None = None) -> str:
+        """What ``exc`` says, on one line, with the database's password masked."""
+        return printable(mask_quoted(str(exc).strip(), self.target), limit=limit)
+
     def _prune_now(self) -> None:
         """:meth:`prune`, a failure logged (the next round tries again), never raised."""
         try:
             self.prune()
         except Exception as exc:  # noqa: BLE001 - keep the writer alive (and a start going)
             logger.warning("history: cannot delete old segments now (%s); trying again in %g s",
-                           printable(mask_quoted(str(exc).strip(), self.target)), self._prune_every_s)
+                           self._said(exc), self._prune_every_s)
 
     def stats(self) -> dict[str, Any]:
         """What ``/healthz`` shows of the history."""
@@ -208,7 +212,7 @@ class HistoryStore:
                 elif self.db.unavailable(exc, self._conn) and not self._closing.is_set():
                     if waits == 0:
                         logger.warning("history: the database %s is busy (%s); trying again", self.db.shown,
-                                       printable(mask_quoted(str(exc).strip(), self.target)))
+                                       self._said(exc))
                     self._closing.wait(RECONNECT.delay(waits))
                     waits += 1
                     continue
@@ -223,7 +227,7 @@ class HistoryStore:
     def _reconnect(self, exc: Exception) -> bool:
         """Connect again, waiting :data:`RECONNECT` between tries, until it works (True) or the store closes (False)."""
         logger.warning("history: lost the database %s (%s); reconnecting", self.db.shown,
-                       printable(mask_quoted(str(exc).strip(), self.target)))
+                       self._said(exc))
         attempt = 0
         while not self._closing.is_set():
             try:
@@ -306,7 +310,7 @@ class HistoryStore:
                 if not self.db.driver_error(exc):
                     raise
                 raise StreamrecError("cannot read the history database: "
-                                     f"{printable(mask_quoted(str(exc).strip(), self.target), limit=300)}") from None
+                                     f"{self._said(exc, limit=300)}") from None
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued and close the database, waiting ``timeout`` s at most for the
