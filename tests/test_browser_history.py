@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -68,6 +69,15 @@ def serve_page(page, store: HistoryStore, ws_messages: list[str], *, limit: int 
     page.goto(f"{BASE}/")
 
 
+def room_in_today(seconds: float) -> float:
+    """Now, or a skip when the local day began less than ``seconds`` ago (the seeded past would be yesterday's)."""
+    now = time.time()
+    midnight = datetime.now().replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    if now - midnight < seconds:
+        pytest.skip(f"the local day began {now - midnight:.0f} s ago; this test seeds the last {seconds:.0f} s of today")
+    return now
+
+
 def minutes_of(page) -> dict[str, float]:
     sel = "[data-testid=minutes] li[data-label]"
     page.wait_for_function(f"document.querySelectorAll('{sel}').length >= 1", timeout=20_000)
@@ -83,7 +93,7 @@ def page():
 def test_the_day_view_counts_the_activity_in_progress_from_its_start(page):
     store = HistoryStore(":memory:")
     try:
-        now = time.time()
+        now = room_in_today(200)
         tracker = store.tracker("gate")
         for i in range(180):  # walking for 3 minutes, and still
             tracker.update("walking", 0.9, now - 180 + i)
@@ -100,7 +110,7 @@ def test_the_day_view_counts_the_activity_in_progress_from_its_start(page):
 def test_a_segment_an_outage_ended_stops_at_its_last_label(page):
     store = HistoryStore(":memory:")
     try:
-        now = time.time()
+        now = room_in_today(200)
         tracker = store.tracker("gate")
         for i in range(60):  # a minute of walking, then the camera went away 2 minutes ago
             tracker.update("walking", 0.9, now - 180 + i)
@@ -116,7 +126,7 @@ def test_a_segment_an_outage_ended_stops_at_its_last_label(page):
 def test_labels_after_an_outage_start_a_new_piece_on_the_page(page):
     store = HistoryStore(":memory:")
     try:
-        now = time.time()
+        now = room_in_today(30)
         tracker = store.tracker("gate")
         for ts in (now - 10, now - 9, now - 8):
             tracker.update("walking", 0.9, ts)
@@ -143,12 +153,14 @@ def test_the_day_view_counts_every_segment_of_a_day_longer_than_one_answer(page)
     newest, "truncated"): the page asks for the earlier ones too, or the morning reads empty."""
     store = HistoryStore(":memory:")
     try:
-        now = time.time()
-        for i in range(120):  # 10 minutes: 5 s walking, 5 s running, ...
-            start = now - 700 + 5 * i
+        yesterday = datetime.now().replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
+        noon = yesterday.timestamp()
+        for i in range(120):  # 10 minutes of yesterday noon: 5 s walking, 5 s running, ...
+            start = noon + 5 * i
             store.add(Segment("gate", ("walking", "running")[i % 2], start, start + 5, 0.8, 0.9, 5))
         serve_page(page, store, [status("running")], limit=50)  # 50 segments an answer: three pages
         page.wait_for_selector("[data-testid=timeline]", timeout=20_000)
+        page.fill("[data-testid=day]", yesterday.strftime("%Y-%m-%d"))
         page.click("[data-testid=view-day]")
         page.wait_for_function("document.querySelectorAll('[data-testid=timeline] span[data-label]').length >= 120",
                                timeout=20_000)
