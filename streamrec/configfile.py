@@ -43,7 +43,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
 from streamrec.errors import StreamrecError
-from streamrec.redact import printable
+from streamrec.redact import mask_url, printable
 from streamrec.fsutil import atomic_write_text
 from streamrec.validate import NESTING_MAX, nesting, not_a_file
 from streamrec.zones import ZoneConfig
@@ -214,7 +214,7 @@ def _paths_from(base: Path, values: dict[str, Any]) -> dict[str, Any]:
     """
     def file(key: str, value: Any, *keep: str) -> Any:
         if isinstance(value, str) and "\0" in value:  # no file's name: open() and os.scandir() raise on it
-            raise StreamrecError(f"{key}: expected a path, got {value!r} (a NUL character)")
+            raise StreamrecError(f"{key}: expected a path or URL, got {mask_url(value)!r} (a NUL character)")
         if not isinstance(value, str) or not value.strip() or "://" in value or value.strip().isdigit() \
                 or value.lower() in keep:
             return value

@@ -107,7 +107,7 @@ class Database:
             raise
         except Exception as exc:  # noqa: BLE001 - sqlite3 / psycopg errors: one line for the user
             close_quietly(conn)
-            words = printable(mask_quoted(" ".join(str(exc).split()), self.target))  # the server's words, one line
+            words = self.said(exc)
             raise StreamrecError(f"--db {self.shown}: cannot open {self.what}: {words}") from None
 
     def _open(self):
@@ -158,6 +158,11 @@ class Database:
         psycopg = sys.modules.get("psycopg")  # imported already wherever one of its errors was raised
         return psycopg is not None and isinstance(exc, (psycopg.OperationalError,
                                                         psycopg.errors.ReadOnlySqlTransaction))
+
+    def said(self, exc: BaseException, limit: int | None = None) -> str:
+        """What ``exc`` (the driver's or the server's words) says, on one line, with the database's
+        password masked: the text a log, ``/healthz`` or a stored error may show."""
+        return printable(mask_quoted(" ".join(str(exc).split()), self.target), limit=limit)
 
     @staticmethod
     def driver_error(exc: BaseException) -> bool:

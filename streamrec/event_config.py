@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from streamrec.errors import StreamrecError, require
 from streamrec.fsutil import special_file
-from streamrec.notify_checks import check_topic, check_user, ha_stream_id, url_parts
+from streamrec.notify_checks import check_topic, check_user, ha_object_id, ha_stream_id, url_parts
 from streamrec.redact import control_characters, mask_credentials, printable
 from streamrec.validate import check_types, described, unknown_keys
 from streamrec.zones import check_name, split_key
@@ -267,6 +267,9 @@ class RecordingConfig:
         for name in ("max_seconds", "retention_days", "max_gb", "packet_ring_mb"):
             if not getattr(self, name) > 0:
                 raise StreamrecError(f"[recording] {name}: expected > 0, got {getattr(self, name)}")
+        if self.pre_seconds >= self.max_seconds:  # the clip would be cut before the event begins
+            raise StreamrecError(f"[recording] pre_seconds: expected less than max_seconds ({self.max_seconds}: a clip "
+                                 f"starts pre_seconds before its event and stops at max_seconds), got {self.pre_seconds}")
         if not self.packet_ring_mb <= MAX_PACKET_RING_MB:  # inf too: each camera's ring is held in memory
             raise StreamrecError(f"[recording] packet_ring_mb: expected at most {MAX_PACKET_RING_MB} MB per camera, "
                                  f"got {self.packet_ring_mb}")
@@ -326,6 +329,20 @@ def check_mqtt_cameras(mqtt: MqttConfig | None, streams: list[str]) -> None:
             raise StreamrecError(f"[notify.mqtt] homeassistant_discovery: {kinds} {owner[alike]!r} and {key!r} would "
                                  f"share the Home Assistant id 'streamrec_{alike}'; expected distinct ids, rename one")
         owner[alike] = key
+    if mqtt.homeassistant_discovery:
+        check_ha_devices([split_key(key)[0] for key in streams])
+
+
+def check_ha_devices(cameras: list[str]) -> None:
+    """No two cameras share a Home Assistant device id (a camera whose zones are its only streams
+    has a device too, though no sensor of its own)."""
+    device: dict[str, str] = {}
+    for camera in dict.fromkeys(cameras):
+        alike = ha_object_id(camera).lower()
+        if alike in device:
+            raise StreamrecError(f"[notify.mqtt] homeassistant_discovery: cameras {device[alike]!r} and {camera!r} would "
+                                 f"share the Home Assistant device 'streamrec_{alike}'; expected distinct ids, rename one")
+        device[alike] = camera
 
 
 def check_rules(rules: tuple[RuleConfig, ...], notify: NotifyConfig, cameras: list[str],

@@ -18,7 +18,7 @@ import unicodedata
 from urllib.parse import quote, unquote, urlsplit
 
 from streamrec.errors import StreamrecError
-from streamrec.redact import mask_url, printable
+from streamrec.redact import mask_url, printable, shows_nothing
 from streamrec.hosts import DNS_NAME_MAX, ascii_host, ends_in_number
 from streamrec.zones import split_key
 
@@ -111,10 +111,9 @@ def ascii_target(path: str, query: str = "") -> str:
 
 def invisible(c: str) -> bool:
     """``c`` is a control, format (zero-width, bidirectional, byte order mark) or line separator
-    character, a surrogate or a noncharacter: not to be published as (or hidden in) a topic."""
+    character, a surrogate, a Hangul filler (:func:`~streamrec.redact.shows_nothing`) or a noncharacter: not to be published as (or hidden in) a topic."""
     code = ord(c)
-    return unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") or 0xFDD0 <= code <= 0xFDEF \
-        or code & 0xFFFE == 0xFFFE
+    return shows_nothing(c) or 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
 
 
 def check_topic(topic: str, where: str) -> None:

@@ -247,7 +247,7 @@ def secret_key(key: str) -> bool:
         if decoded == key:
             break
         key = decoded
-    key = "".join(c for c in unicodedata.normalize("NFKC", key) if not _invisible(c)).lower().strip()
+    key = "".join(c for c in unicodedata.normalize("NFKC", key) if not shows_nothing(c)).lower().strip()
     words = [w.rstrip("0123456789") for w in re.split(r"[\W_]+", key) if w]
     return key in SECRET_QUERY_KEYS or any(
         SECRET_WORDS.search(w) or w in SECRET_NAMES
@@ -270,7 +270,7 @@ def printable(text: object, *, limit: int | None = None) -> str:
     text = str(text)
     if limit is not None and len(text) > limit:
         text = f"{text[:limit]}... ({len(text):,} characters)"
-    return _SUSPECT.sub(lambda m: _escape(m) if _invisible(m.group()) else m.group(), text)
+    return _SUSPECT.sub(lambda m: _escape(m) if shows_nothing(m.group()) else m.group(), text)
 
 
 def control_characters(text: str) -> list[str]:
@@ -279,15 +279,15 @@ def control_characters(text: str) -> list[str]:
     >>> control_characters("court\\n1"), control_characters("court-1")
     (['\\\\n'], [])
     """
-    return [_escape(m) for m in _SUSPECT.finditer(text) if _invisible(m.group())]
+    return [_escape(m) for m in _SUSPECT.finditer(text) if shows_nothing(m.group())]
 
 
 _SUSPECT = re.compile(r"[^\x20-\x7e]")  # what may be escaped: all but printable ASCII
 _FILLERS = frozenset("\u115f\u1160\u3164\uffa0")  # Hangul fillers: letters that show nothing
 
 
-def _invisible(c: str) -> bool:
-    """Whether ``c`` shows as nothing, or moves the text: a control or format character, a line or
+def shows_nothing(c: str) -> bool:
+    """Whether ``c`` (one character) shows as nothing, or moves the text: a control or format character, a line or
     paragraph separator, a lone surrogate, a Hangul filler."""
     return unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") or c in _FILLERS
 

@@ -305,12 +305,16 @@ def test_rule_names_differing_only_in_blanks_around_them_are_refused():
 
 
 @pytest.mark.parametrize("text, key", [('[recording]\ndir = "ev\\u0000ents"', "[recording] dir"),
-                                       ('db = "h\\u0000.db"', "db"), ('source = "a\\u0000.mp4"', "source")])
+                                       ('db = "h\\u0000.db"', "db"), ('source = "a\\u0000.mp4"', "source"),
+                                       ('source = "rtsp://admin:hunter2@cam/live\\u0000"', "source"),
+                                       ('db = "postgresql://u:hunter2@db/x\\u0000"', "db"),
+                                       ('[[cameras]]\nname = "c"\nsource = "rtsp://admin:hunter2@cam/\\u0000"', "source")])
 def test_a_path_with_a_nul_is_refused_when_the_config_is_read(text, key, tmp_path):
     (tmp_path / "c.toml").write_text(text + "\n")
     with pytest.raises(StreamrecError) as err:
         load_toml(tmp_path / "c.toml")
-    assert str(err.value).startswith(f"{key}: expected a path, got ") and str(err.value).endswith("(a NUL character)")
+    assert str(err.value).startswith(f"{key}: expected a path or URL, got ") and str(err.value).endswith("(a NUL character)")
+    assert "hunter2" not in str(err.value)  # a URL's password stays hidden
     from streamrec.event_config import RecordingConfig
 
     with pytest.raises(StreamrecError, match=r"^\[recording\] dir: expected a folder's path"):

@@ -221,6 +221,10 @@ min_seconds = {min_seconds}
     ('[recording]\npacket_ring_mb = 0.001', "[recording] packet_ring_mb: expected at least 1 MB per camera"),
     ('[recording]\npacket_ring_mb = inf', "[recording] packet_ring_mb: expected a finite number, got inf"),
     ('[recording]\npacket_ring_mb = nan', "[recording] packet_ring_mb: expected a finite number, got nan"),
+    # a clip starts pre_seconds before its event and stops at max_seconds: it would hold none of it
+    ('[recording]\npre_seconds = 300\nmax_seconds = 120', "[recording] pre_seconds: expected less than max_seconds "
+     "(120.0: a clip starts pre_seconds before its event and stops at max_seconds), got 300.0"),
+    ('[recording]\npre_seconds = 1e9', "[recording] pre_seconds: expected less than max_seconds (120.0"),
     ('[recording]\ndir = "TMP/dangling"', "got 'TMP/dangling' (a link to 'TMP/nowhere', which does not exist)"),
     ('groups = ["quidditch"]', "[[rules]] 'bees': groups: no group 'quidditch'"),
     # Kinetics-400's groups on a fine-tuned checkpoint would match none of its classes

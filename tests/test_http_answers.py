@@ -57,6 +57,8 @@ def failing(kind: str) -> ApiRoute:
             raise RuntimeError("broken handler")
         if kind == "unserialisable":
             return Reply(200, {"value": object()})
+        if kind == "nan":  # no JSON: a 500, never a 200 whose body a strict parser refuses
+            return Reply(200, {"value": float("nan")})
         return Reply(299_999, {})  # no HTTP status
 
     return ApiRoute(handler)
@@ -96,7 +98,7 @@ def served(tmp_path_factory):
               "/metrics": Route("text/plain; version=0.0.4", lambda: b"streamrec_up 1\n"),
               "/big": Route("application/json", lambda: BIG_JSON)}
     api = {"/api/history": history_api(history), "/api/events": events_api(events), "/api/files": api_files(folder),
-           **{f"/api/{kind}": failing(kind) for kind in ("raises", "unserialisable", "nostatus")}}
+           **{f"/api/{kind}": failing(kind) for kind in ("raises", "unserialisable", "nostatus", "nan")}}
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -263,6 +265,34 @@ def test_a_repeated_range_header_is_a_400(served):
     assert http(served.port, "GET", "/api/events/e1/clip.mp4", "Range: bytes=0-1", "Range: bytes=2-3")[0] == 400
 
 
+COOKIE = f"Cookie: streamrec_token={TOKEN}"
+
+
+@pytest.mark.parametrize("method, target, headers, name", [
+    ("GET", "/ws", ["Upgrade: websocket", "Upgrade: h2c", "Connection: Upgrade"], "Upgrade"),
+    ("POST", "/api/raises", [COOKIE, "Origin: http://HOST", "Sec-Fetch-Site: same-origin", "Sec-Fetch-Site: cross-site"],
+     "Sec-Fetch-Site"),
+    ("POST", "/api/raises", [COOKIE, "Referer: http://HOST/", "Referer: http://evil.example/"], "Referer"),
+    ("GET", "/healthz", ["Origin: http://HOST", "Origin: http://evil.example"], "Origin"),
+])
+def test_a_repeated_header_read_as_one_is_a_400_naming_it(served, caplog, method, target, headers, name):
+    """Which of two would count is a guess: the request is refused, never a 500 with a traceback in the log."""
+    headers = [h.replace("HOST", f"127.0.0.1:{served.port}") for h in headers]
+    with caplog.at_level(logging.ERROR, logger="streamrec.serve.server"):
+        status, _, body = http(served.port, method, target, *headers, token=not target.startswith("/api/"))
+    assert (status, body) == (400, f"more than one {name} header\n".encode())
+    assert caplog.records == []
+
+
+def test_a_failed_request_is_logged_without_its_query():
+    """The query may hold the ``--token``; a log line is the path on one line."""
+    from streamrec.serve.server import logged_path
+
+    assert logged_path("/ws?token=S3CRET") == "/ws"
+    assert logged_path("/a\x1b[2J\nFAKE?token=S3CRET#x") == "/a\\x1b[2J\\nFAKE"
+    assert logged_path("/" + "x" * 500).endswith("... (501 characters)")
+
+
 def test_a_file_that_went_away_is_a_404(served):
     status, _, body = http(served.port, "GET", "/api/files/no-such-file")
     assert (status, json.loads(body)) == (404, {"error": "the file no longer exists"})
@@ -278,7 +308,7 @@ def test_a_slow_reader_gets_the_whole_answer(served, target):
 
 # -- every failure is answered ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["raises", "unserialisable", "nostatus"])
+@pytest.mark.parametrize("kind", ["raises", "unserialisable", "nostatus", "nan"])
 @pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
 def test_a_failing_handler_is_a_500(served, kind, method):
     status, _, body = http(served.port, method, f"/api/{kind}")
@@ -385,6 +415,20 @@ def test_a_request_over_the_size_limits_is_answered_as_http_not_as_a_websocket(s
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.split(b"\r\n")[0].split(b" ")[1] == str(status).encode() and b"WebSocket" not in body
     assert body == why if why is not None else body.startswith(b"a header line: expected at most 8190 bytes")
+
+
+@pytest.mark.parametrize("head, status", [
+    (b"HEAD /api/events HTTP/1.1\r\nHost: HOST\r\nContent-Length: 70000\r\n\r\n", 413),
+    (b"HEAD /api/events HTTP/1.1\r\nHost: HOST\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
+    (b"HEAD /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: HOST\r\n\r\n", 414),
+    (b"HEAD / HTTP/1.1\nHost: HOST\n\n", 400),
+])
+def test_a_head_refused_before_it_is_parsed_gets_no_body(served, head, status):
+    """RFC 9110 9.3.2: an answer to HEAD has none, whoever answers it."""
+    data = raw_request(served.port, head.replace(b"HOST", b"127.0.0.1:%d" % served.port))
+    line, _, body = data.partition(b"\r\n\r\n")
+    assert (line.split(b"\r\n")[0].split(b" ")[1], body) == (str(status).encode(), b"")
+    assert b"\r\nContent-Length: " in line  # what a GET's answer would carry
 
 
 @pytest.mark.parametrize("query", ["limit=1", "limit=1000", "limit=0007", "since=0&until=-1h", "since=1700000000",

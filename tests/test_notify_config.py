@@ -15,6 +15,7 @@ from streamrec.errors import StreamrecError
 from streamrec.event_config import MqttConfig, NotifyConfig, WebhookConfig, check_mqtt_cameras
 from streamrec.events.mqtt import discovery_config
 from streamrec.notify_checks import ha_object_id
+from streamrec.redact import printable
 from streamrec.serve.heads import host_allowed
 from streamrec.serve.core import AppCore
 from streamrec.zones import ZoneConfig
@@ -35,13 +36,13 @@ def refused(make, **kw) -> str:
 @pytest.mark.parametrize("value, why", [
     ("ha/#", "'#'"), ("#", "'#'"), ("home/+/x", "'+'"), ("a\x00b", "'\\x00'"), ("a\x01b", "'\\x01'"),
     ("tab\there", "'\\t'"), ("del\x7f", "'\\x7f'"), ("c1\x85", "'\\x85'"), ("bad\ud800", "'\\ud800'"), ("", "empty"),
-    ("/", "empty"), ("///", "empty"), ("a\ufeffb", "'\\ufeff'"), ("\u200bha", "'\\u200b'"), ("a\u202eb", "'\\u202e'"),
+    ("/", "empty"), ("///", "empty"), ("a\ufeffb", "'\\ufeff'"), ("\u200bha", "'\\u200b'"), ("a\u202eb", "'\\u202e'"), ("\u3164", "'\\u3164'"), ("ha\uffa0", "'\\uffa0'"),
     ("a\u2028b", "'\\u2028'"), ("a\ufffe", "'\\ufffe'"), ("a\ufdd0", "'\\ufdd0'"), ("x/+", "'+'"), ("#/x", "'#'"),
 ])
 def test_a_topic_part_that_mqtt_cannot_publish_to_is_refused(key, value, why):
     text = refused(MqttConfig, url=MQTT, **{key: value})
     assert text == (f"[notify.mqtt] {key}: expected an MQTT topic (UTF-8 text without + or #, NUL or control "
-                    f"characters), got {value!r} ({why})")
+                    f"characters), got {printable(repr(value))} ({why})")  # a Hangul filler escaped too
 
 
 @pytest.mark.parametrize("key", ["topic_prefix", "discovery_prefix"])
@@ -337,6 +338,24 @@ def test_a_camera_or_zones_added_at_run_time_may_not_take_another_streams_id():
     app.check_streams(CameraConfig("gym__rack", "0"), replacing="gym__rack")  # a camera keeps its own ids
     no_discovery = Running(serve_config(["gym", "gym__rack"]), ["gym", "gym__rack"])
     no_discovery.check_streams(CameraConfig("gym", "0", zones=(ZoneConfig("rack", 0, 0, 0.5, 0.5),)), replacing="gym")
+
+
+@pytest.mark.parametrize("streams", [
+    ["rack.1/z", "rack_1_83925fd7"],  # a camera whose zones are its only streams still has a device
+    ["rack.1/z", "RACK_1_83925FD7"],  # Home Assistant lower-cases ids
+    ["rack_1_83925fd7/a", "rack.1/b"],
+])
+def test_two_cameras_may_not_share_a_home_assistant_device(streams):
+    mqtt = MqttConfig.from_dict({"url": "mqtt://127.0.0.1", "homeassistant_discovery": True})
+    cameras = [s.split("/")[0] for s in streams]
+    devices = {discovery_config("homeassistant", s)["device"]["identifiers"][0].lower() for s in streams}
+    assert len(devices) == 1  # what Home Assistant would merge
+    with pytest.raises(StreamrecError) as err:
+        check_mqtt_cameras(mqtt, streams)
+    assert str(err.value) == (f"[notify.mqtt] homeassistant_discovery: cameras {cameras[0]!r} and {cameras[1]!r} would "
+                              f"share the Home Assistant device '{next(iter(devices))}'; expected distinct ids, rename one")
+    check_mqtt_cameras(MqttConfig.from_dict({"url": "mqtt://127.0.0.1"}), streams)  # no discovery: no devices
+    check_mqtt_cameras(mqtt, ["rack.1/z", "rack.1/y", "rack.1"])  # one camera's streams share its device
 
 
 @pytest.mark.parametrize("url, why", [

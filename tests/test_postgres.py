@@ -187,6 +187,7 @@ def test_events_survive_a_postgres_restart(server):
             assert [m["state"] for m in published] == ["open"] and manager.stats()["waiting_db"] is True
             [problem] = manager.problems()  # /healthz: degraded, saying why
             assert problem.startswith("events: the database does not answer (events database lost: ") and problem.endswith(" labels wait")
+            assert problem.isprintable(), problem  # the server's words on one line, escaped
             api = events_api(manager).handler  # the API says "not now", never a 500 with a traceback
             for path in ("/api/events", f"/api/events/{published[0]['id']}",
                          f"/api/events/{published[0]['id']}/clip.mp4", f"/api/events/{published[0]['id']}/thumb.jpg"):
@@ -263,3 +264,30 @@ def test_history_rows_come_from_a_server_side_cursor_and_a_read_error_is_one_lin
                 pass
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_a_server_refusal_reaches_healthz_on_one_line_with_the_password_hidden(postgres):
+    """The server's words (a trigger's, here: multi-line, with an escape and the password) are
+    escaped and masked before they become the events' "database does not answer" reason."""
+    import psycopg
+
+    from streamrec.database import DatabaseUnavailable
+    from streamrec.events.store import Event, EventStore
+
+    url = postgres.replace("postgres@", "postgres:hunter2@")  # trust: the password is not asked for
+    store = EventStore(url)
+    with psycopg.connect(postgres, autocommit=True) as admin:
+        admin.execute("CREATE FUNCTION refuse_event() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                      "RAISE EXCEPTION USING ERRCODE = '40001', MESSAGE = E'busy\\x1b[2J\\nFAKE: ok for hunter2'; "
+                      "END $$")
+        admin.execute("CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_event()")
+        try:
+            with pytest.raises(DatabaseUnavailable) as err:  # 40001: a serialization conflict, "not now"
+                store.opened(Event("e-refused", "r", "cam", "walking", 1.0, 0.9, 0.9))
+        finally:
+            admin.execute("DROP TRIGGER refuse ON events")
+            admin.execute("DROP FUNCTION refuse_event()")
+            store.close()
+    assert str(err.value) == ("events database cannot write now: busy\\x1b[2J FAKE: ok for *** "
+                              "CONTEXT: PL/pgSQL function refuse_event() line 1 at RAISE")

@@ -160,9 +160,9 @@ class EventStore:
         """``exc`` as :class:`DatabaseUnavailable` when it means "not now": a lost PostgreSQL
         connection, a SQLite file another writer holds longer than ``busy_timeout_s``."""
         if self._broken():
-            return DatabaseUnavailable(f"events database lost: {str(exc).strip()}")
+            return DatabaseUnavailable(f"events database lost: {self.db.said(exc, limit=300)}")
         if self.db.unavailable(exc):
-            return DatabaseUnavailable(f"events database cannot write now: {str(exc).strip()}")
+            return DatabaseUnavailable(f"events database cannot write now: {self.db.said(exc, limit=300)}")
         return None
 
     @contextmanager

@@ -36,13 +36,12 @@ import socket
 import ssl
 import threading
 import time
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from streamrec.event_config import WebhookConfig, tls_context
 from streamrec.events.store import Notification
-from streamrec.live.sources import mask_credentials
 from streamrec.notify_checks import ascii_host, ascii_target
-from streamrec.redact import mask_quoted, printable
+from streamrec.redact import mask_quoted, mask_url, printable
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ class WebhookSender:
     def __init__(self, config: WebhookConfig) -> None:
         self.config = config
         self.url, self.authorization = split_userinfo(config.url)
-        self.where = mask_credentials(config.url)
+        self.where = mask_url(config.url)
         parts = urlsplit(self.url)
         self.tls = tls_context(config.ca_file, "[notify.webhook]") if parts.scheme == "https" else None
         self.host = ascii_host(parts.hostname or "")  # an international name as DNS and TLS read it
@@ -211,7 +210,7 @@ class WebhookSender:
                     pass  # the 2xx status said it: delivered, whatever happens to the rest of the answer
                 return None
             if 300 <= answer.status < 400:
-                target = printable(mask_credentials(answer.getheader("Location") or "nowhere"), limit=REMOTE_TEXT_MAX)
+                target = self.redirect_target(answer.getheader("Location"))
                 return f"HTTP {answer.status} redirect to {target} not followed: the webhook must answer 2xx itself"
             return printable(f"HTTP {answer.status} {answer.reason}".strip(), limit=REMOTE_TEXT_MAX)  # the server's words
         finally:
@@ -219,6 +218,17 @@ class WebhookSender:
                 answer.close()  # the answer holds the connection open until it is closed too
             conn.close()
             raw.close()
+
+    def redirect_target(self, location: str | None) -> str:
+        """A redirect's ``Location`` as it may be logged: made whole against the webhook's URL (a
+        relative ``/hook/?token=...`` keeps the query of ours), masked, on one line."""
+        if not location:
+            return "nowhere"
+        try:
+            whole = urljoin(self.config.url, location.strip())
+        except ValueError:  # a malformed address (an unclosed IPv6 bracket): shown as masked text
+            whole = location
+        return printable(mask_quoted(mask_url(whole), self.config.url), limit=REMOTE_TEXT_MAX)
 
     def secure(self, raw: socket.socket, deadline: Deadline) -> ssl.SSLSocket:
         """``raw`` under TLS, the deadline guarding the TLS socket: wrapping detaches ``raw`` (its

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 from streamrec.database import BUSY_TIMEOUT_S, RECONNECT, Database, close_quietly
 from streamrec.errors import StreamrecError
-from streamrec.redact import mask_quoted, printable
+from streamrec.redact import printable
 from streamrec.live.segments import STALE_FACTOR, STALE_FLOOR_S, Segment, SegmentTracker  # noqa: F401 - re-exported
 from streamrec.supervision import Deadline, Supervisor
 
@@ -156,7 +156,7 @@ class HistoryStore:
 
     def _said(self, exc: BaseException, limit: int | None = None) -> str:
         """What ``exc`` says, on one line, with the database's password masked."""
-        return printable(mask_quoted(str(exc).strip(), self.target), limit=limit)
+        return self.db.said(exc, limit)
 
     def _prune_now(self) -> None:
         """:meth:`prune`, a failure logged (the next round tries again), never raised."""

@@ -30,7 +30,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Response
 
 from streamrec.errors import StreamrecError
-from streamrec.serve.answers import StreamedResponse, Written, http_response
+from streamrec.serve.answers import StreamedResponse, Written, http_response, without_body
 from streamrec.serve.heads import (MAX_BODY, announced_body, expects_continue, malformed, oversized, upgrades,
                                    without_length)
 
@@ -169,6 +169,7 @@ class GuardedConnection(ServerConnection):
     def __init__(self, *args: Any, guard: ConnectionGuard | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head: bytes | None = b""  # None once the request line and headers were seen
+        self._head_method = False  # the request is a HEAD
         self.guard = guard
         self.peer = "?"
         self.head_done = False  # the request line and headers are in (the guard's view)
@@ -308,6 +309,7 @@ class GuardedConnection(ServerConnection):
             return
         if self._head is not None:
             self._head += data
+            self._head_method = self._head.startswith(b"HEAD ")  # an answer to it before websockets' has no body
             end = self._head.find(b"\r\n\r\n")
             lines = self._head.replace(b"\r\n", b"\n").removesuffix(b"\r")  # a last CR may have its LF on the way
             bare = end < 0 and (b"\n\n" in lines or b"\r" in lines)  # lines that end in LF or CR alone
@@ -357,7 +359,8 @@ class GuardedConnection(ServerConnection):
         is read and dropped for :attr:`LINGER_S` first, so that the answer is not lost to a reset."""
         self._dropped = True
         self._headed()
-        self.transport.write(http_response(status, content_type, body).serialize())
+        answer = http_response(status, content_type, body)
+        self.transport.write((without_body(answer) if self._head_method else answer).serialize())
         if linger:
             self.loop.call_later(self.LINGER_S, self.transport.close)
         else:

@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import MultipleValuesError
 from websockets.http11 import Request, Response
 
 from streamrec.serve.hub import Hub
@@ -32,6 +33,9 @@ from streamrec.serve.answers import http_response as _response
 from streamrec.serve.tokens import cookie_refusal, cross_origin, token_exchange, token_source
 
 logger = logging.getLogger(__name__)
+
+# headers of which one counts: a request that repeats one is answered 400 (never a guess between them)
+ONE_ONLY = ("Host", "Origin", "Authorization", "Range", "If-Range", "Content-Type", "Upgrade", "Sec-Fetch-Site", "Referer")
 
 
 def stop_on_signals(loop: asyncio.AbstractEventLoop, request_stop: Callable[[], None]) -> None:
@@ -160,7 +164,7 @@ class WebServer:
             target = urlsplit(request.path)
             if target.scheme not in ("http", "https") or not target.netloc:
                 return _response(HTTPStatus.BAD_REQUEST, "text/plain", b"expected a path or an http(s) URL as the target\n")
-        for name in ("Host", "Origin", "Authorization", "Range", "If-Range", "Content-Type"):
+        for name in ONE_ONLY:
             if len(request.headers.get_all(name)) > 1:
                 return _response(HTTPStatus.BAD_REQUEST, "text/plain", f"more than one {name} header\n".encode())
         hosts = request.headers.get_all("Host")
@@ -182,10 +186,12 @@ class WebServer:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | Awaitable[Response] | None:
         try:
             return self._route(request, getattr(connection, "body", b""))
+        except MultipleValuesError as exc:  # a header read as one that came more than once (see ONE_ONLY)
+            return _response(HTTPStatus.BAD_REQUEST, "text/plain", f"more than one {exc.args[0][:40]} header\n".encode())
         except ValueError:  # urlsplit: a path or Origin that is no URL ("//[", "http://[::1")
             return _response(HTTPStatus.BAD_REQUEST, "text/plain", b"malformed request\n")
         except Exception:  # noqa: BLE001 - an answer in every case
-            logger.exception("request %s %s failed", request.method, request.path[:200])
+            logger.exception("request %s %s failed", request.method, logged_path(request.path))
             return _response(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"internal error\n")
 
     @staticmethod
@@ -292,6 +298,8 @@ class WebServer:
                 return file_response(reply.body, request.headers)
             allow = [("Allow", ", ".join(reply.allow))] if reply.status == HTTPStatus.METHOD_NOT_ALLOWED else []
             return _json(HTTPStatus(reply.status), reply.body, *allow)
+        except MultipleValuesError as exc:
+            return _json(HTTPStatus.BAD_REQUEST, {"error": f"more than one {exc.args[0][:40]} header"})
         except Exception:  # noqa: BLE001
             logger.exception("API handler for %s %s failed", request.method, printable(path))
             return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
@@ -301,7 +309,13 @@ class WebServer:
 
 
 def _json(status: HTTPStatus, body: Any, *extra: tuple[str, str]) -> Response:
-    return _response(status, "application/json", json.dumps(body).encode(), *extra)
+    """A JSON answer: strict JSON (a NaN raises ``ValueError``: the caller answers 500 instead)."""
+    return _response(status, "application/json", json.dumps(body, allow_nan=False).encode(), *extra)
+
+
+def logged_path(target: str) -> str:
+    """A request target as a log shows it: the path only (the query may hold the ``--token``), on one line."""
+    return printable(target.partition("?")[0].partition("#")[0], limit=200)
 
 
 def json_body(body: bytes, content_type: str | None) -> Any:
