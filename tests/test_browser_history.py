@@ -168,3 +168,18 @@ def test_the_day_view_counts_every_segment_of_a_day_longer_than_one_answer(page)
         assert got == pytest.approx({"walking": 5.0, "running": 5.0}, abs=1e-6), got
     finally:
         store.close()
+
+
+def test_a_camera_whose_model_is_not_known_yet_shows_a_dash_not_null(page):
+    """A cluster camera before its model actor answers: no model, device or backend yet."""
+    store = HistoryStore(":memory:")
+    try:
+        unknown = json.loads(status("running"))
+        unknown.update(model=None, device=None, backend=None)
+        serve_page(page, store, [json.dumps(unknown)])
+        page.wait_for_function("document.querySelector('.tile .model')?.textContent === '–'", timeout=20_000)
+        page.route_web_socket(f"{BASE.replace('http', 'ws')}/**", lambda ws: ws.send(status("running")))
+        page.reload()
+        page.wait_for_function("document.querySelector('.tile .model')?.textContent === 'tiny3d (cpu)'", timeout=20_000)
+    finally:
+        store.close()
