@@ -41,13 +41,15 @@ def accept_each(server: socket.socket, handle, *, threads: bool = True) -> None:
 # -- a webhook receiver ---------------------------------------------------------------------------
 class Receiver:
     """An HTTP server on a free loopback port recording each request; it answers 500 to the first
-    ``fail`` requests, or 302 to ``redirect`` when set. With ``tls=(certificate, key)`` (PEM
+    ``fail`` requests, or 302 to ``redirect`` when set; with ``hold`` set to an event, it answers once
+    that is set. With ``tls=(certificate, key)`` (PEM
     files) it is an HTTPS server."""
 
     def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.requests: list[dict] = []
         self.fail = 0
         self.redirect: str | None = None
+        self.hold: threading.Event | None = None  # when set here, each answer waits until it is set
         self.lock = threading.Lock()
         receiver = self
 
@@ -58,6 +60,8 @@ class Receiver:
                     receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
                     failing = receiver.fail > 0
                     receiver.fail -= failing
+                if receiver.hold is not None:
+                    receiver.hold.wait(30)
                 if receiver.redirect:
                     self.send_response(302)
                     self.send_header("Location", receiver.redirect)

@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -456,6 +457,87 @@ def test_an_unacknowledged_event_is_waited_for_not_published_twice(tmp_path, bro
     notifier.wake()
     wait_until(lambda: len(sub.on("sr/events")) >= 2, "the next event", timeout=30)
     assert [json.loads(p)["event"]["id"] for p, _ in sub.on("sr/events")] == ["e1", "e2"]
+
+
+def test_a_delivery_that_began_before_its_event_was_deleted_lands_on_no_other_event(tmp_path, receiver, notifiers):
+    """SQLite gives a deleted notification's id to the next one: the answer to a POST of the deleted
+    event's start must not mark the new event's start delivered (it would never be sent, and its end
+    would arrive alone)."""
+    receiver.hold = threading.Event()
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, NotifyConfig(webhook=WebhookConfig(url=receiver.url, sign=False)))
+    store.opened(event(1), notify=("webhook",))
+    posting = threading.Thread(target=notifier.deliver_due, args=("webhook",))
+    posting.start()
+    wait_until(lambda: receiver.count() == 1, "the POST of e1's start", timeout=30)
+    store.delete("e1")  # deleted while its start is on its way
+    store.opened(event(2), notify=("webhook",))
+    [note] = store.pending(now=time.time())
+    receiver.hold.set()
+    posting.join(30)
+    assert store.pending(now=time.time()) == [note]  # e2's start: still to send
+    notifier.deliver_due("webhook")
+    assert [json.loads(r["body"])["event"]["id"] for r in receiver.requests] == ["e1", "e2"]
+    assert store.outbox_stats() == {"pending": 0, "delivered": 1}
+
+
+@pytest.mark.slow
+def test_a_deleted_events_unacknowledged_publish_is_not_sent_again(tmp_path, broker, notifiers, subscribers):
+    """The broker hung while the event's start was published, then the event was deleted: the
+    publish is taken back, and a broker that comes back never gets it again from paho's queue."""
+    sub = subscribers(broker, "sr/events")
+    clock = Clock()
+    store = EventStore(str(tmp_path / "h.db"))
+    notifier = notifiers(store, mqtt(broker), clock=clock, backoff=Backoff(1.0, 300.0, jitter=0.0), poll_s=0.1)
+    notifier.mqtt.ack_timeout_s = 0.5
+    notifier.start()
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
+    os.kill(broker.proc.pid, signal.SIGSTOP)  # the publish goes out, no PUBACK comes
+    try:
+        store.opened(event(1), notify=("mqtt",), now=clock())
+        notifier.wake()
+        wait_until(lambda: notifier.stats()["channels"]["mqtt"]["unacknowledged"] == 1, "the unacknowledged try",
+                   timeout=30)
+        store.delete("e1")
+        notifier.forget("e1")
+        assert notifier.stats()["channels"]["mqtt"]["unacknowledged"] == 0
+    finally:
+        os.kill(broker.proc.pid, signal.SIGKILL)
+        broker.proc.wait(10)
+    broker.write_conf("allow_anonymous true", "log_type all")  # each PUBLISH it receives, in its log
+    seen = broker.log.stat().st_size
+    broker.start()  # the same port: the old client's queue would be sent again on reconnect
+    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the new connection", timeout=30)
+    sub = subscribers(broker, "sr/events")
+    store.opened(event(2), notify=("mqtt",), now=clock())
+    clock.now += 1.0
+    notifier.wake()
+    wait_until(lambda: sub.on("sr/events"), "e2's start", timeout=30)
+    time.sleep(1.0)  # anything else on its way arrives meanwhile
+    assert [json.loads(p)["event"]["id"] for p, _ in sub.on("sr/events")] == ["e2"]
+    log = broker.log.read_bytes()[seen:].decode(errors="replace")
+    assert sum("Received PUBLISH" in line and "'sr/events'" in line for line in log.splitlines()) == 1, log[-3000:]
+
+
+def test_stats_never_wait_for_the_database(tmp_path, receiver, notifiers):
+    """/healthz and /metrics read the notifier's stats on the server's loop: while a write waits for
+    another writer's lock, they answer with the last count at once."""
+    db = tmp_path / "h.db"
+    store = EventStore(str(db), busy_timeout_s=5.0)
+    notifier = notifiers(store, NotifyConfig(webhook=WebhookConfig(url=receiver.url, sign=False)))
+    store.opened(event(1), notify=("webhook",))
+    assert notifier.stats()["pending"] == 1
+    with closing(sqlite3.connect(db, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the file
+        writing = threading.Thread(target=lambda: store.opened(event(2), notify=("webhook",)))
+        writing.start()  # waits for the lock, holding the store's
+        wait_until(lambda: not notifier.store.outbox_stats_now(), "the write waiting", timeout=30)
+        stats = notifier.stats()
+        still_waiting = writing.is_alive()
+        other.execute("ROLLBACK")
+    writing.join(30)
+    assert still_waiting and stats["pending"] == 1  # answered meanwhile, with the last count
+    assert notifier.stats()["pending"] == 2
 
 
 def make_certificates(folder: Path) -> tuple[Path, Path, Path]:

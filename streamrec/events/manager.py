@@ -320,6 +320,8 @@ class EventManager:
         if row is None and opened is None:
             return False
         camera = row["camera"] if row is not None else opened.camera
+        if self.notifier is not None:  # a publish of it waiting for the broker is not sent again
+            self.notifier.forget(event_id)
         if self.recorder is not None and hasattr(self.recorder, "discard"):
             self.recorder.discard(event_id, camera)
         if row is not None:

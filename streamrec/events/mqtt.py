@@ -97,7 +97,7 @@ class MqttPublisher:
         self._state: dict[str, str] = {}  # stream key -> its newest activity payload
         self._unsent: dict[str, float] = {}  # stream key -> monotonic time its newest payload is due
         self._sent_at: dict[str, float] = {}  # stream key -> monotonic time of its last activity message
-        self._inflight: dict[int, tuple[paho.MQTTMessageInfo, float]] = {}  # note id -> (publish, created)
+        self._inflight: dict[tuple[int, str], tuple[paho.MQTTMessageInfo, float]] = {}  # (note id, event id) -> (publish, created)
         self._announced: dict[str, paho.MQTTMessageInfo] = {}  # topic -> its last availability or discovery publish
         self._up_at: float | None = None  # when the connection was last made, by ``clock``
         self._down_before: float | None = None  # when it went down before that
@@ -216,7 +216,7 @@ class MqttPublisher:
         """Publish ``note`` on ``PREFIX/events`` (QoS 1); ``None`` once the broker acknowledged it,
         else why not. A publish that was not acknowledged in time is waited for again next time."""
         with self._lock:
-            client, connected, held = self._client, self.connected, self._inflight.get(note.id)
+            client, connected, held = self._client, self.connected, self._inflight.get((note.id, note.event_id))
             not_connected = f"not connected: {self.last_error}" if self.last_error else \
                 f"not connected to the broker at {self.where}"
         if client is None:
@@ -228,7 +228,7 @@ class MqttPublisher:
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # NO_CONN: paho keeps it for reconnect
                 return f"publish to {self.where} failed: {paho.error_string(info.rc)}"
             with self._lock:
-                self._inflight[note.id] = (info, note.created)
+                self._inflight[(note.id, note.event_id)] = (info, note.created)
             if info.rc == paho.MQTT_ERR_NO_CONN:  # the connection went just now: paho sends it on reconnect
                 return f"not connected to the broker at {self.where} (sent again on reconnect)"
         else:
@@ -249,18 +249,25 @@ class MqttPublisher:
             why = f"not acknowledged by the broker at {self.where} within {self.ack_timeout_s:g} s"
         if published:
             with self._lock:
-                self._inflight.pop(note.id, None)
+                self._inflight.pop((note.id, note.event_id), None)
             return None
         return why
 
     def forget_before(self, created: float) -> None:
         """Stop waiting for publishes of notifications created before ``created`` (expired)."""
+        self._forget(lambda key, c: c < created, "a notification the broker never acknowledged was given up")
+
+    def forget_event(self, event_id: str) -> None:
+        """Stop waiting for publishes of ``event_id``'s notifications (the event was deleted)."""
+        self._forget(lambda key, c: key[1] == event_id, f"a notification of deleted event {event_id} was taken back")
+
+    def _forget(self, which: Callable[[tuple[int, str], float], bool], why: str) -> None:
         with self._lock:
             stuck = False
-            for note_id in [n for n, (_, c) in self._inflight.items() if c < created]:
-                stuck |= not self._inflight.pop(note_id)[0].is_published()
+            for key in [k for k, (_, c) in self._inflight.items() if which(k, c)]:
+                stuck |= not self._inflight.pop(key)[0].is_published()
         if stuck:  # paho would send it again at every reconnect (a broker that refuses it, forever)
-            self.restart("a notification the broker never acknowledged was given up")
+            self.restart(why)
 
     def restart(self, why: str) -> None:
         """A new paho client, without the old one's queue of unacknowledged messages: those of the

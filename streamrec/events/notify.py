@@ -88,6 +88,7 @@ class Notifier:
             self.mqtt.on_connected = self._mqtt_back
         self.channels = {name: ChannelStats() for name in ("webhook", "mqtt") if getattr(config, name)}
         self.expired = 0
+        self._pending = 0  # the outbox's undelivered count when the database last answered at once
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._due = {name: False for name in self.channels}  # a channel's thread is to pass over the outbox now
@@ -171,7 +172,7 @@ class Notifier:
     def deliver(self, note: Notification) -> bool:
         """Send ``note`` to its channel and record the outcome in the outbox; whether it was delivered."""
         if self.store.get(note.event_id) is None:  # deleted after its batch was read: never sent
-            self.store.discard(note.id)  # nor read again (a pass would spin on it)
+            self.store.discard(note)  # nor read again (a pass would spin on it)
             return True
         stats = self.channels.setdefault(note.channel, ChannelStats())
         stats.busy_since = self.clock()
@@ -182,14 +183,14 @@ class Notifier:
         finally:
             stats.busy_since = None
         if error is None:
-            self.store.delivered(note.id, self.clock())
+            self.store.delivered(note, self.clock())
             if stats.last_error is not None:
                 logger.info("%s notifications are delivered again", note.channel)
             stats.delivered += 1
             stats.last_error, stats.last_delivered, stats.failing_since = None, self.clock(), None
             return True
         delay = self.backoff.delay(note.attempts)
-        self.store.failed(note.id, error, self.clock() + delay)
+        self.store.failed(note, error, self.clock() + delay)
         if error != stats.last_error:  # logged when it is new, not at every retry
             logger.warning("%s notification of event %s not delivered (retrying for up to %g s): %s",
                            note.channel, note.event_id, self.max_age_s, error)
@@ -237,6 +238,12 @@ class Notifier:
         if self.mqtt is not None:
             self.mqtt.discover(streams)
 
+    def forget(self, event_id: str) -> None:
+        """``event_id`` was deleted: a publish of it still waiting for its acknowledgement is dropped
+        (never sent again at a reconnect). Its rows of the outbox went with the event."""
+        if self.mqtt is not None:
+            self.mqtt.forget_event(event_id)
+
     def withdraw(self, streams: list[str]) -> None:
         """Remove ``streams``' Home Assistant sensors and retained activity (see :meth:`MqttPublisher.withdraw`)."""
         if self.mqtt is not None:
@@ -251,7 +258,10 @@ class Notifier:
             mq = self.mqtt.stats()
             channels["mqtt"].update(connected=mq["connected"], unacknowledged=mq["unacknowledged"])
             channels["mqtt"]["last_error"] = channels["mqtt"]["last_error"] or mq["last_error"]
-        return {"pending": self.store.outbox_stats()["pending"], "expired": self.expired, "channels": channels}
+        counts = self.store.outbox_stats_now()  # never waits for the database: the last count meanwhile
+        if counts is not None:
+            self._pending = counts["pending"]
+        return {"pending": self._pending, "expired": self.expired, "channels": channels}
 
     def problems(self, now: float | None = None) -> list[str]:
         """For ``/healthz``: each channel that has failed, been stuck in one delivery, or (MQTT) been

@@ -345,21 +345,25 @@ class EventStore:
                          (now,) if channel is None else (now, channel))
         return [Notification(*r) for r in rows]
 
-    def delivered(self, note_id: int, now: float) -> None:
-        self._run("UPDATE outbox SET delivered = ?, attempts = attempts + 1, error = NULL WHERE id = ?", (now, note_id))
+    # A notification is named by its id and its event's: SQLite may give a deleted row's id to the
+    # next one, and the outcome of a delivery that began before its event was deleted must not land
+    # on another event's notification.
+    def delivered(self, note: Notification, now: float) -> None:
+        self._run("UPDATE outbox SET delivered = ?, attempts = attempts + 1, error = NULL WHERE id = ? AND event_id = ?",
+                  (now, note.id, note.event_id))
 
-    def discard(self, note_id: int) -> None:
+    def discard(self, note: Notification) -> None:
         """Remove one notification whose event is gone (deleted while it was pending)."""
-        self._run("DELETE FROM outbox WHERE id = ?", (note_id,))
+        self._run("DELETE FROM outbox WHERE id = ? AND event_id = ?", (note.id, note.event_id))
 
     def due_now(self, channel: str, now: float) -> None:
         """``channel``'s undelivered notifications, backing off, are due at ``now`` (it is back)."""
         self._run("UPDATE outbox SET next_try = ? WHERE delivered IS NULL AND channel = ? AND next_try > ?",
                   (now, channel, now))
 
-    def failed(self, note_id: int, error: str, next_try: float) -> None:
-        self._run("UPDATE outbox SET attempts = attempts + 1, error = ?, next_try = ? WHERE id = ?",
-                  (error[:500], next_try, note_id))
+    def failed(self, note: Notification, error: str, next_try: float) -> None:
+        self._run("UPDATE outbox SET attempts = attempts + 1, error = ?, next_try = ? WHERE id = ? AND event_id = ?",
+                  (error[:500], next_try, note.id, note.event_id))
 
     def expire(self, older_than: float) -> int:
         """Give up on notifications created before ``older_than``, and on the later ones of their
