@@ -210,3 +210,32 @@ def close_quietly(conn) -> None:
         conn.close()
     except Exception:  # noqa: BLE001 - it is broken already
         pass
+
+
+TEXT, NUMBER, INTEGER, NONE = (str,), (int, float), (int,), (type(None),)  # the kinds of a column's values
+
+
+def typed_row(names: tuple[str, ...], values: tuple[Any, ...], kinds: dict[str, tuple[type, ...]],
+              what: str) -> dict[str, Any]:
+    """A row of ``names`` and ``values`` whose every value is of its column's ``kinds`` (numbers
+    finite); else a :class:`StreamrecError` naming ``what``, the column and the value. SQLite keeps
+    what any program wrote in a column whatever its type: a row streamrec did not write is said so
+    in one line, not a traceback where it is printed or summed.
+
+    >>> typed_row(("label", "score"), ("walking", 0.5), {"label": TEXT, "score": NUMBER}, "segment")
+    {'label': 'walking', 'score': 0.5}
+    >>> typed_row(("label", "score"), ("walking", "zz"), {"label": TEXT, "score": NUMBER}, "segment")
+    Traceback (most recent call last):
+    ...
+    streamrec.errors.StreamrecError: segment: its score is 'zz'; expected a finite number (a row not written by streamrec?)
+    """
+    row = dict(zip(names, values))
+    for name, kind in kinds.items():
+        value = row[name]
+        if isinstance(value, bool) or not isinstance(value, kind) or (isinstance(value, float) and not math.isfinite(value)):
+            expected = " or ".join(w for w, there in (("text", str in kind), ("a finite number", float in kind),
+                                                      ("an integer", float not in kind and int in kind),
+                                                      ("none", type(None) in kind)) if there)
+            raise StreamrecError(f"{what}: its {name} is {printable(repr(value), limit=60)}; expected {expected} "
+                                 "(a row not written by streamrec?)")
+    return row

@@ -362,6 +362,48 @@ def test_a_clip_being_recorded_or_empty_is_not_copied(tmp_path, name, data, mess
     assert not (tmp_path / "c.mp4").exists()
 
 
+@pytest.mark.parametrize("form", ["table", "csv", "json"])
+@pytest.mark.parametrize("command, table, column, value, message", [
+    ("events", "events", "peak_score", "abc", "an event of the events database (1764770000-1a2b3c4d): its peak_score is "
+                                              "'abc'; expected a finite number"),
+    ("events", "events", "start_ts", "noon", "its start_ts is 'noon'; expected a finite number"),
+    ("history", "segments", "mean_score", "zz", "a segment of the history database: its mean_score is 'zz'; "
+                                                "expected a finite number"),
+    ("history", "segments", "windows", 2.5, "its windows is 2.5; expected an integer"),
+])
+def test_a_row_another_program_wrote_is_one_line_not_a_traceback(tmp_path, form, command, table, column, value,
+                                                                 message):
+    """SQLite keeps a text in a number column: the listing stops with what is wrong, never prints it as a number."""
+    import sqlite3
+
+    seeded_history(tmp_path / "h.db")
+    with sqlite3.connect(tmp_path / "h.db") as c:
+        c.execute(f"UPDATE {table} SET {column} = ?", (value,))
+    proc = run_main(command, "--db", str(tmp_path / "h.db"), "--format", form)
+    one_line_error(proc, message, "(a row not written by streamrec?)")
+
+
+@pytest.mark.parametrize("clip", ["SECRET", "../secret.mp4", "court-1/../../secret.mp4", "court-1/link.mp4"])
+def test_a_clip_named_outside_the_recording_folder_is_never_copied(tmp_path, clip):
+    """A row written by hand or a database from elsewhere: ``--out`` copies clips, not any file."""
+    import sqlite3
+
+    secret = tmp_path / "secret.mp4"
+    secret.write_bytes(b"not a clip of ours")
+    (tmp_path / "rec" / "court-1").mkdir(parents=True)
+    (tmp_path / "rec" / "court-1" / "link.mp4").symlink_to(secret)
+    clip = clip.replace("SECRET", str(secret))
+    seeded_history(tmp_path / "gym.db")
+    with sqlite3.connect(tmp_path / "gym.db") as c:
+        c.execute("UPDATE events SET clip = ? WHERE id = '1764770000-1a2b3c4d'", (clip,))
+    config = tmp_path / "gym.toml"
+    config.write_text(f'db = "gym.db"\n[recording]\ndir = "{tmp_path / "rec"}"\n')
+    one_line_error(run_main("events", "1764770000-1a2b3c4d", "--out", str(tmp_path / "c.mp4"), "--config", str(config)),
+                   f"events: the clip of '1764770000-1a2b3c4d' is named {clip!r} in the database, which leads out of "
+                   f"{tmp_path / 'rec'}; expected <camera>/<file> inside it")
+    assert not (tmp_path / "c.mp4").exists()
+
+
 @pytest.mark.parametrize("out", ["gym.db", "gym.toml", "rec/court-1/e.mp4", "rec/court-1/e.jpg", "link.db"])
 def test_copying_a_clip_out_never_writes_over_the_database_the_config_or_the_clip(tmp_path, out):
     import sqlite3

@@ -144,7 +144,13 @@ def copy_clip(store, args, target: str) -> int:
     if not row["clip"]:
         raise StreamrecError(f"events: event {args.id!r} has no clip (its camera had no compressed stream, or "
                              "recording was off)")
-    src = recording.folder / row["clip"]
+    from streamrec.events.clipfiles import ClipFolder
+
+    folder = ClipFolder(recording.folder)
+    src = folder.inside(row["clip"])
+    if src is None:  # a row written by hand, or a database from elsewhere: no file outside the clips is copied
+        raise StreamrecError(f"events: the clip of {args.id!r} is named {printable(row['clip'])!r} in the database, "
+                             f"which leads out of {recording.folder}; expected <camera>/<file> inside it")
     if not src.is_file() and src.with_name(src.name + ".part").is_file():
         raise StreamrecError(f"events: the clip of {args.id!r} is still being recorded (until {args.id!r} ends and "
                              "its post_seconds pass); try again then")
@@ -155,7 +161,7 @@ def copy_clip(store, args, target: str) -> int:
                              "or another [recording] dir: give --config)")
     from streamrec.fsutil import atomic_write, check_output
 
-    thumbnail = [recording.folder / row["thumbnail"]] if row.get("thumbnail") else []
+    thumbnail = [p for p in [folder.inside(row["thumbnail"]) if row.get("thumbnail") else None] if p is not None]
     inputs = [src, *thumbnail, *(f"{target}{tail}" for tail in ("", "-wal", "-shm", "-journal") if "://" not in target)]
     check_output("--out", args.out, inputs=tuple(inputs + ([args.config] if args.config else [])),
                  data=recording.folder, data_is=("the [recording] dir", "the events' clips"))

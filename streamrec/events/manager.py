@@ -100,16 +100,14 @@ class EventManager:
             raise
 
     def start(self, streams: Sequence[str]) -> None:
-        """Start the ``events`` thread (and the notifier's); ``streams``: the labelled streams'
-        keys (``camera`` or ``camera/zone``), each announced to Home Assistant."""
+        """Start the ``events`` thread and the notifier's; ``streams`` (``camera``/``camera/zone`` keys) go to Home Assistant."""
         self.inbox.start()
         if self.notifier is not None:
             self.notifier.start()
             self.notifier.discover(list(streams))
 
     def announce(self, streams: Sequence[str], *, gone: Sequence[str] = ()) -> None:
-        """Streams that came (a camera added, zones saved) and went at run time: announced to,
-        and withdrawn from, Home Assistant and the MQTT activity topics."""
+        """Streams that came (a camera added, zones saved) and went at run time, told to Home Assistant and MQTT."""
         if self.notifier is not None:
             self.notifier.withdraw([key for key in gone if key not in streams])
             self.notifier.discover(list(streams))

@@ -26,13 +26,12 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from streamrec.database import BUSY_TIMEOUT_S, Database, DatabaseUnavailable, close_quietly
 from streamrec.database import PG_TIMEOUTS  # noqa: F401 - re-exported
 from streamrec.errors import StreamrecError
-from streamrec.live.packets import PLAYS_IN_BROWSERS
+from streamrec.events.rows import EVENT_COLUMNS, Event, Notification, event_row, row_event  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -54,65 +53,9 @@ SCHEMA = (
     "DELETE FROM outbox WHERE id NOT IN (SELECT MIN(id) FROM outbox GROUP BY event_id, kind, channel)",
     "CREATE UNIQUE INDEX IF NOT EXISTS outbox_once ON outbox (event_id, kind, channel)",
 )
-EVENT_COLUMNS = ("id", "rule", "camera", "label", "start_ts", "end_ts", "last_ts", "peak_score", "mean_score",
-                 "clip", "thumbnail", "clip_bytes", "state", "clip_codec", "zone")
 # columns of events a database made before them lacks (0 there: its clips' sizes unknown; NULL: their
 # codecs unknown, its events of whole frames)
 ADDED_COLUMNS = {"clip_bytes": "BIGINT NOT NULL DEFAULT 0", "clip_codec": "TEXT", "zone": "TEXT"}
-
-
-@dataclass
-class Event:
-    """One event. ``end_ts`` is ``None`` while it is open; ``zone`` is ``None`` for the camera's
-    whole frame, else the zone of ``camera`` whose labels opened it."""
-
-    id: str
-    rule: str
-    camera: str
-    label: str
-    start_ts: float
-    peak_score: float
-    mean_score: float
-    end_ts: float | None = None
-    peak_ts: float | None = None  # when the peak score was seen (the thumbnail's frame)
-    zone: str | None = None
-
-    @property
-    def state(self) -> str:
-        return "open" if self.end_ts is None else "closed"
-
-    def to_json(self) -> dict[str, Any]:
-        """The event as the API, the websocket and the notifications give it."""
-        return {"id": self.id, "rule": self.rule, "camera": self.camera, "zone": self.zone, "label": self.label,
-                "start_ts": self.start_ts, "end_ts": self.end_ts, "peak_score": round(self.peak_score, 4),
-                "mean_score": round(self.mean_score, 4), "clip": f"/api/events/{self.id}/clip.mp4",
-                "thumbnail": f"/api/events/{self.id}/thumb.jpg", "state": self.state}
-
-
-@dataclass(frozen=True)
-class Notification:
-    id: int
-    event_id: str
-    kind: str  # event_start | event_end
-    channel: str  # webhook | mqtt
-    payload: str  # the JSON body
-    created: float
-    attempts: int
-
-
-def row_event(row: dict[str, Any]) -> dict[str, Any]:
-    """An events row as the API gives it: ``clip`` and ``thumbnail`` are their addresses, ``None``
-    for a file the event does not have (no clip recorded; no thumbnail yet: it is written when the
-    event closes); ``clip_codec`` is the clip's video codec (``None``: no clip, or one recorded
-    before codecs were noted) and ``clip_plays_in_browser`` whether a browser plays it (``False``:
-    HEVC, MJPEG, MPEG-4 Part 2..., a download for a desktop player)."""
-    ev = Event(row["id"], row["rule"], row["camera"], row["label"], row["start_ts"], row["peak_score"],
-               row["mean_score"], end_ts=row["end_ts"], zone=row.get("zone"))
-    codec = row.get("clip_codec") if row["clip"] else None
-    out = ev.to_json()
-    out.update(clip=out["clip"] if row["clip"] else None, thumbnail=out["thumbnail"] if row.get("thumbnail") else None)
-    return {**out, "has_clip": bool(row["clip"]), "clip_bytes": row["clip_bytes"], "clip_codec": codec,
-            "clip_plays_in_browser": None if codec is None else codec in PLAYS_IN_BROWSERS}
 
 
 class EventStore:
@@ -286,7 +229,7 @@ class EventStore:
 
     def get(self, event_id: str) -> dict[str, Any] | None:
         rows = self._run(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id = ?", (event_id,))
-        return dict(zip(EVENT_COLUMNS, rows[0])) if rows else None
+        return event_row(rows[0]) if rows else None
 
     def query(self, *, camera: str | None = None, rule: str | None = None, since: float | None = None,
               until: float | None = None, state: str | None = None, limit: int | None = 100,
@@ -302,7 +245,7 @@ class EventStore:
         sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
         sql += f" WHERE {' AND '.join(where)}" if where else ""
         sql += " ORDER BY start_ts DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
-        return [dict(zip(EVENT_COLUMNS, r)) for r in self._run(sql, args)]
+        return [event_row(r) for r in self._run(sql, args)]
 
     def delete(self, event_id: str) -> dict[str, Any] | None:
         """Remove an event (and its pending notifications); its row, for the caller to delete files."""
@@ -317,13 +260,13 @@ class EventStore:
         """Closed events that ended before ``cutoff``, oldest first, with a clip or not."""
         rows = self._run(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE state = 'closed' "
                          "AND COALESCE(end_ts, start_ts) < ? ORDER BY start_ts", (cutoff,))
-        return [dict(zip(EVENT_COLUMNS, r)) for r in rows]
+        return [event_row(r) for r in rows]
 
     def oldest_with_clips(self) -> list[dict[str, Any]]:
         """Closed events with a clip, oldest first (retention deletes from the front)."""
         rows = self._run(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE clip IS NOT NULL AND state = 'closed' "
                          "ORDER BY start_ts")
-        return [dict(zip(EVENT_COLUMNS, r)) for r in rows]
+        return [event_row(r) for r in rows]
 
     def file_paths(self) -> set[str]:
         """The clips and thumbnails the events point to, relative to the clips' folder."""

@@ -26,7 +26,8 @@ import time
 from contextlib import ExitStack, closing
 from typing import Any, Callable, Iterator
 
-from streamrec.database import BUSY_TIMEOUT_S, RECONNECT, Database, close_quietly
+from streamrec.database import (BUSY_TIMEOUT_S, INTEGER, NONE, NUMBER, RECONNECT, TEXT, Database, close_quietly,
+                                typed_row)
 from streamrec.errors import StreamrecError
 from streamrec.redact import printable
 from streamrec.live.segments import STALE_FACTOR, STALE_FLOOR_S, Segment, SegmentTracker  # noqa: F401 - re-exported
@@ -50,6 +51,8 @@ INDEXES = ("CREATE INDEX IF NOT EXISTS segments_camera_start ON segments (camera
 PRUNE_BATCH = 10_000  # segments deleted per statement: a year of them is never one statement past its timeout
 ADDED_COLUMNS = {"zone": "TEXT NOT NULL DEFAULT ''"}  # a database from before zones: its segments are whole frames
 COLUMNS = ("camera", "zone", "label", "start", "end", "mean_score", "peak_score", "windows")
+KINDS = {"camera": TEXT, "zone": TEXT + NONE, "label": TEXT, "start": NUMBER, "end": NUMBER, "mean_score": NUMBER,
+         "peak_score": NUMBER, "windows": INTEGER}
 WHOLE_FRAME = ""  # the zone column of a camera's whole frame (rows show it as None)
 
 
@@ -305,7 +308,8 @@ class HistoryStore:
                 cur = stack.enter_context(closing(self._conn.cursor(**({"name": "history_rows"} if self.postgres else {}))))
                 cur.execute(sql, args)
                 while chunk := cur.fetchmany(batch):
-                    yield from ({**dict(zip(COLUMNS, r)), "zone": r[1] or None} for r in chunk)
+                    yield from ({**typed_row(COLUMNS, r, KINDS, "a segment of the history database"),
+                                 "zone": r[1] or None} for r in chunk)
             except Exception as exc:
                 if not self.db.driver_error(exc):
                     raise
