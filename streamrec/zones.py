@@ -128,6 +128,11 @@ class ZoneConfig:
         if area < MIN_SIZE * MIN_SIZE:  # points on one line, or all but two the same: an outline of nothing
             raise StreamrecError(f"{where}: expected points enclosing an area of at least {MIN_SIZE * MIN_SIZE:g} "
                                  f"(of the frame), got {area:.3g} (points on one line?)")
+        crossing = crossing_edges(pts)
+        if crossing is not None:  # a bow tie: which side is the zone is anybody's guess
+            (a, b), (c, d) = crossing
+            raise StreamrecError(f"{where}: expected an outline that does not cross itself, got the edge "
+                                 f"[{a[0]:g}, {a[1]:g}]-[{b[0]:g}, {b[1]:g}] crossing [{c[0]:g}, {c[1]:g}]-[{d[0]:g}, {d[1]:g}]")
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         x0, y0 = min(xs), min(ys)
         try:
@@ -178,6 +183,45 @@ def polygon_area(points: Sequence[tuple[float, float]]) -> float:
     n = len(points)
     return abs(sum(points[i][0] * points[(i + 1) % n][1] - points[(i + 1) % n][0] * points[i][1]
                    for i in range(n))) / 2
+
+
+Point = tuple[float, float]
+
+
+def crossing_edges(points: Sequence[Point]) -> tuple[tuple[Point, Point], tuple[Point, Point]] | None:
+    """Two edges of the closed outline through ``points`` that cross or overlap (edges that meet
+    only at their shared corner do not count), or ``None`` for a simple polygon.
+
+    >>> crossing_edges([(0, 0), (1, 0), (1, 1), (0, 1)]) is None
+    True
+    >>> crossing_edges([(0, 0), (0.8, 0.6), (0.8, 0), (0, 0.2)])
+    (((0, 0), (0.8, 0.6)), ((0.8, 0), (0, 0.2)))
+    """
+    def side(o: Point, a: Point, b: Point) -> float:
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    def within(p: Point, a: Point, b: Point) -> bool:  # p, on the line of a-b, lies on the segment
+        return min(a[0], b[0]) <= p[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= p[1] <= max(a[1], b[1])
+
+    def meet(a: Point, b: Point, c: Point, d: Point) -> bool:
+        d1, d2, d3, d4 = side(c, d, a), side(c, d, b), side(a, b, c), side(a, b, d)
+        if ((d1 > 0) != (d2 > 0) and d1 and d2) and ((d3 > 0) != (d4 > 0) and d3 and d4):
+            return True  # a proper crossing
+        return any(s == 0 and within(p, *seg) for s, p, seg in ((d1, a, (c, d)), (d2, b, (c, d)), (d3, c, (a, b)),
+                                                                 (d4, d, (a, b))))
+
+    n = len(points)
+    edges = [(points[i], points[(i + 1) % n]) for i in range(n)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            if j == i + 1 or (i == 0 and j == n - 1):  # neighbours share a corner: they may only fold back
+                (a, b), (_, c) = (edges[i], edges[j]) if j == i + 1 else (edges[j], edges[i])
+                back = (b[0] - a[0]) * (c[0] - b[0]) + (b[1] - a[1]) * (c[1] - b[1]) < 0
+                if side(a, b, c) == 0 and back:  # the next edge runs back along this one
+                    return edges[i], edges[j]
+            elif meet(*edges[i], *edges[j]):
+                return edges[i], edges[j]
+    return None
 
 
 def parse_zones(items: Any, *, camera: str) -> tuple[ZoneConfig, ...]:

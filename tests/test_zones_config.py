@@ -82,6 +82,12 @@ BAD = [
     ({"name": "repeated", "polygon": [[0, 0], [0, 0], [0.5, 0.5]]},
      "camera 'gym': zone 'repeated': polygon: expected points enclosing an area of at least 0.0001 (of the frame), "
      "got 0 (points on one line?)"),
+    ({"name": "bowtie", "polygon": [[0, 0], [0.8, 0.6], [0.8, 0], [0, 0.2]]},  # its area is not 0: it crosses itself
+     "camera 'gym': zone 'bowtie': polygon: expected an outline that does not cross itself, got the edge "
+     "[0, 0]-[0.8, 0.6] crossing [0.8, 0]-[0, 0.2]"),
+    ({"name": "folded", "polygon": [[0, 0], [1, 0], [1, 1], [0.5, 1], [1, 1]]},  # the outline runs back on itself
+     "camera 'gym': zone 'folded': polygon: expected an outline that does not cross itself, got the edge "
+     "[1, 0]-[1, 1] crossing [0.5, 1]-[1, 1]"),
     ({"name": "z", "x": 0.0, "y": 0.0, "w": 0.5, "h": 0.5, "colour": "red"},
      "camera 'gym': zones: unknown key(s) 'colour'; expected name, x, y, w, h, polygon"),
 ]
@@ -92,6 +98,13 @@ def test_a_bad_zone_is_one_line_naming_camera_zone_and_value(zone, line):
     with pytest.raises(StreamrecError) as info:
         camera(zone)
     assert str(info.value) == line
+
+
+def test_simple_outlines_are_taken_whatever_their_turn():
+    """Concave, clockwise or not, a corner on a straight edge: simple polygons all."""
+    for pts in ([[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.5, 0.5], [0.1, 0.9]], [[0, 0], [0, 1], [1, 1], [1, 0]],
+                [[0, 0], [0.5, 0], [1, 0], [1, 1]], [[0.2, 0.2], [0.6, 0.2], [0.6, 0.6], [0.4, 0.4], [0.2, 0.6]]):
+        assert camera({"name": "p", "polygon": pts}).zones[0].polygon == tuple(map(tuple, pts))
 
 
 def test_duplicate_names_too_many_zones_and_a_camera_labelling_nothing_are_refused():
