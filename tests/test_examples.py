@@ -55,7 +55,7 @@ QUICKER = {
     "quantize": ["--weights", "model.pt"],  # the tiny3d checkpoint: r2plus1d_18 in int8 takes minutes
 }
 # r2plus1d_18 trains at minutes per epoch on a CPU: training examples train tiny3d, from a checkpoint
-QUICKER["train"] += ["--model", "tiny3d", "--weights", "start.pt"]
+QUICKER["train"] += ["--model", "tiny3d", "--weights", "start.pt", "--overwrite"]  # model.pt is the site's checkpoint
 SERVES = ("serve", "cluster")  # run as a process: they serve until stopped
 
 

@@ -55,6 +55,10 @@ def test_a_model_at_chance_is_not_saved_and_an_older_file_is_kept(small, tmp_pat
     out = tmp_path / "m.pt"
     out.write_bytes(b"the model of last week")
     proc = run_main("train", str(small), *TINY, "--epochs", "1", "--batch-size", "4", "--out", str(out))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [  # never replaced unasked
+        f"streamrec: error: --out {out}: an earlier run's m.pt would be replaced; give another --out, --resume to go on "
+        "with that run, or --overwrite"]
+    proc = run_main("train", str(small), *TINY, "--epochs", "1", "--batch-size", "4", "--out", str(out), "--overwrite")
     assert proc.returncode == 1, proc.stderr
     (vl, v1), = val_metrics(proc.stderr)
     assert v1 <= 1 / 3 + 1e-6 or vl >= 0.95 * math.log(3)  # what the run itself reported: chance
@@ -70,6 +74,9 @@ def test_a_model_at_chance_is_not_saved_and_an_older_file_is_kept(small, tmp_pat
 
     proc = run_main("train", str(small), *TINY, "--epochs", "1", "--batch-size", "4", "--out", str(out),
                     "--allow-chance")
+    assert proc.returncode == 2 and "an earlier run's m.pt, m.pt.log.csv, m.pt.state would be replaced" in proc.stderr
+    proc = run_main("train", str(small), *TINY, "--epochs", "1", "--batch-size", "4", "--out", str(out),
+                    "--allow-chance", "--overwrite")
     assert proc.returncode == 0, proc.stderr
     assert f"saved to {out} anyway (--allow-chance)" in proc.stderr and f"wrote {out} (the checkpoint)" in proc.stderr
     import torch

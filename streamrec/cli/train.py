@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -74,6 +75,8 @@ def add_fit_parsers(sub) -> None:
     p.add_argument("--out", default="model.pt", help="the checkpoint (best validation loss); "
                    "<out>.state and <out>.log.csv beside it")
     p.add_argument("--resume", action="store_true", help="go on from <out>.state, the last finished epoch")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's <out> (and its .state and .log.csv); without it, train refuses to")
     p.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
     p.add_argument("--allow-chance", action="store_true",
                    help="save the model even when it does no better than chance on the validation clips "
@@ -197,12 +200,18 @@ def cmd_dataset(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from streamrec.errors import StreamrecError
     from streamrec.offline.train import side_files, train
+    from streamrec.redact import printable
 
     inputs = tuple(w for w in (args.weights,) if w)
     check_output("--out", args.out, inputs=inputs, data=args.data)
     for side in side_files(args.out):  # written too: the same checks, before any training
         check_output(f"--out ({side.name[len(Path(args.out).name):]} beside it)", side, inputs=inputs, data=args.data)
+    earlier = [p for p in (Path(args.out), *side_files(args.out)) if os.path.lexists(p)]
+    if earlier and not args.resume and not args.overwrite:  # an earlier run's model and the state to resume it
+        raise StreamrecError(f"--out {printable(args.out)}: an earlier run's {', '.join(printable(p.name) for p in earlier)} "
+                             "would be replaced; give another --out, --resume to go on with that run, or --overwrite")
     check_cache_dir(args)
     result = train(_train_config(args))
     if not result["history"]:  # --resume of a run that had done its --epochs: nothing written
