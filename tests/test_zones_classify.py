@@ -86,6 +86,18 @@ def test_the_command_line_names_each_zone_and_its_box(mosaic):
     assert "upscaled" not in proc.stderr  # 160x120 is not smaller than the 112x112 crop: no warning
 
 
+@pytest.mark.slow
+def test_every_zone_of_one_run_is_classified_by_the_same_model(mosaic):
+    """With random weights too: the same region twice scores the same, and the model is loaded once."""
+    path, _ = mosaic
+    proc = run_main("classify", str(path), "--weights", "none", "--model", "tiny3d", "--format", "json",
+                    "--zone", "0,0,0.5,0.5", "--zone", "0,0,0.5,0.5")
+    assert proc.returncode == 0, proc.stderr
+    first, second = json.loads(proc.stdout)
+    assert first["windows"] == second["windows"] and first["verdict"] == second["verdict"]
+    assert proc.stderr.count("streamrec.models.registry: --weights none") == 1, proc.stderr  # loaded once
+
+
 @pytest.mark.parametrize("args, message", [
     (["--zone", "abc"], "--zone: expected x,y,w,h as four fractions of the frame, got 'abc'"),
     (["--zone", "0.5,0,0.7,0.5"], "--zone: zone 'zone': expected the zone inside the frame (x + w <= 1, y + h <= 1), "

@@ -85,6 +85,10 @@ def cmd_classify(args) -> int:
 
             loaded = prepared.load(args.model, weights, device=device)
 
+    if loaded is None and len(zones) > 1 and Path(args.file).is_file():  # one model for every zone: loaded once
+        from streamrec.runtime import prepared  # (random weights drawn once: the zones' scores compare)
+
+        loaded = prepared.load(args.model, weights, device=device, child=True)
     timelines = [classify_one(args, weights, device, loaded, zone) for zone in zones]
     write_outputs(args, timelines[0] if len(timelines) == 1 else timelines)
     return 0
