@@ -5,6 +5,7 @@ the player."""
 from __future__ import annotations
 
 import json
+from email.utils import formatdate
 import re
 import time
 
@@ -36,7 +37,8 @@ def test_a_clip_browsers_cannot_play_is_a_download_and_a_deleted_event_goes(page
     clip_requests: list[str] = []
     page.route(re.compile(r"^http://streamrec\.test/(\?.*)?$"),
                lambda r: r.fulfill(status=200, content_type="text/html", body=PAGE.read_text()))
-    page.route(f"{BASE}/healthz*", lambda r: r.fulfill(status=200, json={"status": "ok"}))
+    page.route(f"{BASE}/healthz*", lambda r: r.fulfill(status=200, json={"status": "ok"},  # a server's clock in Date
+                                                     headers={"Date": formatdate(usegmt=True)}))
     page.route(f"{BASE}/api/schema*", lambda r: r.fulfill(status=200, json=message_schema()))
     page.route(f"{BASE}/api/history*", lambda r: r.fulfill(status=200, json={"segments": [], "truncated": False}))
     page.route(f"{BASE}/api/events?*", lambda r: r.fulfill(status=200, json={"events": listing}))
@@ -73,7 +75,8 @@ def played_server(page, listing: list[dict], history_urls: list[str], held: list
     history (its request URLs kept), clips and thumbnails missing; the page's websockets."""
     page.route(re.compile(r"^http://streamrec\.test/(\?.*)?$"),
                lambda r: r.fulfill(status=200, content_type="text/html", body=PAGE.read_text()))
-    page.route(f"{BASE}/healthz*", lambda r: r.fulfill(status=200, json={"status": "ok"}))
+    page.route(f"{BASE}/healthz*", lambda r: r.fulfill(status=200, json={"status": "ok"},  # a server's clock in Date
+                                                     headers={"Date": formatdate(usegmt=True)}))
     page.route(f"{BASE}/api/schema*", lambda r: r.fulfill(status=200, json=message_schema()))
     page.route(f"{BASE}/api/history*", lambda r: (history_urls.append(r.request.url),
                                                   r.fulfill(status=200, json={"segments": [], "truncated": False})))

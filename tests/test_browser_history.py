@@ -183,3 +183,47 @@ def test_a_camera_whose_model_is_not_known_yet_shows_a_dash_not_null(page):
         page.wait_for_function("document.querySelector('.tile .model')?.textContent === 'tiny3d (cpu)'", timeout=20_000)
     finally:
         store.close()
+
+
+def test_a_replayed_old_label_moves_neither_the_clock_nor_its_age(page):
+    """A new page gets the server's last label at once, an hour old here (a file that ended): the
+    10-minute strip stays the server's last 10 minutes, and the label reads an hour old."""
+    store = HistoryStore(":memory:")
+    try:
+        asked: list[str] = []
+        page.on("request", lambda r: "/api/history" in r.url and asked.append(r.url))
+        now = time.time()
+        serve_page(page, store, [status("running"), prediction(7, now - 3600)])
+        page.wait_for_function("document.querySelector('[data-testid=label]')?.dataset.seq === '7'", timeout=20_000)
+        page.wait_for_function("Number(document.querySelector('.tile .age')?.textContent) > 0", timeout=20_000)
+        age = float(page.inner_text(".tile .age"))
+        assert 3590 <= age <= 3700, age
+        before = len(asked)
+        for _ in range(100):  # the strip is asked for every 5 s: once more since the label came
+            if len(asked) > before:
+                break
+            page.wait_for_timeout(100)
+        since = float(parse_qs(urlsplit(asked[-1]).query)["since"][0])
+        assert len(asked) > before and abs(since - (time.time() - 600)) < 60, since - time.time()
+    finally:
+        store.close()
+
+
+def test_a_camera_without_answers_says_why_and_a_zones_only_camera_has_no_age(page):
+    store = HistoryStore(":memory:")
+    try:
+        serve_page(page, store, [status("reconnecting")])  # an RTSP camera down since the start
+        page.wait_for_function("document.querySelector('[data-testid=label]')?.textContent === "
+                               "'no answer: the video is reconnecting'", timeout=20_000)
+        zones_only = json.loads(status("running"))
+        zones_only["whole_frame"] = False
+        page.route_web_socket(f"{BASE.replace('http', 'ws')}/**",
+                              lambda ws: [ws.send(m) for m in (status("running"), prediction(1, time.time()),
+                                                               json.dumps(zones_only))])
+        page.reload()
+        page.wait_for_function("document.querySelector('[data-testid=label]')?.textContent === "
+                               "'zones only: the whole frame is not labelled'", timeout=20_000)
+        page.wait_for_timeout(1500)  # the age is refreshed each second: it stays blank
+        assert [page.inner_text(f".tile {sel}") for sel in (".age", ".lat", ".infer")] == ["–", "–", "–"]
+    finally:
+        store.close()
