@@ -429,3 +429,41 @@ def test_one_repeated_timestamp_is_fixed_up_and_the_times_after_it_kept(tmp_path
     expected = list(times)
     expected[3] = times[2] + 1 / src.fps
     np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_a_live_stream_whose_packets_decode_into_no_picture_is_opened_again(tmp_path):
+    """Packets go on arriving but none decodes (the stream's SPS/PPS lost, a codec switched): the
+    capture read on 'running' at 0 fps, never reconnecting. Now it is a stall, after two stall
+    timeouts of decode errors; a stream that decodes never is, however short its timeout."""
+    import re
+
+    import av
+
+    path = tmp_path / "full.h264"
+    with av.open(str(path), "w", format="h264") as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        s.options = {"preset": "ultrafast", "tune": "zerolatency"}
+        for i in range(1500):  # a minute: reading its packets takes longer than two stall timeouts of 1 ms
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), i % 256, np.uint8), format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    parts = re.split(rb"(\x00\x00\x00\x01|\x00\x00\x01)", path.read_bytes())
+    nosps = tmp_path / "nosps.h264"  # every NAL unit but the SPS (7) and PPS (8)
+    nosps.write_bytes(b"".join(parts[i] + parts[i + 1] for i in range(1, len(parts) - 1, 2)
+                               if parts[i + 1] and parts[i + 1][0] & 0x1F not in (7, 8)))
+    live = SourceSpec(str(nosps), "network", read_timeout_s=0.001)  # a live stream's path through the reader
+    source = PyAVSource(live)
+    try:
+        with pytest.raises(SourceError, match=r"packets arrive but none decodes into a picture \(\d+ decode errors"):
+            for _ in source.frames():
+                pass
+    finally:
+        source.close()
+    source = PyAVSource(SourceSpec(str(path), "network", read_timeout_s=0.001))
+    try:
+        assert sum(1 for _ in source.frames()) == 1500 and source.decode_errors == 0
+    finally:
+        source.close()

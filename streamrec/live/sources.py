@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 DISPLAY_NAME_MAX = 300  # characters of a source's name in logs, pages and errors
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 MAX_WEBCAM_INDEX = 2**31 - 1  # OpenCV takes a C int
+PICTURE_TIMEOUTS = 2  # stall timeouts of packets that decode into no picture (past the first keyframe's wait) before a reopen
 # Frames up to this size are decoded in the capture thread alone (see decoder_threading).
 SINGLE_THREAD_MAX_PIXELS = 640 * 480
 
@@ -242,7 +243,8 @@ class PyAVSource(Source):
         if tap is not None:
             tap.new_stream(self._stream)
         times = FrameTimes(self.fps, self.spec.display_name)
-        video_at = time.monotonic()  # the last video packet: a live stream's audio alone is no picture
+        video_at = pictured_at = time.monotonic()  # the last video packet, the last picture decoded from one
+        errors_then = self.decode_errors
         # every stream's packets come back here (FFmpeg's read timeout is reset by each of them, and
         # its own filtering would drop audio without returning): a live stream whose video stopped
         # while its audio goes on is a stall, as a silent one is
@@ -262,7 +264,14 @@ class PyAVSource(Source):
             except av.error.InvalidDataError as exc:  # a corrupt packet: count, skip, go on
                 self.decode_errors += 1
                 logger.debug("decode error in %s: %s", self.spec.display_name, exc)
-                continue
+                decoded = []
+            if decoded:
+                pictured_at, errors_then = time.monotonic(), self.decode_errors
+            elif self.spec.is_live and self.decode_errors > errors_then \
+                    and time.monotonic() - pictured_at > PICTURE_TIMEOUTS * self.spec.read_timeout_s:
+                raise SourceError(f"{self.spec.display_name}: packets arrive but none decodes into a picture "
+                                  f"({self.decode_errors - errors_then} decode errors in "
+                                  f"{time.monotonic() - pictured_at:.0f} s): opened again")
             for frame in decoded:
                 pts = times.of(frame.time)
                 self.arrived = arrived
