@@ -15,6 +15,7 @@ whole frame).
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -148,6 +149,7 @@ class Metrics:
         self.clients = Gauge("streamrec_clients", "Connected websocket clients", registry=r)
         self.label = Gauge("streamrec_current_label", "1 for the label currently shown", ["camera", "zone", "label"], registry=r)
         self.counters = _Counters()  # read at each scrape: a removed camera's series go with it
+        self._series = threading.Lock()  # a scrape's rows and their sets, or a camera's removal: one at a time
         r.register(self.counters)
         self._last_label: dict[tuple[str, str], tuple[str, str, str]] = {}  # (camera, zone) -> (camera, zone, label)
         self._zones: dict[str, set[str]] = {}  # camera -> the zones ("": the whole frame) with series
@@ -166,7 +168,12 @@ class Metrics:
             self._last_label[(cam, zone)] = key
 
     def forget(self, camera: str) -> None:
-        """Drop a removed camera's series, its zones' too (they would otherwise stay at their last values)."""
+        """Drop a removed camera's series, its zones' too (they would otherwise stay at their last values).
+        A scrape under way ends first: its rows, read before the removal, set nothing after it."""
+        with self._series:
+            self._forget(camera)
+
+    def _forget(self, camera: str) -> None:
         _remove(self.fps, camera)
         for zone in self._zones.pop(camera, set()) | {""}:
             for metric in (self.infer, self.e2e, self.rate):
@@ -176,7 +183,11 @@ class Metrics:
                 self.label.remove(*last)
 
     def render(self) -> bytes:
-        now = time.time()
+        with self._series:
+            self._update(time.time())
+        return generate_latest(self.registry)
+
+    def _update(self, now: float) -> None:
         counted, streams = [], []
         for name, source, labelled in self.cameras():
             self.fps.labels(name).set(source.get("capture_fps", 0.0))
@@ -192,7 +203,6 @@ class Metrics:
         self.counters.events = self.events() if self.events is not None else None
         self.counters.messages_dropped = self.hub.dropped
         self.clients.set(len(self.hub.clients))
-        return generate_latest(self.registry)
 
 
 def _remove(metric: Any, *labels: str) -> None:
