@@ -467,3 +467,51 @@ def test_a_live_stream_whose_packets_decode_into_no_picture_is_opened_again(tmp_
         assert sum(1 for _ in source.frames()) == 1500 and source.decode_errors == 0
     finally:
         source.close()
+
+
+def test_a_capture_started_again_after_a_failure_keeps_no_frame_from_before_and_counts_the_gap():
+    """A step fails at the 20th frame; the supervisor starts the capture again: the frames before
+    the gap leave the ring (no window spans it) and the gap is counted, so the camera's labels
+    start anew however short it was."""
+    from streamrec.supervision import Supervisor
+
+    spec, pre, ring = network_capture_parts(64)
+    stop = threading.Event()
+    seen: list[float] = []
+
+    def on_frame(rgb, ts) -> None:
+        seen.append(ts)
+        if len(seen) == 20:
+            raise RuntimeError("a bug in a step")
+        if len(seen) == 40:
+            stop.set()
+
+    ticks = iter(range(10**6))
+    cap = CaptureThread(spec, ring, pre, stop_event=stop, clock=lambda: 1000.0 + next(ticks) / 30, on_frame=on_frame,
+                        opener=lambda s: LateLiveSource(1000, 0.0), supervisor=Supervisor(backoff_s=0.0),
+                        name="capture-test")
+    cap.start()
+    cap.join(timeout=30)
+    assert not cap.is_alive() and cap.interruptions == 1 and len(seen) == 40
+    window = ring.newest_window(16, 15.0, pad=True)
+    assert window.start_ts >= seen[20], (window.start_ts, seen[19], seen[20])  # nothing of the first run
+
+
+def test_a_short_gap_resets_the_labels_though_the_state_was_never_seen_reconnecting():
+    """The inference worker samples the capture's state once per forward pass: a reconnect quicker
+    than one went unseen, and the smoothing carried the old stream's labels into the new one."""
+    from types import SimpleNamespace
+
+    from streamrec.live.camera import Camera
+    from streamrec.live.smoothing import LabelSmoother
+
+    capture = SimpleNamespace(interruptions=0)
+    smoother = LabelSmoother()
+    cam = Camera.__new__(Camera)  # the parts reset_if_reconnected reads, without a source to open
+    cam.capture, cam.streams, cam._gaps_seen = capture, {None: SimpleNamespace(smoother=smoother)}, 0
+    first = smoother.update(np.array([0.9, 0.1]))
+    cam.reset_if_reconnected()
+    capture.interruptions = 1  # down and back between two passes: "running" both times
+    cam.reset_if_reconnected()
+    after = smoother.update(np.array([0.1, 0.9]))
+    assert first.label_index == 0 and after.label_index == 1 and after.score == pytest.approx(0.9)

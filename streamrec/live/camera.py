@@ -17,7 +17,7 @@ from typing import Any, Container, Iterator
 
 from streamrec.config import CameraConfig, SmoothingConfig
 from streamrec.errors import StreamrecError
-from streamrec.live.capture import CaptureState, camera_capture
+from streamrec.live.capture import camera_capture
 from streamrec.live.labels import StreamLabels
 from streamrec.live.ring import FrameRing, Window
 from streamrec.live.smoothing import LabelSmoother
@@ -100,7 +100,7 @@ class Camera:
         # --sports-only: the sport classes' indices in the model's outputs (raises if it has none)
         self.subset = sport_indices(classifier.loaded.classes) if cfg.sports_only else None
         self.started = time.time()
-        self._last_state = CaptureState.STARTING
+        self._gaps_seen = 0  # the capture's interruptions the smoothers have been reset for
 
     # the first stream's, for a camera read as one stream
     @property
@@ -160,9 +160,9 @@ class Camera:
             self.capture.release()
 
     def reset_if_reconnected(self) -> None:
-        """A new stream starts a new label history, in every zone."""
-        state = self.capture.state
-        if state == CaptureState.RUNNING and self._last_state == CaptureState.RECONNECTING:
+        """A new stream starts a new label history, in every zone (however short its gap was)."""
+        gaps = self.capture.interruptions
+        if gaps != self._gaps_seen:
             for stream in self.streams.values():
                 stream.smoother.reset()
-        self._last_state = state
+        self._gaps_seen = gaps

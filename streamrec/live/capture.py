@@ -119,6 +119,7 @@ class CaptureThread(threading.Thread):
         self._closed_errors = 0  # decode errors of sources already closed
         self._source: Source | None = None
         self.reconnects = 0
+        self.interruptions = 0  # gaps in the stream: reconnects, and restarts after a failure
         self.latest_rgb: np.ndarray | None = None  # newest decoded frame, for the page preview
         self.latest_ts = 0.0
         self.resize_s = 0.0  # total time in per-frame preprocessing
@@ -218,8 +219,10 @@ class CaptureThread(threading.Thread):
         finally:
             if source is not None:
                 source.close()
-            if self.state is not CaptureState.ENDED:  # stopped, or about to be started again
-                self.state = CaptureState.STOPPED if self.stop_event.is_set() else CaptureState.RECONNECTING
+            if self.state is not CaptureState.ENDED and self.stop_event.is_set():
+                self.state = CaptureState.STOPPED
+            elif self.state is not CaptureState.ENDED:  # started again by the supervisor: a gap, as a reconnect's
+                self._interrupted()
 
     def _tap(self, source: Source) -> None:
         """Give ``source`` the packet ring; a source without compressed packets (a webcam) gets its
@@ -251,9 +254,16 @@ class CaptureThread(threading.Thread):
             out.append((ring, self.pre.resize_crop(rgb[y0:y1, x0:x1])))
         return out
 
-    def _wait_backoff(self, attempt: int) -> None:
+    def _interrupted(self) -> None:
+        """The stream stopped: frames before the gap must not join frames after it, and the labels
+        after it start anew (:attr:`interruptions` counts the gaps: a reader that samples
+        :attr:`state` could miss a short one)."""
         self.state = CaptureState.RECONNECTING
-        self.clear_rings()  # frames before the gap must not join frames after it
+        self.interruptions += 1
+        self.clear_rings()
+
+    def _wait_backoff(self, attempt: int) -> None:
+        self._interrupted()
         delay = self.backoff.delay(attempt, self._rng)
         logger.warning("source %s unavailable (%s); retrying in %.1f s", self.spec.display_name,
                        self.error or "no reason given", delay)
