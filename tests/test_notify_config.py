@@ -340,6 +340,27 @@ def test_a_camera_or_zones_added_at_run_time_may_not_take_another_streams_id():
     no_discovery.check_streams(CameraConfig("gym", "0", zones=(ZoneConfig("rack", 0, 0, 0.5, 0.5),)), replacing="gym")
 
 
+def test_two_cameras_added_at_once_are_checked_against_each_other():
+    """POST "Gate" and POST "gate" at the same time: each opens its source for seconds before it is
+    running; the second's claim of its name is checked against the first's, in one step."""
+    import threading
+
+    from streamrec.live.camera import adding_camera
+
+    app = Running(serve_config(["door"], homeassistant_discovery=True), ["door"])
+    lock, adding = threading.RLock(), set()
+    with adding_camera(lock, {"door"}, adding, "Gate",
+                       check=lambda: app.check_streams(CameraConfig("Gate", "0"), pending=adding)):
+        with pytest.raises(StreamrecError) as err:
+            with adding_camera(lock, {"door"}, adding, "gate",
+                               check=lambda: app.check_streams(CameraConfig("gate", "0"), pending=adding)):
+                pass
+        assert adding == {"Gate"}  # the refused one claimed nothing
+    assert str(err.value) == ("camera 'gate': expected a name that differs from 'Gate' in more than case or Unicode "
+                              "form (Home Assistant and many file systems read them as one)")
+    assert adding == set()
+
+
 @pytest.mark.parametrize("streams", [
     ["rack.1/z", "rack_1_83925fd7"],  # a camera whose zones are its only streams still has a device
     ["rack.1/z", "RACK_1_83925FD7"],  # Home Assistant lower-cases ids

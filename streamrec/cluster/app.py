@@ -123,7 +123,7 @@ class ClusterApp(AppCore):
         if self.stop_event.is_set():
             raise StreamrecError("the server is shutting down")
         self.check_streams(cam)
-        self.runner.add_camera(cam)
+        self.runner.add_camera(cam, check=lambda: self.check_streams(cam, pending=self.runner.adding))
         if self.events is not None:  # its streams are announced (Home Assistant)
             self.events.announce([stream_key(cam.name, zone) for zone in cam.streams()])
         logger.info("camera %s added", cam.name)

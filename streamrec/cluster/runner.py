@@ -223,11 +223,11 @@ class ClusterRunner:
                 self.cameras[c.name] = RemoteCamera(c, actors[c.name], keys[c.name], subsets[c.name], streams)
                 self._streams.update({s.name: s for s in streams.values()})
 
-    def add_camera(self, cam: CameraConfig) -> None:
+    def add_camera(self, cam: CameraConfig, check: Callable[[], None] | None = None) -> None:
         """Start one more camera while running (its source must open; a model no camera used yet
-        is loaded on new inference actors first)."""
+        is loaded on new inference actors first); ``check``: see :func:`adding_camera`."""
         cam = self.config.resolve(cam)
-        with adding_camera(self._lock, self.cameras, self.adding, cam.name):
+        with adding_camera(self._lock, self.cameras, self.adding, cam.name, check):
             self._group(cam)
             self._start_cameras([cam])
 

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Container, Iterator
+from typing import Any, Callable, Container, Iterator
 
 from streamrec.config import CameraConfig, SmoothingConfig
 from streamrec.errors import StreamrecError
@@ -33,9 +33,10 @@ JOIN_TIMEOUT_S = 1.5
 
 @contextmanager
 def adding_camera(lock: threading.Lock | threading.RLock, cameras: Container[str], adding: set[str],
-                  name: str) -> Iterator[None]:
+                  name: str, check: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold camera name ``name`` in ``adding`` while it is being added (opening its source, loading
-    a model: seconds, outside ``lock``), so that a second add of the same name fails at once.
+    a model: seconds, outside ``lock``), so that a second add of the same name fails at once;
+    ``check`` (under ``lock``) refuses what clashes with the cameras there or being added.
 
     Example:
         >>> adding = set()
@@ -48,6 +49,8 @@ def adding_camera(lock: threading.Lock | threading.RLock, cameras: Container[str
     with lock:
         if name in cameras or name in adding:
             raise StreamrecError(f"camera {name!r} already exists")
+        if check is not None:  # against the cameras there and those being added, in one step with the claim
+            check()
         adding.add(name)
     try:
         yield

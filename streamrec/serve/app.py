@@ -125,7 +125,8 @@ class LiveApp(AppCore):
         check_weights_arg(str(cam.weights or "DEFAULT"), "weights")
         self.check_streams(cam)
         taken = self.cameras if restart else Taken(self.cameras, self.restarting)
-        with adding_camera(self.lock, taken, self.adding_names, cam.name):
+        with adding_camera(self.lock, taken, self.adding_names, cam.name,
+                           check=lambda: self.check_streams(cam, pending=self.adding_names)):
             first = self._first_source(cam, restart=restart)
             try:
                 with self._load_lock:

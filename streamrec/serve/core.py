@@ -74,12 +74,13 @@ class AppCore:
         """*hook*: every labelled stream's key now: each camera, each of its zones."""
         raise NotImplementedError
 
-    def check_streams(self, cam: CameraConfig, replacing: str | None = None) -> None:
+    def check_streams(self, cam: CameraConfig, replacing: str | None = None, pending: Iterable[str] = ()) -> None:
         """Refuse (a one-line :class:`StreamrecError`, a 400 from the API) camera ``cam`` added or
         changed at run time when a config holding it would be refused at start: its MQTT topics,
         a Home Assistant id that another camera's stream (not ``replacing``'s) already has, and (new
-        zones of camera ``replacing``) a rule's zone that no camera would have any more."""
-        others = [k for k in self.stream_keys() if split_key(k)[0] not in (cam.name, replacing)]
+        zones of camera ``replacing``) a rule's zone that no camera would have any more. ``pending``:
+        the names of cameras being added meanwhile (their whole frames count as theirs already)."""
+        others = [k for k in [*self.stream_keys(), *pending] if split_key(k)[0] not in (cam.name, replacing)]
         pair = alike([*dict.fromkeys(split_key(k)[0] for k in others), cam.name])
         if pair is not None:
             raise StreamrecError(f"camera {cam.name!r}: expected a name that differs from {pair[0]!r} in more than "
