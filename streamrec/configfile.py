@@ -139,17 +139,27 @@ def set_zones(table: Any, zones: Sequence[ZoneConfig], whole_frame: bool) -> Non
         table["whole_frame"] = whole_frame
         body.extend(comments)
     if not zones:
-        table.value.body.extend(trailing)  # the comments that led to the next table
+        body = table.value.body
+        while trailing and body and body[-1][0] is None and isinstance(body[-1][1], (tomlkit.items.Whitespace,
+                                                                                      tomlkit.items.Null)):
+            body.pop()  # the blank line tomlkit set before the zones: the old zones' own lines take its place
+        body.extend(trailing)  # the comments that led to the next table
         return
     if isinstance(table, tomlkit.items.InlineTable):
         table["zones"] = [z.to_toml_dict() for z in zones]
         return
+    body = table.value.body
+    n = len(body)
+    while n and body[n - 1][0] is None and isinstance(body[n - 1][1], (tomlkit.items.Whitespace, tomlkit.items.Null)):
+        n -= 1
+    tail = body[n:] if not trailing else []  # blank lines that led to the next table (zones cleared before left them)
+    del body[len(body) - len(tail):]
     tables = tomlkit.aot()
     for i, z in enumerate(zones):
         t = tomlkit.table()
         t.update(z.to_toml_dict())
         if i == len(zones) - 1:  # a blank line (or the old zones' last lines) before the next table
-            t.value.body.extend(trailing or [(None, tomlkit.nl())])
+            t.value.body.extend(trailing or tail or [(None, tomlkit.nl())])
         tables.append(t)
     table["zones"] = tables
     before = [item for _, item in table.value.body[:-1] if not isinstance(item, tomlkit.items.Null)]

@@ -131,11 +131,23 @@ def read_umask() -> int:
 UMASK = read_umask()  # read once: reading it means setting it, which is not thread-safe
 
 
+def keep_owner(fd: int, uid: int, gid: int) -> None:
+    """The replacement file gets the owner and group of the file it replaces, as far as this
+    process may give them (root: both; another user: a group it is in)."""
+    for owner in ((uid, gid), (-1, gid)):
+        try:
+            os.fchown(fd, *owner)
+            return
+        except PermissionError:
+            continue
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, mode: str = "wb") -> None:
     """Call ``write(fh)`` on a temporary file, then atomically move it to ``path``.
 
-    The file gets the permissions of the one it replaces, or those of any new file (0666
-    less the umask), not the 0600 of a temporary file. A write that fails (disk full) leaves
+    The file gets the permissions, owner and group of the one it replaces (as far as this process
+    may set them: :func:`keep_owner`), or those of any new file (0666 less the umask), not the 0600
+    of a temporary file. A read-only file is not replaced (:class:`PermissionError`). A write that fails (disk full) leaves
     ``path`` as it was and raises :class:`OSError` naming ``path``. A link is written through (the
     file it names is replaced); a device, FIFO or socket is refused (:class:`OSError`), never replaced."""
     path = Path(path)
@@ -148,10 +160,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, mode:
             path = path.resolve()
         except (RuntimeError, OSError):  # a loop of links (RuntimeError before Python 3.13)
             raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
+    if path.exists() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):  # read-only (for root too):
+        # the folder's permission would let it be replaced
+        raise PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)} (the file is read-only)", str(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         try:
-            perms = path.stat().st_mode & 0o7777
+            st = path.stat()
+            perms = st.st_mode & 0o7777
+            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                keep_owner(fd, st.st_uid, st.st_gid)
         except FileNotFoundError:
             perms = 0o666 & ~UMASK
         os.fchmod(fd, perms)

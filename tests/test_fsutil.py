@@ -49,6 +49,28 @@ def test_a_new_file_gets_the_umask_permissions_and_a_replaced_one_keeps_its_own(
     assert (tmp_path / "new.txt").read_text() == "y"
 
 
+def test_a_read_only_file_is_not_replaced(tmp_path):
+    """The folder's write permission would let the rename replace it: a 0444 file (for root too) stays."""
+    target = tmp_path / "serve.toml"
+    target.write_text("the admin's config\n")
+    target.chmod(0o444)
+    with pytest.raises(PermissionError) as info:
+        atomic_write_text(target, "changed")
+    assert (info.value.errno, info.value.filename) == (errno.EACCES, str(target))
+    assert target.read_text() == "the admin's config\n" and sorted(p.name for p in tmp_path.iterdir()) == ["serve.toml"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file another user's owner takes root")
+def test_a_replaced_file_keeps_its_owner_and_group(tmp_path):
+    target = tmp_path / "serve.toml"
+    target.write_text("x")
+    os.chown(target, 1000, 1000)
+    target.chmod(0o640)
+    atomic_write_text(target, "y")
+    st = target.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), target.read_text()) == (1000, 1000, 0o640, "y")
+
+
 def test_a_failed_write_keeps_the_old_file_and_names_the_path(tmp_path):
     target = tmp_path / "model.ts"
     target.write_bytes(b"the old model")

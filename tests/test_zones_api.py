@@ -223,6 +223,23 @@ def test_zones_written_back_are_utf8_whatever_the_locale(tmp_path, prefix):
     assert [z["name"] for z in camera["zones"]] == ["herd"] and camera["whole_frame"] is True
 
 
+def test_zones_written_and_cleared_again_and_again_leave_the_file_as_it_was(tmp_path):
+    """Each round of one zone, then none, used to leave one more blank line before the next camera."""
+    from streamrec.configfile import write_zones
+
+    cfg = tmp_path / "gym.toml"
+    cfg.write_text('[[cameras]]\nname = "gym"\nsource = "0"\n\n[[cameras]]\nname = "b"\nsource = "1"\n')
+    zone = (ZoneConfig("rack", 0.0, 0.0, 0.5, 0.5),)
+    texts = []
+    for _ in range(3):
+        assert write_zones(cfg, "gym", zone, True)
+        with_zone = cfg.read_text()
+        assert write_zones(cfg, "gym", (), True)
+        texts.append((with_zone, cfg.read_text()))
+    assert len(set(texts)) == 1, texts  # the same two files each round
+    assert texts[0][1] == '[[cameras]]\nname = "gym"\nsource = "0"\nwhole_frame = true\n\n[[cameras]]\nname = "b"\nsource = "1"\n'
+
+
 @pytest.mark.parametrize("flag, whole_frame", [("true", True), ("True", True), ("1", True), ("on", True),
                                                ("false", False), ("FALSE", False), ("0", False), ("no", False)])
 def test_whole_frame_in_the_query_is_read_as_post_api_cameras_reads_a_flag(flag, whole_frame):

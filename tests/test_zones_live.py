@@ -321,6 +321,60 @@ def test_zones_changed_at_run_time_keep_the_rules_working_and_the_name_taken(dem
         runner.join(30)
     assert not runner.is_alive()
 
+def test_zones_for_a_camera_still_being_added_are_a_try_again(demo_clip):
+    """PUT /api/cameras/NAME/zones while NAME's source opens: a 409 (Busy), not "no such camera"."""
+    from streamrec.errors import Busy
+    from streamrec.serve.app import LiveApp
+
+    app = LiveApp(ServeConfig(model="tiny3d", weights="none", device="cpu", port=0, db=":memory:",
+                              cameras=(CameraConfig("pool", str(demo_clip), loop=True),)))
+    app.adding_names.add("gate")
+    with pytest.raises(Busy, match="^camera 'gate': it is being added; try again in a few seconds$"):
+        app.set_zones("gate", (), True)
+    with pytest.raises(StreamrecError, match="^camera 'door': no such camera$"):
+        app.set_zones("door", (), True)
+
+
+@pytest.mark.slow
+def test_a_camera_being_removed_keeps_its_name_until_all_of_it_went(demo_clip, tmp_path):
+    """DELETE, then POST of the same name while the removal still waits for its capture thread:
+    the add is refused (try again), and once added again the camera keeps its packet ring and its
+    thread record: the removal's cleanup does not take them from it."""
+    from streamrec.event_config import RecordingConfig, RuleConfig
+    from streamrec.serve.app import LiveApp
+
+    config = ServeConfig(model="tiny3d", weights="none", device="cpu", port=0, db=str(tmp_path / "h.db"),
+                         cameras=(CameraConfig("gym", str(demo_clip), loop=True),),
+                         rules=(RuleConfig(name="any", labels=("class_0",)),),
+                         recording=RecordingConfig(dir=str(tmp_path / "clips")))
+    app = LiveApp(config)
+    runner = threading.Thread(target=lambda: asyncio.run(app.run()), name="app-under-test")
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "gym" not in app.cameras and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cam, closing = app.cameras["gym"], threading.Event()
+        close = cam.close
+        cam.close = lambda *a, **k: (closing.wait(30), close(*a, **k))  # a capture stuck in a network read
+        removal = threading.Thread(target=app.remove_camera, args=("gym",), name="removal")
+        removal.start()
+        while "gym" in app.cameras:
+            time.sleep(0.01)
+        with pytest.raises(StreamrecError, match="^camera 'gym' already exists$"):
+            app.add_camera(CameraConfig("gym", str(demo_clip), loop=True))
+        closing.set()
+        removal.join(30)
+        again = app.add_camera(CameraConfig("gym", str(demo_clip), loop=True))
+        assert again.capture.packet_ring is app.events.packet_ring("gym")  # the ring the recorder keeps
+        assert "gym" in app.health()["events"]["recording"]["rings"]
+        assert [t for t in app.health()["supervised"] if t == "capture-gym"]
+    finally:
+        app.request_stop()
+        runner.join(30)
+    assert not runner.is_alive()
+
+
 @pytest.mark.slow
 def test_cluster_capture_actor_crops_the_zones_and_the_driver_batches_them(demo_clip, tmp_path):
     ray = pytest.importorskip("ray")

@@ -73,6 +73,7 @@ class LiveApp(AppCore):
         self.cameras: dict[str, Camera] = {}
         self.adding_names: set[str] = set()  # cameras being added at run time (opening the source, loading a model)
         self.restarting: set[str] = set()  # cameras restarting with new zones: their names stay taken
+        self.removing: set[str] = set()  # cameras being removed: their names stay taken until all of them went
         self._load_lock = threading.Lock()  # one model load at a time: two cameras of a new model load it once
         self.workers: dict[tuple, InferenceWorker] = {}
         self.classifiers: dict[tuple, Classifier] = {}
@@ -124,7 +125,7 @@ class LiveApp(AppCore):
         cam = self.config.resolve(cam)
         check_weights_arg(str(cam.weights or "DEFAULT"), "weights")
         self.check_streams(cam)
-        taken = self.cameras if restart else Taken(self.cameras, self.restarting)
+        taken = self.cameras if restart else Taken(self.cameras, self.restarting, self.removing)
         with adding_camera(self.lock, taken, self.adding_names, cam.name,
                            check=lambda: self.check_streams(cam, pending=self.adding_names)):
             first = self._first_source(cam, restart=restart)
@@ -189,15 +190,20 @@ class LiveApp(AppCore):
             cam = self.cameras.pop(name, None)
             if cam is None:
                 return False
+            self.removing.add(name)  # a camera added under its name meanwhile would lose its ring and thread record
             for w in self.workers.values():
                 w.remove(name)
             self.announce_removed(name)
-        cam.close()
-        for thread in (f"capture-{name}", f"encode-{name}"):  # gone with the camera, from /healthz too
-            self.supervisor.forget(thread)
-        if self.events is not None:
-            self.events.announce(self.stream_keys(), gone=[s.name for s in cam.streams.values()])
-            self.events.drop_ring(name)
+        try:
+            cam.close()
+            for thread in (f"capture-{name}", f"encode-{name}"):  # gone with the camera, from /healthz too
+                self.supervisor.forget(thread)
+            if self.events is not None:
+                self.events.announce(self.stream_keys(), gone=[s.name for s in cam.streams.values()])
+                self.events.drop_ring(name)
+        finally:
+            with self.lock:
+                self.removing.discard(name)
         return True
 
     def set_zones(self, name: str, zones: Sequence[ZoneConfig | dict[str, Any]], whole_frame: bool) -> CameraConfig:
@@ -206,9 +212,11 @@ class LiveApp(AppCore):
         Bad zones, or an unknown camera, raise a one-line :class:`StreamrecError`."""
         with self.lock:
             old = self.cameras.get(name)
-            busy = name in self.restarting
+            busy, adding = name in self.restarting, old is None and name in self.adding_names
         if busy:
             raise being_changed(name)
+        if adding:  # its source is opening, its model loading
+            raise Busy(f"camera {name!r}: it is being added; try again in a few seconds")
         if old is None:
             raise StreamrecError(f"camera {name!r}: no such camera")
         if not isinstance(whole_frame, bool):
