@@ -431,14 +431,21 @@ def test_mqtt_credentials_come_from_the_url_and_are_never_shown(tmp_path, notifi
         b.stop()
 
 
-def test_an_unacknowledged_event_is_waited_for_not_published_twice(tmp_path, broker, notifiers, subscribers):
-    sub = subscribers(broker, "sr/events")
+def connected_mqtt(tmp_path, broker, notifiers) -> tuple[EventStore, Notifier, Clock]:
+    """A store and a started notifier connected to ``broker``, waiting 0.5 s for an acknowledgement
+    and retrying only when the test's clock moves on (a second, then five minutes)."""
     clock = Clock()
     store = EventStore(str(tmp_path / "h.db"))
     notifier = notifiers(store, mqtt(broker), clock=clock, backoff=Backoff(1.0, 300.0, jitter=0.0), poll_s=0.1)
     notifier.mqtt.ack_timeout_s = 0.5
     notifier.start()
     wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
+    return store, notifier, clock
+
+
+def test_an_unacknowledged_event_is_waited_for_not_published_twice(tmp_path, broker, notifiers, subscribers):
+    sub = subscribers(broker, "sr/events")
+    store, notifier, clock = connected_mqtt(tmp_path, broker, notifiers)
     os.kill(broker.proc.pid, signal.SIGSTOP)  # the broker hangs: the publish goes out, no PUBACK comes
     try:
         store.opened(event(1), notify=("mqtt",), now=clock())
@@ -485,13 +492,7 @@ def test_a_delivery_that_began_before_its_event_was_deleted_lands_on_no_other_ev
 def test_a_deleted_events_unacknowledged_publish_is_not_sent_again(tmp_path, broker, notifiers, subscribers):
     """The broker hung while the event's start was published, then the event was deleted: the
     publish is taken back, and a broker that comes back never gets it again from paho's queue."""
-    sub = subscribers(broker, "sr/events")
-    clock = Clock()
-    store = EventStore(str(tmp_path / "h.db"))
-    notifier = notifiers(store, mqtt(broker), clock=clock, backoff=Backoff(1.0, 300.0, jitter=0.0), poll_s=0.1)
-    notifier.mqtt.ack_timeout_s = 0.5
-    notifier.start()
-    wait_until(lambda: notifier.stats()["channels"]["mqtt"]["connected"], "the MQTT connection", timeout=30)
+    store, notifier, clock = connected_mqtt(tmp_path, broker, notifiers)
     os.kill(broker.proc.pid, signal.SIGSTOP)  # the publish goes out, no PUBACK comes
     try:
         store.opened(event(1), notify=("mqtt",), now=clock())

@@ -73,12 +73,18 @@ def test_the_zones_differ_from_each_other_and_from_the_whole_frame(mosaic, tiny)
     assert len({json.dumps([w.top for w in tl.windows]) for tl in runs}) == 5  # the crop matters: five answers
 
 
+def classify_zones(path, *rects: str):
+    """``streamrec classify PATH --format json --zone R ...`` with tiny3d's random weights, which must succeed."""
+    proc = run_main("classify", str(path), "--weights", "none", "--model", "tiny3d", "--format", "json",
+                    *(arg for rect in rects for arg in ("--zone", rect)))
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 @pytest.mark.slow
 def test_the_command_line_names_each_zone_and_its_box(mosaic):
     path, _ = mosaic
-    proc = run_main("classify", str(path), "--weights", "none", "--model", "tiny3d", "--format", "json",
-                    "--zone", "0,0,0.5,0.5", "--zone", "0.5,0.5,0.5,0.5")
-    assert proc.returncode == 0, proc.stderr
+    proc = classify_zones(path, "0,0,0.5,0.5", "0.5,0.5,0.5,0.5")
     d = json.loads(proc.stdout)
     assert [(t["zone"]["name"], t["zone"]["box"]) for t in d] == [("zone1", [0, 0, 160, 120]),
                                                                  ("zone2", [160, 120, 320, 240])]
@@ -90,9 +96,7 @@ def test_the_command_line_names_each_zone_and_its_box(mosaic):
 def test_every_zone_of_one_run_is_classified_by_the_same_model(mosaic):
     """With random weights too: the same region twice scores the same, and the model is loaded once."""
     path, _ = mosaic
-    proc = run_main("classify", str(path), "--weights", "none", "--model", "tiny3d", "--format", "json",
-                    "--zone", "0,0,0.5,0.5", "--zone", "0,0,0.5,0.5")
-    assert proc.returncode == 0, proc.stderr
+    proc = classify_zones(path, "0,0,0.5,0.5", "0,0,0.5,0.5")
     first, second = json.loads(proc.stdout)
     assert first["windows"] == second["windows"] and first["verdict"] == second["verdict"]
     assert proc.stderr.count("streamrec.models.registry: --weights none") == 1, proc.stderr  # loaded once
