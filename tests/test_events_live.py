@@ -161,14 +161,15 @@ def test_kill_during_an_event_then_restart_closes_it_and_delivers_what_was_pendi
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
         [start] = wait_until(lambda: hooks(receiver, "event_start"), "event_start", timeout=120)
-        time.sleep(0)  # the event is open now: kill before its end
+        ev = json.loads(start["body"])["event"]
+        part = tmp_path / "clips" / "lane" / f"{ev['id']}.mp4.part"
+        wait_until(lambda: part.is_file() and part.read_bytes().count(b"moof") >= 2, "a whole fragment of the clip",
+                   timeout=60)  # the event is open and its clip has a fragment: kill before its end
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     assert hooks(receiver, "event_end") == []
-    ev = json.loads(start["body"])["event"]
-    clip = tmp_path / "clips" / "lane" / f"{ev['id']}.mp4"
-    part = clip.with_name(clip.name + ".part")  # still being written when the process died
+    clip = tmp_path / "clips" / "lane" / f"{ev['id']}.mp4"  # its .part still being written when the process died
     assert part.is_file() and not clip.exists()
     with av.open(str(part)) as out:  # fragmented: playable up to the kill
         assert sum(1 for _ in out.decode(video=0)) > 0
