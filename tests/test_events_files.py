@@ -182,7 +182,7 @@ def test_retention_keeps_the_files_of_events_it_keeps_however_old_the_files(tmp_
 
 
 def test_the_api_says_an_event_has_no_clip_once_its_file_is_gone(tmp_path):
-    from streamrec.serve.routes import list_events
+    from streamrec.serve.routes import list_events, one_event
 
     clips = tmp_path / "clips"
     (clips / "cam").mkdir(parents=True)
@@ -201,6 +201,13 @@ def test_the_api_says_an_event_has_no_clip_once_its_file_is_gone(tmp_path):
         got = {e["id"][-1]: (e["has_clip"], e["clip_bytes"], e["thumbnail"] is not None)
                for e in list_events(events, {}).body["events"]}
         assert got == {"1": (True, 5, True), "2": (False, 0, False), "3": (True, 5, True)}
+        one = {n: one_event(events, f"170000000{n}-0badf00{n}").body for n in "123"}  # GET /api/events/ID: the same
+        assert {n: (e["has_clip"], e["clip_bytes"], e["thumbnail"] is not None) for n, e in one.items()} == got
+        answers = {n: (r.status, r.body if r.status == 404 else None) for n in "123"
+                   for r in [one_event(events, f"170000000{n}-0badf00{n}", "clip.mp4")]}
+        assert answers == {"1": (200, None), "2": (404, {"error": "event '1700000002-0badf002' has no clip.mp4"}),
+                           "3": (404, {"error": "the clip.mp4 of event '1700000003-0badf003' is still being written "
+                                                "(until the event ends, and a few seconds on)"})}
     finally:
         events.close()
 

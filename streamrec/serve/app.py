@@ -224,8 +224,8 @@ class LiveApp(AppCore):
         cfg = replace(old.cfg, zones=tuple(zones), whole_frame=whole_frame)  # validated: one line on bad input
         self.check_streams(cfg, replacing=name)
         with self.lock:
-            if self.cameras.get(name) is not old:
-                raise StreamrecError(f"camera {name!r}: changed meanwhile; try again")
+            if self.cameras.get(name) is not old:  # removed, or its zones changed, by another request meanwhile
+                raise Busy(f"camera {name!r}: changed meanwhile; try again")
             del self.cameras[name]
             self.restarting.add(name)  # no camera added meanwhile takes its name
             for w in self.workers.values():

@@ -310,11 +310,16 @@ FILES = {"clip.mp4": ("clip", "video/mp4"), "thumb.jpg": ("thumbnail", "image/jp
 
 def one_event(events: EventManager, event_id: str, file: str | None = None) -> Reply:
     """``GET /api/events/ID`` (``file`` None), or its clip or thumbnail (``file`` a key of :data:`FILES`)."""
-    if file is None:
-        row = events.store.get(event_id)
-        return Reply(200, row_event(row)) if row else Reply(404, {"error": f"no event {shorten(event_id)!r}"})
+    row = events.store.get(event_id)
+    if row is None:
+        return Reply(404, {"error": f"no event {shorten(event_id)!r}"})
+    if file is None:  # as the list gives it: a clip or thumbnail gone from the disk reads as none
+        return Reply(200, row_event(events.with_files_on_disk(row)))
     kind, content_type = FILES[file]
     found = events.file_of(event_id, kind)
+    if found is None and events.with_files_on_disk(row).get(kind):  # a .part: written until the event ends
+        return Reply(404, {"error": f"the {file} of event {shorten(event_id)!r} is still being written (until the "
+                                    "event ends, and a few seconds on)"})
     if found is None:
         return Reply(404, {"error": f"event {shorten(event_id)!r} has no {file}"})
     return Reply(200, FileBody(found, content_type))
