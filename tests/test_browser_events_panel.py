@@ -1,6 +1,6 @@
 """The Events panel alone, its server played by playwright: a clip of a codec browsers do not
-play is offered as a download, not a broken player, and a deleted event leaves the list and
-the player."""
+play is offered as a download, not a broken player, an open event's clip is said to come when
+it ends, and a deleted event leaves the list and the player."""
 
 from __future__ import annotations
 
@@ -33,7 +33,10 @@ def test_a_clip_browsers_cannot_play_is_a_download_and_a_deleted_event_goes(page
     listing = [{**common, "id": "hevc1", "clip": "/api/events/hevc1/clip.mp4", "thumbnail": "/api/events/hevc1/thumb.jpg",
                 "clip_codec": "hevc", "clip_plays_in_browser": False},
                {**common, "id": "h264", "start_ts": now - 60, "clip": "/api/events/h264/clip.mp4",
-                "thumbnail": "/api/events/h264/thumb.jpg", "clip_codec": "h264", "clip_plays_in_browser": True}]
+                "thumbnail": "/api/events/h264/thumb.jpg", "clip_codec": "h264", "clip_plays_in_browser": True},
+               {**common, "id": "open1", "start_ts": now - 3, "end_ts": None, "state": "open", "clip_bytes": 0,
+                "clip": "/api/events/open1/clip.mp4", "thumbnail": None, "clip_codec": "h264",
+                "clip_plays_in_browser": True}]  # its clip is being written: a 404 until it ends
     clip_requests: list[str] = []
     page.route(re.compile(r"^http://streamrec\.test/(\?.*)?$"),
                lambda r: r.fulfill(status=200, content_type="text/html", body=PAGE.read_text()))
@@ -61,12 +64,20 @@ def test_a_clip_browsers_cannot_play_is_a_download_and_a_deleted_event_goes(page
     assert "this clip is hevc video, which browsers do not play" in page.inner_text("[data-testid=player-box]")
     assert page.get_attribute("[data-testid=player]", "src") is None and clip_requests == []
 
+    page.click("[data-testid=event][data-id=open1]")  # an open event: the player says its clip comes when it ends
+    page.wait_for_function("document.querySelector('.player .ptext')?.textContent.includes('still being recorded')",
+                           timeout=10_000)
+    assert page.inner_text("[data-testid=player-box] .ptext") == (
+        "deadlifting on court-1: still being recorded; its video can be watched once the event ends.")
+    assert clip_requests == [f"{BASE}/api/events/open1/clip.mp4"]
+    page.click("[data-testid=event][data-id=hevc1]")
+
     # deleted (from another page, or by the API): it leaves the list and the player
     listing[:] = listing[1:]
     sockets[0].send(json.dumps({"type": "event_deleted", "id": "hevc1", "state": "deleted"}))
     page.wait_for_selector("[data-testid=event][data-id=hevc1]", state="detached", timeout=5_000)
     assert page.is_hidden("[data-testid=player-box]")
-    assert page.eval_on_selector_all("[data-testid=event]", "els => els.map(e => e.dataset.id)") == ["h264"]
+    assert page.eval_on_selector_all("[data-testid=event]", "els => els.map(e => e.dataset.id)") == ["open1", "h264"]
     assert errors == []
 
 
