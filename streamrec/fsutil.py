@@ -94,14 +94,24 @@ def check_output(option: str, path: str | os.PathLike, *, image: bool = False,
         raise StreamrecError(f"{option} {p}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise StreamrecError(f"{option} {p}: the folder {folder} is not writable")
-    if p.exists() and not os.access(p, os.W_OK):
-        raise StreamrecError(f"{option} {p}: the file is not writable")
+    if read_only(p):
+        raise StreamrecError(f"{option} {p}: the file is read-only (it is not replaced)")
     if image and p.suffix.lower() not in IMAGE_SUFFIXES:
         raise StreamrecError(f"{option} {p}: expected a file name ending in {', '.join(IMAGE_SUFFIXES)}, "
                              f"got {p.suffix or 'no suffix'!r}")
     if image:
         require("matplotlib", "plot", option)  # figures are drawn with it: an optional dependency
     return p
+
+
+def read_only(path: Path) -> bool:
+    """Whether ``path`` is a file this process may not write, or one without any write bit
+    (``chmod 444``: read-only for root too, who may write anything), which is then not replaced."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):  # missing: a new file
+        return False
+    return not os.access(path, os.W_OK) or not mode & 0o222
 
 
 def special_file(path: Path) -> str | None:
@@ -160,8 +170,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, mode:
             path = path.resolve()
         except (RuntimeError, OSError):  # a loop of links (RuntimeError before Python 3.13)
             raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
-    if path.exists() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):  # read-only (for root too):
-        # the folder's permission would let it be replaced
+    if read_only(path):  # the folder's permission would let it be replaced
         raise PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)} (the file is read-only)", str(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

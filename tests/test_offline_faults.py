@@ -173,3 +173,61 @@ print(sorted(str(p) for p in ds.unreadable), labels)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert proc.stdout.strip() == f"{[str(bad)]} [0, 0, 1, 1]", proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny3d checkpoint of two classes and its TorchScript export."""
+    import torch
+
+    from streamrec.models.registry import build_model, make_checkpoint, model_spec
+    from streamrec.offline.evaluate import export
+
+    folder = tmp_path_factory.mktemp("exported")
+    torch.save(make_checkpoint(build_model("tiny3d", num_classes=2), model="tiny3d", classes=["a", "b"],
+                               spec=model_spec("tiny3d")), folder / "m.pt")
+    export(str(folder / "m.pt"), str(folder / "m.ts"), fmt="torchscript")
+    return folder / "m.ts"
+
+
+@pytest.mark.parametrize("fmt, out", [("onnx", "again.onnx"), ("torchscript", "again.ts")])
+def test_an_exported_model_is_not_exported_again(exported, tmp_path, fmt, out):
+    """Tracing an exported model (an ONNX Runtime session above all) keeps one answer as a
+    constant: the file written would give it for every clip."""
+    proc = run_main("export", "--weights", str(exported), "--format", fmt, "--out", str(tmp_path / out))
+    assert proc.returncode == 2, proc.stderr
+    assert error_line(proc) == (f"streamrec: error: --weights {exported}: an exported model; export the checkpoint it "
+                                "was exported from")
+    assert not (tmp_path / out).exists()
+
+
+def test_a_backend_asked_for_an_exported_model_is_refused_not_ignored(exported, tmp_path):
+    clip = write_video(tmp_path / "c.mp4", seconds=1.2, size=(128, 96))
+    proc = run_main("classify", str(clip), "--weights", str(exported), "--backend", "torchscript", "--device", "cpu",
+                    env={"STREAMREC_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2, proc.stderr
+    assert error_line(proc) == (f"streamrec: error: --backend torchscript: --weights {exported} is an exported model, "
+                                "which runs as it is; expected --backend auto or torch")
+
+
+def test_a_read_only_output_is_refused_before_any_work_also_for_root(tmp_path):
+    """``os.access`` answers yes to root for any file; a file without write bits is read-only
+    to streamrec for root too, and that is said before a training, not after it."""
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"last week's model")
+    out.chmod(0o444)
+    proc = run_main("train", str(tmp_path / "data"), "--out", str(out), "--overwrite")
+    assert proc.returncode == 2, proc.stderr
+    assert error_line(proc) == f"streamrec: error: --out {out}: the file is read-only (it is not replaced)"
+    assert out.read_bytes() == b"last week's model" and not (tmp_path / "m.pt.log.csv").exists()
+
+
+@pytest.mark.parametrize("command, output", [("train", "--out"), ("lr-find", "--plot")])
+def test_a_cache_dir_at_an_output_path_is_refused_before_any_work(tmp_path, command, output):
+    (tmp_path / "data").mkdir()
+    path = tmp_path / ("m.pt" if output == "--out" else "lr.png")
+    proc = run_main(command, str(tmp_path / "data"), output, str(path), "--cache-dir", str(path))
+    assert proc.returncode == 2, proc.stderr
+    assert error_line(proc) == f"streamrec: error: --cache-dir {path}: the file {output} writes; expected a folder of its own"
+    assert not path.exists()

@@ -52,6 +52,15 @@ STATES = {  # what is written at <out>.state -> what the error line says
     "missing keys": (lambda tmp: {"model": {}}, "is not a training state (expected model, optimizer, epoch, step"),
     "epoch not a number": (lambda tmp: {**_state(build_model("tiny3d", num_classes=3)), "epoch": "1"},
                            "is not a training state (expected model, optimizer, epoch, step"),
+    # the early stopping's values: read back as numbers and rows of numbers
+    "best not a number": (lambda tmp: {**_state(build_model("tiny3d", num_classes=3)), "best": "x"},
+                          "is not a training state (expected best as training writes it, got 'x')"),
+    "stale not a count": (lambda tmp: {**_state(build_model("tiny3d", num_classes=3)), "stale": -1},
+                          "is not a training state (expected stale as training writes it, got -1)"),
+    "a row without its numbers": (lambda tmp: {**_state(build_model("tiny3d", num_classes=3)), "best_row": {"x": 1}},
+                                  "is not a training state (expected best_row as training writes it, got {'x': 1})"),
+    "val_split not a share": (lambda tmp: {**_state(build_model("tiny3d", num_classes=3)), "val_split": "x"},
+                              "is not a training state (expected val_split as training writes it, got 'x')"),
 }
 
 

@@ -153,8 +153,9 @@ def _train_config(args):
     return TrainConfig(data=args.data, **{k: getattr(args, k) for k in keys if hasattr(args, k)})
 
 
-def check_cache_dir(args) -> None:
-    """``--cache-dir`` a folder outside DATA: a cache inside it would read as one more class folder."""
+def check_cache_dir(args, outputs: dict[str, str | Path]) -> None:
+    """``--cache-dir`` a folder outside DATA (a cache inside it would read as one more class
+    folder), and none of the command's ``outputs`` (option: path): the run would end unwritten."""
     from streamrec.errors import StreamrecError
     from streamrec.validate import not_a_file
 
@@ -165,6 +166,9 @@ def check_cache_dir(args) -> None:
     if cache and Path(args.data).is_dir() and Path(cache).resolve().is_relative_to(Path(args.data).resolve()):
         raise StreamrecError(f"--cache-dir {cache}: inside the dataset folder {args.data}, where it would read as a "
                              "class folder; expected a folder outside it")
+    for option, path in outputs.items() if cache else ():
+        if Path(os.path.abspath(cache)).resolve() == Path(os.path.abspath(path)).resolve():
+            raise StreamrecError(f"--cache-dir {cache}: the file {option} writes; expected a folder of its own")
 
 
 def cmd_dataset(args) -> int:
@@ -212,7 +216,8 @@ def cmd_train(args) -> int:
     if earlier and not args.resume and not args.overwrite:  # an earlier run's model and the state to resume it
         raise StreamrecError(f"--out {printable(args.out)}: an earlier run's {', '.join(printable(p.name) for p in earlier)} "
                              "would be replaced; give another --out, --resume to go on with that run, or --overwrite")
-    check_cache_dir(args)
+    check_cache_dir(args, {"--out": args.out, **{f"--out ({side.name[len(Path(args.out).name):]} beside it)": side
+                                                 for side in side_files(args.out)}})
     result = train(_train_config(args))
     if not result["history"]:  # --resume of a run that had done its --epochs: nothing written
         print(f"streamrec: nothing to train: the state of {args.out} has done all {args.epochs} epochs (raise "
@@ -231,7 +236,7 @@ def cmd_lr_find(args) -> int:
     from streamrec.offline.lrfind import lr_find
 
     check_output("--plot", args.plot, image=True, data=args.data)
-    check_cache_dir(args)
+    check_cache_dir(args, {"--plot": args.plot})
     lr = lr_find(_train_config(args), steps=args.steps, plot=args.plot)
     print(f"suggested learning rate: {lr:.2e} (plot: {args.plot})")
     return 0

@@ -13,13 +13,15 @@ import json
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
 
+from streamrec.catalog import MODEL_NAMES
 from streamrec.errors import StreamrecError, WeightsError, install_hint
 from streamrec.models.spec import LoadedModel, ModelSpec, class_names_problem
+from streamrec.redact import printable
 
 EXPORT_META = "streamrec.json"  # TorchScript extra file / ONNX metadata key
 
@@ -84,13 +86,29 @@ def torchscript_quiet() -> Iterator[None]:
         yield
 
 
-def checked_meta(meta: Any, path: Path) -> dict[str, Any]:
-    """An exported file's metadata, whose class names must be fit for a model (see
-    :func:`~streamrec.models.spec.class_names_problem`)."""
-    problem = class_names_problem(meta.get("classes") if isinstance(meta, dict) else None)
+def exported_model(text: str | bytes, path: Path, module: nn.Module) -> LoadedModel:
+    """``module`` with what an exported file's metadata ``text`` says of it: its model (one of
+    :data:`~streamrec.catalog.MODEL_NAMES`), class names fit for a model (see
+    :func:`~streamrec.models.spec.class_names_problem`) and preprocessing; a one-line
+    :class:`WeightsError` when the metadata is not that."""
+    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text  # TorchScript's extra file: bytes
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        raise WeightsError(f"--weights {path}: its {EXPORT_META} metadata: expected JSON, got "
+                           f"{printable(text, limit=40)!r}") from None
+    if not isinstance(meta, dict) or meta.get("model") not in MODEL_NAMES:
+        got = meta.get("model") if isinstance(meta, dict) else type(meta).__name__
+        raise WeightsError(f"--weights {path}: model: expected one of {', '.join(MODEL_NAMES)}, got "
+                           f"{printable(str(got), limit=40)!r}")
+    problem = class_names_problem(meta.get("classes"))
     if problem is not None:
         raise WeightsError(f"--weights {path}: classes: {problem}")
-    return meta
+    try:
+        spec = ModelSpec.read(meta.get("preprocess"))
+    except ValueError as exc:
+        raise WeightsError(f"--weights {path}: {exc}") from None
+    return LoadedModel(meta["model"], module, meta["classes"], spec, str(path))
 
 
 def load_exported(path: Path) -> LoadedModel | None:
@@ -106,9 +124,7 @@ def load_exported(path: Path) -> LoadedModel | None:
             return None
         if not extra[EXPORT_META]:
             return None
-        meta = checked_meta(json.loads(extra[EXPORT_META]), path)
-        return LoadedModel(meta["model"], module, meta["classes"], ModelSpec.from_dict(meta["preprocess"]), str(path))
+        return exported_model(extra[EXPORT_META], path, module)
     if path.suffix.lower() == ".onnx":
-        meta = checked_meta(json.loads(onnx_meta(path, EXPORT_META)), path)
-        return LoadedModel(meta["model"], OnnxModule(path), meta["classes"], ModelSpec.from_dict(meta["preprocess"]), str(path))
+        return exported_model(onnx_meta(path, EXPORT_META), path, OnnxModule(path))
     return None

@@ -28,6 +28,7 @@ from streamrec.catalog import check_model
 from streamrec.errors import WeightsError
 from streamrec.models.exported import load_exported
 from streamrec.models.spec import class_names_problem
+from streamrec.redact import printable
 from streamrec.validate import not_a_file
 from streamrec.models.spec import LoadedModel, ModelSpec  # noqa: F401 - re-exported
 
@@ -228,7 +229,7 @@ def load_model(name: str | None = None, *, weights: str | os.PathLike = "DEFAULT
     check_model(name)
     if wstr.upper() == "DEFAULT":
         classes = kinetics_classes(name)
-        module = build_loaded(name, _load_default_state_dict(name), num_classes=len(classes), source="DEFAULT")
+        module = build_loaded(name, checked_state(_load_default_state_dict(name), "DEFAULT"), num_classes=len(classes), source="DEFAULT")
         return LoadedModel(name, module.eval(), classes, model_spec(name), "DEFAULT")
     if wstr.lower() == "none":
         classes = kinetics_classes(name) if name in TORCHVISION_MODELS else [f"class_{i}" for i in range(10)]
@@ -241,9 +242,28 @@ def load_model(name: str | None = None, *, weights: str | os.PathLike = "DEFAULT
     obj = _torch_load(path)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"--weights {wstr}: expected a state_dict or a streamrec checkpoint, got {type(obj).__name__}")
+    if name not in TORCHVISION_MODELS:  # no Kinetics head: a bare state_dict says nothing of its classes
+        raise WeightsError(f"--weights {wstr}: a bare state_dict, but {name} has no Kinetics-400 classes to give it; "
+                           "expected a streamrec checkpoint (streamrec train writes one), which carries its class names")
     classes = kinetics_classes(name)
-    module = build_loaded(name, obj, num_classes=len(classes), source=wstr)
+    module = build_loaded(name, checked_state(obj, wstr), num_classes=len(classes), source=wstr)
     return LoadedModel(name, module.eval(), classes, model_spec(name), wstr)
+
+
+def checked_state(state: Any, source: str) -> dict[str, torch.Tensor]:
+    """``state`` when it is a state_dict (names to tensors) whose floating values are all finite;
+    else a :class:`WeightsError` naming the first problem (a model with a NaN weight labels
+    every window NaN)."""
+    if not isinstance(state, dict) or not state:
+        raise WeightsError(f"--weights {source}: state_dict: expected a table of tensors, got {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise WeightsError(f"--weights {source}: state_dict: expected names and tensors, got "
+                               f"{printable(str(key), limit=60)!r}: {type(value).__name__}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise WeightsError(f"--weights {source}: state_dict: expected finite values, got NaN or infinity in "
+                               f"{printable(key, limit=60)!r}")
+    return state
 
 
 def load_checkpoint(ckpt: dict[str, Any], *, source: str, expect_model: str | None = None) -> LoadedModel:
@@ -257,8 +277,11 @@ def load_checkpoint(ckpt: dict[str, Any], *, source: str, expect_model: str | No
         raise WeightsError(f"--weights {source}: classes: {problem}")
     if expect_model is not None and expect_model != name:
         raise WeightsError(f"--weights {source}: checkpoint is for model {name!r}, but --model is {expect_model!r}")
-    module = build_loaded(name, ckpt["state_dict"], num_classes=len(classes), source=source)
-    spec = ModelSpec.from_dict(ckpt["preprocess"]) if "preprocess" in ckpt else model_spec(name)
+    module = build_loaded(name, checked_state(ckpt.get("state_dict"), source), num_classes=len(classes), source=source)
+    try:
+        spec = ModelSpec.read(ckpt["preprocess"]) if "preprocess" in ckpt else model_spec(name)
+    except ValueError as exc:
+        raise WeightsError(f"--weights {source}: {exc}") from None
     extra = {k: ckpt[k] for k in ("train_args", "metrics") if k in ckpt}
     return LoadedModel(name, module.eval(), list(classes), spec, source, extra=extra)
 

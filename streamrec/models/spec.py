@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -49,6 +50,11 @@ def class_names_problem(classes: Any) -> str | None:
     return None
 
 
+SPEC_MAX_PIXELS = 1024  # a resize or crop side: the largest models take 224
+SPEC_MAX_FRAMES = 256  # frames in a window (the largest models take 32)
+SPEC_MAX_FPS = 240.0  # the frame rate a window is sampled at
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Spatial and temporal preprocessing a model's weights expect.
@@ -65,16 +71,17 @@ class ModelSpec:
     fps: float = 15.0
 
     def __post_init__(self) -> None:
-        if len(self.resize) not in (1, 2) or min(self.resize) <= 0:
-            raise ValueError(f"resize: expected (H, W) or (short_side,) > 0, got {self.resize}")
-        if len(self.crop) != 2 or min(self.crop) <= 0:
-            raise ValueError(f"crop: expected (H, W) > 0, got {self.crop}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"mean/std: expected 3 values with std > 0, got {self.mean}/{self.std}")
-        if self.frames < 1:
-            raise ValueError(f"frames: expected >= 1, got {self.frames}")
-        if self.fps <= 0:
-            raise ValueError(f"fps: expected > 0, got {self.fps}")
+        if len(self.resize) not in (1, 2) or not all(0 < v <= SPEC_MAX_PIXELS for v in self.resize):
+            raise ValueError(f"resize: expected (H, W) or (short_side,) of 1..{SPEC_MAX_PIXELS}, got {self.resize}")
+        if len(self.crop) != 2 or not all(0 < v <= SPEC_MAX_PIXELS for v in self.crop):
+            raise ValueError(f"crop: expected (H, W) of 1..{SPEC_MAX_PIXELS}, got {self.crop}")
+        if (len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in self.mean + self.std)
+                or min(self.std) <= 0):
+            raise ValueError(f"mean/std: expected 3 finite values each, std > 0, got {self.mean}/{self.std}")
+        if not 1 <= self.frames <= SPEC_MAX_FRAMES:
+            raise ValueError(f"frames: expected 1..{SPEC_MAX_FRAMES}, got {self.frames}")
+        if not (math.isfinite(self.fps) and 0 < self.fps <= SPEC_MAX_FPS):
+            raise ValueError(f"fps: expected > 0 and at most {SPEC_MAX_FPS}, got {self.fps}")
 
     @property
     def span_s(self) -> float:
@@ -83,6 +90,28 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def read(cls, d: Any) -> "ModelSpec":
+        """:meth:`from_dict` of a file's ``preprocess`` table, whatever it holds: a
+        ``ValueError`` naming what is wrong, never a ``KeyError`` or ``TypeError``.
+
+        Example:
+            >>> ModelSpec.read({"resize": [128], "crop": [112, 112]})
+            Traceback (most recent call last):
+            ...
+            ValueError: preprocess: expected 'mean', got none
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"preprocess: expected a table of resize, crop, mean, std, got {type(d).__name__}")
+        try:
+            return cls.from_dict(d)
+        except KeyError as exc:
+            raise ValueError(f"preprocess: expected {exc.args[0]!r}, got none") from None
+        except (TypeError, OverflowError) as exc:
+            raise ValueError(f"preprocess: expected numbers for resize, crop, mean, std, frames, fps ({exc})") from None
+        except ValueError as exc:
+            raise ValueError(f"preprocess: {exc}") from None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":

@@ -49,7 +49,7 @@ def read_state(state_path: Path) -> dict[str, Any]:
     if not state_path.is_file():
         raise StreamrecError(f"--resume: no training state at {where}")
     try:
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        st = torch.load(state_path, map_location="cpu", weights_only=True)  # tensors and plain values: no code runs
     except OSError as exc:
         raise StreamrecError(f"--resume: cannot read {where}: {exc.strerror or _first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt or truncated file fails in many ways (zip, pickle, EOF)
@@ -61,7 +61,33 @@ def read_state(state_path: Path) -> dict[str, Any]:
         got = f"a dict with keys {', '.join(map(str, list(st)[:8]))}" if isinstance(st, dict) else type(st).__name__
         raise StreamrecError(f"--resume: {where} is not a training state (expected {', '.join(KEYS)} with whole-number "
                              f"epoch and step; got {printable(got)[:200]}); train afresh without --resume")
+    problem = value_problem(st)
+    if problem is not None:
+        raise StreamrecError(f"--resume: {where} is not a training state ({problem}); train afresh without --resume")
     return st
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+ROW_KEYS = ("epoch", "val_loss", "val_top1")  # of an epoch's row, as the early stopping keeps it
+
+
+def value_problem(st: dict[str, Any]) -> str | None:
+    """What is wrong with the values of a state beside the weights (early stopping, what it was
+    saved for), as ``expected ..., got ...``; ``None`` when they are what training writes."""
+    checks = {"best": _number, "saved": _number, "stale": lambda v: _number(v) and v >= 0 and v == int(v),
+              "val_split": lambda v: v is None or (_number(v) and 0 < v < 1),
+              "arch": lambda v: v is None or isinstance(v, str), "head_only": lambda v: isinstance(v, bool),
+              "classes": lambda v: v is None or (isinstance(v, list) and all(isinstance(c, str) for c in v)),
+              "model": lambda v: isinstance(v, dict), "optimizer": lambda v: isinstance(v, dict)}
+    row = lambda v: v is None or (isinstance(v, dict) and all(_number(v.get(k)) for k in ROW_KEYS))  # noqa: E731
+    checks.update(saved_row=row, best_row=row)
+    for key, fits in checks.items():
+        if key in st and not fits(st[key]):
+            return f"expected {key} as training writes it, got {printable(repr(st[key]))[:60]}"
+    return None
 
 
 def resume_state(state_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

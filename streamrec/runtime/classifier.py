@@ -165,6 +165,9 @@ class Classifier:
         self.module = module
         self.backend = "torch"
         self.channels_last = self.cuda  # the layout the module wants its input in
+        if loaded.prebuilt and backend not in ("auto", "torch"):
+            raise StreamrecError(f"--backend {backend}: --weights {loaded.weights} is an exported model, which runs as it "
+                                 "is; expected --backend auto or torch")
         if not loaded.prebuilt:  # an exported model runs as it is
             if self.cuda:
                 self._choose_cuda(module, backend, warmup)
