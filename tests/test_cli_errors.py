@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, error_line, make_motion_dataset, run_cli, run_main, streamrec_cmd
+from conftest import ROOT, error_line, make_motion_dataset, run_cli, run_main, streamrec_cmd, write_video
 
 
 def one_line_error(proc, *needles: str) -> str:
@@ -736,8 +736,6 @@ def test_an_empty_folder_option_of_several_values_is_refused(checkpoint, tmp_pat
 def test_class_folders_whose_names_read_alike_are_refused_not_merged(tmp_path):
     import os
 
-    from conftest import write_video
-
     root = tmp_path / "data"
     for split in ("train", "valid"):
         for name in (b"caf\xe9", b"caf\xe8", b"walk"):
@@ -766,3 +764,36 @@ def test_a_history_database_that_is_a_fifo_is_refused_from_the_option_and_the_co
     (tmp_path / "gym.toml").write_text('db = "h.db"\n')
     one_line_error(run_main(command, "--config", str(tmp_path / "gym.toml")),
                    f"db: expected a history database file, got '{tmp_path / 'h.db'}' (not a regular file: a FIFO)")
+
+
+def test_bench_names_what_a_clip_that_is_no_file_is(tmp_path):
+    proc = run_main("bench", "--models", "tiny3d", "--clip", str(tmp_path))
+    assert proc.returncode == 2 and error_line(proc) == (
+        f"streamrec: error: --clip: expected a video file, got {tmp_path} (a folder)")
+
+
+def test_a_dataset_root_given_where_a_split_was_meant_says_so(tmp_path):
+    for split in ("train", "valid"):
+        for cls in ("a", "b"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            write_video(tmp_path / "data" / split / cls / "c.mp4", seconds=0.4, size=(64, 48))
+    proc = run_main("evaluate", str(tmp_path / "data"), "--weights", "none", "--model", "tiny3d")
+    assert proc.returncode == 2 and error_line(proc) == (
+        f"streamrec: error: dataset: {tmp_path / 'data'} holds the split folder train/, not class folders; expected a "
+        f"folder of class folders ({tmp_path / 'data' / 'valid'}, say)")
+
+
+def test_a_gpu_this_machine_does_not_have_is_named_as_given(monkeypatch):
+    import torch
+
+    from streamrec.errors import StreamrecError
+    from streamrec.runtime.classifier import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(StreamrecError, match=r"^--device cuda:7: no CUDA GPU is available on this machine; use --device cpu$"):
+        resolve_device("cuda:7")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(StreamrecError, match=r"^--device cuda:7: expected cuda:0 to cuda:0, got cuda:7 \(this machine "
+                                             r"has 1 CUDA GPU\)$"):
+        resolve_device("cuda:7")

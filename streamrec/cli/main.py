@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 from streamrec import __version__
 from streamrec.errors import StreamrecError
 from streamrec.redact import one_line_logs, printable
-from streamrec.validate import MAX_BATCH, finite_float, whole_number
+from streamrec.validate import MAX_BATCH, finite_float, not_a_file, whole_number
 from streamrec.catalog import BACKEND_NAMES, DEFAULT_MODEL, MODEL_NAMES
 from streamrec.config import ServeConfig
 from streamrec.fsutil import DEMO_CLIP, atomic_write_text, check_output
@@ -218,7 +218,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     clip = Path(args.clip) if args.clip else DEMO_CLIP
     if not clip.is_file():
-        raise StreamrecError(f"--clip: file not found: {clip}")
+        raise StreamrecError(f"--clip: expected a video file, got {clip} ({not_a_file(clip)})")
     from streamrec.offline.dataset import video_files
 
     # without --clips: $STREAMREC_CLIPS, else the folder of clips beside the repository, else the demo clip's

@@ -105,6 +105,9 @@ def class_dirs(folder: Path) -> dict[str, list[Path]]:
         if nested:
             logger.warning("dataset: class folder %s has sub-folders (%s): clips in them are not read (a class's "
                            "clips lie in its folder itself)", shown(str(d)), shown(", ".join(nested[:3])))
+        if not files and nested and d.name in ("train", "valid"):  # DATA given where DATA/valid was meant
+            raise StreamrecError(f"dataset: {folder} holds the split folder {d.name}/, not class folders; expected "
+                                 f"a folder of class folders ({folder / 'valid'}, say)")
         if not files:
             raise StreamrecError(f"dataset: class folder {d} is empty (no {', '.join(sorted(VIDEO_EXTS))} files)")
         name = shown(d.name)  # class names are printed, written to CSV and saved with the model

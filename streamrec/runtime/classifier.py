@@ -50,7 +50,10 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise StreamrecError("--device cuda: no CUDA GPU is available on this machine; use --device cpu")
+        raise StreamrecError(f"--device {device}: no CUDA GPU is available on this machine; use --device cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= (n := torch.cuda.device_count()):
+        raise StreamrecError(f"--device {device}: expected cuda:0 to cuda:{n - 1}, got {device} (this machine has {n} "
+                             f"CUDA GPU{'s' * (n != 1)})")
     return torch.device(device)
 
 
