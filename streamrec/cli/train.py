@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -319,7 +320,8 @@ def cmd_quantize(args) -> int:
         raise StreamrecError(f"--weights {args.weights}: an exported model; quantize the checkpoint it was exported from")
     report = quantize(loaded, clips, stride=args.stride, min_agreement=args.min_agreement,
                       max_score_diff=args.max_score_diff, threads=args.threads)
-    print(json.dumps({**asdict(report), "agreement": report.agreement}, indent=1) if args.json else "\n".join(report.lines()))
+    shown = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(report).items()}  # strict JSON
+    print(json.dumps({**shown, "agreement": report.agreement}, indent=1) if args.json else "\n".join(report.lines()))
     if report.saved is None:
         print(f"streamrec: int8 vs fp32 on {report.checked_windows} checked windows: top-1 the same on "
               f"{report.top1_agree} (--min-agreement {args.min_agreement:g}), scores up to {report.max_abs_score_diff:.3g} "

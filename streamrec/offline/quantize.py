@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,6 +119,26 @@ def check_args(*, stride: float, min_agreement: float, max_score_diff: float, th
         raise StreamrecError(f"--stride: expected {MIN_STRIDE_S} to {MAX_STRIDE_S:g} seconds between windows, got {stride}")
 
 
+def compare(pairs) -> tuple[int, float]:
+    """``(windows whose top-1 is the same, largest score difference)`` of ``(fp32 scores, int8
+    scores)`` pairs; a window whose scores are not all finite agrees with nothing and makes the
+    difference infinite (``max`` would drop a NaN, and a model that gives NaN would pass).
+
+    Example:
+        >>> same = (torch.tensor([0.9, 0.1]), torch.tensor([0.8, 0.2]))
+        >>> nan = (torch.tensor([0.5, 0.5]), torch.tensor([float("nan"), float("nan")]))
+        >>> [(agree, round(worst, 3)) for agree, worst in (compare([same]), compare([same, nan]))]
+        [(1, 0.1), (1, inf)]
+    """
+    agree, worst = 0, 0.0
+    for a, b in pairs:
+        diff = float((a - b).abs().max())
+        finite = math.isfinite(diff)
+        agree += int(finite and bool(a.argmax() == b.argmax()))
+        worst = max(worst, diff) if finite else math.inf
+    return agree, worst
+
+
 def quantize(loaded: LoadedModel, clips: Sequence[Path], *, stride: float = 1.0, min_agreement: float = 0.9,
              max_score_diff: float = 0.1, threads: int | None = None, save: bool = True,
              max_windows: int = MAX_WINDOWS) -> QuantizeReport:
@@ -147,12 +168,8 @@ def quantize(loaded: LoadedModel, clips: Sequence[Path], *, stride: float = 1.0,
     fp32 = backends.build("openvino", loaded, threads=threads)
     int8, model = openvino.openvino_int8(loaded, calibration, threads=threads, subset_size=len(calibration),
                                          with_model=True)
-    agree, worst = 0, 0.0
     with torch.no_grad():
-        for x in checked:
-            a, b = fp32(x).softmax(-1), int8(x).softmax(-1)
-            agree += int(a.argmax() == b.argmax())
-            worst = max(worst, float((a - b).abs().max()))
+        agree, worst = compare((fp32(x).softmax(-1), int8(x).softmax(-1)) for x in checked)
     x1 = onnx.example_input(loaded)
     report = QuantizeReport(
         model=loaded.name, weights=loaded.weights, clips=tuple(map(str, clips)), stride_s=stride,
