@@ -106,6 +106,9 @@ def nan_in_first_weight(ckpt):
     ({"preprocess": lambda c: {**c["preprocess"], "frames": 0}}, "preprocess: frames: expected 1..256, got 0"),
     ({"preprocess": lambda c: {**c["preprocess"], "fps": float("nan")}},
      "preprocess: fps: expected > 0 and at most 240.0, got nan"),
+    ({"preprocess": lambda c: {**c["preprocess"], "resize": [100, 100]}},
+     "preprocess: crop: expected at most the resized size (100, 100), got (112, 112)"),
+    ({"preprocess": lambda c: {**c["preprocess"], "resize": "12"}}, "preprocess: resize: expected a list of numbers, got '12'"),
     ({"preprocess": lambda c: {**c["preprocess"], "std": [0, 0, 0]}},
      "preprocess: mean/std: expected 3 finite values each, std > 0, got (0.43216, 0.394666, 0.37645)/(0.0, 0.0, 0.0)"),
 ])
@@ -142,6 +145,7 @@ def test_a_bare_state_dict_of_a_model_without_kinetics_classes_says_what_it_need
 
 @pytest.mark.parametrize("meta, error", [
     ("not json", "its streamrec.json metadata: expected JSON, got 'not json'"),
+    ("[" * 100_000, "its streamrec.json metadata: expected JSON, got '" + "[" * 40 + "... (100,000 characters)'"),
     ('{"model": "zzz", "classes": ["a", "b"]}', "model: expected one of r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v1_b, "
                                                 "mvit_v2_s, swin3d_t, swin3d_s, swin3d_b, tiny3d, got 'zzz'"),
     ('{"model": "tiny3d", "classes": ["a", "b"]}', "preprocess: expected a table of resize, crop, mean, std, got NoneType"),

@@ -177,7 +177,7 @@ print(sorted(str(p) for p in ds.unreadable), labels)
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A tiny3d checkpoint of two classes and its TorchScript export."""
+    """A tiny3d checkpoint of two classes and its TorchScript and ONNX exports (``m.ts``, ``m.onnx``)."""
     import torch
 
     from streamrec.models.registry import build_model, make_checkpoint, model_spec
@@ -187,27 +187,39 @@ def exported(tmp_path_factory):
     torch.save(make_checkpoint(build_model("tiny3d", num_classes=2), model="tiny3d", classes=["a", "b"],
                                spec=model_spec("tiny3d")), folder / "m.pt")
     export(str(folder / "m.pt"), str(folder / "m.ts"), fmt="torchscript")
-    return folder / "m.ts"
+    export(str(folder / "m.pt"), str(folder / "m.onnx"), fmt="onnx")
+    return folder
 
 
 @pytest.mark.parametrize("fmt, out", [("onnx", "again.onnx"), ("torchscript", "again.ts")])
-def test_an_exported_model_is_not_exported_again(exported, tmp_path, fmt, out):
-    """Tracing an exported model (an ONNX Runtime session above all) keeps one answer as a
-    constant: the file written would give it for every clip."""
-    proc = run_main("export", "--weights", str(exported), "--format", fmt, "--out", str(tmp_path / out))
+def test_an_onnx_model_is_not_exported_again_and_a_torchscript_one_is(exported, tmp_path, fmt, out):
+    """Tracing an ONNX Runtime session keeps one answer as a constant: the file written would
+    give it for every clip. A TorchScript file exports again with the same outputs."""
+    import torch
+
+    from streamrec.models.registry import load_model
+
+    proc = run_main("export", "--weights", str(exported / "m.onnx"), "--format", fmt, "--out", str(tmp_path / out))
     assert proc.returncode == 2, proc.stderr
-    assert error_line(proc) == (f"streamrec: error: --weights {exported}: an exported model; export the checkpoint it "
-                                "was exported from")
+    assert error_line(proc) == (f"streamrec: error: --weights {exported / 'm.onnx'}: an ONNX model; export the checkpoint "
+                                "(or TorchScript file) it was exported from")
     assert not (tmp_path / out).exists()
+    proc = run_main("export", "--weights", str(exported / "m.ts"), "--format", fmt, "--out", str(tmp_path / out))
+    assert proc.returncode == 0, proc.stderr
+    x = torch.rand(2, 3, 16, 112, 112)
+    with torch.no_grad():
+        again, first = (load_model(None, weights=str(p)).module(x) for p in (tmp_path / out, exported / "m.pt"))
+    assert torch.allclose(again, first, atol=1e-4)
 
 
-def test_a_backend_asked_for_an_exported_model_is_refused_not_ignored(exported, tmp_path):
+def test_a_backend_asked_for_an_exported_model_is_said_to_be_unused(exported, tmp_path):
+    """Not refused: a config's backend is every camera's, and one camera may run an exported file."""
     clip = write_video(tmp_path / "c.mp4", seconds=1.2, size=(128, 96))
-    proc = run_main("classify", str(clip), "--weights", str(exported), "--backend", "torchscript", "--device", "cpu",
-                    env={"STREAMREC_CACHE": str(tmp_path / "cache")})
-    assert proc.returncode == 2, proc.stderr
-    assert error_line(proc) == (f"streamrec: error: --backend torchscript: --weights {exported} is an exported model, "
-                                "which runs as it is; expected --backend auto or torch")
+    proc = run_main("classify", str(clip), "--weights", str(exported / "m.ts"), "--backend", "torchscript",
+                    "--device", "cpu", "--format", "json", env={"STREAMREC_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert (f"WARNING streamrec.runtime.classifier: --backend torchscript is not used for {exported / 'm.ts'}: an "
+            "exported model runs as it is (its own runtime)") in proc.stderr
 
 
 def test_a_read_only_output_is_refused_before_any_work_also_for_root(tmp_path):

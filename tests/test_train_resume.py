@@ -57,6 +57,8 @@ STATES = {  # what is written at <out>.state -> what the error line says
                           "is not a training state (expected best as training writes it, got 'x')"),
     "stale not a count": (lambda tmp: {**_state(build_model("tiny3d", num_classes=3)), "stale": -1},
                           "is not a training state (expected stale as training writes it, got -1)"),
+    "stale infinite": (lambda tmp: {**_state(build_model("tiny3d", num_classes=3)), "stale": float("inf")},
+                       "is not a training state (expected stale as training writes it, got inf)"),
     "a row without its numbers": (lambda tmp: {**_state(build_model("tiny3d", num_classes=3)), "best_row": {"x": 1}},
                                   "is not a training state (expected best_row as training writes it, got {'x': 1})"),
     "val_split not a share": (lambda tmp: {**_state(build_model("tiny3d", num_classes=3)), "val_split": "x"},

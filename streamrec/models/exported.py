@@ -94,7 +94,7 @@ def exported_model(text: str | bytes, path: Path, module: nn.Module) -> LoadedMo
     text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text  # TorchScript's extra file: bytes
     try:
         meta = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past Python's limit
         raise WeightsError(f"--weights {path}: its {EXPORT_META} metadata: expected JSON, got "
                            f"{printable(text, limit=40)!r}") from None
     if not isinstance(meta, dict) or meta.get("model") not in MODEL_NAMES:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from streamrec.catalog import CLASS_NAME_MAX_CHARS, UNCERTAIN
-from streamrec.redact import control_characters
+from streamrec.redact import control_characters, printable
 
 
 def class_names_problem(classes: Any) -> str | None:
@@ -75,6 +75,10 @@ class ModelSpec:
             raise ValueError(f"resize: expected (H, W) or (short_side,) of 1..{SPEC_MAX_PIXELS}, got {self.resize}")
         if len(self.crop) != 2 or not all(0 < v <= SPEC_MAX_PIXELS for v in self.crop):
             raise ValueError(f"crop: expected (H, W) of 1..{SPEC_MAX_PIXELS}, got {self.crop}")
+        fits = self.crop[0] <= self.resize[0] and self.crop[1] <= self.resize[-1] if len(self.resize) == 2 \
+            else max(self.crop) <= self.resize[0]  # the short side: every frame's resized size holds the crop
+        if not fits:
+            raise ValueError(f"crop: expected at most the resized size {self.resize}, got {self.crop}")
         if (len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in self.mean + self.std)
                 or min(self.std) <= 0):
             raise ValueError(f"mean/std: expected 3 finite values each, std > 0, got {self.mean}/{self.std}")
@@ -104,6 +108,9 @@ class ModelSpec:
         """
         if not isinstance(d, dict):
             raise ValueError(f"preprocess: expected a table of resize, crop, mean, std, got {type(d).__name__}")
+        for key in ("resize", "crop", "mean", "std"):
+            if key in d and not isinstance(d[key], (list, tuple)):  # "12" would read as (1, 2)
+                raise ValueError(f"preprocess: {key}: expected a list of numbers, got {printable(repr(d[key]), limit=40)}")
         try:
             return cls.from_dict(d)
         except KeyError as exc:

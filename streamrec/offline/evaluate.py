@@ -190,8 +190,9 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: str) -> None
 def export(weights: str, out: str, *, fmt: str) -> Path:
     """Write a TorchScript or ONNX file with the class names and preprocessing inside."""
     loaded = load_model(None, weights=weights)
-    if loaded.prebuilt:  # tracing an ONNX Runtime session keeps one answer as a constant
-        raise StreamrecError(f"--weights {weights}: an exported model; export the checkpoint it was exported from")
+    if loaded.prebuilt and not isinstance(loaded.module, torch.jit.ScriptModule):  # an ONNX Runtime session: traced,
+        # it would keep one answer as a constant (a TorchScript file exports again as it is)
+        raise StreamrecError(f"--weights {weights}: an ONNX model; export the checkpoint (or TorchScript file) it was exported from")
     meta = json.dumps({"model": loaded.name, "classes": loaded.classes, "preprocess": loaded.spec.to_dict()})
     example = example_input(loaded)
     module = loaded.module.eval()

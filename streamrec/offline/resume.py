@@ -9,6 +9,7 @@ the file, what it holds and what was asked, as is a file that is not a training 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ ROW_KEYS = ("epoch", "val_loss", "val_top1")  # of an epoch's row, as the early 
 def value_problem(st: dict[str, Any]) -> str | None:
     """What is wrong with the values of a state beside the weights (early stopping, what it was
     saved for), as ``expected ..., got ...``; ``None`` when they are what training writes."""
-    checks = {"best": _number, "saved": _number, "stale": lambda v: _number(v) and v >= 0 and v == int(v),
+    checks = {"best": _number, "saved": _number, "stale": lambda v: _number(v) and math.isfinite(v) and v >= 0 and v == int(v),
               "val_split": lambda v: v is None or (_number(v) and 0 < v < 1),
               "arch": lambda v: v is None or isinstance(v, str), "head_only": lambda v: isinstance(v, bool),
               "classes": lambda v: v is None or (isinstance(v, list) and all(isinstance(c, str) for c in v)),

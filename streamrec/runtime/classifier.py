@@ -168,9 +168,10 @@ class Classifier:
         self.module = module
         self.backend = "torch"
         self.channels_last = self.cuda  # the layout the module wants its input in
-        if loaded.prebuilt and backend not in ("auto", "torch"):
-            raise StreamrecError(f"--backend {backend}: --weights {loaded.weights} is an exported model, which runs as it "
-                                 "is; expected --backend auto or torch")
+        if loaded.prebuilt and backend not in ("auto", "torch"):  # said, not refused: a config's backend is for every
+            # camera, and a camera on an exported file runs beside the others
+            logger.warning("--backend %s is not used for %s: an exported model runs as it is (its own runtime)", backend,
+                           loaded.weights)
         if not loaded.prebuilt:  # an exported model runs as it is
             if self.cuda:
                 self._choose_cuda(module, backend, warmup)
