@@ -781,6 +781,7 @@ def test_a_dataset_root_given_where_a_split_was_meant_says_so(tmp_path):
     assert proc.returncode == 2 and error_line(proc) == (
         f"streamrec: error: dataset: {tmp_path / 'data'} holds the split folder train/, not class folders; expected a "
         f"folder of class folders ({tmp_path / 'data' / 'valid'}, say)")
+    assert "sub-folders" not in proc.stderr  # the split's class folders are no stray sub-folders of a class
 
 
 def test_a_gpu_this_machine_does_not_have_is_named_as_given(monkeypatch):

@@ -102,12 +102,12 @@ def class_dirs(folder: Path) -> dict[str, list[Path]]:
         # hidden files (macOS's ._clip.mp4) are no clips; clips in sub-folders are not read: said once
         files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_EXTS and not f.name.startswith("."))
         nested = sorted(sub.name for sub in d.iterdir() if sub.is_dir() and not sub.name.startswith("."))
-        if nested:
-            logger.warning("dataset: class folder %s has sub-folders (%s): clips in them are not read (a class's "
-                           "clips lie in its folder itself)", shown(str(d)), shown(", ".join(nested[:3])))
         if not files and nested and d.name in ("train", "valid"):  # DATA given where DATA/valid was meant
             raise StreamrecError(f"dataset: {folder} holds the split folder {d.name}/, not class folders; expected "
                                  f"a folder of class folders ({folder / 'valid'}, say)")
+        if nested:
+            logger.warning("dataset: class folder %s has sub-folders (%s): clips in them are not read (a class's "
+                           "clips lie in its folder itself)", shown(str(d)), shown(", ".join(nested[:3])))
         if not files:
             raise StreamrecError(f"dataset: class folder {d} is empty (no {', '.join(sorted(VIDEO_EXTS))} files)")
         name = shown(d.name)  # class names are printed, written to CSV and saved with the model
