@@ -179,6 +179,8 @@ def test_example_runs_as_written(example, site, monkeypatch, capsys):
         return  # needs OUTSIDE[example]: parsed only
     command = argv[0]
     full = argv + QUICKER.get(command, [])
+    if "--resume" in argv:  # goes on with the site's run: its model and weights are the state's, not QUICKER's
+        full = argv + ["--epochs", "2", "--allow-chance"]
     if command in SERVES:
         return run_server(full, out, site)
     monkeypatch.chdir(site / "unsplit" if "--val-split" in argv else site)  # the layout --val-split expects

@@ -3,6 +3,7 @@ or the work done, never a traceback, a hang or an input overwritten."""
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -220,6 +221,7 @@ def test_a_backend_asked_for_an_exported_model_is_said_to_be_unused(exported, tm
     assert proc.returncode == 0, proc.stderr
     assert (f"WARNING streamrec.runtime.classifier: --backend torchscript is not used for {exported / 'm.ts'}: an "
             "exported model runs as it is (its own runtime)") in proc.stderr
+    assert json.loads(proc.stdout)["backend"] == "torchscript"  # what runs it, as /healthz names it too
 
 
 def test_a_read_only_output_is_refused_before_any_work_also_for_root(tmp_path):

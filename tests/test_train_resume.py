@@ -119,3 +119,38 @@ def test_a_state_that_cannot_be_read_says_so(tmp_path, monkeypatch):
     with pytest.raises(StreamrecError) as info:
         resume.read_state(state)
     assert str(info.value) == f"--resume: cannot read {state}: Permission denied"
+
+
+def test_resume_goes_on_with_the_runs_options_or_names_those_that_differ(data, tmp_path, capsys, caplog):
+    """A run trained with --batch-size 2, resumed without it, went on at the default 8 with its
+    step count past the schedule's end (every step at lr 0). The options left out are the run's;
+    one given with another value is said before any model is loaded. Only --epochs may change."""
+    out = tmp_path / "m.pt"
+    common = ["--out", str(out), "--workers", "0", "--quiet", "--allow-chance"]
+    assert main(["train", str(data), "--model", "tiny3d", "--weights", "none", "--no-flip", "--batch-size", "2",
+                 "--epochs", "1", *common]) == 0
+    capsys.readouterr()
+    assert main(["train", str(data), *common, "--epochs", "2", "--batch-size", "4", "--lr", "0.01", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"streamrec: error: --resume: {out}.state goes on with a run of --batch-size 2, --lr (default), but this run "
+        "asks for --batch-size 4, --lr 0.01; resume with the run's options (only --epochs may change), or train afresh "
+        "without --resume"]
+    caplog.set_level("INFO", logger="streamrec")
+    assert main(["train", str(data), *common, "--epochs", "2", "--resume"]) == 0  # no --model, --weights...: the run's
+    assert "epoch   2:" in capsys.readouterr().err
+    assert "--resume: going on with the run's --model tiny3d, --weights none, --batch-size 2, --flip False" in caplog.messages
+    assert "resuming at epoch 2 of 2" in caplog.messages
+
+
+def test_resuming_a_finished_run_that_saved_no_model_is_not_a_success(data, tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="streamrec.offline.train")
+    out = tmp_path / "m.pt"
+    state = {**_state(build_model("tiny3d", num_classes=3)), **meta("tiny3d", sorted(DIRECTIONS), False), "epoch": 1}
+    torch.save(state, out.with_name("m.pt.state"))  # two epochs done, no checkpoint: none beat chance
+    rc = main(["train", str(data), "--model", "tiny3d", "--weights", "none", "--no-flip", "--epochs", "2",
+               "--out", str(out), "--resume", "--workers", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and caplog.messages == []  # no "resuming at epoch 3" of a run that does not go on
+    assert err.strip().splitlines()[-1] == (f"streamrec: nothing to train: the state of {out} has done all 2 epochs "
+                                            f"(raise --epochs to train on); it saved no model at {out}")

@@ -205,8 +205,11 @@ def cmd_dataset(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from dataclasses import replace
+
     from streamrec.errors import StreamrecError
-    from streamrec.offline.train import side_files, train
+    from streamrec.offline.resume import run_of, run_options
+    from streamrec.offline.train import TrainConfig, side_files, train
     from streamrec.redact import printable
 
     inputs = tuple(w for w in (args.weights,) if w)
@@ -219,11 +222,20 @@ def cmd_train(args) -> int:
                              "would be replaced; give another --out, --resume to go on with that run, or --overwrite")
     check_cache_dir(args, {"--out": args.out, **{f"--out ({side.name[len(Path(args.out).name):]} beside it)": side
                                                  for side in side_files(args.out)}})
-    result = train(_train_config(args))
+    cfg = _train_config(args)
+    if cfg.resume:  # the run's own options, before a model is loaded (or downloaded)
+        run = run_of(side_files(args.out)[1], run_options(cfg), run_options(TrainConfig(data=cfg.data)))
+        try:
+            cfg = replace(cfg, **run)
+        except (TypeError, ValueError):
+            raise StreamrecError(f"--resume: {printable(args.out)}.state is not a training state (its options are not "
+                                 "what train writes); train afresh without --resume") from None
+    result = train(cfg)
     if not result["history"]:  # --resume of a run that had done its --epochs: nothing written
         print(f"streamrec: nothing to train: the state of {args.out} has done all {args.epochs} epochs (raise "
-              "--epochs to train on)", file=sys.stderr)
-        return 0
+              "--epochs to train on)" + ("" if Path(args.out).is_file() else f"; it saved no model at {args.out}"),
+              file=sys.stderr)
+        return 0 if Path(args.out).is_file() else 1
     print(f"best validation loss {result['best_val_loss']:.4f}", file=sys.stderr)
     if result["warning"]:
         print(result["warning"], file=sys.stderr)

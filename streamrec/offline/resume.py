@@ -82,13 +82,44 @@ def value_problem(st: dict[str, Any]) -> str | None:
               "val_split": lambda v: v is None or (_number(v) and 0 < v < 1),
               "arch": lambda v: v is None or isinstance(v, str), "head_only": lambda v: isinstance(v, bool),
               "classes": lambda v: v is None or (isinstance(v, list) and all(isinstance(c, str) for c in v)),
-              "model": lambda v: isinstance(v, dict), "optimizer": lambda v: isinstance(v, dict)}
+              "model": lambda v: isinstance(v, dict), "optimizer": lambda v: isinstance(v, dict),
+              "run": lambda v: isinstance(v, dict)}
     row = lambda v: v is None or (isinstance(v, dict) and all(_number(v.get(k)) for k in ROW_KEYS))  # noqa: E731
     checks.update(saved_row=row, best_row=row)
     for key, fits in checks.items():
         if key in st and not fits(st[key]):
             return f"expected {key} as training writes it, got {printable(repr(st[key]))[:60]}"
     return None
+
+
+RUN_OPTIONS = ("model", "weights", "batch_size", "lr", "weight_decay", "warmup_epochs", "freeze_backbone", "flip",
+               "color_jitter", "seed")  # what shapes a run (its steps, its schedule): the same when it goes on
+
+
+def run_options(cfg: Any) -> dict[str, Any]:
+    """The :data:`RUN_OPTIONS` of a :class:`~streamrec.offline.train.TrainConfig`, kept in its state."""
+    return {k: getattr(cfg, k) for k in RUN_OPTIONS}
+
+
+def run_of(state_path: Path, asked: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``--resume`` before any model is loaded: the options of the run ``<out>.state`` goes on
+    with. Each of ``asked`` (:func:`run_options` of the command) left at its default (``defaults``)
+    is the saved run's; one given with another value than the run's is one line naming the
+    options that differ (only ``--epochs`` may change). A state saved without its options gives
+    ``asked`` as it is. The state must be there and readable."""
+    saved = read_state(state_path).get("run") or {}
+    run = {k: saved[k] if k in saved and asked.get(k) == defaults.get(k) else asked.get(k) for k in asked}
+    shown = lambda k, v: f"--{k.replace('_', '-')} {'(default)' if v is None else v}"  # noqa: E731
+    differ = [k for k in RUN_OPTIONS if k in saved and saved[k] != run.get(k)]
+    if differ:
+        raise StreamrecError(f"--resume: {printable(str(state_path))} goes on with a run of "
+                             f"{', '.join(shown(k, saved[k]) for k in differ)}, but this run asks for "
+                             f"{', '.join(shown(k, asked.get(k)) for k in differ)}; resume with the run's options (only "
+                             "--epochs may change), or train afresh without --resume")
+    taken = [k for k in RUN_OPTIONS if run.get(k) != asked.get(k)]
+    if taken:
+        logger.info("--resume: going on with the run's %s", ", ".join(shown(k, run[k]) for k in taken))
+    return run
 
 
 def resume_state(state_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -112,5 +143,4 @@ def resume_state(state_path: Path, model: torch.nn.Module, optimizer: torch.opti
         optimizer.load_state_dict(st["optimizer"])
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise StreamrecError(mismatch.format(holds=f"another model ({_first_line(exc)})")) from None
-    logger.info("resuming at epoch %d", st["epoch"] + 2)
     return st

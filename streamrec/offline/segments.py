@@ -83,13 +83,13 @@ def summary(segments: list[ClipSegment]) -> str:
 
 
 def clock(seconds: float) -> str:
-    """``mm:ss`` (``h:mm:ss`` from an hour), whole seconds, rounded down.
+    """``mm:ss`` (``h:mm:ss`` from an hour), to the nearest second (as the summary's ``12.0 s``).
 
     Example:
-        >>> clock(0.0), clock(65.9), clock(600), clock(3725.2)
-        ('00:00', '01:05', '10:00', '1:02:05')
+        >>> clock(0.0), clock(65.4), clock(11.96), clock(600), clock(3725.2)
+        ('00:00', '01:05', '00:12', '10:00', '1:02:05')
     """
-    s = int(max(0.0, seconds))
+    s = round(max(0.0, seconds))
     h, m, sec = s // 3600, s // 60 % 60, s % 60
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
 

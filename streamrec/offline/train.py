@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from streamrec.offline.chance import Chance, Keeper
-from streamrec.offline.resume import meta, resume_state
+from streamrec.offline.resume import meta, resume_state, run_options
 from streamrec.offline.batches import collate, default_workers, taken
 from streamrec.offline.dataset import (Augment, ClipCache, ClipDataset, discover, too_few_classes,
                                        unreadable_class)
@@ -291,6 +291,18 @@ def side_files(out: str | Path) -> tuple[Path, Path]:
     return out.with_name(out.name + ".log.csv"), out.with_name(out.name + ".state")
 
 
+def start_state(cfg: TrainConfig, state_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                saved_for: dict[str, Any]) -> dict[str, Any]:
+    """The state a run starts from: ``<out>.state`` with ``--resume`` (the model and optimizer
+    loaded from it), else epoch -1, step 0."""
+    if not cfg.resume:
+        return {"epoch": -1, "step": 0}
+    st = resume_state(state_path, model, optimizer, saved_for)
+    if st["epoch"] + 1 < cfg.epochs:
+        logger.info("resuming at epoch %d of %d", st["epoch"] + 2, cfg.epochs)
+    return st
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train and write ``cfg.out`` (lowest validation loss among the epochs that beat chance),
     ``<out>.state`` (for ``--resume``) and ``<out>.log.csv`` (a row per epoch); the result names
@@ -305,8 +317,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     out = Path(cfg.out)
     log_path, state_path = side_files(out)
-    saved_for = {**meta(cfg.model, classes, cfg.head_only), "val_split": cfg.val_split}  # --resume checks them
-    st = resume_state(state_path, model, optimizer, saved_for) if cfg.resume else {"epoch": -1, "step": 0}
+    saved_for = {**meta(cfg.model, classes, cfg.head_only), "val_split": cfg.val_split, "run": run_options(cfg)}
+    st = start_state(cfg, state_path, model, optimizer, saved_for)  # --resume checks saved_for
     chance = Chance.of([s.label for s in val_ds.samples for _ in range(val_ds.clips_per_video)])
     keeper = Keeper(out, chance, allow_chance=cfg.allow_chance, state=st)
     steps_per_epoch = max(1, len(train_dl))

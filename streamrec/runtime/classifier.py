@@ -172,7 +172,9 @@ class Classifier:
             # camera, and a camera on an exported file runs beside the others
             logger.warning("--backend %s is not used for %s: an exported model runs as it is (its own runtime)", backend,
                            loaded.weights)
-        if not loaded.prebuilt:  # an exported model runs as it is
+        if loaded.prebuilt:  # an exported model runs as it is, on its own runtime: named so in /healthz
+            self.backend = "torchscript" if isinstance(loaded.module, torch.jit.ScriptModule) else "onnxruntime"
+        if not loaded.prebuilt:
             if self.cuda:
                 self._choose_cuda(module, backend, warmup)
             else:
