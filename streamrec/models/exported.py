@@ -83,6 +83,8 @@ def torchscript_quiet() -> Iterator[None]:
                                 category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning,
                                 module=r"torch\.onnx")
+        # a TorchScript file exported to ONNX: its methods have no Python signature to read
+        warnings.filterwarnings("ignore", message=r"no signature found for <torch\.ScriptMethod", category=UserWarning)
         yield
 
 
