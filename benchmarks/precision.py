@@ -44,11 +44,15 @@ def compare(weights: str, model: str | None, clips: list[Path], stride: float) -
         raise StreamrecError("--weights none: random weights; compare a trained model (DEFAULT or a checkpoint)")
     windows = clip_windows(clips, loaded, stride=stride)
     reference = backends.build("openvino", loaded)
-    others = {}
+    others, missing = {}, {}
     if openvino.bf16_supported():
         others["openvino-bf16"] = backends.build("openvino-bf16", loaded)
+    else:
+        missing["openvino-bf16"] = "this CPU has no bfloat16 instructions"
     if openvino.int8_path(loaded).is_file():
         others["openvino-int8"] = backends.build("openvino-int8", loaded)
+    else:
+        missing["openvino-int8"] = "no int8 model of these weights yet (streamrec quantize makes one)"
     x1 = onnx.example_input(loaded)
     with torch.no_grad():
         ms = {name: autopick.best_seconds(lambda fn=fn: fn(x1)) * 1e3
@@ -57,7 +61,7 @@ def compare(weights: str, model: str | None, clips: list[Path], stride: float) -
     top = sorted(float(logits.softmax(-1).max()) for logits in fp32.values())
     return {"model": loaded.name, "weights": weights, "clips": [str(c) for c in clips], "stride_s": stride,
             "windows": len(windows), "fp32_top1_score_median": top[len(top) // 2],
-            "ms_per_window": ms, "vs_fp32": agreement(lambda w: fp32[id(w)], others, windows)}
+            "ms_per_window": ms, "vs_fp32": agreement(lambda w: fp32[id(w)], others, windows), "not_measured": missing}
 
 
 def main() -> None:
@@ -85,6 +89,8 @@ def main() -> None:
     for name, a in r["vs_fp32"].items():
         print(f"| {name} | {r['ms_per_window'][name]:.1f} | {a['top1_agree']}/{a['windows']} | "
               f"{a['max_abs_score_diff']:.4f} | {a['max_abs_logit_diff']:.4f} |")
+    for name, why in r["not_measured"].items():
+        print(f"| {name} | not measured: {why} | | | |")
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))
 
