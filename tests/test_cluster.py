@@ -605,3 +605,24 @@ def test_a_recording_dir_the_driver_does_not_see_is_refused(tmp_path):
     assert str(err.value) == ("[recording] dir: expected one folder shared by the driver and every camera node (an NFS "
                               f"or SMB mount at the same path), got {str(node_a)!r} where the files written by camera "
                               "cam2 (node node-b-id) do not appear")
+
+
+def test_a_cluster_camera_that_reconnects_starts_its_labels_anew_in_every_zone():
+    """As a camera on one machine does: the smoothers of its whole frame and zones forget the
+    stream before the gap (a label held over from it would be shown for the new one)."""
+    from streamrec.cluster.runner import RemoteCamera
+    from streamrec.config import CameraConfig, SmoothingConfig
+    from streamrec.live.labels import StreamLabels
+
+    smoothing = SmoothingConfig(alpha=0.4, margin=0.05, hold=3, threshold=0.2)
+    cam = RemoteCamera(cfg=CameraConfig(name="gate", source="x.mp4"), actor=None, model=(None, None), subset=None,
+                       streams={z: StreamLabels("gate", z, smoothing) for z in (None, "door")})
+    first, second = np.array([0.9, 0.1]), np.array([0.1, 0.9])
+    for stream in cam.streams.values():
+        for _ in range(5):
+            stream.smoother.update(first)
+    cam.note_interruptions(0)  # no gap yet: the label holds against one window of another class
+    assert [s.smoother.update(second).label_index for s in cam.streams.values()] == [0, 0]
+    cam.note_interruptions(1)  # reconnected: the new stream's first window is its label
+    assert [s.smoother.update(second).label_index for s in cam.streams.values()] == [1, 1]
+    assert cam.gaps_seen == 1

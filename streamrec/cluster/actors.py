@@ -64,7 +64,8 @@ class RemoteCapture:
 
     def windows(self, after: dict[str | None, int]) -> dict[str | None, tuple]:
         """Each asked stream's newest window ending after ``after[zone]`` (zone ``None``: the whole
-        frame), by zone: (end_seq, start_ts, end_ts, uint8 crops (T, H, W, C), capture fps)."""
+        frame), by zone: (end_seq, start_ts, end_ts, uint8 crops (T, H, W, C), capture fps, the
+        capture's interruptions so far: a new count is a new stream, whose labels start anew)."""
         if self.capture is None:
             return {}
         out = {}
@@ -73,7 +74,7 @@ class RemoteCapture:
             w = ring.newest_window(self.spec.frames, self.spec.fps, after=after_seq) if ring is not None else None
             if w is not None and w.end_seq > after_seq:
                 # uint8: a quarter of the bytes of float32 over the network
-                out[zone] = (w.end_seq, w.start_ts, w.end_ts, w.frames, self.capture.fps())
+                out[zone] = (w.end_seq, w.start_ts, w.end_ts, w.frames, self.capture.fps(), self.capture.interruptions)
         return out
 
     def preview(self, width: int, after_ts: float) -> tuple[float, bytes] | None:

@@ -86,6 +86,15 @@ class RemoteCamera:
     subset: list[int] | None
     streams: dict[str | None, StreamLabels]
     lost: bool = False  # its actor failed on the last call
+    gaps_seen: int = 0  # its capture's interruptions the smoothers have been reset for
+
+    def note_interruptions(self, gaps: int) -> None:
+        """A reconnect (or a capture restarted) starts a new label history in every zone, as
+        :meth:`~streamrec.live.camera.Camera.reset_if_reconnected` does on one machine."""
+        if gaps != self.gaps_seen:
+            for stream in self.streams.values():
+                stream.smoother.reset()
+        self.gaps_seen = gaps
 
 
 class ClusterRunner:
@@ -296,6 +305,7 @@ class ClusterRunner:
                 continue
             cam.lost = False
             if w:
+                cam.note_interruptions(max(win[5] for win in w.values()))
                 by_model.setdefault(cam.model, []).extend((cam, cam.streams[zone], win) for zone, win in w.items())
         if not by_model:
             time.sleep(0.02)  # also when every camera is within its stride
@@ -308,7 +318,7 @@ class ClusterRunner:
             probs = np.asarray(ray.get(ref))  # (B, K)
             infer_ms = (time.perf_counter() - t0) * 1e3
             group, items, rows = self.groups[key], [], []
-            for row, (cam, stream, (end_seq, start_ts, end_ts, frames, fps)) in enumerate(by_model[key]):
+            for row, (cam, stream, (end_seq, start_ts, end_ts, frames, fps, _)) in enumerate(by_model[key]):
                 if self._streams.get(stream.name) is not stream:  # removed while its window was being classified
                     continue  # (publish checks again)
                 stream.took(end_seq)
