@@ -238,9 +238,12 @@ def test_a_coach_reads_the_dashboard(demo_clip, page, artifacts, tmp_path):
         assert page.is_hidden("[data-testid=details]")
 
         # the legend: every label on the strip, each its own colour (the uncertain stretches grey)
-        labels = page.eval_on_selector_all(legend, "els => els.map(e => e.dataset.label)")
+        # labels and colours read at once: the legend is drawn anew with the strip, and a swatch read
+        # after that is no longer in the page (no computed colour)
+        shown = page.eval_on_selector_all(legend, "els => els.map(e => [e.dataset.label, "
+                                                  "getComputedStyle(e.querySelector('.swatch')).backgroundColor])")
+        labels, swatches = [label for label, _ in shown], [colour for _, colour in shown]
         assert {"arm wrestling", "shaking hands", "clapping", "stretching arm", "uncertain"} <= set(labels), labels
-        swatches = page.eval_on_selector_all(legend + " .swatch", "els => els.map(e => getComputedStyle(e).backgroundColor)")
         assert len(set(swatches)) == len(labels), swatches
         strip = page.eval_on_selector_all("[data-testid=timeline] span",
                                           "els => els.map(e => [e.dataset.label, getComputedStyle(e).backgroundColor])")

@@ -68,11 +68,14 @@ def test_a_failing_worker_is_logged_once_counted_restarted_and_reported(tmp_path
 
 
 def nan_checkpoint(path) -> str:
+    """A checkpoint whose values are all finite (a NaN weight is refused at load) but whose model
+    outputs NaN for every window: each BatchNorm's running variance is negative."""
     torch.manual_seed(0)
     module = build_model("tiny3d", num_classes=3)
     with torch.no_grad():
-        for p in module.parameters():
-            p.fill_(float("nan"))
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_var.fill_(-1.0)
     torch.save(make_checkpoint(module, model="tiny3d", classes=["a", "b", "c"], spec=model_spec("tiny3d")), path)
     return str(path)
 
