@@ -106,11 +106,7 @@ def exported_model(text: str | bytes, path: Path, module: nn.Module) -> LoadedMo
     problem = class_names_problem(meta.get("classes"))
     if problem is not None:
         raise WeightsError(f"--weights {path}: classes: {problem}")
-    try:
-        spec = ModelSpec.read(meta.get("preprocess"))
-    except ValueError as exc:
-        raise WeightsError(f"--weights {path}: {exc}") from None
-    return LoadedModel(meta["model"], module, meta["classes"], spec, str(path))
+    return LoadedModel(meta["model"], module, meta["classes"], ModelSpec.read(meta.get("preprocess"), str(path)), str(path))
 
 
 def load_exported(path: Path) -> LoadedModel | None:

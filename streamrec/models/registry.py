@@ -278,10 +278,7 @@ def load_checkpoint(ckpt: dict[str, Any], *, source: str, expect_model: str | No
     if expect_model is not None and expect_model != name:
         raise WeightsError(f"--weights {source}: checkpoint is for model {name!r}, but --model is {expect_model!r}")
     module = build_loaded(name, checked_state(ckpt.get("state_dict"), source), num_classes=len(classes), source=source)
-    try:
-        spec = ModelSpec.read(ckpt["preprocess"]) if "preprocess" in ckpt else model_spec(name)
-    except ValueError as exc:
-        raise WeightsError(f"--weights {source}: {exc}") from None
+    spec = ModelSpec.read(ckpt["preprocess"], source) if "preprocess" in ckpt else model_spec(name)
     extra = {k: ckpt[k] for k in ("train_args", "metrics") if k in ckpt}
     return LoadedModel(name, module.eval(), list(classes), spec, source, extra=extra)
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from streamrec.catalog import CLASS_NAME_MAX_CHARS, UNCERTAIN
+from streamrec.errors import WeightsError
 from streamrec.redact import control_characters, printable
 
 
@@ -96,16 +97,23 @@ class ModelSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def read(cls, d: Any) -> "ModelSpec":
-        """:meth:`from_dict` of a file's ``preprocess`` table, whatever it holds: a
-        ``ValueError`` naming what is wrong, never a ``KeyError`` or ``TypeError``.
+    def read(cls, d: Any, source: str) -> "ModelSpec":
+        """:meth:`from_dict` of the ``preprocess`` table of the weights file ``source``, whatever
+        it holds: a one-line :class:`WeightsError` naming what is wrong, never a ``KeyError``.
 
         Example:
-            >>> ModelSpec.read({"resize": [128], "crop": [112, 112]})
+            >>> ModelSpec.read({"resize": [128], "crop": [112, 112]}, "m.pt")
             Traceback (most recent call last):
             ...
-            ValueError: preprocess: expected 'mean', got none
+            streamrec.errors.WeightsError: --weights m.pt: preprocess: expected 'mean', got none
         """
+        try:
+            return cls._read(d)
+        except ValueError as exc:
+            raise WeightsError(f"--weights {source}: {exc}") from None
+
+    @classmethod
+    def _read(cls, d: Any) -> "ModelSpec":
         if not isinstance(d, dict):
             raise ValueError(f"preprocess: expected a table of resize, crop, mean, std, got {type(d).__name__}")
         for key in ("resize", "crop", "mean", "std"):
